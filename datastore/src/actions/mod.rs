@@ -1,0 +1,3 @@
+//! One module per action, named as OpenNebula names it.
+
+pub mod monitor;

@@ -1,0 +1,90 @@
+//! `monitor`: the capacity of the storage behind a backup datastore (spec §5.4).
+//!
+//! Prints `USED_MB=`, `TOTAL_MB=` and `FREE_MB=` as plain integers (MiB, rounded down), and
+//! creates `BASE_PATH` when it is missing, as the stock drivers do. For a local datastore the
+//! figures are the file system's that holds `BASE_PATH`: used = (blocks − free blocks),
+//! free = blocks available to an unprivileged user, which is what `df` reports.
+
+use crate::location::Location;
+use crate::Error;
+use backstop_protocol::message::MonitorRequest;
+use std::path::Path;
+
+/// Capacity in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub used_mb: u64,
+    pub total_mb: u64,
+    pub free_mb: u64,
+}
+
+impl Capacity {
+    /// The three lines oned reads.
+    pub fn lines(&self) -> Vec<String> {
+        vec![
+            format!("USED_MB={}", self.used_mb),
+            format!("TOTAL_MB={}", self.total_mb),
+            format!("FREE_MB={}", self.free_mb),
+        ]
+    }
+}
+
+pub fn run(request: &MonitorRequest) -> Result<Capacity, Error> {
+    let ds = &request.datastore;
+    match Location::of(ds)? {
+        Location::Local { base_path } => local(Path::new(&base_path)),
+        Location::Sftp { .. } => Err(Error::not_implemented("monitor of an SFTP datastore")),
+        Location::S3 => Err(Error::not_implemented("monitor of an S3 datastore")),
+    }
+}
+
+/// Capacity of the file system holding `base_path`, creating the directory first.
+pub fn local(base_path: &Path) -> Result<Capacity, Error> {
+    std::fs::create_dir_all(base_path).map_err(|e| {
+        Error::io(format!("cannot create BASE_PATH {}", base_path.display()), e)
+    })?;
+    let st = rustix::fs::statvfs(base_path).map_err(|e| {
+        Error::io(
+            format!("cannot read the capacity of {}", base_path.display()),
+            e.into(),
+        )
+    })?;
+    const MIB: u128 = 1024 * 1024;
+    let frsize = u128::from(st.f_frsize);
+    let mb = |blocks: u64| u64::try_from(u128::from(blocks) * frsize / MIB).unwrap_or(u64::MAX);
+    Ok(Capacity {
+        used_mb: mb(st.f_blocks.saturating_sub(st.f_bfree)),
+        total_mb: mb(st.f_blocks),
+        free_mb: mb(st.f_bavail),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_base_path_and_matches_statvfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("datastores/100");
+        let c = local(&base).expect("monitor");
+        assert!(base.is_dir());
+        assert!(c.total_mb > 0 && c.used_mb <= c.total_mb && c.free_mb <= c.total_mb);
+        assert_eq!(
+            c.lines()[0],
+            format!("USED_MB={}", c.used_mb),
+        );
+    }
+
+    #[test]
+    fn reports_an_uncreatable_base_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        let e = local(&file.join("sub")).expect_err("not a dir");
+        assert!(
+            e.to_string().starts_with(&format!("cannot create BASE_PATH {}/sub: ", file.display())),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! One error type for the datastore layer: a kind (what class of failure, for exit codes and
+//! tests) and a message that names what was wrong. Secrets never enter a message.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The datastore's attributes are missing or contradictory.
+    Config,
+    /// A local file system operation failed.
+    Io,
+    /// The feature exists in the design but is not written yet.
+    NotImplemented,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<std::io::Error>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl Error {
+    pub fn config(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::Config,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn io(message: impl Into<String>, source: std::io::Error) -> Self {
+        Error {
+            kind: ErrorKind::Io,
+            message: message.into(),
+            source: Some(source),
+        }
+    }
+
+    pub fn not_implemented(what: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::NotImplemented,
+            message: format!("{} is not implemented in this version of backstop", what.into()),
+            source: None,
+        }
+    }
+}

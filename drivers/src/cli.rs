@@ -1,0 +1,84 @@
+//! The `backstop` command line.
+
+use crate::{install, run};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backstop",
+    version,
+    about = "OpenNebula backup drivers: restic-format repositories with fixed-chunk, changed-block disk images",
+    long_about = "OpenNebula backup drivers: restic-format repositories with fixed-chunk, changed-block disk images.\n\n\
+oned runs backstop through the files install.sh puts in its remotes tree \
+(datastore/<mad>/<action>, tm/<tm>/<action>, datastore/<scheme>_downloader); each is a shim that \
+calls `backstop action <its own path> <args>`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the driver action a remotes path names, with oned's arguments (what the shims call).
+    Action {
+        /// e.g. /var/lib/one/remotes/datastore/backstop/monitor
+        path: PathBuf,
+        /// The action's own arguments, passed through unchanged.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Decode an action's argv and stdin as the action would and print the typed request as
+    /// JSON (secrets hidden); nothing is run. For checking what oned sends.
+    Decode {
+        /// e.g. datastore/backstop/monitor or tm/ssh/prebackup
+        path: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install into (or uninstall from) an OpenNebula remotes tree. install.sh calls this.
+    Install(install::Options),
+}
+
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Action { path, args } => run::run_path(&path, &args),
+        Command::Decode { path, args } => decode(&path, &args),
+        Command::Install(options) => install::main(&options),
+    }
+}
+
+fn decode(path: &std::path::Path, args: &[String]) -> ExitCode {
+    let invocation = match backstop_protocol::action::Invocation::from_path(path) {
+        Ok(i) => i,
+        Err(e) => return run::fail("decode", &run::DriverError::Other(e.to_string())),
+    };
+    match run::decode(&invocation, args, &mut std::io::stdin().lock()) {
+        Ok(request) => match serde_json::to_string_pretty(&request) {
+            Ok(json) => {
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{json}").is_err() {
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => run::fail("decode", &run::DriverError::Other(e.to_string())),
+        },
+        Err(e) => run::fail(&invocation.name(), &e),
+    }
+}

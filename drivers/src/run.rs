@@ -1,0 +1,274 @@
+//! Running one action: argv and stdin decoded into a typed request, the action run, the answer
+//! written under oned's output discipline.
+
+use backstop_datastore::actions::monitor;
+use backstop_protocol::action::{DatastoreAction, Invocation, TmAction};
+use backstop_protocol::args::{
+    ArgsError, BackupArgs, CancelArgs, DataSource, DatastoreArgs, LsArgs, TmRestoreArgs,
+};
+use backstop_protocol::input::{self, Encoding, InputError};
+use backstop_protocol::message::{
+    self, BackupRequest, FlattenRequest, LsRequest, MessageError, MonitorRequest, RestoreRequest,
+    RmRequest, StatRequest, Vm,
+};
+use backstop_protocol::output::{self, Answer};
+use backstop_protocol::url::{BackupUrl, UrlError};
+use serde::Serialize;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+/// oned's largest messages (a VM with many disks and a long history) are well under a MiB.
+const MAX_STDIN: u64 = 64 * 1024 * 1024;
+
+static CURRENT_ACTION: Mutex<String> = Mutex::new(String::new());
+
+/// The action being run, for the panic hook's error line.
+pub fn current_action() -> String {
+    let name = CURRENT_ACTION
+        .lock()
+        .map(|g| g.clone())
+        .unwrap_or_default();
+    if name.is_empty() { "backstop".into() } else { name }
+}
+
+fn set_current_action(name: &str) {
+    if let Ok(mut g) = CURRENT_ACTION.lock() {
+        *g = name.to_string();
+    }
+}
+
+/// Everything that makes an action fail. Its Display is the one error line (after `<action>: `).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Args(#[from] ArgsError),
+    #[error("{0}")]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Message(#[from] MessageError),
+    #[error("{0}")]
+    Url(#[from] UrlError),
+    #[error("{0}")]
+    Datastore(#[from] backstop_datastore::Error),
+    #[error("Operation not supported")]
+    Unsupported,
+    #[error("{0} is not implemented in this version of backstop")]
+    NotImplemented(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub fn utf8_args(args: &[OsString]) -> Result<Vec<String>, DriverError> {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| DriverError::Other(format!("argument {} is not UTF-8", i + 1)))
+        })
+        .collect()
+}
+
+pub fn fail(action: &str, error: &DriverError) -> ExitCode {
+    let _ = output::write_failure(&mut std::io::stderr().lock(), action, &error.to_string());
+    ExitCode::FAILURE
+}
+
+/// Runs the action a remotes path names.
+pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
+    let invocation = match Invocation::from_path(path) {
+        Ok(i) => i,
+        Err(e) => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "backstop".into());
+            return fail(&name, &DriverError::Other(e.to_string()));
+        }
+    };
+    let name = invocation.name();
+    set_current_action(&name);
+    let result = decode(&invocation, args, &mut std::io::stdin().lock()).and_then(execute);
+    match result {
+        Ok(answer) => match output::write_answer(&mut std::io::stdout().lock(), &answer) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&name, &DriverError::Other(format!("cannot write the answer: {e}"))),
+        },
+        Err(e) => fail(&name, &e),
+    }
+}
+
+/// A decoded request: everything an action needs, typed.
+#[derive(Debug, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Request {
+    Monitor { mad: String, request: MonitorRequest },
+    Rm { mad: String, request: RmRequest },
+    Stat { mad: String, request: StatRequest },
+    Restore { mad: String, request: RestoreRequest },
+    IncrementFlatten { mad: String, request: FlattenRequest },
+    Backup { mad: String, args: BackupArgs, request: BackupRequest },
+    BackupCancel { mad: String, args: CancelArgs, vm: Vm },
+    Ls { mad: String, args: LsArgs, request: LsRequest },
+    Unsupported { mad: String, name: String },
+    TmBackupStep { tm_mad: String, name: String, args: BackupArgs, vm: Vm },
+    TmRestore { tm_mad: String, args: TmRestoreArgs, vm: Option<Vm> },
+    Downloader { scheme: String, url: BackupUrl },
+}
+
+fn read_all(stdin: &mut impl Read) -> Result<Vec<u8>, DriverError> {
+    let mut buf = Vec::new();
+    stdin
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| DriverError::Other(format!("cannot read stdin: {e}")))?;
+    if buf.len() as u64 > MAX_STDIN {
+        return Err(DriverError::Other(format!(
+            "stdin is larger than {} MiB",
+            MAX_STDIN / 1024 / 1024
+        )));
+    }
+    Ok(buf)
+}
+
+/// Decodes argv and stdin for an invocation. Reads stdin only when the action takes it.
+pub fn decode(
+    invocation: &Invocation,
+    args: &[String],
+    stdin: &mut impl Read,
+) -> Result<Request, DriverError> {
+    match invocation {
+        Invocation::Datastore { mad, action } => {
+            let mad = mad.clone();
+            match action {
+                DatastoreAction::Unsupported(u) => Ok(Request::Unsupported {
+                    mad,
+                    name: u.name().to_string(),
+                }),
+                DatastoreAction::Backup => {
+                    let args = BackupArgs::parse(args)?;
+                    let root = input::decode(&read_all(stdin)?, Encoding::RawXml)?;
+                    let request = BackupRequest::from_xml(&root)?;
+                    Ok(Request::Backup { mad, args, request })
+                }
+                DatastoreAction::BackupCancel => {
+                    let args = CancelArgs::parse(args)?;
+                    let roots = input::decode_siblings(&read_all(stdin)?, Encoding::RawXml)?;
+                    let vm = message::vm_from_siblings(&roots)?;
+                    Ok(Request::BackupCancel { mad, args, vm })
+                }
+                DatastoreAction::Ls => {
+                    let args = LsArgs::parse(args)?;
+                    let root = input::decode(&read_all(stdin)?, Encoding::RawXml)?;
+                    let request = LsRequest::from_xml(&root)?;
+                    Ok(Request::Ls { mad, args, request })
+                }
+                DatastoreAction::Monitor
+                | DatastoreAction::Rm
+                | DatastoreAction::Stat
+                | DatastoreAction::Restore
+                | DatastoreAction::IncrementFlatten => {
+                    let a = DatastoreArgs::parse(args)?;
+                    let raw = match a.data {
+                        DataSource::Stdin => read_all(stdin)?,
+                        DataSource::Argument(data) => data.into_bytes(),
+                    };
+                    let root = input::decode(&raw, Encoding::Base64)?;
+                    Ok(match action {
+                        DatastoreAction::Monitor => Request::Monitor {
+                            mad,
+                            request: MonitorRequest::from_xml(&root)?,
+                        },
+                        DatastoreAction::Rm => Request::Rm {
+                            mad,
+                            request: RmRequest::from_xml(&root)?,
+                        },
+                        DatastoreAction::Stat => Request::Stat {
+                            mad,
+                            request: StatRequest::from_xml(&root)?,
+                        },
+                        DatastoreAction::Restore => Request::Restore {
+                            mad,
+                            request: RestoreRequest::from_xml(&root)?,
+                        },
+                        _ => Request::IncrementFlatten {
+                            mad,
+                            request: FlattenRequest::from_xml(&root)?,
+                        },
+                    })
+                }
+            }
+        }
+        Invocation::Tm { tm_mad, action } => {
+            let tm_mad = tm_mad.clone();
+            if *action == TmAction::Restore {
+                let args = TmRestoreArgs::parse(args)?;
+                // oned's one_tm gives restore no document; accept one if a caller pipes it.
+                return Ok(Request::TmRestore { tm_mad, args, vm: None });
+            }
+            let args = BackupArgs::parse(args)?;
+            let roots = input::decode_siblings(&read_all(stdin)?, Encoding::RawXml)?;
+            let vm = message::vm_from_siblings(&roots)?;
+            Ok(Request::TmBackupStep {
+                tm_mad,
+                name: action.name().to_string(),
+                args,
+                vm,
+            })
+        }
+        Invocation::Downloader { scheme } => match args {
+            [url] => Ok(Request::Downloader {
+                scheme: scheme.clone(),
+                url: BackupUrl::parse(url)?,
+            }),
+            _ => Err(DriverError::Other(format!(
+                "expected 1 argument (the backup URL), got {}",
+                args.len()
+            ))),
+        },
+    }
+}
+
+/// Runs a decoded request.
+pub fn execute(request: Request) -> Result<Answer, DriverError> {
+    match request {
+        Request::Monitor { request, .. } => Ok(Answer::Lines(monitor::run(&request)?.lines())),
+        Request::Unsupported { .. } => Err(DriverError::Unsupported),
+        Request::Rm { .. } => Err(DriverError::NotImplemented("rm".into())),
+        Request::Stat { .. } => Err(DriverError::NotImplemented("stat".into())),
+        Request::Restore { .. } => Err(DriverError::NotImplemented("restore".into())),
+        Request::IncrementFlatten { .. } => {
+            Err(DriverError::NotImplemented("increment_flatten".into()))
+        }
+        Request::Backup { .. } => Err(DriverError::NotImplemented("backup".into())),
+        Request::BackupCancel { .. } => Err(DriverError::NotImplemented("backup_cancel".into())),
+        Request::Ls { .. } => Err(DriverError::NotImplemented("ls".into())),
+        Request::TmBackupStep { name, .. } => Err(DriverError::NotImplemented(name)),
+        Request::TmRestore { .. } => Err(DriverError::NotImplemented("restore (tm)".into())),
+        Request::Downloader { scheme, .. } => {
+            Err(DriverError::NotImplemented(format!("the {scheme} downloader")))
+        }
+    }
+}
+
+/// Whether every action of this kind is implemented (install refuses to replace stock drivers
+/// with actions that are not).
+pub fn unimplemented_datastore_actions() -> Vec<&'static str> {
+    backstop_protocol::action::DATASTORE_ACTIONS
+        .iter()
+        .filter(|a| {
+            !matches!(a, DatastoreAction::Monitor | DatastoreAction::Unsupported(_))
+        })
+        .map(|a| a.name())
+        .collect()
+}
+
+pub fn unimplemented_tm_actions() -> Vec<&'static str> {
+    backstop_protocol::action::TM_ACTIONS
+        .iter()
+        .map(|a| a.name())
+        .collect()
+}
