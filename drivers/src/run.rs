@@ -55,7 +55,7 @@ pub enum DriverError {
     Datastore(#[from] backstop_datastore::Error),
     #[error("Operation not supported")]
     Unsupported,
-    #[error("{0} is not implemented in this version of backstop")]
+    #[error("not implemented in this version of backstop ({0} comes in a later release)")]
     NotImplemented(String),
     #[error("{0}")]
     Other(String),
