@@ -50,7 +50,10 @@ impl Error {
     pub fn not_implemented(what: impl Into<String>) -> Self {
         Error {
             kind: ErrorKind::NotImplemented,
-            message: format!("{} is not implemented in this version of backstop", what.into()),
+            message: format!(
+                "{} is not implemented in this version of backstop",
+                what.into()
+            ),
             source: None,
         }
     }

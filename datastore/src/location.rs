@@ -29,7 +29,10 @@ impl Location {
                 base_path: ds.base_path.clone(),
             }),
             (None | Some("SFTP"), Some(server)) => Ok(Location::Sftp {
-                user: ds.attribute("RESTIC_SFTP_USER").unwrap_or("oneadmin").to_string(),
+                user: ds
+                    .attribute("RESTIC_SFTP_USER")
+                    .unwrap_or("oneadmin")
+                    .to_string(),
                 server: server.to_string(),
                 base_path: ds.base_path.clone(),
             }),
@@ -79,7 +82,9 @@ mod tests {
             Ok(Location::Local { .. })
         ));
         assert_eq!(
-            Location::of(&ds("RESTIC_BACKEND = tape")).expect_err("bad").to_string(),
+            Location::of(&ds("RESTIC_BACKEND = tape"))
+                .expect_err("bad")
+                .to_string(),
             "datastore 100: RESTIC_BACKEND \"TAPE\" is not one of LOCAL, SFTP, S3"
         );
     }

@@ -70,7 +70,10 @@ fn io_err(what: String) -> impl FnOnce(io::Error) -> InstallError {
 }
 
 pub fn main(options: &Options) -> ExitCode {
-    let remotes = options.remotes_dir.clone().unwrap_or_else(default_remotes_dir);
+    let remotes = options
+        .remotes_dir
+        .clone()
+        .unwrap_or_else(default_remotes_dir);
     let mut out = io::stdout().lock();
     let result = if options.uninstall {
         uninstall(&remotes, &mut out)
@@ -96,11 +99,7 @@ fn default_remotes_dir() -> PathBuf {
 /// The shim installed for an action at `rel` (a path relative to the remotes dir).
 pub fn shim(rel: &str) -> String {
     let depth = rel.matches('/').count();
-    let up = "../".repeat(depth);
-    format!(
-        "#!/bin/sh\n# {MARK}: runs backstop's action for this file's path; installed by backstop's install.sh.\n\
-exec \"$(dirname -- \"$0\")/{up}backstop/bin/backstop\" action \"$0\" \"$@\"\n"
-    )
+    include_str!("../../remotes/shim.sh").replace("@UP@", &"../".repeat(depth))
 }
 
 fn is_ours(path: &Path) -> bool {
@@ -154,7 +153,8 @@ impl Manifest {
     }
 
     fn render(&self) -> String {
-        let mut s = String::from("# backstop install manifest: what --uninstall removes and restores\n");
+        let mut s =
+            String::from("# backstop install manifest: what --uninstall removes and restores\n");
         for p in &self.created {
             s.push_str(&format!("created {p}\n"));
         }
@@ -179,7 +179,10 @@ fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, Inst
         .parent()
         .ok_or_else(|| InstallError(format!("{} has no parent directory", path.display())))?;
     fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.backstop-tmp"));
     let write = || -> io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
@@ -215,7 +218,8 @@ impl Installer<'_> {
                 )));
             }
             if let Some(dir) = keep.parent() {
-                fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+                fs::create_dir_all(dir)
+                    .map_err(io_err(format!("cannot create {}", dir.display())))?;
             }
             fs::rename(&path, &keep).map_err(io_err(format!(
                 "cannot move {} to {}",
@@ -223,7 +227,8 @@ impl Installer<'_> {
                 keep.display()
             )))?;
             self.manifest.replaced.insert(rel.to_string());
-            self.changed.push(format!("kept {rel} in backstop/replaced/"));
+            self.changed
+                .push(format!("kept {rel} in backstop/replaced/"));
         }
         if write_if_changed(&path, shim(rel).as_bytes(), 0o755)? {
             self.changed.push(format!("wrote {rel}"));
@@ -255,13 +260,10 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(io_err("cannot find this executable".into()))?,
     };
-    let binary_bytes =
-        fs::read(&binary).map_err(io_err(format!("cannot read the executable {}", binary.display())))?;
-    if !remotes.exists() {
-        writeln!(out, "creating {}", remotes.display()).ok();
-    }
-    fs::create_dir_all(remotes.join("backstop"))
-        .map_err(io_err(format!("cannot write to {}", remotes.display())))?;
+    let binary_bytes = fs::read(&binary).map_err(io_err(format!(
+        "cannot read the executable {}",
+        binary.display()
+    )))?;
     // The downloader.sh patch is checked before any file is written.
     let downloader_sh = remotes.join("datastore/downloader.sh");
     let patched = match fs::read_to_string(&downloader_sh) {
@@ -271,10 +273,16 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
                 downloader_sh.display()
             ))
         })?),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        // No tree yet (or a path through a file): the directory creation below reports it.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => None,
         Err(e) => return Err(io_err(format!("cannot read {}", downloader_sh.display()))(e)),
     };
 
+    if !remotes.exists() {
+        writeln!(out, "creating {}", remotes.display()).ok();
+    }
+    fs::create_dir_all(remotes.join("backstop"))
+        .map_err(io_err(format!("cannot write to {}", remotes.display())))?;
     let mut inst = Installer {
         remotes,
         manifest: Manifest::load(remotes)?.unwrap_or_default(),
@@ -328,7 +336,12 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
     }
 
     if inst.changed.is_empty() {
-        writeln!(out, "backstop is already installed in {}; nothing changed", remotes.display()).ok();
+        writeln!(
+            out,
+            "backstop is already installed in {}; nothing changed",
+            remotes.display()
+        )
+        .ok();
     } else {
         for c in &inst.changed {
             writeln!(out, "{c}").ok();
@@ -348,17 +361,9 @@ fn mode_of(path: &Path) -> u32 {
         .unwrap_or(0o755)
 }
 
-/// The arm downloader.sh needs for `backstop://` URLs. Unlike a bare `eval` of the
-/// downloader's output, a failing downloader aborts the download instead of copying nothing.
-fn downloader_block() -> String {
-    format!(
-        "{BLOCK_START}\n\
-backstop://*|backstop+rbd://*)\n\
-    backstop_vars=$(\"$(dirname \"$0\")/{DS_MAD}_downloader\" \"$FROM\") || exit 1\n\
-    eval \"$(printf '%s\\n' \"$backstop_vars\" | grep -e '^command=' -e '^clean_command=')\"\n\
-    ;;\n\
-{BLOCK_END}\n"
-    )
+/// The arm downloader.sh needs for `backstop://` URLs (`remotes/datastore/downloader-arm.sh`).
+fn downloader_block() -> &'static str {
+    include_str!("../../remotes/datastore/downloader-arm.sh")
 }
 
 /// downloader.sh with the backstop arm right after `case "$FROM" in` (or with an older arm
@@ -373,7 +378,7 @@ pub fn patch_downloader(text: &str) -> Option<String> {
             if !line.ends_with('\n') {
                 out.push('\n');
             }
-            out.push_str(&downloader_block());
+            out.push_str(downloader_block());
             done = true;
         }
     }
@@ -465,23 +470,49 @@ fn uninstall(remotes: &Path, out: &mut impl Write) -> Result<(), InstallError> {
             writeln!(out, "removed the backstop arm from datastore/downloader.sh").ok();
         }
     }
-    fs::remove_file(Manifest::path(remotes))
-        .map_err(io_err(format!("cannot remove {}", Manifest::path(remotes).display())))?;
+    fs::remove_file(Manifest::path(remotes)).map_err(io_err(format!(
+        "cannot remove {}",
+        Manifest::path(remotes).display()
+    )))?;
     // Remove the directories backstop made, deepest first, only when empty.
-    let _ = fs::remove_dir_all(remotes.join("backstop/replaced"))
-        .or_else(|_| Ok::<(), io::Error>(()));
-    for dir in dirs.iter().rev().chain([PathBuf::from("backstop/bin"), PathBuf::from("backstop")].iter()) {
+    remove_empty_dirs(&remotes.join("backstop/replaced"));
+    for dir in dirs
+        .iter()
+        .rev()
+        .chain([PathBuf::from("backstop/bin"), PathBuf::from("backstop")].iter())
+    {
         let _ = fs::remove_dir(remotes.join(dir));
     }
     writeln!(out, "backstop is uninstalled from {}", remotes.display()).ok();
     Ok(())
 }
 
+/// Removes `dir` and the directories below it that are empty, never a file.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STOCK: &str = "#!/bin/bash\nFROM=\"$1\"\ncase \"$FROM\" in\nhttp://*)\n    command=curl\n    ;;\nesac\n";
+    const STOCK: &str =
+        "#!/bin/bash\nFROM=\"$1\"\ncase \"$FROM\" in\nhttp://*)\n    command=curl\n    ;;\nesac\n";
+
+    #[test]
+    fn the_arm_is_delimited_by_the_markers() {
+        let lines: Vec<&str> = downloader_block().lines().collect();
+        assert_eq!(lines.first(), Some(&BLOCK_START));
+        assert_eq!(lines.last(), Some(&BLOCK_END));
+        assert!(shim("x/y").contains(MARK));
+    }
 
     #[test]
     fn patches_once_and_unpatches_exactly() {
@@ -494,7 +525,13 @@ mod tests {
 
     #[test]
     fn shims_reach_the_binary() {
-        assert!(shim("datastore/backstop/rm").contains("\"$(dirname -- \"$0\")/../../backstop/bin/backstop\""));
-        assert!(shim("datastore/backstop_downloader").contains("\"$(dirname -- \"$0\")/../backstop/bin/backstop\""));
+        assert!(
+            shim("datastore/backstop/rm")
+                .contains("\"$(dirname -- \"$0\")/../../backstop/bin/backstop\"")
+        );
+        assert!(
+            shim("datastore/backstop_downloader")
+                .contains("\"$(dirname -- \"$0\")/../backstop/bin/backstop\"")
+        );
     }
 }

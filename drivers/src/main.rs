@@ -31,7 +31,9 @@ fn main() -> ExitCode {
         let _ = backstop_protocol::output::write_failure(
             &mut std::io::stderr().lock(),
             &run::current_action(),
-            &format!("internal error: {payload}{place} (this is a bug in backstop; please report it)"),
+            &format!(
+                "internal error: {payload}{place} (this is a bug in backstop; please report it)"
+            ),
         );
     }));
     let args: Vec<OsString> = std::env::args_os().collect();

@@ -1,1 +1,6 @@
-//! End-to-end tests.
+//! End-to-end tests: `install.sh` into a temporary remotes tree, then the installed actions
+//! called as oned calls them (argv, stdin, exit code, stdout, stderr). One test binary.
+
+mod actions;
+mod install;
+mod support;

@@ -5,8 +5,8 @@
 //! figures are the file system's that holds `BASE_PATH`: used = (blocks − free blocks),
 //! free = blocks available to an unprivileged user, which is what `df` reports.
 
-use crate::location::Location;
 use crate::Error;
+use crate::location::Location;
 use backstop_protocol::message::MonitorRequest;
 use std::path::Path;
 
@@ -41,7 +41,10 @@ pub fn run(request: &MonitorRequest) -> Result<Capacity, Error> {
 /// Capacity of the file system holding `base_path`, creating the directory first.
 pub fn local(base_path: &Path) -> Result<Capacity, Error> {
     std::fs::create_dir_all(base_path).map_err(|e| {
-        Error::io(format!("cannot create BASE_PATH {}", base_path.display()), e)
+        Error::io(
+            format!("cannot create BASE_PATH {}", base_path.display()),
+            e,
+        )
     })?;
     let st = rustix::fs::statvfs(base_path).map_err(|e| {
         Error::io(
@@ -70,10 +73,7 @@ mod tests {
         let c = local(&base).expect("monitor");
         assert!(base.is_dir());
         assert!(c.total_mb > 0 && c.used_mb <= c.total_mb && c.free_mb <= c.total_mb);
-        assert_eq!(
-            c.lines()[0],
-            format!("USED_MB={}", c.used_mb),
-        );
+        assert_eq!(c.lines()[0], format!("USED_MB={}", c.used_mb),);
     }
 
     #[test]
@@ -83,7 +83,8 @@ mod tests {
         std::fs::write(&file, b"x").expect("write");
         let e = local(&file.join("sub")).expect_err("not a dir");
         assert!(
-            e.to_string().starts_with(&format!("cannot create BASE_PATH {}/sub: ", file.display())),
+            e.to_string()
+                .starts_with(&format!("cannot create BASE_PATH {}/sub: ", file.display())),
             "{e}"
         );
     }

@@ -138,7 +138,10 @@ impl TmAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Invocation {
     /// `datastore/<mad>/<action>`
-    Datastore { mad: String, action: DatastoreAction },
+    Datastore {
+        mad: String,
+        action: DatastoreAction,
+    },
     /// `tm/<tm_mad>/<action>`
     Tm { tm_mad: String, action: TmAction },
     /// `datastore/<scheme>_downloader[.rb|.sh]`
@@ -262,9 +265,16 @@ mod tests {
             ),
         ];
         for (path, expected) in cases {
-            assert_eq!(Invocation::from_path(Path::new(path)).expect(path), expected);
+            assert_eq!(
+                Invocation::from_path(Path::new(path)).expect(path),
+                expected
+            );
         }
-        for bad in ["/usr/bin/backstop", "/r/datastore/backstop/frobnicate", "/r/tm/ssh/clone"] {
+        for bad in [
+            "/usr/bin/backstop",
+            "/r/datastore/backstop/frobnicate",
+            "/r/tm/ssh/clone",
+        ] {
             assert!(Invocation::from_path(Path::new(bad)).is_err(), "{bad}");
         }
     }

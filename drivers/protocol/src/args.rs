@@ -80,7 +80,11 @@ impl HostDir {
 
     /// The VM directory's last component, which is the VM id for every system datastore.
     pub fn vm_dir_name(&self) -> &str {
-        self.vm_dir.trim_end_matches('/').rsplit('/').next().unwrap_or_default()
+        self.vm_dir
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
     }
 }
 
@@ -216,8 +220,15 @@ mod tests {
 
     #[test]
     fn reads_backup_args_of_every_version() {
-        let a = BackupArgs::parse(&v(&["node1:/var/lib/one//datastores/0/22", "0:2:", "one-22", "-", "22", "0"]))
-            .expect("6.8+");
+        let a = BackupArgs::parse(&v(&[
+            "node1:/var/lib/one//datastores/0/22",
+            "0:2:",
+            "one-22",
+            "-",
+            "22",
+            "0",
+        ]))
+        .expect("6.8+");
         assert_eq!(a.host_dir.host, "node1");
         assert_eq!(a.host_dir.vm_dir, "/var/lib/one//datastores/0/22");
         assert_eq!(a.host_dir.vm_dir_name(), "22");
@@ -232,15 +243,21 @@ mod tests {
     #[test]
     fn pins_the_errors() {
         assert_eq!(
-            BackupArgs::parse(&v(&["h:/d", "x", "d", "-", "1", "0"])).expect_err("bad disk").to_string(),
+            BackupArgs::parse(&v(&["h:/d", "x", "d", "-", "1", "0"]))
+                .expect_err("bad disk")
+                .to_string(),
             "a disk id is not a number: \"x\""
         );
         assert_eq!(
-            BackupArgs::parse(&v(&["h/d", "0", "d", "-", "1", "0"])).expect_err("bad dir").to_string(),
+            BackupArgs::parse(&v(&["h/d", "0", "d", "-", "1", "0"]))
+                .expect_err("bad dir")
+                .to_string(),
             "expected <host>:<absolute VM directory>, got \"h/d\""
         );
         assert_eq!(
-            DatastoreArgs::parse(&v(&["abc"])).expect_err("bad id").to_string(),
+            DatastoreArgs::parse(&v(&["abc"]))
+                .expect_err("bad id")
+                .to_string(),
             "the request id is not a number: \"abc\""
         );
         assert_eq!(

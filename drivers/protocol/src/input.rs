@@ -58,9 +58,7 @@ pub fn decode_base64(text: &[u8]) -> Result<Vec<u8>, InputError> {
                 base64::DecodeError::InvalidLastSymbol(offset, _) => {
                     format!("invalid last character at offset {offset}")
                 }
-                base64::DecodeError::InvalidPadding => {
-                    "missing or misplaced '=' padding".into()
-                }
+                base64::DecodeError::InvalidPadding => "missing or misplaced '=' padding".into(),
             })
         })
 }
@@ -96,13 +94,33 @@ mod tests {
     #[test]
     fn pins_the_errors() {
         let cases: [(&[u8], Encoding, &str); 6] = [
-            (b"", Encoding::Base64, "stdin is empty: expected base64 of the DS_DRIVER_ACTION_DATA document"),
-            (b" \n", Encoding::RawXml, "stdin is empty: expected an XML document"),
-            (b"PD94bW!", Encoding::Base64, "stdin is not base64: invalid character '!' at offset 6"),
-            (b"PD9", Encoding::Base64, "stdin is not base64: missing or misplaced '=' padding"),
+            (
+                b"",
+                Encoding::Base64,
+                "stdin is empty: expected base64 of the DS_DRIVER_ACTION_DATA document",
+            ),
+            (
+                b" \n",
+                Encoding::RawXml,
+                "stdin is empty: expected an XML document",
+            ),
+            (
+                b"PD94bW!",
+                Encoding::Base64,
+                "stdin is not base64: invalid character '!' at offset 6",
+            ),
+            (
+                b"PD9",
+                Encoding::Base64,
+                "stdin is not base64: missing or misplaced '=' padding",
+            ),
             (b"//79", Encoding::Base64, "stdin is not UTF-8 text"),
             // base64 of "hello"
-            (b"aGVsbG8=", Encoding::Base64, "stdin is not XML: text before the root element (at byte 0)"),
+            (
+                b"aGVsbG8=",
+                Encoding::Base64,
+                "stdin is not XML: text before the root element (at byte 0)",
+            ),
         ];
         for (raw, enc, msg) in cases {
             let got = decode(raw, enc).expect_err(msg).to_string();

@@ -104,7 +104,9 @@ impl<'a> Node<'a> {
 
     /// An id where oned writes `-1` for "none".
     fn optional_id(&self, name: &str) -> Result<Option<u64>, MessageError> {
-        Ok(self.number::<i64>(name)?.and_then(|v| u64::try_from(v).ok()))
+        Ok(self
+            .number::<i64>(name)?
+            .and_then(|v| u64::try_from(v).ok()))
     }
 
     fn template(&self, name: &str) -> Template {
@@ -268,10 +270,11 @@ impl BackupConfig {
             Some(m) if m.eq_ignore_ascii_case("INCREMENT") => BackupMode::Increment,
             _ => BackupMode::Full,
         };
-        let increment_mode = (mode == BackupMode::Increment).then(|| match node.text("INCREMENT_MODE") {
-            Some(m) if m.eq_ignore_ascii_case("SNAPSHOT") => IncrementMode::Snapshot,
-            _ => IncrementMode::Cbt,
-        });
+        let increment_mode =
+            (mode == BackupMode::Increment).then(|| match node.text("INCREMENT_MODE") {
+                Some(m) if m.eq_ignore_ascii_case("SNAPSHOT") => IncrementMode::Snapshot,
+                _ => IncrementMode::Cbt,
+            });
         let fs_freeze = match node.text("FS_FREEZE") {
             Some(f) if f.eq_ignore_ascii_case("AGENT") => FsFreeze::Agent,
             Some(f) if f.eq_ignore_ascii_case("SUSPEND") => FsFreeze::Suspend,
@@ -418,10 +421,7 @@ impl Vm {
                 });
             }
         }
-        let tpm = template
-            .vectors("TPM")
-            .next()
-            .map(|pairs| pairs.to_vec());
+        let tpm = template.vectors("TPM").next().map(|pairs| pairs.to_vec());
         let placement = node
             .element
             .at("HISTORY_RECORDS")
@@ -540,7 +540,9 @@ impl Image {
                 if !crate::url::valid_source(source) {
                     return Err(MessageError::Invalid {
                         path: n.sub("SOURCE"),
-                        problem: format!("{source:?} is not a backup id (no blanks, '/', ',' or ':')"),
+                        problem: format!(
+                            "{source:?} is not a backup id (no blanks, '/', ',' or ':')"
+                        ),
                     });
                 }
                 increments.push(Increment {
@@ -826,9 +828,9 @@ impl LsRequest {
 /// A bare VM document: `backup_cancel` and the transfer-manager actions. Accepts a
 /// `<BACKUP_RESULT>` written after `</VM>` as well as inside it.
 pub fn vm_from_siblings(roots: &[Element]) -> Result<Vm, MessageError> {
-    let first = roots.first().ok_or_else(|| MessageError::Missing {
-        path: "VM".into(),
-    })?;
+    let first = roots
+        .first()
+        .ok_or_else(|| MessageError::Missing { path: "VM".into() })?;
     let node = Node::root(first, &["VM"])?;
     let mut vm = Vm::from_node(node)?;
     if roots[1..]

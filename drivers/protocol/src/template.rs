@@ -312,12 +312,8 @@ impl<'a> Parser<'a> {
     }
 
     fn vector(&mut self, name: &str, open: Mark) -> Result<Vec<(String, String)>, TemplateError> {
-        let unclosed = |p: &Self| {
-            p.error_at(
-                open,
-                format!("vector {name} is not closed (missing ']')"),
-            )
-        };
+        let unclosed =
+            |p: &Self| p.error_at(open, format!("vector {name} is not closed (missing ']')"));
         let mut pairs = Vec::new();
         self.skip_space();
         if self.peek() == Some(']') {
@@ -486,7 +482,10 @@ A = 1 B = 2
                 "D = [ A = 1, ]",
                 "line 1, column 14: expected a key inside vector D (letters, digits, '_'), found ']'",
             ),
-            ("X = ]", "line 1, column 5: expected a value for X, found ']'"),
+            (
+                "X = ]",
+                "line 1, column 5: expected a value for X, found ']'",
+            ),
         ];
         for (text, expected) in cases {
             let e = Template::parse(text).expect_err(text);
@@ -507,7 +506,10 @@ A = 1 B = 2
         let t = Template::parse("RESTIC_PASSWORD = s3cret\nX = [ PASSWORD = p ]\nN = 1")
             .expect("parses");
         let shown = t.redacted().to_string();
-        assert!(!shown.contains("s3cret") && !shown.contains("= \"p\""), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("= \"p\""),
+            "{shown}"
+        );
         assert!(shown.contains("N = \"1\""));
     }
 }

@@ -93,13 +93,19 @@ impl BackupUrl {
             .split(',')
             .map(|link| {
                 let (id, source) = link.split_once(':').ok_or_else(|| {
-                    fail(format!("has a chain link {link:?} without ':' (expected id:source)"))
+                    fail(format!(
+                        "has a chain link {link:?} without ':' (expected id:source)"
+                    ))
                 })?;
                 let increment_id = id.parse::<u64>().map_err(|_| {
-                    fail(format!("has a chain link {link:?} whose increment id is not a number"))
+                    fail(format!(
+                        "has a chain link {link:?} whose increment id is not a number"
+                    ))
                 })?;
                 if !valid_source(source) {
-                    return Err(fail(format!("has a chain link {link:?} with an empty or bad source")));
+                    return Err(fail(format!(
+                        "has a chain link {link:?} with an empty or bad source"
+                    )));
                 }
                 Ok(ChainLink {
                     increment_id,
@@ -123,7 +129,10 @@ impl BackupUrl {
 
     /// The source of the last link: the backup that holds the newest state.
     pub fn last_source(&self) -> &str {
-        self.chain.last().map(|l| l.source.as_str()).unwrap_or_default()
+        self.chain
+            .last()
+            .map(|l| l.source.as_str())
+            .unwrap_or_default()
     }
 
     /// The file name of the disk path.
@@ -181,8 +190,10 @@ mod tests {
         assert_eq!(u.disk_id(), Some(0));
         assert_eq!(u.vm_id(), Some(22));
 
-        let r = BackupUrl::parse("rsync+rbd://100/3/0:8a3454,1:f6e63e/var/lib/one/datastores/100/6/8a3454/disk.1.rbd2")
-            .expect("parses");
+        let r = BackupUrl::parse(
+            "rsync+rbd://100/3/0:8a3454,1:f6e63e/var/lib/one/datastores/100/6/8a3454/disk.1.rbd2",
+        )
+        .expect("parses");
         assert!(r.rbd);
         assert_eq!(r.job_id, Some(3));
         assert_eq!(r.disk_id(), Some(1));
@@ -207,12 +218,30 @@ mod tests {
                 "restic://100///var/lib/one/datastores/0/1/backup/disk.0.0",
                 "backup URL \"restic://100///var/lib/one/datastores/0/1/backup/disk.0.0\" has no increment chain (expected <proto>://<datastore id>/<job id or empty>/<id:source,...>/<absolute path>)",
             ),
-            ("/var/lib/x", "backup URL \"/var/lib/x\" has no '://' (expected <proto>://<datastore id>/<job id or empty>/<id:source,...>/<absolute path>)"),
-            ("restic://x//0:a/p", "backup URL \"restic://x//0:a/p\" has a datastore id \"x\" that is not a number"),
-            ("restic://1/j/0:a/p", "backup URL \"restic://1/j/0:a/p\" has a job id \"j\" that is not a number"),
-            ("restic://1//0a/p", "backup URL \"restic://1//0a/p\" has a chain link \"0a\" without ':' (expected id:source)"),
-            ("restic://1//0:/p", "backup URL \"restic://1//0:/p\" has a chain link \"0:\" with an empty or bad source"),
-            ("restic://1//0:a", "backup URL \"restic://1//0:a\" has no disk file path (expected <proto>://<datastore id>/<job id or empty>/<id:source,...>/<absolute path>)"),
+            (
+                "/var/lib/x",
+                "backup URL \"/var/lib/x\" has no '://' (expected <proto>://<datastore id>/<job id or empty>/<id:source,...>/<absolute path>)",
+            ),
+            (
+                "restic://x//0:a/p",
+                "backup URL \"restic://x//0:a/p\" has a datastore id \"x\" that is not a number",
+            ),
+            (
+                "restic://1/j/0:a/p",
+                "backup URL \"restic://1/j/0:a/p\" has a job id \"j\" that is not a number",
+            ),
+            (
+                "restic://1//0a/p",
+                "backup URL \"restic://1//0a/p\" has a chain link \"0a\" without ':' (expected id:source)",
+            ),
+            (
+                "restic://1//0:/p",
+                "backup URL \"restic://1//0:/p\" has a chain link \"0:\" with an empty or bad source",
+            ),
+            (
+                "restic://1//0:a",
+                "backup URL \"restic://1//0:a\" has no disk file path (expected <proto>://<datastore id>/<job id or empty>/<id:source,...>/<absolute path>)",
+            ),
         ];
         for (url, expected) in cases {
             assert_eq!(BackupUrl::parse(url).expect_err(url).to_string(), expected);

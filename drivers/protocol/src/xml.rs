@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(a.text_at("B"), Some("x < y"));
         assert_eq!(a.text_at("C"), Some("a & b A"));
         assert_eq!(a.children_named("D").count(), 2);
-        assert_eq!(a.children_named("D").nth(1).map(|d| d.text.as_str()), Some("2"));
+        assert_eq!(
+            a.children_named("D").nth(1).map(|d| d.text.as_str()),
+            Some("2")
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ const IMAGE_FULL: &str = include_str!("fixtures/image_full.xml");
 const IMAGE_CHAIN: &str = include_str!("fixtures/image_chain.xml");
 
 fn action_data(parts: &[&str]) -> String {
-    format!("<DS_DRIVER_ACTION_DATA>{}</DS_DRIVER_ACTION_DATA>", parts.concat())
+    format!(
+        "<DS_DRIVER_ACTION_DATA>{}</DS_DRIVER_ACTION_DATA>",
+        parts.concat()
+    )
 }
 
 fn b64(xml: &str) -> Vec<u8> {
@@ -32,7 +35,10 @@ fn check_datastore(ds: &Datastore) {
     assert_eq!(ds.tm_mad, "-");
     assert_eq!(ds.base_path, "/var/lib/one//datastores/100");
     assert_eq!(ds.type_code, Some(3));
-    assert_eq!(ds.attribute("RESTIC_PASSWORD"), Some("correct horse battery staple"));
+    assert_eq!(
+        ds.attribute("RESTIC_PASSWORD"),
+        Some("correct horse battery staple")
+    );
     assert_eq!(ds.attribute("RESTIC_SFTP_SERVER"), Some("10.0.0.8"));
     assert_eq!(ds.attribute("RESTIC_SFTP_USER"), Some("backup"));
     assert_eq!(ds.attribute("RESTIC_CONNECTIONS"), Some("8"));
@@ -41,7 +47,12 @@ fn check_datastore(ds: &Datastore) {
     assert_eq!(ds.attribute("RESTIC_PRUNE_MAX_UNUSED"), Some("5%"));
     // Unknown attributes are kept, in order, with their text as written.
     assert_eq!(ds.attribute("SITE_NOTE"), Some("rack 4 & \"cold\" aisle"));
-    let names: Vec<&str> = ds.template.attributes.iter().map(|a| a.name.as_str()).collect();
+    let names: Vec<&str> = ds
+        .template
+        .attributes
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
     assert_eq!(
         names,
         [
@@ -66,10 +77,16 @@ fn check_datastore(ds: &Datastore) {
 fn check_vm(vm: &Vm) {
     assert_eq!(vm.id, 22);
     assert_eq!(vm.name, "db-primary");
-    assert_eq!(vm.deploy_id.as_deref(), Some("8f9b3c1e-2d4a-4e6f-9a0b-1c2d3e4f5a6b"));
+    assert_eq!(
+        vm.deploy_id.as_deref(),
+        Some("8f9b3c1e-2d4a-4e6f-9a0b-1c2d3e4f5a6b")
+    );
     assert_eq!((vm.state, vm.lcm_state), (Some(8), Some(70)));
     let p = vm.placement.as_ref().expect("placement");
-    assert_eq!(p.hostname, "node2.example.org", "the current host is the last history record");
+    assert_eq!(
+        p.hostname, "node2.example.org",
+        "the current host is the last history record"
+    );
     assert_eq!(p.host_id, Some(3));
     assert_eq!(p.system_ds_id, Some(101));
     assert_eq!(p.tm_mad.as_deref(), Some("ssh"));
@@ -80,11 +97,18 @@ fn check_vm(vm: &Vm) {
     assert_eq!(d0.size_mb, Some(10240));
     assert_eq!(d0.format.as_deref(), Some("qcow2"));
     assert_eq!(d0.disk_type.as_deref(), Some("FILE"));
-    assert_eq!(d0.source.as_deref(), Some("/var/lib/one//datastores/1/3f5c2a"));
+    assert_eq!(
+        d0.source.as_deref(),
+        Some("/var/lib/one//datastores/1/3f5c2a")
+    );
     assert_eq!(d0.image_id, Some(7));
     assert_eq!(d0.target.as_deref(), Some("vda"));
     assert!(!d0.persistent);
-    assert!(d0.attributes.iter().any(|(k, v)| k == "ALLOW_ORPHANS" && v == "FORMAT"));
+    assert!(
+        d0.attributes
+            .iter()
+            .any(|(k, v)| k == "ALLOW_ORPHANS" && v == "FORMAT")
+    );
     let d1 = vm.disk(1).expect("disk 1");
     assert!(d1.persistent);
     assert_eq!(d1.size_mb, Some(51200));
@@ -115,7 +139,10 @@ fn check_vm(vm: &Vm) {
     assert_eq!(c.last_backup_size, Some(61440));
     assert_eq!(c.last_backup_format.as_deref(), Some("raw"));
     assert_eq!(vm.backup_ids, vec![31, 32]);
-    assert_eq!(vm.user_template.get("DESCRIPTION"), Some("primary database"));
+    assert_eq!(
+        vm.user_template.get("DESCRIPTION"),
+        Some("primary database")
+    );
     assert_eq!(vm.template.vectors("CONTEXT").count(), 1);
     assert!(!vm.backup_failed);
 }
@@ -129,8 +156,8 @@ fn monitor() {
 
 #[test]
 fn backup_with_vm_7x() {
-    let root = input::decode(action_data(&[DATASTORE, VM]).as_bytes(), Encoding::RawXml)
-        .expect("raw xml");
+    let root =
+        input::decode(action_data(&[DATASTORE, VM]).as_bytes(), Encoding::RawXml).expect("raw xml");
     let r = BackupRequest::from_xml(&root).expect("backup");
     check_datastore(&r.datastore);
     check_vm(r.vm.as_ref().expect("vm"));
@@ -164,7 +191,10 @@ fn rm_full_image() {
     assert_eq!(i.backup_disk_ids, vec![0, 1, 2]);
     let chain = i.chain();
     assert_eq!(chain.len(), 1);
-    assert_eq!((chain[0].increment_id, chain[0].source.as_str()), (0, "a1b2c3d4"));
+    assert_eq!(
+        (chain[0].increment_id, chain[0].source.as_str()),
+        (0, "a1b2c3d4")
+    );
 }
 
 #[test]
@@ -183,7 +213,10 @@ fn flatten_increment_chain_with_keep_last() {
     assert_eq!(first.size_mb, Some(61440));
     assert_eq!(first.date, Some(1763262008));
     let last = &i.increments[4];
-    assert_eq!((last.id, last.parent_id, last.kind), (4, Some(3), IncrementType::Increment));
+    assert_eq!(
+        (last.id, last.parent_id, last.kind),
+        (4, Some(3), IncrementType::Increment)
+    );
     assert_eq!(last.source, "3a4b5c6d");
     let chain: Vec<String> = i
         .chain_until(Some(2))
@@ -260,13 +293,28 @@ fn backup_cancel_and_postbackup_vm() {
 /// The exact error for each class of bad input.
 #[test]
 fn bad_input_errors() {
-    let no_base_path = DATASTORE.replace("<BASE_PATH><![CDATA[/var/lib/one//datastores/100]]></BASE_PATH>", "");
+    let no_base_path = DATASTORE.replace(
+        "<BASE_PATH><![CDATA[/var/lib/one//datastores/100]]></BASE_PATH>",
+        "",
+    );
     let bad_id = DATASTORE.replace("<ID>100</ID>", "<ID>one hundred</ID>");
     let cases: Vec<(String, String)> = vec![
-        (action_data(&["<IMAGE/>"]), "DS_DRIVER_ACTION_DATA/DATASTORE is missing".into()),
-        (action_data(&[&no_base_path]), "DS_DRIVER_ACTION_DATA/DATASTORE/BASE_PATH is missing".into()),
-        (action_data(&[&bad_id]), "DS_DRIVER_ACTION_DATA/DATASTORE/ID is not a number: \"one hundred\"".into()),
-        ("<VM><ID>1</ID></VM>".into(), "expected XML root element DS_DRIVER_ACTION_DATA, found VM".into()),
+        (
+            action_data(&["<IMAGE/>"]),
+            "DS_DRIVER_ACTION_DATA/DATASTORE is missing".into(),
+        ),
+        (
+            action_data(&[&no_base_path]),
+            "DS_DRIVER_ACTION_DATA/DATASTORE/BASE_PATH is missing".into(),
+        ),
+        (
+            action_data(&[&bad_id]),
+            "DS_DRIVER_ACTION_DATA/DATASTORE/ID is not a number: \"one hundred\"".into(),
+        ),
+        (
+            "<VM><ID>1</ID></VM>".into(),
+            "expected XML root element DS_DRIVER_ACTION_DATA, found VM".into(),
+        ),
     ];
     for (xml, expected) in cases {
         let root = decode_b64(&xml);
@@ -278,22 +326,34 @@ fn bad_input_errors() {
         DATASTORE,
     ]);
     assert_eq!(
-        StatRequest::from_xml(&decode_b64(&stat)).expect_err("no chain").to_string(),
+        StatRequest::from_xml(&decode_b64(&stat))
+            .expect_err("no chain")
+            .to_string(),
         "DS_DRIVER_ACTION_DATA/IMAGE/PATH has no increment chain (expected <proto>://<datastore id>/<job id or empty>/<id:source,...>/<absolute path>)"
     );
     let bad_inc = IMAGE_CHAIN.replace("<ID>3</ID>", "<ID>three</ID>");
-    let flat = action_data(&[&bad_inc, DATASTORE, "<EXTRA_DATA><KEEP_LAST>3</KEEP_LAST></EXTRA_DATA>"]);
+    let flat = action_data(&[
+        &bad_inc,
+        DATASTORE,
+        "<EXTRA_DATA><KEEP_LAST>3</KEEP_LAST></EXTRA_DATA>",
+    ]);
     assert_eq!(
-        FlattenRequest::from_xml(&decode_b64(&flat)).expect_err("bad inc").to_string(),
+        FlattenRequest::from_xml(&decode_b64(&flat))
+            .expect_err("bad inc")
+            .to_string(),
         "DS_DRIVER_ACTION_DATA/IMAGE/BACKUP_INCREMENTS/INCREMENT[3]/ID is not a number: \"three\""
     );
     let no_keep = action_data(&[IMAGE_CHAIN, DATASTORE]);
     assert_eq!(
-        FlattenRequest::from_xml(&decode_b64(&no_keep)).expect_err("no keep").to_string(),
+        FlattenRequest::from_xml(&decode_b64(&no_keep))
+            .expect_err("no keep")
+            .to_string(),
         "DS_DRIVER_ACTION_DATA/EXTRA_DATA/KEEP_LAST is missing"
     );
     assert_eq!(
-        Template::parse("NAME = b\nDISK = [ IMAGE = a,\n").expect_err("vector").to_string(),
+        Template::parse("NAME = b\nDISK = [ IMAGE = a,\n")
+            .expect_err("vector")
+            .to_string(),
         "line 2, column 8: vector DISK is not closed (missing ']')"
     );
 }

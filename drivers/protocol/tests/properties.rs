@@ -21,10 +21,32 @@ fn all_parsers(root: &Element) {
 /// XML-ish text built from the names the parsers look for, so the generator reaches deep paths.
 fn xmlish() -> impl Strategy<Value = String> {
     let names = prop::sample::select(vec![
-        "DS_DRIVER_ACTION_DATA", "DATASTORE", "IMAGE", "VM", "ID", "BASE_PATH", "DS_MAD", "TEMPLATE",
-        "DISK", "DISK_ID", "SIZE", "BACKUP_INCREMENTS", "INCREMENT", "SOURCE", "PATH", "HISTORY_RECORDS",
-        "HISTORY", "HOSTNAME", "BACKUPS", "BACKUP_CONFIG", "KEEP_LAST", "EXTRA_DATA", "USERNAME",
-        "DESTINATION_DS_ID", "VMS", "BACKUP_DISK_IDS",
+        "DS_DRIVER_ACTION_DATA",
+        "DATASTORE",
+        "IMAGE",
+        "VM",
+        "ID",
+        "BASE_PATH",
+        "DS_MAD",
+        "TEMPLATE",
+        "DISK",
+        "DISK_ID",
+        "SIZE",
+        "BACKUP_INCREMENTS",
+        "INCREMENT",
+        "SOURCE",
+        "PATH",
+        "HISTORY_RECORDS",
+        "HISTORY",
+        "HOSTNAME",
+        "BACKUPS",
+        "BACKUP_CONFIG",
+        "KEEP_LAST",
+        "EXTRA_DATA",
+        "USERNAME",
+        "DESTINATION_DS_ID",
+        "VMS",
+        "BACKUP_DISK_IDS",
     ]);
     let leaf = prop_oneof![
         "[ -~]{0,12}".prop_map(|t| t.replace(['<', '&'], "")),
@@ -59,7 +81,10 @@ fn url() -> impl Strategy<Value = BackupUrl> {
             job_id: job,
             chain: chain
                 .into_iter()
-                .map(|(increment_id, source)| ChainLink { increment_id, source })
+                .map(|(increment_id, source)| ChainLink {
+                    increment_id,
+                    source,
+                })
                 .collect(),
             path: format!("/{}", parts.join("/")),
         })
@@ -73,9 +98,14 @@ fn value() -> impl Strategy<Value = String> {
 fn template() -> impl Strategy<Value = Template> {
     let name = "[A-Z0-9_]{1,12}";
     let attr = prop_oneof![
-        (name, value()).prop_map(|(n, v)| Attribute { name: n, value: Value::Single(v) }),
-        (name, prop::collection::vec((name, value()), 0..4))
-            .prop_map(|(n, pairs)| Attribute { name: n, value: Value::Vector(pairs) }),
+        (name, value()).prop_map(|(n, v)| Attribute {
+            name: n,
+            value: Value::Single(v)
+        }),
+        (name, prop::collection::vec((name, value()), 0..4)).prop_map(|(n, pairs)| Attribute {
+            name: n,
+            value: Value::Vector(pairs)
+        }),
     ];
     prop::collection::vec(attr, 0..8).prop_map(|attributes| Template { attributes })
 }

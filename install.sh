@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds backstop and installs it into an OpenNebula remotes tree (or takes it out again).
+#
+#   ./install.sh [--remotes-dir DIR] [--replace-stock] [--with-tm] [--uninstall]
+#
+#   --remotes-dir DIR  the tree oned runs drivers from; default $ONE_LOCATION/var/remotes when
+#                      ONE_LOCATION is set, else /var/lib/one/remotes
+#   --replace-stock    also install as DS_MAD "restic" (drop-in), keeping the stock files
+#   --with-tm          also replace the backup actions of the qcow2/shared/ssh/local TM drivers
+#   --uninstall        remove backstop and put back everything it replaced
+#   --binary FILE      install this executable instead of building one (packagers, tests)
+#
+# Everything after the build is done by `backstop install`; see `backstop install --help`.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+binary=""
+uninstall=no
+remotes=""
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) [ $# -ge 2 ] || { echo "install.sh: --binary needs a file" >&2; exit 2; }
+                  binary=$2; shift 2; continue ;;
+        --binary=*) binary=${1#--binary=}; shift; continue ;;
+        --uninstall) uninstall=yes ;;
+        --remotes-dir) [ $# -ge 2 ] || { echo "install.sh: --remotes-dir needs a directory" >&2; exit 2; }
+                       remotes=$2 ;;
+        --remotes-dir=*) remotes=${1#--remotes-dir=} ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    esac
+    args+=("$1")
+    shift
+done
+
+if [ -z "$binary" ] && [ "$uninstall" = yes ]; then
+    # Uninstalling needs no build: the installed executable knows how.
+    if [ -z "$remotes" ]; then
+        if [ -n "${ONE_LOCATION:-}" ]; then remotes=$ONE_LOCATION/var/remotes; else remotes=/var/lib/one/remotes; fi
+    fi
+    if [ -x "$remotes/backstop/bin/backstop" ]; then
+        binary=$remotes/backstop/bin/backstop
+    fi
+fi
+
+if [ -z "$binary" ]; then
+    command -v cargo >/dev/null 2>&1 || {
+        echo "install.sh: cargo is needed to build backstop (https://rustup.rs), or pass --binary FILE" >&2
+        exit 1
+    }
+    echo "building backstop (release)..."
+    (cd "$here" && cargo build --release --locked --quiet --bin backstop)
+    binary=$here/target/release/backstop
+fi
+
+[ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit 1; }
+exec "$binary" install --binary "$binary" "${args[@]}"

@@ -1,0 +1,313 @@
+//! install.sh on a remotes tree: what it installs, that a second run is a no-op, that it
+//! refuses what it must, and that --uninstall puts back what it replaced.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+/// Every executable of spec §15 for DS_MAD backstop.
+const DS_ACTIONS: &[&str] = &[
+    "backup",
+    "backup_cancel",
+    "monitor",
+    "stat",
+    "rm",
+    "increment_flatten",
+    "ls",
+    "restore",
+    "cp",
+    "mkfs",
+    "clone",
+    "snap_delete",
+    "snap_revert",
+    "snap_flatten",
+    "export",
+];
+
+#[test]
+fn side_by_side_install_is_complete_idempotent_and_reversible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+
+    let first = install_sh(&r, &[]);
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert!(first.stdout.contains("DS_MAD_CONF = [ NAME = \"backstop\", REQUIRED_ATTRS = \"RESTIC_PASSWORD\", PERSISTENT_ONLY = \"YES\" ]"), "{}", first.stdout);
+    assert!(
+        first
+            .stdout
+            .contains("-d dummy,fs,lvm,ceph,dev,iscsi_libvirt,vcenter,restic,rsync,backstop")
+    );
+    assert!(
+        first
+            .stdout
+            .contains("DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"")
+    );
+    for action in DS_ACTIONS
+        .iter()
+        .map(|a| format!("datastore/backstop/{a}"))
+        .chain([
+            "datastore/backstop_downloader".to_string(),
+            "backstop/bin/backstop".to_string(),
+        ])
+    {
+        let m = fs::metadata(r.join(&action)).unwrap_or_else(|_| panic!("{action} missing"));
+        assert!(
+            m.is_file() && m.permissions().mode() & 0o111 == 0o111,
+            "{action} not executable"
+        );
+    }
+    let patched = fs::read_to_string(r.join("datastore/downloader.sh")).expect("downloader.sh");
+    assert_eq!(patched.matches("backstop://*|backstop+rbd://*)").count(), 1);
+    // The stock driver is untouched in side-by-side mode.
+    for stock in [
+        "datastore/restic/backup",
+        "datastore/restic_downloader.rb",
+        "tm/qcow2/prebackup",
+    ] {
+        assert_eq!(
+            contents(&r).get(stock),
+            before.get(stock),
+            "{stock} changed"
+        );
+    }
+
+    // A second run changes nothing, not even a modification time.
+    let snap = snapshot(&r);
+    let second = install_sh(&r, &[]);
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert!(
+        second.stdout.contains("nothing changed"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(snapshot(&r), snap, "second install changed the tree");
+
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert_eq!(contents(&r), before, "uninstall did not restore the tree");
+    // Uninstalling twice is harmless.
+    let again = install_sh(&r, &["--uninstall"]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert!(again.stdout.contains("nothing to do"));
+}
+
+#[test]
+fn unsupported_actions_refuse_as_specified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    assert_eq!(install_sh(&r, &[]).code, Some(0));
+    for action in [
+        "cp",
+        "mkfs",
+        "clone",
+        "snap_delete",
+        "snap_revert",
+        "snap_flatten",
+        "export",
+    ] {
+        let out = run(
+            r.join("datastore/backstop").join(action),
+            &["7"],
+            b"PEEvPg==",
+        );
+        assert_eq!(out.code, Some(1), "{action}: {out:?}");
+        assert_eq!(out.stdout, "");
+        assert_eq!(out.stderr, format!("{action}: Operation not supported\n"));
+    }
+}
+
+#[test]
+fn a_missing_downloader_sh_is_reported_not_invented() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    let out = install_sh(&r, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("datastore/downloader.sh does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!r.join("datastore/downloader.sh").exists());
+}
+
+#[test]
+fn an_unwritable_target_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plain-file");
+    fs::write(&file, b"x").expect("write");
+    let r = file.join("remotes");
+    let out = install_sh(&r, &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "install: cannot write to {}: Not a directory (os error 20)\n",
+            r.display()
+        )
+    );
+}
+
+#[test]
+fn a_foreign_downloader_sh_stops_the_install_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    write_exec(
+        &r.join("datastore/downloader.sh"),
+        "#!/bin/sh\necho not the stock one\n",
+    );
+    let before = contents(&r);
+    let out = install_sh(&r, &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("has no line `case \"$FROM\" in`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(contents(&r), before);
+}
+
+#[test]
+fn replacing_stock_drivers_is_refused_while_actions_are_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    for flag in ["--replace-stock", "--with-tm"] {
+        let out = install_sh(&r, &[flag]);
+        assert_eq!(out.code, Some(1), "{flag}: {out:?}");
+        assert!(
+            out.stderr.contains("not implemented yet: "),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("refusing"), "{}", out.stderr);
+        assert_eq!(contents(&r), before, "{flag} changed the tree");
+    }
+}
+
+#[test]
+fn drop_in_and_tm_replacement_keep_and_restore_the_stock_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    let out = install_sh(
+        &r,
+        &["--replace-stock", "--with-tm", "--allow-unimplemented"],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let shim = |p: &str| fs::read_to_string(r.join(p)).is_ok_and(|t| t.contains("backstop-shim"));
+    for p in DS_ACTIONS.iter().map(|a| format!("datastore/restic/{a}")) {
+        assert!(shim(&p), "{p} is not backstop's");
+    }
+    assert!(shim("datastore/restic_downloader.rb"));
+    for a in [
+        "prebackup",
+        "prebackup_live",
+        "postbackup",
+        "postbackup_live",
+        "restore",
+    ] {
+        assert!(shim(&format!("tm/qcow2/{a}")), "tm/qcow2/{a}");
+        assert!(shim(&format!("tm/ssh/{a}")), "tm/ssh/{a}");
+    }
+    // Untouched: files backstop has no action for, and the tm/shared link.
+    assert_eq!(
+        contents(&r).get("datastore/restic/restic.rb"),
+        before.get("datastore/restic/restic.rb")
+    );
+    assert_eq!(
+        contents(&r).get("tm/qcow2/clone"),
+        before.get("tm/qcow2/clone")
+    );
+    assert_eq!(contents(&r).get("tm/shared"), before.get("tm/shared"));
+    // The stock files are kept, symlinks as symlinks.
+    let kept = contents(&r.join("backstop/replaced"));
+    assert_eq!(
+        kept.get("datastore/restic/backup"),
+        before.get("datastore/restic/backup")
+    );
+    assert_eq!(kept.get("tm/ssh/prebackup"), before.get("tm/ssh/prebackup"));
+    assert_eq!(
+        kept.get("tm/ssh/prebackup").map(|e| e.0.as_str()),
+        Some("link")
+    );
+
+    // Idempotent in this mode too.
+    let snap = snapshot(&r);
+    let again = install_sh(
+        &r,
+        &["--replace-stock", "--with-tm", "--allow-unimplemented"],
+    );
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(snapshot(&r), snap);
+
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert_eq!(
+        contents(&r),
+        before,
+        "uninstall did not restore the stock tree"
+    );
+}
+
+#[test]
+fn the_patched_downloader_hands_backstop_urls_to_backstop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    assert_eq!(install_sh(&r, &[]).code, Some(0));
+    let target = dir.path().join("disk.out");
+    let url = "backstop://100//0:a1b2c3d4/var/lib/one//datastores/0/22/backup/disk.0.0";
+    let out = run(
+        r.join("datastore/downloader.sh"),
+        &[url, target.to_str().expect("utf-8")],
+        b"",
+    );
+    // The downloader runs (through the arm, the shim and the binary) and its failure aborts the
+    // copy: nothing is written to the target.
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "backstop_downloader: not implemented in this version of backstop\n"
+    );
+    assert!(!target.exists());
+    // A malformed URL is reported by the downloader, not copied as an empty image.
+    let out = run(
+        r.join("datastore/downloader.sh"),
+        &["backstop://100///x/disk.0.0", "-"],
+        b"",
+    );
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.starts_with(
+            "backstop_downloader: backup URL \"backstop://100///x/disk.0.0\" has no increment chain"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_tree_works_when_copied_to_a_hosts_remote_dir() {
+    // oned copies the remotes tree to /var/tmp/one on hosts; the shims find the binary
+    // relative to themselves, so any copy of the tree works.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    assert_eq!(install_sh(&r, &[]).code, Some(0));
+    let host = dir.path().join("var/tmp/one");
+    fs::create_dir_all(host.parent().expect("parent")).expect("mkdir");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&r)
+        .arg(&host)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    fs::remove_dir_all(&r).expect("remove original");
+    let out = run(host.join("datastore/backstop/clone"), &["1"], b"");
+    assert_eq!(out.stderr, "clone: Operation not supported\n");
+}

@@ -1,0 +1,223 @@
+//! Shared helpers: running commands with stdin, a stand-in OpenNebula remotes tree.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const BACKSTOP: &str = env!("CARGO_BIN_EXE_backstop");
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// What a command did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(program: impl AsRef<Path>, args: &[&str], stdin: &[u8]) -> Outcome {
+    let mut child = Command::new(program.as_ref())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.as_ref().display()));
+    let mut input = child.stdin.take().expect("stdin");
+    // The action may exit without reading stdin (unsupported actions): ignore EPIPE.
+    let _ = input.write_all(stdin);
+    drop(input);
+    let out = child.wait_with_output().expect("wait");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs install.sh with the test build of backstop (no release build in tests).
+pub fn install_sh(remotes: &Path, extra: &[&str]) -> Outcome {
+    let script = repo_root().join("install.sh");
+    let dir = remotes.to_str().expect("utf-8 path");
+    let mut args = vec!["--binary", BACKSTOP, "--remotes-dir", dir];
+    args.extend_from_slice(extra);
+    run(script, &args, b"")
+}
+
+/// A downloader.sh shaped like OpenNebula's: a `case "$FROM" in` dispatch on the URL scheme,
+/// then the chosen command run and its output written to the target. Written for these tests.
+pub const DOWNLOADER_SH: &str = r#"#!/bin/bash
+# test stand-in for OpenNebula's datastore/downloader.sh
+FROM="$1"
+TO="$2"
+
+case "$FROM" in
+http://*|https://*)
+    command="curl -sS '$FROM'"
+    ;;
+restic://*)
+    eval `$(dirname $0)/restic_downloader.rb "$FROM" | grep -e '^command=' -e '^clean_command='`
+    ;;
+*)
+    command="cat '$FROM'"
+    ;;
+esac
+
+eval "$command" > "$TO" || { echo "Error copying" >&2; exit 1; }
+[ -n "$clean_command" ] && eval "$clean_command"
+exit 0
+"#;
+
+pub fn write_exec(path: &Path, content: &str) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    fs::write(path, content).expect("write");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// A remotes tree with what a stock front-end has that backstop touches.
+pub fn stock_remotes(root: &Path) {
+    write_exec(&root.join("datastore/downloader.sh"), DOWNLOADER_SH);
+    for a in [
+        "backup",
+        "monitor",
+        "rm",
+        "stat",
+        "restore",
+        "ls",
+        "increment_flatten",
+        "backup_cancel",
+    ] {
+        write_exec(
+            &root.join("datastore/restic").join(a),
+            &format!("#!/usr/bin/env ruby\n# stock restic {a}\n"),
+        );
+    }
+    for a in ["cp", "mkfs"] {
+        write_exec(
+            &root.join("datastore/restic").join(a),
+            &format!("#!/bin/sh\necho '{a}: Operation not supported' >&2\nexit 1\n"),
+        );
+    }
+    write_exec(
+        &root.join("datastore/restic/restic.rb"),
+        "# stock library\n",
+    );
+    write_exec(
+        &root.join("datastore/restic_downloader.rb"),
+        "#!/usr/bin/env ruby\n# stock downloader\n",
+    );
+    for a in [
+        "prebackup",
+        "prebackup_live",
+        "postbackup",
+        "postbackup_live",
+        "restore",
+        "clone",
+    ] {
+        write_exec(
+            &root.join("tm/qcow2").join(a),
+            &format!("#!/usr/bin/env ruby\n# stock qcow2 {a}\n"),
+        );
+    }
+    // As in OpenNebula: tm/shared is a link to tm/qcow2, and tm/ssh links its actions into shared.
+    std::os::unix::fs::symlink("qcow2", root.join("tm/shared")).expect("symlink");
+    fs::create_dir_all(root.join("tm/ssh")).expect("mkdir");
+    for a in [
+        "prebackup",
+        "prebackup_live",
+        "postbackup",
+        "postbackup_live",
+    ] {
+        std::os::unix::fs::symlink(format!("../shared/{a}"), root.join("tm/ssh").join(a))
+            .expect("symlink");
+    }
+    write_exec(
+        &root.join("tm/ssh/restore"),
+        "#!/usr/bin/env ruby\n# stock ssh restore\n",
+    );
+}
+
+/// Every entry of a tree: relative path -> (kind, content or link target, mode, mtime).
+pub fn snapshot(root: &Path) -> BTreeMap<String, (String, Vec<u8>, u32, i64)> {
+    let mut map = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, map: &mut BTreeMap<String, (String, Vec<u8>, u32, i64)>) {
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            let m = fs::symlink_metadata(&path).expect("metadata");
+            let mode = m.mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                let target = fs::read_link(&path).expect("readlink");
+                map.insert(
+                    rel,
+                    (
+                        "link".into(),
+                        target.to_string_lossy().into_owned().into_bytes(),
+                        0,
+                        0,
+                    ),
+                );
+            } else if m.is_dir() {
+                map.insert(rel, ("dir".into(), Vec::new(), mode, 0));
+                walk(root, &path, map);
+            } else {
+                map.insert(
+                    rel,
+                    (
+                        "file".into(),
+                        fs::read(&path).expect("read"),
+                        mode,
+                        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                    ),
+                );
+            }
+        }
+    }
+    walk(root, root, &mut map);
+    map
+}
+
+/// The snapshot without modification times (for "put back as it was" comparisons).
+pub fn contents(root: &Path) -> BTreeMap<String, (String, Vec<u8>, u32)> {
+    snapshot(root)
+        .into_iter()
+        .map(|(k, (kind, content, mode, _))| (k, (kind, content, mode)))
+        .collect()
+}
+
+pub fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+pub fn datastore_xml(base_path: &str, template: &str) -> String {
+    format!(
+        "<DATASTORE><ID>100</ID><NAME>backups</NAME><DS_MAD><![CDATA[backstop]]></DS_MAD>\
+         <TM_MAD><![CDATA[-]]></TM_MAD><BASE_PATH><![CDATA[{base_path}]]></BASE_PATH><TYPE>3</TYPE>\
+         <TEMPLATE><RESTIC_PASSWORD><![CDATA[hunter2-secret]]></RESTIC_PASSWORD>{template}</TEMPLATE></DATASTORE>"
+    )
+}
+
+pub fn action_data(parts: &[&str]) -> String {
+    format!(
+        "<DS_DRIVER_ACTION_DATA>{}</DS_DRIVER_ACTION_DATA>",
+        parts.concat()
+    )
+}
