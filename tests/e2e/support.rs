@@ -83,6 +83,26 @@ pub fn write_exec(path: &Path, content: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// Spec §15: the actions a backup datastore refuses.
+pub const UNSUPPORTED: &[&str] = &[
+    "cp",
+    "mkfs",
+    "clone",
+    "snap_delete",
+    "snap_revert",
+    "snap_flatten",
+    "export",
+];
+
+/// Spec §4 and §9.2: the transfer-manager actions backstop replaces with --with-tm.
+pub const TM_ACTIONS: &[&str] = &[
+    "prebackup",
+    "prebackup_live",
+    "postbackup",
+    "postbackup_live",
+    "restore",
+];
+
 /// A remotes tree with what a stock front-end has that backstop touches.
 pub fn stock_remotes(root: &Path) {
     write_exec(&root.join("datastore/downloader.sh"), DOWNLOADER_SH);
@@ -115,14 +135,7 @@ pub fn stock_remotes(root: &Path) {
         &root.join("datastore/restic_downloader.rb"),
         "#!/usr/bin/env ruby\n# stock downloader\n",
     );
-    for a in [
-        "prebackup",
-        "prebackup_live",
-        "postbackup",
-        "postbackup_live",
-        "restore",
-        "clone",
-    ] {
+    for a in TM_ACTIONS.iter().chain(&["clone"]) {
         write_exec(
             &root.join("tm/qcow2").join(a),
             &format!("#!/usr/bin/env ruby\n# stock qcow2 {a}\n"),

@@ -154,12 +154,11 @@ impl fmt::Display for Template {
     }
 }
 
-struct Parser<'a> {
+struct Parser {
     chars: Vec<char>,
     pos: usize,
     line: usize,
     column: usize,
-    _text: &'a str,
 }
 
 #[derive(Clone, Copy)]
@@ -188,14 +187,13 @@ fn describe(c: Option<char>) -> String {
     }
 }
 
-impl<'a> Parser<'a> {
-    fn new(text: &'a str) -> Self {
+impl Parser {
+    fn new(text: &str) -> Self {
         Parser {
             chars: text.chars().collect(),
             pos: 0,
             line: 1,
             column: 1,
-            _text: text,
         }
     }
 
