@@ -293,3 +293,16 @@ fn the_tree_works_when_copied_to_a_hosts_remote_dir() {
     let out = run(host.join("datastore/backstop/clone"), &["1"], b"");
     assert_eq!(out.stderr, "clone: Operation not supported\n");
 }
+
+#[test]
+fn one_location_sets_the_default_remotes_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(repo_root().join("install.sh"))
+        .args(["--binary", BACKSTOP])
+        .env("ONE_LOCATION", dir.path())
+        .output()
+        .expect("install.sh");
+    assert!(out.status.success(), "{out:?}");
+    let shim = dir.path().join("var/remotes/datastore/backstop/monitor");
+    assert!(shim.is_file(), "nothing at {}", shim.display());
+}
