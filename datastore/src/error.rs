@@ -11,6 +11,10 @@ pub enum ErrorKind {
     Io,
     /// The feature exists in the design but is not written yet.
     NotImplemented,
+    /// A repository could not be created, opened, read or written.
+    Repository,
+    /// The disk image being backed up could not be read.
+    Input,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,14 @@ impl fmt::Display for Error {
 }
 
 impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
     pub fn config(message: impl Into<String>) -> Self {
         Error {
             kind: ErrorKind::Config,

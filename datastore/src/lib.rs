@@ -13,5 +13,6 @@
 pub mod actions;
 pub mod error;
 pub mod location;
+pub mod repo;
 
 pub use error::{Error, ErrorKind};

@@ -1,0 +1,188 @@
+//! The local-path backend: restic's directory layout on a file system.
+//!
+//! Every file is written to `<dir>/.<name>.tmp-<random>`, synced, then renamed into place, so a
+//! reader (or a crash) never sees half a file. Files are never rewritten: a name is the hash of
+//! the content.
+
+use bytes::Bytes;
+use rustic_core::{
+    BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
+};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// A repository on a local path (or a shared mount).
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Box<RusticError> {
+    RusticError::with_source(ErrorKind::Backend, format!("{what} {}", path.display()), e)
+}
+
+fn dir_name(tpe: FileType) -> &'static str {
+    match tpe {
+        FileType::Config => "",
+        FileType::Index => "index",
+        FileType::Key => "keys",
+        FileType::Snapshot => "snapshots",
+        FileType::Pack => "data",
+    }
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a file of this type and id lives.
+    pub fn path(&self, tpe: FileType, id: &Id) -> PathBuf {
+        let hex = id.to_hex();
+        match tpe {
+            FileType::Config => self.root.join("config"),
+            FileType::Pack => self.root.join("data").join(&hex[0..2]).join(hex.as_str()),
+            _ => self.root.join(dir_name(tpe)).join(hex.as_str()),
+        }
+    }
+
+    fn write_atomic(&self, path: &Path, content: &[bytes::Bytes]) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(&self.root);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut suffix = [0u8; 6];
+        getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(suffix)));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            for part in content {
+                f.write_all(part)?;
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+impl ReadBackend for LocalBackend {
+    fn location(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        if tpe == FileType::Config {
+            let path = self.root.join("config");
+            return Ok(match fs::metadata(&path) {
+                Ok(m) => vec![(Id::default(), u32::try_from(m.len()).unwrap_or(u32::MAX))],
+                Err(_) => Vec::new(),
+            });
+        }
+        let base = self.root.join(dir_name(tpe));
+        let mut dirs = vec![base.clone()];
+        if tpe == FileType::Pack {
+            dirs = match fs::read_dir(&base) {
+                Ok(entries) => entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(io_error("cannot list", &base, e)),
+            };
+        }
+        let mut out = Vec::new();
+        for dir in dirs {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("cannot list", &dir, e)),
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                // Temporary files and anything else that is not a hex id are not repository files.
+                let Ok(id) = name.to_string_lossy().parse::<Id>() else {
+                    continue;
+                };
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((id, u32::try_from(size).unwrap_or(u32::MAX)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let path = self.path(tpe, id);
+        fs::read(&path)
+            .map(Bytes::from)
+            .map_err(|e| io_error("cannot read", &path, e))
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> RusticResult<Bytes> {
+        let path = self.path(tpe, id);
+        let mut buf = vec![0; length as usize];
+        let mut f = fs::File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+        f.seek(SeekFrom::Start(u64::from(offset)))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| io_error("cannot read", &path, e))?;
+        Ok(buf.into())
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.path(tpe, id).display().to_string()
+    }
+}
+
+impl WriteBackend for LocalBackend {
+    fn create(&self) -> RusticResult<()> {
+        for dir in ["index", "keys", "snapshots", "locks", "data"] {
+            let path = self.root.join(dir);
+            fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, e))?;
+        }
+        for i in 0..=255u8 {
+            let path = self.root.join("data").join(format!("{i:02x}"));
+            fs::create_dir_all(&path).map_err(|e| io_error("cannot create", &path, e))?;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        content: BytesList,
+    ) -> RusticResult<()> {
+        let path = self.path(tpe, id);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+        }
+        self.write_atomic(&path, content.slice())
+            .map_err(|e| io_error("cannot write", &path, e))
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
+        let path = self.path(tpe, id);
+        fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, e))
+    }
+}

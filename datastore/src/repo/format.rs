@@ -1,0 +1,213 @@
+//! The JSON documents of a restic repository that the writer produces and reads back: index
+//! files, trees and snapshots (restic `doc/design.rst`). Fields restic does not need are left
+//! out; restic ignores what it does not know and zero-fills what is missing.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// A repository object id: the SHA-256 of a blob's plain content, or of a file's stored bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RepoId(pub [u8; 32]);
+
+impl RepoId {
+    pub fn of(data: &[u8]) -> RepoId {
+        use sha2::Digest;
+        RepoId(sha2::Sha256::digest(data).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn parse(text: &str) -> Option<RepoId> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(RepoId(out))
+    }
+
+    /// rustic_core's id for the same object.
+    pub fn to_rustic(self) -> rustic_core::Id {
+        rustic_core::Id::new(self.0)
+    }
+
+    pub fn from_rustic(id: &rustic_core::Id) -> RepoId {
+        // rustic_core exposes ids only as hex.
+        RepoId::parse(id.to_hex().as_str()).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for RepoId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for RepoId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        RepoId::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("bad id {text:?}")))
+    }
+}
+
+/// Blob types as index files name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    Data,
+    Tree,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexBlob {
+    pub id: RepoId,
+    #[serde(rename = "type")]
+    pub kind: BlobKind,
+    pub offset: u32,
+    /// Encrypted length in the pack.
+    pub length: u32,
+    /// Plain length, for compressed blobs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_length: Option<u32>,
+}
+
+impl IndexBlob {
+    /// The plain, uncompressed length of the blob's content.
+    pub fn plain_length(&self) -> u32 {
+        self.uncompressed_length.unwrap_or(
+            self.length
+                .saturating_sub(crate::repo::crypto::OVERHEAD as u32),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPack {
+    pub id: RepoId,
+    pub blobs: Vec<IndexBlob>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexFile {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<RepoId>,
+    pub packs: Vec<IndexPack>,
+    /// rustic's two-phase prune marks packs here; they are still readable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs_to_delete: Vec<IndexPack>,
+}
+
+/// Go's `os.ModeDir`.
+pub const MODE_DIR: u32 = 0x8000_0000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub mode: u32,
+    #[serde(default)]
+    pub mtime: String,
+    #[serde(default)]
+    pub atime: String,
+    #[serde(default)]
+    pub ctime: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(default)]
+    pub inode: u64,
+    #[serde(default)]
+    pub device_id: u64,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub links: u64,
+    #[serde(default)]
+    pub content: Option<Vec<RepoId>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<RepoId>,
+}
+
+impl Node {
+    pub fn file(name: &str, size: u64, content: Vec<RepoId>, time: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            kind: "file".into(),
+            mode: 0o600,
+            mtime: time.to_string(),
+            atime: time.to_string(),
+            ctime: time.to_string(),
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            inode: 0,
+            device_id: 0,
+            size,
+            links: 1,
+            content: Some(content),
+            subtree: None,
+        }
+    }
+
+    pub fn dir(name: &str, subtree: RepoId, time: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            kind: "dir".into(),
+            mode: MODE_DIR | 0o755,
+            mtime: time.to_string(),
+            atime: time.to_string(),
+            ctime: time.to_string(),
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            inode: 0,
+            device_id: 0,
+            size: 0,
+            links: 2,
+            content: None,
+            subtree: Some(subtree),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RepoId>,
+    pub tree: RepoId,
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_version: Option<String>,
+}

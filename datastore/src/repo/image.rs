@@ -1,0 +1,358 @@
+//! Disk images as the writer sees them: a source that reads at offsets, the extents that may
+//! hold data, and the plan that says, chunk by chunk, what a backup must do.
+//!
+//! A disk is cut into fixed-size chunks ([`CHUNK_SIZE`]); chunk `i` covers
+//! `[i * CHUNK_SIZE, min((i + 1) * CHUNK_SIZE, size))`. For each chunk the plan is one of:
+//! - **reuse** the parent snapshot's blob: an incremental backup, the chunk touches no changed
+//!   extent, and the parent's blob is in the index with the right length;
+//! - **zero**: the chunk lies wholly outside the extents that may hold data (a hole in a sparse
+//!   file, unallocated qcow2 clusters), so it is the all-zero blob without being read or hashed;
+//! - **read**: everything else. A read chunk that turns out all zero is also recognised without
+//!   hashing.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Chunk size: 1 MiB. See the module docs of `writer` for the measurements behind it.
+pub const CHUNK_SIZE: u64 = 1 << 20;
+
+/// A byte range `[offset, offset + length)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl Extent {
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+}
+
+/// A disk image to back up.
+pub trait ImageSource: Send + Sync {
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The extents that may hold data; outside them the image reads as zeros. `None` when
+    /// unknown (every byte may hold data).
+    fn data_extents(&self) -> io::Result<Option<Vec<Extent>>> {
+        Ok(None)
+    }
+}
+
+/// A raw image file or block device, read with positioned reads; holes of a sparse file are
+/// found with `SEEK_DATA`/`SEEK_HOLE` and never read.
+#[derive(Debug)]
+pub struct RawImage {
+    file: File,
+    size: u64,
+}
+
+impl RawImage {
+    pub fn open(path: &Path) -> io::Result<RawImage> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        let size = if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            // A block device: its size is where a seek to the end lands.
+            use std::io::Seek;
+            let mut f = &file;
+            f.seek(io::SeekFrom::End(0))?
+        };
+        Ok(RawImage { file, size })
+    }
+}
+
+impl ImageSource for RawImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn data_extents(&self) -> io::Result<Option<Vec<Extent>>> {
+        use rustix::fs::{SeekFrom, seek};
+        let mut extents = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let data = match seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                // No data after pos: the rest is a hole.
+                Err(rustix::io::Errno::NXIO) => break,
+                // The file system cannot tell: treat everything as data.
+                Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::OPNOTSUPP) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let hole = seek(&self.file, SeekFrom::Hole(data))?;
+            if hole > data {
+                extents.push(Extent {
+                    offset: data,
+                    length: hole.min(self.size) - data,
+                });
+            }
+            pos = hole.max(data + 1);
+        }
+        Ok(Some(extents))
+    }
+}
+
+/// What to do with one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkPlan {
+    Reuse,
+    Zero,
+    Read,
+}
+
+/// The number of chunks of an image.
+pub fn chunk_count(size: u64) -> usize {
+    usize::try_from(size.div_ceil(CHUNK_SIZE)).unwrap_or(usize::MAX)
+}
+
+/// The byte range of chunk `i`.
+pub fn chunk_range(i: usize, size: u64) -> Extent {
+    let offset = i as u64 * CHUNK_SIZE;
+    Extent {
+        offset,
+        length: CHUNK_SIZE.min(size.saturating_sub(offset)),
+    }
+}
+
+/// Marks every chunk that an extent touches.
+fn touched(extents: &[Extent], size: u64) -> Vec<bool> {
+    let n = chunk_count(size);
+    let mut marks = vec![false; n];
+    for e in extents.iter().filter(|e| e.length > 0 && e.offset < size) {
+        let first = (e.offset / CHUNK_SIZE) as usize;
+        let last = ((e.end().min(size) - 1) / CHUNK_SIZE) as usize;
+        for m in &mut marks[first..=last.min(n - 1)] {
+            *m = true;
+        }
+    }
+    marks
+}
+
+/// The plan for an image of `size` bytes.
+///
+/// - `data`: the extents that may hold data (`None`: all of it);
+/// - `changed`: for an incremental backup, the changed extents;
+/// - `reusable(i)`: whether the parent's blob for chunk `i` may be reused.
+pub fn plan(
+    size: u64,
+    data: Option<&[Extent]>,
+    changed: Option<&[Extent]>,
+    reusable: impl Fn(usize) -> bool,
+) -> Vec<ChunkPlan> {
+    let n = chunk_count(size);
+    let has_data = data.map(|d| touched(d, size));
+    let is_changed = changed.map(|c| touched(c, size));
+    (0..n)
+        .map(|i| {
+            if let Some(ch) = &is_changed
+                && !ch[i]
+                && reusable(i)
+            {
+                return ChunkPlan::Reuse;
+            }
+            match &has_data {
+                Some(d) if !d[i] => ChunkPlan::Zero,
+                _ => ChunkPlan::Read,
+            }
+        })
+        .collect()
+}
+
+/// Whether a buffer is all zero, without hashing it.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (words, tail) = buf.as_chunks::<16>();
+    words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && tail.iter().all(|b| *b == 0)
+}
+
+/// Parses the JSON `nbdinfo --json --map` prints: an array of `{offset, length, type,
+/// description}`. Returns the extents whose `type` has bit 0 clear, which for a dirty-bitmap
+/// map (`qemu:dirty-bitmap:NAME`) are the dirty ones and for `base:allocation` are the ones that
+/// hold data.
+pub fn parse_nbdinfo_map(json: &str) -> Result<Vec<Extent>, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        offset: u64,
+        length: u64,
+        #[serde(rename = "type")]
+        kind: u64,
+    }
+    let entries: Vec<Entry> = serde_json::from_str(json)
+        .map_err(|e| format!("not an nbdinfo --json --map document: {e}"))?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.kind & 1 == 0 && e.length > 0)
+        .map(|e| Extent {
+            offset: e.offset,
+            length: e.length,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ChunkPlan::*;
+
+    const M: u64 = CHUNK_SIZE;
+
+    fn e(offset: u64, length: u64) -> Extent {
+        Extent { offset, length }
+    }
+
+    #[test]
+    fn plans_from_a_table() {
+        struct Case {
+            name: &'static str,
+            size: u64,
+            data: Option<Vec<Extent>>,
+            changed: Option<Vec<Extent>>,
+            reusable: fn(usize) -> bool,
+            expect: Vec<ChunkPlan>,
+        }
+        let all = |_| true;
+        let cases = vec![
+            Case {
+                name: "full, no map",
+                size: 3 * M,
+                data: None,
+                changed: None,
+                reusable: all,
+                expect: vec![Read, Read, Read],
+            },
+            Case {
+                name: "full, short last chunk",
+                size: 2 * M + 1,
+                data: None,
+                changed: None,
+                reusable: all,
+                expect: vec![Read, Read, Read],
+            },
+            Case {
+                name: "full, holes",
+                size: 4 * M,
+                data: Some(vec![e(M + 5, 10)]),
+                changed: None,
+                reusable: all,
+                expect: vec![Zero, Read, Zero, Zero],
+            },
+            Case {
+                name: "full, extent across a boundary",
+                size: 4 * M,
+                data: Some(vec![e(2 * M - 1, 2)]),
+                changed: None,
+                reusable: all,
+                expect: vec![Zero, Read, Read, Zero],
+            },
+            Case {
+                name: "incremental",
+                size: 4 * M,
+                data: None,
+                changed: Some(vec![e(3 * M, 1)]),
+                reusable: all,
+                expect: vec![Reuse, Reuse, Reuse, Read],
+            },
+            Case {
+                name: "incremental, nothing changed",
+                size: 2 * M,
+                data: None,
+                changed: Some(vec![]),
+                reusable: all,
+                expect: vec![Reuse, Reuse],
+            },
+            Case {
+                name: "incremental, parent blob unusable",
+                size: 3 * M,
+                data: Some(vec![]),
+                changed: Some(vec![e(0, 1)]),
+                reusable: |i| i != 1,
+                expect: vec![Zero, Zero, Reuse],
+            },
+            Case {
+                name: "incremental, extent past the end",
+                size: 2 * M,
+                data: None,
+                changed: Some(vec![e(M, 10 * M)]),
+                reusable: all,
+                expect: vec![Reuse, Read],
+            },
+            Case {
+                name: "empty image",
+                size: 0,
+                data: None,
+                changed: None,
+                reusable: all,
+                expect: vec![],
+            },
+        ];
+        for c in cases {
+            let got = plan(c.size, c.data.as_deref(), c.changed.as_deref(), c.reusable);
+            assert_eq!(got, c.expect, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn chunk_ranges_cover_the_image() {
+        assert_eq!(chunk_count(2 * M + 1), 3);
+        assert_eq!(chunk_range(2, 2 * M + 1), e(2 * M, 1));
+        assert_eq!(chunk_range(0, 10), e(0, 10));
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 1000]));
+        let mut b = vec![0u8; 1000];
+        b[999] = 1;
+        assert!(!is_zero(&b));
+        b[999] = 0;
+        b[3] = 1;
+        assert!(!is_zero(&b));
+        assert!(is_zero(&[]));
+    }
+
+    #[test]
+    fn reads_nbdinfo_maps() {
+        let json = r#"[{"offset":0,"length":65536,"type":1,"description":"clean"},
+                      {"offset":65536,"length":131072,"type":0,"description":"dirty"},
+                      {"offset":196608,"length":0,"type":0,"description":"dirty"}]"#;
+        assert_eq!(
+            parse_nbdinfo_map(json).expect("parses"),
+            vec![e(65536, 131072)]
+        );
+        assert!(parse_nbdinfo_map("{}").is_err());
+    }
+
+    #[test]
+    fn finds_holes_in_a_sparse_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sparse.raw");
+        let f = File::create(&path).expect("create");
+        f.set_len(8 * M).expect("truncate");
+        f.write_all_at(&[7u8; 4096], 3 * M).expect("write");
+        drop(f);
+        let img = RawImage::open(&path).expect("open");
+        let extents = img.data_extents().expect("map");
+        // A file system without SEEK_DATA support reports None; tmpfs and ext4 support it.
+        if let Some(extents) = extents {
+            let plan = plan(img.size(), Some(&extents), None, |_| false);
+            assert_eq!(
+                plan.iter().filter(|p| **p == Read).count(),
+                1,
+                "{extents:?}"
+            );
+            assert_eq!(plan[3], Read);
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! # The repository engine
+//!
+//! backstop writes restic-format repositories (restic `doc/design.rst`, repository version 2)
+//! that plain `restic` reads, checks, dumps and restores.
+//!
+//! Who does what:
+//! - **rustic_core** (pinned `=0.13.0`) creates and opens repositories: key files (scrypt),
+//!   the config file, the master key. Reading and maintenance (dump, restore, check, forget,
+//!   prune) go through it as well, behind this module.
+//! - **this module** writes disk images ([`image`]): fixed-size chunks, all-zero chunks known
+//!   without hashing, zstd, the AES-256-CTR + Poly1305-AES envelope ([`crypto`]), packs
+//!   ([`pack`]), index files, trees and snapshots ([`format`]). rustic_core exposes no packer
+//!   or archiver that could write a file as a list of fixed chunks, and its index entry types
+//!   cannot be built outside the crate, so the writer owns these formats.
+//!
+//! Ordering (what makes a crash at any point harmless): packs are written first, then the index
+//! files that name them, then the tree blobs' pack and its index, then the snapshot. A crash
+//! before the snapshot leaves only unreferenced packs, which restic reports and prune removes;
+//! every earlier snapshot stays complete. Every file is written under a temporary name and
+//! renamed ([`backend::LocalBackend`]).
+
+pub mod backend;
+pub mod crypto;
+pub mod format;
+pub mod image;
+pub mod pack;
+pub mod writer;
+
+use crate::repo::crypto::Crypto;
+use crate::repo::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
+use crate::{Error, ErrorKind};
+use rustic_core::{
+    ConfigOptions, Credentials, FileType, KeyOptions, Repository, RepositoryBackends,
+    RepositoryOptions, WriteBackend,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How data blobs are compressed (`RESTIC_COMPRESSION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Off,
+    /// restic's default: zstd at its default speed.
+    Auto,
+    /// restic's "max": zstd's best ratio at a speed still usable for disk images.
+    Max,
+}
+
+impl Compression {
+    pub fn parse(value: Option<&str>) -> Result<Compression, Error> {
+        match value.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("auto") => Ok(Compression::Auto),
+            Some("off") => Ok(Compression::Off),
+            Some("max") => Ok(Compression::Max),
+            Some(other) => Err(Error::config(format!(
+                "RESTIC_COMPRESSION {other:?} is not one of off, auto, max"
+            ))),
+        }
+    }
+
+    /// The zstd level; `None` for no compression.
+    pub fn level(self) -> Option<i32> {
+        match self {
+            Compression::Off => None,
+            Compression::Auto => Some(3),
+            Compression::Max => Some(11),
+        }
+    }
+}
+
+pub(crate) fn rustic_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Repository, format!("{what}: {e}"))
+}
+
+/// Where a blob lives in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: RepoId,
+    pub offset: u32,
+    pub length: u32,
+    pub uncompressed_length: Option<u32>,
+}
+
+/// What the writer knows about the blobs already in the repository.
+#[derive(Debug, Default)]
+pub struct KnownBlobs {
+    /// Data blobs and their plain length.
+    pub data: HashMap<RepoId, u32>,
+    /// Tree blobs and where to find them.
+    pub trees: HashMap<RepoId, BlobLocation>,
+}
+
+/// An open repository.
+pub struct Repo {
+    backend: Arc<dyn WriteBackend>,
+    crypto: Crypto,
+    version: u32,
+    location: String,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo")
+            .field("location", &self.location)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+fn rustic_repo(backend: &Arc<dyn WriteBackend>) -> Result<Repository<()>, Error> {
+    let backends = RepositoryBackends::new(Arc::clone(backend), None);
+    // No cache: every action is a short-lived process, and a cache under $HOME would be a
+    // second copy of metadata to keep consistent.
+    Repository::new(&RepositoryOptions::default().no_cache(true), &backends)
+        .map_err(|e| rustic_error("cannot set up the repository", e))
+}
+
+impl Repo {
+    /// Creates a repository (version 2, compression available) at the backend's location.
+    pub fn init(backend: Arc<dyn WriteBackend>, password: &str) -> Result<Repo, Error> {
+        let location = backend.location();
+        let repo = rustic_repo(&backend)?
+            .init(
+                &Credentials::password(password),
+                &KeyOptions::default(),
+                &ConfigOptions::default(),
+            )
+            .map_err(|e| rustic_error(&format!("cannot create a repository at {location}"), e))?;
+        let crypto = Crypto::new(&repo.key())
+            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+        let version = repo.config().version;
+        // rustic's local backend makes the directory layout; ours does it here.
+        backend
+            .create()
+            .map_err(|e| rustic_error("cannot create the repository layout", e))?;
+        Ok(Repo {
+            backend,
+            crypto,
+            version,
+            location,
+        })
+    }
+
+    /// Opens an existing repository.
+    pub fn open(backend: Arc<dyn WriteBackend>, password: &str) -> Result<Repo, Error> {
+        let location = backend.location();
+        let repo = rustic_repo(&backend)?
+            .open(&Credentials::password(password))
+            .map_err(|e| {
+                let message = if e.is_incorrect_password() {
+                    format!("wrong password for the repository at {location} (no key file opens with it)")
+                } else {
+                    format!("cannot open the repository at {location}: {e}")
+                };
+                Error::new(ErrorKind::Repository, message)
+            })?;
+        let crypto = Crypto::new(&repo.key())
+            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+        let version = repo.config().version;
+        Ok(Repo {
+            backend,
+            crypto,
+            version,
+            location,
+        })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    pub fn backend(&self) -> &Arc<dyn WriteBackend> {
+        &self.backend
+    }
+
+    /// Seals and stores an unpacked file (index, snapshot); returns its id.
+    pub fn save_file<T: Serialize>(&self, tpe: FileType, value: &T) -> Result<RepoId, Error> {
+        let json = serde_json::to_vec(value).map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("cannot encode a {tpe:?} file: {e}"),
+            )
+        })?;
+        let plain =
+            if self.version >= 2 {
+                let mut out = vec![2u8];
+                out.extend(zstd::bulk::compress(&json, 3).map_err(|e| {
+                    Error::new(ErrorKind::Repository, format!("cannot compress: {e}"))
+                })?);
+                out
+            } else {
+                json
+            };
+        let sealed = self.seal(&plain)?;
+        let id = RepoId::of(&sealed);
+        self.backend
+            .write_bytes(tpe, &id.to_rustic(), true, sealed.into())
+            .map_err(|e| rustic_error(&format!("cannot write {tpe:?} file {id}"), e))?;
+        Ok(id)
+    }
+
+    /// Reads, verifies and opens an unpacked file.
+    pub fn load_file<T: DeserializeOwned>(&self, tpe: FileType, id: &RepoId) -> Result<T, Error> {
+        let sealed = self
+            .backend
+            .read_full(tpe, &id.to_rustic())
+            .map_err(|e| rustic_error(&format!("cannot read {tpe:?} file {id}"), e))?;
+        if RepoId::of(&sealed) != *id {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("{tpe:?} file {id} is damaged: its content does not match its name"),
+            ));
+        }
+        let plain = self.open_sealed(&sealed)?;
+        let json = match plain.first() {
+            Some(2) if self.version >= 2 => zstd::stream::decode_all(&plain[1..]).map_err(|e| {
+                Error::new(ErrorKind::Repository, format!("{tpe:?} file {id}: {e}"))
+            })?,
+            _ => plain,
+        };
+        serde_json::from_slice(&json).map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("{tpe:?} file {id} is not valid: {e}"),
+            )
+        })
+    }
+
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, Error> {
+        self.crypto
+            .encrypt(plain)
+            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))
+    }
+
+    pub fn open_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        self.crypto
+            .decrypt(sealed)
+            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))
+    }
+
+    /// Ids of every file of a type.
+    pub fn list(&self, tpe: FileType) -> Result<Vec<RepoId>, Error> {
+        Ok(self
+            .backend
+            .list(tpe)
+            .map_err(|e| rustic_error(&format!("cannot list {tpe:?} files"), e))?
+            .iter()
+            .map(RepoId::from_rustic)
+            .collect())
+    }
+
+    /// Reads every index file: which data blobs exist, and where the trees are.
+    pub fn known_blobs(&self) -> Result<KnownBlobs, Error> {
+        let mut known = KnownBlobs::default();
+        for id in self.list(FileType::Index)? {
+            let index: IndexFile = self.load_file(FileType::Index, &id)?;
+            for pack in index.packs.iter().chain(&index.packs_to_delete) {
+                for blob in &pack.blobs {
+                    match blob.kind {
+                        BlobKind::Data => {
+                            known.data.insert(blob.id, blob.plain_length());
+                        }
+                        BlobKind::Tree => {
+                            known.trees.insert(blob.id, location(pack.id, blob));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// Finds data blobs in the index (a second pass, for the few blobs a partial chunk needs).
+    pub fn locate_data(&self, wanted: &[RepoId]) -> Result<HashMap<RepoId, BlobLocation>, Error> {
+        let mut found = HashMap::new();
+        for id in self.list(FileType::Index)? {
+            let index: IndexFile = self.load_file(FileType::Index, &id)?;
+            for pack in index.packs.iter().chain(&index.packs_to_delete) {
+                for blob in pack.blobs.iter().filter(|b| b.kind == BlobKind::Data) {
+                    if wanted.contains(&blob.id) {
+                        found.insert(blob.id, location(pack.id, blob));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads and opens one blob.
+    pub fn read_blob(&self, id: &RepoId, at: &BlobLocation) -> Result<Vec<u8>, Error> {
+        let sealed = self
+            .backend
+            .read_partial(
+                FileType::Pack,
+                &at.pack.to_rustic(),
+                false,
+                at.offset,
+                at.length,
+            )
+            .map_err(|e| rustic_error(&format!("cannot read blob {id}"), e))?;
+        let plain = self.open_sealed(&sealed)?;
+        let content = match at.uncompressed_length {
+            Some(n) => zstd::bulk::decompress(&plain, n as usize)
+                .map_err(|e| Error::new(ErrorKind::Repository, format!("blob {id}: {e}")))?,
+            None => plain,
+        };
+        if RepoId::of(&content) != *id {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("blob {id} is damaged: its content does not match its id"),
+            ));
+        }
+        Ok(content)
+    }
+
+    pub fn load_tree(&self, id: &RepoId, known: &KnownBlobs) -> Result<Tree, Error> {
+        let at = known.trees.get(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("tree {id} is not in any index"),
+            )
+        })?;
+        serde_json::from_slice(&self.read_blob(id, at)?).map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("tree {id} is not valid: {e}"),
+            )
+        })
+    }
+
+    /// The snapshot whose id starts with `prefix` (at least 8 hex characters, or the full id).
+    pub fn find_snapshot(&self, prefix: &str) -> Result<(RepoId, Snapshot), Error> {
+        let matches: Vec<RepoId> = self
+            .list(FileType::Snapshot)?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&prefix.to_ascii_lowercase()))
+            .collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.load_file(FileType::Snapshot, id)?)),
+            [] => Err(Error::new(
+                ErrorKind::Repository,
+                format!("no snapshot {prefix} in {}", self.location),
+            )),
+            _ => Err(Error::new(
+                ErrorKind::Repository,
+                format!("snapshot id {prefix} is ambiguous in {}", self.location),
+            )),
+        }
+    }
+
+    /// The file node at an absolute path inside a snapshot.
+    pub fn file_node(
+        &self,
+        snapshot: &Snapshot,
+        path: &str,
+        known: &KnownBlobs,
+    ) -> Result<Option<Node>, Error> {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let Some((file, dirs)) = parts.split_last() else {
+            return Ok(None);
+        };
+        let mut tree = self.load_tree(&snapshot.tree, known)?;
+        for dir in dirs {
+            let Some(sub) = tree
+                .nodes
+                .iter()
+                .find(|n| n.name == *dir && n.kind == "dir")
+                .and_then(|n| n.subtree)
+            else {
+                return Ok(None);
+            };
+            tree = self.load_tree(&sub, known)?;
+        }
+        Ok(tree
+            .nodes
+            .into_iter()
+            .find(|n| n.name == *file && n.kind == "file"))
+    }
+}
+
+fn location(pack: RepoId, blob: &IndexBlob) -> BlobLocation {
+    BlobLocation {
+        pack,
+        offset: blob.offset,
+        length: blob.length,
+        uncompressed_length: blob.uncompressed_length,
+    }
+}

@@ -1,0 +1,733 @@
+//! Writing a snapshot: disk images as lists of fixed-size chunks, small files (vm.xml) as one
+//! blob, then trees, the index and the snapshot, in that order.
+//!
+//! The pipeline for one image: a reader thread reads the chunks the plan marks `Read`, in order,
+//! with positioned reads; worker threads (one per core) recognise all-zero chunks without
+//! hashing, hash the others, and compress and encrypt the ones the repository does not hold
+//! yet; a packer thread fills ~16 MiB packs and writes them. The main thread assembles the
+//! content list in chunk order.
+
+use crate::repo::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
+use crate::repo::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
+use crate::repo::pack::{PackBuilder, SealedBlob};
+use crate::repo::{Compression, KnownBlobs, Repo, rustic_error};
+use crate::{Error, ErrorKind};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use rustic_core::FileType;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Packs are closed once they reach this size (restic's default target).
+pub const PACK_TARGET: usize = 16 << 20;
+
+/// What a file in the snapshot is made from.
+pub enum Content<'a> {
+    /// A disk image. With `changed` and a parent snapshot holding `parent_path` at the same size,
+    /// only chunks that touch a changed extent are read.
+    Image {
+        source: &'a dyn ImageSource,
+        changed: Option<&'a [Extent]>,
+        parent_path: Option<String>,
+    },
+    /// A small file held in memory (vm.xml).
+    Bytes(&'a [u8]),
+}
+
+impl std::fmt::Debug for Content<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Image {
+                changed,
+                parent_path,
+                ..
+            } => f
+                .debug_struct("Image")
+                .field("changed", &changed.map(<[Extent]>::len))
+                .field("parent_path", parent_path)
+                .finish(),
+            Content::Bytes(b) => write!(f, "Bytes({})", b.len()),
+        }
+    }
+}
+
+/// One file of the snapshot, at an absolute path.
+#[derive(Debug)]
+pub struct FileSpec<'a> {
+    pub path: String,
+    pub content: Content<'a>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub compression: Compression,
+    pub parent: Option<RepoId>,
+    pub threads: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            hostname: hostname(),
+            tags: Vec::new(),
+            compression: Compression::Auto,
+            parent: None,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// What a backup did, per file and in total.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Logical size.
+    pub size: u64,
+    pub chunks: usize,
+    /// Chunks taken from the parent snapshot without reading.
+    pub reused_chunks: usize,
+    /// All-zero chunks (planned from the allocation map or found after reading): never hashed.
+    pub zero_chunks: usize,
+    /// Chunks whose content was hashed.
+    pub hashed_chunks: usize,
+    pub bytes_read: u64,
+    /// Blobs this backup stored (the rest were already in the repository).
+    pub new_blobs: usize,
+    /// Bytes of those blobs after compression and encryption.
+    pub added_bytes: u64,
+    /// Why an incremental request became a full read, if it did.
+    pub full_reason: Option<String>,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.size += o.size;
+        self.chunks += o.chunks;
+        self.reused_chunks += o.reused_chunks;
+        self.zero_chunks += o.zero_chunks;
+        self.hashed_chunks += o.hashed_chunks;
+        self.bytes_read += o.bytes_read;
+        self.new_blobs += o.new_blobs;
+        self.added_bytes += o.added_bytes;
+    }
+}
+
+#[derive(Debug)]
+pub struct BackupResult {
+    pub snapshot_id: RepoId,
+    pub total: Stats,
+    pub files: Vec<(String, Stats)>,
+}
+
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn username() -> String {
+    std::env::var("USER").unwrap_or_else(|_| {
+        if rustix::process::getuid().is_root() {
+            "root".into()
+        } else {
+            String::new()
+        }
+    })
+}
+
+/// Everything the threads of one backup share.
+struct Shared<'a> {
+    repo: &'a Repo,
+    known: &'a KnownBlobs,
+    claimed: Mutex<HashSet<RepoId>>,
+    level: Option<i32>,
+    abort: AtomicBool,
+}
+
+impl Shared<'_> {
+    /// Whether this backup must store the blob: not in the repository, not stored by another
+    /// thread of this backup already.
+    fn claim(&self, id: RepoId) -> bool {
+        !self.known.data.contains_key(&id)
+            && self
+                .claimed
+                .lock()
+                .map(|mut c| c.insert(id))
+                .unwrap_or(false)
+    }
+
+    fn seal(
+        &self,
+        id: RepoId,
+        kind: BlobKind,
+        data: &[u8],
+        compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+    ) -> Result<SealedBlob, Error> {
+        let compressed =
+            match (self.level, compressor.as_mut()) {
+                (Some(_), Some(c)) => Some(c.compress(data).map_err(|e| {
+                    Error::new(ErrorKind::Repository, format!("cannot compress: {e}"))
+                })?),
+                _ => None,
+            };
+        let len = u32::try_from(data.len())
+            .map_err(|_| Error::new(ErrorKind::Repository, "blob too large"))?;
+        Ok(match compressed {
+            Some(c) if c.len() < data.len() => SealedBlob {
+                id,
+                kind,
+                sealed: self.repo.seal(&c)?,
+                uncompressed_length: Some(len),
+            },
+            _ => SealedBlob {
+                id,
+                kind,
+                sealed: self.repo.seal(data)?,
+                uncompressed_length: None,
+            },
+        })
+    }
+
+    fn compressor(&self) -> Result<Option<zstd::bulk::Compressor<'static>>, Error> {
+        self.level
+            .map(|l| {
+                zstd::bulk::Compressor::new(l).map_err(|e| {
+                    Error::new(ErrorKind::Repository, format!("cannot start zstd: {e}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// The packer: fills packs and writes them; returns their index entries and the bytes written.
+fn run_packer(
+    shared: &Shared<'_>,
+    blobs: Receiver<SealedBlob>,
+) -> Result<(Vec<IndexPack>, u64), Error> {
+    let mut packs = Vec::new();
+    let mut written = 0u64;
+    let mut error = None;
+    let mut current = PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096);
+    let flush =
+        |pack: PackBuilder, packs: &mut Vec<IndexPack>, written: &mut u64| -> Result<(), Error> {
+            let finished = pack
+                .finish(shared.repo.crypto())
+                .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+            *written += finished.bytes.len() as u64;
+            shared
+                .repo
+                .backend()
+                .write_bytes(
+                    FileType::Pack,
+                    &finished.id.to_rustic(),
+                    false,
+                    finished.bytes.into(),
+                )
+                .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), e))?;
+            packs.push(finished.index);
+            Ok(())
+        };
+    for blob in blobs {
+        if error.is_some() {
+            continue; // keep draining so no sender blocks
+        }
+        current.add(blob);
+        if current.len() >= PACK_TARGET {
+            let full = std::mem::replace(
+                &mut current,
+                PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096),
+            );
+            if let Err(e) = flush(full, &mut packs, &mut written) {
+                shared.abort.store(true, Ordering::SeqCst);
+                error = Some(e);
+            }
+        }
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if !current.is_empty() {
+        flush(current, &mut packs, &mut written)?;
+    }
+    Ok((packs, written))
+}
+
+enum Outcome {
+    Zero,
+    Data { id: RepoId, stored: bool },
+}
+
+/// Zero-blob ids by length (the full chunk and at most one short last chunk).
+#[derive(Default)]
+struct ZeroIds(HashMap<usize, RepoId>);
+
+impl ZeroIds {
+    /// The id of `len` zero bytes, storing that blob once if the repository lacks it.
+    fn get(
+        &mut self,
+        len: usize,
+        shared: &Shared<'_>,
+        blobs: &Sender<SealedBlob>,
+        stats: &mut Stats,
+    ) -> Result<RepoId, Error> {
+        if let Some(id) = self.0.get(&len) {
+            return Ok(*id);
+        }
+        let zeros = vec![0u8; len];
+        let id = RepoId::of(&zeros);
+        if shared.claim(id) {
+            let blob = shared.seal(id, BlobKind::Data, &zeros, &mut shared.compressor()?)?;
+            stats.new_blobs += 1;
+            send(blobs, blob)?;
+        }
+        self.0.insert(len, id);
+        Ok(id)
+    }
+}
+
+fn send(blobs: &Sender<SealedBlob>, blob: SealedBlob) -> Result<(), Error> {
+    blobs
+        .send(blob)
+        .map_err(|_| Error::new(ErrorKind::Repository, "the pack writer stopped"))
+}
+
+fn input_error(what: String, e: std::io::Error) -> Error {
+    Error {
+        kind: ErrorKind::Input,
+        message: what,
+        source: Some(e),
+    }
+}
+
+/// One image to back up.
+struct ImageJob<'a> {
+    path: &'a str,
+    source: &'a dyn ImageSource,
+    changed: Option<&'a [Extent]>,
+    parent: Option<&'a Node>,
+}
+
+/// Backs up one image; returns its content list.
+fn backup_image(
+    shared: &Shared<'_>,
+    blobs: &Sender<SealedBlob>,
+    threads: usize,
+    job: ImageJob<'_>,
+    zero_ids: &mut ZeroIds,
+) -> Result<(Vec<RepoId>, Stats), Error> {
+    let ImageJob {
+        path,
+        source,
+        changed,
+        parent,
+    } = job;
+    let size = source.size();
+    let n = image::chunk_count(size);
+    let mut stats = Stats {
+        size,
+        chunks: n,
+        ..Stats::default()
+    };
+    // An incremental needs a parent of the same size cut the same way.
+    let parent_content: Option<&[RepoId]> = match (changed, parent) {
+        (None, _) => None,
+        (Some(_), None) => {
+            stats.full_reason = Some(format!("no parent file for {path}"));
+            None
+        }
+        (Some(_), Some(p)) if p.size != size => {
+            stats.full_reason = Some(format!(
+                "the parent of {path} has size {} and the disk now {size}",
+                p.size
+            ));
+            None
+        }
+        (Some(_), Some(p)) => match p.content.as_deref() {
+            Some(c) if c.len() == n => Some(c),
+            _ => {
+                stats.full_reason = Some(format!(
+                    "the parent of {path} was not cut in {CHUNK_SIZE}-byte chunks"
+                ));
+                None
+            }
+        },
+    };
+    let reusable = |i: usize| {
+        parent_content.is_some_and(|pc| {
+            shared.known.data.get(&pc[i]).copied()
+                == Some(image::chunk_range(i, size).length as u32)
+        })
+    };
+    let data = source
+        .data_extents()
+        .map_err(|e| input_error(format!("cannot map the allocated ranges of {path}"), e))?;
+    let plan = image::plan(size, data.as_deref(), parent_content.and(changed), reusable);
+
+    let mut content = vec![RepoId::default(); n];
+    let mut reads = Vec::new();
+    for (i, p) in plan.iter().enumerate() {
+        match p {
+            ChunkPlan::Reuse => {
+                content[i] = parent_content.map(|pc| pc[i]).unwrap_or_default();
+                stats.reused_chunks += 1;
+            }
+            ChunkPlan::Zero => {
+                content[i] = zero_ids.get(
+                    image::chunk_range(i, size).length as usize,
+                    shared,
+                    blobs,
+                    &mut stats,
+                )?;
+                stats.zero_chunks += 1;
+            }
+            ChunkPlan::Read => reads.push(i),
+        }
+    }
+
+    let threads = threads.max(1);
+    let (work_tx, work_rx) = bounded::<(usize, Vec<u8>)>(threads * 2);
+    let (res_tx, res_rx) = unbounded::<Result<(usize, usize, Outcome), Error>>();
+    std::thread::scope(|s| -> Result<(), Error> {
+        let reader_res = res_tx.clone();
+        let reads = &reads;
+        s.spawn(move || {
+            for &i in reads {
+                if shared.abort.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = image::chunk_range(i, size);
+                let mut buf = vec![0u8; r.length as usize];
+                if let Err(e) = source.read_at(&mut buf, r.offset) {
+                    let _ = reader_res.send(Err(input_error(
+                        format!("cannot read {path} at offset {}", r.offset),
+                        e,
+                    )));
+                    break;
+                }
+                if work_tx.send((i, buf)).is_err() {
+                    break;
+                }
+            }
+        });
+        for _ in 0..threads {
+            let work_rx = work_rx.clone();
+            let res_tx = res_tx.clone();
+            let blobs = blobs.clone();
+            s.spawn(move || {
+                let mut compressor = match shared.compressor() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = res_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for (i, buf) in work_rx {
+                    if shared.abort.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let len = buf.len();
+                    let outcome = if image::is_zero(&buf) {
+                        Ok(Outcome::Zero)
+                    } else {
+                        let id = RepoId::of(&buf);
+                        if shared.claim(id) {
+                            shared
+                                .seal(id, BlobKind::Data, &buf, &mut compressor)
+                                .and_then(|blob| send(&blobs, blob))
+                                .map(|()| Outcome::Data { id, stored: true })
+                        } else {
+                            Ok(Outcome::Data { id, stored: false })
+                        }
+                    };
+                    if res_tx.send(outcome.map(|o| (i, len, o))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(res_tx);
+        let mut first_error = None;
+        for r in &res_rx {
+            match r {
+                Ok((i, len, outcome)) => {
+                    stats.bytes_read += len as u64;
+                    match outcome {
+                        Outcome::Zero => {
+                            stats.zero_chunks += 1;
+                            match zero_ids.get(len, shared, blobs, &mut stats) {
+                                Ok(id) => content[i] = id,
+                                Err(e) => {
+                                    shared.abort.store(true, Ordering::SeqCst);
+                                    first_error.get_or_insert(e);
+                                }
+                            }
+                        }
+                        Outcome::Data { id, stored } => {
+                            stats.hashed_chunks += 1;
+                            stats.new_blobs += usize::from(stored);
+                            content[i] = id;
+                        }
+                    }
+                }
+                Err(e) => {
+                    shared.abort.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })?;
+    if stats.reused_chunks + stats.zero_chunks + stats.hashed_chunks != n {
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!(
+                "{path}: {} of {n} chunks were backed up",
+                stats.reused_chunks + stats.zero_chunks + stats.hashed_chunks
+            ),
+        ));
+    }
+    Ok((content, stats))
+}
+
+/// A directory being assembled: files and subdirectories by name (sorted, as restic sorts).
+#[derive(Default)]
+struct DirBuilder {
+    files: BTreeMap<String, Node>,
+    dirs: BTreeMap<String, DirBuilder>,
+}
+
+impl DirBuilder {
+    fn insert(&mut self, path: &str, node: Node) -> Result<(), Error> {
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("{path:?} is not a file path"),
+            ));
+        };
+        if parts.contains(&"..") {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("{path:?} must not contain '..'"),
+            ));
+        }
+        let mut dir = self;
+        for d in dirs {
+            dir = dir.dirs.entry((*d).to_string()).or_default();
+        }
+        let mut node = node;
+        node.name = (*name).to_string();
+        if dir.files.insert(node.name.clone(), node).is_some() {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("{path} is given twice"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialises the trees bottom-up into `pack`; returns this tree's id.
+    fn save(
+        self,
+        time: &str,
+        shared: &Shared<'_>,
+        pack: &mut PackBuilder,
+        compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+        stored: &mut HashSet<RepoId>,
+    ) -> Result<RepoId, Error> {
+        let mut nodes: BTreeMap<String, Node> = self.files;
+        for (name, dir) in self.dirs {
+            let id = dir.save(time, shared, pack, compressor, stored)?;
+            if nodes
+                .insert(name.clone(), Node::dir(&name, id, time))
+                .is_some()
+            {
+                return Err(Error::new(
+                    ErrorKind::Repository,
+                    format!("{name} is both a file and a directory"),
+                ));
+            }
+        }
+        let tree = Tree {
+            nodes: nodes.into_values().collect(),
+        };
+        let mut json = serde_json::to_vec(&tree)
+            .map_err(|e| Error::new(ErrorKind::Repository, format!("cannot encode a tree: {e}")))?;
+        json.push(b'\n');
+        let id = RepoId::of(&json);
+        if !shared.known.trees.contains_key(&id) && stored.insert(id) {
+            pack.add(shared.seal(id, BlobKind::Tree, &json, compressor)?);
+        }
+        Ok(id)
+    }
+}
+
+/// Writes a snapshot of `files`.
+pub fn backup(
+    repo: &Repo,
+    files: &[FileSpec<'_>],
+    options: &BackupOptions,
+) -> Result<BackupResult, Error> {
+    let known = repo.known_blobs()?;
+    let parent: Option<Snapshot> = options
+        .parent
+        .map(|p| repo.load_file(FileType::Snapshot, &p))
+        .transpose()?;
+    let level = if repo.version() >= 2 {
+        options.compression.level()
+    } else {
+        None
+    };
+    let shared = Shared {
+        repo,
+        known: &known,
+        claimed: Mutex::new(HashSet::new()),
+        level,
+        abort: AtomicBool::new(false),
+    };
+    let time = jiff::Timestamp::now().to_string();
+    let mut per_file = Vec::new();
+    let mut root = DirBuilder::default();
+
+    let (data_packs, mut total) =
+        std::thread::scope(|s| -> Result<(Vec<IndexPack>, Stats), Error> {
+            let (blob_tx, blob_rx) = bounded::<SealedBlob>(options.threads.max(1) * 2);
+            let packer = s.spawn(|| run_packer(&shared, blob_rx));
+            let mut zero_ids = ZeroIds::default();
+            let mut result: Result<(), Error> = Ok(());
+            for f in files {
+                let outcome = match &f.content {
+                    Content::Image {
+                        source,
+                        changed,
+                        parent_path,
+                    } => {
+                        let parent_node = match (&parent, parent_path) {
+                            (Some(p), Some(pp)) => repo.file_node(p, pp, &known)?,
+                            _ => None,
+                        };
+                        backup_image(
+                            &shared,
+                            &blob_tx,
+                            options.threads,
+                            ImageJob {
+                                path: &f.path,
+                                source: *source,
+                                changed: *changed,
+                                parent: parent_node.as_ref(),
+                            },
+                            &mut zero_ids,
+                        )
+                        .map(|(content, stats)| (Node::file("", stats.size, content, &time), stats))
+                    }
+                    Content::Bytes(bytes) => (|| {
+                        let mut stats = Stats {
+                            size: bytes.len() as u64,
+                            chunks: 1,
+                            ..Stats::default()
+                        };
+                        let mut content = Vec::new();
+                        if !bytes.is_empty() {
+                            let id = RepoId::of(bytes);
+                            stats.hashed_chunks = 1;
+                            if shared.claim(id) {
+                                send(
+                                    &blob_tx,
+                                    shared.seal(
+                                        id,
+                                        BlobKind::Data,
+                                        bytes,
+                                        &mut shared.compressor()?,
+                                    )?,
+                                )?;
+                                stats.new_blobs = 1;
+                            }
+                            content.push(id);
+                        }
+                        Ok((Node::file("", stats.size, content, &time), stats))
+                    })(),
+                };
+                match outcome.and_then(|(node, stats)| root.insert(&f.path, node).map(|()| stats)) {
+                    Ok(stats) => per_file.push((f.path.clone(), stats)),
+                    Err(e) => {
+                        shared.abort.store(true, Ordering::SeqCst);
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            drop(blob_tx);
+            let packed = packer
+                .join()
+                .map_err(|_| Error::new(ErrorKind::Repository, "the pack writer panicked"))?;
+            result?;
+            let (packs, written) = packed?;
+            let mut total = Stats::default();
+            for (_, s) in &per_file {
+                total.add(s);
+            }
+            total.added_bytes = written;
+            Ok((packs, total))
+        })?;
+
+    // Trees, in a pack of their own.
+    let mut tree_pack = PackBuilder::with_capacity(64 * 1024);
+    let mut compressor = shared.compressor()?;
+    let root_id = root.save(
+        &time,
+        &shared,
+        &mut tree_pack,
+        &mut compressor,
+        &mut HashSet::new(),
+    )?;
+    let mut packs = data_packs;
+    if !tree_pack.is_empty() {
+        let finished = tree_pack
+            .finish(repo.crypto())
+            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+        total.added_bytes += finished.bytes.len() as u64;
+        repo.backend()
+            .write_bytes(
+                FileType::Pack,
+                &finished.id.to_rustic(),
+                false,
+                finished.bytes.into(),
+            )
+            .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), e))?;
+        packs.push(finished.index);
+    }
+    if !packs.is_empty() {
+        repo.save_file(
+            FileType::Index,
+            &IndexFile {
+                packs,
+                ..IndexFile::default()
+            },
+        )?;
+    }
+    let snapshot = Snapshot {
+        time,
+        parent: options.parent,
+        tree: root_id,
+        paths: files.iter().map(|f| f.path.clone()).collect(),
+        hostname: options.hostname.clone(),
+        username: username(),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        tags: options.tags.clone(),
+        program_version: Some(format!("backstop {}", env!("CARGO_PKG_VERSION"))),
+    };
+    let snapshot_id = repo.save_file(FileType::Snapshot, &snapshot)?;
+    Ok(BackupResult {
+        snapshot_id,
+        total,
+        files: per_file,
+    })
+}
