@@ -1,6 +1,6 @@
 //! The `backstop` command line.
 
-use crate::{install, run};
+use crate::{install, repo_cli, run};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
@@ -42,6 +42,8 @@ enum Command {
     },
     /// Install into (or uninstall from) an OpenNebula remotes tree. install.sh calls this.
     Install(install::Options),
+    /// Work with a repository directly: init, backup, snapshots, dump.
+    Repo(repo_cli::Args),
 }
 
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -60,6 +62,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Action { path, args } => run::run_path(&path, &args),
         Command::Decode { path, args } => decode(&path, &args),
         Command::Install(options) => install::main(&options),
+        Command::Repo(args) => repo_cli::main(&args),
     }
 }
 

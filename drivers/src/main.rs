@@ -10,6 +10,7 @@
 
 mod cli;
 mod install;
+mod repo_cli;
 mod run;
 
 use std::ffi::OsString;

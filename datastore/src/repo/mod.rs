@@ -29,8 +29,9 @@ pub mod writer;
 use crate::repo::crypto::Crypto;
 use crate::repo::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
 use crate::{Error, ErrorKind};
+use rustic_core::repofile::MasterKey;
 use rustic_core::{
-    ConfigOptions, Credentials, FileType, KeyOptions, Repository, RepositoryBackends,
+    ConfigOptions, Credentials, FileType, KeyOptions, OpenStatus, Repository, RepositoryBackends,
     RepositoryOptions, WriteBackend,
 };
 use serde::Serialize;
@@ -74,6 +75,17 @@ pub(crate) fn rustic_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Repository, format!("{what}: {e}"))
 }
 
+/// A snapshot as `backstop repo snapshots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub time: String,
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub paths: Vec<String>,
+    pub parent: Option<String>,
+}
+
 /// Where a blob lives in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -95,6 +107,7 @@ pub struct KnownBlobs {
 /// An open repository.
 pub struct Repo {
     backend: Arc<dyn WriteBackend>,
+    master: MasterKey,
     crypto: Crypto,
     version: u32,
     location: String,
@@ -128,17 +141,26 @@ impl Repo {
                 &ConfigOptions::default(),
             )
             .map_err(|e| rustic_error(&format!("cannot create a repository at {location}"), e))?;
-        let crypto = Crypto::new(&repo.key())
-            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-        let version = repo.config().version;
         // rustic's local backend makes the directory layout; ours does it here.
         backend
             .create()
             .map_err(|e| rustic_error("cannot create the repository layout", e))?;
+        Self::from_rustic(backend, location, &repo)
+    }
+
+    fn from_rustic(
+        backend: Arc<dyn WriteBackend>,
+        location: String,
+        repo: &Repository<OpenStatus>,
+    ) -> Result<Repo, Error> {
+        let master = repo.key();
+        let crypto =
+            Crypto::new(&master).map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
         Ok(Repo {
             backend,
+            master,
             crypto,
-            version,
+            version: repo.config().version,
             location,
         })
     }
@@ -156,15 +178,58 @@ impl Repo {
                 };
                 Error::new(ErrorKind::Repository, message)
             })?;
-        let crypto = Crypto::new(&repo.key())
-            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-        let version = repo.config().version;
-        Ok(Repo {
-            backend,
-            crypto,
-            version,
-            location,
-        })
+        Self::from_rustic(backend, location, &repo)
+    }
+
+    /// rustic_core's view of this repository, opened with the master key (no second scrypt).
+    fn rustic(&self) -> Result<Repository<OpenStatus>, Error> {
+        rustic_repo(&self.backend)?
+            .open(&Credentials::Masterkey(self.master.clone()))
+            .map_err(|e| {
+                rustic_error(
+                    &format!("cannot open the repository at {}", self.location),
+                    e,
+                )
+            })
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error> {
+        let mut snaps = self
+            .rustic()?
+            .get_all_snapshots()
+            .map_err(|e| rustic_error("cannot list snapshots", e))?;
+        snaps.sort_by(|a, b| a.time.cmp(&b.time));
+        Ok(snaps
+            .into_iter()
+            .map(|s| SnapshotInfo {
+                id: s.id.to_hex().to_string(),
+                time: s.time.timestamp().to_string(),
+                hostname: s.hostname,
+                tags: s.tags.iter().cloned().collect(),
+                paths: s.paths.iter().cloned().collect(),
+                parent: s.parent.map(|p| p.to_hex().to_string()),
+            })
+            .collect())
+    }
+
+    /// Streams the file at `path` of a snapshot (an id or a unique prefix of one, or
+    /// `latest`) to `out`.
+    pub fn dump(
+        &self,
+        snapshot: &str,
+        path: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<(), Error> {
+        let repo = self
+            .rustic()?
+            .to_indexed()
+            .map_err(|e| rustic_error("cannot read the index", e))?;
+        let node = repo
+            .node_from_snapshot_path(&format!("{snapshot}:{path}"), |_| true)
+            .map_err(|e| rustic_error(&format!("no file {path} in snapshot {snapshot}"), e))?;
+        repo.dump(&node, out)
+            .map_err(|e| rustic_error(&format!("cannot dump {path} of snapshot {snapshot}"), e))
     }
 
     pub fn location(&self) -> &str {

@@ -1,0 +1,252 @@
+#![allow(clippy::print_stdout)] // a command line prints its results
+//! `backstop repo`: the operator's command line for repositories, shaped like restic's.
+//!
+//! The password comes from RESTIC_PASSWORD, RESTIC_PASSWORD_FILE or `--password-file`, never
+//! from argv.
+
+use backstop_datastore::repo::backend::LocalBackend;
+use backstop_datastore::repo::format::RepoId;
+use backstop_datastore::repo::image::{self, RawImage};
+use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_datastore::repo::{Compression, Repo};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The repository: a local path (SFTP comes later).
+    #[arg(long, short = 'r', env = "RESTIC_REPOSITORY")]
+    repo: String,
+    /// A file whose first line is the password (else RESTIC_PASSWORD or RESTIC_PASSWORD_FILE).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create a repository (restic format, version 2).
+    Init,
+    /// Back up a disk image as one file of a new snapshot.
+    Backup {
+        /// A raw image file or block device.
+        #[arg(long, value_name = "PATH")]
+        image: PathBuf,
+        /// The file's absolute path inside the snapshot (default: the image's own path).
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
+        /// The parent snapshot (id or unique prefix); with --changed-extents only changed
+        /// chunks are read.
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
+        /// The file's path in the parent snapshot (default: --path).
+        #[arg(long, value_name = "PATH")]
+        parent_path: Option<String>,
+        /// The changed extents, as `nbdinfo --json --map` prints them for a dirty bitmap.
+        #[arg(long, value_name = "FILE", requires = "parent")]
+        changed_extents: Option<PathBuf>,
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// off, auto or max.
+        #[arg(long, env = "RESTIC_COMPRESSION")]
+        compression: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file of a snapshot to stdout.
+    Dump {
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// The file's absolute path in the snapshot.
+        path: String,
+    },
+}
+
+pub fn main(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "backstop repo: {}",
+                backstop_protocol::output::one_line(&e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn password(args: &Args) -> Result<String, String> {
+    let from_file = |path: &Path| -> Result<String, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    };
+    if let Some(p) = &args.password_file {
+        return from_file(p);
+    }
+    if let Ok(p) = std::env::var("RESTIC_PASSWORD") {
+        return Ok(p);
+    }
+    if let Some(p) = std::env::var_os("RESTIC_PASSWORD_FILE") {
+        return from_file(Path::new(&p));
+    }
+    Err("no repository password: set RESTIC_PASSWORD or RESTIC_PASSWORD_FILE, or pass --password-file".into())
+}
+
+fn backend(args: &Args) -> Result<Arc<LocalBackend>, String> {
+    if args.repo.starts_with("sftp:") {
+        return Err("SFTP repositories are not implemented in this version of backstop".into());
+    }
+    Ok(Arc::new(LocalBackend::new(&args.repo)))
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let pw = password(args)?;
+    let be = backend(args)?;
+    if let Command::Init = args.command {
+        if Path::new(&args.repo).join("config").exists() {
+            return Err(format!("{} already holds a repository", args.repo));
+        }
+        let repo = Repo::init(be, &pw).map_err(|e| e.to_string())?;
+        println!("created repository at {}", repo.location());
+        return Ok(());
+    }
+    let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
+    match &args.command {
+        Command::Init => Ok(()),
+        Command::Backup {
+            image,
+            path,
+            parent,
+            parent_path,
+            changed_extents,
+            tags,
+            host,
+            compression,
+            json,
+        } => {
+            let started = Instant::now();
+            let source = RawImage::open(image)
+                .map_err(|e| format!("cannot open {}: {e}", image.display()))?;
+            let changed = changed_extents
+                .as_ref()
+                .map(|f| {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                    image::parse_nbdinfo_map(&text).map_err(|e| format!("{}: {e}", f.display()))
+                })
+                .transpose()?;
+            let parent_id = parent
+                .as_deref()
+                .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let snapshot_path = match path {
+                Some(p) => p.clone(),
+                None => std::path::absolute(image)
+                    .map_err(|e| e.to_string())?
+                    .display()
+                    .to_string(),
+            };
+            let files = [FileSpec {
+                path: snapshot_path.clone(),
+                content: Content::Image {
+                    source: &source,
+                    changed: changed.as_deref(),
+                    parent_path: Some(parent_path.clone().unwrap_or(snapshot_path)),
+                },
+            }];
+            let mut options = BackupOptions {
+                tags: tags.clone(),
+                compression: Compression::parse(compression.as_deref())
+                    .map_err(|e| e.to_string())?,
+                parent: parent_id,
+                ..BackupOptions::default()
+            };
+            if let Some(h) = host {
+                options.hostname = h.clone();
+            }
+            let result = writer::backup(&repo, &files, &options).map_err(|e| e.to_string())?;
+            let secs = started.elapsed().as_secs_f64();
+            let t = &result.total;
+            if let Some(reason) = &t.full_reason {
+                eprintln!("INFO: read the whole image: {reason}");
+            }
+            if *json {
+                let summary = serde_json::json!({
+                    "snapshot_id": result.snapshot_id.to_hex(),
+                    "size": t.size, "chunks": t.chunks, "reused_chunks": t.reused_chunks,
+                    "zero_chunks": t.zero_chunks, "hashed_chunks": t.hashed_chunks,
+                    "bytes_read": t.bytes_read, "new_blobs": t.new_blobs, "added_bytes": t.added_bytes,
+                    "seconds": secs,
+                });
+                println!("{summary}");
+            } else {
+                println!(
+                    "snapshot {} saved: {} bytes in {} chunks ({} reused, {} zero, {} hashed), read {} bytes, added {} bytes in {:.2} s",
+                    short(&result.snapshot_id),
+                    t.size,
+                    t.chunks,
+                    t.reused_chunks,
+                    t.zero_chunks,
+                    t.hashed_chunks,
+                    t.bytes_read,
+                    t.added_bytes,
+                    secs
+                );
+            }
+            Ok(())
+        }
+        Command::Snapshots { json } => {
+            let snaps = repo.snapshots().map_err(|e| e.to_string())?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&snaps).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!(
+                    "{:<8}  {:<30}  {:<16}  {:<20}  PATHS",
+                    "ID", "TIME", "HOST", "TAGS"
+                );
+                for s in &snaps {
+                    println!(
+                        "{:<8}  {:<30}  {:<16}  {:<20}  {}",
+                        &s.id[..8],
+                        s.time,
+                        s.hostname,
+                        s.tags.join(","),
+                        s.paths.join(" ")
+                    );
+                }
+                println!("{} snapshots", snaps.len());
+            }
+            Ok(())
+        }
+        Command::Dump { snapshot, path } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
+            repo.dump(snapshot, path, &mut out)
+                .map_err(|e| e.to_string())?;
+            out.flush()
+                .map_err(|e| format!("cannot write to stdout: {e}"))
+        }
+    }
+}
+
+fn short(id: &RepoId) -> String {
+    id.to_hex()[..8].to_string()
+}
