@@ -203,57 +203,83 @@ impl Shared<'_> {
     }
 }
 
-/// The packer: fills packs and writes them; returns their index entries and the bytes written.
+/// Finishes and writes one pack; returns its index entry and size.
+fn write_pack(shared: &Shared<'_>, pack: PackBuilder) -> Result<(IndexPack, u64), Error> {
+    let finished = pack
+        .finish(shared.repo.crypto())
+        .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+    let size = finished.bytes.len() as u64;
+    shared
+        .repo
+        .backend()
+        .write_bytes(
+            FileType::Pack,
+            &finished.id.to_rustic(),
+            false,
+            finished.bytes.into(),
+        )
+        .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), e))?;
+    Ok((finished.index, size))
+}
+
+/// Packs finished at once by this many writer threads: hashing a pack and waiting for its
+/// fsync then overlaps with filling the next one (measured: 1.77 s -> see module docs).
+const PACK_WRITERS: usize = 2;
+
+/// The packer: fills packs and hands full ones to the pack writers; returns the index entries
+/// and the bytes written.
 fn run_packer(
     shared: &Shared<'_>,
     blobs: Receiver<SealedBlob>,
 ) -> Result<(Vec<IndexPack>, u64), Error> {
-    let mut packs = Vec::new();
-    let mut written = 0u64;
-    let mut error = None;
-    let mut current = PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096);
-    let flush =
-        |pack: PackBuilder, packs: &mut Vec<IndexPack>, written: &mut u64| -> Result<(), Error> {
-            let finished = pack
-                .finish(shared.repo.crypto())
-                .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-            *written += finished.bytes.len() as u64;
-            shared
-                .repo
-                .backend()
-                .write_bytes(
-                    FileType::Pack,
-                    &finished.id.to_rustic(),
-                    false,
-                    finished.bytes.into(),
-                )
-                .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), e))?;
-            packs.push(finished.index);
-            Ok(())
-        };
-    for blob in blobs {
-        if error.is_some() {
-            continue; // keep draining so no sender blocks
+    let results: Mutex<(Vec<IndexPack>, u64, Option<Error>)> = Mutex::new((Vec::new(), 0, None));
+    let new_pack = || PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096);
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = bounded::<PackBuilder>(1);
+        for _ in 0..PACK_WRITERS {
+            let full_rx = full_rx.clone();
+            let results = &results;
+            s.spawn(move || {
+                for pack in full_rx {
+                    let done = write_pack(shared, pack);
+                    let Ok(mut r) = results.lock() else { return };
+                    match done {
+                        Ok((index, size)) => {
+                            r.0.push(index);
+                            r.1 += size;
+                        }
+                        Err(e) => {
+                            shared.abort.store(true, Ordering::SeqCst);
+                            r.2.get_or_insert(e);
+                        }
+                    }
+                }
+            });
         }
-        current.add(blob);
-        if current.len() >= PACK_TARGET {
-            let full = std::mem::replace(
-                &mut current,
-                PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096),
-            );
-            if let Err(e) = flush(full, &mut packs, &mut written) {
-                shared.abort.store(true, Ordering::SeqCst);
-                error = Some(e);
+        let mut current = new_pack();
+        for blob in blobs {
+            if shared.abort.load(Ordering::SeqCst) {
+                continue; // keep draining so no sender blocks
+            }
+            current.add(blob);
+            if current.len() >= PACK_TARGET {
+                let full = std::mem::replace(&mut current, new_pack());
+                if full_tx.send(full).is_err() {
+                    break;
+                }
             }
         }
+        if !current.is_empty() && !shared.abort.load(Ordering::SeqCst) {
+            let _ = full_tx.send(current);
+        }
+    });
+    let (packs, written, error) = results
+        .into_inner()
+        .map_err(|_| Error::new(ErrorKind::Repository, "a pack writer panicked"))?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok((packs, written)),
     }
-    if let Some(e) = error {
-        return Err(e);
-    }
-    if !current.is_empty() {
-        flush(current, &mut packs, &mut written)?;
-    }
-    Ok((packs, written))
 }
 
 enum Outcome {

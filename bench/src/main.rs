@@ -1,0 +1,337 @@
+//! `cargo run --release -p backstop-bench -- [--size-mib 2048]`
+//!
+//! Generates one deterministic disk image (30 % zeros, 25 % random, 27 % text-like, 18 %
+//! repeated regions), then, in one run and on the same data, times backstop and restic (the
+//! Debian restic binary, `backup --stdin`) as separate processes under GNU time:
+//! 1. full backup;
+//! 2. incremental after rewriting 5 % of the image in 50 places (backstop is given the changed
+//!    extents, as a dirty bitmap would; restic must read the whole image);
+//! 3. dump of the latest snapshot to /dev/null.
+//!
+//! Every backstop snapshot is checked: its dump must hash like the image. Prints seconds, MB/s,
+//! peak RSS and the ratio restic/backstop for each step.
+#![allow(clippy::print_stdout)] // a benchmark prints its table
+
+use clap::Parser;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Image size in MiB.
+    #[arg(long, default_value_t = 2048)]
+    size_mib: u64,
+    /// Work directory (default: a new one under /var/tmp, removed at the end).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Keep the work directory.
+    #[arg(long)]
+    keep: bool,
+}
+
+const MIB: u64 = 1 << 20;
+const PASSWORD: &str = "benchmark only";
+const FILE: &str = "/var/lib/one/datastores/0/7/backup/disk.0.0";
+
+struct Gen(u64);
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// The image: 1 MiB regions; the kind of each region is drawn so that the shares come out
+/// as 30/25/27/18 %. Zeros are written as zero bytes (not holes): both tools read them.
+fn generate(path: &Path, mib: u64) -> std::io::Result<()> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.set_len(mib * MIB)?;
+    let mut g = Gen(0x5eed);
+    let words: Vec<&[u8]> = [
+        "the ",
+        "backup ",
+        "of ",
+        "virtual ",
+        "machine ",
+        "disk ",
+        "image ",
+        "is ",
+        "stored ",
+        "in ",
+        "chunks ",
+        "\n",
+        "0123 ",
+        "INFO: ",
+        "2026-11-21 ",
+    ]
+    .iter()
+    .map(|w| w.as_bytes())
+    .collect();
+    let mut buf = vec![0u8; MIB as usize];
+    for i in 0..mib {
+        let r = g.next() % 100;
+        buf.fill(0);
+        match r {
+            0..30 => {}
+            30..55 => g.fill(&mut buf),
+            55..82 => {
+                let mut pos = 0;
+                while pos < buf.len() {
+                    let w = words[(g.next() % words.len() as u64) as usize];
+                    let n = w.len().min(buf.len() - pos);
+                    buf[pos..pos + n].copy_from_slice(&w[..n]);
+                    pos += n;
+                }
+            }
+            _ => {
+                // a repeat of an earlier region (or of a fixed pattern at the start)
+                if i > 0 {
+                    let from = g.next() % i;
+                    f.read_exact_at(&mut buf, from * MIB)?;
+                } else {
+                    buf.iter_mut()
+                        .enumerate()
+                        .for_each(|(j, b)| *b = (j % 253) as u8);
+                }
+            }
+        }
+        f.write_all_at(&buf, i * MIB)?;
+    }
+    f.sync_all()
+}
+
+/// Rewrites 5 % of the image in 50 places; returns the extents as nbdinfo JSON.
+fn rewrite(path: &Path, size: u64) -> std::io::Result<String> {
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    let mut g = Gen(0xc0ffee);
+    let len = size / 20 / 50;
+    let mut entries = Vec::new();
+    for k in 0..50u64 {
+        // one change in each fiftieth of the disk, at a random place inside it
+        let slot = size / 50;
+        let off = k * slot + g.next() % (slot - len);
+        let mut buf = vec![0u8; len as usize];
+        g.fill(&mut buf);
+        f.write_all_at(&buf, off)?;
+        entries.push(
+            serde_json::json!({"offset": off, "length": len, "type": 0, "description": "dirty"}),
+        );
+    }
+    f.sync_all()?;
+    Ok(serde_json::Value::Array(entries).to_string())
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+struct Measure {
+    seconds: f64,
+    rss_mib: f64,
+}
+
+/// Runs `sh -c script` under GNU time; fails on a non-zero exit.
+fn timed(label: &str, script: &str) -> Measure {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "BENCH %e %M", "sh", "-c", script])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run /usr/bin/time (apt install time): {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{label} failed:\n{err}");
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BENCH "))
+        .unwrap_or_else(|| panic!("{label}: no timing in\n{err}"));
+    let mut parts = line.split_whitespace().skip(1);
+    let seconds: f64 = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let kib: f64 = parts
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Measure {
+        seconds,
+        rss_mib: kib / 1024.0,
+    }
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+fn main() {
+    let args = Args::parse();
+    let work = args.work.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("backstop-bench-{}", std::process::id()))
+    });
+    fs::create_dir_all(&work).expect("work dir");
+    let backstop = std::env::current_exe()
+        .expect("exe")
+        .with_file_name("backstop");
+    assert!(
+        backstop.exists(),
+        "build backstop first: cargo build --release (looked for {})",
+        backstop.display()
+    );
+    let image = work.join("disk.raw");
+    let size = args.size_mib * MIB;
+    println!(
+        "generating a {} MiB image in {} ...",
+        args.size_mib,
+        work.display()
+    );
+    generate(&image, args.size_mib).expect("generate");
+    let r_repo = work.join("restic-repo");
+    let b_repo = work.join("backstop-repo");
+    let restic = |rest: &str| format!("restic --no-cache -q -r {} {rest}", q(&r_repo));
+    let bs = |rest: &str| format!("{} repo -r {} {rest}", q(&backstop), q(&b_repo));
+    timed("restic init", &restic("init"));
+    timed("backstop init", &bs("init"));
+
+    let mut rows = Vec::new();
+    let sync = "sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null; true";
+    let _ = Command::new("sh").args(["-c", sync]).status();
+    let r_full = timed(
+        "restic full",
+        &restic(&format!(
+            "backup --stdin --stdin-filename disk.0.0 < {}",
+            q(&image)
+        )),
+    );
+    let b_full = timed(
+        "backstop full",
+        &bs(&format!("backup --image {} --path {FILE}", q(&image))),
+    );
+    rows.push(("full backup", r_full, b_full, size));
+    let check = |label: &str| {
+        let out = work.join("dump.raw");
+        let script = format!("{} > {}", bs(&format!("dump latest {FILE}")), q(&out));
+        timed(label, &script);
+        let ok = sha256_file(&out).expect("hash") == sha256_file(&image).expect("hash");
+        let _ = fs::remove_file(&out);
+        assert!(ok, "{label}: backstop's dump differs from the image");
+    };
+    check("verify full");
+
+    let extents = work.join("changed.json");
+    fs::write(&extents, rewrite(&image, size).expect("rewrite")).expect("extents");
+    let r_inc = timed(
+        "restic incremental",
+        &restic(&format!(
+            "backup --stdin --stdin-filename disk.0.0 < {}",
+            q(&image)
+        )),
+    );
+    let b_inc = timed(
+        "backstop incremental",
+        &bs(&format!(
+            "backup --image {} --path {FILE} --parent latest --changed-extents {}",
+            q(&image),
+            q(&extents)
+        )),
+    );
+    rows.push(("incremental (5 % in 50 places)", r_inc, b_inc, size));
+    check("verify incremental");
+
+    // What every command pays before any data moves: opening the repository (scrypt).
+    let b_open = timed("backstop open", &bs("snapshots"));
+    let r_open = timed("restic open", &restic("snapshots"));
+    let r_dump = timed("restic dump", &restic("dump latest disk.0.0 > /dev/null"));
+    let b_dump = timed(
+        "backstop dump",
+        &bs(&format!("dump latest {FILE} > /dev/null")),
+    );
+    rows.push(("dump latest", r_dump, b_dump, size));
+
+    println!();
+    println!(
+        "{} MiB image, {} cores; restic: {}",
+        args.size_mib,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        String::from_utf8_lossy(
+            &Command::new("restic")
+                .arg("version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .trim()
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>9} {:>10} {:>10} {:>12} {:>12}",
+        "step",
+        "restic s",
+        "backstop s",
+        "ratio",
+        "restic MB/s",
+        "backstop MB/s",
+        "restic RSS",
+        "backstop RSS"
+    );
+    for (name, r, b, bytes) in &rows {
+        let mbs = |s: f64| *bytes as f64 / 1e6 / s;
+        println!(
+            "{:<32} {:>10.2} {:>10.2} {:>8.2}x {:>10.0} {:>13.0} {:>9.0} MiB {:>9.0} MiB",
+            name,
+            r.seconds,
+            b.seconds,
+            r.seconds / b.seconds,
+            mbs(r.seconds),
+            mbs(b.seconds),
+            r.rss_mib,
+            b.rss_mib
+        );
+    }
+    println!(
+        "incremental / full (backstop): {:.1} %",
+        100.0 * rows[1].2.seconds / rows[0].2.seconds
+    );
+    println!(
+        "opening the repository (key derivation, listing): backstop {:.2} s, restic {:.2} s; without it the backstop incremental is {:.1} % of the full backup",
+        b_open.seconds,
+        r_open.seconds,
+        100.0 * (rows[1].2.seconds - b_open.seconds) / (rows[0].2.seconds - b_open.seconds)
+    );
+    println!(
+        "incremental / full (restic):   {:.1} %",
+        100.0 * rows[1].1.seconds / rows[0].1.seconds
+    );
+    if !args.keep && args.work.is_none() {
+        let _ = fs::remove_dir_all(&work);
+    }
+}
