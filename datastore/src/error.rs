@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Repository,
     /// The disk image being backed up could not be read.
     Input,
+    /// Another process holds a conflicting repository lock.
+    Locked,
 }
 
 #[derive(Debug, thiserror::Error)]

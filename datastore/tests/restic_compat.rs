@@ -7,100 +7,12 @@ use backstop_datastore::repo::image::{CHUNK_SIZE, Extent, RawImage};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Repo};
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+
 use std::sync::Arc;
 
-const PASSWORD: &str = "compat test password";
-const DISK: &str = "/var/lib/one//datastores/0/22/backup/disk.0.0";
-
-fn restic(repo: &Path, args: &[&str]) -> Output {
-    Command::new("restic")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("the restic binary must be installed (apt install restic)")
-}
-
-fn ok(out: Output, what: &str) -> Vec<u8> {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out.stdout
-}
-
-/// Deterministic bytes: xorshift64*.
-struct Gen(u64);
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
-
-/// An image of `mib` MiB: zeros, random, text-like and repeated regions.
-fn make_image(path: &Path, mib: u64, seed: u64) {
-    let mut g = Gen(seed);
-    let f = fs::File::create(path).expect("create");
-    f.set_len(mib * CHUNK_SIZE).expect("size");
-    let words = ["backup ", "restic ", "opennebula ", "disk ", "chunk ", "\n"];
-    for i in 0..mib {
-        let mut buf = vec![0u8; CHUNK_SIZE as usize];
-        match i % 4 {
-            0 => continue, // hole
-            1 => g.fill(&mut buf),
-            2 => {
-                let mut pos = 0;
-                while pos < buf.len() {
-                    let w = words[(g.next() % words.len() as u64) as usize].as_bytes();
-                    let n = w.len().min(buf.len() - pos);
-                    buf[pos..pos + n].copy_from_slice(&w[..n]);
-                    pos += n;
-                }
-            }
-            _ => buf
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, b)| *b = (j % 251) as u8),
-        }
-        f.write_all_at(&buf, i * CHUNK_SIZE).expect("write");
-    }
-}
-
-/// Rewrites `count` scattered regions; returns them as changed extents.
-fn scribble(path: &Path, count: usize, seed: u64) -> Vec<Extent> {
-    let mut g = Gen(seed);
-    let f = fs::OpenOptions::new().write(true).open(path).expect("open");
-    let size = f.metadata().expect("meta").len();
-    (0..count)
-        .map(|_| {
-            let len = 1 + g.next() % 100_000;
-            let off = g.next() % (size - len);
-            let mut buf = vec![0u8; len as usize];
-            g.fill(&mut buf);
-            f.write_all_at(&buf, off).expect("write");
-            Extent {
-                offset: off,
-                length: len,
-            }
-        })
-        .collect()
-}
+mod common;
+use common::*;
 
 fn backup(
     repo: &Repo,
@@ -264,21 +176,4 @@ fn a_wrong_password_is_one_clear_error() {
         )
     );
     assert_eq!(walk(&repo_path), before, "a failed open wrote something");
-}
-
-fn walk(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }

@@ -43,7 +43,7 @@ enum Command {
     /// Install into (or uninstall from) an OpenNebula remotes tree. install.sh calls this.
     Install(install::Options),
     /// Work with a repository directly: init, backup, snapshots, dump.
-    Repo(repo_cli::Args),
+    Repo(Box<repo_cli::Args>),
 }
 
 pub fn main(args: Vec<OsString>) -> ExitCode {

@@ -7,13 +7,14 @@
 use backstop_datastore::repo::backend::LocalBackend;
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{self, RawImage};
+use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Repo};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,6 +24,10 @@ pub struct Args {
     /// A file whose first line is the password (else RESTIC_PASSWORD or RESTIC_PASSWORD_FILE).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// How long to wait for a conflicting lock to go away (e.g. 30s, 5m, 1h30m), as restic's
+    /// --retry-lock; then fail naming the holder.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    retry_lock: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +69,11 @@ enum Command {
     Snapshots {
         #[arg(long)]
         json: bool,
+    },
+    /// Remove stale locks (all locks with --remove-all).
+    Unlock {
+        #[arg(long)]
+        remove_all: bool,
     },
     /// Write a file of a snapshot to stdout.
     Dump {
@@ -174,6 +184,7 @@ fn run(args: &Args) -> Result<(), String> {
                 compression: Compression::parse(compression.as_deref())
                     .map_err(|e| e.to_string())?,
                 parent: parent_id,
+                retry_lock: args.retry_lock,
                 ..BackupOptions::default()
             };
             if let Some(h) = host {
@@ -236,10 +247,15 @@ fn run(args: &Args) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Unlock { remove_all } => {
+            let n = repo.unlock(*remove_all).map_err(|e| e.to_string())?;
+            println!("removed {n} lock(s)");
+            Ok(())
+        }
         Command::Dump { snapshot, path } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());
-            repo.dump(snapshot, path, &mut out)
+            repo.dump(snapshot, path, &mut out, RetryLock(args.retry_lock))
                 .map_err(|e| e.to_string())?;
             out.flush()
                 .map_err(|e| format!("cannot write to stdout: {e}"))
@@ -249,4 +265,61 @@ fn run(args: &Args) -> Result<(), String> {
 
 fn short(id: &RepoId) -> String {
     id.to_hex()[..8].to_string()
+}
+
+/// Parses durations as restic's --retry-lock takes them: `90s`, `5m`, `1h30m`, `0`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{text:?} is not a duration like 30s, 5m or 1h30m")),
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h30m"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(format!("{text:?} is not a duration like 30s, 5m or 1h30m"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        for (text, secs) in [
+            ("0", 0),
+            ("0s", 0),
+            ("30s", 30),
+            ("5m", 300),
+            ("1h30m", 5400),
+            ("2h", 7200),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["", "5", "m", "5x", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! reader (or a crash) never sees half a file. Files are never rewritten: a name is the hash of
 //! the content.
 
+use crate::repo::format::RepoId;
 use bytes::Bytes;
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
@@ -11,6 +12,60 @@ use rustic_core::{
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// What backstop needs of a repository's storage beyond rustic_core's backend traits: the
+/// `locks/` directory, which rustic_core does not know.
+pub trait Storage: WriteBackend {
+    fn list_locks(&self) -> Result<Vec<RepoId>, crate::Error>;
+    fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error>;
+    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error>;
+    fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error>;
+}
+
+fn storage_error(what: &str, path: &Path, e: std::io::Error) -> crate::Error {
+    crate::Error {
+        kind: crate::ErrorKind::Repository,
+        message: format!("{what} {}", path.display()),
+        source: Some(e),
+    }
+}
+
+impl Storage for LocalBackend {
+    fn list_locks(&self) -> Result<Vec<RepoId>, crate::Error> {
+        let dir = self.root.join("locks");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(storage_error("cannot list", &dir, e)),
+        };
+        Ok(entries
+            .flatten()
+            .filter_map(|e| RepoId::parse(&e.file_name().to_string_lossy()))
+            .collect())
+    }
+
+    fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error> {
+        let path = self.root.join("locks").join(id.to_hex());
+        fs::read(&path).map_err(|e| storage_error("cannot read", &path, e))
+    }
+
+    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error> {
+        let path = self.root.join("locks").join(id.to_hex());
+        fs::create_dir_all(self.root.join("locks"))
+            .and_then(|()| self.write_atomic(&path, &[Bytes::copy_from_slice(sealed)]))
+            .map_err(|e| storage_error("cannot write", &path, e))
+    }
+
+    fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
+        let path = self.root.join("locks").join(id.to_hex());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(storage_error("cannot remove", &path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// A repository on a local path (or a shared mount).
 #[derive(Debug, Clone)]

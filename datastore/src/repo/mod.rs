@@ -23,9 +23,11 @@ pub mod backend;
 pub mod crypto;
 pub mod format;
 pub mod image;
+pub mod lock;
 pub mod pack;
 pub mod writer;
 
+use crate::repo::backend::Storage;
 use crate::repo::crypto::Crypto;
 use crate::repo::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
 use crate::{Error, ErrorKind};
@@ -105,8 +107,9 @@ pub struct KnownBlobs {
 }
 
 /// An open repository.
+#[derive(Clone)]
 pub struct Repo {
-    backend: Arc<dyn WriteBackend>,
+    backend: Arc<dyn Storage>,
     master: MasterKey,
     crypto: Crypto,
     version: u32,
@@ -122,8 +125,9 @@ impl std::fmt::Debug for Repo {
     }
 }
 
-fn rustic_repo(backend: &Arc<dyn WriteBackend>) -> Result<Repository<()>, Error> {
-    let backends = RepositoryBackends::new(Arc::clone(backend), None);
+fn rustic_repo(backend: &Arc<dyn Storage>) -> Result<Repository<()>, Error> {
+    let write: Arc<dyn WriteBackend> = backend.clone();
+    let backends = RepositoryBackends::new(write, None);
     // No cache: every action is a short-lived process, and a cache under $HOME would be a
     // second copy of metadata to keep consistent.
     Repository::new(&RepositoryOptions::default().no_cache(true), &backends)
@@ -132,7 +136,7 @@ fn rustic_repo(backend: &Arc<dyn WriteBackend>) -> Result<Repository<()>, Error>
 
 impl Repo {
     /// Creates a repository (version 2, compression available) at the backend's location.
-    pub fn init(backend: Arc<dyn WriteBackend>, password: &str) -> Result<Repo, Error> {
+    pub fn init(backend: Arc<dyn Storage>, password: &str) -> Result<Repo, Error> {
         let location = backend.location();
         let repo = rustic_repo(&backend)?
             .init(
@@ -149,7 +153,7 @@ impl Repo {
     }
 
     fn from_rustic(
-        backend: Arc<dyn WriteBackend>,
+        backend: Arc<dyn Storage>,
         location: String,
         repo: &Repository<OpenStatus>,
     ) -> Result<Repo, Error> {
@@ -166,7 +170,7 @@ impl Repo {
     }
 
     /// Opens an existing repository.
-    pub fn open(backend: Arc<dyn WriteBackend>, password: &str) -> Result<Repo, Error> {
+    pub fn open(backend: Arc<dyn Storage>, password: &str) -> Result<Repo, Error> {
         let location = backend.location();
         let repo = rustic_repo(&backend)?
             .open(&Credentials::password(password))
@@ -220,7 +224,9 @@ impl Repo {
         snapshot: &str,
         path: &str,
         out: &mut impl std::io::Write,
+        retry_lock: lock::RetryLock,
     ) -> Result<(), Error> {
+        let _lock = self.lock(false, retry_lock)?;
         let repo = self
             .rustic()?
             .to_indexed()
@@ -244,7 +250,7 @@ impl Repo {
         &self.crypto
     }
 
-    pub fn backend(&self) -> &Arc<dyn WriteBackend> {
+    pub fn backend(&self) -> &Arc<dyn Storage> {
         &self.backend
     }
 

@@ -9,6 +9,7 @@
 
 use crate::repo::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
 use crate::repo::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
+use crate::repo::lock::RetryLock;
 use crate::repo::pack::{PackBuilder, SealedBlob};
 use crate::repo::{Compression, KnownBlobs, Repo, rustic_error};
 use crate::{Error, ErrorKind};
@@ -65,6 +66,8 @@ pub struct BackupOptions {
     pub compression: Compression,
     pub parent: Option<RepoId>,
     pub threads: usize,
+    /// How long to wait for a conflicting lock (an exclusive one) to go away.
+    pub retry_lock: std::time::Duration,
 }
 
 impl Default for BackupOptions {
@@ -77,6 +80,7 @@ impl Default for BackupOptions {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            retry_lock: std::time::Duration::ZERO,
         }
     }
 }
@@ -601,6 +605,8 @@ pub fn backup(
     files: &[FileSpec<'_>],
     options: &BackupOptions,
 ) -> Result<BackupResult, Error> {
+    // Held until the snapshot is written: restic prune must not remove packs not yet indexed.
+    let _lock = repo.lock(false, RetryLock(options.retry_lock))?;
     let known = repo.known_blobs()?;
     let parent: Option<Snapshot> = options
         .parent
