@@ -2,5 +2,6 @@
 //! called as oned calls them (argv, stdin, exit code, stdout, stderr). One test binary.
 
 mod actions;
+mod crash;
 mod install;
 mod support;

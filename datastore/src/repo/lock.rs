@@ -6,7 +6,8 @@
 //! `{time, exclusive, hostname, username, pid, uid, gid}`, as restic writes it
 //! (restic `internal/restic/lock.go`). A lock is stale, and ignored, when it is older than
 //! 30 minutes, or when it was made on this host by a process that no longer exists. A held lock
-//! is refreshed every 5 minutes (a new file, then the old one removed).
+//! is refreshed every 5 minutes (a new file, then the old one removed). Stale locks met while
+//! locking are removed: restic 0.14 refuses to lock while any lock file exists, stale or not.
 
 use crate::repo::Repo;
 use crate::repo::format::RepoId;
@@ -146,6 +147,9 @@ fn conflict(
             Err(_) => return Ok(Some(LockFile::unreadable(&id))),
         };
         if lock.is_stale(now, &host) {
+            // Left by a killed process: remove it, so restic (which does not skip stale locks
+            // on its own) is not blocked by it either.
+            let _ = repo.backend().remove_lock(&id);
             continue;
         }
         if exclusive || lock.exclusive {
