@@ -6,7 +6,8 @@
 //! 1. full backup;
 //! 2. incremental after rewriting 5 % of the image in 50 places (backstop is given the changed
 //!    extents, as a dirty bitmap would; restic must read the whole image);
-//! 3. dump of the latest snapshot to /dev/null.
+//! 3. dump of the latest snapshot to /dev/null;
+//! 4. restore of the latest snapshot to a file.
 //!
 //! Every backstop snapshot is checked: its dump must hash like the image. Prints seconds, MB/s,
 //! peak RSS and the ratio restic/backstop for each step.
@@ -275,6 +276,24 @@ fn main() {
         &bs(&format!("dump latest {FILE} > /dev/null")),
     );
     rows.push(("dump latest", r_dump, b_dump, size));
+
+    let r_target = work.join("restic-restore");
+    let b_target = work.join("backstop-restore.raw");
+    let r_restore = timed(
+        "restic restore",
+        &restic(&format!("restore latest --target {}", q(&r_target))),
+    );
+    let b_restore = timed(
+        "backstop restore",
+        &bs(&format!("restore latest {FILE} --target {}", q(&b_target))),
+    );
+    assert!(
+        sha256_file(&b_target).expect("hash") == sha256_file(&image).expect("hash"),
+        "backstop's restore differs from the image"
+    );
+    let _ = fs::remove_dir_all(&r_target);
+    let _ = fs::remove_file(&b_target);
+    rows.push(("restore latest", r_restore, b_restore, size));
 
     println!();
     println!(

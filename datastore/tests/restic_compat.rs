@@ -177,3 +177,124 @@ fn a_wrong_password_is_one_clear_error() {
     );
     assert_eq!(walk(&repo_path), before, "a failed open wrote something");
 }
+
+/// A repository as OpenNebula's stock restic driver writes it: `restic backup` of the staged
+/// `disk.0.0` (qcow2) and `vm.xml` files. We restore both byte-exact, and can back up into it.
+#[test]
+fn restores_what_the_stock_restic_driver_wrote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    ok(restic(&repo_path, &["init"]), "restic init");
+    let staging = dir.path().join("var/lib/one/datastores/0/22/backup");
+    fs::create_dir_all(&staging).expect("staging");
+    let disk = staging.join("disk.0.0");
+    let run = |cmd: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .expect(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let d = disk.to_str().expect("utf-8");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "64M"]);
+    for (i, pattern) in [(0u64, "0xab"), (7, "0x11"), (40, "0x5c")] {
+        run(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P {pattern} {}M 3M", i),
+                d,
+            ],
+        );
+    }
+    let vm_xml = staging.join("vm.xml");
+    fs::write(&vm_xml, "PFZNPjxJRD4yMjwvSUQ+PC9WTT4=\n").expect("vm.xml");
+    ok(
+        restic(
+            &repo_path,
+            &[
+                "backup",
+                "--tag",
+                "one-22",
+                d,
+                vm_xml.to_str().expect("utf-8"),
+            ],
+        ),
+        "restic backup",
+    );
+
+    let repo = Repo::open(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("open");
+    let in_snapshot = d.to_string();
+    let target = dir.path().join("restored.qcow2");
+    let stats = repo
+        .restore_file(
+            "latest",
+            &in_snapshot,
+            &target,
+            2,
+            backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO),
+        )
+        .expect("restore");
+    assert_eq!(stats.size, fs::metadata(&disk).expect("meta").len());
+    assert!(
+        fs::read(&target).expect("read") == fs::read(&disk).expect("read"),
+        "restored qcow2 differs"
+    );
+    let mut dumped = Vec::new();
+    repo.dump(
+        "latest",
+        vm_xml.to_str().expect("utf-8"),
+        &mut dumped,
+        backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO),
+    )
+    .expect("dump vm.xml");
+    assert_eq!(dumped, fs::read(&vm_xml).expect("read"));
+    run(
+        "qemu-img",
+        &["compare", "-q", d, target.to_str().expect("utf-8")],
+    );
+
+    // Our backup into the same repository reads restic's index and leaves it checking clean.
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 4, 11);
+    backup(&repo, &image, None, None, b"x");
+    ok(
+        restic(&repo_path, &["check", "--read-data"]),
+        "restic check --read-data",
+    );
+}
+
+#[test]
+fn our_restore_is_byte_exact_and_sparse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 16, 12);
+    let b = backup(&repo, &image, None, None, b"x");
+    let target = dir.path().join("restored.raw");
+    let stats = repo
+        .restore_file(
+            &b.snapshot_id.to_hex()[..8],
+            DISK,
+            &target,
+            2,
+            backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO),
+        )
+        .expect("restore");
+    assert!(fs::read(&target).expect("read") == fs::read(&image).expect("read"));
+    assert_eq!(stats.zero_blobs, 4, "the 4 zero chunks are holes");
+    use std::os::unix::fs::MetadataExt;
+    let allocated = fs::metadata(&target).expect("meta").blocks() * 512;
+    assert!(
+        allocated <= 13 * CHUNK_SIZE,
+        "restored file is not sparse: {allocated} bytes allocated"
+    );
+    assert!(!dir.path().join("restored.raw.backstop-tmp").exists());
+}

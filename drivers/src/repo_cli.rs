@@ -70,6 +70,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a file of a snapshot (a disk image) to a local file, sparse.
+    Restore {
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// The file's absolute path in the snapshot.
+        path: String,
+        /// Where to write it (written as <target>.backstop-tmp, then renamed).
+        #[arg(long, value_name = "FILE")]
+        target: PathBuf,
+    },
     /// Remove stale locks (all locks with --remove-all).
     Unlock {
         #[arg(long)]
@@ -245,6 +255,28 @@ fn run(args: &Args) -> Result<(), String> {
                 }
                 println!("{} snapshots", snaps.len());
             }
+            Ok(())
+        }
+        Command::Restore {
+            snapshot,
+            path,
+            target,
+        } => {
+            let started = Instant::now();
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
+            let st = repo
+                .restore_file(snapshot, path, target, threads, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "restored {} bytes to {} ({} blobs, {} left sparse) in {:.2} s",
+                st.size,
+                target.display(),
+                st.blobs,
+                st.zero_blobs,
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Unlock { remove_all } => {

@@ -20,6 +20,13 @@ pub trait Storage: WriteBackend {
     fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error>;
     fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error>;
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error>;
+
+    /// How long a new lock file may take to show in listings. restic waits 200 ms everywhere,
+    /// for object stores; on a POSIX file system a renamed file is listed at once, so the
+    /// re-check right after writing is enough.
+    fn lock_settle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(200)
+    }
 }
 
 fn storage_error(what: &str, path: &Path, e: std::io::Error) -> crate::Error {
@@ -54,6 +61,10 @@ impl Storage for LocalBackend {
         fs::create_dir_all(self.root.join("locks"))
             .and_then(|()| self.write_atomic(&path, &[Bytes::copy_from_slice(sealed)]))
             .map_err(|e| storage_error("cannot write", &path, e))
+    }
+
+    fn lock_settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {

@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
-/// restic waits this long after writing its lock before looking again for competitors.
-const SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockFile {
@@ -210,7 +208,7 @@ impl Repo {
             return Ok(Err(holder));
         }
         let id = self.write_lock(&LockFile::new(exclusive))?;
-        std::thread::sleep(SETTLE);
+        std::thread::sleep(self.backend().lock_settle());
         if let Some(holder) = conflict(self, exclusive, Some(&id))? {
             let _ = self.backend().remove_lock(&id);
             return Ok(Err(holder));

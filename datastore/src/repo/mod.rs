@@ -25,6 +25,7 @@ pub mod format;
 pub mod image;
 pub mod lock;
 pub mod pack;
+pub mod restore;
 pub mod writer;
 
 use crate::repo::backend::Storage;
