@@ -15,7 +15,19 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Chunk size: 1 MiB. See the module docs of `writer` for the measurements behind it.
+/// Chunk size: 1 MiB, chosen by measurement. `backstop-bench --size-mib 2048` (2 cores,
+/// restic 0.14 as the reference), one build per size, seconds for backstop:
+///
+/// | chunk | full backup | incremental (5 % in 50 places) | dump | restore |
+/// |---|---|---|---|---|
+/// | 512 KiB | 2.09 | 0.59 | 1.05 | 2.08 |
+/// | 1 MiB | 2.07 | 0.56 | 0.98 | 2.08 |
+/// | 2 MiB | 2.44 | 0.59 | 0.99 | 2.39 |
+/// | 4 MiB | 2.54 | 0.75 | 1.00 | 2.65 |
+///
+/// Larger chunks lose deduplication of repeated regions and read more around each change;
+/// 512 KiB doubles the blob count (index size, per-blob overhead) for no measured gain. The
+/// benchmark's repeated regions are 1 MiB-aligned, which favours chunks up to 1 MiB.
 pub const CHUNK_SIZE: u64 = 1 << 20;
 
 /// A byte range `[offset, offset + length)`.
