@@ -132,7 +132,7 @@ fn rewrite(path: &Path, size: u64) -> std::io::Result<String> {
         g.fill(&mut buf);
         f.write_all_at(&buf, off)?;
         entries.push(
-            serde_json::json!({"offset": off, "length": len, "type": 0, "description": "dirty"}),
+            serde_json::json!({"offset": off, "length": len, "type": 1, "description": "dirty"}),
         );
     }
     f.sync_all()?;

@@ -6,8 +6,9 @@
 
 use backstop_datastore::repo::backend::LocalBackend;
 use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::{self, RawImage};
+use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
+use backstop_datastore::repo::nbd::{self, NbdImage};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Repo};
 use std::io::Write;
@@ -38,9 +39,29 @@ enum Command {
     Init,
     /// Back up a disk image as one file of a new snapshot.
     Backup {
-        /// A raw image file or block device.
-        #[arg(long, value_name = "PATH")]
-        image: PathBuf,
+        /// A disk image: a raw file or block device, or a qcow2 file (read through qemu-nbd).
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "nbd",
+            conflicts_with = "nbd"
+        )]
+        image: Option<PathBuf>,
+        /// An NBD export on a unix socket (qemu-nbd, qemu-storage-daemon, libvirt pull backup).
+        #[arg(long, value_name = "SOCKET")]
+        nbd: Option<PathBuf>,
+        /// The image format for --image: raw or qcow2 (default: qcow2 when the file says so).
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
+        /// Take the changed extents from this persistent dirty bitmap
+        /// (`qemu:dirty-bitmap:NAME`); needs --parent.
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "parent",
+            conflicts_with = "changed_extents"
+        )]
+        bitmap: Option<String>,
         /// The file's absolute path inside the snapshot (default: the image's own path).
         #[arg(long, value_name = "PATH")]
         path: Option<String>,
@@ -149,6 +170,9 @@ fn run(args: &Args) -> Result<(), String> {
         Command::Init => Ok(()),
         Command::Backup {
             image,
+            nbd,
+            format,
+            bitmap,
             path,
             parent,
             parent_path,
@@ -159,32 +183,48 @@ fn run(args: &Args) -> Result<(), String> {
             json,
         } => {
             let started = Instant::now();
-            let source = RawImage::open(image)
-                .map_err(|e| format!("cannot open {}: {e}", image.display()))?;
+            let source = open_source(
+                image.as_deref(),
+                nbd.as_deref(),
+                format.as_deref(),
+                bitmap.as_deref(),
+            )?;
+            let bitmap_extents = match (bitmap, &source) {
+                (Some(b), Source::Nbd(n)) => Some(
+                    n.dirty(b)
+                        .map_err(|e| format!("cannot read bitmap {b}: {e}"))?,
+                ),
+                (Some(_), Source::Raw(_)) => {
+                    return Err("--bitmap needs a qcow2 --image or an --nbd export".into());
+                }
+                (None, _) => None,
+            };
             let changed = changed_extents
                 .as_ref()
                 .map(|f| {
                     let text = std::fs::read_to_string(f)
                         .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                    image::parse_nbdinfo_map(&text).map_err(|e| format!("{}: {e}", f.display()))
+                    image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
                 })
-                .transpose()?;
+                .transpose()?
+                .or(bitmap_extents);
             let parent_id = parent
                 .as_deref()
                 .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
                 .transpose()
                 .map_err(|e| e.to_string())?;
-            let snapshot_path = match path {
-                Some(p) => p.clone(),
-                None => std::path::absolute(image)
+            let snapshot_path = match (path, image) {
+                (Some(p), _) => p.clone(),
+                (None, Some(i)) => std::path::absolute(i)
                     .map_err(|e| e.to_string())?
                     .display()
                     .to_string(),
+                (None, None) => return Err("--path is needed with --nbd".into()),
             };
             let files = [FileSpec {
                 path: snapshot_path.clone(),
                 content: Content::Image {
-                    source: &source,
+                    source: source.as_image(),
                     changed: changed.as_deref(),
                     parent_path: Some(parent_path.clone().unwrap_or(snapshot_path)),
                 },
@@ -293,6 +333,52 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot write to stdout: {e}"))
         }
     }
+}
+
+/// Where a backup reads its image from.
+enum Source {
+    Raw(RawImage),
+    Nbd(NbdImage),
+}
+
+impl Source {
+    fn as_image(&self) -> &dyn ImageSource {
+        match self {
+            Source::Raw(r) => r,
+            Source::Nbd(n) => n,
+        }
+    }
+}
+
+fn open_source(
+    image: Option<&Path>,
+    nbd: Option<&Path>,
+    format: Option<&str>,
+    bitmap: Option<&str>,
+) -> Result<Source, String> {
+    if let Some(socket) = nbd {
+        return NbdImage::connect(socket)
+            .map(Source::Nbd)
+            .map_err(|e| format!("cannot read the NBD export at {}: {e}", socket.display()));
+    }
+    let image = image.ok_or("give --image or --nbd")?;
+    let format = match format {
+        Some(f) => f.to_string(),
+        None if nbd::is_qcow2(image)
+            .map_err(|e| format!("cannot open {}: {e}", image.display()))? =>
+        {
+            "qcow2".into()
+        }
+        None => "raw".into(),
+    };
+    if format == "raw" && bitmap.is_none() {
+        return RawImage::open(image)
+            .map(Source::Raw)
+            .map_err(|e| format!("cannot open {}: {e}", image.display()));
+    }
+    NbdImage::open(image, &format, bitmap)
+        .map(Source::Nbd)
+        .map_err(|e| format!("cannot export {} with qemu-nbd: {e}", image.display()))
 }
 
 fn short(id: &RepoId) -> String {

@@ -4,4 +4,5 @@
 mod actions;
 mod crash;
 mod install;
+mod repo_cli;
 mod support;

@@ -189,28 +189,38 @@ pub fn is_zero(buf: &[u8]) -> bool {
     words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && tail.iter().all(|b| *b == 0)
 }
 
-/// Parses the JSON `nbdinfo --json --map` prints: an array of `{offset, length, type,
-/// description}`. Returns the extents whose `type` has bit 0 clear, which for a dirty-bitmap
-/// map (`qemu:dirty-bitmap:NAME`) are the dirty ones and for `base:allocation` are the ones that
-/// hold data.
-pub fn parse_nbdinfo_map(json: &str) -> Result<Vec<Extent>, String> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        offset: u64,
-        length: u64,
-        #[serde(rename = "type")]
-        kind: u64,
-    }
-    let entries: Vec<Entry> = serde_json::from_str(json)
+#[derive(serde::Deserialize)]
+struct MapEntry {
+    offset: u64,
+    length: u64,
+    #[serde(rename = "type")]
+    kind: u64,
+}
+
+fn read_map(json: &str, keep: impl Fn(u64) -> bool) -> Result<Vec<Extent>, String> {
+    let entries: Vec<MapEntry> = serde_json::from_str(json)
         .map_err(|e| format!("not an nbdinfo --json --map document: {e}"))?;
     Ok(entries
         .into_iter()
-        .filter(|e| e.kind & 1 == 0 && e.length > 0)
+        .filter(|e| keep(e.kind) && e.length > 0)
         .map(|e| Extent {
             offset: e.offset,
             length: e.length,
         })
         .collect())
+}
+
+/// The changed extents from `nbdinfo --json --map=qemu:dirty-bitmap:NAME`: qemu's dirty-bitmap
+/// context sets bit 0 (`NBD_STATE_DIRTY`) on dirty extents, e.g. `{"type": 1, "description":
+/// "dirty"}`.
+pub fn parse_dirty_map(json: &str) -> Result<Vec<Extent>, String> {
+    read_map(json, |kind| kind & 1 == 1)
+}
+
+/// The extents that hold data from `nbdinfo --json --map` (`base:allocation`): bit 0 is
+/// `NBD_STATE_HOLE`, bit 1 `NBD_STATE_ZERO`; an extent with neither holds data.
+pub fn parse_allocation_map(json: &str) -> Result<Vec<Extent>, String> {
+    read_map(json, |kind| kind & 3 == 0)
 }
 
 #[cfg(test)]
@@ -334,16 +344,27 @@ mod tests {
         assert!(is_zero(&[]));
     }
 
+    /// Regression: in a dirty-bitmap map the *dirty* extents carry type 1 (nbdinfo prints
+    /// `524288 65536 1 dirty`); reading bit 0 the allocation way round would back up the clean
+    /// ranges and silently reuse stale blobs for the changed ones.
     #[test]
-    fn reads_nbdinfo_maps() {
-        let json = r#"[{"offset":0,"length":65536,"type":1,"description":"clean"},
-                      {"offset":65536,"length":131072,"type":0,"description":"dirty"},
-                      {"offset":196608,"length":0,"type":0,"description":"dirty"}]"#;
+    fn reads_dirty_and_allocation_maps_each_their_own_way() {
+        let dirty = r#"[{"offset":0,"length":65536,"type":0,"description":"clean"},
+                      {"offset":65536,"length":131072,"type":1,"description":"dirty"},
+                      {"offset":196608,"length":0,"type":1,"description":"dirty"}]"#;
         assert_eq!(
-            parse_nbdinfo_map(json).expect("parses"),
+            parse_dirty_map(dirty).expect("parses"),
             vec![e(65536, 131072)]
         );
-        assert!(parse_nbdinfo_map("{}").is_err());
+        let allocation = r#"[{"offset":0,"length":4096,"type":0,"description":"data"},
+                      {"offset":4096,"length":4096,"type":3,"description":"hole,zero"},
+                      {"offset":8192,"length":4096,"type":2,"description":"zero"},
+                      {"offset":12288,"length":4096,"type":0,"description":"data"}]"#;
+        assert_eq!(
+            parse_allocation_map(allocation).expect("parses"),
+            vec![e(0, 4096), e(12288, 4096)]
+        );
+        assert!(parse_dirty_map("{}").is_err());
     }
 
     #[test]

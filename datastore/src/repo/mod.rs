@@ -24,6 +24,7 @@ pub mod crypto;
 pub mod format;
 pub mod image;
 pub mod lock;
+pub mod nbd;
 pub mod pack;
 pub mod restore;
 pub mod writer;

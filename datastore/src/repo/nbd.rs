@@ -1,0 +1,382 @@
+//! Reading disk images over NBD: a minimal client for a qemu-nbd export on a unix socket, and
+//! qcow2 (or any qemu format) images exported by a qemu-nbd process this module starts and
+//! stops by its PID.
+//!
+//! The client speaks the fixed-newstyle handshake, `NBD_OPT_GO` on the default export, and
+//! simple replies to `NBD_CMD_READ` (no structured replies: extents come from `nbdinfo --json
+//! --map`, which qemu documents and the tests use as the reference).
+
+use crate::repo::image::{Extent, ImageSource, parse_allocation_map, parse_dirty_map};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const INFO_EXPORT: u16 = 0;
+const CMD_READ: u16 = 0;
+const CMD_DISC: u16 = 2;
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn read_u16(s: &mut impl Read) -> io::Result<u16> {
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b)?;
+    Ok(u16::from_be_bytes(b))
+}
+
+fn read_u32(s: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn read_u64(s: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    s.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// One connection to an NBD export.
+#[derive(Debug)]
+pub struct NbdClient {
+    stream: UnixStream,
+    size: u64,
+    next_handle: u64,
+}
+
+impl NbdClient {
+    /// Connects to the default export of the server at `socket`.
+    pub fn connect(socket: &Path) -> io::Result<NbdClient> {
+        let mut s = UnixStream::connect(socket)?;
+        if read_u64(&mut s)? != NBDMAGIC || read_u64(&mut s)? != IHAVEOPT {
+            return Err(bad(format!(
+                "{} is not a newstyle NBD server",
+                socket.display()
+            )));
+        }
+        let server_flags = read_u16(&mut s)?;
+        if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
+            return Err(bad("the NBD server does not speak fixed newstyle"));
+        }
+        let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES));
+        s.write_all(&client_flags.to_be_bytes())?;
+        // NBD_OPT_GO: export name "" (the default export), no information requests.
+        let mut opt = Vec::new();
+        opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        opt.extend_from_slice(&OPT_GO.to_be_bytes());
+        opt.extend_from_slice(&6u32.to_be_bytes());
+        opt.extend_from_slice(&0u32.to_be_bytes());
+        opt.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&opt)?;
+        let mut size = None;
+        loop {
+            if read_u64(&mut s)? != OPT_REPLY_MAGIC {
+                return Err(bad("bad NBD option reply"));
+            }
+            let _option = read_u32(&mut s)?;
+            let reply = read_u32(&mut s)?;
+            let len = read_u32(&mut s)? as usize;
+            if len > 1 << 20 {
+                return Err(bad("NBD option reply too long"));
+            }
+            let mut data = vec![0u8; len];
+            s.read_exact(&mut data)?;
+            if reply & 0x8000_0000 != 0 {
+                return Err(bad(format!(
+                    "the NBD server refused the export: {}",
+                    String::from_utf8_lossy(&data)
+                )));
+            }
+            match reply {
+                REP_INFO
+                    if data.len() >= 12
+                        && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT =>
+                {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&data[2..10]);
+                    size = Some(u64::from_be_bytes(b));
+                }
+                REP_ACK => break,
+                _ => {}
+            }
+        }
+        let size = size.ok_or_else(|| bad("the NBD server did not send the export size"))?;
+        Ok(NbdClient {
+            stream: s,
+            size,
+            next_handle: 1,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn request(&mut self, kind: u16, offset: u64, length: u32) -> io::Result<u64> {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let mut req = Vec::with_capacity(28);
+        req.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(&kind.to_be_bytes());
+        req.extend_from_slice(&handle.to_be_bytes());
+        req.extend_from_slice(&offset.to_be_bytes());
+        req.extend_from_slice(&length.to_be_bytes());
+        self.stream.write_all(&req)?;
+        Ok(handle)
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset` (at most 32 MiB per call).
+    pub fn read(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = u32::try_from(buf.len()).map_err(|_| bad("NBD read too large"))?;
+        let handle = self.request(CMD_READ, offset, len)?;
+        if read_u32(&mut self.stream)? != SIMPLE_REPLY_MAGIC {
+            return Err(bad("bad NBD reply"));
+        }
+        let error = read_u32(&mut self.stream)?;
+        if read_u64(&mut self.stream)? != handle {
+            return Err(bad("NBD reply for another request"));
+        }
+        if error != 0 {
+            return Err(io::Error::other(format!(
+                "the NBD server failed a read at {offset} (error {error})"
+            )));
+        }
+        self.stream.read_exact(buf)
+    }
+}
+
+impl Drop for NbdClient {
+    fn drop(&mut self) {
+        let _ = self.request(CMD_DISC, 0, 0);
+    }
+}
+
+/// A qemu-nbd process exporting one image read-only on a private unix socket. Stopped by its
+/// PID, and its socket directory removed, when dropped.
+#[derive(Debug)]
+pub struct QemuNbdExport {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl QemuNbdExport {
+    /// Exports `image` (`format`: qcow2, raw, ...), with the persistent dirty bitmap `bitmap`
+    /// visible as the `qemu:dirty-bitmap:<bitmap>` context.
+    pub fn start(image: &Path, format: &str, bitmap: Option<&str>) -> io::Result<QemuNbdExport> {
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
+        let dir = std::env::temp_dir().join(format!("backstop-nbd-{}", hex::encode(random)));
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let socket = dir.join("nbd.sock");
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.arg("--read-only")
+            .arg(format!("--format={format}"))
+            .arg(format!("--socket={}", socket.display()))
+            .arg("--persistent")
+            .arg("--shared=4");
+        if let Some(b) = bitmap {
+            cmd.arg(format!("--bitmap={b}"));
+        }
+        cmd.arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot run qemu-nbd: {e}"),
+                ));
+            }
+        };
+        let mut export = QemuNbdExport { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !export.socket.exists() {
+            if let Some(status) = export.child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = export.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(io::Error::other(format!(
+                    "qemu-nbd could not export {}: {} ({status})",
+                    image.display(),
+                    err.trim()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(
+                    "qemu-nbd did not open its socket within 30 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(export)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn uri(&self) -> String {
+        uri(&self.socket)
+    }
+
+    /// The extents that hold data (`base:allocation`).
+    pub fn allocation(&self) -> io::Result<Vec<Extent>> {
+        allocation(&self.socket)
+    }
+
+    /// The dirty extents of a bitmap given at start.
+    pub fn dirty(&self, bitmap: &str) -> io::Result<Vec<Extent>> {
+        dirty(&self.socket, bitmap)
+    }
+}
+
+fn uri(socket: &Path) -> String {
+    format!("nbd+unix:///?socket={}", socket.display())
+}
+
+/// The extents that hold data in the export at `socket` (`base:allocation`).
+pub fn allocation(socket: &Path) -> io::Result<Vec<Extent>> {
+    parse_allocation_map(&map_json(socket, None)?).map_err(bad)
+}
+
+/// The dirty extents of `bitmap` in the export at `socket` (qemu-nbd must have been started
+/// with `--bitmap=<bitmap>`).
+pub fn dirty(socket: &Path, bitmap: &str) -> io::Result<Vec<Extent>> {
+    parse_dirty_map(&map_json(
+        socket,
+        Some(&format!("qemu:dirty-bitmap:{bitmap}")),
+    )?)
+    .map_err(bad)
+}
+
+/// `nbdinfo --json --map[=<context>]` of an export.
+fn map_json(socket: &Path, context: Option<&str>) -> io::Result<String> {
+    let mut cmd = Command::new("nbdinfo");
+    cmd.arg("--json");
+    match context {
+        Some(c) => cmd.arg(format!("--map={c}")),
+        None => cmd.arg("--map"),
+    };
+    let out = cmd
+        .arg(uri(socket))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run nbdinfo: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "nbdinfo failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    String::from_utf8(out.stdout).map_err(|_| bad("nbdinfo printed something that is not UTF-8"))
+}
+
+impl Drop for QemuNbdExport {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A disk image read through a qemu-nbd export: qcow2 files, with holes known from the
+/// allocation map and never read.
+#[derive(Debug)]
+pub struct NbdImage {
+    // Declared first: the client disconnects before the export stops.
+    client: Mutex<NbdClient>,
+    size: u64,
+    allocation: Vec<Extent>,
+    /// Held for its Drop: the qemu-nbd process this image started, if any.
+    _export: Option<QemuNbdExport>,
+    socket: PathBuf,
+}
+
+impl NbdImage {
+    /// Exports `image` with qemu-nbd and connects to it.
+    pub fn open(image: &Path, format: &str, bitmap: Option<&str>) -> io::Result<NbdImage> {
+        let export = QemuNbdExport::start(image, format, bitmap)?;
+        let allocation = export.allocation()?;
+        let client = NbdClient::connect(export.socket())?;
+        Ok(NbdImage {
+            size: client.size(),
+            client: Mutex::new(client),
+            allocation,
+            socket: export.socket().to_path_buf(),
+            _export: Some(export),
+        })
+    }
+
+    /// Connects to an export someone else runs (a qemu-nbd, qemu-storage-daemon or libvirt
+    /// pull-mode backup socket).
+    pub fn connect(socket: &Path) -> io::Result<NbdImage> {
+        let allocation = allocation(socket)?;
+        let client = NbdClient::connect(socket)?;
+        Ok(NbdImage {
+            size: client.size(),
+            client: Mutex::new(client),
+            allocation,
+            _export: None,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// The socket of the qemu-nbd export (one this image started disappears when it is dropped).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The dirty extents of the bitmap the image was opened with.
+    pub fn dirty(&self, bitmap: &str) -> io::Result<Vec<Extent>> {
+        dirty(&self.socket, bitmap)
+    }
+}
+
+impl ImageSource for NbdImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.client
+            .lock()
+            .map_err(|_| io::Error::other("NBD client poisoned"))?
+            .read(buf, offset)
+    }
+
+    fn data_extents(&self) -> io::Result<Option<Vec<Extent>>> {
+        Ok(Some(self.allocation.clone()))
+    }
+}
+
+/// Whether a file is a qcow2 image (its magic is `QFI\xfb`).
+pub fn is_qcow2(path: &Path) -> io::Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path)?;
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"QFI\xfb"),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
