@@ -27,6 +27,13 @@ pub trait Storage: WriteBackend {
     fn lock_settle(&self) -> std::time::Duration {
         std::time::Duration::from_millis(200)
     }
+
+    /// How many packs to write at once. Two on a local disk: hashing one pack and waiting for
+    /// its fsync overlap with filling the next (measured on the 2 GiB benchmark: the full backup
+    /// went from 1.77 s to 1.6 s of pipeline time).
+    fn write_concurrency(&self) -> usize {
+        2
+    }
 }
 
 fn storage_error(what: &str, path: &Path, e: std::io::Error) -> crate::Error {

@@ -27,6 +27,8 @@ pub mod lock;
 pub mod nbd;
 pub mod pack;
 pub mod restore;
+pub mod sftp;
+pub mod sshconfig;
 pub mod writer;
 
 use crate::repo::backend::Storage;

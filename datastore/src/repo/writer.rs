@@ -226,10 +226,6 @@ fn write_pack(shared: &Shared<'_>, pack: PackBuilder) -> Result<(IndexPack, u64)
     Ok((finished.index, size))
 }
 
-/// Packs finished at once by this many writer threads: hashing a pack and waiting for its
-/// fsync then overlaps with filling the next one (measured: 1.77 s -> see module docs).
-const PACK_WRITERS: usize = 2;
-
 /// The packer: fills packs and hands full ones to the pack writers; returns the index entries
 /// and the bytes written.
 fn run_packer(
@@ -240,7 +236,7 @@ fn run_packer(
     let new_pack = || PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096);
     std::thread::scope(|s| {
         let (full_tx, full_rx) = bounded::<PackBuilder>(1);
-        for _ in 0..PACK_WRITERS {
+        for _ in 0..shared.repo.backend().write_concurrency().max(1) {
             let full_rx = full_rx.clone();
             let results = &results;
             s.spawn(move || {

@@ -1,6 +1,8 @@
 //! Helpers shared by the repository tests: the restic binary, deterministic images.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod sshd;
+
 use backstop_datastore::repo::image::{CHUNK_SIZE, Extent};
 use std::fs;
 use std::os::unix::fs::FileExt;

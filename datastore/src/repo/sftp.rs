@@ -1,0 +1,800 @@
+//! The SFTP backend, on libssh2 (the ssh2 crate): restic's layout on a remote file system.
+//!
+//! - **Where**: `sftp:[user@]host:/path` as restic writes it. `host` may be an alias of the
+//!   operator's `~/.ssh/config`, whose HostName, Port, User, IdentityFile and
+//!   UserKnownHostsFile are honoured ([`super::sshconfig`]).
+//! - **Host keys** are verified: against a pinned SHA256 fingerprint when one is given, else
+//!   against OpenSSH known_hosts files (hashed entries too). An unknown or changed key is
+//!   refused with the host's name and the key's fingerprint.
+//! - **Authentication**: ssh-agent, then the configured or default identity files.
+//! - **Connections**: a pool of `connections` sessions; each write goes to
+//!   `<name>-restic-temp-<random>` and is renamed into place (files are named by content, so a
+//!   rename onto an existing name means the same content is already there).
+//! - **Retries**: an operation that fails on the wire reconnects and is retried with backoff.
+//! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
+//!   connections.
+
+use crate::repo::backend::Storage;
+use crate::repo::format::RepoId;
+use crate::repo::sshconfig::{self, HostConfig};
+use base64::Engine;
+use bytes::Bytes;
+use rustic_core::{
+    BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
+};
+use ssh2::{CheckResult, HashType, KnownHostFileKind, OpenFlags, OpenType, Session, Sftp};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// `sftp:[user@]host:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SftpLocation {
+    pub user: Option<String>,
+    pub host: String,
+    pub path: String,
+}
+
+impl SftpLocation {
+    pub fn parse(text: &str) -> Result<SftpLocation, String> {
+        let rest = text
+            .strip_prefix("sftp:")
+            .ok_or_else(|| format!("{text:?} is not an sftp: repository"))?;
+        let (userhost, path) = rest
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} has no path (expected sftp:[user@]host:/path)"))?;
+        let (user, host) = match userhost.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h.to_string()),
+            None => (None, userhost.to_string()),
+        };
+        if host.is_empty() || path.is_empty() {
+            return Err(format!("{text:?} is not sftp:[user@]host:/path"));
+        }
+        Ok(SftpLocation {
+            user,
+            host,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// How to reach and verify the server.
+#[derive(Debug, Clone, Default)]
+pub struct SftpOptions {
+    /// Sessions in the pool (RESTIC_CONNECTIONS); 5 when 0.
+    pub connections: usize,
+    /// KiB/s for reads and writes together (RESTIC_BWLIMIT).
+    pub bwlimit_kib: Option<u64>,
+    /// The OpenSSH client configuration; `~/.ssh/config` when `None`.
+    pub ssh_config: Option<PathBuf>,
+    /// A pinned host key fingerprint, `SHA256:<base64>` as `ssh-keygen -l` prints it.
+    pub host_fingerprint: Option<String>,
+}
+
+/// Where and as whom to connect, after the configuration is applied.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    alias: String,
+    hostname: String,
+    port: u16,
+    user: String,
+    identities: Vec<PathBuf>,
+    known_hosts: Vec<PathBuf>,
+    fingerprint: Option<String>,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn resolve(loc: &SftpLocation, options: &SftpOptions) -> Endpoint {
+    let home = home();
+    let config_path = options
+        .ssh_config
+        .clone()
+        .unwrap_or_else(|| home.join(".ssh/config"));
+    let cfg: HostConfig = std::fs::read_to_string(&config_path)
+        .map(|text| sshconfig::lookup(&text, &loc.host, &home))
+        .unwrap_or_default();
+    let user = loc
+        .user
+        .clone()
+        .or(cfg.user)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".into());
+    let identities = if cfg.identity_files.is_empty() {
+        ["id_ed25519", "id_ecdsa", "id_rsa"]
+            .iter()
+            .map(|n| home.join(".ssh").join(n))
+            .collect()
+    } else {
+        cfg.identity_files
+    };
+    let known_hosts = if cfg.known_hosts_files.is_empty() {
+        vec![
+            home.join(".ssh/known_hosts"),
+            PathBuf::from("/etc/ssh/ssh_known_hosts"),
+        ]
+    } else {
+        cfg.known_hosts_files
+    };
+    Endpoint {
+        alias: loc.host.clone(),
+        hostname: cfg.hostname.unwrap_or_else(|| loc.host.clone()),
+        port: cfg.port.unwrap_or(22),
+        user,
+        identities,
+        known_hosts,
+        fingerprint: options.host_fingerprint.clone(),
+    }
+}
+
+/// A connection failure, said in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+fn connect(ep: &Endpoint) -> Result<(Session, Sftp), ConnectError> {
+    let who = if ep.alias == ep.hostname {
+        format!("{}:{}", ep.hostname, ep.port)
+    } else {
+        format!("{} ({}:{})", ep.alias, ep.hostname, ep.port)
+    };
+    let addr = (ep.hostname.as_str(), ep.port)
+        .to_socket_addrs()
+        .map_err(|e| ConnectError(format!("cannot resolve {who}: {e}")))?
+        .next()
+        .ok_or_else(|| ConnectError(format!("{who} has no address")))?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(15))
+        .map_err(|e| ConnectError(format!("cannot connect to {who}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let mut session = Session::new().map_err(|e| ConnectError(format!("ssh: {e}")))?;
+    session.set_tcp_stream(tcp);
+    session.set_timeout(120_000);
+    session
+        .handshake()
+        .map_err(|e| ConnectError(format!("ssh handshake with {who} failed: {e}")))?;
+    verify_host_key(&session, ep, &who)?;
+    authenticate(&session, ep, &who)?;
+    let sftp = session
+        .sftp()
+        .map_err(|e| ConnectError(format!("{who} offers no SFTP subsystem: {e}")))?;
+    Ok((session, sftp))
+}
+
+/// `SHA256:<base64 without padding>` of the server's host key, as `ssh-keygen -l` prints it.
+pub fn fingerprint(session: &Session) -> Option<String> {
+    session.host_key_hash(HashType::Sha256).map(|h| {
+        format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(h)
+        )
+    })
+}
+
+fn verify_host_key(session: &Session, ep: &Endpoint, who: &str) -> Result<(), ConnectError> {
+    let (key, _) = session
+        .host_key()
+        .ok_or_else(|| ConnectError(format!("{who} sent no host key")))?;
+    let fp = fingerprint(session).unwrap_or_default();
+    if let Some(pinned) = &ep.fingerprint {
+        return if pinned.trim() == fp {
+            Ok(())
+        } else {
+            Err(ConnectError(format!(
+                "host key of {who} has fingerprint {fp}, not the pinned {pinned}; refusing to connect"
+            )))
+        };
+    }
+    let mut kh = session
+        .known_hosts()
+        .map_err(|e| ConnectError(format!("known_hosts: {e}")))?;
+    let mut read_any = false;
+    for file in &ep.known_hosts {
+        if file.exists() {
+            kh.read_file(file, KnownHostFileKind::OpenSSH)
+                .map_err(|e| ConnectError(format!("cannot read {}: {e}", file.display())))?;
+            read_any = true;
+        }
+    }
+    let files = ep
+        .known_hosts
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match kh.check_port(&ep.hostname, ep.port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => Err(ConnectError(format!(
+            "host key of {who} has CHANGED: it now has fingerprint {fp}, which does not match {files}; refusing to connect"
+        ))),
+        CheckResult::NotFound | CheckResult::Failure => Err(ConnectError(format!(
+            "unknown host key for {who} (fingerprint {fp}); it is in none of {}: add it (ssh-keyscan -p {} {} >> ~/.ssh/known_hosts) after checking the fingerprint, or pin it",
+            if read_any {
+                files
+            } else {
+                format!("{files} (none exist)")
+            },
+            ep.port,
+            ep.hostname
+        ))),
+    }
+}
+
+fn authenticate(session: &Session, ep: &Endpoint, who: &str) -> Result<(), ConnectError> {
+    let mut tried = Vec::new();
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        tried.push("ssh-agent".to_string());
+        if session.userauth_agent(&ep.user).is_ok() && session.authenticated() {
+            return Ok(());
+        }
+    }
+    for key in &ep.identities {
+        if !key.exists() {
+            continue;
+        }
+        tried.push(key.display().to_string());
+        if session
+            .userauth_pubkey_file(&ep.user, None, key, None)
+            .is_ok()
+            && session.authenticated()
+        {
+            return Ok(());
+        }
+    }
+    Err(ConnectError(format!(
+        "cannot log in to {who} as {}: {} refused",
+        ep.user,
+        if tried.is_empty() {
+            "no key available (no ssh-agent, no identity file) was".to_string()
+        } else {
+            tried.join(", ") + " were"
+        }
+    )))
+}
+
+/// One token bucket for every connection of a backend.
+#[derive(Debug)]
+struct Bandwidth {
+    bytes_per_sec: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bandwidth {
+    fn take(&self, bytes: usize) {
+        let burst = self.bytes_per_sec; // at most one second ahead
+        let wait = {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let (tokens, last) = *st;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.bytes_per_sec)
+                .min(burst)
+                - bytes as f64;
+            *st = (tokens, now);
+            if tokens < 0.0 {
+                Duration::from_secs_f64(-tokens / self.bytes_per_sec)
+            } else {
+                Duration::ZERO
+            }
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+struct Conn {
+    _session: Session,
+    sftp: Sftp,
+}
+
+/// A place in the pool: at most `connections` sessions exist, idle or busy.
+enum Slot {
+    Idle(Conn),
+    /// Not connected (yet, or any more).
+    Empty,
+    /// Checked out by an operation.
+    Busy,
+}
+
+/// A repository over SFTP.
+pub struct SftpBackend {
+    endpoint: Endpoint,
+    root: PathBuf,
+    location: String,
+    pool: Mutex<Vec<Slot>>,
+    available: Condvar,
+    bandwidth: Option<Bandwidth>,
+}
+
+impl std::fmt::Debug for SftpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpBackend")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+const PIECE: usize = 256 * 1024;
+
+fn remote(what: &str, path: &Path, e: impl std::fmt::Display) -> Box<RusticError> {
+    RusticError::new(
+        ErrorKind::Backend,
+        format!("{what} {}: {e}", path.display()),
+    )
+}
+
+impl SftpBackend {
+    /// Connects one session now (so a bad host key or login fails at once); the others as
+    /// they are needed.
+    pub fn connect(loc: &SftpLocation, options: &SftpOptions) -> Result<SftpBackend, ConnectError> {
+        let endpoint = resolve(loc, options);
+        let first = connect(&endpoint)?;
+        let n = if options.connections == 0 {
+            5
+        } else {
+            options.connections
+        };
+        let mut pool: Vec<Slot> = (0..n).map(|_| Slot::Empty).collect();
+        pool[0] = Slot::Idle(Conn {
+            _session: first.0,
+            sftp: first.1,
+        });
+        Ok(SftpBackend {
+            location: format!("sftp:{}@{}:{}", endpoint.user, loc.host, loc.path),
+            root: PathBuf::from(&loc.path),
+            endpoint,
+            pool: Mutex::new(pool),
+            available: Condvar::new(),
+            bandwidth: options.bwlimit_kib.filter(|k| *k > 0).map(|k| Bandwidth {
+                bytes_per_sec: k as f64 * 1024.0,
+                state: Mutex::new((0.0, Instant::now())),
+            }),
+        })
+    }
+
+    pub fn connections(&self) -> usize {
+        self.pool.lock().map(|p| p.len()).unwrap_or(1)
+    }
+
+    fn throttle(&self, bytes: usize) {
+        if let Some(b) = &self.bandwidth {
+            b.take(bytes);
+        }
+    }
+
+    /// Runs `op` on a pooled session; on failure reconnects and retries (3 attempts, backoff
+    /// 0.5 s, 1 s).
+    fn with_conn<T>(&self, op: impl Fn(&Sftp) -> Result<T, Retry>) -> Result<T, String> {
+        let mut last = String::new();
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500 << (attempt - 1)));
+            }
+            let (slot, conn) = self.checkout();
+            let conn = match conn {
+                Some(c) => c,
+                None => match connect(&self.endpoint) {
+                    Ok((s, f)) => Conn {
+                        _session: s,
+                        sftp: f,
+                    },
+                    Err(e) => {
+                        self.checkin(slot, None);
+                        last = e.0;
+                        continue;
+                    }
+                },
+            };
+            match op(&conn.sftp) {
+                Ok(v) => {
+                    self.checkin(slot, Some(conn));
+                    return Ok(v);
+                }
+                // The server answered: the connection is fine and retrying will not help.
+                Err(Retry::No(e)) => {
+                    self.checkin(slot, Some(conn));
+                    return Err(e);
+                }
+                Err(Retry::Yes(e)) => {
+                    self.checkin(slot, None);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Takes an idle session, or the right to open one in an empty slot; waits while every
+    /// slot is busy.
+    fn checkout(&self) -> (usize, Option<Conn>) {
+        let Ok(mut pool) = self.pool.lock() else {
+            return (usize::MAX, None);
+        };
+        loop {
+            if let Some(i) = pool.iter().position(|s| matches!(s, Slot::Idle(_)))
+                && let Slot::Idle(c) = std::mem::replace(&mut pool[i], Slot::Busy)
+            {
+                return (i, Some(c));
+            }
+            if let Some(i) = pool.iter().position(|s| matches!(s, Slot::Empty)) {
+                pool[i] = Slot::Busy;
+                return (i, None);
+            }
+            pool = match self.available.wait(pool) {
+                Ok(p) => p,
+                Err(_) => return (usize::MAX, None),
+            };
+        }
+    }
+
+    fn checkin(&self, slot: usize, conn: Option<Conn>) {
+        if let Ok(mut pool) = self.pool.lock()
+            && let Some(s) = pool.get_mut(slot)
+        {
+            *s = match conn {
+                Some(c) => Slot::Idle(c),
+                None => Slot::Empty,
+            };
+        }
+        self.available.notify_one();
+    }
+
+    fn path(&self, tpe: FileType, id: &Id) -> PathBuf {
+        let hex = id.to_hex();
+        match tpe {
+            FileType::Config => self.root.join("config"),
+            FileType::Pack => self.root.join("data").join(&hex[0..2]).join(hex.as_str()),
+            _ => self.root.join(dir_name(tpe)).join(hex.as_str()),
+        }
+    }
+
+    fn list_dir(&self, dir: &Path) -> Result<Vec<(String, u64)>, String> {
+        self.with_conn(|sftp| match sftp.readdir(dir) {
+            Ok(entries) => Ok(entries
+                .into_iter()
+                .filter_map(|(p, st)| {
+                    Some((
+                        p.file_name()?.to_string_lossy().into_owned(),
+                        st.size.unwrap_or(0),
+                    ))
+                })
+                .collect()),
+            Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(Vec::new()), // no such file
+            Err(e) => Err(classify(e, "cannot list", dir)),
+        })
+    }
+
+    fn read_range(
+        &self,
+        path: &Path,
+        offset: u64,
+        length: Option<usize>,
+    ) -> Result<Vec<u8>, String> {
+        let data = self.with_conn(|sftp| {
+            let mut f = sftp
+                .open(path)
+                .map_err(|e| classify(e, "cannot open", path))?;
+            let mut buf = Vec::new();
+            match length {
+                Some(n) => {
+                    f.seek(SeekFrom::Start(offset)).map_err(|e| {
+                        Retry::Yes(format!("cannot seek in {}: {e}", path.display()))
+                    })?;
+                    buf.resize(n, 0);
+                    f.read_exact(&mut buf)
+                        .map_err(|e| Retry::Yes(format!("cannot read {}: {e}", path.display())))?;
+                }
+                None => {
+                    f.read_to_end(&mut buf)
+                        .map_err(|e| Retry::Yes(format!("cannot read {}: {e}", path.display())))?;
+                }
+            }
+            Ok(buf)
+        })?;
+        self.throttle(data.len());
+        Ok(data)
+    }
+
+    fn write_file(&self, path: &Path, parts: &[Bytes]) -> Result<(), String> {
+        let total: usize = parts.iter().map(Bytes::len).sum();
+        self.with_conn(|sftp| {
+            let mut random = [0u8; 6];
+            getrandom::fill(&mut random).map_err(|e| Retry::No(e.to_string()))?;
+            let tmp = PathBuf::from(format!(
+                "{}-restic-temp-{}",
+                path.display(),
+                hex::encode(random)
+            ));
+            let result = (|| {
+                let mut f = sftp
+                    .open_mode(
+                        &tmp,
+                        OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                        0o600,
+                        OpenType::File,
+                    )
+                    .map_err(|e| classify(e, "cannot create", &tmp))?;
+                for part in parts {
+                    for piece in part.chunks(PIECE) {
+                        self.throttle(piece.len());
+                        f.write_all(piece).map_err(|e| {
+                            Retry::Yes(format!("cannot write {}: {e}", tmp.display()))
+                        })?;
+                    }
+                }
+                // fsync@openssh.com where the server offers it.
+                let _ = f.fsync();
+                drop(f);
+                match sftp.rename(&tmp, path, None) {
+                    Ok(()) => Ok(()),
+                    // Named by content: if it is already there with the same size, it is the same.
+                    Err(e) => match sftp.stat(path) {
+                        Ok(st) if st.size == Some(total as u64) => {
+                            let _ = sftp.unlink(&tmp);
+                            Ok(())
+                        }
+                        _ => Err(classify(e, "cannot rename into", path)),
+                    },
+                }
+            })();
+            if result.is_err() {
+                let _ = sftp.unlink(&tmp);
+            }
+            result
+        })
+    }
+
+    fn mkdir_all(&self, dir: &Path) -> Result<(), String> {
+        self.with_conn(|sftp| {
+            let mut cur = PathBuf::new();
+            for c in dir.components() {
+                cur.push(c);
+                if sftp.stat(&cur).is_ok() {
+                    continue;
+                }
+                if let Err(e) = sftp.mkdir(&cur, 0o700)
+                    && sftp.stat(&cur).is_err()
+                {
+                    return Err(classify(e, "cannot create", &cur));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn unlink(&self, path: &Path) -> Result<(), String> {
+        self.with_conn(|sftp| match sftp.unlink(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(()),
+            Err(e) => Err(classify(e, "cannot remove", path)),
+        })
+    }
+}
+
+enum Retry {
+    /// The connection failed: reconnect and try again.
+    Yes(String),
+    /// The server refused: final.
+    No(String),
+}
+
+fn classify(e: ssh2::Error, what: &str, path: &Path) -> Retry {
+    let message = format!("{what} {}: {e}", path.display());
+    match e.code() {
+        ssh2::ErrorCode::SFTP(_) => Retry::No(message),
+        ssh2::ErrorCode::Session(_) => Retry::Yes(message),
+    }
+}
+
+fn dir_name(tpe: FileType) -> &'static str {
+    match tpe {
+        FileType::Config => "",
+        FileType::Index => "index",
+        FileType::Key => "keys",
+        FileType::Snapshot => "snapshots",
+        FileType::Pack => "data",
+    }
+}
+
+impl ReadBackend for SftpBackend {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        let to_err = |e: String| RusticError::new(ErrorKind::Backend, e);
+        if tpe == FileType::Config {
+            let entries = self.list_dir(&self.root).map_err(to_err)?;
+            return Ok(entries
+                .into_iter()
+                .filter(|(n, _)| n == "config")
+                .map(|(_, s)| (Id::default(), u32::try_from(s).unwrap_or(u32::MAX)))
+                .collect());
+        }
+        let base = self.root.join(dir_name(tpe));
+        let dirs: Vec<PathBuf> = if tpe == FileType::Pack {
+            self.list_dir(&base)
+                .map_err(to_err)?
+                .into_iter()
+                .filter(|(n, _)| n.len() == 2)
+                .map(|(n, _)| base.join(n))
+                .collect()
+        } else {
+            vec![base]
+        };
+        let mut out = Vec::new();
+        for d in dirs {
+            for (name, size) in self.list_dir(&d).map_err(to_err)? {
+                if let Ok(id) = name.parse::<Id>() {
+                    out.push((id, u32::try_from(size).unwrap_or(u32::MAX)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let path = self.path(tpe, id);
+        self.read_range(&path, 0, None)
+            .map(Bytes::from)
+            .map_err(|e| remote("cannot read", &path, e))
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> RusticResult<Bytes> {
+        let path = self.path(tpe, id);
+        self.read_range(&path, u64::from(offset), Some(length as usize))
+            .map(Bytes::from)
+            .map_err(|e| remote("cannot read", &path, e))
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.path(tpe, id).display().to_string()
+    }
+}
+
+impl WriteBackend for SftpBackend {
+    fn create(&self) -> RusticResult<()> {
+        for d in ["index", "keys", "snapshots", "locks"] {
+            let p = self.root.join(d);
+            self.mkdir_all(&p)
+                .map_err(|e| remote("cannot create", &p, e))?;
+        }
+        for i in 0..=255u8 {
+            let p = self.root.join("data").join(format!("{i:02x}"));
+            self.mkdir_all(&p)
+                .map_err(|e| remote("cannot create", &p, e))?;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        content: BytesList,
+    ) -> RusticResult<()> {
+        let path = self.path(tpe, id);
+        if (tpe == FileType::Config || tpe == FileType::Key)
+            && let Some(dir) = path.parent()
+        {
+            self.mkdir_all(dir)
+                .map_err(|e| remote("cannot create", dir, e))?;
+        }
+        self.write_file(&path, content.slice())
+            .map_err(|e| remote("cannot write", &path, e))
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
+        let path = self.path(tpe, id);
+        self.unlink(&path)
+            .map_err(|e| remote("cannot remove", &path, e))
+    }
+}
+
+fn storage_error(e: String) -> crate::Error {
+    crate::Error::new(crate::ErrorKind::Repository, e)
+}
+
+impl Storage for SftpBackend {
+    fn list_locks(&self) -> Result<Vec<RepoId>, crate::Error> {
+        Ok(self
+            .list_dir(&self.root.join("locks"))
+            .map_err(storage_error)?
+            .into_iter()
+            .filter_map(|(n, _)| RepoId::parse(&n))
+            .collect())
+    }
+
+    fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error> {
+        self.read_range(&self.root.join("locks").join(id.to_hex()), 0, None)
+            .map_err(storage_error)
+    }
+
+    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error> {
+        let dir = self.root.join("locks");
+        self.mkdir_all(&dir).map_err(storage_error)?;
+        self.write_file(&dir.join(id.to_hex()), &[Bytes::copy_from_slice(sealed)])
+            .map_err(storage_error)
+    }
+
+    fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
+        self.unlink(&self.root.join("locks").join(id.to_hex()))
+            .map_err(storage_error)
+    }
+
+    fn lock_settle(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn write_concurrency(&self) -> usize {
+        self.connections()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_restic_sftp_locations() {
+        assert_eq!(
+            SftpLocation::parse("sftp:oneadmin@10.0.0.8:/var/lib/one/datastores/100/22")
+                .expect("ok"),
+            SftpLocation {
+                user: Some("oneadmin".into()),
+                host: "10.0.0.8".into(),
+                path: "/var/lib/one/datastores/100/22".into()
+            }
+        );
+        assert_eq!(
+            SftpLocation::parse("sftp:backup1:/srv/repo").expect("ok"),
+            SftpLocation {
+                user: None,
+                host: "backup1".into(),
+                path: "/srv/repo".into()
+            }
+        );
+        for bad in [
+            "sftp:",
+            "sftp:host",
+            "/local/path",
+            "sftp::/x",
+            "sftp:u@:/x",
+        ] {
+            assert!(SftpLocation::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_bandwidth_limit_paces() {
+        let b = Bandwidth {
+            bytes_per_sec: 1024.0 * 1024.0,
+            state: Mutex::new((0.0, Instant::now())),
+        };
+        let started = Instant::now();
+        for _ in 0..4 {
+            b.take(256 * 1024);
+        }
+        // 1 MiB at 1 MiB/s from an empty bucket takes about a second; never much less.
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! A real OpenSSH server for tests, on 127.0.0.2 with its own keys, stopped by its PID.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Sshd {
+    child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+    /// A client configuration with the alias `backup1` for this server.
+    pub ssh_config: PathBuf,
+    pub known_hosts: PathBuf,
+    pub host_pub: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub const ADDR: &str = "127.0.0.2";
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Sshd {
+    pub fn start(dir: &Path) -> Sshd {
+        let dir = dir.join("sshd");
+        fs::create_dir_all(&dir).expect("dir");
+        fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation)");
+        let host_key = dir.join("host_ed25519");
+        let client_key = dir.join("client_ed25519");
+        for key in [&host_key, &client_key] {
+            run(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    key.to_str().expect("utf-8"),
+                ],
+            );
+        }
+        fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))
+            .expect("authorized_keys");
+        let port = TcpListener::bind((ADDR, 0))
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress {ADDR}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\n",
+                host_key.display(),
+                dir.join("sshd.pid").display(),
+                dir.join("authorized_keys").display()
+            ),
+        )
+        .expect("sshd_config");
+        let log = fs::File::create(dir.join("sshd.log")).expect("log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the openssh-server package must be installed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect((ADDR, port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let host_pub = dir.join("host_ed25519.pub");
+        let known_hosts = dir.join("known_hosts");
+        let key = fs::read_to_string(&host_pub).expect("host key");
+        fs::write(&known_hosts, format!("[{ADDR}]:{port} {key}")).expect("known_hosts");
+        let ssh_config = dir.join("ssh_config");
+        fs::write(
+            &ssh_config,
+            format!(
+                "Host backup1\n  HostName {ADDR}\n  Port {port}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+                client_key.display(),
+                known_hosts.display()
+            ),
+        )
+        .expect("ssh_config");
+        Sshd {
+            child,
+            dir,
+            port,
+            ssh_config,
+            known_hosts,
+            host_pub,
+            client_key,
+        }
+    }
+
+    /// The host key's fingerprint as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        run(
+            "ssh-keygen",
+            &["-l", "-f", self.host_pub.to_str().expect("utf-8")],
+        )
+        .split_whitespace()
+        .nth(1)
+        .expect("fingerprint")
+        .to_string()
+    }
+
+    /// A client config like `ssh_config` but with another known_hosts file.
+    pub fn config_with_known_hosts(&self, name: &str, known_hosts: &Path) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(
+            &path,
+            format!(
+                "Host backup1\n  HostName {ADDR}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+                self.port,
+                self.client_key.display(),
+                known_hosts.display()
+            ),
+        )
+        .expect("ssh_config");
+        path
+    }
+
+    /// restic's `-o sftp.command=...` for this server.
+    pub fn restic_sftp_command(&self) -> String {
+        format!(
+            "sftp.command=ssh -F {} backup1 -s sftp",
+            self.ssh_config.display()
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

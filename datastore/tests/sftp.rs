@@ -1,0 +1,221 @@
+//! The SFTP backend against a real sshd: what we write over SFTP, restic reads and checks;
+//! host keys are verified (known_hosts plain and hashed, or a pinned fingerprint); a wrong
+//! password writes nothing.
+
+mod common;
+use common::sshd::{ADDR, Sshd};
+use common::*;
+
+use backstop_datastore::repo::Repo;
+use backstop_datastore::repo::format::RepoId;
+use backstop_datastore::repo::image::{Extent, RawImage};
+use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
+use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+fn options(config: &Path) -> SftpOptions {
+    SftpOptions {
+        connections: 3,
+        ssh_config: Some(config.to_path_buf()),
+        ..SftpOptions::default()
+    }
+}
+
+fn connect(repo_dir: &Path, opts: &SftpOptions) -> Result<SftpBackend, String> {
+    let loc =
+        SftpLocation::parse(&format!("sftp:backup1:{}", repo_dir.display())).expect("location");
+    SftpBackend::connect(&loc, opts).map_err(|e| e.to_string())
+}
+
+fn backup(repo: &Repo, image: &Path, changed: Option<&[Extent]>, parent: Option<RepoId>) -> RepoId {
+    let source = RawImage::open(image).expect("image");
+    let files = [FileSpec {
+        path: DISK.into(),
+        content: Content::Image {
+            source: &source,
+            changed,
+            parent_path: Some(DISK.into()),
+        },
+    }];
+    writer::backup(
+        repo,
+        &files,
+        &BackupOptions {
+            parent,
+            ..BackupOptions::default()
+        },
+    )
+    .expect("backup")
+    .snapshot_id
+}
+
+#[test]
+fn restic_reads_a_full_and_three_incrementals_written_over_sftp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let repo_dir = dir.path().join("remote/repo");
+    let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
+    let repo = Repo::init(Arc::new(be), PASSWORD).expect("init over sftp");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 24, 21);
+    let mut parent = backup(&repo, &image, None, None);
+    let mut expected = vec![(parent, fs::read(&image).expect("read"))];
+    for generation in 0..3 {
+        let changed = scribble(&image, 5, 300 + generation);
+        parent = backup(&repo, &image, Some(&changed), Some(parent));
+        expected.push((parent, fs::read(&image).expect("read")));
+    }
+    // restic, through its own sftp backend and the same ssh configuration.
+    let remote = format!("sftp:backup1:{}", repo_dir.display());
+    for (id, bytes) in &expected {
+        let out = std::process::Command::new("restic")
+            .args([
+                "--no-cache",
+                "-r",
+                &remote,
+                "-o",
+                &sshd.restic_sftp_command(),
+                "dump",
+                &id.to_hex(),
+                "/var/lib/one/datastores/0/22/backup/disk.0.0",
+            ])
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .expect("restic");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == *bytes,
+            "snapshot {id} differs when restic reads it over sftp"
+        );
+    }
+    ok(
+        restic(&repo_dir, &["check", "--read-data"]),
+        "restic check --read-data",
+    );
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_with_host_and_fingerprint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let empty = sshd.dir.join("empty_known_hosts");
+    fs::write(&empty, "").expect("empty");
+    let config = sshd.config_with_known_hosts("ssh_config_unknown", &empty);
+    let repo_dir = dir.path().join("remote/repo");
+    let err = connect(&repo_dir, &options(&config)).expect_err("unknown key");
+    let expected = format!(
+        "unknown host key for backup1 ({ADDR}:{}) (fingerprint {}); it is in none of {}: add it (ssh-keyscan -p {} {ADDR} >> ~/.ssh/known_hosts) after checking the fingerprint, or pin it",
+        sshd.port,
+        sshd.fingerprint(),
+        empty.display(),
+        sshd.port
+    );
+    assert_eq!(err, expected);
+    assert!(
+        !repo_dir.exists(),
+        "something was written to an unverified server"
+    );
+}
+
+#[test]
+fn a_changed_host_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let other = sshd.dir.join("other_ed25519");
+    let out = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            other.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    let wrong = sshd.dir.join("wrong_known_hosts");
+    fs::write(
+        &wrong,
+        format!(
+            "[{ADDR}]:{} {}",
+            sshd.port,
+            fs::read_to_string(other.with_extension("pub")).expect("pub")
+        ),
+    )
+    .expect("write");
+    let config = sshd.config_with_known_hosts("ssh_config_changed", &wrong);
+    let err = connect(&dir.path().join("r"), &options(&config)).expect_err("changed key");
+    assert!(
+        err.starts_with(&format!(
+            "host key of backup1 ({ADDR}:{}) has CHANGED: it now has fingerprint {}",
+            sshd.port,
+            sshd.fingerprint()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn hashed_known_hosts_and_pinned_fingerprints_are_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let hashed = sshd.dir.join("hashed_known_hosts");
+    fs::copy(&sshd.known_hosts, &hashed).expect("copy");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-H", "-f"])
+        .arg(&hashed)
+        .output()
+        .expect("ssh-keygen -H");
+    assert!(out.status.success());
+    assert!(
+        fs::read_to_string(&hashed)
+            .expect("read")
+            .starts_with("|1|"),
+        "not hashed"
+    );
+    let config = sshd.config_with_known_hosts("ssh_config_hashed", &hashed);
+    connect(&dir.path().join("r1"), &options(&config)).expect("hashed known_hosts entry");
+
+    let empty = sshd.dir.join("none");
+    fs::write(&empty, "").expect("empty");
+    let config = sshd.config_with_known_hosts("ssh_config_pinned", &empty);
+    let pinned = SftpOptions {
+        host_fingerprint: Some(sshd.fingerprint()),
+        ..options(&config)
+    };
+    connect(&dir.path().join("r2"), &pinned).expect("pinned fingerprint");
+    let wrong = SftpOptions {
+        host_fingerprint: Some("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+        ..options(&config)
+    };
+    let err = connect(&dir.path().join("r3"), &wrong).expect_err("wrong pin");
+    assert!(err.contains("not the pinned SHA256:AAAA"), "{err}");
+}
+
+#[test]
+fn a_wrong_password_over_sftp_is_one_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let repo_dir = dir.path().join("remote/repo");
+    let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
+    Repo::init(Arc::new(be), PASSWORD).expect("init");
+    let before = walk(&repo_dir);
+    let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
+    let err = Repo::open(Arc::new(be), "wrong").expect_err("wrong password");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "wrong password for the repository at sftp:root@backup1:{} (no key file opens with it)",
+            repo_dir.display()
+        )
+    );
+    assert_eq!(walk(&repo_dir), before);
+}
