@@ -8,7 +8,7 @@ use common::*;
 
 use backstop_datastore::repo::Repo;
 use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::{Extent, RawImage};
+use backstop_datastore::repo::image::{Extent, ImageSource, RawImage};
 use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
@@ -218,4 +218,54 @@ fn a_wrong_password_over_sftp_is_one_error_and_writes_nothing() {
         )
     );
     assert_eq!(walk(&repo_dir), before);
+}
+
+/// Regression: when writing a pack failed (here the pack directories were replaced by files),
+/// the backup reported "N of M chunks were backed up" or "the backup was stopped" instead of
+/// the failure itself.
+#[test]
+fn a_failed_pack_write_is_reported_as_itself() {
+    // Slow reads, so the failing pack write lands while the image is still being read (a pack
+    // write first opens its SSH session, ~150 ms).
+    struct Slow(RawImage);
+    impl ImageSource for Slow {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.0.read_at(buf, offset)
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let repo_dir = dir.path().join("remote/repo");
+    let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
+    let repo = Repo::init(Arc::new(be), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 160, 8);
+    for i in 0..=255u8 {
+        let d = repo_dir.join("data").join(format!("{i:02x}"));
+        fs::remove_dir(&d).expect("rmdir");
+        fs::write(&d, b"").expect("a file where the directory was");
+    }
+    let source = Slow(RawImage::open(&image).expect("image"));
+    let files = [FileSpec {
+        path: DISK.into(),
+        content: Content::Image {
+            source: &source,
+            changed: None,
+            parent_path: None,
+        },
+    }];
+    let err =
+        writer::backup(&repo, &files, &BackupOptions::default()).expect_err("cannot write packs");
+    let message = err.to_string();
+    assert!(message.starts_with("cannot write pack "), "{message}");
+    assert!(message.contains("no such file"), "{message}");
+    assert!(!message.contains('\n') && !message.contains("rustic_core` experienced"), "not one clear line: {message}");
+    assert!(
+        !message.contains("chunks were backed up") && !message.contains("was stopped"),
+        "{message}"
+    );
 }

@@ -4,11 +4,12 @@
 //! The password comes from RESTIC_PASSWORD, RESTIC_PASSWORD_FILE or `--password-file`, never
 //! from argv.
 
-use backstop_datastore::repo::backend::LocalBackend;
+use backstop_datastore::repo::backend::{LocalBackend, Storage};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::nbd::{self, NbdImage};
+use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Repo};
 use std::io::Write;
@@ -19,9 +20,23 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The repository: a local path (SFTP comes later).
+    /// The repository: a local path, or sftp:[user@]host:/path (host may be an alias of the
+    /// ssh configuration).
     #[arg(long, short = 'r', env = "RESTIC_REPOSITORY")]
     repo: String,
+    /// SFTP: the OpenSSH client configuration to read (default ~/.ssh/config).
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// SFTP: accept only this host key (SHA256:... as `ssh-keygen -l` prints it) instead of
+    /// looking it up in known_hosts.
+    #[arg(long, value_name = "FINGERPRINT")]
+    host_fingerprint: Option<String>,
+    /// SFTP: sessions to open at most.
+    #[arg(long, env = "RESTIC_CONNECTIONS", default_value_t = 5)]
+    connections: usize,
+    /// SFTP: bandwidth limit in KiB/s for all sessions together (restic's unit).
+    #[arg(long, value_name = "KIB", env = "RESTIC_BWLIMIT")]
+    limit: Option<u64>,
     /// A file whose first line is the password (else RESTIC_PASSWORD or RESTIC_PASSWORD_FILE).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -147,9 +162,18 @@ fn password(args: &Args) -> Result<String, String> {
     Err("no repository password: set RESTIC_PASSWORD or RESTIC_PASSWORD_FILE, or pass --password-file".into())
 }
 
-fn backend(args: &Args) -> Result<Arc<LocalBackend>, String> {
+fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
     if args.repo.starts_with("sftp:") {
-        return Err("SFTP repositories are not implemented in this version of backstop".into());
+        let loc = SftpLocation::parse(&args.repo)?;
+        let options = SftpOptions {
+            connections: args.connections,
+            bwlimit_kib: args.limit,
+            ssh_config: args.ssh_config.clone(),
+            host_fingerprint: args.host_fingerprint.clone(),
+        };
+        return SftpBackend::connect(&loc, &options)
+            .map(|b| Arc::new(b) as Arc<dyn Storage>)
+            .map_err(|e| e.to_string());
     }
     Ok(Arc::new(LocalBackend::new(&args.repo)))
 }
@@ -158,7 +182,11 @@ fn run(args: &Args) -> Result<(), String> {
     let pw = password(args)?;
     let be = backend(args)?;
     if let Command::Init = args.command {
-        if Path::new(&args.repo).join("config").exists() {
+        if be
+            .list(rustic_core::FileType::Config)
+            .map(|c| !c.is_empty())
+            .unwrap_or(false)
+        {
             return Err(format!("{} already holds a repository", args.repo));
         }
         let repo = Repo::init(be, &pw).map_err(|e| e.to_string())?;

@@ -77,8 +77,18 @@ impl Compression {
     }
 }
 
-pub(crate) fn rustic_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Repository, format!("{what}: {e}"))
+/// One line from a rustic_core error: its own message, without the multi-line report its
+/// Display prints.
+pub(crate) fn rustic_message(e: &rustic_core::RusticError) -> String {
+    let log = e.display_log();
+    log.strip_prefix("Error: ").unwrap_or(&log).to_string()
+}
+
+pub(crate) fn rustic_error(what: &str, e: &rustic_core::RusticError) -> Error {
+    Error::new(
+        ErrorKind::Repository,
+        format!("{what}: {}", rustic_message(e)),
+    )
 }
 
 /// A snapshot as `backstop repo snapshots` shows it.
@@ -135,7 +145,7 @@ fn rustic_repo(backend: &Arc<dyn Storage>) -> Result<Repository<()>, Error> {
     // No cache: every action is a short-lived process, and a cache under $HOME would be a
     // second copy of metadata to keep consistent.
     Repository::new(&RepositoryOptions::default().no_cache(true), &backends)
-        .map_err(|e| rustic_error("cannot set up the repository", e))
+        .map_err(|e| rustic_error("cannot set up the repository", &e))
 }
 
 impl Repo {
@@ -148,11 +158,11 @@ impl Repo {
                 &KeyOptions::default(),
                 &ConfigOptions::default(),
             )
-            .map_err(|e| rustic_error(&format!("cannot create a repository at {location}"), e))?;
+            .map_err(|e| rustic_error(&format!("cannot create a repository at {location}"), &e))?;
         // rustic's local backend makes the directory layout; ours does it here.
         backend
             .create()
-            .map_err(|e| rustic_error("cannot create the repository layout", e))?;
+            .map_err(|e| rustic_error("cannot create the repository layout", &e))?;
         Self::from_rustic(backend, location, &repo)
     }
 
@@ -182,7 +192,7 @@ impl Repo {
                 let message = if e.is_incorrect_password() {
                     format!("wrong password for the repository at {location} (no key file opens with it)")
                 } else {
-                    format!("cannot open the repository at {location}: {e}")
+                    format!("cannot open the repository at {location}: {}", rustic_message(&e))
                 };
                 Error::new(ErrorKind::Repository, message)
             })?;
@@ -196,7 +206,7 @@ impl Repo {
             .map_err(|e| {
                 rustic_error(
                     &format!("cannot open the repository at {}", self.location),
-                    e,
+                    &e,
                 )
             })
     }
@@ -206,7 +216,7 @@ impl Repo {
         let mut snaps = self
             .rustic()?
             .get_all_snapshots()
-            .map_err(|e| rustic_error("cannot list snapshots", e))?;
+            .map_err(|e| rustic_error("cannot list snapshots", &e))?;
         snaps.sort_by(|a, b| a.time.cmp(&b.time));
         Ok(snaps
             .into_iter()
@@ -234,12 +244,12 @@ impl Repo {
         let repo = self
             .rustic()?
             .to_indexed()
-            .map_err(|e| rustic_error("cannot read the index", e))?;
+            .map_err(|e| rustic_error("cannot read the index", &e))?;
         let node = repo
             .node_from_snapshot_path(&format!("{snapshot}:{path}"), |_| true)
-            .map_err(|e| rustic_error(&format!("no file {path} in snapshot {snapshot}"), e))?;
+            .map_err(|e| rustic_error(&format!("no file {path} in snapshot {snapshot}"), &e))?;
         repo.dump(&node, out)
-            .map_err(|e| rustic_error(&format!("cannot dump {path} of snapshot {snapshot}"), e))
+            .map_err(|e| rustic_error(&format!("cannot dump {path} of snapshot {snapshot}"), &e))
     }
 
     pub fn location(&self) -> &str {
@@ -280,7 +290,7 @@ impl Repo {
         let id = RepoId::of(&sealed);
         self.backend
             .write_bytes(tpe, &id.to_rustic(), true, sealed.into())
-            .map_err(|e| rustic_error(&format!("cannot write {tpe:?} file {id}"), e))?;
+            .map_err(|e| rustic_error(&format!("cannot write {tpe:?} file {id}"), &e))?;
         Ok(id)
     }
 
@@ -289,7 +299,7 @@ impl Repo {
         let sealed = self
             .backend
             .read_full(tpe, &id.to_rustic())
-            .map_err(|e| rustic_error(&format!("cannot read {tpe:?} file {id}"), e))?;
+            .map_err(|e| rustic_error(&format!("cannot read {tpe:?} file {id}"), &e))?;
         if RepoId::of(&sealed) != *id {
             return Err(Error::new(
                 ErrorKind::Repository,
@@ -328,7 +338,7 @@ impl Repo {
         Ok(self
             .backend
             .list(tpe)
-            .map_err(|e| rustic_error(&format!("cannot list {tpe:?} files"), e))?
+            .map_err(|e| rustic_error(&format!("cannot list {tpe:?} files"), &e))?
             .iter()
             .map(RepoId::from_rustic)
             .collect())
@@ -382,7 +392,7 @@ impl Repo {
                 at.offset,
                 at.length,
             )
-            .map_err(|e| rustic_error(&format!("cannot read blob {id}"), e))?;
+            .map_err(|e| rustic_error(&format!("cannot read blob {id}"), &e))?;
         let plain = self.open_sealed(&sealed)?;
         let content = match at.uncompressed_length {
             Some(n) => zstd::bulk::decompress(&plain, n as usize)

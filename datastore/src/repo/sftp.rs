@@ -155,6 +155,15 @@ fn connect(ep: &Endpoint) -> Result<(Session, Sftp), ConnectError> {
     let mut session = Session::new().map_err(|e| ConnectError(format!("ssh: {e}")))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(120_000);
+    // AES with AES-NI is much cheaper than chacha20-poly1305, and the same cores also hash,
+    // compress and encrypt the data (loopback: 1 GiB upload 3.7-5.5 s with chacha20, 2.8-3.2 s
+    // with aes128-gcm). The server picks from this list in order; others stay allowed.
+    for dir in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
+        let _ = session.method_pref(
+            dir,
+            "aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr,chacha20-poly1305@openssh.com",
+        );
+    }
     session
         .handshake()
         .map_err(|e| ConnectError(format!("ssh handshake with {who} failed: {e}")))?;

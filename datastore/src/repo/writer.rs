@@ -222,7 +222,7 @@ fn write_pack(shared: &Shared<'_>, pack: PackBuilder) -> Result<(IndexPack, u64)
             false,
             finished.bytes.into(),
         )
-        .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), e))?;
+        .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
     Ok((finished.index, size))
 }
 
@@ -507,6 +507,13 @@ fn backup_image(
         }
         first_error.map_or(Ok(()), Err)
     })?;
+    if shared.abort.load(Ordering::SeqCst) {
+        // Stopped by a failure elsewhere (the pack writer); the caller reports that one.
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!("{path}: the backup was stopped"),
+        ));
+    }
     if stats.reused_chunks + stats.zero_chunks + stats.hashed_chunks != n {
         return Err(Error::new(
             ErrorKind::Repository,
@@ -695,8 +702,9 @@ pub fn backup(
             let packed = packer
                 .join()
                 .map_err(|_| Error::new(ErrorKind::Repository, "the pack writer panicked"))?;
-            result?;
+            // A pack that could not be written stops everything else; its error is the cause.
             let (packs, written) = packed?;
+            result?;
             let mut total = Stats::default();
             for (_, s) in &per_file {
                 total.add(s);
@@ -728,7 +736,7 @@ pub fn backup(
                 false,
                 finished.bytes.into(),
             )
-            .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), e))?;
+            .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
         packs.push(finished.index);
     }
     if !packs.is_empty() {
