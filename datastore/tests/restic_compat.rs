@@ -298,3 +298,107 @@ fn our_restore_is_byte_exact_and_sparse() {
     );
     assert!(!dir.path().join("restored.raw.backstop-tmp").exists());
 }
+
+/// A 1 GiB image, 90 % unallocated: only its data is stored, and the unallocated chunks are
+/// neither read nor hashed.
+#[test]
+fn a_mostly_unallocated_gib_stores_only_its_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("sparse.raw");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(&image).expect("create");
+        f.set_len(1024 * CHUNK_SIZE).expect("size");
+        let mut g = Gen(99);
+        let mut buf = vec![0u8; CHUNK_SIZE as usize];
+        // Random (incompressible) data in every tenth MiB: 103 MiB of 1024.
+        for i in (0..1024u64).step_by(10) {
+            g.fill(&mut buf);
+            f.write_all_at(&buf, i * CHUNK_SIZE).expect("write");
+        }
+    }
+    let source = RawImage::open(&image).expect("open");
+    let files = [FileSpec {
+        path: DISK.into(),
+        content: Content::Image {
+            source: &source,
+            changed: None,
+            parent_path: None,
+        },
+    }];
+    let result = writer::backup(&repo, &files, &BackupOptions::default()).expect("backup");
+    let s = &result.files[0].1;
+    assert_eq!(s.chunks, 1024);
+    assert_eq!(s.hashed_chunks, 103, "only the chunks with data are hashed");
+    assert_eq!(
+        s.zero_chunks, 921,
+        "the unallocated chunks are known zero without hashing"
+    );
+    assert_eq!(
+        s.bytes_read,
+        103 * CHUNK_SIZE,
+        "the unallocated chunks are not even read"
+    );
+    let stored: u64 = walk(&repo_path.join("data"))
+        .iter()
+        .map(|p| fs::metadata(p).expect("meta").len())
+        .sum();
+    assert!(stored < 110 * CHUNK_SIZE, "stored {stored} bytes");
+    ok(restic(&repo_path, &["check"]), "restic check");
+}
+
+#[test]
+fn forget_and_prune_reclaim_space_at_once_and_check_finds_damage() {
+    use backstop_datastore::repo::lock::RetryLock;
+    use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
+    let retry = RetryLock(std::time::Duration::ZERO);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 32, 31);
+    let old = backup(&repo, &image, None, None, b"x");
+    make_image(&image, 32, 32); // other content
+    let new = backup(&repo, &image, None, None, b"x");
+    let kept = fs::read(&image).expect("read");
+
+    let before = repo.data_size().expect("size");
+    assert_eq!(
+        repo.forget(&[old.snapshot_id.to_hex()[..8].to_string()], retry)
+            .expect("forget"),
+        1
+    );
+    let reclaimed = repo.prune(&PruneLimits::default(), retry).expect("prune");
+    let after = repo.data_size().expect("size");
+    assert_eq!(before - after, reclaimed);
+    assert!(
+        reclaimed > 5 * CHUNK_SIZE,
+        "only {reclaimed} bytes reclaimed"
+    );
+    ok(
+        restic(&repo_path, &["check", "--read-data"]),
+        "restic check after our prune",
+    );
+    assert_dump_equals(&repo_path, &new.snapshot_id, &image);
+    assert!(fs::read(&image).expect("read") == kept);
+    repo.check(&ReadData::All, retry)
+        .expect("our check --read-data");
+
+    // Damage one byte of one pack: our check must say so.
+    let pack = walk(&repo_path.join("data"))
+        .into_iter()
+        .next()
+        .expect("a pack");
+    let mut bytes = fs::read(&pack).expect("read pack");
+    bytes[100] ^= 0xff;
+    fs::write(&pack, &bytes).expect("write pack");
+    repo.check(&ReadData::None, retry)
+        .expect("metadata alone does not read the blob");
+    let err = repo.check(&ReadData::All, retry).expect_err("damage found");
+    assert!(
+        err.to_string().starts_with("the repository has errors"),
+        "{err}"
+    );
+}

@@ -263,7 +263,10 @@ fn a_failed_pack_write_is_reported_as_itself() {
     let message = err.to_string();
     assert!(message.starts_with("cannot write pack "), "{message}");
     assert!(message.contains("no such file"), "{message}");
-    assert!(!message.contains('\n') && !message.contains("rustic_core` experienced"), "not one clear line: {message}");
+    assert!(
+        !message.contains('\n') && !message.contains("rustic_core` experienced"),
+        "not one clear line: {message}"
+    );
     assert!(
         !message.contains("chunks were backed up") && !message.contains("was stopped"),
         "{message}"

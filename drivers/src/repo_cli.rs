@@ -8,6 +8,7 @@ use backstop_datastore::repo::backend::{LocalBackend, Storage};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
+use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
 use backstop_datastore::repo::nbd::{self, NbdImage};
 use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
@@ -116,6 +117,38 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         target: PathBuf,
     },
+    /// Check the repository (metadata; with --read-data every blob, or a subset).
+    Check {
+        #[arg(long)]
+        read_data: bool,
+        /// e.g. 10%, 500M or 1/5.
+        #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
+        read_data_subset: Option<String>,
+    },
+    /// Remove snapshots (ids or unique prefixes). Their data goes with `prune`.
+    Forget {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Prune right after.
+        #[arg(long)]
+        prune: bool,
+        #[arg(long, env = "RESTIC_PRUNE_MAX_UNUSED")]
+        max_unused: Option<String>,
+        #[arg(long, env = "RESTIC_PRUNE_MAX_REPACK")]
+        max_repack: Option<String>,
+    },
+    /// Remove data no snapshot needs, at once.
+    Prune {
+        /// How much unused space may stay (default 0, as OpenNebula's driver: 0, 5%, 1G,
+        /// unlimited).
+        #[arg(long, env = "RESTIC_PRUNE_MAX_UNUSED")]
+        max_unused: Option<String>,
+        /// How much may be repacked at most (default unlimited).
+        #[arg(long, env = "RESTIC_PRUNE_MAX_REPACK")]
+        max_repack: Option<String>,
+    },
+    /// Snapshot count and stored size.
+    Stats,
     /// Remove stale locks (all locks with --remove-all).
     Unlock {
         #[arg(long)]
@@ -345,6 +378,62 @@ fn run(args: &Args) -> Result<(), String> {
                 st.zero_blobs,
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+        Command::Check {
+            read_data,
+            read_data_subset,
+        } => {
+            let read = match (read_data, read_data_subset) {
+                (_, Some(s)) => ReadData::Subset(s.clone()),
+                (true, None) => ReadData::All,
+                (false, None) => ReadData::None,
+            };
+            repo.check(&read, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
+            println!("no errors were found");
+            Ok(())
+        }
+        Command::Forget {
+            ids,
+            prune,
+            max_unused,
+            max_repack,
+        } => {
+            let n = repo
+                .forget(ids, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
+            println!("removed {n} snapshot(s)");
+            if *prune {
+                let limits = PruneLimits {
+                    max_unused: max_unused.clone(),
+                    max_repack: max_repack.clone(),
+                };
+                let freed = repo
+                    .prune(&limits, RetryLock(args.retry_lock))
+                    .map_err(|e| e.to_string())?;
+                println!("pruned: {freed} bytes freed");
+            }
+            Ok(())
+        }
+        Command::Prune {
+            max_unused,
+            max_repack,
+        } => {
+            let limits = PruneLimits {
+                max_unused: max_unused.clone(),
+                max_repack: max_repack.clone(),
+            };
+            let freed = repo
+                .prune(&limits, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
+            println!("pruned: {freed} bytes freed");
+            Ok(())
+        }
+        Command::Stats => {
+            let snaps = repo.snapshots().map_err(|e| e.to_string())?;
+            let size = repo.data_size().map_err(|e| e.to_string())?;
+            println!("{} snapshots, {size} bytes in packs", snaps.len());
             Ok(())
         }
         Command::Unlock { remove_all } => {

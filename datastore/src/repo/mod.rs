@@ -24,6 +24,7 @@ pub mod crypto;
 pub mod format;
 pub mod image;
 pub mod lock;
+pub mod maintenance;
 pub mod nbd;
 pub mod pack;
 pub mod restore;
@@ -200,7 +201,7 @@ impl Repo {
     }
 
     /// rustic_core's view of this repository, opened with the master key (no second scrypt).
-    fn rustic(&self) -> Result<Repository<OpenStatus>, Error> {
+    pub(crate) fn rustic(&self) -> Result<Repository<OpenStatus>, Error> {
         rustic_repo(&self.backend)?
             .open(&Credentials::Masterkey(self.master.clone()))
             .map_err(|e| {
