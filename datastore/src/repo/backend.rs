@@ -85,6 +85,17 @@ impl Storage for LocalBackend {
     }
 }
 
+/// Where a file lives below a repository's root: `config`, `data/<2 hex>/<id>`,
+/// `index/<id>`, `keys/<id>`, `snapshots/<id>`.
+pub(crate) fn file_path(root: &Path, tpe: FileType, id: &Id) -> PathBuf {
+    let hex = id.to_hex();
+    match tpe {
+        FileType::Config => root.join("config"),
+        FileType::Pack => root.join("data").join(&hex[0..2]).join(hex.as_str()),
+        _ => root.join(dir_name(tpe)).join(hex.as_str()),
+    }
+}
+
 /// A repository on a local path (or a shared mount).
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
@@ -95,7 +106,8 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Box<RusticError> {
     RusticError::with_source(ErrorKind::Backend, format!("{what} {}", path.display()), e)
 }
 
-fn dir_name(tpe: FileType) -> &'static str {
+/// The directory of a file type in restic's layout (the same on every backend).
+pub(crate) fn dir_name(tpe: FileType) -> &'static str {
     match tpe {
         FileType::Config => "",
         FileType::Index => "index",
@@ -116,12 +128,7 @@ impl LocalBackend {
 
     /// Where a file of this type and id lives.
     pub fn path(&self, tpe: FileType, id: &Id) -> PathBuf {
-        let hex = id.to_hex();
-        match tpe {
-            FileType::Config => self.root.join("config"),
-            FileType::Pack => self.root.join("data").join(&hex[0..2]).join(hex.as_str()),
-            _ => self.root.join(dir_name(tpe)).join(hex.as_str()),
-        }
+        file_path(&self.root, tpe, id)
     }
 
     fn write_atomic(&self, path: &Path, content: &[bytes::Bytes]) -> std::io::Result<()> {

@@ -14,7 +14,7 @@
 //! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
 //!   connections.
 
-use crate::repo::backend::Storage;
+use crate::repo::backend::{Storage, dir_name, file_path};
 use crate::repo::format::RepoId;
 use crate::repo::sshconfig::{self, HostConfig};
 use base64::Engine;
@@ -456,12 +456,7 @@ impl SftpBackend {
     }
 
     fn path(&self, tpe: FileType, id: &Id) -> PathBuf {
-        let hex = id.to_hex();
-        match tpe {
-            FileType::Config => self.root.join("config"),
-            FileType::Pack => self.root.join("data").join(&hex[0..2]).join(hex.as_str()),
-            _ => self.root.join(dir_name(tpe)).join(hex.as_str()),
-        }
+        file_path(&self.root, tpe, id)
     }
 
     fn list_dir(&self, dir: &Path) -> Result<Vec<(String, u64)>, String> {
@@ -599,16 +594,6 @@ fn classify(e: ssh2::Error, what: &str, path: &Path) -> Retry {
     match e.code() {
         ssh2::ErrorCode::SFTP(_) => Retry::No(message),
         ssh2::ErrorCode::Session(_) => Retry::Yes(message),
-    }
-}
-
-fn dir_name(tpe: FileType) -> &'static str {
-    match tpe {
-        FileType::Config => "",
-        FileType::Index => "index",
-        FileType::Key => "keys",
-        FileType::Snapshot => "snapshots",
-        FileType::Pack => "data",
     }
 }
 

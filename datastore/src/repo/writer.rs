@@ -725,19 +725,9 @@ pub fn backup(
     )?;
     let mut packs = data_packs;
     if !tree_pack.is_empty() {
-        let finished = tree_pack
-            .finish(repo.crypto())
-            .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-        total.added_bytes += finished.bytes.len() as u64;
-        repo.backend()
-            .write_bytes(
-                FileType::Pack,
-                &finished.id.to_rustic(),
-                false,
-                finished.bytes.into(),
-            )
-            .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
-        packs.push(finished.index);
+        let (index, size) = write_pack(&shared, tree_pack)?;
+        total.added_bytes += size;
+        packs.push(index);
     }
     if !packs.is_empty() {
         repo.save_file(
