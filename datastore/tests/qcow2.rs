@@ -169,3 +169,83 @@ fn qcow2_dirty_bitmap_incremental_restores_byte_exact() {
         "restic check --read-data",
     );
 }
+
+/// A stock OpenNebula increment: a qcow2 delta whose backing file is gone. Its clusters are
+/// the changed extents; every chunk it touches only in part is completed from the parent
+/// snapshot's blob.
+#[test]
+fn a_stock_increment_is_completed_from_the_parent_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let base = dir.path().join("disk.0.0");
+    let b = base.to_str().expect("utf-8");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", b, "32M"]);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x31 0 12M",
+            "-c",
+            "write -P 0x32 20M 8M",
+            b,
+        ],
+    );
+    let image = NbdImage::open(&base, "qcow2", None).expect("export");
+    let full = backup(&repo, &image, None, None);
+    drop(image);
+
+    // The next increment, as OpenNebula stages it: an overlay on the previous file.
+    let delta = dir.path().join("disk.0.1");
+    let d = delta.to_str().expect("utf-8");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", d],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x41 4096 8192",
+            "-c",
+            "write -P 0x42 5M 1M",
+            "-c",
+            "write -z 21M 64K",
+            "-c",
+            "write -P 0x43 30M 3000",
+            d,
+        ],
+    );
+    let expected = {
+        let raw = dir.path().join("expected.raw");
+        run(
+            "qemu-img",
+            &["convert", "-O", "raw", d, raw.to_str().expect("utf-8")],
+        );
+        fs::read(&raw).expect("raw")
+    };
+    fs::rename(&base, dir.path().join("gone")).expect("the backing file goes away");
+
+    let (image, present) = NbdImage::open_delta(&delta).expect("open the delta alone");
+    assert!(!present.is_empty());
+    let inc = backup(&repo, &image, Some(&present), Some(full.snapshot_id));
+    drop(image);
+    let stats = &inc.files[0].1;
+    assert_eq!(stats.full_reason, None);
+    assert_eq!(
+        stats.reused_chunks, 28,
+        "4 chunks touched, 28 reused: {stats:?}"
+    );
+    assert!(
+        dump(&repo_path, &inc.snapshot_id) == expected,
+        "the increment is not the full disk"
+    );
+    ok(
+        restic(&repo_path, &["check", "--read-data"]),
+        "restic check --read-data",
+    );
+}

@@ -78,6 +78,10 @@ enum Command {
             conflicts_with = "changed_extents"
         )]
         bitmap: Option<String>,
+        /// --image is a stock OpenNebula increment (disk.<id>.<n>: a qcow2 delta whose backing
+        /// file is gone): its clusters are the changed extents, the rest comes from --parent.
+        #[arg(long, requires_all = ["parent", "image"], conflicts_with_all = ["changed_extents", "bitmap"])]
+        stock_increment: bool,
         /// The file's absolute path inside the snapshot (default: the image's own path).
         #[arg(long, value_name = "PATH")]
         path: Option<String>,
@@ -234,6 +238,7 @@ fn run(args: &Args) -> Result<(), String> {
             nbd,
             format,
             bitmap,
+            stock_increment,
             path,
             parent,
             parent_path,
@@ -244,12 +249,20 @@ fn run(args: &Args) -> Result<(), String> {
             json,
         } => {
             let started = Instant::now();
-            let source = open_source(
-                image.as_deref(),
-                nbd.as_deref(),
-                format.as_deref(),
-                bitmap.as_deref(),
-            )?;
+            let (source, delta_extents) = if *stock_increment {
+                let path = image.as_deref().ok_or("--stock-increment needs --image")?;
+                let (img, present) = NbdImage::open_delta(path)
+                    .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
+                (Source::Nbd(img), Some(present))
+            } else {
+                let src = open_source(
+                    image.as_deref(),
+                    nbd.as_deref(),
+                    format.as_deref(),
+                    bitmap.as_deref(),
+                )?;
+                (src, None)
+            };
             let bitmap_extents = match (bitmap, &source) {
                 (Some(b), Source::Nbd(n)) => Some(
                     n.dirty(b)
@@ -268,7 +281,8 @@ fn run(args: &Args) -> Result<(), String> {
                     image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
                 })
                 .transpose()?
-                .or(bitmap_extents);
+                .or(bitmap_extents)
+                .or(delta_extents);
             let parent_id = parent
                 .as_deref()
                 .map(|p| repo.find_snapshot(p).map(|(id, _)| id))

@@ -54,6 +54,12 @@ pub trait ImageSource: Send + Sync {
     fn data_extents(&self) -> io::Result<Option<Vec<Extent>>> {
         Ok(None)
     }
+    /// Whether every byte reads as the disk's content. A stock OpenNebula increment (a qcow2
+    /// delta without its backing file) holds only the changed clusters: the rest of each
+    /// chunk comes from the parent snapshot.
+    fn complete(&self) -> bool {
+        true
+    }
 }
 
 /// A raw image file or block device, read with positioned reads; holes of a sparse file are
@@ -183,6 +189,33 @@ pub fn plan(
         .collect()
 }
 
+/// The parts of `range` that `extents` cover, sorted, merged, clipped to `range`.
+pub fn covered(extents: &[Extent], range: Extent) -> Vec<Extent> {
+    let mut parts: Vec<Extent> = extents
+        .iter()
+        .filter_map(|e| {
+            let start = e.offset.max(range.offset);
+            let end = e.end().min(range.end());
+            // `then`, not `then_some`: the length must not be computed when start > end.
+            (start < end).then(|| Extent {
+                offset: start,
+                length: end - start,
+            })
+        })
+        .collect();
+    parts.sort_by_key(|e| e.offset);
+    let mut merged: Vec<Extent> = Vec::with_capacity(parts.len());
+    for p in parts {
+        match merged.last_mut() {
+            Some(last) if p.offset <= last.end() => {
+                last.length = last.length.max(p.end() - last.offset);
+            }
+            _ => merged.push(p),
+        }
+    }
+    merged
+}
+
 /// Whether a buffer is all zero, without hashing it.
 pub fn is_zero(buf: &[u8]) -> bool {
     let (words, tail) = buf.as_chunks::<16>();
@@ -215,6 +248,30 @@ fn read_map(json: &str, keep: impl Fn(u64) -> bool) -> Result<Vec<Extent>, Strin
 /// "dirty"}`.
 pub fn parse_dirty_map(json: &str) -> Result<Vec<Extent>, String> {
     read_map(json, |kind| kind & 1 == 1)
+}
+
+/// The extents a qcow2 delta holds itself (written data or explicit zeros), from
+/// `qemu-img map --output=json` of the delta opened without its backing file: every entry with
+/// `"present": true`. (Over NBD, an explicitly zeroed cluster of such a delta shows as
+/// hole+zero, indistinguishable from a cluster the delta does not hold; `qemu-img map` tells
+/// them apart.)
+pub fn parse_qemu_img_present(json: &str) -> Result<Vec<Extent>, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        start: u64,
+        length: u64,
+        present: bool,
+    }
+    let entries: Vec<Entry> = serde_json::from_str(json)
+        .map_err(|e| format!("not a qemu-img map --output=json document: {e}"))?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.present && e.length > 0)
+        .map(|e| Extent {
+            offset: e.start,
+            length: e.length,
+        })
+        .collect())
 }
 
 /// The extents that hold data from `nbdinfo --json --map` (`base:allocation`): bit 0 is
@@ -342,6 +399,37 @@ mod tests {
         b[3] = 1;
         assert!(!is_zero(&b));
         assert!(is_zero(&[]));
+    }
+
+    #[test]
+    fn coverage_from_a_table() {
+        let r = e(100, 100); // [100, 200)
+        let cases: Vec<(Vec<Extent>, Vec<Extent>)> = vec![
+            (vec![], vec![]),
+            (vec![e(0, 50)], vec![]),
+            (vec![e(0, 150)], vec![e(100, 50)]),
+            (vec![e(150, 10), e(120, 10)], vec![e(120, 10), e(150, 10)]),
+            (vec![e(120, 20), e(130, 20)], vec![e(120, 30)]),
+            (vec![e(120, 10), e(130, 10)], vec![e(120, 20)]),
+            (vec![e(0, 1000)], vec![e(100, 100)]),
+            (vec![e(199, 5)], vec![e(199, 1)]),
+        ];
+        for (extents, expected) in cases {
+            assert_eq!(covered(&extents, r), expected, "{extents:?}");
+        }
+    }
+
+    /// Regression: an explicitly zeroed cluster of a delta is a change (it hides the parent's
+    /// data); nbdinfo shows it like an absent cluster, qemu-img map as present.
+    #[test]
+    fn a_delta_holds_its_written_and_zeroed_clusters() {
+        let map = r#"[{ "start": 0, "length": 4096, "depth": 0, "present": false, "zero": true, "data": false},
+                      { "start": 4096, "length": 4096, "depth": 0, "present": true, "zero": false, "data": true, "offset": 327680},
+                      { "start": 8192, "length": 4096, "depth": 0, "present": true, "zero": true, "data": false}]"#;
+        assert_eq!(
+            parse_qemu_img_present(map).expect("parses"),
+            vec![e(4096, 4096), e(8192, 4096)]
+        );
     }
 
     /// Regression: in a dirty-bitmap map the *dirty* extents carry type 1 (nbdinfo prints

@@ -6,7 +6,9 @@
 //! simple replies to `NBD_CMD_READ` (no structured replies: extents come from `nbdinfo --json
 //! --map`, which qemu documents and the tests use as the reference).
 
-use crate::repo::image::{Extent, ImageSource, parse_allocation_map, parse_dirty_map};
+use crate::repo::image::{
+    Extent, ImageSource, parse_allocation_map, parse_dirty_map, parse_qemu_img_present,
+};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -166,6 +168,36 @@ impl Drop for NbdClient {
     }
 }
 
+/// qemu's name for a qcow2 delta opened without its backing file.
+fn delta_spec(delta: &Path) -> io::Result<String> {
+    let path = std::path::absolute(delta)?;
+    let spec = serde_json::json!({
+        "driver": "qcow2",
+        "file": {"driver": "file", "filename": path.display().to_string()},
+        "backing": null,
+    });
+    Ok(format!("json:{spec}"))
+}
+
+/// The clusters a qcow2 delta holds itself, from `qemu-img map`.
+pub fn delta_extents(delta: &Path) -> io::Result<Vec<Extent>> {
+    let out = Command::new("qemu-img")
+        .args(["map", "--output=json"])
+        .arg(delta_spec(delta)?)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "qemu-img map failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8(out.stdout)
+        .map_err(|_| bad("qemu-img printed something that is not UTF-8"))?;
+    parse_qemu_img_present(&text).map_err(bad)
+}
+
 /// A qemu-nbd process exporting one image read-only on a private unix socket. Stopped by its
 /// PID, and its socket directory removed, when dropped.
 #[derive(Debug)]
@@ -179,6 +211,32 @@ impl QemuNbdExport {
     /// Exports `image` (`format`: qcow2, raw, ...), with the persistent dirty bitmap `bitmap`
     /// visible as the `qemu:dirty-bitmap:<bitmap>` context.
     pub fn start(image: &Path, format: &str, bitmap: Option<&str>) -> io::Result<QemuNbdExport> {
+        Self::start_spec(image.as_os_str(), Some(format), bitmap, image)
+    }
+
+    /// Exports a qcow2 delta without its backing file (`"backing": null`): clusters it does
+    /// not hold read as zeros and show as holes.
+    pub fn start_delta(delta: &Path) -> io::Result<QemuNbdExport> {
+        let path = std::path::absolute(delta)?;
+        let spec = serde_json::json!({
+            "driver": "qcow2",
+            "file": {"driver": "file", "filename": path.display().to_string()},
+            "backing": null,
+        });
+        Self::start_spec(
+            std::ffi::OsStr::new(&format!("json:{spec}")),
+            None,
+            None,
+            delta,
+        )
+    }
+
+    fn start_spec(
+        spec: &std::ffi::OsStr,
+        format: Option<&str>,
+        bitmap: Option<&str>,
+        image: &Path,
+    ) -> io::Result<QemuNbdExport> {
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let dir = std::env::temp_dir().join(format!("backstop-nbd-{}", hex::encode(random)));
@@ -186,15 +244,17 @@ impl QemuNbdExport {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let socket = dir.join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
-        cmd.arg("--read-only")
-            .arg(format!("--format={format}"))
-            .arg(format!("--socket={}", socket.display()))
+        cmd.arg("--read-only");
+        if let Some(f) = format {
+            cmd.arg(format!("--format={f}"));
+        }
+        cmd.arg(format!("--socket={}", socket.display()))
             .arg("--persistent")
             .arg("--shared=4");
         if let Some(b) = bitmap {
             cmd.arg(format!("--bitmap={b}"));
         }
-        cmd.arg(image)
+        cmd.arg(spec)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -311,6 +371,8 @@ pub struct NbdImage {
     /// Held for its Drop: the qemu-nbd process this image started, if any.
     _export: Option<QemuNbdExport>,
     socket: PathBuf,
+    /// False for a delta read without its backing file.
+    complete: bool,
 }
 
 impl NbdImage {
@@ -325,7 +387,25 @@ impl NbdImage {
             allocation,
             socket: export.socket().to_path_buf(),
             _export: Some(export),
+            complete: true,
         })
+    }
+
+    /// Opens a stock OpenNebula increment: a qcow2 delta whose backing file is missing.
+    /// Returns the image and the extents it holds, which are the changed extents.
+    pub fn open_delta(delta: &Path) -> io::Result<(NbdImage, Vec<Extent>)> {
+        let present = delta_extents(delta)?;
+        let export = QemuNbdExport::start_delta(delta)?;
+        let client = NbdClient::connect(export.socket())?;
+        let image = NbdImage {
+            size: client.size(),
+            client: Mutex::new(client),
+            allocation: Vec::new(),
+            socket: export.socket().to_path_buf(),
+            _export: Some(export),
+            complete: false,
+        };
+        Ok((image, present))
     }
 
     /// Connects to an export someone else runs (a qemu-nbd, qemu-storage-daemon or libvirt
@@ -339,6 +419,7 @@ impl NbdImage {
             allocation,
             _export: None,
             socket: socket.to_path_buf(),
+            complete: true,
         })
     }
 
@@ -366,7 +447,12 @@ impl ImageSource for NbdImage {
     }
 
     fn data_extents(&self) -> io::Result<Option<Vec<Extent>>> {
-        Ok(Some(self.allocation.clone()))
+        // A delta's holes are not zeros on the disk: they are whatever the parent held.
+        Ok(self.complete.then(|| self.allocation.clone()))
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
     }
 }
 

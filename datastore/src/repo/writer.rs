@@ -11,7 +11,7 @@ use crate::repo::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot
 use crate::repo::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
 use crate::repo::lock::RetryLock;
 use crate::repo::pack::{PackBuilder, SealedBlob};
-use crate::repo::{Compression, KnownBlobs, Repo, rustic_error};
+use crate::repo::{BlobLocation, Compression, KnownBlobs, Repo, rustic_error};
 use crate::{Error, ErrorKind};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use rustic_core::FileType;
@@ -393,6 +393,41 @@ fn backup_image(
         .map_err(|e| input_error(format!("cannot map the allocated ranges of {path}"), e))?;
     let plan = image::plan(size, data.as_deref(), parent_content.and(changed), reusable);
 
+    // A source that holds only the changed extents (a stock increment) is completed from the
+    // parent's blobs wherever a chunk is not wholly changed.
+    let mut merges: HashMap<usize, (RepoId, BlobLocation)> = HashMap::new();
+    if !source.complete() {
+        let (Some(changed), Some(pc)) = (changed, parent_content) else {
+            return Err(Error::new(
+                ErrorKind::Input,
+                format!(
+                    "{path} holds only changed clusters (a stock increment): it needs its parent snapshot and a parent file of the same size"
+                ),
+            ));
+        };
+        let partial: Vec<usize> = plan
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                let range = image::chunk_range(*i, size);
+                **p == ChunkPlan::Read && image::covered(changed, range) != [range]
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let ids: Vec<RepoId> = partial.iter().map(|i| pc[*i]).collect();
+        let found = shared.repo.locate_data(&ids)?;
+        for i in partial {
+            let at = found.get(&pc[i]).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!("blob {} of the parent of {path} is not in any index", pc[i]),
+                )
+            })?;
+            merges.insert(i, (pc[i], *at));
+        }
+    }
+    let merges = &merges;
+
     let mut content = vec![RepoId::default(); n];
     let mut reads = Vec::new();
     for (i, p) in plan.iter().enumerate() {
@@ -426,14 +461,14 @@ fn backup_image(
                     break;
                 }
                 let r = image::chunk_range(i, size);
-                let mut buf = vec![0u8; r.length as usize];
-                if let Err(e) = source.read_at(&mut buf, r.offset) {
-                    let _ = reader_res.send(Err(input_error(
-                        format!("cannot read {path} at offset {}", r.offset),
-                        e,
-                    )));
-                    break;
-                }
+                let buf = match read_chunk(shared, source, path, r, changed, merges.get(&i)) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = reader_res.send(Err(e));
+                        break;
+                    }
+                };
+
                 if work_tx.send((i, buf)).is_err() {
                     break;
                 }
@@ -524,6 +559,46 @@ fn backup_image(
         ));
     }
     Ok((content, stats))
+}
+
+/// Reads one chunk: from the source, or, for a chunk of a stock increment that is not wholly
+/// changed, the parent's blob with the changed parts read over it.
+fn read_chunk(
+    shared: &Shared<'_>,
+    source: &dyn ImageSource,
+    path: &str,
+    r: Extent,
+    changed: Option<&[Extent]>,
+    merge: Option<&(RepoId, BlobLocation)>,
+) -> Result<Vec<u8>, Error> {
+    let read_err =
+        |offset: u64, e| input_error(format!("cannot read {path} at offset {offset}"), e);
+    let Some((parent_id, at)) = merge else {
+        let mut buf = vec![0u8; r.length as usize];
+        source
+            .read_at(&mut buf, r.offset)
+            .map_err(|e| read_err(r.offset, e))?;
+        return Ok(buf);
+    };
+    let mut buf = shared.repo.read_blob(parent_id, at)?;
+    if buf.len() as u64 != r.length {
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!(
+                "{path}: the parent's chunk at {} holds {} bytes, not {}",
+                r.offset,
+                buf.len(),
+                r.length
+            ),
+        ));
+    }
+    for part in image::covered(changed.unwrap_or_default(), r) {
+        let from = (part.offset - r.offset) as usize;
+        source
+            .read_at(&mut buf[from..from + part.length as usize], part.offset)
+            .map_err(|e| read_err(part.offset, e))?;
+    }
+    Ok(buf)
 }
 
 /// A directory being assembled: files and subdirectories by name (sorted, as restic sorts).
