@@ -419,31 +419,14 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("removed {n} snapshot(s)");
             if *prune {
-                let limits = PruneLimits {
-                    max_unused: max_unused.clone(),
-                    max_repack: max_repack.clone(),
-                };
-                let freed = repo
-                    .prune(&limits, RetryLock(args.retry_lock))
-                    .map_err(|e| e.to_string())?;
-                println!("pruned: {freed} bytes freed");
+                prune_now(&repo, max_unused, max_repack, args.retry_lock)?;
             }
             Ok(())
         }
         Command::Prune {
             max_unused,
             max_repack,
-        } => {
-            let limits = PruneLimits {
-                max_unused: max_unused.clone(),
-                max_repack: max_repack.clone(),
-            };
-            let freed = repo
-                .prune(&limits, RetryLock(args.retry_lock))
-                .map_err(|e| e.to_string())?;
-            println!("pruned: {freed} bytes freed");
-            Ok(())
-        }
+        } => prune_now(&repo, max_unused, max_repack, args.retry_lock),
         Command::Stats => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
             let size = repo.data_size().map_err(|e| e.to_string())?;
@@ -464,6 +447,23 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot write to stdout: {e}"))
         }
     }
+}
+
+fn prune_now(
+    repo: &Repo,
+    max_unused: &Option<String>,
+    max_repack: &Option<String>,
+    retry: Duration,
+) -> Result<(), String> {
+    let limits = PruneLimits {
+        max_unused: max_unused.clone(),
+        max_repack: max_repack.clone(),
+    };
+    let freed = repo
+        .prune(&limits, RetryLock(retry))
+        .map_err(|e| e.to_string())?;
+    println!("pruned: {freed} bytes freed");
+    Ok(())
 }
 
 /// Where a backup reads its image from.
