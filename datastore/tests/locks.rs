@@ -70,25 +70,37 @@ fn an_exclusive_restic_lock_makes_our_backup_wait_then_name_the_holder() {
     let source = RawImage::open(&image).expect("open");
     image_backup(&repo, &source, Duration::ZERO).expect("first backup");
 
-    // restic check takes an exclusive lock; freeze it while it holds the lock.
-    let restic = Child(
-        Command::new("restic")
-            .arg("--repo")
-            .arg(&repo_path)
-            .args(["--no-cache", "check", "--read-data"])
-            .env("RESTIC_PASSWORD", PASSWORD)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("restic"),
-    );
-    wait_for_lock(&repo_path);
-    signal(&restic.0, rustix::process::Signal::STOP);
-    let mut restic = restic;
-    assert!(
-        restic.0.try_wait().expect("try_wait").is_none(),
-        "restic check ended before it could be frozen"
-    );
+    // restic check takes an exclusive lock; freeze it while it holds the lock. On a loaded
+    // machine restic may finish and drop its lock before the freeze lands: then try again.
+    let mut attempts = 0;
+    let mut restic = loop {
+        attempts += 1;
+        assert!(
+            attempts <= 10,
+            "could not freeze restic while it held its lock"
+        );
+        let mut child = Child(
+            Command::new("restic")
+                .arg("--repo")
+                .arg(&repo_path)
+                .args(["--no-cache", "check", "--read-data"])
+                .env("RESTIC_PASSWORD", PASSWORD)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("restic"),
+        );
+        wait_for_lock(&repo_path);
+        signal(&child.0, rustix::process::Signal::STOP);
+        if child.0.try_wait().expect("try_wait").is_none() && lock_files(&repo_path) == 1 {
+            break child;
+        }
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child.0),
+            rustix::process::Signal::CONT,
+        );
+        let _ = child.0.wait();
+    };
 
     let started = Instant::now();
     let err =
