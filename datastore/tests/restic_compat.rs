@@ -404,3 +404,37 @@ fn forget_and_prune_reclaim_space_at_once_and_check_finds_damage() {
         "{err}"
     );
 }
+
+/// Killed writes leave temporary files that restic never removes; our prune, under its
+/// exclusive lock, does, and touches nothing else.
+#[test]
+fn prune_removes_interrupted_writes_and_nothing_else() {
+    use backstop_datastore::repo::lock::RetryLock;
+    use backstop_datastore::repo::maintenance::PruneLimits;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 41);
+    let b = backup(&repo, &image, None, None, b"x");
+    let real = walk(&repo_path);
+    let planted = [
+        repo_path.join("data/00/.0011.tmp-aabbccddeeff"),
+        repo_path.join("index/.2233.tmp-aabbccddeeff"),
+        repo_path.join("data/ff/4455-restic-temp-aabbccddeeff"),
+    ];
+    for p in &planted {
+        fs::write(p, b"half a file").expect("plant");
+    }
+    repo.prune(
+        &PruneLimits::default(),
+        RetryLock(std::time::Duration::ZERO),
+    )
+    .expect("prune");
+    assert_eq!(
+        walk(&repo_path),
+        real,
+        "prune removed a real file or left a temporary one"
+    );
+    assert_dump_equals(&repo_path, &b.snapshot_id, &image);
+}

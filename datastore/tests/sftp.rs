@@ -272,3 +272,26 @@ fn a_failed_pack_write_is_reported_as_itself() {
         "{message}"
     );
 }
+
+#[test]
+fn prune_over_sftp_removes_interrupted_writes() {
+    use backstop_datastore::repo::lock::RetryLock;
+    use backstop_datastore::repo::maintenance::PruneLimits;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    let repo_dir = dir.path().join("remote/repo");
+    let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
+    let repo = Repo::init(Arc::new(be), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 4, 51);
+    backup(&repo, &image, None, None);
+    let real = walk(&repo_dir);
+    let planted = repo_dir.join("data/7a/7a7a-restic-temp-001122334455");
+    fs::write(&planted, b"half").expect("plant");
+    repo.prune(
+        &PruneLimits::default(),
+        RetryLock(std::time::Duration::ZERO),
+    )
+    .expect("prune");
+    assert_eq!(walk(&repo_dir), real);
+}

@@ -197,8 +197,29 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         "restic is still blocked by the dead lock"
     );
 
-    // The leftovers of the killed runs are unreferenced packs: restic prune removes them and
-    // the repository checks clean after.
-    assert!(restic(&repo, &["prune"]).status.success());
+    // The leftovers of the killed runs are unreferenced packs and temporary files: our prune
+    // removes both, and restic checks the repository clean after.
+    let prune = repo_cmd(&repo, &["prune"]).output().expect("prune");
+    assert!(prune.status.success(), "{prune:?}");
+    let temp_left: Vec<String> = walk_names(&repo)
+        .into_iter()
+        .filter(|n| n.contains(".tmp-") || n.contains("-restic-temp-"))
+        .collect();
+    assert!(temp_left.is_empty(), "temporary files left: {temp_left:?}");
     assert!(restic(&repo, &["check", "--read-data"]).status.success());
+}
+
+fn walk_names(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
 }

@@ -28,12 +28,22 @@ pub trait Storage: WriteBackend {
         std::time::Duration::from_millis(200)
     }
 
+    /// Removes the temporary files interrupted writes left behind; returns how many. Only
+    /// call it under an exclusive lock: then no writer is running, so every one is garbage.
+    fn remove_temp_files(&self) -> Result<usize, crate::Error>;
+
     /// How many packs to write at once. Two on a local disk: hashing one pack and waiting for
     /// its fsync overlap with filling the next (measured on the 2 GiB benchmark: the full backup
     /// went from 1.77 s to 1.6 s of pipeline time).
     fn write_concurrency(&self) -> usize {
         2
     }
+}
+
+/// Names of interrupted writes: ours on a local path (`.<name>.tmp-<hex>`) and restic's
+/// SFTP convention, which the SFTP backend uses (`<name>-restic-temp-<hex>`).
+pub(crate) fn is_temp_name(name: &str) -> bool {
+    (name.starts_with('.') && name.contains(".tmp-")) || name.contains("-restic-temp-")
 }
 
 fn storage_error(what: &str, path: &Path, e: std::io::Error) -> crate::Error {
@@ -72,6 +82,32 @@ impl Storage for LocalBackend {
 
     fn lock_settle(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+
+    fn remove_temp_files(&self) -> Result<usize, crate::Error> {
+        let mut dirs: Vec<PathBuf> = ["index", "keys", "snapshots", "locks", "data"]
+            .iter()
+            .map(|d| self.root.join(d))
+            .collect();
+        dirs.push(self.root.clone());
+        if let Ok(entries) = fs::read_dir(self.root.join("data")) {
+            dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        let mut removed = 0;
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_temp_name(&name) {
+                    let path = entry.path();
+                    fs::remove_file(&path).map_err(|e| storage_error("cannot remove", &path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
@@ -264,5 +300,24 @@ impl WriteBackend for LocalBackend {
     fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
         let path = self.path(tpe, id);
         fs::remove_file(&path).map_err(|e| io_error("cannot remove", &path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_temp_name;
+
+    #[test]
+    fn temp_names_from_a_table() {
+        for (name, temp) in [
+            (".abcd.tmp-0011aabbccdd", true),
+            ("abcd-restic-temp-0011aabbccdd", true),
+            ("abcdef0123", false),
+            ("config", false),
+            (".hidden", false),
+            ("x.tmp-1", false),
+        ] {
+            assert_eq!(is_temp_name(name), temp, "{name}");
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! Checking, forgetting and pruning, through rustic_core, each under an exclusive
 //! restic-compatible lock (restic takes exclusive locks for the same three).
 //!
+//! Prune also removes the temporary files of interrupted writes (killed backups leave them;
+//! restic ignores them and never removes them).
+//!
 //! Prune deletes at once (`instant_delete`): rustic_core's default only marks packs and deletes
 //! them a day later, which keeps the space; we hold the exclusive lock, so no reader can still
 //! need them.
@@ -98,6 +101,8 @@ impl Repo {
             .map_err(|e| rustic_error("cannot plan the prune", &e))?;
         repo.prune(&opts, plan)
             .map_err(|e| rustic_error("prune failed", &e))?;
+        // Still under the exclusive lock: no writer runs, so interrupted writes are garbage.
+        self.backend().remove_temp_files()?;
         Ok(before.saturating_sub(self.data_size()?))
     }
 

@@ -14,7 +14,7 @@
 //! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
 //!   connections.
 
-use crate::repo::backend::{Storage, dir_name, file_path};
+use crate::repo::backend::{Storage, dir_name, file_path, is_temp_name};
 use crate::repo::format::RepoId;
 use crate::repo::sshconfig::{self, HostConfig};
 use base64::Engine;
@@ -733,6 +733,32 @@ impl Storage for SftpBackend {
 
     fn lock_settle(&self) -> Duration {
         Duration::ZERO
+    }
+
+    fn remove_temp_files(&self) -> Result<usize, crate::Error> {
+        let mut dirs: Vec<PathBuf> = ["index", "keys", "snapshots", "locks"]
+            .iter()
+            .map(|d| self.root.join(d))
+            .collect();
+        dirs.push(self.root.clone());
+        let data = self.root.join("data");
+        dirs.extend(
+            self.list_dir(&data)
+                .map_err(storage_error)?
+                .into_iter()
+                .filter(|(n, _)| n.len() == 2)
+                .map(|(n, _)| data.join(n)),
+        );
+        let mut removed = 0;
+        for dir in dirs {
+            for (name, _) in self.list_dir(&dir).map_err(storage_error)? {
+                if is_temp_name(&name) {
+                    self.unlink(&dir.join(&name)).map_err(storage_error)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn write_concurrency(&self) -> usize {
