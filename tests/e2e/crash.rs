@@ -20,6 +20,21 @@ fn repo_cmd(repo: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `backstop repo backup` of the test image into the test path.
+fn backup_cmd(repo: &Path, image: &Path, json: bool) -> Command {
+    let mut args = vec![
+        "backup",
+        "--image",
+        image.to_str().expect("utf-8"),
+        "--path",
+        "/d/disk.0.0",
+    ];
+    if json {
+        args.push("--json");
+    }
+    repo_cmd(repo, &args)
+}
+
 fn restic(repo: &Path, args: &[&str]) -> std::process::Output {
     Command::new("restic")
         .arg("--repo")
@@ -72,19 +87,7 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
     // How long one backup takes here, to spread the kill points over it.
     fill_random(&image, 48, &mut g);
     let started = Instant::now();
-    let out = repo_cmd(
-        &repo,
-        &[
-            "backup",
-            "--image",
-            image.to_str().expect("utf-8"),
-            "--path",
-            "/d/disk.0.0",
-            "--json",
-        ],
-    )
-    .output()
-    .expect("backup");
+    let out = backup_cmd(&repo, &image, true).output().expect("backup");
     assert!(out.status.success(), "{out:?}");
     let full = started.elapsed();
     let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["snapshot_id"]
@@ -97,21 +100,11 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         // new content each round, so the killed backup has real work to do
         fill_random(&image, 48, &mut g);
         let delay = Duration::from_micros(g.next() % (full.as_micros() as u64 + 1));
-        let mut child = repo_cmd(
-            &repo,
-            &[
-                "backup",
-                "--image",
-                image.to_str().expect("utf-8"),
-                "--path",
-                "/d/disk.0.0",
-                "--json",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+        let mut child = backup_cmd(&repo, &image, true)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
         std::thread::sleep(delay);
         let _ = child.kill(); // SIGKILL, by PID
         let out = child.wait_with_output().expect("wait");
@@ -147,20 +140,11 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         );
     }
     // Without restic unlock: the next backstop run removes the dead process's lock itself.
-    let mut child = repo_cmd(
-        &repo,
-        &[
-            "backup",
-            "--image",
-            image.to_str().expect("utf-8"),
-            "--path",
-            "/d/disk.0.0",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("spawn");
+    let mut child = backup_cmd(&repo, &image, false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(30);
     while fs::read_dir(repo.join("locks"))
         .map(|d| d.count())
@@ -179,18 +163,7 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         1,
         "the killed run's lock"
     );
-    let next = repo_cmd(
-        &repo,
-        &[
-            "backup",
-            "--image",
-            image.to_str().expect("utf-8"),
-            "--path",
-            "/d/disk.0.0",
-        ],
-    )
-    .output()
-    .expect("backup");
+    let next = backup_cmd(&repo, &image, false).output().expect("backup");
     assert!(next.status.success(), "{next:?}");
     assert!(
         restic(&repo, &["check"]).status.success(),

@@ -145,31 +145,11 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn file(name: &str, size: u64, content: Vec<RepoId>, time: &str) -> Node {
+    fn new(name: &str, kind: &str, mode: u32, time: &str) -> Node {
         Node {
             name: name.to_string(),
-            kind: "file".into(),
-            mode: 0o600,
-            mtime: time.to_string(),
-            atime: time.to_string(),
-            ctime: time.to_string(),
-            uid: 0,
-            gid: 0,
-            user: String::new(),
-            inode: 0,
-            device_id: 0,
-            size,
-            links: 1,
-            content: Some(content),
-            subtree: None,
-        }
-    }
-
-    pub fn dir(name: &str, subtree: RepoId, time: &str) -> Node {
-        Node {
-            name: name.to_string(),
-            kind: "dir".into(),
-            mode: MODE_DIR | 0o755,
+            kind: kind.into(),
+            mode,
             mtime: time.to_string(),
             atime: time.to_string(),
             ctime: time.to_string(),
@@ -179,9 +159,25 @@ impl Node {
             inode: 0,
             device_id: 0,
             size: 0,
-            links: 2,
+            links: 1,
             content: None,
+            subtree: None,
+        }
+    }
+
+    pub fn file(name: &str, size: u64, content: Vec<RepoId>, time: &str) -> Node {
+        Node {
+            size,
+            content: Some(content),
+            ..Node::new(name, "file", 0o600, time)
+        }
+    }
+
+    pub fn dir(name: &str, subtree: RepoId, time: &str) -> Node {
+        Node {
+            links: 2,
             subtree: Some(subtree),
+            ..Node::new(name, "dir", MODE_DIR | 0o755, time)
         }
     }
 }

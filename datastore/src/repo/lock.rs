@@ -160,18 +160,7 @@ fn conflict(
 impl Repo {
     fn load_lock(&self, id: &RepoId) -> Result<LockFile, Error> {
         let sealed = self.backend().read_lock(id)?;
-        let plain = self.open_sealed(&sealed)?;
-        let json = match plain.first() {
-            Some(2) => zstd::stream::decode_all(&plain[1..])
-                .map_err(|e| Error::new(ErrorKind::Repository, format!("lock {id}: {e}")))?,
-            _ => plain,
-        };
-        serde_json::from_slice(&json).map_err(|e| {
-            Error::new(
-                ErrorKind::Repository,
-                format!("lock {id} is not valid: {e}"),
-            )
-        })
+        self.decode_unpacked(&sealed, &format!("lock {id}"))
     }
 
     fn write_lock(&self, lock: &LockFile) -> Result<RepoId, Error> {

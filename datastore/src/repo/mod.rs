@@ -307,19 +307,24 @@ impl Repo {
                 format!("{tpe:?} file {id} is damaged: its content does not match its name"),
             ));
         }
-        let plain = self.open_sealed(&sealed)?;
+        self.decode_unpacked(&sealed, &format!("{tpe:?} file {id}"))
+    }
+
+    /// Opens a sealed unpacked file (index, snapshot, lock) and reads its JSON: in a version 2
+    /// repository a leading byte 2 means zstd-compressed, `{` or `[` plain.
+    pub(crate) fn decode_unpacked<T: DeserializeOwned>(
+        &self,
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<T, Error> {
+        let plain = self.open_sealed(sealed)?;
         let json = match plain.first() {
-            Some(2) if self.version >= 2 => zstd::stream::decode_all(&plain[1..]).map_err(|e| {
-                Error::new(ErrorKind::Repository, format!("{tpe:?} file {id}: {e}"))
-            })?,
+            Some(2) if self.version >= 2 => zstd::stream::decode_all(&plain[1..])
+                .map_err(|e| Error::new(ErrorKind::Repository, format!("{what}: {e}")))?,
             _ => plain,
         };
-        serde_json::from_slice(&json).map_err(|e| {
-            Error::new(
-                ErrorKind::Repository,
-                format!("{tpe:?} file {id} is not valid: {e}"),
-            )
-        })
+        serde_json::from_slice(&json)
+            .map_err(|e| Error::new(ErrorKind::Repository, format!("{what} is not valid: {e}")))
     }
 
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, Error> {
