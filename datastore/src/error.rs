@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Input,
     /// Another process holds a conflicting repository lock.
     Locked,
+    /// The work was stopped on request (SIGTERM, backup_cancel).
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]

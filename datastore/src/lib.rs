@@ -12,8 +12,10 @@
 //! not implemented.
 
 pub mod actions;
+pub mod config;
 pub mod error;
 pub mod location;
 pub mod repo;
+pub mod target;
 
 pub use error::{Error, ErrorKind};

@@ -44,6 +44,20 @@ enum Command {
     Install(install::Options),
     /// Work with a repository directly: init, backup, snapshots, dump.
     Repo(Box<repo_cli::Args>),
+    /// The host side of the datastore `backup` action: the front-end runs it over ssh on the
+    /// hypervisor (or bridge) and sends the action's XML on stdin.
+    #[command(hide = true)]
+    HostBackup {
+        /// The staging directory prebackup filled.
+        #[arg(long)]
+        staging: PathBuf,
+        /// OpenNebula client configuration for the SFTP connection.
+        #[arg(long)]
+        ssh_config: Option<PathBuf>,
+        /// The backup action's six arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -63,6 +77,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Decode { path, args } => decode(&path, &args),
         Command::Install(options) => install::main(&options),
         Command::Repo(args) => repo_cli::main(&args),
+        Command::HostBackup {
+            staging,
+            ssh_config,
+            args,
+        } => run::host_backup(&staging, ssh_config, &args),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Running one action: argv and stdin decoded into a typed request, the action run, the answer
 //! written under oned's output discipline.
 
-use backstop_datastore::actions::monitor;
+use backstop_datastore::actions::{backup, monitor};
+use backstop_datastore::config::DriverConfig;
 use backstop_protocol::action::{DatastoreAction, Invocation, TmAction};
 use backstop_protocol::args::{
     ArgsError, BackupArgs, CancelArgs, DataSource, DatastoreArgs, LsArgs, TmRestoreArgs,
@@ -16,9 +17,11 @@ use backstop_protocol::url::{BackupUrl, UrlError};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 /// oned's largest messages (a VM with many disks and a long history) are well under a MiB.
 const MAX_STDIN: u64 = 64 * 1024 * 1024;
@@ -92,7 +95,12 @@ pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
     };
     let name = invocation.name();
     set_current_action(&name);
-    let result = decode(&invocation, args, &mut std::io::stdin().lock()).and_then(execute);
+    let ctx = Context {
+        remotes: remotes_root(path, &invocation),
+        cancel: cancel_on_sigterm(),
+    };
+    let result =
+        decode(&invocation, args, &mut std::io::stdin().lock()).and_then(|r| execute(r, &ctx));
     match result {
         Ok(answer) => match output::write_answer(&mut std::io::stdout().lock(), &answer) {
             Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +111,42 @@ pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
         },
         Err(e) => fail(&name, &e),
     }
+}
+
+/// What an action knows besides its request.
+pub struct Context {
+    /// The remotes tree the action was run from (`/var/lib/one/remotes`).
+    pub remotes: PathBuf,
+    /// Set by SIGTERM (oned's cancel, one_vmm_exec's timeout): long actions stop cleanly.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Context {
+    fn config(&self) -> Result<DriverConfig, DriverError> {
+        Ok(DriverConfig::load(&self.remotes)?)
+    }
+}
+
+/// A flag SIGTERM sets (instead of killing the process).
+pub fn cancel_on_sigterm() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone());
+    flag
+}
+
+/// `<remotes>` from `<remotes>/datastore/<mad>/<action>`, `<remotes>/tm/<tm>/<action>` or
+/// `<remotes>/datastore/<scheme>_downloader`.
+fn remotes_root(path: &Path, invocation: &Invocation) -> PathBuf {
+    let up = match invocation {
+        Invocation::Downloader { .. } => 2,
+        _ => 3,
+    };
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    absolute
+        .ancestors()
+        .nth(up)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/one/remotes"))
 }
 
 /// A decoded request: everything an action needs, typed.
@@ -133,6 +177,9 @@ pub enum Request {
         mad: String,
         args: BackupArgs,
         request: BackupRequest,
+        /// stdin as received, forwarded to the host step (it holds the password: never printed).
+        #[serde(skip)]
+        raw: Vec<u8>,
     },
     BackupCancel {
         mad: String,
@@ -196,9 +243,15 @@ pub fn decode(
                 }),
                 DatastoreAction::Backup => {
                     let args = BackupArgs::parse(args)?;
-                    let root = input::decode(&read_all(stdin)?, Encoding::RawXml)?;
+                    let raw = read_all(stdin)?;
+                    let root = input::decode(&raw, Encoding::RawXml)?;
                     let request = BackupRequest::from_xml(&root)?;
-                    Ok(Request::Backup { mad, args, request })
+                    Ok(Request::Backup {
+                        mad,
+                        args,
+                        request,
+                        raw,
+                    })
                 }
                 DatastoreAction::BackupCancel => {
                     let args = CancelArgs::parse(args)?;
@@ -283,16 +336,21 @@ pub fn decode(
 }
 
 /// Runs a decoded request.
-pub fn execute(request: Request) -> Result<Answer, DriverError> {
+pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
     match request {
         Request::Monitor { request, .. } => Ok(Answer::Lines(monitor::run(&request)?.lines())),
         Request::Unsupported { .. } => Err(DriverError::Unsupported),
+        Request::Backup {
+            args, request, raw, ..
+        } => {
+            let outcome = backup::run(&args, &request, &raw, &ctx.config()?, &ctx.cancel)?;
+            Ok(Answer::Line(outcome.line()))
+        }
         // Decoded and validated above; the work itself comes with the repository engine.
         Request::Rm { .. }
         | Request::Stat { .. }
         | Request::Restore { .. }
         | Request::IncrementFlatten { .. }
-        | Request::Backup { .. }
         | Request::BackupCancel { .. }
         | Request::Ls { .. }
         | Request::TmBackupStep { .. }
@@ -309,7 +367,9 @@ pub fn unimplemented_datastore_actions() -> Vec<&'static str> {
         .filter(|a| {
             !matches!(
                 a,
-                DatastoreAction::Monitor | DatastoreAction::Unsupported(_)
+                DatastoreAction::Monitor
+                    | DatastoreAction::Backup
+                    | DatastoreAction::Unsupported(_)
             )
         })
         .map(|a| a.name())
@@ -321,4 +381,39 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
         .iter()
         .map(|a| a.name())
         .collect()
+}
+
+/// `backstop host-backup`: the host step of `backup` (see backstop_datastore::actions::backup).
+/// Prints one JSON line with the snapshot id and size.
+pub fn host_backup(staging: &Path, ssh_config: Option<PathBuf>, args: &[String]) -> ExitCode {
+    const NAME: &str = "host-backup";
+    set_current_action(NAME);
+    let cancel = cancel_on_sigterm();
+    let result = (|| -> Result<String, DriverError> {
+        let args = BackupArgs::parse(args)?;
+        let raw = backup::read_request(std::io::stdin(), &cancel)?;
+        let root = input::decode(&raw, Encoding::RawXml)?;
+        let request = BackupRequest::from_xml(&root)?;
+        let cfg = DriverConfig {
+            remotes: PathBuf::new(),
+            scripts_remote_dir: String::new(),
+            ssh_config,
+            backup_base_path: None,
+            run_dir: PathBuf::new(),
+        };
+        let outcome = backup::host_run(&args, &request, staging, &cfg, &cancel)?;
+        serde_json::to_string(&outcome).map_err(|e| DriverError::Other(e.to_string()))
+    })();
+    match result {
+        Ok(line) => {
+            match output::write_answer(&mut std::io::stdout().lock(), &Answer::Line(line)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(
+                    NAME,
+                    &DriverError::Other(format!("cannot write the answer: {e}")),
+                ),
+            }
+        }
+        Err(e) => fail(NAME, &e),
+    }
 }

@@ -156,25 +156,19 @@ fn the_password_never_reaches_stdout_or_stderr() {
 #[test]
 fn valid_input_for_an_unwritten_action_is_decoded_then_reported() {
     let t = installed();
-    let vm = "<VM><ID>22</ID><DEPLOY_ID>one-22</DEPLOY_ID><TEMPLATE><DISK><DISK_ID>0</DISK_ID><SIZE>10</SIZE></DISK></TEMPLATE></VM>";
-    let data = action_data(&[&datastore_xml("/tmp/x", ""), vm]);
-    let out = run(
-        t.action("backup"),
-        &[
-            "node1:/var/lib/one//datastores/0/22",
-            "0",
-            "one-22",
-            "-",
-            "22",
-            "0",
-        ],
-        data.as_bytes(),
-    );
+    let image = "<IMAGE><ID>32</ID><TYPE>6</TYPE><SOURCE>f130ed80</SOURCE><FORMAT>raw</FORMAT>\
+                 <SIZE>10</SIZE><DATASTORE_ID>100</DATASTORE_ID><VMS><ID>22</ID></VMS><TEMPLATE/></IMAGE>";
+    let data = action_data(&[
+        image,
+        &datastore_xml("/tmp/x", ""),
+        "<DESTINATION_DS_ID>1</DESTINATION_DS_ID><TEMPLATE><USERNAME>oneadmin</USERNAME></TEMPLATE>",
+    ]);
+    let out = run(t.action("restore"), &["7"], b64(&data).as_bytes());
     assert_eq!(out.code, Some(1));
     assert_eq!(out.stdout, "");
     assert_eq!(
         out.stderr,
-        "backup: not implemented in this version of backstop\n"
+        "restore: not implemented in this version of backstop\n"
     );
 }
 

@@ -2,6 +2,7 @@
 //! called as oned calls them (argv, stdin, exit code, stdout, stderr). One test binary.
 
 mod actions;
+mod cloud;
 mod crash;
 mod install;
 mod repo_cli;

@@ -429,6 +429,23 @@ impl Repo {
         })
     }
 
+    /// Every snapshot with its parsed time, oldest first (ties by id, so the order is stable).
+    pub fn all_snapshots(&self) -> Result<Vec<(RepoId, Snapshot, jiff::Timestamp)>, Error> {
+        let mut all = Vec::new();
+        for id in self.list(FileType::Snapshot)? {
+            let snap: Snapshot = self.load_file(FileType::Snapshot, &id)?;
+            let time: jiff::Timestamp = snap.time.parse().map_err(|e| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!("snapshot {id} has a bad time: {e}"),
+                )
+            })?;
+            all.push((id, snap, time));
+        }
+        all.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
     /// The snapshot whose id starts with `prefix` (at least 8 hex characters, or the full id).
     pub fn find_snapshot(&self, prefix: &str) -> Result<(RepoId, Snapshot), Error> {
         if prefix == "latest" {

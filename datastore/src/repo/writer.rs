@@ -16,8 +16,8 @@ use crate::{Error, ErrorKind};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Packs are closed once they reach this size (restic's default target).
 pub const PACK_TARGET: usize = 16 << 20;
@@ -68,6 +68,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// How long to wait for a conflicting lock (an exclusive one) to go away.
     pub retry_lock: std::time::Duration,
+    /// Set it to stop the backup: reading stops, no snapshot is written, the packs already
+    /// written stay unreferenced until a prune (the repository stays consistent).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Default for BackupOptions {
@@ -81,6 +84,7 @@ impl Default for BackupOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             retry_lock: std::time::Duration::ZERO,
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -149,10 +153,17 @@ struct Shared<'a> {
     known: &'a KnownBlobs,
     claimed: Mutex<HashSet<RepoId>>,
     level: Option<i32>,
+    /// Set on a failure anywhere.
     abort: AtomicBool,
+    /// Set from outside to stop (see [`BackupOptions::cancel`]).
+    cancel: Arc<AtomicBool>,
 }
 
 impl Shared<'_> {
+    fn stopped(&self) -> bool {
+        self.abort.load(Ordering::SeqCst) || self.cancel.load(Ordering::SeqCst)
+    }
+
     /// Whether this backup must store the blob: not in the repository, not stored by another
     /// thread of this backup already.
     fn claim(&self, id: RepoId) -> bool {
@@ -258,7 +269,7 @@ fn run_packer(
         }
         let mut current = new_pack();
         for blob in blobs {
-            if shared.abort.load(Ordering::SeqCst) {
+            if shared.stopped() {
                 continue; // keep draining so no sender blocks
             }
             current.add(blob);
@@ -269,7 +280,7 @@ fn run_packer(
                 }
             }
         }
-        if !current.is_empty() && !shared.abort.load(Ordering::SeqCst) {
+        if !current.is_empty() && !shared.stopped() {
             let _ = full_tx.send(current);
         }
     });
@@ -457,7 +468,7 @@ fn backup_image(
         let reads = &reads;
         s.spawn(move || {
             for &i in reads {
-                if shared.abort.load(Ordering::SeqCst) {
+                if shared.stopped() {
                     break;
                 }
                 let r = image::chunk_range(i, size);
@@ -487,7 +498,7 @@ fn backup_image(
                     }
                 };
                 for (i, buf) in work_rx {
-                    if shared.abort.load(Ordering::SeqCst) {
+                    if shared.stopped() {
                         continue;
                     }
                     let len = buf.len();
@@ -542,7 +553,7 @@ fn backup_image(
         }
         first_error.map_or(Ok(()), Err)
     })?;
-    if shared.abort.load(Ordering::SeqCst) {
+    if shared.stopped() {
         // Stopped by a failure elsewhere (the pack writer); the caller reports that one.
         return Err(Error::new(
             ErrorKind::Repository,
@@ -701,6 +712,7 @@ pub fn backup(
         claimed: Mutex::new(HashSet::new()),
         level,
         abort: AtomicBool::new(false),
+        cancel: options.cancel.clone(),
     };
     let time = jiff::Timestamp::now().to_string();
     let mut per_file = Vec::new();
@@ -786,8 +798,18 @@ pub fn backup(
             }
             total.added_bytes = written;
             Ok((packs, total))
+        })
+        .map_err(|e| {
+            if options.cancel.load(Ordering::SeqCst) {
+                Error::new(ErrorKind::Cancelled, "the backup was cancelled")
+            } else {
+                e
+            }
         })?;
 
+    if options.cancel.load(Ordering::SeqCst) {
+        return Err(Error::new(ErrorKind::Cancelled, "the backup was cancelled"));
+    }
     // Trees, in a pack of their own.
     let mut tree_pack = PackBuilder::with_capacity(64 * 1024);
     let mut compressor = shared.compressor()?;
@@ -825,6 +847,9 @@ pub fn backup(
         tags: options.tags.clone(),
         program_version: Some(format!("backstop {}", env!("CARGO_PKG_VERSION"))),
     };
+    if options.cancel.load(Ordering::SeqCst) {
+        return Err(Error::new(ErrorKind::Cancelled, "the backup was cancelled"));
+    }
     let snapshot_id = repo.save_file(FileType::Snapshot, &snapshot)?;
     Ok(BackupResult {
         snapshot_id,

@@ -1,4 +1,6 @@
-//! A real OpenSSH server for tests, on 127.0.0.2 with its own keys, stopped by its PID.
+//! A real OpenSSH server for tests, on a loopback address (127.0.0.2 unless told) with its own
+//! keys, stopped by its PID. Also used by the end-to-end tests (tests/e2e), which include
+//! this file.
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +17,8 @@ pub struct Sshd {
     pub known_hosts: PathBuf,
     pub host_pub: PathBuf,
     pub client_key: PathBuf,
+    pub addr: String,
+    pub alias: String,
 }
 
 pub const ADDR: &str = "127.0.0.2";
@@ -34,7 +38,12 @@ fn run(cmd: &str, args: &[&str]) -> String {
 
 impl Sshd {
     pub fn start(dir: &Path) -> Sshd {
-        let dir = dir.join("sshd");
+        Sshd::start_on(dir, ADDR, "backup1")
+    }
+
+    /// A server on `addr` (127.0.0.0/8), reached as `alias` through `ssh_config`.
+    pub fn start_on(dir: &Path, addr: &str, alias: &str) -> Sshd {
+        let dir = dir.join(format!("sshd-{alias}"));
         fs::create_dir_all(&dir).expect("dir");
         fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation)");
         let host_key = dir.join("host_ed25519");
@@ -55,7 +64,7 @@ impl Sshd {
         }
         fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))
             .expect("authorized_keys");
-        let port = TcpListener::bind((ADDR, 0))
+        let port = TcpListener::bind((addr, 0))
             .expect("free port")
             .local_addr()
             .expect("addr")
@@ -64,7 +73,7 @@ impl Sshd {
         fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress {ADDR}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+                "Port {port}\nListenAddress {addr}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\n",
                 host_key.display(),
@@ -83,7 +92,7 @@ impl Sshd {
             .spawn()
             .expect("the openssh-server package must be installed");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect((ADDR, port)).is_err() {
+        while TcpStream::connect((addr, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "sshd did not start: {}",
@@ -94,12 +103,12 @@ impl Sshd {
         let host_pub = dir.join("host_ed25519.pub");
         let known_hosts = dir.join("known_hosts");
         let key = fs::read_to_string(&host_pub).expect("host key");
-        fs::write(&known_hosts, format!("[{ADDR}]:{port} {key}")).expect("known_hosts");
+        fs::write(&known_hosts, format!("[{addr}]:{port} {key}")).expect("known_hosts");
         let ssh_config = dir.join("ssh_config");
         fs::write(
             &ssh_config,
             format!(
-                "Host backup1\n  HostName {ADDR}\n  Port {port}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+                "Host {alias}\n  HostName {addr}\n  Port {port}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
                 client_key.display(),
                 known_hosts.display()
             ),
@@ -113,7 +122,21 @@ impl Sshd {
             known_hosts,
             host_pub,
             client_key,
+            addr: addr.to_string(),
+            alias: alias.to_string(),
         }
+    }
+
+    /// This server's `Host` block for a shared client configuration.
+    pub fn host_block(&self) -> String {
+        format!(
+            "Host {}\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+            self.alias,
+            self.addr,
+            self.port,
+            self.client_key.display(),
+            self.known_hosts.display()
+        )
     }
 
     /// The host key's fingerprint as `ssh-keygen -l` prints it.
@@ -134,7 +157,9 @@ impl Sshd {
         fs::write(
             &path,
             format!(
-                "Host backup1\n  HostName {ADDR}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+                "Host {}\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+                self.alias,
+                self.addr,
                 self.port,
                 self.client_key.display(),
                 known_hosts.display()
@@ -147,8 +172,9 @@ impl Sshd {
     /// restic's `-o sftp.command=...` for this server.
     pub fn restic_sftp_command(&self) -> String {
         format!(
-            "sftp.command=ssh -F {} backup1 -s sftp",
-            self.ssh_config.display()
+            "sftp.command=ssh -F {} {} -s sftp",
+            self.ssh_config.display(),
+            self.alias
         )
     }
 }

@@ -1,0 +1,181 @@
+//! The repository behind a backup datastore: one per VM (`<BASE_PATH>/<vm_id>`) or per backup
+//! job (`<BASE_PATH>/job_<bj>`), as OpenNebula's restic driver lays them out (spec §5.1), on a
+//! local path or over SFTP.
+
+use crate::config::DriverConfig;
+use crate::location::Location;
+use crate::repo::Repo;
+use crate::repo::backend::{LocalBackend, Storage};
+use crate::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
+use crate::{Error, ErrorKind};
+use backstop_protocol::message::{Datastore, Image};
+use std::sync::Arc;
+
+/// Which repository of a datastore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoTarget {
+    pub location: Location,
+    /// `<vm_id>` or `job_<bj>`.
+    pub repo_id: String,
+}
+
+/// The repository id of a backup: the job's when the VM is in one, else the VM's.
+pub fn repo_id(job_id: Option<u64>, vm_id: u64) -> String {
+    match job_id {
+        Some(j) => format!("job_{j}"),
+        None => vm_id.to_string(),
+    }
+}
+
+/// The repository id of a backup image: its job's, else its VM's (from VMS/ID or PATH).
+pub fn image_repo_id(image: &Image) -> Result<String, Error> {
+    if let Some(j) = image.backup_job_id {
+        return Ok(format!("job_{j}"));
+    }
+    image.vm_id().map(|v| v.to_string()).ok_or_else(|| {
+        Error::config(format!(
+            "image {}: no VM id (VMS/ID) and no backup job id, so its repository is unknown",
+            image.id
+        ))
+    })
+}
+
+/// RESTIC_PASSWORD, with one pair of surrounding quotes removed as the stock driver does.
+pub fn password(ds: &Datastore) -> Result<String, Error> {
+    let raw = ds.attribute("RESTIC_PASSWORD").unwrap_or_default();
+    let pw = ['"', '\'']
+        .iter()
+        .find_map(|q| raw.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
+        .unwrap_or(raw);
+    if pw.is_empty() {
+        return Err(Error::config(format!(
+            "datastore {}: RESTIC_PASSWORD is missing",
+            ds.id
+        )));
+    }
+    Ok(pw.to_string())
+}
+
+/// Removes doubled slashes (`/var/lib/one//datastores/100` is how oned writes BASE_PATH).
+pub fn clean_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c == '/' && out.ends_with('/') {
+            continue;
+        }
+        out.push(c);
+    }
+    if out.len() > 1 {
+        out.truncate(out.trim_end_matches('/').len());
+    }
+    out
+}
+
+fn number_attr(ds: &Datastore, name: &str) -> Result<Option<u64>, Error> {
+    match ds.attribute(name).map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Error::config(format!(
+                "datastore {}: {name} {v:?} is not a whole number",
+                ds.id
+            ))
+        }),
+    }
+}
+
+impl RepoTarget {
+    pub fn new(ds: &Datastore, repo_id: String) -> Result<RepoTarget, Error> {
+        Ok(RepoTarget {
+            location: Location::of(ds)?,
+            repo_id,
+        })
+    }
+
+    /// The repository's path on the machine that holds it.
+    pub fn path(&self) -> String {
+        let base = match &self.location {
+            Location::Local { base_path } | Location::Sftp { base_path, .. } => base_path,
+            Location::S3 => "",
+        };
+        clean_path(&format!("{base}/{}", self.repo_id))
+    }
+
+    /// As restic would name it: a path or `sftp:user@server:/path`.
+    pub fn url(&self) -> String {
+        match &self.location {
+            Location::Sftp { user, server, .. } => format!("sftp:{user}@{server}:{}", self.path()),
+            _ => self.path(),
+        }
+    }
+
+    /// Connects to the storage (nothing is read yet).
+    pub fn storage(&self, ds: &Datastore, cfg: &DriverConfig) -> Result<Arc<dyn Storage>, Error> {
+        match &self.location {
+            Location::Local { .. } => Ok(Arc::new(LocalBackend::new(self.path()))),
+            Location::Sftp { user, server, .. } => {
+                let loc = SftpLocation {
+                    user: Some(user.clone()),
+                    host: server.clone(),
+                    path: self.path(),
+                };
+                let options = SftpOptions {
+                    connections: number_attr(ds, "RESTIC_CONNECTIONS")?.unwrap_or(5) as usize,
+                    bwlimit_kib: number_attr(ds, "RESTIC_BWLIMIT")?,
+                    ssh_config: cfg.ssh_config.clone(),
+                    host_fingerprint: ds
+                        .attribute("BACKSTOP_SFTP_HOST_FINGERPRINT")
+                        .map(str::to_string),
+                };
+                SftpBackend::connect(&loc, &options)
+                    .map(|b| Arc::new(b) as Arc<dyn Storage>)
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Repository,
+                            format!("datastore {}: {}", ds.id, e.0),
+                        )
+                    })
+            }
+            Location::S3 => Err(Error::not_implemented("the S3 backend")),
+        }
+    }
+
+    /// Opens the repository; with `create`, makes it first when it does not exist yet.
+    pub fn open(&self, ds: &Datastore, cfg: &DriverConfig, create: bool) -> Result<Repo, Error> {
+        let pw = password(ds)?;
+        let storage = self.storage(ds, cfg)?;
+        let exists = storage
+            .list(rustic_core::FileType::Config)
+            .map(|c| !c.is_empty())
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!("cannot read the repository at {}: {e}", self.url()),
+                )
+            })?;
+        match (exists, create) {
+            (true, _) => Repo::open(storage, &pw),
+            (false, true) => Repo::init(storage, &pw),
+            (false, false) => Err(Error::new(
+                ErrorKind::Repository,
+                format!("there is no repository at {}", self.url()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            clean_path("/var/lib/one//datastores/100/22"),
+            "/var/lib/one/datastores/100/22"
+        );
+        assert_eq!(clean_path("/a/b/"), "/a/b");
+        assert_eq!(clean_path("/"), "/");
+        assert_eq!(repo_id(Some(3), 22), "job_3");
+        assert_eq!(repo_id(None, 22), "22");
+    }
+}

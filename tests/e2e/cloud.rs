@@ -1,0 +1,461 @@
+//! The test that plays oned: a hypervisor and a backup server (two real sshd on loopback,
+//! reached through aliases in a test ssh config), the remotes tree installed by install.sh and
+//! copied to the hypervisor's remote scripts directory as `onehost sync` does, staging done as
+//! the stock CBT prebackup does it (qemu-img, qemu-nbd with the dirty bitmap, qemu-io
+//! copy-on-read), then the datastore actions called with oned's argv and stdin. The real
+//! restic binary checks the repository after every step.
+
+#[path = "../../datastore/tests/common/sshd.rs"]
+#[allow(dead_code)]
+mod sshd;
+
+use crate::support::{self, Outcome};
+use sshd::Sshd;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const VM: u64 = 22;
+const PASSWORD: &str = "hunter2-secret";
+/// Disk id and size in MiB.
+const DISKS: [(u32, u64); 2] = [(0, 48), (1, 24)];
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// qemu-nbd exporting a disk read-only with a dirty bitmap, stopped by its PID.
+struct Export(Child);
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Cloud {
+    pub dir: tempfile::TempDir,
+    _hv: Sshd,
+    _bks: Sshd,
+    pub remotes: PathBuf,
+    pub vm_dir: PathBuf,
+    pub base_path: PathBuf,
+}
+
+impl Cloud {
+    pub fn start() -> Cloud {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hv = Sshd::start_on(dir.path(), "127.0.0.2", "hv1");
+        let bks = Sshd::start_on(dir.path(), "127.0.0.3", "bks");
+        let ssh_config = dir.path().join("ssh_config");
+        fs::write(
+            &ssh_config,
+            format!("{}{}", hv.host_block(), bks.host_block()),
+        )
+        .expect("ssh_config");
+        // The front-end's remotes tree, installed side by side.
+        let remotes = dir.path().join("fe/remotes");
+        fs::create_dir_all(remotes.join("datastore")).expect("remotes");
+        let out = support::install_sh(&remotes, &[]);
+        assert_eq!(out.code, Some(0), "install.sh: {}", out.stderr);
+        let host_remotes = dir.path().join("hv/var/tmp/one");
+        let run_dir = dir.path().join("fe/run");
+        fs::create_dir_all(remotes.join("etc/datastore")).expect("etc");
+        fs::write(
+            remotes.join("etc/datastore/backstop.conf"),
+            format!(
+                "SCRIPTS_REMOTE_DIR={}\nSSH_CONFIG={}\nRUN_DIR={}\n",
+                host_remotes.display(),
+                ssh_config.display(),
+                run_dir.display()
+            ),
+        )
+        .expect("backstop.conf");
+        // onehost sync: the whole tree, copied.
+        fs::create_dir_all(host_remotes.parent().expect("parent")).expect("host dir");
+        sh(
+            "cp",
+            &[
+                "-a",
+                remotes.to_str().expect("utf-8"),
+                host_remotes.to_str().expect("utf-8"),
+            ],
+        );
+        let vm_dir = dir.path().join(format!("hv/datastores/0/{VM}"));
+        fs::create_dir_all(&vm_dir).expect("vm dir");
+        let base_path = dir.path().join("bks/datastores/100");
+        Cloud {
+            dir,
+            _hv: hv,
+            _bks: bks,
+            remotes,
+            vm_dir,
+            base_path,
+        }
+    }
+
+    pub fn disk(&self, id: u32) -> PathBuf {
+        self.vm_dir.join(format!("disk.{id}"))
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.vm_dir.join("backup")
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.base_path.join(VM.to_string())
+    }
+
+    pub fn datastore_xml(&self) -> String {
+        format!(
+            "<DATASTORE><ID>100</ID><NAME>backups</NAME><DS_MAD><![CDATA[backstop]]></DS_MAD>\
+             <TM_MAD><![CDATA[-]]></TM_MAD><BASE_PATH><![CDATA[{}]]></BASE_PATH><TYPE>3</TYPE>\
+             <TEMPLATE><RESTIC_PASSWORD><![CDATA[{PASSWORD}]]></RESTIC_PASSWORD>\
+             <RESTIC_SFTP_SERVER><![CDATA[bks]]></RESTIC_SFTP_SERVER>\
+             <RESTIC_SFTP_USER><![CDATA[root]]></RESTIC_SFTP_USER></TEMPLATE></DATASTORE>",
+            self.base_path.display()
+        )
+    }
+
+    /// The VM as oned describes it, with its backup pointers.
+    pub fn vm_xml(&self, last_increment: i64, image: i64) -> String {
+        let disks: String = DISKS
+            .iter()
+            .map(|(id, mb)| {
+                format!(
+                    "<DISK><DISK_ID><![CDATA[{id}]]></DISK_ID><FORMAT><![CDATA[qcow2]]></FORMAT>\
+                     <SIZE><![CDATA[{mb}]]></SIZE><TARGET><![CDATA[vd{}]]></TARGET>\
+                     <TYPE><![CDATA[FILE]]></TYPE></DISK>",
+                    char::from(b'a' + *id as u8)
+                )
+            })
+            .collect();
+        format!(
+            "<VM><ID>{VM}</ID><UID>0</UID><NAME>db</NAME><STATE>8</STATE><LCM_STATE>70</LCM_STATE>\
+             <DEPLOY_ID>one-{VM}</DEPLOY_ID><TEMPLATE>{disks}<VMID><![CDATA[{VM}]]></VMID></TEMPLATE>\
+             <USER_TEMPLATE/><HISTORY_RECORDS><HISTORY><HOSTNAME>hv1</HOSTNAME><HID>0</HID>\
+             <DS_ID>0</DS_ID><TM_MAD>ssh</TM_MAD><VM_MAD>kvm</VM_MAD></HISTORY></HISTORY_RECORDS>\
+             <BACKUPS><BACKUP_CONFIG><MODE><![CDATA[INCREMENT]]></MODE>\
+             <INCREMENT_MODE><![CDATA[CBT]]></INCREMENT_MODE>\
+             <LAST_INCREMENT_ID><![CDATA[{last_increment}]]></LAST_INCREMENT_ID>\
+             <INCREMENTAL_BACKUP_ID><![CDATA[{image}]]></INCREMENTAL_BACKUP_ID>\
+             <LAST_DATASTORE_ID><![CDATA[100]]></LAST_DATASTORE_ID></BACKUP_CONFIG>\
+             <BACKUP_IDS/></BACKUPS></VM>"
+        )
+    }
+
+    /// Makes the VM's disks: qcow2 files with data in a few places.
+    pub fn create_disks(&self) {
+        for (id, mb) in DISKS {
+            let d = self.disk(id);
+            let p = d.to_str().expect("utf-8");
+            sh(
+                "qemu-img",
+                &["create", "-q", "-f", "qcow2", p, &format!("{mb}M")],
+            );
+            sh(
+                "qemu-io",
+                &[
+                    "-f",
+                    "qcow2",
+                    "-c",
+                    &format!("write -P 0x{:02x} 0 5M", 0x11 + id),
+                    "-c",
+                    &format!("write -P 0x{:02x} 9M 3M", 0x21 + id),
+                    "-c",
+                    "write -P 0x33 20M 1M",
+                    p,
+                ],
+            );
+        }
+    }
+
+    /// Changes the disks in `n` scattered places (deterministic per round).
+    pub fn change_disks(&self, round: u64, n: u64) {
+        for (id, mb) in DISKS {
+            let d = self.disk(id);
+            let mut cmds = Vec::new();
+            for k in 0..n {
+                let x = (round * 7919 + k * 104_729 + u64::from(id) * 31)
+                    % (mb * 1024 * 1024 - 300_000);
+                let len = 4096 + (k * 37_813 + round * 5) % 200_000;
+                cmds.push(format!(
+                    "write -P 0x{:02x} {x} {len}",
+                    (round * 16 + k) % 251 + 1
+                ));
+            }
+            let mut args = vec!["-f", "qcow2"];
+            for c in &cmds {
+                args.push("-c");
+                args.push(c);
+            }
+            let p = d.to_str().expect("utf-8").to_string();
+            args.push(&p);
+            sh("qemu-io", &args);
+        }
+    }
+
+    /// The disk's content now, raw.
+    pub fn raw(&self, id: u32) -> Vec<u8> {
+        let out = self.dir.path().join(format!("expect.{id}.raw"));
+        sh(
+            "qemu-img",
+            &[
+                "convert",
+                "-O",
+                "raw",
+                self.disk(id).to_str().expect("utf-8"),
+                out.to_str().expect("utf-8"),
+            ],
+        );
+        let data = fs::read(&out).expect("raw");
+        fs::remove_file(&out).expect("rm");
+        data
+    }
+
+    /// What the stock CBT prebackup (poweroff) leaves in `<vm_dir>/backup`: `vm.xml` (the VM
+    /// XML in base64, 60 columns) and `disk.<id>.<increment>` per disk (a full qcow2 for
+    /// increment 0; for later ones, a qcow2 holding the dirty-bitmap extents, read through
+    /// qemu-nbd with copy-on-read, whose backing file is the nbd URI). Then the bitmaps move
+    /// on as the stock script moves them.
+    pub fn stage(&self, increment: u64, vm_xml: &str) {
+        let staging = self.staging();
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).expect("staging");
+        let b64 = support::b64(vm_xml);
+        let wrapped: Vec<&str> = b64
+            .as_bytes()
+            .chunks(60)
+            .map(|c| std::str::from_utf8(c).expect("ascii"))
+            .collect();
+        fs::write(staging.join("vm.xml"), format!("{}\n", wrapped.join("\n"))).expect("vm.xml");
+        for (id, _) in DISKS {
+            let disk = self.disk(id);
+            let d = disk.to_str().expect("utf-8");
+            let target = staging.join(format!("disk.{id}.{increment}"));
+            let t = target.to_str().expect("utf-8");
+            if increment == 0 {
+                sh(
+                    "qemu-img",
+                    &["convert", "-m", "4", "-O", "qcow2", "-U", d, t],
+                );
+                for name in bitmaps(&disk) {
+                    sh("qemu-img", &["bitmap", "--remove", d, &name]);
+                }
+                sh("qemu-img", &["bitmap", "--add", d, &format!("one-{VM}-0")]);
+                continue;
+            }
+            let parent = format!("one-{VM}-{}", increment - 1);
+            let socket = self.dir.path().join(format!("nbd.{id}.sock"));
+            let s = socket.to_str().expect("utf-8");
+            let _ = fs::remove_file(&socket);
+            let _export = Export(
+                Command::new("qemu-nbd")
+                    .args(["-r", "-k", s, "-f", "qcow2", "-t", "-B", &parent, d])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("qemu-nbd"),
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "qemu-nbd did not start"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let uri = format!("nbd+unix:///?socket={s}");
+            let map = sh(
+                "nbdinfo",
+                &["--json", &format!("--map=qemu:dirty-bitmap:{parent}"), &uri],
+            );
+            let extents: Vec<serde_json::Value> = serde_json::from_str(&map).expect("map json");
+            sh(
+                "qemu-img",
+                &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &uri, t],
+            );
+            let mut args: Vec<String> = vec!["-C".into(), "-f".into(), "qcow2".into()];
+            for e in &extents {
+                if e["type"].as_u64().unwrap_or(0) & 1 == 1 {
+                    args.push("-c".into());
+                    args.push(format!(
+                        "read {} {}",
+                        e["offset"].as_u64().expect("offset"),
+                        e["length"].as_u64().expect("length")
+                    ));
+                }
+            }
+            args.push(t.to_string());
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            sh("qemu-io", &refs);
+            drop(_export);
+            for name in bitmaps(&disk) {
+                if name != parent {
+                    sh("qemu-img", &["bitmap", "--remove", d, &name]);
+                }
+            }
+            sh(
+                "qemu-img",
+                &["bitmap", "--add", d, &format!("one-{VM}-{increment}")],
+            );
+        }
+    }
+
+    pub fn action(&self, name: &str) -> PathBuf {
+        self.remotes.join("datastore/backstop").join(name)
+    }
+
+    /// The datastore `backup` action as one_vmm_exec runs it.
+    pub fn backup(&self, vm_xml: &str) -> Outcome {
+        let arg0 = format!("hv1:{}", self.vm_dir.display());
+        let stdin = format!(
+            "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
+            self.datastore_xml()
+        );
+        support::run(
+            self.action("backup"),
+            &[
+                &arg0,
+                "0:1",
+                &format!("one-{VM}"),
+                "-",
+                &VM.to_string(),
+                "0",
+            ],
+            stdin.as_bytes(),
+        )
+    }
+
+    pub fn restic(&self, args: &[&str]) -> std::process::Output {
+        Command::new("restic")
+            .arg("--repo")
+            .arg(self.repo())
+            .arg("--no-cache")
+            .args(args)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .expect("the restic binary must be installed")
+    }
+
+    pub fn restic_ok(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.restic(args);
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+fn bitmaps(disk: &Path) -> Vec<String> {
+    let info = sh(
+        "qemu-img",
+        &["info", "-U", "--output=json", disk.to_str().expect("utf-8")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&info).expect("info json");
+    v["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_backup_line(out: &Outcome) -> (String, u64) {
+    assert_eq!(out.code, Some(0), "backup failed: {}", out.stderr);
+    let line = out.stdout.trim_end_matches('\n');
+    assert!(
+        !line.contains('\n'),
+        "backup printed more than one line: {line:?}"
+    );
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!(words.len(), 3, "backup line {line:?}");
+    assert!(
+        words[0].len() == 8 && words[0].chars().all(|c| c.is_ascii_hexdigit()),
+        "backup id {line:?}"
+    );
+    assert_eq!(words[2], "raw");
+    (words[0].to_string(), words[1].parse().expect("size in MB"))
+}
+
+/// FULL and three INCREMENTs of a VM with two qcow2 disks, over SFTP, staged as the stock CBT
+/// prebackup stages them; every snapshot restores byte-exact with plain `restic dump`.
+#[test]
+fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
+    let cloud = Cloud::start();
+    cloud.create_disks();
+    let mut sources: Vec<String> = Vec::new();
+    let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
+    for increment in 0..4u64 {
+        if increment > 0 {
+            cloud.change_disks(increment, 12);
+        }
+        let vm_xml = cloud.vm_xml(increment as i64 - 1, if increment == 0 { -1 } else { 40 });
+        cloud.stage(increment, &vm_xml);
+        let out = cloud.backup(&vm_xml);
+        let (id, size_mb) = parse_backup_line(&out);
+        if increment == 0 {
+            assert!(
+                size_mb >= 8,
+                "a full backup reads the allocated data: {size_mb} MB"
+            );
+        } else {
+            assert!(
+                size_mb <= 8,
+                "an increment reads the changed data only: {size_mb} MB"
+            );
+        }
+        sources.push(id);
+        expected.push(DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect());
+        cloud.restic_ok(&["check", "--read-data"]);
+    }
+    // Every snapshot holds complete disks: plain restic restores each generation.
+    let staging = cloud.staging();
+    for (inc, id) in sources.iter().enumerate() {
+        for (k, (disk, _)) in DISKS.iter().enumerate() {
+            let path = format!("{}/disk.{disk}.{inc}", staging.display());
+            let data = cloud.restic_ok(&["dump", id, &path]);
+            assert!(
+                data == expected[inc][k],
+                "restic dump of disk {disk} at increment {inc} differs from the disk"
+            );
+        }
+        let vm_xml = cloud.restic_ok(&["dump", id, &format!("{}/vm.xml", staging.display())]);
+        assert!(
+            String::from_utf8_lossy(&vm_xml)
+                .lines()
+                .all(|l| l.len() <= 60)
+        );
+    }
+    // Snapshots are tagged for OpenNebula and as backstop images.
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(4));
+    for s in snaps.as_array().expect("array") {
+        let tags: Vec<&str> = s["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        assert!(
+            tags.contains(&"one-22") && tags.contains(&"backstop-image"),
+            "{tags:?}"
+        );
+    }
+}
