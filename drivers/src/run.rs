@@ -1,7 +1,9 @@
 //! Running one action: argv and stdin decoded into a typed request, the action run, the answer
 //! written under oned's output discipline.
 
-use backstop_datastore::actions::{backup, monitor};
+use backstop_datastore::actions::{
+    backup, backup_cancel, increment_flatten, ls, monitor, rm, stat,
+};
 use backstop_datastore::config::DriverConfig;
 use backstop_protocol::action::{DatastoreAction, Invocation, TmAction};
 use backstop_protocol::args::{
@@ -338,7 +340,29 @@ pub fn decode(
 /// Runs a decoded request.
 pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
     match request {
-        Request::Monitor { request, .. } => Ok(Answer::Lines(monitor::run(&request)?.lines())),
+        Request::Monitor { request, .. } => Ok(Answer::Lines(
+            monitor::run(&request, &ctx.config()?)?.lines(),
+        )),
+        Request::Stat { request, .. } => Ok(Answer::Line(
+            stat::run(&request, &ctx.config()?)?.to_string(),
+        )),
+        Request::Ls { args, request, .. } => {
+            Ok(Answer::Line(ls::run(&args, &request, &ctx.config()?)?))
+        }
+        Request::Rm { request, .. } => {
+            rm::run(&request, &ctx.config()?)?;
+            Ok(Answer::Nothing)
+        }
+        Request::IncrementFlatten { request, .. } => {
+            Ok(match increment_flatten::run(&request, &ctx.config()?)? {
+                Some(line) => Answer::Line(line),
+                None => Answer::Nothing,
+            })
+        }
+        Request::BackupCancel { args, vm, .. } => {
+            backup_cancel::run(&args, &vm, &ctx.config()?)?;
+            Ok(Answer::Nothing)
+        }
         Request::Unsupported { .. } => Err(DriverError::Unsupported),
         Request::Backup {
             args, request, raw, ..
@@ -347,12 +371,7 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             Ok(Answer::Line(outcome.line()))
         }
         // Decoded and validated above; the work itself comes with the repository engine.
-        Request::Rm { .. }
-        | Request::Stat { .. }
-        | Request::Restore { .. }
-        | Request::IncrementFlatten { .. }
-        | Request::BackupCancel { .. }
-        | Request::Ls { .. }
+        Request::Restore { .. }
         | Request::TmBackupStep { .. }
         | Request::TmRestore { .. }
         | Request::Downloader { .. } => Err(DriverError::NotImplemented),
@@ -362,18 +381,14 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
 /// Whether every action of this kind is implemented (install refuses to replace stock drivers
 /// with actions that are not).
 pub fn unimplemented_datastore_actions() -> Vec<&'static str> {
-    backstop_protocol::action::DATASTORE_ACTIONS
+    let mut missing: Vec<&'static str> = backstop_protocol::action::DATASTORE_ACTIONS
         .iter()
-        .filter(|a| {
-            !matches!(
-                a,
-                DatastoreAction::Monitor
-                    | DatastoreAction::Backup
-                    | DatastoreAction::Unsupported(_)
-            )
-        })
+        .filter(|a| matches!(a, DatastoreAction::Restore))
         .map(|a| a.name())
-        .collect()
+        .collect();
+    missing.push("the downloader");
+    missing.push("increment_flatten of chains the stock driver made");
+    missing
 }
 
 pub fn unimplemented_tm_actions() -> Vec<&'static str> {

@@ -78,18 +78,23 @@ fn monitor_reports_a_local_datastore_and_creates_base_path() {
 }
 
 #[test]
-fn monitor_of_an_sftp_datastore_says_it_is_not_implemented() {
+fn monitor_of_an_unreachable_backup_server_fails_with_one_line() {
     let t = installed();
+    // Nothing listens on 127.0.0.9:22: ssh is refused at once (loopback only, by design).
     let data = action_data(&[&datastore_xml(
         "/var/lib/one//datastores/100",
-        "<RESTIC_SFTP_SERVER>10.0.0.8</RESTIC_SFTP_SERVER>",
+        "<RESTIC_SFTP_SERVER>127.0.0.9</RESTIC_SFTP_SERVER>",
     )]);
     let out = run(t.action("monitor"), &["100"], b64(&data).as_bytes());
     assert_eq!(out.code, Some(1));
     assert_eq!(out.stdout, "");
-    assert_eq!(
-        out.stderr,
-        "monitor: monitor of an SFTP datastore is not implemented in this version of backstop\n"
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(
+            "monitor: cannot read the capacity of /var/lib/one//datastores/100 on 127.0.0.9: "
+        ) && out.stderr.contains("127.0.0.9"),
+        "{}",
+        out.stderr
     );
 }
 

@@ -338,6 +338,42 @@ impl Cloud {
         )
     }
 
+    /// The backup image oned keeps for the chain: its increments and their sources.
+    pub fn image_xml(&self, chain: &[(u64, &str)]) -> String {
+        let incs: String = chain
+            .iter()
+            .enumerate()
+            .map(|(k, (id, src))| {
+                let (parent, kind) = if k == 0 {
+                    (-1, "FULL")
+                } else {
+                    (chain[k - 1].0 as i64, "INCREMENT")
+                };
+                format!(
+                    "<INCREMENT><DATE>17632620{k:02}</DATE><ID>{id}</ID><PARENT_ID>{parent}</PARENT_ID>\
+                     <SIZE>{}</SIZE><SOURCE><![CDATA[{src}]]></SOURCE><TYPE><![CDATA[{kind}]]></TYPE></INCREMENT>",
+                    10 + id
+                )
+            })
+            .collect();
+        format!(
+            "<IMAGE><ID>40</ID><NAME>{VM} 21-Nov 03.00.08</NAME><TYPE>6</TYPE>\
+             <SOURCE><![CDATA[{}]]></SOURCE><PATH><![CDATA[]]></PATH><FORMAT><![CDATA[raw]]></FORMAT>\
+             <SIZE>100</SIZE><DATASTORE_ID>100</DATASTORE_ID><VMS><ID>{VM}</ID></VMS><TEMPLATE/>\
+             <BACKUP_INCREMENTS>{incs}</BACKUP_INCREMENTS><BACKUP_DISK_IDS><ID>0</ID><ID>1</ID></BACKUP_DISK_IDS></IMAGE>",
+            chain[0].1
+        )
+    }
+
+    /// A one_datastore action: argv the id, stdin the base64 of DS_DRIVER_ACTION_DATA.
+    pub fn ds_action(&self, name: &str, id: &str, parts: &[&str]) -> Outcome {
+        let data = format!(
+            "<DS_DRIVER_ACTION_DATA>{}</DS_DRIVER_ACTION_DATA>",
+            parts.concat()
+        );
+        support::run(self.action(name), &[id], support::b64(&data).as_bytes())
+    }
+
     pub fn restic(&self, args: &[&str]) -> std::process::Output {
         Command::new("restic")
             .arg("--repo")
@@ -458,4 +494,108 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
             "{tags:?}"
         );
     }
+
+    let ds = cloud.datastore_xml();
+    let chain: Vec<(u64, &str)> = sources
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (k as u64, s.as_str()))
+        .collect();
+    let link = |upto: usize| {
+        chain[..=upto]
+            .iter()
+            .map(|(i, s)| format!("{i}:{s}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+
+    // monitor: df of BASE_PATH on the backup server, over ssh.
+    let out = cloud.ds_action("monitor", "100", &[&ds]);
+    assert_eq!(out.code, Some(0), "monitor: {}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("USED_MB=")
+            && lines[1].starts_with("TOTAL_MB=")
+            && lines[2].starts_with("FREE_MB="),
+        "{}",
+        out.stdout
+    );
+
+    // ls -i 1 (raw XML on stdin, as the TM restore calls it): the chain up to increment 1.
+    let image = cloud.image_xml(&chain);
+    let vm_xml = cloud.vm_xml(3, 40);
+    let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}{image}</DS_DRIVER_ACTION_DATA>");
+    let out = support::run(cloud.action("ls"), &["-i", "1"], stdin.as_bytes());
+    assert_eq!(out.code, Some(0), "ls: {}", out.stderr);
+    let map: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("ls json");
+    for (disk, _) in DISKS {
+        let want = format!(
+            "backstop://100//{}{}/disk.{disk}.1",
+            link(1),
+            staging.display()
+        );
+        assert_eq!(
+            map[disk.to_string()].as_str(),
+            Some(want.as_str()),
+            "{}",
+            out.stdout
+        );
+    }
+
+    // stat: the virtual size of disk 1 from the saved VM template.
+    let url = format!("backstop://100//{}{}/disk.1.2", link(2), staging.display());
+    let stat_image = format!("<IMAGE><PATH><![CDATA[{url}]]></PATH><SIZE>0</SIZE></IMAGE>");
+    let out = cloud.ds_action("stat", "5", &[&stat_image, &ds]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "24\n"),
+        "stat: {}",
+        out.stderr
+    );
+
+    // increment_flatten with KEEP_LAST=2: increments 0..2 merge into 2, metadata only.
+    let out = cloud.ds_action(
+        "increment_flatten",
+        "40",
+        &[
+            &image,
+            &ds,
+            "<EXTRA_DATA><KEEP_LAST>2</KEEP_LAST></EXTRA_DATA>",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "increment_flatten: {}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!("{} 2:{},3:{}\n", 10 + 11 + 12, sources[2], sources[3])
+    );
+    cloud.restic_ok(&["check", "--read-data"]);
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(2), "{snaps}");
+    for (inc, id) in sources.iter().enumerate().skip(2) {
+        for (k, (disk, _)) in DISKS.iter().enumerate() {
+            let path = format!("{}/disk.{disk}.{inc}", staging.display());
+            assert!(
+                cloud.restic_ok(&["dump", id, &path]) == expected[inc][k],
+                "disk {disk} of increment {inc} changed after the flatten"
+            );
+        }
+    }
+
+    // rm of the flattened image: both snapshots go, and a second rm finds nothing to do.
+    let flattened = cloud.image_xml(&chain[2..]);
+    for round in 0..2 {
+        let out = cloud.ds_action("rm", "40", &[&flattened, &ds]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), ""),
+            "rm {round}: {}",
+            out.stderr
+        );
+    }
+    cloud.restic_ok(&["check", "--read-data"]);
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(0));
 }

@@ -109,6 +109,8 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str) -> Command {
         "ControlPath=none",
         "-o",
         "ForwardAgent=yes",
+        "-o",
+        "ConnectTimeout=30",
         "--",
         host,
     ]);

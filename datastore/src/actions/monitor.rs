@@ -5,8 +5,10 @@
 //! figures are the file system's that holds `BASE_PATH`: used = (blocks − free blocks),
 //! free = blocks available to an unprivileged user, which is what `df` reports.
 
-use crate::Error;
+use crate::actions::backup::{sh_quote, ssh_command};
+use crate::config::DriverConfig;
 use crate::location::Location;
+use crate::{Error, ErrorKind};
 use backstop_protocol::message::MonitorRequest;
 use std::path::Path;
 
@@ -29,13 +31,67 @@ impl Capacity {
     }
 }
 
-pub fn run(request: &MonitorRequest) -> Result<Capacity, Error> {
+pub fn run(request: &MonitorRequest, cfg: &DriverConfig) -> Result<Capacity, Error> {
     let ds = &request.datastore;
     match Location::of(ds)? {
         Location::Local { base_path } => local(Path::new(&base_path)),
-        Location::Sftp { .. } => Err(Error::not_implemented("monitor of an SFTP datastore")),
+        Location::Sftp {
+            user,
+            server,
+            base_path,
+        } => remote(cfg, &user, &server, &base_path),
         Location::S3 => Err(Error::not_implemented("monitor of an S3 datastore")),
     }
+}
+
+/// Over ssh on the backup server, as the stock driver: `mkdir -p` then `df` in MiB.
+pub fn remote(
+    cfg: &DriverConfig,
+    user: &str,
+    server: &str,
+    base_path: &str,
+) -> Result<Capacity, Error> {
+    let base = sh_quote(&crate::target::clean_path(base_path));
+    let out = ssh_command(cfg, &format!("{user}@{server}"))
+        .arg(format!(
+            "mkdir -p {base} && df -P -B1048576 {base} | tail -n 1"
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::io("cannot run ssh", e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reason = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("ssh failed");
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!(
+                "cannot read the capacity of {base_path} on {server}: {}",
+                reason.trim()
+            ),
+        ));
+    }
+    parse_df(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Repository,
+            format!("cannot read the capacity of {base_path} on {server}: unexpected df output"),
+        )
+    })
+}
+
+/// The last line of `df -P -B1048576`: filesystem, total, used, available, capacity, mount.
+pub fn parse_df(text: &str) -> Option<Capacity> {
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let n = |i: usize| f.get(i)?.trim_end_matches('M').parse::<u64>().ok();
+    Some(Capacity {
+        total_mb: n(1)?,
+        used_mb: n(2)?,
+        free_mb: n(3)?,
+    })
 }
 
 /// Capacity of the file system holding `base_path`, creating the directory first.

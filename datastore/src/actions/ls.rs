@@ -1,0 +1,57 @@
+//! `ls -i <increment>`: the one-line JSON map from disk id (and `tpm`) to backup URL that the
+//! TM's in-place `restore` downloads (spec §5.8).
+//!
+//! The files listed are those of the chain's last snapshot (up to the increment asked for).
+//! Every backstop snapshot holds complete disks, so the last one is the state wanted; the stock
+//! driver lists increment 0's files instead (quirk Q3), which only changes the file name at
+//! the end of the URL, not what a downloader fetches.
+
+use crate::actions::{open, scheme, snapshot_of};
+use crate::config::DriverConfig;
+use crate::target::image_repo_id;
+use crate::{Error, ErrorKind};
+use backstop_protocol::args::LsArgs;
+use backstop_protocol::message::LsRequest;
+use backstop_protocol::url::BackupUrl;
+
+pub fn run(args: &LsArgs, request: &LsRequest, cfg: &DriverConfig) -> Result<String, Error> {
+    let image = &request.image;
+    let chain = image.chain_until(args.increment);
+    let last = chain.last().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Input,
+            format!(
+                "image {}: no increment up to {:?}",
+                image.id, args.increment
+            ),
+        )
+    })?;
+    let ds = &request.datastore;
+    let repo = open(ds, image_repo_id(image)?, cfg)?;
+    let (_, snap) = snapshot_of(&repo, &last.source)?;
+    let mut map = serde_json::Map::new();
+    for path in &snap.paths {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let key = match crate::actions::backup::staged_kind(name) {
+            Some(crate::actions::backup::Staged::Disk { disk_id, .. }) => disk_id.to_string(),
+            Some(crate::actions::backup::Staged::Tpm) => "tpm".to_string(),
+            _ => continue,
+        };
+        let url = BackupUrl {
+            scheme: scheme(ds).to_string(),
+            rbd: image.format.as_deref() == Some("rbd"),
+            datastore_id: ds.id,
+            job_id: image.backup_job_id,
+            chain: chain.clone(),
+            path: path.clone(),
+        };
+        map.insert(key, serde_json::Value::String(url.to_string()));
+    }
+    if map.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!("backup {} does not contain any disks", last.source),
+        ));
+    }
+    serde_json::to_string(&map).map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))
+}

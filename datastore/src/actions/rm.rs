@@ -1,0 +1,61 @@
+//! `rm`: forget the snapshot of every increment of a backup image, then prune (spec §5.6).
+//!
+//! Idempotent: sources already gone (or a repository that no longer exists) are not errors.
+//! Waits for conflicting locks up to `BACKSTOP_LOCK_WAIT` seconds (default 600). The prune
+//! honours RESTIC_PRUNE_MAX_UNUSED (default 0, as the stock driver) and
+//! RESTIC_PRUNE_MAX_REPACK.
+
+use crate::actions::backup::lock_wait;
+use crate::config::DriverConfig;
+use crate::repo::lock::RetryLock;
+use crate::repo::maintenance::PruneLimits;
+use crate::target::{RepoTarget, image_repo_id};
+use crate::{Error, ErrorKind};
+use backstop_protocol::message::RmRequest;
+
+pub fn run(request: &RmRequest, cfg: &DriverConfig) -> Result<(), Error> {
+    let ds = &request.datastore;
+    let target = RepoTarget::new(ds, image_repo_id(&request.image)?)?;
+    let storage = target.storage(ds, cfg)?;
+    let exists = storage
+        .list(rustic_core::FileType::Config)
+        .map(|c| !c.is_empty())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("cannot read the repository at {}: {e}", target.url()),
+            )
+        })?;
+    if !exists {
+        return Ok(());
+    }
+    let repo = crate::repo::Repo::open(storage, &crate::target::password(ds)?)?;
+    let wait = RetryLock(lock_wait(ds));
+    let present: Vec<String> = repo
+        .list(rustic_core::FileType::Snapshot)?
+        .iter()
+        .map(|id| id.to_hex())
+        .collect();
+    let forget: Vec<String> = request
+        .image
+        .chain()
+        .into_iter()
+        .filter_map(|l| {
+            let s = l.source.to_ascii_lowercase();
+            present.iter().find(|p| p.starts_with(&s)).cloned()
+        })
+        .collect();
+    if forget.is_empty() {
+        return Ok(());
+    }
+    repo.forget(&forget, wait)?;
+    repo.prune(&prune_limits(ds), wait)?;
+    Ok(())
+}
+
+pub fn prune_limits(ds: &backstop_protocol::message::Datastore) -> PruneLimits {
+    PruneLimits {
+        max_unused: ds.attribute("RESTIC_PRUNE_MAX_UNUSED").map(str::to_string),
+        max_repack: ds.attribute("RESTIC_PRUNE_MAX_REPACK").map(str::to_string),
+    }
+}
