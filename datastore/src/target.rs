@@ -139,11 +139,9 @@ impl RepoTarget {
         }
     }
 
-    /// Opens the repository; with `create`, makes it first when it does not exist yet.
-    pub fn open(&self, ds: &Datastore, cfg: &DriverConfig, create: bool) -> Result<Repo, Error> {
-        let pw = password(ds)?;
-        let storage = self.storage(ds, cfg)?;
-        let exists = storage
+    /// Whether the storage holds a repository (a config file).
+    pub fn exists(&self, storage: &Arc<dyn Storage>) -> Result<bool, Error> {
+        storage
             .list(rustic_core::FileType::Config)
             .map(|c| !c.is_empty())
             .map_err(|e| {
@@ -151,8 +149,14 @@ impl RepoTarget {
                     ErrorKind::Repository,
                     format!("cannot read the repository at {}: {e}", self.url()),
                 )
-            })?;
-        match (exists, create) {
+            })
+    }
+
+    /// Opens the repository; with `create`, makes it first when it does not exist yet.
+    pub fn open(&self, ds: &Datastore, cfg: &DriverConfig, create: bool) -> Result<Repo, Error> {
+        let pw = password(ds)?;
+        let storage = self.storage(ds, cfg)?;
+        match (self.exists(&storage)?, create) {
             (true, _) => Repo::open(storage, &pw),
             (false, true) => Repo::init(storage, &pw),
             (false, false) => Err(Error::new(

@@ -10,7 +10,7 @@
 mod sshd;
 
 use crate::support::{self, Outcome};
-use sshd::Sshd;
+use sshd::{Sshd, run as sh};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,19 +19,6 @@ const VM: u64 = 22;
 const PASSWORD: &str = "hunter2-secret";
 /// Disk id and size in MiB.
 const DISKS: [(u32, u64); 2] = [(0, 48), (1, 24)];
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// qemu-nbd exporting a disk read-only with a dirty bitmap, stopped by its PID.
 struct Export(Child);

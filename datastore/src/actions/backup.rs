@@ -126,17 +126,7 @@ pub fn ensure_repository(
 ) -> Result<(), Error> {
     let ds = &request.datastore;
     let storage = target.storage(ds, cfg)?;
-    let exists = |s: &Arc<dyn crate::repo::backend::Storage>| {
-        s.list(rustic_core::FileType::Config)
-            .map(|c| !c.is_empty())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Repository,
-                    format!("cannot read the repository at {}: {e}", target.url()),
-                )
-            })
-    };
-    if exists(&storage)? {
+    if target.exists(&storage)? {
         return Ok(());
     }
     std::fs::create_dir_all(&cfg.run_dir)
@@ -150,7 +140,7 @@ pub fn ensure_repository(
         .map_err(|e| Error::io(format!("cannot open {}", lock_path.display()), e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| Error::io(format!("cannot lock {}", lock_path.display()), e.into()))?;
-    if !exists(&storage)? {
+    if !target.exists(&storage)? {
         Repo::init(storage, &crate::target::password(ds)?)?;
     }
     Ok(())

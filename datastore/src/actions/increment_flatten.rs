@@ -12,7 +12,7 @@
 //! what it was. With K or fewer increments nothing is done and nothing printed (quirk Q4).
 
 use crate::actions::backup::{IMAGE_TAG, lock_wait};
-use crate::actions::{open, snapshot_of};
+use crate::actions::{open, present_snapshots, snapshot_of};
 use crate::config::DriverConfig;
 use crate::repo::lock::RetryLock;
 use crate::repo::maintenance::PruneLimits;
@@ -61,18 +61,7 @@ pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String
                 .unwrap_or(0),
         );
     let wait = RetryLock(lock_wait(ds));
-    let present: Vec<String> = repo
-        .list(rustic_core::FileType::Snapshot)?
-        .iter()
-        .map(|id| id.to_hex())
-        .collect();
-    let forget: Vec<String> = chain[..merged - 1]
-        .iter()
-        .filter_map(|l| {
-            let s = l.source.to_ascii_lowercase();
-            present.iter().find(|p| p.starts_with(&s)).cloned()
-        })
-        .collect();
+    let forget = present_snapshots(&repo, &chain[..merged - 1])?;
     repo.forget(&forget, wait)?;
     repo.prune(
         &PruneLimits {

@@ -36,6 +36,26 @@ pub fn snapshot_of(repo: &Repo, source: &str) -> Result<(RepoId, Snapshot), Erro
     repo.find_snapshot(source)
 }
 
+/// The full ids of the snapshots that chain links name and that still exist (gone ones are
+/// skipped: rm and flatten are idempotent).
+pub fn present_snapshots(
+    repo: &Repo,
+    links: &[backstop_protocol::url::ChainLink],
+) -> Result<Vec<String>, Error> {
+    let present: Vec<String> = repo
+        .list(rustic_core::FileType::Snapshot)?
+        .iter()
+        .map(RepoId::to_hex)
+        .collect();
+    Ok(links
+        .iter()
+        .filter_map(|l| {
+            let s = l.source.to_ascii_lowercase();
+            present.iter().find(|p| p.starts_with(&s)).cloned()
+        })
+        .collect())
+}
+
 /// The VM saved in a snapshot's `vm.xml` (base64 of the VM XML, as prebackup writes it).
 pub fn saved_vm(repo: &Repo, source: &str, snap: &Snapshot, wait: RetryLock) -> Result<Vm, Error> {
     let path = snap

@@ -5,46 +5,25 @@
 //! honours RESTIC_PRUNE_MAX_UNUSED (default 0, as the stock driver) and
 //! RESTIC_PRUNE_MAX_REPACK.
 
+use crate::Error;
 use crate::actions::backup::lock_wait;
+use crate::actions::present_snapshots;
 use crate::config::DriverConfig;
 use crate::repo::lock::RetryLock;
 use crate::repo::maintenance::PruneLimits;
 use crate::target::{RepoTarget, image_repo_id};
-use crate::{Error, ErrorKind};
 use backstop_protocol::message::RmRequest;
 
 pub fn run(request: &RmRequest, cfg: &DriverConfig) -> Result<(), Error> {
     let ds = &request.datastore;
     let target = RepoTarget::new(ds, image_repo_id(&request.image)?)?;
     let storage = target.storage(ds, cfg)?;
-    let exists = storage
-        .list(rustic_core::FileType::Config)
-        .map(|c| !c.is_empty())
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Repository,
-                format!("cannot read the repository at {}: {e}", target.url()),
-            )
-        })?;
-    if !exists {
+    if !target.exists(&storage)? {
         return Ok(());
     }
     let repo = crate::repo::Repo::open(storage, &crate::target::password(ds)?)?;
     let wait = RetryLock(lock_wait(ds));
-    let present: Vec<String> = repo
-        .list(rustic_core::FileType::Snapshot)?
-        .iter()
-        .map(|id| id.to_hex())
-        .collect();
-    let forget: Vec<String> = request
-        .image
-        .chain()
-        .into_iter()
-        .filter_map(|l| {
-            let s = l.source.to_ascii_lowercase();
-            present.iter().find(|p| p.starts_with(&s)).cloned()
-        })
-        .collect();
+    let forget = present_snapshots(&repo, &request.image.chain())?;
     if forget.is_empty() {
         return Ok(());
     }

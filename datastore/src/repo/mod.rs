@@ -449,25 +449,16 @@ impl Repo {
     /// The snapshot whose id starts with `prefix` (at least 8 hex characters, or the full id).
     pub fn find_snapshot(&self, prefix: &str) -> Result<(RepoId, Snapshot), Error> {
         if prefix == "latest" {
-            let mut newest: Option<(jiff::Timestamp, RepoId, Snapshot)> = None;
-            for id in self.list(FileType::Snapshot)? {
-                let snap: Snapshot = self.load_file(FileType::Snapshot, &id)?;
-                let time: jiff::Timestamp = snap.time.parse().map_err(|e| {
+            return self
+                .all_snapshots()?
+                .pop()
+                .map(|(id, snap, _)| (id, snap))
+                .ok_or_else(|| {
                     Error::new(
                         ErrorKind::Repository,
-                        format!("snapshot {id} has a bad time: {e}"),
+                        format!("no snapshot in {}", self.location),
                     )
-                })?;
-                if newest.as_ref().is_none_or(|(t, _, _)| time > *t) {
-                    newest = Some((time, id, snap));
-                }
-            }
-            return newest.map(|(_, id, snap)| (id, snap)).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Repository,
-                    format!("no snapshot in {}", self.location),
-                )
-            });
+                });
         }
         let matches: Vec<RepoId> = self
             .list(FileType::Snapshot)?

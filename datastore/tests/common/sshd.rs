@@ -23,7 +23,8 @@ pub struct Sshd {
 
 pub const ADDR: &str = "127.0.0.2";
 
-fn run(cmd: &str, args: &[&str]) -> String {
+/// Runs a command that must succeed; its stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -129,13 +130,17 @@ impl Sshd {
 
     /// This server's `Host` block for a shared client configuration.
     pub fn host_block(&self) -> String {
+        self.block_with(&self.known_hosts)
+    }
+
+    fn block_with(&self, known_hosts: &Path) -> String {
         format!(
             "Host {}\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
             self.alias,
             self.addr,
             self.port,
             self.client_key.display(),
-            self.known_hosts.display()
+            known_hosts.display()
         )
     }
 
@@ -154,18 +159,7 @@ impl Sshd {
     /// A client config like `ssh_config` but with another known_hosts file.
     pub fn config_with_known_hosts(&self, name: &str, known_hosts: &Path) -> PathBuf {
         let path = self.dir.join(name);
-        fs::write(
-            &path,
-            format!(
-                "Host {}\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
-                self.alias,
-                self.addr,
-                self.port,
-                self.client_key.display(),
-                known_hosts.display()
-            ),
-        )
-        .expect("ssh_config");
+        fs::write(&path, self.block_with(known_hosts)).expect("ssh_config");
         path
     }
 
