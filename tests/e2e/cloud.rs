@@ -104,12 +104,17 @@ impl Cloud {
     }
 
     pub fn datastore_xml(&self) -> String {
+        self.datastore_xml_with("")
+    }
+
+    /// The datastore with more template attributes.
+    pub fn datastore_xml_with(&self, extra: &str) -> String {
         format!(
             "<DATASTORE><ID>100</ID><NAME>backups</NAME><DS_MAD><![CDATA[backstop]]></DS_MAD>\
              <TM_MAD><![CDATA[-]]></TM_MAD><BASE_PATH><![CDATA[{}]]></BASE_PATH><TYPE>3</TYPE>\
              <TEMPLATE><RESTIC_PASSWORD><![CDATA[{PASSWORD}]]></RESTIC_PASSWORD>\
              <RESTIC_SFTP_SERVER><![CDATA[bks]]></RESTIC_SFTP_SERVER>\
-             <RESTIC_SFTP_USER><![CDATA[root]]></RESTIC_SFTP_USER></TEMPLATE></DATASTORE>",
+             <RESTIC_SFTP_USER><![CDATA[root]]></RESTIC_SFTP_USER>{extra}</TEMPLATE></DATASTORE>",
             self.base_path.display()
         )
     }
@@ -306,23 +311,25 @@ impl Cloud {
 
     /// The datastore `backup` action as one_vmm_exec runs it.
     pub fn backup(&self, vm_xml: &str) -> Outcome {
-        let arg0 = format!("hv1:{}", self.vm_dir.display());
         let stdin = format!(
             "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
             self.datastore_xml()
         );
-        support::run(
-            self.action("backup"),
-            &[
-                &arg0,
-                "0:1",
-                &format!("one-{VM}"),
-                "-",
-                &VM.to_string(),
-                "0",
-            ],
-            stdin.as_bytes(),
-        )
+        let args = self.backup_args();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::run(self.action("backup"), &refs, stdin.as_bytes())
+    }
+
+    /// `host:vm_dir disk_ids deploy_id bj_id vm_id sys_ds_id`
+    pub fn backup_args(&self) -> Vec<String> {
+        vec![
+            format!("hv1:{}", self.vm_dir.display()),
+            "0:1".into(),
+            format!("one-{VM}"),
+            "-".into(),
+            VM.to_string(),
+            "0".into(),
+        ]
     }
 
     /// The backup image oned keeps for the chain: its increments and their sources.
@@ -585,4 +592,117 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
     let snaps: serde_json::Value =
         serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
     assert_eq!(snaps.as_array().map(Vec::len), Some(0));
+}
+
+/// backup_cancel stops a running backup found through its PID file: the backup exits 1 with
+/// one line, no snapshot is written, no lock is left (restic check takes an exclusive one)
+/// and the repository checks clean.
+#[test]
+fn backup_cancel_stops_a_running_backup_and_leaves_the_repository_clean() {
+    use std::io::Write;
+    let cloud = Cloud::start();
+    cloud.create_disks();
+    // 20 MiB that do not compress in disk 0.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..20 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let noise_file = cloud.dir.path().join("noise.raw");
+    fs::write(&noise_file, &noise).expect("noise");
+    sh(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -s {} 0 20M", noise_file.display()),
+            cloud.disk(0).to_str().expect("utf-8"),
+        ],
+    );
+    let vm_xml = cloud.vm_xml(-1, -1);
+    cloud.stage(0, &vm_xml);
+    // 1 MiB/s to the backup server: the backup takes long enough to be cancelled mid-way.
+    let stdin = format!(
+        "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
+        cloud.datastore_xml_with("<RESTIC_BWLIMIT>1024</RESTIC_BWLIMIT>")
+    );
+    let mut backup = Command::new(cloud.action("backup"))
+        .args(cloud.backup_args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("backup");
+    backup
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let pid_file = cloud.dir.path().join(format!("fe/run/backup-{VM}.pid"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pid_file.exists() {
+        assert!(std::time::Instant::now() < deadline, "no PID file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Let the host step start writing.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        backup.try_wait().expect("wait").is_none(),
+        "the backup ended too soon to cancel"
+    );
+    let cancel = support::run(
+        cloud.action("backup_cancel"),
+        &[
+            &format!("hv1:{}", cloud.vm_dir.display()),
+            &format!("one-{VM}"),
+        ],
+        vm_xml.as_bytes(),
+    );
+    assert_eq!(cancel.code, Some(0), "backup_cancel: {}", cancel.stderr);
+    let out = backup.wait_with_output().expect("backup output");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "backup: the backup of VM 22 was cancelled\n"
+    );
+    assert!(!pid_file.exists(), "the PID file was left behind");
+    // The host step is gone too: restic's exclusive lock succeeds and nothing is half-written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let check = cloud.restic(&["check", "--read-data"]);
+        if check.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restic check after the cancel: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{snaps}");
+    // Nothing to cancel any more: still exit 0.
+    let again = support::run(
+        cloud.action("backup_cancel"),
+        &[
+            &format!("hv1:{}", cloud.vm_dir.display()),
+            &format!("one-{VM}"),
+        ],
+        vm_xml.as_bytes(),
+    );
+    assert_eq!(
+        (again.code, again.stdout.as_str()),
+        (Some(0), ""),
+        "{}",
+        again.stderr
+    );
 }
