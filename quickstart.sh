@@ -48,7 +48,8 @@ set -e
 step "Done"
 cat <<EOF
 backstop is installed in $remotes and answered oned's monitor call for a local datastore.
-Not yet implemented (they decode and validate their input, then say so): backup, restore,
-stat, rm, ls, increment_flatten, backup_cancel, the downloader and the TM actions.
+backup, backup_cancel, stat, ls, rm and increment_flatten work too (see README, Status).
+Not yet implemented (they decode and validate their input, then say so): restore, the
+downloader and the TM actions.
 Remove it all with: rm -rf $work
 EOF
