@@ -13,20 +13,9 @@ use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::sshd::run;
 
 fn raw_of(qcow2: &Path, raw: &Path) -> Vec<u8> {
     run(

@@ -624,7 +624,7 @@ pub fn host_run(
         tags: vec![format!("one-{}", args.vm_id), IMAGE_TAG.to_string()],
         compression: Compression::parse(ds.attribute("RESTIC_COMPRESSION"))?,
         parent: parent.as_ref().map(|(id, _)| *id),
-        retry_lock: lock_wait(ds),
+        retry_lock: crate::actions::lock_wait(ds).0,
         cancel: cancel.clone(),
         ..BackupOptions::default()
     };
@@ -639,14 +639,6 @@ pub fn host_run(
         snapshot_id: result.snapshot_id.to_hex(),
         size_bytes: result.total.bytes_read + extra,
     })
-}
-
-/// How long actions wait for a conflicting repository lock: `BACKSTOP_LOCK_WAIT` seconds from
-/// the datastore, default 10 minutes (the stock driver retries for 5 to 15 minutes).
-pub fn lock_wait(ds: &backstop_protocol::message::Datastore) -> Duration {
-    ds.attribute("BACKSTOP_LOCK_WAIT")
-        .and_then(|v| v.trim().parse().ok())
-        .map_or(Duration::from_secs(600), Duration::from_secs)
 }
 
 /// vm.xml as prebackup writes it: the VM XML in base64, wrapped at 60 columns.

@@ -11,10 +11,9 @@
 //! of the merged increments' sizes (what oned accounted for them), so the image's total stays
 //! what it was. With K or fewer increments nothing is done and nothing printed (quirk Q4).
 
-use crate::actions::backup::{IMAGE_TAG, lock_wait};
-use crate::actions::{open, present_snapshots, snapshot_of};
+use crate::actions::backup::IMAGE_TAG;
+use crate::actions::{lock_wait, open, present_snapshots};
 use crate::config::DriverConfig;
-use crate::repo::lock::RetryLock;
 use crate::repo::maintenance::PruneLimits;
 use crate::target::image_repo_id;
 use crate::{Error, ErrorKind};
@@ -41,7 +40,7 @@ pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String
     let ds = &request.datastore;
     let repo = open(ds, image_repo_id(image)?, cfg)?;
     let base = &chain[merged - 1];
-    let (_, base_snap) = snapshot_of(&repo, &base.source)?;
+    let (_, base_snap) = repo.find_snapshot(&base.source)?;
     if !base_snap.tags.iter().any(|t| t == IMAGE_TAG) {
         return Err(Error::not_implemented(format!(
             "flattening increments stored by OpenNebula's restic driver (qcow2 deltas; backup {})",
@@ -60,7 +59,7 @@ pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String
                 .filter(|_| image.increments.is_empty())
                 .unwrap_or(0),
         );
-    let wait = RetryLock(lock_wait(ds));
+    let wait = lock_wait(ds);
     let forget = present_snapshots(&repo, &chain[..merged - 1])?;
     repo.forget(&forget, wait)?;
     repo.prune(

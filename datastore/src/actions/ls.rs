@@ -6,7 +6,7 @@
 //! driver lists increment 0's files instead (quirk Q3), which only changes the file name at
 //! the end of the URL, not what a downloader fetches.
 
-use crate::actions::{open, scheme, snapshot_of};
+use crate::actions::{open, scheme};
 use crate::config::DriverConfig;
 use crate::target::image_repo_id;
 use crate::{Error, ErrorKind};
@@ -28,7 +28,7 @@ pub fn run(args: &LsArgs, request: &LsRequest, cfg: &DriverConfig) -> Result<Str
     })?;
     let ds = &request.datastore;
     let repo = open(ds, image_repo_id(image)?, cfg)?;
-    let (_, snap) = snapshot_of(&repo, &last.source)?;
+    let (_, snap) = repo.find_snapshot(&last.source)?;
     let mut map = serde_json::Map::new();
     for path in &snap.paths {
         let name = path.rsplit('/').next().unwrap_or_default();

@@ -31,9 +31,17 @@ pub fn open(ds: &Datastore, repo_id: String, cfg: &DriverConfig) -> Result<Repo,
     RepoTarget::new(ds, repo_id)?.open(ds, cfg, false)
 }
 
-/// The snapshot a chain source names (a short or full id).
-pub fn snapshot_of(repo: &Repo, source: &str) -> Result<(RepoId, Snapshot), Error> {
-    repo.find_snapshot(source)
+/// How long actions wait for a conflicting repository lock: `BACKSTOP_LOCK_WAIT` seconds from
+/// the datastore, default 10 minutes (the stock driver retries for 5 to 15 minutes).
+pub fn lock_wait(ds: &Datastore) -> RetryLock {
+    RetryLock(
+        ds.attribute("BACKSTOP_LOCK_WAIT")
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(
+                std::time::Duration::from_secs(600),
+                std::time::Duration::from_secs,
+            ),
+    )
 }
 
 /// The full ids of the snapshots that chain links name and that still exist (gone ones are

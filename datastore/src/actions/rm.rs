@@ -6,10 +6,8 @@
 //! RESTIC_PRUNE_MAX_REPACK.
 
 use crate::Error;
-use crate::actions::backup::lock_wait;
-use crate::actions::present_snapshots;
+use crate::actions::{lock_wait, present_snapshots};
 use crate::config::DriverConfig;
-use crate::repo::lock::RetryLock;
 use crate::repo::maintenance::PruneLimits;
 use crate::target::{RepoTarget, image_repo_id};
 use backstop_protocol::message::RmRequest;
@@ -22,7 +20,7 @@ pub fn run(request: &RmRequest, cfg: &DriverConfig) -> Result<(), Error> {
         return Ok(());
     }
     let repo = crate::repo::Repo::open(storage, &crate::target::password(ds)?)?;
-    let wait = RetryLock(lock_wait(ds));
+    let wait = lock_wait(ds);
     let forget = present_snapshots(&repo, &request.image.chain())?;
     if forget.is_empty() {
         return Ok(());

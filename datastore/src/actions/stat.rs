@@ -1,7 +1,7 @@
 //! `stat`: the virtual size in MB of the disk a backup URL names (spec §5.5), from the VM
 //! template saved in the URL's last snapshot. It becomes the restored image's SIZE.
 
-use crate::actions::{open, saved_vm, snapshot_of};
+use crate::actions::{lock_wait, open, saved_vm};
 use crate::config::DriverConfig;
 use crate::target::repo_id;
 use crate::{Error, ErrorKind};
@@ -25,13 +25,8 @@ pub fn run(request: &StatRequest, cfg: &DriverConfig) -> Result<u64, Error> {
     let ds = &request.datastore;
     let repo = open(ds, repo_id(job, vm_id), cfg)?;
     let source = url.last_source();
-    let (_, snap) = snapshot_of(&repo, source)?;
-    let vm = saved_vm(
-        &repo,
-        source,
-        &snap,
-        crate::repo::lock::RetryLock(crate::actions::backup::lock_wait(ds)),
-    )?;
+    let (_, snap) = repo.find_snapshot(source)?;
+    let vm = saved_vm(&repo, source, &snap, lock_wait(ds))?;
     vm.disk(disk_id).and_then(|d| d.size_mb).ok_or_else(|| {
         Error::new(
             ErrorKind::Repository,
