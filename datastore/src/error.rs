@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Locked,
     /// The work was stopped on request (SIGTERM, backup_cancel).
     Cancelled,
+    /// oned's XML-RPC API could not be reached or refused a call.
+    Oned,
 }
 
 #[derive(Debug, thiserror::Error)]

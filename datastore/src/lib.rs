@@ -15,6 +15,7 @@ pub mod actions;
 pub mod config;
 pub mod error;
 pub mod location;
+pub mod oned;
 pub mod repo;
 pub mod target;
 

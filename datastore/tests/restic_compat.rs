@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 mod common;
 use common::*;
+use sshd::run;
 
 fn backup(
     repo: &Repo,
@@ -188,17 +189,6 @@ fn restores_what_the_stock_restic_driver_wrote() {
     let staging = dir.path().join("var/lib/one/datastores/0/22/backup");
     fs::create_dir_all(&staging).expect("staging");
     let disk = staging.join("disk.0.0");
-    let run = |cmd: &str, args: &[&str]| {
-        let out = std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .expect(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let d = disk.to_str().expect("utf-8");
     run("qemu-img", &["create", "-q", "-f", "qcow2", d, "64M"]);
     for (i, pattern) in [(0u64, "0xab"), (7, "0x11"), (40, "0x5c")] {
@@ -437,4 +427,79 @@ fn prune_removes_interrupted_writes_and_nothing_else() {
         "prune removed a real file or left a temporary one"
     );
     assert_dump_equals(&repo_path, &b.snapshot_id, &image);
+}
+
+/// The downloader's stream: a snapshot's disk as a standalone qcow2 that qemu reads as the
+/// disk, for our fixed chunks (zero chunks never read) and for restic's content-defined chunks
+/// of a raw file (blobs not aligned to clusters).
+#[test]
+fn a_disk_streams_as_a_qcow2_that_qemu_reads_as_the_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 16, 13);
+    let b = backup(&repo, &image, None, None, b"x");
+    let lock = || backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO);
+    let compare = |qcow2: &Path, raw: &Path| {
+        let q = qcow2.to_str().expect("utf-8");
+        run("qemu-img", &["check", "-q", "-f", "qcow2", q]);
+        run(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                q,
+                raw.to_str().expect("utf-8"),
+            ],
+        );
+    };
+
+    let out_path = dir.path().join("ours.qcow2");
+    let mut out = fs::File::create(&out_path).expect("create");
+    let stats = repo
+        .stream_qcow2(&b.snapshot_id.to_hex()[..8], DISK, &mut out, 2, lock())
+        .expect("stream");
+    drop(out);
+    compare(&out_path, &image);
+    assert_eq!(stats.size, 16 * CHUNK_SIZE);
+    assert_eq!(stats.blobs, 16);
+    assert_eq!(stats.blobs_read, 12, "the 4 zero chunks are not read");
+    assert_eq!(
+        fs::metadata(&out_path).expect("meta").len(),
+        stats.qcow2_bytes
+    );
+    // Holes cost nothing in the stream: 12 MiB of data and a few clusters of metadata.
+    assert!(
+        stats.qcow2_bytes < 12 * CHUNK_SIZE + 8 * 65536,
+        "{}",
+        stats.qcow2_bytes
+    );
+
+    // A raw file backed up by restic itself.
+    let raw = dir.path().join("plain.raw");
+    make_image(&raw, 9, 14);
+    ok(
+        restic(
+            &repo_path,
+            &["backup", "--tag", "one-23", raw.to_str().expect("utf-8")],
+        ),
+        "restic backup",
+    );
+    let out_path = dir.path().join("restic.qcow2");
+    let mut out = fs::File::create(&out_path).expect("create");
+    repo.stream_qcow2("latest", raw.to_str().expect("utf-8"), &mut out, 3, lock())
+        .expect("stream restic's snapshot");
+    drop(out);
+    compare(&out_path, &raw);
+
+    // A file that is not in the snapshot is an error, not an empty image.
+    let e = repo
+        .stream_qcow2("latest", "/no/such/disk.0.0", &mut Vec::new(), 2, lock())
+        .expect_err("missing file");
+    assert!(e.to_string().contains("no file /no/such/disk.0.0"), "{e}");
 }

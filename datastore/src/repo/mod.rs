@@ -27,6 +27,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod nbd;
 pub mod pack;
+pub mod qcow2;
 pub mod restore;
 pub mod sftp;
 pub mod sshconfig;
@@ -373,12 +374,13 @@ impl Repo {
 
     /// Finds data blobs in the index (a second pass, for the few blobs a partial chunk needs).
     pub fn locate_data(&self, wanted: &[RepoId]) -> Result<HashMap<RepoId, BlobLocation>, Error> {
+        let wanted: std::collections::HashSet<&RepoId> = wanted.iter().collect();
         let mut found = HashMap::new();
         for id in self.list(FileType::Index)? {
             let index: IndexFile = self.load_file(FileType::Index, &id)?;
             for pack in index.packs.iter().chain(&index.packs_to_delete) {
                 for blob in pack.blobs.iter().filter(|b| b.kind == BlobKind::Data) {
-                    if wanted.contains(&blob.id) {
+                    if wanted.contains(&&blob.id) {
                         found.insert(blob.id, location(pack.id, blob));
                     }
                 }

@@ -5,18 +5,23 @@
 //!
 //! The target is written as `<target>.backstop-tmp`, synced, and renamed over the target only
 //! when every blob was verified; on failure the temporary file is removed.
+//!
+//! [`Repo::stream_qcow2`] writes the same file as a standalone qcow2 to a pipe (the
+//! downloader): the layout comes from the blob list alone (see [`crate::repo::qcow2`]), blobs
+//! are read ahead in parallel and written in order, and all-zero blobs are never read.
 
 use crate::repo::format::RepoId;
 use crate::repo::image::is_zero;
 use crate::repo::lock::RetryLock;
+use crate::repo::qcow2;
 use crate::repo::{BlobLocation, Repo};
 use crate::{Error, ErrorKind};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreStats {
@@ -179,6 +184,207 @@ impl Repo {
             .into_inner()
             .map_err(|_| Error::new(ErrorKind::Repository, "a restore thread panicked"))
     }
+}
+
+/// What [`Repo::stream_qcow2`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The disk's size.
+    pub size: u64,
+    pub blobs: usize,
+    /// Blobs read from the repository (the others are all zero).
+    pub blobs_read: usize,
+    /// Bytes of the qcow2 file.
+    pub qcow2_bytes: u64,
+}
+
+impl Repo {
+    /// Writes the file at `path` of `snapshot` to `out` as a standalone qcow2 image.
+    pub fn stream_qcow2(
+        &self,
+        snapshot: &str,
+        path: &str,
+        out: &mut impl std::io::Write,
+        threads: usize,
+        retry_lock: RetryLock,
+    ) -> Result<StreamStats, Error> {
+        let _lock = self.lock(false, retry_lock)?;
+        let (_, snap) = self.find_snapshot(snapshot)?;
+        let known = self.known_blobs()?;
+        let node = self.file_node(&snap, path, &known)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("no file {path} in snapshot {snapshot}"),
+            )
+        })?;
+        let content = node.content.unwrap_or_default();
+        // Lengths from the index; a blob whose id is the hash of zeros is zeros.
+        let mut zero_ids: HashMap<u32, RepoId> = HashMap::new();
+        let mut pieces = Vec::with_capacity(content.len());
+        let mut pos = 0u64;
+        for id in &content {
+            let len = *known.data.get(id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!("blob {id} of {path} is not in any index"),
+                )
+            })?;
+            let zero = *zero_ids
+                .entry(len)
+                .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
+                == *id;
+            pieces.push((pos, len, zero));
+            pos += u64::from(len);
+        }
+        if pos != node.size {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!(
+                    "{path}: the blobs hold {pos} bytes but the file is {} bytes",
+                    node.size
+                ),
+            ));
+        }
+        let mut alloc = qcow2::Allocation::new(node.size);
+        let mut to_read = Vec::new();
+        for (i, &(at, len, zero)) in pieces.iter().enumerate() {
+            if !zero {
+                alloc.mark(at, u64::from(len));
+                to_read.push(i);
+            }
+        }
+        let wanted: Vec<RepoId> = to_read
+            .iter()
+            .map(|&i| content[i])
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let locations = self.locate_data(&wanted)?;
+        let layout = qcow2::Layout::new(&alloc);
+        let write_err = |e: std::io::Error| io("cannot write the qcow2 image".into(), e);
+        layout.write_metadata(&alloc, out).map_err(write_err)?;
+        let mut writer = qcow2::DataWriter::new(&alloc, &mut *out);
+        let mut next_piece = 0usize;
+        for_each_ordered(
+            to_read.len(),
+            threads.max(1),
+            |n| {
+                let id = &content[to_read[n]];
+                let at = locations.get(id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Repository,
+                        format!("blob {id} is not in any index"),
+                    )
+                })?;
+                self.read_blob(id, at)
+            },
+            |n, data| {
+                let i = to_read[n];
+                // The zero blobs before this one.
+                while next_piece < i {
+                    writer
+                        .zeros(u64::from(pieces[next_piece].1))
+                        .map_err(write_err)?;
+                    next_piece += 1;
+                }
+                writer.data(&data).map_err(write_err)?;
+                next_piece += 1;
+                Ok(())
+            },
+        )?;
+        while next_piece < pieces.len() {
+            writer
+                .zeros(u64::from(pieces[next_piece].1))
+                .map_err(write_err)?;
+            next_piece += 1;
+        }
+        let data = writer.finish().map_err(write_err)?;
+        debug_assert_eq!(data, layout.data_clusters * qcow2::CLUSTER);
+        Ok(StreamStats {
+            size: node.size,
+            blobs: content.len(),
+            blobs_read: to_read.len(),
+            qcow2_bytes: layout.file_size(),
+        })
+    }
+}
+
+/// Runs `fetch(0..n)` on `threads` workers, at most a few items ahead of the consumer, and
+/// hands the results to `consume` in order, on the calling thread. The first error stops all.
+fn for_each_ordered<T: Send>(
+    n: usize,
+    threads: usize,
+    fetch: impl Fn(usize) -> Result<T, Error> + Sync,
+    mut consume: impl FnMut(usize, T) -> Result<(), Error>,
+) -> Result<(), Error> {
+    struct State<T> {
+        ready: HashMap<usize, Result<T, Error>>,
+        consumed: usize,
+        stop: bool,
+    }
+    let window = threads * 2 + 2;
+    let next = AtomicUsize::new(0);
+    let state = Mutex::new(State {
+        ready: HashMap::new(),
+        consumed: 0,
+        stop: false,
+    });
+    let changed = Condvar::new();
+    let poisoned = || Error::new(ErrorKind::Repository, "a reader thread panicked");
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(n) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n {
+                        return;
+                    }
+                    // Wait until the consumer is close enough.
+                    {
+                        let Ok(mut st) = state.lock() else { return };
+                        while !st.stop && i >= st.consumed + window {
+                            st = match changed.wait(st) {
+                                Ok(g) => g,
+                                Err(_) => return,
+                            };
+                        }
+                        if st.stop {
+                            return;
+                        }
+                    }
+                    // A panic becomes this item's error, so the consumer never waits forever.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fetch(i)))
+                        .unwrap_or_else(|_| Err(poisoned()));
+                    let Ok(mut st) = state.lock() else { return };
+                    st.ready.insert(i, r);
+                    changed.notify_all();
+                }
+            });
+        }
+        let result = (|| {
+            for i in 0..n {
+                let item = {
+                    let mut st = state.lock().map_err(|_| poisoned())?;
+                    loop {
+                        if let Some(r) = st.ready.remove(&i) {
+                            break r;
+                        }
+                        st = changed.wait(st).map_err(|_| poisoned())?;
+                    }
+                };
+                consume(i, item?)?;
+                let mut st = state.lock().map_err(|_| poisoned())?;
+                st.consumed = i + 1;
+                changed.notify_all();
+            }
+            Ok(())
+        })();
+        if let Ok(mut st) = state.lock() {
+            st.stop = true;
+        }
+        changed.notify_all();
+        result
+    })
 }
 
 fn plain_len(at: &BlobLocation) -> Result<u32, Error> {

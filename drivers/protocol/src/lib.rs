@@ -10,6 +10,7 @@
 //! - [`template`]: OpenNebula template syntax and ordered templates;
 //! - [`url`]: backup image URLs `<proto>://<ds>/<job>/<id:src,...><path>`;
 //! - [`output`]: one stdout line, one stderr failure line, `INFO:`/`ERROR:` log lines.
+//! - [`xmlrpc`]: the XML-RPC calls and replies of oned's API.
 //!
 //! Decoding a monitor request as oned sends it:
 //!
@@ -36,3 +37,4 @@ pub mod output;
 pub mod template;
 pub mod url;
 pub mod xml;
+pub mod xmlrpc;

@@ -158,6 +158,11 @@ pub struct Datastore {
 }
 
 impl Datastore {
+    /// A `<DATASTORE>` document on its own, as `one.datastore.info` returns it.
+    pub fn from_xml(root: &Element) -> Result<Datastore, MessageError> {
+        Datastore::from_node(Node::root(root, &["DATASTORE"])?)
+    }
+
     fn from_node(node: Node<'_>) -> Result<Datastore, MessageError> {
         Ok(Datastore {
             id: node.required_number("ID")?,

@@ -1,0 +1,364 @@
+//! A client for oned's XML-RPC API, found where OpenNebula's own tools find it.
+//!
+//! - Endpoint: `ONE_XMLRPC`, else the first line of `~/.one/one_endpoint`, else
+//!   `http://localhost:2633/RPC2`.
+//! - Session: the first line of the file `ONE_AUTH` names, else `~/.one/one_auth`, else
+//!   `/var/lib/one/.one/one_auth`: `user:password`, sent as oned's core authentication expects.
+//!
+//! Only plain `http://` endpoints are spoken (oned listens on plain HTTP; a TLS proxy in front
+//! of it is the operator's choice and is refused with a clear message). The session string is a
+//! secret: it is never part of an error, a log line or `Debug` output.
+
+use crate::{Error, ErrorKind};
+use backstop_protocol::xmlrpc::{self, OnedReply, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULT_ENDPOINT: &str = "http://localhost:2633/RPC2";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// oned's biggest answers (a pool listing) are megabytes; a datastore or an id is tiny.
+const MAX_BODY: usize = 64 << 20;
+
+/// The API endpoint and the session to use.
+pub struct OnedClient {
+    endpoint: String,
+    host: String,
+    port: u16,
+    path: String,
+    session: String,
+}
+
+impl std::fmt::Debug for OnedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnedClient")
+            .field("endpoint", &self.endpoint)
+            .field("session", &"<redacted>")
+            .finish()
+    }
+}
+
+fn oned_error(message: String) -> Error {
+    Error::new(ErrorKind::Oned, message)
+}
+
+fn first_line(path: &Path, what: &str) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| oned_error(format!("cannot read {what} {}: {e}", path.display())))?;
+    let line = text.lines().next().unwrap_or_default().trim().to_string();
+    if line.is_empty() {
+        return Err(oned_error(format!("{what} {} is empty", path.display())));
+    }
+    Ok(line)
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+impl OnedClient {
+    /// The endpoint and session from the environment and the standard files.
+    pub fn from_env() -> Result<OnedClient, Error> {
+        let endpoint = match std::env::var("ONE_XMLRPC") {
+            Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
+            _ => match home().map(|h| h.join(".one/one_endpoint")) {
+                Some(p) if p.exists() => first_line(&p, "the endpoint file")?,
+                _ => DEFAULT_ENDPOINT.to_string(),
+            },
+        };
+        let auth = match std::env::var_os("ONE_AUTH").filter(|a| !a.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => match home().map(|h| h.join(".one/one_auth")) {
+                Some(p) if p.exists() => p,
+                _ => PathBuf::from("/var/lib/one/.one/one_auth"),
+            },
+        };
+        let session = first_line(&auth, "the OpenNebula credentials file")?;
+        if !session.contains(':') {
+            return Err(oned_error(format!(
+                "the OpenNebula credentials file {} does not hold user:password",
+                auth.display()
+            )));
+        }
+        OnedClient::new(&endpoint, session)
+    }
+
+    /// A client for `endpoint` (`http://host[:port]/path`) with a session string.
+    pub fn new(endpoint: &str, session: String) -> Result<OnedClient, Error> {
+        let bad = |why: &str| oned_error(format!("ONE_XMLRPC endpoint {endpoint:?} {why}"));
+        if endpoint.starts_with("https://") {
+            return Err(bad(
+                "uses https, which backstop does not speak yet; point ONE_XMLRPC at oned's plain http port",
+            ));
+        }
+        let rest = endpoint
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("is not an http:// URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/RPC2"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>().map_err(|_| bad("has a bad port"))?,
+            ),
+            _ => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(bad("has no host"));
+        }
+        Ok(OnedClient {
+            endpoint: endpoint.to_string(),
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+            session,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The session's user name (what precedes the first `:`).
+    pub fn user(&self) -> &str {
+        self.session.split(':').next().unwrap_or_default()
+    }
+
+    /// Calls `method` with the session followed by `params`; oned's result on success.
+    pub fn call(&self, method: &str, params: &[Value]) -> Result<Value, Error> {
+        self.call_as(&self.session, method, params)
+    }
+
+    /// Calls `method` with another session string (a server-cipher login).
+    pub fn call_as(&self, session: &str, method: &str, params: &[Value]) -> Result<Value, Error> {
+        let mut all = Vec::with_capacity(params.len() + 1);
+        all.push(Value::Str(session.to_string()));
+        all.extend_from_slice(params);
+        let body = xmlrpc::method_call(method, &all);
+        let response = self.post(&body).map_err(|e| {
+            oned_error(format!(
+                "cannot reach oned at {} for {method}: {e}",
+                self.endpoint
+            ))
+        })?;
+        let values = xmlrpc::parse_response(&response)
+            .map_err(|e| oned_error(format!("oned at {} answered {method}: {e}", self.endpoint)))?;
+        match xmlrpc::oned_reply(&values) {
+            Ok(OnedReply::Ok(v)) => Ok(v),
+            Ok(OnedReply::Failed { message, code }) => Err(oned_error(format!(
+                "oned refused {method} (error {code}): {}",
+                message.lines().next().unwrap_or_default()
+            ))),
+            Err(e) => Err(oned_error(format!(
+                "oned at {} answered {method}: {e}",
+                self.endpoint
+            ))),
+        }
+    }
+
+    /// `one.datastore.info` with decrypted secrets, as a typed datastore.
+    pub fn datastore(&self, id: u64) -> Result<backstop_protocol::message::Datastore, Error> {
+        let v = self.call(
+            "one.datastore.info",
+            &[Value::Int(id as i64), Value::Bool(true)],
+        )?;
+        let Value::Str(xml) = v else {
+            return Err(oned_error(format!(
+                "one.datastore.info {id} returned {v:?}, not a document"
+            )));
+        };
+        let root = backstop_protocol::xml::Element::parse(&xml)
+            .map_err(|e| oned_error(format!("one.datastore.info {id}: {e}")))?;
+        backstop_protocol::message::Datastore::from_xml(&root)
+            .map_err(|e| oned_error(format!("one.datastore.info {id}: {e}")))
+    }
+
+    fn post(&self, body: &str) -> std::io::Result<String> {
+        let addrs: Vec<_> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        let mut last = None;
+        let mut stream = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let mut stream = match stream {
+            Some(s) => s,
+            None => {
+                return Err(last.unwrap_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+                }));
+            }
+        };
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let host = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: backstop\r\nContent-Type: text/xml\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.path,
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body.as_bytes())?;
+        stream.flush()?;
+        read_http_response(BufReader::new(stream))
+    }
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+/// Reads an HTTP/1.x response: the status must be 200; the body by Content-Length, chunked, or
+/// up to the end of the connection.
+fn read_http_response(mut r: impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line.trim_end().to_string();
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    if !status.starts_with("HTTP/1.") {
+        return Err(invalid(format!("not an HTTP response: {status:?}")));
+    }
+    let mut length = None;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(invalid("the response ended inside its headers".into()));
+        }
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = h.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| invalid(format!("bad Content-Length {value:?}")))?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| invalid(format!("bad chunk size {:?}", line.trim())))?;
+            if size == 0 {
+                break;
+            }
+            if body.len() + size > MAX_BODY {
+                return Err(invalid("the response is too large".into()));
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..])?;
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(n) = length {
+        if n > MAX_BODY {
+            return Err(invalid("the response is too large".into()));
+        }
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
+        if body.len() > MAX_BODY {
+            return Err(invalid("the response is too large".into()));
+        }
+    }
+    if code != "200" {
+        let text = String::from_utf8_lossy(&body);
+        return Err(invalid(format!(
+            "HTTP {code}{}",
+            text.lines()
+                .next()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!(": {}", l.trim()))
+                .unwrap_or_default()
+        )));
+    }
+    String::from_utf8(body).map_err(|_| invalid("the response is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_parsed_and_https_is_refused_clearly() {
+        let c = OnedClient::new("http://localhost:2633/RPC2", "u:p".into()).expect("parse");
+        assert_eq!(
+            (c.host.as_str(), c.port, c.path.as_str()),
+            ("localhost", 2633, "/RPC2")
+        );
+        let c = OnedClient::new("http://[::1]:2633/RPC2", "u:p".into()).expect("parse");
+        assert_eq!((c.host.as_str(), c.port), ("::1", 2633));
+        let c = OnedClient::new("http://one.example", "u:p".into()).expect("parse");
+        assert_eq!(
+            (c.host.as_str(), c.port, c.path.as_str()),
+            ("one.example", 80, "/RPC2")
+        );
+        let e = OnedClient::new("https://one.example/RPC2", "u:p".into()).expect_err("https");
+        assert!(e.to_string().contains("uses https"), "{e}");
+        assert!(OnedClient::new("ftp://x", "u:p".into()).is_err());
+        assert!(OnedClient::new("http://x:port/", "u:p".into()).is_err());
+        assert!(OnedClient::new("http://:2633/", "u:p".into()).is_err());
+        assert!(!format!("{c:?}").contains("u:p"));
+    }
+
+    #[test]
+    fn responses_by_length_chunks_and_close() {
+        let by_len = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello trailing";
+        assert_eq!(read_http_response(by_len.as_bytes()).expect("len"), "hello");
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n";
+        assert_eq!(
+            read_http_response(chunked.as_bytes()).expect("chunked"),
+            "hello"
+        );
+        let close = "HTTP/1.0 200 OK\r\n\r\nhello";
+        assert_eq!(
+            read_http_response(close.as_bytes()).expect("close"),
+            "hello"
+        );
+        let e = read_http_response(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nnope\r\n".as_bytes(),
+        )
+        .expect_err("401");
+        assert_eq!(e.to_string(), "HTTP 401: nope");
+        assert!(read_http_response("SSH-2.0-OpenSSH\r\n".as_bytes()).is_err());
+        assert!(
+            read_http_response("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort".as_bytes())
+                .is_err()
+        );
+        assert!(
+            read_http_response("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".as_bytes()).is_err()
+        );
+    }
+}
