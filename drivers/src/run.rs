@@ -2,7 +2,7 @@
 //! written under oned's output discipline.
 
 use backstop_datastore::actions::{
-    backup, backup_cancel, increment_flatten, ls, monitor, rm, stat,
+    backup, backup_cancel, downloader, increment_flatten, ls, monitor, rm, stat,
 };
 use backstop_datastore::config::DriverConfig;
 use backstop_protocol::action::{DatastoreAction, Invocation, TmAction};
@@ -99,6 +99,7 @@ pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
     set_current_action(&name);
     let ctx = Context {
         remotes: remotes_root(path, &invocation),
+        invoked: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
         cancel: cancel_on_sigterm(),
     };
     let result =
@@ -119,6 +120,8 @@ pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
 pub struct Context {
     /// The remotes tree the action was run from (`/var/lib/one/remotes`).
     pub remotes: PathBuf,
+    /// The action's own path, absolute (the downloader names itself in `command=`).
+    pub invoked: PathBuf,
     /// Set by SIGTERM (oned's cancel, one_vmm_exec's timeout): long actions stop cleanly.
     pub cancel: Arc<AtomicBool>,
 }
@@ -208,9 +211,12 @@ pub enum Request {
         args: TmRestoreArgs,
         vm: Option<Vm>,
     },
+    /// `<scheme>_downloader <url>` prints command=/clean_command=; with `--stream` first it is
+    /// that command and writes the image to stdout.
     Downloader {
         scheme: String,
         url: BackupUrl,
+        stream: bool,
     },
 }
 
@@ -328,6 +334,12 @@ pub fn decode(
             [url] => Ok(Request::Downloader {
                 scheme: scheme.clone(),
                 url: BackupUrl::parse(url)?,
+                stream: false,
+            }),
+            [flag, url] if flag == "--stream" => Ok(Request::Downloader {
+                scheme: scheme.clone(),
+                url: BackupUrl::parse(url)?,
+                stream: true,
             }),
             _ => Err(DriverError::Other(format!(
                 "expected 1 argument (the backup URL), got {}",
@@ -370,11 +382,23 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             let outcome = backup::run(&args, &request, &raw, &ctx.config()?, &ctx.cancel)?;
             Ok(Answer::Line(outcome.line()))
         }
-        // Decoded and validated above; the work itself comes with the repository engine.
-        Request::Restore { .. }
-        | Request::TmBackupStep { .. }
-        | Request::TmRestore { .. }
-        | Request::Downloader { .. } => Err(DriverError::NotImplemented),
+        Request::Downloader {
+            url, stream: false, ..
+        } => Ok(Answer::Lines(downloader::plan(
+            &url,
+            &ctx.invoked,
+            &ctx.config()?,
+        )?)),
+        Request::Downloader {
+            url, stream: true, ..
+        } => {
+            downloader::stream(&url, &ctx.config()?, &mut std::io::stdout().lock())?;
+            Ok(Answer::Nothing)
+        }
+        // Decoded and validated above; the work itself is not written yet.
+        Request::Restore { .. } | Request::TmBackupStep { .. } | Request::TmRestore { .. } => {
+            Err(DriverError::NotImplemented)
+        }
     }
 }
 
@@ -386,7 +410,7 @@ pub fn unimplemented_datastore_actions() -> Vec<&'static str> {
         .filter(|a| matches!(a, DatastoreAction::Restore))
         .map(|a| a.name())
         .collect();
-    missing.push("the downloader");
+    missing.push("the downloader for increment chains the stock driver made");
     missing.push("increment_flatten of chains the stock driver made");
     missing
 }

@@ -9,7 +9,9 @@
 #[allow(dead_code)]
 mod sshd;
 
+use crate::oned_mock::{MockOned, failed, ok};
 use crate::support::{self, Outcome};
+use backstop_protocol::xmlrpc::Value;
 use sshd::{Sshd, run as sh};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 
 const VM: u64 = 22;
 const PASSWORD: &str = "hunter2-secret";
+/// The front-end's oned login (ONE_AUTH) the MOCK oned accepts.
+const ONED_SESSION: &str = "oneadmin:opennebula-test";
 /// Disk id and size in MiB.
 const DISKS: [(u32, u64); 2] = [(0, 48), (1, 24)];
 
@@ -50,9 +54,10 @@ impl Cloud {
             format!("{}{}", hv.host_block(), bks.host_block()),
         )
         .expect("ssh_config");
-        // The front-end's remotes tree, installed side by side.
+        // A stock front-end's remotes tree (with its downloader.sh), backstop installed side
+        // by side.
         let remotes = dir.path().join("fe/remotes");
-        fs::create_dir_all(remotes.join("datastore")).expect("remotes");
+        support::stock_remotes(&remotes);
         let out = support::install_sh(&remotes, &[]);
         assert_eq!(out.code, Some(0), "install.sh: {}", out.stderr);
         let host_remotes = dir.path().join("hv/var/tmp/one");
@@ -547,6 +552,116 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
         "stat: {}",
         out.stderr
     );
+
+    // The downloader, with a MOCK oned serving the datastore: downloader.sh hands each URL to
+    // backstop_downloader, whose command streams a standalone qcow2 of the disk as it was at
+    // that increment, straight from the repository over SFTP.
+    let served = ds.clone();
+    let oned = MockOned::start(ONED_SESSION, move |method, params| match (method, params) {
+        ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
+            ok(Value::Str(served.clone()))
+        }
+        _ => failed(&format!("[{method}] Error getting datastore"), 1024),
+    });
+    let auth = cloud.dir.path().join("one_auth");
+    fs::write(&auth, format!("{ONED_SESSION}\n")).expect("one_auth");
+    let env = [
+        ("ONE_XMLRPC", oned.endpoint.as_str()),
+        ("ONE_AUTH", auth.to_str().expect("utf-8")),
+    ];
+    let downloads = cloud.dir.path().join("downloads");
+    fs::create_dir_all(&downloads).expect("downloads");
+    for (inc, disks) in expected.iter().enumerate() {
+        for (k, (disk, _)) in DISKS.iter().enumerate() {
+            let url = format!(
+                "backstop://100//{}{}/disk.{disk}.{inc}",
+                link(inc),
+                staging.display()
+            );
+            let target = downloads.join(format!("disk.{disk}.{inc}.qcow2"));
+            let out = support::run_env(
+                cloud.remotes.join("datastore/downloader.sh"),
+                &[&url, target.to_str().expect("utf-8")],
+                b"",
+                &env,
+            );
+            assert_eq!(out.code, Some(0), "downloader.sh {url}: {}", out.stderr);
+            let raw = downloads.join(format!("disk.{disk}.{inc}.raw"));
+            fs::write(&raw, &disks[k]).expect("raw");
+            let t = target.to_str().expect("utf-8");
+            sh("qemu-img", &["check", "-q", "-f", "qcow2", t]);
+            sh(
+                "qemu-img",
+                &[
+                    "compare",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "raw",
+                    t,
+                    raw.to_str().expect("utf-8"),
+                ],
+            );
+        }
+    }
+    // Its answer names no secret; both steps asked oned for the decrypted datastore.
+    let url = format!("backstop://100//{}{}/disk.0.1", link(1), staging.display());
+    let out = support::run_env(
+        cloud.remotes.join("datastore/backstop_downloader"),
+        &[&url],
+        b"",
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines[0].starts_with("command=\"") && lines[0].contains("--stream"));
+    assert_eq!(lines[1], "clean_command=\"\"");
+    assert!(!out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD));
+    let calls = oned.calls();
+    assert!(!calls.is_empty());
+    assert!(
+        calls.iter().all(|c| c.method == "one.datastore.info"
+            && c.params == [Value::Int(100), Value::Bool(true)])
+    );
+    // Wrong credentials, an unknown datastore, a snapshot that is gone: one line, exit 1.
+    let bad_auth = cloud.dir.path().join("bad_auth");
+    fs::write(&bad_auth, "oneadmin:wrong\n").expect("bad auth");
+    let cases = [
+        (
+            url.clone(),
+            bad_auth.to_str().expect("utf-8").to_string(),
+            "oned refused one.datastore.info (error 256): [one.datastore.info] User couldn't be authenticated",
+        ),
+        (
+            url.replace("backstop://100/", "backstop://101/"),
+            auth.to_str().expect("utf-8").to_string(),
+            "oned refused one.datastore.info (error 1024)",
+        ),
+        (
+            format!("backstop://100//0:0badc0de{}/disk.0.0", staging.display()),
+            auth.to_str().expect("utf-8").to_string(),
+            "no snapshot 0badc0de in",
+        ),
+    ];
+    for (url, auth, want) in cases {
+        let out = support::run_env(
+            cloud.remotes.join("datastore/backstop_downloader"),
+            &[&url],
+            b"",
+            &[("ONE_XMLRPC", oned.endpoint.as_str()), ("ONE_AUTH", &auth)],
+        );
+        assert_eq!(out.code, Some(1), "{url}: {out:?}");
+        assert!(
+            out.stderr.starts_with("backstop_downloader: ") && out.stderr.contains(want),
+            "{url}: {}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert_eq!(out.stdout, "");
+    }
+    drop(oned);
 
     // increment_flatten with KEEP_LAST=2: increments 0..2 merge into 2, metadata only.
     let out = cloud.ds_action(

@@ -244,17 +244,22 @@ fn the_patched_downloader_hands_backstop_urls_to_backstop() {
     assert_eq!(install_sh(&r, &[]).code, Some(0));
     let target = dir.path().join("disk.out");
     let url = "backstop://100//0:a1b2c3d4/var/lib/one//datastores/0/22/backup/disk.0.0";
-    let out = run(
+    let auth = dir.path().join("no_such_one_auth");
+    let out = crate::support::run_env(
         r.join("datastore/downloader.sh"),
         &[url, target.to_str().expect("utf-8")],
         b"",
+        &[("ONE_AUTH", auth.to_str().expect("utf-8"))],
     );
     // The downloader runs (through the arm, the shim and the binary) and its failure aborts the
     // copy: nothing is written to the target.
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(
         out.stderr,
-        "backstop_downloader: not implemented in this version of backstop\n"
+        format!(
+            "backstop_downloader: cannot read the OpenNebula credentials file {}: No such file or directory (os error 2)\n",
+            auth.display()
+        )
     );
     assert!(!target.exists());
     // A malformed URL is reported by the downloader, not copied as an empty image.

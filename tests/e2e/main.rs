@@ -5,5 +5,6 @@ mod actions;
 mod cloud;
 mod crash;
 mod install;
+mod oned_mock;
 mod repo_cli;
 mod support;

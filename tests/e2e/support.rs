@@ -25,8 +25,19 @@ pub struct Outcome {
 }
 
 pub fn run(program: impl AsRef<Path>, args: &[&str], stdin: &[u8]) -> Outcome {
+    run_env(program, args, stdin, &[])
+}
+
+/// [`run`] with more environment variables.
+pub fn run_env(
+    program: impl AsRef<Path>,
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, &str)],
+) -> Outcome {
     let mut child = Command::new(program.as_ref())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -220,6 +220,44 @@ pub fn parse_response(body: &str) -> Result<Vec<Value>, RpcError> {
         .collect()
 }
 
+/// The method and parameters of a `methodCall` (what a server reads).
+pub fn parse_call(body: &str) -> Result<(String, Vec<Value>), RpcError> {
+    let root = Element::parse(body)?;
+    if root.name != "methodCall" {
+        return Err(shape(format!("the root is <{}>", root.name)));
+    }
+    let method = root
+        .child("methodName")
+        .ok_or_else(|| shape("no <methodName>"))?
+        .text
+        .trim()
+        .to_string();
+    let params = match root.child("params") {
+        Some(p) => p
+            .children_named("param")
+            .map(|p| {
+                p.child("value")
+                    .ok_or_else(|| shape("a <param> has no <value>"))
+                    .and_then(decode_value)
+            })
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok((method, params))
+}
+
+/// The body of a successful response (what a server writes).
+pub fn method_response(values: &[Value]) -> String {
+    let mut out = String::from("<?xml version=\"1.0\"?>\n<methodResponse><params>");
+    for v in values {
+        out.push_str("<param>");
+        encode_value(v, &mut out);
+        out.push_str("</param>");
+    }
+    out.push_str("</params></methodResponse>\n");
+    out
+}
+
 /// oned's answer to one call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OnedReply {
@@ -270,13 +308,10 @@ mod tests {
         assert!(body.contains("<int>100</int>"));
         assert!(body.contains("<boolean>1</boolean>"));
         assert!(body.contains("<i8>1099511627776</i8>"));
-        // What the call encodes, the response reader decodes.
-        let back = parse_response(
-            &body
-                .replace("methodCall", "methodResponse")
-                .replace("<methodName>one.datastore.info</methodName>", ""),
-        )
-        .expect("round trip");
+        // What the call encodes, a server decodes, and what it answers, the client reads.
+        let (method, params) = parse_call(&body).expect("parse call");
+        assert_eq!(method, "one.datastore.info");
+        let back = parse_response(&method_response(&params)).expect("round trip");
         assert_eq!(
             back,
             vec![
