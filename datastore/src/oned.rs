@@ -16,6 +16,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+const DEFAULT_CIPHER_AUTH: &str = "/var/lib/one/.one/onegate_auth";
 const DEFAULT_ENDPOINT: &str = "http://localhost:2633/RPC2";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,16 +61,20 @@ fn home() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+fn endpoint_from_env() -> Result<String, Error> {
+    Ok(match std::env::var("ONE_XMLRPC") {
+        Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
+        _ => match home().map(|h| h.join(".one/one_endpoint")) {
+            Some(p) if p.exists() => first_line(&p, "the endpoint file")?,
+            _ => DEFAULT_ENDPOINT.to_string(),
+        },
+    })
+}
+
 impl OnedClient {
     /// The endpoint and session from the environment and the standard files.
     pub fn from_env() -> Result<OnedClient, Error> {
-        let endpoint = match std::env::var("ONE_XMLRPC") {
-            Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
-            _ => match home().map(|h| h.join(".one/one_endpoint")) {
-                Some(p) if p.exists() => first_line(&p, "the endpoint file")?,
-                _ => DEFAULT_ENDPOINT.to_string(),
-            },
-        };
+        let endpoint = endpoint_from_env()?;
         let auth = match std::env::var_os("ONE_AUTH").filter(|a| !a.is_empty()) {
             Some(p) => PathBuf::from(p),
             None => match home().map(|h| h.join(".one/one_auth")) {
@@ -85,6 +90,11 @@ impl OnedClient {
             )));
         }
         OnedClient::new(&endpoint, session)
+    }
+
+    /// The endpoint only, for calls that bring their own session ([`OnedClient::call_as`]).
+    pub fn from_env_endpoint() -> Result<OnedClient, Error> {
+        OnedClient::new(&endpoint_from_env()?, String::new())
     }
 
     /// A client for `endpoint` (`http://host[:port]/path`) with a session string.
@@ -220,6 +230,52 @@ impl OnedClient {
     }
 }
 
+/// A server-cipher login (spec §9.3): the server user of `ONE_CIPHER_AUTH` (default
+/// `/var/lib/one/.one/onegate_auth`, a `user:password` file) acting as `target_user` until
+/// `expire` (seconds since the epoch). The result is a session string for [`OnedClient::call_as`].
+pub fn server_cipher_session(target_user: &str, expire: i64) -> Result<String, Error> {
+    let path = match std::env::var_os("ONE_CIPHER_AUTH").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(DEFAULT_CIPHER_AUTH),
+    };
+    let line = first_line(&path, "the server credentials file")?;
+    let (user, password) = line.split_once(':').ok_or_else(|| {
+        oned_error(format!(
+            "the server credentials file {} does not hold user:password",
+            path.display()
+        ))
+    })?;
+    Ok(cipher_token(user, password, target_user, expire))
+}
+
+/// `srv_user:target_user:base64(AES-256-CBC("srv_user:target_user:expire"))`, the key being the
+/// first 32 characters of the hex SHA-256 of the password and the IV its first 16.
+pub fn cipher_token(user: &str, password: &str, target_user: &str, expire: i64) -> String {
+    use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
+    use base64::Engine;
+    use sha2::Digest;
+    let hex = hex::encode(sha2::Sha256::digest(password.as_bytes()));
+    let key = &hex.as_bytes()[..32];
+    let iv = &hex.as_bytes()[..16];
+    let cipher = aes::Aes256::new(GenericArray::from_slice(key));
+    let mut data = format!("{user}:{target_user}:{expire}").into_bytes();
+    // PKCS#7 padding, then CBC.
+    let pad = 16 - data.len() % 16;
+    data.extend(std::iter::repeat_n(pad as u8, pad));
+    let mut prev = [0u8; 16];
+    prev.copy_from_slice(iv);
+    for block in data.chunks_exact_mut(16) {
+        for (b, p) in block.iter_mut().zip(prev.iter()) {
+            *b ^= p;
+        }
+        let ga = GenericArray::from_mut_slice(block);
+        cipher.encrypt_block(ga);
+        prev.copy_from_slice(block);
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    format!("{user}:{target_user}:{b64}")
+}
+
 fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
@@ -331,6 +387,53 @@ mod tests {
         assert!(OnedClient::new("http://x:port/", "u:p".into()).is_err());
         assert!(OnedClient::new("http://:2633/", "u:p".into()).is_err());
         assert!(!format!("{c:?}").contains("u:p"));
+    }
+
+    /// The token against the openssl command line (the reference implementation of the
+    /// cipher oned's server_cipher driver uses).
+    #[test]
+    fn cipher_tokens_match_openssl() {
+        use sha2::Digest;
+        for (password, target, expire) in [
+            ("serveradmin-secret", "oneadmin", 1_763_700_000i64),
+            ("p:with:colons", "alice", 1),
+            (
+                "x",
+                "a-user-name-long-enough-to-need-several-blocks",
+                99_999_999_999,
+            ),
+        ] {
+            let token = cipher_token("serveradmin", password, target, expire);
+            let (prefix, b64) = token.rsplit_once(':').expect("token");
+            assert_eq!(prefix, format!("serveradmin:{target}"));
+            let hex = hex::encode(sha2::Sha256::digest(password.as_bytes()));
+            let key_hex = hex::encode(&hex.as_bytes()[..32]);
+            let iv_hex = hex::encode(&hex.as_bytes()[..16]);
+            let mut child = std::process::Command::new("openssl")
+                .args([
+                    "enc",
+                    "-aes-256-cbc",
+                    "-base64",
+                    "-A",
+                    "-K",
+                    &key_hex,
+                    "-iv",
+                    &iv_hex,
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("the openssl command is installed (.ci/run installs it)");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(format!("serveradmin:{target}:{expire}").as_bytes())
+                .expect("write");
+            let out = child.wait_with_output().expect("openssl");
+            assert!(out.status.success());
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), b64);
+        }
     }
 
     #[test]

@@ -21,6 +21,52 @@ const VM: u64 = 22;
 const PASSWORD: &str = "hunter2-secret";
 /// The front-end's oned login (ONE_AUTH) the MOCK oned accepts.
 const ONED_SESSION: &str = "oneadmin:opennebula-test";
+/// The server user's password (ONE_CIPHER_AUTH) the MOCK oned accepts cipher logins from.
+const SERVERADMIN_PASSWORD: &str = "srv-secret-7";
+
+/// Whether `session` is a valid server-cipher login of serveradmin as `user`, checked the way
+/// oned's server_cipher driver checks it: decrypted with openssl (the reference cipher), the
+/// user names matching and the expiry in the future but no more than ~2 minutes away.
+fn cipher_login_for(session: &str, user: &str) -> bool {
+    use sha2::Digest;
+    let Some(b64) = session.strip_prefix(&format!("serveradmin:{user}:")) else {
+        return false;
+    };
+    let hex = hex::encode(sha2::Sha256::digest(SERVERADMIN_PASSWORD.as_bytes()));
+    let key = hex::encode(&hex.as_bytes()[..32]);
+    let iv = hex::encode(&hex.as_bytes()[..16]);
+    let mut child = Command::new("openssl")
+        .args([
+            "enc",
+            "-d",
+            "-aes-256-cbc",
+            "-base64",
+            "-A",
+            "-K",
+            &key,
+            "-iv",
+            &iv,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    use std::io::Write;
+    let _ = child.stdin.take().expect("stdin").write_all(b64.as_bytes());
+    let out = child.wait_with_output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match text.strip_prefix(&format!("serveradmin:{user}:")) {
+        Some(exp) if out.status.success() => {
+            exp.parse::<i64>().is_ok_and(|e| e > now && e <= now + 130)
+        }
+        _ => false,
+    }
+}
 /// Disk id and size in MiB.
 const DISKS: [(u32, u64); 2] = [(0, 48), (1, 24)];
 
@@ -557,12 +603,28 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
     // backstop_downloader, whose command streams a standalone qcow2 of the disk as it was at
     // that increment, straight from the repository over SFTP.
     let served = ds.clone();
-    let oned = MockOned::start(ONED_SESSION, move |method, params| match (method, params) {
-        ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
-            ok(Value::Str(served.clone()))
-        }
-        _ => failed(&format!("[{method}] Error getting datastore"), 1024),
-    });
+    let next_id = std::sync::atomic::AtomicI64::new(100);
+    let oned = MockOned::start(
+        |session| session == ONED_SESSION || cipher_login_for(session, "alice"),
+        move |method, params| match (method, params) {
+            ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
+                ok(Value::Str(served.clone()))
+            }
+            ("one.image.allocate", [Value::Str(t), Value::Int(1), Value::Bool(false)]) => {
+                if t.contains("NAME = \"refused-disk-1\"") {
+                    failed("[one.image.allocate] Not enough space in datastore", 2048)
+                } else {
+                    ok(Value::Int(
+                        next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    ))
+                }
+            }
+            ("one.template.allocate", [Value::Str(_)]) => ok(Value::Int(
+                next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            )),
+            _ => failed(&format!("[{method}] Error getting datastore"), 1024),
+        },
+    );
     let auth = cloud.dir.path().join("one_auth");
     fs::write(&auth, format!("{ONED_SESSION}\n")).expect("one_auth");
     let env = [
@@ -661,6 +723,171 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
         assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
         assert_eq!(out.stdout, "");
     }
+
+    // restore (oneimage restore --increment 1) into image datastore 1, as user alice through a
+    // server-cipher login: one image per disk whose PATH downloads as the disk at increment 1,
+    // and a VM template that uses them.
+    let cipher_auth = cloud.dir.path().join("onegate_auth");
+    fs::write(
+        &cipher_auth,
+        format!("serveradmin:{SERVERADMIN_PASSWORD}\n"),
+    )
+    .expect("onegate_auth");
+    let restore_env = [
+        ("ONE_XMLRPC", oned.endpoint.as_str()),
+        ("ONE_CIPHER_AUTH", cipher_auth.to_str().expect("utf-8")),
+        ("ONE_AUTH", auth.to_str().expect("utf-8")),
+    ];
+    let restore = |options: &str| {
+        let data = format!(
+            "<DS_DRIVER_ACTION_DATA>{image}{ds}<DESTINATION_DS_ID>1</DESTINATION_DS_ID>\
+             <TEMPLATE><USERNAME>alice</USERNAME>{options}</TEMPLATE></DS_DRIVER_ACTION_DATA>"
+        );
+        support::run_env(
+            cloud.action("restore"),
+            &["7"],
+            support::b64(&data).as_bytes(),
+            &restore_env,
+        )
+    };
+    let before = oned.calls().len();
+    let out = restore("<INCREMENT_ID>1</INCREMENT_ID>");
+    assert_eq!(out.code, Some(0), "restore: {}", out.stderr);
+    let ids: Vec<i64> = out
+        .stdout
+        .split_whitespace()
+        .map(|w| w.parse().expect("ids"))
+        .collect();
+    assert_eq!(out.stdout.lines().count(), 1);
+    let calls: Vec<_> = oned.calls()[before..].to_vec();
+    let allocations: Vec<_> = calls
+        .iter()
+        .filter(|c| c.method == "one.image.allocate")
+        .collect();
+    assert_eq!(allocations.len(), 2, "{calls:?}");
+    let templ: Vec<_> = calls
+        .iter()
+        .filter(|c| c.method == "one.template.allocate")
+        .collect();
+    assert_eq!(templ.len(), 1);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.method == "one.datastore.info" || cipher_login_for(&c.session, "alice"))
+    );
+    // stdout: the template id, then the image ids in disk order.
+    assert_eq!(ids.len(), 3, "{}", out.stdout);
+    let (image_ids, template_id) = (&ids[1..], ids[0]);
+    assert!(image_ids[0] < image_ids[1] && image_ids[1] < template_id);
+    for (k, (disk, _)) in DISKS.iter().enumerate() {
+        let Value::Str(text) = &allocations[k].params[0] else {
+            panic!("template")
+        };
+        let t = backstop_protocol::template::Template::parse(text).expect("image template");
+        let base = format!("{VM}-{}", sources[1]);
+        assert_eq!(t.get("NAME"), Some(format!("{base}-disk-{disk}").as_str()));
+        assert_eq!(
+            t.get("TYPE"),
+            Some(if *disk == 0 { "OS" } else { "DATABLOCK" })
+        );
+        assert_eq!(t.get("FROM_BACKUP_DS"), Some("100"));
+        let path = t.get("PATH").expect("PATH");
+        assert_eq!(
+            path,
+            format!(
+                "backstop://100//{}{}/disk.{disk}.1",
+                link(1),
+                staging.display()
+            )
+        );
+        // oned's next steps: stat on the backup datastore, then cp downloads the PATH.
+        let stat_image = format!("<IMAGE><PATH><![CDATA[{path}]]></PATH><SIZE>0</SIZE></IMAGE>");
+        let st = cloud.ds_action("stat", "5", &[&stat_image, &ds]);
+        assert_eq!(st.stdout, format!("{}\n", DISKS[k].1), "{}", st.stderr);
+        let target = downloads.join(format!("restored.{disk}.qcow2"));
+        let dl = support::run_env(
+            cloud.remotes.join("datastore/downloader.sh"),
+            &[path, target.to_str().expect("utf-8")],
+            b"",
+            &env,
+        );
+        assert_eq!(dl.code, Some(0), "{}", dl.stderr);
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                target.to_str().expect("utf-8"),
+                downloads
+                    .join(format!("disk.{disk}.1.raw"))
+                    .to_str()
+                    .expect("utf-8"),
+            ],
+        );
+    }
+    let Value::Str(text) = &templ[0].params[0] else {
+        panic!("template")
+    };
+    let t = backstop_protocol::template::Template::parse(text).expect("vm template");
+    assert_eq!(t.get("NAME"), Some(format!("{VM}-{}", sources[1]).as_str()));
+    let disks: Vec<_> = t.vectors("DISK").collect();
+    assert_eq!(disks.len(), 2, "{text}");
+    for (k, d) in disks.iter().enumerate() {
+        assert_eq!(
+            d.iter()
+                .find(|(k, _)| k == "IMAGE_ID")
+                .map(|(_, v)| v.as_str()),
+            Some(image_ids[k].to_string().as_str()),
+            "{text}"
+        );
+        assert!(
+            !d.iter()
+                .any(|(k, _)| k == "DISK_ID" || k == "TYPE" || k == "SIZE")
+        );
+    }
+    assert_eq!(t.get("VMID"), None);
+
+    // One disk: no template (-1), one image.
+    let before = oned.calls().len();
+    let out = restore("<DISK_ID>1</DISK_ID><NAME>one-disk</NAME>");
+    assert_eq!(out.code, Some(0), "restore: {}", out.stderr);
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(words.len(), 2, "{}", out.stdout);
+    assert_eq!(words[0], "-1");
+    let calls: Vec<_> = oned.calls()[before..].to_vec();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.method == "one.image.allocate")
+            .count(),
+        1
+    );
+    assert!(!calls.iter().any(|c| c.method == "one.template.allocate"));
+
+    // oned refuses the second image: exit 1, one line naming the image already created.
+    let out = restore("<NAME>refused</NAME>");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("restore: oned refused one.image.allocate (error 2048): [one.image.allocate] Not enough space")
+            && out.stderr.contains("these images were already restored: "),
+        "{}",
+        out.stderr
+    );
+    // A wrong server password: oned refuses the login.
+    fs::write(&cipher_auth, "serveradmin:not-the-password\n").expect("onegate_auth");
+    let out = restore("");
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("User couldn't be authenticated"),
+        "{}",
+        out.stderr
+    );
     drop(oned);
 
     // increment_flatten with KEEP_LAST=2: increments 0..2 merge into 2, metadata only.

@@ -19,6 +19,7 @@ pub struct Call {
 }
 
 type Handler = dyn Fn(&str, &[Value]) -> Value + Send + Sync;
+type Accept = dyn Fn(&str) -> bool + Send + Sync;
 
 pub struct MockOned {
     pub endpoint: String,
@@ -43,9 +44,9 @@ pub fn failed(message: &str, code: i64) -> Value {
 }
 
 impl MockOned {
-    /// Serves on an ephemeral port of 127.0.0.1; `session` is the only accepted login.
+    /// Serves on an ephemeral port of 127.0.0.1; `accept` says which session strings log in.
     pub fn start(
-        session: &str,
+        accept: impl Fn(&str) -> bool + Send + Sync + 'static,
         handler: impl Fn(&str, &[Value]) -> Value + Send + Sync + 'static,
     ) -> MockOned {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock oned");
@@ -53,17 +54,17 @@ impl MockOned {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
+        let accept: Arc<Accept> = Arc::new(accept);
         let thread = {
             let calls = calls.clone();
             let stop = stop.clone();
-            let session = session.to_string();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
-                    let _ = serve(conn, &session, &*handler, &calls);
+                    let _ = serve(conn, &*accept, &*handler, &calls);
                 }
             })
         };
@@ -94,7 +95,7 @@ impl Drop for MockOned {
 
 fn serve(
     conn: TcpStream,
-    session: &str,
+    accept: &Accept,
     handler: &Handler,
     calls: &Mutex<Vec<Call>>,
 ) -> std::io::Result<()> {
@@ -132,7 +133,7 @@ fn serve(
                 session: given.clone(),
                 params: rest.clone(),
             });
-            if given != session {
+            if !accept(&given) {
                 failed(
                     &format!("[{method}] User couldn't be authenticated, aborting call."),
                     256,

@@ -6,6 +6,7 @@ pub mod downloader;
 pub mod increment_flatten;
 pub mod ls;
 pub mod monitor;
+pub mod restore;
 pub mod rm;
 pub mod stat;
 
