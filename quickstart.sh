@@ -49,7 +49,6 @@ step "Done"
 cat <<EOF
 backstop is installed in $remotes and answered oned's monitor call for a local datastore.
 backup, backup_cancel, stat, ls, rm and increment_flatten work too (see README, Status).
-Not yet implemented (they decode and validate their input, then say so): restore, the
-downloader and the TM actions.
+Not yet implemented (they decode and validate their input, then say so): the TM actions.
 Remove it all with: rm -rf $work
 EOF

@@ -7,9 +7,9 @@
 //! `RESTIC_SFTP_SERVER` is set, on S3 when `RESTIC_BACKEND=S3`, otherwise on a local path
 //! (`BASE_PATH` on the machine that runs the step: an all-in-one machine or a shared mount).
 //!
-//! Implemented so far: `monitor` for local datastores, and the repository engine ([`repo`]) on
-//! local paths. SFTP, S3 and the other actions are not written yet; the driver reports them as
-//! not implemented.
+//! Every datastore action is written, for local and SFTP repositories; [`oned`] is the client
+//! for oned's XML-RPC API that `restore` and the downloader use. S3 is not written yet, nor the
+//! handling of increment chains the stock restic driver made (see the README's status).
 
 pub mod actions;
 pub mod config;
