@@ -48,7 +48,8 @@ set -e
 step "Done"
 cat <<EOF
 backstop is installed in $remotes and answered oned's monitor call for a local datastore.
-backup, backup_cancel, stat, ls, rm and increment_flatten work too (see README, Status).
+backup, backup_cancel, stat, ls, rm, increment_flatten, restore and the downloader work too
+(see README, Status).
 Not yet implemented (they decode and validate their input, then say so): the TM actions.
 Remove it all with: rm -rf $work
 EOF
