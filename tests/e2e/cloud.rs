@@ -17,10 +17,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-const VM: u64 = 22;
-const PASSWORD: &str = "hunter2-secret";
+pub const VM: u64 = 22;
+pub const PASSWORD: &str = "hunter2-secret";
 /// The front-end's oned login (ONE_AUTH) the MOCK oned accepts.
-const ONED_SESSION: &str = "oneadmin:opennebula-test";
+pub const ONED_SESSION: &str = "oneadmin:opennebula-test";
 /// The server user's password (ONE_CIPHER_AUTH) the MOCK oned accepts cipher logins from.
 const SERVERADMIN_PASSWORD: &str = "srv-secret-7";
 
@@ -362,10 +362,12 @@ impl Cloud {
 
     /// The datastore `backup` action as one_vmm_exec runs it.
     pub fn backup(&self, vm_xml: &str) -> Outcome {
-        let stdin = format!(
-            "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
-            self.datastore_xml()
-        );
+        self.backup_to(&self.datastore_xml(), vm_xml)
+    }
+
+    /// `backup` to another datastore document.
+    pub fn backup_to(&self, ds: &str, vm_xml: &str) -> Outcome {
+        let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}</DS_DRIVER_ACTION_DATA>");
         let args = self.backup_args();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         support::run(self.action("backup"), &refs, stdin.as_bytes())
@@ -457,7 +459,7 @@ fn bitmaps(disk: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn parse_backup_line(out: &Outcome) -> (String, u64) {
+pub fn parse_backup_line(out: &Outcome) -> (String, u64) {
     assert_eq!(out.code, Some(0), "backup failed: {}", out.stderr);
     let line = out.stdout.trim_end_matches('\n');
     assert!(

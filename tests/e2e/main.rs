@@ -2,6 +2,7 @@
 //! called as oned calls them (argv, stdin, exit code, stdout, stderr). One test binary.
 
 mod actions;
+mod bad_input;
 mod cloud;
 mod crash;
 mod install;

@@ -140,7 +140,10 @@ pub fn plan(url: &BackupUrl, downloader: &Path, cfg: &DriverConfig) -> Result<Ve
     })?;
     shell_safe(exe)?;
     let oned = OnedClient::from_env()?;
-    resolve(url, &oned, cfg)?;
+    let (repo, ds, _) = resolve(url, &oned, cfg)?;
+    // A conflicting lock (a prune, a check) is reported now, in one line, rather than by the
+    // stream after downloader.sh has started the copy.
+    drop(repo.lock(false, lock_wait(&ds))?);
     Ok(vec![
         format!("command=\"{} --stream {}\"", sh_quote(exe), sh_quote(&text)),
         "clean_command=\"\"".to_string(),

@@ -525,12 +525,26 @@ impl SftpBackend {
                         OpenType::File,
                     )
                     .map_err(|e| classify(e, "cannot create", &tmp))?;
+                let mut written = 0usize;
                 for part in parts {
                     for piece in part.chunks(PIECE) {
                         self.throttle(piece.len());
-                        f.write_all(piece).map_err(|e| {
-                            Retry::Yes(format!("cannot write {}: {e}", tmp.display()))
-                        })?;
+                        if let Err(e) = f.write_all(piece) {
+                            // SFTP says only "failure"; the server's free space says why.
+                            let left = (total - written) as u64;
+                            return Err(match f.statvfs() {
+                                Ok(v) if v.f_bavail.saturating_mul(v.f_frsize) < left => {
+                                    Retry::No(format!(
+                                        "No space left on device on the backup server: {} bytes free under {}, {} more needed",
+                                        v.f_bavail.saturating_mul(v.f_frsize),
+                                        path.parent().unwrap_or(path).display(),
+                                        left
+                                    ))
+                                }
+                                _ => Retry::Yes(format!("cannot write {}: {e}", tmp.display())),
+                            });
+                        }
+                        written += piece.len();
                     }
                 }
                 // fsync@openssh.com where the server offers it.
