@@ -359,7 +359,7 @@ fn a_full_disk_on_the_backup_server_fails_the_backup_cleanly() {
     let repo = small.join(VM.to_string());
     let names = listing(&repo);
     assert!(names.contains_key("config"), "{names:?}");
-    for (name, _) in &names {
+    for name in names.keys() {
         assert!(
             !name.starts_with("snapshots/") && !name.starts_with("locks/") && !name.contains("tmp"),
             "left behind: {name} ({names:?})"
