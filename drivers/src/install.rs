@@ -245,7 +245,7 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
     let missing_ds = run::unimplemented_datastore_actions();
     if options.replace_stock && !missing_ds.is_empty() && !options.allow_unimplemented {
         return Err(InstallError(format!(
-            "--replace-stock would replace OpenNebula's working restic driver, but these backstop actions are not implemented yet: {}; refusing (--allow-unimplemented overrides, for testing only)",
+            "--replace-stock would replace OpenNebula's working restic driver, but these parts of backstop are not implemented yet: {}; refusing (--allow-unimplemented overrides, for testing only)",
             missing_ds.join(", ")
         )));
     }

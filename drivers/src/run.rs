@@ -405,12 +405,12 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
     }
 }
 
-/// Whether every action of this kind is implemented (install refuses to replace stock drivers
-/// with actions that are not).
+/// What a stock restic datastore may use that backstop cannot serve yet (install refuses to
+/// replace the stock driver while this is not empty).
 pub fn unimplemented_datastore_actions() -> Vec<&'static str> {
     vec![
-        "the downloader for increment chains the stock driver made",
-        "increment_flatten of chains the stock driver made",
+        "S3 storage (RESTIC_BACKEND=S3)",
+        "rbd-format backups (Ceph images)",
     ]
 }
 

@@ -68,7 +68,7 @@ fn cipher_login_for(session: &str, user: &str) -> bool {
     }
 }
 /// Disk id and size in MiB.
-const DISKS: [(u32, u64); 2] = [(0, 48), (1, 24)];
+pub const DISKS: [(u32, u64); 2] = [(0, 48), (1, 24)];
 
 /// qemu-nbd exporting a disk read-only with a dirty bitmap, stopped by its PID.
 struct Export(Child);

@@ -8,4 +8,5 @@ mod crash;
 mod install;
 mod oned_mock;
 mod repo_cli;
+mod stock;
 mod support;

@@ -518,19 +518,41 @@ pub fn host_run(
                 ),
             )
         })?;
-        if !psnap.tags.iter().any(|t| t == IMAGE_TAG) {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                format!(
-                    "VM {}: increment {} was stored by OpenNebula's restic driver; backstop does not extend stock chains yet; start a new chain (onevm backup --reset)",
-                    args.vm_id,
-                    increment - 1
-                ),
-            ));
-        }
         Some((pid, psnap))
     } else {
         None
+    };
+    // A parent the stock restic driver stored is a qcow2 delta, not a complete image: its chain
+    // (back to the FULL, or to a backstop image) is rebuilt here once, and this increment is
+    // stored whole; the increments after it are cheap again.
+    let stock_chain = match &parent {
+        Some((_, psnap)) if !psnap.tags.iter().any(|t| t == IMAGE_TAG) => {
+            let all = repo.all_snapshots()?;
+            let ids: Vec<u32> = disks.iter().map(|d| d.0).collect();
+            let mut links = Vec::new();
+            for k in (0..increment).rev() {
+                let (id, snap) = find_parent(&all, args.vm_id, &ids, k).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Repository,
+                        format!(
+                            "VM {}: the stock chain under increment {increment} has no increment {k} in {}; start a new chain (onevm backup --reset)",
+                            args.vm_id,
+                            target.url()
+                        ),
+                    )
+                })?;
+                links.push(backstop_protocol::url::ChainLink {
+                    increment_id: k,
+                    source: id.to_hex(),
+                });
+                if snap.tags.iter().any(|t| t == IMAGE_TAG) {
+                    break;
+                }
+            }
+            links.reverse();
+            Some((links, crate::actions::chain::WorkDir::new(ds)?))
+        }
+        _ => None,
     };
 
     // Open every disk: a full image through its allocation map, or a delta and its clusters.
@@ -556,8 +578,38 @@ pub fn host_run(
                 format!("cannot read disk {disk_id} ({}): {e}", path.display()),
             )
         };
-        let item = match &parent {
-            Some((_, psnap)) => {
+        let item = match (&parent, &stock_chain) {
+            (Some((_, psnap)), Some((links, work))) => {
+                // The parent's chain for this disk, then the staged delta on top of it.
+                let want = format!("disk.{disk_id}.{}", inc - 1);
+                let parent_path = psnap
+                    .paths
+                    .iter()
+                    .find(|p| base_name(p) == want)
+                    .cloned()
+                    .unwrap_or_default();
+                let dir = work.path.join(format!("disk{disk_id}"));
+                std::fs::create_dir(&dir)
+                    .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+                let files = crate::actions::chain::links(&repo, links, &parent_path, *disk_id)?;
+                let top = crate::actions::chain::fetch(&repo, ds, &files, *disk_id, &dir)?;
+                crate::actions::chain::qemu_img(&[
+                    "rebase".as_ref(),
+                    "-u".as_ref(),
+                    "-F".as_ref(),
+                    "qcow2".as_ref(),
+                    "-b".as_ref(),
+                    top.as_os_str(),
+                    path.as_os_str(),
+                ])?;
+                Opened {
+                    path: snapshot_path,
+                    parent_path: None,
+                    source: Box::new(NbdImage::open(path, "qcow2", None).map_err(input)?),
+                    changed: None,
+                }
+            }
+            (Some((_, psnap)), None) => {
                 if !qcow2 {
                     return Err(Error::new(
                         ErrorKind::Input,
@@ -576,13 +628,13 @@ pub fn host_run(
                     changed: Some(present),
                 }
             }
-            None if qcow2 => Opened {
+            (None, _) if qcow2 => Opened {
                 path: snapshot_path,
                 parent_path: None,
                 source: Box::new(NbdImage::open(path, "qcow2", None).map_err(input)?),
                 changed: None,
             },
-            None => Opened {
+            (None, _) => Opened {
                 path: snapshot_path,
                 parent_path: None,
                 source: Box::new(RawImage::open(path).map_err(input)?),

@@ -6,8 +6,11 @@
 //! disk of the URL's last snapshot, which is already a complete image, as a standalone qcow2 on
 //! stdout while reading the repository ([`crate::repo::Repo::stream_qcow2`]). No chain is
 //! rebuilt and no temporary space is used, so `clean_command` is empty. A FULL backup made by
-//! the stock restic driver is one standalone qcow2 file and is streamed as stored. Stock
-//! increment chains (qcow2 deltas to rebase and convert) are not handled yet and are refused.
+//! the stock restic driver is one standalone qcow2 file and is streamed as stored. A chain of
+//! stock increments (qcow2 deltas) is rebuilt as the stock downloader does: every file fetched
+//! into a directory under RESTIC_TMP_DIR (on the machine that runs the downloader, where the
+//! stock one uses the backup server), rebased and converted to one qcow2; `command` cats it and
+//! `clean_command` removes the directory.
 //!
 //! Both steps read the datastore (and its decrypted password) from oned's API, as the stock
 //! downloader does, so no secret appears in `command` or in any argv. The first step checks
@@ -15,6 +18,7 @@
 //! before downloader.sh starts a copy.
 
 use crate::actions::backup::{IMAGE_TAG, sh_quote};
+use crate::actions::chain::{self, ChainFile};
 use crate::actions::{lock_wait, open};
 use crate::config::DriverConfig;
 use crate::oned::OnedClient;
@@ -34,6 +38,10 @@ enum Source {
     Image { snapshot: String, path: String },
     /// A stock FULL backup: a standalone qcow2 file, streamed as stored.
     StockFull { snapshot: String, path: String },
+    /// Stock increments (qcow2 deltas) on a base: rebuilt into one qcow2 first, as the stock
+    /// downloader does. The base is a stock FULL, or a backstop image (the base a flatten of a
+    /// stock chain leaves).
+    Chain { links: Vec<ChainFile>, disk_id: u32 },
 }
 
 fn input(message: String) -> Error {
@@ -41,7 +49,7 @@ fn input(message: String) -> Error {
 }
 
 /// Characters that would change meaning inside downloader.sh's `eval "command=..."`.
-fn shell_safe(url: &str) -> Result<(), Error> {
+pub(crate) fn shell_safe(url: &str) -> Result<(), Error> {
     match url
         .chars()
         .find(|c| matches!(c, '"' | '$' | '`' | '\\' | '\'') || c.is_control())
@@ -93,17 +101,15 @@ fn resolve(
     } else if url.chain.len() == 1 {
         Source::StockFull { snapshot, path }
     } else {
-        return Err(Error::not_implemented(format!(
-            "downloading an increment chain of {} qcow2 deltas made by the stock restic driver ({url})",
-            url.chain.len()
-        )));
+        let links = chain::links(&repo, &url.chain, &url.path, disk_id)?;
+        Source::Chain { links, disk_id }
     };
     Ok((repo, ds, found))
 }
 
 /// The URL's own path when the snapshot holds it, else the snapshot's file of the same disk
 /// (`disk.<id>.<any increment>` in the same directory).
-fn disk_path(snap: &Snapshot, wanted: &str, disk_id: u32) -> Option<String> {
+pub(crate) fn disk_path(snap: &Snapshot, wanted: &str, disk_id: u32) -> Option<String> {
     let want = norm(wanted);
     if snap.paths.iter().any(|p| norm(p) == want) {
         return Some(wanted.to_string());
@@ -140,7 +146,15 @@ pub fn plan(url: &BackupUrl, downloader: &Path, cfg: &DriverConfig) -> Result<Ve
     })?;
     shell_safe(exe)?;
     let oned = OnedClient::from_env()?;
-    let (repo, ds, _) = resolve(url, &oned, cfg)?;
+    let (repo, ds, source) = resolve(url, &oned, cfg)?;
+    if let Source::Chain { links, disk_id } = &source {
+        let (dir, file) = chain::standalone(&repo, &ds, links, *disk_id)?;
+        let (dir, file) = (dir.display().to_string(), file.display().to_string());
+        return Ok(vec![
+            format!("command=\"cat {}\"", sh_quote(&file)),
+            format!("clean_command=\"rm -rf {}\"", sh_quote(&format!("{dir}/"))),
+        ]);
+    }
     // A conflicting lock (a prune, a check) is reported now, in one line, rather than by the
     // stream after downloader.sh has started the copy.
     drop(repo.lock(false, lock_wait(&ds))?);
@@ -162,6 +176,11 @@ pub fn stream(url: &BackupUrl, cfg: &DriverConfig, out: &mut impl Write) -> Resu
         }
         Source::StockFull { snapshot, path } => {
             repo.dump(&snapshot, &path, &mut out, lock_wait(&ds))?;
+        }
+        Source::Chain { .. } => {
+            return Err(input(format!(
+                "backup URL {url} names a chain of qcow2 deltas: its command is `cat` of the rebuilt image, not --stream"
+            )));
         }
     }
     out.flush()

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod backup_cancel;
+pub mod chain;
 pub mod downloader;
 pub mod increment_flatten;
 pub mod ls;

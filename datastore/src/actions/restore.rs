@@ -268,7 +268,7 @@ pub fn vm_template(
 }
 
 /// The disk files of a snapshot: disk id to path (`disk.<id>.<increment>`).
-fn snapshot_disks(paths: &[String]) -> BTreeMap<u32, String> {
+pub(crate) fn snapshot_disks(paths: &[String]) -> BTreeMap<u32, String> {
     let mut out = BTreeMap::new();
     for p in paths {
         let name = p.rsplit('/').next().unwrap_or_default();

@@ -1,0 +1,193 @@
+//! Chains of increments the stock restic driver stored (qcow2 deltas, each needing the one
+//! before it), rebuilt on this machine as the stock driver rebuilds them on the backup server:
+//! every file fetched into a private directory under RESTIC_TMP_DIR (default `/var/tmp`), then
+//! rebased onto the one before. A chain may start from a backstop image (the complete base a
+//! flatten leaves), which is fetched as a qcow2.
+//!
+//! The downloader converts the top to one standalone qcow2; increment_flatten reads it (with
+//! its backing files) as a complete disk and stores that as a backstop image.
+
+use crate::actions::backup::IMAGE_TAG;
+use crate::actions::downloader::{disk_path, shell_safe};
+use crate::actions::lock_wait;
+use crate::repo::Repo;
+use crate::{Error, ErrorKind};
+use backstop_protocol::message::Datastore;
+use backstop_protocol::url::ChainLink;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// One file of a chain to rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFile {
+    pub increment: u64,
+    pub snapshot: String,
+    pub path: String,
+    /// A backstop image (complete; fetched as qcow2) rather than a stock qcow2 file.
+    pub backstop: bool,
+}
+
+/// The files disk `disk_id` needs from `chain`: from its last backstop image (or its first
+/// link) to its end.
+pub fn links(
+    repo: &Repo,
+    chain: &[ChainLink],
+    wanted_path: &str,
+    disk_id: u32,
+) -> Result<Vec<ChainFile>, Error> {
+    let mut links = Vec::new();
+    for link in chain.iter().rev() {
+        let (id, snap) = repo.find_snapshot(&link.source)?;
+        let path = disk_path(&snap, wanted_path, disk_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("backup {} holds no disk {disk_id}", link.source),
+            )
+        })?;
+        let backstop = snap.tags.iter().any(|t| t == IMAGE_TAG);
+        links.push(ChainFile {
+            increment: link.increment_id,
+            snapshot: id.to_hex(),
+            path,
+            backstop,
+        });
+        if backstop {
+            break;
+        }
+    }
+    links.reverse();
+    Ok(links)
+}
+
+/// A private work directory under RESTIC_TMP_DIR, removed on drop unless kept.
+#[derive(Debug)]
+pub struct WorkDir {
+    pub path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    pub fn new(ds: &Datastore) -> Result<WorkDir, Error> {
+        let root = PathBuf::from(ds.attribute("RESTIC_TMP_DIR").unwrap_or("/var/tmp"));
+        let mut random = [0u8; 6];
+        getrandom::fill(&mut random).map_err(|e| Error::config(e.to_string()))?;
+        let path = root.join(format!("backstop-chain-{}", hex::encode(random)));
+        shell_safe(&path.display().to_string())?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot create a work directory under {}", root.display()),
+                    e,
+                )
+            })?;
+        Ok(WorkDir { path, keep: false })
+    }
+
+    /// Keeps the directory (the downloader's clean_command removes it later).
+    pub fn keep(mut self) -> PathBuf {
+        self.keep = true;
+        self.path.clone()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Fetches the files of `links` into `dir` and rebases each onto the one before; returns the
+/// top file (a qcow2 whose backing chain is complete).
+pub fn fetch(
+    repo: &Repo,
+    ds: &Datastore,
+    links: &[ChainFile],
+    disk_id: u32,
+    dir: &Path,
+) -> Result<PathBuf, Error> {
+    let wait = lock_wait(ds);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut files = Vec::new();
+    for link in links {
+        let file = dir.join(format!("disk.{disk_id}.{}", link.increment));
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&file)
+                .map_err(|e| Error::io(format!("cannot create {}", file.display()), e))?,
+        );
+        if link.backstop {
+            repo.stream_qcow2(&link.snapshot, &link.path, &mut out, threads, wait)?;
+        } else {
+            repo.dump(&link.snapshot, &link.path, &mut out, wait)?;
+        }
+        out.flush()
+            .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
+        files.push(file);
+    }
+    for pair in files.windows(2) {
+        qemu_img(&[
+            "rebase".as_ref(),
+            "-u".as_ref(),
+            "-F".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            pair[0].as_os_str(),
+            pair[1].as_os_str(),
+        ])?;
+    }
+    files
+        .pop()
+        .ok_or_else(|| Error::new(ErrorKind::Input, "an empty chain"))
+}
+
+/// The chain as one standalone qcow2 in a kept work directory: (directory, image).
+pub fn standalone(
+    repo: &Repo,
+    ds: &Datastore,
+    links: &[ChainFile],
+    disk_id: u32,
+) -> Result<(PathBuf, PathBuf), Error> {
+    let dir = WorkDir::new(ds)?;
+    let top = fetch(repo, ds, links, disk_id, &dir.path)?;
+    let standalone = dir.path.join("standalone.qcow2");
+    qemu_img(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        top.as_os_str(),
+        standalone.as_os_str(),
+    ])?;
+    // Only the result stays.
+    for l in links {
+        let _ = std::fs::remove_file(dir.path.join(format!("disk.{disk_id}.{}", l.increment)));
+    }
+    std::fs::rename(&standalone, &top)
+        .map_err(|e| Error::io(format!("cannot rename into {}", top.display()), e))?;
+    Ok((dir.keep(), top))
+}
+
+pub(crate) fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), Error> {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(|e| Error::io("cannot run qemu-img", e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(Error::new(
+        ErrorKind::Input,
+        format!(
+            "qemu-img {} failed: {}",
+            args.first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
+            err.lines().next().unwrap_or("no message").trim()
+        ),
+    ))
+}
