@@ -971,9 +971,13 @@ fn backup_cancel_stops_a_running_backup_and_leaves_the_repository_clean() {
     let vm_xml = cloud.vm_xml(-1, -1);
     cloud.stage(0, &vm_xml);
     // 1 MiB/s to the backup server: the backup takes long enough to be cancelled mid-way.
+    // RESTIC_NICE and RESTIC_IONICE confine the host step (spec §10.3).
     let stdin = format!(
         "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
-        cloud.datastore_xml_with("<RESTIC_BWLIMIT>1024</RESTIC_BWLIMIT>")
+        cloud.datastore_xml_with(
+            "<RESTIC_BWLIMIT>1024</RESTIC_BWLIMIT><RESTIC_NICE>7</RESTIC_NICE>\
+             <RESTIC_IONICE>5</RESTIC_IONICE>"
+        )
     );
     let mut backup = Command::new(cloud.action("backup"))
         .args(cloud.backup_args())
@@ -1000,6 +1004,33 @@ fn backup_cancel_stops_a_running_backup_and_leaves_the_repository_clean() {
         backup.try_wait().expect("wait").is_none(),
         "the backup ended too soon to cancel"
     );
+    // The host step (found by its unique staging path) runs at nice 7, best-effort I/O 5.
+    let staging = cloud.staging().display().to_string();
+    let host_step: Vec<u32> = fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).to_string();
+                let argv: Vec<&str> = c.split('\0').collect();
+                argv[0].ends_with("/backstop")
+                    && argv.get(1) == Some(&"host-backup")
+                    && argv.contains(&staging.as_str())
+            })
+        })
+        .collect();
+    assert_eq!(host_step.len(), 1, "the host step: {host_step:?}");
+    let stat = fs::read_to_string(format!("/proc/{}/stat", host_step[0])).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(fields[16], "7", "nice of the host step: {stat}");
+    let io = sh("ionice", &["-p", &host_step[0].to_string()]);
+    assert_eq!(io.trim(), "best-effort: prio 5");
     let cancel = support::run(
         cloud.action("backup_cancel"),
         &[

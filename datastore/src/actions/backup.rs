@@ -35,7 +35,7 @@ use crate::repo::writer::{self, BackupOptions, Content, FileSpec};
 use crate::target::{RepoTarget, repo_id};
 use crate::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
-use backstop_protocol::message::{BackupMode, BackupRequest, Vm};
+use backstop_protocol::message::{BackupMode, BackupRequest, Datastore, Vm};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -115,6 +115,68 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str) -> Command {
         host,
     ]);
     cmd
+}
+
+fn limit(
+    ds: &Datastore,
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<Option<i64>, Error> {
+    let Some(v) = ds.attribute(name) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<i64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(Error::config(format!(
+            "datastore {}: {name} is {v:?}, not a whole number from {} to {}",
+            ds.id,
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+/// The shell prefix that confines the host step (spec §10.3), from the datastore's
+/// `RESTIC_MAX_RIOPS`, `RESTIC_MAX_WIOPS`, `RESTIC_CPU_QUOTA` (percent), `RESTIC_MEMORY_MAX_MB`
+/// (a systemd user slice `backup.<ds_id>.slice` shared by all backups to the datastore, as the
+/// stock drivers use; its limits are set as runtime properties), or else `RESTIC_NICE` and
+/// `RESTIC_IONICE` (`nice`, `ionice -c2`). Empty when none is set.
+pub fn confinement(ds: &Datastore, vm_dir: &str) -> Result<String, Error> {
+    let riops = limit(ds, "RESTIC_MAX_RIOPS", 1..=i64::MAX)?;
+    let wiops = limit(ds, "RESTIC_MAX_WIOPS", 1..=i64::MAX)?;
+    let cpu = limit(ds, "RESTIC_CPU_QUOTA", 1..=100_000)?;
+    let mem = limit(ds, "RESTIC_MEMORY_MAX_MB", 1..=i64::MAX)?;
+    let nice = limit(ds, "RESTIC_NICE", -20..=19)?;
+    let ionice = limit(ds, "RESTIC_IONICE", 0..=7)?;
+    if riops.is_some() || wiops.is_some() || cpu.is_some() || mem.is_some() {
+        let slice = format!("backup.{}.slice", ds.id);
+        let mut props = Vec::new();
+        if let Some(c) = cpu {
+            props.push(format!("CPUQuota={c}%"));
+        }
+        if let Some(m) = mem {
+            props.push(format!("MemoryMax={m}M"));
+        }
+        if let Some(r) = riops {
+            props.push(format!("IOReadIOPSMax={vm_dir} {r}"));
+        }
+        if let Some(w) = wiops {
+            props.push(format!("IOWriteIOPSMax={vm_dir} {w}"));
+        }
+        let props: Vec<String> = props.iter().map(|p| sh_quote(p)).collect();
+        return Ok(format!(
+            "systemctl --user set-property --runtime {slice} {} && exec systemd-run --user --quiet --pipe --collect --wait --slice={slice} ",
+            props.join(" ")
+        ));
+    }
+    let mut prefix = String::new();
+    if let Some(n) = nice {
+        prefix.push_str(&format!("nice -n {n} "));
+    }
+    if let Some(n) = ionice {
+        prefix.push_str(&format!("ionice -c2 -n{n} "));
+    }
+    Ok(prefix)
 }
 
 /// Creates the repository when it is missing. Parallel backups of one job share a repository:
@@ -213,9 +275,14 @@ pub fn run(
     remote.push(args.vm_id.to_string());
     remote.push(args.system_ds_id.to_string());
     let line: Vec<String> = remote.iter().map(|w| sh_quote(w)).collect();
+    let line = format!(
+        "{}{}",
+        confinement(&request.datastore, &args.host_dir.vm_dir)?,
+        line.join(" ")
+    );
 
     let mut child = ssh_command(cfg, &host)
-        .arg(line.join(" "))
+        .arg(line)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -706,6 +773,50 @@ pub fn decode_vm_xml(bytes: &[u8]) -> Result<Vm, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ds_with(attrs: &str) -> Datastore {
+        let xml = format!(
+            "<DATASTORE><ID>100</ID><DS_MAD>backstop</DS_MAD><BASE_PATH>/b</BASE_PATH>\
+             <TEMPLATE>{attrs}</TEMPLATE></DATASTORE>"
+        );
+        let root = backstop_protocol::xml::Element::parse(&xml).expect("xml");
+        Datastore::from_xml(&root).expect("datastore")
+    }
+
+    #[test]
+    fn confinement_prefixes() {
+        let vm_dir = "/var/lib/one//datastores/0/22";
+        assert_eq!(confinement(&ds_with(""), vm_dir).expect("none"), "");
+        assert_eq!(
+            confinement(
+                &ds_with("<RESTIC_NICE>10</RESTIC_NICE><RESTIC_IONICE>6</RESTIC_IONICE>"),
+                vm_dir
+            )
+            .expect("nice"),
+            "nice -n 10 ionice -c2 -n6 "
+        );
+        assert_eq!(
+            confinement(
+                &ds_with(
+                    "<RESTIC_CPU_QUOTA>50</RESTIC_CPU_QUOTA><RESTIC_MAX_RIOPS>300</RESTIC_MAX_RIOPS>\
+                     <RESTIC_NICE>10</RESTIC_NICE>"
+                ),
+                vm_dir
+            )
+            .expect("systemd"),
+            "systemctl --user set-property --runtime backup.100.slice 'CPUQuota=50%' \
+             'IOReadIOPSMax=/var/lib/one//datastores/0/22 300' && exec systemd-run --user --quiet \
+             --pipe --collect --wait --slice=backup.100.slice "
+        );
+        for bad in [
+            "<RESTIC_NICE>99</RESTIC_NICE>",
+            "<RESTIC_IONICE>x</RESTIC_IONICE>",
+            "<RESTIC_MEMORY_MAX_MB>0</RESTIC_MEMORY_MAX_MB>",
+        ] {
+            let e = confinement(&ds_with(bad), vm_dir).expect_err(bad);
+            assert!(e.to_string().starts_with("datastore 100: RESTIC_"), "{e}");
+        }
+    }
 
     #[test]
     fn staged_names() {
