@@ -1,6 +1,6 @@
 //! Every datastore action against each class of bad circumstance the issue lists: a wrong
-//! password, a missing repository, a lock held past the wait, an unreachable backup server, a
-//! full disk on the backup server. Each gets one clear stderr line and exit 1 (or, where the
+//! password, a missing repository, a lock held past the wait, an unreachable backup server, one
+//! whose host key is unknown, a full disk on the backup server. Each gets one clear stderr line and exit 1 (or, where the
 //! action is idempotent, success with nothing done), and the repository is left exactly as it
 //! was: same files, same sizes, and `restic check` clean. The datastore for the downloader and
 //! restore comes from a MOCK oned (oned cannot run here).
@@ -255,6 +255,19 @@ fn every_action_answers_bad_circumstances_with_one_line_and_leaves_the_repositor
         one_line(action, &out, "127.0.0.9");
         unchanged(&format!("{action} with an unreachable server"));
     }
+
+    // A backup server whose host key is not known: refused, never trusted on first use.
+    let stranger = s.cloud.datastore_xml().replace(
+        "<RESTIC_SFTP_SERVER><![CDATA[bks]]>",
+        "<RESTIC_SFTP_SERVER><![CDATA[stranger]]>",
+    );
+    for action in READERS {
+        let out = s.run(action, &stranger);
+        one_line(action, &out, "unknown host key for stranger");
+        unchanged(&format!("{action} with an unknown host key"));
+    }
+    let out = s.run("monitor", &stranger);
+    one_line("monitor", &out, "Host key verification failed");
 
     // An exclusive lock (a prune or check elsewhere) held past BACKSTOP_LOCK_WAIT.
     let holder = Repo::open(Arc::new(LocalBackend::new(&repo_dir)), PASSWORD).expect("open");

@@ -95,9 +95,15 @@ impl Cloud {
         let hv = Sshd::start_on(dir.path(), "127.0.0.2", "hv1");
         let bks = Sshd::start_on(dir.path(), "127.0.0.3", "bks");
         let ssh_config = dir.path().join("ssh_config");
+        // "stranger" is the backup server under a name whose host key nobody recorded.
+        let no_keys = dir.path().join("known_hosts.empty");
+        fs::write(&no_keys, "").expect("known_hosts.empty");
+        let stranger = bks
+            .block_with(&no_keys)
+            .replacen("Host bks\n", "Host stranger\n", 1);
         fs::write(
             &ssh_config,
-            format!("{}{}", hv.host_block(), bks.host_block()),
+            format!("{}{}{stranger}", hv.host_block(), bks.host_block()),
         )
         .expect("ssh_config");
         // A stock front-end's remotes tree (with its downloader.sh), backstop installed side

@@ -133,7 +133,7 @@ impl Sshd {
         self.block_with(&self.known_hosts)
     }
 
-    fn block_with(&self, known_hosts: &Path) -> String {
+    pub fn block_with(&self, known_hosts: &Path) -> String {
         format!(
             "Host {}\n  HostName {}\n  Port {}\n  User root\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
             self.alias,
