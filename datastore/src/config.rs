@@ -11,6 +11,10 @@
 //!     must exist at that path on both).
 //!   - `RUN_DIR`: where running backups leave their PID files for `backup_cancel` (default
 //!     `<remotes>/../.backstop/run`, i.e. `/var/lib/one/.backstop/run`).
+//!   - `TM_DELIVERY`: how backstop's prebackup hands disks to the datastore: `staging` (copies
+//!     in the stock layout, for any datastore driver), `direct` (no copies; only backstop's
+//!     datastore reads them) or `auto` (the default: direct when the backup datastore's
+//!     `backup` action is backstop's, asked of oned; staging otherwise).
 
 use crate::Error;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,16 @@ pub struct DriverConfig {
     pub ssh_config: Option<PathBuf>,
     pub backup_base_path: Option<String>,
     pub run_dir: PathBuf,
+    pub tm_delivery: Delivery,
+}
+
+/// How prebackup hands the disks to the datastore's backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    #[default]
+    Auto,
+    Staging,
+    Direct,
 }
 
 impl DriverConfig {
@@ -48,6 +62,17 @@ impl DriverConfig {
             run_dir: get(&ours, "RUN_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| parent.join(".backstop/run")),
+            tm_delivery: match get(&ours, "TM_DELIVERY").as_deref() {
+                None | Some("auto") => Delivery::Auto,
+                Some("staging") => Delivery::Staging,
+                Some("direct") => Delivery::Direct,
+                Some(other) => {
+                    return Err(Error::config(format!(
+                        "{}: TM_DELIVERY is {other:?}; use auto, staging or direct",
+                        remotes.join("etc/datastore/backstop.conf").display()
+                    )));
+                }
+            },
         })
     }
 

@@ -58,6 +58,22 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The host step of the transfer manager's prebackup or postbackup; the front-end runs it
+    /// on the hypervisor and sends the VM document on stdin.
+    #[command(hide = true)]
+    HostTm {
+        /// prebackup or postbackup.
+        action: String,
+        /// The staging directory.
+        #[arg(long)]
+        staging: PathBuf,
+        /// direct (no disk copies; backstop's datastore reads the disks) or staging.
+        #[arg(long, default_value = "staging")]
+        delivery: String,
+        /// The action's six arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -82,6 +98,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             ssh_config,
             args,
         } => run::host_backup(&staging, ssh_config, &args),
+        Command::HostTm {
+            action,
+            staging,
+            delivery,
+            args,
+        } => run::host_tm(&action, &staging, delivery == "direct", &args),
     }
 }
 

@@ -205,6 +205,8 @@ pub enum Request {
         name: String,
         args: BackupArgs,
         vm: Vm,
+        #[serde(skip)]
+        raw: Vec<u8>,
     },
     TmRestore {
         tm_mad: String,
@@ -321,13 +323,15 @@ pub fn decode(
                 });
             }
             let args = BackupArgs::parse(args)?;
-            let roots = input::decode_siblings(&read_all(stdin)?, Encoding::RawXml)?;
+            let raw = read_all(stdin)?;
+            let roots = input::decode_siblings(&raw, Encoding::RawXml)?;
             let vm = message::vm_from_siblings(&roots)?;
             Ok(Request::TmBackupStep {
                 tm_mad,
                 name: action.name().to_string(),
                 args,
                 vm,
+                raw,
             })
         }
         Invocation::Downloader { scheme } => match args {
@@ -398,6 +402,32 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
         Request::Restore { request, .. } => {
             Ok(Answer::Line(restore::run(&request, &ctx.config()?)?))
         }
+        Request::TmBackupStep {
+            name,
+            args,
+            vm,
+            raw,
+            ..
+        } if name == "prebackup" => {
+            backstop_tm::fe::run(&name, &args, &vm, &raw, &ctx.config()?, &ctx.cancel)?;
+            Ok(Answer::Nothing)
+        }
+        Request::TmBackupStep {
+            name,
+            args,
+            vm,
+            raw,
+            ..
+        } if name == "postbackup" => {
+            // As the stock script: problems are logged, the step succeeds.
+            if let Err(e) = ctx.config().map_err(|e| e.to_string()).and_then(|cfg| {
+                backstop_tm::fe::run(&name, &args, &vm, &raw, &cfg, &ctx.cancel)
+                    .map_err(|e| e.to_string())
+            }) {
+                output::log(output::Level::Error, &e);
+            }
+            Ok(Answer::Nothing)
+        }
         // Decoded and validated above; the work itself is not written yet.
         Request::TmBackupStep { .. } | Request::TmRestore { .. } => {
             Err(DriverError::NotImplemented)
@@ -418,7 +448,63 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
     backstop_protocol::action::TM_ACTIONS
         .iter()
         .map(|a| a.name())
+        .filter(|n| *n != "prebackup" && *n != "postbackup")
         .collect()
+}
+
+/// `backstop host-tm <prebackup|postbackup>`: the host step of the transfer manager's backup
+/// actions (see backstop_tm::host). Prints nothing on stdout.
+pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> ExitCode {
+    const NAME: &str = "host-tm";
+    set_current_action(NAME);
+    let cancel = cancel_on_sigterm();
+    let result = (|| -> Result<(), DriverError> {
+        let args = BackupArgs::parse(args)?;
+        let raw = backup::read_request(std::io::stdin(), &cancel)?;
+        let roots = input::decode_siblings(&raw, Encoding::RawXml)?;
+        let vm = message::vm_from_siblings(&roots)?;
+        // vm.xml holds the VM document alone, as oned sent it to prebackup.
+        let vm_xml = roots
+            .first()
+            .map(|_| {
+                let text = String::from_utf8_lossy(&raw);
+                match text.find("</VM>") {
+                    Some(end) => text[..end + "</VM>".len()].trim().as_bytes().to_vec(),
+                    None => raw.clone(),
+                }
+            })
+            .unwrap_or_default();
+        let step = backstop_tm::host::Step {
+            args: &args,
+            vm: &vm,
+            vm_xml: &vm_xml,
+            staging: staging.to_path_buf(),
+            direct,
+            cancel: &cancel,
+        };
+        match action {
+            "prebackup" => {
+                let s = backstop_tm::host::prebackup(&step)?;
+                output::log(
+                    output::Level::Info,
+                    &format!(
+                        "VM {}: increment {} prepared ({} bytes read, {} bytes staged)",
+                        vm.id, s.increment, s.bytes_read, s.staged_bytes
+                    ),
+                );
+                Ok(())
+            }
+            "postbackup" => {
+                backstop_tm::host::postbackup(&step);
+                Ok(())
+            }
+            other => Err(DriverError::Other(format!("no host step {other:?}"))),
+        }
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(NAME, &e),
+    }
 }
 
 /// `backstop host-backup`: the host step of `backup` (see backstop_datastore::actions::backup).
@@ -438,6 +524,7 @@ pub fn host_backup(staging: &Path, ssh_config: Option<PathBuf>, args: &[String])
             ssh_config,
             backup_base_path: None,
             run_dir: PathBuf::new(),
+            tm_delivery: Default::default(),
         };
         let outcome = backup::host_run(&args, &request, staging, &cfg, &cancel)?;
         serde_json::to_string(&outcome).map_err(|e| DriverError::Other(e.to_string()))

@@ -13,6 +13,11 @@ use crate::oned_mock::{MockOned, failed, ok};
 use crate::support::{self, Outcome};
 use backstop_protocol::xmlrpc::Value;
 use sshd::{Sshd, run as sh};
+
+/// Runs a command that must succeed; its stdout.
+pub fn sh_ok(cmd: &str, args: &[&str]) -> String {
+    sh(cmd, args)
+}
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -10,3 +10,4 @@ mod oned_mock;
 mod repo_cli;
 mod stock;
 mod support;
+mod tm;

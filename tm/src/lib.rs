@@ -1,8 +1,14 @@
 //! # backstop-tm
 //!
-//! The host side of a backup (`remotes/tm/<tm>/<action>`): prebackup/postbackup for stopped and
-//! running VMs, changed-block tracking with qcow2 bitmaps, direct streaming of disks, and
-//! in-place restore (spec §4, §9.2).
+//! The host side of a backup (`remotes/tm/<tm>/<action>`): prebackup/postbackup, changed-block
+//! tracking with qcow2 bitmaps, direct hand-over of disks, and in-place restore (spec §4,
+//! §9.2).
 //!
-//! Nothing here is written yet: the driver answers every transfer-manager action with
-//! "not implemented", and `install.sh --with-tm` refuses to replace the stock actions until it is.
+//! Written so far: prebackup and postbackup for powered-off VMs ([`host`]), in the stock
+//! staging layout ([`delta`]) or direct, run on the host by the front-end step ([`fe`]).
+//! prebackup_live, postbackup_live and restore are not written yet.
+
+pub mod delta;
+pub mod fe;
+pub mod host;
+pub mod qemu;

@@ -281,50 +281,7 @@ pub fn run(
         line.join(" ")
     );
 
-    let mut child = ssh_command(cfg, &host)
-        .arg(line)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io("cannot run ssh", e))?;
-    let mut stdin = child.stdin.take();
-    if let Some(s) = stdin.as_mut() {
-        // A host that is gone shows up below as ssh's own error; a write error here says less.
-        let _ = s
-            .write_all(format!("{REQUEST_HEADER} {}\n", raw_xml.len()).as_bytes())
-            .and_then(|()| s.write_all(raw_xml))
-            .and_then(|()| s.flush());
-    }
-    let out = child.stdout.take().map(collect);
-    let err = child.stderr.take().map(collect);
-
-    let mut cancelled_at: Option<Instant> = None;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(e) => return Err(Error::io("cannot wait for ssh", e)),
-        }
-        if cancel.load(Ordering::SeqCst) {
-            match cancelled_at {
-                None => {
-                    // End of file on the host's stdin: it stops and leaves the repository
-                    // consistent.
-                    drop(stdin.take());
-                    cancelled_at = Some(Instant::now());
-                }
-                Some(t) if t.elapsed() > CANCEL_GRACE => {
-                    let _ = child.kill();
-                }
-                Some(_) => {}
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    drop(stdin);
-    let stdout = out.map(join).unwrap_or_default();
-    let stderr = err.map(join).unwrap_or_default();
+    let (status, stdout, stderr) = remote_call(cfg, &host, &line, raw_xml, cancel)?;
     if cancel.load(Ordering::SeqCst) {
         return Err(Error::new(
             ErrorKind::Cancelled,
@@ -355,6 +312,62 @@ pub fn run(
     })
 }
 
+/// Runs `line` on `host` over ssh with `request` sent as the framed request on its stdin, and
+/// waits. A cancel closes the host's stdin (the host step stops cleanly), then kills ssh after a
+/// grace period. Returns the exit status, stdout and stderr.
+pub fn remote_call(
+    cfg: &DriverConfig,
+    host: &str,
+    line: &str,
+    request: &[u8],
+    cancel: &Arc<AtomicBool>,
+) -> Result<(std::process::ExitStatus, String, String), Error> {
+    let mut child = ssh_command(cfg, host)
+        .arg(line)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("cannot run ssh", e))?;
+    let mut stdin = child.stdin.take();
+    if let Some(s) = stdin.as_mut() {
+        // A host that is gone shows up below as ssh's own error; a write error here says less.
+        let _ = s
+            .write_all(format!("{REQUEST_HEADER} {}\n", request.len()).as_bytes())
+            .and_then(|()| s.write_all(request))
+            .and_then(|()| s.flush());
+    }
+    let out = child.stdout.take().map(collect);
+    let err = child.stderr.take().map(collect);
+
+    let mut cancelled_at: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(Error::io("cannot wait for ssh", e)),
+        }
+        if cancel.load(Ordering::SeqCst) {
+            match cancelled_at {
+                None => {
+                    // End of file on the host's stdin: it stops and leaves things consistent.
+                    drop(stdin.take());
+                    cancelled_at = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > CANCEL_GRACE => {
+                    let _ = child.kill();
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    let stdout = out.map(join).unwrap_or_default();
+    let stderr = err.map(join).unwrap_or_default();
+    Ok((status, stdout, stderr))
+}
+
 fn collect(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -368,10 +381,12 @@ fn join(h: std::thread::JoinHandle<String>) -> String {
 }
 
 /// The last non-empty line, without the `<action>: ` prefix a backstop error line carries.
-fn last_line(text: &str) -> Option<String> {
+pub fn last_line(text: &str) -> Option<String> {
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
     Some(
-        line.strip_prefix("host-backup: ")
+        ["host-backup: ", "host-tm: "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
             .unwrap_or(line)
             .to_string(),
     )
@@ -496,6 +511,31 @@ pub fn host_run(
             Some(Staged::Disk { .. }) | None => {}
         }
     }
+    // Direct mode: prebackup copied nothing and named the disks and their bitmaps instead.
+    let manifest_path = staging.join(backstop_protocol::staging::MANIFEST);
+    let direct: Option<backstop_protocol::staging::DirectManifest> = if manifest_path.exists() {
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| Error::io(format!("cannot read {}", manifest_path.display()), e))?;
+        let m: backstop_protocol::staging::DirectManifest =
+            serde_json::from_str(&text).map_err(|e| {
+                Error::new(
+                    ErrorKind::Input,
+                    format!(
+                        "{} is not a backstop manifest: {e}",
+                        manifest_path.display()
+                    ),
+                )
+            })?;
+        disks = m
+            .disks
+            .iter()
+            .filter(|d| args.disk_ids.contains(&d.disk_id))
+            .map(|d| (d.disk_id, m.increment, PathBuf::from(&d.path)))
+            .collect();
+        Some(m)
+    } else {
+        None
+    };
     disks.sort();
     for id in &args.disk_ids {
         match disks.iter().filter(|d| d.0 == *id).count() {
@@ -593,7 +633,8 @@ pub fn host_run(
     // (back to the FULL, or to a backstop image) is rebuilt here once, and this increment is
     // stored whole; the increments after it are cheap again.
     let stock_chain = match &parent {
-        Some((_, psnap)) if !psnap.tags.iter().any(|t| t == IMAGE_TAG) => {
+        // Direct mode reads the whole disk instead (see below): no chain to rebuild.
+        Some((_, psnap)) if direct.is_none() && !psnap.tags.iter().any(|t| t == IMAGE_TAG) => {
             let all = repo.all_snapshots()?;
             let ids: Vec<u32> = disks.iter().map(|d| d.0).collect();
             let mut links = Vec::new();
@@ -631,21 +672,70 @@ pub fn host_run(
     }
     let mut opened = Vec::new();
     for (disk_id, inc, path) in &disks {
-        let snapshot_path = format!(
-            "{}/{}",
-            staging.display(),
-            base_name(&path.display().to_string())
-        );
+        // Where the file lived in the stock layout, whatever the disk's own path (direct mode).
+        let snapshot_path = format!("{}/disk.{disk_id}.{inc}", staging.display());
         let snapshot_path = crate::target::clean_path(&snapshot_path);
-        let qcow2 = nbd::is_qcow2(path)
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        let qcow2 = match &direct {
+            Some(m) => m
+                .disks
+                .iter()
+                .any(|d| d.disk_id == *disk_id && d.format == "qcow2"),
+            None => nbd::is_qcow2(path)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?,
+        };
         let input = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Input,
                 format!("cannot read disk {disk_id} ({}): {e}", path.display()),
             )
         };
+        let direct_disk = direct
+            .as_ref()
+            .and_then(|m| m.disks.iter().find(|d| d.disk_id == *disk_id));
+        let format = if qcow2 { "qcow2" } else { "raw" };
         let item = match (&parent, &stock_chain) {
+            // Direct mode: the disk itself, with the parent's bitmap for its changed extents.
+            _ if direct_disk.is_some() => {
+                let d = direct_disk.ok_or_else(|| Error::new(ErrorKind::Input, "no disk"))?;
+                let backstop_parent = parent
+                    .as_ref()
+                    .filter(|(_, p)| p.tags.iter().any(|t| t == IMAGE_TAG));
+                match (&d.bitmap, backstop_parent) {
+                    (Some(bitmap), Some((_, psnap))) => {
+                        let img = NbdImage::open(path, format, Some(bitmap)).map_err(input)?;
+                        let changed = img.dirty(bitmap).map_err(input)?;
+                        let want = format!("disk.{disk_id}.{}", inc - 1);
+                        Opened {
+                            path: snapshot_path,
+                            parent_path: psnap.paths.iter().find(|p| base_name(p) == want).cloned(),
+                            source: Box::new(img),
+                            changed: Some(changed),
+                        }
+                    }
+                    (bitmap, _) => {
+                        if bitmap.is_some() {
+                            backstop_protocol::output::log(
+                                backstop_protocol::output::Level::Info,
+                                &format!(
+                                    "VM {}: increment {} of disk {disk_id} has no backstop parent snapshot; reading the whole disk",
+                                    args.vm_id,
+                                    inc - 1
+                                ),
+                            );
+                        }
+                        Opened {
+                            path: snapshot_path,
+                            parent_path: None,
+                            source: if qcow2 {
+                                Box::new(NbdImage::open(path, "qcow2", None).map_err(input)?)
+                            } else {
+                                Box::new(RawImage::open(path).map_err(input)?)
+                            },
+                            changed: None,
+                        }
+                    }
+                }
+            }
             (Some((_, psnap)), Some((links, work))) => {
                 // The parent's chain for this disk, then the staged delta on top of it.
                 let want = format!("disk.{disk_id}.{}", inc - 1);

@@ -26,11 +26,13 @@ const REFCOUNT_ENTRIES: u64 = CLUSTER / 2;
 const COPIED: u64 = 1 << 63;
 const HEADER_LEN: u32 = 104;
 
-/// Which guest clusters hold data, one bit each.
+/// Which guest clusters hold data, one bit each; with [`Allocation::zero_rest`], every other
+/// cluster is an explicit zero cluster (a delta that hides all of its backing file).
 #[derive(Debug, Clone)]
 pub struct Allocation {
     size: u64,
     bits: Vec<u64>,
+    zero_rest: bool,
 }
 
 impl Allocation {
@@ -39,7 +41,18 @@ impl Allocation {
         Allocation {
             size,
             bits: vec![0; clusters.div_ceil(64) as usize],
+            zero_rest: false,
         }
+    }
+
+    /// Every cluster without data reads as zeros even over a backing file (the qcow2 v3
+    /// zero flag), so the image stands for the whole disk whatever it is rebased onto.
+    pub fn zero_rest(&mut self) {
+        self.zero_rest = true;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Marks the clusters `[offset, offset + length)` overlaps.
@@ -106,7 +119,7 @@ impl Layout {
         let l1_entries = alloc.clusters().div_ceil(L2_ENTRIES).max(1);
         let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER);
         let l2_tables: Vec<u64> = (0..l1_entries)
-            .filter(|&i| alloc.any_in(i * L2_ENTRIES, (i + 1) * L2_ENTRIES))
+            .filter(|&i| alloc.zero_rest || alloc.any_in(i * L2_ENTRIES, (i + 1) * L2_ENTRIES))
             .collect();
         let data_clusters = alloc.count();
         let fixed = 1 + l1_clusters + l2_tables.len() as u64 + data_clusters;
@@ -219,8 +232,16 @@ impl Layout {
         for &i in &self.l2_tables {
             cluster.fill(0);
             let first = i * L2_ENTRIES;
+            let end = (first + L2_ENTRIES).min(alloc.clusters());
+            if alloc.zero_rest {
+                // Bit 0 of an L2 entry: the cluster reads as zeros.
+                for c in first..end {
+                    let e = (c - first) as usize;
+                    cluster[e * 8 + 7] = 1;
+                }
+            }
             let mut c = alloc.next_set(first);
-            while c < (first + L2_ENTRIES).min(alloc.clusters()) {
+            while c < end {
                 let e = (c - first) as usize;
                 let at = (next_data * CLUSTER) | COPIED;
                 cluster[e * 8..e * 8 + 8].copy_from_slice(&at.to_be_bytes());
@@ -478,6 +499,56 @@ mod tests {
         assert_eq!(layout.refcount_blocks, 2);
         assert!(layout.file_clusters <= layout.refcount_blocks * REFCOUNT_ENTRIES);
         assert!(layout.refcount_blocks * 8 <= layout.refcount_table_clusters * CLUSTER);
+    }
+
+    /// A delta with explicit zero clusters hides its backing file everywhere it has no data.
+    #[test]
+    fn zero_clusters_hide_the_backing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = 4 * CLUSTER;
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![0xaa; size as usize]).expect("base");
+        let mut alloc = Allocation::new(size);
+        alloc.mark(CLUSTER, CLUSTER);
+        alloc.zero_rest();
+        let layout = Layout::new(&alloc);
+        let mut out = Vec::new();
+        layout.write_metadata(&alloc, &mut out).expect("metadata");
+        let mut w = DataWriter::new(&alloc, &mut out);
+        w.zeros(CLUSTER).expect("zeros");
+        w.data(&noise(CLUSTER as usize, 9)).expect("data");
+        w.zeros(2 * CLUSTER).expect("zeros");
+        w.finish().expect("finish");
+        let delta = dir.path().join("delta.qcow2");
+        std::fs::write(&delta, &out).expect("delta");
+        let d = delta.to_str().expect("utf-8");
+        let (ok, text) = qemu_img(&[
+            "rebase",
+            "-u",
+            "-F",
+            "raw",
+            "-b",
+            base.to_str().expect("utf-8"),
+            d,
+        ]);
+        assert!(ok, "{text}");
+        let (ok, text) = qemu_img(&["check", "-q", "-f", "qcow2", d]);
+        assert!(ok, "{text}");
+        let want = dir.path().join("want.raw");
+        let mut content = vec![0u8; size as usize];
+        content[CLUSTER as usize..2 * CLUSTER as usize]
+            .copy_from_slice(&noise(CLUSTER as usize, 9));
+        std::fs::write(&want, content).expect("want");
+        let (ok, text) = qemu_img(&[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            d,
+            want.to_str().expect("utf-8"),
+        ]);
+        assert!(ok, "the backing file shows through: {text}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod args;
 pub mod input;
 pub mod message;
 pub mod output;
+pub mod staging;
 pub mod template;
 pub mod url;
 pub mod xml;

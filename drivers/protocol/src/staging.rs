@@ -1,0 +1,43 @@
+//! The staging directory: the contract between the transfer manager's prebackup and the
+//! datastore's backup (spec §4.2). The stock layout is `vm.xml` (base64 of the VM document),
+//! `disk.tpm.0` and one qcow2 file `disk.<id>.<increment>` per disk.
+//!
+//! backstop's direct mode copies no disk: prebackup leaves `backstop.json` ([`DirectManifest`])
+//! next to `vm.xml`, naming each disk file and the persistent dirty bitmap whose extents
+//! changed since the parent increment; the datastore's backup reads the disk itself.
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's file name in the staging directory.
+pub const MANIFEST: &str = "backstop.json";
+
+/// What prebackup leaves for a direct-mode backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectManifest {
+    /// 1.
+    pub version: u32,
+    pub vm_id: u64,
+    /// The increment this backup is (0 for FULL or a new chain).
+    pub increment: u64,
+    pub disks: Vec<DirectDisk>,
+}
+
+/// One disk to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectDisk {
+    pub disk_id: u32,
+    /// The disk file on the host (symlinks resolved).
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// The persistent bitmap holding the changes since the parent increment; `None` means
+    /// read the whole disk.
+    pub bitmap: Option<String>,
+    /// Why a whole read was chosen for an increment (a missing or inconsistent bitmap).
+    pub full_reason: Option<String>,
+}
+
+/// The name of the bitmap that tracks changes since increment `n` of VM `vm_id` (spec §4.3).
+pub fn bitmap_name(vm_id: u64, n: u64) -> String {
+    format!("one-{vm_id}-{n}")
+}

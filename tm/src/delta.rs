@@ -1,0 +1,130 @@
+//! The staged disk file of stock-layout staging (spec §4.2), written by backstop instead of
+//! `qemu-img convert` and `qemu-io`: the disk is exported read-only with qemu-nbd (with the
+//! parent's bitmap for an increment), and the clusters to keep are read once, in order, into a
+//! qcow2 written front to back ([`backstop_datastore::repo::qcow2`]).
+//!
+//! - FULL (increment 0): every allocated cluster; a standalone image.
+//! - CBT increment: the clusters the bitmap marks dirty; no backing file (consumers rebase it
+//!   onto the previous increment, as they do for the stock files).
+//! - An increment without a usable bitmap: every allocated cluster, and every other cluster
+//!   an explicit zero cluster, so it is correct whatever it is rebased onto.
+
+use backstop_datastore::repo::image::ImageSource;
+use backstop_datastore::repo::nbd::NbdImage;
+use backstop_datastore::repo::qcow2::{Allocation, CLUSTER, DataWriter, Layout};
+use backstop_datastore::{Error, ErrorKind};
+use std::io::Write;
+use std::path::Path;
+
+/// What goes into the staged file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Increment 0: the allocated data.
+    Full,
+    /// The clusters this bitmap marks dirty.
+    Changed(String),
+    /// An increment without a usable bitmap: everything, covering the backing file.
+    Whole,
+}
+
+/// What was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub bytes_read: u64,
+    pub file_bytes: u64,
+}
+
+/// Bytes read from the disk per request.
+const RUN: u64 = 4 << 20;
+
+pub fn write(
+    disk: &Path,
+    format: &str,
+    plan: &Plan,
+    target: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Written, Error> {
+    let input = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Input,
+            format!("cannot read {}: {e}", disk.display()),
+        )
+    };
+    let bitmap = match plan {
+        Plan::Changed(b) => Some(b.as_str()),
+        _ => None,
+    };
+    let image = NbdImage::open(disk, format, bitmap).map_err(input)?;
+    let size = image.size();
+    let extents = match plan {
+        Plan::Changed(b) => image.dirty(b).map_err(input)?,
+        _ => image.data_extents().map_err(input)?.unwrap_or_else(|| {
+            vec![backstop_datastore::repo::image::Extent {
+                offset: 0,
+                length: size,
+            }]
+        }),
+    };
+    let mut alloc = Allocation::new(size);
+    for e in &extents {
+        alloc.mark(e.offset, e.length);
+    }
+    if *plan == Plan::Whole {
+        alloc.zero_rest();
+    }
+    let layout = Layout::new(&alloc);
+    let tmp = target.with_extension("backstop-tmp");
+    let file = std::fs::File::create(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    let result = (|| {
+        let io = |e: std::io::Error| Error::io(format!("cannot write {}", tmp.display()), e);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        layout.write_metadata(&alloc, &mut out).map_err(io)?;
+        let mut writer = DataWriter::new(&alloc, &mut out);
+        let mut bytes_read = 0u64;
+        let clusters = size.div_ceil(CLUSTER);
+        let mut c = 0u64;
+        let mut buf = vec![0u8; RUN as usize];
+        while c < clusters {
+            if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::new(ErrorKind::Cancelled, "prebackup was cancelled"));
+            }
+            if !alloc.is_set(c) {
+                // Up to the next allocated cluster.
+                let mut next = c + 1;
+                while next < clusters && !alloc.is_set(next) {
+                    next += 1;
+                }
+                let end = (next * CLUSTER).min(size);
+                writer.zeros(end - c * CLUSTER).map_err(io)?;
+                c = next;
+                continue;
+            }
+            let mut end = c + 1;
+            while end < clusters && alloc.is_set(end) && (end - c) * CLUSTER < RUN {
+                end += 1;
+            }
+            let from = c * CLUSTER;
+            let to = (end * CLUSTER).min(size);
+            let n = (to - from) as usize;
+            image.read_at(&mut buf[..n], from).map_err(input)?;
+            writer.data(&buf[..n]).map_err(io)?;
+            bytes_read += n as u64;
+            c = end;
+        }
+        writer.finish().map_err(io)?;
+        out.flush().map_err(io)?;
+        drop(out);
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, target)
+            .map_err(|e| Error::io(format!("cannot rename into {}", target.display()), e))?;
+        Ok(Written {
+            bytes_read,
+            file_bytes: layout.file_size(),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

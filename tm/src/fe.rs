@@ -1,0 +1,128 @@
+//! The front-end half of prebackup and postbackup: what `remotes/tm/<tm>/<action>` runs when
+//! one_vmm_exec calls it (argv `host:vm_dir disk_ids deploy_id bj_id vm_id sys_ds_id`, the VM
+//! document on stdin). It runs `backstop host-tm <action>` on the host over ssh, with the VM
+//! document sent on ssh's stdin (closing it cancels), and passes the host's `INFO:` lines on.
+//!
+//! Direct or staging ([`Delivery`]): `TM_DELIVERY` in backstop.conf; `auto` asks oned for the
+//! backup datastore (`BACKUP_CONFIG/LAST_DATASTORE_ID`) and hands over directly when that
+//! datastore's `backup` action is backstop's, in the stock layout otherwise (or when oned
+//! cannot be asked, which is logged).
+
+use backstop_datastore::actions::backup::{last_line, remote_call, sh_quote};
+use backstop_datastore::config::{Delivery, DriverConfig};
+use backstop_datastore::oned::OnedClient;
+use backstop_datastore::{Error, ErrorKind};
+use backstop_protocol::args::BackupArgs;
+use backstop_protocol::message::Vm;
+use backstop_protocol::output::{Level, log};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Whether prebackup hands the disks over directly.
+pub fn direct(cfg: &DriverConfig, vm: &Vm) -> bool {
+    match cfg.tm_delivery {
+        Delivery::Direct => true,
+        Delivery::Staging => false,
+        Delivery::Auto => {
+            let Some(ds_id) = vm.backup_config.last_datastore_id else {
+                return false;
+            };
+            let ds = OnedClient::from_env().and_then(|c| c.datastore(ds_id));
+            match ds {
+                Ok(ds) => {
+                    let action = cfg.remotes.join(format!("datastore/{}/backup", ds.ds_mad));
+                    std::fs::read_to_string(&action).is_ok_and(|t| t.contains("backstop-shim"))
+                }
+                Err(e) => {
+                    log(
+                        Level::Info,
+                        &format!(
+                            "VM {}: staging the disks, as the backup datastore could not be asked: {e}",
+                            vm.id
+                        ),
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Runs `action` (`prebackup` or `postbackup`) on the host.
+pub fn run(
+    action: &str,
+    args: &BackupArgs,
+    vm: &Vm,
+    raw_xml: &[u8],
+    cfg: &DriverConfig,
+    cancel: &Arc<AtomicBool>,
+) -> Result<(), Error> {
+    let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
+    let delivery = if action == "prebackup" && direct(cfg, vm) {
+        "direct"
+    } else {
+        "staging"
+    };
+    let mut words = vec![
+        cfg.remote_binary(),
+        "host-tm".to_string(),
+        action.to_string(),
+        "--staging".to_string(),
+        staging,
+        "--delivery".to_string(),
+        delivery.to_string(),
+        "--".to_string(),
+        format!("{}:{}", args.host_dir.host, args.host_dir.vm_dir),
+        args.disk_ids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(":"),
+        args.deploy_id.clone(),
+        args.job_id.map_or("-".into(), |j| j.to_string()),
+        args.vm_id.to_string(),
+        args.system_ds_id.to_string(),
+    ];
+    words.iter_mut().for_each(|w| *w = sh_quote(w));
+    let (status, _stdout, stderr) =
+        remote_call(cfg, &args.host_dir.host, &words.join(" "), raw_xml, cancel)?;
+    // The host's log lines reach oned's log.
+    for line in stderr.lines() {
+        for level in ["INFO: ", "ERROR: "] {
+            if let Some(msg) = line.strip_prefix(level) {
+                log(
+                    if level == "INFO: " {
+                        Level::Info
+                    } else {
+                        Level::Error
+                    },
+                    msg,
+                );
+            }
+        }
+    }
+    if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Cancelled,
+            format!("{action} of VM {} was cancelled", args.vm_id),
+        ));
+    }
+    if !status.success() {
+        let reason = last_line(
+            &stderr
+                .lines()
+                .filter(|l| !l.starts_with("INFO: "))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .unwrap_or_else(|| format!("ssh exited with {status}"));
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "Error preparing disk files: {action} of VM {} on {}: {reason}",
+                args.vm_id, args.host_dir.host
+            ),
+        ));
+    }
+    Ok(())
+}

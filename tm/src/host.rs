@@ -1,0 +1,298 @@
+//! prebackup and postbackup on the host, for a VM that is powered off (spec §4.2, §4.3).
+//!
+//! The increment is `0` for FULL or a new chain, else `LAST_INCREMENT_ID + 1`. Changed blocks
+//! are tracked with persistent qcow2 bitmaps `one-<vm>-<n>`: bitmap `n` records every write
+//! since increment `n` was taken.
+//!
+//! prebackup:
+//! 1. recreates the staging directory and writes `vm.xml` (base64 of the VM document, 60
+//!    columns) and `disk.tpm.0` (a tar.gz of `<vm_dir>/tpm`) when the VM has a TPM;
+//! 2. for each disk chooses what to read: everything for increment 0; the parent's bitmap for
+//!    a CBT increment; everything again, with the reason logged as an `INFO:` line, when that
+//!    bitmap is missing or inconsistent (self-healing: never a failed backup, never a wrong
+//!    increment);
+//! 3. hands the disks over: staging writes `disk.<id>.<n>` in the stock layout
+//!    ([`crate::delta`]); direct writes only `backstop.json`, and the datastore's backup reads
+//!    the disk itself;
+//! 4. drops every other `one-<vm>-*` bitmap and adds `one-<vm>-<n>` (INCREMENT mode).
+//!
+//! postbackup: after success keeps only `one-<vm>-<n>`; after a failure drops it again, so the
+//! next attempt starts from the same parent. Then removes the staging directory. It reports
+//! problems as `ERROR:` lines and succeeds, as the stock script does.
+
+use crate::delta::{self, Plan};
+use crate::qemu;
+use backstop_datastore::{Error, ErrorKind};
+use backstop_protocol::args::BackupArgs;
+use backstop_protocol::message::{BackupMode, IncrementMode, Vm};
+use backstop_protocol::output::{Level, log};
+use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, bitmap_name};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+/// One host step's inputs.
+#[derive(Debug)]
+pub struct Step<'a> {
+    pub args: &'a BackupArgs,
+    pub vm: &'a Vm,
+    /// The VM document as oned sent it (for `vm.xml`).
+    pub vm_xml: &'a [u8],
+    pub staging: PathBuf,
+    pub direct: bool,
+    pub cancel: &'a AtomicBool,
+}
+
+/// The increment this backup is and its parent.
+pub fn increment_of(vm: &Vm) -> Result<(u64, Option<u64>), Error> {
+    let bc = &vm.backup_config;
+    if bc.mode != BackupMode::Increment {
+        return Ok((0, None));
+    }
+    if bc.increment_mode == Some(IncrementMode::Snapshot) {
+        return Err(Error::new(
+            ErrorKind::NotImplemented,
+            format!(
+                "VM {}: INCREMENT_MODE=SNAPSHOT is not supported by backstop; use CBT",
+                vm.id
+            ),
+        ));
+    }
+    Ok(match bc.last_increment_id {
+        Some(last) => (last + 1, Some(last)),
+        None => (0, None),
+    })
+}
+
+fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
+    let prefix = format!("one-{vm_id}-");
+    move |b| {
+        b.name
+            .strip_prefix(&prefix)
+            .is_some_and(|n| n.parse::<u64>().is_ok())
+    }
+}
+
+fn disk_path(step: &Step<'_>, id: u32) -> Result<PathBuf, Error> {
+    let p = Path::new(&step.args.host_dir.vm_dir).join(format!("disk.{id}"));
+    std::fs::canonicalize(&p)
+        .map_err(|e| Error::io(format!("cannot find disk {id} at {}", p.display()), e))
+}
+
+/// What prebackup did, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub increment: u64,
+    pub bytes_read: u64,
+    pub staged_bytes: u64,
+}
+
+pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
+    let vm = step.vm;
+    let (increment, parent) = increment_of(vm)?;
+    let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
+    let staging = &step.staging;
+    if staging.exists() {
+        std::fs::remove_dir_all(staging)
+            .map_err(|e| Error::io(format!("cannot clear {}", staging.display()), e))?;
+    }
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+    write_vm_xml(staging, step.vm_xml)?;
+    if vm.tpm.is_some() {
+        write_tpm(step)?;
+    }
+
+    let mut summary = Summary {
+        increment,
+        ..Summary::default()
+    };
+    let mut manifest = DirectManifest {
+        version: 1,
+        vm_id: vm.id,
+        increment,
+        disks: Vec::new(),
+    };
+    // Bitmaps to drop and to add once the disks are closed again.
+    let mut drop_bitmaps: Vec<(PathBuf, String)> = Vec::new();
+    let mut add_bitmaps: Vec<(PathBuf, String)> = Vec::new();
+    for &id in &step.args.disk_ids {
+        let disk = disk_path(step, id)?;
+        let info = qemu::info(&disk)?;
+        let qcow2 = info.format == "qcow2";
+        let mine: Vec<&qemu::Bitmap> = info.bitmaps.iter().filter(|b| ours(vm.id)(b)).collect();
+        let (plan, reason) = match parent {
+            None => (Plan::Full, None),
+            Some(p) => {
+                let wanted = bitmap_name(vm.id, p);
+                match mine.iter().find(|b| b.name == wanted) {
+                    Some(b) if qcow2 && b.consistent() => (Plan::Changed(wanted), None),
+                    Some(_) => (
+                        Plan::Whole,
+                        Some(format!(
+                            "bitmap {wanted} of disk {id} is inconsistent (the disk was not closed cleanly)"
+                        )),
+                    ),
+                    None if !qcow2 => (
+                        Plan::Whole,
+                        Some(format!("disk {id} is {}: it has no bitmaps", info.format)),
+                    ),
+                    None => (
+                        Plan::Whole,
+                        Some(format!("disk {id} has no bitmap {wanted}")),
+                    ),
+                }
+            }
+        };
+        if let Some(r) = &reason {
+            log(
+                Level::Info,
+                &format!(
+                    "VM {}: {r}; increment {increment} reads the whole disk",
+                    vm.id
+                ),
+            );
+        }
+        if qcow2 {
+            let keep = match &plan {
+                Plan::Changed(b) => Some(b.clone()),
+                _ => None,
+            };
+            for b in &mine {
+                if Some(&b.name) != keep.as_ref() {
+                    drop_bitmaps.push((disk.clone(), b.name.clone()));
+                }
+            }
+            if incremental_mode {
+                add_bitmaps.push((disk.clone(), bitmap_name(vm.id, increment)));
+            }
+        }
+        if step.direct {
+            manifest.disks.push(DirectDisk {
+                disk_id: id,
+                path: disk.display().to_string(),
+                format: info.format.clone(),
+                bitmap: match &plan {
+                    Plan::Changed(b) => Some(b.clone()),
+                    _ => None,
+                },
+                full_reason: reason,
+            });
+        } else {
+            let target = staging.join(format!("disk.{id}.{increment}"));
+            let w = delta::write(&disk, &info.format, &plan, &target, step.cancel)?;
+            summary.bytes_read += w.bytes_read;
+            summary.staged_bytes += w.file_bytes;
+        }
+    }
+    // The new bitmap starts now; the parent's stays until postbackup knows the backup worked.
+    for (disk, name) in &drop_bitmaps {
+        qemu::bitmap_remove(disk, name)?;
+    }
+    for (disk, name) in &add_bitmaps {
+        qemu::bitmap_add(disk, name)?;
+    }
+    if step.direct {
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
+        let tmp = staging.join(format!("{MANIFEST}.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, staging.join(MANIFEST)))
+            .map_err(|e| Error::io(format!("cannot write {}", staging.display()), e))?;
+    }
+    Ok(summary)
+}
+
+/// `vm.xml`: the base64 of the VM document, 60 columns per line, as the stock prebackup writes.
+fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(xml);
+    let mut text = String::with_capacity(b64.len() + b64.len() / 60 + 2);
+    for line in b64.as_bytes().chunks(60) {
+        text.push_str(&String::from_utf8_lossy(line));
+        text.push('\n');
+    }
+    let path = staging.join("vm.xml");
+    std::fs::write(&path, text)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+fn write_tpm(step: &Step<'_>) -> Result<(), Error> {
+    let vm_dir = Path::new(&step.args.host_dir.vm_dir);
+    if !vm_dir.join("tpm").is_dir() {
+        log(
+            Level::Info,
+            &format!(
+                "VM {}: it has a TPM but {}/tpm does not exist; no TPM state is backed up",
+                step.vm.id,
+                vm_dir.display()
+            ),
+        );
+        return Ok(());
+    }
+    let target = step.staging.join("disk.tpm.0");
+    let out = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&target)
+        .arg("-C")
+        .arg(vm_dir)
+        .arg("tpm")
+        .output()
+        .map_err(|e| Error::io("cannot run tar", e))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "cannot archive the TPM state: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// postbackup: bitmaps settled, staging removed. Problems are logged, never fatal.
+pub fn postbackup(step: &Step<'_>) {
+    let vm = step.vm;
+    let report = |what: String| log(Level::Error, &what);
+    if vm.backup_config.mode == BackupMode::Increment {
+        match increment_of(vm) {
+            Ok((increment, _)) => {
+                let current = bitmap_name(vm.id, increment);
+                for &id in &step.args.disk_ids {
+                    let Ok(disk) = disk_path(step, id) else {
+                        continue;
+                    };
+                    let Ok(info) = qemu::info(&disk) else {
+                        continue;
+                    };
+                    for b in info.bitmaps.iter().filter(|b| ours(vm.id)(b)) {
+                        // After success only the new bitmap stays; after a failure it goes
+                        // and the parent's stays for the next attempt.
+                        let drop = if vm.backup_failed {
+                            b.name == current
+                        } else {
+                            b.name != current
+                        };
+                        if drop && let Err(e) = qemu::bitmap_remove(&disk, &b.name) {
+                            report(format!("VM {}: {e}", vm.id));
+                        }
+                    }
+                }
+            }
+            Err(e) => report(format!("VM {}: {e}", vm.id)),
+        }
+    }
+    if step.staging.exists()
+        && let Err(e) = std::fs::remove_dir_all(&step.staging)
+    {
+        report(format!("cannot remove {}: {e}", step.staging.display()));
+    }
+    // With BACKUP_BASE_PATH the staging directory is <base>/<vm_id>/backup: its parent goes
+    // too when empty.
+    if let Some(parent) = step.staging.parent()
+        && parent.file_name().and_then(|n| n.to_str()) == Some(&vm.id.to_string())
+        && parent != Path::new(&step.args.host_dir.vm_dir)
+    {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
