@@ -457,6 +457,7 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
 pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> ExitCode {
     const NAME: &str = "host-tm";
     set_current_action(NAME);
+    backstop_datastore::repo::nbd::reap_stale_exports();
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<(), DriverError> {
         let args = BackupArgs::parse(args)?;
@@ -512,6 +513,7 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
 pub fn host_backup(staging: &Path, ssh_config: Option<PathBuf>, args: &[String]) -> ExitCode {
     const NAME: &str = "host-backup";
     set_current_action(NAME);
+    backstop_datastore::repo::nbd::reap_stale_exports();
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<String, DriverError> {
         let args = BackupArgs::parse(args)?;

@@ -281,3 +281,194 @@ fn backstop_prebackup_in_staging_mode_feeds_any_consumer() {
 fn backstop_prebackup_in_direct_mode_copies_nothing() {
     full_and_three_increments("direct");
 }
+
+/// Processes whose argv[1] is `word` and whose command line mentions `dir`.
+fn processes(word: &str, dir: &Path) -> Vec<u32> {
+    let dir = dir.display().to_string();
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).to_string();
+                let argv: Vec<&str> = c.split('\0').collect();
+                argv.get(1) == Some(&word) && c.contains(&dir)
+            })
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            let ps = std::process::Command::new("ps")
+                .args(["-eo", "pid,ppid,stat,args"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let ps: Vec<&str> = ps
+                .lines()
+                .filter(|l| l.contains("qemu") || l.contains("host-") || l.contains("ssh"))
+                .collect();
+            panic!("timed out: {what}\n{}", ps.join("\n"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The qemu-nbd socket directories of exports of files under `dir`.
+fn nbd_socket_dirs(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("backstop-nbd-")
+                && fs::read_to_string(e.path().join("owner")).is_ok_and(|o| o.contains(&dir))
+        })
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect()
+}
+
+/// prebackup killed half-way (the front-end by SIGKILL, then the host step by SIGKILL), and a
+/// backup killed half-way: nothing stays on the host (qemu-nbd, staging files, bitmaps), the
+/// repository checks clean, and the next backup is the right increment.
+#[test]
+fn interrupted_prebackups_and_backups_leave_nothing_behind() {
+    use std::io::Write;
+    let t = Tm::start("staging");
+    let cloud = &t.cloud;
+    // 40 MiB that do not compress in disk 0, so each step takes a moment.
+    let noise = cloud.dir.path().join("noise.raw");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(&noise, &data).expect("noise");
+    crate::cloud::sh_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -s {} 0 40M", noise.display()),
+            cloud.disk(0).to_str().expect("utf-8"),
+        ],
+    );
+    let (id0, _) = t.backup(0);
+    t.after_step_checks(0);
+
+    let args = cloud.backup_args();
+    let spawn = |action: &str, stdin: &str| {
+        let mut child =
+            std::process::Command::new(cloud.remotes.join(format!("tm/qcow2/{action}")))
+                .args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("stdin");
+        child
+    };
+    // New noise (nothing to deduplicate), so increment 1 has 40 MiB to stage and upload.
+    let data: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+    fs::write(&noise, &data).expect("noise");
+    crate::cloud::sh_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -s {} 0 40M", noise.display()),
+            cloud.disk(0).to_str().expect("utf-8"),
+        ],
+    );
+    let vm_xml = cloud.vm_xml(0, 40);
+    for round in ["the front-end", "the host step"] {
+        let mut pre = spawn("prebackup", &vm_xml);
+        // Half-way: qemu-nbd is serving disk 0 to the host step.
+        wait_until("qemu-nbd of the prebackup", || {
+            !our_qemu_nbd(cloud.dir.path()).is_empty()
+        });
+        if round == "the front-end" {
+            pre.kill().expect("kill the front-end");
+        } else {
+            let host = processes("host-tm", cloud.dir.path());
+            assert_eq!(host.len(), 1, "{host:?}");
+            crate::cloud::sh_ok("kill", &["-KILL", &host[0].to_string()]);
+        }
+        let _ = pre.wait();
+        wait_until(
+            &format!("the host step to go after killing {round}"),
+            || processes("host-tm", cloud.dir.path()).is_empty(),
+        );
+        // one_vmm_exec then runs postbackup with BACKUP_RESULT=FAILURE; it also stops what
+        // a killed host step could not (its qemu-nbd, its socket directory).
+        let post = t.step("postbackup", &vm_xml, true);
+        assert_eq!(post.code, Some(0), "{post:?}");
+        wait_until(&format!("qemu-nbd to go after killing {round}"), || {
+            our_qemu_nbd(cloud.dir.path()).is_empty()
+        });
+        t.after_step_checks(0);
+        let left = nbd_socket_dirs(cloud.dir.path());
+        assert!(left.is_empty(), "socket directories left: {left:?}");
+    }
+
+    // A backup killed half-way (SIGKILL of the front-end, throttled upload).
+    let pre = t.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let stdin = format!(
+        "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
+        cloud.datastore_xml_with("<RESTIC_BWLIMIT>2048</RESTIC_BWLIMIT>")
+    );
+    let mut backup = std::process::Command::new(cloud.action("backup"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("backup");
+    backup
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin");
+    wait_until("the host step of the backup", || {
+        !processes("host-backup", cloud.dir.path()).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    backup.kill().expect("kill the backup");
+    let _ = backup.wait();
+    wait_until("the host step to stop", || {
+        processes("host-backup", cloud.dir.path()).is_empty()
+            && our_qemu_nbd(cloud.dir.path()).is_empty()
+    });
+    let post = t.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    t.after_step_checks(0);
+    cloud.restic_ok(&["check", "--read-data"]);
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(1), "{snaps}");
+
+    // The retry is increment 1 on increment 0, and right.
+    let (id1, _) = t.backup(1);
+    t.after_step_checks(1);
+    let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    t.check_point(1, &id1, &now);
+    assert_ne!(id0, id1);
+}

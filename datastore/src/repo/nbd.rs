@@ -200,11 +200,16 @@ pub fn delta_extents(delta: &Path) -> io::Result<Vec<Extent>> {
 
 /// A qemu-nbd process exporting one image read-only on a private unix socket. Stopped by its
 /// PID, and its socket directory removed, when dropped.
+///
+/// It is not `--persistent`: it exits when its last client goes, and this export keeps one
+/// client connected for its whole life. So if the process that started it dies (even by
+/// SIGKILL), qemu-nbd follows at once instead of serving the disk forever.
 #[derive(Debug)]
 pub struct QemuNbdExport {
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
+    _keeper: Option<NbdClient>,
 }
 
 impl QemuNbdExport {
@@ -249,8 +254,7 @@ impl QemuNbdExport {
             cmd.arg(format!("--format={f}"));
         }
         cmd.arg(format!("--socket={}", socket.display()))
-            .arg("--persistent")
-            .arg("--shared=4");
+            .arg("--shared=8");
         if let Some(b) = bitmap {
             cmd.arg(format!("--bitmap={b}"));
         }
@@ -268,7 +272,23 @@ impl QemuNbdExport {
                 ));
             }
         };
-        let mut export = QemuNbdExport { child, dir, socket };
+        // Who started whom, for reap_stale_exports (if this process dies before its keeper
+        // connects, qemu-nbd would otherwise wait for a first client forever).
+        let _ = std::fs::write(
+            dir.join("owner"),
+            format!(
+                "{} {}\n{}\n",
+                std::process::id(),
+                child.id(),
+                image.display()
+            ),
+        );
+        let mut export = QemuNbdExport {
+            child,
+            dir,
+            socket,
+            _keeper: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !export.socket.exists() {
             if let Some(status) = export.child.try_wait()? {
@@ -289,6 +309,7 @@ impl QemuNbdExport {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        export._keeper = Some(NbdClient::connect(&export.socket)?);
         Ok(export)
     }
 
@@ -350,6 +371,54 @@ fn map_json(socket: &Path, context: Option<&str>) -> io::Result<String> {
         )));
     }
     String::from_utf8(out.stdout).map_err(|_| bad("nbdinfo printed something that is not UTF-8"))
+}
+
+/// Stops the qemu-nbd processes that backstop processes which are gone left behind (killed
+/// before their exports closed), and removes their socket directories. Each export records
+/// its owner's PID and qemu-nbd's PID; an export is stale when its owner no longer runs, and
+/// its qemu-nbd is signalled only if that PID still runs qemu-nbd on that socket. Returns how
+/// many directories were removed.
+pub fn reap_stale_exports() -> usize {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("backstop-nbd-") {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
+            continue;
+        };
+        let pids: Vec<i32> = owner
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let [owner_pid, nbd_pid] = pids[..] else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner_pid}")).exists() {
+            continue;
+        }
+        let socket = dir.join("nbd.sock").display().to_string();
+        let serves_it = std::fs::read(format!("/proc/{nbd_pid}/cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.starts_with("qemu-nbd") && c.contains(&socket)
+        });
+        if serves_it && let Some(pid) = rustix::process::Pid::from_raw(nbd_pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            reaped += 1;
+        }
+    }
+    reaped
 }
 
 impl Drop for QemuNbdExport {
