@@ -172,6 +172,16 @@ impl OnedClient {
         }
     }
 
+    /// The XML document of `<kind>.info` (`one.vm.info`, `one.image.info`, ...).
+    pub fn document(&self, method: &str, id: u64) -> Result<String, Error> {
+        match self.call(method, &[Value::Int(id as i64), Value::Bool(true)])? {
+            Value::Str(xml) => Ok(xml),
+            other => Err(oned_error(format!(
+                "{method} {id} returned {other:?}, not a document"
+            ))),
+        }
+    }
+
     /// `one.datastore.info` with decrypted secrets, as a typed datastore.
     pub fn datastore(&self, id: u64) -> Result<backstop_protocol::message::Datastore, Error> {
         let v = self.call(

@@ -428,10 +428,13 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             }
             Ok(Answer::Nothing)
         }
-        // Decoded and validated above; the work itself is not written yet.
-        Request::TmBackupStep { .. } | Request::TmRestore { .. } => {
-            Err(DriverError::NotImplemented)
+        Request::TmRestore { args, .. } => {
+            backstop_tm::restore::run(&args, &ctx.config()?)
+                .map_err(|e| DriverError::Other(format!("Error restoring VM disks: {e}")))?;
+            Ok(Answer::Nothing)
         }
+        // Decoded and validated above; the work itself is not written yet.
+        Request::TmBackupStep { .. } => Err(DriverError::NotImplemented),
     }
 }
 
@@ -448,7 +451,7 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
     backstop_protocol::action::TM_ACTIONS
         .iter()
         .map(|a| a.name())
-        .filter(|n| *n != "prebackup" && *n != "postbackup")
+        .filter(|n| !matches!(*n, "prebackup" | "postbackup" | "restore"))
         .collect()
 }
 

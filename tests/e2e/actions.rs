@@ -160,21 +160,28 @@ fn the_password_never_reaches_stdout_or_stderr() {
 
 #[test]
 fn valid_input_for_an_unwritten_action_is_decoded_then_reported() {
-    // The transfer manager's in-place restore (issue 5) is decoded but not written yet.
+    // The transfer manager's prebackup_live (issue 5) is decoded but not written yet.
     let t = installed();
-    let link = t.root.join("other/tm/backstop/restore");
+    let link = t.root.join("other/tm/backstop/prebackup_live");
     std::fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
     std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
     let out = run(
         &link,
-        &["hv1:/var/lib/one//datastores/0/22", "22", "40", "-1", "-1"],
-        b"",
+        &[
+            "hv1:/var/lib/one//datastores/0/22",
+            "0:1",
+            "one-22",
+            "-",
+            "22",
+            "0",
+        ],
+        b"<VM><ID>22</ID><TEMPLATE/></VM>",
     );
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(out.stdout, "");
     assert_eq!(
         out.stderr,
-        "restore: not implemented in this version of backstop\n"
+        "prebackup_live: not implemented in this version of backstop\n"
     );
     // Malformed arguments to it are named, not reported as unwritten.
     let out = run(&link, &["hv1:/x", "22"], b"");

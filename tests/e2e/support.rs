@@ -68,6 +68,7 @@ pub fn install_sh(remotes: &Path, extra: &[&str]) -> Outcome {
 /// then the chosen command run and its output written to the target. Written for these tests.
 pub const DOWNLOADER_SH: &str = r#"#!/bin/bash
 # test stand-in for OpenNebula's datastore/downloader.sh
+[ "$1" = "--nodecomp" ] && shift
 FROM="$1"
 TO="$2"
 
@@ -83,7 +84,11 @@ restic://*)
     ;;
 esac
 
-eval "$command" > "$TO" || { echo "Error copying" >&2; exit 1; }
+if [ "$TO" = "-" ]; then
+    eval "$command" || { echo "Error copying" >&2; exit 1; }
+else
+    eval "$command" > "$TO" || { echo "Error copying" >&2; exit 1; }
+fi
 [ -n "$clean_command" ] && eval "$clean_command"
 exit 0
 "#;

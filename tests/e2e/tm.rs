@@ -562,3 +562,111 @@ fn direct_mode_on_a_gib_disk_reads_only_what_changed() {
         sizes[1]
     );
 }
+
+/// The transfer manager's in-place restore (`onevm restore`), with a MOCK oned serving the VM,
+/// the backup image and its datastore: every disk back to increment 1, then disk 1 alone to
+/// increment 2; the restored disks carry no bitmaps, and the next backup starts a new chain.
+/// A restore that cannot be done leaves the disks as they were.
+#[test]
+fn in_place_restore_brings_back_an_increment() {
+    use crate::oned_mock::{MockOned, failed, ok};
+    use backstop_protocol::xmlrpc::Value;
+    let t = Tm::start("direct");
+    let cloud = &t.cloud;
+    let link = cloud.remotes.join("tm/qcow2/restore");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
+    let mut ids = Vec::new();
+    let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
+    for inc in 0..3u64 {
+        if inc > 0 {
+            cloud.change_disks(inc, 10);
+        }
+        ids.push(t.backup(inc).0);
+        expected.push(DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect());
+    }
+    let chain: Vec<(u64, &str)> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (k as u64, s.as_str()))
+        .collect();
+    let (vm_doc, image_doc, ds_doc) = (
+        cloud.vm_xml(2, 40),
+        cloud.image_xml(&chain),
+        cloud.datastore_xml(),
+    );
+    let oned = MockOned::start(
+        |s| s == crate::cloud::ONED_SESSION,
+        move |method, params| match (method, params) {
+            ("one.vm.info", [Value::Int(22), ..]) => ok(Value::Str(vm_doc.clone())),
+            ("one.image.info", [Value::Int(40), ..]) => ok(Value::Str(image_doc.clone())),
+            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
+            _ => failed(&format!("[{method}] Error getting object"), 1024),
+        },
+    );
+    let auth = cloud.dir.path().join("one_auth");
+    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    let env = [
+        ("ONE_XMLRPC", oned.endpoint.as_str()),
+        ("ONE_AUTH", auth.to_str().expect("utf-8")),
+    ];
+    let vm_dir = format!("hv1:{}", cloud.vm_dir.display());
+    let restore = |inc: &str, disk: &str| {
+        support::run_env(&link, &[&vm_dir, "22", "40", inc, disk], b"", &env)
+    };
+    let same = |disk: u32, want: &[u8]| {
+        let raw = cloud.dir.path().join(format!("want.{disk}.raw"));
+        fs::write(&raw, want).expect("raw");
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-q", "-F", "raw"])
+            .arg(cloud.disk(disk))
+            .arg(&raw)
+            .output()
+            .expect("qemu-img");
+        out.status.success()
+    };
+
+    // The VM is damaged, then restored to increment 1.
+    cloud.change_disks(9, 20);
+    let out = restore("1", "-1");
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), ""), "{out:?}");
+    for (k, (d, _)) in DISKS.iter().enumerate() {
+        let disk = cloud.disk(*d);
+        assert_eq!(
+            fs::read_link(&disk).expect("a link"),
+            PathBuf::from(format!("disk.{d}.snap/0"))
+        );
+        assert!(same(*d, &expected[1][k]), "disk {d} is not increment 1");
+        assert!(bitmaps(&disk).is_empty(), "disk {d} kept bitmaps");
+        assert!(!cloud.vm_dir.join(format!("disk.{d}.backup")).exists());
+    }
+    // Disk 1 alone, to increment 2.
+    let out = restore("2", "1");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(same(0, &expected[1][0]), "disk 0 moved");
+    assert!(same(1, &expected[2][1]), "disk 1 is not increment 2");
+
+    // A disk the backup does not hold: one line, nothing changed, nothing left.
+    let out = restore("1", "5");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr == "restore: Error restoring VM disks: disk 5 is not in backup 40\n",
+        "{}",
+        out.stderr
+    );
+    assert!(same(0, &expected[1][0]) && same(1, &expected[2][1]));
+    let leftovers: Vec<String> = fs::read_dir(&cloud.vm_dir)
+        .expect("vm dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // oned resets the chain after a restore: the next backup is a new FULL.
+    let (id, _) = t.backup(0);
+    t.after_step_checks(0);
+    let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    t.check_point(0, &id, &now);
+    drop(oned);
+}

@@ -12,3 +12,4 @@ pub mod delta;
 pub mod fe;
 pub mod host;
 pub mod qemu;
+pub mod restore;

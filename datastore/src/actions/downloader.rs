@@ -72,9 +72,28 @@ fn resolve(
             "backup URL {url}: no VM id in its path (.../<vm_id>/backup/<file>)"
         ))
     })?;
+    if url.file_name() == "disk.tpm.0" {
+        // The TPM state (a tar.gz), as stored in the URL's last snapshot.
+        let ds = oned.datastore(url.datastore_id)?;
+        let repo = open(&ds, repo_id(url.job_id, vm_id), cfg)?;
+        let (id, snap) = repo.find_snapshot(url.last_source())?;
+        let path = snap
+            .paths
+            .iter()
+            .find(|p| p.rsplit('/').next() == Some("disk.tpm.0"))
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!("backup {} holds no TPM state", url.last_source()),
+                )
+            })?;
+        let snapshot = id.to_hex();
+        return Ok((repo, ds, Source::StockFull { snapshot, path }));
+    }
     let disk_id = url.disk_id().ok_or_else(|| {
         input(format!(
-            "backup URL {url}: the file is not a disk (disk.<id>.<increment>)"
+            "backup URL {url}: the file is not a disk (disk.<id>.<increment>) or the TPM state"
         ))
     })?;
     if url.rbd {

@@ -399,6 +399,11 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// A `<VM>` document on its own, as `one.vm.info` returns it.
+    pub fn from_xml(root: &Element) -> Result<Vm, MessageError> {
+        Vm::from_node(Node::root(root, &["VM"])?)
+    }
+
     fn from_node(node: Node<'_>) -> Result<Vm, MessageError> {
         let template = node.template("TEMPLATE");
         let mut disks = Vec::new();
@@ -531,6 +536,11 @@ pub struct Image {
 }
 
 impl Image {
+    /// An `<IMAGE>` document on its own, as `one.image.info` returns it.
+    pub fn from_xml(root: &Element) -> Result<Image, MessageError> {
+        Image::from_node(Node::root(root, &["IMAGE"])?)
+    }
+
     fn from_node(node: Node<'_>) -> Result<Image, MessageError> {
         let template = node.template("TEMPLATE");
         let mut increments = Vec::new();
