@@ -50,7 +50,7 @@ cat <<EOF
 backstop is installed in $remotes and answered oned's monitor call for a local datastore.
 backup, backup_cancel, stat, ls, rm, increment_flatten, restore and the downloader work too
 (see README, Status).
-The TM's prebackup and postbackup work for powered-off VMs; prebackup_live, postbackup_live
-and the TM restore are not written yet (they decode and validate their input, then say so).
+The TM's prebackup, postbackup and restore work for powered-off VMs; prebackup_live and
+postbackup_live are not written yet (they decode and validate their input, then say so).
 Remove it all with: rm -rf $work
 EOF

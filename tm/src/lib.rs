@@ -5,8 +5,8 @@
 //! §9.2).
 //!
 //! Written so far: prebackup and postbackup for powered-off VMs ([`host`]), in the stock
-//! staging layout ([`delta`]) or direct, run on the host by the front-end step ([`fe`]).
-//! prebackup_live, postbackup_live and restore are not written yet.
+//! staging layout ([`delta`]) or direct, run on the host by the front-end step ([`fe`]); the
+//! in-place restore ([`restore`]). prebackup_live and postbackup_live are not written yet.
 
 pub mod delta;
 pub mod fe;
