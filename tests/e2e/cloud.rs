@@ -92,10 +92,17 @@ pub struct Cloud {
     pub remotes: PathBuf,
     pub vm_dir: PathBuf,
     pub base_path: PathBuf,
+    /// The datastore driver name: `backstop` side by side, `restic` drop-in.
+    pub mad: &'static str,
 }
 
 impl Cloud {
     pub fn start() -> Cloud {
+        Cloud::start_as("backstop")
+    }
+
+    /// `restic`: backstop installed drop-in (`--replace-stock`) in place of the stock driver.
+    pub fn start_as(mad: &'static str) -> Cloud {
         let dir = tempfile::tempdir().expect("tempdir");
         let hv = Sshd::start_on(dir.path(), "127.0.0.2", "hv1");
         let bks = Sshd::start_on(dir.path(), "127.0.0.3", "bks");
@@ -115,7 +122,13 @@ impl Cloud {
         // by side.
         let remotes = dir.path().join("fe/remotes");
         support::stock_remotes(&remotes);
-        let out = support::install_sh(&remotes, &[]);
+        let flags: &[&str] = if mad == "restic" {
+            // S3 and rbd are not served yet, so a drop-in install must be asked for.
+            &["--replace-stock", "--allow-unimplemented"]
+        } else {
+            &[]
+        };
+        let out = support::install_sh(&remotes, flags);
         assert_eq!(out.code, Some(0), "install.sh: {}", out.stderr);
         let host_remotes = dir.path().join("hv/var/tmp/one");
         let run_dir = dir.path().join("fe/run");
@@ -150,6 +163,7 @@ impl Cloud {
             remotes,
             vm_dir,
             base_path,
+            mad,
         }
     }
 
@@ -172,11 +186,12 @@ impl Cloud {
     /// The datastore with more template attributes.
     pub fn datastore_xml_with(&self, extra: &str) -> String {
         format!(
-            "<DATASTORE><ID>100</ID><NAME>backups</NAME><DS_MAD><![CDATA[backstop]]></DS_MAD>\
+            "<DATASTORE><ID>100</ID><NAME>backups</NAME><DS_MAD><![CDATA[{}]]></DS_MAD>\
              <TM_MAD><![CDATA[-]]></TM_MAD><BASE_PATH><![CDATA[{}]]></BASE_PATH><TYPE>3</TYPE>\
              <TEMPLATE><RESTIC_PASSWORD><![CDATA[{PASSWORD}]]></RESTIC_PASSWORD>\
              <RESTIC_SFTP_SERVER><![CDATA[bks]]></RESTIC_SFTP_SERVER>\
              <RESTIC_SFTP_USER><![CDATA[root]]></RESTIC_SFTP_USER>{extra}</TEMPLATE></DATASTORE>",
+            self.mad,
             self.base_path.display()
         )
     }
@@ -368,7 +383,7 @@ impl Cloud {
     }
 
     pub fn action(&self, name: &str) -> PathBuf {
-        self.remotes.join("datastore/backstop").join(name)
+        self.remotes.join("datastore").join(self.mad).join(name)
     }
 
     /// The datastore `backup` action as one_vmm_exec runs it.

@@ -31,7 +31,18 @@ fn compare(qcow2: &Path, raw: &Path) {
 
 #[test]
 fn a_chain_the_stock_driver_stored_keeps_working_under_backstop() {
-    let cloud = Cloud::start();
+    stock_chain("backstop");
+}
+
+/// The same, with backstop installed drop-in (`--replace-stock`): DS_MAD `restic`, `restic://`
+/// URLs, the stock downloader's path.
+#[test]
+fn a_chain_the_stock_driver_stored_keeps_working_with_backstop_installed_drop_in() {
+    stock_chain("restic");
+}
+
+fn stock_chain(mad: &'static str) {
+    let cloud = Cloud::start_as(mad);
     cloud.create_disks();
     let staging = cloud.staging();
     let raws = cloud.dir.path().join("raws");
@@ -128,7 +139,7 @@ fn a_chain_the_stock_driver_stored_keeps_working_under_backstop() {
     // stat and ls read the stock snapshots.
     let url = |chain: &[String], upto: usize, disk: u32, file_inc: usize| {
         format!(
-            "backstop://100//{}{}/disk.{disk}.{file_inc}",
+            "{mad}://100//{}{}/disk.{disk}.{file_inc}",
             link(chain, upto),
             staging.display()
         )
@@ -262,7 +273,7 @@ fn a_chain_the_stock_driver_stored_keeps_working_under_backstop() {
         let inc = flat[upto].0;
         for (d, _) in DISKS {
             let u = format!(
-                "backstop://100//{chain_text}{}/disk.{d}.{inc}",
+                "{mad}://100//{chain_text}{}/disk.{d}.{inc}",
                 staging.display()
             );
             let q = download(&u, &format!("flat.{d}.{inc}.qcow2"));
