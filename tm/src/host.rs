@@ -296,3 +296,36 @@ pub fn postbackup(step: &Step<'_>) {
         let _ = std::fs::remove_dir(parent);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(config: &str) -> Vm {
+        let xml = format!(
+            "<VM><ID>22</ID><NAME>db</NAME><TEMPLATE/><BACKUPS><BACKUP_CONFIG>{config}</BACKUP_CONFIG></BACKUPS></VM>"
+        );
+        let root = backstop_protocol::xml::Element::parse(&xml).expect("xml");
+        Vm::from_xml(&root).expect("vm")
+    }
+
+    #[test]
+    fn increments_follow_backup_config() {
+        let full = vm("<MODE>FULL</MODE><LAST_INCREMENT_ID>4</LAST_INCREMENT_ID>");
+        assert_eq!(increment_of(&full).expect("full"), (0, None));
+        let new_chain = vm("<MODE>INCREMENT</MODE><LAST_INCREMENT_ID>-1</LAST_INCREMENT_ID>");
+        assert_eq!(increment_of(&new_chain).expect("new"), (0, None));
+        let next = vm(
+            "<MODE>INCREMENT</MODE><INCREMENT_MODE>CBT</INCREMENT_MODE><LAST_INCREMENT_ID>4</LAST_INCREMENT_ID>",
+        );
+        assert_eq!(increment_of(&next).expect("next"), (5, Some(4)));
+        let snapshot = vm(
+            "<MODE>INCREMENT</MODE><INCREMENT_MODE>SNAPSHOT</INCREMENT_MODE><LAST_INCREMENT_ID>4</LAST_INCREMENT_ID>",
+        );
+        let e = increment_of(&snapshot).expect_err("snapshot mode");
+        assert_eq!(
+            e.to_string(),
+            "VM 22: INCREMENT_MODE=SNAPSHOT is not supported by backstop; use CBT"
+        );
+    }
+}
