@@ -340,15 +340,7 @@ fn a_full_disk_on_the_backup_server_fails_the_backup_cleanly() {
     cloud.create_disks();
     // Incompressible data, so the backup needs more room than the disk has.
     let noise = cloud.dir.path().join("noise");
-    let mut data = vec![0u8; 6 << 20];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    fs::write(&noise, &data).expect("noise");
+    fs::write(&noise, support::noise(6 << 20, 0x9e37_79b9_7f4a_7c15)).expect("noise");
     for d in [0, 1] {
         let disk = cloud.disk(d);
         let out = std::process::Command::new("qemu-io")

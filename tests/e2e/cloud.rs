@@ -973,15 +973,7 @@ fn backup_cancel_stops_a_running_backup_and_leaves_the_repository_clean() {
     let cloud = Cloud::start();
     cloud.create_disks();
     // 20 MiB that do not compress in disk 0.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let noise: Vec<u8> = (0..20 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = support::noise(20 << 20, 0x9E37_79B9_7F4A_7C15);
     let noise_file = cloud.dir.path().join("noise.raw");
     fs::write(&noise_file, &noise).expect("noise");
     sh(

@@ -342,15 +342,7 @@ fn interrupted_prebackups_and_backups_leave_nothing_behind() {
     let cloud = &t.cloud;
     // 40 MiB that do not compress in disk 0, so each step takes a moment.
     let noise = cloud.dir.path().join("noise.raw");
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..40 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = support::noise(40 << 20, 0x2545_f491_4f6c_dd1d);
     fs::write(&noise, &data).expect("noise");
     crate::cloud::sh_ok(
         "qemu-io",

@@ -3,7 +3,6 @@
 
 use backstop_datastore::{Error, ErrorKind};
 use std::path::Path;
-use std::process::Command;
 
 /// A persistent dirty bitmap of a qcow2 image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,29 +26,7 @@ pub struct Info {
     pub bitmaps: Vec<Bitmap>,
 }
 
-fn run(args: &[&std::ffi::OsStr]) -> Result<String, Error> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .map_err(|e| Error::io("cannot run qemu-img", e))?;
-    if !out.status.success() {
-        return Err(Error::new(
-            ErrorKind::Input,
-            format!(
-                "qemu-img {} failed: {}",
-                args.first()
-                    .map(|a| a.to_string_lossy())
-                    .unwrap_or_default(),
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or("no message")
-                    .trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use backstop_datastore::actions::chain::qemu_img as run;
 
 /// `qemu-img info` of a disk.
 pub fn info(disk: &Path) -> Result<Info, Error> {

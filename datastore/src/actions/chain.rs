@@ -171,13 +171,14 @@ pub fn standalone(
     Ok((dir.keep(), top))
 }
 
-pub(crate) fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), Error> {
+/// Runs qemu-img; its stdout, or an error naming the subcommand and qemu-img's first line.
+pub fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<String, Error> {
     let out = std::process::Command::new("qemu-img")
         .args(args)
         .output()
         .map_err(|e| Error::io("cannot run qemu-img", e))?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let err = String::from_utf8_lossy(&out.stderr);
     Err(Error::new(

@@ -51,14 +51,7 @@ impl Repo {
         retry_lock: RetryLock,
     ) -> Result<RestoreStats, Error> {
         let _lock = self.lock(false, retry_lock)?;
-        let (_, snap) = self.find_snapshot(snapshot)?;
-        let known = self.known_blobs()?;
-        let node = self.file_node(&snap, path, &known)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Repository,
-                format!("no file {path} in snapshot {snapshot}"),
-            )
-        })?;
+        let (node, _) = self.image_node(snapshot, path)?;
         let content = node.content.unwrap_or_default();
         let wanted: Vec<RepoId> = content
             .iter()
@@ -209,14 +202,7 @@ impl Repo {
         retry_lock: RetryLock,
     ) -> Result<StreamStats, Error> {
         let _lock = self.lock(false, retry_lock)?;
-        let (_, snap) = self.find_snapshot(snapshot)?;
-        let known = self.known_blobs()?;
-        let node = self.file_node(&snap, path, &known)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Repository,
-                format!("no file {path} in snapshot {snapshot}"),
-            )
-        })?;
+        let (node, known) = self.image_node(snapshot, path)?;
         let content = node.content.unwrap_or_default();
         // Lengths from the index; a blob whose id is the hash of zeros is zeros.
         let mut zero_ids: HashMap<u32, RepoId> = HashMap::new();
@@ -385,6 +371,25 @@ fn for_each_ordered<T: Send>(
         changed.notify_all();
         result
     })
+}
+
+impl Repo {
+    /// The file node at `path` of `snapshot`, and the index it was read with.
+    fn image_node(
+        &self,
+        snapshot: &str,
+        path: &str,
+    ) -> Result<(crate::repo::format::Node, crate::repo::KnownBlobs), Error> {
+        let (_, snap) = self.find_snapshot(snapshot)?;
+        let known = self.known_blobs()?;
+        let node = self.file_node(&snap, path, &known)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("no file {path} in snapshot {snapshot}"),
+            )
+        })?;
+        Ok((node, known))
+    }
 }
 
 fn plain_len(at: &BlobLocation) -> Result<u32, Error> {
