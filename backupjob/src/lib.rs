@@ -4,4 +4,7 @@
 //! (priority, SEQUENTIAL/PARALLEL, limits, scheduled actions), SQLite state and the `backupjob`
 //! command line.
 //!
-//! Nothing here is written yet.
+//! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]).
+//! The state store, scheduled actions, execution and the command line are not written yet.
+
+pub mod scheduler;
