@@ -4,7 +4,9 @@
 //! (priority, SEQUENTIAL/PARALLEL, limits, scheduled actions), SQLite state and the `backupjob`
 //! command line.
 //!
-//! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]).
+//! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]), and
+//! the SCHED_ACTION arithmetic ([`schedule`]).
 //! The state store, scheduled actions, execution and the command line are not written yet.
 
+pub mod schedule;
 pub mod scheduler;
