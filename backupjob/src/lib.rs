@@ -6,7 +6,7 @@
 //!
 //! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]), and
 //! the SCHED_ACTION arithmetic ([`schedule`]).
-//! The state store, scheduled actions, execution and the command line are not written yet.
+//! The state store, the execution of jobs and the command line are not written yet.
 
 pub mod schedule;
 pub mod scheduler;
