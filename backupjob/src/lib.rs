@@ -6,7 +6,9 @@
 //!
 //! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]), and
 //! the SCHED_ACTION arithmetic ([`schedule`]).
-//! The state store, the execution of jobs and the command line are not written yet.
+//! The state store ([`state`]: SQLite, migrations, compare-and-set moves, reconciliation)
+//! is written; the execution of jobs and the command line are not.
 
 pub mod schedule;
 pub mod scheduler;
+pub mod state;

@@ -1,0 +1,577 @@
+//! The job runner's state, in SQLite (rusqlite with the bundled library).
+//!
+//! - Where: `--state PATH`, else `BACKSTOP_STATE`, else `<data dir>/backstop/state.db`
+//!   (`$XDG_DATA_HOME`, else `~/.local/share`).
+//! - WAL and a busy timeout, so the command line and the scheduler daemon can work at once;
+//!   every change is one transaction, so a killed process loses nothing it reported as done.
+//! - Schema versions in `PRAGMA user_version`, applied in order on open ([`MIGRATIONS`]).
+//!
+//! A VM of a job is in one of four sets (spec §11.1): OUTDATED, ONGOING (oned's BACKING_UP),
+//! UPDATED or ERROR. Moves are compare-and-set ([`State::move_vm`]), so two processes never
+//! both start the same backup. [`State::reconcile`] settles ONGOING VMs whose runner is gone.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Schema migrations; `user_version` is how many have been applied.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: datastores, VMs, jobs, their VMs and schedules, backup images and increments.
+    "CREATE TABLE datastores (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        template TEXT NOT NULL
+     );
+     CREATE TABLE vms (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        host TEXT,
+        document TEXT NOT NULL
+     );
+     CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        priority INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 99),
+        template TEXT NOT NULL,
+        locked INTEGER NOT NULL DEFAULT 0,
+        last_backup_time INTEGER,
+        last_backup_duration INTEGER
+     );
+     CREATE TABLE job_vms (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        vm_id INTEGER NOT NULL UNIQUE,
+        position INTEGER NOT NULL,
+        state TEXT CHECK (state IN ('OUTDATED', 'ONGOING', 'UPDATED', 'ERROR')),
+        reason TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        runner_pid INTEGER,
+        started_at INTEGER,
+        ended_at INTEGER,
+        PRIMARY KEY (job_id, vm_id)
+     );
+     CREATE TABLE sched_actions (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        time INTEGER NOT NULL,
+        repeat INTEGER NOT NULL,
+        days TEXT NOT NULL,
+        end_type INTEGER NOT NULL,
+        end_value INTEGER,
+        done INTEGER NOT NULL DEFAULT 0,
+        message TEXT
+     );
+     CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        vm_id INTEGER NOT NULL,
+        job_id INTEGER,
+        datastore_id INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE increments (
+        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        id INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        size_mb INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('FULL', 'INCREMENT')),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (image_id, id)
+     );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Where a VM stands in its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    Outdated,
+    Ongoing,
+    Updated,
+    Error,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Outdated => "OUTDATED",
+            VmState::Ongoing => "ONGOING",
+            VmState::Updated => "UPDATED",
+            VmState::Error => "ERROR",
+        }
+    }
+
+    fn parse(s: &str) -> Option<VmState> {
+        Some(match s {
+            "OUTDATED" => VmState::Outdated,
+            "ONGOING" => VmState::Ongoing,
+            "UPDATED" => VmState::Updated,
+            "ERROR" => VmState::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// A VM of a job, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobVm {
+    pub vm_id: u64,
+    pub position: u32,
+    pub state: Option<VmState>,
+    pub reason: Option<String>,
+    pub failures: u32,
+    pub runner_pid: Option<u32>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+#[derive(Debug)]
+pub struct State {
+    conn: Connection,
+    path: String,
+}
+
+/// The default state file.
+pub fn default_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BACKSTOP_STATE").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        })?;
+    Some(data.join("backstop/state.db"))
+}
+
+impl State {
+    /// Opens (creating it and its directory if needed) and migrates the state database.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let shown = path.display().to_string();
+        let sql = |source| StateError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StateError::Invalid {
+                path: shown.clone(),
+                message: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        let mut state = State { conn, path: shown };
+        state.migrate()?;
+        Ok(state)
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn invalid(&self, message: String) -> StateError {
+        StateError::Invalid {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), StateError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(self.invalid(format!(
+                "schema version {version} is newer than this backstop knows ({known}); use a newer backstop"
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let path = self.path.clone();
+            let tx = self.conn.transaction().map_err(|e| StateError::Sqlite {
+                path: path.clone(),
+                source: e,
+            })?;
+            tx.execute_batch(m)
+                .and_then(|()| tx.pragma_update(None, "user_version", (i + 1) as i64))
+                .and_then(|()| tx.commit())
+                .map_err(|e| StateError::Sqlite { path, source: e })?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StateError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Adds a job with its VMs (in backup order); a VM may be in one job only.
+    pub fn create_job(
+        &mut self,
+        name: &str,
+        priority: u8,
+        template: &str,
+        vms: &[u64],
+    ) -> Result<u64, StateError> {
+        if priority > 99 {
+            return Err(self.invalid(format!("PRIORITY {priority} is not 0–99")));
+        }
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for vm in vms {
+            let other: Option<(u64, String)> = tx
+                .query_row(
+                    "SELECT j.id, j.name FROM job_vms v JOIN jobs j ON j.id = v.job_id WHERE v.vm_id = ?1",
+                    params![*vm as i64],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                )
+                .optional()
+                .map_err(err)?;
+            if let Some((id, other)) = other {
+                return Err(StateError::Invalid {
+                    path: path.clone(),
+                    message: format!("VM {vm} is already in backup job {id} ({other})"),
+                });
+            }
+        }
+        tx.execute(
+            "INSERT INTO jobs (name, priority, template) VALUES (?1, ?2, ?3)",
+            params![name, priority, template],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StateError::Invalid {
+                    path: path.clone(),
+                    message: format!("a backup job named {name:?} already exists"),
+                }
+            }
+            e => err(e),
+        })?;
+        let id = tx.last_insert_rowid() as u64;
+        for (pos, vm) in vms.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO job_vms (job_id, vm_id, position) VALUES (?1, ?2, ?3)",
+                params![id as i64, *vm as i64, pos as i64],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(id)
+    }
+
+    /// The VMs of a job, in backup order.
+    pub fn job_vms(&self, job: u64) -> Result<Vec<JobVm>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT vm_id, position, state, reason, failures, runner_pid, started_at, ended_at
+                 FROM job_vms WHERE job_id = ?1 ORDER BY position",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![job as i64], |r| {
+                Ok(JobVm {
+                    vm_id: r.get::<_, i64>(0)? as u64,
+                    position: r.get::<_, i64>(1)? as u32,
+                    state: r
+                        .get::<_, Option<String>>(2)?
+                        .and_then(|s| VmState::parse(&s)),
+                    reason: r.get(3)?,
+                    failures: r.get::<_, i64>(4)? as u32,
+                    runner_pid: r.get::<_, Option<i64>>(5)?.map(|p| p as u32),
+                    started_at: r.get(6)?,
+                    ended_at: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Moves a VM of a job from `from` (None: in no set) to `to`, only if it is still in
+    /// `from`; returns whether it moved. Entering ONGOING records the runner's PID and the
+    /// start; leaving it records the end; ERROR counts a failure, UPDATED resets the count.
+    pub fn move_vm(
+        &mut self,
+        job: u64,
+        vm: u64,
+        from: Option<VmState>,
+        to: VmState,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StateError> {
+        let pid = std::process::id();
+        let from = from.map(VmState::as_str);
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE job_vms SET
+                    state = ?1,
+                    reason = ?2,
+                    runner_pid = CASE WHEN ?1 = 'ONGOING' THEN ?3 ELSE runner_pid END,
+                    started_at = CASE WHEN ?1 = 'ONGOING' THEN ?4 ELSE started_at END,
+                    ended_at = CASE WHEN ?1 = 'ONGOING' THEN NULL
+                                    WHEN state = 'ONGOING' THEN ?4 ELSE ended_at END,
+                    failures = CASE WHEN ?1 = 'ERROR' AND state = 'ONGOING' THEN failures + 1
+                                    WHEN ?1 = 'UPDATED' THEN 0 ELSE failures END
+                 WHERE job_id = ?5 AND vm_id = ?6 AND state IS ?7",
+                params![to.as_str(), reason, pid, now, job as i64, vm as i64, from],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(changed == 1)
+    }
+
+    /// Settles the ONGOING VMs whose runner process is gone (a killed scheduler): `outcome`
+    /// says what really happened to each (Some(true) finished, Some(false) failed, None
+    /// unknown, which goes back to OUTDATED to be run again). Returns how many were settled.
+    pub fn reconcile(
+        &mut self,
+        now: i64,
+        runner_alive: impl Fn(u32) -> bool,
+        outcome: impl Fn(u64, u64) -> Option<bool>,
+    ) -> Result<usize, StateError> {
+        let ongoing: Vec<(u64, u64, Option<u32>)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT job_id, vm_id, runner_pid FROM job_vms WHERE state = 'ONGOING'")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, Option<i64>>(2)?.map(|p| p as u32),
+                    ))
+                })
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        let mut settled = 0;
+        for (job, vm, pid) in ongoing {
+            if pid.is_some_and(&runner_alive) {
+                continue;
+            }
+            let (to, reason) = match outcome(job, vm) {
+                Some(true) => (VmState::Updated, None),
+                Some(false) => (
+                    VmState::Error,
+                    Some("the backup failed while the scheduler was not running"),
+                ),
+                None => (VmState::Outdated, None),
+            };
+            if self.move_vm(job, vm, Some(VmState::Ongoing), to, reason, now)? {
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (tempfile::TempDir, State) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = State::open(&dir.path().join("sub/state.db")).expect("open");
+        (dir, s)
+    }
+
+    #[test]
+    fn opens_migrates_and_refuses_a_newer_schema() {
+        let (dir, s) = state();
+        assert_eq!(
+            s.schema_version().expect("version"),
+            MIGRATIONS.len() as i64
+        );
+        drop(s);
+        // Opening again applies nothing twice.
+        let s = State::open(&dir.path().join("sub/state.db")).expect("reopen");
+        assert_eq!(
+            s.schema_version().expect("version"),
+            MIGRATIONS.len() as i64
+        );
+        s.conn
+            .pragma_update(None, "user_version", 99)
+            .expect("bump");
+        drop(s);
+        let e = State::open(&dir.path().join("sub/state.db")).expect_err("newer");
+        assert!(e.to_string().contains("schema version 99 is newer"), "{e}");
+    }
+
+    #[test]
+    fn a_vm_belongs_to_one_job_and_names_are_unique() {
+        let (_dir, mut s) = state();
+        let j = s
+            .create_job("nightly", 50, "MODE=FULL", &[3, 1, 2])
+            .expect("job");
+        let order: Vec<u64> = s.job_vms(j).expect("vms").iter().map(|v| v.vm_id).collect();
+        assert_eq!(order, [3, 1, 2]);
+        let e = s
+            .create_job("other", 50, "", &[5, 1])
+            .expect_err("VM 1 is taken");
+        assert!(
+            e.to_string()
+                .ends_with("VM 1 is already in backup job 1 (nightly)"),
+            "{e}"
+        );
+        assert!(
+            s.job_vms(2).expect("none").is_empty(),
+            "nothing half-written"
+        );
+        let e = s.create_job("nightly", 50, "", &[9]).expect_err("name");
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert!(s.create_job("x", 100, "", &[]).is_err());
+    }
+
+    #[test]
+    fn moves_are_compare_and_set_and_count_failures() {
+        let (_dir, mut s) = state();
+        let j = s.create_job("j", 50, "", &[1]).expect("job");
+        assert!(
+            s.move_vm(j, 1, None, VmState::Outdated, None, 10)
+                .expect("o")
+        );
+        assert!(
+            s.move_vm(j, 1, Some(VmState::Outdated), VmState::Ongoing, None, 11)
+                .expect("go")
+        );
+        // A second runner cannot take it too.
+        assert!(
+            !s.move_vm(j, 1, Some(VmState::Outdated), VmState::Ongoing, None, 11)
+                .expect("no")
+        );
+        assert!(
+            s.move_vm(
+                j,
+                1,
+                Some(VmState::Ongoing),
+                VmState::Error,
+                Some("host down"),
+                20
+            )
+            .expect("err")
+        );
+        let v = &s.job_vms(j).expect("vms")[0];
+        assert_eq!(
+            (
+                v.state,
+                v.reason.as_deref(),
+                v.failures,
+                v.started_at,
+                v.ended_at
+            ),
+            (
+                Some(VmState::Error),
+                Some("host down"),
+                1,
+                Some(11),
+                Some(20)
+            )
+        );
+        assert_eq!(v.runner_pid, Some(std::process::id()));
+        s.move_vm(j, 1, Some(VmState::Error), VmState::Outdated, None, 30)
+            .expect("retry");
+        s.move_vm(j, 1, Some(VmState::Outdated), VmState::Ongoing, None, 31)
+            .expect("go");
+        s.move_vm(j, 1, Some(VmState::Ongoing), VmState::Updated, None, 40)
+            .expect("ok");
+        assert_eq!(s.job_vms(j).expect("vms")[0].failures, 0);
+    }
+
+    #[test]
+    fn reconcile_settles_what_a_killed_runner_left_ongoing() {
+        let (_dir, mut s) = state();
+        let j = s.create_job("j", 50, "", &[1, 2, 3, 4]).expect("job");
+        for vm in 1..=4 {
+            s.move_vm(j, vm, None, VmState::Outdated, None, 1)
+                .expect("o");
+            s.move_vm(j, vm, Some(VmState::Outdated), VmState::Ongoing, None, 2)
+                .expect("go");
+        }
+        // VM 4's runner is still alive; 1 finished, 2 failed, 3 is unknown.
+        s.conn
+            .execute("UPDATE job_vms SET runner_pid = 4242 WHERE vm_id = 4", [])
+            .expect("pid");
+        let settled = s
+            .reconcile(
+                9,
+                |pid| pid == 4242,
+                |_, vm| match vm {
+                    1 => Some(true),
+                    2 => Some(false),
+                    _ => None,
+                },
+            )
+            .expect("reconcile");
+        assert_eq!(settled, 3);
+        let states: Vec<Option<VmState>> =
+            s.job_vms(j).expect("vms").iter().map(|v| v.state).collect();
+        assert_eq!(
+            states,
+            [
+                Some(VmState::Updated),
+                Some(VmState::Error),
+                Some(VmState::Outdated),
+                Some(VmState::Ongoing)
+            ]
+        );
+    }
+
+    /// Two connections (the command line and the daemon) write at once without "database is
+    /// locked" failures.
+    #[test]
+    fn two_processes_can_write_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        let mut a = State::open(&path).expect("a");
+        let j = a
+            .create_job("j", 50, "", &(0..200).collect::<Vec<_>>())
+            .expect("job");
+        let p2 = path.clone();
+        let writer = std::thread::spawn(move || {
+            let mut b = State::open(&p2).expect("b");
+            for vm in 0..100u64 {
+                b.move_vm(j, vm, None, VmState::Outdated, None, 1)
+                    .expect("b move");
+            }
+        });
+        for vm in 100..200u64 {
+            a.move_vm(j, vm, None, VmState::Outdated, None, 1)
+                .expect("a move");
+        }
+        writer.join().expect("join");
+        assert!(
+            a.job_vms(j)
+                .expect("vms")
+                .iter()
+                .all(|v| v.state == Some(VmState::Outdated))
+        );
+    }
+}
