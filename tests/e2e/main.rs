@@ -6,6 +6,7 @@ mod bad_input;
 mod cloud;
 mod crash;
 mod install;
+mod jobs;
 mod oned_mock;
 mod repo_cli;
 mod stock;
