@@ -6,11 +6,16 @@
 //!
 //! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]), and
 //! the SCHED_ACTION arithmetic ([`schedule`]).
-//! The state store ([`state`]: SQLite, migrations, compare-and-set moves, reconciliation)
-//! and the execution of one VM's backup through the installed actions with KEEP_LAST
-//! ([`runner`]) are written; running whole jobs on the tick, cancel/retry and the `backupjob`
-//! command line are not.
+//! The state store ([`state`]: SQLite, migrations, compare-and-set moves, reconciliation),
+//! the execution of one VM's backup through the installed actions with KEEP_LAST
+//! ([`runner`]), job templates ([`model`]), running a job now within the limits ([`engine`])
+//! and a first command line ([`cli`]: datastore, vm, create, list, show, backup, retry).
+//! Not written yet: the scheduler daemon and SCHED_ACTION commands, cancel, update, delete,
+//! rename, lock, priority, image list/restore, progress with MB/s and ETA.
 
+pub mod cli;
+pub mod engine;
+pub mod model;
 pub mod runner;
 pub mod schedule;
 pub mod scheduler;

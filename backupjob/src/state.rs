@@ -151,6 +151,9 @@ pub struct IncrementRow {
     pub created_at: i64,
 }
 
+/// A registered VM: id, name, host, document.
+pub type VmRow = (u64, String, Option<String>, String);
+
 #[derive(Debug)]
 pub struct State {
     conn: Connection,
@@ -188,6 +191,16 @@ impl State {
             })?;
         }
         let conn = Connection::open(path).map_err(sql)?;
+        // It holds the datastores' templates, passwords included: owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StateError::Invalid {
+                    path: shown.clone(),
+                    message: format!("cannot make it private: {e}"),
+                },
+            )?;
+        }
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
@@ -364,6 +377,103 @@ impl State {
             )
             .map_err(|e| self.sql(e))?;
         Ok(changed == 1)
+    }
+
+    pub fn add_datastore(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO datastores (name, template) VALUES (?1, ?2)",
+                params![name, template],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.invalid(format!("a datastore named {name:?} already exists"))
+                }
+                e => self.sql(e),
+            })?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Every datastore: (id, name, template).
+    pub fn datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, template FROM datastores ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Registers (or updates) a VM from its document.
+    pub fn register_vm(
+        &mut self,
+        id: u64,
+        name: &str,
+        host: Option<&str>,
+        document: &str,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO vms (id, name, host, document) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, document = ?4",
+                params![id as i64, name, host, document],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Every registered VM: (id, name, host, document).
+    pub fn vms(&self) -> Result<Vec<VmRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, host, document FROM vms ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Every job: (id, name, priority, template).
+    pub fn jobs(&self) -> Result<Vec<(u64, String, u8, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, priority, template FROM jobs ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u8,
+                    r.get(3)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    pub fn set_last_backup(
+        &mut self,
+        job: u64,
+        time: i64,
+        duration: i64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET last_backup_time = ?1, last_backup_duration = ?2 WHERE id = ?3",
+                params![time, duration, job as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
     }
 
     pub fn add_image(

@@ -24,6 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Backup jobs: datastores, VMs and jobs in a state database, and running them.
+    Backupjob(backstop_backupjob::cli::Args),
     /// Run the driver action a remotes path names, with oned's arguments (what the shims call).
     Action {
         /// e.g. /var/lib/one/remotes/datastore/backstop/monitor
@@ -92,6 +94,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Action { path, args } => run::run_path(&path, &args),
         Command::Decode { path, args } => decode(&path, &args),
         Command::Install(options) => install::main(&options),
+        Command::Backupjob(args) => backstop_backupjob::cli::main(&args),
         Command::Repo(args) => repo_cli::main(&args),
         Command::HostBackup {
             staging,

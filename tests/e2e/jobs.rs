@@ -121,3 +121,185 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
             .is_empty()
     );
 }
+
+/// `backstop backupjob` end to end: a datastore and three VMs registered, a PARALLEL job with
+/// MAX_BACKUPS_HOST=1 run now: the two VMs on hv1 run one after the other, the VM on a host
+/// that is down ends in ERROR with its reason, `show` says so, `retry` puts it back, and each
+/// backed-up VM restores byte-exact with plain restic.
+#[test]
+fn the_backupjob_command_line_runs_a_job() {
+    let cloud = Cloud::start();
+    for action in ["prebackup", "postbackup"] {
+        let link = cloud.remotes.join(format!("tm/ssh/{action}"));
+        fs::create_dir_all(link.parent().expect("parent")).expect("tm");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
+    }
+    let ssh_config = cloud.dir.path().join("ssh_config");
+    let mut text = fs::read_to_string(&ssh_config).expect("ssh_config");
+    text.push_str("Host down\n  HostName 127.0.0.9\n  ConnectTimeout 5\n");
+    fs::write(&ssh_config, text).expect("ssh_config");
+    cloud.create_disks();
+    // VM 23: a copy of VM 22's disks in its own directory on hv1.
+    let vm23 = cloud.vm_dir.with_file_name("23");
+    fs::create_dir_all(&vm23).expect("vm 23");
+    for (d, _) in DISKS {
+        fs::copy(cloud.disk(d), vm23.join(format!("disk.{d}"))).expect("copy");
+    }
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    let doc22 = cloud.vm_xml(-1, -1);
+    let doc23 = doc22
+        .replace("<ID>22</ID>", "<ID>23</ID>")
+        .replace("one-22", "one-23");
+    let doc24 = doc22
+        .replace("<ID>22</ID>", "<ID>24</ID>")
+        .replace("one-22", "one-24")
+        .replace("<HOSTNAME>hv1</HOSTNAME>", "<HOSTNAME>down</HOSTNAME>");
+    for (id, doc) in [(22, &doc22), (23, &doc23), (24, &doc24)] {
+        fs::write(work.join(format!("vm{id}.xml")), doc).expect("vm doc");
+    }
+    fs::write(
+        work.join("ds.tmpl"),
+        format!(
+            "NAME = \"backups\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{}\"\n\
+             RESTIC_PASSWORD = \"{}\"\nRESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\n",
+            cloud.base_path.display(),
+            crate::cloud::PASSWORD
+        ),
+    )
+    .expect("ds");
+    fs::write(
+        work.join("job.tmpl"),
+        "NAME = \"nightly\"\nBACKUP_VMS = \"22,23,24\"\nDATASTORE_ID = 1\nMODE = FULL\n\
+         EXECUTION = PARALLEL\nKEEP_LAST = 1\n",
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let location = cloud.dir.path().join("hv/datastores");
+    let bj = |args: &[&str]| {
+        let mut all = vec![
+            "backupjob",
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--remotes",
+            cloud.remotes.to_str().expect("utf-8"),
+            "--datastore-location",
+            location.to_str().expect("utf-8"),
+            "--max-backups-host",
+            "1",
+        ];
+        all.extend_from_slice(args);
+        crate::support::run(BACKSTOP, &all, b"")
+    };
+    let file = |n: &str| work.join(n).display().to_string();
+    assert_eq!(
+        bj(&["datastore", "create", &file("ds.tmpl")]).stdout,
+        "ID: 1\n"
+    );
+    for id in [22, 23, 24] {
+        let out = bj(&["vm", "register", &file(&format!("vm{id}.xml"))]);
+        assert_eq!(out.stdout, format!("ID: {id}\n"), "{out:?}");
+    }
+    assert_eq!(bj(&["create", &file("job.tmpl")]).stdout, "ID: 1\n");
+    // A template error names the attribute.
+    fs::write(
+        work.join("bad.tmpl"),
+        "NAME=x\nDATASTORE_ID=1\nMODE=DAILY\n",
+    )
+    .expect("bad");
+    let out = bj(&["create", &file("bad.tmpl")]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("MODE is \"DAILY\""), "{}", out.stderr);
+
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(1), "VM 24 fails: {out:?}");
+    assert!(out.stdout.contains("VM 24: ERROR: "), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .ends_with("backup job 1: 2 VMs backed up, 1 in ERROR\n"),
+        "{}",
+        out.stdout
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show json");
+    let vms = show["vms"].as_array().expect("vms");
+    let get = |id: u64| vms.iter().find(|v| v["id"] == id).expect("vm").clone();
+    assert_eq!(get(22)["state"], "UPDATED");
+    assert_eq!(get(23)["state"], "UPDATED");
+    assert_eq!(get(24)["state"], "ERROR");
+    assert!(
+        get(24)["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("127.0.0.9")),
+        "{show}"
+    );
+    // MAX_BACKUPS_HOST=1: the two VMs on hv1 did not overlap.
+    let span = |id: u64| {
+        let v = get(id);
+        (
+            v["started_at"].as_i64().expect("start"),
+            v["ended_at"].as_i64().expect("end"),
+        )
+    };
+    let (a, b) = (span(22), span(23));
+    assert!(a.1 <= b.0 || b.1 <= a.0, "22 {a:?} and 23 {b:?} overlapped");
+    let text = bj(&["show", "1"]).stdout;
+    assert!(
+        text.contains("UPDATED  : 22,23") && text.contains("ERROR    : 24"),
+        "{text}"
+    );
+    let out = bj(&["retry", "1"]);
+    assert_eq!(out.stdout, "backup job 1: 1 VMs back to OUTDATED\n");
+
+    // Each VM restores byte-exact from the job's repository.
+    let repo = cloud.base_path.join("job_1");
+    let restic = |args: &[&str]| {
+        let out = std::process::Command::new("restic")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--no-cache")
+            .args(args)
+            .env("RESTIC_PASSWORD", crate::cloud::PASSWORD)
+            .output()
+            .expect("restic");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&restic(&["snapshots", "--json"])).expect("json");
+    for (vm, dir) in [(22u64, cloud.vm_dir.clone()), (23, vm23.clone())] {
+        let snap = snaps
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|s| {
+                s["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&serde_json::json!(format!("one-{vm}"))))
+            })
+            .unwrap_or_else(|| panic!("no snapshot of VM {vm}: {snaps}"));
+        let id = snap["short_id"].as_str().expect("id");
+        for (d, _) in DISKS {
+            let path = format!("{}/backup/disk.{d}.0", dir.display());
+            let data = restic(&["dump", id, &path]);
+            let raw = cloud.dir.path().join("check.raw");
+            let src = dir.join(format!("disk.{d}"));
+            crate::cloud::sh_ok(
+                "qemu-img",
+                &[
+                    "convert",
+                    "-O",
+                    "raw",
+                    src.to_str().expect("utf-8"),
+                    raw.to_str().expect("utf-8"),
+                ],
+            );
+            assert!(data == fs::read(&raw).expect("raw"), "VM {vm} disk {d}");
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! `backstop backupjob ...`: the onebackupjob-style command line over the state database.
+//!
+//! Written so far: `datastore create|list`, `vm register|list`, `create`, `list`, `show`,
+//! `backup` (one run now, in the foreground, with a line per VM event) and `retry`. Exit codes:
+//! 0 done, 1 a failure (a VM in ERROR after `backup`, bad input), 2 bad usage.
+
+use crate::engine::{self, Event};
+use crate::model::{self, JobTemplate};
+use crate::runner::Env;
+use crate::scheduler::Limits;
+use crate::state::{self, State, VmState};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backupjob",
+    about = "Backup jobs: define datastores, VMs and jobs, and run them."
+)]
+pub struct Args {
+    /// The state database (default: $BACKSTOP_STATE, else <data dir>/backstop/state.db).
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// The OpenNebula remotes tree the actions are run from.
+    #[arg(long, global = true, default_value = "/var/lib/one/remotes")]
+    remotes: PathBuf,
+    /// oned's DATASTORE_LOCATION (VM directories are <location>/<system ds>/<vm id>).
+    #[arg(long, global = true, default_value = "/var/lib/one//datastores")]
+    datastore_location: String,
+    /// Running backups at most, overall (0: unlimited).
+    #[arg(long, global = true, default_value_t = 5)]
+    max_backups: u32,
+    /// Running backups at most per host (0: unlimited).
+    #[arg(long, global = true, default_value_t = 2)]
+    max_backups_host: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Backup datastores.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
+    /// VMs, registered from their `onevm show -x` document.
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+    /// Create a job from a template file.
+    Create { file: PathBuf },
+    /// List the jobs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job and where each of its VMs stands.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job now, in the foreground.
+    Backup { id: u64 },
+    /// Move the job's VMs in ERROR back to OUTDATED.
+    Retry { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatastoreCommand {
+    /// Create a backup datastore from a template file (NAME, DS_MAD, BASE_PATH, RESTIC_...).
+    Create { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Register a VM from its XML document.
+    Register { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn read(path: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+pub fn main(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "backupjob: {}",
+                e.lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| format!("cannot write: {e}"))
+}
+
+fn run(args: &Args) -> Result<ExitCode, String> {
+    let path = match &args.state {
+        Some(p) => p.clone(),
+        None => state::default_path()
+            .ok_or("no state database: give --state or set BACKSTOP_STATE or HOME")?,
+    };
+    let mut st = State::open(&path).map_err(|e| e.to_string())?;
+    let e = |e: state::StateError| e.to_string();
+    match &args.command {
+        Command::Datastore {
+            command: DatastoreCommand::Create { file },
+        } => {
+            let text = read(file)?;
+            // Validated with the id it will get.
+            let next = st.datastores().map_err(e)?.last().map_or(0, |d| d.0) + 1;
+            let (name, _) = model::datastore(next, &text, &args.datastore_location)
+                .map_err(|x| format!("{}: {x}", file.display()))?;
+            let id = st.add_datastore(&name, &text).map_err(e)?;
+            print(&format!("ID: {id}"))?;
+        }
+        Command::Datastore {
+            command: DatastoreCommand::List { json },
+        } => {
+            let list = st.datastores().map_err(e)?;
+            if *json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(id, name, _)| serde_json::json!({"id": id, "name": name}))
+                    .collect();
+                print(&serde_json::Value::Array(v).to_string())?;
+            } else {
+                print(&format!("{:>4} {}", "ID", "NAME"))?;
+                for (id, name, _) in list {
+                    print(&format!("{id:>4} {name}"))?;
+                }
+            }
+        }
+        Command::Vm {
+            command: VmCommand::Register { file },
+        } => {
+            let doc = read(file)?;
+            let root = backstop_protocol::xml::Element::parse(&doc)
+                .map_err(|x| format!("{}: {x}", file.display()))?;
+            let vm = backstop_protocol::message::Vm::from_xml(&root)
+                .map_err(|x| format!("{}: {x}", file.display()))?;
+            let host = vm.placement.as_ref().map(|p| p.hostname.clone());
+            st.register_vm(vm.id, &vm.name, host.as_deref(), &doc)
+                .map_err(e)?;
+            print(&format!("ID: {}", vm.id))?;
+        }
+        Command::Vm {
+            command: VmCommand::List { json },
+        } => {
+            let list = st.vms().map_err(e)?;
+            if *json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(id, name, host, _)| serde_json::json!({"id": id, "name": name, "host": host}))
+                    .collect();
+                print(&serde_json::Value::Array(v).to_string())?;
+            } else {
+                print(&format!("{:>4} {:<20} {}", "ID", "NAME", "HOST"))?;
+                for (id, name, host, _) in list {
+                    print(&format!(
+                        "{id:>4} {name:<20} {}",
+                        host.unwrap_or_else(|| "-".into())
+                    ))?;
+                }
+            }
+        }
+        Command::Create { file } => {
+            let text = read(file)?;
+            let job = JobTemplate::parse(&text).map_err(|x| format!("{}: {x}", file.display()))?;
+            let id = st
+                .create_job(&job.name, job.priority, &text, &job.vms)
+                .map_err(e)?;
+            print(&format!("ID: {id}"))?;
+        }
+        Command::List { json } => {
+            let jobs = st.jobs().map_err(e)?;
+            if *json {
+                let v: Vec<_> = jobs
+                    .iter()
+                    .map(|(id, name, prio, _)| serde_json::json!({"id": id, "name": name, "priority": prio}))
+                    .collect();
+                print(&serde_json::Value::Array(v).to_string())?;
+            } else {
+                print(&format!(
+                    "{:>4} {:>4} {:<20} {}",
+                    "ID", "PRIO", "NAME", "VMS"
+                ))?;
+                for (id, name, prio, _) in jobs {
+                    let vms: Vec<String> = st
+                        .job_vms(id)
+                        .map_err(e)?
+                        .iter()
+                        .map(|v| v.vm_id.to_string())
+                        .collect();
+                    let mut list = vms.join(",");
+                    if list.len() > 15 {
+                        list.truncate(12);
+                        list.push_str("...");
+                    }
+                    print(&format!("{id:>4} {prio:>4} {name:<20} {list}"))?;
+                }
+            }
+        }
+        Command::Show { id, json } => {
+            let (_, name, prio, template) = st
+                .jobs()
+                .map_err(e)?
+                .into_iter()
+                .find(|j| j.0 == *id)
+                .ok_or_else(|| format!("there is no backup job {id}"))?;
+            let rows = st.job_vms(*id).map_err(e)?;
+            let set = |s: VmState| -> Vec<u64> {
+                rows.iter()
+                    .filter(|r| r.state == Some(s))
+                    .map(|r| r.vm_id)
+                    .collect()
+            };
+            if *json {
+                let vms: Vec<_> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "id": r.vm_id,
+                            "state": r.state.map(VmState::as_str),
+                            "reason": r.reason,
+                            "failures": r.failures,
+                            "started_at": r.started_at,
+                            "ended_at": r.ended_at,
+                        })
+                    })
+                    .collect();
+                print(
+                    &serde_json::json!({"id": id, "name": name, "priority": prio, "vms": vms})
+                        .to_string(),
+                )?;
+            } else {
+                let ids = |v: Vec<u64>| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                print(&format!(
+                    "BACKUP JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nPRIORITY : {prio}\n"
+                ))?;
+                print(&format!(
+                    "VIRTUAL MACHINE BACKUP STATUS\nUPDATED  : {}\nOUTDATED : {}\nONGOING  : {}\nERROR    : {}\n",
+                    ids(set(VmState::Updated)),
+                    ids(set(VmState::Outdated)),
+                    ids(set(VmState::Ongoing)),
+                    ids(set(VmState::Error)),
+                ))?;
+                for r in rows.iter().filter(|r| r.reason.is_some()) {
+                    print(&format!(
+                        "VM {} : {}",
+                        r.vm_id,
+                        r.reason.as_deref().unwrap_or_default()
+                    ))?;
+                }
+                print(&format!("\nTEMPLATE CONTENTS\n{}", template.trim_end()))?;
+            }
+        }
+        Command::Backup { id } => {
+            let env = Env {
+                remotes: args.remotes.clone(),
+                datastore_location: args.datastore_location.clone(),
+            };
+            let limits = Limits {
+                max_backups: args.max_backups,
+                max_backups_host: args.max_backups_host,
+                ..Limits::default()
+            };
+            let (updated, failed) = engine::run_now(&env, &mut st, *id, &limits, |ev| {
+                let line = match ev {
+                    Event::Started { vm } => format!("VM {vm}: backing up"),
+                    Event::Done { vm, line } => format!("VM {vm}: {line}"),
+                    Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
+                };
+                let _ = print(&line);
+            })?;
+            print(&format!(
+                "backup job {id}: {updated} VMs backed up, {failed} in ERROR"
+            ))?;
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Retry { id } => {
+            let mut moved = 0;
+            for r in st.job_vms(*id).map_err(e)? {
+                if r.state == Some(VmState::Error)
+                    && st
+                        .move_vm(
+                            *id,
+                            r.vm_id,
+                            Some(VmState::Error),
+                            VmState::Outdated,
+                            None,
+                            jiff::Timestamp::now().as_second(),
+                        )
+                        .map_err(e)?
+                {
+                    moved += 1;
+                }
+            }
+            print(&format!("backup job {id}: {moved} VMs back to OUTDATED"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

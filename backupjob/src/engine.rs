@@ -1,0 +1,218 @@
+//! Running a job now (`backupjob backup <id>`): the job's run ([`scheduler::execute`]), then
+//! scheduling ticks ([`scheduler::tick`]) that start VM backups in worker threads within the
+//! limits, each one the chain oned runs ([`runner::run_chain`]), recorded as it finishes
+//! ([`runner::record`]). Every move of a VM is a compare-and-set in the state database, so
+//! what is shown at any moment is what is happening.
+
+use crate::model::{self, JobTemplate};
+use crate::runner::{self, ChainPointers, Env};
+use crate::scheduler::{self, Decision, JobView, Limits, VmView};
+use crate::state::{State, VmState};
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+/// What happened, for the caller to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started { vm: u64 },
+    Done { vm: u64, line: String },
+    Failed { vm: u64, reason: String },
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn host_of(doc: &str) -> Option<String> {
+    let root = backstop_protocol::xml::Element::parse(doc).ok()?;
+    let vm = backstop_protocol::message::Vm::from_xml(&root).ok()?;
+    vm.placement.map(|p| p.hostname)
+}
+
+/// Runs job `job_id` to the end. Returns how many VMs ended UPDATED and how many in ERROR.
+pub fn run_now(
+    env: &Env,
+    state: &mut State,
+    job_id: u64,
+    limits: &Limits,
+    mut on_event: impl FnMut(&Event),
+) -> Result<(usize, usize), String> {
+    let st = |e: crate::state::StateError| e.to_string();
+    let (_, _, priority, template) = state
+        .jobs()
+        .map_err(st)?
+        .into_iter()
+        .find(|j| j.0 == job_id)
+        .ok_or_else(|| format!("there is no backup job {job_id}"))?;
+    let job = JobTemplate::parse(&template).map_err(|e| format!("backup job {job_id}: {e}"))?;
+    let (_, _, ds_template) = state
+        .datastores()
+        .map_err(st)?
+        .into_iter()
+        .find(|d| d.0 == job.datastore_id)
+        .ok_or_else(|| {
+            format!(
+                "backup job {job_id}: there is no datastore {}",
+                job.datastore_id
+            )
+        })?;
+    let (_, ds) = model::datastore(job.datastore_id, &ds_template, &env.datastore_location)
+        .map_err(|e| format!("datastore {}: {e}", job.datastore_id))?;
+    let cfg = job.config(job_id);
+    let docs: HashMap<u64, String> = state
+        .vms()
+        .map_err(st)?
+        .into_iter()
+        .map(|(id, _, _, doc)| (id, doc))
+        .collect();
+
+    let view = |state: &State| -> Result<(JobView, HashMap<u64, VmView>), String> {
+        let rows = state.job_vms(job_id).map_err(st)?;
+        let mut v = JobView::new(
+            job_id,
+            priority,
+            job.execution,
+            &rows.iter().map(|r| r.vm_id).collect::<Vec<_>>(),
+        );
+        let mut vms = HashMap::new();
+        for r in &rows {
+            match r.state {
+                Some(VmState::Outdated) => v.outdated.insert(r.vm_id),
+                Some(VmState::Ongoing) => v.backing_up.insert(r.vm_id),
+                Some(VmState::Updated) => v.updated.insert(r.vm_id),
+                Some(VmState::Error) => v.error.insert(r.vm_id),
+                None => false,
+            };
+            if let Some(doc) = docs.get(&r.vm_id) {
+                vms.insert(
+                    r.vm_id,
+                    VmView {
+                        id: r.vm_id,
+                        host: host_of(doc),
+                        done: false,
+                        consecutive_failures: r.failures,
+                    },
+                );
+            }
+        }
+        Ok((v, vms))
+    };
+
+    // The run: OUTDATED for every VM but those over the failure cap. VMs already OUTDATED
+    // (a retry, an interrupted run) are simply continued.
+    let started_at = now();
+    let (current, vms) = view(state)?;
+    if !current.backing_up.is_empty() {
+        return Err(format!(
+            "backup job {job_id} has backups in progress (VMs {:?})",
+            current.backing_up
+        ));
+    }
+    let next = if current.outdated.is_empty() {
+        scheduler::execute(&current, &vms, limits).map_err(|e| e.to_string())?
+    } else {
+        current.clone()
+    };
+    for vm in &current.vms {
+        let prev = state
+            .job_vms(job_id)
+            .map_err(st)?
+            .into_iter()
+            .find(|r| r.vm_id == *vm)
+            .and_then(|r| r.state);
+        if next.outdated.contains(vm) {
+            state
+                .move_vm(job_id, *vm, prev, VmState::Outdated, None, started_at)
+                .map_err(st)?;
+        }
+    }
+
+    let (tx, rx) = mpsc::channel::<(u64, ChainPointers, Result<runner::ChainResult, String>)>();
+    let mut running = 0usize;
+    let (mut updated, mut failed) = (0usize, 0usize);
+    std::thread::scope(|scope| -> Result<(), String> {
+        loop {
+            let (v, vms) = view(state)?;
+            for d in scheduler::tick(std::slice::from_ref(&v), &vms, limits) {
+                let Decision::Start { vm, .. } = d else {
+                    continue;
+                };
+                if !state
+                    .move_vm(
+                        job_id,
+                        vm,
+                        Some(VmState::Outdated),
+                        VmState::Ongoing,
+                        None,
+                        now(),
+                    )
+                    .map_err(st)?
+                {
+                    continue;
+                }
+                let (image, last) = state.chain_of(vm, Some(job_id), ds.id).map_err(st)?;
+                let chain = ChainPointers {
+                    image_id: image,
+                    last_increment: last,
+                };
+                let doc = docs.get(&vm).cloned().unwrap_or_default();
+                let (tx, env, cfg, ds) = (tx.clone(), env.clone(), cfg.clone(), ds.clone());
+                on_event(&Event::Started { vm });
+                running += 1;
+                scope.spawn(move || {
+                    let r = runner::run_chain(&env, &doc, &cfg, &ds, chain);
+                    let _ = tx.send((vm, chain, r));
+                });
+            }
+            if running == 0 {
+                return Ok(());
+            }
+            let Ok((vm, _chain, result)) = rx.recv() else {
+                return Ok(());
+            };
+            running -= 1;
+            let t = now();
+            let outcome = result.and_then(|r| runner::record(env, state, &cfg, &ds, r, t));
+            match outcome {
+                Ok(o) => {
+                    state
+                        .move_vm(
+                            job_id,
+                            vm,
+                            Some(VmState::Ongoing),
+                            VmState::Updated,
+                            None,
+                            t,
+                        )
+                        .map_err(st)?;
+                    updated += 1;
+                    on_event(&Event::Done {
+                        vm,
+                        line: format!(
+                            "backup {} ({} MB), increment {} of image {}",
+                            o.backup_id, o.size_mb, o.increment_id, o.image_id
+                        ),
+                    });
+                }
+                Err(reason) => {
+                    state
+                        .move_vm(
+                            job_id,
+                            vm,
+                            Some(VmState::Ongoing),
+                            VmState::Error,
+                            Some(&reason),
+                            t,
+                        )
+                        .map_err(st)?;
+                    failed += 1;
+                    on_event(&Event::Failed { vm, reason });
+                }
+            }
+        }
+    })?;
+    state
+        .set_last_backup(job_id, started_at, now() - started_at)
+        .map_err(st)?;
+    Ok((updated, failed))
+}
