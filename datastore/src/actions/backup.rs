@@ -93,9 +93,16 @@ pub fn target_host(args: &BackupArgs, vm: Option<&Vm>) -> String {
         .unwrap_or_else(|| args.host_dir.host.clone())
 }
 
-/// ssh options every hop uses: never prompt, no shared connections (as the stock drivers),
+/// A command that runs a shell line on `host`: `sh -c` when the host is this machine,
+/// otherwise ssh. ssh options every hop uses: never prompt, no shared connections (as the stock drivers),
 /// the agent forwarded so the host can reach an SFTP server with the front-end's keys.
 pub fn ssh_command(cfg: &DriverConfig, host: &str) -> Command {
+    if is_this_machine(host) {
+        // An all-in-one installation: the host is the front-end itself; no ssh to it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c");
+        return cmd;
+    }
     let mut cmd = Command::new("ssh");
     if let Some(c) = &cfg.ssh_config {
         cmd.arg("-F").arg(c);
@@ -177,6 +184,14 @@ pub fn confinement(ds: &Datastore, vm_dir: &str) -> Result<String, Error> {
         prefix.push_str(&format!("ionice -c2 -n{n} "));
     }
     Ok(prefix)
+}
+
+/// Whether `host` names this machine: `localhost`, a loopback address literal, or this
+/// machine's own host name. Steps for it run here, without ssh.
+pub fn is_this_machine(host: &str) -> bool {
+    let host = host.rsplit('@').next().unwrap_or(host);
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+        || rustix::system::uname().nodename().to_str() == Ok(host)
 }
 
 /// Creates the repository when it is missing. Parallel backups of one job share a repository:
