@@ -68,6 +68,34 @@ enum Command {
     Backup { id: u64 },
     /// Move the job's VMs in ERROR back to OUTDATED.
     Retry { id: u64 },
+    /// Add a scheduled action to a job (SCHED_ACTION: TIME, REPEAT, DAYS, END_TYPE, END_VALUE).
+    SchedAdd {
+        id: u64,
+        /// When: an epoch, or a local date and time (2026-11-22T03:00).
+        #[arg(long)]
+        time: String,
+        /// -1 none, 0 weekly, 1 monthly, 2 yearly, 3 hourly (or: weekly, monthly, yearly,
+        /// hourly).
+        #[arg(long, default_value = "-1", allow_hyphen_values = true)]
+        repeat: String,
+        /// Weekdays (0 = Sunday), days of the month, days of the year, or the hours.
+        #[arg(long, default_value = "")]
+        days: String,
+        /// -1 none, 0 never, 1 after END_VALUE runs, 2 until the epoch END_VALUE.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        end_type: i64,
+        #[arg(long)]
+        end_value: Option<i64>,
+    },
+    /// Run the jobs whose scheduled actions are due (one pass, or --loop as a daemon that
+    /// stops cleanly on SIGTERM).
+    Scheduler {
+        #[arg(long = "loop")]
+        forever: bool,
+        /// Seconds between passes with --loop.
+        #[arg(long, default_value_t = 15)]
+        interval: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +299,42 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                         r.reason.as_deref().unwrap_or_default()
                     ))?;
                 }
+                let sas = st.sched_actions(*id).map_err(e)?;
+                if !sas.is_empty() {
+                    print("SCHEDULED ACTIONS")?;
+                    print(&format!(
+                        "{:>3} {:>12} {:<10} {:<8} STATUS",
+                        "ID", "SCHEDULED", "REPEAT", "END"
+                    ))?;
+                    for (sid, sa, msg) in sas {
+                        let repeat = match sa.repeat {
+                            crate::schedule::Repeat::None => "-".to_string(),
+                            crate::schedule::Repeat::Weekly => format!("Weekly {:?}", sa.days),
+                            crate::schedule::Repeat::Monthly => format!("Monthly {:?}", sa.days),
+                            crate::schedule::Repeat::Yearly => format!("Yearly {:?}", sa.days),
+                            crate::schedule::Repeat::Hourly => {
+                                format!("Each {} hours", sa.days.first().copied().unwrap_or(0))
+                            }
+                        };
+                        let end = match sa.end {
+                            crate::schedule::End::None | crate::schedule::End::Never => {
+                                "None".to_string()
+                            }
+                            crate::schedule::End::Times(n) => format!("After {n} times"),
+                            crate::schedule::End::Until(t) => format!("On {t}"),
+                        };
+                        let status = match msg {
+                            Some(m) => format!("Error! {m}"),
+                            None if sa.done > 0 => format!("Done on {}", sa.done),
+                            None => "Pending".into(),
+                        };
+                        print(&format!(
+                            "{sid:>3} {:>12} {repeat:<10} {end:<8} {status}",
+                            sa.time
+                        ))?;
+                    }
+                    print("")?;
+                }
                 print(&format!("\nTEMPLATE CONTENTS\n{}", template.trim_end()))?;
             }
         }
@@ -297,6 +361,90 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             ))?;
             if failed > 0 {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::SchedAdd {
+            id,
+            time,
+            repeat,
+            days,
+            end_type,
+            end_value,
+        } => {
+            if !st.jobs().map_err(e)?.iter().any(|j| j.0 == *id) {
+                return Err(format!("there is no backup job {id}"));
+            }
+            let tz = jiff::tz::TimeZone::system();
+            let epoch = match time.parse::<i64>() {
+                Ok(t) => t,
+                Err(_) => time
+                    .parse::<jiff::civil::DateTime>()
+                    .ok()
+                    .and_then(|dt| dt.to_zoned(tz.clone()).ok())
+                    .map(|z| z.timestamp().as_second())
+                    .ok_or_else(|| {
+                        format!("--time {time:?} is neither an epoch nor a local date and time")
+                    })?,
+            };
+            let repeat = match repeat.as_str() {
+                "weekly" => 0,
+                "monthly" => 1,
+                "yearly" => 2,
+                "hourly" => 3,
+                "none" => -1,
+                n => n.parse().map_err(|_| {
+                    format!("--repeat {n:?}: use -1..3 or weekly, monthly, yearly, hourly")
+                })?,
+            };
+            let sa = crate::schedule::SchedAction::new(epoch, repeat, days, *end_type, *end_value)
+                .map_err(|x| x.to_string())?;
+            let sid = st.add_sched_action(*id, &sa).map_err(e)?;
+            print(&format!("ID: {sid}"))?;
+        }
+        Command::Scheduler { forever, interval } => {
+            let env = Env {
+                remotes: args.remotes.clone(),
+                datastore_location: args.datastore_location.clone(),
+            };
+            let limits = Limits {
+                max_backups: args.max_backups,
+                max_backups_host: args.max_backups_host,
+                ..Limits::default()
+            };
+            let tz = jiff::tz::TimeZone::system();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
+            let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
+            loop {
+                let ran = engine::scheduler_pass(&env, &mut st, &limits, &tz, |job, ev| {
+                    let line = match ev {
+                        Event::Started { vm } => format!("job {job}: VM {vm}: backing up"),
+                        Event::Done { vm, line } => format!("job {job}: VM {vm}: {line}"),
+                        Event::Failed { vm, reason } => {
+                            format!("job {job}: VM {vm}: ERROR: {reason}")
+                        }
+                    };
+                    let _ = print(&line);
+                })?;
+                if !ran.is_empty() {
+                    let list: Vec<String> = ran.iter().map(u64::to_string).collect();
+                    print(&format!("scheduler: ran backup jobs {}", list.join(", ")))?;
+                }
+                if !*forever {
+                    break;
+                }
+                // Sleep in small steps so SIGTERM is honoured quickly (between jobs, never
+                // in the middle of one).
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(*interval);
+                while std::time::Instant::now() < until
+                    && !stop.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    print("scheduler: stopped")?;
+                    break;
+                }
             }
         }
         Command::Retry { id } => {

@@ -216,3 +216,66 @@ pub fn run_now(
         .map_err(st)?;
     Ok((updated, failed))
 }
+
+/// One scheduler pass (`backupjob scheduler`): settles what a killed runner left ONGOING
+/// (back to OUTDATED, to be run again); then runs, highest priority first, every job that has
+/// a due scheduled action or VMs still OUTDATED, each to its end; then moves the due actions
+/// on (or records why the run was refused, and leaves them due). Returns the jobs run.
+///
+/// Jobs run one after the other here (strict priority by construction); within a job the
+/// limits apply as in [`run_now`].
+pub fn scheduler_pass(
+    env: &Env,
+    state: &mut State,
+    limits: &Limits,
+    tz: &jiff::tz::TimeZone,
+    mut on_event: impl FnMut(u64, &Event),
+) -> Result<Vec<u64>, String> {
+    let st = |e: crate::state::StateError| e.to_string();
+    let t = now();
+    state
+        .reconcile(
+            t,
+            |pid| std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            |_, _| None,
+        )
+        .map_err(st)?;
+    let mut jobs = state.jobs().map_err(st)?;
+    jobs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let mut ran = Vec::new();
+    for (job, _, _, _) in jobs {
+        let due: Vec<_> = state
+            .sched_actions(job)
+            .map_err(st)?
+            .into_iter()
+            .filter(|(_, sa, _)| sa.due(t))
+            .collect();
+        let outdated = state
+            .job_vms(job)
+            .map_err(st)?
+            .iter()
+            .any(|v| v.state == Some(VmState::Outdated));
+        if due.is_empty() && !outdated {
+            continue;
+        }
+        match run_now(env, state, job, limits, |e| on_event(job, e)) {
+            Ok(_) => {
+                let done = now();
+                for (id, mut sa, _) in due {
+                    sa.ran(done, tz);
+                    state.update_sched_action(id, &sa, None).map_err(st)?;
+                }
+                ran.push(job);
+            }
+            Err(e) => {
+                let message = format!("{t} : {e}");
+                for (id, sa, _) in due {
+                    state
+                        .update_sched_action(id, &sa, Some(&message))
+                        .map_err(st)?;
+                }
+            }
+        }
+    }
+    Ok(ran)
+}

@@ -9,9 +9,10 @@
 //! The state store ([`state`]: SQLite, migrations, compare-and-set moves, reconciliation),
 //! the execution of one VM's backup through the installed actions with KEEP_LAST
 //! ([`runner`]), job templates ([`model`]), running a job now within the limits ([`engine`])
-//! and a first command line ([`cli`]: datastore, vm, create, list, show, backup, retry).
-//! Not written yet: the scheduler daemon and SCHED_ACTION commands, cancel, update, delete,
-//! rename, lock, priority, image list/restore, progress with MB/s and ETA.
+//! a scheduler pass and daemon over the scheduled actions ([`engine::scheduler_pass`]) and a
+//! first command line ([`cli`]: datastore, vm, create, list, show, backup, retry, sched-add,
+//! scheduler). Not written yet: cancel, update, delete, rename, lock, priority, sched-update,
+//! sched-delete, image list/restore, progress with MB/s and ETA, parallelism across jobs.
 
 pub mod cli;
 pub mod engine;

@@ -476,6 +476,89 @@ impl State {
         Ok(())
     }
 
+    /// Adds a scheduled action to a job; its id.
+    pub fn add_sched_action(
+        &mut self,
+        job: u64,
+        sa: &crate::schedule::SchedAction,
+    ) -> Result<u64, StateError> {
+        let (end_type, end_value) = end_columns(sa.end);
+        let days: Vec<String> = sa.days.iter().map(u32::to_string).collect();
+        self.conn
+            .execute(
+                "INSERT INTO sched_actions (job_id, time, repeat, days, end_type, end_value, done)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    job as i64,
+                    sa.time,
+                    repeat_column(sa.repeat),
+                    days.join(","),
+                    end_type,
+                    end_value,
+                    sa.done
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// The scheduled actions of a job: (id, action, message).
+    pub fn sched_actions(
+        &self,
+        job: u64,
+    ) -> Result<Vec<(u64, crate::schedule::SchedAction, Option<String>)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, time, repeat, days, end_type, end_value, done, message
+                 FROM sched_actions WHERE job_id = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![job as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, time, repeat, days, end_type, end_value, done, message) =
+                row.map_err(|e| self.sql(e))?;
+            let mut sa =
+                crate::schedule::SchedAction::new(time, repeat, &days, end_type, end_value)
+                    .map_err(|e| self.invalid(format!("scheduled action {id}: {e}")))?;
+            sa.done = done;
+            out.push((id, sa, message));
+        }
+        Ok(out)
+    }
+
+    /// Stores a scheduled action after a run (or a failed one, with its message).
+    pub fn update_sched_action(
+        &mut self,
+        id: u64,
+        sa: &crate::schedule::SchedAction,
+        message: Option<&str>,
+    ) -> Result<(), StateError> {
+        let (end_type, end_value) = end_columns(sa.end);
+        self.conn
+            .execute(
+                "UPDATE sched_actions SET time = ?1, done = ?2, end_type = ?3, end_value = ?4,
+                 message = ?5 WHERE id = ?6",
+                params![sa.time, sa.done, end_type, end_value, message, id as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
     pub fn add_image(
         &mut self,
         vm: u64,
@@ -672,6 +755,27 @@ impl State {
             }
         }
         Ok(settled)
+    }
+}
+
+fn repeat_column(r: crate::schedule::Repeat) -> i64 {
+    use crate::schedule::Repeat;
+    match r {
+        Repeat::None => -1,
+        Repeat::Weekly => 0,
+        Repeat::Monthly => 1,
+        Repeat::Yearly => 2,
+        Repeat::Hourly => 3,
+    }
+}
+
+fn end_columns(e: crate::schedule::End) -> (i64, Option<i64>) {
+    use crate::schedule::End;
+    match e {
+        End::None => (-1, None),
+        End::Never => (0, None),
+        End::Times(n) => (1, Some(n)),
+        End::Until(t) => (2, Some(t)),
     }
 }
 

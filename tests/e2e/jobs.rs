@@ -252,6 +252,115 @@ fn the_backupjob_command_line_runs_a_job() {
     let out = bj(&["retry", "1"]);
     assert_eq!(out.stdout, "backup job 1: 1 VMs back to OUTDATED\n");
 
+    // A scheduled action due now: one scheduler pass runs the job (VM 24 fails again) and
+    // moves the action on; it is then not due any more.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let out = bj(&[
+        "sched-add",
+        "1",
+        "--time",
+        &(now - 60).to_string(),
+        "--repeat",
+        "hourly",
+        "--days",
+        "24",
+    ]);
+    assert_eq!(out.stdout, "ID: 1\n", "{out:?}");
+    let out = bj(&["scheduler"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("job 1: VM 24: ERROR: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.ends_with("scheduler: ran backup jobs 1\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(bj(&["show", "1"]).stdout.contains("Each 24 hours"));
+    let out = bj(&["scheduler"]);
+    assert_eq!(out.stdout, "", "nothing is due: {out:?}");
+
+    // The runner killed in the middle of a job: the next scheduler pass finds VM 22 ONGOING
+    // with its runner gone, puts it back to OUTDATED and runs it; no record is lost.
+    let mut child = std::process::Command::new(BACKSTOP)
+        .args([
+            "backupjob",
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--remotes",
+            cloud.remotes.to_str().expect("utf-8"),
+            "--datastore-location",
+            location.to_str().expect("utf-8"),
+            "--max-backups",
+            "1",
+            "backup",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("backupjob");
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(out).lines();
+        loop {
+            let line = lines.next().expect("a line").expect("read");
+            if line == "VM 22: backing up" {
+                break;
+            }
+        }
+        child.kill().expect("kill");
+        let _ = child.wait();
+    }
+    let show: serde_json::Value =
+        serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show json");
+    let stuck = show["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .find(|v| v["id"] == 22)
+        .expect("vm 22")
+        .clone();
+    assert_eq!(stuck["state"], "ONGOING", "{show}");
+    // Let the killed runner's last action (an orphan now) finish before running again.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = bj(&["scheduler"]);
+    assert!(out.stdout.contains("job 1: VM 22: backup "), "{out:?}");
+    let show: serde_json::Value =
+        serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show json");
+    for v in show["vms"].as_array().expect("vms") {
+        assert_ne!(v["state"], "ONGOING", "{show}");
+    }
+
+    // The daemon stops cleanly on SIGTERM.
+    let daemon = std::process::Command::new(BACKSTOP)
+        .args([
+            "backupjob",
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--remotes",
+            cloud.remotes.to_str().expect("utf-8"),
+            "scheduler",
+            "--loop",
+            "--interval",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    crate::cloud::sh_ok("kill", &["-TERM", &daemon.id().to_string()]);
+    let out = daemon.wait_with_output().expect("daemon");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("scheduler: stopped\n"));
+
     // Each VM restores byte-exact from the job's repository.
     let repo = cloud.base_path.join("job_1");
     let restic = |args: &[&str]| {
