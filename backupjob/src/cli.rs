@@ -136,6 +136,14 @@ pub fn main(args: &Args) -> ExitCode {
     }
 }
 
+fn event_line(ev: &Event) -> String {
+    match ev {
+        Event::Started { vm } => format!("VM {vm}: backing up"),
+        Event::Done { vm, line } => format!("VM {vm}: {line}"),
+        Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
+    }
+}
+
 fn print(text: &str) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}").map_err(|e| format!("cannot write: {e}"))
@@ -349,12 +357,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 ..Limits::default()
             };
             let (updated, failed) = engine::run_now(&env, &mut st, *id, &limits, |ev| {
-                let line = match ev {
-                    Event::Started { vm } => format!("VM {vm}: backing up"),
-                    Event::Done { vm, line } => format!("VM {vm}: {line}"),
-                    Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
-                };
-                let _ = print(&line);
+                let _ = print(&event_line(ev));
             })?;
             print(&format!(
                 "backup job {id}: {updated} VMs backed up, {failed} in ERROR"
@@ -417,14 +420,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
             loop {
                 let ran = engine::scheduler_pass(&env, &mut st, &limits, &tz, |job, ev| {
-                    let line = match ev {
-                        Event::Started { vm } => format!("job {job}: VM {vm}: backing up"),
-                        Event::Done { vm, line } => format!("job {job}: VM {vm}: {line}"),
-                        Event::Failed { vm, reason } => {
-                            format!("job {job}: VM {vm}: ERROR: {reason}")
-                        }
-                    };
-                    let _ = print(&line);
+                    let _ = print(&format!("job {job}: {}", event_line(ev)));
                 })?;
                 if !ran.is_empty() {
                     let list: Vec<String> = ran.iter().map(u64::to_string).collect();

@@ -7,9 +7,11 @@ use crate::support::BACKSTOP;
 use backstop_backupjob::runner::{self, BackupDatastore, ChainPointers, Env, JobConfig, Mode};
 use backstop_backupjob::state::State;
 use std::fs;
+use std::path::Path;
 
-#[test]
-fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
+/// The test cloud with backstop's prebackup/postbackup as the ssh TM's, and a host alias
+/// "down" that nothing answers (127.0.0.9).
+fn cloud_with_tm() -> Cloud {
     let cloud = Cloud::start();
     for action in ["prebackup", "postbackup"] {
         let link = cloud.remotes.join(format!("tm/ssh/{action}"));
@@ -17,11 +19,34 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
     }
-    // A host that is down.
     let ssh_config = cloud.dir.path().join("ssh_config");
     let mut text = fs::read_to_string(&ssh_config).expect("ssh_config");
     text.push_str("Host down\n  HostName 127.0.0.9\n  ConnectTimeout 5\n");
     fs::write(&ssh_config, text).expect("ssh_config");
+    cloud
+}
+
+/// Plain restic on a job's repository; its stdout.
+fn restic_in(repo: &Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("restic")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .args(args)
+        .env("RESTIC_PASSWORD", crate::cloud::PASSWORD)
+        .output()
+        .expect("restic");
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
+    let cloud = cloud_with_tm();
     cloud.create_disks();
     let env = Env {
         remotes: cloud.remotes.clone(),
@@ -48,22 +73,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
     let doc = cloud.vm_xml(-1, -1);
     // One repository per job: <BASE_PATH>/job_<id>.
     let repo = cloud.base_path.join(format!("job_{job}"));
-    let restic = |args: &[&str]| {
-        let out = std::process::Command::new("restic")
-            .arg("--repo")
-            .arg(&repo)
-            .arg("--no-cache")
-            .args(args)
-            .env("RESTIC_PASSWORD", crate::cloud::PASSWORD)
-            .output()
-            .expect("restic");
-        assert!(
-            out.status.success(),
-            "restic {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
+    let restic = |args: &[&str]| restic_in(&repo, args);
     let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
     for round in 0..4u64 {
         if round > 0 {
@@ -128,17 +138,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
 /// backed-up VM restores byte-exact with plain restic.
 #[test]
 fn the_backupjob_command_line_runs_a_job() {
-    let cloud = Cloud::start();
-    for action in ["prebackup", "postbackup"] {
-        let link = cloud.remotes.join(format!("tm/ssh/{action}"));
-        fs::create_dir_all(link.parent().expect("parent")).expect("tm");
-        let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
-    }
-    let ssh_config = cloud.dir.path().join("ssh_config");
-    let mut text = fs::read_to_string(&ssh_config).expect("ssh_config");
-    text.push_str("Host down\n  HostName 127.0.0.9\n  ConnectTimeout 5\n");
-    fs::write(&ssh_config, text).expect("ssh_config");
+    let cloud = cloud_with_tm();
     cloud.create_disks();
     // VM 23: a copy of VM 22's disks in its own directory on hv1.
     let vm23 = cloud.vm_dir.with_file_name("23");
@@ -363,22 +363,7 @@ fn the_backupjob_command_line_runs_a_job() {
 
     // Each VM restores byte-exact from the job's repository.
     let repo = cloud.base_path.join("job_1");
-    let restic = |args: &[&str]| {
-        let out = std::process::Command::new("restic")
-            .arg("--repo")
-            .arg(&repo)
-            .arg("--no-cache")
-            .args(args)
-            .env("RESTIC_PASSWORD", crate::cloud::PASSWORD)
-            .output()
-            .expect("restic");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
+    let restic = |args: &[&str]| restic_in(&repo, args);
     let snaps: serde_json::Value =
         serde_json::from_slice(&restic(&["snapshots", "--json"])).expect("json");
     for (vm, dir) in [(22u64, cloud.vm_dir.clone()), (23, vm23.clone())] {
