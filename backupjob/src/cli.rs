@@ -68,6 +68,9 @@ enum Command {
     Backup { id: u64 },
     /// Move the job's VMs in ERROR back to OUTDATED.
     Retry { id: u64 },
+    /// Stop a job's run: OUTDATED VMs are dropped from it, running backups are stopped with
+    /// the datastore's backup_cancel and end in ERROR.
+    Cancel { id: u64 },
     /// Add a scheduled action to a job (SCHED_ACTION: TIME, REPEAT, DAYS, END_TYPE, END_VALUE).
     SchedAdd {
         id: u64,
@@ -442,6 +445,92 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                     break;
                 }
             }
+        }
+        Command::Cancel { id } => {
+            let (_, _, _, template) = st
+                .jobs()
+                .map_err(e)?
+                .into_iter()
+                .find(|j| j.0 == *id)
+                .ok_or_else(|| format!("there is no backup job {id}"))?;
+            let job = JobTemplate::parse(&template).map_err(|x| format!("backup job {id}: {x}"))?;
+            let ds_mad = st
+                .datastores()
+                .map_err(e)?
+                .into_iter()
+                .find(|d| d.0 == job.datastore_id)
+                .and_then(|(did, _, t)| model::datastore(did, &t, &args.datastore_location).ok())
+                .map_or_else(|| "backstop".to_string(), |(_, ds)| ds.ds_mad);
+            let docs = st.vms().map_err(e)?;
+            let now = jiff::Timestamp::now().as_second();
+            let (mut dropped, mut stopped) = (0, 0);
+            for r in st.job_vms(*id).map_err(e)? {
+                match r.state {
+                    Some(VmState::Outdated) => {
+                        if st.clear_vm(*id, r.vm_id, VmState::Outdated).map_err(e)? {
+                            dropped += 1;
+                        }
+                    }
+                    Some(VmState::Ongoing) => {
+                        st.move_vm(
+                            *id,
+                            r.vm_id,
+                            Some(VmState::Ongoing),
+                            VmState::Error,
+                            Some("the backup was cancelled"),
+                            now,
+                        )
+                        .map_err(e)?;
+                        let Some((_, _, _, doc)) = docs.iter().find(|d| d.0 == r.vm_id) else {
+                            continue;
+                        };
+                        let root = backstop_protocol::xml::Element::parse(doc)
+                            .map_err(|x| x.to_string())?;
+                        let vm = backstop_protocol::message::Vm::from_xml(&root)
+                            .map_err(|x| x.to_string())?;
+                        let Some(place) = vm.placement.clone() else {
+                            continue;
+                        };
+                        let vm_dir = format!(
+                            "{}/{}/{}",
+                            args.datastore_location.trim_end_matches('/'),
+                            place.system_ds_id.unwrap_or(0),
+                            vm.id
+                        );
+                        let action = args
+                            .remotes
+                            .join(format!("datastore/{ds_mad}/backup_cancel"));
+                        let mut child = std::process::Command::new(&action)
+                            .arg(format!("{}:{vm_dir}", place.hostname))
+                            .arg(
+                                vm.deploy_id
+                                    .clone()
+                                    .unwrap_or_else(|| format!("one-{}", vm.id)),
+                            )
+                            .stdin(std::process::Stdio::piped())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .map_err(|x| format!("cannot run {}: {x}", action.display()))?;
+                        if let Some(mut stdin) = child.stdin.take() {
+                            let _ = stdin.write_all(doc.as_bytes());
+                        }
+                        let out = child.wait_with_output().map_err(|x| x.to_string())?;
+                        if !out.status.success() {
+                            return Err(format!(
+                                "backup_cancel of VM {}: {}",
+                                vm.id,
+                                String::from_utf8_lossy(&out.stderr).trim()
+                            ));
+                        }
+                        stopped += 1;
+                    }
+                    _ => {}
+                }
+            }
+            print(&format!(
+                "backup job {id}: {dropped} VMs dropped from the run, {stopped} running backups stopped"
+            ))?;
         }
         Command::Retry { id } => {
             let mut moved = 0;

@@ -157,10 +157,20 @@ pub fn run_now(
                 };
                 let doc = docs.get(&vm).cloned().unwrap_or_default();
                 let (tx, env, cfg, ds) = (tx.clone(), env.clone(), cfg.clone(), ds.clone());
+                let file = state.file().to_path_buf();
                 on_event(&Event::Started { vm });
                 running += 1;
                 scope.spawn(move || {
-                    let r = runner::run_chain(&env, &doc, &cfg, &ds, chain);
+                    // Cancelled when `backupjob cancel` took the VM out of ONGOING.
+                    let cancelled = || {
+                        State::open(&file)
+                            .and_then(|s| s.job_vms(job_id))
+                            .is_ok_and(|rows| {
+                                rows.iter()
+                                    .any(|r| r.vm_id == vm && r.state != Some(VmState::Ongoing))
+                            })
+                    };
+                    let r = runner::run_chain(&env, &doc, &cfg, &ds, chain, &cancelled);
                     let _ = tx.send((vm, chain, r));
                 });
             }

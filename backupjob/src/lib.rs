@@ -10,8 +10,8 @@
 //! the execution of one VM's backup through the installed actions with KEEP_LAST
 //! ([`runner`]), job templates ([`model`]), running a job now within the limits ([`engine`])
 //! a scheduler pass and daemon over the scheduled actions ([`engine::scheduler_pass`]) and a
-//! first command line ([`cli`]: datastore, vm, create, list, show, backup, retry, sched-add,
-//! scheduler). Not written yet: cancel, update, delete, rename, lock, priority, sched-update,
+//! first command line ([`cli`]: datastore, vm, create, list, show, backup, retry, cancel,
+//! sched-add, scheduler). Not written yet: update, delete, rename, lock, priority, sched-update,
 //! sched-delete, image list/restore, progress with MB/s and ETA, parallelism across jobs.
 
 pub mod cli;

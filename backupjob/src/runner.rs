@@ -189,13 +189,16 @@ fn reason(stderr: &str) -> String {
 }
 
 /// prebackup, backup, postbackup for one VM. The backup id and size on success, the failed
-/// step's message otherwise (postbackup has then run with BACKUP_RESULT=FAILURE).
+/// step's message otherwise (postbackup has then run with BACKUP_RESULT=FAILURE). `cancelled`
+/// is asked between prebackup and backup; a backup already running is stopped by the
+/// datastore's backup_cancel.
 pub fn run_chain(
     env: &Env,
     vm_doc: &str,
     cfg: &JobConfig,
     ds: &BackupDatastore,
     chain: ChainPointers,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<ChainResult, String> {
     let root = backstop_protocol::xml::Element::parse(vm_doc)
         .map_err(|e| format!("the VM document is not XML: {e}"))?;
@@ -246,6 +249,11 @@ pub fn run_chain(
     if !ok {
         post(true);
         return Err(reason(&err));
+    }
+    // A cancel between the steps: no backup is started.
+    if cancelled() {
+        post(true);
+        return Err("the backup was cancelled".into());
     }
     let ds_stdin = format!(
         "<DS_DRIVER_ACTION_DATA>{}{doc}</DS_DRIVER_ACTION_DATA>",

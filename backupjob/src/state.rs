@@ -158,6 +158,7 @@ pub type VmRow = (u64, String, Option<String>, String);
 pub struct State {
     conn: Connection,
     path: String,
+    file: PathBuf,
 }
 
 /// The default state file.
@@ -208,7 +209,11 @@ impl State {
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
-        let mut state = State { conn, path: shown };
+        let mut state = State {
+            conn,
+            path: shown,
+            file: path.to_path_buf(),
+        };
         state.migrate()?;
         Ok(state)
     }
@@ -250,6 +255,11 @@ impl State {
                 .map_err(|e| StateError::Sqlite { path, source: e })?;
         }
         Ok(())
+    }
+
+    /// The database file (another connection can open it).
+    pub fn file(&self) -> &Path {
+        &self.file
     }
 
     pub fn schema_version(&self) -> Result<i64, StateError> {
@@ -710,6 +720,18 @@ impl State {
         };
         let last = self.image(image)?.increments.last().map(|i| i.id);
         Ok((Some(image), last))
+    }
+
+    /// Takes a VM out of every set if it is still in `from` (a cancelled OUTDATED VM).
+    pub fn clear_vm(&mut self, job: u64, vm: u64, from: VmState) -> Result<bool, StateError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE job_vms SET state = NULL, reason = NULL WHERE job_id = ?1 AND vm_id = ?2 AND state = ?3",
+                params![job as i64, vm as i64, from.as_str()],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n == 1)
     }
 
     /// Settles the ONGOING VMs whose runner process is gone (a killed scheduler): `outcome`

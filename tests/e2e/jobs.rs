@@ -84,7 +84,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
             image_id: image,
             last_increment: last,
         };
-        let result = runner::run_chain(&env, &doc, &cfg, &ds, chain)
+        let result = runner::run_chain(&env, &doc, &cfg, &ds, chain, &|| false)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let out = runner::record(&env, &mut state, &cfg, &ds, result, 1000 + round as i64)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -118,7 +118,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
     let down = doc
         .replace("<ID>22</ID>", "<ID>23</ID>")
         .replace("<HOSTNAME>hv1</HOSTNAME>", "<HOSTNAME>down</HOSTNAME>");
-    let e = runner::run_chain(&env, &down, &cfg, &ds, ChainPointers::default())
+    let e = runner::run_chain(&env, &down, &cfg, &ds, ChainPointers::default(), &|| false)
         .expect_err("the host is down");
     assert!(
         e.contains("prebackup of VM 23 on down") && e.contains("127.0.0.9"),
@@ -396,4 +396,118 @@ fn the_backupjob_command_line_runs_a_job() {
             assert!(data == fs::read(&raw).expect("raw"), "VM {vm} disk {d}");
         }
     }
+}
+
+/// `backupjob cancel` during a run: the running backup (throttled, so it is mid-way) is
+/// stopped through the datastore's backup_cancel and ends in ERROR, the VM still waiting is
+/// dropped from the run, the runner exits 1, and the repository holds no snapshot and checks
+/// clean.
+#[test]
+fn cancel_stops_a_running_job() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    crate::cloud::sh_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -s {} 0 20M", {
+                let noise = cloud.dir.path().join("noise.raw");
+                fs::write(&noise, crate::support::noise(20 << 20, 77)).expect("noise");
+                noise.display().to_string()
+            }),
+            cloud.disk(0).to_str().expect("utf-8"),
+        ],
+    );
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    let doc22 = cloud.vm_xml(-1, -1);
+    let doc23 = doc22
+        .replace("<ID>22</ID>", "<ID>23</ID>")
+        .replace("one-22", "one-23");
+    fs::write(work.join("vm22.xml"), &doc22).expect("vm");
+    fs::write(work.join("vm23.xml"), &doc23).expect("vm");
+    fs::write(
+        work.join("ds.tmpl"),
+        format!(
+            "NAME = \"backups\"\nBASE_PATH = \"{}\"\nRESTIC_PASSWORD = \"{}\"\n\
+             RESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\nRESTIC_BWLIMIT = 1024\n",
+            cloud.base_path.display(),
+            crate::cloud::PASSWORD
+        ),
+    )
+    .expect("ds");
+    fs::write(
+        work.join("job.tmpl"),
+        "NAME = \"slow\"\nBACKUP_VMS = \"22,23\"\nDATASTORE_ID = 1\n",
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let location = cloud.dir.path().join("hv/datastores");
+    let common = [
+        "backupjob".to_string(),
+        "--state".into(),
+        state.display().to_string(),
+        "--remotes".into(),
+        cloud.remotes.display().to_string(),
+        "--datastore-location".into(),
+        location.display().to_string(),
+    ];
+    let bj = |args: &[&str]| {
+        let mut all: Vec<&str> = common.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        crate::support::run(BACKSTOP, &all, b"")
+    };
+    let file = |n: &str| work.join(n).display().to_string();
+    bj(&["datastore", "create", &file("ds.tmpl")]);
+    bj(&["vm", "register", &file("vm22.xml")]);
+    bj(&["vm", "register", &file("vm23.xml")]);
+    assert_eq!(bj(&["create", &file("job.tmpl")]).stdout, "ID: 1\n");
+    let mut runner = std::process::Command::new(BACKSTOP)
+        .args(&common)
+        .args(["backup", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runner");
+    let out = runner.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+    let first = lines.next().expect("a line").expect("read");
+    assert_eq!(first, "VM 22: backing up");
+    // Into the throttled upload.
+    let pid_file = cloud.dir.path().join(format!("fe/run/backup-{VM}.pid"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = bj(&["cancel", "1"]);
+    assert_eq!(
+        out.stdout, "backup job 1: 1 VMs dropped from the run, 1 running backups stopped\n",
+        "{out:?}"
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = runner.wait().expect("runner");
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("VM 22: ERROR: ")),
+        "{rest:?}"
+    );
+    assert!(!rest.iter().any(|l| l.starts_with("VM 23")), "{rest:?}");
+    let show: serde_json::Value =
+        serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show json");
+    let vms = show["vms"].as_array().expect("vms");
+    assert_eq!(vms[0]["state"], "ERROR", "{show}");
+    assert_eq!(vms[0]["reason"], "the backup was cancelled", "{show}");
+    assert_eq!(vms[1]["state"], serde_json::Value::Null, "{show}");
+    let repo = cloud.base_path.join("job_1");
+    restic_in(&repo, &["check"]);
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&restic_in(&repo, &["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{snaps}");
 }
