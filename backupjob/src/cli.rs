@@ -467,9 +467,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             for r in st.job_vms(*id).map_err(e)? {
                 match r.state {
                     Some(VmState::Outdated) => {
-                        if st.clear_vm(*id, r.vm_id, VmState::Outdated).map_err(e)? {
-                            dropped += 1;
-                        }
+                        dropped +=
+                            usize::from(st.clear_vm(*id, r.vm_id, VmState::Outdated).map_err(e)?);
                     }
                     Some(VmState::Ongoing) => {
                         st.move_vm(
