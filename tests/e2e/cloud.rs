@@ -14,6 +14,11 @@ use crate::support::{self, Outcome};
 use backstop_protocol::xmlrpc::Value;
 use sshd::{Sshd, run as sh};
 
+/// Another test sshd (a second hypervisor), stopped when dropped.
+pub fn start_sshd(dir: &Path, addr: &str, alias: &str) -> Sshd {
+    Sshd::start_on(dir, addr, alias)
+}
+
 /// Runs a command that must succeed; its stdout.
 pub fn sh_ok(cmd: &str, args: &[&str]) -> String {
     sh(cmd, args)

@@ -511,3 +511,131 @@ fn cancel_stops_a_running_job() {
         serde_json::from_slice(&restic_in(&repo, &["snapshots", "--json"])).expect("json");
     assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{snaps}");
 }
+
+/// Two jobs on two hypervisors ("hv1" on 127.0.0.2, "hv2" on 127.0.0.4), both due: the job
+/// of higher priority runs first and, being SEQUENTIAL, one VM at a time; the lower one is
+/// PARALLEL with MAX_BACKUPS_HOST=1, so its two VMs on hv1 never overlap while hv2's runs
+/// alongside. The recorded start and end times show it.
+#[test]
+fn priorities_and_limits_across_two_hosts() {
+    let cloud = cloud_with_tm();
+    let hv2 = crate::cloud::start_sshd(cloud.dir.path(), "127.0.0.4", "hv2");
+    let ssh_config = cloud.dir.path().join("ssh_config");
+    let mut text = fs::read_to_string(&ssh_config).expect("ssh_config");
+    text.push_str(&hv2.host_block());
+    fs::write(&ssh_config, text).expect("ssh_config");
+    cloud.create_disks();
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    // VMs 22..26: 22, 24, 26 on hv1; 23, 25 on hv2; each with a copy of VM 22's disks.
+    let doc22 = cloud.vm_xml(-1, -1);
+    for vm in 22..=26u64 {
+        let dir = cloud.vm_dir.with_file_name(vm.to_string());
+        if vm != 22 {
+            fs::create_dir_all(&dir).expect("vm dir");
+            for (d, _) in DISKS {
+                fs::copy(cloud.disk(d), dir.join(format!("disk.{d}"))).expect("copy");
+            }
+        }
+        let host = if vm % 2 == 0 { "hv1" } else { "hv2" };
+        let doc = doc22
+            .replace("<ID>22</ID>", &format!("<ID>{vm}</ID>"))
+            .replace("one-22", &format!("one-{vm}"))
+            .replace(
+                "<HOSTNAME>hv1</HOSTNAME>",
+                &format!("<HOSTNAME>{host}</HOSTNAME>"),
+            );
+        fs::write(work.join(format!("vm{vm}.xml")), doc).expect("vm doc");
+    }
+    fs::write(
+        work.join("ds.tmpl"),
+        format!(
+            "NAME = \"backups\"\nBASE_PATH = \"{}\"\nRESTIC_PASSWORD = \"{}\"\n\
+             RESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\n",
+            cloud.base_path.display(),
+            crate::cloud::PASSWORD
+        ),
+    )
+    .expect("ds");
+    fs::write(
+        work.join("low.tmpl"),
+        "NAME = \"low\"\nBACKUP_VMS = \"24,25,26\"\nDATASTORE_ID = 1\nPRIORITY = 20\nEXECUTION = PARALLEL\n",
+    )
+    .expect("job");
+    fs::write(
+        work.join("high.tmpl"),
+        "NAME = \"high\"\nBACKUP_VMS = \"22,23\"\nDATASTORE_ID = 1\nPRIORITY = 80\nEXECUTION = SEQUENTIAL\n",
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let location = cloud.dir.path().join("hv/datastores");
+    let bj = |args: &[&str]| {
+        let mut all = vec![
+            "backupjob",
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--remotes",
+            cloud.remotes.to_str().expect("utf-8"),
+            "--datastore-location",
+            location.to_str().expect("utf-8"),
+            "--max-backups-host",
+            "1",
+        ];
+        all.extend_from_slice(args);
+        crate::support::run(BACKSTOP, &all, b"")
+    };
+    let file = |n: &str| work.join(n).display().to_string();
+    bj(&["datastore", "create", &file("ds.tmpl")]);
+    for vm in 22..=26 {
+        bj(&["vm", "register", &file(&format!("vm{vm}.xml"))]);
+    }
+    // The low job is created first: priority, not creation order, decides.
+    assert_eq!(bj(&["create", &file("low.tmpl")]).stdout, "ID: 1\n");
+    assert_eq!(bj(&["create", &file("high.tmpl")]).stdout, "ID: 2\n");
+    let past = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        - 10)
+        .to_string();
+    for job in ["1", "2"] {
+        let out = bj(&["sched-add", job, "--time", &past]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    let out = bj(&["scheduler"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.ends_with("scheduler: ran backup jobs 2, 1\n"),
+        "{}",
+        out.stdout
+    );
+    let spans = |job: &str| -> std::collections::HashMap<u64, (i64, i64)> {
+        let show: serde_json::Value =
+            serde_json::from_str(&bj(&["show", job, "--json"]).stdout).expect("show json");
+        show["vms"]
+            .as_array()
+            .expect("vms")
+            .iter()
+            .map(|v| {
+                assert_eq!(v["state"], "UPDATED", "{show}");
+                (
+                    v["id"].as_u64().expect("id"),
+                    (
+                        v["started_at"].as_i64().expect("start"),
+                        v["ended_at"].as_i64().expect("end"),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let (high, low) = (spans("2"), spans("1"));
+    let apart = |a: (i64, i64), b: (i64, i64)| a.1 <= b.0 || b.1 <= a.0;
+    // Strict priority: every VM of the high job ended before any of the low job started.
+    let high_end = high.values().map(|s| s.1).max().expect("high");
+    let low_start = low.values().map(|s| s.0).min().expect("low");
+    assert!(high_end <= low_start, "high {high:?} low {low:?}");
+    // SEQUENTIAL: 22 then 23, in BACKUP_VMS order.
+    assert!(high[&22].1 <= high[&23].0, "{high:?}");
+    // MAX_BACKUPS_HOST=1: 24 and 26 (both on hv1) never overlap.
+    assert!(apart(low[&24], low[&26]), "{low:?}");
+}
