@@ -52,7 +52,9 @@ enum Command {
         command: VmCommand,
     },
     /// Create a job from a template file.
-    Create { file: PathBuf },
+    Create {
+        file: PathBuf,
+    },
     /// List the jobs.
     List {
         #[arg(long)]
@@ -65,12 +67,48 @@ enum Command {
         json: bool,
     },
     /// Run a job now, in the foreground.
-    Backup { id: u64 },
+    Backup {
+        id: u64,
+    },
     /// Move the job's VMs in ERROR back to OUTDATED.
-    Retry { id: u64 },
+    Retry {
+        id: u64,
+    },
     /// Stop a job's run: OUTDATED VMs are dropped from it, running backups are stopped with
     /// the datastore's backup_cancel and end in ERROR.
-    Cancel { id: u64 },
+    Cancel {
+        id: u64,
+    },
+    /// Set a job's priority (0–99; higher runs first).
+    Priority {
+        id: u64,
+        priority: u8,
+    },
+    Rename {
+        id: u64,
+        name: String,
+    },
+    /// A locked job is not run.
+    Lock {
+        id: u64,
+    },
+    Unlock {
+        id: u64,
+    },
+    /// Delete a job and its scheduled actions (its backup images stay).
+    Delete {
+        id: u64,
+    },
+    /// Delete a scheduled action of a job.
+    SchedDelete {
+        id: u64,
+        sched_id: u64,
+    },
+    /// Backup images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Add a scheduled action to a job (SCHED_ACTION: TIME, REPEAT, DAYS, END_TYPE, END_VALUE).
     SchedAdd {
         id: u64,
@@ -105,6 +143,15 @@ enum Command {
 enum DatastoreCommand {
     /// Create a backup datastore from a template file (NAME, DS_MAD, BASE_PATH, RESTIC_...).
     Create { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Every backup image with its increments.
     List {
         #[arg(long)]
         json: bool,
@@ -530,6 +577,60 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             print(&format!(
                 "backup job {id}: {dropped} VMs dropped from the run, {stopped} running backups stopped"
             ))?;
+        }
+        Command::Priority { id, priority } => {
+            st.set_priority(*id, *priority).map_err(e)?;
+        }
+        Command::Rename { id, name } => {
+            st.rename_job(*id, name).map_err(e)?;
+        }
+        Command::Lock { id } => st.set_locked(*id, true).map_err(e)?,
+        Command::Unlock { id } => st.set_locked(*id, false).map_err(e)?,
+        Command::Delete { id } => st.delete_job(*id).map_err(e)?,
+        Command::SchedDelete { id, sched_id } => {
+            st.delete_sched_action(*id, *sched_id).map_err(e)?;
+        }
+        Command::Image {
+            command: ImageCommand::List { json },
+        } => {
+            let images = st.all_images().map_err(e)?;
+            if *json {
+                let v: Vec<_> = images
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "id": i.id,
+                            "vm": i.vm_id,
+                            "job": i.job_id,
+                            "datastore": i.datastore_id,
+                            "increments": i.increments.iter().map(|n| serde_json::json!({
+                                "id": n.id, "source": n.source, "size_mb": n.size_mb, "type": n.kind,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                print(&serde_json::Value::Array(v).to_string())?;
+            } else {
+                print(&format!(
+                    "{:>4} {:>5} {:>4} {:>4} INCREMENTS",
+                    "ID", "VM", "JOB", "DS"
+                ))?;
+                for i in images {
+                    let incs: Vec<String> = i
+                        .increments
+                        .iter()
+                        .map(|n| format!("{}:{}", n.id, n.source))
+                        .collect();
+                    print(&format!(
+                        "{:>4} {:>5} {:>4} {:>4} {}",
+                        i.id,
+                        i.vm_id,
+                        i.job_id.map_or("-".into(), |j| j.to_string()),
+                        i.datastore_id,
+                        incs.join(",")
+                    ))?;
+                }
+            }
         }
         Command::Retry { id } => {
             let mut moved = 0;

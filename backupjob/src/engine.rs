@@ -38,6 +38,11 @@ pub fn run_now(
     mut on_event: impl FnMut(&Event),
 ) -> Result<(usize, usize), String> {
     let st = |e: crate::state::StateError| e.to_string();
+    if state.locked(job_id).map_err(st)? {
+        return Err(format!(
+            "backup job {job_id} is locked (backupjob unlock {job_id})"
+        ));
+    }
     let (_, _, priority, template) = state
         .jobs()
         .map_err(st)?

@@ -11,8 +11,9 @@
 //! ([`runner`]), job templates ([`model`]), running a job now within the limits ([`engine`])
 //! a scheduler pass and daemon over the scheduled actions ([`engine::scheduler_pass`]) and a
 //! first command line ([`cli`]: datastore, vm, create, list, show, backup, retry, cancel,
-//! sched-add, scheduler). Not written yet: update, delete, rename, lock, priority, sched-update,
-//! sched-delete, image list/restore, progress with MB/s and ETA, parallelism across jobs.
+//! priority, rename, lock, unlock, delete, sched-add, sched-delete, image list, scheduler).
+//! Not written yet: update, sched-update, image show/restore, progress with MB/s and ETA,
+//! several jobs at once in the scheduler.
 
 pub mod cli;
 pub mod engine;

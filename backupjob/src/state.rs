@@ -16,9 +16,11 @@ use std::time::Duration;
 
 /// Schema migrations; `user_version` is how many have been applied.
 pub const MIGRATIONS: &[&str] = &[
-    // 1: datastores, VMs, jobs, their VMs and schedules, backup images and increments.
+    // 1: datastores, VMs, jobs, their VMs and schedules, backup images and increments. Ids
+    // are never reused (AUTOINCREMENT), as OpenNebula never reuses them: an image of a
+    // deleted job must not look like one of a new job.
     "CREATE TABLE datastores (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         name TEXT NOT NULL UNIQUE,
         template TEXT NOT NULL
      );
@@ -29,7 +31,7 @@ pub const MIGRATIONS: &[&str] = &[
         document TEXT NOT NULL
      );
      CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         name TEXT NOT NULL UNIQUE,
         priority INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 99),
         template TEXT NOT NULL,
@@ -50,7 +52,7 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, vm_id)
      );
      CREATE TABLE sched_actions (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
         time INTEGER NOT NULL,
         repeat INTEGER NOT NULL,
@@ -61,7 +63,7 @@ pub const MIGRATIONS: &[&str] = &[
         message TEXT
      );
      CREATE TABLE images (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         vm_id INTEGER NOT NULL,
         job_id INTEGER,
         datastore_id INTEGER NOT NULL,
@@ -720,6 +722,111 @@ impl State {
         };
         let last = self.image(image)?.increments.last().map(|i| i.id);
         Ok((Some(image), last))
+    }
+
+    fn update_job(
+        &mut self,
+        job: u64,
+        sql: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute(sql, params![value, job as i64])
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.invalid("that value is taken or out of range".into())
+                }
+                e => self.sql(e),
+            })?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no backup job {job}")));
+        }
+        Ok(())
+    }
+
+    pub fn set_priority(&mut self, job: u64, priority: u8) -> Result<(), StateError> {
+        if priority > 99 {
+            return Err(self.invalid(format!("PRIORITY {priority} is not 0–99")));
+        }
+        self.update_job(
+            job,
+            "UPDATE jobs SET priority = ?1 WHERE id = ?2",
+            &priority,
+        )
+    }
+
+    pub fn rename_job(&mut self, job: u64, name: &str) -> Result<(), StateError> {
+        self.update_job(job, "UPDATE jobs SET name = ?1 WHERE id = ?2", &name)
+    }
+
+    pub fn set_locked(&mut self, job: u64, locked: bool) -> Result<(), StateError> {
+        self.update_job(job, "UPDATE jobs SET locked = ?1 WHERE id = ?2", &locked)
+    }
+
+    pub fn locked(&self, job: u64) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT locked FROM jobs WHERE id = ?1",
+                params![job as i64],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .ok_or_else(|| self.invalid(format!("there is no backup job {job}")))
+    }
+
+    /// Deletes a job, its VMs' membership and its scheduled actions (its backup images stay:
+    /// they are the VMs' backups). Refused while a VM is ONGOING.
+    pub fn delete_job(&mut self, job: u64) -> Result<(), StateError> {
+        if self
+            .job_vms(job)?
+            .iter()
+            .any(|v| v.state == Some(VmState::Ongoing))
+        {
+            return Err(self.invalid(format!(
+                "backup job {job} has backups in progress; cancel it first"
+            )));
+        }
+        let n = self
+            .conn
+            .execute("DELETE FROM jobs WHERE id = ?1", params![job as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no backup job {job}")));
+        }
+        Ok(())
+    }
+
+    pub fn delete_sched_action(&mut self, job: u64, id: u64) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM sched_actions WHERE id = ?1 AND job_id = ?2",
+                params![id as i64, job as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("backup job {job} has no scheduled action {id}")));
+        }
+        Ok(())
+    }
+
+    /// Every backup image: its id, VM, job and datastore.
+    pub fn all_images(&self) -> Result<Vec<ImageRow>, StateError> {
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM images ORDER BY id")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        ids.into_iter().map(|id| self.image(id as u64)).collect()
     }
 
     /// Takes a VM out of every set if it is still in `from` (a cancelled OUTDATED VM).

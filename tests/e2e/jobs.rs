@@ -338,6 +338,54 @@ fn the_backupjob_command_line_runs_a_job() {
         assert_ne!(v["state"], "ONGOING", "{show}");
     }
 
+    // Images, priority, rename, lock, scheduled actions, delete.
+    let images: serde_json::Value =
+        serde_json::from_str(&bj(&["image", "list", "--json"]).stdout).expect("images");
+    let vms: Vec<u64> = images
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| i["vm"].as_u64().expect("vm"))
+        .collect();
+    assert_eq!(
+        vms,
+        [22, 23],
+        "KEEP_LAST=1 in FULL mode keeps one image per VM: {images}"
+    );
+    assert_eq!(bj(&["priority", "1", "70"]).code, Some(0));
+    let out = bj(&["priority", "1", "100"]);
+    assert!(out.stderr.contains("PRIORITY 100 is not 0–99"), "{out:?}");
+    assert_eq!(bj(&["rename", "1", "weekly"]).code, Some(0));
+    let list: serde_json::Value =
+        serde_json::from_str(&bj(&["list", "--json"]).stdout).expect("list");
+    assert_eq!(list[0]["name"], "weekly");
+    assert_eq!(list[0]["priority"], 70);
+    assert_eq!(bj(&["lock", "1"]).code, Some(0));
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("backup job 1 is locked"), "{out:?}");
+    assert_eq!(bj(&["unlock", "1"]).code, Some(0));
+    assert_eq!(bj(&["sched-delete", "1", "1"]).code, Some(0));
+    assert!(!bj(&["show", "1"]).stdout.contains("Each 24 hours"));
+    let out = bj(&["sched-delete", "1", "1"]);
+    assert!(out.stderr.contains("has no scheduled action 1"), "{out:?}");
+    assert_eq!(bj(&["delete", "1"]).code, Some(0));
+    assert_eq!(bj(&["list", "--json"]).stdout, "[]\n");
+    // Its VMs are free to join another job; their images stay.
+    fs::write(
+        work.join("again.tmpl"),
+        "NAME=again\nBACKUP_VMS=22\nDATASTORE_ID=1\n",
+    )
+    .expect("tmpl");
+    assert_eq!(bj(&["create", &file("again.tmpl")]).stdout, "ID: 2\n");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&bj(&["image", "list", "--json"]).stdout)
+            .expect("images")
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
     // The daemon stops cleanly on SIGTERM.
     let daemon = std::process::Command::new(BACKSTOP)
         .args([
