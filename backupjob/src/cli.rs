@@ -79,6 +79,14 @@ enum Command {
     Cancel {
         id: u64,
     },
+    /// Replace a job's template with a file's (or merge it in with --append). NAME, PRIORITY
+    /// and SCHED_ACTION are not changed this way (rename, priority, sched-*).
+    Update {
+        id: u64,
+        file: PathBuf,
+        #[arg(long)]
+        append: bool,
+    },
     /// Set a job's priority (0–99; higher runs first).
     Priority {
         id: u64,
@@ -580,6 +588,53 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         }
         Command::Priority { id, priority } => {
             st.set_priority(*id, *priority).map_err(e)?;
+        }
+        Command::Update { id, file, append } => {
+            use backstop_protocol::template::Template;
+            let (_, name, _, old) = st
+                .jobs()
+                .map_err(e)?
+                .into_iter()
+                .find(|j| j.0 == *id)
+                .ok_or_else(|| format!("there is no backup job {id}"))?;
+            let old = Template::parse(&old).map_err(|x| format!("backup job {id}: {x}"))?;
+            let new = Template::parse(&read(file)?)
+                .map_err(|x| format!("{}: template: {x}", file.display()))?;
+            let fixed = ["NAME", "PRIORITY", "SCHED_ACTION"];
+            let mut merged = if *append {
+                old.clone()
+            } else {
+                Template::default()
+            };
+            for a in new
+                .attributes
+                .iter()
+                .filter(|a| !fixed.contains(&a.name.as_str()))
+            {
+                merged.attributes.retain(|b| b.name != a.name);
+                merged.attributes.push(a.clone());
+            }
+            // What update cannot change stays as it was.
+            for a in old
+                .attributes
+                .iter()
+                .filter(|a| fixed.contains(&a.name.as_str()))
+            {
+                merged.attributes.retain(|b| b.name != a.name);
+                merged.attributes.insert(0, a.clone());
+            }
+            // The job's current name (rename changes it outside the template).
+            merged.attributes.retain(|b| b.name != "NAME");
+            merged.attributes.insert(
+                0,
+                backstop_protocol::template::Attribute {
+                    name: "NAME".into(),
+                    value: backstop_protocol::template::Value::Single(name),
+                },
+            );
+            let text = merged.to_string();
+            let job = JobTemplate::parse(&text).map_err(|x| format!("{}: {x}", file.display()))?;
+            st.set_job_template(*id, &text, &job.vms).map_err(e)?;
         }
         Command::Rename { id, name } => {
             st.rename_job(*id, name).map_err(e)?;

@@ -11,8 +11,8 @@
 //! ([`runner`]), job templates ([`model`]), running a job now within the limits ([`engine`])
 //! a scheduler pass and daemon over the scheduled actions ([`engine::scheduler_pass`]) and a
 //! first command line ([`cli`]: datastore, vm, create, list, show, backup, retry, cancel,
-//! priority, rename, lock, unlock, delete, sched-add, sched-delete, image list, scheduler).
-//! Not written yet: update, sched-update, image show/restore, progress with MB/s and ETA,
+//! update, priority, rename, lock, unlock, delete, sched-add, sched-delete, image list,
+//! scheduler). Not written yet: sched-update, image show/restore, progress with MB/s and ETA,
 //! several jobs at once in the scheduler.
 
 pub mod cli;

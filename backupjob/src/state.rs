@@ -747,6 +747,72 @@ impl State {
         Ok(())
     }
 
+    /// Replaces a job's template and its VMs (in backup order). VMs that left lose their sets;
+    /// new VMs start in none; a VM may still be in one job only.
+    pub fn set_job_template(
+        &mut self,
+        job: u64,
+        template: &str,
+        vms: &[u64],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for vm in vms {
+            let other: Option<i64> = tx
+                .query_row(
+                    "SELECT job_id FROM job_vms WHERE vm_id = ?1 AND job_id != ?2",
+                    params![*vm as i64, job as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            if let Some(other) = other {
+                return Err(StateError::Invalid {
+                    path: path.clone(),
+                    message: format!("VM {vm} is already in backup job {other}"),
+                });
+            }
+        }
+        let n = tx
+            .execute(
+                "UPDATE jobs SET template = ?1 WHERE id = ?2",
+                params![template, job as i64],
+            )
+            .map_err(err)?;
+        if n == 0 {
+            return Err(StateError::Invalid {
+                path: path.clone(),
+                message: format!("there is no backup job {job}"),
+            });
+        }
+        let keep: Vec<String> = vms.iter().map(u64::to_string).collect();
+        tx.execute(
+            &format!(
+                "DELETE FROM job_vms WHERE job_id = ?1 AND vm_id NOT IN ({})",
+                if keep.is_empty() {
+                    "-1".to_string()
+                } else {
+                    keep.join(",")
+                }
+            ),
+            params![job as i64],
+        )
+        .map_err(err)?;
+        for (pos, vm) in vms.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO job_vms (job_id, vm_id, position) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(job_id, vm_id) DO UPDATE SET position = ?3",
+                params![job as i64, *vm as i64, pos as i64],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
     pub fn set_priority(&mut self, job: u64, priority: u8) -> Result<(), StateError> {
         if priority > 99 {
             return Err(self.invalid(format!("PRIORITY {priority} is not 0–99")));

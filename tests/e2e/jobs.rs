@@ -369,6 +369,38 @@ fn the_backupjob_command_line_runs_a_job() {
     assert!(!bj(&["show", "1"]).stdout.contains("Each 24 hours"));
     let out = bj(&["sched-delete", "1", "1"]);
     assert!(out.stderr.contains("has no scheduled action 1"), "{out:?}");
+    // update --append merges; NAME stays the job's own; VMs that left lose their place.
+    fs::write(
+        work.join("upd.tmpl"),
+        "NAME = \"ignored\"\nKEEP_LAST = 3\nBACKUP_VMS = \"22\"\n",
+    )
+    .expect("tmpl");
+    let out = bj(&["update", "1", &file("upd.tmpl"), "--append"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = bj(&["show", "1"]).stdout;
+    assert!(
+        text.contains("NAME = \"weekly\"")
+            && text.contains("KEEP_LAST = \"3\"")
+            && text.contains("MODE = \"FULL\""),
+        "{text}"
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show");
+    assert_eq!(show["vms"].as_array().map(Vec::len), Some(1), "{show}");
+    // Without --append the template is replaced.
+    fs::write(
+        work.join("full.tmpl"),
+        "BACKUP_VMS = \"22,23\"\nDATASTORE_ID = 1\n",
+    )
+    .expect("tmpl");
+    assert_eq!(bj(&["update", "1", &file("full.tmpl")]).code, Some(0));
+    let text = bj(&["show", "1"]).stdout;
+    assert!(
+        !text.contains("KEEP_LAST") && text.contains("NAME = \"weekly\""),
+        "{text}"
+    );
+    let out = bj(&["update", "1", &file("bad.tmpl")]);
+    assert!(out.stderr.contains("MODE is \"DAILY\""), "{out:?}");
     assert_eq!(bj(&["delete", "1"]).code, Some(0));
     assert_eq!(bj(&["list", "--json"]).stdout, "[]\n");
     // Its VMs are free to join another job; their images stay.
