@@ -118,16 +118,17 @@ pub fn run_now(
     } else {
         current.clone()
     };
-    for vm in &current.vms {
-        let prev = state
-            .job_vms(job_id)
-            .map_err(st)?
-            .into_iter()
-            .find(|r| r.vm_id == *vm)
-            .and_then(|r| r.state);
-        if next.outdated.contains(vm) {
+    for row in state.job_vms(job_id).map_err(st)? {
+        if next.outdated.contains(&row.vm_id) {
             state
-                .move_vm(job_id, *vm, prev, VmState::Outdated, None, started_at)
+                .move_vm(
+                    job_id,
+                    row.vm_id,
+                    row.state,
+                    VmState::Outdated,
+                    None,
+                    started_at,
+                )
                 .map_err(st)?;
         }
     }
