@@ -517,7 +517,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 .and_then(|(did, _, t)| model::datastore(did, &t, &args.datastore_location).ok())
                 .map_or_else(|| "backstop".to_string(), |(_, ds)| ds.ds_mad);
             let docs = st.vms().map_err(e)?;
-            let now = jiff::Timestamp::now().as_second();
+            let now = jiff::Timestamp::now().as_millisecond();
             let (mut dropped, mut stopped) = (0, 0);
             for r in st.job_vms(*id).map_err(e)? {
                 match r.state {
@@ -698,7 +698,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                             Some(VmState::Error),
                             VmState::Outdated,
                             None,
-                            jiff::Timestamp::now().as_second(),
+                            jiff::Timestamp::now().as_millisecond(),
                         )
                         .map_err(e)?
                 {

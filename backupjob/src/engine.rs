@@ -23,6 +23,11 @@ fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// VM moves record their times in milliseconds, so concurrency shows even in short runs.
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
 fn host_of(doc: &str) -> Option<String> {
     let root = backstop_protocol::xml::Element::parse(doc).ok()?;
     let vm = backstop_protocol::message::Vm::from_xml(&root).ok()?;
@@ -127,7 +132,7 @@ pub fn run_now(
                     row.state,
                     VmState::Outdated,
                     None,
-                    started_at,
+                    now_ms(),
                 )
                 .map_err(st)?;
         }
@@ -150,7 +155,7 @@ pub fn run_now(
                         Some(VmState::Outdated),
                         VmState::Ongoing,
                         None,
-                        now(),
+                        now_ms(),
                     )
                     .map_err(st)?
                 {
@@ -198,7 +203,7 @@ pub fn run_now(
                             Some(VmState::Ongoing),
                             VmState::Updated,
                             None,
-                            t,
+                            now_ms(),
                         )
                         .map_err(st)?;
                     updated += 1;
@@ -218,7 +223,7 @@ pub fn run_now(
                             Some(VmState::Ongoing),
                             VmState::Error,
                             Some(&reason),
-                            t,
+                            now_ms(),
                         )
                         .map_err(st)?;
                     failed += 1;
@@ -251,7 +256,7 @@ pub fn scheduler_pass(
     let t = now();
     state
         .reconcile(
-            t,
+            now_ms(),
             |pid| std::path::Path::new(&format!("/proc/{pid}")).exists(),
             |_, _| None,
         )

@@ -359,7 +359,7 @@ impl State {
     }
 
     /// Moves a VM of a job from `from` (None: in no set) to `to`, only if it is still in
-    /// `from`; returns whether it moved. Entering ONGOING records the runner's PID and the
+    /// `from`; returns whether it moved. `now` is in milliseconds since the epoch. Entering ONGOING records the runner's PID and the
     /// start; leaving it records the end; ERROR counts a failure, UPDATED resets the count.
     pub fn move_vm(
         &mut self,
