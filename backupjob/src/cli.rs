@@ -526,15 +526,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                             usize::from(st.clear_vm(*id, r.vm_id, VmState::Outdated).map_err(e)?);
                     }
                     Some(VmState::Ongoing) => {
-                        st.move_vm(
-                            *id,
-                            r.vm_id,
-                            Some(VmState::Ongoing),
-                            VmState::Error,
-                            Some("the backup was cancelled"),
-                            now,
-                        )
-                        .map_err(e)?;
+                        st.cancel_vm(*id, r.vm_id, now).map_err(e)?;
                         let Some((_, _, _, doc)) = docs.iter().find(|d| d.0 == r.vm_id) else {
                             continue;
                         };

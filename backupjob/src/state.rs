@@ -895,6 +895,20 @@ impl State {
         ids.into_iter().map(|id| self.image(id as u64)).collect()
     }
 
+    /// A cancelled backup: ONGOING → ERROR with the reason, without counting a failure (a
+    /// cancel says nothing about the VM). Returns whether it moved.
+    pub fn cancel_vm(&mut self, job: u64, vm: u64, now: i64) -> Result<bool, StateError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE job_vms SET state = 'ERROR', reason = 'the backup was cancelled',
+                 ended_at = ?1 WHERE job_id = ?2 AND vm_id = ?3 AND state = 'ONGOING'",
+                params![now, job as i64, vm as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n == 1)
+    }
+
     /// Takes a VM out of every set if it is still in `from` (a cancelled OUTDATED VM).
     pub fn clear_vm(&mut self, job: u64, vm: u64, from: VmState) -> Result<bool, StateError> {
         let n = self

@@ -584,6 +584,7 @@ fn cancel_stops_a_running_job() {
     let vms = show["vms"].as_array().expect("vms");
     assert_eq!(vms[0]["state"], "ERROR", "{show}");
     assert_eq!(vms[0]["reason"], "the backup was cancelled", "{show}");
+    assert_eq!(vms[0]["failures"], 0, "a cancel is not a failure: {show}");
     assert_eq!(vms[1]["state"], serde_json::Value::Null, "{show}");
     let repo = cloud.base_path.join("job_1");
     restic_in(&repo, &["check"]);
