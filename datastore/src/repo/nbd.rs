@@ -309,7 +309,27 @@ impl QemuNbdExport {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        export._keeper = Some(NbdClient::connect(&export.socket)?);
+        // The socket file appears at bind(), a moment before qemu-nbd listens: a refused
+        // connection then only means "not yet".
+        let keeper = loop {
+            match NbdClient::connect(&export.socket) {
+                Ok(c) => break c,
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    if let Some(status) = export.child.try_wait()? {
+                        return Err(io::Error::other(format!(
+                            "qemu-nbd could not export {}: it exited with {status}",
+                            image.display()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        export._keeper = Some(keeper);
         Ok(export)
     }
 
