@@ -26,6 +26,37 @@ fn cloud_with_tm() -> Cloud {
     cloud
 }
 
+/// A backup datastore on the test backup server, with more attributes.
+fn datastore_template(cloud: &Cloud, extra: &str) -> String {
+    format!(
+        "NAME = \"backups\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{}\"\n\
+         RESTIC_PASSWORD = \"{}\"\nRESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\n{extra}",
+        cloud.base_path.display(),
+        crate::cloud::PASSWORD
+    )
+}
+
+/// `backstop backupjob` with the test cloud's state, remotes and datastore location.
+fn cli_prefix(cloud: &Cloud, state: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "backupjob".to_string(),
+        "--state".into(),
+        state.display().to_string(),
+        "--remotes".into(),
+        cloud.remotes.display().to_string(),
+        "--datastore-location".into(),
+        cloud.dir.path().join("hv/datastores").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn run_cli(prefix: &[String], args: &[&str]) -> crate::support::Outcome {
+    let mut all: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    crate::support::run(BACKSTOP, &all, b"")
+}
+
 /// Plain restic on a job's repository; its stdout.
 fn restic_in(repo: &Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("restic")
@@ -159,16 +190,7 @@ fn the_backupjob_command_line_runs_a_job() {
     for (id, doc) in [(22, &doc22), (23, &doc23), (24, &doc24)] {
         fs::write(work.join(format!("vm{id}.xml")), doc).expect("vm doc");
     }
-    fs::write(
-        work.join("ds.tmpl"),
-        format!(
-            "NAME = \"backups\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{}\"\n\
-             RESTIC_PASSWORD = \"{}\"\nRESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\n",
-            cloud.base_path.display(),
-            crate::cloud::PASSWORD
-        ),
-    )
-    .expect("ds");
+    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
     fs::write(
         work.join("job.tmpl"),
         "NAME = \"nightly\"\nBACKUP_VMS = \"22,23,24\"\nDATASTORE_ID = 1\nMODE = FULL\n\
@@ -177,21 +199,8 @@ fn the_backupjob_command_line_runs_a_job() {
     .expect("job");
     let state = work.join("state.db");
     let location = cloud.dir.path().join("hv/datastores");
-    let bj = |args: &[&str]| {
-        let mut all = vec![
-            "backupjob",
-            "--state",
-            state.to_str().expect("utf-8"),
-            "--remotes",
-            cloud.remotes.to_str().expect("utf-8"),
-            "--datastore-location",
-            location.to_str().expect("utf-8"),
-            "--max-backups-host",
-            "1",
-        ];
-        all.extend_from_slice(args);
-        crate::support::run(BACKSTOP, &all, b"")
-    };
+    let common = cli_prefix(&cloud, &state, &["--max-backups-host", "1"]);
+    let bj = |args: &[&str]| run_cli(&common, args);
     let file = |n: &str| work.join(n).display().to_string();
     assert_eq!(
         bj(&["datastore", "create", &file("ds.tmpl")]).stdout,
@@ -510,12 +519,7 @@ fn cancel_stops_a_running_job() {
     fs::write(work.join("vm23.xml"), &doc23).expect("vm");
     fs::write(
         work.join("ds.tmpl"),
-        format!(
-            "NAME = \"backups\"\nBASE_PATH = \"{}\"\nRESTIC_PASSWORD = \"{}\"\n\
-             RESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\nRESTIC_BWLIMIT = 1024\n",
-            cloud.base_path.display(),
-            crate::cloud::PASSWORD
-        ),
+        datastore_template(&cloud, "RESTIC_BWLIMIT = 1024\n"),
     )
     .expect("ds");
     fs::write(
@@ -524,21 +528,8 @@ fn cancel_stops_a_running_job() {
     )
     .expect("job");
     let state = work.join("state.db");
-    let location = cloud.dir.path().join("hv/datastores");
-    let common = [
-        "backupjob".to_string(),
-        "--state".into(),
-        state.display().to_string(),
-        "--remotes".into(),
-        cloud.remotes.display().to_string(),
-        "--datastore-location".into(),
-        location.display().to_string(),
-    ];
-    let bj = |args: &[&str]| {
-        let mut all: Vec<&str> = common.iter().map(String::as_str).collect();
-        all.extend_from_slice(args);
-        crate::support::run(BACKSTOP, &all, b"")
-    };
+    let common = cli_prefix(&cloud, &state, &[]);
+    let bj = |args: &[&str]| run_cli(&common, args);
     let file = |n: &str| work.join(n).display().to_string();
     bj(&["datastore", "create", &file("ds.tmpl")]);
     bj(&["vm", "register", &file("vm22.xml")]);
@@ -628,16 +619,7 @@ fn priorities_and_limits_across_two_hosts() {
             );
         fs::write(work.join(format!("vm{vm}.xml")), doc).expect("vm doc");
     }
-    fs::write(
-        work.join("ds.tmpl"),
-        format!(
-            "NAME = \"backups\"\nBASE_PATH = \"{}\"\nRESTIC_PASSWORD = \"{}\"\n\
-             RESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\n",
-            cloud.base_path.display(),
-            crate::cloud::PASSWORD
-        ),
-    )
-    .expect("ds");
+    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
     fs::write(
         work.join("low.tmpl"),
         "NAME = \"low\"\nBACKUP_VMS = \"24,25,26\"\nDATASTORE_ID = 1\nPRIORITY = 20\nEXECUTION = PARALLEL\n",
@@ -649,22 +631,8 @@ fn priorities_and_limits_across_two_hosts() {
     )
     .expect("job");
     let state = work.join("state.db");
-    let location = cloud.dir.path().join("hv/datastores");
-    let bj = |args: &[&str]| {
-        let mut all = vec![
-            "backupjob",
-            "--state",
-            state.to_str().expect("utf-8"),
-            "--remotes",
-            cloud.remotes.to_str().expect("utf-8"),
-            "--datastore-location",
-            location.to_str().expect("utf-8"),
-            "--max-backups-host",
-            "1",
-        ];
-        all.extend_from_slice(args);
-        crate::support::run(BACKSTOP, &all, b"")
-    };
+    let common = cli_prefix(&cloud, &state, &["--max-backups-host", "1"]);
+    let bj = |args: &[&str]| run_cli(&common, args);
     let file = |n: &str| work.join(n).display().to_string();
     bj(&["datastore", "create", &file("ds.tmpl")]);
     for vm in 22..=26 {
