@@ -1,8 +1,11 @@
 //! `backstop backupjob ...`: the onebackupjob-style command line over the state database.
 //!
-//! Written so far: `datastore create|list`, `vm register|list`, `create`, `list`, `show`,
-//! `backup` (one run now, in the foreground, with a line per VM event) and `retry`. Exit codes:
-//! 0 done, 1 a failure (a VM in ERROR after `backup`, bad input), 2 bad usage.
+//! Jobs: `create`, `list`, `show`, `update`, `delete`, `rename`, `lock`/`unlock`, `priority`,
+//! `backup` (one run now, in the foreground, with a line per VM event), `cancel`, `retry`,
+//! `sched-add|update|delete`; `datastore create|list|show|delete`; `vm
+//! register|list|show|unregister`; `image list|show|restore`; `scheduler`. Every command that
+//! reads takes `--json`. Exit codes: 0 done, 1 a failure (a VM in ERROR after `backup`, bad
+//! input, a refused change), 2 bad usage.
 
 use crate::engine::{self, Event};
 use crate::model::{self, JobTemplate};
@@ -107,6 +110,22 @@ enum Command {
     Delete {
         id: u64,
     },
+    /// Change a scheduled action of a job; what is not given stays as it was.
+    SchedUpdate {
+        id: u64,
+        sched_id: u64,
+        /// When: an epoch, or a local date and time (2026-11-22T03:00).
+        #[arg(long)]
+        time: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        repeat: Option<String>,
+        #[arg(long)]
+        days: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        end_type: Option<i64>,
+        #[arg(long, allow_hyphen_values = true)]
+        end_value: Option<i64>,
+    },
     /// Delete a scheduled action of a job.
     SchedDelete {
         id: u64,
@@ -155,6 +174,14 @@ enum DatastoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A datastore's template (secrets hidden) and the jobs and images that use it.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a datastore no job names and no backup image lives in (the repository stays).
+    Delete { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +190,26 @@ enum ImageCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// A backup image and its increments.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup image into a directory: disk.<id>.qcow2 per disk (standalone qcow2),
+    /// vm.xml, and disk.tpm.0 when the VM had a TPM.
+    Restore {
+        id: u64,
+        /// The directory to write (created if missing).
+        #[arg(long)]
+        to: PathBuf,
+        /// The increment to restore (default: the latest).
+        #[arg(long)]
+        increment: Option<u64>,
+        /// Only this disk.
+        #[arg(long)]
+        disk_id: Option<u32>,
     },
 }
 
@@ -174,6 +221,14 @@ enum VmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A VM: its host, disks, job and backup images.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a VM that is in no job (its backup images stay).
+    Unregister { id: u64 },
 }
 
 fn read(path: &PathBuf) -> Result<String, String> {
@@ -280,8 +335,15 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         Command::Create { file } => {
             let text = read(file)?;
             let job = JobTemplate::parse(&text).map_err(|x| format!("{}: {x}", file.display()))?;
+            let stored = model::without_sched_actions(&text).map_err(|x| x.to_string())?;
             let id = st
-                .create_job(&job.name, job.priority, &text, &job.vms)
+                .create_job_with(
+                    &job.name,
+                    job.priority,
+                    &stored,
+                    &job.vms,
+                    &job.sched_actions,
+                )
                 .map_err(e)?;
             print(&format!("ID: {id}"))?;
         }
@@ -435,28 +497,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             if !st.jobs().map_err(e)?.iter().any(|j| j.0 == *id) {
                 return Err(format!("there is no backup job {id}"));
             }
-            let tz = jiff::tz::TimeZone::system();
-            let epoch = match time.parse::<i64>() {
-                Ok(t) => t,
-                Err(_) => time
-                    .parse::<jiff::civil::DateTime>()
-                    .ok()
-                    .and_then(|dt| dt.to_zoned(tz.clone()).ok())
-                    .map(|z| z.timestamp().as_second())
-                    .ok_or_else(|| {
-                        format!("--time {time:?} is neither an epoch nor a local date and time")
-                    })?,
-            };
-            let repeat = match repeat.as_str() {
-                "weekly" => 0,
-                "monthly" => 1,
-                "yearly" => 2,
-                "hourly" => 3,
-                "none" => -1,
-                n => n.parse().map_err(|_| {
-                    format!("--repeat {n:?}: use -1..3 or weekly, monthly, yearly, hourly")
-                })?,
-            };
+            let epoch = parse_time(time)?;
+            let repeat = parse_repeat(repeat)?;
             let sa = crate::schedule::SchedAction::new(epoch, repeat, days, *end_type, *end_value)
                 .map_err(|x| x.to_string())?;
             let sid = st.add_sched_action(*id, &sa).map_err(e)?;
@@ -593,6 +635,13 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             let new = Template::parse(&read(file)?)
                 .map_err(|x| format!("{}: template: {x}", file.display()))?;
             let fixed = ["NAME", "PRIORITY", "SCHED_ACTION"];
+            if new.attributes.iter().any(|a| a.name == "SCHED_ACTION") {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "backupjob: {}: SCHED_ACTION is not changed by update; use sched-add, sched-update or sched-delete",
+                    file.display()
+                );
+            }
             let mut merged = if *append {
                 old.clone()
             } else {
@@ -679,6 +728,95 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 }
             }
         }
+        Command::Datastore {
+            command: DatastoreCommand::Show { id, json },
+        } => datastore_show(&st, args, *id, *json)?,
+        Command::Datastore {
+            command: DatastoreCommand::Delete { id },
+        } => {
+            let using: Vec<u64> = st
+                .jobs()
+                .map_err(e)?
+                .into_iter()
+                .filter(|(_, _, _, t)| JobTemplate::parse(t).is_ok_and(|j| j.datastore_id == *id))
+                .map(|j| j.0)
+                .collect();
+            st.delete_datastore(*id, &using).map_err(e)?;
+        }
+        Command::Vm {
+            command: VmCommand::Show { id, json },
+        } => vm_show(&st, *id, *json)?,
+        Command::Vm {
+            command: VmCommand::Unregister { id },
+        } => st.unregister_vm(*id).map_err(e)?,
+        Command::Image {
+            command: ImageCommand::Show { id, json },
+        } => image_show(&st, *id, *json)?,
+        Command::Image {
+            command:
+                ImageCommand::Restore {
+                    id,
+                    to,
+                    increment,
+                    disk_id,
+                },
+        } => {
+            let files = image_restore(&st, args, *id, *increment, *disk_id, to)?;
+            for f in files {
+                print(&f.display().to_string())?;
+            }
+        }
+        Command::SchedUpdate {
+            id,
+            sched_id,
+            time,
+            repeat,
+            days,
+            end_type,
+            end_value,
+        } => {
+            let (_, old, _) = st
+                .sched_actions(*id)
+                .map_err(e)?
+                .into_iter()
+                .find(|s| s.0 == *sched_id)
+                .ok_or_else(|| format!("backup job {id} has no scheduled action {sched_id}"))?;
+            let (old_type, old_value) = match old.end {
+                crate::schedule::End::None => (-1, None),
+                crate::schedule::End::Never => (0, None),
+                crate::schedule::End::Times(n) => (1, Some(n)),
+                crate::schedule::End::Until(t) => (2, Some(t)),
+            };
+            let old_repeat = match old.repeat {
+                crate::schedule::Repeat::None => -1,
+                crate::schedule::Repeat::Weekly => 0,
+                crate::schedule::Repeat::Monthly => 1,
+                crate::schedule::Repeat::Yearly => 2,
+                crate::schedule::Repeat::Hourly => 3,
+            };
+            let old_days: Vec<String> = old.days.iter().map(u32::to_string).collect();
+            let time = match time {
+                Some(t) => parse_time(t)?,
+                None => old.time,
+            };
+            let repeat = match repeat {
+                Some(r) => parse_repeat(r)?,
+                None => old_repeat,
+            };
+            let mut sa = crate::schedule::SchedAction::new(
+                time,
+                repeat,
+                days.as_deref().unwrap_or(&old_days.join(",")),
+                end_type.unwrap_or(old_type),
+                end_value.or(old_value),
+            )
+            .map_err(|x| x.to_string())?;
+            // A new time starts afresh; otherwise when it last ran stays.
+            if sa.time == old.time {
+                sa.done = old.done;
+            }
+            st.update_sched_action(*sched_id, &sa, None).map_err(e)?;
+        }
         Command::Retry { id } => {
             let mut moved = 0;
             for r in st.job_vms(*id).map_err(e)? {
@@ -701,4 +839,237 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--time`: an epoch, or a local date and time.
+fn parse_time(time: &str) -> Result<i64, String> {
+    if let Ok(t) = time.parse::<i64>() {
+        return Ok(t);
+    }
+    time.parse::<jiff::civil::DateTime>()
+        .ok()
+        .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::system()).ok())
+        .map(|z| z.timestamp().as_second())
+        .ok_or_else(|| format!("--time {time:?} is neither an epoch nor a local date and time"))
+}
+
+/// `--repeat`: -1..3 or its name.
+fn parse_repeat(repeat: &str) -> Result<i64, String> {
+    match repeat {
+        "weekly" => Ok(0),
+        "monthly" => Ok(1),
+        "yearly" => Ok(2),
+        "hourly" => Ok(3),
+        "none" => Ok(-1),
+        n => n
+            .parse()
+            .map_err(|_| format!("--repeat {n:?}: use -1..3 or weekly, monthly, yearly, hourly")),
+    }
+}
+
+/// A datastore of the state as the actions see it.
+fn datastore_of(
+    st: &State,
+    args: &Args,
+    id: u64,
+) -> Result<(String, String, backstop_protocol::message::Datastore), String> {
+    let (_, name, text) = st
+        .datastores()
+        .map_err(|x| x.to_string())?
+        .into_iter()
+        .find(|d| d.0 == id)
+        .ok_or_else(|| format!("there is no datastore {id}"))?;
+    let (_, ds) = model::datastore(id, &text, &args.datastore_location)
+        .map_err(|x| format!("datastore {id}: {x}"))?;
+    let root = backstop_protocol::xml::Element::parse(&ds.document)
+        .map_err(|x| format!("datastore {id}: {x}"))?;
+    let parsed = backstop_protocol::message::Datastore::from_xml(&root)
+        .map_err(|x| format!("datastore {id}: {x}"))?;
+    Ok((name, text, parsed))
+}
+
+fn datastore_show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), String> {
+    use backstop_protocol::template::{Template, Value};
+    let (name, text, ds) = datastore_of(st, args, id)?;
+    let template = Template::parse(&text)
+        .map_err(|x| format!("datastore {id}: {x}"))?
+        .redacted();
+    let jobs: Vec<u64> = st
+        .jobs()
+        .map_err(|x| x.to_string())?
+        .into_iter()
+        .filter(|(_, _, _, t)| JobTemplate::parse(t).is_ok_and(|j| j.datastore_id == id))
+        .map(|j| j.0)
+        .collect();
+    let images: Vec<u64> = st
+        .all_images()
+        .map_err(|x| x.to_string())?
+        .into_iter()
+        .filter(|i| i.datastore_id == id)
+        .map(|i| i.id)
+        .collect();
+    if json {
+        let attrs: serde_json::Map<String, serde_json::Value> = template
+            .attributes
+            .iter()
+            .filter_map(|a| match &a.value {
+                Value::Single(v) => Some((a.name.clone(), serde_json::json!(v))),
+                Value::Vector(_) => None,
+            })
+            .collect();
+        return print(
+            &serde_json::json!({
+                "id": id, "name": name, "ds_mad": ds.ds_mad, "base_path": ds.base_path,
+                "jobs": jobs, "images": images, "template": attrs,
+            })
+            .to_string(),
+        );
+    }
+    let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    print(&format!(
+        "DATASTORE {id} INFORMATION\nID        : {id}\nNAME      : {name}\nDS_MAD    : {}\n\
+         BASE_PATH : {}\nJOBS      : {}\nIMAGES    : {}\n\nDATASTORE TEMPLATE\n{}",
+        ds.ds_mad,
+        ds.base_path,
+        list(&jobs),
+        list(&images),
+        template.to_string().trim_end()
+    ))
+}
+
+fn vm_show(st: &State, id: u64, json: bool) -> Result<(), String> {
+    let (_, name, host, doc) = st
+        .vms()
+        .map_err(|x| x.to_string())?
+        .into_iter()
+        .find(|v| v.0 == id)
+        .ok_or_else(|| format!("there is no registered VM {id}"))?;
+    let root = backstop_protocol::xml::Element::parse(&doc).map_err(|x| format!("VM {id}: {x}"))?;
+    let vm =
+        backstop_protocol::message::Vm::from_xml(&root).map_err(|x| format!("VM {id}: {x}"))?;
+    let mut job = None;
+    for (jid, jname, _, _) in st.jobs().map_err(|x| x.to_string())? {
+        if let Some(r) = st
+            .job_vms(jid)
+            .map_err(|x| x.to_string())?
+            .into_iter()
+            .find(|r| r.vm_id == id)
+        {
+            job = Some((jid, jname, r));
+            break;
+        }
+    }
+    let images: Vec<_> = st
+        .all_images()
+        .map_err(|x| x.to_string())?
+        .into_iter()
+        .filter(|i| i.vm_id == id)
+        .collect();
+    let disks: Vec<_> = vm
+        .disks
+        .iter()
+        .map(|d| (d.disk_id, d.format.clone(), d.size_mb, d.source.clone()))
+        .collect();
+    if json {
+        return print(
+            &serde_json::json!({
+                "id": id, "name": name, "host": host,
+                "disks": disks.iter().map(|(i, f, s, src)| serde_json::json!({
+                    "id": i, "format": f, "size_mb": s, "source": src,
+                })).collect::<Vec<_>>(),
+                "job": job.as_ref().map(|(j, n, r)| serde_json::json!({
+                    "id": j, "name": n, "state": r.state.map(VmState::as_str), "reason": r.reason,
+                })),
+                "images": images.iter().map(|i| i.id).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        );
+    }
+    let mut out = format!(
+        "VIRTUAL MACHINE {id} INFORMATION\nID    : {id}\nNAME  : {name}\nHOST  : {}\n",
+        host.as_deref().unwrap_or("-")
+    );
+    match &job {
+        Some((j, n, r)) => out.push_str(&format!(
+            "JOB   : {j} ({n}), {}{}\n",
+            r.state.map_or("not in a run", VmState::as_str),
+            r.reason
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        )),
+        None => out.push_str("JOB   : -\n"),
+    }
+    out.push_str(&format!(
+        "\nDISKS\n{:>3} {:<7} {:>9} SOURCE\n",
+        "ID", "FORMAT", "SIZE_MB"
+    ));
+    for (i, f, s, src) in &disks {
+        out.push_str(&format!(
+            "{i:>3} {:<7} {:>9} {}\n",
+            f.as_deref().unwrap_or("-"),
+            s.map_or("-".into(), |n| n.to_string()),
+            src.as_deref().unwrap_or("-")
+        ));
+    }
+    let ids: Vec<String> = images.iter().map(|i| i.id.to_string()).collect();
+    out.push_str(&format!("\nBACKUP IMAGES : {}", ids.join(",")));
+    print(&out)
+}
+
+fn image_show(st: &State, id: u64, json: bool) -> Result<(), String> {
+    let img = st.image(id).map_err(|x| x.to_string())?;
+    if json {
+        return print(
+            &serde_json::json!({
+                "id": img.id, "vm": img.vm_id, "job": img.job_id, "datastore": img.datastore_id,
+                "increments": img.increments.iter().map(|n| serde_json::json!({
+                    "id": n.id, "type": n.kind, "source": n.source, "size_mb": n.size_mb,
+                    "date": n.created_at,
+                })).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        );
+    }
+    let mut out = format!(
+        "BACKUP IMAGE {id} INFORMATION\nID        : {id}\nVM        : {}\nJOB       : {}\n\
+         DATASTORE : {}\n\nBACKUP INCREMENTS\n{:>3} {:<9} {:>8} {:<20} SOURCE\n",
+        img.vm_id,
+        img.job_id.map_or("-".into(), |j| j.to_string()),
+        img.datastore_id,
+        "ID",
+        "TYPE",
+        "SIZE_MB",
+        "DATE"
+    );
+    for n in &img.increments {
+        let date = jiff::Timestamp::from_second(n.created_at)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|_| n.created_at.to_string());
+        out.push_str(&format!(
+            "{:>3} {:<9} {:>8} {date:<20} {}\n",
+            n.id, n.kind, n.size_mb, n.source
+        ));
+    }
+    print(out.trim_end())
+}
+
+fn image_restore(
+    st: &State,
+    args: &Args,
+    id: u64,
+    increment: Option<u64>,
+    disk_id: Option<u32>,
+    to: &std::path::Path,
+) -> Result<Vec<PathBuf>, String> {
+    let doc = crate::runner::image_document(st, id).map_err(|x| x.to_string())?;
+    let root = backstop_protocol::xml::Element::parse(&doc).map_err(|x| x.to_string())?;
+    let image = backstop_protocol::message::Image::from_xml(&root)
+        .map_err(|x| format!("image {id}: {x}"))?;
+    let ds_id = st.image(id).map_err(|x| x.to_string())?.datastore_id;
+    let (_, _, ds) = datastore_of(st, args, ds_id)?;
+    let cfg =
+        backstop_datastore::config::DriverConfig::load(&args.remotes).map_err(|x| x.to_string())?;
+    backstop_datastore::actions::restore::to_directory(&image, &ds, increment, disk_id, to, &cfg)
+        .map_err(|x| format!("image {id}: {x}"))
 }

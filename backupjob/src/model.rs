@@ -2,8 +2,9 @@
 //! the runner needs. Errors name the attribute.
 
 use crate::runner::{BackupDatastore, JobConfig, Mode};
+use crate::schedule::SchedAction;
 use crate::scheduler::Execution;
-use backstop_protocol::template::Template;
+use backstop_protocol::template::{Template, Value, vector_get};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -11,6 +12,63 @@ pub struct TemplateError(pub String);
 
 fn bad<T>(m: String) -> Result<T, TemplateError> {
     Err(TemplateError(m))
+}
+
+/// A parsed template that remembers where each attribute was written, so a bad value is
+/// reported as `line N: NAME is ...`.
+struct Located {
+    t: Template,
+    lines: Vec<usize>,
+}
+
+impl Located {
+    fn parse(text: &str) -> Result<Located, TemplateError> {
+        let (t, lines) = Template::parse_with_lines(text)
+            .map_err(|e| TemplateError(format!("template: {e}")))?;
+        Ok(Located { t, lines })
+    }
+
+    /// The first single value of `name`, trimmed; empty counts as absent.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.t.get(name).map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    /// `line N: message` for the line `name` was first written on.
+    fn err(&self, name: &str, message: String) -> TemplateError {
+        let line = self
+            .t
+            .attributes
+            .iter()
+            .zip(&self.lines)
+            .find(|(a, _)| a.name.eq_ignore_ascii_case(name))
+            .map(|(_, l)| *l);
+        match line {
+            Some(l) => TemplateError(format!("line {l}: {message}")),
+            None => TemplateError(message),
+        }
+    }
+
+    fn yes(&self, name: &str) -> Result<bool, TemplateError> {
+        match self.get(name).map(str::to_ascii_uppercase).as_deref() {
+            None | Some("NO") => Ok(false),
+            Some("YES") => Ok(true),
+            Some(other) => Err(self.err(name, format!("{name} is {other:?}; use YES or NO"))),
+        }
+    }
+
+    fn ids<T: std::str::FromStr>(&self, name: &str) -> Result<Vec<T>, TemplateError> {
+        self.t
+            .get(name)
+            .unwrap_or("")
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| self.err(name, format!("{name} holds {s:?}, not an id")))
+            })
+            .collect()
+    }
 }
 
 /// A job template, normalised.
@@ -27,81 +85,96 @@ pub struct JobTemplate {
     pub backup_volatile: bool,
     pub disk_ids: Option<Vec<u32>>,
     pub reset: bool,
-}
-
-fn yes(v: Option<&str>, name: &str) -> Result<bool, TemplateError> {
-    match v.map(|s| s.trim().to_ascii_uppercase()).as_deref() {
-        None | Some("") | Some("NO") => Ok(false),
-        Some("YES") => Ok(true),
-        Some(other) => bad(format!("{name} is {other:?}; use YES or NO")),
-    }
-}
-
-fn ids<T: std::str::FromStr>(v: &str, name: &str) -> Result<Vec<T>, TemplateError> {
-    v.split([',', ' '])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| TemplateError(format!("{name} holds {s:?}, not an id")))
-        })
-        .collect()
+    /// The template's `SCHED_ACTION` vectors, validated (TIME is an epoch, or `+N` seconds
+    /// from now).
+    pub sched_actions: Vec<SchedAction>,
 }
 
 impl JobTemplate {
     pub fn parse(text: &str) -> Result<JobTemplate, TemplateError> {
-        let t = Template::parse(text).map_err(|e| TemplateError(format!("template: {e}")))?;
-        let get = |n: &str| t.get(n).map(str::trim).filter(|v| !v.is_empty());
-        let name = get("NAME")
+        let t = Located::parse(text)?;
+        let name = t
+            .get("NAME")
             .ok_or_else(|| TemplateError("NAME is missing".into()))?
             .to_string();
-        let priority = match get("PRIORITY") {
+        let priority = match t.get("PRIORITY") {
             None => 50,
             Some(p) => match p.parse::<u8>() {
                 Ok(n) if n <= 99 => n,
-                _ => return bad(format!("PRIORITY is {p:?}; use 0 to 99")),
+                _ => return Err(t.err("PRIORITY", format!("PRIORITY is {p:?}; use 0 to 99"))),
             },
         };
-        let execution = match get("EXECUTION").map(str::to_ascii_uppercase).as_deref() {
+        let execution = match t.get("EXECUTION").map(str::to_ascii_uppercase).as_deref() {
             None | Some("SEQUENTIAL") => Execution::Sequential,
             Some("PARALLEL") => Execution::Parallel,
-            Some(e) => return bad(format!("EXECUTION is {e:?}; use SEQUENTIAL or PARALLEL")),
+            Some(e) => {
+                return Err(t.err(
+                    "EXECUTION",
+                    format!("EXECUTION is {e:?}; use SEQUENTIAL or PARALLEL"),
+                ));
+            }
         };
-        let mut vms: Vec<u64> = ids(get("BACKUP_VMS").unwrap_or(""), "BACKUP_VMS")?;
+        let mut vms: Vec<u64> = t.ids("BACKUP_VMS")?;
         vms.dedup();
-        let datastore_id =
-            get("DATASTORE_ID").ok_or_else(|| TemplateError("DATASTORE_ID is missing".into()))?;
-        let datastore_id = datastore_id
-            .parse()
-            .map_err(|_| TemplateError(format!("DATASTORE_ID is {datastore_id:?}, not an id")))?;
-        let mode = match get("MODE").map(str::to_ascii_uppercase).as_deref() {
+        let datastore_id = t
+            .get("DATASTORE_ID")
+            .ok_or_else(|| TemplateError("DATASTORE_ID is missing".into()))?;
+        let datastore_id = datastore_id.parse().map_err(|_| {
+            t.err(
+                "DATASTORE_ID",
+                format!("DATASTORE_ID is {datastore_id:?}, not an id"),
+            )
+        })?;
+        let mode = match t.get("MODE").map(str::to_ascii_uppercase).as_deref() {
             None | Some("FULL") => Mode::Full,
             Some("INCREMENT") => Mode::Increment,
-            Some(m) => return bad(format!("MODE is {m:?}; use FULL or INCREMENT")),
+            Some(m) => return Err(t.err("MODE", format!("MODE is {m:?}; use FULL or INCREMENT"))),
         };
-        if let Some(im) = get("INCREMENT_MODE")
+        if let Some(im) = t.get("INCREMENT_MODE")
             && !im.eq_ignore_ascii_case("CBT")
         {
-            return bad(format!(
-                "INCREMENT_MODE is {im:?}; backstop supports CBT only"
+            return Err(t.err(
+                "INCREMENT_MODE",
+                format!("INCREMENT_MODE is {im:?}; backstop supports CBT only"),
             ));
         }
-        let keep_last = match get("KEEP_LAST") {
+        let keep_last = match t.get("KEEP_LAST") {
             None => 0,
             Some(k) => k
                 .parse()
-                .map_err(|_| TemplateError(format!("KEEP_LAST is {k:?}, not a number")))?,
+                .map_err(|_| t.err("KEEP_LAST", format!("KEEP_LAST is {k:?}, not a number")))?,
         };
-        let fs_freeze = match get("FS_FREEZE").map(str::to_ascii_uppercase) {
+        let fs_freeze = match t.get("FS_FREEZE").map(str::to_ascii_uppercase) {
             None => "NONE".to_string(),
             Some(f) if ["NONE", "AGENT", "SUSPEND"].contains(&f.as_str()) => f,
-            Some(f) => return bad(format!("FS_FREEZE is {f:?}; use NONE, AGENT or SUSPEND")),
+            Some(f) => {
+                return Err(t.err(
+                    "FS_FREEZE",
+                    format!("FS_FREEZE is {f:?}; use NONE, AGENT or SUSPEND"),
+                ));
+            }
         };
-        let disk_ids = match t.get("DISK_IDS") {
+        let disk_ids = match t.t.get("DISK_IDS") {
             None => None,
-            Some(v) => Some(ids(v, "DISK_IDS")?),
+            Some(_) => Some(t.ids("DISK_IDS")?),
         };
+        let now = jiff::Timestamp::now().as_second();
+        let mut sched_actions = Vec::new();
+        for (a, line) in t.t.attributes.iter().zip(&t.lines) {
+            if !a.name.eq_ignore_ascii_case("SCHED_ACTION") {
+                continue;
+            }
+            let Value::Vector(pairs) = &a.value else {
+                return bad(format!(
+                    "line {line}: SCHED_ACTION must be a vector [TIME=..., REPEAT=..., ...]"
+                ));
+            };
+            sched_actions.push(
+                sched_action(pairs, now).map_err(|m| TemplateError(format!("line {line}: {m}")))?,
+            );
+        }
         Ok(JobTemplate {
+            sched_actions,
             name,
             priority,
             execution,
@@ -110,9 +183,9 @@ impl JobTemplate {
             mode,
             keep_last,
             fs_freeze,
-            backup_volatile: yes(get("BACKUP_VOLATILE"), "BACKUP_VOLATILE")?,
+            backup_volatile: t.yes("BACKUP_VOLATILE")?,
             disk_ids,
-            reset: yes(get("RESET"), "RESET")?,
+            reset: t.yes("RESET")?,
         })
     }
 
@@ -129,6 +202,54 @@ impl JobTemplate {
     }
 }
 
+/// One `SCHED_ACTION=[...]` vector.
+fn sched_action(pairs: &[(String, String)], now: i64) -> Result<SchedAction, String> {
+    let num = |key: &str| -> Result<Option<i64>, String> {
+        match vector_get(pairs, key)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("SCHED_ACTION: {key} is {v:?}, not a number")),
+        }
+    };
+    let time = match vector_get(pairs, "TIME").map(str::trim) {
+        None | Some("") => return Err("SCHED_ACTION: TIME is missing".into()),
+        Some(v) => match v.strip_prefix('+') {
+            Some(rel) => rel.parse::<i64>().map(|n| now + n),
+            None => v.parse::<i64>(),
+        }
+        .map_err(|_| format!("SCHED_ACTION: TIME is {v:?}; use an epoch or +seconds"))?,
+    };
+    SchedAction::new(
+        time,
+        num("REPEAT")?.unwrap_or(-1),
+        vector_get(pairs, "DAYS").unwrap_or(""),
+        num("END_TYPE")?.unwrap_or(0),
+        num("END_VALUE")?,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The template text to store for a job: everything but its `SCHED_ACTION`s, which live in
+/// their own table (`show` lists them).
+pub fn without_sched_actions(text: &str) -> Result<String, TemplateError> {
+    let mut t = Template::parse(text).map_err(|e| TemplateError(format!("template: {e}")))?;
+    if !t
+        .attributes
+        .iter()
+        .any(|a| a.name.eq_ignore_ascii_case("SCHED_ACTION"))
+    {
+        return Ok(text.to_string());
+    }
+    t.attributes
+        .retain(|a| !a.name.eq_ignore_ascii_case("SCHED_ACTION"));
+    Ok(t.to_string())
+}
+
 fn cdata(v: &str) -> String {
     format!("<![CDATA[{}]]>", v.replace("]]>", "]]]]><![CDATA[>"))
 }
@@ -139,8 +260,8 @@ pub fn datastore(
     text: &str,
     datastore_location: &str,
 ) -> Result<(String, BackupDatastore), TemplateError> {
-    let t = Template::parse(text).map_err(|e| TemplateError(format!("template: {e}")))?;
-    let get = |n: &str| t.get(n).map(str::trim).filter(|v| !v.is_empty());
+    let located = Located::parse(text)?;
+    let get = |n: &str| located.get(n);
     let name = get("NAME")
         .ok_or_else(|| TemplateError("NAME is missing".into()))?
         .to_string();
@@ -151,7 +272,8 @@ pub fn datastore(
     let base = get("BASE_PATH")
         .map(str::to_string)
         .unwrap_or_else(|| format!("{}/{id}", datastore_location.trim_end_matches('/')));
-    let attrs: String = t
+    let attrs: String = located
+        .t
         .attributes
         .iter()
         .filter(|a| !matches!(a.name.as_str(), "NAME" | "DS_MAD" | "BASE_PATH" | "TYPE"))
@@ -194,14 +316,30 @@ mod tests {
         assert_eq!((j.mode, j.keep_last, j.priority), (Mode::Increment, 2, 60));
         assert_eq!(j.execution, Execution::Parallel);
         assert_eq!(j.fs_freeze, "NONE");
+        assert!(j.sched_actions.is_empty());
+        let text = "NAME=a\nDATASTORE_ID=1\nSCHED_ACTION=[TIME=1800000000,REPEAT=0,DAYS=\"1,5\",\
+                    END_TYPE=1,END_VALUE=3]\nSCHED_ACTION=[TIME=\"+3600\"]\n";
+        let j = JobTemplate::parse(text).expect("sched");
+        assert_eq!(j.sched_actions.len(), 2);
+        assert_eq!(j.sched_actions[0].days, [1, 5]);
+        assert_eq!(j.sched_actions[0].end, crate::schedule::End::Times(3));
+        let soon = j.sched_actions[1].time - jiff::Timestamp::now().as_second();
+        assert!((3500..=3600).contains(&soon), "+3600 is relative: {soon}");
+        let stored = without_sched_actions(text).expect("strip");
+        assert!(!stored.contains("SCHED_ACTION") && stored.contains("NAME"));
         for (text, want) in [
             ("DATASTORE_ID=1", "NAME is missing"),
             ("NAME=a", "DATASTORE_ID is missing"),
             ("NAME=a\nDATASTORE_ID=1\nMODE=DAILY", "MODE is \"DAILY\""),
             (
                 "NAME=a\nDATASTORE_ID=1\nPRIORITY=100",
-                "PRIORITY is \"100\"",
+                "line 3: PRIORITY is \"100\"",
             ),
+            (
+                "NAME=a\n# keep two\nKEEP_LAST=two\nDATASTORE_ID=1",
+                "line 3: KEEP_LAST is \"two\"",
+            ),
+            ("NAME=a\nDATASTORE_ID=1\n\nRESET=maybe", "line 4: RESET is"),
             (
                 "NAME=a\nDATASTORE_ID=1\nBACKUP_VMS=\"1,x\"",
                 "BACKUP_VMS holds \"x\"",
@@ -212,6 +350,22 @@ mod tests {
             ),
             ("NAME=a\nDATASTORE_ID=1\nEXECUTION=LATER", "EXECUTION is"),
             ("NAME=\"a", "template: line 1"),
+            (
+                "NAME=a\nDATASTORE_ID=1\nSCHED_ACTION=[TIME=1,\n REPEAT=0]",
+                "line 3: SCHED_ACTION: DAYS is empty",
+            ),
+            (
+                "NAME=a\nDATASTORE_ID=1\nSCHED_ACTION=[REPEAT=3,DAYS=4]",
+                "line 3: SCHED_ACTION: TIME is missing",
+            ),
+            (
+                "NAME=a\nDATASTORE_ID=1\n\nSCHED_ACTION=[TIME=tomorrow]",
+                "line 4: SCHED_ACTION: TIME is \"tomorrow\"",
+            ),
+            (
+                "NAME=a\nDATASTORE_ID=1\nSCHED_ACTION=5",
+                "line 3: SCHED_ACTION must be",
+            ),
         ] {
             let e = JobTemplate::parse(text).expect_err(want);
             assert!(e.to_string().contains(want), "{e} vs {want}");

@@ -278,6 +278,18 @@ impl State {
         template: &str,
         vms: &[u64],
     ) -> Result<u64, StateError> {
+        self.create_job_with(name, priority, template, vms, &[])
+    }
+
+    /// A new job with its scheduled actions, in one transaction.
+    pub fn create_job_with(
+        &mut self,
+        name: &str,
+        priority: u8,
+        template: &str,
+        vms: &[u64],
+        sched: &[crate::schedule::SchedAction],
+    ) -> Result<u64, StateError> {
         if priority > 99 {
             return Err(self.invalid(format!("PRIORITY {priority} is not 0–99")));
         }
@@ -325,6 +337,9 @@ impl State {
                 params![id as i64, *vm as i64, pos as i64],
             )
             .map_err(err)?;
+        }
+        for sa in sched {
+            insert_sched_action(&tx, id, sa).map_err(err)?;
         }
         tx.commit().map_err(err)?;
         Ok(id)
@@ -422,6 +437,63 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
+    /// Deletes a datastore that no job names and no recorded image lives in. `jobs_using` are
+    /// the jobs whose template names it (the caller parses templates).
+    pub fn delete_datastore(&mut self, id: u64, jobs_using: &[u64]) -> Result<(), StateError> {
+        if let Some(j) = jobs_using.first() {
+            return Err(self.invalid(format!(
+                "datastore {id} is the DATASTORE_ID of backup job {j}; change or delete the job first"
+            )));
+        }
+        let images: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM images WHERE datastore_id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        if images > 0 {
+            return Err(self.invalid(format!(
+                "datastore {id} holds {images} backup images; remove them first"
+            )));
+        }
+        let n = self
+            .conn
+            .execute("DELETE FROM datastores WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no datastore {id}")));
+        }
+        Ok(())
+    }
+
+    /// Forgets a VM that is in no job (its backup images stay).
+    pub fn unregister_vm(&mut self, id: u64) -> Result<(), StateError> {
+        let job: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT job_id FROM job_vms WHERE vm_id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        if let Some(j) = job {
+            return Err(self.invalid(format!(
+                "VM {id} is in backup job {j}; take it out of BACKUP_VMS first"
+            )));
+        }
+        let n = self
+            .conn
+            .execute("DELETE FROM vms WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no registered VM {id}")));
+        }
+        Ok(())
+    }
+
     /// Registers (or updates) a VM from its document.
     pub fn register_vm(
         &mut self,
@@ -494,24 +566,7 @@ impl State {
         job: u64,
         sa: &crate::schedule::SchedAction,
     ) -> Result<u64, StateError> {
-        let (end_type, end_value) = end_columns(sa.end);
-        let days: Vec<String> = sa.days.iter().map(u32::to_string).collect();
-        self.conn
-            .execute(
-                "INSERT INTO sched_actions (job_id, time, repeat, days, end_type, end_value, done)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    job as i64,
-                    sa.time,
-                    repeat_column(sa.repeat),
-                    days.join(","),
-                    end_type,
-                    end_value,
-                    sa.done
-                ],
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(self.conn.last_insert_rowid() as u64)
+        insert_sched_action(&self.conn, job, sa).map_err(|e| self.sql(e))
     }
 
     /// The scheduled actions of a job: (id, action, message).
@@ -561,11 +616,21 @@ impl State {
         message: Option<&str>,
     ) -> Result<(), StateError> {
         let (end_type, end_value) = end_columns(sa.end);
+        let days: Vec<String> = sa.days.iter().map(u32::to_string).collect();
         self.conn
             .execute(
                 "UPDATE sched_actions SET time = ?1, done = ?2, end_type = ?3, end_value = ?4,
-                 message = ?5 WHERE id = ?6",
-                params![sa.time, sa.done, end_type, end_value, message, id as i64],
+                 message = ?5, repeat = ?6, days = ?7 WHERE id = ?8",
+                params![
+                    sa.time,
+                    sa.done,
+                    end_type,
+                    end_value,
+                    message,
+                    repeat_column(sa.repeat),
+                    days.join(","),
+                    id as i64
+                ],
             )
             .map_err(|e| self.sql(e))?;
         Ok(())
@@ -976,6 +1041,29 @@ fn repeat_column(r: crate::schedule::Repeat) -> i64 {
         Repeat::Yearly => 2,
         Repeat::Hourly => 3,
     }
+}
+
+fn insert_sched_action(
+    conn: &rusqlite::Connection,
+    job: u64,
+    sa: &crate::schedule::SchedAction,
+) -> rusqlite::Result<u64> {
+    let (end_type, end_value) = end_columns(sa.end);
+    let days: Vec<String> = sa.days.iter().map(u32::to_string).collect();
+    conn.execute(
+        "INSERT INTO sched_actions (job_id, time, repeat, days, end_type, end_value, done)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            job as i64,
+            sa.time,
+            repeat_column(sa.repeat),
+            days.join(","),
+            end_type,
+            end_value,
+            sa.done
+        ],
+    )?;
+    Ok(conn.last_insert_rowid() as u64)
 }
 
 fn end_columns(e: crate::schedule::End) -> (i64, Option<i64>) {

@@ -487,6 +487,210 @@ fn the_backupjob_command_line_runs_a_job() {
     }
 }
 
+/// The reading and housekeeping commands: a job created with a SCHED_ACTION in its template,
+/// `image show` and `image restore` (each disk a standalone qcow2 equal to the source), the
+/// datastore shown with its password hidden, deletes that would orphan something refused,
+/// `sched-update`, and template errors that name the line.
+#[test]
+fn backupjob_shows_restores_and_refuses_what_would_orphan() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm doc");
+    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 86_400;
+    fs::write(
+        work.join("job.tmpl"),
+        format!(
+            "NAME = \"nightly\"\nBACKUP_VMS = \"22\"\nDATASTORE_ID = 1\nMODE = INCREMENT\n\
+             SCHED_ACTION = [ TIME = \"{later}\", REPEAT = \"0\", DAYS = \"1,3\",\n  END_TYPE = \"1\", END_VALUE = \"5\" ]\n"
+        ),
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let common = cli_prefix(&cloud, &state, &[]);
+    let bj = |args: &[&str]| run_cli(&common, args);
+    let file = |n: &str| work.join(n).display().to_string();
+    assert_eq!(
+        bj(&["datastore", "create", &file("ds.tmpl")]).stdout,
+        "ID: 1\n"
+    );
+    assert_eq!(
+        bj(&["vm", "register", &file("vm22.xml")]).stdout,
+        "ID: 22\n"
+    );
+    let out = bj(&["create", &file("job.tmpl")]);
+    assert_eq!(out.stdout, "ID: 1\n", "{out:?}");
+    let text = bj(&["show", "1"]).stdout;
+    assert!(
+        text.contains("Weekly [1, 3]") && text.contains("After 5 times"),
+        "{text}"
+    );
+    assert!(!text.contains("TEMPLATE CONTENTS\nSCHED_ACTION"), "{text}");
+
+    // Template errors name the line.
+    for (body, want) in [
+        (
+            "NAME=x\nDATASTORE_ID=1\n# a comment\nKEEP_LAST=two\n",
+            "bad.tmpl: line 4: KEEP_LAST is \"two\"",
+        ),
+        (
+            "NAME=x\nDATASTORE_ID=1\nSCHED_ACTION=[TIME=1,\nREPEAT=1]\n",
+            "bad.tmpl: line 3: SCHED_ACTION: DAYS is empty",
+        ),
+        (
+            "NAME=x\nDATASTORE_ID=1\nMODE=[A=1\n",
+            "bad.tmpl: template: line 3",
+        ),
+    ] {
+        fs::write(work.join("bad.tmpl"), body).expect("bad");
+        let out = bj(&["create", &file("bad.tmpl")]);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains(want), "{want}: {}", out.stderr);
+    }
+
+    // sched-update changes what it is given and keeps the rest.
+    let out = bj(&["sched-update", "1", "1", "--days", "5", "--end-type", "0"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = bj(&["show", "1"]).stdout;
+    assert!(
+        text.contains("Weekly [5]") && text.contains("None"),
+        "{text}"
+    );
+    assert!(text.contains(&later.to_string()), "the time stays: {text}");
+    let out = bj(&["sched-update", "1", "1", "--days", "9"]);
+    assert!(out.stderr.contains("DAYS holds 9"), "{out:?}");
+    let out = bj(&["sched-update", "1", "7", "--days", "1"]);
+    assert!(out.stderr.contains("has no scheduled action 7"), "{out:?}");
+
+    // Two runs: a FULL and an increment, with the disk changed in between.
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let saved = work.join("disk0-at-0.qcow2");
+    fs::copy(cloud.disk(0), &saved).expect("keep point 0");
+    crate::cloud::sh_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 1M 3M",
+            cloud.disk(0).to_str().expect("utf-8"),
+        ],
+    );
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let img: serde_json::Value =
+        serde_json::from_str(&bj(&["image", "show", "1", "--json"]).stdout).expect("image");
+    let incs = img["increments"].as_array().expect("increments");
+    assert_eq!(incs.len(), 2, "{img}");
+    assert_eq!(
+        (incs[0]["type"].as_str(), incs[1]["type"].as_str()),
+        (Some("FULL"), Some("INCREMENT"))
+    );
+    let text = bj(&["image", "show", "1"]).stdout;
+    assert!(
+        text.contains("BACKUP IMAGE 1 INFORMATION") && text.contains("INCREMENT"),
+        "{text}"
+    );
+
+    // Each point restores into files equal to the disks at that point.
+    let compare = |a: &Path, b: &Path| {
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-q"])
+            .arg(a)
+            .arg(b)
+            .status()
+            .expect("qemu-img compare");
+        out.success()
+    };
+    for (inc, disk0) in [("0", saved.clone()), ("1", cloud.disk(0))] {
+        let dir = work.join(format!("restored-{inc}"));
+        let out = bj(&[
+            "image",
+            "restore",
+            "1",
+            "--increment",
+            inc,
+            "--to",
+            dir.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["disk.0.qcow2", "disk.1.qcow2", "vm.xml"],
+            "no partial files"
+        );
+        assert!(
+            compare(&dir.join("disk.0.qcow2"), &disk0),
+            "increment {inc} disk 0"
+        );
+        assert!(
+            compare(&dir.join("disk.1.qcow2"), &cloud.disk(1)),
+            "increment {inc} disk 1"
+        );
+        let vm = fs::read_to_string(dir.join("vm.xml")).expect("vm.xml");
+        assert!(vm.starts_with("<VM>") && vm.contains("<ID>22</ID>"), "{vm}");
+    }
+    // The two points differ, so the comparison above can fail.
+    assert!(!compare(&saved, &cloud.disk(0)));
+    let out = bj(&["image", "restore", "1", "--disk-id", "7", "--to", "/tmp/x"]);
+    assert!(out.stderr.contains("holds no disk 7"), "{out:?}");
+
+    // The datastore, with its password hidden; VM 22 with its job and image.
+    let text = bj(&["datastore", "show", "1"]).stdout;
+    assert!(
+        text.contains("JOBS      : 1")
+            && text.contains("IMAGES    : 1")
+            && text.contains("********"),
+        "{text}"
+    );
+    assert!(!text.contains(crate::cloud::PASSWORD), "{text}");
+    let ds: serde_json::Value =
+        serde_json::from_str(&bj(&["datastore", "show", "1", "--json"]).stdout).expect("ds");
+    assert_eq!(ds["template"]["RESTIC_PASSWORD"], "********");
+    let vm: serde_json::Value =
+        serde_json::from_str(&bj(&["vm", "show", "22", "--json"]).stdout).expect("vm");
+    assert_eq!(vm["job"]["id"], 1, "{vm}");
+    assert_eq!(vm["job"]["state"], "UPDATED", "{vm}");
+    assert_eq!(vm["images"], serde_json::json!([1]), "{vm}");
+    assert_eq!(
+        vm["disks"].as_array().map(Vec::len),
+        Some(DISKS.len()),
+        "{vm}"
+    );
+
+    // Deletes that would orphan a job or images are refused; once free, they go.
+    let out = bj(&["datastore", "delete", "1"]);
+    assert!(
+        out.stderr.contains("DATASTORE_ID of backup job 1"),
+        "{out:?}"
+    );
+    let out = bj(&["vm", "unregister", "22"]);
+    assert!(out.stderr.contains("VM 22 is in backup job 1"), "{out:?}");
+    assert_eq!(bj(&["delete", "1"]).code, Some(0));
+    let out = bj(&["datastore", "delete", "1"]);
+    assert!(out.stderr.contains("holds 1 backup images"), "{out:?}");
+    assert_eq!(bj(&["vm", "unregister", "22"]).code, Some(0));
+    assert_eq!(bj(&["vm", "list", "--json"]).stdout, "[]\n");
+    let out = bj(&["vm", "show", "22"]);
+    assert!(
+        out.stderr.contains("there is no registered VM 22"),
+        "{out:?}"
+    );
+}
+
 /// `backupjob cancel` during a run: the running backup (throttled, so it is mid-way) is
 /// stopped through the datastore's backup_cancel and ends in ERROR, the VM still waiting is
 /// dropped from the run, the runner exits 1, and the repository holds no snapshot and checks

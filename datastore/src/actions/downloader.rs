@@ -64,7 +64,7 @@ pub(crate) fn shell_safe(url: &str) -> Result<(), Error> {
 /// The repository, the datastore and the source of the URL's disk.
 fn resolve(
     url: &BackupUrl,
-    oned: &OnedClient,
+    datastore: &dyn Fn(u64) -> Result<Datastore, Error>,
     cfg: &DriverConfig,
 ) -> Result<(Repo, Datastore, Source), Error> {
     let vm_id = url.vm_id().ok_or_else(|| {
@@ -74,7 +74,7 @@ fn resolve(
     })?;
     if url.file_name() == "disk.tpm.0" {
         // The TPM state (a tar.gz), as stored in the URL's last snapshot.
-        let ds = oned.datastore(url.datastore_id)?;
+        let ds = datastore(url.datastore_id)?;
         let repo = open(&ds, repo_id(url.job_id, vm_id), cfg)?;
         let (id, snap) = repo.find_snapshot(url.last_source())?;
         let path = snap
@@ -101,7 +101,7 @@ fn resolve(
             "downloading rbd-format backups ({url})"
         )));
     }
-    let ds = oned.datastore(url.datastore_id)?;
+    let ds = datastore(url.datastore_id)?;
     let repo = open(&ds, repo_id(url.job_id, vm_id), cfg)?;
     let source = url.last_source();
     let (id, snap) = repo.find_snapshot(source)?;
@@ -165,7 +165,7 @@ pub fn plan(url: &BackupUrl, downloader: &Path, cfg: &DriverConfig) -> Result<Ve
     })?;
     shell_safe(exe)?;
     let oned = OnedClient::from_env()?;
-    let (repo, ds, source) = resolve(url, &oned, cfg)?;
+    let (repo, ds, source) = resolve(url, &|id| oned.datastore(id), cfg)?;
     if let Source::Chain { links, disk_id } = &source {
         let (dir, file) = chain::standalone(&repo, &ds, links, *disk_id)?;
         let (dir, file) = (dir.display().to_string(), file.display().to_string());
@@ -186,24 +186,67 @@ pub fn plan(url: &BackupUrl, downloader: &Path, cfg: &DriverConfig) -> Result<Ve
 /// Step two (`--stream`): writes the qcow2 to `out`.
 pub fn stream(url: &BackupUrl, cfg: &DriverConfig, out: &mut impl Write) -> Result<(), Error> {
     let oned = OnedClient::from_env()?;
-    let (repo, ds, source) = resolve(url, &oned, cfg)?;
+    let (repo, ds, source) = resolve(url, &|id| oned.datastore(id), cfg)?;
+    if let Source::Chain { .. } = source {
+        return Err(input(format!(
+            "backup URL {url} names a chain of qcow2 deltas: its command is `cat` of the rebuilt image, not --stream"
+        )));
+    }
+    write_source(&repo, &ds, source, out)
+}
+
+/// The URL's disk as a standalone qcow2 on `out`, with the datastore given rather than read
+/// from oned (the backup-job runner keeps its own datastores). A stock chain is rebuilt under
+/// RESTIC_TMP_DIR first and that directory removed afterwards, whatever happens.
+pub fn write_image(
+    url: &BackupUrl,
+    ds: &Datastore,
+    cfg: &DriverConfig,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let wanted = ds.id;
+    let (repo, ds, source) = resolve(
+        url,
+        &|id| {
+            if id == wanted {
+                Ok(ds.clone())
+            } else {
+                Err(input(format!(
+                    "backup URL {url} names datastore {id}, not {wanted}"
+                )))
+            }
+        },
+        cfg,
+    )?;
+    write_source(&repo, &ds, source, out)
+}
+
+fn write_source(
+    repo: &Repo,
+    ds: &Datastore,
+    source: Source,
+    out: &mut impl Write,
+) -> Result<(), Error> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     match source {
         Source::Image { snapshot, path } => {
-            repo.stream_qcow2(&snapshot, &path, &mut out, threads, lock_wait(&ds))?;
+            repo.stream_qcow2(&snapshot, &path, &mut out, threads, lock_wait(ds))?;
         }
         Source::StockFull { snapshot, path } => {
-            repo.dump(&snapshot, &path, &mut out, lock_wait(&ds))?;
+            repo.dump(&snapshot, &path, &mut out, lock_wait(ds))?;
         }
-        Source::Chain { .. } => {
-            return Err(input(format!(
-                "backup URL {url} names a chain of qcow2 deltas: its command is `cat` of the rebuilt image, not --stream"
-            )));
+        Source::Chain { links, disk_id } => {
+            let (dir, file) = chain::standalone(repo, ds, &links, disk_id)?;
+            let copied = std::fs::File::open(&file)
+                .and_then(|mut f| std::io::copy(&mut f, &mut out))
+                .map_err(|e| Error::io(format!("cannot read {}", file.display()), e));
+            let _ = std::fs::remove_dir_all(&dir);
+            copied?;
         }
     }
     out.flush()
-        .map_err(|e| Error::io("cannot write the image to stdout", e))
+        .map_err(|e| Error::io("cannot write the image", e))
 }
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ pub fn is_secret(name: &str) -> bool {
 impl Template {
     /// Parses the text form.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        Parser::new(text).template().map(|(t, _)| t)
+    }
+
+    /// Parses the text form and also returns the line (from 1) each attribute starts on,
+    /// so a later check of a value can name where it was written.
+    pub fn parse_with_lines(text: &str) -> Result<(Template, Vec<usize>), TemplateError> {
         Parser::new(text).template()
     }
 
@@ -255,13 +261,15 @@ impl Parser {
         }
     }
 
-    fn template(mut self) -> Result<Template, TemplateError> {
+    fn template(mut self) -> Result<(Template, Vec<usize>), TemplateError> {
         let mut template = Template::default();
+        let mut lines = Vec::new();
         loop {
             self.skip_space();
             if self.peek().is_none() {
-                return Ok(template);
+                return Ok((template, lines));
             }
+            lines.push(self.line);
             template.attributes.push(self.attribute()?);
         }
     }
@@ -450,6 +458,16 @@ A = 1 B = 2
         assert_eq!(t.attributes, expected);
         assert_eq!(t.get("ds_mad"), Some("backstop"));
         assert_eq!(t.vectors("DISK").count(), 2);
+    }
+
+    #[test]
+    fn attributes_know_their_line() {
+        let (t, lines) = Template::parse_with_lines(
+            "# c\nA = 1\n\nB = \"two\nlines\"\nC = [ X = 1,\n Y = 2 ]\n  D = 4",
+        )
+        .expect("parse");
+        assert_eq!(t.attributes.len(), 4);
+        assert_eq!(lines, [2, 4, 6, 8]);
     }
 
     #[test]
