@@ -38,6 +38,10 @@ pub struct Args {
     /// Running backups at most per host (0: unlimited).
     #[arg(long, global = true, default_value_t = 2)]
     max_backups_host: u32,
+    /// Seconds between progress log lines of a running backup when stdout is not a terminal
+    /// (on a terminal, a live line is redrawn every second).
+    #[arg(long, global = true, default_value_t = 30)]
+    progress_every: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -252,8 +256,82 @@ pub fn main(args: &Args) -> ExitCode {
 fn event_line(ev: &Event) -> String {
     match ev {
         Event::Started { vm } => format!("VM {vm}: backing up"),
+        Event::Progress {
+            vm,
+            done,
+            total,
+            elapsed_ms,
+            ..
+        } => format!(
+            "VM {vm}: {}",
+            backstop_datastore::repo::writer::progress_line(
+                *done,
+                *total,
+                std::time::Duration::from_millis(*elapsed_ms)
+            )
+        ),
         Event::Done { vm, line } => format!("VM {vm}: {line}"),
         Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
+    }
+}
+
+/// Shows a run's events: a line each; progress as one live line on a terminal, redrawn in
+/// place, or as a log line per VM every `every` otherwise.
+struct Reporter {
+    tty: bool,
+    every: std::time::Duration,
+    /// The latest progress line of each running VM.
+    live: std::collections::BTreeMap<u64, String>,
+    logged: std::collections::HashMap<u64, std::time::Instant>,
+    drawn: bool,
+}
+
+impl Reporter {
+    fn new(every: u64) -> Reporter {
+        use std::io::IsTerminal;
+        Reporter {
+            tty: std::io::stdout().is_terminal(),
+            every: std::time::Duration::from_secs(every.max(1)),
+            live: Default::default(),
+            logged: Default::default(),
+            drawn: false,
+        }
+    }
+
+    fn event(&mut self, prefix: &str, ev: &Event) {
+        let mut out = std::io::stdout().lock();
+        let line = format!("{prefix}{}", event_line(ev));
+        match ev {
+            Event::Progress { vm, .. } => {
+                if self.tty {
+                    self.live.insert(*vm, line);
+                    let all: Vec<&str> = self.live.values().map(String::as_str).collect();
+                    let _ = write!(out, "\r\x1b[K{}", all.join(" | "));
+                    let _ = out.flush();
+                    self.drawn = true;
+                } else {
+                    // The first one after `every`, then every `every`.
+                    let now = std::time::Instant::now();
+                    let first = now
+                        .checked_sub(self.every)
+                        .map_or(now, |t| t + std::time::Duration::from_millis(900));
+                    let due = self.logged.entry(*vm).or_insert(first);
+                    if now.duration_since(*due) >= self.every {
+                        *due = now;
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+            }
+            Event::Started { vm } | Event::Done { vm, .. } | Event::Failed { vm, .. } => {
+                self.live.remove(vm);
+                self.logged.remove(vm);
+                if self.drawn {
+                    let _ = write!(out, "\r\x1b[K");
+                    self.drawn = false;
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
     }
 }
 
@@ -476,8 +554,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 max_backups_host: args.max_backups_host,
                 ..Limits::default()
             };
+            let mut reporter = Reporter::new(args.progress_every);
             let (updated, failed) = engine::run_now(&env, &mut st, *id, &limits, |ev| {
-                let _ = print(&event_line(ev));
+                reporter.event("", ev);
             })?;
             print(&format!(
                 "backup job {id}: {updated} VMs backed up, {failed} in ERROR"
@@ -518,9 +597,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
             let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
+            let mut reporter = Reporter::new(args.progress_every);
             loop {
                 let ran = engine::scheduler_pass(&env, &mut st, &limits, &tz, |job, ev| {
-                    let _ = print(&format!("job {job}: {}", event_line(ev)));
+                    reporter.event(&format!("job {job}: "), ev);
                 })?;
                 if !ran.is_empty() {
                     let list: Vec<String> = ran.iter().map(u64::to_string).collect();
@@ -561,60 +641,57 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             let docs = st.vms().map_err(e)?;
             let now = jiff::Timestamp::now().as_millisecond();
             let (mut dropped, mut stopped) = (0, 0);
-            for r in st.job_vms(*id).map_err(e)? {
-                match r.state {
-                    Some(VmState::Outdated) => {
-                        dropped +=
-                            usize::from(st.clear_vm(*id, r.vm_id, VmState::Outdated).map_err(e)?);
-                    }
-                    Some(VmState::Ongoing) => {
-                        st.cancel_vm(*id, r.vm_id, now).map_err(e)?;
-                        let Some((_, _, _, doc)) = docs.iter().find(|d| d.0 == r.vm_id) else {
-                            continue;
-                        };
-                        let root = backstop_protocol::xml::Element::parse(doc)
-                            .map_err(|x| x.to_string())?;
-                        let vm = backstop_protocol::message::Vm::from_xml(&root)
-                            .map_err(|x| x.to_string())?;
-                        let Some(place) = vm.placement.clone() else {
-                            continue;
-                        };
-                        let vm_dir = format!(
-                            "{}/{}/{}",
-                            args.datastore_location.trim_end_matches('/'),
-                            place.system_ds_id.unwrap_or(0),
-                            vm.id
-                        );
-                        let action = args
-                            .remotes
-                            .join(format!("datastore/{ds_mad}/backup_cancel"));
-                        let mut child = std::process::Command::new(&action)
-                            .arg(format!("{}:{vm_dir}", place.hostname))
-                            .arg(
-                                vm.deploy_id
-                                    .clone()
-                                    .unwrap_or_else(|| format!("one-{}", vm.id)),
-                            )
-                            .stdin(std::process::Stdio::piped())
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::piped())
-                            .spawn()
-                            .map_err(|x| format!("cannot run {}: {x}", action.display()))?;
-                        if let Some(mut stdin) = child.stdin.take() {
-                            let _ = stdin.write_all(doc.as_bytes());
-                        }
-                        let out = child.wait_with_output().map_err(|x| x.to_string())?;
-                        if !out.status.success() {
-                            return Err(format!(
-                                "backup_cancel of VM {}: {}",
-                                vm.id,
-                                String::from_utf8_lossy(&out.stderr).trim()
-                            ));
-                        }
-                        stopped += 1;
-                    }
-                    _ => {}
+            // The waiting VMs go first: once a running one is stopped, the runner would
+            // otherwise start the next.
+            let rows = st.job_vms(*id).map_err(e)?;
+            for r in rows.iter().filter(|r| r.state == Some(VmState::Outdated)) {
+                dropped += usize::from(st.clear_vm(*id, r.vm_id, VmState::Outdated).map_err(e)?);
+            }
+            for r in rows.iter().filter(|r| r.state == Some(VmState::Ongoing)) {
+                st.cancel_vm(*id, r.vm_id, now).map_err(e)?;
+                let Some((_, _, _, doc)) = docs.iter().find(|d| d.0 == r.vm_id) else {
+                    continue;
+                };
+                let root =
+                    backstop_protocol::xml::Element::parse(doc).map_err(|x| x.to_string())?;
+                let vm =
+                    backstop_protocol::message::Vm::from_xml(&root).map_err(|x| x.to_string())?;
+                let Some(place) = vm.placement.clone() else {
+                    continue;
+                };
+                let vm_dir = format!(
+                    "{}/{}/{}",
+                    args.datastore_location.trim_end_matches('/'),
+                    place.system_ds_id.unwrap_or(0),
+                    vm.id
+                );
+                let action = args
+                    .remotes
+                    .join(format!("datastore/{ds_mad}/backup_cancel"));
+                let mut child = std::process::Command::new(&action)
+                    .arg(format!("{}:{vm_dir}", place.hostname))
+                    .arg(
+                        vm.deploy_id
+                            .clone()
+                            .unwrap_or_else(|| format!("one-{}", vm.id)),
+                    )
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|x| format!("cannot run {}: {x}", action.display()))?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(doc.as_bytes());
                 }
+                let out = child.wait_with_output().map_err(|x| x.to_string())?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "backup_cancel of VM {}: {}",
+                        vm.id,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                stopped += 1;
             }
             print(&format!(
                 "backup job {id}: {dropped} VMs dropped from the run, {stopped} running backups stopped"

@@ -14,9 +14,26 @@ use std::sync::mpsc;
 /// What happened, for the caller to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Started { vm: u64 },
-    Done { vm: u64, line: String },
-    Failed { vm: u64, reason: String },
+    Started {
+        vm: u64,
+    },
+    /// A running backup's progress (backstop's datastore reports it; others do not): image
+    /// positions settled of the total, bytes read, since the VM's backup started.
+    Progress {
+        vm: u64,
+        done: u64,
+        total: u64,
+        read: u64,
+        elapsed_ms: u64,
+    },
+    Done {
+        vm: u64,
+        line: String,
+    },
+    Failed {
+        vm: u64,
+        reason: String,
+    },
 }
 
 fn now() -> i64 {
@@ -32,6 +49,44 @@ fn host_of(doc: &str) -> Option<String> {
     let root = backstop_protocol::xml::Element::parse(doc).ok()?;
     let vm = backstop_protocol::message::Vm::from_xml(&root).ok()?;
     vm.placement.map(|p| p.hostname)
+}
+
+/// How often running backups' progress is read.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A private directory for the progress files of one run, removed when the run ends.
+struct ProgressDir(std::path::PathBuf);
+
+impl ProgressDir {
+    /// None when no directory can be made: the run goes on without progress.
+    fn new(job_id: u64) -> Option<ProgressDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir =
+            std::env::temp_dir().join(format!("backstop-progress-{}-{job_id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .ok()
+            .map(|()| ProgressDir(dir))
+    }
+
+    fn file(&self, vm: u64) -> std::path::PathBuf {
+        self.0.join(format!("vm-{vm}"))
+    }
+
+    /// (done, total, read) as the backup action last wrote it.
+    fn read(&self, vm: u64) -> Option<(u64, u64, u64)> {
+        let text = std::fs::read_to_string(self.file(vm)).ok()?;
+        let mut n = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+        Some((n.next()??, n.next()??, n.next()??))
+    }
+}
+
+impl Drop for ProgressDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs job `job_id` to the end. Returns how many VMs ended UPDATED and how many in ERROR.
@@ -140,6 +195,8 @@ pub fn run_now(
 
     let (tx, rx) = mpsc::channel::<(u64, ChainPointers, Result<runner::ChainResult, String>)>();
     let mut running = 0usize;
+    let progress_dir = ProgressDir::new(job_id);
+    let mut started: HashMap<u64, std::time::Instant> = HashMap::new();
     let (mut updated, mut failed) = (0usize, 0usize);
     std::thread::scope(|scope| -> Result<(), String> {
         loop {
@@ -169,7 +226,9 @@ pub fn run_now(
                 let doc = docs.get(&vm).cloned().unwrap_or_default();
                 let (tx, env, cfg, ds) = (tx.clone(), env.clone(), cfg.clone(), ds.clone());
                 let file = state.file().to_path_buf();
+                let progress = progress_dir.as_ref().map(|d| d.file(vm));
                 on_event(&Event::Started { vm });
+                started.insert(vm, std::time::Instant::now());
                 running += 1;
                 scope.spawn(move || {
                     // Cancelled when `backupjob cancel` took the VM out of ONGOING.
@@ -181,17 +240,43 @@ pub fn run_now(
                                     .any(|r| r.vm_id == vm && r.state != Some(VmState::Ongoing))
                             })
                     };
-                    let r = runner::run_chain(&env, &doc, &cfg, &ds, chain, &cancelled);
+                    let r = runner::run_chain(
+                        &env,
+                        &doc,
+                        &cfg,
+                        &ds,
+                        chain,
+                        &cancelled,
+                        progress.as_deref(),
+                    );
                     let _ = tx.send((vm, chain, r));
                 });
             }
             if running == 0 {
                 return Ok(());
             }
-            let Ok((vm, _chain, result)) = rx.recv() else {
-                return Ok(());
+            let (vm, _chain, result) = match rx.recv_timeout(PROGRESS_EVERY) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(dir) = &progress_dir {
+                        for (vm, since) in &started {
+                            if let Some((done, total, read)) = dir.read(*vm) {
+                                on_event(&Event::Progress {
+                                    vm: *vm,
+                                    done,
+                                    total,
+                                    read,
+                                    elapsed_ms: since.elapsed().as_millis() as u64,
+                                });
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             };
             running -= 1;
+            started.remove(&vm);
             let t = now();
             let outcome = result.and_then(|r| runner::record(env, state, &cfg, &ds, r, t));
             match outcome {

@@ -157,7 +157,21 @@ pub fn backup_disks(vm: &backstop_protocol::message::Vm, cfg: &JobConfig) -> Vec
 
 /// Runs an action file with argv and stdin; (success, stdout, stderr).
 fn action(path: &Path, args: &[String], stdin: &[u8]) -> Result<(bool, String, String), String> {
-    let mut child = Command::new(path)
+    action_with(path, args, stdin, None)
+}
+
+/// [`action`], with the progress file for a backup action.
+fn action_with(
+    path: &Path,
+    args: &[String],
+    stdin: &[u8],
+    progress: Option<&Path>,
+) -> Result<(bool, String, String), String> {
+    let mut cmd = Command::new(path);
+    if let Some(p) = progress {
+        cmd.env(PROGRESS_ENV, p);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -177,6 +191,10 @@ fn action(path: &Path, args: &[String], stdin: &[u8]) -> Result<(bool, String, S
     ))
 }
 
+/// The environment variable that asks backstop's backup action for progress (it names the
+/// file the action keeps `<done> <total> <read>` in); other drivers ignore it.
+pub use backstop_datastore::actions::backup::PROGRESS_ENV;
+
 /// The last stderr line that is not a log line: the failure oned would show.
 fn reason(stderr: &str) -> String {
     stderr
@@ -191,7 +209,8 @@ fn reason(stderr: &str) -> String {
 /// prebackup, backup, postbackup for one VM. The backup id and size on success, the failed
 /// step's message otherwise (postbackup has then run with BACKUP_RESULT=FAILURE). `cancelled`
 /// is asked between prebackup and backup; a backup already running is stopped by the
-/// datastore's backup_cancel.
+/// datastore's backup_cancel. With `progress`, the backup action keeps its progress in that
+/// file.
 pub fn run_chain(
     env: &Env,
     vm_doc: &str,
@@ -199,6 +218,7 @@ pub fn run_chain(
     ds: &BackupDatastore,
     chain: ChainPointers,
     cancelled: &dyn Fn() -> bool,
+    progress: Option<&Path>,
 ) -> Result<ChainResult, String> {
     let root = backstop_protocol::xml::Element::parse(vm_doc)
         .map_err(|e| format!("the VM document is not XML: {e}"))?;
@@ -260,7 +280,7 @@ pub fn run_chain(
         ds.document
     );
     let backup = env.remotes.join(format!("datastore/{}/backup", ds.ds_mad));
-    let (ok, out, err) = action(&backup, &args, ds_stdin.as_bytes())?;
+    let (ok, out, err) = action_with(&backup, &args, ds_stdin.as_bytes(), progress)?;
     if !ok {
         post(true);
         return Err(reason(&err));

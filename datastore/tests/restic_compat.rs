@@ -318,8 +318,14 @@ fn a_mostly_unallocated_gib_stores_only_its_data() {
             parent_path: None,
         },
     }];
-    let result = writer::backup(&repo, &files, &BackupOptions::default()).expect("backup");
+    let options = BackupOptions::default();
+    let result = writer::backup(&repo, &files, &options).expect("backup");
     let s = &result.files[0].1;
+    assert_eq!(
+        options.progress.get(),
+        (1024 * CHUNK_SIZE, 1024 * CHUNK_SIZE, 103 * CHUNK_SIZE),
+        "progress: every position settled, only the data read"
+    );
     assert_eq!(s.chunks, 1024);
     assert_eq!(s.hashed_chunks, 103, "only the chunks with data are hashed");
     assert_eq!(

@@ -56,6 +56,9 @@ enum Command {
         /// OpenNebula client configuration for the SFTP connection.
         #[arg(long)]
         ssh_config: Option<PathBuf>,
+        /// Report progress lines on stderr every second.
+        #[arg(long)]
+        progress: bool,
         /// The backup action's six arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -99,8 +102,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::HostBackup {
             staging,
             ssh_config,
+            progress,
             args,
-        } => run::host_backup(&staging, ssh_config, &args),
+        } => run::host_backup(&staging, ssh_config, progress, &args),
         Command::HostTm {
             action,
             staging,

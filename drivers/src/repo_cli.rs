@@ -315,7 +315,41 @@ fn run(args: &Args) -> Result<(), String> {
             if let Some(h) = host {
                 options.hostname = h.clone();
             }
-            let result = writer::backup(&repo, &files, &options).map_err(|e| e.to_string())?;
+            // A live progress line on a terminal (stderr), redrawn every second.
+            let live = {
+                use std::io::IsTerminal;
+                std::io::stderr().is_terminal()
+            };
+            let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let result = std::thread::scope(|s| {
+                if live {
+                    let (progress, finished) = (options.progress.clone(), finished.clone());
+                    s.spawn(move || {
+                        use std::io::Write;
+                        let begun = std::time::Instant::now();
+                        let mut last = begun;
+                        let mut drawn = false;
+                        while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            if last.elapsed() < std::time::Duration::from_secs(1) {
+                                continue;
+                            }
+                            last = std::time::Instant::now();
+                            let (done, total, _) = progress.get();
+                            let line = writer::progress_line(done, total, begun.elapsed());
+                            let _ = write!(std::io::stderr(), "\r\x1b[K{line}");
+                            drawn = true;
+                        }
+                        if drawn {
+                            let _ = write!(std::io::stderr(), "\r\x1b[K");
+                        }
+                    });
+                }
+                let r = writer::backup(&repo, &files, &options);
+                finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                r
+            })
+            .map_err(|e| e.to_string())?;
             let secs = started.elapsed().as_secs_f64();
             let t = &result.total;
             if let Some(reason) = &t.full_reason {

@@ -18,12 +18,12 @@ use backstop_protocol::output::{self, Answer};
 use backstop_protocol::url::{BackupUrl, UrlError};
 use serde::Serialize;
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// oned's largest messages (a VM with many disks and a long history) are well under a MiB.
 const MAX_STDIN: u64 = 64 * 1024 * 1024;
@@ -513,7 +513,16 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
 
 /// `backstop host-backup`: the host step of `backup` (see backstop_datastore::actions::backup).
 /// Prints one JSON line with the snapshot id and size.
-pub fn host_backup(staging: &Path, ssh_config: Option<PathBuf>, args: &[String]) -> ExitCode {
+/// `host-backup`: the datastore backup's host step. With `progress`, a line
+/// `backstop-progress <done> <total> <read>` goes to stderr every second while it runs (the
+/// front-end's backup action passes them on to the job runner and keeps them out of its own
+/// stderr).
+pub fn host_backup(
+    staging: &Path,
+    ssh_config: Option<PathBuf>,
+    progress: bool,
+    args: &[String],
+) -> ExitCode {
     const NAME: &str = "host-backup";
     set_current_action(NAME);
     backstop_datastore::repo::nbd::reap_stale_exports();
@@ -531,8 +540,34 @@ pub fn host_backup(staging: &Path, ssh_config: Option<PathBuf>, args: &[String])
             run_dir: PathBuf::new(),
             tm_delivery: Default::default(),
         };
-        let outcome = backup::host_run(&args, &request, staging, &cfg, &cancel)?;
-        serde_json::to_string(&outcome).map_err(|e| DriverError::Other(e.to_string()))
+        let counters = Arc::new(backstop_datastore::repo::writer::Progress::default());
+        let finished = Arc::new(AtomicBool::new(false));
+        let reporter = progress.then(|| {
+            let (counters, finished) = (counters.clone(), finished.clone());
+            std::thread::spawn(move || {
+                let mut last = None;
+                while !finished.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    let now = counters.get();
+                    if last != Some(now) && now.1 > 0 {
+                        let (done, total, read) = now;
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "{} {done} {total} {read}",
+                            backup::PROGRESS_PREFIX
+                        );
+                        last = Some(now);
+                        std::thread::sleep(std::time::Duration::from_millis(750));
+                    }
+                }
+            })
+        });
+        let outcome = backup::host_run(&args, &request, staging, &cfg, &cancel, &counters);
+        finished.store(true, Ordering::SeqCst);
+        if let Some(r) = reporter {
+            let _ = r.join();
+        }
+        serde_json::to_string(&outcome?).map_err(|e| DriverError::Other(e.to_string()))
     })();
     match result {
         Ok(line) => {

@@ -115,7 +115,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
             image_id: image,
             last_increment: last,
         };
-        let result = runner::run_chain(&env, &doc, &cfg, &ds, chain, &|| false)
+        let result = runner::run_chain(&env, &doc, &cfg, &ds, chain, &|| false, None)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let out = runner::record(&env, &mut state, &cfg, &ds, result, 1000 + round as i64)
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -149,8 +149,16 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
     let down = doc
         .replace("<ID>22</ID>", "<ID>23</ID>")
         .replace("<HOSTNAME>hv1</HOSTNAME>", "<HOSTNAME>down</HOSTNAME>");
-    let e = runner::run_chain(&env, &down, &cfg, &ds, ChainPointers::default(), &|| false)
-        .expect_err("the host is down");
+    let e = runner::run_chain(
+        &env,
+        &down,
+        &cfg,
+        &ds,
+        ChainPointers::default(),
+        &|| false,
+        None,
+    )
+    .expect_err("the host is down");
     assert!(
         e.contains("prebackup of VM 23 on down") && e.contains("127.0.0.9"),
         "{e}"
@@ -732,7 +740,7 @@ fn cancel_stops_a_running_job() {
     )
     .expect("job");
     let state = work.join("state.db");
-    let common = cli_prefix(&cloud, &state, &[]);
+    let common = cli_prefix(&cloud, &state, &["--progress-every", "1"]);
     let bj = |args: &[&str]| run_cli(&common, args);
     let file = |n: &str| work.join(n).display().to_string();
     bj(&["datastore", "create", &file("ds.tmpl")]);
@@ -750,6 +758,20 @@ fn cancel_stops_a_running_job() {
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
     let first = lines.next().expect("a line").expect("read");
     assert_eq!(first, "VM 22: backing up");
+    // Progress log lines (stdout is not a terminal), from the host step through the backup
+    // action: positions settled of the disks' 72 MiB, the rate and an ETA.
+    let progress = lines.next().expect("a progress line").expect("read");
+    let rest = progress
+        .strip_prefix("VM 22: ")
+        .and_then(|r| r.split_once(" MiB of 72 MiB ("))
+        .filter(|(done, _)| done.parse::<u64>().is_ok())
+        .and_then(|(_, r)| r.split_once(" %), "))
+        .and_then(|(_, r)| r.split_once(" MB/s, ETA "));
+    assert!(
+        rest.is_some_and(|(rate, eta)| rate.parse::<f64>().is_ok()
+            && (eta == "-" || eta.split(':').count() == 3)),
+        "{progress:?}"
+    );
     // Into the throttled upload.
     let pid_file = cloud.dir.path().join(format!("fe/run/backup-{VM}.pid"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -762,6 +784,11 @@ fn cancel_stops_a_running_job() {
     }
     std::thread::sleep(std::time::Duration::from_secs(2));
     let out = bj(&["cancel", "1"]);
+    if !out.stdout.starts_with("backup job 1: 1 VMs dropped") {
+        let _ = runner.kill();
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        panic!("{out:?} {progress:?} {rest:?}");
+    }
     assert_eq!(
         out.stdout, "backup job 1: 1 VMs dropped from the run, 1 running backups stopped\n",
         "{out:?}"

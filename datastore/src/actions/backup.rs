@@ -276,6 +276,13 @@ pub fn run(
         remote.push("--ssh-config".into());
         remote.push(c.display().to_string());
     }
+    // The job runner asks for progress through the environment; oned never does.
+    let progress = std::env::var_os(PROGRESS_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if progress.is_some() {
+        remote.push("--progress".into());
+    }
     remote.push("--".into());
     remote.push(format!("{}:{}", args.host_dir.host, args.host_dir.vm_dir));
     remote.push(
@@ -296,7 +303,8 @@ pub fn run(
         line.join(" ")
     );
 
-    let (status, stdout, stderr) = remote_call(cfg, &host, &line, raw_xml, cancel)?;
+    let (status, stdout, stderr) =
+        remote_call_with(cfg, &host, &line, raw_xml, cancel, progress.as_deref())?;
     if cancel.load(Ordering::SeqCst) {
         return Err(Error::new(
             ErrorKind::Cancelled,
@@ -337,6 +345,26 @@ pub fn remote_call(
     request: &[u8],
     cancel: &Arc<AtomicBool>,
 ) -> Result<(std::process::ExitStatus, String, String), Error> {
+    remote_call_with(cfg, host, line, request, cancel, None)
+}
+
+/// The prefix of the host step's progress lines on stderr (`--progress`).
+pub const PROGRESS_PREFIX: &str = "backstop-progress";
+
+/// Set by the job runner for the backup action: a file the action keeps the host step's latest
+/// progress in (`<done> <total> <read>`, bytes), replaced atomically.
+pub const PROGRESS_ENV: &str = "BACKSTOP_PROGRESS_FILE";
+
+/// [`remote_call`]; with `progress`, the host's progress lines are taken out of its stderr and
+/// the latest is kept in that file.
+pub fn remote_call_with(
+    cfg: &DriverConfig,
+    host: &str,
+    line: &str,
+    request: &[u8],
+    cancel: &Arc<AtomicBool>,
+    progress: Option<&Path>,
+) -> Result<(std::process::ExitStatus, String, String), Error> {
     let mut child = ssh_command(cfg, host)
         .arg(line)
         .stdin(Stdio::piped())
@@ -353,7 +381,13 @@ pub fn remote_call(
             .and_then(|()| s.flush());
     }
     let out = child.stdout.take().map(collect);
-    let err = child.stderr.take().map(collect);
+    let err = match progress {
+        None => child.stderr.take().map(collect),
+        Some(file) => child
+            .stderr
+            .take()
+            .map(|r| collect_progress(r, file.to_path_buf())),
+    };
 
     let mut cancelled_at: Option<Instant> = None;
     let status = loop {
@@ -381,6 +415,35 @@ pub fn remote_call(
     let stdout = out.map(join).unwrap_or_default();
     let stderr = err.map(join).unwrap_or_default();
     Ok((status, stdout, stderr))
+}
+
+/// Collects stderr but for the progress lines, whose latest it writes to `file` (a temporary
+/// name, then a rename, so a reader never sees half a line).
+fn collect_progress(
+    r: impl Read + Send + 'static,
+    file: PathBuf,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let tmp = file.with_extension("partial");
+        let mut kept = String::new();
+        for line in std::io::BufReader::new(r).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line);
+            match text.strip_prefix(PROGRESS_PREFIX) {
+                Some(rest) => {
+                    if std::fs::write(&tmp, rest.trim().as_bytes()).is_ok() {
+                        let _ = std::fs::rename(&tmp, &file);
+                    }
+                }
+                None => {
+                    kept.push_str(&text);
+                    kept.push('\n');
+                }
+            }
+        }
+        kept
+    })
 }
 
 fn collect(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
@@ -503,6 +566,7 @@ pub fn host_run(
     staging: &Path,
     cfg: &DriverConfig,
     cancel: &Arc<AtomicBool>,
+    progress: &Arc<crate::repo::writer::Progress>,
 ) -> Result<HostOutcome, Error> {
     let entries = std::fs::read_dir(staging).map_err(|e| {
         Error::io(
@@ -850,6 +914,7 @@ pub fn host_run(
         parent: parent.as_ref().map(|(id, _)| *id),
         retry_lock: crate::actions::lock_wait(ds).0,
         cancel: cancel.clone(),
+        progress: progress.clone(),
         ..BackupOptions::default()
     };
     let result = writer::backup(&repo, &files, &options)?;

@@ -16,7 +16,7 @@ use crate::{Error, ErrorKind};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Packs are closed once they reach this size (restic's default target).
@@ -71,6 +71,55 @@ pub struct BackupOptions {
     /// Set it to stop the backup: reading stops, no snapshot is written, the packs already
     /// written stay unreferenced until a prune (the repository stays consistent).
     pub cancel: Arc<AtomicBool>,
+    /// Filled in as the backup goes, for a progress display.
+    pub progress: Arc<Progress>,
+}
+
+/// Where a backup is: image positions settled (reused, zero or read) out of the images' total
+/// size, and the bytes actually read. Updated by the backup, read by anyone.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+    pub read: AtomicU64,
+}
+
+impl Progress {
+    /// (done, total, read).
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+            self.read.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A progress line: `1.2 GiB of 4.0 GiB (30 %), 85.3 MB/s, ETA 0:00:35`. The rate is of
+/// positions settled (reused and zero chunks count as they are settled, which is at once).
+pub fn progress_line(done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    let gib = |b: u64| {
+        if b >= 1 << 30 {
+            format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
+        } else {
+            format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20))
+        }
+    };
+    let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    let eta = if rate > 0.0 && done < total {
+        let left = ((total - done) as f64 / rate).round() as u64;
+        format!("{}:{:02}:{:02}", left / 3600, left / 60 % 60, left % 60)
+    } else {
+        "-".to_string()
+    };
+    format!(
+        "{} of {} ({pct} %), {:.1} MB/s, ETA {eta}",
+        gib(done),
+        gib(total),
+        rate / 1e6
+    )
 }
 
 impl Default for BackupOptions {
@@ -85,6 +134,7 @@ impl Default for BackupOptions {
                 .unwrap_or(2),
             retry_lock: std::time::Duration::ZERO,
             cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::default()),
         }
     }
 }
@@ -157,6 +207,7 @@ struct Shared<'a> {
     abort: AtomicBool,
     /// Set from outside to stop (see [`BackupOptions::cancel`]).
     cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 }
 
 impl Shared<'_> {
@@ -441,7 +492,13 @@ fn backup_image(
 
     let mut content = vec![RepoId::default(); n];
     let mut reads = Vec::new();
+    let progress = &shared.progress;
     for (i, p) in plan.iter().enumerate() {
+        if *p != ChunkPlan::Read {
+            progress
+                .done
+                .fetch_add(image::chunk_range(i, size).length, Ordering::Relaxed);
+        }
         match p {
             ChunkPlan::Reuse => {
                 content[i] = parent_content.map(|pc| pc[i]).unwrap_or_default();
@@ -527,6 +584,8 @@ fn backup_image(
             match r {
                 Ok((i, len, outcome)) => {
                     stats.bytes_read += len as u64;
+                    progress.done.fetch_add(len as u64, Ordering::Relaxed);
+                    progress.read.fetch_add(len as u64, Ordering::Relaxed);
                     match outcome {
                         Outcome::Zero => {
                             stats.zero_chunks += 1;
@@ -713,7 +772,16 @@ pub fn backup(
         level,
         abort: AtomicBool::new(false),
         cancel: options.cancel.clone(),
+        progress: options.progress.clone(),
     };
+    let total: u64 = files
+        .iter()
+        .map(|f| match &f.content {
+            Content::Image { source, .. } => source.size(),
+            Content::Bytes(_) => 0,
+        })
+        .sum();
+    options.progress.total.store(total, Ordering::Relaxed);
     let time = jiff::Timestamp::now().to_string();
     let mut per_file = Vec::new();
     let mut root = DirBuilder::default();
@@ -856,4 +924,36 @@ pub fn backup(
         total,
         files: per_file,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+    use std::time::Duration;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            progress_line(1 << 30, 4 << 30, Duration::from_secs(10)),
+            "1.0 GiB of 4.0 GiB (25 %), 107.4 MB/s, ETA 0:00:30"
+        );
+        assert_eq!(
+            progress_line(0, 512 << 20, Duration::ZERO),
+            "0 MiB of 512 MiB (0 %), 0.0 MB/s, ETA -"
+        );
+        assert_eq!(
+            progress_line(3 << 30, 3 << 30, Duration::from_secs(3)),
+            "3.0 GiB of 3.0 GiB (100 %), 1073.7 MB/s, ETA -"
+        );
+        // Hours.
+        assert!(
+            progress_line(1 << 20, 10 << 30, Duration::from_secs(1)).ends_with("ETA 2:50:39"),
+            "{}",
+            progress_line(1 << 20, 10 << 30, Duration::from_secs(1))
+        );
+        assert_eq!(
+            progress_line(0, 0, Duration::ZERO),
+            "0 MiB of 0 MiB (100 %), 0.0 MB/s, ETA -"
+        );
+    }
 }
