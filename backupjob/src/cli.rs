@@ -271,6 +271,7 @@ fn event_line(ev: &Event) -> String {
             )
         ),
         Event::Done { vm, line } => format!("VM {vm}: {line}"),
+        Event::Settled { vm, line } => format!("VM {vm}: {line}"),
         Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
     }
 }
@@ -322,7 +323,10 @@ impl Reporter {
                     }
                 }
             }
-            Event::Started { vm } | Event::Done { vm, .. } | Event::Failed { vm, .. } => {
+            Event::Started { vm }
+            | Event::Done { vm, .. }
+            | Event::Settled { vm, .. }
+            | Event::Failed { vm, .. } => {
                 self.live.remove(vm);
                 self.logged.remove(vm);
                 if self.drawn {

@@ -30,6 +30,11 @@ pub enum Event {
         vm: u64,
         line: String,
     },
+    /// A VM a killed runner left ONGOING, settled by what really happened.
+    Settled {
+        vm: u64,
+        line: String,
+    },
     Failed {
         vm: u64,
         reason: String,
@@ -51,6 +56,179 @@ fn host_of(doc: &str) -> Option<String> {
     vm.placement.map(|p| p.hostname)
 }
 
+/// What a job's run needs from the state: its template, datastore and VM documents.
+struct JobContext {
+    priority: u8,
+    job: JobTemplate,
+    ds: runner::BackupDatastore,
+    cfg: runner::JobConfig,
+    docs: HashMap<u64, String>,
+}
+
+impl JobContext {
+    fn load(env: &Env, state: &State, job_id: u64) -> Result<JobContext, String> {
+        let st = |e: crate::state::StateError| e.to_string();
+        let (_, _, priority, template) = state
+            .jobs()
+            .map_err(st)?
+            .into_iter()
+            .find(|j| j.0 == job_id)
+            .ok_or_else(|| format!("there is no backup job {job_id}"))?;
+        let job = JobTemplate::parse(&template).map_err(|e| format!("backup job {job_id}: {e}"))?;
+        let (_, _, ds_template) = state
+            .datastores()
+            .map_err(st)?
+            .into_iter()
+            .find(|d| d.0 == job.datastore_id)
+            .ok_or_else(|| {
+                format!(
+                    "backup job {job_id}: there is no datastore {}",
+                    job.datastore_id
+                )
+            })?;
+        let (_, ds) = model::datastore(job.datastore_id, &ds_template, &env.datastore_location)
+            .map_err(|e| format!("datastore {}: {e}", job.datastore_id))?;
+        let cfg = job.config(job_id);
+        let docs: HashMap<u64, String> = state
+            .vms()
+            .map_err(st)?
+            .into_iter()
+            .map(|(id, _, _, doc)| (id, doc))
+            .collect();
+        Ok(JobContext {
+            priority,
+            job,
+            ds,
+            cfg,
+            docs,
+        })
+    }
+}
+
+/// What an orphaned backup (its runner killed) really did.
+enum Settlement {
+    /// The backup action is still running: left ONGOING, settled by a later pass.
+    Running,
+    /// It finished: its snapshot was found in the repository and recorded.
+    Recorded(runner::Outcome),
+    /// No backup of it is in the repository: it runs again.
+    NotDone,
+}
+
+/// Settles the VMs a killed runner left ONGOING by what really happened. A backup action
+/// still running is left alone. A backup that finished (its snapshot is in the job's
+/// repository but not in the records) is recorded as the run would have recorded it, KEEP_LAST
+/// included, the TM postbackup runs as after a success, and the VM is UPDATED. Otherwise the
+/// postbackup runs as after a failure (cleaning the host) and the VM goes back to OUTDATED to
+/// run again. A check that fails (an unreachable repository) also sends it back to OUTDATED.
+pub fn reconcile(
+    env: &Env,
+    state: &mut State,
+    on_event: &mut impl FnMut(u64, &Event),
+) -> Result<usize, String> {
+    let st = |e: crate::state::StateError| e.to_string();
+    let orphans = state
+        .orphans(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .map_err(st)?;
+    let mut settled = 0;
+    for (job_id, vm, since_ms) in orphans {
+        let (to, line) = match settle(env, state, job_id, vm, since_ms) {
+            Ok(Settlement::Running) => continue,
+            Ok(Settlement::Recorded(o)) => (
+                VmState::Updated,
+                format!(
+                    "the interrupted run's backup {} was found in the repository and recorded as increment {} of image {}",
+                    o.backup_id, o.increment_id, o.image_id
+                ),
+            ),
+            Ok(Settlement::NotDone) => (
+                VmState::Outdated,
+                "the interrupted run left no backup; it runs again".to_string(),
+            ),
+            Err(e) => (
+                VmState::Outdated,
+                format!("cannot tell what the interrupted run did ({e}); it runs again"),
+            ),
+        };
+        if state
+            .move_vm(job_id, vm, Some(VmState::Ongoing), to, None, now_ms())
+            .map_err(st)?
+        {
+            settled += 1;
+            on_event(job_id, &Event::Settled { vm, line });
+        }
+    }
+    Ok(settled)
+}
+
+fn settle(
+    env: &Env,
+    state: &mut State,
+    job_id: u64,
+    vm: u64,
+    since_ms: i64,
+) -> Result<Settlement, String> {
+    let ctx = JobContext::load(env, state, job_id)?;
+    let dcfg =
+        backstop_datastore::config::DriverConfig::load(&env.remotes).map_err(|e| e.to_string())?;
+    if backstop_datastore::actions::backup::backup_running(&dcfg, vm) {
+        return Ok(Settlement::Running);
+    }
+    let doc = ctx
+        .docs
+        .get(&vm)
+        .ok_or_else(|| format!("VM {vm} is not registered"))?;
+    let st = |e: crate::state::StateError| e.to_string();
+    let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id).map_err(st)?;
+    let chain = ChainPointers {
+        image_id: image,
+        last_increment: last,
+    };
+    let call = runner::ChainCall::new(env, doc, &ctx.cfg, &ctx.ds, chain)?;
+    let root =
+        backstop_protocol::xml::Element::parse(&ctx.ds.document).map_err(|e| e.to_string())?;
+    let ds = backstop_protocol::message::Datastore::from_xml(&root).map_err(|e| e.to_string())?;
+    let mut recorded = Vec::new();
+    for i in state.images_of(vm, Some(job_id), ctx.ds.id).map_err(st)? {
+        recorded.extend(
+            state
+                .image(i)
+                .map_err(st)?
+                .increments
+                .into_iter()
+                .map(|n| n.source),
+        );
+    }
+    // The snapshot's time is the host's clock: allow for some skew.
+    let since =
+        jiff::Timestamp::from_millisecond(since_ms - CLOCK_SKEW_MS).map_err(|e| e.to_string())?;
+    let found = backstop_datastore::actions::backup::unrecorded_backup(
+        &ds,
+        Some(job_id),
+        vm,
+        since,
+        &recorded,
+        &dcfg,
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(found) = found else {
+        call.postbackup(true);
+        return Ok(Settlement::NotDone);
+    };
+    call.postbackup(false);
+    let result = runner::ChainResult {
+        vm_id: vm,
+        backup_id: found.id.chars().take(8).collect(),
+        size_mb: found.size_bytes / (1024 * 1024),
+        new_chain: call.new_chain,
+        chain,
+    };
+    runner::record(env, state, &ctx.cfg, &ctx.ds, result, now()).map(Settlement::Recorded)
+}
+
+/// How far the hypervisor's clock (which stamps the snapshot) may be behind the runner's.
+const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
 /// How often running backups' progress is read.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -58,11 +236,27 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 struct ProgressDir(std::path::PathBuf);
 
 impl ProgressDir {
-    /// None when no directory can be made: the run goes on without progress.
+    /// None when no directory can be made: the run goes on without progress. Directories a
+    /// killed runner left are removed.
     fn new(job_id: u64) -> Option<ProgressDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir =
-            std::env::temp_dir().join(format!("backstop-progress-{}-{job_id}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name
+                    .strip_prefix("backstop-progress-")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("backstop-progress-{}-{job_id}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -103,33 +297,14 @@ pub fn run_now(
             "backup job {job_id} is locked (backupjob unlock {job_id})"
         ));
     }
-    let (_, _, priority, template) = state
-        .jobs()
-        .map_err(st)?
-        .into_iter()
-        .find(|j| j.0 == job_id)
-        .ok_or_else(|| format!("there is no backup job {job_id}"))?;
-    let job = JobTemplate::parse(&template).map_err(|e| format!("backup job {job_id}: {e}"))?;
-    let (_, _, ds_template) = state
-        .datastores()
-        .map_err(st)?
-        .into_iter()
-        .find(|d| d.0 == job.datastore_id)
-        .ok_or_else(|| {
-            format!(
-                "backup job {job_id}: there is no datastore {}",
-                job.datastore_id
-            )
-        })?;
-    let (_, ds) = model::datastore(job.datastore_id, &ds_template, &env.datastore_location)
-        .map_err(|e| format!("datastore {}: {e}", job.datastore_id))?;
-    let cfg = job.config(job_id);
-    let docs: HashMap<u64, String> = state
-        .vms()
-        .map_err(st)?
-        .into_iter()
-        .map(|(id, _, _, doc)| (id, doc))
-        .collect();
+    reconcile(env, state, &mut |_, e: &Event| on_event(e))?;
+    let JobContext {
+        priority,
+        job,
+        ds,
+        cfg,
+        docs,
+    } = JobContext::load(env, state, job_id)?;
 
     let view = |state: &State| -> Result<(JobView, HashMap<u64, VmView>), String> {
         let rows = state.job_vms(job_id).map_err(st)?;
@@ -339,13 +514,9 @@ pub fn scheduler_pass(
 ) -> Result<Vec<u64>, String> {
     let st = |e: crate::state::StateError| e.to_string();
     let t = now();
-    state
-        .reconcile(
-            now_ms(),
-            |pid| std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            |_, _| None,
-        )
-        .map_err(st)?;
+    // Settled before the due jobs are chosen: a VM that goes back to OUTDATED makes its job
+    // run.
+    reconcile(env, state, &mut on_event)?;
     let mut jobs = state.jobs().map_err(st)?;
     jobs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
     let mut ran = Vec::new();

@@ -4,16 +4,17 @@
 //! (priority, SEQUENTIAL/PARALLEL, limits, scheduled actions), SQLite state and the `backupjob`
 //! command line.
 //!
-//! Written so far: the scheduling tick and a job's run as pure functions ([`scheduler`]), and
-//! the SCHED_ACTION arithmetic ([`schedule`]).
-//! The state store ([`state`]: SQLite, migrations, compare-and-set moves, reconciliation),
-//! the execution of one VM's backup through the installed actions with KEEP_LAST
-//! ([`runner`]), job templates ([`model`]), running a job now within the limits ([`engine`])
-//! a scheduler pass and daemon over the scheduled actions ([`engine::scheduler_pass`]) and a
-//! first command line ([`cli`]: datastore, vm, create, list, show, backup, retry, cancel,
-//! update, priority, rename, lock, unlock, delete, sched-add, sched-delete, image list,
-//! scheduler). Not written yet: sched-update, image show/restore, progress with MB/s and ETA,
-//! several jobs at once in the scheduler.
+//! - [`scheduler`]: the scheduling tick and a job's run as pure functions;
+//! - [`schedule`]: the SCHED_ACTION arithmetic;
+//! - [`state`]: SQLite, migrations, compare-and-set moves, orphaned VMs;
+//! - [`runner`]: one VM's backup chain through the installed actions, recorded, KEEP_LAST;
+//! - [`model`]: job and datastore templates, validated with line numbers;
+//! - [`engine`]: a job's run within the limits, with progress, the scheduler pass, and the
+//!   reconciliation of what a killed runner left ONGOING with the repository;
+//! - [`cli`]: the `backupjob` command line.
+//!
+//! Not written yet: several jobs at once in one scheduler pass (jobs run one after the other,
+//! highest priority first).
 
 pub mod cli;
 pub mod engine;

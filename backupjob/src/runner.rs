@@ -220,72 +220,28 @@ pub fn run_chain(
     cancelled: &dyn Fn() -> bool,
     progress: Option<&Path>,
 ) -> Result<ChainResult, String> {
-    let root = backstop_protocol::xml::Element::parse(vm_doc)
-        .map_err(|e| format!("the VM document is not XML: {e}"))?;
-    let vm = backstop_protocol::message::Vm::from_xml(&root)
-        .map_err(|e| format!("the VM document: {e}"))?;
-    let place = vm
-        .placement
-        .clone()
-        .ok_or_else(|| format!("VM {} was never deployed (no HISTORY)", vm.id))?;
-    let sys_ds = place
-        .system_ds_id
-        .ok_or_else(|| format!("VM {}: its HISTORY has no DS_ID", vm.id))?;
-    let tm_mad = place.tm_mad.clone().unwrap_or_else(|| "ssh".into());
-    let live = vm.lcm_state == Some(3) || vm.state == Some(3);
-    let vm_dir = format!(
-        "{}/{sys_ds}/{}",
-        env.datastore_location.trim_end_matches('/'),
-        vm.id
-    );
-    let disks = backup_disks(&vm, cfg);
-    if disks.is_empty() {
-        return Err(format!("VM {} has no disk to back up", vm.id));
-    }
-    let new_chain = cfg.mode == Mode::Full || cfg.reset || chain.image_id.is_none();
-    let doc = vm_document(vm_doc, cfg, ds.id, chain);
-    let args: Vec<String> = vec![
-        format!("{}:{vm_dir}", place.hostname),
-        disks
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(":"),
-        vm.deploy_id
-            .clone()
-            .unwrap_or_else(|| format!("one-{}", vm.id)),
-        cfg.job_id.map_or("-".into(), |j| j.to_string()),
-        vm.id.to_string(),
-        sys_ds.to_string(),
-    ];
-    let suffix = if live { "_live" } else { "" };
-    let tm = |name: &str| env.remotes.join(format!("tm/{tm_mad}/{name}{suffix}"));
-    let failed_doc = format!("{doc}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>");
-    let post = |failed: bool| {
-        let stdin = if failed { &failed_doc } else { &doc };
-        let _ = action(&tm("postbackup"), &args, stdin.as_bytes());
-    };
-    let (ok, _, err) = action(&tm("prebackup"), &args, doc.as_bytes())?;
+    let call = ChainCall::new(env, vm_doc, cfg, ds, chain)?;
+    let (ok, _, err) = action(&call.tm("prebackup"), &call.args, call.doc.as_bytes())?;
     if !ok {
-        post(true);
+        call.postbackup(true);
         return Err(reason(&err));
     }
     // A cancel between the steps: no backup is started.
     if cancelled() {
-        post(true);
+        call.postbackup(true);
         return Err("the backup was cancelled".into());
     }
     let ds_stdin = format!(
-        "<DS_DRIVER_ACTION_DATA>{}{doc}</DS_DRIVER_ACTION_DATA>",
-        ds.document
+        "<DS_DRIVER_ACTION_DATA>{}{}</DS_DRIVER_ACTION_DATA>",
+        ds.document, call.doc
     );
     let backup = env.remotes.join(format!("datastore/{}/backup", ds.ds_mad));
-    let (ok, out, err) = action_with(&backup, &args, ds_stdin.as_bytes(), progress)?;
+    let (ok, out, err) = action_with(&backup, &call.args, ds_stdin.as_bytes(), progress)?;
     if !ok {
-        post(true);
+        call.postbackup(true);
         return Err(reason(&err));
     }
-    post(false);
+    call.postbackup(false);
     let mut words = out.split_whitespace();
     let id = words.next().unwrap_or_default().to_string();
     let size: u64 = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -293,12 +249,95 @@ pub fn run_chain(
         return Err("the backup printed no backup id".into());
     }
     Ok(ChainResult {
-        vm_id: vm.id,
+        vm_id: call.vm_id,
         backup_id: id,
         size_mb: size,
-        new_chain,
+        new_chain: call.new_chain,
         chain,
     })
+}
+
+/// What oned passes to each action of a VM's backup chain (the six arguments and the VM
+/// document), and where the TM actions are.
+#[derive(Debug)]
+pub struct ChainCall {
+    pub vm_id: u64,
+    pub args: Vec<String>,
+    pub doc: String,
+    /// Whether this backup starts a new image (FULL, RESET, or no image yet).
+    pub new_chain: bool,
+    tm_dir: std::path::PathBuf,
+    suffix: &'static str,
+}
+
+impl ChainCall {
+    pub fn new(
+        env: &Env,
+        vm_doc: &str,
+        cfg: &JobConfig,
+        ds: &BackupDatastore,
+        chain: ChainPointers,
+    ) -> Result<ChainCall, String> {
+        let root = backstop_protocol::xml::Element::parse(vm_doc)
+            .map_err(|e| format!("the VM document is not XML: {e}"))?;
+        let vm = backstop_protocol::message::Vm::from_xml(&root)
+            .map_err(|e| format!("the VM document: {e}"))?;
+        let place = vm
+            .placement
+            .clone()
+            .ok_or_else(|| format!("VM {} was never deployed (no HISTORY)", vm.id))?;
+        let sys_ds = place
+            .system_ds_id
+            .ok_or_else(|| format!("VM {}: its HISTORY has no DS_ID", vm.id))?;
+        let tm_mad = place.tm_mad.clone().unwrap_or_else(|| "ssh".into());
+        let live = vm.lcm_state == Some(3) || vm.state == Some(3);
+        let vm_dir = format!(
+            "{}/{sys_ds}/{}",
+            env.datastore_location.trim_end_matches('/'),
+            vm.id
+        );
+        let disks = backup_disks(&vm, cfg);
+        if disks.is_empty() {
+            return Err(format!("VM {} has no disk to back up", vm.id));
+        }
+        let args: Vec<String> = vec![
+            format!("{}:{vm_dir}", place.hostname),
+            disks
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(":"),
+            vm.deploy_id
+                .clone()
+                .unwrap_or_else(|| format!("one-{}", vm.id)),
+            cfg.job_id.map_or("-".into(), |j| j.to_string()),
+            vm.id.to_string(),
+            sys_ds.to_string(),
+        ];
+        Ok(ChainCall {
+            vm_id: vm.id,
+            args,
+            doc: vm_document(vm_doc, cfg, ds.id, chain),
+            new_chain: cfg.mode == Mode::Full || cfg.reset || chain.image_id.is_none(),
+            tm_dir: env.remotes.join(format!("tm/{tm_mad}")),
+            suffix: if live { "_live" } else { "" },
+        })
+    }
+
+    fn tm(&self, name: &str) -> std::path::PathBuf {
+        self.tm_dir.join(format!("{name}{}", self.suffix))
+    }
+
+    /// The TM postbackup, with BACKUP_RESULT=FAILURE after a failure. Its own failure is not
+    /// reported: the backup's outcome is already decided, and the next prebackup heals.
+    pub fn postbackup(&self, failed: bool) {
+        let stdin = if failed {
+            format!("{}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>", self.doc)
+        } else {
+            self.doc.clone()
+        };
+        let _ = action(&self.tm("postbackup"), &self.args, stdin.as_bytes());
+    }
 }
 
 /// The IMAGE document of a stored backup image, as oned sends it to `rm` and

@@ -8,7 +8,8 @@
 //!
 //! A VM of a job is in one of four sets (spec §11.1): OUTDATED, ONGOING (oned's BACKING_UP),
 //! UPDATED or ERROR. Moves are compare-and-set ([`State::move_vm`]), so two processes never
-//! both start the same backup. [`State::reconcile`] settles ONGOING VMs whose runner is gone.
+//! both start the same backup. [`State::orphans`] are the ONGOING VMs whose runner is gone;
+//! the engine settles them by what really happened.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -986,49 +987,36 @@ impl State {
         Ok(n == 1)
     }
 
-    /// Settles the ONGOING VMs whose runner process is gone (a killed scheduler): `outcome`
-    /// says what really happened to each (Some(true) finished, Some(false) failed, None
-    /// unknown, which goes back to OUTDATED to be run again). Returns how many were settled.
-    pub fn reconcile(
-        &mut self,
-        now: i64,
+    /// The ONGOING VMs whose runner process is gone (a killed scheduler or `backupjob
+    /// backup`): (job, VM, when it went ONGOING in ms).
+    pub fn orphans(
+        &self,
         runner_alive: impl Fn(u32) -> bool,
-        outcome: impl Fn(u64, u64) -> Option<bool>,
-    ) -> Result<usize, StateError> {
-        let ongoing: Vec<(u64, u64, Option<u32>)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT job_id, vm_id, runner_pid FROM job_vms WHERE state = 'ONGOING'")
-                .map_err(|e| self.sql(e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, Option<i64>>(2)?.map(|p| p as u32),
-                    ))
-                })
-                .map_err(|e| self.sql(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
-        };
-        let mut settled = 0;
-        for (job, vm, pid) in ongoing {
-            if pid.is_some_and(&runner_alive) {
-                continue;
-            }
-            let (to, reason) = match outcome(job, vm) {
-                Some(true) => (VmState::Updated, None),
-                Some(false) => (
-                    VmState::Error,
-                    Some("the backup failed while the scheduler was not running"),
-                ),
-                None => (VmState::Outdated, None),
-            };
-            if self.move_vm(job, vm, Some(VmState::Ongoing), to, reason, now)? {
-                settled += 1;
-            }
-        }
-        Ok(settled)
+    ) -> Result<Vec<(u64, u64, i64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT job_id, vm_id, runner_pid, started_at FROM job_vms
+                 WHERE state = 'ONGOING' ORDER BY job_id, position",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows: Vec<(u64, u64, Option<u32>, Option<i64>)> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|p| p as u32),
+                    r.get(3)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sql(e))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, _, pid, _)| !pid.is_some_and(&runner_alive))
+            .map(|(job, vm, _, started)| (job, vm, started.unwrap_or(0)))
+            .collect())
     }
 }
 
@@ -1189,7 +1177,7 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_settles_what_a_killed_runner_left_ongoing() {
+    fn orphans_are_the_ongoing_vms_whose_runner_is_gone() {
         let (_dir, mut s) = state();
         let j = s.create_job("j", 50, "", &[1, 2, 3, 4]).expect("job");
         for vm in 1..=4 {
@@ -1202,18 +1190,21 @@ mod tests {
         s.conn
             .execute("UPDATE job_vms SET runner_pid = 4242 WHERE vm_id = 4", [])
             .expect("pid");
-        let settled = s
-            .reconcile(
-                9,
-                |pid| pid == 4242,
-                |_, vm| match vm {
-                    1 => Some(true),
-                    2 => Some(false),
-                    _ => None,
-                },
-            )
-            .expect("reconcile");
-        assert_eq!(settled, 3);
+        let orphans = s.orphans(|pid| pid == 4242).expect("orphans");
+        assert_eq!(orphans, [(j, 1, 2), (j, 2, 2), (j, 3, 2)]);
+        // What the engine does with each (engine::reconcile): 1 finished, 2 failed, 3 is
+        // unknown and runs again; a move from ONGOING is compare-and-set.
+        for (vm, to) in [
+            (1, VmState::Updated),
+            (2, VmState::Error),
+            (3, VmState::Outdated),
+        ] {
+            assert!(
+                s.move_vm(j, vm, Some(VmState::Ongoing), to, None, 9)
+                    .expect("settle")
+            );
+        }
+        assert!(s.orphans(|pid| pid == 4242).expect("orphans").is_empty());
         let states: Vec<Option<VmState>> =
             s.job_vms(j).expect("vms").iter().map(|v| v.state).collect();
         assert_eq!(

@@ -699,6 +699,148 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
     );
 }
 
+/// The runner killed while its backup action uploads: the action finishes as an orphan. A
+/// scheduler pass while it still runs leaves the VM ONGOING; the next one finds its snapshot
+/// in the repository and records it (no record lost), and the next run continues that chain
+/// with an increment. Both points restore byte-exact.
+#[test]
+fn a_killed_runner_is_reconciled_with_the_repository() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm");
+    fs::write(
+        work.join("ds.tmpl"),
+        datastore_template(&cloud, "RESTIC_BWLIMIT = 2048\n"),
+    )
+    .expect("ds");
+    fs::write(
+        work.join("job.tmpl"),
+        "NAME = \"orphan\"\nBACKUP_VMS = \"22\"\nDATASTORE_ID = 1\nMODE = INCREMENT\nKEEP_LAST = 3\n",
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let common = cli_prefix(&cloud, &state, &[]);
+    let bj = |args: &[&str]| run_cli(&common, args);
+    let file = |n: &str| work.join(n).display().to_string();
+    bj(&["datastore", "create", &file("ds.tmpl")]);
+    bj(&["vm", "register", &file("vm22.xml")]);
+    assert_eq!(bj(&["create", &file("job.tmpl")]).stdout, "ID: 1\n");
+    let vm_state = || -> serde_json::Value {
+        let show: serde_json::Value =
+            serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show json");
+        show["vms"][0]["state"].clone()
+    };
+    let saved = work.join("disk0-at-0.qcow2");
+    fs::copy(cloud.disk(0), &saved).expect("keep point 0");
+
+    let mut runner = std::process::Command::new(BACKSTOP)
+        .args(&common)
+        .args(["backup", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("runner");
+    let pid_file = cloud.dir.path().join(format!("fe/run/backup-{VM}.pid"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    runner.kill().expect("kill");
+    let _ = runner.wait();
+    assert_eq!(vm_state(), "ONGOING");
+
+    // The orphaned backup action still uploads: nothing is settled yet.
+    let out = bj(&["scheduler"]);
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(pid_file.exists(), "the throttled backup is still running");
+    assert_eq!(vm_state(), "ONGOING");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned backup did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let repo = cloud.base_path.join("job_1");
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&restic_in(&repo, &["snapshots", "--json"])).expect("json");
+    let snaps = snaps.as_array().expect("array").clone();
+    assert_eq!(
+        snaps.len(),
+        1,
+        "the orphan finished its snapshot: {snaps:?}"
+    );
+    let short = snaps[0]["short_id"].as_str().expect("id").to_string();
+    let out = bj(&["scheduler"]);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "job 1: VM 22: the interrupted run's backup {short} was found in the repository and recorded as increment 0 of image 1\n"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(vm_state(), "UPDATED");
+
+    // The chain goes on from the recorded backup.
+    crate::cloud::sh_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x3c 2M 2M",
+            cloud.disk(0).to_str().expect("utf-8"),
+        ],
+    );
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("increment 1 of image 1"),
+        "{}",
+        out.stdout
+    );
+    let img: serde_json::Value =
+        serde_json::from_str(&bj(&["image", "show", "1", "--json"]).stdout).expect("image");
+    assert_eq!(img["increments"][0]["source"], short.as_str(), "{img}");
+    assert!(
+        img["increments"][0]["size_mb"]
+            .as_u64()
+            .is_some_and(|s| s > 0),
+        "{img}"
+    );
+    for (inc, disk0) in [("0", saved.clone()), ("1", cloud.disk(0))] {
+        let dir = work.join(format!("restored-{inc}"));
+        let out = bj(&[
+            "image",
+            "restore",
+            "1",
+            "--increment",
+            inc,
+            "--to",
+            dir.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        crate::cloud::sh_ok(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                dir.join("disk.0.qcow2").to_str().expect("utf-8"),
+                disk0.to_str().expect("utf-8"),
+            ],
+        );
+    }
+    restic_in(&repo, &["check", "--read-data"]);
+}
+
 /// `backupjob cancel` during a run: the running backup (throttled, so it is mid-way) is
 /// stopped through the datastore's backup_cancel and ends in ERROR, the VM still waiting is
 /// dropped from the run, the runner exits 1, and the repository holds no snapshot and checks

@@ -237,6 +237,65 @@ pub fn pid_file(cfg: &DriverConfig, vm_id: u64) -> PathBuf {
     cfg.run_dir.join(format!("backup-{vm_id}.pid"))
 }
 
+/// Whether a backup action of the VM is still running on this machine (its PID file names a
+/// live process). For the job runner's reconciliation after it was killed.
+pub fn backup_running(cfg: &DriverConfig, vm_id: u64) -> bool {
+    std::fs::read_to_string(pid_file(cfg, vm_id))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// A backup that is in the repository but not in the caller's records: what a backup action
+/// left when the process that ran it (the job runner) was killed before it read the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecorded {
+    /// The snapshot id.
+    pub id: String,
+    /// Its disks' sizes, summed (the image's size, not what was read).
+    pub size_bytes: u64,
+}
+
+/// The newest snapshot of VM `vm_id` in the repository of `job_id` taken at or after `since`
+/// whose id does not start with any of `recorded`; None when there is none or the repository
+/// does not exist yet.
+pub fn unrecorded_backup(
+    ds: &Datastore,
+    job_id: Option<u64>,
+    vm_id: u64,
+    since: jiff::Timestamp,
+    recorded: &[String],
+    cfg: &DriverConfig,
+) -> Result<Option<Unrecorded>, Error> {
+    let target = RepoTarget::new(ds, repo_id(job_id, vm_id))?;
+    if !target.exists(&target.storage(ds, cfg)?)? {
+        return Ok(None);
+    }
+    let repo = crate::actions::open(ds, repo_id(job_id, vm_id), cfg)?;
+    let tag = format!("one-{vm_id}");
+    let Some((id, snap, _)) = repo.all_snapshots()?.into_iter().rfind(|(id, snap, time)| {
+        let hex = id.to_hex();
+        *time >= since
+            && snap.tags.contains(&tag)
+            && !recorded
+                .iter()
+                .any(|r| !r.is_empty() && hex.starts_with(r.as_str()))
+    }) else {
+        return Ok(None);
+    };
+    let known = repo.known_blobs()?;
+    let mut size_bytes = 0;
+    for path in crate::actions::restore::snapshot_disks(&snap.paths).values() {
+        if let Some(node) = repo.file_node(&snap, path, &known)? {
+            size_bytes += node.size;
+        }
+    }
+    Ok(Some(Unrecorded {
+        id: id.to_hex().to_string(),
+        size_bytes,
+    }))
+}
+
 fn write_pid_file(cfg: &DriverConfig, args: &BackupArgs) -> Result<PidFile, Error> {
     std::fs::create_dir_all(&cfg.run_dir)
         .map_err(|e| Error::io(format!("cannot create {}", cfg.run_dir.display()), e))?;
