@@ -291,57 +291,68 @@ pub fn run_now(
     limits: &Limits,
     mut on_event: impl FnMut(&Event),
 ) -> Result<(usize, usize), String> {
+    let report = run_jobs(env, state, &[job_id], limits, |_, e| on_event(e))?;
+    match report.into_iter().next() {
+        Some((_, Ok(counts))) => Ok(counts),
+        Some((_, Err(refused))) => Err(refused),
+        None => Err(format!("there is no backup job {job_id}")),
+    }
+}
+
+/// The VMs of a job as the scheduler sees them.
+fn view(
+    state: &State,
+    job_id: u64,
+    ctx: &JobContext,
+) -> Result<(JobView, HashMap<u64, VmView>), String> {
+    let rows = state.job_vms(job_id).map_err(|e| e.to_string())?;
+    let mut v = JobView::new(
+        job_id,
+        ctx.priority,
+        ctx.job.execution,
+        &rows.iter().map(|r| r.vm_id).collect::<Vec<_>>(),
+    );
+    let mut vms = HashMap::new();
+    for r in &rows {
+        match r.state {
+            Some(VmState::Outdated) => v.outdated.insert(r.vm_id),
+            Some(VmState::Ongoing) => v.backing_up.insert(r.vm_id),
+            Some(VmState::Updated) => v.updated.insert(r.vm_id),
+            Some(VmState::Error) => v.error.insert(r.vm_id),
+            None => false,
+        };
+        if let Some(doc) = ctx.docs.get(&r.vm_id) {
+            vms.insert(
+                r.vm_id,
+                VmView {
+                    id: r.vm_id,
+                    host: host_of(doc),
+                    done: false,
+                    consecutive_failures: r.failures,
+                },
+            );
+        }
+    }
+    Ok((v, vms))
+}
+
+/// Starts a run of a job: refused when it is locked or still has backups in progress;
+/// otherwise every VM but those over the failure cap becomes OUTDATED (VMs already OUTDATED,
+/// after a retry or an interrupted run, are simply continued).
+fn start_run(
+    env: &Env,
+    state: &mut State,
+    job_id: u64,
+    limits: &Limits,
+) -> Result<JobContext, String> {
     let st = |e: crate::state::StateError| e.to_string();
     if state.locked(job_id).map_err(st)? {
         return Err(format!(
             "backup job {job_id} is locked (backupjob unlock {job_id})"
         ));
     }
-    reconcile(env, state, &mut |_, e: &Event| on_event(e))?;
-    let JobContext {
-        priority,
-        job,
-        ds,
-        cfg,
-        docs,
-    } = JobContext::load(env, state, job_id)?;
-
-    let view = |state: &State| -> Result<(JobView, HashMap<u64, VmView>), String> {
-        let rows = state.job_vms(job_id).map_err(st)?;
-        let mut v = JobView::new(
-            job_id,
-            priority,
-            job.execution,
-            &rows.iter().map(|r| r.vm_id).collect::<Vec<_>>(),
-        );
-        let mut vms = HashMap::new();
-        for r in &rows {
-            match r.state {
-                Some(VmState::Outdated) => v.outdated.insert(r.vm_id),
-                Some(VmState::Ongoing) => v.backing_up.insert(r.vm_id),
-                Some(VmState::Updated) => v.updated.insert(r.vm_id),
-                Some(VmState::Error) => v.error.insert(r.vm_id),
-                None => false,
-            };
-            if let Some(doc) = docs.get(&r.vm_id) {
-                vms.insert(
-                    r.vm_id,
-                    VmView {
-                        id: r.vm_id,
-                        host: host_of(doc),
-                        done: false,
-                        consecutive_failures: r.failures,
-                    },
-                );
-            }
-        }
-        Ok((v, vms))
-    };
-
-    // The run: OUTDATED for every VM but those over the failure cap. VMs already OUTDATED
-    // (a retry, an interrupted run) are simply continued.
-    let started_at = now();
-    let (current, vms) = view(state)?;
+    let ctx = JobContext::load(env, state, job_id)?;
+    let (current, vms) = view(state, job_id, &ctx)?;
     if !current.backing_up.is_empty() {
         return Err(format!(
             "backup job {job_id} has backups in progress (VMs {:?})",
@@ -367,17 +378,75 @@ pub fn run_now(
                 .map_err(st)?;
         }
     }
+    Ok(ctx)
+}
 
-    let (tx, rx) = mpsc::channel::<(u64, ChainPointers, Result<runner::ChainResult, String>)>();
+/// Per job: (VMs UPDATED, VMs in ERROR), or why its run was refused.
+pub type RunReport = Vec<(u64, Result<(usize, usize), String>)>;
+
+/// Runs jobs together to their end under one set of limits: each scheduling tick sees every
+/// job, so strict priority, SEQUENTIAL/PARALLEL, MAX_BACKUPS and MAX_BACKUPS_HOST apply across
+/// them as oned applies them (a lower-priority job starts once no higher one has OUTDATED VMs).
+/// VM backups run in worker threads, each the chain oned runs, recorded as it finishes. What
+/// a killed runner left ONGOING is reconciled first.
+pub fn run_jobs(
+    env: &Env,
+    state: &mut State,
+    job_ids: &[u64],
+    limits: &Limits,
+    mut on_event: impl FnMut(u64, &Event),
+) -> Result<RunReport, String> {
+    let st = |e: crate::state::StateError| e.to_string();
+    reconcile(env, state, &mut on_event)?;
+    let mut report: RunReport = Vec::new();
+    let mut jobs: Vec<(u64, JobContext, i64)> = Vec::new();
+    for &job_id in job_ids {
+        match start_run(env, state, job_id, limits) {
+            Ok(ctx) => jobs.push((job_id, ctx, now())),
+            Err(e) => report.push((job_id, Err(e))),
+        }
+    }
+    let ctx_of = |job: u64| jobs.iter().find(|j| j.0 == job).map(|j| &j.1);
+    let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
+
+    type Finished = (u64, u64, Result<runner::ChainResult, String>);
+    let (tx, rx) = mpsc::channel::<Finished>();
     let mut running = 0usize;
-    let progress_dir = ProgressDir::new(job_id);
-    let mut started: HashMap<u64, std::time::Instant> = HashMap::new();
-    let (mut updated, mut failed) = (0usize, 0usize);
+    let progress_dir = ProgressDir::new(job_ids.first().copied().unwrap_or(0));
+    let mut started: HashMap<u64, (u64, std::time::Instant)> = HashMap::new();
     std::thread::scope(|scope| -> Result<(), String> {
         loop {
-            let (v, vms) = view(state)?;
-            for d in scheduler::tick(std::slice::from_ref(&v), &vms, limits) {
-                let Decision::Start { vm, .. } = d else {
+            let mut views = Vec::new();
+            let mut vms = HashMap::new();
+            for (job_id, ctx, _) in &jobs {
+                let (v, m) = view(state, *job_id, ctx)?;
+                views.push(v);
+                vms.extend(m);
+            }
+            for d in scheduler::tick(&views, &vms, limits) {
+                let (job_id, vm) = match d {
+                    Decision::Start { job, vm } => (job, vm),
+                    Decision::Remove { job, vm } => {
+                        // Not registered (any more): it cannot be backed up.
+                        let reason = format!("VM {vm} is not registered (backupjob vm register)");
+                        if state
+                            .move_vm(
+                                job,
+                                vm,
+                                Some(VmState::Outdated),
+                                VmState::Error,
+                                Some(&reason),
+                                now_ms(),
+                            )
+                            .map_err(st)?
+                        {
+                            counts.entry(job).or_default().1 += 1;
+                            on_event(job, &Event::Failed { vm, reason });
+                        }
+                        continue;
+                    }
+                };
+                let Some(ctx) = ctx_of(job_id) else {
                     continue;
                 };
                 if !state
@@ -393,17 +462,17 @@ pub fn run_now(
                 {
                     continue;
                 }
-                let (image, last) = state.chain_of(vm, Some(job_id), ds.id).map_err(st)?;
+                let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id).map_err(st)?;
                 let chain = ChainPointers {
                     image_id: image,
                     last_increment: last,
                 };
-                let doc = docs.get(&vm).cloned().unwrap_or_default();
-                let (tx, env, cfg, ds) = (tx.clone(), env.clone(), cfg.clone(), ds.clone());
+                let doc = ctx.docs.get(&vm).cloned().unwrap_or_default();
+                let (tx, env, cfg, ds) = (tx.clone(), env.clone(), ctx.cfg.clone(), ctx.ds.clone());
                 let file = state.file().to_path_buf();
                 let progress = progress_dir.as_ref().map(|d| d.file(vm));
-                on_event(&Event::Started { vm });
-                started.insert(vm, std::time::Instant::now());
+                on_event(job_id, &Event::Started { vm });
+                started.insert(vm, (job_id, std::time::Instant::now()));
                 running += 1;
                 scope.spawn(move || {
                     // Cancelled when `backupjob cancel` took the VM out of ONGOING.
@@ -424,25 +493,28 @@ pub fn run_now(
                         &cancelled,
                         progress.as_deref(),
                     );
-                    let _ = tx.send((vm, chain, r));
+                    let _ = tx.send((job_id, vm, r));
                 });
             }
             if running == 0 {
                 return Ok(());
             }
-            let (vm, _chain, result) = match rx.recv_timeout(PROGRESS_EVERY) {
+            let (job_id, vm, result) = match rx.recv_timeout(PROGRESS_EVERY) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(dir) = &progress_dir {
-                        for (vm, since) in &started {
+                        for (vm, (job, since)) in &started {
                             if let Some((done, total, read)) = dir.read(*vm) {
-                                on_event(&Event::Progress {
-                                    vm: *vm,
-                                    done,
-                                    total,
-                                    read,
-                                    elapsed_ms: since.elapsed().as_millis() as u64,
-                                });
+                                on_event(
+                                    *job,
+                                    &Event::Progress {
+                                        vm: *vm,
+                                        done,
+                                        total,
+                                        read,
+                                        elapsed_ms: since.elapsed().as_millis() as u64,
+                                    },
+                                );
                             }
                         }
                     }
@@ -452,8 +524,12 @@ pub fn run_now(
             };
             running -= 1;
             started.remove(&vm);
-            let t = now();
-            let outcome = result.and_then(|r| runner::record(env, state, &cfg, &ds, r, t));
+            let Some(ctx) = ctx_of(job_id) else {
+                continue;
+            };
+            let outcome =
+                result.and_then(|r| runner::record(env, state, &ctx.cfg, &ctx.ds, r, now()));
+            let entry = counts.entry(job_id).or_default();
             match outcome {
                 Ok(o) => {
                     state
@@ -466,14 +542,17 @@ pub fn run_now(
                             now_ms(),
                         )
                         .map_err(st)?;
-                    updated += 1;
-                    on_event(&Event::Done {
-                        vm,
-                        line: format!(
-                            "backup {} ({} MB), increment {} of image {}",
-                            o.backup_id, o.size_mb, o.increment_id, o.image_id
-                        ),
-                    });
+                    entry.0 += 1;
+                    on_event(
+                        job_id,
+                        &Event::Done {
+                            vm,
+                            line: format!(
+                                "backup {} ({} MB), increment {} of image {}",
+                                o.backup_id, o.size_mb, o.increment_id, o.image_id
+                            ),
+                        },
+                    );
                 }
                 Err(reason) => {
                     state
@@ -486,25 +565,25 @@ pub fn run_now(
                             now_ms(),
                         )
                         .map_err(st)?;
-                    failed += 1;
-                    on_event(&Event::Failed { vm, reason });
+                    entry.1 += 1;
+                    on_event(job_id, &Event::Failed { vm, reason });
                 }
             }
         }
     })?;
-    state
-        .set_last_backup(job_id, started_at, now() - started_at)
-        .map_err(st)?;
-    Ok((updated, failed))
+    for (job_id, _, started_at) in &jobs {
+        state
+            .set_last_backup(*job_id, *started_at, now() - started_at)
+            .map_err(st)?;
+        report.push((*job_id, Ok(counts.get(job_id).copied().unwrap_or_default())));
+    }
+    Ok(report)
 }
 
 /// One scheduler pass (`backupjob scheduler`): settles what a killed runner left ONGOING
-/// (back to OUTDATED, to be run again); then runs, highest priority first, every job that has
-/// a due scheduled action or VMs still OUTDATED, each to its end; then moves the due actions
-/// on (or records why the run was refused, and leaves them due). Returns the jobs run.
-///
-/// Jobs run one after the other here (strict priority by construction); within a job the
-/// limits apply as in [`run_now`].
+/// ([`reconcile`]); then runs together ([`run_jobs`]) every job that has a due scheduled
+/// action or VMs still OUTDATED; then moves the due actions on, or records why a job's run was
+/// refused and leaves them due. Returns the jobs run, highest priority first.
 pub fn scheduler_pass(
     env: &Env,
     state: &mut State,
@@ -519,7 +598,8 @@ pub fn scheduler_pass(
     reconcile(env, state, &mut on_event)?;
     let mut jobs = state.jobs().map_err(st)?;
     jobs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-    let mut ran = Vec::new();
+    let mut chosen = Vec::new();
+    let mut due_of = HashMap::new();
     for (job, _, _, _) in jobs {
         let due: Vec<_> = state
             .sched_actions(job)
@@ -535,8 +615,18 @@ pub fn scheduler_pass(
         if due.is_empty() && !outdated {
             continue;
         }
-        match run_now(env, state, job, limits, |e| on_event(job, e)) {
-            Ok(_) => {
+        chosen.push(job);
+        due_of.insert(job, due);
+    }
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let report = run_jobs(env, state, &chosen, limits, &mut on_event)?;
+    let mut ran = Vec::new();
+    for job in chosen {
+        let due = due_of.remove(&job).unwrap_or_default();
+        match report.iter().find(|r| r.0 == job).map(|r| &r.1) {
+            Some(Ok(_)) => {
                 let done = now();
                 for (id, mut sa, _) in due {
                     sa.ran(done, tz);
@@ -544,7 +634,7 @@ pub fn scheduler_pass(
                 }
                 ran.push(job);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let message = format!("{t} : {e}");
                 for (id, sa, _) in due {
                     state
@@ -552,6 +642,7 @@ pub fn scheduler_pass(
                         .map_err(st)?;
                 }
             }
+            None => {}
         }
     }
     Ok(ran)

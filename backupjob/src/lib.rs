@@ -9,12 +9,10 @@
 //! - [`state`]: SQLite, migrations, compare-and-set moves, orphaned VMs;
 //! - [`runner`]: one VM's backup chain through the installed actions, recorded, KEEP_LAST;
 //! - [`model`]: job and datastore templates, validated with line numbers;
-//! - [`engine`]: a job's run within the limits, with progress, the scheduler pass, and the
-//!   reconciliation of what a killed runner left ONGOING with the repository;
+//! - [`engine`]: jobs run together within the limits (one tick sees them all), with
+//!   progress, the scheduler pass, and the reconciliation of what a killed runner left
+//!   ONGOING with the repository;
 //! - [`cli`]: the `backupjob` command line.
-//!
-//! Not written yet: several jobs at once in one scheduler pass (jobs run one after the other,
-//! highest priority first).
 
 pub mod cli;
 pub mod engine;
