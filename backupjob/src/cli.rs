@@ -58,9 +58,29 @@ enum Command {
         #[command(subcommand)]
         command: VmCommand,
     },
-    /// Create a job from a template file.
+    /// Create a job from a template file, from flags, or both (the flags win).
     Create {
-        file: PathBuf,
+        file: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+        /// BACKUP_VMS: VM ids, in backup order (1,2,3).
+        #[arg(long)]
+        vms: Option<String>,
+        /// DATASTORE_ID.
+        #[arg(long)]
+        datastore: Option<u64>,
+        /// MODE: FULL or INCREMENT.
+        #[arg(long)]
+        mode: Option<String>,
+        /// KEEP_LAST.
+        #[arg(long)]
+        keep: Option<u32>,
+        /// EXECUTION: SEQUENTIAL or PARALLEL.
+        #[arg(long)]
+        execution: Option<String>,
+        /// PRIORITY (0–99).
+        #[arg(long)]
+        priority: Option<u8>,
     },
     /// List the jobs.
     List {
@@ -114,10 +134,12 @@ enum Command {
     Delete {
         id: u64,
     },
-    /// Change a scheduled action of a job; what is not given stays as it was.
+    /// Change a scheduled action of a job, from a file holding `SCHED_ACTION = [...]` or from
+    /// flags; what is not given stays as it was.
     SchedUpdate {
         id: u64,
         sched_id: u64,
+        file: Option<PathBuf>,
         /// When: an epoch, or a local date and time (2026-11-22T03:00).
         #[arg(long)]
         time: Option<String>,
@@ -414,8 +436,41 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 }
             }
         }
-        Command::Create { file } => {
-            let text = read(file)?;
+        Command::Create {
+            file,
+            name,
+            vms,
+            datastore,
+            mode,
+            keep,
+            execution,
+            priority,
+        } => {
+            use backstop_protocol::template::Template;
+            let (mut text, what) = match file {
+                Some(f) => (read(f)?, f.display().to_string()),
+                None => (String::new(), "the flags".to_string()),
+            };
+            let flags = [
+                ("NAME", name.clone()),
+                ("BACKUP_VMS", vms.clone()),
+                ("DATASTORE_ID", datastore.map(|d| d.to_string())),
+                ("MODE", mode.clone()),
+                ("KEEP_LAST", keep.map(|k| k.to_string())),
+                ("EXECUTION", execution.clone()),
+                ("PRIORITY", priority.map(|p| p.to_string())),
+            ];
+            if flags.iter().any(|(_, v)| v.is_some()) {
+                let mut t = Template::parse(&text).map_err(|x| format!("{what}: template: {x}"))?;
+                for (attr, value) in flags {
+                    if let Some(v) = value {
+                        t.attributes.retain(|a| a.name != attr);
+                        t.push(attr, v);
+                    }
+                }
+                text = t.to_string();
+            }
+            let file = std::path::Path::new(&what);
             let job = JobTemplate::parse(&text).map_err(|x| format!("{}: {x}", file.display()))?;
             let stored = model::without_sched_actions(&text).map_err(|x| x.to_string())?;
             let id = st
@@ -431,30 +486,40 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         }
         Command::List { json } => {
             let jobs = st.jobs().map_err(e)?;
-            if *json {
-                let v: Vec<_> = jobs
+            let mut rows = Vec::new();
+            for (id, name, prio, _) in jobs {
+                let vms: Vec<String> = st
+                    .job_vms(id)
+                    .map_err(e)?
                     .iter()
-                    .map(|(id, name, prio, _)| serde_json::json!({"id": id, "name": name, "priority": prio}))
+                    .map(|v| v.vm_id.to_string())
+                    .collect();
+                let (locked, last, _) = st.job_status(id).map_err(e)?;
+                rows.push((id, name, prio, vms.join(","), locked, last));
+            }
+            if *json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(id, name, prio, vms, locked, last)| {
+                        serde_json::json!({"id": id, "name": name, "priority": prio,
+                            "vms": vms, "locked": locked, "last_backup_time": last})
+                    })
                     .collect();
                 print(&serde_json::Value::Array(v).to_string())?;
             } else {
                 print(&format!(
-                    "{:>4} {:>4} {:<20} {}",
-                    "ID", "PRIO", "NAME", "VMS"
+                    "{:>4} {:>4} {:<20} {:<16} VMS",
+                    "ID", "PRIO", "NAME", "LAST"
                 ))?;
-                for (id, name, prio, _) in jobs {
-                    let vms: Vec<String> = st
-                        .job_vms(id)
-                        .map_err(e)?
-                        .iter()
-                        .map(|v| v.vm_id.to_string())
-                        .collect();
-                    let mut list = vms.join(",");
+                for (id, name, prio, mut list, _, last) in rows {
                     if list.len() > 15 {
                         list.truncate(12);
                         list.push_str("...");
                     }
-                    print(&format!("{id:>4} {prio:>4} {name:<20} {list}"))?;
+                    print(&format!(
+                        "{id:>4} {prio:>4} {name:<20} {:<16} {list}",
+                        last.map_or("-".into(), local_time)
+                    ))?;
                 }
             }
         }
@@ -486,14 +551,48 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                         })
                     })
                     .collect();
+                let (locked, last, duration) = st.job_status(*id).map_err(e)?;
+                let sas: Vec<_> = st
+                    .sched_actions(*id)
+                    .map_err(e)?
+                    .into_iter()
+                    .map(|(sid, sa, msg)| {
+                        let (end_type, end_value) = match sa.end {
+                            crate::schedule::End::None => (-1, None),
+                            crate::schedule::End::Never => (0, None),
+                            crate::schedule::End::Times(n) => (1, Some(n)),
+                            crate::schedule::End::Until(t) => (2, Some(t)),
+                        };
+                        serde_json::json!({
+                            "id": sid, "time": sa.time, "repeat": format!("{:?}", sa.repeat),
+                            "days": sa.days, "end_type": end_type, "end_value": end_value,
+                            "done": sa.done, "message": msg,
+                        })
+                    })
+                    .collect();
                 print(
-                    &serde_json::json!({"id": id, "name": name, "priority": prio, "vms": vms})
-                        .to_string(),
+                    &serde_json::json!({"id": id, "name": name, "priority": prio, "vms": vms,
+                        "locked": locked, "last_backup_time": last,
+                        "last_backup_duration": duration, "sched_actions": sas})
+                    .to_string(),
                 )?;
             } else {
                 let ids = |v: Vec<u64>| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+                let (locked, last, duration) = st.job_status(*id).map_err(e)?;
                 print(&format!(
-                    "BACKUP JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nPRIORITY : {prio}\n"
+                    "BACKUP JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nPRIORITY : {prio}\n\
+                     LOCK     : {}\n",
+                    if locked { "Locked" } else { "None" }
+                ))?;
+                print(&format!(
+                    "LAST BACKUP JOB EXECUTION INFORMATION\nTIME     : {}\nDURATION : {}\n",
+                    last.map_or("-".into(), local_time),
+                    duration.map_or("-".into(), |d| format!(
+                        "{:02}h{:02}m{:02}s",
+                        d / 3600,
+                        d / 60 % 60,
+                        d % 60
+                    ))
                 ))?;
                 print(&format!(
                     "VIRTUAL MACHINE BACKUP STATUS\nUPDATED  : {}\nOUTDATED : {}\nONGOING  : {}\nERROR    : {}\n",
@@ -513,8 +612,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 if !sas.is_empty() {
                     print("SCHEDULED ACTIONS")?;
                     print(&format!(
-                        "{:>3} {:>12} {:<10} {:<8} STATUS",
-                        "ID", "SCHEDULED", "REPEAT", "END"
+                        "{:>3} {:<7} {:<5} {:<16} {:<16} {:<16} STATUS",
+                        "ID", "ACTION", "ARGS", "SCHEDULED", "REPEAT", "END"
                     ))?;
                     for (sid, sa, msg) in sas {
                         let repeat = match sa.repeat {
@@ -531,16 +630,18 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                                 "None".to_string()
                             }
                             crate::schedule::End::Times(n) => format!("After {n} times"),
-                            crate::schedule::End::Until(t) => format!("On {t}"),
+                            crate::schedule::End::Until(t) => format!("On {}", local_time(t)),
                         };
                         let status = match msg {
                             Some(m) => format!("Error! {m}"),
-                            None if sa.done > 0 => format!("Done on {}", sa.done),
+                            None if sa.done > 0 => format!("Done on {}", local_time(sa.done)),
                             None => "Pending".into(),
                         };
                         print(&format!(
-                            "{sid:>3} {:>12} {repeat:<10} {end:<8} {status}",
-                            sa.time
+                            "{sid:>3} {:<7} {:<5} {:<16} {repeat:<16} {end:<16} {status}",
+                            "backup",
+                            "-",
+                            local_time(sa.time)
                         ))?;
                     }
                     print("")?;
@@ -850,12 +951,51 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         Command::SchedUpdate {
             id,
             sched_id,
+            file,
             time,
             repeat,
             days,
             end_type,
             end_value,
         } => {
+            // A file's SCHED_ACTION gives the values the flags do not.
+            let (mut time, mut repeat, mut days, mut end_type, mut end_value) = (
+                time.clone(),
+                repeat.clone(),
+                days.clone(),
+                *end_type,
+                *end_value,
+            );
+            if let Some(f) = file {
+                use backstop_protocol::template::{Template, Value, vector_get};
+                let t = Template::parse(&read(f)?)
+                    .map_err(|x| format!("{}: template: {x}", f.display()))?;
+                let pairs = t
+                    .attributes
+                    .iter()
+                    .find_map(|a| match &a.value {
+                        Value::Vector(p) if a.name == "SCHED_ACTION" => Some(p.clone()),
+                        _ => None,
+                    })
+                    .ok_or_else(|| format!("{}: no SCHED_ACTION = [...] in it", f.display()))?;
+                let get = |k: &str| vector_get(&pairs, k).map(str::to_string);
+                let num = |k: &str| -> Result<Option<i64>, String> {
+                    get(k)
+                        .map(|v| {
+                            v.trim().parse().map_err(|_| {
+                                format!("{}: SCHED_ACTION: {k} is {v:?}, not a number", f.display())
+                            })
+                        })
+                        .transpose()
+                };
+                time = time.or(get("TIME"));
+                repeat = repeat.or(get("REPEAT"));
+                days = days.or(get("DAYS"));
+                end_type = end_type.or(num("END_TYPE")?);
+                end_value = end_value.or(num("END_VALUE")?);
+            }
+            let (time, repeat, days, end_type, end_value) =
+                (&time, &repeat, &days, &end_type, &end_value);
             let (_, old, _) = st
                 .sched_actions(*id)
                 .map_err(e)?
@@ -1153,4 +1293,15 @@ fn image_restore(
         backstop_datastore::config::DriverConfig::load(&args.remotes).map_err(|x| x.to_string())?;
     backstop_datastore::actions::restore::to_directory(&image, &ds, increment, disk_id, to, &cfg)
         .map_err(|x| format!("image {id}: {x}"))
+}
+
+/// An epoch as a local date and time (`2026-11-22 03:00`), as onebackupjob shows times.
+fn local_time(epoch: i64) -> String {
+    jiff::Timestamp::from_second(epoch)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|_| epoch.to_string())
 }

@@ -546,6 +546,19 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
+    /// Whether a job is locked and when its last run started and how long it took (seconds).
+    pub fn job_status(&self, job: u64) -> Result<(bool, Option<i64>, Option<i64>), StateError> {
+        self.conn
+            .query_row(
+                "SELECT locked, last_backup_time, last_backup_duration FROM jobs WHERE id = ?1",
+                params![job as i64],
+                |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .ok_or_else(|| self.invalid(format!("there is no backup job {job}")))
+    }
+
     pub fn set_last_backup(
         &mut self,
         job: u64,

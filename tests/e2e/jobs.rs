@@ -541,6 +541,32 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
     );
     assert!(!text.contains("TEMPLATE CONTENTS\nSCHED_ACTION"), "{text}");
 
+    // A job from flags alone; then deleted again.
+    let out = bj(&[
+        "create",
+        "--name",
+        "flags",
+        "--vms",
+        "31,32",
+        "--datastore",
+        "1",
+        "--mode",
+        "increment",
+        "--keep",
+        "2",
+        "--priority",
+        "70",
+    ]);
+    assert_eq!(out.stdout, "ID: 2\n", "{out:?}");
+    let list: serde_json::Value =
+        serde_json::from_str(&bj(&["list", "--json"]).stdout).expect("list");
+    assert_eq!(list[1]["vms"], "31,32", "{list}");
+    assert_eq!(list[1]["priority"], 70, "{list}");
+    assert!(bj(&["show", "2"]).stdout.contains("KEEP_LAST = \"2\""));
+    assert_eq!(bj(&["delete", "2"]).code, Some(0));
+    let out = bj(&["create", "--vms", "33"]);
+    assert!(out.stderr.contains("NAME is missing"), "{out:?}");
+
     // Template errors name the line.
     for (body, want) in [
         (
@@ -570,9 +596,25 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
         text.contains("Weekly [5]") && text.contains("None"),
         "{text}"
     );
-    assert!(text.contains(&later.to_string()), "the time stays: {text}");
-    let out = bj(&["sched-update", "1", "1", "--days", "9"]);
-    assert!(out.stderr.contains("DAYS holds 9"), "{out:?}");
+    let sched = |field: &str| -> serde_json::Value {
+        let show: serde_json::Value =
+            serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("show json");
+        show["sched_actions"][0][field].clone()
+    };
+    assert_eq!(sched("time"), later, "the time stays");
+    // From a file, as onebackupjob sched-update takes it.
+    fs::write(
+        work.join("sa.tmpl"),
+        "SCHED_ACTION = [ REPEAT = \"1\", DAYS = \"1,15\" ]\n",
+    )
+    .expect("sa");
+    let out = bj(&["sched-update", "1", "1", &file("sa.tmpl")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(sched("days"), serde_json::json!([1, 15]));
+    assert_eq!(sched("repeat"), "Monthly");
+    assert_eq!(sched("time"), later, "the time stays");
+    let out = bj(&["sched-update", "1", "1", "--days", "40"]);
+    assert!(out.stderr.contains("DAYS holds 40"), "{out:?}");
     let out = bj(&["sched-update", "1", "7", "--days", "1"]);
     assert!(out.stderr.contains("has no scheduled action 7"), "{out:?}");
 
