@@ -253,7 +253,7 @@ fn run(args: &Args) -> Result<(), String> {
                 let path = image.as_deref().ok_or("--stock-increment needs --image")?;
                 let (img, present) = NbdImage::open_delta(path)
                     .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
-                (Source::Nbd(img), Some(present))
+                (Source::Nbd(Box::new(img)), Some(present))
             } else {
                 let src = open_source(
                     image.as_deref(),
@@ -503,14 +503,14 @@ fn prune_now(
 /// Where a backup reads its image from.
 enum Source {
     Raw(RawImage),
-    Nbd(NbdImage),
+    Nbd(Box<NbdImage>),
 }
 
 impl Source {
     fn as_image(&self) -> &dyn ImageSource {
         match self {
             Source::Raw(r) => r,
-            Source::Nbd(n) => n,
+            Source::Nbd(n) => n.as_ref(),
         }
     }
 }
@@ -523,7 +523,7 @@ fn open_source(
 ) -> Result<Source, String> {
     if let Some(socket) = nbd {
         return NbdImage::connect(socket)
-            .map(Source::Nbd)
+            .map(|n| Source::Nbd(Box::new(n)))
             .map_err(|e| format!("cannot read the NBD export at {}: {e}", socket.display()));
     }
     let image = image.ok_or("give --image or --nbd")?;
@@ -542,7 +542,7 @@ fn open_source(
             .map_err(|e| format!("cannot open {}: {e}", image.display()));
     }
     NbdImage::open(image, &format, bitmap)
-        .map(Source::Nbd)
+        .map(|n| Source::Nbd(Box::new(n)))
         .map_err(|e| format!("cannot export {} with qemu-nbd: {e}", image.display()))
 }
 

@@ -408,7 +408,7 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             vm,
             raw,
             ..
-        } if name == "prebackup" => {
+        } if name == "prebackup" || name == "prebackup_live" => {
             backstop_tm::fe::run(&name, &args, &vm, &raw, &ctx.config()?, &ctx.cancel)?;
             Ok(Answer::Nothing)
         }
@@ -418,7 +418,7 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             vm,
             raw,
             ..
-        } if name == "postbackup" => {
+        } if name == "postbackup" || name == "postbackup_live" => {
             // As the stock script: problems are logged, the step succeeds.
             if let Err(e) = ctx.config().map_err(|e| e.to_string()).and_then(|cfg| {
                 backstop_tm::fe::run(&name, &args, &vm, &raw, &cfg, &ctx.cancel)
@@ -451,7 +451,12 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
     backstop_protocol::action::TM_ACTIONS
         .iter()
         .map(|a| a.name())
-        .filter(|n| !matches!(*n, "prebackup" | "postbackup" | "restore"))
+        .filter(|n| {
+            !matches!(
+                *n,
+                "prebackup" | "postbackup" | "prebackup_live" | "postbackup_live" | "restore"
+            )
+        })
         .collect()
 }
 
@@ -502,6 +507,24 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
                 backstop_tm::host::postbackup(&step);
                 Ok(())
             }
+            "prebackup_live" => {
+                let s = backstop_tm::live::prebackup_live(
+                    &step,
+                    &backstop_tm::live::Virsh::for_host(),
+                )?;
+                output::log(
+                    output::Level::Info,
+                    &format!(
+                        "VM {}: increment {} of the running VM prepared ({} bytes read, {} bytes staged)",
+                        vm.id, s.increment, s.bytes_read, s.staged_bytes
+                    ),
+                );
+                Ok(())
+            }
+            "postbackup_live" => {
+                backstop_tm::live::postbackup_live(&step, &backstop_tm::live::Virsh::for_host());
+                Ok(())
+            }
             other => Err(DriverError::Other(format!("no host step {other:?}"))),
         }
     })();
@@ -511,8 +534,6 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
     }
 }
 
-/// `backstop host-backup`: the host step of `backup` (see backstop_datastore::actions::backup).
-/// Prints one JSON line with the snapshot id and size.
 /// `host-backup`: the datastore backup's host step. With `progress`, a line
 /// `backstop-progress <done> <total> <read>` goes to stderr every second while it runs (the
 /// front-end's backup action passes them on to the job runner and keeps them out of its own

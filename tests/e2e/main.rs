@@ -7,6 +7,7 @@ mod cloud;
 mod crash;
 mod install;
 mod jobs;
+mod live;
 mod oned_mock;
 mod repo_cli;
 mod stock;

@@ -44,17 +44,30 @@ pub fn write(
     target: &Path,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Written, Error> {
-    let input = |e: std::io::Error| {
-        Error::new(
-            ErrorKind::Input,
-            format!("cannot read {}: {e}", disk.display()),
-        )
-    };
     let bitmap = match plan {
         Plan::Changed(b) => Some(b.as_str()),
         _ => None,
     };
-    let image = NbdImage::open(disk, format, bitmap).map_err(input)?;
+    let image = NbdImage::open(disk, format, bitmap).map_err(|e| {
+        Error::new(
+            ErrorKind::Input,
+            format!("cannot read {}: {e}", disk.display()),
+        )
+    })?;
+    write_from(&image, &disk.display().to_string(), plan, target, cancel)
+}
+
+/// [`write`] from an image already open (a live VM's base or its pull-mode export); `what`
+/// names it in errors.
+pub fn write_from(
+    image: &NbdImage,
+    what: &str,
+    plan: &Plan,
+    target: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Written, Error> {
+    let input =
+        |e: std::io::Error| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}"));
     let size = image.size();
     let extents = match plan {
         Plan::Changed(b) => image.dirty(b).map_err(input)?,

@@ -58,7 +58,7 @@ pub fn run(
     cancel: &Arc<AtomicBool>,
 ) -> Result<(), Error> {
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
-    let delivery = if action == "prebackup" && direct(cfg, vm) {
+    let delivery = if action.starts_with("prebackup") && direct(cfg, vm) {
         "direct"
     } else {
         "staging"

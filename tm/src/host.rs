@@ -63,7 +63,7 @@ pub fn increment_of(vm: &Vm) -> Result<(u64, Option<u64>), Error> {
     })
 }
 
-fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
+pub(crate) fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
     let prefix = format!("one-{vm_id}-");
     move |b| {
         b.name
@@ -72,7 +72,7 @@ fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
     }
 }
 
-fn disk_path(step: &Step<'_>, id: u32) -> Result<PathBuf, Error> {
+pub(crate) fn disk_path(step: &Step<'_>, id: u32) -> Result<PathBuf, Error> {
     let p = Path::new(&step.args.host_dir.vm_dir).join(format!("disk.{id}"));
     std::fs::canonicalize(&p)
         .map_err(|e| Error::io(format!("cannot find disk {id} at {}", p.display()), e))
@@ -176,6 +176,8 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
                     _ => None,
                 },
                 full_reason: reason,
+                nbd: None,
+                shared: false,
             });
         } else {
             let target = staging.join(format!("disk.{id}.{increment}"));
@@ -203,7 +205,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
 }
 
 /// `vm.xml`: the base64 of the VM document, 60 columns per line, as the stock prebackup writes.
-fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(xml);
     let mut text = String::with_capacity(b64.len() + b64.len() / 60 + 2);
@@ -216,7 +218,7 @@ fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-fn write_tpm(step: &Step<'_>) -> Result<(), Error> {
+pub(crate) fn write_tpm(step: &Step<'_>) -> Result<(), Error> {
     let vm_dir = Path::new(&step.args.host_dir.vm_dir);
     if !vm_dir.join("tpm").is_dir() {
         log(

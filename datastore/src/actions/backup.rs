@@ -838,15 +838,25 @@ pub fn host_run(
                 let backstop_parent = parent
                     .as_ref()
                     .filter(|(_, p)| p.tags.iter().any(|t| t == IMAGE_TAG));
+                // The disk as prebackup described it: a file (locked or not), or a running
+                // VM's pull-mode export.
+                let open = |bitmap: Option<&str>| -> Result<Box<NbdImage>, Error> {
+                    Ok(Box::new(match (&d.nbd, d.shared) {
+                        (Some(n), _) => NbdImage::connect_export(Path::new(&n.socket), &n.export)
+                            .map_err(input)?,
+                        (None, true) => NbdImage::open_shared(path, format).map_err(input)?,
+                        (None, false) => NbdImage::open(path, format, bitmap).map_err(input)?,
+                    }))
+                };
                 match (&d.bitmap, backstop_parent) {
                     (Some(bitmap), Some((_, psnap))) => {
-                        let img = NbdImage::open(path, format, Some(bitmap)).map_err(input)?;
+                        let img = open(Some(bitmap))?;
                         let changed = img.dirty(bitmap).map_err(input)?;
                         let want = format!("disk.{disk_id}.{}", inc - 1);
                         Opened {
                             path: snapshot_path,
                             parent_path: psnap.paths.iter().find(|p| base_name(p) == want).cloned(),
-                            source: Box::new(img),
+                            source: img,
                             changed: Some(changed),
                         }
                     }
@@ -864,8 +874,8 @@ pub fn host_run(
                         Opened {
                             path: snapshot_path,
                             parent_path: None,
-                            source: if qcow2 {
-                                Box::new(NbdImage::open(path, "qcow2", None).map_err(input)?)
+                            source: if qcow2 || d.nbd.is_some() || d.shared {
+                                open(None)?
                             } else {
                                 Box::new(RawImage::open(path).map_err(input)?)
                             },

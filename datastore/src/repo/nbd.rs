@@ -63,6 +63,12 @@ pub struct NbdClient {
 impl NbdClient {
     /// Connects to the default export of the server at `socket`.
     pub fn connect(socket: &Path) -> io::Result<NbdClient> {
+        Self::connect_export(socket, "")
+    }
+
+    /// Connects to the export `name` of the server at `socket` (libvirt names a pull-mode
+    /// backup's exports after the disk targets: `vda`, ...).
+    pub fn connect_export(socket: &Path, name: &str) -> io::Result<NbdClient> {
         let mut s = UnixStream::connect(socket)?;
         if read_u64(&mut s)? != NBDMAGIC || read_u64(&mut s)? != IHAVEOPT {
             return Err(bad(format!(
@@ -76,12 +82,14 @@ impl NbdClient {
         }
         let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES));
         s.write_all(&client_flags.to_be_bytes())?;
-        // NBD_OPT_GO: export name "" (the default export), no information requests.
+        // NBD_OPT_GO: the export name, no information requests.
+        let name_len = u32::try_from(name.len()).map_err(|_| bad("NBD export name too long"))?;
         let mut opt = Vec::new();
         opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
         opt.extend_from_slice(&OPT_GO.to_be_bytes());
-        opt.extend_from_slice(&6u32.to_be_bytes());
-        opt.extend_from_slice(&0u32.to_be_bytes());
+        opt.extend_from_slice(&(6 + name_len).to_be_bytes());
+        opt.extend_from_slice(&name_len.to_be_bytes());
+        opt.extend_from_slice(name.as_bytes());
         opt.extend_from_slice(&0u16.to_be_bytes());
         s.write_all(&opt)?;
         let mut size = None;
@@ -219,6 +227,22 @@ impl QemuNbdExport {
         Self::start_spec(image.as_os_str(), Some(format), bitmap, image)
     }
 
+    /// Exports `image` without taking qemu's image lock: for a file a running VM holds open
+    /// but no longer writes (the base under a live snapshot's overlay).
+    pub fn start_shared(image: &Path, format: &str) -> io::Result<QemuNbdExport> {
+        let path = std::path::absolute(image)?;
+        let spec = serde_json::json!({
+            "driver": format,
+            "file": {"driver": "file", "filename": path.display().to_string(), "locking": "off"},
+        });
+        Self::start_spec(
+            std::ffi::OsStr::new(&format!("json:{spec}")),
+            None,
+            None,
+            image,
+        )
+    }
+
     /// Exports a qcow2 delta without its backing file (`"backing": null`): clusters it does
     /// not hold read as zeros and show as holes.
     pub fn start_delta(delta: &Path) -> io::Result<QemuNbdExport> {
@@ -353,26 +377,41 @@ impl QemuNbdExport {
 }
 
 fn uri(socket: &Path) -> String {
-    format!("nbd+unix:///?socket={}", socket.display())
+    uri_of(socket, "")
+}
+
+fn uri_of(socket: &Path, export: &str) -> String {
+    format!("nbd+unix:///{export}?socket={}", socket.display())
 }
 
 /// The extents that hold data in the export at `socket` (`base:allocation`).
 pub fn allocation(socket: &Path) -> io::Result<Vec<Extent>> {
-    parse_allocation_map(&map_json(socket, None)?).map_err(bad)
+    allocation_of(socket, "")
+}
+
+/// [`allocation`] of a named export.
+pub fn allocation_of(socket: &Path, export: &str) -> io::Result<Vec<Extent>> {
+    parse_allocation_map(&map_json(socket, export, None)?).map_err(bad)
 }
 
 /// The dirty extents of `bitmap` in the export at `socket` (qemu-nbd must have been started
 /// with `--bitmap=<bitmap>`).
 pub fn dirty(socket: &Path, bitmap: &str) -> io::Result<Vec<Extent>> {
+    dirty_of(socket, "", bitmap)
+}
+
+/// [`dirty`] of a named export (libvirt's pull-mode backup: `backup-<target>`).
+pub fn dirty_of(socket: &Path, export: &str, bitmap: &str) -> io::Result<Vec<Extent>> {
     parse_dirty_map(&map_json(
         socket,
+        export,
         Some(&format!("qemu:dirty-bitmap:{bitmap}")),
     )?)
     .map_err(bad)
 }
 
 /// `nbdinfo --json --map[=<context>]` of an export.
-fn map_json(socket: &Path, context: Option<&str>) -> io::Result<String> {
+fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<String> {
     let mut cmd = Command::new("nbdinfo");
     cmd.arg("--json");
     match context {
@@ -380,7 +419,7 @@ fn map_json(socket: &Path, context: Option<&str>) -> io::Result<String> {
         None => cmd.arg("--map"),
     };
     let out = cmd
-        .arg(uri(socket))
+        .arg(uri_of(socket, export))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run nbdinfo: {e}")))?;
@@ -460,6 +499,8 @@ pub struct NbdImage {
     /// Held for its Drop: the qemu-nbd process this image started, if any.
     _export: Option<QemuNbdExport>,
     socket: PathBuf,
+    /// The export's name ("" for qemu-nbd's default export).
+    export: String,
     /// False for a delta read without its backing file.
     complete: bool,
 }
@@ -475,6 +516,24 @@ impl NbdImage {
             client: Mutex::new(client),
             allocation,
             socket: export.socket().to_path_buf(),
+            export: String::new(),
+            _export: Some(export),
+            complete: true,
+        })
+    }
+
+    /// Exports `image` without taking qemu's image lock (see
+    /// [`QemuNbdExport::start_shared`]) and connects to it.
+    pub fn open_shared(image: &Path, format: &str) -> io::Result<NbdImage> {
+        let export = QemuNbdExport::start_shared(image, format)?;
+        let allocation = export.allocation()?;
+        let client = NbdClient::connect(export.socket())?;
+        Ok(NbdImage {
+            size: client.size(),
+            client: Mutex::new(client),
+            allocation,
+            socket: export.socket().to_path_buf(),
+            export: String::new(),
             _export: Some(export),
             complete: true,
         })
@@ -491,6 +550,7 @@ impl NbdImage {
             client: Mutex::new(client),
             allocation: Vec::new(),
             socket: export.socket().to_path_buf(),
+            export: String::new(),
             _export: Some(export),
             complete: false,
         };
@@ -500,14 +560,20 @@ impl NbdImage {
     /// Connects to an export someone else runs (a qemu-nbd, qemu-storage-daemon or libvirt
     /// pull-mode backup socket).
     pub fn connect(socket: &Path) -> io::Result<NbdImage> {
-        let allocation = allocation(socket)?;
-        let client = NbdClient::connect(socket)?;
+        Self::connect_export(socket, "")
+    }
+
+    /// [`NbdImage::connect`] to a named export.
+    pub fn connect_export(socket: &Path, export: &str) -> io::Result<NbdImage> {
+        let allocation = allocation_of(socket, export)?;
+        let client = NbdClient::connect_export(socket, export)?;
         Ok(NbdImage {
             size: client.size(),
             client: Mutex::new(client),
             allocation,
             _export: None,
             socket: socket.to_path_buf(),
+            export: export.to_string(),
             complete: true,
         })
     }
@@ -519,7 +585,7 @@ impl NbdImage {
 
     /// The dirty extents of the bitmap the image was opened with.
     pub fn dirty(&self, bitmap: &str) -> io::Result<Vec<Extent>> {
-        dirty(&self.socket, bitmap)
+        dirty_of(&self.socket, &self.export, bitmap)
     }
 }
 

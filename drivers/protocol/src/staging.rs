@@ -35,6 +35,21 @@ pub struct DirectDisk {
     pub bitmap: Option<String>,
     /// Why a whole read was chosen for an increment (a missing or inconsistent bitmap).
     pub full_reason: Option<String>,
+    /// Read the disk from this NBD export instead of the file (libvirt's pull-mode backup of
+    /// a running VM); `bitmap` then names the export's dirty-bitmap context (`backup-vda`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdSource>,
+    /// Open the file without qemu's image lock: the base under a live snapshot's overlay,
+    /// which the running VM holds open but no longer writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+/// An NBD export on a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdSource {
+    pub socket: String,
+    pub export: String,
 }
 
 /// The name of the bitmap that tracks changes since increment `n` of VM `vm_id` (spec §4.3).

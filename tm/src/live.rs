@@ -1,0 +1,736 @@
+//! prebackup_live and postbackup_live on the host: a running VM, through libvirt (`virsh`), as
+//! spec §4.3 describes the stock KVM backup.
+//!
+//! - **FULL** (increment 0, or FULL mode): with the guest frozen (FS_FREEZE), a disk-only
+//!   external snapshot `one-<vm>-backup` moves the backed-up disks onto overlays in
+//!   `<vm_dir>/tmp/overlay_<id>.qcow2` (other disks `snapshot=no`); in INCREMENT mode the
+//!   checkpoint `one-<vm>-0` is made right after it, every older one deleted first. The disk
+//!   files are then no longer written and are read as they are, without qemu's image lock.
+//!   postbackup_live block-commits the overlays back (`--active --pivot`), which also merges
+//!   the checkpoint's bitmap into the disk.
+//! - **CBT increment**: the parent checkpoint `one-<vm>-<parent>` must exist; when libvirt
+//!   lost it (the domain was redefined, as OpenNebula does at every deploy), it is redefined
+//!   from the disks' persistent bitmaps. Then, frozen, `virsh backup-begin` in pull mode:
+//!   an NBD export per disk on `<vm_dir>/backup.socket` (named after the disk's target), a
+//!   scratch file per disk in `<vm_dir>/tmp`, the dirty extents as
+//!   `qemu:dirty-bitmap:backup-<target>`, and the new checkpoint `one-<vm>-<increment>`.
+//!   Self-healing: when the parent checkpoint cannot be had, or the incremental job cannot
+//!   start, the pull is a whole one (an `INFO:` line says why), never a failure or a wrong
+//!   increment.
+//!
+//! Hand-over, as for stopped VMs: staging writes `disk.<id>.<n>` from the disk (FULL) or the
+//! export (increment), and a pull-mode job ends at once; direct writes `backstop.json` naming
+//! the disk file (read without locking) or the export, which stays up until postbackup_live.
+//!
+//! postbackup_live stops the pull-mode job, commits the overlays, settles the checkpoints
+//! (after success only `one-<vm>-<n>` stays; after a failure it goes and the parent stays),
+//! and removes `<vm_dir>/tmp` and the staging directory. A prebackup_live that fails undoes
+//! what it did the same way before it reports. Problems in postbackup_live are `ERROR:`
+//! lines; it always succeeds, as the stock script does.
+
+use crate::delta::{self, Plan};
+use crate::host::{self, Step, Summary, increment_of};
+use crate::qemu;
+use backstop_datastore::repo::image::ImageSource;
+use backstop_datastore::repo::nbd::NbdImage;
+use backstop_datastore::{Error, ErrorKind};
+use backstop_protocol::message::{BackupMode, FsFreeze};
+use backstop_protocol::output::{Level, log};
+use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, NbdSource, bitmap_name};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `virsh` against the hypervisor's libvirt: `LIBVIRT_URI` from the environment or from
+/// OpenNebula's `etc/vmm/kvm/kvmrc` in the synced remotes tree, else virsh's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Virsh {
+    pub uri: Option<String>,
+}
+
+impl Virsh {
+    /// The URI as the KVM driver on this host uses it.
+    pub fn for_host() -> Virsh {
+        if let Some(uri) = std::env::var("LIBVIRT_URI").ok().filter(|u| !u.is_empty()) {
+            return Virsh { uri: Some(uri) };
+        }
+        // <remotes>/backstop/bin/backstop -> <remotes>/etc/vmm/kvm/kvmrc
+        let kvmrc = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("etc/vmm/kvm/kvmrc")));
+        let uri = kvmrc
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| {
+                backstop_datastore::config::parse_conf(&text)
+                    .into_iter()
+                    .rev()
+                    .find(|(k, _)| k == "LIBVIRT_URI")
+                    .map(|(_, v)| v)
+            })
+            .filter(|u| !u.is_empty());
+        Virsh { uri }
+    }
+
+    /// Runs `virsh <args>`; its stdout, or an error naming the command and virsh's message.
+    pub fn run(&self, args: &[&str]) -> Result<String, Error> {
+        let mut cmd = Command::new("virsh");
+        if let Some(u) = &self.uri {
+            cmd.arg("--connect").arg(u);
+        }
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::io("cannot run virsh", e))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let message = err
+            .lines()
+            .map(|l| l.trim().trim_start_matches("error: ").trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "virsh {}: {}",
+                args.first().copied().unwrap_or_default(),
+                if message.is_empty() {
+                    format!("exited with {}", out.status)
+                } else {
+                    message
+                }
+            ),
+        ))
+    }
+
+    /// The domain's checkpoints, by name.
+    fn checkpoints(&self, dom: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .run(&["checkpoint-list", dom, "--name"])?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// (target, source) of every disk and cdrom of the domain.
+    fn disks(&self, dom: &str) -> Result<Vec<(String, String)>, Error> {
+        let text = self.run(&["domblklist", dom, "--details"])?;
+        Ok(text
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                match w.as_slice() {
+                    [_, device, target, source @ ..] if matches!(*device, "disk" | "cdrom") => {
+                        Some((target.to_string(), source.join(" ")))
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
+    /// Whether a block job (a pull-mode backup) runs on the domain.
+    fn backup_job_active(&self, dom: &str) -> bool {
+        self.run(&["domjobinfo", dom]).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.starts_with("Operation:") && l.contains("Backup"))
+        })
+    }
+}
+
+/// One backed-up disk of the running VM.
+#[derive(Debug, Clone)]
+struct LiveDisk {
+    id: u32,
+    target: String,
+    /// The disk file (symlinks resolved).
+    path: PathBuf,
+    format: String,
+    size: u64,
+}
+
+fn fail(message: String) -> Error {
+    Error::new(ErrorKind::Input, message)
+}
+
+/// The guest frozen (FS_FREEZE) while `f` runs; thawed on every path.
+fn frozen<T>(
+    virsh: &Virsh,
+    dom: &str,
+    mode: FsFreeze,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let (freeze, thaw) = match mode {
+        FsFreeze::None => return f(),
+        FsFreeze::Agent => ("domfsfreeze", "domfsthaw"),
+        FsFreeze::Suspend => ("suspend", "resume"),
+    };
+    virsh
+        .run(&[freeze, dom])
+        .map_err(|e| fail(format!("FS_FREEZE: cannot freeze {dom}: {e}")))?;
+    let result = f();
+    if let Err(e) = virsh.run(&[thaw, dom]) {
+        log(Level::Error, &format!("FS_FREEZE: cannot thaw {dom}: {e}"));
+    }
+    result
+}
+
+fn vm_dir(step: &Step<'_>) -> PathBuf {
+    PathBuf::from(&step.args.host_dir.vm_dir)
+}
+
+fn socket(step: &Step<'_>) -> PathBuf {
+    vm_dir(step).join("backup.socket")
+}
+
+fn tmp_dir(step: &Step<'_>) -> PathBuf {
+    vm_dir(step).join("tmp")
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// `--diskspec` arguments: ours with `ours`, every other disk with `others`.
+fn diskspecs(
+    all: &[(String, String)],
+    disks: &[LiveDisk],
+    ours: impl Fn(&LiveDisk) -> String,
+    others: &str,
+) -> Vec<String> {
+    let mut specs = Vec::new();
+    for (target, _) in all {
+        specs.push("--diskspec".to_string());
+        match disks.iter().find(|d| &d.target == target) {
+            Some(d) => specs.push(ours(d)),
+            None => specs.push(format!("{target},{others}")),
+        }
+    }
+    specs
+}
+
+/// `<disk .../>` elements of a checkpoint or backup XML.
+fn disk_elements(
+    all: &[(String, String)],
+    disks: &[LiveDisk],
+    ours: impl Fn(&LiveDisk) -> String,
+    others: impl Fn(&str) -> String,
+) -> String {
+    all.iter()
+        .map(
+            |(target, _)| match disks.iter().find(|d| &d.target == target) {
+                Some(d) => ours(d),
+                None => others(target),
+            },
+        )
+        .collect()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+pub fn prebackup_live(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
+    let result = prepare(step, virsh);
+    if result.is_err() {
+        // Undo what was done: no overlay, job, stray checkpoint or scratch file stays.
+        settle(step, virsh, true);
+    }
+    result
+}
+
+fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
+    let vm = step.vm;
+    let (increment, parent) = increment_of(vm)?;
+    let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
+    let dom = step.args.deploy_id.as_str();
+    let staging = &step.staging;
+    if staging.exists() {
+        std::fs::remove_dir_all(staging)
+            .map_err(|e| Error::io(format!("cannot clear {}", staging.display()), e))?;
+    }
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+    host::write_vm_xml(staging, step.vm_xml)?;
+    if vm.tpm.is_some() {
+        host::write_tpm(step)?;
+    }
+    // What an interrupted backup left (its postbackup never ran): the job stopped and the
+    // overlays committed first, or clearing tmp would delete the disks' active layers.
+    stop_and_commit(step, virsh, &|what, _| {
+        log(
+            Level::Info,
+            &format!("VM {}: left by an interrupted backup: {what}", vm.id),
+        );
+    });
+    let tmp = tmp_dir(step);
+    if virsh
+        .disks(dom)?
+        .iter()
+        .any(|(_, s)| Path::new(s).starts_with(&tmp))
+    {
+        return Err(fail(format!(
+            "VM {}: a disk still runs on an overlay in {} that cannot be committed",
+            vm.id,
+            tmp.display()
+        )));
+    }
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .map_err(|e| Error::io(format!("cannot clear {}", tmp.display()), e))?;
+    }
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+
+    let all = virsh.disks(dom)?;
+    let mut disks = Vec::new();
+    for &id in &step.args.disk_ids {
+        let target = vm
+            .disks
+            .iter()
+            .find(|d| d.disk_id == id)
+            .and_then(|d| d.target.clone())
+            .ok_or_else(|| fail(format!("VM {}: disk {id} has no TARGET", vm.id)))?;
+        if !all.iter().any(|(t, _)| *t == target) {
+            return Err(fail(format!(
+                "VM {}: domain {dom} has no disk {target} (disk {id})",
+                vm.id
+            )));
+        }
+        let path = host::disk_path(step, id)?;
+        let info = qemu::info(&path)?;
+        disks.push(LiveDisk {
+            id,
+            target,
+            path,
+            format: info.format,
+            size: info.virtual_size,
+        });
+    }
+    let mut summary = Summary {
+        increment,
+        ..Summary::default()
+    };
+    let mut manifest = DirectManifest {
+        version: 1,
+        vm_id: vm.id,
+        increment,
+        disks: Vec::new(),
+    };
+    let mine = |name: &str| {
+        name.strip_prefix(&format!("one-{}-", vm.id))
+            .is_some_and(|n| n.parse::<u64>().is_ok())
+    };
+    let current = bitmap_name(vm.id, increment);
+    match parent {
+        None => {
+            // FULL: a new chain; every older checkpoint goes.
+            if incremental_mode {
+                for cp in virsh.checkpoints(dom)?.into_iter().filter(|c| mine(c)) {
+                    delete_checkpoint(virsh, dom, &cp)?;
+                }
+            }
+            let mut args: Vec<String> = [
+                "snapshot-create-as",
+                dom,
+                "--name",
+                &format!("one-{}-backup", vm.id),
+                "--disk-only",
+                "--atomic",
+                "--no-metadata",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(diskspecs(
+                &all,
+                &disks,
+                |d| {
+                    format!(
+                        "{},file={},driver=qcow2",
+                        d.target,
+                        tmp.join(format!("overlay_{}.qcow2", d.id)).display()
+                    )
+                },
+                "snapshot=no",
+            ));
+            let mut cp_args: Vec<String> = vec![
+                "checkpoint-create-as".into(),
+                dom.into(),
+                "--name".into(),
+                current.clone(),
+            ];
+            cp_args.extend(diskspecs(
+                &all,
+                &disks,
+                |d| format!("{},checkpoint=bitmap", d.target),
+                "checkpoint=no",
+            ));
+            frozen(virsh, dom, vm.backup_config.fs_freeze, || {
+                virsh.run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+                if incremental_mode {
+                    virsh.run(&cp_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+                }
+                Ok(())
+            })?;
+            // The disk files are the frozen bases now.
+            for d in &disks {
+                if step.direct {
+                    manifest.disks.push(DirectDisk {
+                        disk_id: d.id,
+                        path: d.path.display().to_string(),
+                        format: d.format.clone(),
+                        bitmap: None,
+                        full_reason: None,
+                        nbd: None,
+                        shared: true,
+                    });
+                } else {
+                    let image = NbdImage::open_shared(&d.path, &d.format)
+                        .map_err(|e| fail(format!("cannot read {}: {e}", d.path.display())))?;
+                    let w = delta::write_from(
+                        &image,
+                        &d.path.display().to_string(),
+                        &Plan::Full,
+                        &staging.join(format!("disk.{}.{increment}", d.id)),
+                        step.cancel,
+                    )?;
+                    summary.bytes_read += w.bytes_read;
+                    summary.staged_bytes += w.file_bytes;
+                }
+            }
+        }
+        Some(p) => {
+            let wanted = bitmap_name(vm.id, p);
+            let mut reason = None;
+            let existing = virsh.checkpoints(dom)?;
+            // Leftovers of an attempt whose postbackup never ran, and anything but the parent.
+            for cp in existing.iter().filter(|c| mine(c) && **c != wanted) {
+                delete_checkpoint(virsh, dom, cp)?;
+            }
+            if !existing.contains(&wanted) {
+                // libvirt lost it (a redefined domain): the bitmaps are in the disks.
+                let xml = format!(
+                    "<domaincheckpoint><name>{wanted}</name><creationTime>{}</creationTime><disks>{}</disks></domaincheckpoint>",
+                    jiff::Timestamp::now().as_second(),
+                    disk_elements(
+                        &all,
+                        &disks,
+                        |d| format!(
+                            "<disk name='{}' checkpoint='bitmap' bitmap='{wanted}'/>",
+                            xml_escape(&d.target)
+                        ),
+                        |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
+                    )
+                );
+                let file = tmp.join("checkpoint-redefine.xml");
+                write_file(&file, &xml)?;
+                if let Err(e) = virsh.run(&[
+                    "checkpoint-create",
+                    dom,
+                    &file.display().to_string(),
+                    "--redefine",
+                ]) {
+                    reason = Some(format!(
+                        "checkpoint {wanted} is gone and cannot be redefined from the disks ({e})"
+                    ));
+                }
+            }
+            for d in &disks {
+                let scratch = tmp.join(format!("scratch.{}.qcow2", d.id));
+                backstop_datastore::actions::chain::qemu_img(&[
+                    "create".as_ref(),
+                    "-q".as_ref(),
+                    "-f".as_ref(),
+                    "qcow2".as_ref(),
+                    scratch.as_os_str(),
+                    d.size.to_string().as_ref(),
+                ])?;
+            }
+            let sock = socket(step);
+            let _ = std::fs::remove_file(&sock);
+            let backup_xml = |incremental: bool| {
+                format!(
+                    "<domainbackup mode='pull'>{}<server transport='unix' socket='{}'/><disks>{}</disks></domainbackup>",
+                    if incremental {
+                        format!("<incremental>{wanted}</incremental>")
+                    } else {
+                        String::new()
+                    },
+                    xml_escape(&sock.display().to_string()),
+                    disk_elements(
+                        &all,
+                        &disks,
+                        |d| format!(
+                            "<disk name='{}' backup='yes' type='file'><driver type='qcow2'/><scratch file='{}'/></disk>",
+                            xml_escape(&d.target),
+                            xml_escape(
+                                &tmp.join(format!("scratch.{}.qcow2", d.id))
+                                    .display()
+                                    .to_string()
+                            )
+                        ),
+                        |t| format!("<disk name='{}' backup='no'/>", xml_escape(t)),
+                    )
+                )
+            };
+            let checkpoint_xml = format!(
+                "<domaincheckpoint><name>{current}</name><disks>{}</disks></domaincheckpoint>",
+                disk_elements(
+                    &all,
+                    &disks,
+                    |d| format!(
+                        "<disk name='{}' checkpoint='bitmap'/>",
+                        xml_escape(&d.target)
+                    ),
+                    |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
+                )
+            );
+            let cp_file = tmp.join("checkpoint.xml");
+            write_file(&cp_file, &checkpoint_xml)?;
+            let begin = |incremental: bool| -> Result<(), Error> {
+                let file = tmp.join("backup.xml");
+                write_file(&file, &backup_xml(incremental))?;
+                frozen(virsh, dom, vm.backup_config.fs_freeze, || {
+                    virsh
+                        .run(&[
+                            "backup-begin",
+                            dom,
+                            &file.display().to_string(),
+                            &cp_file.display().to_string(),
+                            "--reuse-external",
+                        ])
+                        .map(|_| ())
+                })
+            };
+            if reason.is_none()
+                && let Err(e) = begin(true)
+            {
+                reason = Some(format!(
+                    "the incremental backup from checkpoint {wanted} could not start ({e})"
+                ));
+            }
+            if let Some(r) = &reason {
+                log(
+                    Level::Info,
+                    &format!(
+                        "VM {}: {r}; increment {increment} reads the whole disks",
+                        vm.id
+                    ),
+                );
+                begin(false)?;
+            }
+            for d in &disks {
+                let context = format!("backup-{}", d.target);
+                let plan = if reason.is_none() {
+                    Plan::Changed(context.clone())
+                } else {
+                    Plan::Whole
+                };
+                if step.direct {
+                    manifest.disks.push(DirectDisk {
+                        disk_id: d.id,
+                        path: d.path.display().to_string(),
+                        format: d.format.clone(),
+                        bitmap: reason.is_none().then(|| context.clone()),
+                        full_reason: reason.clone(),
+                        nbd: Some(NbdSource {
+                            socket: sock.display().to_string(),
+                            export: d.target.clone(),
+                        }),
+                        shared: false,
+                    });
+                } else {
+                    let image = NbdImage::connect_export(&sock, &d.target).map_err(|e| {
+                        fail(format!(
+                            "cannot read disk {} from the backup export: {e}",
+                            d.id
+                        ))
+                    })?;
+                    if image.size() != d.size {
+                        return Err(fail(format!(
+                            "the backup export of disk {} has {} bytes, the disk {}",
+                            d.id,
+                            image.size(),
+                            d.size
+                        )));
+                    }
+                    let w = delta::write_from(
+                        &image,
+                        &format!("disk {} ({})", d.id, d.target),
+                        &plan,
+                        &staging.join(format!("disk.{}.{increment}", d.id)),
+                        step.cancel,
+                    )?;
+                    summary.bytes_read += w.bytes_read;
+                    summary.staged_bytes += w.file_bytes;
+                }
+            }
+            if !step.direct {
+                // Staged: the export is no longer needed.
+                let _ = virsh.run(&["domjobabort", dom]);
+            }
+        }
+    }
+    if step.direct {
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
+        let tmp_manifest = staging.join(format!("{MANIFEST}.tmp"));
+        std::fs::write(&tmp_manifest, text)
+            .and_then(|()| std::fs::rename(&tmp_manifest, staging.join(MANIFEST)))
+            .map_err(|e| Error::io(format!("cannot write {}", staging.display()), e))?;
+    }
+    Ok(summary)
+}
+
+/// Deletes a checkpoint with its bitmaps; only its metadata when the bitmaps are gone already.
+fn delete_checkpoint(virsh: &Virsh, dom: &str, name: &str) -> Result<(), Error> {
+    match virsh.run(&["checkpoint-delete", dom, name]) {
+        Ok(_) => Ok(()),
+        Err(e) => virsh
+            .run(&["checkpoint-delete", dom, name, "--metadata"])
+            .map(|_| ())
+            .map_err(|_| e),
+    }
+}
+
+pub fn postbackup_live(step: &Step<'_>, virsh: &Virsh) {
+    settle(step, virsh, step.vm.backup_failed);
+}
+
+/// Stops a pull-mode backup job and block-commits the overlays in `<vm_dir>/tmp` back into
+/// the disks; `report` gets what was done (false) and what could not be done (true).
+fn stop_and_commit(step: &Step<'_>, virsh: &Virsh, report: &dyn Fn(String, bool)) {
+    let dom = step.args.deploy_id.as_str();
+    if virsh.backup_job_active(dom) {
+        match virsh.run(&["domjobabort", dom]) {
+            Ok(_) => report(format!("stopped the backup job of {dom}"), false),
+            Err(e) => report(e.to_string(), true),
+        }
+    }
+    let tmp = tmp_dir(step);
+    match virsh.disks(dom) {
+        Ok(disks) => {
+            for (target, source) in disks {
+                if !Path::new(&source).starts_with(&tmp) {
+                    continue;
+                }
+                match virsh.run(&[
+                    "blockcommit",
+                    dom,
+                    &target,
+                    "--active",
+                    "--pivot",
+                    "--keep-relative",
+                ]) {
+                    Ok(_) => report(format!("committed the overlay of {target}"), false),
+                    Err(e) => report(format!("the overlay of {target} stays: {e}"), true),
+                }
+            }
+        }
+        Err(e) => report(e.to_string(), true),
+    }
+}
+
+/// Ends a live backup: the pull-mode job stopped, overlays committed, checkpoints settled,
+/// `<vm_dir>/tmp` and the staging directory removed. Errors are logged.
+fn settle(step: &Step<'_>, virsh: &Virsh, failed: bool) {
+    let vm = step.vm;
+    let dom = step.args.deploy_id.as_str();
+    let report = |what: String| log(Level::Error, &format!("VM {}: {what}", vm.id));
+    stop_and_commit(step, virsh, &|what, problem| {
+        if problem {
+            report(what);
+        }
+    });
+    let tmp = tmp_dir(step);
+    if vm.backup_config.mode == BackupMode::Increment
+        && let Ok((increment, _)) = increment_of(vm)
+    {
+        let current = bitmap_name(vm.id, increment);
+        let prefix = format!("one-{}-", vm.id);
+        match virsh.checkpoints(dom) {
+            Ok(cps) => {
+                for cp in cps.iter().filter(|c| {
+                    c.strip_prefix(&prefix)
+                        .is_some_and(|n| n.parse::<u64>().is_ok())
+                }) {
+                    // After success only the new checkpoint stays; after a failure it goes
+                    // and the parent's stays for the next attempt.
+                    let drop = if failed {
+                        *cp == current
+                    } else {
+                        *cp != current
+                    };
+                    if drop && let Err(e) = delete_checkpoint(virsh, dom, cp) {
+                        report(e.to_string());
+                    }
+                }
+            }
+            Err(e) => report(e.to_string()),
+        }
+    }
+    // An overlay that could not be committed is still the VM's disk: keep it.
+    let overlay_in_use = virsh
+        .disks(dom)
+        .is_ok_and(|d| d.iter().any(|(_, s)| Path::new(s).starts_with(&tmp)));
+    if tmp.exists() && !overlay_in_use {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    let _ = std::fs::remove_file(socket(step));
+    if step.staging.exists()
+        && let Err(e) = std::fs::remove_dir_all(&step.staging)
+    {
+        report(format!("cannot remove {}: {e}", step.staging.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs_cover_every_disk() {
+        let all = vec![
+            ("vda".to_string(), "/d/disk.0".to_string()),
+            ("vdb".to_string(), "/d/disk.1".to_string()),
+            ("hda".to_string(), "/d/disk.2".to_string()),
+        ];
+        let disks = vec![LiveDisk {
+            id: 1,
+            target: "vdb".into(),
+            path: "/d/disk.1".into(),
+            format: "qcow2".into(),
+            size: 1,
+        }];
+        assert_eq!(
+            diskspecs(&all, &disks, |d| format!("{},x", d.target), "snapshot=no"),
+            [
+                "--diskspec",
+                "vda,snapshot=no",
+                "--diskspec",
+                "vdb,x",
+                "--diskspec",
+                "hda,snapshot=no"
+            ]
+        );
+        assert_eq!(
+            disk_elements(
+                &all,
+                &disks,
+                |d| format!("[{}]", d.target),
+                |t| format!("({t})")
+            ),
+            "(vda)[vdb](hda)"
+        );
+    }
+}
