@@ -662,3 +662,122 @@ fn in_place_restore_brings_back_an_increment() {
     t.check_point(0, &id, &now);
     drop(oned);
 }
+
+/// prebackup runs under the backup datastore's confinement (spec §4.1, §10.3), which it reads
+/// from oned (a MOCK here): the host step, found in /proc while it copies a disk of random
+/// data, runs at the datastore's nice and I/O priority.
+#[test]
+fn prebackup_runs_under_the_datastores_confinement() {
+    use crate::oned_mock::{MockOned, failed, ok};
+    use backstop_protocol::xmlrpc::Value;
+    let t = Tm::start("staging");
+    let cloud = &t.cloud;
+    // Disk 0 holds 384 MiB of random data, so copying it takes a while.
+    let noise = cloud.dir.path().join("noise");
+    crate::cloud::sh_ok(
+        "sh",
+        &[
+            "-c",
+            &format!("head -c 402653184 /dev/urandom > {}", noise.display()),
+        ],
+    );
+    let disk = cloud.disk(0);
+    crate::cloud::sh_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            disk.to_str().expect("utf-8"),
+            "512M",
+        ],
+    );
+    crate::cloud::sh_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -s {} 0 384M", noise.display()),
+            disk.to_str().expect("utf-8"),
+        ],
+    );
+    fs::remove_file(&noise).expect("noise");
+    let ds_doc =
+        cloud.datastore_xml_with("<RESTIC_NICE>6</RESTIC_NICE><RESTIC_IONICE>4</RESTIC_IONICE>");
+    let oned = MockOned::start(
+        |s| s == crate::cloud::ONED_SESSION,
+        move |method, params| match (method, params) {
+            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
+            _ => failed(&format!("[{method}] Error getting object"), 1024),
+        },
+    );
+    let auth = cloud.dir.path().join("one_auth");
+    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    let vm_xml = cloud.vm_xml(-1, -1);
+    let args = cloud.backup_args();
+    let mut pre = std::process::Command::new(cloud.remotes.join("tm/qcow2/prebackup"))
+        .args(&args)
+        .env("ONE_XMLRPC", &oned.endpoint)
+        .env("ONE_AUTH", &auth)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prebackup");
+    {
+        use std::io::Write;
+        pre.stdin
+            .take()
+            .expect("stdin")
+            .write_all(vm_xml.as_bytes())
+            .expect("stdin");
+    }
+    let staging = cloud.staging().display().to_string();
+    let mut seen = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while seen.is_none() && std::time::Instant::now() < deadline {
+        if pre.try_wait().expect("wait").is_some() {
+            break;
+        }
+        seen = processes("host-tm", cloud.dir.path())
+            .into_iter()
+            .find(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&staging))
+            })
+            .and_then(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let fields: Vec<String> = stat
+                    .rsplit_once(") ")?
+                    .1
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                let io = std::process::Command::new("ionice")
+                    .args(["-p", &pid.to_string()])
+                    .output()
+                    .ok()?;
+                Some((
+                    fields.get(16)?.clone(),
+                    String::from_utf8_lossy(&io.stdout).trim().to_string(),
+                ))
+            });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = pre.wait_with_output().expect("prebackup");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        seen,
+        Some(("6".to_string(), "best-effort: prio 4".to_string())),
+        "the host step was not seen, or not confined"
+    );
+    let post = t.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+}

@@ -3,48 +3,50 @@
 //! document on stdin). It runs `backstop host-tm <action>` on the host over ssh, with the VM
 //! document sent on ssh's stdin (closing it cancels), and passes the host's `INFO:` lines on.
 //!
-//! Direct or staging ([`Delivery`]): `TM_DELIVERY` in backstop.conf; `auto` asks oned for the
-//! backup datastore (`BACKUP_CONFIG/LAST_DATASTORE_ID`) and hands over directly when that
-//! datastore's `backup` action is backstop's, in the stock layout otherwise (or when oned
-//! cannot be asked, which is logged).
+//! prebackup asks oned for the backup datastore (`BACKUP_CONFIG/LAST_DATASTORE_ID`): its
+//! RESTIC_NICE, RESTIC_IONICE and systemd limits confine the host step, as they confine the
+//! backup's. Direct or staging ([`Delivery`]): `TM_DELIVERY` in backstop.conf; `auto` hands
+//! over directly when that datastore's `backup` action is backstop's, in the stock layout
+//! otherwise (or when oned cannot be asked, which is logged).
 
-use backstop_datastore::actions::backup::{last_line, remote_call, sh_quote};
+use backstop_datastore::actions::backup::{confinement, last_line, remote_call, sh_quote};
 use backstop_datastore::config::{Delivery, DriverConfig};
 use backstop_datastore::oned::OnedClient;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
-use backstop_protocol::message::Vm;
+use backstop_protocol::message::{Datastore, Vm};
 use backstop_protocol::output::{Level, log};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-/// Whether prebackup hands the disks over directly.
-pub fn direct(cfg: &DriverConfig, vm: &Vm) -> bool {
+/// The backup datastore from oned (`BACKUP_CONFIG/LAST_DATASTORE_ID`), for prebackup's
+/// hand-over and confinement; None, logged, when oned cannot be asked.
+fn backup_datastore(vm: &Vm) -> Option<Datastore> {
+    let ds_id = vm.backup_config.last_datastore_id?;
+    match OnedClient::from_env().and_then(|c| c.datastore(ds_id)) {
+        Ok(ds) => Some(ds),
+        Err(e) => {
+            log(
+                Level::Info,
+                &format!(
+                    "VM {}: the backup datastore could not be asked ({e}); prebackup runs without its confinement",
+                    vm.id
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Whether prebackup hands the disks over directly, given the backup datastore if known.
+pub fn direct(cfg: &DriverConfig, ds: Option<&Datastore>) -> bool {
     match cfg.tm_delivery {
         Delivery::Direct => true,
         Delivery::Staging => false,
-        Delivery::Auto => {
-            let Some(ds_id) = vm.backup_config.last_datastore_id else {
-                return false;
-            };
-            let ds = OnedClient::from_env().and_then(|c| c.datastore(ds_id));
-            match ds {
-                Ok(ds) => {
-                    let action = cfg.remotes.join(format!("datastore/{}/backup", ds.ds_mad));
-                    std::fs::read_to_string(&action).is_ok_and(|t| t.contains("backstop-shim"))
-                }
-                Err(e) => {
-                    log(
-                        Level::Info,
-                        &format!(
-                            "VM {}: staging the disks, as the backup datastore could not be asked: {e}",
-                            vm.id
-                        ),
-                    );
-                    false
-                }
-            }
-        }
+        Delivery::Auto => ds.is_some_and(|ds| {
+            let action = cfg.remotes.join(format!("datastore/{}/backup", ds.ds_mad));
+            std::fs::read_to_string(&action).is_ok_and(|t| t.contains("backstop-shim"))
+        }),
     }
 }
 
@@ -58,10 +60,18 @@ pub fn run(
     cancel: &Arc<AtomicBool>,
 ) -> Result<(), Error> {
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
-    let delivery = if action.starts_with("prebackup") && direct(cfg, vm) {
+    let pre = action.starts_with("prebackup");
+    let ds = if pre { backup_datastore(vm) } else { None };
+    let delivery = if pre && direct(cfg, ds.as_ref()) {
         "direct"
     } else {
         "staging"
+    };
+    // The qemu work runs under the backup datastore's confinement, as the stock driver's
+    // (spec §4.1, §10.3).
+    let prefix = match &ds {
+        Some(ds) => confinement(ds, &args.host_dir.vm_dir)?,
+        None => String::new(),
     };
     let mut words = vec![
         cfg.remote_binary(),
@@ -84,8 +94,8 @@ pub fn run(
         args.system_ds_id.to_string(),
     ];
     words.iter_mut().for_each(|w| *w = sh_quote(w));
-    let (status, _stdout, stderr) =
-        remote_call(cfg, &args.host_dir.host, &words.join(" "), raw_xml, cancel)?;
+    let line = format!("{prefix}{}", words.join(" "));
+    let (status, _stdout, stderr) = remote_call(cfg, &args.host_dir.host, &line, raw_xml, cancel)?;
     // The host's log lines reach oned's log.
     for line in stderr.lines() {
         for level in ["INFO: ", "ERROR: "] {
