@@ -159,32 +159,23 @@ fn the_password_never_reaches_stdout_or_stderr() {
 }
 
 #[test]
-fn valid_input_for_an_unwritten_action_is_decoded_then_reported() {
-    // The transfer manager's prebackup_live (issue 5) is decoded but not written yet.
+fn valid_input_for_an_unwritten_part_is_decoded_then_reported() {
+    // S3 storage is decoded and validated, then refused as not written yet.
     let t = installed();
-    let link = t.root.join("other/tm/backstop/prebackup_live");
-    std::fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
-    std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
-    let out = run(
-        &link,
-        &[
-            "hv1:/var/lib/one//datastores/0/22",
-            "0:1",
-            "one-22",
-            "-",
-            "22",
-            "0",
-        ],
-        b"<VM><ID>22</ID><TEMPLATE/></VM>",
-    );
+    let base = t.root.join("datastores/100");
+    let data = action_data(&[&datastore_xml(
+        base.to_str().expect("utf-8"),
+        "<RESTIC_BACKEND><![CDATA[S3]]></RESTIC_BACKEND>",
+    )]);
+    let out = run(t.action("monitor"), &["100"], b64(&data).as_bytes());
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(out.stdout, "");
     assert_eq!(
         out.stderr,
-        "prebackup_live: not implemented in this version of backstop\n"
+        "monitor: monitor of an S3 datastore is not implemented in this version of backstop\n"
     );
-    // Malformed arguments to it are named, not reported as unwritten.
-    let out = run(&link, &["hv1:/x", "22"], b"");
+    // Malformed input to it is named, not reported as unwritten.
+    let out = run(t.action("monitor"), &["100"], b"%%%");
     assert_eq!(out.code, Some(1));
     assert!(!out.stderr.contains("not implemented"), "{}", out.stderr);
 }

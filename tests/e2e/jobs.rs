@@ -57,6 +57,26 @@ fn run_cli(prefix: &[String], args: &[&str]) -> crate::support::Outcome {
     crate::support::run(BACKSTOP, &all, b"")
 }
 
+/// `backupjob image restore 1 --increment <inc>` into `<work>/restored-<inc>`; that directory.
+fn restore_image(
+    bj: &dyn Fn(&[&str]) -> crate::support::Outcome,
+    work: &Path,
+    inc: &str,
+) -> std::path::PathBuf {
+    let dir = work.join(format!("restored-{inc}"));
+    let out = bj(&[
+        "image",
+        "restore",
+        "1",
+        "--increment",
+        inc,
+        "--to",
+        dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    dir
+}
+
 /// Plain restic on a job's repository; its stdout.
 fn restic_in(repo: &Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("restic")
@@ -661,17 +681,7 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
         out.success()
     };
     for (inc, disk0) in [("0", saved.clone()), ("1", cloud.disk(0))] {
-        let dir = work.join(format!("restored-{inc}"));
-        let out = bj(&[
-            "image",
-            "restore",
-            "1",
-            "--increment",
-            inc,
-            "--to",
-            dir.to_str().expect("utf-8"),
-        ]);
-        assert_eq!(out.code, Some(0), "{out:?}");
+        let dir = restore_image(&bj, &work, inc);
         let mut names: Vec<String> = fs::read_dir(&dir)
             .expect("dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -859,17 +869,7 @@ fn a_killed_runner_is_reconciled_with_the_repository() {
         "{img}"
     );
     for (inc, disk0) in [("0", saved.clone()), ("1", cloud.disk(0))] {
-        let dir = work.join(format!("restored-{inc}"));
-        let out = bj(&[
-            "image",
-            "restore",
-            "1",
-            "--increment",
-            inc,
-            "--to",
-            dir.to_str().expect("utf-8"),
-        ]);
-        assert_eq!(out.code, Some(0), "{out:?}");
+        let dir = restore_image(&bj, &work, inc);
         crate::cloud::sh_ok(
             "qemu-img",
             &[

@@ -91,16 +91,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
     let (increment, parent) = increment_of(vm)?;
     let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
     let staging = &step.staging;
-    if staging.exists() {
-        std::fs::remove_dir_all(staging)
-            .map_err(|e| Error::io(format!("cannot clear {}", staging.display()), e))?;
-    }
-    std::fs::create_dir_all(staging)
-        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
-    write_vm_xml(staging, step.vm_xml)?;
-    if vm.tpm.is_some() {
-        write_tpm(step)?;
-    }
+    fresh_staging(step)?;
 
     let mut summary = Summary {
         increment,
@@ -194,14 +185,35 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
         qemu::bitmap_add(disk, name)?;
     }
     if step.direct {
-        let text = serde_json::to_string_pretty(&manifest)
-            .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
-        let tmp = staging.join(format!("{MANIFEST}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, staging.join(MANIFEST)))
-            .map_err(|e| Error::io(format!("cannot write {}", staging.display()), e))?;
+        write_manifest(staging, &manifest)?;
     }
     Ok(summary)
+}
+
+/// A new staging directory with `vm.xml` and, for a VM with a TPM, `disk.tpm.0`.
+pub(crate) fn fresh_staging(step: &Step<'_>) -> Result<(), Error> {
+    let staging = &step.staging;
+    if staging.exists() {
+        std::fs::remove_dir_all(staging)
+            .map_err(|e| Error::io(format!("cannot clear {}", staging.display()), e))?;
+    }
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+    write_vm_xml(staging, step.vm_xml)?;
+    if step.vm.tpm.is_some() {
+        write_tpm(step)?;
+    }
+    Ok(())
+}
+
+/// `backstop.json`, written under a temporary name and renamed.
+pub(crate) fn write_manifest(staging: &Path, manifest: &DirectManifest) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
+    let tmp = staging.join(format!("{MANIFEST}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, staging.join(MANIFEST)))
+        .map_err(|e| Error::io(format!("cannot write {}", staging.display()), e))
 }
 
 /// `vm.xml`: the base64 of the VM document, 60 columns per line, as the stock prebackup writes.

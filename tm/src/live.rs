@@ -36,7 +36,7 @@ use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::message::{BackupMode, FsFreeze};
 use backstop_protocol::output::{Level, log};
-use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, NbdSource, bitmap_name};
+use backstop_protocol::staging::{DirectDisk, DirectManifest, NbdSource, bitmap_name};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -254,16 +254,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
     let dom = step.args.deploy_id.as_str();
     let staging = &step.staging;
-    if staging.exists() {
-        std::fs::remove_dir_all(staging)
-            .map_err(|e| Error::io(format!("cannot clear {}", staging.display()), e))?;
-    }
-    std::fs::create_dir_all(staging)
-        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
-    host::write_vm_xml(staging, step.vm_xml)?;
-    if vm.tpm.is_some() {
-        host::write_tpm(step)?;
-    }
+    host::fresh_staging(step)?;
     // What an interrupted backup left (its postbackup never ran): the job stopped and the
     // overlays committed first, or clearing tmp would delete the disks' active layers.
     stop_and_commit(step, virsh, &|what, _| {
@@ -582,12 +573,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
         }
     }
     if step.direct {
-        let text = serde_json::to_string_pretty(&manifest)
-            .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
-        let tmp_manifest = staging.join(format!("{MANIFEST}.tmp"));
-        std::fs::write(&tmp_manifest, text)
-            .and_then(|()| std::fs::rename(&tmp_manifest, staging.join(MANIFEST)))
-            .map_err(|e| Error::io(format!("cannot write {}", staging.display()), e))?;
+        host::write_manifest(staging, &manifest)?;
     }
     Ok(summary)
 }

@@ -508,7 +508,11 @@ pub struct NbdImage {
 impl NbdImage {
     /// Exports `image` with qemu-nbd and connects to it.
     pub fn open(image: &Path, format: &str, bitmap: Option<&str>) -> io::Result<NbdImage> {
-        let export = QemuNbdExport::start(image, format, bitmap)?;
+        Self::over(QemuNbdExport::start(image, format, bitmap)?)
+    }
+
+    /// A complete image read through an export this image owns.
+    fn over(export: QemuNbdExport) -> io::Result<NbdImage> {
         let allocation = export.allocation()?;
         let client = NbdClient::connect(export.socket())?;
         Ok(NbdImage {
@@ -525,18 +529,7 @@ impl NbdImage {
     /// Exports `image` without taking qemu's image lock (see
     /// [`QemuNbdExport::start_shared`]) and connects to it.
     pub fn open_shared(image: &Path, format: &str) -> io::Result<NbdImage> {
-        let export = QemuNbdExport::start_shared(image, format)?;
-        let allocation = export.allocation()?;
-        let client = NbdClient::connect(export.socket())?;
-        Ok(NbdImage {
-            size: client.size(),
-            client: Mutex::new(client),
-            allocation,
-            socket: export.socket().to_path_buf(),
-            export: String::new(),
-            _export: Some(export),
-            complete: true,
-        })
+        Self::over(QemuNbdExport::start_shared(image, format)?)
     }
 
     /// Opens a stock OpenNebula increment: a qcow2 delta whose backing file is missing.
