@@ -557,12 +557,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                     .map_err(e)?
                     .into_iter()
                     .map(|(sid, sa, msg)| {
-                        let (end_type, end_value) = match sa.end {
-                            crate::schedule::End::None => (-1, None),
-                            crate::schedule::End::Never => (0, None),
-                            crate::schedule::End::Times(n) => (1, Some(n)),
-                            crate::schedule::End::Until(t) => (2, Some(t)),
-                        };
+                        let (end_type, end_value) = sa.end.codes();
                         serde_json::json!({
                             "id": sid, "time": sa.time, "repeat": format!("{:?}", sa.repeat),
                             "days": sa.days, "end_type": end_type, "end_value": end_value,
@@ -736,13 +731,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 .find(|j| j.0 == *id)
                 .ok_or_else(|| format!("there is no backup job {id}"))?;
             let job = JobTemplate::parse(&template).map_err(|x| format!("backup job {id}: {x}"))?;
-            let ds_mad = st
-                .datastores()
-                .map_err(e)?
-                .into_iter()
-                .find(|d| d.0 == job.datastore_id)
-                .and_then(|(did, _, t)| model::datastore(did, &t, &args.datastore_location).ok())
-                .map_or_else(|| "backstop".to_string(), |(_, ds)| ds.ds_mad);
+            let ds_mad = datastore_of(&st, args, job.datastore_id)
+                .map_or_else(|_| "backstop".to_string(), |(_, _, ds)| ds.ds_mad);
             let docs = st.vms().map_err(e)?;
             let now = jiff::Timestamp::now().as_millisecond();
             let (mut dropped, mut stopped) = (0, 0);
@@ -1002,19 +992,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 .into_iter()
                 .find(|s| s.0 == *sched_id)
                 .ok_or_else(|| format!("backup job {id} has no scheduled action {sched_id}"))?;
-            let (old_type, old_value) = match old.end {
-                crate::schedule::End::None => (-1, None),
-                crate::schedule::End::Never => (0, None),
-                crate::schedule::End::Times(n) => (1, Some(n)),
-                crate::schedule::End::Until(t) => (2, Some(t)),
-            };
-            let old_repeat = match old.repeat {
-                crate::schedule::Repeat::None => -1,
-                crate::schedule::Repeat::Weekly => 0,
-                crate::schedule::Repeat::Monthly => 1,
-                crate::schedule::Repeat::Yearly => 2,
-                crate::schedule::Repeat::Hourly => 3,
-            };
+            let (old_type, old_value) = old.end.codes();
+            let old_repeat = old.repeat.code();
             let old_days: Vec<String> = old.days.iter().map(u32::to_string).collect();
             let time = match time {
                 Some(t) => parse_time(t)?,

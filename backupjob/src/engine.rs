@@ -63,6 +63,8 @@ struct JobContext {
     ds: runner::BackupDatastore,
     cfg: runner::JobConfig,
     docs: HashMap<u64, String>,
+    /// Each registered VM's host, parsed once (every tick needs it).
+    hosts: HashMap<u64, Option<String>>,
 }
 
 impl JobContext {
@@ -95,12 +97,14 @@ impl JobContext {
             .into_iter()
             .map(|(id, _, _, doc)| (id, doc))
             .collect();
+        let hosts = docs.iter().map(|(id, doc)| (*id, host_of(doc))).collect();
         Ok(JobContext {
             priority,
             job,
             ds,
             cfg,
             docs,
+            hosts,
         })
     }
 }
@@ -321,12 +325,12 @@ fn view(
             Some(VmState::Error) => v.error.insert(r.vm_id),
             None => false,
         };
-        if let Some(doc) = ctx.docs.get(&r.vm_id) {
+        if let Some(host) = ctx.hosts.get(&r.vm_id) {
             vms.insert(
                 r.vm_id,
                 VmView {
                     id: r.vm_id,
-                    host: host_of(doc),
+                    host: host.clone(),
                     done: false,
                     consecutive_failures: r.failures,
                 },

@@ -45,6 +45,31 @@ pub struct SchedAction {
     pub done: i64,
 }
 
+impl Repeat {
+    /// The template's `REPEAT` number (-1 none, 0 weekly, 1 monthly, 2 yearly, 3 hourly).
+    pub fn code(self) -> i64 {
+        match self {
+            Repeat::None => -1,
+            Repeat::Weekly => 0,
+            Repeat::Monthly => 1,
+            Repeat::Yearly => 2,
+            Repeat::Hourly => 3,
+        }
+    }
+}
+
+impl End {
+    /// The template's `END_TYPE` and `END_VALUE`.
+    pub fn codes(self) -> (i64, Option<i64>) {
+        match self {
+            End::None => (-1, None),
+            End::Never => (0, None),
+            End::Times(n) => (1, Some(n)),
+            End::Until(t) => (2, Some(t)),
+        }
+    }
+}
+
 /// Why a SCHED_ACTION is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("SCHED_ACTION: {0}")]

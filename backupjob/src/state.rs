@@ -629,7 +629,7 @@ impl State {
         sa: &crate::schedule::SchedAction,
         message: Option<&str>,
     ) -> Result<(), StateError> {
-        let (end_type, end_value) = end_columns(sa.end);
+        let (end_type, end_value) = sa.end.codes();
         let days: Vec<String> = sa.days.iter().map(u32::to_string).collect();
         self.conn
             .execute(
@@ -641,7 +641,7 @@ impl State {
                     end_type,
                     end_value,
                     message,
-                    repeat_column(sa.repeat),
+                    sa.repeat.code(),
                     days.join(","),
                     id as i64
                 ],
@@ -1033,23 +1033,12 @@ impl State {
     }
 }
 
-fn repeat_column(r: crate::schedule::Repeat) -> i64 {
-    use crate::schedule::Repeat;
-    match r {
-        Repeat::None => -1,
-        Repeat::Weekly => 0,
-        Repeat::Monthly => 1,
-        Repeat::Yearly => 2,
-        Repeat::Hourly => 3,
-    }
-}
-
 fn insert_sched_action(
     conn: &rusqlite::Connection,
     job: u64,
     sa: &crate::schedule::SchedAction,
 ) -> rusqlite::Result<u64> {
-    let (end_type, end_value) = end_columns(sa.end);
+    let (end_type, end_value) = sa.end.codes();
     let days: Vec<String> = sa.days.iter().map(u32::to_string).collect();
     conn.execute(
         "INSERT INTO sched_actions (job_id, time, repeat, days, end_type, end_value, done)
@@ -1057,7 +1046,7 @@ fn insert_sched_action(
         params![
             job as i64,
             sa.time,
-            repeat_column(sa.repeat),
+            sa.repeat.code(),
             days.join(","),
             end_type,
             end_value,
@@ -1065,16 +1054,6 @@ fn insert_sched_action(
         ],
     )?;
     Ok(conn.last_insert_rowid() as u64)
-}
-
-fn end_columns(e: crate::schedule::End) -> (i64, Option<i64>) {
-    use crate::schedule::End;
-    match e {
-        End::None => (-1, None),
-        End::Never => (0, None),
-        End::Times(n) => (1, Some(n)),
-        End::Until(t) => (2, Some(t)),
-    }
 }
 
 #[cfg(test)]

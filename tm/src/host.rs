@@ -63,13 +63,14 @@ pub fn increment_of(vm: &Vm) -> Result<(u64, Option<u64>), Error> {
     })
 }
 
-pub(crate) fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
-    let prefix = format!("one-{vm_id}-");
-    move |b| {
-        b.name
-            .strip_prefix(&prefix)
-            .is_some_and(|n| n.parse::<u64>().is_ok())
-    }
+/// Whether a bitmap or checkpoint name is one of this VM's (`one-<vm>-<n>`).
+pub(crate) fn is_ours(vm_id: u64, name: &str) -> bool {
+    name.strip_prefix(&format!("one-{vm_id}-"))
+        .is_some_and(|n| n.parse::<u64>().is_ok())
+}
+
+fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
+    move |b| is_ours(vm_id, &b.name)
 }
 
 pub(crate) fn disk_path(step: &Step<'_>, id: u32) -> Result<PathBuf, Error> {
@@ -217,7 +218,7 @@ pub(crate) fn write_manifest(staging: &Path, manifest: &DirectManifest) -> Resul
 }
 
 /// `vm.xml`: the base64 of the VM document, 60 columns per line, as the stock prebackup writes.
-pub(crate) fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
+fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(xml);
     let mut text = String::with_capacity(b64.len() + b64.len() / 60 + 2);
@@ -230,7 +231,7 @@ pub(crate) fn write_vm_xml(staging: &Path, xml: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
-pub(crate) fn write_tpm(step: &Step<'_>) -> Result<(), Error> {
+fn write_tpm(step: &Step<'_>) -> Result<(), Error> {
     let vm_dir = Path::new(&step.args.host_dir.vm_dir);
     if !vm_dir.join("tpm").is_dir() {
         log(

@@ -317,10 +317,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
         increment,
         disks: Vec::new(),
     };
-    let mine = |name: &str| {
-        name.strip_prefix(&format!("one-{}-", vm.id))
-            .is_some_and(|n| n.parse::<u64>().is_ok())
-    };
+    let mine = |name: &str| host::is_ours(vm.id, name);
     let current = bitmap_name(vm.id, increment);
     match parent {
         None => {
@@ -643,13 +640,9 @@ fn settle(step: &Step<'_>, virsh: &Virsh, failed: bool) {
         && let Ok((increment, _)) = increment_of(vm)
     {
         let current = bitmap_name(vm.id, increment);
-        let prefix = format!("one-{}-", vm.id);
         match virsh.checkpoints(dom) {
             Ok(cps) => {
-                for cp in cps.iter().filter(|c| {
-                    c.strip_prefix(&prefix)
-                        .is_some_and(|n| n.parse::<u64>().is_ok())
-                }) {
+                for cp in cps.iter().filter(|c| host::is_ours(vm.id, c)) {
                     // After success only the new checkpoint stays; after a failure it goes
                     // and the parent's stays for the next attempt.
                     let drop = if failed {
