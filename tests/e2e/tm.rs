@@ -667,7 +667,7 @@ fn in_place_restore_brings_back_an_increment() {
 /// from oned (a MOCK here): the host step, found in /proc while it copies a disk of random
 /// data, runs at the datastore's nice and I/O priority.
 #[test]
-fn prebackup_runs_under_the_datastores_confinement() {
+fn prebackup_runs_under_the_datastores_confinement_read_from_mock_oned() {
     use crate::oned_mock::{MockOned, failed, ok};
     use backstop_protocol::xmlrpc::Value;
     let t = Tm::start("staging");
