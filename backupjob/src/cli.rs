@@ -468,7 +468,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                         t.push(attr, v);
                     }
                 }
-                text = t.to_string();
+                text = t.render().map_err(|x| format!("{what}: {x}"))?;
             }
             let file = std::path::Path::new(&what);
             let job = JobTemplate::parse(&text).map_err(|x| format!("{}: {x}", file.display()))?;
@@ -845,7 +845,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                     value: backstop_protocol::template::Value::Single(name),
                 },
             );
-            let text = merged.to_string();
+            let text = merged
+                .render()
+                .map_err(|x| format!("{}: {x}", file.display()))?;
             let job = JobTemplate::parse(&text).map_err(|x| format!("{}: {x}", file.display()))?;
             st.set_job_template(*id, &text, &job.vms).map_err(e)?;
         }

@@ -8,6 +8,7 @@ use crate::model::{self, JobTemplate};
 use crate::runner::{self, ChainPointers, Env};
 use crate::scheduler::{self, Decision, JobView, Limits, VmView};
 use crate::state::{State, VmState};
+use backstop_datastore::process::ProcessId;
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -132,7 +133,7 @@ pub fn reconcile(
 ) -> Result<usize, String> {
     let st = |e: crate::state::StateError| e.to_string();
     let orphans = state
-        .orphans(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .orphans(backstop_datastore::process::ProcessId::is_running)
         .map_err(st)?;
     let mut settled = 0;
     for (job_id, vm, since_ms) in orphans {
@@ -248,19 +249,22 @@ impl ProgressDir {
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Some(pid) = name
+                let Some(runner) = name
                     .strip_prefix("backstop-progress-")
                     .and_then(|r| r.split('-').next())
-                    .and_then(|p| p.parse::<u32>().ok())
+                    .and_then(ProcessId::parse)
                 else {
                     continue;
                 };
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if !runner.is_running() {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
-        let dir = tmp.join(format!("backstop-progress-{}-{job_id}", std::process::id()));
+        let dir = tmp.join(format!(
+            "backstop-progress-{}-{job_id}",
+            ProcessId::current()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
             .mode(0o700)

@@ -247,7 +247,8 @@ pub fn without_sched_actions(text: &str) -> Result<String, TemplateError> {
     }
     t.attributes
         .retain(|a| !a.name.eq_ignore_ascii_case("SCHED_ACTION"));
-    Ok(t.to_string())
+    t.render()
+        .map_err(|e| TemplateError(format!("template: {e}")))
 }
 
 fn cdata(v: &str) -> String {

@@ -11,6 +11,7 @@
 //! both start the same backup. [`State::orphans`] are the ONGOING VMs whose runner is gone;
 //! the engine settles them by what really happened.
 
+use backstop_datastore::process::ProcessId;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +80,10 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         PRIMARY KEY (image_id, id)
      );",
+    // 2: the runner of an ONGOING VM named by PID, start time and boot
+    // (backstop_datastore::process::ProcessId), not by its PID alone: a PID reused by another
+    // process must not make a killed runner's VM look attended.
+    "ALTER TABLE job_vms ADD COLUMN runner TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -386,7 +391,7 @@ impl State {
         reason: Option<&str>,
         now: i64,
     ) -> Result<bool, StateError> {
-        let pid = std::process::id();
+        let me = ProcessId::current();
         let from = from.map(VmState::as_str);
         let changed = self
             .conn
@@ -395,13 +400,23 @@ impl State {
                     state = ?1,
                     reason = ?2,
                     runner_pid = CASE WHEN ?1 = 'ONGOING' THEN ?3 ELSE runner_pid END,
+                    runner = CASE WHEN ?1 = 'ONGOING' THEN ?8 ELSE runner END,
                     started_at = CASE WHEN ?1 = 'ONGOING' THEN ?4 ELSE started_at END,
                     ended_at = CASE WHEN ?1 = 'ONGOING' THEN NULL
                                     WHEN state = 'ONGOING' THEN ?4 ELSE ended_at END,
                     failures = CASE WHEN ?1 = 'ERROR' AND state = 'ONGOING' THEN failures + 1
                                     WHEN ?1 = 'UPDATED' THEN 0 ELSE failures END
                  WHERE job_id = ?5 AND vm_id = ?6 AND state IS ?7",
-                params![to.as_str(), reason, pid, now, job as i64, vm as i64, from],
+                params![
+                    to.as_str(),
+                    reason,
+                    me.pid,
+                    now,
+                    job as i64,
+                    vm as i64,
+                    from,
+                    me.to_string()
+                ],
             )
             .map_err(|e| self.sql(e))?;
         Ok(changed == 1)
@@ -1001,24 +1016,26 @@ impl State {
     }
 
     /// The ONGOING VMs whose runner process is gone (a killed scheduler or `backupjob
-    /// backup`): (job, VM, when it went ONGOING in ms).
+    /// backup`): (job, VM, when it went ONGOING in ms). A runner is named by its
+    /// [`ProcessId`]; one recorded without it (before schema 2) counts as gone.
     pub fn orphans(
         &self,
-        runner_alive: impl Fn(u32) -> bool,
+        runner_alive: impl Fn(&ProcessId) -> bool,
     ) -> Result<Vec<(u64, u64, i64)>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT job_id, vm_id, runner_pid, started_at FROM job_vms
+                "SELECT job_id, vm_id, runner, started_at FROM job_vms
                  WHERE state = 'ONGOING' ORDER BY job_id, position",
             )
             .map_err(|e| self.sql(e))?;
-        let rows: Vec<(u64, u64, Option<u32>, Option<i64>)> = stmt
+        let rows: Vec<(u64, u64, Option<ProcessId>, Option<i64>)> = stmt
             .query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     r.get::<_, i64>(1)? as u64,
-                    r.get::<_, Option<i64>>(2)?.map(|p| p as u32),
+                    r.get::<_, Option<String>>(2)?
+                        .and_then(|p| ProcessId::parse(&p)),
                     r.get(3)?,
                 ))
             })
@@ -1027,7 +1044,7 @@ impl State {
             .map_err(|e| self.sql(e))?;
         Ok(rows
             .into_iter()
-            .filter(|(_, _, pid, _)| !pid.is_some_and(&runner_alive))
+            .filter(|(_, _, runner, _)| !runner.as_ref().is_some_and(&runner_alive))
             .map(|(job, vm, _, started)| (job, vm, started.unwrap_or(0)))
             .collect())
     }
@@ -1178,11 +1195,27 @@ mod tests {
             s.move_vm(j, vm, Some(VmState::Outdated), VmState::Ongoing, None, 2)
                 .expect("go");
         }
-        // VM 4's runner is still alive; 1 finished, 2 failed, 3 is unknown.
+        // VM 4's runner is still alive; 1 finished, 2 failed, 3 is unknown. The runner is
+        // named by PID, start time and boot: the same PID with another start time is
+        // another process.
+        let alive = ProcessId {
+            pid: 4242,
+            start: 77,
+            boot: 5,
+        };
         s.conn
-            .execute("UPDATE job_vms SET runner_pid = 4242 WHERE vm_id = 4", [])
-            .expect("pid");
-        let orphans = s.orphans(|pid| pid == 4242).expect("orphans");
+            .execute(
+                "UPDATE job_vms SET runner = ?1 WHERE vm_id = 4",
+                [alive.to_string()],
+            )
+            .expect("runner");
+        s.conn
+            .execute(
+                "UPDATE job_vms SET runner = ?1 WHERE vm_id = 3",
+                [ProcessId { start: 78, ..alive }.to_string()],
+            )
+            .expect("runner");
+        let orphans = s.orphans(|r| *r == alive).expect("orphans");
         assert_eq!(orphans, [(j, 1, 2), (j, 2, 2), (j, 3, 2)]);
         // What the engine does with each (engine::reconcile): 1 finished, 2 failed, 3 is
         // unknown and runs again; a move from ONGOING is compare-and-set.
@@ -1196,7 +1229,7 @@ mod tests {
                     .expect("settle")
             );
         }
-        assert!(s.orphans(|pid| pid == 4242).expect("orphans").is_empty());
+        assert!(s.orphans(|r| *r == alive).expect("orphans").is_empty());
         let states: Vec<Option<VmState>> =
             s.job_vms(j).expect("vms").iter().map(|v| v.state).collect();
         assert_eq!(

@@ -591,7 +591,10 @@ fn main() {
     );
     let b_full = timed(
         "backstop full",
-        &bs(&format!("backup --image {} --path {FILE}", q(&image))),
+        &bs(&format!(
+            "backup --image {} --format raw --path {FILE}",
+            q(&image)
+        )),
     );
     rows.push(("full backup", r_full, b_full, size));
     let check = |label: &str| {
@@ -616,7 +619,7 @@ fn main() {
     let b_inc = timed(
         "backstop incremental",
         &bs(&format!(
-            "backup --image {} --path {FILE} --parent latest --changed-extents {}",
+            "backup --image {} --format raw --path {FILE} --parent latest --changed-extents {}",
             q(&image),
             q(&extents)
         )),
@@ -666,7 +669,10 @@ fn main() {
         timed("backstop sftp init", &over("init"));
         timed(
             "backstop sftp full",
-            &over(&format!("backup --image {} --path {FILE}", q(&image))),
+            &over(&format!(
+                "backup --image {} --format raw --path {FILE}",
+                q(&image)
+            )),
         )
     });
 

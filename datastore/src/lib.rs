@@ -14,9 +14,12 @@
 pub mod actions;
 pub mod config;
 pub mod error;
+pub mod layout;
 pub mod location;
 pub mod oned;
+pub mod process;
 pub mod repo;
 pub mod target;
+pub mod vm_snapshots;
 
 pub use error::{Error, ErrorKind};

@@ -7,12 +7,18 @@ use common::*;
 
 use backstop_datastore::repo::Repo;
 use backstop_datastore::repo::backend::LocalBackend;
+use backstop_datastore::repo::disk_image::{self, Backing, DiskImage, Format};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{CHUNK_SIZE, Extent, ImageSource};
 use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::path::Path;
+
+/// A standalone qcow2 test image, checked as the drivers check a disk.
+fn qcow2(path: &Path) -> DiskImage {
+    disk_image::inspect(path, Format::Qcow2, Backing::Refused).expect("inspect")
+}
 use std::sync::Arc;
 
 use common::sshd::run;
@@ -93,7 +99,7 @@ fn qcow2_dirty_bitmap_incremental_restores_byte_exact() {
     run("qemu-img", &["bitmap", "--add", d, "one-22-0"]);
 
     // Full backup through qemu-nbd: only allocated clusters are read.
-    let image = NbdImage::open(&disk, "qcow2", None).expect("export");
+    let image = NbdImage::open(&qcow2(&disk), None, true).expect("export");
     let socket = image.socket().to_path_buf();
     let full = backup(&repo, &image, None, None);
     drop(image);
@@ -129,7 +135,7 @@ fn qcow2_dirty_bitmap_incremental_restores_byte_exact() {
         &writes.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 
-    let image = NbdImage::open(&disk, "qcow2", Some("one-22-0")).expect("export with bitmap");
+    let image = NbdImage::open(&qcow2(&disk), Some("one-22-0"), true).expect("export with bitmap");
     let changed = image.dirty("one-22-0").expect("dirty extents");
     assert!(!changed.is_empty());
     let dirty_bytes: u64 = changed.iter().map(|e| e.length).sum();
@@ -182,7 +188,7 @@ fn a_stock_increment_is_completed_from_the_parent_snapshot() {
             b,
         ],
     );
-    let image = NbdImage::open(&base, "qcow2", None).expect("export");
+    let image = NbdImage::open(&qcow2(&base), None, true).expect("export");
     let full = backup(&repo, &image, None, None);
     drop(image);
 

@@ -5,6 +5,7 @@
 //! from argv.
 
 use backstop_datastore::repo::backend::{LocalBackend, Storage};
+use backstop_datastore::repo::disk_image::{self, Backing, Format};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
@@ -66,7 +67,8 @@ enum Command {
         /// An NBD export on a unix socket (qemu-nbd, qemu-storage-daemon, libvirt pull backup).
         #[arg(long, value_name = "SOCKET")]
         nbd: Option<PathBuf>,
-        /// The image format for --image: raw or qcow2 (default: qcow2 when the file says so).
+        /// The image format for --image: raw or qcow2. Without it a file is read as raw, and
+        /// one that starts with a qcow2 header is refused (backstop never guesses a format).
         #[arg(long, value_name = "FORMAT")]
         format: Option<String>,
         /// Take the changed extents from this persistent dirty bitmap
@@ -527,21 +529,33 @@ fn open_source(
             .map_err(|e| format!("cannot read the NBD export at {}: {e}", socket.display()));
     }
     let image = image.ok_or("give --image or --nbd")?;
+    // The format is named, never guessed: a raw disk whose guest wrote a qcow2 header must
+    // not be read as qcow2 (docs/security.md).
     let format = match format {
-        Some(f) => f.to_string(),
+        Some(f) => Format::parse(f).ok_or(format!("--format {f:?}: give raw or qcow2"))?,
         None if nbd::is_qcow2(image)
             .map_err(|e| format!("cannot open {}: {e}", image.display()))? =>
         {
-            "qcow2".into()
+            return Err(format!(
+                "{} starts with a qcow2 header: give --format qcow2 to read it as qcow2, or --format raw to store its bytes as they are",
+                image.display()
+            ));
         }
-        None => "raw".into(),
+        None => Format::Raw,
     };
-    if format == "raw" && bitmap.is_none() {
+    if format == Format::Raw && bitmap.is_none() {
         return RawImage::open(image)
             .map(Source::Raw)
             .map_err(|e| format!("cannot open {}: {e}", image.display()));
     }
-    NbdImage::open(image, &format, bitmap)
+    // A backing file must lie beside the image.
+    let dir = std::path::absolute(image)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let checked =
+        disk_image::inspect(image, format, Backing::Within(&[dir])).map_err(|e| e.to_string())?;
+    NbdImage::open(&checked, bitmap, true)
         .map(|n| Source::Nbd(Box::new(n)))
         .map_err(|e| format!("cannot export {} with qemu-nbd: {e}", image.display()))
 }

@@ -92,8 +92,8 @@ impl Drop for Export {
 
 pub struct Cloud {
     pub dir: tempfile::TempDir,
-    _hv: Sshd,
-    _bks: Sshd,
+    pub hv: Sshd,
+    pub bks: Sshd,
     pub remotes: PathBuf,
     pub vm_dir: PathBuf,
     pub base_path: PathBuf,
@@ -163,8 +163,8 @@ impl Cloud {
         let base_path = dir.path().join("bks/datastores/100");
         Cloud {
             dir,
-            _hv: hv,
-            _bks: bks,
+            hv,
+            bks,
             remotes,
             vm_dir,
             base_path,
@@ -256,7 +256,15 @@ impl Cloud {
 
     /// Changes the disks in `n` scattered places (deterministic per round).
     pub fn change_disks(&self, round: u64, n: u64) {
-        for (id, mb) in DISKS {
+        for (id, _) in DISKS {
+            self.change_disks_only(id, round, n);
+        }
+    }
+
+    /// [`Cloud::change_disks`] of one disk.
+    pub fn change_disks_only(&self, id: u32, round: u64, n: u64) {
+        {
+            let mb = DISKS.iter().find(|d| d.0 == id).expect("disk").1;
             let d = self.disk(id);
             let mut cmds = Vec::new();
             for k in 0..n {
@@ -279,13 +287,15 @@ impl Cloud {
         }
     }
 
-    /// The disk's content now, raw.
+    /// The content now of a qcow2 disk, raw.
     pub fn raw(&self, id: u32) -> Vec<u8> {
         let out = self.dir.path().join(format!("expect.{id}.raw"));
         sh(
             "qemu-img",
             &[
                 "convert",
+                "-f",
+                "qcow2",
                 "-O",
                 "raw",
                 self.disk(id).to_str().expect("utf-8"),
@@ -477,7 +487,14 @@ impl Cloud {
 fn bitmaps(disk: &Path) -> Vec<String> {
     let info = sh(
         "qemu-img",
-        &["info", "-U", "--output=json", disk.to_str().expect("utf-8")],
+        &[
+            "info",
+            "-f",
+            "qcow2",
+            "-U",
+            "--output=json",
+            disk.to_str().expect("utf-8"),
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&info).expect("info json");
     v["format-specific"]["data"]["bitmaps"]
@@ -488,6 +505,21 @@ fn bitmaps(disk: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The VM document with disk `id` declared raw (`FORMAT` and `DRIVER`), as OpenNebula
+/// describes a raw disk.
+pub fn with_raw_disk(vm_xml: &str, id: u32) -> String {
+    let qcow2 =
+        format!("<DISK><DISK_ID><![CDATA[{id}]]></DISK_ID><FORMAT><![CDATA[qcow2]]></FORMAT>");
+    assert!(vm_xml.contains(&qcow2), "no disk {id} in {vm_xml}");
+    vm_xml.replace(
+        &qcow2,
+        &format!(
+            "<DISK><DISK_ID><![CDATA[{id}]]></DISK_ID><FORMAT><![CDATA[raw]]></FORMAT>\
+             <DRIVER><![CDATA[raw]]></DRIVER>"
+        ),
+    )
 }
 
 pub fn parse_backup_line(out: &Outcome) -> (String, u64) {

@@ -26,6 +26,8 @@ fn backup_cmd(repo: &Path, image: &Path, json: bool) -> Command {
         "backup",
         "--image",
         image.to_str().expect("utf-8"),
+        "--format",
+        "raw",
         "--path",
         "/d/disk.0.0",
     ];

@@ -21,14 +21,14 @@ use std::fs;
 use std::process::{Child, Command, Stdio};
 
 /// libvirtd and virtlogd of this test, on private sockets; stopped by PID when dropped.
-struct Libvirt {
+pub(crate) struct Libvirt {
     dir: tempfile::TempDir,
     daemons: Vec<Child>,
     uri: String,
 }
 
 impl Libvirt {
-    fn start() -> Libvirt {
+    pub(crate) fn start() -> Libvirt {
         for tool in ["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"] {
             assert!(
                 Command::new("sh")
@@ -104,7 +104,7 @@ impl Libvirt {
         support::run("virsh", &all, b"")
     }
 
-    fn virsh_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn virsh_ok(&self, args: &[&str]) -> String {
         let out = self.virsh(args);
         assert_eq!(out.code, Some(0), "virsh {args:?}: {out:?}");
         out.stdout
@@ -124,16 +124,31 @@ impl Drop for Libvirt {
     }
 }
 
+/// Makes disk 0 a raw file in the cloud; returns its content.
+pub(crate) type PlantDisk = dyn Fn(&Cloud) -> Vec<u8>;
+
 /// The test VM: its domain, the cloud around it, and what its disks must hold.
-struct LiveVm<'a> {
+pub(crate) struct LiveVm<'a> {
     lv: &'a Libvirt,
-    cloud: Cloud,
-    expected: Vec<Vec<u8>>,
-    dom: String,
+    pub(crate) cloud: Cloud,
+    pub(crate) expected: Vec<Vec<u8>>,
+    pub(crate) dom: String,
+    /// Disk 0 is a raw disk (`DRIVER=raw`), whose content the test planted.
+    raw0: bool,
 }
 
 impl<'a> LiveVm<'a> {
     fn start(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
+        Self::start_with(lv, delivery, None)
+    }
+
+    /// With `raw0`, disk 0 is a raw file made by that function (which returns its content),
+    /// declared raw to libvirt and in the VM document.
+    pub(crate) fn start_with(
+        lv: &'a Libvirt,
+        delivery: &str,
+        raw0: Option<&PlantDisk>,
+    ) -> LiveVm<'a> {
         let cloud = Cloud::start();
         let conf = cloud.remotes.join("etc/datastore/backstop.conf");
         let mut text = fs::read_to_string(&conf).expect("backstop.conf");
@@ -150,14 +165,18 @@ impl<'a> LiveVm<'a> {
         fs::create_dir_all(kvmrc.parent().expect("parent")).expect("kvmrc dir");
         fs::write(&kvmrc, format!("export LIBVIRT_URI=\"{}\"\n", lv.uri)).expect("kvmrc");
         cloud.create_disks();
-        let expected = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+        let mut expected: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+        if let Some(plant) = raw0 {
+            expected[0] = plant(&cloud);
+        }
         let dom = format!("one-{VM}");
         let disks: String = DISKS
             .iter()
             .map(|(d, _)| {
                 format!(
-                    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                    "<disk type='file' device='disk'><driver name='qemu' type='{}'/>\
                      <source file='{}'/><target dev='vd{}' bus='virtio'/><alias name='ua-disk{d}'/></disk>",
+                    if *d == 0 && raw0.is_some() { "raw" } else { "qcow2" },
                     cloud.disk(*d).display(),
                     char::from(b'a' + *d as u8)
                 )
@@ -176,6 +195,7 @@ impl<'a> LiveVm<'a> {
             cloud,
             expected,
             dom,
+            raw0: raw0.is_some(),
         }
     }
 
@@ -205,12 +225,18 @@ impl<'a> LiveVm<'a> {
 
     /// The VM document of a running VM (ACTIVE/RUNNING) at increment `inc` of its chain.
     fn vm_xml(&self, inc: u64) -> String {
-        self.cloud
+        let xml = self
+            .cloud
             .vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 })
             .replace(
                 "<STATE>8</STATE><LCM_STATE>70</LCM_STATE>",
                 "<STATE>3</STATE><LCM_STATE>3</LCM_STATE>",
-            )
+            );
+        if self.raw0 {
+            crate::cloud::with_raw_disk(&xml, 0)
+        } else {
+            xml
+        }
     }
 
     fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
@@ -230,7 +256,7 @@ impl<'a> LiveVm<'a> {
 
     /// prebackup_live, backup, postbackup_live of increment `inc`: the backup id, its MB and
     /// prebackup's outcome. Checks the point restores byte-exact and nothing stays behind.
-    fn backup(&self, inc: u64) -> (String, u64, Outcome) {
+    pub(crate) fn backup(&self, inc: u64) -> (String, u64, Outcome) {
         let vm_xml = self.vm_xml(inc);
         let pre = self.step("prebackup_live", &vm_xml, false);
         assert_eq!(pre.code, Some(0), "prebackup_live {inc}: {pre:?}");

@@ -10,6 +10,7 @@ mod jobs;
 mod live;
 mod oned_mock;
 mod repo_cli;
+mod security;
 mod stock;
 mod support;
 mod tm;

@@ -116,9 +116,33 @@ fn qcow2_full_and_bitmap_incremental_through_the_cli() {
     repo(&r, &["init"]);
     let (disk, before) = disk_with_changes(dir.path());
     let d = disk.to_str().expect("utf-8");
+    // The format is named, never guessed: a file that starts with a qcow2 header is refused
+    // without --format (a raw disk's guest may have written that header).
+    let guessed = Command::new(BACKSTOP)
+        .args(["repo", "-r", r.to_str().expect("utf-8")])
+        .args(["backup", "--image", d, "--path", IN_SNAPSHOT])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("backstop");
+    let err = String::from_utf8_lossy(&guessed.stderr);
+    assert_eq!(guessed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("starts with a qcow2 header: give --format qcow2")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
     let full = repo(
         &r,
-        &["backup", "--image", d, "--path", IN_SNAPSHOT, "--json"],
+        &[
+            "backup",
+            "--image",
+            d,
+            "--format",
+            "qcow2",
+            "--path",
+            IN_SNAPSHOT,
+            "--json",
+        ],
     );
     let stats: serde_json::Value = serde_json::from_str(&full.stdout).expect("json");
     assert_eq!(stats["zero_chunks"], 25, "unallocated clusters: {stats}");
@@ -132,6 +156,8 @@ fn qcow2_full_and_bitmap_incremental_through_the_cli() {
             "backup",
             "--image",
             d,
+            "--format",
+            "qcow2",
             "--path",
             IN_SNAPSHOT,
             "--parent",

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 fn bitmaps(disk: &Path) -> Vec<String> {
     let out = std::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
+        .args(["info", "-f", "qcow2", "-U", "--output=json"])
         .arg(disk)
         .output()
         .expect("qemu-img");
@@ -46,12 +46,12 @@ fn our_qemu_nbd(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-struct Tm {
-    cloud: Cloud,
+pub(crate) struct Tm {
+    pub(crate) cloud: Cloud,
 }
 
 impl Tm {
-    fn start(delivery: &str) -> Tm {
+    pub(crate) fn start(delivery: &str) -> Tm {
         let cloud = Cloud::start();
         let conf = cloud.remotes.join("etc/datastore/backstop.conf");
         let mut text = fs::read_to_string(&conf).expect("backstop.conf");
@@ -68,7 +68,7 @@ impl Tm {
         Tm { cloud }
     }
 
-    fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
+    pub(crate) fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
         let stdin = if failed {
             format!("{vm_xml}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>")
         } else {
@@ -247,6 +247,8 @@ fn full_and_three_increments(delivery: &str) {
         "qemu-img",
         &[
             "info",
+            "-f",
+            "qcow2",
             "-U",
             "--output=json",
             cloud.disk(0).to_str().expect("utf-8"),

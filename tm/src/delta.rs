@@ -9,6 +9,7 @@
 //! - An increment without a usable bitmap: every allocated cluster, and every other cluster
 //!   an explicit zero cluster, so it is correct whatever it is rebased onto.
 
+use backstop_datastore::repo::disk_image::DiskImage;
 use backstop_datastore::repo::image::ImageSource;
 use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::repo::qcow2::{Allocation, CLUSTER, DataWriter, Layout};
@@ -37,9 +38,9 @@ pub struct Written {
 /// Bytes read from the disk per request.
 const RUN: u64 = 4 << 20;
 
+/// Writes the staged file of a checked disk image (a stopped VM's disk: locked while read).
 pub fn write(
-    disk: &Path,
-    format: &str,
+    disk: &DiskImage,
     plan: &Plan,
     target: &Path,
     cancel: &std::sync::atomic::AtomicBool,
@@ -48,13 +49,10 @@ pub fn write(
         Plan::Changed(b) => Some(b.as_str()),
         _ => None,
     };
-    let image = NbdImage::open(disk, format, bitmap).map_err(|e| {
-        Error::new(
-            ErrorKind::Input,
-            format!("cannot read {}: {e}", disk.display()),
-        )
-    })?;
-    write_from(&image, &disk.display().to_string(), plan, target, cancel)
+    let what = disk.path().display().to_string();
+    let image = NbdImage::open(disk, bitmap, true)
+        .map_err(|e| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}")))?;
+    write_from(&image, &what, plan, target, cancel)
 }
 
 /// [`write`] from an image already open (a live VM's base or its pull-mode export); `what`

@@ -22,6 +22,7 @@
 
 use crate::delta::{self, Plan};
 use crate::qemu;
+use backstop_datastore::repo::disk_image::{DiskImage, Format};
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupMode, IncrementMode, Vm};
@@ -73,10 +74,23 @@ fn ours(vm_id: u64) -> impl Fn(&qemu::Bitmap) -> bool {
     move |b| is_ours(vm_id, &b.name)
 }
 
+/// `<vm_dir>/disk.<id>`, as OpenNebula names it (a symlink for some disks: qemu resolves a
+/// relative backing file against this name's directory).
 pub(crate) fn disk_path(step: &Step<'_>, id: u32) -> Result<PathBuf, Error> {
     let p = Path::new(&step.args.host_dir.vm_dir).join(format!("disk.{id}"));
-    std::fs::canonicalize(&p)
-        .map_err(|e| Error::io(format!("cannot find disk {id} at {}", p.display()), e))
+    if !p.exists() {
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!("cannot find disk {id} at {}", p.display()),
+        ));
+    }
+    Ok(p)
+}
+
+/// Disk `id` as declared and checked (see [`qemu::inspect`]).
+pub(crate) fn disk_image(step: &Step<'_>, id: u32) -> Result<DiskImage, Error> {
+    let path = disk_path(step, id)?;
+    qemu::inspect(step.vm, id, &path, Path::new(&step.args.host_dir.vm_dir))
 }
 
 /// What prebackup did, for the log.
@@ -108,10 +122,10 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
     let mut drop_bitmaps: Vec<(PathBuf, String)> = Vec::new();
     let mut add_bitmaps: Vec<(PathBuf, String)> = Vec::new();
     for &id in &step.args.disk_ids {
-        let disk = disk_path(step, id)?;
-        let info = qemu::info(&disk)?;
-        let qcow2 = info.format == "qcow2";
-        let mine: Vec<&qemu::Bitmap> = info.bitmaps.iter().filter(|b| ours(vm.id)(b)).collect();
+        let image = disk_image(step, id)?;
+        let disk = image.path().to_path_buf();
+        let qcow2 = image.format() == Format::Qcow2;
+        let mine: Vec<&qemu::Bitmap> = image.bitmaps.iter().filter(|b| ours(vm.id)(b)).collect();
         let (plan, reason) = match parent {
             None => (Plan::Full, None),
             Some(p) => {
@@ -126,7 +140,10 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
                     ),
                     None if !qcow2 => (
                         Plan::Whole,
-                        Some(format!("disk {id} is {}: it has no bitmaps", info.format)),
+                        Some(format!(
+                            "disk {id} is {}: it has no bitmaps",
+                            image.format()
+                        )),
                     ),
                     None => (
                         Plan::Whole,
@@ -162,7 +179,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
             manifest.disks.push(DirectDisk {
                 disk_id: id,
                 path: disk.display().to_string(),
-                format: info.format.clone(),
+                format: image.format().to_string(),
                 bitmap: match &plan {
                     Plan::Changed(b) => Some(b.clone()),
                     _ => None,
@@ -173,7 +190,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
             });
         } else {
             let target = staging.join(format!("disk.{id}.{increment}"));
-            let w = delta::write(&disk, &info.format, &plan, &target, step.cancel)?;
+            let w = delta::write(&image, &plan, &target, step.cancel)?;
             summary.bytes_read += w.bytes_read;
             summary.staged_bytes += w.file_bytes;
         }
@@ -274,13 +291,17 @@ pub fn postbackup(step: &Step<'_>) {
             Ok((increment, _)) => {
                 let current = bitmap_name(vm.id, increment);
                 for &id in &step.args.disk_ids {
+                    // Only a qcow2 disk has bitmaps: the format is the declared one.
+                    let Ok(Format::Qcow2) = qemu::declared_format(vm, id) else {
+                        continue;
+                    };
                     let Ok(disk) = disk_path(step, id) else {
                         continue;
                     };
-                    let Ok(info) = qemu::info(&disk) else {
+                    let Ok(bitmaps) = qemu::bitmaps(&disk, Format::Qcow2) else {
                         continue;
                     };
-                    for b in info.bitmaps.iter().filter(|b| ours(vm.id)(b)) {
+                    for b in bitmaps.iter().filter(|b| ours(vm.id)(b)) {
                         // After success only the new bitmap stays; after a failure it goes
                         // and the parent's stays for the next attempt.
                         let drop = if vm.backup_failed {

@@ -30,7 +30,7 @@
 
 use crate::delta::{self, Plan};
 use crate::host::{self, Step, Summary, increment_of};
-use crate::qemu;
+use backstop_datastore::repo::disk_image::{DiskImage, Format};
 use backstop_datastore::repo::image::ImageSource;
 use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::{Error, ErrorKind};
@@ -150,8 +150,15 @@ struct LiveDisk {
     target: String,
     /// The disk file (symlinks resolved).
     path: PathBuf,
-    format: String,
+    /// Its declared format and checked chain.
+    image: DiskImage,
     size: u64,
+}
+
+impl LiveDisk {
+    fn qcow2(&self) -> bool {
+        self.image.format() == Format::Qcow2
+    }
 }
 
 fn fail(message: String) -> Error {
@@ -297,14 +304,13 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                 vm.id
             )));
         }
-        let path = host::disk_path(step, id)?;
-        let info = qemu::info(&path)?;
+        let image = host::disk_image(step, id)?;
         disks.push(LiveDisk {
             id,
             target,
-            path,
-            format: info.format,
-            size: info.virtual_size,
+            path: image.path().to_path_buf(),
+            size: image.virtual_size,
+            image,
         });
     }
     let mut summary = Summary {
@@ -357,10 +363,14 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                 "--name".into(),
                 current.clone(),
             ];
+            // Bitmaps only ever go into qcow2 disks: a raw disk is read whole every time.
             cp_args.extend(diskspecs(
                 &all,
                 &disks,
-                |d| format!("{},checkpoint=bitmap", d.target),
+                |d| {
+                    let kind = if d.qcow2() { "bitmap" } else { "no" };
+                    format!("{},checkpoint={kind}", d.target)
+                },
                 "checkpoint=no",
             ));
             frozen(virsh, dom, vm.backup_config.fs_freeze, || {
@@ -376,14 +386,14 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                     manifest.disks.push(DirectDisk {
                         disk_id: d.id,
                         path: d.path.display().to_string(),
-                        format: d.format.clone(),
+                        format: d.image.format().to_string(),
                         bitmap: None,
                         full_reason: None,
                         nbd: None,
                         shared: true,
                     });
                 } else {
-                    let image = NbdImage::open_shared(&d.path, &d.format)
+                    let image = NbdImage::open(&d.image, None, false)
                         .map_err(|e| fail(format!("cannot read {}: {e}", d.path.display())))?;
                     let w = delta::write_from(
                         &image,
@@ -413,10 +423,14 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                     disk_elements(
                         &all,
                         &disks,
-                        |d| format!(
-                            "<disk name='{}' checkpoint='bitmap' bitmap='{wanted}'/>",
-                            xml_escape(&d.target)
-                        ),
+                        |d| if d.qcow2() {
+                            format!(
+                                "<disk name='{}' checkpoint='bitmap' bitmap='{wanted}'/>",
+                                xml_escape(&d.target)
+                            )
+                        } else {
+                            format!("<disk name='{}' checkpoint='no'/>", xml_escape(&d.target))
+                        },
                         |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
                     )
                 );
@@ -458,9 +472,15 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                     disk_elements(
                         &all,
                         &disks,
+                        // A raw disk has no bitmap: it is pulled whole.
                         |d| format!(
-                            "<disk name='{}' backup='yes' type='file'><driver type='qcow2'/><scratch file='{}'/></disk>",
+                            "<disk name='{}' backup='yes'{} type='file'><driver type='qcow2'/><scratch file='{}'/></disk>",
                             xml_escape(&d.target),
+                            if incremental && !d.qcow2() {
+                                " backupmode='full'"
+                            } else {
+                                ""
+                            },
                             xml_escape(
                                 &tmp.join(format!("scratch.{}.qcow2", d.id))
                                     .display()
@@ -477,8 +497,9 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                     &all,
                     &disks,
                     |d| format!(
-                        "<disk name='{}' checkpoint='bitmap'/>",
-                        xml_escape(&d.target)
+                        "<disk name='{}' checkpoint='{}'/>",
+                        xml_escape(&d.target),
+                        if d.qcow2() { "bitmap" } else { "no" }
                     ),
                     |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
                 )
@@ -519,7 +540,8 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
             }
             for d in &disks {
                 let context = format!("backup-{}", d.target);
-                let plan = if reason.is_none() {
+                let changed = reason.is_none() && d.qcow2();
+                let plan = if changed {
                     Plan::Changed(context.clone())
                 } else {
                     Plan::Whole
@@ -528,9 +550,13 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                     manifest.disks.push(DirectDisk {
                         disk_id: d.id,
                         path: d.path.display().to_string(),
-                        format: d.format.clone(),
-                        bitmap: reason.is_none().then(|| context.clone()),
-                        full_reason: reason.clone(),
+                        format: d.image.format().to_string(),
+                        bitmap: changed.then(|| context.clone()),
+                        full_reason: if d.qcow2() {
+                            reason.clone()
+                        } else {
+                            Some(format!("disk {} is raw: it has no bitmaps", d.id))
+                        },
                         nbd: Some(NbdSource {
                             socket: sock.display().to_string(),
                             export: d.target.clone(),
@@ -684,11 +710,19 @@ mod tests {
             ("vdb".to_string(), "/d/disk.1".to_string()),
             ("hda".to_string(), "/d/disk.2".to_string()),
         ];
+        let image = DiskImage {
+            layers: vec![backstop_datastore::repo::disk_image::Layer {
+                path: "/d/disk.1".into(),
+                format: Format::Qcow2,
+            }],
+            virtual_size: 1,
+            bitmaps: Vec::new(),
+        };
         let disks = vec![LiveDisk {
             id: 1,
             target: "vdb".into(),
             path: "/d/disk.1".into(),
-            format: "qcow2".into(),
+            image,
             size: 1,
         }];
         assert_eq!(

@@ -1,125 +1,82 @@
-//! What the host step asks of qemu-img: an image's format, size and persistent bitmaps, and
-//! adding or removing a bitmap. The image must not be in use by a writer (the VM is off).
+//! What the host step asks of qemu-img about a VM's disk: its declared format, its checked
+//! backing chain and persistent bitmaps ([`backstop_datastore::repo::disk_image`]), and adding
+//! or removing a bitmap. qemu is always told the format: it never probes a disk a guest wrote.
 
+use backstop_datastore::layout;
+use backstop_datastore::repo::disk_image::{self, Backing, DiskImage, Format};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_protocol::message::Vm;
 use std::path::Path;
 
-/// A persistent dirty bitmap of a qcow2 image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bitmap {
-    pub name: String,
-    /// `auto` (it records writes), `in-use` (the image was not closed cleanly: inconsistent).
-    pub flags: Vec<String>,
-}
-
-impl Bitmap {
-    /// A bitmap that recorded every write since it was made: enabled and closed cleanly.
-    pub fn consistent(&self) -> bool {
-        self.flags.iter().any(|f| f == "auto") && !self.flags.iter().any(|f| f == "in-use")
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Info {
-    pub format: String,
-    pub virtual_size: u64,
-    pub bitmaps: Vec<Bitmap>,
-}
+pub use backstop_datastore::repo::disk_image::Bitmap;
 
 use backstop_datastore::actions::chain::qemu_img as run;
 
-/// `qemu-img info` of a disk.
-pub fn info(disk: &Path) -> Result<Info, Error> {
-    let text = run(&[
-        "info".as_ref(),
-        "--output=json".as_ref(),
-        "-U".as_ref(),
-        disk.as_os_str(),
-    ])?;
-    parse_info(&text).map_err(|e| {
+/// The format of disk `id` as the VM declares it: `DISK/DRIVER`, else `DISK/FORMAT` (what
+/// libvirt is told, so what the guest's writes mean). Anything else is refused.
+pub fn declared_format(vm: &Vm, id: u32) -> Result<Format, Error> {
+    let disk = vm.disk(id).ok_or_else(|| {
         Error::new(
             ErrorKind::Input,
-            format!("qemu-img info of {}: {e}", disk.display()),
+            format!("VM {}: disk {id} is not in the VM's template", vm.id),
+        )
+    })?;
+    let declared = disk.driver().or(disk.format.as_deref()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Input,
+            format!(
+                "VM {}: disk {id} has neither DRIVER nor FORMAT; its format is not guessed",
+                vm.id
+            ),
+        )
+    })?;
+    Format::parse(declared).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Input,
+            format!(
+                "VM {}: disk {id} is {declared:?}; backstop backs up raw and qcow2 disks",
+                vm.id
+            ),
         )
     })
 }
 
-pub fn parse_info(text: &str) -> Result<Info, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let format = v["format"].as_str().ok_or("no format")?.to_string();
-    let virtual_size = v["virtual-size"].as_u64().ok_or("no virtual-size")?;
-    let bitmaps = v["format-specific"]["data"]["bitmaps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| {
-                    Some(Bitmap {
-                        name: b["name"].as_str()?.to_string(),
-                        flags: b["flags"]
-                            .as_array()
-                            .map(|f| {
-                                f.iter()
-                                    .filter_map(|x| x.as_str().map(str::to_string))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Info {
-        format,
-        virtual_size,
-        bitmaps,
+/// Disk `id` of the VM at `disk` (`<vm_dir>/disk.<id>`), read as declared, its backing chain
+/// confined to the VM's and the datastores' directories.
+pub fn inspect(vm: &Vm, id: u32, disk: &Path, vm_dir: &Path) -> Result<DiskImage, Error> {
+    let format = declared_format(vm, id)?;
+    let roots = layout::backing_roots(vm_dir);
+    disk_image::inspect(disk, format, Backing::Within(&roots)).map_err(|e| Error {
+        message: format!("VM {}: disk {id}: {}", vm.id, e.message),
+        ..e
     })
 }
 
+/// The bitmaps of a qcow2 disk (none for raw).
+pub fn bitmaps(disk: &Path, format: Format) -> Result<Vec<Bitmap>, Error> {
+    if format != Format::Qcow2 {
+        return Ok(Vec::new());
+    }
+    Ok(disk_image::info(disk, format)?.bitmaps)
+}
+
 pub fn bitmap_add(disk: &Path, name: &str) -> Result<(), Error> {
-    run(&[
-        "bitmap".as_ref(),
-        "--add".as_ref(),
-        disk.as_os_str(),
-        name.as_ref(),
-    ])
-    .map(|_| ())
+    bitmap(disk, "--add", name)
 }
 
 pub fn bitmap_remove(disk: &Path, name: &str) -> Result<(), Error> {
+    bitmap(disk, "--remove", name)
+}
+
+/// Bitmaps live only in qcow2 disks: the format is always given.
+fn bitmap(disk: &Path, op: &str, name: &str) -> Result<(), Error> {
     run(&[
         "bitmap".as_ref(),
-        "--remove".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        op.as_ref(),
         disk.as_os_str(),
         name.as_ref(),
     ])
     .map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn info_with_bitmaps() {
-        let text = r#"{"virtual-size": 52428800, "filename": "d", "format": "qcow2",
-            "format-specific": {"type": "qcow2", "data": {"compat": "1.1",
-            "bitmaps": [{"flags": ["auto"], "name": "one-22-3", "granularity": 65536},
-                        {"flags": ["in-use", "auto"], "name": "one-22-2", "granularity": 65536},
-                        {"flags": [], "name": "other", "granularity": 65536}]}}}"#;
-        let i = parse_info(text).expect("parse");
-        assert_eq!(i.format, "qcow2");
-        assert_eq!(i.virtual_size, 52428800);
-        let c: Vec<(&str, bool)> = i
-            .bitmaps
-            .iter()
-            .map(|b| (b.name.as_str(), b.consistent()))
-            .collect();
-        assert_eq!(
-            c,
-            [("one-22-3", true), ("one-22-2", false), ("other", false)]
-        );
-        let raw = parse_info(r#"{"virtual-size": 1024, "format": "raw"}"#).expect("raw");
-        assert!(raw.bitmaps.is_empty());
-        assert!(parse_info("{}").is_err());
-    }
 }

@@ -16,9 +16,10 @@
 //! starts a new chain (oned resets LAST_INCREMENT_ID). A failure removes what was downloaded
 //! and leaves the VM's disks as they were.
 
-use backstop_datastore::actions::backup::{sh_quote, ssh_command};
+use backstop_datastore::actions::backup::{Agent, sh_quote, ssh_command};
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::oned::OnedClient;
+use backstop_datastore::repo::disk_image::Format;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::TmRestoreArgs;
 use backstop_protocol::message::{Datastore, Image, Vm};
@@ -49,6 +50,9 @@ struct Restored {
     download: String,
     /// For a persistent disk, its image file.
     source: Option<String>,
+    /// The disk's declared format (None for the TPM state). The download is a qcow2 file; a
+    /// raw disk gets raw bytes.
+    format: Option<Format>,
 }
 
 pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
@@ -109,6 +113,7 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
                     url: url.clone(),
                     download: format!("{vm_dir}/disk.tpm.backup"),
                     source: None,
+                    format: None,
                 });
             }
             continue;
@@ -120,18 +125,21 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
             continue;
         }
         let disk = vm.disk(id);
+        let format = Some(crate::qemu::declared_format(&vm, id)?);
         match disk.filter(|d| d.persistent).and_then(|d| d.source.clone()) {
             Some(source) => files.push(Restored {
                 key: key.clone(),
                 url: url.clone(),
                 download: format!("{source}.backup"),
                 source: Some(source),
+                format,
             }),
             None => files.push(Restored {
                 key: key.clone(),
                 url: url.clone(),
                 download: format!("{vm_dir}/disk.{id}.backup"),
                 source: None,
+                format,
             }),
         }
     }
@@ -169,7 +177,7 @@ fn download(cfg: &DriverConfig, host: &str, url: &str, target: &str) -> Result<(
     let Some(data) = source.stdout.take() else {
         return Err(error("the downloader has no stdout".into()));
     };
-    let sink = ssh_command(cfg, host)
+    let sink = ssh_command(cfg, host, Agent::NotForwarded)
         .arg(format!(
             "dd of={} bs=64k conv=sparse status=none",
             sh_quote(target)
@@ -201,7 +209,7 @@ fn download(cfg: &DriverConfig, host: &str, url: &str, target: &str) -> Result<(
 }
 
 fn remote(cfg: &DriverConfig, host: &str, script: &str) -> Result<(), Error> {
-    let out = ssh_command(cfg, host)
+    let out = ssh_command(cfg, host, Agent::NotForwarded)
         .arg(script)
         .stdin(Stdio::null())
         .output()
@@ -219,6 +227,19 @@ fn remote(cfg: &DriverConfig, host: &str, script: &str) -> Result<(), Error> {
 fn swap_script(vm_dir: &str, files: &[Restored]) -> String {
     let q = |s: &str| sh_quote(s);
     let mut script = String::from("set -e\n");
+    // First every download becomes what its disk is declared to be, before anything is
+    // swapped: a standalone qcow2 (no backing file, whatever its header said), or raw bytes.
+    for f in files {
+        let Some(format) = f.format else { continue };
+        let dl = q(&f.download);
+        script.push_str(&format!("qemu-img rebase -q -u -f qcow2 -b '' {dl}\n"));
+        if format == Format::Raw {
+            script.push_str(&format!(
+                "qemu-img convert -q -f qcow2 -O raw {dl} {raw}\nmv -f {raw} {dl}\n",
+                raw = q(&format!("{}.raw", f.download))
+            ));
+        }
+    }
     for f in files {
         if f.key == "tpm" {
             script.push_str(&format!(
@@ -272,18 +293,21 @@ mod tests {
                 url: "u".into(),
                 download: "/d/22/disk.0.backup".into(),
                 source: None,
+                format: Some(Format::Qcow2),
             },
             Restored {
                 key: "1".into(),
                 url: "u".into(),
                 download: "/ds/1/abc.backup".into(),
                 source: Some("/ds/1/abc".into()),
+                format: Some(Format::Raw),
             },
             Restored {
                 key: "tpm".into(),
                 url: "u".into(),
                 download: "/d/22/disk.tpm.backup".into(),
                 source: None,
+                format: None,
             },
         ];
         let s = swap_script("/d/22", &files);
@@ -294,5 +318,17 @@ mod tests {
         assert!(s.contains("ln -s /ds/1/abc.snap/0 /d/22/disk.1\n"));
         assert!(s.contains("rm -rf /d/22/disk.1.snap\n"));
         assert!(s.contains("tar xzf /d/22/disk.tpm.backup -C /d/22\n"));
+        // Formats are settled before anything moves; the raw disk gets raw bytes.
+        let first_move = s.find("mv /d/22/disk.0.backup").expect("move");
+        for step in [
+            "qemu-img rebase -q -u -f qcow2 -b '' /d/22/disk.0.backup\n",
+            "qemu-img rebase -q -u -f qcow2 -b '' /ds/1/abc.backup\n",
+            "qemu-img convert -q -f qcow2 -O raw /ds/1/abc.backup /ds/1/abc.backup.raw\nmv -f /ds/1/abc.backup.raw /ds/1/abc.backup\n",
+        ] {
+            let at = s.find(step).unwrap_or_else(|| panic!("{step} in {s}"));
+            assert!(at < first_move, "{step} comes after a move");
+        }
+        assert!(!s.contains("convert -q -f qcow2 -O raw /d/22/disk.0.backup"));
+        assert!(!s.contains("rebase -q -u -f qcow2 -b '' /d/22/disk.tpm.backup"));
     }
 }

@@ -26,8 +26,10 @@
 //! the exit code is 1.
 
 use crate::config::DriverConfig;
+use crate::process::ProcessId;
 use crate::repo::Compression;
 use crate::repo::Repo;
+use crate::repo::disk_image::{self, Backing, Format};
 use crate::repo::format::{RepoId, Snapshot};
 use crate::repo::image::{ImageSource, RawImage};
 use crate::repo::nbd::{self, NbdImage};
@@ -93,10 +95,19 @@ pub fn target_host(args: &BackupArgs, vm: Option<&Vm>) -> String {
         .unwrap_or_else(|| args.host_dir.host.clone())
 }
 
+/// Whether a hop forwards the front-end's ssh agent. Only a host step that itself opens SFTP
+/// to the backup server with the agent's keys needs it; every other hop goes without, so a
+/// host (or a backup server) never holds a usable agent it does not need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agent {
+    Forward,
+    NotForwarded,
+}
+
 /// A command that runs a shell line on `host`: `sh -c` when the host is this machine,
-/// otherwise ssh. ssh options every hop uses: never prompt, no shared connections (as the stock drivers),
-/// the agent forwarded so the host can reach an SFTP server with the front-end's keys.
-pub fn ssh_command(cfg: &DriverConfig, host: &str) -> Command {
+/// otherwise ssh. ssh options every hop uses: never prompt, no shared connections (as the
+/// stock drivers); the agent only with [`Agent::Forward`].
+pub fn ssh_command(cfg: &DriverConfig, host: &str, agent: Agent) -> Command {
     if is_this_machine(host) {
         // An all-in-one installation: the host is the front-end itself; no ssh to it.
         let mut cmd = Command::new("sh");
@@ -115,7 +126,11 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str) -> Command {
         "-o",
         "ControlPath=none",
         "-o",
-        "ForwardAgent=yes",
+        if agent == Agent::Forward {
+            "ForwardAgent=yes"
+        } else {
+            "ForwardAgent=no"
+        },
         "-o",
         "ConnectTimeout=30",
         "--",
@@ -237,13 +252,22 @@ pub fn pid_file(cfg: &DriverConfig, vm_id: u64) -> PathBuf {
     cfg.run_dir.join(format!("backup-{vm_id}.pid"))
 }
 
-/// Whether a backup action of the VM is still running on this machine (its PID file names a
-/// live process). For the job runner's reconciliation after it was killed.
+/// What a backup's PID file says: `<pid> <deploy_id> <process id>` (see
+/// [`crate::process::ProcessId`]).
+pub fn read_pid_file(cfg: &DriverConfig, vm_id: u64) -> Option<(String, ProcessId)> {
+    let text = std::fs::read_to_string(pid_file(cfg, vm_id)).ok()?;
+    let mut words = text.split_whitespace();
+    let _pid = words.next()?;
+    let deploy_id = words.next()?.to_string();
+    let process = ProcessId::parse(words.next()?)?;
+    Some((deploy_id, process))
+}
+
+/// Whether a backup action of the VM is still running on this machine: its PID file names a
+/// process that still runs, the very one (PID, start time, boot), not one that got its PID.
+/// For the job runner's reconciliation after it was killed.
 pub fn backup_running(cfg: &DriverConfig, vm_id: u64) -> bool {
-    std::fs::read_to_string(pid_file(cfg, vm_id))
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    read_pid_file(cfg, vm_id).is_some_and(|(_, p)| p.is_running())
 }
 
 /// A backup that is in the repository but not in the caller's records: what a backup action
@@ -301,7 +325,8 @@ fn write_pid_file(cfg: &DriverConfig, args: &BackupArgs) -> Result<PidFile, Erro
         .map_err(|e| Error::io(format!("cannot create {}", cfg.run_dir.display()), e))?;
     let path = pid_file(cfg, args.vm_id);
     let tmp = path.with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{} {}\n", std::process::id(), args.deploy_id))
+    let me = ProcessId::current();
+    std::fs::write(&tmp, format!("{} {} {me}\n", me.pid, args.deploy_id))
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     Ok(PidFile(path))
@@ -362,8 +387,21 @@ pub fn run(
         line.join(" ")
     );
 
-    let (status, stdout, stderr) =
-        remote_call_with(cfg, &host, &line, raw_xml, cancel, progress.as_deref())?;
+    // The host opens SFTP to the backup server with the front-end's agent; a repository on a
+    // local path (a shared mount) needs no agent on the host.
+    let agent = match target.location {
+        crate::location::Location::Sftp { .. } => Agent::Forward,
+        _ => Agent::NotForwarded,
+    };
+    let (status, stdout, stderr) = remote_call_with(
+        cfg,
+        &host,
+        agent,
+        &line,
+        raw_xml,
+        cancel,
+        progress.as_deref(),
+    )?;
     if cancel.load(Ordering::SeqCst) {
         return Err(Error::new(
             ErrorKind::Cancelled,
@@ -404,7 +442,7 @@ pub fn remote_call(
     request: &[u8],
     cancel: &Arc<AtomicBool>,
 ) -> Result<(std::process::ExitStatus, String, String), Error> {
-    remote_call_with(cfg, host, line, request, cancel, None)
+    remote_call_with(cfg, host, Agent::NotForwarded, line, request, cancel, None)
 }
 
 /// The prefix of the host step's progress lines on stderr (`--progress`).
@@ -419,12 +457,13 @@ pub const PROGRESS_ENV: &str = "BACKSTOP_PROGRESS_FILE";
 pub fn remote_call_with(
     cfg: &DriverConfig,
     host: &str,
+    agent: Agent,
     line: &str,
     request: &[u8],
     cancel: &Arc<AtomicBool>,
     progress: Option<&Path>,
 ) -> Result<(std::process::ExitStatus, String, String), Error> {
-    let mut child = ssh_command(cfg, host)
+    let mut child = ssh_command(cfg, host, agent)
         .arg(line)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -813,14 +852,6 @@ pub fn host_run(
         // Where the file lived in the stock layout, whatever the disk's own path (direct mode).
         let snapshot_path = format!("{}/disk.{disk_id}.{inc}", staging.display());
         let snapshot_path = crate::target::clean_path(&snapshot_path);
-        let qcow2 = match &direct {
-            Some(m) => m
-                .disks
-                .iter()
-                .any(|d| d.disk_id == *disk_id && d.format == "qcow2"),
-            None => nbd::is_qcow2(path)
-                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?,
-        };
         let input = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Input,
@@ -830,7 +861,42 @@ pub fn host_run(
         let direct_disk = direct
             .as_ref()
             .and_then(|m| m.disks.iter().find(|d| d.disk_id == *disk_id));
-        let format = if qcow2 { "qcow2" } else { "raw" };
+        // The format is never guessed from the content (a guest writes that): direct mode
+        // has the VM's declared format from prebackup; a staged file is a qcow2 file by the
+        // stock contract, which prebackup (not the guest) wrote.
+        let format = match direct_disk {
+            Some(d) => Format::parse(&d.format).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Input,
+                    format!(
+                        "disk {disk_id}: {} names the format {:?}; backstop reads raw and qcow2",
+                        backstop_protocol::staging::MANIFEST,
+                        d.format
+                    ),
+                )
+            })?,
+            None => {
+                if !nbd::is_qcow2(path)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?
+                {
+                    return Err(Error::new(
+                        ErrorKind::Input,
+                        format!(
+                            "the staged file of disk {disk_id} ({}) is not a qcow2 file",
+                            path.display()
+                        ),
+                    ));
+                }
+                Format::Qcow2
+            }
+        };
+        let qcow2 = format == Format::Qcow2;
+        let checked = |backing: Backing<'_>| {
+            disk_image::inspect(path, format, backing).map_err(|e| Error {
+                message: format!("VM {}: disk {disk_id}: {}", args.vm_id, e.message),
+                ..e
+            })
+        };
         let item = match (&parent, &stock_chain) {
             // Direct mode: the disk itself, with the parent's bitmap for its changed extents.
             _ if direct_disk.is_some() => {
@@ -838,14 +904,17 @@ pub fn host_run(
                 let backstop_parent = parent
                     .as_ref()
                     .filter(|(_, p)| p.tags.iter().any(|t| t == IMAGE_TAG));
+                let roots = crate::layout::backing_roots(Path::new(&args.host_dir.vm_dir));
                 // The disk as prebackup described it: a file (locked or not), or a running
                 // VM's pull-mode export.
                 let open = |bitmap: Option<&str>| -> Result<Box<NbdImage>, Error> {
-                    Ok(Box::new(match (&d.nbd, d.shared) {
-                        (Some(n), _) => NbdImage::connect_export(Path::new(&n.socket), &n.export)
+                    Ok(Box::new(match &d.nbd {
+                        Some(n) => NbdImage::connect_export(Path::new(&n.socket), &n.export)
                             .map_err(input)?,
-                        (None, true) => NbdImage::open_shared(path, format).map_err(input)?,
-                        (None, false) => NbdImage::open(path, format, bitmap).map_err(input)?,
+                        None => {
+                            NbdImage::open(&checked(Backing::Within(&roots))?, bitmap, !d.shared)
+                                .map_err(input)?
+                        }
                     }))
                 };
                 match (&d.bitmap, backstop_parent) {
@@ -896,21 +965,21 @@ pub fn host_run(
                 let dir = work.path.join(format!("disk{disk_id}"));
                 std::fs::create_dir(&dir)
                     .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-                let files = crate::actions::chain::links(&repo, links, &parent_path, *disk_id)?;
+                let files =
+                    crate::actions::chain::links(&repo, links, &parent_path, *disk_id, args.vm_id)?;
                 let top = crate::actions::chain::fetch(&repo, ds, &files, *disk_id, &dir)?;
-                crate::actions::chain::qemu_img(&[
-                    "rebase".as_ref(),
-                    "-u".as_ref(),
-                    "-F".as_ref(),
-                    "qcow2".as_ref(),
-                    "-b".as_ref(),
-                    top.as_os_str(),
-                    path.as_os_str(),
-                ])?;
+                crate::actions::chain::rebase(path, Some(&top))?;
                 Opened {
                     path: snapshot_path,
                     parent_path: None,
-                    source: Box::new(NbdImage::open(path, "qcow2", None).map_err(input)?),
+                    source: Box::new(
+                        NbdImage::open(
+                            &checked(Backing::Within(std::slice::from_ref(&work.path)))?,
+                            None,
+                            true,
+                        )
+                        .map_err(input)?,
+                    ),
                     changed: None,
                 }
             }
@@ -924,6 +993,7 @@ pub fn host_run(
                         ),
                     ));
                 }
+                checked(Backing::Detached)?;
                 let (img, present) = NbdImage::open_delta(path).map_err(input)?;
                 let want = format!("disk.{disk_id}.{}", inc - 1);
                 Opened {
@@ -933,10 +1003,13 @@ pub fn host_run(
                     changed: Some(present),
                 }
             }
+            // Increment 0 stands alone.
             (None, _) if qcow2 => Opened {
                 path: snapshot_path,
                 parent_path: None,
-                source: Box::new(NbdImage::open(path, "qcow2", None).map_err(input)?),
+                source: Box::new(
+                    NbdImage::open(&checked(Backing::Refused)?, None, true).map_err(input)?,
+                ),
                 changed: None,
             },
             (None, _) => Opened {

@@ -35,10 +35,11 @@ pub fn links(
     chain: &[ChainLink],
     wanted_path: &str,
     disk_id: u32,
+    vm_id: u64,
 ) -> Result<Vec<ChainFile>, Error> {
     let mut links = Vec::new();
     for link in chain.iter().rev() {
-        let (id, snap) = repo.find_snapshot(&link.source)?;
+        let (id, snap) = crate::vm_snapshots::find(repo, &link.source, vm_id)?;
         let path = disk_path(&snap, wanted_path, disk_id).ok_or_else(|| {
             Error::new(
                 ErrorKind::Repository,
@@ -129,16 +130,13 @@ pub fn fetch(
             .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
         files.push(file);
     }
+    // The first file stands alone whatever its header says; each later one sits on the one
+    // before it.
+    if let Some(first) = files.first() {
+        rebase(first, None)?;
+    }
     for pair in files.windows(2) {
-        qemu_img(&[
-            "rebase".as_ref(),
-            "-u".as_ref(),
-            "-F".as_ref(),
-            "qcow2".as_ref(),
-            "-b".as_ref(),
-            pair[0].as_os_str(),
-            pair[1].as_os_str(),
-        ])?;
+        rebase(&pair[1], Some(&pair[0]))?;
     }
     files
         .pop()
@@ -157,6 +155,8 @@ pub fn standalone(
     let standalone = dir.path.join("standalone.qcow2");
     qemu_img(&[
         "convert".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
         top.as_os_str(),
@@ -169,6 +169,28 @@ pub fn standalone(
     std::fs::rename(&standalone, &top)
         .map_err(|e| Error::io(format!("cannot rename into {}", top.display()), e))?;
     Ok((dir.keep(), top))
+}
+
+/// Points the qcow2 `file`'s backing file at the qcow2 `backing` (None: no backing file),
+/// without reading either (`rebase -u`). Every format is named: nothing is probed.
+pub fn rebase(file: &Path, backing: Option<&Path>) -> Result<(), Error> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "rebase".as_ref(),
+        "-u".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+    ];
+    match backing {
+        Some(b) => args.extend::<[&std::ffi::OsStr; 4]>([
+            "-F".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            b.as_os_str(),
+        ]),
+        None => args.extend::<[&std::ffi::OsStr; 2]>(["-b".as_ref(), "".as_ref()]),
+    }
+    args.push(file.as_os_str());
+    qemu_img(&args).map(|_| ())
 }
 
 /// Runs qemu-img; its stdout, or an error naming the subcommand and qemu-img's first line.

@@ -72,11 +72,12 @@ fn resolve(
             "backup URL {url}: no VM id in its path (.../<vm_id>/backup/<file>)"
         ))
     })?;
+    crate::vm_snapshots::check_url(url)?;
     if url.file_name() == "disk.tpm.0" {
         // The TPM state (a tar.gz), as stored in the URL's last snapshot.
         let ds = datastore(url.datastore_id)?;
         let repo = open(&ds, repo_id(url.job_id, vm_id), cfg)?;
-        let (id, snap) = repo.find_snapshot(url.last_source())?;
+        let (id, snap) = crate::vm_snapshots::find(&repo, url.last_source(), vm_id)?;
         let path = snap
             .paths
             .iter()
@@ -104,7 +105,7 @@ fn resolve(
     let ds = datastore(url.datastore_id)?;
     let repo = open(&ds, repo_id(url.job_id, vm_id), cfg)?;
     let source = url.last_source();
-    let (id, snap) = repo.find_snapshot(source)?;
+    let (id, snap) = crate::vm_snapshots::find(&repo, source, vm_id)?;
     let snapshot = id.to_hex();
     let path = disk_path(&snap, &url.path, disk_id).ok_or_else(|| {
         Error::new(
@@ -120,7 +121,7 @@ fn resolve(
     } else if url.chain.len() == 1 {
         Source::StockFull { snapshot, path }
     } else {
-        let links = chain::links(&repo, &url.chain, &url.path, disk_id)?;
+        let links = chain::links(&repo, &url.chain, &url.path, disk_id, vm_id)?;
         Source::Chain { links, disk_id }
     };
     Ok((repo, ds, found))

@@ -20,10 +20,11 @@
 //! rebase, commit, back up, forget, prune) on the same chain stored the stock way.
 
 use crate::actions::backup::IMAGE_TAG;
-use crate::actions::{lock_wait, open, present_snapshots};
+use crate::actions::{lock_wait, open};
 use crate::config::DriverConfig;
 use crate::repo::maintenance::PruneLimits;
 use crate::target::image_repo_id;
+use crate::vm_snapshots;
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::FlattenRequest;
 
@@ -46,9 +47,10 @@ pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String
         return Ok(None);
     }
     let ds = &request.datastore;
+    let vm_id = vm_snapshots::image_vm_id(image)?;
     let repo = open(ds, image_repo_id(image)?, cfg)?;
     let base = &chain[merged - 1];
-    let (_, base_snap) = repo.find_snapshot(&base.source)?;
+    let (_, base_snap) = vm_snapshots::find(&repo, &base.source, vm_id)?;
     if !base_snap.tags.iter().any(|t| t == IMAGE_TAG) {
         return merge_stock(&repo, request, &chain, merged).map(Some);
     }
@@ -65,7 +67,7 @@ pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String
                 .unwrap_or(0),
         );
     let wait = lock_wait(ds);
-    let forget = present_snapshots(&repo, &chain[..merged - 1])?;
+    let forget = vm_snapshots::present(&repo, &chain[..merged - 1], vm_id)?;
     repo.forget(&forget, wait)?;
     repo.prune(
         &PruneLimits {
@@ -99,12 +101,14 @@ fn merge_stock(
     merged: usize,
 ) -> Result<String, Error> {
     use crate::actions::chain;
+    use crate::repo::disk_image::{self, Backing, Format};
     use crate::repo::nbd::NbdImage;
     use crate::repo::writer::{self, BackupOptions, Content, FileSpec};
     let ds = &request.datastore;
     let wait = lock_wait(ds);
     let last = &chain[merged - 1];
-    let (_, last_snap) = repo.find_snapshot(&last.source)?;
+    let vm_id = vm_snapshots::image_vm_id(&request.image)?;
+    let (_, last_snap) = vm_snapshots::find(repo, &last.source, vm_id)?;
     let disks = crate::actions::restore::snapshot_disks(&last_snap.paths);
     if disks.is_empty() {
         return Err(Error::new(
@@ -118,9 +122,15 @@ fn merge_stock(
         let dir = work.path.join(format!("disk{disk_id}"));
         std::fs::create_dir(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        let links = chain::links(repo, &chain[..merged], path, *disk_id)?;
+        let links = chain::links(repo, &chain[..merged], path, *disk_id, vm_id)?;
         let top = chain::fetch(repo, ds, &links, *disk_id, &dir)?;
-        let image = NbdImage::open(&top, "qcow2", None).map_err(|e| {
+        // The rebuilt chain lies in the work directory, and nowhere else.
+        let checked = disk_image::inspect(
+            &top,
+            Format::Qcow2,
+            Backing::Within(std::slice::from_ref(&dir)),
+        )?;
+        let image = NbdImage::open(&checked, None, true).map_err(|e| {
             Error::new(
                 ErrorKind::Input,
                 format!("cannot read the rebuilt disk {disk_id}: {e}"),
@@ -159,11 +169,6 @@ fn merge_stock(
             content: Content::Bytes(bytes),
         });
     }
-    let vm_id = request
-        .image
-        .vm_id()
-        .map(|v| v.to_string())
-        .unwrap_or_default();
     let mut tags = vec![IMAGE_TAG.to_string()];
     tags.extend(
         last_snap
@@ -172,8 +177,8 @@ fn merge_stock(
             .filter(|t| t.starts_with("one-"))
             .cloned(),
     );
-    if !tags.iter().any(|t| t.starts_with("one-")) && !vm_id.is_empty() {
-        tags.push(format!("one-{vm_id}"));
+    if !tags.iter().any(|t| t.starts_with("one-")) {
+        tags.push(vm_snapshots::vm_tag(vm_id));
     }
     let options = BackupOptions {
         tags,
@@ -185,7 +190,7 @@ fn merge_stock(
     drop(images);
     drop(work);
     let new_id = result.snapshot_id.to_hex();
-    let forget = present_snapshots(repo, &chain[..merged])?;
+    let forget = vm_snapshots::present(repo, &chain[..merged], vm_id)?;
     repo.forget(&forget, wait)
         .and_then(|_| repo.prune(&crate::actions::rm::prune_limits(ds), wait))
         .map_err(|e| {

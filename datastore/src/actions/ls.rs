@@ -9,7 +9,7 @@
 use crate::actions::{open, scheme};
 use crate::config::DriverConfig;
 use crate::target::image_repo_id;
-use crate::{Error, ErrorKind};
+use crate::{Error, ErrorKind, vm_snapshots};
 use backstop_protocol::args::LsArgs;
 use backstop_protocol::message::LsRequest;
 use backstop_protocol::url::BackupUrl;
@@ -27,8 +27,9 @@ pub fn run(args: &LsArgs, request: &LsRequest, cfg: &DriverConfig) -> Result<Str
         )
     })?;
     let ds = &request.datastore;
+    let vm_id = vm_snapshots::image_vm_id(image)?;
     let repo = open(ds, image_repo_id(image)?, cfg)?;
-    let (_, snap) = repo.find_snapshot(&last.source)?;
+    let (_, snap) = vm_snapshots::find(&repo, &last.source, vm_id)?;
     let mut map = serde_json::Map::new();
     for path in &snap.paths {
         let name = path.rsplit('/').next().unwrap_or_default();

@@ -14,7 +14,7 @@ pub mod stat;
 use crate::Error;
 use crate::config::DriverConfig;
 use crate::repo::Repo;
-use crate::repo::format::{RepoId, Snapshot};
+use crate::repo::format::Snapshot;
 use crate::repo::lock::RetryLock;
 use crate::target::RepoTarget;
 use backstop_protocol::message::{Datastore, Vm};
@@ -45,26 +45,6 @@ pub fn lock_wait(ds: &Datastore) -> RetryLock {
                 std::time::Duration::from_secs,
             ),
     )
-}
-
-/// The full ids of the snapshots that chain links name and that still exist (gone ones are
-/// skipped: rm and flatten are idempotent).
-pub fn present_snapshots(
-    repo: &Repo,
-    links: &[backstop_protocol::url::ChainLink],
-) -> Result<Vec<String>, Error> {
-    let present: Vec<String> = repo
-        .list(rustic_core::FileType::Snapshot)?
-        .iter()
-        .map(RepoId::to_hex)
-        .collect();
-    Ok(links
-        .iter()
-        .filter_map(|l| {
-            let s = l.source.to_ascii_lowercase();
-            present.iter().find(|p| p.starts_with(&s)).cloned()
-        })
-        .collect())
 }
 
 /// The VM saved in a snapshot's `vm.xml` (base64 of the VM XML, as prebackup writes it).

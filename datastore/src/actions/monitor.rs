@@ -5,7 +5,7 @@
 //! figures are the file system's that holds `BASE_PATH`: used = (blocks − free blocks),
 //! free = blocks available to an unprivileged user, which is what `df` reports.
 
-use crate::actions::backup::{sh_quote, ssh_command};
+use crate::actions::backup::{Agent, sh_quote, ssh_command};
 use crate::config::DriverConfig;
 use crate::location::Location;
 use crate::{Error, ErrorKind};
@@ -52,7 +52,7 @@ pub fn remote(
     base_path: &str,
 ) -> Result<Capacity, Error> {
     let base = sh_quote(&crate::target::clean_path(base_path));
-    let out = ssh_command(cfg, &format!("{user}@{server}"))
+    let out = ssh_command(cfg, &format!("{user}@{server}"), Agent::NotForwarded)
         .arg(format!(
             "mkdir -p {base} && df -P -B1048576 {base} | tail -n 1"
         ))

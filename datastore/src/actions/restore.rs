@@ -107,7 +107,7 @@ pub fn image_template(
     path_url: &str,
     ds_id: u64,
     job: Option<u64>,
-) -> String {
+) -> Result<String, Error> {
     let mut t = Template::default();
     t.push("NAME", name);
     t.push("TYPE", if disk_id == 0 { "OS" } else { "DATABLOCK" });
@@ -116,7 +116,18 @@ pub fn image_template(
     if let Some(j) = job {
         t.push("BACKUP_JOB_ID", j.to_string());
     }
-    t.to_string()
+    written(&t, "image")
+}
+
+/// The text oned reads back exactly as `t` is (see [`Template::render`]); a value that has no
+/// such form is refused, never written so that it could change meaning.
+fn written(t: &Template, what: &str) -> Result<String, Error> {
+    t.render().map_err(|e| {
+        Error::new(
+            ErrorKind::Input,
+            format!("the restored {what} template cannot be written: {e}"),
+        )
+    })
 }
 
 fn drop_in(t: &mut Template, vector: &str, drop: impl Fn(&str) -> bool) {
@@ -184,7 +195,7 @@ pub fn vm_template(
     base_name: &str,
     restored: &BTreeMap<u32, i64>,
     tpm_state: Option<&str>,
-) -> String {
+) -> Result<String, Error> {
     let mut t = merged(vm);
     drop_in(&mut t, "DISK", |k| DISK_DROP.contains(&k));
     t.attributes
@@ -266,7 +277,7 @@ pub fn vm_template(
         t.attributes.retain(|a| a.name != "TPM_STATE");
         t.push("TPM_STATE", tpm);
     }
-    t.to_string()
+    written(&t, "VM")
 }
 
 /// The disk files of a snapshot: disk id to path (`disk.<id>.<increment>`).
@@ -322,8 +333,9 @@ fn select(
         ));
     };
     let source = selected.source.clone();
+    let vm_id = crate::vm_snapshots::image_vm_id(image)?;
     let repo = open(ds, image_repo_id(image)?, cfg)?;
-    let (_, snap) = repo.find_snapshot(&source)?;
+    let (_, snap) = crate::vm_snapshots::find(&repo, &source, vm_id)?;
     let vm_path = snap
         .paths
         .iter()
@@ -520,15 +532,31 @@ pub fn run(request: &RestoreRequest, cfg: &DriverConfig) -> Result<String, Error
             )
         }
     };
+    // Every template is written (and a value with no exact form refused) before anything is
+    // allocated; image ids do not change what can be written.
+    let placeholders: BTreeMap<u32, i64> = disks.keys().map(|d| (*d, 0)).collect();
+    vm_template(
+        &vm,
+        options,
+        &base_name,
+        &placeholders,
+        tpm_state.as_deref(),
+    )?;
+    let mut image_templates = Vec::new();
     for (disk_id, path) in &disks {
         let path = absolute(path);
-        let template = image_template(
-            &format!("{base_name}-disk-{disk_id}"),
+        image_templates.push((
             *disk_id,
-            &format!("{base_url}{path}"),
-            ds.id,
-            job,
-        );
+            image_template(
+                &format!("{base_name}-disk-{disk_id}"),
+                *disk_id,
+                &format!("{base_url}{path}"),
+                ds.id,
+                job,
+            )?,
+        ));
+    }
+    for (disk_id, template) in image_templates {
         let id = client
             .call_as(
                 &session,
@@ -541,11 +569,11 @@ pub fn run(request: &RestoreRequest, cfg: &DriverConfig) -> Result<String, Error
             )
             .and_then(|v| id_of(v, "one.image.allocate"))
             .map_err(|e| with_created(e, &created))?;
-        restored.insert(*disk_id, id);
+        restored.insert(disk_id, id);
         created.push(id);
     }
     let template_id = if options.disk_id.is_none() {
-        let template = vm_template(&vm, options, &base_name, &restored, tpm_state.as_deref());
+        let template = vm_template(&vm, options, &base_name, &restored, tpm_state.as_deref())?;
         client
             .call_as(&session, "one.template.allocate", &[Value::Str(template)])
             .and_then(|v| id_of(v, "one.template.allocate"))
@@ -599,7 +627,8 @@ mod tests {
     fn render(options: &RestoreOptions) -> Template {
         let vm = Element::parse(VM).expect("vm xml");
         let restored = BTreeMap::from([(0u32, 41i64), (2, 42)]);
-        let text = vm_template(&vm, options, "22-a1b2c3d4", &restored, Some("dHBt"));
+        let text =
+            vm_template(&vm, options, "22-a1b2c3d4", &restored, Some("dHBt")).expect("writes");
         // What we write, oned's template syntax reads back.
         Template::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
@@ -688,7 +717,8 @@ mod tests {
     #[test]
     fn a_volatile_disk_not_in_the_backup_is_created_empty_again() {
         let vm = Element::parse(VM).expect("vm xml");
-        let text = vm_template(&vm, &options(), "x", &BTreeMap::from([(0, 41)]), None);
+        let text =
+            vm_template(&vm, &options(), "x", &BTreeMap::from([(0, 41)]), None).expect("writes");
         let t = Template::parse(&text).expect("parse");
         assert_eq!(
             vector(&t, "DISK", 2),
@@ -700,6 +730,37 @@ mod tests {
         assert_eq!(t.get("TPM_STATE"), None);
     }
 
+    /// A tenant's USER_TEMPLATE with a value ending in a backslash: written naively as
+    /// `"x\"`, oned's lexer reads on into the next value and the tenant's text becomes
+    /// top-level attributes of the template allocated as the restoring user.
+    #[test]
+    fn a_hostile_user_template_smuggles_nothing() {
+        let payload = "\nEMULATOR = \"/tmp/evil\"\nCONTEXT = [ FILES = \"/etc/shadow\" ]\nZ = ";
+        let vm = Element::parse(&format!(
+            "<VM><ID>22</ID><TEMPLATE><CPU>1</CPU></TEMPLATE><USER_TEMPLATE>\
+             <A><![CDATA[x\\]]></A><B><![CDATA[{payload}]]></B></USER_TEMPLATE></VM>"
+        ))
+        .expect("vm xml");
+        let text = vm_template(&vm, &options(), "n", &BTreeMap::new(), None).expect("writes");
+        let t = Template::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(t.get("A"), Some("x\\"), "{text}");
+        assert_eq!(t.get("B"), Some(payload), "{text}");
+        assert_eq!(t.get("EMULATOR"), None, "{text}");
+        assert_eq!(t.vectors("CONTEXT").count(), 0, "{text}");
+
+        // A value with no exact form is refused, naming it; nothing is allocated.
+        let vm = Element::parse(
+            "<VM><ID>22</ID><TEMPLATE/><USER_TEMPLATE><A><![CDATA[x y\\]]></A></USER_TEMPLATE></VM>",
+        )
+        .expect("vm xml");
+        let e = vm_template(&vm, &options(), "n", &BTreeMap::new(), None).expect_err("refused");
+        assert!(
+            e.to_string()
+                .starts_with("the restored VM template cannot be written: attribute A:"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn image_templates() {
         let text = image_template(
@@ -708,14 +769,16 @@ mod tests {
             "backstop://100/7/0:a1b2c3d4/var/lib/one//datastores/0/22/backup/disk.1.0",
             100,
             Some(7),
-        );
+        )
+        .expect("writes");
         let t = Template::parse(&text).expect("parse");
         assert_eq!(t.get("NAME"), Some("22-a1b2c3d4-disk-1"));
         assert_eq!(t.get("TYPE"), Some("DATABLOCK"));
         assert_eq!(t.get("FROM_BACKUP_DS"), Some("100"));
         assert_eq!(t.get("BACKUP_JOB_ID"), Some("7"));
         assert!(t.get("PATH").is_some_and(|p| p.ends_with("/disk.1.0")));
-        let t = Template::parse(&image_template("n", 0, "u", 100, None)).expect("parse");
+        let t = Template::parse(&image_template("n", 0, "u", 100, None).expect("writes"))
+            .expect("parse");
         assert_eq!(t.get("TYPE"), Some("OS"));
         assert_eq!(t.get("BACKUP_JOB_ID"), None);
     }

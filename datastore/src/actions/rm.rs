@@ -6,10 +6,11 @@
 //! RESTIC_PRUNE_MAX_REPACK.
 
 use crate::Error;
-use crate::actions::{lock_wait, present_snapshots};
+use crate::actions::lock_wait;
 use crate::config::DriverConfig;
 use crate::repo::maintenance::PruneLimits;
 use crate::target::{RepoTarget, image_repo_id};
+use crate::vm_snapshots;
 use backstop_protocol::message::RmRequest;
 
 pub fn run(request: &RmRequest, cfg: &DriverConfig) -> Result<(), Error> {
@@ -21,7 +22,11 @@ pub fn run(request: &RmRequest, cfg: &DriverConfig) -> Result<(), Error> {
     }
     let repo = crate::repo::Repo::open(storage, &crate::target::password(ds)?)?;
     let wait = lock_wait(ds);
-    let forget = present_snapshots(&repo, &request.image.chain())?;
+    let forget = vm_snapshots::present(
+        &repo,
+        &request.image.chain(),
+        vm_snapshots::image_vm_id(&request.image)?,
+    )?;
     if forget.is_empty() {
         return Ok(());
     }

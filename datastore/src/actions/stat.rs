@@ -4,7 +4,7 @@
 use crate::actions::{lock_wait, open, saved_vm};
 use crate::config::DriverConfig;
 use crate::target::repo_id;
-use crate::{Error, ErrorKind};
+use crate::{Error, ErrorKind, vm_snapshots};
 use backstop_protocol::message::StatRequest;
 
 pub fn run(request: &StatRequest, cfg: &DriverConfig) -> Result<u64, Error> {
@@ -21,11 +21,12 @@ pub fn run(request: &StatRequest, cfg: &DriverConfig) -> Result<u64, Error> {
             format!("backup URL {url}: the file is not a disk (disk.<id>.<increment>)"),
         )
     })?;
+    vm_snapshots::check_url(url)?;
     let job = request.backup_job_id.or(url.job_id);
     let ds = &request.datastore;
     let repo = open(ds, repo_id(job, vm_id), cfg)?;
     let source = url.last_source();
-    let (_, snap) = repo.find_snapshot(source)?;
+    let (_, snap) = vm_snapshots::find(&repo, source, vm_id)?;
     let vm = saved_vm(&repo, source, &snap, lock_wait(ds))?;
     vm.disk(disk_id).and_then(|d| d.size_mb).ok_or_else(|| {
         Error::new(

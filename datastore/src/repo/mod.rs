@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod crypto;
+pub mod disk_image;
 pub mod format;
 pub mod image;
 pub mod lock;

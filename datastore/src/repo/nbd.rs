@@ -6,6 +6,7 @@
 //! simple replies to `NBD_CMD_READ` (no structured replies: extents come from `nbdinfo --json
 //! --map`, which qemu documents and the tests use as the reference).
 
+use crate::repo::disk_image::DiskImage;
 use crate::repo::image::{
     Extent, ImageSource, parse_allocation_map, parse_dirty_map, parse_qemu_img_present,
 };
@@ -221,25 +222,20 @@ pub struct QemuNbdExport {
 }
 
 impl QemuNbdExport {
-    /// Exports `image` (`format`: qcow2, raw, ...), with the persistent dirty bitmap `bitmap`
-    /// visible as the `qemu:dirty-bitmap:<bitmap>` context.
-    pub fn start(image: &Path, format: &str, bitmap: Option<&str>) -> io::Result<QemuNbdExport> {
-        Self::start_spec(image.as_os_str(), Some(format), bitmap, image)
-    }
-
-    /// Exports `image` without taking qemu's image lock: for a file a running VM holds open
-    /// but no longer writes (the base under a live snapshot's overlay).
-    pub fn start_shared(image: &Path, format: &str) -> io::Result<QemuNbdExport> {
-        let path = std::path::absolute(image)?;
-        let spec = serde_json::json!({
-            "driver": format,
-            "file": {"driver": "file", "filename": path.display().to_string(), "locking": "off"},
-        });
+    /// Exports a checked image ([`DiskImage`]: every layer named with its format, so qemu
+    /// probes nothing and follows no backing file of its own choosing), with the persistent
+    /// dirty bitmap `bitmap` visible as the `qemu:dirty-bitmap:<bitmap>` context. `locking`
+    /// false skips qemu's image lock: for a file a running VM holds open but no longer writes
+    /// (the base under a live snapshot's overlay).
+    pub fn start_image(
+        image: &DiskImage,
+        bitmap: Option<&str>,
+        locking: bool,
+    ) -> io::Result<QemuNbdExport> {
         Self::start_spec(
-            std::ffi::OsStr::new(&format!("json:{spec}")),
-            None,
-            None,
-            image,
+            std::ffi::OsStr::new(&image.json_spec(locking)),
+            bitmap,
+            image.path(),
         )
     }
 
@@ -252,17 +248,11 @@ impl QemuNbdExport {
             "file": {"driver": "file", "filename": path.display().to_string()},
             "backing": null,
         });
-        Self::start_spec(
-            std::ffi::OsStr::new(&format!("json:{spec}")),
-            None,
-            None,
-            delta,
-        )
+        Self::start_spec(std::ffi::OsStr::new(&format!("json:{spec}")), None, delta)
     }
 
     fn start_spec(
         spec: &std::ffi::OsStr,
-        format: Option<&str>,
         bitmap: Option<&str>,
         image: &Path,
     ) -> io::Result<QemuNbdExport> {
@@ -274,9 +264,6 @@ impl QemuNbdExport {
         let socket = dir.join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
         cmd.arg("--read-only");
-        if let Some(f) = format {
-            cmd.arg(format!("--format={f}"));
-        }
         cmd.arg(format!("--socket={}", socket.display()))
             .arg("--shared=8");
         if let Some(b) = bitmap {
@@ -298,15 +285,17 @@ impl QemuNbdExport {
         };
         // Who started whom, for reap_stale_exports (if this process dies before its keeper
         // connects, qemu-nbd would otherwise wait for a first client forever).
-        let _ = std::fs::write(
-            dir.join("owner"),
-            format!(
-                "{} {}\n{}\n",
-                std::process::id(),
-                child.id(),
-                image.display()
-            ),
-        );
+        let nbd_process = crate::process::ProcessId::of(child.id());
+        if let Some(nbd_process) = nbd_process {
+            let _ = std::fs::write(
+                dir.join("owner"),
+                format!(
+                    "{} {nbd_process}\n{}\n",
+                    crate::process::ProcessId::current(),
+                    image.display()
+                ),
+            );
+        }
         let mut export = QemuNbdExport {
             child,
             dir,
@@ -434,9 +423,9 @@ fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<St
 
 /// Stops the qemu-nbd processes that backstop processes which are gone left behind (killed
 /// before their exports closed), and removes their socket directories. Each export records
-/// its owner's PID and qemu-nbd's PID; an export is stale when its owner no longer runs, and
-/// its qemu-nbd is signalled only if that PID still runs qemu-nbd on that socket. Returns how
-/// many directories were removed.
+/// its owner's and qemu-nbd's process identity ([`crate::process::ProcessId`]); an export is
+/// stale when its owner no longer runs, and its qemu-nbd is signalled only if it is still that
+/// very process. Returns how many directories were removed.
 pub fn reap_stale_exports() -> usize {
     let tmp = std::env::temp_dir();
     let Ok(entries) = std::fs::read_dir(&tmp) else {
@@ -452,27 +441,21 @@ pub fn reap_stale_exports() -> usize {
         let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
             continue;
         };
-        let pids: Vec<i32> = owner
+        let ids: Vec<crate::process::ProcessId> = owner
             .lines()
             .next()
             .unwrap_or_default()
             .split_whitespace()
-            .filter_map(|p| p.parse().ok())
+            .filter_map(crate::process::ProcessId::parse)
             .collect();
-        let [owner_pid, nbd_pid] = pids[..] else {
+        let [owner, nbd] = ids[..] else {
             continue;
         };
-        if Path::new(&format!("/proc/{owner_pid}")).exists() {
+        if owner.is_running() {
             continue;
         }
-        let socket = dir.join("nbd.sock").display().to_string();
-        let serves_it = std::fs::read(format!("/proc/{nbd_pid}/cmdline")).is_ok_and(|c| {
-            let c = String::from_utf8_lossy(&c);
-            c.starts_with("qemu-nbd") && c.contains(&socket)
-        });
-        if serves_it && let Some(pid) = rustix::process::Pid::from_raw(nbd_pid) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        // Only that very qemu-nbd (PID, start time, boot), never a process that reused its PID.
+        let _ = nbd.signal(rustix::process::Signal::TERM);
         if std::fs::remove_dir_all(&dir).is_ok() {
             reaped += 1;
         }
@@ -506,9 +489,10 @@ pub struct NbdImage {
 }
 
 impl NbdImage {
-    /// Exports `image` with qemu-nbd and connects to it.
-    pub fn open(image: &Path, format: &str, bitmap: Option<&str>) -> io::Result<NbdImage> {
-        Self::over(QemuNbdExport::start(image, format, bitmap)?)
+    /// Exports a checked image with qemu-nbd (see [`QemuNbdExport::start_image`]) and
+    /// connects to it.
+    pub fn open(image: &DiskImage, bitmap: Option<&str>, locking: bool) -> io::Result<NbdImage> {
+        Self::over(QemuNbdExport::start_image(image, bitmap, locking)?)
     }
 
     /// A complete image read through an export this image owns.
@@ -524,12 +508,6 @@ impl NbdImage {
             _export: Some(export),
             complete: true,
         })
-    }
-
-    /// Exports `image` without taking qemu's image lock (see
-    /// [`QemuNbdExport::start_shared`]) and connects to it.
-    pub fn open_shared(image: &Path, format: &str) -> io::Result<NbdImage> {
-        Self::over(QemuNbdExport::start_shared(image, format)?)
     }
 
     /// Opens a stock OpenNebula increment: a qcow2 delta whose backing file is missing.

@@ -76,7 +76,8 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress {addr}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\n",
+                 PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\n\
+                 LogLevel DEBUG1\n",
                 host_key.display(),
                 dir.join("sshd.pid").display(),
                 dir.join("authorized_keys").display()
@@ -126,6 +127,18 @@ impl Sshd {
             addr: addr.to_string(),
             alias: alias.to_string(),
         }
+    }
+
+    /// How many sessions asked this server to forward an ssh agent (its debug log records
+    /// every `auth-agent-req@openssh.com` request a client makes).
+    pub fn agent_requests(&self) -> usize {
+        fs::read_to_string(self.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("session_input_channel_req") && l.contains("auth-agent-req@openssh.com")
+            })
+            .count()
     }
 
     /// This server's `Host` block for a shared client configuration.

@@ -367,6 +367,16 @@ pub struct Disk {
     pub attributes: Vec<(String, String)>,
 }
 
+impl Disk {
+    /// `DRIVER`: the format libvirt opens the disk file with.
+    pub fn driver(&self) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, v)| k == "DRIVER" && !v.trim().is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The current placement of a VM: the last `HISTORY_RECORDS/HISTORY`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Placement {

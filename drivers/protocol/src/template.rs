@@ -5,8 +5,12 @@
 //! `template_syntax.y`), so a template that oned accepts reads the same here:
 //! - a name is `[A-Za-z0-9_]+` and is upper-cased, at the top level and inside vectors;
 //! - `NAME = "value"`: a quoted value may span lines; `\"` is the only escape, every other
-//!   backslash stays as written (`"C:\dir"` is `C:\dir`);
+//!   backslash stays as written (`"C:\dir"` is `C:\dir`). oned's lexer takes the longest
+//!   match, so a quote that follows a backslash ends the value only when no unescaped quote
+//!   comes later (`"x\"` then more text runs on to the next bare quote);
 //! - `NAME = value`: an unquoted value runs to the next blank, newline, `=`, `#`, `,`, `[` or `]`;
+//!   `\"` in it reads as `"` too (oned unescapes every value);
+//! - a value whose line holds `]]>` is refused, as oned refuses it (its CDATA rule);
 //! - `NAME =` at the end of a line is an empty value;
 //! - `NAME = [ A = "x", B = y ]`: a vector; its pairs are separated by commas and may span lines;
 //! - a name may repeat (`DISK = [...]` twice is two disks); order is kept;
@@ -137,26 +141,115 @@ pub fn vector_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a st
         .map(|(_, v)| v.as_str())
 }
 
-/// Writes the text form: every value quoted, `"` escaped as `\"`, one attribute per line.
-/// A value that ends in a backslash, or holds `\"`, cannot be written so that oned reads it
-/// back unchanged (oned has no escape for a backslash); such values are written as they are.
-impl fmt::Display for Template {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let quote = |v: &str| format!("\"{}\"", v.replace('"', "\\\""));
+/// Why a template cannot be written so that oned reads it back exactly as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("attribute {attribute}: {problem}")]
+pub struct UnwritableTemplate {
+    pub attribute: String,
+    pub problem: String,
+}
+
+/// Whether a name can be written: oned reads `[A-Za-z0-9_]+` (and upper-cases it).
+fn writable_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(is_name_char)
+}
+
+/// A value as oned's lexer reads it back unchanged, or why there is no such form.
+///
+/// - Quoted, with every `"` written `\"`: oned unescapes exactly those pairs. The closing
+///   quote must not follow a backslash (oned's longest match would run past it), so a value
+///   that ends in `\` is written unquoted when it is a single token without `\"`.
+/// - Never: NUL and other control characters but tab, newline and carriage return (C strings,
+///   XML), and `]]>` (oned's lexer refuses a line that holds it).
+pub fn write_value(value: &str) -> Result<String, String> {
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(format!("the value holds the control character {c:?}"));
+    }
+    if value.contains("]]>") {
+        return Err("the value holds \"]]>\", which oned's template parser refuses".into());
+    }
+    if !value.ends_with('\\') {
+        return Ok(format!("\"{}\"", value.replace('"', "\\\"")));
+    }
+    let token = !value.starts_with('"')
+        && !value.contains("\\\"")
+        && !value.chars().any(|c| ends_unquoted(c) || c == '\r');
+    if token {
+        return Ok(value.to_string());
+    }
+    Err("the value ends in a backslash and holds a blank, quote or separator, so oned cannot read it back".into())
+}
+
+impl Template {
+    /// The text form, one attribute per line, that oned (and [`Template::parse`]) reads back
+    /// exactly as this template is; an error names the first attribute that has none.
+    pub fn render(&self) -> Result<String, UnwritableTemplate> {
+        let mut out = String::new();
+        self.write_to(&mut out, &mut |name, v| {
+            write_value(v).map_err(|problem| UnwritableTemplate {
+                attribute: name.to_string(),
+                problem,
+            })
+        })?;
+        Ok(out)
+    }
+
+    fn write_to<E>(
+        &self,
+        out: &mut String,
+        value: &mut dyn FnMut(&str, &str) -> Result<String, E>,
+    ) -> Result<(), E>
+    where
+        E: From<UnwritableTemplate>,
+    {
+        let name_ok = |name: &str| {
+            if writable_name(name) {
+                Ok(name.to_ascii_uppercase())
+            } else {
+                Err(UnwritableTemplate {
+                    attribute: name.to_string(),
+                    problem: "the name is not letters, digits and '_'".into(),
+                })
+            }
+        };
         for a in &self.attributes {
+            let name = name_ok(&a.name)?;
             match &a.value {
-                Value::Single(v) => writeln!(f, "{} = {}", a.name, quote(v))?,
+                Value::Single(v) => {
+                    out.push_str(&format!("{name} = {}\n", value(&name, v)?));
+                }
                 Value::Vector(pairs) => {
-                    write!(f, "{} = [", a.name)?;
+                    out.push_str(&format!("{name} = ["));
                     for (i, (k, v)) in pairs.iter().enumerate() {
+                        let key = name_ok(k)?;
                         let sep = if i == 0 { "\n  " } else { ",\n  " };
-                        write!(f, "{sep}{k} = {}", quote(v))?;
+                        let v = value(&format!("{name}/{key}"), v)?;
+                        out.push_str(&format!("{sep}{key} = {v}"));
                     }
-                    writeln!(f, " ]")?;
+                    out.push_str(" ]\n");
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The text form for people to read (`decode`, `show`): as [`Template::render`] writes it,
+/// with a value that has no exact form shown in Rust's escaped notation instead. Text meant
+/// for oned or for [`Template::parse`] comes from [`Template::render`].
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        let shown = self.write_to::<UnwritableTemplate>(&mut out, &mut |_, v| {
+            Ok(write_value(v).unwrap_or_else(|_| format!("{v:?}")))
+        });
+        match shown {
+            Ok(()) => f.write_str(&out),
+            Err(e) => write!(f, "{out}# {e}"),
+        }
     }
 }
 
@@ -358,26 +451,55 @@ impl Parser {
         }
     }
 
-    fn value(&mut self, name: &str) -> Result<String, TemplateError> {
-        if self.peek() == Some('"') {
-            let open = self.mark();
-            self.bump();
-            let mut value = String::new();
-            loop {
-                match self.bump() {
-                    None => {
-                        return Err(self.error_at(
-                            open,
-                            format!("the quoted value of {name} is not closed (missing '\"')"),
-                        ));
-                    }
-                    Some('"') => return Ok(value),
-                    Some('\\') if self.peek() == Some('"') => {
-                        self.bump();
-                        value.push('"');
-                    }
-                    Some(c) => value.push(c),
+    /// Where the quoted value opened at `self.pos` ends, as oned's lexer (flex, longest
+    /// match of `"([^"]|\\")*"`) decides: at the first quote not preceded by a backslash, or,
+    /// when there is none, at the last quote that is.
+    fn closing_quote(&self) -> Option<usize> {
+        let mut last = None;
+        for i in self.pos + 1..self.chars.len() {
+            if self.chars[i] == '"' {
+                if self.chars[i - 1] != '\\' {
+                    return Some(i);
                 }
+                last = Some(i);
+            }
+        }
+        last
+    }
+
+    fn value(&mut self, name: &str) -> Result<String, TemplateError> {
+        let line_end = self.chars[self.pos..]
+            .iter()
+            .position(|c| *c == '\n')
+            .map_or(self.chars.len(), |n| self.pos + n);
+        let rest_of_line: String = self.chars[self.pos..line_end].iter().collect();
+        if rest_of_line.contains("]]>") {
+            return Err(self.error(format!(
+                "the value of {name} holds \"]]>\", which oned refuses"
+            )));
+        }
+        // The unquoted form, as long as it goes; oned takes it over a quoted value that ends
+        // sooner (`"x"y` is the value `"x"y`).
+        let token = self.chars[self.pos..]
+            .iter()
+            .take_while(|c| !ends_unquoted(**c))
+            .count();
+        if self.peek() == Some('"') {
+            // oned would take an unclosed quote as part of a bare value; that is almost always
+            // a typing mistake, so it is refused here.
+            let Some(close) = self.closing_quote() else {
+                return Err(self.error(format!(
+                    "the quoted value of {name} is not closed (missing '\"')"
+                )));
+            };
+            if close + 1 - self.pos >= token {
+                self.bump();
+                let mut text = String::new();
+                while self.pos < close {
+                    text.extend(self.bump());
+                }
+                self.bump();
+                return Ok(unescape(&text));
             }
         }
         let mut value = String::new();
@@ -391,8 +513,13 @@ impl Parser {
                 describe(self.peek())
             )));
         }
-        Ok(value)
+        Ok(unescape(&value))
     }
+}
+
+/// oned's unescape: every `\"` becomes `"`, left to right.
+fn unescape(text: &str) -> String {
+    text.replace("\\\"", "\"")
 }
 
 #[cfg(test)]
@@ -515,6 +642,73 @@ A = 1 B = 2
             .expect("parses");
         let again = Template::parse(&t.to_string()).expect("reparses");
         assert_eq!(t, again);
+    }
+
+    #[test]
+    fn reads_quotes_as_onedslexer_does() {
+        // A quote after a backslash ends a value only when no bare quote follows: the longest
+        // match. This is how a value ending in a backslash, written naively, swallows the
+        // next line.
+        let naive = "A = \"x\\\"\nB = \"\nEMULATOR = /evil\n";
+        let t = Template::parse(naive).expect("parses");
+        assert_eq!(t.get("A"), Some("x\"\nB = "));
+        assert_eq!(t.get("EMULATOR"), Some("/evil"));
+        let t = Template::parse("A = \"x\\\"\n").expect("parses");
+        assert_eq!(t.get("A"), Some("x\\"));
+        // A bare value is unescaped too, and a quoted one followed by more of a token is a
+        // bare value.
+        let t = Template::parse("A = a\\\"b\nB = \"x\"y\n").expect("parses");
+        assert_eq!(t.get("A"), Some("a\"b"));
+        assert_eq!(t.get("B"), Some("\"x\"y"));
+        let e = Template::parse("A = \"x]]>\"\n").expect_err("cdata");
+        assert!(e.to_string().contains("]]>"), "{e}");
+    }
+
+    #[test]
+    fn writes_every_value_so_that_it_reads_back_or_refuses_it() {
+        let ok = [
+            "",
+            "x\\",
+            "C:\\dir\\",
+            "a\\\"b",
+            "say \"hi\"",
+            "two\nlines",
+            "=#,[]",
+            "x\\\"",
+            "\\",
+        ];
+        for v in ok {
+            let mut t = Template::default();
+            t.push("A", v);
+            t.attributes.push(Attribute {
+                name: "V".into(),
+                value: Value::Vector(vec![("K".into(), v.into()), ("L".into(), "z".into())]),
+            });
+            let text = t.render().unwrap_or_else(|e| panic!("{v:?}: {e}"));
+            assert_eq!(
+                Template::parse(&text).expect("parses"),
+                t,
+                "{v:?} as {text}"
+            );
+        }
+        for (v, why) in [
+            ("x \\", "backslash"),
+            ("a,b\\", "backslash"),
+            ("\"x\\", "backslash"),
+            ("]]>", "]]>"),
+            ("nul\0", "control"),
+            ("bell\u{7}", "control"),
+        ] {
+            let mut t = Template::default();
+            t.push("A", v);
+            let e = t.render().expect_err(v);
+            assert!(e.to_string().starts_with("attribute A: "), "{e}");
+            assert!(e.to_string().contains(why), "{v:?}: {e}");
+        }
+        let bad_name = Template {
+            attributes: vec![single("A-B", "x")],
+        };
+        assert!(bad_name.render().is_err());
     }
 
     #[test]

@@ -91,23 +91,62 @@ fn url() -> impl Strategy<Value = BackupUrl> {
 }
 
 /// Values oned can read back: anything but a backslash (oned has no escape for it).
-fn value() -> impl Strategy<Value = String> {
-    "[^\\\\]{0,20}"
+fn value() -> impl Strategy<Value = String> + Clone {
+    "[\\PC\\n\\t]{0,20}"
 }
 
-fn template() -> impl Strategy<Value = Template> {
+/// Values built from what templates find hard: backslashes, quotes, newlines and separators.
+fn hostile_value() -> impl Strategy<Value = String> + Clone {
+    prop_oneof![
+        "[a-z\\\\\"\n\r\t =#,\\[\\]>\\x00\\x01]{0,16}",
+        "\\PC{0,12}",
+        Just("x\\".to_string()),
+        Just("x\\\nEMULATOR = \"/tmp/evil\"".to_string()),
+        Just("a\\\"b".to_string()),
+        Just("]]>".to_string()),
+    ]
+}
+
+fn template_of(value: impl Strategy<Value = String> + Clone) -> impl Strategy<Value = Template> {
     let name = "[A-Z0-9_]{1,12}";
     let attr = prop_oneof![
-        (name, value()).prop_map(|(n, v)| Attribute {
+        (name, value.clone()).prop_map(|(n, v)| Attribute {
             name: n,
             value: Value::Single(v)
         }),
-        (name, prop::collection::vec((name, value()), 0..4)).prop_map(|(n, pairs)| Attribute {
+        (name, prop::collection::vec((name, value), 0..4)).prop_map(|(n, pairs)| Attribute {
             name: n,
             value: Value::Vector(pairs)
         }),
     ];
     prop::collection::vec(attr, 0..8).prop_map(|attributes| Template { attributes })
+}
+
+fn template() -> impl Strategy<Value = Template> {
+    template_of(value())
+}
+
+/// Whether a value has a text form oned reads back unchanged (the oracle for `render`).
+fn representable(v: &str) -> bool {
+    let controls = v
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+    let bare_token = !v.starts_with('"')
+        && !v.contains("\\\"")
+        && !v
+            .chars()
+            .any(|c| matches!(c, ' ' | '\t' | '\r' | '\n' | '=' | '#' | ',' | '[' | ']'));
+    !controls && !v.contains("]]>") && (!v.ends_with('\\') || bare_token)
+}
+
+fn values(t: &Template) -> Vec<&str> {
+    t.attributes
+        .iter()
+        .flat_map(|a| match &a.value {
+            Value::Single(v) => vec![v.as_str()],
+            Value::Vector(p) => p.iter().map(|(_, v)| v.as_str()).collect(),
+        })
+        .collect()
 }
 
 proptest! {
@@ -155,8 +194,24 @@ proptest! {
 
     #[test]
     fn template_round_trips(t in template()) {
-        let text = t.to_string();
+        prop_assume!(values(&t).iter().all(|v| representable(v)));
+        let text = t.render().expect("representable values render");
         prop_assert_eq!(Template::parse(&text).expect("written template parses"), t);
+    }
+
+    /// parse(render(x)) == x for every template render accepts, and render refuses exactly
+    /// the values that have no exact form.
+    #[test]
+    fn hostile_templates_read_back_as_written_or_are_refused(t in template_of(hostile_value())) {
+        let all = values(&t).iter().all(|v| representable(v));
+        match t.render() {
+            Ok(text) => {
+                prop_assert!(all, "rendered a value with no exact form:\n{}", text);
+                let again = Template::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+                prop_assert_eq!(again, t);
+            }
+            Err(e) => prop_assert!(!all, "refused a representable template: {}", e),
+        }
     }
 }
 

@@ -1,0 +1,159 @@
+//! Processes named so that a reused PID is never taken for them: the PID, the process's
+//! start time (`/proc/<pid>/stat`, clock ticks since boot) and the boot it ran in. A PID file,
+//! a lock or a state row records a [`ProcessId`]; "is it still running?" compares all three,
+//! and a signal goes through a pidfd opened before the identity is checked, so it reaches that
+//! very process or nobody (see `docs/security.md`).
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// A process, as long as it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessId {
+    pub pid: u32,
+    /// Start time in clock ticks since boot.
+    pub start: u64,
+    /// The first 64 bits of the kernel's boot id.
+    pub boot: u64,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), first 64 bits; 0 when unreadable.
+pub fn boot_id() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .and_then(|t| u64::from_str_radix(t.trim().replace('-', "").get(..16)?, 16).ok())
+        .unwrap_or(0)
+}
+
+/// The start time of `pid` from `/proc/<pid>/stat` (field 22), if it runs.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ProcessId {
+    /// This process.
+    pub fn current() -> ProcessId {
+        let pid = std::process::id();
+        ProcessId {
+            pid,
+            start: start_time(pid).unwrap_or(0),
+            boot: boot_id(),
+        }
+    }
+
+    /// The process that has `pid` now, if one does.
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        Some(ProcessId {
+            pid,
+            start: start_time(pid)?,
+            boot: boot_id(),
+        })
+    }
+
+    /// Whether this very process still runs (not another one that got its PID).
+    pub fn is_running(&self) -> bool {
+        ProcessId::of(self.pid) == Some(*self)
+    }
+
+    /// Sends `signal` to this process, and to no other: the pidfd is opened first, then the
+    /// identity checked, so a PID reused in between is refused. Ok(false) when it is gone.
+    pub fn signal(&self, signal: rustix::process::Signal) -> io::Result<bool> {
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return Ok(false);
+        };
+        let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if !self.is_running() {
+            return Ok(false);
+        }
+        match rustix::process::pidfd_send_signal(&fd, signal) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::SRCH) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end; whether it did.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    /// Parses what [`fmt::Display`] writes: `<pid>.<start>.<boot hex>`.
+    pub fn parse(text: &str) -> Option<ProcessId> {
+        let mut parts = text.trim().split('.');
+        let id = ProcessId {
+            pid: parts.next()?.parse().ok()?,
+            start: parts.next()?.parse().ok()?,
+            boot: u64::from_str_radix(parts.next()?, 16).ok()?,
+        };
+        parts.next().is_none().then_some(id)
+    }
+}
+
+impl fmt::Display for ProcessId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{:016x}", self.pid, self.start, self.boot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_runs_and_its_identity_round_trips() {
+        let me = ProcessId::current();
+        assert!(me.start > 0 && me.is_running());
+        assert_eq!(ProcessId::parse(&me.to_string()), Some(me));
+        for bad in ["", "1", "1.2", "x.2.3", "1.2.zz", "1.2.3.4"] {
+            assert_eq!(ProcessId::parse(bad), None, "{bad}");
+        }
+    }
+
+    /// A PID that now belongs to another process (another start time) is neither running
+    /// as far as the record goes, nor signalled.
+    #[test]
+    fn a_reused_pid_is_not_the_recorded_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let real = ProcessId::of(child.id()).expect("runs");
+        let stale = ProcessId {
+            start: real.start.wrapping_sub(1),
+            ..real
+        };
+        assert!(!stale.is_running());
+        assert!(!stale.signal(rustix::process::Signal::TERM).expect("signal"));
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "it was signalled"
+        );
+        let other_boot = ProcessId {
+            boot: real.boot ^ 1,
+            ..real
+        };
+        assert!(!other_boot.is_running());
+        assert!(real.signal(rustix::process::Signal::TERM).expect("signal"));
+        let _ = child.wait();
+        assert!(!real.is_running());
+        assert!(!real.signal(rustix::process::Signal::TERM).expect("gone"));
+    }
+}

@@ -1,0 +1,152 @@
+//! A VM's snapshots as backup URLs and backup images name them, authorised by what the
+//! repository holds rather than by trust in the name (see `docs/security.md`).
+//!
+//! oned does not check `PATH` when a user allocates an image, so anyone who may create an
+//! image can hand the downloader (or `stat`) a backup URL of their choosing. A URL therefore
+//! names a snapshot only by a full id or a prefix of at least [`MIN_PREFIX`] hex characters
+//! that is unique in the repository, and the snapshot must carry the tag `one-<vm_id>` of the
+//! VM the URL (or the image) names. `latest` and short prefixes are refused; the repository
+//! itself is chosen by the URL's backup job or VM, as the stock driver chooses it.
+
+use crate::repo::Repo;
+use crate::repo::format::{RepoId, Snapshot};
+use crate::{Error, ErrorKind};
+use backstop_protocol::message::Image;
+use backstop_protocol::url::{BackupUrl, ChainLink};
+
+/// The shortest snapshot id prefix a URL may use (oned keeps the 8 characters the backup
+/// action printed).
+pub const MIN_PREFIX: usize = 8;
+
+/// The tag every snapshot of VM `vm_id` carries, in backstop's and the stock driver's
+/// repositories alike.
+pub fn vm_tag(vm_id: u64) -> String {
+    format!("one-{vm_id}")
+}
+
+/// Whether `source` may name a snapshot: 8 to 64 hex characters.
+pub fn check_source(source: &str) -> Result<(), Error> {
+    let ok =
+        (MIN_PREFIX..=64).contains(&source.len()) && source.chars().all(|c| c.is_ascii_hexdigit());
+    if ok {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Input,
+        format!(
+            "backup id {source:?} is not a snapshot id: a backup is named by at least {MIN_PREFIX} hex characters of its id (never \"latest\")"
+        ),
+    ))
+}
+
+/// The full ids of the repository's snapshots that start with `source`.
+fn matching(repo: &Repo, source: &str) -> Result<Vec<RepoId>, Error> {
+    check_source(source)?;
+    let prefix = source.to_ascii_lowercase();
+    Ok(repo
+        .list(rustic_core::FileType::Snapshot)?
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&prefix))
+        .collect())
+}
+
+fn ambiguous(source: &str, repo: &Repo) -> Error {
+    Error::new(
+        ErrorKind::Repository,
+        format!(
+            "backup id {source} is ambiguous in {}: give more of the snapshot id",
+            repo.location()
+        ),
+    )
+}
+
+/// The VM a backup image belongs to (`VMS/ID`, else its PATH); its snapshots must carry that
+/// VM's tag.
+pub fn image_vm_id(image: &Image) -> Result<u64, Error> {
+    image.vm_id().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Input,
+            format!(
+                "image {}: no VM id (VMS/ID or a PATH naming .../<vm_id>/backup/...), so its backups cannot be told apart from other VMs'",
+                image.id
+            ),
+        )
+    })
+}
+
+/// Checks every link of a backup URL names a snapshot the only way allowed.
+pub fn check_url(url: &BackupUrl) -> Result<(), Error> {
+    url.chain.iter().try_for_each(|l| check_source(&l.source))
+}
+
+/// Checks that a loaded snapshot belongs to VM `vm_id`.
+fn owned(source: &str, snap: &Snapshot, vm_id: u64) -> Result<(), Error> {
+    if snap.tags.contains(&vm_tag(vm_id)) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Input,
+        format!("backup {source} is not a backup of VM {vm_id}"),
+    ))
+}
+
+/// The snapshot `source` names, which must be unique and belong to VM `vm_id`.
+pub fn find(repo: &Repo, source: &str, vm_id: u64) -> Result<(RepoId, Snapshot), Error> {
+    let id = match matching(repo, source)?.as_slice() {
+        [id] => *id,
+        [] => {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("no snapshot {source} in {}", repo.location()),
+            ));
+        }
+        _ => return Err(ambiguous(source, repo)),
+    };
+    let snap: Snapshot = repo.load_file(rustic_core::FileType::Snapshot, &id)?;
+    owned(source, &snap, vm_id)?;
+    Ok((id, snap))
+}
+
+/// The full ids of the snapshots chain links name that still exist, for rm and flatten to
+/// forget: a link whose snapshot is gone is skipped (both actions are idempotent), but a link
+/// that is not a snapshot id, that is ambiguous, or whose snapshot belongs to another VM
+/// fails the whole call before anything is forgotten.
+pub fn present(repo: &Repo, links: &[ChainLink], vm_id: u64) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for link in links {
+        match matching(repo, &link.source)?.as_slice() {
+            [] => {}
+            [id] => {
+                let snap: Snapshot = repo.load_file(rustic_core::FileType::Snapshot, id)?;
+                owned(&link.source, &snap, vm_id)?;
+                out.push(id.to_hex().to_string());
+            }
+            _ => return Err(ambiguous(&link.source, repo)),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_ids_of_eight_hex_or_more() {
+        for ok in ["1f2e3d4c", "1F2E3D4C", &"a".repeat(64)] {
+            assert!(check_source(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "latest",
+            "1",
+            "1f2e3d4",
+            "1f2e3d4g",
+            "../../x",
+            "",
+            &"a".repeat(65),
+        ] {
+            let e = check_source(bad).expect_err(bad);
+            assert!(e.to_string().contains("at least 8 hex"), "{e}");
+        }
+    }
+}
