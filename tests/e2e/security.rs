@@ -293,3 +293,252 @@ fn the_agent_is_forwarded_only_to_the_host_step_that_opens_sftp() {
     // agent requests; monitor's ssh to the backup server asked for none.
     assert_eq!(cloud.bks.agent_requests(), 0, "monitor forwarded the agent");
 }
+
+/// A backup URL names one snapshot of its own VM, and nothing else (see `vm_snapshots`).
+/// A backup job's repository holds a snapshot of VM 22 and one of VM 23, made by the real
+/// restic binary as the stock driver makes them (tag `one-<vm>`), and a planted copy of VM
+/// 22's snapshot file under another name sharing its first 63 characters. `latest`, a short
+/// prefix, VM 23's snapshot named in a URL of VM 22, and the ambiguous prefix are refused by
+/// stat, ls, restore, rm, increment_flatten and the downloader with one line and exit 1,
+/// and nothing is forgotten; the full 8-character id works.
+#[test]
+fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
+    use crate::oned_mock::{MockOned, failed, ok};
+    use crate::support::{self, action_data, b64, datastore_xml};
+    use backstop_protocol::xmlrpc::Value;
+    const PASSWORD: &str = "hunter2-secret";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let remotes = dir.path().join("remotes");
+    support::stock_remotes(&remotes);
+    assert_eq!(support::install_sh(&remotes, &[]).code, Some(0));
+    let base = dir.path().join("ds/100");
+    let repo = base.join("job_7");
+    let restic = |args: &[&str]| {
+        let out = std::process::Command::new("restic")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--no-cache")
+            .args(args)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .expect("restic");
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    restic(&["init"]);
+    // A backup of each VM, laid out as prebackup stages it.
+    let mut ids = Vec::new();
+    for vm in [22u64, 23] {
+        let staging = dir.path().join(format!("v/0/{vm}/backup"));
+        fs::create_dir_all(&staging).expect("staging");
+        fs::write(staging.join("disk.0.0"), vec![vm as u8; 1 << 20]).expect("disk");
+        let doc = format!(
+            "<VM><ID>{vm}</ID><NAME>v{vm}</NAME><TEMPLATE><DISK><DISK_ID>0</DISK_ID><SIZE>1</SIZE></DISK></TEMPLATE></VM>"
+        );
+        fs::write(staging.join("vm.xml"), format!("{}\n", b64(&doc))).expect("vm.xml");
+        restic(&[
+            "backup",
+            &format!("--tag=one-{vm}"),
+            staging.join("disk.0.0").to_str().expect("utf-8"),
+            staging.join("vm.xml").to_str().expect("utf-8"),
+        ]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&restic(&[
+            "snapshots",
+            "--json",
+            &format!("--tag=one-{vm}"),
+        ]))
+        .expect("snapshots");
+        ids.push(list[0]["id"].as_str().expect("id").to_string());
+    }
+    let (own, foreign) = (ids[0].clone(), ids[1].clone());
+    // The planted twin: VM 22's snapshot file again, under a name sharing 63 characters.
+    let twin = format!(
+        "{}{}",
+        &own[..63],
+        if own.ends_with('0') { '1' } else { '0' }
+    );
+    let twin = repo.join("snapshots").join(twin);
+    let own8 = own[..8].to_string();
+    let path22 = dir
+        .path()
+        .join("v/0/22/backup/disk.0.0")
+        .display()
+        .to_string();
+    let url = |source: &str| format!("backstop://100/7/0:{source}{path22}");
+    let ds = datastore_xml(base.to_str().expect("utf-8"), "");
+    let action = |name: &str| remotes.join("datastore/backstop").join(name);
+    let image = |sources: &[&str]| {
+        let incs: String = sources
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                format!(
+                    "<INCREMENT><ID>{k}</ID><PARENT_ID>{}</PARENT_ID><SIZE>1</SIZE><SOURCE><![CDATA[{s}]]></SOURCE><TYPE>{}</TYPE></INCREMENT>",
+                    k as i64 - 1,
+                    if k == 0 { "FULL" } else { "INCREMENT" }
+                )
+            })
+            .collect();
+        format!(
+            "<IMAGE><ID>40</ID><TYPE>6</TYPE><SOURCE><![CDATA[{}]]></SOURCE><FORMAT>raw</FORMAT><SIZE>1</SIZE>\
+             <DATASTORE_ID>100</DATASTORE_ID><VMS><ID>22</ID></VMS><TEMPLATE><BACKUP_JOB_ID>7</BACKUP_JOB_ID></TEMPLATE>\
+             <BACKUP_INCREMENTS>{incs}</BACKUP_INCREMENTS></IMAGE>",
+            sources[0]
+        )
+    };
+    let stat = |source: &str| {
+        let img = format!(
+            "<IMAGE><ID>5</ID><SOURCE>x</SOURCE><PATH><![CDATA[{}]]></PATH></IMAGE>",
+            url(source)
+        );
+        support::run(
+            action("stat"),
+            &["5"],
+            b64(&action_data(&[&img, &ds])).as_bytes(),
+        )
+    };
+    let oned_session = "oneadmin:opennebula-test";
+    let served = ds.clone();
+    let oned = MockOned::start(
+        move |s| s == oned_session,
+        move |method, params| match (method, params) {
+            ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
+                ok(Value::Str(served.clone()))
+            }
+            _ => failed("not here", 1024),
+        },
+    );
+    let auth = dir.path().join("one_auth");
+    fs::write(&auth, format!("{oned_session}\n")).expect("one_auth");
+    let download = |source: &str| {
+        support::run_env(
+            remotes.join("datastore/backstop_downloader"),
+            &[&url(source)],
+            b"",
+            &[
+                ("ONE_XMLRPC", oned.endpoint.as_str()),
+                ("ONE_AUTH", auth.to_str().expect("utf-8")),
+            ],
+        )
+    };
+    let vm22 = "<VM><ID>22</ID><NAME>v22</NAME><TEMPLATE/></VM>";
+    let with_image = |name: &str, sources: &[&str]| {
+        match name {
+        "ls" => support::run(
+            action("ls"),
+            &["-i", "-1"],
+            action_data(&[&ds, vm22, &image(sources)]).as_bytes(),
+        ),
+        "restore" => support::run(
+            action("restore"),
+            &["40"],
+            b64(&action_data(&[
+                &image(sources),
+                &ds,
+                "<DESTINATION_DS_ID>1</DESTINATION_DS_ID><TEMPLATE><USERNAME>alice</USERNAME></TEMPLATE>",
+            ]))
+            .as_bytes(),
+        ),
+        "rm" => support::run(action("rm"), &["40"], b64(&action_data(&[&image(sources), &ds])).as_bytes()),
+        "increment_flatten" => support::run(
+            action("increment_flatten"),
+            &["40"],
+            b64(&action_data(&[
+                &image(sources),
+                &ds,
+                "<EXTRA_DATA><KEEP_LAST>1</KEEP_LAST></EXTRA_DATA>",
+            ]))
+            .as_bytes(),
+        ),
+        other => panic!("{other}"),
+    }
+    };
+    let snapshots = || {
+        let mut s: Vec<String> = fs::read_dir(repo.join("snapshots"))
+            .expect("snapshots")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        s.sort();
+        s
+    };
+    let before = snapshots();
+    let cases: [(&str, String, &str); 4] = [
+        ("latest", "latest".into(), "is not a snapshot id"),
+        (
+            "a short prefix",
+            own[..4].to_string(),
+            "is not a snapshot id",
+        ),
+        (
+            "another VM's snapshot",
+            foreign[..8].to_string(),
+            "is not a backup of VM 22",
+        ),
+        ("an ambiguous prefix", own[..12].to_string(), "is ambiguous"),
+    ];
+    let one_line_refusal = |what: &str, who: &str, out: &crate::support::Outcome, want: &str| {
+        assert_eq!(out.code, Some(1), "{who}, {what}: {out:?}");
+        assert!(out.stderr.contains(want), "{who}, {what}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.trim_end().lines().count(),
+            1,
+            "{who}, {what}: {}",
+            out.stderr
+        );
+        assert_eq!(out.stdout, "", "{who}, {what}");
+    };
+    for (what, source, want) in &cases {
+        let ambiguous = want.contains("ambiguous");
+        if ambiguous {
+            fs::copy(repo.join("snapshots").join(&own), &twin).expect("twin");
+        }
+        one_line_refusal(what, "stat", &stat(source), want);
+        one_line_refusal(what, "downloader", &download(source), want);
+        for name in ["ls", "restore", "rm", "increment_flatten"] {
+            // The bad source alone, last (the point ls and restore read, flatten's new
+            // base) and first (the first rm and flatten forget).
+            let mut chains = vec![vec![source.as_str()]];
+            if !ambiguous {
+                chains.push(vec![&own8, source]);
+                chains.push(vec![source, &own8]);
+            }
+            for chain in chains {
+                if chain.len() == 1 && name == "increment_flatten" {
+                    continue; // nothing to flatten in a chain of one
+                }
+                let out = with_image(name, &chain);
+                if chain[0] == source.as_str()
+                    && chain.len() > 1
+                    && (name == "ls" || name == "restore")
+                {
+                    continue; // they read only the last point
+                }
+                one_line_refusal(what, &format!("{name} {chain:?}"), &out, want);
+            }
+        }
+        if ambiguous {
+            fs::remove_file(&twin).expect("twin");
+        }
+        assert_eq!(snapshots(), before, "{what}: something was forgotten");
+    }
+    // The 8-character id of VM 22's own snapshot works.
+    let out = stat(&own8);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "1\n"), "{out:?}");
+    let out = download(&own8);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("command="), "{out:?}");
+    let out = with_image("ls", &[&own8]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains(&format!("0:{own8}")), "{out:?}");
+    let out = with_image("rm", &[&own8]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        snapshots(),
+        [foreign.clone()],
+        "rm forgot only VM 22's snapshot"
+    );
+}
