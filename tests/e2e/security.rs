@@ -355,6 +355,7 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
         ids.push(list[0]["id"].as_str().expect("id").to_string());
     }
     let (own, foreign) = (ids[0].clone(), ids[1].clone());
+    let foreign8 = foreign[..8].to_string();
     // The planted twin: VM 22's snapshot file again, under a name sharing 63 characters.
     let twin = format!(
         "{}{}",
@@ -536,9 +537,5 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
     assert!(out.stdout.contains(&format!("0:{own8}")), "{out:?}");
     let out = with_image("rm", &[&own8]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(
-        snapshots(),
-        [foreign.clone()],
-        "rm forgot only VM 22's snapshot"
-    );
+    assert_eq!(snapshots(), [foreign], "rm forgot only VM 22's snapshot");
 }
