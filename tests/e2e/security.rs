@@ -476,7 +476,7 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
         ),
         (
             "another VM's snapshot",
-            foreign[..8].to_string(),
+            foreign8,
             "is not a backup of VM 22",
         ),
         ("an ambiguous prefix", own[..12].to_string(), "is ambiguous"),
