@@ -26,6 +26,18 @@ pub fn boot_id() -> u64 {
         .unwrap_or(0)
 }
 
+/// This process's PID namespace (the inode of `/proc/self/ns/pid`); 0 when unreadable. Two
+/// containers on one machine share a boot but not a PID namespace.
+pub fn pid_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// The start time of `pid` from `/proc/<pid>/stat` (field 22), if it runs.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

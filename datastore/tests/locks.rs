@@ -216,3 +216,247 @@ fn an_unreadable_lock_blocks_until_unlocked() {
     assert_eq!(repo.unlock(false).expect("unlock"), 1);
     image_backup(&repo, &source, Duration::ZERO).expect("backup after unlock");
 }
+
+/// A source that, on its first read, removes every lock file of the repository (as `restic
+/// unlock --remove-all` from another machine would) and then reads slowly.
+struct Unlocking<'a> {
+    inner: RawImage,
+    locks: &'a Path,
+    removed: std::sync::atomic::AtomicBool,
+    pause: Duration,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl ImageSource for Unlocking<'_> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.removed.swap(true, Ordering::SeqCst) {
+            for e in std::fs::read_dir(self.locks).expect("locks").flatten() {
+                std::fs::remove_file(e.path()).expect("remove lock");
+            }
+        }
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.pause);
+        self.inner.read_at(buf, offset)
+    }
+}
+
+fn snapshot_files(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Right before the index and the snapshot, the backup looks at its lock on the storage:
+/// removed under it, the backup writes no snapshot (the refresher has not even run yet).
+#[test]
+fn a_backup_whose_lock_file_is_removed_writes_no_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 6);
+    let source = Unlocking {
+        inner: RawImage::open(&image).expect("open"),
+        locks: &repo_path.join("locks"),
+        removed: Default::default(),
+        pause: Duration::ZERO,
+        reads: Default::default(),
+    };
+    let err = image_backup(&repo, &source, Duration::ZERO).expect_err("lock lost");
+    assert_eq!(err.kind, ErrorKind::Locked, "{err}");
+    assert!(
+        err.to_string()
+            .contains("was lost (its lock file was removed by someone else)"),
+        "{err}"
+    );
+    assert_eq!(snapshot_files(&repo_path), 0, "a snapshot was written");
+    assert_eq!(
+        std::fs::read_dir(repo_path.join("index"))
+            .expect("index")
+            .count(),
+        0,
+        "an index was written"
+    );
+    ok(restic(&repo_path, &["check"]), "restic check");
+}
+
+/// The refresher finds the lock gone at its next round, and the backup stops reading at once.
+#[test]
+fn a_lost_lock_stops_the_backup_at_the_next_refresh() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 64, 7);
+    let source = Unlocking {
+        inner: RawImage::open(&image).expect("open"),
+        locks: &repo_path.join("locks"),
+        removed: Default::default(),
+        pause: Duration::from_millis(40),
+        reads: Default::default(),
+    };
+    let files = [FileSpec {
+        path: DISK.into(),
+        content: Content::Image {
+            source: &source,
+            changed: None,
+            parent_path: None,
+        },
+    }];
+    let options = BackupOptions {
+        lock_refresh: Duration::from_millis(100),
+        threads: 1,
+        ..BackupOptions::default()
+    };
+    let err = writer::backup(&repo, &files, &options).expect_err("lock lost");
+    assert_eq!(err.kind, ErrorKind::Locked, "{err}");
+    let reads = source.reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        reads < 64,
+        "it read all {reads} chunks after losing its lock"
+    );
+    assert_eq!(snapshot_files(&repo_path), 0);
+}
+
+/// restic's own stale rule (same hostname, PID gone) is not used: another machine may have the
+/// same name. restic is killed while it holds an exclusive lock, leaving a lock file with this
+/// machine's hostname and a dead PID: it still blocks, until it has gone 30 minutes without
+/// being renewed on the storage's clock (its file's time), or `unlock` removes it.
+#[test]
+fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 4, 8);
+    let source = RawImage::open(&image).expect("open");
+    image_backup(&repo, &source, Duration::ZERO).expect("first backup");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(
+            attempts <= 10,
+            "could not kill restic while it held its lock"
+        );
+        let mut child = Command::new("restic")
+            .arg("--repo")
+            .arg(&repo_path)
+            .args(["--no-cache", "check", "--read-data"])
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restic");
+        wait_for_lock(&repo_path);
+        signal(&child, rustix::process::Signal::KILL);
+        let _ = child.wait();
+        if lock_files(&repo_path) == 1 {
+            break;
+        }
+    }
+    let err = image_backup(&repo, &source, Duration::ZERO).expect_err("still locked");
+    assert_eq!(err.kind, ErrorKind::Locked, "{err}");
+    assert!(err.to_string().ends_with(" (exclusive)"), "{err}");
+
+    // Its file 31 minutes old on the storage's clock: stale, removed, and the backup runs.
+    let lock = std::fs::read_dir(repo_path.join("locks"))
+        .expect("locks")
+        .flatten()
+        .next()
+        .expect("lock")
+        .path();
+    let old = std::time::SystemTime::now() - Duration::from_secs(31 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .and_then(|f| f.set_modified(old))
+        .expect("age the lock file");
+    image_backup(&repo, &source, Duration::ZERO).expect("a stale lock is removed");
+    assert_eq!(lock_files(&repo_path), 0);
+
+    // A lock whose own time is a day old (its machine's clock is off) but whose file was just
+    // written is alive.
+    let skewed = backstop_datastore::repo::lock::LockFile {
+        time: (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24)).to_string(),
+        exclusive: true,
+        hostname: "elsewhere".into(),
+        username: "oneadmin".into(),
+        pid: 1,
+        uid: 0,
+        gid: 0,
+        backstop_process: None,
+        backstop_pidns: None,
+    };
+    let sealed = repo
+        .seal(&serde_json::to_vec(&skewed).expect("json"))
+        .expect("seal");
+    let id = backstop_datastore::repo::format::RepoId::of(&sealed);
+    std::fs::write(repo_path.join("locks").join(id.to_hex()), &sealed).expect("plant");
+    let err = image_backup(&repo, &source, Duration::ZERO).expect_err("a live lock");
+    assert!(
+        err.to_string()
+            .starts_with("repository locked by elsewhere pid 1"),
+        "{err}"
+    );
+    assert_eq!(
+        repo.unlock(false).expect("unlock"),
+        0,
+        "a live lock is not stale"
+    );
+    assert_eq!(repo.unlock(true).expect("unlock --remove-all"), 1);
+}
+
+/// Bounded reads: a planted 1 GiB file in `locks/` (or 100 MiB in `snapshots/`) is refused
+/// by its size, without being read into memory.
+#[test]
+fn planted_huge_files_are_refused_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 2, 9);
+    let source = RawImage::open(&image).expect("open");
+    let hwm = || -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .expect("VmHWM")
+    };
+    let huge = repo_path.join("locks").join("cd".repeat(32));
+    std::fs::File::create(&huge)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("sparse 1 GiB");
+    let before = hwm();
+    let err = image_backup(&repo, &source, Duration::ZERO).expect_err("refused");
+    assert_eq!(err.kind, ErrorKind::Locked, "{err}");
+    assert!(
+        err.to_string()
+            .contains("a lock file cdcdcdcd of 1073741824 bytes, too large to be a lock"),
+        "{err}"
+    );
+    assert!(
+        hwm() < before + 256 * 1024,
+        "the lock file was read into memory: peak {} kB -> {} kB",
+        before,
+        hwm()
+    );
+    assert_eq!(repo.unlock(false).expect("unlock"), 1);
+    image_backup(&repo, &source, Duration::ZERO).expect("backup");
+
+    let planted = repo_path.join("snapshots").join("ef".repeat(32));
+    std::fs::File::create(&planted)
+        .and_then(|f| f.set_len(100 << 20))
+        .expect("sparse 100 MiB");
+    let err = repo.all_snapshots().expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("more than the 67108864 bytes such a file may have"),
+        "{err}"
+    );
+}

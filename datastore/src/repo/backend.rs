@@ -13,13 +13,54 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// A lock file as the storage lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockEntry {
+    pub id: RepoId,
+    pub size: u64,
+    /// When it was written, on the storage's own clock (None where the storage keeps none).
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// The largest file of each kind that is read whole into memory: a planted multi-gigabyte
+/// file must be refused, not read. restic's own files stay far below (an index file holds at
+/// most some 50,000 blobs, a few MiB; keys and the config are a few hundred bytes).
+pub fn max_file_size(tpe: FileType) -> u64 {
+    match tpe {
+        FileType::Config | FileType::Key => 1 << 20,
+        FileType::Snapshot | FileType::Index => 64 << 20,
+        // Packs are read whole only by check --read-data; restic's largest are 128 MiB.
+        FileType::Pack => 4 << 30,
+    }
+}
+
+/// The error for a file larger than [`max_file_size`].
+pub(crate) fn too_large(what: &str, size: u64, cap: u64) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{what} is {size} bytes, more than the {cap} bytes such a file may have; it is not read"
+    ))
+}
+
 /// What backstop needs of a repository's storage beyond rustic_core's backend traits: the
-/// `locks/` directory, which rustic_core does not know.
+/// `locks/` directory, which rustic_core does not know, and durability.
 pub trait Storage: WriteBackend {
-    fn list_locks(&self) -> Result<Vec<RepoId>, crate::Error>;
-    fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error>;
-    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error>;
+    fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error>;
+    /// Reads a lock file; one larger than `cap` bytes is refused without being read.
+    fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error>;
+    /// Writes a lock file; returns the time the storage gave it (its "now").
+    fn write_lock(
+        &self,
+        id: &RepoId,
+        sealed: &[u8],
+    ) -> Result<Option<std::time::SystemTime>, crate::Error>;
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error>;
+
+    /// Makes every file written so far durable, directory entries included, so a crash after
+    /// this returns cannot lose them. Called before an index that names new packs, and before
+    /// a snapshot id is reported.
+    fn sync(&self) -> Result<(), crate::Error> {
+        Ok(())
+    }
 
     /// How long a new lock file may take to show in listings. restic waits 200 ms everywhere,
     /// for object stores; on a POSIX file system a renamed file is listed at once, so the
@@ -55,7 +96,7 @@ fn storage_error(what: &str, path: &Path, e: std::io::Error) -> crate::Error {
 }
 
 impl Storage for LocalBackend {
-    fn list_locks(&self) -> Result<Vec<RepoId>, crate::Error> {
+    fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error> {
         let dir = self.root.join("locks");
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -64,20 +105,46 @@ impl Storage for LocalBackend {
         };
         Ok(entries
             .flatten()
-            .filter_map(|e| RepoId::parse(&e.file_name().to_string_lossy()))
+            .filter_map(|e| {
+                let id = RepoId::parse(&e.file_name().to_string_lossy())?;
+                let meta = e.metadata().ok();
+                Some(LockEntry {
+                    id,
+                    size: meta.as_ref().map_or(0, fs::Metadata::len),
+                    modified: meta.and_then(|m| m.modified().ok()),
+                })
+            })
             .collect())
     }
 
-    fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error> {
+    fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error> {
         let path = self.root.join("locks").join(id.to_hex());
-        fs::read(&path).map_err(|e| storage_error("cannot read", &path, e))
+        read_capped(&path, cap).map_err(|e| storage_error("cannot read", &path, e))
     }
 
-    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error> {
+    fn write_lock(
+        &self,
+        id: &RepoId,
+        sealed: &[u8],
+    ) -> Result<Option<std::time::SystemTime>, crate::Error> {
         let path = self.root.join("locks").join(id.to_hex());
         fs::create_dir_all(self.root.join("locks"))
             .and_then(|()| self.write_atomic(&path, &[Bytes::copy_from_slice(sealed)]))
+            .and_then(|()| sync_dir(&self.root.join("locks")))
+            .and_then(|()| fs::metadata(&path))
+            .map(|m| m.modified().ok())
             .map_err(|e| storage_error("cannot write", &path, e))
+    }
+
+    fn sync(&self) -> Result<(), crate::Error> {
+        let dirs: Vec<PathBuf> = match self.unsynced.lock() {
+            Ok(mut d) => d.drain().collect(),
+            Err(_) => Vec::new(),
+        };
+        for dir in dirs {
+            sync_dir(&dir).map_err(|e| storage_error("cannot sync", &dir, e))?;
+        }
+        Ok(())
     }
 
     fn lock_settle(&self) -> std::time::Duration {
@@ -132,10 +199,37 @@ pub(crate) fn file_path(root: &Path, tpe: FileType, id: &Id) -> PathBuf {
     }
 }
 
+/// Reads a whole file, refusing one larger than `cap` without reading it (the size is checked
+/// on the open file, and the read stops past `cap` should it grow meanwhile).
+pub(crate) fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let f = fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    if size > cap {
+        return Err(too_large(&path.display().to_string(), size, cap));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    f.take(cap + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(too_large(
+            &path.display().to_string(),
+            buf.len() as u64,
+            cap,
+        ));
+    }
+    Ok(buf)
+}
+
+/// fsync of a directory: its entries (a file renamed into it) survive a crash.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 /// A repository on a local path (or a shared mount).
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// Directories a file was renamed into since the last [`Storage::sync`].
+    unsynced: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Box<RusticError> {
@@ -155,7 +249,10 @@ pub(crate) fn dir_name(tpe: FileType) -> &'static str {
 
 impl LocalBackend {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            unsynced: Default::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -185,7 +282,11 @@ impl LocalBackend {
                 f.write_all(part)?;
             }
             f.sync_all()?;
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, path)?;
+            if let Ok(mut d) = self.unsynced.lock() {
+                d.insert(dir.to_path_buf());
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -242,7 +343,7 @@ impl ReadBackend for LocalBackend {
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
         let path = self.path(tpe, id);
-        fs::read(&path)
+        read_capped(&path, max_file_size(tpe))
             .map(Bytes::from)
             .map_err(|e| io_error("cannot read", &path, e))
     }

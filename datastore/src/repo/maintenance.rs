@@ -66,12 +66,13 @@ impl Repo {
         if ids.is_empty() {
             return Ok(0);
         }
-        let _lock = self.lock(true, retry)?;
+        let lock = self.lock(true, retry)?;
         let repo = self.rustic()?;
         let snaps = repo
             .get_snapshots_from_strs(ids, |_| true)
             .map_err(|e| rustic_error("cannot find the snapshots to forget", &e))?;
         let ids: Vec<SnapshotId> = snaps.iter().map(|s| s.id).collect();
+        lock.check()?;
         repo.delete_snapshots(&ids)
             .map_err(|e| rustic_error("cannot forget snapshots", &e))?;
         Ok(ids.len())
@@ -79,7 +80,7 @@ impl Repo {
 
     /// Removes data no snapshot needs; returns the bytes removed from packs that were deleted.
     pub fn prune(&self, limits: &PruneLimits, retry: RetryLock) -> Result<u64, Error> {
-        let _lock = self.lock(true, retry)?;
+        let lock = self.lock(true, retry)?;
         let limit = |what: &str, v: &Option<String>, default: &str| -> Result<LimitOption, Error> {
             let text = v.as_deref().unwrap_or(default);
             text.parse().map_err(|e: Box<rustic_core::RusticError>| {
@@ -99,6 +100,8 @@ impl Repo {
         let plan = repo
             .prune_plan(&opts)
             .map_err(|e| rustic_error("cannot plan the prune", &e))?;
+        // Nothing is deleted unless the exclusive lock still stands.
+        lock.check()?;
         repo.prune(&opts, plan)
             .map_err(|e| rustic_error("prune failed", &e))?;
         // Still under the exclusive lock: no writer runs, so interrupted writes are garbage.

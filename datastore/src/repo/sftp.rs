@@ -14,7 +14,9 @@
 //! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
 //!   connections.
 
-use crate::repo::backend::{Storage, dir_name, file_path, is_temp_name};
+use crate::repo::backend::{
+    LockEntry, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large,
+};
 use crate::repo::format::RepoId;
 use crate::repo::sshconfig::{self, HostConfig};
 use base64::Engine;
@@ -27,7 +29,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// `sftp:[user@]host:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,19 +462,55 @@ impl SftpBackend {
     }
 
     fn list_dir(&self, dir: &Path) -> Result<Vec<(String, u64)>, String> {
+        Ok(self
+            .list_dir_stat(dir)?
+            .into_iter()
+            .map(|(n, st)| (n, st.size.unwrap_or(0)))
+            .collect())
+    }
+
+    /// The entries of `dir` with what the server says of them (size, modification time).
+    fn list_dir_stat(&self, dir: &Path) -> Result<Vec<(String, ssh2::FileStat)>, String> {
         self.with_conn(|sftp| match sftp.readdir(dir) {
             Ok(entries) => Ok(entries
                 .into_iter()
-                .filter_map(|(p, st)| {
-                    Some((
-                        p.file_name()?.to_string_lossy().into_owned(),
-                        st.size.unwrap_or(0),
-                    ))
-                })
+                .filter_map(|(p, st)| Some((p.file_name()?.to_string_lossy().into_owned(), st)))
                 .collect()),
             Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(Vec::new()), // no such file
             Err(e) => Err(classify(e, "cannot list", dir)),
         })
+    }
+
+    /// Reads a whole file, refusing one larger than `cap` without reading it.
+    fn read_whole(&self, path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+        let data = self.with_conn(|sftp| {
+            let mut f = sftp
+                .open(path)
+                .map_err(|e| classify(e, "cannot open", path))?;
+            let size = f
+                .stat()
+                .map_err(|e| classify(e, "cannot stat", path))?
+                .size
+                .unwrap_or(0);
+            if size > cap {
+                return Err(Retry::No(
+                    too_large(&path.display().to_string(), size, cap).to_string(),
+                ));
+            }
+            let mut buf = Vec::with_capacity(size as usize);
+            (&mut f)
+                .take(cap + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| Retry::Yes(format!("cannot read {}: {e}", path.display())))?;
+            if buf.len() as u64 > cap {
+                return Err(Retry::No(
+                    too_large(&path.display().to_string(), buf.len() as u64, cap).to_string(),
+                ));
+            }
+            Ok(buf)
+        })?;
+        self.throttle(data.len());
+        Ok(data)
     }
 
     fn read_range(
@@ -650,7 +688,7 @@ impl ReadBackend for SftpBackend {
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
         let path = self.path(tpe, id);
-        self.read_range(&path, 0, None)
+        self.read_whole(&path, max_file_size(tpe))
             .map(Bytes::from)
             .map_err(|e| remote("cannot read", &path, e))
     }
@@ -719,25 +757,41 @@ fn storage_error(e: String) -> crate::Error {
 }
 
 impl Storage for SftpBackend {
-    fn list_locks(&self) -> Result<Vec<RepoId>, crate::Error> {
+    fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error> {
         Ok(self
-            .list_dir(&self.root.join("locks"))
+            .list_dir_stat(&self.root.join("locks"))
             .map_err(storage_error)?
             .into_iter()
-            .filter_map(|(n, _)| RepoId::parse(&n))
+            .filter_map(|(n, st)| {
+                Some(LockEntry {
+                    id: RepoId::parse(&n)?,
+                    size: st.size.unwrap_or(0),
+                    modified: st.mtime.map(|t| UNIX_EPOCH + Duration::from_secs(t)),
+                })
+            })
             .collect())
     }
 
-    fn read_lock(&self, id: &RepoId) -> Result<Vec<u8>, crate::Error> {
-        self.read_range(&self.root.join("locks").join(id.to_hex()), 0, None)
+    fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error> {
+        self.read_whole(&self.root.join("locks").join(id.to_hex()), cap)
             .map_err(storage_error)
     }
 
-    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<(), crate::Error> {
+    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<Option<SystemTime>, crate::Error> {
         let dir = self.root.join("locks");
+        let path = dir.join(id.to_hex());
         self.mkdir_all(&dir).map_err(storage_error)?;
-        self.write_file(&dir.join(id.to_hex()), &[Bytes::copy_from_slice(sealed)])
-            .map_err(storage_error)
+        self.write_file(&path, &[Bytes::copy_from_slice(sealed)])
+            .map_err(storage_error)?;
+        // The server's clock dates the file: the "now" other locks' ages are measured against.
+        let mtime = self
+            .with_conn(|sftp| {
+                sftp.stat(&path)
+                    .map_err(|e| classify(e, "cannot stat", &path))
+            })
+            .map_err(storage_error)?
+            .mtime;
+        Ok(mtime.map(|t| UNIX_EPOCH + Duration::from_secs(t)))
     }
 
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {

@@ -9,7 +9,7 @@
 
 use crate::repo::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
 use crate::repo::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
-use crate::repo::lock::RetryLock;
+use crate::repo::lock::{Lock, RetryLock};
 use crate::repo::pack::{PackBuilder, SealedBlob};
 use crate::repo::{BlobLocation, Compression, KnownBlobs, Repo, rustic_error};
 use crate::{Error, ErrorKind};
@@ -68,6 +68,8 @@ pub struct BackupOptions {
     pub threads: usize,
     /// How long to wait for a conflicting lock (an exclusive one) to go away.
     pub retry_lock: std::time::Duration,
+    /// How often the lock is renewed (tests shorten it).
+    pub lock_refresh: std::time::Duration,
     /// Set it to stop the backup: reading stops, no snapshot is written, the packs already
     /// written stay unreferenced until a prune (the repository stays consistent).
     pub cancel: Arc<AtomicBool>,
@@ -133,6 +135,7 @@ impl Default for BackupOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             retry_lock: std::time::Duration::ZERO,
+            lock_refresh: crate::repo::lock::REFRESH_EVERY,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
         }
@@ -200,6 +203,8 @@ fn username() -> String {
 /// Everything the threads of one backup share.
 struct Shared<'a> {
     repo: &'a Repo,
+    /// The backup's repository lock: a lost lock stops it like a failure.
+    lock: &'a Lock,
     known: &'a KnownBlobs,
     claimed: Mutex<HashSet<RepoId>>,
     level: Option<i32>,
@@ -212,7 +217,9 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     fn stopped(&self) -> bool {
-        self.abort.load(Ordering::SeqCst) || self.cancel.load(Ordering::SeqCst)
+        self.abort.load(Ordering::SeqCst)
+            || self.cancel.load(Ordering::SeqCst)
+            || self.lock.is_lost()
     }
 
     /// Whether this backup must store the blob: not in the repository, not stored by another
@@ -747,6 +754,40 @@ impl DirBuilder {
     }
 }
 
+/// Index entries per index file, as restic splits them: a reader never has to take in one
+/// huge file (and a file past the size readers accept is never written).
+const INDEX_BLOBS_PER_FILE: usize = 50_000;
+
+/// Writes the index entries of `packs`, in files of at most [`INDEX_BLOBS_PER_FILE`] blobs.
+fn save_index(repo: &Repo, packs: Vec<IndexPack>) -> Result<(), Error> {
+    let mut file = Vec::new();
+    let mut blobs = 0;
+    for pack in packs {
+        blobs += pack.blobs.len();
+        file.push(pack);
+        if blobs >= INDEX_BLOBS_PER_FILE {
+            repo.save_file(
+                FileType::Index,
+                &IndexFile {
+                    packs: std::mem::take(&mut file),
+                    ..IndexFile::default()
+                },
+            )?;
+            blobs = 0;
+        }
+    }
+    if !file.is_empty() {
+        repo.save_file(
+            FileType::Index,
+            &IndexFile {
+                packs: file,
+                ..IndexFile::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes a snapshot of `files`.
 pub fn backup(
     repo: &Repo,
@@ -754,7 +795,8 @@ pub fn backup(
     options: &BackupOptions,
 ) -> Result<BackupResult, Error> {
     // Held until the snapshot is written: restic prune must not remove packs not yet indexed.
-    let _lock = repo.lock(false, RetryLock(options.retry_lock))?;
+    // If it is lost on the way (removed by someone, or not renewed), nothing more is written.
+    let lock = repo.lock_refreshed(false, RetryLock(options.retry_lock), options.lock_refresh)?;
     let known = repo.known_blobs()?;
     let parent: Option<Snapshot> = options
         .parent
@@ -767,6 +809,7 @@ pub fn backup(
     };
     let shared = Shared {
         repo,
+        lock: &lock,
         known: &known,
         claimed: Mutex::new(HashSet::new()),
         level,
@@ -870,6 +913,8 @@ pub fn backup(
         .map_err(|e| {
             if options.cancel.load(Ordering::SeqCst) {
                 Error::new(ErrorKind::Cancelled, "the backup was cancelled")
+            } else if let Err(lost) = lock.check() {
+                lost
             } else {
                 e
             }
@@ -894,15 +939,10 @@ pub fn backup(
         total.added_bytes += size;
         packs.push(index);
     }
-    if !packs.is_empty() {
-        repo.save_file(
-            FileType::Index,
-            &IndexFile {
-                packs,
-                ..IndexFile::default()
-            },
-        )?;
-    }
+    // The packs are durable and the lock still stands before an index names them.
+    repo.backend().sync()?;
+    lock.check()?;
+    save_index(repo, packs)?;
     let snapshot = Snapshot {
         time,
         parent: options.parent,
@@ -918,7 +958,12 @@ pub fn backup(
     if options.cancel.load(Ordering::SeqCst) {
         return Err(Error::new(ErrorKind::Cancelled, "the backup was cancelled"));
     }
+    // The index is durable and the lock still stands before the snapshot makes it all count;
+    // the snapshot is durable before its id is reported.
+    repo.backend().sync()?;
+    lock.check()?;
     let snapshot_id = repo.save_file(FileType::Snapshot, &snapshot)?;
+    repo.backend().sync()?;
     Ok(BackupResult {
         snapshot_id,
         total,
