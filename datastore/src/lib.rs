@@ -19,6 +19,7 @@ pub mod location;
 pub mod oned;
 pub mod process;
 pub mod repo;
+pub mod settings;
 pub mod target;
 pub mod vm_snapshots;
 

@@ -7,6 +7,7 @@ use crate::location::Location;
 use crate::repo::Repo;
 use crate::repo::backend::{LocalBackend, Storage};
 use crate::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
+use crate::settings::Settings;
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::{Datastore, Image};
 use std::sync::Arc;
@@ -71,18 +72,6 @@ pub fn clean_path(path: &str) -> String {
     out
 }
 
-fn number_attr(ds: &Datastore, name: &str) -> Result<Option<u64>, Error> {
-    match ds.attribute(name).map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            Error::config(format!(
-                "datastore {}: {name} {v:?} is not a whole number",
-                ds.id
-            ))
-        }),
-    }
-}
-
 impl RepoTarget {
     pub fn new(ds: &Datastore, repo_id: String) -> Result<RepoTarget, Error> {
         Ok(RepoTarget {
@@ -110,6 +99,8 @@ impl RepoTarget {
 
     /// Connects to the storage (nothing is read yet).
     pub fn storage(&self, ds: &Datastore, cfg: &DriverConfig) -> Result<Arc<dyn Storage>, Error> {
+        // Every attribute is checked here, once, whatever this action uses.
+        let settings = Settings::of(ds)?;
         match &self.location {
             Location::Local { .. } => Ok(Arc::new(LocalBackend::new(self.path()))),
             Location::Sftp { user, server, .. } => {
@@ -119,12 +110,10 @@ impl RepoTarget {
                     path: self.path(),
                 };
                 let options = SftpOptions {
-                    connections: number_attr(ds, "RESTIC_CONNECTIONS")?.unwrap_or(5) as usize,
-                    bwlimit_kib: number_attr(ds, "RESTIC_BWLIMIT")?,
+                    connections: settings.connections,
+                    bwlimit_kib: settings.bwlimit_kib,
                     ssh_config: cfg.ssh_config.clone(),
-                    host_fingerprint: ds
-                        .attribute("BACKSTOP_SFTP_HOST_FINGERPRINT")
-                        .map(str::to_string),
+                    host_fingerprint: settings.host_fingerprint,
                 };
                 SftpBackend::connect(&loc, &options)
                     .map(|b| Arc::new(b) as Arc<dyn Storage>)

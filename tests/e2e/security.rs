@@ -539,3 +539,66 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(snapshots(), [foreign], "rm forgot only VM 22's snapshot");
 }
+
+/// Bounded everything: a number past its range in the datastore template, and a disk whose
+/// header claims more than backstop handles, each give one line naming what was wrong, exit
+/// 1, and nothing written.
+#[test]
+fn overflowing_attributes_and_sizes_give_one_clear_line() {
+    let t = crate::tm::Tm::start("direct");
+    let cloud = &t.cloud;
+    let vm_xml = cloud.vm_xml(-1, -1);
+    for (attr, value, range) in [
+        ("RESTIC_CONNECTIONS", "99999999999999999999", "1 to 64"),
+        ("BACKSTOP_LOCK_WAIT", "18446744073709551616", "0 to 86400"),
+        (
+            "RESTIC_MEMORY_MAX_MB",
+            "9223372036854775807",
+            "1 to 16777216",
+        ),
+    ] {
+        let ds = cloud.datastore_xml_with(&format!("<{attr}><![CDATA[{value}]]></{attr}>"));
+        let out = cloud.backup_to(&ds, &vm_xml);
+        assert_eq!(out.code, Some(1), "{attr}: {out:?}");
+        assert_eq!(
+            out.stderr.trim_end(),
+            format!("backup: datastore 100: {attr} is {value:?}, not a whole number from {range}"),
+            "{attr}"
+        );
+        assert_eq!(out.stdout, "");
+        assert!(!cloud.repo().exists(), "{attr}: the repository was created");
+    }
+
+    // Disk 1 claims 100 TiB (a sparse qcow2 header; nothing is allocated).
+    let big = cloud.disk(1);
+    fs::remove_file(&big).expect("rm");
+    sh_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            big.to_str().expect("utf-8"),
+            "100T",
+        ],
+    );
+    let pre = t.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(1), "{pre:?}");
+    let last = pre
+        .stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("VM 22: disk 1: ")
+            && last.contains(
+                "is 109951162777600 bytes, more than the 70368744177664 bytes backstop handles"
+            ),
+        "{pre:?}"
+    );
+    let post = t.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+}

@@ -67,6 +67,7 @@ pub fn write_from(
     let input =
         |e: std::io::Error| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}"));
     let size = image.size();
+    backstop_datastore::repo::image::check_size(what, size)?;
     let extents = match plan {
         Plan::Changed(b) => image.dirty(b).map_err(input)?,
         _ => image.data_extents().map_err(input)?.unwrap_or_else(|| {

@@ -46,10 +46,14 @@ pub fn declared_format(vm: &Vm, id: u32) -> Result<Format, Error> {
 pub fn inspect(vm: &Vm, id: u32, disk: &Path, vm_dir: &Path) -> Result<DiskImage, Error> {
     let format = declared_format(vm, id)?;
     let roots = layout::backing_roots(vm_dir);
-    disk_image::inspect(disk, format, Backing::Within(&roots)).map_err(|e| Error {
+    let named = |e: Error| Error {
         message: format!("VM {}: disk {id}: {}", vm.id, e.message),
         ..e
-    })
+    };
+    let image = disk_image::inspect(disk, format, Backing::Within(&roots)).map_err(named)?;
+    backstop_datastore::repo::image::check_size(&disk.display().to_string(), image.virtual_size)
+        .map_err(named)?;
+    Ok(image)
 }
 
 /// The bitmaps of a qcow2 disk (none for raw).

@@ -27,7 +27,6 @@
 
 use crate::config::DriverConfig;
 use crate::process::ProcessId;
-use crate::repo::Compression;
 use crate::repo::Repo;
 use crate::repo::disk_image::{self, Backing, Format};
 use crate::repo::format::{RepoId, Snapshot};
@@ -139,37 +138,21 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str, agent: Agent) -> Command {
     cmd
 }
 
-fn limit(
-    ds: &Datastore,
-    name: &str,
-    range: std::ops::RangeInclusive<i64>,
-) -> Result<Option<i64>, Error> {
-    let Some(v) = ds.attribute(name) else {
-        return Ok(None);
-    };
-    match v.trim().parse::<i64>() {
-        Ok(n) if range.contains(&n) => Ok(Some(n)),
-        _ => Err(Error::config(format!(
-            "datastore {}: {name} is {v:?}, not a whole number from {} to {}",
-            ds.id,
-            range.start(),
-            range.end()
-        ))),
-    }
-}
-
 /// The shell prefix that confines the host step (spec §10.3), from the datastore's
 /// `RESTIC_MAX_RIOPS`, `RESTIC_MAX_WIOPS`, `RESTIC_CPU_QUOTA` (percent), `RESTIC_MEMORY_MAX_MB`
 /// (a systemd user slice `backup.<ds_id>.slice` shared by all backups to the datastore, as the
 /// stock drivers use; its limits are set as runtime properties), or else `RESTIC_NICE` and
 /// `RESTIC_IONICE` (`nice`, `ionice -c2`). Empty when none is set.
 pub fn confinement(ds: &Datastore, vm_dir: &str) -> Result<String, Error> {
-    let riops = limit(ds, "RESTIC_MAX_RIOPS", 1..=i64::MAX)?;
-    let wiops = limit(ds, "RESTIC_MAX_WIOPS", 1..=i64::MAX)?;
-    let cpu = limit(ds, "RESTIC_CPU_QUOTA", 1..=100_000)?;
-    let mem = limit(ds, "RESTIC_MEMORY_MAX_MB", 1..=i64::MAX)?;
-    let nice = limit(ds, "RESTIC_NICE", -20..=19)?;
-    let ionice = limit(ds, "RESTIC_IONICE", 0..=7)?;
+    let c = crate::settings::Settings::of(ds)?.confinement;
+    let (riops, wiops, cpu, mem, nice, ionice) = (
+        c.max_riops,
+        c.max_wiops,
+        c.cpu_quota,
+        c.memory_max_mb,
+        c.nice,
+        c.ionice,
+    );
     if riops.is_some() || wiops.is_some() || cpu.is_some() || mem.is_some() {
         let slice = format!("backup.{}.slice", ds.id);
         let mut props = Vec::new();
@@ -1052,7 +1035,7 @@ pub fn host_run(
 
     let options = BackupOptions {
         tags: vec![format!("one-{}", args.vm_id), IMAGE_TAG.to_string()],
-        compression: Compression::parse(ds.attribute("RESTIC_COMPRESSION"))?,
+        compression: crate::settings::Settings::of(ds)?.compression,
         parent: parent.as_ref().map(|(id, _)| *id),
         retry_lock: crate::actions::lock_wait(ds).0,
         cancel: cancel.clone(),

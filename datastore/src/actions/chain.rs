@@ -70,7 +70,7 @@ pub struct WorkDir {
 
 impl WorkDir {
     pub fn new(ds: &Datastore) -> Result<WorkDir, Error> {
-        let root = PathBuf::from(ds.attribute("RESTIC_TMP_DIR").unwrap_or("/var/tmp"));
+        let root = crate::settings::Settings::of(ds)?.tmp_dir;
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| Error::config(e.to_string()))?;
         let path = root.join(format!("backstop-chain-{}", hex::encode(random)));

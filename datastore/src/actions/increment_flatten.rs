@@ -182,7 +182,7 @@ fn merge_stock(
     }
     let options = BackupOptions {
         tags,
-        compression: crate::repo::Compression::parse(ds.attribute("RESTIC_COMPRESSION"))?,
+        compression: crate::settings::Settings::of(ds)?.compression,
         retry_lock: wait.0,
         ..BackupOptions::default()
     };
@@ -192,7 +192,7 @@ fn merge_stock(
     let new_id = result.snapshot_id.to_hex();
     let forget = vm_snapshots::present(repo, &chain[..merged], vm_id)?;
     repo.forget(&forget, wait)
-        .and_then(|_| repo.prune(&crate::actions::rm::prune_limits(ds), wait))
+        .and_then(|_| repo.prune(&crate::settings::Settings::of(ds)?.prune, wait))
         .map_err(|e| {
             Error::new(
                 ErrorKind::Repository,

@@ -35,16 +35,13 @@ pub fn open(ds: &Datastore, repo_id: String, cfg: &DriverConfig) -> Result<Repo,
 }
 
 /// How long actions wait for a conflicting repository lock: `BACKSTOP_LOCK_WAIT` seconds from
-/// the datastore, default 10 minutes (the stock driver retries for 5 to 15 minutes).
+/// the datastore, default 10 minutes (the stock driver retries for 5 to 15 minutes). Every
+/// action that reaches a repository has checked the datastore's settings on the way
+/// ([`RepoTarget::storage`]), so a bad value was refused there.
 pub fn lock_wait(ds: &Datastore) -> RetryLock {
-    RetryLock(
-        ds.attribute("BACKSTOP_LOCK_WAIT")
-            .and_then(|v| v.trim().parse().ok())
-            .map_or(
-                std::time::Duration::from_secs(600),
-                std::time::Duration::from_secs,
-            ),
-    )
+    crate::settings::Settings::of(ds)
+        .map(|s| s.lock_wait)
+        .unwrap_or(RetryLock(std::time::Duration::from_secs(600)))
 }
 
 /// The VM saved in a snapshot's `vm.xml` (base64 of the VM XML, as prebackup writes it).

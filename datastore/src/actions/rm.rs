@@ -8,7 +8,7 @@
 use crate::Error;
 use crate::actions::lock_wait;
 use crate::config::DriverConfig;
-use crate::repo::maintenance::PruneLimits;
+use crate::settings::Settings;
 use crate::target::{RepoTarget, image_repo_id};
 use crate::vm_snapshots;
 use backstop_protocol::message::RmRequest;
@@ -31,13 +31,6 @@ pub fn run(request: &RmRequest, cfg: &DriverConfig) -> Result<(), Error> {
         return Ok(());
     }
     repo.forget(&forget, wait)?;
-    repo.prune(&prune_limits(ds), wait)?;
+    repo.prune(&Settings::of(ds)?.prune, wait)?;
     Ok(())
-}
-
-pub fn prune_limits(ds: &backstop_protocol::message::Datastore) -> PruneLimits {
-    PruneLimits {
-        max_unused: ds.attribute("RESTIC_PRUNE_MAX_UNUSED").map(str::to_string),
-        max_repack: ds.attribute("RESTIC_PRUNE_MAX_REPACK").map(str::to_string),
-    }
 }

@@ -30,6 +30,20 @@ use std::path::Path;
 /// benchmark's repeated regions are 1 MiB-aligned, which favours chunks up to 1 MiB.
 pub const CHUNK_SIZE: u64 = 1 << 20;
 
+/// The largest disk image backstop reads or writes: 64 TiB. A size comes from what the image
+/// says of itself (a qcow2 header an image's owner wrote), and what backstop keeps per image
+/// grows with it (the chunk list: 64 Mi chunks of 1 MiB, 2 GiB of ids; the cluster map of a
+/// staged qcow2), so anything larger is refused with its size, before any of it is made.
+pub const MAX_IMAGE_SIZE: u64 = 64 << 40;
+
+/// Refuses an image larger than [`MAX_IMAGE_SIZE`], naming it.
+pub fn check_size(what: &str, size: u64) -> Result<(), crate::Error> {
+    if size > MAX_IMAGE_SIZE {
+        return Err(crate::settings::size_error(what, size, MAX_IMAGE_SIZE));
+    }
+    Ok(())
+}
+
 /// A byte range `[offset, offset + length)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {

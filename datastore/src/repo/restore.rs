@@ -231,6 +231,7 @@ impl Repo {
                 ),
             ));
         }
+        crate::repo::image::check_size(path, node.size)?;
         let mut alloc = qcow2::Allocation::new(node.size);
         let mut to_read = Vec::new();
         for (i, &(at, len, zero)) in pieces.iter().enumerate() {

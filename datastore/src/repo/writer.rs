@@ -421,6 +421,7 @@ fn backup_image(
         parent,
     } = job;
     let size = source.size();
+    image::check_size(path, size)?;
     let n = image::chunk_count(size);
     let mut stats = Stats {
         size,

@@ -1,0 +1,214 @@
+//! A backup datastore's attributes, read in one place: names, defaults, and the range each
+//! number must lie in. Anything past a range is an error naming the attribute, its value and
+//! the range, never clamped in silence and never left to overflow later (see
+//! `docs/security.md`, "Bounded everything").
+//!
+//! | attribute | default | range |
+//! |---|---|---|
+//! | `RESTIC_CONNECTIONS` | 5 | 1 to 64 SFTP sessions |
+//! | `RESTIC_BWLIMIT` | none | 1 to 100,000,000 KiB/s (0 or empty: none) |
+//! | `RESTIC_COMPRESSION` | `auto` | `off`, `auto`, `max` |
+//! | `BACKSTOP_LOCK_WAIT` | 600 | 0 to 86,400 seconds |
+//! | `RESTIC_NICE`, `RESTIC_IONICE` | none | -20 to 19, 0 to 7 |
+//! | `RESTIC_CPU_QUOTA` | none | 1 to 100,000 (percent of one CPU) |
+//! | `RESTIC_MAX_RIOPS`, `RESTIC_MAX_WIOPS` | none | 1 to 10,000,000 |
+//! | `RESTIC_MEMORY_MAX_MB` | none | 1 to 16,777,216 (16 TiB) |
+//! | `RESTIC_TMP_DIR` | `/var/tmp` | an absolute path |
+//! | `RESTIC_PRUNE_MAX_UNUSED`, `RESTIC_PRUNE_MAX_REPACK` | `0`, unlimited | as restic reads them |
+//! | `BACKSTOP_SFTP_HOST_FINGERPRINT` | none | `SHA256:<base64>` |
+
+use crate::repo::Compression;
+use crate::repo::lock::RetryLock;
+use crate::repo::maintenance::PruneLimits;
+use crate::{Error, ErrorKind};
+use backstop_protocol::message::Datastore;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the host step is confined (the stock driver's `cmd_confinement`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    pub nice: Option<i64>,
+    pub ionice: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub memory_max_mb: Option<i64>,
+    pub max_riops: Option<i64>,
+    pub max_wiops: Option<i64>,
+}
+
+/// Everything backstop reads from a backup datastore's template but where its repositories
+/// are ([`crate::location::Location`]) and the password ([`crate::target::password`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub connections: usize,
+    pub bwlimit_kib: Option<u64>,
+    pub compression: Compression,
+    pub lock_wait: RetryLock,
+    pub prune: PruneLimits,
+    pub tmp_dir: PathBuf,
+    pub host_fingerprint: Option<String>,
+    pub confinement: Confinement,
+}
+
+pub const CONNECTIONS: RangeInclusive<i64> = 1..=64;
+pub const BWLIMIT_KIB: RangeInclusive<i64> = 0..=100_000_000;
+pub const LOCK_WAIT_SECONDS: RangeInclusive<i64> = 0..=86_400;
+
+fn number(ds: &Datastore, name: &str, range: RangeInclusive<i64>) -> Result<Option<i64>, Error> {
+    let Some(v) = ds.attribute(name).map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match v.parse::<i64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(Error::config(format!(
+            "datastore {}: {name} is {v:?}, not a whole number from {} to {}",
+            ds.id,
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+impl Settings {
+    /// Reads and checks the datastore's attributes; the first bad one is the error.
+    pub fn of(ds: &Datastore) -> Result<Settings, Error> {
+        let n = |name: &str, range: RangeInclusive<i64>| number(ds, name, range);
+        let tmp_dir = PathBuf::from(ds.attribute("RESTIC_TMP_DIR").unwrap_or("/var/tmp"));
+        if !tmp_dir.is_absolute() {
+            return Err(Error::config(format!(
+                "datastore {}: RESTIC_TMP_DIR {:?} is not an absolute path",
+                ds.id,
+                tmp_dir.display()
+            )));
+        }
+        let fingerprint = ds
+            .attribute("BACKSTOP_SFTP_HOST_FINGERPRINT")
+            .map(str::trim)
+            .filter(|f| !f.is_empty());
+        if let Some(f) = fingerprint
+            && !f.starts_with("SHA256:")
+        {
+            return Err(Error::config(format!(
+                "datastore {}: BACKSTOP_SFTP_HOST_FINGERPRINT {f:?} is not SHA256:<base64> (as ssh-keygen -l prints it)",
+                ds.id
+            )));
+        }
+        Ok(Settings {
+            connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.unwrap_or(5) as usize,
+            bwlimit_kib: n("RESTIC_BWLIMIT", BWLIMIT_KIB)?
+                .filter(|k| *k > 0)
+                .map(|k| k as u64),
+            compression: Compression::parse(ds.attribute("RESTIC_COMPRESSION")).map_err(|e| {
+                Error {
+                    message: format!("datastore {}: {}", ds.id, e.message),
+                    ..e
+                }
+            })?,
+            lock_wait: RetryLock(Duration::from_secs(
+                n("BACKSTOP_LOCK_WAIT", LOCK_WAIT_SECONDS)?.unwrap_or(600) as u64,
+            )),
+            prune: PruneLimits {
+                max_unused: ds.attribute("RESTIC_PRUNE_MAX_UNUSED").map(str::to_string),
+                max_repack: ds.attribute("RESTIC_PRUNE_MAX_REPACK").map(str::to_string),
+            },
+            tmp_dir,
+            host_fingerprint: fingerprint.map(str::to_string),
+            confinement: Confinement {
+                nice: n("RESTIC_NICE", -20..=19)?,
+                ionice: n("RESTIC_IONICE", 0..=7)?,
+                cpu_quota: n("RESTIC_CPU_QUOTA", 1..=100_000)?,
+                memory_max_mb: n("RESTIC_MEMORY_MAX_MB", 1..=16_777_216)?,
+                max_riops: n("RESTIC_MAX_RIOPS", 1..=10_000_000)?,
+                max_wiops: n("RESTIC_MAX_WIOPS", 1..=10_000_000)?,
+            },
+        })
+    }
+}
+
+/// The error for a size from input that arithmetic would overflow or that is past what
+/// backstop handles.
+pub fn size_error(what: &str, size: u64, max: u64) -> Error {
+    Error::new(
+        ErrorKind::Input,
+        format!("{what} is {size} bytes, more than the {max} bytes backstop handles"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_protocol::template::Template;
+
+    fn ds(template: &str) -> Datastore {
+        Datastore {
+            id: 100,
+            name: "b".into(),
+            ds_mad: "backstop".into(),
+            tm_mad: "-".into(),
+            base_path: "/b".into(),
+            type_code: Some(3),
+            template: Template::parse(template).expect("template"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::of(&ds("")).expect("defaults");
+        assert_eq!(s.connections, 5);
+        assert_eq!(s.bwlimit_kib, None);
+        assert_eq!(s.compression, Compression::Auto);
+        assert_eq!(s.lock_wait, RetryLock(Duration::from_secs(600)));
+        assert_eq!(s.tmp_dir, PathBuf::from("/var/tmp"));
+        assert_eq!(s.confinement, Confinement::default());
+        let s = Settings::of(&ds(
+            "RESTIC_CONNECTIONS = 64\nRESTIC_BWLIMIT = 0\nBACKSTOP_LOCK_WAIT = 0\nRESTIC_NICE = -20",
+        ))
+        .expect("edges");
+        assert_eq!(
+            (
+                s.connections,
+                s.bwlimit_kib,
+                s.lock_wait.0,
+                s.confinement.nice
+            ),
+            (64, None, Duration::ZERO, Some(-20))
+        );
+    }
+
+    #[test]
+    fn every_number_past_its_range_is_one_clear_error() {
+        for (attr, value, range) in [
+            ("RESTIC_CONNECTIONS", "0", "1 to 64"),
+            ("RESTIC_CONNECTIONS", "100000", "1 to 64"),
+            ("RESTIC_BWLIMIT", "-1", "0 to 100000000"),
+            ("RESTIC_BWLIMIT", "99999999999999999999", "0 to 100000000"),
+            ("BACKSTOP_LOCK_WAIT", "9223372036854775807", "0 to 86400"),
+            ("BACKSTOP_LOCK_WAIT", "ten", "0 to 86400"),
+            ("RESTIC_NICE", "99", "-20 to 19"),
+            ("RESTIC_IONICE", "x", "0 to 7"),
+            ("RESTIC_CPU_QUOTA", "0", "1 to 100000"),
+            (
+                "RESTIC_MEMORY_MAX_MB",
+                "9223372036854775807",
+                "1 to 16777216",
+            ),
+            ("RESTIC_MAX_RIOPS", "-5", "1 to 10000000"),
+        ] {
+            let e = Settings::of(&ds(&format!("{attr} = \"{value}\""))).expect_err(attr);
+            assert_eq!(
+                e.to_string(),
+                format!("datastore 100: {attr} is {value:?}, not a whole number from {range}")
+            );
+        }
+        let e = Settings::of(&ds("RESTIC_COMPRESSION = fast")).expect_err("compression");
+        assert_eq!(
+            e.to_string(),
+            "datastore 100: RESTIC_COMPRESSION \"fast\" is not one of off, auto, max"
+        );
+        let e = Settings::of(&ds("RESTIC_TMP_DIR = tmp")).expect_err("relative");
+        assert!(e.to_string().contains("not an absolute path"), "{e}");
+        let e = Settings::of(&ds("BACKSTOP_SFTP_HOST_FINGERPRINT = abc")).expect_err("fp");
+        assert!(e.to_string().contains("SHA256:"), "{e}");
+    }
+}
