@@ -87,11 +87,17 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// The VM document with the job's BACKUP_CONFIG and the chain pointers in `<BACKUPS>`.
-pub fn vm_document(doc: &str, cfg: &JobConfig, ds_id: u64, chain: ChainPointers) -> String {
-    let body = match (doc.find("<BACKUPS>"), doc.find("</BACKUPS>")) {
-        (Some(a), Some(b)) if b > a => format!("{}{}", &doc[..a], &doc[b + "</BACKUPS>".len()..]),
-        _ => doc.replace("<BACKUPS/>", ""),
-    };
+/// It is rebuilt from the parsed document, never cut from its text: a value a VM owner wrote
+/// may hold `<BACKUPS>` or `</VM>`.
+pub fn vm_document(
+    doc: &str,
+    cfg: &JobConfig,
+    ds_id: u64,
+    chain: ChainPointers,
+) -> Result<String, String> {
+    let mut vm = backstop_protocol::xml::Element::parse(doc)
+        .map_err(|e| format!("the registered VM document: {e}"))?;
+    vm.children.retain(|c| c.name != "BACKUPS");
     let mut c = format!(
         "<MODE>{}</MODE><KEEP_LAST>{}</KEEP_LAST><FS_FREEZE>{}</FS_FREEZE><BACKUP_VOLATILE>{}</BACKUP_VOLATILE>\
          <LAST_DATASTORE_ID>{ds_id}</LAST_DATASTORE_ID>",
@@ -127,10 +133,11 @@ pub fn vm_document(doc: &str, cfg: &JobConfig, ds_id: u64, chain: ChainPointers)
         c.push_str(&format!("<DISK_IDS>{}</DISK_IDS>", list.join(" ")));
     }
     let backups = format!("<BACKUPS><BACKUP_CONFIG>{c}</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS>");
-    match body.rfind("</VM>") {
-        Some(end) => format!("{}{backups}{}", &body[..end], &body[end..]),
-        None => body,
-    }
+    vm.children.push(
+        backstop_protocol::xml::Element::parse(&backups)
+            .map_err(|e| format!("the job's BACKUP_CONFIG: {e}"))?,
+    );
+    Ok(vm.to_xml())
 }
 
 /// The disks oned backs up (spec §3.1): not CDROM, SWAP or FILESYSTEM; volatile FS disks only
@@ -317,7 +324,7 @@ impl ChainCall {
         Ok(ChainCall {
             vm_id: vm.id,
             args,
-            doc: vm_document(vm_doc, cfg, ds.id, chain),
+            doc: vm_document(vm_doc, cfg, ds.id, chain)?,
             new_chain: cfg.mode == Mode::Full || cfg.reset || chain.image_id.is_none(),
             tm_dir: env.remotes.join(format!("tm/{tm_mad}")),
             suffix: if live { "_live" } else { "" },
@@ -498,6 +505,36 @@ mod tests {
         }
     }
 
+    /// Regression: the document was cut at the first `<BACKUPS>` and the last `</VM>` of its
+    /// text, which a VM owner's USER_TEMPLATE value can hold.
+    #[test]
+    fn a_hostile_user_template_does_not_reshape_the_vm_document() {
+        let note = "<BACKUPS><BACKUP_CONFIG><MODE>FULL</MODE></BACKUP_CONFIG></BACKUPS></VM>";
+        let doc = format!(
+            "<VM><ID>22</ID><TEMPLATE/><USER_TEMPLATE><NOTE><![CDATA[{note}]]></NOTE></USER_TEMPLATE>\
+             <BACKUPS><BACKUP_CONFIG><MODE>FULL</MODE></BACKUP_CONFIG></BACKUPS></VM>"
+        );
+        let out = vm_document(
+            &doc,
+            &cfg(Mode::Increment),
+            100,
+            ChainPointers {
+                image_id: Some(40),
+                last_increment: Some(2),
+            },
+        )
+        .expect("document");
+        let root = backstop_protocol::xml::Element::parse(&out).expect("xml");
+        assert_eq!(root.text_at("USER_TEMPLATE/NOTE"), Some(note));
+        assert_eq!(root.children_named("BACKUPS").count(), 1);
+        let vm = backstop_protocol::message::Vm::from_xml(&root).expect("vm");
+        assert_eq!(
+            vm.backup_config.mode,
+            backstop_protocol::message::BackupMode::Increment
+        );
+        assert_eq!(vm.backup_config.last_increment_id, Some(2));
+    }
+
     #[test]
     fn the_vm_document_carries_the_jobs_config_and_the_chain() {
         let doc = "<VM><ID>22</ID><TEMPLATE/><BACKUPS><BACKUP_CONFIG><MODE>FULL</MODE></BACKUP_CONFIG><BACKUP_IDS><ID>3</ID></BACKUP_IDS></BACKUPS></VM>";
@@ -509,7 +546,8 @@ mod tests {
                 image_id: Some(40),
                 last_increment: Some(2),
             },
-        );
+        )
+        .expect("document");
         let root = backstop_protocol::xml::Element::parse(&out).expect("xml");
         let vm = backstop_protocol::message::Vm::from_xml(&root).expect("vm");
         let bc = &vm.backup_config;
@@ -535,7 +573,8 @@ mod tests {
                     image_id: Some(40),
                     last_increment: Some(2),
                 },
-            );
+            )
+            .expect("document");
             assert!(
                 out.contains("<LAST_INCREMENT_ID>-1</LAST_INCREMENT_ID>"),
                 "{out}"

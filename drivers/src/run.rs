@@ -472,16 +472,12 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
         let raw = backup::read_request(std::io::stdin(), &cancel)?;
         let roots = input::decode_siblings(&raw, Encoding::RawXml)?;
         let vm = message::vm_from_siblings(&roots)?;
-        // vm.xml holds the VM document alone, as oned sent it to prebackup.
+        // vm.xml holds the VM document alone, written from the parsed element (a value of the
+        // VM's may hold "</VM>"; the text is never cut at it).
         let vm_xml = roots
-            .first()
-            .map(|_| {
-                let text = String::from_utf8_lossy(&raw);
-                match text.find("</VM>") {
-                    Some(end) => text[..end + "</VM>".len()].trim().as_bytes().to_vec(),
-                    None => raw.clone(),
-                }
-            })
+            .iter()
+            .find(|r| r.name == "VM")
+            .map(|vm| vm.to_xml().into_bytes())
             .unwrap_or_default();
         let step = backstop_tm::host::Step {
             args: &args,

@@ -13,6 +13,9 @@ use crate::cloud::{Cloud, DISKS, parse_backup_line, sh_ok, with_raw_disk};
 use std::fs;
 use std::path::PathBuf;
 
+/// A USER_TEMPLATE value that holds what a text cut would stop at.
+const NOTE: &str = "</VM><TEMPLATE><DISK><DISK_ID>9</DISK_ID></DISK></TEMPLATE>";
+
 /// What every line of the host's secret file starts with.
 const SECRET: &[u8] = b"HOST-SECRET-OF-ONEADMIN:";
 
@@ -115,9 +118,14 @@ fn stopped(delivery: &str) {
             // bitmaps), and must still come out as its raw bytes.
             cloud.change_disks_only(1, inc, 6);
         }
+        // The VM owner's USER_TEMPLATE holds "</VM>": vm.xml must still be the whole VM.
         let vm_xml = with_raw_disk(
             &cloud.vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 }),
             0,
+        )
+        .replace(
+            "<USER_TEMPLATE/>",
+            &format!("<USER_TEMPLATE><NOTE><![CDATA[{NOTE}]]></NOTE></USER_TEMPLATE>"),
         );
         let pre = t.step("prebackup", &vm_xml, false);
         assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
@@ -135,6 +143,12 @@ fn stopped(delivery: &str) {
             stored == planted,
             "{delivery}, increment {inc}: the stored disk 0 is not the raw disk"
         );
+        let saved = cloud.restic_ok(&["dump", &id, &format!("{}/vm.xml", staging.display())]);
+        let saved =
+            backstop_protocol::input::decode(&saved, backstop_protocol::input::Encoding::Base64)
+                .expect("vm.xml is base64 of a VM document");
+        assert_eq!(saved.text_at("USER_TEMPLATE/NOTE"), Some(NOTE));
+        assert!(saved.child("BACKUPS").is_some(), "vm.xml was cut short");
         let stored1 =
             cloud.restic_ok(&["dump", &id, &format!("{}/disk.1.{inc}", staging.display())]);
         assert!(

@@ -150,6 +150,35 @@ impl Element {
             .try_fold(self, |element, name| element.child(name))
     }
 
+    /// The element as XML text that [`Element::parse`] reads back as it is: the text first
+    /// (escaped), then the children.
+    pub fn to_xml(&self) -> String {
+        let mut out = String::new();
+        self.write_xml(&mut out);
+        out
+    }
+
+    fn write_xml(&self, out: &mut String) {
+        out.push('<');
+        out.push_str(&self.name);
+        out.push('>');
+        for c in self.text.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '\r' => out.push_str("&#13;"),
+                c => out.push(c),
+            }
+        }
+        for child in &self.children {
+            child.write_xml(out);
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
+    }
+
     /// The text of the element at `path`, with surrounding whitespace removed.
     pub fn text_at(&self, path: &str) -> Option<&str> {
         self.at(path).map(|e| e.text.trim())
@@ -237,6 +266,21 @@ mod tests {
         ] {
             assert!(Element::parse(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn writes_what_it_reads() {
+        let doc = "<VM><ID>22</ID><USER_TEMPLATE><NOTE><![CDATA[</VM><EVIL>1</EVIL> & \r x]]>]]&gt;</NOTE>\
+                   </USER_TEMPLATE><BACKUPS/></VM><BACKUP_RESULT>FAILURE</BACKUP_RESULT>";
+        let roots = Element::parse_siblings(doc).expect("parses");
+        let vm = &roots[0];
+        assert_eq!(
+            vm.text_at("USER_TEMPLATE/NOTE"),
+            Some("</VM><EVIL>1</EVIL> & \r x]]>")
+        );
+        let again = Element::parse(&vm.to_xml()).expect("reparses");
+        assert_eq!(&again, vm);
+        assert!(again.child("EVIL").is_none());
     }
 
     #[test]
