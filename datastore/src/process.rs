@@ -38,12 +38,16 @@ pub fn pid_namespace() -> u64 {
         .unwrap_or(0)
 }
 
-/// The start time of `pid` from `/proc/<pid>/stat` (field 22), if it runs.
+/// The start time of `pid` from `/proc/<pid>/stat` (field 22), if it runs: a zombie (it
+/// ended, its parent has not reaped it yet) does not.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl ProcessId {

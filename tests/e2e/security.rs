@@ -13,6 +13,10 @@ use crate::cloud::{Cloud, DISKS, parse_backup_line, sh_ok, with_raw_disk};
 use std::fs;
 use std::path::PathBuf;
 
+/// A USER_TEMPLATE value that would become top-level attributes after a value written as
+/// `"x\"` (oned's lexer reads on to the next bare quote).
+const SMUGGLE: &str = "\nEMULATOR = /tmp/evil\nCONTEXT = [ FILES = /etc/shadow ]\nZ = ";
+
 /// A USER_TEMPLATE value that holds what a text cut would stop at.
 const NOTE: &str = "</VM><TEMPLATE><DISK><DISK_ID>9</DISK_ID></DISK></TEMPLATE>";
 
@@ -350,8 +354,11 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
         let staging = dir.path().join(format!("v/0/{vm}/backup"));
         fs::create_dir_all(&staging).expect("staging");
         fs::write(staging.join("disk.0.0"), vec![vm as u8; 1 << 20]).expect("disk");
+        // VM 22's owner left a USER_TEMPLATE value ending in a backslash, then text that
+        // would be top-level attributes if the value were written as "x\".
         let doc = format!(
-            "<VM><ID>{vm}</ID><NAME>v{vm}</NAME><TEMPLATE><DISK><DISK_ID>0</DISK_ID><SIZE>1</SIZE></DISK></TEMPLATE></VM>"
+            "<VM><ID>{vm}</ID><NAME>v{vm}</NAME><TEMPLATE><DISK><DISK_ID>0</DISK_ID><SIZE>1</SIZE></DISK></TEMPLATE>\
+             <USER_TEMPLATE><A><![CDATA[x\\]]></A><B><![CDATA[{SMUGGLE}]]></B></USER_TEMPLATE></VM>"
         );
         fs::write(staging.join("vm.xml"), format!("{}\n", b64(&doc))).expect("vm.xml");
         restic(&[
@@ -418,15 +425,23 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
     };
     let oned_session = "oneadmin:opennebula-test";
     let served = ds.clone();
+    // restore logs in as alice with a server-cipher token (checked by the cloud tests; here
+    // any token for alice is let in: what matters is the template it allocates).
     let oned = MockOned::start(
-        move |s| s == oned_session,
+        move |s| s == oned_session || s.starts_with("serveradmin:alice:"),
         move |method, params| match (method, params) {
             ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
                 ok(Value::Str(served.clone()))
             }
+            ("one.image.allocate", [Value::Str(_), Value::Int(1), Value::Bool(false)]) => {
+                ok(Value::Int(61))
+            }
+            ("one.template.allocate", [Value::Str(_)]) => ok(Value::Int(62)),
             _ => failed("not here", 1024),
         },
     );
+    let cipher = dir.path().join("onegate_auth");
+    fs::write(&cipher, "serveradmin:srv-secret-7\n").expect("onegate_auth");
     let auth = dir.path().join("one_auth");
     fs::write(&auth, format!("{oned_session}\n")).expect("one_auth");
     let download = |source: &str| {
@@ -448,7 +463,7 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
             &["-i", "-1"],
             action_data(&[&ds, vm22, &image(sources)]).as_bytes(),
         ),
-        "restore" => support::run(
+        "restore" => support::run_env(
             action("restore"),
             &["40"],
             b64(&action_data(&[
@@ -457,6 +472,10 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
                 "<DESTINATION_DS_ID>1</DESTINATION_DS_ID><TEMPLATE><USERNAME>alice</USERNAME></TEMPLATE>",
             ]))
             .as_bytes(),
+            &[
+                ("ONE_XMLRPC", oned.endpoint.as_str()),
+                ("ONE_CIPHER_AUTH", cipher.to_str().expect("utf-8")),
+            ],
         ),
         "rm" => support::run(action("rm"), &["40"], b64(&action_data(&[&image(sources), &ds])).as_bytes()),
         "increment_flatten" => support::run(
@@ -549,6 +568,30 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
     let out = with_image("ls", &[&own8]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains(&format!("0:{own8}")), "{out:?}");
+    // restore of VM 22's backup: the template it allocates as alice reads back (with oned's
+    // grammar) with A and B as their owner wrote them, and nothing smuggled out of them.
+    let out = with_image("restore", &[&own8]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "62 61\n"),
+        "{out:?}"
+    );
+    let calls = oned.calls();
+    let template = calls
+        .iter()
+        .find(|c| c.method == "one.template.allocate")
+        .and_then(|c| match c.params.first() {
+            Some(Value::Str(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .expect("a template was allocated");
+    let t = backstop_protocol::template::Template::parse(&template)
+        .unwrap_or_else(|e| panic!("{e}\n{template}"));
+    assert_eq!(t.get("A"), Some("x\\"), "{template}");
+    assert_eq!(t.get("B"), Some(SMUGGLE), "{template}");
+    assert_eq!(t.get("EMULATOR"), None, "{template}");
+    assert_eq!(t.vectors("CONTEXT").count(), 0, "{template}");
+
     let out = with_image("rm", &[&own8]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(snapshots(), [foreign], "rm forgot only VM 22's snapshot");
@@ -615,4 +658,69 @@ fn overflowing_attributes_and_sizes_give_one_clear_line() {
     );
     let post = t.step("postbackup", &vm_xml, true);
     assert_eq!(post.code, Some(0), "{post:?}");
+}
+
+/// PIDs are not identities: a PID file whose backup ended, and whose PID now belongs to
+/// another process (here a `sleep` with the same PID written in, but another start time), is
+/// never signalled by backup_cancel, nor taken for a running backup.
+#[test]
+fn backup_cancel_never_signals_a_reused_pid() {
+    let cloud = Cloud::start();
+    let run_dir = cloud.dir.path().join("fe/run");
+    fs::create_dir_all(&run_dir).expect("run dir");
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    let real = backstop_datastore::process::ProcessId::of(other.id()).expect("runs");
+    let recorded = backstop_datastore::process::ProcessId {
+        start: real.start.saturating_sub(100),
+        ..real
+    };
+    let pid_file = run_dir.join(format!("backup-{}.pid", crate::cloud::VM));
+    fs::write(
+        &pid_file,
+        format!("{} one-{} {recorded}\n", real.pid, crate::cloud::VM),
+    )
+    .expect("pid file");
+    let cancel = crate::support::run(
+        cloud.action("backup_cancel"),
+        &[
+            &format!("hv1:{}", cloud.vm_dir.display()),
+            &format!("one-{}", crate::cloud::VM),
+        ],
+        cloud.vm_xml(-1, -1).as_bytes(),
+    );
+    assert_eq!(cancel.code, Some(0), "{cancel:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        other.try_wait().expect("wait").is_none(),
+        "backup_cancel signalled the process that reused the PID"
+    );
+    let cfg = backstop_datastore::config::DriverConfig::load(&cloud.remotes).expect("config");
+    assert!(!backstop_datastore::actions::backup::backup_running(
+        &cfg,
+        crate::cloud::VM
+    ));
+    // The same record with the right start time is that process: it is signalled.
+    fs::write(
+        &pid_file,
+        format!("{} one-{} {real}\n", real.pid, crate::cloud::VM),
+    )
+    .expect("pid file");
+    assert!(backstop_datastore::actions::backup::backup_running(
+        &cfg,
+        crate::cloud::VM
+    ));
+    let cancel = crate::support::run(
+        cloud.action("backup_cancel"),
+        &[
+            &format!("hv1:{}", cloud.vm_dir.display()),
+            &format!("one-{}", crate::cloud::VM),
+        ],
+        cloud.vm_xml(-1, -1).as_bytes(),
+    );
+    assert_eq!(cancel.code, Some(0), "{cancel:?}");
+    let status = other.wait().expect("wait");
+    assert!(!status.success(), "sleep was not stopped: {status}");
 }
