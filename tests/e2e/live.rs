@@ -21,7 +21,12 @@ use std::fs;
 use std::process::{Child, Command, Stdio};
 
 /// libvirtd and virtlogd of this test, on private sockets; stopped by PID when dropped.
+/// One libvirtd at a time: its QEMU driver keeps machine-wide state (`/run/libvirt/qemu`).
+static ONE_LIBVIRT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub(crate) struct Libvirt {
+    /// Held while this libvirtd runs (tests run in parallel threads).
+    _only: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     daemons: Vec<Child>,
     uri: String,
@@ -29,6 +34,9 @@ pub(crate) struct Libvirt {
 
 impl Libvirt {
     pub(crate) fn start() -> Libvirt {
+        let only = ONE_LIBVIRT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for tool in ["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"] {
             assert!(
                 Command::new("sh")
@@ -78,6 +86,7 @@ impl Libvirt {
                 .unwrap_or_else(|e| panic!("{program}: {e}"))
         };
         let mut lv = Libvirt {
+            _only: only,
             uri: format!("qemu:///system?socket={}/run/libvirt-sock", d.display()),
             daemons: Vec::new(),
             dir,
