@@ -62,11 +62,7 @@ fn image_backup(
 
 #[test]
 fn an_exclusive_restic_lock_makes_our_backup_wait_then_name_the_holder() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo_path = dir.path().join("repo");
-    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 64, 3);
+    let (_dir, repo_path, repo, image) = fresh(64, 3);
     let source = RawImage::open(&image).expect("open");
     image_backup(&repo, &source, Duration::ZERO).expect("first backup");
 
@@ -159,11 +155,7 @@ impl ImageSource for Gated {
 
 #[test]
 fn our_backup_lock_makes_restic_prune_refuse() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo_path = dir.path().join("repo");
-    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 8, 4);
+    let (_dir, repo_path, repo, image) = fresh(8, 4);
     let gated = Gated {
         inner: RawImage::open(&image).expect("open"),
         open: Mutex::new(false),
@@ -227,6 +219,18 @@ struct Unlocking<'a> {
     reads: std::sync::atomic::AtomicUsize,
 }
 
+impl<'a> Unlocking<'a> {
+    fn new(image: &Path, locks: &'a Path, pause: Duration) -> Self {
+        Unlocking {
+            inner: RawImage::open(image).expect("open"),
+            locks,
+            removed: Default::default(),
+            pause,
+            reads: Default::default(),
+        }
+    }
+}
+
 impl ImageSource for Unlocking<'_> {
     fn size(&self) -> u64 {
         self.inner.size()
@@ -244,6 +248,24 @@ impl ImageSource for Unlocking<'_> {
     }
 }
 
+/// A new repository and an image of `mib` MiB (the directory holds both).
+fn fresh(
+    mib: u64,
+    seed: u64,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Repo,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, mib, seed);
+    (dir, repo_path, repo, image)
+}
+
 fn snapshot_files(repo: &Path) -> usize {
     std::fs::read_dir(repo.join("snapshots"))
         .map(|d| d.count())
@@ -254,18 +276,9 @@ fn snapshot_files(repo: &Path) -> usize {
 /// removed under it, the backup writes no snapshot (the refresher has not even run yet).
 #[test]
 fn a_backup_whose_lock_file_is_removed_writes_no_snapshot() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo_path = dir.path().join("repo");
-    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 8, 6);
-    let source = Unlocking {
-        inner: RawImage::open(&image).expect("open"),
-        locks: &repo_path.join("locks"),
-        removed: Default::default(),
-        pause: Duration::ZERO,
-        reads: Default::default(),
-    };
+    let (_dir, repo_path, repo, image) = fresh(8, 6);
+    let locks = repo_path.join("locks");
+    let source = Unlocking::new(&image, &locks, Duration::ZERO);
     let err = image_backup(&repo, &source, Duration::ZERO).expect_err("lock lost");
     assert_eq!(err.kind, ErrorKind::Locked, "{err}");
     assert!(
@@ -287,18 +300,9 @@ fn a_backup_whose_lock_file_is_removed_writes_no_snapshot() {
 /// The refresher finds the lock gone at its next round, and the backup stops reading at once.
 #[test]
 fn a_lost_lock_stops_the_backup_at_the_next_refresh() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo_path = dir.path().join("repo");
-    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 64, 7);
-    let source = Unlocking {
-        inner: RawImage::open(&image).expect("open"),
-        locks: &repo_path.join("locks"),
-        removed: Default::default(),
-        pause: Duration::from_millis(40),
-        reads: Default::default(),
-    };
+    let (_dir, repo_path, repo, image) = fresh(64, 7);
+    let locks = repo_path.join("locks");
+    let source = Unlocking::new(&image, &locks, Duration::from_millis(40));
     let files = [FileSpec {
         path: DISK.into(),
         content: Content::Image {
@@ -328,11 +332,7 @@ fn a_lost_lock_stops_the_backup_at_the_next_refresh() {
 /// being renewed on the storage's clock (its file's time), or `unlock` removes it.
 #[test]
 fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo_path = dir.path().join("repo");
-    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 4, 8);
+    let (_dir, repo_path, repo, image) = fresh(4, 8);
     let source = RawImage::open(&image).expect("open");
     image_backup(&repo, &source, Duration::ZERO).expect("first backup");
     let mut attempts = 0;
@@ -414,11 +414,7 @@ fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
 /// by its size, without being read into memory.
 #[test]
 fn planted_huge_files_are_refused_unread() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo_path = dir.path().join("repo");
-    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 2, 9);
+    let (_dir, repo_path, repo, image) = fresh(2, 9);
     let source = RawImage::open(&image).expect("open");
     let hwm = || -> u64 {
         std::fs::read_to_string("/proc/self/status")

@@ -678,20 +678,23 @@ fn backup_cancel_never_signals_a_reused_pid() {
         ..real
     };
     let pid_file = run_dir.join(format!("backup-{}.pid", crate::cloud::VM));
+    let cancel = || {
+        crate::support::run(
+            cloud.action("backup_cancel"),
+            &[
+                &format!("hv1:{}", cloud.vm_dir.display()),
+                &format!("one-{}", crate::cloud::VM),
+            ],
+            cloud.vm_xml(-1, -1).as_bytes(),
+        )
+    };
     fs::write(
         &pid_file,
         format!("{} one-{} {recorded}\n", real.pid, crate::cloud::VM),
     )
     .expect("pid file");
-    let cancel = crate::support::run(
-        cloud.action("backup_cancel"),
-        &[
-            &format!("hv1:{}", cloud.vm_dir.display()),
-            &format!("one-{}", crate::cloud::VM),
-        ],
-        cloud.vm_xml(-1, -1).as_bytes(),
-    );
-    assert_eq!(cancel.code, Some(0), "{cancel:?}");
+    let out = cancel();
+    assert_eq!(out.code, Some(0), "{out:?}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(
         other.try_wait().expect("wait").is_none(),
@@ -712,15 +715,8 @@ fn backup_cancel_never_signals_a_reused_pid() {
         &cfg,
         crate::cloud::VM
     ));
-    let cancel = crate::support::run(
-        cloud.action("backup_cancel"),
-        &[
-            &format!("hv1:{}", cloud.vm_dir.display()),
-            &format!("one-{}", crate::cloud::VM),
-        ],
-        cloud.vm_xml(-1, -1).as_bytes(),
-    );
-    assert_eq!(cancel.code, Some(0), "{cancel:?}");
+    let out = cancel();
+    assert_eq!(out.code, Some(0), "{out:?}");
     let status = other.wait().expect("wait");
     assert!(!status.success(), "sleep was not stopped: {status}");
 }
