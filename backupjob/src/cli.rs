@@ -1272,7 +1272,7 @@ fn image_restore(
     let (_, _, ds) = datastore_of(st, args, ds_id)?;
     let cfg =
         backstop_datastore::config::DriverConfig::load(&args.remotes).map_err(|x| x.to_string())?;
-    backstop_datastore::actions::restore::to_directory(&image, &ds, increment, disk_id, to, &cfg)
+    backstop_datastore::backup_image::to_directory(&image, &ds, increment, disk_id, to, &cfg)
         .map_err(|x| format!("image {id}: {x}"))
 }
 

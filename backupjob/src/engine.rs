@@ -176,7 +176,7 @@ fn settle(
     let ctx = JobContext::load(env, state, job_id)?;
     let dcfg =
         backstop_datastore::config::DriverConfig::load(&env.remotes).map_err(|e| e.to_string())?;
-    if backstop_datastore::actions::backup::backup_running(&dcfg, vm) {
+    if backstop_datastore::running::backup_running(&dcfg, vm) {
         return Ok(Settlement::Running);
     }
     let doc = ctx
@@ -207,7 +207,7 @@ fn settle(
     // The snapshot's time is the host's clock: allow for some skew.
     let since =
         jiff::Timestamp::from_millisecond(since_ms - CLOCK_SKEW_MS).map_err(|e| e.to_string())?;
-    let found = backstop_datastore::actions::backup::unrecorded_backup(
+    let found = backstop_datastore::vm_snapshots::unrecorded_backup(
         &ds,
         Some(job_id),
         vm,

@@ -200,7 +200,7 @@ fn action_with(
 
 /// The environment variable that asks backstop's backup action for progress (it names the
 /// file the action keeps `<done> <total> <read>` in); other drivers ignore it.
-pub use backstop_datastore::actions::backup::PROGRESS_ENV;
+pub use backstop_datastore::remote::PROGRESS_ENV;
 
 /// The last stderr line that is not a log line: the failure oned would show.
 fn reason(stderr: &str) -> String {

@@ -12,14 +12,19 @@
 //! handling of increment chains the stock restic driver made (see the README's status).
 
 pub mod actions;
+pub mod backup_image;
 pub mod config;
+pub mod disk_source;
 pub mod error;
 pub mod layout;
 pub mod location;
 pub mod oned;
 pub mod process;
+pub mod remote;
 pub mod repo;
+pub mod running;
 pub mod settings;
+pub mod stock_chain;
 pub mod target;
 pub mod vm_snapshots;
 

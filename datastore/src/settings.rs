@@ -126,6 +126,16 @@ impl Settings {
     }
 }
 
+/// How long actions wait for a conflicting repository lock: `BACKSTOP_LOCK_WAIT` seconds from
+/// the datastore, default 10 minutes (the stock driver retries for 5 to 15 minutes). Every
+/// action that reaches a repository has checked the datastore's settings on the way
+/// ([`crate::target::RepoTarget::storage`]), so a bad value was refused there.
+pub fn lock_wait(ds: &Datastore) -> RetryLock {
+    crate::settings::Settings::of(ds)
+        .map(|s| s.lock_wait)
+        .unwrap_or(RetryLock(std::time::Duration::from_secs(600)))
+}
+
 /// The error for a size from input that arithmetic would overflow or that is past what
 /// backstop handles.
 pub fn size_error(what: &str, size: u64, max: u64) -> Error {

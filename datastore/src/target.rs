@@ -156,6 +156,11 @@ impl RepoTarget {
     }
 }
 
+/// Opens an existing repository for an action that reads or forgets.
+pub fn open_repo(ds: &Datastore, repo_id: String, cfg: &DriverConfig) -> Result<Repo, Error> {
+    RepoTarget::new(ds, repo_id)?.open(ds, cfg, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

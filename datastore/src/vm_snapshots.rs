@@ -8,21 +8,20 @@
 //! VM the URL (or the image) names. `latest` and short prefixes are refused; the repository
 //! itself is chosen by the URL's backup job or VM, as the stock driver chooses it.
 
+use crate::config::DriverConfig;
+use crate::layout::base_name;
+pub use crate::layout::vm_tag;
 use crate::repo::Repo;
 use crate::repo::format::{RepoId, Snapshot};
+use crate::target::{RepoTarget, open_repo, repo_id};
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::Image;
+use backstop_protocol::message::{Datastore, Vm};
 use backstop_protocol::url::{BackupUrl, ChainLink};
 
 /// The shortest snapshot id prefix a URL may use (oned keeps the 8 characters the backup
 /// action printed).
 pub const MIN_PREFIX: usize = 8;
-
-/// The tag every snapshot of VM `vm_id` carries, in backstop's and the stock driver's
-/// repositories alike.
-pub fn vm_tag(vm_id: u64) -> String {
-    format!("one-{vm_id}")
-}
 
 /// Whether `source` may name a snapshot: 8 to 64 hex characters.
 pub fn check_source(source: &str) -> Result<(), Error> {
@@ -125,6 +124,104 @@ pub fn present(repo: &Repo, links: &[ChainLink], vm_id: u64) -> Result<Vec<Strin
         }
     }
     Ok(out)
+}
+
+/// A backup that is in the repository but not in the caller's records: what a backup action
+/// left when the process that ran it (the job runner) was killed before it read the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecorded {
+    /// The snapshot id.
+    pub id: String,
+    /// Its disks' sizes, summed (the image's size, not what was read).
+    pub size_bytes: u64,
+}
+
+/// The newest snapshot of VM `vm_id` in the repository of `job_id` taken at or after `since`
+/// whose id does not start with any of `recorded`; None when there is none or the repository
+/// does not exist yet.
+pub fn unrecorded_backup(
+    ds: &Datastore,
+    job_id: Option<u64>,
+    vm_id: u64,
+    since: jiff::Timestamp,
+    recorded: &[String],
+    cfg: &DriverConfig,
+) -> Result<Option<Unrecorded>, Error> {
+    let target = RepoTarget::new(ds, repo_id(job_id, vm_id))?;
+    if !target.exists(&target.storage(ds, cfg)?)? {
+        return Ok(None);
+    }
+    let repo = open_repo(ds, repo_id(job_id, vm_id), cfg)?;
+    let tag = format!("one-{vm_id}");
+    let Some((id, snap, _)) = repo.all_snapshots()?.into_iter().rfind(|(id, snap, time)| {
+        let hex = id.to_hex();
+        *time >= since
+            && snap.tags.contains(&tag)
+            && !recorded
+                .iter()
+                .any(|r| !r.is_empty() && hex.starts_with(r.as_str()))
+    }) else {
+        return Ok(None);
+    };
+    let known = repo.known_blobs()?;
+    let mut size_bytes = 0;
+    for path in crate::layout::snapshot_disks(&snap.paths).values() {
+        if let Some(node) = repo.file_node(&snap, path, &known)? {
+            size_bytes += node.size;
+        }
+    }
+    Ok(Some(Unrecorded {
+        id: id.to_hex().to_string(),
+        size_bytes,
+    }))
+}
+
+/// The newest backstop snapshot of the VM that holds `disk.<id>.<increment>` for every disk.
+pub fn find_parent(
+    snapshots: &[(RepoId, Snapshot, jiff::Timestamp)],
+    vm_id: u64,
+    disks: &[u32],
+    increment: u64,
+) -> Option<(RepoId, Snapshot)> {
+    let tag = format!("one-{vm_id}");
+    snapshots
+        .iter()
+        .rev()
+        .find(|(_, s, _)| {
+            s.tags.contains(&tag)
+                && disks.iter().all(|d| {
+                    let want = format!("disk.{d}.{increment}");
+                    s.paths.iter().any(|p| base_name(p) == want)
+                })
+        })
+        .map(|(id, s, _)| (*id, s.clone()))
+}
+
+/// The VM saved in a snapshot's `vm.xml` (base64 of the VM XML, as prebackup writes it).
+pub fn saved_vm(
+    repo: &Repo,
+    source: &str,
+    snap: &Snapshot,
+    wait: crate::repo::lock::RetryLock,
+) -> Result<Vm, Error> {
+    let path = snap
+        .paths
+        .iter()
+        .find(|p| p.rsplit('/').next() == Some("vm.xml"))
+        .ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::Repository,
+                format!("backup {source} holds no vm.xml"),
+            )
+        })?;
+    let mut bytes = Vec::new();
+    repo.dump(source, path, &mut bytes, wait)?;
+    crate::layout::decode_vm_xml(&bytes).map_err(|e| {
+        Error::new(
+            crate::ErrorKind::Repository,
+            format!("the vm.xml of backup {source}: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

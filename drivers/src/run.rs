@@ -469,7 +469,7 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<(), DriverError> {
         let args = BackupArgs::parse(args)?;
-        let raw = backup::read_request(std::io::stdin(), &cancel)?;
+        let raw = backstop_datastore::remote::read_request(std::io::stdin(), &cancel)?;
         let roots = input::decode_siblings(&raw, Encoding::RawXml)?;
         let vm = message::vm_from_siblings(&roots)?;
         // vm.xml holds the VM document alone, written from the parsed element (a value of the
@@ -546,7 +546,7 @@ pub fn host_backup(
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<String, DriverError> {
         let args = BackupArgs::parse(args)?;
-        let raw = backup::read_request(std::io::stdin(), &cancel)?;
+        let raw = backstop_datastore::remote::read_request(std::io::stdin(), &cancel)?;
         let root = input::decode(&raw, Encoding::RawXml)?;
         let request = BackupRequest::from_xml(&root)?;
         let cfg = DriverConfig {
@@ -571,7 +571,7 @@ pub fn host_backup(
                         let _ = writeln!(
                             std::io::stderr(),
                             "{} {done} {total} {read}",
-                            backup::PROGRESS_PREFIX
+                            backstop_datastore::remote::PROGRESS_PREFIX
                         );
                         last = Some(now);
                         std::thread::sleep(std::time::Duration::from_millis(750));

@@ -701,7 +701,7 @@ fn backup_cancel_never_signals_a_reused_pid() {
         "backup_cancel signalled the process that reused the PID"
     );
     let cfg = backstop_datastore::config::DriverConfig::load(&cloud.remotes).expect("config");
-    assert!(!backstop_datastore::actions::backup::backup_running(
+    assert!(!backstop_datastore::running::backup_running(
         &cfg,
         crate::cloud::VM
     ));
@@ -711,7 +711,7 @@ fn backup_cancel_never_signals_a_reused_pid() {
         format!("{} one-{} {real}\n", real.pid, crate::cloud::VM),
     )
     .expect("pid file");
-    assert!(backstop_datastore::actions::backup::backup_running(
+    assert!(backstop_datastore::running::backup_running(
         &cfg,
         crate::cloud::VM
     ));

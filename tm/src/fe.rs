@@ -9,9 +9,9 @@
 //! over directly when that datastore's `backup` action is backstop's, in the stock layout
 //! otherwise (or when oned cannot be asked, which is logged).
 
-use backstop_datastore::actions::backup::{confinement, last_line, remote_call, sh_quote};
 use backstop_datastore::config::{Delivery, DriverConfig};
 use backstop_datastore::oned::OnedClient;
+use backstop_datastore::remote::{confinement, last_line, remote_call, sh_quote};
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{Datastore, Vm};

@@ -449,7 +449,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
             }
             for d in &disks {
                 let scratch = tmp.join(format!("scratch.{}.qcow2", d.id));
-                backstop_datastore::actions::chain::qemu_img(&[
+                backstop_datastore::repo::disk_image::qemu_img(&[
                     "create".as_ref(),
                     "-q".as_ref(),
                     "-f".as_ref(),

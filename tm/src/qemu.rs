@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use backstop_datastore::repo::disk_image::Bitmap;
 
-use backstop_datastore::actions::chain::qemu_img as run;
+use backstop_datastore::repo::disk_image::qemu_img as run;
 
 /// The format of disk `id` as the VM declares it: `DISK/DRIVER`, else `DISK/FORMAT` (what
 /// libvirt is told, so what the guest's writes mean). Anything else is refused.

@@ -16,9 +16,9 @@
 //! starts a new chain (oned resets LAST_INCREMENT_ID). A failure removes what was downloaded
 //! and leaves the VM's disks as they were.
 
-use backstop_datastore::actions::backup::{Agent, sh_quote, ssh_command};
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::oned::OnedClient;
+use backstop_datastore::remote::{Agent, sh_quote, ssh_command};
 use backstop_datastore::repo::disk_image::Format;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::TmRestoreArgs;

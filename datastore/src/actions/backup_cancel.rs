@@ -7,8 +7,8 @@
 //! The backup then closes the host step's stdin; the host stops, writes no snapshot and the
 //! backup exits 1. No backup running is not an error.
 
-use crate::actions::backup::{pid_file, read_pid_file};
 use crate::config::DriverConfig;
+use crate::running::{pid_file, read_pid_file};
 use crate::{Error, ErrorKind};
 use backstop_protocol::args::CancelArgs;
 use backstop_protocol::message::Vm;

@@ -6,9 +6,10 @@
 //! driver lists increment 0's files instead (quirk Q3), which only changes the file name at
 //! the end of the URL, not what a downloader fetches.
 
-use crate::actions::{open, scheme};
 use crate::config::DriverConfig;
+use crate::layout::scheme;
 use crate::target::image_repo_id;
+use crate::target::open_repo;
 use crate::{Error, ErrorKind, vm_snapshots};
 use backstop_protocol::args::LsArgs;
 use backstop_protocol::message::LsRequest;
@@ -28,14 +29,14 @@ pub fn run(args: &LsArgs, request: &LsRequest, cfg: &DriverConfig) -> Result<Str
     })?;
     let ds = &request.datastore;
     let vm_id = vm_snapshots::image_vm_id(image)?;
-    let repo = open(ds, image_repo_id(image)?, cfg)?;
+    let repo = open_repo(ds, image_repo_id(image)?, cfg)?;
     let (_, snap) = vm_snapshots::find(&repo, &last.source, vm_id)?;
     let mut map = serde_json::Map::new();
     for path in &snap.paths {
         let name = path.rsplit('/').next().unwrap_or_default();
-        let key = match crate::actions::backup::staged_kind(name) {
-            Some(crate::actions::backup::Staged::Disk { disk_id, .. }) => disk_id.to_string(),
-            Some(crate::actions::backup::Staged::Tpm) => "tpm".to_string(),
+        let key = match crate::layout::staged_kind(name) {
+            Some(crate::layout::Staged::Disk { disk_id, .. }) => disk_id.to_string(),
+            Some(crate::layout::Staged::Tpm) => "tpm".to_string(),
             _ => continue,
         };
         let url = BackupUrl {

@@ -5,9 +5,9 @@
 //! figures are the file system's that holds `BASE_PATH`: used = (blocks − free blocks),
 //! free = blocks available to an unprivileged user, which is what `df` reports.
 
-use crate::actions::backup::{Agent, sh_quote, ssh_command};
 use crate::config::DriverConfig;
 use crate::location::Location;
+use crate::remote::{Agent, sh_quote, ssh_command};
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::MonitorRequest;
 use std::path::Path;

@@ -6,9 +6,9 @@
 //! RESTIC_PRUNE_MAX_REPACK.
 
 use crate::Error;
-use crate::actions::lock_wait;
 use crate::config::DriverConfig;
 use crate::settings::Settings;
+use crate::settings::lock_wait;
 use crate::target::{RepoTarget, image_repo_id};
 use crate::vm_snapshots;
 use backstop_protocol::message::RmRequest;

@@ -1,9 +1,11 @@
 //! `stat`: the virtual size in MB of the disk a backup URL names (spec §5.5), from the VM
 //! template saved in the URL's last snapshot. It becomes the restored image's SIZE.
 
-use crate::actions::{lock_wait, open, saved_vm};
 use crate::config::DriverConfig;
+use crate::settings::lock_wait;
+use crate::target::open_repo;
 use crate::target::repo_id;
+use crate::vm_snapshots::saved_vm;
 use crate::{Error, ErrorKind, vm_snapshots};
 use backstop_protocol::message::StatRequest;
 
@@ -24,7 +26,7 @@ pub fn run(request: &StatRequest, cfg: &DriverConfig) -> Result<u64, Error> {
     vm_snapshots::check_url(url)?;
     let job = request.backup_job_id.or(url.job_id);
     let ds = &request.datastore;
-    let repo = open(ds, repo_id(job, vm_id), cfg)?;
+    let repo = open_repo(ds, repo_id(job, vm_id), cfg)?;
     let source = url.last_source();
     let (_, snap) = vm_snapshots::find(&repo, source, vm_id)?;
     let vm = saved_vm(&repo, source, &snap, lock_wait(ds))?;

@@ -336,6 +336,28 @@ impl DiskImage {
     }
 }
 
+/// Runs qemu-img; its stdout, or an error naming the subcommand and qemu-img's first line.
+pub fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<String, Error> {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(|e| Error::io("cannot run qemu-img", e))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(Error::new(
+        ErrorKind::Input,
+        format!(
+            "qemu-img {} failed: {}",
+            args.first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
+            err.lines().next().unwrap_or("no message").trim()
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,12 @@
 //! The downloader converts the top to one standalone qcow2; increment_flatten reads it (with
 //! its backing files) as a complete disk and stores that as a backstop image.
 
-use crate::actions::backup::IMAGE_TAG;
-use crate::actions::downloader::{disk_path, shell_safe};
-use crate::actions::lock_wait;
+use crate::layout::IMAGE_TAG;
+use crate::layout::disk_path;
+use crate::remote::shell_safe;
 use crate::repo::Repo;
+use crate::repo::disk_image::qemu_img;
+use crate::settings::lock_wait;
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::Datastore;
 use backstop_protocol::url::ChainLink;
@@ -191,26 +193,4 @@ pub fn rebase(file: &Path, backing: Option<&Path>) -> Result<(), Error> {
     }
     args.push(file.as_os_str());
     qemu_img(&args).map(|_| ())
-}
-
-/// Runs qemu-img; its stdout, or an error naming the subcommand and qemu-img's first line.
-pub fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<String, Error> {
-    let out = std::process::Command::new("qemu-img")
-        .args(args)
-        .output()
-        .map_err(|e| Error::io("cannot run qemu-img", e))?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    Err(Error::new(
-        ErrorKind::Input,
-        format!(
-            "qemu-img {} failed: {}",
-            args.first()
-                .map(|a| a.to_string_lossy())
-                .unwrap_or_default(),
-            err.lines().next().unwrap_or("no message").trim()
-        ),
-    ))
 }
