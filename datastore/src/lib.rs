@@ -1,31 +1,39 @@
 //! # backstop-datastore
 //!
-//! The backup datastore actions (`remotes/datastore/<mad>/<action>`), the repository engine and
-//! the storage backends. Each action lives in `actions/<action>.rs`, named as OpenNebula names it.
+//! The backup datastore actions (`remotes/datastore/<mad>/<action>`), one module per action in
+//! [`actions`], named as OpenNebula names it, and what two actions share, in modules named for
+//! what it is:
 //!
-//! Where a datastore keeps its repositories ([`location::Location`]): over SFTP when
-//! `RESTIC_SFTP_SERVER` is set, on S3 when `RESTIC_BACKEND=S3`, otherwise on a local path
-//! (`BASE_PATH` on the machine that runs the step: an all-in-one machine or a shared mount).
+//! - where a datastore's repositories are ([`location`], [`target`]) and its attributes, read
+//!   and checked once ([`settings`]); the installation's configuration ([`config`]);
+//! - the layout and naming rules shared with OpenNebula ([`layout`]), a VM's snapshots and how
+//!   a URL names them ([`vm_snapshots`]), a point of a backup image ([`backup_image`]), a URL's
+//!   disk as a qcow2 stream ([`disk_source`]), chains the stock restic driver stored
+//!   ([`stock_chain`]);
+//! - running a step on another machine ([`remote`]), backups running here ([`running`]),
+//!   oned's XML-RPC API ([`oned`]).
 //!
-//! Every datastore action is written, for local and SFTP repositories; [`oned`] is the client
-//! for oned's XML-RPC API that `restore` and the downloader use. S3 is not written yet, nor the
-//! handling of increment chains the stock restic driver made (see the README's status).
+//! The repository engine is its own crate, `backstop-engine` (re-exported as [`repo`]): it
+//! knows nothing of OpenNebula, and Cargo keeps it that way.
+//!
+//! Every action is written for local and SFTP repositories, backstop's own backups and the
+//! stock restic driver's (full backups and increment chains). S3 is not written yet (see the
+//! README's status). The design notes are in `docs/` at the repository's root.
 
 pub mod actions;
 pub mod backup_image;
 pub mod config;
 pub mod disk_source;
-pub mod error;
 pub mod layout;
 pub mod location;
 pub mod oned;
-pub mod process;
 pub mod remote;
-pub mod repo;
 pub mod running;
 pub mod settings;
 pub mod stock_chain;
 pub mod target;
 pub mod vm_snapshots;
 
-pub use error::{Error, ErrorKind};
+/// The repository engine (its own crate: it knows nothing of OpenNebula).
+pub use backstop_engine as repo;
+pub use backstop_engine::{Error, ErrorKind, process};

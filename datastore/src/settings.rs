@@ -17,10 +17,10 @@
 //! | `RESTIC_PRUNE_MAX_UNUSED`, `RESTIC_PRUNE_MAX_REPACK` | `0`, unlimited | as restic reads them |
 //! | `BACKSTOP_SFTP_HOST_FINGERPRINT` | none | `SHA256:<base64>` |
 
+use crate::Error;
 use crate::repo::Compression;
 use crate::repo::lock::RetryLock;
 use crate::repo::maintenance::PruneLimits;
-use crate::{Error, ErrorKind};
 use backstop_protocol::message::Datastore;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -134,15 +134,6 @@ pub fn lock_wait(ds: &Datastore) -> RetryLock {
     crate::settings::Settings::of(ds)
         .map(|s| s.lock_wait)
         .unwrap_or(RetryLock(std::time::Duration::from_secs(600)))
-}
-
-/// The error for a size from input that arithmetic would overflow or that is past what
-/// backstop handles.
-pub fn size_error(what: &str, size: u64, max: u64) -> Error {
-    Error::new(
-        ErrorKind::Input,
-        format!("{what} is {size} bytes, more than the {max} bytes backstop handles"),
-    )
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl RepoTarget {
     /// Whether the storage holds a repository (a config file).
     pub fn exists(&self, storage: &Arc<dyn Storage>) -> Result<bool, Error> {
         storage
-            .list(rustic_core::FileType::Config)
+            .list(crate::repo::FileType::Config)
             .map(|c| !c.is_empty())
             .map_err(|e| {
                 Error::new(

@@ -43,7 +43,7 @@ fn matching(repo: &Repo, source: &str) -> Result<Vec<RepoId>, Error> {
     check_source(source)?;
     let prefix = source.to_ascii_lowercase();
     Ok(repo
-        .list(rustic_core::FileType::Snapshot)?
+        .list(crate::repo::FileType::Snapshot)?
         .into_iter()
         .filter(|id| id.to_hex().starts_with(&prefix))
         .collect())
@@ -101,7 +101,7 @@ pub fn find(repo: &Repo, source: &str, vm_id: u64) -> Result<(RepoId, Snapshot),
         }
         _ => return Err(ambiguous(source, repo)),
     };
-    let snap: Snapshot = repo.load_file(rustic_core::FileType::Snapshot, &id)?;
+    let snap: Snapshot = repo.load_file(crate::repo::FileType::Snapshot, &id)?;
     owned(source, &snap, vm_id)?;
     Ok((id, snap))
 }
@@ -116,7 +116,7 @@ pub fn present(repo: &Repo, links: &[ChainLink], vm_id: u64) -> Result<Vec<Strin
         match matching(repo, &link.source)?.as_slice() {
             [] => {}
             [id] => {
-                let snap: Snapshot = repo.load_file(rustic_core::FileType::Snapshot, id)?;
+                let snap: Snapshot = repo.load_file(crate::repo::FileType::Snapshot, id)?;
                 owned(&link.source, &snap, vm_id)?;
                 out.push(id.to_hex().to_string());
             }

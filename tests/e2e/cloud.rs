@@ -5,7 +5,7 @@
 //! copy-on-read), then the datastore actions called with oned's argv and stdin. The real
 //! restic binary checks the repository after every step.
 
-#[path = "../../datastore/tests/common/sshd.rs"]
+#[path = "../../datastore/engine/tests/common/sshd.rs"]
 #[allow(dead_code)]
 mod sshd;
 

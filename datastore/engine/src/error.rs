@@ -76,3 +76,11 @@ impl Error {
         }
     }
 }
+
+/// The error for a size from input that is past what backstop handles.
+pub fn size_error(what: &str, size: u64, max: u64) -> Error {
+    Error::new(
+        ErrorKind::Input,
+        format!("{what} is {size} bytes, more than the {max} bytes backstop handles"),
+    )
+}

@@ -8,9 +8,9 @@
 //! them a day later, which keeps the space; we hold the exclusive lock, so no reader can still
 //! need them.
 
-use crate::repo::lock::RetryLock;
-use crate::repo::{Repo, rustic_error, rustic_message};
+use crate::lock::RetryLock;
 use crate::{Error, ErrorKind};
+use crate::{Repo, rustic_error, rustic_message};
 use rustic_core::repofile::SnapshotId;
 use rustic_core::{CheckOptions, LimitOption, PruneOptions, ReadSubsetOption};
 

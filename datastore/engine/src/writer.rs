@@ -7,11 +7,11 @@
 //! yet; a packer thread fills ~16 MiB packs and writes them. The main thread assembles the
 //! content list in chunk order.
 
-use crate::repo::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
-use crate::repo::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
-use crate::repo::lock::{Lock, RetryLock};
-use crate::repo::pack::{PackBuilder, SealedBlob};
-use crate::repo::{BlobLocation, Compression, KnownBlobs, Repo, rustic_error};
+use crate::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
+use crate::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
+use crate::lock::{Lock, RetryLock};
+use crate::pack::{PackBuilder, SealedBlob};
+use crate::{BlobLocation, Compression, KnownBlobs, Repo, rustic_error};
 use crate::{Error, ErrorKind};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use rustic_core::FileType;
@@ -135,7 +135,7 @@ impl Default for BackupOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             retry_lock: std::time::Duration::ZERO,
-            lock_refresh: crate::repo::lock::REFRESH_EVERY,
+            lock_refresh: crate::lock::REFRESH_EVERY,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
         }

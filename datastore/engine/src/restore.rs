@@ -7,14 +7,14 @@
 //! when every blob was verified; on failure the temporary file is removed.
 //!
 //! [`Repo::stream_qcow2`] writes the same file as a standalone qcow2 to a pipe (the
-//! downloader): the layout comes from the blob list alone (see [`crate::repo::qcow2`]), blobs
+//! downloader): the layout comes from the blob list alone (see [`crate::qcow2`]), blobs
 //! are read ahead in parallel and written in order, and all-zero blobs are never read.
 
-use crate::repo::format::RepoId;
-use crate::repo::image::is_zero;
-use crate::repo::lock::RetryLock;
-use crate::repo::qcow2;
-use crate::repo::{BlobLocation, Repo};
+use crate::format::RepoId;
+use crate::image::is_zero;
+use crate::lock::RetryLock;
+use crate::qcow2;
+use crate::{BlobLocation, Repo};
 use crate::{Error, ErrorKind};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -231,7 +231,7 @@ impl Repo {
                 ),
             ));
         }
-        crate::repo::image::check_size(path, node.size)?;
+        crate::image::check_size(path, node.size)?;
         let mut alloc = qcow2::Allocation::new(node.size);
         let mut to_read = Vec::new();
         for (i, &(at, len, zero)) in pieces.iter().enumerate() {
@@ -380,7 +380,7 @@ impl Repo {
         &self,
         snapshot: &str,
         path: &str,
-    ) -> Result<(crate::repo::format::Node, crate::repo::KnownBlobs), Error> {
+    ) -> Result<(crate::format::Node, crate::KnownBlobs), Error> {
         let (_, snap) = self.find_snapshot(snapshot)?;
         let known = self.known_blobs()?;
         let node = self.file_node(&snap, path, &known)?.ok_or_else(|| {
@@ -394,8 +394,7 @@ impl Repo {
 }
 
 fn plain_len(at: &BlobLocation) -> Result<u32, Error> {
-    Ok(at.uncompressed_length.unwrap_or(
-        at.length
-            .saturating_sub(crate::repo::crypto::OVERHEAD as u32),
-    ))
+    Ok(at
+        .uncompressed_length
+        .unwrap_or(at.length.saturating_sub(crate::crypto::OVERHEAD as u32)))
 }

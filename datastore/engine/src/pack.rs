@@ -3,8 +3,8 @@
 //! Header entries are `type(1) || u32le enc_len || [u32le plain_len] || id(32)` with type
 //! 0 data, 1 tree, 2 zstd data, 3 zstd tree. Data and tree blobs never share a pack.
 
-use crate::repo::crypto::{Crypto, CryptoError};
-use crate::repo::format::{BlobKind, IndexBlob, IndexPack, RepoId};
+use crate::crypto::{Crypto, CryptoError};
+use crate::format::{BlobKind, IndexBlob, IndexPack, RepoId};
 
 /// A blob ready for a pack: encrypted, with what the index needs to know.
 #[derive(Debug)]

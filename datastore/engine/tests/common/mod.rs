@@ -3,7 +3,7 @@
 
 pub mod sshd;
 
-use backstop_datastore::repo::image::{CHUNK_SIZE, Extent};
+use backstop_engine::image::{CHUNK_SIZE, Extent};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

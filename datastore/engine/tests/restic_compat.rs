@@ -1,11 +1,11 @@
 //! The writer against the real restic binary (the compatibility oracle): every snapshot we write
 //! dumps byte-exact with `restic dump`, and `restic check --read-data` stays clean.
 
-use backstop_datastore::repo::backend::LocalBackend;
-use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::{CHUNK_SIZE, Extent, RawImage};
-use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
-use backstop_datastore::repo::{Compression, Repo};
+use backstop_engine::backend::LocalBackend;
+use backstop_engine::format::RepoId;
+use backstop_engine::image::{CHUNK_SIZE, Extent, RawImage};
+use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_engine::{Compression, Repo};
 use std::fs;
 use std::path::Path;
 
@@ -228,7 +228,7 @@ fn restores_what_the_stock_restic_driver_wrote() {
             &in_snapshot,
             &target,
             2,
-            backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO),
+            backstop_engine::lock::RetryLock(std::time::Duration::ZERO),
         )
         .expect("restore");
     assert_eq!(stats.size, fs::metadata(&disk).expect("meta").len());
@@ -241,7 +241,7 @@ fn restores_what_the_stock_restic_driver_wrote() {
         "latest",
         vm_xml.to_str().expect("utf-8"),
         &mut dumped,
-        backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO),
+        backstop_engine::lock::RetryLock(std::time::Duration::ZERO),
     )
     .expect("dump vm.xml");
     assert_eq!(dumped, fs::read(&vm_xml).expect("read"));
@@ -275,7 +275,7 @@ fn our_restore_is_byte_exact_and_sparse() {
             DISK,
             &target,
             2,
-            backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO),
+            backstop_engine::lock::RetryLock(std::time::Duration::ZERO),
         )
         .expect("restore");
     assert!(fs::read(&target).expect("read") == fs::read(&image).expect("read"));
@@ -347,8 +347,8 @@ fn a_mostly_unallocated_gib_stores_only_its_data() {
 
 #[test]
 fn forget_and_prune_reclaim_space_at_once_and_check_finds_damage() {
-    use backstop_datastore::repo::lock::RetryLock;
-    use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
+    use backstop_engine::lock::RetryLock;
+    use backstop_engine::maintenance::{PruneLimits, ReadData};
     let retry = RetryLock(std::time::Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
     let repo_path = dir.path().join("repo");
@@ -405,8 +405,8 @@ fn forget_and_prune_reclaim_space_at_once_and_check_finds_damage() {
 /// exclusive lock, does, and touches nothing else.
 #[test]
 fn prune_removes_interrupted_writes_and_nothing_else() {
-    use backstop_datastore::repo::lock::RetryLock;
-    use backstop_datastore::repo::maintenance::PruneLimits;
+    use backstop_engine::lock::RetryLock;
+    use backstop_engine::maintenance::PruneLimits;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo_path = dir.path().join("repo");
     let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
@@ -446,7 +446,7 @@ fn a_disk_streams_as_a_qcow2_that_qemu_reads_as_the_disk() {
     let image = dir.path().join("disk.raw");
     make_image(&image, 16, 13);
     let b = backup(&repo, &image, None, None, b"x");
-    let lock = || backstop_datastore::repo::lock::RetryLock(std::time::Duration::ZERO);
+    let lock = || backstop_engine::lock::RetryLock(std::time::Duration::ZERO);
     let compare = |qcow2: &Path, raw: &Path| {
         let q = qcow2.to_str().expect("utf-8");
         run("qemu-img", &["check", "-q", "-f", "qcow2", q]);

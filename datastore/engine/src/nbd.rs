@@ -6,8 +6,8 @@
 //! simple replies to `NBD_CMD_READ` (no structured replies: extents come from `nbdinfo --json
 //! --map`, which qemu documents and the tests use as the reference).
 
-use crate::repo::disk_image::DiskImage;
-use crate::repo::image::{
+use crate::disk_image::DiskImage;
+use crate::image::{
     Extent, ImageSource, parse_allocation_map, parse_dirty_map, parse_qemu_img_present,
 };
 use std::io::{self, Read, Write};

@@ -4,7 +4,7 @@
 //! reader (or a crash) never sees half a file. Files are never rewritten: a name is the hash of
 //! the content.
 
-use crate::repo::format::RepoId;
+use crate::format::RepoId;
 use bytes::Bytes;
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,

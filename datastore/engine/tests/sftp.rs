@@ -6,11 +6,11 @@ mod common;
 use common::sshd::{ADDR, Sshd};
 use common::*;
 
-use backstop_datastore::repo::Repo;
-use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::{Extent, ImageSource, RawImage};
-use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
-use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_engine::Repo;
+use backstop_engine::format::RepoId;
+use backstop_engine::image::{Extent, ImageSource, RawImage};
+use backstop_engine::sftp::{SftpBackend, SftpLocation, SftpOptions};
+use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -275,8 +275,8 @@ fn a_failed_pack_write_is_reported_as_itself() {
 
 #[test]
 fn prune_over_sftp_removes_interrupted_writes() {
-    use backstop_datastore::repo::lock::RetryLock;
-    use backstop_datastore::repo::maintenance::PruneLimits;
+    use backstop_engine::lock::RetryLock;
+    use backstop_engine::maintenance::PruneLimits;
     let dir = tempfile::tempdir().expect("tempdir");
     let sshd = Sshd::start(dir.path());
     let repo_dir = dir.path().join("remote/repo");

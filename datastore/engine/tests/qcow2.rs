@@ -5,13 +5,13 @@
 mod common;
 use common::*;
 
-use backstop_datastore::repo::Repo;
-use backstop_datastore::repo::backend::LocalBackend;
-use backstop_datastore::repo::disk_image::{self, Backing, DiskImage, Format};
-use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::{CHUNK_SIZE, Extent, ImageSource};
-use backstop_datastore::repo::nbd::NbdImage;
-use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_engine::Repo;
+use backstop_engine::backend::LocalBackend;
+use backstop_engine::disk_image::{self, Backing, DiskImage, Format};
+use backstop_engine::format::RepoId;
+use backstop_engine::image::{CHUNK_SIZE, Extent, ImageSource};
+use backstop_engine::nbd::NbdImage;
+use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::path::Path;
 

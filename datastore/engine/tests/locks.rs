@@ -4,11 +4,11 @@
 mod common;
 use common::*;
 
-use backstop_datastore::ErrorKind;
-use backstop_datastore::repo::Repo;
-use backstop_datastore::repo::backend::LocalBackend;
-use backstop_datastore::repo::image::{ImageSource, RawImage};
-use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_engine::ErrorKind;
+use backstop_engine::Repo;
+use backstop_engine::backend::LocalBackend;
+use backstop_engine::image::{ImageSource, RawImage};
+use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -44,7 +44,7 @@ fn image_backup(
     repo: &Repo,
     source: &dyn ImageSource,
     retry: Duration,
-) -> Result<writer::BackupResult, backstop_datastore::Error> {
+) -> Result<writer::BackupResult, backstop_engine::Error> {
     let files = [FileSpec {
         path: DISK.into(),
         content: Content::Image {
@@ -380,7 +380,7 @@ fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
 
     // A lock whose own time is a day old (its machine's clock is off) but whose file was just
     // written is alive.
-    let skewed = backstop_datastore::repo::lock::LockFile {
+    let skewed = backstop_engine::lock::LockFile {
         time: (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24)).to_string(),
         exclusive: true,
         hostname: "elsewhere".into(),
@@ -394,7 +394,7 @@ fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
     let sealed = repo
         .seal(&serde_json::to_vec(&skewed).expect("json"))
         .expect("seal");
-    let id = backstop_datastore::repo::format::RepoId::of(&sealed);
+    let id = backstop_engine::format::RepoId::of(&sealed);
     std::fs::write(repo_path.join("locks").join(id.to_hex()), &sealed).expect("plant");
     let err = image_backup(&repo, &source, Duration::ZERO).expect_err("a live lock");
     assert!(

@@ -25,10 +25,10 @@
 //! storage itself, and the writer calls it right before the index and the snapshot, so a
 //! backup whose lock was lost writes no snapshot.
 
+use crate::Repo;
+use crate::backend::LockEntry;
+use crate::format::RepoId;
 use crate::process::{ProcessId, pid_namespace};
-use crate::repo::Repo;
-use crate::repo::backend::LockEntry;
-use crate::repo::format::RepoId;
 use crate::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +68,7 @@ impl LockFile {
         LockFile {
             time: jiff::Timestamp::now().to_string(),
             exclusive,
-            hostname: crate::repo::writer::hostname(),
+            hostname: crate::writer::hostname(),
             username: std::env::var("USER").unwrap_or_default(),
             pid: i64::from(me.pid),
             uid: rustix::process::getuid().as_raw(),
@@ -459,7 +459,7 @@ mod tests {
         LockFile {
             time: time.into(),
             exclusive: false,
-            hostname: crate::repo::writer::hostname(),
+            hostname: crate::writer::hostname(),
             username: String::new(),
             pid: process.map_or(4242, |p| i64::from(p.pid)),
             uid: 0,

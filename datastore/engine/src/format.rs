@@ -85,10 +85,8 @@ pub struct IndexBlob {
 impl IndexBlob {
     /// The plain, uncompressed length of the blob's content.
     pub fn plain_length(&self) -> u32 {
-        self.uncompressed_length.unwrap_or(
-            self.length
-                .saturating_sub(crate::repo::crypto::OVERHEAD as u32),
-        )
+        self.uncompressed_length
+            .unwrap_or(self.length.saturating_sub(crate::crypto::OVERHEAD as u32))
     }
 }
 

@@ -14,11 +14,11 @@
 //! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
 //!   connections.
 
-use crate::repo::backend::{
+use crate::backend::{
     LockEntry, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large,
 };
-use crate::repo::format::RepoId;
-use crate::repo::sshconfig::{self, HostConfig};
+use crate::format::RepoId;
+use crate::sshconfig::{self, HostConfig};
 use base64::Engine;
 use bytes::Bytes;
 use rustic_core::{

@@ -1,13 +1,13 @@
-//! # The repository engine
+//! # backstop-engine: the repository engine
 //!
-//! backstop writes restic-format repositories (restic `doc/design.rst`, repository version 2)
+//! It knows nothing of OpenNebula: no actions, no protocol. backstop writes restic-format repositories (restic `doc/design.rst`, repository version 2)
 //! that plain `restic` reads, checks, dumps and restores.
 //!
 //! Who does what:
 //! - **rustic_core** (pinned `=0.13.0`) creates and opens repositories: key files (scrypt),
 //!   the config file, the master key. Reading and maintenance (dump, restore, check, forget,
-//!   prune) go through it as well, behind this module.
-//! - **this module** writes disk images ([`image`]): fixed-size chunks, all-zero chunks known
+//!   prune) go through it as well, behind this crate.
+//! - **this crate** writes disk images ([`image`]): fixed-size chunks, all-zero chunks known
 //!   without hashing, zstd, the AES-256-CTR + Poly1305-AES envelope ([`crypto`]), packs
 //!   ([`pack`]), index files, trees and snapshots ([`format`]). rustic_core exposes no packer
 //!   or archiver that could write a file as a list of fixed chunks, and its index entry types
@@ -22,25 +22,30 @@
 pub mod backend;
 pub mod crypto;
 pub mod disk_image;
+pub mod error;
 pub mod format;
 pub mod image;
 pub mod lock;
 pub mod maintenance;
 pub mod nbd;
 pub mod pack;
+pub mod process;
 pub mod qcow2;
 pub mod restore;
 pub mod sftp;
 pub mod sshconfig;
 pub mod writer;
 
-use crate::repo::backend::Storage;
-use crate::repo::crypto::Crypto;
-use crate::repo::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
-use crate::{Error, ErrorKind};
+pub use error::{Error, ErrorKind};
+/// The kinds of repository files, as rustic_core names them.
+pub use rustic_core::FileType;
+
+use crate::backend::Storage;
+use crate::crypto::Crypto;
+use crate::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
 use rustic_core::repofile::MasterKey;
 use rustic_core::{
-    ConfigOptions, Credentials, FileType, KeyOptions, OpenStatus, Repository, RepositoryBackends,
+    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
     RepositoryOptions, WriteBackend,
 };
 use serde::Serialize;
