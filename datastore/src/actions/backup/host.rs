@@ -1,0 +1,290 @@
+//! The host step of a backup (`backstop host-backup`): on the hypervisor, reads what prebackup
+//! staged (or, in direct mode, the disks themselves), decides what to read ([`super::plan`]),
+//! opens every disk in its declared format, and writes one snapshot holding the disks at
+//! their staged paths, `disk.tpm.0` and `vm.xml`, tagged `one-<vm_id>` and [`IMAGE_TAG`].
+
+use super::HostOutcome;
+use super::plan::{Plan, Read, StagedFiles, plan};
+use crate::config::DriverConfig;
+use crate::layout::{IMAGE_TAG, decode_vm_xml, vm_tag};
+use crate::repo::Repo;
+use crate::repo::disk_image::{self, Backing, Format};
+use crate::repo::image::{Extent, ImageSource, RawImage};
+use crate::repo::nbd::{self, NbdImage};
+use crate::repo::writer::{self, BackupOptions, Content, FileSpec, Progress};
+use crate::stock_chain::{self, WorkDir};
+use crate::target::{RepoTarget, clean_path, repo_id};
+use crate::{Error, ErrorKind};
+use backstop_protocol::args::BackupArgs;
+use backstop_protocol::message::{BackupRequest, Datastore};
+use backstop_protocol::staging::{DirectManifest, MANIFEST};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// A disk opened for reading.
+struct Opened {
+    path: String,
+    parent_path: Option<String>,
+    source: Box<dyn ImageSource>,
+    changed: Option<Vec<Extent>>,
+}
+
+/// The staging directory's files, and the direct-mode manifest when prebackup wrote one.
+fn read_staging(
+    staging: &Path,
+    disk_ids: &[u32],
+) -> Result<(StagedFiles, Option<DirectManifest>), Error> {
+    let names = std::fs::read_dir(staging)
+        .and_then(|entries| {
+            entries
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| {
+            Error::io(
+                format!("cannot read the staging directory {}", staging.display()),
+                e,
+            )
+        })?;
+    let files = StagedFiles::from_names(staging, names, disk_ids);
+    let manifest_path = staging.join(MANIFEST);
+    if !manifest_path.exists() {
+        return Ok((files, None));
+    }
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| Error::io(format!("cannot read {}", manifest_path.display()), e))?;
+    let manifest = serde_json::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorKind::Input,
+            format!(
+                "{} is not a backstop manifest: {e}",
+                manifest_path.display()
+            ),
+        )
+    })?;
+    Ok((files, Some(manifest)))
+}
+
+/// The host step: reads the staged files and writes the snapshot.
+pub fn host_run(
+    args: &BackupArgs,
+    request: &BackupRequest,
+    staging: &Path,
+    cfg: &DriverConfig,
+    cancel: &Arc<AtomicBool>,
+    progress: &Arc<Progress>,
+) -> Result<HostOutcome, Error> {
+    let (staged, manifest) = read_staging(staging, &args.disk_ids)?;
+    let vm_xml_path = staged.vm_xml.clone().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Input,
+            format!("no vm.xml in the staging directory {}", staging.display()),
+        )
+    })?;
+    let vm_xml = std::fs::read(&vm_xml_path)
+        .map_err(|e| Error::io(format!("cannot read {}", vm_xml_path.display()), e))?;
+    let staged_vm = decode_vm_xml(&vm_xml)
+        .map_err(|e| Error::new(ErrorKind::Input, format!("{}: {e}", vm_xml_path.display())))?;
+    let vm = request.vm.as_ref().unwrap_or(&staged_vm);
+
+    let ds = &request.datastore;
+    let target = RepoTarget::new(ds, repo_id(args.job_id, args.vm_id))?;
+    let repo = target.open(ds, cfg, false)?;
+    let plan = plan(
+        args,
+        &staged,
+        manifest.as_ref(),
+        vm,
+        staging,
+        || repo.all_snapshots(),
+        &target.url(),
+    )?;
+    // A stock chain is rebuilt under RESTIC_TMP_DIR, removed when this ends.
+    let work = plan
+        .stock_chain
+        .as_ref()
+        .map(|_| WorkDir::new(ds))
+        .transpose()?;
+    let mut opened = Vec::new();
+    for d in &plan.disks {
+        opened.push(open_disk(args, &repo, ds, &plan, d, work.as_ref())?);
+    }
+    let tpm = staged
+        .tpm
+        .as_ref()
+        .map(|p| std::fs::read(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e)))
+        .transpose()?;
+
+    let mut files: Vec<FileSpec<'_>> = opened
+        .iter()
+        .map(|o| FileSpec {
+            path: o.path.clone(),
+            content: Content::Image {
+                source: o.source.as_ref(),
+                changed: o.changed.as_deref(),
+                parent_path: o.parent_path.clone(),
+            },
+        })
+        .collect();
+    let staged_path = |name: &str| clean_path(&format!("{}/{name}", staging.display()));
+    if let Some(b) = &tpm {
+        files.push(FileSpec {
+            path: staged_path("disk.tpm.0"),
+            content: Content::Bytes(b),
+        });
+    }
+    files.push(FileSpec {
+        path: staged_path("vm.xml"),
+        content: Content::Bytes(&vm_xml),
+    });
+
+    let options = BackupOptions {
+        tags: vec![vm_tag(args.vm_id), IMAGE_TAG.to_string()],
+        compression: crate::settings::Settings::of(ds)?.compression,
+        parent: plan.parent,
+        retry_lock: crate::settings::lock_wait(ds).0,
+        cancel: cancel.clone(),
+        progress: progress.clone(),
+        ..BackupOptions::default()
+    };
+    let result = writer::backup(&repo, &files, &options)?;
+    if let Some(reason) = &result.total.full_reason {
+        // On stderr with a log prefix: oned logs it, it does not become the error text.
+        let _ = writeln!(std::io::stderr(), "INFO: read the whole disk: {reason}");
+    }
+    // Bytes read from the disks (their allocated or changed data) plus the small files.
+    let extra = tpm.as_ref().map_or(0, |b| b.len() as u64) + vm_xml.len() as u64;
+    Ok(HostOutcome {
+        snapshot_id: result.snapshot_id.to_hex(),
+        size_bytes: result.total.bytes_read + extra,
+    })
+}
+
+/// Opens one disk as the plan says; formats are never guessed (a guest writes the content).
+fn open_disk(
+    args: &BackupArgs,
+    repo: &Repo,
+    ds: &Datastore,
+    plan: &Plan,
+    d: &super::plan::DiskPlan,
+    work: Option<&WorkDir>,
+) -> Result<Opened, Error> {
+    let (disk_id, path) = (d.disk_id, d.file.as_path());
+    let input = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Input,
+            format!("cannot read disk {disk_id} ({}): {e}", path.display()),
+        )
+    };
+    let checked = |format: Format, backing: Backing<'_>| {
+        disk_image::inspect(path, format, backing).map_err(|e| Error {
+            message: format!("VM {}: disk {disk_id}: {}", args.vm_id, e.message),
+            ..e
+        })
+    };
+    // A staged file is a qcow2 file by the stock contract, written by prebackup (not by the
+    // guest); anything else is refused rather than read as something it might be.
+    let staged_qcow2 = || -> Result<(), Error> {
+        if nbd::is_qcow2(path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?
+        {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "the staged file of disk {disk_id} ({}) is not a qcow2 file",
+                path.display()
+            ),
+        ))
+    };
+    let (source, changed): (Box<dyn ImageSource>, _) = match &d.read {
+        Read::Direct {
+            disk,
+            format,
+            bitmap,
+            whole_reason,
+        } => {
+            if let Some(r) = whole_reason {
+                backstop_protocol::output::log(backstop_protocol::output::Level::Info, r);
+            }
+            let roots = crate::layout::backing_roots(Path::new(&args.host_dir.vm_dir));
+            // The disk as prebackup described it: a running VM's pull-mode export, a file
+            // read without qemu's lock (a running VM's frozen base), a qcow2 file, or raw
+            // bytes.
+            let image: Box<NbdImage> = match &disk.nbd {
+                Some(n) => Box::new(
+                    NbdImage::connect_export(Path::new(&n.socket), &n.export).map_err(input)?,
+                ),
+                None if *format == Format::Raw && !disk.shared => {
+                    return Ok(Opened {
+                        path: d.snapshot_path.clone(),
+                        parent_path: None,
+                        source: Box::new(RawImage::open(path).map_err(input)?),
+                        changed: None,
+                    });
+                }
+                None => Box::new(
+                    NbdImage::open(
+                        &checked(*format, Backing::Within(&roots))?,
+                        bitmap.as_deref(),
+                        !disk.shared,
+                    )
+                    .map_err(input)?,
+                ),
+            };
+            let changed = bitmap
+                .as_deref()
+                .map(|b| image.dirty(b).map_err(input))
+                .transpose()?;
+            (image, changed)
+        }
+        Read::Whole => {
+            // Increment 0 stands alone.
+            staged_qcow2()?;
+            let image = checked(Format::Qcow2, Backing::Refused)?;
+            (
+                Box::new(NbdImage::open(&image, None, true).map_err(input)?),
+                None,
+            )
+        }
+        Read::Delta => {
+            staged_qcow2()?;
+            checked(Format::Qcow2, Backing::Detached)?;
+            let (image, present) = NbdImage::open_delta(path).map_err(input)?;
+            (Box::new(image), Some(present))
+        }
+        Read::OnRebuiltChain { parent_file } => {
+            staged_qcow2()?;
+            let (Some(work), Some(links)) = (work, plan.stock_chain.as_ref()) else {
+                return Err(Error::new(
+                    ErrorKind::Repository,
+                    "no stock chain to rebuild",
+                ));
+            };
+            // The parent's chain for this disk, then the staged delta on top of it.
+            let dir = work.path.join(format!("disk{disk_id}"));
+            std::fs::create_dir(&dir)
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            let files = stock_chain::links(repo, links, parent_file, disk_id, args.vm_id)?;
+            let top = stock_chain::fetch(repo, ds, &files, disk_id, &dir)?;
+            stock_chain::rebase(path, Some(&top))?;
+            let image = checked(
+                Format::Qcow2,
+                Backing::Within(std::slice::from_ref(&work.path)),
+            )?;
+            (
+                Box::new(NbdImage::open(&image, None, true).map_err(input)?),
+                None,
+            )
+        }
+    };
+    Ok(Opened {
+        path: d.snapshot_path.clone(),
+        parent_path: d.parent_path.clone(),
+        source,
+        changed,
+    })
+}

@@ -1,0 +1,195 @@
+//! `backup`: store a VM's staged disks as one snapshot (spec §5.2, §15).
+//!
+//! oned's one_vmm_exec runs this on the front-end with `host:vm_dir disk_ids deploy_id
+//! bj_id|- vm_id sys_ds_id` and the raw `DS_DRIVER_ACTION_DATA{DATASTORE,VM}` XML (a bare
+//! `<DATASTORE>` up to 6.10). The work happens on the host (or `LAST_BRIDGE`), where the TM's
+//! prebackup staged the disks:
+//!
+//! 1. Front-end ([`run`]): create the repository on first use (under a local lock, so parallel
+//!    backups of one job do not race to initialise it), leave a PID file for `backup_cancel`,
+//!    then `ssh <host> <SCRIPTS_REMOTE_DIR>/backstop/bin/backstop host-backup …` with the same
+//!    XML on stdin (the password travels there, never in argv). stdin stays open: when the
+//!    front-end process dies or is told to stop, the host sees end-of-file and stops too.
+//! 2. Host ([`host_run`]): read `<staging>/disk.<id>.<inc>`, `disk.tpm.0` and `vm.xml` and write
+//!    one snapshot holding them at their staged paths, tagged `one-<vm_id>` and
+//!    [`IMAGE_TAG`]. A disk is stored as its complete raw content cut in fixed chunks (not as
+//!    the staged qcow2 file): increment 0 is read whole (only allocated ranges); increment n > 0
+//!    is a stock increment (a qcow2 delta) whose clusters are the changed extents, merged with
+//!    the parent snapshot (the one holding `disk.<id>.<n-1>`), so every snapshot restores
+//!    alone.
+//! 3. stdout: `<first 8 hex of the snapshot id> <MB> raw`. The size is what was read from the
+//!    disks (allocated data of a full backup, changed data of an increment), in whole MiB,
+//!    as the stock driver reports the size of the files it processed.
+//!
+//! On SIGTERM, or when `backup_cancel` sends it, the backup stops: no snapshot is written and
+//! the repository stays consistent (packs already written are unreferenced until a prune);
+//! the exit code is 1.
+
+mod host;
+pub mod plan;
+
+pub use host::host_run;
+
+use crate::config::DriverConfig;
+use crate::remote::{
+    Agent, PROGRESS_ENV, confinement, last_line, remote_call_with, sh_quote, target_host,
+};
+use crate::repo::Repo;
+use crate::running::write_pid_file;
+use crate::target::{RepoTarget, repo_id};
+use crate::{Error, ErrorKind};
+use backstop_protocol::args::BackupArgs;
+use backstop_protocol::message::BackupRequest;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the host step prints (one JSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostOutcome {
+    pub snapshot_id: String,
+    pub size_bytes: u64,
+}
+
+/// The answer oned reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub backup_id: String,
+    pub size_mb: u64,
+}
+
+impl Outcome {
+    pub fn line(&self) -> String {
+        format!("{} {} raw", self.backup_id, self.size_mb)
+    }
+}
+
+/// Creates the repository when it is missing. Parallel backups of one job share a repository:
+/// a lock file on this machine makes sure only one of them initialises it.
+pub fn ensure_repository(
+    target: &RepoTarget,
+    request: &BackupRequest,
+    cfg: &DriverConfig,
+) -> Result<(), Error> {
+    let ds = &request.datastore;
+    let storage = target.storage(ds, cfg)?;
+    if target.exists(&storage)? {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&cfg.run_dir)
+        .map_err(|e| Error::io(format!("cannot create {}", cfg.run_dir.display()), e))?;
+    let lock_path = cfg.run_dir.join("repository-init.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(format!("cannot open {}", lock_path.display()), e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::io(format!("cannot lock {}", lock_path.display()), e.into()))?;
+    if !target.exists(&storage)? {
+        Repo::init(storage, &crate::target::password(ds)?)?;
+    }
+    Ok(())
+}
+
+/// The front-end step: everything oned's one_vmm_exec sees.
+pub fn run(
+    args: &BackupArgs,
+    request: &BackupRequest,
+    raw_xml: &[u8],
+    cfg: &DriverConfig,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Outcome, Error> {
+    let target = RepoTarget::new(&request.datastore, repo_id(args.job_id, args.vm_id))?;
+    if matches!(target.location, crate::location::Location::S3) {
+        return Err(Error::not_implemented("backup to an S3 datastore"));
+    }
+    crate::target::password(&request.datastore)?;
+    ensure_repository(&target, request, cfg)?;
+    let _pid = write_pid_file(cfg, args.vm_id, &args.deploy_id)?;
+    let host = target_host(args, request.vm.as_ref());
+    let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
+
+    let mut remote = vec![
+        cfg.remote_binary(),
+        "host-backup".to_string(),
+        "--staging".to_string(),
+        staging,
+    ];
+    if let Some(c) = &cfg.ssh_config {
+        remote.push("--ssh-config".into());
+        remote.push(c.display().to_string());
+    }
+    // The job runner asks for progress through the environment; oned never does.
+    let progress = std::env::var_os(PROGRESS_ENV)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if progress.is_some() {
+        remote.push("--progress".into());
+    }
+    remote.push("--".into());
+    remote.push(format!("{}:{}", args.host_dir.host, args.host_dir.vm_dir));
+    remote.push(
+        args.disk_ids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(":"),
+    );
+    remote.push(args.deploy_id.clone());
+    remote.push(args.job_id.map_or("-".into(), |j| j.to_string()));
+    remote.push(args.vm_id.to_string());
+    remote.push(args.system_ds_id.to_string());
+    let line: Vec<String> = remote.iter().map(|w| sh_quote(w)).collect();
+    let line = format!(
+        "{}{}",
+        confinement(&request.datastore, &args.host_dir.vm_dir)?,
+        line.join(" ")
+    );
+
+    // The host opens SFTP to the backup server with the front-end's agent; a repository on a
+    // local path (a shared mount) needs no agent on the host.
+    let agent = match target.location {
+        crate::location::Location::Sftp { .. } => Agent::Forward,
+        _ => Agent::NotForwarded,
+    };
+    let (status, stdout, stderr) = remote_call_with(
+        cfg,
+        &host,
+        agent,
+        &line,
+        raw_xml,
+        cancel,
+        progress.as_deref(),
+    )?;
+    if cancel.load(Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Cancelled,
+            format!("the backup of VM {} was cancelled", args.vm_id),
+        ));
+    }
+    if !status.success() {
+        let reason = last_line(&stderr).unwrap_or_else(|| format!("ssh exited with {status}"));
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!("backup of VM {} on {host}: {reason}", args.vm_id),
+        ));
+    }
+    let outcome: HostOutcome = last_line(&stdout)
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Repository,
+                format!(
+                    "backup of VM {} on {host}: the host step printed no result (is backstop installed in {}?)",
+                    args.vm_id, cfg.scripts_remote_dir
+                ),
+            )
+        })?;
+    Ok(Outcome {
+        backup_id: outcome.snapshot_id.chars().take(8).collect(),
+        size_mb: outcome.size_bytes / (1024 * 1024),
+    })
+}
