@@ -4,6 +4,8 @@
 //! ([`runner::record`]). Every move of a VM is a compare-and-set in the state database, so
 //! what is shown at any moment is what is happening.
 
+use crate::Error;
+use crate::error::{input, step};
 use crate::model::{self, JobTemplate};
 use crate::runner::{self, ChainPointers, Env};
 use crate::scheduler::{self, Decision, JobView, Limits, VmView};
@@ -69,32 +71,29 @@ struct JobContext {
 }
 
 impl JobContext {
-    fn load(env: &Env, state: &State, job_id: u64) -> Result<JobContext, String> {
-        let st = |e: crate::state::StateError| e.to_string();
+    fn load(env: &Env, state: &State, job_id: u64) -> Result<JobContext, Error> {
         let (_, _, priority, template) = state
-            .jobs()
-            .map_err(st)?
+            .jobs()?
             .into_iter()
             .find(|j| j.0 == job_id)
-            .ok_or_else(|| format!("there is no backup job {job_id}"))?;
-        let job = JobTemplate::parse(&template).map_err(|e| format!("backup job {job_id}: {e}"))?;
+            .ok_or_else(|| input(format!("there is no backup job {job_id}")))?;
+        let job = JobTemplate::parse(&template)
+            .map_err(|e| input(format!("backup job {job_id}: {e}")))?;
         let (_, _, ds_template) = state
-            .datastores()
-            .map_err(st)?
+            .datastores()?
             .into_iter()
             .find(|d| d.0 == job.datastore_id)
             .ok_or_else(|| {
-                format!(
+                input(format!(
                     "backup job {job_id}: there is no datastore {}",
                     job.datastore_id
-                )
+                ))
             })?;
         let (_, ds) = model::datastore(job.datastore_id, &ds_template, &env.datastore_location)
-            .map_err(|e| format!("datastore {}: {e}", job.datastore_id))?;
+            .map_err(|e| input(format!("datastore {}: {e}", job.datastore_id)))?;
         let cfg = job.config(job_id);
         let docs: HashMap<u64, String> = state
-            .vms()
-            .map_err(st)?
+            .vms()?
             .into_iter()
             .map(|(id, _, _, doc)| (id, doc))
             .collect();
@@ -130,11 +129,8 @@ pub fn reconcile(
     env: &Env,
     state: &mut State,
     on_event: &mut impl FnMut(u64, &Event),
-) -> Result<usize, String> {
-    let st = |e: crate::state::StateError| e.to_string();
-    let orphans = state
-        .orphans(backstop_datastore::process::ProcessId::is_running)
-        .map_err(st)?;
+) -> Result<usize, Error> {
+    let orphans = state.orphans(backstop_datastore::process::ProcessId::is_running)?;
     let mut settled = 0;
     for (job_id, vm, since_ms) in orphans {
         let (to, line) = match settle(env, state, job_id, vm, since_ms) {
@@ -155,10 +151,7 @@ pub fn reconcile(
                 format!("cannot tell what the interrupted run did ({e}); it runs again"),
             ),
         };
-        if state
-            .move_vm(job_id, vm, Some(VmState::Ongoing), to, None, now_ms())
-            .map_err(st)?
-        {
+        if state.move_vm(job_id, vm, Some(VmState::Ongoing), to, None, now_ms())? {
             settled += 1;
             on_event(job_id, &Event::Settled { vm, line });
         }
@@ -172,41 +165,33 @@ fn settle(
     job_id: u64,
     vm: u64,
     since_ms: i64,
-) -> Result<Settlement, String> {
+) -> Result<Settlement, Error> {
     let ctx = JobContext::load(env, state, job_id)?;
-    let dcfg =
-        backstop_datastore::config::DriverConfig::load(&env.remotes).map_err(|e| e.to_string())?;
+    let dcfg = backstop_datastore::config::DriverConfig::load(&env.remotes)?;
     if backstop_datastore::running::backup_running(&dcfg, vm) {
         return Ok(Settlement::Running);
     }
     let doc = ctx
         .docs
         .get(&vm)
-        .ok_or_else(|| format!("VM {vm} is not registered"))?;
-    let st = |e: crate::state::StateError| e.to_string();
-    let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id).map_err(st)?;
+        .ok_or_else(|| input(format!("VM {vm} is not registered")))?;
+    let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
     let chain = ChainPointers {
         image_id: image,
         last_increment: last,
     };
     let call = runner::ChainCall::new(env, doc, &ctx.cfg, &ctx.ds, chain)?;
-    let root =
-        backstop_protocol::xml::Element::parse(&ctx.ds.document).map_err(|e| e.to_string())?;
-    let ds = backstop_protocol::message::Datastore::from_xml(&root).map_err(|e| e.to_string())?;
+    let root = backstop_protocol::xml::Element::parse(&ctx.ds.document)
+        .map_err(|e| step(e.to_string()))?;
+    let ds =
+        backstop_protocol::message::Datastore::from_xml(&root).map_err(|e| step(e.to_string()))?;
     let mut recorded = Vec::new();
-    for i in state.images_of(vm, Some(job_id), ctx.ds.id).map_err(st)? {
-        recorded.extend(
-            state
-                .image(i)
-                .map_err(st)?
-                .increments
-                .into_iter()
-                .map(|n| n.source),
-        );
+    for i in state.images_of(vm, Some(job_id), ctx.ds.id)? {
+        recorded.extend(state.image(i)?.increments.into_iter().map(|n| n.source));
     }
     // The snapshot's time is the host's clock: allow for some skew.
-    let since =
-        jiff::Timestamp::from_millisecond(since_ms - CLOCK_SKEW_MS).map_err(|e| e.to_string())?;
+    let since = jiff::Timestamp::from_millisecond(since_ms - CLOCK_SKEW_MS)
+        .map_err(|e| step(e.to_string()))?;
     let found = backstop_datastore::vm_snapshots::unrecorded_backup(
         &ds,
         Some(job_id),
@@ -215,7 +200,7 @@ fn settle(
         &recorded,
         &dcfg,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| step(e.to_string()))?;
     let Some(found) = found else {
         call.postbackup(true);
         return Ok(Settlement::NotDone);
@@ -298,12 +283,12 @@ pub fn run_now(
     job_id: u64,
     limits: &Limits,
     mut on_event: impl FnMut(&Event),
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), Error> {
     let report = run_jobs(env, state, &[job_id], limits, |_, e| on_event(e))?;
     match report.into_iter().next() {
         Some((_, Ok(counts))) => Ok(counts),
         Some((_, Err(refused))) => Err(refused),
-        None => Err(format!("there is no backup job {job_id}")),
+        None => Err(input(format!("there is no backup job {job_id}"))),
     }
 }
 
@@ -312,8 +297,8 @@ fn view(
     state: &State,
     job_id: u64,
     ctx: &JobContext,
-) -> Result<(JobView, HashMap<u64, VmView>), String> {
-    let rows = state.job_vms(job_id).map_err(|e| e.to_string())?;
+) -> Result<(JobView, HashMap<u64, VmView>), Error> {
+    let rows = state.job_vms(job_id)?;
     let mut v = JobView::new(
         job_id,
         ctx.priority,
@@ -352,45 +337,42 @@ fn start_run(
     state: &mut State,
     job_id: u64,
     limits: &Limits,
-) -> Result<JobContext, String> {
-    let st = |e: crate::state::StateError| e.to_string();
-    if state.locked(job_id).map_err(st)? {
-        return Err(format!(
+) -> Result<JobContext, Error> {
+    if state.locked(job_id)? {
+        return Err(input(format!(
             "backup job {job_id} is locked (backupjob unlock {job_id})"
-        ));
+        )));
     }
     let ctx = JobContext::load(env, state, job_id)?;
     let (current, vms) = view(state, job_id, &ctx)?;
     if !current.backing_up.is_empty() {
-        return Err(format!(
+        return Err(input(format!(
             "backup job {job_id} has backups in progress (VMs {:?})",
             current.backing_up
-        ));
+        )));
     }
     let next = if current.outdated.is_empty() {
-        scheduler::execute(&current, &vms, limits).map_err(|e| e.to_string())?
+        scheduler::execute(&current, &vms, limits).map_err(|e| step(e.to_string()))?
     } else {
         current.clone()
     };
-    for row in state.job_vms(job_id).map_err(st)? {
+    for row in state.job_vms(job_id)? {
         if next.outdated.contains(&row.vm_id) {
-            state
-                .move_vm(
-                    job_id,
-                    row.vm_id,
-                    row.state,
-                    VmState::Outdated,
-                    None,
-                    now_ms(),
-                )
-                .map_err(st)?;
+            state.move_vm(
+                job_id,
+                row.vm_id,
+                row.state,
+                VmState::Outdated,
+                None,
+                now_ms(),
+            )?;
         }
     }
     Ok(ctx)
 }
 
 /// Per job: (VMs UPDATED, VMs in ERROR), or why its run was refused.
-pub type RunReport = Vec<(u64, Result<(usize, usize), String>)>;
+pub type RunReport = Vec<(u64, Result<(usize, usize), Error>)>;
 
 /// Runs jobs together to their end under one set of limits: each scheduling tick sees every
 /// job, so strict priority, SEQUENTIAL/PARALLEL, MAX_BACKUPS and MAX_BACKUPS_HOST apply across
@@ -403,8 +385,7 @@ pub fn run_jobs(
     job_ids: &[u64],
     limits: &Limits,
     mut on_event: impl FnMut(u64, &Event),
-) -> Result<RunReport, String> {
-    let st = |e: crate::state::StateError| e.to_string();
+) -> Result<RunReport, Error> {
     reconcile(env, state, &mut on_event)?;
     let mut report: RunReport = Vec::new();
     let mut jobs: Vec<(u64, JobContext, i64)> = Vec::new();
@@ -417,12 +398,12 @@ pub fn run_jobs(
     let ctx_of = |job: u64| jobs.iter().find(|j| j.0 == job).map(|j| &j.1);
     let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
 
-    type Finished = (u64, u64, Result<runner::ChainResult, String>);
+    type Finished = (u64, u64, Result<runner::ChainResult, Error>);
     let (tx, rx) = mpsc::channel::<Finished>();
     let mut running = 0usize;
     let progress_dir = ProgressDir::new(job_ids.first().copied().unwrap_or(0));
     let mut started: HashMap<u64, (u64, std::time::Instant)> = HashMap::new();
-    std::thread::scope(|scope| -> Result<(), String> {
+    std::thread::scope(|scope| -> Result<(), Error> {
         loop {
             let mut views = Vec::new();
             let mut vms = HashMap::new();
@@ -437,17 +418,14 @@ pub fn run_jobs(
                     Decision::Remove { job, vm } => {
                         // Not registered (any more): it cannot be backed up.
                         let reason = format!("VM {vm} is not registered (backupjob vm register)");
-                        if state
-                            .move_vm(
-                                job,
-                                vm,
-                                Some(VmState::Outdated),
-                                VmState::Error,
-                                Some(&reason),
-                                now_ms(),
-                            )
-                            .map_err(st)?
-                        {
+                        if state.move_vm(
+                            job,
+                            vm,
+                            Some(VmState::Outdated),
+                            VmState::Error,
+                            Some(&reason),
+                            now_ms(),
+                        )? {
                             counts.entry(job).or_default().1 += 1;
                             on_event(job, &Event::Failed { vm, reason });
                         }
@@ -457,20 +435,17 @@ pub fn run_jobs(
                 let Some(ctx) = ctx_of(job_id) else {
                     continue;
                 };
-                if !state
-                    .move_vm(
-                        job_id,
-                        vm,
-                        Some(VmState::Outdated),
-                        VmState::Ongoing,
-                        None,
-                        now_ms(),
-                    )
-                    .map_err(st)?
-                {
+                if !state.move_vm(
+                    job_id,
+                    vm,
+                    Some(VmState::Outdated),
+                    VmState::Ongoing,
+                    None,
+                    now_ms(),
+                )? {
                     continue;
                 }
-                let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id).map_err(st)?;
+                let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
                 let chain = ChainPointers {
                     image_id: image,
                     last_increment: last,
@@ -540,16 +515,14 @@ pub fn run_jobs(
             let entry = counts.entry(job_id).or_default();
             match outcome {
                 Ok(o) => {
-                    state
-                        .move_vm(
-                            job_id,
-                            vm,
-                            Some(VmState::Ongoing),
-                            VmState::Updated,
-                            None,
-                            now_ms(),
-                        )
-                        .map_err(st)?;
+                    state.move_vm(
+                        job_id,
+                        vm,
+                        Some(VmState::Ongoing),
+                        VmState::Updated,
+                        None,
+                        now_ms(),
+                    )?;
                     entry.0 += 1;
                     on_event(
                         job_id,
@@ -562,17 +535,16 @@ pub fn run_jobs(
                         },
                     );
                 }
-                Err(reason) => {
-                    state
-                        .move_vm(
-                            job_id,
-                            vm,
-                            Some(VmState::Ongoing),
-                            VmState::Error,
-                            Some(&reason),
-                            now_ms(),
-                        )
-                        .map_err(st)?;
+                Err(failed) => {
+                    let reason = failed.to_string();
+                    state.move_vm(
+                        job_id,
+                        vm,
+                        Some(VmState::Ongoing),
+                        VmState::Error,
+                        Some(&reason),
+                        now_ms(),
+                    )?;
                     entry.1 += 1;
                     on_event(job_id, &Event::Failed { vm, reason });
                 }
@@ -580,9 +552,7 @@ pub fn run_jobs(
         }
     })?;
     for (job_id, _, started_at) in &jobs {
-        state
-            .set_last_backup(*job_id, *started_at, now() - started_at)
-            .map_err(st)?;
+        state.set_last_backup(*job_id, *started_at, now() - started_at)?;
         report.push((*job_id, Ok(counts.get(job_id).copied().unwrap_or_default())));
     }
     Ok(report)
@@ -598,26 +568,23 @@ pub fn scheduler_pass(
     limits: &Limits,
     tz: &jiff::tz::TimeZone,
     mut on_event: impl FnMut(u64, &Event),
-) -> Result<Vec<u64>, String> {
-    let st = |e: crate::state::StateError| e.to_string();
+) -> Result<Vec<u64>, Error> {
     let t = now();
     // Settled before the due jobs are chosen: a VM that goes back to OUTDATED makes its job
     // run.
     reconcile(env, state, &mut on_event)?;
-    let mut jobs = state.jobs().map_err(st)?;
+    let mut jobs = state.jobs()?;
     jobs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
     let mut chosen = Vec::new();
     let mut due_of = HashMap::new();
     for (job, _, _, _) in jobs {
         let due: Vec<_> = state
-            .sched_actions(job)
-            .map_err(st)?
+            .sched_actions(job)?
             .into_iter()
             .filter(|(_, sa, _)| sa.due(t))
             .collect();
         let outdated = state
-            .job_vms(job)
-            .map_err(st)?
+            .job_vms(job)?
             .iter()
             .any(|v| v.state == Some(VmState::Outdated));
         if due.is_empty() && !outdated {
@@ -638,16 +605,14 @@ pub fn scheduler_pass(
                 let done = now();
                 for (id, mut sa, _) in due {
                     sa.ran(done, tz);
-                    state.update_sched_action(id, &sa, None).map_err(st)?;
+                    state.update_sched_action(id, &sa, None)?;
                 }
                 ran.push(job);
             }
             Some(Err(e)) => {
                 let message = format!("{t} : {e}");
                 for (id, sa, _) in due {
-                    state
-                        .update_sched_action(id, &sa, Some(&message))
-                        .map_err(st)?;
+                    state.update_sched_action(id, &sa, Some(&message))?;
                 }
             }
             None => {}

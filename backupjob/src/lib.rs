@@ -12,12 +12,16 @@
 //! - [`engine`]: jobs run together within the limits (one tick sees them all), with
 //!   progress, the scheduler pass, and the reconciliation of what a killed runner left
 //!   ONGOING with the repository;
-//! - [`cli`]: the `backupjob` command line.
+//! - [`cli`]: the `backupjob` command line, one module per command group;
+//! - [`error`]: the one error type, with the kind of failure.
 
 pub mod cli;
 pub mod engine;
+pub mod error;
 pub mod model;
 pub mod runner;
 pub mod schedule;
 pub mod scheduler;
 pub mod state;
+
+pub use error::Error;

@@ -12,6 +12,8 @@
 //! else an increment of the chain's image; and KEEP_LAST is applied with the datastore's `rm`
 //! (FULL) or `increment_flatten` (INCREMENT).
 
+use crate::Error;
+use crate::error::step;
 use crate::state::{State, StateError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -94,9 +96,9 @@ pub fn vm_document(
     cfg: &JobConfig,
     ds_id: u64,
     chain: ChainPointers,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let mut vm = backstop_protocol::xml::Element::parse(doc)
-        .map_err(|e| format!("the registered VM document: {e}"))?;
+        .map_err(|e| step(format!("the registered VM document: {e}")))?;
     vm.children.retain(|c| c.name != "BACKUPS");
     let mut c = format!(
         "<MODE>{}</MODE><KEEP_LAST>{}</KEEP_LAST><FS_FREEZE>{}</FS_FREEZE><BACKUP_VOLATILE>{}</BACKUP_VOLATILE>\
@@ -135,7 +137,7 @@ pub fn vm_document(
     let backups = format!("<BACKUPS><BACKUP_CONFIG>{c}</BACKUP_CONFIG><BACKUP_IDS/></BACKUPS>");
     vm.children.push(
         backstop_protocol::xml::Element::parse(&backups)
-            .map_err(|e| format!("the job's BACKUP_CONFIG: {e}"))?,
+            .map_err(|e| step(format!("the job's BACKUP_CONFIG: {e}")))?,
     );
     Ok(vm.to_xml())
 }
@@ -163,7 +165,7 @@ pub fn backup_disks(vm: &backstop_protocol::message::Vm, cfg: &JobConfig) -> Vec
 }
 
 /// Runs an action file with argv and stdin; (success, stdout, stderr).
-fn action(path: &Path, args: &[String], stdin: &[u8]) -> Result<(bool, String, String), String> {
+fn action(path: &Path, args: &[String], stdin: &[u8]) -> Result<(bool, String, String), Error> {
     action_with(path, args, stdin, None)
 }
 
@@ -173,7 +175,7 @@ fn action_with(
     args: &[String],
     stdin: &[u8],
     progress: Option<&Path>,
-) -> Result<(bool, String, String), String> {
+) -> Result<(bool, String, String), Error> {
     let mut cmd = Command::new(path);
     if let Some(p) = progress {
         cmd.env(PROGRESS_ENV, p);
@@ -184,13 +186,13 @@ fn action_with(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        .map_err(|e| step(format!("cannot run {}: {e}", path.display())))?;
     if let Some(mut s) = child.stdin.take() {
         let _ = s.write_all(stdin);
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        .map_err(|e| step(format!("cannot run {}: {e}", path.display())))?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -226,17 +228,17 @@ pub fn run_chain(
     chain: ChainPointers,
     cancelled: &dyn Fn() -> bool,
     progress: Option<&Path>,
-) -> Result<ChainResult, String> {
+) -> Result<ChainResult, Error> {
     let call = ChainCall::new(env, vm_doc, cfg, ds, chain)?;
     let (ok, _, err) = action(&call.tm("prebackup"), &call.args, call.doc.as_bytes())?;
     if !ok {
         call.postbackup(true);
-        return Err(reason(&err));
+        return Err(step(reason(&err)));
     }
     // A cancel between the steps: no backup is started.
     if cancelled() {
         call.postbackup(true);
-        return Err("the backup was cancelled".into());
+        return Err(step("the backup was cancelled"));
     }
     let ds_stdin = format!(
         "<DS_DRIVER_ACTION_DATA>{}{}</DS_DRIVER_ACTION_DATA>",
@@ -246,14 +248,14 @@ pub fn run_chain(
     let (ok, out, err) = action_with(&backup, &call.args, ds_stdin.as_bytes(), progress)?;
     if !ok {
         call.postbackup(true);
-        return Err(reason(&err));
+        return Err(step(reason(&err)));
     }
     call.postbackup(false);
     let mut words = out.split_whitespace();
     let id = words.next().unwrap_or_default().to_string();
     let size: u64 = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     if id.is_empty() {
-        return Err("the backup printed no backup id".into());
+        return Err(step("the backup printed no backup id"));
     }
     Ok(ChainResult {
         vm_id: call.vm_id,
@@ -284,18 +286,18 @@ impl ChainCall {
         cfg: &JobConfig,
         ds: &BackupDatastore,
         chain: ChainPointers,
-    ) -> Result<ChainCall, String> {
+    ) -> Result<ChainCall, Error> {
         let root = backstop_protocol::xml::Element::parse(vm_doc)
-            .map_err(|e| format!("the VM document is not XML: {e}"))?;
+            .map_err(|e| step(format!("the VM document is not XML: {e}")))?;
         let vm = backstop_protocol::message::Vm::from_xml(&root)
-            .map_err(|e| format!("the VM document: {e}"))?;
+            .map_err(|e| step(format!("the VM document: {e}")))?;
         let place = vm
             .placement
             .clone()
-            .ok_or_else(|| format!("VM {} was never deployed (no HISTORY)", vm.id))?;
+            .ok_or_else(|| step(format!("VM {} was never deployed (no HISTORY)", vm.id)))?;
         let sys_ds = place
             .system_ds_id
-            .ok_or_else(|| format!("VM {}: its HISTORY has no DS_ID", vm.id))?;
+            .ok_or_else(|| step(format!("VM {}: its HISTORY has no DS_ID", vm.id)))?;
         let tm_mad = place.tm_mad.clone().unwrap_or_else(|| "ssh".into());
         let live = vm.lcm_state == Some(3) || vm.state == Some(3);
         let vm_dir = format!(
@@ -305,7 +307,7 @@ impl ChainCall {
         );
         let disks = backup_disks(&vm, cfg);
         if disks.is_empty() {
-            return Err(format!("VM {} has no disk to back up", vm.id));
+            return Err(step(format!("VM {} has no disk to back up", vm.id)));
         }
         let args: Vec<String> = vec![
             format!("{}:{vm_dir}", place.hostname),
@@ -399,7 +401,7 @@ pub fn record(
     ds: &BackupDatastore,
     result: ChainResult,
     now: i64,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Error> {
     let ChainResult {
         vm_id,
         backup_id,
@@ -408,47 +410,45 @@ pub fn record(
         chain,
     } = result;
     let mode = cfg.mode;
-    let st = |e: StateError| e.to_string();
     let (image_id, increment_id) = if new_chain {
-        let image = state.add_image(vm_id, cfg.job_id, ds.id, now).map_err(st)?;
-        state
-            .add_increment(image, 0, &backup_id, size_mb, "FULL", now)
-            .map_err(st)?;
+        let image = state.add_image(vm_id, cfg.job_id, ds.id, now)?;
+        state.add_increment(image, 0, &backup_id, size_mb, "FULL", now)?;
         (image, 0)
     } else {
-        let image = chain.image_id.ok_or("no chain to extend")?;
+        let image = chain.image_id.ok_or_else(|| step("no chain to extend"))?;
         let next = chain.last_increment.map_or(0, |l| l + 1);
-        state
-            .add_increment(image, next, &backup_id, size_mb, "INCREMENT", now)
-            .map_err(st)?;
+        state.add_increment(image, next, &backup_id, size_mb, "INCREMENT", now)?;
         (image, next)
     };
     // KEEP_LAST.
     if cfg.keep_last > 0 {
         match mode {
             Mode::Full => {
-                let images = state.images_of(vm_id, cfg.job_id, ds.id).map_err(st)?;
+                let images = state.images_of(vm_id, cfg.job_id, ds.id)?;
                 let excess = images.len().saturating_sub(cfg.keep_last as usize);
                 for old in images.iter().take(excess) {
                     let doc = format!(
                         "<DS_DRIVER_ACTION_DATA>{}{}</DS_DRIVER_ACTION_DATA>",
-                        image_document(state, *old).map_err(st)?,
+                        image_document(state, *old)?,
                         ds.document
                     );
                     let rm = env.remotes.join(format!("datastore/{}/rm", ds.ds_mad));
                     let (ok, _, err) = action(&rm, &[old.to_string()], b64(&doc).as_bytes())?;
                     if !ok {
-                        return Err(format!("KEEP_LAST: rm of image {old}: {}", reason(&err)));
+                        return Err(step(format!(
+                            "KEEP_LAST: rm of image {old}: {}",
+                            reason(&err)
+                        )));
                     }
-                    state.remove_image(*old).map_err(st)?;
+                    state.remove_image(*old)?;
                 }
             }
             Mode::Increment => {
-                let img = state.image(image_id).map_err(st)?;
+                let img = state.image(image_id)?;
                 if img.increments.len() > cfg.keep_last as usize {
                     let doc = format!(
                         "<DS_DRIVER_ACTION_DATA>{}{}<EXTRA_DATA><KEEP_LAST>{}</KEEP_LAST></EXTRA_DATA></DS_DRIVER_ACTION_DATA>",
-                        image_document(state, image_id).map_err(st)?,
+                        image_document(state, image_id)?,
                         ds.document,
                         cfg.keep_last
                     );
@@ -458,10 +458,10 @@ pub fn record(
                     let (ok, out, err) =
                         action(&flatten, &[image_id.to_string()], b64(&doc).as_bytes())?;
                     if !ok {
-                        return Err(format!(
+                        return Err(step(format!(
                             "KEEP_LAST: increment_flatten of image {image_id}: {}",
                             reason(&err)
-                        ));
+                        )));
                     }
                     let line = out.trim();
                     if let Some((size, chain_text)) = line.split_once(' ') {
@@ -473,9 +473,7 @@ pub fn record(
                                 Some((i.parse().ok()?, s.to_string()))
                             })
                             .collect();
-                        state
-                            .flatten_increments(image_id, &kept, size)
-                            .map_err(st)?;
+                        state.flatten_increments(image_id, &kept, size)?;
                     }
                 }
             }

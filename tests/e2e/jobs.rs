@@ -180,6 +180,11 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
     )
     .expect_err("the host is down");
     assert!(
+        matches!(e, backstop_backupjob::Error::Step(_)),
+        "a failed step: {e:?}"
+    );
+    let e = e.to_string();
+    assert!(
         e.contains("prebackup of VM 23 on down") && e.contains("127.0.0.9"),
         "{e}"
     );

@@ -1,0 +1,121 @@
+//! `backupjob image list|show|restore`: the backup images the runs recorded, and a point of
+//! one written out as files.
+
+use super::RestoreArgs;
+use super::datastores::datastore_of;
+use super::{Args, input, print};
+use crate::Error;
+use crate::state::State;
+use std::path::PathBuf;
+
+pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
+    let images = st.all_images()?;
+    if *json {
+        let v: Vec<_> = images
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "id": i.id,
+                    "vm": i.vm_id,
+                    "job": i.job_id,
+                    "datastore": i.datastore_id,
+                    "increments": i.increments.iter().map(|n| serde_json::json!({
+                        "id": n.id, "source": n.source, "size_mb": n.size_mb, "type": n.kind,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print(&serde_json::Value::Array(v).to_string())?;
+    } else {
+        print(&format!(
+            "{:>4} {:>5} {:>4} {:>4} INCREMENTS",
+            "ID", "VM", "JOB", "DS"
+        ))?;
+        for i in images {
+            let incs: Vec<String> = i
+                .increments
+                .iter()
+                .map(|n| format!("{}:{}", n.id, n.source))
+                .collect();
+            print(&format!(
+                "{:>4} {:>5} {:>4} {:>4} {}",
+                i.id,
+                i.vm_id,
+                i.job_id.map_or("-".into(), |j| j.to_string()),
+                i.datastore_id,
+                incs.join(",")
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn restore_cmd(st: &State, args: &Args, r: &RestoreArgs) -> Result<(), Error> {
+    let RestoreArgs {
+        id,
+        to,
+        increment,
+        disk_id,
+    } = r;
+    let files = image_restore(st, args, *id, *increment, *disk_id, to)?;
+    for f in files {
+        print(&f.display().to_string())?;
+    }
+    Ok(())
+}
+
+pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
+    let img = st.image(id).map_err(|x| input(x.to_string()))?;
+    if json {
+        return print(
+            &serde_json::json!({
+                "id": img.id, "vm": img.vm_id, "job": img.job_id, "datastore": img.datastore_id,
+                "increments": img.increments.iter().map(|n| serde_json::json!({
+                    "id": n.id, "type": n.kind, "source": n.source, "size_mb": n.size_mb,
+                    "date": n.created_at,
+                })).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        );
+    }
+    let mut out = format!(
+        "BACKUP IMAGE {id} INFORMATION\nID        : {id}\nVM        : {}\nJOB       : {}\n\
+         DATASTORE : {}\n\nBACKUP INCREMENTS\n{:>3} {:<9} {:>8} {:<20} SOURCE\n",
+        img.vm_id,
+        img.job_id.map_or("-".into(), |j| j.to_string()),
+        img.datastore_id,
+        "ID",
+        "TYPE",
+        "SIZE_MB",
+        "DATE"
+    );
+    for n in &img.increments {
+        let date = jiff::Timestamp::from_second(n.created_at)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|_| n.created_at.to_string());
+        out.push_str(&format!(
+            "{:>3} {:<9} {:>8} {date:<20} {}\n",
+            n.id, n.kind, n.size_mb, n.source
+        ));
+    }
+    print(out.trim_end())
+}
+
+fn image_restore(
+    st: &State,
+    args: &Args,
+    id: u64,
+    increment: Option<u64>,
+    disk_id: Option<u32>,
+    to: &std::path::Path,
+) -> Result<Vec<PathBuf>, Error> {
+    let doc = crate::runner::image_document(st, id)?;
+    let root = backstop_protocol::xml::Element::parse(&doc).map_err(|x| input(x.to_string()))?;
+    let image = backstop_protocol::message::Image::from_xml(&root)
+        .map_err(|x| input(format!("image {id}: {x}")))?;
+    let ds_id = st.image(id)?.datastore_id;
+    let (_, _, ds) = datastore_of(st, args, ds_id)?;
+    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
+    backstop_datastore::backup_image::to_directory(&image, &ds, increment, disk_id, to, &cfg)
+        .map_err(|x| input(format!("image {id}: {x}")))
+}

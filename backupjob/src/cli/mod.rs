@@ -1,0 +1,442 @@
+//! `backstop backupjob ...`: the onebackupjob-style command line over the state database.
+//!
+//! Jobs: `create`, `list`, `show`, `update`, `delete`, `rename`, `lock`/`unlock`, `priority`,
+//! `backup` (one run now, in the foreground, with a line per VM event), `cancel`, `retry`,
+//! `sched-add|update|delete`; `datastore create|list|show|delete`; `vm
+//! register|list|show|unregister`; `image list|show|restore`; `scheduler`. Every command that
+//! reads takes `--json`. Exit codes: 0 done, 1 a failure (a VM in ERROR after `backup`, bad
+//! input, a refused change), 2 bad usage.
+
+mod datastores;
+mod images;
+mod jobs;
+mod schedules;
+mod vms;
+
+use crate::Error;
+use crate::engine::Event;
+pub(crate) use crate::error::input;
+use crate::state::{self, State};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backupjob",
+    about = "Backup jobs: define datastores, VMs and jobs, and run them."
+)]
+pub struct Args {
+    /// The state database (default: $BACKSTOP_STATE, else <data dir>/backstop/state.db).
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// The OpenNebula remotes tree the actions are run from.
+    #[arg(long, global = true, default_value = "/var/lib/one/remotes")]
+    remotes: PathBuf,
+    /// oned's DATASTORE_LOCATION (VM directories are <location>/<system ds>/<vm id>).
+    #[arg(long, global = true, default_value = "/var/lib/one//datastores")]
+    datastore_location: String,
+    /// Running backups at most, overall (0: unlimited).
+    #[arg(long, global = true, default_value_t = 5)]
+    max_backups: u32,
+    /// Running backups at most per host (0: unlimited).
+    #[arg(long, global = true, default_value_t = 2)]
+    max_backups_host: u32,
+    /// Seconds between progress log lines of a running backup when stdout is not a terminal
+    /// (on a terminal, a live line is redrawn every second).
+    #[arg(long, global = true, default_value_t = 30)]
+    progress_every: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Backup datastores.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
+    /// VMs, registered from their `onevm show -x` document.
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+    /// Create a job from a template file, from flags, or both (the flags win).
+    Create(CreateArgs),
+    /// List the jobs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job and where each of its VMs stands.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job now, in the foreground.
+    Backup {
+        id: u64,
+    },
+    /// Move the job's VMs in ERROR back to OUTDATED.
+    Retry {
+        id: u64,
+    },
+    /// Stop a job's run: OUTDATED VMs are dropped from it, running backups are stopped with
+    /// the datastore's backup_cancel and end in ERROR.
+    Cancel {
+        id: u64,
+    },
+    /// Replace a job's template with a file's (or merge it in with --append). NAME, PRIORITY
+    /// and SCHED_ACTION are not changed this way (rename, priority, sched-*).
+    Update {
+        id: u64,
+        file: PathBuf,
+        #[arg(long)]
+        append: bool,
+    },
+    /// Set a job's priority (0–99; higher runs first).
+    Priority {
+        id: u64,
+        priority: u8,
+    },
+    Rename {
+        id: u64,
+        name: String,
+    },
+    /// A locked job is not run.
+    Lock {
+        id: u64,
+    },
+    Unlock {
+        id: u64,
+    },
+    /// Delete a job and its scheduled actions (its backup images stay).
+    Delete {
+        id: u64,
+    },
+    /// Change a scheduled action of a job, from a file holding `SCHED_ACTION = [...]` or from
+    /// flags; what is not given stays as it was.
+    SchedUpdate(SchedUpdateArgs),
+    /// Delete a scheduled action of a job.
+    SchedDelete {
+        id: u64,
+        sched_id: u64,
+    },
+    /// Backup images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Add a scheduled action to a job (SCHED_ACTION: TIME, REPEAT, DAYS, END_TYPE, END_VALUE).
+    SchedAdd(SchedAddArgs),
+    /// Run the jobs whose scheduled actions are due (one pass, or --loop as a daemon that
+    /// stops cleanly on SIGTERM).
+    Scheduler {
+        #[arg(long = "loop")]
+        forever: bool,
+        /// Seconds between passes with --loop.
+        #[arg(long, default_value_t = 15)]
+        interval: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DatastoreCommand {
+    /// Create a backup datastore from a template file (NAME, DS_MAD, BASE_PATH, RESTIC_...).
+    Create { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A datastore's template (secrets hidden) and the jobs and images that use it.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a datastore no job names and no backup image lives in (the repository stays).
+    Delete { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Every backup image with its increments.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A backup image and its increments.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup image into a directory: disk.<id>.qcow2 per disk (standalone qcow2),
+    /// vm.xml, and disk.tpm.0 when the VM had a TPM.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VmCommand {
+    /// Register a VM from its XML document.
+    Register { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A VM: its host, disks, job and backup images.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a VM that is in no job (its backup images stay).
+    Unregister { id: u64 },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    pub(crate) file: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// BACKUP_VMS: VM ids, in backup order (1,2,3).
+    #[arg(long)]
+    pub(crate) vms: Option<String>,
+    /// DATASTORE_ID.
+    #[arg(long)]
+    pub(crate) datastore: Option<u64>,
+    /// MODE: FULL or INCREMENT.
+    #[arg(long)]
+    pub(crate) mode: Option<String>,
+    /// KEEP_LAST.
+    #[arg(long)]
+    pub(crate) keep: Option<u32>,
+    /// EXECUTION: SEQUENTIAL or PARALLEL.
+    #[arg(long)]
+    pub(crate) execution: Option<String>,
+    /// PRIORITY (0–99).
+    #[arg(long)]
+    pub(crate) priority: Option<u8>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SchedUpdateArgs {
+    pub(crate) id: u64,
+    pub(crate) sched_id: u64,
+    pub(crate) file: Option<PathBuf>,
+    /// When: an epoch, or a local date and time (2026-11-22T03:00).
+    #[arg(long)]
+    pub(crate) time: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) repeat: Option<String>,
+    #[arg(long)]
+    pub(crate) days: Option<String>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) end_type: Option<i64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) end_value: Option<i64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SchedAddArgs {
+    pub(crate) id: u64,
+    /// When: an epoch, or a local date and time (2026-11-22T03:00).
+    #[arg(long)]
+    pub(crate) time: String,
+    /// -1 none, 0 weekly, 1 monthly, 2 yearly, 3 hourly (or: weekly, monthly, yearly,
+    /// hourly).
+    #[arg(long, default_value = "-1", allow_hyphen_values = true)]
+    pub(crate) repeat: String,
+    /// Weekdays (0 = Sunday), days of the month, days of the year, or the hours.
+    #[arg(long, default_value = "")]
+    pub(crate) days: String,
+    /// -1 none, 0 never, 1 after END_VALUE runs, 2 until the epoch END_VALUE.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub(crate) end_type: i64,
+    #[arg(long)]
+    pub(crate) end_value: Option<i64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    pub(crate) id: u64,
+    /// The directory to write (created if missing).
+    #[arg(long)]
+    pub(crate) to: PathBuf,
+    /// The increment to restore (default: the latest).
+    #[arg(long)]
+    pub(crate) increment: Option<u64>,
+    /// Only this disk.
+    #[arg(long)]
+    pub(crate) disk_id: Option<u32>,
+}
+
+fn read(path: &PathBuf) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| input(format!("cannot read {}: {e}", path.display())))
+}
+
+fn print(text: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| input(format!("cannot write: {e}")))
+}
+
+pub fn main(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "backupjob: {}",
+                e.to_string().lines().next().unwrap_or("")
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn event_line(ev: &Event) -> String {
+    match ev {
+        Event::Started { vm } => format!("VM {vm}: backing up"),
+        Event::Progress {
+            vm,
+            done,
+            total,
+            elapsed_ms,
+            ..
+        } => format!(
+            "VM {vm}: {}",
+            backstop_datastore::repo::writer::progress_line(
+                *done,
+                *total,
+                std::time::Duration::from_millis(*elapsed_ms)
+            )
+        ),
+        Event::Done { vm, line } => format!("VM {vm}: {line}"),
+        Event::Settled { vm, line } => format!("VM {vm}: {line}"),
+        Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
+    }
+}
+
+/// Shows a run's events: a line each; progress as one live line on a terminal, redrawn in
+/// place, or as a log line per VM every `every` otherwise.
+struct Reporter {
+    tty: bool,
+    every: std::time::Duration,
+    /// The latest progress line of each running VM.
+    live: std::collections::BTreeMap<u64, String>,
+    logged: std::collections::HashMap<u64, std::time::Instant>,
+    drawn: bool,
+}
+
+impl Reporter {
+    fn new(every: u64) -> Reporter {
+        use std::io::IsTerminal;
+        Reporter {
+            tty: std::io::stdout().is_terminal(),
+            every: std::time::Duration::from_secs(every.max(1)),
+            live: Default::default(),
+            logged: Default::default(),
+            drawn: false,
+        }
+    }
+
+    fn event(&mut self, prefix: &str, ev: &Event) {
+        let mut out = std::io::stdout().lock();
+        let line = format!("{prefix}{}", event_line(ev));
+        match ev {
+            Event::Progress { vm, .. } => {
+                if self.tty {
+                    self.live.insert(*vm, line);
+                    let all: Vec<&str> = self.live.values().map(String::as_str).collect();
+                    let _ = write!(out, "\r\x1b[K{}", all.join(" | "));
+                    let _ = out.flush();
+                    self.drawn = true;
+                } else {
+                    // The first one after `every`, then every `every`.
+                    let now = std::time::Instant::now();
+                    let first = now
+                        .checked_sub(self.every)
+                        .map_or(now, |t| t + std::time::Duration::from_millis(900));
+                    let due = self.logged.entry(*vm).or_insert(first);
+                    if now.duration_since(*due) >= self.every {
+                        *due = now;
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+            }
+            Event::Started { vm }
+            | Event::Done { vm, .. }
+            | Event::Settled { vm, .. }
+            | Event::Failed { vm, .. } => {
+                self.live.remove(vm);
+                self.logged.remove(vm);
+                if self.drawn {
+                    let _ = write!(out, "\r\x1b[K");
+                    self.drawn = false;
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+}
+
+/// An epoch as a local date and time (`2026-11-22 03:00`), as onebackupjob shows times.
+fn local_time(epoch: i64) -> String {
+    jiff::Timestamp::from_second(epoch)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|_| epoch.to_string())
+}
+
+fn run(args: &Args) -> Result<ExitCode, Error> {
+    let path = match &args.state {
+        Some(p) => p.clone(),
+        None => state::default_path().ok_or_else(|| {
+            input("no state database: give --state or set BACKSTOP_STATE or HOME")
+        })?,
+    };
+    let mut st = State::open(&path)?;
+    let st = &mut st;
+    match &args.command {
+        Command::Datastore { command } => match command {
+            DatastoreCommand::Create { file } => datastores::create(st, args, file)?,
+            DatastoreCommand::List { json } => datastores::list(st, json)?,
+            DatastoreCommand::Show { id, json } => datastores::show(st, args, *id, *json)?,
+            DatastoreCommand::Delete { id } => datastores::delete(st, id)?,
+        },
+        Command::Vm { command } => match command {
+            VmCommand::Register { file } => vms::register(st, file)?,
+            VmCommand::List { json } => vms::list(st, json)?,
+            VmCommand::Show { id, json } => vms::show(st, *id, *json)?,
+            VmCommand::Unregister { id } => st.unregister_vm(*id)?,
+        },
+        Command::Image { command } => match command {
+            ImageCommand::List { json } => images::list(st, json)?,
+            ImageCommand::Show { id, json } => images::show(st, *id, *json)?,
+            ImageCommand::Restore(r) => images::restore_cmd(st, args, r)?,
+        },
+        Command::Create(c) => jobs::create(st, c)?,
+        Command::List { json } => jobs::list(st, json)?,
+        Command::Show { id, json } => jobs::show(st, id, json)?,
+        Command::Backup { id } => return jobs::backup(st, args, id),
+        Command::Cancel { id } => jobs::cancel(st, args, id)?,
+        Command::Retry { id } => jobs::retry(st, id)?,
+        Command::Update { id, file, append } => jobs::update(st, id, file, append)?,
+        Command::Priority { id, priority } => st.set_priority(*id, *priority)?,
+        Command::Rename { id, name } => st.rename_job(*id, name)?,
+        Command::Lock { id } => st.set_locked(*id, true)?,
+        Command::Unlock { id } => st.set_locked(*id, false)?,
+        Command::Delete { id } => st.delete_job(*id)?,
+        Command::SchedAdd(a) => schedules::add(st, a)?,
+        Command::SchedUpdate(u) => schedules::update(st, u)?,
+        Command::SchedDelete { id, sched_id } => st.delete_sched_action(*id, *sched_id)?,
+        Command::Scheduler { forever, interval } => schedules::daemon(st, args, forever, interval)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,44 @@
+//! One error type for the job runner, with the kind of failure, so the command line can tell
+//! a bad input from a refused change or a failed backup. Every message names what was wrong.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state database could not be opened, read or written, or refused a change.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A datastore's repository or an action's own library failed.
+    #[error(transparent)]
+    Datastore(#[from] backstop_datastore::Error),
+    /// Something given on the command line or in a file is wrong or unknown; the message
+    /// names it (`job.tmpl: line 4: KEEP_LAST is "two", not a number`).
+    #[error("{0}")]
+    Input(String),
+    /// A rule refused it: a locked job, a run with backups in progress, a delete that would
+    /// orphan something.
+    #[error("{0}")]
+    Refused(String),
+    /// A step of a backup (an action as oned runs it) failed; the message is the step's own.
+    #[error("{0}")]
+    Step(String),
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The answer could not be written.
+    #[error("cannot write: {0}")]
+    Output(std::io::Error),
+}
+
+/// `Error::Input` from anything printable.
+pub fn input(message: impl Into<String>) -> Error {
+    Error::Input(message.into())
+}
+
+/// `Error::Step` from anything printable.
+pub fn step(message: impl Into<String>) -> Error {
+    Error::Step(message.into())
+}
