@@ -258,7 +258,6 @@ pub fn prebackup_live(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> 
 fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     let vm = step.vm;
     let (increment, parent) = increment_of(vm)?;
-    let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
     let dom = step.args.deploy_id.as_str();
     let staging = &step.staging;
     host::fresh_staging(step)?;
@@ -323,282 +322,405 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
         increment,
         disks: Vec::new(),
     };
-    let mine = |name: &str| host::is_ours(vm.id, name);
     let current = bitmap_name(vm.id, increment);
+    let live = Live {
+        step,
+        virsh,
+        dom,
+        all,
+        disks,
+        tmp,
+        increment,
+        current,
+    };
     match parent {
-        None => {
-            // FULL: a new chain; every older checkpoint goes.
-            if incremental_mode {
-                for cp in virsh.checkpoints(dom)?.into_iter().filter(|c| mine(c)) {
-                    delete_checkpoint(virsh, dom, &cp)?;
-                }
-            }
-            let mut args: Vec<String> = [
-                "snapshot-create-as",
-                dom,
-                "--name",
-                &format!("one-{}-backup", vm.id),
-                "--disk-only",
-                "--atomic",
-                "--no-metadata",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(diskspecs(
-                &all,
-                &disks,
-                |d| {
-                    format!(
-                        "{},file={},driver=qcow2",
-                        d.target,
-                        tmp.join(format!("overlay_{}.qcow2", d.id)).display()
-                    )
-                },
-                "snapshot=no",
-            ));
-            let mut cp_args: Vec<String> = vec![
-                "checkpoint-create-as".into(),
-                dom.into(),
-                "--name".into(),
-                current.clone(),
-            ];
-            // Bitmaps only ever go into qcow2 disks: a raw disk is read whole every time.
-            cp_args.extend(diskspecs(
-                &all,
-                &disks,
-                |d| {
-                    let kind = if d.qcow2() { "bitmap" } else { "no" };
-                    format!("{},checkpoint={kind}", d.target)
-                },
-                "checkpoint=no",
-            ));
-            frozen(virsh, dom, vm.backup_config.fs_freeze, || {
-                virsh.run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-                if incremental_mode {
-                    virsh.run(&cp_args.iter().map(String::as_str).collect::<Vec<_>>())?;
-                }
-                Ok(())
-            })?;
-            // The disk files are the frozen bases now.
-            for d in &disks {
-                if step.direct {
-                    manifest.disks.push(DirectDisk {
-                        disk_id: d.id,
-                        path: d.path.display().to_string(),
-                        format: d.image.format().to_string(),
-                        bitmap: None,
-                        full_reason: None,
-                        nbd: None,
-                        shared: true,
-                    });
-                } else {
-                    let image = NbdImage::open(&d.image, None, false)
-                        .map_err(|e| fail(format!("cannot read {}: {e}", d.path.display())))?;
-                    let w = delta::write_from(
-                        &image,
-                        &d.path.display().to_string(),
-                        &Plan::Full,
-                        &staging.join(format!("disk.{}.{increment}", d.id)),
-                        step.cancel,
-                    )?;
-                    summary.bytes_read += w.bytes_read;
-                    summary.staged_bytes += w.file_bytes;
-                }
-            }
-        }
-        Some(p) => {
-            let wanted = bitmap_name(vm.id, p);
-            let mut reason = None;
-            let existing = virsh.checkpoints(dom)?;
-            // Leftovers of an attempt whose postbackup never ran, and anything but the parent.
-            for cp in existing.iter().filter(|c| mine(c) && **c != wanted) {
-                delete_checkpoint(virsh, dom, cp)?;
-            }
-            if !existing.contains(&wanted) {
-                // libvirt lost it (a redefined domain): the bitmaps are in the disks.
-                let xml = format!(
-                    "<domaincheckpoint><name>{wanted}</name><creationTime>{}</creationTime><disks>{}</disks></domaincheckpoint>",
-                    jiff::Timestamp::now().as_second(),
-                    disk_elements(
-                        &all,
-                        &disks,
-                        |d| if d.qcow2() {
-                            format!(
-                                "<disk name='{}' checkpoint='bitmap' bitmap='{wanted}'/>",
-                                xml_escape(&d.target)
-                            )
-                        } else {
-                            format!("<disk name='{}' checkpoint='no'/>", xml_escape(&d.target))
-                        },
-                        |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
-                    )
-                );
-                let file = tmp.join("checkpoint-redefine.xml");
-                write_file(&file, &xml)?;
-                if let Err(e) = virsh.run(&[
-                    "checkpoint-create",
-                    dom,
-                    &file.display().to_string(),
-                    "--redefine",
-                ]) {
-                    reason = Some(format!(
-                        "checkpoint {wanted} is gone and cannot be redefined from the disks ({e})"
-                    ));
-                }
-            }
-            for d in &disks {
-                let scratch = tmp.join(format!("scratch.{}.qcow2", d.id));
-                backstop_datastore::repo::disk_image::qemu_img(&[
-                    "create".as_ref(),
-                    "-q".as_ref(),
-                    "-f".as_ref(),
-                    "qcow2".as_ref(),
-                    scratch.as_os_str(),
-                    d.size.to_string().as_ref(),
-                ])?;
-            }
-            let sock = socket(step);
-            let _ = std::fs::remove_file(&sock);
-            let backup_xml = |incremental: bool| {
-                format!(
-                    "<domainbackup mode='pull'>{}<server transport='unix' socket='{}'/><disks>{}</disks></domainbackup>",
-                    if incremental {
-                        format!("<incremental>{wanted}</incremental>")
-                    } else {
-                        String::new()
-                    },
-                    xml_escape(&sock.display().to_string()),
-                    disk_elements(
-                        &all,
-                        &disks,
-                        // A raw disk has no bitmap: it is pulled whole.
-                        |d| format!(
-                            "<disk name='{}' backup='yes'{} type='file'><driver type='qcow2'/><scratch file='{}'/></disk>",
-                            xml_escape(&d.target),
-                            if incremental && !d.qcow2() {
-                                " backupmode='full'"
-                            } else {
-                                ""
-                            },
-                            xml_escape(
-                                &tmp.join(format!("scratch.{}.qcow2", d.id))
-                                    .display()
-                                    .to_string()
-                            )
-                        ),
-                        |t| format!("<disk name='{}' backup='no'/>", xml_escape(t)),
-                    )
-                )
-            };
-            let checkpoint_xml = format!(
-                "<domaincheckpoint><name>{current}</name><disks>{}</disks></domaincheckpoint>",
-                disk_elements(
-                    &all,
-                    &disks,
-                    |d| format!(
-                        "<disk name='{}' checkpoint='{}'/>",
-                        xml_escape(&d.target),
-                        if d.qcow2() { "bitmap" } else { "no" }
-                    ),
-                    |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
-                )
-            );
-            let cp_file = tmp.join("checkpoint.xml");
-            write_file(&cp_file, &checkpoint_xml)?;
-            let begin = |incremental: bool| -> Result<(), Error> {
-                let file = tmp.join("backup.xml");
-                write_file(&file, &backup_xml(incremental))?;
-                frozen(virsh, dom, vm.backup_config.fs_freeze, || {
-                    virsh
-                        .run(&[
-                            "backup-begin",
-                            dom,
-                            &file.display().to_string(),
-                            &cp_file.display().to_string(),
-                            "--reuse-external",
-                        ])
-                        .map(|_| ())
-                })
-            };
-            if reason.is_none()
-                && let Err(e) = begin(true)
-            {
-                reason = Some(format!(
-                    "the incremental backup from checkpoint {wanted} could not start ({e})"
-                ));
-            }
-            if let Some(r) = &reason {
-                log(
-                    Level::Info,
-                    &format!(
-                        "VM {}: {r}; increment {increment} reads the whole disks",
-                        vm.id
-                    ),
-                );
-                begin(false)?;
-            }
-            for d in &disks {
-                let context = format!("backup-{}", d.target);
-                let changed = reason.is_none() && d.qcow2();
-                let plan = if changed {
-                    Plan::Changed(context.clone())
-                } else {
-                    Plan::Whole
-                };
-                if step.direct {
-                    manifest.disks.push(DirectDisk {
-                        disk_id: d.id,
-                        path: d.path.display().to_string(),
-                        format: d.image.format().to_string(),
-                        bitmap: changed.then(|| context.clone()),
-                        full_reason: if d.qcow2() {
-                            reason.clone()
-                        } else {
-                            Some(format!("disk {} is raw: it has no bitmaps", d.id))
-                        },
-                        nbd: Some(NbdSource {
-                            socket: sock.display().to_string(),
-                            export: d.target.clone(),
-                        }),
-                        shared: false,
-                    });
-                } else {
-                    let image = NbdImage::connect_export(&sock, &d.target).map_err(|e| {
-                        fail(format!(
-                            "cannot read disk {} from the backup export: {e}",
-                            d.id
-                        ))
-                    })?;
-                    if image.size() != d.size {
-                        return Err(fail(format!(
-                            "the backup export of disk {} has {} bytes, the disk {}",
-                            d.id,
-                            image.size(),
-                            d.size
-                        )));
-                    }
-                    let w = delta::write_from(
-                        &image,
-                        &format!("disk {} ({})", d.id, d.target),
-                        &plan,
-                        &staging.join(format!("disk.{}.{increment}", d.id)),
-                        step.cancel,
-                    )?;
-                    summary.bytes_read += w.bytes_read;
-                    summary.staged_bytes += w.file_bytes;
-                }
-            }
-            if !step.direct {
-                // Staged: the export is no longer needed.
-                let _ = virsh.run(&["domjobabort", dom]);
-            }
-        }
+        None => full(&live, &mut summary, &mut manifest)?,
+        Some(p) => incremental(&live, p, &mut summary, &mut manifest)?,
     }
     if step.direct {
         host::write_manifest(staging, &manifest)?;
     }
     Ok(summary)
+}
+
+/// What preparing a running VM's backup works with, whichever way.
+struct Live<'a> {
+    step: &'a Step<'a>,
+    virsh: &'a Virsh,
+    dom: &'a str,
+    /// Every disk of the domain: (target, source).
+    all: Vec<(String, String)>,
+    /// The disks backed up.
+    disks: Vec<LiveDisk>,
+    tmp: PathBuf,
+    increment: u64,
+    /// The checkpoint this backup makes: `one-<vm>-<increment>`.
+    current: String,
+}
+
+/// FULL (increment 0, or FULL mode): a disk-only external snapshot moves the disks onto
+/// overlays; the frozen disk files are read (or named, in direct mode).
+fn full(
+    live: &Live<'_>,
+    summary: &mut Summary,
+    manifest: &mut DirectManifest,
+) -> Result<(), Error> {
+    let Live {
+        step,
+        virsh,
+        dom,
+        all,
+        disks,
+        tmp,
+        increment,
+        current,
+    } = live;
+    let (vm, staging, increment, dom, disks) =
+        (step.vm, &step.staging, *increment, *dom, disks.as_slice());
+    let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
+    let mine = |name: &str| host::is_ours(vm.id, name);
+    // FULL: a new chain; every older checkpoint goes.
+    if incremental_mode {
+        for cp in virsh.checkpoints(dom)?.into_iter().filter(|c| mine(c)) {
+            delete_checkpoint(virsh, dom, &cp)?;
+        }
+    }
+    let mut args: Vec<String> = [
+        "snapshot-create-as",
+        dom,
+        "--name",
+        &format!("one-{}-backup", vm.id),
+        "--disk-only",
+        "--atomic",
+        "--no-metadata",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(diskspecs(
+        all,
+        disks,
+        |d| {
+            format!(
+                "{},file={},driver=qcow2",
+                d.target,
+                tmp.join(format!("overlay_{}.qcow2", d.id)).display()
+            )
+        },
+        "snapshot=no",
+    ));
+    let mut cp_args: Vec<String> = vec![
+        "checkpoint-create-as".into(),
+        dom.into(),
+        "--name".into(),
+        current.clone(),
+    ];
+    // Bitmaps only ever go into qcow2 disks: a raw disk is read whole every time.
+    cp_args.extend(diskspecs(
+        all,
+        disks,
+        |d| {
+            let kind = if d.qcow2() { "bitmap" } else { "no" };
+            format!("{},checkpoint={kind}", d.target)
+        },
+        "checkpoint=no",
+    ));
+    frozen(virsh, dom, vm.backup_config.fs_freeze, || {
+        virsh.run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        if incremental_mode {
+            virsh.run(&cp_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        Ok(())
+    })?;
+    // The disk files are the frozen bases now.
+    for d in disks {
+        if step.direct {
+            manifest.disks.push(DirectDisk {
+                disk_id: d.id,
+                path: d.path.display().to_string(),
+                format: d.image.format().to_string(),
+                bitmap: None,
+                full_reason: None,
+                nbd: None,
+                shared: true,
+            });
+        } else {
+            let image = NbdImage::open(&d.image, None, false)
+                .map_err(|e| fail(format!("cannot read {}: {e}", d.path.display())))?;
+            let w = delta::write_from(
+                &image,
+                &d.path.display().to_string(),
+                &Plan::Full,
+                &staging.join(format!("disk.{}.{increment}", d.id)),
+                step.cancel,
+            )?;
+            summary.bytes_read += w.bytes_read;
+            summary.staged_bytes += w.file_bytes;
+        }
+    }
+    Ok(())
+}
+
+/// A CBT increment: a pull-mode backup from the parent checkpoint (redefined from the disks'
+/// bitmaps when libvirt lost it), or a whole pull when that cannot be had.
+fn incremental(
+    live: &Live<'_>,
+    p: u64,
+    summary: &mut Summary,
+    manifest: &mut DirectManifest,
+) -> Result<(), Error> {
+    let wanted = bitmap_name(live.step.vm.id, p);
+    let reason = parent_checkpoint(live, &wanted)?;
+    let reason = start_pull(live, &wanted, reason)?;
+    hand_over_pull(live, reason.as_deref(), summary, manifest)?;
+    if !live.step.direct {
+        // Staged: the export is no longer needed.
+        let _ = live.virsh.run(&["domjobabort", live.dom]);
+    }
+    Ok(())
+}
+
+/// The parent checkpoint `wanted`, the only one of this VM's left: leftovers of an attempt
+/// whose postbackup never ran are deleted, and a checkpoint libvirt lost is redefined from the
+/// disks' bitmaps. Why it cannot be used, if it cannot.
+fn parent_checkpoint(live: &Live<'_>, wanted: &str) -> Result<Option<String>, Error> {
+    let Live {
+        step,
+        virsh,
+        dom,
+        all,
+        disks,
+        tmp,
+        ..
+    } = live;
+    let vm = step.vm;
+    let dom = *dom;
+    let disks = disks.as_slice();
+    let mine = |name: &str| host::is_ours(vm.id, name);
+    let mut reason = None;
+    let existing = virsh.checkpoints(dom)?;
+    // Leftovers of an attempt whose postbackup never ran, and anything but the parent.
+    for cp in existing.iter().filter(|c| mine(c) && **c != wanted) {
+        delete_checkpoint(virsh, dom, cp)?;
+    }
+    if !existing.iter().any(|c| c == wanted) {
+        // libvirt lost it (a redefined domain): the bitmaps are in the disks.
+        let xml = format!(
+            "<domaincheckpoint><name>{wanted}</name><creationTime>{}</creationTime><disks>{}</disks></domaincheckpoint>",
+            jiff::Timestamp::now().as_second(),
+            disk_elements(
+                all,
+                disks,
+                |d| if d.qcow2() {
+                    format!(
+                        "<disk name='{}' checkpoint='bitmap' bitmap='{wanted}'/>",
+                        xml_escape(&d.target)
+                    )
+                } else {
+                    format!("<disk name='{}' checkpoint='no'/>", xml_escape(&d.target))
+                },
+                |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
+            )
+        );
+        let file = tmp.join("checkpoint-redefine.xml");
+        write_file(&file, &xml)?;
+        if let Err(e) = virsh.run(&[
+            "checkpoint-create",
+            dom,
+            &file.display().to_string(),
+            "--redefine",
+        ]) {
+            reason = Some(format!(
+                "checkpoint {wanted} is gone and cannot be redefined from the disks ({e})"
+            ));
+        }
+    }
+    Ok(reason)
+}
+
+/// Starts the pull-mode backup: incremental from `wanted` unless `reason` says it cannot be,
+/// whole otherwise (or when the incremental one does not start). Returns why it is whole.
+fn start_pull(
+    live: &Live<'_>,
+    wanted: &str,
+    mut reason: Option<String>,
+) -> Result<Option<String>, Error> {
+    let Live {
+        step,
+        virsh,
+        dom,
+        all,
+        disks,
+        tmp,
+        increment,
+        current,
+    } = live;
+    let (vm, staging, increment, dom, disks) =
+        (step.vm, &step.staging, *increment, *dom, disks.as_slice());
+    let _ = staging;
+    for d in disks {
+        let scratch = tmp.join(format!("scratch.{}.qcow2", d.id));
+        backstop_datastore::repo::disk_image::qemu_img(&[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            scratch.as_os_str(),
+            d.size.to_string().as_ref(),
+        ])?;
+    }
+    let sock = socket(step);
+    let _ = std::fs::remove_file(&sock);
+    let backup_xml = |incremental: bool| {
+        format!(
+            "<domainbackup mode='pull'>{}<server transport='unix' socket='{}'/><disks>{}</disks></domainbackup>",
+            if incremental {
+                format!("<incremental>{wanted}</incremental>")
+            } else {
+                String::new()
+            },
+            xml_escape(&sock.display().to_string()),
+            disk_elements(
+                all,
+                disks,
+                // A raw disk has no bitmap: it is pulled whole.
+                |d| format!(
+                    "<disk name='{}' backup='yes'{} type='file'><driver type='qcow2'/><scratch file='{}'/></disk>",
+                    xml_escape(&d.target),
+                    if incremental && !d.qcow2() {
+                        " backupmode='full'"
+                    } else {
+                        ""
+                    },
+                    xml_escape(
+                        &tmp.join(format!("scratch.{}.qcow2", d.id))
+                            .display()
+                            .to_string()
+                    )
+                ),
+                |t| format!("<disk name='{}' backup='no'/>", xml_escape(t)),
+            )
+        )
+    };
+    let checkpoint_xml = format!(
+        "<domaincheckpoint><name>{current}</name><disks>{}</disks></domaincheckpoint>",
+        disk_elements(
+            all,
+            disks,
+            |d| format!(
+                "<disk name='{}' checkpoint='{}'/>",
+                xml_escape(&d.target),
+                if d.qcow2() { "bitmap" } else { "no" }
+            ),
+            |t| format!("<disk name='{}' checkpoint='no'/>", xml_escape(t)),
+        )
+    );
+    let cp_file = tmp.join("checkpoint.xml");
+    write_file(&cp_file, &checkpoint_xml)?;
+    let begin = |incremental: bool| -> Result<(), Error> {
+        let file = tmp.join("backup.xml");
+        write_file(&file, &backup_xml(incremental))?;
+        frozen(virsh, dom, vm.backup_config.fs_freeze, || {
+            virsh
+                .run(&[
+                    "backup-begin",
+                    dom,
+                    &file.display().to_string(),
+                    &cp_file.display().to_string(),
+                    "--reuse-external",
+                ])
+                .map(|_| ())
+        })
+    };
+    if reason.is_none()
+        && let Err(e) = begin(true)
+    {
+        reason = Some(format!(
+            "the incremental backup from checkpoint {wanted} could not start ({e})"
+        ));
+    }
+    if let Some(r) = &reason {
+        log(
+            Level::Info,
+            &format!(
+                "VM {}: {r}; increment {increment} reads the whole disks",
+                vm.id
+            ),
+        );
+        begin(false)?;
+    }
+    Ok(reason)
+}
+
+/// Each disk from the pull-mode export: named in the manifest (direct), or staged.
+fn hand_over_pull(
+    live: &Live<'_>,
+    reason: Option<&str>,
+    summary: &mut Summary,
+    manifest: &mut DirectManifest,
+) -> Result<(), Error> {
+    let Live {
+        step,
+        disks,
+        increment,
+        ..
+    } = live;
+    let staging = &step.staging;
+    let increment = *increment;
+    let sock = socket(step);
+    let reason = reason.map(str::to_string);
+    for d in disks {
+        let context = format!("backup-{}", d.target);
+        let changed = reason.is_none() && d.qcow2();
+        let plan = if changed {
+            Plan::Changed(context.clone())
+        } else {
+            Plan::Whole
+        };
+        if step.direct {
+            manifest.disks.push(DirectDisk {
+                disk_id: d.id,
+                path: d.path.display().to_string(),
+                format: d.image.format().to_string(),
+                bitmap: changed.then(|| context.clone()),
+                full_reason: if d.qcow2() {
+                    reason.clone()
+                } else {
+                    Some(format!("disk {} is raw: it has no bitmaps", d.id))
+                },
+                nbd: Some(NbdSource {
+                    socket: sock.display().to_string(),
+                    export: d.target.clone(),
+                }),
+                shared: false,
+            });
+        } else {
+            let image = NbdImage::connect_export(&sock, &d.target).map_err(|e| {
+                fail(format!(
+                    "cannot read disk {} from the backup export: {e}",
+                    d.id
+                ))
+            })?;
+            if image.size() != d.size {
+                return Err(fail(format!(
+                    "the backup export of disk {} has {} bytes, the disk {}",
+                    d.id,
+                    image.size(),
+                    d.size
+                )));
+            }
+            let w = delta::write_from(
+                &image,
+                &format!("disk {} ({})", d.id, d.target),
+                &plan,
+                &staging.join(format!("disk.{}.{increment}", d.id)),
+                step.cancel,
+            )?;
+            summary.bytes_read += w.bytes_read;
+            summary.staged_bytes += w.file_bytes;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a checkpoint with its bitmaps; only its metadata when the bitmaps are gone already.

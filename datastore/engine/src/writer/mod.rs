@@ -19,6 +19,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod chunks;
+mod tree;
+
+use chunks::{ImageJob, ZeroIds, backup_image};
+use tree::{DirBuilder, save_index};
+
 /// Packs are closed once they reach this size (restic's default target).
 pub const PACK_TARGET: usize = 16 << 20;
 
@@ -351,442 +357,69 @@ fn run_packer(
     }
 }
 
-enum Outcome {
-    Zero,
-    Data { id: RepoId, stored: bool },
-}
-
-/// Zero-blob ids by length (the full chunk and at most one short last chunk).
-#[derive(Default)]
-struct ZeroIds(HashMap<usize, RepoId>);
-
-impl ZeroIds {
-    /// The id of `len` zero bytes, storing that blob once if the repository lacks it.
-    fn get(
-        &mut self,
-        len: usize,
-        shared: &Shared<'_>,
-        blobs: &Sender<SealedBlob>,
-        stats: &mut Stats,
-    ) -> Result<RepoId, Error> {
-        if let Some(id) = self.0.get(&len) {
-            return Ok(*id);
-        }
-        let zeros = vec![0u8; len];
-        let id = RepoId::of(&zeros);
-        if shared.claim(id) {
-            let blob = shared.seal(id, BlobKind::Data, &zeros, &mut shared.compressor()?)?;
-            stats.new_blobs += 1;
-            send(blobs, blob)?;
-        }
-        self.0.insert(len, id);
-        Ok(id)
-    }
-}
-
 fn send(blobs: &Sender<SealedBlob>, blob: SealedBlob) -> Result<(), Error> {
     blobs
         .send(blob)
         .map_err(|_| Error::new(ErrorKind::Repository, "the pack writer stopped"))
 }
 
-fn input_error(what: String, e: std::io::Error) -> Error {
-    Error {
-        kind: ErrorKind::Input,
-        message: what,
-        source: Some(e),
-    }
-}
-
-/// One image to back up.
-struct ImageJob<'a> {
-    path: &'a str,
-    source: &'a dyn ImageSource,
-    changed: Option<&'a [Extent]>,
-    parent: Option<&'a Node>,
-}
-
-/// Backs up one image; returns its content list.
-fn backup_image(
+/// Stores one file of the snapshot: an image in chunks, or small bytes as one blob. Returns its
+/// tree node and what it took.
+fn store_file(
     shared: &Shared<'_>,
-    blobs: &Sender<SealedBlob>,
+    blob_tx: &Sender<SealedBlob>,
     threads: usize,
-    job: ImageJob<'_>,
+    f: &FileSpec<'_>,
+    (parent, known): (Option<&Snapshot>, &KnownBlobs),
     zero_ids: &mut ZeroIds,
-) -> Result<(Vec<RepoId>, Stats), Error> {
-    let ImageJob {
-        path,
-        source,
-        changed,
-        parent,
-    } = job;
-    let size = source.size();
-    image::check_size(path, size)?;
-    let n = image::chunk_count(size);
-    let mut stats = Stats {
-        size,
-        chunks: n,
-        ..Stats::default()
-    };
-    // An incremental needs a parent of the same size cut the same way.
-    let parent_content: Option<&[RepoId]> = match (changed, parent) {
-        (None, _) => None,
-        (Some(_), None) => {
-            stats.full_reason = Some(format!("no parent file for {path}"));
-            None
-        }
-        (Some(_), Some(p)) if p.size != size => {
-            stats.full_reason = Some(format!(
-                "the parent of {path} has size {} and the disk now {size}",
-                p.size
-            ));
-            None
-        }
-        (Some(_), Some(p)) => match p.content.as_deref() {
-            Some(c) if c.len() == n => Some(c),
-            _ => {
-                stats.full_reason = Some(format!(
-                    "the parent of {path} was not cut in {CHUNK_SIZE}-byte chunks"
-                ));
-                None
-            }
-        },
-    };
-    let reusable = |i: usize| {
-        parent_content.is_some_and(|pc| {
-            shared.known.data.get(&pc[i]).copied()
-                == Some(image::chunk_range(i, size).length as u32)
-        })
-    };
-    let data = source
-        .data_extents()
-        .map_err(|e| input_error(format!("cannot map the allocated ranges of {path}"), e))?;
-    let plan = image::plan(size, data.as_deref(), parent_content.and(changed), reusable);
-
-    // A source that holds only the changed extents (a stock increment) is completed from the
-    // parent's blobs wherever a chunk is not wholly changed.
-    let mut merges: HashMap<usize, (RepoId, BlobLocation)> = HashMap::new();
-    if !source.complete() {
-        let (Some(changed), Some(pc)) = (changed, parent_content) else {
-            return Err(Error::new(
-                ErrorKind::Input,
-                format!(
-                    "{path} holds only changed clusters (a stock increment): it needs its parent snapshot and a parent file of the same size"
-                ),
-            ));
-        };
-        let partial: Vec<usize> = plan
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| {
-                let range = image::chunk_range(*i, size);
-                **p == ChunkPlan::Read && image::covered(changed, range) != [range]
-            })
-            .map(|(i, _)| i)
-            .collect();
-        let ids: Vec<RepoId> = partial.iter().map(|i| pc[*i]).collect();
-        let found = shared.repo.locate_data(&ids)?;
-        for i in partial {
-            let at = found.get(&pc[i]).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Repository,
-                    format!("blob {} of the parent of {path} is not in any index", pc[i]),
-                )
-            })?;
-            merges.insert(i, (pc[i], *at));
-        }
-    }
-    let merges = &merges;
-
-    let mut content = vec![RepoId::default(); n];
-    let mut reads = Vec::new();
-    let progress = &shared.progress;
-    for (i, p) in plan.iter().enumerate() {
-        if *p != ChunkPlan::Read {
-            progress
-                .done
-                .fetch_add(image::chunk_range(i, size).length, Ordering::Relaxed);
-        }
-        match p {
-            ChunkPlan::Reuse => {
-                content[i] = parent_content.map(|pc| pc[i]).unwrap_or_default();
-                stats.reused_chunks += 1;
-            }
-            ChunkPlan::Zero => {
-                content[i] = zero_ids.get(
-                    image::chunk_range(i, size).length as usize,
-                    shared,
-                    blobs,
-                    &mut stats,
-                )?;
-                stats.zero_chunks += 1;
-            }
-            ChunkPlan::Read => reads.push(i),
-        }
-    }
-
-    let threads = threads.max(1);
-    let (work_tx, work_rx) = bounded::<(usize, Vec<u8>)>(threads * 2);
-    let (res_tx, res_rx) = unbounded::<Result<(usize, usize, Outcome), Error>>();
-    std::thread::scope(|s| -> Result<(), Error> {
-        let reader_res = res_tx.clone();
-        let reads = &reads;
-        s.spawn(move || {
-            for &i in reads {
-                if shared.stopped() {
-                    break;
-                }
-                let r = image::chunk_range(i, size);
-                let buf = match read_chunk(shared, source, path, r, changed, merges.get(&i)) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = reader_res.send(Err(e));
-                        break;
-                    }
-                };
-
-                if work_tx.send((i, buf)).is_err() {
-                    break;
-                }
-            }
-        });
-        for _ in 0..threads {
-            let work_rx = work_rx.clone();
-            let res_tx = res_tx.clone();
-            let blobs = blobs.clone();
-            s.spawn(move || {
-                let mut compressor = match shared.compressor() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = res_tx.send(Err(e));
-                        return;
-                    }
-                };
-                for (i, buf) in work_rx {
-                    if shared.stopped() {
-                        continue;
-                    }
-                    let len = buf.len();
-                    let outcome = if image::is_zero(&buf) {
-                        Ok(Outcome::Zero)
-                    } else {
-                        let id = RepoId::of(&buf);
-                        if shared.claim(id) {
-                            shared
-                                .seal(id, BlobKind::Data, &buf, &mut compressor)
-                                .and_then(|blob| send(&blobs, blob))
-                                .map(|()| Outcome::Data { id, stored: true })
-                        } else {
-                            Ok(Outcome::Data { id, stored: false })
-                        }
-                    };
-                    if res_tx.send(outcome.map(|o| (i, len, o))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(res_tx);
-        let mut first_error = None;
-        for r in &res_rx {
-            match r {
-                Ok((i, len, outcome)) => {
-                    stats.bytes_read += len as u64;
-                    progress.done.fetch_add(len as u64, Ordering::Relaxed);
-                    progress.read.fetch_add(len as u64, Ordering::Relaxed);
-                    match outcome {
-                        Outcome::Zero => {
-                            stats.zero_chunks += 1;
-                            match zero_ids.get(len, shared, blobs, &mut stats) {
-                                Ok(id) => content[i] = id,
-                                Err(e) => {
-                                    shared.abort.store(true, Ordering::SeqCst);
-                                    first_error.get_or_insert(e);
-                                }
-                            }
-                        }
-                        Outcome::Data { id, stored } => {
-                            stats.hashed_chunks += 1;
-                            stats.new_blobs += usize::from(stored);
-                            content[i] = id;
-                        }
-                    }
-                }
-                Err(e) => {
-                    shared.abort.store(true, Ordering::SeqCst);
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    })?;
-    if shared.stopped() {
-        // Stopped by a failure elsewhere (the pack writer); the caller reports that one.
-        return Err(Error::new(
-            ErrorKind::Repository,
-            format!("{path}: the backup was stopped"),
-        ));
-    }
-    if stats.reused_chunks + stats.zero_chunks + stats.hashed_chunks != n {
-        return Err(Error::new(
-            ErrorKind::Repository,
-            format!(
-                "{path}: {} of {n} chunks were backed up",
-                stats.reused_chunks + stats.zero_chunks + stats.hashed_chunks
-            ),
-        ));
-    }
-    Ok((content, stats))
-}
-
-/// Reads one chunk: from the source, or, for a chunk of a stock increment that is not wholly
-/// changed, the parent's blob with the changed parts read over it.
-fn read_chunk(
-    shared: &Shared<'_>,
-    source: &dyn ImageSource,
-    path: &str,
-    r: Extent,
-    changed: Option<&[Extent]>,
-    merge: Option<&(RepoId, BlobLocation)>,
-) -> Result<Vec<u8>, Error> {
-    let read_err =
-        |offset: u64, e| input_error(format!("cannot read {path} at offset {offset}"), e);
-    let Some((parent_id, at)) = merge else {
-        let mut buf = vec![0u8; r.length as usize];
-        source
-            .read_at(&mut buf, r.offset)
-            .map_err(|e| read_err(r.offset, e))?;
-        return Ok(buf);
-    };
-    let mut buf = shared.repo.read_blob(parent_id, at)?;
-    if buf.len() as u64 != r.length {
-        return Err(Error::new(
-            ErrorKind::Repository,
-            format!(
-                "{path}: the parent's chunk at {} holds {} bytes, not {}",
-                r.offset,
-                buf.len(),
-                r.length
-            ),
-        ));
-    }
-    for part in image::covered(changed.unwrap_or_default(), r) {
-        let from = (part.offset - r.offset) as usize;
-        source
-            .read_at(&mut buf[from..from + part.length as usize], part.offset)
-            .map_err(|e| read_err(part.offset, e))?;
-    }
-    Ok(buf)
-}
-
-/// A directory being assembled: files and subdirectories by name (sorted, as restic sorts).
-#[derive(Default)]
-struct DirBuilder {
-    files: BTreeMap<String, Node>,
-    dirs: BTreeMap<String, DirBuilder>,
-}
-
-impl DirBuilder {
-    fn insert(&mut self, path: &str, node: Node) -> Result<(), Error> {
-        let parts: Vec<&str> = path
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .collect();
-        let Some((name, dirs)) = parts.split_last() else {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                format!("{path:?} is not a file path"),
-            ));
-        };
-        if parts.contains(&"..") {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                format!("{path:?} must not contain '..'"),
-            ));
-        }
-        let mut dir = self;
-        for d in dirs {
-            dir = dir.dirs.entry((*d).to_string()).or_default();
-        }
-        let mut node = node;
-        node.name = (*name).to_string();
-        if dir.files.insert(node.name.clone(), node).is_some() {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                format!("{path} is given twice"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Serialises the trees bottom-up into `pack`; returns this tree's id.
-    fn save(
-        self,
-        time: &str,
-        shared: &Shared<'_>,
-        pack: &mut PackBuilder,
-        compressor: &mut Option<zstd::bulk::Compressor<'static>>,
-        stored: &mut HashSet<RepoId>,
-    ) -> Result<RepoId, Error> {
-        let mut nodes: BTreeMap<String, Node> = self.files;
-        for (name, dir) in self.dirs {
-            let id = dir.save(time, shared, pack, compressor, stored)?;
-            if nodes
-                .insert(name.clone(), Node::dir(&name, id, time))
-                .is_some()
-            {
-                return Err(Error::new(
-                    ErrorKind::Repository,
-                    format!("{name} is both a file and a directory"),
-                ));
-            }
-        }
-        let tree = Tree {
-            nodes: nodes.into_values().collect(),
-        };
-        let mut json = serde_json::to_vec(&tree)
-            .map_err(|e| Error::new(ErrorKind::Repository, format!("cannot encode a tree: {e}")))?;
-        json.push(b'\n');
-        let id = RepoId::of(&json);
-        if !shared.known.trees.contains_key(&id) && stored.insert(id) {
-            pack.add(shared.seal(id, BlobKind::Tree, &json, compressor)?);
-        }
-        Ok(id)
-    }
-}
-
-/// Index entries per index file, as restic splits them: a reader never has to take in one
-/// huge file (and a file past the size readers accept is never written).
-const INDEX_BLOBS_PER_FILE: usize = 50_000;
-
-/// Writes the index entries of `packs`, in files of at most [`INDEX_BLOBS_PER_FILE`] blobs.
-fn save_index(repo: &Repo, packs: Vec<IndexPack>) -> Result<(), Error> {
-    let mut file = Vec::new();
-    let mut blobs = 0;
-    for pack in packs {
-        blobs += pack.blobs.len();
-        file.push(pack);
-        if blobs >= INDEX_BLOBS_PER_FILE {
-            repo.save_file(
-                FileType::Index,
-                &IndexFile {
-                    packs: std::mem::take(&mut file),
-                    ..IndexFile::default()
+    time: &str,
+) -> Result<(Node, Stats), Error> {
+    match &f.content {
+        Content::Image {
+            source,
+            changed,
+            parent_path,
+        } => {
+            let parent_node = match (&parent, parent_path) {
+                (Some(p), Some(pp)) => shared.repo.file_node(p, pp, known)?,
+                _ => None,
+            };
+            backup_image(
+                shared,
+                blob_tx,
+                threads,
+                ImageJob {
+                    path: &f.path,
+                    source: *source,
+                    changed: *changed,
+                    parent: parent_node.as_ref(),
                 },
-            )?;
-            blobs = 0;
+                zero_ids,
+            )
+            .map(|(content, stats)| (Node::file("", stats.size, content, time), stats))
         }
+        Content::Bytes(bytes) => (|| {
+            let mut stats = Stats {
+                size: bytes.len() as u64,
+                chunks: 1,
+                ..Stats::default()
+            };
+            let mut content = Vec::new();
+            if !bytes.is_empty() {
+                let id = RepoId::of(bytes);
+                stats.hashed_chunks = 1;
+                if shared.claim(id) {
+                    send(
+                        blob_tx,
+                        shared.seal(id, BlobKind::Data, bytes, &mut shared.compressor()?)?,
+                    )?;
+                    stats.new_blobs = 1;
+                }
+                content.push(id);
+            }
+            Ok((Node::file("", stats.size, content, time), stats))
+        })(),
     }
-    if !file.is_empty() {
-        repo.save_file(
-            FileType::Index,
-            &IndexFile {
-                packs: file,
-                ..IndexFile::default()
-            },
-        )?;
-    }
-    Ok(())
 }
 
 /// Writes a snapshot of `files`.
@@ -837,57 +470,15 @@ pub fn backup(
             let mut zero_ids = ZeroIds::default();
             let mut result: Result<(), Error> = Ok(());
             for f in files {
-                let outcome = match &f.content {
-                    Content::Image {
-                        source,
-                        changed,
-                        parent_path,
-                    } => {
-                        let parent_node = match (&parent, parent_path) {
-                            (Some(p), Some(pp)) => repo.file_node(p, pp, &known)?,
-                            _ => None,
-                        };
-                        backup_image(
-                            &shared,
-                            &blob_tx,
-                            options.threads,
-                            ImageJob {
-                                path: &f.path,
-                                source: *source,
-                                changed: *changed,
-                                parent: parent_node.as_ref(),
-                            },
-                            &mut zero_ids,
-                        )
-                        .map(|(content, stats)| (Node::file("", stats.size, content, &time), stats))
-                    }
-                    Content::Bytes(bytes) => (|| {
-                        let mut stats = Stats {
-                            size: bytes.len() as u64,
-                            chunks: 1,
-                            ..Stats::default()
-                        };
-                        let mut content = Vec::new();
-                        if !bytes.is_empty() {
-                            let id = RepoId::of(bytes);
-                            stats.hashed_chunks = 1;
-                            if shared.claim(id) {
-                                send(
-                                    &blob_tx,
-                                    shared.seal(
-                                        id,
-                                        BlobKind::Data,
-                                        bytes,
-                                        &mut shared.compressor()?,
-                                    )?,
-                                )?;
-                                stats.new_blobs = 1;
-                            }
-                            content.push(id);
-                        }
-                        Ok((Node::file("", stats.size, content, &time), stats))
-                    })(),
-                };
+                let outcome = store_file(
+                    &shared,
+                    &blob_tx,
+                    options.threads,
+                    f,
+                    (parent.as_ref(), &known),
+                    &mut zero_ids,
+                    &time,
+                );
                 match outcome.and_then(|(node, stats)| root.insert(&f.path, node).map(|()| stats)) {
                     Ok(stats) => per_file.push((f.path.clone(), stats)),
                     Err(e) => {
