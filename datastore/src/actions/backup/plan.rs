@@ -100,6 +100,12 @@ pub struct Plan {
     pub disks: Vec<DiskPlan>,
 }
 
+/// A staged disk: (disk id, increment, file).
+type StagedDisk = (u32, u64, PathBuf);
+
+/// The parent snapshot: its id and content.
+type Parent = (RepoId, Snapshot);
+
 fn input(message: String) -> Error {
     Error::new(ErrorKind::Input, message)
 }
@@ -119,8 +125,50 @@ pub fn plan(
     snapshots: impl FnOnce() -> Result<Vec<(RepoId, Snapshot, jiff::Timestamp)>, Error>,
     repo: &str,
 ) -> Result<Plan, Error> {
+    let (disks, increment) = staged_disks(args, staged, manifest, staging)?;
+    let ids: Vec<u32> = disks.iter().map(|d| d.0).collect();
+    let (parent, stock_chain) = if increment > 0 {
+        let (parent, chain) = parent_of(
+            args,
+            vm,
+            &ids,
+            increment,
+            manifest.is_some(),
+            snapshots,
+            repo,
+        )?;
+        (Some(parent), chain)
+    } else {
+        (None, None)
+    };
+    let mut planned = Vec::new();
+    for (disk_id, inc, file) in disks {
+        planned.push(disk_plan(
+            args,
+            manifest,
+            staging,
+            parent.as_ref().map(|(_, p)| p),
+            stock_chain.is_some(),
+            (disk_id, inc, file),
+        )?);
+    }
+    Ok(Plan {
+        increment,
+        parent: parent.map(|(id, _)| id),
+        stock_chain,
+        disks: planned,
+    })
+}
+
+/// The disks to read (each asked-for disk exactly once) and the one increment they belong to.
+fn staged_disks(
+    args: &BackupArgs,
+    staged: &StagedFiles,
+    manifest: Option<&DirectManifest>,
+    staging: &Path,
+) -> Result<(Vec<StagedDisk>, u64), Error> {
     // Direct mode: prebackup copied nothing and named the disks and their bitmaps instead.
-    let mut disks: Vec<(u32, u64, PathBuf)> = match manifest {
+    let mut disks: Vec<StagedDisk> = match manifest {
         Some(m) => m
             .disks
             .iter()
@@ -159,136 +207,143 @@ pub fn plan(
             )));
         }
     };
-    let ids: Vec<u32> = disks.iter().map(|d| d.0).collect();
+    Ok((disks, increment))
+}
 
-    // An increment n > 0 is a delta on increment n-1: find that snapshot.
-    let (parent, stock_chain) = if increment > 0 {
-        let bc = &vm.backup_config;
-        if bc.mode != BackupMode::Increment {
-            return Err(input(format!(
-                "VM {}: increment {increment} is staged but BACKUP_CONFIG/MODE is not INCREMENT",
-                args.vm_id
-            )));
-        }
-        if bc.last_increment_id.is_some_and(|l| l + 1 != increment) {
-            return Err(input(format!(
-                "VM {}: increment {increment} is staged but LAST_INCREMENT_ID is {:?}",
-                args.vm_id, bc.last_increment_id
-            )));
-        }
-        let all = snapshots()?;
-        let (pid, psnap) = find_parent(&all, args.vm_id, &ids, increment - 1).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Repository,
-                format!(
-                    "VM {}: no snapshot in {repo} holds increment {} of disks {ids:?}, so increment {increment} has no parent; start a new chain (onevm backup --reset)",
-                    args.vm_id,
-                    increment - 1
-                ),
-            )
-        })?;
-        // A parent the stock restic driver stored is a qcow2 delta, not a complete image: its
-        // chain (back to the FULL, or to a backstop image) is rebuilt once, and this increment
-        // is stored whole; the increments after it are cheap again. Direct mode reads the
-        // whole disk instead: no chain to rebuild.
-        let chain = if manifest.is_none() && !is_image(&psnap) {
-            let mut links = Vec::new();
-            for k in (0..increment).rev() {
-                let (id, snap) = find_parent(&all, args.vm_id, &ids, k).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Repository,
-                        format!(
-                            "VM {}: the stock chain under increment {increment} has no increment {k} in {repo}; start a new chain (onevm backup --reset)",
-                            args.vm_id
-                        ),
-                    )
-                })?;
-                links.push(ChainLink {
-                    increment_id: k,
-                    source: id.to_hex().to_string(),
-                });
-                if is_image(&snap) {
-                    break;
-                }
-            }
-            links.reverse();
-            Some(links)
-        } else {
-            None
-        };
-        (Some((pid, psnap)), chain)
-    } else {
-        (None, None)
-    };
-
-    let mut planned = Vec::new();
-    for (disk_id, inc, file) in disks {
-        let previous = staged_disk(disk_id, inc.saturating_sub(1));
-        let parent_path = parent
-            .as_ref()
-            .and_then(|(_, p)| p.paths.iter().find(|p| base_name(p) == previous).cloned());
-        let read = match manifest.and_then(|m| m.disks.iter().find(|d| d.disk_id == disk_id)) {
-            Some(d) => {
-                // The format is the VM's declared one, from prebackup: never guessed.
-                let format = Format::parse(&d.format).ok_or_else(|| {
-                    input(format!(
-                        "disk {disk_id}: {MANIFEST} names the format {:?}; backstop reads raw and qcow2",
-                        d.format
-                    ))
-                })?;
-                let backstop_parent = parent.as_ref().is_some_and(|(_, p)| is_image(p));
-                match &d.bitmap {
-                    Some(b) if backstop_parent => Read::Direct {
-                        disk: d.clone(),
-                        format,
-                        bitmap: Some(b.clone()),
-                        whole_reason: None,
-                    },
-                    bitmap => Read::Direct {
-                        disk: d.clone(),
-                        format,
-                        bitmap: None,
-                        whole_reason: bitmap.as_ref().map(|_| {
-                            format!(
-                                "VM {}: increment {} of disk {disk_id} has no backstop parent snapshot; reading the whole disk",
-                                args.vm_id,
-                                inc.saturating_sub(1)
-                            )
-                        }),
-                    },
-                }
-            }
-            None if parent.is_none() => Read::Whole,
-            None if stock_chain.is_some() => Read::OnRebuiltChain {
-                parent_file: parent_path.clone().unwrap_or_default(),
-            },
-            None => Read::Delta,
-        };
-        let keeps_parent = matches!(
-            read,
-            Read::Delta
-                | Read::Direct {
-                    bitmap: Some(_),
-                    ..
-                }
-        );
-        planned.push(DiskPlan {
-            disk_id,
-            file,
-            snapshot_path: crate::target::clean_path(&format!(
-                "{}/{}",
-                staging.display(),
-                staged_disk(disk_id, inc)
-            )),
-            parent_path: parent_path.filter(|_| keeps_parent),
-            read,
-        });
+/// The parent snapshot of increment `increment` (> 0), and the stock chain under it when the
+/// parent is the stock driver's and the disks are staged.
+fn parent_of(
+    args: &BackupArgs,
+    vm: &Vm,
+    ids: &[u32],
+    increment: u64,
+    direct: bool,
+    snapshots: impl FnOnce() -> Result<Vec<(RepoId, Snapshot, jiff::Timestamp)>, Error>,
+    repo: &str,
+) -> Result<(Parent, Option<Vec<ChainLink>>), Error> {
+    let bc = &vm.backup_config;
+    if bc.mode != BackupMode::Increment {
+        return Err(input(format!(
+            "VM {}: increment {increment} is staged but BACKUP_CONFIG/MODE is not INCREMENT",
+            args.vm_id
+        )));
     }
-    Ok(Plan {
-        increment,
-        parent: parent.map(|(id, _)| id),
-        stock_chain,
-        disks: planned,
+    if bc.last_increment_id.is_some_and(|l| l + 1 != increment) {
+        return Err(input(format!(
+            "VM {}: increment {increment} is staged but LAST_INCREMENT_ID is {:?}",
+            args.vm_id, bc.last_increment_id
+        )));
+    }
+    let all = snapshots()?;
+    let (pid, psnap) = find_parent(&all, args.vm_id, ids, increment - 1).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Repository,
+            format!(
+                "VM {}: no snapshot in {repo} holds increment {} of disks {ids:?}, so increment {increment} has no parent; start a new chain (onevm backup --reset)",
+                args.vm_id,
+                increment - 1
+            ),
+        )
+    })?;
+    // A parent the stock restic driver stored is a qcow2 delta, not a complete image: its
+    // chain (back to the FULL, or to a backstop image) is rebuilt once, and this increment
+    // is stored whole; the increments after it are cheap again. Direct mode reads the
+    // whole disk instead: no chain to rebuild.
+    let chain = if !direct && !is_image(&psnap) {
+        let mut links = Vec::new();
+        for k in (0..increment).rev() {
+            let (id, snap) = find_parent(&all, args.vm_id, ids, k).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!(
+                        "VM {}: the stock chain under increment {increment} has no increment {k} in {repo}; start a new chain (onevm backup --reset)",
+                        args.vm_id
+                    ),
+                )
+            })?;
+            links.push(ChainLink {
+                increment_id: k,
+                source: id.to_hex().to_string(),
+            });
+            if is_image(&snap) {
+                break;
+            }
+        }
+        links.reverse();
+        Some(links)
+    } else {
+        None
+    };
+    Ok(((pid, psnap), chain))
+}
+
+/// How one disk is read, and where it goes.
+fn disk_plan(
+    args: &BackupArgs,
+    manifest: Option<&DirectManifest>,
+    staging: &Path,
+    parent: Option<&Snapshot>,
+    on_stock_chain: bool,
+    (disk_id, inc, file): StagedDisk,
+) -> Result<DiskPlan, Error> {
+    let previous = staged_disk(disk_id, inc.saturating_sub(1));
+    let parent_path =
+        parent.and_then(|p| p.paths.iter().find(|p| base_name(p) == previous).cloned());
+    let read = match manifest.and_then(|m| m.disks.iter().find(|d| d.disk_id == disk_id)) {
+        Some(d) => {
+            // The format is the VM's declared one, from prebackup: never guessed.
+            let format = Format::parse(&d.format).ok_or_else(|| {
+                input(format!(
+                    "disk {disk_id}: {MANIFEST} names the format {:?}; backstop reads raw and qcow2",
+                    d.format
+                ))
+            })?;
+            let backstop_parent = parent.is_some_and(is_image);
+            match &d.bitmap {
+                Some(b) if backstop_parent => Read::Direct {
+                    disk: d.clone(),
+                    format,
+                    bitmap: Some(b.clone()),
+                    whole_reason: None,
+                },
+                bitmap => Read::Direct {
+                    disk: d.clone(),
+                    format,
+                    bitmap: None,
+                    whole_reason: bitmap.as_ref().map(|_| {
+                        format!(
+                            "VM {}: increment {} of disk {disk_id} has no backstop parent snapshot; reading the whole disk",
+                            args.vm_id,
+                            inc.saturating_sub(1)
+                        )
+                    }),
+                },
+            }
+        }
+        None if parent.is_none() => Read::Whole,
+        None if on_stock_chain => Read::OnRebuiltChain {
+            parent_file: parent_path.clone().unwrap_or_default(),
+        },
+        None => Read::Delta,
+    };
+    let keeps_parent = matches!(
+        read,
+        Read::Delta
+            | Read::Direct {
+                bitmap: Some(_),
+                ..
+            }
+    );
+    Ok(DiskPlan {
+        disk_id,
+        file,
+        snapshot_path: crate::target::clean_path(&format!(
+            "{}/{}",
+            staging.display(),
+            staged_disk(disk_id, inc)
+        )),
+        parent_path: parent_path.filter(|_| keeps_parent),
+        read,
     })
 }
 
