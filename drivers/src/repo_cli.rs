@@ -50,64 +50,68 @@ pub struct Args {
     command: Command,
 }
 
+/// `backup`'s options.
+#[derive(Debug, clap::Args)]
+struct BackupCmd {
+    /// A disk image: a raw file or block device, or a qcow2 file (read through qemu-nbd).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "nbd",
+        conflicts_with = "nbd"
+    )]
+    image: Option<PathBuf>,
+    /// An NBD export on a unix socket (qemu-nbd, qemu-storage-daemon, libvirt pull backup).
+    #[arg(long, value_name = "SOCKET")]
+    nbd: Option<PathBuf>,
+    /// The image format for --image: raw or qcow2. Without it a file is read as raw, and
+    /// one that starts with a qcow2 header is refused (backstop never guesses a format).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
+    /// Take the changed extents from this persistent dirty bitmap
+    /// (`qemu:dirty-bitmap:NAME`); needs --parent.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "parent",
+        conflicts_with = "changed_extents"
+    )]
+    bitmap: Option<String>,
+    /// --image is a stock OpenNebula increment (disk.<id>.<n>: a qcow2 delta whose backing
+    /// file is gone): its clusters are the changed extents, the rest comes from --parent.
+    #[arg(long, requires_all = ["parent", "image"], conflicts_with_all = ["changed_extents", "bitmap"])]
+    stock_increment: bool,
+    /// The file's absolute path inside the snapshot (default: the image's own path).
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
+    /// The parent snapshot (id or unique prefix); with --changed-extents only changed
+    /// chunks are read.
+    #[arg(long, value_name = "ID")]
+    parent: Option<String>,
+    /// The file's path in the parent snapshot (default: --path).
+    #[arg(long, value_name = "PATH")]
+    parent_path: Option<String>,
+    /// The changed extents, as `nbdinfo --json --map` prints them for a dirty bitmap.
+    #[arg(long, value_name = "FILE", requires = "parent")]
+    changed_extents: Option<PathBuf>,
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// off, auto or max.
+    #[arg(long, env = "RESTIC_COMPRESSION")]
+    compression: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Create a repository (restic format, version 2).
     Init,
     /// Back up a disk image as one file of a new snapshot.
-    Backup {
-        /// A disk image: a raw file or block device, or a qcow2 file (read through qemu-nbd).
-        #[arg(
-            long,
-            value_name = "PATH",
-            required_unless_present = "nbd",
-            conflicts_with = "nbd"
-        )]
-        image: Option<PathBuf>,
-        /// An NBD export on a unix socket (qemu-nbd, qemu-storage-daemon, libvirt pull backup).
-        #[arg(long, value_name = "SOCKET")]
-        nbd: Option<PathBuf>,
-        /// The image format for --image: raw or qcow2. Without it a file is read as raw, and
-        /// one that starts with a qcow2 header is refused (backstop never guesses a format).
-        #[arg(long, value_name = "FORMAT")]
-        format: Option<String>,
-        /// Take the changed extents from this persistent dirty bitmap
-        /// (`qemu:dirty-bitmap:NAME`); needs --parent.
-        #[arg(
-            long,
-            value_name = "NAME",
-            requires = "parent",
-            conflicts_with = "changed_extents"
-        )]
-        bitmap: Option<String>,
-        /// --image is a stock OpenNebula increment (disk.<id>.<n>: a qcow2 delta whose backing
-        /// file is gone): its clusters are the changed extents, the rest comes from --parent.
-        #[arg(long, requires_all = ["parent", "image"], conflicts_with_all = ["changed_extents", "bitmap"])]
-        stock_increment: bool,
-        /// The file's absolute path inside the snapshot (default: the image's own path).
-        #[arg(long, value_name = "PATH")]
-        path: Option<String>,
-        /// The parent snapshot (id or unique prefix); with --changed-extents only changed
-        /// chunks are read.
-        #[arg(long, value_name = "ID")]
-        parent: Option<String>,
-        /// The file's path in the parent snapshot (default: --path).
-        #[arg(long, value_name = "PATH")]
-        parent_path: Option<String>,
-        /// The changed extents, as `nbdinfo --json --map` prints them for a dirty bitmap.
-        #[arg(long, value_name = "FILE", requires = "parent")]
-        changed_extents: Option<PathBuf>,
-        #[arg(long = "tag", value_name = "TAG")]
-        tags: Vec<String>,
-        #[arg(long, value_name = "HOST")]
-        host: Option<String>,
-        /// off, auto or max.
-        #[arg(long, env = "RESTIC_COMPRESSION")]
-        compression: Option<String>,
-        /// Print the summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Backup(BackupCmd),
     /// List snapshots.
     Snapshots {
         #[arg(long)]
@@ -235,153 +239,7 @@ fn run(args: &Args) -> Result<(), String> {
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
         Command::Init => Ok(()),
-        Command::Backup {
-            image,
-            nbd,
-            format,
-            bitmap,
-            stock_increment,
-            path,
-            parent,
-            parent_path,
-            changed_extents,
-            tags,
-            host,
-            compression,
-            json,
-        } => {
-            let started = Instant::now();
-            let (source, delta_extents) = if *stock_increment {
-                let path = image.as_deref().ok_or("--stock-increment needs --image")?;
-                let (img, present) = NbdImage::open_delta(path)
-                    .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
-                (Source::Nbd(Box::new(img)), Some(present))
-            } else {
-                let src = open_source(
-                    image.as_deref(),
-                    nbd.as_deref(),
-                    format.as_deref(),
-                    bitmap.as_deref(),
-                )?;
-                (src, None)
-            };
-            let bitmap_extents = match (bitmap, &source) {
-                (Some(b), Source::Nbd(n)) => Some(
-                    n.dirty(b)
-                        .map_err(|e| format!("cannot read bitmap {b}: {e}"))?,
-                ),
-                (Some(_), Source::Raw(_)) => {
-                    return Err("--bitmap needs a qcow2 --image or an --nbd export".into());
-                }
-                (None, _) => None,
-            };
-            let changed = changed_extents
-                .as_ref()
-                .map(|f| {
-                    let text = std::fs::read_to_string(f)
-                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                    image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
-                })
-                .transpose()?
-                .or(bitmap_extents)
-                .or(delta_extents);
-            let parent_id = parent
-                .as_deref()
-                .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
-                .transpose()
-                .map_err(|e| e.to_string())?;
-            let snapshot_path = match (path, image) {
-                (Some(p), _) => p.clone(),
-                (None, Some(i)) => std::path::absolute(i)
-                    .map_err(|e| e.to_string())?
-                    .display()
-                    .to_string(),
-                (None, None) => return Err("--path is needed with --nbd".into()),
-            };
-            let files = [FileSpec {
-                path: snapshot_path.clone(),
-                content: Content::Image {
-                    source: source.as_image(),
-                    changed: changed.as_deref(),
-                    parent_path: Some(parent_path.clone().unwrap_or(snapshot_path)),
-                },
-            }];
-            let mut options = BackupOptions {
-                tags: tags.clone(),
-                compression: Compression::parse(compression.as_deref())
-                    .map_err(|e| e.to_string())?,
-                parent: parent_id,
-                retry_lock: args.retry_lock,
-                ..BackupOptions::default()
-            };
-            if let Some(h) = host {
-                options.hostname = h.clone();
-            }
-            // A live progress line on a terminal (stderr), redrawn every second.
-            let live = {
-                use std::io::IsTerminal;
-                std::io::stderr().is_terminal()
-            };
-            let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let result = std::thread::scope(|s| {
-                if live {
-                    let (progress, finished) = (options.progress.clone(), finished.clone());
-                    s.spawn(move || {
-                        use std::io::Write;
-                        let begun = std::time::Instant::now();
-                        let mut last = begun;
-                        let mut drawn = false;
-                        while !finished.load(std::sync::atomic::Ordering::SeqCst) {
-                            std::thread::sleep(std::time::Duration::from_millis(100));
-                            if last.elapsed() < std::time::Duration::from_secs(1) {
-                                continue;
-                            }
-                            last = std::time::Instant::now();
-                            let (done, total, _) = progress.get();
-                            let line = writer::progress_line(done, total, begun.elapsed());
-                            let _ = write!(std::io::stderr(), "\r\x1b[K{line}");
-                            drawn = true;
-                        }
-                        if drawn {
-                            let _ = write!(std::io::stderr(), "\r\x1b[K");
-                        }
-                    });
-                }
-                let r = writer::backup(&repo, &files, &options);
-                finished.store(true, std::sync::atomic::Ordering::SeqCst);
-                r
-            })
-            .map_err(|e| e.to_string())?;
-            let secs = started.elapsed().as_secs_f64();
-            let t = &result.total;
-            if let Some(reason) = &t.full_reason {
-                eprintln!("INFO: read the whole image: {reason}");
-            }
-            if *json {
-                let summary = serde_json::json!({
-                    "snapshot_id": result.snapshot_id.to_hex(),
-                    "size": t.size, "chunks": t.chunks, "reused_chunks": t.reused_chunks,
-                    "zero_chunks": t.zero_chunks, "hashed_chunks": t.hashed_chunks,
-                    "bytes_read": t.bytes_read, "new_blobs": t.new_blobs, "added_bytes": t.added_bytes,
-                    "seconds": secs,
-                });
-                println!("{summary}");
-            } else {
-                println!(
-                    "snapshot {} saved: {} bytes in {} chunks ({} reused, {} zero, {} hashed), read {} bytes, added {} bytes in {:.2} s",
-                    short(&result.snapshot_id),
-                    t.size,
-                    t.chunks,
-                    t.reused_chunks,
-                    t.zero_chunks,
-                    t.hashed_chunks,
-                    t.bytes_read,
-                    t.added_bytes,
-                    secs
-                );
-            }
-            Ok(())
-        }
+        Command::Backup(cmd) => backup(&repo, args, cmd),
         Command::Snapshots { json } => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
             if *json {
@@ -499,6 +357,155 @@ fn prune_now(
         .prune(&limits, RetryLock(retry))
         .map_err(|e| e.to_string())?;
     println!("pruned: {freed} bytes freed");
+    Ok(())
+}
+
+/// `backup`: one image into a new snapshot.
+fn backup(repo: &Repo, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
+    let BackupCmd {
+        image,
+        nbd,
+        format,
+        bitmap,
+        stock_increment,
+        path,
+        parent,
+        parent_path,
+        changed_extents,
+        tags,
+        host,
+        compression,
+        json,
+    } = cmd;
+    let started = Instant::now();
+    let (source, delta_extents) = if *stock_increment {
+        let path = image.as_deref().ok_or("--stock-increment needs --image")?;
+        let (img, present) = NbdImage::open_delta(path)
+            .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
+        (Source::Nbd(Box::new(img)), Some(present))
+    } else {
+        let src = open_source(
+            image.as_deref(),
+            nbd.as_deref(),
+            format.as_deref(),
+            bitmap.as_deref(),
+        )?;
+        (src, None)
+    };
+    let bitmap_extents = match (bitmap, &source) {
+        (Some(b), Source::Nbd(n)) => Some(
+            n.dirty(b)
+                .map_err(|e| format!("cannot read bitmap {b}: {e}"))?,
+        ),
+        (Some(_), Source::Raw(_)) => {
+            return Err("--bitmap needs a qcow2 --image or an --nbd export".into());
+        }
+        (None, _) => None,
+    };
+    let changed = changed_extents
+        .as_ref()
+        .map(|f| {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
+        })
+        .transpose()?
+        .or(bitmap_extents)
+        .or(delta_extents);
+    let parent_id = parent
+        .as_deref()
+        .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let snapshot_path = match (path, image) {
+        (Some(p), _) => p.clone(),
+        (None, Some(i)) => std::path::absolute(i)
+            .map_err(|e| e.to_string())?
+            .display()
+            .to_string(),
+        (None, None) => return Err("--path is needed with --nbd".into()),
+    };
+    let files = [FileSpec {
+        path: snapshot_path.clone(),
+        content: Content::Image {
+            source: source.as_image(),
+            changed: changed.as_deref(),
+            parent_path: Some(parent_path.clone().unwrap_or(snapshot_path)),
+        },
+    }];
+    let mut options = BackupOptions {
+        tags: tags.clone(),
+        compression: Compression::parse(compression.as_deref()).map_err(|e| e.to_string())?,
+        parent: parent_id,
+        retry_lock: args.retry_lock,
+        ..BackupOptions::default()
+    };
+    if let Some(h) = host {
+        options.hostname = h.clone();
+    }
+    // A live progress line on a terminal (stderr), redrawn every second.
+    let live = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal()
+    };
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let result = std::thread::scope(|s| {
+        if live {
+            let (progress, finished) = (options.progress.clone(), finished.clone());
+            s.spawn(move || {
+                use std::io::Write;
+                let begun = std::time::Instant::now();
+                let mut last = begun;
+                let mut drawn = false;
+                while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if last.elapsed() < std::time::Duration::from_secs(1) {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    let (done, total, _) = progress.get();
+                    let line = writer::progress_line(done, total, begun.elapsed());
+                    let _ = write!(std::io::stderr(), "\r\x1b[K{line}");
+                    drawn = true;
+                }
+                if drawn {
+                    let _ = write!(std::io::stderr(), "\r\x1b[K");
+                }
+            });
+        }
+        let r = writer::backup(repo, &files, &options);
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    })
+    .map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    let t = &result.total;
+    if let Some(reason) = &t.full_reason {
+        eprintln!("INFO: read the whole image: {reason}");
+    }
+    if *json {
+        let summary = serde_json::json!({
+            "snapshot_id": result.snapshot_id.to_hex(),
+            "size": t.size, "chunks": t.chunks, "reused_chunks": t.reused_chunks,
+            "zero_chunks": t.zero_chunks, "hashed_chunks": t.hashed_chunks,
+            "bytes_read": t.bytes_read, "new_blobs": t.new_blobs, "added_bytes": t.added_bytes,
+            "seconds": secs,
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "snapshot {} saved: {} bytes in {} chunks ({} reused, {} zero, {} hashed), read {} bytes, added {} bytes in {:.2} s",
+            short(&result.snapshot_id),
+            t.size,
+            t.chunks,
+            t.reused_chunks,
+            t.zero_chunks,
+            t.hashed_chunks,
+            t.bytes_read,
+            t.added_bytes,
+            secs
+        );
+    }
     Ok(())
 }
 
