@@ -1,0 +1,173 @@
+//! Backup images and their increments, as the runs recorded them.
+
+use super::*;
+
+impl State {
+    pub fn add_image(
+        &mut self,
+        vm: u64,
+        job: Option<u64>,
+        datastore: u64,
+        now: i64,
+    ) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO images (vm_id, job_id, datastore_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![vm as i64, job.map(|j| j as i64), datastore as i64, now],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub fn add_increment(
+        &mut self,
+        image: u64,
+        id: u64,
+        source: &str,
+        size_mb: u64,
+        kind: &str,
+        now: i64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO increments (image_id, id, source, size_mb, kind, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![image as i64, id as i64, source, size_mb as i64, kind, now],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    pub fn image(&self, id: u64) -> Result<ImageRow, StateError> {
+        let (vm_id, job_id, datastore_id): (i64, Option<i64>, i64) = self
+            .conn
+            .query_row(
+                "SELECT vm_id, job_id, datastore_id FROM images WHERE id = ?1",
+                params![id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .ok_or_else(|| self.invalid(format!("no backup image {id}")))?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, source, size_mb, kind, created_at FROM increments
+                 WHERE image_id = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let increments = stmt
+            .query_map(params![id as i64], |r| {
+                Ok(IncrementRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    source: r.get(1)?,
+                    size_mb: r.get::<_, i64>(2)? as u64,
+                    kind: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sql(e))?;
+        Ok(ImageRow {
+            id,
+            vm_id: vm_id as u64,
+            job_id: job_id.map(|j| j as u64),
+            datastore_id: datastore_id as u64,
+            increments,
+        })
+    }
+
+    /// The backup images of a VM in a job and datastore, oldest first.
+    pub fn images_of(
+        &self,
+        vm: u64,
+        job: Option<u64>,
+        datastore: u64,
+    ) -> Result<Vec<u64>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id FROM images WHERE vm_id = ?1 AND job_id IS ?2 AND datastore_id = ?3
+                 ORDER BY id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(
+                params![vm as i64, job.map(|j| j as i64), datastore as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        rows.map(|r| r.map(|v| v as u64))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn remove_image(&mut self, id: u64) -> Result<(), StateError> {
+        self.conn
+            .execute("DELETE FROM images WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// After increment_flatten: only `kept` stay; the first is the new base with `size_mb` and
+    /// its (possibly new) source.
+    pub fn flatten_increments(
+        &mut self,
+        image: u64,
+        kept: &[(u64, String)],
+        size_mb: u64,
+    ) -> Result<(), StateError> {
+        let Some((base, base_source)) = kept.first() else {
+            return Ok(());
+        };
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "DELETE FROM increments WHERE image_id = ?1 AND id < ?2",
+            params![image as i64, *base as i64],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "UPDATE increments SET source = ?1, size_mb = ?2, kind = 'FULL'
+             WHERE image_id = ?3 AND id = ?4",
+            params![base_source, size_mb as i64, image as i64, *base as i64],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The chain a VM's next INCREMENT extends: its newest image and that image's last
+    /// increment.
+    pub fn chain_of(
+        &self,
+        vm: u64,
+        job: Option<u64>,
+        datastore: u64,
+    ) -> Result<(Option<u64>, Option<u64>), StateError> {
+        let Some(image) = self.images_of(vm, job, datastore)?.last().copied() else {
+            return Ok((None, None));
+        };
+        let last = self.image(image)?.increments.last().map(|i| i.id);
+        Ok((Some(image), last))
+    }
+
+    /// Every backup image: its id, VM, job and datastore.
+    pub fn all_images(&self) -> Result<Vec<ImageRow>, StateError> {
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id FROM images ORDER BY id")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        ids.into_iter().map(|id| self.image(id as u64)).collect()
+    }
+}

@@ -1,0 +1,125 @@
+//! The datastores and VMs the jobs use.
+
+use super::*;
+
+impl State {
+    pub fn add_datastore(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO datastores (name, template) VALUES (?1, ?2)",
+                params![name, template],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.invalid(format!("a datastore named {name:?} already exists"))
+                }
+                e => self.sql(e),
+            })?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Every datastore: (id, name, template).
+    pub fn datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, template FROM datastores ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Deletes a datastore that no job names and no recorded image lives in. `jobs_using` are
+    /// the jobs whose template names it (the caller parses templates).
+    pub fn delete_datastore(&mut self, id: u64, jobs_using: &[u64]) -> Result<(), StateError> {
+        if let Some(j) = jobs_using.first() {
+            return Err(self.invalid(format!(
+                "datastore {id} is the DATASTORE_ID of backup job {j}; change or delete the job first"
+            )));
+        }
+        let images: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM images WHERE datastore_id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        if images > 0 {
+            return Err(self.invalid(format!(
+                "datastore {id} holds {images} backup images; remove them first"
+            )));
+        }
+        let n = self
+            .conn
+            .execute("DELETE FROM datastores WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no datastore {id}")));
+        }
+        Ok(())
+    }
+
+    /// Forgets a VM that is in no job (its backup images stay).
+    pub fn unregister_vm(&mut self, id: u64) -> Result<(), StateError> {
+        let job: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT job_id FROM job_vms WHERE vm_id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        if let Some(j) = job {
+            return Err(self.invalid(format!(
+                "VM {id} is in backup job {j}; take it out of BACKUP_VMS first"
+            )));
+        }
+        let n = self
+            .conn
+            .execute("DELETE FROM vms WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no registered VM {id}")));
+        }
+        Ok(())
+    }
+
+    /// Registers (or updates) a VM from its document.
+    pub fn register_vm(
+        &mut self,
+        id: u64,
+        name: &str,
+        host: Option<&str>,
+        document: &str,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO vms (id, name, host, document) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET name = ?2, host = ?3, document = ?4",
+                params![id as i64, name, host, document],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Every registered VM: (id, name, host, document).
+    pub fn vms(&self) -> Result<Vec<VmRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, host, document FROM vms ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}

@@ -1,0 +1,199 @@
+//! The state database's tests.
+
+use super::*;
+
+fn state() -> (tempfile::TempDir, State) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = State::open(&dir.path().join("sub/state.db")).expect("open");
+    (dir, s)
+}
+
+#[test]
+fn opens_migrates_and_refuses_a_newer_schema() {
+    let (dir, s) = state();
+    assert_eq!(
+        s.schema_version().expect("version"),
+        MIGRATIONS.len() as i64
+    );
+    drop(s);
+    // Opening again applies nothing twice.
+    let s = State::open(&dir.path().join("sub/state.db")).expect("reopen");
+    assert_eq!(
+        s.schema_version().expect("version"),
+        MIGRATIONS.len() as i64
+    );
+    s.conn
+        .pragma_update(None, "user_version", 99)
+        .expect("bump");
+    drop(s);
+    let e = State::open(&dir.path().join("sub/state.db")).expect_err("newer");
+    assert!(e.to_string().contains("schema version 99 is newer"), "{e}");
+}
+
+#[test]
+fn a_vm_belongs_to_one_job_and_names_are_unique() {
+    let (_dir, mut s) = state();
+    let j = s
+        .create_job("nightly", 50, "MODE=FULL", &[3, 1, 2])
+        .expect("job");
+    let order: Vec<u64> = s.job_vms(j).expect("vms").iter().map(|v| v.vm_id).collect();
+    assert_eq!(order, [3, 1, 2]);
+    let e = s
+        .create_job("other", 50, "", &[5, 1])
+        .expect_err("VM 1 is taken");
+    assert!(
+        e.to_string()
+            .ends_with("VM 1 is already in backup job 1 (nightly)"),
+        "{e}"
+    );
+    assert!(
+        s.job_vms(2).expect("none").is_empty(),
+        "nothing half-written"
+    );
+    let e = s.create_job("nightly", 50, "", &[9]).expect_err("name");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert!(s.create_job("x", 100, "", &[]).is_err());
+}
+
+#[test]
+fn moves_are_compare_and_set_and_count_failures() {
+    let (_dir, mut s) = state();
+    let j = s.create_job("j", 50, "", &[1]).expect("job");
+    assert!(
+        s.move_vm(j, 1, None, VmState::Outdated, None, 10)
+            .expect("o")
+    );
+    assert!(
+        s.move_vm(j, 1, Some(VmState::Outdated), VmState::Ongoing, None, 11)
+            .expect("go")
+    );
+    // A second runner cannot take it too.
+    assert!(
+        !s.move_vm(j, 1, Some(VmState::Outdated), VmState::Ongoing, None, 11)
+            .expect("no")
+    );
+    assert!(
+        s.move_vm(
+            j,
+            1,
+            Some(VmState::Ongoing),
+            VmState::Error,
+            Some("host down"),
+            20
+        )
+        .expect("err")
+    );
+    let v = &s.job_vms(j).expect("vms")[0];
+    assert_eq!(
+        (
+            v.state,
+            v.reason.as_deref(),
+            v.failures,
+            v.started_at,
+            v.ended_at
+        ),
+        (
+            Some(VmState::Error),
+            Some("host down"),
+            1,
+            Some(11),
+            Some(20)
+        )
+    );
+    assert_eq!(v.runner_pid, Some(std::process::id()));
+    s.move_vm(j, 1, Some(VmState::Error), VmState::Outdated, None, 30)
+        .expect("retry");
+    s.move_vm(j, 1, Some(VmState::Outdated), VmState::Ongoing, None, 31)
+        .expect("go");
+    s.move_vm(j, 1, Some(VmState::Ongoing), VmState::Updated, None, 40)
+        .expect("ok");
+    assert_eq!(s.job_vms(j).expect("vms")[0].failures, 0);
+}
+
+#[test]
+fn orphans_are_the_ongoing_vms_whose_runner_is_gone() {
+    let (_dir, mut s) = state();
+    let j = s.create_job("j", 50, "", &[1, 2, 3, 4]).expect("job");
+    for vm in 1..=4 {
+        s.move_vm(j, vm, None, VmState::Outdated, None, 1)
+            .expect("o");
+        s.move_vm(j, vm, Some(VmState::Outdated), VmState::Ongoing, None, 2)
+            .expect("go");
+    }
+    // VM 4's runner is still alive; 1 finished, 2 failed, 3 is unknown. The runner is
+    // named by PID, start time and boot: the same PID with another start time is
+    // another process.
+    let alive = ProcessId {
+        pid: 4242,
+        start: 77,
+        boot: 5,
+    };
+    s.conn
+        .execute(
+            "UPDATE job_vms SET runner = ?1 WHERE vm_id = 4",
+            [alive.to_string()],
+        )
+        .expect("runner");
+    s.conn
+        .execute(
+            "UPDATE job_vms SET runner = ?1 WHERE vm_id = 3",
+            [ProcessId { start: 78, ..alive }.to_string()],
+        )
+        .expect("runner");
+    let orphans = s.orphans(|r| *r == alive).expect("orphans");
+    assert_eq!(orphans, [(j, 1, 2), (j, 2, 2), (j, 3, 2)]);
+    // What the engine does with each (engine::reconcile): 1 finished, 2 failed, 3 is
+    // unknown and runs again; a move from ONGOING is compare-and-set.
+    for (vm, to) in [
+        (1, VmState::Updated),
+        (2, VmState::Error),
+        (3, VmState::Outdated),
+    ] {
+        assert!(
+            s.move_vm(j, vm, Some(VmState::Ongoing), to, None, 9)
+                .expect("settle")
+        );
+    }
+    assert!(s.orphans(|r| *r == alive).expect("orphans").is_empty());
+    let states: Vec<Option<VmState>> = s.job_vms(j).expect("vms").iter().map(|v| v.state).collect();
+    assert_eq!(
+        states,
+        [
+            Some(VmState::Updated),
+            Some(VmState::Error),
+            Some(VmState::Outdated),
+            Some(VmState::Ongoing)
+        ]
+    );
+}
+
+/// Two connections (the command line and the daemon) write at once without "database is
+/// locked" failures.
+#[test]
+fn two_processes_can_write_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let mut a = State::open(&path).expect("a");
+    let j = a
+        .create_job("j", 50, "", &(0..200).collect::<Vec<_>>())
+        .expect("job");
+    let p2 = path.clone();
+    let writer = std::thread::spawn(move || {
+        let mut b = State::open(&p2).expect("b");
+        for vm in 0..100u64 {
+            b.move_vm(j, vm, None, VmState::Outdated, None, 1)
+                .expect("b move");
+        }
+    });
+    for vm in 100..200u64 {
+        a.move_vm(j, vm, None, VmState::Outdated, None, 1)
+            .expect("a move");
+    }
+    writer.join().expect("join");
+    assert!(
+        a.job_vms(j)
+            .expect("vms")
+            .iter()
+            .all(|v| v.state == Some(VmState::Outdated))
+    );
+}
