@@ -486,20 +486,7 @@ pub fn run_jobs(
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(dir) = &progress_dir {
-                        for (vm, (job, since)) in &started {
-                            if let Some((done, total, read)) = dir.read(*vm) {
-                                on_event(
-                                    *job,
-                                    &Event::Progress {
-                                        vm: *vm,
-                                        done,
-                                        total,
-                                        read,
-                                        elapsed_ms: since.elapsed().as_millis() as u64,
-                                    },
-                                );
-                            }
-                        }
+                        report_progress(dir, &started, &mut on_event);
                     }
                     continue;
                 }
@@ -510,45 +497,15 @@ pub fn run_jobs(
             let Some(ctx) = ctx_of(job_id) else {
                 continue;
             };
-            let outcome =
-                result.and_then(|r| runner::record(env, state, &ctx.cfg, &ctx.ds, r, now()));
-            let entry = counts.entry(job_id).or_default();
-            match outcome {
-                Ok(o) => {
-                    state.move_vm(
-                        job_id,
-                        vm,
-                        Some(VmState::Ongoing),
-                        VmState::Updated,
-                        None,
-                        now_ms(),
-                    )?;
-                    entry.0 += 1;
-                    on_event(
-                        job_id,
-                        &Event::Done {
-                            vm,
-                            line: format!(
-                                "backup {} ({} MB), increment {} of image {}",
-                                o.backup_id, o.size_mb, o.increment_id, o.image_id
-                            ),
-                        },
-                    );
-                }
-                Err(failed) => {
-                    let reason = failed.to_string();
-                    state.move_vm(
-                        job_id,
-                        vm,
-                        Some(VmState::Ongoing),
-                        VmState::Error,
-                        Some(&reason),
-                        now_ms(),
-                    )?;
-                    entry.1 += 1;
-                    on_event(job_id, &Event::Failed { vm, reason });
-                }
-            }
+            finish_vm(
+                env,
+                state,
+                ctx,
+                (job_id, vm),
+                result,
+                &mut counts,
+                &mut on_event,
+            )?;
         }
     })?;
     for (job_id, _, started_at) in &jobs {
@@ -556,6 +513,80 @@ pub fn run_jobs(
         report.push((*job_id, Ok(counts.get(job_id).copied().unwrap_or_default())));
     }
     Ok(report)
+}
+
+/// Records a VM's finished backup chain (the increment, KEEP_LAST) and moves it to UPDATED, or
+/// to ERROR with the reason.
+fn finish_vm(
+    env: &Env,
+    state: &mut State,
+    ctx: &JobContext,
+    (job_id, vm): (u64, u64),
+    result: Result<runner::ChainResult, Error>,
+    counts: &mut HashMap<u64, (usize, usize)>,
+    on_event: &mut impl FnMut(u64, &Event),
+) -> Result<(), Error> {
+    let outcome = result.and_then(|r| runner::record(env, state, &ctx.cfg, &ctx.ds, r, now()));
+    let entry = counts.entry(job_id).or_default();
+    match outcome {
+        Ok(o) => {
+            state.move_vm(
+                job_id,
+                vm,
+                Some(VmState::Ongoing),
+                VmState::Updated,
+                None,
+                now_ms(),
+            )?;
+            entry.0 += 1;
+            on_event(
+                job_id,
+                &Event::Done {
+                    vm,
+                    line: format!(
+                        "backup {} ({} MB), increment {} of image {}",
+                        o.backup_id, o.size_mb, o.increment_id, o.image_id
+                    ),
+                },
+            );
+        }
+        Err(failed) => {
+            let reason = failed.to_string();
+            state.move_vm(
+                job_id,
+                vm,
+                Some(VmState::Ongoing),
+                VmState::Error,
+                Some(&reason),
+                now_ms(),
+            )?;
+            entry.1 += 1;
+            on_event(job_id, &Event::Failed { vm, reason });
+        }
+    }
+    Ok(())
+}
+
+/// Each running backup's latest progress, as an event.
+fn report_progress(
+    dir: &ProgressDir,
+    started: &HashMap<u64, (u64, std::time::Instant)>,
+    on_event: &mut impl FnMut(u64, &Event),
+) {
+    for (vm, (job, since)) in started {
+        if let Some((done, total, read)) = dir.read(*vm) {
+            on_event(
+                *job,
+                &Event::Progress {
+                    vm: *vm,
+                    done,
+                    total,
+                    read,
+                    elapsed_ms: since.elapsed().as_millis() as u64,
+                },
+            );
+        }
+    }
 }
 
 /// One scheduler pass (`backupjob scheduler`): settles what a killed runner left ONGOING
