@@ -1,6 +1,6 @@
 //! # backstop-backupjob
 //!
-//! Backup jobs as OpenNebula defines them (spec §8, §11): the job model, the scheduler
+//! Backup jobs as OpenNebula defines them (driver contract §8, §11): the job model, the scheduler
 //! (priority, SEQUENTIAL/PARALLEL, limits, scheduled actions), SQLite state and the `backupjob`
 //! command line.
 //!

@@ -1,4 +1,4 @@
-//! Job and datastore templates (OpenNebula template syntax, spec §11.1), validated into what
+//! Job and datastore templates (OpenNebula template syntax, driver contract §11.1), validated into what
 //! the runner needs. Errors name the attribute.
 
 use crate::runner::{BackupDatastore, JobConfig, Mode};

@@ -1,4 +1,4 @@
-//! Running one VM's backup as oned runs it (spec §3.2, §3.4, §8), through the installed
+//! Running one VM's backup as oned runs it (driver contract §3.2, §3.4, §8), through the installed
 //! actions, with their argv and stdin:
 //!
 //! 1. `tm/<tm_mad>/prebackup  host:vm_dir disks deploy_id bj_id vm_id sys_ds_id`, the VM
@@ -34,7 +34,7 @@ pub enum Mode {
     Increment,
 }
 
-/// The job's backup settings (spec §11.1).
+/// The job's backup settings (driver contract §11.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobConfig {
     pub job_id: Option<u64>,
@@ -142,7 +142,7 @@ pub fn vm_document(
     Ok(vm.to_xml())
 }
 
-/// The disks oned backs up (spec §3.1): not CDROM, SWAP or FILESYSTEM; volatile FS disks only
+/// The disks oned backs up (driver contract §3.1): not CDROM, SWAP or FILESYSTEM; volatile FS disks only
 /// with BACKUP_VOLATILE; only DISK_IDS when given.
 pub fn backup_disks(vm: &backstop_protocol::message::Vm, cfg: &JobConfig) -> Vec<u32> {
     vm.disks

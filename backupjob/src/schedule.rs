@@ -1,4 +1,4 @@
-//! A job's scheduled actions (spec §11.2): `SCHED_ACTION=[TIME, REPEAT, DAYS, END_TYPE,
+//! A job's scheduled actions (driver contract §11.2): `SCHED_ACTION=[TIME, REPEAT, DAYS, END_TYPE,
 //! END_VALUE]`, when one is due, and where it moves after a run.
 //!
 //! - `TIME` is an absolute epoch; `REPEAT` is none, weekly (DAYS 0–6, 0 = Sunday), monthly

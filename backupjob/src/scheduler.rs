@@ -1,4 +1,4 @@
-//! One scheduling tick, as a pure function (spec §11.3, step 5): given the jobs, the VMs and
+//! One scheduling tick, as a pure function (driver contract §11.3, step 5): given the jobs, the VMs and
 //! the limits, which VM backups to start now.
 //!
 //! The rules, as oned applies them:

@@ -479,7 +479,7 @@ fn flatten_comparison(work: &Path, backstop: &Path, links: u64, mib: u64) -> (Me
     );
     let _ = fs::remove_file(&dumped);
 
-    // The stock recipe (spec §5.7), on the same chain.
+    // The stock recipe (driver contract §5.7), on the same chain.
     let merge = dir.join("merge");
     let mut script = format!("set -e\nmkdir -p {}\n", q(&merge));
     for n in 0..links {

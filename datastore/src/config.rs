@@ -1,7 +1,7 @@
 //! The installation's configuration, read on the front-end from the remotes tree.
 //!
 //! - `<remotes>/etc/datastore/datastore.conf` (OpenNebula's own, shell syntax): `BACKUP_BASE_PATH`
-//!   moves the staging directory to `<BACKUP_BASE_PATH>/<vm_id>/backup` (spec §4.2).
+//!   moves the staging directory to `<BACKUP_BASE_PATH>/<vm_id>/backup` (driver contract §4.2).
 //! - `<remotes>/etc/datastore/backstop.conf` (ours, same syntax), all optional:
 //!   - `SCRIPTS_REMOTE_DIR`: where `onehost sync` puts the remotes tree on hosts (oned.conf's
 //!     setting of the same name; default `/var/tmp/one`); the host step runs
@@ -76,7 +76,7 @@ impl DriverConfig {
         })
     }
 
-    /// The staging directory of a VM (spec §4.2).
+    /// The staging directory of a VM (driver contract §4.2).
     pub fn staging_dir(&self, vm_dir: &str, vm_id: u64) -> String {
         match &self.backup_base_path {
             Some(base) => format!("{}/{vm_id}/backup", base.trim_end_matches('/')),

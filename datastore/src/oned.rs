@@ -240,7 +240,7 @@ impl OnedClient {
     }
 }
 
-/// A server-cipher login (spec §9.3): the server user of `ONE_CIPHER_AUTH` (default
+/// A server-cipher login (driver contract §9.3): the server user of `ONE_CIPHER_AUTH` (default
 /// `/var/lib/one/.one/onegate_auth`, a `user:password` file) acting as `target_user` until
 /// `expire` (seconds since the epoch). The result is a session string for [`OnedClient::call_as`].
 pub fn server_cipher_session(target_user: &str, expire: i64) -> Result<String, Error> {

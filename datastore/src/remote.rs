@@ -82,7 +82,7 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str, agent: Agent) -> Command {
     cmd
 }
 
-/// The shell prefix that confines the host step (spec §10.3), from the datastore's
+/// The shell prefix that confines the host step (driver contract §10.3), from the datastore's
 /// `RESTIC_MAX_RIOPS`, `RESTIC_MAX_WIOPS`, `RESTIC_CPU_QUOTA` (percent), `RESTIC_MEMORY_MAX_MB`
 /// (a systemd user slice `backup.<ds_id>.slice` shared by all backups to the datastore, as the
 /// stock drivers use; its limits are set as runtime properties), or else `RESTIC_NICE` and

@@ -1,5 +1,5 @@
 //! The repository behind a backup datastore: one per VM (`<BASE_PATH>/<vm_id>`) or per backup
-//! job (`<BASE_PATH>/job_<bj>`), as OpenNebula's restic driver lays them out (spec §5.1), on a
+//! job (`<BASE_PATH>/job_<bj>`), as OpenNebula's restic driver lays them out (driver contract §5.1), on a
 //! local path or over SFTP.
 
 use crate::config::DriverConfig;

@@ -1026,7 +1026,7 @@ fn backup_cancel_stops_a_running_backup_and_leaves_the_repository_clean() {
     let vm_xml = cloud.vm_xml(-1, -1);
     cloud.stage(0, &vm_xml);
     // 1 MiB/s to the backup server: the backup takes long enough to be cancelled mid-way.
-    // RESTIC_NICE and RESTIC_IONICE confine the host step (spec §10.3).
+    // RESTIC_NICE and RESTIC_IONICE confine the host step (driver contract §10.3).
     let stdin = format!(
         "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
         cloud.datastore_xml_with(

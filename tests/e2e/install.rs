@@ -5,7 +5,7 @@ use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-/// Every executable of spec §15 for DS_MAD backstop.
+/// Every executable of driver contract §15 for DS_MAD backstop.
 fn ds_actions() -> Vec<&'static str> {
     let work = [
         "backup",

@@ -112,7 +112,7 @@ pub fn write_exec(path: &Path, content: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-/// Spec §15: the actions a backup datastore refuses.
+/// Driver contract §15: the actions a backup datastore refuses.
 pub const UNSUPPORTED: &[&str] = &[
     "cp",
     "mkfs",
@@ -123,7 +123,7 @@ pub const UNSUPPORTED: &[&str] = &[
     "export",
 ];
 
-/// Spec §4 and §9.2: the transfer-manager actions backstop replaces with --with-tm.
+/// Driver contract §4 and §9.2: the transfer-manager actions backstop replaces with --with-tm.
 pub const TM_ACTIONS: &[&str] = &[
     "prebackup",
     "prebackup_live",

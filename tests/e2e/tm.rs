@@ -665,7 +665,7 @@ fn in_place_restore_brings_back_an_increment() {
     drop(oned);
 }
 
-/// prebackup runs under the backup datastore's confinement (spec §4.1, §10.3), which it reads
+/// prebackup runs under the backup datastore's confinement (driver contract §4.1, §10.3), which it reads
 /// from oned (a MOCK here): the host step, found in /proc while it copies a disk of random
 /// data, runs at the datastore's nice and I/O priority.
 #[test]

@@ -1,4 +1,4 @@
-//! The staged disk file of stock-layout staging (spec §4.2), written by backstop instead of
+//! The staged disk file of stock-layout staging (driver contract §4.2), written by backstop instead of
 //! `qemu-img convert` and `qemu-io`: the disk is exported read-only with qemu-nbd (with the
 //! parent's bitmap for an increment), and the clusters to keep are read once, in order, into a
 //! qcow2 written front to back ([`backstop_datastore::repo::qcow2`]).

@@ -68,7 +68,7 @@ pub fn run(
         "staging"
     };
     // The qemu work runs under the backup datastore's confinement, as the stock driver's
-    // (spec §4.1, §10.3).
+    // (driver contract §4.1, §10.3).
     let prefix = match &ds {
         Some(ds) => confinement(ds, &args.host_dir.vm_dir)?,
         None => String::new(),

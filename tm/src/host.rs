@@ -1,4 +1,4 @@
-//! prebackup and postbackup on the host, for a VM that is powered off (spec §4.2, §4.3).
+//! prebackup and postbackup on the host, for a VM that is powered off (driver contract §4.2, §4.3).
 //!
 //! The increment is `0` for FULL or a new chain, else `LAST_INCREMENT_ID + 1`. Changed blocks
 //! are tracked with persistent qcow2 bitmaps `one-<vm>-<n>`: bitmap `n` records every write

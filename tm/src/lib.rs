@@ -1,7 +1,7 @@
 //! # backstop-tm
 //!
 //! The host side of a backup (`remotes/tm/<tm>/<action>`): prebackup/postbackup, changed-block
-//! tracking with qcow2 bitmaps, direct hand-over of disks, and in-place restore (spec §4,
+//! tracking with qcow2 bitmaps, direct hand-over of disks, and in-place restore (driver contract §4,
 //! §9.2).
 //!
 //! prebackup and postbackup for powered-off VMs ([`host`]) and for running VMs through libvirt

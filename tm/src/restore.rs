@@ -1,4 +1,4 @@
-//! The transfer manager's in-place `restore` (spec §9.2): `onevm restore <vm> <img>
+//! The transfer manager's in-place `restore` (driver contract §9.2): `onevm restore <vm> <img>
 //! [--increment I] [--disk-id D]` on a powered-off VM. Argv `host:vm_dir vm_id img_id inc_id
 //! disk_id` (`-1` for none); no stdin. Runs on the front-end:
 //!

@@ -6,7 +6,7 @@
 //!   every change is one transaction, so a killed process loses nothing it reported as done.
 //! - Schema versions in `PRAGMA user_version`, applied in order on open ([`MIGRATIONS`]).
 //!
-//! A VM of a job is in one of four sets (spec §11.1): OUTDATED, ONGOING (oned's BACKING_UP),
+//! A VM of a job is in one of four sets (driver contract §11.1): OUTDATED, ONGOING (oned's BACKING_UP),
 //! UPDATED or ERROR. Moves are compare-and-set ([`State::move_vm`]), so two processes never
 //! both start the same backup. [`State::orphans`] are the ONGOING VMs whose runner is gone;
 //! the engine settles them by what really happened.

@@ -127,7 +127,7 @@ fn restic_reads_a_full_backup_and_three_incrementals() {
     assert!(String::from_utf8_lossy(&check).contains("no errors were found"));
 }
 
-/// Regression (spec §2, rustic_core's archive() trap): changed input must give changed output.
+/// Regression (driver contract §2, rustic_core's archive() trap): changed input must give changed output.
 #[test]
 fn changed_input_gives_changed_output() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,4 +1,4 @@
-//! `backup_cancel`: stops the running `backup` of a VM (spec §3.5, §5.3).
+//! `backup_cancel`: stops the running `backup` of a VM (driver contract §3.5, §5.3).
 //!
 //! The backup action leaves `<RUN_DIR>/backup-<vm_id>.pid` (its PID, the deploy id and its
 //! process identity: PID, start time, boot) while it runs. Cancel reads it, and signals SIGTERM

@@ -1,4 +1,4 @@
-//! The downloader (spec §5.10, §7): what `downloader.sh` runs for a backup URL. It prints two
+//! The downloader (driver contract §5.10, §7): what `downloader.sh` runs for a backup URL. It prints two
 //! shell assignments, `command=` and `clean_command=`; downloader.sh `eval`s them and pipes
 //! `command`'s stdout into the image datastore (`cp`) or onto the host (in-place restore).
 //!

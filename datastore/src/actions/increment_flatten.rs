@@ -1,4 +1,4 @@
-//! `increment_flatten`: KEEP_LAST for INCREMENT chains (spec §5.7, §8.3).
+//! `increment_flatten`: KEEP_LAST for INCREMENT chains (driver contract §5.7, §8.3).
 //!
 //! With increments `k0..kn` and `K = KEEP_LAST`, the first `n+1-K+1` increments merge into a
 //! new base that carries the last merged increment's id. A backstop snapshot already holds
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn merges_down_to_keep_last() {
-        // (count, keep) -> merged into the new base (spec §5.7 example: 5 and 3 -> 3).
+        // (count, keep) -> merged into the new base (driver contract §5.7 example: 5 and 3 -> 3).
         for (count, keep, merged) in [
             (5, 3, 3),
             (4, 2, 3),

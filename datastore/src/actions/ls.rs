@@ -1,5 +1,5 @@
 //! `ls -i <increment>`: the one-line JSON map from disk id (and `tpm`) to backup URL that the
-//! TM's in-place `restore` downloads (spec §5.8).
+//! TM's in-place `restore` downloads (driver contract §5.8).
 //!
 //! The files listed are those of the chain's last snapshot (up to the increment asked for).
 //! Every backstop snapshot holds complete disks, so the last one is the state wanted; the stock

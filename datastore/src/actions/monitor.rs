@@ -1,4 +1,4 @@
-//! `monitor`: the capacity of the storage behind a backup datastore (spec §5.4).
+//! `monitor`: the capacity of the storage behind a backup datastore (driver contract §5.4).
 //!
 //! Prints `USED_MB=`, `TOTAL_MB=` and `FREE_MB=` as plain integers (MiB, rounded down), and
 //! creates `BASE_PATH` when it is missing, as the stock drivers do. For a local datastore the

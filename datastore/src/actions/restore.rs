@@ -1,16 +1,16 @@
-//! `restore` (spec §5.9, §9.1): `oneimage restore` of a backup image into new images and a VM
+//! `restore` (driver contract §5.9, §9.1): `oneimage restore` of a backup image into new images and a VM
 //! template, allocated through oned's API as the requesting user.
 //!
 //! 1. The selected snapshot is the last of the chain up to `INCREMENT_ID` (or of the whole
 //!    chain). Its `vm.xml` and its disk files say what to restore. (The stock driver reads
 //!    increment 0's snapshot when INCREMENT_ID is absent, quirk Q3; every backstop snapshot is
 //!    complete, so the latest VM template is the better source.)
-//! 2. A server-cipher login for `TEMPLATE/USERNAME` (spec §9.3), valid for 120 s.
+//! 2. A server-cipher login for `TEMPLATE/USERNAME` (driver contract §9.3), valid for 120 s.
 //! 3. One `one.image.allocate` per disk (only `DISK_ID` if given) into DESTINATION_DS_ID, with
 //!    `PATH` the backup URL of that disk; oned then runs `stat` here and the destination's `cp`,
 //!    whose downloader streams the disk.
 //! 4. Unless DISK_ID was given, one `one.template.allocate` with the saved VM cleaned as
-//!    `BackupRestore#vm_template` cleans it (spec §9.1), and `TPM_STATE` when the backup has a
+//!    `BackupRestore#vm_template` cleans it (driver contract §9.1), and `TPM_STATE` when the backup has a
 //!    TPM.
 //!
 //! stdout: `<template id or -1> <image id> ...`. A failure after some images were created says

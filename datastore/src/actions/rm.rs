@@ -1,4 +1,4 @@
-//! `rm`: forget the snapshot of every increment of a backup image, then prune (spec §5.6).
+//! `rm`: forget the snapshot of every increment of a backup image, then prune (driver contract §5.6).
 //!
 //! Idempotent: sources already gone (or a repository that no longer exists) are not errors.
 //! Waits for conflicting locks up to `BACKSTOP_LOCK_WAIT` seconds (default 600). The prune

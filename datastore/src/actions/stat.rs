@@ -1,4 +1,4 @@
-//! `stat`: the virtual size in MB of the disk a backup URL names (spec §5.5), from the VM
+//! `stat`: the virtual size in MB of the disk a backup URL names (driver contract §5.5), from the VM
 //! template saved in the URL's last snapshot. It becomes the restored image's SIZE.
 
 use crate::config::DriverConfig;

@@ -8,7 +8,7 @@ use crate::input::Encoding;
 use serde::Serialize;
 use std::path::Path;
 
-/// Backup datastore actions (spec §15).
+/// Backup datastore actions (driver contract §15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DatastoreAction {
@@ -37,7 +37,7 @@ pub enum UnsupportedAction {
     Export,
 }
 
-/// Transfer-manager actions on the host side (spec §4, §9.2).
+/// Transfer-manager actions on the host side (driver contract §4, §9.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TmAction {
@@ -93,7 +93,7 @@ impl DatastoreAction {
         DATASTORE_ACTIONS.iter().copied().find(|a| a.name() == name)
     }
 
-    /// How oned encodes this action's stdin (spec §12 Q2).
+    /// How oned encodes this action's stdin (driver contract §12 Q2).
     pub fn encoding(self) -> Encoding {
         match self {
             DatastoreAction::Backup | DatastoreAction::BackupCancel | DatastoreAction::Ls => {

@@ -1,4 +1,4 @@
-//! The argument vectors oned passes to each action (spec §2.2, §3.2, §3.5, §5.8, §9.2, §13).
+//! The argument vectors oned passes to each action (driver contract §2.2, §3.2, §3.5, §5.8, §9.2, §13).
 
 use serde::Serialize;
 
@@ -182,7 +182,7 @@ impl LsArgs {
     }
 }
 
-/// TM `restore host:vm_dir vm_id img_id inc_id disk_id` (spec §9.2).
+/// TM `restore host:vm_dir vm_id img_id inc_id disk_id` (driver contract §9.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TmRestoreArgs {
     pub host_dir: HostDir,

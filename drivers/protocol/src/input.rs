@@ -1,4 +1,4 @@
-//! Reading what oned hands an action: base64 or raw XML on stdin (spec §2.2, §12 Q2), or the
+//! Reading what oned hands an action: base64 or raw XML on stdin (driver contract §2.2, §12 Q2), or the
 //! OpenNebula 6.6 argv form where the base64 came as the first argument.
 
 use crate::xml::{Element, XmlError};

@@ -1,7 +1,7 @@
 //! # backstop-protocol
 //!
 //! The protocol OpenNebula's oned speaks to its datastore and transfer-manager drivers, as
-//! backstop implements it (see `shared/spec/opennebula-drivers.md` §2, §3.2, §7, §12, §15):
+//! backstop implements it (see `docs/driver-contract.md` §2, §3.2, §7, §12, §15):
 //!
 //! - [`action`]: which actions exist and how a remotes path names one;
 //! - [`args`]: each action's argv, for OpenNebula 6.6 through 7.x;

@@ -1,4 +1,4 @@
-//! The output discipline oned's driver helper expects (spec §2.3, §12 Q1):
+//! The output discipline oned's driver helper expects (driver contract §2.3, §12 Q1):
 //! - success: exit 0 and the whole of stdout is the answer, so it is exactly one line
 //!   (`monitor` alone may print several, as oned base64-wraps them);
 //! - failure: exit 1; every stderr line that is not a log line becomes the error text, so the

@@ -1,5 +1,5 @@
 //! The staging directory: the contract between the transfer manager's prebackup and the
-//! datastore's backup (spec §4.2). The stock layout is `vm.xml` (base64 of the VM document),
+//! datastore's backup (driver contract §4.2). The stock layout is `vm.xml` (base64 of the VM document),
 //! `disk.tpm.0` and one qcow2 file `disk.<id>.<increment>` per disk.
 //!
 //! backstop's direct mode copies no disk: prebackup leaves `backstop.json` ([`DirectManifest`])
@@ -52,7 +52,7 @@ pub struct NbdSource {
     pub export: String,
 }
 
-/// The name of the bitmap that tracks changes since increment `n` of VM `vm_id` (spec §4.3).
+/// The name of the bitmap that tracks changes since increment `n` of VM `vm_id` (driver contract §4.3).
 pub fn bitmap_name(vm_id: u64, n: u64) -> String {
     format!("one-{vm_id}-{n}")
 }

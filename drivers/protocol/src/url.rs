@@ -1,4 +1,4 @@
-//! Backup image URLs (spec §7): `<proto>[+rbd]://<ds_id>/<bj_id>/<chain><absolute path>`.
+//! Backup image URLs (driver contract §7): `<proto>[+rbd]://<ds_id>/<bj_id>/<chain><absolute path>`.
 //!
 //! - `proto` is the datastore kind's scheme: `restic`, `rsync`, or `backstop` when installed
 //!   side by side; `+rbd` marks Ceph rbd-format backups.

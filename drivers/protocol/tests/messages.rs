@@ -1,4 +1,4 @@
-//! Decoding realistic messages for every action (fixtures written after spec §2.4 and §3.2),
+//! Decoding realistic messages for every action (fixtures written after driver contract §2.4 and §3.2),
 //! and the exact error for each class of bad input.
 
 use backstop_protocol::input::{self, Encoding};

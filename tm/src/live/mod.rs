@@ -1,5 +1,5 @@
 //! prebackup_live and postbackup_live on the host: a running VM, through libvirt (`virsh`), as
-//! spec §4.3 describes the stock KVM backup.
+//! driver contract §4.3 describes the stock KVM backup.
 //!
 //! - **FULL** (increment 0, or FULL mode): with the guest frozen (FS_FREEZE), a disk-only
 //!   external snapshot `one-<vm>-backup` moves the backed-up disks onto overlays in

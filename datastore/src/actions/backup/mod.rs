@@ -1,4 +1,4 @@
-//! `backup`: store a VM's staged disks as one snapshot (spec §5.2, §15).
+//! `backup`: store a VM's staged disks as one snapshot (driver contract §5.2, §15).
 //!
 //! oned's one_vmm_exec runs this on the front-end with `host:vm_dir disk_ids deploy_id
 //! bj_id|- vm_id sys_ds_id` and the raw `DS_DRIVER_ACTION_DATA{DATASTORE,VM}` XML (a bare

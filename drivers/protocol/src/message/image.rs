@@ -113,7 +113,7 @@ impl Image {
     }
 
     /// The chain of increments, oldest first. A FULL-mode image (no increments) is the single
-    /// link `0:<SOURCE>` (spec §8.2).
+    /// link `0:<SOURCE>` (driver contract §8.2).
     pub fn chain(&self) -> Vec<ChainLink> {
         if self.increments.is_empty() {
             return vec![ChainLink {
@@ -139,7 +139,7 @@ impl Image {
         chain
     }
 
-    /// The VM this backup belongs to: `VMS/ID`, else parsed from PATH (spec §5.1).
+    /// The VM this backup belongs to: `VMS/ID`, else parsed from PATH (driver contract §5.1).
     pub fn vm_id(&self) -> Option<u64> {
         self.vm_ids.first().copied().or_else(|| {
             self.path

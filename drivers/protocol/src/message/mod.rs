@@ -1,4 +1,4 @@
-//! Typed messages: what oned puts in `DS_DRIVER_ACTION_DATA` and in the VM document (spec §2.4,
+//! Typed messages: what oned puts in `DS_DRIVER_ACTION_DATA` and in the VM document (driver contract §2.4,
 //! §3.2, §8). Every field an action needs is read here, once, with an error that names the full
 //! path of whatever is missing or malformed. Unknown elements are ignored; template attributes
 //! are all kept, in order.

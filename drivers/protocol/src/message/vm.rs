@@ -21,7 +21,7 @@ pub enum FsFreeze {
     Suspend,
 }
 
-/// `VM/BACKUPS/BACKUP_CONFIG` (spec §8.1), normalised the way oned normalises it.
+/// `VM/BACKUPS/BACKUP_CONFIG` (driver contract §8.1), normalised the way oned normalises it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupConfig {
     pub mode: BackupMode,
