@@ -50,7 +50,10 @@ if [ -z "$binary" ]; then
     }
     echo "building backstop (release)..."
     (cd "$here" && cargo build --release --locked --quiet --bin backstop)
-    binary=$here/target/release/backstop
+    # Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or target/.
+    target_dir=${CARGO_TARGET_DIR:-target}
+    case "$target_dir" in /*) ;; *) target_dir=$here/$target_dir ;; esac
+    binary=$target_dir/release/backstop
 fi
 
 [ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit 1; }

@@ -302,8 +302,11 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         }
         inst.shim(&format!("datastore/{STOCK_MAD}_downloader.rb"))?;
     }
+    // Which transfer managers got backstop's backup actions (said either way).
+    let mut tm_note = None;
     if options.with_tm {
         let mut seen = BTreeSet::new();
+        let mut replaced = Vec::new();
         for tm in TM_DRIVERS {
             let dir = remotes.join("tm").join(tm);
             // tm/shared is a symlink to tm/qcow2 in stock installs: replace each real dir once.
@@ -311,12 +314,26 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
                 continue;
             };
             if !seen.insert(real) {
+                replaced.push(tm.to_string());
                 continue;
             }
             for action in TM_ACTIONS {
                 inst.shim(&format!("tm/{tm}/{}", action.name()))?;
             }
+            replaced.push(tm.to_string());
         }
+        tm_note = Some(if replaced.is_empty() {
+            format!(
+                "warning: --with-tm found none of the transfer managers {} under {}/tm, so no backup action of theirs was replaced; install OpenNebula first or re-run with the right --remotes-dir",
+                TM_DRIVERS.join(", "),
+                remotes.display()
+            )
+        } else {
+            format!(
+                "transfer managers with backstop's backup actions: {}",
+                replaced.join(", ")
+            )
+        });
     }
     let downloader_note = match patched {
         Some(new_text) => {
@@ -351,6 +368,11 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
     if let Some(note) = downloader_note {
         writeln!(io::stderr(), "{note}").ok();
     }
+    match tm_note {
+        Some(w) if w.starts_with("warning:") => writeln!(io::stderr(), "{w}").ok(),
+        Some(n) => writeln!(out, "{n}").ok(),
+        None => None,
+    };
     writeln!(out, "{}", oned_conf_lines(options.replace_stock)).ok();
     Ok(())
 }

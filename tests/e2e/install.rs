@@ -177,6 +177,29 @@ fn replacing_stock_drivers_is_refused_while_actions_are_missing() {
     assert_eq!(contents(&r), before, "{flag} changed the tree");
     let out = install_sh(&r, &["--with-tm"]);
     assert_eq!(out.code, Some(0), "--with-tm: {out:?}");
+    assert!(
+        out.stdout
+            .contains("transfer managers with backstop's backup actions: qcow2, shared, ssh\n"),
+        "{out:?}"
+    );
+}
+
+/// `--with-tm` into a tree with no transfer manager of the qcow2 family says so, rather than
+/// installing nothing in silence.
+#[test]
+fn with_tm_warns_when_it_finds_no_transfer_manager() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    fs::create_dir_all(r.join("datastore")).expect("remotes");
+    let out = install_sh(&r, &["--with-tm"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "warning: --with-tm found none of the transfer managers qcow2, shared, ssh, local under"
+        ),
+        "{out:?}"
+    );
+    assert!(!r.join("tm").exists(), "a tm directory was made");
 }
 
 #[test]
