@@ -117,6 +117,20 @@ impl Repo {
     ) -> Result<RestoreStats, Error> {
         file.set_len(size)
             .map_err(|e| io("cannot size the restored file".into(), e))?;
+        // A blob whose id is the hash of zeros of its length is zeros: it is neither read nor
+        // written (the pre-sized file reads as zeros there, a hole).
+        let mut zero_ids: HashMap<u32, RepoId> = HashMap::new();
+        let zero: Vec<bool> = content
+            .iter()
+            .map(|id| {
+                locations.get(id).and_then(|at| plain_len(at).ok()).is_some_and(|len| {
+                    *zero_ids
+                        .entry(len)
+                        .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
+                        == *id
+                })
+            })
+            .collect();
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -134,6 +148,12 @@ impl Repo {
                             return;
                         }
                         let id = &content[i];
+                        if zero[i] {
+                            if let Ok(mut st) = stats.lock() {
+                                st.zero_blobs += 1;
+                            }
+                            continue;
+                        }
                         let step = locations
                             .get(id)
                             .ok_or_else(|| {
@@ -148,8 +168,9 @@ impl Repo {
                                     return Ok((true, 0));
                                 }
                                 file.write_all_at(&data, offsets[i])
-                                    .map(|()| (false, data.len() as u64))
-                                    .map_err(|e| io("cannot write the restored file".into(), e))
+                                    .map_err(|e| io("cannot write the restored file".into(), e))?;
+                                write_back(file, offsets[i], data.len());
+                                Ok((false, data.len() as u64))
                             });
                         match step {
                             Ok((zero, written)) => {
@@ -177,6 +198,21 @@ impl Repo {
             .into_inner()
             .map_err(|_| Error::new(ErrorKind::Repository, "a restore thread panicked"))
     }
+}
+
+/// Starts writing a just-written range to the disk now, without waiting for it, and lets its
+/// pages go once written. The file is synced before it is renamed into place; without this,
+/// nothing reaches the disk until that sync (the kernel holds gigabytes of dirty pages), so
+/// the whole restore would be written back at the end, serially. Measured on a 1 GiB image:
+/// see the README's performance table. (`POSIX_FADV_DONTNEED` on dirty pages starts their
+/// write-back on Linux; it never drops data.)
+fn write_back(file: &File, offset: u64, len: usize) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len as u64),
+        rustix::fs::Advice::DontNeed,
+    );
 }
 
 /// What [`Repo::stream_qcow2`] wrote.
