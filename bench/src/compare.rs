@@ -1,0 +1,265 @@
+//! The comparison on one image: backstop and its peers, step by step, in one run.
+
+use crate::data::{MIB, generate, rewrite, sha256_file};
+use crate::peers::{NAME, Peer};
+use crate::run::{Measure, q, timed};
+use crate::{cpu, sshd};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The path the image is stored under in backstop's snapshots (as the datastore driver does).
+const FILE: &str = "/var/lib/one/datastores/0/7/backup/disk.0.0";
+
+/// One step: backstop's measure and each peer's (in the order of [`Report::peers`]).
+pub struct Row {
+    pub name: &'static str,
+    pub bytes: u64,
+    pub backstop: Measure,
+    pub peers: Vec<Measure>,
+}
+
+pub struct Report {
+    pub size_mib: u64,
+    /// Each peer's name and version.
+    pub peers: Vec<String>,
+    pub rows: Vec<Row>,
+    /// Seconds of CPU work for the full backup from memory, and the threads used.
+    pub cpu: (f64, usize),
+    /// `cp --sparse=always` of the image and `sync`.
+    pub floor: Measure,
+    /// Over SFTP: backstop's full backup, and restic's.
+    pub sftp: Option<(Measure, Measure)>,
+}
+
+struct Bench<'a> {
+    work: &'a Path,
+    image: PathBuf,
+    backstop: &'a Path,
+    repo: PathBuf,
+    peers: Vec<Peer>,
+}
+
+impl Bench<'_> {
+    fn bs(&self, rest: &str) -> String {
+        format!("{} repo -r {} {rest}", q(self.backstop), q(&self.repo))
+    }
+
+    /// Fails unless backstop's latest snapshot dumps to exactly the image.
+    fn check(&self, label: &str) {
+        let out = self.work.join("dump.raw");
+        let script = format!("{} > {}", self.bs(&format!("dump latest {FILE}")), q(&out));
+        timed(label, &script);
+        let ok = sha256_file(&out).expect("hash") == sha256_file(&self.image).expect("hash");
+        let _ = fs::remove_file(&out);
+        assert!(ok, "{label}: backstop's dump differs from the image");
+    }
+
+    fn each_peer(&self, step: &str, script: impl Fn(&Peer) -> String) -> Vec<Measure> {
+        self.peers
+            .iter()
+            .map(|p| {
+                settle();
+                timed(&format!("{} {step}", p.name()), &script(p))
+            })
+            .collect()
+    }
+
+    fn backups(&self, size: u64) -> Vec<Row> {
+        for p in &self.peers {
+            timed(&format!("{} init", p.name()), &p.init());
+        }
+        timed("backstop init", &self.bs("init"));
+        drop_caches();
+        let peers = self.each_peer("full", |p| p.backup(&self.image));
+        settle();
+        let backstop = timed(
+            "backstop full",
+            &self.bs(&format!(
+                "backup --image {} --format raw --path {FILE}",
+                q(&self.image)
+            )),
+        );
+        self.check("verify full");
+        let full = Row {
+            name: "full backup",
+            bytes: size,
+            backstop,
+            peers,
+        };
+        let extents = self.work.join("changed.json");
+        fs::write(
+            &extents,
+            rewrite(&self.image, size, 0xc0ffee).expect("rewrite"),
+        )
+        .expect("extents");
+        let peers = self.each_peer("incremental", |p| p.backup(&self.image));
+        settle();
+        let backstop = timed(
+            "backstop incremental",
+            &self.bs(&format!(
+                "backup --image {} --format raw --path {FILE} --parent latest --changed-extents {}",
+                q(&self.image),
+                q(&extents)
+            )),
+        );
+        self.check("verify incremental");
+        let inc = Row {
+            name: "incremental (5 % in 50 places)",
+            bytes: size,
+            backstop,
+            peers,
+        };
+        let peers = self.each_peer("open", Peer::open);
+        let open = Row {
+            name: "open (key, snapshot list)",
+            bytes: 0,
+            backstop: timed("backstop open", &self.bs("snapshots")),
+            peers,
+        };
+        vec![full, inc, open]
+    }
+
+    /// Dump to /dev/null, restore + sync, and the `cp` floor.
+    fn restores(&self, size: u64) -> (Vec<Row>, Measure) {
+        let peers = self.each_peer("dump", Peer::dump_to_null);
+        settle();
+        let dump = Row {
+            name: "dump latest to /dev/null",
+            bytes: size,
+            backstop: timed(
+                "backstop dump",
+                &self.bs(&format!("dump latest {FILE} > /dev/null")),
+            ),
+            peers,
+        };
+        let dirs: Vec<PathBuf> = self
+            .peers
+            .iter()
+            .map(|p| self.work.join(format!("{}-restore", p.name())))
+            .collect();
+        let peers = self
+            .peers
+            .iter()
+            .zip(&dirs)
+            .map(|(p, dir)| {
+                settle();
+                let m = timed(&format!("{} restore", p.name()), &p.restore_and_sync(dir));
+                let ok = sha256_file(&dir.join(NAME)).expect("hash")
+                    == sha256_file(&self.image).expect("hash");
+                assert!(ok, "{}'s restore differs from the image", p.name());
+                let _ = fs::remove_dir_all(dir);
+                m
+            })
+            .collect();
+        let target = self.work.join("backstop-restore.raw");
+        settle();
+        let backstop = timed(
+            "backstop restore",
+            &format!(
+                "{} && sync",
+                self.bs(&format!("restore latest {FILE} --target {}", q(&target)))
+            ),
+        );
+        assert!(
+            sha256_file(&target).expect("hash") == sha256_file(&self.image).expect("hash"),
+            "backstop's restore differs from the image"
+        );
+        let _ = fs::remove_file(&target);
+        let restore = Row {
+            name: "restore latest + sync",
+            bytes: size,
+            backstop,
+            peers,
+        };
+        settle();
+        let floor = timed(
+            "cp floor",
+            &format!(
+                "cp --sparse=always {} {} && sync",
+                q(&self.image),
+                q(&target)
+            ),
+        );
+        let _ = fs::remove_file(&target);
+        (vec![dump, restore], floor)
+    }
+
+    /// The same full backup into repositories over SFTP: backstop's, then restic's.
+    fn sftp(&self) -> Option<(Measure, Measure)> {
+        let sshd = sshd::start_sshd(self.work)?;
+        let remote = format!("sftp:benchhost:{}", self.work.join("sftp-repo").display());
+        let over = |rest: &str| {
+            format!(
+                "{} repo -r {} --ssh-config {} {rest}",
+                q(self.backstop),
+                q(Path::new(&remote)),
+                q(&sshd.config)
+            )
+        };
+        timed("backstop sftp init", &over("init"));
+        settle();
+        let ours = timed(
+            "backstop sftp full",
+            &over(&format!(
+                "backup --image {} --format raw --path {FILE}",
+                q(&self.image)
+            )),
+        );
+        let restic = Peer::restic_sftp(&self.work.join("restic-sftp-repo"), &sshd.config);
+        timed("restic sftp init", &restic.init());
+        settle();
+        let theirs = timed("restic sftp full", &restic.backup(&self.image));
+        Some((ours, theirs))
+    }
+}
+
+/// Flushes what earlier steps left dirty, so that no step pays for another's writes.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// Also empties the page cache where allowed (root), so the first read comes from the disk.
+fn drop_caches() {
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null; true",
+        ])
+        .status();
+}
+
+pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>) -> Report {
+    let image = work.join("disk.raw");
+    let size = size_mib * MIB;
+    println!(
+        "generating a {size_mib} MiB image in {} ...",
+        work.display()
+    );
+    generate(&image, size_mib).expect("generate");
+    let mut peers = vec![Peer::restic(&work.join("restic-repo"))];
+    if let Some(bin) = rustic {
+        peers.push(Peer::rustic(bin, &work.join("rustic-repo")));
+    }
+    let bench = Bench {
+        work,
+        image,
+        backstop,
+        repo: work.join("backstop-repo"),
+        peers,
+    };
+    let mut rows = bench.backups(size);
+    let (restores, floor) = bench.restores(size);
+    rows.extend(restores);
+    let sftp = bench.sftp();
+    println!("measuring the CPU limit (hash, zstd, seal from memory) ...");
+    let cpu = cpu::limit(&bench.image, &work.join("cpu-repo"));
+    Report {
+        size_mib,
+        peers: bench.peers.iter().map(Peer::version).collect(),
+        rows,
+        cpu,
+        floor,
+        sftp,
+    }
+}
