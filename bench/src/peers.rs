@@ -85,7 +85,12 @@ impl Peer {
                 "backup --stdin --stdin-filename {NAME} < {}",
                 q(image)
             )),
-            Kind::Rustic => self.cmd(&format!("backup --stdin-filename {NAME} - < {}", q(image))),
+            // --force: rustic 0.11.4 takes stdin as unchanged against a parent snapshot and
+            // records an empty file; a stream has no metadata to compare, so read it all.
+            Kind::Rustic => self.cmd(&format!(
+                "backup --force --stdin-filename {NAME} - < {}",
+                q(image)
+            )),
         }
     }
 

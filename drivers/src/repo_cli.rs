@@ -13,7 +13,7 @@ use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
 use backstop_datastore::repo::nbd::{self, NbdImage};
 use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
-use backstop_datastore::repo::{Compression, Repo};
+use backstop_datastore::repo::{Compression, Opening, Repo};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -236,10 +236,13 @@ fn run(args: &Args) -> Result<(), String> {
         println!("created repository at {}", repo.location());
         return Ok(());
     }
+    if let Command::Backup(cmd) = &args.command {
+        // The key is derived while the image is read (writer::backup_opening).
+        return backup(Repo::open_in_background(be, pw), args, cmd);
+    }
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
-        Command::Init => Ok(()),
-        Command::Backup(cmd) => backup(&repo, args, cmd),
+        Command::Init | Command::Backup(_) => Ok(()),
         Command::Snapshots { json } => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
             if *json {
@@ -361,7 +364,7 @@ fn prune_now(
 }
 
 /// `backup`: one image into a new snapshot.
-fn backup(repo: &Repo, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
+fn backup(opening: Opening, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
     let BackupCmd {
         image,
         nbd,
@@ -412,11 +415,6 @@ fn backup(repo: &Repo, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
         .transpose()?
         .or(bitmap_extents)
         .or(delta_extents);
-    let parent_id = parent
-        .as_deref()
-        .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
-        .transpose()
-        .map_err(|e| e.to_string())?;
     let snapshot_path = match (path, image) {
         (Some(p), _) => p.clone(),
         (None, Some(i)) => std::path::absolute(i)
@@ -436,7 +434,6 @@ fn backup(repo: &Repo, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
     let mut options = BackupOptions {
         tags: tags.clone(),
         compression: Compression::parse(compression.as_deref()).map_err(|e| e.to_string())?,
-        parent: parent_id,
         retry_lock: args.retry_lock,
         ..BackupOptions::default()
     };
@@ -473,9 +470,15 @@ fn backup(repo: &Repo, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
                 }
             });
         }
-        let r = writer::backup(repo, &files, &options);
+        let r = writer::backup_opening(opening, &files, options, |repo, o| {
+            o.parent = parent
+                .as_deref()
+                .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
+                .transpose()?;
+            Ok(())
+        });
         finished.store(true, std::sync::atomic::Ordering::SeqCst);
-        r
+        r.map(|(_, result)| result)
     })
     .map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
@@ -488,7 +491,7 @@ fn backup(repo: &Repo, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
             "snapshot_id": result.snapshot_id.to_hex(),
             "size": t.size, "chunks": t.chunks, "reused_chunks": t.reused_chunks,
             "zero_chunks": t.zero_chunks, "hashed_chunks": t.hashed_chunks,
-            "bytes_read": t.bytes_read, "new_blobs": t.new_blobs, "added_bytes": t.added_bytes,
+            "bytes_read": t.bytes_read, "prepared_chunks": t.prepared_chunks, "new_blobs": t.new_blobs, "added_bytes": t.added_bytes,
             "seconds": secs,
         });
         println!("{summary}");

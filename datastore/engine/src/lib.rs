@@ -25,6 +25,7 @@ pub mod disk_image;
 pub mod error;
 pub mod format;
 pub mod image;
+mod keys;
 pub mod lock;
 pub mod maintenance;
 pub mod nbd;
@@ -128,6 +129,43 @@ pub struct KnownBlobs {
     pub trees: HashMap<RepoId, BlobLocation>,
 }
 
+/// A repository being opened ([`Repo::open_in_background`]).
+#[derive(Debug)]
+pub struct Opening {
+    thread: std::thread::JoinHandle<Result<Repo, Error>>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Opening {
+    /// Runs `open` on a thread of its own (tests use it to decide when the repository is
+    /// ready).
+    pub fn spawn(open: impl FnOnce() -> Result<Repo, Error> + Send + 'static) -> Opening {
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = ready.clone();
+        let thread = std::thread::spawn(move || {
+            let repo = open();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            repo
+        });
+        Opening { thread, ready }
+    }
+
+    /// Whether [`Opening::wait`] would return at once.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The open repository, or why it could not be opened.
+    pub fn wait(self) -> Result<Repo, Error> {
+        self.thread.join().unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Repository,
+                "opening the repository failed unexpectedly (its thread panicked)",
+            ))
+        })
+    }
+}
+
 /// An open repository.
 #[derive(Clone)]
 pub struct Repo {
@@ -194,17 +232,26 @@ impl Repo {
     /// Opens an existing repository.
     pub fn open(backend: Arc<dyn Storage>, password: &str) -> Result<Repo, Error> {
         let location = backend.location();
+        let master = keys::master_key(backend.as_ref(), password)?;
         let repo = rustic_repo(&backend)?
-            .open(&Credentials::password(password))
+            .open(&Credentials::Masterkey(master))
             .map_err(|e| {
-                let message = if e.is_incorrect_password() {
-                    format!("wrong password for the repository at {location} (no key file opens with it)")
-                } else {
-                    format!("cannot open the repository at {location}: {}", rustic_message(&e))
-                };
-                Error::new(ErrorKind::Repository, message)
+                Error::new(
+                    ErrorKind::Repository,
+                    format!(
+                        "cannot open the repository at {location}: {}",
+                        rustic_message(&e)
+                    ),
+                )
             })?;
         Self::from_rustic(backend, location, &repo)
+    }
+
+    /// Starts opening an existing repository on a thread of its own. The key derivation is
+    /// slow by design (scrypt); a backup reads, hashes and compresses meanwhile (see
+    /// `writer::backup_opening`).
+    pub fn open_in_background(backend: Arc<dyn Storage>, password: String) -> Opening {
+        Opening::spawn(move || Repo::open(backend, &password))
     }
 
     /// rustic_core's view of this repository, opened with the master key (no second scrypt).

@@ -123,12 +123,15 @@ impl Repo {
         let zero: Vec<bool> = content
             .iter()
             .map(|id| {
-                locations.get(id).and_then(|at| plain_len(at).ok()).is_some_and(|len| {
-                    *zero_ids
-                        .entry(len)
-                        .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
-                        == *id
-                })
+                locations
+                    .get(id)
+                    .and_then(|at| plain_len(at).ok())
+                    .is_some_and(|len| {
+                        *zero_ids
+                            .entry(len)
+                            .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
+                            == *id
+                    })
             })
             .collect();
         let next = AtomicUsize::new(0);

@@ -179,6 +179,176 @@ fn a_wrong_password_is_one_clear_error() {
     assert_eq!(walk(&repo_path), before, "a failed open wrote something");
 }
 
+/// Bytes the backup of `image` reads in any case (what a prefetch may read before the key).
+fn certain_bytes(image: &Path, changed: Option<&[Extent]>) -> u64 {
+    use backstop_engine::image::{self, ChunkPlan, ImageSource};
+    let source = RawImage::open(image).expect("open image");
+    let size = source.size();
+    let data = source.data_extents().expect("extents");
+    image::plan(size, data.as_deref(), changed, |_| true)
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p == ChunkPlan::Read)
+        .map(|(i, _)| image::chunk_range(i, size).length)
+        .sum()
+}
+
+/// A backup into a repository still being opened: the chunks it reads in any case are read,
+/// hashed and compressed before the key exists, and sealed once it does. The opener here waits
+/// until the prefetch has read them all, so the test knows every read chunk was prepared;
+/// restic then reads the snapshots byte-exact, and the read bytes are counted once.
+#[test]
+fn a_backup_reads_while_the_repository_opens() {
+    use backstop_engine::Opening;
+    use backstop_engine::writer::Progress;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    ok(restic(&repo_path, &["init"]), "restic init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 16, 3);
+    let opening_after = |progress: &Arc<Progress>, bytes: u64, password: &'static str| {
+        let (progress, path) = (progress.clone(), repo_path.clone());
+        Opening::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while progress.read.load(std::sync::atomic::Ordering::SeqCst) < bytes
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Repo::open(Arc::new(LocalBackend::new(&path)), password)
+        })
+    };
+    let run = |changed: Option<&[Extent]>, parent: Option<&str>, password: &'static str| {
+        let progress = Arc::new(Progress::default());
+        let opening = opening_after(&progress, certain_bytes(&image, changed), password);
+        let source = RawImage::open(&image).expect("open image");
+        let files = [FileSpec {
+            path: DISK.into(),
+            content: Content::Image {
+                source: &source,
+                changed,
+                parent_path: Some(DISK.into()),
+            },
+        }];
+        let options = BackupOptions {
+            compression: Compression::Auto,
+            progress: progress.clone(),
+            ..BackupOptions::default()
+        };
+        let parent = parent.map(str::to_string);
+        let r = writer::backup_opening(opening, &files, options, |repo, o| {
+            o.parent = parent
+                .as_deref()
+                .map(|p| repo.find_snapshot(p).map(|(id, _)| id))
+                .transpose()?;
+            Ok(())
+        });
+        (r.map(|(_, result)| result), progress)
+    };
+
+    let (full, progress) = run(None, None, PASSWORD);
+    let full = full.expect("full backup");
+    assert_eq!(full.total.hashed_chunks, 12, "{:?}", full.total);
+    assert_eq!(full.total.prepared_chunks, 12, "{:?}", full.total);
+    assert_eq!(full.total.bytes_read, 12 * CHUNK_SIZE);
+    assert_eq!(
+        progress.read.load(std::sync::atomic::Ordering::SeqCst),
+        12 * CHUNK_SIZE
+    );
+    assert_dump_equals(&repo_path, &full.snapshot_id, &image);
+
+    let changed = scribble(&image, 5, 11);
+    let (inc, _) = run(Some(&changed), Some("latest"), PASSWORD);
+    let inc = inc.expect("incremental");
+    assert!(inc.total.reused_chunks > 0, "{:?}", inc.total);
+    assert_eq!(
+        inc.total.prepared_chunks, inc.total.hashed_chunks,
+        "{:?}",
+        inc.total
+    );
+    assert_dump_equals(&repo_path, &inc.snapshot_id, &image);
+
+    // A password that opens nothing: one error, nothing written, what was prepared dropped.
+    let before = walk(&repo_path);
+    let (failed, _) = run(None, None, "not the password");
+    let e = failed.expect_err("wrong password");
+    assert!(
+        e.to_string()
+            .starts_with("wrong password for the repository at"),
+        "{e}"
+    );
+    assert_eq!(walk(&repo_path), before, "a failed backup wrote something");
+    ok(
+        restic(&repo_path, &["check", "--read-data"]),
+        "restic check --read-data",
+    );
+}
+
+/// Keys are derived with OpenSSL's scrypt, not rustic_core's: every key file restic writes
+/// (restic calibrates its own parameters) opens with its own password, and only with it.
+#[test]
+fn every_restic_key_opens_with_its_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    ok(restic(&repo_path, &["init"]), "restic init");
+    let second = dir.path().join("second-password");
+    fs::write(&second, "a second password\n").expect("password file");
+    ok(
+        restic(
+            &repo_path,
+            &[
+                "key",
+                "add",
+                "--new-password-file",
+                second.to_str().expect("utf-8"),
+            ],
+        ),
+        "restic key add",
+    );
+    let open = |pw: &str| Repo::open(Arc::new(LocalBackend::new(&repo_path)), pw);
+    let a = open(PASSWORD).expect("the first password");
+    let b = open("a second password").expect("the second password");
+    // One master key, whichever key file opened it: the same config id decrypts both ways.
+    let sealed = a.seal(b"the same master key").expect("seal");
+    assert_eq!(
+        b.open_sealed(&sealed).expect("open"),
+        b"the same master key".to_vec()
+    );
+    assert!(open("neither").is_err());
+}
+
+/// A key file with scrypt parameters that would take 128 GiB (or malformed) is skipped
+/// without deriving anything; the error names it; a good key file still opens.
+#[test]
+fn hostile_key_files_are_skipped_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let keys = repo_path.join("keys");
+    let good = fs::read_dir(&keys)
+        .expect("keys")
+        .next()
+        .expect("one key")
+        .expect("entry")
+        .path();
+    let mut key: serde_json::Value =
+        serde_json::from_slice(&fs::read(&good).expect("key")).expect("json");
+    key["N"] = serde_json::json!(1u64 << 30);
+    let huge = serde_json::to_vec(&key).expect("json");
+    // Names that sort before the good key's, so they are met first.
+    fs::write(keys.join("0".repeat(64)), huge).expect("huge key");
+    fs::write(keys.join(format!("{}1", "0".repeat(63))), b"{not json").expect("bad key");
+    let err = Repo::open(Arc::new(LocalBackend::new(&repo_path)), "wrong").expect_err("wrong");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("wrong password for the repository at")
+            && text.contains("key 00000000 scrypt parameters out of range (N=1073741824, r=8, p=1")
+            && text.contains("key 00000000 is not a key file"),
+        "{text}"
+    );
+    Repo::open(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("the good key opens");
+}
+
 /// A repository as OpenNebula's stock restic driver writes it: `restic backup` of the staged
 /// `disk.0.0` (qcow2) and `vm.xml` files. We restore both byte-exact, and can back up into it.
 #[test]

@@ -2,6 +2,7 @@
 //! which are read (a reader thread, hashing, compression and sealing in worker threads), and
 //! how a stock increment's partial chunks are completed from the parent's blobs.
 
+use super::prefetch::{Prepared, PreparedChunk, Ready};
 use super::*;
 
 enum Outcome {
@@ -48,6 +49,9 @@ fn input_error(what: String, e: std::io::Error) -> Error {
 /// One image to back up.
 pub(super) struct ImageJob<'a> {
     pub(super) path: &'a str,
+    /// The file's position in the backup (the key of its prepared chunks).
+    pub(super) file: usize,
+    pub(super) prepared: &'a Prepared,
     pub(super) source: &'a dyn ImageSource,
     pub(super) changed: Option<&'a [Extent]>,
     pub(super) parent: Option<&'a Node>,
@@ -63,6 +67,8 @@ pub(super) fn backup_image(
 ) -> Result<(Vec<RepoId>, Stats), Error> {
     let ImageJob {
         path,
+        file,
+        prepared,
         source,
         changed,
         parent,
@@ -123,6 +129,8 @@ pub(super) fn backup_image(
         threads,
         ImageJob {
             path,
+            file,
+            prepared,
             source,
             changed,
             parent,
@@ -246,6 +254,8 @@ fn read_and_store(
 ) -> Result<(), Error> {
     let ImageJob {
         path,
+        file,
+        prepared,
         source,
         changed,
         ..
@@ -253,8 +263,8 @@ fn read_and_store(
     let size = source.size();
     let progress = &shared.progress;
     let threads = threads.max(1);
-    let (work_tx, work_rx) = bounded::<(usize, Vec<u8>)>(threads * 2);
-    let (res_tx, res_rx) = unbounded::<Result<(usize, usize, Outcome), Error>>();
+    let (work_tx, work_rx) = bounded::<(usize, Work)>(threads * 2);
+    let (res_tx, res_rx) = unbounded::<Result<(usize, usize, bool, Outcome), Error>>();
     std::thread::scope(|s| -> Result<(), Error> {
         let reader_res = res_tx.clone();
         s.spawn(move || {
@@ -262,16 +272,19 @@ fn read_and_store(
                 if shared.stopped() {
                     break;
                 }
-                let r = image::chunk_range(i, size);
-                let buf = match read_chunk(shared, source, path, r, changed, merges.get(&i)) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = reader_res.send(Err(e));
-                        break;
+                let work = if let Some(p) = prepared.take(file, i) {
+                    Work::Prepared(p)
+                } else {
+                    let r = image::chunk_range(i, size);
+                    match read_chunk(shared, source, path, r, changed, merges.get(&i)) {
+                        Ok(b) => Work::Read(b),
+                        Err(e) => {
+                            let _ = reader_res.send(Err(e));
+                            break;
+                        }
                     }
                 };
-
-                if work_tx.send((i, buf)).is_err() {
+                if work_tx.send((i, work)).is_err() {
                     break;
                 }
             }
@@ -288,25 +301,22 @@ fn read_and_store(
                         return;
                     }
                 };
-                for (i, buf) in work_rx {
+                for (i, work) in work_rx {
                     if shared.stopped() {
                         continue;
                     }
-                    let len = buf.len();
-                    let outcome = if image::is_zero(&buf) {
-                        Ok(Outcome::Zero)
-                    } else {
-                        let id = RepoId::of(&buf);
-                        if shared.claim(id) {
-                            shared
-                                .seal(id, BlobKind::Data, &buf, &mut compressor)
-                                .and_then(|blob| send(&blobs, blob))
-                                .map(|()| Outcome::Data { id, stored: true })
-                        } else {
-                            Ok(Outcome::Data { id, stored: false })
-                        }
+                    let (len, was_prepared, outcome) = match work {
+                        Work::Read(buf) => (
+                            buf.len(),
+                            false,
+                            store_chunk(shared, &blobs, &buf, &mut compressor),
+                        ),
+                        Work::Prepared(p) => (p.len, true, store_prepared(shared, &blobs, p)),
                     };
-                    if res_tx.send(outcome.map(|o| (i, len, o))).is_err() {
+                    if res_tx
+                        .send(outcome.map(|o| (i, len, was_prepared, o)))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -316,10 +326,13 @@ fn read_and_store(
         let mut first_error = None;
         for r in &res_rx {
             match r {
-                Ok((i, len, outcome)) => {
+                Ok((i, len, was_prepared, outcome)) => {
                     stats.bytes_read += len as u64;
+                    stats.prepared_chunks += usize::from(was_prepared);
                     progress.done.fetch_add(len as u64, Ordering::Relaxed);
-                    progress.read.fetch_add(len as u64, Ordering::Relaxed);
+                    if !was_prepared {
+                        progress.read.fetch_add(len as u64, Ordering::Relaxed);
+                    }
                     match outcome {
                         Outcome::Zero => {
                             stats.zero_chunks += 1;
@@ -347,6 +360,52 @@ fn read_and_store(
         first_error.map_or(Ok(()), Err)
     })?;
     Ok(())
+}
+
+/// What a worker gets: a chunk just read, or one prepared while the repository was opened.
+enum Work {
+    Read(Vec<u8>),
+    Prepared(PreparedChunk),
+}
+
+/// Recognises zeros, hashes, and stores the chunk if the repository needs it.
+fn store_chunk(
+    shared: &Shared<'_>,
+    blobs: &Sender<SealedBlob>,
+    buf: &[u8],
+    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> Result<Outcome, Error> {
+    if image::is_zero(buf) {
+        return Ok(Outcome::Zero);
+    }
+    let id = RepoId::of(buf);
+    if !shared.claim(id) {
+        return Ok(Outcome::Data { id, stored: false });
+    }
+    send(blobs, shared.seal(id, BlobKind::Data, buf, compressor)?)?;
+    Ok(Outcome::Data { id, stored: true })
+}
+
+/// Stores a prepared chunk if the repository needs it: only the sealing is left to do.
+fn store_prepared(
+    shared: &Shared<'_>,
+    blobs: &Sender<SealedBlob>,
+    p: PreparedChunk,
+) -> Result<Outcome, Error> {
+    let Ready::Data {
+        id,
+        stored,
+        compressed,
+    } = p.content
+    else {
+        return Ok(Outcome::Zero);
+    };
+    if !shared.claim(id) {
+        return Ok(Outcome::Data { id, stored: false });
+    }
+    let len = compressed.then_some(p.len);
+    send(blobs, shared.seal_stored(id, BlobKind::Data, &stored, len)?)?;
+    Ok(Outcome::Data { id, stored: true })
 }
 
 /// Reads one chunk: from the source, or, for a chunk of a stock increment that is not wholly

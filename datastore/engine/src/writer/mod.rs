@@ -20,9 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod chunks;
+pub mod prefetch;
 mod tree;
 
 use chunks::{ImageJob, ZeroIds, backup_image};
+use prefetch::Prepared;
 use tree::{DirBuilder, save_index};
 
 /// Packs are closed once they reach this size (restic's default target).
@@ -161,6 +163,8 @@ pub struct Stats {
     /// Chunks whose content was hashed.
     pub hashed_chunks: usize,
     pub bytes_read: u64,
+    /// Of the chunks read, those read and compressed while the repository was being opened.
+    pub prepared_chunks: usize,
     /// Blobs this backup stored (the rest were already in the repository).
     pub new_blobs: usize,
     /// Bytes of those blobs after compression and encryption.
@@ -177,6 +181,7 @@ impl Stats {
         self.zero_chunks += o.zero_chunks;
         self.hashed_chunks += o.hashed_chunks;
         self.bytes_read += o.bytes_read;
+        self.prepared_chunks += o.prepared_chunks;
         self.new_blobs += o.new_blobs;
         self.added_bytes += o.added_bytes;
     }
@@ -214,6 +219,8 @@ struct Shared<'a> {
     known: &'a KnownBlobs,
     claimed: Mutex<HashSet<RepoId>>,
     level: Option<i32>,
+    /// Chunks read and compressed while the repository was being opened.
+    prepared: Prepared,
     /// Set on a failure anywhere.
     abort: AtomicBool,
     /// Set from outside to stop (see [`BackupOptions::cancel`]).
@@ -253,21 +260,30 @@ impl Shared<'_> {
                 })?),
                 _ => None,
             };
-        let len = u32::try_from(data.len())
+        match compressed {
+            Some(c) if c.len() < data.len() => self.seal_stored(id, kind, &c, Some(data.len())),
+            _ => self.seal_stored(id, kind, data, None),
+        }
+    }
+
+    /// Seals a blob's stored form: compressed bytes (with `uncompressed` the blob's length)
+    /// or the blob itself.
+    fn seal_stored(
+        &self,
+        id: RepoId,
+        kind: BlobKind,
+        stored: &[u8],
+        uncompressed: Option<usize>,
+    ) -> Result<SealedBlob, Error> {
+        let uncompressed_length = uncompressed
+            .map(u32::try_from)
+            .transpose()
             .map_err(|_| Error::new(ErrorKind::Repository, "blob too large"))?;
-        Ok(match compressed {
-            Some(c) if c.len() < data.len() => SealedBlob {
-                id,
-                kind,
-                sealed: self.repo.seal(&c)?,
-                uncompressed_length: Some(len),
-            },
-            _ => SealedBlob {
-                id,
-                kind,
-                sealed: self.repo.seal(data)?,
-                uncompressed_length: None,
-            },
+        Ok(SealedBlob {
+            id,
+            kind,
+            sealed: self.repo.seal(stored)?,
+            uncompressed_length,
         })
     }
 
@@ -369,7 +385,7 @@ fn store_file(
     shared: &Shared<'_>,
     blob_tx: &Sender<SealedBlob>,
     threads: usize,
-    f: &FileSpec<'_>,
+    (file, f): (usize, &FileSpec<'_>),
     (parent, known): (Option<&Snapshot>, &KnownBlobs),
     zero_ids: &mut ZeroIds,
     time: &str,
@@ -390,6 +406,8 @@ fn store_file(
                 threads,
                 ImageJob {
                     path: &f.path,
+                    file,
+                    prepared: &shared.prepared,
                     source: *source,
                     changed: *changed,
                     parent: parent_node.as_ref(),
@@ -428,6 +446,46 @@ pub fn backup(
     files: &[FileSpec<'_>],
     options: &BackupOptions,
 ) -> Result<BackupResult, Error> {
+    backup_prepared(repo, files, options, Prepared::default())
+}
+
+/// Writes a snapshot of `files` into a repository still being opened: while its key is
+/// derived, the chunks the backup reads in any case are read, hashed and compressed (up to
+/// [`prefetch::BUDGET`] of them kept in memory). Once it is open, `ready` completes the
+/// options (the parent snapshot, typically) and the backup goes on as [`backup`] does.
+/// Returns the open repository too, for whatever the caller does next.
+pub fn backup_opening(
+    opening: crate::Opening,
+    files: &[FileSpec<'_>],
+    mut options: BackupOptions,
+    ready: impl FnOnce(&Repo, &mut BackupOptions) -> Result<(), Error>,
+) -> Result<(Repo, BackupResult), Error> {
+    let level = options.compression.level();
+    let cancel = options.cancel.clone();
+    let stop = || opening.is_ready() || cancel.load(Ordering::SeqCst);
+    let prepared = prefetch::prefetch(
+        files,
+        options.threads,
+        level,
+        prefetch::BUDGET,
+        &stop,
+        &options.progress,
+    );
+    let repo = opening.wait()?;
+    if repo.version() < 2 {
+        prepared.drop_compressed();
+    }
+    ready(&repo, &mut options)?;
+    let result = backup_prepared(&repo, files, &options, prepared)?;
+    Ok((repo, result))
+}
+
+fn backup_prepared(
+    repo: &Repo,
+    files: &[FileSpec<'_>],
+    options: &BackupOptions,
+    prepared: Prepared,
+) -> Result<BackupResult, Error> {
     // Held until the snapshot is written: restic prune must not remove packs not yet indexed.
     // If it is lost on the way (removed by someone, or not renewed), nothing more is written.
     let lock = repo.lock_refreshed(false, RetryLock(options.retry_lock), options.lock_refresh)?;
@@ -447,6 +505,7 @@ pub fn backup(
         known: &known,
         claimed: Mutex::new(HashSet::new()),
         level,
+        prepared,
         abort: AtomicBool::new(false),
         cancel: options.cancel.clone(),
         progress: options.progress.clone(),
@@ -469,12 +528,12 @@ pub fn backup(
             let packer = s.spawn(|| run_packer(&shared, blob_rx));
             let mut zero_ids = ZeroIds::default();
             let mut result: Result<(), Error> = Ok(());
-            for f in files {
+            for (k, f) in files.iter().enumerate() {
                 let outcome = store_file(
                     &shared,
                     &blob_tx,
                     options.threads,
-                    f,
+                    (k, f),
                     (parent.as_ref(), &known),
                     &mut zero_ids,
                     &time,
