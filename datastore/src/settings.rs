@@ -16,6 +16,7 @@
 //! | `RESTIC_TMP_DIR` | `/var/tmp` | an absolute path |
 //! | `RESTIC_PRUNE_MAX_UNUSED`, `RESTIC_PRUNE_MAX_REPACK` | `0`, unlimited | as restic reads them |
 //! | `BACKSTOP_SFTP_HOST_FINGERPRINT` | none | `SHA256:<base64>` |
+//! | `BACKSTOP_CACHE_DIR` | `$XDG_CACHE_HOME/backstop` or `~/.cache/backstop` | an absolute path, or `off` |
 
 use crate::Error;
 use crate::repo::Compression;
@@ -23,7 +24,7 @@ use crate::repo::lock::RetryLock;
 use crate::repo::maintenance::PruneLimits;
 use backstop_protocol::message::Datastore;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How the host step is confined (the stock driver's `cmd_confinement`).
@@ -48,6 +49,8 @@ pub struct Settings {
     pub prune: PruneLimits,
     pub tmp_dir: PathBuf,
     pub host_fingerprint: Option<String>,
+    /// Where remote repositories' metadata is cached (None: not cached).
+    pub cache_dir: Option<PathBuf>,
     pub confinement: Confinement,
 }
 
@@ -94,6 +97,17 @@ impl Settings {
                 ds.id
             )));
         }
+        let cache_dir = match ds.attribute("BACKSTOP_CACHE_DIR").map(str::trim) {
+            None | Some("") => crate::repo::cache::default_dir(),
+            Some("off") => None,
+            Some(dir) if Path::new(dir).is_absolute() => Some(PathBuf::from(dir)),
+            Some(dir) => {
+                return Err(Error::config(format!(
+                    "datastore {}: BACKSTOP_CACHE_DIR {dir:?} is neither an absolute path nor off",
+                    ds.id
+                )));
+            }
+        };
         Ok(Settings {
             connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.unwrap_or(5) as usize,
             bwlimit_kib: n("RESTIC_BWLIMIT", BWLIMIT_KIB)?
@@ -114,6 +128,7 @@ impl Settings {
             },
             tmp_dir,
             host_fingerprint: fingerprint.map(str::to_string),
+            cache_dir,
             confinement: Confinement {
                 nice: n("RESTIC_NICE", -20..=19)?,
                 ionice: n("RESTIC_IONICE", 0..=7)?,
@@ -211,5 +226,21 @@ mod tests {
         assert!(e.to_string().contains("not an absolute path"), "{e}");
         let e = Settings::of(&ds("BACKSTOP_SFTP_HOST_FINGERPRINT = abc")).expect_err("fp");
         assert!(e.to_string().contains("SHA256:"), "{e}");
+        let e = Settings::of(&ds("BACKSTOP_CACHE_DIR = cache")).expect_err("relative cache");
+        assert_eq!(
+            e.to_string(),
+            "datastore 100: BACKSTOP_CACHE_DIR \"cache\" is neither an absolute path nor off"
+        );
+    }
+
+    #[test]
+    fn the_metadata_cache_is_configurable() {
+        let of = |t: &str| Settings::of(&ds(t)).expect("settings").cache_dir;
+        assert_eq!(of("BACKSTOP_CACHE_DIR = off"), None);
+        assert_eq!(
+            of("BACKSTOP_CACHE_DIR = /srv/cache"),
+            Some(PathBuf::from("/srv/cache"))
+        );
+        assert_eq!(of(""), crate::repo::cache::default_dir());
     }
 }

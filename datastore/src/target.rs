@@ -115,14 +115,14 @@ impl RepoTarget {
                     ssh_config: cfg.ssh_config.clone(),
                     host_fingerprint: settings.host_fingerprint,
                 };
-                SftpBackend::connect(&loc, &options)
-                    .map(|b| Arc::new(b) as Arc<dyn Storage>)
-                    .map_err(|e| {
+                let sftp: Arc<dyn Storage> =
+                    Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| {
                         Error::new(
                             ErrorKind::Repository,
                             format!("datastore {}: {}", ds.id, e.0),
                         )
-                    })
+                    })?);
+                Ok(cached(sftp, settings.cache_dir.as_deref()))
             }
             Location::S3 => Err(Error::not_implemented("the S3 backend")),
         }
@@ -153,6 +153,42 @@ impl RepoTarget {
                 format!("there is no repository at {}", self.url()),
             )),
         }
+    }
+}
+
+/// A remote repository behind its metadata cache (docs/repository-layout.md); without one
+/// when the cache directory cannot be made (said on stderr: a cache saves time only).
+fn cached(storage: Arc<dyn Storage>, dir: Option<&std::path::Path>) -> Arc<dyn Storage> {
+    let Some(dir) = dir else { return storage };
+    match crate::repo::cache::CachedStorage::new(storage.clone(), dir) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            backstop_protocol::output::log(
+                backstop_protocol::output::Level::Info,
+                &format!("no metadata cache: cannot create {}: {e}", dir.display()),
+            );
+            storage
+        }
+    }
+}
+
+impl RepoTarget {
+    /// Starts opening an existing repository on a thread of its own (the key derivation is
+    /// slow by design); a backup reads its disks meanwhile (`writer::backup_opening`).
+    pub fn open_in_background(
+        &self,
+        ds: &Datastore,
+        cfg: &DriverConfig,
+    ) -> Result<crate::repo::Opening, Error> {
+        let pw = password(ds)?;
+        let storage = self.storage(ds, cfg)?;
+        if !self.exists(&storage)? {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("there is no repository at {}", self.url()),
+            ));
+        }
+        Ok(Repo::open_in_background(storage, pw))
     }
 }
 

@@ -5,6 +5,7 @@
 //! from argv.
 
 use backstop_datastore::repo::backend::{LocalBackend, Storage};
+use backstop_datastore::repo::cache::{self, CachedStorage};
 use backstop_datastore::repo::disk_image::{self, Backing, Format};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{self, ImageSource, RawImage};
@@ -46,6 +47,13 @@ pub struct Args {
     /// --retry-lock; then fail naming the holder.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     retry_lock: Duration,
+    /// SFTP: where to keep the metadata cache (index, snapshot and tree files, checked by
+    /// their hash; default $XDG_CACHE_HOME/backstop or ~/.cache/backstop).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// SFTP: read everything from the server (`check` always does).
+    #[arg(long)]
+    no_cache: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,9 +222,26 @@ fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
             ssh_config: args.ssh_config.clone(),
             host_fingerprint: args.host_fingerprint.clone(),
         };
-        return SftpBackend::connect(&loc, &options)
-            .map(|b| Arc::new(b) as Arc<dyn Storage>)
-            .map_err(|e| e.to_string());
+        let sftp: Arc<dyn Storage> =
+            Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| e.to_string())?);
+        // A check reads what the server holds, never a local copy.
+        let cache = match (&args.command, args.no_cache) {
+            (Command::Check { .. }, _) | (_, true) => None,
+            _ => args.cache_dir.clone().or_else(cache::default_dir),
+        };
+        return Ok(match cache {
+            Some(dir) => match CachedStorage::new(sftp.clone(), &dir) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    eprintln!(
+                        "INFO: no metadata cache: cannot create {}: {e}",
+                        dir.display()
+                    );
+                    sftp
+                }
+            },
+            None => sftp,
+        });
     }
     Ok(Arc::new(LocalBackend::new(&args.repo)))
 }

@@ -20,6 +20,7 @@
 //! renamed ([`backend::LocalBackend`]).
 
 pub mod backend;
+pub mod cache;
 pub mod crypto;
 pub mod disk_image;
 pub mod error;
@@ -444,12 +445,17 @@ impl Repo {
 
     /// Reads and opens one blob.
     pub fn read_blob(&self, id: &RepoId, at: &BlobLocation) -> Result<Vec<u8>, Error> {
+        self.read_blob_from(id, at, false)
+    }
+
+    /// Reads and opens one blob; `tree`: a tree blob, which a metadata cache keeps.
+    fn read_blob_from(&self, id: &RepoId, at: &BlobLocation, tree: bool) -> Result<Vec<u8>, Error> {
         let sealed = self
             .backend
             .read_partial(
                 FileType::Pack,
                 &at.pack.to_rustic(),
-                false,
+                tree,
                 at.offset,
                 at.length,
             )
@@ -476,7 +482,7 @@ impl Repo {
                 format!("tree {id} is not in any index"),
             )
         })?;
-        serde_json::from_slice(&self.read_blob(id, at)?).map_err(|e| {
+        serde_json::from_slice(&self.read_blob_from(id, at, true)?).map_err(|e| {
             Error::new(
                 ErrorKind::Repository,
                 format!("tree {id} is not valid: {e}"),

@@ -139,6 +139,8 @@ pub struct SftpBackend {
     pool: Mutex<Vec<Slot>>,
     available: Condvar,
     bandwidth: Option<Bandwidth>,
+    /// Bytes of repository files read from the server (lock files included).
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SftpBackend {
@@ -184,7 +186,13 @@ impl SftpBackend {
                 bytes_per_sec: k as f64 * 1024.0,
                 state: Mutex::new((0.0, Instant::now())),
             }),
+            read: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Bytes of repository files read from the server so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn connections(&self) -> usize {
@@ -327,6 +335,8 @@ impl SftpBackend {
             Ok(buf)
         })?;
         self.throttle(data.len());
+        self.read
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(data)
     }
 
@@ -358,6 +368,8 @@ impl SftpBackend {
             Ok(buf)
         })?;
         self.throttle(data.len());
+        self.read
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(data)
     }
 

@@ -298,8 +298,13 @@ impl Shared<'_> {
     }
 }
 
-/// Finishes and writes one pack; returns its index entry and size.
-fn write_pack(shared: &Shared<'_>, pack: PackBuilder) -> Result<(IndexPack, u64), Error> {
+/// Finishes and writes one pack; returns its index entry and size. `trees`: a pack of tree
+/// blobs, which a metadata cache keeps.
+fn write_pack(
+    shared: &Shared<'_>,
+    pack: PackBuilder,
+    trees: bool,
+) -> Result<(IndexPack, u64), Error> {
     let finished = pack
         .finish(shared.repo.crypto())
         .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
@@ -310,7 +315,7 @@ fn write_pack(shared: &Shared<'_>, pack: PackBuilder) -> Result<(IndexPack, u64)
         .write_bytes(
             FileType::Pack,
             &finished.id.to_rustic(),
-            false,
+            trees,
             finished.bytes.into(),
         )
         .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
@@ -332,7 +337,7 @@ fn run_packer(
             let results = &results;
             s.spawn(move || {
                 for pack in full_rx {
-                    let done = write_pack(shared, pack);
+                    let done = write_pack(shared, pack, false);
                     let Ok(mut r) = results.lock() else { return };
                     match done {
                         Ok((index, size)) => {
@@ -586,7 +591,7 @@ fn backup_prepared(
     )?;
     let mut packs = data_packs;
     if !tree_pack.is_empty() {
-        let (index, size) = write_pack(&shared, tree_pack)?;
+        let (index, size) = write_pack(&shared, tree_pack, true)?;
         total.added_bytes += size;
         packs.push(index);
     }

@@ -31,6 +31,34 @@ struct Opened {
     changed: Option<Vec<Extent>>,
 }
 
+/// The VM's repository: being opened on a thread of its own (the key derivation is slow by
+/// design) until something needs it; a full backup needs it only to write, so its disks are
+/// read meanwhile.
+enum VmRepo {
+    Opening(crate::repo::Opening),
+    Open(Repo),
+    /// Opening failed; the error went to whoever asked first.
+    Failed,
+}
+
+impl VmRepo {
+    fn get(&mut self) -> Result<&Repo, Error> {
+        if let VmRepo::Opening(_) = self {
+            let VmRepo::Opening(opening) = std::mem::replace(self, VmRepo::Failed) else {
+                unreachable!("matched just above");
+            };
+            *self = VmRepo::Open(opening.wait()?);
+        }
+        match self {
+            VmRepo::Open(repo) => Ok(repo),
+            _ => Err(Error::new(
+                ErrorKind::Repository,
+                "the repository could not be opened",
+            )),
+        }
+    }
+}
+
 /// The staging directory's files, and the direct-mode manifest when prebackup wrote one.
 fn read_staging(
     staging: &Path,
@@ -91,14 +119,14 @@ pub fn host_run(
 
     let ds = &request.datastore;
     let target = RepoTarget::new(ds, repo_id(args.job_id, args.vm_id))?;
-    let repo = target.open(ds, cfg, false)?;
+    let mut repo = VmRepo::Opening(target.open_in_background(ds, cfg)?);
     let plan = plan(
         args,
         &staged,
         manifest.as_ref(),
         vm,
         staging,
-        || repo.all_snapshots(),
+        || repo.get()?.all_snapshots(),
         &target.url(),
     )?;
     // A stock chain is rebuilt under RESTIC_TMP_DIR, removed when this ends.
@@ -109,7 +137,7 @@ pub fn host_run(
         .transpose()?;
     let mut opened = Vec::new();
     for d in &plan.disks {
-        opened.push(open_disk(args, &repo, ds, &plan, d, work.as_ref())?);
+        opened.push(open_disk(args, &mut repo, ds, &plan, d, work.as_ref())?);
     }
     let tpm = staged
         .tpm
@@ -149,7 +177,18 @@ pub fn host_run(
         progress: progress.clone(),
         ..BackupOptions::default()
     };
-    let result = writer::backup(&repo, &files, &options)?;
+    let result = match repo {
+        VmRepo::Opening(opening) => {
+            writer::backup_opening(opening, &files, options, |_, _| Ok(()))?.1
+        }
+        VmRepo::Open(repo) => writer::backup(&repo, &files, &options)?,
+        VmRepo::Failed => {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                "the repository could not be opened",
+            ));
+        }
+    };
     if let Some(reason) = &result.total.full_reason {
         // On stderr with a log prefix: oned logs it, it does not become the error text.
         let _ = writeln!(std::io::stderr(), "INFO: read the whole disk: {reason}");
@@ -165,7 +204,7 @@ pub fn host_run(
 /// Opens one disk as the plan says; formats are never guessed (a guest writes the content).
 fn open_disk(
     args: &BackupArgs,
-    repo: &Repo,
+    repo: &mut VmRepo,
     ds: &Datastore,
     plan: &Plan,
     d: &super::plan::DiskPlan,
@@ -268,6 +307,7 @@ fn open_disk(
             let dir = work.path.join(format!("disk{disk_id}"));
             std::fs::create_dir(&dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            let repo = repo.get()?;
             let files = stock_chain::links(repo, links, parent_file, disk_id, args.vm_id)?;
             let top = stock_chain::fetch(repo, ds, &files, disk_id, &dir)?;
             stock_chain::rebase(path, Some(&top))?;
