@@ -78,6 +78,9 @@ pub struct BackupOptions {
     pub retry_lock: std::time::Duration,
     /// How often the lock is renewed (tests shorten it).
     pub lock_refresh: std::time::Duration,
+    /// How many bytes of compressed chunks may wait for the key in [`backup_opening`] (0: read
+    /// nothing before the repository is open).
+    pub prefetch_budget: u64,
     /// Set it to stop the backup: reading stops, no snapshot is written, the packs already
     /// written stay unreferenced until a prune (the repository stays consistent).
     pub cancel: Arc<AtomicBool>,
@@ -144,6 +147,7 @@ impl Default for BackupOptions {
                 .unwrap_or(2),
             retry_lock: std::time::Duration::ZERO,
             lock_refresh: crate::lock::REFRESH_EVERY,
+            prefetch_budget: prefetch::BUDGET,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
         }
@@ -472,7 +476,7 @@ pub fn backup_opening(
         files,
         options.threads,
         level,
-        prefetch::BUDGET,
+        options.prefetch_budget,
         &stop,
         &options.progress,
     );

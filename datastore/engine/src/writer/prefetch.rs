@@ -111,7 +111,7 @@ pub(super) fn prefetch(
 ) -> Prepared {
     let prepared = Prepared::default();
     let reads = certain_reads(files);
-    if reads.is_empty() || stop() {
+    if reads.is_empty() || budget == 0 || stop() {
         return prepared;
     }
     let used = AtomicU64::new(0);

@@ -168,9 +168,16 @@ pub fn host_run(
         content: Content::Bytes(&vm_xml),
     });
 
+    let settings = crate::settings::Settings::of(ds)?;
     let options = BackupOptions {
         tags: vec![vm_tag(args.vm_id), IMAGE_TAG.to_string()],
-        compression: crate::settings::Settings::of(ds)?.compression,
+        compression: settings.compression,
+        // Reading ahead of the key holds up to 96 MiB on top of scrypt's 128 MiB: not under a
+        // tight memory limit.
+        prefetch_budget: match settings.confinement.memory_max_mb {
+            Some(mb) if mb < 512 => 0,
+            _ => writer::prefetch::BUDGET,
+        },
         parent: plan.parent,
         retry_lock: crate::settings::lock_wait(ds).0,
         cancel: cancel.clone(),
