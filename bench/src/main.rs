@@ -14,6 +14,9 @@
 //! 6. the full backup into a repository over SFTP (a loopback sshd), backstop and restic;
 //! 7. increment_flatten against the stock driver's recipe, and one scheduler tick.
 //!
+//! Every step starts with the page cache emptied (when run as root): each tool reads the image
+//! and its repository from the disk.
+//!
 //! Every backstop snapshot is checked: its dump must hash like the image. Prints seconds, MB/s,
 //! peak RSS and the ratio peer/backstop for each step, then each goal and whether it was met.
 #![allow(clippy::print_stdout)] // a benchmark prints its table

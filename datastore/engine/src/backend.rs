@@ -498,7 +498,11 @@ mod tests {
             let parts: Vec<bytes::Bytes> = lens.iter().map(|n| bytes(*n).into()).collect();
             let path = dir.path().join(format!("pack{k}"));
             assert!(write_direct(&path, &parts).expect("write"), "{lens:?}");
-            assert_eq!(std::fs::read(&path).expect("read"), parts.concat(), "{lens:?}");
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                parts.concat(),
+                "{lens:?}"
+            );
         }
         let small = dir.path().join("small");
         assert!(!write_direct(&small, &[bytes(100).into()]).expect("small"));
