@@ -74,6 +74,9 @@ pub trait ImageSource: Send + Sync {
     fn complete(&self) -> bool {
         true
     }
+    /// A hint that `extent` is read soon: a source may start fetching it now, so that reads of
+    /// scattered chunks (an incremental) wait on the device in parallel, not one by one.
+    fn will_need(&self, _extent: Extent) {}
 }
 
 /// A raw image file or block device, read with positioned reads; holes of a sparse file are
@@ -109,6 +112,15 @@ impl ImageSource for RawImage {
         self.file.read_exact_at(buf, offset)
     }
 
+    fn will_need(&self, extent: Extent) {
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            extent.offset,
+            std::num::NonZeroU64::new(extent.length),
+            rustix::fs::Advice::WillNeed,
+        );
+    }
+
     fn data_extents(&self) -> io::Result<Option<Vec<Extent>>> {
         use rustix::fs::{SeekFrom, seek};
         let mut extents = Vec::new();
@@ -134,6 +146,26 @@ impl ImageSource for RawImage {
             pos = hole.max(data + 1);
         }
         Ok(Some(extents))
+    }
+}
+
+/// How many chunks a reader asks its source for ahead of the one it reads
+/// ([`ImageSource::will_need`]).
+pub const READ_AHEAD: usize = 16;
+
+/// Tells `source` which of `reads` (chunk indices) come next: the first [`READ_AHEAD`] when
+/// `k` is 0, then the one [`READ_AHEAD`] past `k`.
+pub fn read_ahead(source: &dyn ImageSource, reads: &[usize], k: usize) {
+    let size = source.size();
+    let next: &[usize] = if k == 0 {
+        &reads[..reads.len().min(READ_AHEAD)]
+    } else {
+        reads
+            .get(k + READ_AHEAD - 1..k + READ_AHEAD)
+            .unwrap_or_default()
+    };
+    for &i in next {
+        source.will_need(chunk_range(i, size));
     }
 }
 

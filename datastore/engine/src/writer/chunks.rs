@@ -268,10 +268,11 @@ fn read_and_store(
     std::thread::scope(|s| -> Result<(), Error> {
         let reader_res = res_tx.clone();
         s.spawn(move || {
-            for &i in reads {
+            for (k, &i) in reads.iter().enumerate() {
                 if shared.stopped() {
                     break;
                 }
+                image::read_ahead(source, reads, k);
                 let work = if let Some(p) = prepared.take(file, i) {
                     Work::Prepared(p)
                 } else {

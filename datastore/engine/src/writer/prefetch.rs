@@ -99,6 +99,18 @@ fn certain_reads(files: &[FileSpec<'_>]) -> Vec<(usize, usize)> {
     out
 }
 
+/// `reads` (file, chunk) in order, grouped by file.
+fn group_by_file(reads: &[(usize, usize)]) -> Vec<(usize, Vec<usize>)> {
+    let mut out: Vec<(usize, Vec<usize>)> = Vec::new();
+    for &(f, i) in reads {
+        match out.last_mut() {
+            Some((last, list)) if *last == f => list.push(i),
+            _ => out.push((f, vec![i])),
+        }
+    }
+    out
+}
+
 /// Prepares chunks until `stop()` says the repository is open, the budget is spent, or every
 /// certain read is done. `level`: the zstd level (None: no compression).
 pub(super) fn prefetch(
@@ -120,22 +132,27 @@ pub(super) fn prefetch(
     std::thread::scope(|s| {
         let used = &used;
         s.spawn(move || {
-            for (f, i) in reads {
-                if stop() || used.load(Ordering::Relaxed) >= budget {
-                    break;
-                }
-                let Content::Image { source, .. } = &files[f].content else {
+            // Per file: its chunk list, for the read-ahead hints.
+            let chunks: Vec<(usize, Vec<usize>)> = group_by_file(&reads);
+            for (f, list) in &chunks {
+                let Content::Image { source, .. } = &files[*f].content else {
                     continue;
                 };
-                let r = image::chunk_range(i, source.size());
-                let mut buf = vec![0u8; r.length as usize];
-                if source.read_at(&mut buf, r.offset).is_err() {
-                    break;
-                }
-                // Read from the source: counted now, not again when the backup takes it.
-                progress.read.fetch_add(r.length, Ordering::Relaxed);
-                if work_tx.send((f, i, buf)).is_err() {
-                    break;
+                for (k, &i) in list.iter().enumerate() {
+                    if stop() || used.load(Ordering::Relaxed) >= budget {
+                        return;
+                    }
+                    image::read_ahead(*source, list, k);
+                    let r = image::chunk_range(i, source.size());
+                    let mut buf = vec![0u8; r.length as usize];
+                    if source.read_at(&mut buf, r.offset).is_err() {
+                        return;
+                    }
+                    // Read from the source: counted now, not again when the backup takes it.
+                    progress.read.fetch_add(r.length, Ordering::Relaxed);
+                    if work_tx.send((*f, i, buf)).is_err() {
+                        return;
+                    }
                 }
             }
         });
