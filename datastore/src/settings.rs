@@ -17,6 +17,10 @@
 //! | `RESTIC_PRUNE_MAX_UNUSED`, `RESTIC_PRUNE_MAX_REPACK` | `0`, unlimited | as restic reads them |
 //! | `BACKSTOP_SFTP_HOST_FINGERPRINT` | none | `SHA256:<base64>` |
 //! | `BACKSTOP_CACHE_DIR` | `$XDG_CACHE_HOME/backstop` or `~/.cache/backstop` | an absolute path, or `off` |
+//! | `RESTIC_S3_ACCESS_KEY_ID`, `RESTIC_S3_SECRET_ACCESS_KEY` | required for S3 | |
+//! | `RESTIC_S3_REGION` | `us-east-1` | |
+//! | `RESTIC_S3_FORCE_PATH_STYLE`, `RESTIC_S3_INSECURE_TLS` | `no` | `yes`, `no` |
+//! | `RESTIC_S3_CACERT` | the system's CAs | an absolute path to a PEM file |
 
 use crate::Error;
 use crate::repo::Compression;
@@ -52,6 +56,76 @@ pub struct Settings {
     /// Where remote repositories' metadata is cached (None: not cached).
     pub cache_dir: Option<PathBuf>,
     pub confinement: Confinement,
+    /// How to reach an S3 datastore's store (`RESTIC_BACKEND=S3` only).
+    pub s3: Option<S3Access>,
+}
+
+/// The keys and transport settings of an S3 datastore. The secret key never prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Access {
+    pub access_key_id: String,
+    pub secret_access_key: crate::repo::s3::Secret,
+    pub region: String,
+    /// `RESTIC_S3_FORCE_PATH_STYLE=yes`; else restic's automatic choice.
+    pub force_path_style: bool,
+    pub ca_cert: Option<PathBuf>,
+    pub insecure_tls: bool,
+}
+
+fn yes_no(ds: &Datastore, name: &str) -> Result<bool, Error> {
+    match ds
+        .attribute(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("no") | Some("false") => Ok(false),
+        Some("yes") | Some("true") => Ok(true),
+        Some(other) => Err(Error::config(format!(
+            "datastore {}: {name} is {other:?}, not yes or no",
+            ds.id
+        ))),
+    }
+}
+
+impl S3Access {
+    fn of(ds: &Datastore) -> Result<S3Access, Error> {
+        let required = |name: &str| {
+            ds.attribute(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "datastore {}: {name} is missing (RESTIC_BACKEND is S3)",
+                        ds.id
+                    ))
+                })
+        };
+        let ca_cert = match ds.attribute("RESTIC_S3_CACERT").map(str::trim) {
+            None | Some("") => None,
+            Some(p) if Path::new(p).is_absolute() => Some(PathBuf::from(p)),
+            Some(p) => {
+                return Err(Error::config(format!(
+                    "datastore {}: RESTIC_S3_CACERT {p:?} is not an absolute path",
+                    ds.id
+                )));
+            }
+        };
+        Ok(S3Access {
+            access_key_id: required("RESTIC_S3_ACCESS_KEY_ID")?.trim().to_string(),
+            secret_access_key: crate::repo::s3::Secret::new(required(
+                "RESTIC_S3_SECRET_ACCESS_KEY",
+            )?),
+            region: ds
+                .attribute("RESTIC_S3_REGION")
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .unwrap_or("us-east-1")
+                .to_string(),
+            force_path_style: yes_no(ds, "RESTIC_S3_FORCE_PATH_STYLE")?,
+            ca_cert,
+            insecure_tls: yes_no(ds, "RESTIC_S3_INSECURE_TLS")?,
+        })
+    }
 }
 
 pub const CONNECTIONS: RangeInclusive<i64> = 1..=64;
@@ -136,6 +210,10 @@ impl Settings {
                 memory_max_mb: n("RESTIC_MEMORY_MAX_MB", 1..=16_777_216)?,
                 max_riops: n("RESTIC_MAX_RIOPS", 1..=10_000_000)?,
                 max_wiops: n("RESTIC_MAX_WIOPS", 1..=10_000_000)?,
+            },
+            s3: match ds.attribute("RESTIC_BACKEND").map(str::trim) {
+                Some(b) if b.eq_ignore_ascii_case("S3") => Some(S3Access::of(ds)?),
+                _ => None,
             },
         })
     }
@@ -231,6 +309,41 @@ mod tests {
             e.to_string(),
             "datastore 100: BACKSTOP_CACHE_DIR \"cache\" is neither an absolute path nor off"
         );
+    }
+
+    #[test]
+    fn s3_access_is_read_with_the_stock_defaults() {
+        let base = "RESTIC_BACKEND = S3\nRESTIC_S3_BUCKET = b-1\n";
+        let s = Settings::of(&ds(&format!(
+            "{base}RESTIC_S3_ACCESS_KEY_ID = AK\nRESTIC_S3_SECRET_ACCESS_KEY = \"s3cr3t\""
+        )))
+        .expect("s3");
+        let a = s.s3.expect("s3 access");
+        assert_eq!(a.access_key_id, "AK");
+        assert_eq!(a.secret_access_key.expose(), "s3cr3t");
+        assert_eq!(a.region, "us-east-1");
+        assert!(!a.force_path_style && !a.insecure_tls && a.ca_cert.is_none());
+        assert!(!format!("{a:?}").contains("s3cr3t"), "the secret printed");
+        let e = Settings::of(&ds(&format!("{base}RESTIC_S3_ACCESS_KEY_ID = AK")))
+            .expect_err("no secret");
+        assert_eq!(
+            e.to_string(),
+            "datastore 100: RESTIC_S3_SECRET_ACCESS_KEY is missing (RESTIC_BACKEND is S3)"
+        );
+        let full = format!(
+            "{base}RESTIC_S3_ACCESS_KEY_ID = AK\nRESTIC_S3_SECRET_ACCESS_KEY = S\nRESTIC_S3_REGION = eu-1\nRESTIC_S3_FORCE_PATH_STYLE = YES\nRESTIC_S3_INSECURE_TLS = no\nRESTIC_S3_CACERT = /etc/ca.pem"
+        );
+        let a = Settings::of(&ds(&full)).expect("all").s3.expect("s3");
+        assert_eq!(
+            (a.region.as_str(), a.force_path_style, a.ca_cert),
+            ("eu-1", true, Some(PathBuf::from("/etc/ca.pem")))
+        );
+        let e = Settings::of(&ds(&format!(
+            "{base}RESTIC_S3_ACCESS_KEY_ID = AK\nRESTIC_S3_SECRET_ACCESS_KEY = S\nRESTIC_S3_INSECURE_TLS = maybe"
+        )))
+            .expect_err("yes or no");
+        assert!(e.to_string().contains("not yes or no"), "{e}");
+        assert!(Settings::of(&ds("")).expect("local").s3.is_none());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The repository behind a backup datastore: one per VM (`<BASE_PATH>/<vm_id>`) or per backup
 //! job (`<BASE_PATH>/job_<bj>`), as OpenNebula's restic driver lays them out (driver contract §5.1), on a
-//! local path or over SFTP.
+//! local path, over SFTP, or in an S3 bucket (`s3:<endpoint>/<bucket>/<vm_id | job_<bj>>`).
 
 use crate::config::DriverConfig;
 use crate::location::Location;
 use crate::repo::Repo;
 use crate::repo::backend::{LocalBackend, Storage};
+use crate::repo::s3::{S3Backend, S3Location, S3Options};
 use crate::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use crate::settings::Settings;
 use crate::{Error, ErrorKind};
@@ -84,16 +85,18 @@ impl RepoTarget {
     pub fn path(&self) -> String {
         let base = match &self.location {
             Location::Local { base_path } | Location::Sftp { base_path, .. } => base_path,
-            Location::S3 => "",
+            Location::S3 { .. } => return self.repo_id.clone(),
         };
         clean_path(&format!("{base}/{}", self.repo_id))
     }
 
-    /// As restic would name it: a path or `sftp:user@server:/path`.
+    /// As restic would name it: a path, `sftp:user@server:/path` or
+    /// `s3:<endpoint>/<bucket>/<repo_id>`.
     pub fn url(&self) -> String {
         match &self.location {
             Location::Sftp { user, server, .. } => format!("sftp:{user}@{server}:{}", self.path()),
-            _ => self.path(),
+            Location::S3 { endpoint, bucket } => format!("s3:{endpoint}/{bucket}/{}", self.repo_id),
+            Location::Local { .. } => self.path(),
         }
     }
 
@@ -124,7 +127,13 @@ impl RepoTarget {
                     })?);
                 Ok(cached(sftp, settings.cache_dir.as_deref()))
             }
-            Location::S3 => Err(Error::not_implemented("the S3 backend")),
+            Location::S3 { .. } => {
+                let s3: Arc<dyn Storage> =
+                    Arc::new(connect_s3(&self.url(), &settings).map_err(|e| {
+                        Error::new(ErrorKind::Repository, format!("datastore {}: {e}", ds.id))
+                    })?);
+                Ok(cached(s3, settings.cache_dir.as_deref()))
+            }
         }
     }
 
@@ -154,6 +163,27 @@ impl RepoTarget {
             )),
         }
     }
+}
+
+/// Connects to the S3 repository at `url` (`s3:...`) with the datastore's S3 settings.
+pub fn connect_s3(url: &str, settings: &Settings) -> Result<S3Backend, String> {
+    let access = settings
+        .s3
+        .as_ref()
+        .ok_or_else(|| "RESTIC_BACKEND is not S3".to_string())?;
+    let loc = S3Location::parse(url)?;
+    let options = S3Options {
+        access_key_id: access.access_key_id.clone(),
+        secret_access_key: access.secret_access_key.clone(),
+        region: access.region.clone(),
+        path_style: access.force_path_style.then_some(true),
+        ca_cert: access.ca_cert.clone(),
+        insecure_tls: access.insecure_tls,
+        connections: settings.connections,
+        bwlimit_kib: settings.bwlimit_kib,
+        ..S3Options::default()
+    };
+    S3Backend::connect(&loc, &options).map_err(|e| e.0)
 }
 
 /// A remote repository behind its metadata cache (docs/repository-layout.md); without one

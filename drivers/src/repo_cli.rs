@@ -2,7 +2,7 @@
 //! `backstop repo`: the operator's command line for repositories, shaped like restic's.
 //!
 //! The password comes from RESTIC_PASSWORD, RESTIC_PASSWORD_FILE or `--password-file`, never
-//! from argv.
+//! from argv; S3 keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, as restic reads them.
 
 use backstop_datastore::repo::backend::{LocalBackend, Storage};
 use backstop_datastore::repo::cache::{self, CachedStorage};
@@ -12,6 +12,7 @@ use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
 use backstop_datastore::repo::nbd::{self, NbdImage};
+use backstop_datastore::repo::s3::{S3Backend, S3Location, S3Options, Secret};
 use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Opening, Repo};
@@ -23,8 +24,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The repository: a local path, or sftp:[user@]host:/path (host may be an alias of the
-    /// ssh configuration).
+    /// The repository: a local path, sftp:[user@]host:/path (host may be an alias of the
+    /// ssh configuration), or s3:<endpoint>/<bucket>/<path> (keys in AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY).
     #[arg(long, short = 'r', env = "RESTIC_REPOSITORY")]
     repo: String,
     /// SFTP: the OpenSSH client configuration to read (default ~/.ssh/config).
@@ -34,10 +36,22 @@ pub struct Args {
     /// looking it up in known_hosts.
     #[arg(long, value_name = "FINGERPRINT")]
     host_fingerprint: Option<String>,
-    /// SFTP: sessions to open at most.
+    /// SFTP: sessions to open at most; S3: requests in flight at once.
     #[arg(long, env = "RESTIC_CONNECTIONS", default_value_t = 5)]
     connections: usize,
-    /// SFTP: bandwidth limit in KiB/s for all sessions together (restic's unit).
+    /// S3: the region to sign for.
+    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// S3: path-style URLs (endpoint/bucket/key), as restic's -o s3.bucket-lookup=path.
+    #[arg(long)]
+    s3_path_style: bool,
+    /// S3: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// S3: do not check the server's certificate at all.
+    #[arg(long)]
+    insecure_tls: bool,
+    /// SFTP and S3: bandwidth limit in KiB/s for all connections together (restic's unit).
     #[arg(long, value_name = "KIB", env = "RESTIC_BWLIMIT")]
     limit: Option<u64>,
     /// A file whose first line is the password (else RESTIC_PASSWORD or RESTIC_PASSWORD_FILE).
@@ -47,11 +61,11 @@ pub struct Args {
     /// --retry-lock; then fail naming the holder.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     retry_lock: Duration,
-    /// SFTP: where to keep the metadata cache (index, snapshot and tree files, checked by
+    /// SFTP and S3: where to keep the metadata cache (index, snapshot and tree files, checked by
     /// their hash; default $XDG_CACHE_HOME/backstop or ~/.cache/backstop).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// SFTP: read everything from the server (`check` always does).
+    /// SFTP and S3: read everything from the server (`check` always does).
     #[arg(long)]
     no_cache: bool,
     #[command(subcommand)]
@@ -213,8 +227,30 @@ fn password(args: &Args) -> Result<String, String> {
     Err("no repository password: set RESTIC_PASSWORD or RESTIC_PASSWORD_FILE, or pass --password-file".into())
 }
 
+fn s3_backend(args: &Args) -> Result<S3Backend, String> {
+    let loc = S3Location::parse(&args.repo)?;
+    let key = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{name} is not set (needed for an s3: repository)"))
+    };
+    let options = S3Options {
+        access_key_id: key("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: Secret::new(key("AWS_SECRET_ACCESS_KEY")?),
+        region: args.s3_region.clone(),
+        path_style: args.s3_path_style.then_some(true),
+        ca_cert: args.cacert.clone(),
+        insecure_tls: args.insecure_tls,
+        connections: args.connections,
+        bwlimit_kib: args.limit,
+        ..S3Options::default()
+    };
+    S3Backend::connect(&loc, &options).map_err(|e| e.to_string())
+}
+
 fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
-    if args.repo.starts_with("sftp:") {
+    let remote: Arc<dyn Storage> = if args.repo.starts_with("sftp:") {
         let loc = SftpLocation::parse(&args.repo)?;
         let options = SftpOptions {
             connections: args.connections,
@@ -222,28 +258,30 @@ fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
             ssh_config: args.ssh_config.clone(),
             host_fingerprint: args.host_fingerprint.clone(),
         };
-        let sftp: Arc<dyn Storage> =
-            Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| e.to_string())?);
-        // A check reads what the server holds, never a local copy.
-        let cache = match (&args.command, args.no_cache) {
-            (Command::Check { .. }, _) | (_, true) => None,
-            _ => args.cache_dir.clone().or_else(cache::default_dir),
-        };
-        return Ok(match cache {
-            Some(dir) => match CachedStorage::new(sftp.clone(), &dir) {
-                Ok(c) => Arc::new(c),
-                Err(e) => {
-                    eprintln!(
-                        "INFO: no metadata cache: cannot create {}: {e}",
-                        dir.display()
-                    );
-                    sftp
-                }
-            },
-            None => sftp,
-        });
-    }
-    Ok(Arc::new(LocalBackend::new(&args.repo)))
+        Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| e.to_string())?)
+    } else if args.repo.starts_with("s3:") {
+        Arc::new(s3_backend(args)?)
+    } else {
+        return Ok(Arc::new(LocalBackend::new(&args.repo)));
+    };
+    // A check reads what the server holds, never a local copy.
+    let cache = match (&args.command, args.no_cache) {
+        (Command::Check { .. }, _) | (_, true) => None,
+        _ => args.cache_dir.clone().or_else(cache::default_dir),
+    };
+    Ok(match cache {
+        Some(dir) => match CachedStorage::new(remote.clone(), &dir) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                eprintln!(
+                    "INFO: no metadata cache: cannot create {}: {e}",
+                    dir.display()
+                );
+                remote
+            }
+        },
+        None => remote,
+    })
 }
 
 fn run(args: &Args) -> Result<(), String> {

@@ -10,6 +10,9 @@ mod jobs;
 mod live;
 mod oned_mock;
 mod repo_cli;
+#[path = "../../datastore/engine/tests/common/s3.rs"]
+#[allow(dead_code)]
+mod s3server;
 mod security;
 mod stock;
 mod support;

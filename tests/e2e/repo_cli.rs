@@ -258,3 +258,97 @@ fn changed_extents_from_real_nbdinfo_output_give_a_correct_incremental() {
         "the incremental reused stale blobs for changed chunks"
     );
 }
+
+/// `backstop repo` on an S3 repository (SeaweedFS on loopback): keys from the environment
+/// as restic reads them, never in argv; what it writes, restic dumps and checks; a wrong key
+/// is one line and exit 1.
+#[test]
+fn the_cli_backs_up_to_s3_and_restic_reads_it() {
+    use crate::s3server::{ACCESS_KEY, S3Server, SECRET_KEY};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(dir.path());
+    let url = server.repo("cli", "9");
+    let cache = dir.path().join("cache");
+    let run = |args: &[&str], secret: &str| {
+        let out = Command::new(BACKSTOP)
+            .args(["repo", "-r", &url, "--cache-dir"])
+            .arg(&cache)
+            .args(args)
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .expect("backstop");
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let must = |args: &[&str]| {
+        let o = run(args, SECRET_KEY);
+        assert_eq!(o.code, Some(0), "backstop repo {args:?}: {o:?}");
+        o
+    };
+    must(&["init"]);
+    let raw = dir.path().join("disk.raw");
+    let mut data = vec![0u8; 12 << 20];
+    for (i, b) in data.iter_mut().enumerate().skip(1 << 20).take(5 << 20) {
+        *b = (i * 7 % 251) as u8;
+    }
+    fs::write(&raw, &data).expect("raw");
+    let out = must(&[
+        "backup",
+        "--image",
+        raw.to_str().expect("utf-8"),
+        "--path",
+        IN_SNAPSHOT,
+        "--json",
+    ]);
+    let stats: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let id = stats["snapshot_id"]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    let restored = dir.path().join("restored.raw");
+    must(&[
+        "restore",
+        &id,
+        IN_SNAPSHOT,
+        "--target",
+        restored.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        fs::read(&restored).expect("restored") == data,
+        "our restore from S3 differs"
+    );
+    let theirs = server.restic(&url, PASSWORD, &["dump", &id, IN_SNAPSHOT]);
+    assert!(
+        theirs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    assert!(
+        theirs.stdout == data,
+        "restic's dump of our S3 snapshot differs"
+    );
+    let check = server.restic(&url, PASSWORD, &["check", "--read-data"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    must(&["check", "--read-data"]);
+    // The metadata cache was filled on the way.
+    assert!(cache.is_dir(), "no metadata cache for an S3 repository");
+
+    let bad = run(&["snapshots"], "wrong-secret-value");
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    let line = bad.stderr.trim();
+    assert!(!line.contains('\n'), "{line}");
+    assert!(line.contains("SignatureDoesNotMatch"), "{line}");
+    assert!(
+        !line.contains("wrong-secret-value") && !line.contains(SECRET_KEY),
+        "{line}"
+    );
+}

@@ -20,6 +20,7 @@
 //! renamed ([`backend::LocalBackend`]).
 
 pub mod backend;
+pub mod bandwidth;
 pub mod cache;
 pub mod crypto;
 pub mod disk_image;
@@ -34,6 +35,7 @@ pub mod pack;
 pub mod process;
 pub mod qcow2;
 pub mod restore;
+pub mod s3;
 pub mod sftp;
 pub mod sshconfig;
 pub mod writer;

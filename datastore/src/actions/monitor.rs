@@ -40,8 +40,54 @@ pub fn run(request: &MonitorRequest, cfg: &DriverConfig) -> Result<Capacity, Err
             server,
             base_path,
         } => remote(cfg, &user, &server, &base_path),
-        Location::S3 => Err(Error::not_implemented("monitor of an S3 datastore")),
+        Location::S3 { endpoint, bucket } => s3(ds, &endpoint, &bucket),
     }
+}
+
+/// An S3 datastore: used = the sizes of every object of its repositories (keys under
+/// `<vm_id>/` or `job_<bj>/` in the bucket), against `TOTAL_MB` (stock default 1048576,
+/// 1 TiB), since a bucket has no capacity of its own.
+pub fn s3(
+    ds: &backstop_protocol::message::Datastore,
+    endpoint: &str,
+    bucket: &str,
+) -> Result<Capacity, Error> {
+    let total_mb = match ds.attribute("TOTAL_MB").map(str::trim) {
+        None | Some("") => 1_048_576,
+        Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error::config(format!(
+                "datastore {}: TOTAL_MB is {v:?}, not a positive whole number",
+                ds.id
+            ))
+        })?,
+    };
+    let settings = crate::settings::Settings::of(ds)?;
+    let url = format!("s3:{endpoint}/{bucket}");
+    let store = crate::target::connect_s3(&url, &settings)
+        .map_err(|e| Error::new(ErrorKind::Repository, format!("datastore {}: {e}", ds.id)))?;
+    let objects = store.objects().map_err(|e| {
+        Error::new(
+            ErrorKind::Repository,
+            format!("datastore {}: cannot add up the bucket's usage: {e}", ds.id),
+        )
+    })?;
+    let used: u64 = objects
+        .iter()
+        .filter(|(key, _)| key.split('/').next().is_some_and(is_repo_id))
+        .map(|(_, size)| *size)
+        .sum();
+    let used_mb = used / (1024 * 1024);
+    Ok(Capacity {
+        used_mb,
+        total_mb,
+        free_mb: total_mb.saturating_sub(used_mb),
+    })
+}
+
+/// `<vm_id>` or `job_<bj>`: the names of a datastore's repositories.
+fn is_repo_id(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(name) || name.strip_prefix("job_").is_some_and(digits)
 }
 
 /// Over ssh on the backup server, as the stock driver: `mkdir -p` then `df` in MiB.
@@ -121,6 +167,14 @@ pub fn local(base_path: &Path) -> Result<Capacity, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_usage_counts_repositories_only() {
+        assert!(is_repo_id("22") && is_repo_id("job_3"));
+        assert!(
+            !is_repo_id("job_") && !is_repo_id("x22") && !is_repo_id("") && !is_repo_id("job_3a")
+        );
+    }
 
     #[test]
     fn creates_base_path_and_matches_statvfs() {

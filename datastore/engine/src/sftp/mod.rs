@@ -17,6 +17,7 @@
 use crate::backend::{
     LockEntry, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large,
 };
+use crate::bandwidth::Bandwidth;
 use crate::format::RepoId;
 use crate::sshconfig::{self, HostConfig};
 use base64::Engine;
@@ -29,7 +30,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod session;
 
@@ -84,38 +85,6 @@ pub struct SftpOptions {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConnectError(pub String);
-
-/// One token bucket for every connection of a backend.
-#[derive(Debug)]
-struct Bandwidth {
-    bytes_per_sec: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Bandwidth {
-    fn take(&self, bytes: usize) {
-        let burst = self.bytes_per_sec; // at most one second ahead
-        let wait = {
-            let Ok(mut st) = self.state.lock() else {
-                return;
-            };
-            let now = Instant::now();
-            let (tokens, last) = *st;
-            let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.bytes_per_sec)
-                .min(burst)
-                - bytes as f64;
-            *st = (tokens, now);
-            if tokens < 0.0 {
-                Duration::from_secs_f64(-tokens / self.bytes_per_sec)
-            } else {
-                Duration::ZERO
-            }
-        };
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-    }
-}
 
 struct Conn {
     _session: Session,
@@ -182,10 +151,7 @@ impl SftpBackend {
             endpoint,
             pool: Mutex::new(pool),
             available: Condvar::new(),
-            bandwidth: options.bwlimit_kib.filter(|k| *k > 0).map(|k| Bandwidth {
-                bytes_per_sec: k as f64 * 1024.0,
-                state: Mutex::new((0.0, Instant::now())),
-            }),
+            bandwidth: options.bwlimit_kib.and_then(Bandwidth::kib_per_sec),
             read: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -695,23 +661,5 @@ mod tests {
         ] {
             assert!(SftpLocation::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_bandwidth_limit_paces() {
-        let b = Bandwidth {
-            bytes_per_sec: 1024.0 * 1024.0,
-            state: Mutex::new((0.0, Instant::now())),
-        };
-        let started = Instant::now();
-        for _ in 0..4 {
-            b.take(256 * 1024);
-        }
-        // 1 MiB at 1 MiB/s from an empty bucket takes about a second; never much less.
-        assert!(
-            started.elapsed() >= Duration::from_millis(900),
-            "{:?}",
-            started.elapsed()
-        );
     }
 }

@@ -1,0 +1,719 @@
+//! The S3 backend: restic's layout as objects in a bucket, on any S3-compatible store.
+//!
+//! - **Where**: `s3:<endpoint>/<bucket>/<path>` as restic writes it; the endpoint is
+//!   `http://host[:port]`, `https://host[:port]`, or a bare host (https).
+//! - **Keys**: `<path>/config`, `<path>/keys/<id>`, `<path>/data/<id[0..2]>/<id>`, ...:
+//!   restic's default layout, which restic uses for every new S3 repository.
+//! - **Writes** are single PUTs with a Content-MD5, so the store refuses a body damaged on the
+//!   way; an object appears whole or not at all, so no temporary names are needed. Packs stay
+//!   far below the 5 GiB a single PUT may carry.
+//! - **Client** (measured choice, docs/s3.md): requests are signed by rusty-s3, a sans-I/O
+//!   SigV4 signer (presigned URLs, nothing signed by hand), and sent by ureq, a blocking HTTP
+//!   client with a connection pool, on the system's OpenSSL (native-tls). Every other part of
+//!   the engine is synchronous threads; an async SDK would bring a runtime for nothing.
+//! - **Retries** with exponential backoff on connection failures, timeouts, 5xx, 408 and 429;
+//!   never on another 4xx ([`client`]).
+//! - **Bandwidth**: RESTIC_BWLIMIT, one token bucket for every connection.
+//! - **Secrets**: the secret key is kept in a [`Secret`], which never prints; errors name
+//!   object keys, never the signed URLs.
+
+mod client;
+
+use crate::backend::{LockEntry, Storage, dir_name, max_file_size, too_large};
+use crate::bandwidth::Bandwidth;
+use crate::format::RepoId;
+use bytes::Bytes;
+use client::{Attempt, Client, Failure, check};
+use rustic_core::{
+    BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
+};
+use rusty_s3::{Bucket, UrlStyle};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+pub use client::Failure as S3Failure;
+
+/// A secret that never shows in Debug or Display output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `s3:<endpoint>/<bucket>/<path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// `scheme://host[:port]`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// The key prefix of the repository, without leading or trailing `/` (may be empty).
+    pub path: String,
+}
+
+impl S3Location {
+    pub fn parse(text: &str) -> Result<S3Location, String> {
+        let rest = text
+            .strip_prefix("s3:")
+            .ok_or_else(|| format!("{text:?} is not an s3: repository"))?;
+        let (scheme, rest) = if let Some(r) = rest.strip_prefix("http://") {
+            ("http", r)
+        } else if let Some(r) = rest.strip_prefix("https://") {
+            ("https", r)
+        } else {
+            ("https", rest)
+        };
+        let mut parts = rest.split('/').filter(|p| !p.is_empty());
+        let host = parts.next().unwrap_or("");
+        let bucket = parts.next().unwrap_or("");
+        let path: Vec<&str> = parts.collect();
+        if host.is_empty() || bucket.is_empty() {
+            return Err(format!(
+                "{text:?} is not s3:<endpoint>/<bucket>[/<path>] (for example s3:http://127.0.0.1:9000/backups/22)"
+            ));
+        }
+        if path.iter().any(|p| *p == "." || *p == "..") {
+            return Err(format!("{text:?}: the path may not hold . or .."));
+        }
+        Ok(S3Location {
+            endpoint: format!("{scheme}://{host}"),
+            bucket: bucket.to_string(),
+            path: path.join("/"),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        if self.path.is_empty() {
+            format!("s3:{}/{}", self.endpoint, self.bucket)
+        } else {
+            format!("s3:{}/{}/{}", self.endpoint, self.bucket, self.path)
+        }
+    }
+}
+
+/// How to reach and sign for the store.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// RESTIC_S3_REGION; `us-east-1` by default.
+    pub region: String,
+    /// Path-style URLs (`host/bucket/key`) when true; bucket host names when false; `None`
+    /// decides as restic's "auto" does: bucket host names on Amazon's own endpoints only.
+    pub path_style: Option<bool>,
+    /// RESTIC_S3_CACERT: these CA certificates (PEM) instead of the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// RESTIC_S3_INSECURE_TLS: no certificate check at all.
+    pub insecure_tls: bool,
+    /// Requests in flight at once (RESTIC_CONNECTIONS); 5 when 0.
+    pub connections: usize,
+    /// KiB/s for reads and writes together (RESTIC_BWLIMIT).
+    pub bwlimit_kib: Option<u64>,
+    /// Retries of a request that may succeed later; the first waits `first_backoff`, each next
+    /// one twice as long (at most 16 s).
+    pub retries: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for S3Options {
+    fn default() -> S3Options {
+        S3Options {
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
+            region: "us-east-1".into(),
+            path_style: None,
+            ca_cert: None,
+            insecure_tls: false,
+            connections: 5,
+            bwlimit_kib: None,
+            retries: 5,
+            first_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+impl S3Options {
+    pub fn connections(&self) -> usize {
+        if self.connections == 0 {
+            5
+        } else {
+            self.connections
+        }
+    }
+}
+
+/// A failure to reach the store or to be let in, said in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(pub String);
+
+/// A repository in a bucket.
+pub struct S3Backend {
+    client: Client,
+    location: S3Location,
+    connections: usize,
+    bandwidth: Option<Bandwidth>,
+    /// Bytes of repository objects read from the store.
+    read: AtomicU64,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend")
+            .field("location", &self.location.url())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Amazon's endpoints take bucket host names; any other store is addressed by path, as
+/// restic's "auto" bucket lookup does for them.
+fn url_style(loc: &S3Location, options: &S3Options) -> UrlStyle {
+    let amazon = loc
+        .endpoint
+        .split_once("://")
+        .map(|(_, h)| h.split(':').next().unwrap_or(h))
+        .is_some_and(|h| h == "s3.amazonaws.com" || h.ends_with(".amazonaws.com"));
+    match options.path_style {
+        Some(true) => UrlStyle::Path,
+        Some(false) => UrlStyle::VirtualHost,
+        None if amazon && !loc.bucket.contains('.') => UrlStyle::VirtualHost,
+        None => UrlStyle::Path,
+    }
+}
+
+fn backend_error(e: String) -> Box<RusticError> {
+    RusticError::new(ErrorKind::Backend, e)
+}
+
+impl S3Backend {
+    /// Checks the keys with one listing (a wrong key or an unreachable store fails here, in
+    /// one line); a missing bucket is not an error yet: `create` makes it.
+    pub fn connect(loc: &S3Location, options: &S3Options) -> Result<S3Backend, ConnectError> {
+        if options.access_key_id.is_empty() || options.secret_access_key.is_empty() {
+            return Err(ConnectError(format!(
+                "{}: the access key id and the secret access key are both needed",
+                loc.url()
+            )));
+        }
+        let endpoint: url::Url = loc
+            .endpoint
+            .parse()
+            .map_err(|e| ConnectError(format!("{}: the endpoint is not a URL: {e}", loc.url())))?;
+        let bucket = Bucket::new(
+            endpoint,
+            url_style(loc, options),
+            loc.bucket.clone(),
+            options.region.clone(),
+        )
+        .map_err(|e| ConnectError(format!("{}: bucket {:?}: {e}", loc.url(), loc.bucket)))?;
+        let client = Client::new(bucket, options)
+            .map_err(|e| ConnectError(format!("{}: {e}", loc.url())))?;
+        let backend = S3Backend {
+            client,
+            location: loc.clone(),
+            connections: options.connections(),
+            bandwidth: options.bwlimit_kib.and_then(Bandwidth::kib_per_sec),
+            read: AtomicU64::new(0),
+        };
+        match backend.list_page(&backend.key_dir("keys"), None, Some(1)) {
+            Ok(_) | Err(Failure::NotFound { .. }) => Ok(backend),
+            Err(Failure::Other(e)) => Err(ConnectError(format!("{}: {e}", backend.location.url()))),
+        }
+    }
+
+    pub fn location(&self) -> &S3Location {
+        &self.location
+    }
+
+    /// Bytes of repository objects read from the store so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Every object of the repository (key, size): what `monitor` sums.
+    pub fn objects(&self) -> Result<Vec<(String, u64)>, String> {
+        let prefix = if self.location.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.path)
+        };
+        Ok(self
+            .list_all(&prefix)?
+            .into_iter()
+            .map(|(k, s, _)| (k, s))
+            .collect())
+    }
+
+    fn throttle(&self, bytes: usize) {
+        if let Some(b) = &self.bandwidth {
+            b.take(bytes);
+        }
+    }
+
+    fn key_dir(&self, dir: &str) -> String {
+        if self.location.path.is_empty() {
+            format!("{dir}/")
+        } else {
+            format!("{}/{dir}/", self.location.path)
+        }
+    }
+
+    fn key(&self, tpe: FileType, id: &Id) -> String {
+        let hex = id.to_hex();
+        let prefix = if self.location.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.path)
+        };
+        match tpe {
+            FileType::Config => format!("{prefix}config"),
+            FileType::Pack => format!("{prefix}data/{}/{}", &hex[0..2], hex.as_str()),
+            _ => format!("{prefix}{}/{}", dir_name(tpe), hex.as_str()),
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.location.endpoint
+    }
+
+    /// Says a failure with the operation and the bucket and key.
+    fn said(&self, what: &str, key: &str, f: &Failure) -> String {
+        format!(
+            "cannot {what} s3:{}/{}/{key}: {f}",
+            self.location.endpoint, self.location.bucket
+        )
+    }
+
+    /// One page of a listing: (key, size, last modified) and the token of the next page.
+    #[allow(clippy::type_complexity)]
+    fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max: Option<usize>,
+    ) -> Result<(Vec<(String, u64, Option<String>)>, Option<String>), Failure> {
+        self.client.with_retries("list", || {
+            let mut action = self
+                .client
+                .bucket
+                .list_objects_v2(Some(self.client.credentials()));
+            action.with_prefix(prefix);
+            if let Some(t) = token {
+                action.with_continuation_token(t);
+            }
+            if let Some(m) = max {
+                action.with_max_keys(m);
+            }
+            let url = self.client.url(&action);
+            let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(32 << 20)
+                .read_to_string()
+                .map_err(|e| client::transport(e, self.endpoint()))?;
+            let parsed = rusty_s3::actions::ListObjectsV2::parse_response(&text).map_err(|e| {
+                Attempt::Final(Failure::Other(format!("the listing is not S3's XML: {e}")))
+            })?;
+            let items = parsed
+                .contents
+                .into_iter()
+                .map(|c| (c.key, c.size.unwrap_or(0), c.last_modified))
+                .collect();
+            Ok((items, parsed.next_continuation_token))
+        })
+    }
+
+    /// Every object under `prefix` (all pages).
+    fn list_all(&self, prefix: &str) -> Result<Vec<(String, u64, Option<String>)>, String> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            match self.list_page(prefix, token.as_deref(), None) {
+                Ok((items, next)) => {
+                    out.extend(items);
+                    match next {
+                        Some(t) if !t.is_empty() => token = Some(t),
+                        _ => return Ok(out),
+                    }
+                }
+                // No bucket: nothing in it.
+                Err(Failure::NotFound { .. }) => return Ok(out),
+                Err(f) => return Err(self.said("list", prefix, &f)),
+            }
+        }
+    }
+
+    /// GETs an object (or `range` of it), refusing more than `cap` bytes.
+    fn get(&self, key: &str, range: Option<(u64, u64)>, cap: u64) -> Result<Vec<u8>, Failure> {
+        let data = self.client.with_retries("read", || {
+            let action = self
+                .client
+                .bucket
+                .get_object(Some(self.client.credentials()), key);
+            let url = self.client.url(&action);
+            let mut req = self.client.agent().get(&url);
+            if let Some((offset, length)) = range {
+                req = req.header(
+                    "Range",
+                    format!("bytes={offset}-{}", offset + length.max(1) - 1),
+                );
+            }
+            let mut resp = check(req.call(), self.endpoint())?;
+            let limit = range.map_or(cap, |(_, l)| l);
+            if let Some(len) = resp.body().content_length()
+                && len > limit
+            {
+                return Err(Attempt::Final(Failure::Other(
+                    too_large(key, len, limit).to_string(),
+                )));
+            }
+            let mut buf = Vec::new();
+            resp.body_mut()
+                .as_reader()
+                .take(limit + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| Attempt::Transient(format!("{}: {e}", self.endpoint())))?;
+            if buf.len() as u64 > limit {
+                return Err(Attempt::Final(Failure::Other(
+                    too_large(key, buf.len() as u64, limit).to_string(),
+                )));
+            }
+            if let Some((_, length)) = range
+                && buf.len() as u64 != length
+            {
+                return Err(Attempt::Transient(format!(
+                    "{}: {} bytes came of the {length} asked for",
+                    self.endpoint(),
+                    buf.len()
+                )));
+            }
+            Ok(buf)
+        })?;
+        self.throttle(data.len());
+        self.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// PUTs an object with its MD5, so a body damaged on the way is refused by the store.
+    /// Returns the store's clock at the write (its Date header).
+    fn put(&self, key: &str, body: &[u8]) -> Result<Option<SystemTime>, Failure> {
+        let md5 = openssl::hash::hash(openssl::hash::MessageDigest::md5(), body)
+            .map_err(|e| Failure::Other(format!("MD5: {e}")))?;
+        let md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
+        self.throttle(body.len());
+        self.client.with_retries("write", || {
+            let action = self
+                .client
+                .bucket
+                .put_object(Some(self.client.credentials()), key);
+            let url = self.client.url(&action);
+            let resp = check(
+                self.client
+                    .agent()
+                    .put(&url)
+                    .header("Content-MD5", &md5)
+                    .header("Content-Type", "application/octet-stream")
+                    .send(body),
+                self.endpoint(),
+            )?;
+            Ok(resp
+                .headers()
+                .get("date")
+                .and_then(|d| d.to_str().ok())
+                .and_then(|d| jiff::fmt::rfc2822::parse(d).ok())
+                .map(|z| SystemTime::from(z.timestamp())))
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<(), Failure> {
+        self.client.with_retries("remove", || {
+            let action = self
+                .client
+                .bucket
+                .delete_object(Some(self.client.credentials()), key);
+            let url = self.client.url(&action);
+            match check(self.client.agent().delete(&url).call(), self.endpoint()) {
+                Ok(_) | Err(Attempt::Final(Failure::NotFound { .. })) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// The size of an object; `None` when there is none.
+    fn head(&self, key: &str) -> Result<Option<u64>, Failure> {
+        let r = self.client.with_retries("stat", || {
+            let action = self
+                .client
+                .bucket
+                .head_object(Some(self.client.credentials()), key);
+            let url = self.client.url(&action);
+            let resp = check(self.client.agent().head(&url).call(), self.endpoint())?;
+            Ok(resp
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0))
+        });
+        match r {
+            Ok(size) => Ok(Some(size)),
+            Err(Failure::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the bucket when it does not exist, as restic does.
+    fn ensure_bucket(&self) -> Result<(), String> {
+        let name = self.location.bucket.clone();
+        let said = |f: Failure| format!("bucket {name} at {}: {f}", self.location.endpoint);
+        let exists = self.client.with_retries("stat", || {
+            let action = self
+                .client
+                .bucket
+                .head_bucket(Some(self.client.credentials()));
+            let url = self.client.url(&action);
+            match check(self.client.agent().head(&url).call(), self.endpoint()) {
+                Ok(_) => Ok(true),
+                Err(Attempt::Final(Failure::NotFound { .. })) => Ok(false),
+                Err(e) => Err(e),
+            }
+        });
+        if exists.map_err(said)? {
+            return Ok(());
+        }
+        self.client
+            .with_retries("create the bucket", || {
+                let action = self.client.bucket.create_bucket(self.client.credentials());
+                let url = self.client.url(&action);
+                let body = action.body();
+                let resp = self.client.agent().put(&url).send(body.as_bytes());
+                match check(resp, self.endpoint()) {
+                    Ok(_) => Ok(()),
+                    // Made by someone else meanwhile.
+                    Err(Attempt::Final(Failure::Other(s)))
+                        if s.contains("BucketAlreadyOwnedByYou") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .map_err(|f| format!("cannot create {}", said(f)))
+    }
+}
+
+impl ReadBackend for S3Backend {
+    fn location(&self) -> String {
+        self.location.url()
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        if tpe == FileType::Config {
+            let key = self.key(tpe, &Id::default());
+            return match self.head(&key) {
+                Ok(Some(size)) => Ok(vec![(
+                    Id::default(),
+                    u32::try_from(size).unwrap_or(u32::MAX),
+                )]),
+                Ok(None) => Ok(Vec::new()),
+                Err(f) => Err(backend_error(self.said("read", &key, &f))),
+            };
+        }
+        let items = self
+            .list_all(&self.key_dir(dir_name(tpe)))
+            .map_err(backend_error)?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(key, size, _)| {
+                let name = key.rsplit('/').next()?;
+                let id = name.parse::<Id>().ok()?;
+                Some((id, u32::try_from(size).unwrap_or(u32::MAX)))
+            })
+            .collect())
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let key = self.key(tpe, id);
+        self.get(&key, None, max_file_size(tpe))
+            .map(Bytes::from)
+            .map_err(|f| backend_error(self.said("read", &key, &f)))
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> RusticResult<Bytes> {
+        let key = self.key(tpe, id);
+        self.get(
+            &key,
+            Some((u64::from(offset), u64::from(length))),
+            u64::from(length),
+        )
+        .map(Bytes::from)
+        .map_err(|f| backend_error(self.said("read", &key, &f)))
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.key(tpe, id)
+    }
+}
+
+impl WriteBackend for S3Backend {
+    fn create(&self) -> RusticResult<()> {
+        self.ensure_bucket().map_err(backend_error)
+    }
+
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        _cacheable: bool,
+        content: BytesList,
+    ) -> RusticResult<()> {
+        let key = self.key(tpe, id);
+        let parts = content.slice();
+        let joined;
+        let body: &[u8] = if parts.len() == 1 {
+            &parts[0]
+        } else {
+            joined = parts.concat();
+            &joined
+        };
+        self.put(&key, body)
+            .map(|_| ())
+            .map_err(|f| backend_error(self.said("write", &key, &f)))
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
+        let key = self.key(tpe, id);
+        self.delete(&key)
+            .map_err(|f| backend_error(self.said("remove", &key, &f)))
+    }
+}
+
+fn storage_error(e: String) -> crate::Error {
+    crate::Error::new(crate::ErrorKind::Repository, e)
+}
+
+impl Storage for S3Backend {
+    fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error> {
+        let items = self
+            .list_all(&self.key_dir("locks"))
+            .map_err(storage_error)?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(key, size, modified)| {
+                Some(LockEntry {
+                    id: RepoId::parse(key.rsplit('/').next()?)?,
+                    size,
+                    modified: modified
+                        .and_then(|m| m.parse::<jiff::Timestamp>().ok())
+                        .map(SystemTime::from),
+                })
+            })
+            .collect())
+    }
+
+    fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error> {
+        let key = format!("{}{}", self.key_dir("locks"), id.to_hex());
+        self.get(&key, None, cap)
+            .map_err(|f| storage_error(self.said("read", &key, &f)))
+    }
+
+    fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<Option<SystemTime>, crate::Error> {
+        let key = format!("{}{}", self.key_dir("locks"), id.to_hex());
+        self.put(&key, sealed)
+            .map_err(|f| storage_error(self.said("write", &key, &f)))
+    }
+
+    fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
+        let key = format!("{}{}", self.key_dir("locks"), id.to_hex());
+        self.delete(&key)
+            .map_err(|f| storage_error(self.said("remove", &key, &f)))
+    }
+
+    /// Objects appear whole or not at all: there are no temporary names to clean.
+    fn remove_temp_files(&self) -> Result<usize, crate::Error> {
+        Ok(0)
+    }
+
+    fn write_concurrency(&self) -> usize {
+        self.connections
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_restic_s3_locations() {
+        let l = S3Location::parse("s3:http://127.0.0.1:18333/bkt/22").expect("http");
+        assert_eq!(l.endpoint, "http://127.0.0.1:18333");
+        assert_eq!(l.bucket, "bkt");
+        assert_eq!(l.path, "22");
+        assert_eq!(l.url(), "s3:http://127.0.0.1:18333/bkt/22");
+        let l = S3Location::parse("s3:s3.amazonaws.com/bkt//a/job_3/").expect("bare host");
+        assert_eq!(l.endpoint, "https://s3.amazonaws.com");
+        assert_eq!(l.path, "a/job_3");
+        let l = S3Location::parse("s3:https://minio:9000/bkt").expect("no path");
+        assert_eq!(l.path, "");
+        assert_eq!(l.url(), "s3:https://minio:9000/bkt");
+        for bad in [
+            "s3:",
+            "s3:http://host",
+            "s3:host/",
+            "sftp:host:/x",
+            "s3:host/bkt/../other",
+        ] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn amazon_gets_bucket_host_names_and_others_paths() {
+        let opts = S3Options::default();
+        let aws = S3Location::parse("s3:s3.amazonaws.com/bkt/1").expect("aws");
+        assert!(matches!(url_style(&aws, &opts), UrlStyle::VirtualHost));
+        let dotted = S3Location::parse("s3:s3.amazonaws.com/a.b/1").expect("aws");
+        assert!(matches!(url_style(&dotted, &opts), UrlStyle::Path));
+        let local = S3Location::parse("s3:http://127.0.0.1:18333/bkt/1").expect("local");
+        assert!(matches!(url_style(&local, &opts), UrlStyle::Path));
+        let forced = S3Options {
+            path_style: Some(true),
+            ..S3Options::default()
+        };
+        assert!(matches!(url_style(&aws, &forced), UrlStyle::Path));
+    }
+
+    #[test]
+    fn the_secret_never_prints() {
+        let opts = S3Options {
+            access_key_id: "AKIA".into(),
+            secret_access_key: Secret::new("very-secret-key"),
+            ..S3Options::default()
+        };
+        assert!(!format!("{opts:?}").contains("very-secret-key"));
+    }
+}
