@@ -10,6 +10,7 @@
 mod sshd;
 
 use crate::oned_mock::{MockOned, failed, ok};
+use crate::s3server::S3Server;
 use crate::support::{self, Outcome};
 use backstop_protocol::xmlrpc::Value;
 use sshd::{Sshd, run as sh};
@@ -28,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub const VM: u64 = 22;
+/// The bucket of the S3 datastore (made by the first backup's repository init).
+pub const S3_BUCKET: &str = "one-backups";
 pub const PASSWORD: &str = "hunter2-secret";
 /// The front-end's oned login (ONE_AUTH) the MOCK oned accepts.
 pub const ONED_SESSION: &str = "oneadmin:opennebula-test";
@@ -99,6 +102,8 @@ pub struct Cloud {
     pub base_path: PathBuf,
     /// The datastore driver name: `backstop` side by side, `restic` drop-in.
     pub mad: &'static str,
+    /// An S3 datastore on this server instead of SFTP to `bks`.
+    pub s3: Option<S3Server>,
 }
 
 impl Cloud {
@@ -169,7 +174,21 @@ impl Cloud {
             vm_dir,
             base_path,
             mad,
+            s3: None,
         }
+    }
+
+    /// The cloud with its backup datastore on S3 (SeaweedFS on loopback), over plain http or
+    /// https with a private CA (`RESTIC_S3_CACERT`).
+    pub fn start_s3(tls: bool) -> Cloud {
+        Cloud::start_as_s3("backstop", tls)
+    }
+
+    /// [`Cloud::start_s3`] with the driver installed as `mad`.
+    pub fn start_as_s3(mad: &'static str, tls: bool) -> Cloud {
+        let mut cloud = Cloud::start_as(mad);
+        cloud.s3 = Some(S3Server::start_with(cloud.dir.path(), tls));
+        cloud
     }
 
     pub fn disk(&self, id: u32) -> PathBuf {
@@ -190,12 +209,33 @@ impl Cloud {
 
     /// The datastore with more template attributes.
     pub fn datastore_xml_with(&self, extra: &str) -> String {
+        let storage = match &self.s3 {
+            None => "<RESTIC_SFTP_SERVER><![CDATA[bks]]></RESTIC_SFTP_SERVER>\
+                     <RESTIC_SFTP_USER><![CDATA[root]]></RESTIC_SFTP_USER>"
+                .to_string(),
+            Some(s3) => format!(
+                "<RESTIC_BACKEND><![CDATA[S3]]></RESTIC_BACKEND>\
+                 <RESTIC_S3_ENDPOINT><![CDATA[{}]]></RESTIC_S3_ENDPOINT>\
+                 <RESTIC_S3_BUCKET><![CDATA[{S3_BUCKET}]]></RESTIC_S3_BUCKET>\
+                 <RESTIC_S3_ACCESS_KEY_ID><![CDATA[{}]]></RESTIC_S3_ACCESS_KEY_ID>\
+                 <RESTIC_S3_SECRET_ACCESS_KEY><![CDATA[{}]]></RESTIC_S3_SECRET_ACCESS_KEY>{}",
+                s3.endpoint,
+                crate::s3server::ACCESS_KEY,
+                crate::s3server::SECRET_KEY,
+                s3.ca
+                    .as_ref()
+                    .map(|ca| format!(
+                        "<RESTIC_S3_CACERT><![CDATA[{}]]></RESTIC_S3_CACERT>",
+                        ca.display()
+                    ))
+                    .unwrap_or_default()
+            ),
+        };
         format!(
             "<DATASTORE><ID>100</ID><NAME>backups</NAME><DS_MAD><![CDATA[{}]]></DS_MAD>\
              <TM_MAD><![CDATA[-]]></TM_MAD><BASE_PATH><![CDATA[{}]]></BASE_PATH><TYPE>3</TYPE>\
              <TEMPLATE><RESTIC_PASSWORD><![CDATA[{PASSWORD}]]></RESTIC_PASSWORD>\
-             <RESTIC_SFTP_SERVER><![CDATA[bks]]></RESTIC_SFTP_SERVER>\
-             <RESTIC_SFTP_USER><![CDATA[root]]></RESTIC_SFTP_USER>{extra}</TEMPLATE></DATASTORE>",
+             {storage}{extra}</TEMPLATE></DATASTORE>",
             self.mad,
             self.base_path.display()
         )
@@ -463,6 +503,9 @@ impl Cloud {
     }
 
     pub fn restic(&self, args: &[&str]) -> std::process::Output {
+        if let Some(s3) = &self.s3 {
+            return s3.restic(&s3.repo(S3_BUCKET, &VM.to_string()), PASSWORD, args);
+        }
         Command::new("restic")
             .arg("--repo")
             .arg(self.repo())
@@ -543,7 +586,23 @@ pub fn parse_backup_line(out: &Outcome) -> (String, u64) {
 /// prebackup stages them; every snapshot restores byte-exact with plain `restic dump`.
 #[test]
 fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
-    let cloud = Cloud::start();
+    the_whole_cycle(&Cloud::start());
+}
+
+#[test]
+fn oned_backs_up_a_vm_full_then_three_increments_on_s3() {
+    the_whole_cycle(&Cloud::start_s3(false));
+}
+
+#[test]
+fn oned_backs_up_a_vm_full_then_three_increments_on_s3_over_https_with_a_private_ca() {
+    the_whole_cycle(&Cloud::start_s3(true));
+}
+
+/// FULL and three increments, then monitor, ls, stat, the downloader (MOCK oned), restore
+/// (MOCK oned), increment_flatten and rm, with `restic check --read-data` after every write
+/// and every point dumped byte-exact by plain restic.
+fn the_whole_cycle(cloud: &Cloud) {
     cloud.create_disks();
     let mut sources: Vec<String> = Vec::new();
     let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
@@ -619,7 +678,8 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
             .join(",")
     };
 
-    // monitor: df of BASE_PATH on the backup server, over ssh.
+    // monitor: df of BASE_PATH on the backup server, over ssh; on S3 the repositories'
+    // objects against TOTAL_MB.
     let out = cloud.ds_action("monitor", "100", &[&ds]);
     assert_eq!(out.code, Some(0), "monitor: {}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
@@ -631,6 +691,14 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
         "{}",
         out.stdout
     );
+    if cloud.s3.is_some() {
+        assert_eq!(lines[1], "TOTAL_MB=1048576");
+        // The disks' patterns compress to little: the sum itself is tested in the engine's
+        // S3 tests (datastore/engine/tests/s3.rs).
+        let used: u64 = lines[0]["USED_MB=".len()..].parse().expect("USED_MB");
+        assert!(used < 100, "{}", out.stdout);
+        assert_eq!(lines[2], format!("FREE_MB={}", 1_048_576 - used));
+    }
 
     // ls -i 1 (raw XML on stdin, as the TM restore calls it): the chain up to increment 1.
     let image = cloud.image_xml(&chain);
@@ -745,7 +813,9 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
     assert_eq!(lines.len(), 2, "{}", out.stdout);
     assert!(lines[0].starts_with("command=\"") && lines[0].contains("--stream"));
     assert_eq!(lines[1], "clean_command=\"\"");
-    assert!(!out.stdout.contains(PASSWORD) && !out.stderr.contains(PASSWORD));
+    for secret in [PASSWORD, crate::s3server::SECRET_KEY] {
+        assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret));
+    }
     let calls = oned.calls();
     assert!(!calls.is_empty());
     assert!(

@@ -31,18 +31,25 @@ fn compare(qcow2: &Path, raw: &Path) {
 
 #[test]
 fn a_chain_the_stock_driver_stored_keeps_working_under_backstop() {
-    stock_chain("backstop");
+    stock_chain(Cloud::start_as("backstop"));
 }
 
 /// The same, with backstop installed drop-in (`--replace-stock`): DS_MAD `restic`, `restic://`
 /// URLs, the stock downloader's path.
 #[test]
 fn a_chain_the_stock_driver_stored_keeps_working_with_backstop_installed_drop_in() {
-    stock_chain("restic");
+    stock_chain(Cloud::start_as("restic"));
 }
 
-fn stock_chain(mad: &'static str) {
-    let cloud = Cloud::start_as(mad);
+/// The same on an S3 datastore: the chain stock 7.4 stores with `RESTIC_BACKEND=S3` (the real
+/// restic on the same bucket and path), taken over by backstop installed drop-in.
+#[test]
+fn a_chain_the_stock_driver_stored_on_s3_keeps_working_with_backstop_installed_drop_in() {
+    stock_chain(Cloud::start_as_s3("restic", false));
+}
+
+fn stock_chain(cloud: Cloud) {
+    let mad = cloud.mad;
     cloud.create_disks();
     let staging = cloud.staging();
     let raws = cloud.dir.path().join("raws");

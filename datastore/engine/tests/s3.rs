@@ -98,6 +98,24 @@ fn restic_reads_a_full_and_three_incrementals_written_to_s3() {
         );
     }
     restic_ok(&server, &url, &["check", "--read-data"]);
+    // The whole bucket, listed from its root (what monitor adds up): every object is the
+    // repository's, and the packs are there.
+    let root = connect(
+        &format!("s3:{}/made-by-init", server.endpoint),
+        &options(&server),
+    )
+    .expect("connect to the bucket");
+    let objects = root.objects().expect("list the bucket");
+    assert!(
+        objects.iter().all(|(k, _)| k.starts_with("22/")),
+        "{objects:?}"
+    );
+    let packs: u64 = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("22/data/"))
+        .map(|(_, s)| s)
+        .sum();
+    assert!(packs > 4 << 20, "{objects:?}");
     // And a second opening of ours reads them back.
     let be = connect(&url, &options(&server)).expect("connect");
     let repo = Repo::open(Arc::new(be), PASSWORD).expect("open on s3");

@@ -103,9 +103,6 @@ pub fn run(
     cancel: &Arc<AtomicBool>,
 ) -> Result<Outcome, Error> {
     let target = RepoTarget::new(&request.datastore, repo_id(args.job_id, args.vm_id))?;
-    if matches!(target.location, crate::location::Location::S3 { .. }) {
-        return Err(Error::not_implemented("backup to an S3 datastore"));
-    }
     crate::target::password(&request.datastore)?;
     ensure_repository(&target, request, cfg)?;
     let _pid = write_pid_file(cfg, args.vm_id, &args.deploy_id)?;
