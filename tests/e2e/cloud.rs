@@ -133,7 +133,7 @@ impl Cloud {
         let remotes = dir.path().join("fe/remotes");
         support::stock_remotes(&remotes);
         let flags: &[&str] = if mad == "restic" {
-            // S3 and rbd are not served yet, so a drop-in install must be asked for.
+            // rbd is not served yet, so a drop-in install must be asked for.
             &["--replace-stock", "--allow-unimplemented"]
         } else {
             &[]

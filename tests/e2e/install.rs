@@ -157,8 +157,9 @@ fn a_foreign_downloader_sh_stops_the_install_before_anything_is_written() {
     assert_eq!(contents(&r), before);
 }
 
-/// S3 and rbd are not served yet, so the stock restic driver is not replaced unless asked to
-/// for testing. (Every transfer-manager action is written, so `--with-tm` installs.)
+/// rbd-format backups are not served yet (S3 is), so the stock restic driver is not replaced
+/// unless asked to for testing, and the refusal names rbd alone. (Every transfer-manager
+/// action is written, so `--with-tm` installs.)
 #[test]
 fn replacing_stock_drivers_is_refused_while_actions_are_missing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -169,11 +170,12 @@ fn replacing_stock_drivers_is_refused_while_actions_are_missing() {
     let out = install_sh(&r, &[flag]);
     assert_eq!(out.code, Some(1), "{flag}: {out:?}");
     assert!(
-        out.stderr.contains("not implemented yet: "),
+        out.stderr
+            .contains("not implemented yet: rbd-format backups (Ceph images); refusing"),
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("refusing"), "{}", out.stderr);
+    assert!(!out.stderr.contains("S3"), "{}", out.stderr);
     assert_eq!(contents(&r), before, "{flag} changed the tree");
     let out = install_sh(&r, &["--with-tm"]);
     assert_eq!(out.code, Some(0), "--with-tm: {out:?}");
