@@ -1,51 +1,82 @@
-//! Killing backups: SIGKILL at 20 points during `backstop repo backup`; after each, restic's
-//! own check reads every pack clean and every snapshot made before still dumps byte-exact.
+//! Killing backups: SIGKILL at 20 points during `backstop repo backup` on a local path, and at
+//! 10 points of one to S3; after each, restic's own check reads every pack clean and every
+//! snapshot made before still dumps byte-exact.
 
+use crate::s3server::{ACCESS_KEY, S3Server, SECRET_KEY};
 use crate::support::*;
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "crash test";
 
-fn repo_cmd(repo: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BACKSTOP);
-    c.arg("repo")
-        .arg("-r")
-        .arg(repo)
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD);
-    c
+/// The repository under test: a local path, or an S3 URL on a test server.
+enum Target<'a> {
+    Local(PathBuf),
+    S3(&'a S3Server, String),
 }
 
-/// `backstop repo backup` of the test image into the test path.
-fn backup_cmd(repo: &Path, image: &Path, json: bool) -> Command {
-    let mut args = vec![
-        "backup",
-        "--image",
-        image.to_str().expect("utf-8"),
-        "--format",
-        "raw",
-        "--path",
-        "/d/disk.0.0",
-    ];
-    if json {
-        args.push("--json");
+impl Target<'_> {
+    fn backstop(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BACKSTOP);
+        c.arg("repo").arg("-r");
+        match self {
+            Target::Local(p) => c.arg(p),
+            Target::S3(_, url) => c
+                .arg(url)
+                .arg("--no-cache")
+                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        };
+        c.args(args).env("RESTIC_PASSWORD", PASSWORD);
+        c
     }
-    repo_cmd(repo, &args)
-}
 
-fn restic(repo: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("restic")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("the restic binary must be installed (apt install restic)")
+    /// `backstop repo backup` of the test image into the test path.
+    fn backup(&self, image: &Path, json: bool) -> Command {
+        let mut args = vec![
+            "backup",
+            "--image",
+            image.to_str().expect("utf-8"),
+            "--format",
+            "raw",
+            "--path",
+            "/d/disk.0.0",
+        ];
+        if json {
+            args.push("--json");
+        }
+        self.backstop(&args)
+    }
+
+    fn restic(&self, args: &[&str]) -> std::process::Output {
+        match self {
+            Target::Local(repo) => Command::new("restic")
+                .arg("--repo")
+                .arg(repo)
+                .arg("--no-cache")
+                .args(args)
+                .env("RESTIC_PASSWORD", PASSWORD)
+                .output()
+                .expect("the restic binary must be installed (apt install restic)"),
+            Target::S3(server, url) => server.restic(url, PASSWORD, args),
+        }
+    }
+
+    fn locks(&self) -> usize {
+        match self {
+            Target::Local(repo) => fs::read_dir(repo.join("locks"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            Target::S3(..) => {
+                let out = self.restic(&["list", "locks", "--no-lock"]);
+                assert!(out.status.success(), "restic list locks: {out:?}");
+                String::from_utf8_lossy(&out.stdout).lines().count()
+            }
+        }
+    }
 }
 
 /// xorshift64*, for deterministic "random" kill points and data.
@@ -74,35 +105,59 @@ fn fill_random(path: &Path, mib: u64, g: &mut Gen) {
 fn sigkill_at_20_points_leaves_a_clean_repository() {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
-    assert!(
-        repo_cmd(&repo, &["init"])
-            .output()
-            .expect("init")
-            .status
-            .success()
+    sigkill_rounds(
+        &Target::Local(repo.clone()),
+        &dir.path().join("disk.raw"),
+        20,
     );
-    let image = dir.path().join("disk.raw");
+    // The leftovers of the killed runs were unreferenced packs and temporary files: our prune
+    // removed both (and restic checked the repository clean after).
+    let temp_left: Vec<String> = walk_names(&repo)
+        .into_iter()
+        .filter(|n| n.contains(".tmp-") || n.contains("-restic-temp-"))
+        .collect();
+    assert!(temp_left.is_empty(), "temporary files left: {temp_left:?}");
+}
+
+#[test]
+fn sigkill_at_10_points_of_an_s3_backup_leaves_a_clean_repository() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(dir.path());
+    let target = Target::S3(&server, server.repo("crash", "22"));
+    sigkill_rounds(&target, &dir.path().join("disk.raw"), 10);
+}
+
+/// A full backup, then `rounds` backups of new content, each killed at a random point; after
+/// each, restic unlocks and checks every pack, and every finished snapshot dumps as it was.
+/// Then a killed run's lock is removed by the next backstop run, and our prune leaves the
+/// repository checking clean.
+fn sigkill_rounds(target: &Target, image: &Path, rounds: u64) {
+    let init = target.backstop(&["init"]).output().expect("init");
+    assert!(init.status.success(), "{init:?}");
     let mut g = Gen(42);
     // (snapshot id, the bytes it must dump)
     let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    let snapshot_id = |stdout: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(stdout).expect("json")["snapshot_id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
 
     // How long one backup takes here, to spread the kill points over it.
-    fill_random(&image, 48, &mut g);
+    fill_random(image, 48, &mut g);
     let started = Instant::now();
-    let out = backup_cmd(&repo, &image, true).output().expect("backup");
+    let out = target.backup(image, true).output().expect("backup");
     assert!(out.status.success(), "{out:?}");
     let full = started.elapsed();
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["snapshot_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    kept.push((id, fs::read(&image).expect("read")));
+    kept.push((snapshot_id(&out.stdout), fs::read(image).expect("read")));
 
-    for round in 0..20u64 {
+    for round in 0..rounds {
         // new content each round, so the killed backup has real work to do
-        fill_random(&image, 48, &mut g);
+        fill_random(image, 48, &mut g);
         let delay = Duration::from_micros(g.next() % (full.as_micros() as u64 + 1));
-        let mut child = backup_cmd(&repo, &image, true)
+        let mut child = target
+            .backup(image, true)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -112,20 +167,16 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         let out = child.wait_with_output().expect("wait");
         if out.status.success() {
             // It finished before the kill: that snapshot must hold too.
-            let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["snapshot_id"]
-                .as_str()
-                .expect("id")
-                .to_string();
-            kept.push((id, fs::read(&image).expect("read")));
+            kept.push((snapshot_id(&out.stdout), fs::read(image).expect("read")));
         }
         // A SIGKILLed process cannot remove its lock; restic's unlock removes it only if restic
         // itself finds it stale (its process is gone).
-        let unlock = restic(&repo, &["unlock"]);
+        let unlock = target.restic(&["unlock"]);
         assert!(
             unlock.status.success(),
             "round {round}: restic unlock failed"
         );
-        let check = restic(&repo, &["check", "--read-data"]);
+        let check = target.restic(&["check", "--read-data"]);
         assert!(
             check.status.success(),
             "round {round} (kill after {delay:?}): restic check failed:\n{}\n{}",
@@ -134,7 +185,7 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         );
     }
     for (id, bytes) in &kept {
-        let dumped = restic(&repo, &["dump", id, "/d/disk.0.0"]);
+        let dumped = target.restic(&["dump", id, "/d/disk.0.0"]);
         assert!(dumped.status.success(), "dump {id}");
         assert!(
             dumped.stdout == *bytes,
@@ -142,46 +193,29 @@ fn sigkill_at_20_points_leaves_a_clean_repository() {
         );
     }
     // Without restic unlock: the next backstop run removes the dead process's lock itself.
-    let mut child = backup_cmd(&repo, &image, false)
+    let mut child = target
+        .backup(image, false)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fs::read_dir(repo.join("locks"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-        == 0
-    {
+    while target.locks() == 0 {
         assert!(Instant::now() < deadline, "the backup took no lock");
         std::thread::sleep(Duration::from_millis(1));
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(
-        fs::read_dir(repo.join("locks"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        1,
-        "the killed run's lock"
-    );
-    let next = backup_cmd(&repo, &image, false).output().expect("backup");
+    assert_eq!(target.locks(), 1, "the killed run's lock");
+    let next = target.backup(image, false).output().expect("backup");
     assert!(next.status.success(), "{next:?}");
     assert!(
-        restic(&repo, &["check"]).status.success(),
+        target.restic(&["check"]).status.success(),
         "restic is still blocked by the dead lock"
     );
-
-    // The leftovers of the killed runs are unreferenced packs and temporary files: our prune
-    // removes both, and restic checks the repository clean after.
-    let prune = repo_cmd(&repo, &["prune"]).output().expect("prune");
+    let prune = target.backstop(&["prune"]).output().expect("prune");
     assert!(prune.status.success(), "{prune:?}");
-    let temp_left: Vec<String> = walk_names(&repo)
-        .into_iter()
-        .filter(|n| n.contains(".tmp-") || n.contains("-restic-temp-"))
-        .collect();
-    assert!(temp_left.is_empty(), "temporary files left: {temp_left:?}");
-    assert!(restic(&repo, &["check", "--read-data"]).status.success());
+    assert!(target.restic(&["check", "--read-data"]).status.success());
 }
 
 fn walk_names(root: &Path) -> Vec<String> {

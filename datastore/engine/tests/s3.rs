@@ -375,3 +375,58 @@ fn https_with_a_private_ca() {
     let e = connect(&url, &missing).expect_err("a missing CA file");
     assert!(e.contains("cannot read the CA file"), "{e}");
 }
+
+#[test]
+fn the_store_stopping_mid_backup_fails_it_in_one_line_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = S3Server::start(dir.path());
+    let url = server.repo("outage", "4");
+    let quick = S3Options {
+        retries: 2,
+        first_backoff: Duration::from_millis(100),
+        ..options(&server)
+    };
+    let repo =
+        Repo::init(Arc::new(connect(&url, &quick).expect("connect")), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 31);
+    let first = backup(&repo, &image, None, None);
+    let first_bytes = fs::read(&image).expect("read");
+
+    // The second backup has taken its lock and waits on its first read; the store stops.
+    scribble(&image, 4, 77);
+    let gated = Gated {
+        inner: RawImage::open(&image).expect("open"),
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+    };
+    let err = std::thread::scope(|s| {
+        let running = s.spawn(|| backup_with(&repo, &gated, None, Some(first), Duration::ZERO));
+        wait_for_lock(repo.backend().as_ref());
+        server.stop();
+        *gated.open.lock().expect("lock") = true;
+        gated.cv.notify_all();
+        running.join().expect("backup thread")
+    })
+    .expect_err("a backup whose store went away fails");
+    let message = err.to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(
+        message.contains(&server.endpoint.replace("http://", "")),
+        "{message}"
+    );
+    assert!(message.contains("gave up after 3 attempts"), "{message}");
+
+    // Back up: the killed run left at most unreferenced packs and its lock; nothing that
+    // looks complete, and the first snapshot is whole.
+    server.restart();
+    restic_ok(&server, &url, &["unlock", "--remove-all"]);
+    restic_ok(&server, &url, &["check", "--read-data"]);
+    let snapshots: serde_json::Value =
+        serde_json::from_slice(&restic_ok(&server, &url, &["snapshots", "--json"])).expect("json");
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(1), "{snapshots}");
+    assert!(
+        restic_ok(&server, &url, &["dump", &first.to_hex(), DISK]) == first_bytes,
+        "the first snapshot changed"
+    );
+}
