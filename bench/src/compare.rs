@@ -3,7 +3,7 @@
 use crate::data::{MIB, generate, rewrite, sha256_file};
 use crate::peers::{NAME, Peer};
 use crate::run::{Measure, q, timed};
-use crate::{cpu, sshd};
+use crate::{cpu, s3, sshd};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +30,8 @@ pub struct Report {
     pub floor: Measure,
     /// Over SFTP: backstop's full backup, and restic's.
     pub sftp: Option<(Measure, Measure)>,
+    /// To S3 (a loopback SeaweedFS): backstop's full backup, and restic's.
+    pub s3: Option<(Measure, Measure)>,
 }
 
 struct Bench<'a> {
@@ -213,6 +215,35 @@ impl Bench<'_> {
     }
 }
 
+impl Bench<'_> {
+    /// The same full backup into repositories in an S3 bucket: backstop's, then restic's.
+    fn s3(&self) -> Option<(Measure, Measure)> {
+        let server = s3::start(self.work)?;
+        let url = format!("s3:{}/bench/backstop", server.endpoint);
+        let ours = |rest: &str| {
+            format!(
+                "{} repo -r {} --no-cache {rest}",
+                q(self.backstop),
+                q(Path::new(&url))
+            )
+        };
+        timed("backstop s3 init", &ours("init"));
+        settle();
+        let ours = timed(
+            "backstop s3 full",
+            &ours(&format!(
+                "backup --image {} --format raw --path {FILE}",
+                q(&self.image)
+            )),
+        );
+        let restic = Peer::restic_s3(&format!("s3:{}/bench/restic", server.endpoint));
+        timed("restic s3 init", &restic.init());
+        settle();
+        let theirs = timed("restic s3 full", &restic.backup(&self.image));
+        Some((ours, theirs))
+    }
+}
+
 /// Before every measured step: flushes what earlier steps left dirty (no step pays for
 /// another's writes) and, where allowed (root), empties the page cache, so every tool reads the
 /// image and its repository from the disk, as a backup at 3 a.m. or a restore weeks later does.
@@ -248,6 +279,7 @@ pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>)
     let (restores, floor) = bench.restores(size);
     rows.extend(restores);
     let sftp = bench.sftp();
+    let s3 = bench.s3();
     println!("measuring the CPU limit (hash, zstd, seal from memory) ...");
     let cpu = cpu::limit(&bench.image, &work.join("cpu-repo"));
     Report {
@@ -257,5 +289,6 @@ pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>)
         cpu,
         floor,
         sftp,
+        s3,
     }
 }

@@ -12,6 +12,7 @@
 //! 5. restore of the latest snapshot to a file, followed by `sync`, and `cp --sparse=always`
 //!    of the image plus `sync` as the floor;
 //! 6. the full backup into a repository over SFTP (a loopback sshd), backstop and restic;
+//!    the same into an S3 bucket (SeaweedFS's `weed mini` on loopback, when `weed` is on PATH);
 //! 7. increment_flatten against the stock driver's recipe, and one scheduler tick.
 //!
 //! Every step starts with the page cache emptied (when run as root): each tool reads the image
@@ -28,6 +29,7 @@ mod flatten;
 mod peers;
 mod report;
 mod run;
+mod s3;
 mod sshd;
 mod tick;
 

