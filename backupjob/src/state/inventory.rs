@@ -4,10 +4,14 @@ use super::*;
 
 impl State {
     pub fn add_datastore(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        let sealed = self
+            .seal
+            .seal_template(template)
+            .map_err(|m| self.invalid(m))?;
         self.conn
             .execute(
                 "INSERT INTO datastores (name, template) VALUES (?1, ?2)",
-                params![name, template],
+                params![name, sealed],
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _)
@@ -20,8 +24,22 @@ impl State {
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
-    /// Every datastore: (id, name, template).
+    /// Every datastore: (id, name, template), its secrets opened.
     pub fn datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+        self.stored_datastores()?
+            .into_iter()
+            .map(|(id, name, text)| {
+                let text = self
+                    .seal
+                    .open_template(&text)
+                    .map_err(|m| self.invalid(format!("datastore {id}: {m}")))?;
+                Ok((id, name, text))
+            })
+            .collect()
+    }
+
+    /// Every datastore as stored (secrets sealed).
+    fn stored_datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, name, template FROM datastores ORDER BY id")
@@ -32,6 +50,25 @@ impl State {
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Seals the secrets a state written before sealing holds in clear (on open).
+    pub(super) fn seal_stored_secrets(&mut self) -> Result<(), StateError> {
+        for (id, _, text) in self.stored_datastores()? {
+            let sealed = self
+                .seal
+                .seal_template(&text)
+                .map_err(|m| self.invalid(format!("datastore {id}: {m}")))?;
+            if sealed != text {
+                self.conn
+                    .execute(
+                        "UPDATE datastores SET template = ?1 WHERE id = ?2",
+                        params![sealed, id as i64],
+                    )
+                    .map_err(|e| self.sql(e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a datastore that no job names and no recorded image lives in. `jobs_using` are

@@ -15,6 +15,7 @@ use backstop_datastore::process::ProcessId;
 mod images;
 mod inventory;
 mod schedules;
+pub mod secrets;
 
 use schedules::insert_sched_action;
 
@@ -173,6 +174,8 @@ pub struct State {
     conn: Connection,
     path: String,
     file: PathBuf,
+    /// Seals the datastores' secrets at rest ([`secrets`]).
+    seal: secrets::SealKey,
 }
 
 /// The default state file.
@@ -223,12 +226,25 @@ impl State {
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
+        // Deleted and rewritten rows are zeroed, so a secret sealed on open leaves no copy in
+        // clear in a free page.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(sql)?;
+        let seal =
+            secrets::SealKey::load_or_create(&secrets::key_path(path)).map_err(|message| {
+                StateError::Invalid {
+                    path: shown.clone(),
+                    message,
+                }
+            })?;
         let mut state = State {
             conn,
             path: shown,
             file: path.to_path_buf(),
+            seal,
         };
         state.migrate()?;
+        state.seal_stored_secrets()?;
         Ok(state)
     }
 

@@ -30,6 +30,69 @@ fn opens_migrates_and_refuses_a_newer_schema() {
     assert!(e.to_string().contains("schema version 99 is newer"), "{e}");
 }
 
+/// The datastores' secrets are sealed in the database (new ones, and ones an older state
+/// stored in clear, on open), and come back whole.
+#[test]
+fn datastore_secrets_are_never_stored_in_clear() {
+    let (dir, mut s) = state();
+    let file = dir.path().join("sub/state.db");
+    let clear = |path: &std::path::Path, what: &str| {
+        for f in [
+            path.to_path_buf(),
+            PathBuf::from(format!("{}-wal", path.display())),
+        ] {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            assert!(
+                !bytes.windows(what.len()).any(|w| w == what.as_bytes()),
+                "{what} is in {} in clear",
+                f.display()
+            );
+        }
+    };
+    let text = "NAME = s3\nRESTIC_PASSWORD = \"repo-pass-4711\"\nRESTIC_BACKEND = S3\nRESTIC_S3_SECRET_ACCESS_KEY = \"s3-secret-0815\"\n";
+    let id = s.add_datastore("s3", text).expect("add");
+    clear(&file, "repo-pass-4711");
+    clear(&file, "s3-secret-0815");
+    let (_, _, back) = s
+        .datastores()
+        .expect("list")
+        .into_iter()
+        .find(|d| d.0 == id)
+        .expect("datastore");
+    let t = backstop_protocol::template::Template::parse(&back).expect("parse");
+    assert_eq!(t.get("RESTIC_S3_SECRET_ACCESS_KEY"), Some("s3-secret-0815"));
+    assert_eq!(t.get("RESTIC_PASSWORD"), Some("repo-pass-4711"));
+
+    // A state from before sealing: a row in clear is sealed when the state is opened.
+    s.conn
+        .execute(
+            "INSERT INTO datastores (name, template) VALUES ('old', 'NAME = old\nRESTIC_PASSWORD = \"old-pass-1234\"')",
+            [],
+        )
+        .expect("old row");
+    drop(s);
+    let s = State::open(&file).expect("reopen");
+    drop(s);
+    let s = State::open(&file).expect("reopen");
+    clear(&file, "old-pass-1234");
+    assert!(
+        s.datastores()
+            .expect("list")
+            .iter()
+            .any(|d| d.2.contains("old-pass-1234"))
+    );
+    // Without its key, the state says so instead of handing out garbage.
+    drop(s);
+    std::fs::write(secrets::key_path(&file), [7u8; 32]).expect("other key");
+    let s = State::open(&file).expect("open");
+    let e = s.datastores().expect_err("wrong key");
+    assert!(
+        e.to_string()
+            .contains("does not open with this state's key"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_vm_belongs_to_one_job_and_names_are_unique() {
     let (_dir, mut s) = state();
