@@ -158,23 +158,49 @@ fn the_password_never_reaches_stdout_or_stderr() {
     assert!(decoded.stdout.contains("RESTIC_PASSWORD") && !decoded.stdout.contains("hunter2"));
 }
 
+/// An S3 datastore is decoded and its attributes checked before anything is reached: a
+/// missing one is named; the secret key never shows, in decode output nor in an error.
 #[test]
-fn valid_input_for_an_unwritten_part_is_decoded_then_reported() {
-    // S3 storage is decoded and validated, then refused as not written yet.
+fn an_s3_datastore_is_checked_and_its_secret_never_shows() {
     let t = installed();
     let base = t.root.join("datastores/100");
+    let secret =
+        "<RESTIC_S3_SECRET_ACCESS_KEY><![CDATA[sk-never-shown-42]]></RESTIC_S3_SECRET_ACCESS_KEY>";
     let data = action_data(&[&datastore_xml(
         base.to_str().expect("utf-8"),
-        "<RESTIC_BACKEND><![CDATA[S3]]></RESTIC_BACKEND>",
+        &format!("<RESTIC_BACKEND><![CDATA[S3]]></RESTIC_BACKEND>{secret}"),
     )]);
     let out = run(t.action("monitor"), &["100"], b64(&data).as_bytes());
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(out.stdout, "");
     assert_eq!(
         out.stderr,
-        "monitor: monitor of an S3 datastore is not implemented in this version of backstop\n"
+        "monitor: datastore 100: RESTIC_S3_BUCKET is missing (RESTIC_BACKEND is S3)\n"
     );
-    // Malformed input to it is named, not reported as unwritten.
+    let data = action_data(&[&datastore_xml(
+        base.to_str().expect("utf-8"),
+        &format!(
+            "<RESTIC_BACKEND><![CDATA[S3]]></RESTIC_BACKEND><RESTIC_S3_BUCKET>b-1</RESTIC_S3_BUCKET>{secret}"
+        ),
+    )]);
+    let out = run(t.action("monitor"), &["100"], b64(&data).as_bytes());
+    assert_eq!(
+        out.stderr,
+        "monitor: datastore 100: RESTIC_S3_ACCESS_KEY_ID is missing (RESTIC_BACKEND is S3)\n"
+    );
+    let decoded = run(
+        BACKSTOP,
+        &["decode", "datastore/backstop/monitor", "100"],
+        b64(&data).as_bytes(),
+    );
+    assert_eq!(decoded.code, Some(0), "{decoded:?}");
+    assert!(
+        decoded.stdout.contains("RESTIC_S3_SECRET_ACCESS_KEY")
+            && !decoded.stdout.contains("sk-never-shown-42"),
+        "{}",
+        decoded.stdout
+    );
+    // Malformed input is named as such.
     let out = run(t.action("monitor"), &["100"], b"%%%");
     assert_eq!(out.code, Some(1));
     assert!(!out.stderr.contains("not implemented"), "{}", out.stderr);
