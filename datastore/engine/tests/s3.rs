@@ -430,3 +430,105 @@ fn the_store_stopping_mid_backup_fails_it_in_one_line_and_loses_nothing() {
         "the first snapshot changed"
     );
 }
+
+/// A bucket over its quota (SeaweedFS makes it read-only, and answers writes with 500): the
+/// backup fails in one line once its retries are spent, writes nothing, and what was there
+/// stays whole.
+#[test]
+fn a_bucket_over_its_quota_fails_the_backup_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(dir.path());
+    let url = server.repo("quota", "8");
+    let quick = S3Options {
+        retries: 1,
+        first_backoff: Duration::from_millis(50),
+        ..options(&server)
+    };
+    let repo =
+        Repo::init(Arc::new(connect(&url, &quick).expect("connect")), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 5);
+    let first = backup(&repo, &image, None, None);
+    let first_bytes = fs::read(&image).expect("read");
+    server.shell("s3.bucket.quota -name=quota -op=set -sizeMB=1\n");
+    // The store learns the bucket's size from its volume servers' heartbeats: enforce until
+    // it has.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let said = server.shell("s3.bucket.quota.enforce -apply\n");
+        if said.contains("read only") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quota was never enforced: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    scribble(&image, 4, 9);
+    let source = RawImage::open(&image).expect("open");
+    let err = backup_with(&repo, &source, None, Some(first), Duration::ZERO)
+        .expect_err("a read-only bucket takes no backup");
+    let message = err.to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.contains("cannot write s3:"), "{message}");
+    assert!(message.contains("gave up after 2 attempts"), "{message}");
+    let snapshots: serde_json::Value = serde_json::from_slice(&restic_ok(
+        &server,
+        &url,
+        &["snapshots", "--json", "--no-lock"],
+    ))
+    .expect("json");
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(1), "{snapshots}");
+    assert!(
+        restic_ok(&server, &url, &["dump", "--no-lock", &first.to_hex(), DISK]) == first_bytes,
+        "the first snapshot changed"
+    );
+}
+
+/// A 503 storm (injected by a fault proxy in front of the real server, since SeaweedFS cannot
+/// be told to refuse): a short one is ridden out by the retries; a long one fails the backup
+/// in one line naming S3's SlowDown, and the repository stays as it was.
+#[test]
+fn a_503_storm_from_a_fault_injecting_proxy_is_retried_then_said() {
+    use common::s3::FaultProxy;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(dir.path());
+    let proxy = FaultProxy::start(server.port);
+    let url = format!("s3:{}/storm/6", proxy.endpoint);
+    let quick = S3Options {
+        retries: 5,
+        first_backoff: Duration::from_millis(20),
+        ..options(&server)
+    };
+    let repo =
+        Repo::init(Arc::new(connect(&url, &quick).expect("connect")), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 3);
+
+    // Three refusals in a row: retried, and the backup goes through.
+    proxy.fail_next.store(3, Ordering::SeqCst);
+    let first = backup(&repo, &image, None, None);
+    assert_eq!(proxy.refused.load(Ordering::SeqCst), 3);
+    let first_bytes = fs::read(&image).expect("read");
+    let direct = server.repo("storm", "6");
+    assert!(restic_ok(&server, &direct, &["dump", &first.to_hex(), DISK]) == first_bytes);
+
+    // A storm longer than the retries: one line, S3's own code, nothing written.
+    proxy.fail_next.store(1_000_000, Ordering::SeqCst);
+    scribble(&image, 4, 12);
+    let source = RawImage::open(&image).expect("open");
+    let err = backup_with(&repo, &source, None, Some(first), Duration::ZERO)
+        .expect_err("a storm longer than the retries");
+    let message = err.to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.contains("HTTP 503 SlowDown"), "{message}");
+    assert!(message.contains("gave up after 6 attempts"), "{message}");
+    proxy.fail_next.store(0, Ordering::SeqCst);
+    restic_ok(&server, &direct, &["check", "--read-data"]);
+    let snapshots: serde_json::Value =
+        serde_json::from_slice(&restic_ok(&server, &direct, &["snapshots", "--json"]))
+            .expect("json");
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(1), "{snapshots}");
+}

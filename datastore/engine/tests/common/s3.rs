@@ -299,6 +299,31 @@ impl S3Server {
         self.launch();
     }
 
+    /// Runs `weed shell` commands against this server's master (quotas and the like).
+    pub fn shell(&self, script: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(weed())
+            .arg("shell")
+            .arg(format!("-master=127.0.0.1:{}", self.base + 1))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weed shell");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("weed shell");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// `s3:<endpoint>/<bucket>/<path>`.
     pub fn repo(&self, bucket: &str, path: &str) -> String {
         format!("s3:{}/{bucket}/{path}", self.endpoint)
@@ -343,5 +368,131 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A fault injector in front of an S3 server (SeaweedFS cannot be told to refuse): a TCP proxy
+/// on 127.0.0.1 that answers the next `fail_next` requests itself with `503 SlowDown`, as an
+/// overloaded store does, and passes every other request through unchanged. Not a mock of
+/// S3: every request it passes is answered by the real server.
+pub struct FaultProxy {
+    pub endpoint: String,
+    pub fail_next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests answered with 503 so far.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Reads one HTTP/1.1 request (head and Content-Length body); None at end of stream.
+fn read_request(conn: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 || head.len() > 64 * 1024 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn serve(
+    mut client: std::net::TcpStream,
+    upstream: u16,
+    fail_next: &std::sync::atomic::AtomicUsize,
+    refused: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let Some((head, body)) = read_request(&mut client) else {
+        return;
+    };
+    let inject = fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if inject {
+        refused.fetch_add(1, Ordering::SeqCst);
+        let doc = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                   <Message>Please reduce your request rate.</Message></Error>";
+        let _ = write!(
+            client,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+            doc.len()
+        );
+        return;
+    }
+    let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    // One request per connection: the server closes after its answer.
+    let head: String = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    if server
+        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+        .and_then(|()| server.write_all(&body))
+        .is_err()
+    {
+        return;
+    }
+    let _ = std::io::copy(&mut server, &mut client);
+}
+
+impl FaultProxy {
+    pub fn start(upstream_port: u16) -> FaultProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let fail_next = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, r, s) = (fail_next.clone(), refused.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (f, r) = (f.clone(), r.clone());
+                std::thread::spawn(move || serve(conn, upstream_port, &f, &r));
+            }
+        });
+        FaultProxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            fail_next,
+            refused,
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
