@@ -14,7 +14,9 @@ printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSign
 o=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$d/parts" -o "Dir::State::Lists=$d/lists")
 B=bookworm-backports
 apt-get "${o[@]}" update -qq
+# qemu-block-extra: qemu's rbd driver (Ceph tests), the same version as qemu-utils.
 pkgs=(qemu-system-x86/$B qemu-system-common/$B qemu-system-data/$B seabios/$B qemu-utils/$B
+      qemu-block-extra/$B
       libvirt-daemon/$B libvirt-daemon-driver-qemu/$B
       libvirt-clients/$B libvirt0/$B libvirt-common/$B libvirt-daemon-common/$B
       libvirt-daemon-log/$B)

@@ -34,6 +34,7 @@ pub mod nbd;
 pub mod pack;
 pub mod process;
 pub mod qcow2;
+pub mod rbd;
 pub mod restore;
 pub mod s3;
 pub mod sftp;

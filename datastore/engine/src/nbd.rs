@@ -239,6 +239,16 @@ impl QemuNbdExport {
         )
     }
 
+    /// Exports an RBD image (at its snapshot) through qemu's rbd driver, read-only.
+    pub fn start_rbd(image: &crate::rbd::RbdImage) -> io::Result<QemuNbdExport> {
+        image.check()?;
+        Self::start_spec(
+            std::ffi::OsStr::new(&image.json_spec()),
+            None,
+            Path::new(&image.spec()),
+        )
+    }
+
     /// Exports a qcow2 delta without its backing file (`"backing": null`): clusters it does
     /// not hold read as zeros and show as holes.
     pub fn start_delta(delta: &Path) -> io::Result<QemuNbdExport> {
@@ -508,6 +518,11 @@ impl NbdImage {
             _export: Some(export),
             complete: true,
         })
+    }
+
+    /// An RBD image at its snapshot, read through librbd; holes from its allocation map.
+    pub fn open_rbd(image: &crate::rbd::RbdImage) -> io::Result<NbdImage> {
+        Self::over(QemuNbdExport::start_rbd(image)?)
     }
 
     /// Opens a stock OpenNebula increment: a qcow2 delta whose backing file is missing.

@@ -1,6 +1,7 @@
 //! Helpers shared by the repository tests: the restic binary, deterministic images.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod ceph;
 pub mod s3;
 pub mod sshd;
 
