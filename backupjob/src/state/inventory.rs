@@ -7,7 +7,7 @@ impl State {
         let sealed = self
             .seal
             .seal_template(template)
-            .map_err(|m| self.invalid(m))?;
+            .map_err(|m| self.invalid(m.0))?;
         self.conn
             .execute(
                 "INSERT INTO datastores (name, template) VALUES (?1, ?2)",
@@ -32,7 +32,7 @@ impl State {
                 let text = self
                     .seal
                     .open_template(&text)
-                    .map_err(|m| self.invalid(format!("datastore {id}: {m}")))?;
+                    .map_err(|m| self.invalid(format!("datastore {id}: {}", m.0)))?;
                 Ok((id, name, text))
             })
             .collect()
@@ -58,7 +58,7 @@ impl State {
             let sealed = self
                 .seal
                 .seal_template(&text)
-                .map_err(|m| self.invalid(format!("datastore {id}: {m}")))?;
+                .map_err(|m| self.invalid(format!("datastore {id}: {}", m.0)))?;
             if sealed != text {
                 self.conn
                     .execute(

@@ -230,13 +230,12 @@ impl State {
         // clear in a free page.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(sql)?;
-        let seal =
-            secrets::SealKey::load_or_create(&secrets::key_path(path)).map_err(|message| {
-                StateError::Invalid {
-                    path: shown.clone(),
-                    message,
-                }
-            })?;
+        let seal = secrets::SealKey::load_or_create(&secrets::key_path(path)).map_err(|e| {
+            StateError::Invalid {
+                path: shown.clone(),
+                message: e.0,
+            }
+        })?;
         let mut state = State {
             conn,
             path: shown,

@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 
 const PREFIX: &str = "backstop-sealed:v1:";
 
+/// Why a secret could not be sealed or opened, or the key not read, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SealError(pub String);
+
 /// The key that seals a state's secrets.
 pub struct SealKey([u8; 32]);
 
@@ -31,21 +36,21 @@ pub fn key_path(state: &Path) -> PathBuf {
 impl SealKey {
     /// Reads the key, or makes it (owner only, written whole before it is used) when the
     /// state has none yet.
-    pub fn load_or_create(path: &Path) -> Result<SealKey, String> {
+    pub fn load_or_create(path: &Path) -> Result<SealKey, SealError> {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    format!(
+                    SealError(format!(
                         "{} is {} bytes, not the 32 of a state key",
                         path.display(),
                         bytes.len()
-                    )
+                    ))
                 })?;
                 Ok(SealKey(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| format!("no randomness: {e}"))?;
+                getrandom::fill(&mut key).map_err(|e| SealError(format!("no randomness: {e}")))?;
                 let tmp = PathBuf::from(format!("{}.tmp-{}", path.display(), std::process::id()));
                 let write = || -> std::io::Result<()> {
                     use std::os::unix::fs::OpenOptionsExt;
@@ -66,17 +71,17 @@ impl SealKey {
                         Err(e) => Err(e),
                     }
                 };
-                write().map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                write().map_err(|e| SealError(format!("cannot create {}: {e}", path.display())))?;
                 let _ = std::fs::remove_file(&tmp);
                 SealKey::load_or_create(path)
             }
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(SealError(format!("cannot read {}: {e}", path.display()))),
         }
     }
 
-    fn seal(&self, plain: &str) -> Result<String, String> {
+    fn seal(&self, plain: &str) -> Result<String, SealError> {
         let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
+        getrandom::fill(&mut nonce).map_err(|e| SealError(format!("no randomness: {e}")))?;
         let mut tag = [0u8; 16];
         let ct = openssl::symm::encrypt_aead(
             openssl::symm::Cipher::aes_256_gcm(),
@@ -86,7 +91,7 @@ impl SealKey {
             plain.as_bytes(),
             &mut tag,
         )
-        .map_err(|e| format!("cannot seal a secret: {e}"))?;
+        .map_err(|e| SealError(format!("cannot seal a secret: {e}")))?;
         let mut all = nonce.to_vec();
         all.extend_from_slice(&ct);
         all.extend_from_slice(&tag);
@@ -96,10 +101,12 @@ impl SealKey {
         ))
     }
 
-    fn open(&self, sealed: &str) -> Result<String, String> {
+    fn open(&self, sealed: &str) -> Result<String, SealError> {
         let bad = || {
-            "a sealed secret does not open with this state's key (was the key file replaced?)"
-                .to_string()
+            SealError(
+                "a sealed secret does not open with this state's key (was the key file replaced?)"
+                    .to_string(),
+            )
         };
         let raw = base64::engine::general_purpose::STANDARD
             .decode(sealed)
@@ -122,7 +129,7 @@ impl SealKey {
     }
 
     /// The template text with every secret sealed (sealed ones stay as they are).
-    pub fn seal_template(&self, text: &str) -> Result<String, String> {
+    pub fn seal_template(&self, text: &str) -> Result<String, SealError> {
         self.map_secrets(text, |v| {
             if v.starts_with(PREFIX) {
                 Ok(v.to_string())
@@ -133,7 +140,7 @@ impl SealKey {
     }
 
     /// The template text with every sealed secret opened.
-    pub fn open_template(&self, text: &str) -> Result<String, String> {
+    pub fn open_template(&self, text: &str) -> Result<String, SealError> {
         if !text.contains(PREFIX) {
             return Ok(text.to_string());
         }
@@ -146,9 +153,10 @@ impl SealKey {
     fn map_secrets(
         &self,
         text: &str,
-        f: impl Fn(&str) -> Result<String, String>,
-    ) -> Result<String, String> {
-        let mut t = Template::parse(text).map_err(|e| format!("a stored template: {e}"))?;
+        f: impl Fn(&str) -> Result<String, SealError>,
+    ) -> Result<String, SealError> {
+        let mut t =
+            Template::parse(text).map_err(|e| SealError(format!("a stored template: {e}")))?;
         if !t
             .attributes
             .iter()
@@ -211,7 +219,7 @@ mod tests {
         std::fs::remove_file(&path).expect("rm");
         let other = SealKey::load_or_create(&path).expect("new key");
         let e = other.open_template(&sealed).expect_err("another key");
-        assert!(e.contains("does not open"), "{e}");
+        assert!(e.to_string().contains("does not open"), "{e}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
