@@ -94,7 +94,13 @@ impl Compression {
 /// Display prints.
 pub(crate) fn rustic_message(e: &rustic_core::RusticError) -> String {
     let log = e.display_log();
-    log.strip_prefix("Error: ").unwrap_or(&log).to_string()
+    let line = log.strip_prefix("Error: ").unwrap_or(&log);
+    // rustic_core appends its error class ("(kind: related to the backend)"), which says
+    // nothing an operator can act on.
+    match line.rfind(" (kind: ") {
+        Some(at) if line.ends_with(')') => line[..at].to_string(),
+        _ => line.to_string(),
+    }
 }
 
 pub(crate) fn rustic_error(what: &str, e: &rustic_core::RusticError) -> Error {
