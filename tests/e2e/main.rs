@@ -3,6 +3,10 @@
 
 mod actions;
 mod bad_input;
+mod ceph;
+#[path = "../../datastore/engine/tests/common/ceph.rs"]
+#[allow(dead_code)]
+mod cephcluster;
 mod cloud;
 mod crash;
 mod install;

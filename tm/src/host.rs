@@ -122,6 +122,30 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
     let mut drop_bitmaps: Vec<(PathBuf, String)> = Vec::new();
     let mut add_bitmaps: Vec<(PathBuf, String)> = Vec::new();
     for &id in &step.args.disk_ids {
+        if let Some(disk) = vm.disk(id).filter(|d| crate::ceph::is_rbd(d)) {
+            // Ceph: a snapshot, read by the backup through librbd (docs/ceph.md).
+            if !step.direct {
+                return Err(Error::new(
+                    ErrorKind::NotImplemented,
+                    format!(
+                        "VM {}: disk {id} is a Ceph RBD image: staging it in the stock rbd format is not written yet (TM_DELIVERY=direct reads it in place)",
+                        vm.id
+                    ),
+                ));
+            }
+            let rbd = crate::ceph::prepare(vm, disk, increment, parent, incremental_mode)?;
+            manifest.disks.push(DirectDisk {
+                disk_id: id,
+                path: format!("{}/{}@{}", rbd.pool, rbd.image, rbd.snapshot),
+                format: "raw".into(),
+                bitmap: None,
+                full_reason: None,
+                nbd: None,
+                shared: false,
+                rbd: Some(rbd),
+            });
+            continue;
+        }
         let image = disk_image(step, id)?;
         let disk = image.path().to_path_buf();
         let qcow2 = image.format() == Format::Qcow2;
@@ -187,6 +211,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
                 full_reason: reason,
                 nbd: None,
                 shared: false,
+                rbd: None,
             });
         } else {
             let target = staging.join(format!("disk.{id}.{increment}"));
@@ -291,6 +316,10 @@ pub fn postbackup(step: &Step<'_>) {
             Ok((increment, _)) => {
                 let current = bitmap_name(vm.id, increment);
                 for &id in &step.args.disk_ids {
+                    if let Some(disk) = vm.disk(id).filter(|d| crate::ceph::is_rbd(d)) {
+                        crate::ceph::settle(vm, disk, increment, true);
+                        continue;
+                    }
                     // Only a qcow2 disk has bitmaps: the format is the declared one.
                     let Ok(Format::Qcow2) = qemu::declared_format(vm, id) else {
                         continue;
@@ -316,6 +345,17 @@ pub fn postbackup(step: &Step<'_>) {
                 }
             }
             Err(e) => report(format!("VM {}: {e}", vm.id)),
+        }
+    } else {
+        // FULL: the snapshot the backup read goes.
+        for disk in step
+            .args
+            .disk_ids
+            .iter()
+            .filter_map(|&id| vm.disk(id))
+            .filter(|d| crate::ceph::is_rbd(d))
+        {
+            crate::ceph::settle(vm, disk, 0, false);
         }
     }
     if step.staging.exists()

@@ -6,8 +6,9 @@
 //!
 //! prebackup and postbackup for powered-off VMs ([`host`]) and for running VMs through libvirt
 //! ([`live`]), in the stock staging layout ([`delta`]) or direct, run on the host by the
-//! front-end step ([`fe`]); the in-place restore ([`restore`]).
+//! front-end step ([`fe`]); Ceph RBD disks ([`ceph`]); the in-place restore ([`restore`]).
 
+pub mod ceph;
 pub mod delta;
 pub mod fe;
 pub mod host;

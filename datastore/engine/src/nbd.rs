@@ -242,10 +242,19 @@ impl QemuNbdExport {
     /// Exports an RBD image (at its snapshot) through qemu's rbd driver, read-only.
     pub fn start_rbd(image: &crate::rbd::RbdImage) -> io::Result<QemuNbdExport> {
         image.check()?;
-        Self::start_spec(
+        if let Some(k) = &image.keyfile
+            && k.to_string_lossy().contains(char::is_whitespace)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the Ceph key file {} has a space in its path", k.display()),
+            ));
+        }
+        Self::start_spec_env(
             std::ffi::OsStr::new(&image.json_spec()),
             None,
             Path::new(&image.spec()),
+            image.ceph_args().map(|a| ("CEPH_ARGS", a)),
         )
     }
 
@@ -266,6 +275,15 @@ impl QemuNbdExport {
         bitmap: Option<&str>,
         image: &Path,
     ) -> io::Result<QemuNbdExport> {
+        Self::start_spec_env(spec, bitmap, image, None)
+    }
+
+    fn start_spec_env(
+        spec: &std::ffi::OsStr,
+        bitmap: Option<&str>,
+        image: &Path,
+        env: Option<(&str, String)>,
+    ) -> io::Result<QemuNbdExport> {
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
         let dir = std::env::temp_dir().join(format!("backstop-nbd-{}", hex::encode(random)));
@@ -278,6 +296,9 @@ impl QemuNbdExport {
             .arg("--shared=8");
         if let Some(b) = bitmap {
             cmd.arg(format!("--bitmap={b}"));
+        }
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
         }
         cmd.arg(spec)
             .stdin(Stdio::null())

@@ -26,8 +26,9 @@ pub struct RbdImage {
     pub conf: Option<PathBuf>,
     /// The cephx user without `client.` (CEPH_USER); `admin` when `None`.
     pub user: Option<String>,
-    /// A keyring file (CEPH_KEY); the configuration's when `None`.
-    pub keyring: Option<PathBuf>,
+    /// A file holding the user's key (CEPH_KEY, rbd's `--keyfile`); the configuration's
+    /// keyring when `None`.
+    pub keyfile: Option<PathBuf>,
 }
 
 /// A name librbd and the rbd CLI both take literally: no `/`, `@` or `:` (which the CLI's
@@ -100,6 +101,14 @@ impl RbdImage {
         )
     }
 
+    /// What librbd inside another process (qemu-nbd) needs beyond the JSON spec: the key
+    /// file, through `CEPH_ARGS`, which librados reads.
+    pub fn ceph_args(&self) -> Option<String> {
+        self.keyfile
+            .as_ref()
+            .map(|k| format!("--keyfile {}", k.display()))
+    }
+
     /// The rbd CLI with this image's cluster options.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("rbd");
@@ -109,8 +118,8 @@ impl RbdImage {
         if let Some(u) = &self.user {
             cmd.arg("--id").arg(u);
         }
-        if let Some(k) = &self.keyring {
-            cmd.arg("--keyring").arg(k);
+        if let Some(k) = &self.keyfile {
+            cmd.arg("--keyfile").arg(k);
         }
         cmd
     }
@@ -135,6 +144,104 @@ impl RbdImage {
         }
         parse_diff(&String::from_utf8_lossy(&out.stdout))
     }
+}
+
+/// A snapshot of an image, as `rbd snap ls` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdSnapshot {
+    pub name: String,
+    pub protected: bool,
+}
+
+impl RbdImage {
+    /// Runs `rbd <args> <this image's spec>`; its stdout, or one line naming what failed.
+    fn run(&self, args: &[&str], spec: &str) -> io::Result<String> {
+        self.check()?;
+        let out = self
+            .command()
+            .args(args)
+            .arg("--")
+            .arg(spec)
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run rbd: {e}")))?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "rbd {} {spec}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("failed")
+                    .trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn image_spec(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+
+    /// The image's snapshots.
+    pub fn snapshots(&self) -> io::Result<Vec<RbdSnapshot>> {
+        let text = self.run(&["snap", "ls", "--format", "json"], &self.image_spec())?;
+        parse_snapshots(&text)
+    }
+
+    /// Takes snapshot `name` of the image (now).
+    pub fn snap_create(&self, name: &str) -> io::Result<()> {
+        plain("snapshot", name)?;
+        self.run(
+            &["snap", "create"],
+            &format!("{}@{name}", self.image_spec()),
+        )
+        .map(drop)
+    }
+
+    /// Protects snapshot `name` (it cannot be removed until unprotected, as the stock driver
+    /// keeps the parent of the next increment).
+    pub fn snap_protect(&self, name: &str) -> io::Result<()> {
+        plain("snapshot", name)?;
+        self.run(
+            &["snap", "protect"],
+            &format!("{}@{name}", self.image_spec()),
+        )
+        .map(drop)
+    }
+
+    /// Removes snapshot `name`, unprotecting it first when it is protected.
+    pub fn snap_remove(&self, snapshot: &RbdSnapshot) -> io::Result<()> {
+        plain("snapshot", &snapshot.name)?;
+        let spec = format!("{}@{}", self.image_spec(), snapshot.name);
+        if snapshot.protected {
+            self.run(&["snap", "unprotect"], &spec)?;
+        }
+        self.run(&["snap", "rm", "--no-progress"], &spec).map(drop)
+    }
+}
+
+/// `rbd snap ls --format json`: `[{"id":4,"name":"...","size":N,"protected":"true",...}]`
+/// (`protected` is a string in the releases seen, a boolean is taken too).
+pub fn parse_snapshots(text: &str) -> io::Result<Vec<RbdSnapshot>> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(text.trim()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("rbd snap ls printed something that is not its JSON list: {e}"),
+        )
+    })?;
+    Ok(list
+        .iter()
+        .filter_map(|s| {
+            let name = s.get("name")?.as_str()?.to_string();
+            let protected = match s.get("protected") {
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(serde_json::Value::String(t)) => t == "true",
+                _ => false,
+            };
+            Some(RbdSnapshot { name, protected })
+        })
+        .collect())
 }
 
 /// `rbd diff --format json`: `[{"offset":N,"length":N,"exists":"true"|"false"}, ...]`
@@ -206,6 +313,26 @@ mod tests {
     }
 
     #[test]
+    fn reads_rbd_snap_ls_json() {
+        let text = r#"[{"id":4,"name":"one_backup_0","size":67108864,"protected":"true","timestamp":"x"},
+                       {"id":5,"name":"mine","size":1,"protected":false}]"#;
+        assert_eq!(
+            parse_snapshots(text).expect("ls"),
+            vec![
+                RbdSnapshot {
+                    name: "one_backup_0".into(),
+                    protected: true
+                },
+                RbdSnapshot {
+                    name: "mine".into(),
+                    protected: false
+                }
+            ]
+        );
+        assert!(parse_snapshots("{").is_err());
+    }
+
+    #[test]
     fn names_are_checked_and_specs_built_field_by_field() {
         let img = RbdImage {
             pool: "one".into(),
@@ -213,7 +340,7 @@ mod tests {
             snapshot: Some("one_backup_3".into()),
             conf: Some("/etc/ceph/ceph.conf".into()),
             user: Some("oneadmin".into()),
-            keyring: None,
+            keyfile: None,
         };
         img.check().expect("plain names");
         assert_eq!(img.spec(), "one/one-5-22-0@one_backup_3");

@@ -71,7 +71,7 @@ fn an_rbd_snapshot_and_its_increments_are_stored_whole_and_read_by_diff() {
         snapshot: None,
         conf: Some(ceph.conf.clone()),
         user: None,
-        keyring: None,
+        keyfile: None,
     };
 
     // FULL from snapshot one_backup_0; the image keeps changing after it.
@@ -124,6 +124,23 @@ fn an_rbd_snapshot_and_its_increments_are_stored_whole_and_read_by_diff() {
         restic(&repo_path, &["check", "--read-data"]),
         "restic check --read-data",
     );
+
+    // Snapshots: listed with their protection, a protected one is unprotected and removed.
+    base.snap_protect("one_backup_2").expect("protect");
+    let snaps = base.snapshots().expect("snap ls");
+    let names: Vec<&str> = snaps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["one_backup_0", "one_backup_1", "one_backup_2"]);
+    assert!(snaps[2].protected && !snaps[0].protected);
+    for s in &snaps {
+        base.snap_remove(s).expect("snap rm");
+    }
+    assert!(base.snapshots().expect("snap ls").is_empty());
+    base.snap_create("one_backup_7").expect("create");
+    assert!(
+        base.snap_create("one_backup_7").is_err(),
+        "a snapshot taken twice"
+    );
+    assert!(base.snap_create("x@y").is_err());
 
     // A hostile name never reaches a command.
     let mut bad = base.at("one_backup_0");

@@ -43,6 +43,27 @@ pub struct DirectDisk {
     /// which the running VM holds open but no longer writes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// Read the disk from this Ceph RBD snapshot (through librbd) instead of a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<RbdSource>,
+}
+
+/// A Ceph RBD image at the snapshot prebackup took, and the parent increment's snapshot whose
+/// differences (`rbd diff`) are the changed extents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RbdSource {
+    pub pool: String,
+    pub image: String,
+    pub snapshot: String,
+    /// `None`: read the whole image (a FULL, a new chain, or a parent snapshot that is gone).
+    pub parent_snapshot: Option<String>,
+    /// CEPH_CONF, CEPH_USER and CEPH_KEY of the disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<String>,
 }
 
 /// An NBD export on a unix socket.

@@ -280,6 +280,7 @@ fn full(
                 full_reason: None,
                 nbd: None,
                 shared: true,
+                rbd: None,
             });
         } else {
             let image = NbdImage::open(&d.image, None, false)
@@ -530,6 +531,7 @@ fn hand_over_pull(
                     export: d.target.clone(),
                 }),
                 shared: false,
+                rbd: None,
             });
         } else {
             let image = NbdImage::connect_export(&sock, &d.target).map_err(|e| {

@@ -19,7 +19,7 @@ use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupRequest, Datastore};
 use backstop_protocol::staging::{DirectManifest, MANIFEST};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -208,6 +208,33 @@ pub fn host_run(
     })
 }
 
+/// An RBD disk at the snapshot prebackup took, read through librbd; with `changes` (a
+/// backstop parent exists) only what `rbd diff` reports since the parent's snapshot.
+fn open_rbd(
+    d: &super::plan::DiskPlan,
+    r: &backstop_protocol::staging::RbdSource,
+    changes: bool,
+) -> std::io::Result<Opened> {
+    let image = crate::repo::rbd::RbdImage {
+        pool: r.pool.clone(),
+        image: r.image.clone(),
+        snapshot: Some(r.snapshot.clone()),
+        conf: r.conf.as_ref().map(PathBuf::from),
+        user: r.user.clone(),
+        keyfile: r.keyfile.as_ref().map(PathBuf::from),
+    };
+    let changed = match (&r.parent_snapshot, changes) {
+        (Some(p), true) => Some(image.diff_from(p)?),
+        _ => None,
+    };
+    Ok(Opened {
+        path: d.snapshot_path.clone(),
+        parent_path: d.parent_path.clone(),
+        source: Box::new(NbdImage::open_rbd(&image)?),
+        changed,
+    })
+}
+
 /// Opens one disk as the plan says; formats are never guessed (a guest writes the content).
 fn open_disk(
     args: &BackupArgs,
@@ -255,6 +282,9 @@ fn open_disk(
         } => {
             if let Some(r) = whole_reason {
                 backstop_protocol::output::log(backstop_protocol::output::Level::Info, r);
+            }
+            if let Some(r) = &disk.rbd {
+                return open_rbd(d, r, bitmap.is_some()).map_err(input);
             }
             let roots = crate::layout::backing_roots(Path::new(&args.host_dir.vm_dir));
             // The disk as prebackup described it: a running VM's pull-mode export, a file

@@ -63,7 +63,7 @@ pub enum Read {
     /// `bitmap`, only its changed extents (the parent is a backstop image); otherwise all of
     /// it, and `whole_reason` says why when a bitmap was there but cannot be used.
     Direct {
-        disk: DirectDisk,
+        disk: Box<DirectDisk>,
         format: Format,
         bitmap: Option<String>,
         whole_reason: Option<String>,
@@ -299,15 +299,21 @@ fn disk_plan(
                 ))
             })?;
             let backstop_parent = parent.is_some_and(is_image);
-            match &d.bitmap {
+            // What holds the changes since the parent: a qcow2 bitmap, or the parent's RBD
+            // snapshot (the changes are what rbd diff reports since it).
+            let changes = d
+                .bitmap
+                .clone()
+                .or_else(|| d.rbd.as_ref().and_then(|r| r.parent_snapshot.clone()));
+            match &changes {
                 Some(b) if backstop_parent => Read::Direct {
-                    disk: d.clone(),
+                    disk: Box::new(d.clone()),
                     format,
                     bitmap: Some(b.clone()),
                     whole_reason: None,
                 },
                 bitmap => Read::Direct {
-                    disk: d.clone(),
+                    disk: Box::new(d.clone()),
                     format,
                     bitmap: None,
                     whole_reason: bitmap.as_ref().map(|_| {
@@ -417,6 +423,7 @@ mod tests {
                 full_reason: None,
                 nbd: None,
                 shared: false,
+                rbd: None,
             }],
         }
     }

@@ -1,0 +1,233 @@
+//! A VM with two Ceph RBD disks (one persistent, one a non-persistent clone) backed up through
+//! backstop's `ceph` TM prebackup/postbackup in direct mode and the datastore's backup: FULL and
+//! three increments, each point dumped by plain restic exactly as `rbd export` gives the
+//! snapshot; increments read only what `rbd diff` reports; only the last increment's snapshot
+//! stays, protected; a failed backup keeps the parent and the retry is the same increment; a
+//! leaked snapshot is cleaned up by the next run. A real single-node Ceph cluster.
+
+use crate::cephcluster::{Ceph, POOL};
+use crate::cloud::{Cloud, VM, parse_backup_line};
+use crate::support::{self, BACKSTOP, Outcome};
+use std::fs;
+use std::process::Command;
+
+/// (disk id, image as the disk names it, the RBD image read, size MiB).
+const DISKS: [(u32, &str, &str, u64); 2] = [
+    (0, "vm22-root", "vm22-root", 48),
+    (1, "base-img", "base-img-22-1", 24),
+];
+
+struct CephCloud {
+    cloud: Cloud,
+    ceph: Ceph,
+}
+
+impl CephCloud {
+    fn start() -> CephCloud {
+        let cloud = Cloud::start();
+        let ceph = Ceph::start(cloud.dir.path());
+        let conf = cloud.remotes.join("etc/datastore/backstop.conf");
+        let mut text = fs::read_to_string(&conf).expect("backstop.conf");
+        text.push_str("TM_DELIVERY=direct\n");
+        fs::write(&conf, text).expect("backstop.conf");
+        for action in ["prebackup", "postbackup"] {
+            let link = cloud.remotes.join(format!("tm/ceph/{action}"));
+            fs::create_dir_all(link.parent().expect("parent")).expect("tm dir");
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
+        }
+        for (_, _, image, mib) in DISKS {
+            ceph.rbd(&[
+                "create",
+                "--size",
+                &format!("{mib}M"),
+                &format!("{POOL}/{image}"),
+            ]);
+        }
+        CephCloud { cloud, ceph }
+    }
+
+    fn write(&self, image: &str, pattern: u8, offset_mib: u64, mib: u64) {
+        let out = Command::new("qemu-io")
+            .args(["-f", "raw", "-c"])
+            .arg(format!("write -P {pattern:#x} {offset_mib}M {mib}M"))
+            .arg(self.ceph.qemu_name(image))
+            .output()
+            .expect("qemu-io");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn vm_xml(&self, last_increment: i64) -> String {
+        let conf = self.ceph.conf.display();
+        let disks: String = DISKS
+            .iter()
+            .map(|(id, source, _, mb)| {
+                let clone = if *id == 1 { "YES" } else { "NO" };
+                format!(
+                    "<DISK><DISK_ID>{id}</DISK_ID><TYPE>RBD</TYPE><DISK_TYPE>RBD</DISK_TYPE>\
+                     <TM_MAD>ceph</TM_MAD><SOURCE>{POOL}/{source}</SOURCE><CLONE>{clone}</CLONE>\
+                     <POOL_NAME>{POOL}</POOL_NAME><CEPH_CONF>{conf}</CEPH_CONF><FORMAT>raw</FORMAT>\
+                     <SIZE>{mb}</SIZE><TARGET>vd{}</TARGET></DISK>",
+                    char::from(b'a' + *id as u8)
+                )
+            })
+            .collect();
+        format!(
+            "<VM><ID>{VM}</ID><UID>0</UID><NAME>db</NAME><STATE>8</STATE><LCM_STATE>70</LCM_STATE>\
+             <DEPLOY_ID>one-{VM}</DEPLOY_ID><TEMPLATE>{disks}<VMID>{VM}</VMID></TEMPLATE>\
+             <USER_TEMPLATE/><HISTORY_RECORDS><HISTORY><HOSTNAME>hv1</HOSTNAME><HID>0</HID>\
+             <DS_ID>0</DS_ID><TM_MAD>ceph</TM_MAD><VM_MAD>kvm</VM_MAD></HISTORY></HISTORY_RECORDS>\
+             <BACKUPS><BACKUP_CONFIG><MODE>INCREMENT</MODE><INCREMENT_MODE>CBT</INCREMENT_MODE>\
+             <LAST_INCREMENT_ID>{last_increment}</LAST_INCREMENT_ID>\
+             <INCREMENTAL_BACKUP_ID>{}</INCREMENTAL_BACKUP_ID>\
+             <LAST_DATASTORE_ID>100</LAST_DATASTORE_ID></BACKUP_CONFIG><BACKUP_IDS/></BACKUPS></VM>",
+            if last_increment < 0 { -1 } else { 40 }
+        )
+    }
+
+    fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
+        let stdin = if failed {
+            format!("{vm_xml}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>")
+        } else {
+            vm_xml.to_string()
+        };
+        let args = self.cloud.backup_args();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::run(
+            self.cloud.remotes.join(format!("tm/ceph/{action}")),
+            &refs,
+            stdin.as_bytes(),
+        )
+    }
+
+    fn snapshots(&self, image: &str) -> Vec<(String, bool)> {
+        let text = self
+            .ceph
+            .rbd(&["snap", "ls", "--format", "json", &format!("{POOL}/{image}")]);
+        backstop_datastore::repo::rbd::parse_snapshots(&text)
+            .expect("snap ls")
+            .into_iter()
+            .map(|s| (s.name, s.protected))
+            .collect()
+    }
+}
+
+#[test]
+fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
+    let cc = CephCloud::start();
+    cc.write("vm22-root", 0x11, 0, 8);
+    cc.write("base-img-22-1", 0x22, 4, 6);
+    let staging = cc.cloud.staging();
+    let mut points: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    for inc in 0..4u64 {
+        if inc > 0 {
+            cc.write("vm22-root", 0x30 + inc as u8, 10 + inc * 5, 2);
+            cc.write("base-img-22-1", 0x40 + inc as u8, inc * 3, 1);
+        }
+        if inc == 2 {
+            // A failed attempt first: the parent stays and the retry is the same increment.
+            let vm_xml = cc.vm_xml(inc as i64 - 1);
+            let pre = cc.step("prebackup", &vm_xml, false);
+            assert_eq!(pre.code, Some(0), "{pre:?}");
+            let post = cc.step("postbackup", &vm_xml, true);
+            assert_eq!(post.code, Some(0), "{post:?}");
+            for (_, _, image, _) in DISKS {
+                assert_eq!(
+                    cc.snapshots(image),
+                    [("one_backup_1".to_string(), true)],
+                    "after a failed increment 2 of {image}"
+                );
+            }
+            // And a leaked snapshot (an interrupted run's), which the next run removes.
+            cc.ceph
+                .rbd(&["snap", "create", &format!("{POOL}/vm22-root@one_backup_7")]);
+        }
+        let vm_xml = cc.vm_xml(inc as i64 - 1);
+        let pre = cc.step("prebackup", &vm_xml, false);
+        assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
+        if inc == 2 {
+            assert!(
+                pre.stderr.contains(
+                    "removing snapshot one/vm22-root@one_backup_7 left by an earlier run"
+                ),
+                "{}",
+                pre.stderr
+            );
+        }
+        // What the snapshot holds, before anything else changes.
+        let expected: Vec<Vec<u8>> = DISKS
+            .iter()
+            .map(|(_, _, image, _)| {
+                cc.ceph
+                    .rbd_bytes(&["export", &format!("{POOL}/{image}@one_backup_{inc}"), "-"])
+            })
+            .collect();
+        // What rbd diff reports since the parent, in the 1 MiB chunks backstop reads.
+        let diff_chunks: u64 = if inc == 0 {
+            0
+        } else {
+            DISKS
+                .iter()
+                .map(|(_, _, image, _)| {
+                    let text = cc.ceph.rbd(&[
+                        "diff",
+                        "--format",
+                        "json",
+                        "--from-snap",
+                        &format!("one_backup_{}", inc - 1),
+                        &format!("{POOL}/{image}@one_backup_{inc}"),
+                    ]);
+                    let extents = backstop_datastore::repo::rbd::parse_diff(&text).expect("diff");
+                    let mut chunks = std::collections::BTreeSet::new();
+                    for e in extents {
+                        chunks.extend((e.offset >> 20)..=((e.offset + e.length - 1) >> 20));
+                    }
+                    chunks.len() as u64
+                })
+                .sum()
+        };
+        let out = cc.cloud.backup(&vm_xml);
+        assert_eq!(out.code, Some(0), "backup {inc}: {out:?}");
+        let (id, size_mb) = parse_backup_line(&out);
+        if inc == 0 {
+            assert!(
+                size_mb >= 14,
+                "a full backup reads the written data: {size_mb} MB"
+            );
+        } else {
+            assert!(
+                size_mb <= diff_chunks,
+                "increment {inc} read {size_mb} MB; rbd diff reports {diff_chunks} MiB chunks"
+            );
+            assert!(
+                size_mb < 24,
+                "increment {inc} read {size_mb} MB: more than a disk"
+            );
+        }
+        let post = cc.step("postbackup", &vm_xml, false);
+        assert_eq!(post.code, Some(0), "postbackup {inc}: {post:?}");
+        for (_, _, image, _) in DISKS {
+            assert_eq!(
+                cc.snapshots(image),
+                [(format!("one_backup_{inc}"), true)],
+                "snapshots of {image} after increment {inc}"
+            );
+        }
+        cc.cloud.restic_ok(&["check", "--read-data"]);
+        points.push((id, expected));
+    }
+    for (inc, (id, expected)) in points.iter().enumerate() {
+        for (k, (d, _, _, _)) in DISKS.iter().enumerate() {
+            let path = format!("{}/disk.{d}.{inc}", staging.display());
+            let data = cc.cloud.restic_ok(&["dump", id, &path]);
+            assert!(
+                data == expected[k],
+                "disk {d} at increment {inc} differs from its RBD snapshot"
+            );
+        }
+    }
+}
