@@ -11,7 +11,7 @@ use backstop_engine::image::{ImageSource, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn lock_files(repo: &Path) -> usize {
@@ -132,41 +132,15 @@ fn an_exclusive_restic_lock_makes_our_backup_wait_then_name_the_holder() {
     image_backup(&repo, &source, Duration::ZERO).expect("backup after the lock is gone");
 }
 
-/// A source that blocks its first read until released, so a backup holds its lock meanwhile.
-struct Gated {
-    inner: RawImage,
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl ImageSource for Gated {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let mut open = self.open.lock().expect("lock");
-        while !*open {
-            open = self.cv.wait(open).expect("wait");
-        }
-        drop(open);
-        self.inner.read_at(buf, offset)
-    }
-}
-
 #[test]
 fn our_backup_lock_makes_restic_prune_refuse() {
     let (_dir, repo_path, repo, image) = fresh(8, 4);
-    let gated = Gated {
-        inner: RawImage::open(&image).expect("open"),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    };
+    let gated = Gated::new(&image);
     std::thread::scope(|s| {
         let backup = s.spawn(|| image_backup(&repo, &gated, Duration::ZERO));
         wait_for_lock(&repo_path);
         let prune = restic(&repo_path, &["prune"]);
-        *gated.open.lock().expect("lock") = true;
-        gated.cv.notify_all();
+        gated.release();
         let result = backup.join().expect("backup thread");
         assert!(
             !prune.status.success(),

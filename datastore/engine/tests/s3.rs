@@ -16,7 +16,7 @@ use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn options(server: &S3Server) -> S3Options {
@@ -172,27 +172,6 @@ fn we_restore_and_extend_what_restic_wrote_on_s3() {
     restic_ok(&server, &url, &["check", "--read-data"]);
 }
 
-/// A source that blocks its first read until released, so a backup holds its lock meanwhile.
-struct Gated {
-    inner: RawImage,
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl ImageSource for Gated {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let mut open = self.open.lock().expect("lock");
-        while !*open {
-            open = self.cv.wait(open).expect("wait");
-        }
-        drop(open);
-        self.inner.read_at(buf, offset)
-    }
-}
-
 fn wait_for_lock(storage: &dyn Storage) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while storage.list_locks().expect("list locks").is_empty() {
@@ -213,17 +192,12 @@ fn locks_on_s3_hold_both_ways() {
     let first = backup(&repo, &image, None, None);
 
     // Ours stops restic's prune.
-    let gated = Gated {
-        inner: RawImage::open(&image).expect("open"),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    };
+    let gated = Gated::new(&image);
     std::thread::scope(|s| {
         let running = s.spawn(|| backup_with(&repo, &gated, None, None, Duration::ZERO));
         wait_for_lock(storage.as_ref());
         let prune = server.restic(&url, PASSWORD, &["prune"]);
-        *gated.open.lock().expect("lock") = true;
-        gated.cv.notify_all();
+        gated.release();
         running.join().expect("backup thread").expect("backup");
         assert!(!prune.status.success(), "restic prune ran under our lock");
         let stderr = String::from_utf8_lossy(&prune.stderr);
@@ -395,17 +369,12 @@ fn the_store_stopping_mid_backup_fails_it_in_one_line_and_loses_nothing() {
 
     // The second backup has taken its lock and waits on its first read; the store stops.
     scribble(&image, 4, 77);
-    let gated = Gated {
-        inner: RawImage::open(&image).expect("open"),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    };
+    let gated = Gated::new(&image);
     let err = std::thread::scope(|s| {
         let running = s.spawn(|| backup_with(&repo, &gated, None, Some(first), Duration::ZERO));
         wait_for_lock(repo.backend().as_ref());
         server.stop();
-        *gated.open.lock().expect("lock") = true;
-        gated.cv.notify_all();
+        gated.release();
         running.join().expect("backup thread")
     })
     .expect_err("a backup whose store went away fails");

@@ -127,3 +127,40 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// A source that blocks its reads until released, so a backup holds its lock meanwhile.
+pub struct Gated {
+    inner: backstop_engine::image::RawImage,
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gated {
+    pub fn new(image: &Path) -> Gated {
+        Gated {
+            inner: backstop_engine::image::RawImage::open(image).expect("open"),
+            open: std::sync::Mutex::new(false),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Lets every read through from now on.
+    pub fn release(&self) {
+        *self.open.lock().expect("lock") = true;
+        self.cv.notify_all();
+    }
+}
+
+impl backstop_engine::image::ImageSource for Gated {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let mut open = self.open.lock().expect("lock");
+        while !*open {
+            open = self.cv.wait(open).expect("wait");
+        }
+        drop(open);
+        self.inner.read_at(buf, offset)
+    }
+}
