@@ -362,6 +362,9 @@ impl S3Backend {
 
     /// GETs an object (or `range` of it), refusing more than `cap` bytes.
     fn get(&self, key: &str, range: Option<(u64, u64)>, cap: u64) -> Result<Vec<u8>, Failure> {
+        if range.is_some_and(|(_, length)| length == 0) {
+            return Ok(Vec::new());
+        }
         let data = self.client.with_retries("read", || {
             let action = self
                 .client
@@ -370,10 +373,7 @@ impl S3Backend {
             let url = self.client.url(&action);
             let mut req = self.client.agent().get(&url);
             if let Some((offset, length)) = range {
-                req = req.header(
-                    "Range",
-                    format!("bytes={offset}-{}", offset + length.max(1) - 1),
-                );
+                req = req.header("Range", format!("bytes={offset}-{}", offset + length - 1));
             }
             let mut resp = check(req.call(), self.endpoint())?;
             let limit = range.map_or(cap, |(_, l)| l);
