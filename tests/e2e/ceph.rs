@@ -220,6 +220,7 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
         cc.cloud.restic_ok(&["check", "--read-data"]);
         points.push((id, expected));
     }
+    killed_host_step_leaves_only_the_parent(&cc);
     for (inc, (id, expected)) in points.iter().enumerate() {
         for (k, (d, _, _, _)) in DISKS.iter().enumerate() {
             let path = format!("{}/disk.{d}.{inc}", staging.display());
@@ -230,4 +231,92 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
             );
         }
     }
+}
+
+/// SIGKILL of the backup's host step half-way through increment 4: oned's postbackup
+/// (FAILURE) leaves only the parent's snapshot, no export keeps running, the repository checks
+/// clean, and the retry is increment 4 again, whole and right.
+fn killed_host_step_leaves_only_the_parent(cc: &CephCloud) {
+    use crate::tm::{our_qemu_nbd, processes, wait_until};
+    use std::io::Write;
+    let dir = cc.cloud.dir.path();
+    // 40 MiB that neither compress nor deduplicate, so the backup takes a moment.
+    let noise = dir.join("noise.raw");
+    fs::write(&noise, support::noise(40 << 20, 0x9e37_79b9_7f4a_7c15)).expect("noise");
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c"])
+        .arg(format!("write -s {} 0 40M", noise.display()))
+        .arg(cc.ceph.qemu_name("vm22-root"))
+        .output()
+        .expect("qemu-io");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vm_xml = cc.vm_xml(3);
+    let pre = cc.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let args = cc.cloud.backup_args();
+    let mut backup = Command::new(cc.cloud.action("backup"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("backup");
+    backup
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            format!(
+                "<DS_DRIVER_ACTION_DATA>{}{vm_xml}</DS_DRIVER_ACTION_DATA>",
+                cc.cloud.datastore_xml()
+            )
+            .as_bytes(),
+        )
+        .expect("stdin");
+    wait_until("the host step's RBD export", || {
+        !our_qemu_nbd(dir).is_empty()
+    });
+    for pid in processes("host-backup", dir) {
+        crate::cloud::sh_ok("kill", &["-KILL", &pid.to_string()]);
+    }
+    let status = backup.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the backup finished before the kill: nothing was tested"
+    );
+    wait_until("the host step to go", || {
+        processes("host-backup", dir).is_empty()
+    });
+    let post = cc.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    wait_until("its export to stop", || our_qemu_nbd(dir).is_empty());
+    for (_, _, image, _) in DISKS {
+        assert_eq!(
+            cc.snapshots(image),
+            [("one_backup_3".to_string(), true)],
+            "{image} after a killed increment 4"
+        );
+    }
+    // The killed run's lock is a dead process's: restic's own unlock removes it.
+    cc.cloud.restic_ok(&["unlock"]);
+    cc.cloud.restic_ok(&["check", "--read-data"]);
+    // The retry.
+    let pre = cc.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let expected = cc
+        .ceph
+        .rbd_bytes(&["export", &format!("{POOL}/vm22-root@one_backup_4"), "-"]);
+    let (id, _) = parse_backup_line(&cc.cloud.backup(&vm_xml));
+    let post = cc.step("postbackup", &vm_xml, false);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    let path = format!("{}/disk.0.4", cc.cloud.staging().display());
+    assert!(
+        cc.cloud.restic_ok(&["dump", &id, &path]) == expected,
+        "the retried increment 4 of disk 0 differs from its snapshot"
+    );
+    cc.cloud.restic_ok(&["check", "--read-data"]);
 }

@@ -31,7 +31,7 @@ fn bitmaps(disk: &Path) -> Vec<String> {
 }
 
 /// qemu-nbd processes serving files under `dir`.
-fn our_qemu_nbd(dir: &Path) -> Vec<u32> {
+pub(crate) fn our_qemu_nbd(dir: &Path) -> Vec<u32> {
     let dir = dir.display().to_string();
     fs::read_dir("/proc")
         .expect("/proc")
@@ -285,7 +285,7 @@ fn backstop_prebackup_in_direct_mode_copies_nothing() {
 }
 
 /// Processes whose argv[1] is `word` and whose command line mentions `dir`.
-fn processes(word: &str, dir: &Path) -> Vec<u32> {
+pub(crate) fn processes(word: &str, dir: &Path) -> Vec<u32> {
     let dir = dir.display().to_string();
     fs::read_dir("/proc")
         .expect("/proc")
@@ -301,7 +301,7 @@ fn processes(word: &str, dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !f() {
         if std::time::Instant::now() > deadline {
