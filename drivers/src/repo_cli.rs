@@ -12,6 +12,7 @@ use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
 use backstop_datastore::repo::nbd::{self, NbdImage};
+use backstop_datastore::repo::rbd::RbdImage;
 use backstop_datastore::repo::s3::{S3Backend, S3Location, S3Options, Secret};
 use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
@@ -79,10 +80,25 @@ struct BackupCmd {
     #[arg(
         long,
         value_name = "PATH",
-        required_unless_present = "nbd",
-        conflicts_with = "nbd"
+        required_unless_present_any = ["nbd", "rbd"],
+        conflicts_with_all = ["nbd", "rbd"]
     )]
     image: Option<PathBuf>,
+    /// A Ceph RBD snapshot, `POOL/IMAGE@SNAPSHOT`, read through librbd (needs --path).
+    #[arg(long, value_name = "SPEC", conflicts_with = "nbd")]
+    rbd: Option<String>,
+    /// With --rbd and --parent: read only what `rbd diff --from-snap SNAPSHOT` reports.
+    #[arg(long, value_name = "SNAPSHOT", requires_all = ["rbd", "parent"])]
+    rbd_from_snap: Option<String>,
+    /// The Ceph configuration for --rbd (default: librbd's).
+    #[arg(long, value_name = "FILE", requires = "rbd")]
+    ceph_conf: Option<PathBuf>,
+    /// The cephx user for --rbd, without `client.` (default: admin).
+    #[arg(long, value_name = "NAME", requires = "rbd")]
+    ceph_user: Option<String>,
+    /// A file holding the cephx key for --rbd.
+    #[arg(long, value_name = "FILE", requires = "rbd")]
+    ceph_keyfile: Option<PathBuf>,
     /// An NBD export on a unix socket (qemu-nbd, qemu-storage-daemon, libvirt pull backup).
     #[arg(long, value_name = "SOCKET")]
     nbd: Option<PathBuf>,
@@ -430,61 +446,24 @@ fn prune_now(
 fn backup(opening: Opening, args: &Args, cmd: &BackupCmd) -> Result<(), String> {
     let BackupCmd {
         image,
-        nbd,
-        format,
-        bitmap,
-        stock_increment,
         path,
         parent,
         parent_path,
-        changed_extents,
         tags,
         host,
         compression,
         json,
+        ..
     } = cmd;
     let started = Instant::now();
-    let (source, delta_extents) = if *stock_increment {
-        let path = image.as_deref().ok_or("--stock-increment needs --image")?;
-        let (img, present) = NbdImage::open_delta(path)
-            .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
-        (Source::Nbd(Box::new(img)), Some(present))
-    } else {
-        let src = open_source(
-            image.as_deref(),
-            nbd.as_deref(),
-            format.as_deref(),
-            bitmap.as_deref(),
-        )?;
-        (src, None)
-    };
-    let bitmap_extents = match (bitmap, &source) {
-        (Some(b), Source::Nbd(n)) => Some(
-            n.dirty(b)
-                .map_err(|e| format!("cannot read bitmap {b}: {e}"))?,
-        ),
-        (Some(_), Source::Raw(_)) => {
-            return Err("--bitmap needs a qcow2 --image or an --nbd export".into());
-        }
-        (None, _) => None,
-    };
-    let changed = changed_extents
-        .as_ref()
-        .map(|f| {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-            image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
-        })
-        .transpose()?
-        .or(bitmap_extents)
-        .or(delta_extents);
+    let (source, changed) = source_and_changes(cmd)?;
     let snapshot_path = match (path, image) {
         (Some(p), _) => p.clone(),
         (None, Some(i)) => std::path::absolute(i)
             .map_err(|e| e.to_string())?
             .display()
             .to_string(),
-        (None, None) => return Err("--path is needed with --nbd".into()),
+        (None, None) => return Err("--path is needed with --nbd and --rbd".into()),
     };
     let files = [FileSpec {
         path: snapshot_path.clone(),
@@ -588,6 +567,81 @@ impl Source {
             Source::Nbd(n) => n.as_ref(),
         }
     }
+}
+
+/// The image `backup` reads and, for an incremental, its changed extents (from a bitmap, a
+/// file of extents, a stock delta's clusters, or `rbd diff`).
+fn source_and_changes(cmd: &BackupCmd) -> Result<(Source, Option<Vec<image::Extent>>), String> {
+    let BackupCmd {
+        image,
+        nbd,
+        format,
+        bitmap,
+        stock_increment,
+        changed_extents,
+        ..
+    } = cmd;
+    if let Some(spec) = &cmd.rbd {
+        return rbd_source(cmd, spec);
+    }
+    let (source, delta_extents) = if *stock_increment {
+        let path = image.as_deref().ok_or("--stock-increment needs --image")?;
+        let (img, present) = NbdImage::open_delta(path)
+            .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
+        (Source::Nbd(Box::new(img)), Some(present))
+    } else {
+        let src = open_source(
+            image.as_deref(),
+            nbd.as_deref(),
+            format.as_deref(),
+            bitmap.as_deref(),
+        )?;
+        (src, None)
+    };
+    let bitmap_extents = match (bitmap, &source) {
+        (Some(b), Source::Nbd(n)) => Some(
+            n.dirty(b)
+                .map_err(|e| format!("cannot read bitmap {b}: {e}"))?,
+        ),
+        (Some(_), Source::Raw(_)) => {
+            return Err("--bitmap needs a qcow2 --image or an --nbd export".into());
+        }
+        (None, _) => None,
+    };
+    let changed = changed_extents
+        .as_ref()
+        .map(|f| {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
+        })
+        .transpose()?
+        .or(bitmap_extents)
+        .or(delta_extents);
+    Ok((source, changed))
+}
+
+/// `--rbd POOL/IMAGE@SNAPSHOT`: the snapshot through librbd; with --rbd-from-snap, the
+/// extents `rbd diff` reports since that snapshot.
+fn rbd_source(cmd: &BackupCmd, spec: &str) -> Result<(Source, Option<Vec<image::Extent>>), String> {
+    let bad = || format!("--rbd {spec:?} is not POOL/IMAGE@SNAPSHOT");
+    let (pool, rest) = spec.split_once('/').ok_or_else(bad)?;
+    let (name, snapshot) = rest.split_once('@').ok_or_else(bad)?;
+    let rbd = RbdImage {
+        pool: pool.to_string(),
+        image: name.to_string(),
+        snapshot: Some(snapshot.to_string()),
+        conf: cmd.ceph_conf.clone(),
+        user: cmd.ceph_user.clone(),
+        keyfile: cmd.ceph_keyfile.clone(),
+    };
+    let changed = cmd
+        .rbd_from_snap
+        .as_deref()
+        .map(|from| rbd.diff_from(from).map_err(|e| e.to_string()))
+        .transpose()?;
+    let source = NbdImage::open_rbd(&rbd).map_err(|e| format!("cannot read {spec}: {e}"))?;
+    Ok((Source::Nbd(Box::new(source)), changed))
 }
 
 fn open_source(

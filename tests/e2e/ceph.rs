@@ -221,6 +221,7 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
         points.push((id, expected));
     }
     killed_host_step_leaves_only_the_parent(&cc);
+    the_repo_command_line_reads_rbd_snapshots(&cc);
     for (inc, (id, expected)) in points.iter().enumerate() {
         for (k, (d, _, _, _)) in DISKS.iter().enumerate() {
             let path = format!("{}/disk.{d}.{inc}", staging.display());
@@ -319,4 +320,78 @@ fn killed_host_step_leaves_only_the_parent(cc: &CephCloud) {
         "the retried increment 4 of disk 0 differs from its snapshot"
     );
     cc.cloud.restic_ok(&["check", "--read-data"]);
+}
+
+/// `backstop repo backup --rbd POOL/IMAGE@SNAP`, then an increment with --rbd-from-snap: what
+/// it stores plain restic dumps like `rbd export`, and the increment reuses the parent's chunks.
+fn the_repo_command_line_reads_rbd_snapshots(cc: &CephCloud) {
+    let repo = cc.cloud.dir.path().join("cli-repo");
+    let conf = cc.ceph.conf.display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(BACKSTOP)
+            .arg("repo")
+            .arg("-r")
+            .arg(&repo)
+            .args(args)
+            .env("RESTIC_PASSWORD", crate::cloud::PASSWORD)
+            .output()
+            .expect("backstop repo");
+        assert!(
+            out.status.success(),
+            "backstop repo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["init"]);
+    let image = format!("{POOL}/vm22-root");
+    cc.ceph.rbd(&["snap", "create", &format!("{image}@cli_a")]);
+    let path = "/var/lib/one/datastores/0/22/backup/disk.0.0";
+    run(&[
+        "backup",
+        "--rbd",
+        &format!("{image}@cli_a"),
+        "--ceph-conf",
+        &conf,
+        "--path",
+        path,
+    ]);
+    cc.write("vm22-root", 0x77, 30, 1);
+    cc.ceph.rbd(&["snap", "create", &format!("{image}@cli_b")]);
+    let out = run(&[
+        "backup",
+        "--rbd",
+        &format!("{image}@cli_b"),
+        "--rbd-from-snap",
+        "cli_a",
+        "--parent",
+        "latest",
+        "--ceph-conf",
+        &conf,
+        "--path",
+        path,
+        "--json",
+    ]);
+    let stats: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        stats["reused_chunks"].as_u64().is_some_and(|n| n >= 40),
+        "{stats}"
+    );
+    let expected = cc
+        .ceph
+        .rbd_bytes(&["export", &format!("{image}@cli_b"), "-"]);
+    let dumped = Command::new("restic")
+        .arg("--repo")
+        .arg(&repo)
+        .args(["--no-cache", "dump", "latest", path])
+        .env("RESTIC_PASSWORD", crate::cloud::PASSWORD)
+        .output()
+        .expect("restic");
+    assert!(
+        dumped.status.success() && dumped.stdout == expected,
+        "the --rbd increment differs"
+    );
+    for snap in ["cli_a", "cli_b"] {
+        cc.ceph.rbd(&["snap", "rm", &format!("{image}@{snap}")]);
+    }
 }
