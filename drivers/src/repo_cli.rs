@@ -149,7 +149,7 @@ enum Command {
     /// Create a repository (restic format, version 2).
     Init,
     /// Back up a disk image as one file of a new snapshot.
-    Backup(BackupCmd),
+    Backup(Box<BackupCmd>),
     /// List snapshots.
     Snapshots {
         #[arg(long)]
