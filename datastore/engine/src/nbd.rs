@@ -290,6 +290,20 @@ impl QemuNbdExport {
         std::fs::create_dir(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let socket = dir.join("nbd.sock");
+        // Who owns the export, written before qemu-nbd exists: if this process dies between
+        // starting qemu-nbd and recording its identity, the reaper still finds it by its
+        // socket (reap_stale_exports).
+        if let Err(e) = std::fs::write(
+            dir.join("owner"),
+            format!(
+                "{}\n{}\n",
+                crate::process::ProcessId::current(),
+                image.display()
+            ),
+        ) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let mut cmd = Command::new("qemu-nbd");
         cmd.arg("--read-only");
         cmd.arg(format!("--socket={}", socket.display()))
@@ -318,14 +332,16 @@ impl QemuNbdExport {
         // connects, qemu-nbd would otherwise wait for a first client forever).
         let nbd_process = crate::process::ProcessId::of(child.id());
         if let Some(nbd_process) = nbd_process {
+            let tmp = dir.join("owner.tmp");
             let _ = std::fs::write(
-                dir.join("owner"),
+                &tmp,
                 format!(
                     "{} {nbd_process}\n{}\n",
                     crate::process::ProcessId::current(),
                     image.display()
                 ),
-            );
+            )
+            .and_then(|()| std::fs::rename(&tmp, dir.join("owner")));
         }
         let mut export = QemuNbdExport {
             child,
@@ -479,19 +495,40 @@ pub fn reap_stale_exports() -> usize {
             .split_whitespace()
             .filter_map(crate::process::ProcessId::parse)
             .collect();
-        let [owner, nbd] = ids[..] else {
-            continue;
+        let (owner, nbd) = match ids[..] {
+            [owner, nbd] => (owner, Some(nbd)),
+            // The owner died before it recorded qemu-nbd's identity.
+            [owner] => (owner, None),
+            _ => continue,
         };
         if owner.is_running() {
             continue;
         }
-        // Only that very qemu-nbd (PID, start time, boot), never a process that reused its PID.
-        let _ = nbd.signal(rustix::process::Signal::TERM);
+        // Only that very qemu-nbd (PID, start time, boot), never a process that reused its
+        // PID; unrecorded, the one serving this export's own socket.
+        let nbd = nbd.or_else(|| serving(&dir.join("nbd.sock")));
+        if let Some(nbd) = nbd {
+            let _ = nbd.signal(rustix::process::Signal::TERM);
+        }
         if std::fs::remove_dir_all(&dir).is_ok() {
             reaped += 1;
         }
     }
     reaped
+}
+
+/// The qemu-nbd process started with `--socket=<socket>` (a path unique to one export).
+fn serving(socket: &Path) -> Option<crate::process::ProcessId> {
+    let arg = format!("--socket={}", socket.display());
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .and_then(crate::process::ProcessId::of)
 }
 
 impl Drop for QemuNbdExport {
