@@ -30,12 +30,7 @@ impl CephCloud {
         let mut text = fs::read_to_string(&conf).expect("backstop.conf");
         text.push_str("TM_DELIVERY=direct\n");
         fs::write(&conf, text).expect("backstop.conf");
-        for action in ["prebackup", "postbackup"] {
-            let link = cloud.remotes.join(format!("tm/ceph/{action}"));
-            fs::create_dir_all(link.parent().expect("parent")).expect("tm dir");
-            let _ = fs::remove_file(&link);
-            std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
-        }
+        crate::tm::install_tm(&cloud, "ceph");
         for (_, _, image, mib) in DISKS {
             ceph.rbd(&[
                 "create",
@@ -90,18 +85,7 @@ impl CephCloud {
     }
 
     fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
-        let stdin = if failed {
-            format!("{vm_xml}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>")
-        } else {
-            vm_xml.to_string()
-        };
-        let args = self.cloud.backup_args();
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        support::run(
-            self.cloud.remotes.join(format!("tm/ceph/{action}")),
-            &refs,
-            stdin.as_bytes(),
-        )
+        crate::tm::tm_step(&self.cloud, "ceph", action, vm_xml, failed)
     }
 
     fn snapshots(&self, image: &str) -> Vec<(String, bool)> {
@@ -278,8 +262,21 @@ fn killed_host_step_leaves_only_the_parent(cc: &CephCloud) {
             .as_bytes(),
         )
         .expect("stdin");
+    // Killed once its export is registered (the owner file the next step's reaper reads),
+    // as a real kill half-way through a backup finds it.
+    let registered = || {
+        fs::read_dir(std::env::temp_dir())
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("backstop-nbd-")
+                        && fs::read_to_string(e.path().join("owner"))
+                            .is_ok_and(|o| o.contains("vm22-root@one_backup_4"))
+                })
+            })
+            .unwrap_or(false)
+    };
     wait_until("the host step's RBD export", || {
-        !our_qemu_nbd(dir).is_empty()
+        !our_qemu_nbd(dir).is_empty() && registered()
     });
     for pid in processes("host-backup", dir) {
         crate::cloud::sh_ok("kill", &["-KILL", &pid.to_string()]);

@@ -46,6 +46,39 @@ pub(crate) fn our_qemu_nbd(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// backstop's prebackup and postbackup as transfer manager `tm`'s, as install.sh --with-tm
+/// would place them.
+pub(crate) fn install_tm(cloud: &Cloud, tm: &str) {
+    for action in ["prebackup", "postbackup"] {
+        let link = cloud.remotes.join(format!("tm/{tm}/{action}"));
+        fs::create_dir_all(link.parent().expect("parent")).expect("tm dir");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
+    }
+}
+
+/// TM `tm`'s `action` as one_vmm_exec runs it (with BACKUP_RESULT=FAILURE when `failed`).
+pub(crate) fn tm_step(
+    cloud: &Cloud,
+    tm: &str,
+    action: &str,
+    vm_xml: &str,
+    failed: bool,
+) -> Outcome {
+    let stdin = if failed {
+        format!("{vm_xml}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>")
+    } else {
+        vm_xml.to_string()
+    };
+    let args = cloud.backup_args();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    support::run(
+        cloud.remotes.join(format!("tm/{tm}/{action}")),
+        &refs,
+        stdin.as_bytes(),
+    )
+}
+
 pub(crate) struct Tm {
     pub(crate) cloud: Cloud,
 }
@@ -57,30 +90,13 @@ impl Tm {
         let mut text = fs::read_to_string(&conf).expect("backstop.conf");
         text.push_str(&format!("TM_DELIVERY={delivery}\n"));
         fs::write(&conf, text).expect("backstop.conf");
-        // The transfer manager's actions, as install.sh --with-tm would place them.
-        for action in ["prebackup", "postbackup"] {
-            let link = cloud.remotes.join(format!("tm/qcow2/{action}"));
-            fs::create_dir_all(link.parent().expect("parent")).expect("tm dir");
-            let _ = fs::remove_file(&link);
-            std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
-        }
+        install_tm(&cloud, "qcow2");
         cloud.create_disks();
         Tm { cloud }
     }
 
     pub(crate) fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
-        let stdin = if failed {
-            format!("{vm_xml}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>")
-        } else {
-            vm_xml.to_string()
-        };
-        let args = self.cloud.backup_args();
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        support::run(
-            self.cloud.remotes.join(format!("tm/qcow2/{action}")),
-            &refs,
-            stdin.as_bytes(),
-        )
+        tm_step(&self.cloud, "qcow2", action, vm_xml, failed)
     }
 
     /// prebackup, backup, postbackup of increment `inc`; the backup id.
