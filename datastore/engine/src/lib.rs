@@ -35,6 +35,7 @@ pub mod pack;
 pub mod process;
 pub mod qcow2;
 pub mod rbd;
+pub mod rbd_stream;
 pub mod restore;
 pub mod s3;
 pub mod sftp;

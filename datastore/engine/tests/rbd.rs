@@ -147,3 +147,104 @@ fn an_rbd_snapshot_and_its_increments_are_stored_whole_and_read_by_diff() {
     bad.image = "disk0:conf=/etc/passwd".into();
     assert!(NbdImage::open_rbd(&bad).is_err());
 }
+
+/// The image as `rbd export` gives it (raw) at `snap`.
+fn exported(ceph: &Ceph, image: &str, snap: &str) -> Vec<u8> {
+    ceph.rbd_bytes(&[
+        "export",
+        "--no-progress",
+        &format!("{POOL}/{image}@{snap}"),
+        "-",
+    ])
+}
+
+fn qemu_io(ceph: &Ceph, image: &str, command: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", command])
+        .arg(ceph.qemu_name(image))
+        .output()
+        .expect("qemu-io");
+    assert!(
+        out.status.success(),
+        "qemu-io {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rbd_export_v2_and_export_diff_streams_rebuild_the_image_as_rbd_exports_it() {
+    use backstop_engine::rbd_stream::{apply, apply_until};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ceph = Ceph::start(dir.path());
+    let img = format!("{POOL}/streams");
+    ceph.rbd(&["create", "--size", "32M", &img]);
+    write(&ceph, "streams", 0x11, 0, 2);
+    ceph.rbd(&["snap", "create", &format!("{img}@older")]);
+    write(&ceph, "streams", 0x22, 20, 1);
+    qemu_io(&ceph, "streams", "write -P 0x5a 123457 1000");
+    ceph.rbd(&["snap", "create", &format!("{img}@one_backup_0")]);
+    // Changes after the snapshot the v2 export ends at: they must not show.
+    write(&ceph, "streams", 0x33, 1, 1);
+    qemu_io(&ceph, "streams", "discard 20M 1M");
+    ceph.rbd(&["resize", "--size", "40M", &img]);
+    write(&ceph, "streams", 0x44, 36, 2);
+    ceph.rbd(&["snap", "create", &format!("{img}@one_backup_1")]);
+
+    // The stock driver's first file: `rbd export --export-format 2` of the snapshot (its older
+    // snapshot travels inside it as a diff of its own).
+    let rbd2 = ceph.rbd_bytes(&[
+        "export",
+        "--no-progress",
+        "--export-format",
+        "2",
+        &format!("{img}@one_backup_0"),
+        "-",
+    ]);
+    let raw = dir.path().join("disk.raw");
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&raw)
+        .expect("create");
+    // The export holds the older snapshot, one_backup_0, one_backup_1 and the head, whatever
+    // snapshot it was asked for: the backup's point is one_backup_0.
+    let applied = apply_until(&mut &rbd2[..], &file, "disk.0.rbd2", Some("one_backup_0"))
+        .expect("apply rbd2");
+    assert_eq!(applied.size, 32 << 20);
+    assert_eq!(applied.to_snap.as_deref(), Some("one_backup_0"));
+    assert_eq!(applied.from_snap, None);
+    assert!(
+        std::fs::read(&raw).expect("read") == exported(&ceph, "streams", "one_backup_0"),
+        "the rbd2 stream rebuilds the snapshot"
+    );
+    // Sparse: the 29 MiB never written stay holes.
+    let allocated = std::fs::metadata(&raw).expect("stat").blocks() * 512;
+    assert!(allocated < 8 << 20, "{allocated} bytes allocated");
+
+    // Then an increment: `rbd export-diff --from-snap` (a diff v1), with a discard and a grow.
+    let rbdiff = ceph.rbd_bytes(&[
+        "export-diff",
+        "--no-progress",
+        "--from-snap",
+        "one_backup_0",
+        &format!("{img}@one_backup_1"),
+        "-",
+    ]);
+    assert!(rbdiff.starts_with(b"rbd diff v1\n"));
+    let applied = apply(&mut &rbdiff[..], &file, "disk.0.1.rbdiff").expect("apply rbdiff");
+    assert_eq!(applied.size, 40 << 20);
+    assert_eq!(applied.from_snap.as_deref(), Some("one_backup_0"));
+    assert_eq!(applied.to_snap.as_deref(), Some("one_backup_1"));
+    assert!(applied.data_bytes < 8 << 20, "{applied:?}");
+    assert!(
+        std::fs::read(&raw).expect("read") == exported(&ceph, "streams", "one_backup_1"),
+        "rbd2 then rbdiff rebuild the increment"
+    );
+
+    // A cut stream is refused, naming where.
+    let e = apply(&mut &rbdiff[..rbdiff.len() - 5], &file, "disk.0.1.rbdiff")
+        .expect_err("a cut stream");
+    assert!(e.to_string().contains("ends early"), "{e}");
+}
