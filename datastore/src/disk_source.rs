@@ -28,7 +28,8 @@ pub(crate) enum Source {
     StockFull { snapshot: String, path: String },
     /// Stock increments (qcow2 deltas) on a base: rebuilt into one qcow2 first, as the stock
     /// downloader does. The base is a stock FULL, or a backstop image (the base a flatten of a
-    /// stock chain leaves).
+    /// stock chain leaves). Also the stock rbd-format files (an `rbd2` and its `rbdiff`s,
+    /// even alone), rebuilt as one raw image and converted.
     Chain { links: Vec<ChainFile>, disk_id: u32 },
 }
 
@@ -68,11 +69,6 @@ pub(crate) fn resolve(
             "backup URL {url}: the file is not a disk (disk.<id>.<increment>) or the TPM state"
         ))
     })?;
-    if url.rbd {
-        return Err(Error::not_implemented(format!(
-            "downloading rbd-format backups ({url})"
-        )));
-    }
     let ds = datastore(url.datastore_id)?;
     let repo = open_repo(&ds, repo_id(url.job_id, vm_id), cfg)?;
     let source = url.last_source();
@@ -89,7 +85,7 @@ pub(crate) fn resolve(
     })?;
     let found = if snap.tags.iter().any(|t| t == IMAGE_TAG) {
         Source::Image { snapshot, path }
-    } else if url.chain.len() == 1 {
+    } else if url.chain.len() == 1 && !crate::layout::is_rbd_file(crate::layout::base_name(&path)) {
         Source::StockFull { snapshot, path }
     } else {
         let links = chain::links(&repo, &url.chain, &url.path, disk_id, vm_id)?;

@@ -51,6 +51,29 @@ pub fn staged_kind(name: &str) -> Option<Staged> {
     })
 }
 
+/// The disk id of a disk file a snapshot holds: `disk.<id>.<increment>` (backstop's and the
+/// stock driver's qcow2 files), or the stock driver's rbd-format files `disk.<id>.rbd2` and
+/// `disk.<id>.<increment>.rbdiff` (see [`is_rbd_file`]).
+pub fn stored_disk(name: &str) -> Option<u32> {
+    if let Some(Staged::Disk { disk_id, .. }) = staged_kind(name) {
+        return Some(disk_id);
+    }
+    let rest = name.strip_prefix("disk.")?;
+    let (id, tail) = rest.split_once('.')?;
+    let rbd = tail == "rbd2"
+        || tail
+            .strip_suffix(".rbdiff")
+            .is_some_and(|inc| inc.parse::<u64>().is_ok());
+    rbd.then(|| id.parse().ok()).flatten()
+}
+
+/// Whether a disk file is one of the stock driver's rbd-format files: `disk.<id>.rbd2` (`rbd
+/// export --export-format 2` of the first increment) or `disk.<id>.<n>.rbdiff` (`rbd
+/// export-diff` from increment n-1).
+pub fn is_rbd_file(name: &str) -> bool {
+    stored_disk(name).is_some() && (name.ends_with(".rbd2") || name.ends_with(".rbdiff"))
+}
+
 /// The file name of a path.
 pub fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -97,19 +120,16 @@ pub fn scheme(ds: &backstop_protocol::message::Datastore) -> &'static str {
     }
 }
 
-/// The disk files of a snapshot: disk id to path (`disk.<id>.<increment>`).
+/// The disk files of a snapshot: disk id to path (any name [`stored_disk`] knows).
 pub fn snapshot_disks(paths: &[String]) -> std::collections::BTreeMap<u32, String> {
     paths
         .iter()
-        .filter_map(|p| match staged_kind(base_name(p))? {
-            Staged::Disk { disk_id, .. } => Some((disk_id, p.clone())),
-            _ => None,
-        })
+        .filter_map(|p| Some((stored_disk(base_name(p))?, p.clone())))
         .collect()
 }
 
 /// The URL's own path when the snapshot holds it, else the snapshot's file of the same disk
-/// (`disk.<id>.<any increment>` in the same directory).
+/// in the same directory (`disk.<id>.<any increment>`, or an rbd-format file of it).
 pub fn disk_path(
     snap: &crate::repo::format::Snapshot,
     wanted: &str,
@@ -120,17 +140,13 @@ pub fn disk_path(
         return Some(wanted.to_string());
     }
     let dir = &want[..want.len().saturating_sub(1)];
-    let prefix = format!("disk.{disk_id}.");
     snap.paths
         .iter()
         .find(|p| {
             let parts = norm(p);
-            parts.split_last().is_some_and(|(file, d)| {
-                d == dir
-                    && file
-                        .strip_prefix(&prefix)
-                        .is_some_and(|inc| inc.parse::<u64>().is_ok())
-            })
+            parts
+                .split_last()
+                .is_some_and(|(file, d)| d == dir && stored_disk(file) == Some(disk_id))
         })
         .cloned()
 }
@@ -162,6 +178,23 @@ mod tests {
             "notes",
         ] {
             assert_eq!(staged_kind(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn stock_rbd_files_are_disks_of_their_own_kind() {
+        for (name, disk, rbd) in [
+            ("disk.0.3", Some(0), false),
+            ("disk.0.rbd2", Some(0), true),
+            ("disk.12.4.rbdiff", Some(12), true),
+            ("disk.1.rbdiff", None, false),
+            ("disk.x.rbd2", None, false),
+            ("disk.1.2.rbd2", None, false),
+            ("disk.tpm.0", None, false),
+            ("disk.1.-2.rbdiff", None, false),
+        ] {
+            assert_eq!(stored_disk(name), disk, "{name}");
+            assert_eq!(is_rbd_file(name), rbd, "{name}");
         }
     }
 

@@ -6,6 +6,11 @@
 //!
 //! The downloader converts the top to one standalone qcow2; increment_flatten reads it (with
 //! its backing files) as a complete disk and stores that as a backstop image.
+//!
+//! A chain of the stock driver's rbd-format files (`disk.<id>.rbd2`, then
+//! `disk.<id>.<n>.rbdiff`) is rebuilt into one sparse raw image instead ([`fetch_raw`]): each
+//! file streams out of the repository straight into
+//! [`crate::repo::rbd_stream`], which applies it; nothing but the image is written.
 
 use crate::layout::IMAGE_TAG;
 use crate::layout::disk_path;
@@ -104,8 +109,17 @@ impl Drop for WorkDir {
     }
 }
 
+/// Whether the chain is made of the stock driver's rbd-format files (on a base of its own or a
+/// backstop image).
+pub fn is_rbd(links: &[ChainFile]) -> bool {
+    links
+        .iter()
+        .any(|l| !l.backstop && crate::layout::is_rbd_file(crate::layout::base_name(&l.path)))
+}
+
 /// Fetches the files of `links` into `dir` and rebases each onto the one before; returns the
-/// top file (a qcow2 whose backing chain is complete).
+/// top file (a qcow2 whose backing chain is complete). An rbd-format chain is rebuilt as one
+/// raw image instead ([`fetch_raw`]).
 pub fn fetch(
     repo: &Repo,
     ds: &Datastore,
@@ -113,6 +127,9 @@ pub fn fetch(
     disk_id: u32,
     dir: &Path,
 ) -> Result<PathBuf, Error> {
+    if is_rbd(links) {
+        return fetch_raw(repo, ds, links, disk_id, dir);
+    }
     let wait = lock_wait(ds);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut files = Vec::new();
@@ -155,10 +172,11 @@ pub fn standalone(
     let dir = WorkDir::new(ds)?;
     let top = fetch(repo, ds, links, disk_id, &dir.path)?;
     let standalone = dir.path.join("standalone.qcow2");
+    let format = if is_rbd(links) { "raw" } else { "qcow2" };
     qemu_img(&[
         "convert".as_ref(),
         "-f".as_ref(),
-        "qcow2".as_ref(),
+        format.as_ref(),
         "-O".as_ref(),
         "qcow2".as_ref(),
         top.as_os_str(),
@@ -168,9 +186,110 @@ pub fn standalone(
     for l in links {
         let _ = std::fs::remove_file(dir.path.join(format!("disk.{disk_id}.{}", l.increment)));
     }
+    let _ = std::fs::remove_file(dir.path.join(format!("disk.{disk_id}.raw")));
     std::fs::rename(&standalone, &top)
         .map_err(|e| Error::io(format!("cannot rename into {}", top.display()), e))?;
     Ok((dir.keep(), top))
+}
+
+/// Rebuilds an rbd-format chain as one sparse raw image `disk.<id>.raw` in `dir`: the base (a
+/// backstop image restored, or the `rbd2` export applied up to its `one_backup_<n>` snapshot),
+/// then every `rbdiff` in order. Each diff must start from the snapshot the image is at, so a
+/// file out of order or from another image is refused rather than applied.
+pub fn fetch_raw(
+    repo: &Repo,
+    ds: &Datastore,
+    links: &[ChainFile],
+    disk_id: u32,
+    dir: &Path,
+) -> Result<PathBuf, Error> {
+    use crate::layout::{base_name, is_rbd_file};
+    let wait = lock_wait(ds);
+    let raw = dir.join(format!("disk.{disk_id}.raw"));
+    let bad = |m: String| Error::new(ErrorKind::Repository, m);
+    let mut at: Option<String> = None;
+    for (n, link) in links.iter().enumerate() {
+        let name = base_name(&link.path);
+        if link.backstop {
+            if n > 0 {
+                return Err(bad(format!(
+                    "backup {} is a complete image inside an rbd chain",
+                    link.snapshot
+                )));
+            }
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            repo.restore_file(&link.snapshot, &link.path, &raw, threads, wait)?;
+            // The flatten that made it kept the last merged increment's id.
+            at = Some(format!("one_backup_{}", link.increment));
+            continue;
+        }
+        if !is_rbd_file(name) {
+            return Err(bad(format!(
+                "disk {disk_id} mixes rbd-format files with {name} (backup {})",
+                link.snapshot
+            )));
+        }
+        let image = name.ends_with(".rbd2");
+        if image != (n == 0) {
+            return Err(bad(format!(
+                "{name} (backup {}) is out of place in disk {disk_id}'s rbd chain",
+                link.snapshot
+            )));
+        }
+        let target = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(image)
+            .open(&raw)
+            .map_err(|e| Error::io(format!("cannot open {}", raw.display()), e))?;
+        let until = format!("one_backup_{}", link.increment);
+        let applied = apply_dumped(repo, link, wait, |input| {
+            crate::repo::rbd_stream::apply_until(input, &target, name, Some(&until))
+        })?;
+        if !image && applied.from_snap != at {
+            return Err(bad(format!(
+                "{name} (backup {}) starts from snapshot {}, but the image rebuilt so far is at {}",
+                link.snapshot,
+                applied.from_snap.as_deref().unwrap_or("(none)"),
+                at.as_deref().unwrap_or("its head")
+            )));
+        }
+        at = applied.to_snap;
+    }
+    Ok(raw)
+}
+
+/// Streams a file of the repository into `apply` through a pipe: nothing lands on disk. When
+/// the stream breaks off because reading the repository failed, that failure is what is said.
+fn apply_dumped<T>(
+    repo: &Repo,
+    link: &ChainFile,
+    wait: crate::repo::lock::RetryLock,
+    apply: impl FnOnce(&mut std::io::PipeReader) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let (mut reader, writer) =
+        std::io::pipe().map_err(|e| Error::io("cannot make a pipe".to_string(), e))?;
+    std::thread::scope(|scope| {
+        let dump = scope.spawn(move || {
+            let mut writer = writer;
+            repo.dump(&link.snapshot, &link.path, &mut writer, wait)
+        });
+        let applied = apply(&mut reader);
+        drop(reader);
+        let dumped = dump.join().unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Repository,
+                "reading the repository failed unexpectedly (its thread panicked)",
+            ))
+        });
+        match (applied, dumped) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Err(d)) if e.to_string().contains("ends early") => Err(d),
+            (Err(e), _) => Err(e),
+        }
+    })
 }
 
 /// Points the qcow2 `file`'s backing file at the qcow2 `backing` (None: no backing file),

@@ -12,19 +12,24 @@ use std::fs;
 use std::process::Command;
 
 /// (disk id, image as the disk names it, the RBD image read, size MiB).
-const DISKS: [(u32, &str, &str, u64); 2] = [
+pub(crate) const DISKS: [(u32, &str, &str, u64); 2] = [
     (0, "vm22-root", "vm22-root", 48),
     (1, "base-img", "base-img-22-1", 24),
 ];
 
-struct CephCloud {
-    cloud: Cloud,
-    ceph: Ceph,
+pub(crate) struct CephCloud {
+    pub(crate) cloud: Cloud,
+    pub(crate) ceph: Ceph,
 }
 
 impl CephCloud {
     fn start() -> CephCloud {
-        let cloud = Cloud::start();
+        CephCloud::start_as("backstop")
+    }
+
+    /// `restic`: backstop installed drop-in.
+    pub(crate) fn start_as(mad: &'static str) -> CephCloud {
+        let cloud = Cloud::start_as(mad);
         let ceph = Ceph::start(cloud.dir.path());
         let conf = cloud.remotes.join("etc/datastore/backstop.conf");
         let mut text = fs::read_to_string(&conf).expect("backstop.conf");
@@ -42,7 +47,7 @@ impl CephCloud {
         CephCloud { cloud, ceph }
     }
 
-    fn write(&self, image: &str, pattern: u8, offset_mib: u64, mib: u64) {
+    pub(crate) fn write(&self, image: &str, pattern: u8, offset_mib: u64, mib: u64) {
         let out = Command::new("qemu-io")
             .args(["-f", "raw", "-c"])
             .arg(format!("write -P {pattern:#x} {offset_mib}M {mib}M"))
@@ -56,7 +61,7 @@ impl CephCloud {
         );
     }
 
-    fn vm_xml(&self, last_increment: i64) -> String {
+    pub(crate) fn vm_xml(&self, last_increment: i64) -> String {
         let conf = self.ceph.conf.display();
         let disks: String = DISKS
             .iter()

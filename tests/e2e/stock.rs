@@ -11,9 +11,9 @@ use crate::oned_mock::{MockOned, failed, ok};
 use crate::support;
 use backstop_protocol::xmlrpc::Value;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn compare(qcow2: &Path, raw: &Path) {
+pub(crate) fn compare(qcow2: &Path, raw: &Path) {
     let out = std::process::Command::new("qemu-img")
         .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
         .arg(qcow2)
@@ -46,6 +46,57 @@ fn a_chain_the_stock_driver_stored_keeps_working_with_backstop_installed_drop_in
 #[test]
 fn a_chain_the_stock_driver_stored_on_s3_keeps_working_with_backstop_installed_drop_in() {
     stock_chain(Cloud::start_as_s3("restic", false));
+}
+
+/// The front-end's side for the downloader and restore: a MOCK oned (XML-RPC; no real one
+/// can run here) serving datastore 100, and the session files oned's drivers read.
+pub(crate) struct FrontEnd {
+    _oned: MockOned,
+    env: Vec<(&'static str, String)>,
+}
+
+impl FrontEnd {
+    pub(crate) fn start(cloud: &Cloud, ds: &str) -> FrontEnd {
+        let served = ds.to_string();
+        let oned = MockOned::start(
+            |s| s == ONED_SESSION || s.starts_with("serveradmin:alice:"),
+            move |method, params| match (method, params) {
+                ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
+                    ok(Value::Str(served.clone()))
+                }
+                ("one.image.allocate", _) => ok(Value::Int(60)),
+                ("one.template.allocate", _) => ok(Value::Int(61)),
+                _ => failed("no such object", 1024),
+            },
+        );
+        let auth = cloud.dir.path().join("one_auth");
+        fs::write(&auth, format!("{ONED_SESSION}\n")).expect("auth");
+        let cipher = cloud.dir.path().join("onegate_auth");
+        fs::write(&cipher, "serveradmin:x\n").expect("cipher");
+        let env = vec![
+            ("ONE_XMLRPC", oned.endpoint.clone()),
+            ("ONE_AUTH", auth.display().to_string()),
+            ("ONE_CIPHER_AUTH", cipher.display().to_string()),
+        ];
+        FrontEnd { _oned: oned, env }
+    }
+
+    pub(crate) fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// downloader.sh of `url` into `<test dir>/<name>`, which must succeed.
+    pub(crate) fn download(&self, cloud: &Cloud, url: &str, name: &str) -> PathBuf {
+        let target = cloud.dir.path().join(name);
+        let out = support::run_env(
+            cloud.remotes.join("datastore/downloader.sh"),
+            &[url, target.to_str().expect("utf-8")],
+            b"",
+            &self.env(),
+        );
+        assert_eq!(out.code, Some(0), "download {url}: {}", out.stderr);
+        target
+    }
 }
 
 fn stock_chain(cloud: Cloud) {
@@ -96,27 +147,7 @@ fn stock_chain(cloud: Cloud) {
         cloud.dir.path().join("fe-tmp").display()
     ));
     fs::create_dir_all(cloud.dir.path().join("fe-tmp")).expect("tmp");
-    let served = ds.clone();
-    let oned = MockOned::start(
-        |s| s == ONED_SESSION || s.starts_with("serveradmin:alice:"),
-        move |method, params| match (method, params) {
-            ("one.datastore.info", [Value::Int(100), Value::Bool(true)]) => {
-                ok(Value::Str(served.clone()))
-            }
-            ("one.image.allocate", _) => ok(Value::Int(60)),
-            ("one.template.allocate", _) => ok(Value::Int(61)),
-            _ => failed("no such object", 1024),
-        },
-    );
-    let auth = cloud.dir.path().join("one_auth");
-    fs::write(&auth, format!("{ONED_SESSION}\n")).expect("auth");
-    let cipher = cloud.dir.path().join("onegate_auth");
-    fs::write(&cipher, "serveradmin:x\n").expect("cipher");
-    let env = [
-        ("ONE_XMLRPC", oned.endpoint.as_str()),
-        ("ONE_AUTH", auth.to_str().expect("utf-8")),
-        ("ONE_CIPHER_AUTH", cipher.to_str().expect("utf-8")),
-    ];
+    let fe = FrontEnd::start(&cloud, &ds);
     let link = |chain: &[String], upto: usize| {
         chain[..=upto]
             .iter()
@@ -125,17 +156,8 @@ fn stock_chain(cloud: Cloud) {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let download = |url: &str, name: &str| {
-        let target = cloud.dir.path().join(name);
-        let out = support::run_env(
-            cloud.remotes.join("datastore/downloader.sh"),
-            &[url, target.to_str().expect("utf-8")],
-            b"",
-            &env,
-        );
-        assert_eq!(out.code, Some(0), "download {url}: {}", out.stderr);
-        target
-    };
+    let download = |url: &str, name: &str| fe.download(&cloud, url, name);
+    let env = fe.env();
     let tmp_is_empty = || {
         fs::read_dir(cloud.dir.path().join("fe-tmp"))
             .expect("tmp")

@@ -76,7 +76,7 @@ case "$FROM" in
 http://*|https://*)
     command="curl -sS '$FROM'"
     ;;
-restic://*)
+restic://*|restic+rbd://*)
     eval `$(dirname $0)/restic_downloader.rb "$FROM" | grep -e '^command=' -e '^clean_command='`
     ;;
 *)

@@ -90,7 +90,8 @@ pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String
     Ok(Some(format!("{size_mb} {}", kept.join(","))))
 }
 
-/// A chain the stock restic driver stored (qcow2 deltas): the merged increments are rebuilt
+/// A chain the stock restic driver stored (qcow2 deltas, or rbd-format files): the merged
+/// increments are rebuilt
 /// (see [`crate::actions::chain`]), read whole through qemu-nbd and stored as one complete
 /// backstop image with the last merged increment's files and name; then the merged snapshots
 /// are forgotten and the repository pruned (RESTIC_PRUNE_MAX_*, as `rm`). The new base's
@@ -125,28 +126,28 @@ fn merge_stock(
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let links = chain::links(repo, &chain[..merged], path, *disk_id, vm_id)?;
         let top = chain::fetch(repo, ds, &links, *disk_id, &dir)?;
-        // The rebuilt chain lies in the work directory, and nowhere else.
-        let checked = disk_image::inspect(
-            &top,
-            Format::Qcow2,
-            Backing::Within(std::slice::from_ref(&dir)),
-        )?;
+        // The rebuilt chain lies in the work directory, and nowhere else; an rbd chain is one
+        // raw image.
+        let format = if chain::is_rbd(&links) {
+            Format::Raw
+        } else {
+            Format::Qcow2
+        };
+        let checked =
+            disk_image::inspect(&top, format, Backing::Within(std::slice::from_ref(&dir)))?;
         let image = NbdImage::open(&checked, None, true).map_err(|e| {
             Error::new(
                 ErrorKind::Input,
                 format!("cannot read the rebuilt disk {disk_id}: {e}"),
             )
         })?;
-        images.push((path.clone(), image));
+        images.push((stored_path(path, *disk_id, last.increment_id), image));
     }
     // vm.xml and the TPM state of the last merged increment go with it.
     let mut others = Vec::new();
     for p in &last_snap.paths {
         let name = p.rsplit('/').next().unwrap_or_default();
-        if matches!(
-            crate::layout::staged_kind(name),
-            Some(crate::layout::Staged::Disk { .. })
-        ) {
+        if crate::layout::stored_disk(name).is_some() {
             continue;
         }
         let mut bytes = Vec::new();
@@ -213,9 +214,38 @@ fn merge_stock(
     Ok(format!("{size_mb} {}", kept.join(",")))
 }
 
+/// Where the merged image of a disk is stored: at its file's path, but a stock rbd-format file
+/// (`disk.<id>.rbd2`, `disk.<id>.<n>.rbdiff`) becomes `disk.<id>.<n>` in the same directory,
+/// the name of a complete disk, so that neither plain restic's users nor a stock driver take
+/// the complete image for an rbd stream.
+fn stored_path(path: &str, disk_id: u32, increment: u64) -> String {
+    let name = crate::layout::base_name(path);
+    if !crate::layout::is_rbd_file(name) {
+        return path.to_string();
+    }
+    let dir = &path[..path.len() - name.len()];
+    format!("{dir}{}", crate::layout::staged_disk(disk_id, increment))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::merged_count;
+    use super::{merged_count, stored_path};
+
+    #[test]
+    fn a_merged_rbd_chain_is_stored_under_a_disk_name() {
+        assert_eq!(
+            stored_path("/v/22/backup/disk.1.3.rbdiff", 1, 3),
+            "/v/22/backup/disk.1.3"
+        );
+        assert_eq!(
+            stored_path("/v/22/backup/disk.0.rbd2", 0, 0),
+            "/v/22/backup/disk.0.0"
+        );
+        assert_eq!(
+            stored_path("/v/22/backup/disk.0.4", 0, 4),
+            "/v/22/backup/disk.0.4"
+        );
+    }
 
     #[test]
     fn merges_down_to_keep_last() {

@@ -34,9 +34,9 @@ pub fn run(args: &LsArgs, request: &LsRequest, cfg: &DriverConfig) -> Result<Str
     let mut map = serde_json::Map::new();
     for path in &snap.paths {
         let name = path.rsplit('/').next().unwrap_or_default();
-        let key = match crate::layout::staged_kind(name) {
-            Some(crate::layout::Staged::Disk { disk_id, .. }) => disk_id.to_string(),
-            Some(crate::layout::Staged::Tpm) => "tpm".to_string(),
+        let key = match (crate::layout::stored_disk(name), name) {
+            (Some(disk_id), _) => disk_id.to_string(),
+            (None, "disk.tpm.0") => "tpm".to_string(),
             _ => continue,
         };
         let url = BackupUrl {
