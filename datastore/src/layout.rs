@@ -67,6 +67,17 @@ pub fn stored_disk(name: &str) -> Option<u32> {
     rbd.then(|| id.parse().ok()).flatten()
 }
 
+/// The disk id and increment of a disk file a snapshot holds or prebackup staged:
+/// `disk.<id>.<n>` and `disk.<id>.<n>.rbdiff` are increment n, `disk.<id>.rbd2` increment 0.
+pub fn stored_increment(name: &str) -> Option<(u32, u64)> {
+    let disk_id = stored_disk(name)?;
+    if name.ends_with(".rbd2") {
+        return Some((disk_id, 0));
+    }
+    let inc = name.trim_end_matches(".rbdiff").rsplit('.').next()?;
+    Some((disk_id, inc.parse().ok()?))
+}
+
 /// Whether a disk file is one of the stock driver's rbd-format files: `disk.<id>.rbd2` (`rbd
 /// export --export-format 2` of the first increment) or `disk.<id>.<n>.rbdiff` (`rbd
 /// export-diff` from increment n-1).
@@ -195,6 +206,13 @@ mod tests {
         ] {
             assert_eq!(stored_disk(name), disk, "{name}");
             assert_eq!(is_rbd_file(name), rbd, "{name}");
+            let inc = match name {
+                "disk.0.3" => Some((0, 3)),
+                "disk.0.rbd2" => Some((0, 0)),
+                "disk.12.4.rbdiff" => Some((12, 4)),
+                _ => None,
+            };
+            assert_eq!(stored_increment(name), inc, "{name}");
         }
     }
 

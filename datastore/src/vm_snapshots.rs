@@ -190,8 +190,9 @@ pub fn find_parent(
         .find(|(_, s, _)| {
             s.tags.contains(&tag)
                 && disks.iter().all(|d| {
-                    let want = format!("disk.{d}.{increment}");
-                    s.paths.iter().any(|p| base_name(p) == want)
+                    s.paths.iter().any(|p| {
+                        crate::layout::stored_increment(base_name(p)) == Some((*d, increment))
+                    })
                 })
         })
         .map(|(id, s, _)| (*id, s.clone()))

@@ -4,7 +4,7 @@
 //! the real restic binary in the stock layout (tag `one-<vm>`, vm.xml beside), against a real
 //! single-node Ceph. Then stat, ls (`restic+rbd://` URLs), the downloader at every point and
 //! into a Ceph image, the datastore's restore, increment_flatten (merging the rbd files into a
-//! complete image) and rm. The datastore comes from a MOCK oned.
+//! complete image), backstop's backup of the rbdiffs the stock Ceph TM goes on staging, and rm. The datastore comes from a MOCK oned.
 
 use crate::ceph::{CephCloud, DISKS};
 use crate::cephcluster::POOL;
@@ -22,62 +22,70 @@ fn stock_file(d: u32, inc: u64) -> String {
     }
 }
 
+/// What the stock Ceph TM's prebackup stages for increment `inc` (snapshot `one_backup_<inc>`
+/// and its rbd-format file per disk, vm.xml), after changing the disks; the raw images of the
+/// snapshots go to `raws`. Returns the staged files.
+fn stage_stock(cc: &CephCloud, inc: u64, raws: &std::path::Path) -> Vec<String> {
+    let staging = cc.cloud.staging();
+    for (d, _, image, mib) in DISKS {
+        let pattern = 0x10 + 0x10 * inc as u8 + d as u8;
+        cc.write(image, pattern, (inc * 7 + u64::from(d) * 3) % (mib - 4), 3);
+    }
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).expect("staging");
+    let mut files = Vec::new();
+    for (d, _, image, _) in DISKS {
+        let snap = format!("{POOL}/{image}@one_backup_{inc}");
+        cc.ceph.rbd(&["snap", "create", &snap]);
+        cc.ceph.rbd(&["snap", "protect", &snap]);
+        let file = staging.join(stock_file(d, inc));
+        let file_arg = file.to_str().expect("utf-8");
+        if inc == 0 {
+            // A write between the snapshot and the export belongs to the next point.
+            cc.write(image, 0xee, 1, 1);
+            cc.ceph.rbd(&[
+                "export",
+                "--no-progress",
+                "--export-format",
+                "2",
+                &snap,
+                file_arg,
+            ]);
+        } else {
+            let from = format!("one_backup_{}", inc - 1);
+            cc.ceph.rbd(&[
+                "export-diff",
+                "--no-progress",
+                "--from-snap",
+                &from,
+                &snap,
+                file_arg,
+            ]);
+        }
+        let raw = cc.ceph.rbd_bytes(&["export", "--no-progress", &snap, "-"]);
+        fs::write(raws.join(format!("disk.{d}.{inc}.raw")), raw).expect("raw");
+        files.push(file.display().to_string());
+    }
+    let b64 = support::b64(&cc.vm_xml(inc as i64 - 1));
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect();
+    fs::write(staging.join("vm.xml"), format!("{}\n", lines.join("\n"))).expect("vm.xml");
+    files.push(staging.join("vm.xml").display().to_string());
+    files
+}
+
 /// Increments 0..=3 as the stock Ceph TM and restic driver stored them; their ids.
 fn stock_rbd_backups(cc: &CephCloud, raws: &std::path::Path) -> Vec<String> {
-    let cloud = &cc.cloud;
-    let staging = cloud.staging();
     let mut sources = Vec::new();
     for inc in 0..4u64 {
-        for (d, _, image, mib) in DISKS {
-            let pattern = 0x10 + 0x10 * inc as u8 + d as u8;
-            cc.write(image, pattern, (inc * 7 + u64::from(d) * 3) % (mib - 4), 3);
-        }
-        let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).expect("staging");
         let mut args: Vec<String> = vec!["backup".into(), "--json".into(), "--tag".into()];
         args.push(format!("one-{VM}"));
-        for (d, _, image, _) in DISKS {
-            let snap = format!("{POOL}/{image}@one_backup_{inc}");
-            cc.ceph.rbd(&["snap", "create", &snap]);
-            cc.ceph.rbd(&["snap", "protect", &snap]);
-            let file = staging.join(stock_file(d, inc));
-            let file_arg = file.to_str().expect("utf-8");
-            if inc == 0 {
-                // A write between the snapshot and the export belongs to the next point.
-                cc.write(image, 0xee, 1, 1);
-                cc.ceph.rbd(&[
-                    "export",
-                    "--no-progress",
-                    "--export-format",
-                    "2",
-                    &snap,
-                    file_arg,
-                ]);
-            } else {
-                let from = format!("one_backup_{}", inc - 1);
-                cc.ceph.rbd(&[
-                    "export-diff",
-                    "--no-progress",
-                    "--from-snap",
-                    &from,
-                    &snap,
-                    file_arg,
-                ]);
-            }
-            let raw = cc.ceph.rbd_bytes(&["export", "--no-progress", &snap, "-"]);
-            fs::write(raws.join(format!("disk.{d}.{inc}.raw")), raw).expect("raw");
-            args.push(file.display().to_string());
-        }
-        let b64 = support::b64(&cc.vm_xml(inc as i64 - 1));
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(60)
-            .map(|c| std::str::from_utf8(c).expect("ascii"))
-            .collect();
-        fs::write(staging.join("vm.xml"), format!("{}\n", lines.join("\n"))).expect("vm.xml");
-        args.push(staging.join("vm.xml").display().to_string());
+        args.extend(stage_stock(cc, inc, raws));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = String::from_utf8_lossy(&cloud.restic_ok(&refs)).to_string();
+        let out = String::from_utf8_lossy(&cc.cloud.restic_ok(&refs)).to_string();
         let id = out
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -161,6 +169,28 @@ fn an_rbd_format_chain_the_stock_driver_stored_restores_flattens_and_is_removed(
             assert!(tmp_is_empty(), "clean_command left the rebuilt chain");
         }
     }
+    // A chain with a link left out is refused, not rebuilt wrong.
+    let gap = vec![stock[0].clone(), stock[2].clone()];
+    let target = cloud.dir.path().join("gap.qcow2");
+    let out = support::run_env(
+        cloud.remotes.join("datastore/downloader.sh"),
+        &[
+            &url(&gap, &stock_file(0, 2)),
+            target.to_str().expect("utf-8"),
+        ],
+        b"",
+        &fe.env(),
+    );
+    assert!(
+        out.code != Some(0)
+            && out.stderr.contains(
+                "disk.0.2.rbdiff (backup ") && out.stderr.contains(
+                ") starts from snapshot one_backup_1, but the image rebuilt so far is at one_backup_0"
+            ),
+        "{out:?}"
+    );
+    assert!(tmp_is_empty(), "a refused chain left its work directory");
+
     // Into a Ceph image datastore: what its `cp` does with a download that is not a tarball
     // (convert to raw, `rbd import`).
     let q = cloud.dir.path().join("stock.0.3.qcow2");
@@ -249,8 +279,35 @@ fn an_rbd_format_chain_the_stock_driver_stored_restores_flattens_and_is_removed(
         compare(&q, &raws.join(format!("disk.{d}.3.raw")));
     }
 
-    // rm of the flattened image.
-    let refs: Vec<(u64, &str)> = flat.iter().map(|(k, s)| (*k, s.as_str())).collect();
+    // The stock Ceph TM goes on staging rbdiffs (the chain's format is rbd); backstop's backup
+    // applies each on its parent rebuilt as raw (the merged image and a stock rbdiff, then a
+    // backstop image) and stores a complete disk.
+    let mut chain_now = flat.clone();
+    for inc in 4..6u64 {
+        stage_stock(&cc, inc, &raws);
+        let (id, _) =
+            crate::cloud::parse_backup_line(&cloud.backup_to(&ds, &cc.vm_xml(inc as i64 - 1)));
+        chain_now.push((inc, id.clone()));
+        assert!(tmp_is_empty(), "the backup left its rebuilt chain");
+        cloud.restic_ok(&["check", "--read-data"]);
+        for (d, ..) in DISKS {
+            let path = format!("{}/disk.{d}.{inc}", staging.display());
+            assert!(
+                cloud.restic_ok(&["dump", &id, &path])
+                    == fs::read(raws.join(format!("disk.{d}.{inc}.raw"))).expect("raw"),
+                "increment {inc} of disk {d} is not the snapshot"
+            );
+            let q = fe.download(
+                cloud,
+                &url(&chain_now, &format!("disk.{d}.{inc}")),
+                "b.qcow2",
+            );
+            compare(&q, &raws.join(format!("disk.{d}.{inc}.raw")));
+        }
+    }
+
+    // rm of the whole chain.
+    let refs: Vec<(u64, &str)> = chain_now.iter().map(|(k, s)| (*k, s.as_str())).collect();
     let out = cloud.ds_action("rm", "40", &[&cloud.image_xml(&refs), &ds]);
     assert_eq!(out.code, Some(0), "rm: {}", out.stderr);
     cloud.restic_ok(&["check", "--read-data"]);

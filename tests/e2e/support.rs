@@ -77,7 +77,10 @@ http://*|https://*)
     command="curl -sS '$FROM'"
     ;;
 restic://*|restic+rbd://*)
-    eval `$(dirname $0)/restic_downloader.rb "$FROM" | grep -e '^command=' -e '^clean_command='`
+    defs=`$(dirname $0)/restic_downloader.rb "$FROM" | grep -e '^command=' -e '^clean_command='`
+    ret=$?
+    [ $ret -ne 0 ] && exit $ret
+    eval "$defs"
     ;;
 *)
     command="cat '$FROM'"

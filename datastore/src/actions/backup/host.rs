@@ -129,11 +129,14 @@ pub fn host_run(
         || repo.get()?.all_snapshots(),
         &target.url(),
     )?;
-    // A stock chain is rebuilt under RESTIC_TMP_DIR, removed when this ends.
-    let work = plan
-        .stock_chain
-        .as_ref()
-        .map(|_| WorkDir::new(ds))
+    // A stock chain, or staged rbd-format files, are rebuilt under RESTIC_TMP_DIR, removed
+    // when this ends.
+    let rbd = plan
+        .disks
+        .iter()
+        .any(|d| matches!(d.read, Read::Rbd { .. }));
+    let work = (plan.stock_chain.is_some() || rbd)
+        .then(|| WorkDir::new(ds))
         .transpose()?;
     let mut opened = Vec::new();
     for d in &plan.disks {
@@ -235,6 +238,73 @@ fn open_rbd(
     })
 }
 
+/// A staged rbd-format file applied into one raw image under `work`: an `rbd2` alone, an
+/// `rbdiff` on the parent's image of this disk rebuilt as raw (a backstop image, or a stock
+/// rbd chain). Returns the raw image, which is read whole and stored as a complete disk.
+fn staged_rbd(
+    args: &BackupArgs,
+    repo: &mut VmRepo,
+    ds: &Datastore,
+    plan: &Plan,
+    d: &super::plan::DiskPlan,
+    parent_file: Option<&str>,
+    work: &WorkDir,
+) -> Result<PathBuf, Error> {
+    let disk_id = d.disk_id;
+    let dir = work.path.join(format!("disk{disk_id}"));
+    std::fs::create_dir(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let name = d
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let raw = match (parent_file, plan.stock_chain.as_ref()) {
+        (Some(parent_file), Some(links)) => {
+            let repo = repo.get()?;
+            let files = stock_chain::links(repo, links, parent_file, disk_id, args.vm_id)?;
+            stock_chain::fetch_raw(repo, ds, &files, disk_id, &dir)?
+        }
+        (None, _) if plan.increment == 0 => dir.join(format!("disk.{disk_id}.raw")),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!(
+                    "VM {}: the parent of {name} holds no disk {disk_id}",
+                    args.vm_id
+                ),
+            ));
+        }
+    };
+    let target = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&raw)
+        .map_err(|e| Error::io(format!("cannot open {}", raw.display()), e))?;
+    let staged = std::fs::File::open(&d.file)
+        .map_err(|e| Error::io(format!("cannot read {}", d.file.display()), e))?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, staged);
+    let until = format!("one_backup_{}", plan.increment);
+    let applied = crate::repo::rbd_stream::apply_until(&mut input, &target, name, Some(&until))?;
+    let expected = plan
+        .increment
+        .checked_sub(1)
+        .map(|p| format!("one_backup_{p}"));
+    if name.ends_with(".rbdiff") && applied.from_snap != expected {
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "{name} starts from snapshot {}, not {}",
+                applied.from_snap.as_deref().unwrap_or("(none)"),
+                expected.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    }
+    Ok(raw)
+}
+
 /// Opens one disk as the plan says; formats are never guessed (a guest writes the content).
 fn open_disk(
     args: &BackupArgs,
@@ -331,6 +401,12 @@ fn open_disk(
             checked(Format::Qcow2, Backing::Detached)?;
             let (image, present) = NbdImage::open_delta(path).map_err(input)?;
             (Box::new(image), Some(present))
+        }
+        Read::Rbd { parent_file } => {
+            let work =
+                work.ok_or_else(|| Error::new(ErrorKind::Repository, "no work directory"))?;
+            let raw = staged_rbd(args, repo, ds, plan, d, parent_file.as_deref(), work)?;
+            (Box::new(RawImage::open(&raw).map_err(input)?), None)
         }
         Read::OnRebuiltChain { parent_file } => {
             staged_qcow2()?;

@@ -43,6 +43,15 @@ impl StagedFiles {
     ) -> Self {
         let mut files = StagedFiles::default();
         for name in names {
+            // The stock Ceph TM stages rbd-format files for a chain that began in that format.
+            if crate::layout::is_rbd_file(&name) {
+                if let Some((disk_id, increment)) = crate::layout::stored_increment(&name)
+                    && disk_ids.contains(&disk_id)
+                {
+                    files.disks.push((disk_id, increment, dir.join(&name)));
+                }
+                continue;
+            }
             match staged_kind(&name) {
                 Some(Staged::Disk { disk_id, increment }) if disk_ids.contains(&disk_id) => {
                     files.disks.push((disk_id, increment, dir.join(&name)));
@@ -75,6 +84,10 @@ pub enum Read {
     /// A staged qcow2 delta on a stock parent: read whole on top of the rebuilt chain, whose
     /// files are found by the parent's file of this disk.
     OnRebuiltChain { parent_file: String },
+    /// A staged rbd-format file (the stock Ceph TM's `disk.<id>.rbd2`, or a
+    /// `disk.<id>.<n>.rbdiff` on the parent's image rebuilt as raw, found by the parent's file
+    /// of this disk): applied into one raw image, read whole.
+    Rbd { parent_file: Option<String> },
 }
 
 /// One disk of the plan.
@@ -110,6 +123,12 @@ fn input(message: String) -> Error {
     Error::new(ErrorKind::Input, message)
 }
 
+fn is_rbd_staged(file: &Path) -> bool {
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(crate::layout::is_rbd_file)
+}
+
 fn is_image(snap: &Snapshot) -> bool {
     snap.tags.iter().any(|t| t == IMAGE_TAG)
 }
@@ -133,7 +152,10 @@ pub fn plan(
             vm,
             &ids,
             increment,
-            manifest.is_some(),
+            (
+                manifest.is_some(),
+                disks.iter().any(|d| is_rbd_staged(&d.2)),
+            ),
             snapshots,
             repo,
         )?;
@@ -217,7 +239,7 @@ fn parent_of(
     vm: &Vm,
     ids: &[u32],
     increment: u64,
-    direct: bool,
+    (direct, rbd_staged): (bool, bool),
     snapshots: impl FnOnce() -> Result<Vec<(RepoId, Snapshot, jiff::Timestamp)>, Error>,
     repo: &str,
 ) -> Result<(Parent, Option<Vec<ChainLink>>), Error> {
@@ -249,7 +271,8 @@ fn parent_of(
     // chain (back to the FULL, or to a backstop image) is rebuilt once, and this increment
     // is stored whole; the increments after it are cheap again. Direct mode reads the
     // whole disk instead: no chain to rebuild.
-    let chain = if !direct && !is_image(&psnap) {
+    // Staged rbd-format files apply on the parent's image as raw, whatever stored it.
+    let chain = if !direct && (!is_image(&psnap) || rbd_staged) {
         let mut links = Vec::new();
         for k in (0..increment).rev() {
             let (id, snap) = find_parent(&all, args.vm_id, ids, k).ok_or_else(|| {
@@ -286,9 +309,15 @@ fn disk_plan(
     on_stock_chain: bool,
     (disk_id, inc, file): StagedDisk,
 ) -> Result<DiskPlan, Error> {
-    let previous = staged_disk(disk_id, inc.saturating_sub(1));
-    let parent_path =
-        parent.and_then(|p| p.paths.iter().find(|p| base_name(p) == previous).cloned());
+    let parent_path = parent.and_then(|p| {
+        p.paths
+            .iter()
+            .find(|p| {
+                crate::layout::stored_increment(base_name(p))
+                    == Some((disk_id, inc.saturating_sub(1)))
+            })
+            .cloned()
+    });
     let read = match manifest.and_then(|m| m.disks.iter().find(|d| d.disk_id == disk_id)) {
         Some(d) => {
             // The format is the VM's declared one, from prebackup: never guessed.
@@ -326,6 +355,9 @@ fn disk_plan(
                 },
             }
         }
+        None if is_rbd_staged(&file) => Read::Rbd {
+            parent_file: parent_path.clone(),
+        },
         None if parent.is_none() => Read::Whole,
         None if on_stock_chain => Read::OnRebuiltChain {
             parent_file: parent_path.clone().unwrap_or_default(),
@@ -456,6 +488,7 @@ mod tests {
                     Read::Whole => "whole",
                     Read::Delta => "delta",
                     Read::OnRebuiltChain { .. } => "on-chain",
+                    Read::Rbd { .. } => "rbd",
                     Read::Direct {
                         bitmap: Some(_), ..
                     } => "direct-changed",
