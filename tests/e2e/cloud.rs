@@ -133,8 +133,7 @@ impl Cloud {
         let remotes = dir.path().join("fe/remotes");
         support::stock_remotes(&remotes);
         let flags: &[&str] = if mad == "restic" {
-            // rbd is not served yet, so a drop-in install must be asked for.
-            &["--replace-stock", "--allow-unimplemented"]
+            &["--replace-stock"]
         } else {
             &[]
         };

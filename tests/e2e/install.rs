@@ -157,26 +157,22 @@ fn a_foreign_downloader_sh_stops_the_install_before_anything_is_written() {
     assert_eq!(contents(&r), before);
 }
 
-/// rbd-format backups are not served yet (S3 is), so the stock restic driver is not replaced
-/// unless asked to for testing, and the refusal names rbd alone. (Every transfer-manager
-/// action is written, so `--with-tm` installs.)
+/// Everything a stock restic datastore uses is served (S3, and Ceph's rbd-format backups), so
+/// `--replace-stock` installs without `--allow-unimplemented`; so does `--with-tm`.
 #[test]
-fn replacing_stock_drivers_is_refused_while_actions_are_missing() {
+fn replacing_stock_drivers_needs_no_override() {
     let dir = tempfile::tempdir().expect("tempdir");
     let r = dir.path().join("remotes");
     stock_remotes(&r);
-    let before = contents(&r);
     let flag = "--replace-stock";
     let out = install_sh(&r, &[flag]);
-    assert_eq!(out.code, Some(1), "{flag}: {out:?}");
+    assert_eq!(out.code, Some(0), "{flag}: {out:?}");
+    assert!(!out.stderr.contains("not implemented"), "{}", out.stderr);
     assert!(
-        out.stderr
-            .contains("not implemented yet: rbd-format backups (Ceph images); refusing"),
-        "{}",
-        out.stderr
+        fs::read_to_string(r.join("datastore/restic/backup"))
+            .is_ok_and(|t| t.contains("backstop-shim")),
+        "{out:?}"
     );
-    assert!(!out.stderr.contains("S3"), "{}", out.stderr);
-    assert_eq!(contents(&r), before, "{flag} changed the tree");
     let out = install_sh(&r, &["--with-tm"]);
     assert_eq!(out.code, Some(0), "--with-tm: {out:?}");
     assert!(
@@ -210,10 +206,7 @@ fn drop_in_and_tm_replacement_keep_and_restore_the_stock_files() {
     let r = dir.path().join("remotes");
     stock_remotes(&r);
     let before = contents(&r);
-    let out = install_sh(
-        &r,
-        &["--replace-stock", "--with-tm", "--allow-unimplemented"],
-    );
+    let out = install_sh(&r, &["--replace-stock", "--with-tm"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let shim = |p: &str| fs::read_to_string(r.join(p)).is_ok_and(|t| t.contains("backstop-shim"));
     for p in ds_actions().iter().map(|a| format!("datastore/restic/{a}")) {
@@ -248,10 +241,7 @@ fn drop_in_and_tm_replacement_keep_and_restore_the_stock_files() {
 
     // Idempotent in this mode too.
     let snap = snapshot(&r);
-    let again = install_sh(
-        &r,
-        &["--replace-stock", "--with-tm", "--allow-unimplemented"],
-    );
+    let again = install_sh(&r, &["--replace-stock", "--with-tm"]);
     assert_eq!(again.code, Some(0), "{again:?}");
     assert_eq!(snapshot(&r), snap);
 
