@@ -32,6 +32,8 @@ pub struct Report {
     pub sftp: Option<(Measure, Measure)>,
     /// To S3 (a loopback SeaweedFS): backstop's full backup, and restic's.
     pub s3: Option<(Measure, Measure)>,
+    /// From an RBD image of a single-node Ceph, against the stock Ceph TM's recipes.
+    pub ceph: Option<crate::ceph::CephRows>,
 }
 
 struct Bench<'a> {
@@ -247,7 +249,7 @@ impl Bench<'_> {
 /// Before every measured step: flushes what earlier steps left dirty (no step pays for
 /// another's writes) and, where allowed (root), empties the page cache, so every tool reads the
 /// image and its repository from the disk, as a backup at 3 a.m. or a restore weeks later does.
-fn settle() {
+pub(crate) fn settle() {
     let _ = Command::new("sh")
         .args([
             "-c",
@@ -280,6 +282,9 @@ pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>)
     rows.extend(restores);
     let sftp = bench.sftp();
     let s3 = bench.s3();
+    let ceph = crate::ceph::rows(work, backstop, &bench.image, || {
+        rewrite(&bench.image, size, 0xbeef).expect("rewrite")
+    });
     println!("measuring the CPU limit (hash, zstd, seal from memory) ...");
     let cpu = cpu::limit(&bench.image, &work.join("cpu-repo"));
     Report {
@@ -290,5 +295,18 @@ pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>)
         floor,
         sftp,
         s3,
+        ceph,
+    }
+}
+
+/// Only the Ceph rows, on a new image of `size_mib` MiB.
+pub fn ceph_only(work: &Path, backstop: &Path, size_mib: u64) {
+    let image = work.join("disk.raw");
+    generate(&image, size_mib).expect("generate");
+    let rows = crate::ceph::rows(work, backstop, &image, || {
+        rewrite(&image, size_mib * MIB, 0xbeef).expect("rewrite")
+    });
+    if let Some(rows) = rows {
+        rows.print();
     }
 }

@@ -13,7 +13,9 @@
 //!    of the image plus `sync` as the floor;
 //! 6. the full backup into a repository over SFTP (a loopback sshd), backstop and restic;
 //!    the same into an S3 bucket (SeaweedFS's `weed mini` on loopback, when `weed` is on PATH);
-//! 7. increment_flatten against the stock driver's recipe, and one scheduler tick.
+//! 7. from an RBD image of a single-node Ceph (when ceph-mon is on PATH): backstop's FULL and
+//!    5 % increment against the stock Ceph TM's recipes with restic (`ceph.rs`);
+//! 8. increment_flatten against the stock driver's recipe, and one scheduler tick.
 //!
 //! Every step starts with the page cache emptied (when run as root): each tool reads the image
 //! and its repository from the disk.
@@ -22,6 +24,7 @@
 //! peak RSS and the ratio peer/backstop for each step, then each goal and whether it was met.
 #![allow(clippy::print_stdout)] // a benchmark prints its table
 
+mod ceph;
 mod compare;
 mod cpu;
 mod data;
@@ -60,6 +63,9 @@ struct Args {
     /// Skip the flatten comparison.
     #[arg(long)]
     no_flatten: bool,
+    /// Run only the Ceph rows.
+    #[arg(long)]
+    only_ceph: bool,
     /// Run only the scheduler tick measurement.
     #[arg(long)]
     only_tick: bool,
@@ -86,6 +92,13 @@ fn main() {
         "build backstop first: cargo build --release (looked for {})",
         backstop.display()
     );
+    if args.only_ceph {
+        compare::ceph_only(&work, &backstop, args.size_mib);
+        if !args.keep && args.work.is_none() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        return;
+    }
     let flatten = (!args.no_flatten).then(|| {
         flatten::flatten_comparison(&work, &backstop, args.flatten_links, args.flatten_mib)
     });

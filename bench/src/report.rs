@@ -103,6 +103,10 @@ impl Report {
             );
         }
         println!();
+        if let Some(c) = &self.ceph {
+            c.print();
+            println!();
+        }
         self.goals();
     }
 

@@ -53,6 +53,11 @@ fn free_pair() -> u16 {
 
 impl Ceph {
     pub fn start(parent: &Path) -> Ceph {
+        Ceph::start_sized(parent, 4)
+    }
+
+    /// With an OSD of `osd_gib` GiB (a sparse file: only what is stored takes space).
+    pub fn start_sized(parent: &Path, osd_gib: u64) -> Ceph {
         let dir = parent.join("ceph");
         for sub in ["mon.a", "osd.0", "log", "run"] {
             fs::create_dir_all(dir.join(sub)).expect("ceph dirs");
@@ -82,7 +87,7 @@ impl Ceph {
                  osd_memory_target = 939524096\nosd_op_num_shards = 2\n\
                  osd_op_num_threads_per_shard = 1\n",
                 k = keyring.display(),
-                size = 4u64 << 30,
+                size = osd_gib << 30,
             ),
         )
         .expect("ceph.conf");
