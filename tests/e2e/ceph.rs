@@ -3,7 +3,8 @@
 //! three increments, each point dumped by plain restic exactly as `rbd export` gives the
 //! snapshot; increments read only what `rbd diff` reports; only the last increment's snapshot
 //! stays, protected; a failed backup keeps the parent and the retry is the same increment; a
-//! leaked snapshot is cleaned up by the next run. A real single-node Ceph cluster.
+//! leaked snapshot is cleaned up by the next run; the in-place restore brings the disks back.
+//! A real single-node Ceph cluster.
 
 use crate::cephcluster::{Ceph, POOL};
 use crate::cloud::{Cloud, VM, parse_backup_line};
@@ -211,6 +212,7 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
     }
     killed_host_step_leaves_only_the_parent(&cc);
     the_repo_command_line_reads_rbd_snapshots(&cc);
+    in_place_restore_brings_rbd_disks_back(&cc, &points);
     for (inc, (id, expected)) in points.iter().enumerate() {
         for (k, (d, _, _, _)) in DISKS.iter().enumerate() {
             let path = format!("{}/disk.{d}.{inc}", staging.display());
@@ -221,6 +223,96 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
             );
         }
     }
+}
+
+/// The `ceph` TM's in-place restore (`onevm restore`), with a MOCK oned serving the VM, the
+/// backup image and its datastore: both disks back to increment 1, then disk 0 alone to
+/// increment 3, each image as its snapshot was; the old images are gone with their snapshots,
+/// no `.new.`/`.old.` image is left. A restore that cannot be done changes nothing.
+fn in_place_restore_brings_rbd_disks_back(cc: &CephCloud, points: &[(String, Vec<Vec<u8>>)]) {
+    use crate::oned_mock::{MockOned, failed, ok};
+    use backstop_protocol::xmlrpc::Value;
+    let cloud = &cc.cloud;
+    let link = cloud.remotes.join("tm/ceph/restore");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
+    let chain: Vec<(u64, &str)> = points
+        .iter()
+        .enumerate()
+        .map(|(k, (s, _))| (k as u64, s.as_str()))
+        .collect();
+    let (vm_doc, image_doc, ds_doc) =
+        (cc.vm_xml(3), cloud.image_xml(&chain), cloud.datastore_xml());
+    let oned = MockOned::start(
+        |s| s == crate::cloud::ONED_SESSION,
+        move |method, params| match (method, params) {
+            ("one.vm.info", [Value::Int(22), ..]) => ok(Value::Str(vm_doc.clone())),
+            ("one.image.info", [Value::Int(40), ..]) => ok(Value::Str(image_doc.clone())),
+            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
+            _ => failed(&format!("[{method}] Error getting object"), 1024),
+        },
+    );
+    let auth = cloud.dir.path().join("one_auth");
+    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    let env = [
+        ("ONE_XMLRPC", oned.endpoint.as_str()),
+        ("ONE_AUTH", auth.to_str().expect("utf-8")),
+    ];
+    let vm_dir = format!("hv1:{}", cloud.vm_dir.display());
+    let restore = |inc: &str, disk: &str| {
+        support::run_env(&link, &[&vm_dir, "22", "40", inc, disk], b"", &env)
+    };
+    let head = |image: &str| {
+        cc.ceph
+            .rbd_bytes(&["export", &format!("{POOL}/{image}"), "-"])
+    };
+    let images = || {
+        let mut names: Vec<String> = cc
+            .ceph
+            .rbd(&["ls", POOL])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    };
+    let before = images();
+
+    cc.write("vm22-root", 0x99, 0, 4);
+    let out = restore("1", "-1");
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), ""), "{out:?}");
+    for (k, (_, _, image, _)) in DISKS.iter().enumerate() {
+        assert!(head(image) == points[1].1[k], "{image} is not increment 1");
+        assert!(cc.snapshots(image).is_empty(), "{image} kept snapshots");
+    }
+    assert_eq!(images(), before, "images left beside the disks");
+    let leftovers: Vec<String> = fs::read_dir(&cloud.vm_dir)
+        .expect("vm dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let out = restore("3", "0");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        head("vm22-root") == points[3].1[0],
+        "disk 0 is not increment 3"
+    );
+    assert!(head("base-img-22-1") == points[1].1[1], "disk 1 moved");
+
+    // A disk the backup does not hold: one line, nothing changed, nothing left.
+    let out = restore("1", "5");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr == "restore: Error restoring VM disks: disk 5 is not in backup 40\n",
+        "{}",
+        out.stderr
+    );
+    assert!(head("vm22-root") == points[3].1[0]);
+    assert_eq!(images(), before);
+    drop(oned);
 }
 
 /// SIGKILL of the backup's host step half-way through increment 4: oned's postbackup

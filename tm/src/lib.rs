@@ -9,6 +9,7 @@
 //! front-end step ([`fe`]); Ceph RBD disks ([`ceph`]); the in-place restore ([`restore`]).
 
 pub mod ceph;
+pub mod ceph_restore;
 pub mod delta;
 pub mod fe;
 pub mod host;

@@ -12,10 +12,15 @@
 //!    replaces its image file and its snapshot directory is reset; the TPM state is unpacked
 //!    into `<vm_dir>/tpm`.
 //!
+//! A Ceph RBD disk (the `ceph` TM) is not a file on the host: its download is written into a
+//! new image beside the disk's and swapped in by renaming, once every disk is in
+//! ([`crate::ceph_restore`]).
+//!
 //! The restored files come from a downloader, so they carry no qcow2 bitmaps: the next backup
 //! starts a new chain (oned resets LAST_INCREMENT_ID). A failure removes what was downloaded
 //! and leaves the VM's disks as they were.
 
+use crate::ceph_restore::RbdRestore;
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::oned::OnedClient;
 use backstop_datastore::remote::{Agent, sh_quote, ssh_command};
@@ -53,6 +58,8 @@ struct Restored {
     /// The disk's declared format (None for the TPM state). The download is a qcow2 file; a
     /// raw disk gets raw bytes.
     format: Option<Format>,
+    /// A Ceph RBD disk: written into a new image, swapped in by renaming.
+    rbd: Option<RbdRestore>,
 }
 
 pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
@@ -114,6 +121,7 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
                     download: format!("{vm_dir}/disk.tpm.backup"),
                     source: None,
                     format: None,
+                    rbd: None,
                 });
             }
             continue;
@@ -125,6 +133,17 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
             continue;
         }
         let disk = vm.disk(id);
+        if let Some(d) = disk.filter(|d| crate::ceph::is_rbd(d)) {
+            files.push(Restored {
+                key: key.clone(),
+                url: url.clone(),
+                download: format!("{vm_dir}/disk.{id}.backup"),
+                source: None,
+                format: None,
+                rbd: Some(RbdRestore::of(&vm, d)?),
+            });
+            continue;
+        }
         let format = Some(crate::qemu::declared_format(&vm, id)?);
         match disk.filter(|d| d.persistent).and_then(|d| d.source.clone()) {
             Some(source) => files.push(Restored {
@@ -133,6 +152,7 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
                 download: format!("{source}.backup"),
                 source: Some(source),
                 format,
+                rbd: None,
             }),
             None => files.push(Restored {
                 key: key.clone(),
@@ -140,6 +160,7 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
                 download: format!("{vm_dir}/disk.{id}.backup"),
                 source: None,
                 format,
+                rbd: None,
             }),
         }
     }
@@ -154,12 +175,20 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
     let result = (|| {
         for f in &files {
             download(cfg, host, &f.url, &f.download)?;
+            if let Some(r) = &f.rbd {
+                let size = crate::ceph_restore::downloaded_size(cfg, host, &f.download)?;
+                remote(cfg, host, &r.import_script(&f.download, size))?;
+            }
         }
         remote(cfg, host, &swap_script(&vm_dir, &files))
     })();
     if result.is_err() {
         let cleanup: Vec<String> = files.iter().map(|f| sh_quote(&f.download)).collect();
-        let _ = remote(cfg, host, &format!("rm -f {}", cleanup.join(" ")));
+        let mut script = format!("rm -f {}\n", cleanup.join(" "));
+        for r in files.iter().filter_map(|f| f.rbd.as_ref()) {
+            script.push_str(&r.cleanup_line());
+        }
+        let _ = remote(cfg, host, &script);
     }
     result
 }
@@ -230,7 +259,9 @@ fn swap_script(vm_dir: &str, files: &[Restored]) -> String {
     // First every download becomes what its disk is declared to be, before anything is
     // swapped: a standalone qcow2 (no backing file, whatever its header said), or raw bytes.
     for f in files {
-        let Some(format) = f.format else { continue };
+        let Some(format) = f.format.filter(|_| f.rbd.is_none()) else {
+            continue;
+        };
         let dl = q(&f.download);
         script.push_str(&format!("qemu-img rebase -q -u -f qcow2 -b '' {dl}\n"));
         if format == Format::Raw {
@@ -241,6 +272,10 @@ fn swap_script(vm_dir: &str, files: &[Restored]) -> String {
         }
     }
     for f in files {
+        if let Some(r) = &f.rbd {
+            script.push_str(&r.swap_lines());
+            continue;
+        }
         if f.key == "tpm" {
             script.push_str(&format!(
                 "rm -rf {tpm}\ntar xzf {dl} -C {dir}\nrm -f {dl}\n",
@@ -294,6 +329,7 @@ mod tests {
                 download: "/d/22/disk.0.backup".into(),
                 source: None,
                 format: Some(Format::Qcow2),
+                rbd: None,
             },
             Restored {
                 key: "1".into(),
@@ -301,6 +337,7 @@ mod tests {
                 download: "/ds/1/abc.backup".into(),
                 source: Some("/ds/1/abc".into()),
                 format: Some(Format::Raw),
+                rbd: None,
             },
             Restored {
                 key: "tpm".into(),
@@ -308,6 +345,7 @@ mod tests {
                 download: "/d/22/disk.tpm.backup".into(),
                 source: None,
                 format: None,
+                rbd: None,
             },
         ];
         let s = swap_script("/d/22", &files);

@@ -79,14 +79,24 @@ impl RbdImage {
         }
     }
 
-    /// qemu's block spec: the raw format over the rbd protocol driver, every field named.
+    /// qemu's block spec: the raw format over the rbd protocol driver, every field named;
+    /// read-only.
     pub fn json_spec(&self) -> String {
+        self.json_spec_with(true)
+    }
+
+    /// The same spec, writable (a restore's target: the image, never a snapshot).
+    pub fn json_target(&self) -> String {
+        self.json_spec_with(false)
+    }
+
+    fn json_spec_with(&self, read_only: bool) -> String {
         let mut file = serde_json::json!({
             "driver": "rbd",
             "pool": self.pool,
             "image": self.image,
         });
-        if let Some(s) = &self.snapshot {
+        if let Some(s) = self.snapshot.as_ref().filter(|_| read_only) {
             file["snapshot"] = s.clone().into();
         }
         if let Some(c) = &self.conf {
@@ -97,7 +107,7 @@ impl RbdImage {
         }
         format!(
             "json:{}",
-            serde_json::json!({"driver": "raw", "read-only": true, "file": file})
+            serde_json::json!({"driver": "raw", "read-only": read_only, "file": file})
         )
     }
 
