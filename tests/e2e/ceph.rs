@@ -24,7 +24,7 @@ pub(crate) struct CephCloud {
 }
 
 impl CephCloud {
-    fn start() -> CephCloud {
+    pub(crate) fn start() -> CephCloud {
         CephCloud::start_as("backstop")
     }
 
@@ -94,7 +94,34 @@ impl CephCloud {
         crate::tm::tm_step(&self.cloud, "ceph", action, vm_xml, failed)
     }
 
-    fn snapshots(&self, image: &str) -> Vec<(String, bool)> {
+    /// What `rbd diff` reports between increment `inc - 1` and `inc` of both disks, in the
+    /// 1 MiB chunks backstop reads (0 for increment 0).
+    pub(crate) fn diff_chunks(&self, inc: u64) -> u64 {
+        if inc == 0 {
+            return 0;
+        }
+        DISKS
+            .iter()
+            .map(|(_, _, image, _)| {
+                let text = self.ceph.rbd(&[
+                    "diff",
+                    "--format",
+                    "json",
+                    "--from-snap",
+                    &format!("one_backup_{}", inc - 1),
+                    &format!("{POOL}/{image}@one_backup_{inc}"),
+                ]);
+                let extents = backstop_datastore::repo::rbd::parse_diff(&text).expect("diff");
+                let mut chunks = std::collections::BTreeSet::new();
+                for e in extents {
+                    chunks.extend((e.offset >> 20)..=((e.offset + e.length - 1) >> 20));
+                }
+                chunks.len() as u64
+            })
+            .sum()
+    }
+
+    pub(crate) fn snapshots(&self, image: &str) -> Vec<(String, bool)> {
         let text = self
             .ceph
             .rbd(&["snap", "ls", "--format", "json", &format!("{POOL}/{image}")]);
@@ -156,30 +183,7 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
                     .rbd_bytes(&["export", &format!("{POOL}/{image}@one_backup_{inc}"), "-"])
             })
             .collect();
-        // What rbd diff reports since the parent, in the 1 MiB chunks backstop reads.
-        let diff_chunks: u64 = if inc == 0 {
-            0
-        } else {
-            DISKS
-                .iter()
-                .map(|(_, _, image, _)| {
-                    let text = cc.ceph.rbd(&[
-                        "diff",
-                        "--format",
-                        "json",
-                        "--from-snap",
-                        &format!("one_backup_{}", inc - 1),
-                        &format!("{POOL}/{image}@one_backup_{inc}"),
-                    ]);
-                    let extents = backstop_datastore::repo::rbd::parse_diff(&text).expect("diff");
-                    let mut chunks = std::collections::BTreeSet::new();
-                    for e in extents {
-                        chunks.extend((e.offset >> 20)..=((e.offset + e.length - 1) >> 20));
-                    }
-                    chunks.len() as u64
-                })
-                .sum()
-        };
+        let diff_chunks = cc.diff_chunks(inc);
         let out = cc.cloud.backup(&vm_xml);
         assert_eq!(out.code, Some(0), "backup {inc}: {out:?}");
         let (id, size_mb) = parse_backup_line(&out);

@@ -29,7 +29,7 @@ pub(crate) struct Libvirt {
     _only: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     daemons: Vec<Child>,
-    uri: String,
+    pub(crate) uri: String,
 }
 
 impl Libvirt {

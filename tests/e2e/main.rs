@@ -4,6 +4,7 @@
 mod actions;
 mod bad_input;
 mod ceph;
+mod ceph_live;
 mod ceph_stock;
 #[path = "../../datastore/engine/tests/common/ceph.rs"]
 #[allow(dead_code)]

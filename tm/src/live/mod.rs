@@ -84,6 +84,9 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 pub fn prebackup_live(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
+    if rbd_only(step)? {
+        return rbd_prebackup_live(step, virsh);
+    }
     let result = prepare(step, virsh);
     if result.is_err() {
         // Undo what was done: no overlay, job, stray checkpoint or scratch file stays.
@@ -563,7 +566,68 @@ fn hand_over_pull(
 }
 
 pub fn postbackup_live(step: &Step<'_>, virsh: &Virsh) {
+    if rbd_only(step).unwrap_or(false) {
+        // Nothing of libvirt's to undo: the snapshots settle as for a stopped VM.
+        host::postbackup(step);
+        return;
+    }
     settle(step, virsh, step.vm.backup_failed);
+}
+
+/// Whether the backed-up disks are Ceph RBD images (all of them); a VM with both kinds is
+/// refused, with the reason.
+fn rbd_only(step: &Step<'_>) -> Result<bool, Error> {
+    let vm = step.vm;
+    let ids = &step.args.disk_ids;
+    let rbd = ids
+        .iter()
+        .filter(|&&id| vm.disk(id).is_some_and(crate::ceph::is_rbd))
+        .count();
+    match rbd {
+        0 => Ok(false),
+        n if n == ids.len() => Ok(true),
+        _ => Err(Error::new(
+            ErrorKind::NotImplemented,
+            format!(
+                "VM {}: a running VM with both Ceph RBD disks and file disks is not supported yet (back it up powered off)",
+                vm.id
+            ),
+        )),
+    }
+}
+
+/// A running VM on Ceph (docs/ceph.md): each disk's snapshot is taken with the guest frozen
+/// (FS_FREEZE: AGENT or SUSPEND) around it, here on the hypervisor that runs the VM; then the
+/// backup reads the snapshots as for a stopped VM. libvirt is only asked to freeze and thaw.
+fn rbd_prebackup_live(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
+    let vm = step.vm;
+    let dom = step.args.deploy_id.as_str();
+    let targets = virsh.disks(dom)?;
+    for &id in &step.args.disk_ids {
+        let target = vm.disk(id).and_then(|d| d.target.clone());
+        if !target
+            .as_ref()
+            .is_some_and(|t| targets.iter().any(|(have, _)| have == t))
+        {
+            return Err(fail(format!(
+                "VM {}: domain {dom} has no disk {} (disk {id})",
+                vm.id,
+                target.as_deref().unwrap_or("(no TARGET)")
+            )));
+        }
+    }
+    if !step.direct {
+        return Err(Error::new(
+            ErrorKind::NotImplemented,
+            format!(
+                "VM {}: its disks are Ceph RBD images: staging them in the stock rbd format is not written yet (TM_DELIVERY=direct reads them in place)",
+                vm.id
+            ),
+        ));
+    }
+    frozen(virsh, dom, vm.backup_config.fs_freeze, || {
+        host::prebackup(step)
+    })
 }
 
 /// Stops a pull-mode backup job and block-commits the overlays in `<vm_dir>/tmp` back into
