@@ -37,7 +37,7 @@ pub struct Options {
     /// keeping the replaced files for --uninstall.
     #[arg(long)]
     replace_stock: bool,
-    /// Also replace the backup actions of the qcow2, shared, ssh and local TM drivers.
+    /// Also replace the backup actions of the qcow2, shared, ssh, local and ceph TM drivers.
     #[arg(long)]
     with_tm: bool,
     /// Remove what an earlier install put in place and restore what it replaced.
@@ -55,7 +55,7 @@ pub struct Options {
 const MARK: &str = "backstop-shim";
 const DS_MAD: &str = "backstop";
 const STOCK_MAD: &str = "restic";
-const TM_DRIVERS: &[&str] = &["qcow2", "shared", "ssh", "local"];
+const TM_DRIVERS: &[&str] = &["qcow2", "shared", "ssh", "local", "ceph"];
 const ANCHOR: &str = "case \"$FROM\" in";
 const BLOCK_START: &str =
     "# >>> backstop: backstop:// URLs (added by backstop's install.sh; --uninstall removes it)";

@@ -176,8 +176,9 @@ fn replacing_stock_drivers_needs_no_override() {
     let out = install_sh(&r, &["--with-tm"]);
     assert_eq!(out.code, Some(0), "--with-tm: {out:?}");
     assert!(
-        out.stdout
-            .contains("transfer managers with backstop's backup actions: qcow2, shared, ssh\n"),
+        out.stdout.contains(
+            "transfer managers with backstop's backup actions: qcow2, shared, ssh, ceph\n"
+        ),
         "{out:?}"
     );
 }
@@ -193,7 +194,7 @@ fn with_tm_warns_when_it_finds_no_transfer_manager() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stderr.contains(
-            "warning: --with-tm found none of the transfer managers qcow2, shared, ssh, local under"
+            "warning: --with-tm found none of the transfer managers qcow2, shared, ssh, local, ceph under"
         ),
         "{out:?}"
     );
@@ -216,6 +217,7 @@ fn drop_in_and_tm_replacement_keep_and_restore_the_stock_files() {
     for a in TM_ACTIONS {
         assert!(shim(&format!("tm/qcow2/{a}")), "tm/qcow2/{a}");
         assert!(shim(&format!("tm/ssh/{a}")), "tm/ssh/{a}");
+        assert!(shim(&format!("tm/ceph/{a}")), "tm/ceph/{a}");
     }
     // Untouched: files backstop has no action for, and the tm/shared link.
     assert_eq!(

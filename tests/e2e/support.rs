@@ -189,6 +189,12 @@ pub fn stock_remotes(root: &Path) {
         &root.join("tm/ssh/restore"),
         "#!/usr/bin/env ruby\n# stock ssh restore\n",
     );
+    for a in TM_ACTIONS.iter().chain(&["clone"]) {
+        write_exec(
+            &root.join("tm/ceph").join(a),
+            &format!("#!/usr/bin/env ruby\n# stock ceph {a}\n"),
+        );
+    }
 }
 
 /// Every entry of a tree: relative path -> (kind, content or link target, mode, mtime).

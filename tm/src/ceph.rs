@@ -33,12 +33,18 @@ fn attr<'a>(disk: &'a Disk, name: &str) -> Option<&'a str> {
 }
 
 /// Whether the disk is an RBD image (a Ceph datastore's disk, or a volatile disk on a Ceph
-/// system datastore).
+/// system datastore). DISK_TYPE says it when present: a Ceph image on an `ssh` system
+/// datastore (TM_MAD_SYSTEM=ssh) is copied to the host and is a file there (DISK_TYPE=FILE),
+/// though its TM_MAD stays `ceph`.
 pub fn is_rbd(disk: &Disk) -> bool {
     let is = |v: Option<&str>, want: &str| v.is_some_and(|v| v.eq_ignore_ascii_case(want));
-    is(attr(disk, "TM_MAD"), "ceph")
-        || is(attr(disk, "DISK_TYPE"), "RBD")
-        || is(disk.disk_type.as_deref(), "RBD")
+    match attr(disk, "DISK_TYPE") {
+        Some(t) => t.eq_ignore_ascii_case("RBD"),
+        None => {
+            is(disk.disk_type.as_deref(), "RBD")
+                || (is(attr(disk, "TM_MAD"), "ceph") && !is(attr(disk, "TM_MAD_SYSTEM"), "ssh"))
+        }
+    }
 }
 
 /// Snapshots this driver owns: `one_backup` and `one_backup_<n>`.
@@ -173,6 +179,37 @@ pub fn prepare(
     })
 }
 
+/// Staging mode: the snapshot as the stock Ceph TM stages it, a qcow2 `target` in the stock
+/// layout: increment 0 (or FULL) the whole image; an increment the extents `rbd diff` lists
+/// since the parent snapshot, as a delta the consumers rebase onto the previous file; an
+/// increment whose parent snapshot is gone everything, covering whatever it is rebased onto.
+pub fn stage(
+    rbd: &RbdSource,
+    increment: u64,
+    target: &std::path::Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<crate::delta::Written, Error> {
+    use crate::delta::{Plan, write_from};
+    let image = RbdImage {
+        pool: rbd.pool.clone(),
+        image: rbd.image.clone(),
+        snapshot: Some(rbd.snapshot.clone()),
+        conf: rbd.conf.as_ref().map(PathBuf::from),
+        user: rbd.user.clone(),
+        keyfile: rbd.keyfile.as_ref().map(PathBuf::from),
+    };
+    let what = image.spec();
+    let input =
+        |e: std::io::Error| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}"));
+    let plan = match (&rbd.parent_snapshot, increment) {
+        (Some(parent), _) => Plan::Listed(image.diff_from(parent).map_err(input)?),
+        (None, 0) => Plan::Full,
+        (None, _) => Plan::Whole,
+    };
+    let source = backstop_datastore::repo::nbd::NbdImage::open_rbd(&image).map_err(input)?;
+    write_from(&source, &what, &plan, target, cancel)
+}
+
 /// postbackup of one RBD disk: after success only the new increment's snapshot stays (it is
 /// the next parent; none after a FULL); after a failure only the new snapshot goes, so the
 /// retry diffs from the same parent. Problems are logged, never fatal.
@@ -267,6 +304,22 @@ mod tests {
             Some("/x"),
             Some("FILE")
         )));
+        // A Ceph image copied to an ssh system datastore is a file on the host.
+        assert!(!is_rbd(&disk(
+            &[
+                ("TM_MAD", "ceph"),
+                ("TM_MAD_SYSTEM", "ssh"),
+                ("DISK_TYPE", "FILE")
+            ],
+            Some("one/one-5"),
+            None
+        )));
+        assert!(!is_rbd(&disk(
+            &[("TM_MAD", "ceph"), ("TM_MAD_SYSTEM", "ssh")],
+            Some("one/one-5"),
+            None
+        )));
+        assert!(is_rbd(&disk(&[("DISK_TYPE", "RBD")], None, Some("fs"))));
         for bad in ["one", "one/a@b", "one/a:conf=/etc/passwd", "one/-x"] {
             assert!(
                 image_of(22, &disk(&[("TM_MAD", "ceph")], Some(bad), None)).is_err(),

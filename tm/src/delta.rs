@@ -8,6 +8,8 @@
 //!   onto the previous increment, as they do for the stock files).
 //! - An increment without a usable bitmap: every allocated cluster, and every other cluster
 //!   an explicit zero cluster, so it is correct whatever it is rebased onto.
+//! - An RBD snapshot's increment: the extents `rbd diff` lists since the parent snapshot
+//!   (read through librbd), as the stock Ceph TM stages it.
 
 use backstop_datastore::repo::disk_image::DiskImage;
 use backstop_datastore::repo::image::ImageSource;
@@ -26,6 +28,8 @@ pub enum Plan {
     Changed(String),
     /// An increment without a usable bitmap: everything, covering the backing file.
     Whole,
+    /// These extents (an RBD snapshot's, as `rbd diff` lists them since the parent's).
+    Listed(Vec<backstop_datastore::repo::image::Extent>),
 }
 
 /// What was written.
@@ -70,6 +74,7 @@ pub fn write_from(
     backstop_datastore::repo::image::check_size(what, size)?;
     let extents = match plan {
         Plan::Changed(b) => image.dirty(b).map_err(input)?,
+        Plan::Listed(e) => e.clone(),
         _ => image.data_extents().map_err(input)?.unwrap_or_else(|| {
             vec![backstop_datastore::repo::image::Extent {
                 offset: 0,

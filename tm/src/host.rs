@@ -123,17 +123,19 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
     let mut add_bitmaps: Vec<(PathBuf, String)> = Vec::new();
     for &id in &step.args.disk_ids {
         if let Some(disk) = vm.disk(id).filter(|d| crate::ceph::is_rbd(d)) {
-            // Ceph: a snapshot, read by the backup through librbd (docs/ceph.md).
-            if !step.direct {
-                return Err(Error::new(
-                    ErrorKind::NotImplemented,
-                    format!(
-                        "VM {}: disk {id} is a Ceph RBD image: staging it in the stock rbd format is not written yet (TM_DELIVERY=direct reads it in place)",
-                        vm.id
-                    ),
-                ));
-            }
+            // Ceph: a snapshot, read by the backup through librbd, or staged (docs/ceph.md).
             let rbd = crate::ceph::prepare(vm, disk, increment, parent, incremental_mode)?;
+            if !step.direct {
+                let w = crate::ceph::stage(
+                    &rbd,
+                    increment,
+                    &staging.join(format!("disk.{id}.{increment}")),
+                    step.cancel,
+                )?;
+                summary.bytes_read += w.bytes_read;
+                summary.staged_bytes += w.file_bytes;
+                continue;
+            }
             manifest.disks.push(DirectDisk {
                 disk_id: id,
                 path: format!("{}/{}@{}", rbd.pool, rbd.image, rbd.snapshot),

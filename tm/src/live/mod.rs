@@ -36,7 +36,7 @@ use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::message::{BackupMode, FsFreeze};
 use backstop_protocol::output::{Level, log};
-use backstop_protocol::staging::{DirectDisk, DirectManifest, NbdSource, bitmap_name};
+use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, NbdSource, bitmap_name};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -616,18 +616,36 @@ fn rbd_prebackup_live(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> 
             )));
         }
     }
+    // Only the snapshots are taken while frozen (as for direct delivery); staging reads them
+    // after the thaw.
+    let snapshots = Step {
+        direct: true,
+        staging: step.staging.clone(),
+        ..*step
+    };
+    let mut summary = frozen(virsh, dom, vm.backup_config.fs_freeze, || {
+        host::prebackup(&snapshots)
+    })?;
     if !step.direct {
-        return Err(Error::new(
-            ErrorKind::NotImplemented,
-            format!(
-                "VM {}: its disks are Ceph RBD images: staging them in the stock rbd format is not written yet (TM_DELIVERY=direct reads them in place)",
-                vm.id
-            ),
-        ));
+        let path = step.staging.join(MANIFEST);
+        let manifest: DirectManifest = std::fs::read(&path)
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+            .and_then(|b| {
+                serde_json::from_slice(&b).map_err(|e| fail(format!("{}: {e}", path.display())))
+            })?;
+        for d in &manifest.disks {
+            let Some(rbd) = &d.rbd else { continue };
+            let target = step
+                .staging
+                .join(format!("disk.{}.{}", d.disk_id, manifest.increment));
+            let w = crate::ceph::stage(rbd, manifest.increment, &target, step.cancel)?;
+            summary.bytes_read += w.bytes_read;
+            summary.staged_bytes += w.file_bytes;
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
     }
-    frozen(virsh, dom, vm.backup_config.fs_freeze, || {
-        host::prebackup(step)
-    })
+    Ok(summary)
 }
 
 /// Stops a pull-mode backup job and block-commits the overlays in `<vm_dir>/tmp` back into
