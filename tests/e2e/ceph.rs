@@ -241,7 +241,8 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
     }
 }
 
-/// Staging mode: prebackup writes the stock layout's qcow2 files from the RBD snapshots (the
+/// Staging mode, FULL and three increments: prebackup writes the stock layout's qcow2 files
+/// from the RBD snapshots (the
 /// whole image at increment 0, then deltas of what `rbd diff` lists, which the stock drivers
 /// rebase onto the file before), which the backup stores as complete images. Each staged chain,
 /// rebuilt the stock way, is the snapshot; each stored point dumps as `rbd export` gives it.
@@ -254,7 +255,7 @@ fn rbd_disks_staged_in_the_stock_layout() {
     let staging = cc.cloud.staging();
     let kept = cc.cloud.dir.path().join("staged");
     fs::create_dir_all(&kept).expect("kept");
-    for inc in 0..3u64 {
+    for inc in 0..4u64 {
         if inc > 0 {
             cc.write("vm22-root", 0x30 + inc as u8, 10 + inc * 5, 2);
             cc.write("base-img-22-1", 0x40 + inc as u8, inc * 3, 1);
