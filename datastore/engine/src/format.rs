@@ -204,4 +204,7 @@ pub struct Snapshot {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub program_version: Option<String>,
+    /// For a copy (restic `copy`, backstop's sync): the snapshot it was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<RepoId>,
 }

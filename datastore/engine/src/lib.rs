@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod bandwidth;
 pub mod cache;
+pub mod copy;
 pub mod crypto;
 pub mod disk_image;
 pub mod error;

@@ -25,7 +25,8 @@ mod tree;
 
 use chunks::{ImageJob, ZeroIds, backup_image};
 use prefetch::Prepared;
-use tree::{DirBuilder, save_index};
+use tree::DirBuilder;
+pub(crate) use tree::save_index;
 
 /// Packs are closed once they reach this size (restic's default target).
 pub const PACK_TARGET: usize = 16 << 20;
@@ -614,6 +615,7 @@ fn backup_prepared(
         gid: rustix::process::getgid().as_raw(),
         tags: options.tags.clone(),
         program_version: Some(format!("backstop {}", env!("CARGO_PKG_VERSION"))),
+        original: None,
     };
     if options.cancel.load(Ordering::SeqCst) {
         return Err(Error::new(ErrorKind::Cancelled, "the backup was cancelled"));

@@ -84,7 +84,7 @@ impl DirBuilder {
 const INDEX_BLOBS_PER_FILE: usize = 50_000;
 
 /// Writes the index entries of `packs`, in files of at most [`INDEX_BLOBS_PER_FILE`] blobs.
-pub(super) fn save_index(repo: &Repo, packs: Vec<IndexPack>) -> Result<(), Error> {
+pub(crate) fn save_index(repo: &Repo, packs: Vec<IndexPack>) -> Result<(), Error> {
     let mut file = Vec::new();
     let mut blobs = 0;
     for pack in packs {

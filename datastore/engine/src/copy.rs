@@ -1,0 +1,380 @@
+//! Copying snapshots from one repository to another by blob id, as restic's `copy` does (see
+//! `docs/sync.md`): only the blobs the destination lacks are read, opened with the source's
+//! key, checked against their id and sealed again with the destination's; the stored form is
+//! kept (a compressed blob stays compressed, nothing is compressed again). The destination is
+//! a plain restic repository afterwards.
+//!
+//! Order makes an interrupted copy harmless and resumable: for each snapshot, its data blobs
+//! and then its trees are packed and written, then the index of the data packs, then the index
+//! of the tree packs, then the snapshot. A tree in a destination index therefore always has its
+//! data there, so a later run skips a tree the destination has and everything under it; packs
+//! a killed run wrote but never indexed are left for prune, as restic leaves them.
+//!
+//! A copied snapshot carries `original`: the source snapshot's own `original`, or its id.
+//! A snapshot whose `original` (or id) the destination has already is not copied again.
+
+use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
+use crate::lock::RetryLock;
+use crate::pack::{PackBuilder, SealedBlob};
+use crate::writer::PACK_TARGET;
+use crate::{BlobLocation, Error, ErrorKind, Repo, rustic_error};
+use crossbeam_channel::{bounded, unbounded};
+use rustic_core::FileType;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    pub retry_lock: RetryLock,
+    /// Blobs read from the source at once.
+    pub threads: usize,
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            retry_lock: RetryLock(std::time::Duration::ZERO),
+            threads: 4,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Snapshots written to the destination.
+    pub snapshots: usize,
+    /// Snapshots the destination had already.
+    pub skipped: usize,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+    /// Bytes read from the source's packs.
+    pub bytes_read: u64,
+    /// Bytes of packs written to the destination.
+    pub bytes_written: u64,
+}
+
+/// One snapshot copied: its id at the source and at the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub source: RepoId,
+    pub copy: RepoId,
+}
+
+/// Where each blob of a repository is, from its index.
+fn locations(repo: &Repo) -> Result<HashMap<RepoId, (BlobKind, BlobLocation)>, Error> {
+    let mut map = HashMap::new();
+    for id in repo.list(FileType::Index)? {
+        let index: IndexFile = repo.load_file(FileType::Index, &id)?;
+        for pack in index.packs.iter().chain(&index.packs_to_delete) {
+            for b in &pack.blobs {
+                map.insert(
+                    b.id,
+                    (
+                        b.kind,
+                        BlobLocation {
+                            pack: pack.id,
+                            offset: b.offset,
+                            length: b.length,
+                            uncompressed_length: b.uncompressed_length,
+                        },
+                    ),
+                );
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// The destination's snapshots by the `original` they stand for.
+fn originals(dst: &Repo) -> Result<HashSet<RepoId>, Error> {
+    let mut have = HashSet::new();
+    for id in dst.list(FileType::Snapshot)? {
+        let snap: Snapshot = dst.load_file(FileType::Snapshot, &id)?;
+        have.insert(snap.original.unwrap_or(id));
+    }
+    Ok(have)
+}
+
+/// A blob read from the source: its stored form (compressed or not), checked against its id.
+fn read_stored(
+    src: &Repo,
+    id: &RepoId,
+    at: &BlobLocation,
+) -> Result<(Vec<u8>, Option<usize>), Error> {
+    let sealed = src
+        .backend()
+        .read_partial(
+            FileType::Pack,
+            &at.pack.to_rustic(),
+            false,
+            at.offset,
+            at.length,
+        )
+        .map_err(|e| rustic_error(&format!("cannot read blob {id} from the source"), &e))?;
+    let stored = src.open_sealed(&sealed).map_err(|e| {
+        Error::new(
+            ErrorKind::Repository,
+            format!(
+                "blob {id} in pack {} of the source cannot be read: {}",
+                at.pack, e.message
+            ),
+        )
+    })?;
+    let plain = match at.uncompressed_length {
+        Some(n) => zstd::bulk::decompress(&stored, n as usize).map_err(|e| {
+            Error::new(ErrorKind::Repository, format!("blob {id} of the source: {e}"))
+        })?,
+        None => stored.clone(),
+    };
+    if RepoId::of(&plain) != *id {
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!("blob {id} is damaged at the source: its content does not match its id"),
+        ));
+    }
+    Ok((stored, at.uncompressed_length.map(|n| n as usize)))
+}
+
+/// The trees and data blobs of `root` the destination lacks (trees it has are skipped with
+/// everything under them), children before parents.
+fn missing(
+    src: &Repo,
+    root: RepoId,
+    where_: &HashMap<RepoId, (BlobKind, BlobLocation)>,
+    present: &HashSet<RepoId>,
+    queued: &mut HashSet<RepoId>,
+) -> Result<(Vec<RepoId>, Vec<RepoId>), Error> {
+    let (mut data, mut trees) = (Vec::new(), Vec::new());
+    let mut stack = vec![root];
+    while let Some(tree) = stack.pop() {
+        if present.contains(&tree) || !queued.insert(tree) {
+            continue;
+        }
+        let (_, at) = where_.get(&tree).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("tree {tree} is not in the source's index"),
+            )
+        })?;
+        let bytes = src.read_blob(&tree, at)?;
+        let parsed: Tree = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("tree {tree} of the source is not valid: {e}"),
+            )
+        })?;
+        trees.push(tree);
+        for node in &parsed.nodes {
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
+            }
+            for blob in node.content.iter().flatten() {
+                if !present.contains(blob) && queued.insert(*blob) {
+                    data.push(*blob);
+                }
+            }
+        }
+    }
+    Ok((data, trees))
+}
+
+/// Reads `ids` from the source with `threads` readers, seals them for the destination and
+/// writes them in packs of their own kind; returns the index entries.
+fn transfer(
+    src: &Repo,
+    dst: &Repo,
+    ids: &[RepoId],
+    where_: &HashMap<RepoId, (BlobKind, BlobLocation)>,
+    options: &CopyOptions,
+    stats: &Mutex<CopyStats>,
+) -> Result<Vec<IndexPack>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    let fail = |e: Error| {
+        stop.store(true, Ordering::SeqCst);
+        if let Ok(mut f) = failed.lock() {
+            f.get_or_insert(e);
+        }
+    };
+    let read = AtomicU64::new(0);
+    let mut packs = Vec::new();
+    std::thread::scope(|s| {
+        let (todo_tx, todo_rx) = unbounded::<RepoId>();
+        for id in ids {
+            let _ = todo_tx.send(*id);
+        }
+        drop(todo_tx);
+        let (blob_tx, blob_rx) = bounded::<SealedBlob>(options.threads.max(1) * 2);
+        for _ in 0..options.threads.max(1) {
+            let (todo_rx, blob_tx) = (todo_rx.clone(), blob_tx.clone());
+            let (read, fail, stop) = (&read, &fail, &stop);
+            s.spawn(move || {
+                for id in todo_rx {
+                    if stop.load(Ordering::SeqCst) || options.cancel.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let sealed = where_
+                        .get(&id)
+                        .ok_or_else(|| {
+                            Error::new(
+                                ErrorKind::Repository,
+                                format!("blob {id} is not in the source's index"),
+                            )
+                        })
+                        .and_then(|(kind, at)| {
+                            read.fetch_add(u64::from(at.length), Ordering::Relaxed);
+                            let (stored, plain) = read_stored(src, &id, at)?;
+                            Ok(SealedBlob {
+                                id,
+                                kind: *kind,
+                                sealed: dst.seal(&stored)?,
+                                uncompressed_length: plain.map(|n| n as u32),
+                            })
+                        });
+                    match sealed {
+                        Ok(b) => {
+                            if blob_tx.send(b).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => return fail(e),
+                    }
+                }
+            });
+        }
+        drop(blob_tx);
+        // One pack per kind being filled; full ones written as they come.
+        let mut open: HashMap<bool, PackBuilder> = HashMap::new();
+        let mut write = |pack: PackBuilder, trees: bool| -> Result<(), Error> {
+            let finished = pack
+                .finish(dst.crypto())
+                .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+            let size = finished.bytes.len() as u64;
+            dst.backend()
+                .write_bytes(
+                    FileType::Pack,
+                    &finished.id.to_rustic(),
+                    trees,
+                    finished.bytes.into(),
+                )
+                .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
+            if let Ok(mut st) = stats.lock() {
+                st.bytes_written += size;
+            }
+            packs.push(finished.index);
+            Ok(())
+        };
+        for blob in blob_rx {
+            if stop.load(Ordering::SeqCst) {
+                continue;
+            }
+            let trees = blob.kind == BlobKind::Tree;
+            if let Ok(mut st) = stats.lock() {
+                if trees {
+                    st.tree_blobs += 1;
+                } else {
+                    st.data_blobs += 1;
+                }
+            }
+            let pack = open.entry(trees).or_default();
+            pack.add(blob);
+            if pack.len() >= PACK_TARGET {
+                let full = std::mem::take(pack);
+                if let Err(e) = write(full, trees) {
+                    fail(e);
+                }
+            }
+        }
+        for (trees, pack) in open {
+            if !pack.is_empty() && !stop.load(Ordering::SeqCst) {
+                if let Err(e) = write(pack, trees) {
+                    fail(e);
+                }
+            }
+        }
+    });
+    if let Ok(mut st) = stats.lock() {
+        st.bytes_read += read.load(Ordering::Relaxed);
+    }
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    if options.cancel.load(Ordering::SeqCst) {
+        return Err(Error::new(ErrorKind::Cancelled, "the copy was cancelled"));
+    }
+    Ok(packs)
+}
+
+/// Copies `snapshots` (ids at the source, oldest first) that the destination lacks.
+pub fn copy(
+    src: &Repo,
+    dst: &Repo,
+    snapshots: &[RepoId],
+    options: &CopyOptions,
+) -> Result<(Vec<Copied>, CopyStats), Error> {
+    let _src_lock = src.lock(false, options.retry_lock)?;
+    let dst_lock = dst.lock_refreshed(false, options.retry_lock, crate::lock::REFRESH_EVERY)?;
+    let where_ = locations(src)?;
+    let known = dst.known_blobs()?;
+    let mut present: HashSet<RepoId> = known
+        .data
+        .keys()
+        .chain(known.trees.keys())
+        .copied()
+        .collect();
+    let mut have = originals(dst)?;
+    let stats = Mutex::new(CopyStats::default());
+    let mut copied = Vec::new();
+    for id in snapshots {
+        let snap: Snapshot = src.load_file(FileType::Snapshot, id)?;
+        let original = snap.original.unwrap_or(*id);
+        if have.contains(&original) {
+            if let Ok(mut st) = stats.lock() {
+                st.skipped += 1;
+            }
+            continue;
+        }
+        let mut queued = HashSet::new();
+        let (data, trees) = missing(src, snap.tree, &where_, &present, &mut queued)?;
+        let data_packs = transfer(src, dst, &data, &where_, options, &stats)?;
+        let tree_packs = transfer(src, dst, &trees, &where_, options, &stats)?;
+        // Packs, then the data index, then the tree index, then the snapshot: each durable
+        // and under a standing lock before the next makes it count.
+        dst.backend().sync()?;
+        dst_lock.check()?;
+        crate::writer::save_index(dst, data_packs)?;
+        dst.backend().sync()?;
+        crate::writer::save_index(dst, tree_packs)?;
+        let mut value: serde_json::Value = src.load_file(FileType::Snapshot, id)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("original".into(), serde_json::Value::String(original.to_hex()));
+            // The parent names a snapshot of the source.
+            map.remove("parent");
+        }
+        dst.backend().sync()?;
+        dst_lock.check()?;
+        let new = dst.save_file(FileType::Snapshot, &value)?;
+        dst.backend().sync()?;
+        present.extend(data);
+        present.extend(trees);
+        have.insert(original);
+        if let Ok(mut st) = stats.lock() {
+            st.snapshots += 1;
+        }
+        copied.push(Copied {
+            source: *id,
+            copy: new,
+        });
+    }
+    let stats = stats
+        .into_inner()
+        .map_err(|_| Error::new(ErrorKind::Repository, "a copy thread panicked"))?;
+    Ok((copied, stats))
+}

@@ -1,0 +1,187 @@
+//! Copying snapshots between repositories by blob id: a VM's chain (FULL and 5 increments)
+//! copied into a repository with another password; every copy dumps byte-exact with plain
+//! restic there and `restic check --read-data` is clean; a second copy moves nothing; one more
+//! increment moves little more than what it stored; restic's own snapshots copy too; a blob
+//! damaged at the source stops the copy, naming it, before any snapshot names it.
+
+mod common;
+use common::*;
+
+use backstop_engine::Repo;
+use backstop_engine::backend::LocalBackend;
+use backstop_engine::copy::{CopyOptions, copy};
+use backstop_engine::format::RepoId;
+use backstop_engine::image::{Extent, RawImage};
+use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+const OTHER: &str = "the destination's own password";
+
+fn backup(
+    repo: &Repo,
+    image: &Path,
+    changed: Option<&[Extent]>,
+    parent: Option<RepoId>,
+) -> writer::BackupResult {
+    let source = RawImage::open(image).expect("open image");
+    let files = [FileSpec {
+        path: DISK.into(),
+        content: Content::Image {
+            source: &source,
+            changed,
+            parent_path: Some(DISK.into()),
+        },
+    }];
+    let options = BackupOptions {
+        tags: vec!["one-22".into()],
+        parent,
+        ..BackupOptions::default()
+    };
+    writer::backup(repo, &files, &options).expect("backup")
+}
+
+fn restic_with(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("restic")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .args(args)
+        .env("RESTIC_PASSWORD", password)
+        .output()
+        .expect("restic");
+    ok(out, &format!("restic {args:?}"))
+}
+
+#[test]
+fn a_chain_copies_by_blob_and_a_second_copy_moves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 48, 7);
+    let (src_path, dst_path) = (dir.path().join("src"), dir.path().join("dst"));
+    let src = Repo::init(Arc::new(LocalBackend::new(&src_path)), PASSWORD).expect("init");
+    let dst = Repo::init(Arc::new(LocalBackend::new(&dst_path)), OTHER).expect("init");
+
+    // FULL and five increments, the image saved at each point.
+    let mut ids = Vec::new();
+    let mut points = Vec::new();
+    let mut parent = None;
+    for k in 0..6u64 {
+        let changed = (k > 0).then(|| scribble(&image, 12, 100 + k));
+        let r = backup(&src, &image, changed.as_deref(), parent);
+        parent = Some(r.snapshot_id);
+        ids.push(r.snapshot_id);
+        points.push(fs::read(&image).expect("image"));
+    }
+
+    let (copied, stats) = copy(&src, &dst, &ids, &CopyOptions::default()).expect("copy");
+    assert_eq!((copied.len(), stats.snapshots, stats.skipped), (6, 6, 0));
+    assert!(stats.bytes_written > 0 && stats.data_blobs > 0, "{stats:?}");
+    ok(
+        Command::new("restic")
+            .arg("--repo")
+            .arg(&dst_path)
+            .args(["--no-cache", "check", "--read-data"])
+            .env("RESTIC_PASSWORD", OTHER)
+            .output()
+            .expect("restic"),
+        "restic check --read-data at the destination",
+    );
+    for (c, want) in copied.iter().zip(&points) {
+        let data = restic_with(&dst_path, OTHER, &["dump", &c.copy.to_hex(), DISK]);
+        assert!(data == *want, "copy {} of {} differs", c.copy, c.source);
+    }
+    // The copies name their originals.
+    let listed: serde_json::Value =
+        serde_json::from_slice(&restic_with(&dst_path, OTHER, &["snapshots", "--json"]))
+            .expect("json");
+    for c in &copied {
+        assert!(
+            listed
+                .as_array()
+                .expect("array")
+                .iter()
+                .any(|s| s["original"] == c.source.to_hex()),
+            "no copy names {} as its original: {listed}",
+            c.source
+        );
+    }
+
+    // Again: nothing to read, nothing to write.
+    let (again, stats) = copy(&src, &dst, &ids, &CopyOptions::default()).expect("copy again");
+    assert!(again.is_empty());
+    assert_eq!(
+        (stats.skipped, stats.bytes_read, stats.bytes_written),
+        (6, 0, 0)
+    );
+
+    // One more increment: the copy moves its new blobs and its trees, little more.
+    let changed = scribble(&image, 12, 999);
+    let r = backup(&src, &image, Some(&changed), parent);
+    let stored = r.total.added_bytes;
+    let (one, stats) = copy(&src, &dst, &[r.snapshot_id], &CopyOptions::default()).expect("copy");
+    assert_eq!(one.len(), 1);
+    assert!(
+        stats.bytes_written * 10 <= stored * 11,
+        "the increment stored {stored} bytes, its copy wrote {}",
+        stats.bytes_written
+    );
+    let data = restic_with(&dst_path, OTHER, &["dump", &one[0].copy.to_hex(), DISK]);
+    assert!(data == fs::read(&image).expect("image"));
+}
+
+#[test]
+fn restics_snapshots_copy_and_a_damaged_blob_stops_the_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src_path, dst_path) = (dir.path().join("src"), dir.path().join("dst"));
+    ok(restic(&src_path, &["init"]), "restic init");
+    let files = dir.path().join("files");
+    fs::create_dir_all(files.join("sub")).expect("files");
+    let mut g = Gen(5);
+    let mut big = vec![0u8; 3 << 20];
+    g.fill(&mut big);
+    fs::write(files.join("big.bin"), &big).expect("big");
+    fs::write(files.join("sub/note.txt"), b"kept by restic").expect("note");
+    ok(
+        restic(&src_path, &["backup", files.to_str().expect("utf-8")]),
+        "restic backup",
+    );
+    let src = Repo::open(Arc::new(LocalBackend::new(&src_path)), PASSWORD).expect("open");
+    let dst = Repo::init(Arc::new(LocalBackend::new(&dst_path)), OTHER).expect("init");
+    let ids: Vec<RepoId> = src
+        .all_snapshots()
+        .expect("snapshots")
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    let (copied, _) = copy(&src, &dst, &ids, &CopyOptions::default()).expect("copy");
+    let path = format!("{}/sub/note.txt", files.display());
+    let note = restic_with(&dst_path, OTHER, &["dump", &copied[0].copy.to_hex(), &path]);
+    assert_eq!(note, b"kept by restic");
+    let path = format!("{}/big.bin", files.display());
+    assert!(restic_with(&dst_path, OTHER, &["dump", &copied[0].copy.to_hex(), &path]) == big);
+
+    // A flipped byte in a data pack at the source: the copy into a fresh destination fails,
+    // naming the blob, and leaves no snapshot there.
+    let fresh_path = dir.path().join("fresh");
+    let fresh = Repo::init(Arc::new(LocalBackend::new(&fresh_path)), OTHER).expect("init");
+    let mut largest = None;
+    for entry in walk(&src_path.join("data")) {
+        let len = fs::metadata(&entry).expect("meta").len();
+        if largest.as_ref().is_none_or(|(_, l)| len > *l) {
+            largest = Some((entry, len));
+        }
+    }
+    let (pack, _) = largest.expect("a pack");
+    let mut bytes = fs::read(&pack).expect("pack");
+    bytes[100] ^= 0x40;
+    fs::write(&pack, bytes).expect("damage");
+    let e = copy(&src, &fresh, &ids, &CopyOptions::default()).expect_err("a damaged blob");
+    assert!(e.to_string().contains("blob"), "{e}");
+    assert!(
+        fresh.list(backstop_engine::FileType::Snapshot).expect("list").is_empty(),
+        "a snapshot was written over a failed copy"
+    );
+}
