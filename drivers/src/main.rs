@@ -11,6 +11,7 @@
 mod cli;
 mod install;
 mod repo_cli;
+mod repo_copy;
 mod run;
 
 use std::ffi::OsString;

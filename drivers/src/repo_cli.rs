@@ -39,7 +39,7 @@ pub struct Args {
     host_fingerprint: Option<String>,
     /// SFTP: sessions to open at most; S3: requests in flight at once.
     #[arg(long, env = "RESTIC_CONNECTIONS", default_value_t = 5)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// S3: the region to sign for.
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
     s3_region: String,
@@ -61,7 +61,7 @@ pub struct Args {
     /// How long to wait for a conflicting lock to go away (e.g. 30s, 5m, 1h30m), as restic's
     /// --retry-lock; then fail naming the holder.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
-    retry_lock: Duration,
+    pub(crate) retry_lock: Duration,
     /// SFTP and S3: where to keep the metadata cache (index, snapshot and tree files, checked by
     /// their hash; default $XDG_CACHE_HOME/backstop or ~/.cache/backstop).
     #[arg(long, value_name = "DIR")]
@@ -202,6 +202,8 @@ enum Command {
         #[arg(long)]
         remove_all: bool,
     },
+    /// Copy snapshots from another repository (restic's `copy`): only the blobs this one lacks.
+    Copy(Box<crate::repo_copy::CopyCmd>),
     /// Write a file of a snapshot to stdout.
     Dump {
         /// Snapshot id, unique prefix, or `latest`.
@@ -243,8 +245,8 @@ fn password(args: &Args) -> Result<String, String> {
     Err("no repository password: set RESTIC_PASSWORD or RESTIC_PASSWORD_FILE, or pass --password-file".into())
 }
 
-fn s3_backend(args: &Args) -> Result<S3Backend, String> {
-    let loc = S3Location::parse(&args.repo)?;
+fn s3_backend(args: &Args, location: &str) -> Result<S3Backend, String> {
+    let loc = S3Location::parse(location)?;
     let key = |name: &str| {
         std::env::var(name)
             .ok()
@@ -266,8 +268,13 @@ fn s3_backend(args: &Args) -> Result<S3Backend, String> {
 }
 
 fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
-    let remote: Arc<dyn Storage> = if args.repo.starts_with("sftp:") {
-        let loc = SftpLocation::parse(&args.repo)?;
+    backend_at(args, &args.repo)
+}
+
+/// The storage at `location`, with the command line's connection options.
+pub(crate) fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
+    let remote: Arc<dyn Storage> = if location.starts_with("sftp:") {
+        let loc = SftpLocation::parse(location)?;
         let options = SftpOptions {
             connections: args.connections,
             bwlimit_kib: args.limit,
@@ -275,10 +282,10 @@ fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
             host_fingerprint: args.host_fingerprint.clone(),
         };
         Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| e.to_string())?)
-    } else if args.repo.starts_with("s3:") {
-        Arc::new(s3_backend(args)?)
+    } else if location.starts_with("s3:") {
+        Arc::new(s3_backend(args, location)?)
     } else {
-        return Ok(Arc::new(LocalBackend::new(&args.repo)));
+        return Ok(Arc::new(LocalBackend::new(location)));
     };
     // A check reads what the server holds, never a local copy.
     let cache = match (&args.command, args.no_cache) {
@@ -322,6 +329,7 @@ fn run(args: &Args) -> Result<(), String> {
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
         Command::Init | Command::Backup(_) => Ok(()),
+        Command::Copy(cmd) => crate::repo_copy::run(args, &repo, cmd),
         Command::Snapshots { json } => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
             if *json {

@@ -126,7 +126,10 @@ fn read_stored(
     })?;
     let plain = match at.uncompressed_length {
         Some(n) => zstd::bulk::decompress(&stored, n as usize).map_err(|e| {
-            Error::new(ErrorKind::Repository, format!("blob {id} of the source: {e}"))
+            Error::new(
+                ErrorKind::Repository,
+                format!("blob {id} of the source: {e}"),
+            )
         })?,
         None => stored.clone(),
     };
@@ -293,10 +296,11 @@ fn transfer(
             }
         }
         for (trees, pack) in open {
-            if !pack.is_empty() && !stop.load(Ordering::SeqCst) {
-                if let Err(e) = write(pack, trees) {
-                    fail(e);
-                }
+            if !pack.is_empty()
+                && !stop.load(Ordering::SeqCst)
+                && let Err(e) = write(pack, trees)
+            {
+                fail(e);
             }
         }
     });
@@ -354,7 +358,10 @@ pub fn copy(
         crate::writer::save_index(dst, tree_packs)?;
         let mut value: serde_json::Value = src.load_file(FileType::Snapshot, id)?;
         if let Some(map) = value.as_object_mut() {
-            map.insert("original".into(), serde_json::Value::String(original.to_hex()));
+            map.insert(
+                "original".into(),
+                serde_json::Value::String(original.to_hex()),
+            );
             // The parent names a snapshot of the source.
             map.remove("parent");
         }

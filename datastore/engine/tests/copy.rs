@@ -181,7 +181,10 @@ fn restics_snapshots_copy_and_a_damaged_blob_stops_the_copy() {
     let e = copy(&src, &fresh, &ids, &CopyOptions::default()).expect_err("a damaged blob");
     assert!(e.to_string().contains("blob"), "{e}");
     assert!(
-        fresh.list(backstop_engine::FileType::Snapshot).expect("list").is_empty(),
+        fresh
+            .list(backstop_engine::FileType::Snapshot)
+            .expect("list")
+            .is_empty(),
         "a snapshot was written over a failed copy"
     );
 }

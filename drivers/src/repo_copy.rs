@@ -1,0 +1,87 @@
+#![allow(clippy::print_stdout)] // a command line prints its results
+//! `backstop repo -r DEST copy --from-repo SOURCE [SNAPSHOT...]`: restic's `copy`, by blob id
+//! (the engine's [`backstop_datastore::repo::copy`]; see docs/sync.md). The source's password
+//! comes from RESTIC_FROM_PASSWORD, RESTIC_FROM_PASSWORD_FILE or `--from-password-file`, as
+//! restic's, never from argv.
+
+use crate::repo_cli::{Args, backend_at};
+use backstop_datastore::repo::Repo;
+use backstop_datastore::repo::copy::{CopyOptions, copy};
+use backstop_datastore::repo::lock::RetryLock;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct CopyCmd {
+    /// The repository to copy from (a local path, sftp:..., s3:...).
+    #[arg(long, value_name = "REPOSITORY", env = "RESTIC_FROM_REPOSITORY")]
+    from_repo: String,
+    /// A file whose first line is the source's password (else RESTIC_FROM_PASSWORD or
+    /// RESTIC_FROM_PASSWORD_FILE).
+    #[arg(long, value_name = "FILE")]
+    from_password_file: Option<PathBuf>,
+    /// Snapshots to copy (ids or unique prefixes); every snapshot of the source when none.
+    snapshots: Vec<String>,
+}
+
+fn from_password(cmd: &CopyCmd) -> Result<String, String> {
+    let from_file = |path: &Path| -> Result<String, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the source's password file {}: {e}",
+                path.display()
+            )
+        })?;
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    };
+    if let Some(p) = &cmd.from_password_file {
+        return from_file(p);
+    }
+    if let Ok(p) = std::env::var("RESTIC_FROM_PASSWORD") {
+        return Ok(p);
+    }
+    if let Some(p) = std::env::var_os("RESTIC_FROM_PASSWORD_FILE") {
+        return from_file(Path::new(&p));
+    }
+    Err("no password for the source repository: set RESTIC_FROM_PASSWORD or RESTIC_FROM_PASSWORD_FILE, or pass --from-password-file".into())
+}
+
+pub fn run(args: &Args, dst: &Repo, cmd: &CopyCmd) -> Result<(), String> {
+    let src = Repo::open(backend_at(args, &cmd.from_repo)?, &from_password(cmd)?)
+        .map_err(|e| format!("the source: {e}"))?;
+    let ids = if cmd.snapshots.is_empty() {
+        src.all_snapshots()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect()
+    } else {
+        cmd.snapshots
+            .iter()
+            .map(|s| src.find_snapshot(s).map(|(id, _)| id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let options = CopyOptions {
+        retry_lock: RetryLock(args.retry_lock),
+        threads: args.connections.max(1),
+        ..CopyOptions::default()
+    };
+    let (copied, stats) = copy(&src, dst, &ids, &options).map_err(|e| e.to_string())?;
+    for c in &copied {
+        println!(
+            "copied {} as {}",
+            &c.source.to_hex()[..8],
+            &c.copy.to_hex()[..8]
+        );
+    }
+    println!(
+        "{} snapshots copied, {} there already; {} data and {} tree blobs; {} bytes read, {} bytes written",
+        stats.snapshots,
+        stats.skipped,
+        stats.data_blobs,
+        stats.tree_blobs,
+        stats.bytes_read,
+        stats.bytes_written
+    );
+    Ok(())
+}
