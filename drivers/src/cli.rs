@@ -26,6 +26,12 @@ struct Cli {
 enum Command {
     /// Backup jobs: datastores, VMs and jobs in a state database, and running them.
     Backupjob(backstop_backupjob::cli::Args),
+    /// Remotes, the other site of a sync: `backstop backupjob remote ...` by a shorter name.
+    #[command(disable_help_flag = true)]
+    Remote {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run the driver action a remotes path names, with oned's arguments (what the shims call).
     Action {
         /// e.g. /var/lib/one/remotes/datastore/backstop/monitor
@@ -98,6 +104,21 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Decode { path, args } => decode(&path, &args),
         Command::Install(options) => install::main(&options),
         Command::Backupjob(args) => backstop_backupjob::cli::main(&args),
+        Command::Remote { args } => {
+            let mut all: Vec<OsString> = vec!["backupjob".into(), "remote".into()];
+            all.extend(args);
+            match <backstop_backupjob::cli::Args as clap::Parser>::try_parse_from(all) {
+                Ok(args) => backstop_backupjob::cli::main(&args),
+                Err(e) => {
+                    let _ = e.print();
+                    if e.use_stderr() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+            }
+        }
         Command::Repo(args) => repo_cli::main(&args),
         Command::HostBackup {
             staging,

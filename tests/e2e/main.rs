@@ -15,6 +15,7 @@ mod install;
 mod jobs;
 mod live;
 mod oned_mock;
+mod remotes;
 mod repo_cli;
 #[path = "../../datastore/engine/tests/common/s3.rs"]
 #[allow(dead_code)]

@@ -15,6 +15,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// A job backs up into a backup datastore, never straight into a remote.
+fn not_a_remote(st: &State, id: u64) -> Result<(), Error> {
+    if st.remotes()?.iter().any(|r| r.0 == id) {
+        return Err(input(format!(
+            "DATASTORE_ID {id} is a remote, not a backup datastore (remotes receive copies through sync jobs)"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
     let CreateArgs {
         file,
@@ -52,6 +62,7 @@ pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
     }
     let file = std::path::Path::new(&what);
     let job = JobTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+    not_a_remote(st, job.datastore_id)?;
     let stored = model::without_sched_actions(&text).map_err(|x| input(x.to_string()))?;
     let id = st.create_job_with(
         &job.name,
@@ -368,6 +379,7 @@ pub(super) fn update(st: &mut State, id: &u64, file: &PathBuf, append: &bool) ->
         .render()
         .map_err(|x| input(format!("{}: {x}", file.display())))?;
     let job = JobTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+    not_a_remote(st, job.datastore_id)?;
     st.set_job_template(*id, &text, &job.vms)?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 mod datastores;
 mod images;
 mod jobs;
+mod remotes;
 mod schedules;
 mod vms;
 
@@ -57,6 +58,11 @@ pub(crate) enum Command {
     Datastore {
         #[command(subcommand)]
         command: DatastoreCommand,
+    },
+    /// Remotes: the other site of a sync, written as a backup datastore's template.
+    Remote {
+        #[command(subcommand)]
+        command: RemoteCommand,
     },
     /// VMs, registered from their `onevm show -x` document.
     Vm {
@@ -159,6 +165,27 @@ pub(crate) enum DatastoreCommand {
     },
     /// Delete a datastore no job names and no backup image lives in (the repository stays).
     Delete { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RemoteCommand {
+    /// Add a remote from a template file (NAME, DS_MAD, BASE_PATH or RESTIC_SFTP_SERVER, or
+    /// RESTIC_BACKEND=S3 and RESTIC_S3_*, and its own RESTIC_PASSWORD).
+    Create { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A remote: where its repositories are, and its template (secrets hidden).
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a remote's template.
+    Update { id: u64, file: PathBuf },
+    /// Forget a remote (its repositories stay).
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +436,13 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             DatastoreCommand::List { json } => datastores::list(st, json)?,
             DatastoreCommand::Show { id, json } => datastores::show(st, args, *id, *json)?,
             DatastoreCommand::Delete { id } => datastores::delete(st, id)?,
+        },
+        Command::Remote { command } => match command {
+            RemoteCommand::Create { file } => remotes::create(st, args, file)?,
+            RemoteCommand::List { json } => remotes::list(st, args, *json)?,
+            RemoteCommand::Show { id, json } => remotes::show(st, args, *id, *json)?,
+            RemoteCommand::Update { id, file } => remotes::update(st, args, *id, file)?,
+            RemoteCommand::Remove { id } => remotes::remove(st, *id)?,
         },
         Command::Vm { command } => match command {
             VmCommand::Register { file } => vms::register(st, file)?,

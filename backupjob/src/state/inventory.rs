@@ -4,29 +4,92 @@ use super::*;
 
 impl State {
     pub fn add_datastore(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        self.add_site(name, template, false)
+    }
+
+    /// A remote: the other site of a sync, written as a backup datastore's template.
+    pub fn add_remote(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        self.add_site(name, template, true)
+    }
+
+    fn add_site(&mut self, name: &str, template: &str, remote: bool) -> Result<u64, StateError> {
         let sealed = self
             .seal
             .seal_template(template)
             .map_err(|m| self.invalid(m.0))?;
         self.conn
             .execute(
-                "INSERT INTO datastores (name, template) VALUES (?1, ?2)",
-                params![name, sealed],
+                "INSERT INTO datastores (name, template, remote) VALUES (?1, ?2, ?3)",
+                params![name, sealed, remote],
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    self.invalid(format!("a datastore named {name:?} already exists"))
+                    self.invalid(format!(
+                        "a datastore or remote named {name:?} already exists"
+                    ))
                 }
                 e => self.sql(e),
             })?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
+    /// Replaces a remote's template (its name with it).
+    pub fn update_remote(&mut self, id: u64, name: &str, template: &str) -> Result<(), StateError> {
+        let sealed = self
+            .seal
+            .seal_template(template)
+            .map_err(|m| self.invalid(m.0))?;
+        let n = self
+            .conn
+            .execute(
+                "UPDATE datastores SET name = ?1, template = ?2 WHERE id = ?3 AND remote = 1",
+                params![name, sealed, id as i64],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.invalid(format!(
+                        "a datastore or remote named {name:?} already exists"
+                    ))
+                }
+                e => self.sql(e),
+            })?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no remote {id}")));
+        }
+        Ok(())
+    }
+
+    /// Forgets a remote (its repositories stay where they are).
+    pub fn delete_remote(&mut self, id: u64) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM datastores WHERE id = ?1 AND remote = 1",
+                params![id as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no remote {id}")));
+        }
+        Ok(())
+    }
+
     /// Every datastore: (id, name, template), its secrets opened.
     pub fn datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
-        self.stored_datastores()?
+        self.opened_sites(Some(false))
+    }
+
+    /// Every remote: (id, name, template), its secrets opened.
+    pub fn remotes(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+        self.opened_sites(Some(true))
+    }
+
+    fn opened_sites(&self, remote: Option<bool>) -> Result<Vec<(u64, String, String)>, StateError> {
+        self.stored_sites(remote)?
             .into_iter()
             .map(|(id, name, text)| {
                 let text = self
@@ -38,14 +101,17 @@ impl State {
             .collect()
     }
 
-    /// Every datastore as stored (secrets sealed).
-    fn stored_datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+    /// Every datastore, remote or both as stored (secrets sealed).
+    fn stored_sites(&self, remote: Option<bool>) -> Result<Vec<(u64, String, String)>, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, name, template FROM datastores ORDER BY id")
+            .prepare(
+                "SELECT id, name, template FROM datastores \
+                 WHERE ?1 IS NULL OR remote = ?1 ORDER BY id",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params![remote], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
             })
             .map_err(|e| self.sql(e))?;
@@ -54,7 +120,7 @@ impl State {
 
     /// Seals the secrets a state written before sealing holds in clear (on open).
     pub(super) fn seal_stored_secrets(&mut self) -> Result<(), StateError> {
-        for (id, _, text) in self.stored_datastores()? {
+        for (id, _, text) in self.stored_sites(None)? {
             let sealed = self
                 .seal
                 .seal_template(&text)
@@ -94,7 +160,10 @@ impl State {
         }
         let n = self
             .conn
-            .execute("DELETE FROM datastores WHERE id = ?1", params![id as i64])
+            .execute(
+                "DELETE FROM datastores WHERE id = ?1 AND remote = 0",
+                params![id as i64],
+            )
             .map_err(|e| self.sql(e))?;
         if n == 0 {
             return Err(self.invalid(format!("there is no datastore {id}")));

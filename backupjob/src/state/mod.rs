@@ -91,6 +91,9 @@ pub const MIGRATIONS: &[&str] = &[
     // (backstop_datastore::process::ProcessId), not by its PID alone: a PID reused by another
     // process must not make a killed runner's VM look attended.
     "ALTER TABLE job_vms ADD COLUMN runner TEXT;",
+    // 3: remotes (the other site of a sync): a datastore template like a backup datastore's,
+    // in the same table, marked; jobs never use one as their DATASTORE_ID.
+    "ALTER TABLE datastores ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]
