@@ -23,5 +23,6 @@ pub mod runner;
 pub mod schedule;
 pub mod scheduler;
 pub mod state;
+pub mod sync;
 
 pub use error::Error;

@@ -32,6 +32,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Sync jobs: `backstop backupjob sync-job ...` by a shorter name.
+    #[command(disable_help_flag = true)]
+    SyncJob {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run the driver action a remotes path names, with oned's arguments (what the shims call).
     Action {
         /// e.g. /var/lib/one/remotes/datastore/backstop/monitor
@@ -87,6 +93,23 @@ enum Command {
     },
 }
 
+/// `backstop <group> ...` as `backstop backupjob <group> ...`.
+fn backupjob_group(group: &str, args: Vec<OsString>) -> ExitCode {
+    let mut all: Vec<OsString> = vec!["backupjob".into(), group.into()];
+    all.extend(args);
+    match <backstop_backupjob::cli::Args as clap::Parser>::try_parse_from(all) {
+        Ok(args) => backstop_backupjob::cli::main(&args),
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -104,21 +127,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Decode { path, args } => decode(&path, &args),
         Command::Install(options) => install::main(&options),
         Command::Backupjob(args) => backstop_backupjob::cli::main(&args),
-        Command::Remote { args } => {
-            let mut all: Vec<OsString> = vec!["backupjob".into(), "remote".into()];
-            all.extend(args);
-            match <backstop_backupjob::cli::Args as clap::Parser>::try_parse_from(all) {
-                Ok(args) => backstop_backupjob::cli::main(&args),
-                Err(e) => {
-                    let _ = e.print();
-                    if e.use_stderr() {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-            }
-        }
+        Command::Remote { args } => backupjob_group("remote", args),
+        Command::SyncJob { args } => backupjob_group("sync-job", args),
+
         Command::Repo(args) => repo_cli::main(&args),
         Command::HostBackup {
             staging,

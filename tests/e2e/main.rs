@@ -23,4 +23,5 @@ mod s3server;
 mod security;
 mod stock;
 mod support;
+mod sync_jobs;
 mod tm;

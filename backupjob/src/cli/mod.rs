@@ -12,6 +12,7 @@ mod images;
 mod jobs;
 mod remotes;
 mod schedules;
+mod sync_jobs;
 mod vms;
 
 use crate::Error;
@@ -63,6 +64,11 @@ pub(crate) enum Command {
     Remote {
         #[command(subcommand)]
         command: RemoteCommand,
+    },
+    /// Sync jobs: copies of repositories between a backup datastore and a remote.
+    SyncJob {
+        #[command(subcommand)]
+        command: SyncJobCommand,
     },
     /// VMs, registered from their `onevm show -x` document.
     Vm {
@@ -186,6 +192,27 @@ pub(crate) enum RemoteCommand {
     Update { id: u64, file: PathBuf },
     /// Forget a remote (its repositories stay).
     Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SyncJobCommand {
+    /// Add a sync job from a template file (NAME, DIRECTION, DATASTORE_ID, REMOTE_ID, VMS,
+    /// BACKUP_JOBS, TRANSFER_LAST).
+    Create { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A sync job's template and its last runs.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a sync job and its run records (what it copied stays).
+    Remove { id: u64 },
+    /// Run a sync job now, in the foreground.
+    Run { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +470,13 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             RemoteCommand::Show { id, json } => remotes::show(st, args, *id, *json)?,
             RemoteCommand::Update { id, file } => remotes::update(st, args, *id, file)?,
             RemoteCommand::Remove { id } => remotes::remove(st, *id)?,
+        },
+        Command::SyncJob { command } => match command {
+            SyncJobCommand::Create { file } => sync_jobs::create(st, file)?,
+            SyncJobCommand::List { json } => sync_jobs::list(st, *json)?,
+            SyncJobCommand::Show { id, json } => sync_jobs::show(st, *id, *json)?,
+            SyncJobCommand::Remove { id } => sync_jobs::remove(st, *id)?,
+            SyncJobCommand::Run { id } => return sync_jobs::run(st, args, *id),
         },
         Command::Vm { command } => match command {
             VmCommand::Register { file } => vms::register(st, file)?,

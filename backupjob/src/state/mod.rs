@@ -16,6 +16,7 @@ mod images;
 mod inventory;
 mod schedules;
 pub mod secrets;
+pub mod sync;
 
 use schedules::insert_sched_action;
 
@@ -94,6 +95,22 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: remotes (the other site of a sync): a datastore template like a backup datastore's,
     // in the same table, marked; jobs never use one as their DATASTORE_ID.
     "ALTER TABLE datastores ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;",
+    // 4: sync jobs and a record per run.
+    "CREATE TABLE sync_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        template TEXT NOT NULL
+     );
+     CREATE TABLE sync_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES sync_jobs(id) ON DELETE CASCADE,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        snapshots INTEGER NOT NULL DEFAULT 0,
+        bytes_read INTEGER NOT NULL DEFAULT 0,
+        bytes_written INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]

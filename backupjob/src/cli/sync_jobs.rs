@@ -1,0 +1,148 @@
+//! `backupjob sync-job create|list|show|remove|run` (also `backstop sync-job ...`): sync jobs
+//! ([`crate::sync`], docs/sync.md).
+
+use super::{Args, input, print, read};
+use crate::Error;
+use crate::state::State;
+use crate::sync::SyncTemplate;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
+    let text = read(file)?;
+    let job = SyncTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+    if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
+        return Err(input(format!(
+            "{}: DATASTORE_ID {} is not a backup datastore",
+            file.display(),
+            job.datastore_id
+        )));
+    }
+    if !st.remotes()?.iter().any(|r| r.0 == job.remote_id) {
+        return Err(input(format!(
+            "{}: REMOTE_ID {} is not a remote",
+            file.display(),
+            job.remote_id
+        )));
+    }
+    let id = st.add_sync_job(&job.name, &text)?;
+    print(&format!("ID: {id}"))
+}
+
+fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
+    st.sync_jobs()?
+        .into_iter()
+        .map(|(id, _, text)| {
+            SyncTemplate::parse(&text)
+                .map(|t| (id, t))
+                .map_err(|e| input(format!("sync job {id}: {e}")))
+        })
+        .collect()
+}
+
+fn run_json(r: &crate::state::sync::SyncRun) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id, "started_at": r.started_at, "ended_at": r.ended_at,
+        "snapshots": r.snapshots, "bytes_read": r.bytes_read,
+        "bytes_written": r.bytes_written, "error": r.error,
+    })
+}
+
+pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
+    let jobs = parsed(st)?;
+    if json {
+        let mut v = Vec::new();
+        for (id, t) in &jobs {
+            let last = st.sync_runs(*id)?.first().map(run_json);
+            v.push(serde_json::json!({
+                "id": id, "name": t.name, "direction": t.direction.as_str(),
+                "datastore_id": t.datastore_id, "remote_id": t.remote_id,
+                "repositories": t.repositories(), "last_run": last,
+            }));
+        }
+        return print(&serde_json::Value::Array(v).to_string());
+    }
+    print(&format!(
+        "{:>4} {:<16} {:<5} {:>3} {:>6} LAST",
+        "ID", "NAME", "DIR", "DS", "REMOTE"
+    ))?;
+    for (id, t) in jobs {
+        let last = match st.sync_runs(id)?.first() {
+            None => "never".to_string(),
+            Some(r) if r.error.is_some() => format!("failed (run {})", r.id),
+            Some(r) => format!("ok, {} snapshots (run {})", r.snapshots, r.id),
+        };
+        print(&format!(
+            "{id:>4} {:<16} {:<5} {:>3} {:>6} {last}",
+            t.name,
+            t.direction.as_str(),
+            t.datastore_id,
+            t.remote_id
+        ))?;
+    }
+    Ok(())
+}
+
+pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
+    let (_, name, text) = st
+        .sync_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no sync job {id}")))?;
+    let runs = st.sync_runs(id)?;
+    if json {
+        let runs: Vec<_> = runs.iter().map(run_json).collect();
+        return print(
+            &serde_json::json!({"id": id, "name": name, "template": text, "runs": runs})
+                .to_string(),
+        );
+    }
+    print(&format!(
+        "SYNC JOB {id} INFORMATION\nID   : {id}\nNAME : {name}\n\nTEMPLATE\n{}\n\nRUNS",
+        text.trim_end()
+    ))?;
+    for r in runs.iter().take(10) {
+        print(&format!(
+            "{:>5} started {} ended {} snapshots {} read {} written {}{}",
+            r.id,
+            r.started_at,
+            r.ended_at.map_or("-".into(), |e| e.to_string()),
+            r.snapshots,
+            r.bytes_read,
+            r.bytes_written,
+            r.error.as_deref().map_or(String::new(), |e| format!(
+                " FAILED: {}",
+                e.replace('\n', "; ")
+            ))
+        ))?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
+    st.delete_sync_job(id)?;
+    Ok(())
+}
+
+/// One run now; exit 1 when a repository failed (each named on stderr).
+pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
+    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
+    let mut lines = Vec::new();
+    let record = crate::sync::run(st, id, &args.datastore_location, &cfg, &mut |l| {
+        lines.push(l.to_string())
+    })?;
+    for l in &lines {
+        print(l)?;
+    }
+    print(&format!(
+        "sync job {id}: run {}: {} snapshots copied, {} bytes read, {} bytes written",
+        record.id, record.snapshots, record.bytes_read, record.bytes_written
+    ))?;
+    if let Some(e) = &record.error {
+        for line in e.lines() {
+            eprintln!("backupjob: sync job {id}: {line}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

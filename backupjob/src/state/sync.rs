@@ -1,0 +1,118 @@
+//! Sync jobs and the record of their runs (docs/sync.md).
+
+use super::*;
+
+/// One run of a sync job, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRun {
+    pub id: u64,
+    pub job_id: u64,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub snapshots: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// What failed, one line per repository; none when the run worked.
+    pub error: Option<String>,
+}
+
+impl State {
+    pub fn add_sync_job(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO sync_jobs (name, template) VALUES (?1, ?2)",
+                params![name, template],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.invalid(format!("a sync job named {name:?} already exists"))
+                }
+                e => self.sql(e),
+            })?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Every sync job: (id, name, template).
+    pub fn sync_jobs(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, template FROM sync_jobs ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Deletes a sync job and its run records (what it copied stays).
+    pub fn delete_sync_job(&mut self, id: u64) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM sync_jobs WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no sync job {id}")));
+        }
+        Ok(())
+    }
+
+    /// Starts a run record; its id.
+    pub fn start_sync_run(&mut self, job: u64, now: i64) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO sync_runs (job_id, started_at) VALUES (?1, ?2)",
+                params![job as i64, now],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Ends a run record with what it did.
+    pub fn end_sync_run(&mut self, run: &SyncRun) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE sync_runs SET ended_at = ?1, snapshots = ?2, bytes_read = ?3, \
+                 bytes_written = ?4, error = ?5 WHERE id = ?6",
+                params![
+                    run.ended_at,
+                    run.snapshots as i64,
+                    run.bytes_read as i64,
+                    run.bytes_written as i64,
+                    run.error,
+                    run.id as i64
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// The runs of a sync job, newest first.
+    pub fn sync_runs(&self, job: u64) -> Result<Vec<SyncRun>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, job_id, started_at, ended_at, snapshots, bytes_read, bytes_written, \
+                 error FROM sync_runs WHERE job_id = ?1 ORDER BY id DESC",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![job as i64], |r| {
+                Ok(SyncRun {
+                    id: r.get::<_, i64>(0)? as u64,
+                    job_id: r.get::<_, i64>(1)? as u64,
+                    started_at: r.get(2)?,
+                    ended_at: r.get(3)?,
+                    snapshots: r.get::<_, i64>(4)? as u64,
+                    bytes_read: r.get::<_, i64>(5)? as u64,
+                    bytes_written: r.get::<_, i64>(6)? as u64,
+                    error: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}

@@ -1,0 +1,271 @@
+//! Sync jobs (docs/sync.md): a second copy of backup repositories, between a backup datastore of
+//! the runner and a remote, by blob id ([`backstop_datastore::repo::copy`]).
+//!
+//! A sync job's template:
+//! - `NAME`; `DIRECTION` `PUSH` (datastore to remote, the default) or `PULL` (remote to
+//!   datastore); `DATASTORE_ID` (a backup datastore) and `REMOTE_ID` (a remote);
+//! - the repositories: `VMS` (VM ids: repositories `<vm_id>`) and/or `BACKUP_JOBS` (backup job
+//!   ids: repositories `job_<bj>`), comma-separated;
+//! - `TRANSFER_LAST`: only the newest N snapshots of each VM (its `one-<vm>` tag); 0 (the
+//!   default) copies all.
+//!
+//! A run copies each repository in turn, creating it at the destination with the
+//! destination's password when it is missing; a repository that fails is named and the others
+//! still run. Each run is recorded (started, ended, snapshots and bytes, errors).
+
+use crate::Error;
+use crate::error::input;
+use crate::state::State;
+use crate::state::sync::SyncRun;
+use backstop_datastore::config::DriverConfig;
+use backstop_datastore::repo::copy::{CopyOptions, CopyStats, copy};
+use backstop_datastore::repo::format::RepoId;
+use backstop_datastore::target::RepoTarget;
+use backstop_protocol::message::Datastore;
+use backstop_protocol::template::Template;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Push,
+    Pull,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Push => "PUSH",
+            Direction::Pull => "PULL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncTemplate {
+    pub name: String,
+    pub direction: Direction,
+    pub datastore_id: u64,
+    pub remote_id: u64,
+    pub vms: Vec<u64>,
+    pub backup_jobs: Vec<u64>,
+    pub transfer_last: usize,
+}
+
+fn ids(text: Option<&str>, what: &str) -> Result<Vec<u64>, String> {
+    text.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("{what} {s:?} is not a list of ids"))
+        })
+        .collect()
+}
+
+impl SyncTemplate {
+    pub fn parse(text: &str) -> Result<SyncTemplate, String> {
+        let t = Template::parse(text).map_err(|e| e.to_string())?;
+        let number = |name: &str| -> Result<u64, String> {
+            let v = t.get(name).ok_or_else(|| format!("{name} is missing"))?;
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{name} {v:?} is not a number"))
+        };
+        let name = t
+            .get("NAME")
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .ok_or("NAME is missing")?
+            .to_string();
+        let direction = match t.get("DIRECTION").map(|d| d.trim().to_ascii_uppercase()) {
+            None => Direction::Push,
+            Some(d) if d == "PUSH" => Direction::Push,
+            Some(d) if d == "PULL" => Direction::Pull,
+            Some(d) => return Err(format!("DIRECTION {d:?} is not PUSH or PULL")),
+        };
+        let vms = ids(t.get("VMS"), "VMS")?;
+        let backup_jobs = ids(t.get("BACKUP_JOBS"), "BACKUP_JOBS")?;
+        if vms.is_empty() && backup_jobs.is_empty() {
+            return Err("name the repositories to sync: VMS and/or BACKUP_JOBS".into());
+        }
+        let transfer_last = match t.get("TRANSFER_LAST") {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("TRANSFER_LAST {v:?} is not a number"))?,
+        };
+        Ok(SyncTemplate {
+            name,
+            direction,
+            datastore_id: number("DATASTORE_ID")?,
+            remote_id: number("REMOTE_ID")?,
+            vms,
+            backup_jobs,
+            transfer_last,
+        })
+    }
+
+    /// The repository ids the job syncs: `<vm_id>` and `job_<bj>`.
+    pub fn repositories(&self) -> Vec<String> {
+        self.vms
+            .iter()
+            .map(u64::to_string)
+            .chain(self.backup_jobs.iter().map(|j| format!("job_{j}")))
+            .collect()
+    }
+}
+
+/// A datastore or remote of the state as the actions see it.
+pub fn datastore(
+    list: &[(u64, String, String)],
+    id: u64,
+    what: &str,
+    location: &str,
+) -> Result<Datastore, Error> {
+    let (_, _, text) = list
+        .iter()
+        .find(|d| d.0 == id)
+        .ok_or_else(|| input(format!("there is no {what} {id}")))?;
+    let (_, ds) = crate::model::datastore(id, text, location)
+        .map_err(|x| input(format!("{what} {id}: {x}")))?;
+    let root = backstop_protocol::xml::Element::parse(&ds.document)
+        .map_err(|x| input(format!("{what} {id}: {x}")))?;
+    Datastore::from_xml(&root).map_err(|x| input(format!("{what} {id}: {x}")))
+}
+
+/// The snapshots to copy: all, or the newest `last` of each VM (by its `one-<vm>` tag).
+fn chosen(
+    snaps: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+    last: usize,
+) -> Vec<RepoId> {
+    if last == 0 {
+        return snaps.iter().map(|(id, _)| *id).collect();
+    }
+    let vm_of = |s: &backstop_datastore::repo::format::Snapshot| {
+        s.tags.iter().find(|t| t.starts_with("one-")).cloned()
+    };
+    let mut keep = Vec::new();
+    for (k, (id, s)) in snaps.iter().enumerate() {
+        let newer = snaps[k + 1..]
+            .iter()
+            .filter(|(_, o)| vm_of(o) == vm_of(s))
+            .count();
+        if newer < last {
+            keep.push(*id);
+        }
+    }
+    keep
+}
+
+/// One repository: opened at both ends (created at the destination), copied.
+fn sync_repository(
+    from: &Datastore,
+    to: &Datastore,
+    repo_id: &str,
+    transfer_last: usize,
+    cfg: &DriverConfig,
+) -> Result<CopyStats, Error> {
+    let src = RepoTarget::new(from, repo_id.to_string())?.open(from, cfg, false)?;
+    let dst = RepoTarget::new(to, repo_id.to_string())?.open(to, cfg, true)?;
+    let snaps: Vec<_> = src
+        .all_snapshots()?
+        .into_iter()
+        .map(|(id, s, _)| (id, s))
+        .collect();
+    let ids = chosen(&snaps, transfer_last);
+    let (_, stats) = copy(&src, &dst, &ids, &CopyOptions::default())?;
+    Ok(stats)
+}
+
+/// Runs sync job `id` now; `report` gets a line per repository. The run's record.
+pub fn run(
+    st: &mut State,
+    id: u64,
+    location: &str,
+    cfg: &DriverConfig,
+    report: &mut dyn FnMut(&str),
+) -> Result<SyncRun, Error> {
+    let (_, _, text) = st
+        .sync_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no sync job {id}")))?;
+    let job = SyncTemplate::parse(&text).map_err(|e| input(format!("sync job {id}: {e}")))?;
+    let local = datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
+    let remote = datastore(&st.remotes()?, job.remote_id, "remote", location)?;
+    let (from, to) = match job.direction {
+        Direction::Push => (&local, &remote),
+        Direction::Pull => (&remote, &local),
+    };
+    let now = || jiff::Timestamp::now().as_second();
+    let run_id = st.start_sync_run(id, now())?;
+    let mut record = SyncRun {
+        id: run_id,
+        job_id: id,
+        started_at: now(),
+        ended_at: None,
+        snapshots: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        error: None,
+    };
+    let mut errors = Vec::new();
+    for repo in job.repositories() {
+        match sync_repository(from, to, &repo, job.transfer_last, cfg) {
+            Ok(s) => {
+                record.snapshots += s.snapshots as u64;
+                record.bytes_read += s.bytes_read;
+                record.bytes_written += s.bytes_written;
+                report(&format!(
+                    "repository {repo}: {} snapshots copied, {} there already; {} bytes read, {} bytes written",
+                    s.snapshots, s.skipped, s.bytes_read, s.bytes_written
+                ));
+            }
+            Err(e) => {
+                let line = format!(
+                    "repository {repo}: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                );
+                report(&line);
+                errors.push(line);
+            }
+        }
+    }
+    record.ended_at = Some(now());
+    record.error = (!errors.is_empty()).then(|| errors.join("\n"));
+    st.end_sync_run(&record)?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_checked() {
+        let t = SyncTemplate::parse(
+            "NAME=\"off\"\nDIRECTION=\"pull\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22, 23\"\nBACKUP_JOBS=\"4\"\nTRANSFER_LAST=3\n",
+        )
+        .expect("parse");
+        assert_eq!(t.direction, Direction::Pull);
+        assert_eq!(t.repositories(), ["22", "23", "job_4"]);
+        assert_eq!(t.transfer_last, 3);
+        for (bad, says) in [
+            ("DATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\n", "NAME"),
+            ("NAME=x\nREMOTE_ID=2\nVMS=1\n", "DATASTORE_ID"),
+            (
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\n",
+                "VMS and/or BACKUP_JOBS",
+            ),
+            ("NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"a\"\n", "VMS"),
+            (
+                "NAME=x\nDIRECTION=up\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\n",
+                "DIRECTION",
+            ),
+        ] {
+            let e = SyncTemplate::parse(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

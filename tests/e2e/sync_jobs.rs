@@ -1,0 +1,253 @@
+//! Sync jobs end to end: a backup datastore on a local path, a remote over SFTP (a real sshd on
+//! loopback, its host key checked through the ssh configuration backstop.conf names), and the
+//! real restic as the oracle at every destination. A VM's FULL and 5 increments are pushed;
+//! every copy dumps byte-exact and `restic check --read-data` is clean; a second run copies
+//! nothing (bytes counted); one more increment moves no more than 110 % of what it stored; a
+//! PULL into a third datastore with TRANSFER_LAST=2 brings the newest two; a repository that
+//! does not exist fails the run naming it while the others are done; every run is recorded.
+
+use crate::support::{BACKSTOP, Outcome, noise, run, run_env};
+use std::fs;
+use std::path::Path;
+
+const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0.0";
+
+fn restic_ok(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("restic")
+        .arg("--no-cache")
+        .arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", password)
+        .output()
+        .expect("restic");
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn sync_jobs_push_pull_and_record_their_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sshd = crate::cloud::start_sshd(d, "127.0.0.6", "site2");
+    let remotes = d.join("remotes");
+    fs::create_dir_all(remotes.join("etc/datastore")).expect("remotes");
+    fs::write(
+        remotes.join("etc/datastore/backstop.conf"),
+        format!("SSH_CONFIG={}\n", sshd.ssh_config.display()),
+    )
+    .expect("backstop.conf");
+    let state = d.join("state.db");
+    let (st, rm) = (
+        state.to_str().expect("utf-8"),
+        remotes.to_str().expect("utf-8"),
+    );
+    let bj = |args: &[&str]| -> Outcome {
+        let mut all = vec!["backupjob", "--state", st, "--remotes", rm];
+        all.extend_from_slice(args);
+        run(BACKSTOP, &all, b"")
+    };
+    let ok = |args: &[&str]| -> Outcome {
+        let out = bj(args);
+        assert_eq!(out.code, Some(0), "backupjob {args:?}: {out:?}");
+        out
+    };
+    let template = |name: &str, text: String| {
+        let p = d.join(name);
+        fs::write(&p, text).expect("template");
+        p.display().to_string()
+    };
+    let local = d.join("local");
+    ok(&[
+        "datastore",
+        "create",
+        &template(
+            "local.tmpl",
+            format!(
+                "NAME=\"local\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw-local\"\n",
+                local.display()
+            ),
+        ),
+    ]);
+    let store = d.join("site2-store");
+    ok(&[
+        "remote",
+        "create",
+        &template(
+            "site2.tmpl",
+            format!(
+                "NAME=\"site2\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_SFTP_SERVER=\"site2\"\n\
+             RESTIC_SFTP_USER=\"root\"\nRESTIC_PASSWORD=\"pw-site2\"\n",
+                store.display()
+            ),
+        ),
+    ]);
+
+    // A FULL and 5 increments of VM 22 in the local datastore.
+    let repo22 = local.join("22");
+    let repo = |args: &[&str]| -> Outcome {
+        let mut all = vec!["repo", "-r", repo22.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        let out = run_env(BACKSTOP, &all, b"", &[("RESTIC_PASSWORD", "pw-local")]);
+        assert_eq!(out.code, Some(0), "repo {args:?}: {out:?}");
+        out
+    };
+    repo(&["init"]);
+    let raw = d.join("disk.raw");
+    let mut data = noise(16 << 20, 3);
+    let mut points: Vec<Vec<u8>> = Vec::new();
+    let backup = |k: usize, data: &mut Vec<u8>| -> u64 {
+        if k > 0 {
+            let at = (k % 14) << 20;
+            data[at..at + (1 << 20)].copy_from_slice(&noise(1 << 20, 100 + k as u64));
+        }
+        fs::write(&raw, &*data).expect("raw");
+        let out = repo(&[
+            "backup",
+            "--image",
+            raw.to_str().expect("utf-8"),
+            "--path",
+            IN_SNAPSHOT,
+            "--tag",
+            "one-22",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        v["added_bytes"].as_u64().expect("added")
+    };
+    for k in 0..6 {
+        backup(k, &mut data);
+        points.push(data.clone());
+    }
+
+    // Push.
+    let push = template(
+        "push.tmpl",
+        "NAME=\"offsite\"\nDIRECTION=\"PUSH\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\n".into(),
+    );
+    assert_eq!(ok(&["sync-job", "create", &push]).stdout, "ID: 1\n");
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout
+            .contains("repository 22: 6 snapshots copied, 0 there already"),
+        "{out:?}"
+    );
+    let at_site2 = store.join("22");
+    restic_ok(&at_site2, "pw-site2", &["check", "--read-data"]);
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&restic_ok(&at_site2, "pw-site2", &["snapshots", "--json"]))
+            .expect("json");
+    let ids: Vec<String> = snaps
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 6);
+    for (id, want) in ids.iter().zip(&points) {
+        assert!(
+            restic_ok(&at_site2, "pw-site2", &["dump", id, IN_SNAPSHOT]) == *want,
+            "{id}"
+        );
+    }
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 6 there already; 0 bytes read, 0 bytes written"
+        ),
+        "{out:?}"
+    );
+    let stored = backup(6, &mut data);
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains("repository 22: 1 snapshots copied"),
+        "{out:?}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["sync-job", "show", "1", "--json"]).stdout).expect("json");
+    let runs = shown["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 3, "{shown}");
+    let written = runs[0]["bytes_written"].as_u64().expect("bytes");
+    assert!(
+        written * 10 <= stored * 11,
+        "the increment stored {stored}, its sync wrote {written}"
+    );
+    assert_eq!(runs[1]["bytes_written"], 0, "{shown}");
+    assert!(
+        runs.iter()
+            .all(|r| r["error"].is_null() && r["ended_at"].is_i64()),
+        "{shown}"
+    );
+
+    // Pull the newest two into another datastore.
+    let pulled = d.join("pulled");
+    ok(&[
+        "datastore",
+        "create",
+        &template(
+            "pulled.tmpl",
+            format!(
+                "NAME=\"pulled\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw-pulled\"\n",
+                pulled.display()
+            ),
+        ),
+    ]);
+    let pull = template(
+        "pull.tmpl",
+        "NAME=\"back\"\nDIRECTION=\"PULL\"\nDATASTORE_ID=3\nREMOTE_ID=2\nVMS=\"22\"\nTRANSFER_LAST=2\n".into(),
+    );
+    ok(&["sync-job", "create", &pull]);
+    let out = ok(&["sync-job", "run", "2"]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots copied"),
+        "{out:?}"
+    );
+    restic_ok(&pulled.join("22"), "pw-pulled", &["check", "--read-data"]);
+    assert!(
+        restic_ok(
+            &pulled.join("22"),
+            "pw-pulled",
+            &["dump", "latest", IN_SNAPSHOT]
+        ) == data,
+        "the pulled newest point"
+    );
+
+    // A repository that is not there fails the run, named; the other is still done.
+    let both = template(
+        "both.tmpl",
+        "NAME=\"both\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"99,22\"\n".into(),
+    );
+    ok(&["sync-job", "create", &both]);
+    let out = bj(&["sync-job", "run", "3"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("repository 99: ") && out.stderr.contains("no repository"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("repository 22: 0 snapshots copied, 7 there already"),
+        "{out:?}"
+    );
+    let list = ok(&["sync-job", "list"]).stdout;
+    assert!(
+        list.contains("failed (run") && list.contains("offsite"),
+        "{list}"
+    );
+    // Creating a job that names no remote, or a remote as its datastore, is refused.
+    let wrong = template(
+        "wrong.tmpl",
+        "NAME=\"wrong\"\nDATASTORE_ID=2\nREMOTE_ID=1\nVMS=\"22\"\n".into(),
+    );
+    let out = bj(&["sync-job", "create", &wrong]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("DATASTORE_ID 2 is not a backup datastore"),
+        "{out:?}"
+    );
+}
