@@ -38,6 +38,7 @@ pub mod qcow2;
 pub mod rbd;
 pub mod rbd_stream;
 pub mod restore;
+pub mod verify;
 pub mod s3;
 pub mod sftp;
 pub mod sshconfig;

@@ -1,0 +1,282 @@
+//! Verifying snapshots by reading their blobs back, and healing what is damaged (see
+//! `docs/sync.md`, "Verify and heal").
+//!
+//! [`verify`] reads every blob the chosen snapshots reference (their trees and their data;
+//! with a subset, only the blobs of a share of the packs) and checks each against its id; the
+//! result is per snapshot: clean, or the damaged blobs it needs.
+//!
+//! [`heal`] takes damaged blobs out of the repository as restic's `repair packs` does: every
+//! pack holding one is rewritten with its good blobs (their sealed bytes as they are, checked
+//! first), the index files naming it are replaced by ones naming the new pack instead, and the
+//! old pack is deleted, all under an exclusive lock. The damaged blobs are then in no index,
+//! so the next backup of the disk reads those chunks again instead of reusing them; the chunk
+//! has the same id as before, so every older snapshot that needs it is whole again.
+
+use crate::format::{BlobKind, IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
+use crate::lock::RetryLock;
+use crate::pack::{PackBuilder, SealedBlob};
+use crate::{BlobLocation, Error, ErrorKind, Repo, rustic_error};
+use rustic_core::FileType;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// The verdict on one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotVerdict {
+    pub snapshot: RepoId,
+    /// The damaged (or missing) blobs it needs; empty when it verified clean.
+    pub bad: Vec<RepoId>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub verdicts: Vec<SnapshotVerdict>,
+    pub blobs_read: u64,
+    pub bytes_read: u64,
+}
+
+/// A share of the packs: `n` of `m` (1-based), by the pack id's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub n: u8,
+    pub m: u8,
+}
+
+impl Share {
+    pub fn parse(text: &str) -> Result<Share, String> {
+        let (n, m) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not n/m"))?;
+        let (n, m): (u8, u8) = (
+            n.trim().parse().map_err(|_| format!("{text:?} is not n/m"))?,
+            m.trim().parse().map_err(|_| format!("{text:?} is not n/m"))?,
+        );
+        if m == 0 || n == 0 || n > m {
+            return Err(format!("{text:?}: n/m needs 1 <= n <= m"));
+        }
+        Ok(Share { n, m })
+    }
+
+    fn holds(self, pack: &RepoId) -> bool {
+        pack.0[0] % self.m == self.n - 1
+    }
+}
+
+fn index_map(repo: &Repo) -> Result<HashMap<RepoId, (BlobKind, BlobLocation)>, Error> {
+    let mut map = HashMap::new();
+    for id in repo.list(FileType::Index)? {
+        let index: IndexFile = repo.load_file(FileType::Index, &id)?;
+        for pack in &index.packs {
+            for b in &pack.blobs {
+                map.insert(b.id, (b.kind, location(pack.id, b)));
+            }
+        }
+    }
+    Ok(map)
+}
+
+fn location(pack: RepoId, b: &IndexBlob) -> BlobLocation {
+    BlobLocation {
+        pack,
+        offset: b.offset,
+        length: b.length,
+        uncompressed_length: b.uncompressed_length,
+    }
+}
+
+/// The blobs a snapshot needs: (trees, data). A tree that cannot be read is itself the
+/// damage, and what is under it is not known.
+fn needed(
+    repo: &Repo,
+    snap: &Snapshot,
+    index: &HashMap<RepoId, (BlobKind, BlobLocation)>,
+    bad: &mut HashSet<RepoId>,
+) -> (BTreeSet<RepoId>, BTreeSet<RepoId>) {
+    let (mut trees, mut data) = (BTreeSet::new(), BTreeSet::new());
+    let mut stack = vec![snap.tree];
+    while let Some(t) = stack.pop() {
+        if !trees.insert(t) {
+            continue;
+        }
+        let parsed = index
+            .get(&t)
+            .ok_or(())
+            .and_then(|(_, at)| repo.read_blob(&t, at).map_err(|_| ()))
+            .and_then(|b| serde_json::from_slice::<Tree>(&b).map_err(|_| ()));
+        let Ok(tree) = parsed else {
+            bad.insert(t);
+            continue;
+        };
+        for node in tree.nodes {
+            stack.extend(node.subtree);
+            data.extend(node.content.into_iter().flatten());
+        }
+    }
+    (trees, data)
+}
+
+/// Verifies `snapshots`: every blob they need read and checked (within `share` of the packs
+/// when given; a blob missing from the index is always damage).
+pub fn verify(
+    repo: &Repo,
+    snapshots: &[RepoId],
+    share: Option<Share>,
+    retry: RetryLock,
+) -> Result<VerifyReport, Error> {
+    let _lock = repo.lock(false, retry)?;
+    let index = index_map(repo)?;
+    let mut report = VerifyReport::default();
+    let mut checked: HashMap<RepoId, bool> = HashMap::new();
+    for id in snapshots {
+        let snap: Snapshot = repo.load_file(FileType::Snapshot, id)?;
+        let mut bad = HashSet::new();
+        let (trees, data) = needed(repo, &snap, &index, &mut bad);
+        for blob in data.iter().chain(&trees) {
+            if bad.contains(blob) {
+                continue;
+            }
+            let ok = match checked.get(blob) {
+                Some(ok) => *ok,
+                None => {
+                    let ok = match index.get(blob) {
+                        None => false,
+                        Some((_, at)) if share.is_some_and(|s| !s.holds(&at.pack)) => true,
+                        Some((_, at)) => {
+                            report.blobs_read += 1;
+                            report.bytes_read += u64::from(at.length);
+                            repo.read_blob(blob, at).is_ok()
+                        }
+                    };
+                    checked.insert(*blob, ok);
+                    ok
+                }
+            };
+            if !ok {
+                bad.insert(*blob);
+            }
+        }
+        let mut bad: Vec<RepoId> = bad.into_iter().collect();
+        bad.sort();
+        report.verdicts.push(SnapshotVerdict {
+            snapshot: *id,
+            bad,
+        });
+    }
+    Ok(report)
+}
+
+/// What [`heal`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Healed {
+    /// Packs rewritten without their damaged blobs (and deleted).
+    pub packs: usize,
+    /// Damaged blobs that left the index.
+    pub removed: usize,
+    /// Good blobs carried into the new packs.
+    pub kept: usize,
+}
+
+/// Takes `bad` blobs out of the repository: the packs holding them are rewritten with their
+/// good blobs, the index updated, the old packs deleted. Under an exclusive lock.
+pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Error> {
+    let lock = repo.lock(true, retry)?;
+    let bad: HashSet<RepoId> = bad.iter().copied().collect();
+    let mut healed = Healed::default();
+    // Index files and the packs in them that hold a damaged blob.
+    let mut files: BTreeMap<RepoId, IndexFile> = BTreeMap::new();
+    let mut damaged: BTreeSet<RepoId> = BTreeSet::new();
+    for id in repo.list(FileType::Index)? {
+        let index: IndexFile = repo.load_file(FileType::Index, &id)?;
+        let hit: Vec<RepoId> = index
+            .packs
+            .iter()
+            .filter(|p| p.blobs.iter().any(|b| bad.contains(&b.id)))
+            .map(|p| p.id)
+            .collect();
+        if !hit.is_empty() {
+            damaged.extend(hit);
+            files.insert(id, index);
+        }
+    }
+    // Each damaged pack rewritten with what in it is still good.
+    let mut replaced: HashMap<RepoId, Option<IndexPack>> = HashMap::new();
+    for pack_id in &damaged {
+        let blobs: Vec<IndexBlob> = files
+            .values()
+            .flat_map(|f| f.packs.iter())
+            .filter(|p| p.id == *pack_id)
+            .flat_map(|p| p.blobs.iter().cloned())
+            .collect();
+        let mut builder = PackBuilder::default();
+        for b in &blobs {
+            let at = location(*pack_id, b);
+            let good = !bad.contains(&b.id) && repo.read_blob(&b.id, &at).is_ok();
+            if !good {
+                healed.removed += 1;
+                continue;
+            }
+            let sealed = repo
+                .backend()
+                .read_partial(FileType::Pack, &pack_id.to_rustic(), false, b.offset, b.length)
+                .map_err(|e| rustic_error(&format!("cannot read pack {pack_id}"), &e))?;
+            builder.add(SealedBlob {
+                id: b.id,
+                kind: b.kind,
+                sealed: sealed.to_vec(),
+                uncompressed_length: b.uncompressed_length,
+            });
+            healed.kept += 1;
+        }
+        let new = if builder.is_empty() {
+            None
+        } else {
+            let finished = builder
+                .finish(repo.crypto())
+                .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+            let trees = finished.index.blobs.iter().any(|b| b.kind == BlobKind::Tree);
+            repo.backend()
+                .write_bytes(
+                    FileType::Pack,
+                    &finished.id.to_rustic(),
+                    trees,
+                    finished.bytes.into(),
+                )
+                .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
+            Some(finished.index)
+        };
+        replaced.insert(*pack_id, new);
+        healed.packs += 1;
+    }
+    repo.backend().sync()?;
+    lock.check()?;
+    // New index files first, then the old ones go, then the old packs.
+    for (old_id, file) in &files {
+        let packs: Vec<IndexPack> = file
+            .packs
+            .iter()
+            .filter_map(|p| match replaced.get(&p.id) {
+                Some(new) => new.clone(),
+                None => Some(p.clone()),
+            })
+            .collect();
+        let new = IndexFile {
+            supersedes: vec![*old_id],
+            packs,
+            packs_to_delete: file.packs_to_delete.clone(),
+        };
+        repo.save_file(FileType::Index, &new)?;
+    }
+    repo.backend().sync()?;
+    lock.check()?;
+    for old_id in files.keys() {
+        repo.backend()
+            .remove(FileType::Index, &old_id.to_rustic(), true)
+            .map_err(|e| rustic_error(&format!("cannot remove index {old_id}"), &e))?;
+    }
+    for pack_id in &damaged {
+        repo.backend()
+            .remove(FileType::Pack, &pack_id.to_rustic(), false)
+            .map_err(|e| rustic_error(&format!("cannot remove pack {pack_id}"), &e))?;
+    }
+    repo.backend().sync()?;
+    Ok(healed)
+}
