@@ -204,6 +204,9 @@ enum Command {
     },
     /// Copy snapshots from another repository (restic's `copy`): only the blobs this one lacks.
     Copy(Box<crate::repo_copy::CopyCmd>),
+    /// Read back every blob the snapshots need and say which are damaged; --heal takes the
+    /// damaged ones out so the next backup writes them again.
+    Verify(crate::repo_copy::VerifyCmd),
     /// Write a file of a snapshot to stdout.
     Dump {
         /// Snapshot id, unique prefix, or `latest`.
@@ -330,6 +333,7 @@ fn run(args: &Args) -> Result<(), String> {
     match &args.command {
         Command::Init | Command::Backup(_) => Ok(()),
         Command::Copy(cmd) => crate::repo_copy::run(args, &repo, cmd),
+        Command::Verify(cmd) => crate::repo_copy::verify(args, &repo, cmd),
         Command::Snapshots { json } => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
             if *json {

@@ -3,6 +3,9 @@
 //! (the engine's [`backstop_datastore::repo::copy`]; see docs/sync.md). The source's password
 //! comes from RESTIC_FROM_PASSWORD, RESTIC_FROM_PASSWORD_FILE or `--from-password-file`, as
 //! restic's, never from argv.
+//!
+//! `backstop repo verify [SNAPSHOT...] [--share n/m] [--heal]`: the engine's
+//! [`backstop_datastore::repo::verify`].
 
 use crate::repo_cli::{Args, backend_at};
 use backstop_datastore::repo::Repo;
@@ -84,4 +87,73 @@ pub fn run(args: &Args, dst: &Repo, cmd: &CopyCmd) -> Result<(), String> {
         stats.bytes_written
     );
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyCmd {
+    /// Snapshots to verify (ids or unique prefixes); every snapshot when none.
+    snapshots: Vec<String>,
+    /// Only the blobs of share n of m of the packs (e.g. 1/7: a seventh per run).
+    #[arg(long, value_name = "N/M")]
+    share: Option<String>,
+    /// Take the damaged blobs out (their packs rewritten without them) so that the next
+    /// backup writes them again.
+    #[arg(long)]
+    heal: bool,
+}
+
+/// Exit 1 (an error naming the snapshots) when a snapshot is damaged, healed or not.
+pub fn verify(args: &Args, repo: &Repo, cmd: &VerifyCmd) -> Result<(), String> {
+    use backstop_datastore::repo::verify::{Share, heal, verify};
+    let share = cmd.share.as_deref().map(Share::parse).transpose()?;
+    let ids = if cmd.snapshots.is_empty() {
+        repo.all_snapshots()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect()
+    } else {
+        cmd.snapshots
+            .iter()
+            .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let retry = RetryLock(args.retry_lock);
+    let report = verify(repo, &ids, share, retry).map_err(|e| e.to_string())?;
+    let mut bad = std::collections::BTreeSet::new();
+    for v in &report.verdicts {
+        let id = &v.snapshot.to_hex()[..8];
+        if v.bad.is_empty() {
+            println!("{id} ok");
+        } else {
+            println!("{id} damaged: {} blobs", v.bad.len());
+            bad.extend(v.bad.iter().copied());
+        }
+    }
+    println!(
+        "{} snapshots, {} blobs read ({} bytes), {} damaged blobs",
+        report.verdicts.len(),
+        report.blobs_read,
+        report.bytes_read,
+        bad.len()
+    );
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let damaged: Vec<String> = report
+        .verdicts
+        .iter()
+        .filter(|v| !v.bad.is_empty())
+        .map(|v| v.snapshot.to_hex()[..8].to_string())
+        .collect();
+    if cmd.heal {
+        let bad: Vec<_> = bad.into_iter().collect();
+        let healed = heal(repo, &bad, retry).map_err(|e| e.to_string())?;
+        println!(
+            "healed: {} packs rewritten, {} damaged blobs out, {} good blobs kept; the next backup writes them again",
+            healed.packs, healed.removed, healed.kept
+        );
+    }
+    Err(format!("damaged snapshots: {}", damaged.join(", ")))
 }

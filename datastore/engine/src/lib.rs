@@ -38,10 +38,10 @@ pub mod qcow2;
 pub mod rbd;
 pub mod rbd_stream;
 pub mod restore;
-pub mod verify;
 pub mod s3;
 pub mod sftp;
 pub mod sshconfig;
+pub mod verify;
 pub mod writer;
 
 pub use error::{Error, ErrorKind};

@@ -47,8 +47,12 @@ impl Share {
             .split_once('/')
             .ok_or_else(|| format!("{text:?} is not n/m"))?;
         let (n, m): (u8, u8) = (
-            n.trim().parse().map_err(|_| format!("{text:?} is not n/m"))?,
-            m.trim().parse().map_err(|_| format!("{text:?} is not n/m"))?,
+            n.trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not n/m"))?,
+            m.trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not n/m"))?,
         );
         if m == 0 || n == 0 || n > m {
             return Err(format!("{text:?}: n/m needs 1 <= n <= m"));
@@ -156,10 +160,7 @@ pub fn verify(
         }
         let mut bad: Vec<RepoId> = bad.into_iter().collect();
         bad.sort();
-        report.verdicts.push(SnapshotVerdict {
-            snapshot: *id,
-            bad,
-        });
+        report.verdicts.push(SnapshotVerdict { snapshot: *id, bad });
     }
     Ok(report)
 }
@@ -216,7 +217,13 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
             }
             let sealed = repo
                 .backend()
-                .read_partial(FileType::Pack, &pack_id.to_rustic(), false, b.offset, b.length)
+                .read_partial(
+                    FileType::Pack,
+                    &pack_id.to_rustic(),
+                    false,
+                    b.offset,
+                    b.length,
+                )
                 .map_err(|e| rustic_error(&format!("cannot read pack {pack_id}"), &e))?;
             builder.add(SealedBlob {
                 id: b.id,
@@ -232,7 +239,11 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
             let finished = builder
                 .finish(repo.crypto())
                 .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-            let trees = finished.index.blobs.iter().any(|b| b.kind == BlobKind::Tree);
+            let trees = finished
+                .index
+                .blobs
+                .iter()
+                .any(|b| b.kind == BlobKind::Tree);
             repo.backend()
                 .write_bytes(
                     FileType::Pack,

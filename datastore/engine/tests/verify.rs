@@ -85,25 +85,40 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
     // One flipped byte inside the blob of chunk 1, in its pack.
     let (_, snap) = repo.find_snapshot(&ids[2].to_hex()).expect("snapshot");
     let known = repo.known_blobs().expect("index");
-    let node = repo.file_node(&snap, DISK, &known).expect("node").expect("file");
+    let node = repo
+        .file_node(&snap, DISK, &known)
+        .expect("node")
+        .expect("file");
     let blob = node.content.expect("content")[1];
     let at = repo.locate_data(&[blob]).expect("locate")[&blob];
     let hex = at.pack.to_hex();
     let pack = path.join("data").join(&hex[..2]).join(&hex);
-    let f = fs::OpenOptions::new().read(true).write(true).open(&pack).expect("pack");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .expect("pack");
     let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, u64::from(at.offset) + 20).expect("read");
-    f.write_all_at(&[b[0] ^ 0x01], u64::from(at.offset) + 20).expect("flip");
+    f.read_exact_at(&mut b, u64::from(at.offset) + 20)
+        .expect("read");
+    f.write_all_at(&[b[0] ^ 0x01], u64::from(at.offset) + 20)
+        .expect("flip");
 
     let found = verify(&repo, &ids, None, NOW).expect("verify");
     for v in &found.verdicts {
-        assert_eq!(v.bad, [blob], "snapshot {} needs the damaged blob", v.snapshot);
+        assert_eq!(
+            v.bad,
+            [blob],
+            "snapshot {} needs the damaged blob",
+            v.snapshot
+        );
     }
     // A share of the packs that does not hold it does not see it; the one that does, does.
     let share = |n| Share { n, m: 4 };
     let seen: Vec<bool> = (1..=4)
         .map(|n| {
-            verify(&repo, &ids[..1], Some(share(n)), NOW).expect("verify")
+            verify(&repo, &ids[..1], Some(share(n)), NOW)
+                .expect("verify")
                 .verdicts[0]
                 .bad
                 .contains(&blob)
@@ -116,7 +131,10 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
     assert!(!pack.exists(), "the damaged pack stayed");
     // Now missing, not damaged: still bad until the disk is read again.
     let missing = verify(&repo, &ids, None, NOW).expect("verify");
-    assert!(missing.verdicts.iter().all(|v| v.bad == [blob]), "{missing:?}");
+    assert!(
+        missing.verdicts.iter().all(|v| v.bad == [blob]),
+        "{missing:?}"
+    );
 
     // The next backup (an increment naming only chunk 20 as changed) reads chunk 1 again.
     let changed = [rewrite_chunk(&image, 20, 99)];
@@ -126,7 +144,10 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
     points.push(fs::read(&image).expect("image"));
     let after = verify(&repo, &ids, None, NOW).expect("verify");
     assert!(after.verdicts.iter().all(|v| v.bad.is_empty()), "{after:?}");
-    ok(restic(&path, &["check", "--read-data"]), "restic check --read-data");
+    ok(
+        restic(&path, &["check", "--read-data"]),
+        "restic check --read-data",
+    );
     for (id, want) in ids.iter().zip(&points) {
         let data = ok(restic(&path, &["dump", &id.to_hex(), DISK]), "restic dump");
         assert!(data == *want, "snapshot {id} after the heal");
