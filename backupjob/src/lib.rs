@@ -24,5 +24,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod state;
 pub mod sync;
+pub mod verify_job;
 
 pub use error::Error;

@@ -7,7 +7,8 @@
 //! - the repositories: `VMS` (VM ids: repositories `<vm_id>`) and/or `BACKUP_JOBS` (backup job
 //!   ids: repositories `job_<bj>`), comma-separated;
 //! - `TRANSFER_LAST`: only the newest N snapshots of each VM (its `one-<vm>` tag); 0 (the
-//!   default) copies all.
+//!   default) copies all;
+//! - `VERIFIED_ONLY` (`YES`/`NO`, PUSH only): only snapshots a verify job found clean.
 //!
 //! A run copies each repository in turn, creating it at the destination with the
 //! destination's password when it is missing; a repository that fails is named and the others
@@ -48,6 +49,7 @@ pub struct SyncTemplate {
     pub vms: Vec<u64>,
     pub backup_jobs: Vec<u64>,
     pub transfer_last: usize,
+    pub verified_only: bool,
 }
 
 fn ids(text: Option<&str>, what: &str) -> Result<Vec<u64>, String> {
@@ -95,9 +97,25 @@ impl SyncTemplate {
                 .parse()
                 .map_err(|_| format!("TRANSFER_LAST {v:?} is not a number"))?,
         };
+        let verified_only = match t
+            .get("VERIFIED_ONLY")
+            .map(|v| v.trim().to_ascii_uppercase())
+        {
+            None => false,
+            Some(v) if v == "YES" => true,
+            Some(v) if v == "NO" => false,
+            Some(v) => return Err(format!("VERIFIED_ONLY {v:?} is not YES or NO")),
+        };
+        if verified_only && direction == Direction::Pull {
+            return Err(
+                "VERIFIED_ONLY is for PUSH: verdicts are kept for the runner's own datastores"
+                    .into(),
+            );
+        }
         Ok(SyncTemplate {
             name,
             direction,
+            verified_only,
             datastore_id: number("DATASTORE_ID")?,
             remote_id: number("REMOTE_ID")?,
             vms,
@@ -160,10 +178,10 @@ fn chosen(
 
 /// One repository: opened at both ends (created at the destination), copied.
 fn sync_repository(
-    from: &Datastore,
-    to: &Datastore,
+    (from, to): (&Datastore, &Datastore),
     repo_id: &str,
     transfer_last: usize,
+    clean: Option<&[String]>,
     cfg: &DriverConfig,
 ) -> Result<CopyStats, Error> {
     let src = RepoTarget::new(from, repo_id.to_string())?.open(from, cfg, false)?;
@@ -173,7 +191,10 @@ fn sync_repository(
         .into_iter()
         .map(|(id, s, _)| (id, s))
         .collect();
-    let ids = chosen(&snaps, transfer_last);
+    let mut ids = chosen(&snaps, transfer_last);
+    if let Some(clean) = clean {
+        ids.retain(|id| clean.contains(&id.to_hex()));
+    }
     let (_, stats) = copy(&src, &dst, &ids, &CopyOptions::default())?;
     Ok(stats)
 }
@@ -212,7 +233,18 @@ pub fn run(
     };
     let mut errors = Vec::new();
     for repo in job.repositories() {
-        match sync_repository(from, to, &repo, job.transfer_last, cfg) {
+        let clean: Option<Vec<String>> = if job.verified_only {
+            Some(
+                st.verdicts(job.datastore_id, &repo)?
+                    .into_iter()
+                    .filter(|v| v.bad.is_empty())
+                    .map(|v| v.snapshot)
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        match sync_repository((from, to), &repo, job.transfer_last, clean.as_deref(), cfg) {
             Ok(s) => {
                 record.snapshots += s.snapshots as u64;
                 record.bytes_read += s.bytes_read;

@@ -38,6 +38,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Verify jobs: `backstop backupjob verify-job ...` by a shorter name.
+    #[command(disable_help_flag = true)]
+    VerifyJob {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run the driver action a remotes path names, with oned's arguments (what the shims call).
     Action {
         /// e.g. /var/lib/one/remotes/datastore/backstop/monitor
@@ -129,6 +135,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Backupjob(args) => backstop_backupjob::cli::main(&args),
         Command::Remote { args } => backupjob_group("remote", args),
         Command::SyncJob { args } => backupjob_group("sync-job", args),
+        Command::VerifyJob { args } => backupjob_group("verify-job", args),
 
         Command::Repo(args) => repo_cli::main(&args),
         Command::HostBackup {

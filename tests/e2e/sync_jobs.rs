@@ -238,6 +238,8 @@ fn sync_jobs_push_pull_and_record_their_runs() {
         list.contains("failed (run") && list.contains("offsite"),
         "{list}"
     );
+    verify_heal_and_verified_only(&ok, &bj, &template, &repo22, &data);
+
     // Creating a job that names no remote, or a remote as its datastore, is refused.
     let wrong = template(
         "wrong.tmpl",
@@ -248,6 +250,126 @@ fn sync_jobs_push_pull_and_record_their_runs() {
     assert!(
         out.stderr
             .contains("DATASTORE_ID 2 is not a backup datastore"),
+        "{out:?}"
+    );
+}
+
+/// A verify job over the local datastore: a blob of a chunk no increment changed is damaged
+/// on disk; the run finds it (exit 1, the damaged snapshots named), records the verdicts and
+/// heals; a VERIFIED_ONLY push copies only the clean snapshots; the next backup writes the
+/// chunk again and the next verify run is clean, every snapshot whole (restic check
+/// --read-data).
+fn verify_heal_and_verified_only(
+    ok: &dyn Fn(&[&str]) -> Outcome,
+    bj: &dyn Fn(&[&str]) -> Outcome,
+    template: &dyn Fn(&str, String) -> String,
+    repo22: &Path,
+    data: &[u8],
+) {
+    use backstop_datastore::repo::Repo;
+    use backstop_datastore::repo::backend::LocalBackend;
+    let verify = template(
+        "verify.tmpl",
+        "NAME=\"weekly\"\nDATASTORE_ID=1\nVMS=\"22\"\n".into(),
+    );
+    assert_eq!(ok(&["verify-job", "create", &verify]).stdout, "ID: 1\n");
+    let out = ok(&["verify-job", "run", "1"]);
+    assert!(
+        out.stdout.contains("repository 22: 7 snapshots verified")
+            && out.stdout.contains(", 0 damaged"),
+        "{out:?}"
+    );
+
+    // Chunk 15 is the same in every snapshot; one byte of its blob flipped in its pack.
+    let repo =
+        Repo::open(std::sync::Arc::new(LocalBackend::new(repo22)), "pw-local").expect("open");
+    let (_, snap) = repo.find_snapshot("latest").expect("latest");
+    let known = repo.known_blobs().expect("index");
+    let node = repo
+        .file_node(&snap, IN_SNAPSHOT, &known)
+        .expect("node")
+        .expect("file");
+    let blob = node.content.expect("content")[15];
+    let at = repo.locate_data(&[blob]).expect("locate")[&blob];
+    let hex = at.pack.to_hex();
+    let pack = repo22.join("data").join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&pack).expect("pack");
+    bytes[at.offset as usize + 30] ^= 0x10;
+    fs::write(&pack, bytes).expect("damage");
+
+    let out = bj(&["verify-job", "run", "1"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("7 damaged; healed: 1 packs rewritten, 1 blobs out"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("repository 22: damaged snapshots"),
+        "{out:?}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["verify-job", "show", "1", "--json"]).stdout).expect("json");
+    let snaps = shown["snapshots"].as_array().expect("snapshots");
+    assert_eq!(snaps.len(), 7, "{shown}");
+    assert!(
+        snaps
+            .iter()
+            .all(|s| s["ok"] == false && s["bad_blobs"][0] == blob.to_hex()),
+        "{shown}"
+    );
+
+    // VERIFIED_ONLY: nothing is clean now, so nothing goes.
+    let vo = template(
+        "vo.tmpl",
+        "NAME=\"clean-only\"\nDATASTORE_ID=1\nREMOTE_ID=2\nBACKUP_JOBS=\"\"\nVMS=\"22\"\nVERIFIED_ONLY=YES\n".into(),
+    );
+    ok(&["sync-job", "create", &vo]);
+    let out = ok(&["sync-job", "run", "4"]);
+    assert!(
+        out.stdout
+            .contains("repository 22: 0 snapshots copied, 0 there already"),
+        "{out:?}"
+    );
+
+    // The next backup reads chunk 15 again (it is in no index); then all is clean.
+    let raw = repo22
+        .parent()
+        .expect("local")
+        .parent()
+        .expect("dir")
+        .join("disk.raw");
+    fs::write(&raw, data).expect("raw");
+    let out = run_env(
+        BACKSTOP,
+        &[
+            "repo",
+            "-r",
+            repo22.to_str().expect("utf-8"),
+            "backup",
+            "--image",
+            raw.to_str().expect("utf-8"),
+            "--path",
+            IN_SNAPSHOT,
+            "--tag",
+            "one-22",
+            "--parent",
+            "latest",
+        ],
+        b"",
+        &[("RESTIC_PASSWORD", "pw-local")],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = ok(&["verify-job", "run", "1"]);
+    assert!(
+        out.stdout.contains("8 snapshots verified") && out.stdout.contains(", 0 damaged"),
+        "{out:?}"
+    );
+    restic_ok(repo22, "pw-local", &["check", "--read-data"]);
+    let out = ok(&["sync-job", "run", "4"]);
+    assert!(
+        out.stdout
+            .contains("repository 22: 1 snapshots copied, 7 there already"),
         "{out:?}"
     );
 }

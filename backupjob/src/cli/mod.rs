@@ -13,6 +13,7 @@ mod jobs;
 mod remotes;
 mod schedules;
 mod sync_jobs;
+mod verify_jobs;
 mod vms;
 
 use crate::Error;
@@ -69,6 +70,11 @@ pub(crate) enum Command {
     SyncJob {
         #[command(subcommand)]
         command: SyncJobCommand,
+    },
+    /// Verify jobs: the snapshots of a datastore read back, damage healed.
+    VerifyJob {
+        #[command(subcommand)]
+        command: VerifyJobCommand,
     },
     /// VMs, registered from their `onevm show -x` document.
     Vm {
@@ -212,6 +218,27 @@ pub(crate) enum SyncJobCommand {
     /// Forget a sync job and its run records (what it copied stays).
     Remove { id: u64 },
     /// Run a sync job now, in the foreground.
+    Run { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VerifyJobCommand {
+    /// Add a verify job from a template file (NAME, DATASTORE_ID, VMS, BACKUP_JOBS,
+    /// OUTDATED_AFTER, SHARES, HEAL).
+    Create { file: PathBuf },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A verify job's template and the verdict on each snapshot it read.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a verify job (the verdicts stay).
+    Remove { id: u64 },
+    /// Run a verify job now, in the foreground.
     Run { id: u64 },
 }
 
@@ -477,6 +504,13 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             SyncJobCommand::Show { id, json } => sync_jobs::show(st, *id, *json)?,
             SyncJobCommand::Remove { id } => sync_jobs::remove(st, *id)?,
             SyncJobCommand::Run { id } => return sync_jobs::run(st, args, *id),
+        },
+        Command::VerifyJob { command } => match command {
+            VerifyJobCommand::Create { file } => verify_jobs::create(st, file)?,
+            VerifyJobCommand::List { json } => verify_jobs::list(st, *json)?,
+            VerifyJobCommand::Show { id, json } => verify_jobs::show(st, *id, *json)?,
+            VerifyJobCommand::Remove { id } => verify_jobs::remove(st, *id)?,
+            VerifyJobCommand::Run { id } => return verify_jobs::run(st, args, *id),
         },
         Command::Vm { command } => match command {
             VmCommand::Register { file } => vms::register(st, file)?,

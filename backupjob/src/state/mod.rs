@@ -111,6 +111,21 @@ pub const MIGRATIONS: &[&str] = &[
         bytes_written INTEGER NOT NULL DEFAULT 0,
         error TEXT
      );",
+    // 5: verify jobs, their runs, and the last verdict on each snapshot they read.
+    "CREATE TABLE verify_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        template TEXT NOT NULL,
+        runs INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE verify_results (
+        datastore_id INTEGER NOT NULL,
+        repository TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        verified_at INTEGER NOT NULL,
+        bad TEXT NOT NULL,
+        PRIMARY KEY (datastore_id, repository, snapshot)
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -116,3 +116,128 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 }
+
+/// The last verdict on one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub datastore_id: u64,
+    pub repository: String,
+    pub snapshot: String,
+    pub verified_at: i64,
+    /// The damaged blobs (hex ids); empty when it verified clean.
+    pub bad: Vec<String>,
+}
+
+impl State {
+    pub fn add_verify_job(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO verify_jobs (name, template) VALUES (?1, ?2)",
+                params![name, template],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    self.invalid(format!("a verify job named {name:?} already exists"))
+                }
+                e => self.sql(e),
+            })?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Every verify job: (id, name, template, runs so far).
+    pub fn verify_jobs(&self) -> Result<Vec<(u64, String, String, u64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, template, runs FROM verify_jobs ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    pub fn delete_verify_job(&mut self, id: u64) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM verify_jobs WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no verify job {id}")));
+        }
+        Ok(())
+    }
+
+    /// Counts a run of a verify job; the number of runs before it.
+    pub fn count_verify_run(&mut self, id: u64) -> Result<u64, StateError> {
+        let before: i64 = self
+            .conn
+            .query_row(
+                "SELECT runs FROM verify_jobs WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))?;
+        self.conn
+            .execute(
+                "UPDATE verify_jobs SET runs = runs + 1 WHERE id = ?1",
+                params![id as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(before as u64)
+    }
+
+    /// Records the verdict on a snapshot (replacing the one before).
+    pub fn record_verdict(&mut self, v: &Verdict) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO verify_results \
+                 (datastore_id, repository, snapshot, verified_at, bad) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    v.datastore_id as i64,
+                    v.repository,
+                    v.snapshot,
+                    v.verified_at,
+                    v.bad.join(",")
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// The verdicts recorded for a datastore's repository.
+    pub fn verdicts(&self, datastore: u64, repository: &str) -> Result<Vec<Verdict>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT snapshot, verified_at, bad FROM verify_results \
+                 WHERE datastore_id = ?1 AND repository = ?2 ORDER BY snapshot",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![datastore as i64, repository], |r| {
+                let bad: String = r.get(2)?;
+                Ok(Verdict {
+                    datastore_id: datastore,
+                    repository: repository.to_string(),
+                    snapshot: r.get(0)?,
+                    verified_at: r.get(1)?,
+                    bad: bad
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}

@@ -1,0 +1,145 @@
+//! `backupjob verify-job create|list|show|remove|run` (also `backstop verify-job ...`): verify
+//! jobs ([`crate::verify_job`], docs/sync.md).
+
+use super::{Args, input, print, read};
+use crate::Error;
+use crate::state::State;
+use crate::verify_job::VerifyTemplate;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
+    let text = read(file)?;
+    let job =
+        VerifyTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+    if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
+        return Err(input(format!(
+            "{}: DATASTORE_ID {} is not a backup datastore",
+            file.display(),
+            job.datastore_id
+        )));
+    }
+    let id = st.add_verify_job(&job.name, &text)?;
+    print(&format!("ID: {id}"))
+}
+
+/// A job, its runs, and per repository (name, snapshots with a verdict, damaged ones).
+type Summary = (u64, VerifyTemplate, u64, Vec<(String, usize, usize)>);
+
+fn summary(st: &State) -> Result<Vec<Summary>, Error> {
+    let mut out = Vec::new();
+    for (id, _, text, runs) in st.verify_jobs()? {
+        let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
+        let mut repos = Vec::new();
+        for r in &t.repositories {
+            let v = st.verdicts(t.datastore_id, r)?;
+            let bad = v.iter().filter(|v| !v.bad.is_empty()).count();
+            repos.push((r.clone(), v.len(), bad));
+        }
+        out.push((id, t, runs, repos));
+    }
+    Ok(out)
+}
+
+pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
+    let all = summary(st)?;
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|(id, t, runs, repos)| {
+                let repos: Vec<_> = repos
+                    .iter()
+                    .map(|(r, n, bad)| serde_json::json!({"repository": r, "verified": n, "damaged": bad}))
+                    .collect();
+                serde_json::json!({"id": id, "name": t.name, "datastore_id": t.datastore_id,
+                    "runs": runs, "repositories": repos})
+            })
+            .collect();
+        return print(&serde_json::Value::Array(v).to_string());
+    }
+    print(&format!(
+        "{:>4} {:<16} {:>3} {:>5} STATE",
+        "ID", "NAME", "DS", "RUNS"
+    ))?;
+    for (id, t, runs, repos) in all {
+        let bad: usize = repos.iter().map(|r| r.2).sum();
+        let state = if runs == 0 {
+            "never run".to_string()
+        } else if bad > 0 {
+            format!("{bad} damaged snapshots")
+        } else {
+            "clean".to_string()
+        };
+        print(&format!(
+            "{id:>4} {:<16} {:>3} {runs:>5} {state}",
+            t.name, t.datastore_id
+        ))?;
+    }
+    Ok(())
+}
+
+pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
+    let (_, name, text, runs) = st
+        .verify_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no verify job {id}")))?;
+    let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
+    let mut verdicts = Vec::new();
+    for r in &t.repositories {
+        verdicts.extend(st.verdicts(t.datastore_id, r)?);
+    }
+    if json {
+        let v: Vec<_> = verdicts
+            .iter()
+            .map(|v| {
+                serde_json::json!({"repository": v.repository, "snapshot": v.snapshot,
+                "verified_at": v.verified_at, "ok": v.bad.is_empty(), "bad_blobs": v.bad})
+            })
+            .collect();
+        return print(
+            &serde_json::json!({"id": id, "name": name, "runs": runs, "template": text,
+                "snapshots": v})
+            .to_string(),
+        );
+    }
+    print(&format!(
+        "VERIFY JOB {id} INFORMATION\nID   : {id}\nNAME : {name}\nRUNS : {runs}\n\nTEMPLATE\n{}\n\nSNAPSHOTS",
+        text.trim_end()
+    ))?;
+    for v in verdicts {
+        print(&format!(
+            "{} {} verified {} {}",
+            v.repository,
+            &v.snapshot[..8.min(v.snapshot.len())],
+            v.verified_at,
+            if v.bad.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("DAMAGED ({} blobs)", v.bad.len())
+            }
+        ))?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
+    st.delete_verify_job(id)?;
+    Ok(())
+}
+
+/// One run now; exit 1 when something is damaged (each named on stderr).
+pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
+    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
+    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg)?;
+    for l in &out.lines {
+        print(l)?;
+    }
+    if out.damaged.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &out.damaged {
+        eprintln!("backupjob: verify job {id}: {d}");
+    }
+    Ok(ExitCode::FAILURE)
+}

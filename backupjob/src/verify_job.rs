@@ -1,0 +1,192 @@
+//! Verify jobs (docs/sync.md): the snapshots of a backup datastore's repositories read back
+//! ([`backstop_datastore::repo::verify`]), the verdict on each kept in SQLite, and damaged
+//! blobs healed so that the next backup of the VM writes them again.
+//!
+//! A verify job's template: `NAME`; `DATASTORE_ID`; `VMS` and/or `BACKUP_JOBS` (repositories
+//! `<vm_id>` and `job_<bj>`); `OUTDATED_AFTER` (days: a snapshot verified clean more recently
+//! is not read again; 0, the default, reads every snapshot every run); `SHARES` (m: each run
+//! reads one m-th of the packs, the next run the next one, so m runs cover the datastore;
+//! default 1); `HEAL` (`YES`, the default, or `NO`).
+
+use crate::Error;
+use crate::error::input;
+use crate::state::State;
+use crate::state::sync::Verdict;
+use backstop_datastore::config::DriverConfig;
+use backstop_datastore::repo::lock::RetryLock;
+use backstop_datastore::repo::verify::{Share, heal, verify};
+use backstop_datastore::target::RepoTarget;
+use backstop_protocol::template::Template;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyTemplate {
+    pub name: String,
+    pub datastore_id: u64,
+    pub repositories: Vec<String>,
+    pub outdated_after_days: u64,
+    pub shares: u8,
+    pub heal: bool,
+}
+
+impl VerifyTemplate {
+    pub fn parse(text: &str) -> Result<VerifyTemplate, String> {
+        // The repositories are named as a sync job names them.
+        let as_sync = format!("{text}\nREMOTE_ID=0\n");
+        let sync = crate::sync::SyncTemplate::parse(&as_sync)?;
+        let t = Template::parse(text).map_err(|e| e.to_string())?;
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            match t.get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name} {v:?} is not a number")),
+            }
+        };
+        let shares = number("SHARES", 1)?;
+        if !(1..=255).contains(&shares) {
+            return Err(format!("SHARES {shares} is not between 1 and 255"));
+        }
+        let heal = match t.get("HEAL").map(|h| h.trim().to_ascii_uppercase()) {
+            None => true,
+            Some(h) if h == "YES" => true,
+            Some(h) if h == "NO" => false,
+            Some(h) => return Err(format!("HEAL {h:?} is not YES or NO")),
+        };
+        Ok(VerifyTemplate {
+            name: sync.name.clone(),
+            datastore_id: sync.datastore_id,
+            repositories: sync.repositories(),
+            outdated_after_days: number("OUTDATED_AFTER", 0)?,
+            shares: shares as u8,
+            heal,
+        })
+    }
+}
+
+/// What a run found: per repository (snapshots read, damaged snapshots, packs healed).
+#[derive(Debug)]
+pub struct VerifyRun {
+    pub lines: Vec<String>,
+    pub damaged: Vec<String>,
+}
+
+/// Runs verify job `id` now.
+pub fn run(
+    st: &mut State,
+    id: u64,
+    location: &str,
+    cfg: &DriverConfig,
+) -> Result<VerifyRun, Error> {
+    let (_, _, text, _) = st
+        .verify_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no verify job {id}")))?;
+    let job = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
+    let ds = crate::sync::datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
+    let k = st.count_verify_run(id)?;
+    let share = (job.shares > 1).then(|| Share {
+        n: (k % u64::from(job.shares)) as u8 + 1,
+        m: job.shares,
+    });
+    let now = jiff::Timestamp::now().as_second();
+    let fresh = (job.outdated_after_days * 86_400) as i64;
+    let mut out = VerifyRun {
+        lines: Vec::new(),
+        damaged: Vec::new(),
+    };
+    for name in &job.repositories {
+        let repo = match RepoTarget::new(&ds, name.clone()).and_then(|t| t.open(&ds, cfg, false)) {
+            Ok(r) => r,
+            Err(e) => {
+                let line = format!("repository {name}: {}", e.message);
+                out.lines.push(line.clone());
+                out.damaged.push(line);
+                continue;
+            }
+        };
+        let recent: Vec<String> = st
+            .verdicts(job.datastore_id, name)?
+            .into_iter()
+            .filter(|v| fresh > 0 && v.bad.is_empty() && now - v.verified_at < fresh)
+            .map(|v| v.snapshot)
+            .collect();
+        let ids: Vec<_> = repo
+            .all_snapshots()?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .filter(|id| !recent.contains(&id.to_hex()))
+            .collect();
+        let retry = RetryLock(std::time::Duration::from_secs(60));
+        let report = verify(&repo, &ids, share, retry)?;
+        let mut bad = std::collections::BTreeSet::new();
+        let mut damaged = Vec::new();
+        for v in &report.verdicts {
+            st.record_verdict(&Verdict {
+                datastore_id: job.datastore_id,
+                repository: name.clone(),
+                snapshot: v.snapshot.to_hex(),
+                verified_at: now,
+                bad: v.bad.iter().map(|b| b.to_hex()).collect(),
+            })?;
+            if !v.bad.is_empty() {
+                damaged.push(v.snapshot.to_hex()[..8].to_string());
+                bad.extend(v.bad.iter().copied());
+            }
+        }
+        let mut line = format!(
+            "repository {name}: {} snapshots verified{}, {} blobs read, {} damaged",
+            report.verdicts.len(),
+            share.map_or(String::new(), |s| format!(" (share {}/{})", s.n, s.m)),
+            report.blobs_read,
+            damaged.len()
+        );
+        if !bad.is_empty() {
+            if job.heal {
+                let bad: Vec<_> = bad.into_iter().collect();
+                let h = heal(&repo, &bad, retry)?;
+                line.push_str(&format!(
+                    "; healed: {} packs rewritten, {} blobs out (the next backup writes them again)",
+                    h.packs, h.removed
+                ));
+            }
+            out.damaged.push(format!(
+                "repository {name}: damaged snapshots {}",
+                damaged.join(", ")
+            ));
+        }
+        out.lines.push(line);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_checked() {
+        let t = VerifyTemplate::parse(
+            "NAME=\"v\"\nDATASTORE_ID=1\nVMS=\"22\"\nOUTDATED_AFTER=7\nSHARES=4\nHEAL=no\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            (
+                t.repositories.clone(),
+                t.outdated_after_days,
+                t.shares,
+                t.heal
+            ),
+            (vec!["22".to_string()], 7, 4, false)
+        );
+        for (bad, says) in [
+            ("NAME=v\nDATASTORE_ID=1\n", "VMS and/or BACKUP_JOBS"),
+            ("NAME=v\nDATASTORE_ID=1\nVMS=1\nSHARES=0\n", "SHARES"),
+            ("NAME=v\nDATASTORE_ID=1\nVMS=1\nHEAL=maybe\n", "HEAL"),
+        ] {
+            let e = VerifyTemplate::parse(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
