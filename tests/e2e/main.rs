@@ -23,5 +23,6 @@ mod s3server;
 mod security;
 mod stock;
 mod support;
+mod sync_crash;
 mod sync_jobs;
 mod tm;
