@@ -8,7 +8,9 @@
 //!   ids: repositories `job_<bj>`), comma-separated;
 //! - `TRANSFER_LAST`: only the newest N snapshots of each VM (its `one-<vm>` tag); 0 (the
 //!   default) copies all;
-//! - `VERIFIED_ONLY` (`YES`/`NO`, PUSH only): only snapshots a verify job found clean.
+//! - `VERIFIED_ONLY` (`YES`/`NO`, PUSH only): only snapshots a verify job found clean;
+//! - `EVERY` (`30m`, `6h`, `1d`, or seconds): the scheduler daemon runs the job when that long
+//!   has passed since its last run started (and at its first pass).
 //!
 //! A run copies each repository in turn, creating it at the destination with the
 //! destination's password when it is missing; a repository that fails is named and the others
@@ -50,6 +52,34 @@ pub struct SyncTemplate {
     pub backup_jobs: Vec<u64>,
     pub transfer_last: usize,
     pub verified_only: bool,
+    /// Seconds between scheduled runs.
+    pub every: Option<u64>,
+}
+
+/// `EVERY`: `<n>s|m|h|d`, or seconds.
+pub fn every(t: &Template) -> Result<Option<u64>, String> {
+    let Some(text) = t.get("EVERY").map(str::trim) else {
+        return Ok(None);
+    };
+    let (num, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("EVERY {text:?} is not like 30m, 6h or 1d"))?;
+    let unit = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return Err(format!("EVERY {text:?} is not like 30m, 6h or 1d")),
+    };
+    match n * unit {
+        0 => Err("EVERY must be more than 0".into()),
+        s => Ok(Some(s)),
+    }
 }
 
 fn ids(text: Option<&str>, what: &str) -> Result<Vec<u64>, String> {
@@ -113,6 +143,7 @@ impl SyncTemplate {
             );
         }
         Ok(SyncTemplate {
+            every: every(&t)?,
             name,
             direction,
             verified_only,
@@ -199,14 +230,15 @@ fn sync_repository(
     Ok(stats)
 }
 
-/// Runs sync job `id` now; `report` gets a line per repository. The run's record.
+/// Runs sync job `id` now; `report` gets a line per repository. The run's record; `None`
+/// when the job is running already in another process (a job never overlaps itself).
 pub fn run(
     st: &mut State,
     id: u64,
     location: &str,
     cfg: &DriverConfig,
     report: &mut dyn FnMut(&str),
-) -> Result<SyncRun, Error> {
+) -> Result<Option<SyncRun>, Error> {
     let (_, _, text) = st
         .sync_jobs()?
         .into_iter()
@@ -220,7 +252,10 @@ pub fn run(
         Direction::Pull => (&remote, &local),
     };
     let now = || jiff::Timestamp::now().as_second();
-    let run_id = st.start_sync_run(id, now())?;
+    let runner = backstop_datastore::process::ProcessId::current();
+    let Some(run_id) = st.claim_sync_run(id, now(), &runner)? else {
+        return Ok(None);
+    };
     let mut record = SyncRun {
         id: run_id,
         job_id: id,
@@ -267,7 +302,67 @@ pub fn run(
     record.ended_at = Some(now());
     record.error = (!errors.is_empty()).then(|| errors.join("\n"));
     st.end_sync_run(&record)?;
-    Ok(record)
+    Ok(Some(record))
+}
+
+/// The scheduler daemon's pass over sync and verify jobs with `EVERY`: each one due runs now,
+/// one after another; a job running in another process is left to it. The lines to log.
+pub fn scheduled_pass(
+    st: &mut State,
+    location: &str,
+    cfg: &DriverConfig,
+    now: i64,
+) -> Result<Vec<String>, Error> {
+    let due = |last: Option<i64>, every: Option<u64>| {
+        every.is_some_and(|e| last.is_none_or(|l| l + e as i64 <= now))
+    };
+    let mut lines = Vec::new();
+    for (id, _, text) in st.sync_jobs()? {
+        let Ok(job) = SyncTemplate::parse(&text) else {
+            continue;
+        };
+        let last = st.sync_runs(id)?.first().map(|r| r.started_at);
+        if !due(last, job.every) {
+            continue;
+        }
+        match run(st, id, location, cfg, &mut |_| {})? {
+            None => lines.push(format!("sync job {id}: running already, not started again")),
+            Some(r) => lines.push(format!(
+                "sync job {id}: run {}: {} snapshots copied, {} bytes written{}",
+                r.id,
+                r.snapshots,
+                r.bytes_written,
+                r.error.map_or(String::new(), |e| format!(
+                    "; FAILED: {}",
+                    e.replace('\n', "; ")
+                ))
+            )),
+        }
+    }
+    let last_runs = st.verify_last_runs()?;
+    for (id, _, text, _) in st.verify_jobs()? {
+        let Ok(job) = crate::verify_job::VerifyTemplate::parse(&text) else {
+            continue;
+        };
+        let last = last_runs.iter().find(|l| l.0 == id).and_then(|l| l.1);
+        if !due(last, job.every) {
+            continue;
+        }
+        match crate::verify_job::run(st, id, location, cfg)? {
+            None => lines.push(format!(
+                "verify job {id}: running already, not started again"
+            )),
+            Some(r) => {
+                lines.extend(r.lines.iter().map(|l| format!("verify job {id}: {l}")));
+                lines.extend(
+                    r.damaged
+                        .iter()
+                        .map(|d| format!("verify job {id}: FAILED: {d}")),
+                );
+            }
+        }
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]
@@ -283,6 +378,14 @@ mod tests {
         assert_eq!(t.direction, Direction::Pull);
         assert_eq!(t.repositories(), ["22", "23", "job_4"]);
         assert_eq!(t.transfer_last, 3);
+        assert_eq!(t.every, None);
+        for (text, secs) in [("90", 90), ("30m", 1800), ("6h", 21_600), ("1d", 86_400)] {
+            let t = SyncTemplate::parse(&format!(
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\nEVERY=\"{text}\"\n"
+            ))
+            .expect("every");
+            assert_eq!(t.every, Some(secs), "{text}");
+        }
         for (bad, says) in [
             ("DATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\n", "NAME"),
             ("NAME=x\nREMOTE_ID=2\nVMS=1\n", "DATASTORE_ID"),

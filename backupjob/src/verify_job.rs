@@ -6,7 +6,8 @@
 //! `<vm_id>` and `job_<bj>`); `OUTDATED_AFTER` (days: a snapshot verified clean more recently
 //! is not read again; 0, the default, reads every snapshot every run); `SHARES` (m: each run
 //! reads one m-th of the packs, the next run the next one, so m runs cover the datastore;
-//! default 1); `HEAL` (`YES`, the default, or `NO`).
+//! default 1); `HEAL` (`YES`, the default, or `NO`); `EVERY` (as for sync jobs: the
+//! scheduler daemon's period).
 
 use crate::Error;
 use crate::error::input;
@@ -26,6 +27,8 @@ pub struct VerifyTemplate {
     pub outdated_after_days: u64,
     pub shares: u8,
     pub heal: bool,
+    /// Seconds between scheduled runs (`EVERY`, as for sync jobs).
+    pub every: Option<u64>,
 }
 
 impl VerifyTemplate {
@@ -54,6 +57,7 @@ impl VerifyTemplate {
             Some(h) => return Err(format!("HEAL {h:?} is not YES or NO")),
         };
         Ok(VerifyTemplate {
+            every: crate::sync::every(&t)?,
             name: sync.name.clone(),
             datastore_id: sync.datastore_id,
             repositories: sync.repositories(),
@@ -71,13 +75,13 @@ pub struct VerifyRun {
     pub damaged: Vec<String>,
 }
 
-/// Runs verify job `id` now.
+/// Runs verify job `id` now; `None` when it is running already in another process.
 pub fn run(
     st: &mut State,
     id: u64,
     location: &str,
     cfg: &DriverConfig,
-) -> Result<VerifyRun, Error> {
+) -> Result<Option<VerifyRun>, Error> {
     let (_, _, text, _) = st
         .verify_jobs()?
         .into_iter()
@@ -85,7 +89,24 @@ pub fn run(
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let job = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
     let ds = crate::sync::datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
-    let k = st.count_verify_run(id)?;
+    let now = jiff::Timestamp::now().as_second();
+    let runner = backstop_datastore::process::ProcessId::current();
+    let Some(k) = st.claim_verify_run(id, now, &runner)? else {
+        return Ok(None);
+    };
+    let result = verify_all(st, &job, &ds, k, cfg);
+    st.release_verify_run(id)?;
+    result.map(Some)
+}
+
+/// Run `k` of a verify job over its repositories.
+fn verify_all(
+    st: &mut State,
+    job: &VerifyTemplate,
+    ds: &backstop_protocol::message::Datastore,
+    k: u64,
+    cfg: &DriverConfig,
+) -> Result<VerifyRun, Error> {
     let share = (job.shares > 1).then(|| Share {
         n: (k % u64::from(job.shares)) as u8 + 1,
         m: job.shares,
@@ -97,7 +118,7 @@ pub fn run(
         damaged: Vec::new(),
     };
     for name in &job.repositories {
-        let repo = match RepoTarget::new(&ds, name.clone()).and_then(|t| t.open(&ds, cfg, false)) {
+        let repo = match RepoTarget::new(ds, name.clone()).and_then(|t| t.open(ds, cfg, false)) {
             Ok(r) => r,
             Err(e) => {
                 let line = format!("repository {name}: {}", e.message);

@@ -240,6 +240,24 @@ fn sync_jobs_push_pull_and_record_their_runs() {
     );
     verify_heal_and_verified_only(&ok, &bj, &template, &repo22, &data);
 
+    // The scheduler daemon runs a job with EVERY at its first pass, then not before EVERY.
+    let hourly = template(
+        "hourly.tmpl",
+        "NAME=\"hourly\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nEVERY=\"1h\"\n".into(),
+    );
+    assert_eq!(ok(&["sync-job", "create", &hourly]).stdout, "ID: 5\n");
+    let pass = ok(&["scheduler"]);
+    assert!(
+        pass.stdout.contains("scheduler: sync job 5: run "),
+        "{pass:?}"
+    );
+    assert!(
+        !pass.stdout.contains("sync job 1:"),
+        "a job without EVERY ran: {pass:?}"
+    );
+    let pass = ok(&["scheduler"]);
+    assert!(!pass.stdout.contains("sync job 5"), "{pass:?}");
+
     // Creating a job that names no remote, or a remote as its datastore, is refused.
     let wrong = template(
         "wrong.tmpl",

@@ -58,6 +58,12 @@ pub(super) fn daemon(
             let list: Vec<String> = ran.iter().map(u64::to_string).collect();
             print(&format!("scheduler: ran backup jobs {}", list.join(", ")))?;
         }
+        // Then the sync and verify jobs whose EVERY has come round.
+        let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
+        let now = jiff::Timestamp::now().as_second();
+        for line in crate::sync::scheduled_pass(st, &args.datastore_location, &cfg, now)? {
+            print(&format!("scheduler: {line}"))?;
+        }
         if !*forever {
             break;
         }

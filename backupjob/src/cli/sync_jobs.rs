@@ -130,7 +130,8 @@ pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Erro
     let mut lines = Vec::new();
     let record = crate::sync::run(st, id, &args.datastore_location, &cfg, &mut |l| {
         lines.push(l.to_string())
-    })?;
+    })?
+    .ok_or_else(|| input(format!("sync job {id} is running already")))?;
     for l in &lines {
         print(l)?;
     }

@@ -131,7 +131,8 @@ pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
 /// One run now; exit 1 when something is damaged (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
-    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg)?;
+    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg)?
+        .ok_or_else(|| input(format!("verify job {id} is running already")))?;
     for l in &out.lines {
         print(l)?;
     }

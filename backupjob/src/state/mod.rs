@@ -109,14 +109,17 @@ pub const MIGRATIONS: &[&str] = &[
         snapshots INTEGER NOT NULL DEFAULT 0,
         bytes_read INTEGER NOT NULL DEFAULT 0,
         bytes_written INTEGER NOT NULL DEFAULT 0,
-        error TEXT
+        error TEXT,
+        runner TEXT
      );",
     // 5: verify jobs, their runs, and the last verdict on each snapshot they read.
     "CREATE TABLE verify_jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         name TEXT NOT NULL UNIQUE,
         template TEXT NOT NULL,
-        runs INTEGER NOT NULL DEFAULT 0
+        runs INTEGER NOT NULL DEFAULT 0,
+        last_run INTEGER,
+        runner TEXT
      );
      CREATE TABLE verify_results (
         datastore_id INTEGER NOT NULL,

@@ -60,15 +60,52 @@ impl State {
         Ok(())
     }
 
-    /// Starts a run record; its id.
-    pub fn start_sync_run(&mut self, job: u64, now: i64) -> Result<u64, StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO sync_runs (job_id, started_at) VALUES (?1, ?2)",
-                params![job as i64, now],
+    /// Starts a run record for `runner` (this process); its id. `None` when a run of the job
+    /// is going on in a live process: a job never overlaps itself. A run whose process is gone
+    /// (killed) is closed first, saying so.
+    pub fn claim_sync_run(
+        &mut self,
+        job: u64,
+        now: i64,
+        runner: &ProcessId,
+    ) -> Result<Option<u64>, StateError> {
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let open: Vec<(i64, Option<String>)> = {
+            let mut stmt = tx
+                .prepare("SELECT id, runner FROM sync_runs WHERE job_id = ?1 AND ended_at IS NULL")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![job as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(err)?;
+            rows.collect::<Result<_, _>>().map_err(err)?
+        };
+        for (id, who) in open {
+            if who
+                .as_deref()
+                .and_then(ProcessId::parse)
+                .is_some_and(|p| p.is_running())
+            {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE sync_runs SET ended_at = ?1, error = 'its runner was killed' WHERE id = ?2",
+                params![now, id],
             )
-            .map_err(|e| self.sql(e))?;
-        Ok(self.conn.last_insert_rowid() as u64)
+            .map_err(err)?;
+        }
+        tx.execute(
+            "INSERT INTO sync_runs (job_id, started_at, runner) VALUES (?1, ?2, ?3)",
+            params![job as i64, now, runner.to_string()],
+        )
+        .map_err(err)?;
+        let id = tx.last_insert_rowid() as u64;
+        tx.commit().map_err(err)?;
+        Ok(Some(id))
     }
 
     /// Ends a run record with what it did.
@@ -176,23 +213,64 @@ impl State {
         Ok(())
     }
 
-    /// Counts a run of a verify job; the number of runs before it.
-    pub fn count_verify_run(&mut self, id: u64) -> Result<u64, StateError> {
-        let before: i64 = self
-            .conn
+    /// Starts a run of a verify job for `runner`: the number of runs before it, or `None` when
+    /// a run is going on in a live process.
+    pub fn claim_verify_run(
+        &mut self,
+        id: u64,
+        now: i64,
+        runner: &ProcessId,
+    ) -> Result<Option<u64>, StateError> {
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let (runs, who): (i64, Option<String>) = tx
             .query_row(
-                "SELECT runs FROM verify_jobs WHERE id = ?1",
+                "SELECT runs, runner FROM verify_jobs WHERE id = ?1",
                 params![id as i64],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .map_err(|e| self.sql(e))?;
+            .map_err(err)?;
+        if who
+            .as_deref()
+            .and_then(ProcessId::parse)
+            .is_some_and(|p| p.is_running())
+        {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE verify_jobs SET runs = runs + 1, last_run = ?1, runner = ?2 WHERE id = ?3",
+            params![now, runner.to_string(), id as i64],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Some(runs as u64))
+    }
+
+    /// Ends a run of a verify job.
+    pub fn release_verify_run(&mut self, id: u64) -> Result<(), StateError> {
         self.conn
             .execute(
-                "UPDATE verify_jobs SET runs = runs + 1 WHERE id = ?1",
+                "UPDATE verify_jobs SET runner = NULL WHERE id = ?1",
                 params![id as i64],
             )
             .map_err(|e| self.sql(e))?;
-        Ok(before as u64)
+        Ok(())
+    }
+
+    /// When each verify job last started: (id, time).
+    pub fn verify_last_runs(&self) -> Result<Vec<(u64, Option<i64>)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, last_run FROM verify_jobs ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
     /// Records the verdict on a snapshot (replacing the one before).

@@ -260,3 +260,45 @@ fn two_processes_can_write_at_once() {
             .all(|v| v.state == Some(VmState::Outdated))
     );
 }
+
+#[test]
+fn a_sync_or_verify_job_never_overlaps_itself() {
+    let (_dir, mut s) = state();
+    let job = s.add_sync_job("j", "NAME=j").expect("add");
+    let me = ProcessId::current();
+    let first = s
+        .claim_sync_run(job, 100, &me)
+        .expect("claim")
+        .expect("free");
+    assert_eq!(
+        s.claim_sync_run(job, 101, &me).expect("claim"),
+        None,
+        "overlap"
+    );
+    // A run whose process is gone (killed) is closed, saying so, and a new one starts.
+    let dead = ProcessId::parse("4000000.1.0").expect("a pid no process has");
+    s.conn
+        .execute(
+            "UPDATE sync_runs SET runner = ?1 WHERE id = ?2",
+            params![dead.to_string(), first as i64],
+        )
+        .expect("update");
+    let second = s
+        .claim_sync_run(job, 102, &me)
+        .expect("claim")
+        .expect("free again");
+    let runs = s.sync_runs(job).expect("runs");
+    assert_eq!(runs[0].id, second);
+    assert_eq!(runs[1].error.as_deref(), Some("its runner was killed"));
+
+    let v = s.add_verify_job("v", "NAME=v").expect("add");
+    assert_eq!(s.claim_verify_run(v, 5, &me).expect("claim"), Some(0));
+    assert_eq!(
+        s.claim_verify_run(v, 6, &me).expect("claim"),
+        None,
+        "overlap"
+    );
+    s.release_verify_run(v).expect("release");
+    assert_eq!(s.claim_verify_run(v, 7, &me).expect("claim"), Some(1));
+    assert_eq!(s.verify_last_runs().expect("last"), [(v, Some(7))]);
+}
