@@ -10,7 +10,11 @@
 //!   default) copies all;
 //! - `VERIFIED_ONLY` (`YES`/`NO`, PUSH only): only snapshots a verify job found clean;
 //! - `EVERY` (`30m`, `6h`, `1d`, or seconds): the scheduler daemon runs the job when that long
-//!   has passed since its last run started (and at its first pass).
+//!   has passed since its last run started (and at its first pass);
+//! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination whose original is gone from the
+//!   source are forgotten there (never the other way round; snapshots made at the destination
+//!   itself are never touched), at most `MAX_DELETE` (default 10) per repository and run: a
+//!   run that would delete more deletes nothing and fails, naming the count.
 //!
 //! A run copies each repository in turn, creating it at the destination with the
 //! destination's password when it is missing; a repository that fails is named and the others
@@ -54,6 +58,8 @@ pub struct SyncTemplate {
     pub verified_only: bool,
     /// Seconds between scheduled runs.
     pub every: Option<u64>,
+    /// Forget copies whose original vanished, at most this many per repository.
+    pub remove_vanished: Option<usize>,
 }
 
 /// `EVERY`: `<n>s|m|h|d`, or seconds.
@@ -142,8 +148,24 @@ impl SyncTemplate {
                     .into(),
             );
         }
+        let remove_vanished = match t
+            .get("REMOVE_VANISHED")
+            .map(|v| v.trim().to_ascii_uppercase())
+        {
+            None => None,
+            Some(v) if v == "NO" => None,
+            Some(v) if v == "YES" => Some(match t.get("MAX_DELETE") {
+                None => 10,
+                Some(m) => m
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("MAX_DELETE {m:?} is not a number"))?,
+            }),
+            Some(v) => return Err(format!("REMOVE_VANISHED {v:?} is not YES or NO")),
+        };
         Ok(SyncTemplate {
             every: every(&t)?,
+            remove_vanished,
             name,
             direction,
             verified_only,
@@ -211,10 +233,11 @@ fn chosen(
 fn sync_repository(
     (from, to): (&Datastore, &Datastore),
     repo_id: &str,
-    transfer_last: usize,
+    job: &SyncTemplate,
     clean: Option<&[String]>,
     cfg: &DriverConfig,
-) -> Result<CopyStats, Error> {
+) -> Result<(CopyStats, usize), Error> {
+    let transfer_last = job.transfer_last;
     let src = RepoTarget::new(from, repo_id.to_string())?.open(from, cfg, false)?;
     let dst = RepoTarget::new(to, repo_id.to_string())?.open(to, cfg, true)?;
     let snaps: Vec<_> = src
@@ -226,8 +249,53 @@ fn sync_repository(
     if let Some(clean) = clean {
         ids.retain(|id| clean.contains(&id.to_hex()));
     }
+    let removed = match job.remove_vanished {
+        Some(max) => remove_vanished(&snaps, &dst, repo_id, max)?,
+        None => 0,
+    };
     let (_, stats) = copy(&src, &dst, &ids, &CopyOptions::default())?;
-    Ok(stats)
+    Ok((stats, removed))
+}
+
+/// Forgets the destination's copies whose original the source no longer has (at most `max`,
+/// else nothing), then deletes the packs only they used.
+fn remove_vanished(
+    source: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+    dst: &backstop_datastore::repo::Repo,
+    repo_id: &str,
+    max: usize,
+) -> Result<usize, Error> {
+    use backstop_datastore::repo::lock::RetryLock;
+    use backstop_datastore::repo::maintenance::PruneLimits;
+    let there: std::collections::HashSet<RepoId> = source
+        .iter()
+        .map(|(id, s)| s.original.unwrap_or(*id))
+        .collect();
+    let gone: Vec<String> = dst
+        .all_snapshots()?
+        .into_iter()
+        .filter(|(_, s, _)| s.original.is_some_and(|o| !there.contains(&o)))
+        .map(|(id, _, _)| id.to_hex())
+        .collect();
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    if gone.len() > max {
+        return Err(input(format!(
+            "repository {repo_id}: {} copies have vanished at the source, more than MAX_DELETE {max}; nothing was deleted",
+            gone.len()
+        )));
+    }
+    let wait = RetryLock(std::time::Duration::from_secs(60));
+    dst.forget(&gone, wait)?;
+    dst.prune(
+        &PruneLimits {
+            max_unused: Some("unlimited".into()),
+            max_repack: Some("0".into()),
+        },
+        wait,
+    )?;
+    Ok(gone.len())
 }
 
 /// Runs sync job `id` now; `report` gets a line per repository. The run's record; `None`
@@ -279,14 +347,22 @@ pub fn run(
         } else {
             None
         };
-        match sync_repository((from, to), &repo, job.transfer_last, clean.as_deref(), cfg) {
-            Ok(s) => {
+        match sync_repository((from, to), &repo, &job, clean.as_deref(), cfg) {
+            Ok((s, removed)) => {
                 record.snapshots += s.snapshots as u64;
                 record.bytes_read += s.bytes_read;
                 record.bytes_written += s.bytes_written;
                 report(&format!(
-                    "repository {repo}: {} snapshots copied, {} there already; {} bytes read, {} bytes written",
-                    s.snapshots, s.skipped, s.bytes_read, s.bytes_written
+                    "repository {repo}: {} snapshots copied, {} there already; {} bytes read, {} bytes written{}",
+                    s.snapshots,
+                    s.skipped,
+                    s.bytes_read,
+                    s.bytes_written,
+                    if removed > 0 {
+                        format!("; {removed} vanished copies forgotten")
+                    } else {
+                        String::new()
+                    }
                 ));
             }
             Err(e) => {

@@ -258,6 +258,8 @@ fn sync_jobs_push_pull_and_record_their_runs() {
     let pass = ok(&["scheduler"]);
     assert!(!pass.stdout.contains("sync job 5"), "{pass:?}");
 
+    remove_vanished(&ok, &bj, &template, &repo22, &store.join("22"));
+
     // Creating a job that names no remote, or a remote as its datastore, is refused.
     let wrong = template(
         "wrong.tmpl",
@@ -390,4 +392,74 @@ fn verify_heal_and_verified_only(
             .contains("repository 22: 1 snapshots copied, 7 there already"),
         "{out:?}"
     );
+}
+
+/// REMOVE_VANISHED with its MAX_DELETE guard: three snapshots forgotten at the source; a job
+/// allowed to delete two deletes nothing and fails, naming the count; one allowed five forgets
+/// the three copies at the remote, which restic then checks clean.
+fn remove_vanished(
+    ok: &dyn Fn(&[&str]) -> Outcome,
+    bj: &dyn Fn(&[&str]) -> Outcome,
+    template: &dyn Fn(&str, String) -> String,
+    repo22: &Path,
+    at_remote: &Path,
+) {
+    let count = |repo: &Path, pw: &str| {
+        let v: serde_json::Value =
+            serde_json::from_slice(&restic_ok(repo, pw, &["snapshots", "--json"])).expect("json");
+        v.as_array().map_or(0, Vec::len)
+    };
+    let before = count(at_remote, "pw-site2");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&restic_ok(repo22, "pw-local", &["snapshots", "--json"]))
+            .expect("json");
+    let oldest: Vec<String> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .take(3)
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect();
+    let mut args = vec!["repo", "-r", repo22.to_str().expect("utf-8"), "forget"];
+    args.extend(oldest.iter().map(String::as_str));
+    let out = run_env(BACKSTOP, &args, b"", &[("RESTIC_PASSWORD", "pw-local")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let tight = template(
+        "tight.tmpl",
+        "NAME=\"tight\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nREMOVE_VANISHED=YES\nMAX_DELETE=2\n".into(),
+    );
+    let id = ok(&["sync-job", "create", &tight])
+        .stdout
+        .trim()
+        .trim_start_matches("ID: ")
+        .to_string();
+    let out = bj(&["sync-job", "run", &id]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "3 copies have vanished at the source, more than MAX_DELETE 2; nothing was deleted"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        count(at_remote, "pw-site2"),
+        before,
+        "the guard let something go"
+    );
+    let loose = template(
+        "loose.tmpl",
+        "NAME=\"loose\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nREMOVE_VANISHED=YES\nMAX_DELETE=5\n".into(),
+    );
+    let id = ok(&["sync-job", "create", &loose])
+        .stdout
+        .trim()
+        .trim_start_matches("ID: ")
+        .to_string();
+    let out = ok(&["sync-job", "run", &id]);
+    assert!(
+        out.stdout.contains("; 3 vanished copies forgotten"),
+        "{out:?}"
+    );
+    assert_eq!(count(at_remote, "pw-site2"), before - 3);
+    restic_ok(at_remote, "pw-site2", &["check", "--read-data"]);
 }
