@@ -14,7 +14,9 @@
 //! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination whose original is gone from the
 //!   source are forgotten there (never the other way round; snapshots made at the destination
 //!   itself are never touched), at most `MAX_DELETE` (default 10) per repository and run: a
-//!   run that would delete more deletes nothing and fails, naming the count.
+//!   run that would delete more deletes nothing and fails, naming the count;
+//! - `RESYNC_CORRUPT` (`YES`/`NO`, PULL only): copies a verify job found damaged at the
+//!   destination (and healed) are walked again and what they lack is copied again.
 //!
 //! A run copies each repository in turn, creating it at the destination with the
 //! destination's password when it is missing; a repository that fails is named and the others
@@ -60,6 +62,7 @@ pub struct SyncTemplate {
     pub every: Option<u64>,
     /// Forget copies whose original vanished, at most this many per repository.
     pub remove_vanished: Option<usize>,
+    pub resync_corrupt: bool,
 }
 
 /// `EVERY`: `<n>s|m|h|d`, or seconds.
@@ -163,8 +166,24 @@ impl SyncTemplate {
             }),
             Some(v) => return Err(format!("REMOVE_VANISHED {v:?} is not YES or NO")),
         };
+        let resync_corrupt = match t
+            .get("RESYNC_CORRUPT")
+            .map(|v| v.trim().to_ascii_uppercase())
+        {
+            None => false,
+            Some(v) if v == "YES" => true,
+            Some(v) if v == "NO" => false,
+            Some(v) => return Err(format!("RESYNC_CORRUPT {v:?} is not YES or NO")),
+        };
+        if resync_corrupt && direction == Direction::Push {
+            return Err(
+                "RESYNC_CORRUPT is for PULL: verdicts are kept for the runner's own datastores"
+                    .into(),
+            );
+        }
         Ok(SyncTemplate {
             every: every(&t)?,
+            resync_corrupt,
             remove_vanished,
             name,
             direction,
@@ -234,7 +253,7 @@ fn sync_repository(
     (from, to): (&Datastore, &Datastore),
     repo_id: &str,
     job: &SyncTemplate,
-    clean: Option<&[String]>,
+    (clean, damaged): (Option<&[String]>, &[String]),
     cfg: &DriverConfig,
 ) -> Result<(CopyStats, usize), Error> {
     let transfer_last = job.transfer_last;
@@ -253,7 +272,32 @@ fn sync_repository(
         Some(max) => remove_vanished(&snaps, &dst, repo_id, max)?,
         None => 0,
     };
-    let (_, stats) = copy(&src, &dst, &ids, &CopyOptions::default())?;
+    // The source snapshots behind the damaged copies.
+    let mut resync = Vec::new();
+    if !damaged.is_empty() {
+        for (id, s, _) in dst.all_snapshots()? {
+            if let Some(o) = s.original.filter(|_| damaged.contains(&id.to_hex())) {
+                resync.extend(
+                    snaps
+                        .iter()
+                        .filter(|(sid, ss)| ss.original.unwrap_or(*sid) == o)
+                        .map(|(sid, _)| *sid),
+                );
+            }
+        }
+        ids.extend(
+            resync
+                .iter()
+                .filter(|r| !ids.contains(r))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+    }
+    let options = CopyOptions {
+        resync,
+        ..CopyOptions::default()
+    };
+    let (_, stats) = copy(&src, &dst, &ids, &options)?;
     Ok((stats, removed))
 }
 
@@ -347,15 +391,29 @@ pub fn run(
         } else {
             None
         };
-        match sync_repository((from, to), &repo, &job, clean.as_deref(), cfg) {
+        let damaged: Vec<String> = if job.resync_corrupt {
+            st.verdicts(job.datastore_id, &repo)?
+                .into_iter()
+                .filter(|v| !v.bad.is_empty())
+                .map(|v| v.snapshot)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match sync_repository((from, to), &repo, &job, (clean.as_deref(), &damaged), cfg) {
             Ok((s, removed)) => {
                 record.snapshots += s.snapshots as u64;
                 record.bytes_read += s.bytes_read;
                 record.bytes_written += s.bytes_written;
                 report(&format!(
-                    "repository {repo}: {} snapshots copied, {} there already; {} bytes read, {} bytes written{}",
+                    "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}",
                     s.snapshots,
                     s.skipped,
+                    if s.resynced > 0 {
+                        format!(" ({} copied again where damaged)", s.resynced)
+                    } else {
+                        String::new()
+                    },
                     s.bytes_read,
                     s.bytes_written,
                     if removed > 0 {

@@ -216,13 +216,46 @@ fn sync_jobs_push_pull_and_record_their_runs() {
         "the pulled newest point"
     );
 
+    // The pulled copy is damaged; a verify job over that datastore finds and heals it, and a
+    // PULL with RESYNC_CORRUPT brings back what the copy lacks.
+    damage_chunk_15(&pulled.join("22"), "pw-pulled");
+    let v = template(
+        "verify-pulled.tmpl",
+        "NAME=\"pulled\"\nDATASTORE_ID=3\nVMS=\"22\"\n".into(),
+    );
+    let vid = ok(&["verify-job", "create", &v])
+        .stdout
+        .trim()
+        .trim_start_matches("ID: ")
+        .to_string();
+    let out = bj(&["verify-job", "run", &vid]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let resync = template(
+        "resync.tmpl",
+        "NAME=\"resync\"\nDIRECTION=PULL\nDATASTORE_ID=3\nREMOTE_ID=2\nVMS=\"22\"\nTRANSFER_LAST=2\nRESYNC_CORRUPT=YES\n".into(),
+    );
+    let rid = ok(&["sync-job", "create", &resync])
+        .stdout
+        .trim()
+        .trim_start_matches("ID: ")
+        .to_string();
+    let out = ok(&["sync-job", "run", &rid]);
+    assert!(
+        out.stdout
+            .contains("2 there already (2 copied again where damaged)"),
+        "{out:?}"
+    );
+    let out = ok(&["verify-job", "run", &vid]);
+    assert!(out.stdout.contains(", 0 damaged"), "{out:?}");
+    restic_ok(&pulled.join("22"), "pw-pulled", &["check", "--read-data"]);
+
     // A repository that is not there fails the run, named; the other is still done.
     let both = template(
         "both.tmpl",
         "NAME=\"both\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"99,22\"\n".into(),
     );
-    ok(&["sync-job", "create", &both]);
-    let out = bj(&["sync-job", "run", "3"]);
+    let both_id = created(&ok(&["sync-job", "create", &both]));
+    let out = bj(&["sync-job", "run", &both_id]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stderr.contains("repository 99: ") && out.stderr.contains("no repository"),
@@ -245,10 +278,11 @@ fn sync_jobs_push_pull_and_record_their_runs() {
         "hourly.tmpl",
         "NAME=\"hourly\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nEVERY=\"1h\"\n".into(),
     );
-    assert_eq!(ok(&["sync-job", "create", &hourly]).stdout, "ID: 5\n");
+    let hourly_id = created(&ok(&["sync-job", "create", &hourly]));
     let pass = ok(&["scheduler"]);
     assert!(
-        pass.stdout.contains("scheduler: sync job 5: run "),
+        pass.stdout
+            .contains(&format!("scheduler: sync job {hourly_id}: run ")),
         "{pass:?}"
     );
     assert!(
@@ -256,7 +290,10 @@ fn sync_jobs_push_pull_and_record_their_runs() {
         "a job without EVERY ran: {pass:?}"
     );
     let pass = ok(&["scheduler"]);
-    assert!(!pass.stdout.contains("sync job 5"), "{pass:?}");
+    assert!(
+        !pass.stdout.contains(&format!("sync job {hourly_id}")),
+        "{pass:?}"
+    );
 
     remove_vanished(&ok, &bj, &template, &repo22, &store.join("22"));
 
@@ -286,38 +323,21 @@ fn verify_heal_and_verified_only(
     repo22: &Path,
     data: &[u8],
 ) {
-    use backstop_datastore::repo::Repo;
-    use backstop_datastore::repo::backend::LocalBackend;
     let verify = template(
         "verify.tmpl",
         "NAME=\"weekly\"\nDATASTORE_ID=1\nVMS=\"22\"\n".into(),
     );
-    assert_eq!(ok(&["verify-job", "create", &verify]).stdout, "ID: 1\n");
-    let out = ok(&["verify-job", "run", "1"]);
+    let vid = created(&ok(&["verify-job", "create", &verify]));
+    let out = ok(&["verify-job", "run", &vid]);
     assert!(
         out.stdout.contains("repository 22: 7 snapshots verified")
             && out.stdout.contains(", 0 damaged"),
         "{out:?}"
     );
 
-    // Chunk 15 is the same in every snapshot; one byte of its blob flipped in its pack.
-    let repo =
-        Repo::open(std::sync::Arc::new(LocalBackend::new(repo22)), "pw-local").expect("open");
-    let (_, snap) = repo.find_snapshot("latest").expect("latest");
-    let known = repo.known_blobs().expect("index");
-    let node = repo
-        .file_node(&snap, IN_SNAPSHOT, &known)
-        .expect("node")
-        .expect("file");
-    let blob = node.content.expect("content")[15];
-    let at = repo.locate_data(&[blob]).expect("locate")[&blob];
-    let hex = at.pack.to_hex();
-    let pack = repo22.join("data").join(&hex[..2]).join(&hex);
-    let mut bytes = fs::read(&pack).expect("pack");
-    bytes[at.offset as usize + 30] ^= 0x10;
-    fs::write(&pack, bytes).expect("damage");
+    let blob = damage_chunk_15(repo22, "pw-local");
 
-    let out = bj(&["verify-job", "run", "1"]);
+    let out = bj(&["verify-job", "run", &vid]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stdout
@@ -329,7 +349,7 @@ fn verify_heal_and_verified_only(
         "{out:?}"
     );
     let shown: serde_json::Value =
-        serde_json::from_str(&ok(&["verify-job", "show", "1", "--json"]).stdout).expect("json");
+        serde_json::from_str(&ok(&["verify-job", "show", &vid, "--json"]).stdout).expect("json");
     let snaps = shown["snapshots"].as_array().expect("snapshots");
     assert_eq!(snaps.len(), 7, "{shown}");
     assert!(
@@ -344,8 +364,8 @@ fn verify_heal_and_verified_only(
         "vo.tmpl",
         "NAME=\"clean-only\"\nDATASTORE_ID=1\nREMOTE_ID=2\nBACKUP_JOBS=\"\"\nVMS=\"22\"\nVERIFIED_ONLY=YES\n".into(),
     );
-    ok(&["sync-job", "create", &vo]);
-    let out = ok(&["sync-job", "run", "4"]);
+    let vo_id = created(&ok(&["sync-job", "create", &vo]));
+    let out = ok(&["sync-job", "run", &vo_id]);
     assert!(
         out.stdout
             .contains("repository 22: 0 snapshots copied, 0 there already"),
@@ -380,13 +400,13 @@ fn verify_heal_and_verified_only(
         &[("RESTIC_PASSWORD", "pw-local")],
     );
     assert_eq!(out.code, Some(0), "{out:?}");
-    let out = ok(&["verify-job", "run", "1"]);
+    let out = ok(&["verify-job", "run", &vid]);
     assert!(
         out.stdout.contains("8 snapshots verified") && out.stdout.contains(", 0 damaged"),
         "{out:?}"
     );
     restic_ok(repo22, "pw-local", &["check", "--read-data"]);
-    let out = ok(&["sync-job", "run", "4"]);
+    let out = ok(&["sync-job", "run", &vo_id]);
     assert!(
         out.stdout
             .contains("repository 22: 1 snapshots copied, 7 there already"),
@@ -462,4 +482,30 @@ fn remove_vanished(
     );
     assert_eq!(count(at_remote, "pw-site2"), before - 3);
     restic_ok(at_remote, "pw-site2", &["check", "--read-data"]);
+}
+
+/// Chunk 15 is the same in every snapshot: one byte of its blob flipped in its pack. The blob.
+fn damage_chunk_15(repo: &Path, pw: &str) -> backstop_datastore::repo::format::RepoId {
+    use backstop_datastore::repo::Repo;
+    use backstop_datastore::repo::backend::LocalBackend;
+    let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
+    let (_, snap) = r.find_snapshot("latest").expect("latest");
+    let known = r.known_blobs().expect("index");
+    let node = r
+        .file_node(&snap, IN_SNAPSHOT, &known)
+        .expect("node")
+        .expect("file");
+    let blob = node.content.expect("content")[15];
+    let at = r.locate_data(&[blob]).expect("locate")[&blob];
+    let hex = at.pack.to_hex();
+    let pack = repo.join("data").join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&pack).expect("pack");
+    bytes[at.offset as usize + 30] ^= 0x10;
+    fs::write(&pack, bytes).expect("damage");
+    blob
+}
+
+/// The id a `create` printed.
+fn created(out: &Outcome) -> String {
+    out.stdout.trim().trim_start_matches("ID: ").to_string()
 }

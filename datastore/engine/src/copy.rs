@@ -30,6 +30,10 @@ pub struct CopyOptions {
     /// Blobs read from the source at once.
     pub threads: usize,
     pub cancel: Arc<AtomicBool>,
+    /// Source snapshots whose copy the destination has but found damaged (its verify healed
+    /// the bad blobs out of the index): every tree under them is walked, present or not, and
+    /// what the destination lacks is copied again; no second copy of the snapshot is written.
+    pub resync: Vec<RepoId>,
 }
 
 impl Default for CopyOptions {
@@ -38,6 +42,7 @@ impl Default for CopyOptions {
             retry_lock: RetryLock(std::time::Duration::ZERO),
             threads: 4,
             cancel: Arc::new(AtomicBool::new(false)),
+            resync: Vec::new(),
         }
     }
 }
@@ -49,6 +54,8 @@ pub struct CopyStats {
     pub snapshots: usize,
     /// Snapshots the destination had already.
     pub skipped: usize,
+    /// Of those, the ones walked again to bring back what their copy lacked.
+    pub resynced: usize,
     pub data_blobs: u64,
     pub tree_blobs: u64,
     /// Bytes read from the source's packs.
@@ -149,12 +156,13 @@ fn missing(
     root: RepoId,
     where_: &HashMap<RepoId, (BlobKind, BlobLocation)>,
     present: &HashSet<RepoId>,
-    queued: &mut HashSet<RepoId>,
+    (queued, every_tree): (&mut HashSet<RepoId>, bool),
 ) -> Result<(Vec<RepoId>, Vec<RepoId>), Error> {
     let (mut data, mut trees) = (Vec::new(), Vec::new());
     let mut stack = vec![root];
     while let Some(tree) = stack.pop() {
-        if present.contains(&tree) || !queued.insert(tree) {
+        let have = present.contains(&tree);
+        if (have && !every_tree) || !queued.insert(tree) {
             continue;
         }
         let (_, at) = where_.get(&tree).ok_or_else(|| {
@@ -170,7 +178,9 @@ fn missing(
                 format!("tree {tree} of the source is not valid: {e}"),
             )
         })?;
-        trees.push(tree);
+        if !have {
+            trees.push(tree);
+        }
         for node in &parsed.nodes {
             if let Some(sub) = node.subtree {
                 stack.push(sub);
@@ -339,14 +349,15 @@ pub fn copy(
     for id in snapshots {
         let snap: Snapshot = src.load_file(FileType::Snapshot, id)?;
         let original = snap.original.unwrap_or(*id);
-        if have.contains(&original) {
+        let resync = options.resync.contains(id);
+        if have.contains(&original) && !resync {
             if let Ok(mut st) = stats.lock() {
                 st.skipped += 1;
             }
             continue;
         }
         let mut queued = HashSet::new();
-        let (data, trees) = missing(src, snap.tree, &where_, &present, &mut queued)?;
+        let (data, trees) = missing(src, snap.tree, &where_, &present, (&mut queued, resync))?;
         let data_packs = transfer(src, dst, &data, &where_, options, &stats)?;
         let tree_packs = transfer(src, dst, &trees, &where_, options, &stats)?;
         // Packs, then the data index, then the tree index, then the snapshot: each durable
@@ -356,6 +367,17 @@ pub fn copy(
         crate::writer::save_index(dst, data_packs)?;
         dst.backend().sync()?;
         crate::writer::save_index(dst, tree_packs)?;
+        if have.contains(&original) {
+            // A resync: the snapshot is there; what it needed is back.
+            dst.backend().sync()?;
+            present.extend(data);
+            present.extend(trees);
+            if let Ok(mut st) = stats.lock() {
+                st.skipped += 1;
+                st.resynced += 1;
+            }
+            continue;
+        }
         let mut value: serde_json::Value = src.load_file(FileType::Snapshot, id)?;
         if let Some(map) = value.as_object_mut() {
             map.insert(
