@@ -34,6 +34,10 @@ pub struct Report {
     pub s3: Option<(Measure, Measure)>,
     /// From an RBD image of a single-node Ceph, against the stock Ceph TM's recipes.
     pub ceph: Option<crate::ceph::CephRows>,
+    /// Copying a chain to SFTP, backstop's and restic's.
+    pub sync: Option<crate::sync::SyncRows>,
+    /// `backstop repo verify` and `restic check --read-data` of the benchmark's repository.
+    pub verify: (Measure, Measure),
 }
 
 struct Bench<'a> {
@@ -280,6 +284,8 @@ pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>)
     let mut rows = bench.backups(size);
     let (restores, floor) = bench.restores(size);
     rows.extend(restores);
+    println!("verifying the repository, backstop and restic ...");
+    let verify = crate::sync::verify_row(backstop, &bench.repo);
     let sftp = bench.sftp();
     let s3 = bench.s3();
     let ceph = crate::ceph::rows(work, backstop, &bench.image, || {
@@ -296,6 +302,8 @@ pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>)
         sftp,
         s3,
         ceph,
+        sync: crate::sync::rows(work, backstop, 1024, 10),
+        verify,
     }
 }
 

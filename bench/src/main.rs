@@ -15,7 +15,10 @@
 //!    the same into an S3 bucket (SeaweedFS's `weed mini` on loopback, when `weed` is on PATH);
 //! 7. from an RBD image of a single-node Ceph (when ceph-mon is on PATH): backstop's FULL and
 //!    5 % increment against the stock Ceph TM's recipes with restic (`ceph.rs`);
-//! 8. increment_flatten against the stock driver's recipe, and one scheduler tick.
+//! 8. a verify of the repository against `restic check --read-data`, and a chain (1 GiB, a
+//!    FULL and 10 increments of 5 %) copied to SFTP by `backstop repo copy` and `restic copy`,
+//!    then one more increment (`sync.rs`);
+//! 9. increment_flatten against the stock driver's recipe, and one scheduler tick.
 //!
 //! Every step starts with the page cache emptied (when run as root): each tool reads the image
 //! and its repository from the disk.
@@ -34,6 +37,7 @@ mod report;
 mod run;
 mod s3;
 mod sshd;
+mod sync;
 mod tick;
 
 use clap::Parser;
@@ -66,6 +70,9 @@ struct Args {
     /// Run only the Ceph rows.
     #[arg(long)]
     only_ceph: bool,
+    /// Run only the sync rows (a chain of --flatten-mib MiB, --flatten-links increments).
+    #[arg(long)]
+    only_sync: bool,
     /// Run only the scheduler tick measurement.
     #[arg(long)]
     only_tick: bool,
@@ -92,6 +99,15 @@ fn main() {
         "build backstop first: cargo build --release (looked for {})",
         backstop.display()
     );
+    if args.only_sync {
+        if let Some(rows) = sync::rows(&work, &backstop, args.flatten_mib, args.flatten_links) {
+            rows.print();
+        }
+        if !args.keep && args.work.is_none() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        return;
+    }
     if args.only_ceph {
         compare::ceph_only(&work, &backstop, args.size_mib);
         if !args.keep && args.work.is_none() {

@@ -89,6 +89,17 @@ impl Peer {
         self.cmd("init")
     }
 
+    /// restic's `copy` of every snapshot of the repository `from` (its password in
+    /// RESTIC_FROM_PASSWORD) into this one.
+    pub fn copy_from(&self, from: &Path) -> String {
+        self.cmd(&format!("copy --from-repo {}", q(from)))
+    }
+
+    /// restic's `check --read-data` of this repository.
+    pub fn check_read_data(&self) -> String {
+        self.cmd("check --read-data")
+    }
+
     pub fn backup(&self, image: &Path) -> String {
         match self.kind {
             Kind::Restic => self.cmd(&format!(

@@ -107,6 +107,15 @@ impl Report {
             c.print();
             println!();
         }
+        if let Some(s) = &self.sync {
+            s.print();
+        }
+        let (ours, theirs) = &self.verify;
+        let x = theirs.seconds / ours.seconds;
+        println!(
+            "Verify of the repository ({} MiB image, a FULL and an increment): backstop verify {:.2} s ({:.0} MiB RSS), restic check --read-data {:.2} s ({:.0} MiB RSS): {x:.1}x\n",
+            self.size_mib, ours.seconds, ours.rss_mib, theirs.seconds, theirs.rss_mib
+        );
         self.goals();
     }
 

@@ -16,6 +16,7 @@ pub fn timed(label: &str, script: &str) -> Measure {
     let out = Command::new("/usr/bin/time")
         .args(["-f", "BENCH %e %M", "sh", "-c", script])
         .env("RESTIC_PASSWORD", PASSWORD)
+        .env("RESTIC_FROM_PASSWORD", PASSWORD)
         .env("RUSTIC_PASSWORD", PASSWORD)
         .env("AWS_ACCESS_KEY_ID", crate::s3::ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", crate::s3::SECRET_KEY)

@@ -48,22 +48,30 @@ fn from_password(cmd: &CopyCmd) -> Result<String, String> {
     Err("no password for the source repository: set RESTIC_FROM_PASSWORD or RESTIC_FROM_PASSWORD_FILE, or pass --from-password-file".into())
 }
 
-pub fn run(args: &Args, dst: &Repo, cmd: &CopyCmd) -> Result<(), String> {
-    let src = Repo::open(backend_at(args, &cmd.from_repo)?, &from_password(cmd)?)
-        .map_err(|e| format!("the source: {e}"))?;
-    let ids = if cmd.snapshots.is_empty() {
-        src.all_snapshots()
+/// The snapshots named (ids or unique prefixes), oldest first when none: every one.
+fn named(
+    repo: &Repo,
+    names: &[String],
+) -> Result<Vec<backstop_datastore::repo::format::RepoId>, String> {
+    if names.is_empty() {
+        return Ok(repo
+            .all_snapshots()
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(|(id, _, _)| id)
-            .collect()
-    } else {
-        cmd.snapshots
-            .iter()
-            .map(|s| src.find_snapshot(s).map(|(id, _)| id))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?
-    };
+            .collect());
+    }
+    names
+        .iter()
+        .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+pub fn run(args: &Args, dst: &Repo, cmd: &CopyCmd) -> Result<(), String> {
+    let src = Repo::open(backend_at(args, &cmd.from_repo)?, &from_password(cmd)?)
+        .map_err(|e| format!("the source: {e}"))?;
+    let ids = named(&src, &cmd.snapshots)?;
     let options = CopyOptions {
         retry_lock: RetryLock(args.retry_lock),
         threads: args.connections.max(1),
@@ -106,19 +114,7 @@ pub struct VerifyCmd {
 pub fn verify(args: &Args, repo: &Repo, cmd: &VerifyCmd) -> Result<(), String> {
     use backstop_datastore::repo::verify::{Share, heal, verify};
     let share = cmd.share.as_deref().map(Share::parse).transpose()?;
-    let ids = if cmd.snapshots.is_empty() {
-        repo.all_snapshots()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|(id, _, _)| id)
-            .collect()
-    } else {
-        cmd.snapshots
-            .iter()
-            .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?
-    };
+    let ids = named(repo, &cmd.snapshots)?;
     let retry = RetryLock(args.retry_lock);
     let report = verify(repo, &ids, share, retry).map_err(|e| e.to_string())?;
     let mut bad = std::collections::BTreeSet::new();

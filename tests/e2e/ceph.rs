@@ -322,8 +322,6 @@ fn rbd_disks_staged_in_the_stock_layout() {
 /// increment 3, each image as its snapshot was; the old images are gone with their snapshots,
 /// no `.new.`/`.old.` image is left. A restore that cannot be done changes nothing.
 fn in_place_restore_brings_rbd_disks_back(cc: &CephCloud, points: &[(String, Vec<Vec<u8>>)]) {
-    use crate::oned_mock::{MockOned, failed, ok};
-    use backstop_protocol::xmlrpc::Value;
     let cloud = &cc.cloud;
     let link = cloud.remotes.join("tm/ceph/restore");
     let _ = fs::remove_file(&link);
@@ -335,17 +333,7 @@ fn in_place_restore_brings_rbd_disks_back(cc: &CephCloud, points: &[(String, Vec
         .collect();
     let (vm_doc, image_doc, ds_doc) =
         (cc.vm_xml(3), cloud.image_xml(&chain), cloud.datastore_xml());
-    let oned = MockOned::start(
-        |s| s == crate::cloud::ONED_SESSION,
-        move |method, params| match (method, params) {
-            ("one.vm.info", [Value::Int(22), ..]) => ok(Value::Str(vm_doc.clone())),
-            ("one.image.info", [Value::Int(40), ..]) => ok(Value::Str(image_doc.clone())),
-            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
-            _ => failed(&format!("[{method}] Error getting object"), 1024),
-        },
-    );
-    let auth = cloud.dir.path().join("one_auth");
-    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    let (oned, auth) = crate::tm::restore_oned(cloud, vm_doc, image_doc, ds_doc);
     let env = [
         ("ONE_XMLRPC", oned.endpoint.as_str()),
         ("ONE_AUTH", auth.to_str().expect("utf-8")),

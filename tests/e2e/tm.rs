@@ -573,14 +573,36 @@ fn direct_mode_on_a_gib_disk_reads_only_what_changed() {
     );
 }
 
+/// A MOCK oned (XML-RPC: no real one can run here) serving VM 22, backup image 40 and backup
+/// datastore 100 for an in-place restore; with the session file the TM reads.
+pub(crate) fn restore_oned(
+    cloud: &crate::cloud::Cloud,
+    vm_doc: String,
+    image_doc: String,
+    ds_doc: String,
+) -> (crate::oned_mock::MockOned, PathBuf) {
+    use crate::oned_mock::{MockOned, failed, ok};
+    use backstop_protocol::xmlrpc::Value;
+    let oned = MockOned::start(
+        |s| s == crate::cloud::ONED_SESSION,
+        move |method, params| match (method, params) {
+            ("one.vm.info", [Value::Int(22), ..]) => ok(Value::Str(vm_doc.clone())),
+            ("one.image.info", [Value::Int(40), ..]) => ok(Value::Str(image_doc.clone())),
+            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
+            _ => failed(&format!("[{method}] Error getting object"), 1024),
+        },
+    );
+    let auth = cloud.dir.path().join("one_auth");
+    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    (oned, auth)
+}
+
 /// The transfer manager's in-place restore (`onevm restore`), with a MOCK oned serving the VM,
 /// the backup image and its datastore: every disk back to increment 1, then disk 1 alone to
 /// increment 2; the restored disks carry no bitmaps, and the next backup starts a new chain.
 /// A restore that cannot be done leaves the disks as they were.
 #[test]
 fn in_place_restore_brings_back_an_increment() {
-    use crate::oned_mock::{MockOned, failed, ok};
-    use backstop_protocol::xmlrpc::Value;
     let t = Tm::start("direct");
     let cloud = &t.cloud;
     let link = cloud.remotes.join("tm/qcow2/restore");
@@ -605,17 +627,7 @@ fn in_place_restore_brings_back_an_increment() {
         cloud.image_xml(&chain),
         cloud.datastore_xml(),
     );
-    let oned = MockOned::start(
-        |s| s == crate::cloud::ONED_SESSION,
-        move |method, params| match (method, params) {
-            ("one.vm.info", [Value::Int(22), ..]) => ok(Value::Str(vm_doc.clone())),
-            ("one.image.info", [Value::Int(40), ..]) => ok(Value::Str(image_doc.clone())),
-            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
-            _ => failed(&format!("[{method}] Error getting object"), 1024),
-        },
-    );
-    let auth = cloud.dir.path().join("one_auth");
-    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    let (oned, auth) = restore_oned(cloud, vm_doc, image_doc, ds_doc);
     let env = [
         ("ONE_XMLRPC", oned.endpoint.as_str()),
         ("ONE_AUTH", auth.to_str().expect("utf-8")),

@@ -11,8 +11,6 @@ use backstop_engine::Repo;
 use backstop_engine::backend::LocalBackend;
 use backstop_engine::copy::{CopyOptions, copy};
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{Extent, RawImage};
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -20,28 +18,6 @@ use std::sync::Arc;
 
 const OTHER: &str = "the destination's own password";
 
-fn backup(
-    repo: &Repo,
-    image: &Path,
-    changed: Option<&[Extent]>,
-    parent: Option<RepoId>,
-) -> writer::BackupResult {
-    let source = RawImage::open(image).expect("open image");
-    let files = [FileSpec {
-        path: DISK.into(),
-        content: Content::Image {
-            source: &source,
-            changed,
-            parent_path: Some(DISK.into()),
-        },
-    }];
-    let options = BackupOptions {
-        tags: vec!["one-22".into()],
-        parent,
-        ..BackupOptions::default()
-    };
-    writer::backup(repo, &files, &options).expect("backup")
-}
 
 fn restic_with(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("restic")
@@ -70,7 +46,7 @@ fn a_chain_copies_by_blob_and_a_second_copy_moves_nothing() {
     let mut parent = None;
     for k in 0..6u64 {
         let changed = (k > 0).then(|| scribble(&image, 12, 100 + k));
-        let r = backup(&src, &image, changed.as_deref(), parent);
+        let r = backup_disk(&src, &image, changed.as_deref(), parent);
         parent = Some(r.snapshot_id);
         ids.push(r.snapshot_id);
         points.push(fs::read(&image).expect("image"));
@@ -119,7 +95,7 @@ fn a_chain_copies_by_blob_and_a_second_copy_moves_nothing() {
 
     // One more increment: the copy moves its new blobs and its trees, little more.
     let changed = scribble(&image, 12, 999);
-    let r = backup(&src, &image, Some(&changed), parent);
+    let r = backup_disk(&src, &image, Some(&changed), parent);
     let stored = r.total.added_bytes;
     let (one, stats) = copy(&src, &dst, &[r.snapshot_id], &CopyOptions::default()).expect("copy");
     assert_eq!(one.len(), 1);

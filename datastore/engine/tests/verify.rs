@@ -8,11 +8,9 @@ use common::*;
 
 use backstop_engine::Repo;
 use backstop_engine::backend::LocalBackend;
-use backstop_engine::format::RepoId;
-use backstop_engine::image::{CHUNK_SIZE, Extent, RawImage};
+use backstop_engine::image::{CHUNK_SIZE, Extent};
 use backstop_engine::lock::RetryLock;
 use backstop_engine::verify::{Share, heal, verify};
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -21,28 +19,6 @@ use std::time::Duration;
 
 const NOW: RetryLock = RetryLock(Duration::ZERO);
 
-fn backup(
-    repo: &Repo,
-    image: &Path,
-    changed: Option<&[Extent]>,
-    parent: Option<RepoId>,
-) -> writer::BackupResult {
-    let source = RawImage::open(image).expect("open image");
-    let files = [FileSpec {
-        path: DISK.into(),
-        content: Content::Image {
-            source: &source,
-            changed,
-            parent_path: Some(DISK.into()),
-        },
-    }];
-    let options = BackupOptions {
-        tags: vec!["one-22".into()],
-        parent,
-        ..BackupOptions::default()
-    };
-    writer::backup(repo, &files, &options).expect("backup")
-}
 
 /// Rewrites chunk `chunk` of the image with new bytes; the changed extent.
 fn rewrite_chunk(image: &Path, chunk: u64, seed: u64) -> Extent {
@@ -73,7 +49,7 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
     for k in 0..3u64 {
         // Chunk 1 (random data) never changes; increments change chunks 12 and up.
         let changed = (k > 0).then(|| vec![rewrite_chunk(&image, 11 + k, 50 + k)]);
-        let r = backup(&repo, &image, changed.as_deref(), parent);
+        let r = backup_disk(&repo, &image, changed.as_deref(), parent);
         parent = Some(r.snapshot_id);
         ids.push(r.snapshot_id);
         points.push(fs::read(&image).expect("image"));
@@ -138,7 +114,7 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
 
     // The next backup (an increment naming only chunk 20 as changed) reads chunk 1 again.
     let changed = [rewrite_chunk(&image, 20, 99)];
-    let r = backup(&repo, &image, Some(&changed), parent);
+    let r = backup_disk(&repo, &image, Some(&changed), parent);
     assert!(r.total.new_blobs >= 2, "{:?}", r.total);
     ids.push(r.snapshot_id);
     points.push(fs::read(&image).expect("image"));

@@ -81,6 +81,31 @@ pub fn make_image(path: &Path, mib: u64, seed: u64) {
     }
 }
 
+/// Backs up `image` as DISK (tag `one-22`), on `parent` with only `changed` read when given.
+pub fn backup_disk(
+    repo: &backstop_engine::Repo,
+    image: &Path,
+    changed: Option<&[Extent]>,
+    parent: Option<backstop_engine::format::RepoId>,
+) -> backstop_engine::writer::BackupResult {
+    use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+    let source = backstop_engine::image::RawImage::open(image).expect("open image");
+    let files = [FileSpec {
+        path: DISK.into(),
+        content: Content::Image {
+            source: &source,
+            changed,
+            parent_path: Some(DISK.into()),
+        },
+    }];
+    let options = BackupOptions {
+        tags: vec!["one-22".into()],
+        parent,
+        ..BackupOptions::default()
+    };
+    writer::backup(repo, &files, &options).expect("backup")
+}
+
 /// Rewrites `count` scattered regions; returns them as changed extents.
 pub fn scribble(path: &Path, count: usize, seed: u64) -> Vec<Extent> {
     let mut g = Gen(seed);
