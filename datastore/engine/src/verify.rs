@@ -165,6 +165,21 @@ pub fn verify(
     Ok(report)
 }
 
+/// Whether sealed blob bytes open with the key and hash to the blob's id.
+fn intact(repo: &Repo, id: &RepoId, uncompressed: Option<u32>, sealed: &[u8]) -> bool {
+    let Ok(stored) = repo.open_sealed(sealed) else {
+        return false;
+    };
+    let plain = match uncompressed {
+        Some(n) => match zstd::bulk::decompress(&stored, n as usize) {
+            Ok(p) => p,
+            Err(_) => return false,
+        },
+        None => stored,
+    };
+    RepoId::of(&plain) == *id
+}
+
 /// What [`heal`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Healed {
@@ -177,7 +192,9 @@ pub struct Healed {
 }
 
 /// Takes `bad` blobs out of the repository: the packs holding them are rewritten with their
-/// good blobs, the index updated, the old packs deleted. Under an exclusive lock.
+/// good blobs, the index updated, the old packs deleted. Under an exclusive lock. Every blob of
+/// those packs is read again and judged from what was read: one of `bad` that reads intact now
+/// (its earlier failure was the network's) stays.
 pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Error> {
     let lock = repo.lock(true, retry)?;
     let bad: HashSet<RepoId> = bad.iter().copied().collect();
@@ -209,12 +226,8 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
             .collect();
         let mut builder = PackBuilder::default();
         for b in &blobs {
-            let at = location(*pack_id, b);
-            let good = !bad.contains(&b.id) && repo.read_blob(&b.id, &at).is_ok();
-            if !good {
-                healed.removed += 1;
-                continue;
-            }
+            // Read once more and judged from these bytes alone: a read that fails stops the
+            // heal before anything is deleted, so a passing network error never costs a blob.
             let sealed = repo
                 .backend()
                 .read_partial(
@@ -225,6 +238,10 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
                     b.length,
                 )
                 .map_err(|e| rustic_error(&format!("cannot read pack {pack_id}"), &e))?;
+            if !intact(repo, &b.id, b.uncompressed_length, &sealed) {
+                healed.removed += 1;
+                continue;
+            }
             builder.add(SealedBlob {
                 id: b.id,
                 kind: b.kind,

@@ -58,6 +58,20 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
     assert!(clean.verdicts.iter().all(|v| v.bad.is_empty()), "{clean:?}");
     assert!(clean.blobs_read > 0);
 
+    // A blob named damaged that reads intact (a passing read error) stays: nothing is lost.
+    let (_, latest) = repo.find_snapshot(&ids[2].to_hex()).expect("snapshot");
+    let known = repo.known_blobs().expect("index");
+    let good = repo
+        .file_node(&latest, DISK, &known)
+        .expect("node")
+        .expect("file")
+        .content
+        .expect("content")[3];
+    let kept = heal(&repo, &[good], NOW).expect("heal");
+    assert_eq!(kept.removed, 0, "{kept:?}");
+    let again = verify(&repo, &ids, None, NOW).expect("verify");
+    assert!(again.verdicts.iter().all(|v| v.bad.is_empty()), "{again:?}");
+
     // One flipped byte inside the blob of chunk 1, in its pack.
     let (_, snap) = repo.find_snapshot(&ids[2].to_hex()).expect("snapshot");
     let known = repo.known_blobs().expect("index");
