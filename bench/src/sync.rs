@@ -45,9 +45,10 @@ impl SyncRows {
 
 /// The sync rows, or None without sshd.
 pub fn rows(work: &Path, backstop: &Path, mib: u64, increments: u64) -> Option<SyncRows> {
-    let sshd = crate::sshd::start_sshd(work)?;
     let dir = work.join("sync-bench");
     fs::create_dir_all(&dir).expect("dir");
+    // Its own sshd (keys and config) beside the SFTP row's.
+    let sshd = crate::sshd::start_sshd(&dir)?;
     let image = dir.join("disk.raw");
     generate(&image, mib).expect("generate");
     let src = dir.join("source");

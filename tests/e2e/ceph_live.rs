@@ -2,8 +2,8 @@
 //! opened by qemu through librbd (libvirt `network` disks with the test cluster's config file),
 //! guest writes made through the disks' own virtio devices, and backstop's `ceph` TM
 //! prebackup_live / the datastore's backup / postbackup_live called as one_vmm_exec calls them.
-//! FULL and two increments in direct mode, then two more in staging mode, with
-//! FS_FREEZE=SUSPEND: the guest is paused around the snapshots and running again after; each
+//! FULL and three increments in direct mode, then a new chain of FULL and three increments in
+//! staging mode, with FS_FREEZE=SUSPEND: the guest is paused around the snapshots and running again after; each
 //! point restores byte-exact with plain restic against what the guest wrote; an increment
 //! reads only what changed; only the last snapshot stays.
 
@@ -101,16 +101,22 @@ fn running_vm_on_ceph_direct_and_staged_with_the_guest_paused_around_the_snapsho
     let lv = Libvirt::start();
     let mut vm = RbdVm::start(&lv);
     let staging = vm.cc.cloud.staging();
-    for inc in 0..5u64 {
-        if inc == 3 {
-            // The same chain goes on in staging mode: the snapshots are taken frozen, the
-            // stock layout's files written from them after the thaw.
+    for round in 0..8u64 {
+        let inc = round % 4;
+        if round == 4 {
+            // A new chain in staging mode: the snapshots are taken frozen, the stock layout's
+            // files written from them after the thaw.
             vm.cc.set_delivery("staging");
         }
         for k in 0..4u64 {
-            let offset = ((inc * 13 + k * 7) % 40) << 20;
-            vm.write(0, 0x20 + (inc * 4 + k) as u8, offset, 256 << 10);
-            vm.write(1, 0x60 + (inc * 4 + k) as u8, offset % (20 << 20), 64 << 10);
+            let offset = ((round * 13 + k * 7) % 40) << 20;
+            vm.write(0, 0x20 + (round * 4 + k) as u8, offset, 256 << 10);
+            vm.write(
+                1,
+                0x60 + (round * 4 + k) as u8,
+                offset % (20 << 20),
+                64 << 10,
+            );
         }
         let vm_xml = vm.vm_xml(inc);
         let pre = vm.step("prebackup_live", &vm_xml);

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 const OTHER: &str = "the destination's own password";
 
-
 fn restic_with(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
     let out = Command::new("restic")
         .arg("--repo")

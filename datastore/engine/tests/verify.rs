@@ -19,7 +19,6 @@ use std::time::Duration;
 
 const NOW: RetryLock = RetryLock(Duration::ZERO);
 
-
 /// Rewrites chunk `chunk` of the image with new bytes; the changed extent.
 fn rewrite_chunk(image: &Path, chunk: u64, seed: u64) -> Extent {
     let mut buf = vec![0u8; CHUNK_SIZE as usize];
