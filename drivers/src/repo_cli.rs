@@ -329,10 +329,14 @@ fn run(args: &Args) -> Result<(), String> {
         // The key is derived while the image is read (writer::backup_opening).
         return backup(Repo::open_in_background(be, pw), args, cmd);
     }
+    if let Command::Copy(cmd) = &args.command {
+        // Both keys are derived at once.
+        return crate::repo_copy::run(args, Repo::open_in_background(be, pw), cmd);
+    }
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
         Command::Init | Command::Backup(_) => Ok(()),
-        Command::Copy(cmd) => crate::repo_copy::run(args, &repo, cmd),
+        Command::Copy(_) => Ok(()),
         Command::Verify(cmd) => crate::repo_copy::verify(args, &repo, cmd),
         Command::Snapshots { json } => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;

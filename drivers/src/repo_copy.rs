@@ -68,9 +68,18 @@ fn named(
         .map_err(|e| e.to_string())
 }
 
-pub fn run(args: &Args, dst: &Repo, cmd: &CopyCmd) -> Result<(), String> {
+/// The destination is being opened on a thread of its own meanwhile (its key derivation and
+/// the source's run at once).
+pub fn run(
+    args: &Args,
+    dst: backstop_datastore::repo::Opening,
+    cmd: &CopyCmd,
+) -> Result<(), String> {
     let src = Repo::open(backend_at(args, &cmd.from_repo)?, &from_password(cmd)?)
-        .map_err(|e| format!("the source: {e}"))?;
+        .map_err(|e| format!("the source: {e}"));
+    let dst = dst.wait().map_err(|e| e.to_string())?;
+    let dst = &dst;
+    let src = src?;
     let ids = named(&src, &cmd.snapshots)?;
     let options = CopyOptions {
         retry_lock: RetryLock(args.retry_lock),
