@@ -206,9 +206,11 @@ fn check_packs(
                     for (id, at) in &blobs {
                         let from = (at.offset - start) as usize;
                         let ok = read.as_ref().is_ok_and(|bytes| {
-                            bytes.get(from..from + at.length as usize).is_some_and(|sealed| {
-                                intact(repo, id, at.uncompressed_length, sealed)
-                            })
+                            bytes
+                                .get(from..from + at.length as usize)
+                                .is_some_and(|sealed| {
+                                    intact(repo, id, at.uncompressed_length, sealed)
+                                })
                         });
                         if !ok {
                             damaged.push(*id);
