@@ -68,7 +68,7 @@ pub(super) fn datastore_of(
 }
 
 pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), Error> {
-    use backstop_protocol::template::{Template, Value};
+    use backstop_protocol::template::Template;
     let (name, text, ds) = datastore_of(st, args, id)?;
     let template = Template::parse(&text)
         .map_err(|x| input(format!("datastore {id}: {x}")))?
@@ -88,14 +88,7 @@ pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), E
         .map(|i| i.id)
         .collect();
     if json {
-        let attrs: serde_json::Map<String, serde_json::Value> = template
-            .attributes
-            .iter()
-            .filter_map(|a| match &a.value {
-                Value::Single(v) => Some((a.name.clone(), serde_json::json!(v))),
-                Value::Vector(_) => None,
-            })
-            .collect();
+        let attrs = super::attributes_json(&template);
         return print(
             &serde_json::json!({
                 "id": id, "name": name, "ds_mad": ds.ds_mad, "base_path": ds.base_path,

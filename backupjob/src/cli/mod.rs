@@ -359,6 +359,20 @@ fn read(path: &PathBuf) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|e| input(format!("cannot read {}: {e}", path.display())))
 }
 
+/// A template's single-valued attributes as a JSON object (for `show --json`).
+fn attributes_json(
+    t: &backstop_protocol::template::Template,
+) -> serde_json::Map<String, serde_json::Value> {
+    use backstop_protocol::template::Value;
+    t.attributes
+        .iter()
+        .filter_map(|a| match &a.value {
+            Value::Single(v) => Some((a.name.clone(), serde_json::json!(v))),
+            Value::Vector(_) => None,
+        })
+        .collect()
+}
+
 fn print(text: &str) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}").map_err(|e| input(format!("cannot write: {e}")))

@@ -7,7 +7,7 @@ use super::{Args, input, print, read};
 use crate::Error;
 use crate::model;
 use crate::state::State;
-use backstop_protocol::template::{Template, Value};
+use backstop_protocol::template::Template;
 use std::path::PathBuf;
 
 /// The template checked as a datastore's, with the id it has or will get; its name.
@@ -89,14 +89,7 @@ pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), E
         .map_err(|x| input(format!("remote {id}: {x}")))?
         .redacted();
     if json {
-        let attrs: serde_json::Map<String, serde_json::Value> = template
-            .attributes
-            .iter()
-            .filter_map(|a| match &a.value {
-                Value::Single(v) => Some((a.name.clone(), serde_json::json!(v))),
-                Value::Vector(_) => None,
-            })
-            .collect();
+        let attrs = super::attributes_json(&template);
         return print(
             &serde_json::json!({"id": id, "name": name, "location": at, "template": attrs})
                 .to_string(),

@@ -22,15 +22,10 @@ impl State {
                 "INSERT INTO datastores (name, template, remote) VALUES (?1, ?2, ?3)",
                 params![name, sealed, remote],
             )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    self.invalid(format!(
-                        "a datastore or remote named {name:?} already exists"
-                    ))
-                }
-                e => self.sql(e),
+            .map_err(|e| {
+                self.taken(e, || {
+                    format!("a datastore or remote named {name:?} already exists")
+                })
             })?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
@@ -47,15 +42,10 @@ impl State {
                 "UPDATE datastores SET name = ?1, template = ?2 WHERE id = ?3 AND remote = 1",
                 params![name, sealed, id as i64],
             )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    self.invalid(format!(
-                        "a datastore or remote named {name:?} already exists"
-                    ))
-                }
-                e => self.sql(e),
+            .map_err(|e| {
+                self.taken(e, || {
+                    format!("a datastore or remote named {name:?} already exists")
+                })
             })?;
         if n == 0 {
             return Err(self.invalid(format!("there is no remote {id}")));

@@ -292,6 +292,18 @@ impl State {
         }
     }
 
+    /// A failed insert or update: a UNIQUE violation said as `taken`, anything else as is.
+    fn taken(&self, e: rusqlite::Error, taken: impl FnOnce() -> String) -> StateError {
+        match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                self.invalid(taken())
+            }
+            e => self.sql(e),
+        }
+    }
+
     fn invalid(&self, message: String) -> StateError {
         StateError::Invalid {
             path: self.path.clone(),

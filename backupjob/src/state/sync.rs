@@ -16,22 +16,16 @@ pub struct SyncRun {
     pub error: Option<String>,
 }
 
+/// Whether a recorded runner (a [`ProcessId`]) is still running.
+fn alive(runner: Option<&str>) -> bool {
+    runner
+        .and_then(ProcessId::parse)
+        .is_some_and(|p| p.is_running())
+}
+
 impl State {
     pub fn add_sync_job(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO sync_jobs (name, template) VALUES (?1, ?2)",
-                params![name, template],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    self.invalid(format!("a sync job named {name:?} already exists"))
-                }
-                e => self.sql(e),
-            })?;
-        Ok(self.conn.last_insert_rowid() as u64)
+        self.insert_named("sync_jobs", "sync job", name, template)
     }
 
     /// Every sync job: (id, name, template).
@@ -50,12 +44,36 @@ impl State {
 
     /// Deletes a sync job and its run records (what it copied stays).
     pub fn delete_sync_job(&mut self, id: u64) -> Result<(), StateError> {
+        self.delete_row("sync_jobs", "sync job", id)
+    }
+
+    /// A new row of a job table (`sync_jobs`, `verify_jobs`) with a unique name; its id.
+    fn insert_named(
+        &mut self,
+        table: &str,
+        what: &str,
+        name: &str,
+        template: &str,
+    ) -> Result<u64, StateError> {
+        self.conn
+            .execute(
+                &format!("INSERT INTO {table} (name, template) VALUES (?1, ?2)"),
+                params![name, template],
+            )
+            .map_err(|e| self.taken(e, || format!("a {what} named {name:?} already exists")))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    fn delete_row(&mut self, table: &str, what: &str, id: u64) -> Result<(), StateError> {
         let n = self
             .conn
-            .execute("DELETE FROM sync_jobs WHERE id = ?1", params![id as i64])
+            .execute(
+                &format!("DELETE FROM {table} WHERE id = ?1"),
+                params![id as i64],
+            )
             .map_err(|e| self.sql(e))?;
         if n == 0 {
-            return Err(self.invalid(format!("there is no sync job {id}")));
+            return Err(self.invalid(format!("there is no {what} {id}")));
         }
         Ok(())
     }
@@ -85,11 +103,7 @@ impl State {
             rows.collect::<Result<_, _>>().map_err(err)?
         };
         for (id, who) in open {
-            if who
-                .as_deref()
-                .and_then(ProcessId::parse)
-                .is_some_and(|p| p.is_running())
-            {
+            if alive(who.as_deref()) {
                 return Ok(None);
             }
             tx.execute(
@@ -167,20 +181,7 @@ pub struct Verdict {
 
 impl State {
     pub fn add_verify_job(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO verify_jobs (name, template) VALUES (?1, ?2)",
-                params![name, template],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    self.invalid(format!("a verify job named {name:?} already exists"))
-                }
-                e => self.sql(e),
-            })?;
-        Ok(self.conn.last_insert_rowid() as u64)
+        self.insert_named("verify_jobs", "verify job", name, template)
     }
 
     /// Every verify job: (id, name, template, runs so far).
@@ -203,14 +204,7 @@ impl State {
     }
 
     pub fn delete_verify_job(&mut self, id: u64) -> Result<(), StateError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM verify_jobs WHERE id = ?1", params![id as i64])
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(self.invalid(format!("there is no verify job {id}")));
-        }
-        Ok(())
+        self.delete_row("verify_jobs", "verify job", id)
     }
 
     /// Starts a run of a verify job for `runner`: the number of runs before it, or `None` when
@@ -234,11 +228,7 @@ impl State {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(err)?;
-        if who
-            .as_deref()
-            .and_then(ProcessId::parse)
-            .is_some_and(|p| p.is_running())
-        {
+        if alive(who.as_deref()) {
             return Ok(None);
         }
         tx.execute(
