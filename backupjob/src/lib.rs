@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod filters;
 pub mod model;
 pub mod runner;
 pub mod schedule;

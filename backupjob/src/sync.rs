@@ -4,8 +4,10 @@
 //! A sync job's template:
 //! - `NAME`; `DIRECTION` `PUSH` (datastore to remote, the default) or `PULL` (remote to
 //!   datastore); `DATASTORE_ID` (a backup datastore) and `REMOTE_ID` (a remote);
-//! - the repositories: `VMS` (VM ids: repositories `<vm_id>`) and/or `BACKUP_JOBS` (backup job
-//!   ids: repositories `job_<bj>`), comma-separated;
+//! - the repositories and snapshots: `VMS` (VM ids: repositories `<vm_id>`), `BACKUP_JOBS`
+//!   (backup job ids: repositories `job_<bj>`), `TAGS` (patterns on snapshot tags), each item
+//!   possibly `exclude:<item>`; with no repository named, every one of the source datastore
+//!   ([`crate::filters`]);
 //! - `TRANSFER_LAST`: only the newest N snapshots of each VM (its `one-<vm>` tag); 0 (the
 //!   default) copies all;
 //! - `VERIFIED_ONLY` (`YES`/`NO`, PUSH only): only snapshots a verify job found clean;
@@ -16,7 +18,10 @@
 //!   itself are never touched), at most `MAX_DELETE` (default 10) per repository and run: a
 //!   run that would delete more deletes nothing and fails, naming the count;
 //! - `RESYNC_CORRUPT` (`YES`/`NO`, PULL only): copies a verify job found damaged at the
-//!   destination (and healed) are walked again and what they lack is copied again.
+//!   destination (and healed) are walked again and what they lack is copied again;
+//! - `RATE_IN`, `RATE_OUT` (KiB/s, 0 for none): one limit for the whole run on what is read
+//!   from the source and on what is written to the destination; `WORKERS` (default 4): blobs
+//!   read from the source at once.
 //!
 //! A run copies each repository in turn, creating it at the destination with the
 //! destination's password when it is missing; a repository that fails is named and the others
@@ -24,6 +29,7 @@
 
 use crate::Error;
 use crate::error::input;
+use crate::filters::Selection;
 use crate::state::State;
 use crate::state::sync::SyncRun;
 use backstop_datastore::config::DriverConfig;
@@ -54,8 +60,7 @@ pub struct SyncTemplate {
     pub direction: Direction,
     pub datastore_id: u64,
     pub remote_id: u64,
-    pub vms: Vec<u64>,
-    pub backup_jobs: Vec<u64>,
+    pub select: Selection,
     pub transfer_last: usize,
     pub verified_only: bool,
     /// Seconds between scheduled runs.
@@ -63,6 +68,11 @@ pub struct SyncTemplate {
     /// Forget copies whose original vanished, at most this many per repository.
     pub remove_vanished: Option<usize>,
     pub resync_corrupt: bool,
+    /// KiB/s read from the source; 0 for no limit.
+    pub rate_in: u64,
+    /// KiB/s written to the destination; 0 for no limit.
+    pub rate_out: u64,
+    pub workers: usize,
 }
 
 /// `EVERY`: `<n>s|m|h|d`, or seconds.
@@ -91,18 +101,6 @@ pub fn every(t: &Template) -> Result<Option<u64>, String> {
     }
 }
 
-fn ids(text: Option<&str>, what: &str) -> Result<Vec<u64>, String> {
-    text.unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("{what} {s:?} is not a list of ids"))
-        })
-        .collect()
-}
-
 impl SyncTemplate {
     pub fn parse(text: &str) -> Result<SyncTemplate, String> {
         let t = Template::parse(text).map_err(|e| e.to_string())?;
@@ -124,18 +122,20 @@ impl SyncTemplate {
             Some(d) if d == "PULL" => Direction::Pull,
             Some(d) => return Err(format!("DIRECTION {d:?} is not PUSH or PULL")),
         };
-        let vms = ids(t.get("VMS"), "VMS")?;
-        let backup_jobs = ids(t.get("BACKUP_JOBS"), "BACKUP_JOBS")?;
-        if vms.is_empty() && backup_jobs.is_empty() {
-            return Err("name the repositories to sync: VMS and/or BACKUP_JOBS".into());
-        }
-        let transfer_last = match t.get("TRANSFER_LAST") {
-            None => 0,
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| format!("TRANSFER_LAST {v:?} is not a number"))?,
+        let optional = |name: &str, default: u64| -> Result<u64, String> {
+            match t.get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name} {v:?} is not a number")),
+            }
         };
+        let transfer_last = optional("TRANSFER_LAST", 0)? as usize;
+        let workers = optional("WORKERS", 4)?;
+        if !(1..=64).contains(&workers) {
+            return Err(format!("WORKERS {workers} is not between 1 and 64"));
+        }
         let verified_only = match t
             .get("VERIFIED_ONLY")
             .map(|v| v.trim().to_ascii_uppercase())
@@ -190,19 +190,12 @@ impl SyncTemplate {
             verified_only,
             datastore_id: number("DATASTORE_ID")?,
             remote_id: number("REMOTE_ID")?,
-            vms,
-            backup_jobs,
+            select: Selection::parse(&t)?,
             transfer_last,
+            rate_in: optional("RATE_IN", 0)?,
+            rate_out: optional("RATE_OUT", 0)?,
+            workers: workers as usize,
         })
-    }
-
-    /// The repository ids the job syncs: `<vm_id>` and `job_<bj>`.
-    pub fn repositories(&self) -> Vec<String> {
-        self.vms
-            .iter()
-            .map(u64::to_string)
-            .chain(self.backup_jobs.iter().map(|j| format!("job_{j}")))
-            .collect()
     }
 }
 
@@ -254,9 +247,8 @@ fn sync_repository(
     repo_id: &str,
     job: &SyncTemplate,
     (clean, damaged): (Option<&[String]>, &[String]),
-    cfg: &DriverConfig,
+    (cfg, options): (&DriverConfig, &CopyOptions),
 ) -> Result<(CopyStats, usize), Error> {
-    let transfer_last = job.transfer_last;
     let src = RepoTarget::new(from, repo_id.to_string())?.open(from, cfg, false)?;
     let dst = RepoTarget::new(to, repo_id.to_string())?.open(to, cfg, true)?;
     let snaps: Vec<_> = src
@@ -264,7 +256,12 @@ fn sync_repository(
         .into_iter()
         .map(|(id, s, _)| (id, s))
         .collect();
-    let mut ids = chosen(&snaps, transfer_last);
+    let taken: Vec<_> = snaps
+        .iter()
+        .filter(|(_, s)| job.select.takes(&s.tags))
+        .cloned()
+        .collect();
+    let mut ids = chosen(&taken, job.transfer_last);
     if let Some(clean) = clean {
         ids.retain(|id| clean.contains(&id.to_hex()));
     }
@@ -295,7 +292,7 @@ fn sync_repository(
     }
     let options = CopyOptions {
         resync,
-        ..CopyOptions::default()
+        ..options.clone()
     };
     let (_, stats) = copy(&src, &dst, &ids, &options)?;
     Ok((stats, removed))
@@ -342,14 +339,27 @@ fn remove_vanished(
     Ok(gone.len())
 }
 
-/// Runs sync job `id` now; `report` gets a line per repository. The run's record; `None`
-/// when the job is running already in another process (a job never overlaps itself).
+/// How a run reports: a line per repository (`done`), and a progress line about every second
+/// while a repository is copied (`progress`, from another thread).
+pub struct Report<'a> {
+    pub done: &'a mut dyn FnMut(&str),
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+impl std::fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Report")
+    }
+}
+
+/// Runs sync job `id` now. The run's record; `None` when the job is running already in
+/// another process (a job never overlaps itself).
 pub fn run(
     st: &mut State,
     id: u64,
     location: &str,
     cfg: &DriverConfig,
-    report: &mut dyn FnMut(&str),
+    report: Report<'_>,
 ) -> Result<Option<SyncRun>, Error> {
     let (_, _, text) = st
         .sync_jobs()?
@@ -359,10 +369,6 @@ pub fn run(
     let job = SyncTemplate::parse(&text).map_err(|e| input(format!("sync job {id}: {e}")))?;
     let local = datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
     let remote = datastore(&st.remotes()?, job.remote_id, "remote", location)?;
-    let (from, to) = match job.direction {
-        Direction::Push => (&local, &remote),
-        Direction::Pull => (&remote, &local),
-    };
     let now = || jiff::Timestamp::now().as_second();
     let runner = backstop_datastore::process::ProcessId::current();
     let Some(run_id) = st.claim_sync_run(id, now(), &runner)? else {
@@ -378,65 +384,155 @@ pub fn run(
         bytes_written: 0,
         error: None,
     };
-    let mut errors = Vec::new();
-    for repo in job.repositories() {
-        let clean: Option<Vec<String>> = if job.verified_only {
-            Some(
-                st.verdicts(job.datastore_id, &repo)?
-                    .into_iter()
-                    .filter(|v| v.bad.is_empty())
-                    .map(|v| v.snapshot)
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        let damaged: Vec<String> = if job.resync_corrupt {
-            st.verdicts(job.datastore_id, &repo)?
-                .into_iter()
-                .filter(|v| !v.bad.is_empty())
-                .map(|v| v.snapshot)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        match sync_repository((from, to), &repo, &job, (clean.as_deref(), &damaged), cfg) {
-            Ok((s, removed)) => {
-                record.snapshots += s.snapshots as u64;
-                record.bytes_read += s.bytes_read;
-                record.bytes_written += s.bytes_written;
-                report(&format!(
-                    "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}",
-                    s.snapshots,
-                    s.skipped,
-                    if s.resynced > 0 {
-                        format!(" ({} copied again where damaged)", s.resynced)
-                    } else {
-                        String::new()
-                    },
-                    s.bytes_read,
-                    s.bytes_written,
-                    if removed > 0 {
-                        format!("; {removed} vanished copies forgotten")
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-            Err(e) => {
-                let line = format!(
-                    "repository {repo}: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                );
-                report(&line);
-                errors.push(line);
-            }
+    let ends = match job.direction {
+        Direction::Push => (&local, &remote),
+        Direction::Pull => (&remote, &local),
+    };
+    let errors = match job
+        .select
+        .repositories(|| Ok(backstop_datastore::target::repositories(ends.0, cfg)?))
+    {
+        Ok(repos) => run_repositories(st, &job, ends, &repos, cfg, &mut record, report)?,
+        Err(e) => {
+            let line = e.to_string().lines().next().unwrap_or_default().to_string();
+            (report.done)(&line);
+            vec![line]
         }
-    }
+    };
     record.ended_at = Some(now());
     record.error = (!errors.is_empty()).then(|| errors.join("\n"));
     st.end_sync_run(&record)?;
     Ok(Some(record))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Copies each repository in turn under the job's limits, with a progress line about every
+/// second; the lines of the repositories that failed.
+fn run_repositories(
+    st: &mut State,
+    job: &SyncTemplate,
+    ends: (&Datastore, &Datastore),
+    repos: &[String],
+    cfg: &DriverConfig,
+    record: &mut SyncRun,
+    report: Report<'_>,
+) -> Result<Vec<String>, Error> {
+    use backstop_datastore::repo::bandwidth::Bandwidth;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let base = CopyOptions {
+        threads: job.workers,
+        rate_in: Bandwidth::kib_per_sec(job.rate_in).map(Arc::new),
+        rate_out: Bandwidth::kib_per_sec(job.rate_out).map(Arc::new),
+        ..CopyOptions::default()
+    };
+    let current = Mutex::new(String::new());
+    let finished = AtomicBool::new(false);
+    let progress = base.progress.clone();
+    let Report {
+        done,
+        progress: tick,
+    } = report;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut waited = 0;
+            while !finished.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                waited += 1;
+                if waited % 10 != 0 {
+                    continue;
+                }
+                let name = current.lock().map(|c| c.clone()).unwrap_or_default();
+                if !name.is_empty() {
+                    tick(&format!(
+                        "repository {name}: {} snapshots done, {} read, {} written",
+                        progress.snapshots.load(Ordering::Relaxed),
+                        mib(progress.bytes_read.load(Ordering::Relaxed)),
+                        mib(progress.bytes_written.load(Ordering::Relaxed)),
+                    ));
+                }
+            }
+        });
+        let result = (|| -> Result<Vec<String>, Error> {
+            let mut errors = Vec::new();
+            for repo in repos {
+                let verdicts = if job.verified_only || job.resync_corrupt {
+                    st.verdicts(job.datastore_id, repo)?
+                } else {
+                    Vec::new()
+                };
+                let clean: Option<Vec<String>> = job.verified_only.then(|| {
+                    verdicts
+                        .iter()
+                        .filter(|v| v.bad.is_empty())
+                        .map(|v| v.snapshot.clone())
+                        .collect()
+                });
+                let damaged: Vec<String> = verdicts
+                    .iter()
+                    .filter(|v| job.resync_corrupt && !v.bad.is_empty())
+                    .map(|v| v.snapshot.clone())
+                    .collect();
+                if let Ok(mut c) = current.lock() {
+                    *c = repo.clone();
+                }
+                for counter in [
+                    &progress.snapshots,
+                    &progress.bytes_read,
+                    &progress.bytes_written,
+                ] {
+                    counter.store(0, Ordering::Relaxed);
+                }
+                let outcome =
+                    sync_repository(ends, repo, job, (clean.as_deref(), &damaged), (cfg, &base));
+                if let Ok(mut c) = current.lock() {
+                    c.clear();
+                }
+                match outcome {
+                    Ok((s, removed)) => {
+                        record.snapshots += s.snapshots as u64;
+                        record.bytes_read += s.bytes_read;
+                        record.bytes_written += s.bytes_written;
+                        done(&repository_line(repo, &s, removed));
+                    }
+                    Err(e) => {
+                        let line = format!(
+                            "repository {repo}: {}",
+                            e.to_string().lines().next().unwrap_or_default()
+                        );
+                        done(&line);
+                        errors.push(line);
+                    }
+                }
+            }
+            Ok(errors)
+        })();
+        finished.store(true, Ordering::SeqCst);
+        result
+    })
+}
+
+fn repository_line(repo: &str, s: &CopyStats, removed: usize) -> String {
+    format!(
+        "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}",
+        s.snapshots,
+        s.skipped,
+        if s.resynced > 0 {
+            format!(" ({} copied again where damaged)", s.resynced)
+        } else {
+            String::new()
+        },
+        s.bytes_read,
+        s.bytes_written,
+        if removed > 0 {
+            format!("; {removed} vanished copies forgotten")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// The scheduler daemon's pass over sync and verify jobs with `EVERY`: each one due runs now,
@@ -459,7 +555,11 @@ pub fn scheduled_pass(
         if !due(last, job.every) {
             continue;
         }
-        match run(st, id, location, cfg, &mut |_| {})? {
+        let report = Report {
+            done: &mut |_| {},
+            progress: &|_| {},
+        };
+        match run(st, id, location, cfg, report)? {
             None => lines.push(format!("sync job {id}: running already, not started again")),
             Some(r) => lines.push(format!(
                 "sync job {id}: run {}: {} snapshots copied, {} bytes written{}",
@@ -510,7 +610,7 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(t.direction, Direction::Pull);
-        assert_eq!(t.repositories(), ["22", "23", "job_4"]);
+        assert_eq!(t.select.named(), ["22", "23", "job_4"]);
         assert_eq!(t.transfer_last, 3);
         assert_eq!(t.every, None);
         for (text, secs) in [("90", 90), ("30m", 1800), ("6h", 21_600), ("1d", 86_400)] {
@@ -524,8 +624,12 @@ mod tests {
             ("DATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\n", "NAME"),
             ("NAME=x\nREMOTE_ID=2\nVMS=1\n", "DATASTORE_ID"),
             (
-                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\n",
-                "VMS and/or BACKUP_JOBS",
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nWORKERS=0\n",
+                "WORKERS 0",
+            ),
+            (
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nRATE_IN=fast\n",
+                "RATE_IN",
             ),
             ("NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"a\"\n", "VMS"),
             (

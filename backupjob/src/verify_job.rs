@@ -2,9 +2,11 @@
 //! ([`backstop_datastore::repo::verify`]), the verdict on each kept in SQLite, and damaged
 //! blobs healed so that the next backup of the VM writes them again.
 //!
-//! A verify job's template: `NAME`; `DATASTORE_ID`; `VMS` and/or `BACKUP_JOBS` (repositories
-//! `<vm_id>` and `job_<bj>`); `OUTDATED_AFTER` (days: a snapshot verified clean more recently
-//! is not read again; 0, the default, reads every snapshot every run); `SHARES` (m: each run
+//! A verify job's template: `NAME`; `DATASTORE_ID`; `VMS`, `BACKUP_JOBS` and `TAGS` as for a
+//! sync job ([`crate::filters`]: with no repository named, every one of the datastore);
+//! `OUTDATED_AFTER` (days: a snapshot verified clean more recently is not read again; 0, the
+//! default, reads every snapshot every run); `IGNORE_VERIFIED` (`YES`: a snapshot verified
+//! clean once is not read again, unless OUTDATED_AFTER says it is outdated); `SHARES` (m: each run
 //! reads one m-th of the packs, the next run the next one, so m runs cover the datastore;
 //! default 1); `HEAL` (`YES`, the default, or `NO`); `EVERY` (as for sync jobs: the
 //! scheduler daemon's period).
@@ -23,8 +25,9 @@ use backstop_protocol::template::Template;
 pub struct VerifyTemplate {
     pub name: String,
     pub datastore_id: u64,
-    pub repositories: Vec<String>,
+    pub select: crate::filters::Selection,
     pub outdated_after_days: u64,
+    pub ignore_verified: bool,
     pub shares: u8,
     pub heal: bool,
     /// Seconds between scheduled runs (`EVERY`, as for sync jobs).
@@ -56,11 +59,21 @@ impl VerifyTemplate {
             Some(h) if h == "NO" => false,
             Some(h) => return Err(format!("HEAL {h:?} is not YES or NO")),
         };
+        let ignore_verified = match t
+            .get("IGNORE_VERIFIED")
+            .map(|h| h.trim().to_ascii_uppercase())
+        {
+            None => false,
+            Some(h) if h == "YES" => true,
+            Some(h) if h == "NO" => false,
+            Some(h) => return Err(format!("IGNORE_VERIFIED {h:?} is not YES or NO")),
+        };
         Ok(VerifyTemplate {
             every: crate::sync::every(&t)?,
             name: sync.name.clone(),
             datastore_id: sync.datastore_id,
-            repositories: sync.repositories(),
+            select: sync.select,
+            ignore_verified,
             outdated_after_days: number("OUTDATED_AFTER", 0)?,
             shares: shares as u8,
             heal,
@@ -117,7 +130,10 @@ fn verify_all(
         lines: Vec::new(),
         damaged: Vec::new(),
     };
-    for name in &job.repositories {
+    let names = job
+        .select
+        .repositories(|| Ok(backstop_datastore::target::repositories(ds, cfg)?))?;
+    for name in &names {
         let repo = match RepoTarget::new(ds, name.clone()).and_then(|t| t.open(ds, cfg, false)) {
             Ok(r) => r,
             Err(e) => {
@@ -127,17 +143,23 @@ fn verify_all(
                 continue;
             }
         };
-        let recent: Vec<String> = st
+        // Clean verdicts that spare a snapshot this run: recent ones (OUTDATED_AFTER), or any
+        // one that is not outdated (IGNORE_VERIFIED).
+        let spared: Vec<String> = st
             .verdicts(job.datastore_id, name)?
             .into_iter()
-            .filter(|v| fresh > 0 && v.bad.is_empty() && now - v.verified_at < fresh)
+            .filter(|v| v.bad.is_empty())
+            .filter(|v| {
+                let outdated = fresh > 0 && now - v.verified_at >= fresh;
+                !outdated && (fresh > 0 || job.ignore_verified)
+            })
             .map(|v| v.snapshot)
             .collect();
         let ids: Vec<_> = repo
             .all_snapshots()?
             .into_iter()
+            .filter(|(id, s, _)| job.select.takes(&s.tags) && !spared.contains(&id.to_hex()))
             .map(|(id, _, _)| id)
-            .filter(|id| !recent.contains(&id.to_hex()))
             .collect();
         let retry = RetryLock(std::time::Duration::from_secs(60));
         let report = verify(&repo, &ids, share, retry)?;
@@ -194,15 +216,22 @@ mod tests {
         .expect("parse");
         assert_eq!(
             (
-                t.repositories.clone(),
+                t.select.named(),
                 t.outdated_after_days,
                 t.shares,
-                t.heal
+                t.heal,
+                t.ignore_verified
             ),
-            (vec!["22".to_string()], 7, 4, false)
+            (vec!["22".to_string()], 7, 4, false, false)
         );
+        let all = VerifyTemplate::parse("NAME=v\nDATASTORE_ID=1\nIGNORE_VERIFIED=yes\n")
+            .expect("the whole datastore");
+        assert!(!all.select.names_repositories() && all.ignore_verified);
         for (bad, says) in [
-            ("NAME=v\nDATASTORE_ID=1\n", "VMS and/or BACKUP_JOBS"),
+            (
+                "NAME=v\nDATASTORE_ID=1\nIGNORE_VERIFIED=1\n",
+                "IGNORE_VERIFIED",
+            ),
             ("NAME=v\nDATASTORE_ID=1\nVMS=1\nSHARES=0\n", "SHARES"),
             ("NAME=v\nDATASTORE_ID=1\nVMS=1\nHEAL=maybe\n", "HEAL"),
         ] {

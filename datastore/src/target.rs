@@ -222,6 +222,75 @@ impl RepoTarget {
     }
 }
 
+/// Whether `name` is a repository name of a datastore: `<vm_id>` or `job_<bj>`, the numbers
+/// written as oned writes them (no sign, no leading zero).
+pub fn is_repository_name(name: &str) -> bool {
+    let number = name.strip_prefix("job_").unwrap_or(name);
+    number.parse::<u64>().is_ok_and(|n| n.to_string() == number)
+}
+
+/// Every repository of a datastore (`<vm_id>`, `job_<bj>` under its BASE_PATH or in its
+/// bucket), sorted; a directory or prefix of another name, or without a `config`, is not one.
+pub fn repositories(ds: &Datastore, cfg: &DriverConfig) -> Result<Vec<String>, Error> {
+    let location = Location::of(ds)?;
+    let listed = |e: String| {
+        Error::new(
+            ErrorKind::Repository,
+            format!("datastore {}: cannot list its repositories: {e}", ds.id),
+        )
+    };
+    let mut names = match &location {
+        Location::Local { base_path } => {
+            let root = std::path::Path::new(base_path);
+            let entries = match std::fs::read_dir(root) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(listed(format!("{}: {e}", root.display()))),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| listed(format!("{}: {e}", root.display())))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_repository_name(&name) && entry.path().join("config").is_file() {
+                    names.push(name);
+                }
+            }
+            names
+        }
+        Location::Sftp {
+            user,
+            server,
+            base_path,
+        } => {
+            let settings = Settings::of(ds)?;
+            let loc = SftpLocation {
+                user: Some(user.clone()),
+                host: server.clone(),
+                path: clean_path(base_path),
+            };
+            let options = SftpOptions {
+                connections: 1,
+                bwlimit_kib: settings.bwlimit_kib,
+                ssh_config: cfg.ssh_config.clone(),
+                host_fingerprint: settings.host_fingerprint,
+            };
+            SftpBackend::connect(&loc, &options)
+                .map_err(|e| listed(e.0))?
+                .repositories(&is_repository_name)
+                .map_err(listed)?
+        }
+        Location::S3 { endpoint, bucket } => {
+            let settings = Settings::of(ds)?;
+            connect_s3(&format!("s3:{endpoint}/{bucket}"), &settings)
+                .map_err(listed)?
+                .repositories(&is_repository_name)
+                .map_err(listed)?
+        }
+    };
+    names.sort();
+    Ok(names)
+}
+
 /// Opens an existing repository for an action that reads or forgets.
 pub fn open_repo(ds: &Datastore, repo_id: String, cfg: &DriverConfig) -> Result<Repo, Error> {
     RepoTarget::new(ds, repo_id)?.open(ds, cfg, false)
@@ -241,5 +310,19 @@ mod tests {
         assert_eq!(clean_path("/"), "/");
         assert_eq!(repo_id(Some(3), 22), "job_3");
         assert_eq!(repo_id(None, 22), "22");
+        for (name, is) in [
+            ("22", true),
+            ("job_3", true),
+            ("0", true),
+            ("022", false),
+            ("job_", false),
+            ("job_03", false),
+            ("+2", false),
+            ("lost+found", false),
+            ("22.tmp", false),
+            ("job_x", false),
+        ] {
+            assert_eq!(is_repository_name(name), is, "{name}");
+        }
     }
 }

@@ -417,6 +417,54 @@ fn event_line(ev: &Event) -> String {
 
 /// Shows a run's events: a line each; progress as one live line on a terminal, redrawn in
 /// place, or as a log line per VM every `every` otherwise.
+/// Progress of a sync run, whose progress lines come from another thread: on a terminal one
+/// live line, redrawn; else a line every `every` (the first after `every`). The lines that end
+/// a step are always printed.
+pub(crate) struct Ticker {
+    tty: bool,
+    every: std::time::Duration,
+    /// When a progress line was last logged; whether a live line is drawn.
+    state: std::sync::Mutex<(std::time::Instant, bool)>,
+}
+
+impl Ticker {
+    pub(crate) fn new(every: u64) -> Ticker {
+        use std::io::IsTerminal;
+        Ticker {
+            tty: std::io::stdout().is_terminal(),
+            every: std::time::Duration::from_secs(every.max(1)),
+            state: std::sync::Mutex::new((std::time::Instant::now(), false)),
+        }
+    }
+
+    pub(crate) fn progress(&self, line: &str) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        if self.tty {
+            let _ = write!(out, "\r\x1b[K{line}");
+            let _ = out.flush();
+            st.1 = true;
+        } else if st.0.elapsed() >= self.every {
+            st.0 = std::time::Instant::now();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    pub(crate) fn line(&self, line: &str) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        if st.1 {
+            let _ = write!(out, "\r\x1b[K");
+            st.1 = false;
+        }
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 struct Reporter {
     tty: bool,
     every: std::time::Duration,

@@ -57,7 +57,8 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
             v.push(serde_json::json!({
                 "id": id, "name": t.name, "direction": t.direction.as_str(),
                 "datastore_id": t.datastore_id, "remote_id": t.remote_id,
-                "repositories": t.repositories(), "last_run": last,
+                "repositories": t.select.named(),
+                "whole_datastore": !t.select.names_repositories(), "last_run": last,
             }));
         }
         return print(&serde_json::Value::Array(v).to_string());
@@ -127,14 +128,13 @@ pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
 /// One run now; exit 1 when a repository failed (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
-    let mut lines = Vec::new();
-    let record = crate::sync::run(st, id, &args.datastore_location, &cfg, &mut |l| {
-        lines.push(l.to_string())
-    })?
-    .ok_or_else(|| input(format!("sync job {id} is running already")))?;
-    for l in &lines {
-        print(l)?;
-    }
+    let ticker = super::Ticker::new(args.progress_every);
+    let report = crate::sync::Report {
+        done: &mut |l| ticker.line(l),
+        progress: &|l| ticker.progress(l),
+    };
+    let record = crate::sync::run(st, id, &args.datastore_location, &cfg, report)?
+        .ok_or_else(|| input(format!("sync job {id} is running already")))?;
     print(&format!(
         "sync job {id}: run {}: {} snapshots copied, {} bytes read, {} bytes written",
         record.id, record.snapshots, record.bytes_read, record.bytes_written

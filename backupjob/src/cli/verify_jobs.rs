@@ -4,6 +4,7 @@
 use super::{Args, input, print, read};
 use crate::Error;
 use crate::state::State;
+use crate::state::sync::Verdict;
 use crate::verify_job::VerifyTemplate;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,15 +27,33 @@ pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
 /// A job, its runs, and per repository (name, snapshots with a verdict, damaged ones).
 type Summary = (u64, VerifyTemplate, u64, Vec<(String, usize, usize)>);
 
+/// The verdicts on the repositories a job takes (those it names, else every one it has a
+/// verdict on), by repository.
+fn verdicts_of(st: &State, t: &VerifyTemplate) -> Result<Vec<Verdict>, Error> {
+    let all = st.verdicts_in(t.datastore_id)?;
+    let mut seen: Vec<String> = all.iter().map(|v| v.repository.clone()).collect();
+    seen.dedup();
+    let repos = t.select.repositories(|| Ok(seen))?;
+    let mut out = Vec::new();
+    for r in &repos {
+        out.extend(all.iter().filter(|v| &v.repository == r).cloned());
+    }
+    Ok(out)
+}
+
 fn summary(st: &State) -> Result<Vec<Summary>, Error> {
     let mut out = Vec::new();
     for (id, _, text, runs) in st.verify_jobs()? {
         let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
-        let mut repos = Vec::new();
-        for r in &t.repositories {
-            let v = st.verdicts(t.datastore_id, r)?;
-            let bad = v.iter().filter(|v| !v.bad.is_empty()).count();
-            repos.push((r.clone(), v.len(), bad));
+        let mut repos: Vec<(String, usize, usize)> = Vec::new();
+        for v in verdicts_of(st, &t)? {
+            if repos.last().is_none_or(|r| r.0 != v.repository) {
+                repos.push((v.repository.clone(), 0, 0));
+            }
+            if let Some(r) = repos.last_mut() {
+                r.1 += 1;
+                r.2 += usize::from(!v.bad.is_empty());
+            }
         }
         out.push((id, t, runs, repos));
     }
@@ -85,10 +104,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         .find(|j| j.0 == id)
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
-    let mut verdicts = Vec::new();
-    for r in &t.repositories {
-        verdicts.extend(st.verdicts(t.datastore_id, r)?);
-    }
+    let verdicts = verdicts_of(st, &t)?;
     if json {
         let v: Vec<_> = verdicts
             .iter()

@@ -283,11 +283,25 @@ impl State {
 
     /// The verdicts recorded for a datastore's repository.
     pub fn verdicts(&self, datastore: u64, repository: &str) -> Result<Vec<Verdict>, StateError> {
+        self.verdicts_where(datastore, Some(repository))
+    }
+
+    /// The verdicts on every repository of a datastore, by repository and snapshot.
+    pub fn verdicts_in(&self, datastore: u64) -> Result<Vec<Verdict>, StateError> {
+        self.verdicts_where(datastore, None)
+    }
+
+    fn verdicts_where(
+        &self,
+        datastore: u64,
+        repository: Option<&str>,
+    ) -> Result<Vec<Verdict>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT snapshot, verified_at, bad FROM verify_results \
-                 WHERE datastore_id = ?1 AND repository = ?2 ORDER BY snapshot",
+                "SELECT snapshot, verified_at, bad, repository FROM verify_results \
+                 WHERE datastore_id = ?1 AND (?2 IS NULL OR repository = ?2) \
+                 ORDER BY repository, snapshot",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
@@ -295,7 +309,7 @@ impl State {
                 let bad: String = r.get(2)?;
                 Ok(Verdict {
                     datastore_id: datastore,
-                    repository: repository.to_string(),
+                    repository: r.get(3)?,
                     snapshot: r.get(0)?,
                     verified_at: r.get(1)?,
                     bad: bad

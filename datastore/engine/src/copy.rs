@@ -13,6 +13,7 @@
 //! A copied snapshot carries `original`: the source snapshot's own `original`, or its id.
 //! A snapshot whose `original` (or id) the destination has already is not copied again.
 
+use crate::bandwidth::Bandwidth;
 use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
@@ -34,6 +35,22 @@ pub struct CopyOptions {
     /// the bad blobs out of the index): every tree under them is walked, present or not, and
     /// what the destination lacks is copied again; no second copy of the snapshot is written.
     pub resync: Vec<RepoId>,
+    /// A limit on what is read from the source, shared by every reader (and by every copy
+    /// that holds the same bucket: a sync job's repositories share one).
+    pub rate_in: Option<Arc<Bandwidth>>,
+    /// A limit on what is written to the destination.
+    pub rate_out: Option<Arc<Bandwidth>>,
+    /// Counted as the copy goes, for progress lines.
+    pub progress: Arc<CopyProgress>,
+}
+
+/// What a running copy has done so far (read by another thread for progress lines).
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    /// Snapshots done (copied or found there already).
+    pub snapshots: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
 }
 
 impl Default for CopyOptions {
@@ -43,6 +60,9 @@ impl Default for CopyOptions {
             threads: 4,
             cancel: Arc::new(AtomicBool::new(false)),
             resync: Vec::new(),
+            rate_in: None,
+            rate_out: None,
+            progress: Arc::default(),
         }
     }
 }
@@ -242,7 +262,14 @@ fn transfer(
                             )
                         })
                         .and_then(|(kind, at)| {
+                            if let Some(limit) = &options.rate_in {
+                                limit.take(at.length as usize);
+                            }
                             read.fetch_add(u64::from(at.length), Ordering::Relaxed);
+                            options
+                                .progress
+                                .bytes_read
+                                .fetch_add(u64::from(at.length), Ordering::Relaxed);
                             let (stored, plain) = read_stored(src, &id, at)?;
                             Ok(SealedBlob {
                                 id,
@@ -270,6 +297,9 @@ fn transfer(
                 .finish(dst.crypto())
                 .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
             let size = finished.bytes.len() as u64;
+            if let Some(limit) = &options.rate_out {
+                limit.take(finished.bytes.len());
+            }
             dst.backend()
                 .write_bytes(
                     FileType::Pack,
@@ -281,6 +311,10 @@ fn transfer(
             if let Ok(mut st) = stats.lock() {
                 st.bytes_written += size;
             }
+            options
+                .progress
+                .bytes_written
+                .fetch_add(size, Ordering::Relaxed);
             packs.push(finished.index);
             Ok(())
         };
@@ -354,6 +388,7 @@ pub fn copy(
             if let Ok(mut st) = stats.lock() {
                 st.skipped += 1;
             }
+            options.progress.snapshots.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let mut queued = HashSet::new();
@@ -376,6 +411,7 @@ pub fn copy(
                 st.skipped += 1;
                 st.resynced += 1;
             }
+            options.progress.snapshots.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let mut value: serde_json::Value = src.load_file(FileType::Snapshot, id)?;
@@ -397,6 +433,7 @@ pub fn copy(
         if let Ok(mut st) = stats.lock() {
             st.snapshots += 1;
         }
+        options.progress.snapshots.fetch_add(1, Ordering::Relaxed);
         copied.push(Copied {
             source: *id,
             copy: new,

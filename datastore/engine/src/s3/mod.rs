@@ -260,6 +260,49 @@ impl S3Backend {
             .collect())
     }
 
+    /// The repositories right under this one's path: each group of keys up to the next `/`
+    /// whose name `accept`s and that holds a `config` object (a datastore's `<vm_id>` and
+    /// `job_<bj>` repositories when the path is its root), sorted.
+    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>, String> {
+        let base = if self.location.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.path)
+        };
+        let mut groups = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            match self.list_page_grouped(&base, token.as_deref(), None, true) {
+                Ok((_, page, next)) => {
+                    groups.extend(page);
+                    match next {
+                        Some(t) if !t.is_empty() => token = Some(t),
+                        _ => break,
+                    }
+                }
+                Err(Failure::NotFound { .. }) => break,
+                Err(f) => return Err(self.said("list", &base, &f)),
+            }
+        }
+        let mut out = Vec::new();
+        for group in groups {
+            let Some(name) = group.strip_prefix(&base).map(|n| n.trim_end_matches('/')) else {
+                continue;
+            };
+            if name.is_empty() || name.contains('/') || !accept(name) {
+                continue;
+            }
+            let config = format!("{base}{name}/config");
+            match self.list_page(&config, None, Some(1)) {
+                Ok((items, _)) if items.iter().any(|i| i.0 == config) => out.push(name.to_string()),
+                Ok(_) | Err(Failure::NotFound { .. }) => {}
+                Err(f) => return Err(self.said("list", &config, &f)),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn throttle(&self, bytes: usize) {
         if let Some(b) = &self.bandwidth {
             b.take(bytes);
@@ -308,6 +351,27 @@ impl S3Backend {
         token: Option<&str>,
         max: Option<usize>,
     ) -> Result<(Vec<(String, u64, Option<String>)>, Option<String>), Failure> {
+        self.list_page_grouped(prefix, token, max, false)
+            .map(|(items, _, next)| (items, next))
+    }
+
+    /// [`Self::list_page`], with the keys grouped at the next `/` after the prefix when
+    /// `grouped` (S3's delimiter): the groups are the second list.
+    #[allow(clippy::type_complexity)]
+    fn list_page_grouped(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max: Option<usize>,
+        grouped: bool,
+    ) -> Result<
+        (
+            Vec<(String, u64, Option<String>)>,
+            Vec<String>,
+            Option<String>,
+        ),
+        Failure,
+    > {
         self.client.with_retries("list", || {
             let mut action = self
                 .client
@@ -319,6 +383,9 @@ impl S3Backend {
             }
             if let Some(m) = max {
                 action.with_max_keys(m);
+            }
+            if grouped {
+                action.with_delimiter("/");
             }
             let url = self.client.url(&action);
             let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
@@ -336,7 +403,12 @@ impl S3Backend {
                 .into_iter()
                 .map(|c| (c.key, c.size.unwrap_or(0), c.last_modified))
                 .collect();
-            Ok((items, parsed.next_continuation_token))
+            let groups = parsed
+                .common_prefixes
+                .into_iter()
+                .map(|p| p.prefix)
+                .collect();
+            Ok((items, groups, parsed.next_continuation_token))
         })
     }
 

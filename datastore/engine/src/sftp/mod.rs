@@ -161,6 +161,29 @@ impl SftpBackend {
         self.read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The directories right under the root whose name `accept`s and that hold a repository
+    /// (a `config` file): a datastore's `<vm_id>` and `job_<bj>` repositories when the root is
+    /// its BASE_PATH; none when the root does not exist. Sorted.
+    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for (name, st) in self.list_dir_stat(&self.root)? {
+            if !st.is_dir() || !accept(&name) {
+                continue;
+            }
+            let config = self.root.join(&name).join("config");
+            let there = self.with_conn(|sftp| match sftp.stat(&config) {
+                Ok(st) => Ok(st.is_file()),
+                Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(false),
+                Err(e) => Err(classify(e, "cannot read", &config)),
+            })?;
+            if there {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn connections(&self) -> usize {
         self.pool.lock().map(|p| p.len()).unwrap_or(1)
     }
