@@ -674,6 +674,34 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
         text.contains("BACKUP IMAGE 1 INFORMATION") && text.contains("INCREMENT"),
         "{text}"
     );
+    assert!(incs.iter().all(|i| i["verify"].is_null()), "{img}");
+    // A verify job over the whole datastore (its repositories listed over SFTP): each
+    // increment's verdict is shown with the image.
+    fs::write(
+        work.join("verify.tmpl"),
+        "NAME = \"weekly\"\nDATASTORE_ID = 1\n",
+    )
+    .expect("verify job");
+    let out = bj(&["verify-job", "create", &file("verify.tmpl")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = bj(&["verify-job", "run", "1"]);
+    assert!(
+        out.code == Some(0)
+            && out
+                .stdout
+                .contains("repository job_1: 2 snapshots verified"),
+        "{out:?}"
+    );
+    let img: serde_json::Value =
+        serde_json::from_str(&bj(&["image", "show", "1", "--json"]).stdout).expect("image");
+    let incs = img["increments"].as_array().expect("increments");
+    assert!(
+        incs.iter()
+            .all(|i| i["verify"]["ok"] == true && i["verify"]["verified_at"].is_i64()),
+        "{img}"
+    );
+    let text = bj(&["image", "show", "1"]).stdout;
+    assert_eq!(text.matches(" ok 20").count(), 2, "{text}");
 
     // Each point restores into files equal to the disks at that point.
     let compare = |a: &Path, b: &Path| {

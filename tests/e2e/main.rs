@@ -24,5 +24,6 @@ mod security;
 mod stock;
 mod support;
 mod sync_crash;
+mod sync_filters;
 mod sync_jobs;
 mod tm;

@@ -6,6 +6,7 @@ use super::datastores::datastore_of;
 use super::{Args, input, print};
 use crate::Error;
 use crate::state::State;
+use crate::state::sync::Verdict;
 use std::path::PathBuf;
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
@@ -64,15 +65,46 @@ pub(super) fn restore_cmd(st: &State, args: &Args, r: &RestoreArgs) -> Result<()
     Ok(())
 }
 
+/// The last verify verdict on each increment's snapshot (its SOURCE is the short id), if any.
+fn verdicts(st: &State, img: &crate::state::ImageRow) -> Result<Vec<Option<Verdict>>, Error> {
+    let repo = backstop_datastore::target::repo_id(img.job_id, img.vm_id);
+    let all = st.verdicts(img.datastore_id, &repo)?;
+    Ok(img
+        .increments
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|v| !n.source.is_empty() && v.snapshot.starts_with(n.source.as_str()))
+                .cloned()
+        })
+        .collect())
+}
+
+fn verdict_json(v: &Option<Verdict>) -> serde_json::Value {
+    match v {
+        None => serde_json::Value::Null,
+        Some(v) => serde_json::json!({
+            "verified_at": v.verified_at, "ok": v.bad.is_empty(), "bad_blobs": v.bad.len(),
+        }),
+    }
+}
+
+fn date(at: i64) -> String {
+    jiff::Timestamp::from_second(at)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| at.to_string())
+}
+
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     let img = st.image(id).map_err(|x| input(x.to_string()))?;
+    let verified = verdicts(st, &img)?;
     if json {
         return print(
             &serde_json::json!({
                 "id": img.id, "vm": img.vm_id, "job": img.job_id, "datastore": img.datastore_id,
-                "increments": img.increments.iter().map(|n| serde_json::json!({
+                "increments": img.increments.iter().zip(&verified).map(|(n, v)| serde_json::json!({
                     "id": n.id, "type": n.kind, "source": n.source, "size_mb": n.size_mb,
-                    "date": n.created_at,
+                    "date": n.created_at, "verify": verdict_json(v),
                 })).collect::<Vec<_>>(),
             })
             .to_string(),
@@ -80,22 +112,29 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     }
     let mut out = format!(
         "BACKUP IMAGE {id} INFORMATION\nID        : {id}\nVM        : {}\nJOB       : {}\n\
-         DATASTORE : {}\n\nBACKUP INCREMENTS\n{:>3} {:<9} {:>8} {:<20} SOURCE\n",
+         DATASTORE : {}\n\nBACKUP INCREMENTS\n{:>3} {:<9} {:>8} {:<20} {:<10} VERIFY\n",
         img.vm_id,
         img.job_id.map_or("-".into(), |j| j.to_string()),
         img.datastore_id,
         "ID",
         "TYPE",
         "SIZE_MB",
-        "DATE"
+        "DATE",
+        "SOURCE"
     );
-    for n in &img.increments {
-        let date = jiff::Timestamp::from_second(n.created_at)
-            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_else(|_| n.created_at.to_string());
+    for (n, v) in img.increments.iter().zip(&verified) {
+        let verify = match v {
+            None => "-".to_string(),
+            Some(v) if v.bad.is_empty() => format!("ok {}", date(v.verified_at)),
+            Some(v) => format!("DAMAGED ({} blobs) {}", v.bad.len(), date(v.verified_at)),
+        };
         out.push_str(&format!(
-            "{:>3} {:<9} {:>8} {date:<20} {}\n",
-            n.id, n.kind, n.size_mb, n.source
+            "{:>3} {:<9} {:>8} {:<20} {:<10} {verify}\n",
+            n.id,
+            n.kind,
+            n.size_mb,
+            date(n.created_at),
+            n.source
         ));
     }
     print(out.trim_end())

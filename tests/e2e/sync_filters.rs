@@ -1,0 +1,325 @@
+//! Sync and verify jobs over a whole datastore: no repository named, so each run lists the
+//! source's repositories (on a local path, over SFTP through a real sshd, in S3 on SeaweedFS);
+//! `exclude:` forms and TAGS patterns leave repositories and snapshots out; a PUSH to S3 under
+//! RATE_IN with one worker prints progress lines; restic is the oracle at every destination.
+
+use crate::s3server::{ACCESS_KEY, S3Server, SECRET_KEY};
+use crate::support::{BACKSTOP, Outcome, noise, run, run_env};
+use std::fs;
+use std::path::Path;
+
+const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0.0";
+
+fn restic_ok(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("restic")
+        .arg("--no-cache")
+        .arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", password)
+        .output()
+        .expect("restic");
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The tags of each snapshot restic lists, oldest first.
+fn tags(listing: &[u8]) -> Vec<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(listing).expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| {
+            s["tags"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .map(|x| x.as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sshd = crate::cloud::start_sshd(d, "127.0.0.7", "site3");
+    let s3 = S3Server::start(d);
+    let remotes = d.join("remotes");
+    fs::create_dir_all(remotes.join("etc/datastore")).expect("remotes");
+    fs::write(
+        remotes.join("etc/datastore/backstop.conf"),
+        format!("SSH_CONFIG={}\n", sshd.ssh_config.display()),
+    )
+    .expect("backstop.conf");
+    let state = d.join("state.db");
+    let (st, rm) = (
+        state.to_str().expect("utf-8"),
+        remotes.to_str().expect("utf-8"),
+    );
+    let bj = |args: &[&str]| -> Outcome {
+        let mut all = vec![
+            "backupjob",
+            "--state",
+            st,
+            "--remotes",
+            rm,
+            "--progress-every",
+            "1",
+        ];
+        all.extend_from_slice(args);
+        run(BACKSTOP, &all, b"")
+    };
+    let ok = |args: &[&str]| -> Outcome {
+        let out = bj(args);
+        assert_eq!(out.code, Some(0), "backupjob {args:?}: {out:?}");
+        out
+    };
+    let create = |what: &str, name: &str, text: String| -> String {
+        let p = d.join(format!("{name}.tmpl"));
+        fs::write(&p, text).expect("template");
+        ok(&[what, "create", p.to_str().expect("utf-8")])
+            .stdout
+            .trim()
+            .trim_start_matches("ID: ")
+            .to_string()
+    };
+    let local = d.join("local");
+    let local_id = create(
+        "datastore",
+        "local",
+        format!(
+            "NAME=\"local\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw-local\"\n",
+            local.display()
+        ),
+    );
+    let store = d.join("site3-store");
+    let sftp_id = create(
+        "remote",
+        "site3",
+        format!(
+            "NAME=\"site3\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_SFTP_SERVER=\"site3\"\n\
+             RESTIC_SFTP_USER=\"root\"\nRESTIC_PASSWORD=\"pw-site3\"\n",
+            store.display()
+        ),
+    );
+    let s3_id = create(
+        "remote",
+        "bucket",
+        format!(
+            "NAME=\"bucket\"\nDS_MAD=\"backstop\"\nRESTIC_BACKEND=\"S3\"\nRESTIC_S3_ENDPOINT=\"{}\"\n\
+             RESTIC_S3_BUCKET=\"offsite\"\nRESTIC_S3_ACCESS_KEY_ID=\"{ACCESS_KEY}\"\n\
+             RESTIC_S3_SECRET_ACCESS_KEY=\"{SECRET_KEY}\"\nRESTIC_PASSWORD=\"pw-s3\"\n",
+            s3.endpoint
+        ),
+    );
+
+    // Repositories 22 (two points), 23, and job_5 (VMs 24 and 25); beside them a directory
+    // that is not a repository name, and one with a repository name but no repository.
+    let raw = d.join("disk.raw");
+    let mut points: Vec<(String, String, Vec<u8>)> = Vec::new();
+    for (k, (repo, tag)) in [
+        ("22", "one-22"),
+        ("22", "one-22"),
+        ("23", "one-23"),
+        ("job_5", "one-24"),
+        ("job_5", "one-25"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = local.join(repo);
+        let env = [("RESTIC_PASSWORD", "pw-local")];
+        if !path.join("config").exists() {
+            let out = run_env(
+                BACKSTOP,
+                &["repo", "-r", path.to_str().expect("utf-8"), "init"],
+                b"",
+                &env,
+            );
+            assert_eq!(out.code, Some(0), "{out:?}");
+        }
+        let data = noise(4 << 20, 100 + 2 * k as u64);
+        fs::write(&raw, &data).expect("raw");
+        let out = run_env(
+            BACKSTOP,
+            &[
+                "repo",
+                "-r",
+                path.to_str().expect("utf-8"),
+                "backup",
+                "--image",
+                raw.to_str().expect("utf-8"),
+                "--path",
+                IN_SNAPSHOT,
+                "--tag",
+                tag,
+            ],
+            b"",
+            &env,
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        points.push((repo.to_string(), tag.to_string(), data));
+    }
+    fs::create_dir_all(local.join("lost+found")).expect("dir");
+    fs::create_dir_all(local.join("31")).expect("dir");
+
+    // PUSH the whole datastore to SFTP, but not VM 23 nor VM 25's snapshot in job 5.
+    let push = create(
+        "sync-job",
+        "push",
+        format!(
+            "NAME=\"all-but\"\nDATASTORE_ID={local_id}\nREMOTE_ID={sftp_id}\n\
+             VMS=\"exclude:23\"\nTAGS=\"exclude:one-25\"\n"
+        ),
+    );
+    let out = ok(&["sync-job", "run", &push]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots copied")
+            && out.stdout.contains("repository job_5: 1 snapshots copied")
+            && !out.stdout.contains("repository 23")
+            && !out.stdout.contains("repository 31"),
+        "{out:?}"
+    );
+    assert!(!store.join("23").exists() && !store.join("31").exists());
+    restic_ok(&store.join("job_5"), "pw-site3", &["check", "--read-data"]);
+    let at_site3 = restic_ok(&store.join("job_5"), "pw-site3", &["snapshots", "--json"]);
+    assert_eq!(tags(&at_site3), [vec!["one-24".to_string()]]);
+    assert!(
+        restic_ok(
+            &store.join("job_5"),
+            "pw-site3",
+            &["dump", "latest", IN_SNAPSHOT]
+        ) == points[3].2
+    );
+
+    // PULL the whole SFTP remote (listed over SFTP) into another datastore, 22 only by TAGS.
+    let pulled = d.join("pulled");
+    let pulled_id = create(
+        "datastore",
+        "pulled",
+        format!(
+            "NAME=\"pulled\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw-pulled\"\n",
+            pulled.display()
+        ),
+    );
+    let pull = create(
+        "sync-job",
+        "pull",
+        format!(
+            "NAME=\"back\"\nDIRECTION=PULL\nDATASTORE_ID={pulled_id}\nREMOTE_ID={sftp_id}\n\
+             TAGS=\"one-2?, exclude:one-24\"\n"
+        ),
+    );
+    let out = ok(&["sync-job", "run", &pull]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots copied")
+            && out.stdout.contains("repository job_5: 0 snapshots copied"),
+        "{out:?}"
+    );
+    restic_ok(&pulled.join("22"), "pw-pulled", &["check", "--read-data"]);
+
+    // PUSH VM 22 to S3 with one worker under a read limit: progress lines while it runs;
+    // then PULL the whole bucket (listed in S3) back into a third datastore.
+    let slow = create(
+        "sync-job",
+        "slow",
+        format!(
+            "NAME=\"slow\"\nDATASTORE_ID={local_id}\nREMOTE_ID={s3_id}\nVMS=\"22\"\n\
+             RATE_IN=2048\nWORKERS=1\n"
+        ),
+    );
+    let out = ok(&["sync-job", "run", &slow]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots copied"),
+        "{out:?}"
+    );
+    let ticks = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("repository 22: ") && l.contains(" snapshots done, "))
+        .count();
+    // 8 MiB read at 2 MiB/s from an empty bucket takes at least 3.5 s.
+    assert!(ticks >= 2, "progress lines: {out:?}");
+    let in_s3 = s3.repo("offsite", "22");
+    let check = s3.restic(&in_s3, "pw-s3", &["check", "--read-data"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let dump = s3.restic(&in_s3, "pw-s3", &["dump", "latest", IN_SNAPSHOT]);
+    assert!(dump.status.success() && dump.stdout == points[1].2);
+    let from_s3 = d.join("from-s3");
+    let from_s3_id = create(
+        "datastore",
+        "from-s3",
+        format!(
+            "NAME=\"from-s3\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw-3\"\n",
+            from_s3.display()
+        ),
+    );
+    let back = create(
+        "sync-job",
+        "back-s3",
+        format!("NAME=\"back-s3\"\nDIRECTION=PULL\nDATASTORE_ID={from_s3_id}\nREMOTE_ID={s3_id}\n"),
+    );
+    let out = ok(&["sync-job", "run", &back]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots copied")
+            && !out.stdout.contains("repository job_5"),
+        "{out:?}"
+    );
+    assert!(
+        restic_ok(
+            &from_s3.join("22"),
+            "pw-3",
+            &["dump", "latest", IN_SNAPSHOT]
+        ) == points[1].2
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["sync-job", "list", "--json"]).stdout).expect("json");
+    let whole: Vec<bool> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|j| j["whole_datastore"].as_bool().expect("bool"))
+        .collect();
+    assert_eq!(whole, [true, true, false, true], "{listed}");
+
+    // A verify job over the whole local datastore but VM 23: 22 and job_5, every snapshot.
+    let verify = create(
+        "verify-job",
+        "verify",
+        format!("NAME=\"v\"\nDATASTORE_ID={local_id}\nVMS=\"exclude:23\"\nIGNORE_VERIFIED=YES\n"),
+    );
+    let out = ok(&["verify-job", "run", &verify]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots verified")
+            && out
+                .stdout
+                .contains("repository job_5: 2 snapshots verified")
+            && !out.stdout.contains("repository 23"),
+        "{out:?}"
+    );
+    // IGNORE_VERIFIED: what was found clean is not read again.
+    let out = ok(&["verify-job", "run", &verify]);
+    assert!(
+        out.stdout.contains("repository 22: 0 snapshots verified"),
+        "{out:?}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["verify-job", "show", &verify, "--json"]).stdout).expect("json");
+    assert_eq!(
+        shown["snapshots"].as_array().expect("snapshots").len(),
+        4,
+        "{shown}"
+    );
+}
