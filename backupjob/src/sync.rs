@@ -38,6 +38,7 @@ use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::target::RepoTarget;
 use backstop_protocol::message::Datastore;
 use backstop_protocol::template::Template;
+use std::sync::atomic::Ordering;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -421,7 +422,6 @@ fn run_repositories(
     report: Report<'_>,
 ) -> Result<Vec<String>, Error> {
     use backstop_datastore::repo::bandwidth::Bandwidth;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let base = CopyOptions {
         threads: job.workers,
@@ -430,88 +430,102 @@ fn run_repositories(
         ..CopyOptions::default()
     };
     let current = Mutex::new(String::new());
-    let finished = AtomicBool::new(false);
     let progress = base.progress.clone();
     let Report {
         done,
         progress: tick,
     } = report;
+    let line = || {
+        let name = current.lock().map(|c| c.clone()).unwrap_or_default();
+        if !name.is_empty() {
+            tick(&format!(
+                "repository {name}: {} snapshots done, {} read, {} written",
+                progress.snapshots.load(Ordering::Relaxed),
+                mib(progress.bytes_read.load(Ordering::Relaxed)),
+                mib(progress.bytes_written.load(Ordering::Relaxed)),
+            ));
+        }
+    };
+    with_ticks(line, || {
+        let mut errors = Vec::new();
+        for repo in repos {
+            let verdicts = if job.verified_only || job.resync_corrupt {
+                st.verdicts(job.datastore_id, repo)?
+            } else {
+                Vec::new()
+            };
+            let clean: Option<Vec<String>> = job.verified_only.then(|| {
+                verdicts
+                    .iter()
+                    .filter(|v| v.bad.is_empty())
+                    .map(|v| v.snapshot.clone())
+                    .collect()
+            });
+            let damaged: Vec<String> = verdicts
+                .iter()
+                .filter(|v| job.resync_corrupt && !v.bad.is_empty())
+                .map(|v| v.snapshot.clone())
+                .collect();
+            if let Ok(mut c) = current.lock() {
+                *c = repo.clone();
+            }
+            for counter in [
+                &progress.snapshots,
+                &progress.bytes_read,
+                &progress.bytes_written,
+            ] {
+                counter.store(0, Ordering::Relaxed);
+            }
+            let outcome =
+                sync_repository(ends, repo, job, (clean.as_deref(), &damaged), (cfg, &base));
+            if let Ok(mut c) = current.lock() {
+                c.clear();
+            }
+            match outcome {
+                Ok((s, removed)) => {
+                    record.snapshots += s.snapshots as u64;
+                    record.bytes_read += s.bytes_read;
+                    record.bytes_written += s.bytes_written;
+                    done(&repository_line(repo, &s, removed));
+                }
+                Err(e) => {
+                    let line = format!(
+                        "repository {repo}: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    );
+                    done(&line);
+                    errors.push(line);
+                }
+            }
+        }
+        Ok(errors)
+    })
+}
+
+/// Runs `work`, calling `tick` about every second from another thread while it runs.
+pub(crate) fn with_ticks<T>(tick: impl Fn() + Sync, work: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::AtomicBool;
+    let finished = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut waited = 0;
+            let mut waited = 0u32;
             while !finished.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 waited += 1;
-                if waited % 10 != 0 {
-                    continue;
-                }
-                let name = current.lock().map(|c| c.clone()).unwrap_or_default();
-                if !name.is_empty() {
-                    tick(&format!(
-                        "repository {name}: {} snapshots done, {} read, {} written",
-                        progress.snapshots.load(Ordering::Relaxed),
-                        mib(progress.bytes_read.load(Ordering::Relaxed)),
-                        mib(progress.bytes_written.load(Ordering::Relaxed)),
-                    ));
+                if waited.is_multiple_of(10) {
+                    tick();
                 }
             }
         });
-        let result = (|| -> Result<Vec<String>, Error> {
-            let mut errors = Vec::new();
-            for repo in repos {
-                let verdicts = if job.verified_only || job.resync_corrupt {
-                    st.verdicts(job.datastore_id, repo)?
-                } else {
-                    Vec::new()
-                };
-                let clean: Option<Vec<String>> = job.verified_only.then(|| {
-                    verdicts
-                        .iter()
-                        .filter(|v| v.bad.is_empty())
-                        .map(|v| v.snapshot.clone())
-                        .collect()
-                });
-                let damaged: Vec<String> = verdicts
-                    .iter()
-                    .filter(|v| job.resync_corrupt && !v.bad.is_empty())
-                    .map(|v| v.snapshot.clone())
-                    .collect();
-                if let Ok(mut c) = current.lock() {
-                    *c = repo.clone();
-                }
-                for counter in [
-                    &progress.snapshots,
-                    &progress.bytes_read,
-                    &progress.bytes_written,
-                ] {
-                    counter.store(0, Ordering::Relaxed);
-                }
-                let outcome =
-                    sync_repository(ends, repo, job, (clean.as_deref(), &damaged), (cfg, &base));
-                if let Ok(mut c) = current.lock() {
-                    c.clear();
-                }
-                match outcome {
-                    Ok((s, removed)) => {
-                        record.snapshots += s.snapshots as u64;
-                        record.bytes_read += s.bytes_read;
-                        record.bytes_written += s.bytes_written;
-                        done(&repository_line(repo, &s, removed));
-                    }
-                    Err(e) => {
-                        let line = format!(
-                            "repository {repo}: {}",
-                            e.to_string().lines().next().unwrap_or_default()
-                        );
-                        done(&line);
-                        errors.push(line);
-                    }
-                }
+        // Set on the way out, however `work` ends, so the ticker always stops.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
             }
-            Ok(errors)
-        })();
-        finished.store(true, Ordering::SeqCst);
-        result
+        }
+        let _done = Done(&finished);
+        work()
     })
 }
 
@@ -582,7 +596,7 @@ pub fn scheduled_pass(
         if !due(last, job.every) {
             continue;
         }
-        match crate::verify_job::run(st, id, location, cfg)? {
+        match crate::verify_job::run(st, id, location, cfg, &|_| {})? {
             None => lines.push(format!(
                 "verify job {id}: running already, not started again"
             )),

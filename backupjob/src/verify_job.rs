@@ -17,9 +17,10 @@ use crate::state::State;
 use crate::state::sync::Verdict;
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::repo::lock::RetryLock;
-use backstop_datastore::repo::verify::{Share, heal, verify};
+use backstop_datastore::repo::verify::{Share, VerifyProgress, heal, verify_counted};
 use backstop_datastore::target::RepoTarget;
 use backstop_protocol::template::Template;
+use std::sync::atomic::Ordering;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyTemplate {
@@ -94,6 +95,7 @@ pub fn run(
     id: u64,
     location: &str,
     cfg: &DriverConfig,
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Option<VerifyRun>, Error> {
     let (_, _, text, _) = st
         .verify_jobs()?
@@ -107,7 +109,7 @@ pub fn run(
     let Some(k) = st.claim_verify_run(id, now, &runner)? else {
         return Ok(None);
     };
-    let result = verify_all(st, &job, &ds, k, cfg);
+    let result = verify_all(st, (&job, &ds, k), cfg, progress);
     st.release_verify_run(id)?;
     result.map(Some)
 }
@@ -115,10 +117,9 @@ pub fn run(
 /// Run `k` of a verify job over its repositories.
 fn verify_all(
     st: &mut State,
-    job: &VerifyTemplate,
-    ds: &backstop_protocol::message::Datastore,
-    k: u64,
+    (job, ds, k): (&VerifyTemplate, &backstop_protocol::message::Datastore, u64),
     cfg: &DriverConfig,
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<VerifyRun, Error> {
     let share = (job.shares > 1).then(|| Share {
         n: (k % u64::from(job.shares)) as u8 + 1,
@@ -162,7 +163,20 @@ fn verify_all(
             .map(|(id, _, _)| id)
             .collect();
         let retry = RetryLock(std::time::Duration::from_secs(60));
-        let report = verify(&repo, &ids, share, retry)?;
+        let counted = VerifyProgress::default();
+        let tick = || {
+            let (read, total) = (
+                counted.bytes_read.load(Ordering::Relaxed),
+                counted.bytes_total.load(Ordering::Relaxed),
+            );
+            progress(&format!(
+                "repository {name}: {:.1} of {:.1} MiB read",
+                read as f64 / 1_048_576.0,
+                total as f64 / 1_048_576.0
+            ));
+        };
+        let report =
+            crate::sync::with_ticks(tick, || verify_counted(&repo, &ids, share, retry, &counted))?;
         let mut bad = std::collections::BTreeSet::new();
         let mut damaged = Vec::new();
         for v in &report.verdicts {

@@ -147,10 +147,13 @@ pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
 /// One run now; exit 1 when something is damaged (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
-    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg)?
-        .ok_or_else(|| input(format!("verify job {id} is running already")))?;
+    let ticker = super::Ticker::new(args.progress_every);
+    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg, &|l| {
+        ticker.progress(l)
+    })?
+    .ok_or_else(|| input(format!("verify job {id} is running already")))?;
     for l in &out.lines {
-        print(l)?;
+        ticker.line(l);
     }
     if out.damaged.is_empty() {
         return Ok(ExitCode::SUCCESS);

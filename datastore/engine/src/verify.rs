@@ -18,6 +18,7 @@ use crate::pack::{PackBuilder, SealedBlob};
 use crate::{BlobLocation, Error, ErrorKind, Repo, rustic_error};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The verdict on one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +129,25 @@ pub fn verify(
     share: Option<Share>,
     retry: RetryLock,
 ) -> Result<VerifyReport, Error> {
+    verify_counted(repo, snapshots, share, retry, &VerifyProgress::default())
+}
+
+/// What a running verify has read of what it is to read (read by another thread for
+/// progress lines); the total is known once the trees are walked.
+#[derive(Debug, Default)]
+pub struct VerifyProgress {
+    pub bytes_total: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+/// [`verify`], counting as it reads.
+pub fn verify_counted(
+    repo: &Repo,
+    snapshots: &[RepoId],
+    share: Option<Share>,
+    retry: RetryLock,
+    progress: &VerifyProgress,
+) -> Result<VerifyReport, Error> {
     let _lock = repo.lock(false, retry)?;
     let index = index_map(repo)?;
     let mut walks = Vec::new();
@@ -150,8 +170,17 @@ pub fn verify(
             Some((_, at)) => by_pack.entry(at.pack).or_default().push((*blob, *at)),
         }
     }
+    let total = by_pack
+        .values()
+        .map(|blobs| {
+            let start = blobs.iter().map(|(_, at)| at.offset).min().unwrap_or(0);
+            let end = blobs.iter().map(|(_, at)| at.offset + at.length).max();
+            u64::from(end.unwrap_or(start) - start)
+        })
+        .sum();
+    progress.bytes_total.store(total, Ordering::Relaxed);
     let mut report = VerifyReport::default();
-    let found = check_packs(repo, by_pack, &mut report);
+    let found = check_packs(repo, by_pack, &mut report, progress);
     bad.extend(found);
     for (id, data, bad_trees) in walks {
         let mut damaged: Vec<RepoId> = bad_trees
@@ -174,6 +203,7 @@ fn check_packs(
     repo: &Repo,
     by_pack: HashMap<RepoId, Vec<(RepoId, BlobLocation)>>,
     report: &mut VerifyReport,
+    progress: &VerifyProgress,
 ) -> Vec<RepoId> {
     use std::sync::Mutex;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -216,6 +246,9 @@ fn check_packs(
                             damaged.push(*id);
                         }
                     }
+                    progress
+                        .bytes_read
+                        .fetch_add(u64::from(end - start), Ordering::Relaxed);
                     if let Ok(mut o) = out.lock() {
                         o.0.extend(damaged);
                         o.1 += blobs.len() as u64;
