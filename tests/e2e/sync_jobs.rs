@@ -216,6 +216,52 @@ fn sync_jobs_push_pull_and_record_their_runs() {
         "the pulled newest point"
     );
 
+    // Pull the whole chain into a mirror: every point dumps byte-exact there, the mirror
+    // checks clean, and a second run copies nothing.
+    let mirror = d.join("mirror");
+    ok(&[
+        "datastore",
+        "create",
+        &template(
+            "mirror.tmpl",
+            format!(
+                "NAME=\"mirror\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw-mirror\"\n",
+                mirror.display()
+            ),
+        ),
+    ]);
+    let whole = template(
+        "mirror-pull.tmpl",
+        "NAME=\"mirror\"\nDIRECTION=\"PULL\"\nDATASTORE_ID=4\nREMOTE_ID=2\nVMS=\"22\"\n".into(),
+    );
+    let whole_id = created(&ok(&["sync-job", "create", &whole]));
+    let out = ok(&["sync-job", "run", &whole_id]);
+    assert!(
+        out.stdout.contains("repository 22: 7 snapshots copied"),
+        "{out:?}"
+    );
+    let m22 = mirror.join("22");
+    restic_ok(&m22, "pw-mirror", &["check", "--read-data"]);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&restic_ok(&m22, "pw-mirror", &["snapshots", "--json"]))
+            .expect("json");
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), 7);
+    for (snap, want) in listed.iter().zip(points.iter().chain([&data])) {
+        let id = snap["id"].as_str().expect("id");
+        assert!(
+            restic_ok(&m22, "pw-mirror", &["dump", id, IN_SNAPSHOT]) == *want,
+            "{id}"
+        );
+    }
+    let out = ok(&["sync-job", "run", &whole_id]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 7 there already; 0 bytes read, 0 bytes written"
+        ),
+        "{out:?}"
+    );
+
     // The pulled copy is damaged; a verify job over that datastore finds and heals it, and a
     // PULL with RESYNC_CORRUPT brings back what the copy lacks.
     damage_chunk_15(&pulled.join("22"), "pw-pulled");
