@@ -237,7 +237,8 @@ fn transfer(
         }
     };
     let read = AtomicU64::new(0);
-    let mut packs = Vec::new();
+    let packs: Mutex<Vec<IndexPack>> = Mutex::new(Vec::new());
+    let writers = dst.backend().write_concurrency().max(1);
     std::thread::scope(|s| {
         let (todo_tx, todo_rx) = unbounded::<RepoId>();
         for id in ids {
@@ -290,34 +291,30 @@ fn transfer(
             });
         }
         drop(blob_tx);
-        // One pack per kind being filled; full ones written as they come.
+        // One pack per kind being filled; full ones sealed and written by as many writers
+        // as the destination takes at once.
+        let (pack_tx, pack_rx) = bounded::<(PackBuilder, bool)>(writers);
+        for _ in 0..writers {
+            let pack_rx = pack_rx.clone();
+            let (fail, stop, packs) = (&fail, &stop, &packs);
+            s.spawn(move || {
+                for (pack, trees) in pack_rx {
+                    if stop.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    match write_pack(dst, pack, trees, options, stats) {
+                        Ok(index) => {
+                            if let Ok(mut p) = packs.lock() {
+                                p.push(index);
+                            }
+                        }
+                        Err(e) => fail(e),
+                    }
+                }
+            });
+        }
+        drop(pack_rx);
         let mut open: HashMap<bool, PackBuilder> = HashMap::new();
-        let mut write = |pack: PackBuilder, trees: bool| -> Result<(), Error> {
-            let finished = pack
-                .finish(dst.crypto())
-                .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-            let size = finished.bytes.len() as u64;
-            if let Some(limit) = &options.rate_out {
-                limit.take(finished.bytes.len());
-            }
-            dst.backend()
-                .write_bytes(
-                    FileType::Pack,
-                    &finished.id.to_rustic(),
-                    trees,
-                    finished.bytes.into(),
-                )
-                .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
-            if let Ok(mut st) = stats.lock() {
-                st.bytes_written += size;
-            }
-            options
-                .progress
-                .bytes_written
-                .fetch_add(size, Ordering::Relaxed);
-            packs.push(finished.index);
-            Ok(())
-        };
         for blob in blob_rx {
             if stop.load(Ordering::SeqCst) {
                 continue;
@@ -334,19 +331,17 @@ fn transfer(
             pack.add(blob);
             if pack.len() >= PACK_TARGET {
                 let full = std::mem::take(pack);
-                if let Err(e) = write(full, trees) {
-                    fail(e);
+                if pack_tx.send((full, trees)).is_err() {
+                    break;
                 }
             }
         }
         for (trees, pack) in open {
-            if !pack.is_empty()
-                && !stop.load(Ordering::SeqCst)
-                && let Err(e) = write(pack, trees)
-            {
-                fail(e);
+            if !pack.is_empty() && !stop.load(Ordering::SeqCst) {
+                let _ = pack_tx.send((pack, trees));
             }
         }
+        drop(pack_tx);
     });
     if let Ok(mut st) = stats.lock() {
         st.bytes_read += read.load(Ordering::Relaxed);
@@ -357,7 +352,42 @@ fn transfer(
     if options.cancel.load(Ordering::SeqCst) {
         return Err(Error::new(ErrorKind::Cancelled, "the copy was cancelled"));
     }
-    Ok(packs)
+    packs
+        .into_inner()
+        .map_err(|_| Error::new(ErrorKind::Repository, "a copy thread panicked"))
+}
+
+/// Seals a full pack and writes it to the destination; its index entry.
+fn write_pack(
+    dst: &Repo,
+    pack: PackBuilder,
+    trees: bool,
+    options: &CopyOptions,
+    stats: &Mutex<CopyStats>,
+) -> Result<IndexPack, Error> {
+    let finished = pack
+        .finish(dst.crypto())
+        .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+    let size = finished.bytes.len() as u64;
+    if let Some(limit) = &options.rate_out {
+        limit.take(finished.bytes.len());
+    }
+    dst.backend()
+        .write_bytes(
+            FileType::Pack,
+            &finished.id.to_rustic(),
+            trees,
+            finished.bytes.into(),
+        )
+        .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
+    if let Ok(mut st) = stats.lock() {
+        st.bytes_written += size;
+    }
+    options
+        .progress
+        .bytes_written
+        .fetch_add(size, Ordering::Relaxed);
+    Ok(finished.index)
 }
 
 /// Copies `snapshots` (ids at the source, oldest first) that the destination lacks.
