@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod filters;
 pub mod model;
+pub mod retention;
 pub mod runner;
 pub mod schedule;
 pub mod scheduler;

@@ -1,6 +1,7 @@
 //! Job and datastore templates (OpenNebula template syntax, driver contract §11.1), validated into what
 //! the runner needs. Errors name the attribute.
 
+use crate::retention::Keep;
 use crate::runner::{BackupDatastore, JobConfig, Mode};
 use crate::schedule::SchedAction;
 use crate::scheduler::Execution;
@@ -81,6 +82,8 @@ pub struct JobTemplate {
     pub datastore_id: u64,
     pub mode: Mode,
     pub keep_last: u32,
+    /// KEEP_LAST and the period rules (KEEP_HOURLY ... KEEP_YEARLY) of retention plans.
+    pub keep: Keep,
     pub fs_freeze: String,
     pub backup_volatile: bool,
     pub disk_ids: Option<Vec<u32>>,
@@ -144,6 +147,22 @@ impl JobTemplate {
                 .parse()
                 .map_err(|_| t.err("KEEP_LAST", format!("KEEP_LAST is {k:?}, not a number")))?,
         };
+        let count = |name: &str| -> Result<u32, TemplateError> {
+            match t.get(name) {
+                None => Ok(0),
+                Some(k) => k
+                    .parse()
+                    .map_err(|_| t.err(name, format!("{name} is {k:?}, not a number"))),
+            }
+        };
+        let keep = Keep {
+            last: keep_last,
+            hourly: count("KEEP_HOURLY")?,
+            daily: count("KEEP_DAILY")?,
+            weekly: count("KEEP_WEEKLY")?,
+            monthly: count("KEEP_MONTHLY")?,
+            yearly: count("KEEP_YEARLY")?,
+        };
         let fs_freeze = match t.get("FS_FREEZE").map(str::to_ascii_uppercase) {
             None => "NONE".to_string(),
             Some(f) if ["NONE", "AGENT", "SUSPEND"].contains(&f.as_str()) => f,
@@ -182,6 +201,7 @@ impl JobTemplate {
             datastore_id,
             mode,
             keep_last,
+            keep,
             fs_freeze,
             backup_volatile: t.yes("BACKUP_VOLATILE")?,
             disk_ids,
@@ -193,7 +213,13 @@ impl JobTemplate {
         JobConfig {
             job_id: Some(job_id),
             mode: self.mode,
-            keep_last: self.keep_last,
+            // With period rules, retention follows the plan (docs/retention.md), not the
+            // datastore's KEEP_LAST after each backup, which would cut the older points.
+            keep_last: if self.keep.has_periods() {
+                0
+            } else {
+                self.keep_last
+            },
             fs_freeze: self.fs_freeze.clone(),
             backup_volatile: self.backup_volatile,
             disk_ids: self.disk_ids.clone(),
@@ -318,6 +344,21 @@ mod tests {
         assert_eq!(j.execution, Execution::Parallel);
         assert_eq!(j.fs_freeze, "NONE");
         assert!(j.sched_actions.is_empty());
+        assert_eq!(
+            j.config(1).keep_last,
+            2,
+            "KEEP_LAST alone: after each backup"
+        );
+        let j =
+            JobTemplate::parse("NAME=a\nDATASTORE_ID=1\nKEEP_LAST=2\nKEEP_DAILY=7\nKEEP_YEARLY=1")
+                .expect("periods");
+        assert_eq!(
+            j.keep.attributes(),
+            [("KEEP_LAST", 2), ("KEEP_DAILY", 7), ("KEEP_YEARLY", 1)]
+        );
+        assert_eq!(j.config(1).keep_last, 0, "with periods: by the plan only");
+        let e = JobTemplate::parse("NAME=a\nDATASTORE_ID=1\nKEEP_WEEKLY=-1").expect_err("negative");
+        assert!(e.to_string().contains("KEEP_WEEKLY is \"-1\""), "{e}");
         let text = "NAME=a\nDATASTORE_ID=1\nSCHED_ACTION=[TIME=1800000000,REPEAT=0,DAYS=\"1,5\",\
                     END_TYPE=1,END_VALUE=3]\nSCHED_ACTION=[TIME=\"+3600\"]\n";
         let j = JobTemplate::parse(text).expect("sched");

@@ -703,6 +703,65 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
     let text = bj(&["image", "show", "1"]).stdout;
     assert_eq!(text.matches(" ok 20").count(), 2, "{text}");
 
+    // The retention plan of the job's points, read-only: no rule keeps everything; KEEP_LAST 1
+    // with KEEP_DAILY 1 keeps the newest (both taken today); a protected image keeps both.
+    let plan = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["retention", "1", "--json"];
+        all.extend_from_slice(args);
+        let out = bj(&all);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        serde_json::from_str(&out.stdout).expect("plan")
+    };
+    let kept = |p: &serde_json::Value| -> Vec<bool> {
+        p["vms"][0]["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .map(|x| x["keep"].as_bool().expect("keep"))
+            .collect()
+    };
+    assert_eq!(kept(&plan(&[])), [true, true]);
+    fs::write(work.join("keep.tmpl"), "KEEP_LAST = 1\nKEEP_DAILY = 1\n").expect("keep");
+    assert_eq!(
+        bj(&["update", "1", &file("keep.tmpl"), "--append"]).code,
+        Some(0)
+    );
+    let p = plan(&["--vm", "22"]);
+    assert_eq!(kept(&p), [false, true], "{p}");
+    let reasons = &p["vms"][0]["points"][1]["reasons"];
+    assert!(
+        reasons[0] == "last 1"
+            && reasons[1]
+                .as_str()
+                .is_some_and(|r| r.starts_with("daily 20")),
+        "{p}"
+    );
+    let text = bj(&["retention", "1"]).stdout;
+    assert!(
+        text.contains("KEEP_LAST=1 KEEP_DAILY=1")
+            && text.contains("VM 22: 2 points, 1 stay, 1 go")
+            && text.contains("REMOVE"),
+        "{text}"
+    );
+    assert_eq!(bj(&["image", "protect", "1"]).code, Some(0));
+    assert_eq!(kept(&plan(&[])), [true, true]);
+    assert!(
+        bj(&["image", "show", "1"])
+            .stdout
+            .contains("PROTECTED : yes")
+    );
+    assert_eq!(bj(&["image", "unprotect", "1"]).code, Some(0));
+    let out = bj(&["retention", "1", "--vm", "23"]);
+    assert!(
+        out.code == Some(1) && out.stderr.contains("VM 23 is not in backup job 1"),
+        "{out:?}"
+    );
+    fs::write(work.join("nokeep.tmpl"), "KEEP_DAILY = 0\nKEEP_LAST = 0\n").expect("keep");
+    assert_eq!(
+        bj(&["update", "1", &file("nokeep.tmpl"), "--append"]).code,
+        Some(0)
+    );
+
     // Each point restores into files equal to the disks at that point.
     let compare = |a: &Path, b: &Path| {
         let out = std::process::Command::new("qemu-img")

@@ -102,6 +102,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         return print(
             &serde_json::json!({
                 "id": img.id, "vm": img.vm_id, "job": img.job_id, "datastore": img.datastore_id,
+                "protected": img.protected,
                 "increments": img.increments.iter().zip(&verified).map(|(n, v)| serde_json::json!({
                     "id": n.id, "type": n.kind, "source": n.source, "size_mb": n.size_mb,
                     "date": n.created_at, "verify": verdict_json(v),
@@ -112,10 +113,11 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     }
     let mut out = format!(
         "BACKUP IMAGE {id} INFORMATION\nID        : {id}\nVM        : {}\nJOB       : {}\n\
-         DATASTORE : {}\n\nBACKUP INCREMENTS\n{:>3} {:<9} {:>8} {:<20} {:<10} VERIFY\n",
+         DATASTORE : {}\nPROTECTED : {}\n\nBACKUP INCREMENTS\n{:>3} {:<9} {:>8} {:<20} {:<10} VERIFY\n",
         img.vm_id,
         img.job_id.map_or("-".into(), |j| j.to_string()),
         img.datastore_id,
+        if img.protected { "yes" } else { "no" },
         "ID",
         "TYPE",
         "SIZE_MB",

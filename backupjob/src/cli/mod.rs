@@ -11,6 +11,7 @@ mod datastores;
 mod images;
 mod jobs;
 mod remotes;
+mod retention;
 mod schedules;
 mod sync_jobs;
 mod verify_jobs;
@@ -150,6 +151,17 @@ pub(crate) enum Command {
     },
     /// Add a scheduled action to a job (SCHED_ACTION: TIME, REPEAT, DAYS, END_TYPE, END_VALUE).
     SchedAdd(SchedAddArgs),
+    /// A job's retention plan per VM: which backup points its keep rules (KEEP_LAST,
+    /// KEEP_HOURLY, KEEP_DAILY, KEEP_WEEKLY, KEEP_MONTHLY, KEEP_YEARLY) keep and why, and which
+    /// go; protected images always stay. Read-only.
+    Retention {
+        id: u64,
+        /// Only this VM of the job.
+        #[arg(long)]
+        vm: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the jobs whose scheduled actions are due (one pass, or --loop as a daemon that
     /// stops cleanly on SIGTERM).
     Scheduler {
@@ -258,6 +270,13 @@ pub(crate) enum ImageCommand {
     /// Restore a backup image into a directory: disk.<id>.qcow2 per disk (standalone qcow2),
     /// vm.xml, and disk.tpm.0 when the VM had a TPM.
     Restore(RestoreArgs),
+    /// Protect an image: no retention rule removes it (its points stay).
+    Protect {
+        id: u64,
+    },
+    Unprotect {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -584,7 +603,10 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             ImageCommand::List { json } => images::list(st, json)?,
             ImageCommand::Show { id, json } => images::show(st, *id, *json)?,
             ImageCommand::Restore(r) => images::restore_cmd(st, args, r)?,
+            ImageCommand::Protect { id } => st.set_protected(*id, true)?,
+            ImageCommand::Unprotect { id } => st.set_protected(*id, false)?,
         },
+        Command::Retention { id, vm, json } => retention::show(st, *id, *vm, *json)?,
         Command::Create(c) => jobs::create(st, c)?,
         Command::List { json } => jobs::list(st, json)?,
         Command::Show { id, json } => jobs::show(st, id, json)?,

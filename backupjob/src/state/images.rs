@@ -39,12 +39,12 @@ impl State {
     }
 
     pub fn image(&self, id: u64) -> Result<ImageRow, StateError> {
-        let (vm_id, job_id, datastore_id): (i64, Option<i64>, i64) = self
+        let (vm_id, job_id, datastore_id, protected): (i64, Option<i64>, i64, bool) = self
             .conn
             .query_row(
-                "SELECT vm_id, job_id, datastore_id FROM images WHERE id = ?1",
+                "SELECT vm_id, job_id, datastore_id, protected FROM images WHERE id = ?1",
                 params![id as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(|e| self.sql(e))?
@@ -74,6 +74,7 @@ impl State {
             vm_id: vm_id as u64,
             job_id: job_id.map(|j| j as u64),
             datastore_id: datastore_id as u64,
+            protected,
             increments,
         })
     }
@@ -101,6 +102,21 @@ impl State {
         rows.map(|r| r.map(|v| v as u64))
             .collect::<Result<_, _>>()
             .map_err(|e| self.sql(e))
+    }
+
+    /// Marks an image protected (no retention rule removes it) or not.
+    pub fn set_protected(&mut self, id: u64, protected: bool) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE images SET protected = ?1 WHERE id = ?2",
+                params![protected, id as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(self.invalid(format!("no backup image {id}")));
+        }
+        Ok(())
     }
 
     pub fn remove_image(&mut self, id: u64) -> Result<(), StateError> {

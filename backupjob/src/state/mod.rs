@@ -129,6 +129,8 @@ pub const MIGRATIONS: &[&str] = &[
         bad TEXT NOT NULL,
         PRIMARY KEY (datastore_id, repository, snapshot)
      );",
+    // 6: protected backup images: no retention rule removes them.
+    "ALTER TABLE images ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +194,8 @@ pub struct ImageRow {
     pub vm_id: u64,
     pub job_id: Option<u64>,
     pub datastore_id: u64,
+    /// No retention rule removes it.
+    pub protected: bool,
     pub increments: Vec<IncrementRow>,
 }
 
