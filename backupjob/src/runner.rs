@@ -427,54 +427,13 @@ pub fn record(
                 let images = state.images_of(vm_id, cfg.job_id, ds.id)?;
                 let excess = images.len().saturating_sub(cfg.keep_last as usize);
                 for old in images.iter().take(excess) {
-                    let doc = format!(
-                        "<DS_DRIVER_ACTION_DATA>{}{}</DS_DRIVER_ACTION_DATA>",
-                        image_document(state, *old)?,
-                        ds.document
-                    );
-                    let rm = env.remotes.join(format!("datastore/{}/rm", ds.ds_mad));
-                    let (ok, _, err) = action(&rm, &[old.to_string()], b64(&doc).as_bytes())?;
-                    if !ok {
-                        return Err(step(format!(
-                            "KEEP_LAST: rm of image {old}: {}",
-                            reason(&err)
-                        )));
-                    }
-                    state.remove_image(*old)?;
+                    rm_image(env, state, ds, *old, "KEEP_LAST")?;
                 }
             }
             Mode::Increment => {
                 let img = state.image(image_id)?;
                 if img.increments.len() > cfg.keep_last as usize {
-                    let doc = format!(
-                        "<DS_DRIVER_ACTION_DATA>{}{}<EXTRA_DATA><KEEP_LAST>{}</KEEP_LAST></EXTRA_DATA></DS_DRIVER_ACTION_DATA>",
-                        image_document(state, image_id)?,
-                        ds.document,
-                        cfg.keep_last
-                    );
-                    let flatten = env
-                        .remotes
-                        .join(format!("datastore/{}/increment_flatten", ds.ds_mad));
-                    let (ok, out, err) =
-                        action(&flatten, &[image_id.to_string()], b64(&doc).as_bytes())?;
-                    if !ok {
-                        return Err(step(format!(
-                            "KEEP_LAST: increment_flatten of image {image_id}: {}",
-                            reason(&err)
-                        )));
-                    }
-                    let line = out.trim();
-                    if let Some((size, chain_text)) = line.split_once(' ') {
-                        let size: u64 = size.parse().unwrap_or(0);
-                        let kept: Vec<(u64, String)> = chain_text
-                            .split(',')
-                            .filter_map(|l| {
-                                let (i, s) = l.split_once(':')?;
-                                Some((i.parse().ok()?, s.to_string()))
-                            })
-                            .collect();
-                        state.flatten_increments(image_id, &kept, size)?;
-                    }
+                    flatten(env, state, ds, image_id, (cfg.keep_last, None), "KEEP_LAST")?;
                 }
             }
         }
@@ -485,6 +444,75 @@ pub fn record(
         image_id,
         increment_id,
     })
+}
+
+/// Removes backup image `image` with the datastore's `rm`, then from the records; `what`
+/// names the rule in an error.
+pub(crate) fn rm_image(
+    env: &Env,
+    state: &mut State,
+    ds: &BackupDatastore,
+    image: u64,
+    what: &str,
+) -> Result<(), Error> {
+    let doc = format!(
+        "<DS_DRIVER_ACTION_DATA>{}{}</DS_DRIVER_ACTION_DATA>",
+        image_document(state, image)?,
+        ds.document
+    );
+    let rm = env.remotes.join(format!("datastore/{}/rm", ds.ds_mad));
+    let (ok, _, err) = action(&rm, &[image.to_string()], b64(&doc).as_bytes())?;
+    if !ok {
+        return Err(step(format!(
+            "{what}: rm of image {image}: {}",
+            reason(&err)
+        )));
+    }
+    state.remove_image(image)?;
+    Ok(())
+}
+
+/// Runs the datastore's `increment_flatten` on `image` with KEEP_LAST and, for backstop's
+/// datastores, KEEP_INCREMENTS (the ids to keep); records the increments it kept.
+pub(crate) fn flatten(
+    env: &Env,
+    state: &mut State,
+    ds: &BackupDatastore,
+    image: u64,
+    (keep_last, keep): (u32, Option<&[u64]>),
+    what: &str,
+) -> Result<(), Error> {
+    let extra = keep.map_or(String::new(), |ids| {
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        format!("<KEEP_INCREMENTS>{}</KEEP_INCREMENTS>", ids.join(","))
+    });
+    let doc = format!(
+        "<DS_DRIVER_ACTION_DATA>{}{}<EXTRA_DATA><KEEP_LAST>{keep_last}</KEEP_LAST>{extra}</EXTRA_DATA></DS_DRIVER_ACTION_DATA>",
+        image_document(state, image)?,
+        ds.document,
+    );
+    let path = env
+        .remotes
+        .join(format!("datastore/{}/increment_flatten", ds.ds_mad));
+    let (ok, out, err) = action(&path, &[image.to_string()], b64(&doc).as_bytes())?;
+    if !ok {
+        return Err(step(format!(
+            "{what}: increment_flatten of image {image}: {}",
+            reason(&err)
+        )));
+    }
+    if let Some((size, chain_text)) = out.trim().split_once(' ') {
+        let size: u64 = size.parse().unwrap_or(0);
+        let kept: Vec<(u64, String)> = chain_text
+            .split(',')
+            .filter_map(|l| {
+                let (i, s) = l.split_once(':')?;
+                Some((i.parse().ok()?, s.to_string()))
+            })
+            .collect();
+        state.flatten_increments(image, &kept, size)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

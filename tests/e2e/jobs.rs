@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// The test cloud with backstop's prebackup/postbackup as the ssh TM's, and a host alias
 /// "down" that nothing answers (127.0.0.9).
-fn cloud_with_tm() -> Cloud {
+pub(crate) fn cloud_with_tm() -> Cloud {
     let cloud = Cloud::start();
     for action in ["prebackup", "postbackup"] {
         let link = cloud.remotes.join(format!("tm/ssh/{action}"));
@@ -27,7 +27,7 @@ fn cloud_with_tm() -> Cloud {
 }
 
 /// A backup datastore on the test backup server, with more attributes.
-fn datastore_template(cloud: &Cloud, extra: &str) -> String {
+pub(crate) fn datastore_template(cloud: &Cloud, extra: &str) -> String {
     format!(
         "NAME = \"backups\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{}\"\n\
          RESTIC_PASSWORD = \"{}\"\nRESTIC_SFTP_SERVER = \"bks\"\nRESTIC_SFTP_USER = \"root\"\n{extra}",
@@ -37,7 +37,7 @@ fn datastore_template(cloud: &Cloud, extra: &str) -> String {
 }
 
 /// `backstop backupjob` with the test cloud's state, remotes and datastore location.
-fn cli_prefix(cloud: &Cloud, state: &Path, extra: &[&str]) -> Vec<String> {
+pub(crate) fn cli_prefix(cloud: &Cloud, state: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "backupjob".to_string(),
         "--state".into(),
@@ -51,7 +51,7 @@ fn cli_prefix(cloud: &Cloud, state: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn run_cli(prefix: &[String], args: &[&str]) -> crate::support::Outcome {
+pub(crate) fn run_cli(prefix: &[String], args: &[&str]) -> crate::support::Outcome {
     let mut all: Vec<&str> = prefix.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
     crate::support::run(BACKSTOP, &all, b"")
@@ -78,7 +78,7 @@ fn restore_image(
 }
 
 /// Plain restic on a job's repository; its stdout.
-fn restic_in(repo: &Path, args: &[&str]) -> Vec<u8> {
+pub(crate) fn restic_in(repo: &Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("restic")
         .arg("--repo")
         .arg(repo)

@@ -17,6 +17,7 @@ mod live;
 mod oned_mock;
 mod remotes;
 mod repo_cli;
+mod retention;
 #[path = "../../datastore/engine/tests/common/s3.rs"]
 #[allow(dead_code)]
 mod s3server;

@@ -161,6 +161,15 @@ pub(crate) enum Command {
         vm: Option<u64>,
         #[arg(long)]
         json: bool,
+        /// Carry the plan out (with --yes): `rm` for images that go whole, `increment_flatten`
+        /// for chains that lose points.
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        yes: bool,
+        /// With --apply: refuse a plan that removes more points than this (nothing is removed).
+        #[arg(long, default_value_t = 10)]
+        max_delete: usize,
     },
     /// Run the jobs whose scheduled actions are due (one pass, or --loop as a daemon that
     /// stops cleanly on SIGTERM).
@@ -606,7 +615,20 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             ImageCommand::Protect { id } => st.set_protected(*id, true)?,
             ImageCommand::Unprotect { id } => st.set_protected(*id, false)?,
         },
-        Command::Retention { id, vm, json } => retention::show(st, *id, *vm, *json)?,
+        Command::Retention {
+            id,
+            vm,
+            json,
+            apply,
+            yes,
+            max_delete,
+        } => {
+            if *apply {
+                retention::apply(st, args, (*id, *vm), *yes, *max_delete)?
+            } else {
+                retention::show(st, *id, *vm, *json)?
+            }
+        }
         Command::Create(c) => jobs::create(st, c)?,
         Command::List { json } => jobs::list(st, json)?,
         Command::Show { id, json } => jobs::show(st, id, json)?,

@@ -145,3 +145,118 @@ pub(super) fn show(st: &State, id: u64, vm: Option<u64>, json: bool) -> Result<(
     }
     print(out.trim_end())
 }
+
+/// `--apply --yes`: carries the plan out through the datastore's own actions: `rm` for an
+/// image none of whose points stay, `increment_flatten` (KEEP_LAST for the oldest, and
+/// KEEP_INCREMENTS, which backstop's datastores read, for the others) for a chain that loses
+/// some. Refuses a plan that removes more than `max_delete` points, and a VM being backed up.
+pub(super) fn apply(
+    st: &mut State,
+    args: &super::Args,
+    (id, vm): (u64, Option<u64>),
+    yes: bool,
+    max_delete: usize,
+) -> Result<(), Error> {
+    use std::collections::BTreeMap;
+    if !yes {
+        return Err(input(
+            "--apply removes backups: add --yes to carry the plan out (run without --apply to read it first)",
+        ));
+    }
+    let (_, _, _, template) = st
+        .jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no backup job {id}")))?;
+    let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
+    let vms: Vec<u64> = match vm {
+        Some(v) if job.vms.contains(&v) => vec![v],
+        Some(v) => return Err(input(format!("VM {v} is not in backup job {id}"))),
+        None => job.vms.clone(),
+    };
+    let tz = jiff::tz::TimeZone::system();
+    let mut plans = Vec::new();
+    for v in vms {
+        plans.push((v, vm_plan(st, id, &job, v, &tz)?));
+    }
+    let going: usize = plans
+        .iter()
+        .map(|(_, p)| p.iter().filter(|x| !x.decision.keep).count())
+        .sum();
+    if going > max_delete {
+        return Err(Error::Refused(format!(
+            "the plan removes {going} points, more than --max-delete {max_delete}; nothing was removed"
+        )));
+    }
+    let running: Vec<u64> = st
+        .job_vms(id)?
+        .iter()
+        .filter(|r| r.state == Some(crate::state::VmState::Ongoing))
+        .map(|r| r.vm_id)
+        .collect();
+    let (_, text) = st
+        .datastores()?
+        .into_iter()
+        .find(|d| d.0 == job.datastore_id)
+        .map(|d| (d.1, d.2))
+        .ok_or_else(|| input(format!("there is no datastore {}", job.datastore_id)))?;
+    let (_, ds) = crate::model::datastore(job.datastore_id, &text, &args.datastore_location)
+        .map_err(|x| input(format!("datastore {}: {x}", job.datastore_id)))?;
+    let env = crate::runner::Env {
+        remotes: args.remotes.clone(),
+        datastore_location: args.datastore_location.clone(),
+    };
+    let mut removed = 0;
+    for (vm, points) in &plans {
+        if !points.iter().any(|p| !p.decision.keep) {
+            continue;
+        }
+        if running.contains(vm) {
+            return Err(Error::Refused(format!(
+                "VM {vm} is being backed up; apply the plan when it is done"
+            )));
+        }
+        let mut by_image: BTreeMap<u64, Vec<&Planned>> = BTreeMap::new();
+        for p in points {
+            by_image.entry(p.image).or_default().push(p);
+        }
+        for (image, pts) in by_image {
+            let gone: Vec<&&Planned> = pts.iter().filter(|p| !p.decision.keep).collect();
+            if gone.is_empty() {
+                continue;
+            }
+            if gone.len() == pts.len() {
+                crate::runner::rm_image(&env, st, &ds, image, "retention")?;
+                removed += gone.len();
+                print(&format!("VM {vm}: image {image} removed"))?;
+                continue;
+            }
+            let keep: Vec<u64> = pts
+                .iter()
+                .filter(|p| p.decision.keep)
+                .filter_map(|p| p.increment)
+                .collect();
+            let first = pts.iter().position(|p| p.decision.keep).unwrap_or(0);
+            let keep_last = (pts.len() - first) as u32;
+            crate::runner::flatten(&env, st, &ds, image, (keep_last, Some(&keep)), "retention")?;
+            let left: Vec<u64> = st.image(image)?.increments.iter().map(|n| n.id).collect();
+            let (done, stayed): (Vec<_>, Vec<_>) = gone
+                .iter()
+                .filter_map(|p| p.increment)
+                .partition(|n| !left.contains(n));
+            removed += done.len();
+            let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+            print(&format!(
+                "VM {vm}: image {image}: increments {} removed",
+                list(&done)
+            ))?;
+            if !stayed.is_empty() {
+                print(&format!(
+                    "VM {vm}: image {image}: increments {} stay: the datastore removes only the oldest increments of a chain",
+                    list(&stayed)
+                ))?;
+            }
+        }
+    }
+    print(&format!("retention of job {id}: {removed} points removed"))
+}

@@ -143,9 +143,15 @@ impl State {
             source: e,
         };
         let tx = self.conn.transaction().map_err(err)?;
+        // Every increment the datastore did not keep: those before the new base, and those
+        // between kept ones a retention plan removed.
+        let ids: Vec<String> = kept.iter().map(|(i, _)| i.to_string()).collect();
         tx.execute(
-            "DELETE FROM increments WHERE image_id = ?1 AND id < ?2",
-            params![image as i64, *base as i64],
+            &format!(
+                "DELETE FROM increments WHERE image_id = ?1 AND id NOT IN ({})",
+                ids.join(",")
+            ),
+            params![image as i64],
         )
         .map_err(err)?;
         tx.execute(

@@ -1,4 +1,5 @@
-//! `increment_flatten`: KEEP_LAST for INCREMENT chains (driver contract §5.7, §8.3).
+//! `increment_flatten`: KEEP_LAST for INCREMENT chains (driver contract §5.7, §8.3), and
+//! KEEP_INCREMENTS for the job runner's retention plans ([`keep_these`]).
 //!
 //! With increments `k0..kn` and `K = KEEP_LAST`, the first `n+1-K+1` increments merge into a
 //! new base that carries the last merged increment's id. A backstop snapshot already holds
@@ -40,9 +41,108 @@ pub fn merged_count(count: usize, keep: usize) -> usize {
 }
 
 pub fn run(request: &FlattenRequest, cfg: &DriverConfig) -> Result<Option<String>, Error> {
+    match &request.keep_increments {
+        Some(ids) => keep_these(request, ids, cfg),
+        None => keep_last(request, request.keep_last as usize, cfg),
+    }
+}
+
+/// `KEEP_INCREMENTS` (backstop's runner carrying out a retention plan, docs/retention.md):
+/// exactly these increments stay. Those before the first kept one go as with KEEP_LAST (the
+/// first kept one becomes the base); one between two kept ones can go only when every kept
+/// increment from the base on is a complete backstop snapshot (a stock delta needs its
+/// parents). Prints what KEEP_LAST prints; nothing when nothing goes.
+fn keep_these(
+    request: &FlattenRequest,
+    ids: &[u64],
+    cfg: &DriverConfig,
+) -> Result<Option<String>, Error> {
     let image = &request.image;
     let chain = image.chain();
-    let keep = request.keep_last as usize;
+    if let Some(id) = ids
+        .iter()
+        .find(|id| !chain.iter().any(|l| l.increment_id == **id))
+    {
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "KEEP_INCREMENTS names increment {id}, which image {} does not have",
+                image.id
+            ),
+        ));
+    }
+    let Some(first) = chain.iter().position(|l| ids.contains(&l.increment_id)) else {
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "KEEP_INCREMENTS keeps no increment of image {}: remove the image instead",
+                image.id
+            ),
+        ));
+    };
+    let between: Vec<_> = chain[first..]
+        .iter()
+        .filter(|l| !ids.contains(&l.increment_id))
+        .cloned()
+        .collect();
+    if between.is_empty() {
+        return keep_last(request, chain.len() - first, cfg);
+    }
+    let ds = &request.datastore;
+    let vm_id = vm_snapshots::image_vm_id(image)?;
+    let repo = open_repo(ds, image_repo_id(image)?, cfg)?;
+    for link in &chain[first..] {
+        let (_, snap) = vm_snapshots::find(&repo, &link.source, vm_id)?;
+        if !snap.tags.iter().any(|t| t == IMAGE_TAG) {
+            return Err(Error::new(
+                ErrorKind::Input,
+                format!(
+                    "increment {} of image {} is a delta of the stock driver: the increments after the base can go only from the oldest (KEEP_LAST)",
+                    link.increment_id, image.id
+                ),
+            ));
+        }
+    }
+    let size_mb: u64 = image
+        .increments
+        .iter()
+        .take(first + 1)
+        .filter_map(|i| i.size_mb)
+        .sum();
+    let mut gone = chain[..first].to_vec();
+    gone.extend(between);
+    let wait = lock_wait(ds);
+    let forget = vm_snapshots::present(&repo, &gone, vm_id)?;
+    repo.forget(&forget, wait)?;
+    repo.prune(
+        &PruneLimits {
+            max_unused: Some("unlimited".into()),
+            max_repack: Some("0".into()),
+        },
+        wait,
+    )
+    .map_err(|e| {
+        Error::new(
+            ErrorKind::Repository,
+            format!("the increments were forgotten but the prune failed: {e}"),
+        )
+    })?;
+    let kept: Vec<String> = chain[first..]
+        .iter()
+        .filter(|l| ids.contains(&l.increment_id))
+        .map(|l| format!("{}:{}", l.increment_id, l.source))
+        .collect();
+    Ok(Some(format!("{size_mb} {}", kept.join(","))))
+}
+
+/// KEEP_LAST `keep`, as oned asks it.
+fn keep_last(
+    request: &FlattenRequest,
+    keep: usize,
+    cfg: &DriverConfig,
+) -> Result<Option<String>, Error> {
+    let image = &request.image;
+    let chain = image.chain();
     let merged = merged_count(chain.len(), keep);
     if merged == 0 {
         return Ok(None);

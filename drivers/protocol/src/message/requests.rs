@@ -48,21 +48,39 @@ impl RmRequest {
     }
 }
 
-/// `increment_flatten`: the image, its datastore and `EXTRA_DATA/KEEP_LAST`.
+/// `increment_flatten`: the image, its datastore and `EXTRA_DATA/KEEP_LAST`; and, from
+/// backstop's job runner only, `EXTRA_DATA/KEEP_INCREMENTS` (the increment ids a retention
+/// plan keeps, comma-separated).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlattenRequest {
     pub image: Image,
     pub datastore: Datastore,
     pub keep_last: u32,
+    pub keep_increments: Option<Vec<u64>>,
 }
 
 impl FlattenRequest {
     pub fn from_xml(root: &Element) -> Result<Self, MessageError> {
         let node = action_root(root)?;
+        let keep_increments = node
+            .text("EXTRA_DATA/KEEP_INCREMENTS")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .map(|id| {
+                        id.parse::<u64>().map_err(|_| MessageError::NotNumber {
+                            path: node.sub("EXTRA_DATA/KEEP_INCREMENTS"),
+                            value: list.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<u64>, _>>()
+            })
+            .transpose()?;
         Ok(FlattenRequest {
             datastore: datastore_of(node)?,
             image: image_of(node)?,
             keep_last: node.required_number("EXTRA_DATA/KEEP_LAST")?,
+            keep_increments,
         })
     }
 }
