@@ -207,4 +207,29 @@ pub struct Snapshot {
     /// For a copy (restic `copy`, backstop's sync): the snapshot it was copied from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<RepoId>,
+    /// What the backup did (restic 0.17's `summary`; older snapshots have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+/// restic's snapshot summary, every field written. backstop's `total_bytes_processed` is what
+/// the backup read from its sources (of a disk image, only what it read: the changed extents of
+/// an increment), which is the size oned records for the backup (docs/repository-layout.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub backup_start: String,
+    pub backup_end: String,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs_new: u64,
+    pub dirs_changed: u64,
+    pub dirs_unmodified: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+    pub data_added: u64,
+    pub data_added_packed: u64,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
 }

@@ -31,6 +31,7 @@ impl ZeroIds {
         if shared.claim(id) {
             let blob = shared.seal(id, BlobKind::Data, &zeros, &mut shared.compressor()?)?;
             stats.new_blobs += 1;
+            stats.added_plain += len as u64;
             send(blobs, blob)?;
         }
         self.0.insert(len, id);
@@ -348,6 +349,9 @@ fn read_and_store(
                         Outcome::Data { id, stored } => {
                             stats.hashed_chunks += 1;
                             stats.new_blobs += usize::from(stored);
+                            if stored {
+                                stats.added_plain += len as u64;
+                            }
                             content[i] = id;
                         }
                     }

@@ -174,6 +174,8 @@ pub struct Stats {
     pub new_blobs: usize,
     /// Bytes of those blobs after compression and encryption.
     pub added_bytes: u64,
+    /// Bytes of those blobs as they were read (before compression).
+    pub added_plain: u64,
     /// Why an incremental request became a full read, if it did.
     pub full_reason: Option<String>,
 }
@@ -189,6 +191,7 @@ impl Stats {
         self.prepared_chunks += o.prepared_chunks;
         self.new_blobs += o.new_blobs;
         self.added_bytes += o.added_bytes;
+        self.added_plain += o.added_plain;
     }
 }
 
@@ -442,6 +445,7 @@ fn store_file(
                         shared.seal(id, BlobKind::Data, bytes, &mut shared.compressor()?)?,
                     )?;
                     stats.new_blobs = 1;
+                    stats.added_plain = bytes.len() as u64;
                 }
                 content.push(id);
             }
@@ -604,6 +608,7 @@ fn backup_prepared(
     repo.backend().sync()?;
     lock.check()?;
     save_index(repo, packs)?;
+    let summary = summary_of(files, &per_file, &total, (&time, options.parent.is_some()));
     let snapshot = Snapshot {
         time,
         parent: options.parent,
@@ -616,6 +621,7 @@ fn backup_prepared(
         tags: options.tags.clone(),
         program_version: Some(format!("backstop {}", env!("CARGO_PKG_VERSION"))),
         original: None,
+        summary: Some(summary),
     };
     if options.cancel.load(Ordering::SeqCst) {
         return Err(Error::new(ErrorKind::Cancelled, "the backup was cancelled"));
@@ -631,6 +637,37 @@ fn backup_prepared(
         total,
         files: per_file,
     })
+}
+
+/// restic's summary of this backup: the files as new (no parent) or changed (else), the
+/// blobs and bytes it added, and what it read (`total_bytes_processed`: of an image, what was
+/// read; of bytes given, their length).
+fn summary_of(
+    files: &[FileSpec<'_>],
+    per_file: &[(String, Stats)],
+    total: &Stats,
+    (start, with_parent): (&str, bool),
+) -> crate::format::Summary {
+    let given: u64 = files
+        .iter()
+        .map(|f| match &f.content {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Image { .. } => 0,
+        })
+        .sum();
+    let n = per_file.len() as u64;
+    crate::format::Summary {
+        backup_start: start.to_string(),
+        backup_end: jiff::Timestamp::now().to_string(),
+        files_new: if with_parent { 0 } else { n },
+        files_changed: if with_parent { n } else { 0 },
+        data_blobs: total.new_blobs as u64,
+        data_added: total.added_plain,
+        data_added_packed: total.added_bytes,
+        total_files_processed: n,
+        total_bytes_processed: total.bytes_read + given,
+        ..crate::format::Summary::default()
+    }
 }
 
 #[cfg(test)]
