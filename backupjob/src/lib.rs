@@ -16,6 +16,7 @@
 //! - [`error`]: the one error type, with the kind of failure.
 
 pub mod cli;
+pub mod discover;
 pub mod engine;
 pub mod error;
 pub mod filters;

@@ -198,6 +198,92 @@ pub fn find_parent(
         .map(|(id, s, _)| (*id, s.clone()))
 }
 
+/// A VM backup found in a repository (what `backupjob discover` records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundBackup {
+    /// The snapshot id (hex).
+    pub snapshot: String,
+    pub vm_id: u64,
+    /// The increment its disk files are named for (`disk.<id>.<increment>`).
+    pub increment: u64,
+    pub time: i64,
+    /// What the backup read (its summary), else the sum of its disks' sizes (a snapshot
+    /// without a summary: the stock driver's, or an older backstop's).
+    pub size_bytes: u64,
+    /// The VM document saved with it (`<VM>...</VM>`), and what it says of the backup.
+    pub vm: Option<(String, Vm)>,
+}
+
+/// Every VM backup in repository `repo_id` of a datastore (snapshots with a `one-<vm>` tag and
+/// disk files), oldest first.
+pub fn found_backups(
+    ds: &Datastore,
+    repo_id: &str,
+    cfg: &DriverConfig,
+) -> Result<Vec<FoundBackup>, Error> {
+    let repo = open_repo(ds, repo_id.to_string(), cfg)?;
+    let wait = crate::settings::lock_wait(ds);
+    let mut known = None;
+    let mut out = Vec::new();
+    for (id, snap, time) in repo.all_snapshots()? {
+        let Some(vm_id) = snap
+            .tags
+            .iter()
+            .find_map(|t| t.strip_prefix("one-")?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let disks = crate::layout::snapshot_disks(&snap.paths);
+        let Some(increment) = disks
+            .values()
+            .find_map(|p| crate::layout::stored_increment(base_name(p)))
+            .map(|(_, n)| n)
+        else {
+            continue;
+        };
+        let size_bytes = match &snap.summary {
+            Some(s) => s.total_bytes_processed,
+            None => {
+                let known = match &known {
+                    Some(k) => k,
+                    None => known.insert(repo.known_blobs()?),
+                };
+                let mut sum = 0;
+                for path in disks.values() {
+                    sum += repo.file_node(&snap, path, known)?.map_or(0, |n| n.size);
+                }
+                sum
+            }
+        };
+        let hex = id.to_hex().to_string();
+        let vm = match snap.paths.iter().find(|p| base_name(p) == "vm.xml") {
+            None => None,
+            Some(path) => {
+                let mut bytes = Vec::new();
+                repo.dump(&hex, path, &mut bytes, wait)?;
+                backstop_protocol::input::decode_siblings(
+                    &bytes,
+                    backstop_protocol::input::Encoding::Base64,
+                )
+                .ok()
+                .and_then(|roots| {
+                    let vm = backstop_protocol::message::vm_from_siblings(&roots).ok()?;
+                    Some((roots.first()?.to_xml(), vm))
+                })
+            }
+        };
+        out.push(FoundBackup {
+            snapshot: hex,
+            vm_id,
+            increment,
+            time: time.as_second(),
+            size_bytes,
+            vm,
+        });
+    }
+    Ok(out)
+}
+
 /// The VM saved in a snapshot's `vm.xml` (base64 of the VM XML, as prebackup writes it).
 pub fn saved_vm(
     repo: &Repo,

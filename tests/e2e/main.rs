@@ -11,6 +11,7 @@ mod ceph_stock;
 mod cephcluster;
 mod cloud;
 mod crash;
+mod discover;
 mod install;
 mod jobs;
 mod live;

@@ -171,6 +171,12 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 10)]
         max_delete: usize,
     },
+    /// Record in the state the backups already in a datastore's repositories (images,
+    /// increments, VMs, jobs), so that a lost state is rebuilt from the repositories; what the
+    /// state holds is left as it is.
+    Discover {
+        datastore: u64,
+    },
     /// Run the jobs whose scheduled actions are due (one pass, or --loop as a daemon that
     /// stops cleanly on SIGTERM).
     Scheduler {
@@ -644,6 +650,18 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
         Command::SchedAdd(a) => schedules::add(st, a)?,
         Command::SchedUpdate(u) => schedules::update(st, u)?,
         Command::SchedDelete { id, sched_id } => st.delete_sched_action(*id, *sched_id)?,
+        Command::Discover { datastore } => {
+            let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
+            let lines = crate::discover::discover(st, *datastore, &args.datastore_location, &cfg)?;
+            if lines.is_empty() {
+                print(&format!(
+                    "datastore {datastore}: nothing the state does not hold already"
+                ))?;
+            }
+            for l in lines {
+                print(&l)?;
+            }
+        }
         Command::Scheduler { forever, interval } => schedules::daemon(st, args, forever, interval)?,
     }
     Ok(ExitCode::SUCCESS)

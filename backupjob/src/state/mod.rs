@@ -12,6 +12,7 @@
 //! the engine settles them by what really happened.
 
 use backstop_datastore::process::ProcessId;
+mod discovered;
 mod images;
 mod inventory;
 mod schedules;
