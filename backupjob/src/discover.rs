@@ -317,7 +317,11 @@ mod tests {
         for (points, want) in [
             // A chain of three: the first says "new", the others name image 4.
             (
-                vec![point(0, 1, Some(-1)), point(1, 2, Some(4)), point(2, 3, Some(4))],
+                vec![
+                    point(0, 1, Some(-1)),
+                    point(1, 2, Some(4)),
+                    point(2, 3, Some(4)),
+                ],
                 vec![(Some(4), vec![0, 1, 2])],
             ),
             // FULL images: each a new chain.
