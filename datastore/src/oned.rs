@@ -5,9 +5,12 @@
 //! - Session: the first line of the file `ONE_AUTH` names, else `~/.one/one_auth`, else
 //!   `/var/lib/one/.one/one_auth`: `user:password`, sent as oned's core authentication expects.
 //!
-//! Only plain `http://` endpoints are spoken (oned listens on plain HTTP; a TLS proxy in front
-//! of it is the operator's choice and is refused with a clear message). The session string is a
-//! secret: it is never part of an error, a log line or `Debug` output.
+//! `http://` (oned's own port) and `https://` endpoints (a TLS proxy in front of oned, as
+//! production front-ends have) are spoken. Over https the server's certificate is verified
+//! against the system's roots and, as OpenNebula's own clients do, the certificates in the
+//! directory `ONE_CERT_DIR` names (a private CA), and its name against the endpoint's host;
+//! `ONE_DISABLE_SSL_VERIFY`, which OpenNebula's clients honour, is refused. The session string
+//! is a secret: it is never part of an error, a log line or `Debug` output.
 
 use crate::{Error, ErrorKind};
 use backstop_protocol::xmlrpc::{self, OnedReply, Value};
@@ -29,6 +32,8 @@ pub struct OnedClient {
     host: String,
     port: u16,
     path: String,
+    /// Over TLS (`https://`).
+    tls: bool,
     session: String,
 }
 
@@ -100,14 +105,19 @@ impl OnedClient {
     /// A client for `endpoint` (`http://host[:port]/path`) with a session string.
     pub fn new(endpoint: &str, session: String) -> Result<OnedClient, Error> {
         let bad = |why: &str| oned_error(format!("ONE_XMLRPC endpoint {endpoint:?} {why}"));
-        if endpoint.starts_with("https://") {
-            return Err(bad(
-                "uses https, which backstop does not speak yet; point ONE_XMLRPC at oned's plain http port",
+        let (tls, rest) = match (
+            endpoint.strip_prefix("https://"),
+            endpoint.strip_prefix("http://"),
+        ) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => return Err(bad("is not an http:// or https:// URL")),
+        };
+        if tls && std::env::var_os("ONE_DISABLE_SSL_VERIFY").is_some_and(|v| !v.is_empty()) {
+            return Err(oned_error(
+                "ONE_DISABLE_SSL_VERIFY is set: backstop always verifies oned's certificate; trust a private CA with ONE_CERT_DIR instead".into(),
             ));
         }
-        let rest = endpoint
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("is not an http:// URL"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/RPC2"),
@@ -117,7 +127,7 @@ impl OnedClient {
                 h.trim_start_matches('[').trim_end_matches(']'),
                 p.parse::<u16>().map_err(|_| bad("has a bad port"))?,
             ),
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(bad("has no host"));
@@ -127,6 +137,7 @@ impl OnedClient {
             host: host.to_string(),
             port,
             path: path.to_string(),
+            tls,
             session,
         })
     }
@@ -233,11 +244,57 @@ impl OnedClient {
             self.path,
             body.len()
         );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body.as_bytes())?;
-        stream.flush()?;
+        if self.tls {
+            let mut stream = self
+                .tls_connector()?
+                .connect(&self.host, stream)
+                .map_err(|e| {
+                    std::io::Error::other(format!("TLS with {}:{}: {e}", self.host, self.port))
+                })?;
+            exchange(&mut stream, &head, body)?;
+            return read_http_response(BufReader::new(stream));
+        }
+        exchange(&mut stream, &head, body)?;
         read_http_response(BufReader::new(stream))
     }
+
+    /// Verifies the server against the system's roots and those in `ONE_CERT_DIR`, and its
+    /// name against the endpoint's host.
+    fn tls_connector(&self) -> std::io::Result<openssl::ssl::SslConnector> {
+        let tls = |e: openssl::error::ErrorStack| std::io::Error::other(format!("TLS: {e}"));
+        let mut builder =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+                .map_err(tls)?;
+        if let Some(dir) = std::env::var_os("ONE_CERT_DIR").filter(|d| !d.is_empty()) {
+            let dir = PathBuf::from(dir);
+            let entries = std::fs::read_dir(&dir).map_err(|e| {
+                std::io::Error::other(format!("cannot read ONE_CERT_DIR {}: {e}", dir.display()))
+            })?;
+            for entry in entries {
+                let path = entry?.path();
+                if !path.is_file() {
+                    continue;
+                }
+                let pem = std::fs::read(&path)?;
+                let certs = openssl::x509::X509::stack_from_pem(&pem).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "{} in ONE_CERT_DIR is not a PEM certificate: {e}",
+                        path.display()
+                    ))
+                })?;
+                for cert in certs {
+                    builder.cert_store_mut().add_cert(cert).map_err(tls)?;
+                }
+            }
+        }
+        Ok(builder.build())
+    }
+}
+
+fn exchange(stream: &mut impl Write, head: &str, body: &str) -> std::io::Result<()> {
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
 }
 
 /// A server-cipher login (driver contract §9.3): the server user of `ONE_CIPHER_AUTH` (default
@@ -378,7 +435,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_are_parsed_and_https_is_refused_clearly() {
+    fn endpoints_are_parsed() {
         let c = OnedClient::new("http://localhost:2633/RPC2", "u:p".into()).expect("parse");
         assert_eq!(
             (c.host.as_str(), c.port, c.path.as_str()),
@@ -391,8 +448,10 @@ mod tests {
             (c.host.as_str(), c.port, c.path.as_str()),
             ("one.example", 80, "/RPC2")
         );
-        let e = OnedClient::new("https://one.example/RPC2", "u:p".into()).expect_err("https");
-        assert!(e.to_string().contains("uses https"), "{e}");
+        let c = OnedClient::new("https://one.example/RPC2", "u:p".into()).expect("https");
+        assert_eq!((c.host.as_str(), c.port, c.tls), ("one.example", 443, true));
+        let e = OnedClient::new("ftp://one.example/RPC2", "u:p".into()).expect_err("ftp");
+        assert!(e.to_string().contains("http:// or https://"), "{e}");
         assert!(OnedClient::new("ftp://x", "u:p".into()).is_err());
         assert!(OnedClient::new("http://x:port/", "u:p".into()).is_err());
         assert!(OnedClient::new("http://:2633/", "u:p".into()).is_err());

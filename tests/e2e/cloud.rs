@@ -872,7 +872,7 @@ fn the_whole_cycle(cloud: &Cloud) {
         ("ONE_CIPHER_AUTH", cipher_auth.to_str().expect("utf-8")),
         ("ONE_AUTH", auth.to_str().expect("utf-8")),
     ];
-    let restore = |options: &str| {
+    let restore_via = |options: &str, env: &[(&str, &str)]| {
         let data = format!(
             "<DS_DRIVER_ACTION_DATA>{image}{ds}<DESTINATION_DS_ID>1</DESTINATION_DS_ID>\
              <TEMPLATE><USERNAME>alice</USERNAME>{options}</TEMPLATE></DS_DRIVER_ACTION_DATA>"
@@ -881,9 +881,10 @@ fn the_whole_cycle(cloud: &Cloud) {
             cloud.action("restore"),
             &["7"],
             support::b64(&data).as_bytes(),
-            &restore_env,
+            env,
         )
     };
+    let restore = |options: &str| restore_via(options, &restore_env);
     let before = oned.calls().len();
     let out = restore("<INCREMENT_ID>1</INCREMENT_ID>");
     assert_eq!(out.code, Some(0), "restore: {}", out.stderr);
@@ -1013,6 +1014,9 @@ fn the_whole_cycle(cloud: &Cloud) {
         "{}",
         out.stderr
     );
+    if cloud.s3.as_ref().is_some_and(|s| s.ca.is_some()) {
+        https_oned(&oned, cloud, (&url, &downloads), &restore_via, &restore_env);
+    }
     // A wrong server password: oned refuses the login.
     fs::write(&cipher_auth, "serveradmin:not-the-password\n").expect("onegate_auth");
     let out = restore("");
@@ -1073,6 +1077,95 @@ fn the_whole_cycle(cloud: &Cloud) {
 /// backup_cancel stops a running backup found through its PID file: the backup exits 1 with
 /// one line, no snapshot is written, no lock is left (restic check takes an exclusive one)
 /// and the repository checks clean.
+/// The MOCK oned behind TLS with a private CA, as production front-ends behind a proxy have
+/// it: the downloader streams a disk and restore allocates an image with `ONE_XMLRPC` on
+/// https and `ONE_CERT_DIR` naming the CA; without the CA the certificate is refused, and
+/// `ONE_DISABLE_SSL_VERIFY` is refused; each with one line and exit 1.
+fn https_oned(
+    oned: &MockOned,
+    cloud: &Cloud,
+    (url, downloads): (&str, &Path),
+    restore_via: &dyn Fn(&str, &[(&str, &str)]) -> Outcome,
+    plain_env: &[(&str, &str)],
+) {
+    let tls_dir = cloud.dir.path().join("oned-tls");
+    fs::create_dir_all(&tls_dir).expect("dir");
+    let (https, ca_dir) = oned.serve_tls(&tls_dir);
+    let ca = ca_dir.to_str().expect("utf-8");
+    let mut env: Vec<(&str, &str)> = plain_env
+        .iter()
+        .filter(|(k, _)| *k != "ONE_XMLRPC")
+        .copied()
+        .collect();
+    env.push(("ONE_XMLRPC", &https));
+    let before = oned.calls().len();
+    let download = |env: &[(&str, &str)]| {
+        let target = downloads.join("over-tls.qcow2");
+        let _ = fs::remove_file(&target);
+        let out = support::run_env(
+            cloud.remotes.join("datastore/downloader.sh"),
+            &[url, target.to_str().expect("utf-8")],
+            b"",
+            env,
+        );
+        (out, target)
+    };
+    let mut trusted = env.clone();
+    trusted.push(("ONE_CERT_DIR", ca));
+    let (out, target) = download(&trusted);
+    assert_eq!(out.code, Some(0), "downloader over https: {}", out.stderr);
+    sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            target.to_str().expect("utf-8"),
+            downloads.join("disk.0.1.raw").to_str().expect("utf-8"),
+        ],
+    );
+    let out = restore_via("<DISK_ID>1</DISK_ID><NAME>over-tls</NAME>", &trusted);
+    assert_eq!(out.code, Some(0), "restore over https: {}", out.stderr);
+    assert_eq!(out.stdout.split_whitespace().next(), Some("-1"));
+    assert!(
+        oned.calls()[before..]
+            .iter()
+            .any(|c| c.method == "one.image.allocate"),
+        "the restore reached oned over TLS"
+    );
+    // Without the CA: refused, one line.
+    let out = support::run_env(
+        cloud.remotes.join("datastore/backstop_downloader"),
+        &[url],
+        b"",
+        &env,
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("certificate verify failed") && out.stderr.lines().count() == 1,
+        "{}",
+        out.stderr
+    );
+    let mut insecure = trusted.clone();
+    insecure.push(("ONE_DISABLE_SSL_VERIFY", "1"));
+    let out = support::run_env(
+        cloud.remotes.join("datastore/backstop_downloader"),
+        &[url],
+        b"",
+        &insecure,
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("ONE_DISABLE_SSL_VERIFY is set: backstop always verifies"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn backup_cancel_stops_a_running_backup_and_leaves_the_repository_clean() {
     use std::io::Write;

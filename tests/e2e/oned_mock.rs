@@ -21,12 +21,24 @@ pub struct Call {
 type Handler = dyn Fn(&str, &[Value]) -> Value + Send + Sync;
 type Accept = dyn Fn(&str) -> bool + Send + Sync;
 
+type TlsFront = (
+    String,
+    std::path::PathBuf,
+    std::net::SocketAddr,
+    JoinHandle<()>,
+);
+
 pub struct MockOned {
     pub endpoint: String,
     pub calls: Arc<Mutex<Vec<Call>>>,
     stop: Arc<AtomicBool>,
     addr: std::net::SocketAddr,
     thread: Option<JoinHandle<()>>,
+    accept: Arc<Accept>,
+    handler: Arc<Handler>,
+    /// The same API over TLS, when started: its endpoint, the directory holding its private
+    /// CA's certificate (for ONE_CERT_DIR), its address and thread.
+    tls: Mutex<Option<TlsFront>>,
 }
 
 /// oned's success reply.
@@ -58,12 +70,14 @@ impl MockOned {
         let thread = {
             let calls = calls.clone();
             let stop = stop.clone();
+            let (accept, handler) = (accept.clone(), handler.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
                     let _ = serve(conn, &*accept, &*handler, &calls);
                 }
             })
@@ -74,7 +88,45 @@ impl MockOned {
             stop,
             addr,
             thread: Some(thread),
+            accept,
+            handler,
+            tls: Mutex::new(None),
         }
+    }
+
+    /// Serves the same API over TLS too, on another port of 127.0.0.1, with a certificate of a
+    /// private CA made in `dir` (openssl); returns the https endpoint and the directory that
+    /// holds the CA's certificate alone.
+    pub fn serve_tls(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+        let (ca, cert, key) = crate::s3server::make_tls(dir);
+        let ca_dir = dir.join("oned-ca");
+        std::fs::create_dir_all(&ca_dir).expect("ca dir");
+        std::fs::copy(&ca, ca_dir.join("ca.pem")).expect("ca");
+        let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+        b.set_private_key_file(&key, SslFiletype::PEM).expect("key");
+        b.set_certificate_chain_file(&cert).expect("cert");
+        let acceptor = b.build();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind tls mock oned");
+        let addr = listener.local_addr().expect("addr");
+        let (calls, stop) = (self.calls.clone(), self.stop.clone());
+        let (accept, handler) = (self.accept.clone(), self.handler.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                if let Ok(tls) = acceptor.accept(conn) {
+                    let _ = serve(tls, &*accept, &*handler, &calls);
+                }
+            }
+        });
+        let endpoint = format!("https://{addr}/RPC2");
+        *self.tls.lock().expect("tls") = Some((endpoint.clone(), ca_dir.clone(), addr, thread));
+        (endpoint, ca_dir)
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -90,17 +142,20 @@ impl Drop for MockOned {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some((_, _, addr, t)) = self.tls.lock().ok().and_then(|mut t| t.take()) {
+            let _ = TcpStream::connect(addr);
+            let _ = t.join();
+        }
     }
 }
 
 fn serve(
-    conn: TcpStream,
+    conn: impl Read + Write,
     accept: &Accept,
     handler: &Handler,
     calls: &Mutex<Vec<Call>>,
 ) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut reader = BufReader::new(conn);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut length = 0usize;
@@ -145,7 +200,7 @@ fn serve(
         Err(e) => failed(&format!("bad call: {e}"), 1),
     };
     let text = xmlrpc::method_response(&[reply]);
-    let mut conn = conn;
+    let conn = reader.get_mut();
     write!(
         conn,
         "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",

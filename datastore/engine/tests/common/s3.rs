@@ -77,7 +77,7 @@ fn run(cmd: &str, args: &[&str]) {
 }
 
 /// A private CA and a server certificate for 127.0.0.1 signed by it.
-fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = dir.join("ca.key");
     let ca = dir.join("ca.pem");
     let key = dir.join("server.key");
