@@ -1077,6 +1077,9 @@ fn the_whole_cycle(cloud: &Cloud) {
 /// backup_cancel stops a running backup found through its PID file: the backup exits 1 with
 /// one line, no snapshot is written, no lock is left (restic check takes an exclusive one)
 /// and the repository checks clean.
+/// `restore` with options and an environment.
+type RestoreVia = dyn Fn(&str, &[(&str, &str)]) -> Outcome;
+
 /// The MOCK oned behind TLS with a private CA, as production front-ends behind a proxy have
 /// it: the downloader streams a disk and restore allocates an image with `ONE_XMLRPC` on
 /// https and `ONE_CERT_DIR` naming the CA; without the CA the certificate is refused, and
@@ -1085,7 +1088,7 @@ fn https_oned(
     oned: &MockOned,
     cloud: &Cloud,
     (url, downloads): (&str, &Path),
-    restore_via: &dyn Fn(&str, &[(&str, &str)]) -> Outcome,
+    restore_via: &RestoreVia,
     plain_env: &[(&str, &str)],
 ) {
     let tls_dir = cloud.dir.path().join("oned-tls");
