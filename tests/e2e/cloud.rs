@@ -1078,7 +1078,7 @@ fn the_whole_cycle(cloud: &Cloud) {
 /// one line, no snapshot is written, no lock is left (restic check takes an exclusive one)
 /// and the repository checks clean.
 /// `restore` with options and an environment.
-type RestoreVia = dyn Fn(&str, &[(&str, &str)]) -> Outcome;
+type RestoreVia<'a> = dyn Fn(&str, &[(&str, &str)]) -> Outcome + 'a;
 
 /// The MOCK oned behind TLS with a private CA, as production front-ends behind a proxy have
 /// it: the downloader streams a disk and restore allocates an image with `ONE_XMLRPC` on
@@ -1088,7 +1088,7 @@ fn https_oned(
     oned: &MockOned,
     cloud: &Cloud,
     (url, downloads): (&str, &Path),
-    restore_via: &RestoreVia,
+    restore_via: &RestoreVia<'_>,
     plain_env: &[(&str, &str)],
 ) {
     let tls_dir = cloud.dir.path().join("oned-tls");
