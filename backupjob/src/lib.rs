@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod filters;
 pub mod model;
+pub mod notify;
 pub mod retention;
 pub mod runner;
 pub mod schedule;

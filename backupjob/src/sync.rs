@@ -555,7 +555,7 @@ pub fn scheduled_pass(
     st: &mut State,
     location: &str,
     cfg: &DriverConfig,
-    now: i64,
+    (now, notify): (i64, &crate::notify::Settings),
 ) -> Result<Vec<String>, Error> {
     let due = |last: Option<i64>, every: Option<u64>| {
         every.is_some_and(|e| last.is_none_or(|l| l + e as i64 <= now))
@@ -575,16 +575,28 @@ pub fn scheduled_pass(
         };
         match run(st, id, location, cfg, report)? {
             None => lines.push(format!("sync job {id}: running already, not started again")),
-            Some(r) => lines.push(format!(
-                "sync job {id}: run {}: {} snapshots copied, {} bytes written{}",
-                r.id,
-                r.snapshots,
-                r.bytes_written,
-                r.error.map_or(String::new(), |e| format!(
-                    "; FAILED: {}",
-                    e.replace('\n', "; ")
-                ))
-            )),
+            Some(r) => {
+                lines.push(format!(
+                    "sync job {id}: run {}: {} snapshots copied, {} bytes written{}",
+                    r.id,
+                    r.snapshots,
+                    r.bytes_written,
+                    r.error.as_ref().map_or(String::new(), |e| format!(
+                        "; FAILED: {}",
+                        e.replace('\n', "; ")
+                    ))
+                ));
+                let failed: Vec<String> = r
+                    .error
+                    .as_deref()
+                    .map(|e| e.lines().map(str::to_string).collect())
+                    .unwrap_or_default();
+                lines.extend(
+                    crate::notify::after_run(notify, ("sync job", id, &text), &failed)
+                        .into_iter()
+                        .map(|l| format!("sync job {id}: {l}")),
+                );
+            }
         }
     }
     let last_runs = st.verify_last_runs()?;
@@ -606,6 +618,11 @@ pub fn scheduled_pass(
                     r.damaged
                         .iter()
                         .map(|d| format!("verify job {id}: FAILED: {d}")),
+                );
+                lines.extend(
+                    crate::notify::after_run(notify, ("verify job", id, &text), &r.damaged)
+                        .into_iter()
+                        .map(|l| format!("verify job {id}: {l}")),
                 );
             }
         }

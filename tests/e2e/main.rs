@@ -15,6 +15,7 @@ mod discover;
 mod install;
 mod jobs;
 mod live;
+mod notify;
 mod oned_mock;
 mod remotes;
 mod repo_cli;

@@ -245,12 +245,16 @@ pub(super) fn backup(st: &mut State, args: &Args, id: &u64) -> Result<ExitCode, 
         ..Limits::default()
     };
     let mut reporter = Reporter::new(args.progress_every);
+    let since = jiff::Timestamp::now().as_millisecond();
     let (updated, failed) = engine::run_now(&env, st, *id, &limits, |ev| {
         reporter.event("", ev);
     })?;
     print(&format!(
         "backup job {id}: {updated} VMs backed up, {failed} in ERROR"
     ))?;
+    for line in crate::notify::after_job_run(st, &super::notify_settings(), *id, since) {
+        eprintln!("backupjob: backup job {id}: {line}");
+    }
     if failed > 0 {
         return Ok(ExitCode::FAILURE);
     }

@@ -451,6 +451,15 @@ fn event_line(ev: &Event) -> String {
 
 /// Shows a run's events: a line each; progress as one live line on a terminal, redrawn in
 /// place, or as a log line per VM every `every` otherwise.
+/// The global notification settings from the environment; none (and a line on stderr) when
+/// they are wrong.
+pub(crate) fn notify_settings() -> crate::notify::Settings {
+    crate::notify::Settings::from_env().unwrap_or_else(|e| {
+        eprintln!("backupjob: notifications are off: {e}");
+        crate::notify::Settings::default()
+    })
+}
+
 /// Progress of a sync run, whose progress lines come from another thread: on a terminal one
 /// live line, redrawn; else a line every `every` (the first after `every`). The lines that end
 /// a step are always printed.

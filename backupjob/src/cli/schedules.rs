@@ -50,7 +50,9 @@ pub(super) fn daemon(
     let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
     let mut reporter = Reporter::new(args.progress_every);
+    let notify = super::notify_settings();
     loop {
+        let since = jiff::Timestamp::now().as_millisecond();
         let ran = engine::scheduler_pass(&env, st, &limits, &tz, |job, ev| {
             reporter.event(&format!("job {job}: "), ev);
         })?;
@@ -58,10 +60,16 @@ pub(super) fn daemon(
             let list: Vec<String> = ran.iter().map(u64::to_string).collect();
             print(&format!("scheduler: ran backup jobs {}", list.join(", ")))?;
         }
+        for job in &ran {
+            for line in crate::notify::after_job_run(st, &notify, *job, since) {
+                print(&format!("scheduler: backup job {job}: {line}"))?;
+            }
+        }
         // Then the sync and verify jobs whose EVERY has come round.
         let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
         let now = jiff::Timestamp::now().as_second();
-        for line in crate::sync::scheduled_pass(st, &args.datastore_location, &cfg, now)? {
+        for line in crate::sync::scheduled_pass(st, &args.datastore_location, &cfg, (now, &notify))?
+        {
             print(&format!("scheduler: {line}"))?;
         }
         if !*forever {

@@ -143,6 +143,17 @@ pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Erro
         for line in e.lines() {
             eprintln!("backupjob: sync job {id}: {line}");
         }
+        let text = st
+            .sync_jobs()?
+            .into_iter()
+            .find(|j| j.0 == id)
+            .map(|j| j.2)
+            .unwrap_or_default();
+        let failed: Vec<String> = e.lines().map(str::to_string).collect();
+        let global = super::notify_settings();
+        for line in crate::notify::after_run(&global, ("sync job", id, &text), &failed) {
+            eprintln!("backupjob: sync job {id}: {line}");
+        }
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -161,5 +161,15 @@ pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Erro
     for d in &out.damaged {
         eprintln!("backupjob: verify job {id}: {d}");
     }
+    let text = st
+        .verify_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .map(|j| j.2)
+        .unwrap_or_default();
+    let global = super::notify_settings();
+    for line in crate::notify::after_run(&global, ("verify job", id, &text), &out.damaged) {
+        eprintln!("backupjob: verify job {id}: {line}");
+    }
     Ok(ExitCode::FAILURE)
 }
