@@ -44,6 +44,21 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// A dashboard, a JSON API and Prometheus metrics over the job runner's state, read-only.
+    /// Loopback addresses only, unless BACKSTOP_API_TOKEN and BACKSTOP_WEB_PASSWORD_HASH are
+    /// set (docs/web.md).
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8421")]
+        listen: std::net::SocketAddr,
+        /// The state database (default: $BACKSTOP_STATE, else <data dir>/backstop/state.db).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Read a password on stdin, print its argon2 hash for BACKSTOP_WEB_PASSWORD_HASH, and
+        /// exit.
+        #[arg(long)]
+        hash_password: bool,
+    },
     /// Run the driver action a remotes path names, with oned's arguments (what the shims call).
     Action {
         /// e.g. /var/lib/one/remotes/datastore/backstop/monitor
@@ -99,6 +114,45 @@ enum Command {
     },
 }
 
+fn serve(listen: std::net::SocketAddr, state: Option<PathBuf>, hash_password: bool) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("backstop serve: {e}");
+        ExitCode::FAILURE
+    };
+    if hash_password {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            return fail(format!("cannot read the password: {e}"));
+        }
+        let password = line.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return fail("the password on stdin is empty".into());
+        }
+        return match backstop_web::auth::hash_password(password) {
+            Ok(h) => {
+                let _ = writeln!(std::io::stdout(), "{h}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let Some(state) = state.or_else(backstop_backupjob::state::default_path) else {
+        return fail("no state database: give --state or set BACKSTOP_STATE or HOME".into());
+    };
+    let credentials = match backstop_web::auth::Credentials::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match backstop_web::serve(backstop_web::Options {
+        listen,
+        state,
+        credentials,
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
 /// `backstop <group> ...` as `backstop backupjob <group> ...`.
 fn backupjob_group(group: &str, args: Vec<OsString>) -> ExitCode {
     let mut all: Vec<OsString> = vec!["backupjob".into(), group.into()];
@@ -138,6 +192,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::VerifyJob { args } => backupjob_group("verify-job", args),
 
         Command::Repo(args) => repo_cli::main(&args),
+        Command::Serve {
+            listen,
+            state,
+            hash_password,
+        } => serve(listen, state, hash_password),
         Command::HostBackup {
             staging,
             ssh_config,

@@ -30,3 +30,4 @@ mod sync_crash;
 mod sync_filters;
 mod sync_jobs;
 mod tm;
+mod web;

@@ -1,0 +1,329 @@
+//! `backstop serve` (docs/web.md) over a state made by a real job run: VM 22 backed up, VM 23
+//! failed (its host does not answer). The JSON API, the metrics and the pages say so; with
+//! credentials set, pages need a login (argon2 password, session cookie, CSRF token on every
+//! form) and the API a token; a non-loopback address without credentials is refused. HTTP is
+//! spoken by hand here (one request per connection), as a monitoring system would.
+
+use crate::jobs::{cli_prefix, cloud_with_tm, datastore_template};
+use crate::support::BACKSTOP;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+pub struct Served {
+    child: Child,
+    pub addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `backstop serve` on a free loopback port with `env`.
+pub fn serve(state: &std::path::Path, env: &[(&str, &str)]) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(BACKSTOP)
+        .args(["serve", "--listen", &addr, "--state"])
+        .arg(state)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let served = Served { child, addr };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while TcpStream::connect(&served.addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    served
+}
+
+/// One request; (status, head, body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // Bodies come whole or chunked; a chunked one is joined.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A state with VM 22 backed up and VM 23 in ERROR, from a real run of job 1.
+pub fn state_with_a_failure(cloud: &crate::cloud::Cloud) -> std::path::PathBuf {
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    fs::write(work.join("ds.tmpl"), datastore_template(cloud, "")).expect("ds");
+    let doc = cloud.vm_xml(-1, -1);
+    fs::write(work.join("vm22.xml"), &doc).expect("vm");
+    fs::write(
+        work.join("vm23.xml"),
+        doc.replace("<ID>22</ID>", "<ID>23</ID>")
+            .replace("<HOSTNAME>hv1</HOSTNAME>", "<HOSTNAME>down</HOSTNAME>"),
+    )
+    .expect("vm");
+    fs::write(
+        work.join("job.tmpl"),
+        "NAME = \"nightly\"\nBACKUP_VMS = \"22,23\"\nDATASTORE_ID = 1\nMODE = INCREMENT\nKEEP_LAST = 3\n",
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let common = cli_prefix(cloud, &state, &[]);
+    let bj = |args: &[&str]| crate::jobs::run_cli(&common, args);
+    let file = |n: &str| work.join(n).display().to_string();
+    for args in [
+        vec!["datastore", "create", &file("ds.tmpl")],
+        vec!["vm", "register", &file("vm22.xml")],
+        vec!["vm", "register", &file("vm23.xml")],
+        vec!["create", &file("job.tmpl")],
+    ] {
+        let out = bj(&args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+    }
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    state
+}
+
+#[test]
+fn serve_shows_real_runs_and_guards_what_it_shows() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let state = state_with_a_failure(&cloud);
+    let web = serve(&state, &[]);
+    let get = |path: &str| http(&web.addr, "GET", path, &[], "");
+
+    let (code, _, body) = get("/api/status");
+    assert_eq!(code, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("status json");
+    assert_eq!(s["vms"]["by_state"]["ERROR"], 1, "{s}");
+    assert_eq!(s["vms"]["by_state"]["UPDATED"], 1, "{s}");
+    assert_eq!(s["vms"]["never_backed_up"], 1, "{s}");
+    assert_eq!(s["failing"][0]["vm"], 23, "{s}");
+    assert!(
+        s["failing"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("down")),
+        "{s}"
+    );
+    assert_eq!(s["oldest_backup"]["vm"], 22, "{s}");
+    let age = s["oldest_backup"]["age_seconds"].as_i64().expect("age");
+    assert!((0..600).contains(&age), "{s}");
+    assert!(s["running"].as_array().is_some_and(Vec::is_empty));
+
+    let (code, _, metrics) = get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("backstop_vms{state=\"ERROR\"} 1")
+            && metrics.contains("backstop_vms{state=\"UPDATED\"} 1")
+            && metrics.contains("backstop_vm_last_backup_timestamp_seconds{vm=\"22\"} ")
+            && !metrics.contains("backstop_vm_last_backup_timestamp_seconds{vm=\"23\"}")
+            && metrics.contains("backstop_vm_backup_failures{vm=\"23\"} 1"),
+        "{metrics}"
+    );
+    let (_, _, images) = get("/api/images");
+    let images: serde_json::Value = serde_json::from_str(&images).expect("images");
+    assert_eq!(images[0]["vm"], 22, "{images}");
+    assert_eq!(images[0]["increments"][0]["type"], "FULL", "{images}");
+    let (_, _, jobs) = get("/api/jobs");
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).expect("jobs");
+    assert_eq!(jobs[0]["name"], "nightly");
+    assert_eq!(jobs[0]["vms"], serde_json::json!([22, 23]));
+    let (_, _, runs) = get("/api/runs");
+    let runs: serde_json::Value = serde_json::from_str(&runs).expect("runs");
+    assert!(
+        runs.as_array()
+            .is_some_and(|r| r.iter().any(|x| x["ok"] == false && x["what"] == "VM 23")),
+        "{runs}"
+    );
+
+    let (code, _, page) = get("/");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<tr class=\"failing\" data-vm=\"23\">") && page.contains("down"),
+        "{page}"
+    );
+    let (code, _, page) = get("/vms/22");
+    assert!(
+        code == 200 && page.contains("Retention plan") && page.contains("FULL"),
+        "{page}"
+    );
+    assert_eq!(get("/vms/99").0, 404);
+    assert_eq!(get("/jobs/1").0, 200);
+    assert_eq!(get("/datastores/1").0, 200);
+    assert_eq!(get("/runs").0, 200);
+    drop(web);
+
+    // With credentials: a login for pages, a token for the API, CSRF tokens on forms.
+    let hash = {
+        let mut c = Command::new(BACKSTOP)
+            .args(["serve", "--hash-password"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("hash");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"correct horse battery\n")
+            .expect("write");
+        let out = c.wait_with_output().expect("hash");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    };
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let token = "t0ken-for-monitoring-0123456789";
+    let web = serve(
+        &state,
+        &[
+            ("BACKSTOP_API_TOKEN", token),
+            ("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str()),
+        ],
+    );
+    let (code, head, _) = http(&web.addr, "GET", "/", &[], "");
+    assert_eq!((code, header(&head, "location")), (303, Some("/login")));
+    assert_eq!(http(&web.addr, "GET", "/api/status", &[], "").0, 401);
+    assert_eq!(http(&web.addr, "GET", "/metrics", &[], "").0, 401);
+    let bearer = format!("Authorization: Bearer {token}");
+    assert_eq!(http(&web.addr, "GET", "/api/status", &[&bearer], "").0, 200);
+    let wrong = "Authorization: Bearer t0ken-for-monitoring-0123456780";
+    assert_eq!(http(&web.addr, "GET", "/api/status", &[wrong], "").0, 401);
+    // A form without its CSRF token is refused.
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[],
+        "password=correct+horse+battery",
+    );
+    assert_eq!(code, 403);
+    let (code, head, form) = http(&web.addr, "GET", "/login", &[], "");
+    assert_eq!(code, 200);
+    let login_cookie = header(&head, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("login cookie")
+        .to_string();
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf in the form")
+        .to_string();
+    let cookie = format!("Cookie: {login_cookie}");
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password=wrong"),
+    );
+    assert_eq!(code, 401);
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf=not-{csrf}&password=correct+horse+battery"),
+    );
+    assert_eq!(code, 403);
+    let (code, head, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password=correct+horse+battery"),
+    );
+    assert_eq!(code, 303, "{head}");
+    let session = header(&head, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_string();
+    assert!(
+        header(&head, "set-cookie")
+            .is_some_and(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict"))
+    );
+    let with_session = format!("Cookie: {session}");
+    let (code, _, page) = http(&web.addr, "GET", "/", &[&with_session], "");
+    assert!(
+        code == 200 && page.contains("Log out") && page.contains("data-vm=\"23\""),
+        "{page}"
+    );
+    let (code, _, _) = http(&web.addr, "POST", "/logout", &[&with_session], "csrf=");
+    assert_eq!(code, 403);
+    drop(web);
+
+    // Not on a loopback address without credentials.
+    let out = Command::new(BACKSTOP)
+        .args(["serve", "--listen", "0.0.0.0:1", "--state"])
+        .arg(&state)
+        .output()
+        .expect("serve");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("refusing to listen on 0.0.0.0:1, which is not a loopback address"),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,174 @@
+//! Who may see what (docs/web.md).
+//!
+//! With no credentials set, `serve` listens on loopback addresses only and everyone who can
+//! reach it sees everything (it is read-only). Any other address needs both:
+//! - `BACKSTOP_API_TOKEN`: `Authorization: Bearer <token>` for the JSON API and `/metrics`;
+//! - `BACKSTOP_WEB_PASSWORD_HASH`: an argon2 hash (PHC string, as `backstop serve
+//!   --hash-password` prints it) of the password of the pages; a login sets a session cookie
+//!   (HttpOnly, SameSite=Strict, random, kept in memory: a restart logs everyone out).
+//!
+//! Every form carries a CSRF token tied to the session (the login form: to a pre-session
+//! cookie); a POST without the right one is refused. Tokens are compared in constant time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The credentials `serve` runs with.
+#[derive(Default)]
+pub struct Credentials {
+    pub api_token: Option<String>,
+    pub password_hash: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("password_hash", &self.password_hash.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn from_env() -> Result<Credentials, String> {
+        let get = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let creds = Credentials {
+            api_token: get("BACKSTOP_API_TOKEN"),
+            password_hash: get("BACKSTOP_WEB_PASSWORD_HASH"),
+        };
+        if let Some(t) = &creds.api_token
+            && t.len() < 16
+        {
+            return Err("BACKSTOP_API_TOKEN is shorter than 16 characters".into());
+        }
+        if let Some(h) = &creds.password_hash {
+            argon2::PasswordHash::new(h).map_err(|e| {
+                format!("BACKSTOP_WEB_PASSWORD_HASH is not an argon2 hash ({e}); make one with backstop serve --hash-password")
+            })?;
+        }
+        Ok(creds)
+    }
+
+    /// Whether anything needs a login.
+    pub fn required(&self) -> bool {
+        self.api_token.is_some() || self.password_hash.is_some()
+    }
+
+    pub fn complete(&self) -> bool {
+        self.api_token.is_some() && self.password_hash.is_some()
+    }
+
+    pub fn token_ok(&self, given: &str) -> bool {
+        self.api_token
+            .as_deref()
+            .is_some_and(|t| same(t.as_bytes(), given.as_bytes()))
+    }
+
+    pub fn password_ok(&self, given: &str) -> bool {
+        use argon2::PasswordVerifier;
+        let Some(h) = &self.password_hash else {
+            return false;
+        };
+        argon2::PasswordHash::new(h).is_ok_and(|parsed| {
+            argon2::Argon2::default()
+                .verify_password(given.as_bytes(), &parsed)
+                .is_ok()
+        })
+    }
+}
+
+/// An argon2id hash of `password` with a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Constant-time equality.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    // Without randomness there can be no session: an empty token matches nothing.
+    if getrandom::fill(&mut b).is_err() {
+        return String::new();
+    }
+    hex::encode(b)
+}
+
+/// Sessions and their CSRF tokens, in memory.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// session id -> (CSRF token, expires at).
+    live: Mutex<HashMap<String, (String, i64)>>,
+}
+
+pub const SESSION_SECONDS: i64 = 8 * 3600;
+
+impl Sessions {
+    /// A new session; its id and CSRF token.
+    pub fn open(&self, now: i64) -> Option<(String, String)> {
+        let (id, csrf) = (random_token(), random_token());
+        if id.is_empty() || csrf.is_empty() {
+            return None;
+        }
+        let mut live = self.live.lock().ok()?;
+        live.retain(|_, (_, until)| *until > now);
+        live.insert(id.clone(), (csrf.clone(), now + SESSION_SECONDS));
+        Some((id, csrf))
+    }
+
+    /// The CSRF token of a live session.
+    pub fn csrf(&self, id: &str, now: i64) -> Option<String> {
+        let live = self.live.lock().ok()?;
+        live.iter()
+            .find(|(k, (_, until))| same(k.as_bytes(), id.as_bytes()) && *until > now)
+            .map(|(_, (csrf, _))| csrf.clone())
+    }
+
+    pub fn close(&self, id: &str) {
+        if let Ok(mut live) = self.live.lock() {
+            live.retain(|k, _| !same(k.as_bytes(), id.as_bytes()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_tokens_and_sessions() {
+        let hash = hash_password("correct horse").expect("hash");
+        let c = Credentials {
+            api_token: Some("0123456789abcdef-token".into()),
+            password_hash: Some(hash),
+        };
+        assert!(c.password_ok("correct horse") && !c.password_ok("wrong"));
+        assert!(c.token_ok("0123456789abcdef-token") && !c.token_ok("0123456789abcdef-tokem"));
+        assert!(!c.token_ok(""));
+        assert!(!format!("{c:?}").contains("token\""));
+        let s = Sessions::default();
+        let (id, csrf) = s.open(100).expect("session");
+        assert_eq!(s.csrf(&id, 101), Some(csrf));
+        assert_eq!(s.csrf(&id, 100 + SESSION_SECONDS), None, "expired");
+        s.close(&id);
+        assert_eq!(s.csrf(&id, 101), None);
+        assert!(!same(b"abc", b"abd") && same(b"abc", b"abc") && !same(b"ab", b"abc"));
+    }
+}

@@ -1,0 +1,15 @@
+//! `backstop serve` (docs/web.md): a dashboard, a JSON API and Prometheus metrics over the job
+//! runner's SQLite state, read-only.
+//!
+//! - [`model`]: what the pages and the API show, read from the state on a blocking thread;
+//! - [`pages`]: the server-rendered pages;
+//! - [`auth`]: who may see them: anyone on a loopback address when no credentials are set;
+//!   else an API token for JSON and metrics, a password and a session cookie for pages, a CSRF
+//!   token on every form.
+
+pub mod auth;
+pub mod model;
+pub mod pages;
+pub mod server;
+
+pub use server::{Options, serve};

@@ -1,0 +1,452 @@
+//! What the pages and the API show, read from the runner's state in one go (a snapshot): jobs,
+//! VMs with their state and last good backup, images, datastores (names only: their templates
+//! hold secrets), sync and verify jobs with their last runs. Nothing here writes.
+
+use backstop_backupjob::model::JobTemplate;
+use backstop_backupjob::state::{State, VmState};
+use serde_json::{Value, json};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: u64,
+    pub name: String,
+    pub priority: u8,
+    pub locked: bool,
+    pub mode: &'static str,
+    pub datastore_id: Option<u64>,
+    pub vms: Vec<u64>,
+    pub last_run: Option<i64>,
+    pub last_duration: Option<i64>,
+    /// The earliest time a scheduled action of the job is due.
+    pub next_run: Option<i64>,
+    pub keep: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub id: u64,
+    pub name: String,
+    pub host: Option<String>,
+    pub job: Option<u64>,
+    pub state: Option<&'static str>,
+    pub reason: Option<String>,
+    pub failures: u32,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    /// When its newest backup point was taken (seconds).
+    pub last_backup: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Increment {
+    pub id: u64,
+    pub kind: String,
+    pub source: String,
+    pub size_mb: u64,
+    pub date: i64,
+    /// The last verify verdict: (when, clean).
+    pub verified: Option<(i64, bool)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: u64,
+    pub vm: u64,
+    pub job: Option<u64>,
+    pub datastore: u64,
+    pub protected: bool,
+    pub increments: Vec<Increment>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// `backup`, `sync`, `verify`.
+    pub kind: &'static str,
+    pub what: String,
+    pub started: i64,
+    pub ended: Option<i64>,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub now: i64,
+    pub jobs: Vec<Job>,
+    pub vms: Vec<Vm>,
+    pub images: Vec<Image>,
+    pub datastores: Vec<(u64, String)>,
+    pub runs: Vec<Run>,
+}
+
+fn read_err(e: impl std::fmt::Display) -> String {
+    format!("cannot read the state: {e}")
+}
+
+impl Snapshot {
+    /// Reads the state at `path`.
+    pub fn read(path: &Path) -> Result<Snapshot, String> {
+        if !path.exists() {
+            return Err(format!("there is no state database at {}", path.display()));
+        }
+        let st = State::open(path).map_err(read_err)?;
+        let now = jiff::Timestamp::now().as_second();
+        let mut jobs = Vec::new();
+        let mut vm_job = std::collections::HashMap::new();
+        let mut vm_rows = std::collections::HashMap::new();
+        for (id, name, priority, template) in st.jobs().map_err(read_err)? {
+            let t = JobTemplate::parse(&template).ok();
+            let (locked, last_run, last_duration) = st.job_status(id).map_err(read_err)?;
+            let next_run = st
+                .sched_actions(id)
+                .map_err(read_err)?
+                .iter()
+                .filter(|(_, sa, _)| !sa.ended())
+                .map(|(_, sa, _)| sa.time)
+                .min();
+            let rows = st.job_vms(id).map_err(read_err)?;
+            for r in &rows {
+                vm_job.insert(r.vm_id, id);
+                vm_rows.insert(r.vm_id, r.clone());
+            }
+            jobs.push(Job {
+                id,
+                name,
+                priority,
+                locked,
+                mode: match t.as_ref().map(|t| t.mode) {
+                    Some(backstop_backupjob::runner::Mode::Increment) => "INCREMENT",
+                    _ => "FULL",
+                },
+                datastore_id: t.as_ref().map(|t| t.datastore_id),
+                vms: rows.iter().map(|r| r.vm_id).collect(),
+                last_run,
+                last_duration,
+                next_run,
+                keep: t
+                    .map(|t| {
+                        t.keep
+                            .attributes()
+                            .iter()
+                            .map(|(k, n)| format!("{k}={n}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        let mut images = Vec::new();
+        for img in st.all_images().map_err(read_err)? {
+            let repo = match img.job_id {
+                Some(j) => format!("job_{j}"),
+                None => img.vm_id.to_string(),
+            };
+            let verdicts = st.verdicts(img.datastore_id, &repo).map_err(read_err)?;
+            images.push(Image {
+                id: img.id,
+                vm: img.vm_id,
+                job: img.job_id,
+                datastore: img.datastore_id,
+                protected: img.protected,
+                increments: img
+                    .increments
+                    .iter()
+                    .map(|n| Increment {
+                        id: n.id,
+                        kind: n.kind.clone(),
+                        source: n.source.clone(),
+                        size_mb: n.size_mb,
+                        date: n.created_at,
+                        verified: verdicts
+                            .iter()
+                            .find(|v| !n.source.is_empty() && v.snapshot.starts_with(&n.source))
+                            .map(|v| (v.verified_at, v.bad.is_empty())),
+                    })
+                    .collect(),
+            });
+        }
+        let mut vms = Vec::new();
+        for (id, name, host, _) in st.vms().map_err(read_err)? {
+            let row = vm_rows.get(&id);
+            let last_backup = images
+                .iter()
+                .filter(|i| i.vm == id)
+                .flat_map(|i| i.increments.iter().map(|n| n.date))
+                .max();
+            vms.push(Vm {
+                id,
+                name,
+                host,
+                job: vm_job.get(&id).copied(),
+                state: row.and_then(|r| r.state).map(VmState::as_str),
+                reason: row.and_then(|r| r.reason.clone()),
+                failures: row.map_or(0, |r| r.failures),
+                started_at_ms: row.and_then(|r| r.started_at),
+                ended_at_ms: row.and_then(|r| r.ended_at),
+                last_backup,
+            });
+        }
+        let datastores = st
+            .datastores()
+            .map_err(read_err)?
+            .into_iter()
+            .map(|(id, name, _)| (id, name))
+            .collect();
+        let runs = runs(&st, &images, &vms)?;
+        Ok(Snapshot {
+            now,
+            jobs,
+            vms,
+            images,
+            datastores,
+            runs,
+        })
+    }
+
+    /// `/api/status`: what a monitoring system polls.
+    pub fn status(&self) -> Value {
+        let mut counts = serde_json::Map::new();
+        for s in ["OUTDATED", "ONGOING", "UPDATED", "ERROR"] {
+            let n = self.vms.iter().filter(|v| v.state == Some(s)).count();
+            counts.insert(s.to_string(), json!(n));
+        }
+        let never = self.vms.iter().filter(|v| v.last_backup.is_none()).count();
+        let ages: Vec<Value> = self
+            .vms
+            .iter()
+            .map(|v| {
+                json!({"vm": v.id, "name": v.name, "last_backup": v.last_backup,
+                    "age_seconds": v.last_backup.map(|t| self.now - t)})
+            })
+            .collect();
+        let oldest = self
+            .vms
+            .iter()
+            .filter_map(|v| v.last_backup.map(|t| (v.id, self.now - t)))
+            .max_by_key(|(_, age)| *age);
+        let failing: Vec<Value> = self
+            .vms
+            .iter()
+            .filter(|v| v.state == Some("ERROR"))
+            .map(|v| {
+                json!({"vm": v.id, "name": v.name, "job": v.job, "reason": v.reason,
+                "failures": v.failures})
+            })
+            .collect();
+        let running: Vec<Value> = self
+            .vms
+            .iter()
+            .filter(|v| v.state == Some("ONGOING"))
+            .map(|v| {
+                json!({"vm": v.id, "name": v.name, "job": v.job,
+                "started_at": v.started_at_ms.map(|t| t / 1000)})
+            })
+            .collect();
+        json!({
+            "time": self.now,
+            "vms": {"total": self.vms.len(), "by_state": counts, "never_backed_up": never},
+            "oldest_backup": oldest.map(|(vm, age)| json!({"vm": vm, "age_seconds": age})),
+            "last_backup_per_vm": ages,
+            "failing": failing,
+            "running": running,
+            "jobs": self.jobs.len(),
+            "images": self.images.len(),
+        })
+    }
+
+    pub fn jobs_json(&self) -> Value {
+        Value::Array(
+            self.jobs
+                .iter()
+                .map(|j| {
+                    json!({"id": j.id, "name": j.name, "priority": j.priority,
+                    "locked": j.locked, "mode": j.mode, "datastore": j.datastore_id,
+                    "vms": j.vms, "last_run": j.last_run, "last_duration": j.last_duration,
+                    "next_run": j.next_run, "keep": j.keep})
+                })
+                .collect(),
+        )
+    }
+
+    pub fn vms_json(&self) -> Value {
+        Value::Array(
+            self.vms
+                .iter()
+                .map(|v| {
+                    json!({"id": v.id, "name": v.name, "host": v.host, "job": v.job,
+                    "state": v.state, "reason": v.reason, "failures": v.failures,
+                    "started_at": v.started_at_ms.map(|t| t / 1000),
+                    "ended_at": v.ended_at_ms.map(|t| t / 1000),
+                    "last_backup": v.last_backup})
+                })
+                .collect(),
+        )
+    }
+
+    pub fn images_json(&self) -> Value {
+        Value::Array(
+            self.images
+                .iter()
+                .map(|i| {
+                    let incs: Vec<Value> = i
+                        .increments
+                        .iter()
+                        .map(|n| {
+                            json!({"id": n.id, "type": n.kind, "source": n.source,
+                            "size_mb": n.size_mb, "date": n.date,
+                            "verified_at": n.verified.map(|v| v.0),
+                            "verified_ok": n.verified.map(|v| v.1)})
+                        })
+                        .collect();
+                    json!({"id": i.id, "vm": i.vm, "job": i.job, "datastore": i.datastore,
+                    "protected": i.protected, "increments": incs})
+                })
+                .collect(),
+        )
+    }
+
+    pub fn runs_json(&self) -> Value {
+        Value::Array(
+            self.runs
+                .iter()
+                .map(|r| {
+                    json!({"kind": r.kind, "what": r.what, "started": r.started,
+                    "ended": r.ended, "ok": r.ok, "detail": r.detail})
+                })
+                .collect(),
+        )
+    }
+
+    /// `/metrics` in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in samples {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        metric(
+            "backstop_vms",
+            "VMs of backup jobs by state.",
+            "gauge",
+            ["OUTDATED", "ONGOING", "UPDATED", "ERROR"]
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{{state=\"{s}\"}}"),
+                        self.vms.iter().filter(|v| v.state == Some(*s)).count() as f64,
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "backstop_vm_last_backup_timestamp_seconds",
+            "When each VM's newest backup point was taken.",
+            "gauge",
+            self.vms
+                .iter()
+                .filter_map(|v| {
+                    v.last_backup
+                        .map(|t| (format!("{{vm=\"{}\"}}", v.id), t as f64))
+                })
+                .collect(),
+        );
+        metric(
+            "backstop_vm_backup_failures",
+            "Consecutive failed backups of each VM.",
+            "gauge",
+            self.vms
+                .iter()
+                .map(|v| (format!("{{vm=\"{}\"}}", v.id), f64::from(v.failures)))
+                .collect(),
+        );
+        metric(
+            "backstop_images",
+            "Backup images recorded.",
+            "gauge",
+            vec![(String::new(), self.images.len() as f64)],
+        );
+        metric(
+            "backstop_stored_megabytes",
+            "Sizes of the recorded backup points, summed per datastore (MB).",
+            "gauge",
+            self.datastores
+                .iter()
+                .map(|(id, _)| {
+                    let mb: u64 = self
+                        .images
+                        .iter()
+                        .filter(|i| i.datastore == *id)
+                        .flat_map(|i| i.increments.iter().map(|n| n.size_mb))
+                        .sum();
+                    (format!("{{datastore=\"{id}\"}}"), mb as f64)
+                })
+                .collect(),
+        );
+        metric(
+            "backstop_job_last_run_timestamp_seconds",
+            "When each backup job's last run started.",
+            "gauge",
+            self.jobs
+                .iter()
+                .filter_map(|j| {
+                    j.last_run
+                        .map(|t| (format!("{{job=\"{}\"}}", j.id), t as f64))
+                })
+                .collect(),
+        );
+        out
+    }
+}
+
+/// The run history: each backup point recorded, each VM's last failure, sync and verify runs;
+/// newest first.
+fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, String> {
+    let mut out = Vec::new();
+    for i in images {
+        for n in &i.increments {
+            out.push(Run {
+                kind: "backup",
+                what: format!("VM {}", i.vm),
+                started: n.date,
+                ended: Some(n.date),
+                ok: true,
+                detail: format!(
+                    "image {} increment {} ({}, {} MB)",
+                    i.id, n.id, n.kind, n.size_mb
+                ),
+            });
+        }
+    }
+    for v in vms.iter().filter(|v| v.state == Some("ERROR")) {
+        out.push(Run {
+            kind: "backup",
+            what: format!("VM {}", v.id),
+            started: v.started_at_ms.map_or(0, |t| t / 1000),
+            ended: v.ended_at_ms.map(|t| t / 1000),
+            ok: false,
+            detail: v.reason.clone().unwrap_or_default(),
+        });
+    }
+    for (id, name, _) in st.sync_jobs().map_err(read_err)? {
+        for r in st.sync_runs(id).map_err(read_err)? {
+            out.push(Run {
+                kind: "sync",
+                what: format!("sync job {id} ({name})"),
+                started: r.started_at,
+                ended: r.ended_at,
+                ok: r.error.is_none(),
+                detail: r.error.clone().unwrap_or_else(|| {
+                    format!(
+                        "{} snapshots, {} bytes written",
+                        r.snapshots, r.bytes_written
+                    )
+                }),
+            });
+        }
+    }
+    out.sort_by_key(|r| std::cmp::Reverse(r.started));
+    Ok(out)
+}

@@ -1,0 +1,456 @@
+//! The server-rendered pages. Every text from the state is escaped; the only script turns the
+//! `<time>` elements (UTC) into the viewer's local time.
+
+use crate::model::{Image, Snapshot, Vm};
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A moment: UTC in the page, the viewer's local time once the script has run.
+fn when(t: Option<i64>) -> String {
+    match t.and_then(|t| jiff::Timestamp::from_second(t).ok()) {
+        None => "—".into(),
+        Some(ts) => format!(
+            "<time datetime=\"{ts}\">{}</time>",
+            ts.strftime("%Y-%m-%d %H:%M UTC")
+        ),
+    }
+}
+
+/// MB as oned counts them, shown in binary units.
+pub fn size(mb: u64) -> String {
+    match mb {
+        m if m >= 1024 * 1024 => format!("{:.1} TiB", m as f64 / 1_048_576.0),
+        m if m >= 1024 => format!("{:.1} GiB", m as f64 / 1024.0),
+        m => format!("{m} MiB"),
+    }
+}
+
+fn ago(now: i64, t: Option<i64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let s = (now - t).max(0);
+    match s {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 7200 => format!("{} min ago", s / 60),
+        s if s < 172_800 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
+header{background:#1d3557;color:#fff;padding:.6em 1.2em;display:flex;gap:1.5em;align-items:center}\
+header a{color:#fff;text-decoration:none}main{padding:1em 1.5em}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}\
+.ERROR,.bad{color:#b00020;font-weight:bold}.ONGOING{color:#0b5394;font-weight:bold}.UPDATED,.ok{color:#2e7d32}\
+.OUTDATED,.late{color:#b26a00}.empty{color:#666;font-style:italic}form.inline{display:inline}";
+
+const SCRIPT: &str = "document.querySelectorAll('time').forEach(function(t){\
+var d=new Date(t.getAttribute('datetime'));if(!isNaN(d)){t.textContent=d.toLocaleString();}});";
+
+/// A whole page; `logout` carries the session's CSRF token when someone is logged in.
+pub fn page(title: &str, body: &str, logout: Option<&str>) -> String {
+    let out = logout.map_or(String::new(), |csrf| {
+        format!(
+            "<form class=\"inline\" method=\"post\" action=\"/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Log out</button></form>",
+            esc(csrf)
+        )
+    });
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{} · backstop</title><style>{STYLE}</style></head><body>\
+         <header><strong>backstop</strong><a href=\"/\">Overview</a><a href=\"/runs\">Runs</a>\
+         <span style=\"flex:1\"></span>{out}</header><main><h1>{}</h1>{body}</main>\
+         <script>{SCRIPT}</script></body></html>",
+        esc(title),
+        esc(title)
+    )
+}
+
+fn state_cell(v: &Vm) -> String {
+    let s = v.state.unwrap_or("—");
+    format!("<span class=\"{s}\">{s}</span>")
+}
+
+/// Whether a VM is late: never backed up, or in a job whose next scheduled run is over ten
+/// minutes overdue (the scheduler is not running it).
+pub fn late(snap: &Snapshot, v: &Vm) -> bool {
+    let overdue = v
+        .job
+        .and_then(|j| snap.jobs.iter().find(|x| x.id == j))
+        .and_then(|j| j.next_run)
+        .is_some_and(|t| t + 600 < snap.now);
+    v.job.is_some() && (v.last_backup.is_none() || overdue)
+}
+
+pub fn overview(snap: &Snapshot) -> String {
+    if snap.jobs.is_empty() && snap.vms.is_empty() && snap.images.is_empty() {
+        return "<p class=\"empty\">Nothing here yet. Define a datastore, register VMs and \
+                create a backup job (<code>backstop backupjob datastore create</code>, \
+                <code>vm register</code>, <code>create</code>); their state shows here.</p>"
+            .into();
+    }
+    let mut body = String::new();
+    let failing: Vec<&Vm> = snap
+        .vms
+        .iter()
+        .filter(|v| v.state == Some("ERROR"))
+        .collect();
+    let running: Vec<&Vm> = snap
+        .vms
+        .iter()
+        .filter(|v| v.state == Some("ONGOING"))
+        .collect();
+    let late_vms: Vec<&Vm> = snap.vms.iter().filter(|v| late(snap, v)).collect();
+    body.push_str("<h2>Needs attention</h2>");
+    if failing.is_empty() && running.is_empty() && late_vms.is_empty() {
+        body.push_str("<p class=\"ok\">Nothing is failing, late or running.</p>");
+    } else {
+        body.push_str("<table id=\"attention\"><tr><th>VM</th><th>state</th><th>why</th></tr>");
+        for v in &failing {
+            body.push_str(&format!(
+                "<tr class=\"failing\" data-vm=\"{}\"><td><a href=\"/vms/{}\">{} ({})</a></td>\
+                 <td>{}</td><td>{}</td></tr>",
+                v.id,
+                v.id,
+                v.id,
+                esc(&v.name),
+                state_cell(v),
+                esc(v.reason.as_deref().unwrap_or("no reason recorded"))
+            ));
+        }
+        for v in &running {
+            body.push_str(&format!(
+                "<tr class=\"running\" data-vm=\"{}\"><td><a href=\"/vms/{}\">{} ({})</a></td>\
+                 <td>{}</td><td>running since {}</td></tr>",
+                v.id,
+                v.id,
+                v.id,
+                esc(&v.name),
+                state_cell(v),
+                when(v.started_at_ms.map(|t| t / 1000))
+            ));
+        }
+        for v in &late_vms {
+            body.push_str(&format!(
+                "<tr class=\"late\" data-vm=\"{}\"><td><a href=\"/vms/{}\">{} ({})</a></td>\
+                 <td class=\"late\">LATE</td><td>last backup {}</td></tr>",
+                v.id,
+                v.id,
+                v.id,
+                esc(&v.name),
+                ago(snap.now, v.last_backup)
+            ));
+        }
+        body.push_str("</table>");
+    }
+    body.push_str(
+        "<h2>Backup jobs</h2><table id=\"jobs\"><tr><th>job</th><th>mode</th><th>VMs</th>\
+         <th>last run</th><th>next run</th><th>state</th></tr>",
+    );
+    if snap.jobs.is_empty() {
+        body.push_str("<tr><td colspan=\"6\" class=\"empty\">no backup jobs</td></tr>");
+    }
+    for j in &snap.jobs {
+        let states: Vec<String> = ["ERROR", "ONGOING", "OUTDATED", "UPDATED"]
+            .iter()
+            .filter_map(|s| {
+                let n = snap
+                    .vms
+                    .iter()
+                    .filter(|v| v.job == Some(j.id) && v.state == Some(*s))
+                    .count();
+                (n > 0).then(|| format!("<span class=\"{s}\">{n} {s}</span>"))
+            })
+            .collect();
+        body.push_str(&format!(
+            "<tr><td><a href=\"/jobs/{}\">{} {}</a>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            j.id,
+            j.id,
+            esc(&j.name),
+            if j.locked { " (locked)" } else { "" },
+            j.mode,
+            j.vms.len(),
+            when(j.last_run),
+            when(j.next_run),
+            states.join(", ")
+        ));
+    }
+    body.push_str("</table>");
+    body.push_str(&datastores_table(snap));
+    body
+}
+
+fn datastores_table(snap: &Snapshot) -> String {
+    let mut body = String::from(
+        "<h2>Datastores</h2><table id=\"datastores\"><tr><th>datastore</th><th>images</th><th>stored</th></tr>",
+    );
+    if snap.datastores.is_empty() {
+        body.push_str("<tr><td colspan=\"3\" class=\"empty\">no datastores</td></tr>");
+    }
+    for (id, name) in &snap.datastores {
+        let imgs: Vec<&Image> = snap.images.iter().filter(|i| i.datastore == *id).collect();
+        let mb: u64 = imgs
+            .iter()
+            .flat_map(|i| i.increments.iter().map(|n| n.size_mb))
+            .sum();
+        body.push_str(&format!(
+            "<tr><td><a href=\"/datastores/{id}\">{id} {}</a></td><td>{}</td><td>{}</td></tr>",
+            esc(name),
+            imgs.len(),
+            size(mb)
+        ));
+    }
+    body.push_str("</table>");
+    body
+}
+
+fn images_table(snap: &Snapshot, images: &[&Image]) -> String {
+    if images.is_empty() {
+        return "<p class=\"empty\">No backups yet.</p>".into();
+    }
+    let mut body = String::from(
+        "<table class=\"images\"><tr><th>image</th><th>increment</th><th>type</th>\
+         <th>taken</th><th>size</th><th>verified</th></tr>",
+    );
+    for i in images {
+        for n in &i.increments {
+            let verified = match n.verified {
+                None => "—".to_string(),
+                Some((t, true)) => format!("<span class=\"ok\">ok</span> {}", when(Some(t))),
+                Some((t, false)) => format!("<span class=\"bad\">DAMAGED</span> {}", when(Some(t))),
+            };
+            body.push_str(&format!(
+                "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{verified}</td></tr>",
+                i.id,
+                if i.protected { " (protected)" } else { "" },
+                n.id,
+                esc(&n.kind),
+                when(Some(n.date)),
+                size(n.size_mb)
+            ));
+        }
+    }
+    body.push_str("</table>");
+    let _ = snap;
+    body
+}
+
+/// A VM's page: its title and body.
+pub fn vm(snap: &Snapshot, id: u64) -> Option<(String, String)> {
+    let v = snap.vms.iter().find(|v| v.id == id)?;
+    let mut body = format!(
+        "<p>State: {} · host {} · job {} · last backup {} · failures in a row: {}</p>",
+        state_cell(v),
+        esc(v.host.as_deref().unwrap_or("—")),
+        v.job.map_or("none".to_string(), |j| format!(
+            "<a href=\"/jobs/{j}\">{j}</a>"
+        )),
+        ago(snap.now, v.last_backup),
+        v.failures
+    );
+    if let Some(r) = &v.reason {
+        body.push_str(&format!("<p class=\"bad\">{}</p>", esc(r)));
+    }
+    let images: Vec<&Image> = snap.images.iter().filter(|i| i.vm == id).collect();
+    body.push_str("<h2>Backups</h2>");
+    body.push_str(&images_table(snap, &images));
+    if let Some(plan) = retention(snap, v, &images) {
+        body.push_str(&plan);
+    }
+    Some((format!("VM {id} ({})", v.name), body))
+}
+
+/// The VM's retention plan under its job's keep rules, read-only.
+fn retention(snap: &Snapshot, v: &Vm, images: &[&Image]) -> Option<String> {
+    use backstop_backupjob::retention::{Keep, Point, plan};
+    let job = snap.jobs.iter().find(|j| Some(j.id) == v.job)?;
+    let keep = parse_keep(&job.keep);
+    let mut rows = Vec::new();
+    for i in images.iter().filter(|i| i.job == Some(job.id)) {
+        if job.mode == "FULL" {
+            if let Some(n) = i.increments.last() {
+                rows.push((i.id, None, n.date, i.protected));
+            }
+        } else {
+            rows.extend(
+                i.increments
+                    .iter()
+                    .map(|n| (i.id, Some(n.id), n.date, i.protected)),
+            );
+        }
+    }
+    let points: Vec<Point> = rows
+        .iter()
+        .map(|r| Point {
+            at: r.2,
+            protected: r.3,
+        })
+        .collect();
+    let tz = jiff::tz::TimeZone::system();
+    let decisions = plan(&points, &keep, &tz);
+    let mut out = format!(
+        "<h2>Retention plan</h2><p>{}</p><table id=\"retention\"><tr><th>point</th><th>taken</th><th>plan</th></tr>",
+        if keep == Keep::default() {
+            "No keep rule: everything stays.".to_string()
+        } else {
+            esc(&job.keep)
+        }
+    );
+    for (r, d) in rows.iter().zip(decisions) {
+        out.push_str(&format!(
+            "<tr><td>image {}{}</td><td>{}</td><td>{}</td></tr>",
+            r.0,
+            r.1.map_or(String::new(), |n| format!(" increment {n}")),
+            when(Some(r.2)),
+            if d.keep {
+                format!(
+                    "<span class=\"ok\">keep</span> ({})",
+                    esc(&d.reasons.join(", "))
+                )
+            } else {
+                "<span class=\"bad\">goes</span>".to_string()
+            }
+        ));
+    }
+    out.push_str("</table>");
+    Some(out)
+}
+
+fn parse_keep(text: &str) -> backstop_backupjob::retention::Keep {
+    let mut k = backstop_backupjob::retention::Keep::default();
+    for part in text.split_whitespace() {
+        let Some((name, n)) = part.split_once('=') else {
+            continue;
+        };
+        let n: u32 = n.parse().unwrap_or(0);
+        match name {
+            "KEEP_LAST" => k.last = n,
+            "KEEP_HOURLY" => k.hourly = n,
+            "KEEP_DAILY" => k.daily = n,
+            "KEEP_WEEKLY" => k.weekly = n,
+            "KEEP_MONTHLY" => k.monthly = n,
+            "KEEP_YEARLY" => k.yearly = n,
+            _ => {}
+        }
+    }
+    k
+}
+
+pub fn job(snap: &Snapshot, id: u64) -> Option<(String, String)> {
+    let j = snap.jobs.iter().find(|j| j.id == id)?;
+    let mut body = format!(
+        "<p>Mode {} · priority {} · datastore {} · keep: {} · last run {} (took {}) · next run {}</p>\
+         <h2>VMs</h2><table id=\"vms\"><tr><th>VM</th><th>state</th><th>last backup</th><th>reason</th></tr>",
+        j.mode,
+        j.priority,
+        j.datastore_id.map_or("—".to_string(), |d| format!(
+            "<a href=\"/datastores/{d}\">{d}</a>"
+        )),
+        if j.keep.is_empty() {
+            "all".to_string()
+        } else {
+            esc(&j.keep)
+        },
+        when(j.last_run),
+        j.last_duration
+            .map_or("—".to_string(), |d| format!("{d} s")),
+        when(j.next_run)
+    );
+    for v in snap.vms.iter().filter(|v| v.job == Some(id)) {
+        body.push_str(&format!(
+            "<tr><td><a href=\"/vms/{}\">{} ({})</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            v.id,
+            v.id,
+            esc(&v.name),
+            state_cell(v),
+            ago(snap.now, v.last_backup),
+            esc(v.reason.as_deref().unwrap_or(""))
+        ));
+    }
+    body.push_str("</table>");
+    Some((format!("Backup job {id} ({})", j.name), body))
+}
+
+pub fn datastore(snap: &Snapshot, id: u64) -> Option<(String, String)> {
+    let (_, name) = snap.datastores.iter().find(|d| d.0 == id)?;
+    let images: Vec<&Image> = snap.images.iter().filter(|i| i.datastore == id).collect();
+    let body = images_table(snap, &images);
+    Some((format!("Datastore {id} ({name})"), body))
+}
+
+pub fn runs(snap: &Snapshot) -> String {
+    let mut body = String::from(
+        "<table id=\"runs\"><tr><th>when</th><th>what</th><th>kind</th><th>result</th><th>detail</th></tr>",
+    );
+    if snap.runs.is_empty() {
+        body.push_str("<tr><td colspan=\"5\" class=\"empty\">no runs yet</td></tr>");
+    }
+    for r in snap.runs.iter().take(500) {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            when(Some(r.started)),
+            esc(&r.what),
+            r.kind,
+            if r.ok {
+                "<span class=\"ok\">ok</span>"
+            } else {
+                "<span class=\"bad\">failed</span>"
+            },
+            esc(&r.detail)
+        ));
+    }
+    body.push_str("</table>");
+    body
+}
+
+pub fn login(csrf: &str, failed: bool) -> String {
+    page(
+        "Log in",
+        &format!(
+            "{}<form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>Password <input type=\"password\" name=\"password\" autofocus></label> \
+             <button>Log in</button></form>",
+            if failed {
+                "<p class=\"bad\">Wrong password.</p>"
+            } else {
+                ""
+            },
+            esc(csrf)
+        ),
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_sizes_read_well() {
+        assert_eq!(
+            esc("<script>\"x\"&'y'</script>"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;"
+        );
+        assert_eq!(size(12), "12 MiB");
+        assert_eq!(size(1536), "1.5 GiB");
+        assert_eq!(size(3 * 1024 * 1024), "3.0 TiB");
+        assert_eq!(ago(1000, Some(990)), "10 s ago");
+        assert_eq!(ago(1000, None), "never");
+        let k = parse_keep("KEEP_LAST=2 KEEP_DAILY=7");
+        assert_eq!((k.last, k.daily, k.weekly), (2, 7, 0));
+    }
+}

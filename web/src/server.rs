@@ -1,0 +1,358 @@
+//! The HTTP server: routes, the login, and who may see what ([`crate::auth`]).
+
+use crate::auth::{Credentials, Sessions, same};
+use crate::model::Snapshot;
+use crate::pages;
+use axum::Router;
+use axum::extract::{Form, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How `serve` runs.
+#[derive(Debug)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub state: PathBuf,
+    pub credentials: Credentials,
+}
+
+struct App {
+    state: PathBuf,
+    credentials: Credentials,
+    sessions: Sessions,
+}
+
+const SESSION_COOKIE: &str = "backstop_session";
+const LOGIN_COOKIE: &str = "backstop_login";
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Checks the address against the credentials, binds, and serves until SIGTERM or SIGINT.
+pub fn serve(options: Options) -> Result<(), String> {
+    if !options.listen.ip().is_loopback() && !options.credentials.complete() {
+        return Err(format!(
+            "refusing to listen on {}, which is not a loopback address, without both BACKSTOP_API_TOKEN and BACKSTOP_WEB_PASSWORD_HASH",
+            options.listen
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let app = Arc::new(App {
+        state: options.state,
+        credentials: options.credentials,
+        sessions: Sessions::default(),
+    });
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+        eprintln!("backstop serve: listening on http://{}", options.listen);
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(stopped())
+            .await
+            .map_err(|e| format!("the server stopped: {e}"))
+    })
+}
+
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/runs", get(runs))
+        .route("/jobs/{id}", get(job))
+        .route("/vms/{id}", get(vm))
+        .route("/datastores/{id}", get(datastore))
+        .route("/api/status", get(|s, h| api(s, h, Snapshot::status)))
+        .route("/api/jobs", get(|s, h| api(s, h, Snapshot::jobs_json)))
+        .route("/api/vms", get(|s, h| api(s, h, Snapshot::vms_json)))
+        .route("/api/images", get(|s, h| api(s, h, Snapshot::images_json)))
+        .route("/api/runs", get(|s, h| api(s, h, Snapshot::runs_json)))
+        .route("/metrics", get(metrics))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .with_state(app)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn text(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+fn html(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// A page's viewer: `Ok(None)` when no login is needed, `Ok(Some(csrf))` for a live session;
+/// else the answer (to the login page).
+fn page_guard(app: &App, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+    if app.credentials.password_hash.is_none() {
+        return Ok(None);
+    }
+    cookie(headers, SESSION_COOKIE)
+        .and_then(|id| app.sessions.csrf(&id, now()))
+        .map(Some)
+        .ok_or_else(|| Box::new(see_other("/login")))
+}
+
+/// The JSON API and metrics: a bearer token when one is set, or a page session.
+fn api_guard(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if !app.credentials.required() {
+        return Ok(());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|t| app.credentials.token_ok(t)) {
+        return Ok(());
+    }
+    if app.credentials.password_hash.is_some()
+        && cookie(headers, SESSION_COOKIE).is_some_and(|id| app.sessions.csrf(&id, now()).is_some())
+    {
+        return Ok(());
+    }
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "a token is needed (Authorization: Bearer ...)",
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Err(Box::new(r))
+}
+
+async fn snapshot(app: &App) -> Result<Snapshot, Response> {
+    let path = app.state.clone();
+    match tokio::task::spawn_blocking(move || Snapshot::read(&path)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, &e)),
+        Err(_) => Err(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the state failed",
+        )),
+    }
+}
+
+async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let logout = match page_guard(&app, &headers) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    match snapshot(&app).await {
+        Ok(s) => html(pages::page(
+            "Overview",
+            &pages::overview(&s),
+            logout.as_deref(),
+        )),
+        Err(r) => r,
+    }
+}
+
+async fn runs(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let logout = match page_guard(&app, &headers) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    match snapshot(&app).await {
+        Ok(s) => html(pages::page("Runs", &pages::runs(&s), logout.as_deref())),
+        Err(r) => r,
+    }
+}
+
+async fn detail(
+    app: &App,
+    headers: &HeaderMap,
+    render: impl FnOnce(&Snapshot) -> Option<(String, String)>,
+) -> Response {
+    let logout = match page_guard(app, headers) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    match snapshot(app).await {
+        Ok(s) => match render(&s) {
+            Some((title, body)) => html(pages::page(&title, &body, logout.as_deref())),
+            None => text(StatusCode::NOT_FOUND, "no such thing"),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn job(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
+    detail(&app, &h, |s| pages::job(s, id)).await
+}
+
+async fn vm(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
+    detail(&app, &h, |s| pages::vm(s, id)).await
+}
+
+async fn datastore(
+    State(app): State<Arc<App>>,
+    UrlPath(id): UrlPath<u64>,
+    h: HeaderMap,
+) -> Response {
+    detail(&app, &h, |s| pages::datastore(s, id)).await
+}
+
+async fn api(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    render: fn(&Snapshot) -> serde_json::Value,
+) -> Response {
+    if let Err(r) = api_guard(&app, &headers) {
+        return *r;
+    }
+    match snapshot(&app).await {
+        Ok(s) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            render(&s).to_string(),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = api_guard(&app, &headers) {
+        return *r;
+    }
+    match snapshot(&app).await {
+        Ok(s) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            s.metrics(),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn login_form(State(app): State<Arc<App>>) -> Response {
+    if app.credentials.password_hash.is_none() {
+        return see_other("/");
+    }
+    let token = crate::auth::random_token();
+    let mut r = html(pages::login(&token, false));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login"
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if app.credentials.password_hash.is_none() {
+        return see_other("/");
+    }
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    let given = form.get("csrf").cloned().unwrap_or_default();
+    if expected.is_empty() || !same(expected.as_bytes(), given.as_bytes()) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused: the form's CSRF token is missing or wrong",
+        );
+    }
+    let password = form.get("password").cloned().unwrap_or_default();
+    let ok = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.credentials.password_ok(&password))
+            .await
+            .unwrap_or(false)
+    };
+    if !ok {
+        let mut r = html(pages::login(&given, true));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return r;
+    }
+    let Some((id, _)) = app.sessions.open(now()) else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no session could be made",
+        );
+    };
+    let mut r = see_other("/");
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        crate::auth::SESSION_SECONDS
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some(id) = cookie(&headers, SESSION_COOKIE) else {
+        return see_other("/login");
+    };
+    let given = form.get("csrf").cloned().unwrap_or_default();
+    match app.sessions.csrf(&id, now()) {
+        Some(csrf) if same(csrf.as_bytes(), given.as_bytes()) => {
+            app.sessions.close(&id);
+            let mut r = see_other("/login");
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_static("backstop_session=; Max-Age=0; Path=/"),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::FORBIDDEN,
+            "refused: the form's CSRF token is missing or wrong",
+        ),
+    }
+}
