@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds backstop and installs it into an OpenNebula remotes tree (or takes it out again).
 #
-#   ./install.sh [--remotes-dir DIR] [--replace-stock] [--with-tm] [--uninstall]
+#   ./install.sh [--remotes-dir DIR] [--replace-stock] [--with-tm] [--with-services] [--uninstall]
 #
 #   --remotes-dir DIR  the tree oned runs drivers from; default $ONE_LOCATION/var/remotes when
 #                      ONE_LOCATION is set, else /var/lib/one/remotes
 #   --replace-stock    also install as DS_MAD "restic" (drop-in), keeping the stock files
 #   --with-tm          also replace the backup actions of the qcow2/shared/ssh/local TM drivers
+#   --with-services    also write systemd units for the scheduler and `backstop serve`
 #   --uninstall        remove backstop and put back everything it replaced
 #   --binary FILE      install this executable instead of building one (packagers, tests)
 #
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         --remotes-dir) [ $# -ge 2 ] || { echo "install.sh: --remotes-dir needs a directory" >&2; exit 2; }
                        remotes=$2 ;;
         --remotes-dir=*) remotes=${1#--remotes-dir=} ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     esac
     args+=("$1")
     shift

@@ -49,7 +49,7 @@ enum Command {
     /// set (docs/web.md).
     Serve {
         /// Where to listen.
-        #[arg(long, default_value = "127.0.0.1:8421")]
+        #[arg(long, env = "BACKSTOP_LISTEN", default_value = "127.0.0.1:8421")]
         listen: std::net::SocketAddr,
         /// The state database (default: $BACKSTOP_STATE, else <data dir>/backstop/state.db).
         #[arg(long)]

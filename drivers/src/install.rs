@@ -40,8 +40,22 @@ pub struct Options {
     /// Also replace the backup actions of the qcow2, shared, ssh, local and ceph TM drivers.
     #[arg(long)]
     with_tm: bool,
+    /// Also write systemd units for the scheduler daemon and `backstop serve`, and an
+    /// environment file for their settings (docs/services.md).
+    #[arg(long)]
+    with_services: bool,
+    /// Where --with-services writes the units.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    systemd_dir: PathBuf,
+    /// The services' environment file (written when missing, 0600, never overwritten).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/backstop/backstop.env"
+    )]
+    env_file: PathBuf,
     /// Remove what an earlier install put in place and restore what it replaced.
-    #[arg(long, conflicts_with_all = ["replace_stock", "with_tm"])]
+    #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services"])]
     uninstall: bool,
     /// Replace stock drivers even with actions this build does not implement yet (for tests).
     #[arg(long)]
@@ -52,7 +66,7 @@ pub struct Options {
 }
 
 /// Marks every file the installer writes, so it never mistakes a stock file for its own.
-const MARK: &str = "backstop-shim";
+pub(crate) const MARK: &str = "backstop-shim";
 const DS_MAD: &str = "backstop";
 const STOCK_MAD: &str = "restic";
 const TM_DRIVERS: &[&str] = &["qcow2", "shared", "ssh", "local", "ceph"];
@@ -63,7 +77,7 @@ const BLOCK_END: &str = "# <<< backstop";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct InstallError(String);
+pub struct InstallError(pub(crate) String);
 
 fn io_err(what: String) -> impl FnOnce(io::Error) -> InstallError {
     move |e| InstallError(format!("{what}: {e}"))
@@ -167,7 +181,11 @@ impl Manifest {
 
 /// Writes `content` to `path` through a temporary file and a rename, unless it is already
 /// there with the same mode. Returns whether anything changed.
-fn write_if_changed(path: &Path, content: &[u8], mode: u32) -> Result<bool, InstallError> {
+pub(crate) fn write_if_changed(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+) -> Result<bool, InstallError> {
     if let Ok(m) = fs::symlink_metadata(path)
         && m.file_type().is_file()
         && m.permissions().mode() & 0o7777 == mode
@@ -255,6 +273,9 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
             "--with-tm would replace the stock transfer-manager backup actions, but these backstop actions are not implemented yet: {}; refusing (--allow-unimplemented overrides, for testing only)",
             missing_tm.join(", ")
         )));
+    }
+    if options.with_services {
+        crate::services::check(&options.systemd_dir)?;
     }
     let binary = match &options.binary {
         Some(b) => b.clone(),
@@ -347,6 +368,15 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
             downloader_sh.display()
         )),
     };
+    let mut services = Vec::new();
+    if options.with_services {
+        crate::services::write(
+            remotes,
+            &options.systemd_dir,
+            &options.env_file,
+            &mut services,
+        )?;
+    }
     let manifest_text = inst.manifest.render();
     if write_if_changed(&Manifest::path(remotes), manifest_text.as_bytes(), 0o644)? {
         inst.changed.push("wrote backstop/manifest".into());
@@ -373,6 +403,7 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         Some(n) => writeln!(out, "{n}").ok(),
         None => None,
     };
+    out.write_all(&services).ok();
     writeln!(out, "{}", oned_conf_lines(options.replace_stock)).ok();
     Ok(())
 }
@@ -455,6 +486,7 @@ fn uninstall(remotes: &Path, out: &mut impl Write) -> Result<(), InstallError> {
         .ok();
         return Ok(());
     };
+    crate::services::remove(remotes, out)?;
     let mut dirs = BTreeSet::new();
     for rel in manifest.created.iter().chain(&manifest.replaced) {
         let path = remotes.join(rel);

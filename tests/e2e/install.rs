@@ -331,3 +331,100 @@ fn one_location_sets_the_default_remotes_dir() {
     let shim = dir.path().join("var/remotes/datastore/backstop/monitor");
     assert!(shim.is_file(), "nothing at {}", shim.display());
 }
+
+/// `--with-services`: systemd units for the scheduler and `serve` that `systemd-analyze verify`
+/// accepts, an environment file made 0600 and never overwritten, a foreign unit refused, and
+/// `--uninstall` removing the units (the environment file stays).
+#[test]
+fn services_are_written_verified_and_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    let sd = dir.path().join("systemd");
+    let env = dir.path().join("etc/backstop.env");
+    let args = [
+        "--with-services",
+        "--systemd-dir",
+        sd.to_str().expect("utf-8"),
+        "--env-file",
+        env.to_str().expect("utf-8"),
+    ];
+    let out = install_sh(&r, &args);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "systemctl daemon-reload && systemctl enable --now backstop-scheduler.service backstop-web.service"
+        ),
+        "{}",
+        out.stdout
+    );
+    let bin = r.join("backstop/bin/backstop");
+    let scheduler = fs::read_to_string(sd.join("backstop-scheduler.service")).expect("unit");
+    assert!(
+        scheduler.contains(&format!(
+            "ExecStart={} backupjob --remotes {} scheduler --loop",
+            bin.display(),
+            r.display()
+        )) && scheduler.contains("User=oneadmin")
+            && scheduler.contains(&format!("EnvironmentFile=-{}", env.display())),
+        "{scheduler}"
+    );
+    let web = fs::read_to_string(sd.join("backstop-web.service")).expect("unit");
+    assert!(
+        web.contains(&format!("ExecStart={} serve", bin.display())),
+        "{web}"
+    );
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(sd.join("backstop-scheduler.service"))
+        .arg(sd.join("backstop-web.service"))
+        .output()
+        .expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !said.contains("backstop-"),
+        "systemd-analyze verify: {said}"
+    );
+    assert_eq!(
+        fs::metadata(&env).expect("env").permissions().mode() & 0o777,
+        0o600
+    );
+    // The operator's settings survive a second install.
+    let mut text = fs::read_to_string(&env).expect("env");
+    text.push_str("BACKSTOP_LISTEN=127.0.0.1:9000\n");
+    fs::write(&env, &text).expect("env");
+    let out = install_sh(&r, &args);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(fs::read_to_string(&env).expect("env"), text);
+    // A unit of the same name that is not backstop's is not replaced.
+    let foreign = dir.path().join("foreign");
+    fs::create_dir_all(&foreign).expect("dir");
+    fs::write(
+        foreign.join("backstop-web.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .expect("unit");
+    let out = install_sh(
+        &r,
+        &[
+            "--with-services",
+            "--systemd-dir",
+            foreign.to_str().expect("utf-8"),
+            "--env-file",
+            env.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("exists and is not backstop's"),
+        "{out:?}"
+    );
+    // The refused install recorded nothing new: uninstall removes the units it wrote.
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert!(!sd.join("backstop-scheduler.service").exists());
+    assert!(!sd.join("backstop-web.service").exists());
+    assert!(env.exists(), "the environment file stays");
+    assert_eq!(contents(&r), before, "uninstall did not restore the tree");
+}
