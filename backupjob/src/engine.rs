@@ -486,7 +486,7 @@ pub fn run_jobs(
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(dir) = &progress_dir {
-                        report_progress(dir, &started, &mut on_event);
+                        report_progress(dir, &started, state, &mut on_event);
                     }
                     continue;
                 }
@@ -567,14 +567,17 @@ fn finish_vm(
     Ok(())
 }
 
-/// Each running backup's latest progress, as an event.
+/// Each running backup's latest progress, as an event and in the state (for `backstop
+/// serve`; a failed write only loses a progress line).
 fn report_progress(
     dir: &ProgressDir,
     started: &HashMap<u64, (u64, std::time::Instant)>,
+    state: &mut State,
     on_event: &mut impl FnMut(u64, &Event),
 ) {
     for (vm, (job, since)) in started {
         if let Some((done, total, read)) = dir.read(*vm) {
+            let _ = state.set_progress(*job, *vm, (done, total, read), now_ms());
             on_event(
                 *job,
                 &Event::Progress {

@@ -36,6 +36,8 @@ pub struct Vm {
     pub ended_at_ms: Option<i64>,
     /// When its newest backup point was taken (seconds).
     pub last_backup: Option<i64>,
+    /// A running backup's progress: (done, total, bytes read, when in ms).
+    pub progress: Option<(u64, u64, u64, i64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,9 @@ impl Snapshot {
                 started_at_ms: row.and_then(|r| r.started_at),
                 ended_at_ms: row.and_then(|r| r.ended_at),
                 last_backup,
+                progress: row
+                    .filter(|r| r.state == Some(VmState::Ongoing))
+                    .and_then(|r| r.progress),
             });
         }
         let datastores = st
@@ -240,7 +245,10 @@ impl Snapshot {
             .filter(|v| v.state == Some("ONGOING"))
             .map(|v| {
                 json!({"vm": v.id, "name": v.name, "job": v.job,
-                "started_at": v.started_at_ms.map(|t| t / 1000)})
+                "started_at": v.started_at_ms.map(|t| t / 1000),
+                "progress": v.progress.map(|(done, total, read, at)| json!({
+                    "done": done, "total": total, "bytes_read": read, "at": at / 1000,
+                    "percent": (done * 100).checked_div(total)}))})
             })
             .collect();
         json!({

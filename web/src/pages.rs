@@ -133,9 +133,16 @@ pub fn overview(snap: &Snapshot) -> String {
             ));
         }
         for v in &running {
+            let progress = v.progress.map_or(String::new(), |(done, total, read, _)| {
+                format!(
+                    "; <span class=\"progress\">{}% ({} read)</span>",
+                    (done * 100).checked_div(total).unwrap_or(0),
+                    size(read / (1 << 20))
+                )
+            });
             body.push_str(&format!(
                 "<tr class=\"running\" data-vm=\"{}\"><td><a href=\"/vms/{}\">{} ({})</a></td>\
-                 <td>{}</td><td>running since {}</td></tr>",
+                 <td>{}</td><td>running since {}{progress}</td></tr>",
                 v.id,
                 v.id,
                 v.id,

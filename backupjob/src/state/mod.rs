@@ -132,6 +132,12 @@ pub const MIGRATIONS: &[&str] = &[
      );",
     // 6: protected backup images: no retention rule removes them.
     "ALTER TABLE images ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;",
+    // 7: a running backup's progress, as the runner last read it: image positions settled of
+    // the total, bytes read, and when (ms); for `backstop serve`.
+    "ALTER TABLE job_vms ADD COLUMN progress_done INTEGER;
+     ALTER TABLE job_vms ADD COLUMN progress_total INTEGER;
+     ALTER TABLE job_vms ADD COLUMN progress_read INTEGER;
+     ALTER TABLE job_vms ADD COLUMN progress_at INTEGER;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +192,8 @@ pub struct JobVm {
     pub runner_pid: Option<u32>,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// The latest progress of its running backup: (done, total, bytes read, when in ms).
+    pub progress: Option<(u64, u64, u64, i64)>,
 }
 
 /// A backup image and its increments (oldest first).
@@ -433,6 +441,7 @@ impl State {
             .conn
             .prepare(
                 "SELECT vm_id, position, state, reason, failures, runner_pid, started_at, ended_at
+                        , progress_done, progress_total, progress_read, progress_at
                  FROM job_vms WHERE job_id = ?1 ORDER BY position",
             )
             .map_err(|e| self.sql(e))?;
@@ -449,10 +458,46 @@ impl State {
                     runner_pid: r.get::<_, Option<i64>>(5)?.map(|p| p as u32),
                     started_at: r.get(6)?,
                     ended_at: r.get(7)?,
+                    progress: match (
+                        r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, Option<i64>>(9)?,
+                        r.get::<_, Option<i64>>(10)?,
+                        r.get::<_, Option<i64>>(11)?,
+                    ) {
+                        (Some(d), Some(t), Some(b), Some(at)) => {
+                            Some((d as u64, t as u64, b as u64, at))
+                        }
+                        _ => None,
+                    },
                 })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// Records the progress of a VM's running backup (`at` in ms).
+    pub fn set_progress(
+        &mut self,
+        job: u64,
+        vm: u64,
+        (done, total, read): (u64, u64, u64),
+        at: i64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE job_vms SET progress_done = ?1, progress_total = ?2, progress_read = ?3,
+                 progress_at = ?4 WHERE job_id = ?5 AND vm_id = ?6",
+                params![
+                    done as i64,
+                    total as i64,
+                    read as i64,
+                    at,
+                    job as i64,
+                    vm as i64
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
     }
 
     /// Moves a VM of a job from `from` (None: in no set) to `to`, only if it is still in
@@ -481,7 +526,8 @@ impl State {
                     ended_at = CASE WHEN ?1 = 'ONGOING' THEN NULL
                                     WHEN state = 'ONGOING' THEN ?4 ELSE ended_at END,
                     failures = CASE WHEN ?1 = 'ERROR' AND state = 'ONGOING' THEN failures + 1
-                                    WHEN ?1 = 'UPDATED' THEN 0 ELSE failures END
+                                    WHEN ?1 = 'UPDATED' THEN 0 ELSE failures END,
+                    progress_at = CASE WHEN ?1 = 'ONGOING' THEN NULL ELSE progress_at END
                  WHERE job_id = ?5 AND vm_id = ?6 AND state IS ?7",
                 params![
                     to.as_str(),
