@@ -76,6 +76,16 @@ pub struct SyncTemplate {
     pub workers: usize,
 }
 
+/// A `YES`/`NO` attribute (any case), `default` when absent.
+pub(crate) fn yes_no(t: &Template, name: &str, default: bool) -> Result<bool, String> {
+    match t.get(name).map(|v| v.trim().to_ascii_uppercase()) {
+        None => Ok(default),
+        Some(v) if v == "YES" => Ok(true),
+        Some(v) if v == "NO" => Ok(false),
+        Some(v) => Err(format!("{name} {v:?} is not YES or NO")),
+    }
+}
+
 /// `EVERY`: `<n>s|m|h|d`, or seconds.
 pub fn every(t: &Template) -> Result<Option<u64>, String> {
     let Some(text) = t.get("EVERY").map(str::trim) else {
@@ -137,45 +147,18 @@ impl SyncTemplate {
         if !(1..=64).contains(&workers) {
             return Err(format!("WORKERS {workers} is not between 1 and 64"));
         }
-        let verified_only = match t
-            .get("VERIFIED_ONLY")
-            .map(|v| v.trim().to_ascii_uppercase())
-        {
-            None => false,
-            Some(v) if v == "YES" => true,
-            Some(v) if v == "NO" => false,
-            Some(v) => return Err(format!("VERIFIED_ONLY {v:?} is not YES or NO")),
-        };
+        let verified_only = yes_no(&t, "VERIFIED_ONLY", false)?;
         if verified_only && direction == Direction::Pull {
             return Err(
                 "VERIFIED_ONLY is for PUSH: verdicts are kept for the runner's own datastores"
                     .into(),
             );
         }
-        let remove_vanished = match t
-            .get("REMOVE_VANISHED")
-            .map(|v| v.trim().to_ascii_uppercase())
-        {
-            None => None,
-            Some(v) if v == "NO" => None,
-            Some(v) if v == "YES" => Some(match t.get("MAX_DELETE") {
-                None => 10,
-                Some(m) => m
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("MAX_DELETE {m:?} is not a number"))?,
-            }),
-            Some(v) => return Err(format!("REMOVE_VANISHED {v:?} is not YES or NO")),
+        let remove_vanished = match yes_no(&t, "REMOVE_VANISHED", false)? {
+            false => None,
+            true => Some(optional("MAX_DELETE", 10)? as usize),
         };
-        let resync_corrupt = match t
-            .get("RESYNC_CORRUPT")
-            .map(|v| v.trim().to_ascii_uppercase())
-        {
-            None => false,
-            Some(v) if v == "YES" => true,
-            Some(v) if v == "NO" => false,
-            Some(v) => return Err(format!("RESYNC_CORRUPT {v:?} is not YES or NO")),
-        };
+        let resync_corrupt = yes_no(&t, "RESYNC_CORRUPT", false)?;
         if resync_corrupt && direction == Direction::Push {
             return Err(
                 "RESYNC_CORRUPT is for PULL: verdicts are kept for the runner's own datastores"

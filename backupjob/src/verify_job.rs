@@ -54,21 +54,8 @@ impl VerifyTemplate {
         if !(1..=255).contains(&shares) {
             return Err(format!("SHARES {shares} is not between 1 and 255"));
         }
-        let heal = match t.get("HEAL").map(|h| h.trim().to_ascii_uppercase()) {
-            None => true,
-            Some(h) if h == "YES" => true,
-            Some(h) if h == "NO" => false,
-            Some(h) => return Err(format!("HEAL {h:?} is not YES or NO")),
-        };
-        let ignore_verified = match t
-            .get("IGNORE_VERIFIED")
-            .map(|h| h.trim().to_ascii_uppercase())
-        {
-            None => false,
-            Some(h) if h == "YES" => true,
-            Some(h) if h == "NO" => false,
-            Some(h) => return Err(format!("IGNORE_VERIFIED {h:?} is not YES or NO")),
-        };
+        let heal = crate::sync::yes_no(&t, "HEAL", true)?;
+        let ignore_verified = crate::sync::yes_no(&t, "IGNORE_VERIFIED", false)?;
         Ok(VerifyTemplate {
             every: crate::sync::every(&t)?,
             name: sync.name.clone(),

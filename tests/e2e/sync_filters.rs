@@ -5,27 +5,8 @@
 
 use crate::s3server::{ACCESS_KEY, S3Server, SECRET_KEY};
 use crate::support::{BACKSTOP, Outcome, noise, run, run_env};
+use crate::sync_jobs::{IN_SNAPSHOT, restic_ok};
 use std::fs;
-use std::path::Path;
-
-const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0.0";
-
-fn restic_ok(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new("restic")
-        .arg("--no-cache")
-        .arg("-r")
-        .arg(repo)
-        .args(args)
-        .env("RESTIC_PASSWORD", password)
-        .output()
-        .expect("restic");
-    assert!(
-        out.status.success(),
-        "restic {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 /// The tags of each snapshot restic lists, oldest first.
 fn tags(listing: &[u8]) -> Vec<Vec<String>> {

@@ -10,9 +10,9 @@ use crate::support::{BACKSTOP, Outcome, noise, run, run_env};
 use std::fs;
 use std::path::Path;
 
-const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0.0";
+pub(crate) const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0.0";
 
-fn restic_ok(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
+pub(crate) fn restic_ok(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("restic")
         .arg("--no-cache")
         .arg("-r")

@@ -61,7 +61,12 @@ pub(crate) fn vm_plan(
         .collect())
 }
 
-pub(super) fn show(st: &State, id: u64, vm: Option<u64>, json: bool) -> Result<(), Error> {
+/// A job's name and template, and its VMs (or the one asked for, which must be one of them).
+fn job_and_vms(
+    st: &State,
+    id: u64,
+    vm: Option<u64>,
+) -> Result<(String, JobTemplate, Vec<u64>), Error> {
     let (_, name, _, template) = st
         .jobs()?
         .into_iter()
@@ -73,6 +78,11 @@ pub(super) fn show(st: &State, id: u64, vm: Option<u64>, json: bool) -> Result<(
         Some(v) => return Err(input(format!("VM {v} is not in backup job {id}"))),
         None => job.vms.clone(),
     };
+    Ok((name, job, vms))
+}
+
+pub(super) fn show(st: &State, id: u64, vm: Option<u64>, json: bool) -> Result<(), Error> {
+    let (name, job, vms) = job_and_vms(st, id, vm)?;
     let tz = jiff::tz::TimeZone::system();
     let rules: Vec<String> = job
         .keep
@@ -163,17 +173,7 @@ pub(super) fn apply(
             "--apply removes backups: add --yes to carry the plan out (run without --apply to read it first)",
         ));
     }
-    let (_, _, _, template) = st
-        .jobs()?
-        .into_iter()
-        .find(|j| j.0 == id)
-        .ok_or_else(|| input(format!("there is no backup job {id}")))?;
-    let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
-    let vms: Vec<u64> = match vm {
-        Some(v) if job.vms.contains(&v) => vec![v],
-        Some(v) => return Err(input(format!("VM {v} is not in backup job {id}"))),
-        None => job.vms.clone(),
-    };
+    let (_, job, vms) = job_and_vms(st, id, vm)?;
     let tz = jiff::tz::TimeZone::system();
     let mut plans = Vec::new();
     for v in vms {

@@ -365,21 +365,10 @@ fn write_pack(
     options: &CopyOptions,
     stats: &Mutex<CopyStats>,
 ) -> Result<IndexPack, Error> {
-    let finished = pack
-        .finish(dst.crypto())
-        .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-    let size = finished.bytes.len() as u64;
     if let Some(limit) = &options.rate_out {
-        limit.take(finished.bytes.len());
+        limit.take(pack.len());
     }
-    dst.backend()
-        .write_bytes(
-            FileType::Pack,
-            &finished.id.to_rustic(),
-            trees,
-            finished.bytes.into(),
-        )
-        .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
+    let (index, size) = crate::pack::store(dst, pack, trees)?;
     if let Ok(mut st) = stats.lock() {
         st.bytes_written += size;
     }
@@ -387,7 +376,7 @@ fn write_pack(
         .progress
         .bytes_written
         .fetch_add(size, Ordering::Relaxed);
-    Ok(finished.index)
+    Ok(index)
 }
 
 /// Copies `snapshots` (ids at the source, oldest first) that the destination lacks.

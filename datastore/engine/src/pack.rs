@@ -47,6 +47,11 @@ impl PackBuilder {
         self.blobs.is_empty()
     }
 
+    /// Whether it holds tree blobs (it then holds only those).
+    pub fn has_trees(&self) -> bool {
+        self.blobs.iter().any(|b| b.kind == BlobKind::Tree)
+    }
+
     pub fn add(&mut self, blob: SealedBlob) {
         let offset = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
         let length = u32::try_from(blob.sealed.len()).unwrap_or(u32::MAX);
@@ -94,4 +99,26 @@ impl PackBuilder {
             },
         })
     }
+}
+
+/// Seals `pack` with the repository's key and writes it (`trees`: a pack of tree blobs, which
+/// a metadata cache keeps); its index entry and its size. The one place packs are written.
+pub fn store(
+    repo: &crate::Repo,
+    pack: PackBuilder,
+    trees: bool,
+) -> Result<(IndexPack, u64), crate::Error> {
+    let finished = pack
+        .finish(repo.crypto())
+        .map_err(|e| crate::Error::new(crate::ErrorKind::Repository, e.to_string()))?;
+    let size = finished.bytes.len() as u64;
+    repo.backend()
+        .write_bytes(
+            rustic_core::FileType::Pack,
+            &finished.id.to_rustic(),
+            trees,
+            finished.bytes.into(),
+        )
+        .map_err(|e| crate::rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
+    Ok((finished.index, size))
 }

@@ -15,7 +15,7 @@
 use crate::format::{BlobKind, IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
-use crate::{BlobLocation, Error, ErrorKind, Repo, rustic_error};
+use crate::{BlobLocation, Error, Repo, rustic_error};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -352,23 +352,8 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
         let new = if builder.is_empty() {
             None
         } else {
-            let finished = builder
-                .finish(repo.crypto())
-                .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-            let trees = finished
-                .index
-                .blobs
-                .iter()
-                .any(|b| b.kind == BlobKind::Tree);
-            repo.backend()
-                .write_bytes(
-                    FileType::Pack,
-                    &finished.id.to_rustic(),
-                    trees,
-                    finished.bytes.into(),
-                )
-                .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
-            Some(finished.index)
+            let trees = builder.has_trees();
+            Some(crate::pack::store(repo, builder, trees)?.0)
         };
         replaced.insert(*pack_id, new);
         healed.packs += 1;

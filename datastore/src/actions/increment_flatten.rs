@@ -111,28 +111,12 @@ fn keep_these(
         .sum();
     let mut gone = chain[..first].to_vec();
     gone.extend(between);
-    let wait = lock_wait(ds);
-    let forget = vm_snapshots::present(&repo, &gone, vm_id)?;
-    repo.forget(&forget, wait)?;
-    repo.prune(
-        &PruneLimits {
-            max_unused: Some("unlimited".into()),
-            max_repack: Some("0".into()),
-        },
-        wait,
-    )
-    .map_err(|e| {
-        Error::new(
-            ErrorKind::Repository,
-            format!("the increments were forgotten but the prune failed: {e}"),
-        )
-    })?;
-    let kept: Vec<String> = chain[first..]
+    forget_unused(&repo, ds, &gone, vm_id)?;
+    let kept: Vec<_> = chain[first..]
         .iter()
         .filter(|l| ids.contains(&l.increment_id))
-        .map(|l| format!("{}:{}", l.increment_id, l.source))
         .collect();
-    Ok(Some(format!("{size_mb} {}", kept.join(","))))
+    Ok(Some(answer(size_mb, &kept)))
 }
 
 /// KEEP_LAST `keep`, as oned asks it.
@@ -167,8 +151,21 @@ fn keep_last(
                 .filter(|_| image.increments.is_empty())
                 .unwrap_or(0),
         );
+    forget_unused(&repo, ds, &chain[..merged - 1], vm_id)?;
+    let kept: Vec<_> = chain[merged - 1..].iter().collect();
+    Ok(Some(answer(size_mb, &kept)))
+}
+
+/// Forgets the snapshots of `gone` that are there, then deletes the packs nothing uses any
+/// more (no repacking: retention never moves data).
+fn forget_unused(
+    repo: &crate::repo::Repo,
+    ds: &backstop_protocol::message::Datastore,
+    gone: &[backstop_protocol::url::ChainLink],
+    vm_id: u64,
+) -> Result<(), Error> {
     let wait = lock_wait(ds);
-    let forget = vm_snapshots::present(&repo, &chain[..merged - 1], vm_id)?;
+    let forget = vm_snapshots::present(repo, gone, vm_id)?;
     repo.forget(&forget, wait)?;
     repo.prune(
         &PruneLimits {
@@ -183,11 +180,16 @@ fn keep_last(
             format!("the increments were forgotten but the prune failed: {e}"),
         )
     })?;
-    let kept: Vec<String> = chain[merged - 1..]
+    Ok(())
+}
+
+/// `<size_mb> <id:source,...>`, what oned reads.
+fn answer(size_mb: u64, kept: &[&backstop_protocol::url::ChainLink]) -> String {
+    let kept: Vec<String> = kept
         .iter()
         .map(|l| format!("{}:{}", l.increment_id, l.source))
         .collect();
-    Ok(Some(format!("{size_mb} {}", kept.join(","))))
+    format!("{size_mb} {}", kept.join(","))
 }
 
 /// A chain the stock restic driver stored (qcow2 deltas, or rbd-format files): the merged

@@ -11,7 +11,7 @@ use crate::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree
 use crate::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
 use crate::lock::{Lock, RetryLock};
 use crate::pack::{PackBuilder, SealedBlob};
-use crate::{BlobLocation, Compression, KnownBlobs, Repo, rustic_error};
+use crate::{BlobLocation, Compression, KnownBlobs, Repo};
 use crate::{Error, ErrorKind};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use rustic_core::FileType;
@@ -313,21 +313,7 @@ fn write_pack(
     pack: PackBuilder,
     trees: bool,
 ) -> Result<(IndexPack, u64), Error> {
-    let finished = pack
-        .finish(shared.repo.crypto())
-        .map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
-    let size = finished.bytes.len() as u64;
-    shared
-        .repo
-        .backend()
-        .write_bytes(
-            FileType::Pack,
-            &finished.id.to_rustic(),
-            trees,
-            finished.bytes.into(),
-        )
-        .map_err(|e| rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
-    Ok((finished.index, size))
+    crate::pack::store(shared.repo, pack, trees)
 }
 
 /// The packer: fills packs and hands full ones to the pack writers; returns the index entries
