@@ -57,7 +57,13 @@ pub fn http(
     body: &str,
 ) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -212,6 +218,9 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     assert_eq!(get("/jobs/1").0, 200);
     assert_eq!(get("/datastores/1").0, 200);
     assert_eq!(get("/runs").0, 200);
+    // A page elsewhere whose name points at 127.0.0.1 (DNS rebinding) reads nothing.
+    let (code, _, _) = http(&web.addr, "GET", "/api/status", &["Host: evil.example"], "");
+    assert_eq!(code, 421);
     drop(web);
 
     // With credentials: a login for pages, a token for the API, CSRF tokens on forms.

@@ -78,6 +78,36 @@ async fn stopped() {
     }
 }
 
+/// Without credentials, only requests addressed to a loopback name are answered: a web page
+/// elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) reads nothing.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn host_guard(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !app.credentials.required() && !loopback_host(request.headers()) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "without credentials, backstop serve answers requests for a loopback address only",
+        );
+    }
+    next.run(request).await
+}
+
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(overview))
@@ -93,6 +123,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            host_guard,
+        ))
         .with_state(app)
 }
 
@@ -354,5 +388,32 @@ async fn logout(
             StatusCode::FORBIDDEN,
             "refused: the form's CSRF token is missing or wrong",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_from_a_table() {
+        for (host, ok) in [
+            ("127.0.0.1:8421", true),
+            ("127.0.0.1", true),
+            ("127.8.9.10:1", true),
+            ("localhost:8421", true),
+            ("LOCALHOST", true),
+            ("[::1]:8421", true),
+            ("[::1]", true),
+            ("evil.example:8421", false),
+            ("10.0.0.1:8421", false),
+            ("127.0.0.1.evil.example", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).expect("header"));
+            assert_eq!(loopback_host(&h), ok, "{host}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
     }
 }
