@@ -3,6 +3,7 @@
 
 mod actions;
 mod bad_input;
+mod browser;
 mod ceph;
 mod ceph_live;
 mod ceph_stock;

@@ -114,7 +114,11 @@ pub fn overview(snap: &Snapshot) -> String {
         .iter()
         .filter(|v| v.state == Some("ONGOING"))
         .collect();
-    let late_vms: Vec<&Vm> = snap.vms.iter().filter(|v| late(snap, v)).collect();
+    let late_vms: Vec<&Vm> = snap
+        .vms
+        .iter()
+        .filter(|v| late(snap, v) && !matches!(v.state, Some("ERROR" | "ONGOING")))
+        .collect();
     body.push_str("<h2>Needs attention</h2>");
     if failing.is_empty() && running.is_empty() && late_vms.is_empty() {
         body.push_str("<p class=\"ok\">Nothing is failing, late or running.</p>");

@@ -1,0 +1,355 @@
+//! The dashboard in a real browser: a headless Chromium driven through WebDriver (Debian's
+//! `chromium` and `chromium-driver`; the WebDriver calls are plain HTTP+JSON here) against
+//! `backstop serve` on loopback, over a state made by a real job run. The overview shows the
+//! failing VM with its reason; with credentials the pages ask for a login; a form whose CSRF
+//! token was taken out is refused; screenshots of the overview and of a VM page are saved
+//! (`target/screenshots/`, kept by CI and shown in the README).
+
+use crate::cloud::Cloud;
+use crate::web::{http, serve, slow_backup, state_with_a_failure};
+use base64::Engine;
+use serde_json::{Value, json};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+struct Driver {
+    child: Child,
+    addr: String,
+    session: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = call(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One WebDriver command; its `value`.
+fn call(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let mut s = TcpStream::connect(addr).expect("chromedriver");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .expect("timeout");
+    // The head, then exactly Content-Length bytes: chromedriver may keep the connection open.
+    let mut reader = std::io::BufReader::new(s);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        if n == 0 || line.trim_end().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).expect("read the body");
+    let v: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", String::from_utf8_lossy(&body)));
+    v["value"].clone()
+}
+
+impl Driver {
+    fn start(dir: &Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt install chromium-driver)");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chromedriver did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let profile = dir.join("chromium-profile");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let v = call(&addr, "POST", "/session", Some(&caps));
+        let session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        Driver {
+            child,
+            addr,
+            session,
+        }
+    }
+
+    fn cmd(&self, method: &str, what: &str, body: Option<Value>) -> Value {
+        call(
+            &self.addr,
+            method,
+            &format!("/session/{}{what}", self.session),
+            body.as_ref(),
+        )
+    }
+
+    fn go(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url})));
+    }
+
+    fn title(&self) -> String {
+        self.cmd("GET", "/title", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn url(&self) -> String {
+        self.cmd("GET", "/url", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    fn text(&self, css: &str) -> String {
+        let e = self.find(css);
+        self.cmd("GET", &format!("/element/{e}/text"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn body_text(&self) -> String {
+        self.text("body")
+    }
+
+    /// Waits (20 s at most) until the page's text holds `what`, as a click's navigation ends
+    /// after the click returns; the text then.
+    fn wait_text(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = self.script("return document.body ? document.body.innerText : ''");
+            let text = text.as_str().unwrap_or_default().to_string();
+            if text.contains(what) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
+    }
+
+    fn screenshot(&self, to: &Path) {
+        let b64 = self.cmd("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("png"))
+            .expect("base64");
+        fs::write(to, png).expect("screenshot");
+    }
+}
+
+/// `target/screenshots` of the workspace.
+fn screenshots() -> PathBuf {
+    let dir = crate::support::repo_root().join("target/screenshots");
+    fs::create_dir_all(&dir).expect("screenshots dir");
+    dir
+}
+
+#[test]
+fn the_dashboard_in_a_headless_chromium() {
+    let cloud: Cloud = crate::jobs::cloud_with_tm();
+    cloud.create_disks();
+    let state = state_with_a_failure(&cloud);
+    let web = serve(&state, &[]);
+    let driver = Driver::start(cloud.dir.path());
+    let base = format!("http://{}", web.addr);
+
+    driver.go(&format!("{base}/"));
+    assert_eq!(driver.title(), "Overview · backstop");
+    let failing = driver.text("tr.failing[data-vm='23']");
+    assert!(
+        failing.contains("ERROR") && failing.contains("down"),
+        "the failing VM and its reason: {failing}"
+    );
+    // The times are the viewer's: the script replaced the UTC text.
+    let shown = driver.script(
+        "return document.querySelector('time') ? document.querySelector('time').textContent : ''",
+    );
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|t| !t.is_empty() && !t.ends_with("UTC")),
+        "{shown}"
+    );
+    let shots = screenshots();
+    driver.screenshot(&shots.join("overview.png"));
+    driver.go(&format!("{base}/vms/22"));
+    assert!(driver.title().starts_with("VM 22"), "{}", driver.title());
+    assert!(driver.body_text().contains("Retention plan"));
+    driver.screenshot(&shots.join("vm.png"));
+    drop(web);
+
+    // With credentials: the pages ask for a login; a form without its CSRF token is refused.
+    let hash = backstop_web_hash("a good long password");
+    let token = "a-token-for-the-monitoring-1234";
+    let web = serve(
+        &state,
+        &[
+            ("BACKSTOP_API_TOKEN", token),
+            ("BACKSTOP_WEB_PASSWORD_HASH", &hash),
+        ],
+    );
+    let base = format!("http://{}", web.addr);
+    driver.go(&format!("{base}/"));
+    assert_eq!(driver.title(), "Log in · backstop", "{}", driver.url());
+    assert!(driver.url().ends_with("/login"));
+    driver.script("document.querySelector('input[name=csrf]').remove()");
+    let field = driver.find("input[name=password]");
+    driver.cmd(
+        "POST",
+        &format!("/element/{field}/value"),
+        Some(json!({"text": "a good long password"})),
+    );
+    let button = driver.find("button");
+    driver.cmd("POST", &format!("/element/{button}/click"), Some(json!({})));
+    let refused = "refused: the form's CSRF token is missing or wrong";
+    assert!(
+        driver.wait_text(refused).contains(refused),
+        "{}",
+        driver.body_text()
+    );
+    // With the token the form carries, the login works.
+    driver.go(&format!("{base}/login"));
+    let field = driver.find("input[name=password]");
+    driver.cmd(
+        "POST",
+        &format!("/element/{field}/value"),
+        Some(json!({"text": "a good long password"})),
+    );
+    let button = driver.find("button");
+    driver.cmd("POST", &format!("/element/{button}/click"), Some(json!({})));
+    assert!(driver.wait_text("Log out").contains("Log out"));
+    assert_eq!(driver.title(), "Overview · backstop");
+    assert!(driver.text("tr.failing[data-vm='23']").contains("down"));
+}
+
+/// An argon2 hash made as an operator makes it: `backstop serve --hash-password`.
+fn backstop_web_hash(password: &str) -> String {
+    let mut c = Command::new(crate::support::BACKSTOP)
+        .args(["serve", "--hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("hash");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write");
+    let out = c.wait_with_output().expect("hash");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// A running backup's progress, as the runner writes it to the state, moves on the overview
+/// in the browser (reloaded as a viewer would) and on `/api/status`; once done, the VM is
+/// UPDATED and nothing runs.
+#[test]
+fn a_running_backup_s_progress_moves_in_the_browser() {
+    let cloud: Cloud = crate::jobs::cloud_with_tm();
+    let (state, common) = slow_backup(&cloud);
+    let web = serve(&state, &[]);
+    let driver = Driver::start(cloud.dir.path());
+    let mut runner = Command::new(crate::support::BACKSTOP)
+        .args(&common)
+        .args(["backup", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runner");
+    let (mut shown, mut api): (Vec<String>, Vec<u64>) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while runner.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup did not end"
+        );
+        driver.go(&format!("http://{}/", web.addr));
+        let text = driver.script(
+            "var p = document.querySelector('tr.running[data-vm=\"22\"] .progress'); return p ? p.textContent : '';",
+        );
+        if let Some(t) = text.as_str().filter(|t| !t.is_empty())
+            && shown.last().map(String::as_str) != Some(t)
+        {
+            shown.push(t.to_string());
+        }
+        let (_, _, body) = http(&web.addr, "GET", "/api/status", &[], "");
+        if let Ok(s) = serde_json::from_str::<Value>(&body)
+            && let Some(done) = s["running"][0]["progress"]["done"].as_u64()
+            && api.last() != Some(&done)
+        {
+            api.push(done);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(
+        shown.len() >= 2,
+        "the page's progress did not move: {shown:?}"
+    );
+    assert!(
+        api.len() >= 2 && api.windows(2).all(|w| w[0] < w[1]),
+        "the API's progress did not move: {api:?}"
+    );
+    let (_, _, body) = http(&web.addr, "GET", "/api/status", &[], "");
+    let s: Value = serde_json::from_str(&body).expect("status");
+    assert_eq!(s["vms"]["by_state"]["UPDATED"], 1, "{s}");
+    assert!(s["running"].as_array().is_some_and(Vec::is_empty), "{s}");
+}
