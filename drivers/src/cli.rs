@@ -54,6 +54,12 @@ enum Command {
         /// The state database (default: $BACKSTOP_STATE, else <data dir>/backstop/state.db).
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The OpenNebula remotes tree (for the actions, which run the job runner).
+        #[arg(long, default_value = "/var/lib/one/remotes")]
+        remotes: PathBuf,
+        /// oned's DATASTORE_LOCATION (for the actions).
+        #[arg(long, default_value = "/var/lib/one//datastores")]
+        datastore_location: String,
         /// Read a password on stdin, print its argon2 hash for BACKSTOP_WEB_PASSWORD_HASH, and
         /// exit.
         #[arg(long)]
@@ -114,7 +120,12 @@ enum Command {
     },
 }
 
-fn serve(listen: std::net::SocketAddr, state: Option<PathBuf>, hash_password: bool) -> ExitCode {
+fn serve(
+    listen: std::net::SocketAddr,
+    state: Option<PathBuf>,
+    (remotes, datastore_location): (PathBuf, String),
+    hash_password: bool,
+) -> ExitCode {
     let fail = |e: String| {
         eprintln!("backstop serve: {e}");
         ExitCode::FAILURE
@@ -147,6 +158,8 @@ fn serve(listen: std::net::SocketAddr, state: Option<PathBuf>, hash_password: bo
         listen,
         state,
         credentials,
+        remotes,
+        datastore_location,
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
@@ -195,8 +208,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Serve {
             listen,
             state,
+            remotes,
+            datastore_location,
             hash_password,
-        } => serve(listen, state, hash_password),
+        } => serve(listen, state, (remotes, datastore_location), hash_password),
         Command::HostBackup {
             staging,
             ssh_config,

@@ -50,6 +50,8 @@ const ENV_FILE: &str = "# Settings and secrets of backstop's services (systemd E
 # backstop serve: where it listens; any non-loopback address needs both of the next two\n\
 #BACKSTOP_LISTEN=127.0.0.1:8421\n\
 #BACKSTOP_API_TOKEN=\n\
+# the key to the actions (POST /api/jobs/ID/run, ...), another token\n\
+#BACKSTOP_ADMIN_TOKEN=\n\
 # from: backstop serve --hash-password (the password on stdin)\n\
 #BACKSTOP_WEB_PASSWORD_HASH=\n\
 # Notifications (docs/notifications.md)\n\

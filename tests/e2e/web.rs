@@ -25,6 +25,11 @@ impl Drop for Served {
 
 /// `backstop serve` on a free loopback port with `env`.
 pub fn serve(state: &std::path::Path, env: &[(&str, &str)]) -> Served {
+    serve_with(state, env, &[])
+}
+
+/// [`serve`] with more arguments.
+pub fn serve_with(state: &std::path::Path, env: &[(&str, &str)], extra: &[&str]) -> Served {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -34,6 +39,7 @@ pub fn serve(state: &std::path::Path, env: &[(&str, &str)]) -> Served {
     let child = Command::new(BACKSTOP)
         .args(["serve", "--listen", &addr, "--state"])
         .arg(state)
+        .args(extra)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -113,6 +119,80 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = l.split_once(':')?;
         k.eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// The actions: only by POST with the admin token; retry moves the failed VM back to
+/// OUTDATED; run starts the job in its own process (it goes on with VM 23, which fails
+/// again); a retention plan with nothing to remove removes nothing.
+fn actions(web: &Served, bearer: &str, admin: &str) {
+    let status = || -> serde_json::Value {
+        let (_, _, body) = http(&web.addr, "GET", "/api/status", &[bearer], "");
+        serde_json::from_str(&body).expect("status")
+    };
+    let as_admin = format!("Authorization: Bearer {admin}");
+    assert_eq!(http(&web.addr, "POST", "/api/jobs/1/retry", &[], "").0, 403);
+    assert_eq!(
+        http(&web.addr, "POST", "/api/jobs/1/retry", &[bearer], "").0,
+        403
+    );
+    assert_eq!(
+        http(&web.addr, "GET", "/api/jobs/1/retry", &[&as_admin], "").0,
+        405
+    );
+    assert_eq!(
+        http(&web.addr, "POST", "/api/jobs/1/reboot", &[&as_admin], "").0,
+        404
+    );
+    let (code, _, body) = http(&web.addr, "POST", "/api/jobs/1/retry", &[&as_admin], "");
+    assert_eq!(code, 200, "{body}");
+    let s = status();
+    assert_eq!(
+        (
+            s["vms"]["by_state"]["OUTDATED"].as_u64(),
+            s["vms"]["by_state"]["ERROR"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    let (code, _, body) = http(&web.addr, "POST", "/api/jobs/1/run", &[&as_admin], "");
+    assert_eq!(code, 202, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let s = status();
+        let n = |state: &str| s["vms"]["by_state"][state].as_u64();
+        if n("ERROR") == Some(1) && n("ONGOING") == Some(0) && n("OUTDATED") == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not end: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // The run went on with what the retry put back (as oned's backup jobs do): VM 23 failed
+    // a second time.
+    let (_, _, vms) = http(&web.addr, "GET", "/api/vms", &[bearer], "");
+    let vms: serde_json::Value = serde_json::from_str(&vms).expect("vms");
+    let vm23 = vms
+        .as_array()
+        .and_then(|a| a.iter().find(|v| v["id"] == 23))
+        .expect("VM 23");
+    assert_eq!(vm23["failures"], 2, "{vms}");
+    let (code, _, body) = http(
+        &web.addr,
+        "POST",
+        "/api/jobs/1/retention?max_delete=0",
+        &[&as_admin],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        code == 200
+            && v["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("0 points removed")),
+        "{body}"
+    );
 }
 
 /// A state with VM 22 backed up and VM 23 in ERROR, from a real run of job 1.
@@ -244,12 +324,16 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     };
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let token = "t0ken-for-monitoring-0123456789";
-    let web = serve(
+    let admin = "admin-t0ken-0123456789-abcdef";
+    let common = cli_prefix(&cloud, &state, &[]);
+    let web = serve_with(
         &state,
         &[
             ("BACKSTOP_API_TOKEN", token),
             ("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str()),
+            ("BACKSTOP_ADMIN_TOKEN", admin),
         ],
+        &common[3..].iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let (code, head, _) = http(&web.addr, "GET", "/", &[], "");
     assert_eq!((code, header(&head, "location")), (303, Some("/login")));
@@ -321,6 +405,7 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     );
     let (code, _, _) = http(&web.addr, "POST", "/logout", &[&with_session], "csrf=");
     assert_eq!(code, 403);
+    actions(&web, &bearer, admin);
     drop(web);
 
     // Not on a loopback address without credentials.

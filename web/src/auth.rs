@@ -18,6 +18,8 @@ use std::sync::Mutex;
 pub struct Credentials {
     pub api_token: Option<String>,
     pub password_hash: Option<String>,
+    /// `BACKSTOP_ADMIN_TOKEN`: the only key to the actions (POST).
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -25,6 +27,10 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("password_hash", &self.password_hash.is_some())
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -40,11 +46,18 @@ impl Credentials {
         let creds = Credentials {
             api_token: get("BACKSTOP_API_TOKEN"),
             password_hash: get("BACKSTOP_WEB_PASSWORD_HASH"),
+            admin_token: get("BACKSTOP_ADMIN_TOKEN"),
         };
-        if let Some(t) = &creds.api_token
-            && t.len() < 16
-        {
-            return Err("BACKSTOP_API_TOKEN is shorter than 16 characters".into());
+        for (name, t) in [
+            ("BACKSTOP_API_TOKEN", &creds.api_token),
+            ("BACKSTOP_ADMIN_TOKEN", &creds.admin_token),
+        ] {
+            if t.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(format!("{name} is shorter than 16 characters"));
+            }
+        }
+        if creds.admin_token.is_some() && creds.admin_token == creds.api_token {
+            return Err("BACKSTOP_ADMIN_TOKEN must differ from BACKSTOP_API_TOKEN".into());
         }
         if let Some(h) = &creds.password_hash {
             argon2::PasswordHash::new(h).map_err(|e| {
@@ -65,6 +78,12 @@ impl Credentials {
 
     pub fn token_ok(&self, given: &str) -> bool {
         self.api_token
+            .as_deref()
+            .is_some_and(|t| same(t.as_bytes(), given.as_bytes()))
+    }
+
+    pub fn admin_ok(&self, given: &str) -> bool {
+        self.admin_token
             .as_deref()
             .is_some_and(|t| same(t.as_bytes(), given.as_bytes()))
     }
@@ -158,6 +177,7 @@ mod tests {
         let c = Credentials {
             api_token: Some("0123456789abcdef-token".into()),
             password_hash: Some(hash),
+            admin_token: None,
         };
         assert!(c.password_ok("correct horse") && !c.password_ok("wrong"));
         assert!(c.token_ok("0123456789abcdef-token") && !c.token_ok("0123456789abcdef-tokem"));

@@ -19,12 +19,18 @@ pub struct Options {
     pub listen: SocketAddr,
     pub state: PathBuf,
     pub credentials: Credentials,
+    /// The job runner's command line for the actions: the remotes tree and oned's
+    /// DATASTORE_LOCATION.
+    pub remotes: PathBuf,
+    pub datastore_location: String,
 }
 
 struct App {
     state: PathBuf,
     credentials: Credentials,
     sessions: Sessions,
+    remotes: PathBuf,
+    datastore_location: String,
 }
 
 const SESSION_COOKIE: &str = "backstop_session";
@@ -51,6 +57,8 @@ pub fn serve(options: Options) -> Result<(), String> {
         state: options.state,
         credentials: options.credentials,
         sessions: Sessions::default(),
+        remotes: options.remotes,
+        datastore_location: options.datastore_location,
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -121,6 +129,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/images", get(|s, h| api(s, h, Snapshot::images_json)))
         .route("/api/runs", get(|s, h| api(s, h, Snapshot::runs_json)))
         .route("/metrics", get(metrics))
+        .route("/api/jobs/{id}/{action}", post(action))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(
@@ -304,6 +313,118 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         )
             .into_response(),
         Err(r) => r,
+    }
+}
+
+/// `POST /api/jobs/{id}/run|retry|cancel|retention` with the admin token: the job runner's
+/// own command (`backupjob backup|retry|cancel|retention --apply --yes`). A run goes on in
+/// its own process (202, its PID); the others answer with what the command said.
+async fn action(
+    State(app): State<Arc<App>>,
+    UrlPath((id, action)): UrlPath<(u64, String)>,
+    headers: HeaderMap,
+    query: axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !bearer.is_some_and(|t| app.credentials.admin_ok(t)) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "actions need the admin token (BACKSTOP_ADMIN_TOKEN) as a bearer token",
+        );
+    }
+    let id_arg = id.to_string();
+    let max_delete = query
+        .get("max_delete")
+        .map_or(Ok(10), |m| m.parse::<u32>())
+        .map(|m| m.to_string());
+    let Ok(max_delete) = max_delete else {
+        return text(StatusCode::BAD_REQUEST, "max_delete is not a number");
+    };
+    let args: Vec<&str> = match action.as_str() {
+        "run" => vec!["backup", &id_arg],
+        "retry" => vec!["retry", &id_arg],
+        "cancel" => vec!["cancel", &id_arg],
+        "retention" => vec![
+            "retention",
+            &id_arg,
+            "--apply",
+            "--yes",
+            "--max-delete",
+            &max_delete,
+        ],
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "the actions are run, retry, cancel, retention",
+            );
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot run: {e}"),
+            );
+        }
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("backupjob")
+        .arg("--state")
+        .arg(&app.state)
+        .arg("--remotes")
+        .arg(&app.remotes)
+        .arg("--datastore-location")
+        .arg(&app.datastore_location)
+        .args(&args)
+        .stdin(std::process::Stdio::null());
+    if action == "run" {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        return match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id();
+                // Reaped when it ends, so that it leaves no zombie.
+                tokio::task::spawn_blocking(move || {
+                    let mut child = child;
+                    let _ = child.wait();
+                });
+                (
+                    StatusCode::ACCEPTED,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    serde_json::json!({"job": id, "action": "run", "pid": pid}).to_string(),
+                )
+                    .into_response()
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot run: {e}"),
+            ),
+        };
+    }
+    match tokio::task::spawn_blocking(move || cmd.output()).await {
+        Ok(Ok(out)) => (
+            if out.status.success() {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            },
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({
+                "job": id, "action": action, "ok": out.status.success(),
+                "output": String::from_utf8_lossy(&out.stdout),
+                "error": String::from_utf8_lossy(&out.stderr),
+            })
+            .to_string(),
+        )
+            .into_response(),
+        _ => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the action could not be run",
+        ),
     }
 }
 
