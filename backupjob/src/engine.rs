@@ -592,17 +592,29 @@ fn report_progress(
     }
 }
 
+/// What a scheduler pass did: the jobs run, highest priority first, and the jobs that missed
+/// their schedule (a due run refused, or started more than [`LATE_AFTER`] seconds after its
+/// time, as when the daemon was not running), with why.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub ran: Vec<u64>,
+    pub missed: Vec<(u64, String)>,
+}
+
+/// A scheduled run that starts this much later than its time missed its schedule.
+pub const LATE_AFTER: i64 = 900;
+
 /// One scheduler pass (`backupjob scheduler`): settles what a killed runner left ONGOING
 /// ([`reconcile`]); then runs together ([`run_jobs`]) every job that has a due scheduled
 /// action or VMs still OUTDATED; then moves the due actions on, or records why a job's run was
-/// refused and leaves them due. Returns the jobs run, highest priority first.
+/// refused and leaves them due.
 pub fn scheduler_pass(
     env: &Env,
     state: &mut State,
     limits: &Limits,
     tz: &jiff::tz::TimeZone,
     mut on_event: impl FnMut(u64, &Event),
-) -> Result<Vec<u64>, Error> {
+) -> Result<PassReport, Error> {
     let t = now();
     // Settled before the due jobs are chosen: a VM that goes back to OUTDATED makes its job
     // run.
@@ -628,23 +640,38 @@ pub fn scheduler_pass(
         due_of.insert(job, due);
     }
     if chosen.is_empty() {
-        return Ok(Vec::new());
+        return Ok(PassReport::default());
     }
     let report = run_jobs(env, state, &chosen, limits, &mut on_event)?;
-    let mut ran = Vec::new();
+    let mut pass = PassReport::default();
     for job in chosen {
         let due = due_of.remove(&job).unwrap_or_default();
         match report.iter().find(|r| r.0 == job).map(|r| &r.1) {
             Some(Ok(_)) => {
+                if let Some(late) = due.iter().map(|(_, sa, _)| t - sa.time).max()
+                    && late > LATE_AFTER
+                {
+                    pass.missed.push((
+                        job,
+                        format!(
+                            "its scheduled run started {} minutes late (was the scheduler stopped?)",
+                            late / 60
+                        ),
+                    ));
+                }
                 let done = now();
                 for (id, mut sa, _) in due {
                     sa.ran(done, tz);
                     state.update_sched_action(id, &sa, None)?;
                 }
-                ran.push(job);
+                pass.ran.push(job);
             }
             Some(Err(e)) => {
                 let message = format!("{t} : {e}");
+                if !due.is_empty() {
+                    pass.missed
+                        .push((job, format!("its scheduled run was refused: {e}")));
+                }
                 for (id, sa, _) in due {
                     state.update_sched_action(id, &sa, Some(&message))?;
                 }
@@ -652,5 +679,5 @@ pub fn scheduler_pass(
             None => {}
         }
     }
-    Ok(ran)
+    Ok(pass)
 }

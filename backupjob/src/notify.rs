@@ -356,6 +356,36 @@ pub fn after_job_run(
     }
 }
 
+/// Sends the message of a backup job that missed its schedule, with the job's settings; the
+/// lines to print.
+pub fn after_missed(
+    st: &crate::state::State,
+    global: &Settings,
+    job_id: u64,
+    why: &str,
+) -> Vec<String> {
+    let Some((_, name, _, template)) = st
+        .jobs()
+        .ok()
+        .and_then(|jobs| jobs.into_iter().find(|j| j.0 == job_id))
+    else {
+        return Vec::new();
+    };
+    let message = Message {
+        event: "backup_job_missed_schedule",
+        kind: "backup job",
+        job_id,
+        job_name: name,
+        summary: "missed its schedule".into(),
+        failures: vec![("schedule".into(), why.to_string())],
+    };
+    match global.for_job(&template) {
+        Ok(s) if s.is_empty() => Vec::new(),
+        Ok(s) => send(&s, &message),
+        Err(e) => vec![format!("notification not sent: backup job {job_id}: {e}")],
+    }
+}
+
 /// Sends the message of a sync or verify run that failed (`failures`: one line each, as the
 /// run printed them), with the job's settings; the lines to print.
 pub fn after_run(

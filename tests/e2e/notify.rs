@@ -232,4 +232,45 @@ fn a_failing_job_sends_one_mail_over_starttls_and_one_webhook() {
             .is_some_and(|r| r.contains("down")),
         "{v}"
     );
+
+    // A scheduled run an hour overdue (the scheduler was not running): the pass runs it late
+    // and says that the job missed its schedule; one message for that, one for the failures.
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        - 3600;
+    let out = bj(&["sched-add", "1", "--time", &hour_ago.to_string()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(bj(&["retry", "1"]).code, Some(0));
+    let out = bj(&["scheduler"]);
+    assert!(
+        out.stdout.contains(
+            "scheduler: backup job 1 missed its schedule: its scheduled run started 60 minutes late"
+        ),
+        "{out:?}"
+    );
+    let hooks = got.lock().expect("hooks").clone();
+    let events: Vec<String> = hooks
+        .iter()
+        .map(|h| {
+            let v: serde_json::Value = serde_json::from_str(&h.1).expect("json");
+            v["event"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "backup_job_failed",
+            "backup_job_missed_schedule",
+            "backup_job_failed"
+        ],
+        "{hooks:?}"
+    );
+    let missed = fs::read_to_string(smtp.out.join("1.eml")).expect("second mail");
+    assert!(
+        missed.contains("Subject: backstop: backup job 1 (nightly): missed its schedule")
+            && missed.contains("60 minutes late"),
+        "{missed}"
+    );
 }

@@ -53,9 +53,18 @@ pub(super) fn daemon(
     let notify = super::notify_settings();
     loop {
         let since = jiff::Timestamp::now().as_millisecond();
-        let ran = engine::scheduler_pass(&env, st, &limits, &tz, |job, ev| {
+        let pass = engine::scheduler_pass(&env, st, &limits, &tz, |job, ev| {
             reporter.event(&format!("job {job}: "), ev);
         })?;
+        let ran = pass.ran;
+        for (job, why) in &pass.missed {
+            print(&format!(
+                "scheduler: backup job {job} missed its schedule: {why}"
+            ))?;
+            for line in crate::notify::after_missed(st, &notify, *job, why) {
+                print(&format!("scheduler: backup job {job}: {line}"))?;
+            }
+        }
         if !ran.is_empty() {
             let list: Vec<String> = ran.iter().map(u64::to_string).collect();
             print(&format!("scheduler: ran backup jobs {}", list.join(", ")))?;
