@@ -236,6 +236,17 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     let cloud = cloud_with_tm();
     cloud.create_disks();
     let state = state_with_a_failure(&cloud);
+    // A verify job over the datastore, run once: clean.
+    let common = cli_prefix(&cloud, &state, &[]);
+    let verify = cloud.dir.path().join("jobs/verify.tmpl");
+    fs::write(&verify, "NAME = \"weekly-check\"\nDATASTORE_ID = 1\n").expect("verify");
+    let out = crate::jobs::run_cli(
+        &common,
+        &["verify-job", "create", verify.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = crate::jobs::run_cli(&common, &["verify-job", "run", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
     let web = serve(&state, &[]);
     let get = |path: &str| http(&web.addr, "GET", path, &[], "");
 
@@ -289,6 +300,14 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
         page.contains("<tr class=\"failing\" data-vm=\"23\">") && page.contains("down"),
         "{page}"
     );
+    assert!(
+        page.contains("verify job 1 weekly-check") && page.contains("<span class=\"ok\">ok</span>"),
+        "{page}"
+    );
+    assert!(
+        s["failing_copies"].as_array().is_some_and(Vec::is_empty),
+        "{s}"
+    );
     let (code, _, page) = get("/vms/22");
     assert!(
         code == 200 && page.contains("Retention plan") && page.contains("FULL"),
@@ -325,7 +344,6 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let token = "t0ken-for-monitoring-0123456789";
     let admin = "admin-t0ken-0123456789-abcdef";
-    let common = cli_prefix(&cloud, &state, &[]);
     let web = serve_with(
         &state,
         &[

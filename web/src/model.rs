@@ -72,6 +72,18 @@ pub struct Run {
     pub detail: String,
 }
 
+/// A sync or verify job and how its last run went.
+#[derive(Debug, Clone)]
+pub struct SecondCopy {
+    /// `sync` or `verify`.
+    pub kind: &'static str,
+    pub id: u64,
+    pub name: String,
+    pub last_run: Option<i64>,
+    /// The last run's failures (sync: repositories that failed; verify: damaged snapshots).
+    pub problem: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub now: i64,
@@ -80,6 +92,7 @@ pub struct Snapshot {
     pub images: Vec<Image>,
     pub datastores: Vec<(u64, String)>,
     pub runs: Vec<Run>,
+    pub second_copies: Vec<SecondCopy>,
 }
 
 fn read_err(e: impl std::fmt::Display) -> String {
@@ -199,6 +212,7 @@ impl Snapshot {
             .map(|(id, name, _)| (id, name))
             .collect();
         let runs = runs(&st, &images, &vms)?;
+        let second_copies = second_copies(&st)?;
         Ok(Snapshot {
             now,
             jobs,
@@ -206,6 +220,7 @@ impl Snapshot {
             images,
             datastores,
             runs,
+            second_copies,
         })
     }
 
@@ -260,6 +275,10 @@ impl Snapshot {
             "running": running,
             "jobs": self.jobs.len(),
             "images": self.images.len(),
+            "failing_copies": self.second_copies.iter().filter(|c| c.problem.is_some())
+                .map(|c| json!({"kind": c.kind, "id": c.id, "name": c.name,
+                    "last_run": c.last_run, "problem": c.problem}))
+                .collect::<Vec<_>>(),
         })
     }
 
@@ -407,6 +426,44 @@ impl Snapshot {
         );
         out
     }
+}
+
+/// The sync jobs with their last run, the verify jobs with their damaged snapshots.
+fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
+    let mut out = Vec::new();
+    for (id, name, _) in st.sync_jobs().map_err(read_err)? {
+        let last = st.sync_runs(id).map_err(read_err)?.into_iter().next();
+        out.push(SecondCopy {
+            kind: "sync",
+            id,
+            name,
+            last_run: last.as_ref().map(|r| r.started_at),
+            problem: last.and_then(|r| r.error).map(|e| e.replace('\n', "; ")),
+        });
+    }
+    let last_runs = st.verify_last_runs().map_err(read_err)?;
+    for (id, name, text, _) in st.verify_jobs().map_err(read_err)? {
+        let datastore = backstop_backupjob::verify_job::VerifyTemplate::parse(&text)
+            .map(|t| t.datastore_id)
+            .ok();
+        let damaged = match datastore {
+            Some(ds) => st
+                .verdicts_in(ds)
+                .map_err(read_err)?
+                .iter()
+                .filter(|v| !v.bad.is_empty())
+                .count(),
+            None => 0,
+        };
+        out.push(SecondCopy {
+            kind: "verify",
+            id,
+            name,
+            last_run: last_runs.iter().find(|l| l.0 == id).and_then(|l| l.1),
+            problem: (damaged > 0).then(|| format!("{damaged} damaged snapshots")),
+        });
+    }
+    Ok(out)
 }
 
 /// The run history: each backup point recorded, each VM's last failure, sync and verify runs;

@@ -202,6 +202,26 @@ pub fn overview(snap: &Snapshot) -> String {
     }
     body.push_str("</table>");
     body.push_str(&datastores_table(snap));
+    if !snap.second_copies.is_empty() {
+        body.push_str(
+            "<h2>Sync and verify jobs</h2><table id=\"copies\"><tr><th>job</th><th>last run</th><th>state</th></tr>",
+        );
+        for c in &snap.second_copies {
+            body.push_str(&format!(
+                "<tr><td>{} job {} {}</td><td>{}</td><td>{}</td></tr>",
+                c.kind,
+                c.id,
+                esc(&c.name),
+                when(c.last_run),
+                match (&c.problem, c.last_run) {
+                    (Some(p), _) => format!("<span class=\"bad\">{}</span>", esc(p)),
+                    (None, Some(_)) => "<span class=\"ok\">ok</span>".into(),
+                    (None, None) => "never run".into(),
+                }
+            ));
+        }
+        body.push_str("</table>");
+    }
     body
 }
 
