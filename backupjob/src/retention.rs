@@ -107,6 +107,20 @@ impl Period {
     }
 }
 
+/// The plan for a VM's points in chain order (images oldest first, each image's increments in
+/// order): [`plan`], but the last point always stays, whatever its time says: the next
+/// backup extends the chain from it.
+pub fn plan_chain(points: &[Point], keep: &Keep, tz: &TimeZone) -> Vec<Decision> {
+    let mut out = plan(points, keep, tz);
+    if let Some(last) = out.last_mut()
+        && !last.keep
+    {
+        last.keep = true;
+        last.reasons.push("the chain's last point".into());
+    }
+    out
+}
+
 /// The plan for `points` (in any order): one decision per point, in the same order.
 pub fn plan(points: &[Point], keep: &Keep, tz: &TimeZone) -> Vec<Decision> {
     let mut out: Vec<Decision> = points
@@ -311,6 +325,25 @@ mod tests {
             &utc,
         );
         assert_eq!(d[5].reasons, ["weekly 2026-W01", "monthly 2026-01"]);
+    }
+
+    #[test]
+    fn the_chain_s_last_point_always_stays() {
+        // The last in chain order is older than another point by its time (a clock moved):
+        // the plan alone would drop it; the chain's plan keeps it.
+        let p = points(&[
+            "2026-11-30T09:00:00Z",
+            "2026-11-30T12:00:00Z",
+            "2026-11-30T10:00:00Z",
+        ]);
+        let keep = Keep {
+            daily: 1,
+            ..Keep::default()
+        };
+        assert_eq!(shape(&plan(&p, &keep, &TimeZone::UTC)), "-K-");
+        let d = plan_chain(&p, &keep, &TimeZone::UTC);
+        assert_eq!(shape(&d), "-KK");
+        assert_eq!(d[2].reasons, ["the chain's last point"]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! to earlier days in the state (the one thing not made by a real run), and KEEP_DAILY=3
 //! applied: the oldest point goes by KEEP_LAST's flatten, a point between two kept ones by
 //! KEEP_INCREMENTS; every kept point restores byte-exact, restic checks the repository clean,
-//! and the chain goes on. The max-delete guard and a missing --yes refuse and change nothing.
+//! and the chain goes on, the runner applying the plan after the next run itself. The
+//! max-delete guard and a missing --yes refuse and change nothing.
 
 use crate::cloud::DISKS;
 use crate::jobs::{cli_prefix, cloud_with_tm, datastore_template, restic_in};
@@ -48,7 +49,8 @@ fn a_retention_plan_is_carried_out_and_every_kept_point_restores() {
         assert_eq!(out.code, Some(0), "round {round}: {out:?}");
         points.push(DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect());
     }
-    // Increments 0 and 1 two days ago, 2 and 3 yesterday, 4 today (UTC, mid-day).
+    // Increments 0 and 1 two days ago, 2 and 3 yesterday (mid-day), 4 today just after
+    // midnight (UTC).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
@@ -61,7 +63,7 @@ fn a_retention_plan_is_carried_out_and_every_kept_point_restores() {
         (1, today - 2 * day + 11 * 3_600),
         (2, today - day + 10 * 3_600),
         (3, today - day + 11 * 3_600),
-        (4, today + 10 * 3_600),
+        (4, today + 1),
     ] {
         db.execute(
             "UPDATE increments SET created_at = ?1 WHERE image_id = 1 AND id = ?2",
@@ -159,7 +161,8 @@ fn a_retention_plan_is_carried_out_and_every_kept_point_restores() {
             );
         }
     }
-    // Nothing more to remove; the chain goes on from its last increment.
+    // Nothing more to remove; the chain goes on from its last increment, and after the run the
+    // runner applies the plan itself: today's older point goes (KEEP_DAILY keeps one a day).
     let out = bj(&["retention", "1", "--apply", "--yes"]);
     assert!(
         out.stdout.contains("retention of job 1: 0 points removed"),
@@ -168,8 +171,13 @@ fn a_retention_plan_is_carried_out_and_every_kept_point_restores() {
     cloud.change_disks(9, 6);
     let out = bj(&["backup", "1"]);
     assert!(
-        out.code == Some(0) && out.stdout.contains("increment 5 of image 1"),
+        out.code == Some(0)
+            && out.stdout.contains("increment 5 of image 1")
+            && out
+                .stdout
+                .contains("backup job 1: retention: VM 22: image 1: increments 4 removed"),
         "{out:?}"
     );
-    assert_eq!(increments(), [1, 3, 4, 5]);
+    assert_eq!(increments(), [1, 3, 5]);
+    restic_in(&repo, &["check"]);
 }

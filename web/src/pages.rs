@@ -307,7 +307,7 @@ pub fn vm(snap: &Snapshot, id: u64) -> Option<(String, String)> {
 
 /// The VM's retention plan under its job's keep rules, read-only.
 fn retention(snap: &Snapshot, v: &Vm, images: &[&Image]) -> Option<String> {
-    use backstop_backupjob::retention::{Keep, Point, plan};
+    use backstop_backupjob::retention::{Keep, Point, plan_chain};
     let job = snap.jobs.iter().find(|j| Some(j.id) == v.job)?;
     let keep = parse_keep(&job.keep);
     let mut rows = Vec::new();
@@ -332,7 +332,7 @@ fn retention(snap: &Snapshot, v: &Vm, images: &[&Image]) -> Option<String> {
         })
         .collect();
     let tz = jiff::tz::TimeZone::system();
-    let decisions = plan(&points, &keep, &tz);
+    let decisions = plan_chain(&points, &keep, &tz);
     let mut out = format!(
         "<h2>Retention plan</h2><p>{}</p><table id=\"retention\"><tr><th>point</th><th>taken</th><th>plan</th></tr>",
         if keep == Keep::default() {

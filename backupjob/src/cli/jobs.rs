@@ -255,6 +255,9 @@ pub(super) fn backup(st: &mut State, args: &Args, id: &u64) -> Result<ExitCode, 
     for line in crate::notify::after_job_run(st, &super::notify_settings(), *id, since) {
         eprintln!("backupjob: backup job {id}: {line}");
     }
+    for line in super::retention::after_run(st, &env, *id) {
+        print(&format!("backup job {id}: {line}"))?;
+    }
     if failed > 0 {
         return Ok(ExitCode::FAILURE);
     }

@@ -4,7 +4,7 @@
 use super::{input, print};
 use crate::Error;
 use crate::model::JobTemplate;
-use crate::retention::{Decision, Point, plan};
+use crate::retention::{Decision, Point, plan_chain};
 use crate::runner::Mode;
 use crate::state::State;
 
@@ -51,7 +51,7 @@ pub(crate) fn vm_plan(
         .collect();
     Ok(rows
         .into_iter()
-        .zip(plan(&points, &job.keep, tz))
+        .zip(plan_chain(&points, &job.keep, tz))
         .map(|((image, increment, at, _), decision)| Planned {
             image,
             increment,
@@ -167,12 +167,52 @@ pub(super) fn apply(
     yes: bool,
     max_delete: usize,
 ) -> Result<(), Error> {
-    use std::collections::BTreeMap;
     if !yes {
         return Err(input(
             "--apply removes backups: add --yes to carry the plan out (run without --apply to read it first)",
         ));
     }
+    let env = crate::runner::Env {
+        remotes: args.remotes.clone(),
+        datastore_location: args.datastore_location.clone(),
+    };
+    for line in carry_out(st, &env, (id, vm), max_delete)? {
+        print(&line)?;
+    }
+    Ok(())
+}
+
+/// After a run of a job with period rules (the runner's own retention, as KEEP_LAST is after
+/// each backup): its plan carried out under the default guard; the lines to print. A plan
+/// the guard refuses changes nothing and is said.
+pub(crate) fn after_run(st: &mut State, env: &crate::runner::Env, id: u64) -> Vec<String> {
+    let periods = st
+        .jobs()
+        .ok()
+        .and_then(|jobs| jobs.into_iter().find(|j| j.0 == id))
+        .and_then(|j| JobTemplate::parse(&j.3).ok())
+        .is_some_and(|j| j.keep.has_periods());
+    if !periods {
+        return Vec::new();
+    }
+    match carry_out(st, env, (id, None), 10) {
+        Ok(lines) => lines
+            .into_iter()
+            .map(|l| format!("retention: {l}"))
+            .collect(),
+        Err(e) => vec![format!("retention: {e}")],
+    }
+}
+
+/// Carries out the plan of job `id` (or of one VM of it); what was done, a line each.
+fn carry_out(
+    st: &mut State,
+    env: &crate::runner::Env,
+    (id, vm): (u64, Option<u64>),
+    max_delete: usize,
+) -> Result<Vec<String>, Error> {
+    use std::collections::BTreeMap;
+    let mut lines = Vec::new();
     let (_, job, vms) = job_and_vms(st, id, vm)?;
     let tz = jiff::tz::TimeZone::system();
     let mut plans = Vec::new();
@@ -200,12 +240,8 @@ pub(super) fn apply(
         .find(|d| d.0 == job.datastore_id)
         .map(|d| (d.1, d.2))
         .ok_or_else(|| input(format!("there is no datastore {}", job.datastore_id)))?;
-    let (_, ds) = crate::model::datastore(job.datastore_id, &text, &args.datastore_location)
+    let (_, ds) = crate::model::datastore(job.datastore_id, &text, &env.datastore_location)
         .map_err(|x| input(format!("datastore {}: {x}", job.datastore_id)))?;
-    let env = crate::runner::Env {
-        remotes: args.remotes.clone(),
-        datastore_location: args.datastore_location.clone(),
-    };
     let mut removed = 0;
     for (vm, points) in &plans {
         if !points.iter().any(|p| !p.decision.keep) {
@@ -226,9 +262,9 @@ pub(super) fn apply(
                 continue;
             }
             if gone.len() == pts.len() {
-                crate::runner::rm_image(&env, st, &ds, image, "retention")?;
+                crate::runner::rm_image(env, st, &ds, image, "retention")?;
                 removed += gone.len();
-                print(&format!("VM {vm}: image {image} removed"))?;
+                lines.push(format!("VM {vm}: image {image} removed"));
                 continue;
             }
             let keep: Vec<u64> = pts
@@ -238,7 +274,7 @@ pub(super) fn apply(
                 .collect();
             let first = pts.iter().position(|p| p.decision.keep).unwrap_or(0);
             let keep_last = (pts.len() - first) as u32;
-            crate::runner::flatten(&env, st, &ds, image, (keep_last, Some(&keep)), "retention")?;
+            crate::runner::flatten(env, st, &ds, image, (keep_last, Some(&keep)), "retention")?;
             let left: Vec<u64> = st.image(image)?.increments.iter().map(|n| n.id).collect();
             let (done, stayed): (Vec<_>, Vec<_>) = gone
                 .iter()
@@ -246,17 +282,18 @@ pub(super) fn apply(
                 .partition(|n| !left.contains(n));
             removed += done.len();
             let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-            print(&format!(
+            lines.push(format!(
                 "VM {vm}: image {image}: increments {} removed",
                 list(&done)
-            ))?;
+            ));
             if !stayed.is_empty() {
-                print(&format!(
+                lines.push(format!(
                     "VM {vm}: image {image}: increments {} stay: the datastore removes only the oldest increments of a chain",
                     list(&stayed)
-                ))?;
+                ));
             }
         }
     }
-    print(&format!("retention of job {id}: {removed} points removed"))
+    lines.push(format!("retention of job {id}: {removed} points removed"));
+    Ok(lines)
 }

@@ -73,6 +73,9 @@ pub(super) fn daemon(
             for line in crate::notify::after_job_run(st, &notify, *job, since) {
                 print(&format!("scheduler: backup job {job}: {line}"))?;
             }
+            for line in super::retention::after_run(st, &env, *job) {
+                print(&format!("scheduler: backup job {job}: {line}"))?;
+            }
         }
         // Then the sync and verify jobs whose EVERY has come round.
         let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
