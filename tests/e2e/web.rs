@@ -424,6 +424,28 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     let (code, _, _) = http(&web.addr, "POST", "/logout", &[&with_session], "csrf=");
     assert_eq!(code, 403);
     actions(&web, &bearer, admin);
+    // Guessing is slowed: after five failed logins in a minute, logins are refused, the right
+    // password too.
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let (code, _, _) = http(
+            &web.addr,
+            "POST",
+            "/login",
+            &[&cookie],
+            &format!("csrf={csrf}&password=guess"),
+        );
+        codes.push(code);
+    }
+    assert_eq!(codes, [401, 401, 401, 401, 429], "one failure came before");
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password=correct+horse+battery"),
+    );
+    assert_eq!(code, 429);
     drop(web);
 
     // Not on a loopback address without credentials.

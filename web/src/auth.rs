@@ -135,9 +135,16 @@ pub fn random_token() -> String {
 pub struct Sessions {
     /// session id -> (CSRF token, expires at).
     live: Mutex<HashMap<String, (String, i64)>>,
+    /// When the recent failed logins were (seconds), for [`Sessions::throttled`].
+    failures: Mutex<Vec<i64>>,
 }
 
 pub const SESSION_SECONDS: i64 = 8 * 3600;
+
+/// Failed logins allowed in [`FAILURE_WINDOW`] seconds before logins are refused for the rest
+/// of it (whoever tries: the server has one password).
+pub const MAX_FAILURES: usize = 5;
+pub const FAILURE_WINDOW: i64 = 60;
 
 impl Sessions {
     /// A new session; its id and CSRF token.
@@ -158,6 +165,20 @@ impl Sessions {
         live.iter()
             .find(|(k, (_, until))| same(k.as_bytes(), id.as_bytes()) && *until > now)
             .map(|(_, (csrf, _))| csrf.clone())
+    }
+
+    /// Whether logins are refused now: too many failed in the last minute.
+    pub fn throttled(&self, now: i64) -> bool {
+        self.failures.lock().map_or(true, |mut f| {
+            f.retain(|t| now - t < FAILURE_WINDOW);
+            f.len() >= MAX_FAILURES
+        })
+    }
+
+    pub fn failed_login(&self, now: i64) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.push(now);
+        }
     }
 
     pub fn close(&self, id: &str) {
@@ -189,6 +210,12 @@ mod tests {
         assert_eq!(s.csrf(&id, 100 + SESSION_SECONDS), None, "expired");
         s.close(&id);
         assert_eq!(s.csrf(&id, 101), None);
+        for k in 0..MAX_FAILURES as i64 {
+            assert!(!s.throttled(200 + k));
+            s.failed_login(200 + k);
+        }
+        assert!(s.throttled(205), "too many failures in a minute");
+        assert!(!s.throttled(200 + FAILURE_WINDOW + 5), "a minute later");
         assert!(!same(b"abc", b"abd") && same(b"abc", b"abc") && !same(b"ab", b"abc"));
     }
 }

@@ -458,6 +458,12 @@ async fn login(
             "refused: the form's CSRF token is missing or wrong",
         );
     }
+    if app.sessions.throttled(now()) {
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins in the last minute; try again later",
+        );
+    }
     let password = form.get("password").cloned().unwrap_or_default();
     let ok = {
         let app = app.clone();
@@ -466,6 +472,7 @@ async fn login(
             .unwrap_or(false)
     };
     if !ok {
+        app.sessions.failed_login(now());
         let mut r = html(pages::login(&given, true));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
