@@ -86,6 +86,17 @@ pub(crate) fn yes_no(t: &Template, name: &str, default: bool) -> Result<bool, St
     }
 }
 
+/// A number attribute, `default` when absent.
+pub(crate) fn number_or(t: &Template, name: &str, default: u64) -> Result<u64, String> {
+    match t.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} {v:?} is not a number")),
+    }
+}
+
 /// `EVERY`: `<n>s|m|h|d`, or seconds.
 pub fn every(t: &Template) -> Result<Option<u64>, String> {
     let Some(text) = t.get("EVERY").map(str::trim) else {
@@ -133,15 +144,7 @@ impl SyncTemplate {
             Some(d) if d == "PULL" => Direction::Pull,
             Some(d) => return Err(format!("DIRECTION {d:?} is not PUSH or PULL")),
         };
-        let optional = |name: &str, default: u64| -> Result<u64, String> {
-            match t.get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{name} {v:?} is not a number")),
-            }
-        };
+        let optional = |name: &str, default: u64| number_or(&t, name, default);
         let transfer_last = optional("TRANSFER_LAST", 0)? as usize;
         let workers = optional("WORKERS", 4)?;
         if !(1..=64).contains(&workers) {

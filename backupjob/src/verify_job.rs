@@ -41,15 +41,7 @@ impl VerifyTemplate {
         let as_sync = format!("{text}\nREMOTE_ID=0\n");
         let sync = crate::sync::SyncTemplate::parse(&as_sync)?;
         let t = Template::parse(text).map_err(|e| e.to_string())?;
-        let number = |name: &str, default: u64| -> Result<u64, String> {
-            match t.get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("{name} {v:?} is not a number")),
-            }
-        };
+        let number = |name: &str, default: u64| crate::sync::number_or(&t, name, default);
         let shares = number("SHARES", 1)?;
         if !(1..=255).contains(&shares) {
             return Err(format!("SHARES {shares} is not between 1 and 255"));

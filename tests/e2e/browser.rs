@@ -236,7 +236,7 @@ fn the_dashboard_in_a_headless_chromium() {
     drop(web);
 
     // With credentials: the pages ask for a login; a form without its CSRF token is refused.
-    let hash = backstop_web_hash("a good long password");
+    let hash = crate::web::hash_password("a good long password");
     let token = "a-token-for-the-monitoring-1234";
     let web = serve(
         &state,
@@ -277,26 +277,6 @@ fn the_dashboard_in_a_headless_chromium() {
     assert!(driver.wait_text("Log out").contains("Log out"));
     assert_eq!(driver.title(), "Overview · backstop");
     assert!(driver.text("tr.failing[data-vm='23']").contains("down"));
-}
-
-/// An argon2 hash made as an operator makes it: `backstop serve --hash-password`.
-fn backstop_web_hash(password: &str) -> String {
-    let mut c = Command::new(crate::support::BACKSTOP)
-        .args(["serve", "--hash-password"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hash");
-    c.stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write");
-    let out = c.wait_with_output().expect("hash");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
 }
 
 /// A running backup's progress, as the runner writes it to the state, moves on the overview

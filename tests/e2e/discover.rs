@@ -5,17 +5,14 @@
 //! registers the VM, recreates both jobs with the VM in the one that backed it up last, is
 //! idempotent, and the next backup extends the discovered chain.
 
-use crate::jobs::{cli_prefix, cloud_with_tm, datastore_template, run_cli};
+use crate::jobs::{cli_prefix, cloud_with_tm, run_cli};
 use std::fs;
 
 #[test]
 fn a_lost_state_is_rebuilt_from_the_repositories() {
     let cloud = cloud_with_tm();
     cloud.create_disks();
-    let work = cloud.dir.path().join("jobs");
-    fs::create_dir_all(&work).expect("work");
-    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm doc");
-    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
+    let work = crate::jobs::work_dir(&cloud);
     let job = |name: &str, mode: &str| {
         let path = work.join(format!("{name}.tmpl"));
         fs::write(

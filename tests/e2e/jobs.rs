@@ -36,6 +36,16 @@ pub(crate) fn datastore_template(cloud: &Cloud, extra: &str) -> String {
     )
 }
 
+/// `<cloud>/jobs` holding VM 22's document (`vm22.xml`) and the datastore's template
+/// (`ds.tmpl`), for the job runner's command line.
+pub(crate) fn work_dir(cloud: &Cloud) -> std::path::PathBuf {
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm doc");
+    fs::write(work.join("ds.tmpl"), datastore_template(cloud, "")).expect("ds");
+    work
+}
+
 /// `backstop backupjob` with the test cloud's state, remotes and datastore location.
 pub(crate) fn cli_prefix(cloud: &Cloud, state: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -528,10 +538,7 @@ fn the_backupjob_command_line_runs_a_job() {
 fn backupjob_shows_restores_and_refuses_what_would_orphan() {
     let cloud = cloud_with_tm();
     cloud.create_disks();
-    let work = cloud.dir.path().join("jobs");
-    fs::create_dir_all(&work).expect("work");
-    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm doc");
-    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
+    let work = crate::jobs::work_dir(&cloud);
     let later = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")

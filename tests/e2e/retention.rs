@@ -7,17 +7,14 @@
 //! max-delete guard and a missing --yes refuse and change nothing.
 
 use crate::cloud::DISKS;
-use crate::jobs::{cli_prefix, cloud_with_tm, datastore_template, restic_in};
+use crate::jobs::{cli_prefix, cloud_with_tm, restic_in};
 use std::fs;
 
 #[test]
 fn a_retention_plan_is_carried_out_and_every_kept_point_restores() {
     let cloud = cloud_with_tm();
     cloud.create_disks();
-    let work = cloud.dir.path().join("jobs");
-    fs::create_dir_all(&work).expect("work");
-    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm doc");
-    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
+    let work = crate::jobs::work_dir(&cloud);
     fs::write(
         work.join("job.tmpl"),
         "NAME = \"daily\"\nBACKUP_VMS = \"22\"\nDATASTORE_ID = 1\nMODE = INCREMENT\n",

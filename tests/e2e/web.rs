@@ -323,24 +323,7 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
     drop(web);
 
     // With credentials: a login for pages, a token for the API, CSRF tokens on forms.
-    let hash = {
-        let mut c = Command::new(BACKSTOP)
-            .args(["serve", "--hash-password"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("hash");
-        c.stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"correct horse battery\n")
-            .expect("write");
-        let out = c.wait_with_output().expect("hash");
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
-    };
+    let hash = hash_password("correct horse battery");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let token = "t0ken-for-monitoring-0123456789";
     let admin = "admin-t0ken-0123456789-abcdef";
@@ -502,4 +485,25 @@ pub fn slow_backup(cloud: &crate::cloud::Cloud) -> (std::path::PathBuf, Vec<Stri
     bj(&["vm", "register", &file("vm22.xml")]);
     assert_eq!(bj(&["create", &file("job.tmpl")]).stdout, "ID: 1\n");
     (state, common)
+}
+
+/// An argon2 hash made as an operator makes it: `backstop serve --hash-password`, the password
+/// on stdin.
+pub fn hash_password(password: &str) -> String {
+    let mut c = Command::new(BACKSTOP)
+        .args(["serve", "--hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("hash");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write");
+    let out = c.wait_with_output().expect("hash");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
 }
