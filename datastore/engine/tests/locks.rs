@@ -88,7 +88,7 @@ fn an_exclusive_restic_lock_makes_our_backup_wait_then_name_the_holder() {
         );
         wait_for_lock(&repo_path);
         signal(&child.0, rustix::process::Signal::STOP);
-        if child.0.try_wait().expect("try_wait").is_none() && lock_files(&repo_path) == 1 {
+        if wait_stopped(&child.0) && lock_files(&repo_path) == 1 {
             break child;
         }
         let _ = rustix::process::kill_process(

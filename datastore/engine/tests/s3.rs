@@ -232,9 +232,7 @@ fn locks_on_s3_hold_both_ways() {
         wait_for_lock(storage.as_ref());
         let pid = rustix::process::Pid::from_child(&child.0);
         rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("stop");
-        if child.0.try_wait().expect("try_wait").is_none()
-            && !storage.list_locks().expect("locks").is_empty()
-        {
+        if wait_stopped(&child.0) && !storage.list_locks().expect("locks").is_empty() {
             break (child, pid);
         }
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);

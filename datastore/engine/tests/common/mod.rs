@@ -189,3 +189,31 @@ impl backstop_engine::image::ImageSource for Gated {
         self.inner.read_at(buf, offset)
     }
 }
+
+/// Waits until the kernel reports the child stopped (state `T`) or gone, so that what the
+/// test sees afterwards (its lock file) can no longer change under it. A SIGSTOP is delivered
+/// asynchronously: right after `kill` the process may still run for a moment and, at the end
+/// of a short `restic check`, remove its lock.
+pub fn wait_stopped(child: &std::process::Child) -> bool {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let Ok(text) = std::fs::read_to_string(&stat) else {
+            return false;
+        };
+        // The state follows the command name, which is in parentheses.
+        let state = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        match state {
+            Some('T') | Some('t') => return true,
+            Some('Z') | Some('X') | None => return false,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
