@@ -15,6 +15,7 @@
 //! - [`cli`]: the `backupjob` command line, one module per command group;
 //! - [`error`]: the one error type, with the kind of failure.
 
+pub mod calendar;
 pub mod cli;
 pub mod discover;
 pub mod engine;

@@ -12,7 +12,8 @@
 //!   default) copies all;
 //! - `VERIFIED_ONLY` (`YES`/`NO`, PUSH only): only snapshots a verify job found clean;
 //! - `EVERY` (`30m`, `6h`, `1d`, or seconds): the scheduler daemon runs the job when that long
-//!   has passed since its last run started (and at its first pass);
+//!   has passed since its last run started (and at its first pass); or `SCHEDULE`
+//!   (`mon..fri 02:30`, `*:0/15`, `daily`: [`crate::calendar`]) at the local times it names;
 //! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination whose original is gone from the
 //!   source are forgotten there (never the other way round; snapshots made at the destination
 //!   itself are never touched), at most `MAX_DELETE` (default 10) per repository and run: a
@@ -28,6 +29,7 @@
 //! still run. Each run is recorded (started, ended, snapshots and bytes, errors).
 
 use crate::Error;
+use crate::calendar::When;
 use crate::error::input;
 use crate::filters::Selection;
 use crate::state::State;
@@ -64,8 +66,8 @@ pub struct SyncTemplate {
     pub select: Selection,
     pub transfer_last: usize,
     pub verified_only: bool,
-    /// Seconds between scheduled runs.
-    pub every: Option<u64>,
+    /// When the scheduler daemon runs it (`EVERY` or `SCHEDULE`); `None`: only when asked.
+    pub when: Option<When>,
     /// Forget copies whose original vanished, at most this many per repository.
     pub remove_vanished: Option<usize>,
     pub resync_corrupt: bool,
@@ -94,32 +96,6 @@ pub(crate) fn number_or(t: &Template, name: &str, default: u64) -> Result<u64, S
             .trim()
             .parse()
             .map_err(|_| format!("{name} {v:?} is not a number")),
-    }
-}
-
-/// `EVERY`: `<n>s|m|h|d`, or seconds.
-pub fn every(t: &Template) -> Result<Option<u64>, String> {
-    let Some(text) = t.get("EVERY").map(str::trim) else {
-        return Ok(None);
-    };
-    let (num, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
-        _ => (text, 's'),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("EVERY {text:?} is not like 30m, 6h or 1d"))?;
-    let unit = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3_600,
-        'd' => 86_400,
-        _ => return Err(format!("EVERY {text:?} is not like 30m, 6h or 1d")),
-    };
-    match n * unit {
-        0 => Err("EVERY must be more than 0".into()),
-        s => Ok(Some(s)),
     }
 }
 
@@ -169,7 +145,7 @@ impl SyncTemplate {
             );
         }
         Ok(SyncTemplate {
-            every: every(&t)?,
+            when: When::parse(&t)?,
             resync_corrupt,
             remove_vanished,
             name,
@@ -535,16 +511,17 @@ fn repository_line(repo: &str, s: &CopyStats, removed: usize) -> String {
     )
 }
 
-/// The scheduler daemon's pass over sync and verify jobs with `EVERY`: each one due runs now,
+/// The scheduler daemon's pass over sync and verify jobs with `EVERY` or `SCHEDULE`: each one due runs now,
 /// one after another; a job running in another process is left to it. The lines to log.
 pub fn scheduled_pass(
     st: &mut State,
     location: &str,
     cfg: &DriverConfig,
-    (now, notify): (i64, &crate::notify::Settings),
+    (now, tz, notify): (i64, &jiff::tz::TimeZone, &crate::notify::Settings),
 ) -> Result<Vec<String>, Error> {
-    let due = |last: Option<i64>, every: Option<u64>| {
-        every.is_some_and(|e| last.is_none_or(|l| l + e as i64 <= now))
+    use crate::state::sync::JobKind;
+    let due = |when: &Option<When>, last: Option<i64>, written: Option<i64>| {
+        when.as_ref().is_some_and(|w| w.due(now, last, written, tz))
     };
     let mut lines = Vec::new();
     for (id, _, text) in st.sync_jobs()? {
@@ -552,7 +529,7 @@ pub fn scheduled_pass(
             continue;
         };
         let last = st.sync_runs(id)?.first().map(|r| r.started_at);
-        if !due(last, job.every) {
+        if !due(&job.when, last, st.written_at(JobKind::Sync, id)?) {
             continue;
         }
         let report = Report {
@@ -591,7 +568,7 @@ pub fn scheduled_pass(
             continue;
         };
         let last = last_runs.iter().find(|l| l.0 == id).and_then(|l| l.1);
-        if !due(last, job.every) {
+        if !due(&job.when, last, st.written_at(JobKind::Verify, id)?) {
             continue;
         }
         match crate::verify_job::run(st, id, location, cfg, &|_| {})? {
@@ -629,14 +606,19 @@ mod tests {
         assert_eq!(t.direction, Direction::Pull);
         assert_eq!(t.select.named(), ["22", "23", "job_4"]);
         assert_eq!(t.transfer_last, 3);
-        assert_eq!(t.every, None);
+        assert_eq!(t.when, None);
         for (text, secs) in [("90", 90), ("30m", 1800), ("6h", 21_600), ("1d", 86_400)] {
             let t = SyncTemplate::parse(&format!(
                 "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\nEVERY=\"{text}\"\n"
             ))
             .expect("every");
-            assert_eq!(t.every, Some(secs), "{text}");
+            assert_eq!(t.when, Some(When::Every(secs)), "{text}");
         }
+        let t = SyncTemplate::parse(
+            "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nSCHEDULE=\"mon..fri 02:30\"\n",
+        )
+        .expect("schedule");
+        assert!(matches!(t.when, Some(When::Calendar(_))));
         for (bad, says) in [
             ("DATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\n", "NAME"),
             ("NAME=x\nREMOTE_ID=2\nVMS=1\n", "DATASTORE_ID"),
@@ -649,6 +631,18 @@ mod tests {
                 "RATE_IN",
             ),
             ("NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"a\"\n", "VMS"),
+            (
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nEVERY=1d\nSCHEDULE=daily\n",
+                "EVERY and SCHEDULE both given",
+            ),
+            (
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nSCHEDULE=\"25:00\"\n",
+                "hour 25 is more than 23",
+            ),
+            (
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nEVERY=\"99999999999999999d\"\n",
+                "EVERY",
+            ),
             (
                 "NAME=x\nDIRECTION=up\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=1\n",
                 "DIRECTION",

@@ -8,8 +8,8 @@
 //! default, reads every snapshot every run); `IGNORE_VERIFIED` (`YES`: a snapshot verified
 //! clean once is not read again, unless OUTDATED_AFTER says it is outdated); `SHARES` (m: each run
 //! reads one m-th of the packs, the next run the next one, so m runs cover the datastore;
-//! default 1); `HEAL` (`YES`, the default, or `NO`); `EVERY` (as for sync jobs: the
-//! scheduler daemon's period).
+//! default 1); `HEAL` (`YES`, the default, or `NO`); `EVERY` or `SCHEDULE` (as for
+//! sync jobs: when the scheduler daemon runs it).
 
 use crate::Error;
 use crate::error::input;
@@ -31,8 +31,8 @@ pub struct VerifyTemplate {
     pub ignore_verified: bool,
     pub shares: u8,
     pub heal: bool,
-    /// Seconds between scheduled runs (`EVERY`, as for sync jobs).
-    pub every: Option<u64>,
+    /// When the scheduler daemon runs it (`EVERY` or `SCHEDULE`, as for sync jobs).
+    pub when: Option<crate::calendar::When>,
 }
 
 impl VerifyTemplate {
@@ -49,7 +49,7 @@ impl VerifyTemplate {
         let heal = crate::sync::yes_no(&t, "HEAL", true)?;
         let ignore_verified = crate::sync::yes_no(&t, "IGNORE_VERIFIED", false)?;
         Ok(VerifyTemplate {
-            every: crate::sync::every(&t)?,
+            when: sync.when.clone(),
             name: sync.name.clone(),
             datastore_id: sync.datastore_id,
             select: sync.select,

@@ -341,6 +341,8 @@ fn sync_jobs_push_pull_and_record_their_runs() {
         "{pass:?}"
     );
 
+    calendar_schedule(&ok, &bj, &template, &state, &hourly_id);
+
     remove_vanished(&ok, &bj, &template, &repo22, &store.join("22"));
 
     // Creating a job that names no remote, or a remote as its datastore, is refused.
@@ -554,4 +556,111 @@ fn damage_chunk_15(repo: &Path, pw: &str) -> backstop_datastore::repo::format::R
 /// The id a `create` printed.
 fn created(out: &Outcome) -> String {
     out.stdout.trim().trim_start_matches("ID: ").to_string()
+}
+
+/// `sync-job update` to a `SCHEDULE`: a bad one is refused and changes nothing; the job is
+/// not run for a time that came before it was written or before its last run; it is run once
+/// for a time that came after both, however many such times passed. The state's clock is
+/// moved back two days to get there (the only thing here not from a real run).
+fn calendar_schedule(
+    ok: &dyn Fn(&[&str]) -> Outcome,
+    bj: &dyn Fn(&[&str]) -> Outcome,
+    template: &dyn Fn(&str, String) -> String,
+    state: &Path,
+    id: &str,
+) {
+    let bad = template(
+        "bad-schedule.tmpl",
+        "NAME=\"hourly\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nSCHEDULE=\"25:00\"\n".into(),
+    );
+    let out = bj(&["sync-job", "update", id, &bad]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("hour 25 is more than 23") && out.stderr.lines().count() == 1,
+        "{out:?}"
+    );
+    assert!(
+        ok(&["sync-job", "show", id])
+            .stdout
+            .contains("EVERY=\"1h\"")
+    );
+    let daily = template(
+        "daily.tmpl",
+        "NAME=\"nightly\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nSCHEDULE=\"daily\"\n".into(),
+    );
+    ok(&["sync-job", "update", id, &daily]);
+    let show = ok(&["sync-job", "show", id]).stdout;
+    assert!(
+        show.contains("NAME     : nightly") && show.contains("SCHEDULE=\"daily\""),
+        "{show}"
+    );
+    let next = show
+        .lines()
+        .find_map(|l| l.strip_prefix("NEXT RUN : "))
+        .unwrap_or_else(|| panic!("{show}"));
+    assert!(next.ends_with(" 00:00"), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["sync-job", "show", id, "--json"]).stdout).expect("json");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let next_run = json["next_run"].as_i64().expect("next_run");
+    assert!(
+        next_run > now && next_run <= now + 86_400,
+        "{json} at {now}"
+    );
+    let ran = |out: &Outcome| out.stdout.contains(&format!("sync job {id}: run "));
+    let pass = ok(&["scheduler"]);
+    assert!(
+        !ran(&pass),
+        "ran for a time before it was written: {pass:?}"
+    );
+    // A new job with a SCHEDULE waits for its first time (EVERY would run at once).
+    let fresh = template(
+        "fresh.tmpl",
+        "NAME=\"fresh\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nSCHEDULE=\"*:0/30\"\n".into(),
+    );
+    let fresh_id = created(&ok(&["sync-job", "create", &fresh]));
+    let pass = ok(&["scheduler"]);
+    assert!(
+        !pass.stdout.contains(&format!("sync job {fresh_id}")),
+        "a new job ran before its first time: {pass:?}"
+    );
+    ok(&["sync-job", "remove", &fresh_id]);
+
+    let db = rusqlite::Connection::open(state).expect("state");
+    db.execute(
+        "UPDATE sync_jobs SET written_at = written_at - 172800 WHERE id = ?1",
+        [id],
+    )
+    .expect("written_at");
+    let pass = ok(&["scheduler"]);
+    assert!(!ran(&pass), "ran for a time before its last run: {pass:?}");
+    db.execute(
+        "UPDATE sync_runs SET started_at = started_at - 172800, ended_at = ended_at - 172800 \
+         WHERE job_id = ?1",
+        [id],
+    )
+    .expect("runs");
+    let pass = ok(&["scheduler"]);
+    assert!(ran(&pass), "two midnights passed, no run: {pass:?}");
+    let pass = ok(&["scheduler"]);
+    assert!(!ran(&pass), "ran twice for the same time: {pass:?}");
+
+    // A verify job is updated the same way, and checked the same way.
+    let verify = template(
+        "verify-wrong.tmpl",
+        "NAME=\"v\"\nDATASTORE_ID=2\nVMS=\"22\"\nSCHEDULE=\"daily\"\n".into(),
+    );
+    let out = bj(&["verify-job", "update", "1", &verify]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("DATASTORE_ID 2 is not a backup datastore"),
+        "{out:?}"
+    );
+    let out = bj(&["sync-job", "update", "999", &daily]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("there is no sync job 999"), "{out:?}");
 }

@@ -242,6 +242,8 @@ pub(crate) enum SyncJobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a sync job's template from a file (its run records stay).
+    Update { id: u64, file: PathBuf },
     /// Forget a sync job and its run records (what it copied stays).
     Remove { id: u64 },
     /// Run a sync job now, in the foreground.
@@ -263,6 +265,8 @@ pub(crate) enum VerifyJobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a verify job's template from a file (its verdicts stay).
+    Update { id: u64, file: PathBuf },
     /// Forget a verify job (the verdicts stay).
     Remove { id: u64 },
     /// Run a verify job now, in the foreground.
@@ -580,6 +584,12 @@ fn local_time(epoch: i64) -> String {
         .unwrap_or_else(|_| epoch.to_string())
 }
 
+/// When the scheduler daemon will next run a sync or verify job (epoch), if it runs it.
+fn next_run(when: Option<&crate::calendar::When>, last: Option<i64>) -> Option<i64> {
+    let now = jiff::Timestamp::now().as_second();
+    when.and_then(|w| w.next(now, last, &jiff::tz::TimeZone::system()))
+}
+
 fn run(args: &Args) -> Result<ExitCode, Error> {
     let path = match &args.state {
         Some(p) => p.clone(),
@@ -607,6 +617,7 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             SyncJobCommand::Create { file } => sync_jobs::create(st, file)?,
             SyncJobCommand::List { json } => sync_jobs::list(st, *json)?,
             SyncJobCommand::Show { id, json } => sync_jobs::show(st, *id, *json)?,
+            SyncJobCommand::Update { id, file } => sync_jobs::update(st, *id, file)?,
             SyncJobCommand::Remove { id } => sync_jobs::remove(st, *id)?,
             SyncJobCommand::Run { id } => return sync_jobs::run(st, args, *id),
         },
@@ -614,6 +625,7 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             VerifyJobCommand::Create { file } => verify_jobs::create(st, file)?,
             VerifyJobCommand::List { json } => verify_jobs::list(st, *json)?,
             VerifyJobCommand::Show { id, json } => verify_jobs::show(st, *id, *json)?,
+            VerifyJobCommand::Update { id, file } => verify_jobs::update(st, *id, file)?,
             VerifyJobCommand::Remove { id } => verify_jobs::remove(st, *id)?,
             VerifyJobCommand::Run { id } => return verify_jobs::run(st, args, *id),
         },

@@ -77,10 +77,11 @@ pub(super) fn daemon(
                 print(&format!("scheduler: backup job {job}: {line}"))?;
             }
         }
-        // Then the sync and verify jobs whose EVERY has come round.
+        // Then the sync and verify jobs whose EVERY or SCHEDULE has come round.
         let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
         let now = jiff::Timestamp::now().as_second();
-        for line in crate::sync::scheduled_pass(st, &args.datastore_location, &cfg, (now, &notify))?
+        for line in
+            crate::sync::scheduled_pass(st, &args.datastore_location, &cfg, (now, &tz, &notify))?
         {
             print(&format!("scheduler: {line}"))?;
         }

@@ -1,4 +1,4 @@
-//! `backupjob sync-job create|list|show|remove|run` (also `backstop sync-job ...`): sync jobs
+//! `backupjob sync-job create|list|show|update|remove|run` (also `backstop sync-job ...`): sync jobs
 //! ([`crate::sync`], docs/sync.md).
 
 use super::{Args, input, print, read};
@@ -10,7 +10,22 @@ use std::process::ExitCode;
 
 pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
     let text = read(file)?;
-    let job = SyncTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+    let job = checked(st, file, &text)?;
+    let id = st.add_sync_job(&job.name, &text)?;
+    print(&format!("ID: {id}"))
+}
+
+/// Replaces a sync job's template; its run records stay.
+pub(super) fn update(st: &mut State, id: u64, file: &PathBuf) -> Result<(), Error> {
+    let text = read(file)?;
+    let job = checked(st, file, &text)?;
+    st.update_sync_job(id, &job.name, &text)?;
+    Ok(())
+}
+
+/// A template that parses and names a backup datastore and a remote of this state.
+fn checked(st: &State, file: &std::path::Path, text: &str) -> Result<SyncTemplate, Error> {
+    let job = SyncTemplate::parse(text).map_err(|x| input(format!("{}: {x}", file.display())))?;
     if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
         return Err(input(format!(
             "{}: DATASTORE_ID {} is not a backup datastore",
@@ -25,8 +40,7 @@ pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
             job.remote_id
         )));
     }
-    let id = st.add_sync_job(&job.name, &text)?;
-    print(&format!("ID: {id}"))
+    Ok(job)
 }
 
 fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
@@ -91,15 +105,21 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         .find(|j| j.0 == id)
         .ok_or_else(|| input(format!("there is no sync job {id}")))?;
     let runs = st.sync_runs(id)?;
+    let when = SyncTemplate::parse(&text)
+        .map_err(|e| input(format!("sync job {id}: {e}")))?
+        .when;
+    let next = super::next_run(when.as_ref(), runs.first().map(|r| r.started_at));
     if json {
         let runs: Vec<_> = runs.iter().map(run_json).collect();
         return print(
-            &serde_json::json!({"id": id, "name": name, "template": text, "runs": runs})
-                .to_string(),
+            &serde_json::json!({"id": id, "name": name, "template": text, "runs": runs,
+                "next_run": next})
+            .to_string(),
         );
     }
     print(&format!(
-        "SYNC JOB {id} INFORMATION\nID   : {id}\nNAME : {name}\n\nTEMPLATE\n{}\n\nRUNS",
+        "SYNC JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nNEXT RUN : {}\n\nTEMPLATE\n{}\n\nRUNS",
+        next.map_or("only when asked".into(), super::local_time),
         text.trim_end()
     ))?;
     for r in runs.iter().take(10) {

@@ -1,4 +1,4 @@
-//! `backupjob verify-job create|list|show|remove|run` (also `backstop verify-job ...`): verify
+//! `backupjob verify-job create|list|show|update|remove|run` (also `backstop verify-job ...`): verify
 //! jobs ([`crate::verify_job`], docs/sync.md).
 
 use super::{Args, input, print, read};
@@ -11,8 +11,22 @@ use std::process::ExitCode;
 
 pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
     let text = read(file)?;
-    let job =
-        VerifyTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+    let job = checked(st, file, &text)?;
+    let id = st.add_verify_job(&job.name, &text)?;
+    print(&format!("ID: {id}"))
+}
+
+/// Replaces a verify job's template; its verdicts stay.
+pub(super) fn update(st: &mut State, id: u64, file: &PathBuf) -> Result<(), Error> {
+    let text = read(file)?;
+    let job = checked(st, file, &text)?;
+    st.update_verify_job(id, &job.name, &text)?;
+    Ok(())
+}
+
+/// A template that parses and names a backup datastore of this state.
+fn checked(st: &State, file: &std::path::Path, text: &str) -> Result<VerifyTemplate, Error> {
+    let job = VerifyTemplate::parse(text).map_err(|x| input(format!("{}: {x}", file.display())))?;
     if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
         return Err(input(format!(
             "{}: DATASTORE_ID {} is not a backup datastore",
@@ -20,8 +34,7 @@ pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
             job.datastore_id
         )));
     }
-    let id = st.add_verify_job(&job.name, &text)?;
-    print(&format!("ID: {id}"))
+    Ok(job)
 }
 
 /// A job, its runs, and per repository (name, snapshots with a verdict, damaged ones).
@@ -104,6 +117,8 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         .find(|j| j.0 == id)
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
+    let last = st.verify_last_runs()?.into_iter().find(|l| l.0 == id);
+    let next = super::next_run(t.when.as_ref(), last.and_then(|l| l.1));
     let verdicts = verdicts_of(st, &t)?;
     if json {
         let v: Vec<_> = verdicts
@@ -115,12 +130,13 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
             .collect();
         return print(
             &serde_json::json!({"id": id, "name": name, "runs": runs, "template": text,
-                "snapshots": v})
+                "snapshots": v, "next_run": next})
             .to_string(),
         );
     }
     print(&format!(
-        "VERIFY JOB {id} INFORMATION\nID   : {id}\nNAME : {name}\nRUNS : {runs}\n\nTEMPLATE\n{}\n\nSNAPSHOTS",
+        "VERIFY JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nRUNS     : {runs}\nNEXT RUN : {}\n\nTEMPLATE\n{}\n\nSNAPSHOTS",
+        next.map_or("only when asked".into(), super::local_time),
         text.trim_end()
     ))?;
     for v in verdicts {

@@ -16,129 +16,16 @@ mod discovered;
 mod images;
 mod inventory;
 mod schedules;
+mod schema;
 pub mod secrets;
 pub mod sync;
 
 use schedules::insert_sched_action;
+pub use schema::MIGRATIONS;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Schema migrations; `user_version` is how many have been applied.
-pub const MIGRATIONS: &[&str] = &[
-    // 1: datastores, VMs, jobs, their VMs and schedules, backup images and increments. Ids
-    // are never reused (AUTOINCREMENT), as OpenNebula never reuses them: an image of a
-    // deleted job must not look like one of a new job.
-    "CREATE TABLE datastores (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        template TEXT NOT NULL
-     );
-     CREATE TABLE vms (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        host TEXT,
-        document TEXT NOT NULL
-     );
-     CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        priority INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 99),
-        template TEXT NOT NULL,
-        locked INTEGER NOT NULL DEFAULT 0,
-        last_backup_time INTEGER,
-        last_backup_duration INTEGER
-     );
-     CREATE TABLE job_vms (
-        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        vm_id INTEGER NOT NULL UNIQUE,
-        position INTEGER NOT NULL,
-        state TEXT CHECK (state IN ('OUTDATED', 'ONGOING', 'UPDATED', 'ERROR')),
-        reason TEXT,
-        failures INTEGER NOT NULL DEFAULT 0,
-        runner_pid INTEGER,
-        started_at INTEGER,
-        ended_at INTEGER,
-        PRIMARY KEY (job_id, vm_id)
-     );
-     CREATE TABLE sched_actions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        time INTEGER NOT NULL,
-        repeat INTEGER NOT NULL,
-        days TEXT NOT NULL,
-        end_type INTEGER NOT NULL,
-        end_value INTEGER,
-        done INTEGER NOT NULL DEFAULT 0,
-        message TEXT
-     );
-     CREATE TABLE images (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        vm_id INTEGER NOT NULL,
-        job_id INTEGER,
-        datastore_id INTEGER NOT NULL,
-        created_at INTEGER NOT NULL
-     );
-     CREATE TABLE increments (
-        image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
-        id INTEGER NOT NULL,
-        source TEXT NOT NULL,
-        size_mb INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('FULL', 'INCREMENT')),
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (image_id, id)
-     );",
-    // 2: the runner of an ONGOING VM named by PID, start time and boot
-    // (backstop_datastore::process::ProcessId), not by its PID alone: a PID reused by another
-    // process must not make a killed runner's VM look attended.
-    "ALTER TABLE job_vms ADD COLUMN runner TEXT;",
-    // 3: remotes (the other site of a sync): a datastore template like a backup datastore's,
-    // in the same table, marked; jobs never use one as their DATASTORE_ID.
-    "ALTER TABLE datastores ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;",
-    // 4: sync jobs and a record per run.
-    "CREATE TABLE sync_jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        template TEXT NOT NULL
-     );
-     CREATE TABLE sync_runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES sync_jobs(id) ON DELETE CASCADE,
-        started_at INTEGER NOT NULL,
-        ended_at INTEGER,
-        snapshots INTEGER NOT NULL DEFAULT 0,
-        bytes_read INTEGER NOT NULL DEFAULT 0,
-        bytes_written INTEGER NOT NULL DEFAULT 0,
-        error TEXT,
-        runner TEXT
-     );",
-    // 5: verify jobs, their runs, and the last verdict on each snapshot they read.
-    "CREATE TABLE verify_jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        template TEXT NOT NULL,
-        runs INTEGER NOT NULL DEFAULT 0,
-        last_run INTEGER,
-        runner TEXT
-     );
-     CREATE TABLE verify_results (
-        datastore_id INTEGER NOT NULL,
-        repository TEXT NOT NULL,
-        snapshot TEXT NOT NULL,
-        verified_at INTEGER NOT NULL,
-        bad TEXT NOT NULL,
-        PRIMARY KEY (datastore_id, repository, snapshot)
-     );",
-    // 6: protected backup images: no retention rule removes them.
-    "ALTER TABLE images ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;",
-    // 7: a running backup's progress, as the runner last read it: image positions settled of
-    // the total, bytes read, and when (ms); for `backstop serve`.
-    "ALTER TABLE job_vms ADD COLUMN progress_done INTEGER;
-     ALTER TABLE job_vms ADD COLUMN progress_total INTEGER;
-     ALTER TABLE job_vms ADD COLUMN progress_read INTEGER;
-     ALTER TABLE job_vms ADD COLUMN progress_at INTEGER;",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

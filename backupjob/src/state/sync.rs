@@ -16,6 +16,13 @@ pub struct SyncRun {
     pub error: Option<String>,
 }
 
+/// A sync or a verify job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Sync,
+    Verify,
+}
+
 /// Whether a recorded runner (a [`ProcessId`]) is still running.
 fn alive(runner: Option<&str>) -> bool {
     runner
@@ -57,11 +64,75 @@ impl State {
     ) -> Result<u64, StateError> {
         self.conn
             .execute(
-                &format!("INSERT INTO {table} (name, template) VALUES (?1, ?2)"),
-                params![name, template],
+                &format!("INSERT INTO {table} (name, template, written_at) VALUES (?1, ?2, ?3)"),
+                params![name, template, jiff::Timestamp::now().as_second()],
             )
             .map_err(|e| self.taken(e, || format!("a {what} named {name:?} already exists")))?;
         Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Replaces a job's template (and its name) in `sync_jobs` or `verify_jobs`.
+    fn update_named(
+        &mut self,
+        (table, what): (&str, &str),
+        id: u64,
+        name: &str,
+        template: &str,
+    ) -> Result<(), StateError> {
+        let n = self
+            .conn
+            .execute(
+                &format!(
+                    "UPDATE {table} SET name = ?1, template = ?2, written_at = ?3 WHERE id = ?4"
+                ),
+                params![
+                    name,
+                    template,
+                    jiff::Timestamp::now().as_second(),
+                    id as i64
+                ],
+            )
+            .map_err(|e| self.taken(e, || format!("a {what} named {name:?} already exists")))?;
+        if n == 0 {
+            return Err(self.invalid(format!("there is no {what} {id}")));
+        }
+        Ok(())
+    }
+
+    /// When a job's template was last written (created or updated); `None` for a job from
+    /// before that was recorded.
+    pub fn written_at(&self, kind: JobKind, id: u64) -> Result<Option<i64>, StateError> {
+        let table = match kind {
+            JobKind::Sync => "sync_jobs",
+            JobKind::Verify => "verify_jobs",
+        };
+        self.conn
+            .query_row(
+                &format!("SELECT written_at FROM {table} WHERE id = ?1"),
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn update_sync_job(
+        &mut self,
+        id: u64,
+        name: &str,
+        template: &str,
+    ) -> Result<(), StateError> {
+        self.update_named(("sync_jobs", "sync job"), id, name, template)
+    }
+
+    pub fn update_verify_job(
+        &mut self,
+        id: u64,
+        name: &str,
+        template: &str,
+    ) -> Result<(), StateError> {
+        self.update_named(("verify_jobs", "verify job"), id, name, template)
     }
 
     fn delete_row(&mut self, table: &str, what: &str, id: u64) -> Result<(), StateError> {
