@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Backup jobs: datastores, VMs and jobs in a state database, and running them.
-    Backupjob(backstop_backupjob::cli::Args),
+    Backupjob(Box<backstop_backupjob::cli::Args>),
     /// Remotes, the other site of a sync: `backstop backupjob remote ...` by a shorter name.
     #[command(disable_help_flag = true)]
     Remote {

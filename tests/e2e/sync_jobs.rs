@@ -342,6 +342,7 @@ fn sync_jobs_push_pull_and_record_their_runs() {
     );
 
     calendar_schedule(&ok, &bj, &template, &state, &hourly_id);
+    jobs_by_flags(&ok, &bj);
 
     remove_vanished(&ok, &bj, &template, &repo22, &store.join("22"));
 
@@ -663,4 +664,96 @@ fn calendar_schedule(
     let out = bj(&["sync-job", "update", "999", &daily]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("there is no sync job 999"), "{out:?}");
+}
+
+/// Sync and verify jobs made and changed by flags alone, as the issue spells them; the stored
+/// template is what the flags said, and a flag changes only its attribute.
+fn jobs_by_flags(ok: &dyn Fn(&[&str]) -> Outcome, bj: &dyn Fn(&[&str]) -> Outcome) {
+    let id = created(&ok(&[
+        "sync-job",
+        "create",
+        "--name",
+        "flagged",
+        "--direction",
+        "push",
+        "--datastore",
+        "1",
+        "--remote",
+        "2",
+        "--vms",
+        "22",
+        "--transfer-last",
+        "1",
+        "--schedule",
+        "sun 03:00",
+    ]));
+    let show = |id: &str| -> serde_json::Value {
+        let out = ok(&["sync-job", "show", id, "--json"]).stdout;
+        serde_json::from_str(&out).expect("json")
+    };
+    let attr = |json: &serde_json::Value, name: &str| {
+        let text = json["template"].as_str().expect("template").to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")).map(str::to_string))
+    };
+    let json = show(&id);
+    assert_eq!(
+        attr(&json, "TRANSFER_LAST").as_deref(),
+        Some("\"1\""),
+        "{json}"
+    );
+    assert_eq!(
+        attr(&json, "SCHEDULE").as_deref(),
+        Some("\"sun 03:00\""),
+        "{json}"
+    );
+    ok(&[
+        "sync-job",
+        "update",
+        &id,
+        "--every",
+        "6h",
+        "--remove-vanished",
+    ]);
+    let json = show(&id);
+    assert_eq!(attr(&json, "EVERY").as_deref(), Some("\"6h\""), "{json}");
+    assert_eq!(attr(&json, "SCHEDULE"), None, "{json}");
+    assert_eq!(
+        attr(&json, "REMOVE_VANISHED").as_deref(),
+        Some("\"YES\""),
+        "{json}"
+    );
+    assert_eq!(attr(&json, "VMS").as_deref(), Some("\"22\""), "{json}");
+    // A flag that makes the template wrong is refused, naming it; nothing changes.
+    let out = bj(&["sync-job", "update", &id, "--direction", "sideways"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("DIRECTION"), "{out:?}");
+    assert_eq!(show(&id)["template"], json["template"]);
+    ok(&["sync-job", "remove", &id]);
+
+    let vid = created(&ok(&[
+        "verify-job",
+        "create",
+        "--name",
+        "quarterly",
+        "--datastore",
+        "1",
+        "--vms",
+        "22",
+        "--read-data-subset",
+        "1/4",
+        "--ignore-verified",
+    ]));
+    let out = ok(&["verify-job", "show", &vid, "--json"]).stdout;
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(attr(&json, "SHARES").as_deref(), Some("\"4\""), "{json}");
+    assert_eq!(
+        attr(&json, "IGNORE_VERIFIED").as_deref(),
+        Some("\"YES\""),
+        "{json}"
+    );
+    let out = bj(&["verify-job", "update", &vid, "--read-data-subset", "2/4"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("give 1/M"), "{out:?}");
+    ok(&["verify-job", "remove", &vid]);
 }

@@ -36,11 +36,6 @@ pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
         execution,
         priority,
     } = c;
-    use backstop_protocol::template::Template;
-    let (mut text, what) = match file {
-        Some(f) => (read(f)?, f.display().to_string()),
-        None => (String::new(), "the flags".to_string()),
-    };
     let flags = [
         ("NAME", name.clone()),
         ("BACKUP_VMS", vms.clone()),
@@ -50,16 +45,7 @@ pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
         ("EXECUTION", execution.clone()),
         ("PRIORITY", priority.map(|p| p.to_string())),
     ];
-    if flags.iter().any(|(_, v)| v.is_some()) {
-        let mut t = Template::parse(&text).map_err(|x| input(format!("{what}: template: {x}")))?;
-        for (attr, value) in flags {
-            if let Some(v) = value {
-                t.attributes.retain(|a| a.name != attr);
-                t.push(attr, v);
-            }
-        }
-        text = t.render().map_err(|x| input(format!("{what}: {x}")))?;
-    }
+    let (text, what) = super::flags::template_of(file.as_ref(), "", &flags)?;
     let file = std::path::Path::new(&what);
     let job = JobTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
     not_a_remote(st, job.datastore_id)?;

@@ -8,6 +8,7 @@
 //! input, a refused change), 2 bad usage.
 
 mod datastores;
+mod flags;
 mod images;
 mod jobs;
 mod remotes;
@@ -229,9 +230,9 @@ pub(crate) enum RemoteCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SyncJobCommand {
-    /// Add a sync job from a template file (NAME, DIRECTION, DATASTORE_ID, REMOTE_ID, VMS,
-    /// BACKUP_JOBS, TRANSFER_LAST).
-    Create { file: PathBuf },
+    /// Add a sync job from a template file and/or flags (NAME, DIRECTION, DATASTORE_ID,
+    /// REMOTE_ID, VMS, BACKUP_JOBS, TAGS, TRANSFER_LAST, ...; docs/sync.md).
+    Create(flags::SyncJobArgs),
     List {
         #[arg(long)]
         json: bool,
@@ -242,8 +243,13 @@ pub(crate) enum SyncJobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replace a sync job's template from a file (its run records stay).
-    Update { id: u64, file: PathBuf },
+    /// Replace a sync job's template by a file's, and/or change attributes by flags (its run
+    /// records stay).
+    Update {
+        id: u64,
+        #[command(flatten)]
+        args: flags::SyncJobArgs,
+    },
     /// Forget a sync job and its run records (what it copied stays).
     Remove { id: u64 },
     /// Run a sync job now, in the foreground.
@@ -252,9 +258,9 @@ pub(crate) enum SyncJobCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VerifyJobCommand {
-    /// Add a verify job from a template file (NAME, DATASTORE_ID, VMS, BACKUP_JOBS,
-    /// OUTDATED_AFTER, SHARES, HEAL).
-    Create { file: PathBuf },
+    /// Add a verify job from a template file and/or flags (NAME, DATASTORE_ID, VMS,
+    /// BACKUP_JOBS, OUTDATED_AFTER, IGNORE_VERIFIED, SHARES, HEAL, ...; docs/sync.md).
+    Create(flags::VerifyJobArgs),
     List {
         #[arg(long)]
         json: bool,
@@ -265,8 +271,13 @@ pub(crate) enum VerifyJobCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replace a verify job's template from a file (its verdicts stay).
-    Update { id: u64, file: PathBuf },
+    /// Replace a verify job's template by a file's, and/or change attributes by flags (its
+    /// verdicts stay).
+    Update {
+        id: u64,
+        #[command(flatten)]
+        args: flags::VerifyJobArgs,
+    },
     /// Forget a verify job (the verdicts stay).
     Remove { id: u64 },
     /// Run a verify job now, in the foreground.
@@ -614,18 +625,18 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             RemoteCommand::Remove { id } => remotes::remove(st, *id)?,
         },
         Command::SyncJob { command } => match command {
-            SyncJobCommand::Create { file } => sync_jobs::create(st, file)?,
+            SyncJobCommand::Create(a) => sync_jobs::create(st, a)?,
             SyncJobCommand::List { json } => sync_jobs::list(st, *json)?,
             SyncJobCommand::Show { id, json } => sync_jobs::show(st, *id, *json)?,
-            SyncJobCommand::Update { id, file } => sync_jobs::update(st, *id, file)?,
+            SyncJobCommand::Update { id, args } => sync_jobs::update(st, *id, args)?,
             SyncJobCommand::Remove { id } => sync_jobs::remove(st, *id)?,
             SyncJobCommand::Run { id } => return sync_jobs::run(st, args, *id),
         },
         Command::VerifyJob { command } => match command {
-            VerifyJobCommand::Create { file } => verify_jobs::create(st, file)?,
+            VerifyJobCommand::Create(a) => verify_jobs::create(st, a)?,
             VerifyJobCommand::List { json } => verify_jobs::list(st, *json)?,
             VerifyJobCommand::Show { id, json } => verify_jobs::show(st, *id, *json)?,
-            VerifyJobCommand::Update { id, file } => verify_jobs::update(st, *id, file)?,
+            VerifyJobCommand::Update { id, args } => verify_jobs::update(st, *id, args)?,
             VerifyJobCommand::Remove { id } => verify_jobs::remove(st, *id)?,
             VerifyJobCommand::Run { id } => return verify_jobs::run(st, args, *id),
         },

@@ -1,42 +1,46 @@
 //! `backupjob sync-job create|list|show|update|remove|run` (also `backstop sync-job ...`): sync jobs
 //! ([`crate::sync`], docs/sync.md).
 
-use super::{Args, input, print, read};
+use super::flags::{SyncJobArgs, template_of};
+use super::{Args, input, print};
 use crate::Error;
 use crate::state::State;
 use crate::sync::SyncTemplate;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    let job = checked(st, file, &text)?;
+pub(super) fn create(st: &mut State, a: &SyncJobArgs) -> Result<(), Error> {
+    let (text, what) = template_of(a.file.as_ref(), "", &a.attributes())?;
+    let job = checked(st, &what, &text)?;
     let id = st.add_sync_job(&job.name, &text)?;
     print(&format!("ID: {id}"))
 }
 
-/// Replaces a sync job's template; its run records stay.
-pub(super) fn update(st: &mut State, id: u64, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    let job = checked(st, file, &text)?;
+/// Replaces a sync job's template, or changes the attributes the flags name; its run records
+/// stay.
+pub(super) fn update(st: &mut State, id: u64, a: &SyncJobArgs) -> Result<(), Error> {
+    let (_, _, stored) = st
+        .sync_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no sync job {id}")))?;
+    let (text, what) = template_of(a.file.as_ref(), &stored, &a.attributes())?;
+    let job = checked(st, &what, &text)?;
     st.update_sync_job(id, &job.name, &text)?;
     Ok(())
 }
 
 /// A template that parses and names a backup datastore and a remote of this state.
-fn checked(st: &State, file: &std::path::Path, text: &str) -> Result<SyncTemplate, Error> {
-    let job = SyncTemplate::parse(text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+fn checked(st: &State, what: &str, text: &str) -> Result<SyncTemplate, Error> {
+    let job = SyncTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
     if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
         return Err(input(format!(
-            "{}: DATASTORE_ID {} is not a backup datastore",
-            file.display(),
+            "{what}: DATASTORE_ID {} is not a backup datastore",
             job.datastore_id
         )));
     }
     if !st.remotes()?.iter().any(|r| r.0 == job.remote_id) {
         return Err(input(format!(
-            "{}: REMOTE_ID {} is not a remote",
-            file.display(),
+            "{what}: REMOTE_ID {} is not a remote",
             job.remote_id
         )));
     }

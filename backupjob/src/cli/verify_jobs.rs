@@ -1,36 +1,41 @@
 //! `backupjob verify-job create|list|show|update|remove|run` (also `backstop verify-job ...`): verify
 //! jobs ([`crate::verify_job`], docs/sync.md).
 
-use super::{Args, input, print, read};
+use super::flags::{VerifyJobArgs, template_of};
+use super::{Args, input, print};
 use crate::Error;
 use crate::state::State;
 use crate::state::sync::Verdict;
 use crate::verify_job::VerifyTemplate;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub(super) fn create(st: &mut State, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    let job = checked(st, file, &text)?;
+pub(super) fn create(st: &mut State, a: &VerifyJobArgs) -> Result<(), Error> {
+    let (text, what) = template_of(a.file.as_ref(), "", &a.attributes()?)?;
+    let job = checked(st, &what, &text)?;
     let id = st.add_verify_job(&job.name, &text)?;
     print(&format!("ID: {id}"))
 }
 
-/// Replaces a verify job's template; its verdicts stay.
-pub(super) fn update(st: &mut State, id: u64, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    let job = checked(st, file, &text)?;
+/// Replaces a verify job's template, or changes the attributes the flags name; its verdicts
+/// stay.
+pub(super) fn update(st: &mut State, id: u64, a: &VerifyJobArgs) -> Result<(), Error> {
+    let (_, _, stored, _) = st
+        .verify_jobs()?
+        .into_iter()
+        .find(|j| j.0 == id)
+        .ok_or_else(|| input(format!("there is no verify job {id}")))?;
+    let (text, what) = template_of(a.file.as_ref(), &stored, &a.attributes()?)?;
+    let job = checked(st, &what, &text)?;
     st.update_verify_job(id, &job.name, &text)?;
     Ok(())
 }
 
 /// A template that parses and names a backup datastore of this state.
-fn checked(st: &State, file: &std::path::Path, text: &str) -> Result<VerifyTemplate, Error> {
-    let job = VerifyTemplate::parse(text).map_err(|x| input(format!("{}: {x}", file.display())))?;
+fn checked(st: &State, what: &str, text: &str) -> Result<VerifyTemplate, Error> {
+    let job = VerifyTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
     if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
         return Err(input(format!(
-            "{}: DATASTORE_ID {} is not a backup datastore",
-            file.display(),
+            "{what}: DATASTORE_ID {} is not a backup datastore",
             job.datastore_id
         )));
     }
