@@ -22,11 +22,11 @@
 //!   destination (and healed) are walked again and what they lack is copied again;
 //! - `RATE_IN`, `RATE_OUT` (KiB/s, 0 for none): one limit for the whole run on what is read
 //!   from the source and on what is written to the destination; `WORKERS` (default 4): blobs
-//!   read from the source at once.
+//!   read from the source at once; `PARALLEL` (default 2): repositories copied at once.
 //!
-//! A run copies each repository in turn, creating it at the destination with the
-//! destination's password when it is missing; a repository that fails is named and the others
-//! still run. Each run is recorded (started, ended, snapshots and bytes, errors).
+//! A run copies its repositories, `PARALLEL` at a time, creating each at the destination with
+//! the destination's password when it is missing; a repository that fails is named and the
+//! others still run. Each run is recorded (started, ended, snapshots and bytes, errors).
 
 use crate::Error;
 use crate::calendar::When;
@@ -76,6 +76,8 @@ pub struct SyncTemplate {
     /// KiB/s written to the destination; 0 for no limit.
     pub rate_out: u64,
     pub workers: usize,
+    /// Repositories copied at once.
+    pub parallel: usize,
 }
 
 /// A `YES`/`NO` attribute (any case), `default` when absent.
@@ -126,6 +128,10 @@ impl SyncTemplate {
         if !(1..=64).contains(&workers) {
             return Err(format!("WORKERS {workers} is not between 1 and 64"));
         }
+        let parallel = optional("PARALLEL", 2)?;
+        if !(1..=16).contains(&parallel) {
+            return Err(format!("PARALLEL {parallel} is not between 1 and 16"));
+        }
         let verified_only = yes_no(&t, "VERIFIED_ONLY", false)?;
         if verified_only && direction == Direction::Pull {
             return Err(
@@ -158,6 +164,7 @@ impl SyncTemplate {
             rate_in: optional("RATE_IN", 0)?,
             rate_out: optional("RATE_OUT", 0)?,
             workers: workers as usize,
+            parallel: parallel as usize,
         })
     }
 }
@@ -372,8 +379,39 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
-/// Copies each repository in turn under the job's limits, with a progress line about every
-/// second; the lines of the repositories that failed.
+/// What one repository of a run is given: its name, the snapshots a verify job found clean
+/// (with VERIFIED_ONLY) and those found damaged (with RESYNC_CORRUPT).
+type Work = (String, Option<Vec<String>>, Vec<String>);
+
+/// The verdicts each repository's copy needs, read from the state before the copies start.
+fn work_of(st: &State, job: &SyncTemplate, repos: &[String]) -> Result<Vec<Work>, Error> {
+    let mut work = Vec::new();
+    for repo in repos {
+        let verdicts = if job.verified_only || job.resync_corrupt {
+            st.verdicts(job.datastore_id, repo)?
+        } else {
+            Vec::new()
+        };
+        let clean = job.verified_only.then(|| {
+            verdicts
+                .iter()
+                .filter(|v| v.bad.is_empty())
+                .map(|v| v.snapshot.clone())
+                .collect()
+        });
+        let damaged = verdicts
+            .iter()
+            .filter(|v| job.resync_corrupt && !v.bad.is_empty())
+            .map(|v| v.snapshot.clone())
+            .collect();
+        work.push((repo.clone(), clean, damaged));
+    }
+    Ok(work)
+}
+
+/// Copies the repositories, `PARALLEL` at once, under the job's limits (one rate bucket for
+/// all), with a progress line about every second naming each repository being copied; a line
+/// per repository as it ends; the lines of the repositories that failed, in the job's order.
 fn run_repositories(
     st: &mut State,
     job: &SyncTemplate,
@@ -384,6 +422,8 @@ fn run_repositories(
     report: Report<'_>,
 ) -> Result<Vec<String>, Error> {
     use backstop_datastore::repo::bandwidth::Bandwidth;
+    use backstop_datastore::repo::copy::CopyProgress;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
     let base = CopyOptions {
         threads: job.workers,
@@ -391,77 +431,94 @@ fn run_repositories(
         rate_out: Bandwidth::kib_per_sec(job.rate_out).map(Arc::new),
         ..CopyOptions::default()
     };
-    let current = Mutex::new(String::new());
-    let progress = base.progress.clone();
+    let work = work_of(st, job, repos)?;
+    let running: Mutex<Vec<(String, Arc<CopyProgress>)>> = Mutex::new(Vec::new());
     let Report {
         done,
         progress: tick,
     } = report;
     let line = || {
-        let name = current.lock().map(|c| c.clone()).unwrap_or_default();
-        if !name.is_empty() {
-            tick(&format!(
-                "repository {name}: {} snapshots done, {} read, {} written",
-                progress.snapshots.load(Ordering::Relaxed),
-                mib(progress.bytes_read.load(Ordering::Relaxed)),
-                mib(progress.bytes_written.load(Ordering::Relaxed)),
-            ));
+        let now = running.lock().map(|r| r.clone()).unwrap_or_default();
+        let parts: Vec<String> = now
+            .iter()
+            .map(|(name, p)| {
+                format!(
+                    "repository {name}: {} snapshots done, {} read, {} written",
+                    p.snapshots.load(Ordering::Relaxed),
+                    mib(p.bytes_read.load(Ordering::Relaxed)),
+                    mib(p.bytes_written.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        if !parts.is_empty() {
+            tick(&parts.join("; "));
         }
     };
+    let next = AtomicUsize::new(0);
+    let mut outcomes: Vec<Option<Result<(CopyStats, usize), String>>> =
+        work.iter().map(|_| None).collect();
     with_ticks(line, || {
-        let mut errors = Vec::new();
-        for repo in repos {
-            let verdicts = if job.verified_only || job.resync_corrupt {
-                st.verdicts(job.datastore_id, repo)?
-            } else {
-                Vec::new()
-            };
-            let clean: Option<Vec<String>> = job.verified_only.then(|| {
-                verdicts
-                    .iter()
-                    .filter(|v| v.bad.is_empty())
-                    .map(|v| v.snapshot.clone())
-                    .collect()
-            });
-            let damaged: Vec<String> = verdicts
-                .iter()
-                .filter(|v| job.resync_corrupt && !v.bad.is_empty())
-                .map(|v| v.snapshot.clone())
-                .collect();
-            if let Ok(mut c) = current.lock() {
-                *c = repo.clone();
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..job.parallel.min(work.len()) {
+                let tx = tx.clone();
+                let (work, next, running, base) = (&work, &next, &running, &base);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some((repo, clean, damaged)) = work.get(i) else {
+                            break;
+                        };
+                        let options = CopyOptions {
+                            progress: Arc::new(CopyProgress::default()),
+                            ..base.clone()
+                        };
+                        if let Ok(mut r) = running.lock() {
+                            r.push((repo.clone(), options.progress.clone()));
+                        }
+                        let outcome = sync_repository(
+                            ends,
+                            repo,
+                            job,
+                            (clean.as_deref(), damaged),
+                            (cfg, &options),
+                        )
+                        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
+                        if let Ok(mut r) = running.lock() {
+                            r.retain(|(name, _)| name != repo);
+                        }
+                        if tx.send((i, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
-            for counter in [
-                &progress.snapshots,
-                &progress.bytes_read,
-                &progress.bytes_written,
-            ] {
-                counter.store(0, Ordering::Relaxed);
-            }
-            let outcome =
-                sync_repository(ends, repo, job, (clean.as_deref(), &damaged), (cfg, &base));
-            if let Ok(mut c) = current.lock() {
-                c.clear();
-            }
-            match outcome {
-                Ok((s, removed)) => {
-                    record.snapshots += s.snapshots as u64;
-                    record.bytes_read += s.bytes_read;
-                    record.bytes_written += s.bytes_written;
-                    done(&repository_line(repo, &s, removed));
+            drop(tx);
+            for (i, outcome) in rx {
+                let repo = &work[i].0;
+                match &outcome {
+                    Ok((stats, removed)) => done(&repository_line(repo, stats, *removed)),
+                    Err(e) => done(&format!("repository {repo}: {e}")),
                 }
-                Err(e) => {
-                    let line = format!(
-                        "repository {repo}: {}",
-                        e.to_string().lines().next().unwrap_or_default()
-                    );
-                    done(&line);
-                    errors.push(line);
-                }
+                outcomes[i] = Some(outcome);
             }
+        })
+    });
+    let mut errors = Vec::new();
+    for ((repo, _, _), outcome) in work.iter().zip(outcomes) {
+        match outcome {
+            Some(Ok((s, _))) => {
+                record.snapshots += s.snapshots as u64;
+                record.bytes_read += s.bytes_read;
+                record.bytes_written += s.bytes_written;
+            }
+            Some(Err(e)) => errors.push(format!("repository {repo}: {e}")),
+            None => errors.push(format!(
+                "repository {repo}: not copied (its worker stopped)"
+            )),
         }
-        Ok(errors)
-    })
+    }
+    Ok(errors)
 }
 
 /// Runs `work`, calling `tick` about every second from another thread while it runs.
@@ -629,6 +686,10 @@ mod tests {
             (
                 "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nRATE_IN=fast\n",
                 "RATE_IN",
+            ),
+            (
+                "NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nPARALLEL=0\n",
+                "PARALLEL 0 is not between 1 and 16",
             ),
             ("NAME=x\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"a\"\n", "VMS"),
             (

@@ -207,28 +207,38 @@ fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
     );
     restic_ok(&pulled.join("22"), "pw-pulled", &["check", "--read-data"]);
 
-    // PUSH VM 22 to S3 with one worker under a read limit: progress lines while it runs;
-    // then PULL the whole bucket (listed in S3) back into a third datastore.
+    // PUSH VM 22 and job 5 to S3, both at once (PARALLEL, by default 2), with one worker
+    // each under one read limit: progress lines while they run, naming both; then PULL the
+    // whole bucket (listed in S3) back into a third datastore.
     let slow = create(
         "sync-job",
         "slow",
         format!(
             "NAME=\"slow\"\nDATASTORE_ID={local_id}\nREMOTE_ID={s3_id}\nVMS=\"22\"\n\
-             RATE_IN=2048\nWORKERS=1\n"
+             BACKUP_JOBS=\"5\"\nRATE_IN=2048\nWORKERS=1\n"
         ),
     );
     let out = ok(&["sync-job", "run", &slow]);
     assert!(
-        out.stdout.contains("repository 22: 2 snapshots copied"),
+        out.stdout.contains("repository 22: 2 snapshots copied")
+            && out.stdout.contains("repository job_5: 2 snapshots copied"),
         "{out:?}"
     );
-    let ticks = out
+    let ticks: Vec<&str> = out
         .stdout
         .lines()
-        .filter(|l| l.starts_with("repository 22: ") && l.contains(" snapshots done, "))
-        .count();
-    // 8 MiB read at 2 MiB/s from an empty bucket takes at least 3.5 s.
-    assert!(ticks >= 2, "progress lines: {out:?}");
+        .filter(|l| l.starts_with("repository ") && l.contains(" snapshots done, "))
+        .collect();
+    // 16 MiB read at 2 MiB/s in all from an empty bucket takes at least 7.5 s, the two
+    // repositories sharing the limit from the start.
+    assert!(ticks.len() >= 4, "progress lines: {out:?}");
+    assert!(
+        ticks.iter().any(
+            |l| l.contains("repository 22: ") && l.contains("; repository job_5: ")
+                || l.contains("repository job_5: ") && l.contains("; repository 22: ")
+        ),
+        "no progress line with both repositories at once: {out:?}"
+    );
     let in_s3 = s3.repo("offsite", "22");
     let check = s3.restic(&in_s3, "pw-s3", &["check", "--read-data"]);
     assert!(
@@ -255,7 +265,7 @@ fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
     let out = ok(&["sync-job", "run", &back]);
     assert!(
         out.stdout.contains("repository 22: 2 snapshots copied")
-            && !out.stdout.contains("repository job_5"),
+            && out.stdout.contains("repository job_5: 2 snapshots copied"),
         "{out:?}"
     );
     assert!(

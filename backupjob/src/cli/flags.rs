@@ -104,6 +104,9 @@ pub(crate) struct SyncJobArgs {
     /// WORKERS: blobs read at once.
     #[arg(long)]
     workers: Option<u64>,
+    /// PARALLEL: repositories copied at once.
+    #[arg(long)]
+    parallel: Option<u64>,
     /// EVERY: 30m, 6h, 1d ('' removes it).
     #[arg(long)]
     every: Option<String>,
@@ -131,6 +134,7 @@ impl SyncJobArgs {
             ("RATE_IN", n(self.rate_in)),
             ("RATE_OUT", n(self.rate_out)),
             ("WORKERS", n(self.workers)),
+            ("PARALLEL", n(self.parallel)),
             ("EVERY", self.every.clone()),
             ("SCHEDULE", self.schedule.clone()),
         ]
