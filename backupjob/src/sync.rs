@@ -219,8 +219,22 @@ fn sync_repository(
     (clean, damaged): (Option<&[String]>, &[String]),
     (cfg, options): (&DriverConfig, &CopyOptions),
 ) -> Result<(CopyStats, usize), Error> {
-    let src = RepoTarget::new(from, repo_id.to_string())?.open(from, cfg, false)?;
-    let dst = RepoTarget::new(to, repo_id.to_string())?.open(to, cfg, true)?;
+    let (src_at, dst_at) = (
+        RepoTarget::new(from, repo_id.to_string())?,
+        RepoTarget::new(to, repo_id.to_string())?,
+    );
+    // Both repositories opened at once (two key derivations, two connections); one missing at
+    // the destination is created only after the source opened, so a bad source leaves nothing
+    // behind at the destination.
+    let (src, dst) = std::thread::scope(|s| {
+        let dst = s.spawn(|| dst_at.open(to, cfg, false));
+        (src_at.open(from, cfg, false), dst.join())
+    });
+    let src = src?;
+    let dst = match dst {
+        Ok(Ok(repo)) => repo,
+        _ => dst_at.open(to, cfg, true)?,
+    };
     let snaps: Vec<_> = src
         .all_snapshots()?
         .into_iter()

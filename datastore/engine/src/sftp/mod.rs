@@ -537,11 +537,22 @@ impl WriteBackend for SftpBackend {
             self.mkdir_all(&p)
                 .map_err(|e| remote("cannot create", &p, e))?;
         }
-        for i in 0..=255u8 {
-            let p = self.root.join("data").join(format!("{i:02x}"));
-            self.mkdir_all(&p)
-                .map_err(|e| remote("cannot create", &p, e))?;
-        }
+        let data = self.root.join("data");
+        self.mkdir_all(&data)
+            .map_err(|e| remote("cannot create", &data, e))?;
+        // Their parent is there: one mkdir each, not a walk from the root (256 of them).
+        let subdirs: Vec<PathBuf> = (0..=255u8).map(|i| data.join(format!("{i:02x}"))).collect();
+        self.with_conn(|sftp| {
+            for p in &subdirs {
+                if let Err(e) = sftp.mkdir(p, 0o700)
+                    && sftp.stat(p).is_err()
+                {
+                    return Err(classify(e, "cannot create", p));
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| remote("cannot create", &data, e))?;
         Ok(())
     }
 
