@@ -18,6 +18,17 @@ pub struct SyncRows {
     pub increments: u64,
     pub chain: (Measure, Measure),
     pub incremental: (Measure, Measure),
+    pub datastore: DatastoreRows,
+}
+
+/// A whole datastore of small repositories pushed by a sync job, with PARALLEL 1, 2 and 4,
+/// against `restic copy` of each repository in turn.
+pub struct DatastoreRows {
+    pub repos: u64,
+    pub mib: u64,
+    /// (PARALLEL, the run).
+    pub ours: Vec<(u64, Measure)>,
+    pub restic: Measure,
 }
 
 impl SyncRows {
@@ -40,6 +51,111 @@ impl SyncRows {
                 if x >= goal { "met" } else { "NOT met" }
             );
         }
+        let d = &self.datastore;
+        println!(
+            "Sync job of a whole datastore ({} repositories, a {} MiB FULL each) to SFTP:",
+            d.repos, d.mib
+        );
+        for (parallel, m) in &d.ours {
+            println!(
+                "  PARALLEL={parallel:<2}          backstop sync {:>7.2} s ({:>4.0} MiB RSS)   restic copy, each in turn {:>7.2} s   {:.1}x",
+                m.seconds,
+                m.rss_mib,
+                d.restic.seconds,
+                d.restic.seconds / m.seconds
+            );
+        }
+    }
+}
+
+/// A state with the datastore `local` and one SFTP remote per PARALLEL value; a sync job
+/// pushing the whole datastore to each, timed; and restic copying each repository in turn.
+fn datastore_rows(dir: &Path, backstop: &Path, sshd: &crate::sshd::Sshd) -> DatastoreRows {
+    let (repos, mib) = (12u64, 64u64);
+    let local = dir.join("ds-local");
+    let image = dir.join("ds-disk.raw");
+    generate(&image, mib).expect("generate");
+    for k in 0..repos {
+        let repo = local.join((100 + k).to_string());
+        let r = q(&repo);
+        timed(
+            "datastore repo",
+            &format!(
+                "{b} repo -r {r} init && {b} repo -r {r} backup --image {} --format raw --path {FILE} --tag one-{}",
+                q(&image),
+                100 + k,
+                b = q(backstop),
+            ),
+        );
+    }
+    let remotes = dir.join("ds-remotes");
+    fs::create_dir_all(remotes.join("etc/datastore")).expect("remotes");
+    fs::write(
+        remotes.join("etc/datastore/backstop.conf"),
+        format!("SSH_CONFIG={}\n", sshd.config.display()),
+    )
+    .expect("conf");
+    let bj = format!(
+        "{} backupjob --state {} --remotes {}",
+        q(backstop),
+        q(&dir.join("ds-state.db")),
+        q(&remotes)
+    );
+    let tmpl = dir.join("ds.tmpl");
+    let create = |what: &str, text: String| {
+        fs::write(&tmpl, text).expect("template");
+        timed(
+            "datastore state",
+            &format!("{bj} {what} create {}", q(&tmpl)),
+        );
+    };
+    create(
+        "datastore",
+        format!(
+            "NAME=\"local\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"{}\"\n",
+            local.display(),
+            crate::run::PASSWORD
+        ),
+    );
+    let mut ours = Vec::new();
+    for (k, parallel) in [1u64, 2, 4].into_iter().enumerate() {
+        create(
+            "remote",
+            format!(
+                "NAME=\"r{parallel}\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_SFTP_SERVER=\"benchhost\"\n\
+                 RESTIC_SFTP_USER=\"root\"\nRESTIC_PASSWORD=\"{}\"\n",
+                dir.join(format!("ds-dst-{parallel}")).display(),
+                crate::run::PASSWORD
+            ),
+        );
+        create(
+            "sync-job",
+            format!(
+                "NAME=\"p{parallel}\"\nDATASTORE_ID=1\nREMOTE_ID={}\nPARALLEL={parallel}\n",
+                k + 2
+            ),
+        );
+        settle();
+        let m = timed(
+            &format!("sync job PARALLEL={parallel}"),
+            &format!("{bj} sync-job run {}", k + 1),
+        );
+        ours.push((parallel, m));
+    }
+    let mut script = Vec::new();
+    for k in 0..repos {
+        let name = (100 + k).to_string();
+        let peer = Peer::restic_sftp(&dir.join("ds-restic").join(&name), &sshd.config);
+        script.push(peer.init());
+        script.push(peer.copy_from(&local.join(&name)));
+    }
+    settle();
+    let restic = timed("restic copy each repository", &script.join(" && "));
+    DatastoreRows {
+        repos,
+        mib,
+        ours,
+        restic,
     }
 }
 
@@ -97,6 +213,7 @@ pub fn rows(work: &Path, backstop: &Path, mib: u64, increments: u64) -> Option<S
     let ours_inc = timed("backstop copy increment", &copy_ours);
     settle();
     let theirs_inc = timed("restic copy increment", &restic.copy_from(&src));
+    let datastore = datastore_rows(&dir, backstop, &sshd);
     drop(sshd);
     let _ = fs::remove_dir_all(&dir);
     Some(SyncRows {
@@ -104,6 +221,7 @@ pub fn rows(work: &Path, backstop: &Path, mib: u64, increments: u64) -> Option<S
         increments,
         chain: (ours, theirs),
         incremental: (ours_inc, theirs_inc),
+        datastore,
     })
 }
 
