@@ -29,6 +29,8 @@ pub struct DatastoreRows {
     /// (PARALLEL, the run).
     pub ours: Vec<(u64, Measure)>,
     pub restic: Measure,
+    /// The PARALLEL=2 job run again with nothing new, against restic copying each again.
+    pub again: (Measure, Measure),
 }
 
 impl SyncRows {
@@ -65,6 +67,14 @@ impl SyncRows {
                 d.restic.seconds / m.seconds
             );
         }
+        let (ours, theirs) = &d.again;
+        println!(
+            "  again, nothing new   backstop sync {:>7.2} s ({:>4.0} MiB RSS)   restic copy, each in turn {:>7.2} s   {:.1}x",
+            ours.seconds,
+            ours.rss_mib,
+            theirs.seconds,
+            theirs.seconds / ours.seconds
+        );
     }
 }
 
@@ -151,11 +161,17 @@ fn datastore_rows(dir: &Path, backstop: &Path, sshd: &crate::sshd::Sshd) -> Data
     }
     settle();
     let restic = timed("restic copy each repository", &script.join(" && "));
+    settle();
+    let ours_again = timed("sync job again", &format!("{bj} sync-job run 2"));
+    let copies: Vec<String> = script.iter().skip(1).step_by(2).cloned().collect();
+    settle();
+    let restic_again = timed("restic copy each again", &copies.join(" && "));
     DatastoreRows {
         repos,
         mib,
         ours,
         restic,
+        again: (ours_again, restic_again),
     }
 }
 

@@ -18,6 +18,10 @@ use base64::engine::general_purpose::STANDARD;
 use rustic_core::FileType;
 use rustic_core::repofile::{KeyFile, MasterKey};
 
+/// The scrypt memory of a key rustic_core makes with its default parameters (N = 2^17, r = 8),
+/// as `Repo::init` does.
+pub(crate) const NEW_KEY_MEMORY: u64 = 128 * (1 << 17) * 8;
+
 /// At most 1 GiB of scrypt memory (128 * N * r bytes) ...
 const MAX_SCRYPT_MEMORY: u64 = 1 << 30;
 /// ... and at most this many sequential passes over it.
@@ -51,17 +55,20 @@ fn check_params(key: &KeyFile) -> Result<(), String> {
 fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, String> {
     check_params(key)?;
     let mut derived = [0u8; 64];
+    let memory = 128 * u64::from(key.n) * u64::from(key.r);
     // OpenSSL counts its own overhead against the limit: leave room.
-    let limit = 128 * u64::from(key.n) * u64::from(key.r) + (64 << 20);
-    openssl::pkcs5::scrypt(
-        password.as_bytes(),
-        &key.salt,
-        u64::from(key.n),
-        u64::from(key.r),
-        u64::from(key.p),
-        limit,
-        &mut derived,
-    )
+    let limit = memory + (64 << 20);
+    gate::hold(memory, || {
+        openssl::pkcs5::scrypt(
+            password.as_bytes(),
+            &key.salt,
+            u64::from(key.n),
+            u64::from(key.r),
+            u64::from(key.p),
+            limit,
+            &mut derived,
+        )
+    })
     .map_err(|e| format!("scrypt failed: {e}"))?;
     // rustic_core's MasterKey is built from its JSON form (its parts' type is not public).
     let json = serde_json::json!({
@@ -135,4 +142,117 @@ pub(crate) fn master_key(storage: &dyn Storage, password: &str) -> Result<Master
         message.push_str(&format!("; skipped: {}", unusable.join("; ")));
     }
     Err(Error::new(ErrorKind::Repository, message))
+}
+
+/// Key derivations share one gate per process. Each takes 128 MiB (rustic's default
+/// parameters) for about 0.3 s of one core, and a sync job with PARALLEL repositories opens a
+/// source and a destination for each at once: unbounded, four repositories at once held eight
+/// derivations' memory together while only as many ran as there are cores. The gate lets a
+/// derivation start while fewer than the cores are running and their memory stays within
+/// `MEMORY`; one always runs, whatever it needs (its parameters are bounded above).
+pub(crate) mod gate {
+    use std::sync::{Condvar, Mutex, MutexGuard};
+
+    /// The scrypt memory in use at once, at most (unless one derivation needs more).
+    pub(crate) const MEMORY: u64 = 512 << 20;
+
+    #[derive(Default)]
+    struct Use {
+        running: usize,
+        memory: u64,
+        /// The most that ran at once (read by the tests).
+        most: usize,
+    }
+
+    struct Gate {
+        state: Mutex<Use>,
+        freed: Condvar,
+    }
+
+    static GATE: Gate = Gate {
+        state: Mutex::new(Use {
+            running: 0,
+            memory: 0,
+            most: 0,
+        }),
+        freed: Condvar::new(),
+    };
+
+    fn lock() -> MutexGuard<'static, Use> {
+        // A panic elsewhere cannot leave the counts wrong (the slot's drop runs on unwind).
+        GATE.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    struct Slot(u64);
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let mut state = lock();
+            state.running -= 1;
+            state.memory -= self.0;
+            drop(state);
+            GATE.freed.notify_all();
+        }
+    }
+
+    /// Runs `derive`, which needs `memory` bytes, once the gate lets it.
+    pub(crate) fn hold<T>(memory: u64, derive: impl FnOnce() -> T) -> T {
+        let cores = cores();
+        let mut state = lock();
+        while state.running > 0 && (state.running >= cores || state.memory + memory > MEMORY) {
+            state = GATE.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.running += 1;
+        state.memory += memory;
+        state.most = state.most.max(state.running);
+        drop(state);
+        let _slot = Slot(memory);
+        derive()
+    }
+
+    /// The most derivations that ran at once so far.
+    #[cfg(test)]
+    pub(crate) fn most() -> usize {
+        lock().most
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        /// Twelve derivations of 128 MiB asked for at once: never more than the cores and
+        /// the memory allow run together, and all of them run.
+        #[test]
+        fn derivations_wait_for_cores_and_memory() {
+            let now = AtomicUsize::new(0);
+            let seen = AtomicUsize::new(0);
+            let done = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..12 {
+                    s.spawn(|| {
+                        hold(128 << 20, || {
+                            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                            seen.fetch_max(n, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(20));
+                            now.fetch_sub(1, Ordering::SeqCst);
+                            done.fetch_add(1, Ordering::SeqCst);
+                        })
+                    });
+                }
+            });
+            let limit = cores().min((MEMORY / (128 << 20)) as usize);
+            assert_eq!(done.load(Ordering::SeqCst), 12);
+            let seen = seen.load(Ordering::SeqCst);
+            assert!(seen <= limit, "{seen} ran at once; at most {limit} may");
+            assert!(most() <= limit);
+            // One derivation bigger than the whole budget still runs.
+            assert_eq!(hold(MEMORY * 2, || 7), 7);
+        }
+    }
 }

@@ -211,13 +211,16 @@ impl Repo {
     /// Creates a repository (version 2, compression available) at the backend's location.
     pub fn init(backend: Arc<dyn Storage>, password: &str) -> Result<Repo, Error> {
         let location = backend.location();
-        let repo = rustic_repo(&backend)?
-            .init(
+        // rustic_core derives the new key with its default scrypt parameters.
+        let unopened = rustic_repo(&backend)?;
+        let repo = keys::gate::hold(keys::NEW_KEY_MEMORY, || {
+            unopened.init(
                 &Credentials::password(password),
                 &KeyOptions::default(),
                 &ConfigOptions::default(),
             )
-            .map_err(|e| rustic_error(&format!("cannot create a repository at {location}"), &e))?;
+        })
+        .map_err(|e| rustic_error(&format!("cannot create a repository at {location}"), &e))?;
         // rustic's local backend makes the directory layout; ours does it here.
         backend
             .create()
