@@ -437,7 +437,6 @@ fn run_repositories(
 ) -> Result<Vec<String>, Error> {
     use backstop_datastore::repo::bandwidth::Bandwidth;
     use backstop_datastore::repo::copy::CopyProgress;
-    use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
     let base = CopyOptions {
         threads: job.workers,
@@ -468,55 +467,36 @@ fn run_repositories(
             tick(&parts.join("; "));
         }
     };
-    let next = AtomicUsize::new(0);
-    let mut outcomes: Vec<Option<Result<(CopyStats, usize), String>>> =
-        work.iter().map(|_| None).collect();
-    with_ticks(line, || {
-        std::thread::scope(|s| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            for _ in 0..job.parallel.min(work.len()) {
-                let tx = tx.clone();
-                let (work, next, running, base) = (&work, &next, &running, &base);
-                s.spawn(move || {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some((repo, clean, damaged)) = work.get(i) else {
-                            break;
-                        };
-                        let options = CopyOptions {
-                            progress: Arc::new(CopyProgress::default()),
-                            ..base.clone()
-                        };
-                        if let Ok(mut r) = running.lock() {
-                            r.push((repo.clone(), options.progress.clone()));
-                        }
-                        let outcome = sync_repository(
-                            ends,
-                            repo,
-                            job,
-                            (clean.as_deref(), damaged),
-                            (cfg, &options),
-                        )
-                        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
-                        if let Ok(mut r) = running.lock() {
-                            r.retain(|(name, _)| name != repo);
-                        }
-                        if tx.send((i, outcome)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            for (i, outcome) in rx {
-                let repo = &work[i].0;
-                match &outcome {
-                    Ok((stats, removed)) => done(&repository_line(repo, stats, *removed)),
-                    Err(e) => done(&format!("repository {repo}: {e}")),
+    let outcomes = with_ticks(line, || {
+        each_at_once(
+            job.parallel,
+            &work,
+            |(repo, clean, damaged)| {
+                let options = CopyOptions {
+                    progress: Arc::new(CopyProgress::default()),
+                    ..base.clone()
+                };
+                if let Ok(mut r) = running.lock() {
+                    r.push((repo.clone(), options.progress.clone()));
                 }
-                outcomes[i] = Some(outcome);
-            }
-        })
+                let outcome = sync_repository(
+                    ends,
+                    repo,
+                    job,
+                    (clean.as_deref(), damaged),
+                    (cfg, &options),
+                )
+                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
+                if let Ok(mut r) = running.lock() {
+                    r.retain(|(name, _)| name != repo);
+                }
+                outcome
+            },
+            |i, outcome| match outcome {
+                Ok((stats, removed)) => done(&repository_line(&work[i].0, stats, *removed)),
+                Err(e) => done(&format!("repository {}: {e}", work[i].0)),
+            },
+        )
     });
     let mut errors = Vec::new();
     for ((repo, _, _), outcome) in work.iter().zip(outcomes) {
@@ -533,6 +513,44 @@ fn run_repositories(
         }
     }
     Ok(errors)
+}
+
+/// Runs `work` on each of `items`, `at_once` at a time on threads of their own, and calls
+/// `done` on this thread as each ends; the outcomes come back in the items' order (a panic
+/// in `work` is the caller's panic once the other workers end).
+pub(crate) fn each_at_once<I: Sync, T: Send>(
+    at_once: usize,
+    items: &[I],
+    work: impl Fn(&I) -> T + Sync,
+    mut done: impl FnMut(usize, &T),
+) -> Vec<Option<T>> {
+    use std::sync::atomic::AtomicUsize;
+    let next = AtomicUsize::new(0);
+    let mut outcomes: Vec<Option<T>> = items.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..at_once.clamp(1, items.len().max(1)) {
+            let tx = tx.clone();
+            let (next, work) = (&next, &work);
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = items.get(i) else {
+                        break;
+                    };
+                    if tx.send((i, work(item))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (i, outcome) in rx {
+            done(i, &outcome);
+            outcomes[i] = Some(outcome);
+        }
+    });
+    outcomes
 }
 
 /// Runs `work`, calling `tick` about every second from another thread while it runs.
@@ -642,7 +660,11 @@ pub fn scheduled_pass(
         if !due(&job.when, last, st.written_at(JobKind::Verify, id)?) {
             continue;
         }
-        match crate::verify_job::run(st, id, location, cfg, &|_| {})? {
+        let quiet = crate::sync::Report {
+            done: &mut |_| {},
+            progress: &|_| {},
+        };
+        match crate::verify_job::run(st, id, location, cfg, quiet)? {
             None => lines.push(format!(
                 "verify job {id}: running already, not started again"
             )),

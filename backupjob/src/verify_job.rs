@@ -8,8 +8,9 @@
 //! default, reads every snapshot every run); `IGNORE_VERIFIED` (`YES`: a snapshot verified
 //! clean once is not read again, unless OUTDATED_AFTER says it is outdated); `SHARES` (m: each run
 //! reads one m-th of the packs, the next run the next one, so m runs cover the datastore;
-//! default 1); `HEAL` (`YES`, the default, or `NO`); `EVERY` or `SCHEDULE` (as for
-//! sync jobs: when the scheduler daemon runs it).
+//! default 1); `HEAL` (`YES`, the default, or `NO`); `PARALLEL` (repositories read at once, 1
+//! to 16, default 2); `EVERY` or `SCHEDULE` (as for sync jobs: when the scheduler daemon runs
+//! it).
 
 use crate::Error;
 use crate::error::input;
@@ -17,10 +18,14 @@ use crate::state::State;
 use crate::state::sync::Verdict;
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::repo::lock::RetryLock;
-use backstop_datastore::repo::verify::{Share, VerifyProgress, heal, verify_counted};
+use backstop_datastore::repo::verify::{
+    Healed, Share, VerifyProgress, VerifyReport, heal, verify_counted,
+};
 use backstop_datastore::target::RepoTarget;
 use backstop_protocol::template::Template;
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyTemplate {
@@ -31,6 +36,8 @@ pub struct VerifyTemplate {
     pub ignore_verified: bool,
     pub shares: u8,
     pub heal: bool,
+    /// Repositories read at once (`PARALLEL`, 1 to 16, default 2).
+    pub parallel: usize,
     /// When the scheduler daemon runs it (`EVERY` or `SCHEDULE`, as for sync jobs).
     pub when: Option<crate::calendar::When>,
 }
@@ -57,6 +64,7 @@ impl VerifyTemplate {
             outdated_after_days: number("OUTDATED_AFTER", 0)?,
             shares: shares as u8,
             heal,
+            parallel: sync.parallel,
         })
     }
 }
@@ -74,7 +82,7 @@ pub fn run(
     id: u64,
     location: &str,
     cfg: &DriverConfig,
-    progress: &(dyn Fn(&str) + Sync),
+    report: crate::sync::Report<'_>,
 ) -> Result<Option<VerifyRun>, Error> {
     let (_, _, text, _) = st
         .verify_jobs()?
@@ -88,45 +96,45 @@ pub fn run(
     let Some(k) = st.claim_verify_run(id, now, &runner)? else {
         return Ok(None);
     };
-    let result = verify_all(st, (&job, &ds, k), cfg, progress);
+    let result = verify_all(st, (&job, &ds, k), cfg, report);
     st.release_verify_run(id)?;
     result.map(Some)
 }
 
-/// Run `k` of a verify job over its repositories.
+/// What reading one repository gave: its verdicts and, when blobs were damaged and the job
+/// heals, what healing did (or why it failed).
+struct Checked {
+    report: VerifyReport,
+    healed: Option<Result<Healed, String>>,
+}
+
+/// Run `k` of a verify job over its repositories, `PARALLEL` at once (each reads its packs on
+/// as many threads as there are cores; several at once overlap the fixed costs of opening
+/// one: the key derivation, the SSH session, listing and loading the index). The verdicts
+/// are recorded here, on the caller's thread, and its line reported, as each repository
+/// ends.
 fn verify_all(
     st: &mut State,
     (job, ds, k): (&VerifyTemplate, &backstop_protocol::message::Datastore, u64),
     cfg: &DriverConfig,
-    progress: &(dyn Fn(&str) + Sync),
+    report: crate::sync::Report<'_>,
 ) -> Result<VerifyRun, Error> {
+    let crate::sync::Report { done, progress } = report;
     let share = (job.shares > 1).then(|| Share {
         n: (k % u64::from(job.shares)) as u8 + 1,
         m: job.shares,
     });
     let now = jiff::Timestamp::now().as_second();
     let fresh = (job.outdated_after_days * 86_400) as i64;
-    let mut out = VerifyRun {
-        lines: Vec::new(),
-        damaged: Vec::new(),
-    };
     let names = job
         .select
         .repositories(|| Ok(backstop_datastore::target::repositories(ds, cfg)?))?;
-    for name in &names {
-        let repo = match RepoTarget::new(ds, name.clone()).and_then(|t| t.open(ds, cfg, false)) {
-            Ok(r) => r,
-            Err(e) => {
-                let line = format!("repository {name}: {}", e.message);
-                out.lines.push(line.clone());
-                out.damaged.push(line);
-                continue;
-            }
-        };
-        // Clean verdicts that spare a snapshot this run: recent ones (OUTDATED_AFTER), or any
-        // one that is not outdated (IGNORE_VERIFIED).
+    // Clean verdicts that spare a snapshot this run: recent ones (OUTDATED_AFTER), or any one
+    // that is not outdated (IGNORE_VERIFIED).
+    let mut work = Vec::new();
+    for name in names {
         let spared: Vec<String> = st
-            .verdicts(job.datastore_id, name)?
+            .verdicts(job.datastore_id, &name)?
             .into_iter()
             .filter(|v| v.bad.is_empty())
             .filter(|v| {
@@ -135,66 +143,152 @@ fn verify_all(
             })
             .map(|v| v.snapshot)
             .collect();
-        let ids: Vec<_> = repo
-            .all_snapshots()?
-            .into_iter()
-            .filter(|(id, s, _)| job.select.takes(&s.tags) && !spared.contains(&id.to_hex()))
-            .map(|(id, _, _)| id)
-            .collect();
-        let retry = RetryLock(std::time::Duration::from_secs(60));
-        let counted = VerifyProgress::default();
-        let tick = || {
-            let (read, total) = (
-                counted.bytes_read.load(Ordering::Relaxed),
-                counted.bytes_total.load(Ordering::Relaxed),
-            );
-            progress(&format!(
-                "repository {name}: {:.1} of {:.1} MiB read",
-                read as f64 / 1_048_576.0,
-                total as f64 / 1_048_576.0
-            ));
-        };
-        let report =
-            crate::sync::with_ticks(tick, || verify_counted(&repo, &ids, share, retry, &counted))?;
-        let mut bad = std::collections::BTreeSet::new();
-        let mut damaged = Vec::new();
-        for v in &report.verdicts {
-            st.record_verdict(&Verdict {
-                datastore_id: job.datastore_id,
-                repository: name.clone(),
-                snapshot: v.snapshot.to_hex(),
-                verified_at: now,
-                bad: v.bad.iter().map(|b| b.to_hex()).collect(),
-            })?;
-            if !v.bad.is_empty() {
-                damaged.push(v.snapshot.to_hex()[..8].to_string());
-                bad.extend(v.bad.iter().copied());
-            }
-        }
-        let mut line = format!(
-            "repository {name}: {} snapshots verified{}, {} blobs read, {} damaged",
-            report.verdicts.len(),
-            share.map_or(String::new(), |s| format!(" (share {}/{})", s.n, s.m)),
-            report.blobs_read,
-            damaged.len()
-        );
-        if !bad.is_empty() {
-            if job.heal {
-                let bad: Vec<_> = bad.into_iter().collect();
-                let h = heal(&repo, &bad, retry)?;
-                line.push_str(&format!(
-                    "; healed: {} packs rewritten, {} blobs out (the next backup writes them again)",
-                    h.packs, h.removed
-                ));
-            }
-            out.damaged.push(format!(
-                "repository {name}: damaged snapshots {}",
-                damaged.join(", ")
-            ));
-        }
-        out.lines.push(line);
+        work.push((name, spared));
     }
+    let running: Mutex<Vec<(String, Arc<VerifyProgress>)>> = Mutex::new(Vec::new());
+    let line = || {
+        let now = running.lock().map(|r| r.clone()).unwrap_or_default();
+        let parts: Vec<String> = now
+            .iter()
+            .map(|(name, counted)| {
+                format!(
+                    "repository {name}: {:.1} of {:.1} MiB read",
+                    counted.bytes_read.load(Ordering::Relaxed) as f64 / 1_048_576.0,
+                    counted.bytes_total.load(Ordering::Relaxed) as f64 / 1_048_576.0
+                )
+            })
+            .collect();
+        if !parts.is_empty() {
+            progress(&parts.join("; "));
+        }
+    };
+    let mut out = VerifyRun {
+        lines: Vec::new(),
+        damaged: Vec::new(),
+    };
+    let mut recorded: Result<(), Error> = Ok(());
+    crate::sync::with_ticks(line, || {
+        crate::sync::each_at_once(
+            job.parallel,
+            &work,
+            |(name, spared)| {
+                let counted = Arc::new(VerifyProgress::default());
+                if let Ok(mut r) = running.lock() {
+                    r.push((name.clone(), counted.clone()));
+                }
+                let checked = verify_repository(ds, cfg, (job, share), (name, spared), &counted);
+                if let Ok(mut r) = running.lock() {
+                    r.retain(|(n, _)| n != name);
+                }
+                checked
+            },
+            |i, checked| {
+                let name = &work[i].0;
+                if recorded.is_ok() {
+                    recorded = record(st, job, (name, now, share), checked, &mut out);
+                    if let Some(line) = out.lines.last() {
+                        done(line);
+                    }
+                }
+            },
+        )
+    });
+    recorded?;
     Ok(out)
+}
+
+/// Reads one repository's snapshots (those the job takes and no verdict spares) and heals it
+/// when blobs were damaged and the job heals.
+fn verify_repository(
+    ds: &backstop_protocol::message::Datastore,
+    cfg: &DriverConfig,
+    (job, share): (&VerifyTemplate, Option<Share>),
+    (name, spared): (&str, &[String]),
+    counted: &VerifyProgress,
+) -> Result<Checked, String> {
+    let first_line = |e: Error| e.to_string().lines().next().unwrap_or_default().to_string();
+    let repo = RepoTarget::new(ds, name.to_string())
+        .and_then(|t| t.open(ds, cfg, false))
+        .map_err(|e| e.message)?;
+    let ids: Vec<_> = repo
+        .all_snapshots()
+        .map_err(|e| first_line(e.into()))?
+        .into_iter()
+        .filter(|(id, s, _)| job.select.takes(&s.tags) && !spared.contains(&id.to_hex()))
+        .map(|(id, _, _)| id)
+        .collect();
+    let retry = RetryLock(std::time::Duration::from_secs(60));
+    let report =
+        verify_counted(&repo, &ids, share, retry, counted).map_err(|e| first_line(e.into()))?;
+    let bad: BTreeSet<_> = report
+        .verdicts
+        .iter()
+        .flat_map(|v| v.bad.iter().copied())
+        .collect();
+    let healed = (job.heal && !bad.is_empty()).then(|| {
+        let bad: Vec<_> = bad.into_iter().collect();
+        heal(&repo, &bad, retry).map_err(|e| first_line(e.into()))
+    });
+    Ok(Checked { report, healed })
+}
+
+/// Records one repository's verdicts in the state and its lines in the run.
+fn record(
+    st: &mut State,
+    job: &VerifyTemplate,
+    (name, now, share): (&str, i64, Option<Share>),
+    checked: &Result<Checked, String>,
+    out: &mut VerifyRun,
+) -> Result<(), Error> {
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let line = format!("repository {name}: {e}");
+            out.lines.push(line.clone());
+            out.damaged.push(line);
+            return Ok(());
+        }
+    };
+    let mut damaged = Vec::new();
+    for v in &checked.report.verdicts {
+        st.record_verdict(&Verdict {
+            datastore_id: job.datastore_id,
+            repository: name.to_string(),
+            snapshot: v.snapshot.to_hex(),
+            verified_at: now,
+            bad: v.bad.iter().map(|b| b.to_hex()).collect(),
+        })?;
+        if !v.bad.is_empty() {
+            damaged.push(v.snapshot.to_hex()[..8].to_string());
+        }
+    }
+    let mut line = format!(
+        "repository {name}: {} snapshots verified{}, {} blobs read, {} damaged",
+        checked.report.verdicts.len(),
+        share.map_or(String::new(), |s| format!(" (share {}/{})", s.n, s.m)),
+        checked.report.blobs_read,
+        damaged.len()
+    );
+    match &checked.healed {
+        Some(Ok(h)) => line.push_str(&format!(
+            "; healed: {} packs rewritten, {} blobs out (the next backup writes them again)",
+            h.packs, h.removed
+        )),
+        Some(Err(e)) => {
+            line.push_str(&format!("; NOT healed: {e}"));
+            out.damaged
+                .push(format!("repository {name}: healing failed: {e}"));
+        }
+        None => {}
+    }
+    if !damaged.is_empty() {
+        out.damaged.push(format!(
+            "repository {name}: damaged snapshots {}",
+            damaged.join(", ")
+        ));
+    }
+    out.lines.push(line);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! Sync and verify jobs over a whole datastore: no repository named, so each run lists the
 //! source's repositories (on a local path, over SFTP through a real sshd, in S3 on SeaweedFS);
 //! `exclude:` forms and TAGS patterns leave repositories and snapshots out; a PUSH to S3 under
-//! RATE_IN with one worker prints progress lines; restic is the oracle at every destination.
+//! RATE_IN with one worker prints progress lines; a verify job reads two repositories at once
+//! (one waits for a real restic's lock meanwhile); restic is the oracle at every destination.
 
 use crate::s3server::{ACCESS_KEY, S3Server, SECRET_KEY};
 use crate::support::{BACKSTOP, Outcome, noise, run, run_env};
 use crate::sync_jobs::{IN_SNAPSHOT, restic_ok};
 use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The tags of each snapshot restic lists, oldest first.
 fn tags(listing: &[u8]) -> Vec<Vec<String>> {
@@ -313,4 +318,175 @@ fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
         4,
         "{shown}"
     );
+
+    // PARALLEL (by default 2): a verify job reads two repositories at once. A `restic check`
+    // frozen while it holds its exclusive lock on 22 makes 22 wait (for up to a minute) while
+    // job_5 is read and reported; 22 follows once restic resumes. One at a time, job_5 would
+    // wait behind 22 and its line would not come while restic holds the lock.
+    let both = create(
+        "verify-job",
+        "both",
+        format!("NAME=\"both\"\nDATASTORE_ID={local_id}\nVMS=\"22\"\nBACKUP_JOBS=\"5\"\n"),
+    );
+    let frozen = FrozenRestic::holding_lock(&local.join("22"), "pw-local");
+    let mut child = Stopped(
+        Command::new(BACKSTOP)
+            .args([
+                "backupjob",
+                "--state",
+                st,
+                "--remotes",
+                rm,
+                "verify-job",
+                "run",
+                &both,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("backstop"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut before = Vec::new();
+    while !before
+        .iter()
+        .any(|l: &String| l.starts_with("repository job_5: 2 snapshots verified"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => before.push(line),
+            Err(_) => {
+                panic!("job_5 was not verified while 22 waited for restic's lock: {before:?}");
+            }
+        }
+    }
+    assert!(
+        !before.iter().any(|l| l.starts_with("repository 22: ")),
+        "22 was verified while restic held its lock: {before:?}"
+    );
+    assert!(frozen.resume(), "restic check failed after resuming");
+    let status = child.0.wait().expect("wait");
+    reader.join().expect("reader");
+    let after: Vec<String> = rx.try_iter().collect();
+    assert!(
+        status.success()
+            && after
+                .iter()
+                .any(|l| l.starts_with("repository 22: 2 snapshots verified")),
+        "{status:?}: {before:?} then {after:?}"
+    );
+}
+
+/// A child process killed and waited for when dropped (a failed assertion included).
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A `restic check` frozen (SIGSTOP) while it holds its exclusive lock on a repository;
+/// resumed and waited for by `resume`, or when dropped.
+struct FrozenRestic(Option<Child>);
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            "kill -s \"$1\" \"$2\"",
+            "sh",
+            name,
+            &child.id().to_string(),
+        ])
+        .status()
+        .expect("sh");
+    assert!(status.success(), "kill -s {name} {}", child.id());
+}
+
+/// Whether the kernel reports the process stopped (a signal lands asynchronously).
+fn stopped(child: &Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        match stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+        {
+            Some('T') => return true,
+            Some('Z') | None => return false,
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    false
+}
+
+impl FrozenRestic {
+    fn holding_lock(repo: &Path, password: &str) -> FrozenRestic {
+        let locks = || -> Vec<u64> {
+            fs::read_dir(repo.join("locks"))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // restic may finish and drop its lock before the stop lands: then try again.
+        for _ in 0..10 {
+            let child = Command::new("restic")
+                .arg("--repo")
+                .arg(repo)
+                .args(["--no-cache", "check", "--read-data"])
+                .env("RESTIC_PASSWORD", password)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("restic");
+            let frozen = FrozenRestic(Some(child));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !locks().iter().any(|&len| len > 0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let child = frozen.0.as_ref().expect("child");
+            signal(child, "STOP");
+            if stopped(child) && locks().len() == 1 {
+                return frozen;
+            }
+        }
+        panic!("could not freeze restic while it held its lock");
+    }
+
+    /// Lets restic go on and waits for it: whether it succeeded.
+    fn resume(mut self) -> bool {
+        let mut child = self.0.take().expect("child");
+        signal(&child, "CONT");
+        child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for FrozenRestic {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("sh")
+                .args(["-c", "kill -s CONT \"$1\"", "sh", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }

@@ -743,10 +743,13 @@ fn jobs_by_flags(ok: &dyn Fn(&[&str]) -> Outcome, bj: &dyn Fn(&[&str]) -> Outcom
         "--read-data-subset",
         "1/4",
         "--ignore-verified",
+        "--parallel",
+        "3",
     ]));
     let out = ok(&["verify-job", "show", &vid, "--json"]).stdout;
     let json: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(attr(&json, "SHARES").as_deref(), Some("\"4\""), "{json}");
+    assert_eq!(attr(&json, "PARALLEL").as_deref(), Some("\"3\""), "{json}");
     assert_eq!(
         attr(&json, "IGNORE_VERIFIED").as_deref(),
         Some("\"YES\""),

@@ -171,6 +171,9 @@ pub(crate) struct VerifyJobArgs {
     /// HEAL (alone: yes).
     #[arg(long, num_args = 0..=1, default_missing_value = "yes")]
     heal: Option<String>,
+    /// PARALLEL: repositories read at once.
+    #[arg(long)]
+    parallel: Option<u64>,
     /// EVERY: 30m, 6h, 1d ('' removes it).
     #[arg(long)]
     every: Option<String>,
@@ -210,6 +213,7 @@ impl VerifyJobArgs {
                 self.read_data_subset.as_deref().map(shares).transpose()?,
             ),
             ("HEAL", yes_no(&self.heal)),
+            ("PARALLEL", n(self.parallel)),
             ("EVERY", self.every.clone()),
             ("SCHEDULE", self.schedule.clone()),
         ])

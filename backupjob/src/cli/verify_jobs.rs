@@ -169,13 +169,12 @@ pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
     let ticker = super::Ticker::new(args.progress_every);
-    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg, &|l| {
-        ticker.progress(l)
-    })?
-    .ok_or_else(|| input(format!("verify job {id} is running already")))?;
-    for l in &out.lines {
-        ticker.line(l);
-    }
+    let report = crate::sync::Report {
+        done: &mut |l| ticker.line(l),
+        progress: &|l| ticker.progress(l),
+    };
+    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg, report)?
+        .ok_or_else(|| input(format!("verify job {id} is running already")))?;
     if out.damaged.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
