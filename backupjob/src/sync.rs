@@ -437,7 +437,7 @@ fn run_repositories(
 ) -> Result<Vec<String>, Error> {
     use backstop_datastore::repo::bandwidth::Bandwidth;
     use backstop_datastore::repo::copy::CopyProgress;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     let base = CopyOptions {
         threads: job.workers,
         rate_in: Bandwidth::kib_per_sec(job.rate_in).map(Arc::new),
@@ -445,27 +445,20 @@ fn run_repositories(
         ..CopyOptions::default()
     };
     let work = work_of(st, job, repos)?;
-    let running: Mutex<Vec<(String, Arc<CopyProgress>)>> = Mutex::new(Vec::new());
+    let running = Running::default();
     let Report {
         done,
         progress: tick,
     } = report;
     let line = || {
-        let now = running.lock().map(|r| r.clone()).unwrap_or_default();
-        let parts: Vec<String> = now
-            .iter()
-            .map(|(name, p)| {
-                format!(
-                    "repository {name}: {} snapshots done, {} read, {} written",
-                    p.snapshots.load(Ordering::Relaxed),
-                    mib(p.bytes_read.load(Ordering::Relaxed)),
-                    mib(p.bytes_written.load(Ordering::Relaxed)),
-                )
-            })
-            .collect();
-        if !parts.is_empty() {
-            tick(&parts.join("; "));
-        }
+        running.line(tick, |name, p: &CopyProgress| {
+            format!(
+                "repository {name}: {} snapshots done, {} read, {} written",
+                p.snapshots.load(Ordering::Relaxed),
+                mib(p.bytes_read.load(Ordering::Relaxed)),
+                mib(p.bytes_written.load(Ordering::Relaxed)),
+            )
+        })
     };
     let outcomes = with_ticks(line, || {
         each_at_once(
@@ -476,21 +469,16 @@ fn run_repositories(
                     progress: Arc::new(CopyProgress::default()),
                     ..base.clone()
                 };
-                if let Ok(mut r) = running.lock() {
-                    r.push((repo.clone(), options.progress.clone()));
-                }
-                let outcome = sync_repository(
-                    ends,
-                    repo,
-                    job,
-                    (clean.as_deref(), damaged),
-                    (cfg, &options),
-                )
-                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string());
-                if let Ok(mut r) = running.lock() {
-                    r.retain(|(name, _)| name != repo);
-                }
-                outcome
+                running.track(repo, options.progress.clone(), || {
+                    sync_repository(
+                        ends,
+                        repo,
+                        job,
+                        (clean.as_deref(), damaged),
+                        (cfg, &options),
+                    )
+                    .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+                })
             },
             |i, outcome| match outcome {
                 Ok((stats, removed)) => done(&repository_line(&work[i].0, stats, *removed)),
@@ -513,6 +501,43 @@ fn run_repositories(
         }
     }
     Ok(errors)
+}
+
+/// The repositories being worked on at once, each with its progress counters.
+pub(crate) struct Running<P>(std::sync::Mutex<Vec<(String, std::sync::Arc<P>)>>);
+
+impl<P> Default for Running<P> {
+    fn default() -> Self {
+        Running(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<P> Running<P> {
+    /// Runs `work` on repository `name`, listed as running with `counters` meanwhile.
+    pub(crate) fn track<T>(
+        &self,
+        name: &str,
+        counters: std::sync::Arc<P>,
+        work: impl FnOnce() -> T,
+    ) -> T {
+        if let Ok(mut r) = self.0.lock() {
+            r.push((name.to_string(), counters));
+        }
+        let out = work();
+        if let Ok(mut r) = self.0.lock() {
+            r.retain(|(n, _)| n != name);
+        }
+        out
+    }
+
+    /// Reports one progress line naming each running repository (`part` says one), if any.
+    pub(crate) fn line(&self, report: impl Fn(&str), part: impl Fn(&str, &P) -> String) {
+        let now = self.0.lock().map(|r| r.clone()).unwrap_or_default();
+        let parts: Vec<String> = now.iter().map(|(name, p)| part(name, p)).collect();
+        if !parts.is_empty() {
+            report(&parts.join("; "));
+        }
+    }
 }
 
 /// Runs `work` on each of `items`, `at_once` at a time on threads of their own, and calls

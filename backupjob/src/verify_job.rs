@@ -24,8 +24,8 @@ use backstop_datastore::repo::verify::{
 use backstop_datastore::target::RepoTarget;
 use backstop_protocol::template::Template;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyTemplate {
@@ -145,22 +145,15 @@ fn verify_all(
             .collect();
         work.push((name, spared));
     }
-    let running: Mutex<Vec<(String, Arc<VerifyProgress>)>> = Mutex::new(Vec::new());
+    let running = crate::sync::Running::default();
     let line = || {
-        let now = running.lock().map(|r| r.clone()).unwrap_or_default();
-        let parts: Vec<String> = now
-            .iter()
-            .map(|(name, counted)| {
-                format!(
-                    "repository {name}: {:.1} of {:.1} MiB read",
-                    counted.bytes_read.load(Ordering::Relaxed) as f64 / 1_048_576.0,
-                    counted.bytes_total.load(Ordering::Relaxed) as f64 / 1_048_576.0
-                )
-            })
-            .collect();
-        if !parts.is_empty() {
-            progress(&parts.join("; "));
-        }
+        running.line(progress, |name, counted: &VerifyProgress| {
+            format!(
+                "repository {name}: {:.1} of {:.1} MiB read",
+                counted.bytes_read.load(Ordering::Relaxed) as f64 / 1_048_576.0,
+                counted.bytes_total.load(Ordering::Relaxed) as f64 / 1_048_576.0
+            )
+        })
     };
     let mut out = VerifyRun {
         lines: Vec::new(),
@@ -173,14 +166,9 @@ fn verify_all(
             &work,
             |(name, spared)| {
                 let counted = Arc::new(VerifyProgress::default());
-                if let Ok(mut r) = running.lock() {
-                    r.push((name.clone(), counted.clone()));
-                }
-                let checked = verify_repository(ds, cfg, (job, share), (name, spared), &counted);
-                if let Ok(mut r) = running.lock() {
-                    r.retain(|(n, _)| n != name);
-                }
-                checked
+                running.track(name, counted.clone(), || {
+                    verify_repository(ds, cfg, (job, share), (name, spared), &counted)
+                })
             },
             |i, checked| {
                 let name = &work[i].0;
