@@ -437,14 +437,30 @@ fn stopped(child: &Child) -> bool {
 
 impl FrozenRestic {
     fn holding_lock(repo: &Path, password: &str) -> FrozenRestic {
-        let locks = || -> Vec<u64> {
+        let locks = || -> Vec<String> {
             fs::read_dir(repo.join("locks"))
                 .map(|d| {
                     d.flatten()
-                        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                        .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
                         .collect()
                 })
                 .unwrap_or_default()
+        };
+        // The lock restic reads back: whole (restic writes it in place, and the stop may land
+        // in the middle), exclusive, and this process's.
+        let holds = |name: &str, pid: u32| -> bool {
+            let out = Command::new("restic")
+                .arg("--repo")
+                .arg(repo)
+                .args(["--no-cache", "--no-lock", "cat", "lock", name])
+                .env("RESTIC_PASSWORD", password)
+                .output()
+                .expect("restic");
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|lock| {
+                lock["exclusive"] == serde_json::json!(true)
+                    && lock["pid"] == serde_json::json!(pid)
+            })
         };
         // restic may finish and drop its lock before the stop lands: then try again.
         for _ in 0..10 {
@@ -460,12 +476,15 @@ impl FrozenRestic {
                 .expect("restic");
             let frozen = FrozenRestic(Some(child));
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !locks().iter().any(|&len| len > 0) && Instant::now() < deadline {
+            while locks().is_empty() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let child = frozen.0.as_ref().expect("child");
             signal(child, "STOP");
-            if stopped(child) && locks().len() == 1 {
+            if stopped(child)
+                && let [only] = locks().as_slice()
+                && holds(only, child.id())
+            {
                 return frozen;
             }
         }
