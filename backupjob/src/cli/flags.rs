@@ -56,6 +56,50 @@ fn yes_no(v: &Option<String>) -> Option<String> {
     v.as_ref().map(|s| s.to_ascii_uppercase())
 }
 
+/// The repositories and snapshots a sync or verify job takes (docs/sync.md).
+#[derive(Debug, clap::Args)]
+struct SelectArgs {
+    /// VMS: VM ids (22,23; exclude:24).
+    #[arg(long)]
+    vms: Option<String>,
+    /// BACKUP_JOBS: backup job ids (exclude:<id> forms too).
+    #[arg(long)]
+    backup_jobs: Option<String>,
+    /// TAGS: patterns on snapshot tags (exclude:<pattern> forms too).
+    #[arg(long)]
+    tags: Option<String>,
+}
+
+impl SelectArgs {
+    fn attributes(&self) -> [(&'static str, Option<String>); 3] {
+        [
+            ("VMS", self.vms.clone()),
+            ("BACKUP_JOBS", self.backup_jobs.clone()),
+            ("TAGS", self.tags.clone()),
+        ]
+    }
+}
+
+/// When the scheduler daemon runs a sync or verify job.
+#[derive(Debug, clap::Args)]
+struct WhenArgs {
+    /// EVERY: 30m, 6h, 1d ('' removes it).
+    #[arg(long)]
+    every: Option<String>,
+    /// SCHEDULE: calendar times, e.g. "mon..fri 02:30" ('' removes it).
+    #[arg(long)]
+    schedule: Option<String>,
+}
+
+impl WhenArgs {
+    fn attributes(&self) -> [(&'static str, Option<String>); 2] {
+        [
+            ("EVERY", self.every.clone()),
+            ("SCHEDULE", self.schedule.clone()),
+        ]
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct SyncJobArgs {
     /// A template file (NAME, DIRECTION, DATASTORE_ID, REMOTE_ID, VMS, ...; docs/sync.md).
@@ -71,15 +115,8 @@ pub(crate) struct SyncJobArgs {
     /// REMOTE_ID.
     #[arg(long)]
     remote: Option<u64>,
-    /// VMS: VM ids (22,23; exclude:24).
-    #[arg(long)]
-    vms: Option<String>,
-    /// BACKUP_JOBS: backup job ids (exclude:<id> forms too).
-    #[arg(long)]
-    backup_jobs: Option<String>,
-    /// TAGS: patterns on snapshot tags (exclude:<pattern> forms too).
-    #[arg(long)]
-    tags: Option<String>,
+    #[command(flatten)]
+    select: SelectArgs,
     /// TRANSFER_LAST: only the newest N snapshots of each VM.
     #[arg(long)]
     transfer_last: Option<u64>,
@@ -107,12 +144,8 @@ pub(crate) struct SyncJobArgs {
     /// PARALLEL: repositories copied at once.
     #[arg(long)]
     parallel: Option<u64>,
-    /// EVERY: 30m, 6h, 1d ('' removes it).
-    #[arg(long)]
-    every: Option<String>,
-    /// SCHEDULE: calendar times, e.g. "mon..fri 02:30" ('' removes it).
-    #[arg(long)]
-    schedule: Option<String>,
+    #[command(flatten)]
+    when: WhenArgs,
 }
 
 impl SyncJobArgs {
@@ -123,9 +156,6 @@ impl SyncJobArgs {
             ("DIRECTION", self.direction.clone()),
             ("DATASTORE_ID", n(self.datastore)),
             ("REMOTE_ID", n(self.remote)),
-            ("VMS", self.vms.clone()),
-            ("BACKUP_JOBS", self.backup_jobs.clone()),
-            ("TAGS", self.tags.clone()),
             ("TRANSFER_LAST", n(self.transfer_last)),
             ("REMOVE_VANISHED", yes_no(&self.remove_vanished)),
             ("MAX_DELETE", n(self.max_delete)),
@@ -135,9 +165,11 @@ impl SyncJobArgs {
             ("RATE_OUT", n(self.rate_out)),
             ("WORKERS", n(self.workers)),
             ("PARALLEL", n(self.parallel)),
-            ("EVERY", self.every.clone()),
-            ("SCHEDULE", self.schedule.clone()),
         ]
+        .into_iter()
+        .chain(self.select.attributes())
+        .chain(self.when.attributes())
+        .collect()
     }
 }
 
@@ -150,15 +182,8 @@ pub(crate) struct VerifyJobArgs {
     /// DATASTORE_ID: the runner's backup datastore.
     #[arg(long)]
     datastore: Option<u64>,
-    /// VMS: VM ids (exclude:<id> forms too).
-    #[arg(long)]
-    vms: Option<String>,
-    /// BACKUP_JOBS: backup job ids (exclude:<id> forms too).
-    #[arg(long)]
-    backup_jobs: Option<String>,
-    /// TAGS: patterns on snapshot tags.
-    #[arg(long)]
-    tags: Option<String>,
+    #[command(flatten)]
+    select: SelectArgs,
     /// OUTDATED_AFTER in days.
     #[arg(long)]
     outdated_after: Option<u64>,
@@ -174,12 +199,8 @@ pub(crate) struct VerifyJobArgs {
     /// PARALLEL: repositories read at once.
     #[arg(long)]
     parallel: Option<u64>,
-    /// EVERY: 30m, 6h, 1d ('' removes it).
-    #[arg(long)]
-    every: Option<String>,
-    /// SCHEDULE: calendar times, e.g. "sun 03:00" ('' removes it).
-    #[arg(long)]
-    schedule: Option<String>,
+    #[command(flatten)]
+    when: WhenArgs,
 }
 
 /// `--read-data-subset`: `1/M` or `M` is SHARES=M. Another `n/M` is refused: a verify job
@@ -203,9 +224,6 @@ impl VerifyJobArgs {
         Ok(vec![
             ("NAME", self.name.clone()),
             ("DATASTORE_ID", n(self.datastore)),
-            ("VMS", self.vms.clone()),
-            ("BACKUP_JOBS", self.backup_jobs.clone()),
-            ("TAGS", self.tags.clone()),
             ("OUTDATED_AFTER", n(self.outdated_after)),
             ("IGNORE_VERIFIED", yes_no(&self.ignore_verified)),
             (
@@ -214,9 +232,11 @@ impl VerifyJobArgs {
             ),
             ("HEAL", yes_no(&self.heal)),
             ("PARALLEL", n(self.parallel)),
-            ("EVERY", self.every.clone()),
-            ("SCHEDULE", self.schedule.clone()),
-        ])
+        ]
+        .into_iter()
+        .chain(self.select.attributes())
+        .chain(self.when.attributes())
+        .collect())
     }
 }
 
