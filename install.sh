@@ -8,10 +8,13 @@
 #   --replace-stock    also install as DS_MAD "restic" (drop-in), keeping the stock files
 #   --with-tm          also replace the backup actions of the qcow2/shared/ssh/local TM drivers
 #   --with-services    also write systemd units for the scheduler and `backstop serve`
+#   --services-only    only the units and their environment file (the step that needs root)
 #   --uninstall        remove backstop and put back everything it replaced
 #   --binary FILE      install this executable instead of building one (packagers, tests)
 #
 # Everything after the build is done by `backstop install`; see `backstop install --help`.
+# Run as root over a tree another account owns, it never follows a link in the tree and never
+# runs anything from it (docs/security.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,19 +31,28 @@ while [ $# -gt 0 ]; do
         --remotes-dir) [ $# -ge 2 ] || { echo "install.sh: --remotes-dir needs a directory" >&2; exit 2; }
                        remotes=$2 ;;
         --remotes-dir=*) remotes=${1#--remotes-dir=} ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     esac
     args+=("$1")
     shift
 done
 
 if [ -z "$binary" ] && [ "$uninstall" = yes ]; then
-    # Uninstalling needs no build: the installed executable knows how.
+    # Uninstalling needs no build: the installed executable knows how. But whoever owns the
+    # tree can replace that executable, so it is run only by its own owner, never by root
+    # (root builds one, or is given one with --binary).
     if [ -z "$remotes" ]; then
         if [ -n "${ONE_LOCATION:-}" ]; then remotes=$ONE_LOCATION/var/remotes; else remotes=/var/lib/one/remotes; fi
     fi
-    if [ -x "$remotes/backstop/bin/backstop" ]; then
-        binary=$remotes/backstop/bin/backstop
+    installed=$remotes/backstop/bin/backstop
+    if [ -f "$installed" ] && [ ! -L "$installed" ] && [ -x "$installed" ]; then
+        me=$(id -u)
+        if [ "$me" != 0 ] && [ "$(stat -c %u -- "$installed")" = "$me" ]; then
+            binary=$installed
+        elif ! command -v cargo >/dev/null 2>&1; then
+            echo "install.sh: as $(id -un), --uninstall does not run $installed (its owner, uid $(stat -c %u -- "$installed"), can replace it); pass --binary FILE with a backstop you trust, or run --uninstall as that user" >&2
+            exit 1
+        fi
     fi
 fi
 

@@ -13,7 +13,6 @@ mod install;
 mod repo_cli;
 mod repo_copy;
 mod run;
-mod services;
 
 use std::ffi::OsString;
 use std::path::Path;

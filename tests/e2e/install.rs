@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 /// Every executable of driver contract §15 for DS_MAD backstop.
 fn ds_actions() -> Vec<&'static str> {
@@ -40,6 +40,15 @@ fn side_by_side_install_is_complete_idempotent_and_reversible() {
             .stdout
             .contains("DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"")
     );
+    for attr in ["CEPH_USER", "CEPH_KEY", "CEPH_CONF", "POOL_NAME"] {
+        assert!(
+            first
+                .stdout
+                .contains(&format!("VM_RESTRICTED_ATTR = \"DISK/{attr}\"")),
+            "{}",
+            first.stdout
+        );
+    }
     for action in ds_actions()
         .iter()
         .map(|a| format!("datastore/backstop/{a}"))
@@ -427,4 +436,242 @@ fn services_are_written_verified_and_removed() {
     assert!(!sd.join("backstop-web.service").exists());
     assert!(env.exists(), "the environment file stays");
     assert_eq!(contents(&r), before, "uninstall did not restore the tree");
+}
+
+/// The account that owns the remotes tree in the tests below (oneadmin on a front-end): any
+/// uid but root's; no such user needs to exist.
+const TREE_OWNER: u32 = 4242;
+
+fn is_root() -> bool {
+    // The effective uid, as /proc reports it.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `chown -R` to the tree's owner, links included (as the owner would have made them).
+fn give_to_owner(path: &std::path::Path) {
+    let out = std::process::Command::new("chown")
+        .args(["-R", "-h", &format!("{TREE_OWNER}:{TREE_OWNER}")])
+        .arg(path)
+        .output()
+        .expect("chown");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A root-only file outside the tree, and its content.
+fn root_only_file(path: &std::path::Path, content: &str) {
+    fs::write(path, content).expect("write");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+fn assert_untouched(path: &std::path::Path, content: &str) {
+    let m = fs::symlink_metadata(path).expect("victim");
+    assert_eq!(
+        fs::read_to_string(path).expect("victim"),
+        content,
+        "{} was written",
+        path.display()
+    );
+    assert_eq!(
+        (m.permissions().mode() & 0o7777, m.uid()),
+        (0o600, 0),
+        "{} changed mode or owner",
+        path.display()
+    );
+}
+
+/// Issue 23: root runs install.sh over a tree another account owns, which planted links where
+/// the installer writes: a link at a temporary name the installer used (root wrote the tree's
+/// downloader.sh through it into a root-only file, and made it executable), and a linked
+/// directory where the shims go (root wrote them into the directory it names). Nothing outside
+/// the tree changes; what the installer cannot do safely is refused in one line; in a clean tree
+/// owned by that account, everything the installer creates belongs to that account.
+#[test]
+fn root_never_writes_through_links_the_trees_owner_planted() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("root-only");
+    root_only_file(&victim, "ROOT'S OWN\n");
+    let elsewhere = dir.path().join("cron.d");
+    fs::create_dir(&elsewhere).expect("mkdir");
+
+    // A link where the old installer put its temporary copy of downloader.sh.
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    std::os::unix::fs::symlink(&victim, r.join("datastore/.downloader.sh.backstop-tmp"))
+        .expect("link");
+    give_to_owner(&r);
+    let out = install_sh(&r, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_untouched(&victim, "ROOT'S OWN\n");
+    // The tree's new files belong to its owner.
+    for made in [
+        "backstop/bin/backstop",
+        "backstop/manifest",
+        "datastore/backstop/backup",
+        "datastore/downloader.sh",
+    ] {
+        let m = fs::symlink_metadata(r.join(made)).expect(made);
+        assert_eq!((m.uid(), m.gid()), (TREE_OWNER, TREE_OWNER), "{made}");
+    }
+    let m = fs::symlink_metadata(r.join("datastore/backstop")).expect("dir");
+    assert_eq!(m.uid(), TREE_OWNER, "datastore/backstop");
+
+    // A linked directory where the shims go: refused, nothing written through it.
+    let r2 = dir.path().join("remotes2");
+    stock_remotes(&r2);
+    fs::create_dir_all(r2.join("datastore")).expect("mkdir");
+    std::os::unix::fs::symlink(&elsewhere, r2.join("datastore/backstop")).expect("link");
+    give_to_owner(&r2);
+    let out = install_sh(&r2, &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "backstop is a symbolic link; the installer does not follow links inside the tree"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        fs::read_dir(&elsewhere).expect("dir").count(),
+        0,
+        "the installer wrote into the directory a link in the tree named"
+    );
+
+    // The tree itself reached through a link in a directory its owner can change: refused.
+    let home = dir.path().join("one");
+    fs::create_dir(&home).expect("mkdir");
+    std::os::unix::fs::symlink(&elsewhere, home.join("remotes")).expect("link");
+    give_to_owner(&home);
+    let out = install_sh(&home.join("remotes"), &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("remotes is a symbolic link in a directory that uid 4242"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read_dir(&elsewhere).expect("dir").count(), 0);
+}
+
+/// Issue 23: the tree's owner edits `backstop/manifest` to name a path outside the tree; root's
+/// `--uninstall` used to move the owner's file there (`replaced ../<name>`). Now every line must
+/// name a file the installer writes, or nothing is done.
+#[test]
+fn root_uninstall_acts_on_no_path_the_manifest_smuggles_in() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    give_to_owner(&r);
+    assert_eq!(install_sh(&r, &[]).code, Some(0));
+    // What the owner stages (r/backstop/cron-job), and the line that made the old uninstall
+    // rename r/backstop/replaced/../cron-job to r/../cron-job: beside the tree, where only root
+    // may write (standing for /etc/cron.d).
+    fs::create_dir_all(r.join("backstop/replaced")).expect("mkdir");
+    fs::write(r.join("backstop/cron-job"), "* * * * * root /tmp/evil\n").expect("write");
+    let manifest = r.join("backstop/manifest");
+    let mut text = fs::read_to_string(&manifest).expect("manifest");
+    text.push_str("replaced ../cron-job\n");
+    fs::write(&manifest, &text).expect("manifest");
+    give_to_owner(&r);
+    let out = install_sh(&r, &["--uninstall"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "install: {} names \"../cron-job\", which is not a file backstop installs; refusing to act on it (was the manifest edited?)\n",
+            manifest.display()
+        )
+    );
+    assert!(
+        !dir.path().join("cron-job").exists(),
+        "uninstall moved the owner's file out of the tree"
+    );
+    assert!(
+        r.join("backstop/bin/backstop").exists(),
+        "nothing was removed"
+    );
+}
+
+/// Issue 23: `install.sh --uninstall` without --binary ran `backstop/bin/backstop` from the
+/// tree, which its owner can replace; as root it never does.
+#[test]
+fn root_uninstall_never_runs_the_trees_executable() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    assert_eq!(install_sh(&r, &[]).code, Some(0));
+    let ran = dir.path().join("ran-as-root");
+    write_exec(
+        &r.join("backstop/bin/backstop"),
+        &format!("#!/bin/sh\ntouch {}\n", ran.display()),
+    );
+    give_to_owner(&r);
+    // No cargo on the PATH: install.sh cannot build one of its own either.
+    let out = run_env(
+        repo_root().join("install.sh"),
+        &["--uninstall", "--remotes-dir", r.to_str().expect("utf-8")],
+        b"",
+        &[("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")],
+    );
+    assert!(
+        !ran.exists(),
+        "install.sh ran the tree's executable as root"
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "install.sh: as root, --uninstall does not run {}/backstop/bin/backstop (its owner, uid {TREE_OWNER}, can replace it); pass --binary FILE with a backstop you trust, or run --uninstall as that user\n",
+            r.display()
+        )
+    );
+}
+
+/// `--services-only`: the root step alone writes the units and the environment file, and of the
+/// tree only the record of what it wrote; the drivers are installed apart (as the tree's owner).
+#[test]
+fn services_only_writes_the_units_and_nothing_of_the_drivers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    let sd = dir.path().join("systemd");
+    let env = dir.path().join("etc/backstop.env");
+    let out = install_sh(
+        &r,
+        &[
+            "--services-only",
+            "--systemd-dir",
+            sd.to_str().expect("utf-8"),
+            "--env-file",
+            env.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(sd.join("backstop-scheduler.service").is_file());
+    assert!(sd.join("backstop-web.service").is_file());
+    assert!(env.is_file());
+    let mut after = contents(&r);
+    assert!(after.remove("backstop/services").is_some(), "no record");
+    assert!(after.remove("backstop").is_some());
+    assert_eq!(after, before, "--services-only changed the drivers");
 }

@@ -7,18 +7,18 @@
 //! holds the operator's secrets). The paths written are kept in `<remotes>/backstop/services`
 //! so that `--uninstall` removes exactly those, and only when they are still backstop's.
 
-use crate::install::{InstallError, MARK, write_if_changed};
-use std::fs;
+use super::tree::{Rel, Tree};
+use super::{InstallError, MARK, SMALL_FILE};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path};
 
 pub const SCHEDULER_UNIT: &str = "backstop-scheduler.service";
 pub const WEB_UNIT: &str = "backstop-web.service";
+const UNITS: [&str; 2] = [SCHEDULER_UNIT, WEB_UNIT];
 
-fn record(remotes: &Path) -> PathBuf {
-    remotes.join("backstop/services")
+fn record() -> Rel {
+    super::rel("backstop/services")
 }
-
 fn unit(description: &str, exec: &str, env_file: &Path, stop: &str) -> String {
     format!(
         "# {MARK}: written by backstop's install.sh --with-services; --uninstall removes it.\n\
@@ -63,14 +63,41 @@ const ENV_FILE: &str = "# Settings and secrets of backstop's services (systemd E
 #BACKSTOP_NOTIFY_WEBHOOK=\n\
 #BACKSTOP_NOTIFY_CA_FILE=\n";
 
+/// The directory of an absolute path and its last component, the directory opened as a tree
+/// (a link on the way is followed only where nobody but root or this user could have put it).
+fn open_parent(path: &Path, create: bool) -> Result<(Tree, Rel), InstallError> {
+    let bad = || InstallError(format!("{} is not a path to a file", path.display()));
+    let path = &std::path::absolute(path).map_err(|_| bad())?;
+    let name = match path.components().next_back() {
+        Some(Component::Normal(n)) => n.to_str().and_then(Rel::parse).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    let dir = path.parent().filter(|d| d.is_absolute()).ok_or_else(bad)?;
+    if dir.components().any(|c| c == Component::ParentDir) {
+        return Err(bad());
+    }
+    Ok((Tree::open(dir, create)?, name))
+}
+
+/// Whether the unit file at `path` exists and carries the installer's mark.
+fn unit_is_ours(path: &Path) -> Result<Option<bool>, InstallError> {
+    if std::fs::symlink_metadata(path.parent().unwrap_or(path)).is_err() {
+        return Ok(None);
+    }
+    let (dir, name) = open_parent(path, false)?;
+    Ok(dir
+        .read(&name, SMALL_FILE)
+        .map(|found| found.map(|(text, _)| text.windows(MARK.len()).any(|w| w == MARK.as_bytes())))
+        // A link or anything but a regular file is not a unit backstop wrote.
+        .unwrap_or(Some(false)))
+}
+
 /// Refuses a unit of the same name that is not backstop's (the installer asks before it writes
 /// anything).
 pub fn check(systemd_dir: &Path) -> Result<(), InstallError> {
-    for name in [SCHEDULER_UNIT, WEB_UNIT] {
+    for name in UNITS {
         let path = systemd_dir.join(name);
-        if let Ok(existing) = fs::read_to_string(&path)
-            && !existing.contains(MARK)
-        {
+        if unit_is_ours(&path)? == Some(false) {
             return Err(InstallError(format!(
                 "{} exists and is not backstop's; not replacing it",
                 path.display()
@@ -80,14 +107,17 @@ pub fn check(systemd_dir: &Path) -> Result<(), InstallError> {
     Ok(())
 }
 
-/// Writes the units and (when missing) the environment file; records what it wrote.
+/// Writes the units and (when missing) the environment file; records what it wrote in the
+/// tree.
 pub fn write(
-    remotes: &Path,
+    tree: &Tree,
     systemd_dir: &Path,
     env_file: &Path,
     out: &mut impl Write,
 ) -> Result<(), InstallError> {
-    let binary = remotes.join("backstop/bin/backstop");
+    let remotes = std::path::absolute(tree.path())
+        .map_err(|e| InstallError(format!("cannot resolve {}: {e}", tree.path().display())))?;
+    let binary = remotes.join(super::BINARY);
     let remotes_arg = remotes.display();
     let units = [
         (
@@ -114,16 +144,16 @@ pub fn write(
         ),
     ];
     check(systemd_dir)?;
+    let units_dir = Tree::open(systemd_dir, true)?;
     let mut written = Vec::new();
     for (name, text) in &units {
-        let path = systemd_dir.join(name);
-        if write_if_changed(&path, text.as_bytes(), 0o644)? {
-            writeln!(out, "wrote {}", path.display()).ok();
+        if units_dir.write_if_changed(&super::rel(name), text.as_bytes(), 0o644)? {
+            writeln!(out, "wrote {}", systemd_dir.join(name).display()).ok();
         }
-        written.push(path);
+        written.push(systemd_dir.join(name));
     }
-    if fs::symlink_metadata(env_file).is_err() {
-        write_if_changed(env_file, ENV_FILE.as_bytes(), 0o600)?;
+    let (env_dir, env_name) = open_parent(env_file, true)?;
+    if env_dir.write_once(&env_name, ENV_FILE.as_bytes(), 0o600)? {
         writeln!(
             out,
             "wrote {} (settings and secrets, 0600)",
@@ -135,7 +165,7 @@ pub fn write(
         .iter()
         .map(|p| format!("{}\n", p.display()))
         .collect();
-    write_if_changed(&record(remotes), list.as_bytes(), 0o644)?;
+    tree.write_if_changed(&record(), list.as_bytes(), 0o644)?;
     writeln!(
         out,
         "to start them: systemctl daemon-reload && systemctl enable --now {SCHEDULER_UNIT} {WEB_UNIT}\n\
@@ -147,26 +177,42 @@ pub fn write(
 }
 
 /// Removes the units an install wrote (those still backstop's); the environment file stays.
-pub fn remove(remotes: &Path, out: &mut impl Write) -> Result<(), InstallError> {
-    let Ok(list) = fs::read_to_string(record(remotes)) else {
-        return Ok(());
+/// The record in the tree only says where they were written: a line naming anything but one of
+/// backstop's unit names at an absolute path is not followed (the tree's owner can edit it).
+pub fn remove(tree: &Tree, systemd_dir: &Path, out: &mut impl Write) -> Result<(), InstallError> {
+    let listed = match tree.read(&record(), SMALL_FILE)? {
+        Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => return Ok(()),
     };
-    for line in list.lines().filter(|l| !l.is_empty()) {
+    let mut paths: Vec<std::path::PathBuf> = UNITS.iter().map(|n| systemd_dir.join(n)).collect();
+    for line in listed.lines().filter(|l| !l.is_empty()) {
         let path = Path::new(line);
-        match fs::read_to_string(path) {
-            Ok(text) if text.contains(MARK) => {
-                fs::remove_file(path)
-                    .map_err(|e| InstallError(format!("cannot remove {line}: {e}")))?;
-                writeln!(out, "removed {line}").ok();
-            }
-            Ok(_) => writeln!(out, "left {line}: it is no longer backstop's")
-                .ok()
-                .unwrap_or(()),
-            Err(_) => {}
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| UNITS.contains(&n));
+        if !named || !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            writeln!(out, "left {line}: not a unit backstop writes").ok();
+            continue;
+        }
+        if !paths.iter().any(|p| p == path) {
+            paths.push(path.to_path_buf());
         }
     }
-    fs::remove_file(record(remotes))
-        .map_err(|e| InstallError(format!("cannot remove {}: {e}", record(remotes).display())))?;
+    for path in paths {
+        match unit_is_ours(&path)? {
+            Some(true) => {
+                let (dir, name) = open_parent(&path, false)?;
+                dir.remove_file(&name)?;
+                writeln!(out, "removed {}", path.display()).ok();
+            }
+            Some(false) => {
+                writeln!(out, "left {}: it is no longer backstop's", path.display()).ok();
+            }
+            None => {}
+        }
+    }
+    tree.remove_file(&record())?;
     writeln!(
         out,
         "the services are removed (run systemctl daemon-reload); their environment file stays, as it holds your settings"

@@ -20,11 +20,13 @@
 use crate::run;
 use backstop_protocol::action::{DATASTORE_ACTIONS, TM_ACTIONS};
 use std::collections::BTreeSet;
-use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+use tree::{Kind, Rel, Tree};
+
+mod services;
+mod tree;
 
 /// The options of `backstop install` (and install.sh).
 #[derive(Debug, clap::Args)]
@@ -44,7 +46,11 @@ pub struct Options {
     /// environment file for their settings (docs/services.md).
     #[arg(long)]
     with_services: bool,
-    /// Where --with-services writes the units.
+    /// Only the root step of --with-services: the units and the environment file, nothing
+    /// else in the tree (run the rest as the tree's owner).
+    #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services"])]
+    services_only: bool,
+    /// Where --with-services writes the units (and where --uninstall looks for them).
     #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
     systemd_dir: PathBuf,
     /// The services' environment file (written when missing, 0600, never overwritten).
@@ -55,7 +61,7 @@ pub struct Options {
     )]
     env_file: PathBuf,
     /// Remove what an earlier install put in place and restore what it replaced.
-    #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services"])]
+    #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services", "services_only"])]
     uninstall: bool,
     /// Replace stock drivers even with actions this build does not implement yet (for tests).
     #[arg(long)]
@@ -74,6 +80,12 @@ const ANCHOR: &str = "case \"$FROM\" in";
 const BLOCK_START: &str =
     "# >>> backstop: backstop:// URLs (added by backstop's install.sh; --uninstall removes it)";
 const BLOCK_END: &str = "# <<< backstop";
+const BINARY: &str = "backstop/bin/backstop";
+const MANIFEST: &str = "backstop/manifest";
+const REPLACED: &str = "backstop/replaced";
+const DOWNLOADER_SH: &str = "datastore/downloader.sh";
+/// The largest shim, manifest or downloader.sh the installer reads (they are a few KiB).
+const SMALL_FILE: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -83,6 +95,12 @@ fn io_err(what: String) -> impl FnOnce(io::Error) -> InstallError {
     move |e| InstallError(format!("{what}: {e}"))
 }
 
+/// A path the installer itself names (never one read from the tree).
+fn rel(text: &str) -> Rel {
+    // Every caller passes a constant or a name built from constants.
+    Rel::parse(text).unwrap_or_else(|| unreachable!("{text} is not a relative path"))
+}
+
 pub fn main(options: &Options) -> ExitCode {
     let remotes = options
         .remotes_dir
@@ -90,7 +108,7 @@ pub fn main(options: &Options) -> ExitCode {
         .unwrap_or_else(default_remotes_dir);
     let mut out = io::stdout().lock();
     let result = if options.uninstall {
-        uninstall(&remotes, &mut out)
+        uninstall(&remotes, options, &mut out)
     } else {
         install(&remotes, options, &mut out)
     };
@@ -113,52 +131,71 @@ fn default_remotes_dir() -> PathBuf {
 /// The shim installed for an action at `rel` (a path relative to the remotes dir).
 pub fn shim(rel: &str) -> String {
     let depth = rel.matches('/').count();
-    include_str!("../../remotes/shim.sh").replace("@UP@", &"../".repeat(depth))
+    include_str!("../../../remotes/shim.sh").replace("@UP@", &"../".repeat(depth))
 }
 
-fn is_ours(path: &Path) -> bool {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_file() => fs::read(path)
-            .map(|c| c.windows(MARK.len()).any(|w| w == MARK.as_bytes()))
-            .unwrap_or(false),
-        _ => false,
+/// Whether `rel` is a regular file that carries the installer's mark (never through a link).
+fn is_ours(tree: &Tree, rel: &Rel) -> bool {
+    matches!(tree.read(rel, SMALL_FILE), Ok(Some((c, _))) if c.windows(MARK.len()).any(|w| w == MARK.as_bytes()))
+}
+
+/// Every path an install can create or replace: a manifest naming anything else was not
+/// written by the installer, and nothing in it is trusted.
+fn installable() -> BTreeSet<Rel> {
+    let mut all = BTreeSet::from([rel(BINARY), rel(&format!("datastore/{DS_MAD}_downloader"))]);
+    all.insert(rel(&format!("datastore/{STOCK_MAD}_downloader.rb")));
+    for mad in [DS_MAD, STOCK_MAD] {
+        for action in DATASTORE_ACTIONS {
+            all.insert(rel(&format!("datastore/{mad}/{}", action.name())));
+        }
     }
+    for tm in TM_DRIVERS {
+        for action in TM_ACTIONS {
+            all.insert(rel(&format!("tm/{tm}/{}", action.name())));
+        }
+    }
+    all
 }
 
 /// What an install has done, kept in `backstop/manifest`: one `created <path>` or
 /// `replaced <path>` line per file.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Manifest {
-    created: BTreeSet<String>,
-    replaced: BTreeSet<String>,
+    created: BTreeSet<Rel>,
+    replaced: BTreeSet<Rel>,
 }
 
 impl Manifest {
-    fn path(remotes: &Path) -> PathBuf {
-        remotes.join("backstop/manifest")
-    }
-
-    fn load(remotes: &Path) -> Result<Option<Manifest>, InstallError> {
-        let path = Self::path(remotes);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
+    /// The manifest of the tree; `None` when there is none. Every line must name a path the
+    /// installer writes (the tree's owner can edit the manifest, and an uninstall run by root
+    /// renames and removes what it names).
+    fn load(tree: &Tree) -> Result<Option<Manifest>, InstallError> {
+        let Some((bytes, _)) = tree.read(&rel(MANIFEST), SMALL_FILE)? else {
+            return Ok(None);
         };
+        let shown = tree.display(&rel(MANIFEST));
+        let text = String::from_utf8(bytes)
+            .map_err(|_| InstallError(format!("{shown} is not UTF-8 text")))?;
+        let known = installable();
         let mut m = Manifest::default();
         for line in text.lines() {
-            match line.split_once(' ') {
-                Some(("created", p)) => {
-                    m.created.insert(p.to_string());
-                }
-                Some(("replaced", p)) => {
-                    m.replaced.insert(p.to_string());
-                }
-                _ if line.starts_with('#') || line.is_empty() => {}
+            let (set, path) = match line.split_once(' ') {
+                Some(("created", p)) => (&mut m.created, p),
+                Some(("replaced", p)) => (&mut m.replaced, p),
+                _ if line.starts_with('#') || line.is_empty() => continue,
                 _ => {
                     return Err(InstallError(format!(
-                        "{} has an unreadable line {line:?}",
-                        path.display()
+                        "{shown} has an unreadable line {line:?}"
+                    )));
+                }
+            };
+            match Rel::parse(path).filter(|r| known.contains(r)) {
+                Some(r) => {
+                    set.insert(r);
+                }
+                None => {
+                    return Err(InstallError(format!(
+                        "{shown} names {path:?}, which is not a file backstop installs; refusing to act on it (was the manifest edited?)"
                     )));
                 }
             }
@@ -179,83 +216,85 @@ impl Manifest {
     }
 }
 
-/// Writes `content` to `path` through a temporary file and a rename, unless it is already
-/// there with the same mode. Returns whether anything changed.
-pub(crate) fn write_if_changed(
-    path: &Path,
-    content: &[u8],
-    mode: u32,
-) -> Result<bool, InstallError> {
-    if let Ok(m) = fs::symlink_metadata(path)
-        && m.file_type().is_file()
-        && m.permissions().mode() & 0o7777 == mode
-        && fs::read(path).is_ok_and(|c| c == content)
-    {
-        return Ok(false);
-    }
-    let dir = path
-        .parent()
-        .ok_or_else(|| InstallError(format!("{} has no parent directory", path.display())))?;
-    fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.backstop-tmp"));
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        InstallError(format!("cannot write {}: {e}", path.display()))
-    })?;
-    Ok(true)
-}
-
 struct Installer<'a> {
-    remotes: &'a Path,
+    tree: &'a Tree,
     manifest: Manifest,
     changed: Vec<String>,
 }
 
 impl Installer<'_> {
-    /// Puts a shim at `rel`, moving a stock file there aside first.
-    fn shim(&mut self, rel: &str) -> Result<(), InstallError> {
-        let path = self.remotes.join(rel);
-        if fs::symlink_metadata(&path).is_ok() && !is_ours(&path) {
-            let keep = self.remotes.join("backstop/replaced").join(rel);
-            if fs::symlink_metadata(&keep).is_ok() {
+    /// Puts a shim at `path`, moving a stock file (or link) there aside first.
+    fn shim(&mut self, path: &str) -> Result<(), InstallError> {
+        let at = rel(path);
+        if self.tree.kind(&at).is_some() && !is_ours(self.tree, &at) {
+            let keep = rel(REPLACED).join(&at);
+            if self.tree.kind(&keep).is_some() {
                 return Err(InstallError(format!(
                     "{} already holds a replaced file; refusing to overwrite it with {}",
-                    keep.display(),
-                    path.display()
+                    self.tree.display(&keep),
+                    self.tree.display(&at)
                 )));
             }
-            if let Some(dir) = keep.parent() {
-                fs::create_dir_all(dir)
-                    .map_err(io_err(format!("cannot create {}", dir.display())))?;
-            }
-            fs::rename(&path, &keep).map_err(io_err(format!(
-                "cannot move {} to {}",
-                path.display(),
-                keep.display()
-            )))?;
-            self.manifest.replaced.insert(rel.to_string());
+            self.tree.rename_new(&at, &keep)?;
+            self.manifest.replaced.insert(at.clone());
             self.changed
-                .push(format!("kept {rel} in backstop/replaced/"));
+                .push(format!("kept {path} in backstop/replaced/"));
         }
-        if write_if_changed(&path, shim(rel).as_bytes(), 0o755)? {
-            self.changed.push(format!("wrote {rel}"));
+        if self
+            .tree
+            .write_if_changed(&at, shim(path).as_bytes(), 0o755)?
+        {
+            self.changed.push(format!("wrote {path}"));
         }
-        if !self.manifest.replaced.contains(rel) {
-            self.manifest.created.insert(rel.to_string());
+        if !self.manifest.replaced.contains(&at) {
+            self.manifest.created.insert(at);
         }
         Ok(())
     }
+}
+
+/// The transfer-manager directories under `tm/` to give backstop's actions, each real
+/// directory once by the name it has (tm/shared is a link to qcow2 in stock installs), and the
+/// names that were found. A link to anything but a sibling directory is left alone.
+fn tm_dirs(tree: &Tree) -> (Vec<&'static str>, Vec<&'static str>, Vec<String>) {
+    let mut seen = BTreeSet::new();
+    let (mut write, mut found, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    for tm in TM_DRIVERS {
+        let at = rel(&format!("tm/{tm}"));
+        let real = match tree.kind(&at) {
+            Some(Kind::Dir) => Some(*tm),
+            Some(Kind::Link) => {
+                let target = tree.link_target(&at);
+                let sibling = target.as_deref().and_then(|t| {
+                    let mut parts = t.components().filter(|c| *c != Component::CurDir);
+                    match (parts.next(), parts.next()) {
+                        (Some(Component::Normal(n)), None) => n.to_str(),
+                        _ => None,
+                    }
+                });
+                match sibling.and_then(|s| TM_DRIVERS.iter().find(|t| **t == s)) {
+                    Some(s) if tree.kind(&rel(&format!("tm/{s}"))) == Some(Kind::Dir) => Some(*s),
+                    _ => {
+                        skipped.push(format!(
+                            "tm/{tm} is a link to {}, not to a transfer manager beside it; left alone",
+                            target.map(|t| t.display().to_string()).unwrap_or_default()
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some(real) = real else { continue };
+        let Some(id) = tree.dir_identity(&rel(&format!("tm/{real}"))) else {
+            continue;
+        };
+        found.push(*tm);
+        if seen.insert(id) {
+            write.push(real);
+        }
+    }
+    (write, found, skipped)
 }
 
 fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<(), InstallError> {
@@ -274,45 +313,65 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
             missing_tm.join(", ")
         )));
     }
-    if options.with_services {
-        crate::services::check(&options.systemd_dir)?;
+    if options.with_services || options.services_only {
+        services::check(&options.systemd_dir)?;
+    }
+    if options.services_only {
+        let tree = Tree::open(remotes, false)?;
+        let mut services = Vec::new();
+        services::write(
+            &tree,
+            &options.systemd_dir,
+            &options.env_file,
+            &mut services,
+        )?;
+        out.write_all(&services).ok();
+        return Ok(());
     }
     let binary = match &options.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(io_err("cannot find this executable".into()))?,
     };
-    let binary_bytes = fs::read(&binary).map_err(io_err(format!(
+    let binary_bytes = std::fs::read(&binary).map_err(io_err(format!(
         "cannot read the executable {}",
         binary.display()
     )))?;
-    // The downloader.sh patch is checked before any file is written.
-    let downloader_sh = remotes.join("datastore/downloader.sh");
-    let patched = match fs::read_to_string(&downloader_sh) {
-        Ok(text) => Some(patch_downloader(&text).ok_or_else(|| {
-            InstallError(format!(
-                "{} has no line `{ANCHOR}`; cannot hand backstop:// URLs to backstop (is it OpenNebula's downloader.sh?)",
-                downloader_sh.display()
-            ))
-        })?),
-        // No tree yet (or a path through a file): the directory creation below reports it.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => None,
-        Err(e) => return Err(io_err(format!("cannot read {}", downloader_sh.display()))(e)),
-    };
 
-    if !remotes.exists() {
+    if std::fs::symlink_metadata(remotes).is_err() {
         writeln!(out, "creating {}", remotes.display()).ok();
     }
-    fs::create_dir_all(remotes.join("backstop"))
-        .map_err(io_err(format!("cannot write to {}", remotes.display())))?;
+    let tree = Tree::open(remotes, true)?;
+    // The downloader.sh patch is checked before any file is written.
+    let downloader_sh = rel(DOWNLOADER_SH);
+    let patched = match tree.read(&downloader_sh, SMALL_FILE)? {
+        Some((bytes, mode)) => {
+            let text = String::from_utf8(bytes).map_err(|_| {
+                InstallError(format!(
+                    "{} is not UTF-8 text",
+                    tree.display(&downloader_sh)
+                ))
+            })?;
+            Some((
+                patch_downloader(&text).ok_or_else(|| {
+                    InstallError(format!(
+                        "{} has no line `{ANCHOR}`; cannot hand backstop:// URLs to backstop (is it OpenNebula's downloader.sh?)",
+                        tree.display(&downloader_sh)
+                    ))
+                })?,
+                mode,
+            ))
+        }
+        None => None,
+    };
     let mut inst = Installer {
-        remotes,
-        manifest: Manifest::load(remotes)?.unwrap_or_default(),
+        tree: &tree,
+        manifest: Manifest::load(&tree)?.unwrap_or_default(),
         changed: Vec::new(),
     };
-    if write_if_changed(&remotes.join("backstop/bin/backstop"), &binary_bytes, 0o755)? {
-        inst.changed.push("wrote backstop/bin/backstop".into());
+    if tree.write_if_changed(&rel(BINARY), &binary_bytes, 0o755)? {
+        inst.changed.push(format!("wrote {BINARY}"));
     }
-    inst.manifest.created.insert("backstop/bin/backstop".into());
+    inst.manifest.created.insert(rel(BINARY));
     for action in DATASTORE_ACTIONS {
         inst.shim(&format!("datastore/{DS_MAD}/{}", action.name()))?;
     }
@@ -324,26 +383,16 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         inst.shim(&format!("datastore/{STOCK_MAD}_downloader.rb"))?;
     }
     // Which transfer managers got backstop's backup actions (said either way).
-    let mut tm_note = None;
+    let mut tm_notes = Vec::new();
     if options.with_tm {
-        let mut seen = BTreeSet::new();
-        let mut replaced = Vec::new();
-        for tm in TM_DRIVERS {
-            let dir = remotes.join("tm").join(tm);
-            // tm/shared is a symlink to tm/qcow2 in stock installs: replace each real dir once.
-            let Ok(real) = fs::canonicalize(&dir) else {
-                continue;
-            };
-            if !seen.insert(real) {
-                replaced.push(tm.to_string());
-                continue;
-            }
+        let (write, found, skipped) = tm_dirs(&tree);
+        for tm in write {
             for action in TM_ACTIONS {
                 inst.shim(&format!("tm/{tm}/{}", action.name()))?;
             }
-            replaced.push(tm.to_string());
         }
-        tm_note = Some(if replaced.is_empty() {
+        tm_notes.extend(skipped.into_iter().map(|s| format!("warning: {s}")));
+        tm_notes.push(if found.is_empty() {
             format!(
                 "warning: --with-tm found none of the transfer managers {} under {}/tm, so no backup action of theirs was replaced; install OpenNebula first or re-run with the right --remotes-dir",
                 TM_DRIVERS.join(", "),
@@ -352,34 +401,34 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         } else {
             format!(
                 "transfer managers with backstop's backup actions: {}",
-                replaced.join(", ")
+                found.join(", ")
             )
         });
     }
     let downloader_note = match patched {
-        Some(new_text) => {
-            if write_if_changed(&downloader_sh, new_text.as_bytes(), mode_of(&downloader_sh))? {
-                inst.changed.push("patched datastore/downloader.sh".into());
+        Some((new_text, mode)) => {
+            if tree.write_if_changed(&downloader_sh, new_text.as_bytes(), mode)? {
+                inst.changed.push(format!("patched {DOWNLOADER_SH}"));
             }
             None
         }
         None => Some(format!(
             "note: {} does not exist, so backstop:// URLs cannot be downloaded from this tree; install OpenNebula first or re-run with the right --remotes-dir",
-            downloader_sh.display()
+            tree.display(&downloader_sh)
         )),
     };
     let mut services = Vec::new();
     if options.with_services {
-        crate::services::write(
-            remotes,
+        services::write(
+            &tree,
             &options.systemd_dir,
             &options.env_file,
             &mut services,
         )?;
     }
     let manifest_text = inst.manifest.render();
-    if write_if_changed(&Manifest::path(remotes), manifest_text.as_bytes(), 0o644)? {
-        inst.changed.push("wrote backstop/manifest".into());
+    if tree.write_if_changed(&rel(MANIFEST), manifest_text.as_bytes(), 0o644)? {
+        inst.changed.push(format!("wrote {MANIFEST}"));
     }
 
     if inst.changed.is_empty() {
@@ -398,25 +447,21 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
     if let Some(note) = downloader_note {
         writeln!(io::stderr(), "{note}").ok();
     }
-    match tm_note {
-        Some(w) if w.starts_with("warning:") => writeln!(io::stderr(), "{w}").ok(),
-        Some(n) => writeln!(out, "{n}").ok(),
-        None => None,
-    };
+    for note in tm_notes {
+        if note.starts_with("warning:") {
+            writeln!(io::stderr(), "{note}").ok();
+        } else {
+            writeln!(out, "{note}").ok();
+        }
+    }
     out.write_all(&services).ok();
     writeln!(out, "{}", oned_conf_lines(options.replace_stock)).ok();
     Ok(())
 }
 
-fn mode_of(path: &Path) -> u32 {
-    fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o755)
-}
-
 /// The arm downloader.sh needs for `backstop://` URLs (`remotes/datastore/downloader-arm.sh`).
 fn downloader_block() -> &'static str {
-    include_str!("../../remotes/datastore/downloader-arm.sh")
+    include_str!("../../../remotes/datastore/downloader-arm.sh")
 }
 
 /// downloader.sh with the backstop arm right after `case "$FROM" in` (or with an older arm
@@ -468,7 +513,13 @@ fn oned_conf_lines(replace_stock: bool) -> String {
   2. the driver's configuration:\n\
      DS_MAD_CONF = [ NAME = \"backstop\", REQUIRED_ATTRS = \"RESTIC_PASSWORD\", PERSISTENT_ONLY = \"YES\" ]\n\
   3. the password encrypted at rest (stock oned.conf already has this line):\n\
-     DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"\n",
+     DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"\n\
+  4. so that a VM template cannot choose the Ceph options its backups use where a Ceph\n\
+     datastore does not set them (stock oned.conf restricts none of these):\n\
+     VM_RESTRICTED_ATTR = \"DISK/CEPH_USER\"\n\
+     VM_RESTRICTED_ATTR = \"DISK/CEPH_KEY\"\n\
+     VM_RESTRICTED_ATTR = \"DISK/CEPH_CONF\"\n\
+     VM_RESTRICTED_ATTR = \"DISK/POOL_NAME\"\n",
     );
     if replace_stock {
         s.push_str("DS_MAD=\"restic\" datastores now run backstop too; oned.conf needs no change for them.\n");
@@ -476,8 +527,13 @@ fn oned_conf_lines(replace_stock: bool) -> String {
     s
 }
 
-fn uninstall(remotes: &Path, out: &mut impl Write) -> Result<(), InstallError> {
-    let Some(manifest) = Manifest::load(remotes)? else {
+fn uninstall(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<(), InstallError> {
+    let tree = match Tree::open(remotes, false) {
+        Ok(tree) => Some(tree),
+        Err(_) if std::fs::symlink_metadata(remotes).is_err() => None,
+        Err(e) => return Err(e),
+    };
+    let Some(manifest) = tree.as_ref().map(Manifest::load).transpose()?.flatten() else {
         writeln!(
             out,
             "backstop is not installed in {} (no backstop/manifest); nothing to do",
@@ -486,71 +542,55 @@ fn uninstall(remotes: &Path, out: &mut impl Write) -> Result<(), InstallError> {
         .ok();
         return Ok(());
     };
-    crate::services::remove(remotes, out)?;
+    let Some(tree) = tree else { return Ok(()) };
+    services::remove(&tree, &options.systemd_dir, out)?;
     let mut dirs = BTreeSet::new();
-    for rel in manifest.created.iter().chain(&manifest.replaced) {
-        let path = remotes.join(rel);
-        let ours = is_ours(&path) || rel == "backstop/bin/backstop";
+    for at in manifest.created.iter().chain(&manifest.replaced) {
+        let ours =
+            is_ours(&tree, at) || (at.as_str() == BINARY && tree.kind(at) == Some(Kind::File));
         if ours {
-            fs::remove_file(&path).map_err(io_err(format!("cannot remove {}", path.display())))?;
-            writeln!(out, "removed {rel}").ok();
+            tree.remove_file(at)?;
+            writeln!(out, "removed {at}").ok();
         }
-        if let Some(parent) = Path::new(rel).parent() {
-            dirs.insert(parent.to_path_buf());
+        if let Some(parent) = at.parent() {
+            dirs.insert(parent);
         }
     }
-    for rel in &manifest.replaced {
-        let keep = remotes.join("backstop/replaced").join(rel);
-        let path = remotes.join(rel);
-        if fs::symlink_metadata(&path).is_ok() {
+    for at in &manifest.replaced {
+        let keep = rel(REPLACED).join(at);
+        if tree.kind(at).is_some() {
             return Err(InstallError(format!(
                 "{} exists and is not backstop's; cannot restore the file kept in {}",
-                path.display(),
-                keep.display()
+                tree.display(at),
+                tree.display(&keep)
             )));
         }
-        fs::rename(&keep, &path).map_err(io_err(format!(
-            "cannot restore {} from {}",
-            path.display(),
-            keep.display()
-        )))?;
-        writeln!(out, "restored {rel}").ok();
+        tree.rename_new(&keep, at)
+            .map_err(|e| InstallError(format!("cannot restore {}: {e}", tree.display(at))))?;
+        writeln!(out, "restored {at}").ok();
     }
-    let downloader_sh = remotes.join("datastore/downloader.sh");
-    if let Ok(text) = fs::read_to_string(&downloader_sh) {
+    let downloader_sh = rel(DOWNLOADER_SH);
+    if let Ok(Some((bytes, mode))) = tree.read(&downloader_sh, SMALL_FILE)
+        && let Ok(text) = String::from_utf8(bytes)
+    {
         let clean = unpatch_downloader(&text);
         if clean != text {
-            write_if_changed(&downloader_sh, clean.as_bytes(), mode_of(&downloader_sh))?;
-            writeln!(out, "removed the backstop arm from datastore/downloader.sh").ok();
+            tree.write_if_changed(&downloader_sh, clean.as_bytes(), mode)?;
+            writeln!(out, "removed the backstop arm from {DOWNLOADER_SH}").ok();
         }
     }
-    fs::remove_file(Manifest::path(remotes)).map_err(io_err(format!(
-        "cannot remove {}",
-        Manifest::path(remotes).display()
-    )))?;
+    tree.remove_file(&rel(MANIFEST))?;
     // Remove the directories backstop made, deepest first, only when empty.
-    remove_empty_dirs(&remotes.join("backstop/replaced"));
+    tree.remove_empty_dirs(&rel(REPLACED));
     for dir in dirs
         .iter()
         .rev()
-        .chain([PathBuf::from("backstop/bin"), PathBuf::from("backstop")].iter())
+        .chain([rel("backstop/bin"), rel("backstop")].iter())
     {
-        let _ = fs::remove_dir(remotes.join(dir));
+        tree.remove_dir(dir);
     }
     writeln!(out, "backstop is uninstalled from {}", remotes.display()).ok();
     Ok(())
-}
-
-/// Removes `dir` and the directories below it that are empty, never a file.
-fn remove_empty_dirs(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&entry.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
 }
 
 #[cfg(test)]
