@@ -227,15 +227,16 @@ struct ProgressDir(std::path::PathBuf);
 
 impl ProgressDir {
     /// None when no directory can be made: the run goes on without progress. Directories a
-    /// killed runner left are removed.
+    /// killed runner left are removed. They live in this user's private directory, where no
+    /// other user can plant or take a name.
     fn new(job_id: u64) -> Option<ProgressDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let tmp = std::env::temp_dir();
-        if let Ok(entries) = std::fs::read_dir(&tmp) {
+        let base = backstop_datastore::private_dir::private_dir("progress").ok()?;
+        if let Ok(entries) = std::fs::read_dir(&base) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let Some(runner) = name
-                    .strip_prefix("backstop-progress-")
+                    .strip_prefix("run-")
                     .and_then(|r| r.split('-').next())
                     .and_then(ProcessId::parse)
                 else {
@@ -246,10 +247,7 @@ impl ProgressDir {
                 }
             }
         }
-        let dir = tmp.join(format!(
-            "backstop-progress-{}-{job_id}",
-            ProcessId::current()
-        ));
+        let dir = base.join(format!("run-{}-{job_id}", ProcessId::current()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
             .mode(0o700)

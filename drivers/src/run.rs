@@ -458,12 +458,20 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
         .collect()
 }
 
+/// Reaps the qemu-nbd exports that killed steps left; a record that failed a check is named
+/// on stderr (one line each) and left alone.
+fn reap_stale_exports(action: &str) {
+    for line in backstop_datastore::repo::nbd::reap_stale_exports().left {
+        let _ = writeln!(std::io::stderr(), "{action}: warning: {line}");
+    }
+}
+
 /// `backstop host-tm <prebackup|postbackup>`: the host step of the transfer manager's backup
 /// actions (see backstop_tm::host). Prints nothing on stdout.
 pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> ExitCode {
     const NAME: &str = "host-tm";
     set_current_action(NAME);
-    backstop_datastore::repo::nbd::reap_stale_exports();
+    reap_stale_exports(NAME);
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<(), DriverError> {
         let args = BackupArgs::parse(args)?;
@@ -540,7 +548,7 @@ pub fn host_backup(
 ) -> ExitCode {
     const NAME: &str = "host-backup";
     set_current_action(NAME);
-    backstop_datastore::repo::nbd::reap_stale_exports();
+    reap_stale_exports(NAME);
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<String, DriverError> {
         let args = BackupArgs::parse(args)?;

@@ -442,10 +442,10 @@ fn killed_host_step_leaves_only_the_parent(cc: &CephCloud) {
     // Killed once its export is registered (the owner file the next step's reaper reads),
     // as a real kill half-way through a backup finds it.
     let registered = || {
-        fs::read_dir(std::env::temp_dir())
+        fs::read_dir(backstop_datastore::repo::nbd::exports_dir().expect("exports dir"))
             .map(|d| {
                 d.flatten().any(|e| {
-                    e.file_name().to_string_lossy().starts_with("backstop-nbd-")
+                    e.file_name().to_string_lossy().starts_with("export-")
                         && fs::read_to_string(e.path().join("owner"))
                             .is_ok_and(|o| o.contains("vm22-root@one_backup_4"))
                 })

@@ -720,3 +720,65 @@ fn backup_cancel_never_signals_a_reused_pid() {
     let status = other.wait().expect("wait");
     assert!(!status.success(), "sleep was not stopped: {status}");
 }
+
+/// Issue 23: the records that decide what a host step signals. Another local user plants an
+/// export record in the shared temporary directory naming a dead owner and a live process of
+/// ours (standing for a guest's qemu: its PID, start time and boot id are public in /proc);
+/// and a record in our own private directory names a live process that is not the qemu-nbd of
+/// that export. The next host step signals neither; the second is reported in one line.
+#[test]
+fn a_planted_export_record_signals_nothing() {
+    use backstop_datastore::process::ProcessId;
+    let mut victim = std::process::Command::new("sleep")
+        .arg("120")
+        .spawn()
+        .expect("sleep");
+    let real = ProcessId::of(victim.id()).expect("runs");
+    // An owner that does not run: a PID no process can have.
+    let gone = ProcessId {
+        pid: 4_000_000_000,
+        ..real
+    };
+    let record = format!("{gone} {real}\n/var/lib/one/datastores/0/7/disk.0\n");
+    let unique = format!("{:x}{:x}", std::process::id(), real.start);
+    let shared = std::env::temp_dir().join(format!("backstop-nbd-{unique}"));
+    fs::create_dir(&shared).expect("mkdir");
+    fs::write(shared.join("owner"), &record).expect("record");
+    // Another user's, as a local user would leave it (a uid of no one in particular).
+    let _ = std::process::Command::new("chown")
+        .args(["-R", "4242:4242"])
+        .arg(&shared)
+        .status();
+    let private = backstop_datastore::repo::nbd::exports_dir()
+        .expect("exports dir")
+        .join(format!("export-{unique}"));
+    fs::create_dir(&private).expect("mkdir");
+    fs::write(private.join("owner"), &record).expect("record");
+    // Any host step reaps first; this one then fails on its arguments.
+    let out = crate::support::run(
+        crate::support::BACKSTOP,
+        &["host-tm", "prebackup", "--staging", "/nonexistent", "x"],
+        b"",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alive = victim.try_wait().expect("wait").is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = fs::remove_dir_all(&shared);
+    let left = private.exists();
+    let _ = fs::remove_dir_all(&private);
+    assert!(
+        alive,
+        "a host step signalled a process a planted record named: {out:?}"
+    );
+    assert!(left, "the record that failed its check was removed");
+    assert!(
+        out.stderr.contains(&format!(
+            "host-tm: warning: left {}: its record names process {}, which is not the qemu-nbd serving that export",
+            private.display(),
+            real.pid
+        )),
+        "{}",
+        out.stderr
+    );
+}

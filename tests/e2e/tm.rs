@@ -339,11 +339,11 @@ pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// The qemu-nbd socket directories of exports of files under `dir`.
 fn nbd_socket_dirs(dir: &Path) -> Vec<String> {
     let dir = dir.display().to_string();
-    fs::read_dir(std::env::temp_dir())
-        .expect("tmp")
+    fs::read_dir(backstop_datastore::repo::nbd::exports_dir().expect("exports dir"))
+        .expect("exports dir")
         .flatten()
         .filter(|e| {
-            e.file_name().to_string_lossy().starts_with("backstop-nbd-")
+            e.file_name().to_string_lossy().starts_with("export-")
                 && fs::read_to_string(e.path().join("owner")).is_ok_and(|o| o.contains(&dir))
         })
         .filter_map(|e| e.file_name().to_str().map(str::to_string))

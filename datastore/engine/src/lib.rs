@@ -33,6 +33,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod nbd;
 pub mod pack;
+pub mod private_dir;
 pub mod process;
 pub mod qcow2;
 pub mod rbd;

@@ -11,6 +11,7 @@ use crate::image::{
     Extent, ImageSource, parse_allocation_map, parse_dirty_map, parse_qemu_img_present,
 };
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -241,15 +242,8 @@ impl QemuNbdExport {
 
     /// Exports an RBD image (at its snapshot) through qemu's rbd driver, read-only.
     pub fn start_rbd(image: &crate::rbd::RbdImage) -> io::Result<QemuNbdExport> {
+        // Also refuses a key file path with a blank, which CEPH_ARGS would split.
         image.check()?;
-        if let Some(k) = &image.keyfile
-            && k.to_string_lossy().contains(char::is_whitespace)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the Ceph key file {} has a space in its path", k.display()),
-            ));
-        }
         Self::start_spec_env(
             std::ffi::OsStr::new(&image.json_spec()),
             None,
@@ -286,9 +280,11 @@ impl QemuNbdExport {
     ) -> io::Result<QemuNbdExport> {
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-        let dir = std::env::temp_dir().join(format!("backstop-nbd-{}", hex::encode(random)));
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // In this user's private directory: the owner record decides what a later step
+        // signals (see reap_stale_exports).
+        let dir = exports_dir()?.join(format!("{EXPORT_PREFIX}{}", hex::encode(random)));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)?;
         let socket = dir.join("nbd.sock");
         // Who owns the export, written before qemu-nbd exists: if this process dies between
         // starting qemu-nbd and recording its identity, the reaper still finds it by its
@@ -468,24 +464,62 @@ fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<St
     String::from_utf8(out.stdout).map_err(|_| bad("nbdinfo printed something that is not UTF-8"))
 }
 
+/// What a directory of exports is called in [`exports_dir`].
+const EXPORT_PREFIX: &str = "export-";
+
+/// The largest owner record read (two process identities and a path).
+const MAX_RECORD: u64 = 64 << 10;
+
+/// This user's private directory of qemu-nbd exports (sockets and owner records), made when
+/// missing: `crate::private_dir`, never the shared temporary directory.
+pub fn exports_dir() -> io::Result<PathBuf> {
+    crate::private_dir::private_dir("nbd")
+}
+
+/// What [`reap_stale_exports`] did.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Export directories removed.
+    pub removed: usize,
+    /// Records that failed a check and were left alone, each said in one line.
+    pub left: Vec<String>,
+}
+
 /// Stops the qemu-nbd processes that backstop processes which are gone left behind (killed
 /// before their exports closed), and removes their socket directories. Each export records
 /// its owner's and qemu-nbd's process identity ([`crate::process::ProcessId`]); an export is
 /// stale when its owner no longer runs, and its qemu-nbd is signalled only if it is still that
-/// very process. Returns how many directories were removed.
-pub fn reap_stale_exports() -> usize {
-    let tmp = std::env::temp_dir();
-    let Ok(entries) = std::fs::read_dir(&tmp) else {
-        return 0;
+/// very process and is the qemu-nbd serving that export's own socket. A record that fails a
+/// check is left alone and reported.
+pub fn reap_stale_exports() -> Reaped {
+    let mut done = Reaped::default();
+    let dir = match exports_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            done.left.push(format!("no export was reaped: {e}"));
+            return done;
+        }
     };
-    let mut reaped = 0;
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return done;
+    };
+    let me = rustix::process::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("backstop-nbd-") {
+        if !name.starts_with(EXPORT_PREFIX) {
             continue;
         }
         let dir = entry.path();
-        let Ok(owner) = std::fs::read_to_string(dir.join("owner")) else {
+        let ours = std::fs::symlink_metadata(&dir)
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == me && m.file_type().is_dir());
+        if !ours {
+            done.left.push(format!(
+                "left {}: not a directory of this user's",
+                dir.display()
+            ));
+            continue;
+        }
+        let Some(owner) = read_record(&dir.join("owner")) else {
             continue;
         };
         let ids: Vec<crate::process::ProcessId> = owner
@@ -499,35 +533,77 @@ pub fn reap_stale_exports() -> usize {
             [owner, nbd] => (owner, Some(nbd)),
             // The owner died before it recorded qemu-nbd's identity.
             [owner] => (owner, None),
-            _ => continue,
+            _ => {
+                done.left.push(format!(
+                    "left {}: its owner record is unreadable",
+                    dir.display()
+                ));
+                continue;
+            }
         };
         if owner.is_running() {
             continue;
         }
         // Only that very qemu-nbd (PID, start time, boot), never a process that reused its
-        // PID; unrecorded, the one serving this export's own socket.
-        let nbd = nbd.or_else(|| serving(&dir.join("nbd.sock")));
-        if let Some(nbd) = nbd {
+        // PID, and only while it serves this export's socket; unrecorded, the one that does.
+        let socket = dir.join("nbd.sock");
+        let nbd = nbd.or_else(|| serving(&socket));
+        if let Some(nbd) = nbd.filter(|n| n.is_running()) {
+            if !serves(nbd.pid, &socket) {
+                done.left.push(format!(
+                    "left {}: its record names process {}, which is not the qemu-nbd serving that export",
+                    dir.display(),
+                    nbd.pid
+                ));
+                continue;
+            }
             let _ = nbd.signal(rustix::process::Signal::TERM);
         }
         if std::fs::remove_dir_all(&dir).is_ok() {
-            reaped += 1;
+            done.removed += 1;
         }
     }
-    reaped
+    done
+}
+
+/// A small record file, never read through a link.
+fn read_record(path: &Path) -> Option<String> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(MAX_RECORD)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// Whether process `pid` is a qemu-nbd started with `--socket=<socket>`.
+fn serves(pid: u32, socket: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let arg = format!("--socket={}", socket.display());
+    let mut args = cmdline.split(|b| *b == 0);
+    let program = args.next().unwrap_or_default();
+    let is_qemu_nbd = Path::new(std::ffi::OsStr::from_bytes(program))
+        .file_name()
+        .is_some_and(|n| n == "qemu-nbd");
+    is_qemu_nbd && args.any(|a| a == arg.as_bytes())
 }
 
 /// The qemu-nbd process started with `--socket=<socket>` (a path unique to one export).
 fn serving(socket: &Path) -> Option<crate::process::ProcessId> {
-    let arg = format!("--socket={}", socket.display());
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
-        })
+        .find(|pid| serves(*pid, socket))
         .and_then(crate::process::ProcessId::of)
 }
 
