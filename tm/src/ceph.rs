@@ -13,12 +13,12 @@
 //!   `INFO:` line); postbackup after success keeps only the new increment's snapshot (none for
 //!   FULL), after a failure removes the new snapshot and keeps the rest.
 
-use backstop_datastore::repo::rbd::{RbdImage, RbdSnapshot};
+use backstop_datastore::repo::rbd::{RbdImage, RbdSnapshot, cluster_path};
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::message::{Disk, Vm};
 use backstop_protocol::output::{Level, log};
 use backstop_protocol::staging::RbdSource;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The prefix of increment snapshots. The stock driver's: changing it breaks its chains.
 pub const INC_PREFIX: &str = "one_backup_";
@@ -92,6 +92,19 @@ pub fn image_of(vm_id: u64, disk: &Disk) -> Result<RbdImage, Error> {
         };
         (pool.to_string(), image)
     };
+    // Checked here too, to name the attribute: a VM template may carry these where the
+    // datastore does not set them (docs/ceph.md).
+    for name in ["CEPH_CONF", "CEPH_KEY"] {
+        if let Some(value) = attr(disk, name).filter(|v| !cluster_path(Path::new(v))) {
+            return Err(input(
+                vm_id,
+                id,
+                format!(
+                    "{name} {value:?} is not an absolute path without blanks or control characters"
+                ),
+            ));
+        }
+    }
     let image = RbdImage {
         pool,
         image,
@@ -262,6 +275,47 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    /// A volatile disk's CEPH_KEY or CEPH_CONF with a blank would set any librados option
+    /// through CEPH_ARGS (issue 23): refused, naming the attribute.
+    #[test]
+    fn cluster_paths_with_blanks_or_relative_are_refused() {
+        for (name, value) in [
+            (
+                "CEPH_KEY",
+                "/etc/ceph/key --log-file /var/lib/one/.ssh/authorized_keys",
+            ),
+            ("CEPH_KEY", "/etc/ceph/key\t--mon-host=127.0.0.9"),
+            ("CEPH_CONF", "/etc/ceph/c.conf --log-file /tmp/x"),
+            ("CEPH_CONF", "ceph.conf"),
+            ("CEPH_KEY", "/etc/ceph/k\u{1b}ey"),
+        ] {
+            let d = disk(
+                &[("TM_MAD", "ceph"), ("POOL_NAME", "sys"), (name, value)],
+                None,
+                Some("fs"),
+            );
+            let e = image_of(22, &d).expect_err(value).to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "VM 22: disk 1: {name} {:?} is not an absolute path without blanks or control characters",
+                    value.trim()
+                )
+            );
+        }
+        let fine = disk(
+            &[
+                ("TM_MAD", "ceph"),
+                ("POOL_NAME", "sys"),
+                ("CEPH_KEY", "/etc/ceph/ceph.client.libvirt.key"),
+                ("CEPH_CONF", "/etc/ceph/ceph.conf"),
+            ],
+            None,
+            Some("fs"),
+        );
+        assert!(image_of(22, &fine).is_ok());
     }
 
     #[test]

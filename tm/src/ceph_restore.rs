@@ -152,7 +152,7 @@ mod tests {
                 snapshot: None,
                 conf: Some("/etc/ceph/ceph.conf".into()),
                 user: Some("libvirt".into()),
-                keyfile: Some("/etc/ceph/key file".into()),
+                keyfile: Some("/etc/ceph/key.file".into()),
             },
             new: "one-7.new.0a0b0c0d".into(),
             old: "one-7.old.0a0b0c0d".into(),
@@ -163,9 +163,9 @@ mod tests {
     fn the_import_writes_into_the_new_image_through_a_json_spec() {
         let s = restore().import_script("/d/22/disk.0.backup", 52428800);
         assert!(s.contains(
-            "rbd --conf /etc/ceph/ceph.conf --id libvirt --keyfile '/etc/ceph/key file' create --size 52428800B -- one/one-7.new.0a0b0c0d\n"
+            "rbd --conf /etc/ceph/ceph.conf --id libvirt --keyfile /etc/ceph/key.file create --size 52428800B -- one/one-7.new.0a0b0c0d\n"
         ), "{s}");
-        assert!(s.contains("CEPH_ARGS='--keyfile /etc/ceph/key file' qemu-img convert -q -n --target-is-zero -f qcow2 -O raw /d/22/disk.0.backup 'json:"), "{s}");
+        assert!(s.contains("CEPH_ARGS='--keyfile /etc/ceph/key.file' qemu-img convert -q -n --target-is-zero -f qcow2 -O raw /d/22/disk.0.backup 'json:"), "{s}");
         assert!(
             s.contains(r#""image":"one-7.new.0a0b0c0d""#) && s.contains(r#""read-only":false"#),
             "{s}"

@@ -12,7 +12,7 @@
 
 use crate::image::Extent;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where an RBD image is and how to reach its cluster.
@@ -49,9 +49,32 @@ fn plain(what: &str, name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `path` may be handed to librados as a file of the cluster's (a configuration or a
+/// key file): absolute, and without blanks or control characters. librados splits
+/// `CEPH_ARGS` on whitespace, so a blank in a path put there would start an option of the
+/// writer's choosing (another monitor, a log file written as oneadmin).
+pub fn cluster_path(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| {
+        p.starts_with('/')
+            && p.len() <= 4096
+            && !p.chars().any(|c| c.is_whitespace() || c.is_control())
+    })
+}
+
 impl RbdImage {
-    /// Checks every name before anything is run with it.
+    /// Checks every name and path before anything is run with it.
     pub fn check(&self) -> io::Result<()> {
+        for (what, path) in [("configuration", &self.conf), ("key", &self.keyfile)] {
+            if let Some(p) = path.as_deref().filter(|p| !cluster_path(p)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the Ceph {what} file {:?} is not an absolute path without blanks or control characters",
+                        p.display().to_string()
+                    ),
+                ));
+            }
+        }
         plain("pool", &self.pool)?;
         plain("image", &self.image)?;
         if let Some(s) = &self.snapshot {
