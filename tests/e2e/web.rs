@@ -16,6 +16,13 @@ pub struct Served {
     pub addr: String,
 }
 
+impl Served {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -506,4 +513,136 @@ pub fn hash_password(password: &str) -> String {
         .expect("utf-8")
         .trim()
         .to_string()
+}
+
+/// The most memory a process has held (VmHWM of /proc/PID/status), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A login form's cookie header and CSRF token.
+fn login_form(addr: &str) -> (String, String) {
+    let (code, head, form) = http(addr, "GET", "/login", &[], "");
+    assert_eq!(code, 200, "{form}");
+    let cookie = header(&head, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("login cookie");
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf in the form");
+    (format!("Cookie: {cookie}"), csrf.to_string())
+}
+
+/// A burst of 40 concurrent wrong logins, with a valid form each: each attempt counts before
+/// its password is checked, so exactly five (the limit a minute) get a password check and a
+/// 401, the other 35 a 429 at once; the checks run a few at a time, so the server's memory
+/// stays far below what 40 argon2 verifications at once hold (19 MiB each). An overlong
+/// password is refused unchecked, an oversized form unread, and `--hash-password` refuses
+/// to hash a password no login would read.
+#[test]
+fn a_burst_of_wrong_logins_gets_five_password_checks_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hash = hash_password("correct horse battery");
+    let web = serve(
+        &dir.path().join("state.db"),
+        &[("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str())],
+    );
+    let (cookie, csrf) = login_form(&web.addr);
+    let before = peak_kib(web.pid());
+    let start = std::sync::Arc::new(std::sync::Barrier::new(40));
+    let burst: Vec<_> = (0..40)
+        .map(|k| {
+            let (addr, cookie, csrf, start) = (
+                web.addr.clone(),
+                cookie.clone(),
+                csrf.clone(),
+                start.clone(),
+            );
+            std::thread::spawn(move || {
+                start.wait();
+                http(
+                    &addr,
+                    "POST",
+                    "/login",
+                    &[&cookie],
+                    &format!("csrf={csrf}&password=guess-{k}"),
+                )
+                .0
+            })
+        })
+        .collect();
+    let mut codes: Vec<u16> = burst
+        .into_iter()
+        .map(|t| t.join().expect("login"))
+        .collect();
+    codes.sort_unstable();
+    let peak = peak_kib(web.pid());
+    eprintln!("serve's peak memory: {before} KiB before the burst, {peak} KiB after");
+    let count = |c: u16| codes.iter().filter(|x| **x == c).count();
+    assert_eq!((count(401), count(429)), (5, 35), "{codes:?}");
+    assert!(
+        peak < 200 << 10,
+        "serve held {peak} KiB at its peak (before the burst: {before} KiB)"
+    );
+    // The five failures fill the minute: the right password is refused too.
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password=correct+horse+battery"),
+    );
+    assert_eq!(code, 429);
+    // Overlong passwords are refused before they count or are checked, throttled or not.
+    let long = "x".repeat(1025);
+    let (code, _, body) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password={long}"),
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (400, "refused: the password is longer than 1024 bytes\n")
+    );
+    let huge = "x".repeat(64 << 10);
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password={huge}"),
+    );
+    assert_eq!(code, 413);
+    let mut c = Command::new(BACKSTOP)
+        .args(["serve", "--hash-password"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("hash");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{long}\n").as_bytes())
+        .expect("write");
+    let out = c.wait_with_output().expect("hash");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (
+            Some(1),
+            "backstop serve: the password is longer than 1024 bytes\n"
+        )
+    );
 }

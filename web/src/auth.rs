@@ -11,7 +11,7 @@
 //! cookie); a POST without the right one is refused. Tokens are compared in constant time.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 /// The credentials `serve` runs with.
 #[derive(Default)]
@@ -104,6 +104,11 @@ impl Credentials {
 /// An argon2id hash of `password` with a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::PasswordHasher;
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "the password is longer than {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
     let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
@@ -135,8 +140,9 @@ pub fn random_token() -> String {
 pub struct Sessions {
     /// session id -> (CSRF token, expires at).
     live: Mutex<HashMap<String, (String, i64)>>,
-    /// When the recent failed logins were (seconds), for [`Sessions::throttled`].
-    failures: Mutex<Vec<i64>>,
+    /// When the recent login attempts that failed or are still being checked began
+    /// (seconds), for [`Sessions::begin_login`].
+    attempts: Mutex<Vec<i64>>,
 }
 
 pub const SESSION_SECONDS: i64 = 8 * 3600;
@@ -145,6 +151,14 @@ pub const SESSION_SECONDS: i64 = 8 * 3600;
 /// of it (whoever tries: the server has one password).
 pub const MAX_FAILURES: usize = 5;
 pub const FAILURE_WINDOW: i64 = 60;
+
+/// The longest password a login reads (and `--hash-password` accepts): argon2 would take a
+/// longer one, but nobody types it, and the check's cost should not be the caller's to choose.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// How many password checks run at once. Each argon2 verification holds its memory cost
+/// (19 MiB with the default parameters) for its whole run.
+pub const PASSWORD_CHECKS: usize = 2;
 
 impl Sessions {
     /// A new session; its id and CSRF token.
@@ -167,17 +181,29 @@ impl Sessions {
             .map(|(_, (csrf, _))| csrf.clone())
     }
 
-    /// Whether logins are refused now: too many failed in the last minute.
-    pub fn throttled(&self, now: i64) -> bool {
-        self.failures.lock().map_or(true, |mut f| {
-            f.retain(|t| now - t < FAILURE_WINDOW);
-            f.len() >= MAX_FAILURES
-        })
+    /// Counts a login attempt before its password is checked, and says whether it may go on:
+    /// no when [`MAX_FAILURES`] attempts that failed or are still being checked began in the
+    /// last [`FAILURE_WINDOW`] seconds. The count and the test are one step under the lock,
+    /// so a burst of concurrent attempts cannot all pass it; an attempt stays counted as a
+    /// failure unless [`Sessions::login_succeeded`] takes it back.
+    pub fn begin_login(&self, now: i64) -> bool {
+        let Ok(mut a) = self.attempts.lock() else {
+            return false;
+        };
+        a.retain(|t| now - t < FAILURE_WINDOW);
+        if a.len() >= MAX_FAILURES {
+            return false;
+        }
+        a.push(now);
+        true
     }
 
-    pub fn failed_login(&self, now: i64) {
-        if let Ok(mut f) = self.failures.lock() {
-            f.push(now);
+    /// The attempt begun at `began` gave the right password: it is no failure.
+    pub fn login_succeeded(&self, began: i64) {
+        if let Ok(mut a) = self.attempts.lock()
+            && let Some(i) = a.iter().position(|t| *t == began)
+        {
+            a.swap_remove(i);
         }
     }
 
@@ -185,6 +211,44 @@ impl Sessions {
         if let Ok(mut live) = self.live.lock() {
             live.retain(|k, _| !same(k.as_bytes(), id.as_bytes()));
         }
+    }
+}
+
+/// Slots for password checks: at most [`PASSWORD_CHECKS`] run at once, the others (at most
+/// [`MAX_FAILURES`] in all, as [`Sessions::begin_login`] lets no more through) wait on their
+/// blocking thread.
+#[derive(Debug, Default)]
+pub struct PasswordChecks {
+    running: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl PasswordChecks {
+    /// Whether `given` is the password, checked in a free slot (blocks until there is one).
+    pub fn check(&self, credentials: &Credentials, given: &str) -> bool {
+        let Ok(mut running) = self.running.lock() else {
+            return false;
+        };
+        while *running >= PASSWORD_CHECKS {
+            running = match self.freed.wait(running) {
+                Ok(r) => r,
+                Err(_) => return false,
+            };
+        }
+        *running += 1;
+        drop(running);
+        // The slot is given back even if the check unwinds.
+        struct Slot<'a>(&'a PasswordChecks);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut r) = self.0.running.lock() {
+                    *r -= 1;
+                }
+                self.0.freed.notify_one();
+            }
+        }
+        let _slot = Slot(self);
+        credentials.password_ok(given)
     }
 }
 
@@ -210,12 +274,21 @@ mod tests {
         assert_eq!(s.csrf(&id, 100 + SESSION_SECONDS), None, "expired");
         s.close(&id);
         assert_eq!(s.csrf(&id, 101), None);
+        // An attempt counts from its start; a success takes it back.
+        assert!(s.begin_login(199));
+        s.login_succeeded(199);
         for k in 0..MAX_FAILURES as i64 {
-            assert!(!s.throttled(200 + k));
-            s.failed_login(200 + k);
+            assert!(s.begin_login(200 + k));
         }
-        assert!(s.throttled(205), "too many failures in a minute");
-        assert!(!s.throttled(200 + FAILURE_WINDOW + 5), "a minute later");
+        assert!(!s.begin_login(205), "too many attempts in a minute");
+        assert!(
+            !s.begin_login(200 + FAILURE_WINDOW - 1),
+            "all five in the minute"
+        );
+        assert!(s.begin_login(200 + FAILURE_WINDOW + 5), "a minute later");
+        assert!(hash_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
+        let checks = PasswordChecks::default();
+        assert!(checks.check(&c, "correct horse") && !checks.check(&c, "wrong"));
         assert!(!same(b"abc", b"abd") && same(b"abc", b"abc") && !same(b"ab", b"abc"));
     }
 }

@@ -1,10 +1,10 @@
 //! The HTTP server: routes, the login, and who may see what ([`crate::auth`]).
 
-use crate::auth::{Credentials, Sessions, same};
+use crate::auth::{Credentials, MAX_PASSWORD_BYTES, PasswordChecks, Sessions, same};
 use crate::model::Snapshot;
 use crate::pages;
 use axum::Router;
-use axum::extract::{Form, Path as UrlPath, State};
+use axum::extract::{DefaultBodyLimit, Form, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +29,7 @@ struct App {
     state: PathBuf,
     credentials: Credentials,
     sessions: Sessions,
+    checks: PasswordChecks,
     remotes: PathBuf,
     datastore_location: String,
 }
@@ -57,6 +58,7 @@ pub fn serve(options: Options) -> Result<(), String> {
         state: options.state,
         credentials: options.credentials,
         sessions: Sessions::default(),
+        checks: PasswordChecks::default(),
         remotes: options.remotes,
         datastore_location: options.datastore_location,
     });
@@ -132,6 +134,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/jobs/{id}/{action}", post(action))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        // The largest form is the login's (a CSRF token and a password of at most
+        // MAX_PASSWORD_BYTES); nothing else takes a body.
+        .layer(DefaultBodyLimit::max(16 << 10))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             host_guard,
@@ -458,25 +463,34 @@ async fn login(
             "refused: the form's CSRF token is missing or wrong",
         );
     }
-    if app.sessions.throttled(now()) {
+    let password = form.get("password").cloned().unwrap_or_default();
+    if password.len() > MAX_PASSWORD_BYTES {
+        return text(
+            StatusCode::BAD_REQUEST,
+            &format!("refused: the password is longer than {MAX_PASSWORD_BYTES} bytes"),
+        );
+    }
+    // The attempt counts before its password is checked, so that a burst of concurrent
+    // guesses gets no more checks than the limit; those checks then run a few at a time.
+    let began = now();
+    if !app.sessions.begin_login(began) {
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins in the last minute; try again later",
         );
     }
-    let password = form.get("password").cloned().unwrap_or_default();
     let ok = {
         let app = app.clone();
-        tokio::task::spawn_blocking(move || app.credentials.password_ok(&password))
+        tokio::task::spawn_blocking(move || app.checks.check(&app.credentials, &password))
             .await
             .unwrap_or(false)
     };
     if !ok {
-        app.sessions.failed_login(now());
         let mut r = html(pages::login(&given, true));
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
     }
+    app.sessions.login_succeeded(began);
     let Some((id, _)) = app.sessions.open(now()) else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
