@@ -646,3 +646,38 @@ fn a_burst_of_wrong_logins_gets_five_password_checks_in_bounded_memory() {
         )
     );
 }
+
+/// With only an API token (no page password) the pages are served to whoever reaches them,
+/// so the Host check against DNS rebinding stays on: a request for another name gets 421,
+/// pages and JSON alike, the token notwithstanding.
+#[test]
+fn with_only_an_api_token_serve_answers_loopback_names_only() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let state = state_with_a_failure(&cloud);
+    let token = "t0ken-for-monitoring-0123456789";
+    let web = serve(&state, &[("BACKSTOP_API_TOKEN", token)]);
+    let bearer = format!("Authorization: Bearer {token}");
+    let (code, _, page) = http(&web.addr, "GET", "/", &[], "");
+    assert!(code == 200 && page.contains("data-vm=\"23\""), "{page}");
+    for path in ["/", "/vms/22", "/runs"] {
+        let (code, _, body) = http(&web.addr, "GET", path, &["Host: evil.example:8421"], "");
+        assert_eq!(
+            (code, body.as_str()),
+            (
+                421,
+                "without a page password, backstop serve answers requests for a loopback address only\n"
+            ),
+            "{path}"
+        );
+    }
+    let (code, _, _) = http(
+        &web.addr,
+        "GET",
+        "/api/status",
+        &["Host: evil.example", &bearer],
+        "",
+    );
+    assert_eq!(code, 421);
+    assert_eq!(http(&web.addr, "GET", "/api/status", &[&bearer], "").0, 200);
+}

@@ -88,8 +88,9 @@ async fn stopped() {
     }
 }
 
-/// Without credentials, only requests addressed to a loopback name are answered: a web page
-/// elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) reads nothing.
+/// Without a page password, only requests addressed to a loopback name are answered: a web
+/// page elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) reads nothing.
+/// An API token alone does not lift this: the pages need none.
 fn loopback_host(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
@@ -109,10 +110,10 @@ async fn host_guard(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !app.credentials.required() && !loopback_host(request.headers()) {
+    if app.credentials.password_hash.is_none() && !loopback_host(request.headers()) {
         return text(
             StatusCode::MISDIRECTED_REQUEST,
-            "without credentials, backstop serve answers requests for a loopback address only",
+            "without a page password, backstop serve answers requests for a loopback address only",
         );
     }
     next.run(request).await
