@@ -681,3 +681,126 @@ fn with_only_an_api_token_serve_answers_loopback_names_only() {
     assert_eq!(code, 421);
     assert_eq!(http(&web.addr, "GET", "/api/status", &[&bearer], "").0, 200);
 }
+
+/// The id of VM 22's backup (the snapshot its increment 0 names, as the state records it), and
+/// a failure reason for VM 23 that names it, as the driver's errors name snapshots ("no snapshot
+/// ... in ...": a backup whose parent is gone).
+fn a_reason_naming_a_snapshot(state: &std::path::Path) -> String {
+    let db = rusqlite::Connection::open(state).expect("state");
+    let id: String = db
+        .query_row(
+            "SELECT source FROM increments WHERE image_id = 1 AND id = 0",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the backup's snapshot");
+    assert!(
+        id.len() >= 8 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    db.execute(
+        "UPDATE job_vms SET reason = ?1 WHERE vm_id = 23",
+        [format!(
+            "disk 0: no snapshot {id} in sftp:backup:/var/backups/job_1"
+        )],
+    )
+    .expect("reason");
+    id
+}
+
+/// Snapshot ids are capabilities (8 hex characters of one authorise a restore through a backup
+/// URL): a caller who showed no token or session sees none, in the JSON or the pages (the
+/// increments' sources are null, ids in failure texts read "[hidden]"); the API token (or a
+/// page session) shows them.
+#[test]
+fn snapshot_ids_are_shown_only_to_callers_with_a_token() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let state = state_with_a_failure(&cloud);
+    let id = a_reason_naming_a_snapshot(&state);
+    let prefix = &id[..8];
+    let hidden = "disk 0: no snapshot [hidden] in sftp:backup:/var/backups/job_1";
+    let everything = [
+        "/",
+        "/vms/22",
+        "/vms/23",
+        "/jobs/1",
+        "/datastores/1",
+        "/runs",
+        "/api/status",
+        "/api/jobs",
+        "/api/vms",
+        "/api/images",
+        "/api/runs",
+        "/metrics",
+    ];
+    let no_id = |addr: &str, extra: &[&str]| {
+        for path in everything {
+            let (code, _, body) = http(addr, "GET", path, extra, "");
+            assert!(
+                code == 200 && !body.contains(prefix),
+                "{path} shows {prefix}: {code} {body}"
+            );
+        }
+        let (_, _, images) = http(addr, "GET", "/api/images", extra, "");
+        let images: serde_json::Value = serde_json::from_str(&images).expect("images");
+        assert_eq!(images[0]["increments"][0]["type"], "FULL", "{images}");
+        assert!(images[0]["increments"][0]["source"].is_null(), "{images}");
+        let (_, _, page) = http(addr, "GET", "/", extra, "");
+        assert!(page.contains(hidden), "{page}");
+    };
+
+    // No credentials at all: nobody showed a token.
+    let web = serve(&state, &[]);
+    no_id(&web.addr, &[]);
+    let (_, _, s) = http(&web.addr, "GET", "/api/status", &[], "");
+    let s: serde_json::Value = serde_json::from_str(&s).expect("status");
+    assert_eq!(s["failing"][0]["reason"], hidden, "{s}");
+    drop(web);
+
+    // Only an API token: the pages, served without a password, show no id; the token does.
+    let token = "t0ken-for-monitoring-0123456789";
+    let web = serve(&state, &[("BACKSTOP_API_TOKEN", token)]);
+    for path in ["/", "/vms/22", "/vms/23", "/runs"] {
+        let (code, _, page) = http(&web.addr, "GET", path, &[], "");
+        assert!(code == 200 && !page.contains(prefix), "{path}: {page}");
+    }
+    let (_, _, page) = http(&web.addr, "GET", "/", &[], "");
+    assert!(page.contains(hidden), "{page}");
+    let bearer = format!("Authorization: Bearer {token}");
+    let (_, _, images) = http(&web.addr, "GET", "/api/images", &[&bearer], "");
+    let images: serde_json::Value = serde_json::from_str(&images).expect("images");
+    assert_eq!(
+        images[0]["increments"][0]["source"],
+        id.as_str(),
+        "{images}"
+    );
+    let (_, _, s) = http(&web.addr, "GET", "/api/status", &[&bearer], "");
+    let s: serde_json::Value = serde_json::from_str(&s).expect("status");
+    let named = format!("disk 0: no snapshot {id} in sftp:backup:/var/backups/job_1");
+    assert_eq!(s["failing"][0]["reason"], named.as_str(), "{s}");
+    let (_, _, page) = http(&web.addr, "GET", "/", &[&bearer], "");
+    assert!(page.contains(&named), "{page}");
+    drop(web);
+
+    // A page session shows them too.
+    let hash = hash_password("correct horse battery");
+    let web = serve(&state, &[("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str())]);
+    let (cookie, csrf) = login_form(&web.addr);
+    let (code, head, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&password=correct+horse+battery"),
+    );
+    assert_eq!(code, 303, "{head}");
+    let session = header(&head, "set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie");
+    let with_session = format!("Cookie: {session}");
+    let (_, _, page) = http(&web.addr, "GET", "/", &[&with_session], "");
+    assert!(page.contains(&named), "{page}");
+    let (_, _, images) = http(&web.addr, "GET", "/api/images", &[&with_session], "");
+    assert!(images.contains(&id), "{images}");
+}

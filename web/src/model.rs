@@ -224,6 +224,30 @@ impl Snapshot {
         })
     }
 
+    /// The snapshot without snapshot ids, for a caller who showed no token and no session:
+    /// the first 8 hex characters of an id authorise a restore of that backup through a
+    /// backup URL (docs/security.md), so neither the increments' sources nor the ids that
+    /// error texts (failure reasons, sync errors) may carry are shown; every run of 8 or more
+    /// hex digits in those texts reads [`HIDDEN`].
+    #[must_use]
+    pub fn without_ids(mut self) -> Snapshot {
+        for i in &mut self.images {
+            for n in &mut i.increments {
+                n.source.clear();
+            }
+        }
+        for v in &mut self.vms {
+            v.reason = v.reason.as_deref().map(hide_ids);
+        }
+        for r in self.runs.iter_mut().filter(|r| !r.ok) {
+            r.detail = hide_ids(&r.detail);
+        }
+        for c in &mut self.second_copies {
+            c.problem = c.problem.as_deref().map(hide_ids);
+        }
+        self
+    }
+
     /// `/api/status`: what a monitoring system polls.
     pub fn status(&self) -> Value {
         let mut counts = serde_json::Map::new();
@@ -320,7 +344,8 @@ impl Snapshot {
                         .increments
                         .iter()
                         .map(|n| {
-                            json!({"id": n.id, "type": n.kind, "source": n.source,
+                            json!({"id": n.id, "type": n.kind,
+                            "source": (!n.source.is_empty()).then_some(&n.source),
                             "size_mb": n.size_mb, "date": n.date,
                             "verified_at": n.verified.map(|v| v.0),
                             "verified_ok": n.verified.map(|v| v.1)})
@@ -428,6 +453,32 @@ impl Snapshot {
     }
 }
 
+/// What stands for a hidden snapshot id.
+pub const HIDDEN: &str = "[hidden]";
+
+/// `text` with every run of 8 or more hex digits (a snapshot id, its 8-character prefix, a
+/// blob or pack id) replaced by [`HIDDEN`], whatever stands next to it ("0x...", a letter): a
+/// word or a long decimal number that happens to be such a run goes too, which costs a viewer
+/// without a token a little text and can never show an id.
+pub fn hide_ids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        out.push_str(if run.len() >= 8 { HIDDEN } else { run });
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 /// The sync jobs with their last run, the verify jobs with their damaged snapshots.
 fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
     let mut out = Vec::new();
@@ -514,4 +565,36 @@ fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, String> {
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.started));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_hidden_from_texts() {
+        for (text, shown) in [
+            (
+                "no snapshot 3f9a01bc in /var/backups/job_1",
+                "no snapshot [hidden] in /var/backups/job_1",
+            ),
+            (
+                "backup 3F9A01BC2d/disk.0:3f9a01bc2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8",
+                "backup [hidden]/disk.0:[hidden]",
+            ),
+            (
+                "snapshot 12345678 (all digits)",
+                "snapshot [hidden] (all digits)",
+            ),
+            ("0x3f9a01bc, 3f9a01bcz", "0x[hidden], [hidden]z"),
+            ("cafe, 1234567, abc_def01234", "cafe, 1234567, abc_[hidden]"),
+            (
+                "host down: ssh exited with 255",
+                "host down: ssh exited with 255",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(hide_ids(text), shown, "{text}");
+        }
+    }
 }

@@ -180,34 +180,42 @@ fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
-/// A page's viewer: `Ok(None)` when no login is needed, `Ok(Some(csrf))` for a live session;
-/// else the answer (to the login page).
-fn page_guard(app: &App, headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
+/// Whether the request carries the API token as a bearer token.
+fn bearer_ok(app: &App, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| app.credentials.token_ok(t))
+}
+
+/// A page's viewer: `Ok((None, shown))` when no login is needed, `Ok((Some(csrf), true))`
+/// for a live session; else the answer (to the login page). `shown`: whether the viewer may
+/// see snapshot ids ([`Snapshot::without_ids`]): a session, or the API token as a bearer
+/// token; not whoever reaches pages served without a password.
+fn page_guard(app: &App, headers: &HeaderMap) -> Result<(Option<String>, bool), Box<Response>> {
     if app.credentials.password_hash.is_none() {
-        return Ok(None);
+        return Ok((None, bearer_ok(app, headers)));
     }
     cookie(headers, SESSION_COOKIE)
         .and_then(|id| app.sessions.csrf(&id, now()))
-        .map(Some)
+        .map(|csrf| (Some(csrf), true))
         .ok_or_else(|| Box::new(see_other("/login")))
 }
 
-/// The JSON API and metrics: a bearer token when one is set, or a page session.
-fn api_guard(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// The JSON API and metrics: a bearer token when one is set, or a page session. `Ok(true)`
+/// when the caller showed one (and may see snapshot ids), `Ok(false)` when none is needed.
+fn api_guard(app: &App, headers: &HeaderMap) -> Result<bool, Box<Response>> {
     if !app.credentials.required() {
-        return Ok(());
+        return Ok(false);
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|t| app.credentials.token_ok(t)) {
-        return Ok(());
+    if bearer_ok(app, headers) {
+        return Ok(true);
     }
     if app.credentials.password_hash.is_some()
         && cookie(headers, SESSION_COOKIE).is_some_and(|id| app.sessions.csrf(&id, now()).is_some())
     {
-        return Ok(());
+        return Ok(true);
     }
     let mut r = text(
         StatusCode::UNAUTHORIZED,
@@ -218,10 +226,13 @@ fn api_guard(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
     Err(Box::new(r))
 }
 
-async fn snapshot(app: &App) -> Result<Snapshot, Response> {
+/// The state as the caller may see it: snapshot ids only for a caller who showed a token or
+/// a session (an id's first 8 hex characters authorise a restore through a backup URL).
+async fn snapshot(app: &App, ids_shown: bool) -> Result<Snapshot, Response> {
     let path = app.state.clone();
     match tokio::task::spawn_blocking(move || Snapshot::read(&path)).await {
-        Ok(Ok(s)) => Ok(s),
+        Ok(Ok(s)) if ids_shown => Ok(s),
+        Ok(Ok(s)) => Ok(s.without_ids()),
         Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, &e)),
         Err(_) => Err(text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -231,11 +242,11 @@ async fn snapshot(app: &App) -> Result<Snapshot, Response> {
 }
 
 async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let logout = match page_guard(&app, &headers) {
+    let (logout, ids) = match page_guard(&app, &headers) {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match snapshot(&app).await {
+    match snapshot(&app, ids).await {
         Ok(s) => html(pages::page(
             "Overview",
             &pages::overview(&s),
@@ -246,11 +257,11 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 async fn runs(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let logout = match page_guard(&app, &headers) {
+    let (logout, ids) = match page_guard(&app, &headers) {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match snapshot(&app).await {
+    match snapshot(&app, ids).await {
         Ok(s) => html(pages::page("Runs", &pages::runs(&s), logout.as_deref())),
         Err(r) => r,
     }
@@ -261,11 +272,11 @@ async fn detail(
     headers: &HeaderMap,
     render: impl FnOnce(&Snapshot) -> Option<(String, String)>,
 ) -> Response {
-    let logout = match page_guard(app, headers) {
+    let (logout, ids) = match page_guard(app, headers) {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match snapshot(app).await {
+    match snapshot(app, ids).await {
         Ok(s) => match render(&s) {
             Some((title, body)) => html(pages::page(&title, &body, logout.as_deref())),
             None => text(StatusCode::NOT_FOUND, "no such thing"),
@@ -295,10 +306,11 @@ async fn api(
     headers: HeaderMap,
     render: fn(&Snapshot) -> serde_json::Value,
 ) -> Response {
-    if let Err(r) = api_guard(&app, &headers) {
-        return *r;
-    }
-    match snapshot(&app).await {
+    let ids = match api_guard(&app, &headers) {
+        Ok(ids) => ids,
+        Err(r) => return *r,
+    };
+    match snapshot(&app, ids).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "application/json")],
             render(&s).to_string(),
@@ -309,10 +321,11 @@ async fn api(
 }
 
 async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = api_guard(&app, &headers) {
-        return *r;
-    }
-    match snapshot(&app).await {
+    let ids = match api_guard(&app, &headers) {
+        Ok(ids) => ids,
+        Err(r) => return *r,
+    };
+    match snapshot(&app, ids).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             s.metrics(),
