@@ -721,6 +721,7 @@ fn snapshot_ids_are_shown_only_to_callers_with_a_token() {
     let prefix = &id[..8];
     let hidden = "disk 0: no snapshot [hidden] in sftp:backup:/var/backups/job_1";
     let everything = [
+        "/api/images",
         "/",
         "/vms/22",
         "/vms/23",
@@ -730,7 +731,6 @@ fn snapshot_ids_are_shown_only_to_callers_with_a_token() {
         "/api/status",
         "/api/jobs",
         "/api/vms",
-        "/api/images",
         "/api/runs",
         "/metrics",
     ];
