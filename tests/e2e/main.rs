@@ -13,6 +13,7 @@ mod cephcluster;
 mod cloud;
 mod crash;
 mod discover;
+mod heal;
 mod install;
 mod jobs;
 mod live;

@@ -272,3 +272,31 @@ pub fn action_data(parts: &[&str]) -> String {
         parts.concat()
     )
 }
+
+/// Flips a byte inside the stored blob of chunk `chunk` of `path` in snapshot `snapshot` of the
+/// local repository `repo` (as a bad disk would); the blob's id.
+pub fn damage_blob(
+    repo: &Path,
+    pw: &str,
+    snapshot: &str,
+    path: &str,
+    chunk: usize,
+) -> backstop_datastore::repo::format::RepoId {
+    use backstop_datastore::repo::Repo;
+    use backstop_datastore::repo::backend::LocalBackend;
+    let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
+    let (_, snap) = r.find_snapshot(snapshot).expect("snapshot");
+    let known = r.known_blobs().expect("index");
+    let node = r
+        .file_node(&snap, path, &known)
+        .expect("node")
+        .expect("file");
+    let blob = node.content.expect("content")[chunk];
+    let at = r.locate_data(&[blob]).expect("locate")[&blob];
+    let hex = at.pack.to_hex();
+    let pack = repo.join("data").join(&hex[..2]).join(&hex);
+    let mut bytes = fs::read(&pack).expect("pack");
+    bytes[at.offset as usize + 30] ^= 0x10;
+    fs::write(&pack, bytes).expect("damage");
+    blob
+}

@@ -27,7 +27,9 @@ use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupMode, IncrementMode, Vm};
 use backstop_protocol::output::{Level, log};
-use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, bitmap_name};
+use backstop_protocol::staging::{
+    DirectDisk, DirectManifest, MANIFEST, bitmap_name, reread_marker,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -156,7 +158,9 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
             None => (Plan::Full, None),
             Some(p) => {
                 let wanted = bitmap_name(vm.id, p);
+                let reread = reread_reason(step, id);
                 match mine.iter().find(|b| b.name == wanted) {
+                    _ if reread.is_some() => (Plan::Whole, reread),
                     Some(b) if qcow2 && b.consistent() => (Plan::Changed(wanted), None),
                     Some(_) => (
                         Plan::Whole,
@@ -233,6 +237,31 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
         write_manifest(staging, &manifest)?;
     }
     Ok(summary)
+}
+
+/// Why disk `id` must be read whole although its bitmap is there: the backup's host step left
+/// a note that the parent backup lacks data a verify job healed away (the staged changes
+/// could not be completed from it).
+pub(crate) fn reread_reason(step: &Step<'_>, id: u32) -> Option<String> {
+    let marker = reread_marker(Path::new(&step.args.host_dir.vm_dir), id);
+    std::fs::symlink_metadata(marker)
+        .ok()
+        .map(|_| format!("the parent backup of disk {id} lacks data a verify job healed away"))
+}
+
+/// After a successful backup the notes of [`reread_reason`] have done their work.
+pub(crate) fn clear_reread(step: &Step<'_>) {
+    for &id in &step.args.disk_ids {
+        let marker = reread_marker(Path::new(&step.args.host_dir.vm_dir), id);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log(
+                Level::Error,
+                &format!("VM {}: cannot remove {}: {e}", step.vm.id, marker.display()),
+            ),
+        }
+    }
 }
 
 /// A new staging directory with `vm.xml` and, for a VM with a TPM, `disk.tpm.0`.
@@ -359,6 +388,9 @@ pub fn postbackup(step: &Step<'_>) {
         {
             crate::ceph::settle(vm, disk, 0, false);
         }
+    }
+    if !vm.backup_failed {
+        clear_reread(step);
     }
     if step.staging.exists()
         && let Err(e) = std::fs::remove_dir_all(&step.staging)

@@ -21,6 +21,10 @@ pub enum ErrorKind {
     Cancelled,
     /// oned's XML-RPC API could not be reached or refused a call.
     Oned,
+    /// An increment handed over as changes only cannot be completed: its parent snapshot
+    /// lacks data (a verify job took damaged blobs out of the index). The message begins with
+    /// the path of the file in the snapshot.
+    ParentIncomplete,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -77,3 +77,16 @@ pub struct NbdSource {
 pub fn bitmap_name(vm_id: u64, n: u64) -> String {
     format!("one-{vm_id}-{n}")
 }
+
+/// What the backup's error line says when it left [`reread_marker`] notes: a runner that sees
+/// it may try once more at once, and backstop's prebackup then reads those disks whole.
+pub const REREAD_NEXT_ATTEMPT: &str =
+    "backstop's prebackup reads the whole disk at the next attempt";
+
+/// The file in the VM's directory on the host that asks prebackup to read disk `disk_id`
+/// whole at the next increment: the backup's host step leaves it when the staged changes could
+/// not be completed because the parent backup lacks data a verify job healed away
+/// (docs/host-side.md). postbackup removes it after a successful backup.
+pub fn reread_marker(vm_dir: &std::path::Path, disk_id: u32) -> std::path::PathBuf {
+    vm_dir.join(format!(".backstop-reread.{disk_id}"))
+}

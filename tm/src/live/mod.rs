@@ -428,7 +428,7 @@ fn start_pull(
                 |d| format!(
                     "<disk name='{}' backup='yes'{} type='file'><driver type='qcow2'/><scratch file='{}'/></disk>",
                     xml_escape(&d.target),
-                    if incremental && !d.qcow2() {
+                    if incremental && (!d.qcow2() || host::reread_reason(step, d.id).is_some()) {
                         " backupmode='full'"
                     } else {
                         ""
@@ -512,7 +512,9 @@ fn hand_over_pull(
     let reason = reason.map(str::to_string);
     for d in disks {
         let context = format!("backup-{}", d.target);
-        let changed = reason.is_none() && d.qcow2();
+        // A disk whose parent backup lacks healed-away data was pulled whole (start_pull).
+        let reread = host::reread_reason(step, d.id);
+        let changed = reason.is_none() && d.qcow2() && reread.is_none();
         let plan = if changed {
             Plan::Changed(context.clone())
         } else {
@@ -525,7 +527,7 @@ fn hand_over_pull(
                 format: d.image.format().to_string(),
                 bitmap: changed.then(|| context.clone()),
                 full_reason: if d.qcow2() {
-                    reason.clone()
+                    reason.clone().or_else(|| reread.clone())
                 } else {
                     Some(format!("disk {} is raw: it has no bitmaps", d.id))
                 },
@@ -572,6 +574,9 @@ pub fn postbackup_live(step: &Step<'_>, virsh: &Virsh) {
         return;
     }
     settle(step, virsh, step.vm.backup_failed);
+    if !step.vm.backup_failed {
+        host::clear_reread(step);
+    }
 }
 
 /// Whether the backed-up disks are Ceph RBD images (all of them); a VM with both kinds is

@@ -232,8 +232,11 @@ fn merges(
         for i in partial {
             let at = found.get(&pc[i]).ok_or_else(|| {
                 Error::new(
-                    ErrorKind::Repository,
-                    format!("blob {} of the parent of {path} is not in any index", pc[i]),
+                    ErrorKind::ParentIncomplete,
+                    format!(
+                        "{path}: blob {} of its parent snapshot is not in any index (a verify job healed it away?), and the changes handed over do not cover that chunk",
+                        pc[i]
+                    ),
                 )
             })?;
             merges.insert(i, (pc[i], *at));

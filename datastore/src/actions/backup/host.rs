@@ -17,7 +17,7 @@ use crate::target::{RepoTarget, clean_path, repo_id};
 use crate::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupRequest, Datastore};
-use backstop_protocol::staging::{DirectManifest, MANIFEST};
+use backstop_protocol::staging::{DirectManifest, MANIFEST, REREAD_NEXT_ATTEMPT, reread_marker};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -187,18 +187,17 @@ pub fn host_run(
         progress: progress.clone(),
         ..BackupOptions::default()
     };
-    let result = match repo {
+    let written = match repo {
         VmRepo::Opening(opening) => {
-            writer::backup_opening(opening, &files, options, |_, _| Ok(()))?.1
+            writer::backup_opening(opening, &files, options, |_, _| Ok(())).map(|(_, r)| r)
         }
-        VmRepo::Open(repo) => writer::backup(&repo, &files, &options)?,
-        VmRepo::Failed => {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                "the repository could not be opened",
-            ));
-        }
+        VmRepo::Open(repo) => writer::backup(&repo, &files, &options),
+        VmRepo::Failed => Err(Error::new(
+            ErrorKind::Repository,
+            "the repository could not be opened",
+        )),
     };
+    let result = written.map_err(|e| reread_next_time(e, args, &plan))?;
     if let Some(reason) = &result.total.full_reason {
         // On stderr with a log prefix: oned logs it, it does not become the error text.
         let _ = writeln!(std::io::stderr(), "INFO: read the whole disk: {reason}");
@@ -209,6 +208,51 @@ pub fn host_run(
         snapshot_id: result.snapshot_id.to_hex(),
         size_bytes: result.total.bytes_read + extra,
     })
+}
+
+/// An increment handed over as changes only (staged deltas) whose parent snapshot lacks data a
+/// verify job healed away cannot be completed from what was handed over. The disks concerned
+/// get a note in the VM's directory that makes backstop's prebackup read them whole at the
+/// next attempt (as it does when a bitmap is lost); the error says so, and names the fix for
+/// a transfer manager that is not backstop's (a chain reset).
+fn reread_next_time(e: Error, args: &BackupArgs, plan: &Plan) -> Error {
+    if e.kind != ErrorKind::ParentIncomplete {
+        return e;
+    }
+    let deltas: Vec<_> = plan
+        .disks
+        .iter()
+        .filter(|d| d.read == Read::Delta)
+        .collect();
+    let named: Vec<_> = deltas
+        .iter()
+        .copied()
+        .filter(|d| e.message.starts_with(&format!("{}:", d.snapshot_path)))
+        .collect();
+    let disks = if named.is_empty() { deltas } else { named };
+    let vm_dir = Path::new(&args.host_dir.vm_dir);
+    let mut ids = Vec::new();
+    let mut unmarked = None;
+    for d in &disks {
+        let marker = reread_marker(vm_dir, d.disk_id);
+        if let Err(err) = std::fs::write(&marker, format!("increment {}\n", plan.increment)) {
+            unmarked = Some(format!(
+                " (the note {} could not be written: {err})",
+                marker.display()
+            ));
+        }
+        ids.push(d.disk_id.to_string());
+    }
+    Error::new(
+        ErrorKind::ParentIncomplete,
+        format!(
+            "VM {}: disk {}: the parent backup lacks data a verify job healed away, so increment {} cannot be completed from the staged changes; {REREAD_NEXT_ATTEMPT}{}; with another transfer manager, reset the chain (onevm backup --reset)",
+            args.vm_id,
+            ids.join(", "),
+            plan.increment,
+            unmarked.unwrap_or_default()
+        ),
+    )
 }
 
 /// An RBD disk at the snapshot prebackup took, read through librbd; with `changes` (a
