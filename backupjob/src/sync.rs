@@ -14,10 +14,13 @@
 //! - `EVERY` (`30m`, `6h`, `1d`, or seconds): the scheduler daemon runs the job when that long
 //!   has passed since its last run started (and at its first pass); or `SCHEDULE`
 //!   (`mon..fri 02:30`, `*:0/15`, `daily`: [`crate::calendar`]) at the local times it names;
-//! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination whose original is gone from the
-//!   source are forgotten there (never the other way round; snapshots made at the destination
-//!   itself are never touched), at most `MAX_DELETE` (default 10) per repository and run: a
-//!   run that would delete more deletes nothing and fails, naming the count;
+//! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination that were copied from this
+//!   very source repository (their `copied-from:<id>` tag names its id, see
+//!   [`backstop_datastore::repo::copy::copied_from`]) and whose original is gone from it are
+//!   forgotten there (never the other way round; snapshots made at the destination itself, and
+//!   copies from elsewhere or with no such tag, are never touched), at most `MAX_DELETE`
+//!   (default 10) per repository and run: a run that would delete more deletes nothing and
+//!   fails, naming the count;
 //! - `RESYNC_CORRUPT` (`YES`/`NO`, PULL only): copies a verify job found damaged at the
 //!   destination (and healed) are walked again and what they lack is copied again;
 //! - `RATE_IN`, `RATE_OUT` (KiB/s, 0 for none): one limit for the whole run on what is read
@@ -218,7 +221,7 @@ fn sync_repository(
     job: &SyncTemplate,
     (clean, damaged): (Option<&[String]>, &[String]),
     (cfg, options): (&DriverConfig, &CopyOptions),
-) -> Result<(CopyStats, usize), Error> {
+) -> Result<(CopyStats, Vanished), Error> {
     let (src_at, dst_at) = (
         RepoTarget::new(from, repo_id.to_string())?,
         RepoTarget::new(to, repo_id.to_string())?,
@@ -250,8 +253,8 @@ fn sync_repository(
         ids.retain(|id| clean.contains(&id.to_hex()));
     }
     let removed = match job.remove_vanished {
-        Some(max) => remove_vanished(&snaps, &dst, repo_id, max)?,
-        None => 0,
+        Some(max) => remove_vanished((src.id(), &snaps), &dst, repo_id, max)?,
+        None => Vanished::default(),
     };
     // The source snapshots behind the damaged copies.
     let mut resync = Vec::new();
@@ -282,28 +285,68 @@ fn sync_repository(
     Ok((stats, removed))
 }
 
-/// Forgets the destination's copies whose original the source no longer has (at most `max`,
-/// else nothing), then deletes the packs only they used.
-fn remove_vanished(
-    source: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
-    dst: &backstop_datastore::repo::Repo,
-    repo_id: &str,
-    max: usize,
-) -> Result<usize, Error> {
-    use backstop_datastore::repo::lock::RetryLock;
-    use backstop_datastore::repo::maintenance::PruneLimits;
+/// What REMOVE_VANISHED did in one repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Vanished {
+    /// Copies from this source whose original it no longer has: forgotten.
+    forgotten: usize,
+    /// Copies whose original this source does not have and that record no source (made by
+    /// `restic copy`, or by backstop before copies were tagged): left alone.
+    unrecorded: usize,
+}
+
+/// Which of the destination's snapshots REMOVE_VANISHED forgets: the copies recorded as made
+/// from `source_repo` (their `copied-from:` tag) whose original the source no longer holds.
+/// A copy recorded as coming from another repository, or recording no source, is never
+/// taken: nothing proves it came from here, and an empty or hostile source must not make a
+/// job forget a third site's copies. The second list: the copies recording no source whose
+/// original the source lacks (reported, never forgotten).
+fn vanished(
+    (source_repo, source): (RepoId, &[(RepoId, backstop_datastore::repo::format::Snapshot)]),
+    destination: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+) -> (Vec<RepoId>, Vec<RepoId>) {
+    use backstop_datastore::repo::copy::copied_from;
     let there: std::collections::HashSet<RepoId> = source
         .iter()
         .map(|(id, s)| s.original.unwrap_or(*id))
         .collect();
-    let gone: Vec<String> = dst
+    let missing = |s: &backstop_datastore::repo::format::Snapshot| {
+        s.original.is_some_and(|o| !there.contains(&o))
+    };
+    let (mut gone, mut unrecorded) = (Vec::new(), Vec::new());
+    for (id, s) in destination {
+        match copied_from(s) {
+            Some(from) if from == source_repo && missing(s) => gone.push(*id),
+            None if missing(s) => unrecorded.push(*id),
+            _ => {}
+        }
+    }
+    (gone, unrecorded)
+}
+
+/// Forgets the destination's copies from this source whose original the source no longer has
+/// ([`vanished`]; at most `max`, else nothing), then deletes the packs only they used.
+fn remove_vanished(
+    source: (RepoId, &[(RepoId, backstop_datastore::repo::format::Snapshot)]),
+    dst: &backstop_datastore::repo::Repo,
+    repo_id: &str,
+    max: usize,
+) -> Result<Vanished, Error> {
+    use backstop_datastore::repo::lock::RetryLock;
+    use backstop_datastore::repo::maintenance::PruneLimits;
+    let there: Vec<_> = dst
         .all_snapshots()?
         .into_iter()
-        .filter(|(_, s, _)| s.original.is_some_and(|o| !there.contains(&o)))
-        .map(|(id, _, _)| id.to_hex())
+        .map(|(id, s, _)| (id, s))
         .collect();
+    let (gone, unrecorded) = vanished(source, &there);
+    let gone: Vec<String> = gone.iter().map(RepoId::to_hex).collect();
+    let mut done = Vanished {
+        forgotten: 0,
+        unrecorded: unrecorded.len(),
+    };
     if gone.is_empty() {
-        return Ok(0);
+        return Ok(done);
     }
     if gone.len() > max {
         return Err(input(format!(
@@ -320,7 +363,8 @@ fn remove_vanished(
         },
         wait,
     )?;
-    Ok(gone.len())
+    done.forgotten = gone.len();
+    Ok(done)
 }
 
 /// How a run reports: a line per repository (`done`), and a progress line about every second
@@ -605,9 +649,9 @@ pub(crate) fn with_ticks<T>(tick: impl Fn() + Sync, work: impl FnOnce() -> T) ->
     })
 }
 
-fn repository_line(repo: &str, s: &CopyStats, removed: usize) -> String {
+fn repository_line(repo: &str, s: &CopyStats, removed: Vanished) -> String {
     format!(
-        "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}",
+        "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}{}",
         s.snapshots,
         s.skipped,
         if s.resynced > 0 {
@@ -617,8 +661,16 @@ fn repository_line(repo: &str, s: &CopyStats, removed: usize) -> String {
         },
         s.bytes_read,
         s.bytes_written,
-        if removed > 0 {
-            format!("; {removed} vanished copies forgotten")
+        if removed.forgotten > 0 {
+            format!("; {} vanished copies forgotten", removed.forgotten)
+        } else {
+            String::new()
+        },
+        if removed.unrecorded > 0 {
+            format!(
+                "; {} copies with no recorded source left alone",
+                removed.unrecorded
+            )
         } else {
             String::new()
         }
@@ -714,6 +766,55 @@ pub fn scheduled_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backstop_datastore::repo::copy::source_tag;
+    use backstop_datastore::repo::format::Snapshot;
+
+    fn snap(original: Option<u8>, tags: &[String]) -> Snapshot {
+        Snapshot {
+            time: "2025-01-01T00:00:00Z".into(),
+            parent: None,
+            tree: RepoId::default(),
+            paths: vec!["/x".into()],
+            hostname: String::new(),
+            username: String::new(),
+            uid: 0,
+            gid: 0,
+            tags: tags.to_vec(),
+            program_version: None,
+            original: original.map(|o| RepoId([o; 32])),
+            summary: None,
+        }
+    }
+
+    /// REMOVE_VANISHED takes only copies recorded as from this source whose original it lacks.
+    #[test]
+    fn only_this_sources_vanished_copies_are_taken() {
+        let (a, b) = (RepoId([0xa; 32]), RepoId([0xb; 32]));
+        let id = |n: u8| RepoId([n; 32]);
+        let from_a = [source_tag(a)];
+        let from_b = [source_tag(b)];
+        // The source still holds original 1 (as a snapshot of its own) and 2 (as a copy).
+        let source = vec![(id(1), snap(None, &[])), (id(50), snap(Some(2), &[]))];
+        let both = [source_tag(a), source_tag(b)];
+        let bad = ["copied-from:zz".to_string()];
+        let destination = vec![
+            (id(101), snap(Some(1), &from_a)),  // still at the source
+            (id(102), snap(Some(2), &from_a)),  // still there, as a copy
+            (id(103), snap(Some(3), &from_a)),  // vanished: taken
+            (id(104), snap(Some(4), &from_b)),  // another source's copy
+            (id(105), snap(Some(5), &[])),      // no record (restic copy, older backstop)
+            (id(106), snap(None, &from_a)),     // a tag, but no original: not a copy
+            (id(107), snap(Some(7), &both)),    // two records: none
+            (id(108), snap(Some(8), &bad)),     // a malformed record: none
+            (id(109), snap(None, &[])),         // made at the destination
+        ];
+        let (gone, unrecorded) = vanished((a, &source), &destination);
+        assert_eq!(gone, [id(103)]);
+        assert_eq!(unrecorded, [id(105), id(107), id(108)]);
+        // An empty source, or another repository in its place, takes only what it recorded.
+        assert_eq!(vanished((a, &[]), &destination).0, [id(101), id(102), id(103)]);
+        assert!(vanished((RepoId([0xc; 32]), &[]), &destination).0.is_empty());
+    }
 
     #[test]
     fn templates_are_checked() {

@@ -760,3 +760,249 @@ fn jobs_by_flags(ok: &dyn Fn(&[&str]) -> Outcome, bj: &dyn Fn(&[&str]) -> Outcom
     assert!(out.stderr.contains("give 1/M"), "{out:?}");
     ok(&["verify-job", "remove", &vid]);
 }
+
+/// Issue 23: REMOVE_VANISHED forgot copies that came from elsewhere. One remote repository
+/// (over SFTP) holds copies from two sources: datastore A through a job with REMOVE_VANISHED,
+/// datastore B through another job, and one more copy `restic copy` brought from a third
+/// repository. Each copy names its source in a tag restic shows. A forgets a snapshot: the job
+/// forgets that copy only. A is replaced by an empty repository: nothing is forgotten (the
+/// copies came from the repository that was there). The old A is back and empties: its copies
+/// go, B's and restic's stay, dump byte-exact, and the remote checks clean.
+#[test]
+fn remove_vanished_forgets_only_copies_from_its_own_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sshd = crate::cloud::start_sshd(d, "127.0.0.6", "site4");
+    let remotes = d.join("remotes");
+    fs::create_dir_all(remotes.join("etc/datastore")).expect("remotes");
+    fs::write(
+        remotes.join("etc/datastore/backstop.conf"),
+        format!("SSH_CONFIG={}\n", sshd.ssh_config.display()),
+    )
+    .expect("backstop.conf");
+    let state = d.join("state.db");
+    let (st, rm) = (
+        state.to_str().expect("utf-8"),
+        remotes.to_str().expect("utf-8"),
+    );
+    let ok = |args: &[&str]| -> Outcome {
+        let mut all = vec!["backupjob", "--state", st, "--remotes", rm];
+        all.extend_from_slice(args);
+        let out = run(BACKSTOP, &all, b"");
+        assert_eq!(out.code, Some(0), "backupjob {args:?}: {out:?}");
+        out
+    };
+    let template = |name: &str, text: String| {
+        let p = d.join(name);
+        fs::write(&p, text).expect("template");
+        p.display().to_string()
+    };
+    for (name, pw) in [("a", "pw-a"), ("b", "pw-b")] {
+        ok(&[
+            "datastore",
+            "create",
+            &template(
+                &format!("{name}.tmpl"),
+                format!(
+                    "NAME=\"{name}\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"{pw}\"\n",
+                    d.join(name).display()
+                ),
+            ),
+        ]);
+    }
+    let store = d.join("site-store");
+    ok(&[
+        "remote",
+        "create",
+        &template(
+            "site.tmpl",
+            format!(
+                "NAME=\"site\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_SFTP_SERVER=\"site4\"\n\
+                 RESTIC_SFTP_USER=\"root\"\nRESTIC_PASSWORD=\"pw-site\"\n",
+                store.display()
+            ),
+        ),
+    ]);
+    let repo = |ds: &str, pw: &str, args: &[&str]| -> Outcome {
+        let path = d.join(ds).join("22");
+        let mut all = vec!["repo", "-r", path.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        let out = run_env(BACKSTOP, &all, b"", &[("RESTIC_PASSWORD", pw)]);
+        assert_eq!(out.code, Some(0), "repo {args:?}: {out:?}");
+        out
+    };
+    let raw = d.join("disk.raw");
+    let backup = |ds: &str, pw: &str, seed: u64| -> (String, Vec<u8>) {
+        let data = noise(2 << 20, seed);
+        fs::write(&raw, &data).expect("raw");
+        let out = repo(
+            ds,
+            pw,
+            &[
+                "backup",
+                "--image",
+                raw.to_str().expect("utf-8"),
+                "--path",
+                IN_SNAPSHOT,
+                "--tag",
+                "one-22",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        (v["snapshot_id"].as_str().expect("id").to_string(), data)
+    };
+    repo("a", "pw-a", &["init"]);
+    repo("b", "pw-b", &["init"]);
+    let from_a: Vec<(String, Vec<u8>)> = (0..3).map(|k| backup("a", "pw-a", 10 + k)).collect();
+    let from_b: Vec<(String, Vec<u8>)> = (0..2).map(|k| backup("b", "pw-b", 20 + k)).collect();
+    let config_id = |path: &Path, pw: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&restic_ok(path, pw, &["cat", "config"])).expect("json");
+        v["id"].as_str().expect("id").to_string()
+    };
+    let (a_id, b_id) = (
+        config_id(&d.join("a/22"), "pw-a"),
+        config_id(&d.join("b/22"), "pw-b"),
+    );
+
+    let job_a = template(
+        "job-a.tmpl",
+        "NAME=\"from-a\"\nDATASTORE_ID=1\nREMOTE_ID=3\nVMS=\"22\"\nREMOVE_VANISHED=YES\nMAX_DELETE=10\n"
+            .into(),
+    );
+    let job_b = template(
+        "job-b.tmpl",
+        "NAME=\"from-b\"\nDATASTORE_ID=2\nREMOTE_ID=3\nVMS=\"22\"\n".into(),
+    );
+    assert_eq!(ok(&["sync-job", "create", &job_a]).stdout, "ID: 1\n");
+    assert_eq!(ok(&["sync-job", "create", &job_b]).stdout, "ID: 2\n");
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains("repository 22: 3 snapshots copied"),
+        "{out:?}"
+    );
+    let out = ok(&["sync-job", "run", "2"]);
+    assert!(
+        out.stdout.contains("repository 22: 2 snapshots copied"),
+        "{out:?}"
+    );
+
+    // A third repository's snapshot, brought by restic's own copy (no source recorded).
+    let c = d.join("c");
+    restic_ok(&c, "pw-c", &["init"]);
+    let note = d.join("note.txt");
+    fs::write(&note, b"a copy from a third site").expect("note");
+    restic_ok(
+        &c,
+        "pw-c",
+        &["backup", "--tag", "one-22", note.to_str().expect("utf-8")],
+    );
+    let site = store.join("22");
+    let copied = std::process::Command::new("restic")
+        .arg("--no-cache")
+        .arg("-r")
+        .arg(&site)
+        .args(["copy", "--from-repo"])
+        .arg(&c)
+        .env("RESTIC_PASSWORD", "pw-site")
+        .env("RESTIC_FROM_PASSWORD", "pw-c")
+        .output()
+        .expect("restic copy");
+    assert!(copied.status.success(), "restic copy: {copied:?}");
+
+    // What the remote holds: (original, tags) of each snapshot, as restic shows them.
+    let at_site = || -> Vec<(String, String, Vec<String>)> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&restic_ok(&site, "pw-site", &["snapshots", "--json"]))
+                .expect("json");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().expect("id").to_string(),
+                    s["original"].as_str().unwrap_or_default().to_string(),
+                    s["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| t.as_str().expect("tag").to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let holds = |original: &str| at_site().iter().any(|(_, o, _)| o == original);
+    let listed = at_site();
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    for (source, id) in [(&from_a, &a_id), (&from_b, &b_id)] {
+        for (original, _) in source.iter() {
+            let (_, _, tags) = listed
+                .iter()
+                .find(|(_, o, _)| o == original)
+                .expect("copied");
+            assert_eq!(tags, &["one-22".to_string(), format!("copied-from:{id}")]);
+        }
+    }
+
+    // A forgets its oldest snapshot: that copy goes, nothing else.
+    repo("a", "pw-a", &["forget", &from_a[0].0]);
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 2 there already; 0 bytes read, 0 bytes written; \
+             1 vanished copies forgotten; 1 copies with no recorded source left alone"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(at_site().len(), 5);
+    assert!(!holds(&from_a[0].0));
+
+    // A replaced by an empty repository: its copies came from another repository; none goes.
+    let a22 = d.join("a/22");
+    fs::rename(&a22, d.join("a/22.old")).expect("aside");
+    repo("a", "pw-a", &["init"]);
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 0 there already; 0 bytes read, 0 bytes written; \
+             1 copies with no recorded source left alone"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(at_site().len(), 5);
+
+    // The old A back, emptied: its two copies go; B's and restic's copy stay.
+    fs::remove_dir_all(&a22).expect("new a");
+    fs::rename(d.join("a/22.old"), &a22).expect("back");
+    repo("a", "pw-a", &["forget", &from_a[1].0, &from_a[2].0]);
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains("; 2 vanished copies forgotten; 1 copies"),
+        "{out:?}"
+    );
+    let left = at_site();
+    assert_eq!(left.len(), 3, "{left:?}");
+    for (original, data) in &from_b {
+        let (id, _, _) = left
+            .iter()
+            .find(|(_, o, _)| o == original)
+            .expect("B's copy kept");
+        assert!(
+            restic_ok(&site, "pw-site", &["dump", id, IN_SNAPSHOT]) == *data,
+            "B's copy {id}"
+        );
+    }
+    let (kept, _, tags) = left
+        .iter()
+        .find(|(_, _, t)| !t.iter().any(|t| t.starts_with("copied-from:")))
+        .expect("restic's copy kept");
+    assert_eq!(tags, &["one-22".to_string()]);
+    let path = format!("{}", note.display());
+    assert_eq!(
+        restic_ok(&site, "pw-site", &["dump", kept, &path]),
+        b"a copy from a third site"
+    );
+    restic_ok(&site, "pw-site", &["check", "--read-data"]);
+}

@@ -12,6 +12,14 @@
 //!
 //! A copied snapshot carries `original`: the source snapshot's own `original`, or its id.
 //! A snapshot whose `original` (or id) the destination has already is not copied again.
+//!
+//! A copied snapshot also carries the tag `copied-from:<id>`, the id of the repository it was
+//! copied from (its config's `id`, as `restic cat config` shows it), in place of any such tag
+//! the source's snapshot had. A tag, because restic keeps, shows and copies tags (an extra
+//! JSON field would be dropped by `restic copy` and shown by nothing). A sync job's
+//! REMOVE_VANISHED forgets only the copies tagged with its own source's id
+//! ([`copied_from`]), so copies another job or `restic copy` brought from elsewhere are never
+//! taken for vanished from this source.
 
 use crate::bandwidth::Bandwidth;
 use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
@@ -89,6 +97,41 @@ pub struct CopyStats {
 pub struct Copied {
     pub source: RepoId,
     pub copy: RepoId,
+}
+
+/// The tag that names the repository a copy came from.
+pub const COPIED_FROM: &str = "copied-from:";
+
+/// The tag a copy from the repository with id `source` carries.
+pub fn source_tag(source: RepoId) -> String {
+    format!("{COPIED_FROM}{}", source.to_hex())
+}
+
+/// The repository a snapshot was copied from, when it records one (a copy made by backstop
+/// since copies carry the tag); `None` for a snapshot made where it is, a copy by `restic
+/// copy`, or one made before (nothing proves where those came from). A snapshot with more
+/// than one such tag, or a malformed one, records nothing.
+pub fn copied_from(snapshot: &Snapshot) -> Option<RepoId> {
+    let mut named = snapshot
+        .tags
+        .iter()
+        .filter_map(|t| t.strip_prefix(COPIED_FROM));
+    let first = RepoId::parse(named.next()?)?;
+    named.next().is_none().then_some(first)
+}
+
+/// The copy's tags: the source snapshot's, with its own `copied-from:` tags (it may be a copy
+/// itself) replaced by this source's.
+fn copy_tags(tags: Option<&serde_json::Value>, source: RepoId) -> serde_json::Value {
+    let mut out: Vec<serde_json::Value> = tags
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.as_str().is_some_and(|t| t.starts_with(COPIED_FROM)))
+        .cloned()
+        .collect();
+    out.push(serde_json::Value::String(source_tag(source)));
+    serde_json::Value::Array(out)
 }
 
 /// Where each blob of a repository is, from its index.
@@ -379,7 +422,8 @@ fn write_pack(
     Ok(index)
 }
 
-/// Copies `snapshots` (ids at the source, oldest first) that the destination lacks.
+/// Copies `snapshots` (ids at the source, oldest first) that the destination lacks; each copy
+/// is tagged with the source's repository id ([`source_tag`]).
 pub fn copy(
     src: &Repo,
     dst: &Repo,
@@ -441,6 +485,8 @@ pub fn copy(
             );
             // The parent names a snapshot of the source.
             map.remove("parent");
+            let tags = copy_tags(map.get("tags"), src.id());
+            map.insert("tags".into(), tags);
         }
         dst.backend().sync()?;
         dst_lock.check()?;

@@ -187,6 +187,9 @@ pub struct Repo {
     master: MasterKey,
     crypto: Crypto,
     version: u32,
+    /// The repository's id from its config file (random at `init`; what a copy records as
+    /// where it came from, see [`copy::copied_from`]).
+    id: RepoId,
     location: String,
 }
 
@@ -242,6 +245,7 @@ impl Repo {
             master,
             crypto,
             version: repo.config().version,
+            id: RepoId::from_rustic(&repo.config().id),
             location,
         })
     }
@@ -330,6 +334,11 @@ impl Repo {
 
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// The repository's id, as its config file holds it (`restic cat config`).
+    pub fn id(&self) -> RepoId {
+        self.id
     }
 
     pub fn crypto(&self) -> &Crypto {

@@ -163,3 +163,148 @@ fn restics_snapshots_copy_and_a_damaged_blob_stops_the_copy() {
         "a snapshot was written over a failed copy"
     );
 }
+
+/// The repository id restic reads from a repository's config.
+fn config_id(repo: &Path, password: &str) -> String {
+    let config: serde_json::Value =
+        serde_json::from_slice(&restic_with(repo, password, &["cat", "config"])).expect("json");
+    config["id"].as_str().expect("id").to_string()
+}
+
+/// The tags restic shows for each snapshot of a repository, oldest first.
+fn restic_tags(repo: &Path, password: &str) -> Vec<(String, Vec<String>)> {
+    let listed: serde_json::Value =
+        serde_json::from_slice(&restic_with(repo, password, &["snapshots", "--json"]))
+            .expect("json");
+    listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| {
+            let tags = s["tags"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .map(|t| t.as_str().expect("tag").to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (s["id"].as_str().expect("id").to_string(), tags)
+        })
+        .collect()
+}
+
+/// Each copy records the repository it came from in a tag restic shows and copies: copies from
+/// two sources in one destination name each its own source (by the id `restic cat config`
+/// prints), a tag the source's snapshot claimed is replaced, a copy of a copy names the
+/// repository it was copied from last, and restic's own `copy` keeps the tag; every copy
+/// dumps byte-exact with restic.
+#[test]
+fn copies_record_the_repository_they_came_from() {
+    use backstop_engine::copy::{copied_from, source_tag};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 21);
+    let path = |name: &str| dir.path().join(name);
+    let a = Repo::init(Arc::new(LocalBackend::new(path("a"))), PASSWORD).expect("init");
+    let dst = Repo::init(Arc::new(LocalBackend::new(path("dst"))), OTHER).expect("init");
+    let a_snap = backup_disk(&a, &image, None, None).snapshot_id;
+    let a_image = fs::read(&image).expect("image");
+
+    // B is restic's, and its snapshot claims to be a copy from A already.
+    ok(restic(&path("b"), &["init"]), "restic init");
+    let claimed = format!("copied-from:{}", config_id(&path("a"), PASSWORD));
+    ok(
+        restic(
+            &path("b"),
+            &[
+                "backup",
+                "--tag",
+                &format!("one-22,{claimed}"),
+                image.to_str().expect("utf-8"),
+            ],
+        ),
+        "restic backup",
+    );
+    let b = Repo::open(Arc::new(LocalBackend::new(path("b"))), PASSWORD).expect("open");
+    let b_snaps: Vec<RepoId> = b
+        .all_snapshots()
+        .expect("snapshots")
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+
+    let (from_a, _) = copy(&a, &dst, &[a_snap], &CopyOptions::default()).expect("copy a");
+    let (from_b, _) = copy(&b, &dst, &b_snaps, &CopyOptions::default()).expect("copy b");
+    let (a_id, b_id) = (
+        config_id(&path("a"), PASSWORD),
+        config_id(&path("b"), PASSWORD),
+    );
+    assert_eq!((a.id().to_hex(), b.id().to_hex()), (a_id.clone(), b_id.clone()));
+    let tags = restic_tags(&path("dst"), OTHER);
+    let of = |id: RepoId| -> Vec<String> {
+        tags.iter()
+            .find(|(s, _)| *s == id.to_hex())
+            .map(|(_, t)| t.clone())
+            .expect("listed")
+    };
+    assert_eq!(
+        of(from_a[0].copy),
+        ["one-22".to_string(), format!("copied-from:{a_id}")]
+    );
+    assert_eq!(
+        of(from_b[0].copy),
+        ["one-22".to_string(), format!("copied-from:{b_id}")],
+        "the claim B's snapshot made was kept"
+    );
+    let recorded = |repo: &Repo, id: RepoId| {
+        let snap: backstop_engine::format::Snapshot = repo
+            .load_file(backstop_engine::FileType::Snapshot, &id)
+            .expect("snapshot");
+        copied_from(&snap)
+    };
+    assert_eq!(recorded(&dst, from_a[0].copy), Some(a.id()));
+    assert_eq!(recorded(&dst, from_b[0].copy), Some(b.id()));
+    assert_eq!(recorded(&a, a_snap), None, "a backup is no copy");
+    let dumped = restic_with(&path("dst"), OTHER, &["dump", &from_a[0].copy.to_hex(), DISK]);
+    assert!(dumped == a_image, "the copy from A differs");
+
+    // A copy of the copy names the repository it came from last.
+    let e = Repo::init(Arc::new(LocalBackend::new(path("e"))), OTHER).expect("init");
+    let (again, _) = copy(&dst, &e, &[from_a[0].copy], &CopyOptions::default()).expect("copy");
+    assert_eq!(recorded(&e, again[0].copy), Some(dst.id()));
+    assert_eq!(
+        restic_tags(&path("e"), OTHER)[0].1,
+        ["one-22".to_string(), source_tag(dst.id())]
+    );
+
+    // restic's own copy keeps the tag (and the copy still dumps).
+    let f = path("f");
+    ok(
+        Command::new("restic")
+            .arg("--repo")
+            .arg(&f)
+            .args(["--no-cache", "init"])
+            .env("RESTIC_PASSWORD", OTHER)
+            .output()
+            .expect("restic"),
+        "restic init",
+    );
+    ok(
+        Command::new("restic")
+            .arg("--repo")
+            .arg(&f)
+            .args(["--no-cache", "copy", "--from-repo"])
+            .arg(path("dst"))
+            .arg(from_a[0].copy.to_hex())
+            .env("RESTIC_PASSWORD", OTHER)
+            .env("RESTIC_FROM_PASSWORD", OTHER)
+            .output()
+            .expect("restic"),
+        "restic copy",
+    );
+    let in_f = restic_tags(&f, OTHER);
+    assert_eq!(in_f.len(), 1);
+    assert_eq!(in_f[0].1, ["one-22".to_string(), format!("copied-from:{a_id}")]);
+    assert!(restic_with(&f, OTHER, &["dump", &in_f[0].0, DISK]) == a_image);
+}
