@@ -9,7 +9,9 @@
 //! `BACKSTOP_NOTIFY_CA_FILE` (a private CA for the mail server and the webhook). A job's
 //! template may name its own `NOTIFY_EMAIL` and `NOTIFY_WEBHOOK`, or `NOTIFY = NO`. Mail always
 //! goes over STARTTLS with the server's certificate verified. A message that cannot be sent is a
-//! line in the runner's output; it never fails the run. The SMTP password is never printed.
+//! line in the runner's output; it never fails the run. The SMTP password is never printed, and
+//! a webhook's URL (whose path or query is its token) is printed only as `scheme://host[:port]`
+//! ([`backstop_protocol::redact::webhook`]), in errors and Debug output alike.
 
 use backstop_protocol::template::Template;
 use std::path::PathBuf;
@@ -37,7 +39,11 @@ impl std::fmt::Debug for Settings {
                 "smtp_password",
                 &self.smtp_password.as_ref().map(|_| "<redacted>"),
             )
-            .field("webhook", &self.webhook)
+            .field(
+                "webhook",
+                &self.webhook.as_deref().map(backstop_protocol::redact::webhook),
+            )
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -133,7 +139,8 @@ fn check_url(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "the webhook {url:?} is not an http:// or https:// URL"
+            "the webhook {} is not an http:// or https:// URL",
+            backstop_protocol::redact::webhook(url)
         ))
     }
 }
@@ -204,7 +211,10 @@ pub fn send(settings: &Settings, message: &Message) -> Vec<String> {
     if let Some(url) = &settings.webhook
         && let Err(e) = post(url, settings.ca_file.as_deref(), &message.json(&host))
     {
-        problems.push(format!("notification to the webhook not sent: {e}"));
+        problems.push(format!(
+            "notification to the webhook {} not sent: {e}",
+            backstop_protocol::redact::webhook(url)
+        ));
     }
     problems
 }
@@ -288,7 +298,20 @@ fn post(url: &str, ca: Option<&std::path::Path>, body: &serde_json::Value) -> Re
         .header("Content-Type", "application/json")
         .send(body.to_string())
         .map(|_| ())
-        .map_err(|e| format!("{url}: {e}"))
+        .map_err(|e| why_not_sent(&e))
+}
+
+/// Why a webhook's request failed, without its URL: the caller names the webhook (redacted).
+/// The HTTP client's errors about the URL itself may quote it whole, so they are said in
+/// words of our own; the others are passed through [`backstop_protocol::redact::text`].
+fn why_not_sent(e: &ureq::Error) -> String {
+    use ureq::Error as E;
+    match e {
+        E::StatusCode(code) => format!("it answered HTTP {code}"),
+        E::BadUri(_) | E::Http(_) => "the HTTP client cannot use its URL".into(),
+        E::Other(_) => "the request failed".into(),
+        other => backstop_protocol::redact::text(&other.to_string()),
+    }
 }
 
 /// The message for a backup job's run that left VMs in ERROR: the job's VMs that ended in
@@ -460,6 +483,22 @@ mod tests {
             .expect_err("not http");
         assert!(e.contains("not an http"), "{e}");
         assert!(!format!("{global:?}").contains("s3cret"));
+        let hooked = Settings {
+            webhook: Some("https://hooks.example:8443/T0k3n?token=T0k3n".into()),
+            ..global.clone()
+        };
+        let debug = format!("{hooked:?}");
+        assert!(
+            !debug.contains("T0k3n") && debug.contains("https://hooks.example:8443/***"),
+            "{debug}"
+        );
+        let e = global
+            .for_job("NAME=a\nNOTIFY_WEBHOOK=\"hooks.example/T0k3n\"\n")
+            .expect_err("no scheme");
+        assert_eq!(
+            e,
+            "the webhook hooks.example/*** is not an http:// or https:// URL"
+        );
         assert_eq!(host_port("mail:25").expect("port"), ("mail".into(), 25));
         assert_eq!(host_port("mail").expect("default"), ("mail".into(), 587));
         assert!(host_port("mail:x").is_err());

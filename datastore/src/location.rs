@@ -43,8 +43,9 @@ fn s3_endpoint(ds: &Datastore) -> Result<String, Error> {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
     if !name_ok || port.parse::<u16>().is_err() {
         return Err(Error::config(format!(
-            "datastore {}: RESTIC_S3_ENDPOINT {raw:?} is not [http://|https://]host[:port]",
-            ds.id
+            "datastore {}: RESTIC_S3_ENDPOINT {:?} is not [http://|https://]host[:port]",
+            ds.id,
+            backstop_protocol::redact::url(raw)
         )));
     }
     Ok(format!("{scheme}{host}"))
@@ -196,5 +197,11 @@ mod tests {
                 "{bad}"
             );
         }
+        let e = s3("RESTIC_S3_BUCKET = b-1\nRESTIC_S3_ENDPOINT = \"https://AKIA:s3cret@minio:9000\"")
+            .expect_err("credentials");
+        assert_eq!(
+            e.to_string(),
+            "datastore 100: RESTIC_S3_ENDPOINT \"https://AKIA:***@minio:9000\" is not [http://|https://]host[:port]"
+        );
     }
 }

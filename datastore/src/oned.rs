@@ -28,6 +28,8 @@ const MAX_BODY: usize = 64 << 20;
 
 /// The API endpoint and the session to use.
 pub struct OnedClient {
+    /// The endpoint as it may be printed ([`backstop_protocol::redact::url`]): only `host`,
+    /// `port`, `path` and `tls` are used to connect.
     endpoint: String,
     host: String,
     port: u16,
@@ -104,7 +106,8 @@ impl OnedClient {
 
     /// A client for `endpoint` (`http://host[:port]/path`) with a session string.
     pub fn new(endpoint: &str, session: String) -> Result<OnedClient, Error> {
-        let bad = |why: &str| oned_error(format!("ONE_XMLRPC endpoint {endpoint:?} {why}"));
+        let shown = backstop_protocol::redact::url(endpoint);
+        let bad = |why: &str| oned_error(format!("ONE_XMLRPC endpoint {shown:?} {why}"));
         let (tls, rest) = match (
             endpoint.strip_prefix("https://"),
             endpoint.strip_prefix("http://"),
@@ -132,8 +135,14 @@ impl OnedClient {
         if host.is_empty() {
             return Err(bad("has no host"));
         }
+        if authority.contains('@') {
+            // It would be taken for part of the host name, and print the password with it.
+            return Err(bad(
+                "holds a user name or password: the login comes from ONE_AUTH, never the URL",
+            ));
+        }
         Ok(OnedClient {
-            endpoint: endpoint.to_string(),
+            endpoint: shown,
             host: host.to_string(),
             port,
             path: path.to_string(),
@@ -456,6 +465,20 @@ mod tests {
         assert!(OnedClient::new("http://x:port/", "u:p".into()).is_err());
         assert!(OnedClient::new("http://:2633/", "u:p".into()).is_err());
         assert!(!format!("{c:?}").contains("u:p"));
+        let e = OnedClient::new("http://oneadmin:s3cret@one.example:2633/RPC2", "u:p".into())
+            .expect_err("credentials in the URL");
+        assert_eq!(
+            e.to_string(),
+            "ONE_XMLRPC endpoint \"http://oneadmin:***@one.example:2633/RPC2\" holds a user name \
+             or password: the login comes from ONE_AUTH, never the URL"
+        );
+        let e = OnedClient::new("http://oneadmin:s3cret@one.example:port/", "u:p".into())
+            .expect_err("bad port");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let c = OnedClient::new("http://one.example/RPC2?key=s3cret", "u:p".into()).expect("query");
+        assert_eq!(c.path, "/RPC2?key=s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.endpoint(), "http://one.example/RPC2?***");
     }
 
     /// The token against the openssl command line (the reference implementation of the

@@ -274,3 +274,193 @@ fn a_failing_job_sends_one_mail_over_starttls_and_one_webhook() {
         "{missed}"
     );
 }
+
+/// A receiver on loopback that answers every request with 500; how many it got.
+fn start_failing_webhook() -> (std::net::SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = Arc::new(Mutex::new(0));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim_end().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            *seen.lock().expect("seen") += 1;
+            let _ = conn.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (addr, got)
+}
+
+/// Issue 23: a webhook's URL is its token (in the path or the query), and it was printed
+/// whole in the line saying the message was not sent, and by `show`. Two sync jobs whose runs
+/// fail: one notifies a webhook that answers 500 (its template's NOTIFY_WEBHOOK), the other
+/// the global BACKSTOP_NOTIFY_WEBHOOK on a closed loopback port. Each says its message was not
+/// sent, naming the webhook by scheme, host and port only; `show` (text and JSON) of the sync,
+/// verify and backup jobs shows the same; a global webhook that is not a URL is refused
+/// without its token.
+#[test]
+fn a_webhook_that_fails_never_prints_its_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (addr, got) = start_failing_webhook();
+    let failing = format!("http://{addr}/services/T0k3nInPath?token=T0k3nInQuery");
+    let closed = free_port();
+    let refused = format!("http://127.0.0.1:{closed}/hooks/Cl0s3dT0k3n?token=Cl0s3dT0k3n");
+    let tokens = ["T0k3nInPath", "T0k3nInQuery", "Cl0s3dT0k3n"];
+    let state = d.join("state.db");
+    let remotes = d.join("remotes");
+    fs::create_dir_all(&remotes).expect("remotes");
+    let common = [
+        "backupjob",
+        "--state",
+        state.to_str().expect("utf-8"),
+        "--remotes",
+        remotes.to_str().expect("utf-8"),
+    ];
+    let bj_env = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = common.to_vec();
+        all.extend_from_slice(args);
+        crate::support::run_env(crate::support::BACKSTOP, &all, b"", env)
+    };
+    let global = [("BACKSTOP_NOTIFY_WEBHOOK", refused.as_str())];
+    let bj = |args: &[&str]| bj_env(args, &global);
+    let ok = |args: &[&str]| {
+        let out = bj(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+        out
+    };
+    let file = |name: &str, text: String| {
+        let p = d.join(name);
+        fs::write(&p, text).expect("template");
+        p.display().to_string()
+    };
+    for (kind, name) in [("datastore", "here"), ("remote", "there")] {
+        ok(&[
+            kind,
+            "create",
+            &file(
+                &format!("{name}.tmpl"),
+                format!(
+                    "NAME=\"{name}\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"pw\"\n",
+                    d.join(name).display()
+                ),
+            ),
+        ]);
+    }
+    // VM 99 has no repository: each run fails, and notifies.
+    ok(&[
+        "sync-job",
+        "create",
+        &file(
+            "own.tmpl",
+            format!(
+                "NAME=\"own\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"99\"\nNOTIFY_WEBHOOK=\"{failing}\"\n"
+            ),
+        ),
+    ]);
+    ok(&[
+        "sync-job",
+        "create",
+        &file(
+            "global.tmpl",
+            "NAME=\"global\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"99\"\n".into(),
+        ),
+    ]);
+    let no_token = |what: &str, text: &str| {
+        for t in tokens {
+            assert!(!text.contains(t), "{what} shows the token {t}: {text}");
+        }
+    };
+
+    let out = bj(&["sync-job", "run", "1"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    no_token("a failed notification", &out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l
+            == format!(
+                "backupjob: sync job 1: notification to the webhook http://{addr}/*** not sent: it answered HTTP 500"
+            )),
+        "{out:?}"
+    );
+    assert_eq!(*got.lock().expect("got"), 1, "the webhook got no request");
+
+    let out = bj(&["sync-job", "run", "2"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    no_token("a refused notification", &out.stderr);
+    let prefix = format!(
+        "backupjob: sync job 2: notification to the webhook http://127.0.0.1:{closed}/*** not sent: "
+    );
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no line saying the message was not sent: {out:?}"));
+    assert!(line.contains("refused"), "{line}");
+
+    // show, as text and JSON, of every kind of job that names a webhook.
+    ok(&[
+        "verify-job",
+        "create",
+        &file(
+            "verify.tmpl",
+            format!("NAME=\"v\"\nDATASTORE_ID=1\nVMS=\"99\"\nNOTIFY_WEBHOOK=\"{failing}\"\n"),
+        ),
+    ]);
+    ok(&[
+        "create",
+        &file(
+            "job.tmpl",
+            format!(
+                "NAME=\"nightly\"\nBACKUP_VMS=\"\"\nDATASTORE_ID=1\nMODE=FULL\nNOTIFY_WEBHOOK=\"{failing}\"\n"
+            ),
+        ),
+    ]);
+    let kept = format!("NOTIFY_WEBHOOK = \"http://{addr}/***\"");
+    for args in [
+        &["sync-job", "show", "1"][..],
+        &["sync-job", "show", "1", "--json"],
+        &["verify-job", "show", "1"],
+        &["verify-job", "show", "1", "--json"],
+        &["show", "1"],
+    ] {
+        let out = ok(args);
+        no_token(&format!("{args:?}"), &out.stdout);
+        let text = if args.contains(&"--json") {
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+            v["template"].as_str().expect("template").to_string()
+        } else {
+            out.stdout.clone()
+        };
+        assert!(text.contains(&kept), "{args:?}: {text}");
+    }
+
+    // A global webhook that is not a URL: notifications are off, said without the token.
+    let out = bj_env(
+        &["sync-job", "run", "2"],
+        &[("BACKSTOP_NOTIFY_WEBHOOK", "hooks.example/T0k3nInPath")],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    no_token("a bad webhook", &out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l
+            == "backupjob: notifications are off: the webhook hooks.example/*** is not an http:// or https:// URL"),
+        "{out:?}"
+    );
+}

@@ -215,7 +215,10 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
             }
             print("")?;
         }
-        print(&format!("\nTEMPLATE CONTENTS\n{}", template.trim_end()))?;
+        print(&format!(
+            "\nTEMPLATE CONTENTS\n{}",
+            super::shown_template(&template)
+        ))?;
     }
     Ok(())
 }

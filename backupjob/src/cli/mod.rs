@@ -422,6 +422,18 @@ fn attributes_json(
         .collect()
 }
 
+/// A stored job template as `show` prints it: secret values hidden, a webhook's URL cut to its
+/// host, every other URL's password and query hidden ([`Template::redacted`]).
+///
+/// [`Template::redacted`]: backstop_protocol::template::Template::redacted
+fn shown_template(text: &str) -> String {
+    match backstop_protocol::template::Template::parse(text) {
+        Ok(t) => t.redacted().to_string().trim_end().to_string(),
+        // Stored templates were checked when written; this is only said, never the text.
+        Err(e) => format!("# the stored template does not parse: {e}"),
+    }
+}
+
 fn print(text: &str) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}").map_err(|e| input(format!("cannot write: {e}")))
@@ -434,7 +446,7 @@ pub fn main(args: &Args) -> ExitCode {
             let _ = writeln!(
                 std::io::stderr(),
                 "backupjob: {}",
-                e.to_string().lines().next().unwrap_or("")
+                backstop_protocol::redact::text(e.to_string().lines().next().unwrap_or(""))
             );
             ExitCode::FAILURE
         }

@@ -116,7 +116,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     if json {
         let runs: Vec<_> = runs.iter().map(run_json).collect();
         return print(
-            &serde_json::json!({"id": id, "name": name, "template": text, "runs": runs,
+            &serde_json::json!({"id": id, "name": name, "template": super::shown_template(&text), "runs": runs,
                 "next_run": next})
             .to_string(),
         );
@@ -124,7 +124,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     print(&format!(
         "SYNC JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nNEXT RUN : {}\n\nTEMPLATE\n{}\n\nRUNS",
         next.map_or("only when asked".into(), super::local_time),
-        text.trim_end()
+        super::shown_template(&text)
     ))?;
     for r in runs.iter().take(10) {
         print(&format!(

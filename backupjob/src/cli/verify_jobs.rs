@@ -134,7 +134,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
             })
             .collect();
         return print(
-            &serde_json::json!({"id": id, "name": name, "runs": runs, "template": text,
+            &serde_json::json!({"id": id, "name": name, "runs": runs, "template": super::shown_template(&text),
                 "snapshots": v, "next_run": next})
             .to_string(),
         );
@@ -142,7 +142,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     print(&format!(
         "VERIFY JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nRUNS     : {runs}\nNEXT RUN : {}\n\nTEMPLATE\n{}\n\nSNAPSHOTS",
         next.map_or("only when asked".into(), super::local_time),
-        text.trim_end()
+        super::shown_template(&text)
     ))?;
     for v in verdicts {
         print(&format!(

@@ -10,6 +10,7 @@
 //! - [`template`]: OpenNebula template syntax and ordered templates;
 //! - [`url`]: backup image URLs `<proto>://<ds>/<job>/<id:src,...><path>`;
 //! - [`output`]: one stdout line, one stderr failure line, `INFO:`/`ERROR:` log lines.
+//! - [`redact`]: secrets in URLs hidden before a URL is printed.
 //! - [`xmlrpc`]: the XML-RPC calls and replies of oned's API.
 //!
 //! Decoding a monitor request as oned sends it:
@@ -34,6 +35,7 @@ pub mod args;
 pub mod input;
 pub mod message;
 pub mod output;
+pub mod redact;
 pub mod staging;
 pub mod template;
 pub mod url;

@@ -41,9 +41,14 @@ pub fn write_answer(out: &mut impl Write, answer: &Answer) -> io::Result<()> {
     out.flush()
 }
 
-/// Writes the failure line: `<action>: <message>`.
+/// Writes the failure line: `<action>: <message>`, every URL in it redacted
+/// ([`crate::redact::text`]: oned keeps the line in its log and shows it to users).
 pub fn write_failure(err: &mut impl Write, action: &str, message: &str) -> io::Result<()> {
-    writeln!(err, "{action}: {}", one_line(message))?;
+    writeln!(
+        err,
+        "{action}: {}",
+        crate::redact::text(&one_line(message))
+    )?;
     err.flush()
 }
 
@@ -56,7 +61,7 @@ pub enum Level {
     Debug,
 }
 
-/// Writes a line that oned logs instead of treating as error text.
+/// Writes a line that oned logs instead of treating as error text, every URL in it redacted.
 pub fn write_log(err: &mut impl Write, level: Level, message: &str) -> io::Result<()> {
     let tag = match level {
         Level::Error => "ERROR",
@@ -64,7 +69,7 @@ pub fn write_log(err: &mut impl Write, level: Level, message: &str) -> io::Resul
         Level::Info => "INFO",
         Level::Debug => "DEBUG",
     };
-    writeln!(err, "{tag}: {}", one_line(message))
+    writeln!(err, "{tag}: {}", crate::redact::text(&one_line(message)))
 }
 
 /// Logs to this process's stderr (best effort: a closed stderr must not fail the action).
@@ -87,5 +92,12 @@ mod tests {
         let mut log = Vec::new();
         write_log(&mut log, Level::Info, "a\nb").expect("writes");
         assert_eq!(log, b"INFO: a b\n");
+        let mut err = Vec::new();
+        write_failure(&mut err, "monitor", "oned at http://u:pw@h/RPC2?k=v: refused")
+            .expect("writes");
+        assert_eq!(err, b"monitor: oned at http://u:***@h/RPC2?***: refused\n");
+        let mut log = Vec::new();
+        write_log(&mut log, Level::Error, "GET https://h/x?sig=abc").expect("writes");
+        assert_eq!(log, b"ERROR: GET https://h/x?***\n");
     }
 }

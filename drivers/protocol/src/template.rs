@@ -67,6 +67,11 @@ pub fn is_secret(name: &str) -> bool {
         .any(|s| s.eq_ignore_ascii_case(name))
 }
 
+/// Whether an attribute holds a webhook's URL (`NOTIFY_WEBHOOK`), a secret beyond its host.
+pub fn is_webhook(name: &str) -> bool {
+    name.to_ascii_uppercase().contains("WEBHOOK")
+}
+
 impl Template {
     /// Parses the text form.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -106,13 +111,17 @@ impl Template {
         });
     }
 
-    /// A copy with every secret value replaced by `********`, for display.
+    /// A copy for display: every secret value replaced by `********`, a webhook's URL cut to
+    /// `scheme://host[:port]`, and in every other value each URL's password, query and
+    /// fragment hidden ([`crate::redact`]).
     pub fn redacted(&self) -> Template {
         let hide = |name: &str, v: &str| {
             if is_secret(name) {
                 "********".to_string()
+            } else if is_webhook(name) {
+                crate::redact::webhook(v)
             } else {
-                v.to_string()
+                crate::redact::text(v)
             }
         };
         Template {
@@ -721,5 +730,21 @@ A = 1 B = 2
             "{shown}"
         );
         assert!(shown.contains("N = \"1\""));
+        let t = Template::parse(
+            "NOTIFY_WEBHOOK = \"https://hooks.example/T0k3n\"\nONE = \"http://u:pw@oned:2633/RPC2\"\n\
+             NOTE = \"see https://h/x?token=abc\"\nV = [ HOOK_WEBHOOK = \"https://h/T0k3n\" ]",
+        )
+        .expect("parses");
+        let shown = t.redacted().to_string();
+        for secret in ["T0k3n", "pw@", "abc"] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        for kept in [
+            "\"https://hooks.example/***\"",
+            "\"http://u:***@oned:2633/RPC2\"",
+            "\"see https://h/x?***\"",
+        ] {
+            assert!(shown.contains(kept), "{kept}: {shown}");
+        }
     }
 }

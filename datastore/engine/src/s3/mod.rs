@@ -81,6 +81,13 @@ impl S3Location {
         };
         let mut parts = rest.split('/').filter(|p| !p.is_empty());
         let host = parts.next().unwrap_or("");
+        if host.contains('@') {
+            // Checked first and said without the text: every later message quotes it, and the
+            // location is printed wherever the repository is named.
+            return Err("the s3: location holds a user name or password before its host: the \
+                 keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never the URL"
+                .into());
+        }
         let bucket = parts.next().unwrap_or("");
         let path: Vec<&str> = parts.collect();
         if host.is_empty() || bucket.is_empty() {
@@ -760,6 +767,18 @@ mod tests {
             "s3:host/bkt/../other",
         ] {
             assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
+        for given in [
+            "s3:https://AKIA:wJalrXUtn@minio:9000/bkt/22",
+            "s3:AKIA:wJalrXUtn@minio/bkt",
+            "s3:http://wJalrXUtn@minio",
+        ] {
+            let e = S3Location::parse(given).expect_err(given);
+            assert!(
+                e.starts_with("the s3: location holds a user name or password")
+                    && !e.contains("wJalrXUtn"),
+                "{e}"
+            );
         }
     }
 
