@@ -41,7 +41,10 @@ impl std::fmt::Debug for Settings {
             )
             .field(
                 "webhook",
-                &self.webhook.as_deref().map(backstop_protocol::redact::webhook),
+                &self
+                    .webhook
+                    .as_deref()
+                    .map(backstop_protocol::redact::webhook),
             )
             .field("ca_file", &self.ca_file)
             .finish()

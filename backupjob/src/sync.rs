@@ -302,7 +302,10 @@ struct Vanished {
 /// job forget a third site's copies. The second list: the copies recording no source whose
 /// original the source lacks (reported, never forgotten).
 fn vanished(
-    (source_repo, source): (RepoId, &[(RepoId, backstop_datastore::repo::format::Snapshot)]),
+    (source_repo, source): (
+        RepoId,
+        &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+    ),
     destination: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
 ) -> (Vec<RepoId>, Vec<RepoId>) {
     use backstop_datastore::repo::copy::copied_from;
@@ -327,7 +330,10 @@ fn vanished(
 /// Forgets the destination's copies from this source whose original the source no longer has
 /// ([`vanished`]; at most `max`, else nothing), then deletes the packs only they used.
 fn remove_vanished(
-    source: (RepoId, &[(RepoId, backstop_datastore::repo::format::Snapshot)]),
+    source: (
+        RepoId,
+        &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+    ),
     dst: &backstop_datastore::repo::Repo,
     repo_id: &str,
     max: usize,
@@ -798,22 +804,29 @@ mod tests {
         let both = [source_tag(a), source_tag(b)];
         let bad = ["copied-from:zz".to_string()];
         let destination = vec![
-            (id(101), snap(Some(1), &from_a)),  // still at the source
-            (id(102), snap(Some(2), &from_a)),  // still there, as a copy
-            (id(103), snap(Some(3), &from_a)),  // vanished: taken
-            (id(104), snap(Some(4), &from_b)),  // another source's copy
-            (id(105), snap(Some(5), &[])),      // no record (restic copy, older backstop)
-            (id(106), snap(None, &from_a)),     // a tag, but no original: not a copy
-            (id(107), snap(Some(7), &both)),    // two records: none
-            (id(108), snap(Some(8), &bad)),     // a malformed record: none
-            (id(109), snap(None, &[])),         // made at the destination
+            (id(101), snap(Some(1), &from_a)), // still at the source
+            (id(102), snap(Some(2), &from_a)), // still there, as a copy
+            (id(103), snap(Some(3), &from_a)), // vanished: taken
+            (id(104), snap(Some(4), &from_b)), // another source's copy
+            (id(105), snap(Some(5), &[])),     // no record (restic copy, older backstop)
+            (id(106), snap(None, &from_a)),    // a tag, but no original: not a copy
+            (id(107), snap(Some(7), &both)),   // two records: none
+            (id(108), snap(Some(8), &bad)),    // a malformed record: none
+            (id(109), snap(None, &[])),        // made at the destination
         ];
         let (gone, unrecorded) = vanished((a, &source), &destination);
         assert_eq!(gone, [id(103)]);
         assert_eq!(unrecorded, [id(105), id(107), id(108)]);
         // An empty source, or another repository in its place, takes only what it recorded.
-        assert_eq!(vanished((a, &[]), &destination).0, [id(101), id(102), id(103)]);
-        assert!(vanished((RepoId([0xc; 32]), &[]), &destination).0.is_empty());
+        assert_eq!(
+            vanished((a, &[]), &destination).0,
+            [id(101), id(102), id(103)]
+        );
+        assert!(
+            vanished((RepoId([0xc; 32]), &[]), &destination)
+                .0
+                .is_empty()
+        );
     }
 
     #[test]

@@ -197,8 +197,9 @@ mod tests {
                 "{bad}"
             );
         }
-        let e = s3("RESTIC_S3_BUCKET = b-1\nRESTIC_S3_ENDPOINT = \"https://AKIA:s3cret@minio:9000\"")
-            .expect_err("credentials");
+        let e =
+            s3("RESTIC_S3_BUCKET = b-1\nRESTIC_S3_ENDPOINT = \"https://AKIA:s3cret@minio:9000\"")
+                .expect_err("credentials");
         assert_eq!(
             e.to_string(),
             "datastore 100: RESTIC_S3_ENDPOINT \"https://AKIA:***@minio:9000\" is not [http://|https://]host[:port]"

@@ -979,7 +979,8 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
     repo("a", "pw-a", &["forget", &from_a[1].0, &from_a[2].0]);
     let out = ok(&["sync-job", "run", "1"]);
     assert!(
-        out.stdout.contains("; 2 vanished copies forgotten; 1 copies"),
+        out.stdout
+            .contains("; 2 vanished copies forgotten; 1 copies"),
         "{out:?}"
     );
     let left = at_site();

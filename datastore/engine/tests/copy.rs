@@ -240,7 +240,10 @@ fn copies_record_the_repository_they_came_from() {
         config_id(&path("a"), PASSWORD),
         config_id(&path("b"), PASSWORD),
     );
-    assert_eq!((a.id().to_hex(), b.id().to_hex()), (a_id.clone(), b_id.clone()));
+    assert_eq!(
+        (a.id().to_hex(), b.id().to_hex()),
+        (a_id.clone(), b_id.clone())
+    );
     let tags = restic_tags(&path("dst"), OTHER);
     let of = |id: RepoId| -> Vec<String> {
         tags.iter()
@@ -266,7 +269,11 @@ fn copies_record_the_repository_they_came_from() {
     assert_eq!(recorded(&dst, from_a[0].copy), Some(a.id()));
     assert_eq!(recorded(&dst, from_b[0].copy), Some(b.id()));
     assert_eq!(recorded(&a, a_snap), None, "a backup is no copy");
-    let dumped = restic_with(&path("dst"), OTHER, &["dump", &from_a[0].copy.to_hex(), DISK]);
+    let dumped = restic_with(
+        &path("dst"),
+        OTHER,
+        &["dump", &from_a[0].copy.to_hex(), DISK],
+    );
     assert!(dumped == a_image, "the copy from A differs");
 
     // A copy of the copy names the repository it came from last.
@@ -305,6 +312,9 @@ fn copies_record_the_repository_they_came_from() {
     );
     let in_f = restic_tags(&f, OTHER);
     assert_eq!(in_f.len(), 1);
-    assert_eq!(in_f[0].1, ["one-22".to_string(), format!("copied-from:{a_id}")]);
+    assert_eq!(
+        in_f[0].1,
+        ["one-22".to_string(), format!("copied-from:{a_id}")]
+    );
     assert!(restic_with(&f, OTHER, &["dump", &in_f[0].0, DISK]) == a_image);
 }

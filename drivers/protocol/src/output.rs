@@ -44,11 +44,7 @@ pub fn write_answer(out: &mut impl Write, answer: &Answer) -> io::Result<()> {
 /// Writes the failure line: `<action>: <message>`, every URL in it redacted
 /// ([`crate::redact::text`]: oned keeps the line in its log and shows it to users).
 pub fn write_failure(err: &mut impl Write, action: &str, message: &str) -> io::Result<()> {
-    writeln!(
-        err,
-        "{action}: {}",
-        crate::redact::text(&one_line(message))
-    )?;
+    writeln!(err, "{action}: {}", crate::redact::text(&one_line(message)))?;
     err.flush()
 }
 
@@ -93,8 +89,12 @@ mod tests {
         write_log(&mut log, Level::Info, "a\nb").expect("writes");
         assert_eq!(log, b"INFO: a b\n");
         let mut err = Vec::new();
-        write_failure(&mut err, "monitor", "oned at http://u:pw@h/RPC2?k=v: refused")
-            .expect("writes");
+        write_failure(
+            &mut err,
+            "monitor",
+            "oned at http://u:pw@h/RPC2?k=v: refused",
+        )
+        .expect("writes");
         assert_eq!(err, b"monitor: oned at http://u:***@h/RPC2?***: refused\n");
         let mut log = Vec::new();
         write_log(&mut log, Level::Error, "GET https://h/x?sig=abc").expect("writes");

@@ -208,7 +208,10 @@ mod tests {
             ),
             ("http://127.0.0.1:9/?token=T0k3n", "http://127.0.0.1:9/***"),
             ("https://hooks.example#T0k3n", "https://hooks.example/***"),
-            ("https://bot:T0k3n@hooks.example/", "https://***@hooks.example/"),
+            (
+                "https://bot:T0k3n@hooks.example/",
+                "https://***@hooks.example/",
+            ),
             ("https://hooks.example", "https://hooks.example"),
             ("https://hooks.example/", "https://hooks.example/"),
             ("hooks.example/T0k3n", "hooks.example/***"),
@@ -240,7 +243,10 @@ mod tests {
             ("no url here: a:b@c", "no url here: a:b@c"),
             ("://x?y and 9p://x?y", "://x?y and 9p://x?y"),
             ("ends with https://", "ends with https://"),
-            ("ünïcode ⇒ https://ü:ß@h/ä?ö", "ünïcode ⇒ https://ü:***@h/ä?***"),
+            (
+                "ünïcode ⇒ https://ü:ß@h/ä?ö",
+                "ünïcode ⇒ https://ü:***@h/ä?***",
+            ),
         ] {
             assert_eq!(text(given), shown, "{given}");
         }

@@ -84,9 +84,11 @@ impl S3Location {
         if host.contains('@') {
             // Checked first and said without the text: every later message quotes it, and the
             // location is printed wherever the repository is named.
-            return Err("the s3: location holds a user name or password before its host: the \
+            return Err(
+                "the s3: location holds a user name or password before its host: the \
                  keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never the URL"
-                .into());
+                    .into(),
+            );
         }
         let bucket = parts.next().unwrap_or("");
         let path: Vec<&str> = parts.collect();
