@@ -177,7 +177,15 @@ fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
     assert!(!store.join("23").exists() && !store.join("31").exists());
     restic_ok(&store.join("job_5"), "pw-site3", &["check", "--read-data"]);
     let at_site3 = restic_ok(&store.join("job_5"), "pw-site3", &["snapshots", "--json"]);
-    assert_eq!(tags(&at_site3), [vec!["one-24".to_string()]]);
+    // The copy keeps its VM's tag and names the repository it came from.
+    let config: serde_json::Value = serde_json::from_slice(&restic_ok(
+        &local.join("job_5"),
+        "pw-local",
+        &["cat", "config"],
+    ))
+    .expect("config");
+    let from = format!("copied-from:{}", config["id"].as_str().expect("id"));
+    assert_eq!(tags(&at_site3), [vec!["one-24".to_string(), from]]);
     assert!(
         restic_ok(
             &store.join("job_5"),

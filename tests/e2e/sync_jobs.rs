@@ -583,7 +583,7 @@ fn calendar_schedule(
     assert!(
         ok(&["sync-job", "show", id])
             .stdout
-            .contains("EVERY=\"1h\"")
+            .contains("EVERY = \"1h\"")
     );
     let daily = template(
         "daily.tmpl",
@@ -592,7 +592,7 @@ fn calendar_schedule(
     ok(&["sync-job", "update", id, &daily]);
     let show = ok(&["sync-job", "show", id]).stdout;
     assert!(
-        show.contains("NAME     : nightly") && show.contains("SCHEDULE=\"daily\""),
+        show.contains("NAME     : nightly") && show.contains("SCHEDULE = \"daily\""),
         "{show}"
     );
     let next = show
