@@ -5,7 +5,9 @@
 //! - [`url`]: any URL. The password of its userinfo (`user:***@host`), its query (`?***`)
 //!   and its fragment (`#***`) are hidden; scheme, user name, host, port and path are kept.
 //!   That covers `http://oneadmin:pass@oned:2633/RPC2`, `s3:https://key:secret@host/bucket`,
-//!   signed URLs (`?X-Amz-Signature=...`) and `?token=...`.
+//!   signed URLs (`?X-Amz-Signature=...`) and `?token=...`. A URL with no host at all
+//!   (`nbd+unix:///disk?socket=/run/x.sock`, `qemu:///system?socket=...`) reaches nothing that
+//!   could ask for a token: its query names a local socket and is kept, for the diagnostics.
 //! - [`webhook`]: a webhook's URL is a secret as a whole: services put the token in the path
 //!   (`https://hooks.example/services/T0/B0/XXXX`) as often as in the query. Only
 //!   `scheme://host[:port]` is kept; userinfo and everything after the authority are hidden.
@@ -81,9 +83,17 @@ pub fn url(url: &str) -> String {
     }
     out.push_str(p.host);
     out.push_str(p.path);
-    if p.query.is_some() {
-        out.push('?');
-        out.push_str(HIDDEN);
+    let local = !p.scheme.is_empty() && p.userinfo.is_none() && p.host.is_empty();
+    match p.query {
+        Some(q) if local => {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(_) => {
+            out.push('?');
+            out.push_str(HIDDEN);
+        }
+        None => {}
     }
     if p.fragment.is_some() {
         out.push('#');
@@ -192,6 +202,13 @@ mod tests {
             ("s3:http://127.0.0.1:9000/b", "s3:http://127.0.0.1:9000/b"),
             ("AKIA:wJalr@minio:9000", "AKIA:***@minio:9000"),
             ("minio:9000", "minio:9000"),
+            (
+                "nbd+unix:///disk?socket=/run/x.sock",
+                "nbd+unix:///disk?socket=/run/x.sock",
+            ),
+            ("qemu:///system?socket=/s#f", "qemu:///system?socket=/s#***"),
+            ("https:///x?token=t", "https:///x?token=t"),
+            ("?token=t", "?***"),
             ("", ""),
         ] {
             assert_eq!(url(given), shown, "{given}");
