@@ -340,12 +340,12 @@ fn remove_vanished(
 ) -> Result<Vanished, Error> {
     use backstop_datastore::repo::lock::RetryLock;
     use backstop_datastore::repo::maintenance::PruneLimits;
-    let there: Vec<_> = dst
+    let at_destination: Vec<_> = dst
         .all_snapshots()?
         .into_iter()
         .map(|(id, s, _)| (id, s))
         .collect();
-    let (gone, unrecorded) = vanished(source, &there);
+    let (gone, unrecorded) = vanished(source, &at_destination);
     let gone: Vec<String> = gone.iter().map(RepoId::to_hex).collect();
     let mut done = Vanished {
         forgotten: 0,

@@ -151,6 +151,7 @@ impl OnedClient {
         })
     }
 
+    /// The endpoint as it may be printed (its query hidden).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
