@@ -235,7 +235,13 @@ fn after_a_heal_the_runner_completes_a_staged_increment_in_one_run() {
             damage_blob(&repo, PASSWORD, "latest", &path, 10);
             let out = run_env(
                 BACKSTOP,
-                &["repo", "-r", repo.to_str().expect("utf-8"), "verify", "--heal"],
+                &[
+                    "repo",
+                    "-r",
+                    repo.to_str().expect("utf-8"),
+                    "verify",
+                    "--heal",
+                ],
                 b"",
                 &[("RESTIC_PASSWORD", PASSWORD)],
             );

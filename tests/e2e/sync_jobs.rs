@@ -264,7 +264,7 @@ fn sync_jobs_push_pull_and_record_their_runs() {
 
     // The pulled copy is damaged; a verify job over that datastore finds and heals it, and a
     // PULL with RESYNC_CORRUPT brings back what the copy lacks.
-    damage_chunk_15(&pulled.join("22"), "pw-pulled");
+    crate::support::damage_blob(&pulled.join("22"), "pw-pulled", "latest", IN_SNAPSHOT, 15);
     let v = template(
         "verify-pulled.tmpl",
         "NAME=\"pulled\"\nDATASTORE_ID=3\nVMS=\"22\"\n".into(),
@@ -384,7 +384,7 @@ fn verify_heal_and_verified_only(
         "{out:?}"
     );
 
-    let blob = damage_chunk_15(repo22, "pw-local");
+    let blob = crate::support::damage_blob(repo22, "pw-local", "latest", IN_SNAPSHOT, 15);
 
     let out = bj(&["verify-job", "run", &vid]);
     assert_eq!(out.code, Some(1), "{out:?}");
@@ -531,27 +531,6 @@ fn remove_vanished(
     );
     assert_eq!(count(at_remote, "pw-site2"), before - 3);
     restic_ok(at_remote, "pw-site2", &["check", "--read-data"]);
-}
-
-/// Chunk 15 is the same in every snapshot: one byte of its blob flipped in its pack. The blob.
-fn damage_chunk_15(repo: &Path, pw: &str) -> backstop_datastore::repo::format::RepoId {
-    use backstop_datastore::repo::Repo;
-    use backstop_datastore::repo::backend::LocalBackend;
-    let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
-    let (_, snap) = r.find_snapshot("latest").expect("latest");
-    let known = r.known_blobs().expect("index");
-    let node = r
-        .file_node(&snap, IN_SNAPSHOT, &known)
-        .expect("node")
-        .expect("file");
-    let blob = node.content.expect("content")[15];
-    let at = r.locate_data(&[blob]).expect("locate")[&blob];
-    let hex = at.pack.to_hex();
-    let pack = repo.join("data").join(&hex[..2]).join(&hex);
-    let mut bytes = fs::read(&pack).expect("pack");
-    bytes[at.offset as usize + 30] ^= 0x10;
-    fs::write(&pack, bytes).expect("damage");
-    blob
 }
 
 /// The id a `create` printed.
