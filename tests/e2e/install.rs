@@ -510,9 +510,18 @@ fn root_never_writes_through_links_the_trees_owner_planted() {
     std::os::unix::fs::symlink(&victim, r.join("datastore/.downloader.sh.backstop-tmp"))
         .expect("link");
     give_to_owner(&r);
+    // A set-uid bit the owner put on its downloader.sh: root must not write a set-uid file of
+    // the owner's text.
+    fs::set_permissions(
+        r.join("datastore/downloader.sh"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
     let out = install_sh(&r, &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_untouched(&victim, "ROOT'S OWN\n");
+    let patched = fs::metadata(r.join("datastore/downloader.sh")).expect("downloader.sh");
+    assert_eq!(patched.permissions().mode() & 0o7777, 0o755);
     // The tree's new files belong to its owner.
     for made in [
         "backstop/bin/backstop",

@@ -200,6 +200,21 @@ pub fn remove(tree: &Tree, systemd_dir: &Path, out: &mut impl Write) -> Result<(
         }
     }
     for path in paths {
+        // Where the record points, only a directory only root can change: the record is the
+        // tree owner's to edit, and a unit-named file elsewhere may be another user's.
+        let listed_only = !UNITS.iter().any(|n| systemd_dir.join(n) == path);
+        if listed_only
+            && std::fs::symlink_metadata(path.parent().unwrap_or(&path)).is_ok()
+            && !open_parent(&path, false).is_ok_and(|(dir, _)| dir.only_root_can_change())
+        {
+            writeln!(
+                out,
+                "left {}: not in a directory only root can change",
+                path.display()
+            )
+            .ok();
+            continue;
+        }
         match unit_is_ours(&path)? {
             Some(true) => {
                 let (dir, name) = open_parent(&path, false)?;

@@ -6,9 +6,10 @@
 //! rename, so every operation here is made relative to a directory file descriptor, one path
 //! component at a time, with `O_NOFOLLOW`: a link in the tree is an entry like any other (it
 //! can be moved aside or replaced), never a way out of the tree. Files are written to an
-//! exclusive temporary name, synced, then renamed over their target; when root writes into a
-//! tree another account owns, what it creates is handed to that account (`fchown` on the open
-//! descriptor), so the tree stays theirs.
+//! exclusive temporary name, synced, then renamed over their target, never with a set-id bit;
+//! when root writes into a directory another account owns, what it creates is handed to that
+//! account (`fchown` on the open descriptor), so the tree stays theirs. Files with other hard
+//! links are not read.
 //!
 //! Reaching the tree itself (`--remotes-dir /var/lib/one/remotes`) follows a link only where
 //! the directory holding it cannot be changed by anyone but root or the user running the
@@ -76,9 +77,6 @@ pub(crate) enum Kind {
 pub(crate) struct Tree {
     root: OwnedFd,
     path: PathBuf,
-    /// Who the new entries are handed to: the tree's owner, when root writes into a tree
-    /// another account owns.
-    hand_to: Option<(Uid, Gid)>,
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -100,6 +98,25 @@ fn kind_of(mode: u32) -> Kind {
         FileType::Symlink => Kind::Link,
         _ => Kind::Other,
     }
+}
+
+/// What root creates in a directory another account owns is handed to that account
+/// (`fchown` on the open descriptor), so that account's part of the tree stays its own; in a
+/// directory of root's, or when not run as root, it stays the creator's.
+fn hand_over(parent: &OwnedFd, made: &OwnedFd) -> io::Result<()> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Ok(());
+    }
+    let st = rustix::fs::fstat(parent).map_err(errno)?;
+    if st.st_uid != 0 {
+        rustix::fs::fchown(
+            made,
+            Some(Uid::from_raw(st.st_uid)),
+            Some(Gid::from_raw(st.st_gid)),
+        )
+        .map_err(errno)?;
+    }
+    Ok(())
 }
 
 /// Whether a link inside `dir` may be followed: only root, or the user running this, can
@@ -186,15 +203,15 @@ impl Tree {
             dir = rustix::fs::openat(&dir, name.as_os_str(), DIR_FLAGS, Mode::empty())
                 .map_err(|e| fail(errno(e)))?;
         }
-        let st = rustix::fs::fstat(&dir).map_err(|e| fail(errno(e)))?;
-        let me = rustix::process::geteuid().as_raw();
-        let hand_to = (me == 0 && st.st_uid != 0)
-            .then(|| (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid)));
         Ok(Tree {
             root: dir,
             path: path.to_path_buf(),
-            hand_to,
         })
+    }
+
+    /// Whether only root can change what the tree's root directory holds.
+    pub(crate) fn only_root_can_change(&self) -> bool {
+        rustix::fs::fstat(&self.root).is_ok_and(|st| st.st_uid == 0 && st.st_mode & 0o022 == 0)
     }
 
     /// The tree's path joined with `rel`, for messages.
@@ -220,7 +237,7 @@ impl Tree {
                     }
                     let made =
                         rustix::fs::openat(&dir, *part, DIR_FLAGS, Mode::empty()).map_err(errno)?;
-                    self.hand_over(&made)?;
+                    hand_over(&dir, &made)?;
                     made
                 }
                 Err(rustix::io::Errno::NOENT) => return Ok(None),
@@ -240,13 +257,6 @@ impl Tree {
             dir = next;
         }
         Ok(Some(dir))
-    }
-
-    fn hand_over(&self, fd: &OwnedFd) -> io::Result<()> {
-        if let Some((uid, gid)) = self.hand_to {
-            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(errno)?;
-        }
-        Ok(())
     }
 
     /// What `rel` is, without following it; `None` when it does not exist.
@@ -306,6 +316,14 @@ impl Tree {
                 self.display(rel)
             )));
         }
+        // A hard link to a file elsewhere (where protected_hardlinks is off) is not the tree's
+        // to show.
+        if st.st_nlink > 1 {
+            return Err(InstallError(format!(
+                "{} has other hard links; the installer does not read it",
+                self.display(rel)
+            )));
+        }
         if st.st_size as u64 > cap {
             return Err(InstallError(format!(
                 "{} is larger than {cap} bytes",
@@ -317,7 +335,7 @@ impl Tree {
             .take(cap + 1)
             .read_to_end(&mut content)
             .map_err(fail)?;
-        Ok(Some((content, st.st_mode & 0o7777)))
+        Ok(Some((content, st.st_mode & 0o777)))
     }
 
     /// Writes `content` at `rel` through an exclusive temporary file and a rename, unless a
@@ -378,8 +396,9 @@ impl Tree {
             }
         };
         let write = || -> io::Result<bool> {
-            self.hand_over(&fd)?;
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(errno)?;
+            hand_over(&dir, &fd)?;
+            // Never a set-id or sticky bit, whatever mode the tree's file had.
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o777)).map_err(errno)?;
             let mut file = std::fs::File::from(fd.try_clone()?);
             file.write_all(content)?;
             file.sync_all()?;
