@@ -242,8 +242,9 @@ impl QemuNbdExport {
 
     /// Exports an RBD image (at its snapshot) through qemu's rbd driver, read-only.
     pub fn start_rbd(image: &crate::rbd::RbdImage) -> io::Result<QemuNbdExport> {
-        // Also refuses a key file path with a blank, which CEPH_ARGS would split.
-        image.check()?;
+        // Also refuses a key file path with a blank, which CEPH_ARGS would split, and cluster
+        // files that are not root's.
+        image.check_on_host()?;
         Self::start_spec_env(
             std::ffi::OsStr::new(&image.json_spec()),
             None,
@@ -470,10 +471,18 @@ const EXPORT_PREFIX: &str = "export-";
 /// The largest owner record read (two process identities and a path).
 const MAX_RECORD: u64 = 64 << 10;
 
-/// This user's private directory of qemu-nbd exports (sockets and owner records), made when
-/// missing: `crate::private_dir`, never the shared temporary directory.
+/// This user's private directory of qemu-nbd exports (sockets and owner records) on this
+/// machine and in this PID namespace, made when missing: under `crate::private_dir`, never the
+/// shared temporary directory. Named per machine, so that a home directory several hosts
+/// share never shows one host's live exports to another's reaper as stale.
 pub fn exports_dir() -> io::Result<PathBuf> {
-    crate::private_dir::private_dir("nbd")
+    let dir = crate::private_dir::private_dir("nbd")?.join(format!(
+        "{}-{}",
+        crate::process::machine_name(),
+        crate::process::pid_namespace()
+    ));
+    crate::private_dir::ensure_private(&dir)?;
+    Ok(dir)
 }
 
 /// What [`reap_stale_exports`] did.
@@ -520,6 +529,13 @@ pub fn reap_stale_exports() -> Reaped {
             continue;
         }
         let Some(owner) = read_record(&dir.join("owner")) else {
+            // None yet: an export being set up right now writes it next.
+            if std::fs::symlink_metadata(dir.join("owner")).is_ok() {
+                done.left.push(format!(
+                    "left {}: its owner record is not a readable file",
+                    dir.display()
+                ));
+            }
             continue;
         };
         let ids: Vec<crate::process::ProcessId> = owner
@@ -583,11 +599,18 @@ fn read_record(path: &Path) -> Option<String> {
     Some(text)
 }
 
-/// Whether process `pid` is a qemu-nbd started with `--socket=<socket>`.
+/// Whether process `pid` is a qemu-nbd of this user's started with `--socket=<socket>` (any
+/// user can start a process with those arguments; only ours can be the export's).
 fn serves(pid: u32, socket: &Path) -> bool {
+    let ours = std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| {
+        std::os::unix::fs::MetadataExt::uid(&m) == rustix::process::geteuid().as_raw()
+    });
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
+    if !ours {
+        return false;
+    }
     let arg = format!("--socket={}", socket.display());
     let mut args = cmdline.split(|b| *b == 0);
     let program = args.next().unwrap_or_default();

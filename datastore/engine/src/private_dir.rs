@@ -4,8 +4,8 @@
 //! Such records never live in the shared temporary directory: any local user can create a
 //! `/tmp/backstop-nbd-*/owner` naming a live process of oneadmin (PIDs, start times and the
 //! boot id are public in /proc), and the next host step would signal it. The directory is
-//! `$HOME/.local/state/backstop/<purpose>` (or, without a usable `$HOME`,
-//! `<tmp>/backstop-<uid>/<purpose>`); it must be a real directory (not a link) owned by this
+//! `$HOME/.local/state/backstop/<purpose>` (or, without a home of this user's own,
+//! `$XDG_RUNTIME_DIR/backstop/<purpose>`, else `<tmp>/backstop-<uid>/<purpose>`); it must be a real directory (not a link) owned by this
 //! user with no access for anyone else, and it is refused, naming what is wrong, otherwise.
 //! See docs/security.md.
 
@@ -51,28 +51,37 @@ pub fn ensure_private(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `home` may hold private state: a directory owned by this user or root that nobody
-/// else can write.
-fn usable_home(home: &Path) -> bool {
-    home.is_absolute()
-        && std::fs::metadata(home).is_ok_and(|m| {
-            m.is_dir() && (m.uid() == euid() || m.uid() == 0) && m.mode() & 0o022 == 0
-        })
+/// Whether `dir` may hold this user's private state: a directory owned by this user that
+/// nobody else can write.
+fn usable(dir: &Path) -> bool {
+    dir.is_absolute()
+        && std::fs::metadata(dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == euid() && m.mode() & 0o022 == 0)
 }
 
-/// The base of this user's private directories (not made).
+/// The base of this user's private directories (not made): under `$HOME` when it is this
+/// user's own, else under `$XDG_RUNTIME_DIR`, else in the temporary directory (where another
+/// user could take the name first; that is then refused, naming it).
 pub fn base() -> PathBuf {
-    match std::env::var_os("HOME").map(PathBuf::from) {
-        Some(home) if usable_home(&home) => home.join(".local/state/backstop"),
-        _ => std::env::temp_dir().join(format!("backstop-{}", euid())),
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|d| usable(d))
+    };
+    if let Some(home) = from_env("HOME") {
+        return home.join(".local/state/backstop");
     }
+    if let Some(run) = from_env("XDG_RUNTIME_DIR") {
+        return run.join("backstop");
+    }
+    std::env::temp_dir().join(format!("backstop-{}", euid()))
 }
 
 /// This user's private directory for `purpose` (made when missing, checked every time).
 pub fn private_dir(purpose: &str) -> io::Result<PathBuf> {
     let base = base();
-    if let Some(parent) = base.parent() {
-        // `.local/state` under a home directory: the user's own, made as XDG would.
+    if let Some(parent) = base.parent().filter(|p| p.ends_with(".local/state")) {
+        // `.local/state` under the user's own home, made as XDG would.
         if !parent.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)

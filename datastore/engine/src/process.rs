@@ -26,6 +26,27 @@ pub fn boot_id() -> u64 {
         .unwrap_or(0)
 }
 
+/// A name for this machine that stays the same across boots: `/etc/machine-id` (or dbus's
+/// copy), else the host name; only `[0-9A-Za-z._-]`, at most 64 characters. Records kept in a
+/// home directory that several machines share (an NFS-mounted /var/lib/one) are told apart by
+/// it.
+pub fn machine_name() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    let name = read("/etc/machine-id")
+        .or_else(|| read("/var/lib/dbus/machine-id"))
+        .or_else(|| read("/proc/sys/kernel/hostname"))
+        .unwrap_or_else(|| "unknown".into());
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect()
+}
+
 /// This process's PID namespace (the inode of `/proc/self/ns/pid`); 0 when unreadable. Two
 /// containers on one machine share a boot but not a PID namespace.
 pub fn pid_namespace() -> u64 {
