@@ -41,6 +41,16 @@ fn parts(text: &str) -> Parts<'_> {
         Some(i) => text.split_at(i + 3),
         None => ("", text),
     };
+    // The userinfo first: up to the last `@` with a `:` before it, as a password may hold
+    // `/`, `?`, `#` or `@` (an `@` with a `:` before it in a path or query is taken for one
+    // too: hiding too much is better than showing a password); a user name alone ends at the
+    // first `/`, `?` or `#`.
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) if rest[..at].contains(':') || !rest[..at].contains(['/', '?', '#']) => {
+            (Some(&rest[..at]), &rest[at + 1..])
+        }
+        _ => (None, rest),
+    };
     let (rest, fragment) = match rest.split_once('#') {
         Some((r, f)) => (r, Some(f)),
         None => (rest, None),
@@ -49,12 +59,7 @@ fn parts(text: &str) -> Parts<'_> {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    // The host is after the last `@`: a password may hold an `@` of its own.
-    let (userinfo, host) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     Parts {
         scheme,
         userinfo,
@@ -187,6 +192,11 @@ mod tests {
             ),
             ("https://user@host/x", "https://user@host/x"),
             ("https://u:p@ss:w@rd@host:8443/", "https://u:***@host:8443/"),
+            (
+                "http://oneadmin:pa/ss@oned:2633/RPC2",
+                "http://oneadmin:***@oned:2633/RPC2",
+            ),
+            ("http://u:p?a#s@oned/x", "http://u:***@oned/x"),
             ("https://u:@host", "https://u:***@host"),
             (
                 "https://hooks.example/notify?token=T0k3n&x=1",
