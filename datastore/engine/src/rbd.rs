@@ -54,14 +54,117 @@ fn plain(what: &str, name: &str) -> io::Result<()> {
 /// `CEPH_ARGS` on whitespace, so a blank in a path put there would start an option of the
 /// writer's choosing (another monitor, a log file written as oneadmin).
 pub fn cluster_path(path: &Path) -> bool {
-    path.to_str().is_some_and(|p| {
-        p.starts_with('/')
-            && p.len() <= 4096
-            && !p.chars().any(|c| c.is_whitespace() || c.is_control())
-    })
+    // Component-wise `.` and `..` (Path::components drops a `.` in the middle).
+    let plain = path
+        .to_str()
+        .is_some_and(|p| p.split('/').all(|c| c != "." && c != ".."));
+    plain
+        && path.to_str().is_some_and(|p| {
+            p.starts_with('/')
+                && p.len() <= 4096
+                && !p.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+}
+
+/// Whether `path` (absolute) is a regular file that only root can have put there and only root
+/// can change: every directory on the way root's and not writable by others (a sticky
+/// directory such as /tmp is fine, as no one else can replace root's entries in it), no link
+/// on the way, the file itself root's and not writable by others. A VM owner who may set
+/// CEPH_CONF or CEPH_KEY (where the datastore does not) can then only choose among root's
+/// files, never one they or a guest wrote.
+fn root_owned_file(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} {why}", path.display()),
+        ))
+    };
+    let mut at = PathBuf::from("/");
+    let parts: Vec<_> = path.components().skip(1).collect();
+    for (k, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = k + 1 == parts.len();
+        let m = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) => return refuse(&format!("cannot be read: {e}")),
+        };
+        if m.file_type().is_symlink() {
+            return refuse("has a symbolic link on the way; name the file itself");
+        }
+        if m.uid() != 0 {
+            return refuse(&format!(
+                "is not root's ({} belongs to uid {})",
+                at.display(),
+                m.uid()
+            ));
+        }
+        let writable_by_others = m.mode() & 0o022 != 0;
+        let sticky = m.mode() & 0o1000 != 0;
+        if last {
+            if !m.file_type().is_file() {
+                return refuse("is not a regular file");
+            }
+            if writable_by_others {
+                return refuse("is writable by others than root");
+            }
+        } else if writable_by_others && !sticky {
+            return refuse(&format!(
+                "lies in {}, which others than root can change",
+                at.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` is what rbd's `--keyfile` takes: one base64 key on one line.
+fn is_bare_key(text: &[u8]) -> bool {
+    let t = text.trim_ascii();
+    !t.is_empty()
+        && t.len() <= 1024
+        && t.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 impl RbdImage {
+    /// [`RbdImage::check`], and on the host that runs the tools, the cluster files: each a
+    /// file only root can have written ([`root_owned_file`]), the key file one bare key (a
+    /// file of another kind would be echoed by librados in its error, to whoever reads it).
+    pub fn check_on_host(&self) -> io::Result<()> {
+        self.check()?;
+        if let Some(conf) = &self.conf {
+            root_owned_file(conf).map_err(|e| {
+                io::Error::new(e.kind(), format!("the Ceph configuration file {e}"))
+            })?;
+        }
+        if let Some(key) = &self.keyfile {
+            root_owned_file(key)
+                .map_err(|e| io::Error::new(e.kind(), format!("the Ceph key file {e}")))?;
+            let mut head = Vec::new();
+            std::fs::File::open(key)
+                .and_then(|f| {
+                    std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head)
+                })
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("the Ceph key file {} cannot be read: {e}", key.display()),
+                    )
+                })?;
+            if !is_bare_key(&head) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the Ceph key file {} does not hold one bare key (rbd --keyfile takes only that)",
+                        key.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every name and path before anything is run with it.
     pub fn check(&self) -> io::Result<()> {
         for (what, path) in [("configuration", &self.conf), ("key", &self.keyfile)] {
@@ -160,7 +263,7 @@ impl RbdImage {
     /// The extents that differ between snapshot `from` and this image (at its snapshot), as
     /// `rbd diff` reports them.
     pub fn diff_from(&self, from: &str) -> io::Result<Vec<Extent>> {
-        self.check()?;
+        self.check_on_host()?;
         plain("snapshot", from)?;
         let out = self
             .command()
@@ -189,7 +292,7 @@ pub struct RbdSnapshot {
 impl RbdImage {
     /// Runs `rbd <args> <this image's spec>`; its stdout, or one line naming what failed.
     fn run(&self, args: &[&str], spec: &str) -> io::Result<String> {
-        self.check()?;
+        self.check_on_host()?;
         let out = self
             .command()
             .args(args)
@@ -321,6 +424,62 @@ pub fn parse_diff(text: &str) -> io::Result<Vec<Extent>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_files_must_be_roots_and_keys_bare() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "AQBbZ2dlAAAAABAAr4Sz0uLxwqXe3j6ZxP7mNA==\n").expect("key");
+        let image = |k: &Path| RbdImage {
+            pool: "one".into(),
+            image: "one-5".into(),
+            snapshot: None,
+            conf: None,
+            user: None,
+            keyfile: Some(k.to_path_buf()),
+        };
+        let is_root = rustix::process::geteuid().as_raw() == 0;
+        if is_root {
+            image(&key).check_on_host().expect("root's bare key");
+        }
+        // Not a bare key: refused without a word of its content.
+        let keyring = dir.path().join("keyring");
+        std::fs::write(&keyring, "[client.admin]\n\tkey = SECRETSECRET\n").expect("keyring");
+        let e = image(&keyring)
+            .check_on_host()
+            .expect_err("a keyring")
+            .to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        // Writable by others, through a link, or someone else's: refused.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let e = image(&key)
+            .check_on_host()
+            .expect_err("writable")
+            .to_string();
+        assert!(e.contains("writable by others"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&key, &link).expect("link");
+        let e = image(&link)
+            .check_on_host()
+            .expect_err("a link")
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        if is_root {
+            std::os::unix::fs::chown(&key, Some(4242), None).expect("chown");
+            let e = image(&key)
+                .check_on_host()
+                .expect_err("not root's")
+                .to_string();
+            assert!(e.contains("belongs to uid 4242"), "{e}");
+        }
+        assert!(!cluster_path(Path::new(
+            "/etc/ceph/../../var/lib/one/.one/one_auth"
+        )));
+        assert!(!cluster_path(Path::new("/etc/ceph/./k")));
+        assert!(cluster_path(Path::new("/etc/ceph/ceph.client.libvirt.key")));
+    }
 
     #[test]
     fn reads_rbd_diff_json() {
