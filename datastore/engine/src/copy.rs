@@ -26,7 +26,7 @@ use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
 use crate::writer::PACK_TARGET;
-use crate::{BlobLocation, Error, ErrorKind, Repo, rustic_error};
+use crate::{BlobLocation, Error, ErrorKind, Repo, decompress, rustic_error};
 use crossbeam_channel::{bounded, unbounded};
 use rustic_core::FileType;
 use std::collections::{HashMap, HashSet};
@@ -175,6 +175,9 @@ fn read_stored(
     id: &RepoId,
     at: &BlobLocation,
 ) -> Result<(Vec<u8>, Option<usize>), Error> {
+    let of_source =
+        |e: Error| Error::new(ErrorKind::Repository, format!("the source's {}", e.message));
+    decompress::check_blob(id, at).map_err(of_source)?;
     let sealed = src
         .backend()
         .read_partial(
@@ -194,15 +197,7 @@ fn read_stored(
             ),
         )
     })?;
-    let plain = match at.uncompressed_length {
-        Some(n) => zstd::bulk::decompress(&stored, n as usize).map_err(|e| {
-            Error::new(
-                ErrorKind::Repository,
-                format!("blob {id} of the source: {e}"),
-            )
-        })?,
-        None => stored.clone(),
-    };
+    let plain = decompress::blob(id, stored.clone(), at.uncompressed_length).map_err(of_source)?;
     if RepoId::of(&plain) != *id {
         return Err(Error::new(
             ErrorKind::Repository,

@@ -24,6 +24,7 @@ pub mod bandwidth;
 pub mod cache;
 pub mod copy;
 pub mod crypto;
+pub mod decompress;
 pub mod disk_image;
 pub mod error;
 pub mod format;
@@ -308,7 +309,10 @@ impl Repo {
     }
 
     /// Streams the file at `path` of a snapshot (an id or a unique prefix of one, or
-    /// `latest`) to `out`.
+    /// `latest`) to `out`. Read by this crate rather than rustic_core, so that every index
+    /// file, tree and blob is read within its bounds ([`decompress`]): the stored files of the
+    /// stock driver, a backup's `vm.xml` and TPM state are what whoever wrote the repository
+    /// chose.
     pub fn dump(
         &self,
         snapshot: &str,
@@ -317,15 +321,23 @@ impl Repo {
         retry_lock: lock::RetryLock,
     ) -> Result<(), Error> {
         let _lock = self.lock(false, retry_lock)?;
-        let repo = self
-            .rustic()?
-            .to_indexed()
-            .map_err(|e| rustic_error("cannot read the index", &e))?;
-        let node = repo
-            .node_from_snapshot_path(&format!("{snapshot}:{path}"), |_| true)
-            .map_err(|e| rustic_error(&format!("no file {path} in snapshot {snapshot}"), &e))?;
-        repo.dump(&node, out)
-            .map_err(|e| rustic_error(&format!("cannot dump {path} of snapshot {snapshot}"), &e))
+        let (node, _) = self.image_node(snapshot, path)?;
+        let content = node.content.unwrap_or_default();
+        let at = self.locate_data(&content)?;
+        for id in &content {
+            let loc = at.get(id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Repository,
+                    format!(
+                        "cannot dump {path} of snapshot {snapshot}: blob {id} is not in any index"
+                    ),
+                )
+            })?;
+            let data = self.read_blob(id, loc)?;
+            out.write_all(&data)
+                .map_err(|e| Error::io(format!("cannot write {path} of snapshot {snapshot}"), e))?;
+        }
+        Ok(())
     }
 
     pub fn location(&self) -> &str {
@@ -387,20 +399,25 @@ impl Repo {
                 format!("{tpe:?} file {id} is damaged: its content does not match its name"),
             ));
         }
-        self.decode_unpacked(&sealed, &format!("{tpe:?} file {id}"))
+        self.decode_unpacked(
+            &sealed,
+            backend::max_file_size(tpe),
+            &format!("{tpe:?} file {id}"),
+        )
     }
 
     /// Opens a sealed unpacked file (index, snapshot, lock) and reads its JSON: in a version 2
-    /// repository a leading byte 2 means zstd-compressed, `{` or `[` plain.
+    /// repository a leading byte 2 means zstd-compressed, `{` or `[` plain. The JSON is at
+    /// most `cap` bytes however it was stored ([`decompress`]).
     pub(crate) fn decode_unpacked<T: DeserializeOwned>(
         &self,
         sealed: &[u8],
+        cap: u64,
         what: &str,
     ) -> Result<T, Error> {
         let plain = self.open_sealed(sealed)?;
         let json = match plain.first() {
-            Some(2) if self.version >= 2 => zstd::stream::decode_all(&plain[1..])
-                .map_err(|e| Error::new(ErrorKind::Repository, format!("{what}: {e}")))?,
+            Some(2) if self.version >= 2 => decompress::unpacked(&plain[1..], cap, what)?,
             _ => plain,
         };
         serde_json::from_slice(&json)
@@ -475,6 +492,7 @@ impl Repo {
 
     /// Reads and opens one blob; `tree`: a tree blob, which a metadata cache keeps.
     fn read_blob_from(&self, id: &RepoId, at: &BlobLocation, tree: bool) -> Result<Vec<u8>, Error> {
+        decompress::check_blob(id, at)?;
         let sealed = self
             .backend
             .read_partial(
@@ -486,11 +504,7 @@ impl Repo {
             )
             .map_err(|e| rustic_error(&format!("cannot read blob {id}"), &e))?;
         let plain = self.open_sealed(&sealed)?;
-        let content = match at.uncompressed_length {
-            Some(n) => zstd::bulk::decompress(&plain, n as usize)
-                .map_err(|e| Error::new(ErrorKind::Repository, format!("blob {id}: {e}")))?,
-            None => plain,
-        };
+        let content = decompress::blob(id, plain, at.uncompressed_length)?;
         if RepoId::of(&content) != *id {
             return Err(Error::new(
                 ErrorKind::Repository,

@@ -296,7 +296,7 @@ impl Repo {
             ));
         }
         let sealed = self.backend().read_lock(&entry.id, MAX_LOCK_FILE)?;
-        self.decode_unpacked(&sealed, &format!("lock {}", entry.id))
+        self.decode_unpacked(&sealed, MAX_LOCK_FILE, &format!("lock {}", entry.id))
     }
 
     /// Writes a lock file; its id and the time the storage gave it.

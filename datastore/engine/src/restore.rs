@@ -415,7 +415,7 @@ fn for_each_ordered<T: Send>(
 
 impl Repo {
     /// The file node at `path` of `snapshot`, and the index it was read with.
-    fn image_node(
+    pub(crate) fn image_node(
         &self,
         snapshot: &str,
         path: &str,

@@ -15,7 +15,7 @@
 use crate::format::{BlobKind, IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
-use crate::{BlobLocation, Error, Repo, rustic_error};
+use crate::{BlobLocation, Error, Repo, decompress, rustic_error};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +167,11 @@ pub fn verify_counted(
                 bad.insert(*blob);
             }
             Some((_, at)) if share.is_some_and(|s| !s.holds(&at.pack)) => {}
+            // An entry whose lengths no blob can have, or that runs past the 4 GiB a pack
+            // offset can address, is damage: nothing is read or allocated for it.
+            Some((_, at)) if !sane(blob, at) => {
+                bad.insert(*blob);
+            }
             Some((_, at)) => by_pack.entry(at.pack).or_default().push((*blob, *at)),
         }
     }
@@ -264,19 +269,17 @@ fn check_packs(
     damaged
 }
 
+/// Whether an index entry's lengths are ones a blob can have (see [`decompress::check_blob`]).
+fn sane(id: &RepoId, at: &BlobLocation) -> bool {
+    decompress::check_blob(id, at).is_ok() && at.offset.checked_add(at.length).is_some()
+}
+
 /// Whether sealed blob bytes open with the key and hash to the blob's id.
 fn intact(repo: &Repo, id: &RepoId, uncompressed: Option<u32>, sealed: &[u8]) -> bool {
     let Ok(stored) = repo.open_sealed(sealed) else {
         return false;
     };
-    let plain = match uncompressed {
-        Some(n) => match zstd::bulk::decompress(&stored, n as usize) {
-            Ok(p) => p,
-            Err(_) => return false,
-        },
-        None => stored,
-    };
-    RepoId::of(&plain) == *id
+    decompress::blob(id, stored, uncompressed).is_ok_and(|plain| RepoId::of(&plain) == *id)
 }
 
 /// What [`heal`] did.
@@ -325,6 +328,10 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
             .collect();
         let mut builder = PackBuilder::default();
         for b in &blobs {
+            if !sane(&b.id, &location(*pack_id, b)) {
+                healed.removed += 1;
+                continue;
+            }
             // Read once more and judged from these bytes alone: a read that fails stops the
             // heal before anything is deleted, so a passing network error never costs a blob.
             let sealed = repo
