@@ -55,6 +55,10 @@ pub trait Storage: WriteBackend {
     ) -> Result<Option<std::time::SystemTime>, crate::Error>;
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error>;
 
+    /// The size of one repository file, asked of the storage without reading the file (a
+    /// stat, a HEAD request): the metadata cache asks before it fetches a pack whole.
+    fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error>;
+
     /// Makes every file written so far durable, directory entries included, so a crash after
     /// this returns cannot lose them. Called before an index that names new packs, and before
     /// a snapshot id is reported.
@@ -120,6 +124,13 @@ impl Storage for LocalBackend {
     fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error> {
         let path = self.root.join("locks").join(id.to_hex());
         read_capped(&path, cap).map_err(|e| storage_error("cannot read", &path, e))
+    }
+
+    fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error> {
+        let path = self.path(tpe, &id.to_rustic());
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| storage_error("cannot stat", &path, e))
     }
 
     fn write_lock(

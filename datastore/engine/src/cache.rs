@@ -19,7 +19,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-/// Packs larger than this are not cached (tree packs are a few MiB at most).
+/// Packs larger than this are not cached (tree packs are a few MiB at most); only the ranges
+/// asked for are read from them.
 const MAX_CACHED_PACK: usize = 64 << 20;
 
 /// What the cache did, for tests and reports.
@@ -38,6 +39,9 @@ pub struct CachedStorage {
     dir: PathBuf,
     /// Packs whose cached copy was checked against its name in this process.
     checked_packs: Mutex<HashSet<Id>>,
+    /// Packs this process will not keep (larger than [`MAX_CACHED_PACK`], or not matching
+    /// their name when fetched): only the ranges asked for are read from them.
+    range_only: Mutex<HashSet<Id>>,
     pub stats: CacheStats,
 }
 
@@ -71,6 +75,7 @@ impl CachedStorage {
             inner,
             dir,
             checked_packs: Mutex::new(HashSet::new()),
+            range_only: Mutex::new(HashSet::new()),
             stats: CacheStats::default(),
         })
     }
@@ -158,6 +163,45 @@ impl CachedStorage {
         Some(Bytes::from(buf))
     }
 
+    fn is_range_only(&self, id: &Id) -> bool {
+        self.range_only.lock().is_ok_and(|r| r.contains(id))
+    }
+
+    /// Fetches a pack whole to keep it, when the storage says it is small enough; stores it
+    /// when it matches its name. None (and the pack is read by ranges from then on) for a
+    /// pack too large to keep, one that does not match its name, or a read that failed.
+    fn fetch_pack(&self, id: &Id) -> Option<Bytes> {
+        let whole = (|| {
+            let size = self
+                .inner
+                .file_size(FileType::Pack, &RepoId::from_rustic(id))
+                .ok()?;
+            if size > MAX_CACHED_PACK as u64 {
+                return None;
+            }
+            // Exactly the size just given: a storage that answers with more is not believed.
+            let whole = self
+                .inner
+                .read_partial(FileType::Pack, id, true, 0, u32::try_from(size).ok()?)
+                .ok()?;
+            matches_name(id, &whole).then_some(whole)
+        })();
+        match &whole {
+            Some(data) => {
+                self.store(FileType::Pack, id, data);
+                if let Ok(mut c) = self.checked_packs.lock() {
+                    c.insert(*id);
+                }
+            }
+            None => {
+                if let Ok(mut r) = self.range_only.lock() {
+                    r.insert(*id);
+                }
+            }
+        }
+        whole
+    }
+
     /// Removes entries of `tpe` the repository no longer lists (forgotten snapshots, indexes
     /// replaced by a prune).
     fn prune(&self, tpe: FileType, listed: &[(Id, u32)]) {
@@ -232,18 +276,14 @@ impl ReadBackend for CachedStorage {
         if let Some(part) = self.load_range(id, offset, length) {
             return Ok(part);
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let whole = self.inner.read_full(tpe, id)?;
-        let range = offset as usize..offset as usize + length as usize;
-        if whole.len() <= MAX_CACHED_PACK && matches_name(id, &whole) {
-            self.store(tpe, id, &whole);
-            if let Ok(mut c) = self.checked_packs.lock() {
-                c.insert(*id);
-            }
+        if self.is_range_only(id) {
+            return self.inner.read_partial(tpe, id, cacheable, offset, length);
         }
-        match whole.get(range) {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let range = offset as usize..offset as usize + length as usize;
+        match self.fetch_pack(id).as_ref().and_then(|w| w.get(range)) {
             Some(part) => Ok(Bytes::copy_from_slice(part)),
-            // Out of range: let the storage say so in its own words.
+            // Not kept, or out of range (the storage says so in its own words).
             None => self.inner.read_partial(tpe, id, cacheable, offset, length),
         }
     }
@@ -304,6 +344,10 @@ impl Storage for CachedStorage {
 
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
         self.inner.remove_lock(id)
+    }
+
+    fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error> {
+        self.inner.file_size(tpe, id)
     }
 
     fn sync(&self) -> Result<(), crate::Error> {

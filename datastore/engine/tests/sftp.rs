@@ -414,3 +414,115 @@ fn the_metadata_cache_saves_reads_and_survives_damage() {
         );
     }
 }
+
+/// The tree blobs of the repository at `repo_dir` moved into one new pack behind `padding`
+/// bytes of junk (a blob no tree names), as a hostile writer could store them; with `honest`
+/// false the pack is stored under a name that is not its hash. The index names only the new
+/// pack for them. Returns the new pack's size.
+fn pad_the_trees(repo_dir: &Path, padding: usize, honest: bool) -> usize {
+    use backstop_engine::FileType;
+    use backstop_engine::backend::LocalBackend;
+    use backstop_engine::format::{BlobKind, IndexFile};
+    use backstop_engine::pack::{PackBuilder, SealedBlob};
+    let local = Repo::open(Arc::new(LocalBackend::new(repo_dir)), PASSWORD).expect("open");
+    let known = local.known_blobs().expect("index");
+    let mut builder = PackBuilder::default();
+    builder.add(SealedBlob {
+        id: RepoId([0xee; 32]),
+        kind: BlobKind::Tree,
+        sealed: vec![0x5a; padding],
+        uncompressed_length: None,
+    });
+    for (id, at) in &known.trees {
+        let sealed = local
+            .backend()
+            .read_partial(
+                FileType::Pack,
+                &at.pack.to_rustic(),
+                false,
+                at.offset,
+                at.length,
+            )
+            .expect("tree");
+        builder.add(SealedBlob {
+            id: *id,
+            kind: BlobKind::Tree,
+            sealed: sealed.to_vec(),
+            uncompressed_length: at.uncompressed_length,
+        });
+    }
+    let mut pack = builder.finish(local.crypto()).expect("pack");
+    if !honest {
+        pack.id = RepoId([0xab; 32]);
+        pack.index.id = pack.id;
+    }
+    let size = pack.bytes.len();
+    local
+        .backend()
+        .write_bytes(
+            FileType::Pack,
+            &pack.id.to_rustic(),
+            true,
+            pack.bytes.into(),
+        )
+        .expect("write the pack");
+    for id in local.list(FileType::Index).expect("list") {
+        let mut index: IndexFile = local.load_file(FileType::Index, &id).expect("index");
+        for p in &mut index.packs {
+            p.blobs.retain(|b| b.kind != BlobKind::Tree);
+        }
+        index.packs.retain(|p| !p.blobs.is_empty());
+        local.save_file(FileType::Index, &index).expect("save");
+        local
+            .backend()
+            .remove(FileType::Index, &id.to_rustic(), true)
+            .expect("remove");
+    }
+    local
+        .save_file(
+            FileType::Index,
+            &IndexFile {
+                packs: vec![pack.index],
+                ..IndexFile::default()
+            },
+        )
+        .expect("save");
+    size
+}
+
+/// A tree pack the cache will not keep (one padded past the 64 MiB it keeps, or one that does
+/// not match its name) is read by the ranges asked for: reading every snapshot's trees moves
+/// what they hold, never the whole pack once per tree blob.
+#[test]
+fn a_tree_pack_the_cache_does_not_keep_is_read_by_ranges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    for (padding, honest) in [(65 << 20, true), (24 << 20, false)] {
+        let repo_dir = dir.path().join(format!("remote/repo-{padding}"));
+        let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
+        let repo = Repo::init(Arc::new(be), PASSWORD).expect("init over sftp");
+        let image = dir.path().join("disk.raw");
+        make_image(&image, 4, 9);
+        let first = backup(&repo, &image, None, None);
+        let changed = scribble(&image, 2, 77);
+        backup(&repo, &image, Some(&changed), Some(first));
+        drop(repo);
+        let (plain, _, _) = read_everything(&repo_dir, &sshd.ssh_config, None);
+        let pack = pad_the_trees(&repo_dir, padding, honest);
+        let cache = dir.path().join(format!("cache-{padding}"));
+        for round in 0..2 {
+            let (lists, bytes, c) = read_everything(&repo_dir, &sshd.ssh_config, Some(&cache));
+            assert_eq!(lists, plain, "round {round}");
+            // A pack that fails its check is fetched whole once per command (that is how it
+            // is found out), never again; a pack too large to keep never.
+            let allowed = if honest { 0 } else { pack };
+            assert!(
+                (bytes as usize) < allowed + (1 << 20),
+                "round {round}: {bytes} bytes read from the server for a {pack} byte tree pack"
+            );
+            let c = c.expect("cache");
+            let kept = fs::read_dir(c.dir().join("data")).map_or(0, |d| d.count());
+            assert_eq!(kept, 0, "round {round}: the pack was kept");
+        }
+    }
+}

@@ -722,6 +722,15 @@ impl Storage for S3Backend {
             .map_err(|f| storage_error(self.said("read", &key, &f)))
     }
 
+    fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error> {
+        let key = self.key(tpe, &id.to_rustic());
+        match self.head(&key) {
+            Ok(Some(size)) => Ok(size),
+            Ok(None) => Err(storage_error(format!("{key} does not exist"))),
+            Err(f) => Err(storage_error(self.said("read", &key, &f))),
+        }
+    }
+
     fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<Option<SystemTime>, crate::Error> {
         let key = format!("{}{}", self.key_dir("locks"), id.to_hex());
         self.put(&key, sealed)

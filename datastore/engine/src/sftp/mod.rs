@@ -606,6 +606,19 @@ impl Storage for SftpBackend {
             .map_err(storage_error)
     }
 
+    fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error> {
+        let path = self.path(tpe, &id.to_rustic());
+        let st = self
+            .with_conn(|sftp| {
+                sftp.stat(&path)
+                    .map_err(|e| classify(e, "cannot stat", &path))
+            })
+            .map_err(storage_error)?;
+        st.size.ok_or_else(|| {
+            storage_error(format!("the server gives no size for {}", path.display()))
+        })
+    }
+
     fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<Option<SystemTime>, crate::Error> {
         let dir = self.root.join("locks");
         let path = dir.join(id.to_hex());
