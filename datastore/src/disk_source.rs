@@ -1,8 +1,12 @@
 //! A backup URL's disk as one standalone qcow2 stream, wherever it comes from: a backstop
-//! snapshot (a complete raw image, converted while streaming), a stock FULL (a qcow2 file,
-//! as stored), or a stock chain of qcow2 deltas (rebuilt under RESTIC_TMP_DIR first, see
-//! [`crate::stock_chain`]). The downloader and the job runner's `image restore` both write
-//! disks this way. The URL's snapshot is authorised by content ([`crate::vm_snapshots`]).
+//! snapshot (a complete raw image, converted while streaming), or a stock FULL or chain of
+//! qcow2 deltas (rebuilt under RESTIC_TMP_DIR first, see [`crate::stock_chain`]). The
+//! downloader and the job runner's `image restore` both write disks this way. The URL's
+//! snapshot is authorised by content ([`crate::vm_snapshots`]).
+//!
+//! A stock qcow2 file is never streamed as stored: whoever can write the repository wrote its
+//! header, which may name a data file or a backing file on the machine that opens it. It is
+//! checked and converted into a new qcow2 that qemu writes, as a chain of one link.
 
 use crate::config::DriverConfig;
 use crate::layout::{IMAGE_TAG, disk_path};
@@ -24,12 +28,13 @@ pub(crate) fn input(message: String) -> Error {
 pub(crate) enum Source {
     /// A backstop snapshot: a complete raw image, converted while streaming.
     Image { snapshot: String, path: String },
-    /// A stock FULL backup: a standalone qcow2 file, streamed as stored.
-    StockFull { snapshot: String, path: String },
-    /// Stock increments (qcow2 deltas) on a base: rebuilt into one qcow2 first, as the stock
-    /// downloader does. The base is a stock FULL, or a backstop image (the base a flatten of a
-    /// stock chain leaves). Also the stock rbd-format files (an `rbd2` and its `rbdiff`s,
-    /// even alone), rebuilt as one raw image and converted.
+    /// The TPM state (a tar.gz), streamed as stored; the in-place restore unpacks it with
+    /// care (`backstop_tm::tpm_archive`).
+    AsStored { snapshot: String, path: String },
+    /// A stock FULL, or stock increments (qcow2 deltas) on a base: rebuilt into one qcow2
+    /// first, as the stock downloader does. The base is a stock FULL, or a backstop image (the
+    /// base a flatten of a stock chain leaves). Also the stock rbd-format files (an `rbd2` and
+    /// its `rbdiff`s, even alone), rebuilt as one raw image and converted.
     Chain { links: Vec<ChainFile>, disk_id: u32 },
 }
 
@@ -62,7 +67,7 @@ pub(crate) fn resolve(
                 )
             })?;
         let snapshot = id.to_hex();
-        return Ok((repo, ds, Source::StockFull { snapshot, path }));
+        return Ok((repo, ds, Source::AsStored { snapshot, path }));
     }
     let disk_id = url.disk_id().ok_or_else(|| {
         input(format!(
@@ -85,8 +90,6 @@ pub(crate) fn resolve(
     })?;
     let found = if snap.tags.iter().any(|t| t == IMAGE_TAG) {
         Source::Image { snapshot, path }
-    } else if url.chain.len() == 1 && !crate::layout::is_rbd_file(crate::layout::base_name(&path)) {
-        Source::StockFull { snapshot, path }
     } else {
         let links = chain::links(&repo, &url.chain, &url.path, disk_id, vm_id)?;
         Source::Chain { links, disk_id }
@@ -132,7 +135,7 @@ pub(crate) fn write_source(
         Source::Image { snapshot, path } => {
             repo.stream_qcow2(&snapshot, &path, &mut out, threads, lock_wait(ds))?;
         }
-        Source::StockFull { snapshot, path } => {
+        Source::AsStored { snapshot, path } => {
             repo.dump(&snapshot, &path, &mut out, lock_wait(ds))?;
         }
         Source::Chain { links, disk_id } => {

@@ -5,7 +5,10 @@
 //! flatten leaves), which is fetched as a qcow2.
 //!
 //! The downloader converts the top to one standalone qcow2; increment_flatten reads it (with
-//! its backing files) as a complete disk and stores that as a backstop image.
+//! its backing files) as a complete disk and stores that as a backstop image. Whoever can
+//! write the repository wrote these files, so each is checked before qemu opens it for
+//! anything but `info`: a data file or a `json:` or protocol backing file is refused, a backing
+//! file named as a path is replaced unread (`rebase -u`).
 //!
 //! A chain of the stock driver's rbd-format files (`disk.<id>.rbd2`, then
 //! `disk.<id>.<n>.rbdiff`) is rebuilt into one sparse raw image instead ([`fetch_raw`]): each
@@ -16,7 +19,7 @@ use crate::layout::IMAGE_TAG;
 use crate::layout::disk_path;
 use crate::remote::shell_safe;
 use crate::repo::Repo;
-use crate::repo::disk_image::qemu_img;
+use crate::repo::disk_image::{self, qemu_img};
 use crate::settings::lock_wait;
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::Datastore;
@@ -147,6 +150,18 @@ pub fn fetch(
         }
         out.flush()
             .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
+        drop(out);
+        // Whoever can write the repository wrote this file: nothing but `info` opens it
+        // before it is checked ([`disk_image::check_foreign`]).
+        disk_image::check_foreign(&file).map_err(|e| {
+            Error::new(
+                e.kind,
+                format!(
+                    "disk {disk_id} of backup {} ({}): {}",
+                    link.snapshot, link.path, e.message
+                ),
+            )
+        })?;
         files.push(file);
     }
     // The first file stands alone whatever its header says; each later one sits on the one

@@ -14,7 +14,9 @@
 //! - the image is then opened by a `json:` specification that names every layer, its format
 //!   and file, and ends the chain with `"backing": null`, so qemu opens exactly the files that
 //!   were checked and nothing else;
-//! - qcow2 images with an external data file are refused (the header names the file).
+//! - qcow2 images with an external data file are refused (the header names the file);
+//! - a qcow2 file a repository held (a stock increment, a download) is checked the same way
+//!   before qemu opens it for anything but `info` ([`check_foreign`]).
 
 use crate::{Error, ErrorKind};
 use std::path::{Path, PathBuf};
@@ -188,6 +190,43 @@ pub fn within(path: &Path, roots: &[PathBuf]) -> bool {
     })
 }
 
+/// Refuses an image whose header names an external data file: qemu opens that file, to read
+/// and write, whenever it opens the image for anything but `info`. `subject` names the file
+/// `info` is of.
+fn no_data_file(info: &Info, subject: &str) -> Result<(), Error> {
+    match &info.data_file {
+        Some(df) => Err(refuse(format!(
+            "{subject} uses the external data file {df:?}, which backstop does not open"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The refusal of a backing file that is not a plain file, named by `prefix` (the image asked
+/// for and a colon, or nothing) and the layer `at` that names it.
+fn not_plain(prefix: &str, named: &str, at: &Path) -> Error {
+    refuse(format!(
+        "{prefix}the backing file {named:?} of {} is not a plain file; it is not read",
+        at.display()
+    ))
+}
+
+/// Checks a qcow2 file whose bytes came from outside backstop (a file of a repository, which
+/// whoever can write the repository wrote: a stock increment, a download) before qemu opens it
+/// for anything but `info`. An external data file is refused, and so is a backing file named
+/// as a `json:` specification or a protocol. A backing file named as a plain path is left to
+/// the caller, unread: it is replaced or detached with `rebase -u`, which never opens it.
+pub fn check_foreign(path: &Path) -> Result<Info, Error> {
+    let info = info(path, Format::Qcow2)?;
+    no_data_file(&info, &path.display().to_string())?;
+    if let Some((named, resolved)) = &info.backing
+        && (is_protocol(named) || is_protocol(resolved))
+    {
+        return Err(not_plain("", named, path));
+    }
+    Ok(info)
+}
+
 /// Reads the chain of `path` (declared `format`) and checks it against `backing`. Errors name
 /// the image and the offending backing file in one line.
 pub fn inspect(path: &Path, format: Format, backing: Backing<'_>) -> Result<DiskImage, Error> {
@@ -217,13 +256,7 @@ pub fn inspect(path: &Path, format: Format, backing: Backing<'_>) -> Result<Disk
     let mut current = first;
     let mut at = named_top;
     loop {
-        if let Some(df) = &current.data_file {
-            return Err(refuse(format!(
-                "{}: {} uses the external data file {df:?}, which backstop does not open",
-                path.display(),
-                at.display()
-            )));
-        }
+        no_data_file(&current, &format!("{}: {}", path.display(), at.display()))?;
         let Some((named, resolved)) = current.backing.clone() else {
             return Ok(image);
         };
@@ -246,11 +279,7 @@ pub fn inspect(path: &Path, format: Format, backing: Backing<'_>) -> Result<Disk
             ))
         };
         if is_protocol(&named) || is_protocol(&resolved) || !resolved.starts_with('/') {
-            return Err(refuse(format!(
-                "{}: the backing file {named:?} of {} is not a plain file; it is not read",
-                path.display(),
-                at.display()
-            )));
+            return Err(not_plain(&format!("{}: ", path.display()), &named, &at));
         }
         let next = std::fs::canonicalize(&resolved).map_err(|e| {
             Error::io(

@@ -6,11 +6,12 @@
 //! disk of the URL's last snapshot, which is already a complete image, as a standalone qcow2 on
 //! stdout while reading the repository ([`crate::repo::Repo::stream_qcow2`]). No chain is
 //! rebuilt and no temporary space is used, so `clean_command` is empty. A FULL backup made by
-//! the stock restic driver is one standalone qcow2 file and is streamed as stored. A chain of
-//! stock increments (qcow2 deltas) is rebuilt as the stock downloader does: every file fetched
-//! into a directory under RESTIC_TMP_DIR (on the machine that runs the downloader, where the
-//! stock one uses the backup server), rebased and converted to one qcow2; `command` cats it and
-//! `clean_command` removes the directory.
+//! the stock restic driver, and a chain of stock increments (qcow2 deltas), are rebuilt as the
+//! stock downloader does: every file fetched into a directory under RESTIC_TMP_DIR (on the
+//! machine that runs the downloader, where the stock one uses the backup server), checked
+//! (a stored qcow2 names no file of this machine: [`crate::stock_chain`]), rebased and
+//! converted to one new qcow2; `command` cats it and `clean_command` removes the directory.
+//! The TPM state is streamed as stored.
 //!
 //! Both steps read the datastore (and its decrypted password) from oned's API, as the stock
 //! downloader does, so no secret appears in `command` or in any argv. The first step checks
