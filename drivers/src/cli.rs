@@ -118,6 +118,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The host step of the transfer manager's in-place restore: checks a downloaded disk and
+    /// makes it what the disk is declared to be (`disk <download> <raw|qcow2>`, prints its
+    /// virtual size), or unpacks the TPM archive (`tpm <download> <vm_dir>`).
+    #[command(hide = true)]
+    HostRestore {
+        /// disk or tpm.
+        step: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn serve(
@@ -224,6 +234,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             delivery,
             args,
         } => run::host_tm(&action, &staging, delivery == "direct", &args),
+        Command::HostRestore { step, args } => run::host_restore(&step, &args),
     }
 }
 

@@ -536,6 +536,27 @@ pub fn host_tm(action: &str, staging: &Path, direct: bool, args: &[String]) -> E
     }
 }
 
+/// `backstop host-restore <disk|tpm> ...`: the host step of the in-place restore (see
+/// backstop_tm::restore_host).
+pub fn host_restore(step: &str, args: &[String]) -> ExitCode {
+    const NAME: &str = "host-restore";
+    set_current_action(NAME);
+    match backstop_tm::restore_host::run(step, args) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return fail(NAME, &DriverError::Other("cannot write the answer".into()));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(NAME, &DriverError::Datastore(e)),
+    }
+}
+
 /// `host-backup`: the datastore backup's host step. With `progress`, a line
 /// `backstop-progress <done> <total> <read>` goes to stderr every second while it runs (the
 /// front-end's backup action passes them on to the job runner and keeps them out of its own

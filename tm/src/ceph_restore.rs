@@ -6,7 +6,8 @@
 //! the disks as they were.
 //!
 //! Unlike the stock action, nothing is staged in raw form: the download (a qcow2, from any
-//! backup datastore's downloader) lands on the VM's host, which reaches the cluster as it does
+//! backup datastore's downloader, checked on the host before qemu opens it, see
+//! [`crate::restore_host`]) lands on the VM's host, which reaches the cluster as it does
 //! to run the VM, and qemu writes it straight into the new image through librbd, skipping what
 //! is zero (`qemu-img convert -n --target-is-zero` into a JSON target spec, so no name is
 //! parsed out of a `rbd:` string).
@@ -117,12 +118,15 @@ impl RbdRestore {
     }
 }
 
-/// Makes the downloaded qcow2 stand alone and reads its virtual size, on `host`.
+/// Checks the downloaded qcow2 on `host`, makes it stand alone and reads its virtual size
+/// (`backstop host-restore disk`, [`crate::restore_host::disk`]): it names no file of the host
+/// that qemu would open when it is written into the new image.
 pub fn downloaded_size(cfg: &DriverConfig, host: &str, download: &str) -> Result<u64, Error> {
-    let dl = sh_quote(download);
     let out = ssh_command(cfg, host, Agent::NotForwarded)
         .arg(format!(
-            "qemu-img rebase -q -u -f qcow2 -b '' {dl} && qemu-img info -f qcow2 --output=json {dl}"
+            "{} host-restore disk {} qcow2",
+            sh_quote(&cfg.remote_binary()),
+            sh_quote(download)
         ))
         .stdin(Stdio::null())
         .output()
@@ -133,11 +137,14 @@ pub fn downloaded_size(cfg: &DriverConfig, host: &str, download: &str) -> Result
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| error(format!("qemu-img info of {download}: {e}")))?;
-    info["virtual-size"]
-        .as_u64()
-        .ok_or_else(|| error(format!("qemu-img info of {download} gives no virtual size")))
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| {
+            error(format!(
+                "the host step gives no virtual size for {download}"
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //!
 //! prebackup and postbackup for powered-off VMs ([`host`]) and for running VMs through libvirt
 //! ([`live`]), in the stock staging layout ([`delta`]) or direct, run on the host by the
-//! front-end step ([`fe`]); Ceph RBD disks ([`ceph`]); the in-place restore ([`restore`]).
+//! front-end step ([`fe`]); Ceph RBD disks ([`ceph`]); the in-place restore ([`restore`]), its
+//! host step ([`restore_host`]) and the TPM archive it unpacks ([`tpm_archive`]).
 
 pub mod ceph;
 pub mod ceph_restore;
@@ -16,3 +17,5 @@ pub mod host;
 pub mod live;
 pub mod qemu;
 pub mod restore;
+pub mod restore_host;
+pub mod tpm_archive;

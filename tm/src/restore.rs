@@ -7,10 +7,15 @@
 //!    gives the URL of each disk (and `tpm`);
 //! 3. each URL goes through `downloader.sh --nodecomp <url> -` into `ssh <host> dd` as
 //!    `<vm_dir>/disk.<id>.backup` (a persistent disk: `<image source>.backup`);
-//! 4. only when every download worked are the disks swapped in on the host: a non-persistent
-//!    disk becomes `disk.<id>.snap/0` with `disk.<id>` pointing to it, a persistent one
-//!    replaces its image file and its snapshot directory is reset; the TPM state is unpacked
-//!    into `<vm_dir>/tpm`.
+//! 4. only when every download worked, `backstop host-restore` settles each on the host
+//!    ([`crate::restore_host`]): a disk's qcow2 is checked (a data file or a `json:` or
+//!    protocol backing file is refused before qemu opens it) and made what the disk is
+//!    declared to be, the TPM archive is unpacked, regular files under `tpm/` only, into a
+//!    fresh `<vm_dir>/tpm.restored`. A download names a file of the host in no way that gets
+//!    it opened: whoever can write the repository wrote it;
+//! 5. only when every file is settled are they swapped in: a non-persistent disk becomes
+//!    `disk.<id>.snap/0` with `disk.<id>` pointing to it, a persistent one replaces its image
+//!    file and its snapshot directory is reset; `tpm.restored` becomes `<vm_dir>/tpm`.
 //!
 //! A Ceph RBD disk (the `ceph` TM) is not a file on the host: its download is written into a
 //! new image beside the disk's and swapped in by renaming, once every disk is in
@@ -180,11 +185,27 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
                 remote(cfg, host, &r.import_script(&f.download, size))?;
             }
         }
-        remote(cfg, host, &swap_script(&vm_dir, &files))
+        remote(
+            cfg,
+            host,
+            &swap_script(&cfg.remote_binary(), &vm_dir, &files),
+        )
     })();
     if result.is_err() {
-        let cleanup: Vec<String> = files.iter().map(|f| sh_quote(&f.download)).collect();
-        let mut script = format!("rm -f {}\n", cleanup.join(" "));
+        let cleanup: Vec<String> = files
+            .iter()
+            .flat_map(|f| {
+                [
+                    sh_quote(&f.download),
+                    sh_quote(&format!("{}.raw", f.download)),
+                ]
+            })
+            .collect();
+        let mut script = format!(
+            "rm -f {}\nrm -rf {}\n",
+            cleanup.join(" "),
+            sh_quote(&format!("{vm_dir}/{}", crate::restore_host::TPM_RESTORED))
+        );
         for r in files.iter().filter_map(|f| f.rbd.as_ref()) {
             script.push_str(&r.cleanup_line());
         }
@@ -252,23 +273,30 @@ fn remote(cfg: &DriverConfig, host: &str, script: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The shell script that puts the downloaded files in place.
-fn swap_script(vm_dir: &str, files: &[Restored]) -> String {
+/// The shell script that settles the downloaded files with `bin` (backstop on the host) and
+/// puts them in place.
+fn swap_script(bin: &str, vm_dir: &str, files: &[Restored]) -> String {
     let q = |s: &str| sh_quote(s);
     let mut script = String::from("set -e\n");
-    // First every download becomes what its disk is declared to be, before anything is
-    // swapped: a standalone qcow2 (no backing file, whatever its header said), or raw bytes.
+    // First every download is checked and becomes what its disk is declared to be, and the
+    // TPM state is unpacked beside the old one, before anything is swapped.
     for f in files {
-        let Some(format) = f.format.filter(|_| f.rbd.is_none()) else {
+        if f.rbd.is_some() {
             continue;
-        };
-        let dl = q(&f.download);
-        script.push_str(&format!("qemu-img rebase -q -u -f qcow2 -b '' {dl}\n"));
-        if format == Format::Raw {
-            script.push_str(&format!(
-                "qemu-img convert -q -f qcow2 -O raw {dl} {raw}\nmv -f {raw} {dl}\n",
-                raw = q(&format!("{}.raw", f.download))
-            ));
+        }
+        match f.format {
+            Some(format) => script.push_str(&format!(
+                "{bin} host-restore disk {dl} {format} >/dev/null\n",
+                bin = q(bin),
+                dl = q(&f.download),
+            )),
+            None if f.key == "tpm" => script.push_str(&format!(
+                "{bin} host-restore tpm {dl} {dir}\n",
+                bin = q(bin),
+                dl = q(&f.download),
+                dir = q(vm_dir),
+            )),
+            None => {}
         }
     }
     for f in files {
@@ -278,10 +306,10 @@ fn swap_script(vm_dir: &str, files: &[Restored]) -> String {
         }
         if f.key == "tpm" {
             script.push_str(&format!(
-                "rm -rf {tpm}\ntar xzf {dl} -C {dir}\nrm -f {dl}\n",
+                "rm -rf {tpm}\nmv {restored} {tpm}\nrm -f {dl}\n",
                 tpm = q(&format!("{vm_dir}/tpm")),
+                restored = q(&format!("{vm_dir}/{}", crate::restore_host::TPM_RESTORED)),
                 dl = q(&f.download),
-                dir = q(vm_dir)
             ));
             continue;
         }
@@ -348,25 +376,26 @@ mod tests {
                 rbd: None,
             },
         ];
-        let s = swap_script("/d/22", &files);
+        let s = swap_script("/r/backstop/bin/backstop", "/d/22", &files);
         assert!(s.starts_with("set -e\n"));
         assert!(s.contains("mv /d/22/disk.0.backup /d/22/disk.0.snap/0\n"));
         assert!(s.contains("ln -s disk.0.snap/0 /d/22/disk.0\n"));
         assert!(s.contains("mv /ds/1/abc.backup /ds/1/abc\n"));
         assert!(s.contains("ln -s /ds/1/abc.snap/0 /d/22/disk.1\n"));
         assert!(s.contains("rm -rf /d/22/disk.1.snap\n"));
-        assert!(s.contains("tar xzf /d/22/disk.tpm.backup -C /d/22\n"));
-        // Formats are settled before anything moves; the raw disk gets raw bytes.
+        assert!(s.contains("rm -rf /d/22/tpm\nmv /d/22/tpm.restored /d/22/tpm\n"));
+        assert!(!s.contains("tar "), "{s}");
+        // Every file is settled on the host before anything moves; the raw disk gets raw
+        // bytes.
         let first_move = s.find("mv /d/22/disk.0.backup").expect("move");
         for step in [
-            "qemu-img rebase -q -u -f qcow2 -b '' /d/22/disk.0.backup\n",
-            "qemu-img rebase -q -u -f qcow2 -b '' /ds/1/abc.backup\n",
-            "qemu-img convert -q -f qcow2 -O raw /ds/1/abc.backup /ds/1/abc.backup.raw\nmv -f /ds/1/abc.backup.raw /ds/1/abc.backup\n",
+            "/r/backstop/bin/backstop host-restore disk /d/22/disk.0.backup qcow2 >/dev/null\n",
+            "/r/backstop/bin/backstop host-restore disk /ds/1/abc.backup raw >/dev/null\n",
+            "/r/backstop/bin/backstop host-restore tpm /d/22/disk.tpm.backup /d/22\n",
         ] {
             let at = s.find(step).unwrap_or_else(|| panic!("{step} in {s}"));
             assert!(at < first_move, "{step} comes after a move");
         }
-        assert!(!s.contains("convert -q -f qcow2 -O raw /d/22/disk.0.backup"));
-        assert!(!s.contains("rebase -q -u -f qcow2 -b '' /d/22/disk.tpm.backup"));
+        assert!(!s.contains("qemu-img"), "{s}");
     }
 }
