@@ -780,5 +780,229 @@ fn a_planted_export_record_signals_nothing() {
         )),
         "{}",
         out.stderr
+
+/// The in-place restore of a backup a hostile repository holds (issue 23: a PULL sync job's
+/// source, a compromised backup server, anyone with the repository's password). The backup is
+/// stored with plain restic in the stock driver's layout (increment 0 of VM 22: `disk.0.0`,
+/// `disk.1.0`, `vm.xml`), after `craft` made its files hostile in the staging directory. The
+/// VM has TPM state of its own. The restore runs as `onevm restore` runs it, with a MOCK oned
+/// (XML-RPC: no real one can run here); what it printed, and the secret file of the host.
+struct HostileRestore {
+    t: crate::tm::Tm,
+    out: crate::support::Outcome,
+    secret: PathBuf,
+    body: Vec<u8>,
+    disks: Vec<Vec<u8>>,
+}
+
+fn hostile_restore(craft: impl Fn(&Cloud, &std::path::Path, &std::path::Path)) -> HostileRestore {
+    use crate::support::{self, BACKSTOP};
+    let t = crate::tm::Tm::start("staging");
+    let cloud = &t.cloud;
+    let link = cloud.remotes.join("tm/qcow2/restore");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(BACKSTOP, &link).expect("symlink");
+    let secret = cloud.dir.path().join("hv/oneadmin-id_rsa");
+    let mut body = Vec::new();
+    while body.len() < 1 << 20 {
+        body.extend_from_slice(SECRET);
+        body.extend_from_slice(format!("{:08}\n", body.len()).as_bytes());
+    }
+    body.truncate(1 << 20);
+    fs::write(&secret, &body).expect("secret");
+    fs::create_dir_all(cloud.vm_dir.join("tpm")).expect("tpm");
+    fs::write(
+        cloud.vm_dir.join("tpm/tpm2-00.permall"),
+        b"the VM's own state",
+    )
+    .expect("tpm");
+
+    fs::create_dir_all(cloud.repo().parent().expect("parent")).expect("base");
+    cloud.restic_ok(&["init"]);
+    let vm_xml = cloud.vm_xml(-1, -1);
+    cloud.stage(0, &vm_xml);
+    let staging = cloud.staging();
+    craft(cloud, &staging, &secret);
+    let mut args = vec![
+        "backup".to_string(),
+        "--json".into(),
+        "--tag".into(),
+        format!("one-{}", crate::cloud::VM),
+    ];
+    for e in fs::read_dir(&staging).expect("staging").flatten() {
+        args.push(e.path().display().to_string());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = String::from_utf8_lossy(&cloud.restic_ok(&refs)).to_string();
+    let id = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["snapshot_id"].as_str().map(|s| s[..8].to_string()))
+        .expect("restic snapshot id");
+    fs::remove_dir_all(&staging).expect("staging");
+
+    let tmp = cloud.dir.path().join("fe-tmp");
+    fs::create_dir_all(&tmp).expect("tmp");
+    let ds = cloud.datastore_xml_with(&format!(
+        "<RESTIC_TMP_DIR><![CDATA[{}]]></RESTIC_TMP_DIR>",
+        tmp.display()
+    ));
+    let (oned, auth) = crate::tm::restore_oned(
+        cloud,
+        cloud.vm_xml(0, 40),
+        cloud.image_xml(&[(0, id.as_str())]),
+        ds,
+    );
+    let disks: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    let out = support::run_env(
+        &link,
+        &[
+            &format!("hv1:{}", cloud.vm_dir.display()),
+            "22",
+            "40",
+            "0",
+            "-1",
+        ],
+        b"",
+        &[
+            ("ONE_XMLRPC", oned.endpoint.as_str()),
+            ("ONE_AUTH", auth.to_str().expect("utf-8")),
+        ],
+    );
+    drop(oned);
+    assert!(
+        fs::read_dir(&tmp).expect("tmp").next().is_none(),
+        "the downloader left its work directory"
+    );
+    HostileRestore {
+        t,
+        out,
+        secret,
+        body,
+        disks,
+    }
+}
+
+impl HostileRestore {
+    /// The restore failed in one line holding `said`, and the VM and the host are as they were.
+    fn refused(&self, said: &str) {
+        let cloud = &self.t.cloud;
+        assert_eq!(self.out.code, Some(1), "{:?}", self.out);
+        assert!(
+            self.out
+                .stderr
+                .starts_with("restore: Error restoring VM disks: ")
+                && self.out.stderr.contains(said)
+                && self.out.stderr.lines().count() == 1,
+            "{}",
+            self.out.stderr
+        );
+        for (k, (d, _)) in DISKS.iter().enumerate() {
+            assert!(
+                fs::symlink_metadata(cloud.disk(*d))
+                    .expect("disk")
+                    .file_type()
+                    .is_file(),
+                "disk {d} was swapped"
+            );
+            assert!(cloud.raw(*d) == self.disks[k], "disk {d} changed");
+        }
+        let tpm: Vec<String> = fs::read_dir(cloud.vm_dir.join("tpm"))
+            .expect("tpm")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(tpm, ["tpm2-00.permall"]);
+        let state = cloud.vm_dir.join("tpm/tpm2-00.permall");
+        assert!(fs::symlink_metadata(&state).expect("state").is_file());
+        assert_eq!(fs::read(&state).expect("state"), b"the VM's own state");
+        let left: Vec<String> = fs::read_dir(&cloud.vm_dir)
+            .expect("vm dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".backup") || n.starts_with("tpm."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            fs::read(&self.secret).expect("secret") == self.body,
+            "the host's file was written"
+        );
+    }
+}
+
+/// Disk 0 of the hostile backup is a qcow2 whose clusters are a file of the hypervisor (an
+/// external data file, its L2 tables filled): restored as it came, qemu would read that file
+/// into the VM's disk and the VM would write it. The restore refuses it, naming the file.
+#[test]
+fn the_in_place_restore_refuses_a_stored_qcow2_that_names_a_host_file_mock_oned() {
+    let r = hostile_restore(|cloud, staging, secret| {
+        let decoy = cloud.dir.path().join("decoy");
+        fs::write(&decoy, vec![0u8; 1 << 20]).expect("decoy");
+        let evil = staging.join("disk.0.0");
+        fs::remove_file(&evil).expect("staged disk");
+        let e = evil.to_str().expect("utf-8");
+        sh_ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                &format!(
+                    "data_file={},data_file_raw=on,preallocation=metadata",
+                    decoy.display()
+                ),
+                e,
+                "1M",
+            ],
+        );
+        sh_ok(
+            "qemu-img",
+            &[
+                "amend",
+                "-f",
+                "qcow2",
+                "-o",
+                &format!("data_file={}", secret.display()),
+                e,
+            ],
+        );
+        fs::remove_file(&decoy).expect("decoy");
+        // The attack is live: qemu reads the host's file through it.
+        let through = sh_ok("qemu-io", &["-f", "qcow2", "-c", "read -v 0 64", e]);
+        assert!(
+            through.contains("HOST-SECRET-OF"),
+            "the fixture is not hostile: {through}"
+        );
+    });
+    r.refused(&format!(
+        "uses the external data file {:?}, which backstop does not open",
+        r.secret.display().to_string()
+    ));
+}
+
+/// The hostile backup's TPM archive holds the state file as a symbolic link to a file of the
+/// hypervisor: unpacked by `tar`, swtpm would read and write that file as the VM's TPM. The
+/// restore refuses the archive, naming the member, before any disk is swapped.
+#[test]
+fn the_in_place_restore_unpacks_no_link_from_a_hostile_tpm_archive_mock_oned() {
+    let r = hostile_restore(|cloud, staging, secret| {
+        let craft = cloud.dir.path().join("craft/tpm");
+        fs::create_dir_all(&craft).expect("craft");
+        std::os::unix::fs::symlink(secret, craft.join("tpm2-00.permall")).expect("link");
+        sh_ok(
+            "tar",
+            &[
+                "czf",
+                staging.join("disk.tpm.0").to_str().expect("utf-8"),
+                "-C",
+                craft.parent().expect("parent").to_str().expect("utf-8"),
+                "tpm",
+            ],
+        );
+    });
+    r.refused(
+        "member \"tpm/tpm2-00.permall\" is a symbolic link, not a regular file or a directory; nothing is restored",
     );
 }
