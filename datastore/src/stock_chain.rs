@@ -7,8 +7,9 @@
 //! The downloader converts the top to one standalone qcow2; increment_flatten reads it (with
 //! its backing files) as a complete disk and stores that as a backstop image. Whoever can
 //! write the repository wrote these files, so each is checked before qemu opens it for
-//! anything but `info`: a data file or a `json:` or protocol backing file is refused, a backing
-//! file named as a path is replaced unread (`rebase -u`).
+//! anything but `info`: a data file is refused, and whatever backing file it names (a stock
+//! increment names the qemu-nbd export it was staged through) is replaced unread
+//! (`rebase -u`).
 //!
 //! A chain of the stock driver's rbd-format files (`disk.<id>.rbd2`, then
 //! `disk.<id>.<n>.rbdiff`) is rebuilt into one sparse raw image instead ([`fetch_raw`]): each
@@ -153,7 +154,7 @@ pub fn fetch(
         drop(out);
         // Whoever can write the repository wrote this file: nothing but `info` opens it
         // before it is checked ([`disk_image::check_foreign`]).
-        disk_image::check_foreign(&file).map_err(|e| {
+        disk_image::check_foreign(&file, disk_image::ForeignBacking::AnyName).map_err(|e| {
             Error::new(
                 e.kind,
                 format!(

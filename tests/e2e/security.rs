@@ -353,7 +353,14 @@ fn a_backup_url_names_one_snapshot_of_its_own_vm_mock_oned() {
     for vm in [22u64, 23] {
         let staging = dir.path().join(format!("v/0/{vm}/backup"));
         fs::create_dir_all(&staging).expect("staging");
-        fs::write(staging.join("disk.0.0"), vec![vm as u8; 1 << 20]).expect("disk");
+        // A qcow2 file, as the stock prebackup stages a FULL (the downloader checks it).
+        let disk = staging.join("disk.0.0");
+        let d = disk.to_str().expect("utf-8");
+        sh_ok("qemu-img", &["create", "-q", "-f", "qcow2", d, "1M"]);
+        sh_ok(
+            "qemu-io",
+            &["-f", "qcow2", "-c", &format!("write -P {vm} 0 1M"), d],
+        );
         // VM 22's owner left a USER_TEMPLATE value ending in a backslash, then text that
         // would be top-level attributes if the value were written as "x\".
         let doc = format!(

@@ -12,7 +12,7 @@
 //!   ([`crate::tpm_archive`]), which the swap renames to `tpm`.
 
 use crate::tpm_archive;
-use backstop_datastore::repo::disk_image::{self, Format, qemu_img};
+use backstop_datastore::repo::disk_image::{self, ForeignBacking, Format, qemu_img};
 use backstop_datastore::{Error, ErrorKind};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,7 @@ pub const TPM_RESTORED: &str = "tpm.restored";
 /// Makes the downloaded qcow2 `download` what its disk is declared to be, in place: a
 /// standalone qcow2, or raw bytes. Returns its virtual size.
 pub fn disk(download: &Path, format: Format) -> Result<u64, Error> {
-    let info = disk_image::check_foreign(download)?;
+    let info = disk_image::check_foreign(download, ForeignBacking::PlainPath)?;
     if info.backing.is_some() {
         // -u: the backing file is never opened, only forgotten.
         qemu_img(&[

@@ -11,11 +11,21 @@
 //!   hold at most 150,000 blobs (about 20 MiB of JSON), snapshots a few KiB;
 //! - a blob is at most [`MAX_BLOB_SIZE`] bytes, stored or plain, checked against its index
 //!   entry before anything is read or allocated for it ([`check_blob`]), and its plain form must
-//!   have exactly the length the entry states.
+//!   have exactly the length the entry states;
+//! - rustic_core, which decompresses whole, reads index, snapshot and config files through
+//!   [`Checked`], which refuses one past its cap before rustic_core decompresses it.
 
+use crate::backend::{Storage, max_file_size};
+use crate::crypto::Crypto;
 use crate::format::RepoId;
 use crate::{BlobLocation, Error, ErrorKind};
+use bytes::Bytes;
+use rustic_core::{
+    BytesList, ErrorKind as RusticErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult,
+    WriteBackend,
+};
 use std::io::Read;
+use std::sync::Arc;
 
 /// The largest blob backstop reads, stored or plain. Data blobs are chunks: restic's chunker
 /// cuts at most 8 MiB, backstop 1 MiB ([`crate::image::CHUNK_SIZE`]). A tree blob of 64 MiB
@@ -92,6 +102,104 @@ pub fn unpacked(compressed: &[u8], cap: u64, what: &str) -> Result<Vec<u8>, Erro
         )));
     }
     Ok(out)
+}
+
+/// The storage rustic_core reads through (listing snapshots, forget, prune, check). It
+/// decompresses an index, snapshot or config file whole, without a bound, so each is opened and
+/// decompressed here first, within its kind's cap ([`crate::backend::max_file_size`]), and
+/// refused before rustic_core sees it. A file that does not open with the key is passed on:
+/// rustic_core reports it in its own words.
+pub(crate) struct Checked {
+    inner: Arc<dyn Storage>,
+    crypto: Crypto,
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checked")
+            .field("location", &self.inner.location())
+            .finish()
+    }
+}
+
+impl Checked {
+    pub(crate) fn new(inner: Arc<dyn Storage>, crypto: Crypto) -> Checked {
+        Checked { inner, crypto }
+    }
+
+    fn check(&self, tpe: FileType, id: &Id, sealed: &[u8]) -> Result<(), Error> {
+        if !matches!(tpe, FileType::Index | FileType::Snapshot | FileType::Config) {
+            return Ok(());
+        }
+        let Ok(plain) = self.crypto.decrypt(sealed) else {
+            return Ok(());
+        };
+        if plain.first() == Some(&2) {
+            let what = format!("{tpe:?} file {}", RepoId::from_rustic(id));
+            unpacked(&plain[1..], max_file_size(tpe), &what)?;
+        }
+        Ok(())
+    }
+}
+
+impl ReadBackend for Checked {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        self.inner.list_with_size(tpe)
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let data = self.inner.read_full(tpe, id)?;
+        self.check(tpe, id, &data)
+            .map_err(|e| RusticError::new(RusticErrorKind::Backend, e.message))?;
+        Ok(data)
+    }
+
+    fn read_partial(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        cacheable: bool,
+        offset: u32,
+        length: u32,
+    ) -> RusticResult<Bytes> {
+        self.inner.read_partial(tpe, id, cacheable, offset, length)
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.inner.warmup_path(tpe, id)
+    }
+
+    fn needs_warm_up(&self) -> bool {
+        self.inner.needs_warm_up()
+    }
+
+    fn warm_up(&self, tpe: FileType, id: &Id) -> RusticResult<()> {
+        self.inner.warm_up(tpe, id)
+    }
+}
+
+impl WriteBackend for Checked {
+    fn create(&self) -> RusticResult<()> {
+        self.inner.create()
+    }
+
+    fn write_bytes(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        cacheable: bool,
+        buf: BytesList,
+    ) -> RusticResult<()> {
+        self.inner.write_bytes(tpe, id, cacheable, buf)
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
+        self.inner.remove(tpe, id, cacheable)
+    }
 }
 
 #[cfg(test)]

@@ -211,15 +211,28 @@ fn not_plain(prefix: &str, named: &str, at: &Path) -> Error {
     ))
 }
 
+/// What the backing file name of a qcow2 file from outside backstop may be. Either way it is
+/// never opened: the caller replaces or detaches it with `rebase -u` before qemu opens the
+/// file for anything but `info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignBacking {
+    /// Any name, a protocol's included: a stock increment names the qemu-nbd export it was
+    /// staged through (`nbd+unix:///?socket=...`), and is rebased onto the file before it.
+    AnyName,
+    /// A plain path only: a download stands alone, and a `json:` specification or a protocol
+    /// there is refused.
+    PlainPath,
+}
+
 /// Checks a qcow2 file whose bytes came from outside backstop (a file of a repository, which
 /// whoever can write the repository wrote: a stock increment, a download) before qemu opens it
-/// for anything but `info`. An external data file is refused, and so is a backing file named
-/// as a `json:` specification or a protocol. A backing file named as a plain path is left to
-/// the caller, unread: it is replaced or detached with `rebase -u`, which never opens it.
-pub fn check_foreign(path: &Path) -> Result<Info, Error> {
+/// for anything but `info`. An external data file (which qemu opens, to read and write, with
+/// the image) is refused; its backing file name is checked against `backing`.
+pub fn check_foreign(path: &Path, backing: ForeignBacking) -> Result<Info, Error> {
     let info = info(path, Format::Qcow2)?;
     no_data_file(&info, &path.display().to_string())?;
     if let Some((named, resolved)) = &info.backing
+        && backing == ForeignBacking::PlainPath
         && (is_protocol(named) || is_protocol(resolved))
     {
         return Err(not_plain("", named, path));

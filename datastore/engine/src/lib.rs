@@ -203,8 +203,16 @@ impl std::fmt::Debug for Repo {
     }
 }
 
-fn rustic_repo(backend: &Arc<dyn Storage>) -> Result<Repository<()>, Error> {
-    let write: Arc<dyn WriteBackend> = backend.clone();
+/// rustic_core's view of `backend`; with the key, its index, snapshot and config files are
+/// checked against their caps before rustic_core decompresses them ([`decompress::Checked`]).
+fn rustic_repo(
+    backend: &Arc<dyn Storage>,
+    crypto: Option<&Crypto>,
+) -> Result<Repository<()>, Error> {
+    let write: Arc<dyn WriteBackend> = match crypto {
+        Some(c) => Arc::new(decompress::Checked::new(backend.clone(), c.clone())),
+        None => backend.clone(),
+    };
     let backends = RepositoryBackends::new(write, None);
     // No cache: every action is a short-lived process, and a cache under $HOME would be a
     // second copy of metadata to keep consistent.
@@ -217,7 +225,7 @@ impl Repo {
     pub fn init(backend: Arc<dyn Storage>, password: &str) -> Result<Repo, Error> {
         let location = backend.location();
         // rustic_core derives the new key with its default scrypt parameters.
-        let unopened = rustic_repo(&backend)?;
+        let unopened = rustic_repo(&backend, None)?;
         let repo = keys::gate::hold(keys::NEW_KEY_MEMORY, || {
             unopened.init(
                 &Credentials::password(password),
@@ -255,7 +263,9 @@ impl Repo {
     pub fn open(backend: Arc<dyn Storage>, password: &str) -> Result<Repo, Error> {
         let location = backend.location();
         let master = keys::master_key(backend.as_ref(), password)?;
-        let repo = rustic_repo(&backend)?
+        let crypto =
+            Crypto::new(&master).map_err(|e| Error::new(ErrorKind::Repository, e.to_string()))?;
+        let repo = rustic_repo(&backend, Some(&crypto))?
             .open(&Credentials::Masterkey(master))
             .map_err(|e| {
                 Error::new(
@@ -278,7 +288,7 @@ impl Repo {
 
     /// rustic_core's view of this repository, opened with the master key (no second scrypt).
     pub(crate) fn rustic(&self) -> Result<Repository<OpenStatus>, Error> {
-        rustic_repo(&self.backend)?
+        rustic_repo(&self.backend, Some(&self.crypto))?
             .open(&Credentials::Masterkey(self.master.clone()))
             .map_err(|e| {
                 rustic_error(
