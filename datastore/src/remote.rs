@@ -270,7 +270,7 @@ fn join(h: std::thread::JoinHandle<String>) -> String {
 pub fn last_line(text: &str) -> Option<String> {
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
     Some(
-        ["host-backup: ", "host-tm: "]
+        ["host-backup: ", "host-tm: ", "host-restore: "]
             .iter()
             .find_map(|p| line.strip_prefix(p))
             .unwrap_or(line)

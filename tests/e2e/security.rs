@@ -900,7 +900,7 @@ impl HostileRestore {
             self.out
                 .stderr
                 .starts_with("restore: Error restoring VM disks: ")
-                && self.out.stderr.contains(said)
+                && self.out.stderr.ends_with(&format!("{said}\n"))
                 && self.out.stderr.lines().count() == 1,
             "{}",
             self.out.stderr
@@ -1010,7 +1010,8 @@ fn the_in_place_restore_unpacks_no_link_from_a_hostile_tpm_archive_mock_oned() {
             ],
         );
     });
-    r.refused(
-        "member \"tpm/tpm2-00.permall\" is a symbolic link, not a regular file or a directory; nothing is restored",
-    );
+    r.refused(&format!(
+        "cannot put the restored disks in place on hv1: the TPM archive {}: member \"tpm/tpm2-00.permall\" is a symbolic link, not a regular file or a directory; nothing is restored",
+        r.t.cloud.vm_dir.join("disk.tpm.backup").display()
+    ));
 }

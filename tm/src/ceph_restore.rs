@@ -13,7 +13,7 @@
 //! parsed out of a `rbd:` string).
 
 use backstop_datastore::config::DriverConfig;
-use backstop_datastore::remote::{Agent, sh_quote, ssh_command};
+use backstop_datastore::remote::{Agent, last_line, sh_quote, ssh_command};
 use backstop_datastore::repo::rbd::RbdImage;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::message::{Disk, Vm};
@@ -134,7 +134,8 @@ pub fn downloaded_size(cfg: &DriverConfig, host: &str, download: &str) -> Result
     if !out.status.success() {
         return Err(error(format!(
             "cannot read the downloaded disk {download} on {host}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            last_line(&String::from_utf8_lossy(&out.stderr))
+                .unwrap_or_else(|| format!("ssh exited with {}", out.status))
         )));
     }
     String::from_utf8_lossy(&out.stdout)

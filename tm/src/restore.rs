@@ -28,7 +28,7 @@
 use crate::ceph_restore::RbdRestore;
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::oned::OnedClient;
-use backstop_datastore::remote::{Agent, sh_quote, ssh_command};
+use backstop_datastore::remote::{Agent, last_line, sh_quote, ssh_command};
 use backstop_datastore::repo::disk_image::Format;
 use backstop_datastore::{Error, ErrorKind};
 use backstop_protocol::args::TmRestoreArgs;
@@ -265,9 +265,11 @@ fn remote(cfg: &DriverConfig, host: &str, script: &str) -> Result<(), Error> {
         .output()
         .map_err(|e| Error::io("cannot run ssh", e))?;
     if !out.status.success() {
+        // The host step's own line is the last; ssh may say more before it.
         return Err(error(format!(
             "cannot put the restored disks in place on {host}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            last_line(&String::from_utf8_lossy(&out.stderr))
+                .unwrap_or_else(|| format!("ssh exited with {}", out.status))
         )));
     }
     Ok(())
