@@ -787,6 +787,8 @@ fn a_planted_export_record_signals_nothing() {
         )),
         "{}",
         out.stderr
+    );
+}
 
 /// The in-place restore of a backup a hostile repository holds (issue 23: a PULL sync job's
 /// source, a compromised backup server, anyone with the repository's password). The backup is
