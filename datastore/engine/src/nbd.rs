@@ -217,7 +217,10 @@ pub fn delta_extents(delta: &Path) -> io::Result<Vec<Extent>> {
 #[derive(Debug)]
 pub struct QemuNbdExport {
     child: Child,
+    /// The socket's directory (in the temporary directory).
     dir: PathBuf,
+    /// The owner record's directory (in [`exports_dir`]).
+    record: PathBuf,
     socket: PathBuf,
     _keeper: Option<NbdClient>,
 }
@@ -281,23 +284,41 @@ impl QemuNbdExport {
     ) -> io::Result<QemuNbdExport> {
         let mut random = [0u8; 6];
         getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-        // In this user's private directory: the owner record decides what a later step
+        let name = hex::encode(random);
+        // The owner record in this user's private directory: it decides what a later step
         // signals (see reap_stale_exports).
-        let dir = exports_dir()?.join(format!("{EXPORT_PREFIX}{}", hex::encode(random)));
+        let record = exports_dir()?.join(format!("{EXPORT_PREFIX}{name}"));
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)?;
+            .create(&record)?;
+        // The socket in a directory of its own in the temporary directory: a unix socket's
+        // path has at most 107 bytes, which a home directory's path would eat. Made here,
+        // exclusively and 0700, so no other user can enter it, and the temporary directory
+        // is sticky, so none can replace it; the record names it.
+        let dir = std::env::temp_dir().join(format!("{SOCKET_PREFIX}{name}"));
+        if let Err(e) =
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(&dir)
+        {
+            let _ = std::fs::remove_dir_all(&record);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot make {}: {e}", dir.display()),
+            ));
+        }
         let socket = dir.join("nbd.sock");
+        let owner_record = |nbd: Option<crate::process::ProcessId>| {
+            let me = crate::process::ProcessId::current();
+            let ids = match nbd {
+                Some(n) => format!("{me} {n}"),
+                None => me.to_string(),
+            };
+            format!("{ids}\n{}\n{}\n", image.display(), socket.display())
+        };
         // Who owns the export, written before qemu-nbd exists: if this process dies between
         // starting qemu-nbd and recording its identity, the reaper still finds it by its
         // socket (reap_stale_exports).
-        if let Err(e) = std::fs::write(
-            dir.join("owner"),
-            format!(
-                "{}\n{}\n",
-                crate::process::ProcessId::current(),
-                image.display()
-            ),
-        ) {
+        if let Err(e) = std::fs::write(record.join("owner"), owner_record(None)) {
+            let _ = std::fs::remove_dir_all(&record);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -319,6 +340,7 @@ impl QemuNbdExport {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&record);
                 return Err(io::Error::new(
                     e.kind(),
                     format!("cannot run qemu-nbd: {e}"),
@@ -329,20 +351,14 @@ impl QemuNbdExport {
         // connects, qemu-nbd would otherwise wait for a first client forever).
         let nbd_process = crate::process::ProcessId::of(child.id());
         if let Some(nbd_process) = nbd_process {
-            let tmp = dir.join("owner.tmp");
-            let _ = std::fs::write(
-                &tmp,
-                format!(
-                    "{} {nbd_process}\n{}\n",
-                    crate::process::ProcessId::current(),
-                    image.display()
-                ),
-            )
-            .and_then(|()| std::fs::rename(&tmp, dir.join("owner")));
+            let tmp = record.join("owner.tmp");
+            let _ = std::fs::write(&tmp, owner_record(Some(nbd_process)))
+                .and_then(|()| std::fs::rename(&tmp, record.join("owner")));
         }
         let mut export = QemuNbdExport {
             child,
             dir,
+            record,
             socket,
             _keeper: None,
         };
@@ -465,8 +481,11 @@ fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<St
     String::from_utf8(out.stdout).map_err(|_| bad("nbdinfo printed something that is not UTF-8"))
 }
 
-/// What a directory of exports is called in [`exports_dir`].
+/// What an export's record directory is called in [`exports_dir`].
 const EXPORT_PREFIX: &str = "export-";
+
+/// What an export's socket directory is called in the temporary directory.
+const SOCKET_PREFIX: &str = "backstop-nbd-";
 
 /// The largest owner record read (two process identities and a path).
 const MAX_RECORD: u64 = 64 << 10;
@@ -528,7 +547,7 @@ pub fn reap_stale_exports() -> Reaped {
             ));
             continue;
         }
-        let Some(owner) = read_record(&dir.join("owner")) else {
+        let Some(record) = read_record(&dir.join("owner")) else {
             // None yet: an export being set up right now writes it next.
             if std::fs::symlink_metadata(dir.join("owner")).is_ok() {
                 done.left.push(format!(
@@ -538,7 +557,7 @@ pub fn reap_stale_exports() -> Reaped {
             }
             continue;
         };
-        let ids: Vec<crate::process::ProcessId> = owner
+        let ids: Vec<crate::process::ProcessId> = record
             .lines()
             .next()
             .unwrap_or_default()
@@ -560,12 +579,17 @@ pub fn reap_stale_exports() -> Reaped {
         if owner.is_running() {
             continue;
         }
+        // The socket the record names: a `backstop-nbd-*/nbd.sock` of this user's.
+        let socket = record
+            .lines()
+            .nth(2)
+            .map(PathBuf::from)
+            .filter(|s| is_socket_path(s));
         // Only that very qemu-nbd (PID, start time, boot), never a process that reused its
         // PID, and only while it serves this export's socket; unrecorded, the one that does.
-        let socket = dir.join("nbd.sock");
-        let nbd = nbd.or_else(|| serving(&socket));
+        let nbd = nbd.or_else(|| socket.as_deref().and_then(serving));
         if let Some(nbd) = nbd.filter(|n| n.is_running()) {
-            if !serves(nbd.pid, &socket) {
+            if !socket.as_deref().is_some_and(|s| serves(nbd.pid, s)) {
                 done.left.push(format!(
                     "left {}: its record names process {}, which is not the qemu-nbd serving that export",
                     dir.display(),
@@ -575,11 +599,32 @@ pub fn reap_stale_exports() -> Reaped {
             }
             let _ = nbd.signal(rustix::process::Signal::TERM);
         }
+        if let Some(socket_dir) = socket.as_deref().and_then(Path::parent)
+            && std::fs::symlink_metadata(socket_dir).is_ok_and(|m| {
+                m.file_type().is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == me
+            })
+        {
+            let _ = std::fs::remove_dir_all(socket_dir);
+        }
         if std::fs::remove_dir_all(&dir).is_ok() {
             done.removed += 1;
         }
     }
     done
+}
+
+/// Whether `path` is where an export's socket goes: `<dir>/backstop-nbd-<name>/nbd.sock`.
+fn is_socket_path(path: &Path) -> bool {
+    path.is_absolute()
+        && path.file_name().is_some_and(|n| n == "nbd.sock")
+        && path
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(SOCKET_PREFIX))
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
 }
 
 /// A small record file, never read through a link.
@@ -635,6 +680,7 @@ impl Drop for QemuNbdExport {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.record);
     }
 }
 
