@@ -17,9 +17,15 @@
 //! copied from (its config's `id`, as `restic cat config` shows it), in place of any such tag
 //! the source's snapshot had. A tag, because restic keeps, shows and copies tags (an extra
 //! JSON field would be dropped by `restic copy` and shown by nothing). A sync job's
-//! REMOVE_VANISHED forgets only the copies tagged with its own source's id
-//! ([`copied_from`]), so copies another job or `restic copy` brought from elsewhere are never
-//! taken for vanished from this source.
+//! REMOVE_VANISHED takes only the copies tagged with its own source's id ([`copied_from`]),
+//! so copies another job or `restic copy` brought from elsewhere are never taken for vanished
+//! from this source.
+//!
+//! That id is written by the source itself, so a hostile source can claim another's. A copy
+//! made by a sync job therefore also carries `copied-by:<id>`, the job's own random id
+//! ([`CopierId`], kept in the runner's state, never read from either repository), and the job
+//! forgets only copies that carry its id ([`copied_by`]) as well. A `copied-by:` tag the
+//! source's snapshot had is dropped whoever copies, so a source cannot hand a copy to a job.
 
 use crate::bandwidth::Bandwidth;
 use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
@@ -50,6 +56,9 @@ pub struct CopyOptions {
     pub rate_out: Option<Arc<Bandwidth>>,
     /// Counted as the copy goes, for progress lines.
     pub progress: Arc<CopyProgress>,
+    /// The sync job making the copies: each carries its `copied-by:` tag. `None` (a copy by
+    /// hand, `backstop repo copy`): no job is recorded, and no job will ever forget them.
+    pub copied_by: Option<CopierId>,
 }
 
 /// What a running copy has done so far (read by another thread for progress lines).
@@ -71,6 +80,7 @@ impl Default for CopyOptions {
             rate_in: None,
             rate_out: None,
             progress: Arc::default(),
+            copied_by: None,
         }
     }
 }
@@ -120,17 +130,82 @@ pub fn copied_from(snapshot: &Snapshot) -> Option<RepoId> {
     named.next().is_none().then_some(first)
 }
 
-/// The copy's tags: the source snapshot's, with its own `copied-from:` tags (it may be a copy
-/// itself) replaced by this source's.
-fn copy_tags(tags: Option<&serde_json::Value>, source: RepoId) -> serde_json::Value {
+/// The tag that names the sync job that made a copy.
+pub const COPIED_BY: &str = "copied-by:";
+
+/// A sync job's identity in the copies it makes: 16 to 64 lowercase hex digits, random at the
+/// job's creation (32 digits) and kept by the runner, so it is unique across every runner that
+/// writes to a destination and no repository can choose it. It is no secret: it decides only
+/// which copies that job may forget.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CopierId(String);
+
+impl CopierId {
+    /// A new random id (128 bits).
+    pub fn random() -> Result<CopierId, Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("no random bytes for a job id: {e}"),
+            )
+        })?;
+        Ok(CopierId(hex::encode(bytes)))
+    }
+
+    /// `text` when it is a well-formed id.
+    pub fn parse(text: &str) -> Option<CopierId> {
+        let hex = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ((16..=64).contains(&text.len()) && hex).then(|| CopierId(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The tag its copies carry.
+    pub fn tag(&self) -> String {
+        format!("{COPIED_BY}{}", self.0)
+    }
+}
+
+impl std::fmt::Display for CopierId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The sync job a snapshot was copied by, when it records exactly one well-formed
+/// `copied-by:` tag; `None` for a snapshot made where it is, a copy by hand or by `restic
+/// copy`, or one made before copies carried the tag.
+pub fn copied_by(snapshot: &Snapshot) -> Option<CopierId> {
+    let mut named = snapshot
+        .tags
+        .iter()
+        .filter_map(|t| t.strip_prefix(COPIED_BY));
+    let first = CopierId::parse(named.next()?)?;
+    named.next().is_none().then_some(first)
+}
+
+/// The copy's tags: the source snapshot's, with its own `copied-from:` and `copied-by:` tags
+/// (it may be a copy itself, or claim to be one) replaced by this source's and this job's.
+fn copy_tags(
+    tags: Option<&serde_json::Value>,
+    source: RepoId,
+    job: Option<&CopierId>,
+) -> serde_json::Value {
+    let ours = |t: &str| t.starts_with(COPIED_FROM) || t.starts_with(COPIED_BY);
     let mut out: Vec<serde_json::Value> = tags
         .and_then(serde_json::Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|t| !t.as_str().is_some_and(|t| t.starts_with(COPIED_FROM)))
+        .filter(|t| !t.as_str().is_some_and(ours))
         .cloned()
         .collect();
     out.push(serde_json::Value::String(source_tag(source)));
+    out.extend(job.map(|j| serde_json::Value::String(j.tag())));
     serde_json::Value::Array(out)
 }
 
@@ -418,7 +493,8 @@ fn write_pack(
 }
 
 /// Copies `snapshots` (ids at the source, oldest first) that the destination lacks; each copy
-/// is tagged with the source's repository id ([`source_tag`]).
+/// is tagged with the source's repository id ([`source_tag`]) and, when a job copies, the
+/// job's id ([`CopierId::tag`]).
 pub fn copy(
     src: &Repo,
     dst: &Repo,
@@ -480,7 +556,7 @@ pub fn copy(
             );
             // The parent names a snapshot of the source.
             map.remove("parent");
-            let tags = copy_tags(map.get("tags"), src.id());
+            let tags = copy_tags(map.get("tags"), src.id(), options.copied_by.as_ref());
             map.insert("tags".into(), tags);
         }
         dst.backend().sync()?;

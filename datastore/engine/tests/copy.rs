@@ -318,3 +318,132 @@ fn copies_record_the_repository_they_came_from() {
     );
     assert!(restic_with(&f, OTHER, &["dump", &in_f[0].0, DISK]) == a_image);
 }
+
+/// A copy made for a sync job also names the job (`copied-by:<its id>`), in place of any such
+/// tag the source's snapshot claims; a copy made by no job (`backstop repo copy`) drops the
+/// claim and names none. restic shows the tags, the copies dump byte-exact and the destination
+/// checks clean; a malformed or doubled tag names no job.
+#[test]
+fn copies_record_the_job_that_made_them() {
+    use backstop_engine::copy::{CopierId, copied_by};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 8, 23);
+    let image_bytes = fs::read(&image).expect("image");
+    let path = |name: &str| dir.path().join(name);
+    let a = Repo::init(Arc::new(LocalBackend::new(path("a"))), PASSWORD).expect("init");
+    let a_snap = backup_disk(&a, &image, None, None).snapshot_id;
+    let (job, other) = (
+        CopierId::random().expect("random"),
+        CopierId::random().expect("random"),
+    );
+    assert_eq!(job.as_str().len(), 32);
+    assert_ne!(job, other);
+
+    // B is restic's, and its snapshot claims to have been copied by `job` already.
+    ok(restic(&path("b"), &["init"]), "restic init");
+    ok(
+        restic(
+            &path("b"),
+            &[
+                "backup",
+                "--tag",
+                &format!("one-22,{}", job.tag()),
+                image.to_str().expect("utf-8"),
+            ],
+        ),
+        "restic backup",
+    );
+    let b = Repo::open(Arc::new(LocalBackend::new(path("b"))), PASSWORD).expect("open");
+    let b_snaps: Vec<RepoId> = b
+        .all_snapshots()
+        .expect("snapshots")
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+
+    let dst = Repo::init(Arc::new(LocalBackend::new(path("dst"))), OTHER).expect("init");
+    let by = |job: Option<&CopierId>| CopyOptions {
+        copied_by: job.cloned(),
+        ..CopyOptions::default()
+    };
+    let (from_a, _) = copy(&a, &dst, &[a_snap], &by(Some(&job))).expect("copy a");
+    let (from_b, _) = copy(&b, &dst, &b_snaps, &by(None)).expect("copy b");
+    let tags = restic_tags(&path("dst"), OTHER);
+    let of = |id: RepoId| -> Vec<String> {
+        tags.iter()
+            .find(|(s, _)| *s == id.to_hex())
+            .map(|(_, t)| t.clone())
+            .expect("listed")
+    };
+    let (a_from, b_from) = (
+        format!("copied-from:{}", a.id().to_hex()),
+        format!("copied-from:{}", b.id().to_hex()),
+    );
+    assert_eq!(
+        of(from_a[0].copy),
+        [
+            "one-22".to_string(),
+            a_from.clone(),
+            format!("copied-by:{job}")
+        ]
+    );
+    assert_eq!(
+        of(from_b[0].copy),
+        ["one-22".to_string(), b_from.clone()],
+        "a copy by no job kept the job B's snapshot claimed"
+    );
+    let recorded = |repo: &Repo, id: RepoId| {
+        let snap: backstop_engine::format::Snapshot = repo
+            .load_file(backstop_engine::FileType::Snapshot, &id)
+            .expect("snapshot");
+        copied_by(&snap)
+    };
+    assert_eq!(recorded(&dst, from_a[0].copy), Some(job.clone()));
+    assert_eq!(recorded(&dst, from_b[0].copy), None);
+    assert_eq!(
+        recorded(&b, b_snaps[0]),
+        Some(job.clone()),
+        "B's claim as read"
+    );
+
+    // Another job copying B: its own id replaces the one B's snapshot claimed.
+    let e = Repo::init(Arc::new(LocalBackend::new(path("e"))), OTHER).expect("init");
+    let (again, _) = copy(&b, &e, &b_snaps, &by(Some(&other))).expect("copy");
+    assert_eq!(recorded(&e, again[0].copy), Some(other.clone()));
+    assert_eq!(
+        restic_tags(&path("e"), OTHER)[0].1,
+        ["one-22".to_string(), b_from, other.tag()]
+    );
+
+    let b_file = image.to_str().expect("utf-8");
+    for (repo, id, file) in [
+        (&path("dst"), from_a[0].copy, DISK),
+        (&path("e"), again[0].copy, b_file),
+    ] {
+        assert!(
+            restic_with(repo, OTHER, &["dump", &id.to_hex(), file]) == image_bytes,
+            "{id}"
+        );
+        restic_with(repo, OTHER, &["check", "--read-data"]);
+    }
+
+    // What names no job: two tags, or one that is not an id.
+    let claim = |tags: &[&str]| {
+        copied_by(&backstop_engine::format::Snapshot {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..dst
+                .load_file(backstop_engine::FileType::Snapshot, &from_a[0].copy)
+                .expect("snapshot")
+        })
+    };
+    assert_eq!(claim(&[&job.tag()]), Some(job.clone()));
+    assert_eq!(claim(&[&job.tag(), &other.tag()]), None);
+    assert_eq!(claim(&["copied-by:0123"]), None, "too short");
+    assert_eq!(claim(&[&job.tag().to_uppercase()]), None);
+    assert_eq!(
+        claim(&[&format!("copied-by:{}x", &job.as_str()[1..])]),
+        None
+    );
+    assert_eq!(CopierId::parse(&"f".repeat(65)), None, "too long");
+}
