@@ -14,13 +14,14 @@
 //! - `EVERY` (`30m`, `6h`, `1d`, or seconds): the scheduler daemon runs the job when that long
 //!   has passed since its last run started (and at its first pass); or `SCHEDULE`
 //!   (`mon..fri 02:30`, `*:0/15`, `daily`: [`crate::calendar`]) at the local times it names;
-//! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination that were copied from this
-//!   very source repository (their `copied-from:<id>` tag names its id, see
-//!   [`backstop_datastore::repo::copy::copied_from`]) and whose original is gone from it are
-//!   forgotten there (never the other way round; snapshots made at the destination itself, and
-//!   copies from elsewhere or with no such tag, are never touched), at most `MAX_DELETE`
-//!   (default 10) per repository and run: a run that would delete more deletes nothing and
-//!   fails, naming the count;
+//! - `REMOVE_VANISHED` (`YES`/`NO`): copies at the destination that this very job made (their
+//!   `copied-by:<id>` tag names the job's own id, kept in the state: see
+//!   [`backstop_datastore::repo::copy::CopierId`]) from this very source repository (their
+//!   `copied-from:<id>` tag names its id, see [`backstop_datastore::repo::copy::copied_from`])
+//!   and whose original is gone from it are forgotten there (never the other way round;
+//!   snapshots made at the destination itself, copies by another job, from elsewhere or with
+//!   no such tags, are never touched), at most `MAX_DELETE` (default 10) per repository and
+//!   run: a run that would delete more deletes nothing and fails, naming the count;
 //! - `RESYNC_CORRUPT` (`YES`/`NO`, PULL only): copies a verify job found damaged at the
 //!   destination (and healed) are walked again and what they lack is copied again;
 //! - `RATE_IN`, `RATE_OUT` (KiB/s, 0 for none): one limit for the whole run on what is read
@@ -38,7 +39,7 @@ use crate::filters::Selection;
 use crate::state::State;
 use crate::state::sync::SyncRun;
 use backstop_datastore::config::DriverConfig;
-use backstop_datastore::repo::copy::{CopyOptions, CopyStats, copy};
+use backstop_datastore::repo::copy::{CopierId, CopyOptions, CopyStats, copy};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::target::RepoTarget;
 use backstop_protocol::message::Datastore;
@@ -252,9 +253,11 @@ fn sync_repository(
     if let Some(clean) = clean {
         ids.retain(|id| clean.contains(&id.to_hex()));
     }
-    let removed = match job.remove_vanished {
-        Some(max) => remove_vanished((src.id(), &snaps), &dst, repo_id, max)?,
-        None => Vanished::default(),
+    // A run always copies as its job (`run_repositories`); with no job there would be no
+    // copies of its own to forget.
+    let removed = match (job.remove_vanished, &options.copied_by) {
+        (Some(max), Some(me)) => remove_vanished((src.id(), &snaps), (&dst, me), repo_id, max)?,
+        _ => Vanished::default(),
     };
     // The source snapshots behind the damaged copies.
     let mut resync = Vec::new();
@@ -288,53 +291,81 @@ fn sync_repository(
 /// What REMOVE_VANISHED did in one repository.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Vanished {
-    /// Copies from this source whose original it no longer has: forgotten.
+    /// This job's copies from this source whose original it no longer has: forgotten.
     forgotten: usize,
-    /// Copies whose original this source does not have and that record no source (made by
-    /// `restic copy`, or by backstop before copies were tagged): left alone.
+    /// Copies whose original this source does not have and that record no job (made by hand,
+    /// by `restic copy`, or by backstop before copies named their job), not recorded as from
+    /// another source: left alone.
     unrecorded: usize,
+    /// Copies recorded as from this source, whose original it does not have, made by another
+    /// job (a job deleted and created again, another runner's, or a source posing as this
+    /// one): left alone.
+    others: usize,
+}
+
+/// The destination's copies whose original the source lacks, sorted out by [`vanished`].
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sorted {
+    /// Forgotten: this job's copies from this source.
+    gone: Vec<RepoId>,
+    /// Left alone, counted: copies recording no job (and no other source).
+    unrecorded: Vec<RepoId>,
+    /// Left alone, counted: copies from this source by another job.
+    others: Vec<RepoId>,
 }
 
 /// Which of the destination's snapshots REMOVE_VANISHED forgets: the copies recorded as made
-/// from `source_repo` (their `copied-from:` tag) whose original the source no longer holds.
-/// A copy recorded as coming from another repository, or recording no source, is never
-/// taken: nothing proves it came from here, and an empty or hostile source must not make a
-/// job forget a third site's copies. The second list: the copies recording no source whose
-/// original the source lacks (reported, never forgotten).
+/// by this job (`me`, their single `copied-by:` tag) from `source_repo` (their single
+/// `copied-from:` tag) whose original the source no longer holds.
+///
+/// The job's id decides: it lives in the runner's state and every copy's `copied-by:` tag is
+/// written by the job that copies (a claim the source's snapshot makes is dropped), so no
+/// repository can make a job take another's copies. The source's id cannot decide alone: the
+/// source's config says it, so a hostile source may claim the id of a repository another job
+/// copies from. The source's id still has to match, so a job whose source was replaced (re-
+/// created, another site at the address) does not take what it copied from the one before for
+/// vanished from the new one. Copies recording no job, or another job, are never taken; an
+/// empty or hostile source must not make a job forget a third site's copies.
 fn vanished(
     (source_repo, source): (
         RepoId,
         &[(RepoId, backstop_datastore::repo::format::Snapshot)],
     ),
+    me: &CopierId,
     destination: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
-) -> (Vec<RepoId>, Vec<RepoId>) {
-    use backstop_datastore::repo::copy::copied_from;
+) -> Sorted {
+    use backstop_datastore::repo::copy::{copied_by, copied_from};
     let there: std::collections::HashSet<RepoId> = source
         .iter()
         .map(|(id, s)| s.original.unwrap_or(*id))
         .collect();
-    let missing = |s: &backstop_datastore::repo::format::Snapshot| {
-        s.original.is_some_and(|o| !there.contains(&o))
-    };
-    let (mut gone, mut unrecorded) = (Vec::new(), Vec::new());
+    let mut sorted = Sorted::default();
     for (id, s) in destination {
-        match copied_from(s) {
-            Some(from) if from == source_repo && missing(s) => gone.push(*id),
-            None if missing(s) => unrecorded.push(*id),
+        // Not a copy (made at the destination), or its original is still at the source.
+        if s.original.is_none_or(|o| there.contains(&o)) {
+            continue;
+        }
+        let from = copied_from(s);
+        let elsewhere = from.is_some_and(|f| f != source_repo);
+        match copied_by(s) {
+            Some(by) if by == *me && from == Some(source_repo) => sorted.gone.push(*id),
+            None if !elsewhere => sorted.unrecorded.push(*id),
+            Some(by) if by != *me && from == Some(source_repo) => sorted.others.push(*id),
             _ => {}
         }
     }
-    (gone, unrecorded)
+    sorted
 }
 
-/// Forgets the destination's copies from this source whose original the source no longer has
-/// ([`vanished`]; at most `max`, else nothing), then deletes the packs only they used.
+/// Forgets the destination's copies this job made from this source whose original the source
+/// no longer has ([`vanished`]; at most `max`, else nothing), then deletes the packs only
+/// they used.
 fn remove_vanished(
     source: (
         RepoId,
         &[(RepoId, backstop_datastore::repo::format::Snapshot)],
     ),
-    dst: &backstop_datastore::repo::Repo,
+    (dst, me): (&backstop_datastore::repo::Repo, &CopierId),
     repo_id: &str,
     max: usize,
 ) -> Result<Vanished, Error> {
@@ -345,11 +376,12 @@ fn remove_vanished(
         .into_iter()
         .map(|(id, s, _)| (id, s))
         .collect();
-    let (gone, unrecorded) = vanished(source, &at_destination);
-    let gone: Vec<String> = gone.iter().map(RepoId::to_hex).collect();
+    let sorted = vanished(source, me, &at_destination);
+    let gone: Vec<String> = sorted.gone.iter().map(RepoId::to_hex).collect();
     let mut done = Vanished {
         forgotten: 0,
-        unrecorded: unrecorded.len(),
+        unrecorded: sorted.unrecorded.len(),
+        others: sorted.others.len(),
     };
     if gone.is_empty() {
         return Ok(done);
@@ -408,6 +440,8 @@ pub fn run(
     let Some(run_id) = st.claim_sync_run(id, now(), &runner)? else {
         return Ok(None);
     };
+    // Read once the run is this process's, so a job missing its id gets one once.
+    let me = st.sync_job_copier(id)?;
     let mut record = SyncRun {
         id: run_id,
         job_id: id,
@@ -426,7 +460,7 @@ pub fn run(
         .select
         .repositories(|| Ok(backstop_datastore::target::repositories(ends.0, cfg)?))
     {
-        Ok(repos) => run_repositories(st, &job, ends, &repos, cfg, &mut record, report)?,
+        Ok(repos) => run_repositories(st, (&job, &me), ends, &repos, cfg, &mut record, report)?,
         Err(e) => {
             let line = e.to_string().lines().next().unwrap_or_default().to_string();
             (report.done)(&line);
@@ -478,7 +512,7 @@ fn work_of(st: &State, job: &SyncTemplate, repos: &[String]) -> Result<Vec<Work>
 /// per repository as it ends; the lines of the repositories that failed, in the job's order.
 fn run_repositories(
     st: &mut State,
-    job: &SyncTemplate,
+    (job, me): (&SyncTemplate, &CopierId),
     ends: (&Datastore, &Datastore),
     repos: &[String],
     cfg: &DriverConfig,
@@ -492,6 +526,7 @@ fn run_repositories(
         threads: job.workers,
         rate_in: Bandwidth::kib_per_sec(job.rate_in).map(Arc::new),
         rate_out: Bandwidth::kib_per_sec(job.rate_out).map(Arc::new),
+        copied_by: Some(me.clone()),
         ..CopyOptions::default()
     };
     let work = work_of(st, job, repos)?;
@@ -657,7 +692,7 @@ pub(crate) fn with_ticks<T>(tick: impl Fn() + Sync, work: impl FnOnce() -> T) ->
 
 fn repository_line(repo: &str, s: &CopyStats, removed: Vanished) -> String {
     format!(
-        "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}{}",
+        "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}{}{}",
         s.snapshots,
         s.skipped,
         if s.resynced > 0 {
@@ -674,9 +709,14 @@ fn repository_line(repo: &str, s: &CopyStats, removed: Vanished) -> String {
         },
         if removed.unrecorded > 0 {
             format!(
-                "; {} copies with no recorded source left alone",
+                "; {} copies with no recorded job left alone",
                 removed.unrecorded
             )
+        } else {
+            String::new()
+        },
+        if removed.others > 0 {
+            format!("; {} copies by another job left alone", removed.others)
         } else {
             String::new()
         }
@@ -792,40 +832,62 @@ mod tests {
         }
     }
 
-    /// REMOVE_VANISHED takes only copies recorded as from this source whose original it lacks.
+    /// REMOVE_VANISHED takes only this job's copies from this source whose original it lacks;
+    /// what a source says (its id, its snapshots' tags) never hands it another job's copies.
     #[test]
-    fn only_this_sources_vanished_copies_are_taken() {
+    fn only_this_jobs_vanished_copies_from_this_source_are_taken() {
         let (a, b) = (RepoId([0xa; 32]), RepoId([0xb; 32]));
         let id = |n: u8| RepoId([n; 32]);
-        let from_a = [source_tag(a)];
-        let from_b = [source_tag(b)];
+        let job = |c: char| CopierId::parse(&c.to_string().repeat(32)).expect("id");
+        let (me, other) = (job('1'), job('2'));
+        let tags = |from: &[RepoId], by: &[&CopierId]| -> Vec<String> {
+            let mut t: Vec<String> = from.iter().map(|f| source_tag(*f)).collect();
+            t.extend(by.iter().map(|j| j.tag()));
+            t
+        };
         // The source still holds original 1 (as a snapshot of its own) and 2 (as a copy).
         let source = vec![(id(1), snap(None, &[])), (id(50), snap(Some(2), &[]))];
-        let both = [source_tag(a), source_tag(b)];
-        let bad = ["copied-from:zz".to_string()];
         let destination = vec![
-            (id(101), snap(Some(1), &from_a)), // still at the source
-            (id(102), snap(Some(2), &from_a)), // still there, as a copy
-            (id(103), snap(Some(3), &from_a)), // vanished: taken
-            (id(104), snap(Some(4), &from_b)), // another source's copy
-            (id(105), snap(Some(5), &[])),     // no record (restic copy, older backstop)
-            (id(106), snap(None, &from_a)),    // a tag, but no original: not a copy
-            (id(107), snap(Some(7), &both)),   // two records: none
-            (id(108), snap(Some(8), &bad)),    // a malformed record: none
-            (id(109), snap(None, &[])),        // made at the destination
+            (id(101), snap(Some(1), &tags(&[a], &[&me]))), // still at the source
+            (id(102), snap(Some(2), &tags(&[a], &[&me]))), // still there, as a copy
+            (id(103), snap(Some(3), &tags(&[a], &[&me]))), // vanished: taken
+            (id(104), snap(Some(4), &tags(&[b], &[&me]))), // mine, from the source before
+            (id(105), snap(Some(5), &tags(&[a], &[&other]))), // another job's, same source id
+            (id(106), snap(Some(6), &tags(&[b], &[&other]))), // another job's, elsewhere
+            (id(107), snap(Some(7), &[])),                 // restic copy: no record
+            (id(108), snap(Some(8), &tags(&[a], &[]))),    // from here, before copied-by
+            (id(109), snap(Some(9), &tags(&[b], &[]))),    // from elsewhere, no job
+            (id(110), snap(None, &tags(&[a], &[&me]))),    // tags, but no original: no copy
+            (id(111), snap(Some(11), &tags(&[a], &[&me, &other]))), // two jobs: none
+            (
+                id(112),
+                snap(Some(12), &[source_tag(a), "copied-by:ZZ".into()]),
+            ), // a malformed job: none
+            (id(113), snap(Some(13), &tags(&[a, b], &[&me]))), // two sources: not taken
+            (id(114), snap(None, &[])),                    // made at the destination
         ];
-        let (gone, unrecorded) = vanished((a, &source), &destination);
-        assert_eq!(gone, [id(103)]);
-        assert_eq!(unrecorded, [id(105), id(107), id(108)]);
-        // An empty source, or another repository in its place, takes only what it recorded.
+        let sorted = vanished((a, &source), &me, &destination);
+        assert_eq!(sorted.gone, [id(103)]);
+        assert_eq!(sorted.unrecorded, [id(107), id(108), id(111), id(112)]);
+        assert_eq!(sorted.others, [id(105)]);
+        // An empty source takes only this job's copies recorded as from it.
         assert_eq!(
-            vanished((a, &[]), &destination).0,
+            vanished((a, &[]), &me, &destination).gone,
             [id(101), id(102), id(103)]
         );
-        assert!(
-            vanished((RepoId([0xc; 32]), &[]), &destination)
-                .0
-                .is_empty()
+        // A source posing as `a` (its config claims a's id) under another job, emptied: that
+        // job takes only its own copies, never `me`'s.
+        let posing = vanished((a, &[]), &other, &destination);
+        assert_eq!(posing.gone, [id(105)]);
+        assert_eq!(posing.others, [id(101), id(102), id(103)]);
+        // Another repository in the source's place takes nothing.
+        assert_eq!(
+            vanished((RepoId([0xc; 32]), &[]), &me, &destination),
+            Sorted {
+                gone: vec![],
+                unrecorded: vec![id(107)],
+                others: vec![],
+            }
         );
     }
 

@@ -185,7 +185,14 @@ fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
     ))
     .expect("config");
     let from = format!("copied-from:{}", config["id"].as_str().expect("id"));
-    assert_eq!(tags(&at_site3), [vec!["one-24".to_string(), from]]);
+    // And the job that made it, by the id `show` prints.
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["sync-job", "show", &push, "--json"]).stdout).expect("json");
+    let by = format!(
+        "copied-by:{}",
+        shown["copied_by"].as_str().expect("copied_by")
+    );
+    assert_eq!(tags(&at_site3), [vec!["one-24".to_string(), from, by]]);
     assert!(
         restic_ok(
             &store.join("job_5"),

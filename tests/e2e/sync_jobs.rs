@@ -463,9 +463,10 @@ fn verify_heal_and_verified_only(
     );
 }
 
-/// REMOVE_VANISHED with its MAX_DELETE guard: three snapshots forgotten at the source; a job
-/// allowed to delete two deletes nothing and fails, naming the count; one allowed five forgets
-/// the three copies at the remote, which restic then checks clean.
+/// REMOVE_VANISHED with its MAX_DELETE guard: three snapshots forgotten at the source; a new
+/// job over the same source and remote forgets none of the copies job 1 made (they name job 1)
+/// and counts them; job 1 allowed to delete two deletes nothing and fails, naming the count;
+/// allowed five, it forgets the three copies at the remote, which restic then checks clean.
 fn remove_vanished(
     ok: &dyn Fn(&[&str]) -> Outcome,
     bj: &dyn Fn(&[&str]) -> Outcome,
@@ -493,16 +494,33 @@ fn remove_vanished(
     args.extend(oldest.iter().map(String::as_str));
     let out = run_env(BACKSTOP, &args, b"", &[("RESTIC_PASSWORD", "pw-local")]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    let tight = template(
-        "tight.tmpl",
-        "NAME=\"tight\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nREMOVE_VANISHED=YES\nMAX_DELETE=2\n".into(),
+    let another = template(
+        "another.tmpl",
+        "NAME=\"another\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nREMOVE_VANISHED=YES\nMAX_DELETE=2\n".into(),
     );
-    let id = ok(&["sync-job", "create", &tight])
-        .stdout
-        .trim()
-        .trim_start_matches("ID: ")
-        .to_string();
-    let out = bj(&["sync-job", "run", &id]);
+    let id = created(&ok(&["sync-job", "create", &another]));
+    let out = ok(&["sync-job", "run", &id]);
+    assert!(
+        out.stdout.contains("; 3 copies by another job left alone")
+            && !out.stdout.contains("forgotten"),
+        "{out:?}"
+    );
+    assert_eq!(
+        count(at_remote, "pw-site2"),
+        before,
+        "another job's copies went"
+    );
+    ok(&["sync-job", "remove", &id]);
+
+    ok(&[
+        "sync-job",
+        "update",
+        "1",
+        "--remove-vanished",
+        "--max-delete",
+        "2",
+    ]);
+    let out = bj(&["sync-job", "run", "1"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stderr.contains(
@@ -515,16 +533,8 @@ fn remove_vanished(
         before,
         "the guard let something go"
     );
-    let loose = template(
-        "loose.tmpl",
-        "NAME=\"loose\"\nDATASTORE_ID=1\nREMOTE_ID=2\nVMS=\"22\"\nREMOVE_VANISHED=YES\nMAX_DELETE=5\n".into(),
-    );
-    let id = ok(&["sync-job", "create", &loose])
-        .stdout
-        .trim()
-        .trim_start_matches("ID: ")
-        .to_string();
-    let out = ok(&["sync-job", "run", &id]);
+    ok(&["sync-job", "update", "1", "--max-delete", "5"]);
+    let out = ok(&["sync-job", "run", "1"]);
     assert!(
         out.stdout.contains("; 3 vanished copies forgotten"),
         "{out:?}"
@@ -743,7 +753,7 @@ fn jobs_by_flags(ok: &dyn Fn(&[&str]) -> Outcome, bj: &dyn Fn(&[&str]) -> Outcom
 /// Issue 23: REMOVE_VANISHED forgot copies that came from elsewhere. One remote repository
 /// (over SFTP) holds copies from two sources: datastore A through a job with REMOVE_VANISHED,
 /// datastore B through another job, and one more copy `restic copy` brought from a third
-/// repository. Each copy names its source in a tag restic shows. A forgets a snapshot: the job
+/// repository. Each copy names its source and its job in tags restic shows. A forgets a snapshot: the job
 /// forgets that copy only. A is replaced by an empty repository: nothing is forgotten (the
 /// copies came from the repository that was there). The old A is back and empties: its copies
 /// go, B's and restic's stay, dump byte-exact, and the remote checks clean.
@@ -915,13 +925,25 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
     let holds = |original: &str| at_site().iter().any(|(_, o, _)| o == original);
     let listed = at_site();
     assert_eq!(listed.len(), 6, "{listed:?}");
-    for (source, id) in [(&from_a, &a_id), (&from_b, &b_id)] {
+    let copier = |job: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&["sync-job", "show", job, "--json"]).stdout).expect("json");
+        v["copied_by"].as_str().expect("copied_by").to_string()
+    };
+    for (source, id, job) in [(&from_a, &a_id, "1"), (&from_b, &b_id, "2")] {
         for (original, _) in source.iter() {
             let (_, _, tags) = listed
                 .iter()
                 .find(|(_, o, _)| o == original)
                 .expect("copied");
-            assert_eq!(tags, &["one-22".to_string(), format!("copied-from:{id}")]);
+            assert_eq!(
+                tags,
+                &[
+                    "one-22".to_string(),
+                    format!("copied-from:{id}"),
+                    format!("copied-by:{}", copier(job))
+                ]
+            );
         }
     }
 
@@ -931,7 +953,7 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
     assert!(
         out.stdout.contains(
             "repository 22: 0 snapshots copied, 2 there already; 0 bytes read, 0 bytes written; \
-             1 vanished copies forgotten; 1 copies with no recorded source left alone"
+             1 vanished copies forgotten; 1 copies with no recorded job left alone"
         ),
         "{out:?}"
     );
@@ -946,7 +968,7 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
     assert!(
         out.stdout.contains(
             "repository 22: 0 snapshots copied, 0 there already; 0 bytes read, 0 bytes written; \
-             1 copies with no recorded source left alone"
+             1 copies with no recorded job left alone"
         ),
         "{out:?}"
     );
@@ -985,4 +1007,271 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
         b"a copy from a third site"
     );
     restic_ok(&site, "pw-site", &["check", "--read-data"]);
+}
+
+/// Rewrites the config of the local repository `repo` to claim repository id `id` (a hostile
+/// site can: its config is its own), sealed with the repository's own key as restic does.
+fn claim_repository_id(repo: &Path, pw: &str, id: &str) {
+    use backstop_datastore::repo::Repo;
+    use backstop_datastore::repo::backend::LocalBackend;
+    let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
+    let file = repo.join("config");
+    let plain = r
+        .open_sealed(&fs::read(&file).expect("config"))
+        .expect("config opens");
+    let mut config: serde_json::Value = serde_json::from_slice(&plain).expect("config json");
+    config["id"] = serde_json::Value::String(id.to_string());
+    let sealed = r
+        .seal(&serde_json::to_vec(&config).expect("json"))
+        .expect("seal");
+    fs::remove_file(&file).expect("old config");
+    fs::write(&file, sealed).expect("new config");
+}
+
+/// Issue 23, the mesh: site C pulls from A and from B, B pulls from A too, so B knows A's
+/// repository id, and B turns hostile: its config claims A's id. C's job from B must not take
+/// C's copies of A (made by C's job from A) for copies of its own whose original vanished: each
+/// copy names the job that made it (`copied-by:<the job's id>`, an id the runner keeps and no
+/// repository chooses), and a job forgets only its own. From its first run (B lacks A's
+/// snapshots) C's job from B counts A's three copies as another job's and forgets none; as B
+/// forgets its snapshots, the job forgets exactly its two copies, one run at a time;
+/// C's job from A takes nothing of B's although B's copies claim A's id; A forgets a snapshot
+/// and C's job from A forgets that copy. A's copies dump byte-exact and C checks clean.
+#[test]
+fn remove_vanished_forgets_only_the_jobs_own_copies_when_a_source_poses_as_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let remotes = d.join("remotes");
+    fs::create_dir_all(remotes.join("etc/datastore")).expect("remotes");
+    let state = d.join("state.db");
+    let (st, rm) = (
+        state.to_str().expect("utf-8"),
+        remotes.to_str().expect("utf-8"),
+    );
+    let ok = |args: &[&str]| -> Outcome {
+        let mut all = vec!["backupjob", "--state", st, "--remotes", rm];
+        all.extend_from_slice(args);
+        let out = run(BACKSTOP, &all, b"");
+        assert_eq!(out.code, Some(0), "backupjob {args:?}: {out:?}");
+        out
+    };
+    let template = |name: &str, text: String| {
+        let p = d.join(name);
+        fs::write(&p, text).expect("template");
+        p.display().to_string()
+    };
+    // C's own datastore (1), and sites A (2) and B (3) as remotes, each on a path of its own.
+    for (kind, name, pw) in [
+        ("datastore", "c", "pw-c"),
+        ("remote", "a", "pw-a"),
+        ("remote", "b", "pw-b"),
+    ] {
+        ok(&[
+            kind,
+            "create",
+            &template(
+                &format!("{name}.tmpl"),
+                format!(
+                    "NAME=\"{name}\"\nDS_MAD=\"backstop\"\nBASE_PATH=\"{}\"\nRESTIC_PASSWORD=\"{pw}\"\n",
+                    d.join(name).display()
+                ),
+            ),
+        ]);
+    }
+    let repo = |site: &str, pw: &str, args: &[&str]| -> Outcome {
+        let path = d.join(site).join("22");
+        let mut all = vec!["repo", "-r", path.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        let out = run_env(BACKSTOP, &all, b"", &[("RESTIC_PASSWORD", pw)]);
+        assert_eq!(out.code, Some(0), "repo {args:?}: {out:?}");
+        out
+    };
+    let raw = d.join("disk.raw");
+    let backup = |site: &str, pw: &str, seed: u64| -> (String, Vec<u8>) {
+        let data = noise(1 << 20, seed);
+        fs::write(&raw, &data).expect("raw");
+        let out = repo(
+            site,
+            pw,
+            &[
+                "backup",
+                "--image",
+                raw.to_str().expect("utf-8"),
+                "--path",
+                IN_SNAPSHOT,
+                "--tag",
+                "one-22",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        (v["snapshot_id"].as_str().expect("id").to_string(), data)
+    };
+    repo("a", "pw-a", &["init"]);
+    repo("b", "pw-b", &["init"]);
+    let from_a: Vec<(String, Vec<u8>)> = (0..3).map(|k| backup("a", "pw-a", 30 + k)).collect();
+    let from_b: Vec<(String, Vec<u8>)> = (0..2).map(|k| backup("b", "pw-b", 40 + k)).collect();
+    let config_id = |site: &str, pw: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&restic_ok(&d.join(site).join("22"), pw, &["cat", "config"]))
+                .expect("json");
+        v["id"].as_str().expect("id").to_string()
+    };
+    let a_id = config_id("a", "pw-a");
+    claim_repository_id(&d.join("b/22"), "pw-b", &a_id);
+    assert_eq!(config_id("b", "pw-b"), a_id, "B poses as A");
+
+    let job = |name: &str, remote: u64| {
+        template(
+            &format!("{name}.tmpl"),
+            format!(
+                "NAME=\"{name}\"\nDIRECTION=PULL\nDATASTORE_ID=1\nREMOTE_ID={remote}\nVMS=\"22\"\n\
+                 REMOVE_VANISHED=YES\nMAX_DELETE=10\n"
+            ),
+        )
+    };
+    assert_eq!(
+        ok(&["sync-job", "create", &job("from-a", 2)]).stdout,
+        "ID: 1\n"
+    );
+    assert_eq!(
+        ok(&["sync-job", "create", &job("from-b", 3)]).stdout,
+        "ID: 2\n"
+    );
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains("repository 22: 3 snapshots copied"),
+        "{out:?}"
+    );
+    // B lacks A's snapshots and claims A's id: still, C's copies of A are not its job's.
+    let out = ok(&["sync-job", "run", "2"]);
+    assert!(
+        out.stdout
+            .contains("repository 22: 2 snapshots copied, 0 there already;")
+            && out.stdout.contains("; 3 copies by another job left alone")
+            && !out.stdout.contains("forgotten"),
+        "{out:?}"
+    );
+
+    let at_c = d.join("c/22");
+    // (id, original, tags) of each snapshot C holds, as restic shows them.
+    let held = || -> Vec<(String, String, Vec<String>)> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&restic_ok(&at_c, "pw-c", &["snapshots", "--json"]))
+                .expect("json");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().expect("id").to_string(),
+                    s["original"].as_str().unwrap_or_default().to_string(),
+                    s["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| t.as_str().expect("tag").to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let originals = || -> Vec<String> {
+        let mut o: Vec<String> = held().into_iter().map(|(_, o, _)| o).collect();
+        o.sort();
+        o
+    };
+    let sorted = |list: &[&(String, Vec<u8>)]| -> Vec<String> {
+        let mut o: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
+        o.sort();
+        o
+    };
+    assert_eq!(held().len(), 5, "C's copies of A were forgotten");
+
+    // B forgets one of its snapshots: C's job from B forgets that copy alone; A's copies,
+    // which name the id B claims, are another job's.
+    repo("b", "pw-b", &["forget", &from_b[0].0]);
+    let out = ok(&["sync-job", "run", "2"]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 1 there already; 0 bytes read, 0 bytes written; \
+             1 vanished copies forgotten; 3 copies by another job left alone"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        originals(),
+        sorted(&[&from_a[0], &from_a[1], &from_a[2], &from_b[1]])
+    );
+
+    // C's job from A takes nothing of B's, though B's copy claims A's id and A lacks it.
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 3 there already; 0 bytes read, 0 bytes written; \
+             1 copies by another job left alone"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(held().len(), 4);
+
+    // B empties: its last copy goes, A's stay, run after run.
+    repo("b", "pw-b", &["forget", &from_b[1].0]);
+    for forgotten in ["1 vanished copies forgotten; ", ""] {
+        let out = ok(&["sync-job", "run", "2"]);
+        assert!(
+            out.stdout.contains(&format!(
+                "repository 22: 0 snapshots copied, 0 there already; 0 bytes read, 0 bytes written; \
+                 {forgotten}3 copies by another job left alone"
+            )),
+            "{out:?}"
+        );
+        assert_eq!(originals(), sorted(&[&from_a[0], &from_a[1], &from_a[2]]));
+    }
+
+    // Each copy names its job by the id `show` prints; the two jobs' ids differ.
+    let copier = |job: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&["sync-job", "show", job, "--json"]).stdout).expect("json");
+        v["copied_by"].as_str().expect("copied_by").to_string()
+    };
+    let (job_a, job_b) = (copier("1"), copier("2"));
+    assert!(
+        job_a.len() == 32 && job_a.bytes().all(|b| b.is_ascii_hexdigit()) && job_a != job_b,
+        "{job_a} {job_b}"
+    );
+    assert!(
+        ok(&["sync-job", "show", "1"])
+            .stdout
+            .contains(&format!("\nCOPY TAG : copied-by:{job_a}\n"))
+    );
+    for (id, original, tags) in held() {
+        assert_eq!(
+            tags,
+            [
+                "one-22".to_string(),
+                format!("copied-from:{a_id}"),
+                format!("copied-by:{job_a}")
+            ],
+            "{id}"
+        );
+        let data = &from_a.iter().find(|(o, _)| *o == original).expect("A's").1;
+        assert!(
+            restic_ok(&at_c, "pw-c", &["dump", &id, IN_SNAPSHOT]) == *data,
+            "A's copy {id}"
+        );
+    }
+
+    // A forgets a snapshot: C's job from A forgets its copy.
+    repo("a", "pw-a", &["forget", &from_a[0].0]);
+    let out = ok(&["sync-job", "run", "1"]);
+    assert!(
+        out.stdout.contains(
+            "repository 22: 0 snapshots copied, 2 there already; 0 bytes read, 0 bytes written; \
+             1 vanished copies forgotten"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(originals(), sorted(&[&from_a[1], &from_a[2]]));
+    restic_ok(&at_c, "pw-c", &["check", "--read-data"]);
 }

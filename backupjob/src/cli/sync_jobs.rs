@@ -113,16 +113,22 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         .map_err(|e| input(format!("sync job {id}: {e}")))?
         .when;
     let next = super::next_run(when.as_ref(), runs.first().map(|r| r.started_at));
+    // The id the job's copies are tagged with (`copied-by:<id>`): no secret (every copy shows
+    // it), shown so an operator can find or forget by hand what a job copied.
+    let copier = st.stored_copier(id)?.flatten();
     if json {
         let runs: Vec<_> = runs.iter().map(run_json).collect();
         return print(
-            &serde_json::json!({"id": id, "name": name, "template": super::shown_template(&text), "runs": runs,
-                "next_run": next})
+            &serde_json::json!({"id": id, "name": name, "copied_by": copier,
+                "template": super::shown_template(&text), "runs": runs, "next_run": next})
             .to_string(),
         );
     }
     print(&format!(
-        "SYNC JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nNEXT RUN : {}\n\nTEMPLATE\n{}\n\nRUNS",
+        "SYNC JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nCOPY TAG : {}\nNEXT RUN : {}\n\nTEMPLATE\n{}\n\nRUNS",
+        copier.map_or("- (given at the next run)".into(), |c| format!(
+            "copied-by:{c}"
+        )),
         next.map_or("only when asked".into(), super::local_time),
         super::shown_template(&text)
     ))?;

@@ -117,4 +117,12 @@ pub const MIGRATIONS: &[&str] = &[
     // a SCHEDULE runs at the first time it names after that, or after its last run.
     "ALTER TABLE sync_jobs ADD COLUMN written_at INTEGER;
      ALTER TABLE verify_jobs ADD COLUMN written_at INTEGER;",
+    // 9: each sync job's own random id, tagged on every copy it makes (`copied-by:<id>`,
+    // backstop_datastore::repo::copy::CopierId): REMOVE_VANISHED forgets only copies with its
+    // job's id, which no source repository can choose (the source repository's id, in
+    // `copied-from:`, is the source's to say). Jobs that exist get one here (SQLite's
+    // randomblob, seeded from the system's random source); new ones at creation.
+    "ALTER TABLE sync_jobs ADD COLUMN copier TEXT;
+     UPDATE sync_jobs SET copier = lower(hex(randomblob(16)));
+     CREATE UNIQUE INDEX sync_jobs_copier ON sync_jobs (copier);",
 ];

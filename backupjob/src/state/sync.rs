@@ -1,6 +1,7 @@
 //! Sync jobs and the record of their runs (docs/sync.md).
 
 use super::*;
+use backstop_datastore::repo::copy::CopierId;
 
 /// One run of a sync job, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +32,54 @@ fn alive(runner: Option<&str>) -> bool {
 }
 
 impl State {
+    /// A new sync job, with a new random id for its copies ([`State::sync_job_copier`]).
     pub fn add_sync_job(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
-        self.insert_named("sync_jobs", "sync job", name, template)
+        let copier = CopierId::random().map_err(|e| self.invalid(e.message))?;
+        self.conn
+            .execute(
+                "INSERT INTO sync_jobs (name, template, written_at, copier) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    name,
+                    template,
+                    jiff::Timestamp::now().as_second(),
+                    copier.as_str()
+                ],
+            )
+            .map_err(|e| self.taken(e, || format!("a sync job named {name:?} already exists")))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// The id sync job `id` tags its copies with (`copied-by:<id>`), which decides the copies
+    /// its REMOVE_VANISHED may forget. Every job has one from its creation (or from the schema
+    /// migration for older jobs); one missing or not well formed (a state edited by hand) is
+    /// replaced by a new one here, and that job's earlier copies are then left alone.
+    pub fn sync_job_copier(&mut self, id: u64) -> Result<CopierId, StateError> {
+        let stored = self
+            .stored_copier(id)?
+            .ok_or_else(|| self.invalid(format!("there is no sync job {id}")))?;
+        if let Some(copier) = stored.as_deref().and_then(CopierId::parse) {
+            return Ok(copier);
+        }
+        let copier = CopierId::random().map_err(|e| self.invalid(e.message))?;
+        self.conn
+            .execute(
+                "UPDATE sync_jobs SET copier = ?1 WHERE id = ?2",
+                params![copier.as_str(), id as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(copier)
+    }
+
+    /// Sync job `id`'s copier id as stored (`None` outside: no such job; inside: none yet).
+    pub fn stored_copier(&self, id: u64) -> Result<Option<Option<String>>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT copier FROM sync_jobs WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
     }
 
     /// Every sync job: (id, name, template).

@@ -302,3 +302,50 @@ fn a_sync_or_verify_job_never_overlaps_itself() {
     assert_eq!(s.claim_verify_run(v, 7, &me).expect("claim"), Some(1));
     assert_eq!(s.verify_last_runs().expect("last"), [(v, Some(7))]);
 }
+
+/// Each sync job has its own id for its copies: jobs from before schema 9 get one when the
+/// state is migrated, new jobs at creation, all different and kept across runs and updates;
+/// one lost from the state (edited by hand) is replaced at the next run.
+#[test]
+fn every_sync_job_has_its_own_copier_id() {
+    use backstop_datastore::repo::copy::CopierId;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("state.db");
+    {
+        // A state at schema 8 with two sync jobs.
+        let old = Connection::open(&file).expect("open");
+        for m in &MIGRATIONS[..8] {
+            old.execute_batch(m).expect("migration");
+        }
+        old.pragma_update(None, "user_version", 8).expect("version");
+        old.execute_batch(
+            "INSERT INTO sync_jobs (name, template) VALUES ('a', 'NAME=a');
+             INSERT INTO sync_jobs (name, template) VALUES ('b', 'NAME=b');",
+        )
+        .expect("jobs");
+    }
+    let mut s = State::open(&file).expect("migrate");
+    let stored = |s: &State, id: u64| {
+        s.stored_copier(id)
+            .expect("read")
+            .flatten()
+            .and_then(|c| CopierId::parse(&c))
+            .expect("a copier id")
+    };
+    let (a, b) = (stored(&s, 1), stored(&s, 2));
+    let c = s.add_sync_job("c", "NAME=c").expect("add");
+    let c_id = stored(&s, c);
+    assert_eq!(c_id.as_str().len(), 32);
+    assert!(a != b && b != c_id && a != c_id, "{a} {b} {c_id}");
+    assert_eq!(s.sync_job_copier(1).expect("copier"), a, "kept");
+    s.update_sync_job(1, "a2", "NAME=a2").expect("update");
+    assert_eq!(s.sync_job_copier(1).expect("copier"), a, "kept by update");
+    s.conn
+        .execute("UPDATE sync_jobs SET copier = NULL WHERE id = 2", [])
+        .expect("lose it");
+    let new_b = s.sync_job_copier(2).expect("copier");
+    assert!(new_b != b && new_b != a, "{new_b}");
+    assert_eq!(stored(&s, 2), new_b);
+    assert_eq!(s.stored_copier(99).expect("read"), None);
+    assert!(s.sync_job_copier(99).is_err());
+}
