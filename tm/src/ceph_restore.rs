@@ -118,14 +118,27 @@ impl RbdRestore {
     }
 }
 
-/// Checks the downloaded qcow2 on `host`, makes it stand alone and reads its virtual size
+/// Checks the Ceph files on `host` (`backstop host-restore ceph-files`), then the downloaded
+/// qcow2, makes it stand alone and reads its virtual size
 /// (`backstop host-restore disk`, [`crate::restore_host::disk`]): it names no file of the host
 /// that qemu would open when it is written into the new image.
-pub fn downloaded_size(cfg: &DriverConfig, host: &str, download: &str) -> Result<u64, Error> {
+pub fn downloaded_size(
+    cfg: &DriverConfig,
+    host: &str,
+    download: &str,
+    rbd: &RbdRestore,
+) -> Result<u64, Error> {
+    // First the cluster files the import is about to use (a VM owner may have named them).
+    let bin = sh_quote(&cfg.remote_binary());
+    let file = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "-".to_string(), |p| sh_quote(&p.display().to_string()))
+    };
     let out = ssh_command(cfg, host, Agent::NotForwarded)
         .arg(format!(
-            "{} host-restore disk {} qcow2",
-            sh_quote(&cfg.remote_binary()),
+            "{bin} host-restore ceph-files {} {} && {bin} host-restore disk {} qcow2",
+            file(&rbd.image.conf),
+            file(&rbd.image.keyfile),
             sh_quote(download)
         ))
         .stdin(Stdio::null())

@@ -181,7 +181,7 @@ pub fn run(args: &TmRestoreArgs, cfg: &DriverConfig) -> Result<(), Error> {
         for f in &files {
             download(cfg, host, &f.url, &f.download)?;
             if let Some(r) = &f.rbd {
-                let size = crate::ceph_restore::downloaded_size(cfg, host, &f.download)?;
+                let size = crate::ceph_restore::downloaded_size(cfg, host, &f.download, r)?;
                 remote(cfg, host, &r.import_script(&f.download, size))?;
             }
         }

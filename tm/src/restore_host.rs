@@ -10,6 +10,9 @@
 //!   bytes. Prints the disk's virtual size.
 //! - `tpm <download> <vm_dir>`: the TPM archive unpacked into `<vm_dir>/tpm.restored`
 //!   ([`crate::tpm_archive`]), which the swap renames to `tpm`.
+//! - `ceph-files <conf|-> <key|->`: the Ceph files a restore of an RBD disk is about to hand
+//!   `rbd` and qemu are files only root can have written, the key a bare key
+//!   ([`backstop_datastore::repo::rbd::check_cluster_files`]): a VM owner may have chosen them.
 
 use crate::tpm_archive;
 use backstop_datastore::repo::disk_image::{self, ForeignBacking, Format, qemu_img};
@@ -82,7 +85,7 @@ pub fn run(step: &str, args: &[String]) -> Result<String, Error> {
         Error::new(
             ErrorKind::Input,
             format!(
-                "usage: host-restore disk <download> <raw|qcow2> | tpm <download> <vm_dir>; not {step} {args:?}"
+                "usage: host-restore disk <download> <raw|qcow2> | tpm <download> <vm_dir> | ceph-files <conf|-> <key|->; not {step} {args:?}"
             ),
         )
     };
@@ -95,6 +98,24 @@ pub fn run(step: &str, args: &[String]) -> Result<String, Error> {
             tpm(Path::new(download), Path::new(vm_dir))?;
             Ok(String::new())
         }
+        ("ceph-files", [conf, key]) => {
+            let given = |p: &String| (p != "-").then(|| PathBuf::from(p));
+            let (conf, key) = (given(conf), given(key));
+            for p in conf.iter().chain(&key) {
+                if !backstop_datastore::repo::rbd::cluster_path(p) {
+                    return Err(Error::new(
+                        ErrorKind::Input,
+                        format!(
+                            "{} is not an absolute path without blanks, control characters, '.' or '..'",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
+            backstop_datastore::repo::rbd::check_cluster_files(conf.as_deref(), key.as_deref())
+                .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
+            Ok(String::new())
+        }
         _ => Err(usage()),
     }
 }
@@ -103,6 +124,29 @@ pub fn run(step: &str, args: &[String]) -> Result<String, Error> {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    /// The Ceph files a restore hands rbd: a VM owner may have named them (issue 23).
+    #[test]
+    fn ceph_files_must_be_roots_and_the_key_bare() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, "AQBbZ2dlAAAAABAAr4Sz0uLxwqXe3j6ZxP7mNA==\n").expect("key");
+        let auth = dir.path().join("one_auth");
+        std::fs::write(&auth, "oneadmin:s3cr3t\n").expect("auth");
+        let arg = |p: &Path| p.display().to_string();
+        let e = run("ceph-files", &["-".into(), arg(&auth)]).expect_err("not a key");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let e = run("ceph-files", &["/etc/ceph/../one/x".into(), "-".into()]).expect_err("..");
+        assert!(e.to_string().contains("'..'"), "{e}");
+        // Made by this test: root's where the tests run as root (CI), else refused as not
+        // root's.
+        let mine = run("ceph-files", &["-".into(), arg(&key)]);
+        let as_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        });
+        assert_eq!(mine.is_ok(), as_root, "{mine:?}");
+    }
 
     fn sh(args: &[&str]) {
         let out = Command::new(args[0])

@@ -127,42 +127,47 @@ fn is_bare_key(text: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
+/// The cluster files of an image, checked on the host that runs the tools: each a file only
+/// root can have written ([`root_owned_file`]), the key file one bare key (a file of another
+/// kind would be echoed by librados in its error, to whoever reads it).
+pub fn check_cluster_files(conf: Option<&Path>, keyfile: Option<&Path>) -> io::Result<()> {
+    if let Some(conf) = conf {
+        root_owned_file(conf)
+            .map_err(|e| io::Error::new(e.kind(), format!("the Ceph configuration file {e}")))?;
+    }
+    if let Some(key) = keyfile {
+        root_owned_file(key)
+            .map_err(|e| io::Error::new(e.kind(), format!("the Ceph key file {e}")))?;
+        let mut head = Vec::new();
+        std::fs::File::open(key)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the Ceph key file {} cannot be read: {e}", key.display()),
+                )
+            })?;
+        if !is_bare_key(&head) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the Ceph key file {} does not hold one bare key (rbd --keyfile takes only that)",
+                    key.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl RbdImage {
-    /// [`RbdImage::check`], and on the host that runs the tools, the cluster files: each a
+    /// [`RbdImage::check`], and on the host that runs the tools, the cluster files
+    /// ([`check_cluster_files`]). each a
     /// file only root can have written ([`root_owned_file`]), the key file one bare key (a
     /// file of another kind would be echoed by librados in its error, to whoever reads it).
     pub fn check_on_host(&self) -> io::Result<()> {
         self.check()?;
-        if let Some(conf) = &self.conf {
-            root_owned_file(conf).map_err(|e| {
-                io::Error::new(e.kind(), format!("the Ceph configuration file {e}"))
-            })?;
-        }
-        if let Some(key) = &self.keyfile {
-            root_owned_file(key)
-                .map_err(|e| io::Error::new(e.kind(), format!("the Ceph key file {e}")))?;
-            let mut head = Vec::new();
-            std::fs::File::open(key)
-                .and_then(|f| {
-                    std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head)
-                })
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("the Ceph key file {} cannot be read: {e}", key.display()),
-                    )
-                })?;
-            if !is_bare_key(&head) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "the Ceph key file {} does not hold one bare key (rbd --keyfile takes only that)",
-                        key.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        check_cluster_files(self.conf.as_deref(), self.keyfile.as_deref())
     }
 
     /// Checks every name and path before anything is run with it.
