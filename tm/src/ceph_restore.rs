@@ -204,7 +204,7 @@ mod tests {
             .find("mv -- one/one-7.new.0a0b0c0d one/one-7\n")
             .expect("new");
         assert!(first < second, "{s}");
-        assert!(s.contains("out=$(rbd --conf /etc/ceph/ceph.conf --id libvirt --keyfile '/etc/ceph/key file' rm --no-progress -- one/one-7.old.0a0b0c0d 2>&1) || echo"), "{s}");
+        assert!(s.contains("out=$(rbd --conf /etc/ceph/ceph.conf --id libvirt --keyfile /etc/ceph/key.file rm --no-progress -- one/one-7.old.0a0b0c0d 2>&1) || echo"), "{s}");
         assert!(
             restore()
                 .cleanup_line()
