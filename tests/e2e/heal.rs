@@ -27,8 +27,17 @@ fn attempt(t: &Tm, inc: u64) -> (crate::support::Outcome, crate::support::Outcom
 fn damage_and_heal(t: &Tm, last_inc: u64) {
     let cloud = &t.cloud;
     let path = format!("{}/disk.0.{last_inc}", cloud.staging().display());
-    damage_blob(&cloud.repo(), PASSWORD, "latest", &path, 10);
-    let repo = cloud.repo();
+    heal_chunk_10(&cloud.repo(), &path);
+    assert!(
+        !cloud.restic(&["check", "--read-data"]).status.success(),
+        "the healed repository should miss the blob until a backup stores it again"
+    );
+}
+
+/// Damages chunk 10 of `path` in the latest snapshot of the local repository `repo` and heals
+/// it with `backstop repo verify --heal`: one pack rewritten, one blob out.
+fn heal_chunk_10(repo: &std::path::Path, path: &str) {
+    damage_blob(repo, PASSWORD, "latest", path, 10);
     let out = run_env(
         BACKSTOP,
         &[
@@ -45,10 +54,6 @@ fn damage_and_heal(t: &Tm, last_inc: u64) {
         out.stdout
             .contains("healed: 1 packs rewritten, 1 damaged blobs out"),
         "{out:?}"
-    );
-    assert!(
-        !cloud.restic(&["check", "--read-data"]).status.success(),
-        "the healed repository should miss the blob until a backup stores it again"
     );
 }
 
@@ -232,24 +237,7 @@ fn after_a_heal_the_runner_completes_a_staged_increment_in_one_run() {
         }
         if round == 2 {
             let path = format!("{}/disk.0.1", cloud.staging().display());
-            damage_blob(&repo, PASSWORD, "latest", &path, 10);
-            let out = run_env(
-                BACKSTOP,
-                &[
-                    "repo",
-                    "-r",
-                    repo.to_str().expect("utf-8"),
-                    "verify",
-                    "--heal",
-                ],
-                b"",
-                &[("RESTIC_PASSWORD", PASSWORD)],
-            );
-            assert!(
-                out.stdout
-                    .contains("healed: 1 packs rewritten, 1 damaged blobs out"),
-                "{out:?}"
-            );
+            heal_chunk_10(&repo, &path);
         }
         let (image, last) = state.chain_of(VM, Some(job), 100).expect("chain");
         let chain = ChainPointers {

@@ -812,35 +812,8 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
             ),
         ),
     ]);
-    let repo = |ds: &str, pw: &str, args: &[&str]| -> Outcome {
-        let path = d.join(ds).join("22");
-        let mut all = vec!["repo", "-r", path.to_str().expect("utf-8")];
-        all.extend_from_slice(args);
-        let out = run_env(BACKSTOP, &all, b"", &[("RESTIC_PASSWORD", pw)]);
-        assert_eq!(out.code, Some(0), "repo {args:?}: {out:?}");
-        out
-    };
-    let raw = d.join("disk.raw");
-    let backup = |ds: &str, pw: &str, seed: u64| -> (String, Vec<u8>) {
-        let data = noise(2 << 20, seed);
-        fs::write(&raw, &data).expect("raw");
-        let out = repo(
-            ds,
-            pw,
-            &[
-                "backup",
-                "--image",
-                raw.to_str().expect("utf-8"),
-                "--path",
-                IN_SNAPSHOT,
-                "--tag",
-                "one-22",
-                "--json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-        (v["snapshot_id"].as_str().expect("id").to_string(), data)
-    };
+    let repo = |ds: &str, pw: &str, args: &[&str]| site_repo(d, ds, pw, args);
+    let backup = |ds: &str, pw: &str, seed: u64| site_backup(d, ds, pw, 2 << 20, seed);
     repo("a", "pw-a", &["init"]);
     repo("b", "pw-b", &["init"]);
     let from_a: Vec<(String, Vec<u8>)> = (0..3).map(|k| backup("a", "pw-a", 10 + k)).collect();
@@ -1078,35 +1051,8 @@ fn remove_vanished_forgets_only_the_jobs_own_copies_when_a_source_poses_as_anoth
             ),
         ]);
     }
-    let repo = |site: &str, pw: &str, args: &[&str]| -> Outcome {
-        let path = d.join(site).join("22");
-        let mut all = vec!["repo", "-r", path.to_str().expect("utf-8")];
-        all.extend_from_slice(args);
-        let out = run_env(BACKSTOP, &all, b"", &[("RESTIC_PASSWORD", pw)]);
-        assert_eq!(out.code, Some(0), "repo {args:?}: {out:?}");
-        out
-    };
-    let raw = d.join("disk.raw");
-    let backup = |site: &str, pw: &str, seed: u64| -> (String, Vec<u8>) {
-        let data = noise(1 << 20, seed);
-        fs::write(&raw, &data).expect("raw");
-        let out = repo(
-            site,
-            pw,
-            &[
-                "backup",
-                "--image",
-                raw.to_str().expect("utf-8"),
-                "--path",
-                IN_SNAPSHOT,
-                "--tag",
-                "one-22",
-                "--json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-        (v["snapshot_id"].as_str().expect("id").to_string(), data)
-    };
+    let repo = |site: &str, pw: &str, args: &[&str]| site_repo(d, site, pw, args);
+    let backup = |site: &str, pw: &str, seed: u64| site_backup(d, site, pw, 1 << 20, seed);
     repo("a", "pw-a", &["init"]);
     repo("b", "pw-b", &["init"]);
     let from_a: Vec<(String, Vec<u8>)> = (0..3).map(|k| backup("a", "pw-a", 30 + k)).collect();
@@ -1274,4 +1220,39 @@ fn remove_vanished_forgets_only_the_jobs_own_copies_when_a_source_poses_as_anoth
     );
     assert_eq!(originals(), sorted(&[&from_a[1], &from_a[2]]));
     restic_ok(&at_c, "pw-c", &["check", "--read-data"]);
+}
+
+/// `backstop repo` on repository 22 of `<d>/<site>` with password `pw`; it must succeed.
+fn site_repo(d: &Path, site: &str, pw: &str, args: &[&str]) -> Outcome {
+    let path = d.join(site).join("22");
+    let mut all = vec!["repo", "-r", path.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let out = run_env(BACKSTOP, &all, b"", &[("RESTIC_PASSWORD", pw)]);
+    assert_eq!(out.code, Some(0), "repo {args:?}: {out:?}");
+    out
+}
+
+/// A backup of `len` bytes of noise (from `seed`) into repository 22 of `<d>/<site>`, tagged
+/// `one-22`: its snapshot id and the data.
+fn site_backup(d: &Path, site: &str, pw: &str, len: usize, seed: u64) -> (String, Vec<u8>) {
+    let data = noise(len, seed);
+    let raw = d.join(format!("disk-{site}.raw"));
+    fs::write(&raw, &data).expect("raw");
+    let out = site_repo(
+        d,
+        site,
+        pw,
+        &[
+            "backup",
+            "--image",
+            raw.to_str().expect("utf-8"),
+            "--path",
+            IN_SNAPSHOT,
+            "--tag",
+            "one-22",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    (v["snapshot_id"].as_str().expect("id").to_string(), data)
 }
