@@ -72,7 +72,7 @@ pub fn discover(
     location: &str,
     cfg: &DriverConfig,
 ) -> Result<Vec<String>, Error> {
-    let ds = crate::sync::datastore(&st.datastores()?, ds_id, "datastore", location)?;
+    let ds = crate::model::state_datastore(&st.datastores()?, ds_id, "datastore", location)?;
     let mut chains = Vec::new();
     for repo in backstop_datastore::target::repositories(&ds, cfg)? {
         let job = repo

@@ -1,10 +1,13 @@
 //! Job and datastore templates (OpenNebula template syntax, driver contract §11.1), validated into what
 //! the runner needs. Errors name the attribute.
 
+use crate::Error;
+use crate::error::input;
 use crate::retention::Keep;
 use crate::runner::{BackupDatastore, JobConfig, Mode};
 use crate::schedule::SchedAction;
 use crate::scheduler::Execution;
+use backstop_protocol::message::Datastore;
 use backstop_protocol::template::{Template, Value, vector_get};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -279,6 +282,23 @@ pub fn without_sched_actions(text: &str) -> Result<String, TemplateError> {
 
 fn cdata(v: &str) -> String {
     format!("<![CDATA[{}]]>", v.replace("]]>", "]]]]><![CDATA[>"))
+}
+
+/// A datastore or remote of the state as the actions see it.
+pub fn state_datastore(
+    list: &[(u64, String, String)],
+    id: u64,
+    what: &str,
+    location: &str,
+) -> Result<Datastore, Error> {
+    let (_, _, text) = list
+        .iter()
+        .find(|d| d.0 == id)
+        .ok_or_else(|| input(format!("there is no {what} {id}")))?;
+    let (_, ds) = datastore(id, text, location).map_err(|x| input(format!("{what} {id}: {x}")))?;
+    let root = backstop_protocol::xml::Element::parse(&ds.document)
+        .map_err(|x| input(format!("{what} {id}: {x}")))?;
+    Datastore::from_xml(&root).map_err(|x| input(format!("{what} {id}: {x}")))
 }
 
 /// A backup datastore from its template (NAME, DS_MAD, BASE_PATH and the driver's attributes).

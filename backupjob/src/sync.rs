@@ -36,6 +36,9 @@ use crate::Error;
 use crate::calendar::When;
 use crate::error::input;
 use crate::filters::Selection;
+use crate::job_template::{JobBasics, number_or, required_number, yes_no};
+use crate::model::state_datastore as datastore;
+use crate::pool::{Report, Running, each_at_once, with_ticks};
 use crate::state::State;
 use crate::state::sync::SyncRun;
 use backstop_datastore::config::DriverConfig;
@@ -84,42 +87,10 @@ pub struct SyncTemplate {
     pub parallel: usize,
 }
 
-/// A `YES`/`NO` attribute (any case), `default` when absent.
-pub(crate) fn yes_no(t: &Template, name: &str, default: bool) -> Result<bool, String> {
-    match t.get(name).map(|v| v.trim().to_ascii_uppercase()) {
-        None => Ok(default),
-        Some(v) if v == "YES" => Ok(true),
-        Some(v) if v == "NO" => Ok(false),
-        Some(v) => Err(format!("{name} {v:?} is not YES or NO")),
-    }
-}
-
-/// A number attribute, `default` when absent.
-pub(crate) fn number_or(t: &Template, name: &str, default: u64) -> Result<u64, String> {
-    match t.get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name} {v:?} is not a number")),
-    }
-}
-
 impl SyncTemplate {
     pub fn parse(text: &str) -> Result<SyncTemplate, String> {
         let t = Template::parse(text).map_err(|e| e.to_string())?;
-        let number = |name: &str| -> Result<u64, String> {
-            let v = t.get(name).ok_or_else(|| format!("{name} is missing"))?;
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{name} {v:?} is not a number"))
-        };
-        let name = t
-            .get("NAME")
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .ok_or("NAME is missing")?
-            .to_string();
+        let basics = JobBasics::parse(&t)?;
         let direction = match t.get("DIRECTION").map(|d| d.trim().to_ascii_uppercase()) {
             None => Direction::Push,
             Some(d) if d == "PUSH" => Direction::Push,
@@ -131,10 +102,6 @@ impl SyncTemplate {
         let workers = optional("WORKERS", 4)?;
         if !(1..=64).contains(&workers) {
             return Err(format!("WORKERS {workers} is not between 1 and 64"));
-        }
-        let parallel = optional("PARALLEL", 2)?;
-        if !(1..=16).contains(&parallel) {
-            return Err(format!("PARALLEL {parallel} is not between 1 and 16"));
         }
         let verified_only = yes_no(&t, "VERIFIED_ONLY", false)?;
         if verified_only && direction == Direction::Pull {
@@ -155,40 +122,22 @@ impl SyncTemplate {
             );
         }
         Ok(SyncTemplate {
-            when: When::parse(&t)?,
+            when: basics.when,
             resync_corrupt,
             remove_vanished,
-            name,
+            name: basics.name,
             direction,
             verified_only,
-            datastore_id: number("DATASTORE_ID")?,
-            remote_id: number("REMOTE_ID")?,
-            select: Selection::parse(&t)?,
+            datastore_id: basics.datastore_id,
+            remote_id: required_number(&t, "REMOTE_ID")?,
+            select: basics.select,
             transfer_last,
             rate_in: optional("RATE_IN", 0)?,
             rate_out: optional("RATE_OUT", 0)?,
             workers: workers as usize,
-            parallel: parallel as usize,
+            parallel: basics.parallel,
         })
     }
-}
-
-/// A datastore or remote of the state as the actions see it.
-pub fn datastore(
-    list: &[(u64, String, String)],
-    id: u64,
-    what: &str,
-    location: &str,
-) -> Result<Datastore, Error> {
-    let (_, _, text) = list
-        .iter()
-        .find(|d| d.0 == id)
-        .ok_or_else(|| input(format!("there is no {what} {id}")))?;
-    let (_, ds) = crate::model::datastore(id, text, location)
-        .map_err(|x| input(format!("{what} {id}: {x}")))?;
-    let root = backstop_protocol::xml::Element::parse(&ds.document)
-        .map_err(|x| input(format!("{what} {id}: {x}")))?;
-    Datastore::from_xml(&root).map_err(|x| input(format!("{what} {id}: {x}")))
 }
 
 /// The snapshots to copy: all, or the newest `last` of each VM (by its `one-<vm>` tag).
@@ -405,19 +354,6 @@ fn remove_vanished(
     Ok(done)
 }
 
-/// How a run reports: a line per repository (`done`), and a progress line about every second
-/// while a repository is copied (`progress`, from another thread).
-pub struct Report<'a> {
-    pub done: &'a mut dyn FnMut(&str),
-    pub progress: &'a (dyn Fn(&str) + Sync),
-}
-
-impl std::fmt::Debug for Report<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Report")
-    }
-}
-
 /// Runs sync job `id` now. The run's record; `None` when the job is running already in
 /// another process (a job never overlaps itself).
 pub fn run(
@@ -588,108 +524,6 @@ fn run_repositories(
     Ok(errors)
 }
 
-/// The repositories being worked on at once, each with its progress counters.
-pub(crate) struct Running<P>(std::sync::Mutex<Vec<(String, std::sync::Arc<P>)>>);
-
-impl<P> Default for Running<P> {
-    fn default() -> Self {
-        Running(std::sync::Mutex::new(Vec::new()))
-    }
-}
-
-impl<P> Running<P> {
-    /// Runs `work` on repository `name`, listed as running with `counters` meanwhile.
-    pub(crate) fn track<T>(
-        &self,
-        name: &str,
-        counters: std::sync::Arc<P>,
-        work: impl FnOnce() -> T,
-    ) -> T {
-        if let Ok(mut r) = self.0.lock() {
-            r.push((name.to_string(), counters));
-        }
-        let out = work();
-        if let Ok(mut r) = self.0.lock() {
-            r.retain(|(n, _)| n != name);
-        }
-        out
-    }
-
-    /// Reports one progress line naming each running repository (`part` says one), if any.
-    pub(crate) fn line(&self, report: impl Fn(&str), part: impl Fn(&str, &P) -> String) {
-        let now = self.0.lock().map(|r| r.clone()).unwrap_or_default();
-        let parts: Vec<String> = now.iter().map(|(name, p)| part(name, p)).collect();
-        if !parts.is_empty() {
-            report(&parts.join("; "));
-        }
-    }
-}
-
-/// Runs `work` on each of `items`, `at_once` at a time on threads of their own, and calls
-/// `done` on this thread as each ends; the outcomes come back in the items' order (a panic
-/// in `work` is the caller's panic once the other workers end).
-pub(crate) fn each_at_once<I: Sync, T: Send>(
-    at_once: usize,
-    items: &[I],
-    work: impl Fn(&I) -> T + Sync,
-    mut done: impl FnMut(usize, &T),
-) -> Vec<Option<T>> {
-    use std::sync::atomic::AtomicUsize;
-    let next = AtomicUsize::new(0);
-    let mut outcomes: Vec<Option<T>> = items.iter().map(|_| None).collect();
-    std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..at_once.clamp(1, items.len().max(1)) {
-            let tx = tx.clone();
-            let (next, work) = (&next, &work);
-            s.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(item) = items.get(i) else {
-                        break;
-                    };
-                    if tx.send((i, work(item))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        for (i, outcome) in rx {
-            done(i, &outcome);
-            outcomes[i] = Some(outcome);
-        }
-    });
-    outcomes
-}
-
-/// Runs `work`, calling `tick` about every second from another thread while it runs.
-pub(crate) fn with_ticks<T>(tick: impl Fn() + Sync, work: impl FnOnce() -> T) -> T {
-    use std::sync::atomic::AtomicBool;
-    let finished = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut waited = 0u32;
-            while !finished.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                waited += 1;
-                if waited.is_multiple_of(10) {
-                    tick();
-                }
-            }
-        });
-        // Set on the way out, however `work` ends, so the ticker always stops.
-        struct Done<'a>(&'a AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
-            }
-        }
-        let _done = Done(&finished);
-        work()
-    })
-}
-
 fn repository_line(repo: &str, s: &CopyStats, removed: Vanished) -> String {
     format!(
         "repository {repo}: {} snapshots copied, {} there already{}; {} bytes read, {} bytes written{}{}{}",
@@ -721,92 +555,6 @@ fn repository_line(repo: &str, s: &CopyStats, removed: Vanished) -> String {
             String::new()
         }
     )
-}
-
-/// The scheduler daemon's pass over sync and verify jobs with `EVERY` or `SCHEDULE`: each one due runs now,
-/// one after another; a job running in another process is left to it. The lines to log.
-pub fn scheduled_pass(
-    st: &mut State,
-    location: &str,
-    cfg: &DriverConfig,
-    (now, tz, notify): (i64, &jiff::tz::TimeZone, &crate::notify::Settings),
-) -> Result<Vec<String>, Error> {
-    use crate::state::sync::JobKind;
-    let due = |when: &Option<When>, last: Option<i64>, written: Option<i64>| {
-        when.as_ref().is_some_and(|w| w.due(now, last, written, tz))
-    };
-    let mut lines = Vec::new();
-    for (id, _, text) in st.sync_jobs()? {
-        let Ok(job) = SyncTemplate::parse(&text) else {
-            continue;
-        };
-        let last = st.sync_runs(id)?.first().map(|r| r.started_at);
-        if !due(&job.when, last, st.written_at(JobKind::Sync, id)?) {
-            continue;
-        }
-        let report = Report {
-            done: &mut |_| {},
-            progress: &|_| {},
-        };
-        match run(st, id, location, cfg, report)? {
-            None => lines.push(format!("sync job {id}: running already, not started again")),
-            Some(r) => {
-                lines.push(format!(
-                    "sync job {id}: run {}: {} snapshots copied, {} bytes written{}",
-                    r.id,
-                    r.snapshots,
-                    r.bytes_written,
-                    r.error.as_ref().map_or(String::new(), |e| format!(
-                        "; FAILED: {}",
-                        e.replace('\n', "; ")
-                    ))
-                ));
-                let failed: Vec<String> = r
-                    .error
-                    .as_deref()
-                    .map(|e| e.lines().map(str::to_string).collect())
-                    .unwrap_or_default();
-                lines.extend(
-                    crate::notify::after_run(notify, ("sync job", id, &text), &failed)
-                        .into_iter()
-                        .map(|l| format!("sync job {id}: {l}")),
-                );
-            }
-        }
-    }
-    let last_runs = st.verify_last_runs()?;
-    for (id, _, text, _) in st.verify_jobs()? {
-        let Ok(job) = crate::verify_job::VerifyTemplate::parse(&text) else {
-            continue;
-        };
-        let last = last_runs.iter().find(|l| l.0 == id).and_then(|l| l.1);
-        if !due(&job.when, last, st.written_at(JobKind::Verify, id)?) {
-            continue;
-        }
-        let quiet = crate::sync::Report {
-            done: &mut |_| {},
-            progress: &|_| {},
-        };
-        match crate::verify_job::run(st, id, location, cfg, quiet)? {
-            None => lines.push(format!(
-                "verify job {id}: running already, not started again"
-            )),
-            Some(r) => {
-                lines.extend(r.lines.iter().map(|l| format!("verify job {id}: {l}")));
-                lines.extend(
-                    r.damaged
-                        .iter()
-                        .map(|d| format!("verify job {id}: FAILED: {d}")),
-                );
-                lines.extend(
-                    crate::notify::after_run(notify, ("verify job", id, &text), &r.damaged)
-                        .into_iter()
-                        .map(|l| format!("verify job {id}: {l}")),
-                );
-            }
-        }
-    }
-    Ok(lines)
 }
 
 #[cfg(test)]

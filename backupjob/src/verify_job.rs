@@ -14,6 +14,9 @@
 
 use crate::Error;
 use crate::error::input;
+use crate::job_template::{JobBasics, number_or, yes_no};
+use crate::model::state_datastore;
+use crate::pool::{Report, Running, each_at_once, with_ticks};
 use crate::state::State;
 use crate::state::sync::Verdict;
 use backstop_datastore::config::DriverConfig;
@@ -44,27 +47,25 @@ pub struct VerifyTemplate {
 
 impl VerifyTemplate {
     pub fn parse(text: &str) -> Result<VerifyTemplate, String> {
-        // The repositories are named as a sync job names them.
-        let as_sync = format!("{text}\nREMOTE_ID=0\n");
-        let sync = crate::sync::SyncTemplate::parse(&as_sync)?;
         let t = Template::parse(text).map_err(|e| e.to_string())?;
-        let number = |name: &str, default: u64| crate::sync::number_or(&t, name, default);
+        let basics = JobBasics::parse(&t)?;
+        let number = |name: &str, default: u64| number_or(&t, name, default);
         let shares = number("SHARES", 1)?;
         if !(1..=255).contains(&shares) {
             return Err(format!("SHARES {shares} is not between 1 and 255"));
         }
-        let heal = crate::sync::yes_no(&t, "HEAL", true)?;
-        let ignore_verified = crate::sync::yes_no(&t, "IGNORE_VERIFIED", false)?;
+        let heal = yes_no(&t, "HEAL", true)?;
+        let ignore_verified = yes_no(&t, "IGNORE_VERIFIED", false)?;
         Ok(VerifyTemplate {
-            when: sync.when.clone(),
-            name: sync.name.clone(),
-            datastore_id: sync.datastore_id,
-            select: sync.select,
+            when: basics.when,
+            name: basics.name,
+            datastore_id: basics.datastore_id,
+            select: basics.select,
             ignore_verified,
             outdated_after_days: number("OUTDATED_AFTER", 0)?,
             shares: shares as u8,
             heal,
-            parallel: sync.parallel,
+            parallel: basics.parallel,
         })
     }
 }
@@ -82,7 +83,7 @@ pub fn run(
     id: u64,
     location: &str,
     cfg: &DriverConfig,
-    report: crate::sync::Report<'_>,
+    report: Report<'_>,
 ) -> Result<Option<VerifyRun>, Error> {
     let (_, _, text, _) = st
         .verify_jobs()?
@@ -90,7 +91,7 @@ pub fn run(
         .find(|j| j.0 == id)
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let job = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
-    let ds = crate::sync::datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
+    let ds = state_datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
     let now = jiff::Timestamp::now().as_second();
     let runner = backstop_datastore::process::ProcessId::current();
     let Some(k) = st.claim_verify_run(id, now, &runner)? else {
@@ -117,9 +118,9 @@ fn verify_all(
     st: &mut State,
     (job, ds, k): (&VerifyTemplate, &backstop_protocol::message::Datastore, u64),
     cfg: &DriverConfig,
-    report: crate::sync::Report<'_>,
+    report: Report<'_>,
 ) -> Result<VerifyRun, Error> {
-    let crate::sync::Report { done, progress } = report;
+    let Report { done, progress } = report;
     let share = (job.shares > 1).then(|| Share {
         n: (k % u64::from(job.shares)) as u8 + 1,
         m: job.shares,
@@ -145,7 +146,7 @@ fn verify_all(
             .collect();
         work.push((name, spared));
     }
-    let running = crate::sync::Running::default();
+    let running = Running::default();
     let line = || {
         running.line(progress, |name, counted: &VerifyProgress| {
             format!(
@@ -160,8 +161,8 @@ fn verify_all(
         damaged: Vec::new(),
     };
     let mut recorded: Result<(), Error> = Ok(());
-    crate::sync::with_ticks(line, || {
-        crate::sync::each_at_once(
+    with_ticks(line, || {
+        each_at_once(
             job.parallel,
             &work,
             |(name, spared)| {

@@ -15,9 +15,8 @@
 #[allow(dead_code)]
 mod cluster;
 
-use crate::compare::settle;
 use crate::data::sha256_file;
-use crate::run::{Measure, capture, q, timed};
+use crate::run::{Measure, capture, q, settle, timed};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;

@@ -2,11 +2,10 @@
 
 use crate::data::{MIB, generate, rewrite, sha256_file};
 use crate::peers::{NAME, Peer};
-use crate::run::{Measure, q, timed};
+use crate::run::{Measure, q, settle, timed};
 use crate::{cpu, s3, sshd};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The path the image is stored under in backstop's snapshots (as the datastore driver does).
 const FILE: &str = "/var/lib/one/datastores/0/7/backup/disk.0.0";
@@ -248,18 +247,6 @@ impl Bench<'_> {
         let theirs = timed("restic s3 full", &restic.backup(&self.image));
         Some((ours, theirs))
     }
-}
-
-/// Before every measured step: flushes what earlier steps left dirty (no step pays for
-/// another's writes) and, where allowed (root), empties the page cache, so every tool reads the
-/// image and its repository from the disk, as a backup at 3 a.m. or a restore weeks later does.
-pub(crate) fn settle() {
-    let _ = Command::new("sh")
-        .args([
-            "-c",
-            "sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; true",
-        ])
-        .status();
 }
 
 pub fn run(work: &Path, backstop: &Path, size_mib: u64, rustic: Option<PathBuf>) -> Report {

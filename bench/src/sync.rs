@@ -4,10 +4,9 @@
 //! run; then one more increment, copied again by both (the incremental sync). And a verify of
 //! the main benchmark's repository against `restic check --read-data` of it.
 
-use crate::compare::settle;
 use crate::data::{MIB, generate, rewrite};
 use crate::peers::Peer;
-use crate::run::{Measure, q, timed};
+use crate::run::{Measure, q, settle, timed};
 use std::fs;
 use std::path::Path;
 

@@ -275,7 +275,7 @@ fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
 }
 
 /// The storage at `location`, with the command line's connection options.
-pub(crate) fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
+fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
     let remote: Arc<dyn Storage> = if location.starts_with("sftp:") {
         let loc = SftpLocation::parse(location)?;
         let options = SftpOptions {
@@ -310,7 +310,19 @@ pub(crate) fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>
     })
 }
 
+fn copy_options<'a>(
+    args: &Args,
+    open: &'a crate::repo_copy::OpenStorage<'a>,
+) -> crate::repo_copy::Options<'a> {
+    crate::repo_copy::Options {
+        open,
+        retry_lock: args.retry_lock,
+        connections: args.connections,
+    }
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    let open = |location: &str| backend_at(args, location);
     let pw = password(args)?;
     let be = backend(args)?;
     if let Command::Init = args.command {
@@ -331,13 +343,17 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if let Command::Copy(cmd) = &args.command {
         // Both keys are derived at once.
-        return crate::repo_copy::run(args, Repo::open_in_background(be, pw), cmd);
+        return crate::repo_copy::run(
+            &copy_options(args, &open),
+            Repo::open_in_background(be, pw),
+            cmd,
+        );
     }
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
         Command::Init | Command::Backup(_) => Ok(()),
         Command::Copy(_) => Ok(()),
-        Command::Verify(cmd) => crate::repo_copy::verify(args, &repo, cmd),
+        Command::Verify(cmd) => crate::repo_copy::verify(&copy_options(args, &open), &repo, cmd),
         Command::Snapshots { json } => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
             if *json {

@@ -7,11 +7,33 @@
 //! `backstop repo verify [SNAPSHOT...] [--share n/m] [--heal]`: the engine's
 //! [`backstop_datastore::repo::verify`].
 
-use crate::repo_cli::{Args, backend_at};
 use backstop_datastore::repo::Repo;
+use backstop_datastore::repo::backend::Storage;
 use backstop_datastore::repo::copy::{CopyOptions, copy};
 use backstop_datastore::repo::lock::RetryLock;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a copy and a verify take from the `repo` command line: how to open another storage
+/// location with its connection options, how long to wait for a lock, connections at once.
+/// Opens the storage at a location.
+pub type OpenStorage<'a> = dyn Fn(&str) -> Result<Arc<dyn Storage>, String> + 'a;
+
+pub struct Options<'a> {
+    pub open: &'a OpenStorage<'a>,
+    pub retry_lock: Duration,
+    pub connections: usize,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("retry_lock", &self.retry_lock)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct CopyCmd {
@@ -71,11 +93,11 @@ fn named(
 /// The destination is being opened on a thread of its own meanwhile (its key derivation and
 /// the source's run at once).
 pub fn run(
-    args: &Args,
+    args: &Options<'_>,
     dst: backstop_datastore::repo::Opening,
     cmd: &CopyCmd,
 ) -> Result<(), String> {
-    let src = Repo::open(backend_at(args, &cmd.from_repo)?, &from_password(cmd)?)
+    let src = Repo::open((args.open)(&cmd.from_repo)?, &from_password(cmd)?)
         .map_err(|e| format!("the source: {e}"));
     let dst = dst.wait().map_err(|e| e.to_string())?;
     let dst = &dst;
@@ -120,7 +142,7 @@ pub struct VerifyCmd {
 }
 
 /// Exit 1 (an error naming the snapshots) when a snapshot is damaged, healed or not.
-pub fn verify(args: &Args, repo: &Repo, cmd: &VerifyCmd) -> Result<(), String> {
+pub fn verify(args: &Options<'_>, repo: &Repo, cmd: &VerifyCmd) -> Result<(), String> {
     use backstop_datastore::repo::verify::{Share, heal, verify};
     let share = cmd.share.as_deref().map(Share::parse).transpose()?;
     let ids = named(repo, &cmd.snapshots)?;

@@ -80,9 +80,12 @@ pub(super) fn daemon(
         // Then the sync and verify jobs whose EVERY or SCHEDULE has come round.
         let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
         let now = jiff::Timestamp::now().as_second();
-        for line in
-            crate::sync::scheduled_pass(st, &args.datastore_location, &cfg, (now, &tz, &notify))?
-        {
+        for line in crate::scheduled::scheduled_pass(
+            st,
+            &args.datastore_location,
+            &cfg,
+            (now, &tz, &notify),
+        )? {
             print(&format!("scheduler: {line}"))?;
         }
         if !*forever {

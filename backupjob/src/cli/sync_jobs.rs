@@ -159,7 +159,7 @@ pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
     let ticker = super::Ticker::new(args.progress_every);
-    let report = crate::sync::Report {
+    let report = crate::pool::Report {
         done: &mut |l| ticker.line(l),
         progress: &|l| ticker.progress(l),
     };

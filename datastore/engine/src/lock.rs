@@ -68,7 +68,7 @@ impl LockFile {
         LockFile {
             time: jiff::Timestamp::now().to_string(),
             exclusive,
-            hostname: crate::writer::hostname(),
+            hostname: crate::process::hostname(),
             username: std::env::var("USER").unwrap_or_default(),
             pid: i64::from(me.pid),
             uid: rustix::process::getuid().as_raw(),
@@ -459,7 +459,7 @@ mod tests {
         LockFile {
             time: time.into(),
             exclusive: false,
-            hostname: crate::writer::hostname(),
+            hostname: crate::process::hostname(),
             username: String::new(),
             pid: process.map_or(4242, |p| i64::from(p.pid)),
             uid: 0,

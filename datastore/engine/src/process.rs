@@ -26,6 +26,14 @@ pub fn boot_id() -> u64 {
         .unwrap_or(0)
 }
 
+/// This machine's host name, as restic records it in locks and snapshots.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A name for this machine that stays the same across boots: `/etc/machine-id` (or dbus's
 /// copy), else the host name; only `[0-9A-Za-z._-]`, at most 64 characters. Records kept in a
 /// home directory that several machines share (an NFS-mounted /var/lib/one) are told apart by

@@ -139,7 +139,7 @@ pub fn progress_line(done: u64, total: u64, elapsed: std::time::Duration) -> Str
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
-            hostname: hostname(),
+            hostname: crate::process::hostname(),
             tags: Vec::new(),
             compression: Compression::Auto,
             parent: None,
@@ -200,13 +200,6 @@ pub struct BackupResult {
     pub snapshot_id: RepoId,
     pub total: Stats,
     pub files: Vec<(String, Stats)>,
-}
-
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn username() -> String {
