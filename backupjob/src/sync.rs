@@ -455,8 +455,8 @@ fn run_repositories(
     record: &mut SyncRun,
     report: Report<'_>,
 ) -> Result<Vec<String>, Error> {
-    use backstop_datastore::repo::bandwidth::Bandwidth;
     use backstop_datastore::repo::copy::CopyProgress;
+    use backstop_storage::bandwidth::Bandwidth;
     use std::sync::Arc;
     let base = CopyOptions {
         threads: job.workers,

@@ -4,9 +4,9 @@
 //! real repository key. The full backup's time can then be read as a share of this floor.
 
 use backstop_datastore::repo::Repo;
-use backstop_datastore::repo::backend::LocalBackend;
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::CHUNK_SIZE;
+use backstop_storage::local::LocalBackend;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;

@@ -64,7 +64,7 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Access {
     pub access_key_id: String,
-    pub secret_access_key: crate::repo::s3::Secret,
+    pub secret_access_key: backstop_storage::s3::Secret,
     pub region: String,
     /// `RESTIC_S3_FORCE_PATH_STYLE=yes`; else restic's automatic choice.
     pub force_path_style: bool,
@@ -112,7 +112,7 @@ impl S3Access {
         };
         Ok(S3Access {
             access_key_id: required("RESTIC_S3_ACCESS_KEY_ID")?.trim().to_string(),
-            secret_access_key: crate::repo::s3::Secret::new(required(
+            secret_access_key: backstop_storage::s3::Secret::new(required(
                 "RESTIC_S3_SECRET_ACCESS_KEY",
             )?),
             region: ds
@@ -172,7 +172,7 @@ impl Settings {
             )));
         }
         let cache_dir = match ds.attribute("BACKSTOP_CACHE_DIR").map(str::trim) {
-            None | Some("") => crate::repo::cache::default_dir(),
+            None | Some("") => backstop_storage::cache::default_dir(),
             Some("off") => None,
             Some(dir) if Path::new(dir).is_absolute() => Some(PathBuf::from(dir)),
             Some(dir) => {
@@ -354,6 +354,6 @@ mod tests {
             of("BACKSTOP_CACHE_DIR = /srv/cache"),
             Some(PathBuf::from("/srv/cache"))
         );
-        assert_eq!(of(""), crate::repo::cache::default_dir());
+        assert_eq!(of(""), backstop_storage::cache::default_dir());
     }
 }

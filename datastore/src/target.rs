@@ -5,12 +5,13 @@
 use crate::config::DriverConfig;
 use crate::location::Location;
 use crate::repo::Repo;
-use crate::repo::backend::{LocalBackend, Storage};
-use crate::repo::s3::{S3Backend, S3Location, S3Options};
-use crate::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use crate::settings::Settings;
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::{Datastore, Image};
+use backstop_storage::Storage;
+use backstop_storage::local::LocalBackend;
+use backstop_storage::s3::{S3Backend, S3Location, S3Options};
+use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use std::sync::Arc;
 
 /// Which repository of a datastore.
@@ -190,7 +191,7 @@ pub fn connect_s3(url: &str, settings: &Settings) -> Result<S3Backend, String> {
 /// when the cache directory cannot be made (said on stderr: a cache saves time only).
 fn cached(storage: Arc<dyn Storage>, dir: Option<&std::path::Path>) -> Arc<dyn Storage> {
     let Some(dir) = dir else { return storage };
-    match crate::repo::cache::CachedStorage::new(storage.clone(), dir) {
+    match backstop_storage::cache::CachedStorage::new(storage.clone(), dir) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             backstop_protocol::output::log(

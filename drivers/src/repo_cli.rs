@@ -4,8 +4,6 @@
 //! The password comes from RESTIC_PASSWORD, RESTIC_PASSWORD_FILE or `--password-file`, never
 //! from argv; S3 keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, as restic reads them.
 
-use backstop_datastore::repo::backend::{LocalBackend, Storage};
-use backstop_datastore::repo::cache::{self, CachedStorage};
 use backstop_datastore::repo::disk_image::{self, Backing, Format};
 use backstop_datastore::repo::format::RepoId;
 use backstop_datastore::repo::image::{self, ImageSource, RawImage};
@@ -13,10 +11,13 @@ use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
 use backstop_datastore::repo::nbd::{self, NbdImage};
 use backstop_datastore::repo::rbd::RbdImage;
-use backstop_datastore::repo::s3::{S3Backend, S3Location, S3Options, Secret};
-use backstop_datastore::repo::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Opening, Repo};
+use backstop_storage::Storage;
+use backstop_storage::cache::{self, CachedStorage};
+use backstop_storage::local::LocalBackend;
+use backstop_storage::s3::{S3Backend, S3Location, S3Options, Secret};
+use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -8,9 +8,9 @@
 //! [`backstop_datastore::repo::verify`].
 
 use backstop_datastore::repo::Repo;
-use backstop_datastore::repo::backend::Storage;
 use backstop_datastore::repo::copy::{CopyOptions, copy};
 use backstop_datastore::repo::lock::RetryLock;
+use backstop_storage::Storage;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

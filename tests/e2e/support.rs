@@ -283,7 +283,7 @@ pub fn damage_blob(
     chunk: usize,
 ) -> backstop_datastore::repo::format::RepoId {
     use backstop_datastore::repo::Repo;
-    use backstop_datastore::repo::backend::LocalBackend;
+    use backstop_storage::local::LocalBackend;
     let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
     let (_, snap) = r.find_snapshot(snapshot).expect("snapshot");
     let known = r.known_blobs().expect("index");

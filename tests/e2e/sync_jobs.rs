@@ -986,7 +986,7 @@ fn remove_vanished_forgets_only_copies_from_its_own_source() {
 /// site can: its config is its own), sealed with the repository's own key as restic does.
 fn claim_repository_id(repo: &Path, pw: &str, id: &str) {
     use backstop_datastore::repo::Repo;
-    use backstop_datastore::repo::backend::LocalBackend;
+    use backstop_storage::local::LocalBackend;
     let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
     let file = repo.join("config");
     let plain = r

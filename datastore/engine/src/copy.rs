@@ -27,12 +27,12 @@
 //! forgets only copies that carry its id ([`copied_by`]) as well. A `copied-by:` tag the
 //! source's snapshot had is dropped whoever copies, so a source cannot hand a copy to a job.
 
-use crate::bandwidth::Bandwidth;
 use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
 use crate::writer::PACK_TARGET;
 use crate::{BlobLocation, Error, ErrorKind, Repo, decompress, rustic_error};
+use backstop_storage::bandwidth::Bandwidth;
 use crossbeam_channel::{bounded, unbounded};
 use rustic_core::FileType;
 use std::collections::{HashMap, HashSet};

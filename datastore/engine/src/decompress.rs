@@ -7,7 +7,7 @@
 //! decodes a byte). So nothing is decompressed without a cap that does not come from the data:
 //!
 //! - an unpacked file (index, snapshot, lock) decompresses to at most the size such a file may
-//!   have stored ([`crate::backend::max_file_size`], the lock file cap): restic's own index files
+//!   have stored ([`backstop_storage::max_file_size`], the lock file cap): restic's own index files
 //!   hold at most 150,000 blobs (about 20 MiB of JSON), snapshots a few KiB;
 //! - a blob is at most [`MAX_BLOB_SIZE`] bytes, stored or plain, checked against its index
 //!   entry before anything is read or allocated for it ([`check_blob`]), and its plain form must
@@ -15,10 +15,10 @@
 //! - rustic_core, which decompresses whole, reads index, snapshot and config files through
 //!   [`Checked`], which refuses one past its cap before rustic_core decompresses it.
 
-use crate::backend::{Storage, max_file_size};
 use crate::crypto::Crypto;
 use crate::format::RepoId;
 use crate::{BlobLocation, Error, ErrorKind};
+use backstop_storage::{Storage, max_file_size};
 use bytes::Bytes;
 use rustic_core::{
     BytesList, ErrorKind as RusticErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult,
@@ -106,7 +106,7 @@ pub fn unpacked(compressed: &[u8], cap: u64, what: &str) -> Result<Vec<u8>, Erro
 
 /// The storage rustic_core reads through (listing snapshots, forget, prune, check). It
 /// decompresses an index, snapshot or config file whole, without a bound, so each is opened and
-/// decompressed here first, within its kind's cap ([`crate::backend::max_file_size`]), and
+/// decompressed here first, within its kind's cap ([`backstop_storage::max_file_size`]), and
 /// refused before rustic_core sees it. A file that does not open with the key is passed on:
 /// rustic_core reports it in its own words.
 pub(crate) struct Checked {

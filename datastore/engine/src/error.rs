@@ -88,3 +88,14 @@ pub fn size_error(what: &str, size: u64, max: u64) -> Error {
         format!("{what} is {size} bytes, more than the {max} bytes backstop handles"),
     )
 }
+
+/// A storage failure is a repository that could not be read or written.
+impl From<backstop_storage::Error> for Error {
+    fn from(e: backstop_storage::Error) -> Self {
+        Error {
+            kind: ErrorKind::Repository,
+            message: e.message,
+            source: e.source,
+        }
+    }
+}

@@ -2,64 +2,9 @@
 //! files, trees and snapshots (restic `doc/design.rst`). Fields restic does not need are left
 //! out; restic ignores what it does not know and zero-fills what is missing.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
+use serde::{Deserialize, Serialize};
 
-/// A repository object id: the SHA-256 of a blob's plain content, or of a file's stored bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct RepoId(pub [u8; 32]);
-
-impl RepoId {
-    pub fn of(data: &[u8]) -> RepoId {
-        use sha2::Digest;
-        RepoId(sha2::Sha256::digest(data).into())
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    pub fn parse(text: &str) -> Option<RepoId> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out).ok()?;
-        Some(RepoId(out))
-    }
-
-    /// rustic_core's id for the same object.
-    pub fn to_rustic(self) -> rustic_core::Id {
-        rustic_core::Id::new(self.0)
-    }
-
-    pub fn from_rustic(id: &rustic_core::Id) -> RepoId {
-        // rustic_core exposes ids only as hex.
-        RepoId::parse(id.to_hex().as_str()).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for RepoId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex()[..16])
-    }
-}
-
-impl fmt::Display for RepoId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl Serialize for RepoId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for RepoId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        RepoId::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("bad id {text:?}")))
-    }
-}
+pub use backstop_storage::RepoId;
 
 /// Blob types as index files name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

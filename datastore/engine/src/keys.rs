@@ -10,9 +10,9 @@
 //! A key file is data anyone with write access to the storage can change, so its parameters
 //! are bounded (memory and time) before anything is derived.
 
-use crate::backend::Storage;
 use crate::crypto::Crypto;
 use crate::{Error, ErrorKind};
+use backstop_storage::Storage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rustic_core::FileType;

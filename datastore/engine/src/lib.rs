@@ -17,11 +17,8 @@
 //! files that name them, then the tree blobs' pack and its index, then the snapshot. A crash
 //! before the snapshot leaves only unreferenced packs, which restic reports and prune removes;
 //! every earlier snapshot stays complete. Every file is written under a temporary name and
-//! renamed ([`backend::LocalBackend`]).
+//! renamed (`backstop_storage::local::LocalBackend`).
 
-pub mod backend;
-pub mod bandwidth;
-pub mod cache;
 pub mod copy;
 pub mod crypto;
 pub mod decompress;
@@ -40,9 +37,6 @@ pub mod qcow2;
 pub mod rbd;
 pub mod rbd_stream;
 pub mod restore;
-pub mod s3;
-pub mod sftp;
-pub mod sshconfig;
 pub mod verify;
 pub mod writer;
 
@@ -50,9 +44,9 @@ pub use error::{Error, ErrorKind};
 /// The kinds of repository files, as rustic_core names them.
 pub use rustic_core::FileType;
 
-use crate::backend::Storage;
 use crate::crypto::Crypto;
 use crate::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
+use backstop_storage::Storage;
 use rustic_core::repofile::MasterKey;
 use rustic_core::{
     ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
@@ -411,7 +405,7 @@ impl Repo {
         }
         self.decode_unpacked(
             &sealed,
-            backend::max_file_size(tpe),
+            backstop_storage::max_file_size(tpe),
             &format!("{tpe:?} file {id}"),
         )
     }

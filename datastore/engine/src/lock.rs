@@ -26,10 +26,10 @@
 //! backup whose lock was lost writes no snapshot.
 
 use crate::Repo;
-use crate::backend::LockEntry;
 use crate::format::RepoId;
 use crate::process::{ProcessId, pid_namespace};
 use crate::{Error, ErrorKind};
+use backstop_storage::LockEntry;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};

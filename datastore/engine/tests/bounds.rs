@@ -7,11 +7,11 @@
 mod common;
 use common::*;
 
-use backstop_engine::backend::LocalBackend;
 use backstop_engine::copy::{CopyOptions, copy};
 use backstop_engine::format::{BlobKind, IndexFile, RepoId};
 use backstop_engine::lock::RetryLock;
 use backstop_engine::{FileType, Repo};
+use backstop_storage::local::LocalBackend;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,9 +8,9 @@ mod common;
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::backend::LocalBackend;
 use backstop_engine::copy::{CopyOptions, copy};
 use backstop_engine::format::RepoId;
+use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;
 use std::process::Command;

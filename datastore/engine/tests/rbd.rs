@@ -7,12 +7,12 @@ use common::ceph::{Ceph, POOL};
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::backend::LocalBackend;
 use backstop_engine::format::RepoId;
 use backstop_engine::image::{Extent, ImageSource};
 use backstop_engine::nbd::NbdImage;
 use backstop_engine::rbd::RbdImage;
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_storage::local::LocalBackend;
 use std::process::Command;
 use std::sync::Arc;
 

@@ -1,11 +1,11 @@
 //! The writer against the real restic binary (the compatibility oracle): every snapshot we write
 //! dumps byte-exact with `restic dump`, and `restic check --read-data` stays clean.
 
-use backstop_engine::backend::LocalBackend;
 use backstop_engine::format::RepoId;
 use backstop_engine::image::{CHUNK_SIZE, Extent, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_engine::{Compression, Repo};
+use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;
 

@@ -3,11 +3,11 @@
 //! from `BACKSTOP_RUSTIC` or PATH; CI installs it (`cargo install rustic-rs --locked`). Without
 //! it this test fails, naming what is missing: it never passes without having run.
 
-use backstop_engine::backend::LocalBackend;
 use backstop_engine::format::RepoId;
 use backstop_engine::image::{Extent, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_engine::{Compression, Repo};
+use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -8,11 +8,11 @@ use common::s3::{ACCESS_KEY, RO_ACCESS_KEY, RO_SECRET_KEY, S3Server, SECRET_KEY}
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::backend::Storage;
 use backstop_engine::format::RepoId;
 use backstop_engine::image::{Extent, ImageSource, RawImage};
-use backstop_engine::s3::{S3Backend, S3Location, S3Options, Secret};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_storage::Storage;
+use backstop_storage::s3::{S3Backend, S3Location, S3Options, Secret};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};

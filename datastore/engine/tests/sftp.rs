@@ -7,12 +7,12 @@ use common::sshd::{ADDR, Sshd};
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::backend::Storage;
-use backstop_engine::cache::CachedStorage;
 use backstop_engine::format::RepoId;
 use backstop_engine::image::{Extent, ImageSource, RawImage};
-use backstop_engine::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_storage::Storage;
+use backstop_storage::cache::CachedStorage;
+use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -421,9 +421,9 @@ fn the_metadata_cache_saves_reads_and_survives_damage() {
 /// pack for them. Returns the new pack's size.
 fn pad_the_trees(repo_dir: &Path, padding: usize, honest: bool) -> usize {
     use backstop_engine::FileType;
-    use backstop_engine::backend::LocalBackend;
     use backstop_engine::format::{BlobKind, IndexFile};
     use backstop_engine::pack::{PackBuilder, SealedBlob};
+    use backstop_storage::local::LocalBackend;
     let local = Repo::open(Arc::new(LocalBackend::new(repo_dir)), PASSWORD).expect("open");
     let known = local.known_blobs().expect("index");
     let mut builder = PackBuilder::default();

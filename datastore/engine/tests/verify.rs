@@ -7,10 +7,10 @@ mod common;
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::backend::LocalBackend;
 use backstop_engine::image::{CHUNK_SIZE, Extent};
 use backstop_engine::lock::RetryLock;
 use backstop_engine::verify::{Share, heal, verify};
+use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;

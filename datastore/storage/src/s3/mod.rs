@@ -19,9 +19,9 @@
 
 mod client;
 
-use crate::backend::{LockEntry, Storage, dir_name, max_file_size, too_large};
+use crate::RepoId;
 use crate::bandwidth::Bandwidth;
-use crate::format::RepoId;
+use crate::{LockEntry, Storage, dir_name, max_file_size, too_large};
 use bytes::Bytes;
 use client::{Attempt, Client, Failure, check};
 use rustic_core::{
@@ -694,7 +694,7 @@ impl WriteBackend for S3Backend {
 }
 
 fn storage_error(e: String) -> crate::Error {
-    crate::Error::new(crate::ErrorKind::Repository, e)
+    crate::Error::new(e)
 }
 
 impl Storage for S3Backend {

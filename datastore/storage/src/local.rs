@@ -1,10 +1,12 @@
-//! The local-path backend: restic's directory layout on a file system.
+//! The local-path storage: restic's directory layout on a file system.
 //!
 //! Every file is written to `<dir>/.<name>.tmp-<random>`, synced, then renamed into place, so a
 //! reader (or a crash) never sees half a file. Files are never rewritten: a name is the hash of
 //! the content.
 
-use crate::format::RepoId;
+use crate::{
+    LockEntry, RepoId, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large,
+};
 use bytes::Bytes;
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
@@ -13,87 +15,8 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// A lock file as the storage lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockEntry {
-    pub id: RepoId,
-    pub size: u64,
-    /// When it was written, on the storage's own clock (None where the storage keeps none).
-    pub modified: Option<std::time::SystemTime>,
-}
-
-/// The largest file of each kind that is read whole into memory: a planted multi-gigabyte
-/// file must be refused, not read. restic's own files stay far below (an index file holds at
-/// most some 50,000 blobs, a few MiB; keys and the config are a few hundred bytes).
-pub fn max_file_size(tpe: FileType) -> u64 {
-    match tpe {
-        FileType::Config | FileType::Key => 1 << 20,
-        FileType::Snapshot | FileType::Index => 64 << 20,
-        // Packs are read whole only by check --read-data; restic's largest are 128 MiB.
-        FileType::Pack => 4 << 30,
-    }
-}
-
-/// The error for a file larger than [`max_file_size`].
-pub(crate) fn too_large(what: &str, size: u64, cap: u64) -> std::io::Error {
-    std::io::Error::other(format!(
-        "{what} is {size} bytes, more than the {cap} bytes such a file may have; it is not read"
-    ))
-}
-
-/// What backstop needs of a repository's storage beyond rustic_core's backend traits: the
-/// `locks/` directory, which rustic_core does not know, and durability.
-pub trait Storage: WriteBackend {
-    fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error>;
-    /// Reads a lock file; one larger than `cap` bytes is refused without being read.
-    fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error>;
-    /// Writes a lock file; returns the time the storage gave it (its "now").
-    fn write_lock(
-        &self,
-        id: &RepoId,
-        sealed: &[u8],
-    ) -> Result<Option<std::time::SystemTime>, crate::Error>;
-    fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error>;
-
-    /// The size of one repository file, asked of the storage without reading the file (a
-    /// stat, a HEAD request): the metadata cache asks before it fetches a pack whole.
-    fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error>;
-
-    /// Makes every file written so far durable, directory entries included, so a crash after
-    /// this returns cannot lose them. Called before an index that names new packs, and before
-    /// a snapshot id is reported.
-    fn sync(&self) -> Result<(), crate::Error> {
-        Ok(())
-    }
-
-    /// How long a new lock file may take to show in listings. restic waits 200 ms everywhere,
-    /// for object stores; on a POSIX file system a renamed file is listed at once, so the
-    /// re-check right after writing is enough.
-    fn lock_settle(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(200)
-    }
-
-    /// Removes the temporary files interrupted writes left behind; returns how many. Only
-    /// call it under an exclusive lock: then no writer is running, so every one is garbage.
-    fn remove_temp_files(&self) -> Result<usize, crate::Error>;
-
-    /// How many packs to write at once. Two on a local disk: hashing one pack and waiting for
-    /// its fsync overlap with filling the next (measured on the 2 GiB benchmark: the full backup
-    /// went from 1.77 s to 1.6 s of pipeline time).
-    fn write_concurrency(&self) -> usize {
-        2
-    }
-}
-
-/// Names of interrupted writes: ours on a local path (`.<name>.tmp-<hex>`) and restic's
-/// SFTP convention, which the SFTP backend uses (`<name>-restic-temp-<hex>`).
-pub(crate) fn is_temp_name(name: &str) -> bool {
-    (name.starts_with('.') && name.contains(".tmp-")) || name.contains("-restic-temp-")
-}
-
 fn storage_error(what: &str, path: &Path, e: std::io::Error) -> crate::Error {
     crate::Error {
-        kind: crate::ErrorKind::Repository,
         message: format!("{what} {}", path.display()),
         source: Some(e),
     }
@@ -199,17 +122,6 @@ impl Storage for LocalBackend {
     }
 }
 
-/// Where a file lives below a repository's root: `config`, `data/<2 hex>/<id>`,
-/// `index/<id>`, `keys/<id>`, `snapshots/<id>`.
-pub(crate) fn file_path(root: &Path, tpe: FileType, id: &Id) -> PathBuf {
-    let hex = id.to_hex();
-    match tpe {
-        FileType::Config => root.join("config"),
-        FileType::Pack => root.join("data").join(&hex[0..2]).join(hex.as_str()),
-        _ => root.join(dir_name(tpe)).join(hex.as_str()),
-    }
-}
-
 /// Reads a whole file, refusing one larger than `cap` without reading it (the size is checked
 /// on the open file, and the read stops past `cap` should it grow meanwhile).
 pub(crate) fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
@@ -245,17 +157,6 @@ pub struct LocalBackend {
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Box<RusticError> {
     RusticError::with_source(ErrorKind::Backend, format!("{what} {}", path.display()), e)
-}
-
-/// The directory of a file type in restic's layout (the same on every backend).
-pub(crate) fn dir_name(tpe: FileType) -> &'static str {
-    match tpe {
-        FileType::Config => "",
-        FileType::Index => "index",
-        FileType::Key => "keys",
-        FileType::Snapshot => "snapshots",
-        FileType::Pack => "data",
-    }
 }
 
 impl LocalBackend {

@@ -5,8 +5,8 @@
 //! and fetched again. Data blobs are never cached. A stale or damaged cache costs time, never
 //! correctness. Layout and rules: docs/repository-layout.md ("Metadata cache").
 
-use crate::backend::{LockEntry, Storage, dir_name};
-use crate::format::RepoId;
+use crate::RepoId;
+use crate::{LockEntry, Storage, dir_name};
 use bytes::Bytes;
 use rustic_core::{BytesList, FileType, Id, ReadBackend, RusticResult, WriteBackend};
 use sha2::{Digest, Sha256};

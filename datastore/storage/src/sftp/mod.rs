@@ -14,12 +14,10 @@
 //! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
 //!   connections.
 
-use crate::backend::{
-    LockEntry, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large,
-};
+use crate::RepoId;
 use crate::bandwidth::Bandwidth;
-use crate::format::RepoId;
 use crate::sshconfig::{self, HostConfig};
+use crate::{LockEntry, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large};
 use base64::Engine;
 use bytes::Bytes;
 use rustic_core::{
@@ -582,7 +580,7 @@ impl WriteBackend for SftpBackend {
 }
 
 fn storage_error(e: String) -> crate::Error {
-    crate::Error::new(crate::ErrorKind::Repository, e)
+    crate::Error::new(e)
 }
 
 impl Storage for SftpBackend {
