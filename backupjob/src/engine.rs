@@ -10,7 +10,7 @@ use crate::model::{self, JobTemplate};
 use crate::runner::{self, ChainPointers, Env};
 use crate::scheduler::{self, Decision, JobView, Limits, VmView};
 use crate::state::{State, VmState};
-use backstop_datastore::process::ProcessId;
+use backstop_image::process::ProcessId;
 use std::collections::HashMap;
 use std::sync::mpsc;
 
@@ -130,7 +130,7 @@ pub fn reconcile(
     state: &mut State,
     on_event: &mut impl FnMut(u64, &Event),
 ) -> Result<usize, Error> {
-    let orphans = state.orphans(backstop_datastore::process::ProcessId::is_running)?;
+    let orphans = state.orphans(backstop_image::process::ProcessId::is_running)?;
     let mut settled = 0;
     for (job_id, vm, since_ms) in orphans {
         let (to, line) = match settle(env, state, job_id, vm, since_ms) {
@@ -231,7 +231,7 @@ impl ProgressDir {
     /// other user can plant or take a name.
     fn new(job_id: u64) -> Option<ProgressDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let base = backstop_datastore::private_dir::private_dir("progress").ok()?;
+        let base = backstop_image::private_dir::private_dir("progress").ok()?;
         if let Ok(entries) = std::fs::read_dir(&base) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

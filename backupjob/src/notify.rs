@@ -204,7 +204,7 @@ impl Message {
 
 /// Sends `message` where `settings` say; a line per send that failed (or was not possible).
 pub fn send(settings: &Settings, message: &Message) -> Vec<String> {
-    let host = backstop_datastore::process::hostname();
+    let host = backstop_image::process::hostname();
     let mut problems = Vec::new();
     if !settings.email_to.is_empty()
         && let Err(e) = send_mail(settings, message, &host)

@@ -372,7 +372,7 @@ pub fn run(
     let local = datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
     let remote = datastore(&st.remotes()?, job.remote_id, "remote", location)?;
     let now = || jiff::Timestamp::now().as_second();
-    let runner = backstop_datastore::process::ProcessId::current();
+    let runner = backstop_image::process::ProcessId::current();
     let Some(run_id) = st.claim_sync_run(id, now(), &runner)? else {
         return Ok(None);
     };

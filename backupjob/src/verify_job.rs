@@ -93,7 +93,7 @@ pub fn run(
     let job = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
     let ds = state_datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
     let now = jiff::Timestamp::now().as_second();
-    let runner = backstop_datastore::process::ProcessId::current();
+    let runner = backstop_image::process::ProcessId::current();
     let Some(k) = st.claim_verify_run(id, now, &runner)? else {
         return Ok(None);
     };

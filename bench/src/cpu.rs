@@ -5,7 +5,7 @@
 
 use backstop_datastore::repo::Repo;
 use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::CHUNK_SIZE;
+use backstop_image::image::CHUNK_SIZE;
 use backstop_storage::local::LocalBackend;
 use std::collections::HashSet;
 use std::path::Path;

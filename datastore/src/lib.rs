@@ -36,4 +36,4 @@ pub mod vm_snapshots;
 
 /// The repository engine (its own crate: it knows nothing of OpenNebula).
 pub use backstop_engine as repo;
-pub use backstop_engine::{Error, ErrorKind, private_dir, process};
+pub use backstop_engine::{Error, ErrorKind};

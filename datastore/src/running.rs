@@ -5,7 +5,7 @@
 
 use crate::Error;
 use crate::config::DriverConfig;
-use crate::process::ProcessId;
+use backstop_image::process::ProcessId;
 use std::path::PathBuf;
 
 /// Removes the PID file when the backup ends, however it ends.
@@ -23,7 +23,7 @@ pub fn pid_file(cfg: &DriverConfig, vm_id: u64) -> PathBuf {
 }
 
 /// What a backup's PID file says: `<pid> <deploy_id> <process id>` (see
-/// [`crate::process::ProcessId`]).
+/// [`backstop_image::process::ProcessId`]).
 pub fn read_pid_file(cfg: &DriverConfig, vm_id: u64) -> Option<(String, ProcessId)> {
     let text = std::fs::read_to_string(pid_file(cfg, vm_id)).ok()?;
     let mut words = text.split_whitespace();

@@ -14,15 +14,15 @@
 //! A chain of the stock driver's rbd-format files (`disk.<id>.rbd2`, then
 //! `disk.<id>.<n>.rbdiff`) is rebuilt into one sparse raw image instead ([`fetch_raw`]): each
 //! file streams out of the repository straight into
-//! [`crate::repo::rbd_stream`], which applies it; nothing but the image is written.
+//! [`backstop_image::rbd_stream`], which applies it; nothing but the image is written.
 
 use crate::layout::IMAGE_TAG;
 use crate::layout::disk_path;
 use crate::remote::shell_safe;
 use crate::repo::Repo;
-use crate::repo::disk_image::{self, qemu_img};
 use crate::settings::lock_wait;
 use crate::{Error, ErrorKind};
+use backstop_image::disk_image::{self, qemu_img};
 use backstop_protocol::message::Datastore;
 use backstop_protocol::url::ChainLink;
 use std::io::Write;
@@ -155,6 +155,7 @@ pub fn fetch(
         // Whoever can write the repository wrote this file: nothing but `info` opens it
         // before it is checked ([`disk_image::check_foreign`]).
         disk_image::check_foreign(&file, disk_image::ForeignBacking::AnyName).map_err(|e| {
+            let e = Error::from(e);
             Error::new(
                 e.kind,
                 format!(
@@ -261,7 +262,12 @@ pub fn fetch_raw(
             .map_err(|e| Error::io(format!("cannot open {}", raw.display()), e))?;
         let until = format!("one_backup_{}", link.increment);
         let applied = apply_dumped(repo, link, wait, |input| {
-            crate::repo::rbd_stream::apply_until(input, &target, name, Some(&until))
+            Ok(backstop_image::rbd_stream::apply_until(
+                input,
+                &target,
+                name,
+                Some(&until),
+            )?)
         })?;
         if !image && applied.from_snap != at {
             return Err(bad(format!(
@@ -327,5 +333,6 @@ pub fn rebase(file: &Path, backing: Option<&Path>) -> Result<(), Error> {
         None => args.extend::<[&std::ffi::OsStr; 2]>(["-b".as_ref(), "".as_ref()]),
     }
     args.push(file.as_os_str());
-    qemu_img(&args).map(|_| ())
+    qemu_img(&args)?;
+    Ok(())
 }

@@ -4,15 +4,15 @@
 //! The password comes from RESTIC_PASSWORD, RESTIC_PASSWORD_FILE or `--password-file`, never
 //! from argv; S3 keys from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, as restic reads them.
 
-use backstop_datastore::repo::disk_image::{self, Backing, Format};
 use backstop_datastore::repo::format::RepoId;
-use backstop_datastore::repo::image::{self, ImageSource, RawImage};
 use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
-use backstop_datastore::repo::nbd::{self, NbdImage};
-use backstop_datastore::repo::rbd::RbdImage;
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Opening, Repo};
+use backstop_image::disk_image::{self, Backing, Format};
+use backstop_image::image::{self, ImageSource, RawImage};
+use backstop_image::nbd::{self, NbdImage};
+use backstop_image::rbd::RbdImage;
 use backstop_storage::Storage;
 use backstop_storage::cache::{self, CachedStorage};
 use backstop_storage::local::LocalBackend;

@@ -461,7 +461,7 @@ pub fn unimplemented_tm_actions() -> Vec<&'static str> {
 /// Reaps the qemu-nbd exports that killed steps left; a record that failed a check is named
 /// on stderr (one line each) and left alone.
 fn reap_stale_exports(action: &str) {
-    for line in backstop_datastore::repo::nbd::reap_stale_exports().left {
+    for line in backstop_image::nbd::reap_stale_exports().left {
         let _ = writeln!(std::io::stderr(), "{action}: warning: {line}");
     }
 }

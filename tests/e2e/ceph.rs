@@ -123,7 +123,7 @@ impl CephCloud {
                     &format!("one_backup_{}", inc - 1),
                     &format!("{POOL}/{image}@one_backup_{inc}"),
                 ]);
-                let extents = backstop_datastore::repo::rbd::parse_diff(&text).expect("diff");
+                let extents = backstop_image::rbd::parse_diff(&text).expect("diff");
                 let mut chunks = std::collections::BTreeSet::new();
                 for e in extents {
                     chunks.extend((e.offset >> 20)..=((e.offset + e.length - 1) >> 20));
@@ -137,7 +137,7 @@ impl CephCloud {
         let text = self
             .ceph
             .rbd(&["snap", "ls", "--format", "json", &format!("{POOL}/{image}")]);
-        backstop_datastore::repo::rbd::parse_snapshots(&text)
+        backstop_image::rbd::parse_snapshots(&text)
             .expect("snap ls")
             .into_iter()
             .map(|s| (s.name, s.protected))
@@ -442,7 +442,7 @@ fn killed_host_step_leaves_only_the_parent(cc: &CephCloud) {
     // Killed once its export is registered (the owner file the next step's reaper reads),
     // as a real kill half-way through a backup finds it.
     let registered = || {
-        fs::read_dir(backstop_datastore::repo::nbd::exports_dir().expect("exports dir"))
+        fs::read_dir(backstop_image::nbd::exports_dir().expect("exports dir"))
             .map(|d| {
                 d.flatten().any(|e| {
                     e.file_name().to_string_lossy().starts_with("export-")

@@ -679,8 +679,8 @@ fn backup_cancel_never_signals_a_reused_pid() {
         .arg("60")
         .spawn()
         .expect("sleep");
-    let real = backstop_datastore::process::ProcessId::of(other.id()).expect("runs");
-    let recorded = backstop_datastore::process::ProcessId {
+    let real = backstop_image::process::ProcessId::of(other.id()).expect("runs");
+    let recorded = backstop_image::process::ProcessId {
         start: real.start.saturating_sub(100),
         ..real
     };
@@ -735,7 +735,7 @@ fn backup_cancel_never_signals_a_reused_pid() {
 /// that export. The next host step signals neither; the second is reported in one line.
 #[test]
 fn a_planted_export_record_signals_nothing() {
-    use backstop_datastore::process::ProcessId;
+    use backstop_image::process::ProcessId;
     let mut victim = std::process::Command::new("sleep")
         .arg("120")
         .spawn()
@@ -756,7 +756,7 @@ fn a_planted_export_record_signals_nothing() {
         .args(["-R", "4242:4242"])
         .arg(&shared)
         .status();
-    let private = backstop_datastore::repo::nbd::exports_dir()
+    let private = backstop_image::nbd::exports_dir()
         .expect("exports dir")
         .join(format!("export-{unique}"));
     fs::create_dir(&private).expect("mkdir");

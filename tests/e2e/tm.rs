@@ -339,7 +339,7 @@ pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// The qemu-nbd socket directories of exports of files under `dir`.
 fn nbd_socket_dirs(dir: &Path) -> Vec<String> {
     let dir = dir.display().to_string();
-    fs::read_dir(backstop_datastore::repo::nbd::exports_dir().expect("exports dir"))
+    fs::read_dir(backstop_image::nbd::exports_dir().expect("exports dir"))
         .expect("exports dir")
         .flatten()
         .filter(|e| {

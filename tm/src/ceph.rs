@@ -13,8 +13,8 @@
 //!   `INFO:` line); postbackup after success keeps only the new increment's snapshot (none for
 //!   FULL), after a failure removes the new snapshot and keeps the rest.
 
-use backstop_datastore::repo::rbd::{RbdImage, RbdSnapshot, cluster_path};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::rbd::{RbdImage, RbdSnapshot, cluster_path};
 use backstop_protocol::message::{Disk, Vm};
 use backstop_protocol::output::{Level, log};
 use backstop_protocol::staging::RbdSource;
@@ -219,7 +219,7 @@ pub fn stage(
         (None, 0) => Plan::Full,
         (None, _) => Plan::Whole,
     };
-    let source = backstop_datastore::repo::nbd::NbdImage::open_rbd(&image).map_err(input)?;
+    let source = backstop_image::nbd::NbdImage::open_rbd(&image).map_err(input)?;
     write_from(&source, &what, &plan, target, cancel)
 }
 

@@ -14,8 +14,8 @@
 
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::remote::{Agent, last_line, sh_quote, ssh_command};
-use backstop_datastore::repo::rbd::RbdImage;
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::rbd::RbdImage;
 use backstop_protocol::message::{Disk, Vm};
 use std::process::Stdio;
 

@@ -1,7 +1,7 @@
 //! The staged disk file of stock-layout staging (driver contract §4.2), written by backstop instead of
 //! `qemu-img convert` and `qemu-io`: the disk is exported read-only with qemu-nbd (with the
 //! parent's bitmap for an increment), and the clusters to keep are read once, in order, into a
-//! qcow2 written front to back ([`backstop_datastore::repo::qcow2`]).
+//! qcow2 written front to back ([`backstop_image::qcow2`]).
 //!
 //! - FULL (increment 0): every allocated cluster; a standalone image.
 //! - CBT increment: the clusters the bitmap marks dirty; no backing file (consumers rebase it
@@ -11,11 +11,11 @@
 //! - An RBD snapshot's increment: the extents `rbd diff` lists since the parent snapshot
 //!   (read through librbd), as the stock Ceph TM stages it.
 
-use backstop_datastore::repo::disk_image::DiskImage;
-use backstop_datastore::repo::image::ImageSource;
-use backstop_datastore::repo::nbd::NbdImage;
-use backstop_datastore::repo::qcow2::{Allocation, CLUSTER, DataWriter, Layout};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::disk_image::DiskImage;
+use backstop_image::image::ImageSource;
+use backstop_image::nbd::NbdImage;
+use backstop_image::qcow2::{Allocation, CLUSTER, DataWriter, Layout};
 use std::io::Write;
 use std::path::Path;
 
@@ -29,7 +29,7 @@ pub enum Plan {
     /// An increment without a usable bitmap: everything, covering the backing file.
     Whole,
     /// These extents (an RBD snapshot's, as `rbd diff` lists them since the parent's).
-    Listed(Vec<backstop_datastore::repo::image::Extent>),
+    Listed(Vec<backstop_image::image::Extent>),
 }
 
 /// What was written.
@@ -71,12 +71,12 @@ pub fn write_from(
     let input =
         |e: std::io::Error| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}"));
     let size = image.size();
-    backstop_datastore::repo::image::check_size(what, size)?;
+    backstop_image::image::check_size(what, size)?;
     let extents = match plan {
         Plan::Changed(b) => image.dirty(b).map_err(input)?,
         Plan::Listed(e) => e.clone(),
         _ => image.data_extents().map_err(input)?.unwrap_or_else(|| {
-            vec![backstop_datastore::repo::image::Extent {
+            vec![backstop_image::image::Extent {
                 offset: 0,
                 length: size,
             }]

@@ -22,8 +22,8 @@
 
 use crate::delta::{self, Plan};
 use crate::qemu;
-use backstop_datastore::repo::disk_image::{DiskImage, Format};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::disk_image::{DiskImage, Format};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupMode, IncrementMode, Vm};
 use backstop_protocol::output::{Level, log};

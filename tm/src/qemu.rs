@@ -1,16 +1,16 @@
 //! What the host step asks of qemu-img about a VM's disk: its declared format, its checked
-//! backing chain and persistent bitmaps ([`backstop_datastore::repo::disk_image`]), and adding
+//! backing chain and persistent bitmaps ([`backstop_image::disk_image`]), and adding
 //! or removing a bitmap. qemu is always told the format: it never probes a disk a guest wrote.
 
 use backstop_datastore::layout;
-use backstop_datastore::repo::disk_image::{self, Backing, DiskImage, Format};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::disk_image::{self, Backing, DiskImage, Format};
 use backstop_protocol::message::Vm;
 use std::path::Path;
 
-pub use backstop_datastore::repo::disk_image::Bitmap;
+pub use backstop_image::disk_image::Bitmap;
 
-use backstop_datastore::repo::disk_image::qemu_img as run;
+use backstop_image::disk_image::qemu_img as run;
 
 /// The format of disk `id` as the VM declares it: `DISK/DRIVER`, else `DISK/FORMAT` (what
 /// libvirt is told, so what the guest's writes mean). Anything else is refused.
@@ -46,12 +46,15 @@ pub fn declared_format(vm: &Vm, id: u32) -> Result<Format, Error> {
 pub fn inspect(vm: &Vm, id: u32, disk: &Path, vm_dir: &Path) -> Result<DiskImage, Error> {
     let format = declared_format(vm, id)?;
     let roots = layout::backing_roots(vm_dir);
-    let named = |e: Error| Error {
-        message: format!("VM {}: disk {id}: {}", vm.id, e.message),
-        ..e
+    let named = |e: backstop_image::Error| {
+        let e = Error::from(e);
+        Error {
+            message: format!("VM {}: disk {id}: {}", vm.id, e.message),
+            ..e
+        }
     };
     let image = disk_image::inspect(disk, format, Backing::Within(&roots)).map_err(named)?;
-    backstop_datastore::repo::image::check_size(&disk.display().to_string(), image.virtual_size)
+    backstop_image::image::check_size(&disk.display().to_string(), image.virtual_size)
         .map_err(named)?;
     Ok(image)
 }
@@ -81,6 +84,6 @@ fn bitmap(disk: &Path, op: &str, name: &str) -> Result<(), Error> {
         op.as_ref(),
         disk.as_os_str(),
         name.as_ref(),
-    ])
-    .map(|_| ())
+    ])?;
+    Ok(())
 }

@@ -12,11 +12,11 @@
 //!   ([`crate::tpm_archive`]), which the swap renames to `tpm`.
 //! - `ceph-files <conf|-> <key|->`: the Ceph files a restore of an RBD disk is about to hand
 //!   `rbd` and qemu are files only root can have written, the key a bare key
-//!   ([`backstop_datastore::repo::rbd::check_cluster_files`]): a VM owner may have chosen them.
+//!   ([`backstop_image::rbd::check_cluster_files`]): a VM owner may have chosen them.
 
 use crate::tpm_archive;
-use backstop_datastore::repo::disk_image::{self, ForeignBacking, Format, qemu_img};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::disk_image::{self, ForeignBacking, Format, qemu_img};
 use std::path::{Path, PathBuf};
 
 /// Where the TPM state is unpacked before the swap.
@@ -53,6 +53,7 @@ pub fn disk(download: &Path, format: Format) -> Result<u64, Error> {
             download.as_os_str(),
             raw.as_os_str(),
         ])
+        .map_err(Error::from)
         .and_then(|_| {
             std::fs::rename(&raw, download)
                 .map_err(|e| Error::io(format!("cannot rename {}", raw.display()), e))
@@ -102,7 +103,7 @@ pub fn run(step: &str, args: &[String]) -> Result<String, Error> {
             let given = |p: &String| (p != "-").then(|| PathBuf::from(p));
             let (conf, key) = (given(conf), given(key));
             for p in conf.iter().chain(&key) {
-                if !backstop_datastore::repo::rbd::cluster_path(p) {
+                if !backstop_image::rbd::cluster_path(p) {
                     return Err(Error::new(
                         ErrorKind::Input,
                         format!(
@@ -112,7 +113,7 @@ pub fn run(step: &str, args: &[String]) -> Result<String, Error> {
                     ));
                 }
             }
-            backstop_datastore::repo::rbd::check_cluster_files(conf.as_deref(), key.as_deref())
+            backstop_image::rbd::check_cluster_files(conf.as_deref(), key.as_deref())
                 .map_err(|e| Error::new(ErrorKind::Input, e.to_string()))?;
             Ok(String::new())
         }

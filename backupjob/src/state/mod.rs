@@ -11,7 +11,7 @@
 //! both start the same backup. [`State::orphans`] are the ONGOING VMs whose runner is gone;
 //! the engine settles them by what really happened.
 
-use backstop_datastore::process::ProcessId;
+use backstop_image::process::ProcessId;
 mod discovered;
 mod images;
 mod inventory;

@@ -65,7 +65,7 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (image_id, id)
      );",
     // 2: the runner of an ONGOING VM named by PID, start time and boot
-    // (backstop_datastore::process::ProcessId), not by its PID alone: a PID reused by another
+    // (backstop_image::process::ProcessId), not by its PID alone: a PID reused by another
     // process must not make a killed runner's VM look attended.
     "ALTER TABLE job_vms ADD COLUMN runner TEXT;",
     // 3: remotes (the other site of a sync): a datastore template like a backup datastore's,

@@ -28,7 +28,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 /// The largest blob backstop reads, stored or plain. Data blobs are chunks: restic's chunker
-/// cuts at most 8 MiB, backstop 1 MiB ([`crate::image::CHUNK_SIZE`]). A tree blob of 64 MiB
+/// cuts at most 8 MiB, backstop 1 MiB ([`backstop_image::image::CHUNK_SIZE`]). A tree blob of 64 MiB
 /// would describe some 200,000 files in one directory; a snapshot of VM disks holds a few.
 pub const MAX_BLOB_SIZE: u64 = 64 << 20;
 

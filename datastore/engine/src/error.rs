@@ -81,19 +81,28 @@ impl Error {
     }
 }
 
-/// The error for a size from input that is past what backstop handles.
-pub fn size_error(what: &str, size: u64, max: u64) -> Error {
-    Error::new(
-        ErrorKind::Input,
-        format!("{what} is {size} bytes, more than the {max} bytes backstop handles"),
-    )
-}
-
 /// A storage failure is a repository that could not be read or written.
 impl From<backstop_storage::Error> for Error {
     fn from(e: backstop_storage::Error) -> Self {
         Error {
             kind: ErrorKind::Repository,
+            message: e.message,
+            source: e.source,
+        }
+    }
+}
+
+/// An image failure keeps its class: a bad image is bad input, a bad stream read back from a
+/// repository is a repository failure.
+impl From<backstop_image::Error> for Error {
+    fn from(e: backstop_image::Error) -> Self {
+        let kind = match e.kind {
+            backstop_image::ErrorKind::Input => ErrorKind::Input,
+            backstop_image::ErrorKind::Io => ErrorKind::Io,
+            backstop_image::ErrorKind::Stream => ErrorKind::Repository,
+        };
+        Error {
+            kind,
             message: e.message,
             source: e.source,
         }

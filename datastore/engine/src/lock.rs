@@ -27,8 +27,8 @@
 
 use crate::Repo;
 use crate::format::RepoId;
-use crate::process::{ProcessId, pid_namespace};
 use crate::{Error, ErrorKind};
+use backstop_image::process::{ProcessId, pid_namespace};
 use backstop_storage::LockEntry;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +68,7 @@ impl LockFile {
         LockFile {
             time: jiff::Timestamp::now().to_string(),
             exclusive,
-            hostname: crate::process::hostname(),
+            hostname: backstop_image::process::hostname(),
             username: std::env::var("USER").unwrap_or_default(),
             pid: i64::from(me.pid),
             uid: rustix::process::getuid().as_raw(),
@@ -103,7 +103,7 @@ impl LockFile {
         let Some(holder) = self.backstop_process.as_deref().and_then(ProcessId::parse) else {
             return false;
         };
-        holder.boot == crate::process::boot_id()
+        holder.boot == backstop_image::process::boot_id()
             && self.backstop_pidns == Some(pid_namespace())
             && !holder.is_running()
     }
@@ -459,7 +459,7 @@ mod tests {
         LockFile {
             time: time.into(),
             exclusive: false,
-            hostname: crate::process::hostname(),
+            hostname: backstop_image::process::hostname(),
             username: String::new(),
             pid: process.map_or(4242, |p| i64::from(p.pid)),
             uid: 0,

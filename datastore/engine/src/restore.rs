@@ -7,15 +7,15 @@
 //! when every blob was verified; on failure the temporary file is removed.
 //!
 //! [`Repo::stream_qcow2`] writes the same file as a standalone qcow2 to a pipe (the
-//! downloader): the layout comes from the blob list alone (see [`crate::qcow2`]), blobs
+//! downloader): the layout comes from the blob list alone (see [`backstop_image::qcow2`]), blobs
 //! are read ahead in parallel and written in order, and all-zero blobs are never read.
 
 use crate::format::RepoId;
-use crate::image::is_zero;
 use crate::lock::RetryLock;
-use crate::qcow2;
 use crate::{BlobLocation, Repo};
 use crate::{Error, ErrorKind};
+use backstop_image::image::is_zero;
+use backstop_image::qcow2;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -270,7 +270,7 @@ impl Repo {
                 ),
             ));
         }
-        crate::image::check_size(path, node.size)?;
+        backstop_image::image::check_size(path, node.size)?;
         let mut alloc = qcow2::Allocation::new(node.size);
         let mut to_read = Vec::new();
         for (i, &(at, len, zero)) in pieces.iter().enumerate() {

@@ -6,8 +6,8 @@ use common::*;
 
 use backstop_engine::ErrorKind;
 use backstop_engine::Repo;
-use backstop_engine::image::{ImageSource, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_image::image::{ImageSource, RawImage};
 use backstop_storage::local::LocalBackend;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -6,11 +6,11 @@ mod common;
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::disk_image::{self, Backing, DiskImage, Format};
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{CHUNK_SIZE, Extent, ImageSource};
-use backstop_engine::nbd::NbdImage;
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_image::disk_image::{self, Backing, DiskImage, Format};
+use backstop_image::image::{CHUNK_SIZE, Extent, ImageSource};
+use backstop_image::nbd::NbdImage;
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;

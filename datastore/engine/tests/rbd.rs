@@ -8,10 +8,10 @@ use common::*;
 
 use backstop_engine::Repo;
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{Extent, ImageSource};
-use backstop_engine::nbd::NbdImage;
-use backstop_engine::rbd::RbdImage;
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_image::image::{Extent, ImageSource};
+use backstop_image::nbd::NbdImage;
+use backstop_image::rbd::RbdImage;
 use backstop_storage::local::LocalBackend;
 use std::process::Command;
 use std::sync::Arc;
@@ -173,7 +173,7 @@ fn qemu_io(ceph: &Ceph, image: &str, command: &str) {
 
 #[test]
 fn rbd_export_v2_and_export_diff_streams_rebuild_the_image_as_rbd_exports_it() {
-    use backstop_engine::rbd_stream::{apply, apply_until};
+    use backstop_image::rbd_stream::{apply, apply_until};
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let ceph = Ceph::start(dir.path());

@@ -2,9 +2,9 @@
 //! dumps byte-exact with `restic dump`, and `restic check --read-data` stays clean.
 
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{CHUNK_SIZE, Extent, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_engine::{Compression, Repo};
+use backstop_image::image::{CHUNK_SIZE, Extent, RawImage};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;
@@ -181,7 +181,7 @@ fn a_wrong_password_is_one_clear_error() {
 
 /// Bytes the backup of `image` reads in any case (what a prefetch may read before the key).
 fn certain_bytes(image: &Path, changed: Option<&[Extent]>) -> u64 {
-    use backstop_engine::image::{self, ChunkPlan, ImageSource};
+    use backstop_image::image::{self, ChunkPlan, ImageSource};
     let source = RawImage::open(image).expect("open image");
     let size = source.size();
     let data = source.data_extents().expect("extents");

@@ -4,9 +4,9 @@
 //! it this test fails, naming what is missing: it never passes without having run.
 
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{Extent, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_engine::{Compression, Repo};
+use backstop_image::image::{Extent, RawImage};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -9,8 +9,8 @@ use common::*;
 
 use backstop_engine::Repo;
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{Extent, ImageSource, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_image::image::{Extent, ImageSource, RawImage};
 use backstop_storage::Storage;
 use backstop_storage::s3::{S3Backend, S3Location, S3Options, Secret};
 use std::fs;

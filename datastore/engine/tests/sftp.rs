@@ -8,8 +8,8 @@ use common::*;
 
 use backstop_engine::Repo;
 use backstop_engine::format::RepoId;
-use backstop_engine::image::{Extent, ImageSource, RawImage};
 use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_image::image::{Extent, ImageSource, RawImage};
 use backstop_storage::Storage;
 use backstop_storage::cache::CachedStorage;
 use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};

@@ -7,9 +7,9 @@ mod common;
 use common::*;
 
 use backstop_engine::Repo;
-use backstop_engine::image::{CHUNK_SIZE, Extent};
 use backstop_engine::lock::RetryLock;
 use backstop_engine::verify::{Share, heal, verify};
+use backstop_image::image::{CHUNK_SIZE, Extent};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::os::unix::fs::FileExt;

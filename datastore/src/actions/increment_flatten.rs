@@ -204,10 +204,10 @@ fn merge_stock(
     chain: &[backstop_protocol::url::ChainLink],
     merged: usize,
 ) -> Result<String, Error> {
-    use crate::repo::disk_image::{self, Backing, Format};
-    use crate::repo::nbd::NbdImage;
     use crate::repo::writer::{self, BackupOptions, Content, FileSpec};
     use crate::stock_chain as chain;
+    use backstop_image::disk_image::{self, Backing, Format};
+    use backstop_image::nbd::NbdImage;
     let ds = &request.datastore;
     let wait = lock_wait(ds);
     let last = &chain[merged - 1];

@@ -30,10 +30,10 @@
 
 use crate::delta::{self, Plan};
 use crate::host::{self, Step, Summary, increment_of};
-use backstop_datastore::repo::disk_image::{DiskImage, Format};
-use backstop_datastore::repo::image::ImageSource;
-use backstop_datastore::repo::nbd::NbdImage;
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::disk_image::{DiskImage, Format};
+use backstop_image::image::ImageSource;
+use backstop_image::nbd::NbdImage;
 use backstop_protocol::message::{BackupMode, FsFreeze};
 use backstop_protocol::output::{Level, log};
 use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, NbdSource, bitmap_name};
@@ -401,7 +401,7 @@ fn start_pull(
     let _ = staging;
     for d in disks {
         let scratch = tmp.join(format!("scratch.{}.qcow2", d.id));
-        backstop_datastore::repo::disk_image::qemu_img(&[
+        backstop_image::disk_image::qemu_img(&[
             "create".as_ref(),
             "-q".as_ref(),
             "-f".as_ref(),
@@ -748,7 +748,7 @@ mod tests {
             ("hda".to_string(), "/d/disk.2".to_string()),
         ];
         let image = DiskImage {
-            layers: vec![backstop_datastore::repo::disk_image::Layer {
+            layers: vec![backstop_image::disk_image::Layer {
                 path: "/d/disk.1".into(),
                 format: Format::Qcow2,
             }],

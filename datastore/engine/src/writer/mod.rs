@@ -8,11 +8,11 @@
 //! content list in chunk order.
 
 use crate::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
-use crate::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
 use crate::lock::{Lock, RetryLock};
 use crate::pack::{PackBuilder, SealedBlob};
 use crate::{BlobLocation, Compression, KnownBlobs, Repo};
 use crate::{Error, ErrorKind};
+use backstop_image::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -139,7 +139,7 @@ pub fn progress_line(done: u64, total: u64, elapsed: std::time::Duration) -> Str
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
-            hostname: crate::process::hostname(),
+            hostname: backstop_image::process::hostname(),
             tags: Vec::new(),
             compression: Compression::Auto,
             parent: None,

@@ -10,7 +10,7 @@
 
 use super::{Content, FileSpec, Progress};
 use crate::format::RepoId;
-use crate::image::{self, ChunkPlan};
+use backstop_image::image::{self, ChunkPlan};
 use crossbeam_channel::bounded;
 use std::collections::HashMap;
 use std::sync::Mutex;

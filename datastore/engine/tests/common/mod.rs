@@ -5,7 +5,7 @@ pub mod ceph;
 pub mod s3;
 pub mod sshd;
 
-use backstop_engine::image::{CHUNK_SIZE, Extent};
+use backstop_image::image::{CHUNK_SIZE, Extent};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -89,7 +89,7 @@ pub fn backup_disk(
     parent: Option<backstop_engine::format::RepoId>,
 ) -> backstop_engine::writer::BackupResult {
     use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
-    let source = backstop_engine::image::RawImage::open(image).expect("open image");
+    let source = backstop_image::image::RawImage::open(image).expect("open image");
     let files = [FileSpec {
         path: DISK.into(),
         content: Content::Image {
@@ -155,7 +155,7 @@ impl Drop for Child {
 
 /// A source that blocks its reads until released, so a backup holds its lock meanwhile.
 pub struct Gated {
-    inner: backstop_engine::image::RawImage,
+    inner: backstop_image::image::RawImage,
     open: std::sync::Mutex<bool>,
     cv: std::sync::Condvar,
 }
@@ -163,7 +163,7 @@ pub struct Gated {
 impl Gated {
     pub fn new(image: &Path) -> Gated {
         Gated {
-            inner: backstop_engine::image::RawImage::open(image).expect("open"),
+            inner: backstop_image::image::RawImage::open(image).expect("open"),
             open: std::sync::Mutex::new(false),
             cv: std::sync::Condvar::new(),
         }
@@ -176,7 +176,7 @@ impl Gated {
     }
 }
 
-impl backstop_engine::image::ImageSource for Gated {
+impl backstop_image::image::ImageSource for Gated {
     fn size(&self) -> u64 {
         self.inner.size()
     }

@@ -8,13 +8,13 @@ use super::plan::{Plan, Read, StagedFiles, plan};
 use crate::config::DriverConfig;
 use crate::layout::{IMAGE_TAG, decode_vm_xml, vm_tag};
 use crate::repo::Repo;
-use crate::repo::disk_image::{self, Backing, Format};
-use crate::repo::image::{Extent, ImageSource, RawImage};
-use crate::repo::nbd::{self, NbdImage};
 use crate::repo::writer::{self, BackupOptions, Content, FileSpec, Progress};
 use crate::stock_chain::{self, WorkDir};
 use crate::target::{RepoTarget, clean_path, repo_id};
 use crate::{Error, ErrorKind};
+use backstop_image::disk_image::{self, Backing, Format};
+use backstop_image::image::{Extent, ImageSource, RawImage};
+use backstop_image::nbd::{self, NbdImage};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupRequest, Datastore};
 use backstop_protocol::staging::{DirectManifest, MANIFEST, REREAD_NEXT_ATTEMPT, reread_marker};
@@ -262,7 +262,7 @@ fn open_rbd(
     r: &backstop_protocol::staging::RbdSource,
     changes: bool,
 ) -> std::io::Result<Opened> {
-    let image = crate::repo::rbd::RbdImage {
+    let image = backstop_image::rbd::RbdImage {
         pool: r.pool.clone(),
         image: r.image.clone(),
         snapshot: Some(r.snapshot.clone()),
@@ -331,7 +331,7 @@ fn staged_rbd(
         .map_err(|e| Error::io(format!("cannot read {}", d.file.display()), e))?;
     let mut input = std::io::BufReader::with_capacity(1 << 20, staged);
     let until = format!("one_backup_{}", plan.increment);
-    let applied = crate::repo::rbd_stream::apply_until(&mut input, &target, name, Some(&until))?;
+    let applied = backstop_image::rbd_stream::apply_until(&mut input, &target, name, Some(&until))?;
     let expected = plan
         .increment
         .checked_sub(1)
@@ -366,9 +366,12 @@ fn open_disk(
         )
     };
     let checked = |format: Format, backing: Backing<'_>| {
-        disk_image::inspect(path, format, backing).map_err(|e| Error {
-            message: format!("VM {}: disk {disk_id}: {}", args.vm_id, e.message),
-            ..e
+        disk_image::inspect(path, format, backing).map_err(|e| {
+            let e = Error::from(e);
+            Error {
+                message: format!("VM {}: disk {disk_id}: {}", args.vm_id, e.message),
+                ..e
+            }
         })
     };
     // A staged file is a qcow2 file by the stock contract, written by prebackup (not by the

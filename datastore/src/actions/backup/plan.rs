@@ -13,10 +13,10 @@
 //!   top of the stock chain, rebuilt once ([`Plan::stock_chain`]).
 
 use crate::layout::{IMAGE_TAG, Staged, base_name, staged_disk, staged_kind};
-use crate::repo::disk_image::Format;
 use crate::repo::format::{RepoId, Snapshot};
 use crate::vm_snapshots::find_parent;
 use crate::{Error, ErrorKind};
+use backstop_image::disk_image::Format;
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupMode, Vm};
 use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST};

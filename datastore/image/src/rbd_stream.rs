@@ -52,7 +52,7 @@ struct Reader<'a, R: Read> {
 impl<R: Read> Reader<'_, R> {
     fn bad(&self, message: impl std::fmt::Display) -> Error {
         Error::new(
-            ErrorKind::Repository,
+            ErrorKind::Stream,
             format!(
                 "{} is not a valid rbd stream: {message} (at byte {})",
                 self.what, self.pos

@@ -3,9 +3,9 @@
 //! (oneadmin's home is /var/lib/one: a socket under ~/.local/state/backstop/nbd/<machine>/...
 //! did not fit). A test binary of its own: it sets HOME for the whole process.
 
-use backstop_engine::disk_image::{Backing, Format, inspect};
-use backstop_engine::image::ImageSource;
-use backstop_engine::nbd::{NbdImage, exports_dir};
+use backstop_image::disk_image::{Backing, Format, inspect};
+use backstop_image::image::ImageSource;
+use backstop_image::nbd::{NbdImage, exports_dir};
 use std::process::Command;
 
 #[test]

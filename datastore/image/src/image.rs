@@ -39,7 +39,7 @@ pub const MAX_IMAGE_SIZE: u64 = 64 << 40;
 /// Refuses an image larger than [`MAX_IMAGE_SIZE`], naming it.
 pub fn check_size(what: &str, size: u64) -> Result<(), crate::Error> {
     if size > MAX_IMAGE_SIZE {
-        return Err(crate::error::size_error(what, size, MAX_IMAGE_SIZE));
+        return Err(crate::size_error(what, size, MAX_IMAGE_SIZE));
     }
     Ok(())
 }

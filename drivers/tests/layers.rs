@@ -1,0 +1,104 @@
+//! The crates' imports against the table in docs/architecture.md: each crate names in its
+//! `[dependencies]` only the backstop crates its layer may import (those on lower floors).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// (folder, crate, the backstop crates it may import)
+const LAYERS: &[(&str, &str, &[&str])] = &[
+    ("protocol", "backstop-protocol", &[]),
+    ("datastore/storage", "backstop-storage", &[]),
+    ("datastore/image", "backstop-image", &[]),
+    (
+        "datastore/engine",
+        "backstop-engine",
+        &["backstop-storage", "backstop-image"],
+    ),
+    (
+        "datastore",
+        "backstop-datastore",
+        &[
+            "backstop-protocol",
+            "backstop-storage",
+            "backstop-image",
+            "backstop-engine",
+        ],
+    ),
+    (
+        "tm",
+        "backstop-tm",
+        &["backstop-protocol", "backstop-image", "backstop-datastore"],
+    ),
+    (
+        "backupjob",
+        "backstop-backupjob",
+        &[
+            "backstop-protocol",
+            "backstop-storage",
+            "backstop-image",
+            "backstop-datastore",
+        ],
+    ),
+    ("web", "backstop-web", &["backstop-backupjob"]),
+    (
+        "bench",
+        "backstop-bench",
+        &[
+            "backstop-storage",
+            "backstop-image",
+            "backstop-datastore",
+            "backstop-backupjob",
+        ],
+    ),
+];
+
+/// The backstop crates named in a manifest's `[dependencies]` table.
+fn imports(manifest: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut in_deps = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if in_deps && line.starts_with("backstop-") {
+            let name = line
+                .split(|c: char| c == '.' || c == '=' || c.is_whitespace())
+                .next()
+                .unwrap_or_default();
+            out.insert(name.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_crate_imports_only_the_layers_below_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml")).expect("workspace manifest");
+    let mut wrong = Vec::new();
+    for (folder, name, allowed) in LAYERS {
+        assert!(
+            workspace.contains(&format!("\"{folder}\"")),
+            "{folder} is not a workspace member"
+        );
+        let manifest = std::fs::read_to_string(root.join(folder).join("Cargo.toml"))
+            .unwrap_or_else(|e| panic!("{folder}/Cargo.toml: {e}"));
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{folder} is not {name}"
+        );
+        let allowed: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
+        for import in imports(&manifest).difference(&allowed) {
+            wrong.push(format!("{name} imports {import}, a crate not below it"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_reader_sees_a_forbidden_import() {
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\nbackstop-web.workspace = true\nserde = \"1\"\n[dev-dependencies]\nbackstop-tm.workspace = true\n";
+    let seen = imports(manifest);
+    assert_eq!(seen, BTreeSet::from(["backstop-web".to_string()]));
+}
