@@ -8,10 +8,9 @@ use crate::repo::Repo;
 use crate::settings::Settings;
 use crate::{Error, ErrorKind};
 use backstop_protocol::message::{Datastore, Image};
-use backstop_storage::Storage;
-use backstop_storage::local::LocalBackend;
-use backstop_storage::s3::{S3Backend, S3Location, S3Options};
-use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};
+use backstop_storage::s3::S3Location;
+use backstop_storage::sftp::SftpLocation;
+use backstop_storage::{S3Keys, Storage, StorageSpec, Transport, Where};
 use std::sync::Arc;
 
 /// Which repository of a datastore.
@@ -105,37 +104,26 @@ impl RepoTarget {
     pub fn storage(&self, ds: &Datastore, cfg: &DriverConfig) -> Result<Arc<dyn Storage>, Error> {
         // Every attribute is checked here, once, whatever this action uses.
         let settings = Settings::of(ds)?;
-        match &self.location {
-            Location::Local { .. } => Ok(Arc::new(LocalBackend::new(self.path()))),
-            Location::Sftp { user, server, .. } => {
-                let loc = SftpLocation {
-                    user: Some(user.clone()),
-                    host: server.clone(),
-                    path: self.path(),
-                };
-                let options = SftpOptions {
-                    connections: settings.connections,
-                    bwlimit_kib: settings.bwlimit_kib,
-                    ssh_config: cfg.ssh_config.clone(),
-                    host_fingerprint: settings.host_fingerprint,
-                };
-                let sftp: Arc<dyn Storage> =
-                    Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Repository,
-                            format!("datastore {}: {}", ds.id, e.0),
-                        )
-                    })?);
-                Ok(cached(sftp, settings.cache_dir.as_deref()))
-            }
+        let at = match &self.location {
+            Location::Local { .. } => Where::Local(self.path().into()),
+            Location::Sftp { user, server, .. } => Where::Sftp(SftpLocation {
+                user: Some(user.clone()),
+                host: server.clone(),
+                path: self.path(),
+            }),
             Location::S3 { .. } => {
-                let s3: Arc<dyn Storage> =
-                    Arc::new(connect_s3(&self.url(), &settings).map_err(|e| {
-                        Error::new(ErrorKind::Repository, format!("datastore {}: {e}", ds.id))
-                    })?);
-                Ok(cached(s3, settings.cache_dir.as_deref()))
+                Where::S3(S3Location::parse(&self.url()).map_err(|e| repository_error(ds, e))?)
             }
-        }
+        };
+        let spec = StorageSpec {
+            at,
+            transport: transport(&settings, cfg, settings.connections)?,
+            cache_dir: settings.cache_dir.clone(),
+        };
+        backstop_storage::open(&spec, &mut |line| {
+            backstop_protocol::output::log(backstop_protocol::output::Level::Info, line)
+        })
+        .map_err(|e| repository_error(ds, e))
     }
 
     /// Whether the storage holds a repository (a config file).
@@ -166,41 +154,59 @@ impl RepoTarget {
     }
 }
 
-/// Connects to the S3 repository at `url` (`s3:...`) with the datastore's S3 settings.
-pub fn connect_s3(url: &str, settings: &Settings) -> Result<S3Backend, String> {
-    let access = settings
-        .s3
-        .as_ref()
-        .ok_or_else(|| "RESTIC_BACKEND is not S3".to_string())?;
-    let loc = S3Location::parse(url)?;
-    let options = S3Options {
-        access_key_id: access.access_key_id.clone(),
-        secret_access_key: access.secret_access_key.clone(),
-        region: access.region.clone(),
-        path_style: access.force_path_style.then_some(true),
-        ca_cert: access.ca_cert.clone(),
-        insecure_tls: access.insecure_tls,
-        connections: settings.connections,
+/// How the datastore's attributes say to reach its storage, with `connections` at once.
+fn transport(
+    settings: &Settings,
+    cfg: &DriverConfig,
+    connections: usize,
+) -> Result<Transport, Error> {
+    Ok(Transport {
+        connections,
         bwlimit_kib: settings.bwlimit_kib,
-        ..S3Options::default()
-    };
-    S3Backend::connect(&loc, &options).map_err(|e| e.0)
+        ssh_config: cfg.ssh_config.clone(),
+        host_fingerprint: settings.host_fingerprint.clone(),
+        s3: settings.s3.as_ref().map(|access| S3Keys {
+            access_key_id: access.access_key_id.clone(),
+            secret_access_key: access.secret_access_key.clone(),
+            region: access.region.clone(),
+            path_style: access.force_path_style.then_some(true),
+            ca_cert: access.ca_cert.clone(),
+            insecure_tls: access.insecure_tls,
+        }),
+    })
 }
 
-/// A remote repository behind its metadata cache (docs/repository-layout.md); without one
-/// when the cache directory cannot be made (said on stderr: a cache saves time only).
-fn cached(storage: Arc<dyn Storage>, dir: Option<&std::path::Path>) -> Arc<dyn Storage> {
-    let Some(dir) = dir else { return storage };
-    match backstop_storage::cache::CachedStorage::new(storage.clone(), dir) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            backstop_protocol::output::log(
-                backstop_protocol::output::Level::Info,
-                &format!("no metadata cache: cannot create {}: {e}", dir.display()),
-            );
-            storage
-        }
-    }
+fn repository_error(ds: &Datastore, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Repository, format!("datastore {}: {e}", ds.id))
+}
+
+/// The place that holds a datastore's repositories (its BASE_PATH, or its bucket), and how to
+/// reach it.
+pub fn base(ds: &Datastore, cfg: &DriverConfig) -> Result<(Where, Transport), Error> {
+    let location = Location::of(ds)?;
+    let at = match &location {
+        Location::Local { base_path } => Where::Local(base_path.into()),
+        Location::Sftp {
+            user,
+            server,
+            base_path,
+        } => Where::Sftp(SftpLocation {
+            user: Some(user.clone()),
+            host: server.clone(),
+            path: clean_path(base_path),
+        }),
+        Location::S3 { endpoint, bucket } => Where::S3(
+            S3Location::parse(&format!("s3:{endpoint}/{bucket}"))
+                .map_err(|e| repository_error(ds, e))?,
+        ),
+    };
+    let settings = Settings::of(ds)?;
+    // One session is enough to list a directory.
+    let connections = match location {
+        Location::Sftp { .. } => 1,
+        _ => settings.connections,
+    };
+    Ok((at, transport(&settings, cfg, connections)?))
 }
 
 impl RepoTarget {
@@ -233,61 +239,15 @@ pub fn is_repository_name(name: &str) -> bool {
 /// Every repository of a datastore (`<vm_id>`, `job_<bj>` under its BASE_PATH or in its
 /// bucket), sorted; a directory or prefix of another name, or without a `config`, is not one.
 pub fn repositories(ds: &Datastore, cfg: &DriverConfig) -> Result<Vec<String>, Error> {
-    let location = Location::of(ds)?;
-    let listed = |e: String| {
-        Error::new(
-            ErrorKind::Repository,
-            format!("datastore {}: cannot list its repositories: {e}", ds.id),
-        )
-    };
-    let mut names = match &location {
-        Location::Local { base_path } => {
-            let root = std::path::Path::new(base_path);
-            let entries = match std::fs::read_dir(root) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(listed(format!("{}: {e}", root.display()))),
-            };
-            let mut names = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| listed(format!("{}: {e}", root.display())))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if is_repository_name(&name) && entry.path().join("config").is_file() {
-                    names.push(name);
-                }
-            }
-            names
-        }
-        Location::Sftp {
-            user,
-            server,
-            base_path,
-        } => {
-            let settings = Settings::of(ds)?;
-            let loc = SftpLocation {
-                user: Some(user.clone()),
-                host: server.clone(),
-                path: clean_path(base_path),
-            };
-            let options = SftpOptions {
-                connections: 1,
-                bwlimit_kib: settings.bwlimit_kib,
-                ssh_config: cfg.ssh_config.clone(),
-                host_fingerprint: settings.host_fingerprint,
-            };
-            SftpBackend::connect(&loc, &options)
-                .map_err(|e| listed(e.0))?
-                .repositories(&is_repository_name)
-                .map_err(listed)?
-        }
-        Location::S3 { endpoint, bucket } => {
-            let settings = Settings::of(ds)?;
-            connect_s3(&format!("s3:{endpoint}/{bucket}"), &settings)
-                .map_err(listed)?
-                .repositories(&is_repository_name)
-                .map_err(listed)?
-        }
-    };
+    let (at, transport) = base(ds, cfg)?;
+    let mut names = backstop_storage::connect(&at, &transport)
+        .and_then(|base| base.repositories(&is_repository_name))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("datastore {}: cannot list its repositories: {e}", ds.id),
+            )
+        })?;
     names.sort();
     Ok(names)
 }

@@ -14,10 +14,9 @@ use backstop_image::image::{self, ImageSource, RawImage};
 use backstop_image::nbd::{self, NbdImage};
 use backstop_image::rbd::RbdImage;
 use backstop_storage::Storage;
-use backstop_storage::cache::{self, CachedStorage};
-use backstop_storage::local::LocalBackend;
-use backstop_storage::s3::{S3Backend, S3Location, S3Options, Secret};
-use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};
+use backstop_storage::cache;
+use backstop_storage::s3::Secret;
+use backstop_storage::{S3Keys, StorageSpec, Transport, Where};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -249,26 +248,22 @@ fn password(args: &Args) -> Result<String, String> {
     Err("no repository password: set RESTIC_PASSWORD or RESTIC_PASSWORD_FILE, or pass --password-file".into())
 }
 
-fn s3_backend(args: &Args, location: &str) -> Result<S3Backend, String> {
-    let loc = S3Location::parse(location)?;
+/// The S3 keys from the environment (never from argv), with the command line's TLS options.
+fn s3_keys(args: &Args) -> Result<S3Keys, String> {
     let key = |name: &str| {
         std::env::var(name)
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| format!("{name} is not set (needed for an s3: repository)"))
     };
-    let options = S3Options {
+    Ok(S3Keys {
         access_key_id: key("AWS_ACCESS_KEY_ID")?,
         secret_access_key: Secret::new(key("AWS_SECRET_ACCESS_KEY")?),
         region: args.s3_region.clone(),
         path_style: args.s3_path_style.then_some(true),
         ca_cert: args.cacert.clone(),
         insecure_tls: args.insecure_tls,
-        connections: args.connections,
-        bwlimit_kib: args.limit,
-        ..S3Options::default()
-    };
-    S3Backend::connect(&loc, &options).map_err(|e| e.to_string())
+    })
 }
 
 fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
@@ -277,38 +272,28 @@ fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
 
 /// The storage at `location`, with the command line's connection options.
 fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
-    let remote: Arc<dyn Storage> = if location.starts_with("sftp:") {
-        let loc = SftpLocation::parse(location)?;
-        let options = SftpOptions {
+    let at = Where::parse(location).map_err(|e| e.to_string())?;
+    let s3 = match at {
+        Where::S3(_) => Some(s3_keys(args)?),
+        _ => None,
+    };
+    // A check reads what the server holds, never a local copy.
+    let cache_dir = match (&args.command, args.no_cache) {
+        (Command::Check { .. }, _) | (_, true) => None,
+        _ => args.cache_dir.clone().or_else(cache::default_dir),
+    };
+    let spec = StorageSpec {
+        at,
+        transport: Transport {
             connections: args.connections,
             bwlimit_kib: args.limit,
             ssh_config: args.ssh_config.clone(),
             host_fingerprint: args.host_fingerprint.clone(),
-        };
-        Arc::new(SftpBackend::connect(&loc, &options).map_err(|e| e.to_string())?)
-    } else if location.starts_with("s3:") {
-        Arc::new(s3_backend(args, location)?)
-    } else {
-        return Ok(Arc::new(LocalBackend::new(location)));
-    };
-    // A check reads what the server holds, never a local copy.
-    let cache = match (&args.command, args.no_cache) {
-        (Command::Check { .. }, _) | (_, true) => None,
-        _ => args.cache_dir.clone().or_else(cache::default_dir),
-    };
-    Ok(match cache {
-        Some(dir) => match CachedStorage::new(remote.clone(), &dir) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                eprintln!(
-                    "INFO: no metadata cache: cannot create {}: {e}",
-                    dir.display()
-                );
-                remote
-            }
+            s3,
         },
-        None => remote,
-    })
+        cache_dir,
+    };
+    backstop_storage::open(&spec, &mut |line| eprintln!("INFO: {line}")).map_err(|e| e.to_string())
 }
 
 fn copy_options<'a>(

@@ -40,7 +40,7 @@ pub fn run(request: &MonitorRequest, cfg: &DriverConfig) -> Result<Capacity, Err
             server,
             base_path,
         } => remote(cfg, &user, &server, &base_path),
-        Location::S3 { endpoint, bucket } => s3(ds, &endpoint, &bucket),
+        Location::S3 { endpoint, bucket } => s3(ds, cfg, &endpoint, &bucket),
     }
 }
 
@@ -49,6 +49,7 @@ pub fn run(request: &MonitorRequest, cfg: &DriverConfig) -> Result<Capacity, Err
 /// 1 TiB), since a bucket has no capacity of its own.
 pub fn s3(
     ds: &backstop_protocol::message::Datastore,
+    cfg: &DriverConfig,
     endpoint: &str,
     bucket: &str,
 ) -> Result<Capacity, Error> {
@@ -61,10 +62,22 @@ pub fn s3(
             ))
         })?,
     };
-    let settings = crate::settings::Settings::of(ds)?;
-    let url = format!("s3:{endpoint}/{bucket}");
-    let store = crate::target::connect_s3(&url, &settings)
-        .map_err(|e| Error::new(ErrorKind::Repository, format!("datastore {}: {e}", ds.id)))?;
+    let (at, transport) = crate::target::base(ds, cfg)?;
+    let store = match backstop_storage::connect(&at, &transport) {
+        Ok(backstop_storage::Connected::S3(store)) => store,
+        Ok(_) => {
+            return Err(Error::config(format!(
+                "datastore {}: s3:{endpoint}/{bucket} is not an S3 location",
+                ds.id
+            )));
+        }
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("datastore {}: {e}", ds.id),
+            ));
+        }
+    };
     let objects = store.objects().map_err(|e| {
         Error::new(
             ErrorKind::Repository,

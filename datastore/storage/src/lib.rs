@@ -10,11 +10,13 @@ pub mod bandwidth;
 pub mod cache;
 mod error;
 pub mod local;
+mod open;
 pub mod s3;
 pub mod sftp;
 pub mod sshconfig;
 
 pub use error::Error;
+pub use open::{Connected, S3Keys, StorageSpec, Transport, Where, connect, open};
 /// The kinds of repository files, as rustic_core names them.
 pub use rustic_core::FileType;
 

@@ -167,6 +167,25 @@ impl LocalBackend {
         }
     }
 
+    /// The repositories directly below the root whose names `accept` takes, each holding a
+    /// `config` file; none when the root does not exist.
+    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> std::io::Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if accept(&name) && entry.path().join("config").is_file() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
