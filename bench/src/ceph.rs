@@ -1,5 +1,5 @@
 //! The Ceph rows: the benchmark's image in an RBD image of a single-node Ceph on this machine
-//! (the tests' own cluster helper, datastore/engine/tests/common/ceph.rs; when ceph-mon is on
+//! (the tests' own cluster helper, tests/kit/src/ceph.rs; when ceph-mon is on
 //! PATH), backed up from its snapshots by backstop (librbd through qemu-nbd, an increment only
 //! where `rbd diff` says) and by the stock Ceph TM's recipes with restic:
 //! - FULL: `rbd export` of the snapshot to a staging file, `qemu-img convert` to qcow2,
@@ -11,9 +11,7 @@
 //! The host disk space each recipe stages is measured (`du` of the staging directory at its
 //! peak); backstop stages nothing.
 
-#[path = "../../datastore/engine/tests/common/ceph.rs"]
-#[allow(dead_code)]
-mod cluster;
+use backstop_testkit::ceph as cluster;
 
 use crate::data::sha256_file;
 use crate::run::{Measure, capture, q, settle, timed};

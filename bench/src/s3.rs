@@ -1,12 +1,8 @@
 //! The S3 rows' server: the tests' own SeaweedFS (`weed mini` on loopback, ports of its own,
-//! stopped by PID; datastore/engine/tests/common/s3.rs), when `weed` is on PATH. Its key pair
+//! stopped by PID; backstop-testkit), when `weed` is on PATH. Its key pair
 //! reaches every tool through the environment, never argv.
 
-#[path = "../../datastore/engine/tests/common/s3.rs"]
-#[allow(dead_code)]
-mod server;
-
-pub use server::{ACCESS_KEY, S3Server, SECRET_KEY};
+pub use backstop_testkit::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use std::path::Path;
 
 /// A server under `work`, or None when SeaweedFS is not installed.

@@ -5,14 +5,11 @@
 //! copy-on-read), then the datastore actions called with oned's argv and stdin. The real
 //! restic binary checks the repository after every step.
 
-#[path = "../../datastore/engine/tests/common/sshd.rs"]
-#[allow(dead_code)]
-mod sshd;
-
 use crate::oned_mock::{MockOned, failed, ok};
 use crate::s3server::S3Server;
 use crate::support::{self, Outcome};
 use backstop_protocol::xmlrpc::Value;
+use backstop_testkit::sshd;
 use sshd::{Sshd, run as sh};
 
 /// Another test sshd (a second hypervisor), stopped when dropped.

@@ -7,9 +7,6 @@ mod browser;
 mod ceph;
 mod ceph_live;
 mod ceph_stock;
-#[path = "../../datastore/engine/tests/common/ceph.rs"]
-#[allow(dead_code)]
-mod cephcluster;
 mod cloud;
 mod crash;
 mod discover;
@@ -22,9 +19,6 @@ mod oned_mock;
 mod remotes;
 mod repo_cli;
 mod retention;
-#[path = "../../datastore/engine/tests/common/s3.rs"]
-#[allow(dead_code)]
-mod s3server;
 mod security;
 mod stock;
 mod support;
@@ -33,3 +27,6 @@ mod sync_filters;
 mod sync_jobs;
 mod tm;
 mod web;
+
+use backstop_testkit::ceph as cephcluster;
+use backstop_testkit::s3 as s3server;

@@ -74,67 +74,6 @@ fn restic_ok(server: &S3Server, repo: &str, args: &[&str]) -> Vec<u8> {
 }
 
 #[test]
-fn restic_reads_a_full_and_three_incrementals_written_to_s3() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = S3Server::start(dir.path());
-    // The bucket does not exist yet: init makes it, as restic does.
-    let url = server.repo("made-by-init", "22");
-    let be = connect(&url, &options(&server)).expect("connect");
-    let repo = Repo::init(Arc::new(be), PASSWORD).expect("init on s3");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 24, 21);
-    let mut parent = backup(&repo, &image, None, None);
-    let mut expected = vec![(parent, fs::read(&image).expect("read"))];
-    for generation in 0..3 {
-        let changed = scribble(&image, 5, 300 + generation);
-        parent = backup(&repo, &image, Some(&changed), Some(parent));
-        expected.push((parent, fs::read(&image).expect("read")));
-    }
-    for (id, bytes) in &expected {
-        let dumped = restic_ok(&server, &url, &["dump", &id.to_hex(), DISK]);
-        assert!(
-            dumped == *bytes,
-            "snapshot {id} differs when restic reads it from s3"
-        );
-    }
-    restic_ok(&server, &url, &["check", "--read-data"]);
-    // The whole bucket, listed from its root (what monitor adds up): every object is the
-    // repository's, and the packs are there.
-    let root = connect(
-        &format!("s3:{}/made-by-init", server.endpoint),
-        &options(&server),
-    )
-    .expect("connect to the bucket");
-    let objects = root.objects().expect("list the bucket");
-    assert!(
-        objects.iter().all(|(k, _)| k.starts_with("22/")),
-        "{objects:?}"
-    );
-    let packs: u64 = objects
-        .iter()
-        .filter(|(k, _)| k.starts_with("22/data/"))
-        .map(|(_, s)| s)
-        .sum();
-    assert!(packs > 4 << 20, "{objects:?}");
-    // And a second opening of ours reads them back.
-    let be = connect(&url, &options(&server)).expect("connect");
-    let repo = Repo::open(Arc::new(be), PASSWORD).expect("open on s3");
-    let target = dir.path().join("restored.raw");
-    repo.restore_file(
-        &parent.to_hex(),
-        DISK,
-        &target,
-        2,
-        backstop_engine::lock::RetryLock(Duration::ZERO),
-    )
-    .expect("restore from s3");
-    assert!(
-        fs::read(&target).expect("read") == expected[3].1,
-        "our restore from s3 differs"
-    );
-}
-
-#[test]
 fn we_restore_and_extend_what_restic_wrote_on_s3() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = S3Server::start(dir.path());

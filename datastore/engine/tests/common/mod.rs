@@ -1,9 +1,8 @@
 //! Helpers shared by the repository tests: the restic binary, deterministic images.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod ceph;
-pub mod s3;
-pub mod sshd;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use backstop_testkit::{ceph, s3, sshd};
 
 use backstop_image::image::{CHUNK_SIZE, Extent};
 use std::fs;
