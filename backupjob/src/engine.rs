@@ -72,17 +72,22 @@ struct JobContext {
 
 impl JobContext {
     fn load(env: &Env, state: &State, job_id: u64) -> Result<JobContext, Error> {
-        let (_, _, priority, template) = state
+        let crate::state::JobRow {
+            priority, template, ..
+        } = state
             .jobs()?
             .into_iter()
-            .find(|j| j.0 == job_id)
+            .find(|j| j.id == job_id)
             .ok_or_else(|| input(format!("there is no backup job {job_id}")))?;
         let job = JobTemplate::parse(&template)
             .map_err(|e| input(format!("backup job {job_id}: {e}")))?;
-        let (_, _, ds_template) = state
+        let crate::state::Named {
+            template: ds_template,
+            ..
+        } = state
             .datastores()?
             .into_iter()
-            .find(|d| d.0 == job.datastore_id)
+            .find(|d| d.id == job.datastore_id)
             .ok_or_else(|| {
                 input(format!(
                     "backup job {job_id}: there is no datastore {}",
@@ -132,7 +137,12 @@ pub fn reconcile(
 ) -> Result<usize, Error> {
     let orphans = state.orphans(backstop_image::process::ProcessId::is_running)?;
     let mut settled = 0;
-    for (job_id, vm, since_ms) in orphans {
+    for crate::state::Orphan {
+        job: job_id,
+        vm,
+        ongoing_since_ms: since_ms,
+    } in orphans
+    {
         let (to, line) = match settle(env, state, job_id, vm, since_ms) {
             Ok(Settlement::Running) => continue,
             Ok(Settlement::Recorded(o)) => (
@@ -175,7 +185,10 @@ fn settle(
         .docs
         .get(&vm)
         .ok_or_else(|| input(format!("VM {vm} is not registered")))?;
-    let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
+    let crate::state::Chain {
+        image,
+        last_increment: last,
+    } = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
     let chain = ChainPointers {
         image_id: image,
         last_increment: last,
@@ -443,7 +456,10 @@ pub fn run_jobs(
                 )? {
                     continue;
                 }
-                let (image, last) = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
+                let crate::state::Chain {
+                    image,
+                    last_increment: last,
+                } = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
                 let chain = ChainPointers {
                     image_id: image,
                     last_increment: last,
@@ -618,14 +634,14 @@ pub fn scheduler_pass(
     // run.
     reconcile(env, state, &mut on_event)?;
     let mut jobs = state.jobs()?;
-    jobs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
     let mut chosen = Vec::new();
     let mut due_of = HashMap::new();
-    for (job, _, _, _) in jobs {
+    for crate::state::JobRow { id: job, .. } in jobs {
         let due: Vec<_> = state
             .sched_actions(job)?
             .into_iter()
-            .filter(|(_, sa, _)| sa.due(t))
+            .filter(|s| s.action.due(t))
             .collect();
         let outdated = state
             .job_vms(job)?
@@ -646,7 +662,7 @@ pub fn scheduler_pass(
         let due = due_of.remove(&job).unwrap_or_default();
         match report.iter().find(|r| r.0 == job).map(|r| &r.1) {
             Some(Ok(_)) => {
-                if let Some(late) = due.iter().map(|(_, sa, _)| t - sa.time).max()
+                if let Some(late) = due.iter().map(|s| t - s.action.time).max()
                     && late > LATE_AFTER
                 {
                     pass.missed.push((
@@ -658,7 +674,10 @@ pub fn scheduler_pass(
                     ));
                 }
                 let done = now();
-                for (id, mut sa, _) in due {
+                for crate::state::SchedActionRow {
+                    id, action: mut sa, ..
+                } in due
+                {
                     sa.ran(done, tz);
                     state.update_sched_action(id, &sa, None)?;
                 }
@@ -670,7 +689,7 @@ pub fn scheduler_pass(
                     pass.missed
                         .push((job, format!("its scheduled run was refused: {e}")));
                 }
-                for (id, sa, _) in due {
+                for crate::state::SchedActionRow { id, action: sa, .. } in due {
                     state.update_sched_action(id, &sa, Some(&message))?;
                 }
             }

@@ -286,15 +286,16 @@ fn cdata(v: &str) -> String {
 
 /// A datastore or remote of the state as the actions see it.
 pub fn state_datastore(
-    list: &[(u64, String, String)],
+    list: &[crate::state::Named],
     id: u64,
     what: &str,
     location: &str,
 ) -> Result<Datastore, Error> {
-    let (_, _, text) = list
+    let text = &list
         .iter()
-        .find(|d| d.0 == id)
-        .ok_or_else(|| input(format!("there is no {what} {id}")))?;
+        .find(|d| d.id == id)
+        .ok_or_else(|| input(format!("there is no {what} {id}")))?
+        .template;
     let (_, ds) = datastore(id, text, location).map_err(|x| input(format!("{what} {id}: {x}")))?;
     let root = backstop_protocol::xml::Element::parse(&ds.document)
         .map_err(|x| input(format!("{what} {id}: {x}")))?;

@@ -324,7 +324,8 @@ pub fn job_failures(
     job_id: u64,
     since_ms: i64,
 ) -> Result<Option<Message>, crate::Error> {
-    let Some((_, name, _, _)) = st.jobs()?.into_iter().find(|j| j.0 == job_id) else {
+    let Some(crate::state::JobRow { name, .. }) = st.jobs()?.into_iter().find(|j| j.id == job_id)
+    else {
         return Ok(None);
     };
     let rows = st.job_vms(job_id)?;
@@ -372,8 +373,8 @@ pub fn after_job_run(
     let template = st
         .jobs()
         .ok()
-        .and_then(|jobs| jobs.into_iter().find(|j| j.0 == job_id))
-        .map(|j| j.3)
+        .and_then(|jobs| jobs.into_iter().find(|j| j.id == job_id))
+        .map(|j| j.template)
         .unwrap_or_default();
     match global.for_job(&template) {
         Ok(s) if s.is_empty() => Vec::new(),
@@ -390,10 +391,10 @@ pub fn after_missed(
     job_id: u64,
     why: &str,
 ) -> Vec<String> {
-    let Some((_, name, _, template)) = st
+    let Some(crate::state::JobRow { name, template, .. }) = st
         .jobs()
         .ok()
-        .and_then(|jobs| jobs.into_iter().find(|j| j.0 == job_id))
+        .and_then(|jobs| jobs.into_iter().find(|j| j.id == job_id))
     else {
         return Vec::new();
     };

@@ -21,7 +21,10 @@ pub fn scheduled_pass(
         when.as_ref().is_some_and(|w| w.due(now, last, written, tz))
     };
     let mut lines = Vec::new();
-    for (id, _, text) in st.sync_jobs()? {
+    for crate::state::Named {
+        id, template: text, ..
+    } in st.sync_jobs()?
+    {
         let Ok(job) = SyncTemplate::parse(&text) else {
             continue;
         };
@@ -60,11 +63,17 @@ pub fn scheduled_pass(
         }
     }
     let last_runs = st.verify_last_runs()?;
-    for (id, _, text, _) in st.verify_jobs()? {
+    for crate::state::VerifyJobRow {
+        id, template: text, ..
+    } in st.verify_jobs()?
+    {
         let Ok(job) = VerifyTemplate::parse(&text) else {
             continue;
         };
-        let last = last_runs.iter().find(|l| l.0 == id).and_then(|l| l.1);
+        let last = last_runs
+            .iter()
+            .find(|l| l.job == id)
+            .and_then(|l| l.started_at);
         if !due(&job.when, last, st.written_at(JobKind::Verify, id)?) {
             continue;
         }

@@ -363,10 +363,10 @@ pub fn run(
     cfg: &DriverConfig,
     report: Report<'_>,
 ) -> Result<Option<SyncRun>, Error> {
-    let (_, _, text) = st
+    let crate::state::Named { template: text, .. } = st
         .sync_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
+        .find(|j| j.id == id)
         .ok_or_else(|| input(format!("there is no sync job {id}")))?;
     let job = SyncTemplate::parse(&text).map_err(|e| input(format!("sync job {id}: {e}")))?;
     let local = datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;

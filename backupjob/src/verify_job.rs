@@ -85,10 +85,10 @@ pub fn run(
     cfg: &DriverConfig,
     report: Report<'_>,
 ) -> Result<Option<VerifyRun>, Error> {
-    let (_, _, text, _) = st
+    let crate::state::VerifyJobRow { template: text, .. } = st
         .verify_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
+        .find(|j| j.id == id)
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let job = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
     let ds = state_datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;

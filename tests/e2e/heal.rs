@@ -239,7 +239,10 @@ fn after_a_heal_the_runner_completes_a_staged_increment_in_one_run() {
             let path = format!("{}/disk.0.1", cloud.staging().display());
             heal_chunk_10(&repo, &path);
         }
-        let (image, last) = state.chain_of(VM, Some(job), 100).expect("chain");
+        let backstop_backupjob::state::Chain {
+            image,
+            last_increment: last,
+        } = state.chain_of(VM, Some(job), 100).expect("chain");
         let chain = ChainPointers {
             image_id: image,
             last_increment: last,

@@ -140,7 +140,10 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
         if round > 0 {
             cloud.change_disks(round, 10);
         }
-        let (image, last) = state.chain_of(VM, Some(job), 100).expect("chain");
+        let backstop_backupjob::state::Chain {
+            image,
+            last_increment: last,
+        } = state.chain_of(VM, Some(job), 100).expect("chain");
         let chain = ChainPointers {
             image_id: image,
             last_increment: last,

@@ -110,15 +110,25 @@ impl Snapshot {
         let mut jobs = Vec::new();
         let mut vm_job = std::collections::HashMap::new();
         let mut vm_rows = std::collections::HashMap::new();
-        for (id, name, priority, template) in st.jobs().map_err(read_err)? {
+        for backstop_backupjob::state::JobRow {
+            id,
+            name,
+            priority,
+            template,
+        } in st.jobs().map_err(read_err)?
+        {
             let t = JobTemplate::parse(&template).ok();
-            let (locked, last_run, last_duration) = st.job_status(id).map_err(read_err)?;
+            let backstop_backupjob::state::JobStatus {
+                locked,
+                last_started: last_run,
+                last_duration,
+            } = st.job_status(id).map_err(read_err)?;
             let next_run = st
                 .sched_actions(id)
                 .map_err(read_err)?
                 .iter()
-                .filter(|(_, sa, _)| !sa.ended())
-                .map(|(_, sa, _)| sa.time)
+                .filter(|s| !s.action.ended())
+                .map(|s| s.action.time)
                 .min();
             let rows = st.job_vms(id).map_err(read_err)?;
             for r in &rows {
@@ -209,7 +219,7 @@ impl Snapshot {
             .datastores()
             .map_err(read_err)?
             .into_iter()
-            .map(|(id, name, _)| (id, name))
+            .map(|d| (d.id, d.name))
             .collect();
         let runs = runs(&st, &images, &vms)?;
         let second_copies = second_copies(&st)?;
@@ -482,7 +492,7 @@ pub fn hide_ids(text: &str) -> String {
 /// The sync jobs with their last run, the verify jobs with their damaged snapshots.
 fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
     let mut out = Vec::new();
-    for (id, name, _) in st.sync_jobs().map_err(read_err)? {
+    for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
         let last = st.sync_runs(id).map_err(read_err)?.into_iter().next();
         out.push(SecondCopy {
             kind: "sync",
@@ -493,7 +503,13 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
         });
     }
     let last_runs = st.verify_last_runs().map_err(read_err)?;
-    for (id, name, text, _) in st.verify_jobs().map_err(read_err)? {
+    for backstop_backupjob::state::VerifyJobRow {
+        id,
+        name,
+        template: text,
+        ..
+    } in st.verify_jobs().map_err(read_err)?
+    {
         let datastore = backstop_backupjob::verify_job::VerifyTemplate::parse(&text)
             .map(|t| t.datastore_id)
             .ok();
@@ -510,7 +526,10 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
             kind: "verify",
             id,
             name,
-            last_run: last_runs.iter().find(|l| l.0 == id).and_then(|l| l.1),
+            last_run: last_runs
+                .iter()
+                .find(|l| l.job == id)
+                .and_then(|l| l.started_at),
             problem: (damaged > 0).then(|| format!("{damaged} damaged snapshots")),
         });
     }
@@ -546,7 +565,7 @@ fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, String> {
             detail: v.reason.clone().unwrap_or_default(),
         });
     }
-    for (id, name, _) in st.sync_jobs().map_err(read_err)? {
+    for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
         for r in st.sync_runs(id).map_err(read_err)? {
             out.push(Run {
                 kind: "sync",

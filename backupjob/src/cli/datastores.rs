@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub(super) fn create(st: &mut State, args: &Args, file: &PathBuf) -> Result<(), Error> {
     let text = read(file)?;
     // Validated with the id it will get.
-    let next = st.datastores()?.last().map_or(0, |d| d.0) + 1;
+    let next = st.datastores()?.last().map_or(0, |d| d.id) + 1;
     let (name, _) = model::datastore(next, &text, &args.datastore_location)
         .map_err(|x| input(format!("{}: {x}", file.display())))?;
     let id = st.add_datastore(&name, &text)?;
@@ -23,12 +23,12 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     if *json {
         let v: Vec<_> = list
             .iter()
-            .map(|(id, name, _)| serde_json::json!({"id": id, "name": name}))
+            .map(|crate::state::Named { id, name, .. }| serde_json::json!({"id": id, "name": name}))
             .collect();
         print(&serde_json::Value::Array(v).to_string())?;
     } else {
         print(&format!("{:>4} {}", "ID", "NAME"))?;
-        for (id, name, _) in list {
+        for crate::state::Named { id, name, .. } in list {
             print(&format!("{id:>4} {name}"))?;
         }
     }
@@ -39,8 +39,8 @@ pub(super) fn delete(st: &mut State, id: &u64) -> Result<(), Error> {
     let using: Vec<u64> = st
         .jobs()?
         .into_iter()
-        .filter(|(_, _, _, t)| JobTemplate::parse(t).is_ok_and(|j| j.datastore_id == *id))
-        .map(|j| j.0)
+        .filter(|j| JobTemplate::parse(&j.template).is_ok_and(|j| j.datastore_id == *id))
+        .map(|j| j.id)
         .collect();
     st.delete_datastore(*id, &using)?;
     Ok(())
@@ -52,11 +52,15 @@ pub(super) fn datastore_of(
     args: &Args,
     id: u64,
 ) -> Result<(String, String, backstop_protocol::message::Datastore), Error> {
-    let (_, name, text) = st
+    let crate::state::Named {
+        name,
+        template: text,
+        ..
+    } = st
         .datastores()
         .map_err(|x| input(x.to_string()))?
         .into_iter()
-        .find(|d| d.0 == id)
+        .find(|d| d.id == id)
         .ok_or_else(|| input(format!("there is no datastore {id}")))?;
     let (_, ds) = model::datastore(id, &text, &args.datastore_location)
         .map_err(|x| input(format!("datastore {id}: {x}")))?;
@@ -77,8 +81,8 @@ pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), E
         .jobs()
         .map_err(|x| input(x.to_string()))?
         .into_iter()
-        .filter(|(_, _, _, t)| JobTemplate::parse(t).is_ok_and(|j| j.datastore_id == id))
-        .map(|j| j.0)
+        .filter(|j| JobTemplate::parse(&j.template).is_ok_and(|j| j.datastore_id == id))
+        .map(|j| j.id)
         .collect();
     let images: Vec<u64> = st
         .all_images()

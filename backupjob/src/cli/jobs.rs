@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 /// A job backs up into a backup datastore, never straight into a remote.
 fn not_a_remote(st: &State, id: u64) -> Result<(), Error> {
-    if st.remotes()?.iter().any(|r| r.0 == id) {
+    if st.remotes()?.iter().any(|r| r.id == id) {
         return Err(input(format!(
             "DATASTORE_ID {id} is a remote, not a backup datastore (remotes receive copies through sync jobs)"
         )));
@@ -64,13 +64,23 @@ pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let jobs = st.jobs()?;
     let mut rows = Vec::new();
-    for (id, name, prio, _) in jobs {
+    for crate::state::JobRow {
+        id,
+        name,
+        priority: prio,
+        ..
+    } in jobs
+    {
         let vms: Vec<String> = st
             .job_vms(id)?
             .iter()
             .map(|v| v.vm_id.to_string())
             .collect();
-        let (locked, last, _) = st.job_status(id)?;
+        let crate::state::JobStatus {
+            locked,
+            last_started: last,
+            ..
+        } = st.job_status(id)?;
         rows.push((id, name, prio, vms.join(","), locked, last));
     }
     if *json {
@@ -102,10 +112,15 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
-    let (_, name, prio, template) = st
+    let crate::state::JobRow {
+        name,
+        priority: prio,
+        template,
+        ..
+    } = st
         .jobs()?
         .into_iter()
-        .find(|j| j.0 == *id)
+        .find(|j| j.id == *id)
         .ok_or_else(|| input(format!("there is no backup job {id}")))?;
     let rows = st.job_vms(*id)?;
     let set = |s: VmState| -> Vec<u64> {
@@ -128,18 +143,28 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
                 })
             })
             .collect();
-        let (locked, last, duration) = st.job_status(*id)?;
+        let crate::state::JobStatus {
+            locked,
+            last_started: last,
+            last_duration: duration,
+        } = st.job_status(*id)?;
         let sas: Vec<_> = st
             .sched_actions(*id)?
             .into_iter()
-            .map(|(sid, sa, msg)| {
-                let (end_type, end_value) = sa.end.codes();
-                serde_json::json!({
-                    "id": sid, "time": sa.time, "repeat": format!("{:?}", sa.repeat),
-                    "days": sa.days, "end_type": end_type, "end_value": end_value,
-                    "done": sa.done, "message": msg,
-                })
-            })
+            .map(
+                |crate::state::SchedActionRow {
+                     id: sid,
+                     action: sa,
+                     message: msg,
+                 }| {
+                    let (end_type, end_value) = sa.end.codes();
+                    serde_json::json!({
+                        "id": sid, "time": sa.time, "repeat": format!("{:?}", sa.repeat),
+                        "days": sa.days, "end_type": end_type, "end_value": end_value,
+                        "done": sa.done, "message": msg,
+                    })
+                },
+            )
             .collect();
         print(
             &serde_json::json!({"id": id, "name": name, "priority": prio, "vms": vms,
@@ -149,7 +174,11 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
         )?;
     } else {
         let ids = |v: Vec<u64>| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        let (locked, last, duration) = st.job_status(*id)?;
+        let crate::state::JobStatus {
+            locked,
+            last_started: last,
+            last_duration: duration,
+        } = st.job_status(*id)?;
         print(&format!(
             "BACKUP JOB {id} INFORMATION\nID       : {id}\nNAME     : {name}\nPRIORITY : {prio}\n\
              LOCK     : {}\n",
@@ -186,7 +215,12 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
                 "{:>3} {:<7} {:<5} {:<16} {:<16} {:<16} STATUS",
                 "ID", "ACTION", "ARGS", "SCHEDULED", "REPEAT", "END"
             ))?;
-            for (sid, sa, msg) in sas {
+            for crate::state::SchedActionRow {
+                id: sid,
+                action: sa,
+                message: msg,
+            } in sas
+            {
                 let repeat = match sa.repeat {
                     crate::schedule::Repeat::None => "-".to_string(),
                     crate::schedule::Repeat::Weekly => format!("Weekly {:?}", sa.days),
@@ -254,10 +288,10 @@ pub(super) fn backup(st: &mut State, args: &Args, id: &u64) -> Result<ExitCode, 
 }
 
 pub(super) fn cancel(st: &mut State, args: &Args, id: &u64) -> Result<(), Error> {
-    let (_, _, _, template) = st
+    let crate::state::JobRow { template, .. } = st
         .jobs()?
         .into_iter()
-        .find(|j| j.0 == *id)
+        .find(|j| j.id == *id)
         .ok_or_else(|| input(format!("there is no backup job {id}")))?;
     let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
     let ds_mad = datastore_of(st, args, job.datastore_id)
@@ -324,10 +358,14 @@ pub(super) fn cancel(st: &mut State, args: &Args, id: &u64) -> Result<(), Error>
 
 pub(super) fn update(st: &mut State, id: &u64, file: &PathBuf, append: &bool) -> Result<(), Error> {
     use backstop_protocol::template::Template;
-    let (_, name, _, old) = st
+    let crate::state::JobRow {
+        name,
+        template: old,
+        ..
+    } = st
         .jobs()?
         .into_iter()
-        .find(|j| j.0 == *id)
+        .find(|j| j.id == *id)
         .ok_or_else(|| input(format!("there is no backup job {id}")))?;
     let old = Template::parse(&old).map_err(|x| input(format!("backup job {id}: {x}")))?;
     let new = Template::parse(&read(file)?)

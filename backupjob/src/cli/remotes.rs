@@ -61,7 +61,12 @@ fn location(args: &Args, id: u64, text: &str) -> Result<String, Error> {
 pub(super) fn list(st: &State, args: &Args, json: bool) -> Result<(), Error> {
     let remotes = st.remotes()?;
     let mut rows = Vec::new();
-    for (id, name, text) in &remotes {
+    for crate::state::Named {
+        id,
+        name,
+        template: text,
+    } in &remotes
+    {
         rows.push((*id, name.clone(), location(args, *id, text)?));
     }
     if json {
@@ -79,10 +84,14 @@ pub(super) fn list(st: &State, args: &Args, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), Error> {
-    let (_, name, text) = st
+    let crate::state::Named {
+        name,
+        template: text,
+        ..
+    } = st
         .remotes()?
         .into_iter()
-        .find(|r| r.0 == id)
+        .find(|r| r.id == id)
         .ok_or_else(|| input(format!("there is no remote {id}")))?;
     let at = location(args, id, &text)?;
     let template = Template::parse(&text)

@@ -67,11 +67,11 @@ fn job_and_vms(
     id: u64,
     vm: Option<u64>,
 ) -> Result<(String, JobTemplate, Vec<u64>), Error> {
-    let (_, name, _, template) = st
-        .jobs()?
-        .into_iter()
-        .find(|j| j.0 == id)
-        .ok_or_else(|| input(format!("there is no backup job {id}")))?;
+    let crate::state::JobRow { name, template, .. } =
+        st.jobs()?
+            .into_iter()
+            .find(|j| j.id == id)
+            .ok_or_else(|| input(format!("there is no backup job {id}")))?;
     let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
     let vms: Vec<u64> = match vm {
         Some(v) if job.vms.contains(&v) => vec![v],
@@ -189,8 +189,8 @@ pub(crate) fn after_run(st: &mut State, env: &crate::runner::Env, id: u64) -> Ve
     let periods = st
         .jobs()
         .ok()
-        .and_then(|jobs| jobs.into_iter().find(|j| j.0 == id))
-        .and_then(|j| JobTemplate::parse(&j.3).ok())
+        .and_then(|jobs| jobs.into_iter().find(|j| j.id == id))
+        .and_then(|j| JobTemplate::parse(&j.template).ok())
         .is_some_and(|j| j.keep.has_periods());
     if !periods {
         return Vec::new();
@@ -237,8 +237,8 @@ fn carry_out(
     let (_, text) = st
         .datastores()?
         .into_iter()
-        .find(|d| d.0 == job.datastore_id)
-        .map(|d| (d.1, d.2))
+        .find(|d| d.id == job.datastore_id)
+        .map(|d| (d.name, d.template))
         .ok_or_else(|| input(format!("there is no datastore {}", job.datastore_id)))?;
     let (_, ds) = crate::model::datastore(job.datastore_id, &text, &env.datastore_location)
         .map_err(|x| input(format!("datastore {}: {x}", job.datastore_id)))?;

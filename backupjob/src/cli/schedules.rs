@@ -18,7 +18,7 @@ pub(super) fn add(st: &mut State, a: &SchedAddArgs) -> Result<(), Error> {
         end_type,
         end_value,
     } = a;
-    if !st.jobs()?.iter().any(|j| j.0 == *id) {
+    if !st.jobs()?.iter().any(|j| j.id == *id) {
         return Err(input(format!("there is no backup job {id}")));
     }
     let epoch = parse_time(time)?;
@@ -156,10 +156,10 @@ pub(super) fn update(st: &mut State, u: &SchedUpdateArgs) -> Result<(), Error> {
         end_value = end_value.or(num("END_VALUE")?);
     }
     let (time, repeat, days, end_type, end_value) = (&time, &repeat, &days, &end_type, &end_value);
-    let (_, old, _) = st
+    let crate::state::SchedActionRow { action: old, .. } = st
         .sched_actions(*id)?
         .into_iter()
-        .find(|s| s.0 == *sched_id)
+        .find(|s| s.id == *sched_id)
         .ok_or_else(|| {
             input(format!(
                 "backup job {id} has no scheduled action {sched_id}"

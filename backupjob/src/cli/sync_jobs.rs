@@ -18,10 +18,12 @@ pub(super) fn create(st: &mut State, a: &SyncJobArgs) -> Result<(), Error> {
 /// Replaces a sync job's template, or changes the attributes the flags name; its run records
 /// stay.
 pub(super) fn update(st: &mut State, id: u64, a: &SyncJobArgs) -> Result<(), Error> {
-    let (_, _, stored) = st
+    let crate::state::Named {
+        template: stored, ..
+    } = st
         .sync_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
+        .find(|j| j.id == id)
         .ok_or_else(|| input(format!("there is no sync job {id}")))?;
     let (text, what) = template_of(a.file.as_ref(), &stored, &a.attributes())?;
     let job = checked(st, &what, &text)?;
@@ -32,13 +34,13 @@ pub(super) fn update(st: &mut State, id: u64, a: &SyncJobArgs) -> Result<(), Err
 /// A template that parses and names a backup datastore and a remote of this state.
 fn checked(st: &State, what: &str, text: &str) -> Result<SyncTemplate, Error> {
     let job = SyncTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
-    if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
+    if !st.datastores()?.iter().any(|d| d.id == job.datastore_id) {
         return Err(input(format!(
             "{what}: DATASTORE_ID {} is not a backup datastore",
             job.datastore_id
         )));
     }
-    if !st.remotes()?.iter().any(|r| r.0 == job.remote_id) {
+    if !st.remotes()?.iter().any(|r| r.id == job.remote_id) {
         return Err(input(format!(
             "{what}: REMOTE_ID {} is not a remote",
             job.remote_id
@@ -50,11 +52,15 @@ fn checked(st: &State, what: &str, text: &str) -> Result<SyncTemplate, Error> {
 fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
     st.sync_jobs()?
         .into_iter()
-        .map(|(id, _, text)| {
-            SyncTemplate::parse(&text)
-                .map(|t| (id, t))
-                .map_err(|e| input(format!("sync job {id}: {e}")))
-        })
+        .map(
+            |crate::state::Named {
+                 id, template: text, ..
+             }| {
+                SyncTemplate::parse(&text)
+                    .map(|t| (id, t))
+                    .map_err(|e| input(format!("sync job {id}: {e}")))
+            },
+        )
         .collect()
 }
 
@@ -103,10 +109,14 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let (_, name, text) = st
+    let crate::state::Named {
+        name,
+        template: text,
+        ..
+    } = st
         .sync_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
+        .find(|j| j.id == id)
         .ok_or_else(|| input(format!("there is no sync job {id}")))?;
     let runs = st.sync_runs(id)?;
     let when = SyncTemplate::parse(&text)
@@ -176,8 +186,8 @@ pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Erro
         let text = st
             .sync_jobs()?
             .into_iter()
-            .find(|j| j.0 == id)
-            .map(|j| j.2)
+            .find(|j| j.id == id)
+            .map(|j| j.template)
             .unwrap_or_default();
         let failed: Vec<String> = e.lines().map(str::to_string).collect();
         let global = super::notify_settings();

@@ -19,10 +19,12 @@ pub(super) fn create(st: &mut State, a: &VerifyJobArgs) -> Result<(), Error> {
 /// Replaces a verify job's template, or changes the attributes the flags name; its verdicts
 /// stay.
 pub(super) fn update(st: &mut State, id: u64, a: &VerifyJobArgs) -> Result<(), Error> {
-    let (_, _, stored, _) = st
+    let crate::state::VerifyJobRow {
+        template: stored, ..
+    } = st
         .verify_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
+        .find(|j| j.id == id)
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let (text, what) = template_of(a.file.as_ref(), &stored, &a.attributes()?)?;
     let job = checked(st, &what, &text)?;
@@ -33,7 +35,7 @@ pub(super) fn update(st: &mut State, id: u64, a: &VerifyJobArgs) -> Result<(), E
 /// A template that parses and names a backup datastore of this state.
 fn checked(st: &State, what: &str, text: &str) -> Result<VerifyTemplate, Error> {
     let job = VerifyTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
-    if !st.datastores()?.iter().any(|d| d.0 == job.datastore_id) {
+    if !st.datastores()?.iter().any(|d| d.id == job.datastore_id) {
         return Err(input(format!(
             "{what}: DATASTORE_ID {} is not a backup datastore",
             job.datastore_id
@@ -61,7 +63,13 @@ fn verdicts_of(st: &State, t: &VerifyTemplate) -> Result<Vec<Verdict>, Error> {
 
 fn summary(st: &State) -> Result<Vec<Summary>, Error> {
     let mut out = Vec::new();
-    for (id, _, text, runs) in st.verify_jobs()? {
+    for crate::state::VerifyJobRow {
+        id,
+        template: text,
+        runs,
+        ..
+    } in st.verify_jobs()?
+    {
         let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
         let mut repos: Vec<(String, usize, usize)> = Vec::new();
         for v in verdicts_of(st, &t)? {
@@ -116,14 +124,19 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let (_, name, text, runs) = st
+    let crate::state::VerifyJobRow {
+        name,
+        template: text,
+        runs,
+        ..
+    } = st
         .verify_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
+        .find(|j| j.id == id)
         .ok_or_else(|| input(format!("there is no verify job {id}")))?;
     let t = VerifyTemplate::parse(&text).map_err(|e| input(format!("verify job {id}: {e}")))?;
-    let last = st.verify_last_runs()?.into_iter().find(|l| l.0 == id);
-    let next = super::next_run(t.when.as_ref(), last.and_then(|l| l.1));
+    let last = st.verify_last_runs()?.into_iter().find(|l| l.job == id);
+    let next = super::next_run(t.when.as_ref(), last.and_then(|l| l.started_at));
     let verdicts = verdicts_of(st, &t)?;
     if json {
         let v: Vec<_> = verdicts
@@ -184,8 +197,8 @@ pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Erro
     let text = st
         .verify_jobs()?
         .into_iter()
-        .find(|j| j.0 == id)
-        .map(|j| j.2)
+        .find(|j| j.id == id)
+        .map(|j| j.template)
         .unwrap_or_default();
     let global = super::notify_settings();
     for line in crate::notify::after_run(&global, ("verify job", id, &text), &out.damaged) {

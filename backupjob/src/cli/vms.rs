@@ -50,7 +50,12 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     let vm = backstop_protocol::message::Vm::from_xml(&root)
         .map_err(|x| input(format!("VM {id}: {x}")))?;
     let mut job = None;
-    for (jid, jname, _, _) in st.jobs().map_err(|x| input(x.to_string()))? {
+    for crate::state::JobRow {
+        id: jid,
+        name: jname,
+        ..
+    } in st.jobs().map_err(|x| input(x.to_string()))?
+    {
         if let Some(r) = st
             .job_vms(jid)
             .map_err(|x| input(x.to_string()))?

@@ -170,12 +170,15 @@ impl State {
         vm: u64,
         job: Option<u64>,
         datastore: u64,
-    ) -> Result<(Option<u64>, Option<u64>), StateError> {
+    ) -> Result<super::Chain, StateError> {
         let Some(image) = self.images_of(vm, job, datastore)?.last().copied() else {
-            return Ok((None, None));
+            return Ok(super::Chain::default());
         };
         let last = self.image(image)?.increments.last().map(|i| i.id);
-        Ok((Some(image), last))
+        Ok(super::Chain {
+            image: Some(image),
+            last_increment: last,
+        })
     }
 
     /// Every backup image: its id, VM, job and datastore.

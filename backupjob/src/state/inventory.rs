@@ -68,31 +68,31 @@ impl State {
         Ok(())
     }
 
-    /// Every datastore: (id, name, template), its secrets opened.
-    pub fn datastores(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+    /// Every datastore, its secrets opened.
+    pub fn datastores(&self) -> Result<Vec<super::Named>, StateError> {
         self.opened_sites(Some(false))
     }
 
-    /// Every remote: (id, name, template), its secrets opened.
-    pub fn remotes(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+    /// Every remote, its secrets opened.
+    pub fn remotes(&self) -> Result<Vec<super::Named>, StateError> {
         self.opened_sites(Some(true))
     }
 
-    fn opened_sites(&self, remote: Option<bool>) -> Result<Vec<(u64, String, String)>, StateError> {
+    fn opened_sites(&self, remote: Option<bool>) -> Result<Vec<super::Named>, StateError> {
         self.stored_sites(remote)?
             .into_iter()
-            .map(|(id, name, text)| {
-                let text = self
+            .map(|site| {
+                let template = self
                     .seal
-                    .open_template(&text)
-                    .map_err(|m| self.invalid(format!("datastore {id}: {}", m.0)))?;
-                Ok((id, name, text))
+                    .open_template(&site.template)
+                    .map_err(|m| self.invalid(format!("datastore {}: {}", site.id, m.0)))?;
+                Ok(super::Named { template, ..site })
             })
             .collect()
     }
 
     /// Every datastore, remote or both as stored (secrets sealed).
-    fn stored_sites(&self, remote: Option<bool>) -> Result<Vec<(u64, String, String)>, StateError> {
+    fn stored_sites(&self, remote: Option<bool>) -> Result<Vec<super::Named>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -102,7 +102,11 @@ impl State {
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map(params![remote], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+                Ok(super::Named {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    template: r.get(2)?,
+                })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
@@ -110,7 +114,10 @@ impl State {
 
     /// Seals the secrets a state written before sealing holds in clear (on open).
     pub(super) fn seal_stored_secrets(&mut self) -> Result<(), StateError> {
-        for (id, _, text) in self.stored_sites(None)? {
+        for super::Named {
+            id, template: text, ..
+        } in self.stored_sites(None)?
+        {
             let sealed = self
                 .seal
                 .seal_template(&text)

@@ -15,11 +15,13 @@ use backstop_image::process::ProcessId;
 mod discovered;
 mod images;
 mod inventory;
+mod rows;
 mod schedules;
 mod schema;
 pub mod secrets;
 pub mod sync;
 
+pub use rows::{Chain, JobRow, JobStatus, LastRun, Named, Orphan, SchedActionRow, VerifyJobRow};
 use schedules::insert_sched_action;
 pub use schema::MIGRATIONS;
 
@@ -431,32 +433,38 @@ impl State {
         Ok(changed == 1)
     }
 
-    /// Every job: (id, name, priority, template).
-    pub fn jobs(&self) -> Result<Vec<(u64, String, u8, String)>, StateError> {
+    /// Every job.
+    pub fn jobs(&self) -> Result<Vec<JobRow>, StateError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, name, priority, template FROM jobs ORDER BY id")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)? as u8,
-                    r.get(3)?,
-                ))
+                Ok(JobRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    priority: r.get::<_, i64>(2)? as u8,
+                    template: r.get(3)?,
+                })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
     /// Whether a job is locked and when its last run started and how long it took (seconds).
-    pub fn job_status(&self, job: u64) -> Result<(bool, Option<i64>, Option<i64>), StateError> {
+    pub fn job_status(&self, job: u64) -> Result<JobStatus, StateError> {
         self.conn
             .query_row(
                 "SELECT locked, last_backup_time, last_backup_duration FROM jobs WHERE id = ?1",
                 params![job as i64],
-                |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok(JobStatus {
+                        locked: r.get::<_, i64>(0)? != 0,
+                        last_started: r.get(1)?,
+                        last_duration: r.get(2)?,
+                    })
+                },
             )
             .optional()
             .map_err(|e| self.sql(e))?
@@ -652,7 +660,7 @@ impl State {
     pub fn orphans(
         &self,
         runner_alive: impl Fn(&ProcessId) -> bool,
-    ) -> Result<Vec<(u64, u64, i64)>, StateError> {
+    ) -> Result<Vec<Orphan>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -676,7 +684,11 @@ impl State {
         Ok(rows
             .into_iter()
             .filter(|(_, _, runner, _)| !runner.as_ref().is_some_and(&runner_alive))
-            .map(|(job, vm, _, started)| (job, vm, started.unwrap_or(0)))
+            .map(|(job, vm, _, started)| Orphan {
+                job,
+                vm,
+                ongoing_since_ms: started.unwrap_or(0),
+            })
             .collect())
     }
 }

@@ -13,10 +13,7 @@ impl State {
     }
 
     /// The scheduled actions of a job: (id, action, message).
-    pub fn sched_actions(
-        &self,
-        job: u64,
-    ) -> Result<Vec<(u64, crate::schedule::SchedAction, Option<String>)>, StateError> {
+    pub fn sched_actions(&self, job: u64) -> Result<Vec<super::SchedActionRow>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -46,7 +43,11 @@ impl State {
                 crate::schedule::SchedAction::new(time, repeat, &days, end_type, end_value)
                     .map_err(|e| self.invalid(format!("scheduled action {id}: {e}")))?;
             sa.done = done;
-            out.push((id, sa, message));
+            out.push(super::SchedActionRow {
+                id,
+                action: sa,
+                message,
+            });
         }
         Ok(out)
     }

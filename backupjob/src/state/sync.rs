@@ -82,15 +82,19 @@ impl State {
             .map_err(|e| self.sql(e))
     }
 
-    /// Every sync job: (id, name, template).
-    pub fn sync_jobs(&self) -> Result<Vec<(u64, String, String)>, StateError> {
+    /// Every sync job.
+    pub fn sync_jobs(&self) -> Result<Vec<super::Named>, StateError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, name, template FROM sync_jobs ORDER BY id")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+                Ok(super::Named {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    template: r.get(2)?,
+                })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
@@ -302,20 +306,20 @@ impl State {
         self.insert_named("verify_jobs", "verify job", name, template)
     }
 
-    /// Every verify job: (id, name, template, runs so far).
-    pub fn verify_jobs(&self) -> Result<Vec<(u64, String, String, u64)>, StateError> {
+    /// Every verify job.
+    pub fn verify_jobs(&self) -> Result<Vec<super::VerifyJobRow>, StateError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, name, template, runs FROM verify_jobs ORDER BY id")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, i64>(3)? as u64,
-                ))
+                Ok(super::VerifyJobRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    template: r.get(2)?,
+                    runs: r.get::<_, i64>(3)? as u64,
+                })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
@@ -369,14 +373,19 @@ impl State {
         Ok(())
     }
 
-    /// When each verify job last started: (id, time).
-    pub fn verify_last_runs(&self) -> Result<Vec<(u64, Option<i64>)>, StateError> {
+    /// When each verify job last started.
+    pub fn verify_last_runs(&self) -> Result<Vec<super::LastRun>, StateError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, last_run FROM verify_jobs ORDER BY id")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .query_map([], |r| {
+                Ok(super::LastRun {
+                    job: r.get::<_, i64>(0)? as u64,
+                    started_at: r.get(1)?,
+                })
+            })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }

@@ -53,11 +53,11 @@ fn datastore_secrets_are_never_stored_in_clear() {
     let id = s.add_datastore("s3", text).expect("add");
     clear(&file, "repo-pass-4711");
     clear(&file, "s3-secret-0815");
-    let (_, _, back) = s
+    let crate::state::Named { template: back, .. } = s
         .datastores()
         .expect("list")
         .into_iter()
-        .find(|d| d.0 == id)
+        .find(|d| d.id == id)
         .expect("datastore");
     let t = backstop_protocol::template::Template::parse(&back).expect("parse");
     assert_eq!(t.get("RESTIC_S3_SECRET_ACCESS_KEY"), Some("s3-secret-0815"));
@@ -79,7 +79,7 @@ fn datastore_secrets_are_never_stored_in_clear() {
         s.datastores()
             .expect("list")
             .iter()
-            .any(|d| d.2.contains("old-pass-1234"))
+            .any(|d| d.template.contains("old-pass-1234"))
     );
     // Without its key, the state says so instead of handing out garbage.
     drop(s);
@@ -204,6 +204,10 @@ fn orphans_are_the_ongoing_vms_whose_runner_is_gone() {
         )
         .expect("runner");
     let orphans = s.orphans(|r| *r == alive).expect("orphans");
+    let orphans: Vec<(u64, u64, i64)> = orphans
+        .iter()
+        .map(|o| (o.job, o.vm, o.ongoing_since_ms))
+        .collect();
     assert_eq!(orphans, [(j, 1, 2), (j, 2, 2), (j, 3, 2)]);
     // What the engine does with each (engine::reconcile): 1 finished, 2 failed, 3 is
     // unknown and runs again; a move from ONGOING is compare-and-set.
@@ -300,7 +304,13 @@ fn a_sync_or_verify_job_never_overlaps_itself() {
     );
     s.release_verify_run(v).expect("release");
     assert_eq!(s.claim_verify_run(v, 7, &me).expect("claim"), Some(1));
-    assert_eq!(s.verify_last_runs().expect("last"), [(v, Some(7))]);
+    assert_eq!(
+        s.verify_last_runs().expect("last"),
+        [crate::state::LastRun {
+            job: v,
+            started_at: Some(7)
+        }]
+    );
 }
 
 /// Each sync job has its own id for its copies: jobs from before schema 9 get one when the
