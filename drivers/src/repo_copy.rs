@@ -144,7 +144,12 @@ pub struct VerifyCmd {
 /// Exit 1 (an error naming the snapshots) when a snapshot is damaged, healed or not.
 pub fn verify(args: &Options<'_>, repo: &Repo, cmd: &VerifyCmd) -> Result<(), String> {
     use backstop_datastore::repo::verify::{Share, heal, verify};
-    let share = cmd.share.as_deref().map(Share::parse).transpose()?;
+    let share = cmd
+        .share
+        .as_deref()
+        .map(Share::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let ids = named(repo, &cmd.snapshots)?;
     let retry = RetryLock(args.retry_lock);
     let report = verify(repo, &ids, share, retry).map_err(|e| e.to_string())?;

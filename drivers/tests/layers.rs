@@ -9,6 +9,8 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
     ("protocol", "backstop-protocol", &[]),
     ("datastore/storage", "backstop-storage", &[]),
     ("datastore/image", "backstop-image", &[]),
+    // The real servers tests start; only tests and the benchmark import it.
+    ("tests/kit", "backstop-testkit", &[]),
     (
         "datastore/engine",
         "backstop-engine",
@@ -48,6 +50,7 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
             "backstop-image",
             "backstop-datastore",
             "backstop-backupjob",
+            "backstop-testkit",
         ],
     ),
 ];

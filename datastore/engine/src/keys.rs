@@ -27,10 +27,15 @@ const MAX_SCRYPT_MEMORY: u64 = 1 << 30;
 /// ... and at most this many sequential passes over it.
 const MAX_SCRYPT_P: u32 = 64;
 
+/// A key file that cannot be tried, and why.
+fn unusable(why: String) -> Error {
+    Error::new(ErrorKind::Repository, why)
+}
+
 /// Why a key file cannot be tried.
-fn check_params(key: &KeyFile) -> Result<(), String> {
+fn check_params(key: &KeyFile) -> Result<(), Error> {
     if key.kdf != "scrypt" {
-        return Err(format!("unknown key derivation {:?}", key.kdf));
+        return Err(unusable(format!("unknown key derivation {:?}", key.kdf)));
     }
     let memory = 128 * u64::from(key.n) * u64::from(key.r);
     if !key.n.is_power_of_two()
@@ -40,19 +45,19 @@ fn check_params(key: &KeyFile) -> Result<(), String> {
         || key.p > MAX_SCRYPT_P
         || memory > MAX_SCRYPT_MEMORY
     {
-        return Err(format!(
+        return Err(unusable(format!(
             "scrypt parameters out of range (N={}, r={}, p={}; at most {} MiB and p <= {MAX_SCRYPT_P})",
             key.n,
             key.r,
             key.p,
             MAX_SCRYPT_MEMORY >> 20
-        ));
+        )));
     }
     Ok(())
 }
 
 /// The key the password derives for this key file.
-fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, String> {
+fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, Error> {
     check_params(key)?;
     let mut derived = [0u8; 64];
     let memory = 128 * u64::from(key.n) * u64::from(key.r);
@@ -69,14 +74,14 @@ fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, String> {
             &mut derived,
         )
     })
-    .map_err(|e| format!("scrypt failed: {e}"))?;
+    .map_err(|e| unusable(format!("scrypt failed: {e}")))?;
     // rustic_core's MasterKey is built from its JSON form (its parts' type is not public).
     let json = serde_json::json!({
         "encrypt": STANDARD.encode(&derived[..32]),
         "mac": {"k": STANDARD.encode(&derived[32..48]), "r": STANDARD.encode(&derived[48..])},
     });
     derived.fill(0);
-    serde_json::from_value(json).map_err(|e| format!("cannot hold the derived key: {e}"))
+    serde_json::from_value(json).map_err(|e| unusable(format!("cannot hold the derived key: {e}")))
 }
 
 /// The outcome of trying one key file.
@@ -99,7 +104,7 @@ fn try_key(storage: &dyn Storage, id: &rustic_core::Id, password: &str) -> Tried
     };
     let derived = match derive(&file, password) {
         Ok(k) => k,
-        Err(e) => return Tried::Unusable(e),
+        Err(e) => return Tried::Unusable(e.message),
     };
     let plain = match Crypto::new(&derived).map(|c| c.decrypt(&file.data)) {
         Ok(Ok(p)) => p,

@@ -15,7 +15,7 @@
 use crate::format::{BlobKind, IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
-use crate::{BlobLocation, Error, Repo, decompress, rustic_error};
+use crate::{BlobLocation, Error, ErrorKind, Repo, decompress, rustic_error};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,20 +43,15 @@ pub struct Share {
 }
 
 impl Share {
-    pub fn parse(text: &str) -> Result<Share, String> {
-        let (n, m) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not n/m"))?;
+    pub fn parse(text: &str) -> Result<Share, Error> {
+        let bad = |why: &str| Error::new(ErrorKind::Input, format!("{text:?}{why}"));
+        let (n, m) = text.split_once('/').ok_or_else(|| bad(" is not n/m"))?;
         let (n, m): (u8, u8) = (
-            n.trim()
-                .parse()
-                .map_err(|_| format!("{text:?} is not n/m"))?,
-            m.trim()
-                .parse()
-                .map_err(|_| format!("{text:?} is not n/m"))?,
+            n.trim().parse().map_err(|_| bad(" is not n/m"))?,
+            m.trim().parse().map_err(|_| bad(" is not n/m"))?,
         );
         if m == 0 || n == 0 || n > m {
-            return Err(format!("{text:?}: n/m needs 1 <= n <= m"));
+            return Err(bad(": n/m needs 1 <= n <= m"));
         }
         Ok(Share { n, m })
     }

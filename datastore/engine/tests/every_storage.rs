@@ -9,8 +9,7 @@
 use backstop_engine::Repo;
 use backstop_engine::format::RepoId;
 use backstop_engine::lock::RetryLock;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
-use backstop_image::image::{Extent, RawImage};
+use backstop_image::image::Extent;
 use backstop_storage::s3::Secret;
 use backstop_storage::{S3Keys, StorageSpec, Transport, Where};
 use std::fs;
@@ -24,22 +23,7 @@ use common::sshd::Sshd;
 use common::*;
 
 fn backup(repo: &Repo, image: &Path, changed: Option<&[Extent]>, parent: Option<RepoId>) -> RepoId {
-    let source = RawImage::open(image).expect("image");
-    let files = [FileSpec {
-        path: DISK.into(),
-        content: Content::Image {
-            source: &source,
-            changed,
-            parent_path: Some(DISK.into()),
-        },
-    }];
-    let options = BackupOptions {
-        parent,
-        ..BackupOptions::default()
-    };
-    writer::backup(repo, &files, &options)
-        .expect("backup")
-        .snapshot_id
+    backup_disk(repo, image, changed, parent).snapshot_id
 }
 
 /// The scenario on the storage `spec` names; `restic` runs the restic binary on the same

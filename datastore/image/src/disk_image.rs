@@ -114,9 +114,11 @@ pub struct Info {
 }
 
 /// Parses `qemu-img info --output=json` of one image.
-pub fn parse_info(text: &str) -> Result<Info, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let virtual_size = v["virtual-size"].as_u64().ok_or("no virtual-size")?;
+pub fn parse_info(text: &str) -> Result<Info, Error> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| refuse(e.to_string()))?;
+    let virtual_size = v["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| refuse("no virtual-size".into()))?;
     let backing = v["backing-filename"].as_str().map(|b| {
         (
             b.to_string(),
@@ -169,8 +171,13 @@ pub fn info(path: &Path, format: Format) -> Result<Info, Error> {
             err.lines().next().unwrap_or("no message").trim()
         )));
     }
-    parse_info(&String::from_utf8_lossy(&out.stdout))
-        .map_err(|e| refuse(format!("qemu-img info of {}: {e}", path.display())))
+    parse_info(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
+        refuse(format!(
+            "qemu-img info of {}: {}",
+            path.display(),
+            e.message
+        ))
+    })
 }
 
 /// Whether qemu would read a backing file name as something other than a plain file: a

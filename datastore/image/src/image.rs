@@ -276,9 +276,13 @@ struct MapEntry {
     kind: u64,
 }
 
-fn read_map(json: &str, keep: impl Fn(u64) -> bool) -> Result<Vec<Extent>, String> {
-    let entries: Vec<MapEntry> = serde_json::from_str(json)
-        .map_err(|e| format!("not an nbdinfo --json --map document: {e}"))?;
+fn read_map(json: &str, keep: impl Fn(u64) -> bool) -> Result<Vec<Extent>, crate::Error> {
+    let entries: Vec<MapEntry> = serde_json::from_str(json).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorKind::Input,
+            format!("not an nbdinfo --json --map document: {e}"),
+        )
+    })?;
     Ok(entries
         .into_iter()
         .filter(|e| keep(e.kind) && e.length > 0)
@@ -292,7 +296,7 @@ fn read_map(json: &str, keep: impl Fn(u64) -> bool) -> Result<Vec<Extent>, Strin
 /// The changed extents from `nbdinfo --json --map=qemu:dirty-bitmap:NAME`: qemu's dirty-bitmap
 /// context sets bit 0 (`NBD_STATE_DIRTY`) on dirty extents, e.g. `{"type": 1, "description":
 /// "dirty"}`.
-pub fn parse_dirty_map(json: &str) -> Result<Vec<Extent>, String> {
+pub fn parse_dirty_map(json: &str) -> Result<Vec<Extent>, crate::Error> {
     read_map(json, |kind| kind & 1 == 1)
 }
 
@@ -301,15 +305,19 @@ pub fn parse_dirty_map(json: &str) -> Result<Vec<Extent>, String> {
 /// `"present": true`. (Over NBD, an explicitly zeroed cluster of such a delta shows as
 /// hole+zero, indistinguishable from a cluster the delta does not hold; `qemu-img map` tells
 /// them apart.)
-pub fn parse_qemu_img_present(json: &str) -> Result<Vec<Extent>, String> {
+pub fn parse_qemu_img_present(json: &str) -> Result<Vec<Extent>, crate::Error> {
     #[derive(serde::Deserialize)]
     struct Entry {
         start: u64,
         length: u64,
         present: bool,
     }
-    let entries: Vec<Entry> = serde_json::from_str(json)
-        .map_err(|e| format!("not a qemu-img map --output=json document: {e}"))?;
+    let entries: Vec<Entry> = serde_json::from_str(json).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorKind::Input,
+            format!("not a qemu-img map --output=json document: {e}"),
+        )
+    })?;
     Ok(entries
         .into_iter()
         .filter(|e| e.present && e.length > 0)
@@ -322,7 +330,7 @@ pub fn parse_qemu_img_present(json: &str) -> Result<Vec<Extent>, String> {
 
 /// The extents that hold data from `nbdinfo --json --map` (`base:allocation`): bit 0 is
 /// `NBD_STATE_HOLE`, bit 1 `NBD_STATE_ZERO`; an extent with neither holds data.
-pub fn parse_allocation_map(json: &str) -> Result<Vec<Extent>, String> {
+pub fn parse_allocation_map(json: &str) -> Result<Vec<Extent>, crate::Error> {
     read_map(json, |kind| kind & 3 == 0)
 }
 

@@ -205,7 +205,7 @@ pub fn delta_extents(delta: &Path) -> io::Result<Vec<Extent>> {
     }
     let text = String::from_utf8(out.stdout)
         .map_err(|_| bad("qemu-img printed something that is not UTF-8"))?;
-    parse_qemu_img_present(&text).map_err(bad)
+    parse_qemu_img_present(&text).map_err(|e| bad(e.message))
 }
 
 /// A qemu-nbd process exporting one image read-only on a private unix socket. Stopped by its
@@ -440,7 +440,7 @@ pub fn allocation(socket: &Path) -> io::Result<Vec<Extent>> {
 
 /// [`allocation`] of a named export.
 pub fn allocation_of(socket: &Path, export: &str) -> io::Result<Vec<Extent>> {
-    parse_allocation_map(&map_json(socket, export, None)?).map_err(bad)
+    parse_allocation_map(&map_json(socket, export, None)?).map_err(|e| bad(e.message))
 }
 
 /// The dirty extents of `bitmap` in the export at `socket` (qemu-nbd must have been started
@@ -456,7 +456,7 @@ pub fn dirty_of(socket: &Path, export: &str, bitmap: &str) -> io::Result<Vec<Ext
         export,
         Some(&format!("qemu:dirty-bitmap:{bitmap}")),
     )?)
-    .map_err(bad)
+    .map_err(|e| bad(e.message))
 }
 
 /// `nbdinfo --json --map[=<context>]` of an export.

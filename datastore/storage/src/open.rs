@@ -28,11 +28,9 @@ impl Where {
     /// `s3:<endpoint>/<bucket>[/<path>]`.
     pub fn parse(url: &str) -> Result<Where, Error> {
         if url.starts_with("sftp:") {
-            SftpLocation::parse(url)
-                .map(Where::Sftp)
-                .map_err(Error::new)
+            SftpLocation::parse(url).map(Where::Sftp)
         } else if url.starts_with("s3:") {
-            S3Location::parse(url).map(Where::S3).map_err(Error::new)
+            S3Location::parse(url).map(Where::S3)
         } else {
             Ok(Where::Local(PathBuf::from(url)))
         }
@@ -91,8 +89,8 @@ impl Connected {
             Connected::Local(local) => local
                 .repositories(accept)
                 .map_err(|e| Error::io(local.root().display().to_string(), e)),
-            Connected::Sftp(sftp) => sftp.repositories(accept).map_err(Error::new),
-            Connected::S3(s3) => s3.repositories(accept).map_err(Error::new),
+            Connected::Sftp(sftp) => sftp.repositories(accept),
+            Connected::S3(s3) => s3.repositories(accept),
         }
     }
 

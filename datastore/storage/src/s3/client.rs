@@ -58,9 +58,9 @@ impl std::fmt::Debug for Client {
 }
 
 /// Reads a PEM file of CA certificates (RESTIC_S3_CACERT).
-fn load_ca(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, String> {
+fn load_ca(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, crate::Error> {
     let pem = std::fs::read(path)
-        .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+        .map_err(|e| crate::Error::io(format!("cannot read the CA file {}", path.display()), e))?;
     let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c.to_owned())),
@@ -68,18 +68,20 @@ fn load_ca(path: &std::path::Path) -> Result<Vec<Certificate<'static>>, String> 
             Err(e) => Some(Err(e)),
         })
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("the CA file {} is not PEM: {e}", path.display()))?;
+        .map_err(|e| {
+            crate::Error::new(format!("the CA file {} is not PEM: {e}", path.display()))
+        })?;
     if certs.is_empty() {
-        return Err(format!(
+        return Err(crate::Error::new(format!(
             "the CA file {} holds no certificate",
             path.display()
-        ));
+        )));
     }
     Ok(certs)
 }
 
 impl Client {
-    pub(super) fn new(bucket: Bucket, options: &S3Options) -> Result<Client, String> {
+    pub(super) fn new(bucket: Bucket, options: &S3Options) -> Result<Client, crate::Error> {
         let roots = match &options.ca_cert {
             // As restic's --cacert: these roots instead of the system's.
             Some(path) => RootCerts::new_with_certs(&load_ca(path)?),

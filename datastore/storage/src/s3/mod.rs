@@ -68,10 +68,10 @@ pub struct S3Location {
 }
 
 impl S3Location {
-    pub fn parse(text: &str) -> Result<S3Location, String> {
+    pub fn parse(text: &str) -> Result<S3Location, crate::Error> {
         let rest = text
             .strip_prefix("s3:")
-            .ok_or_else(|| format!("{text:?} is not an s3: repository"))?;
+            .ok_or_else(|| crate::Error::new(format!("{text:?} is not an s3: repository")))?;
         let (scheme, rest) = if let Some(r) = rest.strip_prefix("http://") {
             ("http", r)
         } else if let Some(r) = rest.strip_prefix("https://") {
@@ -84,21 +84,22 @@ impl S3Location {
         if host.contains('@') {
             // Checked first and said without the text: every later message quotes it, and the
             // location is printed wherever the repository is named.
-            return Err(
+            return Err(crate::Error::new(
                 "the s3: location holds a user name or password before its host: the \
-                 keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never the URL"
-                    .into(),
-            );
+                 keys come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never the URL",
+            ));
         }
         let bucket = parts.next().unwrap_or("");
         let path: Vec<&str> = parts.collect();
         if host.is_empty() || bucket.is_empty() {
-            return Err(format!(
+            return Err(crate::Error::new(format!(
                 "{text:?} is not s3:<endpoint>/<bucket>[/<path>] (for example s3:http://127.0.0.1:9000/backups/22)"
-            ));
+            )));
         }
         if path.iter().any(|p| *p == "." || *p == "..") {
-            return Err(format!("{text:?}: the path may not hold . or .."));
+            return Err(crate::Error::new(format!(
+                "{text:?}: the path may not hold . or .."
+            )));
         }
         Ok(S3Location {
             endpoint: format!("{scheme}://{host}"),
@@ -256,7 +257,7 @@ impl S3Backend {
     }
 
     /// Every object of the repository (key, size): what `monitor` sums.
-    pub fn objects(&self) -> Result<Vec<(String, u64)>, String> {
+    pub fn objects(&self) -> Result<Vec<(String, u64)>, crate::Error> {
         let prefix = if self.location.path.is_empty() {
             String::new()
         } else {
@@ -272,7 +273,7 @@ impl S3Backend {
     /// The repositories right under this one's path: each group of keys up to the next `/`
     /// whose name `accept`s and that holds a `config` object (a datastore's `<vm_id>` and
     /// `job_<bj>` repositories when the path is its root), sorted.
-    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>, crate::Error> {
         let base = if self.location.path.is_empty() {
             String::new()
         } else {
@@ -290,7 +291,7 @@ impl S3Backend {
                     }
                 }
                 Err(Failure::NotFound { .. }) => break,
-                Err(f) => return Err(self.said("list", &base, &f)),
+                Err(f) => return Err(crate::Error::new(self.said("list", &base, &f))),
             }
         }
         let mut out = Vec::new();
@@ -305,7 +306,7 @@ impl S3Backend {
             match self.list_page(&config, None, Some(1)) {
                 Ok((items, _)) if items.iter().any(|i| i.0 == config) => out.push(name.to_string()),
                 Ok(_) | Err(Failure::NotFound { .. }) => {}
-                Err(f) => return Err(self.said("list", &config, &f)),
+                Err(f) => return Err(crate::Error::new(self.said("list", &config, &f))),
             }
         }
         out.sort();
@@ -422,7 +423,7 @@ impl S3Backend {
     }
 
     /// Every object under `prefix` (all pages).
-    fn list_all(&self, prefix: &str) -> Result<Vec<(String, u64, Option<String>)>, String> {
+    fn list_all(&self, prefix: &str) -> Result<Vec<(String, u64, Option<String>)>, crate::Error> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -436,7 +437,7 @@ impl S3Backend {
                 }
                 // No bucket: nothing in it.
                 Err(Failure::NotFound { .. }) => return Ok(out),
-                Err(f) => return Err(self.said("list", prefix, &f)),
+                Err(f) => return Err(crate::Error::new(self.said("list", prefix, &f))),
             }
         }
     }
@@ -561,9 +562,10 @@ impl S3Backend {
     }
 
     /// Makes the bucket when it does not exist, as restic does.
-    fn ensure_bucket(&self) -> Result<(), String> {
+    fn ensure_bucket(&self) -> Result<(), crate::Error> {
         let name = self.location.bucket.clone();
         let said = |f: Failure| format!("bucket {name} at {}: {f}", self.location.endpoint);
+        let failed = |f: Failure| crate::Error::new(said(f));
         let exists = self.client.with_retries("stat", || {
             let action = self
                 .client
@@ -576,7 +578,7 @@ impl S3Backend {
                 Err(e) => Err(e),
             }
         });
-        if exists.map_err(said)? {
+        if exists.map_err(failed)? {
             return Ok(());
         }
         self.client
@@ -596,7 +598,7 @@ impl S3Backend {
                     Err(e) => Err(e),
                 }
             })
-            .map_err(|f| format!("cannot create {}", said(f)))
+            .map_err(|f| crate::Error::new(format!("cannot create {}", said(f))))
     }
 }
 
@@ -619,7 +621,7 @@ impl ReadBackend for S3Backend {
         }
         let items = self
             .list_all(&self.key_dir(dir_name(tpe)))
-            .map_err(backend_error)?;
+            .map_err(|e| backend_error(e.to_string()))?;
         Ok(items
             .into_iter()
             .filter_map(|(key, size, _)| {
@@ -662,7 +664,8 @@ impl ReadBackend for S3Backend {
 
 impl WriteBackend for S3Backend {
     fn create(&self) -> RusticResult<()> {
-        self.ensure_bucket().map_err(backend_error)
+        self.ensure_bucket()
+            .map_err(|e| backend_error(e.to_string()))
     }
 
     fn write_bytes(
@@ -699,9 +702,7 @@ fn storage_error(e: String) -> crate::Error {
 
 impl Storage for S3Backend {
     fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error> {
-        let items = self
-            .list_all(&self.key_dir("locks"))
-            .map_err(storage_error)?;
+        let items = self.list_all(&self.key_dir("locks"))?;
         Ok(items
             .into_iter()
             .filter_map(|(key, size, modified)| {
@@ -784,7 +785,7 @@ mod tests {
             "s3:AKIA:wJalrXUtn@minio/bkt",
             "s3:http://wJalrXUtn@minio",
         ] {
-            let e = S3Location::parse(given).expect_err(given);
+            let e = S3Location::parse(given).expect_err(given).to_string();
             assert!(
                 e.starts_with("the s3: location holds a user name or password")
                     && !e.contains("wJalrXUtn"),

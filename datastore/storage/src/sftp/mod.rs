@@ -44,19 +44,23 @@ pub struct SftpLocation {
 }
 
 impl SftpLocation {
-    pub fn parse(text: &str) -> Result<SftpLocation, String> {
+    pub fn parse(text: &str) -> Result<SftpLocation, crate::Error> {
         let rest = text
             .strip_prefix("sftp:")
-            .ok_or_else(|| format!("{text:?} is not an sftp: repository"))?;
-        let (userhost, path) = rest
-            .split_once(':')
-            .ok_or_else(|| format!("{text:?} has no path (expected sftp:[user@]host:/path)"))?;
+            .ok_or_else(|| crate::Error::new(format!("{text:?} is not an sftp: repository")))?;
+        let (userhost, path) = rest.split_once(':').ok_or_else(|| {
+            crate::Error::new(format!(
+                "{text:?} has no path (expected sftp:[user@]host:/path)"
+            ))
+        })?;
         let (user, host) = match userhost.rsplit_once('@') {
             Some((u, h)) => (Some(u.to_string()), h.to_string()),
             None => (None, userhost.to_string()),
         };
         if host.is_empty() || path.is_empty() {
-            return Err(format!("{text:?} is not sftp:[user@]host:/path"));
+            return Err(crate::Error::new(format!(
+                "{text:?} is not sftp:[user@]host:/path"
+            )));
         }
         Ok(SftpLocation {
             user,
@@ -162,7 +166,7 @@ impl SftpBackend {
     /// The directories right under the root whose name `accept`s and that hold a repository
     /// (a `config` file): a datastore's `<vm_id>` and `job_<bj>` repositories when the root is
     /// its BASE_PATH; none when the root does not exist. Sorted.
-    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    pub fn repositories(&self, accept: &dyn Fn(&str) -> bool) -> Result<Vec<String>, crate::Error> {
         let mut out = Vec::new();
         for (name, st) in self.list_dir_stat(&self.root)? {
             if !st.is_dir() || !accept(&name) {
@@ -194,7 +198,7 @@ impl SftpBackend {
 
     /// Runs `op` on a pooled session; on failure reconnects and retries (3 attempts, backoff
     /// 0.5 s, 1 s).
-    fn with_conn<T>(&self, op: impl Fn(&Sftp) -> Result<T, Retry>) -> Result<T, String> {
+    fn with_conn<T>(&self, op: impl Fn(&Sftp) -> Result<T, Retry>) -> Result<T, crate::Error> {
         let mut last = String::new();
         for attempt in 0..3u32 {
             if attempt > 0 {
@@ -223,7 +227,7 @@ impl SftpBackend {
                 // The server answered: the connection is fine and retrying will not help.
                 Err(Retry::No(e)) => {
                     self.checkin(slot, Some(conn));
-                    return Err(e);
+                    return Err(crate::Error::new(e));
                 }
                 Err(Retry::Yes(e)) => {
                     self.checkin(slot, None);
@@ -231,7 +235,7 @@ impl SftpBackend {
                 }
             }
         }
-        Err(last)
+        Err(crate::Error::new(last))
     }
 
     /// Takes an idle session, or the right to open one in an empty slot; waits while every
@@ -273,7 +277,7 @@ impl SftpBackend {
         file_path(&self.root, tpe, id)
     }
 
-    fn list_dir(&self, dir: &Path) -> Result<Vec<(String, u64)>, String> {
+    fn list_dir(&self, dir: &Path) -> Result<Vec<(String, u64)>, crate::Error> {
         Ok(self
             .list_dir_stat(dir)?
             .into_iter()
@@ -282,7 +286,7 @@ impl SftpBackend {
     }
 
     /// The entries of `dir` with what the server says of them (size, modification time).
-    fn list_dir_stat(&self, dir: &Path) -> Result<Vec<(String, ssh2::FileStat)>, String> {
+    fn list_dir_stat(&self, dir: &Path) -> Result<Vec<(String, ssh2::FileStat)>, crate::Error> {
         self.with_conn(|sftp| match sftp.readdir(dir) {
             Ok(entries) => Ok(entries
                 .into_iter()
@@ -294,7 +298,7 @@ impl SftpBackend {
     }
 
     /// Reads a whole file, refusing one larger than `cap` without reading it.
-    fn read_whole(&self, path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    fn read_whole(&self, path: &Path, cap: u64) -> Result<Vec<u8>, crate::Error> {
         let data = self.with_conn(|sftp| {
             let mut f = sftp
                 .open(path)
@@ -332,7 +336,7 @@ impl SftpBackend {
         path: &Path,
         offset: u64,
         length: Option<usize>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, crate::Error> {
         let data = self.with_conn(|sftp| {
             let mut f = sftp
                 .open(path)
@@ -360,7 +364,7 @@ impl SftpBackend {
         Ok(data)
     }
 
-    fn write_file(&self, path: &Path, parts: &[Bytes]) -> Result<(), String> {
+    fn write_file(&self, path: &Path, parts: &[Bytes]) -> Result<(), crate::Error> {
         let total: usize = parts.iter().map(Bytes::len).sum();
         self.with_conn(|sftp| {
             let mut random = [0u8; 6];
@@ -423,7 +427,7 @@ impl SftpBackend {
         })
     }
 
-    fn mkdir_all(&self, dir: &Path) -> Result<(), String> {
+    fn mkdir_all(&self, dir: &Path) -> Result<(), crate::Error> {
         self.with_conn(|sftp| {
             let mut cur = PathBuf::new();
             for c in dir.components() {
@@ -441,7 +445,7 @@ impl SftpBackend {
         })
     }
 
-    fn unlink(&self, path: &Path) -> Result<(), String> {
+    fn unlink(&self, path: &Path) -> Result<(), crate::Error> {
         self.with_conn(|sftp| match sftp.unlink(path) {
             Ok(()) => Ok(()),
             Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(()),
@@ -471,7 +475,7 @@ impl ReadBackend for SftpBackend {
     }
 
     fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
-        let to_err = |e: String| RusticError::new(ErrorKind::Backend, e);
+        let to_err = |e: crate::Error| RusticError::new(ErrorKind::Backend, e.to_string());
         if tpe == FileType::Config {
             let entries = self.list_dir(&self.root).map_err(to_err)?;
             return Ok(entries
@@ -579,15 +583,10 @@ impl WriteBackend for SftpBackend {
     }
 }
 
-fn storage_error(e: String) -> crate::Error {
-    crate::Error::new(e)
-}
-
 impl Storage for SftpBackend {
     fn list_locks(&self) -> Result<Vec<LockEntry>, crate::Error> {
         Ok(self
-            .list_dir_stat(&self.root.join("locks"))
-            .map_err(storage_error)?
+            .list_dir_stat(&self.root.join("locks"))?
             .into_iter()
             .filter_map(|(n, st)| {
                 Some(LockEntry {
@@ -601,42 +600,36 @@ impl Storage for SftpBackend {
 
     fn read_lock(&self, id: &RepoId, cap: u64) -> Result<Vec<u8>, crate::Error> {
         self.read_whole(&self.root.join("locks").join(id.to_hex()), cap)
-            .map_err(storage_error)
     }
 
     fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error> {
         let path = self.path(tpe, &id.to_rustic());
-        let st = self
-            .with_conn(|sftp| {
-                sftp.stat(&path)
-                    .map_err(|e| classify(e, "cannot stat", &path))
-            })
-            .map_err(storage_error)?;
+        let st = self.with_conn(|sftp| {
+            sftp.stat(&path)
+                .map_err(|e| classify(e, "cannot stat", &path))
+        })?;
         st.size.ok_or_else(|| {
-            storage_error(format!("the server gives no size for {}", path.display()))
+            crate::Error::new(format!("the server gives no size for {}", path.display()))
         })
     }
 
     fn write_lock(&self, id: &RepoId, sealed: &[u8]) -> Result<Option<SystemTime>, crate::Error> {
         let dir = self.root.join("locks");
         let path = dir.join(id.to_hex());
-        self.mkdir_all(&dir).map_err(storage_error)?;
-        self.write_file(&path, &[Bytes::copy_from_slice(sealed)])
-            .map_err(storage_error)?;
+        self.mkdir_all(&dir)?;
+        self.write_file(&path, &[Bytes::copy_from_slice(sealed)])?;
         // The server's clock dates the file: the "now" other locks' ages are measured against.
         let mtime = self
             .with_conn(|sftp| {
                 sftp.stat(&path)
                     .map_err(|e| classify(e, "cannot stat", &path))
-            })
-            .map_err(storage_error)?
+            })?
             .mtime;
         Ok(mtime.map(|t| UNIX_EPOCH + Duration::from_secs(t)))
     }
 
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
         self.unlink(&self.root.join("locks").join(id.to_hex()))
-            .map_err(storage_error)
     }
 
     fn lock_settle(&self) -> Duration {
@@ -651,17 +644,16 @@ impl Storage for SftpBackend {
         dirs.push(self.root.clone());
         let data = self.root.join("data");
         dirs.extend(
-            self.list_dir(&data)
-                .map_err(storage_error)?
+            self.list_dir(&data)?
                 .into_iter()
                 .filter(|(n, _)| n.len() == 2)
                 .map(|(n, _)| data.join(n)),
         );
         let mut removed = 0;
         for dir in dirs {
-            for (name, _) in self.list_dir(&dir).map_err(storage_error)? {
+            for (name, _) in self.list_dir(&dir)? {
                 if is_temp_name(&name) {
-                    self.unlink(&dir.join(&name)).map_err(storage_error)?;
+                    self.unlink(&dir.join(&name))?;
                     removed += 1;
                 }
             }
