@@ -15,6 +15,7 @@
 //! does not exist on a day the clock goes forward is skipped that day; a time the clock passes
 //! twice when it goes back counts once.
 
+use crate::error::TemplateError;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
@@ -40,12 +41,16 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 const LOOK_BACK_MINUTES: i64 = 8 * 24 * 60;
 
 /// The set of values (bits) of one field: `*`, `n`, `a..b`, `n/step`, `*/step`, lists.
-fn field(text: &str, max: u32, what: &str) -> Result<u64, String> {
-    let bad = || format!("{what} {text:?} is not like *, 5, 1,2, 8..17 or 0/15");
-    let number = |s: &str| -> Result<u32, String> {
+fn field(text: &str, max: u32, what: &str) -> Result<u64, TemplateError> {
+    let bad = || {
+        TemplateError(format!(
+            "{what} {text:?} is not like *, 5, 1,2, 8..17 or 0/15"
+        ))
+    };
+    let number = |s: &str| -> Result<u32, TemplateError> {
         match s.parse::<u32>() {
             Ok(n) if n <= max => Ok(n),
-            Ok(_) => Err(format!("{what} {s} is more than {max}")),
+            Ok(_) => Err(TemplateError(format!("{what} {s} is more than {max}"))),
             Err(_) => Err(bad()),
         }
     };
@@ -57,13 +62,13 @@ fn field(text: &str, max: u32, what: &str) -> Result<u64, String> {
             let start = if start == "*" { 0 } else { number(start)? };
             let step = step.parse::<u32>().map_err(|_| bad())?;
             if step == 0 {
-                return Err(format!("{what} {text:?}: a step of 0"));
+                return Err(TemplateError(format!("{what} {text:?}: a step of 0")));
             }
             (start, max, step)
         } else if let Some((a, b)) = item.split_once("..") {
             let (a, b) = (number(a)?, number(b)?);
             if a > b {
-                return Err(format!("{what} {item:?} runs backwards"));
+                return Err(TemplateError(format!("{what} {item:?} runs backwards")));
             }
             (a, b, 1)
         } else {
@@ -77,11 +82,15 @@ fn field(text: &str, max: u32, what: &str) -> Result<u64, String> {
     Ok(set)
 }
 
-fn weekdays(text: &str) -> Result<u8, String> {
+fn weekdays(text: &str) -> Result<u8, TemplateError> {
     let day = |s: &str| {
         DAYS.iter()
             .position(|d| s.eq_ignore_ascii_case(d))
-            .ok_or_else(|| format!("{s:?} is not a weekday (mon, tue, wed, thu, fri, sat, sun)"))
+            .ok_or_else(|| {
+                TemplateError(format!(
+                    "{s:?} is not a weekday (mon, tue, wed, thu, fri, sat, sun)"
+                ))
+            })
     };
     let mut set = 0u8;
     for item in text.split(',') {
@@ -90,9 +99,9 @@ fn weekdays(text: &str) -> Result<u8, String> {
             None => (day(item)?, day(item)?),
         };
         if a > b {
-            return Err(format!(
+            return Err(TemplateError(format!(
                 "weekdays {item:?} run backwards (mon..sun is the order)"
-            ));
+            )));
         }
         for d in a..=b {
             set |= 1 << d;
@@ -102,7 +111,7 @@ fn weekdays(text: &str) -> Result<u8, String> {
 }
 
 impl Calendar {
-    pub fn parse(text: &str) -> Result<Calendar, String> {
+    pub fn parse(text: &str) -> Result<Calendar, TemplateError> {
         let spelled = match text.trim().to_ascii_lowercase().as_str() {
             "hourly" => "*:00".to_string(),
             "daily" => "00:00".to_string(),
@@ -113,11 +122,17 @@ impl Calendar {
         let (days, time) = match words.as_slice() {
             [time] => (0x7f, *time),
             [days, time] => (weekdays(days)?, *time),
-            _ => return Err(format!("SCHEDULE {text:?} is not like \"mon..fri 02:30\"")),
+            _ => {
+                return Err(TemplateError(format!(
+                    "SCHEDULE {text:?} is not like \"mon..fri 02:30\""
+                )));
+            }
         };
-        let (hours, minutes) = time
-            .split_once(':')
-            .ok_or_else(|| format!("SCHEDULE {text:?}: {time:?} is not like 02:30 or *:0/15"))?;
+        let (hours, minutes) = time.split_once(':').ok_or_else(|| {
+            TemplateError(format!(
+                "SCHEDULE {text:?}: {time:?} is not like 02:30 or *:0/15"
+            ))
+        })?;
         Ok(Calendar {
             days,
             hours: field(hours, 23, "hour")? as u32,
@@ -167,9 +182,11 @@ impl Calendar {
 impl When {
     /// `EVERY` (`30m`, `6h`, `1d`, or seconds) or `SCHEDULE`; not both. `None` for a job
     /// that runs only when asked.
-    pub fn parse(t: &backstop_protocol::template::Template) -> Result<Option<When>, String> {
+    pub fn parse(t: &backstop_protocol::template::Template) -> Result<Option<When>, TemplateError> {
         match (t.get("EVERY"), t.get("SCHEDULE")) {
-            (Some(_), Some(_)) => Err("EVERY and SCHEDULE both given: take one".into()),
+            (Some(_), Some(_)) => Err(TemplateError(
+                "EVERY and SCHEDULE both given: take one".into(),
+            )),
             (Some(e), None) => every(e.trim()).map(|s| Some(When::Every(s))),
             (None, Some(s)) => Calendar::parse(s).map(|c| Some(When::Calendar(c))),
             (None, None) => Ok(None),
@@ -198,12 +215,12 @@ impl When {
 }
 
 /// `EVERY`: `<n>s|m|h|d`, or seconds.
-fn every(text: &str) -> Result<u64, String> {
+fn every(text: &str) -> Result<u64, TemplateError> {
     let (num, unit) = match text.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
         _ => (text, 's'),
     };
-    let bad = || format!("EVERY {text:?} is not like 30m, 6h or 1d");
+    let bad = || TemplateError(format!("EVERY {text:?} is not like 30m, 6h or 1d"));
     let n: u64 = num.trim().parse().map_err(|_| bad())?;
     let unit = match unit {
         's' => 1,
@@ -213,7 +230,7 @@ fn every(text: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     match n.checked_mul(unit) {
-        Some(0) => Err("EVERY must be more than 0".into()),
+        Some(0) => Err(TemplateError("EVERY must be more than 0".into())),
         Some(s) => Ok(s),
         None => Err(bad()),
     }
@@ -271,7 +288,7 @@ mod tests {
             ("x:00", "hour \"x\" is not like"),
         ] {
             let e = Calendar::parse(text).expect_err(text);
-            assert!(e.contains(why), "{text}: {e}");
+            assert!(e.0.contains(why), "{text}: {e}");
         }
     }
 

@@ -28,14 +28,40 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A notification (mail, webhook) could not be sent; the message says why.
+    #[error("{0}")]
+    Notify(String),
     /// The answer could not be written.
     #[error("cannot write: {0}")]
     Output(std::io::Error),
 }
 
+/// What is wrong with a template (a job's, a datastore's): one line naming the attribute
+/// and, where known, the line it is written on (`line 4: KEEP_LAST is "two", not a number`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+impl From<&str> for TemplateError {
+    fn from(problem: &str) -> Self {
+        TemplateError(problem.to_string())
+    }
+}
+
+impl From<TemplateError> for Error {
+    fn from(e: TemplateError) -> Self {
+        Error::Input(e.0)
+    }
+}
+
 /// `Error::Input` from anything printable.
 pub fn input(message: impl Into<String>) -> Error {
     Error::Input(message.into())
+}
+
+/// `Error::Notify` from anything printable.
+pub fn notify_error(message: impl Into<String>) -> Error {
+    Error::Notify(message.into())
 }
 
 /// `Error::Step` from anything printable.

@@ -9,6 +9,7 @@
 //! tags matches one of them.
 
 use crate::Error;
+use crate::error::TemplateError;
 use backstop_protocol::template::Template;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,24 +36,26 @@ fn split(text: Option<&str>) -> (Vec<&str>, Vec<&str>) {
     (take, leave)
 }
 
-fn numbers(items: &[&str], what: &str) -> Result<Vec<u64>, String> {
+fn numbers(items: &[&str], what: &str) -> Result<Vec<u64>, TemplateError> {
     items
         .iter()
         .map(|s| {
             s.parse()
-                .map_err(|_| format!("{what} {s:?} is not an id (or exclude:<id>)"))
+                .map_err(|_| TemplateError(format!("{what} {s:?} is not an id (or exclude:<id>)")))
         })
         .collect()
 }
 
 impl Selection {
-    pub fn parse(t: &Template) -> Result<Selection, String> {
+    pub fn parse(t: &Template) -> Result<Selection, TemplateError> {
         let (vms, not_vms) = split(t.get("VMS"));
         let (jobs, not_jobs) = split(t.get("BACKUP_JOBS"));
         let (tags, not_tags) = split(t.get("TAGS"));
         let pattern = |p: &&str| {
             if p.chars().any(|c| c.is_control()) {
-                Err(format!("TAGS {p:?} holds a control character"))
+                Err(TemplateError(format!(
+                    "TAGS {p:?} holds a control character"
+                )))
             } else {
                 Ok(p.to_string())
             }
@@ -211,7 +214,7 @@ mod tests {
             ("BACKUP_JOBS=\"1.5\"\n", "BACKUP_JOBS"),
         ] {
             let e = Selection::parse(&Template::parse(bad).expect("template")).expect_err(bad);
-            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.0.contains(says), "{bad}: {e}");
         }
     }
 }

@@ -4,36 +4,39 @@
 //! attributes.
 
 use crate::calendar::When;
+use crate::error::TemplateError;
 use crate::filters::Selection;
 use backstop_protocol::template::Template;
 
 /// A `YES`/`NO` attribute (any case), `default` when absent.
-pub fn yes_no(t: &Template, name: &str, default: bool) -> Result<bool, String> {
+pub fn yes_no(t: &Template, name: &str, default: bool) -> Result<bool, TemplateError> {
     match t.get(name).map(|v| v.trim().to_ascii_uppercase()) {
         None => Ok(default),
         Some(v) if v == "YES" => Ok(true),
         Some(v) if v == "NO" => Ok(false),
-        Some(v) => Err(format!("{name} {v:?} is not YES or NO")),
+        Some(v) => Err(TemplateError(format!("{name} {v:?} is not YES or NO"))),
     }
 }
 
 /// A number attribute, `default` when absent.
-pub fn number_or(t: &Template, name: &str, default: u64) -> Result<u64, String> {
+pub fn number_or(t: &Template, name: &str, default: u64) -> Result<u64, TemplateError> {
     match t.get(name) {
         None => Ok(default),
         Some(v) => v
             .trim()
             .parse()
-            .map_err(|_| format!("{name} {v:?} is not a number")),
+            .map_err(|_| TemplateError(format!("{name} {v:?} is not a number"))),
     }
 }
 
 /// A number attribute that must be given.
-pub fn required_number(t: &Template, name: &str) -> Result<u64, String> {
-    let v = t.get(name).ok_or_else(|| format!("{name} is missing"))?;
+pub fn required_number(t: &Template, name: &str) -> Result<u64, TemplateError> {
+    let v = t
+        .get(name)
+        .ok_or_else(|| TemplateError(format!("{name} is missing")))?;
     v.trim()
         .parse()
-        .map_err(|_| format!("{name} {v:?} is not a number"))
+        .map_err(|_| TemplateError(format!("{name} {v:?} is not a number")))
 }
 
 /// What a sync and a verify job's templates both say.
@@ -49,16 +52,18 @@ pub struct JobBasics {
 }
 
 impl JobBasics {
-    pub fn parse(t: &Template) -> Result<JobBasics, String> {
+    pub fn parse(t: &Template) -> Result<JobBasics, TemplateError> {
         let name = t
             .get("NAME")
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .ok_or("NAME is missing")?
+            .ok_or_else(|| TemplateError("NAME is missing".into()))?
             .to_string();
         let parallel = number_or(t, "PARALLEL", 2)?;
         if !(1..=16).contains(&parallel) {
-            return Err(format!("PARALLEL {parallel} is not between 1 and 16"));
+            return Err(TemplateError(format!(
+                "PARALLEL {parallel} is not between 1 and 16"
+            )));
         }
         Ok(JobBasics {
             name,

@@ -10,9 +10,7 @@ use crate::scheduler::Execution;
 use backstop_protocol::message::Datastore;
 use backstop_protocol::template::{Template, Value, vector_get};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TemplateError(pub String);
+pub use crate::error::TemplateError;
 
 fn bad<T>(m: String) -> Result<T, TemplateError> {
     Err(TemplateError(m))
@@ -232,8 +230,8 @@ impl JobTemplate {
 }
 
 /// One `SCHED_ACTION=[...]` vector.
-fn sched_action(pairs: &[(String, String)], now: i64) -> Result<SchedAction, String> {
-    let num = |key: &str| -> Result<Option<i64>, String> {
+fn sched_action(pairs: &[(String, String)], now: i64) -> Result<SchedAction, TemplateError> {
+    let num = |key: &str| -> Result<Option<i64>, TemplateError> {
         match vector_get(pairs, key)
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -242,16 +240,20 @@ fn sched_action(pairs: &[(String, String)], now: i64) -> Result<SchedAction, Str
             Some(v) => v
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("SCHED_ACTION: {key} is {v:?}, not a number")),
+                .map_err(|_| TemplateError(format!("SCHED_ACTION: {key} is {v:?}, not a number"))),
         }
     };
     let time = match vector_get(pairs, "TIME").map(str::trim) {
-        None | Some("") => return Err("SCHED_ACTION: TIME is missing".into()),
+        None | Some("") => return Err(TemplateError("SCHED_ACTION: TIME is missing".into())),
         Some(v) => match v.strip_prefix('+') {
             Some(rel) => rel.parse::<i64>().map(|n| now + n),
             None => v.parse::<i64>(),
         }
-        .map_err(|_| format!("SCHED_ACTION: TIME is {v:?}; use an epoch or +seconds"))?,
+        .map_err(|_| {
+            TemplateError(format!(
+                "SCHED_ACTION: TIME is {v:?}; use an epoch or +seconds"
+            ))
+        })?,
     };
     SchedAction::new(
         time,
@@ -260,7 +262,7 @@ fn sched_action(pairs: &[(String, String)], now: i64) -> Result<SchedAction, Str
         num("END_TYPE")?.unwrap_or(0),
         num("END_VALUE")?,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| TemplateError(e.to_string()))
 }
 
 /// The template text to store for a job: everything but its `SCHED_ACTION`s, which live in

@@ -13,6 +13,8 @@
 //! a webhook's URL (whose path or query is its token) is printed only as `scheme://host[:port]`
 //! ([`backstop_protocol::redact::webhook`]), in errors and Debug output alike.
 
+use crate::Error;
+use crate::error::{input, notify_error};
 use backstop_protocol::template::Template;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,7 +70,7 @@ fn var(name: &str) -> Option<String> {
 
 impl Settings {
     /// The global settings from the environment.
-    pub fn from_env() -> Result<Settings, String> {
+    pub fn from_env() -> Result<Settings, Error> {
         let smtp_server = match var("BACKSTOP_SMTP_SERVER") {
             None => None,
             Some(s) => Some(host_port(&s)?),
@@ -76,7 +78,11 @@ impl Settings {
         let smtp_password = match var("BACKSTOP_SMTP_PASSWORD_FILE") {
             Some(path) => Some(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read BACKSTOP_SMTP_PASSWORD_FILE {path}: {e}"))?
+                    .map_err(|e| {
+                        input(format!(
+                            "cannot read BACKSTOP_SMTP_PASSWORD_FILE {path}: {e}"
+                        ))
+                    })?
                     .lines()
                     .next()
                     .unwrap_or_default()
@@ -103,8 +109,8 @@ impl Settings {
 
     /// These settings with a job template's own `NOTIFY_EMAIL`, `NOTIFY_WEBHOOK` and
     /// `NOTIFY = NO`.
-    pub fn for_job(&self, template: &str) -> Result<Settings, String> {
-        let t = Template::parse(template).map_err(|e| e.to_string())?;
+    pub fn for_job(&self, template: &str) -> Result<Settings, Error> {
+        let t = Template::parse(template).map_err(|e| input(e.to_string()))?;
         if t.get("NOTIFY")
             .is_some_and(|n| n.trim().eq_ignore_ascii_case("NO"))
         {
@@ -126,25 +132,25 @@ impl Settings {
     }
 }
 
-fn host_port(text: &str) -> Result<(String, u16), String> {
+fn host_port(text: &str) -> Result<(String, u16), Error> {
     match text.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && !h.ends_with(':') => Ok((
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
             p.parse()
-                .map_err(|_| format!("BACKSTOP_SMTP_SERVER {text:?}: bad port"))?,
+                .map_err(|_| input(format!("BACKSTOP_SMTP_SERVER {text:?}: bad port")))?,
         )),
         _ => Ok((text.to_string(), 587)),
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+fn check_url(url: &str) -> Result<(), Error> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
     } else {
-        Err(format!(
+        Err(input(format!(
             "the webhook {} is not an http:// or https:// URL",
             backstop_protocol::redact::webhook(url)
-        ))
+        )))
     }
 }
 
@@ -222,7 +228,7 @@ pub fn send(settings: &Settings, message: &Message) -> Vec<String> {
     problems
 }
 
-fn send_mail(settings: &Settings, message: &Message, host: &str) -> Result<(), String> {
+fn send_mail(settings: &Settings, message: &Message, host: &str) -> Result<(), Error> {
     use lettre::message::header::ContentType;
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -230,7 +236,7 @@ fn send_mail(settings: &Settings, message: &Message, host: &str) -> Result<(), S
     let (server, port) = settings
         .smtp_server
         .clone()
-        .ok_or("BACKSTOP_SMTP_SERVER is not set")?;
+        .ok_or_else(|| notify_error("BACKSTOP_SMTP_SERVER is not set"))?;
     let from = settings
         .smtp_from
         .clone()
@@ -238,26 +244,28 @@ fn send_mail(settings: &Settings, message: &Message, host: &str) -> Result<(), S
     let mut builder = lettre::Message::builder()
         .from(
             from.parse()
-                .map_err(|e| format!("BACKSTOP_SMTP_FROM {from:?}: {e}"))?,
+                .map_err(|e| notify_error(format!("BACKSTOP_SMTP_FROM {from:?}: {e}")))?,
         )
         .subject(message.subject())
         .header(ContentType::TEXT_PLAIN);
     for to in &settings.email_to {
         builder = builder.to(to
             .parse()
-            .map_err(|e| format!("the recipient {to:?}: {e}"))?);
+            .map_err(|e| notify_error(format!("the recipient {to:?}: {e}")))?);
     }
     let mail = builder
         .body(message.text(host))
-        .map_err(|e| format!("the message: {e}"))?;
+        .map_err(|e| notify_error(format!("the message: {e}")))?;
     let mut tls = TlsParameters::builder(server.clone());
     if let Some(ca) = &settings.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        let pem = std::fs::read(ca)
+            .map_err(|e| notify_error(format!("cannot read {}: {e}", ca.display())))?;
         tls = tls.add_root_certificate(
-            Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?,
+            Certificate::from_pem(&pem)
+                .map_err(|e| notify_error(format!("{}: {e}", ca.display())))?,
         );
     }
-    let tls = tls.build().map_err(|e| format!("TLS: {e}"))?;
+    let tls = tls.build().map_err(|e| notify_error(format!("TLS: {e}")))?;
     let mut transport = SmtpTransport::builder_dangerous(server.as_str())
         .port(port)
         .tls(Tls::Required(tls))
@@ -269,17 +277,17 @@ fn send_mail(settings: &Settings, message: &Message, host: &str) -> Result<(), S
         .build()
         .send(&mail)
         .map(|_| ())
-        .map_err(|e| format!("{server}:{port}: {e}"))
+        .map_err(|e| notify_error(format!("{server}:{port}: {e}")))
 }
 
-fn post(url: &str, ca: Option<&std::path::Path>, body: &serde_json::Value) -> Result<(), String> {
+fn post(url: &str, ca: Option<&std::path::Path>, body: &serde_json::Value) -> Result<(), Error> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
     let roots = match ca {
         Some(path) => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| notify_error(format!("cannot read {}: {e}", path.display())))?;
             let cert = Certificate::from_pem(&pem)
-                .map_err(|e| format!("{}: {e}", path.display()))?
+                .map_err(|e| notify_error(format!("{}: {e}", path.display())))?
                 .to_owned();
             RootCerts::new_with_certs(&[cert])
         }
@@ -301,7 +309,7 @@ fn post(url: &str, ca: Option<&std::path::Path>, body: &serde_json::Value) -> Re
         .header("Content-Type", "application/json")
         .send(body.to_string())
         .map(|_| ())
-        .map_err(|e| why_not_sent(&e))
+        .map_err(|e| notify_error(why_not_sent(&e)))
 }
 
 /// Why a webhook's request failed, without its URL: the caller names the webhook (redacted).
@@ -485,7 +493,7 @@ mod tests {
         let e = global
             .for_job("NAME=a\nNOTIFY_WEBHOOK=\"file:///etc/passwd\"\n")
             .expect_err("not http");
-        assert!(e.contains("not an http"), "{e}");
+        assert!(e.to_string().contains("not an http"), "{e}");
         assert!(!format!("{global:?}").contains("s3cret"));
         let hooked = Settings {
             webhook: Some("https://hooks.example:8443/T0k3n?token=T0k3n".into()),
@@ -500,7 +508,7 @@ mod tests {
             .for_job("NAME=a\nNOTIFY_WEBHOOK=\"hooks.example/T0k3n\"\n")
             .expect_err("no scheme");
         assert_eq!(
-            e,
+            e.to_string(),
             "the webhook hooks.example/*** is not an http:// or https:// URL"
         );
         assert_eq!(host_port("mail:25").expect("port"), ("mail".into(), 25));

@@ -34,6 +34,7 @@
 
 use crate::Error;
 use crate::calendar::When;
+use crate::error::TemplateError;
 use crate::error::input;
 use crate::filters::Selection;
 use crate::job_template::{JobBasics, number_or, required_number, yes_no};
@@ -88,20 +89,26 @@ pub struct SyncTemplate {
 }
 
 impl SyncTemplate {
-    pub fn parse(text: &str) -> Result<SyncTemplate, String> {
-        let t = Template::parse(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<SyncTemplate, TemplateError> {
+        let t = Template::parse(text).map_err(|e| TemplateError(e.to_string()))?;
         let basics = JobBasics::parse(&t)?;
         let direction = match t.get("DIRECTION").map(|d| d.trim().to_ascii_uppercase()) {
             None => Direction::Push,
             Some(d) if d == "PUSH" => Direction::Push,
             Some(d) if d == "PULL" => Direction::Pull,
-            Some(d) => return Err(format!("DIRECTION {d:?} is not PUSH or PULL")),
+            Some(d) => {
+                return Err(TemplateError(format!(
+                    "DIRECTION {d:?} is not PUSH or PULL"
+                )));
+            }
         };
         let optional = |name: &str, default: u64| number_or(&t, name, default);
         let transfer_last = optional("TRANSFER_LAST", 0)? as usize;
         let workers = optional("WORKERS", 4)?;
         if !(1..=64).contains(&workers) {
-            return Err(format!("WORKERS {workers} is not between 1 and 64"));
+            return Err(TemplateError(format!(
+                "WORKERS {workers} is not between 1 and 64"
+            )));
         }
         let verified_only = yes_no(&t, "VERIFIED_ONLY", false)?;
         if verified_only && direction == Direction::Pull {
@@ -695,7 +702,7 @@ mod tests {
             ),
         ] {
             let e = SyncTemplate::parse(bad).expect_err(bad);
-            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.0.contains(says), "{bad}: {e}");
         }
     }
 }

@@ -13,6 +13,7 @@
 //! it).
 
 use crate::Error;
+use crate::error::TemplateError;
 use crate::error::input;
 use crate::job_template::{JobBasics, number_or, yes_no};
 use crate::model::state_datastore;
@@ -46,13 +47,15 @@ pub struct VerifyTemplate {
 }
 
 impl VerifyTemplate {
-    pub fn parse(text: &str) -> Result<VerifyTemplate, String> {
-        let t = Template::parse(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<VerifyTemplate, TemplateError> {
+        let t = Template::parse(text).map_err(|e| TemplateError(e.to_string()))?;
         let basics = JobBasics::parse(&t)?;
         let number = |name: &str, default: u64| number_or(&t, name, default);
         let shares = number("SHARES", 1)?;
         if !(1..=255).contains(&shares) {
-            return Err(format!("SHARES {shares} is not between 1 and 255"));
+            return Err(TemplateError(format!(
+                "SHARES {shares} is not between 1 and 255"
+            )));
         }
         let heal = yes_no(&t, "HEAL", true)?;
         let ignore_verified = yes_no(&t, "IGNORE_VERIFIED", false)?;
@@ -106,7 +109,7 @@ pub fn run(
 /// heals, what healing did (or why it failed).
 struct Checked {
     report: VerifyReport,
-    healed: Option<Result<Healed, String>>,
+    healed: Option<Result<Healed, backstop_datastore::Error>>,
 }
 
 /// Run `k` of a verify job over its repositories, `PARALLEL` at once (each reads its packs on
@@ -194,21 +197,19 @@ fn verify_repository(
     (job, share): (&VerifyTemplate, Option<Share>),
     (name, spared): (&str, &[String]),
     counted: &VerifyProgress,
-) -> Result<Checked, String> {
-    let first_line = |e: Error| e.to_string().lines().next().unwrap_or_default().to_string();
+) -> Result<Checked, backstop_datastore::Error> {
+    // A repository that cannot be opened is said by its message alone.
     let repo = RepoTarget::new(ds, name.to_string())
         .and_then(|t| t.open(ds, cfg, false))
-        .map_err(|e| e.message)?;
+        .map_err(|e| backstop_datastore::Error { source: None, ..e })?;
     let ids: Vec<_> = repo
-        .all_snapshots()
-        .map_err(|e| first_line(e.into()))?
+        .all_snapshots()?
         .into_iter()
         .filter(|(id, s, _)| job.select.takes(&s.tags) && !spared.contains(&id.to_hex()))
         .map(|(id, _, _)| id)
         .collect();
     let retry = RetryLock(std::time::Duration::from_secs(60));
-    let report =
-        verify_counted(&repo, &ids, share, retry, counted).map_err(|e| first_line(e.into()))?;
+    let report = verify_counted(&repo, &ids, share, retry, counted)?;
     let bad: BTreeSet<_> = report
         .verdicts
         .iter()
@@ -216,9 +217,14 @@ fn verify_repository(
         .collect();
     let healed = (job.heal && !bad.is_empty()).then(|| {
         let bad: Vec<_> = bad.into_iter().collect();
-        heal(&repo, &bad, retry).map_err(|e| first_line(e.into()))
+        heal(&repo, &bad, retry)
     });
     Ok(Checked { report, healed })
+}
+
+/// The first line of an error, as a run's line says it.
+fn first_line(e: &backstop_datastore::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// Records one repository's verdicts in the state and its lines in the run.
@@ -226,13 +232,13 @@ fn record(
     st: &mut State,
     job: &VerifyTemplate,
     (name, now, share): (&str, i64, Option<Share>),
-    checked: &Result<Checked, String>,
+    checked: &Result<Checked, backstop_datastore::Error>,
     out: &mut VerifyRun,
 ) -> Result<(), Error> {
     let checked = match checked {
         Ok(c) => c,
         Err(e) => {
-            let line = format!("repository {name}: {e}");
+            let line = format!("repository {name}: {}", first_line(e));
             out.lines.push(line.clone());
             out.damaged.push(line);
             return Ok(());
@@ -264,7 +270,7 @@ fn record(
             h.packs, h.removed
         )),
         Some(Err(e)) => {
-            line.push_str(&format!("; NOT healed: {e}"));
+            line.push_str(&format!("; NOT healed: {}", first_line(e)));
             out.damaged
                 .push(format!("repository {name}: healing failed: {e}"));
         }
@@ -312,7 +318,7 @@ mod tests {
             ("NAME=v\nDATASTORE_ID=1\nVMS=1\nHEAL=maybe\n", "HEAL"),
         ] {
             let e = VerifyTemplate::parse(bad).expect_err(bad);
-            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.0.contains(says), "{bad}: {e}");
         }
     }
 }

@@ -154,7 +154,7 @@ fn serve(
                 let _ = writeln!(std::io::stdout(), "{h}");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e),
+            Err(e) => fail(e.to_string()),
         };
     }
     let Some(state) = state.or_else(backstop_backupjob::state::default_path) else {
@@ -162,7 +162,7 @@ fn serve(
     };
     let credentials = match backstop_web::auth::Credentials::from_env() {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     match backstop_web::serve(backstop_web::Options {
         listen,
@@ -172,7 +172,7 @@ fn serve(
         datastore_location,
     }) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => fail(e.to_string()),
     }
 }
 

@@ -36,7 +36,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn from_env() -> Result<Credentials, String> {
+    pub fn from_env() -> Result<Credentials, crate::Error> {
         let get = |k: &str| {
             std::env::var(k)
                 .ok()
@@ -53,15 +53,19 @@ impl Credentials {
             ("BACKSTOP_ADMIN_TOKEN", &creds.admin_token),
         ] {
             if t.as_ref().is_some_and(|t| t.len() < 16) {
-                return Err(format!("{name} is shorter than 16 characters"));
+                return Err(crate::Error::Config(format!(
+                    "{name} is shorter than 16 characters"
+                )));
             }
         }
         if creds.admin_token.is_some() && creds.admin_token == creds.api_token {
-            return Err("BACKSTOP_ADMIN_TOKEN must differ from BACKSTOP_API_TOKEN".into());
+            return Err(crate::Error::Config(
+                "BACKSTOP_ADMIN_TOKEN must differ from BACKSTOP_API_TOKEN".into(),
+            ));
         }
         if let Some(h) = &creds.password_hash {
             argon2::PasswordHash::new(h).map_err(|e| {
-                format!("BACKSTOP_WEB_PASSWORD_HASH is not an argon2 hash ({e}); make one with backstop serve --hash-password")
+                crate::Error::Config(format!("BACKSTOP_WEB_PASSWORD_HASH is not an argon2 hash ({e}); make one with backstop serve --hash-password"))
             })?;
         }
         Ok(creds)
@@ -102,20 +106,21 @@ impl Credentials {
 }
 
 /// An argon2id hash of `password` with a random salt (PHC string).
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, crate::Error> {
     use argon2::PasswordHasher;
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
+        return Err(crate::Error::Config(format!(
             "the password is longer than {MAX_PASSWORD_BYTES} bytes"
-        ));
+        )));
     }
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| format!("no randomness: {e}"))?;
-    let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut salt).map_err(|e| crate::Error::Config(format!("no randomness: {e}")))?;
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::Error::Config(e.to_string()))
 }
 
 /// Constant-time equality.

@@ -8,8 +8,10 @@
 //!   token on every form.
 
 pub mod auth;
+mod error;
 pub mod model;
 pub mod pages;
 pub mod server;
 
+pub use error::Error;
 pub use server::{Options, serve};

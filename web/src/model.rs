@@ -2,6 +2,7 @@
 //! VMs with their state and last good backup, images, datastores (names only: their templates
 //! hold secrets), sync and verify jobs with their last runs. Nothing here writes.
 
+use crate::Error;
 use backstop_backupjob::model::JobTemplate;
 use backstop_backupjob::state::{State, VmState};
 use serde_json::{Value, json};
@@ -95,15 +96,18 @@ pub struct Snapshot {
     pub second_copies: Vec<SecondCopy>,
 }
 
-fn read_err(e: impl std::fmt::Display) -> String {
-    format!("cannot read the state: {e}")
+fn read_err(e: impl std::fmt::Display) -> Error {
+    Error::State(format!("cannot read the state: {e}"))
 }
 
 impl Snapshot {
     /// Reads the state at `path`.
-    pub fn read(path: &Path) -> Result<Snapshot, String> {
+    pub fn read(path: &Path) -> Result<Snapshot, Error> {
         if !path.exists() {
-            return Err(format!("there is no state database at {}", path.display()));
+            return Err(Error::State(format!(
+                "there is no state database at {}",
+                path.display()
+            )));
         }
         let st = State::open(path).map_err(read_err)?;
         let now = jiff::Timestamp::now().as_second();
@@ -490,7 +494,7 @@ pub fn hide_ids(text: &str) -> String {
 }
 
 /// The sync jobs with their last run, the verify jobs with their damaged snapshots.
-fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
+fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
     let mut out = Vec::new();
     for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
         let last = st.sync_runs(id).map_err(read_err)?.into_iter().next();
@@ -538,7 +542,7 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, String> {
 
 /// The run history: each backup point recorded, each VM's last failure, sync and verify runs;
 /// newest first.
-fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, String> {
+fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
     let mut out = Vec::new();
     for i in images {
         for n in &i.increments {

@@ -42,18 +42,18 @@ fn now() -> i64 {
 }
 
 /// Checks the address against the credentials, binds, and serves until SIGTERM or SIGINT.
-pub fn serve(options: Options) -> Result<(), String> {
+pub fn serve(options: Options) -> Result<(), crate::Error> {
     if !options.listen.ip().is_loopback() && !options.credentials.complete() {
-        return Err(format!(
+        return Err(crate::Error::Serve(format!(
             "refusing to listen on {}, which is not a loopback address, without both BACKSTOP_API_TOKEN and BACKSTOP_WEB_PASSWORD_HASH",
             options.listen
-        ));
+        )));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start: {e}"))?;
+        .map_err(|e| crate::Error::Serve(format!("cannot start: {e}")))?;
     let app = Arc::new(App {
         state: options.state,
         credentials: options.credentials,
@@ -65,12 +65,14 @@ pub fn serve(options: Options) -> Result<(), String> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+            .map_err(|e| {
+                crate::Error::Serve(format!("cannot listen on {}: {e}", options.listen))
+            })?;
         eprintln!("backstop serve: listening on http://{}", options.listen);
         axum::serve(listener, router(app))
             .with_graceful_shutdown(stopped())
             .await
-            .map_err(|e| format!("the server stopped: {e}"))
+            .map_err(|e| crate::Error::Serve(format!("the server stopped: {e}")))
     })
 }
 
@@ -233,7 +235,7 @@ async fn snapshot(app: &App, ids_shown: bool) -> Result<Snapshot, Response> {
     match tokio::task::spawn_blocking(move || Snapshot::read(&path)).await {
         Ok(Ok(s)) if ids_shown => Ok(s),
         Ok(Ok(s)) => Ok(s.without_ids()),
-        Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, &e)),
+        Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
         Err(_) => Err(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "reading the state failed",
