@@ -13,7 +13,7 @@
 //! - running a step on another machine ([`remote`]), backups running here ([`running`]),
 //!   oned's XML-RPC API ([`oned`]).
 //!
-//! The repository engine is its own crate, `backstop-engine` (re-exported as [`repo`]): it
+//! The repository engine is its own crate, `backstop-repo` (re-exported as [`repo`]): it
 //! knows nothing of OpenNebula, and Cargo keeps it that way.
 //!
 //! Every action is written for local and SFTP repositories, backstop's own backups and the
@@ -35,5 +35,5 @@ pub mod target;
 pub mod vm_snapshots;
 
 /// The repository engine (its own crate: it knows nothing of OpenNebula).
-pub use backstop_engine as repo;
-pub use backstop_engine::{Error, ErrorKind};
+pub use backstop_repo as repo;
+pub use backstop_repo::{Error, ErrorKind};

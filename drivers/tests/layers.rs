@@ -12,8 +12,8 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
     // The real servers tests start; only tests and the benchmark import it.
     ("tests/kit", "backstop-testkit", &[]),
     (
-        "datastore/engine",
-        "backstop-engine",
+        "datastore/repo",
+        "backstop-repo",
         &["backstop-storage", "backstop-image"],
     ),
     (
@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
             "backstop-protocol",
             "backstop-storage",
             "backstop-image",
-            "backstop-engine",
+            "backstop-repo",
         ],
     ),
     (

@@ -690,7 +690,7 @@ fn the_whole_cycle(cloud: &Cloud) {
     if cloud.s3.is_some() {
         assert_eq!(lines[1], "TOTAL_MB=1048576");
         // The disks' patterns compress to little: the sum itself is tested in the engine's
-        // S3 tests (datastore/engine/tests/s3.rs).
+        // S3 tests (datastore/repo/tests/s3.rs).
         let used: u64 = lines[0]["USED_MB=".len()..].parse().expect("USED_MB");
         assert!(used < 100, "{}", out.stdout);
         assert_eq!(lines[2], format!("FREE_MB={}", 1_048_576 - used));

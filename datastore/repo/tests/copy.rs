@@ -7,9 +7,9 @@
 mod common;
 use common::*;
 
-use backstop_engine::Repo;
-use backstop_engine::copy::{CopyOptions, copy};
-use backstop_engine::format::RepoId;
+use backstop_repo::Repo;
+use backstop_repo::copy::{CopyOptions, copy};
+use backstop_repo::format::RepoId;
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;
@@ -157,7 +157,7 @@ fn restics_snapshots_copy_and_a_damaged_blob_stops_the_copy() {
     assert!(e.to_string().contains("blob"), "{e}");
     assert!(
         fresh
-            .list(backstop_engine::FileType::Snapshot)
+            .list(backstop_repo::FileType::Snapshot)
             .expect("list")
             .is_empty(),
         "a snapshot was written over a failed copy"
@@ -201,7 +201,7 @@ fn restic_tags(repo: &Path, password: &str) -> Vec<(String, Vec<String>)> {
 /// dumps byte-exact with restic.
 #[test]
 fn copies_record_the_repository_they_came_from() {
-    use backstop_engine::copy::{copied_from, source_tag};
+    use backstop_repo::copy::{copied_from, source_tag};
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.raw");
     make_image(&image, 8, 21);
@@ -261,8 +261,8 @@ fn copies_record_the_repository_they_came_from() {
         "the claim B's snapshot made was kept"
     );
     let recorded = |repo: &Repo, id: RepoId| {
-        let snap: backstop_engine::format::Snapshot = repo
-            .load_file(backstop_engine::FileType::Snapshot, &id)
+        let snap: backstop_repo::format::Snapshot = repo
+            .load_file(backstop_repo::FileType::Snapshot, &id)
             .expect("snapshot");
         copied_from(&snap)
     };
@@ -325,7 +325,7 @@ fn copies_record_the_repository_they_came_from() {
 /// checks clean; a malformed or doubled tag names no job.
 #[test]
 fn copies_record_the_job_that_made_them() {
-    use backstop_engine::copy::{CopierId, copied_by};
+    use backstop_repo::copy::{CopierId, copied_by};
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.raw");
     make_image(&image, 8, 23);
@@ -394,8 +394,8 @@ fn copies_record_the_job_that_made_them() {
         "a copy by no job kept the job B's snapshot claimed"
     );
     let recorded = |repo: &Repo, id: RepoId| {
-        let snap: backstop_engine::format::Snapshot = repo
-            .load_file(backstop_engine::FileType::Snapshot, &id)
+        let snap: backstop_repo::format::Snapshot = repo
+            .load_file(backstop_repo::FileType::Snapshot, &id)
             .expect("snapshot");
         copied_by(&snap)
     };
@@ -430,10 +430,10 @@ fn copies_record_the_job_that_made_them() {
 
     // What names no job: two tags, or one that is not an id.
     let claim = |tags: &[&str]| {
-        copied_by(&backstop_engine::format::Snapshot {
+        copied_by(&backstop_repo::format::Snapshot {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             ..dst
-                .load_file(backstop_engine::FileType::Snapshot, &from_a[0].copy)
+                .load_file(backstop_repo::FileType::Snapshot, &from_a[0].copy)
                 .expect("snapshot")
         })
     };

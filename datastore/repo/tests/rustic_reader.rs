@@ -3,10 +3,10 @@
 //! from `BACKSTOP_RUSTIC` or PATH; CI installs it (`cargo install rustic-rs --locked`). Without
 //! it this test fails, naming what is missing: it never passes without having run.
 
-use backstop_engine::format::RepoId;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
-use backstop_engine::{Compression, Repo};
 use backstop_image::image::{Extent, RawImage};
+use backstop_repo::format::RepoId;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_repo::{Compression, Repo};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -6,12 +6,12 @@ mod common;
 use common::ceph::{Ceph, POOL};
 use common::*;
 
-use backstop_engine::Repo;
-use backstop_engine::format::RepoId;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_image::image::{Extent, ImageSource};
 use backstop_image::nbd::NbdImage;
 use backstop_image::rbd::RbdImage;
+use backstop_repo::Repo;
+use backstop_repo::format::RepoId;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_storage::local::LocalBackend;
 use std::process::Command;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 mod common;
 use common::*;
 
-use backstop_engine::ErrorKind;
-use backstop_engine::Repo;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_image::image::{ImageSource, RawImage};
+use backstop_repo::ErrorKind;
+use backstop_repo::Repo;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_storage::local::LocalBackend;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -46,7 +46,7 @@ fn image_backup(
     repo: &Repo,
     source: &dyn ImageSource,
     retry: Duration,
-) -> Result<writer::BackupResult, backstop_engine::Error> {
+) -> Result<writer::BackupResult, backstop_repo::Error> {
     let files = [FileSpec {
         path: DISK.into(),
         content: Content::Image {
@@ -363,7 +363,7 @@ fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
 
     // A lock whose own time is a day old (its machine's clock is off) but whose file was just
     // written is alive.
-    let skewed = backstop_engine::lock::LockFile {
+    let skewed = backstop_repo::lock::LockFile {
         time: (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24)).to_string(),
         exclusive: true,
         hostname: "elsewhere".into(),
@@ -377,7 +377,7 @@ fn a_hostname_is_not_an_identity_and_age_is_measured_on_the_storage() {
     let sealed = repo
         .seal(&serde_json::to_vec(&skewed).expect("json"))
         .expect("seal");
-    let id = backstop_engine::format::RepoId::of(&sealed);
+    let id = backstop_repo::format::RepoId::of(&sealed);
     std::fs::write(repo_path.join("locks").join(id.to_hex()), &sealed).expect("plant");
     let err = image_backup(&repo, &source, Duration::ZERO).expect_err("a live lock");
     assert!(

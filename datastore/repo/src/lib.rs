@@ -1,4 +1,4 @@
-//! # backstop-engine: the repository engine
+//! # backstop-repo: the restic repository format
 //!
 //! It knows nothing of OpenNebula: no actions, no protocol. backstop writes restic-format repositories (restic `doc/design.rst`, repository version 2)
 //! that plain `restic` reads, checks, dumps and restores.

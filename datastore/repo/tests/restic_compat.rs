@@ -1,10 +1,10 @@
 //! The writer against the real restic binary (the compatibility oracle): every snapshot we write
 //! dumps byte-exact with `restic dump`, and `restic check --read-data` stays clean.
 
-use backstop_engine::format::RepoId;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
-use backstop_engine::{Compression, Repo};
 use backstop_image::image::{CHUNK_SIZE, Extent, RawImage};
+use backstop_repo::format::RepoId;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
+use backstop_repo::{Compression, Repo};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;
@@ -199,8 +199,8 @@ fn certain_bytes(image: &Path, changed: Option<&[Extent]>) -> u64 {
 /// restic then reads the snapshots byte-exact, and the read bytes are counted once.
 #[test]
 fn a_backup_reads_while_the_repository_opens() {
-    use backstop_engine::Opening;
-    use backstop_engine::writer::Progress;
+    use backstop_repo::Opening;
+    use backstop_repo::writer::Progress;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo_path = dir.path().join("repo");
     ok(restic(&repo_path, &["init"]), "restic init");
@@ -398,7 +398,7 @@ fn restores_what_the_stock_restic_driver_wrote() {
             &in_snapshot,
             &target,
             2,
-            backstop_engine::lock::RetryLock(std::time::Duration::ZERO),
+            backstop_repo::lock::RetryLock(std::time::Duration::ZERO),
         )
         .expect("restore");
     assert_eq!(stats.size, fs::metadata(&disk).expect("meta").len());
@@ -411,7 +411,7 @@ fn restores_what_the_stock_restic_driver_wrote() {
         "latest",
         vm_xml.to_str().expect("utf-8"),
         &mut dumped,
-        backstop_engine::lock::RetryLock(std::time::Duration::ZERO),
+        backstop_repo::lock::RetryLock(std::time::Duration::ZERO),
     )
     .expect("dump vm.xml");
     assert_eq!(dumped, fs::read(&vm_xml).expect("read"));
@@ -445,7 +445,7 @@ fn our_restore_is_byte_exact_and_sparse() {
             DISK,
             &target,
             2,
-            backstop_engine::lock::RetryLock(std::time::Duration::ZERO),
+            backstop_repo::lock::RetryLock(std::time::Duration::ZERO),
         )
         .expect("restore");
     assert!(fs::read(&target).expect("read") == fs::read(&image).expect("read"));
@@ -517,8 +517,8 @@ fn a_mostly_unallocated_gib_stores_only_its_data() {
 
 #[test]
 fn forget_and_prune_reclaim_space_at_once_and_check_finds_damage() {
-    use backstop_engine::lock::RetryLock;
-    use backstop_engine::maintenance::{PruneLimits, ReadData};
+    use backstop_repo::lock::RetryLock;
+    use backstop_repo::maintenance::{PruneLimits, ReadData};
     let retry = RetryLock(std::time::Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
     let repo_path = dir.path().join("repo");
@@ -575,8 +575,8 @@ fn forget_and_prune_reclaim_space_at_once_and_check_finds_damage() {
 /// exclusive lock, does, and touches nothing else.
 #[test]
 fn prune_removes_interrupted_writes_and_nothing_else() {
-    use backstop_engine::lock::RetryLock;
-    use backstop_engine::maintenance::PruneLimits;
+    use backstop_repo::lock::RetryLock;
+    use backstop_repo::maintenance::PruneLimits;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo_path = dir.path().join("repo");
     let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
@@ -616,7 +616,7 @@ fn a_disk_streams_as_a_qcow2_that_qemu_reads_as_the_disk() {
     let image = dir.path().join("disk.raw");
     make_image(&image, 16, 13);
     let b = backup(&repo, &image, None, None, b"x");
-    let lock = || backstop_engine::lock::RetryLock(std::time::Duration::ZERO);
+    let lock = || backstop_repo::lock::RetryLock(std::time::Duration::ZERO);
     let compare = |qcow2: &Path, raw: &Path| {
         let q = qcow2.to_str().expect("utf-8");
         run("qemu-img", &["check", "-q", "-f", "qcow2", q]);

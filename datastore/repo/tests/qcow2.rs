@@ -5,12 +5,12 @@
 mod common;
 use common::*;
 
-use backstop_engine::Repo;
-use backstop_engine::format::RepoId;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_image::disk_image::{self, Backing, DiskImage, Format};
 use backstop_image::image::{CHUNK_SIZE, Extent, ImageSource};
 use backstop_image::nbd::NbdImage;
+use backstop_repo::Repo;
+use backstop_repo::format::RepoId;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::path::Path;

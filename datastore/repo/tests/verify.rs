@@ -6,10 +6,10 @@
 mod common;
 use common::*;
 
-use backstop_engine::Repo;
-use backstop_engine::lock::RetryLock;
-use backstop_engine::verify::{Share, heal, verify};
 use backstop_image::image::{CHUNK_SIZE, Extent};
+use backstop_repo::Repo;
+use backstop_repo::lock::RetryLock;
+use backstop_repo::verify::{Share, heal, verify};
 use backstop_storage::local::LocalBackend;
 use std::fs;
 use std::os::unix::fs::FileExt;

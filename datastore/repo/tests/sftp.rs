@@ -6,10 +6,10 @@ mod common;
 use common::sshd::{ADDR, Sshd};
 use common::*;
 
-use backstop_engine::Repo;
-use backstop_engine::format::RepoId;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_image::image::{Extent, ImageSource, RawImage};
+use backstop_repo::Repo;
+use backstop_repo::format::RepoId;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_storage::Storage;
 use backstop_storage::cache::CachedStorage;
 use backstop_storage::sftp::{SftpBackend, SftpLocation, SftpOptions};
@@ -228,8 +228,8 @@ fn a_failed_pack_write_is_reported_as_itself() {
 
 #[test]
 fn prune_over_sftp_removes_interrupted_writes() {
-    use backstop_engine::lock::RetryLock;
-    use backstop_engine::maintenance::PruneLimits;
+    use backstop_repo::lock::RetryLock;
+    use backstop_repo::maintenance::PruneLimits;
     let dir = tempfile::tempdir().expect("tempdir");
     let sshd = Sshd::start(dir.path());
     let repo_dir = dir.path().join("remote/repo");
@@ -371,9 +371,9 @@ fn the_metadata_cache_saves_reads_and_survives_damage() {
 /// false the pack is stored under a name that is not its hash. The index names only the new
 /// pack for them. Returns the new pack's size.
 fn pad_the_trees(repo_dir: &Path, padding: usize, honest: bool) -> usize {
-    use backstop_engine::FileType;
-    use backstop_engine::format::{BlobKind, IndexFile};
-    use backstop_engine::pack::{PackBuilder, SealedBlob};
+    use backstop_repo::FileType;
+    use backstop_repo::format::{BlobKind, IndexFile};
+    use backstop_repo::pack::{PackBuilder, SealedBlob};
     use backstop_storage::local::LocalBackend;
     let local = Repo::open(Arc::new(LocalBackend::new(repo_dir)), PASSWORD).expect("open");
     let known = local.known_blobs().expect("index");

@@ -82,12 +82,12 @@ pub fn make_image(path: &Path, mib: u64, seed: u64) {
 
 /// Backs up `image` as DISK (tag `one-22`), on `parent` with only `changed` read when given.
 pub fn backup_disk(
-    repo: &backstop_engine::Repo,
+    repo: &backstop_repo::Repo,
     image: &Path,
     changed: Option<&[Extent]>,
-    parent: Option<backstop_engine::format::RepoId>,
-) -> backstop_engine::writer::BackupResult {
-    use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
+    parent: Option<backstop_repo::format::RepoId>,
+) -> backstop_repo::writer::BackupResult {
+    use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
     let source = backstop_image::image::RawImage::open(image).expect("open image");
     let files = [FileSpec {
         path: DISK.into(),

@@ -7,10 +7,10 @@
 mod common;
 use common::*;
 
-use backstop_engine::copy::{CopyOptions, copy};
-use backstop_engine::format::{BlobKind, IndexFile, RepoId};
-use backstop_engine::lock::RetryLock;
-use backstop_engine::{FileType, Repo};
+use backstop_repo::copy::{CopyOptions, copy};
+use backstop_repo::format::{BlobKind, IndexFile, RepoId};
+use backstop_repo::lock::RetryLock;
+use backstop_repo::{FileType, Repo};
 use backstop_storage::local::LocalBackend;
 use std::path::Path;
 use std::sync::Arc;
@@ -122,7 +122,7 @@ fn a_blob_length_the_index_states_past_the_cap_is_refused_before_it_is_read() {
     assert!(e.to_string().contains(&stated), "{e}");
 
     // A verify counts it as damage, without reading it.
-    let report = backstop_engine::verify::verify(&repo, &[snap], None, NOW).expect("verify");
+    let report = backstop_repo::verify::verify(&repo, &[snap], None, NOW).expect("verify");
     assert_eq!(report.verdicts.len(), 1);
     assert_eq!(report.verdicts[0].bad, vec![victim]);
 

@@ -7,10 +7,10 @@ mod common;
 use common::s3::{ACCESS_KEY, RO_ACCESS_KEY, RO_SECRET_KEY, S3Server, SECRET_KEY};
 use common::*;
 
-use backstop_engine::Repo;
-use backstop_engine::format::RepoId;
-use backstop_engine::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_image::image::{Extent, ImageSource, RawImage};
+use backstop_repo::Repo;
+use backstop_repo::format::RepoId;
+use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_storage::Storage;
 use backstop_storage::s3::{S3Backend, S3Location, S3Options, Secret};
 use std::fs;
@@ -40,7 +40,7 @@ fn backup_with(
     changed: Option<&[Extent]>,
     parent: Option<RepoId>,
     retry: Duration,
-) -> Result<RepoId, backstop_engine::Error> {
+) -> Result<RepoId, backstop_repo::Error> {
     let files = [FileSpec {
         path: DISK.into(),
         content: Content::Image {
@@ -95,7 +95,7 @@ fn we_restore_and_extend_what_restic_wrote_on_s3() {
         d,
         &target,
         2,
-        backstop_engine::lock::RetryLock(Duration::ZERO),
+        backstop_repo::lock::RetryLock(Duration::ZERO),
     )
     .expect("restore");
     assert!(
@@ -183,7 +183,7 @@ fn locks_on_s3_hold_both_ways() {
     let status = restic.0.wait().expect("wait");
     assert!(status.success(), "restic check failed after resuming");
     let err = result.expect_err("restic's exclusive lock must stop our backup");
-    assert_eq!(err.kind, backstop_engine::ErrorKind::Locked, "{err}");
+    assert_eq!(err.kind, backstop_repo::ErrorKind::Locked, "{err}");
     assert!(err.to_string().ends_with(" (exclusive)"), "{err}");
     restic_ok(&server, &url, &["check", "--read-data"]);
 }

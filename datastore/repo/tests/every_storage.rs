@@ -6,10 +6,10 @@
 //! (datastore/storage/tests/conformance.rs); this is the same scenario for each transport
 //! instead of a copy per transport.
 
-use backstop_engine::Repo;
-use backstop_engine::format::RepoId;
-use backstop_engine::lock::RetryLock;
 use backstop_image::image::Extent;
+use backstop_repo::Repo;
+use backstop_repo::format::RepoId;
+use backstop_repo::lock::RetryLock;
 use backstop_storage::s3::Secret;
 use backstop_storage::{S3Keys, StorageSpec, Transport, Where};
 use std::fs;
