@@ -36,6 +36,13 @@ pub enum Error {
     Output(std::io::Error),
 }
 
+/// A repository failure, classed as the datastore driver classes it.
+impl From<backstop_datastore::repo::Error> for Error {
+    fn from(e: backstop_datastore::repo::Error) -> Self {
+        Error::Datastore(e.into())
+    }
+}
+
 /// What is wrong with a template (a job's, a datastore's): one line naming the attribute
 /// and, where known, the line it is written on (`line 4: KEEP_LAST is "two", not a number`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

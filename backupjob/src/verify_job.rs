@@ -217,7 +217,7 @@ fn verify_repository(
         .collect();
     let healed = (job.heal && !bad.is_empty()).then(|| {
         let bad: Vec<_> = bad.into_iter().collect();
-        heal(&repo, &bad, retry)
+        heal(&repo, &bad, retry).map_err(backstop_datastore::Error::from)
     });
     Ok(Checked { report, healed })
 }

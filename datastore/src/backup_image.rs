@@ -184,7 +184,7 @@ pub fn to_directory(
     })?;
     if let (None, Some(p)) = (disk_id, &sel.tpm_path) {
         put("disk.tpm.0", &mut |f| {
-            sel.repo.dump(&sel.source, p, f, lock_wait(ds))
+            Ok(sel.repo.dump(&sel.source, p, f, lock_wait(ds))?)
         })?;
     }
     Ok(written)

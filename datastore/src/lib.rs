@@ -24,6 +24,7 @@ pub mod actions;
 pub mod backup_image;
 pub mod config;
 pub mod disk_source;
+mod error;
 pub mod layout;
 pub mod location;
 pub mod oned;
@@ -36,4 +37,4 @@ pub mod vm_snapshots;
 
 /// The repository engine (its own crate: it knows nothing of OpenNebula).
 pub use backstop_repo as repo;
-pub use backstop_repo::{Error, ErrorKind};
+pub use error::{Error, ErrorKind};

@@ -188,6 +188,7 @@ impl Settings {
                 .filter(|k| *k > 0)
                 .map(|k| k as u64),
             compression: Compression::parse(ds.attribute("RESTIC_COMPRESSION")).map_err(|e| {
+                let e = Error::from(e);
                 Error {
                     message: format!("datastore {}: {}", ds.id, e.message),
                     ..e

@@ -296,6 +296,7 @@ fn apply_dumped<T>(
         let dump = scope.spawn(move || {
             let mut writer = writer;
             repo.dump(&link.snapshot, &link.path, &mut writer, wait)
+                .map_err(Error::from)
         });
         let applied = apply(&mut reader);
         drop(reader);

@@ -144,8 +144,8 @@ impl RepoTarget {
         let pw = password(ds)?;
         let storage = self.storage(ds, cfg)?;
         match (self.exists(&storage)?, create) {
-            (true, _) => Repo::open(storage, &pw),
-            (false, true) => Repo::init(storage, &pw),
+            (true, _) => Ok(Repo::open(storage, &pw)?),
+            (false, true) => Ok(Repo::init(storage, &pw)?),
             (false, false) => Err(Error::new(
                 ErrorKind::Repository,
                 format!("there is no repository at {}", self.url()),

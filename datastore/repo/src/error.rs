@@ -1,16 +1,16 @@
-//! One error type for the datastore layer: a kind (what class of failure, for exit codes and
-//! tests) and a message that names what was wrong. Secrets never enter a message.
+//! The repository layer's error: a kind (what class of failure) and a message that names what
+//! was wrong, with the I/O error beneath it when there is one. It knows nothing of OpenNebula:
+//! the datastore driver maps these kinds to its own. Secrets never enter a message.
 
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The datastore's attributes are missing or contradictory.
-    Config,
+    /// An option given to the repository layer (compression, prune limits, a read-data
+    /// subset) is not valid.
+    Invalid,
     /// A local file system operation failed.
     Io,
-    /// The feature exists in the design but is not written yet.
-    NotImplemented,
     /// A repository could not be created, opened, read or written.
     Repository,
     /// The disk image being backed up could not be read.
@@ -19,8 +19,6 @@ pub enum ErrorKind {
     Locked,
     /// The work was stopped on request (SIGTERM, backup_cancel).
     Cancelled,
-    /// oned's XML-RPC API could not be reached or refused a call.
-    Oned,
     /// An increment handed over as changes only cannot be completed: its parent snapshot
     /// lacks data (a verify job took damaged blobs out of the index). The message begins with
     /// the path of the file in the snapshot.
@@ -53,9 +51,9 @@ impl Error {
         }
     }
 
-    pub fn config(message: impl Into<String>) -> Self {
+    pub fn invalid(message: impl Into<String>) -> Self {
         Error {
-            kind: ErrorKind::Config,
+            kind: ErrorKind::Invalid,
             message: message.into(),
             source: None,
         }
@@ -66,17 +64,6 @@ impl Error {
             kind: ErrorKind::Io,
             message: message.into(),
             source: Some(source),
-        }
-    }
-
-    pub fn not_implemented(what: impl Into<String>) -> Self {
-        Error {
-            kind: ErrorKind::NotImplemented,
-            message: format!(
-                "{} is not implemented in this version of backstop",
-                what.into()
-            ),
-            source: None,
         }
     }
 }

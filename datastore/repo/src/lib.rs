@@ -65,7 +65,7 @@ impl Compression {
             None | Some("") | Some("auto") => Ok(Compression::Auto),
             Some("off") => Ok(Compression::Off),
             Some("max") => Ok(Compression::Max),
-            Some(other) => Err(Error::config(format!(
+            Some(other) => Err(Error::invalid(format!(
                 "RESTIC_COMPRESSION {other:?} is not one of off, auto, max"
             ))),
         }

@@ -44,7 +44,7 @@ impl Repo {
             ReadData::Subset(s) => {
                 let subset: ReadSubsetOption =
                     s.parse().map_err(|e: Box<rustic_core::RusticError>| {
-                        Error::config(format!("--read-data-subset {s:?}: {}", rustic_message(&e)))
+                        Error::invalid(format!("--read-data-subset {s:?}: {}", rustic_message(&e)))
                     })?;
                 opts = opts.read_data(true).read_data_subset(subset);
             }
@@ -84,7 +84,7 @@ impl Repo {
         let limit = |what: &str, v: &Option<String>, default: &str| -> Result<LimitOption, Error> {
             let text = v.as_deref().unwrap_or(default);
             text.parse().map_err(|e: Box<rustic_core::RusticError>| {
-                Error::config(format!("{what} {text:?}: {}", rustic_message(&e)))
+                Error::invalid(format!("{what} {text:?}: {}", rustic_message(&e)))
             })
         };
         let opts = PruneOptions::default()

@@ -295,8 +295,9 @@ fn merge_stock(
     drop(work);
     let new_id = result.snapshot_id.to_hex();
     let forget = vm_snapshots::present(repo, &chain[..merged], vm_id)?;
+    let prune = crate::settings::Settings::of(ds)?.prune;
     repo.forget(&forget, wait)
-        .and_then(|_| repo.prune(&crate::settings::Settings::of(ds)?.prune, wait))
+        .and_then(|_| repo.prune(&prune, wait))
         .map_err(|e| {
             Error::new(
                 ErrorKind::Repository,

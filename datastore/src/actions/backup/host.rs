@@ -126,7 +126,7 @@ pub fn host_run(
         manifest.as_ref(),
         vm,
         staging,
-        || repo.get()?.all_snapshots(),
+        || Ok(repo.get()?.all_snapshots()?),
         &target.url(),
     )?;
     // A stock chain, or staged rbd-format files, are rebuilt under RESTIC_TMP_DIR, removed
@@ -188,10 +188,10 @@ pub fn host_run(
         ..BackupOptions::default()
     };
     let written = match repo {
-        VmRepo::Opening(opening) => {
-            writer::backup_opening(opening, &files, options, |_, _| Ok(())).map(|(_, r)| r)
-        }
-        VmRepo::Open(repo) => writer::backup(&repo, &files, &options),
+        VmRepo::Opening(opening) => writer::backup_opening(opening, &files, options, |_, _| Ok(()))
+            .map(|(_, r)| r)
+            .map_err(Error::from),
+        VmRepo::Open(repo) => writer::backup(&repo, &files, &options).map_err(Error::from),
         VmRepo::Failed => Err(Error::new(
             ErrorKind::Repository,
             "the repository could not be opened",
