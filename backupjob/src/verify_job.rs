@@ -198,18 +198,25 @@ fn verify_repository(
     (name, spared): (&str, &[String]),
     counted: &VerifyProgress,
 ) -> Result<Checked, backstop_datastore::Error> {
-    // A repository that cannot be opened is said by its message alone.
+    // A run's line says a repository that cannot be opened by its message, any other failure
+    // by the first line of what it prints.
+    let first = |e: backstop_datastore::Error| backstop_datastore::Error {
+        message: first_line(&e),
+        source: None,
+        ..e
+    };
     let repo = RepoTarget::new(ds, name.to_string())
         .and_then(|t| t.open(ds, cfg, false))
         .map_err(|e| backstop_datastore::Error { source: None, ..e })?;
     let ids: Vec<_> = repo
-        .all_snapshots()?
+        .all_snapshots()
+        .map_err(|e| first(e.into()))?
         .into_iter()
         .filter(|(id, s, _)| job.select.takes(&s.tags) && !spared.contains(&id.to_hex()))
         .map(|(id, _, _)| id)
         .collect();
     let retry = RetryLock(std::time::Duration::from_secs(60));
-    let report = verify_counted(&repo, &ids, share, retry, counted)?;
+    let report = verify_counted(&repo, &ids, share, retry, counted).map_err(|e| first(e.into()))?;
     let bad: BTreeSet<_> = report
         .verdicts
         .iter()
@@ -217,7 +224,7 @@ fn verify_repository(
         .collect();
     let healed = (job.heal && !bad.is_empty()).then(|| {
         let bad: Vec<_> = bad.into_iter().collect();
-        heal(&repo, &bad, retry).map_err(backstop_datastore::Error::from)
+        heal(&repo, &bad, retry).map_err(|e| first(e.into()))
     });
     Ok(Checked { report, healed })
 }
@@ -238,7 +245,7 @@ fn record(
     let checked = match checked {
         Ok(c) => c,
         Err(e) => {
-            let line = format!("repository {name}: {}", first_line(e));
+            let line = format!("repository {name}: {e}");
             out.lines.push(line.clone());
             out.damaged.push(line);
             return Ok(());
@@ -270,7 +277,7 @@ fn record(
             h.packs, h.removed
         )),
         Some(Err(e)) => {
-            line.push_str(&format!("; NOT healed: {}", first_line(e)));
+            line.push_str(&format!("; NOT healed: {e}"));
             out.damaged
                 .push(format!("repository {name}: healing failed: {e}"));
         }

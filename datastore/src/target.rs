@@ -185,7 +185,11 @@ fn repository_error(ds: &Datastore, e: impl std::fmt::Display) -> Error {
 pub fn base(ds: &Datastore, cfg: &DriverConfig) -> Result<(Where, Transport), Error> {
     let location = Location::of(ds)?;
     let at = match &location {
-        Location::Local { base_path } => Where::Local(base_path.into()),
+        // A local path needs nothing else of the datastore's attributes: listing it does not
+        // check them (a bad one is said by the action that uses it).
+        Location::Local { base_path } => {
+            return Ok((Where::Local(base_path.into()), Transport::default()));
+        }
         Location::Sftp {
             user,
             server,
@@ -285,5 +289,42 @@ mod tests {
         ] {
             assert_eq!(is_repository_name(name), is, "{name}");
         }
+    }
+
+    /// Listing needs only where the repositories are: another attribute that is wrong (here
+    /// the compression) is said by the action that uses it, not by the listing.
+    #[test]
+    fn a_local_datastore_lists_its_repositories_whatever_its_other_attributes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, config) in [
+            ("22", true),
+            ("job_3", true),
+            ("lost+found", true),
+            ("7", false),
+        ] {
+            let repo = dir.path().join(name);
+            std::fs::create_dir_all(&repo).expect("dir");
+            if config {
+                std::fs::write(repo.join("config"), b"x").expect("config");
+            }
+        }
+        let ds = Datastore {
+            id: 100,
+            name: "b".into(),
+            ds_mad: "backstop".into(),
+            tm_mad: "-".into(),
+            base_path: dir.path().display().to_string(),
+            type_code: Some(3),
+            template: backstop_protocol::template::Template::parse(
+                "RESTIC_PASSWORD=x\nRESTIC_COMPRESSION=fast\n",
+            )
+            .expect("template"),
+        };
+        assert!(Settings::of(&ds).is_err(), "the compression is wrong");
+        let cfg = DriverConfig::load(&dir.path().join("remotes")).expect("config");
+        assert_eq!(
+            repositories(&ds, &cfg).expect("list"),
+            ["22".to_string(), "job_3".to_string()]
+        );
     }
 }
