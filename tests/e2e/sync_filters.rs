@@ -389,7 +389,9 @@ fn sync_and_verify_a_whole_datastore_with_filters_over_sftp_and_s3() {
         !before.iter().any(|l| l.starts_with("repository 22: ")),
         "22 was verified while restic held its lock: {before:?}"
     );
-    assert!(frozen.resume(), "restic check failed after resuming");
+    if let Err(printed) = frozen.resume() {
+        panic!("restic check failed after resuming: {printed}");
+    }
     let status = child.0.wait().expect("wait");
     reader.join().expect("reader");
     let after: Vec<String> = rx.try_iter().collect();
@@ -416,7 +418,9 @@ impl Drop for Stopped {
 
 /// A `restic check` frozen (SIGSTOP) while it holds its exclusive lock on a repository;
 /// resumed and waited for by `resume`, or when dropped.
-struct FrozenRestic(Option<Child>);
+/// A `restic check` stopped while it holds its lock; its stderr goes to a file so that a
+/// failure after resuming says what restic saw.
+struct FrozenRestic(Option<Child>, tempfile::NamedTempFile);
 
 fn signal(child: &Child, name: &str) {
     let status = Command::new("sh")
@@ -479,17 +483,18 @@ impl FrozenRestic {
         };
         // restic may finish and drop its lock before the stop lands: then try again.
         for _ in 0..10 {
+            let log = tempfile::NamedTempFile::new().expect("restic's log");
             let child = Command::new("restic")
                 .arg("--repo")
                 .arg(repo)
                 .args(["--no-cache", "check", "--read-data"])
                 .env("RESTIC_PASSWORD", password)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(log.reopen().expect("restic's log"))
+                .stderr(log.reopen().expect("restic's log"))
                 .spawn()
                 .expect("restic");
-            let frozen = FrozenRestic(Some(child));
+            let frozen = FrozenRestic(Some(child), log);
             let deadline = Instant::now() + Duration::from_secs(30);
             while locks().is_empty() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
@@ -506,11 +511,16 @@ impl FrozenRestic {
         panic!("could not freeze restic while it held its lock");
     }
 
-    /// Lets restic go on and waits for it: whether it succeeded.
-    fn resume(mut self) -> bool {
+    /// Lets restic go on and waits for it: Err(what restic printed) when it failed.
+    fn resume(mut self) -> Result<(), String> {
         let mut child = self.0.take().expect("child");
         signal(&child, "CONT");
-        child.wait().is_ok_and(|s| s.success())
+        let status = child.wait();
+        if status.as_ref().is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+        let printed = fs::read_to_string(self.1.path()).unwrap_or_default();
+        Err(format!("{status:?}: {printed}"))
     }
 }
 
