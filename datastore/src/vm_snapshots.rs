@@ -163,7 +163,7 @@ pub fn unrecorded_backup(
     }) else {
         return Ok(None);
     };
-    let known = repo.known_blobs()?;
+    let known = repo.index()?;
     let mut size_bytes = 0;
     for path in crate::layout::snapshot_disks(&snap.paths).values() {
         if let Some(node) = repo.file_node(&snap, path, &known)? {
@@ -246,7 +246,7 @@ pub fn found_backups(
             None => {
                 let known = match &known {
                     Some(k) => k,
-                    None => known.insert(repo.known_blobs()?),
+                    None => known.insert(repo.index()?),
                 };
                 let mut sum = 0;
                 for path in disks.values() {

@@ -286,13 +286,13 @@ pub fn damage_blob(
     use backstop_storage::local::LocalBackend;
     let r = Repo::open(std::sync::Arc::new(LocalBackend::new(repo)), pw).expect("open");
     let (_, snap) = r.find_snapshot(snapshot).expect("snapshot");
-    let known = r.known_blobs().expect("index");
+    let known = r.index().expect("index");
     let node = r
         .file_node(&snap, path, &known)
         .expect("node")
         .expect("file");
     let blob = node.content.expect("content")[chunk];
-    let at = r.locate_data(&[blob]).expect("locate")[&blob];
+    let at = known.data(&blob).expect("locate");
     let hex = at.pack.to_hex();
     let pack = repo.join("data").join(&hex[..2]).join(&hex);
     let mut bytes = fs::read(&pack).expect("pack");

@@ -27,15 +27,15 @@
 //! forgets only copies that carry its id ([`copied_by`]) as well. A `copied-by:` tag the
 //! source's snapshot had is dropped whoever copies, so a source cannot hand a copy to a job.
 
-use crate::format::{BlobKind, IndexFile, IndexPack, RepoId, Snapshot, Tree};
+use crate::format::{BlobKind, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
-use crate::pack::{PackBuilder, SealedBlob};
-use crate::writer::PACK_TARGET;
-use crate::{BlobLocation, Error, ErrorKind, Repo, decompress, rustic_error};
+use crate::pack::SealedBlob;
+use crate::session::{PackFlow, Session};
+use crate::{BlobLocation, Error, ErrorKind, Index, Repo, decompress, rustic_error};
 use backstop_storage::bandwidth::Bandwidth;
 use crossbeam_channel::{bounded, unbounded};
 use rustic_core::FileType;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -209,31 +209,6 @@ fn copy_tags(
     serde_json::Value::Array(out)
 }
 
-/// Where each blob of a repository is, from its index.
-fn locations(repo: &Repo) -> Result<HashMap<RepoId, (BlobKind, BlobLocation)>, Error> {
-    let mut map = HashMap::new();
-    for id in repo.list(FileType::Index)? {
-        let index: IndexFile = repo.load_file(FileType::Index, &id)?;
-        for pack in index.packs.iter().chain(&index.packs_to_delete) {
-            for b in &pack.blobs {
-                map.insert(
-                    b.id,
-                    (
-                        b.kind,
-                        BlobLocation {
-                            pack: pack.id,
-                            offset: b.offset,
-                            length: b.length,
-                            uncompressed_length: b.uncompressed_length,
-                        },
-                    ),
-                );
-            }
-        }
-    }
-    Ok(map)
-}
-
 /// The destination's snapshots by the `original` they stand for.
 fn originals(dst: &Repo) -> Result<HashSet<RepoId>, Error> {
     let mut have = HashSet::new();
@@ -287,7 +262,7 @@ fn read_stored(
 fn missing(
     src: &Repo,
     root: RepoId,
-    where_: &HashMap<RepoId, (BlobKind, BlobLocation)>,
+    where_: &Index,
     present: &HashSet<RepoId>,
     (queued, every_tree): (&mut HashSet<RepoId>, bool),
 ) -> Result<(Vec<RepoId>, Vec<RepoId>), Error> {
@@ -298,13 +273,13 @@ fn missing(
         if (have && !every_tree) || !queued.insert(tree) {
             continue;
         }
-        let (_, at) = where_.get(&tree).ok_or_else(|| {
+        let at = where_.tree(&tree).ok_or_else(|| {
             Error::new(
                 ErrorKind::Repository,
                 format!("tree {tree} is not in the source's index"),
             )
         })?;
-        let bytes = src.read_blob(&tree, at)?;
+        let bytes = src.read_blob(&tree, &at)?;
         let parsed: Tree = serde_json::from_slice(&bytes).map_err(|e| {
             Error::new(
                 ErrorKind::Repository,
@@ -328,13 +303,13 @@ fn missing(
     Ok((data, trees))
 }
 
-/// Reads `ids` from the source with `threads` readers, seals them for the destination and
-/// writes them in packs of their own kind; returns the index entries.
+/// Reads `ids` (blobs of one kind) from the source with `threads` readers, seals them for
+/// the destination and hands them to its session's pack pipeline; returns the index entries.
 fn transfer(
     src: &Repo,
-    dst: &Repo,
-    ids: &[RepoId],
-    where_: &HashMap<RepoId, (BlobKind, BlobLocation)>,
+    dst: &Session<'_>,
+    (kind, ids): (BlobKind, &[RepoId]),
+    where_: &Index,
     options: &CopyOptions,
     stats: &Mutex<CopyStats>,
 ) -> Result<Vec<IndexPack>, Error> {
@@ -350,9 +325,7 @@ fn transfer(
         }
     };
     let read = AtomicU64::new(0);
-    let packs: Mutex<Vec<IndexPack>> = Mutex::new(Vec::new());
-    let writers = dst.backend().write_concurrency().max(1);
-    std::thread::scope(|s| {
+    let packed = std::thread::scope(|s| {
         let (todo_tx, todo_rx) = unbounded::<RepoId>();
         for id in ids {
             let _ = todo_tx.send(*id);
@@ -368,14 +341,14 @@ fn transfer(
                         return;
                     }
                     let sealed = where_
-                        .get(&id)
+                        .blob(kind, &id)
                         .ok_or_else(|| {
                             Error::new(
                                 ErrorKind::Repository,
                                 format!("blob {id} is not in the source's index"),
                             )
                         })
-                        .and_then(|(kind, at)| {
+                        .and_then(|at| {
                             if let Some(limit) = &options.rate_in {
                                 limit.take(at.length as usize);
                             }
@@ -384,11 +357,11 @@ fn transfer(
                                 .progress
                                 .bytes_read
                                 .fetch_add(u64::from(at.length), Ordering::Relaxed);
-                            let (stored, plain) = read_stored(src, &id, at)?;
+                            let (stored, plain) = read_stored(src, &id, &at)?;
                             Ok(SealedBlob {
                                 id,
-                                kind: *kind,
-                                sealed: dst.seal(&stored)?,
+                                kind,
+                                sealed: dst.repo().seal(&stored)?,
                                 uncompressed_length: plain.map(|n| n as u32),
                             })
                         });
@@ -404,92 +377,34 @@ fn transfer(
             });
         }
         drop(blob_tx);
-        // One pack per kind being filled; full ones sealed and written by as many writers
-        // as the destination takes at once.
-        let (pack_tx, pack_rx) = bounded::<(PackBuilder, bool)>(writers);
-        for _ in 0..writers {
-            let pack_rx = pack_rx.clone();
-            let (fail, stop, packs) = (&fail, &stop, &packs);
-            s.spawn(move || {
-                for (pack, trees) in pack_rx {
-                    if stop.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    match write_pack(dst, pack, trees, options, stats) {
-                        Ok(index) => {
-                            if let Ok(mut p) = packs.lock() {
-                                p.push(index);
-                            }
-                        }
-                        Err(e) => fail(e),
-                    }
-                }
-            });
-        }
-        drop(pack_rx);
-        let mut open: HashMap<bool, PackBuilder> = HashMap::new();
-        for blob in blob_rx {
-            if stop.load(Ordering::SeqCst) {
-                continue;
-            }
-            let trees = blob.kind == BlobKind::Tree;
-            if let Ok(mut st) = stats.lock() {
-                if trees {
-                    st.tree_blobs += 1;
-                } else {
-                    st.data_blobs += 1;
-                }
-            }
-            let pack = open.entry(trees).or_default();
-            pack.add(blob);
-            if pack.len() >= PACK_TARGET {
-                let full = std::mem::take(pack);
-                if pack_tx.send((full, trees)).is_err() {
-                    break;
-                }
-            }
-        }
-        for (trees, pack) in open {
-            if !pack.is_empty() && !stop.load(Ordering::SeqCst) {
-                let _ = pack_tx.send((pack, trees));
-            }
-        }
-        drop(pack_tx);
+        let stopped = || stop.load(Ordering::SeqCst);
+        dst.pack(
+            blob_rx,
+            &PackFlow {
+                stopped: &stopped,
+                abort: &stop,
+                rate: options.rate_out.as_deref(),
+                written: Some(&options.progress.bytes_written),
+            },
+        )
     });
     if let Ok(mut st) = stats.lock() {
         st.bytes_read += read.load(Ordering::Relaxed);
+        if let Ok(p) = &packed {
+            st.data_blobs += p.data_blobs;
+            st.tree_blobs += p.tree_blobs;
+            st.bytes_written += p.bytes;
+        }
     }
+    // A reader's failure is the cause of anything that followed it.
     if let Some(e) = failed.into_inner().ok().flatten() {
         return Err(e);
     }
+    let packed = packed?;
     if options.cancel.load(Ordering::SeqCst) {
         return Err(Error::new(ErrorKind::Cancelled, "the copy was cancelled"));
     }
-    packs
-        .into_inner()
-        .map_err(|_| Error::new(ErrorKind::Repository, "a copy thread panicked"))
-}
-
-/// Seals a full pack and writes it to the destination; its index entry.
-fn write_pack(
-    dst: &Repo,
-    pack: PackBuilder,
-    trees: bool,
-    options: &CopyOptions,
-    stats: &Mutex<CopyStats>,
-) -> Result<IndexPack, Error> {
-    if let Some(limit) = &options.rate_out {
-        limit.take(pack.len());
-    }
-    let (index, size) = crate::pack::store(dst, pack, trees)?;
-    if let Ok(mut st) = stats.lock() {
-        st.bytes_written += size;
-    }
-    options
-        .progress
-        .bytes_written
-        .fetch_add(size, Ordering::Relaxed);
-    Ok(index)
+    Ok(packed.packs)
 }
 
 /// Copies `snapshots` (ids at the source, oldest first) that the destination lacks; each copy
@@ -502,15 +417,15 @@ pub fn copy(
     options: &CopyOptions,
 ) -> Result<(Vec<Copied>, CopyStats), Error> {
     let _src_lock = src.lock(false, options.retry_lock)?;
-    let dst_lock = dst.lock_refreshed(false, options.retry_lock, crate::lock::REFRESH_EVERY)?;
-    let where_ = locations(src)?;
-    let known = dst.known_blobs()?;
+    let session = dst.session(false, options.retry_lock, crate::lock::REFRESH_EVERY)?;
+    let where_ = src.index()?;
+    let known = dst.index()?;
     let mut present: HashSet<RepoId> = known
-        .data
-        .keys()
-        .chain(known.trees.keys())
+        .ids(BlobKind::Data)
+        .chain(known.ids(BlobKind::Tree))
         .copied()
         .collect();
+    drop(known);
     let mut have = originals(dst)?;
     let stats = Mutex::new(CopyStats::default());
     let mut copied = Vec::new();
@@ -527,18 +442,15 @@ pub fn copy(
         }
         let mut queued = HashSet::new();
         let (data, trees) = missing(src, snap.tree, &where_, &present, (&mut queued, resync))?;
-        let data_packs = transfer(src, dst, &data, &where_, options, &stats)?;
-        let tree_packs = transfer(src, dst, &trees, &where_, options, &stats)?;
-        // Packs, then the data index, then the tree index, then the snapshot: each durable
-        // and under a standing lock before the next makes it count.
-        dst.backend().sync()?;
-        dst_lock.check()?;
-        crate::writer::save_index(dst, data_packs)?;
-        dst.backend().sync()?;
-        crate::writer::save_index(dst, tree_packs)?;
+        let data_packs = transfer(src, &session, (BlobKind::Data, &data), &where_, options, &stats)?;
+        let tree_packs = transfer(src, &session, (BlobKind::Tree, &trees), &where_, options, &stats)?;
+        // The data index before the tree index: a tree the destination's index names always
+        // has its data there (see the module's text).
+        session.index(data_packs)?;
+        session.index(tree_packs)?;
         if have.contains(&original) {
             // A resync: the snapshot is there; what it needed is back.
-            dst.backend().sync()?;
+            session.finish()?;
             present.extend(data);
             present.extend(trees);
             if let Ok(mut st) = stats.lock() {
@@ -559,10 +471,7 @@ pub fn copy(
             let tags = copy_tags(map.get("tags"), src.id(), options.copied_by.as_ref());
             map.insert("tags".into(), tags);
         }
-        dst.backend().sync()?;
-        dst_lock.check()?;
-        let new = dst.save_file(FileType::Snapshot, &value)?;
-        dst.backend().sync()?;
+        let new = session.snapshot(&value)?;
         present.extend(data);
         present.extend(trees);
         have.insert(original);

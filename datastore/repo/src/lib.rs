@@ -24,20 +24,24 @@ pub mod crypto;
 pub mod decompress;
 pub mod error;
 pub mod format;
+pub mod index;
 mod keys;
 pub mod lock;
 pub mod maintenance;
 pub mod pack;
 pub mod restore;
+pub mod session;
 pub mod verify;
 pub mod writer;
 
 pub use error::{Error, ErrorKind};
+pub use index::{Index, Packs};
+pub use session::Session;
 /// The kinds of repository files, as rustic_core names them.
 pub use rustic_core::FileType;
 
 use crate::crypto::Crypto;
-use crate::format::{BlobKind, IndexBlob, IndexFile, Node, RepoId, Snapshot, Tree};
+use crate::format::{Node, RepoId, Snapshot, Tree};
 use backstop_storage::Storage;
 use rustic_core::repofile::MasterKey;
 use rustic_core::{
@@ -46,7 +50,6 @@ use rustic_core::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How data blobs are compressed (`RESTIC_COMPRESSION`).
@@ -119,15 +122,6 @@ pub struct BlobLocation {
     pub offset: u32,
     pub length: u32,
     pub uncompressed_length: Option<u32>,
-}
-
-/// What the writer knows about the blobs already in the repository.
-#[derive(Debug, Default)]
-pub struct KnownBlobs {
-    /// Data blobs and their plain length.
-    pub data: HashMap<RepoId, u32>,
-    /// Tree blobs and where to find them.
-    pub trees: HashMap<RepoId, BlobLocation>,
 }
 
 /// A repository being opened ([`Repo::open_in_background`]).
@@ -317,11 +311,10 @@ impl Repo {
         retry_lock: lock::RetryLock,
     ) -> Result<(), Error> {
         let _lock = self.lock(false, retry_lock)?;
-        let (node, _) = self.image_node(snapshot, path)?;
+        let (node, index) = self.image_node(snapshot, path)?;
         let content = node.content.unwrap_or_default();
-        let at = self.locate_data(&content)?;
         for id in &content {
-            let loc = at.get(id).ok_or_else(|| {
+            let loc = index.data(id).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Repository,
                     format!(
@@ -329,7 +322,7 @@ impl Repo {
                     ),
                 )
             })?;
-            let data = self.read_blob(id, loc)?;
+            let data = self.read_blob(id, &loc)?;
             out.write_all(&data)
                 .map_err(|e| Error::io(format!("cannot write {path} of snapshot {snapshot}"), e))?;
         }
@@ -443,42 +436,10 @@ impl Repo {
             .collect())
     }
 
-    /// Reads every index file: which data blobs exist, and where the trees are.
-    pub fn known_blobs(&self) -> Result<KnownBlobs, Error> {
-        let mut known = KnownBlobs::default();
-        for id in self.list(FileType::Index)? {
-            let index: IndexFile = self.load_file(FileType::Index, &id)?;
-            for pack in index.packs.iter().chain(&index.packs_to_delete) {
-                for blob in &pack.blobs {
-                    match blob.kind {
-                        BlobKind::Data => {
-                            known.data.insert(blob.id, blob.plain_length());
-                        }
-                        BlobKind::Tree => {
-                            known.trees.insert(blob.id, location(pack.id, blob));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(known)
-    }
-
-    /// Finds data blobs in the index (a second pass, for the few blobs a partial chunk needs).
-    pub fn locate_data(&self, wanted: &[RepoId]) -> Result<HashMap<RepoId, BlobLocation>, Error> {
-        let wanted: std::collections::HashSet<&RepoId> = wanted.iter().collect();
-        let mut found = HashMap::new();
-        for id in self.list(FileType::Index)? {
-            let index: IndexFile = self.load_file(FileType::Index, &id)?;
-            for pack in index.packs.iter().chain(&index.packs_to_delete) {
-                for blob in pack.blobs.iter().filter(|b| b.kind == BlobKind::Data) {
-                    if wanted.contains(&&blob.id) {
-                        found.insert(blob.id, location(pack.id, blob));
-                    }
-                }
-            }
-        }
-        Ok(found)
+    /// Reads every index file (the packs marked for deletion count: their blobs are there
+    /// until they are deleted).
+    pub fn index(&self) -> Result<Index, Error> {
+        Index::read(self, Packs::All)
     }
 
     /// Reads and opens one blob.
@@ -510,14 +471,14 @@ impl Repo {
         Ok(content)
     }
 
-    pub fn load_tree(&self, id: &RepoId, known: &KnownBlobs) -> Result<Tree, Error> {
-        let at = known.trees.get(id).ok_or_else(|| {
+    pub fn load_tree(&self, id: &RepoId, index: &Index) -> Result<Tree, Error> {
+        let at = index.tree(id).ok_or_else(|| {
             Error::new(
                 ErrorKind::Repository,
                 format!("tree {id} is not in any index"),
             )
         })?;
-        serde_json::from_slice(&self.read_blob_from(id, at, true)?).map_err(|e| {
+        serde_json::from_slice(&self.read_blob_from(id, &at, true)?).map_err(|e| {
             Error::new(
                 ErrorKind::Repository,
                 format!("tree {id} is not valid: {e}"),
@@ -579,13 +540,13 @@ impl Repo {
         &self,
         snapshot: &Snapshot,
         path: &str,
-        known: &KnownBlobs,
+        index: &Index,
     ) -> Result<Option<Node>, Error> {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let Some((file, dirs)) = parts.split_last() else {
             return Ok(None);
         };
-        let mut tree = self.load_tree(&snapshot.tree, known)?;
+        let mut tree = self.load_tree(&snapshot.tree, index)?;
         for dir in dirs {
             let Some(sub) = tree
                 .nodes
@@ -595,20 +556,11 @@ impl Repo {
             else {
                 return Ok(None);
             };
-            tree = self.load_tree(&sub, known)?;
+            tree = self.load_tree(&sub, index)?;
         }
         Ok(tree
             .nodes
             .into_iter()
             .find(|n| n.name == *file && n.kind == "file"))
-    }
-}
-
-fn location(pack: RepoId, blob: &IndexBlob) -> BlobLocation {
-    BlobLocation {
-        pack,
-        offset: blob.offset,
-        length: blob.length,
-        uncompressed_length: blob.uncompressed_length,
     }
 }

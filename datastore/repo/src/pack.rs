@@ -100,25 +100,3 @@ impl PackBuilder {
         })
     }
 }
-
-/// Seals `pack` with the repository's key and writes it (`trees`: a pack of tree blobs, which
-/// a metadata cache keeps); its index entry and its size. The one place packs are written.
-pub fn store(
-    repo: &crate::Repo,
-    pack: PackBuilder,
-    trees: bool,
-) -> Result<(IndexPack, u64), crate::Error> {
-    let finished = pack
-        .finish(repo.crypto())
-        .map_err(|e| crate::Error::new(crate::ErrorKind::Repository, e.to_string()))?;
-    let size = finished.bytes.len() as u64;
-    repo.backend()
-        .write_bytes(
-            rustic_core::FileType::Pack,
-            &finished.id.to_rustic(),
-            trees,
-            finished.bytes.into(),
-        )
-        .map_err(|e| crate::rustic_error(&format!("cannot write pack {}", finished.id), &e))?;
-    Ok((finished.index, size))
-}

@@ -16,7 +16,7 @@ use crate::{BlobLocation, Repo};
 use crate::{Error, ErrorKind};
 use backstop_image::image::is_zero;
 use backstop_image::qcow2;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -51,15 +51,10 @@ impl Repo {
         retry_lock: RetryLock,
     ) -> Result<RestoreStats, Error> {
         let _lock = self.lock(false, retry_lock)?;
-        let (node, _) = self.image_node(snapshot, path)?;
+        let (node, index) = self.image_node(snapshot, path)?;
         let content = node.content.unwrap_or_default();
-        let wanted: Vec<RepoId> = content
-            .iter()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let locations = self.locate_data(&wanted)?;
+        let locations = locate(&index, content.iter());
+        drop(index);
         // Offsets from the plain blob lengths.
         let mut offsets = Vec::with_capacity(content.len());
         let mut pos = 0u64;
@@ -241,14 +236,14 @@ impl Repo {
         retry_lock: RetryLock,
     ) -> Result<StreamStats, Error> {
         let _lock = self.lock(false, retry_lock)?;
-        let (node, known) = self.image_node(snapshot, path)?;
+        let (node, index) = self.image_node(snapshot, path)?;
         let content = node.content.unwrap_or_default();
         // Lengths from the index; a blob whose id is the hash of zeros is zeros.
         let mut zero_ids: HashMap<u32, RepoId> = HashMap::new();
         let mut pieces = Vec::with_capacity(content.len());
         let mut pos = 0u64;
         for id in &content {
-            let len = *known.data.get(id).ok_or_else(|| {
+            let len = index.data_len(id).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Repository,
                     format!("blob {id} of {path} is not in any index"),
@@ -279,13 +274,8 @@ impl Repo {
                 to_read.push(i);
             }
         }
-        let wanted: Vec<RepoId> = to_read
-            .iter()
-            .map(|&i| content[i])
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let locations = self.locate_data(&wanted)?;
+        let locations = locate(&index, to_read.iter().map(|&i| &content[i]));
+        drop(index);
         let layout = qcow2::Layout::new(&alloc);
         let write_err = |e: std::io::Error| io("cannot write the qcow2 image".into(), e);
         layout.write_metadata(&alloc, out).map_err(write_err)?;
@@ -419,17 +409,26 @@ impl Repo {
         &self,
         snapshot: &str,
         path: &str,
-    ) -> Result<(crate::format::Node, crate::KnownBlobs), Error> {
+    ) -> Result<(crate::format::Node, crate::Index), Error> {
         let (_, snap) = self.find_snapshot(snapshot)?;
-        let known = self.known_blobs()?;
-        let node = self.file_node(&snap, path, &known)?.ok_or_else(|| {
+        let index = self.index()?;
+        let node = self.file_node(&snap, path, &index)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Repository,
                 format!("no file {path} in snapshot {snapshot}"),
             )
         })?;
-        Ok((node, known))
+        Ok((node, index))
     }
+}
+
+/// Where each of `ids` is (those the index names).
+fn locate<'a>(
+    index: &crate::Index,
+    ids: impl Iterator<Item = &'a RepoId>,
+) -> HashMap<RepoId, BlobLocation> {
+    ids.filter_map(|id| index.data(id).map(|at| (*id, at)))
+        .collect()
 }
 
 fn plain_len(at: &BlobLocation) -> Result<u32, Error> {

@@ -12,10 +12,10 @@
 //! so the next backup of the disk reads those chunks again instead of reusing them; the chunk
 //! has the same id as before, so every older snapshot that needs it is whole again.
 
-use crate::format::{BlobKind, IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
+use crate::format::{IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
-use crate::{BlobLocation, Error, ErrorKind, Repo, decompress, rustic_error};
+use crate::{BlobLocation, Error, ErrorKind, Index, Packs, Repo, decompress, rustic_error};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,19 +61,6 @@ impl Share {
     }
 }
 
-fn index_map(repo: &Repo) -> Result<HashMap<RepoId, (BlobKind, BlobLocation)>, Error> {
-    let mut map = HashMap::new();
-    for id in repo.list(FileType::Index)? {
-        let index: IndexFile = repo.load_file(FileType::Index, &id)?;
-        for pack in &index.packs {
-            for b in &pack.blobs {
-                map.insert(b.id, (b.kind, location(pack.id, b)));
-            }
-        }
-    }
-    Ok(map)
-}
-
 fn location(pack: RepoId, b: &IndexBlob) -> BlobLocation {
     BlobLocation {
         pack,
@@ -88,7 +75,7 @@ fn location(pack: RepoId, b: &IndexBlob) -> BlobLocation {
 fn needed(
     repo: &Repo,
     snap: &Snapshot,
-    index: &HashMap<RepoId, (BlobKind, BlobLocation)>,
+    index: &Index,
     bad: &mut HashSet<RepoId>,
 ) -> (BTreeSet<RepoId>, BTreeSet<RepoId>) {
     let (mut trees, mut data) = (BTreeSet::new(), BTreeSet::new());
@@ -98,9 +85,9 @@ fn needed(
             continue;
         }
         let parsed = index
-            .get(&t)
+            .tree(&t)
             .ok_or(())
-            .and_then(|(_, at)| repo.read_blob(&t, at).map_err(|_| ()))
+            .and_then(|at| repo.read_blob(&t, &at).map_err(|_| ()))
             .and_then(|b| serde_json::from_slice::<Tree>(&b).map_err(|_| ()));
         let Ok(tree) = parsed else {
             bad.insert(t);
@@ -144,7 +131,8 @@ pub fn verify_counted(
     progress: &VerifyProgress,
 ) -> Result<VerifyReport, Error> {
     let _lock = repo.lock(false, retry)?;
-    let index = index_map(repo)?;
+    // What restic reads: packs marked for deletion are not counted on.
+    let index = Index::read(repo, Packs::Live)?;
     let mut walks = Vec::new();
     let mut wanted: BTreeSet<RepoId> = BTreeSet::new();
     for id in snapshots {
@@ -157,17 +145,17 @@ pub fn verify_counted(
     let mut bad: HashSet<RepoId> = HashSet::new();
     let mut by_pack: HashMap<RepoId, Vec<(RepoId, BlobLocation)>> = HashMap::new();
     for blob in &wanted {
-        match index.get(blob) {
+        match index.data(blob) {
             None => {
                 bad.insert(*blob);
             }
-            Some((_, at)) if share.is_some_and(|s| !s.holds(&at.pack)) => {}
+            Some(at) if share.is_some_and(|s| !s.holds(&at.pack)) => {}
             // An entry whose lengths no blob can have, or that runs past the 4 GiB a pack
             // offset can address, is damage: nothing is read or allocated for it.
-            Some((_, at)) if !sane(blob, at) => {
+            Some(at) if !sane(blob, &at) => {
                 bad.insert(*blob);
             }
-            Some((_, at)) => by_pack.entry(at.pack).or_default().push((*blob, *at)),
+            Some(at) => by_pack.entry(at.pack).or_default().push((*blob, at)),
         }
     }
     let total = by_pack
@@ -293,7 +281,7 @@ pub struct Healed {
 /// those packs is read again and judged from what was read: one of `bad` that reads intact now
 /// (its earlier failure was the network's) stays.
 pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Error> {
-    let lock = repo.lock(true, retry)?;
+    let session = repo.session(true, retry, crate::lock::REFRESH_EVERY)?;
     let bad: HashSet<RepoId> = bad.iter().copied().collect();
     let mut healed = Healed::default();
     // Index files and the packs in them that hold a damaged blob.
@@ -355,42 +343,29 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
             None
         } else {
             let trees = builder.has_trees();
-            Some(crate::pack::store(repo, builder, trees)?.0)
+            Some(session.store_pack(builder, trees)?.0)
         };
         replaced.insert(*pack_id, new);
         healed.packs += 1;
     }
-    repo.backend().sync()?;
-    lock.check()?;
     // New index files first, then the old ones go, then the old packs.
-    for (old_id, file) in &files {
-        let packs: Vec<IndexPack> = file
-            .packs
-            .iter()
-            .filter_map(|p| match replaced.get(&p.id) {
-                Some(new) => new.clone(),
-                None => Some(p.clone()),
-            })
-            .collect();
-        let new = IndexFile {
+    let new: Vec<IndexFile> = files
+        .iter()
+        .map(|(old_id, file)| IndexFile {
             supersedes: vec![*old_id],
-            packs,
+            packs: file
+                .packs
+                .iter()
+                .filter_map(|p| match replaced.get(&p.id) {
+                    Some(new) => new.clone(),
+                    None => Some(p.clone()),
+                })
+                .collect(),
             packs_to_delete: file.packs_to_delete.clone(),
-        };
-        repo.save_file(FileType::Index, &new)?;
-    }
-    repo.backend().sync()?;
-    lock.check()?;
-    for old_id in files.keys() {
-        repo.backend()
-            .remove(FileType::Index, &old_id.to_rustic(), true)
-            .map_err(|e| rustic_error(&format!("cannot remove index {old_id}"), &e))?;
-    }
-    for pack_id in &damaged {
-        repo.backend()
-            .remove(FileType::Pack, &pack_id.to_rustic(), false)
-            .map_err(|e| rustic_error(&format!("cannot remove pack {pack_id}"), &e))?;
-    }
-    repo.backend().sync()?;
+        })
+        .collect();
+    let old: Vec<RepoId> = files.keys().copied().collect();
+    let doomed: Vec<RepoId> = damaged.iter().copied().collect();
+    session.replace(&new, &old, &doomed)?;
     Ok(healed)
 }

@@ -43,7 +43,7 @@ fn index_and_snapshot_files_that_decompress_past_their_cap_are_refused() {
         .expect("stored")
         .len();
     assert!(stored < 1 << 20, "the index file is {stored} bytes");
-    let e = repo.known_blobs().expect_err("the index file is refused");
+    let e = repo.index().expect_err("the index file is refused");
     assert_eq!(
         e.to_string(),
         format!(
@@ -51,7 +51,7 @@ fn index_and_snapshot_files_that_decompress_past_their_cap_are_refused() {
         )
     );
     std::fs::remove_file(dir.path().join("repo/index").join(bomb.to_hex())).expect("remove");
-    repo.known_blobs().expect("the index without it");
+    repo.index().expect("the index without it");
 
     let bomb = repo
         .save_file(FileType::Snapshot, &padded(65 << 20))

@@ -264,7 +264,7 @@ fn read_everything(
         None => be.clone(),
     };
     let repo = Repo::open(storage, PASSWORD).expect("open");
-    let known = repo.known_blobs().expect("index");
+    let known = repo.index().expect("index");
     let lists = repo
         .all_snapshots()
         .expect("snapshots")
@@ -376,7 +376,7 @@ fn pad_the_trees(repo_dir: &Path, padding: usize, honest: bool) -> usize {
     use backstop_repo::pack::{PackBuilder, SealedBlob};
     use backstop_storage::local::LocalBackend;
     let local = Repo::open(Arc::new(LocalBackend::new(repo_dir)), PASSWORD).expect("open");
-    let known = local.known_blobs().expect("index");
+    let known = local.index().expect("index");
     let mut builder = PackBuilder::default();
     builder.add(SealedBlob {
         id: RepoId([0xee; 32]),
@@ -384,7 +384,8 @@ fn pad_the_trees(repo_dir: &Path, padding: usize, honest: bool) -> usize {
         sealed: vec![0x5a; padding],
         uncompressed_length: None,
     });
-    for (id, at) in &known.trees {
+    for id in known.ids(BlobKind::Tree) {
+        let at = known.tree(id).expect("a tree the index names");
         let sealed = local
             .backend()
             .read_partial(

@@ -59,7 +59,7 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
 
     // A blob named damaged that reads intact (a passing read error) stays: nothing is lost.
     let (_, latest) = repo.find_snapshot(&ids[2].to_hex()).expect("snapshot");
-    let known = repo.known_blobs().expect("index");
+    let known = repo.index().expect("index");
     let good = repo
         .file_node(&latest, DISK, &known)
         .expect("node")
@@ -73,13 +73,13 @@ fn a_damaged_blob_is_found_healed_and_written_again_by_the_next_backup() {
 
     // One flipped byte inside the blob of chunk 1, in its pack.
     let (_, snap) = repo.find_snapshot(&ids[2].to_hex()).expect("snapshot");
-    let known = repo.known_blobs().expect("index");
+    let known = repo.index().expect("index");
     let node = repo
         .file_node(&snap, DISK, &known)
         .expect("node")
         .expect("file");
     let blob = node.content.expect("content")[1];
-    let at = repo.locate_data(&[blob]).expect("locate")[&blob];
+    let at = known.data(&blob).expect("locate");
     let hex = at.pack.to_hex();
     let pack = path.join("data").join(&hex[..2]).join(&hex);
     let f = fs::OpenOptions::new()

@@ -85,7 +85,7 @@ pub(super) fn backup_image(
     let parent_content = parent_content(path, size, n, changed, parent, &mut stats);
     let reusable = |i: usize| {
         parent_content.is_some_and(|pc| {
-            shared.known.data.get(&pc[i]).copied()
+            shared.index.data_len(&pc[i])
                 == Some(image::chunk_range(i, size).length as u32)
         })
     };
@@ -227,10 +227,8 @@ fn merges(
             })
             .map(|(i, _)| i)
             .collect();
-        let ids: Vec<RepoId> = partial.iter().map(|i| pc[*i]).collect();
-        let found = shared.repo.locate_data(&ids)?;
         for i in partial {
-            let at = found.get(&pc[i]).ok_or_else(|| {
+            let at = shared.index.data(&pc[i]).ok_or_else(|| {
                 Error::new(
                     ErrorKind::ParentIncomplete,
                     format!(
@@ -239,7 +237,7 @@ fn merges(
                     ),
                 )
             })?;
-            merges.insert(i, (pc[i], *at));
+            merges.insert(i, (pc[i], at));
         }
     }
     Ok(merges)

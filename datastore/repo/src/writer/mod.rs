@@ -7,13 +7,14 @@
 //! yet; a packer thread fills ~16 MiB packs and writes them. The main thread assembles the
 //! content list in chunk order.
 
-use crate::format::{BlobKind, IndexFile, IndexPack, Node, RepoId, Snapshot, Tree};
-use crate::lock::{Lock, RetryLock};
+use crate::format::{BlobKind, IndexPack, Node, RepoId, Snapshot, Tree};
+use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
-use crate::{BlobLocation, Compression, KnownBlobs, Repo};
+use crate::session::{PackFlow, Session};
+use crate::{BlobLocation, Compression, Index, Repo};
 use crate::{Error, ErrorKind};
 use backstop_image::image::{self, CHUNK_SIZE, ChunkPlan, Extent, ImageSource};
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Sender, bounded, unbounded};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,10 +27,6 @@ mod tree;
 use chunks::{ImageJob, ZeroIds, backup_image};
 use prefetch::Prepared;
 use tree::DirBuilder;
-pub(crate) use tree::save_index;
-
-/// Packs are closed once they reach this size (restic's default target).
-pub const PACK_TARGET: usize = 16 << 20;
 
 /// What a file in the snapshot is made from.
 pub enum Content<'a> {
@@ -215,9 +212,9 @@ fn username() -> String {
 /// Everything the threads of one backup share.
 struct Shared<'a> {
     repo: &'a Repo,
-    /// The backup's repository lock: a lost lock stops it like a failure.
-    lock: &'a Lock,
-    known: &'a KnownBlobs,
+    /// The backup's write session: its lock, when lost, stops the backup like a failure.
+    session: &'a Session<'a>,
+    index: &'a Index,
     claimed: Mutex<HashSet<RepoId>>,
     level: Option<i32>,
     /// Chunks read and compressed while the repository was being opened.
@@ -233,13 +230,13 @@ impl Shared<'_> {
     fn stopped(&self) -> bool {
         self.abort.load(Ordering::SeqCst)
             || self.cancel.load(Ordering::SeqCst)
-            || self.lock.is_lost()
+            || self.session.lock().is_lost()
     }
 
     /// Whether this backup must store the blob: not in the repository, not stored by another
     /// thread of this backup already.
     fn claim(&self, id: RepoId) -> bool {
-        !self.known.data.contains_key(&id)
+        !self.index.has(BlobKind::Data, &id)
             && self
                 .claimed
                 .lock()
@@ -299,72 +296,6 @@ impl Shared<'_> {
     }
 }
 
-/// Finishes and writes one pack; returns its index entry and size. `trees`: a pack of tree
-/// blobs, which a metadata cache keeps.
-fn write_pack(
-    shared: &Shared<'_>,
-    pack: PackBuilder,
-    trees: bool,
-) -> Result<(IndexPack, u64), Error> {
-    crate::pack::store(shared.repo, pack, trees)
-}
-
-/// The packer: fills packs and hands full ones to the pack writers; returns the index entries
-/// and the bytes written.
-fn run_packer(
-    shared: &Shared<'_>,
-    blobs: Receiver<SealedBlob>,
-) -> Result<(Vec<IndexPack>, u64), Error> {
-    let results: Mutex<(Vec<IndexPack>, u64, Option<Error>)> = Mutex::new((Vec::new(), 0, None));
-    let new_pack = || PackBuilder::with_capacity(PACK_TARGET + CHUNK_SIZE as usize + 4096);
-    std::thread::scope(|s| {
-        let (full_tx, full_rx) = bounded::<PackBuilder>(1);
-        for _ in 0..shared.repo.backend().write_concurrency().max(1) {
-            let full_rx = full_rx.clone();
-            let results = &results;
-            s.spawn(move || {
-                for pack in full_rx {
-                    let done = write_pack(shared, pack, false);
-                    let Ok(mut r) = results.lock() else { return };
-                    match done {
-                        Ok((index, size)) => {
-                            r.0.push(index);
-                            r.1 += size;
-                        }
-                        Err(e) => {
-                            shared.abort.store(true, Ordering::SeqCst);
-                            r.2.get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-        let mut current = new_pack();
-        for blob in blobs {
-            if shared.stopped() {
-                continue; // keep draining so no sender blocks
-            }
-            current.add(blob);
-            if current.len() >= PACK_TARGET {
-                let full = std::mem::replace(&mut current, new_pack());
-                if full_tx.send(full).is_err() {
-                    break;
-                }
-            }
-        }
-        if !current.is_empty() && !shared.stopped() {
-            let _ = full_tx.send(current);
-        }
-    });
-    let (packs, written, error) = results
-        .into_inner()
-        .map_err(|_| Error::new(ErrorKind::Repository, "a pack writer panicked"))?;
-    match error {
-        Some(e) => Err(e),
-        None => Ok((packs, written)),
-    }
-}
-
 fn send(blobs: &Sender<SealedBlob>, blob: SealedBlob) -> Result<(), Error> {
     blobs
         .send(blob)
@@ -378,7 +309,7 @@ fn store_file(
     blob_tx: &Sender<SealedBlob>,
     threads: usize,
     (file, f): (usize, &FileSpec<'_>),
-    (parent, known): (Option<&Snapshot>, &KnownBlobs),
+    (parent, index): (Option<&Snapshot>, &Index),
     zero_ids: &mut ZeroIds,
     time: &str,
 ) -> Result<(Node, Stats), Error> {
@@ -389,7 +320,7 @@ fn store_file(
             parent_path,
         } => {
             let parent_node = match (&parent, parent_path) {
-                (Some(p), Some(pp)) => shared.repo.file_node(p, pp, known)?,
+                (Some(p), Some(pp)) => shared.repo.file_node(p, pp, index)?,
                 _ => None,
             };
             backup_image(
@@ -481,8 +412,8 @@ fn backup_prepared(
 ) -> Result<BackupResult, Error> {
     // Held until the snapshot is written: restic prune must not remove packs not yet indexed.
     // If it is lost on the way (removed by someone, or not renewed), nothing more is written.
-    let lock = repo.lock_refreshed(false, RetryLock(options.retry_lock), options.lock_refresh)?;
-    let known = repo.known_blobs()?;
+    let session = repo.session(false, RetryLock(options.retry_lock), options.lock_refresh)?;
+    let index = repo.index()?;
     let parent: Option<Snapshot> = options
         .parent
         .map(|p| repo.load_file(FileType::Snapshot, &p))
@@ -494,8 +425,8 @@ fn backup_prepared(
     };
     let shared = Shared {
         repo,
-        lock: &lock,
-        known: &known,
+        session: &session,
+        index: &index,
         claimed: Mutex::new(HashSet::new()),
         level,
         prepared,
@@ -515,10 +446,19 @@ fn backup_prepared(
     let mut per_file = Vec::new();
     let mut root = DirBuilder::default();
 
+    let stopped = || shared.stopped();
+    let flow = PackFlow {
+        stopped: &stopped,
+        abort: &shared.abort,
+        rate: None,
+        written: None,
+    };
     let (data_packs, mut total) =
         std::thread::scope(|s| -> Result<(Vec<IndexPack>, Stats), Error> {
             let (blob_tx, blob_rx) = bounded::<SealedBlob>(options.threads.max(1) * 2);
-            let packer = s.spawn(|| run_packer(&shared, blob_rx));
+            let session = shared.session;
+            let flow = &flow;
+            let packer = s.spawn(move || session.pack(blob_rx, flow));
             let mut zero_ids = ZeroIds::default();
             let mut result: Result<(), Error> = Ok(());
             for (k, f) in files.iter().enumerate() {
@@ -527,7 +467,7 @@ fn backup_prepared(
                     &blob_tx,
                     options.threads,
                     (k, f),
-                    (parent.as_ref(), &known),
+                    (parent.as_ref(), &index),
                     &mut zero_ids,
                     &time,
                 );
@@ -545,19 +485,19 @@ fn backup_prepared(
                 .join()
                 .map_err(|_| Error::new(ErrorKind::Repository, "the pack writer panicked"))?;
             // A pack that could not be written stops everything else; its error is the cause.
-            let (packs, written) = packed?;
+            let packed = packed?;
             result?;
             let mut total = Stats::default();
             for (_, s) in &per_file {
                 total.add(s);
             }
-            total.added_bytes = written;
-            Ok((packs, total))
+            total.added_bytes = packed.bytes;
+            Ok((packed.packs, total))
         })
         .map_err(|e| {
             if options.cancel.load(Ordering::SeqCst) {
                 Error::new(ErrorKind::Cancelled, "the backup was cancelled")
-            } else if let Err(lost) = lock.check() {
+            } else if let Err(lost) = session.lock().check() {
                 lost
             } else {
                 e
@@ -579,14 +519,11 @@ fn backup_prepared(
     )?;
     let mut packs = data_packs;
     if !tree_pack.is_empty() {
-        let (index, size) = write_pack(&shared, tree_pack, true)?;
+        let (entry, size) = session.store_pack(tree_pack, true)?;
         total.added_bytes += size;
-        packs.push(index);
+        packs.push(entry);
     }
-    // The packs are durable and the lock still stands before an index names them.
-    repo.backend().sync()?;
-    lock.check()?;
-    save_index(repo, packs)?;
+    session.index(packs)?;
     let summary = summary_of(files, &per_file, &total, (&time, options.parent.is_some()));
     let snapshot = Snapshot {
         time,
@@ -605,12 +542,7 @@ fn backup_prepared(
     if options.cancel.load(Ordering::SeqCst) {
         return Err(Error::new(ErrorKind::Cancelled, "the backup was cancelled"));
     }
-    // The index is durable and the lock still stands before the snapshot makes it all count;
-    // the snapshot is durable before its id is reported.
-    repo.backend().sync()?;
-    lock.check()?;
-    let snapshot_id = repo.save_file(FileType::Snapshot, &snapshot)?;
-    repo.backend().sync()?;
+    let snapshot_id = session.snapshot(&snapshot)?;
     Ok(BackupResult {
         snapshot_id,
         total,

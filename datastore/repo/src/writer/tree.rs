@@ -1,5 +1,4 @@
-//! The snapshot's tree: directories built from the files' absolute paths, saved bottom up,
-//! and the index files that name the new packs.
+//! The snapshot's tree: directories built from the files' absolute paths, saved bottom up.
 
 use super::*;
 
@@ -72,43 +71,9 @@ impl DirBuilder {
             .map_err(|e| Error::new(ErrorKind::Repository, format!("cannot encode a tree: {e}")))?;
         json.push(b'\n');
         let id = RepoId::of(&json);
-        if !shared.known.trees.contains_key(&id) && stored.insert(id) {
+        if !shared.index.has(BlobKind::Tree, &id) && stored.insert(id) {
             pack.add(shared.seal(id, BlobKind::Tree, &json, compressor)?);
         }
         Ok(id)
     }
-}
-
-/// Index entries per index file, as restic splits them: a reader never has to take in one
-/// huge file (and a file past the size readers accept is never written).
-const INDEX_BLOBS_PER_FILE: usize = 50_000;
-
-/// Writes the index entries of `packs`, in files of at most [`INDEX_BLOBS_PER_FILE`] blobs.
-pub(crate) fn save_index(repo: &Repo, packs: Vec<IndexPack>) -> Result<(), Error> {
-    let mut file = Vec::new();
-    let mut blobs = 0;
-    for pack in packs {
-        blobs += pack.blobs.len();
-        file.push(pack);
-        if blobs >= INDEX_BLOBS_PER_FILE {
-            repo.save_file(
-                FileType::Index,
-                &IndexFile {
-                    packs: std::mem::take(&mut file),
-                    ..IndexFile::default()
-                },
-            )?;
-            blobs = 0;
-        }
-    }
-    if !file.is_empty() {
-        repo.save_file(
-            FileType::Index,
-            &IndexFile {
-                packs: file,
-                ..IndexFile::default()
-            },
-        )?;
-    }
-    Ok(())
 }
