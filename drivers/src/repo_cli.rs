@@ -9,10 +9,11 @@ use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::maintenance::{PruneLimits, ReadData};
 use backstop_datastore::repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_datastore::repo::{Compression, Opening, Repo};
-use backstop_image::disk_image::{self, Backing, Format};
-use backstop_image::image::{self, ImageSource, RawImage};
-use backstop_image::nbd::{self, NbdImage};
+use backstop_image::disk_image::{Backing, Format};
+use backstop_image::image;
+use backstop_image::nbd;
 use backstop_image::rbd::RbdImage;
+use backstop_image::{Disk, Source};
 use backstop_storage::Storage;
 use backstop_storage::cache;
 use backstop_storage::s3::Secret;
@@ -486,7 +487,7 @@ fn backup(opening: Opening, args: &Args, cmd: &BackupCmd) -> Result<(), String> 
     let files = [FileSpec {
         path: snapshot_path.clone(),
         content: Content::Image {
-            source: source.as_image(),
+            source: &source,
             changed: changed.as_deref(),
             parent_path: Some(parent_path.clone().unwrap_or(snapshot_path)),
         },
@@ -572,21 +573,6 @@ fn backup(opening: Opening, args: &Args, cmd: &BackupCmd) -> Result<(), String> 
     Ok(())
 }
 
-/// Where a backup reads its image from.
-enum Source {
-    Raw(RawImage),
-    Nbd(Box<NbdImage>),
-}
-
-impl Source {
-    fn as_image(&self) -> &dyn ImageSource {
-        match self {
-            Source::Raw(r) => r,
-            Source::Nbd(n) => n.as_ref(),
-        }
-    }
-}
-
 /// The image `backup` reads and, for an incremental, its changed extents (from a bitmap, a
 /// file of extents, a stock delta's clusters, or `rbd diff`).
 fn source_and_changes(cmd: &BackupCmd) -> Result<(Source, Option<Vec<image::Extent>>), String> {
@@ -600,32 +586,64 @@ fn source_and_changes(cmd: &BackupCmd) -> Result<(Source, Option<Vec<image::Exte
         ..
     } = cmd;
     if let Some(spec) = &cmd.rbd {
-        return rbd_source(cmd, spec);
+        // `--rbd POOL/IMAGE@SNAPSHOT`: the snapshot through librbd; with --rbd-from-snap, the
+        // extents `rbd diff` reports since that snapshot.
+        let bad = || format!("--rbd {spec:?} is not POOL/IMAGE@SNAPSHOT");
+        let (pool, rest) = spec.split_once('/').ok_or_else(bad)?;
+        let (name, snapshot) = rest.split_once('@').ok_or_else(bad)?;
+        let rbd = RbdImage {
+            pool: pool.to_string(),
+            image: name.to_string(),
+            snapshot: Some(snapshot.to_string()),
+            conf: cmd.ceph_conf.clone(),
+            user: cmd.ceph_user.clone(),
+            keyfile: cmd.ceph_keyfile.clone(),
+        };
+        let disk = Disk::Rbd {
+            image: &rbd,
+            since: cmd.rbd_from_snap.as_deref(),
+        };
+        let opened = backstop_image::open(disk, None).map_err(|e| e.to_string())?;
+        return Ok((opened.source, opened.changed));
     }
-    let (source, delta_extents) = if *stock_increment {
+    let dir;
+    let (disk, bitmap) = if *stock_increment {
         let path = image.as_deref().ok_or("--stock-increment needs --image")?;
-        let (img, present) = NbdImage::open_delta(path)
-            .map_err(|e| format!("cannot read the increment {}: {e}", path.display()))?;
-        (Source::Nbd(Box::new(img)), Some(present))
+        (Disk::Delta(path), None)
+    } else if let Some(socket) = nbd {
+        let export = Disk::Export { socket, name: "" };
+        (export, bitmap.as_deref())
     } else {
-        let src = open_source(
-            image.as_deref(),
-            nbd.as_deref(),
-            format.as_deref(),
-            bitmap.as_deref(),
-        )?;
-        (src, None)
+        let image = image.as_deref().ok_or("give --image or --nbd")?;
+        // The format is named, never guessed: a raw disk whose guest wrote a qcow2 header must
+        // not be read as qcow2 (docs/security.md).
+        let format = match format {
+            Some(f) => Format::parse(f).ok_or(format!("--format {f:?}: give raw or qcow2"))?,
+            None if nbd::is_qcow2(image)
+                .map_err(|e| format!("cannot open {}: {e}", image.display()))? =>
+            {
+                return Err(format!(
+                    "{} starts with a qcow2 header: give --format qcow2 to read it as qcow2, or --format raw to store its bytes as they are",
+                    image.display()
+                ));
+            }
+            None => Format::Raw,
+        };
+        // A backing file must lie beside the image.
+        dir = [std::path::absolute(image)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."))];
+        let file = Disk::File {
+            path: image,
+            format,
+            backing: Backing::Within(&dir),
+            locking: true,
+        };
+        (file, bitmap.as_deref())
     };
-    let bitmap_extents = match (bitmap, &source) {
-        (Some(b), Source::Nbd(n)) => Some(
-            n.dirty(b)
-                .map_err(|e| format!("cannot read bitmap {b}: {e}"))?,
-        ),
-        (Some(_), Source::Raw(_)) => {
-            return Err("--bitmap needs a qcow2 --image or an --nbd export".into());
-        }
-        (None, _) => None,
-    };
+    let opened = backstop_image::open(disk, bitmap).map_err(|e| e.to_string())?;
+    // A file of extents given by hand stands for whatever the image says changed.
     let changed = changed_extents
         .as_ref()
         .map(|f| {
@@ -634,75 +652,8 @@ fn source_and_changes(cmd: &BackupCmd) -> Result<(Source, Option<Vec<image::Exte
             image::parse_dirty_map(&text).map_err(|e| format!("{}: {e}", f.display()))
         })
         .transpose()?
-        .or(bitmap_extents)
-        .or(delta_extents);
-    Ok((source, changed))
-}
-
-/// `--rbd POOL/IMAGE@SNAPSHOT`: the snapshot through librbd; with --rbd-from-snap, the
-/// extents `rbd diff` reports since that snapshot.
-fn rbd_source(cmd: &BackupCmd, spec: &str) -> Result<(Source, Option<Vec<image::Extent>>), String> {
-    let bad = || format!("--rbd {spec:?} is not POOL/IMAGE@SNAPSHOT");
-    let (pool, rest) = spec.split_once('/').ok_or_else(bad)?;
-    let (name, snapshot) = rest.split_once('@').ok_or_else(bad)?;
-    let rbd = RbdImage {
-        pool: pool.to_string(),
-        image: name.to_string(),
-        snapshot: Some(snapshot.to_string()),
-        conf: cmd.ceph_conf.clone(),
-        user: cmd.ceph_user.clone(),
-        keyfile: cmd.ceph_keyfile.clone(),
-    };
-    let changed = cmd
-        .rbd_from_snap
-        .as_deref()
-        .map(|from| rbd.diff_from(from).map_err(|e| e.to_string()))
-        .transpose()?;
-    let source = NbdImage::open_rbd(&rbd).map_err(|e| format!("cannot read {spec}: {e}"))?;
-    Ok((Source::Nbd(Box::new(source)), changed))
-}
-
-fn open_source(
-    image: Option<&Path>,
-    nbd: Option<&Path>,
-    format: Option<&str>,
-    bitmap: Option<&str>,
-) -> Result<Source, String> {
-    if let Some(socket) = nbd {
-        return NbdImage::connect(socket)
-            .map(|n| Source::Nbd(Box::new(n)))
-            .map_err(|e| format!("cannot read the NBD export at {}: {e}", socket.display()));
-    }
-    let image = image.ok_or("give --image or --nbd")?;
-    // The format is named, never guessed: a raw disk whose guest wrote a qcow2 header must
-    // not be read as qcow2 (docs/security.md).
-    let format = match format {
-        Some(f) => Format::parse(f).ok_or(format!("--format {f:?}: give raw or qcow2"))?,
-        None if nbd::is_qcow2(image)
-            .map_err(|e| format!("cannot open {}: {e}", image.display()))? =>
-        {
-            return Err(format!(
-                "{} starts with a qcow2 header: give --format qcow2 to read it as qcow2, or --format raw to store its bytes as they are",
-                image.display()
-            ));
-        }
-        None => Format::Raw,
-    };
-    if format == Format::Raw && bitmap.is_none() {
-        return RawImage::open(image)
-            .map(Source::Raw)
-            .map_err(|e| format!("cannot open {}: {e}", image.display()));
-    }
-    // A backing file must lie beside the image.
-    let dir = std::path::absolute(image)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
-    let checked =
-        disk_image::inspect(image, format, Backing::Within(&[dir])).map_err(|e| e.to_string())?;
-    NbdImage::open(&checked, bitmap, true)
-        .map(|n| Source::Nbd(Box::new(n)))
-        .map_err(|e| format!("cannot export {} with qemu-nbd: {e}", image.display()))
+        .or(opened.changed);
+    Ok((opened.source, changed))
 }
 
 fn short(id: &RepoId) -> String {

@@ -212,14 +212,16 @@ pub fn stage(
         keyfile: rbd.keyfile.as_ref().map(PathBuf::from),
     };
     let what = image.spec();
-    let input =
-        |e: std::io::Error| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}"));
-    let plan = match (&rbd.parent_snapshot, increment) {
-        (Some(parent), _) => Plan::Listed(image.diff_from(parent).map_err(input)?),
+    let rbd_disk = backstop_image::Disk::Rbd {
+        image: &image,
+        since: rbd.parent_snapshot.as_deref(),
+    };
+    let source = backstop_image::open(rbd_disk, None)?;
+    let plan = match (&source.changed, increment) {
+        (Some(listed), _) => Plan::Listed(listed.clone()),
         (None, 0) => Plan::Full,
         (None, _) => Plan::Whole,
     };
-    let source = backstop_image::nbd::NbdImage::open_rbd(&image).map_err(input)?;
     write_from(&source, &what, &plan, target, cancel)
 }
 

@@ -14,8 +14,8 @@
 use backstop_datastore::{Error, ErrorKind};
 use backstop_image::disk_image::DiskImage;
 use backstop_image::image::ImageSource;
-use backstop_image::nbd::NbdImage;
 use backstop_image::qcow2::{Allocation, CLUSTER, DataWriter, Layout};
+use backstop_image::{Disk, Opened};
 use std::io::Write;
 use std::path::Path;
 
@@ -54,15 +54,21 @@ pub fn write(
         _ => None,
     };
     let what = disk.path().display().to_string();
-    let image = NbdImage::open(disk, bitmap, true)
-        .map_err(|e| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}")))?;
-    write_from(&image, &what, plan, target, cancel)
+    let opened = backstop_image::open(
+        Disk::Checked {
+            image: disk,
+            locking: true,
+        },
+        bitmap,
+    )?;
+    write_from(&opened, &what, plan, target, cancel)
 }
 
-/// [`write`] from an image already open (a live VM's base or its pull-mode export); `what`
-/// names it in errors.
+/// [`write`] from a disk already open (a live VM's base or its pull-mode export, an RBD
+/// snapshot); `what` names it in errors. For [`Plan::Changed`] it was opened with that
+/// bitmap.
 pub fn write_from(
-    image: &NbdImage,
+    opened: &Opened,
     what: &str,
     plan: &Plan,
     target: &Path,
@@ -70,10 +76,16 @@ pub fn write_from(
 ) -> Result<Written, Error> {
     let input =
         |e: std::io::Error| Error::new(ErrorKind::Input, format!("cannot read {what}: {e}"));
+    let image = &opened.source;
     let size = image.size();
     backstop_image::image::check_size(what, size)?;
     let extents = match plan {
-        Plan::Changed(b) => image.dirty(b).map_err(input)?,
+        Plan::Changed(b) => opened.changed.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Input,
+                format!("{what} was not opened with bitmap {b}"),
+            )
+        })?,
         Plan::Listed(e) => e.clone(),
         _ => image.data_extents().map_err(input)?.unwrap_or_else(|| {
             vec![backstop_image::image::Extent {

@@ -13,11 +13,11 @@
 //!   or archiver that could write a file as a list of fixed chunks, and its index entry types
 //!   cannot be built outside the crate, so the writer owns these formats.
 //!
-//! Ordering (what makes a crash at any point harmless): packs are written first, then the index
-//! files that name them, then the tree blobs' pack and its index, then the snapshot. A crash
-//! before the snapshot leaves only unreferenced packs, which restic reports and prune removes;
-//! every earlier snapshot stays complete. Every file is written under a temporary name and
-//! renamed (`backstop_storage::local::LocalBackend`).
+//! Ordering (what makes a crash at any point harmless) is kept by the write session every
+//! writer goes through ([`session`]): packs first, then the index files that name them, then
+//! the snapshot, each step only once the one before is durable and the lock still stands.
+//! Every file is written under a temporary name and renamed
+//! (`backstop_storage::local::LocalBackend`).
 
 pub mod copy;
 pub mod crypto;
@@ -36,9 +36,9 @@ pub mod writer;
 
 pub use error::{Error, ErrorKind};
 pub use index::{Index, Packs};
-pub use session::Session;
 /// The kinds of repository files, as rustic_core names them.
 pub use rustic_core::FileType;
+pub use session::Session;
 
 use crate::crypto::Crypto;
 use crate::format::{Node, RepoId, Snapshot, Tree};

@@ -206,8 +206,8 @@ fn merge_stock(
 ) -> Result<String, Error> {
     use crate::repo::writer::{self, BackupOptions, Content, FileSpec};
     use crate::stock_chain as chain;
-    use backstop_image::disk_image::{self, Backing, Format};
-    use backstop_image::nbd::NbdImage;
+    use backstop_image::Disk;
+    use backstop_image::disk_image::{Backing, Format};
     let ds = &request.datastore;
     let wait = lock_wait(ds);
     let last = &chain[merged - 1];
@@ -235,15 +235,20 @@ fn merge_stock(
         } else {
             Format::Qcow2
         };
-        let checked =
-            disk_image::inspect(&top, format, Backing::Within(std::slice::from_ref(&dir)))?;
-        let image = NbdImage::open(&checked, None, true).map_err(|e| {
-            Error::new(
-                ErrorKind::Input,
-                format!("cannot read the rebuilt disk {disk_id}: {e}"),
-            )
+        let rebuilt = Disk::File {
+            path: &top,
+            format,
+            backing: Backing::Within(std::slice::from_ref(&dir)),
+            locking: true,
+        };
+        let image = backstop_image::open(rebuilt, None).map_err(|e| {
+            let e = Error::from(e);
+            Error {
+                message: format!("the rebuilt disk {disk_id}: {}", e.message),
+                ..e
+            }
         })?;
-        images.push((stored_path(path, *disk_id, last.increment_id), image));
+        images.push((stored_path(path, *disk_id, last.increment_id), image.source));
     }
     // vm.xml and the TPM state of the last merged increment go with it.
     let mut others = Vec::new();

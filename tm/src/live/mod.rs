@@ -31,9 +31,9 @@
 use crate::delta::{self, Plan};
 use crate::host::{self, Step, Summary, increment_of};
 use backstop_datastore::{Error, ErrorKind};
+use backstop_image::Disk;
 use backstop_image::disk_image::{DiskImage, Format};
 use backstop_image::image::ImageSource;
-use backstop_image::nbd::NbdImage;
 use backstop_protocol::message::{BackupMode, FsFreeze};
 use backstop_protocol::output::{Level, log};
 use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, NbdSource, bitmap_name};
@@ -286,8 +286,11 @@ fn full(
                 rbd: None,
             });
         } else {
-            let image = NbdImage::open(&d.image, None, false)
-                .map_err(|e| fail(format!("cannot read {}: {e}", d.path.display())))?;
+            let base = Disk::Checked {
+                image: &d.image,
+                locking: false,
+            };
+            let image = backstop_image::open(base, None).map_err(|e| fail(e.to_string()))?;
             let w = delta::write_from(
                 &image,
                 &d.path.display().to_string(),
@@ -539,17 +542,22 @@ fn hand_over_pull(
                 rbd: None,
             });
         } else {
-            let image = NbdImage::connect_export(&sock, &d.target).map_err(|e| {
+            let export = Disk::Export {
+                socket: &sock,
+                name: &d.target,
+            };
+            let bitmap = changed.then_some(context.as_str());
+            let image = backstop_image::open(export, bitmap).map_err(|e| {
                 fail(format!(
                     "cannot read disk {} from the backup export: {e}",
                     d.id
                 ))
             })?;
-            if image.size() != d.size {
+            if image.source.size() != d.size {
                 return Err(fail(format!(
                     "the backup export of disk {} has {} bytes, the disk {}",
                     d.id,
-                    image.size(),
+                    image.source.size(),
                     d.size
                 )));
             }

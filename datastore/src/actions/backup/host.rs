@@ -12,9 +12,10 @@ use crate::repo::writer::{self, BackupOptions, Content, FileSpec, Progress};
 use crate::stock_chain::{self, WorkDir};
 use crate::target::{RepoTarget, clean_path, repo_id};
 use crate::{Error, ErrorKind};
-use backstop_image::disk_image::{self, Backing, Format};
-use backstop_image::image::{Extent, ImageSource, RawImage};
-use backstop_image::nbd::{self, NbdImage};
+use backstop_image::Disk;
+use backstop_image::disk_image::{Backing, Format};
+use backstop_image::image::Extent;
+use backstop_image::nbd;
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupRequest, Datastore};
 use backstop_protocol::staging::{DirectManifest, MANIFEST, REREAD_NEXT_ATTEMPT, reread_marker};
@@ -27,7 +28,7 @@ use std::sync::atomic::AtomicBool;
 struct Opened {
     path: String,
     parent_path: Option<String>,
-    source: Box<dyn ImageSource>,
+    source: backstop_image::Source,
     changed: Option<Vec<Extent>>,
 }
 
@@ -153,7 +154,7 @@ pub fn host_run(
         .map(|o| FileSpec {
             path: o.path.clone(),
             content: Content::Image {
-                source: o.source.as_ref(),
+                source: &o.source,
                 changed: o.changed.as_deref(),
                 parent_path: o.parent_path.clone(),
             },
@@ -255,33 +256,6 @@ fn reread_next_time(e: Error, args: &BackupArgs, plan: &Plan) -> Error {
     )
 }
 
-/// An RBD disk at the snapshot prebackup took, read through librbd; with `changes` (a
-/// backstop parent exists) only what `rbd diff` reports since the parent's snapshot.
-fn open_rbd(
-    d: &super::plan::DiskPlan,
-    r: &backstop_protocol::staging::RbdSource,
-    changes: bool,
-) -> std::io::Result<Opened> {
-    let image = backstop_image::rbd::RbdImage {
-        pool: r.pool.clone(),
-        image: r.image.clone(),
-        snapshot: Some(r.snapshot.clone()),
-        conf: r.conf.as_ref().map(PathBuf::from),
-        user: r.user.clone(),
-        keyfile: r.keyfile.as_ref().map(PathBuf::from),
-    };
-    let changed = match (&r.parent_snapshot, changes) {
-        (Some(p), true) => Some(image.diff_from(p)?),
-        _ => None,
-    };
-    Ok(Opened {
-        path: d.snapshot_path.clone(),
-        parent_path: d.parent_path.clone(),
-        source: Box::new(NbdImage::open_rbd(&image)?),
-        changed,
-    })
-}
-
 /// A staged rbd-format file applied into one raw image under `work`: an `rbd2` alone, an
 /// `rbdiff` on the parent's image of this disk rebuilt as raw (a backstop image, or a stock
 /// rbd chain). Returns the raw image, which is read whole and stored as a complete disk.
@@ -359,14 +333,8 @@ fn open_disk(
     work: Option<&WorkDir>,
 ) -> Result<Opened, Error> {
     let (disk_id, path) = (d.disk_id, d.file.as_path());
-    let input = |e: std::io::Error| {
-        Error::new(
-            ErrorKind::Input,
-            format!("cannot read disk {disk_id} ({}): {e}", path.display()),
-        )
-    };
-    let checked = |format: Format, backing: Backing<'_>| {
-        disk_image::inspect(path, format, backing).map_err(|e| {
+    let open = |disk: Disk<'_>, bitmap: Option<&str>| {
+        backstop_image::open(disk, bitmap).map_err(|e| {
             let e = Error::from(e);
             Error {
                 message: format!("VM {}: disk {disk_id}: {}", args.vm_id, e.message),
@@ -390,7 +358,9 @@ fn open_disk(
             ),
         ))
     };
-    let (source, changed): (Box<dyn ImageSource>, _) = match &d.read {
+    // A raw file read directly has no changes to reuse its parent with.
+    let mut with_parent = true;
+    let opened = match &d.read {
         Read::Direct {
             disk,
             format,
@@ -400,60 +370,80 @@ fn open_disk(
             if let Some(r) = whole_reason {
                 backstop_protocol::output::log(backstop_protocol::output::Level::Info, r);
             }
-            if let Some(r) = &disk.rbd {
-                return open_rbd(d, r, bitmap.is_some()).map_err(input);
-            }
             let roots = crate::layout::backing_roots(Path::new(&args.host_dir.vm_dir));
-            // The disk as prebackup described it: a running VM's pull-mode export, a file
-            // read without qemu's lock (a running VM's frozen base), a qcow2 file, or raw
-            // bytes.
-            let image: Box<NbdImage> = match &disk.nbd {
-                Some(n) => Box::new(
-                    NbdImage::connect_export(Path::new(&n.socket), &n.export).map_err(input)?,
-                ),
-                None if *format == Format::Raw && !disk.shared => {
-                    return Ok(Opened {
-                        path: d.snapshot_path.clone(),
-                        parent_path: None,
-                        source: Box::new(RawImage::open(path).map_err(input)?),
-                        changed: None,
-                    });
-                }
-                None => Box::new(
-                    NbdImage::open(
-                        &checked(*format, Backing::Within(&roots))?,
-                        bitmap.as_deref(),
-                        !disk.shared,
-                    )
-                    .map_err(input)?,
-                ),
-            };
-            let changed = bitmap
-                .as_deref()
-                .map(|b| image.dirty(b).map_err(input))
-                .transpose()?;
-            (image, changed)
+            // The disk as prebackup described it: an RBD snapshot, a running VM's pull-mode
+            // export, a file read without qemu's lock (a running VM's frozen base), a qcow2
+            // file, or raw bytes.
+            if let Some(r) = &disk.rbd {
+                let image = backstop_image::rbd::RbdImage {
+                    pool: r.pool.clone(),
+                    image: r.image.clone(),
+                    snapshot: Some(r.snapshot.clone()),
+                    conf: r.conf.as_ref().map(PathBuf::from),
+                    user: r.user.clone(),
+                    keyfile: r.keyfile.as_ref().map(PathBuf::from),
+                };
+                // Only what changed since the parent's snapshot, when a backstop parent exists.
+                let since = r.parent_snapshot.as_deref().filter(|_| bitmap.is_some());
+                open(
+                    Disk::Rbd {
+                        image: &image,
+                        since,
+                    },
+                    None,
+                )?
+            } else if let Some(n) = &disk.nbd {
+                open(
+                    Disk::Export {
+                        socket: Path::new(&n.socket),
+                        name: &n.export,
+                    },
+                    bitmap.as_deref(),
+                )?
+            } else {
+                // A raw disk has no bitmap to read.
+                let direct = *format == Format::Raw && !disk.shared;
+                with_parent = !direct;
+                let bitmap = bitmap.as_deref().filter(|_| !direct);
+                open(
+                    Disk::File {
+                        path,
+                        format: *format,
+                        backing: Backing::Within(&roots),
+                        locking: !disk.shared,
+                    },
+                    bitmap,
+                )?
+            }
         }
         Read::Whole => {
             // Increment 0 stands alone.
             staged_qcow2()?;
-            let image = checked(Format::Qcow2, Backing::Refused)?;
-            (
-                Box::new(NbdImage::open(&image, None, true).map_err(input)?),
-                None,
-            )
+            let alone = Disk::File {
+                path,
+                format: Format::Qcow2,
+                backing: Backing::Refused,
+                locking: true,
+            };
+            open(alone, None)?
         }
         Read::Delta => {
             staged_qcow2()?;
-            checked(Format::Qcow2, Backing::Detached)?;
-            let (image, present) = NbdImage::open_delta(path).map_err(input)?;
-            (Box::new(image), Some(present))
+            open(Disk::Delta(path), None)?
         }
         Read::Rbd { parent_file } => {
             let work =
                 work.ok_or_else(|| Error::new(ErrorKind::Repository, "no work directory"))?;
             let raw = staged_rbd(args, repo, ds, plan, d, parent_file.as_deref(), work)?;
-            (Box::new(RawImage::open(&raw).map_err(input)?), None)
+            open(
+                Disk::File {
+                    path: &raw,
+                    format: Format::Raw,
+                    backing: Backing::Refused,
+                    locking: true,
+                },
+                None,
+            )?
         }
         Read::OnRebuiltChain { parent_file } => {
             staged_qcow2()?;
@@ -471,20 +461,19 @@ fn open_disk(
             let files = stock_chain::links(repo, links, parent_file, disk_id, args.vm_id)?;
             let top = stock_chain::fetch(repo, ds, &files, disk_id, &dir)?;
             stock_chain::rebase(path, Some(&top))?;
-            let image = checked(
-                Format::Qcow2,
-                Backing::Within(std::slice::from_ref(&work.path)),
-            )?;
-            (
-                Box::new(NbdImage::open(&image, None, true).map_err(input)?),
-                None,
-            )
+            let rebuilt = Disk::File {
+                path,
+                format: Format::Qcow2,
+                backing: Backing::Within(std::slice::from_ref(&work.path)),
+                locking: true,
+            };
+            open(rebuilt, None)?
         }
     };
     Ok(Opened {
         path: d.snapshot_path.clone(),
-        parent_path: d.parent_path.clone(),
-        source,
-        changed,
+        parent_path: d.parent_path.clone().filter(|_| with_parent),
+        source: opened.source,
+        changed: opened.changed,
     })
 }
