@@ -37,6 +37,13 @@ pub enum Error {
 }
 
 /// A repository failure, classed as the datastore driver classes it.
+/// The driver configuration, oned and ssh fail as the datastore driver's would.
+impl From<backstop_protocol::Error> for Error {
+    fn from(e: backstop_protocol::Error) -> Self {
+        Error::Datastore(e.into())
+    }
+}
+
 impl From<backstop_datastore::repo::Error> for Error {
     fn from(e: backstop_datastore::repo::Error) -> Self {
         Error::Datastore(e.into())

@@ -103,6 +103,24 @@ impl From<backstop_repo::Error> for Error {
 }
 
 /// An image failure, classed as the repository layer classes it.
+/// The protocol layer's kinds are the driver's own.
+impl From<backstop_protocol::Error> for Error {
+    fn from(e: backstop_protocol::Error) -> Self {
+        use backstop_protocol::ErrorKind as P;
+        let kind = match e.kind {
+            P::Config => ErrorKind::Config,
+            P::Io => ErrorKind::Io,
+            P::Input => ErrorKind::Input,
+            P::Oned => ErrorKind::Oned,
+        };
+        Error {
+            kind,
+            message: e.message,
+            source: e.source,
+        }
+    }
+}
+
 impl From<backstop_image::Error> for Error {
     fn from(e: backstop_image::Error) -> Self {
         Error::from(backstop_repo::Error::from(e))

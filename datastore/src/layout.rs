@@ -10,7 +10,6 @@
 //!   ([`backstop_protocol::staging::bitmap_name`]).
 
 use backstop_protocol::message::Vm;
-use std::path::{Path, PathBuf};
 
 /// The tag every snapshot of VM `vm_id` carries, in backstop's and the stock driver's
 /// repositories alike.
@@ -91,34 +90,21 @@ pub fn base_name(path: &str) -> &str {
 }
 
 /// vm.xml as prebackup writes it: the VM XML in base64, wrapped at 60 columns.
-pub fn decode_vm_xml(bytes: &[u8]) -> Result<Vm, String> {
+pub fn decode_vm_xml(bytes: &[u8]) -> Result<Vm, VmXmlError> {
     let roots = backstop_protocol::input::decode_siblings(
         bytes,
         backstop_protocol::input::Encoding::Base64,
-    )
-    .map_err(|e| e.to_string())?;
-    backstop_protocol::message::vm_from_siblings(&roots).map_err(|e| e.to_string())
+    )?;
+    Ok(backstop_protocol::message::vm_from_siblings(&roots)?)
 }
 
-/// Where the backing files of a VM's disks may lie: the VM's directory and the datastores'
-/// directory above it (each datastore's own directory too, resolved, for datastores mounted
-/// elsewhere through a symlink). A backing file anywhere else is refused (see
-/// `docs/security.md`).
-pub fn backing_roots(vm_dir: &Path) -> Vec<PathBuf> {
-    let mut roots = vec![vm_dir.to_path_buf()];
-    if let Some(datastores) = vm_dir.parent().and_then(Path::parent) {
-        roots.push(datastores.to_path_buf());
-        if let Ok(entries) = std::fs::read_dir(datastores) {
-            for e in entries.flatten() {
-                if let Ok(real) = std::fs::canonicalize(e.path())
-                    && real.is_dir()
-                {
-                    roots.push(real);
-                }
-            }
-        }
-    }
-    roots
+/// Why a vm.xml cannot be read: not base64 XML, or not a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmXmlError {
+    #[error(transparent)]
+    Encoding(#[from] backstop_protocol::input::InputError),
+    #[error(transparent)]
+    Vm(#[from] backstop_protocol::message::MessageError),
 }
 
 /// The URL scheme of this datastore's backups: `restic` when backstop replaces the stock restic

@@ -22,19 +22,19 @@
 
 pub mod actions;
 pub mod backup_image;
-pub mod config;
 pub mod disk_source;
 mod error;
 pub mod layout;
 pub mod location;
-pub mod oned;
-pub mod remote;
 pub mod running;
 pub mod settings;
 pub mod stock_chain;
 pub mod target;
 pub mod vm_snapshots;
 
+/// The driver configuration, the oned client and remote execution live with the protocol
+/// (the host side uses them too); re-exported under their old names.
+pub use backstop_protocol::{config, oned, remote};
 /// The repository engine (its own crate: it knows nothing of OpenNebula).
 pub use backstop_repo as repo;
 pub use error::{Error, ErrorKind};

@@ -31,16 +31,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How the host step is confined (the stock driver's `cmd_confinement`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Confinement {
-    pub nice: Option<i64>,
-    pub ionice: Option<i64>,
-    pub cpu_quota: Option<i64>,
-    pub memory_max_mb: Option<i64>,
-    pub max_riops: Option<i64>,
-    pub max_wiops: Option<i64>,
-}
+pub use backstop_protocol::remote::Confinement;
 
 /// Everything backstop reads from a backup datastore's template but where its repositories
 /// are ([`crate::location::Location`]) and the password ([`crate::target::password`]).
@@ -133,18 +124,9 @@ pub const BWLIMIT_KIB: RangeInclusive<i64> = 0..=100_000_000;
 pub const LOCK_WAIT_SECONDS: RangeInclusive<i64> = 0..=86_400;
 
 fn number(ds: &Datastore, name: &str, range: RangeInclusive<i64>) -> Result<Option<i64>, Error> {
-    let Some(v) = ds.attribute(name).map(str::trim).filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    match v.parse::<i64>() {
-        Ok(n) if range.contains(&n) => Ok(Some(n)),
-        _ => Err(Error::config(format!(
-            "datastore {}: {name} is {v:?}, not a whole number from {} to {}",
-            ds.id,
-            range.start(),
-            range.end()
-        ))),
-    }
+    Ok(backstop_protocol::config::datastore_number(
+        ds, name, range,
+    )?)
 }
 
 impl Settings {
@@ -204,14 +186,7 @@ impl Settings {
             tmp_dir,
             host_fingerprint: fingerprint.map(str::to_string),
             cache_dir,
-            confinement: Confinement {
-                nice: n("RESTIC_NICE", -20..=19)?,
-                ionice: n("RESTIC_IONICE", 0..=7)?,
-                cpu_quota: n("RESTIC_CPU_QUOTA", 1..=100_000)?,
-                memory_max_mb: n("RESTIC_MEMORY_MAX_MB", 1..=16_777_216)?,
-                max_riops: n("RESTIC_MAX_RIOPS", 1..=10_000_000)?,
-                max_wiops: n("RESTIC_MAX_WIOPS", 1..=10_000_000)?,
-            },
+            confinement: Confinement::of(ds)?,
             s3: match ds.attribute("RESTIC_BACKEND").map(str::trim) {
                 Some(b) if b.eq_ignore_ascii_case("S3") => Some(S3Access::of(ds)?),
                 _ => None,

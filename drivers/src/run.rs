@@ -59,6 +59,10 @@ pub enum DriverError {
     Url(#[from] UrlError),
     #[error("{0}")]
     Datastore(#[from] backstop_datastore::Error),
+    #[error("{0}")]
+    Tm(#[from] backstop_tm::Error),
+    #[error("{0}")]
+    Protocol(#[from] backstop_protocol::Error),
     #[error("Operation not supported")]
     Unsupported,
     #[error("not implemented in this version of backstop")]
@@ -553,7 +557,7 @@ pub fn host_restore(step: &str, args: &[String]) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(NAME, &DriverError::Datastore(e)),
+        Err(e) => fail(NAME, &DriverError::Tm(e)),
     }
 }
 

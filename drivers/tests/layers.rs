@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
     (
         "tm",
         "backstop-tm",
-        &["backstop-protocol", "backstop-image", "backstop-datastore"],
+        &["backstop-protocol", "backstop-image"],
     ),
     (
         "backupjob",

@@ -11,7 +11,11 @@
 //! - [`url`]: backup image URLs `<proto>://<ds>/<job>/<id:src,...><path>`;
 //! - [`output`]: one stdout line, one stderr failure line, `INFO:`/`ERROR:` log lines.
 //! - [`redact`]: secrets in URLs hidden before a URL is printed.
-//! - [`xmlrpc`]: the XML-RPC calls and replies of oned's API.
+//! - [`xmlrpc`]: the XML-RPC calls and replies of oned's API, and [`oned`]: a client for it.
+//! - [`config`]: the driver configuration an installation keeps in its remotes tree.
+//! - [`remote`]: running a step on another machine as oned's drivers do (ssh, quoting, the
+//!   framed request, the confinement of a host step).
+//! - [`dirs`]: where a VM's disks and their backing files may lie on a host.
 //!
 //! Decoding a monitor request as oned sends it:
 //!
@@ -32,12 +36,19 @@
 
 pub mod action;
 pub mod args;
+pub mod config;
+pub mod dirs;
+mod error;
 pub mod input;
 pub mod message;
+pub mod oned;
 pub mod output;
 pub mod redact;
+pub mod remote;
 pub mod staging;
 pub mod template;
 pub mod url;
 pub mod xml;
 pub mod xmlrpc;
+
+pub use error::{Error, ErrorKind};

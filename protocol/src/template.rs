@@ -170,15 +170,15 @@ fn writable_name(name: &str) -> bool {
 ///   that ends in `\` is written unquoted when it is a single token without `\"`.
 /// - Never: NUL and other control characters but tab, newline and carriage return (C strings,
 ///   XML), and `]]>` (oned's lexer refuses a line that holds it).
-pub fn write_value(value: &str) -> Result<String, String> {
+pub fn write_value(value: &str) -> Result<String, UnwritableValue> {
     if let Some(c) = value
         .chars()
         .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     {
-        return Err(format!("the value holds the control character {c:?}"));
+        return Err(UnwritableValue::Control(c));
     }
     if value.contains("]]>") {
-        return Err("the value holds \"]]>\", which oned's template parser refuses".into());
+        return Err(UnwritableValue::CdataEnd);
     }
     if !value.ends_with('\\') {
         return Ok(format!("\"{}\"", value.replace('"', "\\\"")));
@@ -189,7 +189,20 @@ pub fn write_value(value: &str) -> Result<String, String> {
     if token {
         return Ok(value.to_string());
     }
-    Err("the value ends in a backslash and holds a blank, quote or separator, so oned cannot read it back".into())
+    Err(UnwritableValue::TrailingBackslash)
+}
+
+/// Why a value has no form oned reads back unchanged ([`write_value`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnwritableValue {
+    #[error("the value holds the control character {0:?}")]
+    Control(char),
+    #[error("the value holds \"]]>\", which oned's template parser refuses")]
+    CdataEnd,
+    #[error(
+        "the value ends in a backslash and holds a blank, quote or separator, so oned cannot read it back"
+    )]
+    TrailingBackslash,
 }
 
 impl Template {
@@ -200,7 +213,7 @@ impl Template {
         self.write_to(&mut out, &mut |name, v| {
             write_value(v).map_err(|problem| UnwritableTemplate {
                 attribute: name.to_string(),
-                problem,
+                problem: problem.to_string(),
             })
         })?;
         Ok(out)

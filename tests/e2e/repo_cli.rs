@@ -492,3 +492,89 @@ fn repo_copy_pushes_to_sftp_and_pulls_back() {
         "the pulled copy of {last_id}"
     );
 }
+
+/// A stock increment handed to `backstop repo backup --stock-increment` (a file a repository
+/// or a host gave) whose qcow2 header names an external data file: read as it is, qemu would
+/// take the delta's clusters from that file, and the snapshot would hold it. It is checked as
+/// any foreign qcow2 file and refused, naming the file; no snapshot is written.
+#[test]
+fn a_stock_increment_naming_an_external_data_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("repo");
+    repo(&r, &["init"]);
+    let parent = dir.path().join("parent.raw");
+    fs::write(&parent, vec![0u8; 1 << 20]).expect("parent");
+    repo(
+        &r,
+        &[
+            "backup",
+            "--image",
+            parent.to_str().expect("utf-8"),
+            "--format",
+            "raw",
+            "--path",
+            IN_SNAPSHOT,
+        ],
+    );
+    let secret = dir.path().join("secret");
+    fs::write(&secret, b"HOST-SECRET".repeat(95_000)).expect("secret");
+    let evil = dir.path().join("evil.qcow2");
+    let decoy = dir.path().join("decoy");
+    fs::write(&decoy, vec![0u8; 1 << 20]).expect("decoy");
+    let e = evil.to_str().expect("utf-8");
+    sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!(
+                "data_file={},data_file_raw=on,preallocation=metadata",
+                decoy.display()
+            ),
+            e,
+            "1M",
+        ],
+    );
+    sh(
+        "qemu-img",
+        &[
+            "amend",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={}", secret.display()),
+            e,
+        ],
+    );
+    fs::remove_file(&decoy).expect("decoy");
+    let out = Command::new(BACKSTOP)
+        .args(["repo", "-r", r.to_str().expect("utf-8")])
+        .args([
+            "backup",
+            "--stock-increment",
+            "--image",
+            e,
+            "--path",
+            IN_SNAPSHOT,
+            "--parent",
+            "latest",
+        ])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("backstop");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "uses the external data file {:?}, which backstop does not open",
+            secret.display().to_string()
+        )) && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    let snapshots = repo(&r, &["snapshots", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&snapshots.stdout).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}

@@ -13,7 +13,7 @@
 //!   `INFO:` line); postbackup after success keeps only the new increment's snapshot (none for
 //!   FULL), after a failure removes the new snapshot and keeps the rest.
 
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::rbd::{RbdImage, RbdSnapshot, cluster_path};
 use backstop_protocol::message::{Disk, Vm};
 use backstop_protocol::output::{Level, log};

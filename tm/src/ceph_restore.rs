@@ -12,11 +12,11 @@
 //! is zero (`qemu-img convert -n --target-is-zero` into a JSON target spec, so no name is
 //! parsed out of a `rbd:` string).
 
-use backstop_datastore::config::DriverConfig;
-use backstop_datastore::remote::{Agent, last_line, sh_quote, ssh_command};
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::rbd::RbdImage;
+use backstop_protocol::config::DriverConfig;
 use backstop_protocol::message::{Disk, Vm};
+use backstop_protocol::remote::{Agent, last_line, sh_quote, ssh_command};
 use std::process::Stdio;
 
 /// One RBD disk to restore.

@@ -11,7 +11,7 @@
 //! - An RBD snapshot's increment: the extents `rbd diff` lists since the parent snapshot
 //!   (read through librbd), as the stock Ceph TM stages it.
 
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::disk_image::DiskImage;
 use backstop_image::image::ImageSource;
 use backstop_image::qcow2::{Allocation, CLUSTER, DataWriter, Layout};

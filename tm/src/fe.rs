@@ -9,13 +9,13 @@
 //! over directly when that datastore's `backup` action is backstop's, in the stock layout
 //! otherwise (or when oned cannot be asked, which is logged).
 
-use backstop_datastore::config::{Delivery, DriverConfig};
-use backstop_datastore::oned::OnedClient;
-use backstop_datastore::remote::{confinement, last_line, remote_call, sh_quote};
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_protocol::args::BackupArgs;
+use backstop_protocol::config::{Delivery, DriverConfig};
 use backstop_protocol::message::{Datastore, Vm};
+use backstop_protocol::oned::OnedClient;
 use backstop_protocol::output::{Level, log};
+use backstop_protocol::remote::{confinement, last_line, remote_call, sh_quote};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 

@@ -22,7 +22,7 @@
 
 use crate::delta::{self, Plan};
 use crate::qemu;
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::disk_image::{DiskImage, Format};
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupMode, IncrementMode, Vm};

@@ -12,6 +12,7 @@
 pub mod ceph;
 pub mod ceph_restore;
 pub mod delta;
+mod error;
 pub mod fe;
 pub mod host;
 pub mod live;
@@ -19,3 +20,5 @@ pub mod qemu;
 pub mod restore;
 pub mod restore_host;
 pub mod tpm_archive;
+
+pub use error::{Error, ErrorKind};

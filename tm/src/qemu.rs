@@ -2,8 +2,7 @@
 //! backing chain and persistent bitmaps ([`backstop_image::disk_image`]), and adding
 //! or removing a bitmap. qemu is always told the format: it never probes a disk a guest wrote.
 
-use backstop_datastore::layout;
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::disk_image::{self, Backing, DiskImage, Format};
 use backstop_protocol::message::Vm;
 use std::path::Path;
@@ -45,7 +44,7 @@ pub fn declared_format(vm: &Vm, id: u32) -> Result<Format, Error> {
 /// confined to the VM's and the datastores' directories.
 pub fn inspect(vm: &Vm, id: u32, disk: &Path, vm_dir: &Path) -> Result<DiskImage, Error> {
     let format = declared_format(vm, id)?;
-    let roots = layout::backing_roots(vm_dir);
+    let roots = backstop_protocol::dirs::backing_roots(vm_dir);
     let named = |e: backstop_image::Error| {
         let e = Error::from(e);
         Error {

@@ -26,13 +26,13 @@
 //! and leaves the VM's disks as they were.
 
 use crate::ceph_restore::RbdRestore;
-use backstop_datastore::config::DriverConfig;
-use backstop_datastore::oned::OnedClient;
-use backstop_datastore::remote::{Agent, last_line, sh_quote, ssh_command};
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::disk_image::Format;
 use backstop_protocol::args::TmRestoreArgs;
+use backstop_protocol::config::DriverConfig;
 use backstop_protocol::message::{Datastore, Image, Vm};
+use backstop_protocol::oned::OnedClient;
+use backstop_protocol::remote::{Agent, last_line, sh_quote, ssh_command};
 use backstop_protocol::xml::Element;
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -15,7 +15,7 @@
 //!   ([`backstop_image::rbd::check_cluster_files`]): a VM owner may have chosen them.
 
 use crate::tpm_archive;
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::disk_image::{self, ForeignBacking, Format, qemu_img};
 use std::path::{Path, PathBuf};
 

@@ -25,7 +25,7 @@
 //! The in-place restore runs `backstop` on the host for this (the binary every host step
 //! uses), so no `tar` is run on the archive at all.
 
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

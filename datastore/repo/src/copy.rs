@@ -442,8 +442,22 @@ pub fn copy(
         }
         let mut queued = HashSet::new();
         let (data, trees) = missing(src, snap.tree, &where_, &present, (&mut queued, resync))?;
-        let data_packs = transfer(src, &session, (BlobKind::Data, &data), &where_, options, &stats)?;
-        let tree_packs = transfer(src, &session, (BlobKind::Tree, &trees), &where_, options, &stats)?;
+        let data_packs = transfer(
+            src,
+            &session,
+            (BlobKind::Data, &data),
+            &where_,
+            options,
+            &stats,
+        )?;
+        let tree_packs = transfer(
+            src,
+            &session,
+            (BlobKind::Tree, &trees),
+            &where_,
+            options,
+            &stats,
+        )?;
         // The data index before the tree index: a tree the destination's index names always
         // has its data there (see the module's text).
         session.index(data_packs)?;

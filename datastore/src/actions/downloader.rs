@@ -41,7 +41,7 @@ pub fn plan(url: &BackupUrl, downloader: &Path, cfg: &DriverConfig) -> Result<Ve
     })?;
     shell_safe(exe)?;
     let oned = OnedClient::from_env()?;
-    let (repo, ds, source) = resolve(url, &|id| oned.datastore(id), cfg)?;
+    let (repo, ds, source) = resolve(url, &|id| Ok(oned.datastore(id)?), cfg)?;
     if let Source::Chain { links, disk_id } = &source {
         let (dir, file) = chain::standalone(&repo, &ds, links, *disk_id)?;
         let (dir, file) = (dir.display().to_string(), file.display().to_string());
@@ -62,7 +62,7 @@ pub fn plan(url: &BackupUrl, downloader: &Path, cfg: &DriverConfig) -> Result<Ve
 /// Step two (`--stream`): writes the qcow2 to `out`.
 pub fn stream(url: &BackupUrl, cfg: &DriverConfig, out: &mut impl Write) -> Result<(), Error> {
     let oned = OnedClient::from_env()?;
-    let (repo, ds, source) = resolve(url, &|id| oned.datastore(id), cfg)?;
+    let (repo, ds, source) = resolve(url, &|id| Ok(oned.datastore(id)?), cfg)?;
     if let Source::Chain { .. } = source {
         return Err(input(format!(
             "backup URL {url} names a chain of qcow2 deltas: its command is `cat` of the rebuilt image, not --stream"

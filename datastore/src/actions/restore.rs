@@ -368,6 +368,7 @@ pub fn run(request: &RestoreRequest, cfg: &DriverConfig) -> Result<String, Error
                     Value::Bool(false),
                 ],
             )
+            .map_err(Error::from)
             .and_then(|v| id_of(v, "one.image.allocate"))
             .map_err(|e| with_created(e, &created))?;
         restored.insert(disk_id, id);
@@ -377,6 +378,7 @@ pub fn run(request: &RestoreRequest, cfg: &DriverConfig) -> Result<String, Error
         let template = vm_template(&vm, options, &base_name, &restored, tpm_state.as_deref())?;
         client
             .call_as(&session, "one.template.allocate", &[Value::Str(template)])
+            .map_err(Error::from)
             .and_then(|v| id_of(v, "one.template.allocate"))
             .map_err(|e| with_created(e, &created))?
     } else {

@@ -30,7 +30,7 @@
 
 use crate::delta::{self, Plan};
 use crate::host::{self, Step, Summary, increment_of};
-use backstop_datastore::{Error, ErrorKind};
+use crate::{Error, ErrorKind};
 use backstop_image::Disk;
 use backstop_image::disk_image::{DiskImage, Format};
 use backstop_image::image::ImageSource;

@@ -24,7 +24,7 @@ impl Virsh {
         let uri = kvmrc
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|text| {
-                backstop_datastore::config::parse_conf(&text)
+                backstop_protocol::config::parse_conf(&text)
                     .into_iter()
                     .rev()
                     .find(|(k, _)| k == "LIBVIRT_URI")

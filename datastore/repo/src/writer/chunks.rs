@@ -85,8 +85,7 @@ pub(super) fn backup_image(
     let parent_content = parent_content(path, size, n, changed, parent, &mut stats);
     let reusable = |i: usize| {
         parent_content.is_some_and(|pc| {
-            shared.index.data_len(&pc[i])
-                == Some(image::chunk_range(i, size).length as u32)
+            shared.index.data_len(&pc[i]) == Some(image::chunk_range(i, size).length as u32)
         })
     };
     let data = source

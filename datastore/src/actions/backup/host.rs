@@ -370,7 +370,7 @@ fn open_disk(
             if let Some(r) = whole_reason {
                 backstop_protocol::output::log(backstop_protocol::output::Level::Info, r);
             }
-            let roots = crate::layout::backing_roots(Path::new(&args.host_dir.vm_dir));
+            let roots = backstop_protocol::dirs::backing_roots(Path::new(&args.host_dir.vm_dir));
             // The disk as prebackup described it: an RBD snapshot, a running VM's pull-mode
             // export, a file read without qemu's lock (a running VM's frozen base), a qcow2
             // file, or raw bytes.

@@ -12,8 +12,8 @@
 //! `ONE_DISABLE_SSL_VERIFY`, which OpenNebula's clients honour, is refused. The session string
 //! is a secret: it is never part of an error, a log line or `Debug` output.
 
+use crate::xmlrpc::{self, OnedReply, Value};
 use crate::{Error, ErrorKind};
-use backstop_protocol::xmlrpc::{self, OnedReply, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ const MAX_BODY: usize = 64 << 20;
 
 /// The API endpoint and the session to use.
 pub struct OnedClient {
-    /// The endpoint as it may be printed ([`backstop_protocol::redact::url`]): only `host`,
+    /// The endpoint as it may be printed ([`crate::redact::url`]): only `host`,
     /// `port`, `path` and `tls` are used to connect.
     endpoint: String,
     host: String,
@@ -106,7 +106,7 @@ impl OnedClient {
 
     /// A client for `endpoint` (`http://host[:port]/path`) with a session string.
     pub fn new(endpoint: &str, session: String) -> Result<OnedClient, Error> {
-        let shown = backstop_protocol::redact::url(endpoint);
+        let shown = crate::redact::url(endpoint);
         let bad = |why: &str| oned_error(format!("ONE_XMLRPC endpoint {shown:?} {why}"));
         let (tls, rest) = match (
             endpoint.strip_prefix("https://"),
@@ -204,7 +204,7 @@ impl OnedClient {
     }
 
     /// `one.datastore.info` with decrypted secrets, as a typed datastore.
-    pub fn datastore(&self, id: u64) -> Result<backstop_protocol::message::Datastore, Error> {
+    pub fn datastore(&self, id: u64) -> Result<crate::message::Datastore, Error> {
         let v = self.call(
             "one.datastore.info",
             &[Value::Int(id as i64), Value::Bool(true)],
@@ -214,9 +214,9 @@ impl OnedClient {
                 "one.datastore.info {id} returned {v:?}, not a document"
             )));
         };
-        let root = backstop_protocol::xml::Element::parse(&xml)
+        let root = crate::xml::Element::parse(&xml)
             .map_err(|e| oned_error(format!("one.datastore.info {id}: {e}")))?;
-        backstop_protocol::message::Datastore::from_xml(&root)
+        crate::message::Datastore::from_xml(&root)
             .map_err(|e| oned_error(format!("one.datastore.info {id}: {e}")))
     }
 

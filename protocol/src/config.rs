@@ -17,6 +17,8 @@
 //!     `backup` action is backstop's, asked of oned; staging otherwise).
 
 use crate::Error;
+use crate::message::Datastore;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_SCRIPTS_REMOTE_DIR: &str = "/var/tmp/one";
@@ -126,6 +128,27 @@ fn read_conf(path: &Path) -> Result<Vec<(String, String)>, Error> {
         Ok(text) => Ok(parse_conf(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+/// A whole-number attribute of a datastore within `range`; `None` when it is not set (or
+/// blank). The error names the datastore, the attribute and the range.
+pub fn datastore_number(
+    ds: &Datastore,
+    name: &str,
+    range: RangeInclusive<i64>,
+) -> Result<Option<i64>, Error> {
+    let Some(v) = ds.attribute(name).map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match v.parse::<i64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(Error::config(format!(
+            "datastore {}: {name} is {v:?}, not a whole number from {} to {}",
+            ds.id,
+            range.start(),
+            range.end()
+        ))),
     }
 }
 

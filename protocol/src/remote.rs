@@ -8,10 +8,10 @@
 //! `docs/security.md`). A host that is this machine (`localhost`, a loopback address, this
 //! machine's name) runs the step with `sh -c`, without ssh.
 
-use crate::config::DriverConfig;
+use crate::args::BackupArgs;
+use crate::config::{DriverConfig, datastore_number};
+use crate::message::{Datastore, Vm};
 use crate::{Error, ErrorKind};
-use backstop_protocol::args::BackupArgs;
-use backstop_protocol::message::{Datastore, Vm};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -82,13 +82,41 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str, agent: Agent) -> Command {
     cmd
 }
 
+/// How the host step is confined (the stock driver's `cmd_confinement`), from the
+/// datastore's attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    pub nice: Option<i64>,
+    pub ionice: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub memory_max_mb: Option<i64>,
+    pub max_riops: Option<i64>,
+    pub max_wiops: Option<i64>,
+}
+
+impl Confinement {
+    /// Reads and checks `RESTIC_NICE`, `RESTIC_IONICE`, `RESTIC_CPU_QUOTA`,
+    /// `RESTIC_MEMORY_MAX_MB`, `RESTIC_MAX_RIOPS` and `RESTIC_MAX_WIOPS`.
+    pub fn of(ds: &Datastore) -> Result<Confinement, Error> {
+        let n = |name: &str, range| datastore_number(ds, name, range);
+        Ok(Confinement {
+            nice: n("RESTIC_NICE", -20..=19)?,
+            ionice: n("RESTIC_IONICE", 0..=7)?,
+            cpu_quota: n("RESTIC_CPU_QUOTA", 1..=100_000)?,
+            memory_max_mb: n("RESTIC_MEMORY_MAX_MB", 1..=16_777_216)?,
+            max_riops: n("RESTIC_MAX_RIOPS", 1..=10_000_000)?,
+            max_wiops: n("RESTIC_MAX_WIOPS", 1..=10_000_000)?,
+        })
+    }
+}
+
 /// The shell prefix that confines the host step (driver contract §10.3), from the datastore's
 /// `RESTIC_MAX_RIOPS`, `RESTIC_MAX_WIOPS`, `RESTIC_CPU_QUOTA` (percent), `RESTIC_MEMORY_MAX_MB`
 /// (a systemd user slice `backup.<ds_id>.slice` shared by all backups to the datastore, as the
 /// stock drivers use; its limits are set as runtime properties), or else `RESTIC_NICE` and
 /// `RESTIC_IONICE` (`nice`, `ionice -c2`). Empty when none is set.
 pub fn confinement(ds: &Datastore, vm_dir: &str) -> Result<String, Error> {
-    let c = crate::settings::Settings::of(ds)?.confinement;
+    let c = Confinement::of(ds)?;
     let (riops, wiops, cpu, mem, nice, ionice) = (
         c.max_riops,
         c.max_wiops,
@@ -340,7 +368,7 @@ mod tests {
             "<DATASTORE><ID>100</ID><DS_MAD>backstop</DS_MAD><BASE_PATH>/b</BASE_PATH>\
              <TEMPLATE>{attrs}</TEMPLATE></DATASTORE>"
         );
-        let root = backstop_protocol::xml::Element::parse(&xml).expect("xml");
+        let root = crate::xml::Element::parse(&xml).expect("xml");
         Datastore::from_xml(&root).expect("datastore")
     }
 
