@@ -15,6 +15,7 @@
 use crate::format::{IndexBlob, IndexFile, IndexPack, RepoId, Snapshot, Tree};
 use crate::lock::RetryLock;
 use crate::pack::{PackBuilder, SealedBlob};
+use crate::session::Session;
 use crate::{BlobLocation, Error, ErrorKind, Index, Packs, Repo, decompress, rustic_error};
 use rustic_core::FileType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -276,41 +277,85 @@ pub struct Healed {
     pub kept: usize,
 }
 
+/// What a heal is to do, decided from the index files alone (nothing read from a pack yet):
+/// which index files are replaced and which packs rewritten. A value, so that it can be shown
+/// and tested before anything is carried out ([`heal`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealPlan {
+    /// The index files naming a pack that holds a damaged blob, as they are now; each is
+    /// replaced by one naming the rewritten pack instead.
+    pub files: BTreeMap<RepoId, IndexFile>,
+    /// The packs to rewrite, each with the blobs the index files say it holds (once each);
+    /// every one is read again and judged when the plan is carried out.
+    pub packs: BTreeMap<RepoId, Vec<IndexBlob>>,
+}
+
+impl HealPlan {
+    /// The plan for taking `bad` blobs out, from the repository's index files (the packs in
+    /// use; those rustic's prune marked for deletion are carried over as they are).
+    pub fn of(
+        files: impl IntoIterator<Item = (RepoId, IndexFile)>,
+        bad: &HashSet<RepoId>,
+    ) -> HealPlan {
+        let mut plan = HealPlan::default();
+        for (id, file) in files {
+            plan.add(id, file, bad);
+        }
+        plan
+    }
+
+    /// Takes one index file into the plan (kept only when it names a pack to rewrite).
+    pub fn add(&mut self, id: RepoId, file: IndexFile, bad: &HashSet<RepoId>) {
+        let hit: Vec<&IndexPack> = file
+            .packs
+            .iter()
+            .filter(|p| p.blobs.iter().any(|b| bad.contains(&b.id)))
+            .collect();
+        if hit.is_empty() {
+            return;
+        }
+        for pack in hit {
+            let blobs = self.packs.entry(pack.id).or_default();
+            for b in &pack.blobs {
+                if !blobs.iter().any(|k| k.id == b.id && k.offset == b.offset) {
+                    blobs.push(b.clone());
+                }
+            }
+        }
+        self.files.insert(id, file);
+    }
+
+    /// Whether there is nothing to do (no damaged blob is in any index file).
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+}
+
 /// Takes `bad` blobs out of the repository: the packs holding them are rewritten with their
-/// good blobs, the index updated, the old packs deleted. Under an exclusive lock. Every blob of
+/// good blobs, the index updated, the old packs deleted. Under an exclusive lock: the plan
+/// ([`HealPlan`]) is made from the index files under it, then carried out. Every blob of
 /// those packs is read again and judged from what was read: one of `bad` that reads intact now
 /// (its earlier failure was the network's) stays.
 pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Error> {
     let session = repo.session(true, retry, crate::lock::REFRESH_EVERY)?;
     let bad: HashSet<RepoId> = bad.iter().copied().collect();
-    let mut healed = Healed::default();
-    // Index files and the packs in them that hold a damaged blob.
-    let mut files: BTreeMap<RepoId, IndexFile> = BTreeMap::new();
-    let mut damaged: BTreeSet<RepoId> = BTreeSet::new();
+    let mut plan = HealPlan::default();
     for id in repo.list(FileType::Index)? {
-        let index: IndexFile = repo.load_file(FileType::Index, &id)?;
-        let hit: Vec<RepoId> = index
-            .packs
-            .iter()
-            .filter(|p| p.blobs.iter().any(|b| bad.contains(&b.id)))
-            .map(|p| p.id)
-            .collect();
-        if !hit.is_empty() {
-            damaged.extend(hit);
-            files.insert(id, index);
-        }
+        plan.add(id, repo.load_file(FileType::Index, &id)?, &bad);
     }
+    carry_out(&session, plan)
+}
+
+/// Carries out a heal plan: each pack rewritten with what in it still reads intact, the new
+/// index files written, then the old ones and the old packs removed ([`Session::replace`]).
+fn carry_out(session: &Session<'_>, plan: HealPlan) -> Result<Healed, Error> {
+    let repo = session.repo();
+    let mut healed = Healed::default();
     // Each damaged pack rewritten with what in it is still good.
     let mut replaced: HashMap<RepoId, Option<IndexPack>> = HashMap::new();
-    for pack_id in &damaged {
-        let blobs: Vec<IndexBlob> = files
-            .values()
-            .flat_map(|f| f.packs.iter())
-            .filter(|p| p.id == *pack_id)
-            .flat_map(|p| p.blobs.iter().cloned())
-            .collect();
+    for (pack_id, blobs) in &plan.packs {
         let mut builder = PackBuilder::default();
-        for b in &blobs {
+        for b in blobs {
             if !sane(&b.id, &location(*pack_id, b)) {
                 healed.removed += 1;
                 continue;
@@ -349,7 +394,8 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
         healed.packs += 1;
     }
     // New index files first, then the old ones go, then the old packs.
-    let new: Vec<IndexFile> = files
+    let new: Vec<IndexFile> = plan
+        .files
         .iter()
         .map(|(old_id, file)| IndexFile {
             supersedes: vec![*old_id],
@@ -364,8 +410,70 @@ pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Err
             packs_to_delete: file.packs_to_delete.clone(),
         })
         .collect();
-    let old: Vec<RepoId> = files.keys().copied().collect();
-    let doomed: Vec<RepoId> = damaged.iter().copied().collect();
+    let old: Vec<RepoId> = plan.files.keys().copied().collect();
+    let doomed: Vec<RepoId> = plan.packs.keys().copied().collect();
     session.replace(&new, &old, &doomed)?;
     Ok(healed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::BlobKind;
+
+    fn blob(id: u8, offset: u32) -> IndexBlob {
+        IndexBlob {
+            id: RepoId([id; 32]),
+            kind: BlobKind::Data,
+            offset,
+            length: 64,
+            uncompressed_length: None,
+        }
+    }
+
+    fn pack(id: u8, blobs: Vec<IndexBlob>) -> IndexPack {
+        IndexPack {
+            id: RepoId([id; 32]),
+            blobs,
+        }
+    }
+
+    #[test]
+    fn a_heal_plan_names_only_the_packs_and_index_files_that_hold_a_damaged_blob() {
+        let damaged = pack(0xa0, vec![blob(1, 0), blob(2, 64)]);
+        let clean = pack(0xb0, vec![blob(3, 0)]);
+        let first = IndexFile {
+            packs: vec![damaged.clone(), clean.clone()],
+            ..IndexFile::default()
+        };
+        // The same pack named twice (a second index file from an interrupted writer).
+        let second = IndexFile {
+            packs: vec![damaged.clone()],
+            ..IndexFile::default()
+        };
+        let untouched = IndexFile {
+            packs: vec![pack(0xc0, vec![blob(4, 0)])],
+            ..IndexFile::default()
+        };
+        let bad: HashSet<RepoId> = [RepoId([2; 32])].into();
+        let plan = HealPlan::of(
+            [
+                (RepoId([0x11; 32]), first.clone()),
+                (RepoId([0x12; 32]), second.clone()),
+                (RepoId([0x13; 32]), untouched),
+            ],
+            &bad,
+        );
+        assert_eq!(
+            plan.files.keys().collect::<Vec<_>>(),
+            [&RepoId([0x11; 32]), &RepoId([0x12; 32])]
+        );
+        assert_eq!(plan.files[&RepoId([0x11; 32])], first);
+        // The damaged pack once, each of its blobs once (the good one is carried over when it
+        // reads intact); the clean pack is not rewritten.
+        assert_eq!(plan.packs.len(), 1);
+        assert_eq!(plan.packs[&RepoId([0xa0; 32])], damaged.blobs);
+        assert!(!plan.is_empty());
+        assert!(HealPlan::of([(RepoId([0x11; 32]), first)], &HashSet::new()).is_empty());
+    }
 }
