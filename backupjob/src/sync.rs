@@ -171,7 +171,76 @@ fn chosen(
     keep
 }
 
-/// One repository: opened at both ends (created at the destination), copied.
+/// What a run does in one repository, decided from the two repositories' snapshot lists
+/// alone, before anything is written: a value, shown and tested as it is, then carried out
+/// ([`sync_repository`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SyncPlan {
+    /// The source's snapshots to copy, oldest first (the copy skips those the destination
+    /// has already, but for `resync`).
+    copy: Vec<RepoId>,
+    /// Of those, the ones behind a copy a verify job found damaged at the destination: walked
+    /// again, and what the copy lacks copied again.
+    resync: Vec<RepoId>,
+    /// REMOVE_VANISHED: the copies to forget, and those left alone (counted).
+    vanished: Sorted,
+}
+
+/// The plan for one repository: the snapshots the job selects (`TAGS`, `TRANSFER_LAST`;
+/// `clean`: only these, for `VERIFIED_ONLY`), the sources of the `damaged` copies (their ids
+/// at the destination) to resync, and with `REMOVE_VANISHED` and a job (`me`) the copies
+/// [`vanished`] sorts out.
+fn plan(
+    (source_repo, source): (
+        RepoId,
+        &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+    ),
+    destination: &[(RepoId, backstop_datastore::repo::format::Snapshot)],
+    job: &SyncTemplate,
+    (clean, damaged): (Option<&[String]>, &[String]),
+    me: Option<&CopierId>,
+) -> SyncPlan {
+    let taken: Vec<_> = source
+        .iter()
+        .filter(|(_, s)| job.select.takes(&s.tags))
+        .cloned()
+        .collect();
+    let mut copy = chosen(&taken, job.transfer_last);
+    if let Some(clean) = clean {
+        copy.retain(|id| clean.contains(&id.to_hex()));
+    }
+    // A run always copies as its job (`run_repositories`); with no job there would be no
+    // copies of its own to forget.
+    let vanished = match (job.remove_vanished, me) {
+        (Some(_), Some(me)) => vanished((source_repo, source), me, destination),
+        _ => Sorted::default(),
+    };
+    // The source snapshots behind the damaged copies.
+    let mut resync = Vec::new();
+    for (id, s) in destination {
+        if let Some(o) = s.original.filter(|_| damaged.contains(&id.to_hex())) {
+            resync.extend(
+                source
+                    .iter()
+                    .filter(|(sid, ss)| ss.original.unwrap_or(*sid) == o)
+                    .map(|(sid, _)| *sid),
+            );
+        }
+    }
+    for r in &resync {
+        if !copy.contains(r) {
+            copy.push(*r);
+        }
+    }
+    SyncPlan {
+        copy,
+        resync,
+        vanished,
+    }
+}
+
+/// One repository: opened at both ends (created at the destination), planned ([`plan`]),
+/// then the vanished copies forgotten and the snapshots copied.
 fn sync_repository(
     (from, to): (&Datastore, &Datastore),
     repo_id: &str,
@@ -195,52 +264,37 @@ fn sync_repository(
         Ok(Ok(repo)) => repo,
         _ => dst_at.open(to, cfg, true)?,
     };
-    let snaps: Vec<_> = src
-        .all_snapshots()?
-        .into_iter()
-        .map(|(id, s, _)| (id, s))
-        .collect();
-    let taken: Vec<_> = snaps
-        .iter()
-        .filter(|(_, s)| job.select.takes(&s.tags))
-        .cloned()
-        .collect();
-    let mut ids = chosen(&taken, job.transfer_last);
-    if let Some(clean) = clean {
-        ids.retain(|id| clean.contains(&id.to_hex()));
-    }
-    // A run always copies as its job (`run_repositories`); with no job there would be no
-    // copies of its own to forget.
-    let removed = match (job.remove_vanished, &options.copied_by) {
-        (Some(max), Some(me)) => remove_vanished((src.id(), &snaps), (&dst, me), repo_id, max)?,
-        _ => Vanished::default(),
+    let listed = |repo: &backstop_datastore::repo::Repo| -> Result<Vec<_>, Error> {
+        Ok(repo
+            .all_snapshots()?
+            .into_iter()
+            .map(|(id, s, _)| (id, s))
+            .collect())
     };
-    // The source snapshots behind the damaged copies.
-    let mut resync = Vec::new();
-    if !damaged.is_empty() {
-        for (id, s, _) in dst.all_snapshots()? {
-            if let Some(o) = s.original.filter(|_| damaged.contains(&id.to_hex())) {
-                resync.extend(
-                    snaps
-                        .iter()
-                        .filter(|(sid, ss)| ss.original.unwrap_or(*sid) == o)
-                        .map(|(sid, _)| *sid),
-                );
-            }
-        }
-        ids.extend(
-            resync
-                .iter()
-                .filter(|r| !ids.contains(r))
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-    }
+    let snaps = listed(&src)?;
+    // The destination's snapshots matter only to forget vanished copies or resync damaged ones.
+    let forgets = job.remove_vanished.is_some() && options.copied_by.is_some();
+    let at_destination = if forgets || !damaged.is_empty() {
+        listed(&dst)?
+    } else {
+        Vec::new()
+    };
+    let plan = plan(
+        (src.id(), &snaps),
+        &at_destination,
+        job,
+        (clean, damaged),
+        options.copied_by.as_ref(),
+    );
+    let removed = match job.remove_vanished {
+        Some(max) => remove_vanished(&dst, &plan.vanished, repo_id, max)?,
+        None => Vanished::default(),
+    };
     let options = CopyOptions {
-        resync,
+        resync: plan.resync,
         ..options.clone()
     };
-    let (_, stats) = copy(&src, &dst, &ids, &options)?;
+    let (_, stats) = copy(&src, &dst, &plan.copy, &options)?;
     Ok((stats, removed))
 }
 
@@ -313,26 +367,16 @@ fn vanished(
     sorted
 }
 
-/// Forgets the destination's copies this job made from this source whose original the source
-/// no longer has ([`vanished`]; at most `max`, else nothing), then deletes the packs only
-/// they used.
+/// Forgets the copies the plan found vanished (`sorted.gone`: at most `max`, else nothing),
+/// then deletes the packs only they used.
 fn remove_vanished(
-    source: (
-        RepoId,
-        &[(RepoId, backstop_datastore::repo::format::Snapshot)],
-    ),
-    (dst, me): (&backstop_datastore::repo::Repo, &CopierId),
+    dst: &backstop_datastore::repo::Repo,
+    sorted: &Sorted,
     repo_id: &str,
     max: usize,
 ) -> Result<Vanished, Error> {
     use backstop_datastore::repo::lock::RetryLock;
     use backstop_datastore::repo::maintenance::PruneLimits;
-    let at_destination: Vec<_> = dst
-        .all_snapshots()?
-        .into_iter()
-        .map(|(id, s, _)| (id, s))
-        .collect();
-    let sorted = vanished(source, me, &at_destination);
     let gone: Vec<String> = sorted.gone.iter().map(RepoId::to_hex).collect();
     let mut done = Vanished {
         forgotten: 0,
@@ -585,6 +629,64 @@ mod tests {
             original: original.map(|o| RepoId([o; 32])),
             summary: None,
         }
+    }
+
+    /// A run's plan for one repository, from the two snapshot lists alone: the job's TAGS and
+    /// TRANSFER_LAST choose, VERIFIED_ONLY keeps the clean ones, a damaged copy brings its
+    /// source back for a resync even when TRANSFER_LAST left it out, and with
+    /// REMOVE_VANISHED this job's vanished copy is to be forgotten.
+    #[test]
+    fn a_sync_plan_is_made_from_the_snapshot_lists_alone() {
+        let id = |n: u8| RepoId([n; 32]);
+        let vm = |n: u32| vec![format!("one-{n}")];
+        let me = CopierId::parse(&"1".repeat(32)).expect("id");
+        let source_repo = RepoId([0xa; 32]);
+        let source = vec![
+            (id(1), snap(None, &vm(7))),
+            (id(2), snap(None, &vm(7))),
+            (id(3), snap(None, &vm(7))),
+            (id(4), snap(None, &vm(8))),
+        ];
+        let job = SyncTemplate::parse(
+            "NAME=s\nDATASTORE_ID=100\nREMOTE_ID=1\nTRANSFER_LAST=2\nREMOVE_VANISHED=YES\nMAX_DELETE=3",
+        )
+        .expect("template");
+        let tags = vec![source_tag(source_repo), me.tag()];
+        let destination = vec![
+            // The copy of 1, found damaged by a verify job.
+            (id(101), snap(Some(1), &tags)),
+            // This job's copy of a snapshot the source no longer has.
+            (id(109), snap(Some(9), &tags)),
+        ];
+        let plan = plan(
+            (source_repo, &source),
+            &destination,
+            &job,
+            (None, &[id(101).to_hex()]),
+            Some(&me),
+        );
+        // The newest two of VM 7, the one of VM 8, then 1 for its damaged copy.
+        assert_eq!(plan.copy, [id(2), id(3), id(4), id(1)]);
+        assert_eq!(plan.resync, [id(1)]);
+        assert_eq!(plan.vanished.gone, [id(109)]);
+
+        // VERIFIED_ONLY: only the clean ones; no job, nothing to forget.
+        let clean = [id(3).to_hex()];
+        let plan = super::plan(
+            (source_repo, &source),
+            &destination,
+            &job,
+            (Some(&clean), &[]),
+            None,
+        );
+        assert_eq!(plan.copy, [id(3)]);
+        assert!(plan.resync.is_empty() && plan.vanished == Sorted::default());
+
+        // TAGS: VM 8's snapshots only.
+        let job = SyncTemplate::parse("NAME=s\nDATASTORE_ID=100\nREMOTE_ID=1\nTAGS=\"one-8\"")
+            .expect("template");
+        let plan = super::plan((source_repo, &source), &[], &job, (None, &[]), Some(&me));
+        assert_eq!(plan.copy, [id(4)]);
     }
 
     /// REMOVE_VANISHED takes only this job's copies from this source whose original it lacks;
