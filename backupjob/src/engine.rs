@@ -400,9 +400,18 @@ pub fn run_jobs(
     reconcile(env, state, &mut on_event)?;
     let mut report: RunReport = Vec::new();
     let mut jobs: Vec<(u64, JobContext, i64)> = Vec::new();
+    let runner = backstop_image::process::ProcessId::current();
+    let mut records: HashMap<u64, u64> = HashMap::new();
     for &job_id in job_ids {
         match start_run(env, state, job_id, limits) {
-            Ok(ctx) => jobs.push((job_id, ctx, now())),
+            Ok(ctx) => {
+                let started_at = now();
+                records.insert(
+                    job_id,
+                    state.record_backup_run(job_id, started_at, &runner)?,
+                );
+                jobs.push((job_id, ctx, started_at));
+            }
             Err(e) => report.push((job_id, Err(e))),
         }
     }
@@ -523,8 +532,23 @@ pub fn run_jobs(
         }
     })?;
     for (job_id, _, started_at) in &jobs {
-        state.set_last_backup(*job_id, *started_at, now() - started_at)?;
-        report.push((*job_id, Ok(counts.get(job_id).copied().unwrap_or_default())));
+        let ended_at = now();
+        state.set_last_backup(*job_id, *started_at, ended_at - started_at)?;
+        let (updated, failed) = counts.get(job_id).copied().unwrap_or_default();
+        if let Some(&id) = records.get(job_id) {
+            state.end_run(&crate::state::sync::JobRun {
+                id,
+                kind: crate::state::sync::RunKind::Backup,
+                job_id: *job_id,
+                started_at: *started_at,
+                ended_at: Some(ended_at),
+                snapshots: updated as u64,
+                bytes_read: 0,
+                bytes_written: 0,
+                error: (failed > 0).then(|| format!("{failed} VMs failed")),
+            })?;
+        }
+        report.push((*job_id, Ok((updated, failed))));
     }
     Ok(report)
 }

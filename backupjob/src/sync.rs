@@ -431,6 +431,7 @@ pub fn run(
     let me = st.sync_job_copier(id)?;
     let mut record = SyncRun {
         id: run_id,
+        kind: crate::state::sync::RunKind::Sync,
         job_id: id,
         started_at: now(),
         ended_at: None,

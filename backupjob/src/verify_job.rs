@@ -19,7 +19,7 @@ use crate::job_template::{JobBasics, number_or, yes_no};
 use crate::model::state_datastore;
 use crate::pool::{Report, Running, each_at_once, with_ticks};
 use crate::state::State;
-use crate::state::sync::Verdict;
+use crate::state::sync::{JobRun, RunKind, Verdict};
 use backstop_datastore::config::DriverConfig;
 use backstop_datastore::repo::lock::RetryLock;
 use backstop_datastore::repo::verify::{
@@ -78,6 +78,10 @@ impl VerifyTemplate {
 pub struct VerifyRun {
     pub lines: Vec<String>,
     pub damaged: Vec<String>,
+    /// Snapshots read, in every repository.
+    pub snapshots: u64,
+    /// Bytes of packs read, in every repository.
+    pub bytes_read: u64,
 }
 
 /// Runs verify job `id` now; `None` when it is running already in another process.
@@ -97,11 +101,31 @@ pub fn run(
     let ds = state_datastore(&st.datastores()?, job.datastore_id, "datastore", location)?;
     let now = jiff::Timestamp::now().as_second();
     let runner = backstop_image::process::ProcessId::current();
-    let Some(k) = st.claim_verify_run(id, now, &runner)? else {
+    let Some(claim) = st.claim_verify_run(id, now, &runner)? else {
         return Ok(None);
     };
-    let result = verify_all(st, (&job, &ds, k), cfg, report);
-    st.release_verify_run(id)?;
+    let result = verify_all(st, (&job, &ds, claim.before), cfg, report);
+    // The run's record: what it read, and what it found wrong (damage, a repository it could
+    // not read or heal), or why it stopped.
+    let (snapshots, bytes_read, error) = match &result {
+        Ok(r) => (
+            r.snapshots,
+            r.bytes_read,
+            (!r.damaged.is_empty()).then(|| r.damaged.join("\n")),
+        ),
+        Err(e) => (0, 0, Some(e.to_string())),
+    };
+    st.end_run(&JobRun {
+        id: claim.run,
+        kind: RunKind::Verify,
+        job_id: id,
+        started_at: now,
+        ended_at: Some(jiff::Timestamp::now().as_second()),
+        snapshots,
+        bytes_read,
+        bytes_written: 0,
+        error,
+    })?;
     result.map(Some)
 }
 
@@ -162,6 +186,8 @@ fn verify_all(
     let mut out = VerifyRun {
         lines: Vec::new(),
         damaged: Vec::new(),
+        snapshots: 0,
+        bytes_read: 0,
     };
     let mut recorded: Result<(), Error> = Ok(());
     with_ticks(line, || {
@@ -251,6 +277,8 @@ fn record(
             return Ok(());
         }
     };
+    out.snapshots += checked.report.verdicts.len() as u64;
+    out.bytes_read += checked.report.bytes_read;
     let mut damaged = Vec::new();
     for v in &checked.report.verdicts {
         st.record_verdict(&Verdict {

@@ -283,6 +283,29 @@ fn the_backupjob_command_line_runs_a_job() {
     assert_eq!(get(22)["state"], "UPDATED");
     assert_eq!(get(23)["state"], "UPDATED");
     assert_eq!(get(24)["state"], "ERROR");
+    // The run is recorded as sync and verify runs are: one row in the state's job runs.
+    let runs: Vec<(String, i64, i64, bool, Option<String>)> = {
+        let db = rusqlite::Connection::open(&state).expect("state");
+        let mut q = db
+            .prepare("SELECT kind, job_id, snapshots, ended_at >= started_at, error FROM job_runs")
+            .expect("query");
+        q.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    };
+    assert_eq!(
+        runs,
+        [(
+            "backup".to_string(),
+            1,
+            2,
+            true,
+            Some("1 VMs failed".to_string())
+        )]
+    );
     assert!(
         get(24)["reason"]
             .as_str()

@@ -628,8 +628,8 @@ fn calendar_schedule(
     let pass = ok(&["scheduler"]);
     assert!(!ran(&pass), "ran for a time before its last run: {pass:?}");
     db.execute(
-        "UPDATE sync_runs SET started_at = started_at - 172800, ended_at = ended_at - 172800 \
-         WHERE job_id = ?1",
+        "UPDATE job_runs SET started_at = started_at - 172800, ended_at = ended_at - 172800 \
+         WHERE kind = 'sync' AND job_id = ?1",
         [id],
     )
     .expect("runs");

@@ -125,4 +125,35 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sync_jobs ADD COLUMN copier TEXT;
      UPDATE sync_jobs SET copier = lower(hex(randomblob(16)));
      CREATE UNIQUE INDEX sync_jobs_copier ON sync_jobs (copier);",
+    // 10: one record per run for every kind of job (backup, sync, verify), in one table.
+    // Sync runs move over as they are. Verify runs were counted on their job (the count picks
+    // the share a run reads): each counted run becomes a closed record at the job's last
+    // start, so the count and the last start stay what they were.
+    "CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('backup', 'sync', 'verify')),
+        job_id INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        snapshots INTEGER NOT NULL DEFAULT 0,
+        bytes_read INTEGER NOT NULL DEFAULT 0,
+        bytes_written INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        runner TEXT
+     );
+     CREATE INDEX job_runs_by_job ON job_runs (kind, job_id, id);
+     INSERT INTO job_runs (id, kind, job_id, started_at, ended_at, snapshots, bytes_read,
+                           bytes_written, error, runner)
+        SELECT id, 'sync', job_id, started_at, ended_at, snapshots, bytes_read, bytes_written,
+               error, runner FROM sync_runs;
+     WITH RECURSIVE n(i) AS (
+        SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < (SELECT max(runs) FROM verify_jobs)
+     )
+     INSERT INTO job_runs (kind, job_id, started_at, ended_at)
+        SELECT 'verify', v.id, coalesce(v.last_run, 0), coalesce(v.last_run, 0)
+        FROM verify_jobs v JOIN n ON n.i <= v.runs ORDER BY v.id, n.i;
+     DROP TABLE sync_runs;
+     ALTER TABLE verify_jobs DROP COLUMN runs;
+     ALTER TABLE verify_jobs DROP COLUMN last_run;
+     ALTER TABLE verify_jobs DROP COLUMN runner;",
 ];

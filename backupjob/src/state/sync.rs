@@ -1,20 +1,51 @@
-//! Sync jobs and the record of their runs (docs/sync.md).
+//! Sync and verify jobs, and the record of every job's runs (docs/sync.md): one `job_runs`
+//! table for backup, sync and verify runs.
 
 use super::*;
 use backstop_datastore::repo::copy::CopierId;
 
-/// One run of a sync job, as recorded.
+/// The kind of job a run belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Backup,
+    Sync,
+    Verify,
+}
+
+impl RunKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backup => "backup",
+            RunKind::Sync => "sync",
+            RunKind::Verify => "verify",
+        }
+    }
+}
+
+/// One run of a job, as recorded: the same shape for backup, sync and verify runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncRun {
+pub struct JobRun {
     pub id: u64,
+    pub kind: RunKind,
     pub job_id: u64,
     pub started_at: i64,
     pub ended_at: Option<i64>,
     pub snapshots: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    /// What failed, one line per repository; none when the run worked.
+    /// What failed, one line per repository (or VM); none when the run worked.
     pub error: Option<String>,
+}
+
+/// A sync job's run.
+pub type SyncRun = JobRun;
+
+/// A verify run started ([`State::claim_verify_run`]): its record, and how many runs the job
+/// had before it (which picks the share of packs this one reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyClaim {
+    pub run: u64,
+    pub before: u64,
 }
 
 /// A sync or a verify job.
@@ -102,7 +133,19 @@ impl State {
 
     /// Deletes a sync job and its run records (what it copied stays).
     pub fn delete_sync_job(&mut self, id: u64) -> Result<(), StateError> {
-        self.delete_row("sync_jobs", "sync job", id)
+        self.delete_row("sync_jobs", "sync job", id)?;
+        self.forget_runs(RunKind::Sync, id)
+    }
+
+    /// Deletes the run records of a job that is gone.
+    fn forget_runs(&mut self, kind: RunKind, job: u64) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "DELETE FROM job_runs WHERE kind = ?1 AND job_id = ?2",
+                params![kind.as_str(), job as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
     }
 
     /// A new row of a job table (`sync_jobs`, `verify_jobs`) with a unique name; its id.
@@ -200,14 +243,51 @@ impl State {
         Ok(())
     }
 
-    /// Starts a run record for `runner` (this process); its id. `None` when a run of the job
-    /// is going on in a live process: a job never overlaps itself. A run whose process is gone
-    /// (killed) is closed first, saying so.
+    /// Starts a run record of a sync job for `runner` (this process); its id. `None` when a
+    /// run of the job is going on in a live process: a job never overlaps itself. A run whose
+    /// process is gone (killed) is closed first, saying so.
     pub fn claim_sync_run(
         &mut self,
         job: u64,
         now: i64,
         runner: &ProcessId,
+    ) -> Result<Option<u64>, StateError> {
+        self.claim_run(RunKind::Sync, job, now, runner)
+    }
+
+    /// Starts a run record of any kind of job, as [`State::claim_sync_run`] says.
+    pub fn claim_run(
+        &mut self,
+        kind: RunKind,
+        job: u64,
+        now: i64,
+        runner: &ProcessId,
+    ) -> Result<Option<u64>, StateError> {
+        self.open_run(kind, job, now, runner, true)
+    }
+
+    /// Starts a run record of a backup job; its id. Runs of one backup job may overlap (each
+    /// VM is claimed on its own, [`State::job_vms`]), so a live one does not stop it; a run
+    /// whose process is gone is closed first, saying so.
+    pub fn record_backup_run(
+        &mut self,
+        job: u64,
+        now: i64,
+        runner: &ProcessId,
+    ) -> Result<u64, StateError> {
+        let id = self.open_run(RunKind::Backup, job, now, runner, false)?;
+        Ok(id.unwrap_or_default())
+    }
+
+    /// Opens a run record; with `alone`, none while a run of the job is going on in a live
+    /// process.
+    fn open_run(
+        &mut self,
+        kind: RunKind,
+        job: u64,
+        now: i64,
+        runner: &ProcessId,
+        alone: bool,
     ) -> Result<Option<u64>, StateError> {
         let path = self.path.clone();
         let err = |e| StateError::Sqlite {
@@ -217,26 +297,34 @@ impl State {
         let tx = self.conn.transaction().map_err(err)?;
         let open: Vec<(i64, Option<String>)> = {
             let mut stmt = tx
-                .prepare("SELECT id, runner FROM sync_runs WHERE job_id = ?1 AND ended_at IS NULL")
+                .prepare(
+                    "SELECT id, runner FROM job_runs \
+                     WHERE kind = ?1 AND job_id = ?2 AND ended_at IS NULL",
+                )
                 .map_err(err)?;
             let rows = stmt
-                .query_map(params![job as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![kind.as_str(), job as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .map_err(err)?;
             rows.collect::<Result<_, _>>().map_err(err)?
         };
         for (id, who) in open {
             if alive(who.as_deref()) {
-                return Ok(None);
+                if alone {
+                    return Ok(None);
+                }
+                continue;
             }
             tx.execute(
-                "UPDATE sync_runs SET ended_at = ?1, error = 'its runner was killed' WHERE id = ?2",
+                "UPDATE job_runs SET ended_at = ?1, error = 'its runner was killed' WHERE id = ?2",
                 params![now, id],
             )
             .map_err(err)?;
         }
         tx.execute(
-            "INSERT INTO sync_runs (job_id, started_at, runner) VALUES (?1, ?2, ?3)",
-            params![job as i64, now, runner.to_string()],
+            "INSERT INTO job_runs (kind, job_id, started_at, runner) VALUES (?1, ?2, ?3, ?4)",
+            params![kind.as_str(), job as i64, now, runner.to_string()],
         )
         .map_err(err)?;
         let id = tx.last_insert_rowid() as u64;
@@ -244,11 +332,16 @@ impl State {
         Ok(Some(id))
     }
 
-    /// Ends a run record with what it did.
+    /// Ends a sync run's record with what it did.
     pub fn end_sync_run(&mut self, run: &SyncRun) -> Result<(), StateError> {
+        self.end_run(run)
+    }
+
+    /// Ends a run record with what the run did.
+    pub fn end_run(&mut self, run: &JobRun) -> Result<(), StateError> {
         self.conn
             .execute(
-                "UPDATE sync_runs SET ended_at = ?1, snapshots = ?2, bytes_read = ?3, \
+                "UPDATE job_runs SET ended_at = ?1, snapshots = ?2, bytes_read = ?3, \
                  bytes_written = ?4, error = ?5 WHERE id = ?6",
                 params![
                     run.ended_at,
@@ -265,17 +358,23 @@ impl State {
 
     /// The runs of a sync job, newest first.
     pub fn sync_runs(&self, job: u64) -> Result<Vec<SyncRun>, StateError> {
+        self.runs(RunKind::Sync, job)
+    }
+
+    /// The runs of a job, newest first.
+    pub fn runs(&self, kind: RunKind, job: u64) -> Result<Vec<JobRun>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, job_id, started_at, ended_at, snapshots, bytes_read, bytes_written, \
-                 error FROM sync_runs WHERE job_id = ?1 ORDER BY id DESC",
+                 error FROM job_runs WHERE kind = ?1 AND job_id = ?2 ORDER BY id DESC",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map(params![job as i64], |r| {
-                Ok(SyncRun {
+            .query_map(params![kind.as_str(), job as i64], |r| {
+                Ok(JobRun {
                     id: r.get::<_, i64>(0)? as u64,
+                    kind,
                     job_id: r.get::<_, i64>(1)? as u64,
                     started_at: r.get(2)?,
                     ended_at: r.get(3)?,
@@ -310,7 +409,11 @@ impl State {
     pub fn verify_jobs(&self) -> Result<Vec<super::VerifyJobRow>, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, name, template, runs FROM verify_jobs ORDER BY id")
+            .prepare(
+                "SELECT v.id, v.name, v.template, \
+                 (SELECT count(*) FROM job_runs r WHERE r.kind = 'verify' AND r.job_id = v.id) \
+                 FROM verify_jobs v ORDER BY v.id",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -326,58 +429,44 @@ impl State {
     }
 
     pub fn delete_verify_job(&mut self, id: u64) -> Result<(), StateError> {
-        self.delete_row("verify_jobs", "verify job", id)
+        self.delete_row("verify_jobs", "verify job", id)?;
+        self.forget_runs(RunKind::Verify, id)
     }
 
-    /// Starts a run of a verify job for `runner`: the number of runs before it, or `None` when
-    /// a run is going on in a live process.
+    /// Starts a run of a verify job for `runner`: its record and the number of runs before it,
+    /// or `None` when a run is going on in a live process.
     pub fn claim_verify_run(
         &mut self,
         id: u64,
         now: i64,
         runner: &ProcessId,
-    ) -> Result<Option<u64>, StateError> {
-        let path = self.path.clone();
-        let err = |e| StateError::Sqlite {
-            path: path.clone(),
-            source: e,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let (runs, who): (i64, Option<String>) = tx
-            .query_row(
-                "SELECT runs, runner FROM verify_jobs WHERE id = ?1",
-                params![id as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(err)?;
-        if alive(who.as_deref()) {
+    ) -> Result<Option<VerifyClaim>, StateError> {
+        let Some(run) = self.claim_run(RunKind::Verify, id, now, runner)? else {
             return Ok(None);
-        }
-        tx.execute(
-            "UPDATE verify_jobs SET runs = runs + 1, last_run = ?1, runner = ?2 WHERE id = ?3",
-            params![now, runner.to_string(), id as i64],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(Some(runs as u64))
-    }
-
-    /// Ends a run of a verify job.
-    pub fn release_verify_run(&mut self, id: u64) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "UPDATE verify_jobs SET runner = NULL WHERE id = ?1",
-                params![id as i64],
+        };
+        let before: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM job_runs WHERE kind = 'verify' AND job_id = ?1 AND id < ?2",
+                params![id as i64, run as i64],
+                |r| r.get(0),
             )
             .map_err(|e| self.sql(e))?;
-        Ok(())
+        Ok(Some(VerifyClaim {
+            run,
+            before: before as u64,
+        }))
     }
 
     /// When each verify job last started.
     pub fn verify_last_runs(&self) -> Result<Vec<super::LastRun>, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, last_run FROM verify_jobs ORDER BY id")
+            .prepare(
+                "SELECT v.id, \
+                 (SELECT max(started_at) FROM job_runs r WHERE r.kind = 'verify' AND r.job_id = v.id) \
+                 FROM verify_jobs v ORDER BY v.id",
+            )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {

@@ -283,7 +283,7 @@ fn a_sync_or_verify_job_never_overlaps_itself() {
     let dead = ProcessId::parse("4000000.1.0").expect("a pid no process has");
     s.conn
         .execute(
-            "UPDATE sync_runs SET runner = ?1 WHERE id = ?2",
+            "UPDATE job_runs SET runner = ?1 WHERE id = ?2",
             params![dead.to_string(), first as i64],
         )
         .expect("update");
@@ -296,14 +296,43 @@ fn a_sync_or_verify_job_never_overlaps_itself() {
     assert_eq!(runs[1].error.as_deref(), Some("its runner was killed"));
 
     let v = s.add_verify_job("v", "NAME=v").expect("add");
-    assert_eq!(s.claim_verify_run(v, 5, &me).expect("claim"), Some(0));
+    let claim = s.claim_verify_run(v, 5, &me).expect("claim").expect("free");
+    assert_eq!(claim.before, 0);
     assert_eq!(
         s.claim_verify_run(v, 6, &me).expect("claim"),
         None,
         "overlap"
     );
-    s.release_verify_run(v).expect("release");
-    assert_eq!(s.claim_verify_run(v, 7, &me).expect("claim"), Some(1));
+    s.end_run(&crate::state::sync::JobRun {
+        id: claim.run,
+        kind: crate::state::sync::RunKind::Verify,
+        job_id: v,
+        started_at: 5,
+        ended_at: Some(6),
+        snapshots: 3,
+        bytes_read: 4096,
+        bytes_written: 0,
+        error: None,
+    })
+    .expect("end");
+    let second = s.claim_verify_run(v, 7, &me).expect("claim").expect("free");
+    assert_eq!(second.before, 1);
+    // Verify runs are recorded as sync runs are, in the one table of job runs.
+    let runs = s
+        .runs(crate::state::sync::RunKind::Verify, v)
+        .expect("runs");
+    assert_eq!(
+        (
+            runs.len(),
+            runs[1].snapshots,
+            runs[1].ended_at,
+            runs[0].ended_at
+        ),
+        (2, 3, Some(6), None)
+    );
+    // A sync job's runs are not a verify job's, though both jobs have id 1.
+    assert_eq!((job, v), (1, 1));
+    assert_eq!(s.sync_runs(job).expect("runs").len(), 2);
     assert_eq!(
         s.verify_last_runs().expect("last"),
         [crate::state::LastRun {
@@ -358,4 +387,89 @@ fn every_sync_job_has_its_own_copier_id() {
     assert_eq!(stored(&s, 2), new_b);
     assert_eq!(s.stored_copier(99).expect("read"), None);
     assert!(s.sync_job_copier(99).is_err());
+}
+
+/// Schema 10 puts every job's runs in one table: a sync job's recorded runs move over as they
+/// are, and a verify job's counted runs become records, so the count (which picks the share a
+/// run reads) and the last start stay what they were.
+#[test]
+fn schema_10_keeps_the_sync_runs_and_the_verify_counts() {
+    use crate::state::sync::RunKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("state.db");
+    {
+        let old = Connection::open(&file).expect("open");
+        for m in &MIGRATIONS[..9] {
+            old.execute_batch(m).expect("migration");
+        }
+        old.pragma_update(None, "user_version", 9).expect("version");
+        old.execute_batch(
+            "INSERT INTO sync_jobs (name, template, copier) VALUES ('s', 'NAME=s', 'aa');
+             INSERT INTO sync_runs (job_id, started_at, ended_at, snapshots, bytes_read,
+                                    bytes_written, error)
+                VALUES (1, 100, 110, 3, 4096, 2048, NULL);
+             INSERT INTO sync_runs (job_id, started_at, ended_at, error)
+                VALUES (1, 200, 205, 'repository 22: gone');
+             INSERT INTO verify_jobs (name, template, runs, last_run) VALUES ('v', 'NAME=v', 3, 900);
+             INSERT INTO verify_jobs (name, template, runs, last_run) VALUES ('w', 'NAME=w', 0, NULL);",
+        )
+        .expect("rows");
+    }
+    let mut s = State::open(&file).expect("migrate");
+    let sync = s.sync_runs(1).expect("runs");
+    assert_eq!(
+        sync.iter()
+            .map(|r| (
+                r.started_at,
+                r.ended_at,
+                r.snapshots,
+                r.bytes_read,
+                r.bytes_written,
+                r.error.clone()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            (
+                200,
+                Some(205),
+                0,
+                0,
+                0,
+                Some("repository 22: gone".to_string())
+            ),
+            (100, Some(110), 3, 4096, 2048, None),
+        ]
+    );
+    let jobs = s.verify_jobs().expect("jobs");
+    assert_eq!(
+        jobs.iter()
+            .map(|j| (j.name.as_str(), j.runs))
+            .collect::<Vec<_>>(),
+        [("v", 3), ("w", 0)]
+    );
+    assert_eq!(
+        s.verify_last_runs().expect("last"),
+        [
+            crate::state::LastRun {
+                job: 1,
+                started_at: Some(900)
+            },
+            crate::state::LastRun {
+                job: 2,
+                started_at: None
+            }
+        ]
+    );
+    // The next run of v is its fourth: it reads the share after the third's.
+    let me = ProcessId::current();
+    let claim = s
+        .claim_verify_run(1, 1000, &me)
+        .expect("claim")
+        .expect("free");
+    assert_eq!(claim.before, 3);
+    assert_eq!(s.runs(RunKind::Verify, 2).expect("runs"), []);
+    // Deleting a job deletes its records, and only its own.
+    s.delete_verify_job(1).expect("delete");
+    assert_eq!(s.runs(RunKind::Verify, 1).expect("runs"), []);
+    assert_eq!(s.sync_runs(1).expect("runs").len(), 2);
 }
