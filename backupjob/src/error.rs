@@ -36,7 +36,6 @@ pub enum Error {
     Output(std::io::Error),
 }
 
-/// A repository failure, classed as the datastore driver classes it.
 /// The driver configuration, oned and ssh fail as the datastore driver's would.
 impl From<backstop_protocol::Error> for Error {
     fn from(e: backstop_protocol::Error) -> Self {
@@ -44,6 +43,7 @@ impl From<backstop_protocol::Error> for Error {
     }
 }
 
+/// A repository failure, classed as the datastore driver classes it.
 impl From<backstop_datastore::repo::Error> for Error {
     fn from(e: backstop_datastore::repo::Error) -> Self {
         Error::Datastore(e.into())

@@ -102,7 +102,6 @@ impl From<backstop_repo::Error> for Error {
     }
 }
 
-/// An image failure, classed as the repository layer classes it.
 /// The protocol layer's kinds are the driver's own.
 impl From<backstop_protocol::Error> for Error {
     fn from(e: backstop_protocol::Error) -> Self {
@@ -121,6 +120,7 @@ impl From<backstop_protocol::Error> for Error {
     }
 }
 
+/// An image failure, classed as the repository layer classes it.
 impl From<backstop_image::Error> for Error {
     fn from(e: backstop_image::Error) -> Self {
         Error::from(backstop_repo::Error::from(e))

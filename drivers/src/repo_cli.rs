@@ -603,13 +603,13 @@ fn source_and_changes(cmd: &BackupCmd) -> Result<(Source, Option<Vec<image::Exte
             image: &rbd,
             since: cmd.rbd_from_snap.as_deref(),
         };
-        let opened = backstop_image::open(disk, None).map_err(|e| e.to_string())?;
+        let opened = backstop_image::open(disk, bitmap.as_deref()).map_err(|e| e.to_string())?;
         return Ok((opened.source, opened.changed));
     }
     let dir;
     let (disk, bitmap) = if *stock_increment {
         let path = image.as_deref().ok_or("--stock-increment needs --image")?;
-        (Disk::Delta(path), None)
+        (Disk::Delta(path), bitmap.as_deref())
     } else if let Some(socket) = nbd {
         let export = Disk::Export { socket, name: "" };
         (export, bitmap.as_deref())

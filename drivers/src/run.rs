@@ -87,6 +87,16 @@ pub fn fail(action: &str, error: &DriverError) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The datastore driver's check of a backup datastore's attributes, for prebackup
+/// ([`backstop_tm::fe::CheckDatastore`]).
+fn check_backup_datastore(
+    ds: &backstop_protocol::message::Datastore,
+) -> Result<(), backstop_tm::Error> {
+    backstop_datastore::settings::Settings::of(ds)
+        .map(|_| ())
+        .map_err(|e| backstop_tm::Error::new(backstop_tm::ErrorKind::Config, e.to_string()))
+}
+
 /// Runs the action a remotes path names.
 pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
     let invocation = match Invocation::from_path(path) {
@@ -413,7 +423,14 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             raw,
             ..
         } if name == "prebackup" || name == "prebackup_live" => {
-            backstop_tm::fe::run(&name, &args, &vm, &raw, &ctx.config()?, &ctx.cancel)?;
+            let check = &check_backup_datastore;
+            backstop_tm::fe::run(
+                &name,
+                (&args, &vm, &raw),
+                &ctx.config()?,
+                check,
+                &ctx.cancel,
+            )?;
             Ok(Answer::Nothing)
         }
         Request::TmBackupStep {
@@ -425,7 +442,8 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
         } if name == "postbackup" || name == "postbackup_live" => {
             // As the stock script: problems are logged, the step succeeds.
             if let Err(e) = ctx.config().map_err(|e| e.to_string()).and_then(|cfg| {
-                backstop_tm::fe::run(&name, &args, &vm, &raw, &cfg, &ctx.cancel)
+                let check = &check_backup_datastore;
+                backstop_tm::fe::run(&name, (&args, &vm, &raw), &cfg, check, &ctx.cancel)
                     .map_err(|e| e.to_string())
             }) {
                 output::log(output::Level::Error, &e);

@@ -50,13 +50,17 @@ pub fn direct(cfg: &DriverConfig, ds: Option<&Datastore>) -> bool {
     }
 }
 
+/// Checks a backup datastore's attributes before prebackup touches the VM: the binary passes
+/// the datastore driver's own check, so that a datastore the backup would refuse is refused
+/// before a VM is frozen or its disks staged.
+pub type CheckDatastore<'a> = &'a dyn Fn(&Datastore) -> Result<(), Error>;
+
 /// Runs `action` (`prebackup` or `postbackup`) on the host.
 pub fn run(
     action: &str,
-    args: &BackupArgs,
-    vm: &Vm,
-    raw_xml: &[u8],
+    (args, vm, raw_xml): (&BackupArgs, &Vm, &[u8]),
     cfg: &DriverConfig,
+    check: CheckDatastore<'_>,
     cancel: &Arc<AtomicBool>,
 ) -> Result<(), Error> {
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
@@ -70,7 +74,10 @@ pub fn run(
     // The qemu work runs under the backup datastore's confinement, as the stock driver's
     // (driver contract §4.1, §10.3).
     let prefix = match &ds {
-        Some(ds) => confinement(ds, &args.host_dir.vm_dir)?,
+        Some(ds) => {
+            check(ds)?;
+            confinement(ds, &args.host_dir.vm_dir)?
+        }
         None => String::new(),
     };
     let mut words = vec![

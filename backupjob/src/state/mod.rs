@@ -618,14 +618,8 @@ impl State {
                 "backup job {job} has backups in progress; cancel it first"
             )));
         }
-        let n = self
-            .conn
-            .execute("DELETE FROM jobs WHERE id = ?1", params![job as i64])
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(self.invalid(format!("there is no backup job {job}")));
-        }
-        Ok(())
+        // The job and the records of its runs go together.
+        self.delete_with_runs(("jobs", "backup job"), sync::RunKind::Backup, job)
     }
 
     /// A cancelled backup: ONGOING → ERROR with the reason, without counting a failure (a

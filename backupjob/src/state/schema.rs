@@ -126,9 +126,11 @@ pub const MIGRATIONS: &[&str] = &[
      UPDATE sync_jobs SET copier = lower(hex(randomblob(16)));
      CREATE UNIQUE INDEX sync_jobs_copier ON sync_jobs (copier);",
     // 10: one record per run for every kind of job (backup, sync, verify), in one table.
-    // Sync runs move over as they are. Verify runs were counted on their job (the count picks
-    // the share a run reads): each counted run becomes a closed record at the job's last
-    // start, so the count and the last start stay what they were.
+    // Sync runs move over as they are (a run going on stays open, under its runner). Verify
+    // runs were counted on their job (the count picks the share a run reads): each counted
+    // run becomes a record at the job's last start, closed but for one going on. The old
+    // table and columns stay, unused, so that a runner of the version before that is still
+    // running when this one migrates ends without an error; a later schema drops them.
     "CREATE TABLE job_runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL CHECK (kind IN ('backup', 'sync', 'verify')),
@@ -149,11 +151,10 @@ pub const MIGRATIONS: &[&str] = &[
      WITH RECURSIVE n(i) AS (
         SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < (SELECT max(runs) FROM verify_jobs)
      )
-     INSERT INTO job_runs (kind, job_id, started_at, ended_at)
-        SELECT 'verify', v.id, coalesce(v.last_run, 0), coalesce(v.last_run, 0)
-        FROM verify_jobs v JOIN n ON n.i <= v.runs ORDER BY v.id, n.i;
-     DROP TABLE sync_runs;
-     ALTER TABLE verify_jobs DROP COLUMN runs;
-     ALTER TABLE verify_jobs DROP COLUMN last_run;
-     ALTER TABLE verify_jobs DROP COLUMN runner;",
+     INSERT INTO job_runs (kind, job_id, started_at, ended_at, runner)
+        SELECT 'verify', v.id, coalesce(v.last_run, 0),
+               CASE WHEN n.i = v.runs AND v.runner IS NOT NULL THEN NULL
+                    ELSE coalesce(v.last_run, 0) END,
+               CASE WHEN n.i = v.runs THEN v.runner END
+        FROM verify_jobs v JOIN n ON n.i <= v.runs ORDER BY v.id, n.i;",
 ];

@@ -133,19 +133,38 @@ impl State {
 
     /// Deletes a sync job and its run records (what it copied stays).
     pub fn delete_sync_job(&mut self, id: u64) -> Result<(), StateError> {
-        self.delete_row("sync_jobs", "sync job", id)?;
-        self.forget_runs(RunKind::Sync, id)
+        self.delete_with_runs(("sync_jobs", "sync job"), RunKind::Sync, id)
     }
 
-    /// Deletes the run records of a job that is gone.
-    fn forget_runs(&mut self, kind: RunKind, job: u64) -> Result<(), StateError> {
-        self.conn
+    /// Deletes a job's row and its run records, both or neither.
+    pub(super) fn delete_with_runs(
+        &mut self,
+        (table, what): (&str, &str),
+        kind: RunKind,
+        id: u64,
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let n = tx
             .execute(
-                "DELETE FROM job_runs WHERE kind = ?1 AND job_id = ?2",
-                params![kind.as_str(), job as i64],
+                &format!("DELETE FROM {table} WHERE id = ?1"),
+                params![id as i64],
             )
-            .map_err(|e| self.sql(e))?;
-        Ok(())
+            .map_err(err)?;
+        if n == 0 {
+            drop(tx);
+            return Err(self.invalid(format!("there is no {what} {id}")));
+        }
+        tx.execute(
+            "DELETE FROM job_runs WHERE kind = ?1 AND job_id = ?2",
+            params![kind.as_str(), id as i64],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// A new row of a job table (`sync_jobs`, `verify_jobs`) with a unique name; its id.
@@ -227,20 +246,6 @@ impl State {
         template: &str,
     ) -> Result<(), StateError> {
         self.update_named(("verify_jobs", "verify job"), id, name, template)
-    }
-
-    fn delete_row(&mut self, table: &str, what: &str, id: u64) -> Result<(), StateError> {
-        let n = self
-            .conn
-            .execute(
-                &format!("DELETE FROM {table} WHERE id = ?1"),
-                params![id as i64],
-            )
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(self.invalid(format!("there is no {what} {id}")));
-        }
-        Ok(())
     }
 
     /// Starts a run record of a sync job for `runner` (this process); its id. `None` when a
@@ -429,8 +434,7 @@ impl State {
     }
 
     pub fn delete_verify_job(&mut self, id: u64) -> Result<(), StateError> {
-        self.delete_row("verify_jobs", "verify job", id)?;
-        self.forget_runs(RunKind::Verify, id)
+        self.delete_with_runs(("verify_jobs", "verify job"), RunKind::Verify, id)
     }
 
     /// Starts a run of a verify job for `runner`: its record and the number of runs before it,

@@ -414,6 +414,13 @@ fn schema_10_keeps_the_sync_runs_and_the_verify_counts() {
              INSERT INTO verify_jobs (name, template, runs, last_run) VALUES ('w', 'NAME=w', 0, NULL);",
         )
         .expect("rows");
+        // A verify run going on (under this process) while the state is migrated.
+        old.execute(
+            "INSERT INTO verify_jobs (name, template, runs, last_run, runner) \
+             VALUES ('x', 'NAME=x', 2, 950, ?1)",
+            [ProcessId::current().to_string()],
+        )
+        .expect("running");
     }
     let mut s = State::open(&file).expect("migrate");
     let sync = s.sync_runs(1).expect("runs");
@@ -445,7 +452,7 @@ fn schema_10_keeps_the_sync_runs_and_the_verify_counts() {
         jobs.iter()
             .map(|j| (j.name.as_str(), j.runs))
             .collect::<Vec<_>>(),
-        [("v", 3), ("w", 0)]
+        [("v", 3), ("w", 0), ("x", 2)]
     );
     assert_eq!(
         s.verify_last_runs().expect("last"),
@@ -457,11 +464,17 @@ fn schema_10_keeps_the_sync_runs_and_the_verify_counts() {
             crate::state::LastRun {
                 job: 2,
                 started_at: None
+            },
+            crate::state::LastRun {
+                job: 3,
+                started_at: Some(950)
             }
         ]
     );
-    // The next run of v is its fourth: it reads the share after the third's.
+    // The run going on stays open under its runner: x does not run alongside it.
     let me = ProcessId::current();
+    assert_eq!(s.claim_verify_run(3, 990, &me).expect("claim"), None);
+    // The next run of v is its fourth: it reads the share after the third's.
     let claim = s
         .claim_verify_run(1, 1000, &me)
         .expect("claim")

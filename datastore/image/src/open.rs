@@ -116,6 +116,14 @@ fn unreadable(what: &str, e: io::Error) -> Error {
 /// extents are the changed ones. A raw file read with its lock and no bitmap is read
 /// directly; everything else through qemu, which is told every format and file it opens.
 pub fn open(disk: Disk<'_>, bitmap: Option<&str>) -> Result<Opened, Error> {
+    if let (Some(b), Disk::Delta(_) | Disk::Rbd { .. }) = (bitmap, &disk) {
+        // Their changes come from the delta's clusters or `rbd diff`; a bitmap given with
+        // them would be quietly ignored.
+        return Err(Error::new(
+            ErrorKind::Input,
+            format!("bitmap {b}: a stock increment or an RBD snapshot has no bitmap to read"),
+        ));
+    }
     match disk {
         Disk::File {
             path,
