@@ -12,6 +12,9 @@
 //! - [`engine`]: jobs run together within the limits (one tick sees them all), with
 //!   progress, the scheduler pass, and the reconciliation of what a killed runner left
 //!   ONGOING with the repository;
+//! - [`ops`]: the operations the command line and the web server call (run, retry, cancel,
+//!   retention, definitions, sync and verify runs, the scheduler's pass), each with named
+//!   options and a named result whose `Display` is the text shown for it;
 //! - [`cli`]: the `backupjob` command line, one module per command group;
 //! - [`error`]: the one error type, with the kind of failure.
 
@@ -24,6 +27,7 @@ pub mod filters;
 pub mod job_template;
 pub mod model;
 pub mod notify;
+pub mod ops;
 pub mod pool;
 pub mod retention;
 pub mod runner;

@@ -1,22 +1,10 @@
-//! `backupjob datastore create|list|show|delete`: backup datastores, from OpenNebula-style
+//! `backupjob datastore list|show` (create and delete: [`crate::ops::definitions`]): backup datastores, from OpenNebula-style
 //! templates.
 
-use super::{Args, input, print, read};
+use super::{Args, input, print};
 use crate::Error;
-use crate::model::{self, JobTemplate};
+use crate::ops;
 use crate::state::State;
-use std::path::PathBuf;
-
-pub(super) fn create(st: &mut State, args: &Args, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    // Validated with the id it will get.
-    let next = st.datastores()?.last().map_or(0, |d| d.id) + 1;
-    let (name, _) = model::datastore(next, &text, &args.datastore_location)
-        .map_err(|x| input(format!("{}: {x}", file.display())))?;
-    let id = st.add_datastore(&name, &text)?;
-    print(&format!("ID: {id}"))?;
-    Ok(())
-}
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let list = st.datastores()?;
@@ -35,55 +23,17 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn delete(st: &mut State, id: &u64) -> Result<(), Error> {
-    let using: Vec<u64> = st
-        .jobs()?
-        .into_iter()
-        .filter(|j| JobTemplate::parse(&j.template).is_ok_and(|j| j.datastore_id == *id))
-        .map(|j| j.id)
-        .collect();
-    st.delete_datastore(*id, &using)?;
-    Ok(())
-}
-
-/// A datastore of the state as the actions see it.
-pub(super) fn datastore_of(
-    st: &State,
-    args: &Args,
-    id: u64,
-) -> Result<(String, String, backstop_protocol::message::Datastore), Error> {
-    let crate::state::Named {
-        name,
-        template: text,
-        ..
-    } = st
-        .datastores()
-        .map_err(|x| input(x.to_string()))?
-        .into_iter()
-        .find(|d| d.id == id)
-        .ok_or_else(|| input(format!("there is no datastore {id}")))?;
-    let (_, ds) = model::datastore(id, &text, &args.datastore_location)
-        .map_err(|x| input(format!("datastore {id}: {x}")))?;
-    let root = backstop_protocol::xml::Element::parse(&ds.document)
-        .map_err(|x| input(format!("datastore {id}: {x}")))?;
-    let parsed = backstop_protocol::message::Datastore::from_xml(&root)
-        .map_err(|x| input(format!("datastore {id}: {x}")))?;
-    Ok((name, text, parsed))
-}
-
 pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), Error> {
     use backstop_protocol::template::Template;
-    let (name, text, ds) = datastore_of(st, args, id)?;
+    let ops::StateDatastore {
+        name,
+        template: text,
+        datastore: ds,
+    } = ops::datastore_of(st, &args.datastore_location, id)?;
     let template = Template::parse(&text)
         .map_err(|x| input(format!("datastore {id}: {x}")))?
         .redacted();
-    let jobs: Vec<u64> = st
-        .jobs()
-        .map_err(|x| input(x.to_string()))?
-        .into_iter()
-        .filter(|j| JobTemplate::parse(&j.template).is_ok_and(|j| j.datastore_id == id))
-        .map(|j| j.id)
-        .collect();
+    let jobs = ops::definitions::jobs_using(st, id).map_err(|x| input(x.to_string()))?;
     let images: Vec<u64> = st
         .all_images()
         .map_err(|x| input(x.to_string()))?

@@ -2,12 +2,11 @@
 //! one written out as files.
 
 use super::RestoreArgs;
-use super::datastores::datastore_of;
 use super::{Args, input, print};
 use crate::Error;
+use crate::ops::{self, images::RestoreOptions};
 use crate::state::State;
 use crate::state::sync::Verdict;
-use std::path::PathBuf;
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let images = st.all_images()?;
@@ -58,8 +57,13 @@ pub(super) fn restore_cmd(st: &State, args: &Args, r: &RestoreArgs) -> Result<()
         increment,
         disk_id,
     } = r;
-    let files = image_restore(st, args, *id, *increment, *disk_id, to)?;
-    for f in files {
+    let options = RestoreOptions {
+        image: *id,
+        to: to.clone(),
+        increment: *increment,
+        disk_id: *disk_id,
+    };
+    for f in ops::images::restore(&super::env(args), st, &options)?.files {
         print(&f.display().to_string())?;
     }
     Ok(())
@@ -140,23 +144,4 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         ));
     }
     print(out.trim_end())
-}
-
-fn image_restore(
-    st: &State,
-    args: &Args,
-    id: u64,
-    increment: Option<u64>,
-    disk_id: Option<u32>,
-    to: &std::path::Path,
-) -> Result<Vec<PathBuf>, Error> {
-    let doc = crate::runner::image_document(st, id)?;
-    let root = backstop_protocol::xml::Element::parse(&doc).map_err(|x| input(x.to_string()))?;
-    let image = backstop_protocol::message::Image::from_xml(&root)
-        .map_err(|x| input(format!("image {id}: {x}")))?;
-    let ds_id = st.image(id)?.datastore_id;
-    let (_, _, ds) = datastore_of(st, args, ds_id)?;
-    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
-    backstop_datastore::backup_image::to_directory(&image, &ds, increment, disk_id, to, &cfg)
-        .map_err(|x| input(format!("image {id}: {x}")))
 }

@@ -1,29 +1,15 @@
 //! `backupjob create|list|show|update|delete|rename|lock|unlock|priority|backup|cancel|
 //! retry`: backup jobs, and running one now.
 
-use super::datastores::datastore_of;
-use super::{Args, input, print, read};
+use super::{Args, file_text, input, print};
 use super::{CreateArgs, Reporter, local_time};
 use crate::Error;
-use crate::engine;
-use crate::model::{self, JobTemplate};
-use crate::runner::Env;
-use crate::scheduler::Limits;
+use crate::ops::{self, definitions::Definition, definitions::Setting};
 use crate::state::State;
 use crate::state::VmState;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
-
-/// A job backs up into a backup datastore, never straight into a remote.
-fn not_a_remote(st: &State, id: u64) -> Result<(), Error> {
-    if st.remotes()?.iter().any(|r| r.id == id) {
-        return Err(input(format!(
-            "DATASTORE_ID {id} is a remote, not a backup datastore (remotes receive copies through sync jobs)"
-        )));
-    }
-    Ok(())
-}
 
 pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
     let CreateArgs {
@@ -36,29 +22,20 @@ pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
         execution,
         priority,
     } = c;
-    let flags = [
-        ("NAME", name.clone()),
-        ("BACKUP_VMS", vms.clone()),
-        ("DATASTORE_ID", datastore.map(|d| d.to_string())),
-        ("MODE", mode.clone()),
-        ("KEEP_LAST", keep.map(|k| k.to_string())),
-        ("EXECUTION", execution.clone()),
-        ("PRIORITY", priority.map(|p| p.to_string())),
+    let settings = vec![
+        Setting::new("NAME", name.clone()),
+        Setting::new("BACKUP_VMS", vms.clone()),
+        Setting::new("DATASTORE_ID", datastore.map(|d| d.to_string())),
+        Setting::new("MODE", mode.clone()),
+        Setting::new("KEEP_LAST", keep.map(|k| k.to_string())),
+        Setting::new("EXECUTION", execution.clone()),
+        Setting::new("PRIORITY", priority.map(|p| p.to_string())),
     ];
-    let (text, what) = super::flags::template_of(file.as_ref(), "", &flags)?;
-    let file = std::path::Path::new(&what);
-    let job = JobTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
-    not_a_remote(st, job.datastore_id)?;
-    let stored = model::without_sched_actions(&text).map_err(|x| input(x.to_string()))?;
-    let id = st.create_job_with(
-        &job.name,
-        job.priority,
-        &stored,
-        &job.vms,
-        &job.sched_actions,
-    )?;
-    print(&format!("ID: {id}"))?;
-    Ok(())
+    let definition = Definition {
+        file: file.as_deref().map(file_text).transpose()?,
+        settings,
+    };
+    print(&ops::definitions::create_job(st, &definition)?.to_string())
 }
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
@@ -258,182 +235,33 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
 }
 
 pub(super) fn backup(st: &mut State, args: &Args, id: &u64) -> Result<ExitCode, Error> {
-    let env = Env {
-        remotes: args.remotes.clone(),
-        datastore_location: args.datastore_location.clone(),
-    };
-    let limits = Limits {
-        max_backups: args.max_backups,
-        max_backups_host: args.max_backups_host,
-        ..Limits::default()
-    };
     let mut reporter = Reporter::new(args.progress_every);
-    let since = jiff::Timestamp::now().as_millisecond();
-    let (updated, failed) = engine::run_now(&env, st, *id, &limits, |ev| {
+    let options = ops::backup::RunOptions {
+        job: *id,
+        limits: super::limits(args),
+        notify: super::notify_settings(),
+    };
+    let result = ops::backup::run(&super::env(args), st, &options, |ev| {
         reporter.event("", ev);
     })?;
-    print(&format!(
-        "backup job {id}: {updated} VMs backed up, {failed} in ERROR"
-    ))?;
-    for line in crate::notify::after_job_run(st, &super::notify_settings(), *id, since) {
+    print(&result.to_string())?;
+    for line in &result.notifications {
         eprintln!("backupjob: backup job {id}: {line}");
     }
-    for line in super::retention::after_run(st, &env, *id) {
-        print(&format!("backup job {id}: {line}"))?;
-    }
-    if failed > 0 {
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn cancel(st: &mut State, args: &Args, id: &u64) -> Result<(), Error> {
-    let crate::state::JobRow { template, .. } = st
-        .jobs()?
-        .into_iter()
-        .find(|j| j.id == *id)
-        .ok_or_else(|| input(format!("there is no backup job {id}")))?;
-    let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
-    let ds_mad = datastore_of(st, args, job.datastore_id)
-        .map_or_else(|_| "backstop".to_string(), |(_, _, ds)| ds.ds_mad);
-    let docs = st.vms()?;
-    let now = jiff::Timestamp::now().as_millisecond();
-    let (mut dropped, mut stopped) = (0, 0);
-    // The waiting VMs go first: once a running one is stopped, the runner would
-    // otherwise start the next.
-    let rows = st.job_vms(*id)?;
-    for r in rows.iter().filter(|r| r.state == Some(VmState::Outdated)) {
-        dropped += usize::from(st.clear_vm(*id, r.vm_id, VmState::Outdated)?);
-    }
-    for r in rows.iter().filter(|r| r.state == Some(VmState::Ongoing)) {
-        st.cancel_vm(*id, r.vm_id, now)?;
-        let Some((_, _, _, doc)) = docs.iter().find(|d| d.0 == r.vm_id) else {
-            continue;
-        };
-        let root = backstop_protocol::xml::Element::parse(doc).map_err(|x| input(x.to_string()))?;
-        let vm =
-            backstop_protocol::message::Vm::from_xml(&root).map_err(|x| input(x.to_string()))?;
-        let Some(place) = vm.placement.clone() else {
-            continue;
-        };
-        let vm_dir = format!(
-            "{}/{}/{}",
-            args.datastore_location.trim_end_matches('/'),
-            place.system_ds_id.unwrap_or(0),
-            vm.id
-        );
-        let action = args
-            .remotes
-            .join(format!("datastore/{ds_mad}/backup_cancel"));
-        let mut child = std::process::Command::new(&action)
-            .arg(format!("{}:{vm_dir}", place.hostname))
-            .arg(
-                vm.deploy_id
-                    .clone()
-                    .unwrap_or_else(|| format!("one-{}", vm.id)),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|x| input(format!("cannot run {}: {x}", action.display())))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(doc.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(|x| input(x.to_string()))?;
-        if !out.status.success() {
-            return Err(input(format!(
-                "backup_cancel of VM {}: {}",
-                vm.id,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        stopped += 1;
-    }
-    print(&format!(
-        "backup job {id}: {dropped} VMs dropped from the run, {stopped} running backups stopped"
-    ))?;
-    Ok(())
-}
-
-pub(super) fn update(st: &mut State, id: &u64, file: &PathBuf, append: &bool) -> Result<(), Error> {
-    use backstop_protocol::template::Template;
-    let crate::state::JobRow {
-        name,
-        template: old,
-        ..
-    } = st
-        .jobs()?
-        .into_iter()
-        .find(|j| j.id == *id)
-        .ok_or_else(|| input(format!("there is no backup job {id}")))?;
-    let old = Template::parse(&old).map_err(|x| input(format!("backup job {id}: {x}")))?;
-    let new = Template::parse(&read(file)?)
-        .map_err(|x| input(format!("{}: template: {x}", file.display())))?;
-    let fixed = ["NAME", "PRIORITY", "SCHED_ACTION"];
-    if new.attributes.iter().any(|a| a.name == "SCHED_ACTION") {
-        let _ = writeln!(
-            std::io::stderr(),
-            "backupjob: {}: SCHED_ACTION is not changed by update; use sched-add, sched-update or sched-delete",
-            file.display()
-        );
-    }
-    let mut merged = if *append {
-        old.clone()
+    Ok(if result.ok() {
+        ExitCode::SUCCESS
     } else {
-        Template::default()
-    };
-    for a in new
-        .attributes
-        .iter()
-        .filter(|a| !fixed.contains(&a.name.as_str()))
-    {
-        merged.attributes.retain(|b| b.name != a.name);
-        merged.attributes.push(a.clone());
-    }
-    // What update cannot change stays as it was.
-    for a in old
-        .attributes
-        .iter()
-        .filter(|a| fixed.contains(&a.name.as_str()))
-    {
-        merged.attributes.retain(|b| b.name != a.name);
-        merged.attributes.insert(0, a.clone());
-    }
-    // The job's current name (rename changes it outside the template).
-    merged.attributes.retain(|b| b.name != "NAME");
-    merged.attributes.insert(
-        0,
-        backstop_protocol::template::Attribute {
-            name: "NAME".into(),
-            value: backstop_protocol::template::Value::Single(name),
-        },
-    );
-    let text = merged
-        .render()
-        .map_err(|x| input(format!("{}: {x}", file.display())))?;
-    let job = JobTemplate::parse(&text).map_err(|x| input(format!("{}: {x}", file.display())))?;
-    not_a_remote(st, job.datastore_id)?;
-    st.set_job_template(*id, &text, &job.vms)?;
-    Ok(())
+        ExitCode::FAILURE
+    })
 }
 
-pub(super) fn retry(st: &mut State, id: &u64) -> Result<(), Error> {
-    let mut moved = 0;
-    for r in st.job_vms(*id)? {
-        if r.state == Some(VmState::Error)
-            && st.move_vm(
-                *id,
-                r.vm_id,
-                Some(VmState::Error),
-                VmState::Outdated,
-                None,
-                jiff::Timestamp::now().as_millisecond(),
-            )?
-        {
-            moved += 1;
-        }
-    }
-    print(&format!("backup job {id}: {moved} VMs back to OUTDATED"))?;
-    Ok(())
+pub(super) fn update(st: &mut State, id: &u64, file: &Path, append: &bool) -> Result<(), Error> {
+    let update = ops::definitions::JobUpdate {
+        job: *id,
+        file: file_text(file)?,
+        append: *append,
+    };
+    ops::definitions::update_job(st, &update, |note| {
+        let _ = writeln!(std::io::stderr(), "backupjob: {note}");
+    })
 }
