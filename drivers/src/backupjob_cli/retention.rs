@@ -1,11 +1,11 @@
 //! `backupjob retention JOB [--vm ID] [--json] [--apply --yes [--max-delete N]]`: the
-//! retention plan of a job's VMs ([`crate::ops::retention`], docs/retention.md), read, or
+//! retention plan of a job's VMs ([`backstop_backupjob::ops::retention`], docs/retention.md), read, or
 //! carried out.
 
 use super::{input, print};
-use crate::Error;
-use crate::ops::retention::{self, ApplyOptions, PlanOptions};
-use crate::state::State;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::retention::{self, ApplyOptions, PlanOptions};
+use backstop_backupjob::state::State;
 
 pub(super) fn show(st: &State, id: u64, vm: Option<u64>, json: bool) -> Result<(), Error> {
     let plan = retention::plan(st, &PlanOptions { job: id, vm })?;

@@ -3,10 +3,10 @@
 
 use super::{Args, file_text, input, print};
 use super::{CreateArgs, Reporter, local_time};
-use crate::Error;
-use crate::ops::{self, definitions::Definition, definitions::Setting};
-use crate::state::State;
-use crate::state::VmState;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::{self, definitions::Definition, definitions::Setting};
+use backstop_backupjob::state::State;
+use backstop_backupjob::state::VmState;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -41,7 +41,7 @@ pub(super) fn create(st: &mut State, c: &CreateArgs) -> Result<(), Error> {
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let jobs = st.jobs()?;
     let mut rows = Vec::new();
-    for crate::state::JobRow {
+    for backstop_backupjob::state::JobRow {
         id,
         name,
         priority: prio,
@@ -53,7 +53,7 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
             .iter()
             .map(|v| v.vm_id.to_string())
             .collect();
-        let crate::state::JobStatus {
+        let backstop_backupjob::state::JobStatus {
             locked,
             last_started: last,
             ..
@@ -89,7 +89,7 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
-    let crate::state::JobRow {
+    let backstop_backupjob::state::JobRow {
         name,
         priority: prio,
         template,
@@ -120,7 +120,7 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
                 })
             })
             .collect();
-        let crate::state::JobStatus {
+        let backstop_backupjob::state::JobStatus {
             locked,
             last_started: last,
             last_duration: duration,
@@ -129,7 +129,7 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
             .sched_actions(*id)?
             .into_iter()
             .map(
-                |crate::state::SchedActionRow {
+                |backstop_backupjob::state::SchedActionRow {
                      id: sid,
                      action: sa,
                      message: msg,
@@ -151,7 +151,7 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
         )?;
     } else {
         let ids = |v: Vec<u64>| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        let crate::state::JobStatus {
+        let backstop_backupjob::state::JobStatus {
             locked,
             last_started: last,
             last_duration: duration,
@@ -192,25 +192,28 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
                 "{:>3} {:<7} {:<5} {:<16} {:<16} {:<16} STATUS",
                 "ID", "ACTION", "ARGS", "SCHEDULED", "REPEAT", "END"
             ))?;
-            for crate::state::SchedActionRow {
+            for backstop_backupjob::state::SchedActionRow {
                 id: sid,
                 action: sa,
                 message: msg,
             } in sas
             {
                 let repeat = match sa.repeat {
-                    crate::schedule::Repeat::None => "-".to_string(),
-                    crate::schedule::Repeat::Weekly => format!("Weekly {:?}", sa.days),
-                    crate::schedule::Repeat::Monthly => format!("Monthly {:?}", sa.days),
-                    crate::schedule::Repeat::Yearly => format!("Yearly {:?}", sa.days),
-                    crate::schedule::Repeat::Hourly => {
+                    backstop_backupjob::schedule::Repeat::None => "-".to_string(),
+                    backstop_backupjob::schedule::Repeat::Weekly => format!("Weekly {:?}", sa.days),
+                    backstop_backupjob::schedule::Repeat::Monthly => {
+                        format!("Monthly {:?}", sa.days)
+                    }
+                    backstop_backupjob::schedule::Repeat::Yearly => format!("Yearly {:?}", sa.days),
+                    backstop_backupjob::schedule::Repeat::Hourly => {
                         format!("Each {} hours", sa.days.first().copied().unwrap_or(0))
                     }
                 };
                 let end = match sa.end {
-                    crate::schedule::End::None | crate::schedule::End::Never => "None".to_string(),
-                    crate::schedule::End::Times(n) => format!("After {n} times"),
-                    crate::schedule::End::Until(t) => format!("On {}", local_time(t)),
+                    backstop_backupjob::schedule::End::None
+                    | backstop_backupjob::schedule::End::Never => "None".to_string(),
+                    backstop_backupjob::schedule::End::Times(n) => format!("After {n} times"),
+                    backstop_backupjob::schedule::End::Until(t) => format!("On {}", local_time(t)),
                 };
                 let status = match msg {
                     Some(m) => format!("Error! {m}"),

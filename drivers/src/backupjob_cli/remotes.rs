@@ -4,9 +4,9 @@
 //! RESTIC_PASSWORD). Secrets are sealed in the state and never printed.
 
 use super::{Args, input, print};
-use crate::Error;
-use crate::ops;
-use crate::state::State;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
 use backstop_protocol::template::Template;
 
 /// Where a remote's repositories are.
@@ -17,7 +17,7 @@ fn location(args: &Args, id: u64, text: &str) -> Result<String, Error> {
 pub(super) fn list(st: &State, args: &Args, json: bool) -> Result<(), Error> {
     let remotes = st.remotes()?;
     let mut rows = Vec::new();
-    for crate::state::Named {
+    for backstop_backupjob::state::Named {
         id,
         name,
         template: text,
@@ -40,7 +40,7 @@ pub(super) fn list(st: &State, args: &Args, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), Error> {
-    let crate::state::Named {
+    let backstop_backupjob::state::Named {
         name,
         template: text,
         ..

@@ -1,12 +1,12 @@
 //! `backupjob sync-job create|list|show|update|remove|run` (also `backstop sync-job ...`): sync jobs
-//! ([`crate::sync`], docs/sync.md).
+//! ([`backstop_backupjob::sync`], docs/sync.md).
 
 use super::flags::SyncJobArgs;
 use super::{Args, input, print};
-use crate::Error;
-use crate::ops;
-use crate::state::State;
-use crate::sync::SyncTemplate;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
+use backstop_backupjob::sync::SyncTemplate;
 use std::process::ExitCode;
 
 pub(super) fn create(st: &mut State, a: &SyncJobArgs) -> Result<(), Error> {
@@ -23,7 +23,7 @@ fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
     st.sync_jobs()?
         .into_iter()
         .map(
-            |crate::state::Named {
+            |backstop_backupjob::state::Named {
                  id, template: text, ..
              }| {
                 SyncTemplate::parse(&text)
@@ -34,7 +34,7 @@ fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
         .collect()
 }
 
-fn run_json(r: &crate::state::sync::SyncRun) -> serde_json::Value {
+fn run_json(r: &backstop_backupjob::state::sync::SyncRun) -> serde_json::Value {
     serde_json::json!({
         "id": r.id, "started_at": r.started_at, "ended_at": r.ended_at,
         "snapshots": r.snapshots, "bytes_read": r.bytes_read,
@@ -79,7 +79,7 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let crate::state::Named {
+    let backstop_backupjob::state::Named {
         name,
         template: text,
         ..
@@ -133,7 +133,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
 /// One run now; exit 1 when a repository failed (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let ticker = super::Ticker::new(args.progress_every);
-    let report = crate::pool::Report {
+    let report = backstop_backupjob::pool::Report {
         done: &mut |l| ticker.line(l),
         progress: &|l| ticker.progress(l),
     };

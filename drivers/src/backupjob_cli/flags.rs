@@ -2,8 +2,8 @@
 //! take a template file, flags, or both (flags win), as backup jobs' `create` does.
 
 use super::{file_text, input};
-use crate::Error;
-use crate::ops::definitions::{Definition, Setting};
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::definitions::{Definition, Setting};
 use std::path::PathBuf;
 
 /// A `YES`/`NO` flag: given alone it means `YES`.

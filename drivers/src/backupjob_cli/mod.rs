@@ -6,6 +6,10 @@
 //! register|list|show|unregister`; `image list|show|restore`; `scheduler`. Every command that
 //! reads takes `--json`. Exit codes: 0 done, 1 a failure (a VM in ERROR after `backup`, bad
 //! input, a refused change), 2 bad usage.
+//!
+//! This is the binary's part: flags, files read, terminals and exit codes. What a command does
+//! is an operation of the runner's library ([`backstop_backupjob::ops`]), which the web server
+//! calls too; the text printed for a result is its `Display`, so both say the same.
 
 mod datastores;
 mod flags;
@@ -18,11 +22,11 @@ mod sync_jobs;
 mod verify_jobs;
 mod vms;
 
-use crate::Error;
-use crate::engine::Event;
-pub(crate) use crate::error::input;
-use crate::ops;
-use crate::state::{self, State};
+use backstop_backupjob::Error;
+use backstop_backupjob::engine::Event;
+pub(crate) use backstop_backupjob::error::input;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::{self, State};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -451,19 +455,19 @@ pub fn main(args: &Args) -> ExitCode {
 }
 
 /// The installation the operations play oned for, from the global flags.
-fn env(args: &Args) -> crate::runner::Env {
-    crate::runner::Env {
+fn env(args: &Args) -> backstop_backupjob::runner::Env {
+    backstop_backupjob::runner::Env {
         remotes: args.remotes.clone(),
         datastore_location: args.datastore_location.clone(),
     }
 }
 
 /// The limits of a backup run, from the global flags.
-fn limits(args: &Args) -> crate::scheduler::Limits {
-    crate::scheduler::Limits {
+fn limits(args: &Args) -> backstop_backupjob::scheduler::Limits {
+    backstop_backupjob::scheduler::Limits {
         max_backups: args.max_backups,
         max_backups_host: args.max_backups_host,
-        ..crate::scheduler::Limits::default()
+        ..backstop_backupjob::scheduler::Limits::default()
     }
 }
 
@@ -500,7 +504,7 @@ fn event_line(ev: &Event) -> String {
 
 /// The global notification settings from the environment; none (and a line on stderr) when
 /// they are wrong.
-pub(crate) fn notify_settings() -> crate::notify::Settings {
+pub(crate) fn notify_settings() -> backstop_backupjob::notify::Settings {
     let (settings, warning) = ops::notify_settings();
     if let Some(w) = warning {
         eprintln!("backupjob: {w}");
@@ -631,7 +635,7 @@ fn local_time(epoch: i64) -> String {
 }
 
 /// When the scheduler daemon will next run a sync or verify job (epoch), if it runs it.
-fn next_run(when: Option<&crate::calendar::When>, last: Option<i64>) -> Option<i64> {
+fn next_run(when: Option<&backstop_backupjob::calendar::When>, last: Option<i64>) -> Option<i64> {
     let now = jiff::Timestamp::now().as_second();
     when.and_then(|w| w.next(now, last, &jiff::tz::TimeZone::system()))
 }

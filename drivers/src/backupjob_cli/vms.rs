@@ -2,8 +2,8 @@
 //! (`onevm show -x`).
 
 use super::{input, print};
-use crate::Error;
-use crate::state::{State, VmState};
+use backstop_backupjob::Error;
+use backstop_backupjob::state::{State, VmState};
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let list = st.vms()?;
@@ -37,7 +37,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     let vm = backstop_protocol::message::Vm::from_xml(&root)
         .map_err(|x| input(format!("VM {id}: {x}")))?;
     let mut job = None;
-    for crate::state::JobRow {
+    for backstop_backupjob::state::JobRow {
         id: jid,
         name: jname,
         ..

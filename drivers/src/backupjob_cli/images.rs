@@ -3,10 +3,10 @@
 
 use super::RestoreArgs;
 use super::{Args, input, print};
-use crate::Error;
-use crate::ops::{self, images::RestoreOptions};
-use crate::state::State;
-use crate::state::sync::Verdict;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::{self, images::RestoreOptions};
+use backstop_backupjob::state::State;
+use backstop_backupjob::state::sync::Verdict;
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let images = st.all_images()?;
@@ -70,7 +70,10 @@ pub(super) fn restore_cmd(st: &State, args: &Args, r: &RestoreArgs) -> Result<()
 }
 
 /// The last verify verdict on each increment's snapshot (its SOURCE is the short id), if any.
-fn verdicts(st: &State, img: &crate::state::ImageRow) -> Result<Vec<Option<Verdict>>, Error> {
+fn verdicts(
+    st: &State,
+    img: &backstop_backupjob::state::ImageRow,
+) -> Result<Vec<Option<Verdict>>, Error> {
     let repo = backstop_datastore::target::repo_id(img.job_id, img.vm_id);
     let all = st.verdicts(img.datastore_id, &repo)?;
     Ok(img

@@ -3,13 +3,13 @@
 
 use super::{Args, file_text, print};
 use super::{Reporter, SchedAddArgs, SchedUpdateArgs};
-use crate::Error;
-use crate::ops::{
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::{
     self,
     definitions::{SchedAdd, SchedUpdate},
     runs::PassOptions,
 };
-use crate::state::State;
+use backstop_backupjob::state::State;
 
 pub(super) fn add(st: &mut State, a: &SchedAddArgs) -> Result<(), Error> {
     let SchedAddArgs {

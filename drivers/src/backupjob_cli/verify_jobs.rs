@@ -1,13 +1,13 @@
 //! `backupjob verify-job create|list|show|update|remove|run` (also `backstop verify-job ...`): verify
-//! jobs ([`crate::verify_job`], docs/sync.md).
+//! jobs ([`backstop_backupjob::verify_job`], docs/sync.md).
 
 use super::flags::VerifyJobArgs;
 use super::{Args, input, print};
-use crate::Error;
-use crate::ops;
-use crate::state::State;
-use crate::state::sync::Verdict;
-use crate::verify_job::VerifyTemplate;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
+use backstop_backupjob::state::sync::Verdict;
+use backstop_backupjob::verify_job::VerifyTemplate;
 use std::process::ExitCode;
 
 pub(super) fn create(st: &mut State, a: &VerifyJobArgs) -> Result<(), Error> {
@@ -39,7 +39,7 @@ fn verdicts_of(st: &State, t: &VerifyTemplate) -> Result<Vec<Verdict>, Error> {
 
 fn summary(st: &State) -> Result<Vec<Summary>, Error> {
     let mut out = Vec::new();
-    for crate::state::VerifyJobRow {
+    for backstop_backupjob::state::VerifyJobRow {
         id,
         template: text,
         runs,
@@ -100,7 +100,7 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let crate::state::VerifyJobRow {
+    let backstop_backupjob::state::VerifyJobRow {
         name,
         template: text,
         runs,
@@ -152,7 +152,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
 /// One run now; exit 1 when something is damaged (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
     let ticker = super::Ticker::new(args.progress_every);
-    let report = crate::pool::Report {
+    let report = backstop_backupjob::pool::Report {
         done: &mut |l| ticker.line(l),
         progress: &|l| ticker.progress(l),
     };

@@ -1,22 +1,22 @@
-//! `backupjob datastore list|show` (create and delete: [`crate::ops::definitions`]): backup datastores, from OpenNebula-style
+//! `backupjob datastore list|show` (create and delete: [`backstop_backupjob::ops::definitions`]): backup datastores, from OpenNebula-style
 //! templates.
 
 use super::{Args, input, print};
-use crate::Error;
-use crate::ops;
-use crate::state::State;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let list = st.datastores()?;
     if *json {
         let v: Vec<_> = list
             .iter()
-            .map(|crate::state::Named { id, name, .. }| serde_json::json!({"id": id, "name": name}))
+            .map(|backstop_backupjob::state::Named { id, name, .. }| serde_json::json!({"id": id, "name": name}))
             .collect();
         print(&serde_json::Value::Array(v).to_string())?;
     } else {
         print(&format!("{:>4} {}", "ID", "NAME"))?;
-        for crate::state::Named { id, name, .. } in list {
+        for backstop_backupjob::state::Named { id, name, .. } in list {
             print(&format!("{id:>4} {name}"))?;
         }
     }
