@@ -1,8 +1,8 @@
 //! # backstop-backupjob
 //!
 //! Backup jobs as OpenNebula defines them (driver contract §8, §11): the job model, the scheduler
-//! (priority, SEQUENTIAL/PARALLEL, limits, scheduled actions), SQLite state and the `backupjob`
-//! command line.
+//! (priority, SEQUENTIAL/PARALLEL, limits, scheduled actions), SQLite state and the operations
+//! the `backupjob` command line (in the `backstop` binary) and the web server call.
 //!
 //! - [`scheduler`]: the scheduling tick and a job's run as pure functions;
 //! - [`schedule`]: the SCHED_ACTION arithmetic;
@@ -12,11 +12,12 @@
 //! - [`engine`]: jobs run together within the limits (one tick sees them all), with
 //!   progress, the scheduler pass, and the reconciliation of what a killed runner left
 //!   ONGOING with the repository;
-//! - [`cli`]: the `backupjob` command line, one module per command group;
+//! - [`ops`]: the operations the command line and the web server call (run, retry, cancel,
+//!   retention, definitions, sync and verify runs, the scheduler's pass), each with named
+//!   options and a named result whose `Display` is the text shown for it;
 //! - [`error`]: the one error type, with the kind of failure.
 
 pub mod calendar;
-pub mod cli;
 pub mod discover;
 pub mod engine;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod filters;
 pub mod job_template;
 pub mod model;
 pub mod notify;
+pub mod ops;
 pub mod pool;
 pub mod retention;
 pub mod runner;

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Backup jobs: datastores, VMs and jobs in a state database, and running them.
-    Backupjob(Box<backstop_backupjob::cli::Args>),
+    Backupjob(Box<crate::backupjob_cli::Args>),
     /// Remotes, the other site of a sync: `backstop backupjob remote ...` by a shorter name.
     #[command(disable_help_flag = true)]
     Remote {
@@ -180,8 +180,8 @@ fn serve(
 fn backupjob_group(group: &str, args: Vec<OsString>) -> ExitCode {
     let mut all: Vec<OsString> = vec!["backupjob".into(), group.into()];
     all.extend(args);
-    match <backstop_backupjob::cli::Args as clap::Parser>::try_parse_from(all) {
-        Ok(args) => backstop_backupjob::cli::main(&args),
+    match <crate::backupjob_cli::Args as clap::Parser>::try_parse_from(all) {
+        Ok(args) => crate::backupjob_cli::main(&args),
         Err(e) => {
             let _ = e.print();
             if e.use_stderr() {
@@ -209,7 +209,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Action { path, args } => run::run_path(&path, &args),
         Command::Decode { path, args } => decode(&path, &args),
         Command::Install(options) => install::main(&options),
-        Command::Backupjob(args) => backstop_backupjob::cli::main(&args),
+        Command::Backupjob(args) => crate::backupjob_cli::main(&args),
         Command::Remote { args } => backupjob_group("remote", args),
         Command::SyncJob { args } => backupjob_group("sync-job", args),
         Command::VerifyJob { args } => backupjob_group("verify-job", args),

@@ -8,6 +8,7 @@
 //!
 //! A panic is never the answer to input: it is caught and reported as one error line.
 
+mod backupjob_cli;
 mod cli;
 mod install;
 mod repo_cli;

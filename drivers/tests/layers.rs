@@ -105,3 +105,41 @@ fn the_reader_sees_a_forbidden_import() {
     let seen = imports(manifest);
     assert_eq!(seen, BTreeSet::from(["backstop-web".to_string()]));
 }
+
+/// The runner is a library (issue 24): `backupjob/` holds no command line (no clap, no
+/// `cli` module), and the web server calls its operations in process rather than executing
+/// the binary.
+#[test]
+fn the_runner_has_no_command_line_and_the_web_server_runs_no_backstop() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("backupjob/Cargo.toml")).expect("manifest");
+    let deps: Vec<&str> = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap_or_default()
+        .split("\n[")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .collect();
+    assert!(
+        !deps.iter().any(|l| l.trim_start().starts_with("clap")),
+        "backupjob/ depends on clap"
+    );
+    assert!(
+        !root.join("backupjob/src/cli").exists() && !root.join("backupjob/src/cli.rs").exists(),
+        "backupjob/ has a cli module"
+    );
+    let mut spawns = Vec::new();
+    for entry in std::fs::read_dir(root.join("web/src")).expect("web/src") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("current_exe") || text.contains("process::Command") {
+            spawns.push(path.display().to_string());
+        }
+    }
+    assert!(
+        spawns.is_empty(),
+        "the web server runs a process: {spawns:?}"
+    );
+}

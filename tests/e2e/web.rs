@@ -804,3 +804,90 @@ fn snapshot_ids_are_shown_only_to_callers_with_a_token() {
     let (_, _, images) = http(&web.addr, "GET", "/api/images", &[&with_session], "");
     assert!(images.contains(&id), "{images}");
 }
+
+/// The actions run in the server's own process (no `backstop backupjob` child): a run's 202
+/// names the server's PID; cancelling that run, which stops its running backup through the
+/// datastore's backup_cancel, leaves the server answering, and answers with the text
+/// `backupjob cancel` prints; a refused action says what the command line says.
+#[test]
+fn a_run_the_api_started_is_cancelled_in_process_and_the_server_lives_on() {
+    let cloud = cloud_with_tm();
+    let (state, common) = slow_backup(&cloud);
+    let admin = "admin-t0ken-0123456789-abcdef";
+    let web = serve_with(
+        &state,
+        &[("BACKSTOP_ADMIN_TOKEN", admin)],
+        &common[3..].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let as_admin = format!("Authorization: Bearer {admin}");
+    let status = || -> serde_json::Value {
+        let (code, _, body) = http(&web.addr, "GET", "/api/status", &[], "");
+        assert_eq!(code, 200, "the server no longer answers: {body}");
+        serde_json::from_str(&body).expect("status")
+    };
+    let (code, _, body) = http(&web.addr, "POST", "/api/jobs/1/run", &[&as_admin], "");
+    assert_eq!(code, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (&v["job"], &v["action"], &v["pid"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("run"),
+            &serde_json::json!(web.pid())
+        ),
+        "{body}"
+    );
+    // Cancelled once the backup action reads the disk (its progress shows), so that there is
+    // a backup process for backup_cancel to stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let s = status();
+        if s["running"][0]["progress"].is_object() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup did not start: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, _, body) = http(&web.addr, "POST", "/api/jobs/1/cancel", &[&as_admin], "");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["output"].as_str(), v["error"].as_str()),
+        (
+            Some(true),
+            Some("backup job 1: 0 VMs dropped from the run, 1 running backups stopped\n"),
+            Some("")
+        ),
+        "{body}"
+    );
+    loop {
+        let s = status();
+        let n = |state: &str| s["vms"]["by_state"][state].as_u64();
+        if n("ONGOING") == Some(0) {
+            assert_eq!((n("ERROR"), n("UPDATED")), (Some(1), Some(0)), "{s}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled backup did not end: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, _, body) = http(&web.addr, "POST", "/api/jobs/7/cancel", &[&as_admin], "");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["output"].as_str(), v["error"].as_str()),
+        (
+            Some(false),
+            Some(""),
+            Some("backupjob: there is no backup job 7\n")
+        ),
+        "{body}"
+    );
+    // The server lives on after it all.
+    status();
+}

@@ -8,6 +8,7 @@ use axum::extract::{DefaultBodyLimit, Form, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use backstop_backupjob::ops;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,8 +20,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub state: PathBuf,
     pub credentials: Credentials,
-    /// The job runner's command line for the actions: the remotes tree and oned's
-    /// DATASTORE_LOCATION.
+    /// What the actions' operations need: the remotes tree and oned's DATASTORE_LOCATION.
     pub remotes: PathBuf,
     pub datastore_location: String,
 }
@@ -32,6 +32,16 @@ struct App {
     checks: PasswordChecks,
     remotes: PathBuf,
     datastore_location: String,
+}
+
+impl App {
+    /// The installation the actions play oned for.
+    fn env(&self) -> backstop_backupjob::runner::Env {
+        backstop_backupjob::runner::Env {
+            remotes: self.remotes.clone(),
+            datastore_location: self.datastore_location.clone(),
+        }
+    }
 }
 
 const SESSION_COOKIE: &str = "backstop_session";
@@ -338,8 +348,9 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 }
 
 /// `POST /api/jobs/{id}/run|retry|cancel|retention` with the admin token: the job runner's
-/// own command (`backupjob backup|retry|cancel|retention --apply --yes`). A run goes on in
-/// its own process (202, its PID); the others answer with what the command said.
+/// own operations ([`backstop_backupjob::ops`]), called in this process. A run goes on on a
+/// thread of the server (202 at once, with the server's PID); the others answer with the
+/// text `backupjob retry|cancel|retention --apply --yes` prints for them.
 async fn action(
     State(app): State<Arc<App>>,
     UrlPath((id, action)): UrlPath<(u64, String)>,
@@ -356,26 +367,17 @@ async fn action(
             "actions need the admin token (BACKSTOP_ADMIN_TOKEN) as a bearer token",
         );
     }
-    let id_arg = id.to_string();
-    let max_delete = query
-        .get("max_delete")
-        .map_or(Ok(10), |m| m.parse::<u32>())
-        .map(|m| m.to_string());
+    let max_delete = query.get("max_delete").map_or(Ok(10), |m| m.parse::<u32>());
     let Ok(max_delete) = max_delete else {
         return text(StatusCode::BAD_REQUEST, "max_delete is not a number");
     };
-    let args: Vec<&str> = match action.as_str() {
-        "run" => vec!["backup", &id_arg],
-        "retry" => vec!["retry", &id_arg],
-        "cancel" => vec!["cancel", &id_arg],
-        "retention" => vec![
-            "retention",
-            &id_arg,
-            "--apply",
-            "--yes",
-            "--max-delete",
-            &max_delete,
-        ],
+    let operation = match action.as_str() {
+        "run" => return start_run(&app, id),
+        "retry" => Operation::Retry,
+        "cancel" => Operation::Cancel,
+        "retention" => Operation::Retention {
+            max_delete: max_delete as usize,
+        },
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
@@ -383,68 +385,113 @@ async fn action(
             );
         }
     };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
+    let env = app.env();
+    let path = app.state.clone();
+    let done = tokio::task::spawn_blocking(move || -> Result<String, backstop_backupjob::Error> {
+        let mut st = backstop_backupjob::state::State::open(&path)?;
+        operation.carry_out(&env, &mut st, id)
+    })
+    .await;
+    let (ok, output, error) = match done {
+        Ok(Ok(output)) => (true, format!("{output}\n"), String::new()),
+        Ok(Err(e)) => (
+            false,
+            String::new(),
+            format!("backupjob: {}\n", ops::error_line(&e)),
+        ),
+        Err(_) => {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("cannot run: {e}"),
+                "the action could not be run",
             );
         }
     };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("backupjob")
-        .arg("--state")
-        .arg(&app.state)
-        .arg("--remotes")
-        .arg(&app.remotes)
-        .arg("--datastore-location")
-        .arg(&app.datastore_location)
-        .args(&args)
-        .stdin(std::process::Stdio::null());
-    if action == "run" {
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        return match cmd.spawn() {
-            Ok(child) => {
-                let pid = child.id();
-                // Reaped when it ends, so that it leaves no zombie.
-                tokio::task::spawn_blocking(move || {
-                    let mut child = child;
-                    let _ = child.wait();
-                });
-                (
-                    StatusCode::ACCEPTED,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    serde_json::json!({"job": id, "action": "run", "pid": pid}).to_string(),
-                )
-                    .into_response()
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        },
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "job": id, "action": action, "ok": ok, "output": output, "error": error,
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// The actions that answer when they are done.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Retry,
+    Cancel,
+    Retention { max_delete: usize },
+}
+
+impl Operation {
+    /// Carries the action out on job `id`; the text the command line prints for it.
+    fn carry_out(
+        self,
+        env: &backstop_backupjob::runner::Env,
+        st: &mut backstop_backupjob::state::State,
+        id: u64,
+    ) -> Result<String, backstop_backupjob::Error> {
+        Ok(match self {
+            Operation::Retry => {
+                ops::backup::retry(st, &ops::backup::RetryOptions { job: id })?.to_string()
             }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("cannot run: {e}"),
-            ),
-        };
-    }
-    match tokio::task::spawn_blocking(move || cmd.output()).await {
-        Ok(Ok(out)) => (
-            if out.status.success() {
-                StatusCode::OK
-            } else {
-                StatusCode::CONFLICT
-            },
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({
-                "job": id, "action": action, "ok": out.status.success(),
-                "output": String::from_utf8_lossy(&out.stdout),
-                "error": String::from_utf8_lossy(&out.stderr),
-            })
+            Operation::Cancel => {
+                ops::backup::cancel(env, st, &ops::backup::CancelOptions { job: id })?.to_string()
+            }
+            Operation::Retention { max_delete } => ops::retention::apply(
+                env,
+                st,
+                &ops::retention::ApplyOptions {
+                    job: id,
+                    vm: None,
+                    max_delete,
+                },
+            )?
             .to_string(),
+        })
+    }
+}
+
+/// Starts a run of job `id` on a thread of its own and answers 202 at once, with this
+/// process's PID (the run's runner: the state records it as such, so a run the server's end
+/// cuts short is settled by the next run as a killed runner's). What the run says goes
+/// nowhere, as the command's output did when the server started it as a process; a run that
+/// could not start says why on the server's stderr.
+fn start_run(app: &App, id: u64) -> Response {
+    let env = app.env();
+    let path = app.state.clone();
+    let started = std::thread::Builder::new()
+        .name(format!("backup job {id}"))
+        .spawn(move || {
+            let (notify, _) = ops::notify_settings();
+            let options = ops::backup::RunOptions {
+                job: id,
+                limits: backstop_backupjob::scheduler::Limits::default(),
+                notify,
+            };
+            let run = backstop_backupjob::state::State::open(&path)
+                .map_err(backstop_backupjob::Error::from)
+                .and_then(|mut st| ops::backup::run(&env, &mut st, &options, |_| {}));
+            if let Err(e) = run {
+                eprintln!("backstop serve: backup job {id}: {}", ops::error_line(&e));
+            }
+        });
+    match started {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"job": id, "action": "run", "pid": std::process::id()}).to_string(),
         )
             .into_response(),
-        _ => text(
+        Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "the action could not be run",
+            &format!("cannot run: {e}"),
         ),
     }
 }

@@ -3,65 +3,21 @@
 //! BASE_PATH or RESTIC_SFTP_SERVER/RESTIC_SFTP_USER, or the RESTIC_S3_* attributes, and its own
 //! RESTIC_PASSWORD). Secrets are sealed in the state and never printed.
 
-use super::{Args, input, print, read};
-use crate::Error;
-use crate::model;
-use crate::state::State;
+use super::{Args, input, print};
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
 use backstop_protocol::template::Template;
-use std::path::PathBuf;
 
-/// The template checked as a datastore's, with the id it has or will get; its name.
-fn checked(args: &Args, id: u64, text: &str, file: &std::path::Path) -> Result<String, Error> {
-    let (name, _) = model::datastore(id, text, &args.datastore_location)
-        .map_err(|x| input(format!("{}: {x}", file.display())))?;
-    Ok(name)
-}
-
-pub(super) fn create(st: &mut State, args: &Args, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    let name = checked(args, 0, &text, file)?;
-    let id = st.add_remote(&name, &text)?;
-    print(&format!("ID: {id}"))
-}
-
-pub(super) fn update(st: &mut State, args: &Args, id: u64, file: &PathBuf) -> Result<(), Error> {
-    let text = read(file)?;
-    let name = checked(args, id, &text, file)?;
-    st.update_remote(id, &name, &text)?;
-    Ok(())
-}
-
-pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
-    st.delete_remote(id)?;
-    Ok(())
-}
-
-/// Where a remote's repositories are: `<location>/<vm_id>` and `<location>/job_<bj>`.
+/// Where a remote's repositories are.
 fn location(args: &Args, id: u64, text: &str) -> Result<String, Error> {
-    let (_, ds) = model::datastore(id, text, &args.datastore_location)
-        .map_err(|x| input(format!("remote {id}: {x}")))?;
-    let root = backstop_protocol::xml::Element::parse(&ds.document)
-        .map_err(|x| input(format!("remote {id}: {x}")))?;
-    let parsed = backstop_protocol::message::Datastore::from_xml(&root)
-        .map_err(|x| input(format!("remote {id}: {x}")))?;
-    use backstop_datastore::location::Location;
-    Ok(
-        match Location::of(&parsed).map_err(|x| input(format!("remote {id}: {x}")))? {
-            Location::Local { base_path } => base_path,
-            Location::Sftp {
-                user,
-                server,
-                base_path,
-            } => format!("sftp:{user}@{server}:{base_path}"),
-            Location::S3 { endpoint, bucket } => format!("s3:{endpoint}/{bucket}"),
-        },
-    )
+    ops::definitions::remote_location(&args.datastore_location, id, text)
 }
 
 pub(super) fn list(st: &State, args: &Args, json: bool) -> Result<(), Error> {
     let remotes = st.remotes()?;
     let mut rows = Vec::new();
-    for crate::state::Named {
+    for backstop_backupjob::state::Named {
         id,
         name,
         template: text,
@@ -84,7 +40,7 @@ pub(super) fn list(st: &State, args: &Args, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), Error> {
-    let crate::state::Named {
+    let backstop_backupjob::state::Named {
         name,
         template: text,
         ..

@@ -1,59 +1,29 @@
 //! `backupjob sync-job create|list|show|update|remove|run` (also `backstop sync-job ...`): sync jobs
-//! ([`crate::sync`], docs/sync.md).
+//! ([`backstop_backupjob::sync`], docs/sync.md).
 
-use super::flags::{SyncJobArgs, template_of};
+use super::flags::SyncJobArgs;
 use super::{Args, input, print};
-use crate::Error;
-use crate::state::State;
-use crate::sync::SyncTemplate;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
+use backstop_backupjob::sync::SyncTemplate;
 use std::process::ExitCode;
 
 pub(super) fn create(st: &mut State, a: &SyncJobArgs) -> Result<(), Error> {
-    let (text, what) = template_of(a.file.as_ref(), "", &a.attributes())?;
-    let job = checked(st, &what, &text)?;
-    let id = st.add_sync_job(&job.name, &text)?;
-    print(&format!("ID: {id}"))
+    print(&ops::definitions::create_sync_job(st, &a.definition()?)?.to_string())
 }
 
 /// Replaces a sync job's template, or changes the attributes the flags name; its run records
 /// stay.
 pub(super) fn update(st: &mut State, id: u64, a: &SyncJobArgs) -> Result<(), Error> {
-    let crate::state::Named {
-        template: stored, ..
-    } = st
-        .sync_jobs()?
-        .into_iter()
-        .find(|j| j.id == id)
-        .ok_or_else(|| input(format!("there is no sync job {id}")))?;
-    let (text, what) = template_of(a.file.as_ref(), &stored, &a.attributes())?;
-    let job = checked(st, &what, &text)?;
-    st.update_sync_job(id, &job.name, &text)?;
-    Ok(())
-}
-
-/// A template that parses and names a backup datastore and a remote of this state.
-fn checked(st: &State, what: &str, text: &str) -> Result<SyncTemplate, Error> {
-    let job = SyncTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
-    if !st.datastores()?.iter().any(|d| d.id == job.datastore_id) {
-        return Err(input(format!(
-            "{what}: DATASTORE_ID {} is not a backup datastore",
-            job.datastore_id
-        )));
-    }
-    if !st.remotes()?.iter().any(|r| r.id == job.remote_id) {
-        return Err(input(format!(
-            "{what}: REMOTE_ID {} is not a remote",
-            job.remote_id
-        )));
-    }
-    Ok(job)
+    ops::definitions::update_sync_job(st, id, &a.definition()?)
 }
 
 fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
     st.sync_jobs()?
         .into_iter()
         .map(
-            |crate::state::Named {
+            |backstop_backupjob::state::Named {
                  id, template: text, ..
              }| {
                 SyncTemplate::parse(&text)
@@ -64,7 +34,7 @@ fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
         .collect()
 }
 
-fn run_json(r: &crate::state::sync::SyncRun) -> serde_json::Value {
+fn run_json(r: &backstop_backupjob::state::sync::SyncRun) -> serde_json::Value {
     serde_json::json!({
         "id": r.id, "started_at": r.started_at, "ended_at": r.ended_at,
         "snapshots": r.snapshots, "bytes_read": r.bytes_read,
@@ -109,7 +79,7 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let crate::state::Named {
+    let backstop_backupjob::state::Named {
         name,
         template: text,
         ..
@@ -160,41 +130,23 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
-    st.delete_sync_job(id)?;
-    Ok(())
-}
-
 /// One run now; exit 1 when a repository failed (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
-    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
     let ticker = super::Ticker::new(args.progress_every);
-    let report = crate::pool::Report {
+    let report = backstop_backupjob::pool::Report {
         done: &mut |l| ticker.line(l),
         progress: &|l| ticker.progress(l),
     };
-    let record = crate::sync::run(st, id, &args.datastore_location, &cfg, report)?
-        .ok_or_else(|| input(format!("sync job {id} is running already")))?;
-    print(&format!(
-        "sync job {id}: run {}: {} snapshots copied, {} bytes read, {} bytes written",
-        record.id, record.snapshots, record.bytes_read, record.bytes_written
-    ))?;
-    if let Some(e) = &record.error {
-        for line in e.lines() {
-            eprintln!("backupjob: sync job {id}: {line}");
-        }
-        let text = st
-            .sync_jobs()?
-            .into_iter()
-            .find(|j| j.id == id)
-            .map(|j| j.template)
-            .unwrap_or_default();
-        let failed: Vec<String> = e.lines().map(str::to_string).collect();
-        let global = super::notify_settings();
-        for line in crate::notify::after_run(&global, ("sync job", id, &text), &failed) {
-            eprintln!("backupjob: sync job {id}: {line}");
-        }
-        return Ok(ExitCode::FAILURE);
+    let outcome = ops::runs::sync(&super::env(args), st, id, report)?;
+    print(&outcome.to_string())?;
+    if outcome.ok() {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    for line in outcome.failures() {
+        eprintln!("backupjob: sync job {id}: {line}");
+    }
+    for line in outcome.notify(st, &super::notify_settings()) {
+        eprintln!("backupjob: sync job {id}: {line}");
+    }
+    Ok(ExitCode::FAILURE)
 }

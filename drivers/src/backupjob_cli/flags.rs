@@ -1,55 +1,10 @@
 //! Flags that stand for template attributes: `create` and `update` of sync and verify jobs
 //! take a template file, flags, or both (flags win), as backup jobs' `create` does.
 
-use super::{input, read};
-use crate::Error;
-use backstop_protocol::template::Template;
+use super::{file_text, input};
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::definitions::{Definition, Setting};
 use std::path::PathBuf;
-
-/// A template's text with attributes set on top: each given value replaces every attribute of
-/// its name (in any case); an empty value removes it. `what` names the text in errors.
-pub(super) fn with_flags(
-    text: &str,
-    what: &str,
-    flags: &[(&str, Option<String>)],
-) -> Result<String, Error> {
-    if flags.iter().all(|(_, v)| v.is_none()) {
-        return Ok(text.to_string());
-    }
-    let mut t = Template::parse(text).map_err(|x| input(format!("{what}: template: {x}")))?;
-    for (attr, value) in flags {
-        let Some(v) = value else { continue };
-        t.attributes.retain(|a| !a.name.eq_ignore_ascii_case(attr));
-        // EVERY and SCHEDULE are one choice: setting one drops the other.
-        let other = match *attr {
-            "EVERY" => Some("SCHEDULE"),
-            "SCHEDULE" => Some("EVERY"),
-            _ => None,
-        };
-        if let Some(o) = other {
-            t.attributes.retain(|a| !a.name.eq_ignore_ascii_case(o));
-        }
-        if !v.trim().is_empty() {
-            t.push(attr, v.clone());
-        }
-    }
-    t.render().map_err(|x| input(format!("{what}: {x}")))
-}
-
-/// The template a `create` or `update` ends with: the file's (else `base`, the stored one for
-/// an update, empty for a create) with the flags on top; and what to name in errors.
-pub(super) fn template_of(
-    file: Option<&PathBuf>,
-    base: &str,
-    flags: &[(&str, Option<String>)],
-) -> Result<(String, String), Error> {
-    let (text, what) = match file {
-        Some(f) => (read(f)?, f.display().to_string()),
-        None if base.is_empty() => (String::new(), "the flags".to_string()),
-        None => (base.to_string(), "the job's template".to_string()),
-    };
-    Ok((with_flags(&text, &what, flags)?, what))
-}
 
 /// A `YES`/`NO` flag: given alone it means `YES`.
 fn yes_no(v: &Option<String>) -> Option<String> {
@@ -71,11 +26,11 @@ struct SelectArgs {
 }
 
 impl SelectArgs {
-    fn attributes(&self) -> [(&'static str, Option<String>); 3] {
+    fn attributes(&self) -> [Setting; 3] {
         [
-            ("VMS", self.vms.clone()),
-            ("BACKUP_JOBS", self.backup_jobs.clone()),
-            ("TAGS", self.tags.clone()),
+            Setting::new("VMS", self.vms.clone()),
+            Setting::new("BACKUP_JOBS", self.backup_jobs.clone()),
+            Setting::new("TAGS", self.tags.clone()),
         ]
     }
 }
@@ -92,10 +47,10 @@ struct WhenArgs {
 }
 
 impl WhenArgs {
-    fn attributes(&self) -> [(&'static str, Option<String>); 2] {
+    fn attributes(&self) -> [Setting; 2] {
         [
-            ("EVERY", self.every.clone()),
-            ("SCHEDULE", self.schedule.clone()),
+            Setting::new("EVERY", self.every.clone()),
+            Setting::new("SCHEDULE", self.schedule.clone()),
         ]
     }
 }
@@ -149,9 +104,10 @@ pub(crate) struct SyncJobArgs {
 }
 
 impl SyncJobArgs {
-    pub(super) fn attributes(&self) -> Vec<(&'static str, Option<String>)> {
+    /// The template file (read) and the attributes the flags set.
+    pub(super) fn definition(&self) -> Result<Definition, Error> {
         let n = |v: Option<u64>| v.map(|v| v.to_string());
-        vec![
+        let settings = [
             ("NAME", self.name.clone()),
             ("DIRECTION", self.direction.clone()),
             ("DATASTORE_ID", n(self.datastore)),
@@ -167,9 +123,14 @@ impl SyncJobArgs {
             ("PARALLEL", n(self.parallel)),
         ]
         .into_iter()
+        .map(|(name, value)| Setting::new(name, value))
         .chain(self.select.attributes())
         .chain(self.when.attributes())
-        .collect()
+        .collect();
+        Ok(Definition {
+            file: self.file.as_deref().map(file_text).transpose()?,
+            settings,
+        })
     }
 }
 
@@ -219,9 +180,10 @@ fn shares(v: &str) -> Result<String, Error> {
 }
 
 impl VerifyJobArgs {
-    pub(super) fn attributes(&self) -> Result<Vec<(&'static str, Option<String>)>, Error> {
+    /// The template file (read) and the attributes the flags set.
+    pub(super) fn definition(&self) -> Result<Definition, Error> {
         let n = |v: Option<u64>| v.map(|v| v.to_string());
-        Ok(vec![
+        let settings = [
             ("NAME", self.name.clone()),
             ("DATASTORE_ID", n(self.datastore)),
             ("OUTDATED_AFTER", n(self.outdated_after)),
@@ -234,9 +196,14 @@ impl VerifyJobArgs {
             ("PARALLEL", n(self.parallel)),
         ]
         .into_iter()
+        .map(|(name, value)| Setting::new(name, value))
         .chain(self.select.attributes())
         .chain(self.when.attributes())
-        .collect())
+        .collect();
+        Ok(Definition {
+            file: self.file.as_deref().map(file_text).transpose()?,
+            settings,
+        })
     }
 }
 
@@ -245,29 +212,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_replace_attributes_in_any_case_and_every_and_schedule_exclude_each_other() {
-        let text = "name=\"a\"\nEVERY=\"1h\"\nVMS=\"1\"\n";
-        let out = with_flags(
-            text,
-            "t",
-            &[
-                ("NAME", Some("b".into())),
-                ("SCHEDULE", Some("daily".into())),
-                ("VMS", Some(String::new())),
-                ("TAGS", None),
-            ],
-        )
-        .expect("flags");
-        let t = Template::parse(&out).expect("parse");
-        assert_eq!(t.get("NAME"), Some("b"));
-        assert_eq!(t.get("SCHEDULE"), Some("daily"));
-        assert_eq!(t.get("EVERY"), None);
-        assert_eq!(t.get("VMS"), None);
-        assert_eq!(t.attributes.len(), 2, "{out}");
-        assert_eq!(
-            with_flags(text, "t", &[("TAGS", None)]).expect("same"),
-            text
-        );
+    fn read_data_subset_is_one_share_of_m() {
         assert_eq!(shares("1/5").expect("1/5"), "5");
         assert_eq!(shares("7").expect("7"), "7");
         assert!(shares("2/5").is_err());

@@ -6,6 +6,10 @@
 //! register|list|show|unregister`; `image list|show|restore`; `scheduler`. Every command that
 //! reads takes `--json`. Exit codes: 0 done, 1 a failure (a VM in ERROR after `backup`, bad
 //! input, a refused change), 2 bad usage.
+//!
+//! This is the binary's part: flags, files read, terminals and exit codes. What a command does
+//! is an operation of the runner's library ([`backstop_backupjob::ops`]), which the web server
+//! calls too; the text printed for a result is its `Display`, so both say the same.
 
 mod datastores;
 mod flags;
@@ -18,10 +22,11 @@ mod sync_jobs;
 mod verify_jobs;
 mod vms;
 
-use crate::Error;
-use crate::engine::Event;
-pub(crate) use crate::error::input;
-use crate::state::{self, State};
+use backstop_backupjob::Error;
+use backstop_backupjob::engine::Event;
+pub(crate) use backstop_backupjob::error::input;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::{self, State};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -404,7 +409,7 @@ pub(crate) struct RestoreArgs {
     pub(crate) disk_id: Option<u32>,
 }
 
-fn read(path: &PathBuf) -> Result<String, Error> {
+fn read(path: &std::path::Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|e| input(format!("cannot read {}: {e}", path.display())))
 }
 
@@ -443,14 +448,35 @@ pub fn main(args: &Args) -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "backupjob: {}",
-                backstop_protocol::redact::text(e.to_string().lines().next().unwrap_or(""))
-            );
+            let _ = writeln!(std::io::stderr(), "backupjob: {}", ops::error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The installation the operations play oned for, from the global flags.
+fn env(args: &Args) -> backstop_backupjob::runner::Env {
+    backstop_backupjob::runner::Env {
+        remotes: args.remotes.clone(),
+        datastore_location: args.datastore_location.clone(),
+    }
+}
+
+/// The limits of a backup run, from the global flags.
+fn limits(args: &Args) -> backstop_backupjob::scheduler::Limits {
+    backstop_backupjob::scheduler::Limits {
+        max_backups: args.max_backups,
+        max_backups_host: args.max_backups_host,
+        ..backstop_backupjob::scheduler::Limits::default()
+    }
+}
+
+/// A file the user named, read, and named in errors as the user wrote it.
+fn file_text(path: &std::path::Path) -> Result<ops::definitions::FileText, Error> {
+    Ok(ops::definitions::FileText {
+        text: read(path)?,
+        name: path.display().to_string(),
+    })
 }
 
 fn event_line(ev: &Event) -> String {
@@ -476,15 +502,14 @@ fn event_line(ev: &Event) -> String {
     }
 }
 
-/// Shows a run's events: a line each; progress as one live line on a terminal, redrawn in
-/// place, or as a log line per VM every `every` otherwise.
 /// The global notification settings from the environment; none (and a line on stderr) when
 /// they are wrong.
-pub(crate) fn notify_settings() -> crate::notify::Settings {
-    crate::notify::Settings::from_env().unwrap_or_else(|e| {
-        eprintln!("backupjob: notifications are off: {e}");
-        crate::notify::Settings::default()
-    })
+pub(crate) fn notify_settings() -> backstop_backupjob::notify::Settings {
+    let (settings, warning) = ops::notify_settings();
+    if let Some(w) = warning {
+        eprintln!("backupjob: {w}");
+    }
+    settings
 }
 
 /// Progress of a sync run, whose progress lines come from another thread: on a terminal one
@@ -535,6 +560,8 @@ impl Ticker {
     }
 }
 
+/// Shows a run's events: a line each; progress as one live line on a terminal, redrawn in
+/// place, or as a log line per VM every `every` otherwise.
 struct Reporter {
     tty: bool,
     every: std::time::Duration,
@@ -608,7 +635,7 @@ fn local_time(epoch: i64) -> String {
 }
 
 /// When the scheduler daemon will next run a sync or verify job (epoch), if it runs it.
-fn next_run(when: Option<&crate::calendar::When>, last: Option<i64>) -> Option<i64> {
+fn next_run(when: Option<&backstop_backupjob::calendar::When>, last: Option<i64>) -> Option<i64> {
     let now = jiff::Timestamp::now().as_second();
     when.and_then(|w| w.next(now, last, &jiff::tz::TimeZone::system()))
 }
@@ -624,24 +651,39 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
     let st = &mut st;
     match &args.command {
         Command::Datastore { command } => match command {
-            DatastoreCommand::Create { file } => datastores::create(st, args, file)?,
+            DatastoreCommand::Create { file } => print(
+                &ops::definitions::create_datastore(
+                    st,
+                    &args.datastore_location,
+                    &file_text(file)?,
+                )?
+                .to_string(),
+            )?,
             DatastoreCommand::List { json } => datastores::list(st, json)?,
             DatastoreCommand::Show { id, json } => datastores::show(st, args, *id, *json)?,
-            DatastoreCommand::Delete { id } => datastores::delete(st, id)?,
+            DatastoreCommand::Delete { id } => ops::definitions::delete_datastore(st, *id)?,
         },
         Command::Remote { command } => match command {
-            RemoteCommand::Create { file } => remotes::create(st, args, file)?,
+            RemoteCommand::Create { file } => print(
+                &ops::definitions::create_remote(st, &args.datastore_location, &file_text(file)?)?
+                    .to_string(),
+            )?,
             RemoteCommand::List { json } => remotes::list(st, args, *json)?,
             RemoteCommand::Show { id, json } => remotes::show(st, args, *id, *json)?,
-            RemoteCommand::Update { id, file } => remotes::update(st, args, *id, file)?,
-            RemoteCommand::Remove { id } => remotes::remove(st, *id)?,
+            RemoteCommand::Update { id, file } => ops::definitions::update_remote(
+                st,
+                &args.datastore_location,
+                *id,
+                &file_text(file)?,
+            )?,
+            RemoteCommand::Remove { id } => st.delete_remote(*id)?,
         },
         Command::SyncJob { command } => match command {
             SyncJobCommand::Create(a) => sync_jobs::create(st, a)?,
             SyncJobCommand::List { json } => sync_jobs::list(st, *json)?,
             SyncJobCommand::Show { id, json } => sync_jobs::show(st, *id, *json)?,
             SyncJobCommand::Update { id, args } => sync_jobs::update(st, *id, args)?,
-            SyncJobCommand::Remove { id } => sync_jobs::remove(st, *id)?,
+            SyncJobCommand::Remove { id } => st.delete_sync_job(*id)?,
             SyncJobCommand::Run { id } => return sync_jobs::run(st, args, *id),
         },
         Command::VerifyJob { command } => match command {
@@ -649,11 +691,13 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             VerifyJobCommand::List { json } => verify_jobs::list(st, *json)?,
             VerifyJobCommand::Show { id, json } => verify_jobs::show(st, *id, *json)?,
             VerifyJobCommand::Update { id, args } => verify_jobs::update(st, *id, args)?,
-            VerifyJobCommand::Remove { id } => verify_jobs::remove(st, *id)?,
+            VerifyJobCommand::Remove { id } => st.delete_verify_job(*id)?,
             VerifyJobCommand::Run { id } => return verify_jobs::run(st, args, *id),
         },
         Command::Vm { command } => match command {
-            VmCommand::Register { file } => vms::register(st, file)?,
+            VmCommand::Register { file } => {
+                print(&ops::definitions::register_vm(st, &file_text(file)?)?.to_string())?
+            }
             VmCommand::List { json } => vms::list(st, json)?,
             VmCommand::Show { id, json } => vms::show(st, *id, *json)?,
             VmCommand::Unregister { id } => st.unregister_vm(*id)?,
@@ -683,8 +727,13 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
         Command::List { json } => jobs::list(st, json)?,
         Command::Show { id, json } => jobs::show(st, id, json)?,
         Command::Backup { id } => return jobs::backup(st, args, id),
-        Command::Cancel { id } => jobs::cancel(st, args, id)?,
-        Command::Retry { id } => jobs::retry(st, id)?,
+        Command::Cancel { id } => print(
+            &ops::backup::cancel(&env(args), st, &ops::backup::CancelOptions { job: *id })?
+                .to_string(),
+        )?,
+        Command::Retry { id } => {
+            print(&ops::backup::retry(st, &ops::backup::RetryOptions { job: *id })?.to_string())?
+        }
         Command::Update { id, file, append } => jobs::update(st, id, file, append)?,
         Command::Priority { id, priority } => st.set_priority(*id, *priority)?,
         Command::Rename { id, name } => st.rename_job(*id, name)?,
@@ -695,16 +744,7 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
         Command::SchedUpdate(u) => schedules::update(st, u)?,
         Command::SchedDelete { id, sched_id } => st.delete_sched_action(*id, *sched_id)?,
         Command::Discover { datastore } => {
-            let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
-            let lines = crate::discover::discover(st, *datastore, &args.datastore_location, &cfg)?;
-            if lines.is_empty() {
-                print(&format!(
-                    "datastore {datastore}: nothing the state does not hold already"
-                ))?;
-            }
-            for l in lines {
-                print(&l)?;
-            }
+            print(&ops::runs::discover(&env(args), st, *datastore)?.to_string())?
         }
         Command::Scheduler { forever, interval } => schedules::daemon(st, args, forever, interval)?,
     }

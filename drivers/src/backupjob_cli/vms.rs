@@ -1,22 +1,9 @@
 //! `backupjob vm register|list|show|unregister`: VMs, from their documents
 //! (`onevm show -x`).
 
-use super::{input, print, read};
-use crate::Error;
-use crate::state::{State, VmState};
-use std::path::PathBuf;
-
-pub(super) fn register(st: &mut State, file: &PathBuf) -> Result<(), Error> {
-    let doc = read(file)?;
-    let root = backstop_protocol::xml::Element::parse(&doc)
-        .map_err(|x| input(format!("{}: {x}", file.display())))?;
-    let vm = backstop_protocol::message::Vm::from_xml(&root)
-        .map_err(|x| input(format!("{}: {x}", file.display())))?;
-    let host = vm.placement.as_ref().map(|p| p.hostname.clone());
-    st.register_vm(vm.id, &vm.name, host.as_deref(), &doc)?;
-    print(&format!("ID: {}", vm.id))?;
-    Ok(())
-}
+use super::{input, print};
+use backstop_backupjob::Error;
+use backstop_backupjob::state::{State, VmState};
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let list = st.vms()?;
@@ -50,7 +37,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     let vm = backstop_protocol::message::Vm::from_xml(&root)
         .map_err(|x| input(format!("VM {id}: {x}")))?;
     let mut job = None;
-    for crate::state::JobRow {
+    for backstop_backupjob::state::JobRow {
         id: jid,
         name: jname,
         ..

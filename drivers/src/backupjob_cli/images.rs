@@ -2,12 +2,11 @@
 //! one written out as files.
 
 use super::RestoreArgs;
-use super::datastores::datastore_of;
 use super::{Args, input, print};
-use crate::Error;
-use crate::state::State;
-use crate::state::sync::Verdict;
-use std::path::PathBuf;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops::{self, images::RestoreOptions};
+use backstop_backupjob::state::State;
+use backstop_backupjob::state::sync::Verdict;
 
 pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     let images = st.all_images()?;
@@ -58,15 +57,23 @@ pub(super) fn restore_cmd(st: &State, args: &Args, r: &RestoreArgs) -> Result<()
         increment,
         disk_id,
     } = r;
-    let files = image_restore(st, args, *id, *increment, *disk_id, to)?;
-    for f in files {
+    let options = RestoreOptions {
+        image: *id,
+        to: to.clone(),
+        increment: *increment,
+        disk_id: *disk_id,
+    };
+    for f in ops::images::restore(&super::env(args), st, &options)?.files {
         print(&f.display().to_string())?;
     }
     Ok(())
 }
 
 /// The last verify verdict on each increment's snapshot (its SOURCE is the short id), if any.
-fn verdicts(st: &State, img: &crate::state::ImageRow) -> Result<Vec<Option<Verdict>>, Error> {
+fn verdicts(
+    st: &State,
+    img: &backstop_backupjob::state::ImageRow,
+) -> Result<Vec<Option<Verdict>>, Error> {
     let repo = backstop_datastore::target::repo_id(img.job_id, img.vm_id);
     let all = st.verdicts(img.datastore_id, &repo)?;
     Ok(img
@@ -140,23 +147,4 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         ));
     }
     print(out.trim_end())
-}
-
-fn image_restore(
-    st: &State,
-    args: &Args,
-    id: u64,
-    increment: Option<u64>,
-    disk_id: Option<u32>,
-    to: &std::path::Path,
-) -> Result<Vec<PathBuf>, Error> {
-    let doc = crate::runner::image_document(st, id)?;
-    let root = backstop_protocol::xml::Element::parse(&doc).map_err(|x| input(x.to_string()))?;
-    let image = backstop_protocol::message::Image::from_xml(&root)
-        .map_err(|x| input(format!("image {id}: {x}")))?;
-    let ds_id = st.image(id)?.datastore_id;
-    let (_, _, ds) = datastore_of(st, args, ds_id)?;
-    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
-    backstop_datastore::backup_image::to_directory(&image, &ds, increment, disk_id, to, &cfg)
-        .map_err(|x| input(format!("image {id}: {x}")))
 }

@@ -1,47 +1,23 @@
 //! `backupjob verify-job create|list|show|update|remove|run` (also `backstop verify-job ...`): verify
-//! jobs ([`crate::verify_job`], docs/sync.md).
+//! jobs ([`backstop_backupjob::verify_job`], docs/sync.md).
 
-use super::flags::{VerifyJobArgs, template_of};
+use super::flags::VerifyJobArgs;
 use super::{Args, input, print};
-use crate::Error;
-use crate::state::State;
-use crate::state::sync::Verdict;
-use crate::verify_job::VerifyTemplate;
+use backstop_backupjob::Error;
+use backstop_backupjob::ops;
+use backstop_backupjob::state::State;
+use backstop_backupjob::state::sync::Verdict;
+use backstop_backupjob::verify_job::VerifyTemplate;
 use std::process::ExitCode;
 
 pub(super) fn create(st: &mut State, a: &VerifyJobArgs) -> Result<(), Error> {
-    let (text, what) = template_of(a.file.as_ref(), "", &a.attributes()?)?;
-    let job = checked(st, &what, &text)?;
-    let id = st.add_verify_job(&job.name, &text)?;
-    print(&format!("ID: {id}"))
+    print(&ops::definitions::create_verify_job(st, &a.definition()?)?.to_string())
 }
 
 /// Replaces a verify job's template, or changes the attributes the flags name; its verdicts
 /// stay.
 pub(super) fn update(st: &mut State, id: u64, a: &VerifyJobArgs) -> Result<(), Error> {
-    let crate::state::VerifyJobRow {
-        template: stored, ..
-    } = st
-        .verify_jobs()?
-        .into_iter()
-        .find(|j| j.id == id)
-        .ok_or_else(|| input(format!("there is no verify job {id}")))?;
-    let (text, what) = template_of(a.file.as_ref(), &stored, &a.attributes()?)?;
-    let job = checked(st, &what, &text)?;
-    st.update_verify_job(id, &job.name, &text)?;
-    Ok(())
-}
-
-/// A template that parses and names a backup datastore of this state.
-fn checked(st: &State, what: &str, text: &str) -> Result<VerifyTemplate, Error> {
-    let job = VerifyTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
-    if !st.datastores()?.iter().any(|d| d.id == job.datastore_id) {
-        return Err(input(format!(
-            "{what}: DATASTORE_ID {} is not a backup datastore",
-            job.datastore_id
-        )));
-    }
-    Ok(job)
+    ops::definitions::update_verify_job(st, id, &a.definition()?)
 }
 
 /// A job, its runs, and per repository (name, snapshots with a verdict, damaged ones).
@@ -63,7 +39,7 @@ fn verdicts_of(st: &State, t: &VerifyTemplate) -> Result<Vec<Verdict>, Error> {
 
 fn summary(st: &State) -> Result<Vec<Summary>, Error> {
     let mut out = Vec::new();
-    for crate::state::VerifyJobRow {
+    for backstop_backupjob::state::VerifyJobRow {
         id,
         template: text,
         runs,
@@ -124,7 +100,7 @@ pub(super) fn list(st: &State, json: bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let crate::state::VerifyJobRow {
+    let backstop_backupjob::state::VerifyJobRow {
         name,
         template: text,
         runs,
@@ -173,35 +149,21 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn remove(st: &mut State, id: u64) -> Result<(), Error> {
-    st.delete_verify_job(id)?;
-    Ok(())
-}
-
 /// One run now; exit 1 when something is damaged (each named on stderr).
 pub(super) fn run(st: &mut State, args: &Args, id: u64) -> Result<ExitCode, Error> {
-    let cfg = backstop_datastore::config::DriverConfig::load(&args.remotes)?;
     let ticker = super::Ticker::new(args.progress_every);
-    let report = crate::pool::Report {
+    let report = backstop_backupjob::pool::Report {
         done: &mut |l| ticker.line(l),
         progress: &|l| ticker.progress(l),
     };
-    let out = crate::verify_job::run(st, id, &args.datastore_location, &cfg, report)?
-        .ok_or_else(|| input(format!("verify job {id} is running already")))?;
-    if out.damaged.is_empty() {
+    let outcome = ops::runs::verify(&super::env(args), st, id, report)?;
+    if outcome.ok() {
         return Ok(ExitCode::SUCCESS);
     }
-    for d in &out.damaged {
+    for d in &outcome.damaged {
         eprintln!("backupjob: verify job {id}: {d}");
     }
-    let text = st
-        .verify_jobs()?
-        .into_iter()
-        .find(|j| j.id == id)
-        .map(|j| j.template)
-        .unwrap_or_default();
-    let global = super::notify_settings();
-    for line in crate::notify::after_run(&global, ("verify job", id, &text), &out.damaged) {
+    for line in outcome.notify(st, &super::notify_settings()) {
         eprintln!("backupjob: verify job {id}: {line}");
     }
     Ok(ExitCode::FAILURE)

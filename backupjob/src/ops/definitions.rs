@@ -1,0 +1,524 @@
+//! Creating and changing what the runner knows: backup jobs and their scheduled actions,
+//! datastores, remotes, VMs, sync and verify jobs. Each is checked before it is stored; a
+//! refused one leaves the state as it was.
+
+use super::job_row;
+use crate::Error;
+use crate::error::input;
+use crate::model::{self, JobTemplate};
+use crate::state::State;
+use crate::sync::SyncTemplate;
+use crate::verify_job::VerifyTemplate;
+use backstop_protocol::template::Template;
+use std::fmt;
+
+/// A file's text and the name errors give it (its path as the user wrote it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileText {
+    pub text: String,
+    pub name: String,
+}
+
+/// An attribute set on top of a template: `Some` replaces every attribute of its name (in
+/// any case), an empty value removes it; `None` leaves it as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub value: Option<String>,
+}
+
+impl Setting {
+    pub fn new(name: &'static str, value: Option<String>) -> Setting {
+        Setting { name, value }
+    }
+}
+
+/// A template given as a file, settings, or both (the settings win).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Definition {
+    pub file: Option<FileText>,
+    pub settings: Vec<Setting>,
+}
+
+/// What was created: its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    pub id: u64,
+}
+
+impl fmt::Display for Created {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ID: {}", self.id)
+    }
+}
+
+/// A template's text with `settings` on top. `what` names the text in errors.
+pub fn with_settings(text: &str, what: &str, settings: &[Setting]) -> Result<String, Error> {
+    if settings.iter().all(|s| s.value.is_none()) {
+        return Ok(text.to_string());
+    }
+    let mut t = Template::parse(text).map_err(|x| input(format!("{what}: template: {x}")))?;
+    for Setting { name: attr, value } in settings {
+        let Some(v) = value else { continue };
+        t.attributes.retain(|a| !a.name.eq_ignore_ascii_case(attr));
+        // EVERY and SCHEDULE are one choice: setting one drops the other.
+        let other = match *attr {
+            "EVERY" => Some("SCHEDULE"),
+            "SCHEDULE" => Some("EVERY"),
+            _ => None,
+        };
+        if let Some(o) = other {
+            t.attributes.retain(|a| !a.name.eq_ignore_ascii_case(o));
+        }
+        if !v.trim().is_empty() {
+            t.push(attr, v.clone());
+        }
+    }
+    t.render().map_err(|x| input(format!("{what}: {x}")))
+}
+
+/// The template a create or update ends with: the file's (else `base`, the stored one for an
+/// update, empty for a create) with the settings on top; and what to name in errors.
+struct Resolved {
+    text: String,
+    what: String,
+}
+
+fn resolve(d: &Definition, base: &str) -> Result<Resolved, Error> {
+    let (text, what) = match &d.file {
+        Some(f) => (f.text.clone(), f.name.clone()),
+        None if base.is_empty() => (String::new(), "the flags".to_string()),
+        None => (base.to_string(), "the job's template".to_string()),
+    };
+    Ok(Resolved {
+        text: with_settings(&text, &what, &d.settings)?,
+        what,
+    })
+}
+
+/// A job backs up into a backup datastore, never straight into a remote.
+fn not_a_remote(st: &State, id: u64) -> Result<(), Error> {
+    if st.remotes()?.iter().any(|r| r.id == id) {
+        return Err(input(format!(
+            "DATASTORE_ID {id} is a remote, not a backup datastore (remotes receive copies through sync jobs)"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a backup job; its SCHED_ACTIONs go to their own table.
+pub fn create_job(st: &mut State, d: &Definition) -> Result<Created, Error> {
+    let Resolved { text, what } = resolve(d, "")?;
+    let job = JobTemplate::parse(&text).map_err(|x| input(format!("{what}: {x}")))?;
+    not_a_remote(st, job.datastore_id)?;
+    let stored = model::without_sched_actions(&text).map_err(|x| input(x.to_string()))?;
+    let id = st.create_job_with(
+        &job.name,
+        job.priority,
+        &stored,
+        &job.vms,
+        &job.sched_actions,
+    )?;
+    Ok(Created { id })
+}
+
+/// A new template for a backup job, replacing its own or merged into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUpdate {
+    pub job: u64,
+    pub file: FileText,
+    pub append: bool,
+}
+
+/// Replaces a job's template with a file's (or merges it in). NAME, PRIORITY and
+/// SCHED_ACTION are not changed this way; a SCHED_ACTION in the file is said to `on_note`
+/// as soon as it is seen (also when the update then fails).
+pub fn update_job(
+    st: &mut State,
+    u: &JobUpdate,
+    mut on_note: impl FnMut(&str),
+) -> Result<(), Error> {
+    use backstop_protocol::template::{Attribute, Value};
+    let id = u.job;
+    let file = &u.file.name;
+    let crate::state::JobRow {
+        name,
+        template: old,
+        ..
+    } = job_row(st, id)?;
+    let old = Template::parse(&old).map_err(|x| input(format!("backup job {id}: {x}")))?;
+    let new = Template::parse(&u.file.text).map_err(|x| input(format!("{file}: template: {x}")))?;
+    let fixed = ["NAME", "PRIORITY", "SCHED_ACTION"];
+    if new.attributes.iter().any(|a| a.name == "SCHED_ACTION") {
+        on_note(&format!(
+            "{file}: SCHED_ACTION is not changed by update; use sched-add, sched-update or sched-delete"
+        ));
+    }
+    let mut merged = if u.append {
+        old.clone()
+    } else {
+        Template::default()
+    };
+    for a in new
+        .attributes
+        .iter()
+        .filter(|a| !fixed.contains(&a.name.as_str()))
+    {
+        merged.attributes.retain(|b| b.name != a.name);
+        merged.attributes.push(a.clone());
+    }
+    // What update cannot change stays as it was.
+    for a in old
+        .attributes
+        .iter()
+        .filter(|a| fixed.contains(&a.name.as_str()))
+    {
+        merged.attributes.retain(|b| b.name != a.name);
+        merged.attributes.insert(0, a.clone());
+    }
+    // The job's current name (rename changes it outside the template).
+    merged.attributes.retain(|b| b.name != "NAME");
+    merged.attributes.insert(
+        0,
+        Attribute {
+            name: "NAME".into(),
+            value: Value::Single(name),
+        },
+    );
+    let text = merged.render().map_err(|x| input(format!("{file}: {x}")))?;
+    let job = JobTemplate::parse(&text).map_err(|x| input(format!("{file}: {x}")))?;
+    not_a_remote(st, job.datastore_id)?;
+    st.set_job_template(id, &text, &job.vms)?;
+    Ok(())
+}
+
+/// A new scheduled action of a job (SCHED_ACTION: TIME, REPEAT, DAYS, END_TYPE, END_VALUE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedAdd {
+    pub job: u64,
+    /// An epoch, or a local date and time (2026-11-22T03:00).
+    pub time: String,
+    /// -1..3, or none, weekly, monthly, yearly, hourly.
+    pub repeat: String,
+    pub days: String,
+    pub end_type: i64,
+    pub end_value: Option<i64>,
+}
+
+pub fn add_sched_action(st: &mut State, a: &SchedAdd) -> Result<Created, Error> {
+    let id = a.job;
+    if !st.jobs()?.iter().any(|j| j.id == id) {
+        return Err(input(format!("there is no backup job {id}")));
+    }
+    let epoch = parse_time(&a.time)?;
+    let repeat = parse_repeat(&a.repeat)?;
+    let sa = crate::schedule::SchedAction::new(epoch, repeat, &a.days, a.end_type, a.end_value)
+        .map_err(|x| input(x.to_string()))?;
+    let sid = st.add_sched_action(id, &sa)?;
+    Ok(Created { id: sid })
+}
+
+/// A change to a scheduled action: a file holding `SCHED_ACTION = [...]`, values (which win
+/// over the file's); what neither gives stays as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedUpdate {
+    pub job: u64,
+    pub sched: u64,
+    pub file: Option<FileText>,
+    pub time: Option<String>,
+    pub repeat: Option<String>,
+    pub days: Option<String>,
+    pub end_type: Option<i64>,
+    pub end_value: Option<i64>,
+}
+
+pub fn update_sched_action(st: &mut State, u: &SchedUpdate) -> Result<(), Error> {
+    let (id, sched_id) = (u.job, u.sched);
+    // A file's SCHED_ACTION gives the values the flags do not.
+    let (mut time, mut repeat, mut days, mut end_type, mut end_value) = (
+        u.time.clone(),
+        u.repeat.clone(),
+        u.days.clone(),
+        u.end_type,
+        u.end_value,
+    );
+    if let Some(f) = &u.file {
+        use backstop_protocol::template::{Value, vector_get};
+        let name = &f.name;
+        let t = Template::parse(&f.text).map_err(|x| input(format!("{name}: template: {x}")))?;
+        let pairs = t
+            .attributes
+            .iter()
+            .find_map(|a| match &a.value {
+                Value::Vector(p) if a.name == "SCHED_ACTION" => Some(p.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| input(format!("{name}: no SCHED_ACTION = [...] in it")))?;
+        let get = |k: &str| vector_get(&pairs, k).map(str::to_string);
+        let num = |k: &str| -> Result<Option<i64>, Error> {
+            get(k)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        input(format!("{name}: SCHED_ACTION: {k} is {v:?}, not a number"))
+                    })
+                })
+                .transpose()
+        };
+        time = time.or(get("TIME"));
+        repeat = repeat.or(get("REPEAT"));
+        days = days.or(get("DAYS"));
+        end_type = end_type.or(num("END_TYPE")?);
+        end_value = end_value.or(num("END_VALUE")?);
+    }
+    let crate::state::SchedActionRow { action: old, .. } = st
+        .sched_actions(id)?
+        .into_iter()
+        .find(|s| s.id == sched_id)
+        .ok_or_else(|| {
+            input(format!(
+                "backup job {id} has no scheduled action {sched_id}"
+            ))
+        })?;
+    let (old_type, old_value) = old.end.codes();
+    let old_repeat = old.repeat.code();
+    let old_days: Vec<String> = old.days.iter().map(u32::to_string).collect();
+    let time = match &time {
+        Some(t) => parse_time(t)?,
+        None => old.time,
+    };
+    let repeat = match &repeat {
+        Some(r) => parse_repeat(r)?,
+        None => old_repeat,
+    };
+    let mut sa = crate::schedule::SchedAction::new(
+        time,
+        repeat,
+        days.as_deref().unwrap_or(&old_days.join(",")),
+        end_type.unwrap_or(old_type),
+        end_value.or(old_value),
+    )
+    .map_err(|x| input(x.to_string()))?;
+    // A new time starts afresh; otherwise when it last ran stays.
+    if sa.time == old.time {
+        sa.done = old.done;
+    }
+    st.update_sched_action(sched_id, &sa, None)?;
+    Ok(())
+}
+
+/// A scheduled action's time: an epoch, or a local date and time.
+fn parse_time(time: &str) -> Result<i64, Error> {
+    if let Ok(t) = time.parse::<i64>() {
+        return Ok(t);
+    }
+    time.parse::<jiff::civil::DateTime>()
+        .ok()
+        .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::system()).ok())
+        .map(|z| z.timestamp().as_second())
+        .ok_or_else(|| {
+            input(format!(
+                "--time {time:?} is neither an epoch nor a local date and time"
+            ))
+        })
+}
+
+/// A scheduled action's repeat: -1..3 or its name.
+fn parse_repeat(repeat: &str) -> Result<i64, Error> {
+    match repeat {
+        "weekly" => Ok(0),
+        "monthly" => Ok(1),
+        "yearly" => Ok(2),
+        "hourly" => Ok(3),
+        "none" => Ok(-1),
+        n => n.parse().map_err(|_| {
+            input(format!(
+                "--repeat {n:?}: use -1..3 or weekly, monthly, yearly, hourly"
+            ))
+        }),
+    }
+}
+
+/// Adds a backup datastore from its template, checked with the id it will get.
+pub fn create_datastore(st: &mut State, location: &str, f: &FileText) -> Result<Created, Error> {
+    let next = st.datastores()?.last().map_or(0, |d| d.id) + 1;
+    let (name, _) =
+        model::datastore(next, &f.text, location).map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let id = st.add_datastore(&name, &f.text)?;
+    Ok(Created { id })
+}
+
+/// The backup jobs that name datastore `id`.
+pub fn jobs_using(st: &State, id: u64) -> Result<Vec<u64>, Error> {
+    Ok(st
+        .jobs()?
+        .into_iter()
+        .filter(|j| JobTemplate::parse(&j.template).is_ok_and(|j| j.datastore_id == id))
+        .map(|j| j.id)
+        .collect())
+}
+
+/// Deletes a datastore no job names and no backup image lives in (the repository stays).
+pub fn delete_datastore(st: &mut State, id: u64) -> Result<(), Error> {
+    let using = jobs_using(st, id)?;
+    st.delete_datastore(id, &using)?;
+    Ok(())
+}
+
+/// A remote's template checked as a datastore's, with the id it has or will get; its name.
+fn remote_name(location: &str, id: u64, f: &FileText) -> Result<String, Error> {
+    let (name, _) =
+        model::datastore(id, &f.text, location).map_err(|x| input(format!("{}: {x}", f.name)))?;
+    Ok(name)
+}
+
+pub fn create_remote(st: &mut State, location: &str, f: &FileText) -> Result<Created, Error> {
+    let name = remote_name(location, 0, f)?;
+    let id = st.add_remote(&name, &f.text)?;
+    Ok(Created { id })
+}
+
+pub fn update_remote(st: &mut State, location: &str, id: u64, f: &FileText) -> Result<(), Error> {
+    let name = remote_name(location, id, f)?;
+    st.update_remote(id, &name, &f.text)?;
+    Ok(())
+}
+
+/// Where a remote's repositories are: a path, `sftp:user@server:path` or `s3:endpoint/bucket`.
+pub fn remote_location(location: &str, id: u64, text: &str) -> Result<String, Error> {
+    let (_, ds) =
+        model::datastore(id, text, location).map_err(|x| input(format!("remote {id}: {x}")))?;
+    let root = backstop_protocol::xml::Element::parse(&ds.document)
+        .map_err(|x| input(format!("remote {id}: {x}")))?;
+    let parsed = backstop_protocol::message::Datastore::from_xml(&root)
+        .map_err(|x| input(format!("remote {id}: {x}")))?;
+    use backstop_datastore::location::Location;
+    Ok(
+        match Location::of(&parsed).map_err(|x| input(format!("remote {id}: {x}")))? {
+            Location::Local { base_path } => base_path,
+            Location::Sftp {
+                user,
+                server,
+                base_path,
+            } => format!("sftp:{user}@{server}:{base_path}"),
+            Location::S3 { endpoint, bucket } => format!("s3:{endpoint}/{bucket}"),
+        },
+    )
+}
+
+/// Registers a VM from its XML document (`onevm show -x`).
+pub fn register_vm(st: &mut State, f: &FileText) -> Result<Created, Error> {
+    let root = backstop_protocol::xml::Element::parse(&f.text)
+        .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let vm = backstop_protocol::message::Vm::from_xml(&root)
+        .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let host = vm.placement.as_ref().map(|p| p.hostname.clone());
+    st.register_vm(vm.id, &vm.name, host.as_deref(), &f.text)?;
+    Ok(Created { id: vm.id })
+}
+
+/// A sync job's template that parses and names a backup datastore and a remote of this state.
+fn checked_sync(st: &State, what: &str, text: &str) -> Result<SyncTemplate, Error> {
+    let job = SyncTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
+    if !st.datastores()?.iter().any(|d| d.id == job.datastore_id) {
+        return Err(input(format!(
+            "{what}: DATASTORE_ID {} is not a backup datastore",
+            job.datastore_id
+        )));
+    }
+    if !st.remotes()?.iter().any(|r| r.id == job.remote_id) {
+        return Err(input(format!(
+            "{what}: REMOTE_ID {} is not a remote",
+            job.remote_id
+        )));
+    }
+    Ok(job)
+}
+
+pub fn create_sync_job(st: &mut State, d: &Definition) -> Result<Created, Error> {
+    let Resolved { text, what } = resolve(d, "")?;
+    let job = checked_sync(st, &what, &text)?;
+    let id = st.add_sync_job(&job.name, &text)?;
+    Ok(Created { id })
+}
+
+/// Replaces a sync job's template, or changes the attributes the settings name; its run
+/// records stay.
+pub fn update_sync_job(st: &mut State, id: u64, d: &Definition) -> Result<(), Error> {
+    let crate::state::Named {
+        template: stored, ..
+    } = st
+        .sync_jobs()?
+        .into_iter()
+        .find(|j| j.id == id)
+        .ok_or_else(|| input(format!("there is no sync job {id}")))?;
+    let Resolved { text, what } = resolve(d, &stored)?;
+    let job = checked_sync(st, &what, &text)?;
+    st.update_sync_job(id, &job.name, &text)?;
+    Ok(())
+}
+
+/// A verify job's template that parses and names a backup datastore of this state.
+fn checked_verify(st: &State, what: &str, text: &str) -> Result<VerifyTemplate, Error> {
+    let job = VerifyTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))?;
+    if !st.datastores()?.iter().any(|d| d.id == job.datastore_id) {
+        return Err(input(format!(
+            "{what}: DATASTORE_ID {} is not a backup datastore",
+            job.datastore_id
+        )));
+    }
+    Ok(job)
+}
+
+pub fn create_verify_job(st: &mut State, d: &Definition) -> Result<Created, Error> {
+    let Resolved { text, what } = resolve(d, "")?;
+    let job = checked_verify(st, &what, &text)?;
+    let id = st.add_verify_job(&job.name, &text)?;
+    Ok(Created { id })
+}
+
+/// Replaces a verify job's template, or changes the attributes the settings name; its
+/// verdicts stay.
+pub fn update_verify_job(st: &mut State, id: u64, d: &Definition) -> Result<(), Error> {
+    let crate::state::VerifyJobRow {
+        template: stored, ..
+    } = st
+        .verify_jobs()?
+        .into_iter()
+        .find(|j| j.id == id)
+        .ok_or_else(|| input(format!("there is no verify job {id}")))?;
+    let Resolved { text, what } = resolve(d, &stored)?;
+    let job = checked_verify(st, &what, &text)?;
+    st.update_verify_job(id, &job.name, &text)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_replace_attributes_in_any_case_and_every_and_schedule_exclude_each_other() {
+        let text = "name=\"a\"\nEVERY=\"1h\"\nVMS=\"1\"\n";
+        let out = with_settings(
+            text,
+            "t",
+            &[
+                Setting::new("NAME", Some("b".into())),
+                Setting::new("SCHEDULE", Some("daily".into())),
+                Setting::new("VMS", Some(String::new())),
+                Setting::new("TAGS", None),
+            ],
+        )
+        .expect("flags");
+        let t = Template::parse(&out).expect("parse");
+        assert_eq!(t.get("NAME"), Some("b"));
+        assert_eq!(t.get("SCHEDULE"), Some("daily"));
+        assert_eq!(t.get("EVERY"), None);
+        assert_eq!(t.get("VMS"), None);
+        assert_eq!(t.attributes.len(), 2, "{out}");
+        assert_eq!(
+            with_settings(text, "t", &[Setting::new("TAGS", None)]).expect("same"),
+            text
+        );
+    }
+}
