@@ -486,3 +486,25 @@ fn schema_10_keeps_the_sync_runs_and_the_verify_counts() {
     assert_eq!(s.runs(RunKind::Verify, 1).expect("runs"), []);
     assert_eq!(s.sync_runs(1).expect("runs").len(), 2);
 }
+
+/// A backup job's runs are recorded in the one table of job runs; deleting the job deletes
+/// them with it (and no other job's), and a missing job is named.
+#[test]
+fn a_backup_jobs_run_records_go_with_the_job() {
+    use crate::state::sync::RunKind;
+    let (_dir, mut s) = state();
+    let a = s.create_job("a", 50, "MODE=FULL", &[1]).expect("a");
+    let b = s.create_job("b", 50, "MODE=FULL", &[2]).expect("b");
+    let me = ProcessId::current();
+    // Runs of one backup job may overlap: each VM is claimed on its own.
+    let first = s.record_backup_run(a, 10, &me).expect("record");
+    let second = s.record_backup_run(a, 11, &me).expect("record");
+    assert_ne!(first, second);
+    s.record_backup_run(b, 12, &me).expect("record");
+    assert_eq!(s.runs(RunKind::Backup, a).expect("runs").len(), 2);
+    s.delete_job(a).expect("delete");
+    assert_eq!(s.runs(RunKind::Backup, a).expect("runs"), []);
+    assert_eq!(s.runs(RunKind::Backup, b).expect("runs").len(), 1);
+    let e = s.delete_job(a).expect_err("gone");
+    assert!(e.to_string().contains("there is no backup job"), "{e}");
+}

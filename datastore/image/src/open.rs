@@ -55,14 +55,6 @@ pub enum Source {
 }
 
 impl Source {
-    /// The NBD image, when it is read over NBD.
-    pub fn as_nbd(&self) -> Option<&NbdImage> {
-        match self {
-            Source::Nbd(n) => Some(n.as_ref()),
-            Source::Raw(_) => None,
-        }
-    }
-
     fn inner(&self) -> &dyn ImageSource {
         match self {
             Source::Raw(r) => r,
@@ -206,4 +198,37 @@ fn bitmap_error(what: &str, bitmap: &str, e: io::Error) -> Error {
 
 fn show(path: &Path) -> String {
     path.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stock increment's changes are its clusters and an RBD snapshot's are `rbd diff`'s: a
+    /// bitmap named with either is refused before anything is opened, not quietly ignored.
+    #[test]
+    fn a_bitmap_with_a_delta_or_an_rbd_snapshot_is_refused() {
+        let rbd = RbdImage {
+            pool: "one".into(),
+            image: "one-1".into(),
+            snapshot: Some("s".into()),
+            conf: None,
+            user: None,
+            keyfile: None,
+        };
+        for disk in [
+            Disk::Delta(Path::new("/nonexistent/disk.0.1")),
+            Disk::Rbd {
+                image: &rbd,
+                since: None,
+            },
+        ] {
+            let e = open(disk, Some("one-0")).expect_err("a bitmap with it");
+            assert_eq!(e.kind, ErrorKind::Input);
+            assert_eq!(
+                e.to_string(),
+                "bitmap one-0: a stock increment or an RBD snapshot has no bitmap to read"
+            );
+        }
+    }
 }

@@ -129,14 +129,6 @@ impl Index {
             BlobKind::Tree => self.trees.keys(),
         }
     }
-
-    /// How many blobs of that kind there are.
-    pub fn count(&self, kind: BlobKind) -> usize {
-        match kind {
-            BlobKind::Data => self.data.len(),
-            BlobKind::Tree => self.trees.len(),
-        }
-    }
 }
 
 /// Index entries per index file, as restic splits them: a reader never has to take in one
@@ -201,8 +193,8 @@ mod tests {
         let tree = index.tree(&id).expect("the tree");
         assert_eq!((data.pack, data.offset), (RepoId([1; 32]), 10));
         assert_eq!((tree.pack, tree.offset), (RepoId([2; 32]), 20));
-        assert_eq!(index.count(BlobKind::Data), 1);
-        assert_eq!(index.count(BlobKind::Tree), 1);
+        assert_eq!(index.ids(BlobKind::Data).count(), 1);
+        assert_eq!(index.ids(BlobKind::Tree).count(), 1);
         assert!(index.has(BlobKind::Tree, &id) && index.has(BlobKind::Data, &id));
         assert!(!index.has(BlobKind::Data, &RepoId([8; 32])));
     }
