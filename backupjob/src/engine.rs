@@ -135,6 +135,7 @@ pub fn reconcile(
     state: &mut State,
     on_event: &mut impl FnMut(u64, &Event),
 ) -> Result<usize, Error> {
+    state.close_dead_runs(now())?;
     let orphans = state.orphans(backstop_image::process::ProcessId::is_running)?;
     let mut settled = 0;
     for crate::state::Orphan {
@@ -533,7 +534,6 @@ pub fn run_jobs(
     })?;
     for (job_id, _, started_at) in &jobs {
         let ended_at = now();
-        state.set_last_backup(*job_id, *started_at, ended_at - started_at)?;
         let (updated, failed) = counts.get(job_id).copied().unwrap_or_default();
         if let Some(&id) = records.get(job_id) {
             state.end_run(&crate::state::sync::JobRun {

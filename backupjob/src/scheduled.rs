@@ -21,6 +21,12 @@ pub fn scheduled_pass(
         when.as_ref().is_some_and(|w| w.due(now, last, written, tz))
     };
     let mut lines = Vec::new();
+    let closed = st.close_dead_runs(now)?;
+    if closed > 0 {
+        lines.push(format!(
+            "closed {closed} run records whose runner was killed"
+        ));
+    }
     for crate::state::Named {
         id, template: text, ..
     } in st.sync_jobs()?

@@ -937,6 +937,18 @@ fn a_killed_runner_is_reconciled_with_the_repository() {
     assert_eq!(out.stdout, "", "{out:?}");
     assert!(pid_file.exists(), "the throttled backup is still running");
     assert_eq!(vm_state(), "ONGOING");
+    // The killed run's record is closed by that pass, not left going on until the job runs
+    // again.
+    let run: (Option<i64>, Option<String>) = rusqlite::Connection::open(&state)
+        .expect("state")
+        .query_row(
+            "SELECT ended_at, error FROM job_runs WHERE kind = 'backup' AND job_id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the killed run's record");
+    assert!(run.0.is_some(), "{run:?}");
+    assert_eq!(run.1.as_deref(), Some("its runner was killed"));
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     while pid_file.exists() {

@@ -6,6 +6,7 @@
 
 use crate::jobs::{cli_prefix, cloud_with_tm, datastore_template};
 use crate::support::BACKSTOP;
+use serde_json::json;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -300,6 +301,30 @@ fn serve_shows_real_runs_and_guards_what_it_shows() {
             .is_some_and(|r| r.iter().any(|x| x["ok"] == false && x["what"] == "VM 23")),
         "{runs}"
     );
+    // The jobs' own runs, read from the one run table: the backup job's run (one VM failed)
+    // and the verify job's clean run.
+    let run_of = |what: &str| {
+        runs.as_array()
+            .and_then(|r| r.iter().find(|x| x["what"] == what))
+            .cloned()
+            .unwrap_or_else(|| panic!("no run of {what}: {runs}"))
+    };
+    let backup = run_of("backup job 1 (nightly)");
+    assert_eq!(
+        (&backup["kind"], &backup["ok"], &backup["detail"]),
+        (&json!("backup"), &json!(false), &json!("1 VMs failed")),
+        "{runs}"
+    );
+    assert!(backup["ended"].is_i64(), "{runs}");
+    let verify = run_of("verify job 1 (weekly-check)");
+    assert_eq!(
+        (&verify["kind"], &verify["ok"]),
+        (&json!("verify"), &json!(true)),
+        "{runs}"
+    );
+    let (_, _, jobs) = get("/api/jobs");
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).expect("jobs");
+    assert_eq!(jobs[0]["last_run"], backup["started"], "{jobs} {runs}");
 
     let (code, _, page) = get("/");
     assert_eq!(code, 200);
@@ -705,6 +730,12 @@ fn a_reason_naming_a_snapshot(state: &std::path::Path) -> String {
         )],
     )
     .expect("reason");
+    // A run's error may name one too (a verify run names damaged snapshots).
+    db.execute(
+        "UPDATE job_runs SET error = ?1 WHERE kind = 'backup'",
+        [format!("VM 23: no snapshot {id}")],
+    )
+    .expect("run error");
     id
 }
 

@@ -4,6 +4,7 @@
 
 use crate::Error;
 use backstop_backupjob::model::JobTemplate;
+use backstop_backupjob::state::sync::{JobRun, RunKind};
 use backstop_backupjob::state::{State, VmState};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -497,7 +498,11 @@ pub fn hide_ids(text: &str) -> String {
 fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
     let mut out = Vec::new();
     for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
-        let last = st.sync_runs(id).map_err(read_err)?.into_iter().next();
+        let last = st
+            .runs(RunKind::Sync, id)
+            .map_err(read_err)?
+            .into_iter()
+            .next();
         out.push(SecondCopy {
             kind: "sync",
             id,
@@ -506,7 +511,6 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
             problem: last.and_then(|r| r.error).map(|e| e.replace('\n', "; ")),
         });
     }
-    let last_runs = st.verify_last_runs().map_err(read_err)?;
     for backstop_backupjob::state::VerifyJobRow {
         id,
         name,
@@ -514,6 +518,11 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
         ..
     } in st.verify_jobs().map_err(read_err)?
     {
+        let last = st
+            .runs(RunKind::Verify, id)
+            .map_err(read_err)?
+            .into_iter()
+            .next();
         let datastore = backstop_backupjob::verify_job::VerifyTemplate::parse(&text)
             .map(|t| t.datastore_id)
             .ok();
@@ -526,22 +535,61 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
                 .count(),
             None => 0,
         };
+        // The damaged snapshots first (they stay until healed), else why the last run failed.
+        let problem = (damaged > 0)
+            .then(|| format!("{damaged} damaged snapshots"))
+            .or_else(|| {
+                last.as_ref()
+                    .and_then(|r| r.error.as_ref())
+                    .map(|e| e.replace('\n', "; "))
+            });
         out.push(SecondCopy {
             kind: "verify",
             id,
             name,
-            last_run: last_runs
-                .iter()
-                .find(|l| l.job == id)
-                .and_then(|l| l.started_at),
-            problem: (damaged > 0).then(|| format!("{damaged} damaged snapshots")),
+            last_run: last.as_ref().map(|r| r.started_at),
+            problem,
         });
     }
     Ok(out)
 }
 
-/// The run history: each backup point recorded, each VM's last failure, sync and verify runs;
-/// newest first.
+/// One run of a backup, sync or verify job as the history shows it.
+fn job_run(kind: RunKind, id: u64, name: &str, r: &JobRun) -> Run {
+    let (label, done) = match kind {
+        RunKind::Backup => ("backup job", format!("{} VMs backed up", r.snapshots)),
+        RunKind::Sync => (
+            "sync job",
+            format!(
+                "{} snapshots, {} bytes written",
+                r.snapshots, r.bytes_written
+            ),
+        ),
+        RunKind::Verify => (
+            "verify job",
+            format!("{} snapshots, {} bytes read", r.snapshots, r.bytes_read),
+        ),
+    };
+    Run {
+        kind: match kind {
+            RunKind::Backup => "backup",
+            RunKind::Sync => "sync",
+            RunKind::Verify => "verify",
+        },
+        what: format!("{label} {id} ({name})"),
+        started: r.started_at,
+        ended: r.ended_at,
+        ok: r.error.is_none(),
+        detail: match (&r.error, r.ended_at) {
+            (Some(e), _) => e.replace('\n', "; "),
+            (None, None) => "running".to_string(),
+            (None, Some(_)) => done,
+        },
+    }
+}
+
+/// The run history: each backup point recorded, each VM's last failure, and every run of a
+/// backup, sync or verify job; newest first.
 fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
     let mut out = Vec::new();
     for i in images {
@@ -569,21 +617,22 @@ fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
             detail: v.reason.clone().unwrap_or_default(),
         });
     }
+    // The jobs' own runs, all three kinds read the same way from the one run table.
+    let mut jobs: Vec<(RunKind, u64, String)> = Vec::new();
+    for backstop_backupjob::state::JobRow { id, name, .. } in st.jobs().map_err(read_err)? {
+        jobs.push((RunKind::Backup, id, name));
+    }
     for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
-        for r in st.sync_runs(id).map_err(read_err)? {
-            out.push(Run {
-                kind: "sync",
-                what: format!("sync job {id} ({name})"),
-                started: r.started_at,
-                ended: r.ended_at,
-                ok: r.error.is_none(),
-                detail: r.error.clone().unwrap_or_else(|| {
-                    format!(
-                        "{} snapshots, {} bytes written",
-                        r.snapshots, r.bytes_written
-                    )
-                }),
-            });
+        jobs.push((RunKind::Sync, id, name));
+    }
+    for backstop_backupjob::state::VerifyJobRow { id, name, .. } in
+        st.verify_jobs().map_err(read_err)?
+    {
+        jobs.push((RunKind::Verify, id, name));
+    }
+    for (kind, id, name) in jobs {
+        for r in st.runs(kind, id).map_err(read_err)? {
+            out.push(job_run(kind, id, &name, &r));
         }
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.started));

@@ -452,38 +452,33 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
-    /// Whether a job is locked and when its last run started and how long it took (seconds).
+    /// Whether a job is locked, and when its last finished run started and how long it took
+    /// (seconds): read from the run records (`job_runs`); for a job whose last run predates
+    /// them (schema 9 and older), from the job's own columns, which nothing writes any more.
     pub fn job_status(&self, job: u64) -> Result<JobStatus, StateError> {
         self.conn
             .query_row(
-                "SELECT locked, last_backup_time, last_backup_duration FROM jobs WHERE id = ?1",
+                "SELECT j.locked, r.started_at, r.ended_at - r.started_at, \
+                 j.last_backup_time, j.last_backup_duration FROM jobs j \
+                 LEFT JOIN job_runs r ON r.id = (SELECT max(id) FROM job_runs \
+                 WHERE kind = 'backup' AND job_id = j.id AND ended_at IS NOT NULL) \
+                 WHERE j.id = ?1",
                 params![job as i64],
                 |r| {
+                    let run: Option<i64> = r.get(1)?;
                     Ok(JobStatus {
                         locked: r.get::<_, i64>(0)? != 0,
-                        last_started: r.get(1)?,
-                        last_duration: r.get(2)?,
+                        last_started: run.or(r.get(3)?),
+                        last_duration: match run {
+                            Some(_) => r.get(2)?,
+                            None => r.get(4)?,
+                        },
                     })
                 },
             )
             .optional()
             .map_err(|e| self.sql(e))?
             .ok_or_else(|| self.invalid(format!("there is no backup job {job}")))
-    }
-
-    pub fn set_last_backup(
-        &mut self,
-        job: u64,
-        time: i64,
-        duration: i64,
-    ) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "UPDATE jobs SET last_backup_time = ?1, last_backup_duration = ?2 WHERE id = ?3",
-                params![time, duration, job as i64],
-            )
-            .map_err(|e| self.sql(e))?;
-        Ok(())
     }
 
     fn update_job(

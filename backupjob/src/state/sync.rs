@@ -62,6 +62,57 @@ fn alive(runner: Option<&str>) -> bool {
         .is_some_and(|p| p.is_running())
 }
 
+/// How many run records are open.
+fn count_open(tx: &rusqlite::Transaction) -> rusqlite::Result<usize> {
+    tx.query_row(
+        "SELECT count(*) FROM job_runs WHERE ended_at IS NULL",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as usize)
+}
+
+/// Closes the open run records (of one job, or all) whose process is gone; how many open ones
+/// are left, in live processes.
+fn close_dead_runs(
+    tx: &rusqlite::Transaction,
+    of: Option<(RunKind, u64)>,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let open: Vec<(i64, Option<String>)> = {
+        use rusqlite::types::Value;
+        let (filter, args) = match of {
+            Some((kind, job)) => (
+                " AND kind = ?1 AND job_id = ?2",
+                vec![
+                    Value::from(kind.as_str().to_string()),
+                    Value::from(job as i64),
+                ],
+            ),
+            None => ("", Vec::new()),
+        };
+        let mut stmt = tx.prepare(&format!(
+            "SELECT id, runner FROM job_runs WHERE ended_at IS NULL{filter}"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut live = 0;
+    for (id, who) in open {
+        if alive(who.as_deref()) {
+            live += 1;
+            continue;
+        }
+        tx.execute(
+            "UPDATE job_runs SET ended_at = ?1, error = 'its runner was killed' WHERE id = ?2",
+            params![now, id],
+        )?;
+    }
+    Ok(live)
+}
+
 impl State {
     /// A new sync job, with a new random id for its copies ([`State::sync_job_copier`]).
     pub fn add_sync_job(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
@@ -300,32 +351,9 @@ impl State {
             source: e,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        let open: Vec<(i64, Option<String>)> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT id, runner FROM job_runs \
-                     WHERE kind = ?1 AND job_id = ?2 AND ended_at IS NULL",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map(params![kind.as_str(), job as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(err)?;
-            rows.collect::<Result<_, _>>().map_err(err)?
-        };
-        for (id, who) in open {
-            if alive(who.as_deref()) {
-                if alone {
-                    return Ok(None);
-                }
-                continue;
-            }
-            tx.execute(
-                "UPDATE job_runs SET ended_at = ?1, error = 'its runner was killed' WHERE id = ?2",
-                params![now, id],
-            )
-            .map_err(err)?;
+        let live = close_dead_runs(&tx, Some((kind, job)), now).map_err(err)?;
+        if alone && live > 0 {
+            return Ok(None);
         }
         tx.execute(
             "INSERT INTO job_runs (kind, job_id, started_at, runner) VALUES (?1, ?2, ?3, ?4)",
@@ -335,6 +363,22 @@ impl State {
         let id = tx.last_insert_rowid() as u64;
         tx.commit().map_err(err)?;
         Ok(Some(id))
+    }
+
+    /// Closes every run record whose process is gone (a killed runner), saying so; how many it
+    /// closed. The scheduled pass and each backup run call it, so a dead run does not show as
+    /// going on until its job runs again.
+    pub fn close_dead_runs(&mut self, now: i64) -> Result<usize, StateError> {
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let open = count_open(&tx).map_err(err)?;
+        let live = close_dead_runs(&tx, None, now).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(open - live)
     }
 
     /// Ends a sync run's record with what it did.

@@ -508,3 +508,78 @@ fn a_backup_jobs_run_records_go_with_the_job() {
     let e = s.delete_job(a).expect_err("gone");
     assert!(e.to_string().contains("there is no backup job"), "{e}");
 }
+
+/// A backup job's last run is read from its run records; a job whose last run predates them
+/// shows the job's own (legacy) columns; a run still going on is not its last run.
+#[test]
+fn a_backup_jobs_last_run_comes_from_its_run_records() {
+    use crate::state::sync::{JobRun, RunKind};
+    let (_dir, mut s) = state();
+    let a = s.create_job("a", 50, "MODE=FULL", &[1]).expect("a");
+    let status = s.job_status(a).expect("status");
+    assert_eq!((status.last_started, status.last_duration), (None, None));
+    // Schema 9 and older kept it in the job's row.
+    s.conn
+        .execute(
+            "UPDATE jobs SET last_backup_time = 50, last_backup_duration = 7 WHERE id = ?1",
+            params![a as i64],
+        )
+        .expect("legacy");
+    let status = s.job_status(a).expect("status");
+    assert_eq!(
+        (status.last_started, status.last_duration),
+        (Some(50), Some(7))
+    );
+    let me = ProcessId::current();
+    let run = s.record_backup_run(a, 100, &me).expect("record");
+    let status = s.job_status(a).expect("status");
+    assert_eq!(
+        status.last_started,
+        Some(50),
+        "a run going on is not the last one"
+    );
+    s.end_run(&JobRun {
+        id: run,
+        kind: RunKind::Backup,
+        job_id: a,
+        started_at: 100,
+        ended_at: Some(130),
+        snapshots: 1,
+        bytes_read: 0,
+        bytes_written: 0,
+        error: None,
+    })
+    .expect("end");
+    let status = s.job_status(a).expect("status");
+    assert_eq!(
+        (status.last_started, status.last_duration),
+        (Some(100), Some(30))
+    );
+}
+
+/// Run records left open by a killed runner are closed by the next pass, of any kind and any
+/// job, and ones in a live process are left alone.
+#[test]
+fn run_records_of_killed_runners_are_closed() {
+    use crate::state::sync::RunKind;
+    let (_dir, mut s) = state();
+    let a = s.create_job("a", 50, "MODE=FULL", &[1]).expect("a");
+    let sync = s.add_sync_job("j", "NAME=j").expect("add");
+    let me = ProcessId::current();
+    let dead = ProcessId::parse("4000000.1.0").expect("a pid no process has");
+    let b = s.create_job("b", 50, "MODE=FULL", &[2]).expect("b");
+    let killed = s.record_backup_run(a, 10, &dead).expect("record");
+    let live = s.record_backup_run(b, 11, &me).expect("record");
+    s.claim_run(RunKind::Sync, sync, 12, &dead)
+        .expect("claim")
+        .expect("free");
+    assert_eq!(s.close_dead_runs(20).expect("close"), 2);
+    let runs = s.runs(RunKind::Backup, a).expect("runs");
+    assert_eq!((runs[0].id, runs[0].ended_at), (killed, Some(20)));
+    assert_eq!(runs[0].error.as_deref(), Some("its runner was killed"));
+    let runs = s.runs(RunKind::Backup, b).expect("runs");
+    assert_eq!((runs[0].id, runs[0].ended_at), (live, None));
+    let syncs = s.runs(RunKind::Sync, sync).expect("runs");
+    assert_eq!(syncs[0].error.as_deref(), Some("its runner was killed"));
+    assert_eq!(s.close_dead_runs(21).expect("again"), 0);
+}
