@@ -4,8 +4,6 @@
 //! that only an OpenNebula driver has (its attributes, oned) are this layer's own. Secrets
 //! never enter a message.
 
-use std::fmt;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The datastore's attributes (or an option of the repository they set) are missing,
@@ -31,42 +29,11 @@ pub enum ErrorKind {
     ParentIncomplete,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-    #[source]
-    pub source: Option<std::io::Error>,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
+backstop_fault::error_type!(ErrorKind, io = Io);
 
 impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
     pub fn config(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Config, message)
-    }
-
-    pub fn io(message: impl Into<String>, source: std::io::Error) -> Self {
-        Error {
-            kind: ErrorKind::Io,
-            message: message.into(),
-            source: Some(source),
-        }
     }
 
     pub fn not_implemented(what: impl Into<String>) -> Self {

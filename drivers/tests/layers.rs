@@ -6,20 +6,23 @@ use std::path::Path;
 
 /// (folder, crate, the backstop crates it may import)
 const LAYERS: &[(&str, &str, &[&str])] = &[
-    ("protocol", "backstop-protocol", &[]),
-    ("datastore/storage", "backstop-storage", &[]),
-    ("datastore/image", "backstop-image", &[]),
+    // The one shape of a library error (its macro): the floor under every library.
+    ("protocol/fault", "backstop-fault", &[]),
+    ("protocol", "backstop-protocol", &["backstop-fault"]),
+    ("datastore/storage", "backstop-storage", &["backstop-fault"]),
+    ("datastore/image", "backstop-image", &["backstop-fault"]),
     // The real servers tests start; only tests and the benchmark import it.
     ("tests/kit", "backstop-testkit", &[]),
     (
         "datastore/repo",
         "backstop-repo",
-        &["backstop-storage", "backstop-image"],
+        &["backstop-fault", "backstop-storage", "backstop-image"],
     ),
     (
         "datastore",
         "backstop-datastore",
         &[
+            "backstop-fault",
             "backstop-protocol",
             "backstop-storage",
             "backstop-image",
@@ -29,7 +32,7 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
     (
         "tm",
         "backstop-tm",
-        &["backstop-protocol", "backstop-image"],
+        &["backstop-fault", "backstop-protocol", "backstop-image"],
     ),
     (
         "backupjob",

@@ -3,8 +3,6 @@
 //! and the I/O error beneath when there is one. The adapters above turn it into their own
 //! error, keeping the kind and the source.
 
-use std::fmt;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The configuration (a driver configuration file, a datastore's attribute) is missing,
@@ -18,41 +16,10 @@ pub enum ErrorKind {
     Oned,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-    #[source]
-    pub source: Option<std::io::Error>,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
+backstop_fault::error_type!(ErrorKind, io = Io);
 
 impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
     pub fn config(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Config, message)
-    }
-
-    pub fn io(message: impl Into<String>, source: std::io::Error) -> Self {
-        Error {
-            kind: ErrorKind::Io,
-            message: message.into(),
-            source: Some(source),
-        }
     }
 }

@@ -2,8 +2,6 @@
 //! when there is one. The image and protocol layers' errors become it with `From`, keeping
 //! their kind and source; the binary turns it into a driver's failure line.
 
-use std::fmt;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The driver configuration or a datastore's attribute is missing, malformed or
@@ -24,40 +22,7 @@ pub enum ErrorKind {
     Oned,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-    #[source]
-    pub source: Option<std::io::Error>,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    pub fn io(message: impl Into<String>, source: std::io::Error) -> Self {
-        Error {
-            kind: ErrorKind::Io,
-            message: message.into(),
-            source: Some(source),
-        }
-    }
-}
+backstop_fault::error_type!(ErrorKind, io = Io);
 
 impl From<backstop_protocol::Error> for Error {
     fn from(e: backstop_protocol::Error) -> Self {

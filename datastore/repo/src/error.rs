@@ -2,8 +2,6 @@
 //! was wrong, with the I/O error beneath it when there is one. It knows nothing of OpenNebula:
 //! the datastore driver maps these kinds to its own. Secrets never enter a message.
 
-use std::fmt;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// An option given to the repository layer (compression, prune limits, a read-data
@@ -25,45 +23,14 @@ pub enum ErrorKind {
     ParentIncomplete,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-    #[source]
-    pub source: Option<std::io::Error>,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
+backstop_fault::error_type!(ErrorKind, io = Io);
 
 impl Error {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
-    }
-
     pub fn invalid(message: impl Into<String>) -> Self {
         Error {
             kind: ErrorKind::Invalid,
             message: message.into(),
             source: None,
-        }
-    }
-
-    pub fn io(message: impl Into<String>, source: std::io::Error) -> Self {
-        Error {
-            kind: ErrorKind::Io,
-            message: message.into(),
-            source: Some(source),
         }
     }
 }
