@@ -257,20 +257,35 @@ fn read_stored(
     Ok((stored, at.uncompressed_length.map(|n| n as usize)))
 }
 
+/// Blob ids of both kinds, kept apart as restic keys them (by type and id): a data blob and a
+/// tree may have the same id (the same bytes), and one must never stand for the other.
+#[derive(Default)]
+struct BlobIds {
+    data: HashSet<RepoId>,
+    trees: HashSet<RepoId>,
+}
+
+impl BlobIds {
+    fn extend(&mut self, data: &[RepoId], trees: &[RepoId]) {
+        self.data.extend(data.iter().copied());
+        self.trees.extend(trees.iter().copied());
+    }
+}
+
 /// The trees and data blobs of `root` the destination lacks (trees it has are skipped with
 /// everything under them), children before parents.
 fn missing(
     src: &Repo,
     root: RepoId,
     where_: &Index,
-    present: &HashSet<RepoId>,
-    (queued, every_tree): (&mut HashSet<RepoId>, bool),
+    present: &BlobIds,
+    (queued, every_tree): (&mut BlobIds, bool),
 ) -> Result<(Vec<RepoId>, Vec<RepoId>), Error> {
     let (mut data, mut trees) = (Vec::new(), Vec::new());
     let mut stack = vec![root];
     while let Some(tree) = stack.pop() {
-        let have = present.contains(&tree);
-        if (have && !every_tree) || !queued.insert(tree) {
+        let have = present.trees.contains(&tree);
+        if (have && !every_tree) || !queued.trees.insert(tree) {
             continue;
         }
         let at = where_.tree(&tree).ok_or_else(|| {
@@ -294,7 +309,7 @@ fn missing(
                 stack.push(sub);
             }
             for blob in node.content.iter().flatten() {
-                if !present.contains(blob) && queued.insert(*blob) {
+                if !present.data.contains(blob) && queued.data.insert(*blob) {
                     data.push(*blob);
                 }
             }
@@ -420,11 +435,10 @@ pub fn copy(
     let session = dst.session(false, options.retry_lock, crate::lock::REFRESH_EVERY)?;
     let where_ = src.index()?;
     let known = dst.index()?;
-    let mut present: HashSet<RepoId> = known
-        .ids(BlobKind::Data)
-        .chain(known.ids(BlobKind::Tree))
-        .copied()
-        .collect();
+    let mut present = BlobIds {
+        data: known.ids(BlobKind::Data).copied().collect(),
+        trees: known.ids(BlobKind::Tree).copied().collect(),
+    };
     drop(known);
     let mut have = originals(dst)?;
     let stats = Mutex::new(CopyStats::default());
@@ -440,7 +454,7 @@ pub fn copy(
             options.progress.snapshots.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let mut queued = HashSet::new();
+        let mut queued = BlobIds::default();
         let (data, trees) = missing(src, snap.tree, &where_, &present, (&mut queued, resync))?;
         let data_packs = transfer(
             src,
@@ -465,8 +479,7 @@ pub fn copy(
         if have.contains(&original) {
             // A resync: the snapshot is there; what it needed is back.
             session.finish()?;
-            present.extend(data);
-            present.extend(trees);
+            present.extend(&data, &trees);
             if let Ok(mut st) = stats.lock() {
                 st.skipped += 1;
                 st.resynced += 1;
@@ -486,8 +499,7 @@ pub fn copy(
             map.insert("tags".into(), tags);
         }
         let new = session.snapshot(&value)?;
-        present.extend(data);
-        present.extend(trees);
+        present.extend(&data, &trees);
         have.insert(original);
         if let Ok(mut st) = stats.lock() {
             st.snapshots += 1;

@@ -447,3 +447,61 @@ fn copies_record_the_job_that_made_them() {
     );
     assert_eq!(CopierId::parse(&"f".repeat(65)), None, "too long");
 }
+
+/// A tree and a data blob with the same bytes have the same id; restic keys blobs by type and
+/// id, so a destination holding the bytes of a source's tree as DATA still lacks that tree. The
+/// copy must send the tree (a guest's disk could hold such bytes): the copied snapshot then
+/// checks clean and dumps with plain restic.
+#[test]
+fn a_data_blob_with_a_trees_bytes_does_not_stand_for_the_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src_path, dst_path) = (dir.path().join("src"), dir.path().join("dst"));
+    ok(restic(&src_path, &["init"]), "restic init");
+    let files = dir.path().join("files");
+    fs::create_dir_all(&files).expect("files");
+    fs::write(files.join("note.txt"), b"the source's file").expect("note");
+    ok(
+        restic(&src_path, &["backup", files.to_str().expect("utf-8")]),
+        "restic backup",
+    );
+    let snaps: serde_json::Value = serde_json::from_slice(&ok(
+        restic(&src_path, &["snapshots", "--json"]),
+        "snapshots",
+    ))
+    .expect("json");
+    let tree = snaps[0]["tree"]
+        .as_str()
+        .expect("the snapshot's tree")
+        .to_string();
+    let tree_bytes = ok(restic(&src_path, &["cat", "blob", &tree]), "cat blob");
+
+    // The destination holds those bytes as a data blob (a file smaller than restic's smallest
+    // chunk is one blob).
+    let dst = Repo::init(Arc::new(LocalBackend::new(&dst_path)), OTHER).expect("init");
+    let lookalike = dir.path().join("lookalike");
+    fs::create_dir_all(&lookalike).expect("dir");
+    fs::write(lookalike.join("tree.json"), &tree_bytes).expect("lookalike");
+    restic_with(
+        &dst_path,
+        OTHER,
+        &["backup", lookalike.to_str().expect("utf-8")],
+    );
+    let as_data = restic_with(&dst_path, OTHER, &["cat", "blob", &tree]);
+    assert!(
+        as_data == tree_bytes,
+        "the destination holds the tree's bytes as data"
+    );
+
+    let src = Repo::open(Arc::new(LocalBackend::new(&src_path)), PASSWORD).expect("open");
+    let ids: Vec<RepoId> = src
+        .all_snapshots()
+        .expect("snapshots")
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    let (copied, _) = copy(&src, &dst, &ids, &CopyOptions::default()).expect("copy");
+    restic_with(&dst_path, OTHER, &["check", "--read-data"]);
+    let path = format!("{}/note.txt", files.display());
+    let note = restic_with(&dst_path, OTHER, &["dump", &copied[0].copy.to_hex(), &path]);
+    assert_eq!(note, b"the source's file");
+}
