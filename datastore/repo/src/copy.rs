@@ -6,9 +6,10 @@
 //!
 //! Order makes an interrupted copy harmless and resumable: for each snapshot, its data blobs
 //! and then its trees are packed and written, then the index of the data packs, then the index
-//! of the tree packs, then the snapshot. A tree in a destination index therefore always has its
-//! data there, so a later run skips a tree the destination has and everything under it; packs
-//! a killed run wrote but never indexed are left for prune, as restic leaves them.
+//! of the tree packs, then the snapshot; packs a killed run wrote but never indexed are left for
+//! prune, as restic leaves them. Every tree of a snapshot being copied is walked, even one the
+//! destination has: a heal at the destination takes damaged data blobs out of its index and
+//! leaves the trees that name them, so a tree there does not prove the data under it is.
 //!
 //! A copied snapshot carries `original`: the source snapshot's own `original`, or its id.
 //! A snapshot whose `original` (or id) the destination has already is not copied again.
@@ -46,8 +47,8 @@ pub struct CopyOptions {
     pub threads: usize,
     pub cancel: Arc<AtomicBool>,
     /// Source snapshots whose copy the destination has but found damaged (its verify healed
-    /// the bad blobs out of the index): every tree under them is walked, present or not, and
-    /// what the destination lacks is copied again; no second copy of the snapshot is written.
+    /// the bad blobs out of the index): what the destination lacks under them is copied again;
+    /// no second copy of the snapshot is written.
     pub resync: Vec<RepoId>,
     /// A limit on what is read from the source, shared by every reader (and by every copy
     /// that holds the same bucket: a sync job's repositories share one).
@@ -272,20 +273,20 @@ impl BlobIds {
     }
 }
 
-/// The trees and data blobs of `root` the destination lacks (trees it has are skipped with
-/// everything under them), children before parents.
+/// The trees and data blobs of `root` the destination lacks, children before parents. Every
+/// tree is walked, even one the destination has (see the module's text).
 fn missing(
     src: &Repo,
     root: RepoId,
     where_: &Index,
     present: &BlobIds,
-    (queued, every_tree): (&mut BlobIds, bool),
+    queued: &mut BlobIds,
 ) -> Result<(Vec<RepoId>, Vec<RepoId>), Error> {
     let (mut data, mut trees) = (Vec::new(), Vec::new());
     let mut stack = vec![root];
     while let Some(tree) = stack.pop() {
         let have = present.trees.contains(&tree);
-        if (have && !every_tree) || !queued.trees.insert(tree) {
+        if !queued.trees.insert(tree) {
             continue;
         }
         let at = where_.tree(&tree).ok_or_else(|| {
@@ -455,7 +456,7 @@ pub fn copy(
             continue;
         }
         let mut queued = BlobIds::default();
-        let (data, trees) = missing(src, snap.tree, &where_, &present, (&mut queued, resync))?;
+        let (data, trees) = missing(src, snap.tree, &where_, &present, &mut queued)?;
         let data_packs = transfer(
             src,
             &session,

@@ -505,3 +505,73 @@ fn a_data_blob_with_a_trees_bytes_does_not_stand_for_the_tree() {
     let note = restic_with(&dst_path, OTHER, &["dump", &copied[0].copy.to_hex(), &path]);
     assert_eq!(note, b"the source's file");
 }
+
+/// A heal at the destination takes a damaged data blob out of its index and leaves the trees
+/// that name it. A later copy of a snapshot sharing such a tree (an unchanged directory) must
+/// still send the blob: the new copy dumps byte-exact with plain restic.
+#[test]
+fn a_copy_after_a_heal_at_the_destination_sends_what_the_heal_took_out() {
+    use backstop_repo::verify::heal;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src_path, dst_path) = (dir.path().join("src"), dir.path().join("dst"));
+    ok(restic(&src_path, &["init"]), "restic init");
+    let files = dir.path().join("files");
+    fs::create_dir_all(files.join("sub")).expect("files");
+    fs::write(files.join("sub/note.txt"), b"under an unchanged directory").expect("note");
+    let target = files.to_str().expect("utf-8");
+    ok(restic(&src_path, &["backup", target]), "restic backup 1");
+    fs::write(files.join("new.txt"), b"only in the second snapshot").expect("new");
+    ok(restic(&src_path, &["backup", target]), "restic backup 2");
+    let src = Repo::open(Arc::new(LocalBackend::new(&src_path)), PASSWORD).expect("open");
+    let mut snaps = src.all_snapshots().expect("snapshots");
+    snaps.sort_by_key(|(_, s, _)| s.time.clone());
+    let (first, second) = (snaps[0].0, snaps[1].0);
+
+    let dst = Repo::init(Arc::new(LocalBackend::new(&dst_path)), OTHER).expect("init");
+    let (copied, _) = copy(&src, &dst, &[first], &CopyOptions::default()).expect("copy 1");
+    // The note's blob at the destination: one flipped byte, then healed out of the index.
+    let note = format!("{}/sub/note.txt", files.display());
+    let (_, snap) = dst
+        .find_snapshot(&copied[0].copy.to_hex())
+        .expect("the copy");
+    let known = dst.index().expect("index");
+    let blob = dst
+        .file_node(&snap, &note, &known)
+        .expect("node")
+        .expect("file")
+        .content
+        .expect("content")[0];
+    let at = known.data(&blob).expect("locate");
+    let hex = at.pack.to_hex();
+    let pack = dst_path.join("data").join(&hex[..2]).join(&hex);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .expect("pack");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, u64::from(at.offset) + 20)
+        .expect("read");
+    f.write_all_at(&[b[0] ^ 0x01], u64::from(at.offset) + 20)
+        .expect("flip");
+    drop(f);
+    let healed = heal(
+        &dst,
+        &[blob],
+        backstop_repo::lock::RetryLock(std::time::Duration::ZERO),
+    )
+    .expect("heal");
+    assert_eq!(healed.removed, 1, "{healed:?}");
+    assert!(
+        !dst.index()
+            .expect("index")
+            .has(backstop_repo::format::BlobKind::Data, &blob)
+    );
+
+    // The second snapshot shares the tree of sub/ with the first.
+    let (again, _) = copy(&src, &dst, &[second], &CopyOptions::default()).expect("copy 2");
+    assert_eq!(again.len(), 1);
+    let dumped = restic_with(&dst_path, OTHER, &["dump", &again[0].copy.to_hex(), &note]);
+    assert_eq!(dumped, b"under an unchanged directory");
+}
