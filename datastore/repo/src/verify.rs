@@ -292,29 +292,41 @@ pub struct HealPlan {
 
 impl HealPlan {
     /// The plan for taking `bad` blobs out, from the repository's index files (the packs in
-    /// use; those rustic's prune marked for deletion are carried over as they are).
+    /// use; those rustic's prune marked for deletion are carried over as they are). A pack
+    /// holding a damaged blob is rewritten, and EVERY index file that names it is replaced,
+    /// whether its entry for that pack lists the damaged blob or not: the old pack is deleted,
+    /// so no index file may be left naming it.
     pub fn of(
         files: impl IntoIterator<Item = (RepoId, IndexFile)>,
         bad: &HashSet<RepoId>,
     ) -> HealPlan {
+        let files: Vec<(RepoId, IndexFile)> = files.into_iter().collect();
+        let mut doomed = HashSet::new();
+        for (_, file) in &files {
+            HealPlan::find_doomed(file, bad, &mut doomed);
+        }
         let mut plan = HealPlan::default();
         for (id, file) in files {
-            plan.add(id, file, bad);
+            plan.add(id, file, &doomed);
         }
         plan
     }
 
-    /// Takes one index file into the plan (kept only when it names a pack to rewrite).
-    pub fn add(&mut self, id: RepoId, file: IndexFile, bad: &HashSet<RepoId>) {
-        let hit: Vec<&IndexPack> = file
-            .packs
-            .iter()
-            .filter(|p| p.blobs.iter().any(|b| bad.contains(&b.id)))
-            .collect();
-        if hit.is_empty() {
-            return;
-        }
-        for pack in hit {
+    /// The first pass: adds to `doomed` the packs of `file` that hold a blob of `bad`.
+    pub fn find_doomed(file: &IndexFile, bad: &HashSet<RepoId>, doomed: &mut HashSet<RepoId>) {
+        doomed.extend(
+            file.packs
+                .iter()
+                .filter(|p| p.blobs.iter().any(|b| bad.contains(&b.id)))
+                .map(|p| p.id),
+        );
+    }
+
+    /// The second pass: takes one index file into the plan when it names a `doomed` pack.
+    pub fn add(&mut self, id: RepoId, file: IndexFile, doomed: &HashSet<RepoId>) {
+        let mut named = false;
+        for pack in file.packs.iter().filter(|p| doomed.contains(&p.id)) {
+            named = true;
             let blobs = self.packs.entry(pack.id).or_default();
             for b in &pack.blobs {
                 if !blobs.iter().any(|k| k.id == b.id && k.offset == b.offset) {
@@ -322,7 +334,9 @@ impl HealPlan {
                 }
             }
         }
-        self.files.insert(id, file);
+        if named {
+            self.files.insert(id, file);
+        }
     }
 
     /// Whether there is nothing to do (no damaged blob is in any index file).
@@ -339,9 +353,18 @@ impl HealPlan {
 pub fn heal(repo: &Repo, bad: &[RepoId], retry: RetryLock) -> Result<Healed, Error> {
     let session = repo.session(true, retry, crate::lock::REFRESH_EVERY)?;
     let bad: HashSet<RepoId> = bad.iter().copied().collect();
+    // Two passes over the index files (unchanged between them: the lock is exclusive), so
+    // that only the files the plan needs are held in memory.
+    let ids = repo.list(FileType::Index)?;
+    let mut doomed = HashSet::new();
+    for id in &ids {
+        HealPlan::find_doomed(&repo.load_file(FileType::Index, id)?, &bad, &mut doomed);
+    }
     let mut plan = HealPlan::default();
-    for id in repo.list(FileType::Index)? {
-        plan.add(id, repo.load_file(FileType::Index, &id)?, &bad);
+    if !doomed.is_empty() {
+        for id in ids {
+            plan.add(id, repo.load_file(FileType::Index, &id)?, &doomed);
+        }
     }
     carry_out(&session, plan)
 }
@@ -446,9 +469,11 @@ mod tests {
             packs: vec![damaged.clone(), clean.clone()],
             ..IndexFile::default()
         };
-        // The same pack named twice (a second index file from an interrupted writer).
+        // The same pack named twice (a second index file from an interrupted writer), this
+        // time listing only its good blob: it names a pack the heal deletes, so it is replaced
+        // too, whichever order the files come in.
         let second = IndexFile {
-            packs: vec![damaged.clone()],
+            packs: vec![pack(0xa0, vec![blob(1, 0)])],
             ..IndexFile::default()
         };
         let untouched = IndexFile {
@@ -458,8 +483,8 @@ mod tests {
         let bad: HashSet<RepoId> = [RepoId([2; 32])].into();
         let plan = HealPlan::of(
             [
-                (RepoId([0x11; 32]), first.clone()),
                 (RepoId([0x12; 32]), second.clone()),
+                (RepoId([0x11; 32]), first.clone()),
                 (RepoId([0x13; 32]), untouched),
             ],
             &bad,
