@@ -203,17 +203,17 @@ impl Lock {
     /// deletion).
     pub fn check(&self) -> Result<(), Error> {
         if !self.is_lost() {
-            let present = self
-                .held
-                .current()
-                .map(|id| {
-                    self.repo
-                        .backend()
-                        .list_locks()
-                        .map(|l| l.iter().any(|e| e.id == id))
-                })
-                .transpose()?
-                .unwrap_or(false);
+            // The refresher writes the new lock file, makes it current, then removes the old
+            // one; a listing that raced it misses the id read before it but holds the one
+            // current after it. Either in the listing means the lock stands.
+            let present = match self.held.current() {
+                Some(before) => {
+                    let listed = self.repo.backend().list_locks()?;
+                    let after = self.held.current();
+                    listed.iter().any(|e| e.id == before || Some(e.id) == after)
+                }
+                None => false,
+            };
             if !present {
                 self.held
                     .lose("its lock file was removed by someone else".into());
