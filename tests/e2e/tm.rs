@@ -811,3 +811,54 @@ fn prebackup_runs_under_the_datastores_confinement_read_from_mock_oned() {
     let post = t.step("postbackup", &vm_xml, true);
     assert_eq!(post.code, Some(0), "{post:?}");
 }
+
+/// prebackup checks the backup datastore's attributes (read from oned, a MOCK here) with the
+/// datastore driver's own check before it touches the VM: a datastore the backup would refuse
+/// fails prebackup in one line naming the attribute, and the VM's disks are left as they were
+/// (no bitmap added, nothing staged, no export left running).
+#[test]
+fn prebackup_refuses_a_bad_backup_datastore_before_touching_the_vm_mock_oned() {
+    use crate::oned_mock::{MockOned, failed, ok};
+    use backstop_protocol::xmlrpc::Value;
+    let t = Tm::start("staging");
+    let cloud = &t.cloud;
+    let before = bitmaps(&cloud.disk(0));
+    let ds_doc = cloud.datastore_xml_with("<RESTIC_COMPRESSION>fast</RESTIC_COMPRESSION>");
+    let oned = MockOned::start(
+        |s| s == crate::cloud::ONED_SESSION,
+        move |method, params| match (method, params) {
+            ("one.datastore.info", [Value::Int(100), ..]) => ok(Value::Str(ds_doc.clone())),
+            _ => failed(&format!("[{method}] Error getting object"), 1024),
+        },
+    );
+    let auth = cloud.dir.path().join("one_auth");
+    fs::write(&auth, format!("{}\n", crate::cloud::ONED_SESSION)).expect("auth");
+    let vm_xml = cloud.vm_xml(-1, -1);
+    let mut pre = std::process::Command::new(cloud.remotes.join("tm/qcow2/prebackup"))
+        .args(cloud.backup_args())
+        .env("ONE_XMLRPC", &oned.endpoint)
+        .env("ONE_AUTH", &auth)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prebackup");
+    {
+        use std::io::Write;
+        pre.stdin
+            .take()
+            .expect("stdin")
+            .write_all(vm_xml.as_bytes())
+            .expect("stdin");
+    }
+    let out = pre.wait_with_output().expect("prebackup");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("RESTIC_COMPRESSION \"fast\" is not one of"),
+        "{err}"
+    );
+    assert_eq!(bitmaps(&cloud.disk(0)), before, "a bitmap was added");
+    assert!(!cloud.staging().exists(), "something was staged");
+    assert_eq!(our_qemu_nbd(cloud.dir.path()), Vec::<u32>::new());
+}
