@@ -130,7 +130,7 @@ fn adopt_vms_and_jobs(
     chains: &[Chain],
     lines: &mut Vec<String>,
 ) -> Result<(), Error> {
-    let known: Vec<u64> = st.vms()?.iter().map(|v| v.0).collect();
+    let known: Vec<u64> = st.vms()?.iter().map(|v| v.id).collect();
     // Each VM's newest point (with its document) and the job it is in: a VM goes to the job
     // that backed it up last.
     let mut newest: BTreeMap<u64, (&FoundBackup, Option<u64>)> = BTreeMap::new();

@@ -100,7 +100,7 @@ impl JobContext {
         let docs: HashMap<u64, String> = state
             .vms()?
             .into_iter()
-            .map(|(id, _, _, doc)| (id, doc))
+            .map(|v| (v.id, v.document))
             .collect();
         let hosts = docs.iter().map(|(id, doc)| (*id, host_of(doc))).collect();
         Ok(JobContext {
@@ -144,30 +144,100 @@ pub fn reconcile(
         ongoing_since_ms: since_ms,
     } in orphans
     {
-        let (to, line) = match settle(env, state, job_id, vm, since_ms) {
-            Ok(Settlement::Running) => continue,
-            Ok(Settlement::Recorded(o)) => (
-                VmState::Updated,
-                format!(
-                    "the interrupted run's backup {} was found in the repository and recorded as increment {} of image {}",
-                    o.backup_id, o.increment_id, o.image_id
-                ),
-            ),
-            Ok(Settlement::NotDone) => (
-                VmState::Outdated,
-                "the interrupted run left no backup; it runs again".to_string(),
-            ),
-            Err(e) => (
-                VmState::Outdated,
-                format!("cannot tell what the interrupted run did ({e}); it runs again"),
-            ),
-        };
-        if state.move_vm(job_id, vm, Some(VmState::Ongoing), to, None, now_ms())? {
+        if settle_vm(env, state, (job_id, vm, since_ms), on_event)? {
             settled += 1;
-            on_event(job_id, &Event::Settled { vm, line });
         }
     }
     Ok(settled)
+}
+
+/// Settles one VM an interrupted run left ONGOING (see [`reconcile`]); whether it moved.
+fn settle_vm(
+    env: &Env,
+    state: &mut State,
+    (job_id, vm, since_ms): (u64, u64, i64),
+    on_event: &mut impl FnMut(u64, &Event),
+) -> Result<bool, Error> {
+    let (to, line) = match settle(env, state, job_id, vm, since_ms) {
+        Ok(Settlement::Running) => return Ok(false),
+        Ok(Settlement::Recorded(o)) => (
+            VmState::Updated,
+            format!(
+                "the interrupted run's backup {} was found in the repository and recorded as increment {} of image {}",
+                o.backup_id, o.increment_id, o.image_id
+            ),
+        ),
+        Ok(Settlement::NotDone) => (
+            VmState::Outdated,
+            "the interrupted run left no backup; it runs again".to_string(),
+        ),
+        Err(e) => (
+            VmState::Outdated,
+            format!("cannot tell what the interrupted run did ({e}); it runs again"),
+        ),
+    };
+    let moved = state.move_vm(job_id, vm, Some(VmState::Ongoing), to, None, now_ms())?;
+    if moved {
+        on_event(job_id, &Event::Settled { vm, line });
+    }
+    Ok(moved)
+}
+
+/// What a run that stopped on an error had under way.
+struct Stopped<'a> {
+    /// Each job's id and when its run started.
+    jobs: &'a [(u64, i64)],
+    /// Each job's run record.
+    records: &'a HashMap<u64, u64>,
+    /// Each job's VMs backed up and failed so far.
+    counts: &'a HashMap<u64, (usize, usize)>,
+    /// The VMs whose backup it started and had not recorded: VM -> (job, since).
+    started: &'a HashMap<u64, (u64, std::time::Instant)>,
+}
+
+/// After a run stopped on an error: its workers have all ended (the thread scope joined
+/// them), so the VMs it left ONGOING are settled now, as a killed runner's are at the next
+/// run, and its run records are closed with the error. A run inside a long-lived process (the
+/// web server) would otherwise leave them ONGOING, its runner alive, until that process ends.
+/// Best effort: the error that stopped the run (a locked state, say) may stop this too.
+fn interrupted(
+    env: &Env,
+    state: &mut State,
+    run: &Stopped<'_>,
+    error: &Error,
+    on_event: &mut impl FnMut(u64, &Event),
+) {
+    let Stopped {
+        jobs,
+        records,
+        counts,
+        started,
+    } = run;
+    for (&vm, &(job_id, _)) in started.iter() {
+        let since_ms = state
+            .job_vms(job_id)
+            .ok()
+            .and_then(|rows| rows.into_iter().find(|r| r.vm_id == vm))
+            .and_then(|r| r.started_at)
+            .unwrap_or(0);
+        let _ = settle_vm(env, state, (job_id, vm, since_ms), on_event);
+    }
+    let ended_at = now();
+    for &(job_id, started_at) in jobs.iter() {
+        if let Some(&id) = records.get(&job_id) {
+            let _ = state.end_run(&crate::state::sync::JobRun {
+                id,
+                kind: crate::state::sync::RunKind::Backup,
+                job_id,
+                started_at,
+                ended_at: Some(ended_at),
+                snapshots: counts.get(&job_id).map_or(0, |c| c.0 as u64),
+                bytes_read: 0,
+                bytes_written: 0,
+                error: Some(format!("the run stopped: {error}")),
+            });
+        }
+    }
 }
 
 fn settle(
@@ -424,7 +494,7 @@ pub fn run_jobs(
     let mut running = 0usize;
     let progress_dir = ProgressDir::new(job_ids.first().copied().unwrap_or(0));
     let mut started: HashMap<u64, (u64, std::time::Instant)> = HashMap::new();
-    std::thread::scope(|scope| -> Result<(), Error> {
+    let outcome = std::thread::scope(|scope| -> Result<(), Error> {
         loop {
             let mut views = Vec::new();
             let mut vms = HashMap::new();
@@ -531,7 +601,18 @@ pub fn run_jobs(
                 &mut on_event,
             )?;
         }
-    })?;
+    });
+    if let Err(e) = outcome {
+        let runs: Vec<(u64, i64)> = jobs.iter().map(|j| (j.0, j.2)).collect();
+        let stopped = Stopped {
+            jobs: &runs,
+            records: &records,
+            counts: &counts,
+            started: &started,
+        };
+        interrupted(env, state, &stopped, &e, &mut on_event);
+        return Err(e);
+    }
     for (job_id, _, started_at) in &jobs {
         let ended_at = now();
         let (updated, failed) = counts.get(job_id).copied().unwrap_or_default();

@@ -197,7 +197,7 @@ impl Snapshot {
             });
         }
         let mut vms = Vec::new();
-        for (id, name, host, _) in st.vms().map_err(read_err)? {
+        for backstop_backupjob::state::VmRow { id, name, host, .. } in st.vms().map_err(read_err)? {
             let row = vm_rows.get(&id);
             let last_backup = images
                 .iter()
@@ -499,7 +499,7 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
     let mut out = Vec::new();
     for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
         let last = st
-            .runs(RunKind::Sync, id)
+            .recent_runs(RunKind::Sync, id, 1)
             .map_err(read_err)?
             .into_iter()
             .next();
@@ -519,7 +519,7 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
     } in st.verify_jobs().map_err(read_err)?
     {
         let last = st
-            .runs(RunKind::Verify, id)
+            .recent_runs(RunKind::Verify, id, 1)
             .map_err(read_err)?
             .into_iter()
             .next();
@@ -553,6 +553,9 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
     }
     Ok(out)
 }
+
+/// How many of each job's newest runs the history shows.
+const RUNS_SHOWN: u32 = 50;
 
 /// One run of a backup, sync or verify job as the history shows it.
 fn job_run(kind: RunKind, id: u64, name: &str, r: &JobRun) -> Run {
@@ -631,7 +634,7 @@ fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
         jobs.push((RunKind::Verify, id, name));
     }
     for (kind, id, name) in jobs {
-        for r in st.runs(kind, id).map_err(read_err)? {
+        for r in st.recent_runs(kind, id, RUNS_SHOWN).map_err(read_err)? {
             out.push(job_run(kind, id, &name, &r));
         }
     }

@@ -167,7 +167,8 @@ pub fn cancel(env: &Env, st: &mut State, options: &CancelOptions) -> Result<Canc
     }
     for r in rows.iter().filter(|r| r.state == Some(VmState::Ongoing)) {
         st.cancel_vm(id, r.vm_id, now)?;
-        let Some((_, _, _, doc)) = docs.iter().find(|d| d.0 == r.vm_id) else {
+        let Some(crate::state::VmRow { document: doc, .. }) = docs.iter().find(|d| d.id == r.vm_id)
+        else {
             continue;
         };
         let root = backstop_protocol::xml::Element::parse(doc).map_err(|x| input(x.to_string()))?;

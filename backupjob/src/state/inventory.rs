@@ -212,7 +212,7 @@ impl State {
         Ok(())
     }
 
-    /// Every registered VM: (id, name, host, document).
+    /// Every registered VM.
     pub fn vms(&self) -> Result<Vec<VmRow>, StateError> {
         let mut stmt = self
             .conn
@@ -220,7 +220,12 @@ impl State {
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok(VmRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    host: r.get(2)?,
+                    document: r.get(3)?,
+                })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))

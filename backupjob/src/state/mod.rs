@@ -106,8 +106,16 @@ pub struct IncrementRow {
     pub created_at: i64,
 }
 
-/// A registered VM: id, name, host, document.
-pub type VmRow = (u64, String, Option<String>, String);
+/// A registered VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRow {
+    pub id: u64,
+    pub name: String,
+    /// The host it ran on when registered, if its document names one.
+    pub host: Option<String>,
+    /// Its `onevm show -x` document, as registered.
+    pub document: String,
+}
 
 #[derive(Debug)]
 pub struct State {
@@ -453,17 +461,19 @@ impl State {
     }
 
     /// Whether a job is locked, and when its last finished run started and how long it took
-    /// (seconds): read from the run records (`job_runs`); for a job whose last run predates
-    /// them (schema 9 and older), from the job's own columns, which nothing writes any more.
+    /// (seconds): read from the run records (`job_runs`); a killed run is not counted (its
+    /// end is when the kill was noticed). For a job whose last run predates the records
+    /// (schema 9 and older), from the job's own columns, which nothing writes any more.
     pub fn job_status(&self, job: u64) -> Result<JobStatus, StateError> {
         self.conn
             .query_row(
                 "SELECT j.locked, r.started_at, r.ended_at - r.started_at, \
                  j.last_backup_time, j.last_backup_duration FROM jobs j \
                  LEFT JOIN job_runs r ON r.id = (SELECT max(id) FROM job_runs \
-                 WHERE kind = 'backup' AND job_id = j.id AND ended_at IS NOT NULL) \
+                 WHERE kind = 'backup' AND job_id = j.id AND ended_at IS NOT NULL \
+                 AND error IS NOT ?2) \
                  WHERE j.id = ?1",
-                params![job as i64],
+                params![job as i64, sync::KILLED],
                 |r| {
                     let run: Option<i64> = r.get(1)?;
                     Ok(JobStatus {

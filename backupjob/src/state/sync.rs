@@ -40,6 +40,10 @@ pub struct JobRun {
 /// A sync job's run.
 pub type SyncRun = JobRun;
 
+/// The error a run record is closed with when its process is gone; its end is when that was
+/// noticed, not when the run stopped.
+pub const KILLED: &str = "its runner was killed";
+
 /// A verify run started ([`State::claim_verify_run`]): its record, and how many runs the job
 /// had before it (which picks the share of packs this one reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +110,8 @@ fn close_dead_runs(
             continue;
         }
         tx.execute(
-            "UPDATE job_runs SET ended_at = ?1, error = 'its runner was killed' WHERE id = ?2",
-            params![now, id],
+            "UPDATE job_runs SET ended_at = ?1, error = ?2 WHERE id = ?3",
+            params![now, KILLED, id],
         )?;
     }
     Ok(live)
@@ -350,9 +354,16 @@ impl State {
             path: path.clone(),
             source: e,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        // Immediate: the write lock is taken before the read, so two processes claiming at
+        // once queue (the busy timeout) instead of one failing when it upgrades.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let live = close_dead_runs(&tx, Some((kind, job)), now).map_err(err)?;
         if alone && live > 0 {
+            // The dead runs just closed stay closed.
+            tx.commit().map_err(err)?;
             return Ok(None);
         }
         tx.execute(
@@ -374,7 +385,10 @@ impl State {
             path: path.clone(),
             source: e,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let open = count_open(&tx).map_err(err)?;
         let live = close_dead_runs(&tx, None, now).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -412,15 +426,26 @@ impl State {
 
     /// The runs of a job, newest first.
     pub fn runs(&self, kind: RunKind, job: u64) -> Result<Vec<JobRun>, StateError> {
+        self.recent_runs(kind, job, u32::MAX)
+    }
+
+    /// The newest `limit` runs of a job, newest first (for pages that show a history: a job
+    /// that runs hourly records thousands a year).
+    pub fn recent_runs(
+        &self,
+        kind: RunKind,
+        job: u64,
+        limit: u32,
+    ) -> Result<Vec<JobRun>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, job_id, started_at, ended_at, snapshots, bytes_read, bytes_written, \
-                 error FROM job_runs WHERE kind = ?1 AND job_id = ?2 ORDER BY id DESC",
+                 error FROM job_runs WHERE kind = ?1 AND job_id = ?2 ORDER BY id DESC LIMIT ?3",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map(params![kind.as_str(), job as i64], |r| {
+            .query_map(params![kind.as_str(), job as i64, i64::from(limit)], |r| {
                 Ok(JobRun {
                     id: r.get::<_, i64>(0)? as u64,
                     kind,

@@ -555,6 +555,15 @@ fn a_backup_jobs_last_run_comes_from_its_run_records() {
         (status.last_started, status.last_duration),
         (Some(100), Some(30))
     );
+    // A run killed at 200 and noticed at 9000 is not the last run: its end is not known.
+    let dead = ProcessId::parse("4000000.1.0").expect("a pid no process has");
+    s.record_backup_run(a, 200, &dead).expect("record");
+    assert_eq!(s.close_dead_runs(9000).expect("close"), 1);
+    let status = s.job_status(a).expect("status");
+    assert_eq!(
+        (status.last_started, status.last_duration),
+        (Some(100), Some(30))
+    );
 }
 
 /// Run records left open by a killed runner are closed by the next pass, of any kind and any

@@ -10,12 +10,12 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
     if *json {
         let v: Vec<_> = list
             .iter()
-            .map(|(id, name, host, _)| serde_json::json!({"id": id, "name": name, "host": host}))
+            .map(|v| serde_json::json!({"id": v.id, "name": v.name, "host": v.host}))
             .collect();
         print(&serde_json::Value::Array(v).to_string())?;
     } else {
         print(&format!("{:>4} {:<20} {}", "ID", "NAME", "HOST"))?;
-        for (id, name, host, _) in list {
+        for backstop_backupjob::state::VmRow { id, name, host, .. } in list {
             print(&format!(
                 "{id:>4} {name:<20} {}",
                 host.unwrap_or_else(|| "-".into())
@@ -26,11 +26,16 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
 }
 
 pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
-    let (_, name, host, doc) = st
+    let backstop_backupjob::state::VmRow {
+        name,
+        host,
+        document: doc,
+        ..
+    } = st
         .vms()
         .map_err(|x| input(x.to_string()))?
         .into_iter()
-        .find(|v| v.0 == id)
+        .find(|v| v.id == id)
         .ok_or_else(|| input(format!("there is no registered VM {id}")))?;
     let root =
         backstop_protocol::xml::Element::parse(&doc).map_err(|x| input(format!("VM {id}: {x}")))?;
