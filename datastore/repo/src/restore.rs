@@ -121,12 +121,7 @@ impl Repo {
                 locations
                     .get(id)
                     .and_then(|at| plain_len(at).ok())
-                    .is_some_and(|len| {
-                        *zero_ids
-                            .entry(len)
-                            .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
-                            == *id
-                    })
+                    .is_some_and(|len| is_zero_blob(&mut zero_ids, id, len))
             })
             .collect();
         let next = AtomicUsize::new(0);
@@ -249,10 +244,7 @@ impl Repo {
                     format!("blob {id} of {path} is not in any index"),
                 )
             })?;
-            let zero = *zero_ids
-                .entry(len)
-                .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
-                == *id;
+            let zero = is_zero_blob(&mut zero_ids, id, len);
             pieces.push((pos, len, zero));
             pos += u64::from(len);
         }
@@ -327,7 +319,7 @@ impl Repo {
 
 /// Runs `fetch(0..n)` on `threads` workers, at most a few items ahead of the consumer, and
 /// hands the results to `consume` in order, on the calling thread. The first error stops all.
-fn for_each_ordered<T: Send>(
+pub(crate) fn for_each_ordered<T: Send>(
     n: usize,
     threads: usize,
     fetch: impl Fn(usize) -> Result<T, Error> + Sync,
@@ -431,8 +423,38 @@ fn locate<'a>(
         .collect()
 }
 
+/// Whether blob `id` of plain length `len` is zeros: its id is the hash of that many zeros.
+/// The hashes are kept per length; a length past the largest blob is never zeros (the index
+/// states it, and a hostile one must not make this allocate gigabytes).
+pub(crate) fn is_zero_blob(known: &mut HashMap<u32, RepoId>, id: &RepoId, len: u32) -> bool {
+    if u64::from(len) > crate::decompress::MAX_BLOB_SIZE {
+        return false;
+    }
+    *known
+        .entry(len)
+        .or_insert_with(|| RepoId::of(&vec![0u8; len as usize]))
+        == *id
+}
+
 fn plain_len(at: &BlobLocation) -> Result<u32, Error> {
     Ok(at
         .uncompressed_length
         .unwrap_or(at.length.saturating_sub(crate::crypto::OVERHEAD as u32)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_blobs_are_known_by_id_and_a_hostile_length_allocates_nothing() {
+        let mut known = HashMap::new();
+        let zeros = RepoId::of(&[0u8; 4096]);
+        assert!(is_zero_blob(&mut known, &zeros, 4096));
+        assert!(!is_zero_blob(&mut known, &zeros, 4095));
+        assert!(!is_zero_blob(&mut known, &RepoId::of(b"data"), 4096));
+        // Past the largest blob: no hash of gigabytes of zeros is made or kept.
+        assert!(!is_zero_blob(&mut known, &zeros, u32::MAX));
+        assert_eq!(known.len(), 2);
+    }
 }

@@ -459,6 +459,26 @@ fn our_restore_is_byte_exact_and_sparse() {
     assert!(!dir.path().join("restored.raw.backstop-tmp").exists());
 }
 
+/// A dump (what the downloader streams to oned) is the image byte for byte, its zero chunks
+/// included (written as zeros, not read).
+#[test]
+fn our_dump_is_byte_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_path = dir.path().join("repo");
+    let repo = Repo::init(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("init");
+    let image = dir.path().join("disk.raw");
+    make_image(&image, 24, 13);
+    let b = backup(&repo, &image, None, None, b"x");
+    let wait = backstop_repo::lock::RetryLock(std::time::Duration::ZERO);
+    let mut dumped = Vec::new();
+    repo.dump(&b.snapshot_id.to_hex(), DISK, &mut dumped, wait)
+        .expect("dump");
+    assert!(
+        dumped == fs::read(&image).expect("read"),
+        "the dump differs"
+    );
+}
+
 /// A 1 GiB image, 90 % unallocated: only its data is stored, and the unallocated chunks are
 /// neither read nor hashed.
 #[test]
