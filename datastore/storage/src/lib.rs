@@ -13,7 +13,6 @@ pub mod local;
 mod open;
 pub mod s3;
 pub mod sftp;
-pub mod sshconfig;
 
 pub use error::Error;
 pub use open::{Connected, S3Keys, StorageSpec, Transport, Where, connect, open};

@@ -44,6 +44,17 @@ impl Sshd {
 
     /// A server on `addr` (127.0.0.0/8), reached as `alias` through `ssh_config`.
     pub fn start_on(dir: &Path, addr: &str, alias: &str) -> Sshd {
+        Sshd::start_with(dir, addr, alias, None)
+    }
+
+    /// A server whose host key is also certified by the CA whose private key is `ca`
+    /// (principals: the address and the alias); it offers the certificate to clients that
+    /// know the CA.
+    pub fn start_certified(dir: &Path, addr: &str, alias: &str, ca: &Path) -> Sshd {
+        Sshd::start_with(dir, addr, alias, Some(ca))
+    }
+
+    fn start_with(dir: &Path, addr: &str, alias: &str, ca: Option<&Path>) -> Sshd {
         let dir = dir.join(format!("sshd-{alias}"));
         fs::create_dir_all(&dir).expect("dir");
         fs::create_dir_all("/run/sshd").expect("/run/sshd (privilege separation)");
@@ -65,6 +76,26 @@ impl Sshd {
         }
         fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))
             .expect("authorized_keys");
+        let certificate = ca.map(|ca| {
+            run(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-s",
+                    ca.to_str().expect("utf-8"),
+                    "-I",
+                    alias,
+                    "-h",
+                    "-n",
+                    &format!("{addr},{alias}"),
+                    dir.join("host_ed25519.pub").to_str().expect("utf-8"),
+                ],
+            );
+            format!(
+                "HostCertificate {}\n",
+                dir.join("host_ed25519-cert.pub").display()
+            )
+        });
         let port = TcpListener::bind((addr, 0))
             .expect("free port")
             .local_addr()
@@ -77,10 +108,11 @@ impl Sshd {
                 "Port {port}\nListenAddress {addr}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100\nMaxSessions 100\n\
-                 LogLevel DEBUG1\n",
+                 LogLevel DEBUG1\n{}",
                 host_key.display(),
                 dir.join("sshd.pid").display(),
-                dir.join("authorized_keys").display()
+                dir.join("authorized_keys").display(),
+                certificate.unwrap_or_default()
             ),
         )
         .expect("sshd_config");
@@ -155,6 +187,11 @@ impl Sshd {
             self.client_key.display(),
             known_hosts.display()
         )
+    }
+
+    /// What this server's log says (its debug level records each session's requests).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
 
     /// The host key's fingerprint as `ssh-keygen -l` prints it.

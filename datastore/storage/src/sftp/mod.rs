@@ -1,39 +1,40 @@
-//! The SFTP backend, on libssh2 (the ssh2 crate): restic's layout on a remote file system.
+//! The SFTP backend: restic's layout on a remote file system, reached through the system's
+//! OpenSSH client as restic reaches it (`ssh ... -s -- <host> sftp`), the SFTP protocol spoken
+//! by [`client`].
 //!
-//! - **Where**: `sftp:[user@]host:/path` as restic writes it. `host` may be an alias of the
-//!   operator's `~/.ssh/config`, whose HostName, Port, User, IdentityFile and
-//!   UserKnownHostsFile are honoured ([`super::sshconfig`]).
-//! - **Host keys** are verified: against a pinned SHA256 fingerprint when one is given, else
-//!   against OpenSSH known_hosts files (hashed entries too). An unknown or changed key is
-//!   refused with the host's name and the key's fingerprint.
-//! - **Authentication**: ssh-agent, then the configured or default identity files.
-//! - **Connections**: a pool of `connections` sessions; each write goes to
+//! - **Where**: `sftp:[user@]host:/path` as restic writes it. `host` is whatever OpenSSH
+//!   makes of it under the operator's configuration (`SSH_CONFIG` when given, else OpenSSH's
+//!   own lookup): Include, Match, HostName, Port, User, IdentityFile, ProxyJump, certificates.
+//! - **Host keys** are OpenSSH's decision under that configuration (known_hosts,
+//!   `@cert-authority`, StrictHostKeyChecking including accept-new); ssh never prompts
+//!   (BatchMode). A pinned fingerprint replaces known_hosts for this server: ssh accepts only
+//!   a key with that fingerprint.
+//! - **Connections**: a pool of `connections` ssh processes, each its own TCP connection
+//!   (no ControlMaster, as OpenNebula's own hops); each write goes to
 //!   `<name>-restic-temp-<random>` and is renamed into place (files are named by content, so a
 //!   rename onto an existing name means the same content is already there).
-//! - **Retries**: an operation that fails on the wire reconnects and is retried with backoff.
+//! - **Retries**: an operation whose session broke reconnects and is retried with backoff.
 //! - **Bandwidth**: an optional limit in KiB/s (restic's unit), one token bucket for all
 //!   connections.
+//!
+//! The argv, the pin and the measurements behind the choices: docs/sftp.md.
 
 use crate::RepoId;
 use crate::bandwidth::Bandwidth;
-use crate::sshconfig::{self, HostConfig};
 use crate::{LockEntry, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large};
-use base64::Engine;
 use bytes::Bytes;
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
 };
-use ssh2::{CheckResult, HashType, KnownHostFileKind, OpenFlags, OpenType, Session, Sftp};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-mod session;
+pub mod client;
+mod wire;
 
-pub use session::fingerprint;
-use session::{Endpoint, connect, resolve};
+use client::{Failure, Session, SshCommand};
 
 /// `sftp:[user@]host:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,16 @@ impl SftpLocation {
                 "{text:?} is not sftp:[user@]host:/path"
             )));
         }
+        // Both go to ssh's command line: never as an option, never with a space or a control
+        // character in them.
+        let plain = |w: &str| {
+            !w.starts_with('-') && !w.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if !plain(&host) || user.as_deref().is_some_and(|u| u.is_empty() || !plain(u)) {
+            return Err(crate::Error::new(format!(
+                "{text:?}: the user and host may not start with '-' or hold spaces or control characters"
+            )));
+        }
         Ok(SftpLocation {
             user,
             host,
@@ -77,7 +88,7 @@ pub struct SftpOptions {
     pub connections: usize,
     /// KiB/s for reads and writes together (RESTIC_BWLIMIT).
     pub bwlimit_kib: Option<u64>,
-    /// The OpenSSH client configuration; `~/.ssh/config` when `None`.
+    /// The OpenSSH client configuration (`ssh -F`); OpenSSH's own lookup when `None`.
     pub ssh_config: Option<PathBuf>,
     /// A pinned host key fingerprint, `SHA256:<base64>` as `ssh-keygen -l` prints it.
     pub host_fingerprint: Option<String>,
@@ -88,14 +99,9 @@ pub struct SftpOptions {
 #[error("{0}")]
 pub struct ConnectError(pub String);
 
-struct Conn {
-    _session: Session,
-    sftp: Sftp,
-}
-
 /// A place in the pool: at most `connections` sessions exist, idle or busy.
 enum Slot {
-    Idle(Conn),
+    Idle(Box<Session>),
     /// Not connected (yet, or any more).
     Empty,
     /// Checked out by an operation.
@@ -104,7 +110,7 @@ enum Slot {
 
 /// A repository over SFTP.
 pub struct SftpBackend {
-    endpoint: Endpoint,
+    ssh: SshCommand,
     root: PathBuf,
     location: String,
     pool: Mutex<Vec<Slot>>,
@@ -122,8 +128,6 @@ impl std::fmt::Debug for SftpBackend {
     }
 }
 
-const PIECE: usize = 256 * 1024;
-
 fn remote(what: &str, path: &Path, e: impl std::fmt::Display) -> Box<RusticError> {
     RusticError::new(
         ErrorKind::Backend,
@@ -131,26 +135,146 @@ fn remote(what: &str, path: &Path, e: impl std::fmt::Display) -> Box<RusticError
     )
 }
 
+/// A path as SFTP names it (the root came from text, so nothing is lost).
+fn text(path: &Path) -> std::borrow::Cow<'_, str> {
+    path.to_string_lossy()
+}
+
+/// `SHA256:` and 43 characters of unpadded base64, as `ssh-keygen -l` prints a fingerprint.
+pub fn is_fingerprint(text: &str) -> bool {
+    text.strip_prefix("SHA256:").is_some_and(|b| {
+        b.len() == 43
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    })
+}
+
+/// The options every connection passes to ssh, before the host. Only what must hold for an
+/// unattended backup is set on the command line (where it wins over the configuration);
+/// everything else is the operator's configuration.
+pub fn ssh_args(loc: &SftpLocation, options: &SftpOptions) -> Result<Vec<OsString>, ConnectError> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut o = |opt: &str| {
+        a.push("-o".into());
+        a.push(opt.into());
+    };
+    // Never a prompt (a password, a passphrase, an unknown key's yes/no).
+    o("BatchMode=yes");
+    // Its own TCP connection: a shared master would put every session through one ssh
+    // process, and a persisting one would outlive the action (OpenNebula's hops do the same).
+    o("ControlMaster=no");
+    o("ControlPath=none");
+    // A dead server or network is noticed within about a minute, not never.
+    o("ServerAliveInterval=15");
+    o("ServerAliveCountMax=4");
+    // The backup server gets no agent and no forwarded ports.
+    o("ForwardAgent=no");
+    o("ForwardX11=no");
+    o("ClearAllForwardings=yes");
+    o("RequestTTY=no");
+    if let Some(pin) = &options.host_fingerprint {
+        let pin = pin.trim();
+        if !is_fingerprint(pin) {
+            return Err(ConnectError(format!(
+                "the pinned host key fingerprint {pin:?} is not SHA256:<43 characters of base64> (as ssh-keygen -l prints it)"
+            )));
+        }
+        // ssh asks this command for the host's key lines (%f: the fingerprint of the key
+        // the server offers, NONE while ssh only orders its algorithms); it answers only for
+        // a key with the pinned fingerprint, and no known_hosts file is read for this server.
+        o("StrictHostKeyChecking=yes");
+        o("UserKnownHostsFile=/dev/null");
+        o("GlobalKnownHostsFile=/dev/null");
+        o("UpdateHostKeys=no");
+        o("CheckHostIP=no");
+        o(&format!(
+            "KnownHostsCommand=/bin/sh -c 'if [ \"$1\" = \"$2\" ]; then echo \"$3 $4 $5\"; elif [ \"$1\" != NONE ]; then echo \"backstop: host key is not the pinned one: it offers $1, not $2\" >&2; fi' sh %f {pin} %H %t %K"
+        ));
+    }
+    if let Some(cfg) = &options.ssh_config {
+        a.insert(0, cfg.clone().into_os_string());
+        a.insert(0, "-F".into());
+    }
+    if let Some(user) = &loc.user {
+        a.push("-l".into());
+        a.push(user.into());
+    }
+    Ok(a)
+}
+
+/// What OpenSSH makes of `host` under the configuration (`ssh -G`): the user, and how to
+/// name the server in messages (`alias (hostname:port)`).
+fn resolve(ssh: &SshCommand) -> Result<(String, String), ConnectError> {
+    let out = std::process::Command::new(&ssh.program)
+        .args(&ssh.args)
+        .arg("-G")
+        .arg("--")
+        .arg(&ssh.host)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ConnectError(format!("cannot run ssh to reach {}: {e}", ssh.host)))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("ssh -G failed");
+        return Err(ConnectError(format!(
+            "cannot read the ssh configuration for {}: {}",
+            ssh.host,
+            last.trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(str::to_string))
+    };
+    let user = get("user").unwrap_or_else(|| "root".into());
+    let hostname = get("hostname").unwrap_or_else(|| ssh.host.clone());
+    let port = get("port").unwrap_or_else(|| "22".into());
+    let who = if hostname == ssh.host && port == "22" {
+        ssh.host.clone()
+    } else {
+        format!("{} ({hostname}:{port})", ssh.host)
+    };
+    Ok((user, who))
+}
+
 impl SftpBackend {
     /// Connects one session now (so a bad host key or login fails at once); the others as
     /// they are needed.
     pub fn connect(loc: &SftpLocation, options: &SftpOptions) -> Result<SftpBackend, ConnectError> {
-        let endpoint = resolve(loc, options);
-        let first = connect(&endpoint)?;
+        SftpBackend::connect_with(OsString::from("ssh"), loc, options)
+    }
+
+    /// As [`SftpBackend::connect`], with another OpenSSH client binary.
+    pub fn connect_with(
+        program: OsString,
+        loc: &SftpLocation,
+        options: &SftpOptions,
+    ) -> Result<SftpBackend, ConnectError> {
+        let mut ssh = SshCommand {
+            program,
+            args: ssh_args(loc, options)?,
+            host: loc.host.clone(),
+            who: loc.host.clone(),
+        };
+        let (user, who) = resolve(&ssh)?;
+        ssh.who = who;
+        let first = Session::start(&ssh).map_err(ConnectError)?;
         let n = if options.connections == 0 {
             5
         } else {
             options.connections
         };
         let mut pool: Vec<Slot> = (0..n).map(|_| Slot::Empty).collect();
-        pool[0] = Slot::Idle(Conn {
-            _session: first.0,
-            sftp: first.1,
-        });
+        pool[0] = Slot::Idle(Box::new(first));
         Ok(SftpBackend {
-            location: format!("sftp:{}@{}:{}", endpoint.user, loc.host, loc.path),
+            location: format!("sftp:{user}@{}:{}", loc.host, loc.path),
             root: PathBuf::from(&loc.path),
-            endpoint,
+            ssh,
             pool: Mutex::new(pool),
             available: Condvar::new(),
             bandwidth: options.bwlimit_kib.and_then(Bandwidth::kib_per_sec),
@@ -173,9 +297,9 @@ impl SftpBackend {
                 continue;
             }
             let config = self.root.join(&name).join("config");
-            let there = self.with_conn(|sftp| match sftp.stat(&config) {
+            let there = self.with_conn(|s| match s.stat(&text(&config)) {
                 Ok(st) => Ok(st.is_file()),
-                Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(false),
+                Err(e) if e.is_missing() => Ok(false),
                 Err(e) => Err(classify(e, "cannot read", &config)),
             })?;
             if there {
@@ -196,42 +320,43 @@ impl SftpBackend {
         }
     }
 
-    /// Runs `op` on a pooled session; on failure reconnects and retries (3 attempts, backoff
-    /// 0.5 s, 1 s).
-    fn with_conn<T>(&self, op: impl Fn(&Sftp) -> Result<T, Retry>) -> Result<T, crate::Error> {
+    /// Runs `op` on a pooled session; when the session broke, starts another and retries
+    /// (3 attempts, backoff 0.5 s, 1 s).
+    fn with_conn<T>(
+        &self,
+        op: impl Fn(&mut Session) -> Result<T, Retry>,
+    ) -> Result<T, crate::Error> {
         let mut last = String::new();
         for attempt in 0..3u32 {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << (attempt - 1)));
             }
             let (slot, conn) = self.checkout();
-            let conn = match conn {
+            let mut conn = match conn {
                 Some(c) => c,
-                None => match connect(&self.endpoint) {
-                    Ok((s, f)) => Conn {
-                        _session: s,
-                        sftp: f,
-                    },
+                None => match Session::start(&self.ssh) {
+                    Ok(s) => s,
                     Err(e) => {
                         self.checkin(slot, None);
-                        last = e.0;
+                        last = e;
                         continue;
                     }
                 },
             };
-            match op(&conn.sftp) {
+            match op(&mut conn) {
                 Ok(v) => {
                     self.checkin(slot, Some(conn));
                     return Ok(v);
                 }
-                // The server answered: the connection is fine and retrying will not help.
+                // The server answered: the session is fine and retrying will not help.
                 Err(Retry::No(e)) => {
                     self.checkin(slot, Some(conn));
                     return Err(crate::Error::new(e));
                 }
                 Err(Retry::Yes(e)) => {
+                    // ssh's own last words say more than a broken pipe.
+                    last = format!("{e} ({})", conn.why_it_ended(&Failure::Lost(e.clone())));
                     self.checkin(slot, None);
-                    last = e;
                 }
             }
         }
@@ -240,7 +365,7 @@ impl SftpBackend {
 
     /// Takes an idle session, or the right to open one in an empty slot; waits while every
     /// slot is busy.
-    fn checkout(&self) -> (usize, Option<Conn>) {
+    fn checkout(&self) -> (usize, Option<Session>) {
         let Ok(mut pool) = self.pool.lock() else {
             return (usize::MAX, None);
         };
@@ -248,7 +373,7 @@ impl SftpBackend {
             if let Some(i) = pool.iter().position(|s| matches!(s, Slot::Idle(_)))
                 && let Slot::Idle(c) = std::mem::replace(&mut pool[i], Slot::Busy)
             {
-                return (i, Some(c));
+                return (i, Some(*c));
             }
             if let Some(i) = pool.iter().position(|s| matches!(s, Slot::Empty)) {
                 pool[i] = Slot::Busy;
@@ -261,12 +386,12 @@ impl SftpBackend {
         }
     }
 
-    fn checkin(&self, slot: usize, conn: Option<Conn>) {
+    fn checkin(&self, slot: usize, conn: Option<Session>) {
         if let Ok(mut pool) = self.pool.lock()
             && let Some(s) = pool.get_mut(slot)
         {
             *s = match conn {
-                Some(c) => Slot::Idle(c),
+                Some(c) => Slot::Idle(Box::new(c)),
                 None => Slot::Empty,
             };
         }
@@ -286,44 +411,41 @@ impl SftpBackend {
     }
 
     /// The entries of `dir` with what the server says of them (size, modification time).
-    fn list_dir_stat(&self, dir: &Path) -> Result<Vec<(String, ssh2::FileStat)>, crate::Error> {
-        self.with_conn(|sftp| match sftp.readdir(dir) {
-            Ok(entries) => Ok(entries
-                .into_iter()
-                .filter_map(|(p, st)| Some((p.file_name()?.to_string_lossy().into_owned(), st)))
-                .collect()),
-            Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(Vec::new()), // no such file
+    fn list_dir_stat(&self, dir: &Path) -> Result<Vec<(String, wire::Attrs)>, crate::Error> {
+        self.with_conn(|s| match s.read_dir(&text(dir)) {
+            Ok(entries) => Ok(entries),
+            Err(e) if e.is_missing() => Ok(Vec::new()),
             Err(e) => Err(classify(e, "cannot list", dir)),
         })
     }
 
     /// Reads a whole file, refusing one larger than `cap` without reading it.
     fn read_whole(&self, path: &Path, cap: u64) -> Result<Vec<u8>, crate::Error> {
-        let data = self.with_conn(|sftp| {
-            let mut f = sftp
-                .open(path)
+        let data = self.with_conn(|s| {
+            let h = s
+                .open(&text(path), wire::OPEN_READ, None)
                 .map_err(|e| classify(e, "cannot open", path))?;
-            let size = f
-                .stat()
-                .map_err(|e| classify(e, "cannot stat", path))?
-                .size
-                .unwrap_or(0);
-            if size > cap {
-                return Err(Retry::No(
-                    too_large(&path.display().to_string(), size, cap).to_string(),
-                ));
-            }
-            let mut buf = Vec::with_capacity(size as usize);
-            (&mut f)
-                .take(cap + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| Retry::Yes(format!("cannot read {}: {e}", path.display())))?;
-            if buf.len() as u64 > cap {
-                return Err(Retry::No(
-                    too_large(&path.display().to_string(), buf.len() as u64, cap).to_string(),
-                ));
-            }
-            Ok(buf)
+            let result = (|| {
+                let size = s
+                    .fstat(&h)
+                    .map_err(|e| classify(e, "cannot stat", path))?
+                    .size
+                    .unwrap_or(0);
+                if size > cap {
+                    return Err(Retry::No(
+                        too_large(&path.display().to_string(), size, cap).to_string(),
+                    ));
+                }
+                let len = usize::try_from(size).map_err(|_| {
+                    Retry::No(too_large(&path.display().to_string(), size, cap).to_string())
+                })?;
+                s.read_exact_at(&h, 0, len)
+                    .map_err(|e| classify(e, "cannot read", path))
+            })();
+            let closed = s.close(h).map_err(|e| classify(e, "cannot close", path));
+            let data = result?;
+            closed?;
+            Ok(data)
         })?;
         self.throttle(data.len());
         self.read
@@ -331,32 +453,18 @@ impl SftpBackend {
         Ok(data)
     }
 
-    fn read_range(
-        &self,
-        path: &Path,
-        offset: u64,
-        length: Option<usize>,
-    ) -> Result<Vec<u8>, crate::Error> {
-        let data = self.with_conn(|sftp| {
-            let mut f = sftp
-                .open(path)
+    fn read_range(&self, path: &Path, offset: u64, length: usize) -> Result<Vec<u8>, crate::Error> {
+        let data = self.with_conn(|s| {
+            let h = s
+                .open(&text(path), wire::OPEN_READ, None)
                 .map_err(|e| classify(e, "cannot open", path))?;
-            let mut buf = Vec::new();
-            match length {
-                Some(n) => {
-                    f.seek(SeekFrom::Start(offset)).map_err(|e| {
-                        Retry::Yes(format!("cannot seek in {}: {e}", path.display()))
-                    })?;
-                    buf.resize(n, 0);
-                    f.read_exact(&mut buf)
-                        .map_err(|e| Retry::Yes(format!("cannot read {}: {e}", path.display())))?;
-                }
-                None => {
-                    f.read_to_end(&mut buf)
-                        .map_err(|e| Retry::Yes(format!("cannot read {}: {e}", path.display())))?;
-                }
-            }
-            Ok(buf)
+            let data = s
+                .read_exact_at(&h, offset, length)
+                .map_err(|e| classify(e, "cannot read", path));
+            let closed = s.close(h).map_err(|e| classify(e, "cannot close", path));
+            let data = data?;
+            closed?;
+            Ok(data)
         })?;
         self.throttle(data.len());
         self.read
@@ -365,8 +473,8 @@ impl SftpBackend {
     }
 
     fn write_file(&self, path: &Path, parts: &[Bytes]) -> Result<(), crate::Error> {
-        let total: usize = parts.iter().map(Bytes::len).sum();
-        self.with_conn(|sftp| {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.with_conn(|s| {
             let mut random = [0u8; 6];
             getrandom::fill(&mut random).map_err(|e| Retry::No(e.to_string()))?;
             let tmp = PathBuf::from(format!(
@@ -375,68 +483,68 @@ impl SftpBackend {
                 hex::encode(random)
             ));
             let result = (|| {
-                let mut f = sftp
-                    .open_mode(
-                        &tmp,
-                        OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
-                        0o600,
-                        OpenType::File,
+                let h = s
+                    .open(
+                        &text(&tmp),
+                        wire::OPEN_WRITE | wire::OPEN_CREATE | wire::OPEN_EXCLUSIVE,
+                        Some(0o600),
                     )
                     .map_err(|e| classify(e, "cannot create", &tmp))?;
-                let mut written = 0usize;
-                for part in parts {
-                    for piece in part.chunks(PIECE) {
-                        self.throttle(piece.len());
-                        if let Err(e) = f.write_all(piece) {
-                            // SFTP says only "failure"; the server's free space says why.
-                            let left = (total - written) as u64;
-                            return Err(match f.statvfs() {
-                                Ok(v) if v.f_bavail.saturating_mul(v.f_frsize) < left => {
-                                    Retry::No(format!(
-                                        "No space left on device on the backup server: {} bytes free under {}, {} more needed",
-                                        v.f_bavail.saturating_mul(v.f_frsize),
-                                        path.parent().unwrap_or(path).display(),
-                                        left
-                                    ))
-                                }
-                                _ => Retry::Yes(format!("cannot write {}: {e}", tmp.display())),
-                            });
-                        }
-                        written += piece.len();
+                let written = s.write_pieces(&h, parts, &|n| self.throttle(n));
+                let written = match written {
+                    Err(e @ Failure::Status { .. }) => {
+                        let _ = s.close(h);
+                        // SFTP says only "failure"; the server's free space says why.
+                        return Err(match s.has_statvfs().then(|| s.statvfs(&text(path.parent().unwrap_or(path)))) {
+                            Some(Ok(v)) if v.free_bytes() < total => Retry::No(format!(
+                                "No space left on device on the backup server: {} bytes free under {}, {total} needed",
+                                v.free_bytes(),
+                                path.parent().unwrap_or(path).display(),
+                            )),
+                            _ => classify(e, "cannot write", &tmp),
+                        });
                     }
-                }
+                    other => other.map_err(|e| classify(e, "cannot write", &tmp)),
+                };
+                written?;
                 // fsync@openssh.com where the server offers it.
-                let _ = f.fsync();
-                drop(f);
-                match sftp.rename(&tmp, path, None) {
+                let synced = s.fsync(&h).map_err(|e| classify(e, "cannot sync", &tmp));
+                s.close(h).map_err(|e| classify(e, "cannot close", &tmp))?;
+                synced?;
+                match s.rename(&text(&tmp), &text(path)) {
                     Ok(()) => Ok(()),
                     // Named by content: if it is already there with the same size, it is the same.
-                    Err(e) => match sftp.stat(path) {
-                        Ok(st) if st.size == Some(total as u64) => {
-                            let _ = sftp.unlink(&tmp);
+                    Err(Failure::Status { code, message }) => match s.stat(&text(path)) {
+                        Ok(st) if st.size == Some(total) => {
+                            let _ = s.remove(&text(&tmp));
                             Ok(())
                         }
-                        _ => Err(classify(e, "cannot rename into", path)),
+                        _ => Err(classify(
+                            Failure::Status { code, message },
+                            "cannot rename into",
+                            path,
+                        )),
                     },
+                    Err(e) => Err(classify(e, "cannot rename into", path)),
                 }
             })();
-            if result.is_err() {
-                let _ = sftp.unlink(&tmp);
+            if let Err(Retry::No(_)) = &result {
+                let _ = s.remove(&text(&tmp));
             }
             result
         })
     }
 
     fn mkdir_all(&self, dir: &Path) -> Result<(), crate::Error> {
-        self.with_conn(|sftp| {
+        self.with_conn(|s| {
             let mut cur = PathBuf::new();
             for c in dir.components() {
                 cur.push(c);
-                if sftp.stat(&cur).is_ok() {
+                if s.stat(&text(&cur)).is_ok() {
                     continue;
                 }
-                if let Err(e) = sftp.mkdir(&cur, 0o700)
-                    && sftp.stat(&cur).is_err()
+                if let Err(e) = s.mkdir(&text(&cur), 0o700)
+                    && s.stat(&text(&cur)).is_err()
                 {
                     return Err(classify(e, "cannot create", &cur));
                 }
@@ -446,9 +554,9 @@ impl SftpBackend {
     }
 
     fn unlink(&self, path: &Path) -> Result<(), crate::Error> {
-        self.with_conn(|sftp| match sftp.unlink(path) {
+        self.with_conn(|s| match s.remove(&text(path)) {
             Ok(()) => Ok(()),
-            Err(e) if e.code() == ssh2::ErrorCode::SFTP(2) => Ok(()),
+            Err(e) if e.is_missing() => Ok(()),
             Err(e) => Err(classify(e, "cannot remove", path)),
         })
     }
@@ -461,11 +569,11 @@ enum Retry {
     No(String),
 }
 
-fn classify(e: ssh2::Error, what: &str, path: &Path) -> Retry {
+fn classify(e: Failure, what: &str, path: &Path) -> Retry {
     let message = format!("{what} {}: {e}", path.display());
-    match e.code() {
-        ssh2::ErrorCode::SFTP(_) => Retry::No(message),
-        ssh2::ErrorCode::Session(_) => Retry::Yes(message),
+    match e {
+        Failure::Status { .. } => Retry::No(message),
+        Failure::Lost(_) => Retry::Yes(message),
     }
 }
 
@@ -522,7 +630,7 @@ impl ReadBackend for SftpBackend {
         length: u32,
     ) -> RusticResult<Bytes> {
         let path = self.path(tpe, id);
-        self.read_range(&path, u64::from(offset), Some(length as usize))
+        self.read_range(&path, u64::from(offset), length as usize)
             .map(Bytes::from)
             .map_err(|e| remote("cannot read", &path, e))
     }
@@ -544,10 +652,10 @@ impl WriteBackend for SftpBackend {
             .map_err(|e| remote("cannot create", &data, e))?;
         // Their parent is there: one mkdir each, not a walk from the root (256 of them).
         let subdirs: Vec<PathBuf> = (0..=255u8).map(|i| data.join(format!("{i:02x}"))).collect();
-        self.with_conn(|sftp| {
+        self.with_conn(|s| {
             for p in &subdirs {
-                if let Err(e) = sftp.mkdir(p, 0o700)
-                    && sftp.stat(p).is_err()
+                if let Err(e) = s.mkdir(&text(p), 0o700)
+                    && s.stat(&text(p)).is_err()
                 {
                     return Err(classify(e, "cannot create", p));
                 }
@@ -592,7 +700,9 @@ impl Storage for SftpBackend {
                 Some(LockEntry {
                     id: RepoId::parse(&n)?,
                     size: st.size.unwrap_or(0),
-                    modified: st.mtime.map(|t| UNIX_EPOCH + Duration::from_secs(t)),
+                    modified: st
+                        .mtime
+                        .map(|t| UNIX_EPOCH + Duration::from_secs(u64::from(t))),
                 })
             })
             .collect())
@@ -604,8 +714,8 @@ impl Storage for SftpBackend {
 
     fn file_size(&self, tpe: FileType, id: &RepoId) -> Result<u64, crate::Error> {
         let path = self.path(tpe, &id.to_rustic());
-        let st = self.with_conn(|sftp| {
-            sftp.stat(&path)
+        let st = self.with_conn(|s| {
+            s.stat(&text(&path))
                 .map_err(|e| classify(e, "cannot stat", &path))
         })?;
         st.size.ok_or_else(|| {
@@ -620,12 +730,12 @@ impl Storage for SftpBackend {
         self.write_file(&path, &[Bytes::copy_from_slice(sealed)])?;
         // The server's clock dates the file: the "now" other locks' ages are measured against.
         let mtime = self
-            .with_conn(|sftp| {
-                sftp.stat(&path)
+            .with_conn(|s| {
+                s.stat(&text(&path))
                     .map_err(|e| classify(e, "cannot stat", &path))
             })?
             .mtime;
-        Ok(mtime.map(|t| UNIX_EPOCH + Duration::from_secs(t)))
+        Ok(mtime.map(|t| UNIX_EPOCH + Duration::from_secs(u64::from(t))))
     }
 
     fn remove_lock(&self, id: &RepoId) -> Result<(), crate::Error> {
