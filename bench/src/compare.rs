@@ -305,3 +305,39 @@ pub fn ceph_only(work: &Path, backstop: &Path, size_mib: u64) {
         rows.print();
     }
 }
+
+/// Only the SFTP row and what it is measured against: backstop's full backup to a local
+/// path, then over SFTP, then restic's over SFTP, on a new image of `size_mib` MiB.
+pub fn sftp_only(work: &Path, backstop: &Path, size_mib: u64) {
+    let image = work.join("disk.raw");
+    generate(&image, size_mib).expect("generate");
+    let bench = Bench {
+        work,
+        image,
+        backstop,
+        repo: work.join("backstop-repo"),
+        peers: Vec::new(),
+    };
+    timed("backstop init", &bench.bs("init"));
+    settle();
+    let local = timed(
+        "backstop full",
+        &bench.bs(&format!(
+            "backup --image {} --format raw --path {FILE}",
+            q(&bench.image)
+        )),
+    );
+    let Some((ours, theirs)) = bench.sftp() else {
+        println!("no sshd: no SFTP row");
+        return;
+    };
+    println!(
+        "full backup of {size_mib} MiB: local {:.2} s; over SFTP {:.2} s ({:+.0} % over local, {:.0} MiB RSS); restic over SFTP {:.2} s: {:.2}x",
+        local.seconds,
+        ours.seconds,
+        (ours.seconds / local.seconds - 1.0) * 100.0,
+        ours.rss_mib,
+        theirs.seconds,
+        theirs.seconds / ours.seconds
+    );
+}

@@ -73,6 +73,9 @@ struct Args {
     /// Run only the sync rows (a chain of --flatten-mib MiB, --flatten-links increments).
     #[arg(long)]
     only_sync: bool,
+    /// Run only the SFTP row: a full backup to a local path, over SFTP, and restic's over SFTP.
+    #[arg(long)]
+    only_sftp: bool,
     /// Run only the scheduler tick measurement.
     #[arg(long)]
     only_tick: bool,
@@ -103,6 +106,13 @@ fn main() {
         if let Some(rows) = sync::rows(&work, &backstop, args.flatten_mib, args.flatten_links) {
             rows.print();
         }
+        if !args.keep && args.work.is_none() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        return;
+    }
+    if args.only_sftp {
+        compare::sftp_only(&work, &backstop, args.size_mib);
         if !args.keep && args.work.is_none() {
             let _ = fs::remove_dir_all(&work);
         }
