@@ -146,7 +146,7 @@ impl Settings {
             .map(str::trim)
             .filter(|f| !f.is_empty());
         if let Some(f) = fingerprint
-            && !f.starts_with("SHA256:")
+            && !backstop_storage::sftp::is_fingerprint(f)
         {
             return Err(Error::config(format!(
                 "datastore {}: BACKSTOP_SFTP_HOST_FINGERPRINT {f:?} is not SHA256:<base64> (as ssh-keygen -l prints it)",

@@ -760,3 +760,29 @@ fn a_killed_ssh_mid_backup_leaves_the_repository_clean() {
         "restic's dump differs"
     );
 }
+
+#[test]
+fn a_configuration_that_turns_host_key_checking_off_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    for (name, extra) in [
+        ("off", "  StrictHostKeyChecking no\n"),
+        (
+            "forgetful",
+            "  StrictHostKeyChecking accept-new\n  UserKnownHostsFile /dev/null\n",
+        ),
+    ] {
+        let config = dir.path().join(format!("ssh_config_{name}"));
+        // The option lines go before the block's own UserKnownHostsFile: OpenSSH takes the
+        // first value it reads.
+        let block = sshd.host_block().replacen("\n", &format!("\n{extra}"), 1);
+        fs::write(&config, block).expect("config");
+        let repo_dir = dir.path().join(format!("r-{name}"));
+        let err = connect(&repo_dir, &options(&config)).expect_err(name);
+        assert!(
+            err.starts_with("the ssh configuration for backup1 turns host key checking off"),
+            "{name}: {err}"
+        );
+        assert!(!repo_dir.exists(), "{name}: something was written");
+    }
+}

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Requests in flight at once in a pipelined read or write.
@@ -24,6 +24,21 @@ const DEFAULT_PIECE: u32 = 32 * 1024;
 const MAX_PIECE: u32 = 255 * 1024;
 /// Lines of ssh's stderr kept for an error.
 const STDERR_LINES: usize = 40;
+/// How long an operation may go without a packet sent or received before its ssh is ended
+/// (a server whose sftp-server hangs still answers ssh's keepalives).
+pub const STALL: Duration = Duration::from_secs(300);
+/// The most directory entries read from one listing.
+const MAX_ENTRIES: usize = 2_000_000;
+
+/// Variables that may carry a repository password or storage keys, never passed to ssh.
+const SECRET_ENV: [&str; 6] = [
+    "RESTIC_PASSWORD",
+    "RESTIC_PASSWORD_COMMAND",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "RESTIC_REPOSITORY_PASSWORD",
+];
 
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,16 +94,25 @@ pub struct SshCommand {
     pub host: String,
     /// How the host is named in messages.
     pub who: String,
+    /// How long an operation may go without a packet moving ([`STALL`]).
+    pub stall: Duration,
 }
 
 impl SshCommand {
-    fn command(&self) -> Command {
+    /// ssh with this session's arguments and without the secrets a caller's environment may
+    /// hold (ssh, its proxies and `Match exec` commands inherit the rest).
+    pub fn base(&self) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .arg("-s")
-            .arg("--")
-            .arg(&self.host)
-            .arg("sftp");
+        for name in SECRET_ENV {
+            cmd.env_remove(name);
+        }
+        cmd.args(&self.args);
+        cmd
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = self.base();
+        cmd.arg("-s").arg("--").arg(&self.host).arg("sftp");
         cmd
     }
 }
@@ -116,14 +140,91 @@ pub struct Session {
     has_statvfs: bool,
     /// The body of the last reply read.
     buf: Vec<u8>,
+    /// Set when the session broke: it is never used again.
+    broken: bool,
+    watch: Arc<Watch>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the watchdog of a session sees: whether an operation is under way, when a packet last
+/// moved, and whether the session is ending.
+#[derive(Debug)]
+struct Watch {
+    state: Mutex<WatchState>,
+    wake: Condvar,
+    stall: Duration,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    busy: bool,
+    last: Instant,
+    stop: bool,
+    /// The watchdog ended ssh for a stall.
+    fired: bool,
+}
+
+impl Watch {
+    fn update(&self, f: impl FnOnce(&mut WatchState)) {
+        if let Ok(mut st) = self.state.lock() {
+            f(&mut st);
+        }
+        self.wake.notify_all();
+    }
+
+    /// Ends ssh (`pid`) when an operation goes [`STALL`] without a packet moving; returns when
+    /// the session ends.
+    fn run(&self, pid: u32) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        loop {
+            if st.stop {
+                return;
+            }
+            let wait = if st.busy {
+                match self.stall.checked_sub(st.last.elapsed()) {
+                    Some(left) => left,
+                    None => {
+                        st.fired = true;
+                        terminate(pid);
+                        return;
+                    }
+                }
+            } else {
+                self.stall
+            };
+            st = match self.wake.wait_timeout(st, wait) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// SIGTERM to ssh (which then ends a ProxyJump or ProxyCommand child of its own). The PID is
+/// still ssh's: the child is not reaped before its session's watchdog has stopped.
+fn terminate(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // By its PID; closing stdin alone would leave it to ssh when to go.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(t) = self.stderr_reader.take() {
+        self.watch.update(|st| st.stop = true);
+        if let Some(t) = self.watchdog.take() {
+            let _ = t.join();
+        }
+        self.end_ssh();
+        // The stderr reader ends when the last holder of the pipe goes; a proxy child that
+        // outlives ssh is not waited for.
+        if let Some(t) = self.stderr_reader.take()
+            && t.is_finished()
+        {
             let _ = t.join();
         }
     }
@@ -155,6 +256,23 @@ impl Session {
                 .spawn(move || read_stderr(stderr, &tail))
                 .ok()
         };
+        let watch = Arc::new(Watch {
+            state: Mutex::new(WatchState {
+                busy: true,
+                last: Instant::now(),
+                stop: false,
+                fired: false,
+            }),
+            wake: Condvar::new(),
+            stall: ssh.stall,
+        });
+        let watchdog = {
+            let (watch, pid) = (watch.clone(), child.id());
+            std::thread::Builder::new()
+                .name("ssh-watchdog".into())
+                .spawn(move || watch.run(pid))
+                .ok()
+        };
         let mut s = Session {
             child,
             to: BufWriter::with_capacity(512 * 1024, stdin),
@@ -168,11 +286,65 @@ impl Session {
             has_fsync: false,
             has_statvfs: false,
             buf: Vec::new(),
+            broken: false,
+            watch,
+            watchdog,
         };
         match s.hello() {
-            Ok(()) => Ok(s),
+            Ok(()) => {
+                s.idle();
+                // What ssh said while connecting (a first key recorded, a banner) is no
+                // reason for a later failure.
+                if let Ok(mut t) = s.stderr.lock() {
+                    t.lines.clear();
+                }
+                Ok(s)
+            }
             Err(e) => Err(s.why_it_ended(&e)),
         }
+    }
+
+    /// An operation begins: the watchdog ends ssh if it then stalls.
+    pub fn busy(&self) {
+        self.watch.update(|st| {
+            st.busy = true;
+            st.last = Instant::now();
+        });
+    }
+
+    /// The operation is over.
+    pub fn idle(&self) {
+        self.watch.update(|st| st.busy = false);
+    }
+
+    fn moved(&self) {
+        if let Ok(mut st) = self.watch.state.lock() {
+            st.last = Instant::now();
+        }
+    }
+
+    /// Whether the session broke (a pipe closed, a malformed reply, ssh gone): it must not
+    /// be used again.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Ends ssh: SIGTERM, so that it ends its own proxy child, then SIGKILL if it has not
+    /// gone within a second; reaped either way.
+    fn end_ssh(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        terminate(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) | Err(_) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn hello(&mut self) -> Result<(), Failure> {
@@ -181,9 +353,7 @@ impl Session {
         self.recv()?;
         let (version, extensions) = wire::parse_version(&self.buf)?;
         if version < 3 {
-            return Err(Failure::Lost(format!(
-                "the SFTP server speaks version {version}, not 3"
-            )));
+            return Err(self.broke(format!("the SFTP server speaks version {version}, not 3")));
         }
         let has = |name: &str| extensions.iter().any(|(n, _)| n == name);
         self.has_fsync = has("fsync@openssh.com");
@@ -194,7 +364,7 @@ impl Session {
             self.flush()?;
             self.recv_for(id)?;
             let body = std::mem::take(&mut self.buf);
-            if let (_, Reply::Extended(mut f)) = wire::parse_reply(&body)? {
+            if let (_, Reply::Extended(mut f)) = self.parse(&body)? {
                 let l = Limits::parse(&mut f)?;
                 let piece = |limit: u64| {
                     if limit == 0 {
@@ -207,7 +377,7 @@ impl Session {
                 let by_packet = if l.max_packet == 0 {
                     MAX_PIECE
                 } else {
-                    piece(l.max_packet.saturating_sub(1024))
+                    piece(l.max_packet.saturating_sub(1024).max(1024))
                 };
                 self.read_piece = piece(l.max_read).min(by_packet).max(1024);
                 self.write_piece = piece(l.max_write).min(by_packet).max(1024);
@@ -217,30 +387,58 @@ impl Session {
         Ok(())
     }
 
-    /// The one line said when the session could not start or broke: OpenSSH's reason from
-    /// its stderr when it gave one.
+    /// The one line said when the session could not start or broke: OpenSSH's reason when
+    /// ssh gave up (exit status 255), else what went wrong with ssh's last words beside it.
     pub fn why_it_ended(&mut self, failure: &Failure) -> String {
+        self.broken = true;
         // ssh has exited or is about to: give it a moment, so that its last words are read.
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut status = None;
         while Instant::now() < deadline {
             match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
+                Ok(Some(s)) => {
+                    status = Some(s);
+                    break;
+                }
+                Err(_) => break,
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if status.is_none() {
+            self.end_ssh();
         }
-        if let Some(t) = self.stderr_reader.take() {
-            let _ = t.join();
+        // The stderr reader ends with ssh unless a proxy child still holds the pipe.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self
+            .stderr_reader
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
         }
         let lines: Vec<String> = self
             .stderr
             .lock()
             .map(|s| s.lines.iter().cloned().collect())
             .unwrap_or_default();
-        explain(&self.who, &lines).unwrap_or_else(|| format!("{}: {failure}", self.who))
+        let stalled = self.watch.state.lock().map(|st| st.fired).unwrap_or(false);
+        if stalled {
+            return format!(
+                "{}: no progress for {} s, ssh was ended",
+                self.who,
+                self.watch.stall.as_secs()
+            );
+        }
+        if status.is_some_and(|s| s.code() == Some(255))
+            && let Some(line) = explain(&self.who, &lines)
+        {
+            return line;
+        }
+        match lines.iter().rev().find(|l| !l.trim().is_empty()) {
+            Some(last) => format!("{}: {failure}; ssh said: {}", self.who, last.trim()),
+            None => format!("{}: {failure}", self.who),
+        }
     }
 
     pub fn has_statvfs(&self) -> bool {
@@ -253,31 +451,52 @@ impl Session {
         id
     }
 
-    fn lost(&self, what: &str, e: std::io::Error) -> Failure {
-        Failure::Lost(format!("the session with {} broke ({what}: {e})", self.who))
+    fn lost(&mut self, what: &str, e: std::io::Error) -> Failure {
+        self.broken = true;
+        Failure::Lost(format!("the session broke ({what}: {e})"))
+    }
+
+    /// A failure that ends the session.
+    fn broke(&mut self, message: String) -> Failure {
+        self.broken = true;
+        Failure::Lost(message)
     }
 
     fn send(&mut self, packet: &[u8]) -> Result<(), Failure> {
-        self.to
-            .write_all(packet)
-            .map_err(|e| self.lost("sending", e))
+        match self.to.write_all(packet) {
+            Ok(()) => {
+                self.moved();
+                Ok(())
+            }
+            Err(e) => Err(self.lost("sending", e)),
+        }
     }
 
     fn flush(&mut self) -> Result<(), Failure> {
-        self.to.flush().map_err(|e| self.lost("sending", e))
+        match self.to.flush() {
+            Ok(()) => {
+                self.moved();
+                Ok(())
+            }
+            Err(e) => Err(self.lost("sending", e)),
+        }
     }
 
     /// Reads one reply into `self.buf` (without its length).
     fn recv(&mut self) -> Result<(), Failure> {
         let mut len = [0u8; 4];
-        self.from
-            .read_exact(&mut len)
-            .map_err(|e| self.lost("receiving", e))?;
+        if let Err(e) = self.from.read_exact(&mut len) {
+            return Err(self.lost("receiving", e));
+        }
         let len = u32::from_be_bytes(len);
         if len == 0 || len > wire::MAX_PACKET {
-            return Err(Failure::Lost(format!(
-                "{} sent an SFTP packet of {len} bytes (at most {} are allowed)",
-                self.who,
+            let hint = if self.next_id <= 1 {
+                " (text before SFTP started: the server's shell must print nothing for a non-interactive session)"
+            } else {
+                ""
+            };
+            return Err(self.broke(format!(
+                "the server sent an SFTP packet of {len} bytes (at most {} are allowed){hint}",
                 wire::MAX_PACKET
             )));
         }
@@ -285,19 +504,29 @@ impl Session {
         let mut buf = std::mem::take(&mut self.buf);
         let r = self.from.read_exact(&mut buf);
         self.buf = buf;
-        r.map_err(|e| self.lost("receiving", e))
+        match r {
+            Ok(()) => {
+                self.moved();
+                Ok(())
+            }
+            Err(e) => Err(self.lost("receiving", e)),
+        }
+    }
+
+    /// Parses the reply in `body`; a malformed one ends the session.
+    fn parse<'b>(&mut self, body: &'b [u8]) -> Result<(u32, Reply<'b>), Failure> {
+        wire::parse_reply(body).map_err(|m| self.broke(m.to_string()))
     }
 
     /// Reads replies until the one to `id`; with nothing else in flight, any other id is a
     /// broken server.
     fn recv_for(&mut self, id: u32) -> Result<(), Failure> {
         self.recv()?;
-        let got = wire::Fields::new(self.buf.get(1..).unwrap_or_default()).u32()?;
+        let got = wire::Fields::new(self.buf.get(1..).unwrap_or_default())
+            .u32()
+            .map_err(|m| self.broke(m.to_string()))?;
         if got != id {
-            return Err(Failure::Lost(format!(
-                "{} answered request {got}, not {id}",
-                self.who
-            )));
+            return Err(self.broke(format!("{} answered request {got}, not {id}", self.who)));
         }
         Ok(())
     }
@@ -314,22 +543,22 @@ impl Session {
     /// A request answered by a status: OK or the error.
     fn call_status(&mut self, packet: impl FnOnce(u32) -> Vec<u8>) -> Result<(), Failure> {
         let body = self.call(packet)?;
-        match wire::parse_reply(&body)?.1 {
+        match self.parse(&body)?.1 {
             Reply::Status {
                 code: wire::FX_OK, ..
             } => Ok(()),
             Reply::Status { code, message } => Err(Failure::Status { code, message }),
-            _ => Err(Failure::Lost(format!(
+            _ => Err(self.broke(format!(
                 "{} answered with something other than a status",
                 self.who
             ))),
         }
     }
 
-    fn status_or<T>(&self, reply: Reply<'_>, what: &str) -> Result<T, Failure> {
+    fn status_or<T>(&mut self, reply: Reply<'_>, what: &str) -> Result<T, Failure> {
         match reply {
             Reply::Status { code, message } => Err(Failure::Status { code, message }),
-            _ => Err(Failure::Lost(format!(
+            _ => Err(self.broke(format!(
                 "{} answered {what} with the wrong kind of reply",
                 self.who
             ))),
@@ -338,7 +567,7 @@ impl Session {
 
     pub fn stat(&mut self, path: &str) -> Result<Attrs, Failure> {
         let body = self.call(|id| wire::stat(id, path))?;
-        match wire::parse_reply(&body)?.1 {
+        match self.parse(&body)?.1 {
             Reply::Attrs(a) => Ok(a),
             r => self.status_or(r, "STAT"),
         }
@@ -346,7 +575,7 @@ impl Session {
 
     pub fn open(&mut self, path: &str, flags: u32, mode: Option<u32>) -> Result<Handle, Failure> {
         let body = self.call(|id| wire::open(id, path, flags, mode))?;
-        match wire::parse_reply(&body)?.1 {
+        match self.parse(&body)?.1 {
             Reply::Handle(h) => Ok(Handle(h.to_vec())),
             r => self.status_or(r, "OPEN"),
         }
@@ -358,7 +587,7 @@ impl Session {
 
     pub fn fstat(&mut self, handle: &Handle) -> Result<Attrs, Failure> {
         let body = self.call(|id| wire::fstat(id, &handle.0))?;
-        match wire::parse_reply(&body)?.1 {
+        match self.parse(&body)?.1 {
             Reply::Attrs(a) => Ok(a),
             r => self.status_or(r, "FSTAT"),
         }
@@ -370,7 +599,7 @@ impl Session {
             return Ok(());
         }
         let body = self.call(|id| wire::fsync(id, &handle.0))?;
-        match wire::parse_reply(&body)?.1 {
+        match self.parse(&body)?.1 {
             Reply::Status {
                 code: wire::FX_OK, ..
             }
@@ -381,7 +610,7 @@ impl Session {
 
     pub fn statvfs(&mut self, path: &str) -> Result<Statvfs, Failure> {
         let body = self.call(|id| wire::statvfs(id, path))?;
-        match wire::parse_reply(&body)?.1 {
+        match self.parse(&body)?.1 {
             Reply::Extended(mut f) => Ok(Statvfs::parse(&mut f)?),
             r => self.status_or(r, "statvfs"),
         }
@@ -403,7 +632,7 @@ impl Session {
     /// The entries of a directory (without `.` and `..`).
     pub fn read_dir(&mut self, path: &str) -> Result<Vec<(String, Attrs)>, Failure> {
         let body = self.call(|id| wire::opendir(id, path))?;
-        let handle = match wire::parse_reply(&body)?.1 {
+        let handle = match self.parse(&body)?.1 {
             Reply::Handle(h) => Handle(h.to_vec()),
             r => return self.status_or(r, "OPENDIR"),
         };
@@ -413,9 +642,20 @@ impl Session {
                 Ok(b) => b,
                 Err(e) => break Err(e),
             };
-            match wire::parse_reply(&body)?.1 {
+            match self.parse(&body)?.1 {
+                Reply::Name(names) if names.is_empty() => {
+                    break Err(
+                        self.broke("the server listed a directory with an empty reply".into())
+                    );
+                }
                 Reply::Name(names) => {
-                    out.extend(names.into_iter().filter(|(n, _)| n != "." && n != ".."))
+                    out.extend(names.into_iter().filter(|(n, _)| n != "." && n != ".."));
+                    if out.len() > MAX_ENTRIES {
+                        break Err(Failure::Status {
+                            code: wire::FX_FAILURE,
+                            message: format!("{path} lists more than {MAX_ENTRIES} entries"),
+                        });
+                    }
                 }
                 Reply::Status {
                     code: wire::FX_EOF, ..
@@ -481,9 +721,9 @@ impl Session {
     fn await_status(&mut self, in_flight: &mut VecDeque<u32>) -> Result<(), Failure> {
         self.recv()?;
         let body = std::mem::take(&mut self.buf);
-        let (id, reply) = wire::parse_reply(&body)?;
+        let (id, reply) = self.parse(&body)?;
         let Some(at) = in_flight.iter().position(|i| *i == id) else {
-            return Err(Failure::Lost(format!(
+            return Err(self.broke(format!(
                 "{} answered request {id}, which was not asked",
                 self.who
             )));
@@ -533,9 +773,9 @@ impl Session {
             self.flush()?;
             self.recv()?;
             let body = std::mem::take(&mut self.buf);
-            let (id, reply) = wire::parse_reply(&body)?;
+            let (id, reply) = self.parse(&body)?;
             let Some((start, n)) = asked.remove(&id) else {
-                return Err(Failure::Lost(format!(
+                return Err(self.broke(format!(
                     "{} answered request {id}, which was not asked",
                     self.who
                 )));
@@ -548,7 +788,7 @@ impl Session {
                     }
                 }
                 Reply::Data(d) => {
-                    return Err(Failure::Lost(format!(
+                    return Err(self.broke(format!(
                         "{} sent {} bytes for a read of {n}",
                         self.who,
                         d.len()
@@ -616,8 +856,14 @@ pub fn explain(who: &str, stderr: &[String]) -> Option<String> {
         .map(|f| format!(" (it now offers {f})"))
         .unwrap_or_default();
     if all.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        // "Host key for <host> has changed and you have requested strict checking."
+        let said = stderr
+            .iter()
+            .find(|l| l.contains("has changed and you have requested strict checking"))
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default();
         return Some(format!(
-            "the host key of {who} has CHANGED{fp}, so OpenSSH refused to connect: if the server's key was replaced on purpose, remove the old one (ssh-keygen -R <host>) and add the new one after checking it"
+            "the host key of {who} has CHANGED{fp}, so OpenSSH refused to connect{said}: if the server's key was replaced on purpose, remove the old one (ssh-keygen -R <host>) and add the new one after checking it"
         ));
     }
     if all.contains("backstop: host key is not the pinned one") {
@@ -633,8 +879,13 @@ pub fn explain(who: &str, stderr: &[String]) -> Option<String> {
         ));
     }
     if all.contains("host key is known for") || last.contains("Host key verification failed") {
+        // OpenSSH's own line names the host it refused (a ProxyJump hop is not the target).
+        let said = stderr
+            .iter()
+            .find(|l| l.contains("host key is known for"))
+            .map_or(last, |l| l.trim());
         return Some(format!(
-            "unknown host key for {who}: OpenSSH refused it ({last}); add the server's key to known_hosts after checking its fingerprint (or use StrictHostKeyChecking accept-new, or pin it with BACKSTOP_SFTP_HOST_FINGERPRINT)"
+            "unknown host key for {who}: OpenSSH refused it ({said}); add the server's key to known_hosts after checking its fingerprint (ssh-keyscan -p <port> <host> | ssh-keygen -lf - shows it), or use StrictHostKeyChecking accept-new, or pin it with BACKSTOP_SFTP_HOST_FINGERPRINT"
         ));
     }
     if last.contains("Permission denied") {
@@ -672,7 +923,7 @@ mod tests {
             "No ED25519 host key is known for [127.0.0.2]:2222 and you have requested strict checking.\nHost key verification failed.",
         );
         assert!(explain("backup1", &unknown).expect("said").starts_with(
-            "unknown host key for backup1: OpenSSH refused it (Host key verification failed.)"
+            "unknown host key for backup1: OpenSSH refused it (No ED25519 host key is known for [127.0.0.2]:2222 and you have requested strict checking.)"
         ));
         let denied = lines("root@127.0.0.2: Permission denied (publickey).");
         assert!(
@@ -686,5 +937,26 @@ mod tests {
             Some("cannot connect to b: ssh: connect to host 127.0.0.9 port 22: Connection refused")
         );
         assert_eq!(explain("b", &[]), None);
+    }
+
+    /// A server that never answers: the watchdog ends "ssh" (here a shell that sleeps) and the
+    /// session fails naming the stall, instead of waiting for ever.
+    #[test]
+    fn a_session_that_stalls_is_ended() {
+        let ssh = SshCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "exec sleep 60".into()],
+            host: "stuck".into(),
+            who: "stuck".into(),
+            stall: Duration::from_secs(1),
+        };
+        let started = Instant::now();
+        let err = Session::start(&ssh).expect_err("no answer");
+        assert_eq!(err, "stuck: no progress for 1 s, ssh was ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -63,21 +63,47 @@ impl SftpLocation {
                 "{text:?} is not sftp:[user@]host:/path"
             )));
         }
-        // Both go to ssh's command line: never as an option, never with a space or a control
-        // character in them.
-        let plain = |w: &str| {
-            !w.starts_with('-') && !w.chars().any(|c| c.is_whitespace() || c.is_control())
-        };
-        if !plain(&host) || user.as_deref().is_some_and(|u| u.is_empty() || !plain(u)) {
-            return Err(crate::Error::new(format!(
-                "{text:?}: the user and host may not start with '-' or hold spaces or control characters"
-            )));
-        }
-        Ok(SftpLocation {
+        let loc = SftpLocation {
             user,
             host,
             path: path.to_string(),
+        };
+        loc.check()
+            .map_err(|e| crate::Error::new(format!("{text:?}: {}", e.0)))?;
+        Ok(loc)
+    }
+}
+
+/// A host or user name ssh may be given: letters, digits, `.`, `_`, `-` (not first), and for
+/// a host `:` and brackets (IPv6). OpenSSH puts both into commands it runs through a shell
+/// (ProxyJump, ProxyCommand, `Match exec`), so nothing else is let through.
+fn plain_word(word: &str, host: bool) -> bool {
+    !word.is_empty()
+        && !word.starts_with('-')
+        && word.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '.' | '_' | '-')
+                || (host && matches!(c, ':' | '[' | ']'))
         })
+}
+
+impl SftpLocation {
+    /// Refuses a host or user that is not a [`plain_word`].
+    pub fn check(&self) -> Result<(), ConnectError> {
+        if !plain_word(&self.host, true) {
+            return Err(ConnectError(format!(
+                "the SFTP host {:?} is not a plain host name or address (letters, digits, '.', '_', '-', not starting with '-')",
+                self.host
+            )));
+        }
+        if let Some(user) = &self.user
+            && !plain_word(user, false)
+        {
+            return Err(ConnectError(format!(
+                "the SFTP user {user:?} is not a plain user name (letters, digits, '.', '_', '-', not starting with '-')"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -153,6 +179,7 @@ pub fn is_fingerprint(text: &str) -> bool {
 /// unattended backup is set on the command line (where it wins over the configuration);
 /// everything else is the operator's configuration.
 pub fn ssh_args(loc: &SftpLocation, options: &SftpOptions) -> Result<Vec<OsString>, ConnectError> {
+    loc.check()?;
     let mut a: Vec<OsString> = Vec::new();
     let mut o = |opt: &str| {
         a.push("-o".into());
@@ -160,6 +187,10 @@ pub fn ssh_args(loc: &SftpLocation, options: &SftpOptions) -> Result<Vec<OsStrin
     };
     // Never a prompt (a password, a passphrase, an unknown key's yes/no).
     o("BatchMode=yes");
+    o("ConnectTimeout=30");
+    // Nothing but the SFTP subsystem on the session's pipes.
+    o("RemoteCommand=none");
+    o("PermitLocalCommand=no");
     // Its own TCP connection: a shared master would put every session through one ssh
     // process, and a persisting one would outlive the action (OpenNebula's hops do the same).
     o("ControlMaster=no");
@@ -187,6 +218,7 @@ pub fn ssh_args(loc: &SftpLocation, options: &SftpOptions) -> Result<Vec<OsStrin
         o("GlobalKnownHostsFile=/dev/null");
         o("UpdateHostKeys=no");
         o("CheckHostIP=no");
+        o("VerifyHostKeyDNS=no");
         o(&format!(
             "KnownHostsCommand=/bin/sh -c 'if [ \"$1\" = \"$2\" ]; then echo \"$3 $4 $5\"; elif [ \"$1\" != NONE ]; then echo \"backstop: host key is not the pinned one: it offers $1, not $2\" >&2; fi' sh %f {pin} %H %t %K"
         ));
@@ -205,8 +237,8 @@ pub fn ssh_args(loc: &SftpLocation, options: &SftpOptions) -> Result<Vec<OsStrin
 /// What OpenSSH makes of `host` under the configuration (`ssh -G`): the user, and how to
 /// name the server in messages (`alias (hostname:port)`).
 fn resolve(ssh: &SshCommand) -> Result<(String, String), ConnectError> {
-    let out = std::process::Command::new(&ssh.program)
-        .args(&ssh.args)
+    let out = ssh
+        .base()
         .arg("-G")
         .arg("--")
         .arg(&ssh.host)
@@ -231,6 +263,28 @@ fn resolve(ssh: &SshCommand) -> Result<(String, String), ConnectError> {
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(str::to_string))
     };
+    // Under backstop a backup server's key is always checked: a configuration that turns
+    // checking off (or accepts any key each time, with no file to remember it in) is refused.
+    let strict = get("stricthostkeychecking").unwrap_or_default();
+    let files = get("userknownhostsfile").unwrap_or_default();
+    let forgetful = !files.is_empty() && files.split_whitespace().all(|f| f == "/dev/null");
+    let has_command = get("knownhostscommand").is_some_and(|c| !c.is_empty() && c != "none");
+    if strict == "false" || (strict == "accept-new" && forgetful && !has_command) {
+        return Err(ConnectError(format!(
+            "the ssh configuration for {} turns host key checking off (StrictHostKeyChecking {}{}): backstop sends backups only to a server whose key is checked; use known_hosts, accept-new with a known_hosts file, or pin the key",
+            ssh.host,
+            if strict == "false" {
+                "no"
+            } else {
+                "accept-new"
+            },
+            if forgetful {
+                ", UserKnownHostsFile /dev/null"
+            } else {
+                ""
+            }
+        )));
+    }
     let user = get("user").unwrap_or_else(|| "root".into());
     let hostname = get("hostname").unwrap_or_else(|| ssh.host.clone());
     let port = get("port").unwrap_or_else(|| "22".into());
@@ -260,6 +314,7 @@ impl SftpBackend {
             args: ssh_args(loc, options)?,
             host: loc.host.clone(),
             who: loc.host.clone(),
+            stall: client::STALL,
         };
         let (user, who) = resolve(&ssh)?;
         ssh.who = who;
@@ -343,19 +398,31 @@ impl SftpBackend {
                     }
                 },
             };
-            match op(&mut conn) {
-                Ok(v) => {
+            conn.busy();
+            let result = op(&mut conn);
+            conn.idle();
+            match result {
+                // A session that broke on the way is never used again, whatever the operation
+                // made of it (a status may have come before the break).
+                Ok(v) if !conn.is_broken() => {
                     self.checkin(slot, Some(conn));
                     return Ok(v);
                 }
+                Ok(v) => {
+                    self.checkin(slot, None);
+                    return Ok(v);
+                }
                 // The server answered: the session is fine and retrying will not help.
-                Err(Retry::No(e)) => {
+                Err(Retry::No(e)) if !conn.is_broken() => {
                     self.checkin(slot, Some(conn));
                     return Err(crate::Error::new(e));
                 }
-                Err(Retry::Yes(e)) => {
+                Err(Retry::No(e)) | Err(Retry::Yes(e)) => {
                     // ssh's own last words say more than a broken pipe.
-                    last = format!("{e} ({})", conn.why_it_ended(&Failure::Lost(e.clone())));
+                    last = format!(
+                        "{e}: {}",
+                        conn.why_it_ended(&Failure::Lost("the session broke".into()))
+                    );
                     self.checkin(slot, None);
                 }
             }
@@ -430,7 +497,9 @@ impl SftpBackend {
                     .fstat(&h)
                     .map_err(|e| classify(e, "cannot stat", path))?
                     .size
-                    .unwrap_or(0);
+                    .ok_or_else(|| {
+                        Retry::No(format!("the server gives no size for {}", path.display()))
+                    })?;
                 if size > cap {
                     return Err(Retry::No(
                         too_large(&path.display().to_string(), size, cap).to_string(),
@@ -805,8 +874,25 @@ mod tests {
             "/local/path",
             "sftp::/x",
             "sftp:u@:/x",
+            "sftp:-oProxyCommand=x:/r",
+            "sftp:x';id;'@host:/r",
+            "sftp:host$(id):/r",
+            "sftp:-l@host:/r",
         ] {
             assert!(SftpLocation::parse(bad).is_err(), "{bad}");
         }
+        // A location built by hand (the datastore driver does) is checked before ssh runs.
+        let hand = SftpLocation {
+            user: Some("oneadmin".into()),
+            host: "x';touch /tmp/p;'".into(),
+            path: "/r".into(),
+        };
+        let err = ssh_args(&hand, &SftpOptions::default()).expect_err("refused");
+        assert!(err.0.starts_with("the SFTP host"), "{}", err.0);
+        let pin = SftpOptions {
+            host_fingerprint: Some("SHA256:x' ; touch /tmp/p".into()),
+            ..SftpOptions::default()
+        };
+        assert!(ssh_args(&SftpLocation::parse("sftp:h:/r").expect("ok"), &pin).is_err());
     }
 }
