@@ -99,6 +99,7 @@ fn check_backup_datastore(
 
 /// Runs the action a remotes path names.
 pub fn run_path(path: &Path, args: &[String]) -> ExitCode {
+    let path = &backstop_protocol::action::lexical(path);
     let invocation = match Invocation::from_path(path) {
         Ok(i) => i,
         Err(e) => {

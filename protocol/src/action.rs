@@ -148,6 +148,25 @@ pub enum Invocation {
     Downloader { scheme: String },
 }
 
+/// `path` made absolute with `.` and `..` resolved by name, not by the file system: oned's
+/// scripts call actions through paths such as `remotes/datastore/fs/../downloader.sh`, whose
+/// `$(dirname "$0")` then names the scheme's downloader.
+pub fn lexical(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = std::path::PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Why a path names no action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -157,7 +176,7 @@ impl Invocation {
     /// Reads the action from the path a shim or symlink was run as. As one_tm does, a missing
     /// name is also tried without its `.suffix`.
     pub fn from_path(path: &Path) -> Result<Invocation, UnknownAction> {
-        let parts: Vec<String> = path
+        let parts: Vec<String> = lexical(path)
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
@@ -263,6 +282,20 @@ mod tests {
                     scheme: "backstop".into(),
                 },
             ),
+            // As the stock `fs/cp` reaches it: `$(dirname $0)` of `datastore/fs/../downloader.sh`.
+            (
+                "/var/lib/one/remotes/datastore/fs/../backstop_downloader",
+                Invocation::Downloader {
+                    scheme: "backstop".into(),
+                },
+            ),
+            (
+                "/r/datastore/./backstop/../backstop/stat",
+                Invocation::Datastore {
+                    mad: "backstop".into(),
+                    action: DatastoreAction::Stat,
+                },
+            ),
         ];
         for (path, expected) in cases {
             assert_eq!(
@@ -277,5 +310,9 @@ mod tests {
         ] {
             assert!(Invocation::from_path(Path::new(bad)).is_err(), "{bad}");
         }
+        assert_eq!(
+            lexical(Path::new("/a/datastore/fs/../x/./y")),
+            Path::new("/a/datastore/x/y")
+        );
     }
 }

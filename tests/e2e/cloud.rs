@@ -798,8 +798,11 @@ fn the_whole_cycle(cloud: &Cloud) {
     }
     // Its answer names no secret; both steps asked oned for the decrypted datastore.
     let url = format!("backstop://100//{}{}/disk.0.1", link(1), staging.display());
+    // As oned's `fs/cp` reaches it: downloader.sh runs as `datastore/fs/../downloader.sh` and
+    // calls the downloader beside itself, `..` and all.
+    fs::create_dir_all(cloud.remotes.join("datastore/fs")).expect("datastore/fs");
     let out = support::run_env(
-        cloud.remotes.join("datastore/backstop_downloader"),
+        cloud.remotes.join("datastore/fs/../backstop_downloader"),
         &[&url],
         b"",
         &env,
