@@ -82,19 +82,7 @@ fn a_changed_host_key_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sshd = Sshd::start(dir.path());
     let other = sshd.dir.join("other_ed25519");
-    let out = std::process::Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            other.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("ssh-keygen");
-    assert!(out.status.success());
+    common::sshd::keygen(&other);
     let wrong = sshd.dir.join("wrong_known_hosts");
     fs::write(
         &wrong,
@@ -526,18 +514,7 @@ fn host_blocks_in_an_included_file_are_used() {
 fn a_server_known_only_by_its_certificate_authority_is_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("host_ca");
-    common::sshd::run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            ca.to_str().expect("utf-8"),
-        ],
-    );
+    common::sshd::keygen(&ca);
     let sshd = Sshd::start_certified(dir.path(), ADDR, "backup1", &ca);
     let ca_pub = fs::read_to_string(ca.with_extension("pub")).expect("ca pub");
     let known = dir.path().join("known_hosts_ca");
@@ -565,18 +542,7 @@ fn a_server_known_only_by_its_certificate_authority_is_accepted() {
     );
     // Another CA in known_hosts: the same server is refused.
     let other = dir.path().join("other_ca");
-    common::sshd::run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            other.to_str().expect("utf-8"),
-        ],
-    );
+    common::sshd::keygen(&other);
     fs::write(
         &known,
         format!(
@@ -615,18 +581,7 @@ fn accept_new_records_a_first_key_and_refuses_a_changed_one() {
     );
     // The server's key changes (a line with another key for it): refused, and not replaced.
     let other = dir.path().join("other_ed25519");
-    common::sshd::run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            other.to_str().expect("utf-8"),
-        ],
-    );
+    common::sshd::keygen(&other);
     let changed = format!(
         "[{ADDR}]:{} {}",
         sshd.port,

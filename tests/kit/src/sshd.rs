@@ -37,6 +37,22 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A new ed25519 key pair without a passphrase: `path` and `path.pub`.
+pub fn keygen(path: &Path) {
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+}
+
 impl Sshd {
     pub fn start(dir: &Path) -> Sshd {
         Sshd::start_on(dir, ADDR, "backup1")
@@ -61,18 +77,7 @@ impl Sshd {
         let host_key = dir.join("host_ed25519");
         let client_key = dir.join("client_ed25519");
         for key in [&host_key, &client_key] {
-            run(
-                "ssh-keygen",
-                &[
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-f",
-                    key.to_str().expect("utf-8"),
-                ],
-            );
+            keygen(key);
         }
         fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))
             .expect("authorized_keys");
