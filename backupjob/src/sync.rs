@@ -444,6 +444,9 @@ pub fn run(
         Direction::Push => (&local, &remote),
         Direction::Pull => (&remote, &local),
     };
+    // One repository after another to or from the same server: its ssh sessions serve them
+    // all, and end with the run.
+    let keep = backstop_storage::sftp::KeepSessions::new();
     let errors = match job
         .select
         .repositories(|| Ok(backstop_datastore::target::repositories(ends.0, cfg)?))
@@ -455,6 +458,7 @@ pub fn run(
             vec![line]
         }
     };
+    drop(keep);
     record.ended_at = Some(now());
     record.error = (!errors.is_empty()).then(|| errors.join("\n"));
     st.end_sync_run(&record)?;

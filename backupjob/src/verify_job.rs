@@ -104,7 +104,10 @@ pub fn run(
     let Some(claim) = st.claim_verify_run(id, now, &runner)? else {
         return Ok(None);
     };
+    // One repository after another on the same server: its ssh sessions serve them all.
+    let keep = backstop_storage::sftp::KeepSessions::new();
     let result = verify_all(st, (&job, &ds, claim.before), cfg, report);
+    drop(keep);
     // The run's record: what it read, and what it found wrong (damage, a repository it could
     // not read or heal), or why it stopped.
     let (snapshots, bytes_read, error) = match &result {

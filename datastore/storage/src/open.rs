@@ -78,7 +78,7 @@ pub struct StorageSpec {
 pub enum Connected {
     Local(LocalBackend),
     Sftp(SftpBackend),
-    S3(S3Backend),
+    S3(Box<S3Backend>),
 }
 
 impl Connected {
@@ -98,7 +98,7 @@ impl Connected {
         match self {
             Connected::Local(local) => Arc::new(local),
             Connected::Sftp(sftp) => Arc::new(sftp),
-            Connected::S3(s3) => Arc::new(s3),
+            Connected::S3(s3) => Arc::new(*s3),
         }
     }
 }
@@ -135,7 +135,7 @@ pub fn connect(at: &Where, transport: &Transport) -> Result<Connected, Error> {
                 ..S3Options::default()
             };
             S3Backend::connect(loc, &options)
-                .map(Connected::S3)
+                .map(|s3| Connected::S3(Box::new(s3)))
                 .map_err(|e| Error::new(e.0))
         }
     }

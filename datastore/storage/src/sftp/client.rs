@@ -213,6 +213,18 @@ fn terminate(pid: u32) {
     }
 }
 
+/// Ends `sessions` together: each ssh is told to end before any is waited for.
+pub fn close_all(sessions: Vec<Session>) {
+    for s in &sessions {
+        if let Ok(mut st) = s.watch.state.lock() {
+            st.stop = true;
+        }
+        s.watch.wake.notify_all();
+        terminate(s.child.id());
+    }
+    drop(sessions);
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         self.watch.update(|st| st.stop = true);
@@ -327,6 +339,12 @@ impl Session {
     /// be used again.
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Whether ssh still runs and the session never broke (an idle session's ssh ends when
+    /// the server goes away: ServerAliveInterval).
+    pub fn is_alive(&mut self) -> bool {
+        !self.broken && matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Ends ssh: SIGTERM, so that it ends its own proxy child, then SIGKILL if it has not

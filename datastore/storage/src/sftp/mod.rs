@@ -28,13 +28,16 @@ use rustic_core::{
 };
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod client;
+pub mod pool;
 mod wire;
 
 use client::{Failure, Session, SshCommand};
+pub use pool::KeepSessions;
+use pool::Server;
 
 /// `sftp:[user@]host:/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,25 +128,22 @@ pub struct SftpOptions {
 #[error("{0}")]
 pub struct ConnectError(pub String);
 
-/// A place in the pool: at most `connections` sessions exist, idle or busy.
-enum Slot {
-    Idle(Box<Session>),
-    /// Not connected (yet, or any more).
-    Empty,
-    /// Checked out by an operation.
-    Busy,
-}
-
 /// A repository over SFTP.
 pub struct SftpBackend {
-    ssh: SshCommand,
+    /// The server's shared sessions ([`pool`]), of which this backend uses up to `sessions`.
+    server: Arc<Server>,
+    sessions: usize,
     root: PathBuf,
     location: String,
-    pool: Mutex<Vec<Slot>>,
-    available: Condvar,
     bandwidth: Option<Bandwidth>,
     /// Bytes of repository files read from the server (lock files included).
     read: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for SftpBackend {
+    fn drop(&mut self) {
+        self.server.detach(self.sessions);
+    }
 }
 
 impl std::fmt::Debug for SftpBackend {
@@ -335,8 +335,8 @@ fn resolve(ssh: &SshCommand) -> Result<(String, String, bool), ConnectError> {
 }
 
 impl SftpBackend {
-    /// Connects one session now (so a bad host key or login fails at once); the others as
-    /// they are needed.
+    /// Connects one session now (so a bad host key or login fails at once) unless this
+    /// process holds one to the server already; the others as they are needed.
     pub fn connect(loc: &SftpLocation, options: &SftpOptions) -> Result<SftpBackend, ConnectError> {
         SftpBackend::connect_with(OsString::from("ssh"), loc, options)
     }
@@ -347,35 +347,39 @@ impl SftpBackend {
         loc: &SftpLocation,
         options: &SftpOptions,
     ) -> Result<SftpBackend, ConnectError> {
-        let mut ssh = SshCommand {
+        let ssh = SshCommand {
             program,
             args: ssh_args(loc, options)?,
             host: loc.host.clone(),
             who: loc.host.clone(),
             stall: client::STALL,
         };
-        let (user, who, fast) = resolve(&ssh)?;
-        ssh.who = who;
-        if fast {
-            ssh.args.splice(0..0, ["-o".into(), FAST_CIPHERS.into()]);
-        }
-        let first = Session::start(&ssh).map_err(ConnectError)?;
-        let n = if options.connections == 0 {
+        let sessions = if options.connections == 0 {
             5
         } else {
             options.connections
         };
-        let mut pool: Vec<Slot> = (0..n).map(|_| Slot::Empty).collect();
-        pool[0] = Slot::Idle(Box::new(first));
-        Ok(SftpBackend {
-            location: format!("sftp:{user}@{}:{}", loc.host, loc.path),
+        let server = Server::attach(ssh, sessions, |ssh| {
+            let (user, who, fast) = resolve(ssh)?;
+            let mut ssh = SshCommand { who, ..ssh.clone() };
+            if fast {
+                ssh.args.splice(0..0, ["-o".into(), FAST_CIPHERS.into()]);
+            }
+            Ok((ssh, user))
+        })?;
+        let backend = SftpBackend {
+            location: format!("sftp:{}@{}:{}", server.user, loc.host, loc.path),
             root: PathBuf::from(&loc.path),
-            ssh,
-            pool: Mutex::new(pool),
-            available: Condvar::new(),
+            server,
+            sessions,
             bandwidth: options.bwlimit_kib.and_then(Bandwidth::kib_per_sec),
             read: std::sync::atomic::AtomicU64::new(0),
-        })
+        };
+        if !backend.server.has_sessions() {
+            let first = Session::start(&backend.server.ssh).map_err(ConnectError)?;
+            backend.server.add(first);
+        }
+        Ok(backend)
     }
 
     /// Bytes of repository files read from the server so far.
@@ -407,7 +411,7 @@ impl SftpBackend {
     }
 
     pub fn connections(&self) -> usize {
-        self.pool.lock().map(|p| p.len()).unwrap_or(1)
+        self.sessions
     }
 
     fn throttle(&self, bytes: usize) {
@@ -427,17 +431,12 @@ impl SftpBackend {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << (attempt - 1)));
             }
-            let (slot, conn) = self.checkout();
-            let mut conn = match conn {
-                Some(c) => c,
-                None => match Session::start(&self.ssh) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.checkin(slot, None);
-                        last = e;
-                        continue;
-                    }
-                },
+            let mut conn = match self.server.checkout() {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
             };
             conn.busy();
             let result = op(&mut conn);
@@ -446,16 +445,16 @@ impl SftpBackend {
                 // A session that broke on the way is never used again, whatever the operation
                 // made of it (a status may have come before the break).
                 Ok(v) if !conn.is_broken() => {
-                    self.checkin(slot, Some(conn));
+                    self.server.checkin(Some(conn));
                     return Ok(v);
                 }
                 Ok(v) => {
-                    self.checkin(slot, None);
+                    self.server.checkin(None);
                     return Ok(v);
                 }
                 // The server answered: the session is fine and retrying will not help.
                 Err(Retry::No(e)) if !conn.is_broken() => {
-                    self.checkin(slot, Some(conn));
+                    self.server.checkin(Some(conn));
                     return Err(crate::Error::new(e));
                 }
                 Err(Retry::No(e)) | Err(Retry::Yes(e)) => {
@@ -464,46 +463,11 @@ impl SftpBackend {
                         "{e}: {}",
                         conn.why_it_ended(&Failure::Lost("the session broke".into()))
                     );
-                    self.checkin(slot, None);
+                    self.server.checkin(None);
                 }
             }
         }
         Err(crate::Error::new(last))
-    }
-
-    /// Takes an idle session, or the right to open one in an empty slot; waits while every
-    /// slot is busy.
-    fn checkout(&self) -> (usize, Option<Session>) {
-        let Ok(mut pool) = self.pool.lock() else {
-            return (usize::MAX, None);
-        };
-        loop {
-            if let Some(i) = pool.iter().position(|s| matches!(s, Slot::Idle(_)))
-                && let Slot::Idle(c) = std::mem::replace(&mut pool[i], Slot::Busy)
-            {
-                return (i, Some(*c));
-            }
-            if let Some(i) = pool.iter().position(|s| matches!(s, Slot::Empty)) {
-                pool[i] = Slot::Busy;
-                return (i, None);
-            }
-            pool = match self.available.wait(pool) {
-                Ok(p) => p,
-                Err(_) => return (usize::MAX, None),
-            };
-        }
-    }
-
-    fn checkin(&self, slot: usize, conn: Option<Session>) {
-        if let Ok(mut pool) = self.pool.lock()
-            && let Some(s) = pool.get_mut(slot)
-        {
-            *s = match conn {
-                Some(c) => Slot::Idle(Box::new(c)),
-                None => Slot::Empty,
-            };
-        }
-        self.available.notify_one();
     }
 
     fn path(&self, tpe: FileType, id: &Id) -> PathBuf {
@@ -528,49 +492,18 @@ impl SftpBackend {
     }
 
     /// Reads a whole file, refusing one larger than `cap` without reading it.
-    fn read_whole(&self, path: &Path, cap: u64) -> Result<Vec<u8>, crate::Error> {
+    /// Opens `path`, reads from it with `body` and closes it; what was read is counted and
+    /// paid for under the bandwidth limit.
+    fn read_file(
+        &self,
+        path: &Path,
+        body: impl Fn(&mut Session, &client::Handle) -> Result<Vec<u8>, Retry>,
+    ) -> Result<Vec<u8>, crate::Error> {
         let data = self.with_conn(|s| {
             let h = s
                 .open(&text(path), wire::OPEN_READ, None)
                 .map_err(|e| classify(e, "cannot open", path))?;
-            let result = (|| {
-                let size = s
-                    .fstat(&h)
-                    .map_err(|e| classify(e, "cannot stat", path))?
-                    .size
-                    .ok_or_else(|| {
-                        Retry::No(format!("the server gives no size for {}", path.display()))
-                    })?;
-                if size > cap {
-                    return Err(Retry::No(
-                        too_large(&path.display().to_string(), size, cap).to_string(),
-                    ));
-                }
-                let len = usize::try_from(size).map_err(|_| {
-                    Retry::No(too_large(&path.display().to_string(), size, cap).to_string())
-                })?;
-                s.read_exact_at(&h, 0, len)
-                    .map_err(|e| classify(e, "cannot read", path))
-            })();
-            let closed = s.close(h).map_err(|e| classify(e, "cannot close", path));
-            let data = result?;
-            closed?;
-            Ok(data)
-        })?;
-        self.throttle(data.len());
-        self.read
-            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(data)
-    }
-
-    fn read_range(&self, path: &Path, offset: u64, length: usize) -> Result<Vec<u8>, crate::Error> {
-        let data = self.with_conn(|s| {
-            let h = s
-                .open(&text(path), wire::OPEN_READ, None)
-                .map_err(|e| classify(e, "cannot open", path))?;
-            let data = s
-                .read_exact_at(&h, offset, length)
-                .map_err(|e| classify(e, "cannot read", path));
+            let data = body(s, &h);
             let closed = s.close(h).map_err(|e| classify(e, "cannot close", path));
             let data = data?;
             closed?;
@@ -580,6 +513,33 @@ impl SftpBackend {
         self.read
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(data)
+    }
+
+    fn read_whole(&self, path: &Path, cap: u64) -> Result<Vec<u8>, crate::Error> {
+        let too_large =
+            |size| Retry::No(too_large(&path.display().to_string(), size, cap).to_string());
+        self.read_file(path, |s, h| {
+            let size = s
+                .fstat(h)
+                .map_err(|e| classify(e, "cannot stat", path))?
+                .size
+                .ok_or_else(|| {
+                    Retry::No(format!("the server gives no size for {}", path.display()))
+                })?;
+            if size > cap {
+                return Err(too_large(size));
+            }
+            let len = usize::try_from(size).map_err(|_| too_large(size))?;
+            s.read_exact_at(h, 0, len)
+                .map_err(|e| classify(e, "cannot read", path))
+        })
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, length: usize) -> Result<Vec<u8>, crate::Error> {
+        self.read_file(path, |s, h| {
+            s.read_exact_at(h, offset, length)
+                .map_err(|e| classify(e, "cannot read", path))
+        })
     }
 
     fn write_file(&self, path: &Path, parts: &[Bytes]) -> Result<(), crate::Error> {
