@@ -102,7 +102,12 @@ impl RepoTarget {
 
     /// Connects to the storage (nothing is read yet).
     pub fn storage(&self, ds: &Datastore, cfg: &DriverConfig) -> Result<Arc<dyn Storage>, Error> {
-        // Every attribute is checked here, once, whatever this action uses.
+        connect(&self.spec(ds, cfg)?).map_err(|e| repository_error(ds, e))
+    }
+
+    /// How to reach the storage; every attribute is checked here, once, whatever the action
+    /// uses.
+    fn spec(&self, ds: &Datastore, cfg: &DriverConfig) -> Result<StorageSpec, Error> {
         let settings = Settings::of(ds)?;
         let at = match &self.location {
             Location::Local { .. } => Where::Local(self.path().into()),
@@ -115,28 +120,16 @@ impl RepoTarget {
                 Where::S3(S3Location::parse(&self.url()).map_err(|e| repository_error(ds, e))?)
             }
         };
-        let spec = StorageSpec {
+        Ok(StorageSpec {
             at,
             transport: transport(&settings, cfg, settings.connections)?,
             cache_dir: settings.cache_dir.clone(),
-        };
-        backstop_storage::open(&spec, &mut |line| {
-            backstop_protocol::output::log(backstop_protocol::output::Level::Info, line)
         })
-        .map_err(|e| repository_error(ds, e))
     }
 
     /// Whether the storage holds a repository (a config file).
     pub fn exists(&self, storage: &Arc<dyn Storage>) -> Result<bool, Error> {
-        storage
-            .list(crate::repo::FileType::Config)
-            .map(|c| !c.is_empty())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Repository,
-                    format!("cannot read the repository at {}: {e}", self.url()),
-                )
-            })
+        Ok(holds_repository(storage, &self.url())?)
     }
 
     /// Opens the repository; with `create`, makes it first when it does not exist yet.
@@ -214,23 +207,55 @@ pub fn base(ds: &Datastore, cfg: &DriverConfig) -> Result<(Where, Transport), Er
 }
 
 impl RepoTarget {
-    /// Starts opening an existing repository on a thread of its own (the key derivation is
-    /// slow by design); a backup reads its disks meanwhile (`writer::backup_opening`).
+    /// Starts opening an existing repository on a thread of its own (connecting and the key
+    /// derivation take a while; the derivation is slow by design); a backup reads its disks
+    /// meanwhile (`writer::backup_opening`). The datastore's attributes are checked at once;
+    /// a storage that cannot be reached, or holds no repository, is said when the repository
+    /// is waited for.
     pub fn open_in_background(
         &self,
         ds: &Datastore,
         cfg: &DriverConfig,
     ) -> Result<crate::repo::Opening, Error> {
         let pw = password(ds)?;
-        let storage = self.storage(ds, cfg)?;
-        if !self.exists(&storage)? {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                format!("there is no repository at {}", self.url()),
-            ));
-        }
-        Ok(Repo::open_in_background(storage, pw))
+        let spec = self.spec(ds, cfg)?;
+        let (url, id) = (self.url(), ds.id);
+        Ok(crate::repo::Opening::spawn(move || {
+            let storage = connect(&spec).map_err(|e| {
+                crate::repo::Error::new(
+                    crate::repo::ErrorKind::Repository,
+                    format!("datastore {id}: {e}"),
+                )
+            })?;
+            if !holds_repository(&storage, &url)? {
+                return Err(crate::repo::Error::new(
+                    crate::repo::ErrorKind::Repository,
+                    format!("there is no repository at {url}"),
+                ));
+            }
+            Repo::open(storage, &pw)
+        }))
     }
+}
+
+/// Connects to the storage `spec` names, saying what the cache does on the action's log.
+fn connect(spec: &StorageSpec) -> Result<Arc<dyn Storage>, backstop_storage::Error> {
+    backstop_storage::open(spec, &mut |line| {
+        backstop_protocol::output::log(backstop_protocol::output::Level::Info, line)
+    })
+}
+
+/// Whether `storage` (the repository at `url`) holds a repository: a config file.
+fn holds_repository(storage: &Arc<dyn Storage>, url: &str) -> Result<bool, crate::repo::Error> {
+    storage
+        .list(crate::repo::FileType::Config)
+        .map(|c| !c.is_empty())
+        .map_err(|e| {
+            crate::repo::Error::new(
+                crate::repo::ErrorKind::Repository,
+                format!("cannot read the repository at {url}: {e}"),
+            )
+        })
 }
 
 /// Whether `name` is a repository name of a datastore: `<vm_id>` or `job_<bj>`, the numbers

@@ -273,6 +273,30 @@ fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
 
 /// The storage at `location`, with the command line's connection options.
 fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
+    connect(&spec_at(args, location)?)
+}
+
+fn connect(spec: &StorageSpec) -> Result<Arc<dyn Storage>, String> {
+    backstop_storage::open(spec, &mut |line| eprintln!("INFO: {line}")).map_err(|e| e.to_string())
+}
+
+/// The repository at `args.repo` opened on a thread of its own: connecting and deriving the
+/// key take a while, and the action reads its image (or opens the source) meanwhile.
+fn open_in_background(
+    args: &Args,
+    pw: String,
+) -> Result<backstop_datastore::repo::Opening, String> {
+    let spec = spec_at(args, &args.repo)?;
+    Ok(backstop_datastore::repo::Opening::spawn(move || {
+        let be = connect(&spec).map_err(|e| {
+            backstop_datastore::repo::Error::new(backstop_datastore::repo::ErrorKind::Repository, e)
+        })?;
+        Repo::open(be, &pw)
+    }))
+}
+
+/// How to reach `location`, with the command line's connection options.
+fn spec_at(args: &Args, location: &str) -> Result<StorageSpec, String> {
     let at = Where::parse(location).map_err(|e| e.to_string())?;
     let s3 = match at {
         Where::S3(_) => Some(s3_keys(args)?),
@@ -283,7 +307,7 @@ fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
         (Command::Check { .. }, _) | (_, true) => None,
         _ => args.cache_dir.clone().or_else(cache::default_dir),
     };
-    let spec = StorageSpec {
+    Ok(StorageSpec {
         at,
         transport: Transport {
             connections: args.connections,
@@ -293,8 +317,7 @@ fn backend_at(args: &Args, location: &str) -> Result<Arc<dyn Storage>, String> {
             s3,
         },
         cache_dir,
-    };
-    backstop_storage::open(&spec, &mut |line| eprintln!("INFO: {line}")).map_err(|e| e.to_string())
+    })
 }
 
 fn copy_options<'a>(
@@ -311,6 +334,18 @@ fn copy_options<'a>(
 fn run(args: &Args) -> Result<(), String> {
     let open = |location: &str| backend_at(args, location);
     let pw = password(args)?;
+    if let Command::Backup(cmd) = &args.command {
+        // The key is derived while the image is read (writer::backup_opening).
+        return backup(open_in_background(args, pw)?, args, cmd);
+    }
+    if let Command::Copy(cmd) = &args.command {
+        // The destination connects and derives its key while the source opens.
+        return crate::repo_copy::run(
+            &copy_options(args, &open),
+            open_in_background(args, pw)?,
+            cmd,
+        );
+    }
     let be = backend(args)?;
     if let Command::Init = args.command {
         if be
@@ -323,18 +358,6 @@ fn run(args: &Args) -> Result<(), String> {
         let repo = Repo::init(be, &pw).map_err(|e| e.to_string())?;
         println!("created repository at {}", repo.location());
         return Ok(());
-    }
-    if let Command::Backup(cmd) = &args.command {
-        // The key is derived while the image is read (writer::backup_opening).
-        return backup(Repo::open_in_background(be, pw), args, cmd);
-    }
-    if let Command::Copy(cmd) = &args.command {
-        // Both keys are derived at once.
-        return crate::repo_copy::run(
-            &copy_options(args, &open),
-            Repo::open_in_background(be, pw),
-            cmd,
-        );
     }
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {

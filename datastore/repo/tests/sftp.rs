@@ -602,6 +602,31 @@ fn accept_new_records_a_first_key_and_refuses_a_changed_one() {
 }
 
 #[test]
+fn accept_new_that_cannot_record_the_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(dir.path());
+    // A known_hosts in a directory that does not exist: ssh says it failed to add the key and
+    // would connect anyway, every time, whatever key the server shows.
+    let known = dir.path().join("missing-dir/known_hosts");
+    let config = dir.path().join("ssh_config_unrecorded");
+    fs::write(
+        &config,
+        format!(
+            "{}  StrictHostKeyChecking accept-new\n",
+            sshd.block_with(&known)
+        ),
+    )
+    .expect("config");
+    let err = connect(&dir.path().join("r"), &options(&config)).expect_err("unrecorded key");
+    assert!(
+        err.contains("OpenSSH accepted a first host key but could not record it")
+            && err.contains("make the known_hosts file writable"),
+        "{err}"
+    );
+    assert!(!dir.path().join("r").exists());
+}
+
+#[test]
 fn a_server_behind_a_proxy_jump_is_reached_through_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = Sshd::start(dir.path());

@@ -30,14 +30,23 @@ pub const STALL: Duration = Duration::from_secs(300);
 /// The most directory entries read from one listing.
 const MAX_ENTRIES: usize = 2_000_000;
 
-/// Variables that may carry a repository password or storage keys, never passed to ssh.
-const SECRET_ENV: [&str; 6] = [
-    "RESTIC_PASSWORD",
-    "RESTIC_PASSWORD_COMMAND",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "RESTIC_REPOSITORY_PASSWORD",
+/// The only variables ssh (and the proxies and `Match exec` commands it runs) inherits: what
+/// OpenSSH and a ProxyCommand need to find the user's files, agent and Kerberos ticket. The
+/// rest of backstop's environment (repository passwords, S3 keys, the notification and API
+/// secrets of a daemon) never reaches them.
+const PASSED_ENV: [&str; 12] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "SSH_AUTH_SOCK",
+    "KRB5CCNAME",
+    "TMPDIR",
+    "TZ",
+    "XDG_RUNTIME_DIR",
+    "LANG",
+    "LC_ALL",
 ];
 
 /// Why an operation failed.
@@ -99,12 +108,17 @@ pub struct SshCommand {
 }
 
 impl SshCommand {
-    /// ssh with this session's arguments and without the secrets a caller's environment may
-    /// hold (ssh, its proxies and `Match exec` commands inherit the rest).
+    /// ssh with this session's arguments and only the environment of [`PASSED_ENV`].
     pub fn base(&self) -> Command {
         let mut cmd = Command::new(&self.program);
-        for name in SECRET_ENV {
-            cmd.env_remove(name);
+        cmd.env_clear();
+        for (name, value) in std::env::vars_os() {
+            let passed = name.to_str().is_some_and(|n| {
+                PASSED_ENV.contains(&n) || (n.starts_with("LC_") && n != "LC_ALL")
+            });
+            if passed {
+                cmd.env(name, value);
+            }
         }
         cmd.args(&self.args);
         cmd
@@ -214,23 +228,20 @@ fn terminate(pid: u32) {
 }
 
 /// Ends `sessions` together: each ssh is told to end before any is waited for.
-pub fn close_all(sessions: Vec<Session>) {
-    for s in &sessions {
-        if let Ok(mut st) = s.watch.state.lock() {
-            st.stop = true;
+pub fn close_all(mut sessions: Vec<Session>) {
+    for s in &mut sessions {
+        s.stop_watchdog();
+        // Only a child not reaped yet is signalled: a reaped one's PID may be another's.
+        if let Ok(None) = s.child.try_wait() {
+            terminate(s.child.id());
         }
-        s.watch.wake.notify_all();
-        terminate(s.child.id());
     }
     drop(sessions);
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.watch.update(|st| st.stop = true);
-        if let Some(t) = self.watchdog.take() {
-            let _ = t.join();
-        }
+        self.stop_watchdog();
         self.end_ssh();
         // The stderr reader ends when the last holder of the pipe goes; a proxy child that
         // outlives ssh is not waited for.
@@ -306,11 +317,26 @@ impl Session {
             Ok(()) => {
                 s.idle();
                 // What ssh said while connecting (a first key recorded, a banner) is no
-                // reason for a later failure.
-                if let Ok(mut t) = s.stderr.lock() {
+                // reason for a later failure, except a first key it could not record: under
+                // accept-new with a known_hosts it cannot write, ssh would take any key, every
+                // time.
+                let unrecorded = s.stderr.lock().ok().and_then(|mut t| {
+                    let found = t
+                        .lines
+                        .iter()
+                        .find(|l| l.contains("Failed to add the host to the list of known hosts"))
+                        .cloned();
                     t.lines.clear();
+                    found
+                });
+                match unrecorded {
+                    Some(line) => Err(format!(
+                        "{}: OpenSSH accepted a first host key but could not record it ({}), so no later key would be checked: make the known_hosts file writable by this user, or add the server's key to it",
+                        s.who,
+                        line.trim()
+                    )),
+                    None => Ok(s),
                 }
-                Ok(s)
             }
             Err(e) => Err(s.why_it_ended(&e)),
         }
@@ -333,6 +359,15 @@ impl Session {
         if let Ok(mut st) = self.watch.state.lock() {
             st.last = Instant::now();
         }
+    }
+
+    /// Stops the watchdog and waits for it; whether it had ended ssh for a stall.
+    fn stop_watchdog(&mut self) -> bool {
+        self.watch.update(|st| st.stop = true);
+        if let Some(t) = self.watchdog.take() {
+            let _ = t.join();
+        }
+        self.watch.state.lock().map(|st| st.fired).unwrap_or(false)
     }
 
     /// Whether the session broke (a pipe closed, a malformed reply, ssh gone): it must not
@@ -409,6 +444,8 @@ impl Session {
     /// ssh gave up (exit status 255), else what went wrong with ssh's last words beside it.
     pub fn why_it_ended(&mut self, failure: &Failure) -> String {
         self.broken = true;
+        // Stopped before ssh is reaped below, so that it never signals a PID reused since.
+        let stalled = self.stop_watchdog();
         // ssh has exited or is about to: give it a moment, so that its last words are read.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut status = None;
@@ -440,7 +477,6 @@ impl Session {
             .lock()
             .map(|s| s.lines.iter().cloned().collect())
             .unwrap_or_default();
-        let stalled = self.watch.state.lock().map(|st| st.fired).unwrap_or(false);
         if stalled {
             return format!(
                 "{}: no progress for {} s, ssh was ended",
@@ -655,6 +691,7 @@ impl Session {
             r => return self.status_or(r, "OPENDIR"),
         };
         let mut out = Vec::new();
+        let mut seen = 0usize;
         let result = loop {
             let body = match self.call(|id| wire::readdir(id, &handle.0)) {
                 Ok(b) => b,
@@ -667,8 +704,17 @@ impl Session {
                     );
                 }
                 Reply::Name(names) => {
+                    // Counted before `.` and `..` are dropped: a server that answers every
+                    // READDIR with `.` alone is stopped too.
+                    seen += names.len();
+                    if let Some((bad, _)) = names.iter().find(|(n, _)| n.contains(['/', '\0'])) {
+                        break Err(self.broke(format!(
+                            "the server listed {path} with an entry that is not a name: {:?}",
+                            bad.chars().take(80).collect::<String>()
+                        )));
+                    }
                     out.extend(names.into_iter().filter(|(n, _)| n != "." && n != ".."));
-                    if out.len() > MAX_ENTRIES {
+                    if seen > MAX_ENTRIES {
                         break Err(Failure::Status {
                             code: wire::FX_FAILURE,
                             message: format!("{path} lists more than {MAX_ENTRIES} entries"),
@@ -834,28 +880,49 @@ impl Session {
 pub struct Handle(Vec<u8>);
 
 fn read_stderr(stderr: std::process::ChildStderr, tail: &Mutex<Stderr>) {
-    use std::io::BufRead;
+    use std::io::Read;
     let mut r = std::io::BufReader::new(stderr);
-    let mut line = Vec::new();
+    // One line at a time, at most LINE bytes of it kept: what the server sends on the
+    // channel's stderr comes here, and a line without an end must not grow without bound.
+    const LINE: usize = 400;
+    let mut line = Vec::with_capacity(LINE);
+    let mut byte = [0u8; 4096];
     loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end();
-                if text.is_empty() {
-                    continue;
-                }
-                let text: String = text.chars().take(400).collect();
-                if let Ok(mut t) = tail.lock() {
-                    if t.lines.len() == STDERR_LINES {
-                        t.lines.pop_front();
-                    }
-                    t.lines.push_back(text);
-                }
+        let n = match r.read(&mut byte) {
+            Ok(0) | Err(_) => {
+                keep_line(&line, tail);
+                return;
+            }
+            Ok(n) => n,
+        };
+        for &b in &byte[..n] {
+            if b == b'\n' {
+                keep_line(&line, tail);
+                line.clear();
+            } else if line.len() < LINE {
+                line.push(b);
             }
         }
+    }
+}
+
+/// Keeps one line of ssh's stderr, its control characters (a server's terminal escapes)
+/// shown as `?`.
+fn keep_line(line: &[u8], tail: &Mutex<Stderr>) {
+    let text: String = String::from_utf8_lossy(line)
+        .chars()
+        .filter(|&c| c != '\r')
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    if let Ok(mut t) = tail.lock() {
+        if t.lines.len() == STDERR_LINES {
+            t.lines.pop_front();
+        }
+        t.lines.push_back(text.to_string());
     }
 }
 
@@ -975,6 +1042,77 @@ mod tests {
             started.elapsed() < Duration::from_secs(30),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    fn fake(program: &str, args: &[&str]) -> SshCommand {
+        SshCommand {
+            program: program.into(),
+            args: args.iter().map(|a| a.into()).collect(),
+            host: "fake".into(),
+            who: "fake".into(),
+            stall: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn ssh_inherits_only_the_variables_it_needs() {
+        let out = fake("/usr/bin/env", &[]).base().output().expect("run env");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(n, _)| n)
+            .collect();
+        for n in &names {
+            assert!(
+                PASSED_ENV.contains(n) || n.starts_with("LC_"),
+                "ssh would inherit {n}"
+            );
+        }
+        // What it needs is there (this test runs under cargo, whose variables are not).
+        if std::env::var_os("PATH").is_some() {
+            assert!(names.contains(&"PATH"), "{names:?}");
+        }
+    }
+
+    #[test]
+    fn a_flood_on_stderr_is_kept_to_a_line_of_bounded_length() {
+        let err = Session::start(&fake(
+            "/bin/sh",
+            &["-c", "head -c 8000000 /dev/zero | tr '\\0' x >&2; printf '\\n\\033[31mred\\n' >&2; exit 255"],
+        ))
+        .expect_err("no session");
+        assert!(err.len() < 600, "{} bytes", err.len());
+        assert!(err.ends_with("?[31mred"), "{err}");
+    }
+
+    /// An SFTP server in Python that answers every READDIR with entries named `.`.
+    const DOTS: &str = r#"
+import struct, sys
+i, o = sys.stdin.buffer, sys.stdout.buffer
+def send(t, body):
+    o.write(struct.pack(">IB", len(body) + 1, t) + body); o.flush()
+def s(b): return struct.pack(">I", len(b)) + b
+while True:
+    head = i.read(5)
+    if len(head) < 5: break
+    n, t = struct.unpack(">IB", head)
+    body = i.read(n - 1)
+    if t == 1: send(2, struct.pack(">I", 3)); continue
+    rid = body[:4]
+    if t == 11: send(102, rid + s(b"h"))
+    elif t == 12: send(104, rid + struct.pack(">I", 1000) + (s(b".") + s(b".") + struct.pack(">I", 0)) * 1000)
+    else: send(101, rid + struct.pack(">I", 0) + s(b"") + s(b""))
+"#;
+
+    #[test]
+    fn a_listing_of_only_dots_ends() {
+        let mut session = Session::start(&fake("python3", &["-c", DOTS])).expect("fake server");
+        let err = session.read_dir("/repo").expect_err("endless listing");
+        assert!(
+            matches!(&err, Failure::Status { message, .. } if message.contains("more than 2000000 entries")),
+            "{err:?}"
         );
     }
 }

@@ -431,30 +431,27 @@ impl SftpBackend {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << (attempt - 1)));
             }
-            let mut conn = match self.server.checkout() {
-                Ok(c) => c,
+            let mut taken = match self.server.checkout() {
+                Ok(t) => t,
                 Err(e) => {
                     last = e;
                     continue;
                 }
             };
+            let conn = taken.session();
             conn.busy();
-            let result = op(&mut conn);
+            let result = op(conn);
             conn.idle();
             match result {
                 // A session that broke on the way is never used again, whatever the operation
-                // made of it (a status may have come before the break).
-                Ok(v) if !conn.is_broken() => {
-                    self.server.checkin(Some(conn));
-                    return Ok(v);
-                }
+                // made of it (a status may have come before the break): `taken` ends it.
                 Ok(v) => {
-                    self.server.checkin(None);
+                    taken.sound();
                     return Ok(v);
                 }
                 // The server answered: the session is fine and retrying will not help.
                 Err(Retry::No(e)) if !conn.is_broken() => {
-                    self.server.checkin(Some(conn));
+                    taken.sound();
                     return Err(crate::Error::new(e));
                 }
                 Err(Retry::No(e)) | Err(Retry::Yes(e)) => {
@@ -463,7 +460,6 @@ impl SftpBackend {
                         "{e}: {}",
                         conn.why_it_ended(&Failure::Lost("the session broke".into()))
                     );
-                    self.server.checkin(None);
                 }
             }
         }

@@ -136,7 +136,14 @@ impl Server {
     /// Whether a session is idle, busy or being opened: a backend that finds one needs no
     /// connection of its own to know the server is reachable.
     pub fn has_sessions(&self) -> bool {
-        lock(&self.state).live() > 0
+        let (dead, any) = {
+            let mut st = lock(&self.state);
+            let (alive, dead) = split_alive(std::mem::take(&mut st.idle));
+            st.idle = alive;
+            (dead, st.idle.len() + st.busy > 0)
+        };
+        close_all(dead);
+        any
     }
 
     /// Adds a session opened by the caller to the idle ones.
@@ -145,9 +152,17 @@ impl Server {
         self.changed.notify_all();
     }
 
-    /// An idle session, or one given back or opened while waiting. `Err` is why the session
-    /// opened for this operation could not connect.
-    pub fn checkout(self: &Arc<Self>) -> Result<Session, String> {
+    /// An idle session, or one given back or opened while waiting; given back when the
+    /// [`Taken`] goes. `Err` is why the session opened for this operation could not connect.
+    pub fn checkout(self: &Arc<Self>) -> Result<Taken<'_>, String> {
+        self.take().map(|session| Taken {
+            server: self,
+            session: Some(session),
+            sound: false,
+        })
+    }
+
+    fn take(self: &Arc<Self>) -> Result<Session, String> {
         let since = Instant::now();
         let mut impatient = false;
         let mut st = lock(&self.state);
@@ -211,19 +226,25 @@ impl Server {
     /// A session opened in the background (or why it could not be).
     fn opened(self: &Arc<Self>, opened: Result<Session, String>) {
         let unwanted = {
-            let servers = lock(&SERVERS);
+            let mut servers = lock(&SERVERS);
             let mut st = lock(&self.state);
             st.opening -= 1;
+            let unused = st.backends == 0 && servers.keep == 0;
+            if unused && st.busy == 0 && st.opening == 0 {
+                servers.list.retain(|s| !Arc::ptr_eq(s, self));
+            }
             match opened {
-                Ok(s) if st.backends == 0 && servers.keep == 0 => Some(s),
+                Ok(s) if unused => Some(s),
                 Ok(s) => {
                     st.idle.push(s);
                     None
                 }
-                Err(e) => {
+                // Said to an operation still waiting; with none, the next one tries afresh.
+                Err(e) if st.impatient > 0 => {
                     st.failures.push(e);
                     None
                 }
+                Err(_) => None,
             }
         };
         self.changed.notify_all();
@@ -232,9 +253,9 @@ impl Server {
         }
     }
 
-    /// Gives back a session taken with [`Server::checkout`]; `None` when it broke (it was
-    /// ended) or was dropped.
-    pub fn checkin(&self, session: Option<Session>) {
+    /// Gives back a session taken with [`Server::checkout`]; `None` when it broke (it is
+    /// ended).
+    fn checkin(&self, session: Option<Session>) {
         let extra = {
             let mut st = lock(&self.state);
             st.busy = st.busy.saturating_sub(1);
@@ -251,6 +272,41 @@ impl Server {
         self.changed.notify_all();
         if let Some(s) = extra {
             close_all(vec![s]);
+        }
+    }
+}
+
+/// A session taken from a server's pool for one operation. Dropped, it goes back to the
+/// pool when the operation said it is sound ([`Taken::sound`]) and it never broke; otherwise
+/// (a failure, a panic in the operation) it is ended and its place freed.
+#[derive(Debug)]
+pub struct Taken<'a> {
+    server: &'a Arc<Server>,
+    session: Option<Session>,
+    sound: bool,
+}
+
+impl Taken<'_> {
+    pub fn session(&mut self) -> &mut Session {
+        // Present until dropped.
+        self.session.as_mut().expect("a taken session")
+    }
+
+    /// The operation ended with the session in order: it may serve the next one.
+    pub fn sound(&mut self) {
+        self.sound = true;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        let session = self.session.take();
+        match session {
+            Some(s) if self.sound && !s.is_broken() => self.server.checkin(Some(s)),
+            other => {
+                self.server.checkin(None);
+                drop(other);
+            }
         }
     }
 }
@@ -293,6 +349,19 @@ impl Drop for KeepSessions {
         }
         close_all(ended);
     }
+}
+
+/// The sessions whose ssh still runs, and the others.
+fn split_alive(sessions: Vec<Session>) -> (Vec<Session>, Vec<Session>) {
+    let (mut alive, mut dead) = (Vec::new(), Vec::new());
+    for mut s in sessions {
+        if s.is_alive() {
+            alive.push(s);
+        } else {
+            dead.push(s);
+        }
+    }
+    (alive, dead)
 }
 
 /// How many sessions this process holds to servers (idle, busy or opening), for tests.
