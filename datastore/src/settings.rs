@@ -5,7 +5,7 @@
 //!
 //! | attribute | default | range |
 //! |---|---|---|
-//! | `RESTIC_CONNECTIONS` | 5 | 1 to 64 SFTP sessions |
+//! | `RESTIC_CONNECTIONS` | 5 (SFTP: at most one per CPU) | 1 to 64 SFTP sessions or S3 requests |
 //! | `RESTIC_BWLIMIT` | none | 1 to 100,000,000 KiB/s (0 or empty: none) |
 //! | `RESTIC_COMPRESSION` | `auto` | `off`, `auto`, `max` |
 //! | `BACKSTOP_LOCK_WAIT` | 600 | 0 to 86,400 seconds |
@@ -37,7 +37,9 @@ pub use backstop_protocol::remote::Confinement;
 /// are ([`crate::location::Location`]) and the password ([`crate::target::password`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    pub connections: usize,
+    /// RESTIC_CONNECTIONS; unset, each transport's own default (SFTP: 5, at most one per
+    /// CPU; S3: 5).
+    pub connections: Option<usize>,
     pub bwlimit_kib: Option<u64>,
     pub compression: Compression,
     pub lock_wait: RetryLock,
@@ -165,7 +167,7 @@ impl Settings {
             }
         };
         Ok(Settings {
-            connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.unwrap_or(5) as usize,
+            connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.map(|c| c as usize),
             bwlimit_kib: n("RESTIC_BWLIMIT", BWLIMIT_KIB)?
                 .filter(|k| *k > 0)
                 .map(|k| k as u64),
@@ -225,7 +227,7 @@ mod tests {
     #[test]
     fn defaults() {
         let s = Settings::of(&ds("")).expect("defaults");
-        assert_eq!(s.connections, 5);
+        assert_eq!(s.connections, None);
         assert_eq!(s.bwlimit_kib, None);
         assert_eq!(s.compression, Compression::Auto);
         assert_eq!(s.lock_wait, RetryLock(Duration::from_secs(600)));
@@ -242,7 +244,7 @@ mod tests {
                 s.lock_wait.0,
                 s.confinement.nice
             ),
-            (64, None, Duration::ZERO, Some(-20))
+            (Some(64), None, Duration::ZERO, Some(-20))
         );
     }
 

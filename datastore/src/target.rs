@@ -122,7 +122,7 @@ impl RepoTarget {
         };
         Ok(StorageSpec {
             at,
-            transport: transport(&settings, cfg, settings.connections)?,
+            transport: transport(&settings, cfg, settings.connections.unwrap_or(0))?,
             cache_dir: settings.cache_dir.clone(),
         })
     }
@@ -201,7 +201,7 @@ pub fn base(ds: &Datastore, cfg: &DriverConfig) -> Result<(Where, Transport), Er
     // One session is enough to list a directory.
     let connections = match location {
         Location::Sftp { .. } => 1,
-        _ => settings.connections,
+        _ => settings.connections.unwrap_or(0),
     };
     Ok((at, transport(&settings, cfg, connections)?))
 }

@@ -38,9 +38,10 @@ pub struct Args {
     /// looking it up in known_hosts.
     #[arg(long, value_name = "FINGERPRINT")]
     host_fingerprint: Option<String>,
-    /// SFTP: sessions to open at most; S3: requests in flight at once.
-    #[arg(long, env = "RESTIC_CONNECTIONS", default_value_t = 5)]
-    pub(crate) connections: usize,
+    /// SFTP: sessions to open at most (default 5, no more than this machine's CPUs); S3:
+    /// requests in flight at once (default 5).
+    #[arg(long, env = "RESTIC_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(crate) connections: Option<u64>,
     /// S3: the region to sign for.
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
     s3_region: String,
@@ -310,7 +311,7 @@ fn spec_at(args: &Args, location: &str) -> Result<StorageSpec, String> {
     Ok(StorageSpec {
         at,
         transport: Transport {
-            connections: args.connections,
+            connections: args.connections.map_or(0, |c| c as usize),
             bwlimit_kib: args.limit,
             ssh_config: args.ssh_config.clone(),
             host_fingerprint: args.host_fingerprint.clone(),
@@ -327,7 +328,7 @@ fn copy_options<'a>(
     crate::repo_copy::Options {
         open,
         retry_lock: args.retry_lock,
-        connections: args.connections,
+        connections: args.connections.map_or(0, |c| c as usize),
     }
 }
 

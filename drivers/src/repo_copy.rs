@@ -105,7 +105,11 @@ pub fn run(
     let ids = named(&src, &cmd.snapshots)?;
     let options = CopyOptions {
         retry_lock: RetryLock(args.retry_lock),
-        threads: args.connections.max(1),
+        threads: if args.connections == 0 {
+            CopyOptions::default().threads
+        } else {
+            args.connections
+        },
         ..CopyOptions::default()
     };
     let (copied, stats) = copy(&src, dst, &ids, &options).map_err(|e| e.to_string())?;

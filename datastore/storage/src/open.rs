@@ -52,7 +52,8 @@ pub struct S3Keys {
 /// How to reach the storage.
 #[derive(Debug, Clone, Default)]
 pub struct Transport {
-    /// Connections (SFTP sessions, S3 requests) at once; 5 when 0.
+    /// Connections (SFTP sessions, S3 requests) at once; 0 is each transport's default (SFTP:
+    /// 5, at most one per CPU; S3: 5).
     pub connections: usize,
     /// KiB/s for reads and writes together.
     pub bwlimit_kib: Option<u64>,

@@ -113,7 +113,7 @@ impl SftpLocation {
 /// How to reach and verify the server.
 #[derive(Debug, Clone, Default)]
 pub struct SftpOptions {
-    /// Sessions in the pool (RESTIC_CONNECTIONS); 5 when 0.
+    /// Sessions in the pool (RESTIC_CONNECTIONS); 0 is [`default_sessions`].
     pub connections: usize,
     /// KiB/s for reads and writes together (RESTIC_BWLIMIT).
     pub bwlimit_kib: Option<u64>,
@@ -334,6 +334,15 @@ fn resolve(ssh: &SshCommand) -> Result<(String, String, bool), ConnectError> {
     Ok((user, who, fast))
 }
 
+/// Sessions when RESTIC_CONNECTIONS is not set: 5, as restic, but no more than this machine
+/// has CPUs. Each session's ssh is one process encrypting on one core, and one session keeps
+/// 16 MiB in flight, so sessions beyond the cores add only switching between them (docs/sftp.md
+/// has the measurements).
+pub fn default_sessions() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.clamp(1, 5)
+}
+
 impl SftpBackend {
     /// Connects one session now (so a bad host key or login fails at once) unless this
     /// process holds one to the server already; the others as they are needed.
@@ -355,7 +364,7 @@ impl SftpBackend {
             stall: client::STALL,
         };
         let sessions = if options.connections == 0 {
-            5
+            default_sessions()
         } else {
             options.connections
         };
