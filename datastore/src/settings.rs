@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `RESTIC_CONNECTIONS` | 5 (SFTP: at most one per CPU) | 1 to 64 SFTP sessions or S3 requests |
 //! | `RESTIC_BWLIMIT` | none | 1 to 100,000,000 KiB/s (0 or empty: none) |
-//! | `RESTIC_COMPRESSION` | `auto` | `off`, `auto`, `max` |
+//! | `RESTIC_COMPRESSION` | `auto` | `off`, `fastest`, `auto`, `better`, `max` |
 //! | `BACKSTOP_LOCK_WAIT` | 600 | 0 to 86,400 seconds |
 //! | `RESTIC_NICE`, `RESTIC_IONICE` | none | -20 to 19, 0 to 7 |
 //! | `RESTIC_CPU_QUOTA` | none | 1 to 100,000 (percent of one CPU) |
@@ -276,7 +276,7 @@ mod tests {
         let e = Settings::of(&ds("RESTIC_COMPRESSION = fast")).expect_err("compression");
         assert_eq!(
             e.to_string(),
-            "datastore 100: RESTIC_COMPRESSION \"fast\" is not one of off, auto, max"
+            "datastore 100: RESTIC_COMPRESSION \"fast\" is not one of off, fastest, auto, better, max"
         );
         let e = Settings::of(&ds("RESTIC_TMP_DIR = tmp")).expect_err("relative");
         assert!(e.to_string().contains("not an absolute path"), "{e}");

@@ -138,7 +138,7 @@ struct BackupCmd {
     tags: Vec<String>,
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
-    /// off, auto or max.
+    /// off, fastest, auto, better or max (restic 0.19's names).
     #[arg(long, env = "RESTIC_COMPRESSION")]
     compression: Option<String>,
     /// Print the summary as JSON.

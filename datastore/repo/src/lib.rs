@@ -52,12 +52,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-/// How data blobs are compressed (`RESTIC_COMPRESSION`).
+/// How data blobs are compressed (`RESTIC_COMPRESSION`), with restic 0.19's names. Every
+/// level writes plain zstd frames, which any restic that reads repository version 2 (0.14 on)
+/// decompresses; the level only changes how hard the writer tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Off,
+    /// restic's "fastest": zstd's fastest level.
+    Fastest,
     /// restic's default: zstd at its default speed.
     Auto,
+    /// restic's "better": a better ratio than auto, at about half its speed.
+    Better,
     /// restic's "max": zstd's best ratio at a speed still usable for disk images.
     Max,
 }
@@ -67,18 +73,24 @@ impl Compression {
         match value.map(str::to_ascii_lowercase).as_deref() {
             None | Some("") | Some("auto") => Ok(Compression::Auto),
             Some("off") => Ok(Compression::Off),
+            Some("fastest") => Ok(Compression::Fastest),
+            Some("better") => Ok(Compression::Better),
             Some("max") => Ok(Compression::Max),
             Some(other) => Err(Error::invalid(format!(
-                "RESTIC_COMPRESSION {other:?} is not one of off, auto, max"
+                "RESTIC_COMPRESSION {other:?} is not one of off, fastest, auto, better, max"
             ))),
         }
     }
 
-    /// The zstd level; `None` for no compression.
+    /// The zstd level; `None` for no compression. restic's encoder (klauspost's zstd) names
+    /// speeds rather than levels; these are the C library's levels its documentation gives
+    /// for each: fastest 1, default 3, better 7, best 11.
     pub fn level(self) -> Option<i32> {
         match self {
             Compression::Off => None,
+            Compression::Fastest => Some(1),
             Compression::Auto => Some(3),
+            Compression::Better => Some(7),
             Compression::Max => Some(11),
         }
     }

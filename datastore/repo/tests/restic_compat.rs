@@ -699,3 +699,76 @@ fn a_disk_streams_as_a_qcow2_that_qemu_reads_as_the_disk() {
         .expect_err("missing file");
     assert!(e.to_string().contains("no file /no/such/disk.0.0"), "{e}");
 }
+
+/// Bytes of pack files under a repository.
+fn stored(repo_path: &Path) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&repo_path.join("data"))
+}
+
+#[test]
+fn every_compression_level_is_read_by_restic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A disk of text: compressible, and not the same at every chunk.
+    let image = dir.path().join("disk.raw");
+    let text: Vec<u8> = (0..400_000u32)
+        .flat_map(|i| format!("line {i} of a disk that compresses, {}\n", i % 97).into_bytes())
+        .collect();
+    fs::write(&image, &text).expect("image");
+    let mut sizes = Vec::new();
+    for (name, level) in [
+        ("off", Compression::Off),
+        ("fastest", Compression::Fastest),
+        ("auto", Compression::Auto),
+        ("better", Compression::Better),
+        ("max", Compression::Max),
+    ] {
+        assert_eq!(Compression::parse(Some(name)).expect("parse"), level);
+        let repo_path = dir.path().join(name);
+        ok(restic(&repo_path, &["init"]), "restic init");
+        let repo = Repo::open(Arc::new(LocalBackend::new(&repo_path)), PASSWORD).expect("open");
+        let source = RawImage::open(&image).expect("image");
+        let files = [FileSpec {
+            path: "/var/lib/one/datastores/0/22/backup/disk.0.0".into(),
+            content: Content::Image {
+                source: &source,
+                changed: None,
+                parent_path: None,
+            },
+        }];
+        let done = writer::backup(
+            &repo,
+            &files,
+            &BackupOptions {
+                compression: level,
+                ..BackupOptions::default()
+            },
+        )
+        .expect("backup");
+        drop(repo);
+        ok(
+            restic(&repo_path, &["check", "--read-data"]),
+            &format!("restic check of {name}"),
+        );
+        assert_dump_equals(&repo_path, &done.snapshot_id, &image);
+        sizes.push((name, stored(&repo_path)));
+    }
+    eprintln!("stored: {sizes:?} of {} bytes", text.len());
+    let size = |n: &str| sizes.iter().find(|(k, _)| *k == n).map(|(_, s)| *s).expect("size");
+    assert!(size("off") > text.len() as u64, "{sizes:?}");
+    assert!(size("fastest") < size("off") / 2, "{sizes:?}");
+    assert!(size("max") <= size("fastest"), "{sizes:?}");
+}
