@@ -11,6 +11,8 @@
 #   --services-only    only the units and their environment file (the step that needs root)
 #   --uninstall        remove backstop and put back everything it replaced
 #   --binary FILE      install this executable instead of building one (packagers, tests)
+#   --oned-conf FILE   the oned.conf to work out the advice printed at the end from; default
+#                      $ONE_LOCATION/etc/oned.conf, else /etc/one/oned.conf
 #
 # Everything after the build is done by `backstop install`; see `backstop install --help`.
 # Run as root over a tree another account owns, it never follows a link in the tree and never
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
         --remotes-dir) [ $# -ge 2 ] || { echo "install.sh: --remotes-dir needs a directory" >&2; exit 2; }
                        remotes=$2 ;;
         --remotes-dir=*) remotes=${1#--remotes-dir=} ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     esac
     args+=("$1")
     shift

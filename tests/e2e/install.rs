@@ -27,18 +27,33 @@ fn side_by_side_install_is_complete_idempotent_and_reversible() {
     stock_remotes(&r);
     let before = contents(&r);
 
-    let first = install_sh(&r, &[]);
+    // The front-end's oned.conf (OpenNebula 7.4's driver lists): the advice keeps every driver
+    // it lists and adds backstop, and names only the lines it lacks.
+    let conf = dir.path().join("oned.conf");
+    fs::write(
+        &conf,
+        "DATASTORE_MAD = [\n    EXECUTABLE = \"one_datastore\",\n    ARGUMENTS  = \"-t 15 -d dummy,fs,lvm,ceph,dev,iscsi_libvirt,restic,rsync,netapp,purefa,virtiofs,interactive -s dummy,lvm,shared,ssh,local,ceph,fs_lvm,fs_lvm_ssh,qcow2,netapp,purefa\"\n]\nDATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"\n",
+    )
+    .expect("oned.conf");
+    let first = install_sh(&r, &["--oned-conf", conf.to_str().expect("utf-8")]);
     assert_eq!(first.code, Some(0), "{first:?}");
     assert!(first.stdout.contains("DS_MAD_CONF = [ NAME = \"backstop\", REQUIRED_ATTRS = \"RESTIC_PASSWORD\", PERSISTENT_ONLY = \"YES\" ]"), "{}", first.stdout);
     assert!(
-        first
-            .stdout
-            .contains("-d dummy,fs,lvm,ceph,dev,iscsi_libvirt,vcenter,restic,rsync,backstop")
+        first.stdout.contains(
+            "ARGUMENTS = \"-t 15 -d dummy,fs,lvm,ceph,dev,iscsi_libvirt,restic,rsync,netapp,purefa,virtiofs,interactive,backstop -s dummy,lvm,shared,ssh,local,ceph,fs_lvm,fs_lvm_ssh,qcow2,netapp,purefa\""
+        ),
+        "{}",
+        first.stdout
     );
     assert!(
         first
             .stdout
-            .contains("DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"")
+            .contains("DATASTORE_ENCRYPTED_ATTR = \"RESTIC_S3_SECRET_ACCESS_KEY\"")
+            && !first
+                .stdout
+                .contains("DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\""),
+        "{}",
+        first.stdout
     );
     for attr in ["CEPH_USER", "CEPH_KEY", "CEPH_CONF", "POOL_NAME"] {
         assert!(

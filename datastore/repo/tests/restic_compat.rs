@@ -767,7 +767,13 @@ fn every_compression_level_is_read_by_restic() {
         sizes.push((name, stored(&repo_path)));
     }
     eprintln!("stored: {sizes:?} of {} bytes", text.len());
-    let size = |n: &str| sizes.iter().find(|(k, _)| *k == n).map(|(_, s)| *s).expect("size");
+    let size = |n: &str| {
+        sizes
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, s)| *s)
+            .expect("size")
+    };
     assert!(size("off") > text.len() as u64, "{sizes:?}");
     assert!(size("fastest") < size("off") / 2, "{sizes:?}");
     assert!(size("max") <= size("fastest"), "{sizes:?}");

@@ -25,6 +25,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use tree::{Kind, Rel, Tree};
 
+pub mod oned_conf;
 mod services;
 mod tree;
 
@@ -69,6 +70,11 @@ pub struct Options {
     /// The executable to install. Default: this one.
     #[arg(long, value_name = "FILE")]
     binary: Option<PathBuf>,
+    /// The oned.conf the advice printed at the end is worked out from. Default:
+    /// $ONE_LOCATION/etc/oned.conf when ONE_LOCATION is set, else /etc/one/oned.conf; when it
+    /// cannot be read, OpenNebula 7.4's stock lists.
+    #[arg(long, value_name = "FILE")]
+    oned_conf: Option<PathBuf>,
 }
 
 /// Marks every file the installer writes, so it never mistakes a stock file for its own.
@@ -118,6 +124,13 @@ pub fn main(options: &Options) -> ExitCode {
             let _ = writeln!(io::stderr(), "install: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn default_oned_conf() -> PathBuf {
+    match std::env::var_os("ONE_LOCATION").filter(|v| !v.is_empty()) {
+        Some(one) => PathBuf::from(one).join("etc/oned.conf"),
+        None => PathBuf::from("/etc/one/oned.conf"),
     }
 }
 
@@ -455,7 +468,7 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         }
     }
     out.write_all(&services).ok();
-    writeln!(out, "{}", oned_conf_lines(options.replace_stock)).ok();
+    writeln!(out, "{}", oned_conf_lines(options)).ok();
     Ok(())
 }
 
@@ -504,24 +517,20 @@ pub fn unpatch_downloader(text: &str) -> String {
     out
 }
 
-fn oned_conf_lines(replace_stock: bool) -> String {
-    let mut s = String::from(
-        "\nTo let oned use DS_MAD=\"backstop\", add to /etc/one/oned.conf (then restart oned and run `onehost sync --force`):\n\
-  1. backstop in the -d list of DATASTORE_MAD, for example\n\
-     DATASTORE_MAD = [ EXECUTABLE = \"one_datastore\",\n\
-         ARGUMENTS = \"-t 15 -d dummy,fs,lvm,ceph,dev,iscsi_libvirt,vcenter,restic,rsync,backstop -s shared,ssh,ceph,fs_lvm,fs_lvm_ssh,qcow2,vcenter\" ]\n\
-  2. the driver's configuration:\n\
-     DS_MAD_CONF = [ NAME = \"backstop\", REQUIRED_ATTRS = \"RESTIC_PASSWORD\", PERSISTENT_ONLY = \"YES\" ]\n\
-  3. the password encrypted at rest (stock oned.conf already has this line):\n\
-     DATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"\n\
-  4. so that a VM template cannot choose the Ceph options its backups use where a Ceph\n\
-     datastore does not set them (stock oned.conf restricts none of these):\n\
-     VM_RESTRICTED_ATTR = \"DISK/CEPH_USER\"\n\
-     VM_RESTRICTED_ATTR = \"DISK/CEPH_KEY\"\n\
-     VM_RESTRICTED_ATTR = \"DISK/CEPH_CONF\"\n\
-     VM_RESTRICTED_ATTR = \"DISK/POOL_NAME\"\n",
-    );
-    if replace_stock {
+/// What oned.conf needs, worked out from the front-end's own (`--oned-conf`).
+fn oned_conf_lines(options: &Options) -> String {
+    let path = options.oned_conf.clone().unwrap_or_else(default_oned_conf);
+    let mut s = match std::fs::read_to_string(&path) {
+        Ok(text) => oned_conf::advice(Some(&text), &path.display().to_string()),
+        Err(e) => oned_conf::advice(
+            None,
+            &format!(
+                "OpenNebula 7.4's stock oned.conf, as {} cannot be read: {e}",
+                path.display()
+            ),
+        ),
+    };
+    if options.replace_stock {
         s.push_str("DS_MAD=\"restic\" datastores now run backstop too; oned.conf needs no change for them.\n");
     }
     s
