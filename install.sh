@@ -10,6 +10,7 @@
 #   --with-services    also write systemd units for the scheduler and `backstop serve`
 #   --services-only    only the units and their environment file (the step that needs root)
 #   --uninstall        remove backstop and put back everything it replaced
+#   --check            only say whether an OpenNebula upgrade overwrote any of backstop's files
 #   --binary FILE      install this executable instead of building one (packagers, tests)
 #   --oned-conf FILE   the oned.conf to work out the advice printed at the end from; default
 #                      $ONE_LOCATION/etc/oned.conf, else /etc/one/oned.conf
@@ -22,6 +23,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 binary=""
 uninstall=no
+mode=""
 remotes=""
 args=()
 while [ $# -gt 0 ]; do
@@ -29,18 +31,18 @@ while [ $# -gt 0 ]; do
         --binary) [ $# -ge 2 ] || { echo "install.sh: --binary needs a file" >&2; exit 2; }
                   binary=$2; shift 2; continue ;;
         --binary=*) binary=${1#--binary=}; shift; continue ;;
-        --uninstall) uninstall=yes ;;
+        --uninstall|--check) uninstall=yes; mode=$1 ;;
         --remotes-dir) [ $# -ge 2 ] || { echo "install.sh: --remotes-dir needs a directory" >&2; exit 2; }
                        remotes=$2 ;;
         --remotes-dir=*) remotes=${1#--remotes-dir=} ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     esac
     args+=("$1")
     shift
 done
 
 if [ -z "$binary" ] && [ "$uninstall" = yes ]; then
-    # Uninstalling needs no build: the installed executable knows how. But whoever owns the
+    # Uninstalling (or checking) needs no build: the installed executable knows how. But whoever owns the
     # tree can replace that executable, so it is run only by its own owner, never by root
     # (root builds one, or is given one with --binary).
     if [ -z "$remotes" ]; then
@@ -52,7 +54,7 @@ if [ -z "$binary" ] && [ "$uninstall" = yes ]; then
         if [ "$me" != 0 ] && [ "$(stat -c %u -- "$installed")" = "$me" ]; then
             binary=$installed
         elif ! command -v cargo >/dev/null 2>&1; then
-            echo "install.sh: as $(id -un), --uninstall does not run $installed (its owner, uid $(stat -c %u -- "$installed"), can replace it); pass --binary FILE with a backstop you trust, or run --uninstall as that user" >&2
+            echo "install.sh: as $(id -un), $mode does not run $installed (its owner, uid $(stat -c %u -- "$installed"), can replace it); pass --binary FILE with a backstop you trust, or run $mode as that user" >&2
             exit 1
         fi
     fi

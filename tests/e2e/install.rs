@@ -280,6 +280,73 @@ fn drop_in_and_tm_replacement_keep_and_restore_the_stock_files() {
     );
 }
 
+/// An OpenNebula upgrade writes its own prebackup and downloader.sh over backstop's:
+/// `--check` names both and fails; installing again puts backstop's back and keeps the
+/// upgrade's stock files for an uninstall, which then restores them.
+#[test]
+fn check_finds_what_an_upgrade_overwrote_and_installing_again_puts_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let out = install_sh(&r, &["--with-tm"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let fine = install_sh(&r, &["--check"]);
+    assert_eq!(fine.code, Some(0), "{fine:?}");
+    assert!(
+        fine.stdout.contains("files in") && fine.stdout.contains("are in place"),
+        "{fine:?}"
+    );
+
+    // The upgrade: a newer stock prebackup, and a stock downloader.sh without the arm.
+    let upgraded = "#!/usr/bin/env ruby\n# stock qcow2 prebackup, 7.4.1\n";
+    fs::remove_file(r.join("tm/qcow2/prebackup")).expect("rm");
+    fs::write(r.join("tm/qcow2/prebackup"), upgraded).expect("upgrade");
+    fs::write(r.join("datastore/downloader.sh"), DOWNLOADER_SH).expect("upgrade");
+    let snap = snapshot(&r);
+    let lost = install_sh(&r, &["--check"]);
+    assert_eq!(lost.code, Some(1), "{lost:?}");
+    assert!(
+        lost.stdout
+            .contains("tm/qcow2/prebackup is not backstop's any more"),
+        "{lost:?}"
+    );
+    assert!(
+        lost.stdout
+            .contains("datastore/downloader.sh has lost backstop's arm"),
+        "{lost:?}"
+    );
+    assert!(
+        lost.stdout.contains("2 of backstop's")
+            && lost.stdout.contains(&format!(
+                "./install.sh --remotes-dir {} --with-tm`",
+                r.display()
+            )),
+        "{lost:?}"
+    );
+    assert_eq!(snapshot(&r), snap, "--check changed the tree");
+
+    let again = install_sh(&r, &["--with-tm"]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("tm/qcow2/prebackup was the stock file again"),
+        "{again:?}"
+    );
+    assert_eq!(install_sh(&r, &["--check"]).code, Some(0));
+    assert_eq!(
+        fs::read_to_string(r.join("backstop/replaced/tm/qcow2/prebackup")).expect("kept"),
+        upgraded
+    );
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert_eq!(
+        fs::read_to_string(r.join("tm/qcow2/prebackup")).expect("restored"),
+        upgraded,
+        "the upgrade's stock file is what an uninstall restores"
+    );
+}
+
 #[test]
 fn the_patched_downloader_hands_backstop_urls_to_backstop() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -64,6 +64,10 @@ pub struct Options {
     /// Remove what an earlier install put in place and restore what it replaced.
     #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services", "services_only"])]
     uninstall: bool,
+    /// Only say whether every file an earlier install put in place is still backstop's (an
+    /// OpenNebula upgrade puts its own back); exit 1 when one is not. Changes nothing.
+    #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services", "services_only", "uninstall"])]
+    check: bool,
     /// Replace stock drivers even with actions this build does not implement yet (for tests).
     #[arg(long)]
     allow_unimplemented: bool,
@@ -113,6 +117,22 @@ pub fn main(options: &Options) -> ExitCode {
         .clone()
         .unwrap_or_else(default_remotes_dir);
     let mut out = io::stdout().lock();
+    if options.check {
+        return match check(&remotes) {
+            Ok(report) => {
+                out.write_all(report.text.as_bytes()).ok();
+                if report.lost == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(io::stderr(), "install: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = if options.uninstall {
         uninstall(&remotes, options, &mut out)
     } else {
@@ -241,7 +261,14 @@ impl Installer<'_> {
         let at = rel(path);
         if self.tree.kind(&at).is_some() && !is_ours(self.tree, &at) {
             let keep = rel(REPLACED).join(&at);
-            if self.tree.kind(&keep).is_some() {
+            if self.manifest.replaced.contains(&at) && self.tree.kind(&keep).is_some() {
+                // An OpenNebula upgrade put its own file back over backstop's: the newer stock
+                // file is the one an uninstall must restore.
+                self.tree.remove_file(&keep)?;
+                self.changed.push(format!(
+                    "{path} was the stock file again (an OpenNebula upgrade?): kept the new one in backstop/replaced/"
+                ));
+            } else if self.tree.kind(&keep).is_some() {
                 return Err(InstallError(format!(
                     "{} already holds a replaced file; refusing to overwrite it with {}",
                     self.tree.display(&keep),
@@ -515,6 +542,91 @@ pub fn unpatch_downloader(text: &str) -> String {
         out.push_str(line);
     }
     out
+}
+
+/// What `--check` found.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// One line per file, then a summary.
+    pub text: String,
+    /// Files (and the downloader.sh arm) that are not backstop's any more.
+    pub lost: usize,
+}
+
+/// Whether every file the manifest names is still backstop's, and downloader.sh still has its
+/// arm: an OpenNebula package upgrade writes its own files over the ones backstop replaced.
+pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
+    let tree = Tree::open(remotes, false)?;
+    let Some(manifest) = Manifest::load(&tree)? else {
+        return Err(InstallError(format!(
+            "backstop is not installed in {} (no backstop/manifest)",
+            remotes.display()
+        )));
+    };
+    let mut text = String::new();
+    let (mut lost, mut total) = (0, 0);
+    for at in manifest.created.iter().chain(&manifest.replaced) {
+        total += 1;
+        let state = if at.as_str() == BINARY {
+            match tree.kind(at) {
+                Some(Kind::File) => None,
+                Some(_) => Some("is not a file"),
+                None => Some("is missing"),
+            }
+        } else if is_ours(&tree, at) {
+            None
+        } else if tree.kind(at).is_some() {
+            Some("is not backstop's any more (an OpenNebula upgrade put its own back?)")
+        } else {
+            Some("is missing")
+        };
+        if let Some(state) = state {
+            lost += 1;
+            text.push_str(&format!("{at} {state}\n"));
+        }
+    }
+    let downloader_sh = rel(DOWNLOADER_SH);
+    if let Some((bytes, _)) = tree.read(&downloader_sh, SMALL_FILE)? {
+        total += 1;
+        let armed = String::from_utf8(bytes)
+            .ok()
+            .is_some_and(|t| patch_downloader(&t).as_deref() == Some(t.as_str()));
+        if !armed {
+            lost += 1;
+            text.push_str(&format!(
+                "{DOWNLOADER_SH} has lost backstop's arm (backstop:// URLs are not downloaded)\n"
+            ));
+        }
+    }
+    if lost == 0 {
+        text.push_str(&format!(
+            "all {total} of backstop's files in {} are in place\n",
+            remotes.display()
+        ));
+    } else {
+        let mut again = format!("./install.sh --remotes-dir {}", remotes.display());
+        if manifest
+            .created
+            .iter()
+            .chain(&manifest.replaced)
+            .any(|a| a.as_str().starts_with(&format!("datastore/{STOCK_MAD}/")))
+        {
+            again.push_str(" --replace-stock");
+        }
+        if manifest
+            .created
+            .iter()
+            .chain(&manifest.replaced)
+            .any(|a| a.as_str().starts_with("tm/"))
+        {
+            again.push_str(" --with-tm");
+        }
+        text.push_str(&format!(
+            "{lost} of backstop's {total} files in {} are not in place; `{again}` puts them back\n",
+            remotes.display()
+        ));
+    }
+    Ok(CheckReport { text, lost })
 }
 
 /// What oned.conf needs, worked out from the front-end's own (`--oned-conf`).
