@@ -228,6 +228,16 @@ pub enum Request {
         args: TmRestoreArgs,
         vm: Option<Vm>,
     },
+    /// A backup step backstop leaves to the stock script it replaced
+    /// ([`backstop_tm::hand_over`]): run with this argv and stdin, byte for byte.
+    HandOver {
+        tm_mad: String,
+        name: String,
+        args: Vec<String>,
+        #[serde(skip)]
+        raw: Vec<u8>,
+        reason: String,
+    },
     /// `<scheme>_downloader <url>` prints command=/clean_command=; with `--stream` first it is
     /// that command and writes the image to stdout.
     Downloader {
@@ -337,10 +347,20 @@ pub fn decode(
                     vm: None,
                 });
             }
+            let argv = args.to_vec();
             let args = BackupArgs::parse(args)?;
             let raw = read_all(stdin)?;
             let roots = input::decode_siblings(&raw, Encoding::RawXml)?;
             let vm = message::vm_from_siblings(&roots)?;
+            if let Some(reason) = backstop_tm::hand_over::reason(&vm) {
+                return Ok(Request::HandOver {
+                    tm_mad,
+                    name: action.name().to_string(),
+                    args: argv,
+                    raw,
+                    reason,
+                });
+            }
             Ok(Request::TmBackupStep {
                 tm_mad,
                 name: action.name().to_string(),
@@ -456,9 +476,63 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
                 .map_err(|e| DriverError::Other(format!("Error restoring VM disks: {e}")))?;
             Ok(Answer::Nothing)
         }
+        Request::HandOver {
+            name,
+            args,
+            raw,
+            reason,
+            ..
+        } => Err(hand_over(&ctx.invoked, &name, &args, &raw, &reason)),
         // Decoded and validated above; the work itself is not written yet.
         Request::TmBackupStep { .. } => Err(DriverError::NotImplemented),
     }
+}
+
+/// Replaces this process with the stock script installed beside `invoked`
+/// (`<action>.backstop-stock`), its argv `args` and its stdin `raw` as oned gave them to this
+/// action, the environment as it is: the script's output, exit status and signals are then
+/// the action's own. Returns only when it cannot be run.
+fn hand_over(invoked: &Path, name: &str, args: &[String], raw: &[u8], reason: &str) -> DriverError {
+    use std::io::{Seek, Write};
+    use std::os::unix::process::CommandExt;
+    let mut stock = invoked.as_os_str().to_os_string();
+    stock.push(crate::install::STOCK_SUFFIX);
+    let stock = PathBuf::from(stock);
+    if !stock.is_file() {
+        return DriverError::Other(format!(
+            "{reason}; but the stock {name} backstop replaced is not at {}: install backstop again with --with-tm (it puts it there)",
+            stock.display()
+        ));
+    }
+    output::log(
+        output::Level::Info,
+        &format!("{reason}: running the stock {name}"),
+    );
+    // The stdin the action read, for the script to read again: an unnamed file, rewound.
+    let stdin = rustix::fs::memfd_create("backstop-stdin", rustix::fs::MemfdFlags::CLOEXEC)
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
+        .and_then(|mut f| {
+            f.write_all(raw)?;
+            f.rewind()?;
+            Ok(f)
+        });
+    let stdin = match stdin {
+        Ok(f) => f,
+        Err(e) => {
+            return DriverError::Other(format!(
+                "cannot hand {name} to the stock script: cannot keep its stdin: {e}"
+            ));
+        }
+    };
+    let e = std::process::Command::new(&stock)
+        .args(args)
+        .stdin(stdin)
+        .exec();
+    DriverError::Other(format!(
+        "cannot run the stock {name} at {}: {e}",
+        stock.display()
+    ))
 }
 
 /// What a stock restic datastore may use that backstop cannot serve yet (install refuses to

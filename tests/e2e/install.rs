@@ -347,6 +347,113 @@ fn check_finds_what_an_upgrade_overwrote_and_installing_again_puts_it_back() {
     );
 }
 
+/// A stand-in for a stock TM script: records its $0, argv and stdin under $RECORD, says
+/// something on stdout and stderr, and exits 7.
+const RECORDER: &str = "#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > \"$RECORD/argv\"\ncat > \"$RECORD/stdin\"\necho 'stock said hello'\necho 'stock on stderr' >&2\nexit 7\n";
+
+/// With --with-tm, what backstop's TM actions leave to the stock scripts (an interactive
+/// backup, INCREMENT_MODE=SNAPSHOT) reaches the stock script it replaced with the argv and
+/// stdin oned gave, byte for byte, the environment passed on, and its output and exit status
+/// are the action's; also through tm/ssh, whose stock actions are links into tm/shared.
+#[test]
+fn with_tm_hands_interactive_and_snapshot_backups_to_the_stock_scripts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    for a in ["prebackup", "postbackup_live"] {
+        write_exec(&r.join("tm/qcow2").join(a), RECORDER);
+    }
+    let out = install_sh(&r, &["--with-tm"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        fs::read_to_string(r.join("tm/qcow2/prebackup.backstop-stock")).expect("stock copy")
+            == RECORDER
+            && fs::read_to_string(r.join("tm/ssh/prebackup.backstop-stock")).expect("via link")
+                == RECORDER,
+        "the stock copies beside the shims"
+    );
+    let record = dir.path().join("record");
+    fs::create_dir_all(&record).expect("mkdir");
+    let vm_dir = dir.path().join("datastores/0/7");
+    let argv = [
+        "localhost:".to_string() + vm_dir.to_str().expect("utf-8"),
+        "0".into(),
+        "one-7".into(),
+        "-".into(),
+        "7".into(),
+        "0".into(),
+    ];
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let doc = |config: &str| {
+        format!(
+            "<VM><ID>7</ID><DEPLOY_ID>one-7</DEPLOY_ID><TEMPLATE/><BACKUPS><BACKUP_CONFIG>{config}</BACKUP_CONFIG></BACKUPS></VM>\n"
+        )
+    };
+    for (action, config) in [
+        (
+            "tm/qcow2/prebackup",
+            "<MODE>FULL</MODE><INTERACTIVE>YES</INTERACTIVE>",
+        ),
+        (
+            "tm/ssh/prebackup",
+            "<MODE>FULL</MODE><INTERACTIVE>YES</INTERACTIVE>",
+        ),
+        (
+            "tm/qcow2/postbackup_live",
+            "<MODE>INCREMENT</MODE><INCREMENT_MODE>SNAPSHOT</INCREMENT_MODE><LAST_INCREMENT_ID>2</LAST_INCREMENT_ID>",
+        ),
+    ] {
+        let _ = fs::remove_file(record.join("argv"));
+        let stdin = doc(config);
+        let out = run_env(
+            r.join(action),
+            &argv,
+            stdin.as_bytes(),
+            &[("RECORD", record.to_str().expect("utf-8"))],
+        );
+        assert_eq!(out.code, Some(7), "{action}: {out:?}");
+        assert!(out.stdout.contains("stock said hello"), "{action}: {out:?}");
+        assert!(out.stderr.contains("stock on stderr"), "{action}: {out:?}");
+        let recorded = fs::read_to_string(record.join("argv")).expect("the stock script ran");
+        let mut lines = recorded.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("{}.backstop-stock", r.join(action).display()).as_str()),
+            "{action}"
+        );
+        assert_eq!(lines.collect::<Vec<_>>(), argv, "{action}: argv");
+        assert_eq!(
+            fs::read(record.join("stdin")).expect("stdin"),
+            stdin.as_bytes(),
+            "{action}: stdin"
+        );
+    }
+    // A backup backstop does itself never reaches the stock script.
+    let _ = fs::remove_file(record.join("argv"));
+    let out = run_env(
+        r.join("tm/qcow2/prebackup"),
+        &argv,
+        doc("<MODE>FULL</MODE>").as_bytes(),
+        &[("RECORD", record.to_str().expect("utf-8"))],
+    );
+    assert_ne!(out.code, Some(7), "{out:?}");
+    assert!(
+        !record.join("argv").exists(),
+        "the stock script ran: {out:?}"
+    );
+
+    // --check knows the copies; an uninstall removes them and restores the stock tree.
+    assert_eq!(install_sh(&r, &["--check"]).code, Some(0));
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert!(!r.join("tm/qcow2/prebackup.backstop-stock").exists());
+    assert!(!r.join("tm/ssh/prebackup.backstop-stock").exists());
+    assert_eq!(
+        fs::read_to_string(r.join("tm/qcow2/prebackup")).expect("stock"),
+        RECORDER
+    );
+}
+
 #[test]
 fn the_patched_downloader_hands_backstop_urls_to_backstop() {
     let dir = tempfile::tempdir().expect("tempdir");

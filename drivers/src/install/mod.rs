@@ -185,9 +185,64 @@ fn installable() -> BTreeSet<Rel> {
     for tm in TM_DRIVERS {
         for action in TM_ACTIONS {
             all.insert(rel(&format!("tm/{tm}/{}", action.name())));
+            all.insert(rel(&format!("tm/{tm}/{}{STOCK_SUFFIX}", action.name())));
         }
     }
     all
+}
+
+/// Beside each transfer-manager action backstop replaces: the stock script it replaced, run
+/// when backstop hands a backup over to it (an interactive backup, INCREMENT_MODE=SNAPSHOT;
+/// docs/host-side.md). Kept in the driver's own directory, so that the script finds its
+/// libraries (`../lib`) as it did; the copy in backstop/replaced/ is what an uninstall puts back.
+pub const STOCK_SUFFIX: &str = ".backstop-stock";
+
+/// Whether `rel` is a hand-over copy of a stock script ([`STOCK_SUFFIX`]).
+fn is_stock_copy(rel: &Rel) -> bool {
+    rel.as_str().starts_with("tm/") && rel.as_str().ends_with(STOCK_SUFFIX)
+}
+
+/// The content and mode of the stock script kept for `at` (a TM action backstop replaced):
+/// the kept file itself, or, when the stock `at` was a link (tm/ssh/prebackup ->
+/// ../shared/prebackup), the script it led to, through the TM directories' own links
+/// (tm/shared -> qcow2). `None` when it cannot be found that way.
+fn stock_script(tree: &Tree, at: &Rel) -> Option<(Vec<u8>, u32)> {
+    let mut at = at.clone();
+    for _ in 0..4 {
+        let keep = rel(REPLACED).join(&at);
+        match tree.kind(&keep)? {
+            Kind::File => return tree.read(&keep, SMALL_FILE).ok()?,
+            Kind::Link => {
+                // Where the link pointed, from the directory it was in: tm/<dir>/<action>.
+                let target = tree.link_target(&keep)?;
+                let target = target.to_str()?;
+                let mut parts: Vec<&str> = at.as_str().split('/').collect();
+                parts.pop();
+                for p in target.split('/') {
+                    match p {
+                        "" | "." => {}
+                        ".." => {
+                            parts.pop()?;
+                        }
+                        p => parts.push(p),
+                    }
+                }
+                // A TM directory that is itself a link to a sibling (tm/shared -> qcow2).
+                if let ["tm", dir, name] = parts.as_slice()
+                    && let Some(sibling) =
+                        Rel::parse(&format!("tm/{dir}")).and_then(|d| tree.link_target(&d))
+                    && let Some(sibling) = sibling.to_str()
+                    && !sibling.contains('/')
+                {
+                    at = Rel::parse(&format!("tm/{sibling}/{name}"))?;
+                } else {
+                    at = Rel::parse(&parts.join("/"))?;
+                }
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// What an install has done, kept in `backstop/manifest`: one `created <path>` or
@@ -286,8 +341,32 @@ impl Installer<'_> {
         {
             self.changed.push(format!("wrote {path}"));
         }
+        if path.starts_with("tm/") && self.manifest.replaced.contains(&at) {
+            self.stock_copy(path, &at)?;
+        }
         if !self.manifest.replaced.contains(&at) {
             self.manifest.created.insert(at);
+        }
+        Ok(())
+    }
+
+    /// Writes the hand-over copy of the stock script backstop's `path` replaced
+    /// ([`STOCK_SUFFIX`]); said, not fatal, when the stock script cannot be found.
+    fn stock_copy(&mut self, path: &str, at: &Rel) -> Result<(), InstallError> {
+        let copy = rel(&format!("{path}{STOCK_SUFFIX}"));
+        match stock_script(self.tree, at) {
+            Some((content, mode)) => {
+                if self
+                    .tree
+                    .write_if_changed(&copy, &content, mode & 0o755)?
+                {
+                    self.changed.push(format!("wrote {}", copy.as_str()));
+                }
+                self.manifest.created.insert(copy);
+            }
+            None => self.changed.push(format!(
+                "warning: the stock script {path} replaced cannot be found in backstop/replaced/, so backups backstop hands over to it (interactive, SNAPSHOT mode) will fail"
+            )),
         }
         Ok(())
     }
@@ -567,7 +646,7 @@ pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
     let (mut lost, mut total) = (0, 0);
     for at in manifest.created.iter().chain(&manifest.replaced) {
         total += 1;
-        let state = if at.as_str() == BINARY {
+        let state = if at.as_str() == BINARY || is_stock_copy(at) {
             match tree.kind(at) {
                 Some(Kind::File) => None,
                 Some(_) => Some("is not a file"),
@@ -667,8 +746,9 @@ fn uninstall(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<
     services::remove(&tree, &options.systemd_dir, out)?;
     let mut dirs = BTreeSet::new();
     for at in manifest.created.iter().chain(&manifest.replaced) {
-        let ours =
-            is_ours(&tree, at) || (at.as_str() == BINARY && tree.kind(at) == Some(Kind::File));
+        let ours = is_ours(&tree, at)
+            || (at.as_str() == BINARY && tree.kind(at) == Some(Kind::File))
+            || (is_stock_copy(at) && tree.kind(at) == Some(Kind::File));
         if ours {
             tree.remove_file(at)?;
             writeln!(out, "removed {at}").ok();

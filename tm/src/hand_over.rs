@@ -1,0 +1,64 @@
+//! Which backups backstop's transfer-manager actions leave to the stock scripts they replaced
+//! (installed beside them as `<action>.backstop-stock`): what backstop does not do itself is run
+//! by OpenNebula's own script, with the same argv, stdin and environment, its output and exit
+//! status passed through (docs/host-side.md).
+
+use backstop_protocol::message::{IncrementMode, Vm};
+
+/// Why the stock script runs `vm`'s backup step instead of backstop; `None` when backstop
+/// does it.
+pub fn reason(vm: &Vm) -> Option<String> {
+    let bc = &vm.backup_config;
+    if bc.interactive {
+        return Some(format!(
+            "VM {}: an interactive backup (BACKUP_CONFIG/INTERACTIVE): the stock script prepares its exports",
+            vm.id
+        ));
+    }
+    if bc.increment_mode == Some(IncrementMode::Snapshot) {
+        return Some(format!(
+            "VM {}: INCREMENT_MODE=SNAPSHOT, done by the stock script",
+            vm.id
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_protocol::message::vm_from_siblings;
+
+    fn vm(backup_config: &str) -> Vm {
+        let xml = format!(
+            "<VM><ID>7</ID><TEMPLATE/><BACKUPS><BACKUP_CONFIG>{backup_config}</BACKUP_CONFIG></BACKUPS></VM>"
+        );
+        let roots = backstop_protocol::input::decode_siblings(
+            xml.as_bytes(),
+            backstop_protocol::input::Encoding::RawXml,
+        )
+        .expect("xml");
+        vm_from_siblings(&roots).expect("vm")
+    }
+
+    #[test]
+    fn interactive_and_snapshot_mode_go_to_the_stock_script() {
+        assert_eq!(reason(&vm("<MODE>FULL</MODE>")), None);
+        assert_eq!(
+            reason(&vm(
+                "<MODE>INCREMENT</MODE><INCREMENT_MODE>CBT</INCREMENT_MODE>"
+            )),
+            None
+        );
+        assert!(
+            reason(&vm("<MODE>FULL</MODE><INTERACTIVE>YES</INTERACTIVE>"))
+                .is_some_and(|r| r.contains("interactive"))
+        );
+        assert!(
+            reason(&vm(
+                "<MODE>INCREMENT</MODE><INCREMENT_MODE>SNAPSHOT</INCREMENT_MODE>"
+            ))
+            .is_some_and(|r| r.contains("SNAPSHOT"))
+        );
+    }
+}
