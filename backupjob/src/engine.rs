@@ -33,6 +33,12 @@ pub enum Event {
         vm: u64,
         line: String,
     },
+    /// Something to know about a VM's backup before it starts (a chain policy starting a new
+    /// chain).
+    Note {
+        vm: u64,
+        line: String,
+    },
     /// A VM a killed runner left ONGOING, settled by what really happened.
     Settled {
         vm: u64,
@@ -51,6 +57,36 @@ fn now() -> i64 {
 /// VM moves record their times in milliseconds, so concurrency shows even in short runs.
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+/// The job's settings for a VM's next backup: its chain policy (MAX_INCREMENTS,
+/// CHAIN_MAX_DAYS) may start a new chain, by the scheduler's clock `now` (seconds); why, when it
+/// does.
+fn config_for(
+    state: &State,
+    cfg: &runner::JobConfig,
+    image: Option<u64>,
+    now: i64,
+) -> Result<(runner::JobConfig, Option<String>), Error> {
+    let Some(image) = image.filter(|_| !cfg.reset && cfg.mode == runner::Mode::Increment) else {
+        return Ok((cfg.clone(), None));
+    };
+    let times: Vec<i64> = state
+        .image(image)?
+        .increments
+        .iter()
+        .map(|i| i.created_at)
+        .collect();
+    Ok(match cfg.chain.due(&times, now) {
+        Some(why) => (
+            runner::JobConfig {
+                reset: true,
+                ..cfg.clone()
+            },
+            Some(why),
+        ),
+        None => (cfg.clone(), None),
+    })
 }
 
 fn host_of(doc: &str) -> Option<String> {
@@ -264,7 +300,9 @@ fn settle(
         image_id: image,
         last_increment: last,
     };
-    let call = runner::ChainCall::new(env, doc, &ctx.cfg, &ctx.ds, chain)?;
+    // The decision the run made when it started (its chain policy at its start time).
+    let (cfg, _) = config_for(state, &ctx.cfg, image, since_ms / 1000)?;
+    let call = runner::ChainCall::new(env, doc, &cfg, &ctx.ds, chain)?;
     let root = backstop_protocol::xml::Element::parse(&ctx.ds.document)
         .map_err(|e| step(e.to_string()))?;
     let ds =
@@ -544,8 +582,18 @@ pub fn run_jobs(
                     image_id: image,
                     last_increment: last,
                 };
+                let (cfg, new_chain) = config_for(state, &ctx.cfg, image, now())?;
+                if let Some(why) = new_chain {
+                    on_event(
+                        job_id,
+                        &Event::Note {
+                            vm,
+                            line: format!("a new chain starts: {why}"),
+                        },
+                    );
+                }
                 let doc = ctx.docs.get(&vm).cloned().unwrap_or_default();
-                let (tx, env, cfg, ds) = (tx.clone(), env.clone(), ctx.cfg.clone(), ctx.ds.clone());
+                let (tx, env, ds) = (tx.clone(), env.clone(), ctx.ds.clone());
                 let file = state.file().to_path_buf();
                 let progress = progress_dir.as_ref().map(|d| d.file(vm));
                 on_event(job_id, &Event::Started { vm });

@@ -89,6 +89,8 @@ pub struct JobTemplate {
     pub backup_volatile: bool,
     pub disk_ids: Option<Vec<u32>>,
     pub reset: bool,
+    /// When a chain starts anew on its own (MAX_INCREMENTS, CHAIN_MAX_DAYS).
+    pub chain: ChainPolicy,
     /// The template's `SCHED_ACTION` vectors, validated (TIME is an epoch, or `+N` seconds
     /// from now).
     pub sched_actions: Vec<SchedAction>,
@@ -174,6 +176,22 @@ impl JobTemplate {
                 ));
             }
         };
+        let positive = |name: &str| -> Result<Option<u32>, TemplateError> {
+            match t.get(name) {
+                None => Ok(None),
+                Some(k) => match k.parse::<u32>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(t.err(name, format!("{name} is {k:?}, not a whole number above 0"))),
+                },
+            }
+        };
+        let chain = ChainPolicy {
+            max_increments: positive("MAX_INCREMENTS")?,
+            max_days: positive("CHAIN_MAX_DAYS")?,
+        };
+        if mode == Mode::Full && (chain.max_increments.is_some() || chain.max_days.is_some()) {
+            return bad("MAX_INCREMENTS and CHAIN_MAX_DAYS apply to MODE=INCREMENT only".into());
+        }
         let disk_ids = match t.t.get("DISK_IDS") {
             None => None,
             Some(_) => Some(t.ids("DISK_IDS")?),
@@ -207,6 +225,7 @@ impl JobTemplate {
             backup_volatile: t.yes("BACKUP_VOLATILE")?,
             disk_ids,
             reset: t.yes("RESET")?,
+            chain,
         })
     }
 
@@ -225,7 +244,44 @@ impl JobTemplate {
             backup_volatile: self.backup_volatile,
             disk_ids: self.disk_ids.clone(),
             reset: self.reset,
+            chain: self.chain,
         }
+    }
+}
+
+/// When an INCREMENT job's chain starts anew without being asked (OpenNebula has neither;
+/// its issues #6188, #6290, #6475 ask for them): after `max_increments` increments on its
+/// FULL, or once its FULL is `max_days` old. A new chain reads every disk whole again instead
+/// of trusting the dirty bitmaps; backstop stores a complete image either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainPolicy {
+    pub max_increments: Option<u32>,
+    pub max_days: Option<u32>,
+}
+
+impl ChainPolicy {
+    /// Why the next backup starts a new chain, given the times (seconds) at which the current
+    /// chain's backups were made, its FULL first, and the scheduler's clock `now`; `None` when
+    /// it extends the chain.
+    pub fn due(&self, chain: &[i64], now: i64) -> Option<String> {
+        let full = *chain.first()?;
+        let increments = chain.len() as u64 - 1;
+        if let Some(max) = self.max_increments
+            && increments >= u64::from(max)
+        {
+            return Some(format!(
+                "the chain has {increments} increments (MAX_INCREMENTS={max})"
+            ));
+        }
+        if let Some(days) = self.max_days
+            && now.saturating_sub(full) >= i64::from(days) * 86_400
+        {
+            return Some(format!(
+                "the chain's FULL is {} days old (CHAIN_MAX_DAYS={days})",
+                now.saturating_sub(full) / 86_400
+            ));
+        }
+        None
     }
 }
 
@@ -455,5 +511,55 @@ mod tests {
         );
         assert_eq!(d.attribute("RESTIC_PASSWORD"), Some("s3cret"));
         assert!(datastore(1, "NAME=x", "/d").is_err());
+    }
+
+    #[test]
+    fn a_chain_policy_starts_a_new_chain_on_time() {
+        let day = 86_400;
+        let policy = ChainPolicy {
+            max_increments: Some(3),
+            max_days: Some(7),
+        };
+        // The FULL at t=0, increments each day after.
+        let chain = |n: i64| (0..=n).map(|k| k * day).collect::<Vec<_>>();
+        assert_eq!(policy.due(&[], 0), None, "no chain yet: a FULL anyway");
+        assert_eq!(policy.due(&chain(2), 3 * day), None);
+        assert!(
+            policy
+                .due(&chain(3), 4 * day)
+                .is_some_and(|w| w.contains("3 increments (MAX_INCREMENTS=3)")),
+        );
+        let by_age = ChainPolicy {
+            max_increments: None,
+            max_days: Some(7),
+        };
+        assert_eq!(by_age.due(&chain(1), 7 * day - 1), None, "a second before");
+        assert!(
+            by_age
+                .due(&chain(1), 7 * day)
+                .is_some_and(|w| w.contains("7 days old (CHAIN_MAX_DAYS=7)")),
+        );
+        assert_eq!(ChainPolicy::default().due(&chain(500), 10_000 * day), None);
+    }
+
+    #[test]
+    fn chain_policies_are_read_and_checked() {
+        let base = "NAME=a\nDATASTORE_ID=1\nMODE=INCREMENT\n";
+        let t = JobTemplate::parse(&format!("{base}MAX_INCREMENTS=6\nCHAIN_MAX_DAYS=30"))
+            .expect("policy");
+        assert_eq!(
+            t.chain,
+            ChainPolicy {
+                max_increments: Some(6),
+                max_days: Some(30)
+            }
+        );
+        assert_eq!(t.config(1).chain, t.chain);
+        for bad in ["MAX_INCREMENTS=0", "MAX_INCREMENTS=-1", "CHAIN_MAX_DAYS=x"] {
+            let e = JobTemplate::parse(&format!("{base}{bad}")).expect_err(bad);
+            assert!(e.to_string().contains("not a whole number above 0"), "{e}");
+        }
+        let e = JobTemplate::parse("NAME=a\nDATASTORE_ID=1\nMAX_INCREMENTS=3").expect_err("full");
+        assert!(e.to_string().contains("MODE=INCREMENT only"), "{e}");
     }
 }

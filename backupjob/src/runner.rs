@@ -44,6 +44,7 @@ pub struct JobConfig {
     pub backup_volatile: bool,
     pub disk_ids: Option<Vec<u32>>,
     pub reset: bool,
+    pub chain: crate::model::ChainPolicy,
 }
 
 /// The backup datastore: its id, driver and document (decrypted), as oned sends it.
@@ -540,6 +541,7 @@ mod tests {
             backup_volatile: false,
             disk_ids: None,
             reset: false,
+            chain: Default::default(),
         }
     }
 

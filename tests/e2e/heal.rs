@@ -222,6 +222,7 @@ fn after_a_heal_the_runner_completes_a_staged_increment_in_one_run() {
         backup_volatile: false,
         disk_ids: None,
         reset: false,
+        chain: Default::default(),
     };
     let ds = BackupDatastore {
         id: 100,

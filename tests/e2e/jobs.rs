@@ -125,6 +125,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
         backup_volatile: false,
         disk_ids: None,
         reset: false,
+        chain: Default::default(),
     };
     let ds = BackupDatastore {
         id: 100,
@@ -213,6 +214,87 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
 /// MAX_BACKUPS_HOST=1 run now: the two VMs on hv1 run one after the other, the VM on a host
 /// that is down ends in ERROR with its reason, `show` says so, `retry` puts it back, and each
 /// backed-up VM restores byte-exact with plain restic.
+/// A chain policy starts a new chain by itself: after MAX_INCREMENTS increments, and once the
+/// chain's FULL is CHAIN_MAX_DAYS old by the runner's clock (the FULL's recorded time is moved
+/// back eight days rather than waiting for them).
+#[test]
+fn chain_policies_start_new_chains_after_n_increments_and_after_days() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let work = cloud.dir.path().join("jobs");
+    fs::create_dir_all(&work).expect("work");
+    fs::write(work.join("vm22.xml"), cloud.vm_xml(-1, -1)).expect("vm doc");
+    fs::write(work.join("ds.tmpl"), datastore_template(&cloud, "")).expect("ds");
+    fs::write(
+        work.join("job.tmpl"),
+        "NAME = \"chains\"\nBACKUP_VMS = \"22\"\nDATASTORE_ID = 1\nMODE = INCREMENT\n\
+         MAX_INCREMENTS = 1\nCHAIN_MAX_DAYS = 7\n",
+    )
+    .expect("job");
+    let state = work.join("state.db");
+    let common = cli_prefix(&cloud, &state, &[]);
+    let bj = |args: &[&str]| run_cli(&common, args);
+    let file = |n: &str| work.join(n).display().to_string();
+    assert_eq!(bj(&["datastore", "create", &file("ds.tmpl")]).code, Some(0));
+    assert_eq!(bj(&["vm", "register", &file("vm22.xml")]).code, Some(0));
+    assert_eq!(bj(&["create", &file("job.tmpl")]).stdout, "ID: 1\n");
+    // (image, increment) of every backup recorded, in order.
+    let chains = || -> Vec<(i64, i64)> {
+        let db = rusqlite::Connection::open(&state).expect("state");
+        let mut q = db
+            .prepare("SELECT image_id, id FROM increments ORDER BY image_id, id")
+            .expect("query");
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let mut lines = Vec::new();
+    for round in 0..3u64 {
+        if round > 0 {
+            cloud.change_disks(round, 10);
+        }
+        let out = bj(&["backup", "1"]);
+        assert_eq!(out.code, Some(0), "round {round}: {out:?}");
+        lines.push(out.stdout);
+    }
+    let recorded = chains();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    let (a, b) = (recorded[0].0, recorded[2].0);
+    assert_eq!(recorded, [(a, 0), (a, 1), (b, 0)], "MAX_INCREMENTS=1");
+    assert!(
+        lines[2]
+            .contains("VM 22: a new chain starts: the chain has 1 increments (MAX_INCREMENTS=1)"),
+        "{}",
+        lines[2]
+    );
+    assert!(!lines[1].contains("a new chain starts"), "{}", lines[1]);
+
+    // The second chain's FULL is eight days old: the next backup starts a third chain.
+    rusqlite::Connection::open(&state)
+        .expect("state")
+        .execute(
+            "UPDATE increments SET created_at = created_at - 8 * 86400 WHERE image_id = ?1",
+            [b],
+        )
+        .expect("age");
+    cloud.change_disks(3, 10);
+    let out = bj(&["backup", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("a new chain starts: the chain's FULL is 8 days old (CHAIN_MAX_DAYS=7)"),
+        "{}",
+        out.stdout
+    );
+    let recorded = chains();
+    let c = recorded.last().expect("last").0;
+    assert!(
+        c != a && c != b && recorded.last() == Some(&(c, 0)),
+        "{recorded:?}"
+    );
+}
+
 #[test]
 fn the_backupjob_command_line_runs_a_job() {
     let cloud = cloud_with_tm();

@@ -496,7 +496,7 @@ fn event_line(ev: &Event) -> String {
                 std::time::Duration::from_millis(*elapsed_ms)
             )
         ),
-        Event::Done { vm, line } => format!("VM {vm}: {line}"),
+        Event::Done { vm, line } | Event::Note { vm, line } => format!("VM {vm}: {line}"),
         Event::Settled { vm, line } => format!("VM {vm}: {line}"),
         Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
     }
@@ -608,6 +608,7 @@ impl Reporter {
                 }
             }
             Event::Started { vm }
+            | Event::Note { vm, .. }
             | Event::Done { vm, .. }
             | Event::Settled { vm, .. }
             | Event::Failed { vm, .. } => {
