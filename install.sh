@@ -40,6 +40,9 @@ while [ $# -gt 0 ]; do
     args+=("$1")
     shift
 done
+# --check exits 1 only for files an upgrade overwrote; not being able to check is 2.
+fail=1
+[ "$mode" = --check ] && fail=2
 
 if [ -z "$binary" ] && [ "$uninstall" = yes ]; then
     # Uninstalling (or checking) needs no build: the installed executable knows how. But whoever owns the
@@ -55,7 +58,7 @@ if [ -z "$binary" ] && [ "$uninstall" = yes ]; then
             binary=$installed
         elif ! command -v cargo >/dev/null 2>&1; then
             echo "install.sh: as $(id -un), $mode does not run $installed (its owner, uid $(stat -c %u -- "$installed"), can replace it); pass --binary FILE with a backstop you trust, or run $mode as that user" >&2
-            exit 1
+            exit $fail
         fi
     fi
 fi
@@ -63,15 +66,15 @@ fi
 if [ -z "$binary" ]; then
     command -v cargo >/dev/null 2>&1 || {
         echo "install.sh: cargo is needed to build backstop (https://rustup.rs), or pass --binary FILE" >&2
-        exit 1
+        exit $fail
     }
     echo "building backstop (release)..."
-    (cd "$here" && cargo build --release --locked --quiet --bin backstop)
+    (cd "$here" && cargo build --release --locked --quiet --bin backstop) || exit $fail
     # Where cargo put it: CARGO_TARGET_DIR (relative to the workspace) or target/.
     target_dir=${CARGO_TARGET_DIR:-target}
     case "$target_dir" in /*) ;; *) target_dir=$here/$target_dir ;; esac
     binary=$target_dir/release/backstop
 fi
 
-[ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit 1; }
+[ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit $fail; }
 exec "$binary" install --binary "$binary" "${args[@]}"

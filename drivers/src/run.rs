@@ -482,7 +482,15 @@ pub fn execute(request: Request, ctx: &Context) -> Result<Answer, DriverError> {
             raw,
             reason,
             ..
-        } => Err(hand_over(&ctx.invoked, &name, &args, &raw, &reason)),
+        } => {
+            // oned's cancel before the stock script could take it over.
+            if ctx.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(DriverError::Other(format!(
+                    "{name} was cancelled before the stock script ran"
+                )));
+            }
+            Err(hand_over(&ctx.invoked, &name, &args, &raw, &reason))
+        }
         // Decoded and validated above; the work itself is not written yet.
         Request::TmBackupStep { .. } => Err(DriverError::NotImplemented),
     }
@@ -500,7 +508,7 @@ fn hand_over(invoked: &Path, name: &str, args: &[String], raw: &[u8], reason: &s
     let stock = PathBuf::from(stock);
     if !stock.is_file() {
         return DriverError::Other(format!(
-            "{reason}; but the stock {name} backstop replaced is not at {}: install backstop again with --with-tm (it puts it there)",
+            "{reason}; but there is no stock {name} at {} (the install found none to keep, or is older than the hand-over: `install.sh --check` says which; installing again with --with-tm puts one there when OpenNebula's is in backstop/replaced/)",
             stock.display()
         ));
     }

@@ -347,6 +347,59 @@ fn check_finds_what_an_upgrade_overwrote_and_installing_again_puts_it_back() {
     );
 }
 
+/// An uninstall right after an OpenNebula upgrade overwrote one of the replaced files keeps
+/// the upgrade's file and restores every other stock file (it stopped half-way before).
+#[test]
+fn uninstall_after_an_upgrade_keeps_the_upgrades_file_and_restores_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    assert_eq!(install_sh(&r, &["--with-tm"]).code, Some(0));
+    let upgraded = "#!/usr/bin/env ruby\n# stock qcow2 prebackup, 7.4.1\n";
+    fs::remove_file(r.join("tm/qcow2/prebackup")).expect("rm");
+    fs::write(r.join("tm/qcow2/prebackup"), upgraded).expect("upgrade");
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert!(gone.stdout.contains("kept tm/qcow2/prebackup"), "{gone:?}");
+    let after = contents(&r);
+    assert_eq!(
+        fs::read_to_string(r.join("tm/qcow2/prebackup")).expect("kept"),
+        upgraded
+    );
+    for (path, entry) in &before {
+        if path != "tm/qcow2/prebackup" {
+            assert_eq!(after.get(path), Some(entry), "{path} not restored");
+        }
+    }
+    assert!(!r.join("backstop").exists(), "backstop/ left behind");
+}
+
+/// `--check` cannot check a tree with no install (exit 2, not 1), and an oned.conf that is a
+/// FIFO does not hang the installer (it falls back to 7.4's lists and says why).
+#[test]
+fn check_without_an_install_and_an_unreadable_oned_conf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let none = install_sh(&r, &["--check"]);
+    assert_eq!(none.code, Some(2), "{none:?}");
+    assert!(none.stderr.contains("not installed"), "{none:?}");
+    let fifo = dir.path().join("oned.conf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let out = install_sh(&r, &["--oned-conf", fifo.to_str().expect("utf-8")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("cannot be read: not a regular file")
+            && out.stdout.contains("interactive,backstop -s"),
+        "{out:?}"
+    );
+}
+
 /// A stand-in for a stock TM script: records its $0, argv and stdin under $RECORD, says
 /// something on stdout and stderr, and exits 7.
 const RECORDER: &str = "#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > \"$RECORD/argv\"\ncat > \"$RECORD/stdin\"\necho 'stock said hello'\necho 'stock on stderr' >&2\nexit 7\n";

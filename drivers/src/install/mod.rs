@@ -169,7 +169,17 @@ pub fn shim(rel: &str) -> String {
 
 /// Whether `rel` is a regular file that carries the installer's mark (never through a link).
 fn is_ours(tree: &Tree, rel: &Rel) -> bool {
-    matches!(tree.read(rel, SMALL_FILE), Ok(Some((c, _))) if c.windows(MARK.len()).any(|w| w == MARK.as_bytes()))
+    matches!(tree.read(rel, SMALL_FILE), Ok(Some((c, _))) if has_mark(&c))
+}
+
+fn has_mark(content: &[u8]) -> bool {
+    content.windows(MARK.len()).any(|w| w == MARK.as_bytes())
+}
+
+/// Whether `rel` is a regular file that reads cleanly and does not carry the mark: a stock
+/// file (false for ours, for anything unreadable, for a link, for nothing).
+fn is_plainly_foreign(tree: &Tree, rel: &Rel) -> bool {
+    matches!(tree.read(rel, SMALL_FILE), Ok(Some((c, _))) if !has_mark(&c))
 }
 
 /// Every path an install can create or replace: a manifest naming anything else was not
@@ -196,6 +206,17 @@ fn installable() -> BTreeSet<Rel> {
 /// docs/host-side.md). Kept in the driver's own directory, so that the script finds its
 /// libraries (`../lib`) as it did; the copy in backstop/replaced/ is what an uninstall puts back.
 pub const STOCK_SUFFIX: &str = ".backstop-stock";
+
+/// Whether `path` is a TM backup step (prebackup, postbackup and their _live forms): the
+/// actions backstop hands over to the stock scripts.
+fn is_backup_step(path: &str) -> bool {
+    path.starts_with("tm/")
+        && path
+            .rsplit('/')
+            .next()
+            .is_some_and(|a| a.starts_with("prebackup") || a.starts_with("postbackup"))
+        && !path.ends_with(STOCK_SUFFIX)
+}
 
 /// Whether `rel` is a hand-over copy of a stock script ([`STOCK_SUFFIX`]).
 fn is_stock_copy(rel: &Rel) -> bool {
@@ -316,13 +337,24 @@ impl Installer<'_> {
         let at = rel(path);
         if self.tree.kind(&at).is_some() && !is_ours(self.tree, &at) {
             let keep = rel(REPLACED).join(&at);
-            if self.manifest.replaced.contains(&at) && self.tree.kind(&keep).is_some() {
+            if self.manifest.replaced.contains(&at)
+                && self.tree.kind(&keep).is_some()
+                && is_plainly_foreign(self.tree, &at)
+            {
                 // An OpenNebula upgrade put its own file back over backstop's: the newer stock
-                // file is the one an uninstall must restore.
-                self.tree.remove_file(&keep)?;
+                // file is the one an uninstall must restore. The older kept one is moved aside
+                // first and dropped only once the newer one is in its place.
+                let older = rel(REPLACED).join(&rel(&format!("{path}.older")));
+                self.tree.rename_new(&keep, &older)?;
+                if let Err(e) = self.tree.rename_new(&at, &keep) {
+                    let _ = self.tree.rename_new(&older, &keep);
+                    return Err(e);
+                }
+                self.tree.remove_file(&older)?;
                 self.changed.push(format!(
                     "{path} was the stock file again (an OpenNebula upgrade?): kept the new one in backstop/replaced/"
                 ));
+                return self.write_shim(path, at);
             } else if self.tree.kind(&keep).is_some() {
                 return Err(InstallError(format!(
                     "{} already holds a replaced file; refusing to overwrite it with {}",
@@ -335,13 +367,19 @@ impl Installer<'_> {
             self.changed
                 .push(format!("kept {path} in backstop/replaced/"));
         }
+        self.write_shim(path, at)
+    }
+
+    /// Writes the shim at `path` (`at`), the hand-over copy of what it replaced, and the
+    /// manifest's line for it.
+    fn write_shim(&mut self, path: &str, at: Rel) -> Result<(), InstallError> {
         if self
             .tree
             .write_if_changed(&at, shim(path).as_bytes(), 0o755)?
         {
             self.changed.push(format!("wrote {path}"));
         }
-        if path.starts_with("tm/") && self.manifest.replaced.contains(&at) {
+        if is_backup_step(path) && self.manifest.replaced.contains(&at) {
             self.stock_copy(path, &at)?;
         }
         if !self.manifest.replaced.contains(&at) {
@@ -664,6 +702,23 @@ pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
             text.push_str(&format!("{at} {state}\n"));
         }
     }
+    // What an uninstall puts back, and what a hand-over runs.
+    for at in &manifest.replaced {
+        total += 1;
+        if tree.kind(&rel(REPLACED).join(at)).is_none() {
+            lost += 1;
+            text.push_str(&format!(
+                "backstop/replaced/{at} is missing (an uninstall could not put the stock {at} back)\n"
+            ));
+        }
+        let copy = Rel::parse(&format!("{at}{STOCK_SUFFIX}"));
+        if is_backup_step(at.as_str()) && copy.is_some_and(|c| !manifest.created.contains(&c)) {
+            lost += 1;
+            text.push_str(&format!(
+                "{at} has no stock copy beside it (an install older than the hand-over): interactive and SNAPSHOT backups would fail\n"
+            ));
+        }
+    }
     let downloader_sh = rel(DOWNLOADER_SH);
     if let Some((bytes, _)) = tree.read(&downloader_sh, SMALL_FILE)? {
         total += 1;
@@ -683,7 +738,10 @@ pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
             remotes.display()
         ));
     } else {
-        let mut again = format!("./install.sh --remotes-dir {}", remotes.display());
+        let mut again = format!(
+            "./install.sh --remotes-dir {}",
+            backstop_protocol::remote::sh_quote(&remotes.display().to_string())
+        );
         if manifest
             .created
             .iter()
@@ -708,10 +766,30 @@ pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
     Ok(CheckReport { text, lost })
 }
 
+/// oned.conf's text, read as the installer reads the tree: never through a link at its last
+/// step, never a FIFO or device, at most 1 MiB; bytes that are not UTF-8 shown as U+FFFD.
+fn read_oned_conf(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(SMALL_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > SMALL_FILE {
+        return Err(io::Error::other("larger than 1 MiB"));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// What oned.conf needs, worked out from the front-end's own (`--oned-conf`).
 fn oned_conf_lines(options: &Options) -> String {
     let path = options.oned_conf.clone().unwrap_or_else(default_oned_conf);
-    let mut s = match std::fs::read_to_string(&path) {
+    let mut s = match read_oned_conf(&path) {
         Ok(text) => oned_conf::advice(Some(&text), &path.display().to_string()),
         Err(e) => oned_conf::advice(
             None,
@@ -760,11 +838,17 @@ fn uninstall(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<
     for at in &manifest.replaced {
         let keep = rel(REPLACED).join(at);
         if tree.kind(at).is_some() {
-            return Err(InstallError(format!(
-                "{} exists and is not backstop's; cannot restore the file kept in {}",
-                tree.display(at),
-                tree.display(&keep)
-            )));
+            // Not backstop's (it was removed above if it were): an OpenNebula upgrade put its
+            // own file back, newer than the one kept; it stays, the kept one goes.
+            if tree.kind(&keep).is_some() {
+                tree.remove_file(&keep)?;
+            }
+            writeln!(
+                out,
+                "kept {at}: it is not backstop's (an OpenNebula upgrade put its own back), so the older stock file kept in backstop/replaced/ was dropped"
+            )
+            .ok();
+            continue;
         }
         tree.rename_new(&keep, at)
             .map_err(|e| InstallError(format!("cannot restore {}: {e}", tree.display(at))))?;

@@ -127,23 +127,39 @@ fn tokens(text: &str) -> Vec<Token> {
     out
 }
 
-/// `arguments` with `backstop` added to its `-d` list (at the end); unchanged when it is
-/// there already or there is no `-d` (oned then enables every driver).
+/// `arguments` with `backstop` added to its list of datastore drivers (`-d LIST`, `-dLIST`,
+/// `--ds-types LIST` or `--ds-types=LIST`, as one_datastore reads them), at the end; unchanged
+/// when it is there already or there is no list (oned then enables every driver).
 fn with_backstop(arguments: &str) -> String {
+    let add = |list: &str| {
+        let mut drivers: Vec<&str> = list.split(',').filter(|d| !d.is_empty()).collect();
+        if !drivers.contains(&"backstop") {
+            drivers.push("backstop");
+        }
+        drivers.join(",")
+    };
     let words: Vec<&str> = arguments.split_whitespace().collect();
     let mut out = Vec::with_capacity(words.len());
     let mut i = 0;
     while i < words.len() {
-        out.push(words[i].to_string());
-        if words[i] == "-d"
+        let w = words[i];
+        if (w == "-d" || w == "--ds-types")
             && let Some(list) = words.get(i + 1)
         {
-            let mut drivers: Vec<&str> = list.split(',').filter(|d| !d.is_empty()).collect();
-            if !drivers.contains(&"backstop") {
-                drivers.push("backstop");
-            }
-            out.push(drivers.join(","));
-            i += 1;
+            out.push(w.to_string());
+            out.push(add(list));
+            i += 2;
+            continue;
+        }
+        if let Some(list) = w.strip_prefix("--ds-types=") {
+            out.push(format!("--ds-types={}", add(list)));
+        } else if let Some(list) = w
+            .strip_prefix("-d")
+            .filter(|l| !l.is_empty() && !w.starts_with("--"))
+        {
+            out.push(format!("-d{}", add(list)));
+        } else {
+            out.push(w.to_string());
         }
         i += 1;
     }
@@ -213,7 +229,7 @@ pub fn advice(conf: Option<&str>, source: &str) -> String {
         None => {
             next(
                 &mut s,
-                "backstop in the -d list of DATASTORE_MAD (OpenNebula 7.4's stock list with backstop added):",
+                "add backstop to the -d list of your DATASTORE_MAD, keeping every driver it has; on a stock OpenNebula 7.4 front-end that is:",
             );
             s.push_str(&format!(
                 "     DATASTORE_MAD = [\n         EXECUTABLE = \"one_datastore\",\n         ARGUMENTS = \"{}\"\n     ]\n",
@@ -379,5 +395,18 @@ mod tests {
         assert_eq!(with_backstop("-t 15"), "-t 15");
         assert_eq!(with_backstop("-d"), "-d");
         assert_eq!(with_backstop("-d fs,,backstop"), "-d fs,backstop");
+        assert_eq!(
+            with_backstop("-t 15 -dfs,ceph -s x"),
+            "-t 15 -dfs,ceph,backstop -s x"
+        );
+        assert_eq!(
+            with_backstop("--ds-types fs -s x"),
+            "--ds-types fs,backstop -s x"
+        );
+        assert_eq!(
+            with_backstop("--ds-types=fs,ceph"),
+            "--ds-types=fs,ceph,backstop"
+        );
+        assert_eq!(with_backstop("--other -d fs"), "--other -d fs,backstop");
     }
 }

@@ -80,7 +80,11 @@ impl BackupConfig {
             backup_volatile: yes(node.text("BACKUP_VOLATILE")),
             fs_freeze,
             disk_ids,
-            interactive: yes(node.text("INTERACTIVE")),
+            // As the stock TM reads it (YES only, any case), so a hand-over and the stock
+            // script agree.
+            interactive: node
+                .text("INTERACTIVE")
+                .is_some_and(|v| v.eq_ignore_ascii_case("YES")),
             last_increment_id: node.optional_id("LAST_INCREMENT_ID")?,
             incremental_backup_id: node.optional_id("INCREMENTAL_BACKUP_ID")?,
             backup_job_id: node.optional_id("BACKUP_JOB_ID")?,
