@@ -44,7 +44,43 @@ pub struct JobConfig {
     pub backup_volatile: bool,
     pub disk_ids: Option<Vec<u32>>,
     pub reset: bool,
-    pub chain: crate::model::ChainPolicy,
+    pub chain: ChainPolicy,
+}
+
+/// When an INCREMENT job's chain starts anew without being asked (OpenNebula has neither;
+/// its issues #6188, #6290, #6475 ask for them): after `max_increments` increments on its
+/// FULL, or once its FULL is `max_days` old. A new chain reads every disk whole again instead
+/// of trusting the dirty bitmaps; backstop stores a complete image either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainPolicy {
+    pub max_increments: Option<u32>,
+    pub max_days: Option<u32>,
+}
+
+impl ChainPolicy {
+    /// Why the next backup starts a new chain, given the times (seconds) at which the current
+    /// chain's backups were made, its FULL first, and the scheduler's clock `now`; `None` when
+    /// it extends the chain.
+    pub fn due(&self, chain: &[i64], now: i64) -> Option<String> {
+        let full = *chain.first()?;
+        let increments = chain.len() as u64 - 1;
+        if let Some(max) = self.max_increments
+            && increments >= u64::from(max)
+        {
+            return Some(format!(
+                "the chain has {increments} increments (MAX_INCREMENTS={max})"
+            ));
+        }
+        if let Some(days) = self.max_days
+            && now.saturating_sub(full) >= i64::from(days) * 86_400
+        {
+            return Some(format!(
+                "the chain's FULL is {} days old (CHAIN_MAX_DAYS={days})",
+                now.saturating_sub(full) / 86_400
+            ));
+        }
+        None
+    }
 }
 
 /// The backup datastore: its id, driver and document (decrypted), as oned sends it.

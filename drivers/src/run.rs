@@ -504,7 +504,7 @@ fn hand_over(invoked: &Path, name: &str, args: &[String], raw: &[u8], reason: &s
     use std::io::{Seek, Write};
     use std::os::unix::process::CommandExt;
     let mut stock = invoked.as_os_str().to_os_string();
-    stock.push(crate::install::STOCK_SUFFIX);
+    stock.push(backstop_tm::hand_over::STOCK_SUFFIX);
     let stock = PathBuf::from(stock);
     if !stock.is_file() {
         return DriverError::Other(format!(

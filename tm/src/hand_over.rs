@@ -5,6 +5,12 @@
 
 use backstop_protocol::message::{IncrementMode, Vm};
 
+/// Beside each transfer-manager action backstop replaces (with `--with-tm`): the stock script
+/// it replaced, run when backstop hands a backup step over to it. Kept in the driver's own
+/// directory, so that the script finds its libraries (`../lib`) as it did; the copy in
+/// backstop/replaced/ is what an uninstall puts back.
+pub const STOCK_SUFFIX: &str = ".backstop-stock";
+
 /// Why the stock script runs `vm`'s backup step instead of backstop; `None` when backstop
 /// does it.
 pub fn reason(vm: &Vm) -> Option<String> {

@@ -19,6 +19,7 @@
 
 use crate::run;
 use backstop_protocol::action::{DATASTORE_ACTIONS, TM_ACTIONS};
+use backstop_tm::hand_over::STOCK_SUFFIX;
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
@@ -200,12 +201,6 @@ fn installable() -> BTreeSet<Rel> {
     }
     all
 }
-
-/// Beside each transfer-manager action backstop replaces: the stock script it replaced, run
-/// when backstop hands a backup over to it (an interactive backup, INCREMENT_MODE=SNAPSHOT;
-/// docs/host-side.md). Kept in the driver's own directory, so that the script finds its
-/// libraries (`../lib`) as it did; the copy in backstop/replaced/ is what an uninstall puts back.
-pub const STOCK_SUFFIX: &str = ".backstop-stock";
 
 /// Whether `path` is a TM backup step (prebackup, postbackup and their _live forms): the
 /// actions backstop hands over to the stock scripts.
