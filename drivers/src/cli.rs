@@ -160,6 +160,7 @@ fn serve(
     let Some(state) = state.or_else(backstop_backupjob::state::default_path) else {
         return fail("no state database: give --state or set BACKSTOP_STATE or HOME".into());
     };
+    crate::install::warn_if_overwritten(&remotes, "backstop serve");
     let credentials = match backstop_web::auth::Credentials::from_env() {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),

@@ -324,6 +324,26 @@ fn check_finds_what_an_upgrade_overwrote_and_installing_again_puts_it_back() {
         "{lost:?}"
     );
     assert_eq!(snapshot(&r), snap, "--check changed the tree");
+    // The scheduler says so when it starts.
+    let state = dir.path().join("state.db");
+    let sched = run(
+        BACKSTOP,
+        &[
+            "backupjob",
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--remotes",
+            r.to_str().expect("utf-8"),
+            "scheduler",
+        ],
+        b"",
+    );
+    assert!(
+        sched.stderr.contains(
+            "backupjob scheduler: warning: tm/qcow2/prebackup is not backstop's any more"
+        ),
+        "{sched:?}"
+    );
 
     let again = install_sh(&r, &["--with-tm"]);
     assert_eq!(again.code, Some(0), "{again:?}");

@@ -38,6 +38,7 @@ pub(super) fn daemon(
     interval: &u64,
 ) -> Result<(), Error> {
     let env = super::env(args);
+    crate::install::warn_if_overwritten(&args.remotes, "backupjob scheduler");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());

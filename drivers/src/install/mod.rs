@@ -761,6 +761,19 @@ pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
     Ok(CheckReport { text, lost })
 }
 
+/// At the start of the scheduler and the dashboard: one warning on stderr when an OpenNebula
+/// upgrade overwrote backstop's files in `remotes` (what `--check` says); nothing when all is in
+/// place or backstop is not installed there.
+pub fn warn_if_overwritten(remotes: &Path, who: &str) {
+    if let Ok(report) = check(remotes)
+        && report.lost > 0
+    {
+        for line in report.text.lines() {
+            eprintln!("{who}: warning: {line}");
+        }
+    }
+}
+
 /// oned.conf's text, read as the installer reads the tree: never through a link at its last
 /// step, never a FIFO or device, at most 1 MiB; bytes that are not UTF-8 shown as U+FFFD.
 fn read_oned_conf(path: &Path) -> io::Result<String> {
