@@ -247,41 +247,34 @@ pub fn advice(conf: Option<&str>, source: &str) -> String {
         next(&mut s, "the driver's configuration:");
         s.push_str("     DS_MAD_CONF = [ NAME = \"backstop\", REQUIRED_ATTRS = \"RESTIC_PASSWORD\", PERSISTENT_ONLY = \"YES\" ]\n");
     }
-    let encrypted = singles("DATASTORE_ENCRYPTED_ATTR");
-    let missing: Vec<&str> = ENCRYPTED
-        .iter()
-        .copied()
-        .filter(|a| !encrypted.contains(a))
-        .collect();
-    if missing.is_empty() {
-        next(
-            &mut s,
+    // The single-valued lines backstop needs: those oned.conf lacks, or that all are there.
+    for (name, wanted, there, why) in [
+        (
+            "DATASTORE_ENCRYPTED_ATTR",
+            &ENCRYPTED[..],
             "the repository password and S3 secret key are encrypted at rest already",
-        );
-    } else {
-        next(
-            &mut s,
             "the secrets encrypted at rest (the repository password, the S3 secret key):",
-        );
-        for a in missing {
-            s.push_str(&format!("     DATASTORE_ENCRYPTED_ATTR = \"{a}\"\n"));
-        }
-    }
-    let restricted = singles("VM_RESTRICTED_ATTR");
-    let missing: Vec<&str> = RESTRICTED
-        .iter()
-        .copied()
-        .filter(|a| !restricted.contains(a))
-        .collect();
-    if missing.is_empty() {
-        next(&mut s, "the Ceph attributes are restricted already");
-    } else {
-        next(
-            &mut s,
+        ),
+        (
+            "VM_RESTRICTED_ATTR",
+            &RESTRICTED[..],
+            "the Ceph attributes are restricted already",
             "so that a VM template cannot choose the Ceph options its backups use where a Ceph datastore does not set them:",
-        );
-        for a in missing {
-            s.push_str(&format!("     VM_RESTRICTED_ATTR = \"{a}\"\n"));
+        ),
+    ] {
+        let present = singles(name);
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|a| !present.contains(a))
+            .collect();
+        if missing.is_empty() {
+            next(&mut s, there);
+        } else {
+            next(&mut s, why);
+            for a in missing {
+                s.push_str(&format!("     {name} = \"{a}\"\n"));
+            }
         }
     }
     s
