@@ -556,21 +556,28 @@ fn a_server_known_only_by_its_certificate_authority_is_accepted() {
     assert!(err.starts_with("unknown host key for backup1"), "{err}");
 }
 
+/// A client config `name` for `sshd` with `StrictHostKeyChecking accept-new` and `known` as
+/// its known_hosts file.
+fn accept_new_config(sshd: &Sshd, known: &Path, name: &str) -> std::path::PathBuf {
+    let config = sshd.dir.join(name);
+    fs::write(
+        &config,
+        format!(
+            "{}  StrictHostKeyChecking accept-new\n",
+            sshd.block_with(known)
+        ),
+    )
+    .expect("config");
+    config
+}
+
 #[test]
 fn accept_new_records_a_first_key_and_refuses_a_changed_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sshd = Sshd::start(dir.path());
     let known = dir.path().join("known_hosts_new");
     fs::write(&known, "").expect("empty");
-    let config = dir.path().join("ssh_config_accept_new");
-    fs::write(
-        &config,
-        format!(
-            "{}  StrictHostKeyChecking accept-new\n",
-            sshd.block_with(&known)
-        ),
-    )
-    .expect("config");
+    let config = accept_new_config(&sshd, &known, "ssh_config_accept_new");
     connect(&dir.path().join("r1"), &options(&config)).expect("first contact");
     let recorded = fs::read_to_string(&known).expect("known_hosts");
     let key = fs::read_to_string(&sshd.host_pub).expect("host key");
@@ -608,15 +615,7 @@ fn accept_new_that_cannot_record_the_key_is_refused() {
     // A known_hosts in a directory that does not exist: ssh says it failed to add the key and
     // would connect anyway, every time, whatever key the server shows.
     let known = dir.path().join("missing-dir/known_hosts");
-    let config = dir.path().join("ssh_config_unrecorded");
-    fs::write(
-        &config,
-        format!(
-            "{}  StrictHostKeyChecking accept-new\n",
-            sshd.block_with(&known)
-        ),
-    )
-    .expect("config");
+    let config = accept_new_config(&sshd, &known, "ssh_config_unrecorded");
     let err = connect(&dir.path().join("r"), &options(&config)).expect_err("unrecorded key");
     assert!(
         err.contains("OpenSSH accepted a first host key but could not record it")
