@@ -8,7 +8,6 @@ use common::sshd::Sshd;
 use common::*;
 
 use backstop_repo::Repo;
-use backstop_repo::writer::{self, BackupOptions, Content, FileSpec};
 use backstop_storage::sftp::{KeepSessions, SftpBackend, SftpLocation, SftpOptions};
 use std::path::Path;
 use std::sync::Arc;
@@ -57,19 +56,6 @@ fn all_ended(sshd: &Sshd) -> usize {
     accepted(sshd)
 }
 
-fn backup(repo: &Repo, image: &Path) {
-    let source = backstop_image::image::RawImage::open(image).expect("image");
-    let files = [FileSpec {
-        path: DISK.into(),
-        content: Content::Image {
-            source: &source,
-            changed: None,
-            parent_path: Some(DISK.into()),
-        },
-    }];
-    writer::backup(repo, &files, &BackupOptions::default()).expect("backup");
-}
-
 #[test]
 fn backends_to_one_server_share_sessions_which_end_with_the_last_or_with_the_guard() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -89,8 +75,8 @@ fn backends_to_one_server_share_sessions_which_end_with_the_last_or_with_the_gua
         Repo::init(Arc::new(b), PASSWORD).expect("init b"),
     );
     std::thread::scope(|s| {
-        s.spawn(|| backup(&ra, &image));
-        s.spawn(|| backup(&rb, &image));
+        s.spawn(|| backup_disk(&ra, &image, None, None));
+        s.spawn(|| backup_disk(&rb, &image, None, None));
     });
     drop((ra, rb));
     for repo in ["a", "b"] {
