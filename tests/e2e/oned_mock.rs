@@ -1,5 +1,6 @@
-//! A MOCK of oned's XML-RPC API: oned itself cannot run here, so the actions that call the API
-//! (the downloader, restore) are tested against this recording server on 127.0.0.1. It speaks
+//! A MOCK of oned's XML-RPC API, for what the real oned (oned_real.rs) cannot be made to show:
+//! answers and faults chosen call by call, and a record of every call the actions (the
+//! downloader, restore) make, on 127.0.0.1. It speaks
 //! HTTP/1.1 and XML-RPC as oned does, checks the session string, answers from a table of
 //! canned documents and records every call. Tests that use it say "mock oned" in their name.
 

@@ -1,4 +1,4 @@
-//! RESTIC_BWLIMIT: one token bucket shared by every connection of a backend (SFTP, S3), in
+//! RESTIC_BWLIMIT: one token bucket shared by every connection of a backend (local, SFTP, S3), in
 //! restic's unit (KiB/s), for reads and writes together.
 
 use std::sync::Mutex;

@@ -4,6 +4,7 @@
 //! reader (or a crash) never sees half a file. Files are never rewritten: a name is the hash of
 //! the content.
 
+use crate::bandwidth::Bandwidth;
 use crate::{
     LockEntry, RepoId, Storage, dir_name, file_path, is_temp_name, max_file_size, too_large,
 };
@@ -153,6 +154,9 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Directories a file was renamed into since the last [`Storage::sync`].
     unsynced: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// RESTIC_BWLIMIT, for reads and writes together (restic limits a local repository too:
+    /// a shared mount is a network).
+    bandwidth: Option<std::sync::Arc<Bandwidth>>,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Box<RusticError> {
@@ -164,6 +168,21 @@ impl LocalBackend {
         LocalBackend {
             root: root.into(),
             unsynced: Default::default(),
+            bandwidth: None,
+        }
+    }
+
+    /// Limits reads and writes to `kib` KiB/s together (none for `None` or 0).
+    pub fn with_bandwidth(mut self, kib: Option<u64>) -> Self {
+        self.bandwidth = kib
+            .and_then(Bandwidth::kib_per_sec)
+            .map(std::sync::Arc::new);
+        self
+    }
+
+    fn pay(&self, bytes: usize) {
+        if let Some(b) = &self.bandwidth {
+            b.take(bytes);
         }
     }
 
@@ -338,9 +357,11 @@ impl ReadBackend for LocalBackend {
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
         let path = self.path(tpe, id);
-        read_capped(&path, max_file_size(tpe))
+        let bytes = read_capped(&path, max_file_size(tpe))
             .map(Bytes::from)
-            .map_err(|e| io_error("cannot read", &path, e))
+            .map_err(|e| io_error("cannot read", &path, e))?;
+        self.pay(bytes.len());
+        Ok(bytes)
     }
 
     fn read_partial(
@@ -357,6 +378,7 @@ impl ReadBackend for LocalBackend {
         f.seek(SeekFrom::Start(u64::from(offset)))
             .and_then(|_| f.read_exact(&mut buf))
             .map_err(|e| io_error("cannot read", &path, e))?;
+        self.pay(buf.len());
         Ok(buf.into())
     }
 
@@ -389,6 +411,7 @@ impl WriteBackend for LocalBackend {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
         }
+        self.pay(content.slice().iter().map(Bytes::len).sum());
         self.write_atomic(&path, content.slice(), tpe == FileType::Pack)
             .map_err(|e| io_error("cannot write", &path, e))
     }

@@ -107,7 +107,9 @@ impl Connected {
 /// Connects to the storage at `at` (nothing of a repository is read yet).
 pub fn connect(at: &Where, transport: &Transport) -> Result<Connected, Error> {
     match at {
-        Where::Local(path) => Ok(Connected::Local(LocalBackend::new(path.clone()))),
+        Where::Local(path) => Ok(Connected::Local(
+            LocalBackend::new(path.clone()).with_bandwidth(transport.bwlimit_kib),
+        )),
         Where::Sftp(loc) => {
             let options = SftpOptions {
                 connections: transport.connections,

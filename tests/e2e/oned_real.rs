@@ -1,0 +1,781 @@
+//! Through a REAL OpenNebula 7.4.0 front-end: oned, onemonitord, the scheduler, every MAD and
+//! the Ruby CLI, built from OpenNebula's own source and run here on loopback by the scripts of a
+//! reference directory (install, start, stop by PID). backstop is installed into its remotes
+//! tree with its own `install.sh`, and every action runs because oned asked for it: `onevm
+//! backup` (the real `one_vmm_exec` over a stand-in hypervisor whose deploy/shutdown do nothing,
+//! so BACKUP is oned's own code path), `onevm backup-cancel`, `onevm restore`, `oneimage
+//! restore`, `oneimage delete`, KEEP_LAST flattening and `onebackupjob`.
+//!
+//! Where the reference lives is told by `BACKSTOP_ONED_REFERENCE` (`.ci/run` sets it and fails
+//! without one); when it is unset these tests say that they did not run and pass.
+
+use crate::support::{self, BACKSTOP, Outcome};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One oned at a time: monitord's port and the dummy IM's client PID file are machine-wide.
+static ONE_ONED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Where the stock TM scripts look for the host's copy of the remotes tree.
+const HOST_TREE: &str = "/var/tmp/one";
+
+/// The datastore password `add-backstop.sh` writes into the backup datastore's template.
+const PASSWORD: &str = "backstop-test-pw";
+
+/// The reference directory, or None (and a line saying so) when the tests are not to run.
+fn reference() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("BACKSTOP_ONED_REFERENCE") else {
+        eprintln!(
+            "NOT RUN: BACKSTOP_ONED_REFERENCE is unset (the directory holding OpenNebula 7.4.0's \
+             install-oned.sh, start-oned.sh and tarball); .ci/run sets it"
+        );
+        return None;
+    };
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join("start-oned.sh").is_file(),
+        "BACKSTOP_ONED_REFERENCE={} holds no start-oned.sh",
+        dir.display()
+    );
+    Some(dir)
+}
+
+/// A running oned with backstop installed, a backup datastore `backstop-local` and a host
+/// `localhost` (dummy monitoring, the real exec VMM driver). Stopped by PID when dropped.
+pub(crate) struct RealOned {
+    _only: std::sync::MutexGuard<'static, ()>,
+    reference: PathBuf,
+    /// ONE_WORK: `one/` (ONE_LOCATION), backstop's binary and run directory.
+    dir: tempfile::TempDir,
+    /// Under /var/tmp: oned accepts image paths only below its SAFE_DIRS.
+    pub(crate) images: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl RealOned {
+    /// `with_tm`: backstop's TM pre/postbackup and restore too (`install.sh --with-tm`).
+    pub(crate) fn start(with_tm: bool) -> Option<RealOned> {
+        let reference = reference()?;
+        let only = ONE_ONED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::Builder::new()
+            .prefix("bsone")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let images = tempfile::Builder::new()
+            .prefix("backstop-oned-images")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir in /var/tmp");
+        let one = dir.path().join("one");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let path = format!(
+            "{}:{}",
+            one.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let env = vec![
+            ("ONE_LOCATION".into(), one.display().to_string()),
+            (
+                "ONE_AUTH".into(),
+                one.join("etc/one_auth").display().to_string(),
+            ),
+            ("ONE_XMLRPC".into(), format!("http://127.0.0.1:{port}/RPC2")),
+            ("RUBYLIB".into(), one.join("lib/ruby").display().to_string()),
+            ("PATH".into(), path),
+            ("ONE_PORT".into(), port.to_string()),
+        ];
+        let oned = RealOned {
+            _only: only,
+            reference,
+            dir,
+            images,
+            env,
+        };
+        oned.script("install-oned.sh", &[]);
+        // Datastores monitored every 5 s instead of 300: a new backup datastore has no free
+        // space in oned's eyes (and refuses backups) until its first monitor. start-oned.sh
+        // configures from oned.conf.orig when it exists.
+        let etc = one.join("etc");
+        let conf = fs::read_to_string(etc.join("oned.conf")).expect("oned.conf");
+        let conf = conf
+            .lines()
+            .map(|l| {
+                if l.starts_with("MONITORING_INTERVAL_DATASTORE") {
+                    "MONITORING_INTERVAL_DATASTORE = 5"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(etc.join("oned.conf.orig"), conf + "\n").expect("oned.conf.orig");
+        // The stand-in hypervisor's driver as the stock kvm one is configured: `-p`, actions
+        // for one host run in parallel (without it backup_cancel would wait for the backup).
+        let extra = oned.dir.path().join("oned-extra.conf");
+        fs::write(
+            &extra,
+            "VM_MAD = [ NAME = \"fakehvp\", SUNSTONE_NAME = \"FakeHV\", EXECUTABLE = \"one_vmm_exec\",\n  \
+             ARGUMENTS = \"-t 15 -r 0 fakehv -p -l deploy,shutdown,cancel,reboot,reset,save,restore\",\n  \
+             TYPE = \"xml\", KEEP_SNAPSHOTS = \"no\" ]\n",
+        )
+        .expect("oned-extra.conf");
+        let remotes = one.join("var/remotes").display().to_string();
+        let extra = extra.display().to_string();
+        // start-oned.sh starts oned as a background job of a non-interactive shell, which
+        // ignores SIGINT and SIGQUIT in it, in every MAD and every script they run; the stock
+        // backup_qcow2.rb stops its qemu-nbd with SIGQUIT and would wait for ever. Its `setsid`
+        // is found through PATH: this one puts the two signals back to their defaults first
+        // (what a systemd-started oned has).
+        let wrap = oned.dir.path().join("wrap");
+        fs::create_dir_all(&wrap).expect("wrap");
+        support::write_exec(
+            &wrap.join("setsid"),
+            "#!/usr/bin/perl\n$SIG{INT} = 'DEFAULT';\n$SIG{QUIT} = 'DEFAULT';\n\
+             exec { '/usr/bin/setsid' } 'setsid', @ARGV or die \"setsid: $!\\n\";\n",
+        );
+        let path = format!("{}:{}", wrap.display(), oned.var("PATH"));
+        oned.script(
+            "start-oned.sh",
+            &[
+                ("PATH", &path),
+                ("BACKSTOP", "1"),
+                ("FAKE_SSH", "1"),
+                ("ONE_EXTRA_CONF", &extra),
+                // All in one: the host's copy of the remotes is the front-end's.
+                ("ONE_HOST_REMOTES", &remotes),
+            ],
+        );
+        let src = support::repo_root().display().to_string();
+        oned.script(
+            "add-backstop.sh",
+            &[
+                ("WITH_TM", if with_tm { "1" } else { "0" }),
+                ("BACKSTOP_SRC", &src),
+                ("BACKSTOP_BIN", BACKSTOP),
+                ("RESTIC_PASSWORD", PASSWORD),
+            ],
+        );
+        // The host: dummy monitoring, the stand-in hypervisor's actions from the reference.
+        let vmm = one.join("var/remotes/vmm/fakehv");
+        fs::create_dir_all(&vmm).expect("vmm/fakehv");
+        for entry in fs::read_dir(oned.reference.join("fixtures/vmm-fakehv")).expect("fixtures") {
+            let entry = entry.expect("fixture");
+            let to = vmm.join(entry.file_name());
+            fs::copy(entry.path(), &to).expect("copy a fixture");
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        oned.cli_ok(
+            "onehost",
+            &["create", "localhost", "-i", "dummy", "-v", "fakehvp"],
+        );
+        oned.wait("host localhost monitored", 120, None, || {
+            first(&oned.xml("onehost", "localhost"), "STATE") == "2"
+        });
+        oned.link_host_tree();
+        Some(oned)
+    }
+
+    /// The stock TM scripts run their helpers from the host's copy of the remotes at the
+    /// hard-coded /var/tmp/one (`tm/lib/backup_qcow2.rb`). This machine is the host: a link
+    /// to the front-end's tree while the test runs (one oned at a time); one a crashed test left
+    /// (pointing nowhere) is replaced, anything else there is refused.
+    fn link_host_tree(&self) {
+        let at = Path::new(HOST_TREE);
+        if let Ok(meta) = fs::symlink_metadata(at) {
+            assert!(
+                meta.file_type().is_symlink() && !at.exists(),
+                "{HOST_TREE} exists (a host's copy of OpenNebula's remotes?): the real-oned tests \
+                 need it for themselves; move it away"
+            );
+            fs::remove_file(at).expect("remove a dangling /var/tmp/one");
+        }
+        std::os::unix::fs::symlink(self.one().join("var/remotes"), at).expect("link /var/tmp/one");
+    }
+
+    fn var(&self, name: &str) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    fn one(&self) -> PathBuf {
+        self.dir.path().join("one")
+    }
+
+    fn script(&self, name: &str, extra: &[(&str, &str)]) -> String {
+        let out = Command::new(self.reference.join(name))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            out.status.success(),
+            "{name} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The end of oned's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.one().join("var/oned.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- oned.log (end) ---\n{}",
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
+    }
+
+    /// A CLI command of this oned (onevm, oneimage ...).
+    pub(crate) fn cli(&self, program: &str, args: &[&str]) -> Outcome {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        support::run_env(self.one().join("bin").join(program), args, b"", &env)
+    }
+
+    pub(crate) fn cli_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self.cli(program, args);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{program} {args:?}: {}{}\n{}",
+            out.stdout,
+            out.stderr,
+            self.log_tail()
+        );
+        out.stdout
+    }
+
+    /// `<cli> show <id> -x`.
+    pub(crate) fn xml(&self, program: &str, id: &str) -> String {
+        self.cli_ok(program, &["show", id, "-x"])
+    }
+
+    /// A template file in the work directory, for `create`/`update` commands.
+    pub(crate) fn template(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        fs::write(&path, text).expect("template");
+        path.display().to_string()
+    }
+
+    /// Polls `done` every 300 ms until it holds; panics after `secs` with what it waited for,
+    /// the VM's log when one is named, and the end of oned's log.
+    pub(crate) fn wait(&self, what: &str, secs: u64, vm: Option<u64>, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            if Instant::now() > deadline {
+                let vm_log = vm.map(|id| self.vm_log(id)).unwrap_or_default();
+                panic!(
+                    "waited {secs} s for {what}\n--- vm.log ---\n{vm_log}\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// What oned logged about a VM.
+    pub(crate) fn vm_log(&self, vm: u64) -> String {
+        fs::read_to_string(self.one().join(format!("var/vms/{vm}/vm.log"))).unwrap_or_default()
+    }
+
+    /// (STATE, LCM_STATE) of a VM.
+    pub(crate) fn vm_state(&self, vm: u64) -> (String, String) {
+        let xml = self.xml("onevm", &vm.to_string());
+        (first(&xml, "STATE"), first(&xml, "LCM_STATE"))
+    }
+
+    /// A datastore's id, once oned has monitored it (FREE_MB > 0).
+    pub(crate) fn datastore(&self, name: &str) -> String {
+        let id = first(&self.xml("onedatastore", name), "ID");
+        self.wait(&format!("the first monitor of {name}"), 60, None, || {
+            first(&self.xml("onedatastore", name), "FREE_MB")
+                .parse::<u64>()
+                .is_ok_and(|f| f > 0)
+        });
+        id
+    }
+
+    /// Registers `image` (qcow2) in the image datastore, instantiates a VM with it as its one
+    /// disk, and powers it off (the stand-in hypervisor does nothing). Returns the VM's id.
+    pub(crate) fn stopped_vm(&self, name: &str, image: &Path) -> u64 {
+        self.datastore("default");
+        let path = image.display().to_string();
+        let img = self.cli_ok(
+            "oneimage",
+            &[
+                "create", "-d", "1", "--name", name, "--path", &path, "--format", "qcow2",
+            ],
+        );
+        let img = id_line(&img);
+        self.wait(&format!("image {name} ready"), 90, None, || {
+            first(&self.xml("oneimage", &img), "STATE") == "1"
+        });
+        self.cli_ok(
+            "onetemplate",
+            &[
+                "create", "--name", name, "--memory", "64", "--cpu", "0.1", "--disk", name,
+            ],
+        );
+        let out = self.cli_ok("onetemplate", &["instantiate", name]);
+        let vm: u64 = out
+            .split_whitespace()
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no VM id in {out}"));
+        self.wait(&format!("VM {vm} running"), 90, Some(vm), || {
+            self.vm_state(vm).1 == "3"
+        });
+        self.cli_ok("onevm", &["poweroff", "--hard", &vm.to_string()]);
+        self.wait_poweroff(vm);
+        vm
+    }
+
+    /// Waits for POWEROFF with no operation under way (STATE 8, LCM_STATE 0).
+    pub(crate) fn wait_poweroff(&self, vm: u64) {
+        self.wait(&format!("VM {vm} in POWEROFF"), 120, Some(vm), || {
+            self.vm_state(vm) == ("8".into(), "0".into())
+        });
+    }
+
+    /// The VM's disk 0 in the system datastore (a link to the current file).
+    pub(crate) fn vm_disk(&self, vm: u64) -> PathBuf {
+        self.one().join(format!("var/datastores/0/{vm}/disk.0"))
+    }
+
+    /// A backup datastore's directory (its BASE_PATH).
+    pub(crate) fn base_path(&self, ds: &str) -> PathBuf {
+        self.one().join("var/datastores").join(ds)
+    }
+
+    /// Runs `onevm backup` and waits for the VM's LAST_INCREMENT_ID to become `increment`
+    /// (a FULL: 0) and the VM to be back in POWEROFF. `extra`: `--reset` and the like.
+    pub(crate) fn backup(&self, vm: u64, ds: &str, increment: u64, extra: &[&str]) {
+        let id = vm.to_string();
+        let mut args = vec!["backup", id.as_str(), "-d", ds];
+        args.extend_from_slice(extra);
+        self.cli_ok("onevm", &args);
+        self.wait_increment(vm, increment);
+    }
+
+    pub(crate) fn wait_increment(&self, vm: u64, increment: u64) {
+        self.wait(
+            &format!("VM {vm}'s backup increment {increment}"),
+            180,
+            Some(vm),
+            || {
+                let xml = self.xml("onevm", &vm.to_string());
+                first(&xml, "LAST_INCREMENT_ID") == increment.to_string()
+                    && first(&xml, "STATE") == "8"
+                    && first(&xml, "LCM_STATE") == "0"
+            },
+        );
+    }
+}
+
+impl Drop for RealOned {
+    fn drop(&mut self) {
+        if fs::read_link(HOST_TREE).is_ok_and(|t| t.starts_with(self.dir.path())) {
+            let _ = fs::remove_file(HOST_TREE);
+        }
+        // stop-oned.sh stops oned by its PID, then its children and this install's orphans.
+        let _ = Command::new(self.reference.join("stop-oned.sh"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output();
+    }
+}
+
+/// Every value of `<tag>` in an XML document oned wrote (CDATA unwrapped), in order.
+pub(crate) fn values(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else {
+            break;
+        };
+        let v = &after[..end];
+        let v = v
+            .strip_prefix("<![CDATA[")
+            .and_then(|v| v.strip_suffix("]]>"))
+            .unwrap_or(v);
+        out.push(v.to_string());
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+pub(crate) fn first(xml: &str, tag: &str) -> String {
+    values(xml, tag).into_iter().next().unwrap_or_default()
+}
+
+/// The id in a CLI answer `ID: 12`.
+fn id_line(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("ID: "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no ID in {out}"))
+}
+
+/// A 64 MiB qcow2 with data in three places.
+fn make_image(path: &Path) {
+    let p = path.to_str().expect("utf-8");
+    support_ok("qemu-img", &["create", "-q", "-f", "qcow2", p, "64M"]);
+    write_pattern(path, 0x5a, 0, 8 << 20);
+    write_pattern(path, 0x33, 40 << 20, 4 << 20);
+}
+
+fn write_pattern(disk: &Path, pattern: u8, offset: u64, len: u64) {
+    let p = disk.to_str().expect("utf-8");
+    support_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P {pattern:#x} {offset} {len}"),
+            p,
+        ],
+    );
+}
+
+fn support_ok(program: &str, args: &[&str]) -> String {
+    let out = support::run(program, args, b"");
+    assert_eq!(out.code, Some(0), "{program} {args:?}: {}", out.stderr);
+    out.stdout
+}
+
+/// The disk as it is now, raw (the VM is off, nothing writes it).
+fn raw_copy(disk: &Path, to: &Path) {
+    support_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-U",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            disk.to_str().expect("utf-8"),
+            to.to_str().expect("utf-8"),
+        ],
+    );
+}
+
+fn restic(repo: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("restic")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("the restic binary must be installed");
+    assert!(
+        out.status.success(),
+        "restic {args:?} on {}: {}",
+        repo.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The ids of the repository's snapshots, oldest first.
+fn snapshots(repo: &Path) -> Vec<String> {
+    let json = restic(repo, &["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json).expect("snapshots json");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["short_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Plain restic dumps disk 0 of `snapshot`; it must equal `expected` byte for byte.
+fn assert_restic_dump(repo: &Path, snapshot: &str, expected: &Path) {
+    let json = restic(repo, &["snapshots", "--json", snapshot]);
+    let v: serde_json::Value = serde_json::from_slice(&json).expect("snapshots json");
+    let path = v[0]["paths"]
+        .as_array()
+        .and_then(|p| {
+            p.iter().filter_map(|x| x.as_str()).find(|x| {
+                x.rsplit('/')
+                    .next()
+                    .is_some_and(|n| n.starts_with("disk.0"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no disk 0 in snapshot {snapshot}: {v}"))
+        .to_string();
+    let dumped = restic(repo, &["dump", snapshot, &path]);
+    let want = fs::read(expected).expect("expected image");
+    assert!(
+        dumped == want,
+        "restic dump {snapshot} {path} differs from {} ({} and {} bytes)",
+        expected.display(),
+        dumped.len(),
+        want.len()
+    );
+}
+
+/// (ID, TYPE, SOURCE, SIZE in MiB) of each increment of a backup image, in order.
+fn increments(image_xml: &str) -> Vec<(String, String, String, u64)> {
+    values(image_xml, "INCREMENT")
+        .iter()
+        .map(|i| {
+            (
+                first(i, "ID"),
+                first(i, "TYPE"),
+                first(i, "SOURCE"),
+                first(i, "SIZE").parse().unwrap_or(u64::MAX),
+            )
+        })
+        .collect()
+}
+
+/// With backstop's TM (`--with-tm`): a stopped VM's FULL and two CBT increments through `onevm
+/// backup` each dump byte-exact with plain restic, the increments' sizes are what changed;
+/// KEEP_LAST=2 makes oned flatten the chain (the kept snapshots still dump byte-exact);
+/// `oneimage restore` (the image datastore's stock cp calls the downloader through
+/// `datastore/fs/..`) gives an image equal to the point, for the newest and an older increment;
+/// `onevm restore` puts the disk back in place; `oneimage delete` leaves no snapshot.
+#[test]
+fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
+    let Some(o) = RealOned::start(true) else {
+        return;
+    };
+    let ds = o.datastore("backstop-local");
+    let image = o.images.path().join("a.qcow2");
+    make_image(&image);
+    let vm = o.stopped_vm("a", &image);
+    let bc = o.template("bc.tmpl", "BACKUP_CONFIG = [ MODE = \"INCREMENT\" ]\n");
+    o.cli_ok("onevm", &["updateconf", &vm.to_string(), &bc]);
+    let disk = o.vm_disk(vm);
+    let repo = o.base_path(&ds).join(vm.to_string());
+    let expected = |k: u64| o.images.path().join(format!("expected-{k}.raw"));
+
+    // FULL and two increments, each changing a few MiB.
+    let changes = [(0x77u8, 16u64 << 20, 2u64 << 20), (0x21, 30 << 20, 1 << 20)];
+    for k in 0..3u64 {
+        if k > 0 {
+            let (pattern, offset, len) = changes[k as usize - 1];
+            write_pattern(&disk, pattern, offset, len);
+        }
+        raw_copy(&disk, &expected(k));
+        o.backup(vm, &ds, k, &[]);
+    }
+    let vm_xml = o.xml("onevm", &vm.to_string());
+    let bimg = first(&values(&vm_xml, "BACKUP_IDS")[0], "ID");
+    let incs = increments(&o.xml("oneimage", &bimg));
+    assert_eq!(
+        incs.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(),
+        ["FULL", "INCREMENT", "INCREMENT"],
+        "{incs:?}"
+    );
+    // oned records what the datastore action said it stored: 12 MiB of data, then 2 and 1.
+    assert!(incs[0].3 >= 12, "{incs:?}");
+    assert!(
+        incs[1].3 <= 3 && incs[2].3 <= 2,
+        "increments read more than changed: {incs:?}"
+    );
+    assert_eq!(snapshots(&repo).len(), 3);
+    for (k, inc) in incs.iter().enumerate() {
+        assert_restic_dump(&repo, &inc.2, &expected(k as u64));
+    }
+
+    // KEEP_LAST=2: after the fourth point oned flattens the two oldest away.
+    let bc = o.template(
+        "bc.tmpl",
+        "BACKUP_CONFIG = [ MODE = \"INCREMENT\", KEEP_LAST = \"2\" ]\n",
+    );
+    o.cli_ok("onevm", &["updateconf", &vm.to_string(), &bc]);
+    write_pattern(&disk, 0x4c, 50 << 20, 1 << 20);
+    raw_copy(&disk, &expected(3));
+    o.backup(vm, &ds, 3, &[]);
+    o.wait(
+        "KEEP_LAST flattening to two increments",
+        60,
+        Some(vm),
+        || increments(&o.xml("oneimage", &bimg)).len() == 2,
+    );
+    let kept = increments(&o.xml("oneimage", &bimg));
+    assert_eq!(
+        kept.iter()
+            .map(|i| (i.0.as_str(), i.1.as_str()))
+            .collect::<Vec<_>>(),
+        [("2", "FULL"), ("3", "INCREMENT")],
+        "{kept:?}"
+    );
+    assert_eq!(
+        snapshots(&repo),
+        [kept[0].2.clone(), kept[1].2.clone()],
+        "the flattened snapshots are removed, the kept ones untouched"
+    );
+    assert_restic_dump(&repo, &kept[0].2, &expected(2));
+    assert_restic_dump(&repo, &kept[1].2, &expected(3));
+
+    // oneimage restore: the newest point, then increment 2, each into a new image.
+    for (increment, want) in [(None, 3u64), (Some("2"), 2)] {
+        let before: Vec<String> = values(&o.cli_ok("oneimage", &["list", "-x"]), "IMAGE")
+            .iter()
+            .map(|i| first(i, "ID"))
+            .collect();
+        let mut args = vec!["restore", bimg.as_str(), "-d", "1"];
+        if let Some(i) = increment {
+            args.extend(["--increment", i]);
+        }
+        o.cli_ok("oneimage", &args);
+        let new_image = || {
+            let list = o.cli_ok("oneimage", &["list", "-x"]);
+            values(&list, "IMAGE")
+                .into_iter()
+                .find(|i| !before.contains(&first(i, "ID")) && first(i, "TYPE") == "0")
+        };
+        o.wait("the restored image", 120, None, || {
+            new_image().is_some_and(|i| first(&i, "STATE") == "1")
+        });
+        let restored = new_image().expect("restored image");
+        let source = PathBuf::from(first(&restored, "SOURCE"));
+        crate::stock::compare(&source, &expected(want));
+    }
+
+    // onevm restore in place: the disk, scribbled over, comes back as the newest point.
+    write_pattern(&disk, 0x99, 0, 4 << 20);
+    o.cli_ok("onevm", &["restore", &vm.to_string(), &bimg]);
+    o.wait("the in-place restore", 120, Some(vm), || {
+        let xml = o.xml("onevm", &vm.to_string());
+        first(&xml, "STATE") == "8" && first(&xml, "LCM_STATE") == "0" && {
+            let out = Command::new("qemu-img")
+                .args(["compare", "-q", "-U", "-f", "qcow2", "-F", "raw"])
+                .arg(&disk)
+                .arg(expected(3))
+                .output();
+            out.is_ok_and(|o| o.status.success())
+        }
+    });
+
+    // oneimage delete: the datastore's rm forgets every snapshot of the image.
+    o.cli_ok("oneimage", &["delete", &bimg]);
+    o.wait("the backup image deleted", 60, None, || {
+        o.cli("oneimage", &["show", &bimg]).code != Some(0)
+    });
+    assert_eq!(snapshots(&repo), Vec::<String>::new());
+}
+
+/// Side by side (backstop's datastore, the stock TM scripts): `onevm backup-cancel` stops a
+/// backup while the datastore action writes (held back by RESTIC_BWLIMIT, which limits a local
+/// repository as restic does): the VM is back in POWEROFF, no image, no snapshot and no lock
+/// remain, and the next backup works; an OpenNebula backup job (`onebackupjob backup`) backs a
+/// VM up into its job's repository (`job_<id>`), FULL then an increment, both byte-exact with
+/// plain restic.
+#[test]
+fn real_oned_cancels_a_backup_and_runs_backup_jobs_with_the_stock_tm() {
+    let Some(o) = RealOned::start(false) else {
+        return;
+    };
+    let ds = o.datastore("backstop-local");
+    let slow = o.template(
+        "slow.tmpl",
+        &format!(
+            "NAME = \"backstop-slow\"\nTYPE = \"BACKUP_DS\"\nDS_MAD = \"backstop\"\nTM_MAD = \"-\"\n\
+             RESTIC_PASSWORD = \"{PASSWORD}\"\nRESTIC_BWLIMIT = \"1024\"\n"
+        ),
+    );
+    o.cli_ok("onedatastore", &["create", &slow]);
+    let slow = o.datastore("backstop-slow");
+
+    // 24 MiB that do not compress or deduplicate: about 25 s at 1 MiB/s.
+    let image = o.images.path().join("b.qcow2");
+    let raw = o.images.path().join("b.raw");
+    fs::write(&raw, support::noise(24 << 20, 7)).expect("noise");
+    support_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().expect("utf-8"),
+            image.to_str().expect("utf-8"),
+        ],
+    );
+    support_ok(
+        "qemu-img",
+        &[
+            "resize",
+            "-q",
+            "-f",
+            "qcow2",
+            image.to_str().expect("utf-8"),
+            "64M",
+        ],
+    );
+    let vm = o.stopped_vm("b", &image);
+    let id = vm.to_string();
+    let repo = o.base_path(&slow).join(&id);
+    o.cli_ok("onevm", &["backup", &id, "-d", &slow]);
+    // The datastore action is writing once the repository holds a lock.
+    o.wait(
+        "the backup writing into the slow datastore",
+        120,
+        Some(vm),
+        || fs::read_dir(repo.join("locks")).is_ok_and(|mut d| d.next().is_some()),
+    );
+    o.cli_ok("onevm", &["backup-cancel", &id]);
+    o.wait_poweroff(vm);
+    let xml = o.xml("onevm", &id);
+    assert!(
+        values(&xml, "BACKUP_IDS")
+            .iter()
+            .all(|b| first(b, "ID").is_empty()),
+        "a cancelled backup left an image: {xml}\n{}",
+        o.vm_log(vm)
+    );
+    o.wait("the cancelled backup's lock removed", 30, Some(vm), || {
+        fs::read_dir(repo.join("locks")).is_ok_and(|mut d| d.next().is_none())
+    });
+    assert_eq!(snapshots(&repo), Vec::<String>::new());
+
+    // A backup job: FULL, then an increment, in the job's own repository.
+    let disk = o.vm_disk(vm);
+    let bj = o.template(
+        "bj.tmpl",
+        &format!(
+            "NAME = \"nightly\"\nBACKUP_VMS = \"{vm}\"\nDATASTORE_ID = {ds}\nMODE = \"INCREMENT\"\n"
+        ),
+    );
+    let job = id_line(&o.cli_ok("onebackupjob", &["create", &bj]));
+    let job_repo = o.base_path(&ds).join(format!("job_{job}"));
+    for k in 0..2u64 {
+        if k > 0 {
+            write_pattern(&disk, 0x42, 8 << 20, 2 << 20);
+        }
+        let want = o.images.path().join(format!("job-{k}.raw"));
+        raw_copy(&disk, &want);
+        o.cli_ok("onebackupjob", &["backup", &job]);
+        o.wait_increment(vm, k);
+        let bimg = first(&values(&o.xml("onevm", &id), "BACKUP_IDS")[0], "ID");
+        let incs = increments(&o.xml("oneimage", &bimg));
+        assert_eq!(incs.len(), k as usize + 1, "{incs:?}");
+        assert_restic_dump(&job_repo, &incs[k as usize].2, &want);
+    }
+}
