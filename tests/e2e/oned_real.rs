@@ -25,6 +25,14 @@ const HOST_TREE: &str = "/var/tmp/one";
 /// The datastore password `add-backstop.sh` writes into the backup datastore's template.
 const PASSWORD: &str = "backstop-test-pw";
 
+/// The host VMs run on.
+pub(crate) enum Host<'a> {
+    /// `localhost`: the real exec driver over a stand-in hypervisor (stopped VMs).
+    Fake,
+    /// `127.0.0.1`: the real kvm driver over this libvirtd URI (running VMs, TCG).
+    Kvm(&'a str),
+}
+
 /// The reference directory, or None (and a line saying so) when the tests are not to run.
 fn reference() -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("BACKSTOP_ONED_REFERENCE") else {
@@ -58,6 +66,10 @@ pub(crate) struct RealOned {
 impl RealOned {
     /// `with_tm`: backstop's TM pre/postbackup and restore too (`install.sh --with-tm`).
     pub(crate) fn start(with_tm: bool) -> Option<RealOned> {
+        Self::start_on(with_tm, Host::Fake)
+    }
+
+    pub(crate) fn start_on(with_tm: bool, host: Host) -> Option<RealOned> {
         let reference = reference()?;
         let only = ONE_ONED
             .lock()
@@ -162,24 +174,59 @@ impl RealOned {
                 ("RESTIC_PASSWORD", PASSWORD),
             ],
         );
-        // The host: dummy monitoring, the stand-in hypervisor's actions from the reference.
-        let vmm = one.join("var/remotes/vmm/fakehv");
+        match host {
+            Host::Fake => oned.add_fake_host(),
+            Host::Kvm(uri) => oned.add_kvm_host(uri),
+        }
+        oned.link_host_tree();
+        Some(oned)
+    }
+
+    /// Host `localhost`: dummy monitoring, the stand-in hypervisor's actions from the reference
+    /// under the real exec driver.
+    fn add_fake_host(&self) {
+        let vmm = self.one().join("var/remotes/vmm/fakehv");
         fs::create_dir_all(&vmm).expect("vmm/fakehv");
-        for entry in fs::read_dir(oned.reference.join("fixtures/vmm-fakehv")).expect("fixtures") {
+        for entry in fs::read_dir(self.reference.join("fixtures/vmm-fakehv")).expect("fixtures") {
             let entry = entry.expect("fixture");
             let to = vmm.join(entry.file_name());
             fs::copy(entry.path(), &to).expect("copy a fixture");
             fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        oned.cli_ok(
+        self.cli_ok(
             "onehost",
             &["create", "localhost", "-i", "dummy", "-v", "fakehvp"],
         );
-        oned.wait("host localhost monitored", 120, None, || {
-            first(&oned.xml("onehost", "localhost"), "STATE") == "2"
+        self.wait("host localhost monitored", 120, None, || {
+            first(&self.xml("onehost", "localhost"), "STATE") == "2"
         });
-        oned.link_host_tree();
-        Some(oned)
+    }
+
+    /// Host `127.0.0.1`: dummy monitoring, OpenNebula's own kvm driver (VM_MAD `qemu`: TCG)
+    /// over the libvirtd at `uri` (kvmrc's LIBVIRT_URI, which backstop's host steps read too).
+    fn add_kvm_host(&self, uri: &str) {
+        let kvmrc = self.one().join("var/remotes/etc/vmm/kvm/kvmrc");
+        let text = fs::read_to_string(&kvmrc).expect("kvmrc");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("export LIBVIRT_URI=") {
+                    format!("export LIBVIRT_URI=\"{uri}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        fs::write(&kvmrc, text.join("\n") + "\n").expect("kvmrc");
+        self.cli_ok(
+            "onehost",
+            &["create", "127.0.0.1", "-i", "dummy", "-v", "qemu"],
+        );
+        let t = self.template("host.tmpl", "EMULATOR = \"/usr/bin/qemu-system-x86_64\"\n");
+        self.cli_ok("onehost", &["update", "127.0.0.1", &t, "--append"]);
+        self.wait("host 127.0.0.1 monitored", 120, None, || {
+            first(&self.xml("onehost", "127.0.0.1"), "STATE") == "2"
+        });
     }
 
     /// The stock TM scripts run their helpers from the host's copy of the remotes at the
@@ -311,9 +358,18 @@ impl RealOned {
         id
     }
 
-    /// Registers `image` (qcow2) in the image datastore, instantiates a VM with it as its one
-    /// disk, and powers it off (the stand-in hypervisor does nothing). Returns the VM's id.
+    /// A running VM (see [`Self::running_vm`]) powered off (the stand-in hypervisor does
+    /// nothing). Returns the VM's id.
     pub(crate) fn stopped_vm(&self, name: &str, image: &Path) -> u64 {
+        let vm = self.running_vm(name, image);
+        self.cli_ok("onevm", &["poweroff", "--hard", &vm.to_string()]);
+        self.wait_poweroff(vm);
+        vm
+    }
+
+    /// Registers `image` (qcow2) in the image datastore and instantiates a VM with it as its
+    /// one disk, backed up in INCREMENT mode; returns the VM's id once it runs.
+    pub(crate) fn running_vm(&self, name: &str, image: &Path) -> u64 {
         self.datastore("default");
         let path = image.display().to_string();
         let img = self.cli_ok(
@@ -326,23 +382,23 @@ impl RealOned {
         self.wait(&format!("image {name} ready"), 90, None, || {
             first(&self.xml("oneimage", &img), "STATE") == "1"
         });
-        self.cli_ok(
-            "onetemplate",
-            &[
-                "create", "--name", name, "--memory", "64", "--cpu", "0.1", "--disk", name,
-            ],
+        let t = self.template(
+            &format!("{name}.tmpl"),
+            &format!(
+                "NAME = \"{name}\"\nMEMORY = 128\nCPU = 0.1\nDISK = [ IMAGE = \"{name}\" ]\n\
+                 BACKUP_CONFIG = [ MODE = \"INCREMENT\" ]\n"
+            ),
         );
+        self.cli_ok("onetemplate", &["create", &t]);
         let out = self.cli_ok("onetemplate", &["instantiate", name]);
         let vm: u64 = out
             .split_whitespace()
             .last()
             .and_then(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no VM id in {out}"));
-        self.wait(&format!("VM {vm} running"), 90, Some(vm), || {
+        self.wait(&format!("VM {vm} running"), 120, Some(vm), || {
             self.vm_state(vm).1 == "3"
         });
-        self.cli_ok("onevm", &["poweroff", "--hard", &vm.to_string()]);
-        self.wait_poweroff(vm);
         vm
     }
 
@@ -374,6 +430,12 @@ impl RealOned {
     }
 
     pub(crate) fn wait_increment(&self, vm: u64, increment: u64) {
+        self.wait_increment_in(vm, increment, ("8", "0"));
+    }
+
+    /// Waits for the VM's LAST_INCREMENT_ID to become `increment` with the VM back in
+    /// (STATE, LCM_STATE) `state`.
+    pub(crate) fn wait_increment_in(&self, vm: u64, increment: u64, state: (&str, &str)) {
         self.wait(
             &format!("VM {vm}'s backup increment {increment}"),
             180,
@@ -381,8 +443,8 @@ impl RealOned {
             || {
                 let xml = self.xml("onevm", &vm.to_string());
                 first(&xml, "LAST_INCREMENT_ID") == increment.to_string()
-                    && first(&xml, "STATE") == "8"
-                    && first(&xml, "LCM_STATE") == "0"
+                    && first(&xml, "STATE") == state.0
+                    && first(&xml, "LCM_STATE") == state.1
             },
         );
     }
@@ -556,7 +618,8 @@ fn increments(image_xml: &str) -> Vec<(String, String, String, u64)> {
 /// KEEP_LAST=2 makes oned flatten the chain (the kept snapshots still dump byte-exact);
 /// `oneimage restore` (the image datastore's stock cp calls the downloader through
 /// `datastore/fs/..`) gives an image equal to the point, for the newest and an older increment;
-/// `onevm restore` puts the disk back in place; `oneimage delete` leaves no snapshot.
+/// `onevm restore` puts the disk back in place; `onevm backup --reset` starts a new image with a
+/// FULL; `oneimage delete` removes the deleted image's snapshots and keeps the other's.
 #[test]
 fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
     let Some(o) = RealOned::start(true) else {
@@ -566,8 +629,6 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
     let image = o.images.path().join("a.qcow2");
     make_image(&image);
     let vm = o.stopped_vm("a", &image);
-    let bc = o.template("bc.tmpl", "BACKUP_CONFIG = [ MODE = \"INCREMENT\" ]\n");
-    o.cli_ok("onevm", &["updateconf", &vm.to_string(), &bc]);
     let disk = o.vm_disk(vm);
     let repo = o.base_path(&ds).join(vm.to_string());
     let expected = |k: u64| o.images.path().join(format!("expected-{k}.raw"));
@@ -672,12 +733,35 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
         }
     });
 
-    // oneimage delete: the datastore's rm forgets every snapshot of the image.
+    // onevm backup --reset: oned asks for a new chain; backstop stores a FULL (it reads the
+    // whole disk, not what changed since increment 3) as the first point of a new image.
+    write_pattern(&disk, 0x17, 60 << 20, 1 << 20);
+    raw_copy(&disk, &expected(4));
+    o.backup(vm, &ds, 0, &["--reset"]);
+    let ids = values(
+        &values(&o.xml("onevm", &vm.to_string()), "BACKUP_IDS")[0],
+        "ID",
+    );
+    let fresh = ids
+        .iter()
+        .find(|i| **i != bimg)
+        .unwrap_or_else(|| panic!("no new backup image after --reset: {ids:?}"))
+        .clone();
+    let chain = increments(&o.xml("oneimage", &fresh));
+    assert_eq!(chain.len(), 1, "{chain:?}");
+    assert_eq!(chain[0].1, "FULL", "{chain:?}");
+    assert!(
+        chain[0].3 >= 13,
+        "a reset read only what changed: {chain:?}"
+    );
+    assert_restic_dump(&repo, &chain[0].2, &expected(4));
+
+    // oneimage delete: the datastore's rm forgets every snapshot of that image, and only those.
     o.cli_ok("oneimage", &["delete", &bimg]);
     o.wait("the backup image deleted", 60, None, || {
         o.cli("oneimage", &["show", &bimg]).code != Some(0)
     });
-    assert_eq!(snapshots(&repo), Vec::<String>::new());
+    assert_eq!(snapshots(&repo), [chain[0].2.clone()]);
 }
 
 /// Side by side (backstop's datastore, the stock TM scripts): `onevm backup-cancel` stops a
@@ -778,4 +862,87 @@ fn real_oned_cancels_a_backup_and_runs_backup_jobs_with_the_stock_tm() {
         assert_eq!(incs.len(), k as usize + 1, "{incs:?}");
         assert_restic_dump(&job_repo, &incs[k as usize].2, &want);
     }
+}
+
+/// A libvirt domain destroyed when the test ends, however it ends.
+struct Domain<'a> {
+    uri: &'a str,
+    name: String,
+}
+
+impl Drop for Domain<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh")
+            .args(["--connect", self.uri, "destroy", &self.name])
+            .output();
+    }
+}
+
+/// With backstop's TM (`--with-tm`), a RUNNING VM deployed by OpenNebula's own kvm driver (TCG
+/// under a private libvirtd): `onevm backup` makes oned run backstop's prebackup_live, the
+/// datastore's backup and postbackup_live; the FULL and two CBT increments, each after guest
+/// writes through the VM's virtio disk, dump byte-exact with plain restic (the expected content
+/// is computed from the writes, a running image is not read from outside); the VM runs on
+/// after each backup and the increments' sizes are what the guest wrote.
+#[test]
+fn real_oned_backs_up_a_running_vm_through_the_kvm_driver() {
+    if reference().is_none() {
+        return;
+    }
+    let lv = crate::live::Libvirt::start();
+    let Some(o) = RealOned::start_on(true, Host::Kvm(&lv.uri)) else {
+        return;
+    };
+    let ds = o.datastore("backstop-local");
+    let image = o.images.path().join("r.qcow2");
+    make_image(&image);
+    let mut expected = vec![0u8; 64 << 20];
+    expected[..8 << 20].fill(0x5a);
+    expected[40 << 20..44 << 20].fill(0x33);
+    let vm = o.running_vm("r", &image);
+    let dom = Domain {
+        uri: &lv.uri,
+        name: format!("one-{vm}"),
+    };
+    // The guest's disk as qemu sees it: the device its block backend is attached to.
+    let info = lv.virsh_ok(&["qemu-monitor-command", &dom.name, "--hmp", "info block"]);
+    let device = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Attached to:"))
+        .map(|d| d.trim().to_string())
+        .unwrap_or_else(|| panic!("no disk in {info}"));
+    let repo = o.base_path(&ds).join(vm.to_string());
+    let writes = [(0x61u8, 20u64 << 20, 2u64 << 20), (0x62, 3 << 20, 1 << 20)];
+    for k in 0..3u64 {
+        if k > 0 {
+            let (pattern, offset, len) = writes[k as usize - 1];
+            let cmd = format!("qemu-io -d {device} \"write -P {pattern:#x} {offset} {len}\"");
+            let out = lv.virsh_ok(&["qemu-monitor-command", &dom.name, "--hmp", &cmd]);
+            assert!(!out.to_lowercase().contains("error"), "{cmd}: {out}");
+            expected[offset as usize..(offset + len) as usize].fill(pattern);
+        }
+        let id = vm.to_string();
+        o.cli_ok("onevm", &["backup", &id, "-d", &ds]);
+        o.wait_increment_in(vm, k, ("3", "3"));
+        let bimg = first(&values(&o.xml("onevm", &id), "BACKUP_IDS")[0], "ID");
+        let incs = increments(&o.xml("oneimage", &bimg));
+        assert_eq!(incs.len(), k as usize + 1, "{incs:?}");
+        if k > 0 {
+            assert!(
+                incs[k as usize].3 <= 3,
+                "increment {k} read more than the guest wrote: {incs:?}"
+            );
+        }
+        let want = o.images.path().join(format!("running-{k}.raw"));
+        fs::write(&want, &expected).expect("expected image");
+        assert_restic_dump(&repo, &incs[k as usize].2, &want);
+    }
+    let running = lv.virsh_ok(&["domstate", &dom.name]);
+    assert_eq!(running.trim(), "running", "the VM stopped");
+    let log = o.vm_log(vm);
+    assert_eq!(
+        log.matches("driver operation: prebackup_live.").count(),
+        3,
+        "oned ran the live backup steps three times: {log}"
+    );
 }
