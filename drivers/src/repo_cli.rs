@@ -54,7 +54,8 @@ pub struct Args {
     /// S3: do not check the server's certificate at all.
     #[arg(long)]
     insecure_tls: bool,
-    /// SFTP and S3: bandwidth limit in KiB/s for all connections together (restic's unit).
+    /// Bandwidth limit in KiB/s, reads and writes together, on every kind of repository (restic's
+    /// unit).
     #[arg(long, value_name = "KIB", env = "RESTIC_BWLIMIT")]
     limit: Option<u64>,
     /// A file whose first line is the password (else RESTIC_PASSWORD or RESTIC_PASSWORD_FILE).

@@ -193,8 +193,8 @@ fn sigkill_rounds(target: &Target, image: &Path, rounds: u64) {
         );
     }
     // Without restic unlock: the next backstop run removes the dead process's lock itself.
-    // The run to kill has new content to store under a bandwidth limit (S3; a local path has
-    // none), so it holds its lock for seconds: on S3 each look at the locks is a restic run
+    // The run to kill has new content to store under a bandwidth limit (on S3 here), so it
+    // holds its lock for seconds: on S3 each look at the locks is a restic run
     // of its own, slower than a backup with nothing new to store.
     fill_random(image, 48, &mut g);
     let mut child = target

@@ -74,6 +74,7 @@ impl RealOned {
         let only = ONE_ONED
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::clean_after_a_killed_run(&reference);
         let dir = tempfile::Builder::new()
             .prefix("bsone")
             .tempdir_in("/tmp")
@@ -235,15 +236,44 @@ impl RealOned {
     /// (pointing nowhere) is replaced, anything else there is refused.
     fn link_host_tree(&self) {
         let at = Path::new(HOST_TREE);
-        if let Ok(meta) = fs::symlink_metadata(at) {
-            assert!(
-                meta.file_type().is_symlink() && !at.exists(),
-                "{HOST_TREE} exists (a host's copy of OpenNebula's remotes?): the real-oned tests \
-                 need it for themselves; move it away"
-            );
-            fs::remove_file(at).expect("remove a dangling /var/tmp/one");
-        }
+        assert!(
+            fs::symlink_metadata(at).is_err(),
+            "{HOST_TREE} exists (a host's copy of OpenNebula's remotes?): the real-oned tests \
+             need it for themselves; move it away"
+        );
         std::os::unix::fs::symlink(self.one().join("var/remotes"), at).expect("link /var/tmp/one");
+    }
+
+    /// What a killed test run (SIGKILL, a CI timeout) left: its /var/tmp/one link and, when
+    /// the link leads into a tree of ours, that tree's oned (stopped by its own stop-oned.sh,
+    /// by PID) and the tree itself.
+    fn clean_after_a_killed_run(reference: &Path) {
+        let at = Path::new(HOST_TREE);
+        let Ok(target) = fs::read_link(at) else {
+            return;
+        };
+        // <dir>/one/var/remotes, <dir> = /tmp/bsone*
+        let one = target
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let dir = one.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+        let ours = dir.as_deref().is_some_and(|d| {
+            d.parent() == Some(Path::new("/tmp"))
+                && d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("bsone"))
+        });
+        if ours && let (Some(one), Some(dir)) = (one, dir) {
+            eprintln!("stopping what a killed run left in {}", dir.display());
+            let _ = Command::new(reference.join("stop-oned.sh"))
+                .env("ONE_LOCATION", &one)
+                .output();
+            wait_gone(&dir);
+            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_file(at);
+        } else if !at.exists() {
+            let _ = fs::remove_file(at);
+        }
     }
 
     fn var(&self, name: &str) -> String {
@@ -370,24 +400,34 @@ impl RealOned {
     /// Registers `image` (qcow2) in the image datastore and instantiates a VM with it as its
     /// one disk, backed up in INCREMENT mode; returns the VM's id once it runs.
     pub(crate) fn running_vm(&self, name: &str, image: &Path) -> u64 {
+        self.vm_from(
+            name,
+            &[(name, image)],
+            &format!("DISK = [ IMAGE = \"{name}\" ]\nBACKUP_CONFIG = [ MODE = \"INCREMENT\" ]\n"),
+        )
+    }
+
+    /// Registers each (name, qcow2 file) of `images` in the image datastore, creates a template
+    /// `name` of 128 MiB, 0.1 CPU and `body` (its DISKs, BACKUP_CONFIG ...), and instantiates
+    /// it; returns the VM's id once it runs.
+    pub(crate) fn vm_from(&self, name: &str, images: &[(&str, &Path)], body: &str) -> u64 {
         self.datastore("default");
-        let path = image.display().to_string();
-        let img = self.cli_ok(
-            "oneimage",
-            &[
-                "create", "-d", "1", "--name", name, "--path", &path, "--format", "qcow2",
-            ],
-        );
-        let img = id_line(&img);
-        self.wait(&format!("image {name} ready"), 90, None, || {
-            first(&self.xml("oneimage", &img), "STATE") == "1"
-        });
+        for (image, file) in images {
+            let path = file.display().to_string();
+            let img = self.cli_ok(
+                "oneimage",
+                &[
+                    "create", "-d", "1", "--name", image, "--path", &path, "--format", "qcow2",
+                ],
+            );
+            let img = id_line(&img);
+            self.wait(&format!("image {image} ready"), 90, None, || {
+                first(&self.xml("oneimage", &img), "STATE") == "1"
+            });
+        }
         let t = self.template(
             &format!("{name}.tmpl"),
-            &format!(
-                "NAME = \"{name}\"\nMEMORY = 128\nCPU = 0.1\nDISK = [ IMAGE = \"{name}\" ]\n\
-                 BACKUP_CONFIG = [ MODE = \"INCREMENT\" ]\n"
-            ),
+            &format!("NAME = \"{name}\"\nMEMORY = 128\nCPU = 0.1\n{body}"),
         );
         self.cli_ok("onetemplate", &["create", &t]);
         let out = self.cli_ok("onetemplate", &["instantiate", name]);
@@ -411,7 +451,12 @@ impl RealOned {
 
     /// The VM's disk 0 in the system datastore (a link to the current file).
     pub(crate) fn vm_disk(&self, vm: u64) -> PathBuf {
-        self.one().join(format!("var/datastores/0/{vm}/disk.0"))
+        self.vm_disk_n(vm, 0)
+    }
+
+    /// The VM's disk `id` in the system datastore.
+    pub(crate) fn vm_disk_n(&self, vm: u64, id: u32) -> PathBuf {
+        self.one().join(format!("var/datastores/0/{vm}/disk.{id}"))
     }
 
     /// A backup datastore's directory (its BASE_PATH).
@@ -422,31 +467,54 @@ impl RealOned {
     /// Runs `onevm backup` and waits for the VM's LAST_INCREMENT_ID to become `increment`
     /// (a FULL: 0) and the VM to be back in POWEROFF. `extra`: `--reset` and the like.
     pub(crate) fn backup(&self, vm: u64, ds: &str, increment: u64, extra: &[&str]) {
+        self.backup_in(vm, ds, increment, extra, ("8", "0"));
+    }
+
+    /// [`Self::backup`], the VM back in (STATE, LCM_STATE) `state` afterwards.
+    pub(crate) fn backup_in(
+        &self,
+        vm: u64,
+        ds: &str,
+        increment: u64,
+        extra: &[&str],
+        state: (&str, &str),
+    ) {
         let id = vm.to_string();
         let mut args = vec!["backup", id.as_str(), "-d", ds];
         args.extend_from_slice(extra);
+        let done = self.backups_done(vm);
         self.cli_ok("onevm", &args);
-        self.wait_increment(vm, increment);
+        self.wait_backup(vm, done + 1, increment, state);
     }
 
-    pub(crate) fn wait_increment(&self, vm: u64, increment: u64) {
-        self.wait_increment_in(vm, increment, ("8", "0"));
+    /// How many backups of the VM oned recorded as made (its log's success lines).
+    pub(crate) fn backups_done(&self, vm: u64) -> usize {
+        self.vm_log(vm)
+            .matches("VM backup successfully created.")
+            .count()
     }
 
-    /// Waits for the VM's LAST_INCREMENT_ID to become `increment` with the VM back in
-    /// (STATE, LCM_STATE) `state`.
-    pub(crate) fn wait_increment_in(&self, vm: u64, increment: u64, state: (&str, &str)) {
+    /// Waits for the VM's `done`-th successful backup, with LAST_INCREMENT_ID `increment` and
+    /// the VM back in (STATE, LCM_STATE) `state`.
+    pub(crate) fn wait_backup(&self, vm: u64, done: usize, increment: u64, state: (&str, &str)) {
         self.wait(
-            &format!("VM {vm}'s backup increment {increment}"),
+            &format!("VM {vm}'s backup {done}, increment {increment}"),
             180,
             Some(vm),
             || {
                 let xml = self.xml("onevm", &vm.to_string());
-                first(&xml, "LAST_INCREMENT_ID") == increment.to_string()
+                self.backups_done(vm) >= done
+                    && first(&xml, "LAST_INCREMENT_ID") == increment.to_string()
                     && first(&xml, "STATE") == state.0
                     && first(&xml, "LCM_STATE") == state.1
             },
         );
+        assert_eq!(self.backups_done(vm), done, "{}", self.vm_log(vm));
+    }
+
+    /// The commands the stock scripts ran on the "host" through the fake ssh.
+    pub(crate) fn fakessh_log(&self) -> String {
+        fs::read_to_string(self.one().join("var/fakessh.log")).unwrap_or_default()
     }
 }
 
@@ -455,10 +523,36 @@ impl Drop for RealOned {
         if fs::read_link(HOST_TREE).is_ok_and(|t| t.starts_with(self.dir.path())) {
             let _ = fs::remove_file(HOST_TREE);
         }
-        // stop-oned.sh stops oned by its PID, then its children and this install's orphans.
+        // stop-oned.sh stops oned by its PID, then its children and this install's orphans
+        // (TERM, without waiting for them): the next test's oned needs monitord's port.
         let _ = Command::new(self.reference.join("stop-oned.sh"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output();
+        wait_gone(self.dir.path());
+    }
+}
+
+/// Waits (up to 30 s) until no process's command line names `dir`.
+fn wait_gone(dir: &Path) {
+    let needle = dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = fs::read_dir("/proc")
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                        && fs::read(e.path().join("cmdline"))
+                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                })
+            })
+            .unwrap_or(false);
+        if !left || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -574,19 +668,32 @@ fn snapshots(repo: &Path) -> Vec<String> {
 
 /// Plain restic dumps disk 0 of `snapshot`; it must equal `expected` byte for byte.
 fn assert_restic_dump(repo: &Path, snapshot: &str, expected: &Path) {
+    assert_restic_dump_disk(repo, snapshot, 0, expected);
+}
+
+/// The disk files (`disk.<id>.<increment>`) a snapshot holds, by their paths.
+fn snapshot_disks(repo: &Path, snapshot: &str) -> Vec<String> {
     let json = restic(repo, &["snapshots", "--json", snapshot]);
     let v: serde_json::Value = serde_json::from_slice(&json).expect("snapshots json");
-    let path = v[0]["paths"]
+    v[0]["paths"]
         .as_array()
-        .and_then(|p| {
-            p.iter().filter_map(|x| x.as_str()).find(|x| {
-                x.rsplit('/')
-                    .next()
-                    .is_some_and(|n| n.starts_with("disk.0"))
-            })
+        .map(|p| {
+            p.iter()
+                .filter_map(|x| x.as_str())
+                .filter(|x| x.rsplit('/').next().is_some_and(|n| n.starts_with("disk.")))
+                .map(str::to_string)
+                .collect()
         })
-        .unwrap_or_else(|| panic!("no disk 0 in snapshot {snapshot}: {v}"))
-        .to_string();
+        .unwrap_or_default()
+}
+
+/// Plain restic dumps disk `disk` of `snapshot`; it must equal `expected` byte for byte.
+fn assert_restic_dump_disk(repo: &Path, snapshot: &str, disk: u32, expected: &Path) {
+    let prefix = format!("disk.{disk}.");
+    let path = snapshot_disks(repo, snapshot)
+        .into_iter()
+        .find(|x| x.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix)))
+        .unwrap_or_else(|| panic!("no disk {disk} in snapshot {snapshot}"));
     let dumped = restic(repo, &["dump", snapshot, &path]);
     let want = fs::read(expected).expect("expected image");
     assert!(
@@ -762,6 +869,7 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
         o.cli("oneimage", &["show", &bimg]).code != Some(0)
     });
     assert_eq!(snapshots(&repo), [chain[0].2.clone()]);
+    assert_backstop_tm_ran(&o);
 }
 
 /// Side by side (backstop's datastore, the stock TM scripts): `onevm backup-cancel` stops a
@@ -834,10 +942,19 @@ fn real_oned_cancels_a_backup_and_runs_backup_jobs_with_the_stock_tm() {
         "a cancelled backup left an image: {xml}\n{}",
         o.vm_log(vm)
     );
+    // Stopped by the cancel, not failed on its own: backstop's backup says so, and oned ran
+    // backup_cancel successfully.
+    let log = o.vm_log(vm);
+    assert!(
+        log.contains(&format!("the backup of VM {vm} was cancelled"))
+            && log.contains("Successfully execute datastore driver operation: backup_cancel."),
+        "{log}"
+    );
     o.wait("the cancelled backup's lock removed", 30, Some(vm), || {
         fs::read_dir(repo.join("locks")).is_ok_and(|mut d| d.next().is_none())
     });
     assert_eq!(snapshots(&repo), Vec::<String>::new());
+    restic(&repo, &["check"]);
 
     // A backup job: FULL, then an increment, in the job's own repository.
     let disk = o.vm_disk(vm);
@@ -855,27 +972,54 @@ fn real_oned_cancels_a_backup_and_runs_backup_jobs_with_the_stock_tm() {
         }
         let want = o.images.path().join(format!("job-{k}.raw"));
         raw_copy(&disk, &want);
+        let done = o.backups_done(vm);
         o.cli_ok("onebackupjob", &["backup", &job]);
-        o.wait_increment(vm, k);
+        o.wait_backup(vm, done + 1, k, ("8", "0"));
         let bimg = first(&values(&o.xml("onevm", &id), "BACKUP_IDS")[0], "ID");
         let incs = increments(&o.xml("oneimage", &bimg));
         assert_eq!(incs.len(), k as usize + 1, "{incs:?}");
         assert_restic_dump(&job_repo, &incs[k as usize].2, &want);
     }
+    // Side by side: the stock TM scripts made the backups' files.
+    assert!(
+        o.fakessh_log().contains("backup_qcow2.rb"),
+        "{}",
+        o.fakessh_log()
+    );
 }
 
-/// A libvirt domain destroyed when the test ends, however it ends.
-struct Domain<'a> {
+/// Destroys every running domain of a libvirtd when dropped.
+struct Domains<'a> {
     uri: &'a str,
-    name: String,
 }
 
-impl Drop for Domain<'_> {
+impl Drop for Domains<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("virsh")
-            .args(["--connect", self.uri, "destroy", &self.name])
-            .output();
+        let Ok(out) = Command::new("virsh")
+            .args(["--connect", self.uri, "list", "--name"])
+            .output()
+        else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = name.trim();
+            if !name.is_empty() {
+                let _ = Command::new("virsh")
+                    .args(["--connect", self.uri, "destroy", name])
+                    .output();
+            }
+        }
     }
+}
+
+/// backstop's TM actions, not the stock ones, did the backups: the stock prebackup's helper
+/// (`tm/lib/backup_qcow2.rb`, run on the host through ssh) never ran.
+fn assert_backstop_tm_ran(o: &RealOned) {
+    let log = o.fakessh_log();
+    assert!(
+        !log.contains("backup_qcow2.rb"),
+        "the stock TM ran a backup step: {log}"
+    );
 }
 
 /// With backstop's TM (`--with-tm`), a RUNNING VM deployed by OpenNebula's own kvm driver (TCG
@@ -899,13 +1043,13 @@ fn real_oned_backs_up_a_running_vm_through_the_kvm_driver() {
     let mut expected = vec![0u8; 64 << 20];
     expected[..8 << 20].fill(0x5a);
     expected[40 << 20..44 << 20].fill(0x33);
+    // Every domain this libvirtd runs is destroyed when the test ends, however it ends (qemu
+    // outlives libvirtd); made before oned deploys one.
+    let _domains = Domains { uri: &lv.uri };
     let vm = o.running_vm("r", &image);
-    let dom = Domain {
-        uri: &lv.uri,
-        name: format!("one-{vm}"),
-    };
+    let dom = format!("one-{vm}");
     // The guest's disk as qemu sees it: the device its block backend is attached to.
-    let info = lv.virsh_ok(&["qemu-monitor-command", &dom.name, "--hmp", "info block"]);
+    let info = lv.virsh_ok(&["qemu-monitor-command", &dom, "--hmp", "info block"]);
     let device = info
         .lines()
         .find_map(|l| l.trim().strip_prefix("Attached to:"))
@@ -917,13 +1061,16 @@ fn real_oned_backs_up_a_running_vm_through_the_kvm_driver() {
         if k > 0 {
             let (pattern, offset, len) = writes[k as usize - 1];
             let cmd = format!("qemu-io -d {device} \"write -P {pattern:#x} {offset} {len}\"");
-            let out = lv.virsh_ok(&["qemu-monitor-command", &dom.name, "--hmp", &cmd]);
-            assert!(!out.to_lowercase().contains("error"), "{cmd}: {out}");
+            let out = lv.virsh_ok(&["qemu-monitor-command", &dom, "--hmp", &cmd]);
+            let lower = out.to_lowercase();
+            assert!(
+                !lower.contains("error") && !lower.contains("fail"),
+                "{cmd}: {out}"
+            );
             expected[offset as usize..(offset + len) as usize].fill(pattern);
         }
         let id = vm.to_string();
-        o.cli_ok("onevm", &["backup", &id, "-d", &ds]);
-        o.wait_increment_in(vm, k, ("3", "3"));
+        o.backup_in(vm, &ds, k, &[], ("3", "3"));
         let bimg = first(&values(&o.xml("onevm", &id), "BACKUP_IDS")[0], "ID");
         let incs = increments(&o.xml("oneimage", &bimg));
         assert_eq!(incs.len(), k as usize + 1, "{incs:?}");
@@ -937,12 +1084,110 @@ fn real_oned_backs_up_a_running_vm_through_the_kvm_driver() {
         fs::write(&want, &expected).expect("expected image");
         assert_restic_dump(&repo, &incs[k as usize].2, &want);
     }
-    let running = lv.virsh_ok(&["domstate", &dom.name]);
+    let running = lv.virsh_ok(&["domstate", &dom]);
     assert_eq!(running.trim(), "running", "the VM stopped");
     let log = o.vm_log(vm);
     assert_eq!(
-        log.matches("driver operation: prebackup_live.").count(),
+        log.matches("Successfully execute transfer manager driver operation: prebackup_live.")
+            .count(),
         3,
         "oned ran the live backup steps three times: {log}"
     );
+    assert_backstop_tm_ran(&o);
+}
+
+/// With backstop's TM, the disks a VM's BACKUP_CONFIG names: DISK_IDS="1" backs up disk 1
+/// alone (not the OS disk, not the volatile disk); BACKUP_VOLATILE=YES (after `--reset`) adds
+/// the volatile disk to the two image disks. Then a disk snapshot (`onevm disk-snapshot-create`,
+/// which makes the disk an overlay on a frozen file): the next increment still dumps byte-exact.
+#[test]
+fn real_oned_backs_up_the_disks_the_backup_config_names_and_a_disk_with_snapshots() {
+    let Some(o) = RealOned::start(true) else {
+        return;
+    };
+    let ds = o.datastore("backstop-local");
+    let os = o.images.path().join("os.qcow2");
+    make_image(&os);
+    let data = o.images.path().join("data.qcow2");
+    support_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            data.to_str().expect("utf-8"),
+            "32M",
+        ],
+    );
+    write_pattern(&data, 0x44, 4 << 20, 4 << 20);
+    let vm = o.vm_from(
+        "d",
+        &[("d-os", &os), ("d-data", &data)],
+        "DISK = [ IMAGE = \"d-os\" ]\nDISK = [ IMAGE = \"d-data\" ]\n\
+         DISK = [ TYPE = \"fs\", SIZE = \"16\", FORMAT = \"qcow2\" ]\n\
+         BACKUP_CONFIG = [ MODE = \"INCREMENT\", DISK_IDS = \"1\" ]\n",
+    );
+    let id = vm.to_string();
+    o.cli_ok("onevm", &["poweroff", "--hard", &id]);
+    o.wait_poweroff(vm);
+    // Something on the volatile disk, so that leaving it out is seen.
+    write_pattern(&o.vm_disk_n(vm, 2), 0x66, 1 << 20, 1 << 20);
+    let repo = o.base_path(&ds).join(&id);
+    let raw = |disk: u32, name: &str| {
+        let to = o.images.path().join(name);
+        raw_copy(&o.vm_disk_n(vm, disk), &to);
+        to
+    };
+
+    let want1 = raw(1, "d1-0.raw");
+    o.backup(vm, &ds, 0, &[]);
+    let snaps = snapshots(&repo);
+    assert_eq!(snaps.len(), 1);
+    let names: Vec<String> = snapshot_disks(&repo, &snaps[0])
+        .iter()
+        .filter_map(|p| p.rsplit('/').next().map(str::to_string))
+        .collect();
+    assert_eq!(names, ["disk.1.0"], "DISK_IDS=1 backs up disk 1 alone");
+    assert_restic_dump_disk(&repo, &snaps[0], 1, &want1);
+
+    // BACKUP_VOLATILE=YES, every disk: a new chain.
+    let bc = o.template(
+        "bc.tmpl",
+        "BACKUP_CONFIG = [ MODE = \"INCREMENT\", BACKUP_VOLATILE = \"YES\" ]\n",
+    );
+    o.cli_ok("onevm", &["updateconf", &id, &bc]);
+    let wants: Vec<PathBuf> = (0..3).map(|d| raw(d, &format!("d{d}-v.raw"))).collect();
+    o.backup(vm, &ds, 0, &["--reset"]);
+    let snaps = snapshots(&repo);
+    assert_eq!(snaps.len(), 2);
+    let mut names: Vec<String> = snapshot_disks(&repo, &snaps[1])
+        .iter()
+        .filter_map(|p| p.rsplit('/').next().map(str::to_string))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["disk.0.0", "disk.1.0", "disk.2.0"]);
+    for (d, want) in wants.iter().enumerate() {
+        assert_restic_dump_disk(&repo, &snaps[1], d as u32, want);
+    }
+
+    // A disk snapshot, then a write on top of it, then an increment.
+    o.cli_ok(
+        "onevm",
+        &["disk-snapshot-create", &id, "0", "before-upgrade"],
+    );
+    o.wait("the disk snapshot", 120, Some(vm), || {
+        let xml = o.xml("onevm", &id);
+        first(&xml, "STATE") == "8"
+            && first(&xml, "LCM_STATE") == "0"
+            && xml.contains("before-upgrade")
+    });
+    write_pattern(&o.vm_disk(vm), 0x3d, 24 << 20, 2 << 20);
+    let want0 = raw(0, "d0-snap.raw");
+    o.backup(vm, &ds, 1, &[]);
+    let snaps = snapshots(&repo);
+    assert_eq!(snaps.len(), 3);
+    assert_restic_dump_disk(&repo, &snaps[2], 0, &want0);
+    assert_restic_dump_disk(&repo, &snaps[2], 1, &wants[1]);
+    assert_backstop_tm_ran(&o);
 }

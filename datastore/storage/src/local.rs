@@ -424,7 +424,48 @@ impl WriteBackend for LocalBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{DIRECT_ALIGN, DIRECT_MIN, is_temp_name, write_direct};
+    use super::{DIRECT_ALIGN, DIRECT_MIN, LocalBackend, is_temp_name, write_direct};
+    use rustic_core::{FileType, Id, ReadBackend, WriteBackend};
+
+    /// RESTIC_BWLIMIT paces a local repository: 1 MiB written and read back at 1 MiB/s takes
+    /// about two seconds, never much less; without a limit nothing is paced (not timed here).
+    #[test]
+    fn a_bandwidth_limit_paces_a_local_repository() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limited = LocalBackend::new(dir.path()).with_bandwidth(Some(1024));
+        assert!(limited.bandwidth.is_some());
+        assert!(
+            LocalBackend::new(dir.path())
+                .with_bandwidth(Some(0))
+                .bandwidth
+                .is_none()
+        );
+        assert!(
+            LocalBackend::new(dir.path())
+                .with_bandwidth(None)
+                .bandwidth
+                .is_none()
+        );
+        limited.create().expect("create");
+        let started = std::time::Instant::now();
+        let mut ids = Vec::new();
+        for k in 0..4u8 {
+            let id = Id::new([k; 32]);
+            limited
+                .write_bytes(FileType::Pack, &id, false, vec![k; 256 * 1024].into())
+                .expect("write");
+            ids.push(id);
+        }
+        for id in &ids {
+            let back = limited.read_full(FileType::Pack, id).expect("read");
+            assert_eq!(back.len(), 256 * 1024);
+        }
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(1800),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     /// Packs of any length, in any number of parts, land byte-exact and at their length
     /// (the alignment padding is cut off); small files are left to the buffered path.
