@@ -154,10 +154,14 @@ impl RealOned {
              exec { '/usr/bin/setsid' } 'setsid', @ARGV or die \"setsid: $!\\n\";\n",
         );
         let path = format!("{}:{}", wrap.display(), oned.var("PATH"));
+        // The shell TM scripts put /usr/bin before the fake ssh in PATH (scripts_common.sh)
+        // but take $SSH when it is set: the fake one, for the host without an sshd.
+        let ssh = one.join("fakessh/ssh").display().to_string();
         oned.script(
             "start-oned.sh",
             &[
                 ("PATH", &path),
+                ("SSH", &ssh),
                 ("BACKSTOP", "1"),
                 ("FAKE_SSH", "1"),
                 ("ONE_EXTRA_CONF", &extra),
@@ -512,9 +516,13 @@ impl RealOned {
         assert_eq!(self.backups_done(vm), done, "{}", self.vm_log(vm));
     }
 
-    /// The commands the stock scripts ran on the "host" through the fake ssh.
-    pub(crate) fn fakessh_log(&self) -> String {
-        fs::read_to_string(self.one().join("var/fakessh.log")).unwrap_or_default()
+    /// Whether the TM action oned runs for `action` of the system datastore's TM (`local`) is
+    /// backstop's: `--with-tm` put it there and kept the stock script beside it as
+    /// `<action>.backstop-stock`, which it is not.
+    pub(crate) fn tm_action_is_backstops(&self, action: &str) -> bool {
+        let dir = self.one().join("var/remotes/tm/local");
+        let ours = fs::read(dir.join(action)).expect("the TM action");
+        fs::read(dir.join(format!("{action}.backstop-stock"))).is_ok_and(|stock| stock != ours)
     }
 }
 
@@ -869,7 +877,7 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
         o.cli("oneimage", &["show", &bimg]).code != Some(0)
     });
     assert_eq!(snapshots(&repo), [chain[0].2.clone()]);
-    assert_backstop_tm_ran(&o);
+    assert_backstop_tm_ran(&o, vm, "prebackup");
 }
 
 /// Side by side (backstop's datastore, the stock TM scripts): `onevm backup-cancel` stops a
@@ -980,11 +988,11 @@ fn real_oned_cancels_a_backup_and_runs_backup_jobs_with_the_stock_tm() {
         assert_eq!(incs.len(), k as usize + 1, "{incs:?}");
         assert_restic_dump(&job_repo, &incs[k as usize].2, &want);
     }
-    // Side by side: the stock TM scripts made the backups' files.
+    // Side by side: the TM actions oned ran are the stock ones.
+    assert!(!o.tm_action_is_backstops("prebackup"));
     assert!(
-        o.fakessh_log().contains("backup_qcow2.rb"),
-        "{}",
-        o.fakessh_log()
+        o.vm_log(vm)
+            .contains("Successfully execute transfer manager driver operation: prebackup.")
     );
 }
 
@@ -1012,13 +1020,20 @@ impl Drop for Domains<'_> {
     }
 }
 
-/// backstop's TM actions, not the stock ones, did the backups: the stock prebackup's helper
-/// (`tm/lib/backup_qcow2.rb`, run on the host through ssh) never ran.
-fn assert_backstop_tm_ran(o: &RealOned) {
-    let log = o.fakessh_log();
+/// backstop's TM actions, not the stock ones, did the backups: oned ran the system datastore
+/// TM's prebackup (and prebackup_live) from the remotes tree for each (its log says so), and
+/// the file there is backstop's, the stock one kept beside it.
+fn assert_backstop_tm_ran(o: &RealOned, vm: u64, action: &str) {
+    let log = o.vm_log(vm);
     assert!(
-        !log.contains("backup_qcow2.rb"),
-        "the stock TM ran a backup step: {log}"
+        log.contains(&format!(
+            "Successfully execute transfer manager driver operation: {action}."
+        )),
+        "{log}"
+    );
+    assert!(
+        o.tm_action_is_backstops(action),
+        "tm/local/{action} is not backstop's"
     );
 }
 
@@ -1093,13 +1108,14 @@ fn real_oned_backs_up_a_running_vm_through_the_kvm_driver() {
         3,
         "oned ran the live backup steps three times: {log}"
     );
-    assert_backstop_tm_ran(&o);
+    assert_backstop_tm_ran(&o, vm, "prebackup_live");
 }
 
 /// With backstop's TM, the disks a VM's BACKUP_CONFIG names: DISK_IDS="1" backs up disk 1
 /// alone (not the OS disk, not the volatile disk); BACKUP_VOLATILE=YES (after `--reset`) adds
 /// the volatile disk to the two image disks. Then a disk snapshot (`onevm disk-snapshot-create`,
-/// which makes the disk an overlay on a frozen file): the next increment still dumps byte-exact.
+/// which makes the disk an overlay on a frozen file; oned allows it only in FULL mode): the next
+/// backup still dumps byte-exact.
 #[test]
 fn real_oned_backs_up_the_disks_the_backup_config_names_and_a_disk_with_snapshots() {
     let Some(o) = RealOned::start(true) else {
@@ -1136,7 +1152,8 @@ fn real_oned_backs_up_the_disks_the_backup_config_names_and_a_disk_with_snapshot
     let repo = o.base_path(&ds).join(&id);
     let raw = |disk: u32, name: &str| {
         let to = o.images.path().join(name);
-        raw_copy(&o.vm_disk_n(vm, disk), &to);
+        let file = fs::canonicalize(o.vm_disk_n(vm, disk)).expect("the disk's file");
+        raw_copy(&file, &to);
         to
     };
 
@@ -1171,7 +1188,13 @@ fn real_oned_backs_up_the_disks_the_backup_config_names_and_a_disk_with_snapshot
         assert_restic_dump_disk(&repo, &snaps[1], d as u32, want);
     }
 
-    // A disk snapshot, then a write on top of it, then an increment.
+    // A disk snapshot (oned allows them only without incremental backups: MODE=FULL), a write
+    // on top of it, then a backup: the disk is now an overlay on the frozen file.
+    let bc = o.template(
+        "bc.tmpl",
+        "BACKUP_CONFIG = [ MODE = \"FULL\", BACKUP_VOLATILE = \"YES\" ]\n",
+    );
+    o.cli_ok("onevm", &["updateconf", &id, &bc]);
     o.cli_ok(
         "onevm",
         &["disk-snapshot-create", &id, "0", "before-upgrade"],
@@ -1182,12 +1205,22 @@ fn real_oned_backs_up_the_disks_the_backup_config_names_and_a_disk_with_snapshot
             && first(&xml, "LCM_STATE") == "0"
             && xml.contains("before-upgrade")
     });
-    write_pattern(&o.vm_disk(vm), 0x3d, 24 << 20, 2 << 20);
+    // qemu resolves the overlay's relative backing name ("0") next to the path it is given:
+    // the test writes through the real file, not the disk.0 link.
+    let top = fs::canonicalize(o.vm_disk(vm)).expect("disk.0's file");
+    write_pattern(&top, 0x3d, 24 << 20, 2 << 20);
     let want0 = raw(0, "d0-snap.raw");
-    o.backup(vm, &ds, 1, &[]);
+    let done = o.backups_done(vm);
+    o.cli_ok("onevm", &["backup", &id, "-d", &ds]);
+    o.wait(
+        "the FULL backup of the disk with a snapshot",
+        180,
+        Some(vm),
+        || o.backups_done(vm) > done && o.vm_state(vm) == ("8".into(), "0".into()),
+    );
     let snaps = snapshots(&repo);
     assert_eq!(snaps.len(), 3);
     assert_restic_dump_disk(&repo, &snaps[2], 0, &want0);
     assert_restic_dump_disk(&repo, &snaps[2], 1, &wants[1]);
-    assert_backstop_tm_ran(&o);
+    assert_backstop_tm_ran(&o, vm, "prebackup");
 }

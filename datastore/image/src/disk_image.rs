@@ -301,6 +301,7 @@ pub fn inspect(path: &Path, format: Format, backing: Backing<'_>) -> Result<Disk
         if is_protocol(&named) || is_protocol(&resolved) || !resolved.starts_with('/') {
             return Err(not_plain(&format!("{}: ", path.display()), &named, &at));
         }
+        let resolved = beside_the_file(&named, &resolved, &at);
         let next = std::fs::canonicalize(&resolved).map_err(|e| {
             Error::io(
                 format!(
@@ -349,6 +350,30 @@ pub fn inspect(path: &Path, format: Format, backing: Backing<'_>) -> Result<Disk
             return Ok(image);
         }
         at = PathBuf::from(resolved);
+    }
+}
+
+/// Where a relative backing name leads when it is not where qemu looks. qemu resolves it next
+/// to the image as it was named; OpenNebula's qcow2 disk snapshots name the file before them by
+/// a name relative to the snapshot's own directory (`disk.0.snap/1` backed by `0`) and reach the
+/// top through a link (`disk.0 -> disk.0.snap/1`), so next to the link the name leads nowhere.
+/// Then, and only then, the name is taken next to the file the link leads to; the caller checks
+/// the result like any other backing file (within the VM's and datastores' directories).
+fn beside_the_file(named: &str, resolved: &str, at: &Path) -> String {
+    if named.starts_with('/') || Path::new(resolved).exists() {
+        return resolved.to_string();
+    }
+    let Some(dir) = std::fs::canonicalize(at)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_path_buf))
+    else {
+        return resolved.to_string();
+    };
+    let beside = dir.join(named);
+    if beside.exists() {
+        beside.display().to_string()
+    } else {
+        resolved.to_string()
     }
 }
 
