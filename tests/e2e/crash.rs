@@ -53,14 +53,7 @@ impl Target<'_> {
 
     fn restic(&self, args: &[&str]) -> std::process::Output {
         match self {
-            Target::Local(repo) => Command::new("restic")
-                .arg("--repo")
-                .arg(repo)
-                .arg("--no-cache")
-                .args(args)
-                .env("RESTIC_PASSWORD", PASSWORD)
-                .output()
-                .expect("the restic binary must be installed (apt install restic)"),
+            Target::Local(repo) => backstop_testkit::restic::local(repo, PASSWORD, args),
             Target::S3(server, url) => server.restic(url, PASSWORD, args),
         }
     }

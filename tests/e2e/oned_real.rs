@@ -644,14 +644,7 @@ fn raw_copy(disk: &Path, to: &Path) {
 }
 
 fn restic(repo: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("restic")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("the restic binary must be installed");
+    let out = backstop_testkit::restic::local(repo, PASSWORD, args);
     assert!(
         out.status.success(),
         "restic {args:?} on {}: {}",

@@ -8,20 +8,13 @@ use backstop_image::image::{CHUNK_SIZE, Extent};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 pub const PASSWORD: &str = "compat test password";
 pub const DISK: &str = "/var/lib/one//datastores/0/22/backup/disk.0.0";
 
 pub fn restic(repo: &Path, args: &[&str]) -> Output {
-    Command::new("restic")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("the restic binary must be installed (apt install restic)")
+    backstop_testkit::restic::local(repo, PASSWORD, args)
 }
 
 pub fn ok(out: Output, what: &str) -> Vec<u8> {
