@@ -354,13 +354,18 @@ pub fn inspect(path: &Path, format: Format, backing: Backing<'_>) -> Result<Disk
 }
 
 /// Where a relative backing name leads when it is not where qemu looks. qemu resolves it next
-/// to the image as it was named; OpenNebula's qcow2 disk snapshots name the file before them by
-/// a name relative to the snapshot's own directory (`disk.0.snap/1` backed by `0`) and reach the
-/// top through a link (`disk.0 -> disk.0.snap/1`), so next to the link the name leads nowhere.
-/// Then, and only then, the name is taken next to the file the link leads to; the caller checks
-/// the result like any other backing file (within the VM's and datastores' directories).
+/// to the image as it was named; the `local` TM's disk snapshots (OpenNebula 7.4's Ruby
+/// snap_create) name the file before them by its bare name in the snapshot directory
+/// (`disk.0.snap/1` backed by `0`) and reach the top through a link (`disk.0 ->
+/// disk.0.snap/1`), so next to the link the name leads nowhere. (The shared and qcow2 TMs store
+/// `disk.0.snap/0`, which resolves beside the link through their `disk.0.snap/disk.0.snap -> .`
+/// link.) Then, and only when nothing at all is where qemu looks, the name is taken next to the
+/// file the link leads to; the caller checks the result like any other backing file (within the
+/// VM's and datastores' directories).
 fn beside_the_file(named: &str, resolved: &str, at: &Path) -> String {
-    if named.starts_with('/') || Path::new(resolved).exists() {
+    let nothing_there = std::fs::symlink_metadata(resolved)
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if named.starts_with('/') || !nothing_there {
         return resolved.to_string();
     }
     let Some(dir) = std::fs::canonicalize(at)
@@ -370,7 +375,7 @@ fn beside_the_file(named: &str, resolved: &str, at: &Path) -> String {
         return resolved.to_string();
     };
     let beside = dir.join(named);
-    if beside.exists() {
+    if std::fs::symlink_metadata(&beside).is_ok() {
         beside.display().to_string()
     } else {
         resolved.to_string()
