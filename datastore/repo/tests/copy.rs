@@ -19,15 +19,10 @@ use std::sync::Arc;
 const OTHER: &str = "the destination's own password";
 
 fn restic_with(repo: &Path, password: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("restic")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", password)
-        .output()
-        .expect("restic");
-    ok(out, &format!("restic {args:?}"))
+    ok(
+        backstop_testkit::restic::local(repo, password, args),
+        &format!("restic {args:?}"),
+    )
 }
 
 #[test]
@@ -54,16 +49,7 @@ fn a_chain_copies_by_blob_and_a_second_copy_moves_nothing() {
     let (copied, stats) = copy(&src, &dst, &ids, &CopyOptions::default()).expect("copy");
     assert_eq!((copied.len(), stats.snapshots, stats.skipped), (6, 6, 0));
     assert!(stats.bytes_written > 0 && stats.data_blobs > 0, "{stats:?}");
-    ok(
-        Command::new("restic")
-            .arg("--repo")
-            .arg(&dst_path)
-            .args(["--no-cache", "check", "--read-data"])
-            .env("RESTIC_PASSWORD", OTHER)
-            .output()
-            .expect("restic"),
-        "restic check --read-data at the destination",
-    );
+    restic_with(&dst_path, OTHER, &["check", "--read-data"]);
     for (c, want) in copied.iter().zip(&points) {
         let data = restic_with(&dst_path, OTHER, &["dump", &c.copy.to_hex(), DISK]);
         assert!(data == *want, "copy {} of {} differs", c.copy, c.source);
@@ -287,16 +273,7 @@ fn copies_record_the_repository_they_came_from() {
 
     // restic's own copy keeps the tag (and the copy still dumps).
     let f = path("f");
-    ok(
-        Command::new("restic")
-            .arg("--repo")
-            .arg(&f)
-            .args(["--no-cache", "init"])
-            .env("RESTIC_PASSWORD", OTHER)
-            .output()
-            .expect("restic"),
-        "restic init",
-    );
+    restic_with(&f, OTHER, &["init"]);
     ok(
         Command::new("restic")
             .arg("--repo")
