@@ -144,11 +144,21 @@ pub(crate) struct LiveVm<'a> {
     pub(crate) dom: String,
     /// Disk 0 is a raw disk (`DRIVER=raw`), whose content the test planted.
     raw0: bool,
+    /// Disk 1 is laid out as the qcow2 TM lays out a non-persistent image: `disk.1` ->
+    /// `disk.1.snap/0`, an overlay over this file of the image datastore.
+    pub(crate) image1: Option<std::path::PathBuf>,
 }
 
 impl<'a> LiveVm<'a> {
     fn start(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
         Self::start_with(lv, delivery, None)
+    }
+
+    /// [`LiveVm::start`] with disk 1 on an image of the image datastore, as the qcow2 TM
+    /// clones a non-persistent image: `disk.1` -> `disk.1.snap/0`, a qcow2 overlay whose
+    /// backing file is the image (`<datastores>/1/<hash>`), which no backup may ever write.
+    fn start_on_image(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
+        Self::start_layout(lv, delivery, None, true)
     }
 
     /// With `raw0`, disk 0 is a raw file made by that function (which returns its content),
@@ -157,6 +167,15 @@ impl<'a> LiveVm<'a> {
         lv: &'a Libvirt,
         delivery: &str,
         raw0: Option<&PlantDisk>,
+    ) -> LiveVm<'a> {
+        Self::start_layout(lv, delivery, raw0, false)
+    }
+
+    fn start_layout(
+        lv: &'a Libvirt,
+        delivery: &str,
+        raw0: Option<&PlantDisk>,
+        on_image: bool,
     ) -> LiveVm<'a> {
         let cloud = Cloud::start();
         let conf = cloud.remotes.join("etc/datastore/backstop.conf");
@@ -174,6 +193,7 @@ impl<'a> LiveVm<'a> {
         fs::create_dir_all(kvmrc.parent().expect("parent")).expect("kvmrc dir");
         fs::write(&kvmrc, format!("export LIBVIRT_URI=\"{}\"\n", lv.uri)).expect("kvmrc");
         cloud.create_disks();
+        let image1 = on_image.then(|| image_chain(&cloud, 1));
         let mut expected: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
         if let Some(plant) = raw0 {
             expected[0] = plant(&cloud);
@@ -205,6 +225,7 @@ impl<'a> LiveVm<'a> {
             expected,
             dom,
             raw0: raw0.is_some(),
+            image1,
         }
     }
 
@@ -318,7 +339,82 @@ impl<'a> LiveVm<'a> {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["disk.0", "disk.1"], "left in the VM directory");
+        let want: &[&str] = if self.image1.is_some() {
+            &["disk.0", "disk.1", "disk.1.snap"]
+        } else {
+            &["disk.0", "disk.1"]
+        };
+        assert_eq!(left, want, "left in the VM directory");
+    }
+}
+
+/// Moves disk `id` into the image datastore (`<datastores>/1/<hash>`) and makes `disk.<id>` the
+/// qcow2 TM's clone of it: a link to `disk.<id>.snap/0`, an empty qcow2 overlay backed by the
+/// image (absolute name, format given). Returns the image's path.
+pub(crate) fn image_chain(cloud: &Cloud, id: u32) -> std::path::PathBuf {
+    let datastores = cloud
+        .vm_dir
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("datastores");
+    let image = datastores.join(format!("1/5d3c0e9a1f7b{id}"));
+    fs::create_dir_all(image.parent().expect("ds 1")).expect("image datastore");
+    let disk = cloud.disk(id);
+    fs::rename(&disk, &image).expect("into the image datastore");
+    let snap = cloud.vm_dir.join(format!("disk.{id}.snap"));
+    fs::create_dir(&snap).expect("snap dir");
+    crate::cloud::sh_ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            image.to_str().expect("utf-8"),
+            snap.join("0").to_str().expect("utf-8"),
+        ],
+    );
+    std::os::unix::fs::symlink(format!("disk.{id}.snap/0"), &disk).expect("link");
+    image
+}
+
+fn digest(path: &std::path::Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(fs::read(path).expect("read")).to_vec()
+}
+
+/// The qcow2 TM's non-persistent disk: `disk.1` an overlay over an image every VM cloned from
+/// it reads. A FULL (whose snapshot overlay is committed back) and CBT increments of the
+/// running VM leave the image byte for byte as it was, and the VM on its own overlay: the
+/// commit goes into the overlay's own backing file and no deeper (libvirt's default is the
+/// bottom of the chain, which wrote the guest's data into the image).
+#[test]
+fn running_vm_on_an_image_clone_never_writes_the_image() {
+    let lv = Libvirt::start();
+    for delivery in ["direct", "staging"] {
+        let mut vm = LiveVm::start_on_image(&lv, delivery);
+        let image = vm.image1.clone().expect("image");
+        let before = digest(&image);
+        for inc in 0..3u64 {
+            if inc > 0 {
+                vm.change(inc, 4);
+            }
+            vm.backup(inc);
+            assert!(
+                digest(&image) == before,
+                "{delivery}: increment {inc} wrote into the image datastore's image"
+            );
+            let blk = lv.virsh_ok(&["dumpxml", &vm.dom]);
+            assert!(
+                blk.contains(&image.display().to_string()),
+                "{delivery}: the image is no longer under disk 1: {blk}"
+            );
+        }
+        vm.cloud.restic_ok(&["check", "--read-data"]);
+        lv.virsh_ok(&["destroy", &vm.dom]);
     }
 }
 

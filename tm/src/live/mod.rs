@@ -678,12 +678,18 @@ fn stop_and_commit(step: &Step<'_>, virsh: &Virsh, report: &dyn Fn(String, bool)
                 if !Path::new(&source).starts_with(&tmp) {
                     continue;
                 }
+                // --shallow: into the overlay's own backing file (the disk's file) and no
+                // deeper. Without it libvirt commits down to the bottom of the chain: for a
+                // disk that is itself an overlay (the qcow2 TM's disk.<id>.snap/0 over an
+                // image of the image datastore) that writes the VM's data into the image
+                // every VM cloned from it reads, and leaves the VM running on it.
                 match virsh.run(&[
                     "blockcommit",
                     dom,
                     &target,
                     "--active",
                     "--pivot",
+                    "--shallow",
                     "--keep-relative",
                 ]) {
                     Ok(_) => report(format!("committed the overlay of {target}"), false),
