@@ -46,6 +46,11 @@ pub struct DirectDisk {
     /// Read the disk from this Ceph RBD snapshot (through librbd) instead of a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbd: Option<RbdSource>,
+    /// INCREMENT_MODE=SNAPSHOT: the changes since the parent increment are the clusters the
+    /// qcow2 file at `path` (the overlay of the snapshot chain the parent backup left) holds
+    /// itself; the disk is read through its backing chain.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub layer: bool,
 }
 
 /// A Ceph RBD image at the snapshot prebackup took, and the parent increment's snapshot whose

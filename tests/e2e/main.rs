@@ -21,6 +21,7 @@ mod remotes;
 mod repo_cli;
 mod retention;
 mod security;
+mod snapshot_mode;
 mod stock;
 mod support;
 mod sync_crash;

@@ -104,16 +104,22 @@ impl Tm {
         let vm_xml = self
             .cloud
             .vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 });
-        let pre = self.step("prebackup", &vm_xml, false);
-        assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
+        self.backup_with(&vm_xml)
+    }
+
+    /// prebackup, backup, postbackup of the VM document `vm_xml`: the backup id and
+    /// prebackup's outcome.
+    pub(crate) fn backup_with(&self, vm_xml: &str) -> (String, Outcome) {
+        let pre = self.step("prebackup", vm_xml, false);
+        assert_eq!(pre.code, Some(0), "prebackup: {pre:?}");
         assert_eq!(pre.stdout, "");
-        let (id, _) = parse_backup_line(&self.cloud.backup(&vm_xml));
-        let post = self.step("postbackup", &vm_xml, false);
-        assert_eq!(post.code, Some(0), "postbackup {inc}: {post:?}");
+        let (id, _) = parse_backup_line(&self.cloud.backup(vm_xml));
+        let post = self.step("postbackup", vm_xml, false);
+        assert_eq!(post.code, Some(0), "postbackup: {post:?}");
         (id, pre)
     }
 
-    fn check_point(&self, inc: u64, id: &str, expected: &[Vec<u8>]) {
+    pub(crate) fn check_point(&self, inc: u64, id: &str, expected: &[Vec<u8>]) {
         let staging = self.cloud.staging();
         for (k, (d, _)) in DISKS.iter().enumerate() {
             let path = format!("{}/disk.{d}.{inc}", staging.display());

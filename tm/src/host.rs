@@ -51,19 +51,40 @@ pub fn increment_of(vm: &Vm) -> Result<(u64, Option<u64>), Error> {
     if bc.mode != BackupMode::Increment {
         return Ok((0, None));
     }
-    if bc.increment_mode == Some(IncrementMode::Snapshot) {
-        return Err(Error::new(
-            ErrorKind::NotImplemented,
-            format!(
-                "VM {}: INCREMENT_MODE=SNAPSHOT is not supported by backstop; use CBT",
-                vm.id
-            ),
-        ));
-    }
     Ok(match bc.last_increment_id {
         Some(last) => (last + 1, Some(last)),
         None => (0, None),
     })
+}
+
+/// Whether this backup is an increment of INCREMENT_MODE=SNAPSHOT ([`crate::snapshot_mode`]).
+pub fn snapshot_mode(vm: &Vm) -> bool {
+    let bc = &vm.backup_config;
+    bc.mode == BackupMode::Increment && bc.increment_mode == Some(IncrementMode::Snapshot)
+}
+
+/// SNAPSHOT mode merges a disk's overlays into its base: a disk with disk snapshots (which
+/// live in the same directory) is refused, with the reason, before anything is changed.
+pub(crate) fn refuse_disk_snapshots(step: &Step<'_>) -> Result<(), Error> {
+    let vm = step.vm;
+    if !snapshot_mode(vm) {
+        return Ok(());
+    }
+    match step
+        .args
+        .disk_ids
+        .iter()
+        .find(|id| vm.disk_snapshots.contains(id))
+    {
+        Some(id) => Err(Error::new(
+            ErrorKind::Input,
+            format!(
+                "VM {}: disk {id} has disk snapshots, which INCREMENT_MODE=SNAPSHOT would merge into its backup chain; delete them, or back the VM up with INCREMENT_MODE=CBT or MODE=FULL",
+                vm.id
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether a bitmap or checkpoint name is one of this VM's (`one-<vm>-<n>`).
@@ -106,8 +127,11 @@ pub struct Summary {
 pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
     let vm = step.vm;
     let (increment, parent) = increment_of(vm)?;
-    let incremental_mode = vm.backup_config.mode == BackupMode::Increment;
+    let snapshot = snapshot_mode(vm);
+    // Bitmaps are kept only for CBT increments.
+    let incremental_mode = vm.backup_config.mode == BackupMode::Increment && !snapshot;
     let staging = &step.staging;
+    refuse_disk_snapshots(step)?;
     fresh_staging(step)?;
 
     let mut summary = Summary {
@@ -147,6 +171,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
                 nbd: None,
                 shared: false,
                 rbd: Some(rbd),
+                layer: false,
             });
             continue;
         }
@@ -154,8 +179,33 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
         let disk = image.path().to_path_buf();
         let qcow2 = image.format() == Format::Qcow2;
         let mine: Vec<&qemu::Bitmap> = image.bitmaps.iter().filter(|b| ours(vm.id)(b)).collect();
+        // SNAPSHOT mode: the layout is checked now (postbackup, which rotates it, cannot
+        // fail), and an increment reads the clusters of the overlay the parent backup left.
+        let chain = (snapshot && qcow2)
+            .then(|| crate::snapshot_mode::find(Path::new(&step.args.host_dir.vm_dir), id))
+            .transpose()
+            .map_err(|e| Error {
+                message: format!("VM {}: {}", vm.id, e.message),
+                ..e
+            })?;
         let (plan, reason) = match parent {
             None => (Plan::Full, None),
+            Some(_) if snapshot => match (reread_reason(step, id), &chain) {
+                (Some(r), _) => (Plan::Whole, Some(r)),
+                (None, None) => (
+                    Plan::Whole,
+                    Some(format!(
+                        "disk {id} is {}: SNAPSHOT mode keeps no overlay on it",
+                        image.format()
+                    )),
+                ),
+                (None, Some(c)) => {
+                    match crate::snapshot_mode::changed_extents(c, &image, increment, id) {
+                        Ok(extents) => (Plan::Listed(extents), None),
+                        Err(r) => (Plan::Whole, Some(r)),
+                    }
+                }
+            },
             Some(p) => {
                 let wanted = bitmap_name(vm.id, p);
                 let reread = reread_reason(step, id);
@@ -218,6 +268,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
                 nbd: None,
                 shared: false,
                 rbd: None,
+                layer: matches!(plan, Plan::Listed(_)),
             });
         } else {
             let target = staging.join(format!("disk.{id}.{increment}"));
@@ -351,10 +402,29 @@ pub fn postbackup(step: &Step<'_>) {
                         crate::ceph::settle(vm, disk, increment, true);
                         continue;
                     }
-                    // Only a qcow2 disk has bitmaps: the format is the declared one.
+                    // Only a qcow2 disk has bitmaps or a snapshot chain: the format is the
+                    // declared one.
                     let Ok(Format::Qcow2) = qemu::declared_format(vm, id) else {
                         continue;
                     };
+                    if snapshot_mode(vm) {
+                        // After success the overlay the backup read goes into the base and a
+                        // new one starts; after a failure nothing moved, and the retry reads
+                        // the same overlay.
+                        if !vm.backup_failed
+                            && let Err(e) = crate::snapshot_mode::rotate(
+                                Path::new(&step.args.host_dir.vm_dir),
+                                id,
+                                increment,
+                            )
+                        {
+                            report(format!(
+                                "VM {}: disk {id}: {e}; the next increment reads the whole disk",
+                                vm.id
+                            ));
+                        }
+                        continue;
+                    }
                     let Ok(disk) = disk_path(step, id) else {
                         continue;
                     };
@@ -432,10 +502,8 @@ mod tests {
         let snapshot = vm(
             "<MODE>INCREMENT</MODE><INCREMENT_MODE>SNAPSHOT</INCREMENT_MODE><LAST_INCREMENT_ID>4</LAST_INCREMENT_ID>",
         );
-        let e = increment_of(&snapshot).expect_err("snapshot mode");
-        assert_eq!(
-            e.to_string(),
-            "VM 22: INCREMENT_MODE=SNAPSHOT is not supported by backstop; use CBT"
-        );
+        assert_eq!(increment_of(&snapshot).expect("snapshot"), (5, Some(4)));
+        assert!(snapshot_mode(&snapshot));
+        assert!(!snapshot_mode(&next) && !snapshot_mode(&full));
     }
 }

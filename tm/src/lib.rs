@@ -21,6 +21,7 @@ pub mod live;
 pub mod qemu;
 pub mod restore;
 pub mod restore_host;
+pub mod snapshot_mode;
 pub mod tpm_archive;
 
 pub use error::{Error, ErrorKind};

@@ -191,6 +191,9 @@ pub struct Vm {
     pub user_template: Template,
     /// `BACKUP_RESULT=FAILURE`, added by one_vmm_exec for postbackup after a failed step.
     pub backup_failed: bool,
+    /// The disks that have disk snapshots (`SNAPSHOTS/DISK_ID` with at least one
+    /// `SNAPSHOT`).
+    pub disk_snapshots: Vec<u32>,
 }
 
 impl Vm {
@@ -254,6 +257,18 @@ impl Vm {
             Some(ids) => ids_of(ids.node())?,
             None => Vec::new(),
         };
+        let mut disk_snapshots = Vec::new();
+        for (i, s) in node.element.children_named("SNAPSHOTS").enumerate() {
+            if s.children_named("SNAPSHOT").next().is_none() {
+                continue;
+            }
+            let path = format!("{}/SNAPSHOTS[{i}]", node.path);
+            let sn = Node {
+                element: s,
+                path: &path,
+            };
+            disk_snapshots.push(sn.required_number("DISK_ID")?);
+        }
         Ok(Vm {
             id: node.required_number("ID")?,
             name: node.text("NAME").unwrap_or_default().to_string(),
@@ -270,6 +285,7 @@ impl Vm {
             backup_failed: node
                 .text("BACKUP_RESULT")
                 .is_some_and(|r| r.eq_ignore_ascii_case("FAILURE")),
+            disk_snapshots,
         })
     }
 

@@ -284,6 +284,7 @@ fn full(
                 nbd: None,
                 shared: true,
                 rbd: None,
+                layer: false,
             });
         } else {
             let base = Disk::Checked {
@@ -540,6 +541,7 @@ fn hand_over_pull(
                 }),
                 shared: false,
                 rbd: None,
+                layer: false,
             });
         } else {
             let export = Disk::Export {

@@ -400,6 +400,40 @@ fn open_disk(
                     },
                     bitmap.as_deref(),
                 )?
+            } else if disk.layer {
+                // SNAPSHOT mode: the chain read whole, the changes from the overlay alone
+                // (when a backstop parent is there to put them on).
+                if *format != Format::Qcow2 {
+                    return Err(Error::new(
+                        ErrorKind::Input,
+                        format!(
+                            "disk {disk_id}: {MANIFEST} names a {format} snapshot overlay; an overlay is qcow2"
+                        ),
+                    ));
+                }
+                let mut opened = open(
+                    Disk::File {
+                        path,
+                        format: Format::Qcow2,
+                        backing: Backing::Within(&roots),
+                        locking: !disk.shared,
+                    },
+                    None,
+                )?;
+                if bitmap.is_some() {
+                    let extents = nbd::delta_extents(path).map_err(|e| {
+                        Error::io(
+                            format!(
+                                "VM {}: disk {disk_id}: cannot list the clusters of {}",
+                                args.vm_id,
+                                path.display()
+                            ),
+                            e,
+                        )
+                    })?;
+                    opened.changed = Some(extents);
+                }
+                opened
             } else {
                 // A raw disk has no bitmap to read.
                 let direct = *format == Format::Raw && !disk.shared;

@@ -328,12 +328,14 @@ fn disk_plan(
                 ))
             })?;
             let backstop_parent = parent.is_some_and(is_image);
-            // What holds the changes since the parent: a qcow2 bitmap, or the parent's RBD
-            // snapshot (the changes are what rbd diff reports since it).
+            // What holds the changes since the parent: a qcow2 bitmap, the parent's RBD
+            // snapshot (the changes are what rbd diff reports since it), or the overlay of
+            // INCREMENT_MODE=SNAPSHOT (the clusters it holds itself).
             let changes = d
                 .bitmap
                 .clone()
-                .or_else(|| d.rbd.as_ref().and_then(|r| r.parent_snapshot.clone()));
+                .or_else(|| d.rbd.as_ref().and_then(|r| r.parent_snapshot.clone()))
+                .or_else(|| d.layer.then(|| "the snapshot overlay".to_string()));
             match &changes {
                 Some(b) if backstop_parent => Read::Direct {
                     disk: Box::new(d.clone()),
@@ -456,6 +458,7 @@ mod tests {
                 nbd: None,
                 shared: false,
                 rbd: None,
+                layer: false,
             }],
         }
     }

@@ -1,0 +1,213 @@
+//! INCREMENT_MODE=SNAPSHOT done by backstop's own prebackup and postbackup (issue 26) for a
+//! powered-off VM, as one_vmm_exec runs them: prebackup on the front-end (ssh to "hv1"), the
+//! datastore's backup, postbackup; in staging and in direct mode.
+//!
+//! What it shows: the FULL turns each plain disk file into OpenNebula's rotating layout
+//! (`disk.<id>` -> `disk.<id>.snap/1` over the base `disk.<id>.snap/0`); each increment reads
+//! exactly the clusters the overlay holds (counted against `qemu-img map` of the overlay) and
+//! restores byte-exact with plain restic; a failed backup leaves the chain as it was, so the
+//! retry reads the same overlay; a chain rotated without a recorded backup (what the stock
+//! script leaves when the datastore step fails after its prebackup) is noticed and read whole,
+//! with the reason; a disk with disk snapshots is refused before anything moves.
+
+use crate::cloud::{DISKS, parse_backup_line};
+use crate::tm::Tm;
+use std::fs;
+use std::path::Path;
+
+fn snapshot_xml(t: &Tm, inc: u64) -> String {
+    t.cloud
+        .vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 })
+        .replace(
+            "<INCREMENT_MODE><![CDATA[CBT]]></INCREMENT_MODE>",
+            "<INCREMENT_MODE><![CDATA[SNAPSHOT]]></INCREMENT_MODE>",
+        )
+}
+
+/// The bytes of the clusters a qcow2 file holds itself (its backing file not opened), and
+/// how many 1 MiB chunks of the disk they touch.
+fn own_clusters(file: &Path) -> (u64, u64) {
+    let spec = serde_json::json!({
+        "driver": "qcow2",
+        "file": {"driver": "file", "filename": file.display().to_string()},
+        "backing": null,
+    });
+    let out = crate::cloud::sh_ok(
+        "qemu-img",
+        &["map", "--output=json", &format!("json:{spec}")],
+    );
+    let map: Vec<serde_json::Value> = serde_json::from_str(&out).expect("map json");
+    let mut bytes = 0;
+    let mut chunks = std::collections::BTreeSet::new();
+    for e in map.iter().filter(|e| e["present"].as_bool() == Some(true)) {
+        let (start, length) = (
+            e["start"].as_u64().expect("start"),
+            e["length"].as_u64().expect("length"),
+        );
+        bytes += length;
+        chunks.extend(start >> 20..=(start + length - 1) >> 20);
+    }
+    (bytes, chunks.len() as u64)
+}
+
+fn bytes_read(pre: &crate::support::Outcome) -> u64 {
+    let at = pre.stderr.find(" bytes read").expect("the summary line");
+    let start = pre.stderr[..at].rfind('(').expect("(") + 1;
+    pre.stderr[start..at].parse().expect("bytes read")
+}
+
+/// Every disk runs on `disk.<id>.snap/<overlay>`, an overlay of the base named as OpenNebula
+/// names it, beside the directory's self-link; no bitmaps are kept.
+fn check_layout(t: &Tm, overlay: u64) {
+    for (d, _) in DISKS {
+        let link = t.cloud.disk(d);
+        assert_eq!(
+            fs::read_link(&link).expect("disk link"),
+            Path::new(&format!("disk.{d}.snap/{overlay}")),
+            "disk {d}"
+        );
+        let snap = t.cloud.vm_dir.join(format!("disk.{d}.snap"));
+        assert_eq!(
+            fs::read_link(snap.join(format!("disk.{d}.snap"))).expect("self-link"),
+            Path::new(".")
+        );
+        let mut files: Vec<String> = fs::read_dir(&snap)
+            .expect("snap dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "0".to_string(),
+                overlay.to_string(),
+                format!("disk.{d}.snap")
+            ],
+            "disk {d}'s snapshot directory"
+        );
+        let info = crate::cloud::sh_ok(
+            "qemu-img",
+            &[
+                "info",
+                "-f",
+                "qcow2",
+                "-U",
+                "--output=json",
+                link.to_str().expect("utf-8"),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&info).expect("info");
+        assert_eq!(v["backing-filename"], format!("disk.{d}.snap/0"));
+        assert!(
+            v["format-specific"]["data"]["bitmaps"]
+                .as_array()
+                .is_none_or(|b| b.is_empty()),
+            "bitmaps kept in SNAPSHOT mode: {info}"
+        );
+    }
+}
+
+fn full_and_three_snapshot_increments(delivery: &str) {
+    let t = Tm::start(delivery);
+    let cloud = &t.cloud;
+    for inc in 0..4u64 {
+        let (mut overlay_bytes, mut overlay_chunks) = (0, 0);
+        if inc > 0 {
+            cloud.change_disks(inc, 12);
+            for (d, _) in DISKS {
+                let (b, c) = own_clusters(&cloud.vm_dir.join(format!("disk.{d}.snap/{inc}")));
+                overlay_bytes += b;
+                overlay_chunks += c;
+            }
+            assert!(overlay_bytes > 0);
+        }
+        let vm_xml = snapshot_xml(&t, inc);
+        let pre = t.step("prebackup", &vm_xml, false);
+        assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
+        assert!(!pre.stderr.contains("whole"), "{pre:?}");
+        let (id, size_mb) = parse_backup_line(&cloud.backup(&vm_xml));
+        if inc > 0 {
+            if delivery == "staging" {
+                // Exactly the overlays' own clusters were read.
+                assert_eq!(bytes_read(&pre), overlay_bytes, "increment {inc}");
+            } else {
+                // The backup reads the 1 MiB chunks the overlay's clusters touch, no others.
+                assert!(
+                    size_mb <= overlay_chunks,
+                    "increment {inc} read {size_mb} MB for {overlay_chunks} chunks of overlay"
+                );
+            }
+        }
+        let post = t.step("postbackup", &vm_xml, false);
+        assert_eq!(post.code, Some(0), "postbackup {inc}: {post:?}");
+        assert!(!post.stderr.contains("ERROR"), "{post:?}");
+        check_layout(&t, inc + 1);
+        let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+        t.check_point(inc, &id, &now);
+    }
+
+    // A failed backup: nothing rotates, and the retry reads the same overlay (both rounds of
+    // writes).
+    cloud.change_disks(4, 5);
+    let xml = snapshot_xml(&t, 4);
+    let pre = t.step("prebackup", &xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let post = t.step("postbackup", &xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    check_layout(&t, 4);
+    cloud.change_disks(5, 5);
+    let (id, pre) = t.backup_with(&xml);
+    assert!(!pre.stderr.contains("whole"), "{pre:?}");
+    check_layout(&t, 5);
+    let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    t.check_point(4, &id, &now);
+
+    // A rotation no backup recorded (the stock prebackup rotates before the datastore step,
+    // which then failed): the overlay is not the one increment 5 needs, so it is read whole,
+    // with the reason, and the chain is sound again after.
+    let xml = snapshot_xml(&t, 5);
+    assert_eq!(t.step("prebackup", &xml, false).code, Some(0));
+    assert_eq!(t.step("postbackup", &xml, false).code, Some(0));
+    check_layout(&t, 6);
+    cloud.change_disks(6, 3);
+    let (id, pre) = t.backup_with(&xml);
+    assert!(
+        pre.stderr
+            .contains("disk 0 runs on overlay 6 of its snapshot directory, not on 5")
+            && pre.stderr.contains("reads the whole disk"),
+        "{pre:?}"
+    );
+    check_layout(&t, 6);
+    let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    t.check_point(5, &id, &now);
+    cloud.change_disks(7, 3);
+    let (id, pre) = t.backup_with(&snapshot_xml(&t, 6));
+    assert!(!pre.stderr.contains("whole"), "{pre:?}");
+    let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    t.check_point(6, &id, &now);
+
+    // Disk snapshots would be merged by the rotation: refused, nothing moved.
+    let with_snapshots = snapshot_xml(&t, 7).replace(
+        "<BACKUPS>",
+        "<SNAPSHOTS><DISK_ID>1</DISK_ID><SNAPSHOT><ID>0</ID><NAME>s</NAME></SNAPSHOT></SNAPSHOTS><BACKUPS>",
+    );
+    let pre = t.step("prebackup", &with_snapshots, false);
+    assert_eq!(pre.code, Some(1), "{pre:?}");
+    assert!(
+        pre.stderr
+            .contains("disk 1 has disk snapshots, which INCREMENT_MODE=SNAPSHOT would merge"),
+        "{pre:?}"
+    );
+    check_layout(&t, 7);
+    cloud.restic_ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn snapshot_mode_of_a_stopped_vm_staged() {
+    full_and_three_snapshot_increments("staging");
+}
+
+#[test]
+fn snapshot_mode_of_a_stopped_vm_direct() {
+    full_and_three_snapshot_increments("direct");
+}
