@@ -157,7 +157,7 @@ impl<'a> LiveVm<'a> {
     /// [`LiveVm::start`] with disk 1 on an image of the image datastore, as the qcow2 TM
     /// clones a non-persistent image: `disk.1` -> `disk.1.snap/0`, a qcow2 overlay whose
     /// backing file is the image (`<datastores>/1/<hash>`), which no backup may ever write.
-    fn start_on_image(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
+    pub(crate) fn start_on_image(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
         Self::start_layout(lv, delivery, None, true)
     }
 
@@ -230,7 +230,7 @@ impl<'a> LiveVm<'a> {
     }
 
     /// A guest write: through the disk's virtio device, into the running VM.
-    fn write(&mut self, disk: u32, pattern: u8, offset: u64, length: u64) {
+    pub(crate) fn write(&mut self, disk: u32, pattern: u8, offset: u64, length: u64) {
         let cmd = format!(
             "qemu-io -d /machine/peripheral/ua-disk{disk}/virtio-backend \"write -P 0x{pattern:02x} {offset} {length}\""
         );
@@ -243,7 +243,7 @@ impl<'a> LiveVm<'a> {
     }
 
     /// Writes in `n` scattered places of both disks (deterministic per round).
-    fn change(&mut self, round: u64, n: u64) {
+    pub(crate) fn change(&mut self, round: u64, n: u64) {
         for (d, mb) in DISKS {
             for k in 0..n {
                 let offset =
@@ -254,7 +254,7 @@ impl<'a> LiveVm<'a> {
     }
 
     /// The VM document of a running VM (ACTIVE/RUNNING) at increment `inc` of its chain.
-    fn vm_xml(&self, inc: u64) -> String {
+    pub(crate) fn vm_xml(&self, inc: u64) -> String {
         let xml = self
             .cloud
             .vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 })
@@ -269,7 +269,7 @@ impl<'a> LiveVm<'a> {
         }
     }
 
-    fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
+    pub(crate) fn step(&self, action: &str, vm_xml: &str, failed: bool) -> Outcome {
         let stdin = if failed {
             format!("{vm_xml}<BACKUP_RESULT>FAILURE</BACKUP_RESULT>")
         } else {
@@ -308,7 +308,7 @@ impl<'a> LiveVm<'a> {
         (id, mb, pre)
     }
 
-    fn checkpoints(&self) -> Vec<String> {
+    pub(crate) fn checkpoints(&self) -> Vec<String> {
         let mut list: Vec<String> = self
             .lv
             .virsh_ok(&["checkpoint-list", &self.dom, "--name"])

@@ -211,3 +211,158 @@ fn snapshot_mode_of_a_stopped_vm_staged() {
 fn snapshot_mode_of_a_stopped_vm_direct() {
     full_and_three_snapshot_increments("direct");
 }
+
+/// The running VM (TCG under a private libvirtd, guest writes through its virtio disks):
+/// disk 0 a plain file (the ssh TM's), disk 1 the qcow2 TM's clone of an image
+/// (`disk.1` -> `disk.1.snap/0` over an image of the image datastore). FULL and three
+/// increments, direct and staged: each increment reads only the chunks the overlay touched and
+/// restores byte-exact; the chain rotates through libvirt with the headers naming
+/// `disk.<id>.snap/0`, so the VM starts again from `disk.<id>` afterwards (and its backups go
+/// on, now with qemu knowing the overlay, not the base, as `disk.<id>`); the image is never
+/// written; a failed backup merges the new overlay back, and the retry reads both rounds of
+/// writes.
+#[test]
+fn snapshot_mode_of_a_running_vm() {
+    use crate::live::{Libvirt, LiveVm};
+    let lv = Libvirt::start();
+    for delivery in ["direct", "staging"] {
+        let mut vm = LiveVm::start_on_image(&lv, delivery);
+        let image = vm.image1.clone().expect("image");
+        let image_before = fs::read(&image).expect("image");
+        let xml = |vm: &LiveVm<'_>, inc: u64| {
+            vm.vm_xml(inc).replace(
+                "<INCREMENT_MODE><![CDATA[CBT]]></INCREMENT_MODE>",
+                "<INCREMENT_MODE><![CDATA[SNAPSHOT]]></INCREMENT_MODE>",
+            )
+        };
+        let check = |vm: &LiveVm<'_>, inc: u64, id: &str, overlay: u64| {
+            let blk = lv.virsh_ok(&["domblklist", &vm.dom]);
+            for (d, _) in DISKS {
+                let link = vm.cloud.disk(d);
+                assert_eq!(
+                    fs::read_link(&link).expect("link"),
+                    Path::new(&format!("disk.{d}.snap/{overlay}")),
+                    "{delivery}: disk {d} after increment {inc}"
+                );
+                let top = vm.cloud.vm_dir.join(format!("disk.{d}.snap/{overlay}"));
+                assert!(
+                    blk.contains(&top.display().to_string()),
+                    "{delivery}: the VM does not run on {}: {blk}",
+                    top.display()
+                );
+                let info = crate::cloud::sh_ok(
+                    "qemu-img",
+                    &[
+                        "info",
+                        "-U",
+                        "-f",
+                        "qcow2",
+                        "--output=json",
+                        top.to_str().expect("utf-8"),
+                    ],
+                );
+                let v: serde_json::Value = serde_json::from_str(&info).expect("info");
+                assert_eq!(
+                    v["backing-filename"],
+                    format!("disk.{d}.snap/0"),
+                    "{delivery}: disk {d}"
+                );
+                let mut files: Vec<String> =
+                    fs::read_dir(vm.cloud.vm_dir.join(format!("disk.{d}.snap")))
+                        .expect("snap dir")
+                        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                        .collect();
+                files.sort();
+                assert_eq!(
+                    files,
+                    [
+                        "0".to_string(),
+                        overlay.to_string(),
+                        format!("disk.{d}.snap")
+                    ],
+                    "{delivery}: disk {d}'s snapshot directory"
+                );
+                let staging = vm.cloud.staging();
+                let path = format!("{}/disk.{d}.{inc}", staging.display());
+                let data = vm.cloud.restic_ok(&["dump", id, &path]);
+                assert!(
+                    data == vm.expected[d as usize],
+                    "{delivery}: increment {inc} of disk {d} differs from what the guest wrote"
+                );
+            }
+            assert!(
+                fs::read(&image).expect("image") == image_before,
+                "{delivery}: the image datastore's image was written"
+            );
+            assert!(vm.checkpoints().is_empty());
+        };
+        let backup = |vm: &LiveVm<'_>, inc: u64| -> (String, u64, crate::support::Outcome) {
+            let doc = xml(vm, inc);
+            let pre = vm.step("prebackup_live", &doc, false);
+            assert_eq!(
+                pre.code,
+                Some(0),
+                "{delivery}: prebackup_live {inc}: {pre:?}"
+            );
+            let (id, mb) = parse_backup_line(&vm.cloud.backup(&doc));
+            let post = vm.step("postbackup_live", &doc, false);
+            assert_eq!(post.code, Some(0), "{post:?}");
+            assert!(!post.stderr.contains("ERROR"), "{delivery}: {post:?}");
+            (id, mb, pre)
+        };
+        for inc in 0..4u64 {
+            if inc > 0 {
+                vm.change(inc, 6);
+            }
+            let (id, mb, pre) = backup(&vm, inc);
+            if inc > 0 {
+                assert!(!pre.stderr.contains("whole"), "{delivery}: {pre:?}");
+                // 6 writes of 64 KiB per disk: at most 12 chunks of 1 MiB.
+                assert!(mb <= 12, "{delivery}: increment {inc} read {mb} MB");
+            }
+            check(&vm, inc, &id, inc + 1);
+        }
+
+        // A failed backup: the new overlay goes back into the one the backup read; the
+        // retry reads both rounds of writes, and only those.
+        vm.change(4, 3);
+        let doc = xml(&vm, 4);
+        let pre = vm.step("prebackup_live", &doc, false);
+        assert_eq!(pre.code, Some(0), "{pre:?}");
+        let post = vm.step("postbackup_live", &doc, true);
+        assert_eq!(post.code, Some(0), "{post:?}");
+        assert!(!post.stderr.contains("ERROR"), "{post:?}");
+        assert!(!vm.cloud.vm_dir.join("disk.0.snap/5").exists());
+        vm.change(5, 3);
+        let (id, mb, pre) = backup(&vm, 4);
+        assert!(!pre.stderr.contains("whole"), "{delivery}: {pre:?}");
+        assert!(mb <= 12, "{delivery}: the retry read {mb} MB");
+        check(&vm, 4, &id, 5);
+
+        // OpenNebula starts the VM again from disk.<id>: the chain resolves, and holds what
+        // the guest wrote.
+        lv.virsh_ok(&["destroy", &vm.dom]);
+        for (d, _) in DISKS {
+            assert!(
+                vm.cloud.raw(d) == vm.expected[d as usize],
+                "{delivery}: disk {d} read from disk.{d} after the VM stopped"
+            );
+        }
+        let domain = vm.cloud.dir.path().join("domain.xml");
+        lv.virsh_ok(&["create", domain.to_str().expect("utf-8")]);
+        // Started on the overlay this time (qemu knows it as disk.<id>): the chain goes on.
+        vm.change(6, 3);
+        let (id, mb, pre) = backup(&vm, 5);
+        assert!(!pre.stderr.contains("whole"), "{delivery}: {pre:?}");
+        assert!(mb <= 6, "{delivery}: increment 5 read {mb} MB");
+        check(&vm, 5, &id, 6);
+        lv.virsh_ok(&["destroy", &vm.dom]);
+        for (d, _) in DISKS {
+            assert!(
+                vm.cloud.raw(d) == vm.expected[d as usize],
+                "{delivery}: disk {d} after the second run"
+            );
+        }
+        vm.cloud.restic_ok(&["check", "--read-data"]);
+    }
+}

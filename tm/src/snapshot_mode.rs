@@ -136,16 +136,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The changed extents of increment `increment` of disk `chain.id` (whose checked chain is
-/// `image`): the clusters the overlay the disk runs on holds itself, when that overlay is the
-/// one the parent backup left (named `<increment>`, backed by the base). Otherwise why the
-/// whole disk must be read.
-pub fn changed_extents(
+/// Whether the overlay disk `id` runs on is the one the parent of increment `increment` left
+/// (named `<increment>`, backed by the base; `image` is the disk's checked chain), so that
+/// the clusters it holds itself are the increment's changes; why not, if not.
+pub fn parent_overlay(
     chain: &Found,
     image: &DiskImage,
     increment: u64,
     id: u32,
-) -> Result<Vec<Extent>, String> {
+) -> Result<(), String> {
     let chain = match chain {
         Found::Plain => {
             return Err(format!(
@@ -166,17 +165,35 @@ pub fn changed_extents(
         ));
     }
     match image.layers.get(1) {
-        Some(b) if same_file(&b.path, &chain.base()) => {}
-        _ => {
-            return Err(format!(
-                "overlay {} of disk {id} is not backed by {}",
-                chain.name,
-                chain.base().display()
-            ));
-        }
+        Some(b) if same_file(&b.path, &chain.base()) => Ok(()),
+        _ => Err(format!(
+            "overlay {} of disk {id} is not backed by {}",
+            chain.name,
+            chain.base().display()
+        )),
     }
-    backstop_image::nbd::delta_extents(&chain.top())
-        .map_err(|e| format!("cannot list the clusters of overlay {}: {e}", chain.name))
+}
+
+/// The clusters `overlay` holds itself: the changes since the parent, once nothing writes it
+/// any more (a powered-off VM's, or a running VM's under a new snapshot overlay: `locking`
+/// false). Why the whole disk must be read, if they cannot be listed.
+pub fn overlay_extents(overlay: &Path, locking: bool) -> Result<Vec<Extent>, String> {
+    backstop_image::nbd::layer_extents(overlay, locking)
+        .map_err(|e| format!("cannot list the clusters of {}: {e}", overlay.display()))
+}
+
+/// [`parent_overlay`], then the overlay's clusters, for a powered-off VM.
+pub fn changed_extents(
+    chain: &Found,
+    image: &DiskImage,
+    increment: u64,
+    id: u32,
+) -> Result<Vec<Extent>, String> {
+    parent_overlay(chain, image, increment, id)?;
+    match chain {
+        Found::Chain(c) => overlay_extents(&c.top(), true),
+        Found::Plain => Err(format!("disk {id} has no snapshot overlay")),
+    }
 }
 
 /// Makes a plain disk file the base of a snapshot directory, as OpenNebula's SNAPSHOT mode

@@ -178,12 +178,17 @@ impl Drop for NbdClient {
     }
 }
 
-/// qemu's name for a qcow2 delta opened without its backing file.
-fn delta_spec(delta: &Path) -> io::Result<String> {
+/// qemu's name for a qcow2 delta opened without its backing file (and without qemu's image
+/// lock when `locking` is false).
+fn delta_spec(delta: &Path, locking: bool) -> io::Result<String> {
     let path = std::path::absolute(delta)?;
+    let mut file = serde_json::json!({"driver": "file", "filename": path.display().to_string()});
+    if !locking {
+        file["locking"] = serde_json::Value::from("off");
+    }
     let spec = serde_json::json!({
         "driver": "qcow2",
-        "file": {"driver": "file", "filename": path.display().to_string()},
+        "file": file,
         "backing": null,
     });
     Ok(format!("json:{spec}"))
@@ -191,9 +196,16 @@ fn delta_spec(delta: &Path) -> io::Result<String> {
 
 /// The clusters a qcow2 delta holds itself, from `qemu-img map`.
 pub fn delta_extents(delta: &Path) -> io::Result<Vec<Extent>> {
+    layer_extents(delta, true)
+}
+
+/// The clusters a qcow2 file holds itself (its backing file not opened); `locking` false for
+/// a file a running VM holds open but no longer writes (the layer under a new snapshot
+/// overlay).
+pub fn layer_extents(delta: &Path, locking: bool) -> io::Result<Vec<Extent>> {
     let out = Command::new("qemu-img")
         .args(["map", "--output=json"])
-        .arg(delta_spec(delta)?)
+        .arg(delta_spec(delta, locking)?)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run qemu-img: {e}")))?;

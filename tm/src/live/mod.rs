@@ -40,6 +40,7 @@ use backstop_protocol::staging::{DirectDisk, DirectManifest, MANIFEST, NbdSource
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod snapshot;
 mod virsh;
 
 pub use virsh::Virsh;
@@ -86,6 +87,9 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 pub fn prebackup_live(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     if rbd_only(step)? {
         return rbd_prebackup_live(step, virsh);
+    }
+    if host::snapshot_mode(step.vm) {
+        return snapshot::prebackup(step, virsh);
     }
     let result = prepare(step, virsh);
     if result.is_err() {
@@ -583,7 +587,11 @@ pub fn postbackup_live(step: &Step<'_>, virsh: &Virsh) {
         host::postbackup(step);
         return;
     }
-    settle(step, virsh, step.vm.backup_failed);
+    if host::snapshot_mode(step.vm) {
+        snapshot::settle(step, virsh, step.vm.backup_failed);
+    } else {
+        settle(step, virsh, step.vm.backup_failed);
+    }
     if !step.vm.backup_failed {
         host::clear_reread(step);
     }

@@ -98,6 +98,43 @@ impl Virsh {
             .collect())
     }
 
+    /// The file right below the active layer of disk `target` and libvirt's index of it
+    /// (`<target>[<index>]` names that layer whatever path it was opened by), from
+    /// `domstats --block --backing`.
+    pub(super) fn below_active(
+        &self,
+        dom: &str,
+        target: &str,
+    ) -> Result<Option<(u32, String)>, Error> {
+        let text = self.run(&["domstats", "--block", "--backing", dom])?;
+        let mut layers: std::collections::BTreeMap<u32, (String, String, Option<u32>)> =
+            std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.trim().strip_prefix("block.") else {
+                continue;
+            };
+            let Some((n, kv)) = rest.split_once('.') else {
+                continue;
+            };
+            let (Ok(n), Some((key, value))) = (n.parse::<u32>(), kv.split_once('=')) else {
+                continue;
+            };
+            let entry = layers.entry(n).or_default();
+            match key {
+                "name" => entry.0 = value.to_string(),
+                "path" => entry.1 = value.to_string(),
+                "backingIndex" => entry.2 = value.parse().ok(),
+                _ => {}
+            }
+        }
+        // The layers of a disk are listed top first: the active one has no backing index.
+        let mut mine = layers.into_values().filter(|(name, _, _)| name == target);
+        let _active = mine.next();
+        Ok(mine
+            .next()
+            .and_then(|(_, path, index)| index.map(|i| (i, path))))
+    }
+
     /// Whether a block job (a pull-mode backup) runs on the domain.
     pub(super) fn backup_job_active(&self, dom: &str) -> bool {
         self.run(&["domjobinfo", dom]).is_ok_and(|t| {

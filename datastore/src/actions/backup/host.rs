@@ -421,7 +421,7 @@ fn open_disk(
                     None,
                 )?;
                 if bitmap.is_some() {
-                    let extents = nbd::delta_extents(path).map_err(|e| {
+                    let extents = nbd::layer_extents(path, !disk.shared).map_err(|e| {
                         Error::io(
                             format!(
                                 "VM {}: disk {disk_id}: cannot list the clusters of {}",
