@@ -8,6 +8,7 @@ use crate::runner::{BackupDatastore, ChainPolicy, JobConfig, Mode};
 use crate::schedule::SchedAction;
 use crate::scheduler::Execution;
 use backstop_protocol::message::Datastore;
+use backstop_protocol::message::IncrementMode;
 use backstop_protocol::template::{Template, Value, vector_get};
 
 pub use crate::error::TemplateError;
@@ -91,6 +92,8 @@ pub struct JobTemplate {
     pub reset: bool,
     /// When a chain starts anew on its own (MAX_INCREMENTS, CHAIN_MAX_DAYS).
     pub chain: ChainPolicy,
+    /// INCREMENT_MODE: CBT (the default) or SNAPSHOT.
+    pub increment_mode: IncrementMode,
     /// The template's `SCHED_ACTION` vectors, validated (TIME is an epoch, or `+N` seconds
     /// from now).
     pub sched_actions: Vec<SchedAction>,
@@ -136,14 +139,20 @@ impl JobTemplate {
             Some("INCREMENT") => Mode::Increment,
             Some(m) => return Err(t.err("MODE", format!("MODE is {m:?}; use FULL or INCREMENT"))),
         };
-        if let Some(im) = t.get("INCREMENT_MODE")
-            && !im.eq_ignore_ascii_case("CBT")
+        let increment_mode = match t
+            .get("INCREMENT_MODE")
+            .map(str::to_ascii_uppercase)
+            .as_deref()
         {
-            return Err(t.err(
-                "INCREMENT_MODE",
-                format!("INCREMENT_MODE is {im:?}; backstop supports CBT only"),
-            ));
-        }
+            None | Some("CBT") => IncrementMode::Cbt,
+            Some("SNAPSHOT") => IncrementMode::Snapshot,
+            Some(m) => {
+                return Err(t.err(
+                    "INCREMENT_MODE",
+                    format!("INCREMENT_MODE is {m:?}; use CBT or SNAPSHOT"),
+                ));
+            }
+        };
         let keep_last = match t.get("KEEP_LAST") {
             None => 0,
             Some(k) => k
@@ -226,6 +235,7 @@ impl JobTemplate {
             disk_ids,
             reset: t.yes("RESET")?,
             chain,
+            increment_mode,
         })
     }
 
@@ -245,6 +255,7 @@ impl JobTemplate {
             disk_ids: self.disk_ids.clone(),
             reset: self.reset,
             chain: self.chain,
+            increment_mode: self.increment_mode,
         }
     }
 }
@@ -430,8 +441,8 @@ mod tests {
                 "BACKUP_VMS holds \"x\"",
             ),
             (
-                "NAME=a\nDATASTORE_ID=1\nINCREMENT_MODE=SNAPSHOT",
-                "CBT only",
+                "NAME=a\nDATASTORE_ID=1\nINCREMENT_MODE=DELTA",
+                "line 3: INCREMENT_MODE is \"DELTA\"; use CBT or SNAPSHOT",
             ),
             ("NAME=a\nDATASTORE_ID=1\nEXECUTION=LATER", "EXECUTION is"),
             ("NAME=\"a", "template: line 1"),

@@ -45,6 +45,9 @@ pub struct JobConfig {
     pub disk_ids: Option<Vec<u32>>,
     pub reset: bool,
     pub chain: ChainPolicy,
+    /// How increments find what changed: CBT bitmaps, or the rotating snapshot overlay
+    /// (INCREMENT_MODE=SNAPSHOT).
+    pub increment_mode: backstop_protocol::message::IncrementMode,
 }
 
 /// When an INCREMENT job's chain starts anew without being asked (OpenNebula has neither;
@@ -149,7 +152,14 @@ pub fn vm_document(
         if cfg.backup_volatile { "YES" } else { "NO" },
     );
     if cfg.mode == Mode::Increment {
-        c.push_str("<INCREMENT_MODE>CBT</INCREMENT_MODE>");
+        c.push_str(match cfg.increment_mode {
+            backstop_protocol::message::IncrementMode::Cbt => {
+                "<INCREMENT_MODE>CBT</INCREMENT_MODE>"
+            }
+            backstop_protocol::message::IncrementMode::Snapshot => {
+                "<INCREMENT_MODE>SNAPSHOT</INCREMENT_MODE>"
+            }
+        });
     }
     let (image, last) = match (cfg.mode, chain) {
         (
@@ -567,6 +577,7 @@ pub(crate) fn flatten(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backstop_protocol::message::IncrementMode;
 
     fn cfg(mode: Mode) -> JobConfig {
         JobConfig {
@@ -578,6 +589,7 @@ mod tests {
             disk_ids: None,
             reset: false,
             chain: Default::default(),
+            increment_mode: backstop_protocol::message::IncrementMode::Cbt,
         }
     }
 
@@ -632,7 +644,20 @@ mod tests {
         assert_eq!(bc.incremental_backup_id, Some(40));
         assert_eq!(bc.last_datastore_id, Some(100));
         assert_eq!(bc.backup_job_id, Some(7));
+        assert_eq!(bc.increment_mode, Some(IncrementMode::Cbt));
         assert_eq!(out.matches("<BACKUPS>").count(), 1);
+        // INCREMENT_MODE reaches the TM as the job says.
+        let snapshot = JobConfig {
+            increment_mode: IncrementMode::Snapshot,
+            ..cfg(Mode::Increment)
+        };
+        let out = vm_document(doc, &snapshot, 100, ChainPointers::default()).expect("document");
+        let root = backstop_protocol::xml::Element::parse(&out).expect("xml");
+        let vm = backstop_protocol::message::Vm::from_xml(&root).expect("vm");
+        assert_eq!(
+            vm.backup_config.increment_mode,
+            Some(IncrementMode::Snapshot)
+        );
         // FULL mode and RESET start a new chain.
         for c in [
             cfg(Mode::Full),

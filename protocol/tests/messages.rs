@@ -357,3 +357,17 @@ fn bad_input_errors() {
         "line 2, column 8: vector DISK is not closed (missing ']')"
     );
 }
+
+#[test]
+fn disks_with_disk_snapshots_are_listed() {
+    let doc = "<VM><ID>7</ID><TEMPLATE/>\
+        <SNAPSHOTS><ALLOW_ORPHANS>NO</ALLOW_ORPHANS><CURRENT_BASE>-1</CURRENT_BASE><DISK_ID>1</DISK_ID>\
+        <NEXT_SNAPSHOT>1</NEXT_SNAPSHOT><SNAPSHOT><ID>0</ID><NAME>s</NAME></SNAPSHOT></SNAPSHOTS>\
+        <SNAPSHOTS><DISK_ID>2</DISK_ID></SNAPSHOTS></VM>";
+    let root = backstop_protocol::xml::Element::parse(doc).expect("xml");
+    assert_eq!(Vm::from_xml(&root).expect("vm").disk_snapshots, [1]);
+    let bad = doc.replace("<DISK_ID>1</DISK_ID>", "<DISK_ID>x</DISK_ID>");
+    let root = backstop_protocol::xml::Element::parse(&bad).expect("xml");
+    let e = Vm::from_xml(&root).expect_err("not a number");
+    assert!(e.to_string().contains("SNAPSHOTS"), "{e}");
+}

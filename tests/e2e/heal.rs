@@ -223,6 +223,7 @@ fn after_a_heal_the_runner_completes_a_staged_increment_in_one_run() {
         disk_ids: None,
         reset: false,
         chain: Default::default(),
+        increment_mode: backstop_protocol::message::IncrementMode::Cbt,
     };
     let ds = BackupDatastore {
         id: 100,

@@ -105,6 +105,80 @@ pub(crate) fn restic_in(repo: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// A job with INCREMENT_MODE=SNAPSHOT (issue 26): the runner hands the mode to backstop's
+/// TM, which rotates the overlay (disk.<id> -> disk.<id>.snap/<n+1> after backup n); every
+/// point restores byte-exact and the increments stay small.
+#[test]
+fn a_job_in_snapshot_mode_rotates_the_overlay_and_each_point_restores() {
+    let cloud = cloud_with_tm();
+    cloud.create_disks();
+    let env = Env {
+        remotes: cloud.remotes.clone(),
+        datastore_location: cloud.dir.path().join("hv/datastores").display().to_string(),
+    };
+    let mut state = State::open(&cloud.dir.path().join("state/backstop.db")).expect("state");
+    let template =
+        "NAME=snap\nDATASTORE_ID=100\nMODE=INCREMENT\nINCREMENT_MODE=snapshot\nKEEP_LAST=10";
+    let parsed = backstop_backupjob::model::JobTemplate::parse(template).expect("template");
+    let job = state
+        .create_job("snap", 50, "MODE=INCREMENT\nINCREMENT_MODE=SNAPSHOT", &[VM])
+        .expect("job");
+    let cfg = parsed.config(job);
+    assert_eq!(
+        cfg.increment_mode,
+        backstop_protocol::message::IncrementMode::Snapshot
+    );
+    let ds = BackupDatastore {
+        id: 100,
+        ds_mad: "backstop".into(),
+        document: cloud.datastore_xml(),
+    };
+    let doc = cloud.vm_xml(-1, -1);
+    let repo = cloud.base_path.join(format!("job_{job}"));
+    let staging = cloud.staging();
+    for round in 0..3u64 {
+        if round > 0 {
+            cloud.change_disks(round, 10);
+        }
+        let backstop_backupjob::state::Chain {
+            image,
+            last_increment: last,
+        } = state.chain_of(VM, Some(job), 100).expect("chain");
+        let chain = ChainPointers {
+            image_id: image,
+            last_increment: last,
+        };
+        let result = runner::run_chain(&env, &doc, &cfg, &ds, chain, &|| false, None)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        if round > 0 {
+            assert!(
+                result.size_mb <= 12,
+                "round {round} read {} MB",
+                result.size_mb
+            );
+        }
+        let out = runner::record(&env, &mut state, &cfg, &ds, result, 2000 + round as i64)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(out.increment_id, round);
+        for (k, (d, _)) in DISKS.iter().enumerate() {
+            assert_eq!(
+                fs::read_link(cloud.disk(*d)).expect("link"),
+                Path::new(&format!("disk.{d}.snap/{}", round + 1))
+            );
+            let images = state.images_of(VM, Some(job), 100).expect("images");
+            let image = state.image(images[0]).expect("image");
+            let inc = image.increments.last().expect("increment");
+            let path = format!("{}/disk.{d}.{}", staging.display(), inc.id);
+            let data = restic_in(&repo, &["dump", &inc.source, &path]);
+            assert!(
+                data == cloud.raw(*d),
+                "round {round}: disk {d} ({k}) is not the disk at that point"
+            );
+        }
+    }
+    restic_in(&repo, &["check", "--read-data"]);
+}
+
 #[test]
 fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
     let cloud = cloud_with_tm();
@@ -126,6 +200,7 @@ fn a_job_in_increment_mode_keeps_the_last_two_increments_each_restorable() {
         disk_ids: None,
         reset: false,
         chain: Default::default(),
+        increment_mode: backstop_protocol::message::IncrementMode::Cbt,
     };
     let ds = BackupDatastore {
         id: 100,
