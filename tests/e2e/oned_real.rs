@@ -1217,3 +1217,96 @@ fn real_oned_backs_up_the_disks_the_backup_config_names_and_a_disk_with_snapshot
     assert_restic_dump_disk(&repo, &snaps[2], 1, &wants[1]);
     assert_backstop_tm_ran(&o, vm, "prebackup");
 }
+
+/// INCREMENT_MODE=SNAPSHOT through a real oned, one chain taken in turns by OpenNebula's stock
+/// TM and backstop's: the stock prebackup makes the FULL and increment 1 (its rotating overlay
+/// `disk.0.snap/<n+1>`); then backstop is installed `--with-tm` and takes increments 2 and 3
+/// from the overlay the stock script left, reading only its clusters (the increments' sizes in
+/// oned's record are what was written); then an upgrade puts the stock scripts back and the
+/// stock TM takes increment 4 from backstop's layout. Every point dumps byte-exact with plain
+/// restic.
+#[test]
+fn real_oned_snapshot_mode_switches_between_the_stock_tm_and_backstops() {
+    let Some(o) = RealOned::start(false) else {
+        return;
+    };
+    let ds = o.datastore("backstop-local");
+    let image = o.images.path().join("s.qcow2");
+    make_image(&image);
+    let vm = o.vm_from(
+        "s",
+        &[("s", &image)],
+        "DISK = [ IMAGE = \"s\" ]\nBACKUP_CONFIG = [ MODE = \"INCREMENT\", INCREMENT_MODE = \"SNAPSHOT\" ]\n",
+    );
+    o.cli_ok("onevm", &["poweroff", "--hard", &vm.to_string()]);
+    o.wait_poweroff(vm);
+    let disk = o.vm_disk(vm);
+    let vm_dir = disk.parent().expect("vm dir").to_path_buf();
+    let repo = o.base_path(&ds).join(vm.to_string());
+    let expected = |k: u64| o.images.path().join(format!("expected-{k}.raw"));
+    let link_of = || {
+        fs::read_link(&disk)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|e| panic!("disk.0 is not a link: {e}"))
+    };
+    let mut sizes = Vec::new();
+    let mut point = |k: u64, backstops: bool| {
+        if k > 0 {
+            write_pattern(&disk, 0x40 + k as u8, (8 + 4 * k) << 20, 2 << 20);
+        }
+        raw_copy(&disk, &expected(k));
+        assert_eq!(
+            o.tm_action_is_backstops("prebackup"),
+            backstops,
+            "increment {k}: whose prebackup runs"
+        );
+        o.backup(vm, &ds, k, &[]);
+        // Whoever took it, the disk runs on the next overlay of the stock layout.
+        assert!(
+            link_of().ends_with(&format!("disk.0.snap/{}", k + 1)),
+            "after increment {k}: disk.0 -> {}",
+            link_of()
+        );
+        let vm_xml = o.xml("onevm", &vm.to_string());
+        let bimg = first(&values(&vm_xml, "BACKUP_IDS")[0], "ID");
+        let incs = increments(&o.xml("oneimage", &bimg));
+        sizes.push(incs.last().expect("an increment").3);
+        let snaps = snapshots(&repo);
+        assert_restic_dump(&repo, snaps.last().expect("a snapshot"), &expected(k));
+    };
+    point(0, false);
+    point(1, false);
+    o.script(
+        "add-backstop.sh",
+        &[
+            ("WITH_TM", "1"),
+            ("BACKSTOP_SRC", &support::repo_root().display().to_string()),
+            ("BACKSTOP_BIN", BACKSTOP),
+            ("RESTIC_PASSWORD", PASSWORD),
+        ],
+    );
+    point(2, true);
+    point(3, true);
+    let log = o.vm_log(vm);
+    assert!(
+        !log.contains("reads the whole disk"),
+        "backstop read a whole disk: {log}"
+    );
+    // An upgrade overwrites backstop's TM actions with the stock ones.
+    let tm = o.one().join("var/remotes/tm/local");
+    for action in ["prebackup", "postbackup"] {
+        fs::copy(tm.join(format!("{action}.backstop-stock")), tm.join(action))
+            .expect("the stock script back");
+    }
+    point(4, false);
+    eprintln!(
+        "SNAPSHOT mode through oned: backup sizes {sizes:?} MiB (FULL and 1 by the stock TM, 2 and 3 by backstop, 4 by the stock TM)"
+    );
+    // 2 MiB written between points: increments of a few MiB, the FULL more than 12.
+    assert!(sizes[0] >= 12, "{sizes:?}");
+    for (k, s) in sizes.iter().enumerate().skip(1) {
+        assert!(*s <= 4, "increment {k} is {s} MiB: {sizes:?}");
+    }
+    assert!(vm_dir.join("disk.0.snap/0").is_file());
+    restic(&repo, &["check", "--read-data"]);
+}
