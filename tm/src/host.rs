@@ -150,7 +150,9 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
     for &id in &step.args.disk_ids {
         if let Some(disk) = vm.disk(id).filter(|d| crate::ceph::is_rbd(d)) {
             // Ceph: a snapshot, read by the backup through librbd, or staged (docs/ceph.md).
-            let rbd = crate::ceph::prepare(vm, disk, increment, parent, incremental_mode)?;
+            // Ceph's increments are RBD snapshots, whatever INCREMENT_MODE says.
+            let rbd_increments = vm.backup_config.mode == BackupMode::Increment;
+            let rbd = crate::ceph::prepare(vm, disk, increment, parent, rbd_increments)?;
             if !step.direct {
                 let w = crate::ceph::stage(
                     &rbd,
@@ -182,7 +184,7 @@ pub fn prebackup(step: &Step<'_>) -> Result<Summary, Error> {
         // SNAPSHOT mode: the layout is checked now (postbackup, which rotates it, cannot
         // fail), and an increment reads the clusters of the overlay the parent backup left.
         let chain = (snapshot && qcow2)
-            .then(|| crate::snapshot_mode::find(Path::new(&step.args.host_dir.vm_dir), id))
+            .then(|| crate::snapshot_mode::check(Path::new(&step.args.host_dir.vm_dir), id))
             .transpose()
             .map_err(|e| Error {
                 message: format!("VM {}: {}", vm.id, e.message),
@@ -419,7 +421,7 @@ pub fn postbackup(step: &Step<'_>) {
                             )
                         {
                             report(format!(
-                                "VM {}: disk {id}: {e}; the next increment reads the whole disk",
+                                "VM {}: the snapshot chain of disk {id} is not rotated ({e}); the next increment reads the whole disk",
                                 vm.id
                             ));
                         }

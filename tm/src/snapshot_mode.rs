@@ -129,6 +129,23 @@ pub fn find(vm_dir: &Path, id: u32) -> Result<Found, Error> {
     }))
 }
 
+/// [`find`], and for a plain file whether [`make_snap_dir`] can turn it into the layout: what
+/// prebackup checks before anything moves (postbackup, which rotates, cannot fail).
+pub fn check(vm_dir: &Path, id: u32) -> Result<Found, Error> {
+    let found = find(vm_dir, id)?;
+    if found == Found::Plain {
+        let slink = format!("disk.{id}.snap");
+        check_snap_dir_for(&Chain {
+            id,
+            link: vm_dir.join(format!("disk.{id}")),
+            snap: vm_dir.join(&slink),
+            slink,
+            name: "0".into(),
+        })?;
+    }
+    Ok(found)
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -165,9 +182,9 @@ pub fn parent_overlay(
         ));
     }
     match image.layers.get(1) {
-        Some(b) if same_file(&b.path, &chain.base()) => Ok(()),
+        Some(b) if same_file(&b.path, &chain.base()) && b.format == Format::Qcow2 => Ok(()),
         _ => Err(format!(
-            "overlay {} of disk {id} is not backed by {}",
+            "overlay {} of disk {id} is not backed by the qcow2 file {}",
             chain.name,
             chain.base().display()
         )),
@@ -197,37 +214,80 @@ pub fn changed_extents(
 }
 
 /// Makes a plain disk file the base of a snapshot directory, as OpenNebula's SNAPSHOT mode
-/// does: `disk.<id>` moves to `disk.<id>.snap/0` (a rename: the same file, even under a
-/// running VM that holds it open) and becomes a link to it.
+/// does: `disk.<id>.snap/0` becomes a second name of the file (a hard link: the same file, also
+/// under a running VM that holds it open), then `disk.<id>` is replaced by a link to it (a
+/// rename). Interrupted at any point, `disk.<id>` still names the disk and a repeat finishes
+/// the job; a `disk.<id>.snap` with anything else in it is refused.
 pub fn make_snap_dir(vm_dir: &Path, id: u32) -> Result<Chain, Error> {
     let link = vm_dir.join(format!("disk.{id}"));
     let slink = format!("disk.{id}.snap");
     let snap = vm_dir.join(&slink);
-    if std::fs::symlink_metadata(&snap).is_ok() {
-        return Err(refuse(format!(
-            "disk {id} is a file of its own, but {} exists already; INCREMENT_MODE=SNAPSHOT does not know this layout",
-            snap.display()
-        )));
-    }
-    std::fs::create_dir(&snap)
-        .map_err(|e| Error::io(format!("cannot create {}", snap.display()), e))?;
     let base = snap.join("0");
-    std::fs::rename(&link, &base).map_err(|e| {
-        Error::io(
-            format!("cannot move {} to {}", link.display(), base.display()),
-            e,
-        )
-    })?;
-    relink(&link, &format!("{slink}/0"))?;
     let chain = Chain {
         id,
-        link,
-        snap,
-        slink,
+        link: link.clone(),
+        snap: snap.clone(),
+        slink: slink.clone(),
         name: "0".into(),
     };
+    check_snap_dir_for(&chain)?;
+    if std::fs::symlink_metadata(&snap).is_err() {
+        std::fs::create_dir(&snap)
+            .map_err(|e| Error::io(format!("cannot create {}", snap.display()), e))?;
+    }
+    if std::fs::symlink_metadata(&base).is_err() {
+        std::fs::hard_link(&link, &base).map_err(|e| {
+            Error::io(
+                format!("cannot link {} as {}", link.display(), base.display()),
+                e,
+            )
+        })?;
+    }
     self_link(&chain)?;
+    relink(&link, &format!("{slink}/0"))?;
     Ok(chain)
+}
+
+/// Whether a plain `disk.<id>` can become the base of `chain`'s directory: the directory is
+/// missing, or holds at most what an interrupted [`make_snap_dir`] left (the self-link, and
+/// `0` as a second name of the disk file).
+pub fn check_snap_dir_for(chain: &Chain) -> Result<(), Error> {
+    let snap = &chain.snap;
+    let Ok(entries) = std::fs::read_dir(snap) else {
+        return match std::fs::symlink_metadata(snap) {
+            Err(_) => Ok(()),
+            Ok(_) => Err(refuse(format!(
+                "disk {} is a file of its own, but {} is not a directory",
+                chain.id,
+                snap.display()
+            ))),
+        };
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ok = if name == "0" {
+            same_inode(&entry.path(), &chain.link)
+        } else {
+            name == chain.slink
+                && std::fs::read_link(entry.path()).is_ok_and(|t| t == Path::new("."))
+        };
+        if !ok {
+            return Err(refuse(format!(
+                "disk {} is a file of its own, but {} holds {name:?}; INCREMENT_MODE=SNAPSHOT does not know this layout",
+                chain.id,
+                snap.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// `<snap>/disk.<id>.snap -> .`, so that a backing name relative to the VM directory resolves
@@ -257,7 +317,9 @@ pub fn self_link(chain: &Chain) -> Result<(), Error> {
 
 /// Points `link` at `target`, atomically (a new link renamed over the old one).
 pub fn relink(link: &Path, target: &str) -> Result<(), Error> {
-    let tmp = link.with_extension("backstop-link");
+    let mut tmp = link.as_os_str().to_owned();
+    tmp.push(".backstop-link");
+    let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)
         .and_then(|()| std::fs::rename(&tmp, link))
@@ -350,10 +412,10 @@ pub fn rotate(vm_dir: &Path, id: u32, increment: u64) -> Result<(), Error> {
         if !top
             .layers
             .get(1)
-            .is_some_and(|b| same_file(&b.path, &chain.base()))
+            .is_some_and(|b| same_file(&b.path, &chain.base()) && b.format == Format::Qcow2)
         {
             return Err(refuse(format!(
-                "disk {id}: overlay {} is not backed by {}; the snapshot chain is not rotated",
+                "overlay {} is not backed by the qcow2 file {}; the snapshot chain is not rotated",
                 chain.name,
                 chain.base().display()
             )));
@@ -498,6 +560,49 @@ mod tests {
         rotate(&vm, 0, 1).expect("again");
         assert_eq!(chain(&vm).name, "2");
         assert_eq!(raw(&disk), now);
+    }
+
+    #[test]
+    fn an_interrupted_move_into_the_snapshot_directory_is_finished() {
+        let (_d, vm) = vm_dir();
+        let disk = vm.join("disk.0");
+        sh(&[
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            disk.to_str().expect("utf-8"),
+            "8M",
+        ]);
+        write(&disk, 3, 0, 65536);
+        let before = raw(&disk);
+        // Stopped after the directory and the second name were made: disk.0 is still the
+        // file, and the next rotation finishes the move.
+        std::fs::create_dir(vm.join("disk.0.snap")).expect("mkdir");
+        std::fs::hard_link(&disk, vm.join("disk.0.snap/0")).expect("link");
+        assert_eq!(check(&vm, 0).expect("resumable"), Found::Plain);
+        rotate(&vm, 0, 0).expect("rotate");
+        assert_eq!(chain(&vm).name, "1");
+        assert_eq!(raw(&disk), before);
+        // Anything else in the directory of a plain disk is a layout nobody knows.
+        let (_d, vm) = vm_dir();
+        let disk = vm.join("disk.0");
+        sh(&[
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            disk.to_str().expect("utf-8"),
+            "8M",
+        ]);
+        std::fs::create_dir(vm.join("disk.0.snap")).expect("mkdir");
+        std::fs::write(vm.join("disk.0.snap/0"), b"someone else's").expect("file");
+        let e = check(&vm, 0).expect_err("not ours");
+        assert!(e.to_string().contains("holds \"0\""), "{e}");
+        assert!(rotate(&vm, 0, 0).is_err());
+        assert!(disk.is_file(), "the disk stays where it was");
     }
 
     #[test]

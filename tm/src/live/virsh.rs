@@ -98,14 +98,14 @@ impl Virsh {
             .collect())
     }
 
-    /// The file right below the active layer of disk `target` and libvirt's index of it
-    /// (`<target>[<index>]` names that layer whatever path it was opened by), from
+    /// The layers of disk `target`, the active one first: (libvirt's index, which names the
+    /// layer as `<target>[<index>]` whatever path it was opened by; its path), from
     /// `domstats --block --backing`.
-    pub(super) fn below_active(
+    pub(super) fn layers(
         &self,
         dom: &str,
         target: &str,
-    ) -> Result<Option<(u32, String)>, Error> {
+    ) -> Result<Vec<(Option<u32>, String)>, Error> {
         let text = self.run(&["domstats", "--block", "--backing", dom])?;
         let mut layers: std::collections::BTreeMap<u32, (String, String, Option<u32>)> =
             std::collections::BTreeMap::new();
@@ -127,12 +127,12 @@ impl Virsh {
                 _ => {}
             }
         }
-        // The layers of a disk are listed top first: the active one has no backing index.
-        let mut mine = layers.into_values().filter(|(name, _, _)| name == target);
-        let _active = mine.next();
-        Ok(mine
-            .next()
-            .and_then(|(_, path, index)| index.map(|i| (i, path))))
+        // libvirt lists a disk's layers top first.
+        Ok(layers
+            .into_values()
+            .filter(|(name, _, _)| name == target)
+            .map(|(_, path, index)| (index, path))
+            .collect())
     }
 
     /// Whether a block job (a pull-mode backup) runs on the domain.
