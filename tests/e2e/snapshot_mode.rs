@@ -56,53 +56,117 @@ fn bytes_read(pre: &crate::support::Outcome) -> u64 {
     pre.stderr[start..at].parse().expect("bytes read")
 }
 
-/// Every disk runs on `disk.<id>.snap/<overlay>`, an overlay of the base named as OpenNebula
-/// names it, beside the directory's self-link; no bitmaps are kept.
+/// Disk `d` of the VM in `vm_dir` runs on `disk.<d>.snap/<overlay>`, the only overlay of its
+/// snapshot directory beside the base and the self-link, and names the base as OpenNebula
+/// does; its `qemu-img info`.
+fn assert_chain(vm_dir: &Path, d: u32, overlay: u64, what: &str) -> serde_json::Value {
+    let link = vm_dir.join(format!("disk.{d}"));
+    assert_eq!(
+        fs::read_link(&link).expect("disk link"),
+        Path::new(&format!("disk.{d}.snap/{overlay}")),
+        "{what}: disk {d}"
+    );
+    let snap = vm_dir.join(format!("disk.{d}.snap"));
+    assert_eq!(
+        fs::read_link(snap.join(format!("disk.{d}.snap"))).expect("self-link"),
+        Path::new(".")
+    );
+    let mut files: Vec<String> = fs::read_dir(&snap)
+        .expect("snap dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "0".to_string(),
+            overlay.to_string(),
+            format!("disk.{d}.snap")
+        ],
+        "{what}: disk {d}'s snapshot directory"
+    );
+    let info = crate::cloud::sh_ok(
+        "qemu-img",
+        &[
+            "info",
+            "-f",
+            "qcow2",
+            "-U",
+            "--output=json",
+            snap.join(overlay.to_string()).to_str().expect("utf-8"),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&info).expect("info");
+    assert_eq!(
+        v["backing-filename"],
+        format!("disk.{d}.snap/0"),
+        "{what}: disk {d}"
+    );
+    v
+}
+
+/// A running VM's disk `d`: `disk.<d>` leads to `disk.<d>.snap/<overlay>`, which resolves
+/// from `disk.<d>` (as OpenNebula starts the VM) to a file of the snapshot directory; the
+/// directory holds the base, at most one layer kept between (the VM was started on the
+/// base), the overlay and the self-link.
+fn assert_live_chain(vm_dir: &Path, d: u32, overlay: u64, what: &str) {
+    let link = vm_dir.join(format!("disk.{d}"));
+    assert_eq!(
+        fs::read_link(&link).expect("disk link"),
+        Path::new(&format!("disk.{d}.snap/{overlay}")),
+        "{what}: disk {d}"
+    );
+    let info = crate::cloud::sh_ok(
+        "qemu-img",
+        &[
+            "info",
+            "-f",
+            "qcow2",
+            "-U",
+            "--output=json",
+            link.to_str().expect("utf-8"),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&info).expect("info");
+    let below = v["full-backing-filename"].as_str().expect("a backing file");
+    let snap = vm_dir.join(format!("disk.{d}.snap"));
+    let below = fs::canonicalize(below).expect("the backing file resolves from disk.<id>");
+    assert_eq!(
+        below.parent(),
+        Some(fs::canonicalize(&snap).expect("snap").as_path()),
+        "{what}: disk {d}'s overlay is over {}",
+        below.display()
+    );
+    let mut files: Vec<String> = fs::read_dir(&snap)
+        .expect("snap dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let kept = below
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let mut want = vec![
+        "0".to_string(),
+        kept,
+        overlay.to_string(),
+        format!("disk.{d}.snap"),
+    ];
+    want.sort();
+    want.dedup();
+    assert_eq!(files, want, "{what}: disk {d}'s snapshot directory");
+}
+
+/// Every disk runs on `disk.<id>.snap/<overlay>` ([`assert_chain`]); no bitmaps are kept.
 fn check_layout(t: &Tm, overlay: u64) {
     for (d, _) in DISKS {
-        let link = t.cloud.disk(d);
-        assert_eq!(
-            fs::read_link(&link).expect("disk link"),
-            Path::new(&format!("disk.{d}.snap/{overlay}")),
-            "disk {d}"
-        );
-        let snap = t.cloud.vm_dir.join(format!("disk.{d}.snap"));
-        assert_eq!(
-            fs::read_link(snap.join(format!("disk.{d}.snap"))).expect("self-link"),
-            Path::new(".")
-        );
-        let mut files: Vec<String> = fs::read_dir(&snap)
-            .expect("snap dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
-        assert_eq!(
-            files,
-            [
-                "0".to_string(),
-                overlay.to_string(),
-                format!("disk.{d}.snap")
-            ],
-            "disk {d}'s snapshot directory"
-        );
-        let info = crate::cloud::sh_ok(
-            "qemu-img",
-            &[
-                "info",
-                "-f",
-                "qcow2",
-                "-U",
-                "--output=json",
-                link.to_str().expect("utf-8"),
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&info).expect("info");
-        assert_eq!(v["backing-filename"], format!("disk.{d}.snap/0"));
+        let v = assert_chain(&t.cloud.vm_dir, d, overlay, "powered off");
         assert!(
             v["format-specific"]["data"]["bitmaps"]
                 .as_array()
                 .is_none_or(|b| b.is_empty()),
-            "bitmaps kept in SNAPSHOT mode: {info}"
+            "bitmaps kept in SNAPSHOT mode: {v}"
         );
     }
 }
@@ -237,49 +301,12 @@ fn snapshot_mode_of_a_running_vm() {
         let check = |vm: &LiveVm<'_>, inc: u64, id: &str, overlay: u64| {
             let blk = lv.virsh_ok(&["domblklist", &vm.dom]);
             for (d, _) in DISKS {
-                let link = vm.cloud.disk(d);
-                assert_eq!(
-                    fs::read_link(&link).expect("link"),
-                    Path::new(&format!("disk.{d}.snap/{overlay}")),
-                    "{delivery}: disk {d} after increment {inc}"
-                );
+                assert_live_chain(&vm.cloud.vm_dir, d, overlay, delivery);
                 let top = vm.cloud.vm_dir.join(format!("disk.{d}.snap/{overlay}"));
                 assert!(
                     blk.contains(&top.display().to_string()),
                     "{delivery}: the VM does not run on {}: {blk}",
                     top.display()
-                );
-                let info = crate::cloud::sh_ok(
-                    "qemu-img",
-                    &[
-                        "info",
-                        "-U",
-                        "-f",
-                        "qcow2",
-                        "--output=json",
-                        top.to_str().expect("utf-8"),
-                    ],
-                );
-                let v: serde_json::Value = serde_json::from_str(&info).expect("info");
-                assert_eq!(
-                    v["backing-filename"],
-                    format!("disk.{d}.snap/0"),
-                    "{delivery}: disk {d}"
-                );
-                let mut files: Vec<String> =
-                    fs::read_dir(vm.cloud.vm_dir.join(format!("disk.{d}.snap")))
-                        .expect("snap dir")
-                        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                        .collect();
-                files.sort();
-                assert_eq!(
-                    files,
-                    [
-                        "0".to_string(),
-                        overlay.to_string(),
-                        format!("disk.{d}.snap")
-                    ],
-                    "{delivery}: disk {d}'s snapshot directory"
                 );
                 let staging = vm.cloud.staging();
                 let path = format!("{}/disk.{d}.{inc}", staging.display());
@@ -304,6 +331,7 @@ fn snapshot_mode_of_a_running_vm() {
                 "{delivery}: prebackup_live {inc}: {pre:?}"
             );
             let (id, mb) = parse_backup_line(&vm.cloud.backup(&doc));
+            assert!(!pre.stderr.contains("ERROR"), "{delivery}: {pre:?}");
             let post = vm.step("postbackup_live", &doc, false);
             assert_eq!(post.code, Some(0), "{post:?}");
             assert!(!post.stderr.contains("ERROR"), "{delivery}: {post:?}");

@@ -22,6 +22,10 @@
 //! image (`disk.<id>` is an absolute link into the image datastore): its overlays name their
 //! backing file by its absolute path.
 //!
+//! A running VM's rotation may keep one more layer of the directory between the base and the
+//! overlay (when qemu knows the base as `disk.<id>`, see `crate::live`); the powered-off
+//! rotation merges it into the base.
+//!
 //! This module does what a powered-off VM needs (the rotation with qemu-img); the running
 //! VM's side, which rotates through libvirt, is in [`crate::live`].
 
@@ -181,14 +185,32 @@ pub fn parent_overlay(
             chain.name
         ));
     }
-    match image.layers.get(1) {
-        Some(b) if same_file(&b.path, &chain.base()) && b.format == Format::Qcow2 => Ok(()),
-        _ => Err(format!(
-            "overlay {} of disk {id} is not backed by the qcow2 file {}",
-            chain.name,
-            chain.base().display()
-        )),
+    layers_to_base(chain, image)
+        .map(|_| ())
+        .map_err(|e| format!("overlay {} of disk {id}: {e}", chain.name))
+}
+
+/// How many layers of `image` (the disk's checked chain, top first) lie above the base
+/// `<snap>/0`: the top, and the layers of the snapshot directory a running VM's rotation kept
+/// between (see [`crate::live`]). Each of them and the base is a qcow2 file of the directory.
+pub fn layers_to_base(chain: &Chain, image: &DiskImage) -> Result<usize, String> {
+    let snap = std::fs::canonicalize(&chain.snap).map_err(|e| e.to_string())?;
+    for (k, layer) in image.layers.iter().enumerate() {
+        if layer.format != Format::Qcow2 || layer.path.parent() != Some(snap.as_path()) {
+            break;
+        }
+        if same_file(&layer.path, &chain.base()) {
+            return if k == 0 {
+                Err("it is the base itself".into())
+            } else {
+                Ok(k)
+            };
+        }
     }
+    Err(format!(
+        "its backing chain does not reach the qcow2 file {} through files of its directory",
+        chain.base().display()
+    ))
 }
 
 /// The clusters `overlay` holds itself: the changes since the parent, once nothing writes it
@@ -408,37 +430,51 @@ pub fn rotate(vm_dir: &Path, id: u32, increment: u64) -> Result<(), Error> {
     let next = (increment + 1).to_string();
     let roots = backstop_protocol::dirs::backing_roots(vm_dir);
     let top = disk_image::inspect(&chain.link, Format::Qcow2, Backing::Within(&roots))?;
-    if chain.name != "0" {
-        if !top
-            .layers
-            .get(1)
-            .is_some_and(|b| same_file(&b.path, &chain.base()) && b.format == Format::Qcow2)
-        {
-            return Err(refuse(format!(
-                "overlay {} is not backed by the qcow2 file {}; the snapshot chain is not rotated",
-                chain.name,
-                chain.base().display()
-            )));
-        }
-        // Into the base: its own backing file (if any) is not written. The overlay is
-        // emptied, so a repeat after an interruption commits nothing twice.
+    // The layers above the base (the overlay, and any a running VM's rotation kept between),
+    // each merged into the one below, down to the base: its own backing file (if any) is not
+    // written. Each merged layer is emptied, so a repeat after an interruption merges nothing
+    // twice, and until the link moves the disk reads the same through them.
+    let above = if chain.name == "0" {
+        Vec::new()
+    } else {
+        let k = layers_to_base(&chain, &top).map_err(|e| {
+            refuse(format!(
+                "overlay {}: {e}; the snapshot chain is not rotated",
+                chain.name
+            ))
+        })?;
+        top.layers[..k].to_vec()
+    };
+    for k in 0..above.len() {
+        let sub = DiskImage {
+            layers: top.layers[k..].to_vec(),
+            ..top.clone()
+        };
         disk_image::qemu_img(&[
             "commit".as_ref(),
             "-q".as_ref(),
-            top.json_spec(true).as_ref(),
+            sub.json_spec(true).as_ref(),
         ])?;
     }
-    if chain.name == next {
+    if chain.name == next && above.len() == 1 {
         // The emptied overlay is already the next one.
         return Ok(());
+    }
+    let keep = chain.snap.join(&next);
+    if above.iter().any(|l| same_file(&l.path, &keep)) {
+        // A merged (so empty) layer has the next overlay's name: out of the chain, then gone.
+        relink(&chain.link, &format!("{}/0", chain.slink))?;
+        std::fs::remove_file(&keep)
+            .map_err(|e| Error::io(format!("cannot remove {}", keep.display()), e))?;
     }
     clear_the_way(&chain, &next)?;
     create_overlay(&chain, &next, &chain.backing_name("0"), top.virtual_size)?;
     relink(&chain.link, &format!("{}/{next}", chain.slink))?;
-    if chain.name != "0" {
-        let old = chain.top();
-        std::fs::remove_file(&old)
-            .map_err(|e| Error::io(format!("cannot remove {}", old.display()), e))?;
+    for layer in &above {
+        if layer.path.exists() && !same_file(&layer.path, &keep) {
+            std::fs::remove_file(&layer.path)
+                .map_err(|e| Error::io(format!("cannot remove {}", layer.path.display()), e))?;
+        }
     }
     Ok(())
 }
@@ -490,16 +526,8 @@ mod tests {
         (dir, vm)
     }
 
-    fn chain(vm: &Path) -> Chain {
-        match find(vm, 0).expect("find") {
-            Found::Chain(c) => c,
-            Found::Plain => panic!("plain"),
-        }
-    }
-
-    #[test]
-    fn a_plain_disk_becomes_a_rotating_chain_that_keeps_its_data() {
-        let (_d, vm) = vm_dir();
+    /// `<vm>/disk.0`, an empty 8 MiB qcow2 file.
+    fn new_disk(vm: &Path) -> PathBuf {
         let disk = vm.join("disk.0");
         sh(&[
             "qemu-img",
@@ -510,6 +538,20 @@ mod tests {
             disk.to_str().expect("utf-8"),
             "8M",
         ]);
+        disk
+    }
+
+    fn chain(vm: &Path) -> Chain {
+        match find(vm, 0).expect("find") {
+            Found::Chain(c) => c,
+            Found::Plain => panic!("plain"),
+        }
+    }
+
+    #[test]
+    fn a_plain_disk_becomes_a_rotating_chain_that_keeps_its_data() {
+        let (_d, vm) = vm_dir();
+        let disk = new_disk(&vm);
         write(&disk, 1, 0, 1 << 20);
         assert_eq!(find(&vm, 0).expect("find"), Found::Plain);
         let before = raw(&disk);
@@ -562,19 +604,48 @@ mod tests {
         assert_eq!(raw(&disk), now);
     }
 
+    /// The chain a running VM's rotation leaves when the VM was started on the base: one more
+    /// layer between. The powered-off rotation merges both into the base.
+    #[test]
+    fn a_kept_layer_is_merged_into_the_base_too() {
+        let (_d, vm) = vm_dir();
+        let disk = new_disk(&vm);
+        write(&disk, 1, 0, 1 << 20);
+        rotate(&vm, 0, 0).expect("FULL");
+        write(&disk, 2, 2 << 20, 65536);
+        let c = chain(&vm);
+        create_overlay(&c, "3", &c.backing_name("1"), 8 << 20).expect("overlay");
+        relink(&c.link, "disk.0.snap/3").expect("link");
+        write(&disk, 3, 4 << 20, 65536);
+        let roots = backstop_protocol::dirs::backing_roots(&vm);
+        let image =
+            disk_image::inspect(&disk, Format::Qcow2, Backing::Within(&roots)).expect("inspect");
+        let found = find(&vm, 0).expect("find");
+        assert_eq!(layers_to_base(&chain(&vm), &image), Ok(2));
+        assert_eq!(
+            changed_extents(&found, &image, 3, 0).expect("the top's clusters"),
+            [Extent {
+                offset: 4 << 20,
+                length: 65536
+            }]
+        );
+        let now = raw(&disk);
+        rotate(&vm, 0, 3).expect("rotate");
+        assert_eq!(chain(&vm).name, "4");
+        assert_eq!(raw(&disk), now);
+        assert_eq!(raw(&vm.join("disk.0.snap/0")), now);
+        let mut files: Vec<String> = std::fs::read_dir(vm.join("disk.0.snap"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["0", "4", "disk.0.snap"]);
+    }
+
     #[test]
     fn an_interrupted_move_into_the_snapshot_directory_is_finished() {
         let (_d, vm) = vm_dir();
-        let disk = vm.join("disk.0");
-        sh(&[
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            disk.to_str().expect("utf-8"),
-            "8M",
-        ]);
+        let disk = new_disk(&vm);
         write(&disk, 3, 0, 65536);
         let before = raw(&disk);
         // Stopped after the directory and the second name were made: disk.0 is still the
@@ -587,16 +658,7 @@ mod tests {
         assert_eq!(raw(&disk), before);
         // Anything else in the directory of a plain disk is a layout nobody knows.
         let (_d, vm) = vm_dir();
-        let disk = vm.join("disk.0");
-        sh(&[
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            disk.to_str().expect("utf-8"),
-            "8M",
-        ]);
+        let disk = new_disk(&vm);
         std::fs::create_dir(vm.join("disk.0.snap")).expect("mkdir");
         std::fs::write(vm.join("disk.0.snap/0"), b"someone else's").expect("file");
         let e = check(&vm, 0).expect_err("not ours");
@@ -617,16 +679,7 @@ mod tests {
         );
 
         let (_d, vm) = vm_dir();
-        let disk = vm.join("disk.0");
-        sh(&[
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            disk.to_str().expect("utf-8"),
-            "8M",
-        ]);
+        new_disk(&vm);
         rotate(&vm, 0, 0).expect("chain");
         // A file with data where the next overlay goes: refused, nothing changed.
         let stray = vm.join("disk.0.snap/2");

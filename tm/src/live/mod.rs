@@ -105,32 +105,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     let dom = step.args.deploy_id.as_str();
     let staging = &step.staging;
     host::fresh_staging(step)?;
-    // What an interrupted backup left (its postbackup never ran): the job stopped and the
-    // overlays committed first, or clearing tmp would delete the disks' active layers.
-    stop_and_commit(step, virsh, &|what, _| {
-        log(
-            Level::Info,
-            &format!("VM {}: left by an interrupted backup: {what}", vm.id),
-        );
-    });
-    let tmp = tmp_dir(step);
-    if virsh
-        .disks(dom)?
-        .iter()
-        .any(|(_, s)| Path::new(s).starts_with(&tmp))
-    {
-        return Err(fail(format!(
-            "VM {}: a disk still runs on an overlay in {} that cannot be committed",
-            vm.id,
-            tmp.display()
-        )));
-    }
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .map_err(|e| Error::io(format!("cannot clear {}", tmp.display()), e))?;
-    }
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    let tmp = fresh_tmp(step, virsh)?;
 
     let all = virsh.disks(dom)?;
     let mut disks = Vec::new();
@@ -185,6 +160,39 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
         host::write_manifest(staging, &manifest)?;
     }
     Ok(summary)
+}
+
+/// A new, empty `<vm_dir>/tmp`, after what an interrupted backup left there (its postbackup
+/// never ran) is undone: the job stopped and the overlays committed first, or clearing tmp
+/// would delete the disks' active layers; refused when one cannot be committed.
+fn fresh_tmp(step: &Step<'_>, virsh: &Virsh) -> Result<PathBuf, Error> {
+    let vm = step.vm;
+    let dom = step.args.deploy_id.as_str();
+    stop_and_commit(step, virsh, &|what, _| {
+        log(
+            Level::Info,
+            &format!("VM {}: left by an interrupted backup: {what}", vm.id),
+        );
+    });
+    let tmp = tmp_dir(step);
+    if virsh
+        .disks(dom)?
+        .iter()
+        .any(|(_, s)| Path::new(s).starts_with(&tmp))
+    {
+        return Err(fail(format!(
+            "VM {}: a disk still runs on an overlay in {} that cannot be committed",
+            vm.id,
+            tmp.display()
+        )));
+    }
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .map_err(|e| Error::io(format!("cannot clear {}", tmp.display()), e))?;
+    }
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    Ok(tmp)
 }
 
 /// What preparing a running VM's backup works with, whichever way.

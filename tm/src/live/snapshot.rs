@@ -3,24 +3,25 @@
 //!
 //! prebackup_live, with the guest frozen (FS_FREEZE), puts each qcow2 disk onto a new overlay
 //! `disk.<id>.snap/<n+1>` over the file it ran on, `<n>` (one atomic disk-only snapshot,
-//! `--reuse-external`). Then, at once, `<n>` is merged into the base (`blockcommit --top
-//! <target>[<index>] --shallow --keep-relative`) and `disk.<id>` is pointed at `<n+1>`: from
-//! then on `disk.<id>` leads to what the VM runs on, so a VM started again from it (a crash, a
-//! reboot) has every write. The file `<n>` is not touched by the merge and is what the backup
-//! reads: for an increment only the clusters it holds itself, when it is the overlay the
-//! parent backup left; whole otherwise. postbackup_live removes it. After a failed backup the
-//! next increment reads the whole disk (the changes since the last good backup were merged).
-//! A raw disk goes onto a temporary overlay in `<vm_dir>/tmp`, is read whole, and is committed
-//! back afterwards, as for a FULL.
+//! `--reuse-external`), and points `disk.<id>` at the new overlay at once. The new overlay
+//! names `<n>` relative to the VM directory (`disk.<id>.snap/<n>`, which the directory's
+//! self-link makes good from inside it too), so from then on a VM started again from
+//! `disk.<id>` (a crash, a reboot while the backup uploads) has every write.
 //!
-//! The names in the qcow2 headers matter, because OpenNebula starts the VM from `disk.<id>`:
-//! qemu writes into the overlay above a commit the base's name as qemu opened it, which is
-//! `disk.<id>` itself when the VM was started on the base (a loop at the next start). So the
-//! new overlay names `<n>` by its bare name, and libvirt's relative commit writes that name's
-//! directory plus the base's name as `<n>` records it: `disk.<id>.snap/0`. An `<n>` that names
-//! its base otherwise (another tool made it) is first merged into the base, and the increment
-//! reads the whole disk. And qemu reopens a commit's base read-write by the name it first
-//! opened it by: when that is `disk.<id>`, `disk.<id>` leads to the base while the job runs.
+//! Then `<n>` is merged into the file below it (`blockcommit --top <target>[<index>]
+//! --shallow`). That file is written while `<n>` stays in the chain above it, so the disk
+//! reads the same at every moment of the merge, and qemu names it in the new overlay by the
+//! name qemu opened it by. That name is never `disk.<id>`: when qemu knows the file below as
+//! `disk.<id>` (the VM was started on it) it would reopen that name read-write, which now leads
+//! to the new overlay, and it would write `disk.<id>` into the new overlay as its own backing
+//! file. Then `<n>` is not merged but kept as a layer of the chain, once per start of the VM:
+//! the chain is the base, at most one kept layer, and the overlay.
+//!
+//! The file `<n>` is what the backup reads (for an increment only the clusters it holds
+//! itself, when it is the overlay the parent backup left; whole otherwise); postbackup_live
+//! removes it when it was merged. After a failed backup the changes since the last good one
+//! are merged, so the retry reads the whole disk. A raw disk goes onto a temporary overlay in
+//! `<vm_dir>/tmp`, is read whole, and is committed back afterwards, as for a FULL.
 
 use super::*;
 use crate::snapshot_mode::{self as chain, Chain, Found};
@@ -36,12 +37,9 @@ struct Rotating {
     changed: Result<(), Option<String>>,
 }
 
-/// Whether qemu's name of the layer below the overlay a disk runs on is the base: the base's
-/// own name, or `disk.<id>` when the VM was started on the base (the name then leads to the
-/// overlay; the layer below it, as its header says, is the base).
-fn is_base(in_qemu: &Path, c: &Chain) -> bool {
-    same_file(in_qemu, &c.base()) || same_entry(in_qemu, &c.link)
-}
+/// The staging directory's list of files the merges emptied out of the chains (one path per
+/// line): what postbackup_live removes, and nothing else of the snapshot directories.
+const MERGED: &str = "backstop-merged";
 
 /// Whether two names are the same directory entry (not what they lead to): the same name in
 /// the same directory (`/var/lib/one//datastores/0/7/disk.0` is `disk.0` of the VM directory).
@@ -60,84 +58,45 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Merges the domain's active layer of `target` into the file below it and removes it (it
-/// is `file`): the undo of a snapshot onto a new overlay.
-fn merge_back(virsh: &Virsh, dom: &str, target: &str, file: &Path) -> Result<(), Error> {
-    virsh.run(&[
-        "blockcommit",
-        dom,
-        target,
-        "--active",
-        "--pivot",
-        "--shallow",
-        "--wait",
-    ])?;
-    std::fs::remove_file(file)
-        .map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))
+/// The file `overlay` names as its backing file, resolved as OpenNebula's start of the VM
+/// resolves it (relative to the VM directory, where `disk.<id>` is).
+fn backing_of(c: &Chain, overlay: &Path) -> Option<PathBuf> {
+    let info = backstop_image::disk_image::info(overlay, Format::Qcow2).ok()?;
+    let (named, _) = info.backing?;
+    let vm_dir = c.link.parent()?;
+    Some(vm_dir.join(named))
 }
 
-/// Runs `job`, a block commit into `<snap>/0`, the base. qemu reopens a commit's base
-/// read-write (and read-only again after) by the name it first opened it by; when that name
-/// is `disk.<id>` (the VM was started on the base) and `disk.<id>` leads elsewhere, the reopen
-/// would find the wrong file (qemu's image locks refuse it). So then `disk.<id>` leads to the
-/// base while the job runs, and back where it led when the job fails; after success the caller
-/// points it where the disk now runs.
-fn committing_into_base(
-    c: &Chain,
-    base_path_in_qemu: &str,
-    job: impl FnOnce() -> Result<(), Error>,
-) -> Result<(), Error> {
-    if !same_entry(Path::new(base_path_in_qemu), &c.link) {
-        return job();
+/// What an interrupted attempt left: `disk.<id>` not leading to the new overlay the domain
+/// (or, when it stopped, the snapshot directory) has over the file the link leads to. The
+/// link is pointed at it; the overlay names that file so that it resolves from `disk.<id>`.
+fn recover(virsh: &Virsh, dom: &str, target: &str, c: &Chain, new: &str) -> Option<String> {
+    let new_file = c.snap.join(new);
+    if new == c.name || std::fs::symlink_metadata(&new_file).is_err() {
+        return None;
     }
-    let before = std::fs::read_link(&c.link)
-        .map_err(|e| Error::io(format!("cannot read the link {}", c.link.display()), e))?;
-    chain::relink(&c.link, &format!("{}/0", c.slink))?;
-    let result = job();
-    if result.is_err() {
-        chain::relink(&c.link, &before.to_string_lossy())?;
+    let active = virsh
+        .layers(dom, target)
+        .ok()
+        .and_then(|l| l.first().map(|(_, p)| PathBuf::from(p)));
+    let runs_on_new = active.as_ref().is_some_and(|a| same_file(a, &new_file));
+    let stopped = active.is_none()
+        && virsh
+            .run(&["domstate", dom])
+            .map_or(true, |state| state.contains("shut off"));
+    let over_link = backing_of(c, &new_file).is_some_and(|b| same_file(&b, &c.top()));
+    if (runs_on_new || stopped) && over_link {
+        return match chain::relink(&c.link, &format!("{}/{new}", c.slink)) {
+            Ok(()) => Some(format!(
+                "{target} {} {}, where disk.{} now leads",
+                if stopped { "stopped on" } else { "ran on" },
+                new_file.display(),
+                c.id
+            )),
+            Err(e) => Some(format!("{e}")),
+        };
     }
-    result
-}
-
-/// What an interrupted attempt left (the process died between the snapshot and pointing
-/// `disk.<id>` at the new overlay): the domain runs on an overlay of the snapshot directory
-/// that `disk.<id>` does not lead to. Over the file the link leads to (not merged yet), it is
-/// merged back into it; over the base (merged), the link is pointed at it.
-fn recover(virsh: &Virsh, dom: &str, target: &str, c: &Chain) -> Result<Option<String>, Error> {
-    let layers = virsh.layers(dom, target)?;
-    let Some((_, active)) = layers.first() else {
-        return Ok(None);
-    };
-    let active = PathBuf::from(active);
-    if same_file(&active, &c.link) || !active.starts_with(&c.snap) {
-        return Ok(None);
-    }
-    let below = layers.get(1).map(|(_, p)| PathBuf::from(p));
-    if below.as_ref().is_some_and(|b| same_file(b, &c.link)) {
-        merge_back(virsh, dom, target, &active)?;
-        return Ok(Some(format!(
-            "{target} ran on {}, merged back",
-            active.display()
-        )));
-    }
-    if below.as_ref().is_some_and(|b| same_file(b, &c.base())) {
-        let name = active
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        chain::relink(&c.link, &format!("{}/{name}", c.slink))?;
-        return Ok(Some(format!(
-            "{target} ran on {} over the base, where disk.{} now leads",
-            active.display(),
-            c.id
-        )));
-    }
-    Err(fail(format!(
-        "{target} runs on {}, which is neither over the file disk.{} leads to nor over the base",
-        active.display(),
-        c.id
-    )))
+    None
 }
 
 pub(super) fn prebackup(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
@@ -156,19 +115,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     let next = (increment + 1).to_string();
     host::refuse_disk_snapshots(step)?;
     host::fresh_staging(step)?;
-    stop_and_commit(step, virsh, &|what, _| {
-        log(
-            Level::Info,
-            &format!("VM {}: left by an interrupted backup: {what}", vm.id),
-        );
-    });
-    let tmp = tmp_dir(step);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .map_err(|e| Error::io(format!("cannot clear {}", tmp.display()), e))?;
-    }
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+    let tmp = fresh_tmp(step, virsh)?;
 
     // Every disk checked before anything moves.
     let all = virsh.disks(dom)?;
@@ -191,20 +138,6 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
         let layout = match crate::qemu::declared_format(vm, id)? {
             Format::Qcow2 => {
                 let f = chain::check(&vm_dir, id).map_err(named)?;
-                // What an interrupted attempt left is set right first (recover); the layout
-                // as it is then.
-                let f = match f {
-                    Found::Chain(c) if c.in_vm_dir() => {
-                        if let Some(what) = recover(virsh, dom, &target, &c)? {
-                            log(
-                                Level::Info,
-                                &format!("VM {}: left by an interrupted backup: {what}", vm.id),
-                            );
-                        }
-                        chain::check(&vm_dir, id).map_err(named)?
-                    }
-                    other => other,
-                };
                 if let Found::Chain(c) = &f {
                     if !c.in_vm_dir() {
                         return Err(Error::new(
@@ -217,9 +150,12 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
                         ));
                     }
                     let new = c.snap.join(&next);
-                    if std::fs::symlink_metadata(&new).is_ok() && !same_file(&new, &c.link) {
+                    if std::fs::symlink_metadata(&new).is_ok()
+                        && !same_file(&new, &c.link)
+                        && !chain::overlay_extents(&new, true).is_ok_and(|e| e.is_empty())
+                    {
                         return Err(fail(format!(
-                            "VM {}: {} is in the way of the next SNAPSHOT overlay; it is left as it is",
+                            "VM {}: {} is in the way of the next SNAPSHOT overlay and holds data; it is left as it is",
                             vm.id,
                             new.display()
                         )));
@@ -239,6 +175,12 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
             Some(Found::Plain) => Some(chain::make_snap_dir(&vm_dir, id)?),
             Some(Found::Chain(c)) => {
                 chain::self_link(&c)?;
+                // An empty leftover where the new overlay goes (checked above) goes.
+                let new = c.snap.join(&next);
+                if std::fs::symlink_metadata(&new).is_ok() && !same_file(&new, &c.link) {
+                    std::fs::remove_file(&new)
+                        .map_err(|e| Error::io(format!("cannot remove {}", new.display()), e))?;
+                }
                 Some(c)
             }
         };
@@ -251,38 +193,19 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
             (Some(c), Some(_)) => match host::reread_reason(step, id) {
                 Some(r) => Err(Some(r)),
                 None => chain::parent_overlay(&Found::Chain(c.clone()), &image, increment, id)
-                    .and_then(|()| relative_backing(c))
                     .map_err(Some),
             },
         };
-        // Whatever is read whole starts from the base: an overlay the disk runs on is
-        // merged into it first (into its own backing file, no deeper).
-        let chain = match chain {
-            Some(c) if changed.is_err() && c.name != "0" => {
-                let top = c.top();
-                let layers = virsh.layers(dom, &target)?;
-                let on_top = layers
-                    .first()
-                    .is_some_and(|(_, p)| same_file(Path::new(p), &top));
-                let base_in_qemu = layers.get(1).map(|(_, p)| p.clone()).unwrap_or_default();
-                if !on_top || !is_base(Path::new(&base_in_qemu), &c) {
-                    return Err(fail(format!(
-                        "VM {}: {target} does not run on {} over {}",
-                        vm.id,
-                        top.display(),
-                        c.base().display()
-                    )));
-                }
-                committing_into_base(&c, &base_in_qemu, || merge_back(virsh, dom, &target, &top))?;
-                chain::relink(&c.link, &format!("{}/0", c.slink))?;
-                Some(Chain {
-                    name: "0".into(),
-                    ..c
-                })
+        // The disk runs on the name the new overlay must have: a backup that failed after
+        // its rotation left it (its changes since the last good backup are partly merged
+        // below, so this one is read whole anyway). It is merged into the file below first.
+        let (chain, image) = match chain {
+            Some(c) if c.name == next => {
+                let c = merge_away(virsh, dom, &target, c)?;
+                (Some(c), host::disk_image(step, id)?)
             }
-            other => other,
+            other => (other, image),
         };
-        let image = host::disk_image(step, id)?;
         disks.push(Rotating {
             disk: LiveDisk {
                 id,
@@ -299,16 +222,7 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     // The new overlays, then one atomic snapshot onto them.
     for r in &disks {
         match &r.chain {
-            Some(c) => {
-                // The bare name when the relative commit below rewrites it; else the name that
-                // resolves from the VM directory.
-                let backing = if r.changed.is_ok() {
-                    c.name.clone()
-                } else {
-                    c.backing_name("0")
-                };
-                chain::create_overlay(c, &next, &backing, r.disk.size)?;
-            }
+            Some(c) => chain::create_overlay(c, &next, &c.backing_name(&c.name), r.disk.size)?,
             None => {
                 let overlay = tmp.join(format!("overlay_{}.qcow2", r.disk.id));
                 let size = r.disk.size.to_string();
@@ -359,51 +273,43 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
             .map(|_| ())
     })?;
 
-    // At once: the overlay read goes into the base (the file stays, for the backup), and
-    // disk.<id> leads to what the VM runs on.
-    for r in &mut disks {
+    // disk.<id> leads to what the VM runs on, at once; then the file read is merged into the
+    // one below it where qemu allows it (the file stays, for the backup).
+    let mut merged = Vec::new();
+    for r in &disks {
         let Some(c) = &r.chain else { continue };
-        if c.name != "0" {
-            let layers = virsh.layers(dom, &r.disk.target)?;
-            let (Some((_, new)), Some((Some(index), read)), Some((_, base))) =
-                (layers.first(), layers.get(1), layers.get(2))
-            else {
-                return Err(fail(format!(
-                    "VM {}: {} has not the layers the snapshot made",
-                    vm.id, r.disk.target
-                )));
-            };
-            if !same_file(Path::new(new), &c.snap.join(&next))
-                || !same_file(Path::new(read), &c.top())
-                || !is_base(Path::new(base), c)
-            {
-                return Err(fail(format!(
-                    "VM {}: {} does not run on {} over {} over {}",
-                    vm.id,
-                    r.disk.target,
-                    c.snap.join(&next).display(),
-                    c.top().display(),
-                    c.base().display()
-                )));
-            }
-            let top_arg = format!("{}[{index}]", r.disk.target);
-            committing_into_base(c, base, || {
-                virsh
-                    .run(&[
-                        "blockcommit",
-                        dom,
-                        &r.disk.target,
-                        "--top",
-                        &top_arg,
-                        "--shallow",
-                        "--keep-relative",
-                        "--wait",
-                    ])
-                    .map(|_| ())
-            })?;
-        }
         chain::relink(&c.link, &format!("{}/{next}", c.slink))?;
+        if c.name == "0" {
+            continue;
+        }
+        match merge_down(virsh, dom, &r.disk.target, c, &next) {
+            Ok(true) => merged.push(c.top()),
+            Ok(false) => log(
+                Level::Info,
+                &format!(
+                    "VM {}: {} stays a layer of disk {}'s chain (qemu knows the file below it as disk.{}, the VM was started on it)",
+                    vm.id,
+                    c.top().display(),
+                    r.disk.id,
+                    r.disk.id
+                ),
+            ),
+            Err(e) => log(
+                Level::Error,
+                &format!(
+                    "VM {}: {} stays a layer of disk {}'s chain: {e}",
+                    vm.id,
+                    c.top().display(),
+                    r.disk.id
+                ),
+            ),
+        }
     }
+    let list: String = merged
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect();
+    write_file(&step.staging.join(MERGED), &list)?;
 
     // The files below the new overlays no longer change: read them.
     let mut summary = Summary {
@@ -480,68 +386,107 @@ fn prepare(step: &Step<'_>, virsh: &Virsh) -> Result<Summary, Error> {
     Ok(summary)
 }
 
-/// After the VM stopped between the snapshot and the merge: the new overlay `<snap>/<new>`,
-/// over the file `disk.<id>` leads to, is merged into that file with qemu-img (qemu's image
-/// locks refuse it if anything still runs on it) and removed. Whether there was one.
-fn merge_offline(c: &Chain, new: &str) -> Result<bool, Error> {
-    let file = c.snap.join(new);
-    if new == c.name || std::fs::symlink_metadata(&file).is_err() {
-        return Ok(false);
-    }
-    let roots = backstop_protocol::dirs::backing_roots(c.link.parent().unwrap_or(Path::new("/")));
-    let image = backstop_image::disk_image::inspect(
-        &file,
-        Format::Qcow2,
-        backstop_image::disk_image::Backing::Within(&roots),
-    )?;
-    if !image
-        .layers
-        .get(1)
-        .is_some_and(|l| same_file(&l.path, &c.top()))
+/// Merges the overlay the domain runs on (`c.top()`) into the file below it (`--active
+/// --pivot --shallow`), points `disk.<id>` at that file and removes the overlay; the chain as
+/// it is then. Refused when qemu knows the file below as `disk.<id>` (it would reopen that
+/// name, which leads to the overlay).
+fn merge_away(virsh: &Virsh, dom: &str, target: &str, c: Chain) -> Result<Chain, Error> {
+    let top = c.top();
+    let layers = virsh.layers(dom, target)?;
+    let (Some((_, active)), Some((_, below))) = (layers.first(), layers.get(1)) else {
+        return Err(fail(format!(
+            "{target} has no file below {}",
+            top.display()
+        )));
+    };
+    let below = PathBuf::from(below);
+    let below_name = below
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !(same_file(Path::new(active), &top) || same_entry(Path::new(active), &c.link))
+        || same_entry(&below, &c.link)
+        || !below.parent().is_some_and(|d| same_file(d, &c.snap))
     {
         return Err(fail(format!(
-            "{} is not over {}",
-            file.display(),
+            "{target} runs on {} over {}, which cannot be merged here",
+            top.display(),
+            below.display()
+        )));
+    }
+    virsh.run(&[
+        "blockcommit",
+        dom,
+        target,
+        "--active",
+        "--pivot",
+        "--shallow",
+        "--wait",
+    ])?;
+    chain::relink(&c.link, &format!("{}/{below_name}", c.slink))?;
+    std::fs::remove_file(&top)
+        .map_err(|e| Error::io(format!("cannot remove {}", top.display()), e))?;
+    Ok(Chain {
+        name: below_name,
+        ..c
+    })
+}
+
+/// Merges the file the disk ran on (`c.top()`, now under the new overlay `<next>`) into the
+/// file below it, unless qemu knows that file as `disk.<id>`: whether it merged.
+fn merge_down(
+    virsh: &Virsh,
+    dom: &str,
+    target: &str,
+    c: &Chain,
+    next: &str,
+) -> Result<bool, Error> {
+    let layers = virsh.layers(dom, target)?;
+    let (Some((_, new)), Some((Some(index), read)), Some((_, below))) =
+        (layers.first(), layers.get(1), layers.get(2))
+    else {
+        return Err(fail(format!(
+            "{target} has not the layers the snapshot made"
+        )));
+    };
+    // qemu knows the file read as `disk.<id>` when the VM was started on it.
+    if !same_file(Path::new(new), &c.snap.join(next))
+        || !(same_file(Path::new(read), &c.top()) || same_entry(Path::new(read), &c.link))
+    {
+        return Err(fail(format!(
+            "{target} does not run on {} over {}",
+            c.snap.join(next).display(),
             c.top().display()
         )));
     }
-    backstop_image::disk_image::qemu_img(&[
-        "commit".as_ref(),
-        "-q".as_ref(),
-        image.json_spec(true).as_ref(),
+    if same_entry(Path::new(below), &c.link) {
+        return Ok(false);
+    }
+    let top = format!("{target}[{index}]");
+    virsh.run(&[
+        "blockcommit",
+        dom,
+        target,
+        "--top",
+        &top,
+        "--shallow",
+        "--wait",
     ])?;
-    std::fs::remove_file(&file)
-        .map_err(|e| Error::io(format!("cannot remove {}", file.display()), e))?;
     Ok(true)
 }
 
-/// Whether the overlay the disk runs on names its base exactly `disk.<id>.snap/0`, so that the
-/// relative commit writes that name into the overlay above; why not, if not.
-fn relative_backing(c: &Chain) -> Result<(), String> {
-    let info = backstop_image::disk_image::info(&c.top(), Format::Qcow2)
-        .map_err(|e| format!("cannot read overlay {}: {e}", c.name))?;
-    let wanted = c.backing_name("0");
-    match info.backing {
-        Some((named, _)) if named == wanted => Ok(()),
-        Some((named, _)) => Err(format!(
-            "overlay {} names its backing file {named:?}, not {wanted:?} (another tool made it); it is merged into the base",
-            c.name
-        )),
-        None => Err(format!("overlay {} has no backing file", c.name)),
-    }
-}
-
 /// Ends a SNAPSHOT-mode backup of the running VM (also after a failed prebackup_live):
-/// `disk.<id>` made to lead to what the domain runs on, the overlay the backup read removed
-/// once it is merged (it is then in no chain of the domain), a new overlay the snapshot never
-/// used removed when it is empty; raw disks' temporary overlays committed back. Files are only
-/// removed when libvirt answered; problems are `ERROR:` lines.
+/// `disk.<id>` made to lead to the new overlay the domain runs on if an interrupted step left
+/// it elsewhere; the files the merges emptied out of the chains (listed by prebackup_live)
+/// removed; a new overlay the snapshot never used removed when it is empty; raw disks'
+/// temporary overlays committed back. Problems are `ERROR:` lines.
 pub(super) fn settle(step: &Step<'_>, virsh: &Virsh, failed: bool) {
     let vm = step.vm;
     let dom = step.args.deploy_id.as_str();
     let report = |what: String| log(Level::Error, &format!("VM {}: {what}", vm.id));
     let vm_dir = vm_dir(step);
     if let Ok((increment, _)) = increment_of(vm) {
+        let next = (increment + 1).to_string();
         for &id in &step.args.disk_ids {
             let Some(target) = vm.disk(id).and_then(|d| d.target.clone()) else {
                 continue;
@@ -552,51 +497,35 @@ pub(super) fn settle(step: &Step<'_>, virsh: &Virsh, failed: bool) {
             let Ok(Found::Chain(c)) = chain::find(&vm_dir, id) else {
                 continue;
             };
-            match recover(virsh, dom, &target, &c) {
-                Ok(Some(what)) => log(Level::Info, &format!("VM {}: {what}", vm.id)),
-                Ok(None) => {}
-                Err(e) if virsh.layers(dom, &target).is_err() => {
-                    // The VM stopped while its backup ran: what it wrote on the new overlay
-                    // goes into the file disk.<id> leads to, or a start would not see it.
-                    match merge_offline(&c, &(increment + 1).to_string()) {
-                        Ok(true) => log(
-                            Level::Info,
-                            &format!(
-                                "VM {}: {target} stopped on its new overlay ({e}); merged into {}",
-                                vm.id,
-                                c.top().display()
-                            ),
-                        ),
-                        Ok(false) => {}
-                        Err(m) => report(format!(
-                            "the files of {target} are left as they are ({e}; {m})"
-                        )),
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    report(format!("the files of {target} are left as they are: {e}"));
-                    continue;
-                }
-            }
-            // The domain runs on what disk.<id> leads to now, and nothing else of the snapshot
-            // directory is above the base: the overlay the backup read (merged) goes, and a
-            // new overlay the snapshot never used when it is empty. The base never goes.
-            let Ok(Found::Chain(c)) = chain::find(&vm_dir, id) else {
+            if let Some(what) = recover(virsh, dom, &target, &c, &next) {
+                log(Level::Info, &format!("VM {}: {what}", vm.id));
                 continue;
-            };
-            for name in [increment.to_string(), (increment + 1).to_string()] {
-                let file = c.snap.join(&name);
-                if name == "0" || name == c.name || std::fs::symlink_metadata(&file).is_err() {
-                    continue;
-                }
-                let merged = name == increment.to_string();
-                let empty = chain::overlay_extents(&file, true).is_ok_and(|e| e.is_empty());
-                if (merged || empty)
-                    && let Err(e) = std::fs::remove_file(&file)
-                {
-                    report(format!("cannot remove {}: {e}", file.display()));
-                }
+            }
+            // Made for a snapshot that never happened: empty, and nothing runs on it.
+            let new = c.snap.join(&next);
+            let unused = std::fs::symlink_metadata(&new).is_ok()
+                && !same_file(&new, &c.link)
+                && virsh
+                    .layers(dom, &target)
+                    .is_ok_and(|l| !l.iter().any(|(_, p)| same_file(Path::new(p), &new)));
+            if unused
+                && chain::overlay_extents(&new, true).is_ok_and(|e| e.is_empty())
+                && let Err(e) = std::fs::remove_file(&new)
+            {
+                report(format!("cannot remove {}: {e}", new.display()));
+            }
+        }
+    }
+    if let Ok(list) = std::fs::read_to_string(step.staging.join(MERGED)) {
+        for file in list.lines().filter(|l| !l.is_empty()).map(Path::new) {
+            // Only files of this VM's snapshot directories, never the base.
+            let ours = file.parent().is_some_and(|d| {
+                d.parent() == Some(vm_dir.as_path())
+                    && d.file_name()
+                        .is_some_and(|n| n.to_string_lossy().ends_with(".snap"))
+            }) && file.file_name().is_some_and(|n| n != "0");
+            if ours && let Err(e) = std::fs::remove_file(file) {
+                report(format!("cannot remove {}: {e}", file.display()));
             }
         }
     }
