@@ -523,7 +523,8 @@ impl Cloud {
     }
 }
 
-fn bitmaps(disk: &Path) -> Vec<String> {
+/// `qemu-img info --output=json` of a qcow2 file (`-U`: a running VM may hold it).
+pub fn qemu_info(disk: &Path) -> serde_json::Value {
     let info = sh(
         "qemu-img",
         &[
@@ -535,15 +536,21 @@ fn bitmaps(disk: &Path) -> Vec<String> {
             disk.to_str().expect("utf-8"),
         ],
     );
-    let v: serde_json::Value = serde_json::from_str(&info).expect("info json");
-    v["format-specific"]["data"]["bitmaps"]
+    serde_json::from_str(&info).expect("info json")
+}
+
+/// The persistent bitmaps of a qcow2 file, by name, sorted.
+pub fn bitmaps(disk: &Path) -> Vec<String> {
+    let mut names: Vec<String> = qemu_info(disk)["format-specific"]["data"]["bitmaps"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|b| b["name"].as_str().map(str::to_string))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// The VM document with disk `id` declared raw (`FORMAT` and `DRIVER`), as OpenNebula

@@ -85,18 +85,7 @@ fn assert_chain(vm_dir: &Path, d: u32, overlay: u64, what: &str) -> serde_json::
         ],
         "{what}: disk {d}'s snapshot directory"
     );
-    let info = crate::cloud::sh_ok(
-        "qemu-img",
-        &[
-            "info",
-            "-f",
-            "qcow2",
-            "-U",
-            "--output=json",
-            snap.join(overlay.to_string()).to_str().expect("utf-8"),
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&info).expect("info");
+    let v = crate::cloud::qemu_info(&snap.join(overlay.to_string()));
     assert_eq!(
         v["backing-filename"],
         format!("disk.{d}.snap/0"),
@@ -116,18 +105,7 @@ fn assert_live_chain(vm_dir: &Path, d: u32, overlay: u64, what: &str) {
         Path::new(&format!("disk.{d}.snap/{overlay}")),
         "{what}: disk {d}"
     );
-    let info = crate::cloud::sh_ok(
-        "qemu-img",
-        &[
-            "info",
-            "-f",
-            "qcow2",
-            "-U",
-            "--output=json",
-            link.to_str().expect("utf-8"),
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&info).expect("info");
+    let v = crate::cloud::qemu_info(&link);
     let below = v["full-backing-filename"].as_str().expect("a backing file");
     let snap = vm_dir.join(format!("disk.{d}.snap"));
     let below = fs::canonicalize(below).expect("the backing file resolves from disk.<id>");
@@ -284,6 +262,17 @@ fn snapshot_mode_of_a_stopped_vm_direct() {
 /// `disk.<id>.snap/0`, so the VM starts again from `disk.<id>` afterwards (and its backups go
 /// on, now with qemu knowing the overlay, not the base, as `disk.<id>`); the image is never
 /// written; after a failed backup the retry reads the whole disks, with the reason.
+/// The stopped VM's disks, read from `disk.<id>` as OpenNebula starts them, hold what the
+/// guest wrote.
+fn as_written(vm: &crate::live::LiveVm<'_>, when: &str) {
+    for (d, _) in DISKS {
+        assert!(
+            vm.cloud.raw(d) == vm.expected[d as usize],
+            "disk {d} read from disk.{d} {when}"
+        );
+    }
+}
+
 #[test]
 fn snapshot_mode_of_a_running_vm() {
     use crate::live::{Libvirt, LiveVm};
@@ -373,12 +362,7 @@ fn snapshot_mode_of_a_running_vm() {
         // OpenNebula starts the VM again from disk.<id>: the chain resolves, and holds what
         // the guest wrote.
         lv.virsh_ok(&["destroy", &vm.dom]);
-        for (d, _) in DISKS {
-            assert!(
-                vm.cloud.raw(d) == vm.expected[d as usize],
-                "{delivery}: disk {d} read from disk.{d} after the VM stopped"
-            );
-        }
+        as_written(&vm, "after the VM stopped");
         let domain = vm.cloud.dir.path().join("domain.xml");
         lv.virsh_ok(&["create", domain.to_str().expect("utf-8")]);
         // Started on the overlay this time (qemu knows it as disk.<id>): the chain goes on.
@@ -388,12 +372,7 @@ fn snapshot_mode_of_a_running_vm() {
         assert!(mb <= 6, "{delivery}: increment 5 read {mb} MB");
         check(&vm, 5, &id, 6);
         lv.virsh_ok(&["destroy", &vm.dom]);
-        for (d, _) in DISKS {
-            assert!(
-                vm.cloud.raw(d) == vm.expected[d as usize],
-                "{delivery}: disk {d} after the second run"
-            );
-        }
+        as_written(&vm, "after the second run");
         vm.cloud.restic_ok(&["check", "--read-data"]);
     }
 }

@@ -6,29 +6,10 @@
 //! the bitmaps are rotated, nothing is left on the host, and a lost or inconsistent bitmap
 //! heals into a whole read.
 
-use crate::cloud::{Cloud, DISKS, VM, parse_backup_line};
+use crate::cloud::{Cloud, DISKS, VM, bitmaps, parse_backup_line};
 use crate::support::{self, BACKSTOP, Outcome};
 use std::fs;
 use std::path::{Path, PathBuf};
-
-fn bitmaps(disk: &Path) -> Vec<String> {
-    let out = std::process::Command::new("qemu-img")
-        .args(["info", "-f", "qcow2", "-U", "--output=json"])
-        .arg(disk)
-        .output()
-        .expect("qemu-img");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info json");
-    let mut names: Vec<String> = v["format-specific"]["data"]["bitmaps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| b["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
 
 /// qemu-nbd processes serving files under `dir`.
 pub(crate) fn our_qemu_nbd(dir: &Path) -> Vec<u32> {
