@@ -104,6 +104,8 @@ struct JobContext {
     docs: HashMap<u64, String>,
     /// Each registered VM's host, parsed once (every tick needs it).
     hosts: HashMap<u64, Option<String>>,
+    /// OpenNebula mode: the job's datastore is oned's, and oned backs its VMs up.
+    oned: Option<std::sync::Arc<backstop_protocol::oned::OnedClient>>,
 }
 
 impl JobContext {
@@ -130,8 +132,19 @@ impl JobContext {
                     job.datastore_id
                 ))
             })?;
-        let (_, ds) = model::datastore(job.datastore_id, &ds_template, &env.datastore_location)
-            .map_err(|e| input(format!("datastore {}: {e}", job.datastore_id)))?;
+        let oned = if crate::oned::is_oned(&ds_template) {
+            Some(std::sync::Arc::new(crate::oned::client(&ds_template)?))
+        } else {
+            None
+        };
+        let ds = match &oned {
+            Some(client) => crate::oned::datastore(client, job.datastore_id)?.1,
+            None => {
+                model::datastore(job.datastore_id, &ds_template, &env.datastore_location)
+                    .map_err(|e| input(format!("datastore {}: {e}", job.datastore_id)))?
+                    .1
+            }
+        };
         let cfg = job.config(job_id);
         let docs: HashMap<u64, String> = state
             .vms()?
@@ -146,6 +159,7 @@ impl JobContext {
             cfg,
             docs,
             hosts,
+            oned,
         })
     }
 }
@@ -284,6 +298,9 @@ fn settle(
     since_ms: i64,
 ) -> Result<Settlement, Error> {
     let ctx = JobContext::load(env, state, job_id)?;
+    if let Some(client) = ctx.oned.clone() {
+        return settle_oned(state, &ctx, &client, (job_id, vm), since_ms);
+    }
     let dcfg = backstop_datastore::config::DriverConfig::load(&env.remotes)?;
     if backstop_datastore::running::backup_running(&dcfg, vm) {
         return Ok(Settlement::Running);
@@ -336,6 +353,49 @@ fn settle(
         chain,
     };
     runner::record(env, state, &ctx.cfg, &ctx.ds, result, now()).map(Settlement::Recorded)
+}
+
+/// OpenNebula mode: what oned did with the backup an interrupted run asked for. Still in a
+/// backup state: running. Otherwise the state's images of the VM are made oned's again, and
+/// a backup point made since the run started means it was done.
+fn settle_oned(
+    state: &mut State,
+    ctx: &JobContext,
+    client: &backstop_protocol::oned::OnedClient,
+    (job_id, vm): (u64, u64),
+    since_ms: i64,
+) -> Result<Settlement, Error> {
+    let Some(doc) = client.document_if_any("one.vm.info", vm)? else {
+        return Ok(Settlement::NotDone);
+    };
+    let record = crate::oned::backup::Record::parse(&doc)
+        .map_err(|e| step(format!("oned's VM {vm}: {e}")))?;
+    if record.in_backup() {
+        return Ok(Settlement::Running);
+    }
+    let images = crate::oned::images::mirror(
+        state,
+        client,
+        vm,
+        &record.backup_ids,
+        Some(job_id),
+        ctx.ds.id,
+    )?;
+    let since = (since_ms - CLOCK_SKEW_MS) / 1000;
+    let newest = images
+        .iter()
+        .flat_map(|i| i.increments.iter().map(move |n| (i.id, n)))
+        .filter(|(_, n)| n.created_at >= since)
+        .max_by_key(|(_, n)| n.created_at);
+    Ok(match newest {
+        Some((image, n)) => Settlement::Recorded(runner::Outcome {
+            backup_id: n.source.chars().take(8).collect(),
+            size_mb: n.size_mb,
+            image_id: image,
+            increment_id: n.id,
+        }),
+        None => Settlement::NotDone,
+    })
 }
 
 /// How far the hypervisor's clock (which stamps the snapshot) may be behind the runner's.
@@ -457,13 +517,19 @@ fn start_run(
     state: &mut State,
     job_id: u64,
     limits: &Limits,
-) -> Result<JobContext, Error> {
+    on_event: &mut impl FnMut(u64, &Event),
+) -> Result<(JobContext, usize), Error> {
     if state.locked(job_id)? {
         return Err(input(format!(
             "backup job {job_id} is locked (backupjob unlock {job_id})"
         )));
     }
-    let ctx = JobContext::load(env, state, job_id)?;
+    let mut ctx = JobContext::load(env, state, job_id)?;
+    let mut gone = Vec::new();
+    if let Some(client) = ctx.oned.clone() {
+        gone = take_inventory(state, job_id, &ctx.job, &client, on_event)?;
+        ctx = JobContext::load(env, state, job_id)?;
+    }
     let (current, vms) = view(state, job_id, &ctx)?;
     if !current.backing_up.is_empty() {
         return Err(input(format!(
@@ -488,7 +554,83 @@ fn start_run(
             )?;
         }
     }
-    Ok(ctx)
+    // VMs the job names that oned no longer lists: reported, and not backed up.
+    let mut failed = 0;
+    for (vm, reason) in gone {
+        if state.move_vm(
+            job_id,
+            vm,
+            Some(VmState::Outdated),
+            VmState::Error,
+            Some(&reason),
+            now_ms(),
+        )? {
+            failed += 1;
+            on_event(job_id, &Event::Failed { vm, reason });
+        }
+    }
+    Ok((ctx, failed))
+}
+
+/// OpenNebula mode: the job's VMs as oned has them now (their host, state and document
+/// registered, the job's VM list set from BACKUP_VMS and LABELS). Returns the VMs BACKUP_VMS
+/// names that oned does not list, with the line to report.
+fn take_inventory(
+    state: &mut State,
+    job_id: u64,
+    job: &JobTemplate,
+    client: &backstop_protocol::oned::OnedClient,
+    on_event: &mut impl FnMut(u64, &Event),
+) -> Result<Vec<(u64, String)>, Error> {
+    use crate::oned::inventory;
+    let pool = inventory::read_pool(client, inventory::PAGE)?;
+    let (chosen, missing) = inventory::select(&pool, &job.vms, &job.labels);
+    for v in &chosen {
+        state.register_vm(v.id, &v.name, v.host.as_deref(), &v.document)?;
+    }
+    let mut ids: Vec<u64> = chosen.iter().map(|v| v.id).collect();
+    ids.extend(&missing);
+    // VMs a label chose before and oned no longer lists leave the job, said once.
+    let listed: std::collections::HashSet<u64> = pool
+        .iter()
+        .filter(|v| v.state != inventory::DONE)
+        .map(|v| v.id)
+        .collect();
+    for r in state.job_vms(job_id)? {
+        if !ids.contains(&r.vm_id) && !listed.contains(&r.vm_id) {
+            on_event(
+                job_id,
+                &Event::Note {
+                    vm: r.vm_id,
+                    line: format!(
+                        "VM {} no longer exists in OpenNebula; it leaves the job (its backups stay)",
+                        r.vm_id
+                    ),
+                },
+            );
+        }
+    }
+    for (vm, other) in state.set_job_vms(job_id, &ids)? {
+        on_event(
+            job_id,
+            &Event::Note {
+                vm,
+                line: format!("VM {vm} is backed up by backup job {other}, not this one"),
+            },
+        );
+    }
+    Ok(missing
+        .into_iter()
+        .map(|vm| {
+            (
+                vm,
+                format!(
+                    "VM {vm} does not exist in OpenNebula (deleted, or not visible to {}); skipped",
+                    client.user()
+                ),
+            )
+        })
+        .collect())
 }
 
 /// Per job: (VMs UPDATED, VMs in ERROR), or why its run was refused.
@@ -511,9 +653,11 @@ pub fn run_jobs(
     let mut jobs: Vec<(u64, JobContext, i64)> = Vec::new();
     let runner = backstop_image::process::ProcessId::current();
     let mut records: HashMap<u64, u64> = HashMap::new();
+    let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
     for &job_id in job_ids {
-        match start_run(env, state, job_id, limits) {
-            Ok(ctx) => {
+        match start_run(env, state, job_id, limits, &mut on_event) {
+            Ok((ctx, failed)) => {
+                counts.entry(job_id).or_default().1 += failed;
                 let started_at = now();
                 records.insert(
                     job_id,
@@ -525,9 +669,8 @@ pub fn run_jobs(
         }
     }
     let ctx_of = |job: u64| jobs.iter().find(|j| j.0 == job).map(|j| &j.1);
-    let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
 
-    type Finished = (u64, u64, Result<runner::ChainResult, Error>);
+    type Finished = (u64, u64, Result<Backed, Error>);
     let (tx, rx) = mpsc::channel::<Finished>();
     let mut running = 0usize;
     let progress_dir = ProgressDir::new(job_ids.first().copied().unwrap_or(0));
@@ -594,6 +737,7 @@ pub fn run_jobs(
                 }
                 let doc = ctx.docs.get(&vm).cloned().unwrap_or_default();
                 let (tx, env, ds) = (tx.clone(), env.clone(), ctx.ds.clone());
+                let oned = ctx.oned.clone();
                 let file = state.file().to_path_buf();
                 let progress = progress_dir.as_ref().map(|d| d.file(vm));
                 on_event(job_id, &Event::Started { vm });
@@ -609,15 +753,22 @@ pub fn run_jobs(
                                     .any(|r| r.vm_id == vm && r.state != Some(VmState::Ongoing))
                             })
                     };
-                    let r = runner::run_chain(
-                        &env,
-                        &doc,
-                        &cfg,
-                        &ds,
-                        chain,
-                        &cancelled,
-                        progress.as_deref(),
-                    );
+                    let r = match &oned {
+                        Some(client) => {
+                            crate::oned::backup::run(client, vm, ds.id, &cfg, &cancelled)
+                                .map(Backed::Oned)
+                        }
+                        None => runner::run_chain(
+                            &env,
+                            &doc,
+                            &cfg,
+                            &ds,
+                            chain,
+                            &cancelled,
+                            progress.as_deref(),
+                        )
+                        .map(Backed::Chain),
+                    };
                     let _ = tx.send((job_id, vm, r));
                 });
             }
@@ -682,18 +833,57 @@ pub fn run_jobs(
     Ok(report)
 }
 
-/// Records a VM's finished backup chain (the increment, KEEP_LAST) and moves it to UPDATED, or
-/// to ERROR with the reason.
+/// What a VM's backup made: the chain the runner ran, or oned's backup.
+enum Backed {
+    Chain(runner::ChainResult),
+    Oned(crate::oned::backup::Made),
+}
+
+/// Records oned's backup of a VM: the state's images of it made oned's again; the outcome
+/// from the image oned made or extended.
+fn record_oned(
+    state: &mut State,
+    ctx: &JobContext,
+    client: &backstop_protocol::oned::OnedClient,
+    (job_id, vm): (u64, u64),
+    made: &crate::oned::backup::Made,
+) -> Result<runner::Outcome, Error> {
+    let images =
+        crate::oned::images::mirror(state, client, vm, &made.backup_ids, Some(job_id), ctx.ds.id)?;
+    let increment = images
+        .iter()
+        .find(|i| i.id == made.image_id)
+        .and_then(|i| i.increments.iter().find(|n| n.id == made.increment_id))
+        .ok_or_else(|| {
+            step(format!(
+                "oned reports backup image {} of VM {vm}, but it is not in datastore {}",
+                made.image_id, ctx.ds.id
+            ))
+        })?;
+    Ok(runner::Outcome {
+        backup_id: increment.source.chars().take(8).collect(),
+        size_mb: increment.size_mb,
+        image_id: made.image_id,
+        increment_id: made.increment_id,
+    })
+}
+
+/// Records a VM's finished backup (the runner's chain: the increment, KEEP_LAST; oned's: its
+/// images) and moves it to UPDATED, or to ERROR with the reason.
 fn finish_vm(
     env: &Env,
     state: &mut State,
     ctx: &JobContext,
     (job_id, vm): (u64, u64),
-    result: Result<runner::ChainResult, Error>,
+    result: Result<Backed, Error>,
     counts: &mut HashMap<u64, (usize, usize)>,
     on_event: &mut impl FnMut(u64, &Event),
 ) -> Result<(), Error> {
-    let outcome = result.and_then(|r| runner::record(env, state, &ctx.cfg, &ctx.ds, r, now()));
+    let outcome = result.and_then(|r| match (r, &ctx.oned) {
+        (Backed::Chain(r), _) => runner::record(env, state, &ctx.cfg, &ctx.ds, r, now()),
+        (Backed::Oned(made), Some(client)) => record_oned(state, ctx, client, (job_id, vm), &made),
+        (Backed::Oned(_), None) => Err(step("an oned backup in a job without oned")),
+    });
     let entry = counts.entry(job_id).or_default();
     match outcome {
         Ok(o) => {

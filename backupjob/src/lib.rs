@@ -25,6 +25,7 @@ pub mod filters;
 pub mod job_template;
 pub mod model;
 pub mod notify;
+pub mod oned;
 pub mod ops;
 pub mod pool;
 pub mod retention;

@@ -81,6 +81,9 @@ pub struct JobTemplate {
     pub priority: u8,
     pub execution: Execution,
     pub vms: Vec<u64>,
+    /// OpenNebula mode: VMs carrying one of these labels (or a label below one) are backed
+    /// up too, as oned lists them at each run.
+    pub labels: Vec<String>,
     pub datastore_id: u64,
     pub mode: Mode,
     pub keep_last: u32,
@@ -125,6 +128,14 @@ impl JobTemplate {
         };
         let mut vms: Vec<u64> = t.ids("BACKUP_VMS")?;
         vms.dedup();
+        let labels: Vec<String> = t
+            .get("LABELS")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
         let datastore_id = t
             .get("DATASTORE_ID")
             .ok_or_else(|| TemplateError("DATASTORE_ID is missing".into()))?;
@@ -226,6 +237,7 @@ impl JobTemplate {
             priority,
             execution,
             vms,
+            labels,
             datastore_id,
             mode,
             keep_last,
@@ -341,6 +353,11 @@ pub fn datastore(
     text: &str,
     datastore_location: &str,
 ) -> Result<(String, BackupDatastore), TemplateError> {
+    if crate::oned::is_oned(text) {
+        // OpenNebula mode: oned holds the datastore (docs/opennebula-mode.md).
+        let client = crate::oned::client(text).map_err(|e| TemplateError(e.to_string()))?;
+        return crate::oned::datastore(&client, id).map_err(|e| TemplateError(e.to_string()));
+    }
     let located = Located::parse(text)?;
     let get = |n: &str| located.get(n);
     let name = get("NAME")

@@ -52,6 +52,17 @@ fn oned_error(message: String) -> Error {
     Error::new(ErrorKind::Oned, message)
 }
 
+/// oned's error code for an object that does not exist (or is not visible to the user).
+pub const NO_EXISTS: i64 = 0x0400;
+
+/// The one line for a call oned refused.
+pub fn refused(method: &str, message: &str, code: i64) -> Error {
+    oned_error(format!(
+        "oned refused {method} (error {code}): {}",
+        message.lines().next().unwrap_or_default()
+    ))
+}
+
 fn first_line(path: &Path, what: &str) -> Result<String, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| oned_error(format!("cannot read {what} {}: {e}", path.display())))?;
@@ -81,12 +92,24 @@ fn endpoint_from_env() -> Result<String, Error> {
 impl OnedClient {
     /// The endpoint and session from the environment and the standard files.
     pub fn from_env() -> Result<OnedClient, Error> {
-        let endpoint = endpoint_from_env()?;
-        let auth = match std::env::var_os("ONE_AUTH").filter(|a| !a.is_empty()) {
-            Some(p) => PathBuf::from(p),
-            None => match home().map(|h| h.join(".one/one_auth")) {
-                Some(p) if p.exists() => p,
-                _ => PathBuf::from("/var/lib/one/.one/one_auth"),
+        OnedClient::configured(None, None)
+    }
+
+    /// The endpoint and credentials file given (a runner's datastore may name them), each
+    /// found as [`OnedClient::from_env`] finds it when not given.
+    pub fn configured(endpoint: Option<&str>, auth: Option<&Path>) -> Result<OnedClient, Error> {
+        let endpoint = match endpoint.map(str::trim).filter(|e| !e.is_empty()) {
+            Some(e) => e.to_string(),
+            None => endpoint_from_env()?,
+        };
+        let auth = match auth {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os("ONE_AUTH").filter(|a| !a.is_empty()) {
+                Some(p) => PathBuf::from(p),
+                None => match home().map(|h| h.join(".one/one_auth")) {
+                    Some(p) if p.exists() => p,
+                    _ => PathBuf::from("/var/lib/one/.one/one_auth"),
+                },
             },
         };
         let session = first_line(&auth, "the OpenNebula credentials file")?;
@@ -168,6 +191,19 @@ impl OnedClient {
 
     /// Calls `method` with another session string (a server-cipher login).
     pub fn call_as(&self, session: &str, method: &str, params: &[Value]) -> Result<Value, Error> {
+        match self.reply_as(session, method, params)? {
+            OnedReply::Ok(v) => Ok(v),
+            OnedReply::Failed { message, code } => Err(refused(method, &message, code)),
+        }
+    }
+
+    /// Calls `method`; oned's answer, a refusal included (its error code tells a missing
+    /// object, [`NO_EXISTS`], from the rest). Only what never reached oned is an error.
+    pub fn reply(&self, method: &str, params: &[Value]) -> Result<OnedReply, Error> {
+        self.reply_as(&self.session, method, params)
+    }
+
+    fn reply_as(&self, session: &str, method: &str, params: &[Value]) -> Result<OnedReply, Error> {
         let mut all = Vec::with_capacity(params.len() + 1);
         all.push(Value::Str(session.to_string()));
         all.extend_from_slice(params);
@@ -180,17 +216,8 @@ impl OnedClient {
         })?;
         let values = xmlrpc::parse_response(&response)
             .map_err(|e| oned_error(format!("oned at {} answered {method}: {e}", self.endpoint)))?;
-        match xmlrpc::oned_reply(&values) {
-            Ok(OnedReply::Ok(v)) => Ok(v),
-            Ok(OnedReply::Failed { message, code }) => Err(oned_error(format!(
-                "oned refused {method} (error {code}): {}",
-                message.lines().next().unwrap_or_default()
-            ))),
-            Err(e) => Err(oned_error(format!(
-                "oned at {} answered {method}: {e}",
-                self.endpoint
-            ))),
-        }
+        xmlrpc::oned_reply(&values)
+            .map_err(|e| oned_error(format!("oned at {} answered {method}: {e}", self.endpoint)))
     }
 
     /// The XML document of `<kind>.info` (`one.vm.info`, `one.image.info`, ...).
@@ -201,6 +228,82 @@ impl OnedClient {
                 "{method} {id} returned {other:?}, not a document"
             ))),
         }
+    }
+
+    /// `<kind>.info` of an object that may be gone: `None` when oned says it does not exist.
+    pub fn document_if_any(&self, method: &str, id: u64) -> Result<Option<String>, Error> {
+        match self.reply(method, &[Value::Int(id as i64), Value::Bool(true)])? {
+            OnedReply::Ok(Value::Str(xml)) => Ok(Some(xml)),
+            OnedReply::Ok(other) => Err(oned_error(format!(
+                "{method} {id} returned {other:?}, not a document"
+            ))),
+            OnedReply::Failed { code, .. } if code == NO_EXISTS => Ok(None),
+            OnedReply::Failed { message, code } => Err(refused(method, &message, code)),
+        }
+    }
+
+    /// One page of the VMs that are not DONE, as `one.vmpool.info` lists them (each VM's
+    /// short document: state, host, labels): `count` VMs after the first `offset`, of every
+    /// user the session may see.
+    pub fn vm_pool_page(&self, offset: u64, count: u64) -> Result<String, Error> {
+        // oned reads an end id below -1 as a page size, the start id then being an offset.
+        let v = self.call(
+            "one.vmpool.info",
+            &[
+                Value::Int(-2),
+                Value::Int(offset as i64),
+                Value::Int(-(count.max(2) as i64)),
+                Value::Int(-1),
+            ],
+        )?;
+        match v {
+            Value::Str(xml) => Ok(xml),
+            other => Err(oned_error(format!(
+                "one.vmpool.info returned {other:?}, not a document"
+            ))),
+        }
+    }
+
+    /// `one.vm.backup`: oned backs VM `vm` up into datastore `ds`, a new chain with `reset`.
+    pub fn vm_backup(&self, vm: u64, ds: u64, reset: bool) -> Result<(), Error> {
+        self.call(
+            "one.vm.backup",
+            &[
+                Value::Int(vm as i64),
+                Value::Int(ds as i64),
+                Value::Bool(reset),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// `one.vm.backupcancel`.
+    pub fn vm_backup_cancel(&self, vm: u64) -> Result<(), Error> {
+        self.call("one.vm.backupcancel", &[Value::Int(vm as i64)])
+            .map(|_| ())
+    }
+
+    /// `one.vm.updateconf` in append mode: the sections `template` holds are merged into the
+    /// VM's, the others are left as they are (replace mode would drop them).
+    pub fn vm_updateconf_append(&self, vm: u64, template: &str) -> Result<(), Error> {
+        self.call(
+            "one.vm.updateconf",
+            &[
+                Value::Int(vm as i64),
+                Value::Str(template.to_string()),
+                Value::Int(1),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// `one.image.delete`: oned removes the image, a backup image with the datastore's `rm`.
+    pub fn image_delete(&self, image: u64) -> Result<(), Error> {
+        self.call(
+            "one.image.delete",
+            &[Value::Int(image as i64), Value::Bool(false)],
+        )
+        .map(|_| ())
     }
 
     /// `one.datastore.info` with decrypted secrets, as a typed datastore.

@@ -16,6 +16,7 @@ mod jobs;
 mod live;
 mod notify;
 mod oned_mock;
+mod oned_mode;
 mod oned_real;
 mod remotes;
 mod repo_cli;

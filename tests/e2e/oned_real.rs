@@ -198,13 +198,26 @@ impl RealOned {
             fs::copy(entry.path(), &to).expect("copy a fixture");
             fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
-        self.cli_ok(
-            "onehost",
-            &["create", "localhost", "-i", "dummy", "-v", "fakehvp"],
-        );
-        self.wait("host localhost monitored", 120, None, || {
-            first(&self.xml("onehost", "localhost"), "STATE") == "2"
+        self.add_fake_host_named("localhost");
+    }
+
+    /// One more host of the stand-in hypervisor (`127.0.0.2` ...: the fake ssh runs its
+    /// commands on this machine too, and logs the host it was asked for).
+    pub(crate) fn add_fake_host_named(&self, name: &str) {
+        self.cli_ok("onehost", &["create", name, "-i", "dummy", "-v", "fakehvp"]);
+        self.wait(&format!("host {name} monitored"), 120, None, || {
+            first(&self.xml("onehost", name), "STATE") == "2"
         });
+    }
+
+    /// What the fake ssh was asked to run, a line per call (`<time> ssh <host> <command>`).
+    pub(crate) fn ssh_log(&self) -> String {
+        fs::read_to_string(self.one().join("var/fakessh.log")).unwrap_or_default()
+    }
+
+    /// The environment OpenNebula's tools use with this oned (ONE_XMLRPC, ONE_AUTH ...).
+    pub(crate) fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     /// Host `127.0.0.1`: dummy monitoring, OpenNebula's own kvm driver (VM_MAD `qemu`: TCG)
@@ -591,7 +604,7 @@ pub(crate) fn first(xml: &str, tag: &str) -> String {
 }
 
 /// The id in a CLI answer `ID: 12`.
-fn id_line(out: &str) -> String {
+pub(crate) fn id_line(out: &str) -> String {
     out.lines()
         .find_map(|l| l.strip_prefix("ID: "))
         .map(|s| s.trim().to_string())
@@ -599,14 +612,14 @@ fn id_line(out: &str) -> String {
 }
 
 /// A 64 MiB qcow2 with data in three places.
-fn make_image(path: &Path) {
+pub(crate) fn make_image(path: &Path) {
     let p = path.to_str().expect("utf-8");
     support_ok("qemu-img", &["create", "-q", "-f", "qcow2", p, "64M"]);
     write_pattern(path, 0x5a, 0, 8 << 20);
     write_pattern(path, 0x33, 40 << 20, 4 << 20);
 }
 
-fn write_pattern(disk: &Path, pattern: u8, offset: u64, len: u64) {
+pub(crate) fn write_pattern(disk: &Path, pattern: u8, offset: u64, len: u64) {
     let p = disk.to_str().expect("utf-8");
     support_ok(
         "qemu-io",
@@ -627,7 +640,7 @@ fn support_ok(program: &str, args: &[&str]) -> String {
 }
 
 /// The disk as it is now, raw (the VM is off, nothing writes it).
-fn raw_copy(disk: &Path, to: &Path) {
+pub(crate) fn raw_copy(disk: &Path, to: &Path) {
     support_ok(
         "qemu-img",
         &[
@@ -643,7 +656,7 @@ fn raw_copy(disk: &Path, to: &Path) {
     );
 }
 
-fn restic(repo: &Path, args: &[&str]) -> Vec<u8> {
+pub(crate) fn restic(repo: &Path, args: &[&str]) -> Vec<u8> {
     let out = backstop_testkit::restic::local(repo, PASSWORD, args);
     assert!(
         out.status.success(),
@@ -655,7 +668,7 @@ fn restic(repo: &Path, args: &[&str]) -> Vec<u8> {
 }
 
 /// The ids of the repository's snapshots, oldest first.
-fn snapshots(repo: &Path) -> Vec<String> {
+pub(crate) fn snapshots(repo: &Path) -> Vec<String> {
     let json = restic(repo, &["snapshots", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json).expect("snapshots json");
     v.as_array()
@@ -668,7 +681,7 @@ fn snapshots(repo: &Path) -> Vec<String> {
 }
 
 /// Plain restic dumps disk 0 of `snapshot`; it must equal `expected` byte for byte.
-fn assert_restic_dump(repo: &Path, snapshot: &str, expected: &Path) {
+pub(crate) fn assert_restic_dump(repo: &Path, snapshot: &str, expected: &Path) {
     assert_restic_dump_disk(repo, snapshot, 0, expected);
 }
 
@@ -707,7 +720,7 @@ fn assert_restic_dump_disk(repo: &Path, snapshot: &str, disk: u32, expected: &Pa
 }
 
 /// (ID, TYPE, SOURCE, SIZE in MiB) of each increment of a backup image, in order.
-fn increments(image_xml: &str) -> Vec<(String, String, String, u64)> {
+pub(crate) fn increments(image_xml: &str) -> Vec<(String, String, String, u64)> {
     values(image_xml, "INCREMENT")
         .iter()
         .map(|i| {

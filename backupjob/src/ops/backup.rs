@@ -154,8 +154,13 @@ pub fn cancel(env: &Env, st: &mut State, options: &CancelOptions) -> Result<Canc
     let id = options.job;
     let crate::state::JobRow { template, .. } = job_row(st, id)?;
     let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
-    let ds_mad = datastore_of(st, &env.datastore_location, job.datastore_id)
-        .map_or_else(|_| "backstop".to_string(), |d| d.datastore.ds_mad);
+    let found = datastore_of(st, &env.datastore_location, job.datastore_id);
+    // OpenNebula mode: oned runs the backups, and cancels them.
+    let oned = match &found {
+        Ok(d) if crate::oned::is_oned(&d.template) => Some(crate::oned::client(&d.template)?),
+        _ => None,
+    };
+    let ds_mad = found.map_or_else(|_| "backstop".to_string(), |d| d.datastore.ds_mad);
     let docs = st.vms()?;
     let now = jiff::Timestamp::now().as_millisecond();
     let (mut dropped, mut stopped) = (0, 0);
@@ -167,6 +172,13 @@ pub fn cancel(env: &Env, st: &mut State, options: &CancelOptions) -> Result<Canc
     }
     for r in rows.iter().filter(|r| r.state == Some(VmState::Ongoing)) {
         st.cancel_vm(id, r.vm_id, now)?;
+        if let Some(client) = &oned {
+            client
+                .vm_backup_cancel(r.vm_id)
+                .map_err(|x| input(format!("backup_cancel of VM {}: {x}", r.vm_id)))?;
+            stopped += 1;
+            continue;
+        }
         let Some(crate::state::VmRow { document: doc, .. }) = docs.iter().find(|d| d.id == r.vm_id)
         else {
             continue;

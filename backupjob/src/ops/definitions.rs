@@ -96,11 +96,23 @@ fn resolve(d: &Definition, base: &str) -> Result<Resolved, Error> {
     })
 }
 
-/// A job backs up into a backup datastore, never straight into a remote.
-fn not_a_remote(st: &State, id: u64) -> Result<(), Error> {
+/// A job backs up into a backup datastore, never straight into a remote; LABELS choose VMs
+/// only in OpenNebula mode (oned lists the labels).
+fn not_a_remote(st: &State, job: &JobTemplate) -> Result<(), Error> {
+    let id = job.datastore_id;
     if st.remotes()?.iter().any(|r| r.id == id) {
         return Err(input(format!(
             "DATASTORE_ID {id} is a remote, not a backup datastore (remotes receive copies through sync jobs)"
+        )));
+    }
+    if !job.labels.is_empty()
+        && !st
+            .datastores()?
+            .iter()
+            .any(|d| d.id == id && crate::oned::is_oned(&d.template))
+    {
+        return Err(input(format!(
+            "LABELS needs OpenNebula mode: DATASTORE_ID {id} is not a datastore imported from oned (backupjob datastore import)"
         )));
     }
     Ok(())
@@ -110,7 +122,7 @@ fn not_a_remote(st: &State, id: u64) -> Result<(), Error> {
 pub fn create_job(st: &mut State, d: &Definition) -> Result<Created, Error> {
     let Resolved { text, what } = resolve(d, "")?;
     let job = JobTemplate::parse(&text).map_err(|x| input(format!("{what}: {x}")))?;
-    not_a_remote(st, job.datastore_id)?;
+    not_a_remote(st, &job)?;
     let stored = model::without_sched_actions(&text).map_err(|x| input(x.to_string()))?;
     let id = st.create_job_with(
         &job.name,
@@ -187,7 +199,7 @@ pub fn update_job(
     );
     let text = merged.render().map_err(|x| input(format!("{file}: {x}")))?;
     let job = JobTemplate::parse(&text).map_err(|x| input(format!("{file}: {x}")))?;
-    not_a_remote(st, job.datastore_id)?;
+    not_a_remote(st, &job)?;
     st.set_job_template(id, &text, &job.vms)?;
     Ok(())
 }
@@ -338,8 +350,55 @@ fn parse_repeat(repeat: &str) -> Result<i64, Error> {
     }
 }
 
+/// Adds oned's backup datastore `id` under its id (OpenNebula mode, docs/opennebula-mode.md):
+/// checked with oned first, which must have it as a backup datastore. `endpoint` and `auth`
+/// (a credentials file) are kept when given; otherwise oned is found as OpenNebula's tools
+/// find it, at each use.
+pub fn import_datastore(
+    st: &mut State,
+    id: u64,
+    endpoint: Option<&str>,
+    auth: Option<&std::path::Path>,
+) -> Result<Created, Error> {
+    let mut t = Template::default();
+    t.push(crate::oned::ONED, "YES".to_string());
+    if let Some(e) = endpoint {
+        t.push("ONE_XMLRPC", e.to_string());
+    }
+    if let Some(a) = auth {
+        let a =
+            std::path::absolute(a).map_err(|x| input(format!("ONE_AUTH {}: {x}", a.display())))?;
+        t.push("ONE_AUTH", a.display().to_string());
+    }
+    let text = t.render().map_err(|x| input(x.to_string()))?;
+    let client = crate::oned::client(&text)?;
+    let (name, _) = crate::oned::datastore(&client, id)?;
+    if st
+        .datastores()?
+        .iter()
+        .chain(st.remotes()?.iter())
+        .any(|d| d.id == id)
+    {
+        return Err(input(format!(
+            "this state has a datastore or remote {id} already; oned's datastore {id} keeps its id here"
+        )));
+    }
+    let mut named = Template::default();
+    named.push("NAME", name.clone());
+    named.attributes.extend(t.attributes);
+    let text = named.render().map_err(|x| input(x.to_string()))?;
+    st.add_datastore_as(id, &name, &text)?;
+    Ok(Created { id })
+}
+
 /// Adds a backup datastore from its template, checked with the id it will get.
 pub fn create_datastore(st: &mut State, location: &str, f: &FileText) -> Result<Created, Error> {
+    if crate::oned::is_oned(&f.text) {
+        return Err(input(format!(
+            "{}: ONED=YES: oned's datastores are added with `backupjob datastore import <id>`, under oned's id",
+            f.name
+        )));
+    }
     let next = st.datastores()?.last().map_or(0, |d| d.id) + 1;
     let (name, _) =
         model::datastore(next, &f.text, location).map_err(|x| input(format!("{}: {x}", f.name)))?;

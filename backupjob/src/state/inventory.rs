@@ -7,6 +7,30 @@ impl State {
         self.add_site(name, template, false)
     }
 
+    /// A datastore under a given id (oned's, in OpenNebula mode).
+    pub fn add_datastore_as(
+        &mut self,
+        id: u64,
+        name: &str,
+        template: &str,
+    ) -> Result<(), StateError> {
+        let sealed = self
+            .seal
+            .seal_template(template)
+            .map_err(|m| self.invalid(m.0))?;
+        self.conn
+            .execute(
+                "INSERT INTO datastores (id, name, template, remote) VALUES (?1, ?2, ?3, 0)",
+                params![id as i64, name, sealed],
+            )
+            .map_err(|e| {
+                self.taken(e, || {
+                    format!("a datastore or remote named {name:?} or with id {id} already exists")
+                })
+            })?;
+        Ok(())
+    }
+
     /// A remote: the other site of a sync, written as a backup datastore's template.
     pub fn add_remote(&mut self, name: &str, template: &str) -> Result<u64, StateError> {
         self.add_site(name, template, true)

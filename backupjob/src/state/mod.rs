@@ -15,12 +15,14 @@ use backstop_image::process::ProcessId;
 mod discovered;
 mod images;
 mod inventory;
+mod mirrored;
 mod rows;
 mod schedules;
 mod schema;
 pub mod secrets;
 pub mod sync;
 
+pub use mirrored::MirroredImage;
 pub use rows::{Chain, JobRow, JobStatus, LastRun, Named, Orphan, SchedActionRow, VerifyJobRow};
 use schedules::insert_sched_action;
 pub use schema::MIGRATIONS;

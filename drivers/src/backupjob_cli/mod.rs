@@ -210,6 +210,18 @@ pub(crate) enum DatastoreCommand {
     },
     /// Delete a datastore no job names and no backup image lives in (the repository stays).
     Delete { id: u64 },
+    /// Use OpenNebula's backup datastore ID (OpenNebula mode): jobs backing up into it take
+    /// their VMs from oned at each run and back them up through oned. oned is found as
+    /// OpenNebula's tools find it (ONE_XMLRPC, ONE_AUTH, ~/.one/one_auth) unless given here.
+    Import {
+        id: u64,
+        /// oned's XML-RPC endpoint (http:// or https://), kept with the datastore.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// A file holding user:password for oned, kept (as its path) with the datastore.
+        #[arg(long)]
+        auth: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -663,6 +675,10 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             DatastoreCommand::List { json } => datastores::list(st, json)?,
             DatastoreCommand::Show { id, json } => datastores::show(st, args, *id, *json)?,
             DatastoreCommand::Delete { id } => ops::definitions::delete_datastore(st, *id)?,
+            DatastoreCommand::Import { id, endpoint, auth } => print(
+                &ops::definitions::import_datastore(st, *id, endpoint.as_deref(), auth.as_deref())?
+                    .to_string(),
+            )?,
         },
         Command::Remote { command } => match command {
             RemoteCommand::Create { file } => print(
