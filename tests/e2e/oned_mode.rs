@@ -220,6 +220,37 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
     }
     assert_eq!(runner_images(&o, &state), images_before);
 
+    // A retention plan carried out through oned: the job now makes FULL images and keeps
+    // the newest point of each day, which the run applies after its backups: every older
+    // image goes with one.image.delete (oned runs the datastore's rm), oned's records and
+    // the repositories lose them, the runner's images are oned's.
+    std::fs::write(
+        &job,
+        format!(
+            "NAME = \"nightly\"\nDATASTORE_ID = {ds}\nBACKUP_VMS = \"{a}\"\nLABELS = \"nightly\"\n\
+             MODE = \"FULL\"\nEXECUTION = \"PARALLEL\"\nKEEP_LAST = 1\nKEEP_DAILY = 1\n"
+        ),
+    )
+    .expect("job template");
+    runner_ok(&o, &state, &["update", "1", job.to_str().expect("utf-8")]);
+    let out = runner_ok(&o, &state, &["backup", "1"]);
+    for (vm, old) in [(a, img_a), (b, img_b)] {
+        assert!(
+            out.contains(&format!("VM {vm}: image {old} removed")),
+            "{out}"
+        );
+        let ids = backup_ids(&o, vm);
+        assert_eq!(ids.len(), 1, "VM {vm}: {ids:?}");
+        assert_ne!(ids[0], old);
+        let gone = o.cli("oneimage", &["show", &old.to_string()]);
+        assert_ne!(gone.code, Some(0), "image {old} is gone from oned");
+        let repo = o.base_path(&ds).join(vm.to_string());
+        assert_eq!(crate::oned_real::snapshots(&repo).len(), 1, "VM {vm}");
+    }
+    let mut want = vec![(backup_ids(&o, a)[0], a, 1), (backup_ids(&o, b)[0], b, 1)];
+    want.sort();
+    assert_eq!(runner_images(&o, &state), want);
+
     // VM b deleted in oned: said, and it leaves the job; a is backed up again.
     o.cli_ok("onevm", &["terminate", "--hard", &b.to_string()]);
     o.wait(&format!("VM {b} DONE"), 120, None, || {

@@ -89,6 +89,45 @@ pub fn mirror(
     Ok(kept)
 }
 
+/// How long oned may take to remove a backup image (its datastore's `rm`).
+const DELETE_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes backup image `image` through oned (`one.image.delete`, which runs the datastore's
+/// `rm`), waits until oned no longer has it, then forgets it. An image oned puts in ERROR
+/// instead is reported with oned's message and stays recorded.
+pub fn delete(state: &mut State, client: &OnedClient, image: u64) -> Result<(), Error> {
+    client.image_delete(image)?;
+    let started = std::time::Instant::now();
+    loop {
+        let Some(doc) = client.document_if_any("one.image.info", image)? else {
+            state.remove_image(image)?;
+            return Ok(());
+        };
+        let root = backstop_protocol::xml::Element::parse(&doc)
+            .map_err(|e| step(format!("oned's image {image}: {e}")))?;
+        // Image state 5: ERROR.
+        if root.text_at("STATE").map(str::trim) == Some("5") {
+            let why = root
+                .text_at("TEMPLATE/ERROR")
+                .unwrap_or("no message")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return Err(step(format!(
+                "oned could not remove backup image {image}: {why}"
+            )));
+        }
+        if started.elapsed() > DELETE_WITHIN {
+            return Err(step(format!(
+                "oned has not removed backup image {image} after {} s",
+                DELETE_WITHIN.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

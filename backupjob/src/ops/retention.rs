@@ -58,10 +58,13 @@ struct JobVms {
 fn job_and_vms(st: &State, id: u64, vm: Option<u64>) -> Result<JobVms, Error> {
     let crate::state::JobRow { name, template, .. } = job_row(st, id)?;
     let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
+    // The job's VMs as its runs know them: BACKUP_VMS, and in OpenNebula mode the VMs its
+    // LABELS chose at the last run.
+    let mine: Vec<u64> = st.job_vms(id)?.iter().map(|r| r.vm_id).collect();
     let vms: Vec<u64> = match vm {
-        Some(v) if job.vms.contains(&v) => vec![v],
+        Some(v) if mine.contains(&v) => vec![v],
         Some(v) => return Err(input(format!("VM {v} is not in backup job {id}"))),
-        None => job.vms.clone(),
+        None => mine,
     };
     Ok(JobVms { name, job, vms })
 }
@@ -242,6 +245,13 @@ pub enum Step {
         image: u64,
         increments: Vec<u64>,
     },
+    /// OpenNebula mode: increments the plan let go from a chain that keeps others; oned
+    /// offers no removal of single increments (its KEEP_LAST drops a chain's oldest).
+    StayInOned {
+        vm: u64,
+        image: u64,
+        increments: Vec<u64>,
+    },
 }
 
 /// What carrying a plan out did: each step, and how many points went.
@@ -275,6 +285,14 @@ impl Applied {
                     increments,
                 } => format!(
                     "VM {vm}: image {image}: increments {} stay: the datastore removes only the oldest increments of a chain",
+                    list(increments)
+                ),
+                Step::StayInOned {
+                    vm,
+                    image,
+                    increments,
+                } => format!(
+                    "VM {vm}: image {image}: increments {} stay: oned removes single increments only by the KEEP_LAST of the VM's BACKUP_CONFIG",
                     list(increments)
                 ),
             })
@@ -330,6 +348,12 @@ pub fn apply(env: &Env, st: &mut State, options: &ApplyOptions) -> Result<Applie
         .ok_or_else(|| input(format!("there is no datastore {}", job.datastore_id)))?;
     let (_, ds) = crate::model::datastore(job.datastore_id, &text, &env.datastore_location)
         .map_err(|x| input(format!("datastore {}: {x}", job.datastore_id)))?;
+    // OpenNebula mode: images go through oned, which runs the datastore's rm.
+    let oned = if crate::oned::is_oned(&text) {
+        Some(crate::oned::client(&text)?)
+    } else {
+        None
+    };
     let mut applied = Applied {
         job: id,
         steps: Vec::new(),
@@ -355,9 +379,20 @@ pub fn apply(env: &Env, st: &mut State, options: &ApplyOptions) -> Result<Applie
                 continue;
             }
             if gone.len() == pts.len() {
-                crate::runner::rm_image(env, st, &ds, image, "retention")?;
+                match &oned {
+                    Some(client) => crate::oned::images::delete(st, client, image)?,
+                    None => crate::runner::rm_image(env, st, &ds, image, "retention")?,
+                }
                 applied.removed += gone.len();
                 applied.steps.push(Step::ImageRemoved { vm, image });
+                continue;
+            }
+            if oned.is_some() {
+                applied.steps.push(Step::StayInOned {
+                    vm,
+                    image,
+                    increments: gone.iter().filter_map(|p| p.increment).collect(),
+                });
                 continue;
             }
             let keep: Vec<u64> = pts
