@@ -24,6 +24,7 @@ pub mod error;
 pub mod filters;
 pub mod job_template;
 pub mod model;
+pub mod names;
 pub mod notify;
 pub mod oned;
 pub mod ops;

@@ -121,6 +121,63 @@ impl S3Access {
     }
 }
 
+/// Every attribute a backup datastore's template may hold that backstop reads or accepts:
+/// the table above, the password and where the repositories are, what oned itself writes or
+/// reads on any datastore, and the stock restic driver's own (accepted; backstop does without
+/// them). `backupjob datastore create` refuses a name close to one of these, and any other
+/// `RESTIC_` or `BACKSTOP_` name, so a typo is caught when the datastore is made.
+pub const ATTRIBUTES: &[&str] = &[
+    // oned's, on every datastore
+    "NAME",
+    "DS_MAD",
+    "TM_MAD",
+    "TYPE",
+    "BASE_PATH",
+    "SAFE_DIRS",
+    "RESTRICTED_DIRS",
+    "LIMIT_MB",
+    "LIMIT_TRANSFER_BW",
+    "NO_DECOMPRESS",
+    "BRIDGE_LIST",
+    "STAGING_DIR",
+    "DATASTORE_CAPACITY_CHECK",
+    "COMPATIBLE_SYS_DS",
+    "DESCRIPTION",
+    "LABELS",
+    // where and how
+    "RESTIC_PASSWORD",
+    "RESTIC_BACKEND",
+    "RESTIC_SFTP_SERVER",
+    "RESTIC_SFTP_USER",
+    "RESTIC_S3_ACCESS_KEY_ID",
+    "RESTIC_S3_SECRET_ACCESS_KEY",
+    "RESTIC_S3_BUCKET",
+    "RESTIC_S3_ENDPOINT",
+    "RESTIC_S3_REGION",
+    "RESTIC_S3_FORCE_PATH_STYLE",
+    "RESTIC_S3_CACERT",
+    "RESTIC_S3_INSECURE_TLS",
+    "TOTAL_MB",
+    // the table above
+    "RESTIC_CONNECTIONS",
+    "RESTIC_BWLIMIT",
+    "RESTIC_COMPRESSION",
+    "BACKSTOP_LOCK_WAIT",
+    "RESTIC_NICE",
+    "RESTIC_IONICE",
+    "RESTIC_CPU_QUOTA",
+    "RESTIC_MAX_RIOPS",
+    "RESTIC_MAX_WIOPS",
+    "RESTIC_MEMORY_MAX_MB",
+    "RESTIC_TMP_DIR",
+    "RESTIC_PRUNE_MAX_UNUSED",
+    "RESTIC_PRUNE_MAX_REPACK",
+    "BACKSTOP_SFTP_HOST_FINGERPRINT",
+    "BACKSTOP_CACHE_DIR",
+    // the stock restic driver's, accepted
+    "RESTIC_SPARSIFY",
+];
+
 pub const CONNECTIONS: RangeInclusive<i64> = 1..=64;
 pub const BWLIMIT_KIB: RangeInclusive<i64> = 0..=100_000_000;
 pub const LOCK_WAIT_SECONDS: RangeInclusive<i64> = 0..=86_400;

@@ -1505,3 +1505,105 @@ fn a_job_backs_up_to_an_s3_datastore() {
         "{show}"
     );
 }
+
+/// Checked at create, not at 3 a.m. (issue 27): a datastore's and a job's templates are
+/// refused when an attribute name is a typo of a known one (the line names it), an unknown
+/// `RESTIC_` name is used, a setting is out of its range, or a job names a datastore or VM
+/// that does not exist; nothing refused is stored.
+#[test]
+fn templates_are_checked_when_they_are_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let st = state.display().to_string();
+    let bj = |args: &[&str]| {
+        let mut all = vec!["backupjob", "--state", st.as_str()];
+        all.extend_from_slice(args);
+        crate::support::run(BACKSTOP, &all, b"")
+    };
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        fs::write(&p, text).expect("template");
+        p.display().to_string()
+    };
+    let base = dir.path().join("repos").display().to_string();
+    let ds = |extra: &str| {
+        format!(
+            "NAME = \"local\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{base}\"\nRESTIC_PASSWORD = \"pw\"\n{extra}"
+        )
+    };
+    for (extra, says) in [
+        (
+            "RESTIC_CONECTIONS = 4\n",
+            "RESTIC_CONECTIONS is not an attribute of a datastore; did you mean RESTIC_CONNECTIONS?",
+        ),
+        (
+            "RESTIC_TURBO = yes\n",
+            "RESTIC_TURBO is not an attribute of a datastore that backstop knows",
+        ),
+        ("RESTIC_CONNECTIONS = 99\n", "RESTIC_CONNECTIONS"),
+        ("BACKSTOP_LOCK_WAIT = -1\n", "BACKSTOP_LOCK_WAIT"),
+    ] {
+        let out = bj(&["datastore", "create", &file("ds.tmpl", &ds(extra))]);
+        assert_eq!(out.code, Some(1), "{extra}: {out:?}");
+        assert!(out.stderr.contains(says), "{extra}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+    let out = bj(&["datastore", "list", "--json"]);
+    assert_eq!(out.stdout.trim(), "[]", "nothing refused was stored");
+    // The operator's own attribute is kept.
+    let out = bj(&[
+        "datastore",
+        "create",
+        &file("ds.tmpl", &ds("OWNER_TEAM = \"ops\"\n")),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    fs::write(
+        dir.path().join("vm22.xml"),
+        "<VM><ID>22</ID><NAME>a</NAME><TEMPLATE/></VM>",
+    )
+    .expect("vm");
+    let out = bj(&[
+        "vm",
+        "register",
+        &dir.path().join("vm22.xml").display().to_string(),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    for (text, says) in [
+        (
+            "NAME = \"j\"\nDATASTORE_ID = 1\nBACKUP_VMS = 22\nKEEP_MONTLY = 3\n",
+            "KEEP_MONTLY is not an attribute of a backup job; did you mean KEEP_MONTHLY?",
+        ),
+        (
+            "NAME = \"j\"\nDATASTORE_ID = 7\nBACKUP_VMS = 22\n",
+            "DATASTORE_ID 7: there is no datastore 7",
+        ),
+        (
+            "NAME = \"j\"\nDATASTORE_ID = 1\nBACKUP_VMS = \"22,23\"\n",
+            "BACKUP_VMS: VM 23 is not registered",
+        ),
+        (
+            "NAME = \"j\"\nDATASTORE_ID = 1\nLABELS = \"prod\"\n",
+            "LABELS needs OpenNebula mode",
+        ),
+    ] {
+        let out = bj(&["create", &file("job.tmpl", text)]);
+        assert_eq!(out.code, Some(1), "{text}: {out:?}");
+        assert!(out.stderr.contains(says), "{text}: {}", out.stderr);
+    }
+    let out = bj(&["list", "--json"]);
+    assert_eq!(out.stdout.trim(), "[]", "nothing refused was stored");
+    let job = file(
+        "job.tmpl",
+        "NAME = \"j\"\nDATASTORE_ID = 1\nBACKUP_VMS = 22\n",
+    );
+    assert_eq!(bj(&["create", &job]).code, Some(0));
+    // An update is checked the same way, and a refused one changes nothing.
+    let bad = file(
+        "bad.tmpl",
+        "DATASTORE_ID = 1\nBACKUP_VMS = 22\nMDOE = \"FULL\"\n",
+    );
+    let out = bj(&["update", "1", &bad]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("did you mean MODE?"), "{}", out.stderr);
+}

@@ -105,6 +105,20 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
         ),
     )
     .expect("job template");
+    // A VM oned does not have is refused when the job is created, not at its first run.
+    let bad = work.path().join("bad.tmpl");
+    std::fs::write(
+        &bad,
+        format!("NAME = \"bad\"\nDATASTORE_ID = {ds}\nBACKUP_VMS = \"{a},999\"\n"),
+    )
+    .expect("bad template");
+    let out = runner(&o, &state, &["create", bad.to_str().expect("utf-8")], &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("BACKUP_VMS: oned has no VM 999"),
+        "{}",
+        out.stderr
+    );
     runner_ok(&o, &state, &["create", job.to_str().expect("utf-8")]);
 
     // Run 1: both VMs, each a FULL through oned: oned's records have the images, the runner's

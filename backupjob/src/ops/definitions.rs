@@ -118,11 +118,59 @@ fn not_a_remote(st: &State, job: &JobTemplate) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a backup job names exists: its datastore in this state, its VMs registered (in
+/// OpenNebula mode: known to oned, and not deleted).
+fn names_exist(st: &State, job: &JobTemplate) -> Result<(), Error> {
+    let id = job.datastore_id;
+    let Some(ds) = st.datastores()?.into_iter().find(|d| d.id == id) else {
+        return Err(input(format!(
+            "DATASTORE_ID {id}: there is no datastore {id} (backupjob datastore list)"
+        )));
+    };
+    if crate::oned::is_oned(&ds.template) {
+        let client = crate::oned::client(&ds.template)?;
+        for vm in &job.vms {
+            let doc = client.document_if_any("one.vm.info", *vm)?;
+            let gone = match doc {
+                None => true,
+                Some(doc) => {
+                    crate::oned::backup::Record::parse(&doc)
+                        .map_err(|x| input(format!("oned's VM {vm}: {x}")))?
+                        .state
+                        == crate::oned::inventory::DONE
+                }
+            };
+            if gone {
+                return Err(input(format!(
+                    "BACKUP_VMS: oned has no VM {vm} (or it was deleted)"
+                )));
+            }
+        }
+        return Ok(());
+    }
+    let registered: Vec<u64> = st.vms()?.iter().map(|v| v.id).collect();
+    if let Some(vm) = job.vms.iter().find(|v| !registered.contains(v)) {
+        return Err(input(format!(
+            "BACKUP_VMS: VM {vm} is not registered (backupjob vm register)"
+        )));
+    }
+    Ok(())
+}
+
+/// A backup job's template, parsed and its attribute names checked.
+fn checked_job(text: &str, what: &str) -> Result<JobTemplate, Error> {
+    let t = Template::parse(text).map_err(|x| input(format!("{what}: template: {x}")))?;
+    crate::names::check(&t, crate::names::BACKUP_JOB, "backup job")
+        .map_err(|x| input(format!("{what}: {x}")))?;
+    JobTemplate::parse(text).map_err(|x| input(format!("{what}: {x}")))
+}
+
 /// Creates a backup job; its SCHED_ACTIONs go to their own table.
 pub fn create_job(st: &mut State, d: &Definition) -> Result<Created, Error> {
     let Resolved { text, what } = resolve(d, "")?;
-    let job = JobTemplate::parse(&text).map_err(|x| input(format!("{what}: {x}")))?;
+    let job = checked_job(&text, &what)?;
     not_a_remote(st, &job)?;
+    names_exist(st, &job)?;
     let stored = model::without_sched_actions(&text).map_err(|x| input(x.to_string()))?;
     let id = st.create_job_with(
         &job.name,
@@ -198,8 +246,9 @@ pub fn update_job(
         },
     );
     let text = merged.render().map_err(|x| input(format!("{file}: {x}")))?;
-    let job = JobTemplate::parse(&text).map_err(|x| input(format!("{file}: {x}")))?;
+    let job = checked_job(&text, file)?;
     not_a_remote(st, &job)?;
+    names_exist(st, &job)?;
     st.set_job_template(id, &text, &job.vms)?;
     Ok(())
 }
@@ -400,8 +449,7 @@ pub fn create_datastore(st: &mut State, location: &str, f: &FileText) -> Result<
         )));
     }
     let next = st.datastores()?.last().map_or(0, |d| d.id) + 1;
-    let (name, _) =
-        model::datastore(next, &f.text, location).map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let name = checked_datastore(location, next, f)?;
     let id = st.add_datastore(&name, &f.text)?;
     Ok(Created { id })
 }
@@ -425,8 +473,24 @@ pub fn delete_datastore(st: &mut State, id: u64) -> Result<(), Error> {
 
 /// A remote's template checked as a datastore's, with the id it has or will get; its name.
 fn remote_name(location: &str, id: u64, f: &FileText) -> Result<String, Error> {
-    let (name, _) =
+    checked_datastore(location, id, f)
+}
+
+/// A datastore's (or remote's) template checked as it is stored: its attribute names (a typo
+/// names the attribute it was meant to be) and every setting's value and range, as the
+/// actions will read them; its name.
+fn checked_datastore(location: &str, id: u64, f: &FileText) -> Result<String, Error> {
+    let t = Template::parse(&f.text).map_err(|x| input(format!("{}: template: {x}", f.name)))?;
+    crate::names::check(&t, backstop_datastore::settings::ATTRIBUTES, "datastore")
+        .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let (name, ds) =
         model::datastore(id, &f.text, location).map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let root = backstop_protocol::xml::Element::parse(&ds.document)
+        .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let parsed = backstop_protocol::message::Datastore::from_xml(&root)
+        .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    backstop_datastore::settings::Settings::of(&parsed)
+        .map_err(|x| input(format!("{}: {}", f.name, x.message)))?;
     Ok(name)
 }
 
