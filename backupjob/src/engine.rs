@@ -48,6 +48,11 @@ pub enum Event {
         vm: u64,
         reason: String,
     },
+    /// Something done to a datastore before the run (a password change completed).
+    Datastore {
+        datastore: u64,
+        line: String,
+    },
 }
 
 fn now() -> i64 {
@@ -186,6 +191,11 @@ pub fn reconcile(
     on_event: &mut impl FnMut(u64, &Event),
 ) -> Result<usize, Error> {
     state.close_dead_runs(now())?;
+    // A password change a killed command left half done is completed first: every
+    // repository keeps opening with the template's password meanwhile (docs/rekey.md).
+    for (datastore, line) in crate::rekey::complete_all(env, state) {
+        on_event(0, &Event::Datastore { datastore, line });
+    }
     let orphans = state.orphans(backstop_image::process::ProcessId::is_running)?;
     let mut settled = 0;
     for crate::state::Orphan {

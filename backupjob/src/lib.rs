@@ -29,6 +29,7 @@ pub mod notify;
 pub mod oned;
 pub mod ops;
 pub mod pool;
+pub mod rekey;
 pub mod retention;
 pub mod runner;
 pub mod schedule;

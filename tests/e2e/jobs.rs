@@ -756,7 +756,17 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
     );
     assert!(!text.contains("TEMPLATE CONTENTS\nSCHED_ACTION"), "{text}");
 
-    // A job from flags alone; then deleted again.
+    // A job from flags alone; then deleted again. Its VMs are registered first: a job naming
+    // a VM that is not is refused.
+    for vm in [31, 32] {
+        fs::write(
+            work.join(format!("vm{vm}.xml")),
+            format!("<VM><ID>{vm}</ID><NAME>vm{vm}</NAME><TEMPLATE/></VM>"),
+        )
+        .expect("vm doc");
+        let out = bj(&["vm", "register", &file(&format!("vm{vm}.xml"))]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
     let out = bj(&[
         "create",
         "--name",
@@ -779,6 +789,9 @@ fn backupjob_shows_restores_and_refuses_what_would_orphan() {
     assert_eq!(list[1]["priority"], 70, "{list}");
     assert!(bj(&["show", "2"]).stdout.contains("KEEP_LAST = \"2\""));
     assert_eq!(bj(&["delete", "2"]).code, Some(0));
+    for vm in ["31", "32"] {
+        assert_eq!(bj(&["vm", "unregister", vm]).code, Some(0));
+    }
     let out = bj(&["create", "--vms", "33"]);
     assert!(out.stderr.contains("NAME is missing"), "{out:?}");
 

@@ -18,6 +18,7 @@ mod notify;
 mod oned_mock;
 mod oned_mode;
 mod oned_real;
+mod rekey;
 mod remotes;
 mod repo_cli;
 mod retention;

@@ -96,6 +96,10 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
 
     // oned's backup datastore, under its id; a job naming VM a and the label `nightly`.
     runner_ok(&o, &state, &["datastore", "import", &ds]);
+    // oned holds that template: the runner does not change it.
+    let out = runner(&o, &state, &["datastore", "update", &ds, "/dev/null"], &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("onedatastore update"), "{}", out.stderr);
     let job = work.path().join("job.tmpl");
     std::fs::write(
         &job,

@@ -454,6 +454,107 @@ pub fn create_datastore(st: &mut State, location: &str, f: &FileText) -> Result<
     Ok(Created { id })
 }
 
+/// What `datastore update` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreUpdated {
+    /// The template changed; the password did not.
+    Template,
+    /// The password changed: every repository was given a key for the new one and lost the
+    /// old one's (docs/rekey.md).
+    Rekeyed(crate::rekey::Rekeyed),
+}
+
+impl fmt::Display for DatastoreUpdated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatastoreUpdated::Template => f.write_str("datastore updated"),
+            DatastoreUpdated::Rekeyed(r) => write!(
+                f,
+                "datastore updated; new password: {} repositories re-keyed ({} keys added, {} removed)",
+                r.repositories, r.keys_added, r.keys_removed
+            ),
+        }
+    }
+}
+
+/// Replaces datastore `id`'s template with a file's (or merges the file's attributes into it
+/// with `append`), checked as at create. A new RESTIC_PASSWORD re-keys every repository under
+/// the datastore first (docs/rekey.md): a key for the new password is added to each before
+/// the template changes, the old password's keys are removed after, so every repository opens
+/// with the template's password at every moment. A change that moves the repositories too is
+/// refused. oned's datastores are changed in oned (`onedatastore update`).
+pub fn update_datastore(
+    env: &crate::runner::Env,
+    st: &mut State,
+    id: u64,
+    f: &FileText,
+    append: bool,
+) -> Result<DatastoreUpdated, Error> {
+    let crate::state::Named { template: old, .. } = st
+        .datastores()?
+        .into_iter()
+        .find(|d| d.id == id)
+        .ok_or_else(|| input(format!("there is no datastore {id}")))?;
+    if crate::oned::is_oned(&old) {
+        return Err(input(format!(
+            "datastore {id} is oned's: change it with onedatastore update {id}"
+        )));
+    }
+    let new = Template::parse(&f.text).map_err(|x| input(format!("{}: template: {x}", f.name)))?;
+    let mut merged = if append {
+        Template::parse(&old).map_err(|x| input(format!("datastore {id}: {x}")))?
+    } else {
+        Template::default()
+    };
+    for a in &new.attributes {
+        merged
+            .attributes
+            .retain(|b| !b.name.eq_ignore_ascii_case(&a.name));
+        merged.attributes.push(a.clone());
+    }
+    let text = merged
+        .render()
+        .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    let checked = FileText {
+        text: text.clone(),
+        name: f.name.clone(),
+    };
+    let name = checked_datastore(&env.datastore_location, id, &checked)?;
+    if let Some(pending) = st.rekey(id)? {
+        // The same change given again completes it; another waits for it.
+        if pending.new_template != text {
+            return Err(input(format!(
+                "a password change of datastore {id} is under way; give the same template again to complete it first"
+            )));
+        }
+        return Ok(DatastoreUpdated::Rekeyed(crate::rekey::complete(
+            env, st, id,
+        )?));
+    }
+    let (_, before) = crate::rekey::parsed(env, id, &old)?;
+    let (_, after) = crate::rekey::parsed(env, id, &text)?;
+    let password = |ds: &backstop_protocol::message::Datastore| {
+        backstop_datastore::target::password(ds).map_err(Error::from)
+    };
+    if password(&before)? == password(&after)? {
+        st.update_datastore(id, &name, &text)?;
+        return Ok(DatastoreUpdated::Template);
+    }
+    if let Some(moved) = crate::rekey::LOCATION.iter().find(|a| {
+        before.attribute(a) != after.attribute(a)
+            || (**a == "BASE_PATH" && before.base_path != after.base_path)
+    }) {
+        return Err(input(format!(
+            "{}: RESTIC_PASSWORD and {moved} both change: change the password and where the repositories are in two updates",
+            f.name
+        )));
+    }
+    st.begin_rekey(id, &text, jiff::Timestamp::now().as_second())?;
+    Ok(DatastoreUpdated::Rekeyed(crate::rekey::complete(
+        env, st, id,
+    )?))
+}
+
 /// The backup jobs that name datastore `id`.
 pub fn jobs_using(st: &State, id: u64) -> Result<Vec<u64>, Error> {
     Ok(st

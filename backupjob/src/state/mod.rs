@@ -16,6 +16,7 @@ mod discovered;
 mod images;
 mod inventory;
 mod mirrored;
+mod rekeys;
 mod rows;
 mod schedules;
 mod schema;
@@ -23,6 +24,7 @@ pub mod secrets;
 pub mod sync;
 
 pub use mirrored::MirroredImage;
+pub use rekeys::{Rekey, RekeyPhase};
 pub use rows::{Chain, JobRow, JobStatus, LastRun, Named, Orphan, SchedActionRow, VerifyJobRow};
 use schedules::insert_sched_action;
 pub use schema::MIGRATIONS;

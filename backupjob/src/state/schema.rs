@@ -157,4 +157,15 @@ pub const MIGRATIONS: &[&str] = &[
                     ELSE coalesce(v.last_run, 0) END,
                CASE WHEN n.i = v.runs THEN v.runner END
         FROM verify_jobs v JOIN n ON n.i <= v.runs ORDER BY v.id, n.i;",
+    // 11: a datastore's password being changed (docs/rekey.md): its old and new templates
+    // (secrets sealed) and how far the change got: ADDING (a key for the new password is
+    // being added to every repository; the datastore's template is still the old one) or
+    // REMOVING (the template is the new one; the old password's keys are being removed).
+    "CREATE TABLE rekeys (
+        datastore_id INTEGER PRIMARY KEY,
+        old_template TEXT NOT NULL,
+        new_template TEXT NOT NULL,
+        phase TEXT NOT NULL CHECK (phase IN ('ADDING', 'REMOVING')),
+        started_at INTEGER NOT NULL
+     );",
 ];

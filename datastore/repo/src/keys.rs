@@ -118,6 +118,27 @@ fn try_key(storage: &dyn Storage, id: &rustic_core::Id, password: &str) -> Tried
     }
 }
 
+/// The key files `password` opens, and the master key each gives.
+pub(crate) fn keys_opened_by(
+    storage: &dyn Storage,
+    password: &str,
+) -> Result<Vec<(rustic_core::Id, MasterKey)>, Error> {
+    let location = storage.location();
+    let ids = storage.list(FileType::Key).map_err(|e| {
+        Error::new(
+            ErrorKind::Repository,
+            format!("cannot list the key files of the repository at {location}: {e}"),
+        )
+    })?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| match try_key(storage, &id, password) {
+            Tried::Opened(master) => Some((id, master)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The master key that `password` opens, from the first key file it opens.
 pub(crate) fn master_key(storage: &dyn Storage, password: &str) -> Result<MasterKey, Error> {
     let location = storage.location();

@@ -271,6 +271,71 @@ impl Repo {
         Self::from_rustic(backend, location, &repo)
     }
 
+    /// Makes `password` open this repository too, as `restic key add` does (a key file
+    /// sealing this repository's master key with a key scrypt derives from `password`), unless
+    /// a key file opens with it already. Whether a key file was added. The new key is read
+    /// back and must give this repository's master key.
+    pub fn add_password(&self, password: &str) -> Result<bool, Error> {
+        if self.opened_by(password)? {
+            return Ok(false);
+        }
+        keys::gate::hold(keys::NEW_KEY_MEMORY, || {
+            self.rustic()?
+                .add_key(password, &KeyOptions::default())
+                .map_err(|e| rustic_error(&format!("cannot add a key to {}", self.location), &e))
+        })?;
+        if !self.opened_by(password)? {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!(
+                    "the key added to {} does not open it; nothing else was changed",
+                    self.location
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Whether a key file opens with `password` and gives this repository's master key.
+    pub fn opened_by(&self, password: &str) -> Result<bool, Error> {
+        let mine = serde_json::to_vec(&self.master).unwrap_or_default();
+        Ok(keys::keys_opened_by(self.backend.as_ref(), password)?
+            .iter()
+            .any(|(_, m)| serde_json::to_vec(m).unwrap_or_default() == mine))
+    }
+
+    /// Removes every key file `old` opens, as `restic key remove` does, once `keep` opens one
+    /// that gives this repository's master key (so the repository never becomes unreadable);
+    /// how many were removed.
+    pub fn remove_password(&self, old: &str, keep: &str) -> Result<usize, Error> {
+        if !self.opened_by(keep)? {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!(
+                    "the repository at {} does not open with the password to keep; no key was removed",
+                    self.location
+                ),
+            ));
+        }
+        let kept: Vec<rustic_core::Id> = keys::keys_opened_by(self.backend.as_ref(), keep)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut removed = 0;
+        for (id, _) in keys::keys_opened_by(self.backend.as_ref(), old)? {
+            if kept.contains(&id) {
+                continue;
+            }
+            self.backend
+                .remove(FileType::Key, &id, false)
+                .map_err(|e| {
+                    rustic_error(&format!("cannot remove a key of {}", self.location), &e)
+                })?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Starts opening an existing repository on a thread of its own. The key derivation is
     /// slow by design (scrypt); a backup reads, hashes and compresses meanwhile (see
     /// `writer::backup_opening`).

@@ -210,6 +210,15 @@ pub(crate) enum DatastoreCommand {
     },
     /// Delete a datastore no job names and no backup image lives in (the repository stays).
     Delete { id: u64 },
+    /// Replace a datastore's template with a file's (or merge it in with --append), checked
+    /// as at create. A new RESTIC_PASSWORD re-keys every repository under it: a key for the
+    /// new password is added to each before the old one's is removed.
+    Update {
+        id: u64,
+        file: PathBuf,
+        #[arg(long)]
+        append: bool,
+    },
     /// Use OpenNebula's backup datastore ID (OpenNebula mode): jobs backing up into it take
     /// their VMs from oned at each run and back them up through oned. oned is found as
     /// OpenNebula's tools find it (ONE_XMLRPC, ONE_AUTH, ~/.one/one_auth) unless given here.
@@ -511,6 +520,7 @@ fn event_line(ev: &Event) -> String {
         Event::Done { vm, line } | Event::Note { vm, line } => format!("VM {vm}: {line}"),
         Event::Settled { vm, line } => format!("VM {vm}: {line}"),
         Event::Failed { vm, reason } => format!("VM {vm}: ERROR: {reason}"),
+        Event::Datastore { datastore, line } => format!("datastore {datastore}: {line}"),
     }
 }
 
@@ -632,6 +642,13 @@ impl Reporter {
                 }
                 let _ = writeln!(out, "{line}");
             }
+            Event::Datastore { .. } => {
+                if self.drawn {
+                    let _ = write!(out, "\r\x1b[K");
+                    self.drawn = false;
+                }
+                let _ = writeln!(out, "{line}");
+            }
         }
     }
 }
@@ -675,6 +692,16 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             DatastoreCommand::List { json } => datastores::list(st, json)?,
             DatastoreCommand::Show { id, json } => datastores::show(st, args, *id, *json)?,
             DatastoreCommand::Delete { id } => ops::definitions::delete_datastore(st, *id)?,
+            DatastoreCommand::Update { id, file, append } => print(
+                &ops::definitions::update_datastore(
+                    &env(args),
+                    st,
+                    *id,
+                    &file_text(file)?,
+                    *append,
+                )?
+                .to_string(),
+            )?,
             DatastoreCommand::Import { id, endpoint, auth } => print(
                 &ops::definitions::import_datastore(st, *id, endpoint.as_deref(), auth.as_deref())?
                     .to_string(),
