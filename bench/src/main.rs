@@ -36,6 +36,8 @@ mod peers;
 mod report;
 mod run;
 mod s3;
+mod oned_scale;
+mod scale;
 mod sshd;
 mod sync;
 mod tick;
@@ -79,6 +81,11 @@ struct Args {
     /// Run only the scheduler tick measurement.
     #[arg(long)]
     only_tick: bool,
+    /// Run only the cloud-scale rows: the scheduler tick over 100,000 VMs, the dashboard over
+    /// a generated state of 10,000 VMs and 500,000 increments, and (with
+    /// BACKSTOP_ONED_REFERENCE) one inventory pass over 10,000 VMs of a real oned.
+    #[arg(long)]
+    only_scale: bool,
     /// The rustic binary to time beside restic (default: `rustic` on PATH, if any).
     #[arg(long)]
     rustic: Option<PathBuf>,
@@ -102,6 +109,15 @@ fn main() {
         "build backstop first: cargo build --release (looked for {})",
         backstop.display()
     );
+    if args.only_scale {
+        tick::tick_benchmark();
+        scale::dashboard_rows(&work, &backstop);
+        oned_scale::inventory_row(&work);
+        if !args.keep && args.work.is_none() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        return;
+    }
     if args.only_sync {
         if let Some(rows) = sync::rows(&work, &backstop, args.flatten_mib, args.flatten_links) {
             rows.print();

@@ -167,12 +167,31 @@ impl Snapshot {
             });
         }
         let mut images = Vec::new();
+        // Each datastore's verdicts read once, found by repository and the snapshot id's
+        // first 8 characters (a source is a snapshot id or its first 8 characters).
+        let mut verdicts_of: std::collections::HashMap<
+            u64,
+            std::collections::HashMap<
+                (String, String),
+                Vec<backstop_backupjob::state::sync::Verdict>,
+            >,
+        > = std::collections::HashMap::new();
         for img in st.all_images().map_err(read_err)? {
             let repo = match img.job_id {
                 Some(j) => format!("job_{j}"),
                 None => img.vm_id.to_string(),
             };
-            let verdicts = st.verdicts(img.datastore_id, &repo).map_err(read_err)?;
+            let by = match verdicts_of.entry(img.datastore_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut by = std::collections::HashMap::<_, Vec<_>>::new();
+                    for v in st.verdicts_in(img.datastore_id).map_err(read_err)? {
+                        let short: String = v.snapshot.chars().take(8).collect();
+                        by.entry((v.repository.clone(), short)).or_default().push(v);
+                    }
+                    e.insert(by)
+                }
+            };
             images.push(Image {
                 id: img.id,
                 vm: img.vm_id,
@@ -188,22 +207,29 @@ impl Snapshot {
                         source: n.source.clone(),
                         size_mb: n.size_mb,
                         date: n.created_at,
-                        verified: verdicts
-                            .iter()
-                            .find(|v| !n.source.is_empty() && v.snapshot.starts_with(&n.source))
+                        verified: by
+                            .get(&(repo.clone(), n.source.chars().take(8).collect()))
+                            .and_then(|vs| {
+                                vs.iter().find(|v| {
+                                    !n.source.is_empty() && v.snapshot.starts_with(&n.source)
+                                })
+                            })
                             .map(|v| (v.verified_at, v.bad.is_empty())),
                     })
                     .collect(),
             });
         }
         let mut vms = Vec::new();
+        let mut newest: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+        for i in &images {
+            if let Some(d) = i.increments.iter().map(|n| n.date).max() {
+                let e = newest.entry(i.vm).or_insert(d);
+                *e = (*e).max(d);
+            }
+        }
         for backstop_backupjob::state::VmRow { id, name, host, .. } in st.vms().map_err(read_err)? {
             let row = vm_rows.get(&id);
-            let last_backup = images
-                .iter()
-                .filter(|i| i.vm == id)
-                .flat_map(|i| i.increments.iter().map(|n| n.date))
-                .max();
+            let last_backup = newest.get(&id).copied();
             vms.push(Vm {
                 id,
                 name,
@@ -593,10 +619,30 @@ fn job_run(kind: RunKind, id: u64, name: &str, r: &JobRun) -> Run {
 
 /// The run history: each backup point recorded, each VM's last failure, and every run of a
 /// backup, sync or verify job; newest first.
+/// The runs kept for the run history (the page and `/api/runs`): the newest.
+const RUNS_KEPT: usize = 500;
+
 fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
     let mut out = Vec::new();
-    for i in images {
-        for n in &i.increments {
+    // Only the newest backups can be among the runs kept: they are picked first, and only
+    // they are formatted (a state of 500,000 increments otherwise made as many lines).
+    let mut points: Vec<(i64, usize, usize)> = images
+        .iter()
+        .enumerate()
+        .flat_map(|(k, i)| {
+            i.increments
+                .iter()
+                .enumerate()
+                .map(move |(m, n)| (n.date, k, m))
+        })
+        .collect();
+    if points.len() > RUNS_KEPT {
+        points.select_nth_unstable_by_key(RUNS_KEPT - 1, |p| std::cmp::Reverse(p.0));
+        points.truncate(RUNS_KEPT);
+    }
+    for (_, k, m) in points {
+        let (i, n) = (&images[k], &images[k].increments[m]);
+        {
             out.push(Run {
                 kind: "backup",
                 what: format!("VM {}", i.vm),
@@ -639,6 +685,7 @@ fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
         }
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.started));
+    out.truncate(RUNS_KEPT);
     Ok(out)
 }
 

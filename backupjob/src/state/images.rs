@@ -181,18 +181,55 @@ impl State {
         })
     }
 
-    /// Every backup image: its id, VM, job and datastore.
+    /// Every backup image with its increments, in two queries (a state of 500,000
+    /// increments is read in a fraction of a second; one query per image took seconds).
     pub fn all_images(&self) -> Result<Vec<ImageRow>, StateError> {
-        let ids: Vec<i64> = {
+        let mut images: Vec<ImageRow> = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT id FROM images ORDER BY id")
+                .prepare(
+                    "SELECT id, vm_id, job_id, datastore_id, protected FROM images ORDER BY id",
+                )
                 .map_err(|e| self.sql(e))?;
             let rows = stmt
-                .query_map([], |r| r.get::<_, i64>(0))
+                .query_map([], |r| {
+                    Ok(ImageRow {
+                        id: r.get::<_, i64>(0)? as u64,
+                        vm_id: r.get::<_, i64>(1)? as u64,
+                        job_id: r.get::<_, Option<i64>>(2)?.map(|j| j as u64),
+                        datastore_id: r.get::<_, i64>(3)? as u64,
+                        protected: r.get(4)?,
+                        increments: Vec::new(),
+                    })
+                })
                 .map_err(|e| self.sql(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
         };
-        ids.into_iter().map(|id| self.image(id as u64)).collect()
+        let at: std::collections::HashMap<u64, usize> =
+            images.iter().enumerate().map(|(k, i)| (i.id, k)).collect();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT image_id, id, source, size_mb, kind, created_at FROM increments
+                 ORDER BY image_id, id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let image = r.get::<_, i64>(0).map_err(|e| self.sql(e))? as u64;
+            let Some(&k) = at.get(&image) else { continue };
+            let row = (|| -> rusqlite::Result<IncrementRow> {
+                Ok(IncrementRow {
+                    id: r.get::<_, i64>(1)? as u64,
+                    source: r.get(2)?,
+                    size_mb: r.get::<_, i64>(3)? as u64,
+                    kind: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
+            })()
+            .map_err(|e| self.sql(e))?;
+            images[k].increments.push(row);
+        }
+        Ok(images)
     }
 }
