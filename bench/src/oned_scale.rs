@@ -64,7 +64,10 @@ pub fn inventory_row(work: &Path) {
     let env = vec![
         ("ONE_LOCATION".to_string(), one.display().to_string()),
         ("ONE_PORT".into(), port.to_string()),
-        ("ONE_AUTH".into(), one.join("etc/one_auth").display().to_string()),
+        (
+            "ONE_AUTH".into(),
+            one.join("etc/one_auth").display().to_string(),
+        ),
         ("RUBYLIB".into(), one.join("lib/ruby").display().to_string()),
         ("PATH".into(), path),
     ];
@@ -131,7 +134,9 @@ pub fn inventory_row(work: &Path) {
     println!(
         "oned inventory pass over {} VMs of a real oned 7.4.0 ({} pages of {}): median {:.2} s of 3 (max {:.2}); {} chosen by label (VMs made in {:.0} s)",
         found.0,
-        found.0.div_ceil(backstop_backupjob::oned::inventory::PAGE as usize),
+        found
+            .0
+            .div_ceil(backstop_backupjob::oned::inventory::PAGE as usize),
         backstop_backupjob::oned::inventory::PAGE,
         times[1],
         times[2],

@@ -60,7 +60,25 @@ pub struct Image {
     pub job: Option<u64>,
     pub datastore: u64,
     pub protected: bool,
+    /// How many points it has, their summed size and the newest one's date: always read.
+    pub points: u64,
+    pub stored_mb: u64,
+    pub newest: Option<i64>,
+    /// Its points one by one: only when the page asks for them ([`Detail`]).
     pub increments: Vec<Increment>,
+}
+
+/// Which images' points a page reads one by one. A state of 500,000 points is summarised
+/// per image from an index; reading every point for every page took seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// None: the overview, the job and datastore pages, the run history, `/api/status`,
+    /// `/metrics`.
+    Summary,
+    /// One VM's images (its page).
+    Vm(u64),
+    /// Every image (`/api/images`).
+    All,
 }
 
 #[derive(Debug, Clone)]
@@ -102,8 +120,13 @@ fn read_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Snapshot {
-    /// Reads the state at `path`.
+    /// Reads the state at `path`, every image's points included.
     pub fn read(path: &Path) -> Result<Snapshot, Error> {
+        Self::read_with(path, Detail::All)
+    }
+
+    /// Reads the state at `path`, the points of the images `detail` names one by one.
+    pub fn read_with(path: &Path, detail: Detail) -> Result<Snapshot, Error> {
         if !path.exists() {
             return Err(Error::State(format!(
                 "there is no state database at {}",
@@ -166,7 +189,27 @@ impl Snapshot {
                     .unwrap_or_default(),
             });
         }
-        let mut images = Vec::new();
+        let mut images: Vec<Image> = st
+            .image_summaries()
+            .map_err(read_err)?
+            .into_iter()
+            .map(|i| Image {
+                id: i.id,
+                vm: i.vm_id,
+                job: i.job_id,
+                datastore: i.datastore_id,
+                protected: i.protected,
+                points: i.points,
+                stored_mb: i.stored_mb,
+                newest: i.newest,
+                increments: Vec::new(),
+            })
+            .collect();
+        let detailed = match detail {
+            Detail::Summary => Vec::new(),
+            Detail::Vm(vm) => st.images_where(Some(vm), None).map_err(read_err)?,
+            Detail::All => st.all_images().map_err(read_err)?,
+        };
         // Each datastore's verdicts read once, found by repository and the snapshot id's
         // first 8 characters (a source is a snapshot id or its first 8 characters).
         let mut verdicts_of: std::collections::HashMap<
@@ -176,7 +219,10 @@ impl Snapshot {
                 Vec<backstop_backupjob::state::sync::Verdict>,
             >,
         > = std::collections::HashMap::new();
-        for img in st.all_images().map_err(read_err)? {
+        let at: std::collections::HashMap<u64, usize> =
+            images.iter().enumerate().map(|(k, i)| (i.id, k)).collect();
+        for img in detailed {
+            let Some(&k) = at.get(&img.id) else { continue };
             let repo = match img.job_id {
                 Some(j) => format!("job_{j}"),
                 None => img.vm_id.to_string(),
@@ -192,37 +238,29 @@ impl Snapshot {
                     e.insert(by)
                 }
             };
-            images.push(Image {
-                id: img.id,
-                vm: img.vm_id,
-                job: img.job_id,
-                datastore: img.datastore_id,
-                protected: img.protected,
-                increments: img
-                    .increments
-                    .iter()
-                    .map(|n| Increment {
-                        id: n.id,
-                        kind: n.kind.clone(),
-                        source: n.source.clone(),
-                        size_mb: n.size_mb,
-                        date: n.created_at,
-                        verified: by
-                            .get(&(repo.clone(), n.source.chars().take(8).collect()))
-                            .and_then(|vs| {
-                                vs.iter().find(|v| {
-                                    !n.source.is_empty() && v.snapshot.starts_with(&n.source)
-                                })
-                            })
-                            .map(|v| (v.verified_at, v.bad.is_empty())),
-                    })
-                    .collect(),
-            });
+            images[k].increments = img
+                .increments
+                .iter()
+                .map(|n| Increment {
+                    id: n.id,
+                    kind: n.kind.clone(),
+                    source: n.source.clone(),
+                    size_mb: n.size_mb,
+                    date: n.created_at,
+                    verified: by
+                        .get(&(repo.clone(), n.source.chars().take(8).collect()))
+                        .and_then(|vs| {
+                            vs.iter()
+                                .find(|v| !n.source.is_empty() && v.snapshot.starts_with(&n.source))
+                        })
+                        .map(|v| (v.verified_at, v.bad.is_empty())),
+                })
+                .collect();
         }
         let mut vms = Vec::new();
         let mut newest: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
         for i in &images {
-            if let Some(d) = i.increments.iter().map(|n| n.date).max() {
+            if let Some(d) = i.newest {
                 let e = newest.entry(i.vm).or_insert(d);
                 *e = (*e).max(d);
             }
@@ -472,7 +510,7 @@ impl Snapshot {
                         .images
                         .iter()
                         .filter(|i| i.datastore == *id)
-                        .flat_map(|i| i.increments.iter().map(|n| n.size_mb))
+                        .map(|i| i.stored_mb)
                         .sum();
                     (format!("{{datastore=\"{id}\"}}"), mb as f64)
                 })
@@ -624,37 +662,23 @@ const RUNS_KEPT: usize = 500;
 
 fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
     let mut out = Vec::new();
-    // Only the newest backups can be among the runs kept: they are picked first, and only
-    // they are formatted (a state of 500,000 increments otherwise made as many lines).
-    let mut points: Vec<(i64, usize, usize)> = images
-        .iter()
-        .enumerate()
-        .flat_map(|(k, i)| {
-            i.increments
-                .iter()
-                .enumerate()
-                .map(move |(m, n)| (n.date, k, m))
-        })
-        .collect();
-    if points.len() > RUNS_KEPT {
-        points.select_nth_unstable_by_key(RUNS_KEPT - 1, |p| std::cmp::Reverse(p.0));
-        points.truncate(RUNS_KEPT);
-    }
-    for (_, k, m) in points {
-        let (i, n) = (&images[k], &images[k].increments[m]);
-        {
-            out.push(Run {
-                kind: "backup",
-                what: format!("VM {}", i.vm),
-                started: n.date,
-                ended: Some(n.date),
-                ok: true,
-                detail: format!(
-                    "image {} increment {} ({}, {} MB)",
-                    i.id, n.id, n.kind, n.size_mb
-                ),
-            });
-        }
+    // Only the newest backups can be among the runs kept: read from the index by time.
+    let vm_of: std::collections::HashMap<u64, u64> = images.iter().map(|i| (i.id, i.vm)).collect();
+    for (image, n) in st.recent_increments(RUNS_KEPT).map_err(read_err)? {
+        let Some(vm) = vm_of.get(&image) else {
+            continue;
+        };
+        out.push(Run {
+            kind: "backup",
+            what: format!("VM {vm}"),
+            started: n.created_at,
+            ended: Some(n.created_at),
+            ok: true,
+            detail: format!(
+                "image {image} increment {} ({}, {} MB)",
+                n.id, n.kind, n.size_mb
+            ),
+        });
     }
     for v in vms.iter().filter(|v| v.state == Some("ERROR")) {
         out.push(Run {

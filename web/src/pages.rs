@@ -234,10 +234,7 @@ fn datastores_table(snap: &Snapshot) -> String {
     }
     for (id, name) in &snap.datastores {
         let imgs: Vec<&Image> = snap.images.iter().filter(|i| i.datastore == *id).collect();
-        let mb: u64 = imgs
-            .iter()
-            .flat_map(|i| i.increments.iter().map(|n| n.size_mb))
-            .sum();
+        let mb: u64 = imgs.iter().map(|i| i.stored_mb).sum();
         body.push_str(&format!(
             "<tr><td><a href=\"/datastores/{id}\">{id} {}</a></td><td>{}</td><td>{}</td></tr>",
             esc(name),
@@ -416,10 +413,34 @@ pub fn job(snap: &Snapshot, id: u64) -> Option<(String, String)> {
     Some((format!("Backup job {id} ({})", j.name), body))
 }
 
+/// A datastore's page: a row per image (its points are on its VM's page), so that a
+/// datastore of 500,000 points is a page of its images, not of every point.
 pub fn datastore(snap: &Snapshot, id: u64) -> Option<(String, String)> {
     let (_, name) = snap.datastores.iter().find(|d| d.0 == id)?;
     let images: Vec<&Image> = snap.images.iter().filter(|i| i.datastore == id).collect();
-    let body = images_table(snap, &images);
+    if images.is_empty() {
+        return Some((
+            format!("Datastore {id} ({name})"),
+            "<p class=\"empty\">No backups yet.</p>".into(),
+        ));
+    }
+    let mut body = String::from(
+        "<table class=\"images\"><tr><th>image</th><th>VM</th><th>job</th><th>points</th>\
+         <th>newest</th><th>stored</th></tr>",
+    );
+    for i in images {
+        body.push_str(&format!(
+            "<tr><td>{}{}</td><td><a href=\"/vms/{vm}\">{vm}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            i.id,
+            if i.protected { " (protected)" } else { "" },
+            i.job.map_or("—".to_string(), |j| format!("<a href=\"/jobs/{j}\">{j}</a>")),
+            i.points,
+            when(i.newest),
+            size(i.stored_mb),
+            vm = i.vm,
+        ));
+    }
+    body.push_str("</table>");
     Some((format!("Datastore {id} ({name})"), body))
 }
 

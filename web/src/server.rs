@@ -1,7 +1,7 @@
 //! The HTTP server: routes, the login, and who may see what ([`crate::auth`]).
 
 use crate::auth::{Credentials, MAX_PASSWORD_BYTES, PasswordChecks, Sessions, same};
-use crate::model::Snapshot;
+use crate::model::{Detail, Snapshot};
 use crate::pages;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Path as UrlPath, State};
@@ -138,11 +138,26 @@ fn router(app: Arc<App>) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/vms/{id}", get(vm))
         .route("/datastores/{id}", get(datastore))
-        .route("/api/status", get(|s, h| api(s, h, Snapshot::status)))
-        .route("/api/jobs", get(|s, h| api(s, h, Snapshot::jobs_json)))
-        .route("/api/vms", get(|s, h| api(s, h, Snapshot::vms_json)))
-        .route("/api/images", get(|s, h| api(s, h, Snapshot::images_json)))
-        .route("/api/runs", get(|s, h| api(s, h, Snapshot::runs_json)))
+        .route(
+            "/api/status",
+            get(|s, h| api(s, h, (Detail::Summary, Snapshot::status))),
+        )
+        .route(
+            "/api/jobs",
+            get(|s, h| api(s, h, (Detail::Summary, Snapshot::jobs_json))),
+        )
+        .route(
+            "/api/vms",
+            get(|s, h| api(s, h, (Detail::Summary, Snapshot::vms_json))),
+        )
+        .route(
+            "/api/images",
+            get(|s, h| api(s, h, (Detail::All, Snapshot::images_json))),
+        )
+        .route(
+            "/api/runs",
+            get(|s, h| api(s, h, (Detail::Summary, Snapshot::runs_json))),
+        )
         .route("/metrics", get(metrics))
         .route("/api/jobs/{id}/{action}", post(action))
         .route("/login", get(login_form).post(login))
@@ -240,9 +255,9 @@ fn api_guard(app: &App, headers: &HeaderMap) -> Result<bool, Box<Response>> {
 
 /// The state as the caller may see it: snapshot ids only for a caller who showed a token or
 /// a session (an id's first 8 hex characters authorise a restore through a backup URL).
-async fn snapshot(app: &App, ids_shown: bool) -> Result<Snapshot, Response> {
+async fn snapshot(app: &App, ids_shown: bool, detail: Detail) -> Result<Snapshot, Response> {
     let path = app.state.clone();
-    match tokio::task::spawn_blocking(move || Snapshot::read(&path)).await {
+    match tokio::task::spawn_blocking(move || Snapshot::read_with(&path, detail)).await {
         Ok(Ok(s)) if ids_shown => Ok(s),
         Ok(Ok(s)) => Ok(s.without_ids()),
         Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
@@ -258,7 +273,7 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match snapshot(&app, ids).await {
+    match snapshot(&app, ids, Detail::Summary).await {
         Ok(s) => html(pages::page(
             "Overview",
             &pages::overview(&s),
@@ -273,7 +288,7 @@ async fn runs(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match snapshot(&app, ids).await {
+    match snapshot(&app, ids, Detail::Summary).await {
         Ok(s) => html(pages::page("Runs", &pages::runs(&s), logout.as_deref())),
         Err(r) => r,
     }
@@ -282,13 +297,14 @@ async fn runs(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 async fn detail(
     app: &App,
     headers: &HeaderMap,
+    points: Detail,
     render: impl FnOnce(&Snapshot) -> Option<(String, String)>,
 ) -> Response {
     let (logout, ids) = match page_guard(app, headers) {
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match snapshot(app, ids).await {
+    match snapshot(app, ids, points).await {
         Ok(s) => match render(&s) {
             Some((title, body)) => html(pages::page(&title, &body, logout.as_deref())),
             None => text(StatusCode::NOT_FOUND, "no such thing"),
@@ -298,11 +314,11 @@ async fn detail(
 }
 
 async fn job(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
-    detail(&app, &h, |s| pages::job(s, id)).await
+    detail(&app, &h, Detail::Summary, |s| pages::job(s, id)).await
 }
 
 async fn vm(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
-    detail(&app, &h, |s| pages::vm(s, id)).await
+    detail(&app, &h, Detail::Vm(id), |s| pages::vm(s, id)).await
 }
 
 async fn datastore(
@@ -310,19 +326,19 @@ async fn datastore(
     UrlPath(id): UrlPath<u64>,
     h: HeaderMap,
 ) -> Response {
-    detail(&app, &h, |s| pages::datastore(s, id)).await
+    detail(&app, &h, Detail::Summary, |s| pages::datastore(s, id)).await
 }
 
 async fn api(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    render: fn(&Snapshot) -> serde_json::Value,
+    (points, render): (Detail, fn(&Snapshot) -> serde_json::Value),
 ) -> Response {
     let ids = match api_guard(&app, &headers) {
         Ok(ids) => ids,
         Err(r) => return *r,
     };
-    match snapshot(&app, ids).await {
+    match snapshot(&app, ids, points).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "application/json")],
             render(&s).to_string(),
@@ -337,7 +353,7 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Ok(ids) => ids,
         Err(r) => return *r,
     };
-    match snapshot(&app, ids).await {
+    match snapshot(&app, ids, Detail::Summary).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             s.metrics(),

@@ -184,15 +184,27 @@ impl State {
     /// Every backup image with its increments, in two queries (a state of 500,000
     /// increments is read in a fraction of a second; one query per image took seconds).
     pub fn all_images(&self) -> Result<Vec<ImageRow>, StateError> {
+        self.images_where(None, None)
+    }
+
+    /// The images of one VM, or of one datastore, with their increments.
+    pub fn images_where(
+        &self,
+        vm: Option<u64>,
+        datastore: Option<u64>,
+    ) -> Result<Vec<ImageRow>, StateError> {
+        let (vm, datastore) = (vm.map(|v| v as i64), datastore.map(|d| d as i64));
         let mut images: Vec<ImageRow> = {
             let mut stmt = self
                 .conn
                 .prepare(
-                    "SELECT id, vm_id, job_id, datastore_id, protected FROM images ORDER BY id",
+                    "SELECT id, vm_id, job_id, datastore_id, protected FROM images
+                     WHERE (?1 IS NULL OR vm_id = ?1) AND (?2 IS NULL OR datastore_id = ?2)
+                     ORDER BY id",
                 )
                 .map_err(|e| self.sql(e))?;
             let rows = stmt
-                .query_map([], |r| {
+                .query_map(params![vm, datastore], |r| {
                     Ok(ImageRow {
                         id: r.get::<_, i64>(0)? as u64,
                         vm_id: r.get::<_, i64>(1)? as u64,
@@ -210,11 +222,15 @@ impl State {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT image_id, id, source, size_mb, kind, created_at FROM increments
-                 ORDER BY image_id, id",
+                "SELECT n.image_id, n.id, n.source, n.size_mb, n.kind, n.created_at
+                 FROM increments n JOIN images i ON i.id = n.image_id
+                 WHERE (?1 IS NULL OR i.vm_id = ?1) AND (?2 IS NULL OR i.datastore_id = ?2)
+                 ORDER BY n.image_id, n.id",
             )
             .map_err(|e| self.sql(e))?;
-        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        let mut rows = stmt
+            .query(params![vm, datastore])
+            .map_err(|e| self.sql(e))?;
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
             let image = r.get::<_, i64>(0).map_err(|e| self.sql(e))? as u64;
             let Some(&k) = at.get(&image) else { continue };
@@ -231,5 +247,81 @@ impl State {
             images[k].increments.push(row);
         }
         Ok(images)
+    }
+
+    /// Every image with what the dashboard shows of its points without reading them: how
+    /// many, their summed size and the newest date (from the index schema 12 adds).
+    pub fn image_summaries(&self) -> Result<Vec<ImageSummary>, StateError> {
+        let mut images: Vec<ImageSummary> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT id, vm_id, job_id, datastore_id, protected FROM images ORDER BY id",
+                )
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(ImageSummary {
+                        id: r.get::<_, i64>(0)? as u64,
+                        vm_id: r.get::<_, i64>(1)? as u64,
+                        job_id: r.get::<_, Option<i64>>(2)?.map(|j| j as u64),
+                        datastore_id: r.get::<_, i64>(3)? as u64,
+                        protected: r.get(4)?,
+                        points: 0,
+                        stored_mb: 0,
+                        newest: None,
+                    })
+                })
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        let at: std::collections::HashMap<u64, usize> =
+            images.iter().enumerate().map(|(k, i)| (i.id, k)).collect();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT image_id, count(*), sum(size_mb), max(created_at) FROM increments
+                 INDEXED BY increments_summary GROUP BY image_id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let got = (|| -> rusqlite::Result<(i64, i64, i64, i64)> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })()
+            .map_err(|e| self.sql(e))?;
+            if let Some(&k) = at.get(&(got.0 as u64)) {
+                images[k].points = got.1 as u64;
+                images[k].stored_mb = got.2 as u64;
+                images[k].newest = Some(got.3);
+            }
+        }
+        Ok(images)
+    }
+
+    /// The `limit` newest points of every image: (image, increment), newest first.
+    pub fn recent_increments(&self, limit: usize) -> Result<Vec<(u64, IncrementRow)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT image_id, id, source, size_mb, kind, created_at FROM increments
+                 INDEXED BY increments_by_time ORDER BY created_at DESC LIMIT ?1",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    IncrementRow {
+                        id: r.get::<_, i64>(1)? as u64,
+                        source: r.get(2)?,
+                        size_mb: r.get::<_, i64>(3)? as u64,
+                        kind: r.get(4)?,
+                        created_at: r.get(5)?,
+                    },
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 }

@@ -101,6 +101,19 @@ pub struct ImageRow {
     pub increments: Vec<IncrementRow>,
 }
 
+/// An image with a summary of its points (the dashboard's view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub id: u64,
+    pub vm_id: u64,
+    pub job_id: Option<u64>,
+    pub datastore_id: u64,
+    pub protected: bool,
+    pub points: u64,
+    pub stored_mb: u64,
+    pub newest: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncrementRow {
     pub id: u64,
