@@ -679,6 +679,14 @@ pub fn run_jobs(
         }
     }
     let ctx_of = |job: u64| jobs.iter().find(|j| j.0 == job).map(|j| &j.1);
+    // OpenNebula mode: the backups asked of oned stay within oned's own limits.
+    let oned_limits = jobs.iter().find_map(|j| j.1.oned.clone()).map(|client| {
+        match crate::oned::config(&client) {
+            Ok(conf) => crate::oned::within_oned_limits(limits, &conf),
+            Err(_) => *limits,
+        }
+    });
+    let limits = oned_limits.as_ref().unwrap_or(limits);
 
     type Finished = (u64, u64, Result<Backed, Error>);
     let (tx, rx) = mpsc::channel::<Finished>();

@@ -87,6 +87,9 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
     make_image(&image_b);
     let a = o.stopped_vm("mode-a", &image_a);
     let b = o.stopped_vm("mode-b", &image_b);
+    let image_c = o.images.path().join("c.qcow2");
+    make_image(&image_c);
+    let c = o.stopped_vm("mode-c", &image_c);
     // The second host after the VMs, so that both start on localhost.
     o.add_fake_host_named("127.0.0.2");
     let labels = o.template("labels.tmpl", "LABELS = \"nightly/db\"\n");
@@ -212,6 +215,29 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
     let source = first(&restored().expect("restored"), "SOURCE");
     crate::stock::compare(Path::new(&source), &expected("a1"));
 
+    // One of oned's backup jobs (holding VM c) made a runner job: refused while oned's job
+    // holds the VM, unless taken over; then oned's job is empty and the runner's job backs c
+    // up through oned.
+    let bj = o.template(
+        "bj.tmpl",
+        &format!(
+            "NAME = \"onejob\"\nBACKUP_VMS = \"{c}\"\nDATASTORE_ID = {ds}\nMODE = \"FULL\"\nPRIORITY = 60\n"
+        ),
+    );
+    let bj = crate::oned_real::id_line(&o.cli_ok("onebackupjob", &["create", &bj]));
+    let out = runner(&o, &state, &["import", &bj], &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("--take-over"), "{}", out.stderr);
+    let out = runner_ok(&o, &state, &["import", &bj, "--take-over"]);
+    assert_eq!(out.trim(), "ID: 2");
+    assert_eq!(first(&o.xml("onebackupjob", &bj), "BACKUP_VMS"), "");
+    let out = runner_ok(&o, &state, &["backup", "2"]);
+    assert!(out.contains(&format!("VM {c}: backup ")), "{out}");
+    assert_eq!(backup_ids(&o, c).len(), 1, "{}", o.vm_log(c));
+    let show = runner_ok(&o, &state, &["show", "2", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&show).expect("show json");
+    assert_eq!(show["priority"], 60, "{show}");
+
     // oned refusing the credentials, or not there: one line naming oned, nothing recorded.
     let images_before = runner_images(&o, &state);
     let bad_auth = work.path().join("bad_auth");
@@ -267,7 +293,11 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
     }
     let mut want = vec![(backup_ids(&o, a)[0], a, 1), (backup_ids(&o, b)[0], b, 1)];
     want.sort();
-    assert_eq!(runner_images(&o, &state), want);
+    let got: Vec<_> = runner_images(&o, &state)
+        .into_iter()
+        .filter(|i| i.1 != c)
+        .collect();
+    assert_eq!(got, want);
 
     // VM b deleted in oned: said, and it leaves the job; a is backed up again.
     o.cli_ok("onevm", &["terminate", "--hard", &b.to_string()]);

@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod images;
+pub mod import;
 pub mod inventory;
 
 use crate::Error;
@@ -64,4 +65,71 @@ pub fn datastore(client: &OnedClient, id: u64) -> Result<(String, BackupDatastor
             document: root.to_xml(),
         },
     ))
+}
+
+/// The tighter of two limits, 0 being none.
+fn tighter(a: u32, b: u32) -> u32 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
+    }
+}
+
+/// The runner's limits within oned's own (`MAX_BACKUPS`, `MAX_BACKUPS_HOST` of oned.conf, as
+/// `one.system.config` gives them): the backups the runner asks of oned never exceed what oned
+/// allows its own backup jobs. `config` is that document; what it lacks limits nothing.
+pub fn within_oned_limits(
+    limits: &crate::scheduler::Limits,
+    config: &str,
+) -> crate::scheduler::Limits {
+    let root = backstop_protocol::xml::Element::parse(config).ok();
+    let get = |name: &str| -> u32 {
+        root.as_ref()
+            .and_then(|r| r.text_at(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    crate::scheduler::Limits {
+        max_backups: tighter(limits.max_backups, get("MAX_BACKUPS")),
+        max_backups_host: tighter(limits.max_backups_host, get("MAX_BACKUPS_HOST")),
+        ..*limits
+    }
+}
+
+/// oned's configuration document (`one.system.config`), or why it could not be read.
+pub fn config(client: &OnedClient) -> Result<String, Error> {
+    match client.call("one.system.config", &[])? {
+        backstop_protocol::xmlrpc::Value::Str(xml) => Ok(xml),
+        other => Err(input(format!(
+            "one.system.config returned {other:?}, not a document"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Limits;
+
+    #[test]
+    fn the_runner_stays_within_oneds_backup_limits() {
+        let conf = "<OPENNEBULA_CONFIGURATION><MAX_BACKUPS>3</MAX_BACKUPS>\
+                    <MAX_BACKUPS_HOST>0</MAX_BACKUPS_HOST></OPENNEBULA_CONFIGURATION>";
+        let runner = Limits {
+            max_backups: 5,
+            max_backups_host: 2,
+            ..Limits::default()
+        };
+        let l = within_oned_limits(&runner, conf);
+        assert_eq!((l.max_backups, l.max_backups_host), (3, 2));
+        let unlimited = Limits {
+            max_backups: 0,
+            max_backups_host: 0,
+            ..Limits::default()
+        };
+        let l = within_oned_limits(&unlimited, conf);
+        assert_eq!((l.max_backups, l.max_backups_host), (3, 0));
+        let l = within_oned_limits(&runner, "not xml");
+        assert_eq!((l.max_backups, l.max_backups_host), (5, 2));
+    }
 }

@@ -177,6 +177,22 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 10)]
         max_delete: usize,
     },
+    /// Make one of OpenNebula's backup jobs a job of this runner (OpenNebula mode): its
+    /// template, priority and scheduled actions; its datastore is imported when needed.
+    Import {
+        /// oned's backup job id.
+        id: u64,
+        /// Empty the oned job's BACKUP_VMS once the runner's job exists (oned refuses other
+        /// backups of a VM its job holds; it starts their INCREMENT chains anew).
+        #[arg(long)]
+        take_over: bool,
+        /// oned's XML-RPC endpoint (else ONE_XMLRPC, as for the one* commands).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// A file holding user:password for oned (else ONE_AUTH, ~/.one/one_auth).
+        #[arg(long)]
+        auth: Option<PathBuf>,
+    },
     /// Record in the state the backups already in a datastore's repositories (images,
     /// increments, VMs, jobs), so that a lost state is rebuilt from the repositories; what the
     /// state holds is left as it is.
@@ -787,6 +803,27 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
         Command::SchedAdd(a) => schedules::add(st, a)?,
         Command::SchedUpdate(u) => schedules::update(st, u)?,
         Command::SchedDelete { id, sched_id } => st.delete_sched_action(*id, *sched_id)?,
+        Command::Import {
+            id,
+            take_over,
+            endpoint,
+            auth,
+        } => {
+            let client = backstop_protocol::oned::OnedClient::configured(
+                endpoint.as_deref(),
+                auth.as_deref(),
+            )?;
+            print(
+                &backstop_backupjob::oned::import::import_job(
+                    st,
+                    &client,
+                    *id,
+                    *take_over,
+                    (endpoint.as_deref(), auth.as_deref()),
+                )?
+                .to_string(),
+            )?
+        }
         Command::Discover { datastore } => {
             print(&ops::runs::discover(&env(args), st, *datastore)?.to_string())?
         }
