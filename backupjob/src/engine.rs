@@ -114,6 +114,20 @@ struct JobContext {
 }
 
 impl JobContext {
+    /// The job the state records this job's images under, which also names their repository
+    /// (`job_<id>`, or the VM's own for none). oned's backups of a VM go to the VM's own
+    /// repository (`one.vm.backup` names no backup job), so in OpenNebula mode a VM's images
+    /// are recorded under no job: the job's images are its VMs' in its datastore.
+    fn images_job(&self, job_id: u64) -> Option<u64> {
+        if self.oned.is_some() {
+            None
+        } else {
+            Some(job_id)
+        }
+    }
+}
+
+impl JobContext {
     fn load(env: &Env, state: &State, job_id: u64) -> Result<JobContext, Error> {
         let crate::state::JobRow {
             priority, template, ..
@@ -322,7 +336,7 @@ fn settle(
     let crate::state::Chain {
         image,
         last_increment: last,
-    } = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
+    } = state.chain_of(vm, ctx.images_job(job_id), ctx.ds.id)?;
     let chain = ChainPointers {
         image_id: image,
         last_increment: last,
@@ -335,7 +349,7 @@ fn settle(
     let ds =
         backstop_protocol::message::Datastore::from_xml(&root).map_err(|e| step(e.to_string()))?;
     let mut recorded = Vec::new();
-    for i in state.images_of(vm, Some(job_id), ctx.ds.id)? {
+    for i in state.images_of(vm, ctx.images_job(job_id), ctx.ds.id)? {
         recorded.extend(state.image(i)?.increments.into_iter().map(|n| n.source));
     }
     // The snapshot's time is the host's clock: allow for some skew.
@@ -383,18 +397,27 @@ fn settle_oned(
     if record.in_backup() {
         return Ok(Settlement::Running);
     }
+    // Only a point the state did not hold can be the interrupted run's backup.
+    let mut held = std::collections::HashSet::new();
+    for i in state.images_of(vm, ctx.images_job(job_id), ctx.ds.id)? {
+        for n in state.image(i)?.increments {
+            held.insert((i, n.id, n.source));
+        }
+    }
     let images = crate::oned::images::mirror(
         state,
         client,
         vm,
         &record.backup_ids,
-        Some(job_id),
+        ctx.images_job(job_id),
         ctx.ds.id,
     )?;
-    let since = (since_ms - CLOCK_SKEW_MS) / 1000;
+    // oned stamps its points with its own clock; the runner's may differ a little.
+    let since = (since_ms - ONED_CLOCK_SKEW_MS) / 1000;
     let newest = images
         .iter()
         .flat_map(|i| i.increments.iter().map(move |n| (i.id, n)))
+        .filter(|(i, n)| !held.contains(&(*i, n.id, n.source.clone())))
         .filter(|(_, n)| n.created_at >= since)
         .max_by_key(|(_, n)| n.created_at);
     Ok(match newest {
@@ -407,6 +430,9 @@ fn settle_oned(
         None => Settlement::NotDone,
     })
 }
+
+/// How far oned's clock (which dates the points) may be behind the runner's.
+const ONED_CLOCK_SKEW_MS: i64 = 60 * 1000;
 
 /// How far the hypervisor's clock (which stamps the snapshot) may be behind the runner's.
 const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
@@ -535,18 +561,28 @@ fn start_run(
         )));
     }
     let mut ctx = JobContext::load(env, state, job_id)?;
-    let mut gone = Vec::new();
-    if let Some(client) = ctx.oned.clone() {
-        gone = take_inventory(state, job_id, &ctx.job, &client, on_event)?;
-        ctx = JobContext::load(env, state, job_id)?;
+    if let Some(r) = state.rekey(ctx.ds.id)? {
+        // What completes it ran first (reconcile) and could not: no backup with a password
+        // that is about to change, or into a repository the change does not know.
+        return Err(input(format!(
+            "backup job {job_id}: the password change of datastore {} begun at {} is not complete (backupjob datastore update {} with the same template completes it; datastore abort-rekey {} gives it up)",
+            r.datastore, r.started_at, r.datastore, r.datastore
+        )));
     }
-    let (current, vms) = view(state, job_id, &ctx)?;
+    let (current, _) = view(state, job_id, &ctx)?;
     if !current.backing_up.is_empty() {
         return Err(input(format!(
             "backup job {job_id} has backups in progress (VMs {:?})",
             current.backing_up
         )));
     }
+    // OpenNebula mode: the job's VMs as oned has them now, once no run of it is under way.
+    let mut gone = Vec::new();
+    if let Some(client) = ctx.oned.clone() {
+        gone = take_inventory(state, job_id, &ctx.job, &client, on_event)?;
+        ctx = JobContext::load(env, state, job_id)?;
+    }
+    let (current, vms) = view(state, job_id, &ctx)?;
     let next = if current.outdated.is_empty() {
         scheduler::execute(&current, &vms, limits).map_err(|e| step(e.to_string()))?
     } else {
@@ -593,14 +629,31 @@ fn take_inventory(
     on_event: &mut impl FnMut(u64, &Event),
 ) -> Result<Vec<(u64, String)>, Error> {
     use crate::oned::inventory;
-    let pool = inventory::read_pool(client, inventory::PAGE)?;
+    let mut pool = inventory::read_pool(client, inventory::PAGE)?;
+    // The VMs the job names or had that the pages did not list are asked for one by one: a
+    // VM deleted while the pages were read shifts them, and one would be missed.
+    let listed: std::collections::HashSet<u64> = pool
+        .iter()
+        .filter(|v| v.state != inventory::DONE)
+        .map(|v| v.id)
+        .collect();
+    let had: Vec<u64> = state.job_vms(job_id)?.iter().map(|r| r.vm_id).collect();
+    let mut asked = std::collections::HashSet::new();
+    for vm in job.vms.iter().chain(had.iter()) {
+        if !listed.contains(vm)
+            && asked.insert(*vm)
+            && let Some(v) = inventory::confirm(client, *vm)?
+        {
+            pool.push(v);
+        }
+    }
     let (chosen, missing) = inventory::select(&pool, &job.vms, &job.labels);
     for v in &chosen {
         state.register_vm(v.id, &v.name, v.host.as_deref(), &v.document)?;
     }
     let mut ids: Vec<u64> = chosen.iter().map(|v| v.id).collect();
     ids.extend(&missing);
-    // VMs a label chose before and oned no longer lists leave the job, said once.
+    // VMs a label chose before and oned no longer has leave the job, said once.
     let listed: std::collections::HashSet<u64> = pool
         .iter()
         .filter(|v| v.state != inventory::DONE)
@@ -738,7 +791,7 @@ pub fn run_jobs(
                 let crate::state::Chain {
                     image,
                     last_increment: last,
-                } = state.chain_of(vm, Some(job_id), ctx.ds.id)?;
+                } = state.chain_of(vm, ctx.images_job(job_id), ctx.ds.id)?;
                 let chain = ChainPointers {
                     image_id: image,
                     last_increment: last,
@@ -866,8 +919,14 @@ fn record_oned(
     (job_id, vm): (u64, u64),
     made: &crate::oned::backup::Made,
 ) -> Result<runner::Outcome, Error> {
-    let images =
-        crate::oned::images::mirror(state, client, vm, &made.backup_ids, Some(job_id), ctx.ds.id)?;
+    let images = crate::oned::images::mirror(
+        state,
+        client,
+        vm,
+        &made.backup_ids,
+        ctx.images_job(job_id),
+        ctx.ds.id,
+    )?;
     let increment = images
         .iter()
         .find(|i| i.id == made.image_id)

@@ -87,15 +87,65 @@ pub fn complete(env: &Env, st: &mut State, id: u64) -> Result<Rekeyed, Error> {
         phase = RekeyPhase::Removing;
     }
     if phase == RekeyPhase::Removing {
+        // Listed again: a repository made meanwhile with the old password (a backup that
+        // began before the change) gets the new key here before it loses the old one.
         let repos = target::repositories(&new, &cfg)?;
         done.repositories = repos.len();
         for repo in repos {
-            let opened = target::open_repo(&new, repo, &cfg)?;
+            let opened = match target::open_repo(&new, repo.clone(), &cfg) {
+                Ok(r) => r,
+                Err(first) => {
+                    let r = target::open_repo(&old, repo.clone(), &cfg)
+                        .map_err(|_| Error::from(first))?;
+                    if r.add_password(&new_password)? {
+                        done.keys_added += 1;
+                    }
+                    r
+                }
+            };
             done.keys_removed += opened.remove_password(&old_password, &new_password)?;
         }
         st.end_rekey(id)?;
     }
     Ok(done)
+}
+
+/// Gives up datastore `id`'s change while it has not switched the template (phase ADDING):
+/// from every repository the old password opens, the keys the change added for the new one
+/// are removed again (the old password must still open it), so an abandoned password opens
+/// nothing it was given; then the change is forgotten. Returns the keys removed and the
+/// repositories that could not be opened to check (they may keep a key for the abandoned
+/// password).
+pub fn abort(env: &Env, st: &mut State, id: u64) -> Result<(usize, Vec<String>), Error> {
+    let Some(Rekey {
+        old_template,
+        new_template,
+        phase,
+        ..
+    }) = st.rekey(id)?
+    else {
+        return Err(input(format!(
+            "datastore {id} has no password change under way"
+        )));
+    };
+    if phase == RekeyPhase::Removing {
+        st.abort_rekey(id)?; // refuses, saying why
+    }
+    let cfg = DriverConfig::load(&env.remotes)?;
+    let (_, old) = parsed(env, id, &old_template)?;
+    let (_, new) = parsed(env, id, &new_template)?;
+    let old_password = target::password(&old)?;
+    let new_password = target::password(&new)?;
+    let mut removed = 0;
+    let mut unchecked = Vec::new();
+    for repo in target::repositories(&old, &cfg)? {
+        match target::open_repo(&old, repo.clone(), &cfg) {
+            Ok(r) => removed += r.remove_password(&new_password, &old_password)?,
+            Err(e) => unchecked.push(format!("{repo} ({e})")),
+        }
+    }
+    st.abort_rekey(id)?;
+    Ok((removed, unchecked))
 }
 
 /// Completes every change a killed command left; a line per datastore (what was done, or

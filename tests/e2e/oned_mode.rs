@@ -198,6 +198,24 @@ fn real_oned_runner_backs_up_through_oned_in_opennebula_mode() {
     let repo_a = o.base_path(&ds).join(a.to_string());
     crate::oned_real::assert_restic_dump(&repo_a, &incs[1].2, &expected("a1"));
 
+    // The runner's own restore of that image reads the repository oned's backups went to
+    // (the VM's own: oned's backups name no backup job).
+    let to = work.path().join("restored-a1");
+    runner_ok(
+        &o,
+        &state,
+        &[
+            "image",
+            "restore",
+            &img_a.to_string(),
+            "--increment",
+            "1",
+            "--to",
+            to.to_str().expect("utf-8"),
+        ],
+    );
+    crate::stock::compare(&to.join("disk.0.qcow2"), &expected("a1"));
+
     // Restore through oned: `oneimage restore` of the runner's image runs the downloader.
     let before: Vec<String> = values(&o.cli_ok("oneimage", &["list", "-x"]), "IMAGE")
         .iter()

@@ -18,8 +18,13 @@ fn restic_opens(repo: &Path, password: &str) -> bool {
         .success()
 }
 
+/// The key files of a repository (not the temporary files a write goes through).
 fn key_files(repo: &Path) -> usize {
-    fs::read_dir(repo.join("keys")).map_or(0, |d| d.count())
+    fs::read_dir(repo.join("keys")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    })
 }
 
 struct Site {
@@ -194,4 +199,64 @@ fn a_password_change_killed_midway_is_completed_by_the_next_run() {
     // Nothing is left to complete.
     let out = site.bj(&["scheduler"]);
     assert!(!out.stdout.contains("password change"), "{}", out.stdout);
+}
+
+/// A change killed before it switched the template can be given up: the template keeps the
+/// old password, which still opens every repository; another change then works.
+#[test]
+fn an_unfinished_password_change_can_be_given_up() {
+    let site = Site::new(3);
+    let ds = site.template(OLD, "");
+    assert_eq!(
+        site.bj(&["datastore", "create", ds.to_str().expect("utf-8")])
+            .code,
+        Some(0)
+    );
+    let new = site.template(NEW, "");
+    let args = site.args(&["datastore", "update", "1", new.to_str().expect("utf-8")]);
+    let mut child = std::process::Command::new(BACKSTOP)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while key_files(&site.repos[0]) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no key was added"
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "it ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    // Another change is refused while this one is unfinished.
+    let third = site.template("third-password-3", "");
+    let out = site.bj(&["datastore", "update", "1", third.to_str().expect("utf-8")]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("abort-rekey"), "{}", out.stderr);
+    let out = site.bj(&["datastore", "abort-rekey", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("keys for the abandoned password removed")
+            && !out.stdout.contains("given up (0 keys"),
+        "{}",
+        out.stdout
+    );
+    assert!(site.all_open_with(OLD));
+    assert!(
+        !site.repos.iter().any(|r| restic_opens(r, NEW)),
+        "the abandoned password opens nothing"
+    );
+    let out = site.bj(&["datastore", "abort-rekey", "1"]);
+    assert_eq!(out.code, Some(1), "nothing left to give up: {out:?}");
+    let out = site.bj(&["datastore", "update", "1", third.to_str().expect("utf-8")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(site.all_open_with("third-password-3"));
+    assert!(!site.repos.iter().any(|r| restic_opens(r, OLD)));
 }

@@ -109,9 +109,10 @@ pub fn outcome(vm: u64, before: &Record, after: &Record) -> Result<Made, String>
         });
     }
     Err(match &after.error {
-        Some(e) if before.error.as_ref() != Some(e) => {
-            format!("oned: {}", e.lines().next().unwrap_or_default())
-        }
+        Some(e) if before.error.as_ref() != Some(e) => format!(
+            "oned made no backup of VM {vm}; its USER_TEMPLATE/ERROR says: {}",
+            e.lines().next().unwrap_or_default()
+        ),
         _ => format!("oned made no backup of VM {vm} (onevm show {vm} has its log)"),
     })
 }
@@ -243,7 +244,7 @@ fn wait(client: &OnedClient, vm: u64, cancelled: &dyn Fn() -> bool) -> Result<Re
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > LOST_AFTER {
                     return Err(step(format!(
-                        "lost oned while it backed VM {vm} up ({e}); the next run settles it"
+                        "lost oned while it backed VM {vm} up ({e}); the backup may go on in oned, and the next run backs the VM up again"
                     )));
                 }
                 continue;
@@ -315,7 +316,10 @@ mod tests {
             &rec(&[12], Some((12, 1)), Some("Mon Dec 7: BACKUP: disk full")),
         )
         .expect_err("failed");
-        assert_eq!(e, "oned: Mon Dec 7: BACKUP: disk full");
+        assert_eq!(
+            e,
+            "oned made no backup of VM 4; its USER_TEMPLATE/ERROR says: Mon Dec 7: BACKUP: disk full"
+        );
         let e = outcome(
             4,
             &rec(&[], None, Some("old")),

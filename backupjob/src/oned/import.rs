@@ -45,7 +45,11 @@ pub fn template_of(doc: &str) -> Result<(String, Vec<u64>, u64), String> {
             t.push(a, v.to_string());
         }
     }
-    if let Some(p) = root.text_at("PRIORITY").map(str::trim).filter(|p| !p.is_empty()) {
+    if let Some(p) = root
+        .text_at("PRIORITY")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         t.push("PRIORITY", p.to_string());
     }
     for sa in tmpl.children_named("SCHED_ACTION") {

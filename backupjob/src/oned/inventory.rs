@@ -40,6 +40,15 @@ pub fn parse_page(xml: &str) -> Result<Vec<PoolVm>, String> {
     root.children_named("VM").map(pool_vm).collect()
 }
 
+/// One VM's document (`one.vm.info`) as the pool lists it.
+pub fn parse_vm(xml: &str) -> Result<PoolVm, String> {
+    let root = Element::parse(xml).map_err(|e| format!("a VM: {e}"))?;
+    if root.name != "VM" {
+        return Err(format!("a <{}>, not a <VM>", root.name));
+    }
+    pool_vm(&root)
+}
+
 fn pool_vm(vm: &Element) -> Result<PoolVm, String> {
     let number = |path: &str| -> Result<u64, String> {
         vm.text_at(path)
@@ -114,22 +123,42 @@ pub fn select<'a>(
     (chosen, missing)
 }
 
+/// The most pages one pass reads (500,000 VMs in pages of 500).
+const MAX_PAGES: u64 = 1_000;
+
 /// Every VM oned lists that is not DONE, page by page. A VM created or deleted while the
-/// pages are read may be listed twice (kept once) or be missed until the next run.
+/// pages are read may be listed twice (kept once) or be missed: the caller asks for the VMs it
+/// expected and did not get one by one ([`confirm`]). A page that lists no VM not seen yet
+/// ends the pass (an oned that does not page would otherwise be read for ever).
 pub fn read_pool(client: &OnedClient, page: u64) -> Result<Vec<PoolVm>, Error> {
     let mut all: Vec<PoolVm> = Vec::new();
     let mut seen = BTreeSet::new();
     let mut offset = 0;
-    loop {
+    for _ in 0..MAX_PAGES {
         let xml = client.vm_pool_page(offset, page)?;
         let vms = parse_page(&xml).map_err(|e| step(format!("oned answered: {e}")))?;
         let n = vms.len() as u64;
+        let before = all.len();
         all.extend(vms.into_iter().filter(|v| seen.insert(v.id)));
-        if n < page {
+        if n < page || all.len() == before {
             return Ok(all);
         }
         offset += n;
     }
+    Err(step(format!(
+        "oned listed more than {} pages of {page} VMs; the pass stops there",
+        MAX_PAGES
+    )))
+}
+
+/// A VM the pages did not list, asked for on its own: `None` when oned does not have it (or
+/// it is DONE).
+pub fn confirm(client: &OnedClient, vm: u64) -> Result<Option<PoolVm>, Error> {
+    let Some(doc) = client.document_if_any("one.vm.info", vm)? else {
+        return Ok(None);
+    };
+    let v = parse_vm(&doc).map_err(|e| step(format!("oned's VM {vm}: {e}")))?;
+    Ok((v.state != DONE).then_some(v))
 }
 
 #[cfg(test)]

@@ -154,13 +154,24 @@ pub fn cancel(env: &Env, st: &mut State, options: &CancelOptions) -> Result<Canc
     let id = options.job;
     let crate::state::JobRow { template, .. } = job_row(st, id)?;
     let job = JobTemplate::parse(&template).map_err(|x| input(format!("backup job {id}: {x}")))?;
-    let found = datastore_of(st, &env.datastore_location, job.datastore_id);
-    // OpenNebula mode: oned runs the backups, and cancels them.
-    let oned = match &found {
-        Ok(d) if crate::oned::is_oned(&d.template) => Some(crate::oned::client(&d.template)?),
+    // OpenNebula mode (told by the stored template, without asking oned): oned runs the
+    // backups, and cancels them.
+    let stored = st
+        .datastores()?
+        .into_iter()
+        .find(|d| d.id == job.datastore_id)
+        .map(|d| d.template);
+    let oned = match &stored {
+        Some(t) if crate::oned::is_oned(t) => Some(crate::oned::client(t)?),
         _ => None,
     };
-    let ds_mad = found.map_or_else(|_| "backstop".to_string(), |d| d.datastore.ds_mad);
+    let ds_mad = if oned.is_some() {
+        String::new()
+    } else {
+        datastore_of(st, &env.datastore_location, job.datastore_id)
+            .map_or_else(|_| "backstop".to_string(), |d| d.datastore.ds_mad)
+    };
+    let mut refused = Vec::new();
     let docs = st.vms()?;
     let now = jiff::Timestamp::now().as_millisecond();
     let (mut dropped, mut stopped) = (0, 0);
@@ -173,10 +184,12 @@ pub fn cancel(env: &Env, st: &mut State, options: &CancelOptions) -> Result<Canc
     for r in rows.iter().filter(|r| r.state == Some(VmState::Ongoing)) {
         st.cancel_vm(id, r.vm_id, now)?;
         if let Some(client) = &oned {
-            client
-                .vm_backup_cancel(r.vm_id)
-                .map_err(|x| input(format!("backup_cancel of VM {}: {x}", r.vm_id)))?;
-            stopped += 1;
+            // Each VM asked on its own: one oned refuses (its backup just ended) does not
+            // keep the others running.
+            match client.vm_backup_cancel(r.vm_id) {
+                Ok(()) => stopped += 1,
+                Err(x) => refused.push(format!("VM {}: {x}", r.vm_id)),
+            }
             continue;
         }
         let Some(crate::state::VmRow { document: doc, .. }) = docs.iter().find(|d| d.id == r.vm_id)
@@ -222,6 +235,12 @@ pub fn cancel(env: &Env, st: &mut State, options: &CancelOptions) -> Result<Canc
             )));
         }
         stopped += 1;
+    }
+    if !refused.is_empty() {
+        return Err(input(format!(
+            "backup job {id}: {stopped} running backups stopped; oned refused to cancel {}",
+            refused.join("; ")
+        )));
     }
     Ok(Cancelled {
         job: id,

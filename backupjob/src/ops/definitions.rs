@@ -515,6 +515,12 @@ pub fn update_datastore(
     let text = merged
         .render()
         .map_err(|x| input(format!("{}: {x}", f.name)))?;
+    if crate::oned::is_oned(&text) {
+        return Err(input(format!(
+            "{}: ONED=YES: oned's datastores are added with `backupjob datastore import {id}`",
+            f.name
+        )));
+    }
     let checked = FileText {
         text: text.clone(),
         name: f.name.clone(),
@@ -524,7 +530,7 @@ pub fn update_datastore(
         // The same change given again completes it; another waits for it.
         if pending.new_template != text {
             return Err(input(format!(
-                "a password change of datastore {id} is under way; give the same template again to complete it first"
+                "a password change of datastore {id} is under way; give the same template again to complete it first, or give it up with datastore abort-rekey {id}"
             )));
         }
         return Ok(DatastoreUpdated::Rekeyed(crate::rekey::complete(
@@ -549,10 +555,62 @@ pub fn update_datastore(
             f.name
         )));
     }
-    st.begin_rekey(id, &text, jiff::Timestamp::now().as_second())?;
+    // A run going on holds the old password for its whole length (and may make a repository
+    // with it): the change waits for it. Runs that start later are refused until the change
+    // is complete (engine::start_run).
+    let now = jiff::Timestamp::now().as_second();
+    if let Some((kind, job)) = st.live_runs(now)?.into_iter().next() {
+        return Err(Error::Refused(format!(
+            "a {} run of job {job} is going on; change the password when it has ended",
+            kind.as_str()
+        )));
+    }
+    st.begin_rekey(id, &text, now)?;
     Ok(DatastoreUpdated::Rekeyed(crate::rekey::complete(
         env, st, id,
     )?))
+}
+
+/// What giving up a password change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RekeyAborted {
+    pub datastore: u64,
+    pub keys_removed: usize,
+    /// Repositories that could not be opened to remove the abandoned password's keys.
+    pub unchecked: Vec<String>,
+}
+
+impl fmt::Display for RekeyAborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "datastore {}: the password change was given up ({} keys for the abandoned password removed); its template keeps the old password",
+            self.datastore, self.keys_removed
+        )?;
+        if !self.unchecked.is_empty() {
+            write!(
+                f,
+                "\nnot checked (they may keep a key for the abandoned password): {}",
+                self.unchecked.join("; ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives up datastore `id`'s unfinished password change (one that has not switched the
+/// template yet; see docs/rekey.md).
+pub fn abort_rekey(
+    env: &crate::runner::Env,
+    st: &mut State,
+    id: u64,
+) -> Result<RekeyAborted, Error> {
+    let (keys_removed, unchecked) = crate::rekey::abort(env, st, id)?;
+    Ok(RekeyAborted {
+        datastore: id,
+        keys_removed,
+        unchecked,
+    })
 }
 
 /// The backup jobs that name datastore `id`.

@@ -85,7 +85,14 @@ fn vm_plan(
         protected: bool,
     }
     let mut rows = Vec::new();
-    for image in st.images_of(vm, Some(id), job.datastore_id)? {
+    // In OpenNebula mode a VM's images are recorded under no job (they are in its own
+    // repository): the job's are its VMs' in its datastore.
+    let oned = st
+        .datastores()?
+        .iter()
+        .any(|d| d.id == job.datastore_id && crate::oned::is_oned(&d.template));
+    let images_job = if oned { None } else { Some(id) };
+    for image in st.images_of(vm, images_job, job.datastore_id)? {
         let img = st.image(image)?;
         let row = |increment: Option<u64>, at: i64| Row {
             image,

@@ -161,6 +161,11 @@ impl State {
     /// Deletes a datastore that no job names and no recorded image lives in. `jobs_using` are
     /// the jobs whose template names it (the caller parses templates).
     pub fn delete_datastore(&mut self, id: u64, jobs_using: &[u64]) -> Result<(), StateError> {
+        if self.rekey(id)?.is_some() {
+            return Err(self.invalid(format!(
+                "datastore {id} has a password change under way; complete or abort it first"
+            )));
+        }
         if let Some(j) = jobs_using.first() {
             return Err(self.invalid(format!(
                 "datastore {id} is the DATASTORE_ID of backup job {j}; change or delete the job first"

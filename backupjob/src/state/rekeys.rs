@@ -61,7 +61,8 @@ impl State {
         let n = tx
             .execute(
                 "UPDATE datastores SET template = (SELECT new_template FROM rekeys WHERE datastore_id = ?1),
-                 name = ?2 WHERE id = ?1 AND EXISTS (SELECT 1 FROM rekeys WHERE datastore_id = ?1 AND phase = 'ADDING')",
+                 name = ?2 WHERE id = ?1 AND remote = 0
+                 AND template = (SELECT old_template FROM rekeys WHERE datastore_id = ?1 AND phase = 'ADDING')",
                 params![id as i64, name],
             )
             .map_err(|e| match e {
@@ -81,8 +82,42 @@ impl State {
                 params![id as i64],
             )
             .map_err(err)?;
+        } else {
+            let phase: Option<String> = tx
+                .query_row(
+                    "SELECT phase FROM rekeys WHERE datastore_id = ?1",
+                    params![id as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            // Already switched (an earlier attempt): nothing to do. Otherwise the datastore's
+            // template is no longer the one the change began from: it is not overwritten.
+            if phase.as_deref() != Some("REMOVING") {
+                return Err(StateError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "datastore {id}'s template changed since its password change began; the change is not applied (datastore abort-rekey {id})"
+                    ),
+                });
+            }
         }
         tx.commit().map_err(err)
+    }
+
+    /// Gives up a password change that has not switched the template yet (phase ADDING): the
+    /// keys already added for the new password stay, harmless; the template keeps the old.
+    /// One that switched must be completed (its old keys are partly gone).
+    pub fn abort_rekey(&mut self, id: u64) -> Result<(), StateError> {
+        match self.rekey(id)? {
+            None => Err(self.invalid(format!(
+                "datastore {id} has no password change under way"
+            ))),
+            Some(r) if r.phase == RekeyPhase::Removing => Err(self.invalid(format!(
+                "datastore {id}'s new password is already its template's; the change can only be completed (backupjob datastore update {id} with the same template)"
+            ))),
+            Some(_) => self.end_rekey(id),
+        }
     }
 
     /// The change of datastore `id` is complete.

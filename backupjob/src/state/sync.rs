@@ -13,7 +13,7 @@ pub enum RunKind {
 }
 
 impl RunKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Backup => "backup",
             RunKind::Sync => "sync",
@@ -393,6 +393,31 @@ impl State {
         let live = close_dead_runs(&tx, None, now).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(open - live)
+    }
+
+    /// The runs going on in a live process, after the dead ones are closed: (kind, job).
+    pub fn live_runs(&mut self, now: i64) -> Result<Vec<(RunKind, u64)>, StateError> {
+        self.close_dead_runs(now)?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, job_id FROM job_runs WHERE ended_at IS NULL ORDER BY id")
+            .map_err(|e| self.sql(e))?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.sql(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.sql(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, j)| {
+                let kind = match k.as_str() {
+                    "sync" => RunKind::Sync,
+                    "verify" => RunKind::Verify,
+                    _ => RunKind::Backup,
+                };
+                (kind, j as u64)
+            })
+            .collect())
     }
 
     /// Ends a sync run's record with what it did.

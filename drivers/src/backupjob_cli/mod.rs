@@ -235,6 +235,9 @@ pub(crate) enum DatastoreCommand {
         #[arg(long)]
         append: bool,
     },
+    /// Give up a datastore's unfinished password change (one that has not switched its
+    /// template yet): the keys it added for the new password are removed again.
+    AbortRekey { id: u64 },
     /// Use OpenNebula's backup datastore ID (OpenNebula mode): jobs backing up into it take
     /// their VMs from oned at each run and back them up through oned. oned is found as
     /// OpenNebula's tools find it (ONE_XMLRPC, ONE_AUTH, ~/.one/one_auth) unless given here.
@@ -718,6 +721,9 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
                 )?
                 .to_string(),
             )?,
+            DatastoreCommand::AbortRekey { id } => {
+                print(&ops::definitions::abort_rekey(&env(args), st, *id)?.to_string())?
+            }
             DatastoreCommand::Import { id, endpoint, auth } => print(
                 &ops::definitions::import_datastore(st, *id, endpoint.as_deref(), auth.as_deref())?
                     .to_string(),
