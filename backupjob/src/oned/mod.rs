@@ -10,7 +10,6 @@
 
 pub mod backup;
 pub mod images;
-pub mod import;
 pub mod inventory;
 
 use crate::Error;

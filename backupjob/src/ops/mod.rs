@@ -14,6 +14,7 @@
 pub mod backup;
 pub mod definitions;
 pub mod images;
+pub mod import;
 pub mod retention;
 pub mod runs;
 

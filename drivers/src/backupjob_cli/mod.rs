@@ -820,7 +820,7 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
                 auth.as_deref(),
             )?;
             print(
-                &backstop_backupjob::oned::import::import_job(
+                &backstop_backupjob::ops::import::import_job(
                     st,
                     &client,
                     *id,

@@ -7,9 +7,9 @@
 //! the INCREMENT chains of those VMs anew). Without it, an oned job that still holds VMs is
 //! refused and nothing changes.
 
+use super::definitions::{Created, Definition, FileText};
 use crate::Error;
 use crate::error::input;
-use crate::ops::definitions::{Created, Definition, FileText};
 use crate::state::State;
 use backstop_protocol::oned::OnedClient;
 use backstop_protocol::template::{Template, Value as TValue};
@@ -100,9 +100,9 @@ pub fn import_job(
         )));
     }
     if !st.datastores()?.iter().any(|d| d.id == ds) {
-        crate::ops::definitions::import_datastore(st, ds, endpoint, auth)?;
+        super::definitions::import_datastore(st, ds, endpoint, auth)?;
     }
-    let created = crate::ops::definitions::create_job(
+    let created = super::definitions::create_job(
         st,
         &Definition {
             file: Some(FileText {
