@@ -49,6 +49,7 @@ const LAYERS: &[(&str, &str, &[&str])] = &[
         "bench",
         "backstop-bench",
         &[
+            "backstop-protocol",
             "backstop-storage",
             "backstop-image",
             "backstop-datastore",
