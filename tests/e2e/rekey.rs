@@ -82,6 +82,33 @@ impl Site {
         support::run(BACKSTOP, &all, b"")
     }
 
+    /// `datastore update 1` to `password`, killed as soon as the first repository has its
+    /// second key (before every repository has one).
+    fn change_killed_midway(&self, password: &str) {
+        let new = self.template(password, "");
+        let args = self.args(&["datastore", "update", "1", new.to_str().expect("utf-8")]);
+        let mut child = std::process::Command::new(BACKSTOP)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let started = Instant::now();
+        while key_files(&self.repos[0]) < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no key was added"
+            );
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "it ended before it was killed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
     fn all_open_with(&self, password: &str) -> bool {
         self.repos.iter().all(|r| restic_opens(r, password))
     }
@@ -152,29 +179,7 @@ fn a_password_change_killed_midway_is_completed_by_the_next_run() {
     let ds = site.template(OLD, "");
     let out = site.bj(&["datastore", "create", ds.to_str().expect("utf-8")]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    let new = site.template(NEW, "");
-    let args = site.args(&["datastore", "update", "1", new.to_str().expect("utf-8")]);
-    let mut child = std::process::Command::new(BACKSTOP)
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    // Killed as soon as the first repository has its second key.
-    let started = Instant::now();
-    while key_files(&site.repos[0]) < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no key was added"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "it ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    site.change_killed_midway(NEW);
     assert!(
         site.all_open_with(OLD),
         "the state's template still has the old password, which opens every repository"
@@ -212,28 +217,7 @@ fn an_unfinished_password_change_can_be_given_up() {
             .code,
         Some(0)
     );
-    let new = site.template(NEW, "");
-    let args = site.args(&["datastore", "update", "1", new.to_str().expect("utf-8")]);
-    let mut child = std::process::Command::new(BACKSTOP)
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let started = Instant::now();
-    while key_files(&site.repos[0]) < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no key was added"
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "it ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().expect("kill");
-    child.wait().expect("wait");
+    site.change_killed_midway(NEW);
     // Another change is refused while this one is unfinished.
     let third = site.template("third-password-3", "");
     let out = site.bj(&["datastore", "update", "1", third.to_str().expect("utf-8")]);

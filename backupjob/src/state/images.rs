@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// An increment from the columns `id, source, size_mb, kind, created_at`, starting at
+/// column `at` of a row.
+fn increment_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<IncrementRow> {
+    Ok(IncrementRow {
+        id: r.get::<_, i64>(at)? as u64,
+        source: r.get(at + 1)?,
+        size_mb: r.get::<_, i64>(at + 2)? as u64,
+        kind: r.get(at + 3)?,
+        created_at: r.get(at + 4)?,
+    })
+}
+
 impl State {
     pub fn add_image(
         &mut self,
@@ -57,15 +69,7 @@ impl State {
             )
             .map_err(|e| self.sql(e))?;
         let increments = stmt
-            .query_map(params![id as i64], |r| {
-                Ok(IncrementRow {
-                    id: r.get::<_, i64>(0)? as u64,
-                    source: r.get(1)?,
-                    size_mb: r.get::<_, i64>(2)? as u64,
-                    kind: r.get(3)?,
-                    created_at: r.get(4)?,
-                })
-            })
+            .query_map(params![id as i64], |r| increment_row(r, 0))
             .map_err(|e| self.sql(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.sql(e))?;
@@ -234,16 +238,7 @@ impl State {
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
             let image = r.get::<_, i64>(0).map_err(|e| self.sql(e))? as u64;
             let Some(&k) = at.get(&image) else { continue };
-            let row = (|| -> rusqlite::Result<IncrementRow> {
-                Ok(IncrementRow {
-                    id: r.get::<_, i64>(1)? as u64,
-                    source: r.get(2)?,
-                    size_mb: r.get::<_, i64>(3)? as u64,
-                    kind: r.get(4)?,
-                    created_at: r.get(5)?,
-                })
-            })()
-            .map_err(|e| self.sql(e))?;
+            let row = increment_row(r, 1).map_err(|e| self.sql(e))?;
             images[k].increments.push(row);
         }
         Ok(images)
@@ -310,16 +305,7 @@ impl State {
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map(params![limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    IncrementRow {
-                        id: r.get::<_, i64>(1)? as u64,
-                        source: r.get(2)?,
-                        size_mb: r.get::<_, i64>(3)? as u64,
-                        kind: r.get(4)?,
-                        created_at: r.get(5)?,
-                    },
-                ))
+                Ok((r.get::<_, i64>(0)? as u64, increment_row(r, 1)?))
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))

@@ -145,27 +145,7 @@ impl State {
                 None => mine.push(*vm),
             }
         }
-        let keep: Vec<String> = mine.iter().map(u64::to_string).collect();
-        tx.execute(
-            &format!(
-                "DELETE FROM job_vms WHERE job_id = ?1 AND vm_id NOT IN ({})",
-                if keep.is_empty() {
-                    "-1".to_string()
-                } else {
-                    keep.join(",")
-                }
-            ),
-            params![job as i64],
-        )
-        .map_err(err)?;
-        for (pos, vm) in mine.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO job_vms (job_id, vm_id, position) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(job_id, vm_id) DO UPDATE SET position = ?3",
-                params![job as i64, *vm as i64, pos as i64],
-            )
-            .map_err(err)?;
-        }
+        super::place_job_vms(&tx, job, &mine).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(taken)
     }

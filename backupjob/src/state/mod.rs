@@ -573,27 +573,7 @@ impl State {
                 message: format!("there is no backup job {job}"),
             });
         }
-        let keep: Vec<String> = vms.iter().map(u64::to_string).collect();
-        tx.execute(
-            &format!(
-                "DELETE FROM job_vms WHERE job_id = ?1 AND vm_id NOT IN ({})",
-                if keep.is_empty() {
-                    "-1".to_string()
-                } else {
-                    keep.join(",")
-                }
-            ),
-            params![job as i64],
-        )
-        .map_err(err)?;
-        for (pos, vm) in vms.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO job_vms (job_id, vm_id, position) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(job_id, vm_id) DO UPDATE SET position = ?3",
-                params![job as i64, *vm as i64, pos as i64],
-            )
-            .map_err(err)?;
-        }
+        place_job_vms(&tx, job, vms).map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -707,6 +687,31 @@ impl State {
             })
             .collect())
     }
+}
+
+/// Makes `vms` (in backup order) a job's VMs: those that left lose their rows, new ones get
+/// a row in no set, the others keep theirs with their new position.
+fn place_job_vms(tx: &rusqlite::Transaction<'_>, job: u64, vms: &[u64]) -> rusqlite::Result<()> {
+    let keep: Vec<String> = vms.iter().map(u64::to_string).collect();
+    tx.execute(
+        &format!(
+            "DELETE FROM job_vms WHERE job_id = ?1 AND vm_id NOT IN ({})",
+            if keep.is_empty() {
+                "-1".to_string()
+            } else {
+                keep.join(",")
+            }
+        ),
+        params![job as i64],
+    )?;
+    for (pos, vm) in vms.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO job_vms (job_id, vm_id, position) VALUES (?1, ?2, ?3)
+             ON CONFLICT(job_id, vm_id) DO UPDATE SET position = ?3",
+            params![job as i64, *vm as i64, pos as i64],
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
