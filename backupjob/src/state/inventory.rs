@@ -14,21 +14,8 @@ impl State {
         name: &str,
         template: &str,
     ) -> Result<(), StateError> {
-        let sealed = self
-            .seal
-            .seal_template(template)
-            .map_err(|m| self.invalid(m.0))?;
-        self.conn
-            .execute(
-                "INSERT INTO datastores (id, name, template, remote) VALUES (?1, ?2, ?3, 0)",
-                params![id as i64, name, sealed],
-            )
-            .map_err(|e| {
-                self.taken(e, || {
-                    format!("a datastore or remote named {name:?} or with id {id} already exists")
-                })
-            })?;
-        Ok(())
+        self.insert_site(Some(id), name, template, false)
+            .map(|_| ())
     }
 
     /// A remote: the other site of a sync, written as a backup datastore's template.
@@ -37,18 +24,32 @@ impl State {
     }
 
     fn add_site(&mut self, name: &str, template: &str, remote: bool) -> Result<u64, StateError> {
+        self.insert_site(None, name, template, remote)
+    }
+
+    /// Adds a datastore or remote, its secrets sealed, under `id` or the next one; its id.
+    fn insert_site(
+        &mut self,
+        id: Option<u64>,
+        name: &str,
+        template: &str,
+        remote: bool,
+    ) -> Result<u64, StateError> {
         let sealed = self
             .seal
             .seal_template(template)
             .map_err(|m| self.invalid(m.0))?;
         self.conn
             .execute(
-                "INSERT INTO datastores (name, template, remote) VALUES (?1, ?2, ?3)",
-                params![name, sealed, remote],
+                "INSERT INTO datastores (id, name, template, remote) VALUES (?1, ?2, ?3, ?4)",
+                params![id.map(|i| i as i64), name, sealed, remote],
             )
             .map_err(|e| {
-                self.taken(e, || {
-                    format!("a datastore or remote named {name:?} already exists")
+                self.taken(e, || match id {
+                    Some(id) => format!(
+                        "a datastore or remote named {name:?} or with id {id} already exists"
+                    ),
+                    None => format!("a datastore or remote named {name:?} already exists"),
                 })
             })?;
         Ok(self.conn.last_insert_rowid() as u64)
@@ -56,6 +57,17 @@ impl State {
 
     /// Replaces a remote's template (its name with it).
     pub fn update_remote(&mut self, id: u64, name: &str, template: &str) -> Result<(), StateError> {
+        self.update_site(id, name, template, true)
+    }
+
+    /// Replaces a datastore's or remote's template (its name with it), its secrets sealed.
+    pub(super) fn update_site(
+        &mut self,
+        id: u64,
+        name: &str,
+        template: &str,
+        remote: bool,
+    ) -> Result<(), StateError> {
         let sealed = self
             .seal
             .seal_template(template)
@@ -63,8 +75,8 @@ impl State {
         let n = self
             .conn
             .execute(
-                "UPDATE datastores SET name = ?1, template = ?2 WHERE id = ?3 AND remote = 1",
-                params![name, sealed, id as i64],
+                "UPDATE datastores SET name = ?1, template = ?2 WHERE id = ?3 AND remote = ?4",
+                params![name, sealed, id as i64, remote],
             )
             .map_err(|e| {
                 self.taken(e, || {
@@ -72,7 +84,8 @@ impl State {
                 })
             })?;
         if n == 0 {
-            return Err(self.invalid(format!("there is no remote {id}")));
+            let what = if remote { "remote" } else { "datastore" };
+            return Err(self.invalid(format!("there is no {what} {id}")));
         }
         Ok(())
     }

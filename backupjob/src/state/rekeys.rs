@@ -181,25 +181,7 @@ impl State {
         name: &str,
         template: &str,
     ) -> Result<(), StateError> {
-        let sealed = self
-            .seal
-            .seal_template(template)
-            .map_err(|m| self.invalid(m.0))?;
-        let n = self
-            .conn
-            .execute(
-                "UPDATE datastores SET name = ?1, template = ?2 WHERE id = ?3 AND remote = 0",
-                params![name, sealed, id as i64],
-            )
-            .map_err(|e| {
-                self.taken(e, || {
-                    format!("a datastore or remote named {name:?} already exists")
-                })
-            })?;
-        if n == 0 {
-            return Err(self.invalid(format!("there is no datastore {id}")));
-        }
-        Ok(())
+        self.update_site(id, name, template, false)
     }
 
     /// A datastore's template as stored (secrets sealed).
