@@ -2,28 +2,56 @@
 # backstop quickstart: build backstop, install it into a throw-away OpenNebula remotes tree, and
 # run its main job on the embedded default: a backup datastore on a local directory (no server),
 # a sample VM whose qcow2 disks are made here, a backup job in INCREMENT mode run twice with the
-# disks changed in between, then both points restored and compared with the disks as they were.
+# disks changed in between, then both points restored with `backupjob image restore` and compared
+# with the disks as they were, and the dashboard (`backstop serve`) asked what it shows.
 # The VM's host is this machine, so every step runs here without ssh, exactly as oned would run
 # the actions (argv and stdin). Touches nothing outside the work directory.
 #
 #   ./quickstart.sh [WORK_DIR]      (default: a new directory under /tmp)
 #
+# WORK_DIR must be new, empty, or a directory an earlier quickstart made (it is then emptied and
+# the quickstart starts afresh); anything else is refused before anything is written.
+#
 # Needs cargo, qemu-img, qemu-io, qemu-nbd and nbdinfo (Debian: qemu-utils, libnbd-bin).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-work=${1:-$(mktemp -d /tmp/backstop-quickstart.XXXXXX)}
+marker=.backstop-quickstart
+step() { printf '\n== %s\n' "$*"; }
+die() { echo "quickstart: $*" >&2; exit 1; }
+for tool in qemu-img qemu-io qemu-nbd nbdinfo; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt install qemu-utils libnbd-bin)"
+done
+# Everything is checked before the first write: a directory of someone else's is never touched.
+if [ $# -gt 1 ] || [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    [ $# -gt 1 ] && exit 2
+    exit 0
+fi
+if [ -n "${1:-}" ]; then
+    work=$1
+    if [ -e "$work" ] && [ ! -d "$work" ]; then
+        die "$work exists and is not a directory"
+    fi
+    if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && [ ! -f "$work/$marker" ]; then
+        die "$work is not empty and no earlier quickstart made it; give a new or empty directory"
+    fi
+else
+    work=$(mktemp -d /tmp/backstop-quickstart.XXXXXX)
+fi
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
+if [ -f "$work/$marker" ]; then
+    echo "quickstart: $work holds an earlier quickstart's run; emptying it and starting afresh"
+    find "$work" -mindepth 1 -maxdepth 1 ! -name "$marker" -exec rm -rf {} +
+fi
+echo "made by backstop's quickstart.sh; a later quickstart into this directory empties it" > "$work/$marker"
 remotes=$work/remotes
 location=$work/datastores          # oned's DATASTORE_LOCATION
 vm_dir=$location/0/7               # VM 7 on system datastore 0
 state=$work/backstop-state.db
-
-step() { printf '\n== %s\n' "$*"; }
-for tool in qemu-img qemu-io qemu-nbd nbdinfo; do
-    command -v "$tool" >/dev/null || { echo "quickstart: $tool is missing (apt install qemu-utils libnbd-bin)" >&2; exit 1; }
-done
+serve_pid=""
+trap '[ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null; true' EXIT
 
 step "1. Build backstop and install it into $remotes (install.sh --remotes-dir)"
 mkdir -p "$remotes/datastore"
@@ -94,43 +122,77 @@ MODE = "INCREMENT"
 KEEP_LAST = 2
 EXECUTION = "SEQUENTIAL"
 EOF
-bj datastore create "$work/datastore.tmpl"
-bj vm register "$work/vm7.xml"
-bj create "$work/job.tmpl"
+id_of() { sed -n 's/^ID: *//p' | head -1; }   # the id a create or register printed
+ds=$(bj datastore create "$work/datastore.tmpl" | id_of)
+echo "backup datastore $ds: local-backups, repositories under $work/backups"
+vm=$(bj vm register "$work/vm7.xml" | id_of)
+echo "VM $vm: sample, registered from its onevm show -x document"
+sed -i "s/^DATASTORE_ID = .*/DATASTORE_ID = $ds/" "$work/job.tmpl"
+job=$(bj create "$work/job.tmpl" | id_of)
+echo "backup job $job: quickstart (VM $vm into datastore $ds, INCREMENT, KEEP_LAST=2)"
 
-step "4. Run the job: a FULL backup"
-bj backup 1
+step "4. Run backup job $job: a FULL backup"
+bj backup "$job"
 keep_point 0
 
-step "5. Change the disks, run the job again: an increment (only the changed blocks are read)"
+step "5. Change the disks, run backup job $job again: an increment (only the changed blocks are read)"
 qemu-io -f qcow2 -c 'write -P 0x44 2M 3M' -c 'write -P 0x55 50M 1M' "$vm_dir/disk.0" >/dev/null
 qemu-io -f qcow2 -c 'write -P 0x66 20M 2M' "$vm_dir/disk.1" >/dev/null
-bj backup 1
+bj backup "$job"
 keep_point 1
-bj show 1 | sed -n '/VIRTUAL MACHINE BACKUP STATUS/,/^$/p'
+bj show "$job" | sed -n '/VIRTUAL MACHINE BACKUP STATUS/,/^$/p'
 
-step "6. Restore both points and compare them with the disks as they were"
-export RESTIC_PASSWORD=$password
-repo=$work/backups/job_1
-"$remotes/backstop/bin/backstop" repo -r "$repo" snapshots
-mapfile -t ids < <("$remotes/backstop/bin/backstop" repo -r "$repo" snapshots --json \
-    | grep -o '"id":"[0-9a-f]*"' | sed 's/"id":"//; s/"//')
-[ "${#ids[@]}" -eq 2 ] || { echo "quickstart: expected 2 snapshots, found ${#ids[@]}" >&2; exit 1; }
+step "6. Restore both points with backupjob image restore and compare them with the disks as they were"
+image=$(bj image list | awk -v vm="$vm" 'NR > 1 && $2 == vm { print $1; exit }')
+[ -n "$image" ] || die "no backup image of VM $vm was recorded"
+bj image show "$image"
 for point in 0 1; do
+    to=$work/restored/point$point
+    echo "\$ backstop backupjob image restore $image --increment $point --to $to"
+    bj image restore "$image" --increment "$point" --to "$to"
     for d in 0 1; do
-        restored=$work/restored.point$point.disk$d.raw
-        "$remotes/backstop/bin/backstop" repo -r "$repo" restore "${ids[$point]}" \
-            "$vm_dir/backup/disk.$d.$point" --target "$restored" >/dev/null
-        cmp "$restored" "$work/point$point.disk$d.raw"
+        qemu-img compare -q -f qcow2 -F raw "$to/disk.$d.qcow2" "$work/point$point.disk$d.raw" \
+            || die "point $point, disk $d: the restored disk differs from the disk at that point"
         echo "point $point, disk $d: restored and identical to the disk at that point"
     done
 done
-unset RESTIC_PASSWORD
+echo "The same points as restic sees them (restic -r $work/backups/job_$job snapshots):"
+RESTIC_PASSWORD=$password "$remotes/backstop/bin/backstop" repo -r "$work/backups/job_$job" snapshots
+
+step "7. The dashboard over what the quickstart made (backstop serve: read-only, loopback only)"
+"$remotes/backstop/bin/backstop" serve --state "$state" --listen 127.0.0.1:0 \
+    --remotes "$remotes" --datastore-location "$location" 2> "$work/serve.log" &
+serve_pid=$!
+address=""
+for _ in $(seq 1 100); do
+    address=$(sed -n 's|^backstop serve: listening on ||p' "$work/serve.log")
+    [ -n "$address" ] && break
+    kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.log" >&2; die "backstop serve stopped"; }
+    sleep 0.1
+done
+[ -n "$address" ] || die "backstop serve did not start (see $work/serve.log)"
+if command -v curl >/dev/null; then
+    echo "\$ curl $address/api/status"
+    curl -fsS "$address/api/status" || die "the dashboard did not answer at $address"
+    echo
+    curl -fsS "$address/" | grep -q "quickstart" || die "the dashboard's front page does not show job $job"
+    echo "the front page at $address/ shows backup job $job"
+else
+    echo "(curl is not installed: the dashboard answered at $address)"
+fi
+kill "$serve_pid"
+wait "$serve_pid" 2>/dev/null || true
+serve_pid=""
 
 step "Done"
 cat <<EOF
-backstop ran its main job: a local backup datastore, VM 7 with two qcow2 disks, a backup job in
-INCREMENT mode run twice (full, then only the changed blocks, through the same prebackup,
-backup and postbackup actions oned runs), and both points restored byte-exact.
-Everything is in $work (state: $state). Remove it all with: rm -rf $work
+backstop ran its main job: backup datastore $ds on a local directory, VM $vm with two qcow2
+disks, backup job $job in INCREMENT mode run twice (full, then only the changed blocks, through
+the same prebackup, backup and postbackup actions oned runs), and both points of backup image
+$image restored byte-exact.
+Everything is in $work (state: $state).
+  See it again:  $remotes/backstop/bin/backstop serve --state $state
+                 then open http://127.0.0.1:8421/
+  Run it again:  ./quickstart.sh $work   (empties it and starts afresh)
+  Remove it all: rm -rf $work
 EOF

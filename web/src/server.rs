@@ -78,7 +78,9 @@ pub fn serve(options: Options) -> Result<(), crate::Error> {
             .map_err(|e| {
                 crate::Error::Serve(format!("cannot listen on {}: {e}", options.listen))
             })?;
-        eprintln!("backstop serve: listening on http://{}", options.listen);
+        // The bound address, so that port 0 (any free port) says which one it got.
+        let bound = listener.local_addr().unwrap_or(options.listen);
+        eprintln!("backstop serve: listening on http://{bound}");
         axum::serve(listener, router(app))
             .with_graceful_shutdown(stopped())
             .await
