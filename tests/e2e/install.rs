@@ -627,6 +627,24 @@ fn services_are_written_verified_and_removed() {
         "--env-file",
         env.to_str().expect("utf-8"),
     ];
+    // A dry run names the units and the environment file, and writes neither (nor the tree).
+    let dry = install_sh(&r, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    assert!(
+        dry.stdout.contains(&format!(
+            "wrote {}",
+            sd.join("backstop-scheduler.service").display()
+        )) && dry
+            .stdout
+            .contains(&format!("wrote {} (settings", env.display())),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        !sd.exists() && !env.exists(),
+        "--dry-run wrote the services"
+    );
+    assert_eq!(contents(&r), before, "--dry-run changed the tree");
     let out = install_sh(&r, &args);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
@@ -917,7 +935,7 @@ fn root_uninstall_never_runs_the_trees_executable() {
     assert_eq!(
         out.stderr,
         format!(
-            "install.sh: as root, --uninstall does not run {}/backstop/bin/backstop (its owner, uid {TREE_OWNER}, can replace it); pass --binary FILE with a backstop you trust, or run --uninstall as that user\n",
+            "install.sh: as root, --uninstall does not run {}/backstop/bin/backstop: its directory can be changed by another account, which could have replaced it; pass --binary FILE with a backstop you trust (or install the Debian package), or run --uninstall as that account\n",
             r.display()
         )
     );
@@ -951,4 +969,195 @@ fn services_only_writes_the_units_and_nothing_of_the_drivers() {
     assert!(after.remove("backstop/services").is_some(), "no record");
     assert!(after.remove("backstop").is_some());
     assert_eq!(after, before, "--services-only changed the drivers");
+}
+
+/// PATH without cargo: install.sh can build nothing, so a flag error that comes first proves the
+/// flags are checked before any build.
+const NO_CARGO: (&str, &str) = ("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+
+#[test]
+fn install_sh_checks_every_flag_before_it_builds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    let remotes = r.to_str().expect("utf-8");
+    for (args, said) in [
+        (
+            vec!["--with-tmm"],
+            "install.sh: unknown option --with-tmm; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--remotes-dir"],
+            "install.sh: --remotes-dir needs a value; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--binary", "--with-tm"],
+            "install.sh: --binary needs a value; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--with-tm=yes"],
+            "install.sh: --with-tm takes no value; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--uninstall", "--with-tm"],
+            "install.sh: --uninstall cannot be used with --with-tm; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--check", "--uninstall"],
+            "install.sh: --check and --uninstall cannot be used together; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--services-only", "--replace-stock"],
+            "install.sh: --services-only cannot be used with --replace-stock; see ./install.sh --help\n",
+        ),
+        (
+            vec!["--check", "--dry-run"],
+            "install.sh: --check changes nothing already; it takes no --dry-run; see ./install.sh --help\n",
+        ),
+    ] {
+        let mut all = vec!["--remotes-dir", remotes];
+        all.extend(&args);
+        let out = run_env(repo_root().join("install.sh"), &all, b"", &[NO_CARGO]);
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stderr, said, "{args:?}");
+        assert_eq!(out.stdout, "", "{args:?}");
+    }
+    assert_eq!(contents(&r), before, "a refused flag changed the tree");
+    // Help needs no build either.
+    let help = run_env(
+        repo_root().join("install.sh"),
+        &["--help"],
+        b"",
+        &[NO_CARGO],
+    );
+    assert_eq!(help.code, Some(0), "{help:?}");
+    assert!(help.stdout.contains("--dry-run"), "{}", help.stdout);
+}
+
+/// `--dry-run` runs the whole install (drop-in and TM replacement included) and the uninstall
+/// in memory: it says what a real one then says, and not one byte of the tree changes.
+#[test]
+fn dry_run_says_what_would_change_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = snapshot(&r);
+    let stock = contents(&r);
+    let flags = ["--replace-stock", "--with-tm"];
+    let dry = install_sh(&r, &[&flags[..], &["--dry-run"]].concat());
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    assert_eq!(snapshot(&r), before, "--dry-run changed the tree");
+    assert!(dry.stdout.starts_with(&format!(
+        "dry run: nothing is changed; an install into {} would say:\n",
+        r.display()
+    )));
+    assert!(
+        dry.stdout.contains("(dry run: nothing was changed)"),
+        "{}",
+        dry.stdout
+    );
+    let real = install_sh(&r, &flags);
+    assert_eq!(real.code, Some(0), "{real:?}");
+    // The change lines of the dry run are those of the real install, in order.
+    let changes = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("wrote ") || l.starts_with("kept ") || l.starts_with("patched ")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(changes(&real.stdout).len() > 20, "{}", real.stdout);
+    assert_eq!(changes(&dry.stdout), changes(&real.stdout));
+
+    // Once installed, a dry run of the same install has nothing to do.
+    let installed = snapshot(&r);
+    let again = install_sh(&r, &[&flags[..], &["--dry-run"]].concat());
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert!(again.stdout.contains("nothing changed"), "{}", again.stdout);
+    assert_eq!(snapshot(&r), installed);
+
+    // The uninstall's dry run: the same lines as the real one, and the tree as it was.
+    let dry_gone = install_sh(&r, &["--uninstall", "--dry-run"]);
+    assert_eq!(dry_gone.code, Some(0), "{dry_gone:?}");
+    assert_eq!(
+        snapshot(&r),
+        installed,
+        "--uninstall --dry-run changed the tree"
+    );
+    let gone = install_sh(&r, &["--uninstall"]);
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    let steps = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("removed ") || l.starts_with("restored "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(steps(&gone.stdout).len() > 20, "{}", gone.stdout);
+    assert_eq!(steps(&dry_gone.stdout), steps(&gone.stdout));
+    assert!(
+        contents(&r) == stock,
+        "uninstall did not restore the stock tree"
+    );
+}
+
+/// A directory for a tree that nobody but this user or root can change all the way up (the
+/// test's temporary directories live under /tmp, which everyone can write).
+fn trusted_parent() -> Option<std::path::PathBuf> {
+    // /proc/self belongs to the process's effective uid.
+    let me = fs::metadata("/proc/self").ok()?.uid();
+    let ok = |p: &std::path::Path| {
+        p.ancestors().all(|a| {
+            fs::metadata(a).is_ok_and(|m| (m.uid() == 0 || m.uid() == me) && m.mode() & 0o022 == 0)
+        })
+    };
+    [
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+        std::path::PathBuf::from(std::env::var_os("HOME")?),
+    ]
+    .into_iter()
+    .find(|p| ok(p))
+}
+
+/// `--uninstall` and `--check` need no cargo when the installed executable sits in a tree only
+/// this user (or root) can change: they run it.
+#[test]
+fn uninstall_and_check_need_no_cargo_when_the_installed_executable_is_trusted() {
+    let Some(parent) = trusted_parent() else {
+        eprintln!("skipped: no directory here that only this user or root can change");
+        return;
+    };
+    let dir = tempfile::tempdir_in(parent).expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let r = dir.path().join("remotes");
+    stock_remotes(&r);
+    let before = contents(&r);
+    assert_eq!(install_sh(&r, &["--with-tm"]).code, Some(0));
+    let remotes = r.to_str().expect("utf-8");
+    let check = run_env(
+        repo_root().join("install.sh"),
+        &["--check", "--remotes-dir", remotes],
+        b"",
+        &[NO_CARGO],
+    );
+    assert_eq!(check.code, Some(0), "{check:?}");
+    assert!(check.stdout.contains("are in place"), "{}", check.stdout);
+    let gone = run_env(
+        repo_root().join("install.sh"),
+        &["--uninstall", "--remotes-dir", remotes],
+        b"",
+        &[NO_CARGO],
+    );
+    assert_eq!(gone.code, Some(0), "{gone:?}");
+    assert!(
+        gone.stdout.contains("backstop is uninstalled"),
+        "{}",
+        gone.stdout
+    );
+    assert_eq!(
+        contents(&r),
+        before,
+        "uninstall did not restore the stock tree"
+    );
 }

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
-use tree::{Kind, Rel, Tree};
+use tree::{Kind, Open, Rel, Tree};
 
 pub mod oned_conf;
 mod services;
@@ -69,6 +69,10 @@ pub struct Options {
     /// OpenNebula upgrade puts its own back); exit 1 when one is not. Changes nothing.
     #[arg(long, conflicts_with_all = ["replace_stock", "with_tm", "with_services", "services_only", "uninstall"])]
     check: bool,
+    /// Change nothing: say what an install (or --uninstall, or --services-only) would write,
+    /// move aside, restore and remove.
+    #[arg(long, conflicts_with = "check")]
+    dry_run: bool,
     /// Replace stock drivers even with actions this build does not implement yet (for tests).
     #[arg(long)]
     allow_unimplemented: bool,
@@ -95,6 +99,8 @@ const BINARY: &str = "backstop/bin/backstop";
 const MANIFEST: &str = "backstop/manifest";
 const REPLACED: &str = "backstop/replaced";
 const DOWNLOADER_SH: &str = "datastore/downloader.sh";
+/// The first line of every `--dry-run`.
+const DRY_RUN: &str = "dry run: nothing is changed";
 /// The largest shim, manifest or downloader.sh the installer reads (they are a few KiB).
 const SMALL_FILE: u64 = 1 << 20;
 
@@ -468,8 +474,14 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
     if options.with_services || options.services_only {
         services::check(&options.systemd_dir)?;
     }
+    // A dry run opens every tree pretending: changes are kept in memory, said, never made.
+    let (existing, create) = if options.dry_run {
+        (Open::Pretend, Open::Pretend)
+    } else {
+        (Open::Existing, Open::Create)
+    };
     if options.services_only {
-        let tree = Tree::open(remotes, false)?;
+        let tree = Tree::open(remotes, existing)?;
         let mut services = Vec::new();
         services::write(
             &tree,
@@ -477,6 +489,9 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
             &options.env_file,
             &mut services,
         )?;
+        if options.dry_run {
+            writeln!(out, "{DRY_RUN}; the services step would say:").ok();
+        }
         out.write_all(&services).ok();
         return Ok(());
     }
@@ -489,10 +504,18 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         binary.display()
     )))?;
 
+    if options.dry_run {
+        writeln!(
+            out,
+            "{DRY_RUN}; an install into {} would say:",
+            remotes.display()
+        )
+        .ok();
+    }
     if std::fs::symlink_metadata(remotes).is_err() {
         writeln!(out, "creating {}", remotes.display()).ok();
     }
-    let tree = Tree::open(remotes, true)?;
+    let tree = Tree::open(remotes, create)?;
     // The downloader.sh patch is checked before any file is written.
     let downloader_sh = rel(DOWNLOADER_SH);
     let patched = match tree.read(&downloader_sh, SMALL_FILE)? {
@@ -594,7 +617,11 @@ fn install(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<()
         for c in &inst.changed {
             writeln!(out, "{c}").ok();
         }
-        writeln!(out, "backstop is installed in {}", remotes.display()).ok();
+        if options.dry_run {
+            writeln!(out, "(dry run: nothing was changed)").ok();
+        } else {
+            writeln!(out, "backstop is installed in {}", remotes.display()).ok();
+        }
     }
     if let Some(note) = downloader_note {
         writeln!(io::stderr(), "{note}").ok();
@@ -668,7 +695,7 @@ pub struct CheckReport {
 /// Whether every file the manifest names is still backstop's, and downloader.sh still has its
 /// arm: an OpenNebula package upgrade writes its own files over the ones backstop replaced.
 pub fn check(remotes: &Path) -> Result<CheckReport, InstallError> {
-    let tree = Tree::open(remotes, false)?;
+    let tree = Tree::open(remotes, Open::Existing)?;
     let Some(manifest) = Manifest::load(&tree)? else {
         return Err(InstallError(format!(
             "backstop is not installed in {} (no backstop/manifest)",
@@ -814,7 +841,12 @@ fn oned_conf_lines(options: &Options) -> String {
 }
 
 fn uninstall(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<(), InstallError> {
-    let tree = match Tree::open(remotes, false) {
+    let how = if options.dry_run {
+        Open::Pretend
+    } else {
+        Open::Existing
+    };
+    let tree = match Tree::open(remotes, how) {
         Ok(tree) => Some(tree),
         Err(_) if std::fs::symlink_metadata(remotes).is_err() => None,
         Err(e) => return Err(e),
@@ -829,6 +861,14 @@ fn uninstall(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<
         return Ok(());
     };
     let Some(tree) = tree else { return Ok(()) };
+    if options.dry_run {
+        writeln!(
+            out,
+            "{DRY_RUN}; an uninstall from {} would say:",
+            remotes.display()
+        )
+        .ok();
+    }
     services::remove(&tree, &options.systemd_dir, out)?;
     let mut dirs = BTreeSet::new();
     for at in manifest.created.iter().chain(&manifest.replaced) {
@@ -882,7 +922,11 @@ fn uninstall(remotes: &Path, options: &Options, out: &mut impl Write) -> Result<
     {
         tree.remove_dir(dir);
     }
-    writeln!(out, "backstop is uninstalled from {}", remotes.display()).ok();
+    if options.dry_run {
+        writeln!(out, "(dry run: nothing was changed)").ok();
+    } else {
+        writeln!(out, "backstop is uninstalled from {}", remotes.display()).ok();
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! holds the operator's secrets). The paths written are kept in `<remotes>/backstop/services`
 //! so that `--uninstall` removes exactly those, and only when they are still backstop's.
 
-use super::tree::{Rel, Tree};
+use super::tree::{Open, Rel, Tree};
 use super::{InstallError, MARK, SMALL_FILE};
 use std::io::Write;
 use std::path::{Component, Path};
@@ -65,7 +65,7 @@ const ENV_FILE: &str = "# Settings and secrets of backstop's services (systemd E
 
 /// The directory of an absolute path and its last component, the directory opened as a tree
 /// (a link on the way is followed only where nobody but root or this user could have put it).
-fn open_parent(path: &Path, create: bool) -> Result<(Tree, Rel), InstallError> {
+fn open_parent(path: &Path, how: Open) -> Result<(Tree, Rel), InstallError> {
     let bad = || InstallError(format!("{} is not a path to a file", path.display()));
     let path = &std::path::absolute(path).map_err(|_| bad())?;
     let name = match path.components().next_back() {
@@ -76,7 +76,7 @@ fn open_parent(path: &Path, create: bool) -> Result<(Tree, Rel), InstallError> {
     if dir.components().any(|c| c == Component::ParentDir) {
         return Err(bad());
     }
-    Ok((Tree::open(dir, create)?, name))
+    Ok((Tree::open(dir, how)?, name))
 }
 
 /// Whether the unit file at `path` exists and carries the installer's mark.
@@ -84,7 +84,7 @@ fn unit_is_ours(path: &Path) -> Result<Option<bool>, InstallError> {
     if std::fs::symlink_metadata(path.parent().unwrap_or(path)).is_err() {
         return Ok(None);
     }
-    let (dir, name) = open_parent(path, false)?;
+    let (dir, name) = open_parent(path, Open::Existing)?;
     Ok(dir
         .read(&name, SMALL_FILE)
         .map(|found| found.map(|(text, _)| text.windows(MARK.len()).any(|w| w == MARK.as_bytes())))
@@ -144,7 +144,13 @@ pub fn write(
         ),
     ];
     check(systemd_dir)?;
-    let units_dir = Tree::open(systemd_dir, true)?;
+    // A dry run pretends here too.
+    let how = if tree.pretending() {
+        Open::Pretend
+    } else {
+        Open::Create
+    };
+    let units_dir = Tree::open(systemd_dir, how)?;
     let mut written = Vec::new();
     for (name, text) in &units {
         if units_dir.write_if_changed(&super::rel(name), text.as_bytes(), 0o644)? {
@@ -152,7 +158,7 @@ pub fn write(
         }
         written.push(systemd_dir.join(name));
     }
-    let (env_dir, env_name) = open_parent(env_file, true)?;
+    let (env_dir, env_name) = open_parent(env_file, how)?;
     if env_dir.write_once(&env_name, ENV_FILE.as_bytes(), 0o600)? {
         writeln!(
             out,
@@ -205,7 +211,7 @@ pub fn remove(tree: &Tree, systemd_dir: &Path, out: &mut impl Write) -> Result<(
         let listed_only = !UNITS.iter().any(|n| systemd_dir.join(n) == path);
         if listed_only
             && std::fs::symlink_metadata(path.parent().unwrap_or(&path)).is_ok()
-            && !open_parent(&path, false).is_ok_and(|(dir, _)| dir.only_root_can_change())
+            && !open_parent(&path, Open::Existing).is_ok_and(|(dir, _)| dir.only_root_can_change())
         {
             writeln!(
                 out,
@@ -217,7 +223,12 @@ pub fn remove(tree: &Tree, systemd_dir: &Path, out: &mut impl Write) -> Result<(
         }
         match unit_is_ours(&path)? {
             Some(true) => {
-                let (dir, name) = open_parent(&path, false)?;
+                let how = if tree.pretending() {
+                    Open::Pretend
+                } else {
+                    Open::Existing
+                };
+                let (dir, name) = open_parent(&path, how)?;
                 dir.remove_file(&name)?;
                 writeln!(out, "removed {}", path.display()).ok();
             }

@@ -11,12 +11,18 @@
 //! account (`fchown` on the open descriptor), so the tree stays theirs. Files with other hard
 //! links are not read.
 //!
+//! `--dry-run` opens trees with [`Open::Pretend`]: every change is kept in memory and read back
+//! from there, so the installer runs its whole course and says what it would do, and nothing
+//! on disk changes.
+//!
 //! Reaching the tree itself (`--remotes-dir /var/lib/one/remotes`) follows a link only where
 //! the directory holding it cannot be changed by anyone but root or the user running the
 //! installer; `/var/lib/one` belongs to oneadmin, so a link there is refused.
 
 use super::InstallError;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Uid};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -72,11 +78,44 @@ pub(crate) enum Kind {
     Other,
 }
 
+/// How a tree is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// It must exist.
+    Existing,
+    /// Made, with missing parents, when it does not exist.
+    Create,
+    /// Changes are only pretended (`--dry-run`): kept in memory, never written; a tree that
+    /// does not exist is an empty one.
+    Pretend,
+}
+
+/// What a pretended change left at a path.
+#[derive(Debug, Clone)]
+enum Virtual {
+    /// A file with this content and mode.
+    File(Vec<u8>, u32),
+    /// Nothing (removed, or moved away).
+    Gone,
+    /// What the real tree holds at that other path (moved here).
+    Moved(Rel),
+}
+
+/// Where a path's answer comes from, in a pretending tree.
+enum Seen {
+    Real(Rel),
+    File(Vec<u8>, u32),
+    Gone,
+}
+
 /// A tree opened at its root directory.
 #[derive(Debug)]
 pub(crate) struct Tree {
-    root: OwnedFd,
+    /// `None` only for a pretending tree that does not exist.
+    root: Option<OwnedFd>,
     path: PathBuf,
+    /// The pretended changes (`Some` only when opened with [`Open::Pretend`]).
+    pretend: Option<RefCell<BTreeMap<Rel, Virtual>>>,
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -130,7 +169,9 @@ fn trusted(dir: &OwnedFd) -> io::Result<bool> {
 impl Tree {
     /// Opens the directory at `path`, making it (and missing parents) when `create`. A link on
     /// the way is followed only inside a directory that nobody but root or this user can change.
-    pub(crate) fn open(path: &Path, create: bool) -> Result<Tree, InstallError> {
+    pub(crate) fn open(path: &Path, how: Open) -> Result<Tree, InstallError> {
+        let create = how == Open::Create;
+        let pretend = (how == Open::Pretend).then(|| RefCell::new(BTreeMap::new()));
         let fail = |e: io::Error| {
             let what = if create {
                 "cannot write to"
@@ -154,6 +195,13 @@ impl Tree {
             let st = match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => Some(st),
                 Err(rustix::io::Errno::NOENT) if create => None,
+                Err(rustix::io::Errno::NOENT) if pretend.is_some() => {
+                    return Ok(Tree {
+                        root: None,
+                        path: path.to_path_buf(),
+                        pretend,
+                    });
+                }
                 Err(e) => return Err(fail(errno(e))),
             };
             match st.map(|s| kind_of(s.st_mode)) {
@@ -204,14 +252,47 @@ impl Tree {
                 .map_err(|e| fail(errno(e)))?;
         }
         Ok(Tree {
-            root: dir,
+            root: Some(dir),
             path: path.to_path_buf(),
+            pretend,
         })
+    }
+
+    /// Whether changes are only pretended ([`Open::Pretend`]).
+    pub(crate) fn pretending(&self) -> bool {
+        self.pretend.is_some()
+    }
+
+    /// Where the answer for `rel` comes from: a pretended change, or the real tree.
+    fn seen(&self, rel: &Rel) -> Seen {
+        match self
+            .pretend
+            .as_ref()
+            .and_then(|p| p.borrow().get(rel).cloned())
+        {
+            Some(Virtual::File(c, m)) => Seen::File(c, m),
+            Some(Virtual::Gone) => Seen::Gone,
+            Some(Virtual::Moved(from)) => Seen::Real(from),
+            None => Seen::Real(rel.clone()),
+        }
+    }
+
+    /// Records a pretended change; `false` when the tree is a real one.
+    fn pretend_that(&self, rel: &Rel, v: Virtual) -> bool {
+        match &self.pretend {
+            Some(p) => {
+                p.borrow_mut().insert(rel.clone(), v);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether only root can change what the tree's root directory holds.
     pub(crate) fn only_root_can_change(&self) -> bool {
-        rustix::fs::fstat(&self.root).is_ok_and(|st| st.st_uid == 0 && st.st_mode & 0o022 == 0)
+        self.root.as_ref().is_some_and(|root| {
+            rustix::fs::fstat(root).is_ok_and(|st| st.st_uid == 0 && st.st_mode & 0o022 == 0)
+        })
     }
 
     /// The tree's path joined with `rel`, for messages.
@@ -225,8 +306,10 @@ impl Tree {
 
     /// The directory `parts` below the root (made when `create`); `None` when one is missing.
     fn dir(&self, parts: &[&str], create: bool) -> io::Result<Option<OwnedFd>> {
-        let mut dir =
-            rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
+        let Some(root) = &self.root else {
+            return Ok(None);
+        };
+        let mut dir = rustix::fs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
         for part in parts {
             let next = match rustix::fs::openat(&dir, *part, DIR_FLAGS, Mode::empty()) {
                 Ok(d) => d,
@@ -261,6 +344,15 @@ impl Tree {
 
     /// What `rel` is, without following it; `None` when it does not exist.
     pub(crate) fn kind(&self, rel: &Rel) -> Option<Kind> {
+        match self.seen(rel) {
+            Seen::Real(r) => self.real_kind(&r),
+            Seen::File(..) => Some(Kind::File),
+            Seen::Gone => None,
+        }
+    }
+
+    /// What `rel` is on disk, whatever was pretended.
+    fn real_kind(&self, rel: &Rel) -> Option<Kind> {
         let (parts, name) = rel.split();
         let dir = self.dir(&parts, false).ok()??;
         let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
@@ -278,6 +370,9 @@ impl Tree {
 
     /// The target of the link `rel`.
     pub(crate) fn link_target(&self, rel: &Rel) -> Option<PathBuf> {
+        let Seen::Real(rel) = self.seen(rel) else {
+            return None;
+        };
         let (parts, name) = rel.split();
         let dir = self.dir(&parts, false).ok()??;
         let target = rustix::fs::readlinkat(&dir, name, Vec::new()).ok()?;
@@ -287,6 +382,11 @@ impl Tree {
     /// The content and mode of the regular file `rel` (at most `cap` bytes), `None` when it
     /// does not exist; an error when it is a link or anything but a regular file.
     pub(crate) fn read(&self, rel: &Rel, cap: u64) -> Result<Option<(Vec<u8>, u32)>, InstallError> {
+        let rel = &match self.seen(rel) {
+            Seen::Real(r) => r,
+            Seen::File(c, m) => return Ok(Some((c, m))),
+            Seen::Gone => return Ok(None),
+        };
         let fail = |e: io::Error| InstallError(format!("cannot read {}: {e}", self.display(rel)));
         let (parts, name) = rel.split();
         let Some(dir) = self.dir(&parts, false).map_err(fail)? else {
@@ -374,6 +474,12 @@ impl Tree {
         mode: u32,
         once: bool,
     ) -> Result<bool, InstallError> {
+        if self.pretending() {
+            if once && self.kind(rel).is_some() {
+                return Ok(false);
+            }
+            return Ok(self.pretend_that(rel, Virtual::File(content.to_vec(), mode & 0o777)));
+        }
         let fail = |e: io::Error| InstallError(format!("cannot write {}: {e}", self.display(rel)));
         let (parts, name) = rel.split();
         let dir = self
@@ -439,6 +545,22 @@ impl Tree {
                 self.display(to)
             ))
         };
+        if self.pretending() {
+            if self.kind(to).is_some() {
+                return Err(fail(io::Error::from(io::ErrorKind::AlreadyExists)));
+            }
+            let moved = match self.seen(from) {
+                Seen::Gone => return Err(fail(io::Error::from(io::ErrorKind::NotFound))),
+                Seen::Real(r) if self.real_kind(&r).is_none() => {
+                    return Err(fail(io::Error::from(io::ErrorKind::NotFound)));
+                }
+                Seen::Real(r) => Virtual::Moved(r),
+                Seen::File(c, m) => Virtual::File(c, m),
+            };
+            self.pretend_that(to, moved);
+            self.pretend_that(from, Virtual::Gone);
+            return Ok(());
+        }
         let (from_parts, from_name) = from.split();
         let (to_parts, to_name) = to.split();
         let from_dir = self
@@ -461,6 +583,9 @@ impl Tree {
 
     /// Removes the entry `rel` (not a directory).
     pub(crate) fn remove_file(&self, rel: &Rel) -> Result<(), InstallError> {
+        if self.pretend_that(rel, Virtual::Gone) {
+            return Ok(());
+        }
         let fail = |e: io::Error| InstallError(format!("cannot remove {}: {e}", self.display(rel)));
         let (parts, name) = rel.split();
         match self.dir(&parts, false).map_err(fail)? {
@@ -473,6 +598,9 @@ impl Tree {
 
     /// Removes the directory `rel` if it is empty.
     pub(crate) fn remove_dir(&self, rel: &Rel) {
+        if self.pretending() {
+            return;
+        }
         let (parts, name) = rel.split();
         if let Ok(Some(parent)) = self.dir(&parts, false) {
             let _ = rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR);
@@ -482,6 +610,9 @@ impl Tree {
     /// Removes the directory `rel` and the directories below it that are empty, never a file
     /// and never through a link.
     pub(crate) fn remove_empty_dirs(&self, rel: &Rel) {
+        if self.pretending() {
+            return;
+        }
         let (parts, name) = rel.split();
         let Ok(Some(parent)) = self.dir(&parts, false) else {
             return;
@@ -559,7 +690,7 @@ mod tests {
         std::fs::create_dir(&root).expect("mkdir");
         std::os::unix::fs::symlink(outside.join("victim"), root.join("file")).expect("link");
         std::os::unix::fs::symlink(&outside, root.join("sub")).expect("link");
-        let tree = Tree::open(&root, false).expect("open");
+        let tree = Tree::open(&root, Open::Existing).expect("open");
         let file = Rel::parse("file").expect("rel");
         assert_eq!(tree.kind(&file), Some(Kind::Link));
         assert!(tree.read(&file, 100).is_err());
@@ -582,5 +713,71 @@ mod tests {
         // write_once never replaces.
         assert!(!tree.write_once(&file, b"other", 0o600).expect("once"));
         assert_eq!(std::fs::read(root.join("file")).expect("read"), b"new");
+    }
+
+    #[test]
+    fn a_pretending_tree_answers_from_its_changes_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/stock"), b"stock").expect("write");
+        std::fs::set_permissions(
+            root.join("d/stock"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .expect("chmod");
+        std::os::unix::fs::symlink("elsewhere", root.join("d/link")).expect("link");
+        let tree = Tree::open(&root, Open::Pretend).expect("open");
+        let at = |p: &str| Rel::parse(p).expect("rel");
+        // Moved aside: gone from where it was, found (a link stays a link) where it went.
+        tree.rename_new(&at("d/stock"), &at("kept/d/stock"))
+            .expect("move");
+        tree.rename_new(&at("d/link"), &at("kept/d/link"))
+            .expect("move");
+        assert_eq!(tree.kind(&at("d/stock")), None);
+        assert_eq!(
+            tree.read(&at("kept/d/stock"), 100).expect("read"),
+            Some((b"stock".to_vec(), 0o644))
+        );
+        assert_eq!(tree.kind(&at("kept/d/link")), Some(Kind::Link));
+        assert_eq!(
+            tree.link_target(&at("kept/d/link")),
+            Some(PathBuf::from("elsewhere"))
+        );
+        // Moving onto something that is there is refused, as on disk.
+        assert!(
+            tree.rename_new(&at("kept/d/stock"), &at("kept/d/link"))
+                .is_err()
+        );
+        // Written, then the same again: the second write changes nothing.
+        assert!(
+            tree.write_if_changed(&at("d/stock"), b"shim", 0o755)
+                .expect("write")
+        );
+        assert!(
+            !tree
+                .write_if_changed(&at("d/stock"), b"shim", 0o755)
+                .expect("write")
+        );
+        assert!(
+            !tree
+                .write_once(&at("d/stock"), b"other", 0o600)
+                .expect("once")
+        );
+        tree.remove_file(&at("kept/d/stock")).expect("remove");
+        assert_eq!(tree.kind(&at("kept/d/stock")), None);
+        // On disk, nothing moved.
+        assert_eq!(std::fs::read(root.join("d/stock")).expect("read"), b"stock");
+        assert!(std::fs::symlink_metadata(root.join("d/link")).is_ok());
+        assert!(!root.join("kept").exists());
+        // A tree that does not exist is an empty one, and stays missing.
+        let none = Tree::open(&dir.path().join("missing/tree"), Open::Pretend).expect("open");
+        assert_eq!(none.kind(&at("d/stock")), None);
+        assert!(
+            none.write_if_changed(&at("a/b"), b"x", 0o644)
+                .expect("write")
+        );
+        assert_eq!(none.kind(&at("a/b")), Some(Kind::File));
+        assert!(!dir.path().join("missing").exists());
     }
 }
