@@ -179,6 +179,64 @@ impl Calendar {
     }
 }
 
+/// One of OpenNebula's scheduled actions, as [`Calendar::as_sched_action`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsSchedAction {
+    /// The next time the calendar names (epoch seconds).
+    pub time: i64,
+    /// REPEAT: 0 weekly or 3 hourly.
+    pub repeat: i64,
+    /// DAYS: the weekdays (0 = Sunday), or the hours between runs.
+    pub days: String,
+}
+
+impl Calendar {
+    /// The calendar as one of OpenNebula's scheduled actions (`SCHED_ACTION`), when one can
+    /// say it: one time of day on some weekdays (REPEAT weekly), or one minute of every Nth
+    /// hour, all day, every day, with N dividing 24 (REPEAT hourly). `None` for anything else
+    /// (several times a day at different minutes, hours that are not evenly spaced).
+    pub fn as_sched_action(&self, now: i64, tz: &TimeZone) -> Option<AsSchedAction> {
+        if self.minutes.count_ones() != 1 {
+            return None;
+        }
+        let time = self.next(now, tz)?;
+        let hours: Vec<u32> = (0..24).filter(|h| self.hours & (1 << h) != 0).collect();
+        match hours.as_slice() {
+            [] => None,
+            [_] => {
+                // DAYS' weekdays count from Sunday (0); the calendar's from Monday.
+                let mut days: Vec<u32> = (0..7u32)
+                    .filter(|d| self.days & (1 << d) != 0)
+                    .map(|d| (d + 1) % 7)
+                    .collect();
+                days.sort_unstable();
+                let days: Vec<String> = days.iter().map(u32::to_string).collect();
+                Some(AsSchedAction {
+                    time,
+                    repeat: 0,
+                    days: days.join(","),
+                })
+            }
+            [first, second, ..] => {
+                let step = second - first;
+                let even = self.days == 0x7f
+                    && 24 % step == 0
+                    && *first < step
+                    && hours.len() as u32 == 24 / step
+                    && hours
+                        .iter()
+                        .enumerate()
+                        .all(|(i, h)| *h == first + i as u32 * step);
+                even.then(|| AsSchedAction {
+                    time,
+                    repeat: 3,
+                    days: step.to_string(),
+                })
+            }
+        }
+    }
+}
+
 impl When {
     /// `EVERY` (`30m`, `6h`, `1d`, or seconds) or `SCHEDULE`; not both. `None` for a job
     /// that runs only when asked.
@@ -350,5 +408,56 @@ mod tests {
         assert!(every.due(now, None, None, &utc));
         assert!(!every.due(now, Some(now - 3599), None, &utc));
         assert!(every.due(now, Some(now - 3600), None, &utc));
+    }
+
+    #[test]
+    fn calendars_that_one_scheduled_action_can_say() {
+        let tz = TimeZone::get("Europe/Berlin").expect("tz");
+        // Monday 2026-03-02 10:00 local.
+        let now = at(&tz, 2026, 3, 2, 10, 0);
+        let sched = |text: &str| {
+            Calendar::parse(text)
+                .expect(text)
+                .as_sched_action(now, &tz)
+                .map(|a| (a.time, a.repeat, a.days))
+        };
+        assert_eq!(
+            sched("mon..fri 02:30"),
+            Some((at(&tz, 2026, 3, 3, 2, 30), 0, "1,2,3,4,5".into()))
+        );
+        assert_eq!(
+            sched("sat,sun 23:05"),
+            Some((at(&tz, 2026, 3, 7, 23, 5), 0, "0,6".into()))
+        );
+        assert_eq!(
+            sched("daily"),
+            Some((at(&tz, 2026, 3, 3, 0, 0), 0, "0,1,2,3,4,5,6".into()))
+        );
+        assert_eq!(
+            sched("hourly"),
+            Some((at(&tz, 2026, 3, 2, 11, 0), 3, "1".into()))
+        );
+        assert_eq!(
+            sched("*/6:15"),
+            Some((at(&tz, 2026, 3, 2, 12, 15), 3, "6".into()))
+        );
+        assert_eq!(
+            sched("2/8:00"),
+            Some((at(&tz, 2026, 3, 2, 18, 0), 3, "8".into()))
+        );
+        assert_eq!(
+            sched("2,14:00"),
+            Some((at(&tz, 2026, 3, 2, 14, 0), 3, "12".into()))
+        );
+        assert_eq!(
+            sched("3/6:00"),
+            Some((at(&tz, 2026, 3, 2, 15, 0), 3, "6".into()))
+        );
+        // Several times a day that one REPEAT cannot say.
+        for text in [
+            "2,13:00", "*:0/15", "8..17:00", "*/5:00", "mon *:00", "7/6:00",
+        ] {
+            assert_eq!(sched(text), None, "{text}");
+        }
     }
 }

@@ -83,7 +83,8 @@ enum Command {
     },
     /// Install into (or uninstall from) an OpenNebula remotes tree. install.sh calls this.
     Install(install::Options),
-    /// Work with a repository directly: init, backup, snapshots, dump.
+    /// Work with a repository directly, as restic does (init, backup, snapshots, restore, dump,
+    /// check, copy, verify, forget, prune, ...): every snapshot backstop writes is restic's.
     Repo(Box<repo_cli::Args>),
     /// The host side of the datastore `backup` action: the front-end runs it over ssh on the
     /// hypervisor (or bridge) and sends the action's XML on stdin.
@@ -181,7 +182,13 @@ fn serve(
 fn backupjob_group(group: &str, args: Vec<OsString>) -> ExitCode {
     let mut all: Vec<OsString> = vec!["backupjob".into(), group.into()];
     all.extend(args);
-    match <crate::backupjob_cli::Args as clap::Parser>::try_parse_from(all) {
+    // Usage lines name the program as it is called: `backstop backupjob sync-job ...`.
+    let command = <crate::backupjob_cli::Args as clap::CommandFactory>::command()
+        .bin_name("backstop backupjob");
+    let parsed = command.try_get_matches_from(all).and_then(|mut m| {
+        <crate::backupjob_cli::Args as clap::FromArgMatches>::from_arg_matches_mut(&mut m)
+    });
+    match parsed {
         Ok(args) => crate::backupjob_cli::main(&args),
         Err(e) => {
             let _ = e.print();
@@ -256,5 +263,107 @@ fn decode(path: &std::path::Path, args: &[String]) -> ExitCode {
             Err(e) => run::fail("decode", &run::DriverError::Other(e.to_string())),
         },
         Err(e) => run::fail(&invocation.name(), &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command the operator sees, with its path of names (`backstop backupjob list`).
+    fn commands(c: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), c.clone()));
+        for sub in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            commands(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn all() -> Vec<(String, clap::Command)> {
+        let mut root = Cli::command();
+        root.build();
+        let mut out = Vec::new();
+        commands(&root, "backstop".into(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_command_and_every_argument_is_described() {
+        let mut missing = Vec::new();
+        for (path, c) in all() {
+            if c.get_about().is_none() {
+                missing.push(format!("{path}: the command"));
+            }
+            for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = a.get_id().as_str();
+                // clap's own, and the pass-through argv of the shortcut commands (their help is
+                // the command they stand for).
+                if id == "help"
+                    || id == "version"
+                    || (id == "args" && !c.is_disable_help_flag_set())
+                {
+                    continue;
+                }
+                if c.is_disable_help_flag_set() && id == "args" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "without a description:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_usage_names_the_program_as_it_is_called() {
+        for (path, mut c) in all() {
+            let usage = c.render_usage().to_string();
+            assert!(
+                usage.starts_with(&format!("Usage: {path}")),
+                "{path}: {usage}"
+            );
+        }
+        // The shortcuts (`backstop sync-job ...`) parse as `backstop backupjob sync-job ...`
+        // and say so.
+        let c = <crate::backupjob_cli::Args as CommandFactory>::command()
+            .bin_name("backstop backupjob");
+        let e = c
+            .try_get_matches_from(["backupjob", "sync-job", "show"])
+            .expect_err("no id");
+        assert!(
+            e.to_string()
+                .contains("Usage: backstop backupjob sync-job show"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn global_options_are_taken_anywhere_on_the_line() {
+        for line in [
+            &["backstop", "repo", "snapshots", "-r", "/x"][..],
+            &["backstop", "repo", "-r", "/x", "snapshots"],
+            &["backstop", "backupjob", "list", "--json", "--state", "/s"],
+            &["backstop", "backupjob", "--json", "--state", "/s", "list"],
+            &[
+                "backstop",
+                "backupjob",
+                "image",
+                "show",
+                "3",
+                "--state",
+                "/s",
+                "--json",
+            ],
+        ] {
+            Cli::try_parse_from(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        }
     }
 }

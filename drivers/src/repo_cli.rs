@@ -24,54 +24,61 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The heading the options every `backstop repo` command takes are listed under, after the
+/// command's own; like restic's, they are taken anywhere on the line.
+const REPOSITORY: &str = "Repository options";
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The repository: a local path, sftp:[user@]host:/path (host may be an alias of the
     /// ssh configuration), or s3:<endpoint>/<bucket>/<path> (keys in AWS_ACCESS_KEY_ID and
     /// AWS_SECRET_ACCESS_KEY).
-    #[arg(long, short = 'r', env = "RESTIC_REPOSITORY")]
-    repo: String,
+    #[arg(long, short = 'r', env = "RESTIC_REPOSITORY", global = true, help_heading = REPOSITORY)]
+    repo: Option<String>,
     /// SFTP: the OpenSSH client configuration to read (default ~/.ssh/config).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true, help_heading = REPOSITORY)]
     ssh_config: Option<PathBuf>,
     /// SFTP: accept only this host key (SHA256:... as `ssh-keygen -l` prints it) instead of
     /// looking it up in known_hosts.
-    #[arg(long, value_name = "FINGERPRINT")]
+    #[arg(long, value_name = "FINGERPRINT", global = true, help_heading = REPOSITORY)]
     host_fingerprint: Option<String>,
     /// SFTP: sessions to open at most (default 5, no more than this machine's CPUs); S3:
     /// requests in flight at once (default 5).
-    #[arg(long, env = "RESTIC_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "RESTIC_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=64), global = true, help_heading = REPOSITORY)]
     pub(crate) connections: Option<u64>,
     /// S3: the region to sign for.
-    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1", global = true, help_heading = REPOSITORY)]
     s3_region: String,
     /// S3: path-style URLs (endpoint/bucket/key), as restic's -o s3.bucket-lookup=path.
-    #[arg(long)]
+    #[arg(long, global = true, help_heading = REPOSITORY)]
     s3_path_style: bool,
     /// S3: trust the CA certificates in this PEM file instead of the system's.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true, help_heading = REPOSITORY)]
     cacert: Option<PathBuf>,
     /// S3: do not check the server's certificate at all.
-    #[arg(long)]
+    #[arg(long, global = true, help_heading = REPOSITORY)]
     insecure_tls: bool,
     /// Bandwidth limit in KiB/s, reads and writes together, on every kind of repository (restic's
     /// unit).
-    #[arg(long, value_name = "KIB", env = "RESTIC_BWLIMIT")]
+    #[arg(long, value_name = "KIB", env = "RESTIC_BWLIMIT", global = true, help_heading = REPOSITORY)]
     limit: Option<u64>,
     /// A file whose first line is the password (else RESTIC_PASSWORD or RESTIC_PASSWORD_FILE).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true, help_heading = REPOSITORY)]
     password_file: Option<PathBuf>,
     /// How long to wait for a conflicting lock to go away (e.g. 30s, 5m, 1h30m), as restic's
     /// --retry-lock; then fail naming the holder.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration, global = true, help_heading = REPOSITORY)]
     pub(crate) retry_lock: Duration,
     /// SFTP and S3: where to keep the metadata cache (index, snapshot and tree files, checked by
     /// their hash; default $XDG_CACHE_HOME/backstop or ~/.cache/backstop).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true, help_heading = REPOSITORY)]
     cache_dir: Option<PathBuf>,
     /// SFTP and S3: read everything from the server (`check` always does).
-    #[arg(long)]
+    #[arg(long, global = true, help_heading = REPOSITORY)]
     no_cache: bool,
+    /// Print JSON instead of text (snapshots, backup's summary).
+    #[arg(long, global = true, help_heading = REPOSITORY)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,16 +142,15 @@ struct BackupCmd {
     /// The changed extents, as `nbdinfo --json --map` prints them for a dirty bitmap.
     #[arg(long, value_name = "FILE", requires = "parent")]
     changed_extents: Option<PathBuf>,
+    /// A tag for the snapshot (repeat for more).
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
+    /// The host name recorded in the snapshot (default: this machine's).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
     /// off, fastest, auto, better or max (restic 0.19's names).
     #[arg(long, env = "RESTIC_COMPRESSION")]
     compression: Option<String>,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -154,10 +160,7 @@ enum Command {
     /// Back up a disk image as one file of a new snapshot.
     Backup(Box<BackupCmd>),
     /// List snapshots.
-    Snapshots {
-        #[arg(long)]
-        json: bool,
-    },
+    Snapshots,
     /// Restore a file of a snapshot (a disk image) to a local file, sparse.
     Restore {
         /// Snapshot id, unique prefix, or `latest`.
@@ -170,6 +173,7 @@ enum Command {
     },
     /// Check the repository (metadata; with --read-data every blob, or a subset).
     Check {
+        /// Also read and check every blob.
         #[arg(long)]
         read_data: bool,
         /// e.g. 10%, 500M or 1/5.
@@ -178,13 +182,16 @@ enum Command {
     },
     /// Remove snapshots (ids or unique prefixes). Their data goes with `prune`.
     Forget {
+        /// Snapshot ids or unique prefixes.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Prune right after.
         #[arg(long)]
         prune: bool,
+        /// With --prune: how much unused space may stay (as prune's).
         #[arg(long, env = "RESTIC_PRUNE_MAX_UNUSED")]
         max_unused: Option<String>,
+        /// With --prune: how much may be repacked at most (as prune's).
         #[arg(long, env = "RESTIC_PRUNE_MAX_REPACK")]
         max_repack: Option<String>,
     },
@@ -202,6 +209,7 @@ enum Command {
     Stats,
     /// Remove stale locks (all locks with --remove-all).
     Unlock {
+        /// Remove every lock, not only stale ones (make sure nothing uses the repository).
         #[arg(long)]
         remove_all: bool,
     },
@@ -217,6 +225,14 @@ enum Command {
         /// The file's absolute path in the snapshot.
         path: String,
     },
+}
+
+/// The repository named by -r/--repo or RESTIC_REPOSITORY.
+fn location(args: &Args) -> Result<&str, String> {
+    args.repo
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| "no repository: give -r/--repo or set RESTIC_REPOSITORY".to_string())
 }
 
 pub fn main(args: &Args) -> ExitCode {
@@ -270,7 +286,7 @@ fn s3_keys(args: &Args) -> Result<S3Keys, String> {
 }
 
 fn backend(args: &Args) -> Result<Arc<dyn Storage>, String> {
-    backend_at(args, &args.repo)
+    backend_at(args, location(args)?)
 }
 
 /// The storage at `location`, with the command line's connection options.
@@ -288,7 +304,7 @@ fn open_in_background(
     args: &Args,
     pw: String,
 ) -> Result<backstop_datastore::repo::Opening, String> {
-    let spec = spec_at(args, &args.repo)?;
+    let spec = spec_at(args, location(args)?)?;
     Ok(backstop_datastore::repo::Opening::spawn(move || {
         let be = connect(&spec).map_err(|e| {
             backstop_datastore::repo::Error::new(backstop_datastore::repo::ErrorKind::Repository, e)
@@ -355,7 +371,7 @@ fn run(args: &Args) -> Result<(), String> {
             .map(|c| !c.is_empty())
             .unwrap_or(false)
         {
-            return Err(format!("{} already holds a repository", args.repo));
+            return Err(format!("{} already holds a repository", location(args)?));
         }
         let repo = Repo::init(be, &pw).map_err(|e| e.to_string())?;
         println!("created repository at {}", repo.location());
@@ -366,9 +382,9 @@ fn run(args: &Args) -> Result<(), String> {
         Command::Init | Command::Backup(_) => Ok(()),
         Command::Copy(_) => Ok(()),
         Command::Verify(cmd) => crate::repo_copy::verify(&copy_options(args, &open), &repo, cmd),
-        Command::Snapshots { json } => {
+        Command::Snapshots => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;
-            if *json {
+            if args.json {
                 println!(
                     "{}",
                     serde_json::to_string(&snaps).map_err(|e| e.to_string())?
@@ -496,7 +512,6 @@ fn backup(opening: Opening, args: &Args, cmd: &BackupCmd) -> Result<(), String> 
         tags,
         host,
         compression,
-        json,
         ..
     } = cmd;
     let started = Instant::now();
@@ -572,7 +587,7 @@ fn backup(opening: Opening, args: &Args, cmd: &BackupCmd) -> Result<(), String> 
     if let Some(reason) = &t.full_reason {
         eprintln!("INFO: read the whole image: {reason}");
     }
-    if *json {
+    if args.json {
         let summary = serde_json::json!({
             "snapshot_id": result.snapshot_id.to_hex(),
             "size": t.size, "chunks": t.chunks, "reused_chunks": t.reused_chunks,

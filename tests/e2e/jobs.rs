@@ -1620,3 +1620,114 @@ fn templates_are_checked_when_they_are_created() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("did you mean MODE?"), "{}", out.stderr);
 }
+
+/// One time syntax for every schedule: `sched-add --time` takes the calendar forms sync and
+/// verify jobs' SCHEDULE takes (as OpenNebula's weekly or hourly scheduled actions), RFC 3339
+/// and local date-times, and `--repeat hourly` alone runs every hour.
+#[test]
+fn scheduled_actions_take_calendar_forms_and_iso_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let st = dir.path().join("state.db").display().to_string();
+    let bj = |args: &[&str]| {
+        let mut all = vec!["backupjob", "--state", st.as_str()];
+        all.extend_from_slice(args);
+        crate::support::run(BACKSTOP, &all, b"")
+    };
+    let ds = dir.path().join("ds.tmpl");
+    fs::write(
+        &ds,
+        format!(
+            "NAME = \"local\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{}\"\nRESTIC_PASSWORD = \"pw\"\n",
+            dir.path().join("repos").display()
+        ),
+    )
+    .expect("ds");
+    assert_eq!(
+        bj(&["datastore", "create", ds.to_str().expect("utf-8")]).code,
+        Some(0)
+    );
+    let vm = dir.path().join("vm22.xml");
+    fs::write(&vm, "<VM><ID>22</ID><NAME>a</NAME><TEMPLATE/></VM>").expect("vm");
+    assert_eq!(
+        bj(&["vm", "register", vm.to_str().expect("utf-8")]).code,
+        Some(0)
+    );
+    let out = bj(&["create", "--name", "j", "--datastore", "1", "--vms", "22"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let actions = || -> Vec<serde_json::Value> {
+        let show: serde_json::Value =
+            serde_json::from_str(&bj(&["show", "1", "--json"]).stdout).expect("json");
+        show["sched_actions"]
+            .as_array()
+            .expect("sched_actions")
+            .clone()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    for (time, repeat, days) in [
+        ("mon..fri 02:30", "Weekly", vec![1, 2, 3, 4, 5]),
+        ("daily", "Weekly", vec![0, 1, 2, 3, 4, 5, 6]),
+        ("*/6:15", "Hourly", vec![6]),
+    ] {
+        let out = bj(&["sched-add", "1", "--time", time]);
+        assert_eq!(out.code, Some(0), "{time}: {out:?}");
+        let a = actions().last().cloned().expect("added");
+        assert_eq!(a["repeat"], repeat, "{time}: {a}");
+        assert_eq!(a["days"], serde_json::json!(days), "{time}: {a}");
+        let at = a["time"].as_i64().expect("time");
+        assert!(
+            at > now && at <= now + 8 * 86400,
+            "{time}: the next time, {at}"
+        );
+    }
+    // An ISO time, repeated hourly without --days: every hour.
+    let out = bj(&[
+        "sched-add",
+        "1",
+        "--time",
+        "2030-01-02T03:04:00Z",
+        "--repeat",
+        "hourly",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let a = actions().last().cloned().expect("added");
+    assert_eq!(
+        (a["time"].as_i64(), a["repeat"].as_str()),
+        (Some(1893553440), Some("Hourly"))
+    );
+    assert_eq!(a["days"], serde_json::json!([1]));
+    let count = actions().len();
+    for (args, says) in [
+        (
+            vec!["--time", "2,13:00"],
+            "a scheduled action runs at one time of day on chosen weekdays, or every N hours",
+        ),
+        (
+            vec!["--time", "mon 02:30", "--repeat", "weekly"],
+            "is a calendar form, which says when it repeats",
+        ),
+        (
+            vec!["--time", "tomorrow"],
+            "is not an epoch, a date and time",
+        ),
+    ] {
+        let mut all = vec!["sched-add", "1"];
+        all.extend(&args);
+        let out = bj(&all);
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+    assert_eq!(actions().len(), count, "a refused schedule was stored");
+    // sched-update takes the same forms.
+    let first = actions()[0]["id"].as_i64().expect("id").to_string();
+    let out = bj(&["sched-update", "1", &first, "--time", "hourly"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let a = actions()[0].clone();
+    assert_eq!(
+        (a["repeat"].as_str(), a["days"].clone()),
+        (Some("Hourly"), serde_json::json!([1]))
+    );
+}

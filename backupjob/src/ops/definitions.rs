@@ -271,9 +271,15 @@ pub fn add_sched_action(st: &mut State, a: &SchedAdd) -> Result<Created, Error> 
     if !st.jobs()?.iter().any(|j| j.id == id) {
         return Err(input(format!("there is no backup job {id}")));
     }
-    let epoch = parse_time(&a.time)?;
-    let repeat = parse_repeat(&a.repeat)?;
-    let sa = crate::schedule::SchedAction::new(epoch, repeat, &a.days, a.end_type, a.end_value)
+    let given = (!a.repeat.is_empty() && a.repeat != "-1" && a.repeat != "none")
+        .then_some(a.repeat.as_str());
+    let (epoch, repeat, days) = when(
+        &a.time,
+        given,
+        Some(a.days.as_str()).filter(|d| !d.is_empty()),
+    )?;
+    let days = days.unwrap_or_default();
+    let sa = crate::schedule::SchedAction::new(epoch, repeat, &days, a.end_type, a.end_value)
         .map_err(|x| input(x.to_string()))?;
     let sid = st.add_sched_action(id, &sa)?;
     Ok(Created { id: sid })
@@ -343,14 +349,22 @@ pub fn update_sched_action(st: &mut State, u: &SchedUpdate) -> Result<(), Error>
     let (old_type, old_value) = old.end.codes();
     let old_repeat = old.repeat.code();
     let old_days: Vec<String> = old.days.iter().map(u32::to_string).collect();
-    let time = match &time {
-        Some(t) => parse_time(t)?,
-        None => old.time,
+    let (time, repeat, days) = match &time {
+        Some(t) => {
+            let (time, r, d) = when(t, repeat.as_deref(), days.as_deref())?;
+            (time, r, d.or(days))
+        }
+        None => (
+            old.time,
+            match &repeat {
+                Some(r) => parse_repeat(r)?,
+                None => old_repeat,
+            },
+            days,
+        ),
     };
-    let repeat = match &repeat {
-        Some(r) => parse_repeat(r)?,
-        None => old_repeat,
-    };
+    // An hourly REPEAT without DAYS runs every hour.
+    let days = days.or_else(|| (repeat == 3 && old_repeat != 3).then(|| "1".to_string()));
     let mut sa = crate::schedule::SchedAction::new(
         time,
         repeat,
@@ -367,20 +381,63 @@ pub fn update_sched_action(st: &mut State, u: &SchedUpdate) -> Result<(), Error>
     Ok(())
 }
 
-/// A scheduled action's time: an epoch, or a local date and time.
-fn parse_time(time: &str) -> Result<i64, Error> {
+/// A point in time: an epoch, an RFC 3339 time, or a local date and time; `None` otherwise.
+fn parse_time(time: &str) -> Option<i64> {
+    let time = time.trim();
     if let Ok(t) = time.parse::<i64>() {
-        return Ok(t);
+        return Some(t);
+    }
+    if let Ok(t) = time.parse::<jiff::Timestamp>() {
+        return Some(t.as_second());
     }
     time.parse::<jiff::civil::DateTime>()
         .ok()
         .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::system()).ok())
         .map(|z| z.timestamp().as_second())
+}
+
+/// A scheduled action's TIME, REPEAT and DAYS from `--time` (with `--repeat` and `--days`
+/// when given): the one time syntax every schedule of the runner takes.
+/// - an epoch, an RFC 3339 time (`2026-12-08T03:00:00+01:00`) or a local date and time
+///   (`2026-12-08T03:00`, `2026-12-08 03:00`): that TIME, repeated as `--repeat` says; an
+///   hourly REPEAT without `--days` runs every hour;
+/// - a calendar form, as sync and verify jobs' SCHEDULE takes (`mon..fri 02:30`, `daily`,
+///   `hourly`, `*/6:00`): the next time it names, repeated weekly on its weekdays or every N
+///   hours; it says when it repeats, so `--repeat` and `--days` are refused with it.
+fn when(
+    time: &str,
+    repeat: Option<&str>,
+    days: Option<&str>,
+) -> Result<(i64, i64, Option<String>), Error> {
+    if let Some(epoch) = parse_time(time) {
+        let repeat = match repeat {
+            Some(r) => parse_repeat(r)?,
+            None => -1,
+        };
+        let days = days
+            .map(str::to_string)
+            .or_else(|| (repeat == 3).then(|| "1".to_string()));
+        return Ok((epoch, repeat, days));
+    }
+    let calendar = crate::calendar::Calendar::parse(time).map_err(|_| {
+        input(format!(
+            "--time {time:?} is not an epoch, a date and time (2026-12-08T03:00) or a calendar form (mon..fri 02:30, daily, hourly, */6:00)"
+        ))
+    })?;
+    if repeat.is_some() || days.is_some() {
+        return Err(input(format!(
+            "--time {time:?} is a calendar form, which says when it repeats: give it without --repeat and --days"
+        )));
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let a = calendar
+        .as_sched_action(now, &jiff::tz::TimeZone::system())
         .ok_or_else(|| {
             input(format!(
-                "--time {time:?} is neither an epoch nor a local date and time"
+                "--time {time:?}: a scheduled action runs at one time of day on chosen weekdays, or every N hours (N dividing 24) at one minute; add one scheduled action per time of day"
             ))
-        })
+        })?;
+    Ok((a.time, a.repeat, Some(a.days)))
 }
 
 /// A scheduled action's repeat: -1..3 or its name.

@@ -59,6 +59,7 @@ impl WhenArgs {
 pub(crate) struct SyncJobArgs {
     /// A template file (NAME, DIRECTION, DATASTORE_ID, REMOTE_ID, VMS, ...; docs/sync.md).
     pub(crate) file: Option<PathBuf>,
+    /// NAME.
     #[arg(long)]
     name: Option<String>,
     /// DIRECTION: push (datastore to remote) or pull.
@@ -138,6 +139,7 @@ impl SyncJobArgs {
 pub(crate) struct VerifyJobArgs {
     /// A template file (NAME, DATASTORE_ID, VMS, ...; docs/sync.md).
     pub(crate) file: Option<PathBuf>,
+    /// NAME.
     #[arg(long)]
     name: Option<String>,
     /// DATASTORE_ID: the runner's backup datastore.

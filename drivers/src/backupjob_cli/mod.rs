@@ -32,6 +32,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The heading the options every `backstop backupjob` command takes are listed under, after
+/// the command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "backupjob",
@@ -39,23 +43,44 @@ use std::process::ExitCode;
 )]
 pub struct Args {
     /// The state database (default: $BACKSTOP_STATE, else <data dir>/backstop/state.db).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     state: Option<PathBuf>,
+    /// Print JSON instead of text (commands that show something; docs/json.md).
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub(crate) json: bool,
     /// The OpenNebula remotes tree the actions are run from.
-    #[arg(long, global = true, default_value = "/var/lib/one/remotes")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/one/remotes",
+        help_heading = GLOBAL
+    )]
     remotes: PathBuf,
     /// oned's DATASTORE_LOCATION (VM directories are <location>/<system ds>/<vm id>).
-    #[arg(long, global = true, default_value = "/var/lib/one//datastores")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/var/lib/one//datastores",
+        help_heading = GLOBAL
+    )]
     datastore_location: String,
     /// Running backups at most, overall (0: unlimited).
-    #[arg(long, global = true, default_value_t = 5)]
+    #[arg(long, global = true, value_name = "N", default_value_t = 5, help_heading = GLOBAL)]
     max_backups: u32,
     /// Running backups at most per host (0: unlimited).
-    #[arg(long, global = true, default_value_t = 2)]
+    #[arg(long, global = true, value_name = "N", default_value_t = 2, help_heading = GLOBAL)]
     max_backups_host: u32,
     /// Seconds between progress log lines of a running backup when stdout is not a terminal
     /// (on a terminal, a live line is redrawn every second).
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        help_heading = GLOBAL
+    )]
     progress_every: u64,
     #[command(subcommand)]
     command: Command,
@@ -91,55 +116,66 @@ pub(crate) enum Command {
     /// Create a job from a template file, from flags, or both (the flags win).
     Create(CreateArgs),
     /// List the jobs.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Show a job and where each of its VMs stands.
     Show {
+        /// The job's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Run a job now, in the foreground.
     Backup {
+        /// The job's id.
         id: u64,
     },
     /// Move the job's VMs in ERROR back to OUTDATED.
     Retry {
+        /// The job's id.
         id: u64,
     },
     /// Stop a job's run: OUTDATED VMs are dropped from it, running backups are stopped with
     /// the datastore's backup_cancel and end in ERROR.
     Cancel {
+        /// The job's id.
         id: u64,
     },
     /// Replace a job's template with a file's (or merge it in with --append). NAME, PRIORITY
     /// and SCHED_ACTION are not changed this way (rename, priority, sched-*).
     Update {
+        /// The job's id.
         id: u64,
+        /// The template file.
         file: PathBuf,
+        /// Merge the file's attributes into the template instead of replacing it.
         #[arg(long)]
         append: bool,
     },
     /// Set a job's priority (0–99; higher runs first).
     Priority {
+        /// The job's id.
         id: u64,
+        /// 0–99; higher runs first.
         priority: u8,
     },
+    /// Rename a job.
     Rename {
+        /// The job's id.
         id: u64,
+        /// The new name.
         name: String,
     },
     /// A locked job is not run.
     Lock {
+        /// The job's id.
         id: u64,
     },
+    /// Unlock a job: it is run again.
     Unlock {
+        /// The job's id.
         id: u64,
     },
     /// Delete a job and its scheduled actions (its backup images stay).
     Delete {
+        /// The job's id.
         id: u64,
     },
     /// Change a scheduled action of a job, from a file holding `SCHED_ACTION = [...]` or from
@@ -147,7 +183,9 @@ pub(crate) enum Command {
     SchedUpdate(SchedUpdateArgs),
     /// Delete a scheduled action of a job.
     SchedDelete {
+        /// The job's id.
         id: u64,
+        /// The scheduled action's id (`show` lists them).
         sched_id: u64,
     },
     /// Backup images.
@@ -161,16 +199,16 @@ pub(crate) enum Command {
     /// KEEP_HOURLY, KEEP_DAILY, KEEP_WEEKLY, KEEP_MONTHLY, KEEP_YEARLY) keep and why, and which
     /// go; protected images always stay. Read-only.
     Retention {
+        /// The job's id.
         id: u64,
         /// Only this VM of the job.
         #[arg(long)]
         vm: Option<u64>,
-        #[arg(long)]
-        json: bool,
         /// Carry the plan out (with --yes): `rm` for images that go whole, `increment_flatten`
         /// for chains that lose points.
         #[arg(long)]
         apply: bool,
+        /// With --apply: do it without asking.
         #[arg(long)]
         yes: bool,
         /// With --apply: refuse a plan that removes more points than this (nothing is removed).
@@ -197,11 +235,13 @@ pub(crate) enum Command {
     /// increments, VMs, jobs), so that a lost state is rebuilt from the repositories; what the
     /// state holds is left as it is.
     Discover {
+        /// The backup datastore's id.
         datastore: u64,
     },
     /// Run the jobs whose scheduled actions are due (one pass, or --loop as a daemon that
     /// stops cleanly on SIGTERM).
     Scheduler {
+        /// Keep running: a pass every --interval seconds until SIGTERM or SIGINT.
         #[arg(long = "loop")]
         forever: bool,
         /// Seconds between passes with --loop.
@@ -213,35 +253,45 @@ pub(crate) enum Command {
 #[derive(Debug, Subcommand)]
 pub(crate) enum DatastoreCommand {
     /// Create a backup datastore from a template file (NAME, DS_MAD, BASE_PATH, RESTIC_...).
-    Create { file: PathBuf },
-    List {
-        #[arg(long)]
-        json: bool,
+    Create {
+        /// The template file.
+        file: PathBuf,
     },
+    /// Every backup datastore: id, name, driver and where its repositories are.
+    List,
     /// A datastore's template (secrets hidden) and the jobs and images that use it.
     Show {
+        /// The datastore's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Delete a datastore no job names and no backup image lives in (the repository stays).
-    Delete { id: u64 },
+    Delete {
+        /// The datastore's id.
+        id: u64,
+    },
     /// Replace a datastore's template with a file's (or merge it in with --append), checked
     /// as at create. A new RESTIC_PASSWORD re-keys every repository under it: a key for the
     /// new password is added to each before the old one's is removed.
     Update {
+        /// The datastore's id.
         id: u64,
+        /// The template file.
         file: PathBuf,
+        /// Merge the file's attributes into the template instead of replacing it.
         #[arg(long)]
         append: bool,
     },
     /// Give up a datastore's unfinished password change (one that has not switched its
     /// template yet): the keys it added for the new password are removed again.
-    AbortRekey { id: u64 },
+    AbortRekey {
+        /// The datastore's id.
+        id: u64,
+    },
     /// Use OpenNebula's backup datastore ID (OpenNebula mode): jobs backing up into it take
     /// their VMs from oned at each run and back them up through oned. oned is found as
     /// OpenNebula's tools find it (ONE_XMLRPC, ONE_AUTH, ~/.one/one_auth) unless given here.
     Import {
+        /// oned's id of the backup datastore (this runner records it under the same id).
         id: u64,
         /// oned's XML-RPC endpoint (http:// or https://), kept with the datastore.
         #[arg(long)]
@@ -256,21 +306,29 @@ pub(crate) enum DatastoreCommand {
 pub(crate) enum RemoteCommand {
     /// Add a remote from a template file (NAME, DS_MAD, BASE_PATH or RESTIC_SFTP_SERVER, or
     /// RESTIC_BACKEND=S3 and RESTIC_S3_*, and its own RESTIC_PASSWORD).
-    Create { file: PathBuf },
-    List {
-        #[arg(long)]
-        json: bool,
+    Create {
+        /// The template file.
+        file: PathBuf,
     },
+    /// Every remote: id, name and where its repositories are.
+    List,
     /// A remote: where its repositories are, and its template (secrets hidden).
     Show {
+        /// The remote's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Replace a remote's template.
-    Update { id: u64, file: PathBuf },
+    Update {
+        /// The remote's id.
+        id: u64,
+        /// The template file.
+        file: PathBuf,
+    },
     /// Forget a remote (its repositories stay).
-    Remove { id: u64 },
+    Remove {
+        /// The remote's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,27 +336,31 @@ pub(crate) enum SyncJobCommand {
     /// Add a sync job from a template file and/or flags (NAME, DIRECTION, DATASTORE_ID,
     /// REMOTE_ID, VMS, BACKUP_JOBS, TAGS, TRANSFER_LAST, ...; docs/sync.md).
     Create(flags::SyncJobArgs),
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    /// Every sync job: id, name, direction and its last run.
+    List,
     /// A sync job's template and its last runs.
     Show {
+        /// The sync job's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Replace a sync job's template by a file's, and/or change attributes by flags (its run
     /// records stay).
     Update {
+        /// The sync job's id.
         id: u64,
         #[command(flatten)]
         args: flags::SyncJobArgs,
     },
     /// Forget a sync job and its run records (what it copied stays).
-    Remove { id: u64 },
+    Remove {
+        /// The sync job's id.
+        id: u64,
+    },
     /// Run a sync job now, in the foreground.
-    Run { id: u64 },
+    Run {
+        /// The sync job's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,50 +368,53 @@ pub(crate) enum VerifyJobCommand {
     /// Add a verify job from a template file and/or flags (NAME, DATASTORE_ID, VMS,
     /// BACKUP_JOBS, OUTDATED_AFTER, IGNORE_VERIFIED, SHARES, HEAL, ...; docs/sync.md).
     Create(flags::VerifyJobArgs),
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    /// Every verify job: id, name, datastore and its last run.
+    List,
     /// A verify job's template and the verdict on each snapshot it read.
     Show {
+        /// The verify job's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Replace a verify job's template by a file's, and/or change attributes by flags (its
     /// verdicts stay).
     Update {
+        /// The verify job's id.
         id: u64,
         #[command(flatten)]
         args: flags::VerifyJobArgs,
     },
     /// Forget a verify job (the verdicts stay).
-    Remove { id: u64 },
+    Remove {
+        /// The verify job's id.
+        id: u64,
+    },
     /// Run a verify job now, in the foreground.
-    Run { id: u64 },
+    Run {
+        /// The verify job's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {
     /// Every backup image with its increments.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// A backup image and its increments.
     Show {
+        /// The backup image's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Restore a backup image into a directory: disk.<id>.qcow2 per disk (standalone qcow2),
     /// vm.xml, and disk.tpm.0 when the VM had a TPM.
     Restore(RestoreArgs),
     /// Protect an image: no retention rule removes it (its points stay).
     Protect {
+        /// The backup image's id.
         id: u64,
     },
+    /// Unprotect an image: retention rules apply to it again.
     Unprotect {
+        /// The backup image's id.
         id: u64,
     },
 }
@@ -357,24 +422,29 @@ pub(crate) enum ImageCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum VmCommand {
     /// Register a VM from its XML document.
-    Register { file: PathBuf },
-    List {
-        #[arg(long)]
-        json: bool,
+    Register {
+        /// The VM's XML document (`onevm show -x ID > vm.xml`).
+        file: PathBuf,
     },
+    /// Every registered VM: id, name, host and its job.
+    List,
     /// A VM: its host, disks, job and backup images.
     Show {
+        /// The VM's id.
         id: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// Forget a VM that is in no job (its backup images stay).
-    Unregister { id: u64 },
+    Unregister {
+        /// The VM's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CreateArgs {
+    /// A template file (NAME, BACKUP_VMS, DATASTORE_ID, MODE, KEEP_*, ...); flags override it.
     pub(crate) file: Option<PathBuf>,
+    /// NAME.
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// BACKUP_VMS: VM ids, in backup order (1,2,3).
@@ -399,44 +469,58 @@ pub(crate) struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SchedUpdateArgs {
+    /// The job's id.
     pub(crate) id: u64,
+    /// The scheduled action's id (`show` lists them).
     pub(crate) sched_id: u64,
+    /// A file holding `SCHED_ACTION = [ ... ]`; flags override it.
     pub(crate) file: Option<PathBuf>,
-    /// When: an epoch, or a local date and time (2026-11-22T03:00).
+    /// TIME: a date and time (2026-11-22T03:00, local; or RFC 3339, or an epoch), or a
+    /// calendar form that says when it repeats (mon..fri 02:30, daily, hourly, */6:00).
     #[arg(long)]
     pub(crate) time: Option<String>,
+    /// REPEAT: none, weekly, monthly, yearly or hourly (or -1, 0, 1, 2, 3).
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) repeat: Option<String>,
+    /// DAYS: weekdays (0 = Sunday), days of the month or of the year, or every N hours.
     #[arg(long)]
     pub(crate) days: Option<String>,
+    /// END_TYPE: -1 none, 0 never, 1 after END_VALUE runs, 2 until the epoch END_VALUE.
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) end_type: Option<i64>,
+    /// END_VALUE: a number of runs, or an epoch (see --end-type).
     #[arg(long, allow_hyphen_values = true)]
     pub(crate) end_value: Option<i64>,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SchedAddArgs {
+    /// The job's id.
     pub(crate) id: u64,
-    /// When: an epoch, or a local date and time (2026-11-22T03:00).
+    /// TIME: a date and time (2026-11-22T03:00, local; or RFC 3339, or an epoch), or a
+    /// calendar form that says when it repeats (mon..fri 02:30, daily, hourly, */6:00), as
+    /// sync and verify jobs' SCHEDULE.
     #[arg(long)]
     pub(crate) time: String,
-    /// -1 none, 0 weekly, 1 monthly, 2 yearly, 3 hourly (or: weekly, monthly, yearly,
-    /// hourly).
+    /// REPEAT, with a date and time: none, weekly, monthly, yearly or hourly (or -1, 0, 1,
+    /// 2, 3).
     #[arg(long, default_value = "-1", allow_hyphen_values = true)]
     pub(crate) repeat: String,
-    /// Weekdays (0 = Sunday), days of the month, days of the year, or the hours.
+    /// DAYS: weekdays (0 = Sunday), days of the month or of the year, or every N hours
+    /// (hourly: 1 when not given).
     #[arg(long, default_value = "")]
     pub(crate) days: String,
     /// -1 none, 0 never, 1 after END_VALUE runs, 2 until the epoch END_VALUE.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub(crate) end_type: i64,
+    /// END_VALUE: a number of runs, or an epoch (see --end-type).
     #[arg(long)]
     pub(crate) end_value: Option<i64>,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
+    /// The backup image's id.
     pub(crate) id: u64,
     /// The directory to write (created if missing).
     #[arg(long)]
@@ -708,8 +792,8 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
                 )?
                 .to_string(),
             )?,
-            DatastoreCommand::List { json } => datastores::list(st, json)?,
-            DatastoreCommand::Show { id, json } => datastores::show(st, args, *id, *json)?,
+            DatastoreCommand::List => datastores::list(st, &args.json)?,
+            DatastoreCommand::Show { id } => datastores::show(st, args, *id, args.json)?,
             DatastoreCommand::Delete { id } => ops::definitions::delete_datastore(st, *id)?,
             DatastoreCommand::Update { id, file, append } => print(
                 &ops::definitions::update_datastore(
@@ -734,8 +818,8 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
                 &ops::definitions::create_remote(st, &args.datastore_location, &file_text(file)?)?
                     .to_string(),
             )?,
-            RemoteCommand::List { json } => remotes::list(st, args, *json)?,
-            RemoteCommand::Show { id, json } => remotes::show(st, args, *id, *json)?,
+            RemoteCommand::List => remotes::list(st, args, args.json)?,
+            RemoteCommand::Show { id } => remotes::show(st, args, *id, args.json)?,
             RemoteCommand::Update { id, file } => ops::definitions::update_remote(
                 st,
                 &args.datastore_location,
@@ -746,16 +830,16 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
         },
         Command::SyncJob { command } => match command {
             SyncJobCommand::Create(a) => sync_jobs::create(st, a)?,
-            SyncJobCommand::List { json } => sync_jobs::list(st, *json)?,
-            SyncJobCommand::Show { id, json } => sync_jobs::show(st, *id, *json)?,
+            SyncJobCommand::List => sync_jobs::list(st, args.json)?,
+            SyncJobCommand::Show { id } => sync_jobs::show(st, *id, args.json)?,
             SyncJobCommand::Update { id, args } => sync_jobs::update(st, *id, args)?,
             SyncJobCommand::Remove { id } => st.delete_sync_job(*id)?,
             SyncJobCommand::Run { id } => return sync_jobs::run(st, args, *id),
         },
         Command::VerifyJob { command } => match command {
             VerifyJobCommand::Create(a) => verify_jobs::create(st, a)?,
-            VerifyJobCommand::List { json } => verify_jobs::list(st, *json)?,
-            VerifyJobCommand::Show { id, json } => verify_jobs::show(st, *id, *json)?,
+            VerifyJobCommand::List => verify_jobs::list(st, args.json)?,
+            VerifyJobCommand::Show { id } => verify_jobs::show(st, *id, args.json)?,
             VerifyJobCommand::Update { id, args } => verify_jobs::update(st, *id, args)?,
             VerifyJobCommand::Remove { id } => st.delete_verify_job(*id)?,
             VerifyJobCommand::Run { id } => return verify_jobs::run(st, args, *id),
@@ -764,13 +848,13 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             VmCommand::Register { file } => {
                 print(&ops::definitions::register_vm(st, &file_text(file)?)?.to_string())?
             }
-            VmCommand::List { json } => vms::list(st, json)?,
-            VmCommand::Show { id, json } => vms::show(st, *id, *json)?,
+            VmCommand::List => vms::list(st, &args.json)?,
+            VmCommand::Show { id } => vms::show(st, *id, args.json)?,
             VmCommand::Unregister { id } => st.unregister_vm(*id)?,
         },
         Command::Image { command } => match command {
-            ImageCommand::List { json } => images::list(st, json)?,
-            ImageCommand::Show { id, json } => images::show(st, *id, *json)?,
+            ImageCommand::List => images::list(st, &args.json)?,
+            ImageCommand::Show { id } => images::show(st, *id, args.json)?,
             ImageCommand::Restore(r) => images::restore_cmd(st, args, r)?,
             ImageCommand::Protect { id } => st.set_protected(*id, true)?,
             ImageCommand::Unprotect { id } => st.set_protected(*id, false)?,
@@ -778,7 +862,6 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
         Command::Retention {
             id,
             vm,
-            json,
             apply,
             yes,
             max_delete,
@@ -786,12 +869,12 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
             if *apply {
                 retention::apply(st, args, (*id, *vm), *yes, *max_delete)?
             } else {
-                retention::show(st, *id, *vm, *json)?
+                retention::show(st, *id, *vm, args.json)?
             }
         }
         Command::Create(c) => jobs::create(st, c)?,
-        Command::List { json } => jobs::list(st, json)?,
-        Command::Show { id, json } => jobs::show(st, id, json)?,
+        Command::List => jobs::list(st, &args.json)?,
+        Command::Show { id } => jobs::show(st, id, &args.json)?,
         Command::Backup { id } => return jobs::backup(st, args, id),
         Command::Cancel { id } => print(
             &ops::backup::cancel(&env(args), st, &ops::backup::CancelOptions { job: *id })?
