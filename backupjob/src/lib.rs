@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod filters;
 pub mod job_template;
+pub mod json_time;
 pub mod model;
 pub mod names;
 pub mod notify;

@@ -300,3 +300,17 @@ pub fn damage_blob(
     fs::write(&pack, bytes).expect("damage");
     blob
 }
+
+/// A time of the runner's JSON output (RFC 3339, docs/json.md) as epoch milliseconds; panics
+/// on anything else, so a field that is not one fails the test that reads it.
+pub fn json_ms(v: &serde_json::Value) -> i64 {
+    v.as_str()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .unwrap_or_else(|| panic!("{v} is not an RFC 3339 time"))
+        .as_millisecond()
+}
+
+/// The same, in seconds.
+pub fn json_secs(v: &serde_json::Value) -> i64 {
+    json_ms(v).div_euclid(1000)
+}

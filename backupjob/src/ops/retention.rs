@@ -169,7 +169,7 @@ impl RetentionPlan {
                     .iter()
                     .map(|p| {
                         serde_json::json!({"image": p.image, "increment": p.increment,
-                            "date": p.at, "keep": p.decision.keep,
+                            "date": crate::json_time::seconds(Some(p.at)), "keep": p.decision.keep,
                             "reasons": p.decision.reasons})
                     })
                     .collect();

@@ -4,6 +4,7 @@
 use super::RestoreArgs;
 use super::{Args, input, print};
 use backstop_backupjob::Error;
+use backstop_backupjob::json_time;
 use backstop_backupjob::ops::{self, images::RestoreOptions};
 use backstop_backupjob::state::State;
 use backstop_backupjob::state::sync::Verdict;
@@ -91,7 +92,7 @@ fn verdict_json(v: &Option<Verdict>) -> serde_json::Value {
     match v {
         None => serde_json::Value::Null,
         Some(v) => serde_json::json!({
-            "verified_at": v.verified_at, "ok": v.bad.is_empty(), "bad_blobs": v.bad.len(),
+            "verified_at": json_time::seconds(Some(v.verified_at)), "ok": v.bad.is_empty(), "bad_blobs": v.bad.len(),
         }),
     }
 }
@@ -112,7 +113,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
                 "protected": img.protected,
                 "increments": img.increments.iter().zip(&verified).map(|(n, v)| serde_json::json!({
                     "id": n.id, "type": n.kind, "source": n.source, "size_mb": n.size_mb,
-                    "date": n.created_at, "verify": verdict_json(v),
+                    "date": json_time::seconds(Some(n.created_at)), "verify": verdict_json(v),
                 })).collect::<Vec<_>>(),
             })
             .to_string(),

@@ -4,6 +4,7 @@
 use super::{Args, file_text, input, print};
 use super::{CreateArgs, Reporter, local_time};
 use backstop_backupjob::Error;
+use backstop_backupjob::json_time;
 use backstop_backupjob::ops::{self, definitions::Definition, definitions::Setting};
 use backstop_backupjob::state::State;
 use backstop_backupjob::state::VmState;
@@ -48,24 +49,25 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
         ..
     } in jobs
     {
-        let vms: Vec<String> = st
-            .job_vms(id)?
-            .iter()
-            .map(|v| v.vm_id.to_string())
-            .collect();
+        let vms = st.job_vms(id)?;
         let backstop_backupjob::state::JobStatus {
             locked,
             last_started: last,
             ..
         } = st.job_status(id)?;
-        rows.push((id, name, prio, vms.join(","), locked, last));
+        rows.push((id, name, prio, vms, locked, last));
     }
     if *json {
         let v: Vec<_> = rows
             .iter()
             .map(|(id, name, prio, vms, locked, last)| {
+                // `vms` holds what `show` holds for each VM, its id and state first.
+                let vms: Vec<_> = vms
+                    .iter()
+                    .map(|r| serde_json::json!({"id": r.vm_id, "state": r.state.map(VmState::as_str)}))
+                    .collect();
                 serde_json::json!({"id": id, "name": name, "priority": prio,
-                    "vms": vms, "locked": locked, "last_backup_time": last})
+                    "vms": vms, "locked": locked, "last_backup_time": json_time::seconds(*last)})
             })
             .collect();
         print(&serde_json::Value::Array(v).to_string())?;
@@ -74,7 +76,12 @@ pub(super) fn list(st: &State, json: &bool) -> Result<(), Error> {
             "{:>4} {:>4} {:<20} {:<16} VMS",
             "ID", "PRIO", "NAME", "LAST"
         ))?;
-        for (id, name, prio, mut list, _, last) in rows {
+        for (id, name, prio, vms, _, last) in rows {
+            let mut list: String = vms
+                .iter()
+                .map(|v| v.vm_id.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
             if list.len() > 15 {
                 list.truncate(12);
                 list.push_str("...");
@@ -115,8 +122,8 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
                     "state": r.state.map(VmState::as_str),
                     "reason": r.reason,
                     "failures": r.failures,
-                    "started_at": r.started_at,
-                    "ended_at": r.ended_at,
+                    "started_at": json_time::millis(r.started_at),
+                    "ended_at": json_time::millis(r.ended_at),
                 })
             })
             .collect();
@@ -134,18 +141,25 @@ pub(super) fn show(st: &State, id: &u64, json: &bool) -> Result<(), Error> {
                      action: sa,
                      message: msg,
                  }| {
-                    let (end_type, end_value) = sa.end.codes();
+                    let (end_type, _) = sa.end.codes();
+                    let (end_runs, end_time) = match sa.end {
+                        backstop_backupjob::schedule::End::Times(n) => (Some(n), None),
+                        backstop_backupjob::schedule::End::Until(t) => (None, Some(t)),
+                        _ => (None, None),
+                    };
                     serde_json::json!({
-                        "id": sid, "time": sa.time, "repeat": format!("{:?}", sa.repeat),
-                        "days": sa.days, "end_type": end_type, "end_value": end_value,
-                        "done": sa.done, "message": msg,
+                        "id": sid, "time": json_time::seconds(Some(sa.time)),
+                        "repeat": format!("{:?}", sa.repeat), "days": sa.days,
+                        "end_type": end_type, "end_runs": end_runs,
+                        "end_time": json_time::seconds(end_time),
+                        "done": json_time::seconds(Some(sa.done)), "message": msg,
                     })
                 },
             )
             .collect();
         print(
             &serde_json::json!({"id": id, "name": name, "priority": prio, "vms": vms,
-                "locked": locked, "last_backup_time": last,
+                "locked": locked, "last_backup_time": json_time::seconds(last),
                 "last_backup_duration": duration, "sched_actions": sas})
             .to_string(),
         )?;

@@ -4,6 +4,7 @@
 use super::flags::SyncJobArgs;
 use super::{Args, input, print};
 use backstop_backupjob::Error;
+use backstop_backupjob::json_time;
 use backstop_backupjob::ops;
 use backstop_backupjob::state::State;
 use backstop_backupjob::sync::SyncTemplate;
@@ -36,7 +37,8 @@ fn parsed(st: &State) -> Result<Vec<(u64, SyncTemplate)>, Error> {
 
 fn run_json(r: &backstop_backupjob::state::sync::SyncRun) -> serde_json::Value {
     serde_json::json!({
-        "id": r.id, "started_at": r.started_at, "ended_at": r.ended_at,
+        "id": r.id, "started_at": json_time::seconds(Some(r.started_at)),
+        "ended_at": json_time::seconds(r.ended_at),
         "snapshots": r.snapshots, "bytes_read": r.bytes_read,
         "bytes_written": r.bytes_written, "error": r.error,
     })
@@ -100,7 +102,7 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
         let runs: Vec<_> = runs.iter().map(run_json).collect();
         return print(
             &serde_json::json!({"id": id, "name": name, "copied_by": copier,
-                "template": super::shown_template(&text), "runs": runs, "next_run": next})
+                "template": super::shown_template(&text), "runs": runs, "next_run": json_time::seconds(next)})
             .to_string(),
         );
     }

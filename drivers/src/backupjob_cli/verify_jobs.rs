@@ -4,6 +4,7 @@
 use super::flags::VerifyJobArgs;
 use super::{Args, input, print};
 use backstop_backupjob::Error;
+use backstop_backupjob::json_time;
 use backstop_backupjob::ops;
 use backstop_backupjob::state::State;
 use backstop_backupjob::state::sync::Verdict;
@@ -119,12 +120,12 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
             .iter()
             .map(|v| {
                 serde_json::json!({"repository": v.repository, "snapshot": v.snapshot,
-                "verified_at": v.verified_at, "ok": v.bad.is_empty(), "bad_blobs": v.bad})
+                "verified_at": json_time::seconds(Some(v.verified_at)), "ok": v.bad.is_empty(), "bad_blobs": v.bad})
             })
             .collect();
         return print(
             &serde_json::json!({"id": id, "name": name, "runs": runs, "template": super::shown_template(&text),
-                "snapshots": v, "next_run": next})
+                "snapshots": v, "next_run": json_time::seconds(next)})
             .to_string(),
         );
     }
