@@ -263,6 +263,28 @@ impl When {
         }
     }
 
+    /// When a job that is due at `now` first became due (how late it is); `None` when it is
+    /// not due. A job never run and with no recorded template time counts from `now`.
+    pub fn due_since(
+        &self,
+        now: i64,
+        last: Option<i64>,
+        written: Option<i64>,
+        tz: &TimeZone,
+    ) -> Option<i64> {
+        if !self.due(now, last, written, tz) {
+            return None;
+        }
+        Some(match self {
+            When::Every(e) => last.map_or(written.unwrap_or(now), |l| l + *e as i64),
+            When::Calendar(c) => last
+                .max(written)
+                .and_then(|since| c.next(since, tz))
+                .or_else(|| c.latest(now, tz))
+                .unwrap_or(now),
+        })
+    }
+
     /// When it will next be due, for display.
     pub fn next(&self, now: i64, last: Option<i64>, tz: &TimeZone) -> Option<i64> {
         match self {

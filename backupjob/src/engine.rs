@@ -978,7 +978,7 @@ fn finish_vm(
                 &Event::Done {
                     vm,
                     line: format!(
-                        "backup {} ({} MB), increment {} of image {}",
+                        "backup {} ({} MiB), increment {} of image {}",
                         o.backup_id, o.size_mb, o.increment_id, o.image_id
                     ),
                 },

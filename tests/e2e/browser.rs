@@ -274,7 +274,8 @@ fn the_dashboard_in_a_headless_chromium() {
     );
     let button = driver.find("button");
     driver.cmd("POST", &format!("/element/{button}/click"), Some(json!({})));
-    assert!(driver.wait_text("Log out").contains("Log out"));
+    let after = driver.wait_text("Log out");
+    assert!(after.contains("Log out"), "{after}");
     assert_eq!(driver.title(), "Overview · backstop");
     assert!(driver.text("tr.failing[data-vm='23']").contains("down"));
 }
@@ -332,4 +333,96 @@ fn a_running_backup_s_progress_moves_in_the_browser() {
     let s: Value = serde_json::from_str(&body).expect("status");
     assert_eq!(s["vms"]["by_state"]["UPDATED"], 1, "{s}");
     assert!(s["running"].as_array().is_some_and(Vec::is_empty), "{s}");
+}
+
+/// In the browser: a job two hours overdue, with the stopped scheduler as its reason, on the
+/// overview and on top of every page; the list pages' search, typed into the page's field.
+#[test]
+fn overdue_work_a_stopped_scheduler_and_list_search_in_the_browser() {
+    let s = crate::web::SmallState::new();
+    let two_hours_ago = (jiff::Timestamp::now().as_second() - 7200).to_string();
+    assert_eq!(s.bj(&["lock", "1"]).code, Some(0));
+    let out = s.bj(&[
+        "sched-add",
+        "1",
+        "--time",
+        &two_hours_ago,
+        "--repeat",
+        "hourly",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let daemon = s.scheduler();
+    let web = serve(&s.state, &[]);
+    crate::web::status_until(&web.addr, |st| st["scheduler"]["state"] == "up");
+    let pid = daemon.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    crate::web::status_until(&web.addr, |st| st["scheduler"]["state"] == "stopped");
+    drop(daemon);
+
+    let driver = Driver::start(s.dir.path());
+    let base = format!("http://{}", web.addr);
+    driver.go(&format!("{base}/"));
+    let row = driver.text("#overdue tr[data-job='backup-1']");
+    assert!(
+        row.contains("OVERDUE by 2 h")
+            && row.contains("the scheduler is not running: it was stopped"),
+        "{row}"
+    );
+    let line = driver.text("#scheduler");
+    assert!(line.starts_with("the scheduler is not running"), "{line}");
+    driver.screenshot(&screenshots().join("overdue.png"));
+
+    // The VMs list, searched from its own field.
+    driver.go(&format!("{base}/vms"));
+    assert_eq!(driver.title(), "VMs · backstop");
+    assert!(
+        driver
+            .text("#scheduler")
+            .starts_with("the scheduler is not running")
+    );
+    for (words, count) in [("hv1 web", "1 of 1"), ("nowhere", "0 of 1")] {
+        let field = driver.find("input[name=q]");
+        driver.cmd("POST", &format!("/element/{field}/clear"), Some(json!({})));
+        driver.cmd(
+            "POST",
+            &format!("/element/{field}/value"),
+            Some(json!({"text": words})),
+        );
+        let button = driver.find("form.search button");
+        driver.cmd("POST", &format!("/element/{button}/click"), Some(json!({})));
+        // The search's own page: its address carries the words, and it has loaded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let first = words.split(' ').next().unwrap_or_default();
+        while !driver
+            .script(&format!(
+                "return document.readyState === 'complete' && location.search.includes('q={first}')"
+            ))
+            .as_bool()
+            .unwrap_or(false)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{words}: {}",
+                driver.url()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let text = driver.wait_text(count);
+        assert!(text.contains(count), "{words}: {text}");
+        assert_eq!(
+            text.contains("web-22"),
+            count == "1 of 1",
+            "{words}: {text}"
+        );
+    }
+    // Not found, as a page with the way back.
+    driver.go(&format!("{base}/jobs/99"));
+    assert_eq!(driver.title(), "Not found · backstop");
+    assert!(driver.body_text().contains("Back to the overview"));
 }

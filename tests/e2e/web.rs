@@ -922,3 +922,267 @@ fn a_run_the_api_started_is_cancelled_in_process_and_the_server_lives_on() {
     // The server lives on after it all.
     status();
 }
+
+/// A state with datastore 1, VM 22 (host hv1) and backup job 1 ("nightly") that has never run,
+/// and a way to run `backstop backupjob` on it.
+pub struct SmallState {
+    pub dir: tempfile::TempDir,
+    pub state: std::path::PathBuf,
+}
+
+impl SmallState {
+    pub fn new() -> SmallState {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state.db");
+        let s = SmallState { dir, state };
+        let ds = s.dir.path().join("ds.tmpl");
+        fs::write(
+            &ds,
+            format!(
+                "NAME = \"local\"\nDS_MAD = \"backstop\"\nBASE_PATH = \"{}\"\nRESTIC_PASSWORD = \"pw\"\n",
+                s.dir.path().join("repos").display()
+            ),
+        )
+        .expect("ds");
+        let vm = s.dir.path().join("vm22.xml");
+        fs::write(
+            &vm,
+            "<VM><ID>22</ID><NAME>web-22</NAME><TEMPLATE/><HISTORY_RECORDS><HISTORY>\
+             <HOSTNAME>hv1</HOSTNAME></HISTORY></HISTORY_RECORDS></VM>",
+        )
+        .expect("vm");
+        for args in [
+            vec!["datastore", "create", ds.to_str().expect("utf-8")],
+            vec!["vm", "register", vm.to_str().expect("utf-8")],
+            vec![
+                "create",
+                "--name",
+                "nightly",
+                "--datastore",
+                "1",
+                "--vms",
+                "22",
+            ],
+        ] {
+            let out = s.bj(&args);
+            assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+        }
+        s
+    }
+
+    pub fn bj(&self, args: &[&str]) -> crate::support::Outcome {
+        let st = self.state.display().to_string();
+        let remotes = self.dir.path().join("remotes").display().to_string();
+        let mut all = vec!["backupjob", "--state", &st, "--remotes", &remotes];
+        all.extend_from_slice(args);
+        crate::support::run(BACKSTOP, &all, b"")
+    }
+
+    /// `backupjob scheduler --loop --interval 1`, started; stopped by its PID when dropped.
+    pub fn scheduler(&self) -> Served {
+        let child = Command::new(BACKSTOP)
+            .args(["backupjob", "--state"])
+            .arg(&self.state)
+            .arg("--remotes")
+            .arg(self.dir.path().join("remotes"))
+            .args(["scheduler", "--loop", "--interval", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("scheduler");
+        Served {
+            child,
+            addr: String::new(),
+        }
+    }
+}
+
+/// Polls `/api/status` until `ok` holds of it (20 s at most).
+pub fn status_until(addr: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, _, body) = http(addr, "GET", "/api/status", &[], "");
+        assert_eq!(code, 200, "{body}");
+        let s: serde_json::Value = serde_json::from_str(&body).expect("status json");
+        if ok(&s) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {s}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A job two hours past its scheduled time is overdue, with the reason that holds: the
+/// scheduler never ran; then, running, the job is locked; then the scheduler was stopped. The
+/// scheduler's health is in `/api/status`, `/metrics` and on every page; the list pages search;
+/// an unknown address and a missing state get pages of their own.
+#[test]
+fn overdue_jobs_and_the_schedulers_health_are_shown_with_their_reason() {
+    let s = SmallState::new();
+    let web = serve(&s.state, &[]);
+    let st = status_until(&web.addr, |_| true);
+    assert_eq!(st["scheduler"]["state"], "never-ran", "{st}");
+    assert_eq!(st["overdue"], json!([]), "nothing is due yet: {st}");
+
+    let two_hours_ago = (jiff::Timestamp::now().as_second() - 7200).to_string();
+    let out = s.bj(&[
+        "sched-add",
+        "1",
+        "--time",
+        &two_hours_ago,
+        "--repeat",
+        "daily",
+    ]);
+    assert_eq!(out.code, Some(1), "daily is not a REPEAT: {out:?}");
+    let out = s.bj(&[
+        "sched-add",
+        "1",
+        "--time",
+        &two_hours_ago,
+        "--repeat",
+        "weekly",
+        "--days",
+        "0,1,2,3,4,5,6",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let st = status_until(&web.addr, |s| {
+        s["overdue"].as_array().is_some_and(|o| !o.is_empty())
+    });
+    let o = &st["overdue"][0];
+    assert_eq!(
+        (o["kind"].as_str(), o["id"].as_u64()),
+        (Some("backup"), Some(1)),
+        "{st}"
+    );
+    assert!(
+        o["late_seconds"]
+            .as_i64()
+            .is_some_and(|l| (7200..7300).contains(&l)),
+        "{st}"
+    );
+    assert!(
+        o["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("the scheduler has never run")),
+        "{st}"
+    );
+    let (_, _, metrics) = http(&web.addr, "GET", "/metrics", &[], "");
+    assert!(metrics.contains("\nbackstop_scheduler_up 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("backstop_job_overdue_seconds{kind=\"backup\",job=\"1\"} 72"),
+        "{metrics}"
+    );
+    let (code, _, page) = http(&web.addr, "GET", "/", &[], "");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("data-job=\"backup-1\"") && page.contains("OVERDUE by 2 h"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"scheduler\" class=\"bad\" data-state=\"never-ran\""),
+        "{page}"
+    );
+
+    // Locked, the scheduler passing: the job stays due and says why.
+    assert_eq!(s.bj(&["lock", "1"]).code, Some(0));
+    let daemon = s.scheduler();
+    let st = status_until(&web.addr, |s| s["scheduler"]["state"] == "up");
+    assert_eq!(st["scheduler"]["pid"], daemon.pid(), "{st}");
+    assert_eq!(st["scheduler"]["interval_seconds"], 1, "{st}");
+    assert_eq!(
+        st["overdue"][0]["why"], "the job is locked (backstop backupjob unlock 1)",
+        "{st}"
+    );
+    let (_, _, metrics) = http(&web.addr, "GET", "/metrics", &[], "");
+    assert!(metrics.contains("\nbackstop_scheduler_up 1\n"), "{metrics}");
+
+    // Stopped (SIGTERM, by its PID): not running, said on every page.
+    let pid = daemon.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let st = status_until(&web.addr, |s| s["scheduler"]["state"] == "stopped");
+    assert!(
+        st["overdue"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("the scheduler is not running: it was stopped")),
+        "{st}"
+    );
+    drop(daemon);
+    for path in [
+        "/",
+        "/jobs",
+        "/vms",
+        "/datastores",
+        "/sync-jobs",
+        "/verify-jobs",
+        "/runs",
+        "/jobs/1",
+        "/vms/22",
+    ] {
+        let (code, _, page) = http(&web.addr, "GET", path, &[], "");
+        assert_eq!(code, 200, "{path}");
+        assert!(
+            page.contains("data-state=\"stopped\"")
+                && page.contains("the scheduler is not running"),
+            "{path}: {page}"
+        );
+    }
+
+    // The list pages search: every word, in the id, name, host, state or job.
+    for (path, shown, count) in [
+        ("/jobs?q=nightly", true, "1 of 1"),
+        ("/jobs?q=NIGHT", true, "1 of 1"),
+        ("/jobs?q=weekly", false, "0 of 1"),
+        ("/vms?q=hv1", true, "1 of 1"),
+        ("/vms?q=web+job+1", true, "1 of 1"),
+        ("/vms?q=hv2", false, "0 of 1"),
+        ("/datastores?q=loc", true, "1 of 1"),
+        ("/vms?q=%3Cscript%3E", false, "0 of 1"),
+    ] {
+        let (code, _, page) = http(&web.addr, "GET", path, &[], "");
+        assert_eq!(code, 200, "{path}");
+        assert_eq!(page.contains("<tr data-id="), shown, "{path}: {page}");
+        assert!(
+            page.contains(&format!("<p class=\"count\">{count}</p>")),
+            "{path}: {page}"
+        );
+        assert!(
+            !page.contains("<script>\""),
+            "{path}: the search is escaped"
+        );
+    }
+    let (_, _, page) = http(&web.addr, "GET", "/vms?q=%3Cscript%3E", &[], "");
+    assert!(page.contains("value=\"&lt;script&gt;\""), "{page}");
+
+    // An unknown address, and a job that does not exist: a page saying so, 404.
+    for path in ["/nothing-here", "/jobs/99"] {
+        let (code, head, page) = http(&web.addr, "GET", path, &[], "");
+        assert_eq!(code, 404, "{path}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/html"),
+            "{head}"
+        );
+        assert!(
+            page.contains("<title>Not found · backstop</title>"),
+            "{page}"
+        );
+    }
+    drop(web);
+
+    // No state at the path given: a page that says so and what makes one.
+    let web = serve(&s.dir.path().join("nothing.db"), &[]);
+    let (code, _, page) = http(&web.addr, "GET", "/", &[], "");
+    assert_eq!(code, 503);
+    assert!(
+        page.contains("id=\"no-state\"") && page.contains("there is no state database at"),
+        "{page}"
+    );
+    let (code, _, body) = http(&web.addr, "GET", "/api/status", &[], "");
+    assert_eq!(code, 503, "{body}");
+}

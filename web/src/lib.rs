@@ -2,6 +2,7 @@
 //! runner's SQLite state, read-only.
 //!
 //! - [`model`]: what the pages and the API show, read from the state on a blocking thread;
+//! - [`overdue`]: the scheduler's health and the jobs that are late, and why;
 //! - [`pages`]: the server-rendered pages;
 //! - [`auth`]: who may see them: anyone on a loopback address when no credentials are set;
 //!   else an API token for JSON and metrics, a password and a session cookie for pages, a CSRF
@@ -10,6 +11,7 @@
 pub mod auth;
 mod error;
 pub mod model;
+pub mod overdue;
 pub mod pages;
 pub mod server;
 

@@ -102,6 +102,8 @@ pub struct SecondCopy {
     pub last_run: Option<i64>,
     /// The last run's failures (sync: repositories that failed; verify: damaged snapshots).
     pub problem: Option<String>,
+    /// When its EVERY or SCHEDULE made it due, if it is due now and has not run since.
+    pub due_since: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +115,8 @@ pub struct Snapshot {
     pub datastores: Vec<(u64, String)>,
     pub runs: Vec<Run>,
     pub second_copies: Vec<SecondCopy>,
+    /// The scheduler daemon's heartbeat; `None` when none ever ran on this state.
+    pub scheduler: Option<backstop_backupjob::state::SchedulerBeat>,
 }
 
 fn read_err(e: impl std::fmt::Display) -> Error {
@@ -291,7 +295,8 @@ impl Snapshot {
             .map(|d| (d.id, d.name))
             .collect();
         let runs = runs(&st, &images, &vms)?;
-        let second_copies = second_copies(&st)?;
+        let second_copies = second_copies(&st, now)?;
+        let scheduler = st.scheduler_beat().map_err(read_err)?;
         Ok(Snapshot {
             now,
             jobs,
@@ -300,6 +305,7 @@ impl Snapshot {
             datastores,
             runs,
             second_copies,
+            scheduler,
         })
     }
 
@@ -369,8 +375,27 @@ impl Snapshot {
                     "percent": (done * 100).checked_div(total)}))})
             })
             .collect();
+        let health = crate::overdue::Health::of(self.scheduler.as_ref(), self.now);
+        let scheduler = json!({
+            "state": health.word(),
+            "running": health.running(),
+            "says": health.describe(self.now),
+            "pid": self.scheduler.map(|b| b.pid),
+            "last_pass": self.scheduler.map(|b| b.last_pass_at),
+            "interval_seconds": self.scheduler.map(|b| b.interval),
+            "stopped_at": self.scheduler.and_then(|b| b.stopped_at),
+        });
+        let overdue: Vec<Value> = crate::overdue::overdue(self)
+            .iter()
+            .map(|o| {
+                json!({"kind": o.kind, "id": o.id, "name": o.name, "due_since": o.due_since,
+                    "late_seconds": o.late_by(self.now), "why": o.why})
+            })
+            .collect();
         json!({
             "time": self.now,
+            "scheduler": scheduler,
+            "overdue": overdue,
             "vms": {"total": self.vms.len(), "by_state": counts, "never_backed_up": never},
             "oldest_backup": oldest.map(|(vm, age)| json!({"vm": vm, "age_seconds": age})),
             "last_backup_per_vm": ages,
@@ -501,7 +526,7 @@ impl Snapshot {
         );
         metric(
             "backstop_stored_megabytes",
-            "Sizes of the recorded backup points, summed per datastore (MB).",
+            "Sizes of the recorded backup points, summed per datastore, in MiB (OpenNebula's MB).",
             "gauge",
             self.datastores
                 .iter()
@@ -513,6 +538,36 @@ impl Snapshot {
                         .map(|i| i.stored_mb)
                         .sum();
                     (format!("{{datastore=\"{id}\"}}"), mb as f64)
+                })
+                .collect(),
+        );
+        let health = crate::overdue::Health::of(self.scheduler.as_ref(), self.now);
+        metric(
+            "backstop_scheduler_up",
+            "1 when the scheduler daemon passed within three of its intervals and a minute.",
+            "gauge",
+            vec![(String::new(), if health.running() { 1.0 } else { 0.0 })],
+        );
+        metric(
+            "backstop_scheduler_last_pass_timestamp_seconds",
+            "When the scheduler daemon last passed over the jobs.",
+            "gauge",
+            self.scheduler
+                .map(|b| (String::new(), b.last_pass_at as f64))
+                .into_iter()
+                .collect(),
+        );
+        metric(
+            "backstop_job_overdue_seconds",
+            "How long each late job's run is overdue (only jobs that are late).",
+            "gauge",
+            crate::overdue::overdue(self)
+                .iter()
+                .map(|o| {
+                    (
+                        format!("{{kind=\"{}\",job=\"{}\"}}", o.kind, o.id),
+                        o.late_by(self.now) as f64,
+                    )
                 })
                 .collect(),
         );
@@ -559,20 +614,41 @@ pub fn hide_ids(text: &str) -> String {
 }
 
 /// The sync jobs with their last run, the verify jobs with their damaged snapshots.
-fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
+fn second_copies(st: &State, now: i64) -> Result<Vec<SecondCopy>, Error> {
+    use backstop_backupjob::state::sync::JobKind;
+    let tz = jiff::tz::TimeZone::system();
+    let due_since = |when: Option<&backstop_backupjob::calendar::When>,
+                     last: Option<i64>,
+                     kind: JobKind,
+                     id: u64|
+     -> Result<Option<i64>, Error> {
+        let Some(w) = when else { return Ok(None) };
+        let written = st.written_at(kind, id).map_err(read_err)?;
+        Ok(w.due_since(now, last, written, &tz))
+    };
     let mut out = Vec::new();
-    for backstop_backupjob::state::Named { id, name, .. } in st.sync_jobs().map_err(read_err)? {
+    for backstop_backupjob::state::Named {
+        id,
+        name,
+        template: text,
+    } in st.sync_jobs().map_err(read_err)?
+    {
         let last = st
             .recent_runs(RunKind::Sync, id, 1)
             .map_err(read_err)?
             .into_iter()
             .next();
+        let when = backstop_backupjob::sync::SyncTemplate::parse(&text)
+            .ok()
+            .and_then(|t| t.when);
+        let last_run = last.as_ref().map(|r| r.started_at);
         out.push(SecondCopy {
             kind: "sync",
             id,
             name,
-            last_run: last.as_ref().map(|r| r.started_at),
+            last_run,
             problem: last.and_then(|r| r.error).map(|e| e.replace('\n', "; ")),
+            due_since: due_since(when.as_ref(), last_run, JobKind::Sync, id)?,
         });
     }
     for backstop_backupjob::state::VerifyJobRow {
@@ -587,9 +663,9 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
             .map_err(read_err)?
             .into_iter()
             .next();
-        let datastore = backstop_backupjob::verify_job::VerifyTemplate::parse(&text)
-            .map(|t| t.datastore_id)
-            .ok();
+        let parsed = backstop_backupjob::verify_job::VerifyTemplate::parse(&text).ok();
+        let datastore = parsed.as_ref().map(|t| t.datastore_id);
+        let when = parsed.and_then(|t| t.when);
         let damaged = match datastore {
             Some(ds) => st
                 .verdicts_in(ds)
@@ -607,12 +683,14 @@ fn second_copies(st: &State) -> Result<Vec<SecondCopy>, Error> {
                     .and_then(|r| r.error.as_ref())
                     .map(|e| e.replace('\n', "; "))
             });
+        let last_run = last.as_ref().map(|r| r.started_at);
         out.push(SecondCopy {
             kind: "verify",
             id,
             name,
-            last_run: last.as_ref().map(|r| r.started_at),
+            last_run,
             problem,
+            due_since: due_since(when.as_ref(), last_run, JobKind::Verify, id)?,
         });
     }
     Ok(out)
@@ -675,7 +753,7 @@ fn runs(st: &State, images: &[Image], vms: &[Vm]) -> Result<Vec<Run>, Error> {
             ended: Some(n.created_at),
             ok: true,
             detail: format!(
-                "image {image} increment {} ({}, {} MB)",
+                "image {image} increment {} ({}, {} MiB)",
                 n.id, n.kind, n.size_mb
             ),
         });

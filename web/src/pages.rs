@@ -60,8 +60,20 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid
 const SCRIPT: &str = "document.querySelectorAll('time').forEach(function(t){\
 var d=new Date(t.getAttribute('datetime'));if(!isNaN(d)){t.textContent=d.toLocaleString();}});";
 
-/// A whole page; `logout` carries the session's CSRF token when someone is logged in.
-pub fn page(title: &str, body: &str, logout: Option<&str>) -> String {
+/// The scheduler daemon's health, as every page shows it under its header.
+pub fn scheduler_line(snap: &Snapshot) -> String {
+    let health = crate::overdue::Health::of(snap.scheduler.as_ref(), snap.now);
+    let class = if health.running() { "ok" } else { "bad" };
+    format!(
+        "<p id=\"scheduler\" class=\"{class}\" data-state=\"{}\">{}</p>",
+        health.word(),
+        esc(&health.describe(snap.now))
+    )
+}
+
+/// A whole page; `logout` carries the session's CSRF token when someone is logged in;
+/// `status` is a line shown on top of every page (the scheduler's health), when known.
+pub fn page(title: &str, body: &str, logout: Option<&str>, status: Option<&str>) -> String {
     let out = logout.map_or(String::new(), |csrf| {
         format!(
             "<form class=\"inline\" method=\"post\" action=\"/logout\">\
@@ -72,11 +84,27 @@ pub fn page(title: &str, body: &str, logout: Option<&str>) -> String {
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>{} · backstop</title><style>{STYLE}</style></head><body>\
-         <header><strong>backstop</strong><a href=\"/\">Overview</a><a href=\"/runs\">Runs</a>\
-         <span style=\"flex:1\"></span>{out}</header><main><h1>{}</h1>{body}</main>\
+         <header><strong>backstop</strong><a href=\"/\">Overview</a><a href=\"/jobs\">Jobs</a>\
+         <a href=\"/vms\">VMs</a><a href=\"/datastores\">Datastores</a>\
+         <a href=\"/sync-jobs\">Sync</a><a href=\"/verify-jobs\">Verify</a><a href=\"/runs\">Runs</a>\
+         <span style=\"flex:1\"></span>{out}</header><main>{}<h1>{}</h1>{body}</main>\
          <script>{SCRIPT}</script></body></html>",
         esc(title),
+        status.unwrap_or_default(),
         esc(title)
+    )
+}
+
+/// The page shown when the state cannot be read (`reason`): most often there is none yet.
+pub fn no_state(reason: &str) -> String {
+    format!(
+        "<p class=\"bad\" id=\"no-state\">{}</p>\
+         <p>backstop serve shows the state of the backup-job runner. A state is made by the first \
+         <code>backstop backupjob</code> command that writes one (<code>datastore create</code>, \
+         <code>vm register</code>, <code>create</code>), or by the scheduler. If the runner keeps \
+         its state elsewhere, start <code>backstop serve</code> with the same \
+         <code>--state FILE</code> (or <code>BACKSTOP_STATE</code>) as the runner.</p>",
+        esc(reason)
     )
 }
 
@@ -85,15 +113,12 @@ fn state_cell(v: &Vm) -> String {
     format!("<span class=\"{s}\">{s}</span>")
 }
 
-/// Whether a VM is late: never backed up, or in a job whose next scheduled run is over ten
-/// minutes overdue (the scheduler is not running it).
-pub fn late(snap: &Snapshot, v: &Vm) -> bool {
-    let overdue = v
+/// Whether a VM is late: in a job, and never backed up, or in a job that is overdue.
+pub fn late(v: &Vm, overdue: &[crate::overdue::Overdue]) -> bool {
+    let in_overdue = v
         .job
-        .and_then(|j| snap.jobs.iter().find(|x| x.id == j))
-        .and_then(|j| j.next_run)
-        .is_some_and(|t| t + 600 < snap.now);
-    v.job.is_some() && (v.last_backup.is_none() || overdue)
+        .is_some_and(|j| overdue.iter().any(|o| o.kind == "backup" && o.id == j));
+    v.job.is_some() && (v.last_backup.is_none() || in_overdue)
 }
 
 pub fn overview(snap: &Snapshot) -> String {
@@ -114,15 +139,40 @@ pub fn overview(snap: &Snapshot) -> String {
         .iter()
         .filter(|v| v.state == Some("ONGOING"))
         .collect();
+    let overdue = crate::overdue::overdue(snap);
     let late_vms: Vec<&Vm> = snap
         .vms
         .iter()
-        .filter(|v| late(snap, v) && !matches!(v.state, Some("ERROR" | "ONGOING")))
+        .filter(|v| late(v, &overdue) && !matches!(v.state, Some("ERROR" | "ONGOING")))
         .collect();
     body.push_str("<h2>Needs attention</h2>");
-    if failing.is_empty() && running.is_empty() && late_vms.is_empty() {
+    if !overdue.is_empty() {
+        body.push_str(
+            "<table id=\"overdue\"><tr><th>job</th><th>state</th><th>due since</th><th>why</th></tr>",
+        );
+        for o in &overdue {
+            let link = match o.kind {
+                "backup" => format!("/jobs/{}", o.id),
+                _ => "/runs".to_string(),
+            };
+            body.push_str(&format!(
+                "<tr class=\"overdue\" data-job=\"{kind}-{id}\"><td><a href=\"{link}\">{kind} job {id} ({name})</a></td>\
+                 <td class=\"late\">OVERDUE by {by}</td><td>{since}</td><td>{why}</td></tr>",
+                kind = o.kind,
+                id = o.id,
+                name = esc(&o.name),
+                by = crate::overdue::span(o.late_by(snap.now)),
+                since = when(Some(o.due_since)),
+                why = esc(&o.why),
+            ));
+        }
+        body.push_str("</table>");
+    }
+    let vms_to_show = !(failing.is_empty() && running.is_empty() && late_vms.is_empty());
+    if !vms_to_show && overdue.is_empty() {
         body.push_str("<p class=\"ok\">Nothing is failing, late or running.</p>");
-    } else {
+    }
+    if vms_to_show {
         body.push_str("<table id=\"attention\"><tr><th>VM</th><th>state</th><th>why</th></tr>");
         for v in &failing {
             body.push_str(&format!(
@@ -158,12 +208,15 @@ pub fn overview(snap: &Snapshot) -> String {
         for v in &late_vms {
             body.push_str(&format!(
                 "<tr class=\"late\" data-vm=\"{}\"><td><a href=\"/vms/{}\">{} ({})</a></td>\
-                 <td class=\"late\">LATE</td><td>last backup {}</td></tr>",
+                 <td class=\"late\">LATE</td><td>last backup {}{}</td></tr>",
                 v.id,
                 v.id,
                 v.id,
                 esc(&v.name),
-                ago(snap.now, v.last_backup)
+                ago(snap.now, v.last_backup),
+                v.job
+                    .filter(|j| overdue.iter().any(|o| o.kind == "backup" && o.id == *j))
+                    .map_or(String::new(), |j| format!("; its job {j} is overdue"))
             ));
         }
         body.push_str("</table>");
@@ -484,7 +537,173 @@ pub fn login(csrf: &str, failed: bool) -> String {
             esc(csrf)
         ),
         None,
+        None,
     )
+}
+
+/// Whether a row matches a list page's search: every word of `q` is found (case aside) in one
+/// of the row's texts. An empty search matches everything.
+pub fn matches(q: &str, texts: &[&str]) -> bool {
+    let hay: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+    q.split_whitespace()
+        .map(str::to_lowercase)
+        .all(|w| hay.iter().any(|h| h.contains(&w)))
+}
+
+fn search_form(action: &str, q: &str, shown: usize, total: usize) -> String {
+    format!(
+        "<form class=\"search\" method=\"get\" action=\"{action}\">\
+         <input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"id, name, host, state\"> \
+         <button>Search</button></form><p class=\"count\">{shown} of {total}</p>",
+        esc(q)
+    )
+}
+
+/// `/jobs`: every backup job, searched by id, name, mode or the state of its VMs.
+pub fn jobs_list(snap: &Snapshot, q: &str) -> String {
+    let rows: Vec<_> = snap
+        .jobs
+        .iter()
+        .filter(|j| {
+            let states: Vec<&str> = snap
+                .vms
+                .iter()
+                .filter(|v| v.job == Some(j.id))
+                .filter_map(|v| v.state)
+                .collect();
+            let mut texts = vec![j.name.as_str(), j.mode];
+            texts.extend(states);
+            let id = j.id.to_string();
+            texts.push(&id);
+            matches(q, &texts)
+        })
+        .collect();
+    let mut body = search_form("/jobs", q, rows.len(), snap.jobs.len());
+    body.push_str(
+        "<table id=\"list\"><tr><th>job</th><th>priority</th><th>mode</th><th>VMs</th>\
+         <th>last run</th><th>next run</th></tr>",
+    );
+    for j in rows {
+        body.push_str(&format!(
+            "<tr data-id=\"{id}\"><td><a href=\"/jobs/{id}\">{id} {}</a>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&j.name),
+            if j.locked { " (locked)" } else { "" },
+            j.priority,
+            j.mode,
+            j.vms.len(),
+            when(j.last_run),
+            when(j.next_run),
+            id = j.id,
+        ));
+    }
+    body.push_str("</table>");
+    body
+}
+
+/// `/vms`: every VM, searched by id, name, host, state or job.
+pub fn vms_list(snap: &Snapshot, q: &str) -> String {
+    let rows: Vec<&Vm> = snap
+        .vms
+        .iter()
+        .filter(|v| {
+            let id = v.id.to_string();
+            let job = v.job.map(|j| format!("job {j}")).unwrap_or_default();
+            matches(
+                q,
+                &[
+                    &id,
+                    &v.name,
+                    v.host.as_deref().unwrap_or(""),
+                    v.state.unwrap_or(""),
+                    &job,
+                ],
+            )
+        })
+        .collect();
+    let mut body = search_form("/vms", q, rows.len(), snap.vms.len());
+    body.push_str(
+        "<table id=\"list\"><tr><th>VM</th><th>host</th><th>job</th><th>state</th>\
+         <th>last backup</th></tr>",
+    );
+    for v in rows {
+        body.push_str(&format!(
+            "<tr data-id=\"{id}\"><td><a href=\"/vms/{id}\">{id} {}</a></td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            esc(&v.name),
+            esc(v.host.as_deref().unwrap_or("—")),
+            v.job.map_or("—".to_string(), |j| format!(
+                "<a href=\"/jobs/{j}\">{j}</a>"
+            )),
+            state_cell(v),
+            ago(snap.now, v.last_backup),
+            id = v.id,
+        ));
+    }
+    body.push_str("</table>");
+    body
+}
+
+/// `/datastores`: every backup datastore, searched by id or name.
+pub fn datastores_list(snap: &Snapshot, q: &str) -> String {
+    let rows: Vec<&(u64, String)> = snap
+        .datastores
+        .iter()
+        .filter(|(id, name)| matches(q, &[&id.to_string(), name]))
+        .collect();
+    let mut body = search_form("/datastores", q, rows.len(), snap.datastores.len());
+    body.push_str("<table id=\"list\"><tr><th>datastore</th><th>images</th><th>stored</th></tr>");
+    for (id, name) in rows {
+        let imgs: Vec<&Image> = snap.images.iter().filter(|i| i.datastore == *id).collect();
+        body.push_str(&format!(
+            "<tr data-id=\"{id}\"><td><a href=\"/datastores/{id}\">{id} {}</a></td><td>{}</td><td>{}</td></tr>",
+            esc(name),
+            imgs.len(),
+            size(imgs.iter().map(|i| i.stored_mb).sum())
+        ));
+    }
+    body.push_str("</table>");
+    body
+}
+
+/// `/sync-jobs` and `/verify-jobs`: the jobs of that kind, searched by id, name or problem.
+pub fn copies_list(snap: &Snapshot, kind: &str, q: &str) -> String {
+    let all: Vec<_> = snap
+        .second_copies
+        .iter()
+        .filter(|c| c.kind == kind)
+        .collect();
+    let rows: Vec<_> = all
+        .iter()
+        .filter(|c| {
+            matches(
+                q,
+                &[
+                    &c.id.to_string(),
+                    &c.name,
+                    c.problem.as_deref().unwrap_or("ok"),
+                ],
+            )
+        })
+        .collect();
+    let mut body = search_form(&format!("/{kind}-jobs"), q, rows.len(), all.len());
+    body.push_str("<table id=\"list\"><tr><th>job</th><th>last run</th><th>state</th></tr>");
+    for c in rows {
+        body.push_str(&format!(
+            "<tr data-id=\"{}\"><td>{} {}</td><td>{}</td><td>{}</td></tr>",
+            c.id,
+            c.id,
+            esc(&c.name),
+            when(c.last_run),
+            match (&c.problem, c.last_run) {
+                (Some(p), _) => format!("<span class=\"bad\">{}</span>", esc(p)),
+                (None, Some(_)) => "<span class=\"ok\">ok</span>".into(),
+                (None, None) => "never run".into(),
+            }
+        ));
+    }
+    body.push_str("</table>");
+    body
 }
 
 #[cfg(test)]
@@ -504,5 +723,14 @@ mod tests {
         assert_eq!(ago(1000, None), "never");
         let k = parse_keep("KEEP_LAST=2 KEEP_DAILY=7");
         assert_eq!((k.last, k.daily, k.weekly), (2, 7, 0));
+    }
+
+    #[test]
+    fn a_search_needs_every_word_somewhere() {
+        assert!(matches("", &["anything"]));
+        assert!(matches("WEB hv1", &["web-22", "hv1"]));
+        assert!(matches("job 1", &["22", "job 1"]));
+        assert!(!matches("web hv2", &["web-22", "hv1"]));
+        assert!(!matches("x", &[]));
     }
 }

@@ -137,6 +137,23 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(overview))
         .route("/runs", get(runs))
+        .route(
+            "/jobs",
+            get(|s, q, h| list(s, q, h, ("Backup jobs", Listing::Jobs))),
+        )
+        .route("/vms", get(|s, q, h| list(s, q, h, ("VMs", Listing::Vms))))
+        .route(
+            "/datastores",
+            get(|s, q, h| list(s, q, h, ("Datastores", Listing::Datastores))),
+        )
+        .route(
+            "/sync-jobs",
+            get(|s, q, h| list(s, q, h, ("Sync jobs", Listing::Copies("sync")))),
+        )
+        .route(
+            "/verify-jobs",
+            get(|s, q, h| list(s, q, h, ("Verify jobs", Listing::Copies("verify")))),
+        )
         .route("/jobs/{id}", get(job))
         .route("/vms/{id}", get(vm))
         .route("/datastores/{id}", get(datastore))
@@ -164,6 +181,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/jobs/{id}/{action}", post(action))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        .fallback(fallback)
         // The largest form is the login's (a CSRF token and a password of at most
         // MAX_PASSWORD_BYTES); nothing else takes a body.
         .layer(DefaultBodyLimit::max(16 << 10))
@@ -203,6 +221,49 @@ fn html(body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+/// A page's answer when the state cannot be read: the reason as a page, with its status.
+fn page_error(r: Response, logout: Option<&str>) -> Response {
+    let status = r.status();
+    let reason = r.extensions().get::<Reason>().map(|r| r.0.clone());
+    match reason {
+        Some(reason) => {
+            let mut page = html(pages::page(
+                "The state cannot be read",
+                &pages::no_state(&reason),
+                logout,
+                None,
+            ));
+            *page.status_mut() = status;
+            page
+        }
+        None => r,
+    }
+}
+
+/// Why the state could not be read, carried on the plain answer for pages to show.
+#[derive(Clone)]
+struct Reason(String);
+
+/// 404 as a page: what is not there, and the way back.
+fn not_found_page(logout: Option<&str>) -> Response {
+    let mut page = html(pages::page(
+        "Not found",
+        "<p>There is nothing at this address: the job, VM or datastore may have been deleted, \
+         or the address mistyped.</p><p><a href=\"/\">Back to the overview</a></p>",
+        logout,
+        None,
+    ));
+    *page.status_mut() = StatusCode::NOT_FOUND;
+    page
+}
+
+/// Any address no route takes: 404, never a redirect to the login (a browser's own request
+/// for /favicon.ico would fetch a new login form and void the one on screen).
+async fn fallback(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let logout = page_guard(&app, &headers).ok().and_then(|(l, _)| l);
+    not_found_page(logout.as_deref())
 }
 
 fn see_other(to: &str) -> Response {
@@ -262,7 +323,11 @@ async fn snapshot(app: &App, ids_shown: bool, detail: Detail) -> Result<Snapshot
     match tokio::task::spawn_blocking(move || Snapshot::read_with(&path, detail)).await {
         Ok(Ok(s)) if ids_shown => Ok(s),
         Ok(Ok(s)) => Ok(s.without_ids()),
-        Ok(Err(e)) => Err(text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+        Ok(Err(e)) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.extensions_mut().insert(Reason(e.to_string()));
+            Err(r)
+        }
         Err(_) => Err(text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "reading the state failed",
@@ -280,8 +345,52 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             "Overview",
             &pages::overview(&s),
             logout.as_deref(),
+            Some(&pages::scheduler_line(&s)),
         )),
-        Err(r) => r,
+        Err(r) => page_error(r, logout.as_deref()),
+    }
+}
+
+/// Which list page.
+#[derive(Clone, Copy)]
+enum Listing {
+    Jobs,
+    Vms,
+    Datastores,
+    Copies(&'static str),
+}
+
+async fn list(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(search): axum::extract::Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    (title, listing): (&'static str, Listing),
+) -> Response {
+    let (logout, ids) = match page_guard(&app, &headers) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    // A list page's search (`?q=words`) is a few words: longer text is cut, never an error.
+    let q: String = search
+        .get("q")
+        .map(|q| q.chars().take(200).collect())
+        .unwrap_or_default();
+    match snapshot(&app, ids, Detail::Summary).await {
+        Ok(s) => {
+            let body = match listing {
+                Listing::Jobs => pages::jobs_list(&s, &q),
+                Listing::Vms => pages::vms_list(&s, &q),
+                Listing::Datastores => pages::datastores_list(&s, &q),
+                Listing::Copies(kind) => pages::copies_list(&s, kind, &q),
+            };
+            html(pages::page(
+                title,
+                &body,
+                logout.as_deref(),
+                Some(&pages::scheduler_line(&s)),
+            ))
+        }
+        Err(r) => page_error(r, logout.as_deref()),
     }
 }
 
@@ -291,8 +400,13 @@ async fn runs(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         Err(r) => return *r,
     };
     match snapshot(&app, ids, Detail::Summary).await {
-        Ok(s) => html(pages::page("Runs", &pages::runs(&s), logout.as_deref())),
-        Err(r) => r,
+        Ok(s) => html(pages::page(
+            "Runs",
+            &pages::runs(&s),
+            logout.as_deref(),
+            Some(&pages::scheduler_line(&s)),
+        )),
+        Err(r) => page_error(r, logout.as_deref()),
     }
 }
 
@@ -308,10 +422,15 @@ async fn detail(
     };
     match snapshot(app, ids, points).await {
         Ok(s) => match render(&s) {
-            Some((title, body)) => html(pages::page(&title, &body, logout.as_deref())),
-            None => text(StatusCode::NOT_FOUND, "no such thing"),
+            Some((title, body)) => html(pages::page(
+                &title,
+                &body,
+                logout.as_deref(),
+                Some(&pages::scheduler_line(&s)),
+            )),
+            None => not_found_page(logout.as_deref()),
         },
-        Err(r) => r,
+        Err(r) => page_error(r, logout.as_deref()),
     }
 }
 

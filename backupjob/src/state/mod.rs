@@ -12,6 +12,7 @@
 //! the engine settles them by what really happened.
 
 use backstop_image::process::ProcessId;
+mod daemon;
 mod discovered;
 mod images;
 mod inventory;
@@ -23,6 +24,7 @@ mod schema;
 pub mod secrets;
 pub mod sync;
 
+pub use daemon::SchedulerBeat;
 pub use mirrored::MirroredImage;
 pub use rekeys::{Rekey, RekeyPhase};
 pub use rows::{Chain, JobRow, JobStatus, LastRun, Named, Orphan, SchedActionRow, VerifyJobRow};

@@ -197,7 +197,7 @@ impl Repo {
 /// pages go once written. The file is synced before it is renamed into place; without this,
 /// nothing reaches the disk until that sync (the kernel holds gigabytes of dirty pages), so
 /// the whole restore would be written back at the end, serially. Measured on a 1 GiB image:
-/// see the README's performance table. (`POSIX_FADV_DONTNEED` on dirty pages starts their
+/// see docs/performance.md. (`POSIX_FADV_DONTNEED` on dirty pages starts their
 /// write-back on Linux; it never drops data.)
 fn write_back(file: &File, offset: u64, len: usize) {
     let _ = rustix::fs::fadvise(

@@ -48,14 +48,30 @@ pub(super) fn daemon(
         notify: super::notify_settings(),
         tz: jiff::tz::TimeZone::system(),
     };
+    // The heartbeat the dashboard reads (docs/web.md, "Overdue work"): the daemon's start,
+    // each pass, and a clean stop.
+    let mut beat = backstop_backupjob::state::SchedulerBeat {
+        pid: std::process::id(),
+        started_at: jiff::Timestamp::now().as_second(),
+        last_pass_at: 0,
+        interval: *interval,
+        max_backups: args.max_backups,
+        max_backups_host: args.max_backups_host,
+        stopped_at: None,
+    };
     loop {
-        ops::runs::scheduler_pass(
+        let pass = ops::runs::scheduler_pass(
             &env,
             st,
             &options,
             |job, ev| reporter.event(&format!("job {job}: "), ev),
             print,
-        )?;
+        );
+        beat.last_pass_at = jiff::Timestamp::now().as_second();
+        if let Err(e) = st.record_scheduler_pass(&beat) {
+            print(&format!("scheduler: cannot record its pass: {e}"))?;
+        }
+        pass?;
         if !*forever {
             break;
         }
@@ -66,6 +82,7 @@ pub(super) fn daemon(
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = st.record_scheduler_stop(beat.pid, jiff::Timestamp::now().as_second());
             print("scheduler: stopped")?;
             break;
         }
