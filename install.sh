@@ -17,19 +17,20 @@
 #   --check            only say whether an OpenNebula upgrade overwrote any of backstop's files
 #   --dry-run          change nothing; say what the install (or --uninstall) would do
 #   --binary FILE      install this executable instead of building one (packagers, tests)
+#   --allow-unimplemented  replace stock drivers even with actions not implemented (tests)
 #   --oned-conf FILE   the oned.conf to work out the advice printed at the end from; default
 #                      $ONE_LOCATION/etc/oned.conf, else /etc/one/oned.conf
 #
 # Every flag is checked before anything is built. --uninstall and --check need no Rust
 # toolchain when a backstop executable only root (or you) can have written is at hand: the
-# installed one, or /usr/bin/backstop (the Debian package's).
+# installed one, or a system-wide /usr/bin/backstop.
 # Everything after the build is done by `backstop install`; see `backstop install --help`.
 # Run as root over a tree another account owns, it never follows a link in the tree and never
 # runs anything from it (docs/security.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 bad() { echo "install.sh: $*; see ./install.sh --help" >&2; exit 2; }
 binary=""
 remotes=""
@@ -88,19 +89,23 @@ fi
 fail=1
 [ "$action" = --check ] && fail=2
 
-# Whether only root, or the user running this, can have written FILE: it and every directory
-# above it are theirs and writable by no group and no one else.
+# Prints FILE's absolute path when only root, or the user running this, can have written it:
+# no link anywhere on its path (a link would let whoever owns its directory point it at any
+# program), and the file and every directory above it are theirs and writable by no group
+# and no one else.
 trusted() {
-    local path=$1 me owner mode
+    local path me owner mode real
     me=$(id -u)
-    [ -f "$path" ] && [ ! -L "$path" ] && [ -x "$path" ] || return 1
-    path=$(readlink -f -- "$path") || return 1
+    real=$(readlink -e -- "$1") || return 1
+    [ "$real" = "$(realpath -s -- "$1")" ] || return 1
+    [ -f "$real" ] && [ -x "$real" ] || return 1
+    path=$real
     while :; do
         owner=$(stat -c %u -- "$path") || return 1
         mode=$(stat -c %a -- "$path") || return 1
         [ "$owner" = 0 ] || [ "$owner" = "$me" ] || return 1
         (( (8#$mode & 8#022) == 0 )) || return 1
-        [ "$path" = / ] && return 0
+        [ "$path" = / ] && { printf '%s\n' "$real"; return 0; }
         path=$(dirname -- "$path")
     done
 }
@@ -113,10 +118,10 @@ if [ -z "$binary" ] && [ "$action" != install ]; then
         if [ -n "${ONE_LOCATION:-}" ]; then remotes=$ONE_LOCATION/var/remotes; else remotes=/var/lib/one/remotes; fi
     fi
     for candidate in "$remotes/backstop/bin/backstop" /usr/bin/backstop; do
-        if trusted "$candidate"; then binary=$candidate; break; fi
+        if real=$(trusted "$candidate"); then binary=$real; break; fi
     done
     if [ -z "$binary" ] && [ "$action" != install ] && ! command -v cargo >/dev/null 2>&1; then
-        echo "install.sh: as $(id -un), $action does not run $remotes/backstop/bin/backstop: its directory can be changed by another account, which could have replaced it; pass --binary FILE with a backstop you trust (or install the Debian package), or run $action as that account" >&2
+        echo "install.sh: as $(id -un), $action does not run $remotes/backstop/bin/backstop: another account can change it or a directory above it, or a link is on its path; pass --binary FILE with a backstop you trust, or run $action as that account" >&2
         exit $fail
     fi
 fi

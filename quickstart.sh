@@ -5,7 +5,8 @@
 # disks changed in between, then both points restored with `backupjob image restore` and compared
 # with the disks as they were, and the dashboard (`backstop serve`) asked what it shows.
 # The VM's host is this machine, so every step runs here without ssh, exactly as oned would run
-# the actions (argv and stdin). Touches nothing outside the work directory.
+# the actions (argv and stdin). Touches nothing outside the work directory but cargo's build
+# directory (target/).
 #
 #   ./quickstart.sh [WORK_DIR]      (default: a new directory under /tmp)
 #
@@ -33,15 +34,19 @@ if [ -n "${1:-}" ]; then
     if [ -e "$work" ] && [ ! -d "$work" ]; then
         die "$work exists and is not a directory"
     fi
-    if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && [ ! -f "$work/$marker" ]; then
+    if [ -d "$work" ] && [ -n "$(ls -A "$work")" ] && { [ ! -f "$work/$marker" ] || [ -L "$work/$marker" ]; }; then
         die "$work is not empty and no earlier quickstart made it; give a new or empty directory"
     fi
 else
     work=$(mktemp -d /tmp/backstop-quickstart.XXXXXX)
 fi
 mkdir -p "$work"
-work=$(cd "$work" && pwd)
-if [ -f "$work/$marker" ]; then
+work=$(cd "$work" && pwd -P)
+# The marker counts only as a file of this user's own, never through a link.
+if [ -e "$work/$marker" ] || [ -L "$work/$marker" ]; then
+    if [ -L "$work/$marker" ] || [ ! -f "$work/$marker" ] || [ ! -O "$work/$marker" ]; then
+        die "$work/$marker is not a quickstart's marker of yours; give a new or empty directory"
+    fi
     echo "quickstart: $work holds an earlier quickstart's run; emptying it and starting afresh"
     find "$work" -mindepth 1 -maxdepth 1 ! -name "$marker" -exec rm -rf {} +
 fi

@@ -426,3 +426,166 @@ fn overdue_work_a_stopped_scheduler_and_list_search_in_the_browser() {
     assert_eq!(driver.title(), "Not found · backstop");
     assert!(driver.body_text().contains("Back to the overview"));
 }
+
+impl Driver {
+    /// Logs in on the login page the browser is at, with `password`.
+    fn log_in(&self, password: &str) {
+        let field = self.find("input[name=password]");
+        self.cmd(
+            "POST",
+            &format!("/element/{field}/value"),
+            Some(json!({"text": password})),
+        );
+        let button = self.find("button");
+        self.cmd("POST", &format!("/element/{button}/click"), Some(json!({})));
+        let after = self.wait_text("Log out");
+        assert!(after.contains("Log out"), "{after}");
+    }
+
+    /// Clicks what `css` finds and waits until the page's text holds `what`; that text.
+    fn click_until(&self, css: &str, what: &str) -> String {
+        let e = self.find(css);
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+        let text = self.wait_text(what);
+        assert!(text.contains(what), "after {css}: {text}");
+        text
+    }
+}
+
+/// The buttons of a job's page, for the admin (a page password and BACKSTOP_ADMIN_TOKEN): a
+/// form without its CSRF token is refused; retry moves the VM in ERROR back; the retention
+/// plan's confirmation names the points it deletes and deletes exactly those; confirming the
+/// same plan again is refused, as it changed; run starts a run that the page then shows.
+#[test]
+fn the_admin_runs_retries_and_applies_a_retention_plan_from_the_pages() {
+    let cloud: Cloud = crate::jobs::cloud_with_tm();
+    cloud.create_disks();
+    let state = state_with_a_failure(&cloud);
+    let common = crate::jobs::cli_prefix(&cloud, &state, &[]);
+    // Two more runs: VM 22 has a chain of three points; VM 23's host still does not answer.
+    for _ in 0..2 {
+        let out = crate::jobs::run_cli(&common, &["backup", "1"]);
+        assert_eq!(out.code, Some(1), "{out:?}");
+    }
+    let keep = cloud.dir.path().join("keep1.tmpl");
+    fs::write(&keep, "KEEP_LAST = 1\n").expect("keep");
+    let out = crate::jobs::run_cli(
+        &common,
+        &["update", "1", keep.to_str().expect("utf-8"), "--append"],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let password = "a good long password";
+    let hash = crate::web::hash_password(password);
+    let web = crate::web::serve_with(
+        &state,
+        &[
+            ("BACKSTOP_API_TOKEN", "a-token-for-the-monitoring-1234"),
+            ("BACKSTOP_WEB_PASSWORD_HASH", &hash),
+            ("BACKSTOP_ADMIN_TOKEN", "the-admin-token-of-this-test-5678"),
+        ],
+        &common[3..].iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let base = format!("http://{}", web.addr);
+    // Without a session, a button's POST is refused whatever it carries.
+    let (code, _, body) = http(&web.addr, "POST", "/jobs/1/retry", &[], "csrf=x");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("needs the admin's login"), "{body}");
+
+    let driver = Driver::start(cloud.dir.path());
+    driver.go(&format!("{base}/login"));
+    driver.log_in(password);
+    driver.go(&format!("{base}/jobs/1"));
+    let actions = driver.text("#actions");
+    for label in [
+        "Run now",
+        "Retry VMs in ERROR",
+        "Cancel the run",
+        "Apply the retention plan",
+    ] {
+        assert!(actions.contains(label), "{actions}");
+    }
+    // A form whose CSRF token was taken out is refused, and nothing happens.
+    driver.script(
+        "document.querySelector('form.action[action$=\"/retry\"] input[name=csrf]').remove()",
+    );
+    driver.click_until(
+        "form.action[action$='/retry'] button",
+        "refused: the form's CSRF token is missing or wrong",
+    );
+    driver.go(&format!("{base}/jobs/1"));
+    assert!(
+        driver.text("#vms").contains("ERROR"),
+        "VM 23 is still in ERROR"
+    );
+    let text = driver.click_until("form.action[action$='/retry'] button", "back to OUTDATED");
+    assert!(
+        text.contains("backup job 1: 1 VMs back to OUTDATED"),
+        "{text}"
+    );
+
+    // The plan's confirmation names the two points that go, and deletes exactly those.
+    driver.go(&format!("{base}/jobs/1/retention"));
+    let going = driver.text("#going");
+    assert_eq!(going.lines().count(), 2, "{going}");
+    assert!(
+        going.contains("VM 22: image 1 increment 0")
+            && going.contains("VM 22: image 1 increment 1"),
+        "{going}"
+    );
+    driver.screenshot(&screenshots().join("retention-confirm.png"));
+    let confirmed = driver.script("return document.querySelector('input[name=plan]').value");
+    let confirmed = confirmed.as_str().expect("the plan field").to_string();
+    driver.click_until("#confirm", "Back to backup job 1");
+    let result = driver.text("#result");
+    assert_eq!(
+        driver.script("return document.querySelector('#result').className"),
+        "ok",
+        "{result}"
+    );
+    let img: Value = serde_json::from_str(
+        &crate::jobs::run_cli(&common, &["image", "show", "1", "--json"]).stdout,
+    )
+    .expect("image json");
+    let left: Vec<u64> = img["increments"]
+        .as_array()
+        .expect("increments")
+        .iter()
+        .filter_map(|i| i["id"].as_u64())
+        .collect();
+    assert_eq!(left.len(), 1, "one point stays: {img}");
+    // The same confirmation sent again (a second tab, a resent form): the plan it named is not
+    // the plan now, so nothing more is deleted.
+    driver.go(&format!("{base}/jobs/1"));
+    driver.script(&format!(
+        "var f = document.createElement('form'); f.method = 'post'; f.action = '/jobs/1/retention';\
+         for (const [k, v] of [['csrf', document.querySelector('form[action=\"/logout\"] input[name=csrf]').value], ['plan', {confirmed:?}]]) {{\
+           var i = document.createElement('input'); i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i); }}\
+         document.body.appendChild(f); f.submit(); return true;"
+    ));
+    let again = driver.wait_text("the plan changed since it was confirmed");
+    assert!(
+        again.contains("the plan changed since it was confirmed"),
+        "{again}"
+    );
+    driver.go(&format!("{base}/jobs/1/retention"));
+    assert!(driver.text("#nothing").contains("deletes nothing now"));
+
+    // Run now: the run starts in the server; the job's page shows it finish.
+    driver.go(&format!("{base}/jobs/1"));
+    driver.click_until("form.action[action$='/run'] button", "a run started");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        driver.go(&format!("{base}/jobs/1"));
+        let vms = driver.text("#vms");
+        if !vms.contains("OUTDATED") && !vms.contains("ONGOING") {
+            assert!(vms.contains("UPDATED") && vms.contains("ERROR"), "{vms}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not end: {vms}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -935,7 +935,7 @@ fn root_uninstall_never_runs_the_trees_executable() {
     assert_eq!(
         out.stderr,
         format!(
-            "install.sh: as root, --uninstall does not run {}/backstop/bin/backstop: its directory can be changed by another account, which could have replaced it; pass --binary FILE with a backstop you trust (or install the Debian package), or run --uninstall as that account\n",
+            "install.sh: as root, --uninstall does not run {}/backstop/bin/backstop: another account can change it or a directory above it, or a link is on its path; pass --binary FILE with a backstop you trust, or run --uninstall as that account\n",
             r.display()
         )
     );
@@ -1135,6 +1135,25 @@ fn uninstall_and_check_need_no_cargo_when_the_installed_executable_is_trusted() 
     let before = contents(&r);
     assert_eq!(install_sh(&r, &["--with-tm"]).code, Some(0));
     let remotes = r.to_str().expect("utf-8");
+    // A link on the way is never followed, even to a file only root could have written:
+    // whoever owns the link's directory could point it at any program.
+    let bin = r.join("backstop/bin/backstop");
+    let real = dir.path().join("elsewhere-backstop");
+    fs::rename(&bin, &real).expect("move");
+    std::os::unix::fs::symlink(&real, &bin).expect("link");
+    let linked = run_env(
+        repo_root().join("install.sh"),
+        &["--check", "--remotes-dir", remotes],
+        b"",
+        &[NO_CARGO],
+    );
+    assert_eq!(linked.code, Some(2), "{linked:?}");
+    assert!(
+        linked.stderr.contains("a link is on its path"),
+        "{linked:?}"
+    );
+    fs::remove_file(&bin).expect("unlink");
+    fs::rename(&real, &bin).expect("move back");
     let check = run_env(
         repo_root().join("install.sh"),
         &["--check", "--remotes-dir", remotes],

@@ -1742,4 +1742,22 @@ fn scheduled_actions_take_calendar_forms_and_iso_times() {
         (a["repeat"].as_str(), a["days"].clone()),
         (Some("Hourly"), serde_json::json!([1]))
     );
+    // A new time alone keeps how the action repeats (and its DAYS).
+    let out = bj(&[
+        "sched-update",
+        "1",
+        &first,
+        "--time",
+        "2031-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let a = actions()[0].clone();
+    assert_eq!(
+        (a["time"].as_str(), a["repeat"].as_str(), a["days"].clone()),
+        (
+            Some("2031-01-01T00:00:00Z"),
+            Some("Hourly"),
+            serde_json::json!([1])
+        )
+    );
 }

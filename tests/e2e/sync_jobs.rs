@@ -402,9 +402,9 @@ fn verify_heal_and_verified_only(
     let snaps = shown["snapshots"].as_array().expect("snapshots");
     assert_eq!(snaps.len(), 7, "{shown}");
     assert!(
-        snaps
-            .iter()
-            .all(|s| s["ok"] == false && s["bad_blobs"][0] == blob.to_hex()),
+        snaps.iter().all(|s| s["ok"] == false
+            && s["bad_blobs"] == 1
+            && s["damaged_blobs"][0] == blob.to_hex()),
         "{shown}"
     );
 

@@ -159,7 +159,8 @@ impl Snapshot {
                 .sched_actions(id)
                 .map_err(read_err)?
                 .iter()
-                .filter(|s| !s.action.ended())
+                // Pending only: a one-off action that ran stays in the template, done.
+                .filter(|s| !s.action.ended() && s.action.done < s.action.time)
                 .map(|s| s.action.time)
                 .min();
             let rows = st.job_vms(id).map_err(read_err)?;
@@ -381,7 +382,9 @@ impl Snapshot {
             "running": health.running(),
             "says": health.describe(self.now),
             "pid": self.scheduler.map(|b| b.pid),
-            "last_pass": self.scheduler.map(|b| b.last_pass_at),
+            "alive_at": self.scheduler.map(|b| b.alive_at),
+            "in_pass_since": self.scheduler.and_then(|b| b.pass_started_at),
+            "last_pass": self.scheduler.and_then(|b| b.last_pass_at),
             "interval_seconds": self.scheduler.map(|b| b.interval),
             "stopped_at": self.scheduler.and_then(|b| b.stopped_at),
         });
@@ -553,7 +556,8 @@ impl Snapshot {
             "When the scheduler daemon last passed over the jobs.",
             "gauge",
             self.scheduler
-                .map(|b| (String::new(), b.last_pass_at as f64))
+                .and_then(|b| b.last_pass_at)
+                .map(|t| (String::new(), t as f64))
                 .into_iter()
                 .collect(),
         );

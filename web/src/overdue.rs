@@ -14,10 +14,15 @@ const DEFAULT_INTERVAL: u64 = 15;
 pub enum Health {
     /// No scheduler ever passed over this state.
     NeverRan,
-    /// It passed within three of its intervals (and a minute).
-    Up { last_pass: i64, interval: u64 },
-    /// It has not passed for longer: killed, hung, or its machine is down.
-    Silent { last_pass: i64, interval: u64 },
+    /// It said it was alive within three of its intervals (and a minute); `in_pass_since`
+    /// when it is in a pass, `last_pass` when its last one ended.
+    Up {
+        in_pass_since: Option<i64>,
+        last_pass: Option<i64>,
+        interval: u64,
+    },
+    /// It has not said so for longer: killed, hung, or its machine is down.
+    Silent { alive_at: i64, interval: u64 },
     /// It stopped cleanly (SIGTERM or SIGINT) at this time.
     Stopped { at: i64 },
 }
@@ -28,11 +33,12 @@ impl Health {
             None => Health::NeverRan,
             Some(b) => match b.stopped_at {
                 Some(at) => Health::Stopped { at },
-                None if now - b.last_pass_at > silence(b.interval) => Health::Silent {
-                    last_pass: b.last_pass_at,
+                None if now - b.alive_at > silence(b.interval) => Health::Silent {
+                    alive_at: b.alive_at,
                     interval: b.interval,
                 },
                 None => Health::Up {
+                    in_pass_since: b.pass_started_at,
                     last_pass: b.last_pass_at,
                     interval: b.interval,
                 },
@@ -61,18 +67,23 @@ impl Health {
                  (backstop backupjob scheduler --loop, or the backstop-scheduler service)"
                 .into(),
             Health::Up {
+                in_pass_since: Some(since),
+                ..
+            } => format!(
+                "the scheduler is running: in a pass since {} (due jobs run one after another)",
+                ago(now, since)
+            ),
+            Health::Up {
+                in_pass_since: None,
                 last_pass,
                 interval,
             } => format!(
                 "the scheduler is running: last pass {}, every {interval} s",
-                ago(now, last_pass)
+                last_pass.map_or("not ended yet".to_string(), |t| ago(now, t))
             ),
-            Health::Silent {
-                last_pass,
-                interval,
-            } => format!(
-                "the scheduler is not running: its last pass was {} (it passes every {interval} s)",
-                ago(now, last_pass)
+            Health::Silent { alive_at, interval } => format!(
+                "the scheduler is not running: last heard from {} (it passes every {interval} s)",
+                ago(now, alive_at)
             ),
             Health::Stopped { at } => {
                 format!(
@@ -142,10 +153,12 @@ pub fn overdue(snap: &Snapshot) -> Vec<Overdue> {
         let Some(due) = j.next_run.filter(|t| *t + grace < now) else {
             continue;
         };
-        // A run under way is not late; what it waits for shows on the job's page.
-        if j.vms
-            .iter()
-            .any(|vm| matches!(state_of(*vm), Some("ONGOING" | "OUTDATED")))
+        // A run under way is not late while the scheduler runs it (what its VMs wait for shows
+        // on the job's page); with the scheduler down, it is stuck, and late.
+        if health.running()
+            && j.vms
+                .iter()
+                .any(|vm| matches!(state_of(*vm), Some("ONGOING" | "OUTDATED")))
         {
             continue;
         }
@@ -169,6 +182,15 @@ pub fn overdue(snap: &Snapshot) -> Vec<Overdue> {
             )
         } else if let Some(busy) = busy_hosts(snap, j, beat) {
             busy
+        } else if let Health::Up {
+            in_pass_since: Some(since),
+            ..
+        } = health
+        {
+            format!(
+                "the scheduler is in a pass since {}, running due jobs one after another",
+                ago(now, since)
+            )
         } else {
             "the scheduler has passed since without starting it (see its log)".into()
         };
@@ -239,11 +261,13 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
-    fn beat(last_pass_ago: i64, stopped: Option<i64>) -> SchedulerBeat {
+    fn beat(alive_ago: i64, stopped: Option<i64>) -> SchedulerBeat {
         SchedulerBeat {
             pid: 42,
             started_at: NOW - 86_400,
-            last_pass_at: NOW - last_pass_ago,
+            alive_at: NOW - alive_ago,
+            pass_started_at: None,
+            last_pass_at: Some(NOW - alive_ago),
             interval: 15,
             max_backups: 2,
             max_backups_host: 1,
@@ -305,9 +329,19 @@ mod tests {
         assert_eq!(
             Health::of(Some(&beat(106, None)), NOW),
             Health::Silent {
-                last_pass: NOW - 106,
+                alive_at: NOW - 106,
                 interval: 15
             }
+        );
+        // In a pass for hours, and alive: running.
+        let mut long = beat(5, None);
+        long.pass_started_at = Some(NOW - 3 * 3600);
+        long.last_pass_at = Some(NOW - 4 * 3600);
+        let h = Health::of(Some(&long), NOW);
+        assert!(h.running());
+        assert_eq!(
+            h.describe(NOW),
+            "the scheduler is running: in a pass since 3 h 0 min ago (due jobs run one after another)"
         );
         assert_eq!(
             Health::of(Some(&beat(5, Some(NOW - 3))), NOW),
@@ -315,7 +349,7 @@ mod tests {
         );
         assert_eq!(
             Health::of(Some(&beat(7200, None)), NOW).describe(NOW),
-            "the scheduler is not running: its last pass was 2 h 0 min ago (it passes every 15 s)"
+            "the scheduler is not running: last heard from 2 h 0 min ago (it passes every 15 s)"
         );
     }
 
@@ -392,6 +426,21 @@ mod tests {
         assert_eq!(
             r[0].1,
             "its VMs' hosts are busy: h1 runs 1 (MAX_BACKUPS_HOST is 1)"
+        );
+        // A run left stuck by a scheduler that is down is late too.
+        let r = reasons(
+            vec![job(1, 50, &[7], two_hours)],
+            vec![vm(7, 1, "h1", "ONGOING")],
+            Some(beat(7200, None)),
+        );
+        assert!(r[0].1.starts_with("the scheduler is not running"), "{r:?}");
+        // In a long pass that has not reached it yet.
+        let mut in_pass = beat(3, None);
+        in_pass.pass_started_at = Some(NOW - 1800);
+        let r = reasons(vec![job(1, 50, &[], two_hours)], vec![], Some(in_pass));
+        assert_eq!(
+            r[0].1,
+            "the scheduler is in a pass since 30 min ago, running due jobs one after another"
         );
         // Nothing the state explains.
         let r = reasons(vec![job(1, 50, &[], two_hours)], vec![], up);

@@ -108,6 +108,78 @@ pub fn no_state(reason: &str) -> String {
     )
 }
 
+fn job_buttons(id: u64, csrf: &str) -> String {
+    let button = |action: &str, label: &str| {
+        format!(
+            "<form class=\"inline action\" method=\"post\" action=\"/jobs/{id}/{action}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button name=\"do\" value=\"{action}\">{label}</button></form> ",
+            esc(csrf)
+        )
+    };
+    format!(
+        "<div id=\"actions\">{}{}{}<a class=\"button\" href=\"/jobs/{id}/retention\">Apply the retention plan…</a></div>",
+        button("run", "Run now"),
+        button("retry", "Retry VMs in ERROR"),
+        button("cancel", "Cancel the run"),
+    )
+}
+
+/// The confirmation of a retention plan: every point it deletes, named, and the form that
+/// deletes exactly those.
+pub fn confirm_retention(
+    plan: &backstop_backupjob::ops::retention::RetentionPlan,
+    csrf: &str,
+) -> String {
+    let going = plan.going();
+    let rules = if plan.rules.is_empty() {
+        "no keep rule".to_string()
+    } else {
+        plan.rules.join(" ")
+    };
+    if going.is_empty() {
+        return format!(
+            "<p id=\"nothing\" class=\"ok\">With {}, the plan deletes nothing now.</p>\
+             <p><a href=\"/jobs/{}\">Back to backup job {}</a></p>",
+            esc(&rules),
+            plan.job,
+            plan.job
+        );
+    }
+    let mut body = format!(
+        "<p>With {}, applying the plan deletes these {} backup points; the others stay. \
+         Deleted points cannot be brought back.</p><ul id=\"going\">",
+        esc(&rules),
+        going.len()
+    );
+    for g in &going {
+        body.push_str(&format!("<li>{}</li>", esc(g)));
+    }
+    body.push_str(&format!(
+        "</ul><form method=\"post\" action=\"/jobs/{}/retention\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"plan\" value=\"{}\">\
+         <button id=\"confirm\">Delete these {} points</button></form>\
+         <p><a href=\"/jobs/{}\">Cancel: back to backup job {}</a></p>",
+        plan.job,
+        esc(csrf),
+        esc(&plan.going_key()),
+        going.len(),
+        plan.job,
+        plan.job
+    ));
+    body
+}
+
+/// What a page's action said.
+pub fn action_result(job: u64, said: &str, ok: bool) -> String {
+    format!(
+        "<pre id=\"result\" class=\"{}\">{}</pre><p><a href=\"/jobs/{job}\">Back to backup job {job}</a></p>",
+        if ok { "ok" } else { "bad" },
+        esc(said.trim_end())
+    )
+}
+
 fn state_cell(v: &Vm) -> String {
     let s = v.state.unwrap_or("—");
     format!("<span class=\"{s}\">{s}</span>")
@@ -153,7 +225,7 @@ pub fn overview(snap: &Snapshot) -> String {
         for o in &overdue {
             let link = match o.kind {
                 "backup" => format!("/jobs/{}", o.id),
-                _ => "/runs".to_string(),
+                kind => format!("/{kind}-jobs?q={}", o.id),
             };
             body.push_str(&format!(
                 "<tr class=\"overdue\" data-job=\"{kind}-{id}\"><td><a href=\"{link}\">{kind} job {id} ({name})</a></td>\
@@ -431,9 +503,12 @@ fn parse_keep(text: &str) -> backstop_backupjob::retention::Keep {
     k
 }
 
-pub fn job(snap: &Snapshot, id: u64) -> Option<(String, String)> {
+/// A backup job's page; `actions` is the admin session's CSRF token when the page offers its
+/// buttons (run, retry, cancel, the retention plan).
+pub fn job(snap: &Snapshot, id: u64, actions: Option<&str>) -> Option<(String, String)> {
     let j = snap.jobs.iter().find(|j| j.id == id)?;
-    let mut body = format!(
+    let mut body = actions.map_or(String::new(), |csrf| job_buttons(id, csrf));
+    body.push_str(&format!(
         "<p>Mode {} · priority {} · datastore {} · keep: {} · last run {} (took {}) · next run {}</p>\
          <h2>VMs</h2><table id=\"vms\"><tr><th>VM</th><th>state</th><th>last backup</th><th>reason</th></tr>",
         j.mode,
@@ -450,7 +525,7 @@ pub fn job(snap: &Snapshot, id: u64) -> Option<(String, String)> {
         j.last_duration
             .map_or("—".to_string(), |d| format!("{d} s")),
         when(j.next_run)
-    );
+    ));
     for v in snap.vms.iter().filter(|v| v.job == Some(id)) {
         body.push_str(&format!(
             "<tr><td><a href=\"/vms/{}\">{} ({})</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -179,6 +179,11 @@ fn router(app: Arc<App>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/api/jobs/{id}/{action}", post(action))
+        .route(
+            "/jobs/{id}/retention",
+            get(confirm_retention).post(confirm_retention_post),
+        )
+        .route("/jobs/{id}/{action}", post(page_action))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .fallback(fallback)
@@ -435,7 +440,143 @@ async fn detail(
 }
 
 async fn job(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
-    detail(&app, &h, Detail::Summary, |s| pages::job(s, id)).await
+    // The action buttons carry the session's CSRF token, shown to the admin only.
+    let actions = admin_csrf(&app, &h);
+    detail(&app, &h, Detail::Summary, |s| {
+        pages::job(s, id, actions.as_deref())
+    })
+    .await
+}
+
+/// The session's CSRF token when the viewer may act from the pages: the pages have a password
+/// (its login is the admin's) and actions are enabled (BACKSTOP_ADMIN_TOKEN is set).
+fn admin_csrf(app: &App, headers: &HeaderMap) -> Option<String> {
+    if app.credentials.password_hash.is_none() || app.credentials.admin_token.is_none() {
+        return None;
+    }
+    cookie(headers, SESSION_COOKIE).and_then(|id| app.sessions.csrf(&id, now()))
+}
+
+/// `GET /jobs/{id}/retention`: what applying the job's retention plan would delete, named
+/// point by point, and the form that confirms exactly that.
+async fn confirm_retention(
+    State(app): State<Arc<App>>,
+    UrlPath(id): UrlPath<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(csrf) = admin_csrf(&app, &headers) else {
+        return text(StatusCode::FORBIDDEN, NOT_ADMIN);
+    };
+    let path = app.state.clone();
+    let planned = tokio::task::spawn_blocking(move || {
+        let st = backstop_backupjob::state::State::open(&path)?;
+        ops::retention::plan(&st, &ops::retention::PlanOptions { job: id, vm: None })
+    })
+    .await;
+    match planned {
+        Ok(Ok(plan)) => html(pages::page(
+            &format!("Retention plan of backup job {id} ({})", plan.name),
+            &pages::confirm_retention(&plan, &csrf),
+            Some(&csrf),
+            None,
+        )),
+        Ok(Err(e)) => result_page(id, "retention", Err(ops::error_line(&e)), &csrf),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the plan could not be read",
+        ),
+    }
+}
+
+const NOT_ADMIN: &str = "refused: acting from the pages needs the admin's login (a page password, and BACKSTOP_ADMIN_TOKEN set)";
+
+/// `POST /jobs/{id}/{action}` from a page's button: the admin's session and its CSRF token,
+/// then the action as the API's, and a page saying how it went.
+async fn page_action(
+    State(app): State<Arc<App>>,
+    UrlPath((id, action)): UrlPath<(u64, String)>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    act_from_page(&app, id, &action, &headers, &form).await
+}
+
+/// `POST /jobs/{id}/retention`: the confirmation's form (the GET of that address shows it).
+async fn confirm_retention_post(
+    State(app): State<Arc<App>>,
+    UrlPath(id): UrlPath<u64>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    act_from_page(&app, id, "retention", &headers, &form).await
+}
+
+async fn act_from_page(
+    app: &App,
+    id: u64,
+    action: &str,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Response {
+    let Some(csrf) = admin_csrf(app, headers) else {
+        return text(StatusCode::FORBIDDEN, NOT_ADMIN);
+    };
+    let given = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if !same(csrf.as_bytes(), given.as_bytes()) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused: the form's CSRF token is missing or wrong",
+        );
+    }
+    let operation = match action {
+        "run" => {
+            let said = spawn_run(app, id)
+                .map(|()| format!("backup job {id}: a run started; its VMs show here as they go"));
+            return result_page(id, action, said, &csrf);
+        }
+        "retry" => Operation::Retry,
+        "cancel" => Operation::Cancel,
+        "retention" => {
+            // Exactly the points the confirmation named, and no more.
+            let plan = form.get("plan").cloned().unwrap_or_default();
+            let count = plan.split(',').filter(|p| !p.is_empty()).count();
+            Operation::Retention {
+                max_delete: count,
+                confirmed: Some(plan),
+            }
+        }
+        _ => return not_found_page(Some(&csrf)),
+    };
+    let env = app.env();
+    let path = app.state.clone();
+    let done = tokio::task::spawn_blocking(move || -> Result<String, backstop_backupjob::Error> {
+        let mut st = backstop_backupjob::state::State::open(&path)?;
+        operation.carry_out(&env, &mut st, id)
+    })
+    .await;
+    match done {
+        Ok(r) => result_page(id, action, r.map_err(|e| ops::error_line(&e)), &csrf),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the action could not be run",
+        ),
+    }
+}
+
+/// How a page's action went: its output (200) or its error line (409), and the way back.
+fn result_page(id: u64, action: &str, said: Result<String, String>, csrf: &str) -> Response {
+    let (status, body) = match said {
+        Ok(out) => (StatusCode::OK, pages::action_result(id, &out, true)),
+        Err(e) => (StatusCode::CONFLICT, pages::action_result(id, &e, false)),
+    };
+    let mut page = html(pages::page(
+        &format!("Backup job {id}: {action}"),
+        &body,
+        Some(csrf),
+        None,
+    ));
+    *page.status_mut() = status;
+    page
 }
 
 async fn vm(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
@@ -514,6 +655,7 @@ async fn action(
         "cancel" => Operation::Cancel,
         "retention" => Operation::Retention {
             max_delete: max_delete as usize,
+            confirmed: None,
         },
         _ => {
             return text(
@@ -559,11 +701,14 @@ async fn action(
 }
 
 /// The actions that answer when they are done.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Operation {
     Retry,
     Cancel,
-    Retention { max_delete: usize },
+    Retention {
+        max_delete: usize,
+        confirmed: Option<String>,
+    },
 }
 
 impl Operation {
@@ -581,13 +726,17 @@ impl Operation {
             Operation::Cancel => {
                 ops::backup::cancel(env, st, &ops::backup::CancelOptions { job: id })?.to_string()
             }
-            Operation::Retention { max_delete } => ops::retention::apply(
+            Operation::Retention {
+                max_delete,
+                confirmed,
+            } => ops::retention::apply(
                 env,
                 st,
                 &ops::retention::ApplyOptions {
                     job: id,
                     vm: None,
                     max_delete,
+                    confirmed,
                 },
             )?
             .to_string(),
@@ -601,6 +750,19 @@ impl Operation {
 /// nowhere, as the command's output did when the server started it as a process; a run that
 /// could not start says why on the server's stderr.
 fn start_run(app: &App, id: u64) -> Response {
+    match spawn_run(app, id) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"job": id, "action": "run", "pid": std::process::id()}).to_string(),
+        )
+            .into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+/// The run of [`start_run`], started on a thread of its own.
+fn spawn_run(app: &App, id: u64) -> Result<(), String> {
     let env = app.env();
     let path = app.state.clone();
     let started = std::thread::Builder::new()
@@ -619,18 +781,7 @@ fn start_run(app: &App, id: u64) -> Response {
                 eprintln!("backstop serve: backup job {id}: {}", ops::error_line(&e));
             }
         });
-    match started {
-        Ok(_) => (
-            StatusCode::ACCEPTED,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({"job": id, "action": "run", "pid": std::process::id()}).to_string(),
-        )
-            .into_response(),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("cannot run: {e}"),
-        ),
-    }
+    started.map(|_| ()).map_err(|e| format!("cannot run: {e}"))
 }
 
 async fn login_form(State(app): State<Arc<App>>) -> Response {

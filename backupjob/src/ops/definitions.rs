@@ -277,6 +277,7 @@ pub fn add_sched_action(st: &mut State, a: &SchedAdd) -> Result<Created, Error> 
         &a.time,
         given,
         Some(a.days.as_str()).filter(|d| !d.is_empty()),
+        -1,
     )?;
     let days = days.unwrap_or_default();
     let sa = crate::schedule::SchedAction::new(epoch, repeat, &days, a.end_type, a.end_value)
@@ -351,7 +352,7 @@ pub fn update_sched_action(st: &mut State, u: &SchedUpdate) -> Result<(), Error>
     let old_days: Vec<String> = old.days.iter().map(u32::to_string).collect();
     let (time, repeat, days) = match &time {
         Some(t) => {
-            let (time, r, d) = when(t, repeat.as_deref(), days.as_deref())?;
+            let (time, r, d) = when(t, repeat.as_deref(), days.as_deref(), old_repeat)?;
             (time, r, d.or(days))
         }
         None => (
@@ -399,8 +400,9 @@ fn parse_time(time: &str) -> Option<i64> {
 /// A scheduled action's TIME, REPEAT and DAYS from `--time` (with `--repeat` and `--days`
 /// when given): the one time syntax every schedule of the runner takes.
 /// - an epoch, an RFC 3339 time (`2026-12-08T03:00:00+01:00`) or a local date and time
-///   (`2026-12-08T03:00`, `2026-12-08 03:00`): that TIME, repeated as `--repeat` says; an
-///   hourly REPEAT without `--days` runs every hour;
+///   (`2026-12-08T03:00`, `2026-12-08 03:00`): that TIME, repeated as `--repeat` says, else
+///   as `keep_repeat` (the action's REPEAT before: a new time keeps it); a REPEAT that
+///   becomes hourly without `--days` runs every hour;
 /// - a calendar form, as sync and verify jobs' SCHEDULE takes (`mon..fri 02:30`, `daily`,
 ///   `hourly`, `*/6:00`): the next time it names, repeated weekly on its weekdays or every N
 ///   hours; it says when it repeats, so `--repeat` and `--days` are refused with it.
@@ -408,15 +410,16 @@ fn when(
     time: &str,
     repeat: Option<&str>,
     days: Option<&str>,
+    keep_repeat: i64,
 ) -> Result<(i64, i64, Option<String>), Error> {
     if let Some(epoch) = parse_time(time) {
         let repeat = match repeat {
             Some(r) => parse_repeat(r)?,
-            None => -1,
+            None => keep_repeat,
         };
         let days = days
             .map(str::to_string)
-            .or_else(|| (repeat == 3).then(|| "1".to_string()));
+            .or_else(|| (repeat == 3 && keep_repeat != 3).then(|| "1".to_string()));
         return Ok((epoch, repeat, days));
     }
     let calendar = crate::calendar::Calendar::parse(time).map_err(|_| {

@@ -158,7 +158,50 @@ pub fn plan(st: &State, options: &PlanOptions) -> Result<RetentionPlan, Error> {
     })
 }
 
+/// What a plan removes, as one line of text that names every point: `vm:image:increment`
+/// (`-` for a whole image), in plan order, comma-separated.
+fn going_key<'a>(plans: impl Iterator<Item = (u64, &'a [Planned])>) -> String {
+    let mut keys = Vec::new();
+    for (vm, points) in plans {
+        for p in points.iter().filter(|p| !p.decision.keep) {
+            keys.push(format!(
+                "{vm}:{}:{}",
+                p.image,
+                p.increment.map_or("-".to_string(), |n| n.to_string())
+            ));
+        }
+    }
+    keys.join(",")
+}
+
 impl RetentionPlan {
+    /// What the plan removes, named point by point ([`ApplyOptions::confirmed`]).
+    pub fn going_key(&self) -> String {
+        going_key(self.vms.iter().map(|v| (v.vm, v.points.as_slice())))
+    }
+
+    /// The points the plan removes, a line each: `VM 22: image 3 increment 1, taken ...`.
+    pub fn going(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in &self.vms {
+            for p in v.points.iter().filter(|p| !p.decision.keep) {
+                let taken = jiff::Timestamp::from_second(p.at).map_or(p.at.to_string(), |t| {
+                    t.to_zoned(self.tz.clone())
+                        .strftime("%Y-%m-%d %H:%M")
+                        .to_string()
+                });
+                out.push(format!(
+                    "VM {}: image {}{}, taken {taken}",
+                    v.vm,
+                    p.image,
+                    p.increment
+                        .map_or(" (whole)".to_string(), |n| format!(" increment {n}"))
+                ));
+            }
+        }
+        out
+    }
+
     /// The plan as `retention --json` prints it.
     pub fn json(&self) -> serde_json::Value {
         let v: Vec<_> = self
@@ -228,11 +271,14 @@ impl fmt::Display for RetentionPlan {
 }
 
 /// How to carry a plan out: the job (or one VM of it), and the most points it may remove.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOptions {
     pub job: u64,
     pub vm: Option<u64>,
     pub max_delete: usize,
+    /// The plan someone confirmed ([`RetentionPlan::going_key`]): when given, a plan that
+    /// would now remove anything else is refused and nothing is removed.
+    pub confirmed: Option<String>,
 }
 
 /// One thing carrying a plan out did.
@@ -340,6 +386,13 @@ pub fn apply(env: &Env, st: &mut State, options: &ApplyOptions) -> Result<Applie
             "the plan removes {going} points, more than --max-delete {}; nothing was removed",
             options.max_delete
         )));
+    }
+    if let Some(confirmed) = &options.confirmed
+        && *confirmed != going_key(plans.iter().map(|(v, p)| (*v, p.as_slice())))
+    {
+        return Err(Error::Refused(
+            "the plan changed since it was confirmed (a run or a change of the job); nothing was removed: look at it again".into(),
+        ));
     }
     let running: Vec<u64> = st
         .job_vms(id)?
@@ -450,6 +503,7 @@ pub fn after_run(st: &mut State, env: &Env, id: u64) -> Vec<String> {
         job: id,
         vm: None,
         max_delete: 10,
+        confirmed: None,
     };
     match apply(env, st, &options) {
         Ok(applied) => applied

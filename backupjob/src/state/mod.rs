@@ -24,7 +24,7 @@ mod schema;
 pub mod secrets;
 pub mod sync;
 
-pub use daemon::SchedulerBeat;
+pub use daemon::{SchedulerBeat, SchedulerStart};
 pub use mirrored::MirroredImage;
 pub use rekeys::{Rekey, RekeyPhase};
 pub use rows::{Chain, JobRow, JobStatus, LastRun, Named, Orphan, SchedActionRow, VerifyJobRow};

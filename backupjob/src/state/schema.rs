@@ -173,14 +173,17 @@ pub const MIGRATIONS: &[&str] = &[
     // table's width), and the newest points from one by time.
     "CREATE INDEX increments_summary ON increments (image_id, created_at, size_mb);
      CREATE INDEX increments_by_time ON increments (created_at);",
-    // 13: the scheduler daemon's heartbeat (one row): when it started, its last pass, how
-    // often it passes and the limits it runs with, and when it stopped cleanly; the dashboard
-    // tells a scheduler that is down from one that is merely between passes.
+    // 13: the scheduler daemon's heartbeat (one row): when it started, when it last said it
+    // was alive (every few seconds, in a pass or between passes), the pass it is in, its last
+    // pass, how often it passes and the limits it runs with, and when it stopped cleanly; the
+    // dashboard tells a scheduler that is down from one that is between passes or in a long one.
     "CREATE TABLE scheduler (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         pid INTEGER NOT NULL,
         started_at INTEGER NOT NULL,
-        last_pass_at INTEGER NOT NULL,
+        alive_at INTEGER NOT NULL,
+        pass_started_at INTEGER,
+        last_pass_at INTEGER,
         interval INTEGER NOT NULL,
         max_backups INTEGER NOT NULL,
         max_backups_host INTEGER NOT NULL,

@@ -244,7 +244,8 @@ pub(crate) enum Command {
         /// Keep running: a pass every --interval seconds until SIGTERM or SIGINT.
         #[arg(long = "loop")]
         forever: bool,
-        /// Seconds between passes with --loop.
+        /// Seconds between passes with --loop; without it (a pass from cron), the period cron
+        /// runs it at, which the dashboard uses to tell a scheduler that is down.
         #[arg(long, default_value_t = 15)]
         interval: u64,
     },
@@ -773,13 +774,17 @@ fn next_run(when: Option<&backstop_backupjob::calendar::When>, last: Option<i64>
     when.and_then(|w| w.next(now, last, &jiff::tz::TimeZone::system()))
 }
 
+/// The state database the command line works on.
+fn state_path(args: &Args) -> Result<PathBuf, Error> {
+    match &args.state {
+        Some(p) => Ok(p.clone()),
+        None => state::default_path()
+            .ok_or_else(|| input("no state database: give --state or set BACKSTOP_STATE or HOME")),
+    }
+}
+
 fn run(args: &Args) -> Result<ExitCode, Error> {
-    let path = match &args.state {
-        Some(p) => p.clone(),
-        None => state::default_path().ok_or_else(|| {
-            input("no state database: give --state or set BACKSTOP_STATE or HOME")
-        })?,
-    };
+    let path = state_path(args)?;
     let mut st = State::open(&path)?;
     let st = &mut st;
     match &args.command {

@@ -32,6 +32,7 @@ pub(super) fn apply(
         job: id,
         vm,
         max_delete,
+        confirmed: None,
     };
     print(&retention::apply(&super::env(args), st, &options)?.to_string())
 }

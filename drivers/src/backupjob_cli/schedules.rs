@@ -49,17 +49,22 @@ pub(super) fn daemon(
         tz: jiff::tz::TimeZone::system(),
     };
     // The heartbeat the dashboard reads (docs/web.md, "Overdue work"): the daemon's start,
-    // each pass, and a clean stop.
-    let mut beat = backstop_backupjob::state::SchedulerBeat {
-        pid: std::process::id(),
-        started_at: jiff::Timestamp::now().as_second(),
-        last_pass_at: 0,
-        interval: *interval,
-        max_backups: args.max_backups,
-        max_backups_host: args.max_backups_host,
-        stopped_at: None,
-    };
+    // each pass's start and end, a clean stop, and, from a thread of its own, "alive" every
+    // few seconds, as one pass can run backups for hours.
+    let pid = std::process::id();
+    let now = || jiff::Timestamp::now().as_second();
+    st.scheduler_started(
+        &backstop_backupjob::state::SchedulerStart {
+            pid,
+            interval: *interval,
+            max_backups: args.max_backups,
+            max_backups_host: args.max_backups_host,
+        },
+        now(),
+    )?;
+    let _alive = Heartbeat::start(super::state_path(args)?, pid, *interval);
     loop {
+        let _ = st.scheduler_pass_starts(pid, now());
         let pass = ops::runs::scheduler_pass(
             &env,
             st,
@@ -67,8 +72,7 @@ pub(super) fn daemon(
             |job, ev| reporter.event(&format!("job {job}: "), ev),
             print,
         );
-        beat.last_pass_at = jiff::Timestamp::now().as_second();
-        if let Err(e) = st.record_scheduler_pass(&beat) {
+        if let Err(e) = st.scheduler_pass_ends(pid, now()) {
             print(&format!("scheduler: cannot record its pass: {e}"))?;
         }
         pass?;
@@ -82,7 +86,7 @@ pub(super) fn daemon(
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = st.record_scheduler_stop(beat.pid, jiff::Timestamp::now().as_second());
+            let _ = st.scheduler_stopped(pid, now());
             print("scheduler: stopped")?;
             break;
         }
@@ -112,4 +116,44 @@ pub(super) fn update(st: &mut State, u: &SchedUpdateArgs) -> Result<(), Error> {
         end_value: *end_value,
     };
     ops::definitions::update_sched_action(st, &update)
+}
+
+/// A thread that says the scheduler is alive every few seconds, on a connection of its own,
+/// until dropped.
+struct Heartbeat {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(path: std::path::PathBuf, pid: u32, interval: u64) -> Heartbeat {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        // Well inside the three intervals (and a minute) after which it counts as down.
+        let every = std::time::Duration::from_secs(interval.clamp(1, 10));
+        let thread = std::thread::Builder::new()
+            .name("scheduler heartbeat".into())
+            .spawn(move || {
+                let Ok(st) = State::open(&path) else { return };
+                let mut next = std::time::Instant::now() + every;
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    if std::time::Instant::now() >= next {
+                        let _ = st.scheduler_alive(pid, jiff::Timestamp::now().as_second());
+                        next = std::time::Instant::now() + every;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            })
+            .ok();
+        Heartbeat { stop, thread }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -120,7 +120,8 @@ pub(super) fn show(st: &State, id: u64, json: bool) -> Result<(), Error> {
             .iter()
             .map(|v| {
                 serde_json::json!({"repository": v.repository, "snapshot": v.snapshot,
-                "verified_at": json_time::seconds(Some(v.verified_at)), "ok": v.bad.is_empty(), "bad_blobs": v.bad})
+                "verified_at": json_time::seconds(Some(v.verified_at)), "ok": v.bad.is_empty(), "bad_blobs": v.bad.len(),
+                "damaged_blobs": v.bad})
             })
             .collect();
         return print(
