@@ -55,10 +55,14 @@ enum Command {
         #[arg(long)]
         state: Option<PathBuf>,
         /// The OpenNebula remotes tree (for the actions, which run the job runner).
-        #[arg(long, default_value = "/var/lib/one/remotes")]
+        #[arg(long, env = "BACKSTOP_REMOTES", default_value = "/var/lib/one/remotes")]
         remotes: PathBuf,
         /// oned's DATASTORE_LOCATION (for the actions).
-        #[arg(long, default_value = "/var/lib/one//datastores")]
+        #[arg(
+            long,
+            env = "BACKSTOP_DATASTORE_LOCATION",
+            default_value = "/var/lib/one//datastores"
+        )]
         datastore_location: String,
         /// Read a password on stdin, print its argon2 hash for BACKSTOP_WEB_PASSWORD_HASH, and
         /// exit.

@@ -10,6 +10,7 @@ mod ceph_stock;
 mod cloud;
 mod crash;
 mod discover;
+mod guide;
 mod heal;
 mod install;
 mod jobs;

@@ -218,6 +218,14 @@ fn an_unfinished_password_change_can_be_given_up() {
         Some(0)
     );
     site.change_killed_midway(NEW);
+    // `datastore show` says so.
+    let out = site.bj(&["datastore", "show", "1"]);
+    assert!(
+        out.stdout
+            .contains("PASSWORD  : a change is unfinished (ADDING"),
+        "{}",
+        out.stdout
+    );
     // Another change is refused while this one is unfinished.
     let third = site.template("third-password-3", "");
     let out = site.bj(&["datastore", "update", "1", third.to_str().expect("utf-8")]);

@@ -41,20 +41,38 @@ pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), E
         .filter(|i| i.datastore_id == id)
         .map(|i| i.id)
         .collect();
+    // A password change that has not finished (docs/rekey.md).
+    let rekey = st.rekey(id).map_err(|x| input(x.to_string()))?;
+    let phase = |r: &backstop_backupjob::state::Rekey| match r.phase {
+        backstop_backupjob::state::RekeyPhase::Adding => "ADDING",
+        backstop_backupjob::state::RekeyPhase::Removing => "REMOVING",
+    };
     if json {
         let attrs = super::attributes_json(&template);
         return print(
             &serde_json::json!({
                 "id": id, "name": name, "ds_mad": ds.ds_mad, "base_path": ds.base_path,
                 "jobs": jobs, "images": images, "template": attrs,
+                "password_change": rekey.as_ref().map(|r| serde_json::json!({
+                    "phase": phase(r),
+                    "started_at": backstop_backupjob::json_time::seconds(Some(r.started_at)),
+                })),
             })
             .to_string(),
         );
     }
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let change = rekey.as_ref().map_or(String::new(), |r| {
+        format!(
+            "PASSWORD  : a change is unfinished ({}, since {}): the next run completes it; \
+             abort-rekey {id} gives it up\n",
+            phase(r),
+            super::local_time(r.started_at)
+        )
+    });
     print(&format!(
         "DATASTORE {id} INFORMATION\nID        : {id}\nNAME      : {name}\nDS_MAD    : {}\n\
-         BASE_PATH : {}\nJOBS      : {}\nIMAGES    : {}\n\nDATASTORE TEMPLATE\n{}",
+         BASE_PATH : {}\nJOBS      : {}\nIMAGES    : {}\n{change}\nDATASTORE TEMPLATE\n{}",
         ds.ds_mad,
         ds.base_path,
         list(&jobs),

@@ -53,6 +53,7 @@ pub struct Args {
         long,
         global = true,
         value_name = "DIR",
+        env = "BACKSTOP_REMOTES",
         default_value = "/var/lib/one/remotes",
         help_heading = GLOBAL
     )]
@@ -62,6 +63,7 @@ pub struct Args {
         long,
         global = true,
         value_name = "DIR",
+        env = "BACKSTOP_DATASTORE_LOCATION",
         default_value = "/var/lib/one//datastores",
         help_heading = GLOBAL
     )]
