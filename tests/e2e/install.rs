@@ -1180,3 +1180,78 @@ fn uninstall_and_check_need_no_cargo_when_the_installed_executable_is_trusted() 
         "uninstall did not restore the stock tree"
     );
 }
+
+/// The Debian package (`cargo deb`, built by CI, which sets BACKSTOP_DEB) installed with dpkg
+/// into a root of its own (`--root`, the maintainer scripts run with DPKG_ROOT) holding a
+/// stock-like OpenNebula tree and oned.conf: the drivers go in side by side, oned.conf is left
+/// as it was and what it needs is printed; removing the package puts the tree back as it was.
+#[test]
+fn the_debian_package_installs_side_by_side_and_comes_out_cleanly() {
+    let Some(deb) = std::env::var_os("BACKSTOP_DEB") else {
+        eprintln!("skipped: BACKSTOP_DEB names no package (CI builds one with cargo deb)");
+        return;
+    };
+    if !is_root() {
+        eprintln!("skipped: dpkg needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc/one"] {
+        fs::create_dir_all(root.join(d)).expect("dpkg dirs");
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").expect("status");
+    let remotes = root.join("var/lib/one/remotes");
+    stock_remotes(&remotes);
+    let before = contents(&remotes);
+    let conf = root.join("etc/one/oned.conf");
+    let conf_text = "DATASTORE_MAD = [\n    EXECUTABLE = \"one_datastore\",\n    ARGUMENTS  = \"-t 15 -d dummy,fs,lvm,ceph,dev,iscsi_libvirt,restic,rsync,netapp,purefa,virtiofs,interactive -s dummy,lvm,shared,ssh,local,ceph,fs_lvm,fs_lvm_ssh,qcow2,netapp,purefa\"\n]\nDATASTORE_ENCRYPTED_ATTR = \"RESTIC_PASSWORD\"\n";
+    fs::write(&conf, conf_text).expect("oned.conf");
+    let dpkg = |args: &[&str]| {
+        let mut all = vec![
+            "--root",
+            root.to_str().expect("utf-8"),
+            "--force-script-chrootless",
+            "--force-depends",
+            "--log",
+            "/dev/null",
+        ];
+        all.extend_from_slice(args);
+        crate::support::run("dpkg", &all, b"")
+    };
+    let out = dpkg(&["-i", deb.to_str().expect("utf-8")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("DS_MAD_CONF = [ NAME = \"backstop\"")
+            && out.stdout.contains("oned.conf was not changed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(fs::read_to_string(&conf).expect("oned.conf"), conf_text);
+    let shim = fs::read_to_string(remotes.join("datastore/backstop/backup")).expect("shim");
+    assert!(shim.contains("backstop-shim"), "{shim}");
+    assert!(remotes.join("backstop/bin/backstop").is_file());
+    assert!(root.join("usr/bin/backstop").is_file());
+    assert!(
+        root.join("lib/systemd/system/backstop-scheduler.service")
+            .is_file()
+    );
+    // The installed executable works.
+    let version = crate::support::run(root.join("usr/bin/backstop"), &["--version"], b"");
+    assert!(version.stdout.starts_with("backstop "), "{version:?}");
+
+    let out = dpkg(&["-r", "backstop"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        contents(&remotes) == before,
+        "removing the package did not put the stock tree back"
+    );
+    assert!(!root.join("usr/bin/backstop").exists());
+    assert!(
+        !root
+            .join("lib/systemd/system/backstop-scheduler.service")
+            .exists()
+    );
+    assert!(!root.join("var/lib/backstop").exists());
+    assert_eq!(fs::read_to_string(&conf).expect("oned.conf"), conf_text);
+}
