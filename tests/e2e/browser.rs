@@ -232,7 +232,36 @@ fn the_dashboard_in_a_headless_chromium() {
     driver.go(&format!("{base}/vms/22"));
     assert!(driver.title().starts_with("VM 22"), "{}", driver.title());
     assert!(driver.body_text().contains("Retention plan"));
+    // Its 30-day grid: today backed up, the rest without a run.
+    let count = |css: &str| {
+        driver.script(&format!(
+            "return document.querySelectorAll(\"{css}\").length"
+        ))
+    };
+    assert_eq!(count("#day-grid rect"), 30);
+    assert_eq!(count("#day-grid rect.day-backed-up"), 1);
+    assert_eq!(count("#day-grid rect.day-no-run"), 29);
     driver.screenshot(&shots.join("vm.png"));
+    // VM 23's host did not answer: its job ran today and took no point of it.
+    driver.go(&format!("{base}/vms/23"));
+    assert_eq!(count("#day-grid rect.day-failed"), 1);
+    // The job's runs, a bar each (one run); the datastore's size, a vertex a day (90 and today).
+    driver.go(&format!("{base}/jobs/1"));
+    assert_eq!(count("#durations-chart rect"), 1);
+    driver.go(&format!("{base}/datastores/1"));
+    let vertices = driver.script(
+        "return document.querySelector('#stored-chart polyline').getAttribute('points').trim().split(/ +/).length",
+    );
+    assert_eq!(vertices, 91);
+    let last_y = driver.script(
+        "var p = document.querySelector('#stored-chart polyline').getAttribute('points').trim().split(/ +/); \
+         return [parseFloat(p[0].split(',')[1]), parseFloat(p[p.length - 1].split(',')[1])]",
+    );
+    assert!(
+        last_y[1].as_f64() < last_y[0].as_f64(),
+        "today's size is above the first day's (nothing then): {last_y}"
+    );
+    driver.screenshot(&shots.join("datastore.png"));
     drop(web);
 
     // With credentials: the pages ask for a login; a form without its CSRF token is refused.

@@ -75,10 +75,60 @@ pub enum Detail {
     /// None: the overview, the job and datastore pages, the run history, `/api/status`,
     /// `/metrics`.
     Summary,
-    /// One VM's images (its page).
+    /// One VM's images (its page), and its 30-day grid.
     Vm(u64),
+    /// A job's page: the durations of its newest runs.
+    Job(u64),
+    /// A datastore's page: its stored size by day.
+    Datastore(u64),
     /// Every image (`/api/images`).
     All,
+}
+
+/// How many days the stored-size chart and the VM grid cover.
+pub const CHART_DAYS: i64 = 90;
+pub const GRID_DAYS: i64 = 30;
+/// How many of a job's newest runs the duration chart shows.
+pub const RUNS_CHARTED: u32 = 30;
+
+/// What a page's chart draws (read only for the page that shows it, [`Detail`]).
+#[derive(Debug, Clone, Default)]
+pub struct Charts {
+    /// A datastore's stored size at the end of each of the last [`CHART_DAYS`] days and today
+    /// (day, MB), oldest first: the recorded points taken up to that day.
+    pub stored: Vec<(i64, u64)>,
+    /// A job's newest finished runs, oldest first: (started, seconds, ok).
+    pub durations: Vec<(i64, i64, bool)>,
+    /// A VM's last [`GRID_DAYS`] days, oldest first: (day, what happened).
+    pub grid: Vec<(i64, DayMark)>,
+}
+
+/// A day of a VM's grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DayMark {
+    /// A backup point of it was taken that day.
+    BackedUp,
+    /// Its job ran that day and no point of it was taken.
+    Failed,
+    /// Its job did not run.
+    NoRun,
+}
+
+impl DayMark {
+    pub fn word(self) -> &'static str {
+        match self {
+            DayMark::BackedUp => "backed-up",
+            DayMark::Failed => "failed",
+            DayMark::NoRun => "no-run",
+        }
+    }
+}
+
+const DAY: i64 = 86_400;
+
+/// The start of `t`'s UTC day.
+fn day_of(t: i64) -> i64 {
+    t.div_euclid(DAY) * DAY
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +167,8 @@ pub struct Snapshot {
     pub second_copies: Vec<SecondCopy>,
     /// The scheduler daemon's heartbeat; `None` when none ever ran on this state.
     pub scheduler: Option<backstop_backupjob::state::SchedulerBeat>,
+    /// The page's chart, when it has one.
+    pub charts: Charts,
 }
 
 fn read_err(e: impl std::fmt::Display) -> Error {
@@ -211,7 +263,7 @@ impl Snapshot {
             })
             .collect();
         let detailed = match detail {
-            Detail::Summary => Vec::new(),
+            Detail::Summary | Detail::Job(_) | Detail::Datastore(_) => Vec::new(),
             Detail::Vm(vm) => st.images_where(Some(vm), None).map_err(read_err)?,
             Detail::All => st.all_images().map_err(read_err)?,
         };
@@ -298,6 +350,7 @@ impl Snapshot {
         let runs = runs(&st, &images, &vms)?;
         let second_copies = second_copies(&st, now)?;
         let scheduler = st.scheduler_beat().map_err(read_err)?;
+        let charts = charts(&st, detail, now, &images, &vm_job)?;
         Ok(Snapshot {
             now,
             jobs,
@@ -307,6 +360,7 @@ impl Snapshot {
             runs,
             second_copies,
             scheduler,
+            charts,
         })
     }
 
@@ -618,6 +672,78 @@ pub fn hide_ids(text: &str) -> String {
 }
 
 /// The sync jobs with their last run, the verify jobs with their damaged snapshots.
+/// What the page `detail` names charts, read for it alone.
+fn charts(
+    st: &State,
+    detail: Detail,
+    now: i64,
+    images: &[Image],
+    vm_job: &std::collections::HashMap<u64, u64>,
+) -> Result<Charts, Error> {
+    let today = day_of(now);
+    let mut charts = Charts::default();
+    match detail {
+        Detail::Datastore(ds) => {
+            let first = today - CHART_DAYS * DAY;
+            let mut total = st.stored_before(ds, first).map_err(read_err)?;
+            let added: std::collections::HashMap<i64, u64> = st
+                .stored_by_day(ds, first)
+                .map_err(read_err)?
+                .into_iter()
+                .collect();
+            for k in 0..=CHART_DAYS {
+                let day = first + k * DAY;
+                total += added.get(&day).copied().unwrap_or(0);
+                charts.stored.push((day, total));
+            }
+        }
+        Detail::Job(job) => {
+            let mut runs: Vec<(i64, i64, bool)> = st
+                .recent_runs(RunKind::Backup, job, RUNS_CHARTED)
+                .map_err(read_err)?
+                .into_iter()
+                .filter_map(|r| {
+                    r.ended_at
+                        .map(|e| (r.started_at, (e - r.started_at).max(0), r.error.is_none()))
+                })
+                .collect();
+            runs.sort_by_key(|r| r.0);
+            charts.durations = runs;
+        }
+        Detail::Vm(vm) => {
+            let first = today - (GRID_DAYS - 1) * DAY;
+            let taken: std::collections::HashSet<i64> = images
+                .iter()
+                .filter(|i| i.vm == vm)
+                .flat_map(|i| i.increments.iter().map(|n| day_of(n.date)))
+                .collect();
+            let ran: std::collections::HashSet<i64> = match vm_job.get(&vm) {
+                Some(job) => st
+                    .recent_runs(RunKind::Backup, *job, 500)
+                    .map_err(read_err)?
+                    .into_iter()
+                    .filter(|r| r.started_at >= first)
+                    .map(|r| day_of(r.started_at))
+                    .collect(),
+                None => Default::default(),
+            };
+            for k in 0..GRID_DAYS {
+                let day = first + k * DAY;
+                let mark = if taken.contains(&day) {
+                    DayMark::BackedUp
+                } else if ran.contains(&day) {
+                    DayMark::Failed
+                } else {
+                    DayMark::NoRun
+                };
+                charts.grid.push((day, mark));
+            }
+        }
+        Detail::Summary | Detail::All => {}
+    }
+    Ok(charts)
+}
+
 fn second_copies(st: &State, now: i64) -> Result<Vec<SecondCopy>, Error> {
     use backstop_backupjob::state::sync::JobKind;
     let tz = jiff::tz::TimeZone::system();

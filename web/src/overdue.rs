@@ -317,6 +317,7 @@ mod tests {
             runs: Vec::new(),
             second_copies: Vec::new(),
             scheduler,
+            charts: Default::default(),
         }
     }
 

@@ -55,7 +55,11 @@ header{background:#1d3557;color:#fff;padding:.6em 1.2em;display:flex;gap:1.5em;a
 header a{color:#fff;text-decoration:none}main{padding:1em 1.5em}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}\
 .ERROR,.bad{color:#b00020;font-weight:bold}.ONGOING{color:#0b5394;font-weight:bold}.UPDATED,.ok{color:#2e7d32}\
-.OUTDATED,.late{color:#b26a00}.empty{color:#666;font-style:italic}form.inline{display:inline}";
+.OUTDATED,.late{color:#b26a00}.empty{color:#666;font-style:italic}form.inline{display:inline}\
+#actions{margin:.5em 0 1em}a.button{margin-left:.5em}figure{margin:1em 0}\
+figcaption{color:#444;font-size:.9em}.axis{stroke:#999}.tick{font-size:10px;fill:#666}\
+.series{fill:none;stroke:#1d3557;stroke-width:2}.run-ok{fill:#2e7d32}.run-failed{fill:#b00020}\
+.day-backed-up{fill:#2e7d32}.day-failed{fill:#b00020}.day-no-run{fill:#ddd}";
 
 const SCRIPT: &str = "document.querySelectorAll('time').forEach(function(t){\
 var d=new Date(t.getAttribute('datetime'));if(!isNaN(d)){t.textContent=d.toLocaleString();}});";
@@ -177,6 +181,123 @@ pub fn action_result(job: u64, said: &str, ok: bool) -> String {
         "<pre id=\"result\" class=\"{}\">{}</pre><p><a href=\"/jobs/{job}\">Back to backup job {job}</a></p>",
         if ok { "ok" } else { "bad" },
         esc(said.trim_end())
+    )
+}
+
+/// Charts are SVG drawn here: no script, no build chain. Width and height of their area.
+const CHART_W: f64 = 640.0;
+const CHART_H: f64 = 160.0;
+const PAD: f64 = 28.0;
+
+fn day_label(day: i64) -> String {
+    jiff::Timestamp::from_second(day)
+        .map_or(day.to_string(), |t| t.strftime("%Y-%m-%d").to_string())
+}
+
+/// A datastore's stored size over the last days: a line, a vertex a day.
+fn stored_chart(days: &[(i64, u64)]) -> String {
+    let (Some(first), Some(last)) = (days.first(), days.last()) else {
+        return String::new();
+    };
+    let top = days.iter().map(|d| d.1).max().unwrap_or(0).max(1) as f64;
+    let step = (CHART_W - 2.0 * PAD) / (days.len().max(2) - 1) as f64;
+    let vertices: Vec<String> = days
+        .iter()
+        .enumerate()
+        .map(|(k, (_, mb))| {
+            format!(
+                "{:.1},{:.1}",
+                PAD + k as f64 * step,
+                CHART_H - PAD - (*mb as f64 / top) * (CHART_H - 2.0 * PAD)
+            )
+        })
+        .collect();
+    format!(
+        "<figure><figcaption>Stored size, {} to {}: the backup points recorded, by the day they \
+         were taken ({} now)</figcaption>\
+         <svg id=\"stored-chart\" data-points=\"{}\" viewBox=\"0 0 {CHART_W} {CHART_H}\" \
+         width=\"{CHART_W}\" height=\"{CHART_H}\" role=\"img\">\
+         <line x1=\"{PAD}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" class=\"axis\"/>\
+         <text x=\"2\" y=\"{PAD}\" class=\"tick\">{}</text><text x=\"2\" y=\"{y0}\" class=\"tick\">0</text>\
+         <polyline class=\"series\" points=\"{}\"/></svg></figure>",
+        day_label(first.0),
+        day_label(last.0),
+        size(last.1),
+        days.len(),
+        size(top as u64),
+        vertices.join(" "),
+        y0 = CHART_H - PAD,
+        x1 = CHART_W - PAD,
+    )
+}
+
+/// A job's newest runs: a bar each, as long as the run took, red when it failed.
+fn durations_chart(runs: &[(i64, i64, bool)]) -> String {
+    if runs.is_empty() {
+        return "<p class=\"empty\" id=\"durations-chart\">No run has finished yet.</p>".into();
+    }
+    let top = runs.iter().map(|r| r.1).max().unwrap_or(0).max(1) as f64;
+    let slot = (CHART_W - 2.0 * PAD) / runs.len() as f64;
+    let mut bars = String::new();
+    for (k, (started, secs, ok)) in runs.iter().enumerate() {
+        let h = (*secs as f64 / top * (CHART_H - 2.0 * PAD)).max(1.0);
+        bars.push_str(&format!(
+            "<rect class=\"{}\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\">\
+             <title>{}: {} s{}</title></rect>",
+            if *ok { "run-ok" } else { "run-failed" },
+            PAD + k as f64 * slot + slot * 0.1,
+            CHART_H - PAD - h,
+            slot * 0.8,
+            jiff::Timestamp::from_second(*started).map_or(started.to_string(), |t| t
+                .strftime("%Y-%m-%d %H:%M UTC")
+                .to_string()),
+            secs,
+            if *ok { "" } else { ", failed" }
+        ));
+    }
+    format!(
+        "<figure><figcaption>How long its last {} runs took (longest: {} s)</figcaption>\
+         <svg id=\"durations-chart\" data-runs=\"{}\" viewBox=\"0 0 {CHART_W} {CHART_H}\" \
+         width=\"{CHART_W}\" height=\"{CHART_H}\" role=\"img\">\
+         <line x1=\"{PAD}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" class=\"axis\"/>{bars}</svg></figure>",
+        runs.len(),
+        top as i64,
+        runs.len(),
+        y0 = CHART_H - PAD,
+        x1 = CHART_W - PAD,
+    )
+}
+
+/// A VM's last days: a square a day, green when a backup point was taken, red when its job
+/// ran and none was, grey when it did not run.
+fn day_grid(days: &[(i64, crate::model::DayMark)]) -> String {
+    if days.is_empty() {
+        return String::new();
+    }
+    let cell = 18.0;
+    let mut squares = String::new();
+    for (k, (day, mark)) in days.iter().enumerate() {
+        squares.push_str(&format!(
+            "<rect class=\"day-{}\" x=\"{:.0}\" y=\"4\" width=\"{}\" height=\"{}\"><title>{}: {}</title></rect>",
+            mark.word(),
+            4.0 + k as f64 * (cell + 3.0),
+            cell,
+            cell,
+            day_label(*day),
+            mark.word().replace('-', " ")
+        ));
+    }
+    let backed = days
+        .iter()
+        .filter(|d| d.1 == crate::model::DayMark::BackedUp)
+        .count();
+    format!(
+        "<figure><figcaption>The last {} days: backed up on {backed} (green), its job ran without \
+         a backup of it (red), no run (grey)</figcaption>\
+         <svg id=\"day-grid\" data-days=\"{}\" viewBox=\"0 0 {w:.0} 26\" width=\"{w:.0}\" height=\"26\" role=\"img\">{squares}</svg></figure>",
+        days.len(),
+        days.len(),
+        w = 8.0 + days.len() as f64 * (cell + 3.0),
     )
 }
 
@@ -419,6 +540,7 @@ pub fn vm(snap: &Snapshot, id: u64) -> Option<(String, String)> {
         body.push_str(&format!("<p class=\"bad\">{}</p>", esc(r)));
     }
     let images: Vec<&Image> = snap.images.iter().filter(|i| i.vm == id).collect();
+    body.push_str(&day_grid(&snap.charts.grid));
     body.push_str("<h2>Backups</h2>");
     body.push_str(&images_table(snap, &images));
     if let Some(plan) = retention(snap, v, &images) {
@@ -538,6 +660,7 @@ pub fn job(snap: &Snapshot, id: u64, actions: Option<&str>) -> Option<(String, S
         ));
     }
     body.push_str("</table>");
+    body.push_str(&durations_chart(&snap.charts.durations));
     Some((format!("Backup job {id} ({})", j.name), body))
 }
 
@@ -552,7 +675,8 @@ pub fn datastore(snap: &Snapshot, id: u64) -> Option<(String, String)> {
             "<p class=\"empty\">No backups yet.</p>".into(),
         ));
     }
-    let mut body = String::from(
+    let mut body = stored_chart(&snap.charts.stored);
+    body.push_str(
         "<table class=\"images\"><tr><th>image</th><th>VM</th><th>job</th><th>points</th>\
          <th>newest</th><th>stored</th></tr>",
     );

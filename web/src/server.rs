@@ -442,7 +442,7 @@ async fn detail(
 async fn job(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap) -> Response {
     // The action buttons carry the session's CSRF token, shown to the admin only.
     let actions = admin_csrf(&app, &h);
-    detail(&app, &h, Detail::Summary, |s| {
+    detail(&app, &h, Detail::Job(id), |s| {
         pages::job(s, id, actions.as_deref())
     })
     .await
@@ -588,7 +588,7 @@ async fn datastore(
     UrlPath(id): UrlPath<u64>,
     h: HeaderMap,
 ) -> Response {
-    detail(&app, &h, Detail::Summary, |s| pages::datastore(s, id)).await
+    detail(&app, &h, Detail::Datastore(id), |s| pages::datastore(s, id)).await
 }
 
 async fn api(

@@ -244,6 +244,40 @@ impl State {
         Ok(images)
     }
 
+    /// The size of datastore `datastore`'s recorded backup points by the UTC day they were
+    /// taken, from `since` (epoch seconds): `(start of the day, MB added that day)`, oldest
+    /// first; summed in SQL from the index schema 12 adds, not read point by point.
+    pub fn stored_by_day(&self, datastore: u64, since: i64) -> Result<Vec<(i64, u64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT (i.created_at / 86400) * 86400 AS day, sum(i.size_mb) FROM increments i \
+                 JOIN images m ON m.id = i.image_id \
+                 WHERE m.datastore_id = ?1 AND i.created_at >= ?2 GROUP BY day ORDER BY day",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![datastore as i64, since], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// The size of datastore `datastore`'s recorded points taken before `before` (MB).
+    pub fn stored_before(&self, datastore: u64, before: i64) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(sum(i.size_mb), 0) FROM increments i \
+                 JOIN images m ON m.id = i.image_id \
+                 WHERE m.datastore_id = ?1 AND i.created_at < ?2",
+                params![datastore as i64, before],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.sql(e))
+    }
+
     /// Every image with what the dashboard shows of its points without reading them: how
     /// many, their summed size and the newest date (from the index schema 12 adds).
     pub fn image_summaries(&self) -> Result<Vec<ImageSummary>, StateError> {
