@@ -147,8 +147,28 @@ pub fn overdue(snap: &Snapshot) -> Vec<Overdue> {
     let health = Health::of(beat, now);
     let grace = grace(beat);
     let mut out = Vec::new();
-    let state_of = |vm: u64| snap.vms.iter().find(|v| v.id == vm).and_then(|v| v.state);
-    let ongoing = |v: &&crate::model::Vm| v.state == Some("ONGOING");
+    // Looked up once: a state of 10,000 VMs in 500 jobs is read on every page.
+    let vm_of: std::collections::HashMap<u64, &crate::model::Vm> =
+        snap.vms.iter().map(|v| (v.id, v)).collect();
+    let state_of = |vm: u64| vm_of.get(&vm).and_then(|v| v.state);
+    let running = snap
+        .vms
+        .iter()
+        .filter(|v| v.state == Some("ONGOING"))
+        .count();
+    let mut running_on: std::collections::HashMap<&str, usize> = Default::default();
+    for v in snap.vms.iter().filter(|v| v.state == Some("ONGOING")) {
+        if let Some(h) = v.host.as_deref() {
+            *running_on.entry(h).or_default() += 1;
+        }
+    }
+    // The jobs with VMs waiting, highest priority first.
+    let mut waiting: Vec<&crate::model::Job> = snap
+        .jobs
+        .iter()
+        .filter(|o| o.vms.iter().any(|vm| state_of(*vm) == Some("OUTDATED")))
+        .collect();
+    waiting.sort_by_key(|o| std::cmp::Reverse(o.priority));
     for j in &snap.jobs {
         let Some(due) = j.next_run.filter(|t| *t + grace < now) else {
             continue;
@@ -166,21 +186,19 @@ pub fn overdue(snap: &Snapshot) -> Vec<Overdue> {
             health.describe(now)
         } else if j.locked {
             format!("the job is locked (backstop backupjob unlock {})", j.id)
-        } else if let Some(first) = snap.jobs.iter().find(|o| {
-            o.priority > j.priority && o.vms.iter().any(|vm| state_of(*vm) == Some("OUTDATED"))
-        }) {
+        } else if let Some(first) = waiting.first().filter(|o| o.priority > j.priority) {
             format!(
                 "job {} ({}, priority {}) runs first: it has VMs waiting",
                 first.id, first.name, first.priority
             )
-        } else if let Some(b) = beat.filter(|b| {
-            b.max_backups > 0 && snap.vms.iter().filter(ongoing).count() >= b.max_backups as usize
-        }) {
+        } else if let Some(b) =
+            beat.filter(|b| b.max_backups > 0 && running >= b.max_backups as usize)
+        {
             format!(
                 "{} backups are running, as many as MAX_BACKUPS allows",
                 b.max_backups
             )
-        } else if let Some(busy) = busy_hosts(snap, j, beat) {
+        } else if let Some(busy) = busy_hosts(j, beat, &vm_of, &running_on) {
             busy
         } else if let Health::Up {
             in_pass_since: Some(since),
@@ -225,23 +243,19 @@ pub fn overdue(snap: &Snapshot) -> Vec<Overdue> {
 
 /// When every host of the job's VMs already runs MAX_BACKUPS_HOST backups: which.
 fn busy_hosts(
-    snap: &Snapshot,
     job: &crate::model::Job,
     beat: Option<&SchedulerBeat>,
+    vm_of: &std::collections::HashMap<u64, &crate::model::Vm>,
+    running: &std::collections::HashMap<&str, usize>,
 ) -> Option<String> {
     let per_host = beat.map(|b| b.max_backups_host).filter(|m| *m > 0)?;
     let hosts: std::collections::BTreeSet<&str> = job
         .vms
         .iter()
-        .filter_map(|vm| snap.vms.iter().find(|v| v.id == *vm))
+        .filter_map(|vm| vm_of.get(vm))
         .filter_map(|v| v.host.as_deref())
         .collect();
-    let running_on = |h: &str| {
-        snap.vms
-            .iter()
-            .filter(|v| v.state == Some("ONGOING") && v.host.as_deref() == Some(h))
-            .count()
-    };
+    let running_on = |h: &str| running.get(h).copied().unwrap_or(0);
     (!hosts.is_empty() && hosts.iter().all(|h| running_on(h) >= per_host as usize)).then(|| {
         format!(
             "its VMs' hosts are busy: {} (MAX_BACKUPS_HOST is {per_host})",
