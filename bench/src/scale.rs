@@ -42,6 +42,13 @@ pub fn generate(path: &Path) {
             ],
         )
         .expect("job");
+        // Every job two hours past a weekly scheduled action, and no scheduler: the dashboard
+        // shows all of them overdue, its dearest case.
+        tx.execute(
+            "INSERT INTO sched_actions (job_id, time, repeat, days, end_type) VALUES (?1, ?2, 0, '0,1,2,3,4,5,6', 0)",
+            rusqlite::params![j as i64, now - 7200],
+        )
+        .expect("sched action");
         for run in 0..10i64 {
             let start = now - (10 - run) * 86_400;
             tx.execute(
@@ -191,6 +198,8 @@ pub fn dashboard_rows(work: &Path, backstop: &Path) {
         "/vms/4242",
         "/datastores/1",
         "/runs",
+        "/jobs?q=job-4",
+        "/vms?q=host7",
         "/api/vms",
         "/metrics",
     ] {

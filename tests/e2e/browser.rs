@@ -506,14 +506,40 @@ fn the_admin_runs_retries_and_applies_a_retention_plan_from_the_pages() {
 
     let password = "a good long password";
     let hash = crate::web::hash_password(password);
-    let web = crate::web::serve_with(
+    let server_args: Vec<&str> = common[3..].iter().map(String::as_str).collect();
+    // Without BACKSTOP_WEB_ACTIONS the page password stays a viewer's: no buttons.
+    let viewer = crate::web::serve_with(
         &state,
         &[
             ("BACKSTOP_API_TOKEN", "a-token-for-the-monitoring-1234"),
             ("BACKSTOP_WEB_PASSWORD_HASH", &hash),
             ("BACKSTOP_ADMIN_TOKEN", "the-admin-token-of-this-test-5678"),
         ],
-        &common[3..].iter().map(String::as_str).collect::<Vec<_>>(),
+        &server_args,
+    );
+    {
+        let profile = cloud.dir.path().join("viewer");
+        fs::create_dir_all(&profile).expect("profile dir");
+        let driver = Driver::start(&profile);
+        driver.go(&format!("http://{}/login", viewer.addr));
+        driver.log_in(password);
+        driver.go(&format!("http://{}/jobs/1", viewer.addr));
+        assert_eq!(
+            driver.script("return document.querySelectorAll('#actions').length"),
+            0,
+            "a viewer's page offers no action"
+        );
+    }
+    drop(viewer);
+    let web = crate::web::serve_with(
+        &state,
+        &[
+            ("BACKSTOP_API_TOKEN", "a-token-for-the-monitoring-1234"),
+            ("BACKSTOP_WEB_PASSWORD_HASH", &hash),
+            ("BACKSTOP_ADMIN_TOKEN", "the-admin-token-of-this-test-5678"),
+            ("BACKSTOP_WEB_ACTIONS", "yes"),
+        ],
+        &server_args,
     );
     let base = format!("http://{}", web.addr);
     // Without a session, a button's POST is refused whatever it carries.

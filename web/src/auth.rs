@@ -20,6 +20,10 @@ pub struct Credentials {
     pub password_hash: Option<String>,
     /// `BACKSTOP_ADMIN_TOKEN`: the only key to the actions (POST).
     pub admin_token: Option<String>,
+    /// `BACKSTOP_WEB_ACTIONS=yes`: the pages' login may act too (run, retry, cancel, a
+    /// retention plan), from the buttons of a job's page; off unless asked for, as it makes
+    /// the page password an admin's.
+    pub web_actions: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -31,6 +35,7 @@ impl std::fmt::Debug for Credentials {
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("web_actions", &self.web_actions)
             .finish()
     }
 }
@@ -47,6 +52,15 @@ impl Credentials {
             api_token: get("BACKSTOP_API_TOKEN"),
             password_hash: get("BACKSTOP_WEB_PASSWORD_HASH"),
             admin_token: get("BACKSTOP_ADMIN_TOKEN"),
+            web_actions: match get("BACKSTOP_WEB_ACTIONS").as_deref() {
+                None | Some("no" | "NO" | "0") => false,
+                Some("yes" | "YES" | "1") => true,
+                Some(other) => {
+                    return Err(crate::Error::Config(format!(
+                        "BACKSTOP_WEB_ACTIONS is {other:?}: yes or no"
+                    )));
+                }
+            },
         };
         for (name, t) in [
             ("BACKSTOP_API_TOKEN", &creds.api_token),
@@ -268,6 +282,7 @@ mod tests {
             api_token: Some("0123456789abcdef-token".into()),
             password_hash: Some(hash),
             admin_token: None,
+            web_actions: false,
         };
         assert!(c.password_ok("correct horse") && !c.password_ok("wrong"));
         assert!(c.token_ok("0123456789abcdef-token") && !c.token_ok("0123456789abcdef-tokem"));

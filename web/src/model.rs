@@ -672,7 +672,7 @@ pub fn hide_ids(text: &str) -> String {
 }
 
 /// The sync jobs with their last run, the verify jobs with their damaged snapshots.
-/// What the page `detail` names charts, read for it alone.
+/// The charts of the page `detail` names, read for it alone.
 fn charts(
     st: &State,
     detail: Detail,
@@ -685,12 +685,19 @@ fn charts(
     match detail {
         Detail::Datastore(ds) => {
             let first = today - CHART_DAYS * DAY;
-            let mut total = st.stored_before(ds, first).map_err(read_err)?;
             let added: std::collections::HashMap<i64, u64> = st
                 .stored_by_day(ds, first)
                 .map_err(read_err)?
                 .into_iter()
                 .collect();
+            // What was there before the window: the datastore's total (the image summaries
+            // the page reads anyway) less what the window added.
+            let all: u64 = images
+                .iter()
+                .filter(|i| i.datastore == ds)
+                .map(|i| i.stored_mb)
+                .sum();
+            let mut total = all.saturating_sub(added.values().sum());
             for k in 0..=CHART_DAYS {
                 let day = first + k * DAY;
                 total += added.get(&day).copied().unwrap_or(0);

@@ -167,7 +167,7 @@ pub fn confirm_retention(
          <p><a href=\"/jobs/{}\">Cancel: back to backup job {}</a></p>",
         plan.job,
         esc(csrf),
-        esc(&plan.going_key()),
+        esc(&plan.going_digest()),
         going.len(),
         plan.job,
         plan.job

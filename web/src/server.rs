@@ -448,10 +448,12 @@ async fn job(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMa
     .await
 }
 
-/// The session's CSRF token when the viewer may act from the pages: the pages have a password
-/// (its login is the admin's) and actions are enabled (BACKSTOP_ADMIN_TOKEN is set).
+/// The session's CSRF token when the viewer may act from the pages: the pages have a password,
+/// actions are enabled (BACKSTOP_ADMIN_TOKEN is set) and the pages' login was made an admin's
+/// (BACKSTOP_WEB_ACTIONS=yes).
 fn admin_csrf(app: &App, headers: &HeaderMap) -> Option<String> {
-    if app.credentials.password_hash.is_none() || app.credentials.admin_token.is_none() {
+    let c = &app.credentials;
+    if c.password_hash.is_none() || c.admin_token.is_none() || !c.web_actions {
         return None;
     }
     cookie(headers, SESSION_COOKIE).and_then(|id| app.sessions.csrf(&id, now()))
@@ -488,7 +490,7 @@ async fn confirm_retention(
     }
 }
 
-const NOT_ADMIN: &str = "refused: acting from the pages needs the admin's login (a page password, and BACKSTOP_ADMIN_TOKEN set)";
+const NOT_ADMIN: &str = "refused: acting from the pages needs the admin's login (a page password, BACKSTOP_ADMIN_TOKEN set, and BACKSTOP_WEB_ACTIONS=yes)";
 
 /// `POST /jobs/{id}/{action}` from a page's button: the admin's session and its CSRF token,
 /// then the action as the API's, and a page saying how it went.
@@ -537,11 +539,11 @@ async fn act_from_page(
         "retry" => Operation::Retry,
         "cancel" => Operation::Cancel,
         "retention" => {
-            // Exactly the points the confirmation named, and no more.
+            // Exactly the points the confirmation named (their digest), and no more: the
+            // plan computed now must name the same ones, however many.
             let plan = form.get("plan").cloned().unwrap_or_default();
-            let count = plan.split(',').filter(|p| !p.is_empty()).count();
             Operation::Retention {
-                max_delete: count,
+                max_delete: usize::MAX,
                 confirmed: Some(plan),
             }
         }

@@ -174,10 +174,23 @@ fn going_key<'a>(plans: impl Iterator<Item = (u64, &'a [Planned])>) -> String {
     keys.join(",")
 }
 
+/// SHA-256 of `key`, in hex: a confirmation names every point in 64 characters, however many.
+fn digest(key: &str) -> String {
+    openssl::sha::sha256(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl RetentionPlan {
-    /// What the plan removes, named point by point ([`ApplyOptions::confirmed`]).
+    /// What the plan removes, named point by point.
     pub fn going_key(&self) -> String {
         going_key(self.vms.iter().map(|v| (v.vm, v.points.as_slice())))
+    }
+
+    /// [`Self::going_key`]'s digest: what a confirmation carries ([`ApplyOptions::confirmed`]).
+    pub fn going_digest(&self) -> String {
+        digest(&self.going_key())
     }
 
     /// The points the plan removes, a line each: `VM 22: image 3 increment 1, taken ...`.
@@ -276,8 +289,8 @@ pub struct ApplyOptions {
     pub job: u64,
     pub vm: Option<u64>,
     pub max_delete: usize,
-    /// The plan someone confirmed ([`RetentionPlan::going_key`]): when given, a plan that
-    /// would now remove anything else is refused and nothing is removed.
+    /// The plan someone confirmed, as [`RetentionPlan::going_digest`]: when given, a plan
+    /// that would now remove anything else is refused and nothing is removed.
     pub confirmed: Option<String>,
 }
 
@@ -388,7 +401,7 @@ pub fn apply(env: &Env, st: &mut State, options: &ApplyOptions) -> Result<Applie
         )));
     }
     if let Some(confirmed) = &options.confirmed
-        && *confirmed != going_key(plans.iter().map(|(v, p)| (*v, p.as_slice())))
+        && *confirmed != digest(&going_key(plans.iter().map(|(v, p)| (*v, p.as_slice()))))
     {
         return Err(Error::Refused(
             "the plan changed since it was confirmed (a run or a change of the job); nothing was removed: look at it again".into(),

@@ -264,20 +264,6 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
-    /// The size of datastore `datastore`'s recorded points taken before `before` (MB).
-    pub fn stored_before(&self, datastore: u64, before: i64) -> Result<u64, StateError> {
-        self.conn
-            .query_row(
-                "SELECT coalesce(sum(i.size_mb), 0) FROM increments i \
-                 JOIN images m ON m.id = i.image_id \
-                 WHERE m.datastore_id = ?1 AND i.created_at < ?2",
-                params![datastore as i64, before],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as u64)
-            .map_err(|e| self.sql(e))
-    }
-
     /// Every image with what the dashboard shows of its points without reading them: how
     /// many, their summed size and the newest date (from the index schema 12 adds).
     pub fn image_summaries(&self) -> Result<Vec<ImageSummary>, StateError> {

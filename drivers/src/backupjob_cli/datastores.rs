@@ -64,10 +64,15 @@ pub(super) fn show(st: &State, args: &Args, id: u64, json: bool) -> Result<(), E
     let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let change = rekey.as_ref().map_or(String::new(), |r| {
         format!(
-            "PASSWORD  : a change is unfinished ({}, since {}): the next run completes it; \
-             abort-rekey {id} gives it up\n",
+            "PASSWORD  : a change is unfinished ({}, since {}): the next run completes it{}\n",
             phase(r),
-            super::local_time(r.started_at)
+            super::local_time(r.started_at),
+            match r.phase {
+                backstop_backupjob::state::RekeyPhase::Adding => {
+                    format!("; abort-rekey {id} gives it up")
+                }
+                backstop_backupjob::state::RekeyPhase::Removing => String::new(),
+            }
         )
     });
     print(&format!(
