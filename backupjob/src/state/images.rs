@@ -124,10 +124,21 @@ impl State {
     }
 
     pub fn remove_image(&mut self, id: u64) -> Result<(), StateError> {
-        self.conn
-            .execute("DELETE FROM images WHERE id = ?1", params![id as i64])
-            .map_err(|e| self.sql(e))?;
-        Ok(())
+        let path = self.path.clone();
+        let err = |e| StateError::Sqlite {
+            path: path.clone(),
+            source: e,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        // Its points first, while the image names their datastore (schema 14's triggers).
+        tx.execute(
+            "DELETE FROM increments WHERE image_id = ?1",
+            params![id as i64],
+        )
+        .map_err(err)?;
+        tx.execute("DELETE FROM images WHERE id = ?1", params![id as i64])
+            .map_err(err)?;
+        tx.commit().map_err(err)
     }
 
     /// After increment_flatten: only `kept` stay; the first is the new base with `size_mb` and
@@ -246,14 +257,13 @@ impl State {
 
     /// The size of datastore `datastore`'s recorded backup points by the UTC day they were
     /// taken, from `since` (epoch seconds): `(start of the day, MB added that day)`, oldest
-    /// first; summed in SQL from the index schema 12 adds, not read point by point.
+    /// first; from the sums schema 14's triggers keep, not read point by point.
     pub fn stored_by_day(&self, datastore: u64, since: i64) -> Result<Vec<(i64, u64)>, StateError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT (i.created_at / 86400) * 86400 AS day, sum(i.size_mb) FROM increments i \
-                 JOIN images m ON m.id = i.image_id \
-                 WHERE m.datastore_id = ?1 AND i.created_at >= ?2 GROUP BY day ORDER BY day",
+                "SELECT day, mb FROM stored_by_day WHERE datastore_id = ?1 AND day >= ?2 \
+                 AND mb <> 0 ORDER BY day",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt

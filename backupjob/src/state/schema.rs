@@ -189,4 +189,38 @@ pub const MIGRATIONS: &[&str] = &[
         max_backups_host INTEGER NOT NULL,
         stopped_at INTEGER
      );",
+    // 14: the size of each datastore's recorded points by the UTC day they were taken, kept by
+    // triggers on increments as they are recorded, changed and removed (an image's points are
+    // removed before the image, so every trigger finds its datastore): the dashboard's
+    // stored-size chart reads at most 91 rows instead of summing 500,000 points.
+    "CREATE TABLE stored_by_day (
+        datastore_id INTEGER NOT NULL,
+        day INTEGER NOT NULL,
+        mb INTEGER NOT NULL,
+        PRIMARY KEY (datastore_id, day)
+     ) WITHOUT ROWID;
+     INSERT INTO stored_by_day (datastore_id, day, mb)
+        SELECT m.datastore_id, (i.created_at / 86400) * 86400, sum(i.size_mb)
+        FROM increments i JOIN images m ON m.id = i.image_id GROUP BY 1, 2;
+     CREATE TRIGGER stored_by_day_insert AFTER INSERT ON increments BEGIN
+        INSERT INTO stored_by_day (datastore_id, day, mb)
+            SELECT datastore_id, (NEW.created_at / 86400) * 86400, NEW.size_mb
+            FROM images WHERE id = NEW.image_id
+            ON CONFLICT (datastore_id, day) DO UPDATE SET mb = mb + excluded.mb;
+     END;
+     CREATE TRIGGER stored_by_day_delete AFTER DELETE ON increments BEGIN
+        UPDATE stored_by_day SET mb = mb - OLD.size_mb
+            WHERE datastore_id = (SELECT datastore_id FROM images WHERE id = OLD.image_id)
+            AND day = (OLD.created_at / 86400) * 86400;
+     END;
+     CREATE TRIGGER stored_by_day_update AFTER UPDATE OF size_mb, created_at, image_id ON increments
+     BEGIN
+        UPDATE stored_by_day SET mb = mb - OLD.size_mb
+            WHERE datastore_id = (SELECT datastore_id FROM images WHERE id = OLD.image_id)
+            AND day = (OLD.created_at / 86400) * 86400;
+        INSERT INTO stored_by_day (datastore_id, day, mb)
+            SELECT datastore_id, (NEW.created_at / 86400) * 86400, NEW.size_mb
+            FROM images WHERE id = NEW.image_id
+            ON CONFLICT (datastore_id, day) DO UPDATE SET mb = mb + excluded.mb;
+     END;",
 ];

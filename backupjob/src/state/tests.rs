@@ -592,3 +592,63 @@ fn run_records_of_killed_runners_are_closed() {
     assert_eq!(syncs[0].error.as_deref(), Some("its runner was killed"));
     assert_eq!(s.close_dead_runs(21).expect("again"), 0);
 }
+
+#[test]
+fn the_stored_size_by_day_follows_every_point_recorded_changed_and_removed() {
+    let (_d, mut s) = state();
+    const DAY: i64 = 86_400;
+    let t0 = 1_800_000_000 / DAY * DAY;
+    let a = s.add_image(7, Some(1), 1, t0).expect("image");
+    s.add_increment(a, 0, "aaaaaaaa", 100, "FULL", t0 + 10)
+        .expect("inc");
+    s.add_increment(a, 1, "bbbbbbbb", 10, "INCREMENT", t0 + DAY + 10)
+        .expect("inc");
+    s.add_increment(a, 2, "cccccccc", 5, "INCREMENT", t0 + DAY + 20)
+        .expect("inc");
+    let b = s.add_image(8, Some(1), 2, t0).expect("image");
+    s.add_increment(b, 0, "dddddddd", 50, "FULL", t0 + 30)
+        .expect("inc");
+    assert_eq!(
+        s.stored_by_day(1, 0).expect("days"),
+        vec![(t0, 100), (t0 + DAY, 15)]
+    );
+    assert_eq!(s.stored_by_day(2, 0).expect("days"), vec![(t0, 50)]);
+    assert_eq!(
+        s.stored_by_day(1, t0 + DAY).expect("days"),
+        vec![(t0 + DAY, 15)]
+    );
+    // A flatten: increment 2 becomes the base (its size changes), 0 and 1 go.
+    s.flatten_increments(a, &[(2, "cccccccc".into())], 115)
+        .expect("flatten");
+    assert_eq!(s.stored_by_day(1, 0).expect("days"), vec![(t0 + DAY, 115)]);
+    // An image removed whole: its points go from the sums, the other datastore's stay.
+    s.remove_image(a).expect("remove");
+    assert_eq!(s.stored_by_day(1, 0).expect("days"), vec![]);
+    assert_eq!(s.stored_by_day(2, 0).expect("days"), vec![(t0, 50)]);
+}
+
+#[test]
+fn schema_14_sums_the_points_a_state_already_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("state.db");
+    {
+        let old = Connection::open(&file).expect("open");
+        for m in &MIGRATIONS[..13] {
+            old.execute_batch(m).expect("migration");
+        }
+        old.pragma_update(None, "user_version", 13)
+            .expect("version");
+        old.execute_batch(
+            "INSERT INTO images (id, vm_id, job_id, datastore_id, created_at) VALUES (1, 7, 1, 3, 0);
+             INSERT INTO increments (image_id, id, source, size_mb, kind, created_at)
+                VALUES (1, 0, 'a', 40, 'FULL', 86400), (1, 1, 'b', 2, 'INCREMENT', 86500),
+                       (1, 2, 'c', 3, 'INCREMENT', 172800);",
+        )
+        .expect("rows");
+    }
+    let s = State::open(&file).expect("migrate");
+    assert_eq!(
+        s.stored_by_day(3, 0).expect("days"),
+        vec![(86_400, 42), (172_800, 3)]
+    );
+}
