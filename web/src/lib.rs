@@ -2,12 +2,14 @@
 //! runner's SQLite state, read-only.
 //!
 //! - [`model`]: what the pages and the API show, read from the state on a blocking thread;
+//! - [`api`]: the JSON API's and `/metrics`' renderings of it;
 //! - [`overdue`]: the scheduler's health and the jobs that are late, and why;
 //! - [`pages`]: the server-rendered pages;
 //! - [`auth`]: who may see them: anyone on a loopback address when no credentials are set;
 //!   else an API token for JSON and metrics, a password and a session cookie for pages, a CSRF
 //!   token on every form.
 
+pub mod api;
 pub mod auth;
 mod error;
 pub mod model;
