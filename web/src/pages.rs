@@ -666,7 +666,11 @@ pub fn job(snap: &Snapshot, id: u64, actions: Option<&str>) -> Option<(String, S
 
 /// A datastore's page: a row per image (its points are on its VM's page), so that a
 /// datastore of 500,000 points is a page of its images, not of every point.
-pub fn datastore(snap: &Snapshot, id: u64) -> Option<(String, String)> {
+/// How many images a datastore's page lists at a time.
+pub const IMAGES_PER_PAGE: usize = 500;
+
+/// A datastore's page `page` (from 1): its chart, and its images a page at a time.
+pub fn datastore(snap: &Snapshot, id: u64, page: usize) -> Option<(String, String)> {
     let (_, name) = snap.datastores.iter().find(|d| d.0 == id)?;
     let images: Vec<&Image> = snap.images.iter().filter(|i| i.datastore == id).collect();
     if images.is_empty() {
@@ -676,11 +680,34 @@ pub fn datastore(snap: &Snapshot, id: u64) -> Option<(String, String)> {
         ));
     }
     let mut body = stored_chart(&snap.charts.stored);
+    let total = images.len();
+    let pages = total.div_ceil(IMAGES_PER_PAGE).max(1);
+    let page = page.min(pages);
+    let from = (page - 1) * IMAGES_PER_PAGE;
+    let shown = &images[from..(from + IMAGES_PER_PAGE).min(total)];
+    let link = |p: usize, label: &str| {
+        format!("<a href=\"/datastores/{id}?page={p}\" rel=\"{label}\">{label}</a>")
+    };
+    body.push_str(&format!(
+        "<p class=\"count\" id=\"images-shown\">images {}–{} of {total}{}{}</p>",
+        from + 1,
+        from + shown.len(),
+        if page > 1 {
+            format!(" · {}", link(page - 1, "prev"))
+        } else {
+            String::new()
+        },
+        if page < pages {
+            format!(" · {}", link(page + 1, "next"))
+        } else {
+            String::new()
+        },
+    ));
     body.push_str(
         "<table class=\"images\"><tr><th>image</th><th>VM</th><th>job</th><th>points</th>\
          <th>newest</th><th>stored</th></tr>",
     );
-    for i in images {
+    for i in shown {
         body.push_str(&format!(
             "<tr><td>{}{}</td><td><a href=\"/vms/{vm}\">{vm}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             i.id,
@@ -931,5 +958,44 @@ mod tests {
         assert!(matches("job 1", &["22", "job 1"]));
         assert!(!matches("web hv2", &["web-22", "hv1"]));
         assert!(!matches("x", &[]));
+    }
+
+    #[test]
+    fn a_large_datastore_is_shown_a_page_of_images_at_a_time() {
+        let image = |id: u64| Image {
+            id,
+            vm: id,
+            job: None,
+            datastore: 1,
+            protected: false,
+            points: 1,
+            stored_mb: 1,
+            newest: None,
+            increments: Vec::new(),
+        };
+        let snap = Snapshot {
+            now: 0,
+            jobs: Vec::new(),
+            vms: Vec::new(),
+            images: (1..=1200).map(image).collect(),
+            datastores: vec![(1, "big".into())],
+            runs: Vec::new(),
+            second_copies: Vec::new(),
+            scheduler: None,
+            charts: Default::default(),
+        };
+        let rows = |body: &str| body.matches("<tr><td>").count();
+        let (_, first) = datastore(&snap, 1, 1).expect("page");
+        assert_eq!(rows(&first), 500);
+        assert!(
+            first.contains("images 1–500 of 1200 · <a href=\"/datastores/1?page=2\" rel=\"next\">")
+        );
+        let (_, last) = datastore(&snap, 1, 9).expect("page");
+        assert_eq!(rows(&last), 200, "a page past the end shows the last");
+        assert!(
+            last.contains(
+                "images 1001–1200 of 1200 · <a href=\"/datastores/1?page=2\" rel=\"prev\">"
+            )
+        );
     }
 }

@@ -588,9 +588,19 @@ async fn vm(State(app): State<Arc<App>>, UrlPath(id): UrlPath<u64>, h: HeaderMap
 async fn datastore(
     State(app): State<Arc<App>>,
     UrlPath(id): UrlPath<u64>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
     h: HeaderMap,
 ) -> Response {
-    detail(&app, &h, Detail::Datastore(id), |s| pages::datastore(s, id)).await
+    // `?page=N` (from 1): a datastore of 10,000 images is shown a page of them at a time.
+    let page = query
+        .get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    detail(&app, &h, Detail::Datastore(id), |s| {
+        pages::datastore(s, id, page)
+    })
+    .await
 }
 
 async fn api(
