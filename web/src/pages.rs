@@ -459,16 +459,21 @@ pub fn overview(snap: &Snapshot) -> String {
                 c.id,
                 esc(&c.name),
                 when(c.last_run),
-                match (&c.problem, c.last_run) {
-                    (Some(p), _) => format!("<span class=\"bad\">{}</span>", esc(p)),
-                    (None, Some(_)) => "<span class=\"ok\">ok</span>".into(),
-                    (None, None) => "never run".into(),
-                }
+                copy_state(c)
             ));
         }
         body.push_str("</table>");
     }
     body
+}
+
+/// How a sync or verify job's last run went, as a table cell.
+fn copy_state(c: &crate::model::SecondCopy) -> String {
+    match (&c.problem, c.last_run) {
+        (Some(p), _) => format!("<span class=\"bad\">{}</span>", esc(p)),
+        (None, Some(_)) => "<span class=\"ok\">ok</span>".into(),
+        (None, None) => "never run".into(),
+    }
 }
 
 fn datastores_table(snap: &Snapshot) -> String {
@@ -921,11 +926,7 @@ pub fn copies_list(snap: &Snapshot, kind: &str, q: &str) -> String {
             c.id,
             esc(&c.name),
             when(c.last_run),
-            match (&c.problem, c.last_run) {
-                (Some(p), _) => format!("<span class=\"bad\">{}</span>", esc(p)),
-                (None, Some(_)) => "<span class=\"ok\">ok</span>".into(),
-                (None, None) => "never run".into(),
-            }
+            copy_state(c)
         ));
     }
     body.push_str("</table>");
