@@ -383,14 +383,7 @@ fn overdue_work_a_stopped_scheduler_and_list_search_in_the_browser() {
     let daemon = s.scheduler();
     let web = serve(&s.state, &[]);
     crate::web::status_until(&web.addr, |st| st["scheduler"]["state"] == "up");
-    let pid = daemon.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    crate::cloud::sh_ok("kill", &["-TERM", &daemon.pid().to_string()]);
     crate::web::status_until(&web.addr, |st| st["scheduler"]["state"] == "stopped");
     drop(daemon);
 

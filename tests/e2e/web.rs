@@ -1097,14 +1097,7 @@ fn overdue_jobs_and_the_schedulers_health_are_shown_with_their_reason() {
     assert!(metrics.contains("\nbackstop_scheduler_up 1\n"), "{metrics}");
 
     // Stopped (SIGTERM, by its PID): not running, said on every page.
-    let pid = daemon.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    crate::cloud::sh_ok("kill", &["-TERM", &daemon.pid().to_string()]);
     let st = status_until(&web.addr, |s| s["scheduler"]["state"] == "stopped");
     assert!(
         st["overdue"][0]["why"]

@@ -341,19 +341,10 @@ async fn snapshot(app: &App, ids_shown: bool, detail: Detail) -> Result<Snapshot
 }
 
 async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let (logout, ids) = match page_guard(&app, &headers) {
-        Ok(l) => l,
-        Err(r) => return *r,
-    };
-    match snapshot(&app, ids, Detail::Summary).await {
-        Ok(s) => html(pages::page(
-            "Overview",
-            &pages::overview(&s),
-            logout.as_deref(),
-            Some(&pages::scheduler_line(&s)),
-        )),
-        Err(r) => page_error(r, logout.as_deref()),
-    }
+    detail(&app, &headers, Detail::Summary, |s| {
+        Some(("Overview".into(), pages::overview(s)))
+    })
+    .await
 }
 
 /// Which list page.
@@ -371,50 +362,33 @@ async fn list(
     headers: HeaderMap,
     (title, listing): (&'static str, Listing),
 ) -> Response {
-    let (logout, ids) = match page_guard(&app, &headers) {
-        Ok(l) => l,
-        Err(r) => return *r,
-    };
     // A list page's search (`?q=words`) is a few words: longer text is cut, never an error.
     let q: String = search
         .get("q")
         .map(|q| q.chars().take(200).collect())
         .unwrap_or_default();
-    match snapshot(&app, ids, Detail::Summary).await {
-        Ok(s) => {
-            let body = match listing {
-                Listing::Jobs => pages::jobs_list(&s, &q),
-                Listing::Vms => pages::vms_list(&s, &q),
-                Listing::Datastores => pages::datastores_list(&s, &q),
-                Listing::Copies(kind) => pages::copies_list(&s, kind, &q),
-            };
-            html(pages::page(
-                title,
-                &body,
-                logout.as_deref(),
-                Some(&pages::scheduler_line(&s)),
-            ))
-        }
-        Err(r) => page_error(r, logout.as_deref()),
-    }
+    detail(&app, &headers, Detail::Summary, |s| {
+        let body = match listing {
+            Listing::Jobs => pages::jobs_list(s, &q),
+            Listing::Vms => pages::vms_list(s, &q),
+            Listing::Datastores => pages::datastores_list(s, &q),
+            Listing::Copies(kind) => pages::copies_list(s, kind, &q),
+        };
+        Some((title.to_string(), body))
+    })
+    .await
 }
 
 async fn runs(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let (logout, ids) = match page_guard(&app, &headers) {
-        Ok(l) => l,
-        Err(r) => return *r,
-    };
-    match snapshot(&app, ids, Detail::Summary).await {
-        Ok(s) => html(pages::page(
-            "Runs",
-            &pages::runs(&s),
-            logout.as_deref(),
-            Some(&pages::scheduler_line(&s)),
-        )),
-        Err(r) => page_error(r, logout.as_deref()),
-    }
+    detail(&app, &headers, Detail::Summary, |s| {
+        Some(("Runs".into(), pages::runs(s)))
+    })
+    .await
 }
 
+/// A page of the state: the login checked, the state read (the points `points` names), the
+/// page `render` makes of it (`None`: not found) under the scheduler's line; a state that
+/// cannot be read is a page saying why.
 async fn detail(
     app: &App,
     headers: &HeaderMap,
