@@ -1179,3 +1179,85 @@ fn overdue_jobs_and_the_schedulers_health_are_shown_with_their_reason() {
     let (code, _, body) = http(&web.addr, "GET", "/api/status", &[], "");
     assert_eq!(code, 503, "{body}");
 }
+
+/// A pass that runs a backup for a while (160 MiB at RESTIC_BWLIMIT 10 MiB/s): the daemon's
+/// heartbeat thread keeps saying it is alive during the pass, so a long pass reads as "in a
+/// pass since", never as a scheduler that stopped answering.
+#[test]
+fn the_scheduler_says_it_is_alive_during_a_long_pass() {
+    let cloud = cloud_with_tm();
+    let (state, common) = slow_backup(&cloud);
+    let a_minute_ago = (jiff::Timestamp::now().as_second() - 60).to_string();
+    let out = crate::jobs::run_cli(
+        &common,
+        &[
+            "sched-add",
+            "1",
+            "--time",
+            &a_minute_ago,
+            "--repeat",
+            "hourly",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut args: Vec<&str> = common.iter().map(String::as_str).collect();
+    args.extend(["scheduler", "--loop", "--interval", "1"]);
+    let daemon = Served {
+        child: Command::new(BACKSTOP)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("scheduler"),
+        addr: String::new(),
+    };
+    let web = serve(&state, &[]);
+    let first = status_until(&web.addr, |s| !s["scheduler"]["in_pass_since"].is_null());
+    let since = first["scheduler"]["in_pass_since"].clone();
+    let alive = first["scheduler"]["alive_at"].as_i64().expect("alive_at");
+    // Two beats later, the same pass still runs, and the daemon has said it is alive since.
+    let later = status_until(&web.addr, |s| {
+        s["scheduler"]["alive_at"]
+            .as_i64()
+            .is_some_and(|a| a >= alive + 2)
+            || s["scheduler"]["in_pass_since"] != since
+    });
+    assert_eq!(
+        later["scheduler"]["in_pass_since"], since,
+        "the pass ended before two beats: {later}"
+    );
+    assert_eq!(later["scheduler"]["state"], "up", "{later}");
+    assert!(
+        later["scheduler"]["says"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("the scheduler is running: in a pass since")),
+        "{later}"
+    );
+    drop(daemon);
+}
+
+/// A value of BACKSTOP_WEB_ACTIONS that is neither yes nor no stops `serve` with one line
+/// naming it, before it listens.
+#[test]
+fn a_bad_web_actions_value_is_refused_before_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let out = crate::support::run_env(
+        BACKSTOP,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().expect("utf-8"),
+        ],
+        b"",
+        &[("BACKSTOP_WEB_ACTIONS", "maybe")],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "backstop serve: BACKSTOP_WEB_ACTIONS is \"maybe\": yes or no\n"
+    );
+    assert!(!state.exists(), "nothing was written");
+}
