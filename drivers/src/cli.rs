@@ -46,7 +46,8 @@ enum Command {
     },
     /// A dashboard, a JSON API and Prometheus metrics over the job runner's state, read-only.
     /// Loopback addresses only, unless BACKSTOP_API_TOKEN and BACKSTOP_WEB_PASSWORD_HASH are
-    /// set (docs/web.md).
+    /// set; BACKSTOP_WEB_TENANTS=yes lets OpenNebula users log in, checked by oned at
+    /// ONE_XMLRPC, and see their own VMs (docs/web.md).
     Serve {
         /// Where to listen.
         #[arg(long, env = "BACKSTOP_LISTEN", default_value = "127.0.0.1:8421")]

@@ -174,6 +174,19 @@ impl OnedClient {
         })
     }
 
+    /// The same endpoint with another session string (a user's own login, as a dashboard
+    /// checks it for an OpenNebula user).
+    pub fn with_session(&self, session: String) -> OnedClient {
+        OnedClient {
+            endpoint: self.endpoint.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            path: self.path.clone(),
+            tls: self.tls,
+            session,
+        }
+    }
+
     /// The endpoint as it may be printed (its query hidden).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -203,7 +216,13 @@ impl OnedClient {
         self.reply_as(&self.session, method, params)
     }
 
-    fn reply_as(&self, session: &str, method: &str, params: &[Value]) -> Result<OnedReply, Error> {
+    /// [`OnedClient::reply`] with another session string.
+    pub fn reply_as(
+        &self,
+        session: &str,
+        method: &str,
+        params: &[Value],
+    ) -> Result<OnedReply, Error> {
         let mut all = Vec::with_capacity(params.len() + 1);
         all.push(Value::Str(session.to_string()));
         all.extend_from_slice(params);

@@ -464,6 +464,27 @@ impl Driver {
         assert!(after.contains("Log out"), "{after}");
     }
 
+    /// Types `text` into the field `css` finds.
+    fn type_into(&self, css: &str, text: &str) {
+        let field = self.find(css);
+        self.cmd(
+            "POST",
+            &format!("/element/{field}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    /// The login form at `base`, filled with `user` (left empty when empty) and `password`,
+    /// sent; the page's text once it holds `what`.
+    fn log_in_as(&self, base: &str, user: &str, password: &str, what: &str) -> String {
+        self.go(&format!("{base}/login"));
+        if !user.is_empty() {
+            self.type_into("input[name=user]", user);
+        }
+        self.type_into("input[name=password]", password);
+        self.click_until("form[action='/login'] button", what)
+    }
+
     /// Clicks what `css` finds and waits until the page's text holds `what`; that text.
     fn click_until(&self, css: &str, what: &str) -> String {
         let e = self.find(css);
@@ -636,4 +657,188 @@ fn the_admin_runs_retries_and_applies_a_retention_plan_from_the_pages() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// Tenants against a REAL oned 7.4.0 (see oned_real.rs; not run without
+/// `BACKSTOP_ONED_REFERENCE`): two VMs backed up by the runner in OpenNebula mode, one given to
+/// the OpenNebula user alice and one to bob. Each logs in to the dashboard with the password
+/// oned knows and sees their own VM and its backup only: the other's page is a 404, the JSON
+/// API lists theirs alone, there are no runs and no action buttons, and an action posted by
+/// hand is refused. A wrong password is refused by oned; the admin's login (no user name)
+/// still sees both; logging out revokes the user's login token in oned.
+#[test]
+fn real_oned_tenants_see_only_their_vms_in_a_headless_chromium() {
+    use crate::oned_mode::runner_ok;
+    use crate::oned_real::{RealOned, first, make_image, values};
+    let Some(o) = RealOned::start(true) else {
+        return;
+    };
+    let ds = o.datastore("backstop-local");
+    let (image_a, image_b) = (
+        o.images.path().join("alice.qcow2"),
+        o.images.path().join("bob.qcow2"),
+    );
+    make_image(&image_a);
+    make_image(&image_b);
+    let a = o.stopped_vm("tenant-a", &image_a);
+    let b = o.stopped_vm("tenant-b", &image_b);
+    let work = tempfile::tempdir().expect("tempdir");
+    let state = work.path().join("state.db");
+    runner_ok(&o, &state, &["datastore", "import", &ds]);
+    let job = work.path().join("job.tmpl");
+    fs::write(
+        &job,
+        format!(
+            "NAME = \"nightly\"\nDATASTORE_ID = {ds}\nBACKUP_VMS = \"{a},{b}\"\nMODE = \"FULL\"\n"
+        ),
+    )
+    .expect("job template");
+    runner_ok(&o, &state, &["create", job.to_str().expect("utf-8")]);
+    let out = runner_ok(&o, &state, &["backup", "1"]);
+    assert!(
+        out.contains(&format!("VM {a}: backup ")) && out.contains(&format!("VM {b}: backup ")),
+        "{out}"
+    );
+    for (user, vm) in [("alice", a), ("bob", b)] {
+        o.cli_ok("oneuser", &["create", user, &format!("{user}-password")]);
+        o.cli_ok("onevm", &["chown", &vm.to_string(), user]);
+    }
+
+    let hash = crate::web::hash_password("the admin's long password");
+    let admin_token = "an-admin-token-of-the-tests-123";
+    let mut env: Vec<(&str, &str)> = o
+        .env()
+        .iter()
+        .filter(|(k, _)| k == "ONE_XMLRPC")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(env.len(), 1, "the endpoint");
+    env.extend([
+        ("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str()),
+        ("BACKSTOP_WEB_TENANTS", "yes"),
+        ("BACKSTOP_ADMIN_TOKEN", admin_token),
+        ("BACKSTOP_WEB_ACTIONS", "yes"),
+    ]);
+    let web = serve(&state, &env);
+    let base = format!("http://{}", web.addr);
+    let driver = Driver::start(work.path());
+    let count = |css: &str| {
+        driver.script(&format!(
+            "return document.querySelectorAll(\"{css}\").length"
+        ))
+    };
+    let api = |path: &str| -> Value {
+        let body = driver.script(&format!(
+            "var x = new XMLHttpRequest(); x.open('GET', '{path}', false); x.send(); \
+             return x.status + ' ' + x.responseText;"
+        ));
+        let body = body.as_str().unwrap_or_default().to_string();
+        let (status, json) = body.split_once(' ').unwrap_or_default();
+        assert_eq!(status, "200", "{path}: {body}");
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {json}"))
+    };
+    let api_vms = |path: &str| -> Vec<u64> {
+        let v = api(path);
+        let list = v.as_array().cloned().unwrap_or_default();
+        let mut ids: Vec<u64> = list.iter().filter_map(|x| x["id"].as_u64()).collect();
+        ids.sort_unstable();
+        ids
+    };
+
+    // A wrong password: oned refuses it, and the form says so.
+    let refused = driver.log_in_as(
+        &base,
+        "alice",
+        "not-alices-password",
+        "Wrong user name or password",
+    );
+    assert!(!refused.contains("Log out"), "{refused}");
+
+    for (user, mine, theirs) in [("alice", a, b), ("bob", b, a)] {
+        let shown = driver.log_in_as(&base, user, &format!("{user}-password"), "Log out");
+        assert!(shown.contains(&format!("Logged in as {user}")), "{shown}");
+        driver.go(&format!("{base}/vms"));
+        let vms = driver.text("main");
+        assert!(
+            vms.contains(&format!("tenant-{}", if mine == a { "a" } else { "b" })),
+            "{vms}"
+        );
+        assert!(
+            !vms.contains(&format!("tenant-{}", if theirs == a { "a" } else { "b" })),
+            "{vms}"
+        );
+        driver.go(&format!("{base}/vms/{mine}"));
+        assert!(
+            driver.title().starts_with(&format!("VM {mine}")),
+            "{}",
+            driver.title()
+        );
+        if user == "alice" {
+            driver.screenshot(&screenshots().join("tenant.png"));
+        }
+        driver.go(&format!("{base}/vms/{theirs}"));
+        assert_eq!(
+            driver.title(),
+            "Not found · backstop",
+            "{user} sees VM {theirs}"
+        );
+        assert_eq!(api_vms("/api/vms"), vec![mine], "{user}'s /api/vms");
+        let images = api("/api/images");
+        let owners: Vec<u64> = images
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i["vm"].as_u64())
+            .collect();
+        assert_eq!(owners, vec![mine], "{user}'s /api/images: {images}");
+        // The job holds both VMs: a tenant sees it with theirs alone, and no buttons.
+        driver.go(&format!("{base}/jobs/1"));
+        let page = driver.text("main");
+        assert!(
+            !page.contains(&format!("tenant-{}", if theirs == a { "a" } else { "b" })),
+            "{page}"
+        );
+        assert_eq!(count("form.action"), 0, "{user} has no action buttons");
+        driver.go(&format!("{base}/runs"));
+        assert!(
+            !driver.text("main").contains(&format!("VM {theirs}")),
+            "no runs of others"
+        );
+        // An action posted by hand with the session's own CSRF token: refused.
+        let posted = driver.script(
+            "var f = new FormData(); f.append('csrf', document.querySelector('form[action=\"/logout\"] input[name=csrf]').value); \
+             var x = new XMLHttpRequest(); x.open('POST', '/jobs/1/run', false); \
+             x.setRequestHeader('Content-Type', 'application/x-www-form-urlencoded'); \
+             x.send(new URLSearchParams(f).toString()); return x.status;",
+        );
+        assert_eq!(posted, json!(403), "{user} cannot run the job");
+        // oned holds the session's login token until the logout revokes it.
+        let tokens = |u: &str| values(&o.xml("oneuser", u), "LOGIN_TOKEN").len();
+        assert_eq!(tokens(user), 1, "{}", o.xml("oneuser", user));
+        driver.click_until("form[action='/logout'] button", "Log in");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while tokens(user) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{user}'s token was not revoked: {}",
+                o.xml("oneuser", user)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    // The admin's login, without a user name, sees both VMs and the buttons.
+    driver.log_in_as(&base, "", "the admin's long password", "Log out");
+    assert_eq!(api_vms("/api/vms"), {
+        let mut v = vec![a, b];
+        v.sort_unstable();
+        v
+    });
+    driver.go(&format!("{base}/jobs/1"));
+    assert!(
+        count("form.action").as_u64().is_some_and(|n| n > 0),
+        "the admin's buttons"
+    );
+    assert!(first(&o.xml("onevm", &a.to_string()), "UNAME") == "alice");
 }

@@ -13,10 +13,16 @@
 use crate::support::{self, BACKSTOP};
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The pages with commands, each run by the test of the same name.
-const PAGES: &[&str] = &["second-copy.md", "password.md", "backup-failed.md"];
+const PAGES: &[&str] = &[
+    "second-copy.md",
+    "password.md",
+    "backup-failed.md",
+    "first-backup.md",
+    "restore.md",
+];
 
 fn guide_dir() -> PathBuf {
     support::repo_root().join("docs/guide")
@@ -366,6 +372,104 @@ fn backup_failed() {
     });
     let show = stage.bj_ok(&["show", "1"]);
     assert!(show.contains("UPDATED  : 7,8"), "{show}");
+}
+
+/// The pages that need OpenNebula itself, on a REAL oned 7.4.0 with backstop installed (see
+/// oned_real.rs; not run without `BACKSTOP_ONED_REFERENCE`): first-backup.md makes a backup
+/// datastore, backs a powered-off VM up with `onevm backup` and dumps its disk with plain
+/// restic (equal to the disk); the VM changes and oned backs it up again (increment 1), then
+/// its disk is damaged; restore.md brings the newest point back as a new VM (its image equal to
+/// the point, the VM running), the oldest point's disk as an image (equal to it), and the
+/// newest point in place (the damaged disk equal to the point again).
+#[test]
+fn real_oned_first_backup_and_restore() {
+    use crate::oned_real::{RealOned, first, make_image, raw_copy, values, write_pattern};
+    let Some(o) = RealOned::start(true) else {
+        return;
+    };
+    let image = o.images.path().join("web.qcow2");
+    make_image(&image);
+    let vm = o.stopped_vm("web", &image);
+    let disk = o.vm_disk(vm);
+    let point = |k: u32| o.images.path().join(format!("point-{k}.raw"));
+    raw_copy(&disk, &point(0));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    fs::create_dir_all(&home).expect("home");
+    let password = dir.path().join("password");
+    fs::write(&password, "the-guide-s-datastore-password\n").expect("password");
+    let mut env = o.env().to_vec();
+    env.push(("HOME".into(), home.display().to_string()));
+    let mut stage = Stage {
+        dir,
+        env,
+        values: BTreeMap::from([
+            ("VM", vm.to_string()),
+            ("PASSWORD_FILE", password.display().to_string()),
+        ]),
+    };
+
+    stage.run_page("first-backup.md", |_| {});
+    let dumped = fs::read(stage.path(&format!("work/vm{vm}-disk0.raw"))).expect("the dump");
+    assert!(
+        dumped == fs::read(point(0)).expect("point 0"),
+        "restic's dump is the disk as it was"
+    );
+    let ds = first(&o.xml("onedatastore", "backups"), "ID");
+    let bimg = |o: &RealOned| {
+        let xml = o.xml("onevm", &vm.to_string());
+        values(&values(&xml, "BACKUP_IDS")[0], "ID")
+            .last()
+            .cloned()
+            .expect("a backup image")
+    };
+    let backup_image = bimg(&o);
+    // A second point, then the disk damaged.
+    write_pattern(&disk, 0x6c, 20 << 20, 2 << 20);
+    raw_copy(&disk, &point(1));
+    o.backup(vm, &ds, 1, &[]);
+    assert_eq!(bimg(&o), backup_image, "an increment of the same image");
+    write_pattern(&disk, 0x99, 0, 4 << 20);
+
+    let before: Vec<String> = values(&o.cli_ok("oneimage", &["list", "-x"]), "IMAGE")
+        .iter()
+        .map(|i| first(i, "ID"))
+        .collect();
+    stage.values.insert("IMAGE", backup_image.clone());
+    stage.values.insert("IMAGE_DS", "1".into());
+    stage.run_page("restore.md", |_| {});
+
+    // The new images: the whole VM's (newest point) and the one disk's (oldest point).
+    let new: Vec<(String, String)> = values(&o.cli_ok("oneimage", &["list", "-x"]), "IMAGE")
+        .iter()
+        .filter(|i| !before.contains(&first(i, "ID")) && first(i, "TYPE") == "0")
+        .map(|i| (first(i, "NAME"), first(i, "SOURCE")))
+        .collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    for (name, source) in &new {
+        let want = if name.contains("disk0-first") { 0 } else { 1 };
+        crate::stock::compare(Path::new(source), &point(want));
+    }
+    // The restored VM runs; the original's disk is the newest point again.
+    let vms = o.cli_ok("onevm", &["list", "-x"]);
+    let restored = values(&vms, "VM")
+        .into_iter()
+        .find(|v| first(v, "NAME") == format!("vm{vm}-restored"))
+        .unwrap_or_else(|| panic!("no restored VM in {vms}"));
+    let id: u64 = first(&restored, "ID").parse().expect("id");
+    o.wait("the restored VM running", 120, Some(id), || {
+        o.vm_state(id).1 == "3"
+    });
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-U", "-f", "qcow2", "-F", "raw"])
+        .arg(&disk)
+        .arg(point(1))
+        .status()
+        .expect("qemu-img");
+    assert!(
+        same.success(),
+        "the in-place restore put the newest point back"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::support::{self, BACKSTOP, Outcome};
 use std::path::Path;
 
 /// `backstop backupjob --state <state> ...` with this oned's environment (and `extra` on top).
-fn runner(o: &RealOned, state: &Path, args: &[&str], extra: &[(&str, &str)]) -> Outcome {
+pub(crate) fn runner(o: &RealOned, state: &Path, args: &[&str], extra: &[(&str, &str)]) -> Outcome {
     let state = state.display().to_string();
     let mut all = vec!["backupjob", "--state", state.as_str()];
     all.extend_from_slice(args);
@@ -22,7 +22,7 @@ fn runner(o: &RealOned, state: &Path, args: &[&str], extra: &[(&str, &str)]) -> 
     support::run_env(BACKSTOP, &all, b"", &env)
 }
 
-fn runner_ok(o: &RealOned, state: &Path, args: &[&str]) -> String {
+pub(crate) fn runner_ok(o: &RealOned, state: &Path, args: &[&str]) -> String {
     let out = runner(o, state, args, &[]);
     assert_eq!(
         out.code,

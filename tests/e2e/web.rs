@@ -1261,3 +1261,95 @@ fn a_bad_web_actions_value_is_refused_before_serving() {
     );
     assert!(!state.exists(), "nothing was written");
 }
+
+/// OpenNebula logins without a reachable oned: `BACKSTOP_WEB_TENANTS=yes` without a page
+/// password stops `serve` with one line; with one, a user's login says oned cannot be reached
+/// (503, their password nowhere in the answer) and counts as no failed guess, a user name
+/// that cannot be OpenNebula's is a failed login, and the admin's login (no user name) works
+/// without oned. Without tenants, a user name is a failed login. (A real oned's logins are
+/// in browser.rs.)
+#[test]
+fn tenant_logins_without_oned_say_so_and_leave_the_admin_s_login_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let out = crate::support::run_env(
+        BACKSTOP,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().expect("utf-8"),
+        ],
+        b"",
+        &[("BACKSTOP_WEB_TENANTS", "yes")],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.starts_with(
+            "backstop serve: BACKSTOP_WEB_TENANTS=yes needs BACKSTOP_WEB_PASSWORD_HASH"
+        ) && out.stderr.lines().count() == 1,
+        "{}",
+        out.stderr
+    );
+    let hash = hash_password("the admin password");
+    let web = serve(
+        &state,
+        &[
+            ("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str()),
+            ("BACKSTOP_WEB_TENANTS", "yes"),
+            ("ONE_XMLRPC", "http://127.0.0.1:9/RPC2"),
+        ],
+    );
+    let (cookie, csrf) = login_form(&web.addr);
+    let (_, _, form) = http(&web.addr, "GET", "/login", &[], "");
+    assert!(form.contains("name=\"user\""), "{form}");
+    // More than the five failures a minute allows: an unreachable oned is no wrong guess.
+    for _ in 0..6 {
+        let (code, _, body) = http(
+            &web.addr,
+            "POST",
+            "/login",
+            &[&cookie],
+            &format!("csrf={csrf}&user=alice&password=alices-secret"),
+        );
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("cannot reach oned at"), "{body}");
+        assert!(!body.contains("alices-secret"), "{body}");
+    }
+    let (code, _, body) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&user=a%3Ab&password=x"),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Wrong user name or password"), "{body}");
+    let (code, head, body) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&user=&password=the+admin+password"),
+    );
+    assert_eq!(code, 303, "{body}");
+    assert!(header(&head, "set-cookie").is_some_and(|c| c.starts_with("backstop_session=")));
+    drop(web);
+
+    let web = serve(&state, &[("BACKSTOP_WEB_PASSWORD_HASH", hash.as_str())]);
+    let (cookie, csrf) = login_form(&web.addr);
+    let (_, _, form) = http(&web.addr, "GET", "/login", &[], "");
+    assert!(!form.contains("name=\"user\""), "{form}");
+    let (code, _, _) = http(
+        &web.addr,
+        "POST",
+        "/login",
+        &[&cookie],
+        &format!("csrf={csrf}&user=admin&password=the+admin+password"),
+    );
+    assert_eq!(
+        code, 401,
+        "a user name where there are no OpenNebula logins"
+    );
+}

@@ -24,6 +24,9 @@ pub struct Credentials {
     /// retention plan), from the buttons of a job's page; off unless asked for, as it makes
     /// the page password an admin's.
     pub web_actions: bool,
+    /// `BACKSTOP_WEB_TENANTS=yes`: OpenNebula users log in with their own credentials,
+    /// checked by oned, and see only their VMs ([`crate::tenants`]).
+    pub tenants: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Credentials {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("web_actions", &self.web_actions)
+            .field("tenants", &self.tenants)
             .finish()
     }
 }
@@ -52,16 +56,16 @@ impl Credentials {
             api_token: get("BACKSTOP_API_TOKEN"),
             password_hash: get("BACKSTOP_WEB_PASSWORD_HASH"),
             admin_token: get("BACKSTOP_ADMIN_TOKEN"),
-            web_actions: match get("BACKSTOP_WEB_ACTIONS").as_deref() {
-                None | Some("no" | "NO" | "0") => false,
-                Some("yes" | "YES" | "1") => true,
-                Some(other) => {
-                    return Err(crate::Error::Config(format!(
-                        "BACKSTOP_WEB_ACTIONS is {other:?}: yes or no"
-                    )));
-                }
-            },
+            web_actions: yes_no("BACKSTOP_WEB_ACTIONS", get("BACKSTOP_WEB_ACTIONS"))?,
+            tenants: yes_no("BACKSTOP_WEB_TENANTS", get("BACKSTOP_WEB_TENANTS"))?,
         };
+        if creds.tenants && creds.password_hash.is_none() {
+            return Err(crate::Error::Config(
+                "BACKSTOP_WEB_TENANTS=yes needs BACKSTOP_WEB_PASSWORD_HASH too: without a page \
+                 password nobody logs in, and every page is open to whoever reaches it"
+                    .into(),
+            ));
+        }
         for (name, t) in [
             ("BACKSTOP_API_TOKEN", &creds.api_token),
             ("BACKSTOP_ADMIN_TOKEN", &creds.admin_token),
@@ -119,6 +123,17 @@ impl Credentials {
     }
 }
 
+/// A yes/no setting of the environment; unset is no.
+fn yes_no(name: &str, value: Option<String>) -> Result<bool, crate::Error> {
+    match value.as_deref() {
+        None | Some("no" | "NO" | "0") => Ok(false),
+        Some("yes" | "YES" | "1") => Ok(true),
+        Some(other) => Err(crate::Error::Config(format!(
+            "{name} is {other:?}: yes or no"
+        ))),
+    }
+}
+
 /// An argon2id hash of `password` with a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, crate::Error> {
     use argon2::PasswordHasher;
@@ -154,14 +169,56 @@ pub fn random_token() -> String {
     hex::encode(b)
 }
 
+/// Who a session is.
+#[derive(Clone, Debug)]
+pub enum Who {
+    /// The page password's holder (`BACKSTOP_WEB_PASSWORD_HASH`).
+    Admin,
+    /// An OpenNebula user, checked by oned ([`crate::tenants`]).
+    Tenant(Tenant),
+}
+
+/// An OpenNebula user's session: oned's login token (never their password) and the VMs oned
+/// said they may use, as of `checked`.
+#[derive(Clone)]
+pub struct Tenant {
+    pub user: String,
+    pub token: String,
+    pub vms: std::sync::Arc<std::collections::BTreeSet<u64>>,
+    pub checked: i64,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("user", &self.user)
+            .field("token", &"<redacted>")
+            .field("vms", &self.vms.len())
+            .field("checked", &self.checked)
+            .finish()
+    }
+}
+
+struct Live {
+    csrf: String,
+    until: i64,
+    who: Who,
+}
+
 /// Sessions and their CSRF tokens, in memory.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Sessions {
-    /// session id -> (CSRF token, expires at).
-    live: Mutex<HashMap<String, (String, i64)>>,
+    /// session id -> the session.
+    live: Mutex<HashMap<String, Live>>,
     /// When the recent login attempts that failed or are still being checked began
     /// (seconds), for [`Sessions::begin_login`].
     attempts: Mutex<Vec<i64>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sessions")
+    }
 }
 
 pub const SESSION_SECONDS: i64 = 8 * 3600;
@@ -180,24 +237,47 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const PASSWORD_CHECKS: usize = 2;
 
 impl Sessions {
-    /// A new session; its id and CSRF token.
-    pub fn open(&self, now: i64) -> Option<(String, String)> {
+    /// A new session of `who`; its id and CSRF token.
+    pub fn open(&self, now: i64, who: Who) -> Option<(String, String)> {
         let (id, csrf) = (random_token(), random_token());
         if id.is_empty() || csrf.is_empty() {
             return None;
         }
         let mut live = self.live.lock().ok()?;
-        live.retain(|_, (_, until)| *until > now);
-        live.insert(id.clone(), (csrf.clone(), now + SESSION_SECONDS));
+        live.retain(|_, l| l.until > now);
+        live.insert(
+            id.clone(),
+            Live {
+                csrf: csrf.clone(),
+                until: now + SESSION_SECONDS,
+                who,
+            },
+        );
         Some((id, csrf))
     }
 
     /// The CSRF token of a live session.
     pub fn csrf(&self, id: &str, now: i64) -> Option<String> {
+        self.get(id, now).map(|(csrf, _)| csrf)
+    }
+
+    /// A live session's CSRF token and who it is.
+    pub fn get(&self, id: &str, now: i64) -> Option<(String, Who)> {
         let live = self.live.lock().ok()?;
         live.iter()
-            .find(|(k, (_, until))| same(k.as_bytes(), id.as_bytes()) && *until > now)
-            .map(|(_, (csrf, _))| csrf.clone())
+            .find(|(k, l)| same(k.as_bytes(), id.as_bytes()) && l.until > now)
+            .map(|(_, l)| (l.csrf.clone(), l.who.clone()))
+    }
+
+    /// A tenant's session after oned was asked again which VMs they may use.
+    pub fn rechecked(&self, id: &str, vms: std::collections::BTreeSet<u64>, now: i64) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(l) = live.get_mut(id)
+            && let Who::Tenant(t) = &mut l.who
+        {
+            t.vms = std::sync::Arc::new(vms);
+            t.checked = now;
+        }
     }
 
     /// Counts a login attempt before its password is checked, and says whether it may go on:
@@ -226,10 +306,14 @@ impl Sessions {
         }
     }
 
-    pub fn close(&self, id: &str) {
-        if let Ok(mut live) = self.live.lock() {
-            live.retain(|k, _| !same(k.as_bytes(), id.as_bytes()));
-        }
+    /// Ends a session; who it was.
+    pub fn close(&self, id: &str) -> Option<Who> {
+        let mut live = self.live.lock().ok()?;
+        let key = live
+            .keys()
+            .find(|k| same(k.as_bytes(), id.as_bytes()))
+            .cloned()?;
+        live.remove(&key).map(|l| l.who)
     }
 }
 
@@ -283,17 +367,38 @@ mod tests {
             password_hash: Some(hash),
             admin_token: None,
             web_actions: false,
+            tenants: false,
         };
         assert!(c.password_ok("correct horse") && !c.password_ok("wrong"));
         assert!(c.token_ok("0123456789abcdef-token") && !c.token_ok("0123456789abcdef-tokem"));
         assert!(!c.token_ok(""));
         assert!(!format!("{c:?}").contains("token\""));
         let s = Sessions::default();
-        let (id, csrf) = s.open(100).expect("session");
+        let (id, csrf) = s.open(100, Who::Admin).expect("session");
         assert_eq!(s.csrf(&id, 101), Some(csrf));
         assert_eq!(s.csrf(&id, 100 + SESSION_SECONDS), None, "expired");
-        s.close(&id);
+        assert!(matches!(s.close(&id), Some(Who::Admin)));
         assert_eq!(s.csrf(&id, 101), None);
+        assert!(s.close(&id).is_none());
+        // A tenant's session: its VMs replaced when oned is asked again.
+        let t = Tenant {
+            user: "alice".into(),
+            token: "secret-token".into(),
+            vms: std::sync::Arc::new([3].into()),
+            checked: 100,
+        };
+        assert!(!format!("{t:?}").contains("secret-token"));
+        let (id, _) = s.open(100, Who::Tenant(t)).expect("session");
+        s.rechecked(&id, [4, 5].into(), 160);
+        match s.get(&id, 161) {
+            Some((_, Who::Tenant(t))) => {
+                assert_eq!(
+                    (t.vms.iter().copied().collect::<Vec<_>>(), t.checked),
+                    (vec![4, 5], 160)
+                );
+            }
+            _ => panic!("the tenant's session"),
+        }
         // An attempt counts from its start; a success takes it back.
         assert!(s.begin_login(199));
         s.login_succeeded(199);

@@ -7,7 +7,9 @@
 //! - [`pages`]: the server-rendered pages;
 //! - [`auth`]: who may see them: anyone on a loopback address when no credentials are set;
 //!   else an API token for JSON and metrics, a password and a session cookie for pages, a CSRF
-//!   token on every form.
+//!   token on every form;
+//! - [`tenants`]: OpenNebula users who log in with their own credentials, checked by oned,
+//!   and see only their VMs.
 
 pub mod api;
 pub mod auth;
@@ -16,6 +18,7 @@ pub mod model;
 pub mod overdue;
 pub mod pages;
 pub mod server;
+pub mod tenants;
 
 pub use error::Error;
 pub use server::{Options, serve};

@@ -388,6 +388,42 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// What an OpenNebula user logged in to the dashboard may see (docs/web.md, "Tenants"):
+    /// the VMs of `vms` (those oned lets them use) and their images; the jobs that hold one
+    /// of them, each with only those VMs; the datastores their images or those jobs use. No
+    /// runs (a run's text names every VM it took), no sync or verify jobs, no job's run
+    /// durations and no datastore's size over time (both count other users' data), and no
+    /// snapshot ids ([`Snapshot::without_ids`]). Whatever is not theirs is as absent as a
+    /// deleted VM: its page is a 404, never a refusal that says it exists.
+    #[must_use]
+    pub fn for_tenant(mut self, vms: &std::collections::BTreeSet<u64>) -> Snapshot {
+        self.vms.retain(|v| vms.contains(&v.id));
+        self.images.retain(|i| vms.contains(&i.vm));
+        self.jobs.retain_mut(|j| {
+            j.vms.retain(|v| vms.contains(v));
+            !j.vms.is_empty()
+        });
+        for v in &mut self.vms {
+            if v.job.is_some_and(|j| !self.jobs.iter().any(|k| k.id == j)) {
+                v.job = None;
+            }
+        }
+        let used: std::collections::BTreeSet<u64> = self
+            .images
+            .iter()
+            .map(|i| i.datastore)
+            .chain(self.jobs.iter().filter_map(|j| j.datastore_id))
+            .collect();
+        self.datastores.retain(|(id, _)| used.contains(id));
+        self.runs.clear();
+        self.second_copies.clear();
+        self.charts.stored.clear();
+        self.charts.durations.clear();
+        self.without_ids()
+    }
+}
+
 /// What stands for a hidden snapshot id.
 pub const HIDDEN: &str = "[hidden]";
 

@@ -335,6 +335,84 @@ mod tests {
         }
     }
 
+    /// What a tenant sees of a snapshot (`Snapshot::for_tenant`, kept here beside the
+    /// snapshot helpers): their VMs, their images, the jobs holding them with only their VMs,
+    /// the datastores those use; no runs, second copies, shared charts or snapshot ids.
+    #[test]
+    fn a_tenant_sees_only_their_vms_and_what_holds_them() {
+        use crate::model::{Image, Increment, Run};
+        let mut s = snap(
+            vec![job(1, 50, &[1, 2], None), job(2, 50, &[3], None)],
+            vec![
+                vm(1, 1, "h", "DONE"),
+                vm(2, 1, "h", "DONE"),
+                vm(3, 2, "h", "DONE"),
+            ],
+            None,
+        );
+        s.jobs[1].datastore_id = Some(7);
+        let image = |id: u64, vm: u64, ds: u64| Image {
+            id,
+            vm,
+            job: Some(1),
+            datastore: ds,
+            protected: false,
+            points: 1,
+            stored_mb: 10,
+            newest: Some(NOW),
+            increments: vec![Increment {
+                id: 0,
+                kind: "FULL".into(),
+                source: "0123456789abcdef".into(),
+                size_mb: 10,
+                date: NOW,
+                verified: None,
+            }],
+        };
+        s.images = vec![image(10, 1, 1), image(20, 2, 1), image(30, 3, 7)];
+        s.datastores = vec![(1, "one".into()), (7, "seven".into())];
+        s.runs = vec![Run {
+            kind: "backup",
+            what: "job 1: VM 1, VM 2".into(),
+            started: NOW,
+            ended: None,
+            ok: true,
+            detail: String::new(),
+        }];
+        s.second_copies = vec![SecondCopy {
+            kind: "sync",
+            id: 1,
+            name: "offsite".into(),
+            last_run: None,
+            problem: None,
+            due_since: None,
+        }];
+        s.charts.stored = vec![(NOW, 30)];
+        s.charts.durations = vec![(NOW, 5, true)];
+        let t = s.for_tenant(&[1].into());
+        assert_eq!(t.vms.iter().map(|v| v.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(t.images.iter().map(|i| i.id).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(
+            t.jobs
+                .iter()
+                .map(|j| (j.id, j.vms.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, vec![1])]
+        );
+        assert_eq!(t.datastores, vec![(1, "one".to_string())]);
+        assert!(t.runs.is_empty() && t.second_copies.is_empty());
+        assert!(t.charts.stored.is_empty() && t.charts.durations.is_empty());
+        assert_eq!(t.images[0].increments[0].source, "", "no snapshot ids");
+        // Nothing oned lets them use: nothing at all.
+        let none = snap(
+            vec![job(1, 50, &[1], None)],
+            vec![vm(1, 1, "h", "DONE")],
+            None,
+        )
+        .for_tenant(&Default::default());
+        assert!(none.jobs.is_empty() && none.vms.is_empty() && none.datastores.is_empty());
+    }
+
     #[test]
     fn the_schedulers_health_from_its_heartbeat() {
         assert_eq!(Health::of(None, NOW), Health::NeverRan);

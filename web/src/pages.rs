@@ -753,22 +753,49 @@ pub fn runs(snap: &Snapshot) -> String {
     body
 }
 
-pub fn login(csrf: &str, failed: bool) -> String {
+/// The login form; with `tenants`, a user name field for OpenNebula users (left empty for
+/// the page password).
+pub fn login(csrf: &str, failed: bool, tenants: bool) -> String {
+    let user = if tenants {
+        "<p><label>OpenNebula user <input name=\"user\" autocomplete=\"username\" autofocus></label> \
+         <small>(empty: backstop's own password)</small></p>"
+    } else {
+        ""
+    };
     page(
         "Log in",
         &format!(
             "{}<form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <label>Password <input type=\"password\" name=\"password\" autofocus></label> \
+             {user}<label>Password <input type=\"password\" name=\"password\"{}></label> \
              <button>Log in</button></form>",
-            if failed {
-                "<p class=\"bad\">Wrong password.</p>"
-            } else {
-                ""
+            match (failed, tenants) {
+                (false, _) => "",
+                (true, false) => "<p class=\"bad\">Wrong password.</p>",
+                (true, true) => "<p class=\"bad\">Wrong user name or password.</p>",
             },
-            esc(csrf)
+            esc(csrf),
+            if tenants { "" } else { " autofocus" }
         ),
         None,
         None,
+    )
+}
+
+/// The line on top of a tenant's pages: who they are, and that they see their VMs only.
+pub fn tenant_line(user: &str) -> String {
+    format!(
+        "<p id=\"tenant\">Logged in as <strong>{}</strong> (OpenNebula): the VMs oned lets you use, and their backups.</p>",
+        esc(user)
+    )
+}
+
+/// The page shown when oned cannot say which VMs are a tenant's (or check their login).
+pub fn oned_unavailable(reason: &str) -> String {
+    format!(
+        "<p class=\"bad\">{}</p><p>The dashboard asks oned which VMs an OpenNebula user may see; \
+         until oned answers, it shows them nothing. Try again in a minute; the administrator's \
+         login (no user name) does not need oned.</p>",
+        esc(reason)
     )
 }
 

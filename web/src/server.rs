@@ -1,15 +1,16 @@
 //! The HTTP server: routes, the login, and who may see what ([`crate::auth`]).
 
-use crate::auth::{Credentials, MAX_PASSWORD_BYTES, PasswordChecks, Sessions, same};
+use crate::auth::{Credentials, MAX_PASSWORD_BYTES, PasswordChecks, Sessions, Tenant, Who, same};
 use crate::model::{Detail, Snapshot};
 use crate::pages;
+use crate::tenants::{RECHECK_SECONDS, Refused, Tenants};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use backstop_backupjob::ops;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ struct App {
     checks: PasswordChecks,
     remotes: PathBuf,
     datastore_location: String,
+    /// oned, for OpenNebula users' logins (`BACKSTOP_WEB_TENANTS=yes`).
+    tenants: Option<Arc<Tenants>>,
 }
 
 impl App {
@@ -59,6 +62,16 @@ pub fn serve(options: Options) -> Result<(), crate::Error> {
             options.listen
         )));
     }
+    let tenants = if options.credentials.tenants {
+        let t = Tenants::from_env()?;
+        eprintln!(
+            "backstop serve: OpenNebula users log in through oned at {}",
+            t.endpoint()
+        );
+        Some(Arc::new(t))
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -71,6 +84,7 @@ pub fn serve(options: Options) -> Result<(), crate::Error> {
         checks: PasswordChecks::default(),
         remotes: options.remotes,
         datastore_location: options.datastore_location,
+        tenants,
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -267,7 +281,7 @@ fn not_found_page(logout: Option<&str>) -> Response {
 /// Any address no route takes: 404, never a redirect to the login (a browser's own request
 /// for /favicon.ico would fetch a new login form and void the one on screen).
 async fn fallback(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let logout = page_guard(&app, &headers).ok().and_then(|(l, _)| l);
+    let logout = page_viewer(&app, &headers).await.ok().and_then(|v| v.csrf);
     not_found_page(logout.as_deref())
 }
 
@@ -284,33 +298,125 @@ fn bearer_ok(app: &App, headers: &HeaderMap) -> bool {
         .is_some_and(|t| app.credentials.token_ok(t))
 }
 
-/// A page's viewer: `Ok((None, shown))` when no login is needed, `Ok((Some(csrf), true))`
-/// for a live session; else the answer (to the login page). `shown`: whether the viewer may
-/// see snapshot ids ([`Snapshot::without_ids`]): a session, or the API token as a bearer
-/// token; not whoever reaches pages served without a password.
-fn page_guard(app: &App, headers: &HeaderMap) -> Result<(Option<String>, bool), Box<Response>> {
-    if app.credentials.password_hash.is_none() {
-        return Ok((None, bearer_ok(app, headers)));
-    }
-    cookie(headers, SESSION_COOKIE)
-        .and_then(|id| app.sessions.csrf(&id, now()))
-        .map(|csrf| (Some(csrf), true))
-        .ok_or_else(|| Box::new(see_other("/login")))
+/// Who is looking, as a page or the API sees it.
+struct Viewer {
+    /// The session's CSRF token (the logout's and the forms'); `None` when nobody logged in.
+    csrf: Option<String>,
+    /// Whether the viewer may see snapshot ids ([`Snapshot::without_ids`]): a session, or the
+    /// API token as a bearer token; not whoever reaches pages served without a password.
+    ids: bool,
+    /// An OpenNebula user: their name and the VMs oned lets them see ([`Snapshot::for_tenant`]).
+    tenant: Option<(String, Arc<BTreeSet<u64>>)>,
 }
 
-/// The JSON API and metrics: a bearer token when one is set, or a page session. `Ok(true)`
-/// when the caller showed one (and may see snapshot ids), `Ok(false)` when none is needed.
-fn api_guard(app: &App, headers: &HeaderMap) -> Result<bool, Box<Response>> {
+/// Why a request's session cannot be used.
+enum NoSession {
+    /// None, or not a live one: the login page.
+    Missing,
+    /// oned no longer accepts the tenant's token (revoked, expired, the user disabled): the
+    /// session is closed.
+    Ended,
+    /// oned could not say which VMs are the tenant's; the one line why.
+    Unavailable(String),
+}
+
+/// The viewer a request's session cookie names. A tenant's VMs are asked of oned again when
+/// the list is older than [`RECHECK_SECONDS`].
+async fn session_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, NoSession> {
+    let id = cookie(headers, SESSION_COOKIE).ok_or(NoSession::Missing)?;
+    let (csrf, who) = app.sessions.get(&id, now()).ok_or(NoSession::Missing)?;
+    let tenant = match who {
+        Who::Admin => {
+            return Ok(Viewer {
+                csrf: Some(csrf),
+                ids: true,
+                tenant: None,
+            });
+        }
+        Who::Tenant(t) => t,
+    };
+    let at = now();
+    let vms = if at - tenant.checked < RECHECK_SECONDS {
+        tenant.vms
+    } else {
+        let Some(tenants) = app.tenants.clone() else {
+            app.sessions.close(&id);
+            return Err(NoSession::Ended);
+        };
+        let (user, token) = (tenant.user.clone(), tenant.token.clone());
+        match tokio::task::spawn_blocking(move || tenants.vms(&user, &token)).await {
+            Ok(Ok(vms)) => {
+                app.sessions.rechecked(&id, vms.clone(), at);
+                Arc::new(vms)
+            }
+            Ok(Err(Refused::Credentials)) => {
+                app.sessions.close(&id);
+                return Err(NoSession::Ended);
+            }
+            Ok(Err(Refused::Other(e))) => return Err(NoSession::Unavailable(e)),
+            Err(_) => return Err(NoSession::Unavailable("asking oned failed".into())),
+        }
+    };
+    Ok(Viewer {
+        csrf: Some(csrf),
+        ids: true,
+        tenant: Some((tenant.user, vms)),
+    })
+}
+
+/// A page's viewer: nobody in particular when no login is needed, else the session's; without
+/// one, the answer (to the login page).
+async fn page_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
+    if app.credentials.password_hash.is_none() {
+        return Ok(Viewer {
+            csrf: None,
+            ids: bearer_ok(app, headers),
+            tenant: None,
+        });
+    }
+    match session_viewer(app, headers).await {
+        Ok(v) => Ok(v),
+        Err(NoSession::Missing | NoSession::Ended) => Err(Box::new(see_other("/login"))),
+        Err(NoSession::Unavailable(e)) => {
+            let mut page = html(pages::page(
+                "oned cannot be asked",
+                &pages::oned_unavailable(&e),
+                cookie(headers, SESSION_COOKIE)
+                    .and_then(|id| app.sessions.csrf(&id, now()))
+                    .as_deref(),
+                None,
+            ));
+            *page.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Err(Box::new(page))
+        }
+    }
+}
+
+/// The JSON API's and metrics' viewer: a bearer token when one is set, or a page session
+/// (a tenant's sees their VMs only); nobody in particular when no credentials are set.
+async fn api_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
     if !app.credentials.required() {
-        return Ok(false);
+        return Ok(Viewer {
+            csrf: None,
+            ids: false,
+            tenant: None,
+        });
     }
     if bearer_ok(app, headers) {
-        return Ok(true);
+        return Ok(Viewer {
+            csrf: None,
+            ids: true,
+            tenant: None,
+        });
     }
-    if app.credentials.password_hash.is_some()
-        && cookie(headers, SESSION_COOKIE).is_some_and(|id| app.sessions.csrf(&id, now()).is_some())
-    {
-        return Ok(true);
+    if app.credentials.password_hash.is_some() {
+        match session_viewer(app, headers).await {
+            Ok(v) => return Ok(v),
+            Err(NoSession::Unavailable(e)) => {
+                return Err(Box::new(text(StatusCode::SERVICE_UNAVAILABLE, &e)));
+            }
+            Err(NoSession::Missing | NoSession::Ended) => {}
+        }
     }
     let mut r = text(
         StatusCode::UNAUTHORIZED,
@@ -321,13 +427,17 @@ fn api_guard(app: &App, headers: &HeaderMap) -> Result<bool, Box<Response>> {
     Err(Box::new(r))
 }
 
-/// The state as the caller may see it: snapshot ids only for a caller who showed a token or
-/// a session (an id's first 8 hex characters authorise a restore through a backup URL).
-async fn snapshot(app: &App, ids_shown: bool, detail: Detail) -> Result<Snapshot, Response> {
+/// The state as the viewer may see it: snapshot ids only for a viewer who showed a token or
+/// a session (an id's first 8 hex characters authorise a restore through a backup URL); an
+/// OpenNebula user's VMs only for a tenant.
+async fn snapshot(app: &App, viewer: &Viewer, detail: Detail) -> Result<Snapshot, Response> {
     let path = app.state.clone();
     match tokio::task::spawn_blocking(move || Snapshot::read_with(&path, detail)).await {
-        Ok(Ok(s)) if ids_shown => Ok(s),
-        Ok(Ok(s)) => Ok(s.without_ids()),
+        Ok(Ok(s)) => Ok(match (&viewer.tenant, viewer.ids) {
+            (Some((_, vms)), _) => s.for_tenant(vms),
+            (None, true) => s,
+            (None, false) => s.without_ids(),
+        }),
         Ok(Err(e)) => {
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
             r.extensions_mut().insert(Reason(e.to_string()));
@@ -395,17 +505,26 @@ async fn detail(
     points: Detail,
     render: impl FnOnce(&Snapshot) -> Option<(String, String)>,
 ) -> Response {
-    let (logout, ids) = match page_guard(app, headers) {
-        Ok(l) => l,
+    let viewer = match page_viewer(app, headers).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    match snapshot(app, ids, points).await {
+    let logout = viewer.csrf.clone();
+    match snapshot(app, &viewer, points).await {
         Ok(s) => match render(&s) {
             Some((title, body)) => html(pages::page(
                 &title,
                 &body,
                 logout.as_deref(),
-                Some(&pages::scheduler_line(&s)),
+                Some(&format!(
+                    "{}{}",
+                    viewer
+                        .tenant
+                        .as_ref()
+                        .map(|(user, _)| pages::tenant_line(user))
+                        .unwrap_or_default(),
+                    pages::scheduler_line(&s)
+                )),
             )),
             None => not_found_page(logout.as_deref()),
         },
@@ -430,7 +549,10 @@ fn admin_csrf(app: &App, headers: &HeaderMap) -> Option<String> {
     if c.password_hash.is_none() || c.admin_token.is_none() || !c.web_actions {
         return None;
     }
-    cookie(headers, SESSION_COOKIE).and_then(|id| app.sessions.csrf(&id, now()))
+    match app.sessions.get(&cookie(headers, SESSION_COOKIE)?, now())? {
+        (csrf, Who::Admin) => Some(csrf),
+        (_, Who::Tenant(_)) => None,
+    }
 }
 
 /// `GET /jobs/{id}/retention`: what applying the job's retention plan would delete, named
@@ -582,11 +704,11 @@ async fn api(
     headers: HeaderMap,
     (points, render): (Detail, fn(&Snapshot) -> serde_json::Value),
 ) -> Response {
-    let ids = match api_guard(&app, &headers) {
-        Ok(ids) => ids,
+    let viewer = match api_viewer(&app, &headers).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    match snapshot(&app, ids, points).await {
+    match snapshot(&app, &viewer, points).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "application/json")],
             render(&s).to_string(),
@@ -597,11 +719,11 @@ async fn api(
 }
 
 async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let ids = match api_guard(&app, &headers) {
-        Ok(ids) => ids,
+    let viewer = match api_viewer(&app, &headers).await {
+        Ok(v) => v,
         Err(r) => return *r,
     };
-    match snapshot(&app, ids, Detail::Summary).await {
+    match snapshot(&app, &viewer, Detail::Summary).await {
         Ok(s) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             s.metrics(),
@@ -775,7 +897,7 @@ async fn login_form(State(app): State<Arc<App>>) -> Response {
         return see_other("/");
     }
     let token = crate::auth::random_token();
-    let mut r = html(pages::login(&token, false));
+    let mut r = html(pages::login(&token, false, app.tenants.is_some()));
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login"
     )) {
@@ -784,6 +906,8 @@ async fn login_form(State(app): State<Arc<App>>) -> Response {
     r
 }
 
+/// `POST /login`: the page password (no user name), or an OpenNebula user's name and
+/// password, checked by oned, when tenants are on.
 async fn login(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -807,6 +931,16 @@ async fn login(
             &format!("refused: the password is longer than {MAX_PASSWORD_BYTES} bytes"),
         );
     }
+    let user = form
+        .get("user")
+        .map(|u| u.trim().to_string())
+        .unwrap_or_default();
+    let tenants = app.tenants.is_some();
+    let failed = || {
+        let mut r = html(pages::login(&given, true, tenants));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    };
     // The attempt counts before its password is checked, so that a burst of concurrent
     // guesses gets no more checks than the limit; those checks then run a few at a time.
     let began = now();
@@ -816,19 +950,64 @@ async fn login(
             "too many failed logins in the last minute; try again later",
         );
     }
-    let ok = {
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || app.checks.check(&app.credentials, &password))
-            .await
-            .unwrap_or(false)
+    let who = if user.is_empty() {
+        let ok = {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || app.checks.check(&app.credentials, &password))
+                .await
+                .unwrap_or(false)
+        };
+        if !ok {
+            return failed();
+        }
+        Who::Admin
+    } else {
+        let Some(oned) = app.tenants.clone() else {
+            // No OpenNebula logins here: a user name is as wrong as a wrong password.
+            return failed();
+        };
+        let name = user.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let token = oned.login(&name, &password, crate::auth::SESSION_SECONDS)?;
+            match oned.vms(&name, &token) {
+                Ok(vms) => Ok((token, vms)),
+                Err(e) => {
+                    oned.revoke(&name, &token);
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        match checked {
+            Ok(Ok((token, vms))) => Who::Tenant(Tenant {
+                user,
+                token,
+                vms: Arc::new(vms),
+                checked: now(),
+            }),
+            Ok(Err(Refused::Credentials)) => return failed(),
+            Ok(Err(Refused::Other(e))) => {
+                // Not a wrong guess: oned could not be asked.
+                app.sessions.login_succeeded(began);
+                let mut page = html(pages::page(
+                    "oned cannot be asked",
+                    &pages::oned_unavailable(&e),
+                    None,
+                    None,
+                ));
+                *page.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return page;
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the login could not be checked",
+                );
+            }
+        }
     };
-    if !ok {
-        let mut r = html(pages::login(&given, true));
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        return r;
-    }
     app.sessions.login_succeeded(began);
-    let Some((id, _)) = app.sessions.open(now()) else {
+    let Some((id, _)) = app.sessions.open(now(), who) else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no session could be made",
@@ -855,7 +1034,14 @@ async fn logout(
     let given = form.get("csrf").cloned().unwrap_or_default();
     match app.sessions.csrf(&id, now()) {
         Some(csrf) if same(csrf.as_bytes(), given.as_bytes()) => {
-            app.sessions.close(&id);
+            // A tenant's login token is revoked in oned, in the background.
+            if let Some(Who::Tenant(t)) = app.sessions.close(&id)
+                && let Some(oned) = app.tenants.clone()
+            {
+                drop(tokio::task::spawn_blocking(move || {
+                    oned.revoke(&t.user, &t.token);
+                }));
+            }
             let mut r = see_other("/login");
             r.headers_mut().insert(
                 header::SET_COOKIE,

@@ -54,6 +54,11 @@ const ENV_FILE: &str = "# Settings and secrets of backstop's services (systemd E
 #BACKSTOP_ADMIN_TOKEN=\n\
 # from: backstop serve --hash-password (the password on stdin)\n\
 #BACKSTOP_WEB_PASSWORD_HASH=\n\
+# yes: the page password may use the dashboard's buttons too (needs BACKSTOP_ADMIN_TOKEN)\n\
+#BACKSTOP_WEB_ACTIONS=no\n\
+# yes: OpenNebula users log in with their own credentials, checked by oned, and see their VMs\n\
+#BACKSTOP_WEB_TENANTS=no\n\
+#ONE_XMLRPC=http://localhost:2633/RPC2\n\
 # Notifications (docs/notifications.md)\n\
 #BACKSTOP_NOTIFY_EMAIL=ops@example.org\n\
 #BACKSTOP_SMTP_SERVER=mail.example.org:587\n\
