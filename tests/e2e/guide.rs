@@ -20,6 +20,7 @@ const PAGES: &[&str] = &[
     "second-copy.md",
     "password.md",
     "backup-failed.md",
+    "install.md",
     "first-backup.md",
     "restore.md",
 ];
@@ -96,8 +97,10 @@ impl Stage {
         out.stdout
     }
 
-    /// Runs the page, segment after segment, `between` after each segment but the last.
-    fn run_page(&self, name: &str, mut between: impl FnMut(&Stage)) {
+    /// Runs the page, segment after segment, `between` after each segment but the last with
+    /// what that segment printed. The segments are one reader's shell session: the variables
+    /// and functions a segment defines, and the directory it ends in, are the next one's.
+    fn run_page(&self, name: &str, mut between: impl FnMut(&Stage, &str)) {
         let page = fs::read_to_string(guide_dir().join(name)).expect("page");
         let work = self.path("work");
         fs::create_dir_all(&work).expect("work");
@@ -106,9 +109,14 @@ impl Stage {
             segments.iter().any(|s| !s.is_empty()),
             "{name} has no sh block"
         );
+        let session = self.path(&format!("{name}.session"));
         let last = segments.len() - 1;
         for (i, blocks) in segments.iter().enumerate() {
             let mut script = String::from("set -euo pipefail\n");
+            script.push_str("__before=\" $(compgen -v | tr '\\n' ' ') \"\n");
+            if i > 0 {
+                script.push_str(&format!(". '{}'\n", session.display()));
+            }
             for (k, b) in blocks.iter().enumerate() {
                 script.push_str(&format!("echo '# {name}: block {}' >&2\n", k + 1));
                 for line in b.lines() {
@@ -116,6 +124,15 @@ impl Stage {
                     script.push('\n');
                 }
             }
+            // What the next segment starts from: the variables this one set, its functions,
+            // its directory.
+            script.push_str(&format!(
+                "{{ for __v in $(compgen -v); do case \"$__before\" in *\" $__v \"*) ;; *) \
+                 case \"$__v\" in __*|_|BASH*|FUNCNAME|PIPESTATUS|OPT*) ;; *) declare -p \"$__v\" ;; esac ;; \
+                 esac; done; declare -f; \
+                 printf 'cd %q\\n' \"$PWD\"; }} > '{}'\n",
+                session.display()
+            ));
             let file = self.path(&format!("{name}.{i}.sh"));
             fs::write(&file, &script).expect("script");
             let env: Vec<(&str, &str)> = self
@@ -129,16 +146,16 @@ impl Stage {
                 .envs(env)
                 .output()
                 .expect("bash");
+            let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),
-                "{name}, part {}: {}\n--- stdout\n{}\n--- stderr\n{}\n--- script\n{script}",
+                "{name}, part {}: {}\n--- stdout\n{stdout}\n--- stderr\n{}\n--- script\n{script}",
                 i + 1,
                 out.status,
-                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
             if i < last {
-                between(self);
+                between(self, &stdout);
             }
         }
     }
@@ -302,7 +319,7 @@ fn quickstart_stage(vm8_host: Option<&str>) -> Stage {
 #[test]
 fn second_copy() {
     let stage = quickstart_stage(None);
-    stage.run_page("second-copy.md", |_| {});
+    stage.run_page("second-copy.md", |_, _| {});
     // The copy restores as the original: the latest snapshot's disk, byte for byte.
     let out = support::run_env(
         "restic",
@@ -331,7 +348,7 @@ fn second_copy() {
 #[test]
 fn password() {
     let stage = quickstart_stage(None);
-    stage.run_page("password.md", |_| {});
+    stage.run_page("password.md", |_, _| {});
     // The old password opens nothing any more; the new one everything, a new backup included.
     let repo = stage.path("backups/job_1").display().to_string();
     let old = support::run_env(
@@ -362,7 +379,7 @@ fn backup_failed() {
     let stage = quickstart_stage(Some("127.0.0.9"));
     let show = stage.bj_ok(&["show", "1"]);
     assert!(show.contains("ERROR    : 8"), "{show}");
-    stage.run_page("backup-failed.md", |stage| {
+    stage.run_page("backup-failed.md", |stage, _| {
         // The host answers again: here, the VM is on this machine now.
         stage.bj_ok(&[
             "vm",
@@ -409,7 +426,7 @@ fn real_oned_first_backup_and_restore() {
         ]),
     };
 
-    stage.run_page("first-backup.md", |_| {});
+    stage.run_page("first-backup.md", |_, _| {});
     let dumped = fs::read(stage.path(&format!("work/vm{vm}-disk0.raw"))).expect("the dump");
     assert!(
         dumped == fs::read(point(0)).expect("point 0"),
@@ -437,7 +454,7 @@ fn real_oned_first_backup_and_restore() {
         .collect();
     stage.values.insert("IMAGE", backup_image.clone());
     stage.values.insert("IMAGE_DS", "1".into());
-    stage.run_page("restore.md", |_| {});
+    stage.run_page("restore.md", |_, _| {});
 
     // The new images: the whole VM's (newest point) and the one disk's (oldest point).
     let new: Vec<(String, String)> = values(&o.cli_ok("oneimage", &["list", "-x"]), "IMAGE")
@@ -470,6 +487,137 @@ fn real_oned_first_backup_and_restore() {
         same.success(),
         "the in-place restore put the newest point back"
     );
+}
+
+/// install.md on a REAL oned 7.4.0 as OpenNebula installs it (no backstop in its tree or its
+/// oned.conf; not run without `BACKSTOP_ONED_REFERENCE`): the page installs side by side; the
+/// lines install.sh printed are put into oned.conf as the page tells the reader, and oned
+/// restarted; oned then creates and monitors a backup datastore with DS_MAD "backstop" (its
+/// monitor is backstop's). The page installs drop-in; an "upgrade" writes the stock
+/// downloader.sh and restic driver back, which `--check` names (exit 1); the page's check and
+/// install put backstop back; its uninstall leaves the remotes tree exactly as it was before.
+#[test]
+fn real_oned_install() {
+    use crate::oned_real::RealOned;
+    let Some(o) = RealOned::start_stock() else {
+        return;
+    };
+    let stock = tempfile::tempdir().expect("tempdir");
+    let pristine = stock.path().join("remotes");
+    let cp = support::run(
+        "cp",
+        &[
+            "-a",
+            o.remotes().to_str().expect("utf-8"),
+            pristine.to_str().expect("utf-8"),
+        ],
+        b"",
+    );
+    assert_eq!(cp.code, Some(0), "{cp:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    fs::create_dir_all(&home).expect("home");
+    let mut env = o.env().to_vec();
+    env.push(("HOME".into(), home.display().to_string()));
+    let stage = Stage {
+        dir,
+        env,
+        values: BTreeMap::from([
+            ("SRC", support::repo_root().display().to_string()),
+            ("BINARY", BACKSTOP.to_string()),
+        ]),
+    };
+    let mut step = 0;
+    stage.run_page("install.md", |_, out| {
+        step += 1;
+        if step == 1 {
+            // The reader's edit: install.sh's DATASTORE_MAD block for oned.conf's own, the
+            // other printed lines at the end; then oned restarted.
+            let advice: Vec<&str> = out
+                .split("To let oned use DS_MAD=\"backstop\"")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no oned.conf advice in:\n{out}"))
+                .lines()
+                .filter(|l| l.starts_with("     ") && !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            assert!(
+                advice.iter().any(|l| l.starts_with("DATASTORE_MAD")),
+                "{advice:?}"
+            );
+            let conf = fs::read_to_string(o.conf_orig()).expect("oned.conf");
+            let mut kept = Vec::new();
+            let mut in_block = false;
+            for line in conf.lines() {
+                if line.starts_with("DATASTORE_MAD") {
+                    in_block = true;
+                } else if in_block && line.trim() == "]" {
+                    in_block = false;
+                } else if !in_block {
+                    kept.push(line);
+                }
+            }
+            let edited = format!("{}\n{}\n", kept.join("\n"), advice.join("\n"));
+            fs::write(o.conf_orig(), edited).expect("oned.conf");
+            o.restart();
+            // oned takes a backstop datastore now, and monitors it with backstop's monitor.
+            let t = o.template(
+                "guide-ds.tmpl",
+                "NAME = \"guide-backups\"\nTYPE = \"BACKUP_DS\"\nDS_MAD = \"backstop\"\n\
+                 TM_MAD = \"-\"\nRESTIC_PASSWORD = \"a-password-of-the-guide\"\n",
+            );
+            o.cli_ok("onedatastore", &["create", &t]);
+            o.datastore("guide-backups");
+        } else {
+            // An OpenNebula upgrade: its stock files back over backstop's.
+            let put_back = |rel: &str| {
+                let out = support::run(
+                    "cp",
+                    &[
+                        "-a",
+                        pristine.join(rel).to_str().expect("utf-8"),
+                        o.remotes()
+                            .join(rel)
+                            .parent()
+                            .expect("dir")
+                            .to_str()
+                            .expect("utf-8"),
+                    ],
+                    b"",
+                );
+                assert_eq!(out.code, Some(0), "{out:?}");
+            };
+            put_back("datastore/downloader.sh");
+            put_back("datastore/restic");
+            let check = support::run_env(
+                support::repo_root().join("install.sh"),
+                &["--binary", BACKSTOP, "--check"],
+                b"",
+                &o.env()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            assert_eq!(check.code, Some(1), "{check:?}");
+            assert!(
+                format!("{}{}", check.stdout, check.stderr).contains("downloader.sh"),
+                "{check:?}"
+            );
+        }
+    });
+    assert_eq!(step, 2, "the page's two test points");
+    // Uninstalled: the tree is OpenNebula's again, file for file.
+    let diff = support::run(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            pristine.to_str().expect("utf-8"),
+            o.remotes().to_str().expect("utf-8"),
+        ],
+        b"",
+    );
+    assert_eq!(diff.code, Some(0), "{}{}", diff.stdout, diff.stderr);
 }
 
 #[test]

@@ -70,6 +70,34 @@ impl RealOned {
     }
 
     pub(crate) fn start_on(with_tm: bool, host: Host) -> Option<RealOned> {
+        let oned = Self::boot(true)?;
+        let src = support::repo_root().display().to_string();
+        oned.script(
+            "add-backstop.sh",
+            &[
+                ("WITH_TM", if with_tm { "1" } else { "0" }),
+                ("BACKSTOP_SRC", &src),
+                ("BACKSTOP_BIN", BACKSTOP),
+                ("RESTIC_PASSWORD", PASSWORD),
+            ],
+        );
+        match host {
+            Host::Fake => oned.add_fake_host(),
+            Host::Kvm(uri) => oned.add_kvm_host(uri),
+        }
+        oned.link_host_tree();
+        Some(oned)
+    }
+
+    /// A running oned as OpenNebula installs it: backstop neither installed into its remotes
+    /// tree nor named in its oned.conf, no host (the install guide's starting point).
+    pub(crate) fn start_stock() -> Option<RealOned> {
+        Self::boot(false)
+    }
+
+    /// Installs and starts oned; `backstop`: with backstop in oned.conf (start-oned.sh's
+    /// BACKSTOP=1).
+    fn boot(backstop: bool) -> Option<RealOned> {
         let reference = reference()?;
         let only = ONE_ONED
             .lock()
@@ -139,52 +167,70 @@ impl RealOned {
              TYPE = \"xml\", KEEP_SNAPSHOTS = \"no\" ]\n",
         )
         .expect("oned-extra.conf");
+        oned.start_script(backstop);
+        Some(oned)
+    }
+
+    /// Runs start-oned.sh (oned.conf made again from oned.conf.orig); `backstop` as in
+    /// [`Self::boot`].
+    fn start_script(&self, backstop: bool) {
+        let one = self.one();
         let remotes = one.join("var/remotes").display().to_string();
-        let extra = extra.display().to_string();
+        let extra = self
+            .dir
+            .path()
+            .join("oned-extra.conf")
+            .display()
+            .to_string();
         // start-oned.sh starts oned as a background job of a non-interactive shell, which
         // ignores SIGINT and SIGQUIT in it, in every MAD and every script they run; the stock
         // backup_qcow2.rb stops its qemu-nbd with SIGQUIT and would wait for ever. Its `setsid`
         // is found through PATH: this one puts the two signals back to their defaults first
         // (what a systemd-started oned has).
-        let wrap = oned.dir.path().join("wrap");
+        let wrap = self.dir.path().join("wrap");
         fs::create_dir_all(&wrap).expect("wrap");
         support::write_exec(
             &wrap.join("setsid"),
             "#!/usr/bin/perl\n$SIG{INT} = 'DEFAULT';\n$SIG{QUIT} = 'DEFAULT';\n\
              exec { '/usr/bin/setsid' } 'setsid', @ARGV or die \"setsid: $!\\n\";\n",
         );
-        let path = format!("{}:{}", wrap.display(), oned.var("PATH"));
+        let path = format!("{}:{}", wrap.display(), self.var("PATH"));
         // The shell TM scripts put /usr/bin before the fake ssh in PATH (scripts_common.sh)
         // but take $SSH when it is set: the fake one, for the host without an sshd.
         let ssh = one.join("fakessh/ssh").display().to_string();
-        oned.script(
+        self.script(
             "start-oned.sh",
             &[
                 ("PATH", &path),
                 ("SSH", &ssh),
-                ("BACKSTOP", "1"),
+                ("BACKSTOP", if backstop { "1" } else { "0" }),
                 ("FAKE_SSH", "1"),
                 ("ONE_EXTRA_CONF", &extra),
                 // All in one: the host's copy of the remotes is the front-end's.
                 ("ONE_HOST_REMOTES", &remotes),
             ],
         );
-        let src = support::repo_root().display().to_string();
-        oned.script(
-            "add-backstop.sh",
-            &[
-                ("WITH_TM", if with_tm { "1" } else { "0" }),
-                ("BACKSTOP_SRC", &src),
-                ("BACKSTOP_BIN", BACKSTOP),
-                ("RESTIC_PASSWORD", PASSWORD),
-            ],
-        );
-        match host {
-            Host::Fake => oned.add_fake_host(),
-            Host::Kvm(uri) => oned.add_kvm_host(uri),
-        }
-        oned.link_host_tree();
-        Some(oned)
+    }
+
+    /// Stops oned (by PID, as when dropped) and starts it again from oned.conf.orig, which a
+    /// test may have changed as an operator changes oned.conf; for an oned of
+    /// [`Self::start_stock`] (start-oned.sh adds nothing of backstop's).
+    pub(crate) fn restart(&self) {
+        let _ = Command::new(self.reference.join("stop-oned.sh"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output();
+        wait_gone(self.dir.path());
+        self.start_script(false);
+    }
+
+    /// The oned.conf start-oned.sh makes the live one from.
+    pub(crate) fn conf_orig(&self) -> PathBuf {
+        self.one().join("etc/oned.conf.orig")
+    }
+
+    /// The remotes tree.
+    pub(crate) fn remotes(&self) -> PathBuf {
+        self.one().join("var/remotes")
     }
 
     /// Host `localhost`: dummy monitoring, the stand-in hypervisor's actions from the reference
