@@ -840,5 +840,18 @@ fn real_oned_tenants_see_only_their_vms_in_a_headless_chromium() {
         count("form.action").as_u64().is_some_and(|n| n > 0),
         "the admin's buttons"
     );
+    // A user's failed logins lock that user out for the minute, not the administrator.
+    driver.click_until("form[action='/logout'] button", "Log in");
+    for _ in 0..5 {
+        driver.log_in_as(
+            &base,
+            "bob",
+            "not-bobs-password",
+            "Wrong user name or password",
+        );
+    }
+    let locked = driver.log_in_as(&base, "bob", "bob-password", "too many failed logins");
+    assert!(!locked.contains("Log out"), "{locked}");
+    driver.log_in_as(&base, "", "the admin's long password", "Log out");
     assert!(first(&o.xml("onevm", &a.to_string()), "UNAME") == "alice");
 }

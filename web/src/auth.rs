@@ -211,8 +211,9 @@ pub struct Sessions {
     /// session id -> the session.
     live: Mutex<HashMap<String, Live>>,
     /// When the recent login attempts that failed or are still being checked began
-    /// (seconds), for [`Sessions::begin_login`].
-    attempts: Mutex<Vec<i64>>,
+    /// (seconds), and the user name each gave ("" for the page password), for
+    /// [`Sessions::begin_login`].
+    attempts: Mutex<Vec<(i64, String)>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -223,10 +224,15 @@ impl std::fmt::Debug for Sessions {
 
 pub const SESSION_SECONDS: i64 = 8 * 3600;
 
-/// Failed logins allowed in [`FAILURE_WINDOW`] seconds before logins are refused for the rest
-/// of it (whoever tries: the server has one password).
+/// Failed logins allowed in [`FAILURE_WINDOW`] seconds for one user name before its logins are
+/// refused for the rest of it, whoever tries: the page password (no user name) is one, each
+/// OpenNebula user another, so a tenant's typos never lock the administrator out.
 pub const MAX_FAILURES: usize = 5;
 pub const FAILURE_WINDOW: i64 = 60;
+
+/// The most failed attempts remembered at once, over every user name: past it, logins wait
+/// for the window to pass (a flood of made-up names cannot grow the list without bound).
+pub const MAX_ATTEMPTS_KEPT: usize = 10_000;
 
 /// The longest password a login reads (and `--hash-password` accepts): argon2 would take a
 /// longer one, but nobody types it, and the check's cost should not be the caller's to choose.
@@ -280,27 +286,30 @@ impl Sessions {
         }
     }
 
-    /// Counts a login attempt before its password is checked, and says whether it may go on:
-    /// no when [`MAX_FAILURES`] attempts that failed or are still being checked began in the
-    /// last [`FAILURE_WINDOW`] seconds. The count and the test are one step under the lock,
-    /// so a burst of concurrent attempts cannot all pass it; an attempt stays counted as a
-    /// failure unless [`Sessions::login_succeeded`] takes it back.
-    pub fn begin_login(&self, now: i64) -> bool {
+    /// Counts a login attempt for `user` ("" for the page password) before its password is
+    /// checked, and says whether it may go on: no when [`MAX_FAILURES`] attempts for that name
+    /// that failed or are still being checked began in the last [`FAILURE_WINDOW`] seconds.
+    /// The count and the test are one step under the lock, so a burst of concurrent attempts
+    /// cannot all pass it; an attempt stays counted as a failure unless
+    /// [`Sessions::login_succeeded`] takes it back.
+    pub fn begin_login(&self, now: i64, user: &str) -> bool {
         let Ok(mut a) = self.attempts.lock() else {
             return false;
         };
-        a.retain(|t| now - t < FAILURE_WINDOW);
-        if a.len() >= MAX_FAILURES {
+        a.retain(|(t, _)| now - t < FAILURE_WINDOW);
+        if a.len() >= MAX_ATTEMPTS_KEPT
+            || a.iter().filter(|(_, u)| u == user).count() >= MAX_FAILURES
+        {
             return false;
         }
-        a.push(now);
+        a.push((now, user.to_string()));
         true
     }
 
-    /// The attempt begun at `began` gave the right password: it is no failure.
-    pub fn login_succeeded(&self, began: i64) {
+    /// The attempt for `user` begun at `began` gave the right password: it is no failure.
+    pub fn login_succeeded(&self, began: i64, user: &str) {
         if let Ok(mut a) = self.attempts.lock()
-            && let Some(i) = a.iter().position(|t| *t == began)
+            && let Some(i) = a.iter().position(|(t, u)| *t == began && u == user)
         {
             a.swap_remove(i);
         }
@@ -400,17 +409,25 @@ mod tests {
             _ => panic!("the tenant's session"),
         }
         // An attempt counts from its start; a success takes it back.
-        assert!(s.begin_login(199));
-        s.login_succeeded(199);
+        assert!(s.begin_login(199, ""));
+        s.login_succeeded(199, "");
         for k in 0..MAX_FAILURES as i64 {
-            assert!(s.begin_login(200 + k));
+            assert!(s.begin_login(200 + k, ""));
         }
-        assert!(!s.begin_login(205), "too many attempts in a minute");
+        assert!(!s.begin_login(205, ""), "too many attempts in a minute");
         assert!(
-            !s.begin_login(200 + FAILURE_WINDOW - 1),
+            !s.begin_login(200 + FAILURE_WINDOW - 1, ""),
             "all five in the minute"
         );
-        assert!(s.begin_login(200 + FAILURE_WINDOW + 5), "a minute later");
+        // Another user name has its own count: a tenant's failures are not the admin's.
+        for k in 0..MAX_FAILURES as i64 {
+            assert!(s.begin_login(210 + k, "alice"));
+        }
+        assert!(!s.begin_login(215, "alice") && s.begin_login(215, "bob"));
+        assert!(
+            s.begin_login(200 + FAILURE_WINDOW + 5, ""),
+            "a minute later"
+        );
         assert!(hash_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
         let checks = PasswordChecks::default();
         assert!(checks.check(&c, "correct horse") && !checks.check(&c, "wrong"));

@@ -941,10 +941,14 @@ async fn login(
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         r
     };
+    // A name that cannot be OpenNebula's is refused as a wrong login, unchecked and uncounted.
+    if !user.is_empty() && !crate::tenants::valid_user(&user) {
+        return failed();
+    }
     // The attempt counts before its password is checked, so that a burst of concurrent
     // guesses gets no more checks than the limit; those checks then run a few at a time.
     let began = now();
-    if !app.sessions.begin_login(began) {
+    if !app.sessions.begin_login(began, &user) {
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins in the last minute; try again later",
@@ -980,7 +984,7 @@ async fn login(
         .await;
         match checked {
             Ok(Ok((token, vms))) => Who::Tenant(Tenant {
-                user,
+                user: user.clone(),
                 token,
                 vms: Arc::new(vms),
                 checked: now(),
@@ -988,7 +992,7 @@ async fn login(
             Ok(Err(Refused::Credentials)) => return failed(),
             Ok(Err(Refused::Other(e))) => {
                 // Not a wrong guess: oned could not be asked.
-                app.sessions.login_succeeded(began);
+                app.sessions.login_succeeded(began, &user);
                 let mut page = html(pages::page(
                     "oned cannot be asked",
                     &pages::oned_unavailable(&e),
@@ -1006,7 +1010,7 @@ async fn login(
             }
         }
     };
-    app.sessions.login_succeeded(began);
+    app.sessions.login_succeeded(began, &user);
     let Some((id, _)) = app.sessions.open(now(), who) else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
