@@ -1236,13 +1236,10 @@ fn the_scheduler_says_it_is_alive_during_a_long_pass() {
     drop(daemon);
 }
 
-/// A value of BACKSTOP_WEB_ACTIONS that is neither yes nor no stops `serve` with one line
-/// naming it, before it listens.
-#[test]
-fn a_bad_web_actions_value_is_refused_before_serving() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state.db");
-    let out = crate::support::run_env(
+/// `backstop serve` on a free port over `state` with `env`, run to its end (for settings it
+/// refuses before listening).
+fn serve_once(state: &std::path::Path, env: &[(&str, &str)]) -> crate::support::Outcome {
+    crate::support::run_env(
         BACKSTOP,
         &[
             "serve",
@@ -1252,8 +1249,17 @@ fn a_bad_web_actions_value_is_refused_before_serving() {
             state.to_str().expect("utf-8"),
         ],
         b"",
-        &[("BACKSTOP_WEB_ACTIONS", "maybe")],
-    );
+        env,
+    )
+}
+
+/// A value of BACKSTOP_WEB_ACTIONS that is neither yes nor no stops `serve` with one line
+/// naming it, before it listens.
+#[test]
+fn a_bad_web_actions_value_is_refused_before_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let out = serve_once(&state, &[("BACKSTOP_WEB_ACTIONS", "maybe")]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(
         out.stderr,
@@ -1272,18 +1278,7 @@ fn a_bad_web_actions_value_is_refused_before_serving() {
 fn tenant_logins_without_oned_say_so_and_leave_the_admin_s_login_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.db");
-    let out = crate::support::run_env(
-        BACKSTOP,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state",
-            state.to_str().expect("utf-8"),
-        ],
-        b"",
-        &[("BACKSTOP_WEB_TENANTS", "yes")],
-    );
+    let out = serve_once(&state, &[("BACKSTOP_WEB_TENANTS", "yes")]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.stderr.starts_with(
