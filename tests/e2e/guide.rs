@@ -401,7 +401,8 @@ fn backup_failed() {
 #[test]
 fn real_oned_first_backup_and_restore() {
     use crate::oned_real::{RealOned, first, make_image, raw_copy, values, write_pattern};
-    let Some(o) = RealOned::start(true) else {
+    // Installed as install.md installs (side by side, the stock TM actions).
+    let Some(o) = RealOned::start(false) else {
         return;
     };
     let image = o.images.path().join("web.qcow2");
@@ -415,6 +416,7 @@ fn real_oned_first_backup_and_restore() {
     fs::create_dir_all(&home).expect("home");
     let password = dir.path().join("password");
     fs::write(&password, "the-guide-s-datastore-password\n").expect("password");
+    let check = dir.path().join("check");
     let mut env = o.env().to_vec();
     env.push(("HOME".into(), home.display().to_string()));
     let mut stage = Stage {
@@ -423,14 +425,28 @@ fn real_oned_first_backup_and_restore() {
         values: BTreeMap::from([
             ("VM", vm.to_string()),
             ("PASSWORD_FILE", password.display().to_string()),
+            ("CHECK_DIR", check.display().to_string()),
         ]),
     };
 
     stage.run_page("first-backup.md", |_, _| {});
-    let dumped = fs::read(stage.path(&format!("work/vm{vm}-disk0.raw"))).expect("the dump");
+    // What plain restic restored under CHECK_DIR (at the snapshot's own path) is the disk.
+    let find = support::run(
+        "find",
+        &[
+            check.to_str().expect("utf-8"),
+            "-type",
+            "f",
+            "-name",
+            "disk.0.*",
+        ],
+        b"",
+    );
+    let restored: Vec<&str> = find.stdout.lines().collect();
+    assert_eq!(restored.len(), 1, "{find:?}");
     assert!(
-        dumped == fs::read(point(0)).expect("point 0"),
-        "restic's dump is the disk as it was"
+        fs::read(restored[0]).expect("the restored disk") == fs::read(point(0)).expect("point 0"),
+        "restic's restore is the disk as it was"
     );
     let ds = first(&o.xml("onedatastore", "backups"), "ID");
     let bimg = |o: &RealOned| {
@@ -525,6 +541,14 @@ fn real_oned_install() {
         values: BTreeMap::from([
             ("SRC", support::repo_root().display().to_string()),
             ("BINARY", BACKSTOP.to_string()),
+            (
+                "ONED_CONF",
+                o.conf_orig()
+                    .with_file_name("oned.conf")
+                    .display()
+                    .to_string(),
+            ),
+            ("OPTIONS", "--replace-stock".to_string()),
         ]),
     };
     let mut step = 0;
