@@ -665,7 +665,9 @@ fn the_admin_runs_retries_and_applies_a_retention_plan_from_the_pages() {
 /// oned knows and sees their own VM and its backup only: the other's page is a 404, the JSON
 /// API lists theirs alone, there are no runs and no action buttons, and an action posted by
 /// hand is refused. A wrong password is refused by oned; the admin's login (no user name)
-/// still sees both; logging out revokes the user's login token in oned.
+/// still sees both; logging out revokes the user's login token in oned; a user's failed logins
+/// lock that user out, not the admin; a VM given to a user in oned shows on their session
+/// within the minute after which oned is asked again.
 #[test]
 fn real_oned_tenants_see_only_their_vms_in_a_headless_chromium() {
     use crate::oned_mode::runner_ok;
@@ -854,4 +856,23 @@ fn real_oned_tenants_see_only_their_vms_in_a_headless_chromium() {
     assert!(!locked.contains("Log out"), "{locked}");
     driver.log_in_as(&base, "", "the admin's long password", "Log out");
     assert!(first(&o.xml("onevm", &a.to_string()), "UNAME") == "alice");
+
+    // oned is asked again within a minute: bob's VM given to alice shows on her session.
+    driver.click_until("form[action='/logout'] button", "Log in");
+    driver.log_in_as(&base, "alice", "alice-password", "Log out");
+    assert_eq!(api_vms("/api/vms"), vec![a]);
+    o.cli_ok("onevm", &["chown", &b.to_string(), "alice"]);
+    let both = {
+        let mut v = vec![a, b];
+        v.sort_unstable();
+        v
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while api_vms("/api/vms") != both {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's session never saw VM {b}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }

@@ -186,7 +186,53 @@ pub struct Tenant {
     pub token: String,
     pub vms: std::sync::Arc<std::collections::BTreeSet<u64>>,
     pub checked: i64,
+    /// A request is asking oned again right now ([`Sessions::claim_recheck`]).
+    pub checking: bool,
+    /// When asking oned last failed, if it did since the last answer.
+    pub failed_at: Option<i64>,
 }
+
+impl Tenant {
+    /// A tenant's session as oned just answered: their token and VMs.
+    pub fn new(
+        user: String,
+        token: String,
+        vms: std::collections::BTreeSet<u64>,
+        now: i64,
+    ) -> Tenant {
+        Tenant {
+            user,
+            token,
+            vms: std::sync::Arc::new(vms),
+            checked: now,
+            checking: false,
+            failed_at: None,
+        }
+    }
+}
+
+/// Whose turn it is to ask oned again for a tenant's VMs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This request's: it asks, then says how it went ([`Sessions::recheck_done`]).
+    Yours,
+    /// Another request of the session is asking: use the list it has.
+    Underway,
+    /// Asking failed less than [`RECHECK_BACKOFF`] seconds ago: answer without asking.
+    BackingOff,
+    /// The session is gone.
+    Gone,
+}
+
+/// How long after a failed recheck a tenant's requests wait before oned is asked again.
+pub const RECHECK_BACKOFF: i64 = 10;
+
+/// A user's sessions at most: a new login past it ends (and revokes) their oldest.
+pub const MAX_SESSIONS_PER_USER: usize = 10;
+
+/// Failed tenant logins allowed in [`FAILURE_WINDOW`] over every OpenNebula user name: past it,
+/// OpenNebula logins wait for the window (each asks oned); the page password's are apart.
+pub const MAX_TENANT_FAILURES: usize = 100;
 
 impl std::fmt::Debug for Tenant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,6 +241,8 @@ impl std::fmt::Debug for Tenant {
             .field("token", &"<redacted>")
             .field("vms", &self.vms.len())
             .field("checked", &self.checked)
+            .field("checking", &self.checking)
+            .field("failed_at", &self.failed_at)
             .finish()
     }
 }
@@ -226,13 +274,10 @@ pub const SESSION_SECONDS: i64 = 8 * 3600;
 
 /// Failed logins allowed in [`FAILURE_WINDOW`] seconds for one user name before its logins are
 /// refused for the rest of it, whoever tries: the page password (no user name) is one, each
-/// OpenNebula user another, so a tenant's typos never lock the administrator out.
+/// OpenNebula user another (names compared without regard to case, as an LDAP-backed oned
+/// may match them), so a tenant's typos never lock the administrator out.
 pub const MAX_FAILURES: usize = 5;
 pub const FAILURE_WINDOW: i64 = 60;
-
-/// The most failed attempts remembered at once, over every user name: past it, logins wait
-/// for the window to pass (a flood of made-up names cannot grow the list without bound).
-pub const MAX_ATTEMPTS_KEPT: usize = 10_000;
 
 /// The longest password a login reads (and `--hash-password` accepts): argon2 would take a
 /// longer one, but nobody types it, and the check's cost should not be the caller's to choose.
@@ -243,14 +288,36 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 pub const PASSWORD_CHECKS: usize = 2;
 
 impl Sessions {
-    /// A new session of `who`; its id and CSRF token.
-    pub fn open(&self, now: i64, who: Who) -> Option<(String, String)> {
+    /// A new session of `who`; its id, its CSRF token, and the session of the same user it
+    /// ended to stay within [`MAX_SESSIONS_PER_USER`] (its login token is for the caller to
+    /// revoke).
+    pub fn open(&self, now: i64, who: Who) -> Option<(String, String, Option<Tenant>)> {
         let (id, csrf) = (random_token(), random_token());
         if id.is_empty() || csrf.is_empty() {
             return None;
         }
         let mut live = self.live.lock().ok()?;
         live.retain(|_, l| l.until > now);
+        let mut ended = None;
+        if let Who::Tenant(t) = &who {
+            let theirs: Vec<(&String, i64)> = live
+                .iter()
+                .filter(|(_, l)| matches!(&l.who, Who::Tenant(o) if o.user == t.user))
+                .map(|(k, l)| (k, l.until))
+                .collect();
+            if theirs.len() >= MAX_SESSIONS_PER_USER
+                && let Some(oldest) = theirs
+                    .iter()
+                    .min_by_key(|(_, until)| *until)
+                    .map(|(k, _)| (*k).clone())
+                && let Some(Live {
+                    who: Who::Tenant(o),
+                    ..
+                }) = live.remove(&oldest)
+            {
+                ended = Some(o);
+            }
+        }
         live.insert(
             id.clone(),
             Live {
@@ -259,7 +326,7 @@ impl Sessions {
                 who,
             },
         );
-        Some((id, csrf))
+        Some((id, csrf, ended))
     }
 
     /// The CSRF token of a live session.
@@ -270,19 +337,48 @@ impl Sessions {
     /// A live session's CSRF token and who it is.
     pub fn get(&self, id: &str, now: i64) -> Option<(String, Who)> {
         let live = self.live.lock().ok()?;
-        live.iter()
-            .find(|(k, l)| same(k.as_bytes(), id.as_bytes()) && l.until > now)
-            .map(|(_, l)| (l.csrf.clone(), l.who.clone()))
+        live.get(id)
+            .filter(|l| l.until > now)
+            .map(|l| (l.csrf.clone(), l.who.clone()))
     }
 
-    /// A tenant's session after oned was asked again which VMs they may use.
-    pub fn rechecked(&self, id: &str, vms: std::collections::BTreeSet<u64>, now: i64) {
+    /// Whether this request asks oned again for a tenant's VMs: one request of a session at
+    /// a time, and none for [`RECHECK_BACKOFF`] seconds after one failed.
+    pub fn claim_recheck(&self, id: &str, now: i64) -> Claim {
+        let Ok(mut live) = self.live.lock() else {
+            return Claim::Gone;
+        };
+        match live.get_mut(id).map(|l| &mut l.who) {
+            Some(Who::Tenant(t)) if t.checking => Claim::Underway,
+            Some(Who::Tenant(t)) if t.failed_at.is_some_and(|at| now - at < RECHECK_BACKOFF) => {
+                Claim::BackingOff
+            }
+            Some(Who::Tenant(t)) => {
+                t.checking = true;
+                Claim::Yours
+            }
+            _ => Claim::Gone,
+        }
+    }
+
+    /// How the recheck [`Sessions::claim_recheck`] gave this request went: the VMs oned
+    /// listed, or a failure.
+    pub fn recheck_done(&self, id: &str, vms: Option<std::collections::BTreeSet<u64>>, now: i64) {
         if let Ok(mut live) = self.live.lock()
-            && let Some(l) = live.get_mut(id)
-            && let Who::Tenant(t) = &mut l.who
+            && let Some(Live {
+                who: Who::Tenant(t),
+                ..
+            }) = live.get_mut(id)
         {
-            t.vms = std::sync::Arc::new(vms);
-            t.checked = now;
+            t.checking = false;
+            match vms {
+                Some(vms) => {
+                    t.vms = std::sync::Arc::new(vms);
+                    t.checked = now;
+                    t.failed_at = None;
+                }
+                None => t.failed_at = Some(now),
+            }
         }
     }
 
@@ -292,24 +388,29 @@ impl Sessions {
     /// The count and the test are one step under the lock, so a burst of concurrent attempts
     /// cannot all pass it; an attempt stays counted as a failure unless
     /// [`Sessions::login_succeeded`] takes it back.
+    /// OpenNebula users' attempts together are held to [`MAX_TENANT_FAILURES`] (each asks
+    /// oned), which never touches the page password's.
     pub fn begin_login(&self, now: i64, user: &str) -> bool {
         let Ok(mut a) = self.attempts.lock() else {
             return false;
         };
+        let user = user.to_lowercase();
         a.retain(|(t, _)| now - t < FAILURE_WINDOW);
-        if a.len() >= MAX_ATTEMPTS_KEPT
-            || a.iter().filter(|(_, u)| u == user).count() >= MAX_FAILURES
+        let tenants = a.iter().filter(|(_, u)| !u.is_empty()).count();
+        if (!user.is_empty() && tenants >= MAX_TENANT_FAILURES)
+            || a.iter().filter(|(_, u)| *u == user).count() >= MAX_FAILURES
         {
             return false;
         }
-        a.push((now, user.to_string()));
+        a.push((now, user));
         true
     }
 
     /// The attempt for `user` begun at `began` gave the right password: it is no failure.
     pub fn login_succeeded(&self, began: i64, user: &str) {
+        let user = user.to_lowercase();
         if let Ok(mut a) = self.attempts.lock()
-            && let Some(i) = a.iter().position(|(t, u)| *t == began && u == user)
+            && let Some(i) = a.iter().position(|(t, u)| *t == began && *u == user)
         {
             a.swap_remove(i);
         }
@@ -383,31 +484,52 @@ mod tests {
         assert!(!c.token_ok(""));
         assert!(!format!("{c:?}").contains("token\""));
         let s = Sessions::default();
-        let (id, csrf) = s.open(100, Who::Admin).expect("session");
+        let (id, csrf, _) = s.open(100, Who::Admin).expect("session");
         assert_eq!(s.csrf(&id, 101), Some(csrf));
         assert_eq!(s.csrf(&id, 100 + SESSION_SECONDS), None, "expired");
         assert!(matches!(s.close(&id), Some(Who::Admin)));
         assert_eq!(s.csrf(&id, 101), None);
         assert!(s.close(&id).is_none());
-        // A tenant's session: its VMs replaced when oned is asked again.
-        let t = Tenant {
-            user: "alice".into(),
-            token: "secret-token".into(),
-            vms: std::sync::Arc::new([3].into()),
-            checked: 100,
-        };
+        // A tenant's session: one request at a time asks oned again; a failure holds the
+        // others off for a while; an answer replaces the VMs.
+        let t = Tenant::new("alice".into(), "secret-token".into(), [3].into(), 100);
         assert!(!format!("{t:?}").contains("secret-token"));
-        let (id, _) = s.open(100, Who::Tenant(t)).expect("session");
-        s.rechecked(&id, [4, 5].into(), 160);
-        match s.get(&id, 161) {
+        let (id, _, ended) = s.open(100, Who::Tenant(t)).expect("session");
+        assert!(ended.is_none());
+        assert_eq!(s.claim_recheck(&id, 160), Claim::Yours);
+        assert_eq!(s.claim_recheck(&id, 160), Claim::Underway);
+        s.recheck_done(&id, None, 161);
+        assert_eq!(s.claim_recheck(&id, 162), Claim::BackingOff);
+        assert_eq!(s.claim_recheck(&id, 161 + RECHECK_BACKOFF), Claim::Yours);
+        s.recheck_done(&id, Some([4, 5].into()), 172);
+        match s.get(&id, 173) {
             Some((_, Who::Tenant(t))) => {
                 assert_eq!(
-                    (t.vms.iter().copied().collect::<Vec<_>>(), t.checked),
-                    (vec![4, 5], 160)
+                    (
+                        t.vms.iter().copied().collect::<Vec<_>>(),
+                        t.checked,
+                        t.checking
+                    ),
+                    (vec![4, 5], 172, false)
                 );
             }
             _ => panic!("the tenant's session"),
         }
+        assert_eq!(s.claim_recheck("no-such-session", 173), Claim::Gone);
+        // A user's eleventh session ends their oldest, which the caller revokes.
+        for k in 1..MAX_SESSIONS_PER_USER as i64 {
+            let t = Tenant::new("alice".into(), format!("token-{k}"), [3].into(), 100 + k);
+            assert!(
+                s.open(100 + k, Who::Tenant(t))
+                    .expect("session")
+                    .2
+                    .is_none()
+            );
+        }
+        let t = Tenant::new("alice".into(), "token-last".into(), [3].into(), 200);
+        let (_, _, ended) = s.open(200, Who::Tenant(t)).expect("session");
+        assert_eq!(ended.map(|t| t.token), Some("secret-token".to_string()));
+        assert!(s.get(&id, 201).is_none(), "the oldest session ended");
         // An attempt counts from its start; a success takes it back.
         assert!(s.begin_login(199, ""));
         s.login_succeeded(199, "");
@@ -424,6 +546,16 @@ mod tests {
             assert!(s.begin_login(210 + k, "alice"));
         }
         assert!(!s.begin_login(215, "alice") && s.begin_login(215, "bob"));
+        assert!(
+            !s.begin_login(215, "ALICE"),
+            "names count without regard to case"
+        );
+        // Every OpenNebula name together: at most MAX_TENANT_FAILURES, the admin's apart.
+        let t = Sessions::default();
+        for k in 0..MAX_TENANT_FAILURES {
+            assert!(t.begin_login(300, &format!("user{k}")));
+        }
+        assert!(!t.begin_login(300, "someone-else") && t.begin_login(300, ""));
         assert!(
             s.begin_login(200 + FAILURE_WINDOW + 5, ""),
             "a minute later"

@@ -393,8 +393,8 @@ impl Snapshot {
     /// the VMs of `vms` (those oned lets them use) and their images; the jobs that hold one
     /// of them, each with only those VMs; the datastores their images or those jobs use. No
     /// runs (a run's text names every VM it took), no sync or verify jobs, no job's run
-    /// durations and no datastore's size over time (both count other users' data), and no
-    /// snapshot ids ([`Snapshot::without_ids`]). Whatever is not theirs is as absent as a
+    /// durations and no datastore's size over time (both count other users' data), no job an
+    /// image names that they do not see, and no snapshot ids ([`Snapshot::without_ids`]). Whatever is not theirs is as absent as a
     /// deleted VM: its page is a 404, never a refusal that says it exists.
     #[must_use]
     pub fn for_tenant(mut self, vms: &std::collections::BTreeSet<u64>) -> Snapshot {
@@ -402,12 +402,16 @@ impl Snapshot {
         self.images.retain(|i| vms.contains(&i.vm));
         self.jobs.retain_mut(|j| {
             j.vms.retain(|v| vms.contains(v));
+            // How long the whole job took is everyone's VMs' time.
+            j.last_duration = None;
             !j.vms.is_empty()
         });
+        let visible = |job: Option<u64>| job.filter(|j| self.jobs.iter().any(|k| k.id == *j));
         for v in &mut self.vms {
-            if v.job.is_some_and(|j| !self.jobs.iter().any(|k| k.id == j)) {
-                v.job = None;
-            }
+            v.job = visible(v.job);
+        }
+        for i in &mut self.images {
+            i.job = visible(i.job);
         }
         let used: std::collections::BTreeSet<u64> = self
             .images

@@ -351,6 +351,7 @@ mod tests {
             None,
         );
         s.jobs[1].datastore_id = Some(7);
+        s.jobs[0].last_duration = Some(600);
         let image = |id: u64, vm: u64, ds: u64| Image {
             id,
             vm,
@@ -403,6 +404,7 @@ mod tests {
         assert!(t.runs.is_empty() && t.second_copies.is_empty());
         assert!(t.charts.stored.is_empty() && t.charts.durations.is_empty());
         assert_eq!(t.images[0].increments[0].source, "", "no snapshot ids");
+        assert!(t.jobs[0].last_duration.is_none(), "no whole job's duration");
         // Nothing oned lets them use: nothing at all.
         let none = snap(
             vec![job(1, 50, &[1], None)],

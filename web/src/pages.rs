@@ -789,14 +789,14 @@ pub fn tenant_line(user: &str) -> String {
     )
 }
 
-/// The page shown when oned cannot say which VMs are a tenant's (or check their login).
-pub fn oned_unavailable(reason: &str) -> String {
-    format!(
-        "<p class=\"bad\">{}</p><p>The dashboard asks oned which VMs an OpenNebula user may see; \
-         until oned answers, it shows them nothing. Try again in a minute; the administrator's \
-         login (no user name) does not need oned.</p>",
-        esc(reason)
-    )
+/// The page shown when oned cannot check a tenant's login or say which VMs are theirs (why is
+/// on the server's stderr, not shown to whoever asked).
+pub fn oned_unavailable() -> String {
+    "<p class=\"bad\">OpenNebula (oned) cannot check your login or say which VMs are yours now.</p>\
+     <p>The dashboard asks oned which VMs an OpenNebula user may see; until oned answers, it \
+     shows them nothing. Try again in a minute; the administrator finds why in the dashboard's \
+     log, and the administrator's own login (no user name) does not need oned.</p>"
+        .to_string()
 }
 
 /// Whether a row matches a list page's search: every word of `q` is found (case aside) in one

@@ -1,6 +1,8 @@
 //! The HTTP server: routes, the login, and who may see what ([`crate::auth`]).
 
-use crate::auth::{Credentials, MAX_PASSWORD_BYTES, PasswordChecks, Sessions, Tenant, Who, same};
+use crate::auth::{
+    Claim, Credentials, MAX_PASSWORD_BYTES, PasswordChecks, Sessions, Tenant, Who, same,
+};
 use crate::model::{Detail, Snapshot};
 use crate::pages;
 use crate::tenants::{RECHECK_SECONDS, Refused, Tenants};
@@ -316,8 +318,8 @@ enum NoSession {
     /// oned no longer accepts the tenant's token (revoked, expired, the user disabled): the
     /// session is closed.
     Ended,
-    /// oned could not say which VMs are the tenant's; the one line why.
-    Unavailable(String),
+    /// oned could not say which VMs are the tenant's (why is on the server's stderr).
+    Unavailable,
 }
 
 /// The viewer a request's session cookie names. A tenant's VMs are asked of oned again when
@@ -339,22 +341,42 @@ async fn session_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, NoSess
     let vms = if at - tenant.checked < RECHECK_SECONDS {
         tenant.vms
     } else {
-        let Some(tenants) = app.tenants.clone() else {
-            app.sessions.close(&id);
-            return Err(NoSession::Ended);
-        };
-        let (user, token) = (tenant.user.clone(), tenant.token.clone());
-        match tokio::task::spawn_blocking(move || tenants.vms(&user, &token)).await {
-            Ok(Ok(vms)) => {
-                app.sessions.rechecked(&id, vms.clone(), at);
-                Arc::new(vms)
+        match app.sessions.claim_recheck(&id, at) {
+            // Another request of the session is asking: the list it has, a minute old.
+            Claim::Underway => tenant.vms,
+            Claim::BackingOff => return Err(NoSession::Unavailable),
+            Claim::Gone => return Err(NoSession::Missing),
+            Claim::Yours => {
+                let Some(tenants) = app.tenants.clone() else {
+                    app.sessions.close(&id);
+                    return Err(NoSession::Ended);
+                };
+                let (user, token) = (tenant.user.clone(), tenant.token.clone());
+                let asked = tokio::task::spawn_blocking(move || tenants.vms(&user, &token)).await;
+                match asked {
+                    Ok(Ok(vms)) => {
+                        app.sessions.recheck_done(&id, Some(vms.clone()), now());
+                        Arc::new(vms)
+                    }
+                    Ok(Err(Refused::Credentials)) => {
+                        app.sessions.close(&id);
+                        return Err(NoSession::Ended);
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!(
+                            "backstop serve: oned did not say which VMs {} may see: {}",
+                            tenant.user,
+                            e.reason()
+                        );
+                        app.sessions.recheck_done(&id, None, now());
+                        return Err(NoSession::Unavailable);
+                    }
+                    Err(_) => {
+                        app.sessions.recheck_done(&id, None, now());
+                        return Err(NoSession::Unavailable);
+                    }
+                }
             }
-            Ok(Err(Refused::Credentials)) => {
-                app.sessions.close(&id);
-                return Err(NoSession::Ended);
-            }
-            Ok(Err(Refused::Other(e))) => return Err(NoSession::Unavailable(e)),
-            Err(_) => return Err(NoSession::Unavailable("asking oned failed".into())),
         }
     };
     Ok(Viewer {
@@ -377,10 +399,10 @@ async fn page_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, Box<Respo
     match session_viewer(app, headers).await {
         Ok(v) => Ok(v),
         Err(NoSession::Missing | NoSession::Ended) => Err(Box::new(see_other("/login"))),
-        Err(NoSession::Unavailable(e)) => {
+        Err(NoSession::Unavailable) => {
             let mut page = html(pages::page(
                 "oned cannot be asked",
-                &pages::oned_unavailable(&e),
+                &pages::oned_unavailable(),
                 cookie(headers, SESSION_COOKIE)
                     .and_then(|id| app.sessions.csrf(&id, now()))
                     .as_deref(),
@@ -412,8 +434,11 @@ async fn api_viewer(app: &App, headers: &HeaderMap) -> Result<Viewer, Box<Respon
     if app.credentials.password_hash.is_some() {
         match session_viewer(app, headers).await {
             Ok(v) => return Ok(v),
-            Err(NoSession::Unavailable(e)) => {
-                return Err(Box::new(text(StatusCode::SERVICE_UNAVAILABLE, &e)));
+            Err(NoSession::Unavailable) => {
+                return Err(Box::new(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "oned cannot say which VMs are yours now; try again in a minute",
+                )));
             }
             Err(NoSession::Missing | NoSession::Ended) => {}
         }
@@ -510,6 +535,12 @@ async fn detail(
         Err(r) => return *r,
     };
     let logout = viewer.csrf.clone();
+    // Another user's VM is not read at all for a tenant: it is simply not there.
+    if let (Some((_, vms)), Detail::Vm(id)) = (&viewer.tenant, points)
+        && !vms.contains(&id)
+    {
+        return not_found_page(logout.as_deref());
+    }
     match snapshot(app, &viewer, points).await {
         Ok(s) => match render(&s) {
             Some((title, body)) => html(pages::page(
@@ -983,19 +1014,21 @@ async fn login(
         })
         .await;
         match checked {
-            Ok(Ok((token, vms))) => Who::Tenant(Tenant {
-                user: user.clone(),
-                token,
-                vms: Arc::new(vms),
-                checked: now(),
-            }),
+            Ok(Ok((token, vms))) => Who::Tenant(Tenant::new(user.clone(), token, vms, now())),
             Ok(Err(Refused::Credentials)) => return failed(),
-            Ok(Err(Refused::Other(e))) => {
-                // Not a wrong guess: oned could not be asked.
-                app.sessions.login_succeeded(began, &user);
+            Ok(Err(e)) => {
+                // Why goes to the server's log, not to whoever asked. Only an oned that could
+                // not be reached makes it no wrong guess.
+                eprintln!(
+                    "backstop serve: the login of {user} could not be checked: {}",
+                    e.reason()
+                );
+                if matches!(e, Refused::Unreachable(_)) {
+                    app.sessions.login_succeeded(began, &user);
+                }
                 let mut page = html(pages::page(
                     "oned cannot be asked",
-                    &pages::oned_unavailable(&e),
+                    &pages::oned_unavailable(),
                     None,
                     None,
                 ));
@@ -1011,12 +1044,16 @@ async fn login(
         }
     };
     app.sessions.login_succeeded(began, &user);
-    let Some((id, _)) = app.sessions.open(now(), who) else {
+    let Some((id, _, ended)) = app.sessions.open(now(), who) else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no session could be made",
         );
     };
+    // The user's oldest session, ended to keep them within their share: its token goes too.
+    if let Some(t) = ended {
+        revoke_later(&app, t);
+    }
     let mut r = see_other("/");
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -1025,6 +1062,15 @@ async fn login(
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+/// Revokes a tenant's login token in oned, in the background.
+fn revoke_later(app: &App, t: Tenant) {
+    if let Some(oned) = app.tenants.clone() {
+        drop(tokio::task::spawn_blocking(move || {
+            oned.revoke(&t.user, &t.token);
+        }));
+    }
 }
 
 async fn logout(
@@ -1039,12 +1085,8 @@ async fn logout(
     match app.sessions.csrf(&id, now()) {
         Some(csrf) if same(csrf.as_bytes(), given.as_bytes()) => {
             // A tenant's login token is revoked in oned, in the background.
-            if let Some(Who::Tenant(t)) = app.sessions.close(&id)
-                && let Some(oned) = app.tenants.clone()
-            {
-                drop(tokio::task::spawn_blocking(move || {
-                    oned.revoke(&t.user, &t.token);
-                }));
+            if let Some(Who::Tenant(t)) = app.sessions.close(&id) {
+                revoke_later(&app, t);
             }
             let mut r = see_other("/login");
             r.headers_mut().insert(

@@ -31,9 +31,29 @@ pub enum Refused {
     /// The user name, password or token is not (or no longer) accepted: a failed login, or a
     /// session that ends.
     Credentials,
-    /// Anything else (oned unreachable, login tokens disabled for the user's driver ...): the
-    /// one line to show.
+    /// oned could not be reached (or its answer not read): the one line why.
+    Unreachable(String),
+    /// oned refused otherwise (login tokens disabled for the user's driver, a fault ...): the
+    /// one line why.
     Other(String),
+}
+
+impl Refused {
+    /// The one line why, for the server's log.
+    pub fn reason(&self) -> &str {
+        match self {
+            Refused::Credentials => "oned did not accept the user name and password (or token)",
+            Refused::Unreachable(e) | Refused::Other(e) => e,
+        }
+    }
+}
+
+/// Whether `text` can travel in an XML-RPC request: XML 1.0 has no other control characters
+/// than tab, line feed and carriage return.
+pub fn xml_safe(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 /// oned's endpoint, for its users' logins.
@@ -67,7 +87,7 @@ impl Tenants {
 
     /// Has oned check `user`'s `password` and make a login token valid `seconds`; the token.
     pub fn login(&self, user: &str, password: &str, seconds: i64) -> Result<String, Refused> {
-        if !valid_user(user) {
+        if !valid_user(user) || !xml_safe(password) {
             return Err(Refused::Credentials);
         }
         let reply = self.oned.reply_as(
@@ -102,7 +122,7 @@ impl Tenants {
         answer("one.user.info", first)?;
         let client = self.oned.with_session(session);
         let pool = backstop_backupjob::oned::inventory::read_pool(&client, 500)
-            .map_err(|e| Refused::Other(e.to_string()))?;
+            .map_err(|e| Refused::Unreachable(e.to_string()))?;
         Ok(pool.into_iter().map(|v| v.id).collect())
     }
 
@@ -119,8 +139,13 @@ impl Tenants {
                 Value::Int(-1),
             ],
         );
-        if let Err(Refused::Other(e)) = answer("one.user.login", reply) {
-            eprintln!("backstop serve: the login token of {user} was not revoked: {e}");
+        if let Err(e @ (Refused::Unreachable(_) | Refused::Other(_))) =
+            answer("one.user.login", reply)
+        {
+            eprintln!(
+                "backstop serve: the login token of {user} was not revoked: {}",
+                e.reason()
+            );
         }
     }
 }
@@ -136,7 +161,7 @@ fn answer(
         Ok(OnedReply::Failed { message, code }) => Err(Refused::Other(
             backstop_protocol::oned::refused(method, &message, code).to_string(),
         )),
-        Err(e) => Err(Refused::Other(e.to_string())),
+        Err(e) => Err(Refused::Unreachable(e.to_string())),
     }
 }
 
@@ -170,5 +195,6 @@ mod tests {
             assert_eq!(valid_user(user), ok, "{user:?}");
         }
         assert!(valid_user(&"x".repeat(128)) && !valid_user(&"x".repeat(129)));
+        assert!(xml_safe("pass word\twith tab") && !xml_safe("a\u{1}b") && !xml_safe("\u{7f}"));
     }
 }
