@@ -45,18 +45,22 @@ fn unit(description: &str, exec: &str, env_file: &Path, stop: &str) -> String {
 }
 
 const ENV_FILE: &str = "# Settings and secrets of backstop's services (systemd EnvironmentFile=); keep it 0600.\n\
-# The runner's state (default: ~oneadmin/.local/share/backstop/state.db)\n\
+# The runner's state (default: ~oneadmin/.local/share/backstop/state.db); set it here and the\n\
+# command line, run as oneadmin, needs the same BACKSTOP_STATE (or --state) to see it\n\
 #BACKSTOP_STATE=/var/lib/one/backstop/state.db\n\
-# backstop serve: where it listens; any non-loopback address needs both of the next two\n\
+# backstop serve: where it listens; any non-loopback address needs both BACKSTOP_API_TOKEN\n\
+# and BACKSTOP_WEB_PASSWORD_HASH\n\
 #BACKSTOP_LISTEN=127.0.0.1:8421\n\
+# the JSON API's and /metrics' bearer token (16 characters or more)\n\
 #BACKSTOP_API_TOKEN=\n\
-# the key to the actions (POST /api/jobs/ID/run, ...), another token\n\
+# the key to the actions (POST /api/jobs/ID/run, ...), another token of 16 or more\n\
 #BACKSTOP_ADMIN_TOKEN=\n\
-# from: backstop serve --hash-password (the password on stdin)\n\
+# the pages' password, from: backstop serve --hash-password (the password on stdin)\n\
 #BACKSTOP_WEB_PASSWORD_HASH=\n\
 # yes: the page password may use the dashboard's buttons too (needs BACKSTOP_ADMIN_TOKEN)\n\
 #BACKSTOP_WEB_ACTIONS=no\n\
 # yes: OpenNebula users log in with their own credentials, checked by oned, and see their VMs\n\
+# (needs BACKSTOP_WEB_PASSWORD_HASH; serve speaks plain HTTP: a TLS proxy in front off-host)\n\
 #BACKSTOP_WEB_TENANTS=no\n\
 #ONE_XMLRPC=http://localhost:2633/RPC2\n\
 # Notifications (docs/notifications.md)\n\
