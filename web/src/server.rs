@@ -676,14 +676,7 @@ async fn act_from_page(
         }
         _ => return not_found_page(Some(&csrf)),
     };
-    let env = app.env();
-    let path = app.state.clone();
-    let done = tokio::task::spawn_blocking(move || -> Result<String, backstop_backupjob::Error> {
-        let mut st = backstop_backupjob::state::State::open(&path)?;
-        operation.carry_out(&env, &mut st, id)
-    })
-    .await;
-    match done {
+    match operation.carried_out(app, id).await {
         Ok(r) => result_page(id, action, r.map_err(|e| ops::error_line(&e)), &csrf),
         Err(_) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -803,14 +796,7 @@ async fn action(
             );
         }
     };
-    let env = app.env();
-    let path = app.state.clone();
-    let done = tokio::task::spawn_blocking(move || -> Result<String, backstop_backupjob::Error> {
-        let mut st = backstop_backupjob::state::State::open(&path)?;
-        operation.carry_out(&env, &mut st, id)
-    })
-    .await;
-    let (ok, output, error) = match done {
+    let (ok, output, error) = match operation.carried_out(&app, id).await {
         Ok(Ok(output)) => (true, format!("{output}\n"), String::new()),
         Ok(Err(e)) => (
             false,
@@ -851,6 +837,22 @@ enum Operation {
 }
 
 impl Operation {
+    /// Carries the action out on job `id` over the server's state, on a blocking thread; the
+    /// text the command line prints for it (the outer error: the thread did not finish).
+    async fn carried_out(
+        self,
+        app: &App,
+        id: u64,
+    ) -> Result<Result<String, backstop_backupjob::Error>, tokio::task::JoinError> {
+        let env = app.env();
+        let path = app.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut st = backstop_backupjob::state::State::open(&path)?;
+            self.carry_out(&env, &mut st, id)
+        })
+        .await
+    }
+
     /// Carries the action out on job `id`; the text the command line prints for it.
     fn carry_out(
         self,
