@@ -225,6 +225,110 @@ enum Command {
         /// The file's absolute path in the snapshot.
         path: String,
     },
+    /// The repository's key files (restic's `key`): each password that opens it has one.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+/// `key`'s commands. A new password is read from a file (its first line), never from argv.
+#[derive(Debug, clap::Subcommand)]
+enum KeyCmd {
+    /// List the key files: id, user, host, when made; `*` marks those the password opens.
+    List,
+    /// Add a key file for another password (restic's key file format: restic opens with it).
+    Add {
+        /// A file whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: PathBuf,
+    },
+    /// Remove a key file by its id (at least its first 8 hex digits); never the one the
+    /// password opens.
+    Remove {
+        /// The key file's id, or its first 8 or more hex digits.
+        id: String,
+    },
+    /// Change the password: a key file for the new one is added and read back, then the key
+    /// files the old one opens are removed.
+    Passwd {
+        /// A file whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: PathBuf,
+    },
+}
+
+/// The first line of a file holding a new password; an empty one is refused.
+fn new_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the new password file {}: {e}", path.display()))?;
+    let pw = text.lines().next().unwrap_or_default().to_string();
+    if pw.is_empty() {
+        return Err(format!(
+            "the new password file {} holds no password on its first line",
+            path.display()
+        ));
+    }
+    Ok(pw)
+}
+
+/// `key list|add|remove|passwd` on an open repository.
+fn key(args: &Args, repo: &Repo, pw: &str, cmd: &KeyCmd) -> Result<(), String> {
+    match cmd {
+        KeyCmd::List => {
+            let keys = repo.keys(pw).map_err(|e| e.to_string())?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&keys).map_err(|e| e.to_string())?
+                );
+                return Ok(());
+            }
+            println!(" {:<8}  {:<16}  {:<24}  CREATED", "ID", "USER", "HOST");
+            for k in &keys {
+                println!(
+                    "{}{:<8}  {:<16}  {:<24}  {}",
+                    if k.current { '*' } else { ' ' },
+                    &k.id[..8],
+                    k.user.as_deref().unwrap_or("-"),
+                    k.host.as_deref().unwrap_or("-"),
+                    k.unreadable.as_deref().map_or_else(
+                        || k.created.clone().unwrap_or_default(),
+                        |why| format!("(this file {why})")
+                    )
+                );
+            }
+            Ok(())
+        }
+        KeyCmd::Add { new_password_file } => {
+            let new = new_password(new_password_file)?;
+            if repo.add_password(&new).map_err(|e| e.to_string())? {
+                println!("added a key for the new password to {}", repo.location());
+            } else {
+                println!(
+                    "{} opens with that password already: no key added",
+                    repo.location()
+                );
+            }
+            Ok(())
+        }
+        KeyCmd::Remove { id } => {
+            let removed = repo.remove_key(id, pw).map_err(|e| e.to_string())?;
+            println!("removed key {}", &removed[..8]);
+            Ok(())
+        }
+        KeyCmd::Passwd { new_password_file } => {
+            let new = new_password(new_password_file)?;
+            if new == pw {
+                return Err("the new password is the one in use: nothing to change".into());
+            }
+            repo.add_password(&new).map_err(|e| e.to_string())?;
+            let removed = repo.remove_password(pw, &new).map_err(|e| e.to_string())?;
+            println!(
+                "changed the password of {}: a key for the new one added, {removed} key(s) of the old one removed",
+                repo.location()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The repository named by -r/--repo or RESTIC_REPOSITORY.
@@ -474,6 +578,7 @@ fn run(args: &Args) -> Result<(), String> {
             println!("removed {n} lock(s)");
             Ok(())
         }
+        Command::Key(cmd) => key(args, &repo, &pw, cmd),
         Command::Dump { snapshot, path } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(4 << 20, stdout.lock());

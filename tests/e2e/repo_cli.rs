@@ -578,3 +578,149 @@ fn a_stock_increment_naming_an_external_data_file_is_refused() {
     let list: serde_json::Value = serde_json::from_str(&snapshots.stdout).expect("json");
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
 }
+
+/// `backstop repo key` against restic 0.14 in both directions: a key backstop adds opens the
+/// repository with restic and one restic adds opens it with backstop; `key list` shows every
+/// key file (restic's too) and marks the one the password opens; `key remove` takes a key out
+/// (restic no longer opens with its password) and refuses the key in use; `key passwd`
+/// leaves only the new password working, and restic's own `key passwd` then works on it; a new
+/// password comes from a file, and an empty or missing one is one line.
+#[test]
+fn key_commands_work_both_ways_with_restic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("repo");
+    let pw = |n: u32| {
+        let p = dir.path().join(format!("pw{n}"));
+        fs::write(&p, format!("key-test-password-{n}\n")).expect("password file");
+        p
+    };
+    let (p1, p2, p3, p4, p5) = (pw(1), pw(2), pw(3), pw(4), pw(5));
+    let backstop = |password: &Path, args: &[&str]| -> Outcome {
+        let out = Command::new(BACKSTOP)
+            .arg("repo")
+            .arg("-r")
+            .arg(&r)
+            .arg("--password-file")
+            .arg(password)
+            .args(args)
+            .env_remove("RESTIC_PASSWORD")
+            .output()
+            .expect("backstop");
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let restic = |password: &Path, args: &[&str]| -> Outcome {
+        let out = Command::new("restic")
+            .arg("-r")
+            .arg(&r)
+            .arg("--password-file")
+            .arg(password)
+            .args(args)
+            .env_remove("RESTIC_PASSWORD")
+            .output()
+            .expect("restic");
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let ok = |o: Outcome| {
+        assert_eq!(o.code, Some(0), "{o:?}");
+        o
+    };
+    let keys = |password: &Path| -> Vec<serde_json::Value> {
+        let o = ok(backstop(password, &["key", "list", "--json"]));
+        serde_json::from_str::<Vec<serde_json::Value>>(&o.stdout).expect("key list json")
+    };
+    let current = |password: &Path| -> String {
+        let k = keys(password);
+        let mine: Vec<&serde_json::Value> = k.iter().filter(|k| k["current"] == true).collect();
+        assert_eq!(mine.len(), 1, "{k:?}");
+        mine[0]["id"].as_str().expect("id").to_string()
+    };
+    let p = |p: &Path| p.to_str().expect("utf-8").to_string();
+
+    ok(backstop(&p1, &["init"]));
+    // backstop adds, restic opens.
+    let out = backstop(&p2, &["snapshots"]);
+    assert_eq!(out.code, Some(1), "p2 opens nothing yet: {out:?}");
+    ok(backstop(
+        &p1,
+        &["key", "add", "--new-password-file", &p(&p2)],
+    ));
+    ok(restic(&p2, &["snapshots"]));
+    // restic adds, backstop opens and lists it, marked as the key in use.
+    ok(restic(&p2, &["key", "add", "--new-password-file", &p(&p3)]));
+    ok(backstop(&p3, &["snapshots"]));
+    let all = keys(&p3);
+    assert_eq!(all.len(), 3, "{all:?}");
+    let restics = current(&p3);
+    let theirs = all
+        .iter()
+        .find(|k| k["id"] == restics.as_str())
+        .expect("restic's key");
+    assert!(
+        theirs["created"].is_string() && theirs["host"].is_string(),
+        "restic's key file says when and where it was made: {theirs}"
+    );
+    let text = ok(backstop(&p3, &["key", "list"])).stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('*') && l.contains(&restics[..8])),
+        "{text}"
+    );
+    // Removing p2's key: restic no longer opens with p2; the key in use is refused.
+    let k2 = current(&p2);
+    ok(backstop(&p1, &["key", "remove", &k2[..8]]));
+    assert_ne!(
+        restic(&p2, &["snapshots"]).code,
+        Some(0),
+        "p2's key is gone"
+    );
+    let k1 = current(&p1);
+    let refused = backstop(&p1, &["key", "remove", &k1[..12]]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("refusing to remove it"),
+        "{}",
+        refused.stderr
+    );
+    // key passwd: the old password opens nothing, the new one everything.
+    ok(backstop(
+        &p1,
+        &["key", "passwd", "--new-password-file", &p(&p4)],
+    ));
+    assert_ne!(restic(&p1, &["snapshots"]).code, Some(0));
+    ok(restic(&p4, &["check"]));
+    assert_eq!(keys(&p4).len(), 2, "p3's key and p4's");
+    // restic's own passwd on backstop's key; backstop opens with the new password.
+    ok(restic(
+        &p4,
+        &["key", "passwd", "--new-password-file", &p(&p5)],
+    ));
+    ok(backstop(&p5, &["snapshots"]));
+    // A new password from an empty or missing file: one line, nothing added.
+    let empty = dir.path().join("empty");
+    fs::write(&empty, "\n").expect("empty");
+    for (file, says) in [
+        (p(&empty), "holds no password on its first line"),
+        (
+            p(&dir.path().join("missing")),
+            "cannot read the new password file",
+        ),
+    ] {
+        let out = backstop(&p5, &["key", "add", "--new-password-file", &file]);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(
+            out.stderr.lines().count() == 1 && out.stderr.contains(says),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(keys(&p5).len(), 2);
+}

@@ -282,3 +282,110 @@ pub(crate) mod gate {
         }
     }
 }
+
+/// How backstop's new key files are made: as restic's, they say when they were made, on
+/// which host and by which user (`$USER`), for `key list` to show.
+pub(crate) fn new_key_options() -> rustic_core::KeyOptions {
+    let options = rustic_core::KeyOptions::default()
+        .with_created(true)
+        .hostname(backstop_image::process::hostname());
+    match std::env::var("USER") {
+        Ok(user) if !user.is_empty() => options.username(user),
+        _ => options,
+    }
+}
+
+/// A key file as `key list` shows it: its metadata, which is not encrypted (anyone who can
+/// read the storage sees it), and whether the password given opens it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    /// The key file's id (its name in `keys/`), 64 hex digits.
+    pub id: String,
+    pub user: Option<String>,
+    pub host: Option<String>,
+    /// When it was made (RFC 3339), if it says.
+    pub created: Option<String>,
+    /// The password given opens it.
+    pub current: bool,
+    /// Why it cannot be read as a key file, if it cannot (it is listed all the same).
+    pub unreadable: Option<String>,
+}
+
+/// The key files of `storage`, oldest first where they say when they were made;
+/// `current` for those `password` opens.
+pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>, Error> {
+    let location = storage.location();
+    let ids = storage.list(FileType::Key).map_err(|e| {
+        Error::new(
+            ErrorKind::Repository,
+            format!("cannot list the key files of the repository at {location}: {e}"),
+        )
+    })?;
+    let opened: Vec<rustic_core::Id> = keys_opened_by(storage, password)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut keys: Vec<KeyInfo> = ids
+        .iter()
+        .map(|id| {
+            let read = storage
+                .read_full(FileType::Key, id)
+                .map_err(|e| format!("cannot be read: {e}"))
+                .and_then(|b| {
+                    serde_json::from_slice::<KeyFile>(&b)
+                        .map_err(|e| format!("is not a key file: {e}"))
+                });
+            let (user, host, created, unreadable) = match read {
+                Ok(f) => (
+                    f.username,
+                    f.hostname,
+                    f.created.map(|t| t.timestamp().to_string()),
+                    None,
+                ),
+                Err(why) => (None, None, None, Some(why)),
+            };
+            KeyInfo {
+                id: id.to_hex().to_string(),
+                user,
+                host,
+                created,
+                current: opened.contains(id),
+                unreadable,
+            }
+        })
+        .collect();
+    keys.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
+    Ok(keys)
+}
+
+/// The one key file whose id starts with `prefix` (at least 8 hex digits, as `key list`
+/// shows them).
+pub(crate) fn find(storage: &dyn Storage, prefix: &str) -> Result<rustic_core::Id, Error> {
+    let location = storage.location();
+    let bad = |why: String| Error::new(ErrorKind::Repository, why);
+    if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(format!(
+            "{prefix:?} is not a key id: give at least its first 8 hex digits, as key list shows them"
+        )));
+    }
+    let prefix = prefix.to_ascii_lowercase();
+    let ids = storage.list(FileType::Key).map_err(|e| {
+        bad(format!(
+            "cannot list the key files of the repository at {location}: {e}"
+        ))
+    })?;
+    let found: Vec<rustic_core::Id> = ids
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&prefix))
+        .collect();
+    match found.as_slice() {
+        [id] => Ok(*id),
+        [] => Err(bad(format!(
+            "the repository at {location} has no key {prefix}"
+        ))),
+        _ => Err(bad(format!(
+            "{prefix} names {} keys of the repository at {location}: give more of the id",
+            found.len()
+        ))),
+    }
+}

@@ -36,6 +36,7 @@ pub mod writer;
 
 pub use error::{Error, ErrorKind};
 pub use index::{Index, Packs};
+pub use keys::KeyInfo;
 /// The kinds of repository files, as rustic_core names them.
 pub use rustic_core::FileType;
 pub use session::Session;
@@ -45,8 +46,8 @@ use crate::format::{Node, RepoId, Snapshot, Tree};
 use backstop_storage::Storage;
 use rustic_core::repofile::MasterKey;
 use rustic_core::{
-    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
-    RepositoryOptions, WriteBackend,
+    ConfigOptions, Credentials, OpenStatus, Repository, RepositoryBackends, RepositoryOptions,
+    WriteBackend,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -221,7 +222,7 @@ impl Repo {
         let repo = keys::gate::hold(keys::NEW_KEY_MEMORY, || {
             unopened.init(
                 &Credentials::password(password),
-                &KeyOptions::default(),
+                &keys::new_key_options(),
                 &ConfigOptions::default(),
             )
         })
@@ -280,8 +281,9 @@ impl Repo {
             return Ok(false);
         }
         keys::gate::hold(keys::NEW_KEY_MEMORY, || {
+            let options = keys::new_key_options();
             self.rustic()?
-                .add_key(password, &KeyOptions::default())
+                .add_key(password, &options)
                 .map_err(|e| rustic_error(&format!("cannot add a key to {}", self.location), &e))
         })?;
         if !self.opened_by(password)? {
@@ -294,6 +296,34 @@ impl Repo {
             ));
         }
         Ok(true)
+    }
+
+    /// The repository's key files, `current` for those `password` opens (`key list`).
+    pub fn keys(&self, password: &str) -> Result<Vec<keys::KeyInfo>, Error> {
+        keys::list(self.backend.as_ref(), password)
+    }
+
+    /// Removes the key file whose id starts with `prefix` (`key remove`), unless `password`
+    /// opens it: the key in use is changed with [`Repo::add_password`] and
+    /// [`Repo::remove_password`] (`key passwd`), never removed alone. Its full id.
+    pub fn remove_key(&self, prefix: &str, password: &str) -> Result<String, Error> {
+        let id = keys::find(self.backend.as_ref(), prefix)?;
+        if keys::keys_opened_by(self.backend.as_ref(), password)?
+            .iter()
+            .any(|(k, _)| *k == id)
+        {
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!(
+                    "key {} is the one the password opens: refusing to remove it (change the password with key passwd)",
+                    &id.to_hex()[..8]
+                ),
+            ));
+        }
+        self.backend
+            .remove(FileType::Key, &id, false)
+            .map_err(|e| rustic_error(&format!("cannot remove a key of {}", self.location), &e))?;
+        Ok(id.to_hex().to_string())
     }
 
     /// Whether a key file opens with `password` and gives this repository's master key.
