@@ -65,7 +65,7 @@ pub fn serve(options: Options) -> Result<(), crate::Error> {
         )));
     }
     let tenants = if options.credentials.tenants {
-        let t = Tenants::from_env()?;
+        let t = crate::tenants::from_env()?;
         eprintln!(
             "backstop serve: OpenNebula users log in through oned at {}",
             t.endpoint()

@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod images;
 pub mod inventory;
+pub mod users;
 
 use crate::Error;
 use crate::error::input;
