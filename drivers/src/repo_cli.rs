@@ -248,7 +248,8 @@ enum KeyCmd {
         id: String,
     },
     /// Change the password: a key file for the new one is added and read back, then the key
-    /// files the old one opens are removed.
+    /// files the old one opens are removed. A datastore's repositories change theirs with
+    /// `backstop backupjob datastore update` (the datastore's RESTIC_PASSWORD is theirs).
     Passwd {
         /// A file whose first line is the new password.
         #[arg(long, value_name = "FILE")]
@@ -256,15 +257,27 @@ enum KeyCmd {
     },
 }
 
-/// The first line of a file holding a new password; an empty one is refused.
+/// The password a new password file holds: one line. What restic would read differently
+/// from the same file (restic trims the whole file and drops a byte-order mark) is refused,
+/// so that a key made here opens with `restic --password-file` on that file too.
 fn new_password(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the new password file {}: {e}", path.display()))?;
+    let shown = path.display();
     let pw = text.lines().next().unwrap_or_default().to_string();
     if pw.is_empty() {
         return Err(format!(
-            "the new password file {} holds no password on its first line",
-            path.display()
+            "the new password file {shown} holds no password on its first line"
+        ));
+    }
+    if text.lines().skip(1).any(|l| !l.trim().is_empty()) {
+        return Err(format!(
+            "the new password file {shown} holds more than one line: only the password, on one line"
+        ));
+    }
+    if pw.starts_with('\u{feff}') || pw.trim() != pw {
+        return Err(format!(
+            "the new password in {shown} starts or ends with white space or a byte-order mark, which restic would not read: remove them"
         ));
     }
     Ok(pw)
@@ -320,11 +333,20 @@ fn key(args: &Args, repo: &Repo, pw: &str, cmd: &KeyCmd) -> Result<(), String> {
             if new == pw {
                 return Err("the new password is the one in use: nothing to change".into());
             }
-            repo.add_password(&new).map_err(|e| e.to_string())?;
-            let removed = repo.remove_password(pw, &new).map_err(|e| e.to_string())?;
+            let added = repo.add_password(&new).map_err(|e| e.to_string())?;
+            let removed = repo.remove_password(pw, &new).map_err(|e| {
+                format!(
+                    "{e} (the new password opens the repository already; the old one still does too)"
+                )
+            })?;
             println!(
-                "changed the password of {}: a key for the new one added, {removed} key(s) of the old one removed",
-                repo.location()
+                "changed the password of {}: {}, {removed} key(s) of the old one removed",
+                repo.location(),
+                if added {
+                    "a key for the new one added"
+                } else {
+                    "the new one had a key already"
+                }
             );
             Ok(())
         }

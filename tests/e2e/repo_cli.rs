@@ -584,7 +584,8 @@ fn a_stock_increment_naming_an_external_data_file_is_refused() {
 /// key file (restic's too) and marks the one the password opens; `key remove` takes a key out
 /// (restic no longer opens with its password) and refuses the key in use; `key passwd`
 /// leaves only the new password working, and restic's own `key passwd` then works on it; a new
-/// password comes from a file, and an empty or missing one is one line.
+/// password comes from a file, and an empty, missing or ambiguous one (white space at an end
+/// that restic would trim, a second line) is one line.
 #[test]
 fn key_commands_work_both_ways_with_restic() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -704,15 +705,21 @@ fn key_commands_work_both_ways_with_restic() {
         &["key", "passwd", "--new-password-file", &p(&p5)],
     ));
     ok(backstop(&p5, &["snapshots"]));
-    // A new password from an empty or missing file: one line, nothing added.
+    // A new password from an empty, missing or ambiguous file: one line, nothing added.
     let empty = dir.path().join("empty");
     fs::write(&empty, "\n").expect("empty");
+    let spaced = dir.path().join("spaced");
+    fs::write(&spaced, "trailing space \n").expect("spaced");
+    let two = dir.path().join("two");
+    fs::write(&two, "one\ntwo\n").expect("two");
     for (file, says) in [
         (p(&empty), "holds no password on its first line"),
         (
             p(&dir.path().join("missing")),
             "cannot read the new password file",
         ),
+        (p(&spaced), "which restic would not read"),
+        (p(&two), "holds more than one line"),
     ] {
         let out = backstop(&p5, &["key", "add", "--new-password-file", &file]);
         assert_eq!(out.code, Some(1), "{out:?}");

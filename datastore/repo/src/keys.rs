@@ -311,6 +311,14 @@ pub struct KeyInfo {
     pub unreadable: Option<String>,
 }
 
+/// `text` as a terminal may show it: a key file's user and host are whatever its writer put
+/// there, so control characters (a newline forging a line of `key list`) read `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// The key files of `storage`, oldest first where they say when they were made;
 /// `current` for those `password` opens.
 pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>, Error> {
@@ -325,7 +333,7 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let mut keys: Vec<KeyInfo> = ids
+    let mut keys: Vec<(Option<jiff::Timestamp>, KeyInfo)> = ids
         .iter()
         .map(|id| {
             let read = storage
@@ -337,25 +345,49 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
                 });
             let (user, host, created, unreadable) = match read {
                 Ok(f) => (
-                    f.username,
-                    f.hostname,
-                    f.created.map(|t| t.timestamp().to_string()),
+                    f.username.as_deref().map(printable),
+                    f.hostname.as_deref().map(printable),
+                    f.created.map(|t| t.timestamp()),
                     None,
                 ),
-                Err(why) => (None, None, None, Some(why)),
+                Err(why) => (None, None, None, Some(printable(&why))),
             };
-            KeyInfo {
-                id: id.to_hex().to_string(),
-                user,
-                host,
+            (
                 created,
-                current: opened.contains(id),
-                unreadable,
-            }
+                KeyInfo {
+                    id: id.to_hex().to_string(),
+                    user,
+                    host,
+                    created: created.map(|t| t.to_string()),
+                    current: opened.contains(id),
+                    unreadable,
+                },
+            )
         })
         .collect();
-    keys.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
-    Ok(keys)
+    keys.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+    Ok(keys.into_iter().map(|(_, k)| k).collect())
+}
+
+/// Whether a key file may be removed while `password` is the one in use: only when its seal
+/// clearly does not open with `password`. One that opens, or that cannot be tried now (a
+/// read that failed, a derivation that failed), is kept: the key in use is never removed on
+/// a guess.
+pub(crate) fn removable(
+    storage: &dyn Storage,
+    id: &rustic_core::Id,
+    password: &str,
+) -> Result<(), Error> {
+    let short = &id.to_hex()[..8];
+    match try_key(storage, id, password) {
+        Tried::NotThisOne => Ok(()),
+        Tried::Opened(_) => Err(unusable(format!(
+            "key {short} is the one the password opens: refusing to remove it (change the password with key passwd)"
+        ))),
+        Tried::Unusable(why) => Err(unusable(format!(
+            "key {short} cannot be tried ({why}), so it may be the one in use: not removed"
+        ))),
+    }
 }
 
 /// The one key file whose id starts with `prefix` (at least 8 hex digits, as `key list`

@@ -308,18 +308,7 @@ impl Repo {
     /// [`Repo::remove_password`] (`key passwd`), never removed alone. Its full id.
     pub fn remove_key(&self, prefix: &str, password: &str) -> Result<String, Error> {
         let id = keys::find(self.backend.as_ref(), prefix)?;
-        if keys::keys_opened_by(self.backend.as_ref(), password)?
-            .iter()
-            .any(|(k, _)| *k == id)
-        {
-            return Err(Error::new(
-                ErrorKind::Repository,
-                format!(
-                    "key {} is the one the password opens: refusing to remove it (change the password with key passwd)",
-                    &id.to_hex()[..8]
-                ),
-            ));
-        }
+        keys::removable(self.backend.as_ref(), &id, password)?;
         self.backend
             .remove(FileType::Key, &id, false)
             .map_err(|e| rustic_error(&format!("cannot remove a key of {}", self.location), &e))?;
