@@ -596,9 +596,10 @@ fn key_commands_work_both_ways_with_restic() {
         p
     };
     let (p1, p2, p3, p4, p5) = (pw(1), pw(2), pw(3), pw(4), pw(5));
-    let backstop = |password: &Path, args: &[&str]| -> Outcome {
-        let out = Command::new(BACKSTOP)
-            .arg("repo")
+    // `<program> [repo] -r <repository> --password-file <password> <args>`.
+    let run = |program: &str, prefix: &[&str], password: &Path, args: &[&str]| -> Outcome {
+        let out = Command::new(program)
+            .args(prefix)
             .arg("-r")
             .arg(&r)
             .arg("--password-file")
@@ -606,29 +607,15 @@ fn key_commands_work_both_ways_with_restic() {
             .args(args)
             .env_remove("RESTIC_PASSWORD")
             .output()
-            .expect("backstop");
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
         Outcome {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     };
-    let restic = |password: &Path, args: &[&str]| -> Outcome {
-        let out = Command::new("restic")
-            .arg("-r")
-            .arg(&r)
-            .arg("--password-file")
-            .arg(password)
-            .args(args)
-            .env_remove("RESTIC_PASSWORD")
-            .output()
-            .expect("restic");
-        Outcome {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let backstop = |password: &Path, args: &[&str]| run(BACKSTOP, &["repo"], password, args);
+    let restic = |password: &Path, args: &[&str]| run("restic", &[], password, args);
     let ok = |o: Outcome| {
         assert_eq!(o.code, Some(0), "{o:?}");
         o

@@ -118,18 +118,25 @@ fn try_key(storage: &dyn Storage, id: &rustic_core::Id, password: &str) -> Tried
     }
 }
 
+/// The ids of the repository's key files.
+fn key_ids(storage: &dyn Storage) -> Result<Vec<rustic_core::Id>, Error> {
+    storage.list(FileType::Key).map_err(|e| {
+        Error::new(
+            ErrorKind::Repository,
+            format!(
+                "cannot list the key files of the repository at {}: {e}",
+                storage.location()
+            ),
+        )
+    })
+}
+
 /// The key files `password` opens, and the master key each gives.
 pub(crate) fn keys_opened_by(
     storage: &dyn Storage,
     password: &str,
 ) -> Result<Vec<(rustic_core::Id, MasterKey)>, Error> {
-    let location = storage.location();
-    let ids = storage.list(FileType::Key).map_err(|e| {
-        Error::new(
-            ErrorKind::Repository,
-            format!("cannot list the key files of the repository at {location}: {e}"),
-        )
-    })?;
+    let ids = key_ids(storage)?;
     Ok(ids
         .into_iter()
         .filter_map(|id| match try_key(storage, &id, password) {
@@ -142,12 +149,7 @@ pub(crate) fn keys_opened_by(
 /// The master key that `password` opens, from the first key file it opens.
 pub(crate) fn master_key(storage: &dyn Storage, password: &str) -> Result<MasterKey, Error> {
     let location = storage.location();
-    let ids = storage.list(FileType::Key).map_err(|e| {
-        Error::new(
-            ErrorKind::Repository,
-            format!("cannot list the key files of the repository at {location}: {e}"),
-        )
-    })?;
+    let ids = key_ids(storage)?;
     if ids.is_empty() {
         return Err(Error::new(
             ErrorKind::Repository,
@@ -322,13 +324,7 @@ fn printable(text: &str) -> String {
 /// The key files of `storage`, oldest first where they say when they were made;
 /// `current` for those `password` opens.
 pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>, Error> {
-    let location = storage.location();
-    let ids = storage.list(FileType::Key).map_err(|e| {
-        Error::new(
-            ErrorKind::Repository,
-            format!("cannot list the key files of the repository at {location}: {e}"),
-        )
-    })?;
+    let ids = key_ids(storage)?;
     let opened: Vec<rustic_core::Id> = keys_opened_by(storage, password)?
         .into_iter()
         .map(|(id, _)| id)
@@ -401,11 +397,7 @@ pub(crate) fn find(storage: &dyn Storage, prefix: &str) -> Result<rustic_core::I
         )));
     }
     let prefix = prefix.to_ascii_lowercase();
-    let ids = storage.list(FileType::Key).map_err(|e| {
-        bad(format!(
-            "cannot list the key files of the repository at {location}: {e}"
-        ))
-    })?;
+    let ids = key_ids(storage)?;
     let found: Vec<rustic_core::Id> = ids
         .into_iter()
         .filter(|id| id.to_hex().starts_with(&prefix))
