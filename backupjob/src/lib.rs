@@ -21,6 +21,7 @@ pub mod calendar;
 pub mod discover;
 pub mod engine;
 pub mod error;
+pub mod escrow;
 pub mod filters;
 pub mod job_template;
 pub mod json_time;

@@ -51,6 +51,9 @@ pub struct Settings {
     pub confinement: Confinement,
     /// How to reach an S3 datastore's store (`RESTIC_BACKEND=S3` only).
     pub s3: Option<S3Access>,
+    /// BACKSTOP_ESCROW_RECIPIENTS: every repository gets an escrow key sealed to these
+    /// (docs/escrow.md).
+    pub escrow: Option<backstop_repo::escrow::Recipients>,
 }
 
 /// The keys and transport settings of an S3 datastore. The secret key never prints.
@@ -174,6 +177,7 @@ pub const ATTRIBUTES: &[&str] = &[
     "RESTIC_PRUNE_MAX_REPACK",
     "BACKSTOP_SFTP_HOST_FINGERPRINT",
     "BACKSTOP_CACHE_DIR",
+    "BACKSTOP_ESCROW_RECIPIENTS",
     // the stock restic driver's, accepted
     "RESTIC_SPARSIFY",
 ];
@@ -223,7 +227,17 @@ impl Settings {
                 )));
             }
         };
+        let escrow = match ds.attribute("BACKSTOP_ESCROW_RECIPIENTS").map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(backstop_repo::escrow::Recipients::parse(text).map_err(|e| {
+                Error::config(format!(
+                    "datastore {}: BACKSTOP_ESCROW_RECIPIENTS: {e}",
+                    ds.id
+                ))
+            })?),
+        };
         Ok(Settings {
+            escrow,
             connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.map(|c| c as usize),
             bwlimit_kib: n("RESTIC_BWLIMIT", BWLIMIT_KIB)?
                 .filter(|k| *k > 0)

@@ -132,19 +132,60 @@ impl RepoTarget {
         Ok(holds_repository(storage, &self.url())?)
     }
 
-    /// Opens the repository; with `create`, makes it first when it does not exist yet.
+    /// Opens the repository; with `create` (a writer: a sync job's destination), makes it
+    /// first when it does not exist yet, and gives it the escrow key BACKSTOP_ESCROW_RECIPIENTS
+    /// asks for when it has none.
     pub fn open(&self, ds: &Datastore, cfg: &DriverConfig, create: bool) -> Result<Repo, Error> {
         let pw = password(ds)?;
         let storage = self.storage(ds, cfg)?;
-        match (self.exists(&storage)?, create) {
-            (true, _) => Ok(Repo::open(storage, &pw)?),
-            (false, true) => Ok(Repo::init(storage, &pw)?),
-            (false, false) => Err(Error::new(
-                ErrorKind::Repository,
-                format!("there is no repository at {}", self.url()),
-            )),
+        let repo = match (self.exists(&storage)?, create) {
+            (true, _) => Repo::open(storage.clone(), &pw)?,
+            (false, true) => Repo::init(storage.clone(), &pw)?,
+            (false, false) => {
+                return Err(Error::new(
+                    ErrorKind::Repository,
+                    format!("there is no repository at {}", self.url()),
+                ));
+            }
+        };
+        if create {
+            ensure_escrow(ds, &storage, Some(&repo))?;
         }
+        Ok(repo)
     }
+}
+
+/// With BACKSTOP_ESCROW_RECIPIENTS, gives the repository on `storage` an escrow key sealed to
+/// them unless it has one (docs/escrow.md), opening it with the datastore's password when
+/// `opened` is None and one is needed; whether a key was added. Checking costs a listing and
+/// a read of each key file; no password is derived unless a key is added.
+pub fn ensure_escrow(
+    ds: &Datastore,
+    storage: &Arc<dyn Storage>,
+    opened: Option<&Repo>,
+) -> Result<bool, Error> {
+    let Some(recipients) = Settings::of(ds)?.escrow else {
+        return Ok(false);
+    };
+    if crate::repo::escrow::has_escrow(storage.as_ref(), &recipients)? {
+        return Ok(false);
+    }
+    let owned;
+    let repo = match opened {
+        Some(r) => r,
+        None => {
+            owned = Repo::open(storage.clone(), &password(ds)?)?;
+            &owned
+        }
+    };
+    repo.add_escrow(&recipients)
+        .map(|added| added.is_some())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("datastore {}: cannot add the escrow key: {e}", ds.id),
+            )
+        })
 }
 
 /// How the datastore's attributes say to reach its storage, with `connections` at once.

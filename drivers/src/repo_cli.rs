@@ -228,6 +228,110 @@ enum Command {
     /// The repository's key files (restic's `key`): each password that opens it has one.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Escrow keys: a way back in when the password is lost, sealed to an age public key whose
+    /// private key is kept offline (docs/escrow.md).
+    #[command(subcommand)]
+    Escrow(EscrowCmd),
+}
+
+/// `escrow`'s commands.
+#[derive(Debug, clap::Subcommand)]
+enum EscrowCmd {
+    /// Make a new escrow identity: its private key is written to FILE (mode 0600, never over
+    /// an existing file), its public key (age1...) is printed. Keep FILE offline.
+    Keygen {
+        /// Where to write the private key (an age identity file).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Add an escrow key sealed to these public keys, unless the repository has one sealed to
+    /// exactly them (the password opens the repository).
+    Add {
+        /// age public keys (age1...), several separated by commas or given again.
+        #[arg(
+            long = "recipient",
+            value_name = "AGE1...",
+            env = "BACKSTOP_ESCROW_RECIPIENTS",
+            required = true,
+            value_delimiter = ','
+        )]
+        recipients: Vec<String>,
+    },
+    /// Give the repository a new password through its escrow key, with the private key: no
+    /// password is needed. The escrow key stays.
+    Recover {
+        /// The private key (an age identity file, not encrypted; e.g. <(age -d key.age)).
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// A file whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: PathBuf,
+    },
+}
+
+/// `escrow keygen|add|recover`; `add` opens the repository with the password, the others
+/// need none.
+fn escrow(args: &Args, cmd: &EscrowCmd) -> Result<(), String> {
+    match cmd {
+        EscrowCmd::Keygen { output } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let (text, public) = backstop_datastore::repo::escrow::keygen();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(output)
+                .map_err(|e| format!("cannot create {}: {e}", output.display()))?;
+            if let Err(e) = file
+                .write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+            {
+                let _ = std::fs::remove_file(output);
+                return Err(format!("cannot write {}: {e}", output.display()));
+            }
+            println!("{public}");
+            Ok(())
+        }
+        EscrowCmd::Add { recipients } => {
+            let recipients =
+                backstop_datastore::repo::escrow::Recipients::parse(&recipients.join(","))?;
+            let repo = Repo::open(backend(args)?, &password(args)?).map_err(|e| e.to_string())?;
+            match repo.add_escrow(&recipients).map_err(|e| e.to_string())? {
+                Some(id) => println!(
+                    "added escrow key {} to {}, sealed to {}",
+                    &id[..8],
+                    repo.location(),
+                    recipients.names().join(" ")
+                ),
+                None => println!(
+                    "{} has an escrow key sealed to {} already: none added",
+                    repo.location(),
+                    recipients.names().join(" ")
+                ),
+            }
+            Ok(())
+        }
+        EscrowCmd::Recover {
+            identity,
+            new_password_file,
+        } => {
+            let new = new_password(new_password_file)?;
+            let identities = backstop_datastore::repo::escrow::Identities::read(identity)?;
+            let (repo, _) =
+                Repo::open_by_escrow(backend(args)?, &identities).map_err(|e| e.to_string())?;
+            let added = repo.add_password(&new).map_err(|e| e.to_string())?;
+            println!(
+                "{}: {}",
+                repo.location(),
+                if added {
+                    "opened with the escrow key; a key for the new password added"
+                } else {
+                    "opened with the escrow key; it opens with the new password already"
+                }
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `key`'s commands. A new password is read from a file (its first line), never from argv.
@@ -306,7 +410,11 @@ fn key(args: &Args, repo: &Repo, pw: &str, cmd: &KeyCmd) -> Result<(), String> {
                     k.unreadable.as_deref().map_or_else(
                         || k.created.clone().unwrap_or_default(),
                         |why| format!("(this file {why})")
-                    )
+                    ) + &k
+                        .escrow
+                        .as_ref()
+                        .map(|r| format!("  escrow, sealed to {}", r.join(" ")))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -476,6 +584,9 @@ fn copy_options<'a>(
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if let Command::Escrow(cmd) = &args.command {
+        return escrow(args, cmd);
+    }
     let open = |location: &str| backend_at(args, location);
     let pw = password(args)?;
     if let Command::Backup(cmd) = &args.command {
@@ -506,7 +617,7 @@ fn run(args: &Args) -> Result<(), String> {
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
         Command::Init | Command::Backup(_) => Ok(()),
-        Command::Copy(_) => Ok(()),
+        Command::Copy(_) | Command::Escrow(_) => Ok(()),
         Command::Verify(cmd) => crate::repo_copy::verify(&copy_options(args, &open), &repo, cmd),
         Command::Snapshots => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@ mod ceph_stock;
 mod cloud;
 mod crash;
 mod discover;
+mod escrow;
 mod guide;
 mod heal;
 mod install;

@@ -549,6 +549,56 @@ pub fn update_datastore(
     id: u64,
     f: &FileText,
     append: bool,
+) -> Result<DatastoreUpdate, Error> {
+    let recipients = |st: &State| -> Result<Option<Vec<String>>, Error> {
+        let Some(d) = st.datastores()?.into_iter().find(|d| d.id == id) else {
+            return Ok(None);
+        };
+        if crate::oned::is_oned(&d.template) {
+            return Ok(None);
+        }
+        let (_, ds) = crate::rekey::parsed(env, id, &d.template)?;
+        Ok(backstop_datastore::settings::Settings::of(&ds)?
+            .escrow
+            .map(|r| r.names().to_vec()))
+    };
+    let before = recipients(st)?;
+    let updated = update_template(env, st, id, f, append)?;
+    let after = recipients(st)?;
+    // New or other escrow recipients: every repository gets a key sealed to them now.
+    let escrowed = match after {
+        Some(_) if after != before => Some(
+            crate::escrow::datastore(env, st, id)
+                .map_err(|e| Error::Refused(format!("{updated}, but {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(DatastoreUpdate { updated, escrowed })
+}
+
+/// What `datastore update` did: the template (and password), and the escrow keys it added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreUpdate {
+    pub updated: DatastoreUpdated,
+    pub escrowed: Option<crate::escrow::Escrowed>,
+}
+
+impl fmt::Display for DatastoreUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.updated)?;
+        if let Some(e) = &self.escrowed {
+            write!(f, "; {e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn update_template(
+    env: &crate::runner::Env,
+    st: &mut State,
+    id: u64,
+    f: &FileText,
+    append: bool,
 ) -> Result<DatastoreUpdated, Error> {
     let crate::state::Named { template: old, .. } = st
         .datastores()?

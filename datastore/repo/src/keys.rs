@@ -57,7 +57,7 @@ fn check_params(key: &KeyFile) -> Result<(), Error> {
 }
 
 /// The key the password derives for this key file.
-fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, Error> {
+pub(crate) fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, Error> {
     check_params(key)?;
     let mut derived = [0u8; 64];
     let memory = 128 * u64::from(key.n) * u64::from(key.r);
@@ -85,7 +85,7 @@ fn derive(key: &KeyFile, password: &str) -> Result<MasterKey, Error> {
 }
 
 /// The outcome of trying one key file.
-enum Tried {
+pub(crate) enum Tried {
     Opened(MasterKey),
     /// The seal did not open: another password's key.
     NotThisOne,
@@ -93,7 +93,7 @@ enum Tried {
     Unusable(String),
 }
 
-fn try_key(storage: &dyn Storage, id: &rustic_core::Id, password: &str) -> Tried {
+pub(crate) fn try_key(storage: &dyn Storage, id: &rustic_core::Id, password: &str) -> Tried {
     let bytes = match storage.read_full(FileType::Key, id) {
         Ok(b) => b,
         Err(e) => return Tried::Unusable(format!("cannot be read: {e}")),
@@ -119,7 +119,7 @@ fn try_key(storage: &dyn Storage, id: &rustic_core::Id, password: &str) -> Tried
 }
 
 /// The ids of the repository's key files.
-fn key_ids(storage: &dyn Storage) -> Result<Vec<rustic_core::Id>, Error> {
+pub(crate) fn key_ids(storage: &dyn Storage) -> Result<Vec<rustic_core::Id>, Error> {
     storage.list(FileType::Key).map_err(|e| {
         Error::new(
             ErrorKind::Repository,
@@ -311,6 +311,9 @@ pub struct KeyInfo {
     pub current: bool,
     /// Why it cannot be read as a key file, if it cannot (it is listed all the same).
     pub unreadable: Option<String>,
+    /// An escrow key (docs/escrow.md): the public keys its password is sealed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escrow: Option<Vec<String>>,
 }
 
 /// `text` as a terminal may show it: a key file's user and host are whatever its writer put
@@ -332,13 +335,17 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
     let mut keys: Vec<(Option<jiff::Timestamp>, KeyInfo)> = ids
         .iter()
         .map(|id| {
-            let read = storage
+            let bytes = storage
                 .read_full(FileType::Key, id)
-                .map_err(|e| format!("cannot be read: {e}"))
-                .and_then(|b| {
-                    serde_json::from_slice::<KeyFile>(&b)
-                        .map_err(|e| format!("is not a key file: {e}"))
-                });
+                .map_err(|e| format!("cannot be read: {e}"));
+            let escrow = bytes
+                .as_ref()
+                .ok()
+                .and_then(|b| crate::escrow::sealed_in(b))
+                .map(|s| s.recipients.iter().map(|r| printable(r)).collect());
+            let read = bytes.and_then(|b| {
+                serde_json::from_slice::<KeyFile>(&b).map_err(|e| format!("is not a key file: {e}"))
+            });
             let (user, host, created, unreadable) = match read {
                 Ok(f) => (
                     f.username.as_deref().map(printable),
@@ -357,6 +364,7 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
                     created: created.map(|t| t.to_string()),
                     current: opened.contains(id),
                     unreadable,
+                    escrow,
                 },
             )
         })

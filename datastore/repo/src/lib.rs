@@ -23,6 +23,7 @@ pub mod copy;
 pub mod crypto;
 pub mod decompress;
 pub mod error;
+pub mod escrow;
 pub mod format;
 pub mod index;
 mod keys;
@@ -296,6 +297,27 @@ impl Repo {
             ));
         }
         Ok(true)
+    }
+
+    /// Adds an escrow key sealed to `recipients` (docs/escrow.md) unless one sealed to
+    /// exactly them is there; the new key's id, if one was added.
+    pub fn add_escrow(&self, recipients: &escrow::Recipients) -> Result<Option<String>, Error> {
+        if escrow::has_escrow(self.backend.as_ref(), recipients)? {
+            return Ok(None);
+        }
+        escrow::add(self.backend.as_ref(), &self.master, recipients).map(Some)
+    }
+
+    /// Opens an existing repository through an escrow key that `identities` unseal; the
+    /// repository and that key's password (to give the repository a new one with
+    /// [`Repo::add_password`]).
+    pub fn open_by_escrow(
+        backend: Arc<dyn Storage>,
+        identities: &escrow::Identities,
+    ) -> Result<(Repo, String), Error> {
+        let (password, _) = escrow::unseal(backend.as_ref(), identities)?;
+        let repo = Repo::open(backend, &password)?;
+        Ok((repo, password))
     }
 
     /// The repository's key files, `current` for those `password` opens (`key list`).

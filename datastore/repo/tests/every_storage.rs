@@ -50,9 +50,40 @@ fn chain(spec: &StorageSpec, dir: &Path, what: &str, restic: &dyn Fn(&[&str]) ->
             "{what}: snapshot {id} differs when restic reads it"
         );
     }
+    // An escrow key (docs/escrow.md) is one more key file restic lists and reads past; one
+    // per set of recipients.
+    let (identity, recipient) = backstop_repo::escrow::keygen();
+    let identity_file = dir.join("escrow-identity.txt");
+    fs::write(&identity_file, identity).expect("identity");
+    let recipients = backstop_repo::escrow::Recipients::parse(&recipient).expect("recipient");
+    let added = repo.add_escrow(&recipients);
+    assert!(matches!(added, Ok(Some(_))), "{what}: escrow: {added:?}");
+    assert!(
+        matches!(repo.add_escrow(&recipients), Ok(None)),
+        "{what}: a second escrow key for the same recipients"
+    );
+    let keys = ok(
+        restic(&["key", "list"]),
+        &format!("{what}: restic key list"),
+    );
+    assert!(
+        String::from_utf8_lossy(&keys).contains(backstop_repo::escrow::USER),
+        "{what}: restic does not list the escrow key"
+    );
     ok(
         restic(&["check", "--read-data"]),
         &format!("{what}: restic check --read-data"),
+    );
+    // The identity alone opens it.
+    let storage = backstop_storage::open(spec, &mut |line| panic!("{line}")).expect("open");
+    let identities =
+        backstop_repo::escrow::Identities::read(&identity_file).expect("identity file");
+    let (by_escrow, _) = Repo::open_by_escrow(storage, &identities)
+        .unwrap_or_else(|e| panic!("{what}: open by escrow: {e}"));
+    assert_eq!(
+        by_escrow.snapshots().expect("snapshots").len(),
+        expected.len(),
+        "{what}: opened by escrow"
     );
     // A second opening of ours reads the last one back.
     let storage = backstop_storage::open(spec, &mut |line| panic!("{line}")).expect("open");

@@ -290,6 +290,13 @@ pub(crate) enum DatastoreCommand {
         /// The datastore's id.
         id: u64,
     },
+    /// Give every repository of the datastore an escrow key sealed to its
+    /// BACKSTOP_ESCROW_RECIPIENTS, unless it has one (docs/escrow.md). New repositories get
+    /// theirs when a backup makes them, and `datastore update` giving new recipients runs this.
+    Escrow {
+        /// The datastore's id.
+        id: u64,
+    },
     /// Use OpenNebula's backup datastore ID (OpenNebula mode): jobs backing up into it take
     /// their VMs from oned at each run and back them up through oned. oned is found as
     /// OpenNebula's tools find it (ONE_XMLRPC, ONE_AUTH, ~/.one/one_auth) unless given here.
@@ -812,6 +819,9 @@ fn run(args: &Args) -> Result<ExitCode, Error> {
                 )?
                 .to_string(),
             )?,
+            DatastoreCommand::Escrow { id } => {
+                print(&backstop_backupjob::escrow::datastore(&env(args), st, *id)?.to_string())?
+            }
             DatastoreCommand::AbortRekey { id } => {
                 print(&ops::definitions::abort_rekey(&env(args), st, *id)?.to_string())?
             }

@@ -75,6 +75,7 @@ pub fn ensure_repository(
     let ds = &request.datastore;
     let storage = target.storage(ds, cfg)?;
     if target.exists(&storage)? {
+        crate::target::ensure_escrow(ds, &storage, None)?;
         return Ok(());
     }
     std::fs::create_dir_all(&cfg.run_dir)
@@ -89,7 +90,10 @@ pub fn ensure_repository(
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| Error::io(format!("cannot lock {}", lock_path.display()), e.into()))?;
     if !target.exists(&storage)? {
-        Repo::init(storage, &crate::target::password(ds)?)?;
+        let repo = Repo::init(storage.clone(), &crate::target::password(ds)?)?;
+        crate::target::ensure_escrow(ds, &storage, Some(&repo))?;
+    } else {
+        crate::target::ensure_escrow(ds, &storage, None)?;
     }
     Ok(())
 }
