@@ -296,6 +296,9 @@ fn escrow(args: &Args, cmd: &EscrowCmd) -> Result<(), String> {
             let recipients =
                 backstop_datastore::repo::escrow::Recipients::parse(&recipients.join(","))?;
             let repo = Repo::open(backend(args)?, &password(args)?).map_err(|e| e.to_string())?;
+            let _lock = repo
+                .lock(false, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
             match repo.add_escrow(&recipients).map_err(|e| e.to_string())? {
                 Some(id) => println!(
                     "added escrow key {} to {}, sealed to {}",
@@ -319,6 +322,9 @@ fn escrow(args: &Args, cmd: &EscrowCmd) -> Result<(), String> {
             let identities = backstop_datastore::repo::escrow::Identities::read(identity)?;
             let (repo, _) =
                 Repo::open_by_escrow(backend(args)?, &identities).map_err(|e| e.to_string())?;
+            let _lock = repo
+                .lock(false, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
             let added = repo.add_password(&new).map_err(|e| e.to_string())?;
             println!(
                 "{}: {}",
@@ -421,6 +427,11 @@ fn key(args: &Args, repo: &Repo, pw: &str, cmd: &KeyCmd) -> Result<(), String> {
         }
         KeyCmd::Add { new_password_file } => {
             let new = new_password(new_password_file)?;
+            // As restic's `key add`: a shared lock; `remove` and `passwd` take an exclusive
+            // one, so that no other process is opening with a key while it goes.
+            let _lock = repo
+                .lock(false, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
             if repo.add_password(&new).map_err(|e| e.to_string())? {
                 println!("added a key for the new password to {}", repo.location());
             } else {
@@ -432,6 +443,9 @@ fn key(args: &Args, repo: &Repo, pw: &str, cmd: &KeyCmd) -> Result<(), String> {
             Ok(())
         }
         KeyCmd::Remove { id } => {
+            let _lock = repo
+                .lock(true, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
             let removed = repo.remove_key(id, pw).map_err(|e| e.to_string())?;
             println!("removed key {}", &removed[..8]);
             Ok(())
@@ -441,6 +455,9 @@ fn key(args: &Args, repo: &Repo, pw: &str, cmd: &KeyCmd) -> Result<(), String> {
             if new == pw {
                 return Err("the new password is the one in use: nothing to change".into());
             }
+            let _lock = repo
+                .lock(true, RetryLock(args.retry_lock))
+                .map_err(|e| e.to_string())?;
             let added = repo.add_password(&new).map_err(|e| e.to_string())?;
             let removed = repo.remove_password(pw, &new).map_err(|e| {
                 format!(

@@ -717,4 +717,60 @@ fn key_commands_work_both_ways_with_restic() {
         );
     }
     assert_eq!(keys(&p5).len(), 2);
+
+    // Locks, as restic 0.14 takes them: while restic's backup holds its shared lock, `key
+    // remove` and `key passwd` (exclusive) are refused naming the holder, `key add` (shared)
+    // goes ahead.
+    let k3 = current(&p3);
+    let mut holder = Command::new("restic")
+        .arg("-r")
+        .arg(&r)
+        .arg("--password-file")
+        .arg(&p5)
+        .args(["backup", "--stdin", "--stdin-filename", "held.raw"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("restic backup --stdin");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdin = holder.stdin.take().expect("stdin");
+    let holder = Stop(holder);
+    let started = std::time::Instant::now();
+    while fs::read_dir(r.join("locks")).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "restic took no lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = backstop(&p5, &["key", "remove", &k3[..8]]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("repository locked by") && out.stderr.lines().count() == 1,
+        "{out:?}"
+    );
+    let out = backstop(&p5, &["key", "passwd", "--new-password-file", &p(&p1)]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("repository locked by"), "{out:?}");
+    ok(backstop(
+        &p5,
+        &["key", "add", "--new-password-file", &p(&p2)],
+    ));
+    assert_eq!(keys(&p5).len(), 3, "p3's, p5's and p2's again");
+    // The backup ends (its stdin written and closed) and removes its lock.
+    let mut stdin = stdin;
+    std::io::Write::write_all(&mut stdin, b"held\n").expect("write to restic");
+    drop(stdin);
+    let mut holder = holder;
+    let status = holder.0.wait().expect("restic backup");
+    assert!(status.success(), "{status:?}");
+    ok(backstop(&p5, &["key", "remove", &k3[..8]]));
+    assert_eq!(keys(&p5).len(), 2);
 }
