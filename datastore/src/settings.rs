@@ -66,6 +66,8 @@ pub struct S3Access {
     pub force_path_style: bool,
     pub ca_cert: Option<PathBuf>,
     pub insecure_tls: bool,
+    /// RESTIC_S3_OBJECT_LOCK and RESTIC_S3_OBJECT_LOCK_DAYS (docs/s3.md, "Object Lock").
+    pub object_lock: Option<backstop_storage::s3::ObjectLock>,
 }
 
 fn yes_no(ds: &Datastore, name: &str) -> Result<bool, Error> {
@@ -106,6 +108,16 @@ impl S3Access {
                 )));
             }
         };
+        let object_lock = match ds.attribute("RESTIC_S3_OBJECT_LOCK").map(str::trim) {
+            None | Some("") => None,
+            Some(mode) => Some(
+                backstop_storage::s3::ObjectLock::parse(
+                    mode,
+                    ds.attribute("RESTIC_S3_OBJECT_LOCK_DAYS"),
+                )
+                .map_err(|e| Error::config(format!("datastore {}: {e}", ds.id)))?,
+            ),
+        };
         Ok(S3Access {
             access_key_id: required("RESTIC_S3_ACCESS_KEY_ID")?.trim().to_string(),
             secret_access_key: backstop_storage::s3::Secret::new(required(
@@ -120,6 +132,7 @@ impl S3Access {
             force_path_style: yes_no(ds, "RESTIC_S3_FORCE_PATH_STYLE")?,
             ca_cert,
             insecure_tls: yes_no(ds, "RESTIC_S3_INSECURE_TLS")?,
+            object_lock,
         })
     }
 }
@@ -160,6 +173,8 @@ pub const ATTRIBUTES: &[&str] = &[
     "RESTIC_S3_FORCE_PATH_STYLE",
     "RESTIC_S3_CACERT",
     "RESTIC_S3_INSECURE_TLS",
+    "RESTIC_S3_OBJECT_LOCK",
+    "RESTIC_S3_OBJECT_LOCK_DAYS",
     "TOTAL_MB",
     // the table above
     "RESTIC_CONNECTIONS",

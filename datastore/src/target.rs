@@ -206,6 +206,7 @@ fn transport(
             path_style: access.force_path_style.then_some(true),
             ca_cert: access.ca_cert.clone(),
             insecure_tls: access.insecure_tls,
+            object_lock: access.object_lock,
         }),
     })
 }

@@ -58,6 +58,13 @@ pub struct Args {
     /// S3: do not check the server's certificate at all.
     #[arg(long, global = true, help_heading = REPOSITORY)]
     insecure_tls: bool,
+    /// S3: give every object written (but lock files) an Object Lock retention in this mode
+    /// (COMPLIANCE or GOVERNANCE); the bucket must have Object Lock (a new one is made with it).
+    #[arg(long, value_name = "MODE", env = "RESTIC_S3_OBJECT_LOCK", global = true, help_heading = REPOSITORY)]
+    s3_object_lock: Option<String>,
+    /// S3: with --s3-object-lock, how many days each object stays locked.
+    #[arg(long, value_name = "DAYS", env = "RESTIC_S3_OBJECT_LOCK_DAYS", global = true, help_heading = REPOSITORY)]
+    s3_object_lock_days: Option<String>,
     /// Bandwidth limit in KiB/s, reads and writes together, on every kind of repository (restic's
     /// unit).
     #[arg(long, value_name = "KIB", env = "RESTIC_BWLIMIT", global = true, help_heading = REPOSITORY)]
@@ -228,6 +235,18 @@ enum Command {
     /// The repository's key files (restic's `key`): each password that opens it has one.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// S3 with versioning (Object Lock): put the repository back to what it held at a time.
+    /// Delete markers made since are removed, objects overwritten since get their old version
+    /// back, objects made since are hidden; no version is removed. Needs no password.
+    Undelete {
+        /// The time to go back to: RFC 3339 (2026-12-07T18:00:00Z) or a local date and time
+        /// (2026-12-07T19:00).
+        #[arg(long, value_name = "TIME")]
+        before: String,
+        /// Say what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Escrow keys: a way back in when the password is lost, sealed to an age public key whose
     /// private key is kept offline (docs/escrow.md).
     #[command(subcommand)]
@@ -533,6 +552,16 @@ fn s3_keys(args: &Args) -> Result<S3Keys, String> {
         path_style: args.s3_path_style.then_some(true),
         ca_cert: args.cacert.clone(),
         insecure_tls: args.insecure_tls,
+        object_lock: match &args.s3_object_lock {
+            Some(mode) if !mode.trim().is_empty() => Some(
+                backstop_storage::s3::ObjectLock::parse(mode, args.s3_object_lock_days.as_deref())
+                    .map_err(|e| {
+                        e.replace("RESTIC_S3_OBJECT_LOCK_DAYS", "--s3-object-lock-days")
+                            .replace("RESTIC_S3_OBJECT_LOCK", "--s3-object-lock")
+                    })?,
+            ),
+            _ => None,
+        },
     })
 }
 
@@ -600,9 +629,52 @@ fn copy_options<'a>(
     }
 }
 
+/// A time given on the command line: RFC 3339, or a local date and time.
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    text.parse::<jiff::civil::DateTime>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::system()).ok())
+        .map(|z| z.timestamp())
+        .ok_or_else(|| {
+            format!(
+                "--before {text:?} is not a time (2026-12-07T18:00:00Z, or local 2026-12-07T19:00)"
+            )
+        })
+}
+
+/// `undelete`: object versions only, no password.
+fn undelete(args: &Args, before: &str, dry_run: bool) -> Result<(), String> {
+    let before = parse_time(before)?;
+    let spec = spec_at(args, location(args)?)?;
+    let backstop_storage::Connected::S3(s3) =
+        backstop_storage::connect(&spec.at, &spec.transport).map_err(|e| e.to_string())?
+    else {
+        return Err(
+            "undelete needs an s3: repository in a bucket with versioning (Object Lock)".into(),
+        );
+    };
+    let done = s3.undelete(before, dry_run).map_err(|e| e.to_string())?;
+    println!(
+        "{}{}: {} object(s) undeleted, {} brought back from an overwrite, {} made since hidden, {} unchanged",
+        if dry_run { "would change " } else { "" },
+        s3.location().url(),
+        done.uncovered,
+        done.restored,
+        done.hidden,
+        done.unchanged
+    );
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
     if let Command::Escrow(cmd) = &args.command {
         return escrow(args, cmd);
+    }
+    if let Command::Undelete { before, dry_run } = &args.command {
+        return undelete(args, before, *dry_run);
     }
     let open = |location: &str| backend_at(args, location);
     let pw = password(args)?;
@@ -634,7 +706,7 @@ fn run(args: &Args) -> Result<(), String> {
     let repo = Repo::open(be, &pw).map_err(|e| e.to_string())?;
     match &args.command {
         Command::Init | Command::Backup(_) => Ok(()),
-        Command::Copy(_) | Command::Escrow(_) => Ok(()),
+        Command::Copy(_) | Command::Escrow(_) | Command::Undelete { .. } => Ok(()),
         Command::Verify(cmd) => crate::repo_copy::verify(&copy_options(args, &open), &repo, cmd),
         Command::Snapshots => {
             let snaps = repo.snapshots().map_err(|e| e.to_string())?;

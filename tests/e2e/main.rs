@@ -17,6 +17,7 @@ mod install;
 mod jobs;
 mod live;
 mod notify;
+mod object_lock;
 mod oned_mock;
 mod oned_mode;
 mod oned_real;

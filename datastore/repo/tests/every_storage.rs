@@ -160,6 +160,7 @@ fn restic_reads_a_chain_written_to_s3() {
                 path_style: None,
                 ca_cert: server.ca.clone(),
                 insecure_tls: false,
+                object_lock: None,
             }),
             ..Transport::default()
         },

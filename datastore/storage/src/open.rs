@@ -47,6 +47,8 @@ pub struct S3Keys {
     pub path_style: Option<bool>,
     pub ca_cert: Option<PathBuf>,
     pub insecure_tls: bool,
+    /// RESTIC_S3_OBJECT_LOCK with its days (docs/s3.md, "Object Lock").
+    pub object_lock: Option<crate::s3::ObjectLock>,
 }
 
 /// How to reach the storage.
@@ -133,6 +135,7 @@ pub fn connect(at: &Where, transport: &Transport) -> Result<Connected, Error> {
                 path_style: keys.path_style,
                 ca_cert: keys.ca_cert.clone(),
                 insecure_tls: keys.insecure_tls,
+                object_lock: keys.object_lock,
                 connections: transport.connections,
                 bwlimit_kib: transport.bwlimit_kib,
                 ..S3Options::default()

@@ -328,6 +328,7 @@ fn s3_conforms() {
             path_style: None,
             ca_cert: server.ca.clone(),
             insecure_tls: false,
+            object_lock: None,
         }),
         ..Transport::default()
     };

@@ -12,6 +12,10 @@ pub const SECRET_KEY: &str = "backstop-secret-1234";
 /// A key that may read and list, never write.
 pub const RO_ACCESS_KEY: &str = "backstopreader";
 pub const RO_SECRET_KEY: &str = "backstop-reader-5678";
+/// A key that may write (with Object Lock retention) but not administer the store: what a
+/// host would be given (SeaweedFS's own action names).
+pub const WRITE_ACCESS_KEY: &str = "backstopwriter";
+pub const WRITE_SECRET_KEY: &str = "backstop-writer-9012";
 
 #[derive(Debug)]
 pub struct S3Server {
@@ -160,7 +164,9 @@ impl S3Server {
   {{"name":"admin","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],
    "actions":["Admin","Read","Write","List","Tagging"]}},
   {{"name":"reader","credentials":[{{"accessKey":"{RO_ACCESS_KEY}","secretKey":"{RO_SECRET_KEY}"}}],
-   "actions":["Read","List"]}}]}}"#
+   "actions":["Read","List"]}},
+  {{"name":"writer","credentials":[{{"accessKey":"{WRITE_ACCESS_KEY}","secretKey":"{WRITE_SECRET_KEY}"}}],
+   "actions":["Read","Write","List","PutObjectRetention","GetObjectRetention","GetBucketObjectLockConfiguration"]}}]}}"#
             ),
         )
         .expect("s3.json");

@@ -11,7 +11,7 @@ use ureq::http::Response;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 /// How long a signed request stays valid: long enough for a slow upload to start.
-const SIGNED_FOR: Duration = Duration::from_secs(3600);
+pub(super) const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
 /// Why a request failed, for the caller to decide (a missing object is an answer for some).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,9 @@
 //!   object keys, never the signed URLs.
 
 mod client;
+mod versions;
+
+pub use versions::{ObjectVersion, Undeleted};
 
 use crate::RepoId;
 use crate::bandwidth::Bandwidth;
@@ -27,7 +30,7 @@ use client::{Attempt, Client, Failure, check};
 use rustic_core::{
     BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
 };
-use rusty_s3::{Bucket, UrlStyle};
+use rusty_s3::{Bucket, S3Action, UrlStyle};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,6 +142,75 @@ pub struct S3Options {
     /// one twice as long (at most 16 s).
     pub retries: u32,
     pub first_backoff: Duration,
+    /// RESTIC_S3_OBJECT_LOCK: every object written but lock files gets a retention date.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock's retention modes: COMPLIANCE (nobody may shorten or remove it) and
+/// GOVERNANCE (a key with the bypass right may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Compliance,
+    Governance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
+/// The retention every object backstop writes carries (docs/s3.md, "Object Lock"): `mode`
+/// until `days` after it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+/// At most this many days of retention (100 years).
+pub const MAX_LOCK_DAYS: u32 = 36_500;
+
+impl ObjectLock {
+    /// RESTIC_S3_OBJECT_LOCK (`COMPLIANCE` or `GOVERNANCE`, any case) and
+    /// RESTIC_S3_OBJECT_LOCK_DAYS (1..=36500), which it needs.
+    pub fn parse(mode: &str, days: Option<&str>) -> Result<ObjectLock, String> {
+        let mode = match mode.trim().to_ascii_uppercase().as_str() {
+            "COMPLIANCE" => LockMode::Compliance,
+            "GOVERNANCE" => LockMode::Governance,
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(format!(
+                    "RESTIC_S3_OBJECT_LOCK is {shown:?}, not COMPLIANCE or GOVERNANCE"
+                ));
+            }
+        };
+        let days = days
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .ok_or("RESTIC_S3_OBJECT_LOCK needs RESTIC_S3_OBJECT_LOCK_DAYS, the days each object stays locked")?;
+        let days = days
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=MAX_LOCK_DAYS).contains(d))
+            .ok_or_else(|| {
+                let shown: String = days.chars().take(40).collect();
+                format!("RESTIC_S3_OBJECT_LOCK_DAYS is {shown:?}, not a number of days from 1 to {MAX_LOCK_DAYS}")
+            })?;
+        Ok(ObjectLock { mode, days })
+    }
+
+    /// The retention date of an object written at `now`: `days` later, to the second, in
+    /// the form S3 takes.
+    pub fn until(&self, now: jiff::Timestamp) -> String {
+        let until = now
+            .checked_add(jiff::SignedDuration::from_hours(24 * i64::from(self.days)))
+            .unwrap_or(now);
+        until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    }
 }
 
 impl Default for S3Options {
@@ -154,6 +226,7 @@ impl Default for S3Options {
             bwlimit_kib: None,
             retries: 5,
             first_backoff: Duration::from_millis(500),
+            object_lock: None,
         }
     }
 }
@@ -181,6 +254,7 @@ pub struct S3Backend {
     bandwidth: Option<Bandwidth>,
     /// Bytes of repository objects read from the store.
     read: AtomicU64,
+    object_lock: Option<ObjectLock>,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -240,11 +314,85 @@ impl S3Backend {
             connections: options.connections(),
             bandwidth: options.bwlimit_kib.and_then(Bandwidth::kib_per_sec),
             read: AtomicU64::new(0),
+            object_lock: options.object_lock,
         };
         match backend.list_page(&backend.key_dir("keys"), None, Some(1)) {
-            Ok(_) | Err(Failure::NotFound { .. }) => Ok(backend),
-            Err(Failure::Other(e)) => Err(ConnectError(format!("{}: {e}", backend.location.url()))),
+            Ok(_) | Err(Failure::NotFound { .. }) => {}
+            Err(Failure::Other(e)) => {
+                return Err(ConnectError(format!("{}: {e}", backend.location.url())));
+            }
         }
+        if backend.object_lock.is_some() && backend.lock_enabled()? == Some(false) {
+            return Err(ConnectError(format!(
+                "{}: RESTIC_S3_OBJECT_LOCK is set, but bucket {} has no Object Lock (a bucket gets it only when it is made: make a new one with it, or leave RESTIC_S3_OBJECT_LOCK unset)",
+                backend.location.url(),
+                backend.location.bucket
+            )));
+        }
+        Ok(backend)
+    }
+
+    /// Whether the bucket has Object Lock enabled; `None` when there is no bucket yet
+    /// (`create` makes it with Object Lock).
+    pub fn lock_enabled(&self) -> Result<Option<bool>, ConnectError> {
+        let url = self.signed(rusty_s3::Method::Get, "", &[("object-lock", "")], &[]);
+        let r = self
+            .client
+            .with_retries("read the Object Lock configuration", || {
+                let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
+                let mut body = String::new();
+                resp.body_mut()
+                    .as_reader()
+                    .take(64 * 1024)
+                    .read_to_string(&mut body)
+                    .map_err(|e| Attempt::Transient(format!("{}: {e}", self.endpoint())))?;
+                Ok(body)
+            });
+        match r {
+            Ok(body) => Ok(Some(
+                body.contains("<ObjectLockEnabled>Enabled</ObjectLockEnabled>"),
+            )),
+            Err(Failure::NotFound { code }) if code.as_deref() == Some("NoSuchBucket") => Ok(None),
+            // No configuration: 404 ObjectLockConfigurationNotFoundError on Amazon and
+            // SeaweedFS.
+            Err(Failure::NotFound { .. }) => Ok(Some(false)),
+            Err(f) => Err(ConnectError(format!(
+                "{}: cannot read bucket {}'s Object Lock configuration: {f}",
+                self.location.url(),
+                self.location.bucket
+            ))),
+        }
+    }
+
+    /// A presigned URL for a request rusty-s3 has no action for (a subresource such as
+    /// `?object-lock`, `?retention` or `?versions`); `key` "" is the bucket. `headers` are
+    /// signed and must be sent as given.
+    fn signed(
+        &self,
+        method: rusty_s3::Method,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> String {
+        let creds = self.client.credentials();
+        // rusty-s3 signs what it is given in order, as its own sorted maps give it.
+        let mut query = query.to_vec();
+        query.sort();
+        let mut headers = headers.to_vec();
+        headers.sort();
+        rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            method,
+            self.client.bucket.object_url(key),
+            creds.key(),
+            creds.secret(),
+            creds.token(),
+            self.client.bucket.region(),
+            client::SIGNED_FOR.as_secs(),
+            query.iter().copied(),
+            headers.iter().copied(),
+        )
+        .to_string()
     }
 
     pub fn location(&self) -> &S3Location {
@@ -495,26 +643,43 @@ impl S3Backend {
 
     /// PUTs an object with its MD5, so a body damaged on the way is refused by the store.
     /// Returns the store's clock at the write (its Date header).
+    /// With Object Lock, every object but a lock file (which must go when its holder ends)
+    /// carries its retention date, in headers signed with the request.
     fn put(&self, key: &str, body: &[u8]) -> Result<Option<SystemTime>, Failure> {
         let md5 = openssl::hash::hash(openssl::hash::MessageDigest::md5(), body)
             .map_err(|e| Failure::Other(format!("MD5: {e}")))?;
         let md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
+        let lock = self
+            .object_lock
+            .filter(|_| !key.starts_with(&self.key_dir("locks")));
         self.throttle(body.len());
         self.client.with_retries("write", || {
-            let action = self
+            let mut action = self
                 .client
                 .bucket
                 .put_object(Some(self.client.credentials()), key);
+            let until = lock.map(|l| (l.mode.as_str(), l.until(jiff::Timestamp::now())));
+            if let Some((mode, until)) = &until {
+                action
+                    .headers_mut()
+                    .insert("x-amz-object-lock-mode", mode.to_string());
+                action
+                    .headers_mut()
+                    .insert("x-amz-object-lock-retain-until-date", until.clone());
+            }
             let url = self.client.url(&action);
-            let resp = check(
-                self.client
-                    .agent()
-                    .put(&url)
-                    .header("Content-MD5", &md5)
-                    .header("Content-Type", "application/octet-stream")
-                    .send(body),
-                self.endpoint(),
-            )?;
+            let mut request = self
+                .client
+                .agent()
+                .put(&url)
+                .header("Content-MD5", &md5)
+                .header("Content-Type", "application/octet-stream");
+            if let Some((mode, until)) = &until {
+                request = request
+                    .header("x-amz-object-lock-mode", *mode)
+                    .header("x-amz-object-lock-retain-until-date", until);
+            }
+            let resp = check(request.send(body), self.endpoint())?;
             Ok(resp
                 .headers()
                 .get("date")
@@ -581,12 +746,23 @@ impl S3Backend {
         if exists.map_err(failed)? {
             return Ok(());
         }
+        let locked = self.object_lock.is_some();
         self.client
             .with_retries("create the bucket", || {
-                let action = self.client.bucket.create_bucket(self.client.credentials());
+                let mut action = self.client.bucket.create_bucket(self.client.credentials());
+                if locked {
+                    // Object Lock is given to a bucket when it is made, never after.
+                    action
+                        .headers_mut()
+                        .insert("x-amz-bucket-object-lock-enabled", "true");
+                }
                 let url = self.client.url(&action);
                 let body = action.body();
-                let resp = self.client.agent().put(&url).send(body.as_bytes());
+                let mut request = self.client.agent().put(&url);
+                if locked {
+                    request = request.header("x-amz-bucket-object-lock-enabled", "true");
+                }
+                let resp = request.send(body.as_bytes());
                 match check(resp, self.endpoint()) {
                     Ok(_) => Ok(()),
                     // Made by someone else meanwhile.

@@ -1,0 +1,351 @@
+//! A versioned bucket's history (docs/s3.md, "Object Lock"): the versions and delete markers
+//! of a repository's objects, their retention, and putting a repository back to what it held
+//! at a time (`backstop repo undelete`): delete markers made since are removed, objects
+//! overwritten since get their old version back (a copy of it), objects made since are hidden
+//! behind a delete marker. No version is ever removed, so an undelete can itself be undone.
+
+use super::client::{Attempt, Failure, check};
+use super::{ObjectLock, S3Backend};
+use std::io::Read;
+
+/// One version (or delete marker) of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub version_id: String,
+    pub latest: bool,
+    /// A delete marker, not data.
+    pub delete_marker: bool,
+    pub last_modified: jiff::Timestamp,
+    pub size: u64,
+}
+
+/// What [`S3Backend::undelete`] did (or, dry, would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Undeleted {
+    /// Objects whose delete marker(s) made after the time were removed.
+    pub uncovered: usize,
+    /// Objects overwritten after the time whose old version was copied back.
+    pub restored: usize,
+    /// Objects made after the time, hidden behind a delete marker.
+    pub hidden: usize,
+    /// Objects already as they were.
+    pub unchanged: usize,
+}
+
+/// At most this many versions are read (a hostile store could list forever).
+const MAX_VERSIONS: usize = 10_000_000;
+
+/// The text of `<name>...</name>` inside `block`, XML entities decoded; None when absent.
+fn field(block: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = block.find(&open)? + open.len();
+    let end = block[start..].find(&close)? + start;
+    Some(unescape(&block[start..end]))
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The `<tag>...</tag>` blocks of a listing, in order, with their tag.
+fn blocks<'a>(text: &'a str, tags: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    loop {
+        let next = tags
+            .iter()
+            .filter_map(|t| rest.find(&format!("<{t}>")).map(|i| (i, *t)))
+            .min();
+        let Some((start, tag)) = next else {
+            break;
+        };
+        let body_start = start + tag.len() + 2;
+        let close = format!("</{tag}>");
+        let Some(len) = rest[body_start..].find(&close) else {
+            break;
+        };
+        out.push((tag, &rest[body_start..body_start + len]));
+        rest = &rest[body_start + len + close.len()..];
+    }
+    out
+}
+
+/// Where the next page of a version listing starts: key and version id markers.
+type NextPage = Option<(String, String)>;
+
+/// One page of `ListObjectVersions`: the versions and where the next page starts.
+fn parse_versions(text: &str) -> Result<(Vec<ObjectVersion>, NextPage), String> {
+    if !text.contains("<ListVersionsResult") {
+        return Err("the version listing is not S3's XML".into());
+    }
+    let mut out = Vec::new();
+    for (tag, block) in blocks(text, &["Version", "DeleteMarker"]) {
+        let key = field(block, "Key").ok_or("a version without a key")?;
+        let version_id = field(block, "VersionId").ok_or("a version without an id")?;
+        let last_modified = field(block, "LastModified")
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .ok_or_else(|| format!("version {version_id} of {key} has no time"))?;
+        out.push(ObjectVersion {
+            latest: field(block, "IsLatest").as_deref() == Some("true"),
+            delete_marker: tag == "DeleteMarker",
+            size: field(block, "Size")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            key,
+            version_id,
+            last_modified,
+        });
+    }
+    let next = (field(text, "IsTruncated").as_deref() == Some("true"))
+        .then(|| {
+            Some((
+                field(text, "NextKeyMarker")?,
+                field(text, "NextVersionIdMarker").unwrap_or_default(),
+            ))
+        })
+        .flatten();
+    Ok((out, next))
+}
+
+impl S3Backend {
+    /// Every version and delete marker of the repository's objects (all pages), as the
+    /// store lists them: per key, newest first.
+    pub fn versions(&self) -> Result<Vec<ObjectVersion>, crate::Error> {
+        let prefix = self.key_dir("").trim_end_matches('/').to_string();
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut out = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut query: Vec<(&str, &str)> = vec![("versions", ""), ("prefix", &prefix)];
+            if let Some((k, v)) = &marker {
+                query.push(("key-marker", k));
+                if !v.is_empty() {
+                    query.push(("version-id-marker", v));
+                }
+            }
+            let url = self.signed(rusty_s3::Method::Get, "", &query, &[]);
+            let text = self
+                .client
+                .with_retries("list versions", || {
+                    let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
+                    resp.body_mut()
+                        .with_config()
+                        .limit(32 << 20)
+                        .read_to_string()
+                        .map_err(|e| super::client::transport(e, self.endpoint()))
+                })
+                .map_err(|f| crate::Error::new(self.said("list the versions of", &prefix, &f)))?;
+            let (page, next) = parse_versions(&text)
+                .map_err(|e| crate::Error::new(format!("{}: {e}", self.location.url())))?;
+            out.extend(page.into_iter().filter(|v| v.key.starts_with(&prefix)));
+            if out.len() > MAX_VERSIONS {
+                return Err(crate::Error::new(format!(
+                    "{}: more than {MAX_VERSIONS} object versions",
+                    self.location.url()
+                )));
+            }
+            match next {
+                Some(n) if Some(&n) != marker.as_ref() => marker = Some(n),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// An object version's retention: (mode, until), or None when it has none.
+    pub fn retention(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<(String, jiff::Timestamp)>, crate::Error> {
+        let mut query = vec![("retention", "")];
+        if let Some(v) = version_id {
+            query.push(("versionId", v));
+        }
+        let url = self.signed(rusty_s3::Method::Get, key, &query, &[]);
+        let r = self.client.with_retries("read the retention of", || {
+            let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
+            let mut body = String::new();
+            resp.body_mut()
+                .as_reader()
+                .take(64 * 1024)
+                .read_to_string(&mut body)
+                .map_err(|e| Attempt::Transient(format!("{}: {e}", self.endpoint())))?;
+            Ok(body)
+        });
+        match r {
+            Ok(body) => {
+                let mode = field(&body, "Mode");
+                let until = field(&body, "RetainUntilDate").and_then(|t| t.parse().ok());
+                Ok(mode.zip(until))
+            }
+            Err(Failure::NotFound { code })
+                if code.as_deref() == Some("NoSuchObjectLockConfiguration") =>
+            {
+                Ok(None)
+            }
+            Err(f) => Err(crate::Error::new(self.said(
+                "read the retention of",
+                key,
+                &f,
+            ))),
+        }
+    }
+
+    /// Writes an object at `key` (with this repository's retention, if it has one), as every
+    /// repository file is written.
+    pub fn put_object(&self, key: &str, body: &[u8]) -> Result<(), crate::Error> {
+        self.put(key, body)
+            .map(|_| ())
+            .map_err(|f| crate::Error::new(self.said("write", key, &f)))
+    }
+
+    /// Deletes `key` as a repository file is deleted: in a versioned bucket, a delete marker.
+    pub fn remove_object(&self, key: &str) -> Result<(), crate::Error> {
+        self.delete(key)
+            .map_err(|f| crate::Error::new(self.said("remove", key, &f)))
+    }
+
+    /// Removes one version (a delete marker, or data whose retention has passed).
+    pub fn delete_version(&self, key: &str, version_id: &str) -> Result<(), crate::Error> {
+        let url = self.signed(
+            rusty_s3::Method::Delete,
+            key,
+            &[("versionId", version_id)],
+            &[],
+        );
+        self.client
+            .with_retries("remove a version of", || {
+                check(self.client.agent().delete(&url).call(), self.endpoint()).map(|_| ())
+            })
+            .map_err(|f| crate::Error::new(self.said("remove a version of", key, &f)))
+    }
+
+    /// Makes `version_id` of `key` its newest version again, by a copy inside the store (with
+    /// this repository's retention, if it has one).
+    fn copy_back(&self, key: &str, version_id: &str) -> Result<(), crate::Error> {
+        let source = format!("/{}/{}?versionId={}", self.location.bucket, key, version_id);
+        let until = self
+            .object_lock
+            .map(|l: ObjectLock| (l.mode.as_str(), l.until(jiff::Timestamp::now())));
+        let mut headers: Vec<(&str, &str)> = vec![("x-amz-copy-source", &source)];
+        if let Some((mode, until)) = &until {
+            headers.push(("x-amz-object-lock-mode", mode));
+            headers.push(("x-amz-object-lock-retain-until-date", until));
+        }
+        let url = self.signed(rusty_s3::Method::Put, key, &[], &headers);
+        self.client
+            .with_retries("copy back", || {
+                let mut request = self.client.agent().put(&url);
+                for (name, value) in &headers {
+                    request = request.header(*name, *value);
+                }
+                check(request.send_empty(), self.endpoint()).map(|_| ())
+            })
+            .map_err(|f| crate::Error::new(self.said("copy back an old version of", key, &f)))
+    }
+
+    /// Puts the repository back to what it held at `before`: what [`Undeleted`] says, done
+    /// unless `dry`. Lock files are left alone (they are not data).
+    pub fn undelete(&self, before: jiff::Timestamp, dry: bool) -> Result<Undeleted, crate::Error> {
+        let locks = self.key_dir("locks");
+        let mut by_key: std::collections::BTreeMap<String, Vec<ObjectVersion>> =
+            std::collections::BTreeMap::new();
+        for v in self.versions()? {
+            if !v.key.starts_with(&locks) {
+                by_key.entry(v.key.clone()).or_default().push(v);
+            }
+        }
+        let mut done = Undeleted::default();
+        for (key, mut versions) in by_key {
+            // Newest first; a version's order among equal times is the store's.
+            versions.sort_by_key(|v| std::cmp::Reverse(v.last_modified));
+            let Some(latest) = versions.iter().find(|v| v.latest).or(versions.first()) else {
+                continue;
+            };
+            let then = versions.iter().find(|v| v.last_modified <= before);
+            match then {
+                // It did not exist then: hidden, if it shows now.
+                None => {
+                    if !latest.delete_marker {
+                        done.hidden += 1;
+                        if !dry {
+                            self.delete(&key)
+                                .map_err(|f| crate::Error::new(self.said("hide", &key, &f)))?;
+                        }
+                    }
+                }
+                // Deleted then too.
+                Some(v) if v.delete_marker => {
+                    if !latest.delete_marker {
+                        done.hidden += 1;
+                        if !dry {
+                            self.delete(&key)
+                                .map_err(|f| crate::Error::new(self.said("hide", &key, &f)))?;
+                        }
+                    } else {
+                        done.unchanged += 1;
+                    }
+                }
+                Some(v) if v.version_id == latest.version_id => done.unchanged += 1,
+                Some(v) => {
+                    // Everything listed before it (newest first, the store's order kept
+                    // among equal times) came after it.
+                    let at = versions
+                        .iter()
+                        .position(|x| x.version_id == v.version_id)
+                        .unwrap_or(0);
+                    let newer = &versions[..at];
+                    if newer.iter().all(|n| n.delete_marker) {
+                        done.uncovered += 1;
+                        if !dry {
+                            for m in newer {
+                                self.delete_version(&key, &m.version_id)?;
+                            }
+                        }
+                    } else {
+                        done.restored += 1;
+                        if !dry {
+                            self.copy_back(&key, &v.version_id)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_listings_are_read_with_their_markers() {
+        let text = "<?xml version=\"1.0\"?><ListVersionsResult><Name>b</Name><IsTruncated>true</IsTruncated>\
+            <NextKeyMarker>r/keys/a</NextKeyMarker><NextVersionIdMarker>v2</NextVersionIdMarker>\
+            <DeleteMarker><Key>r/data/00/x&amp;y</Key><VersionId>v3</VersionId><IsLatest>true</IsLatest>\
+            <LastModified>2026-12-07T18:00:00.000Z</LastModified></DeleteMarker>\
+            <Version><Key>r/data/00/x&amp;y</Key><VersionId>v2</VersionId><IsLatest>false</IsLatest>\
+            <LastModified>2026-12-07T17:00:00.000Z</LastModified><Size>42</Size></Version>\
+            </ListVersionsResult>";
+        let (v, next) = parse_versions(text).expect("parse");
+        assert_eq!(v.len(), 2);
+        assert!(v[0].delete_marker && v[0].latest && v[0].key == "r/data/00/x&y");
+        assert!(!v[1].delete_marker && !v[1].latest && v[1].size == 42);
+        assert_eq!(next, Some(("r/keys/a".into(), "v2".into())));
+        assert!(parse_versions("<html/>").is_err());
+        let bad = "<ListVersionsResult><Version><Key>k</Key></Version></ListVersionsResult>";
+        assert!(parse_versions(bad).is_err());
+    }
+}

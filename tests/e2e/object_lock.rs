@@ -1,0 +1,230 @@
+//! S3 Object Lock (issue 29, docs/s3.md): a repository written with RESTIC_S3_OBJECT_LOCK on
+//! the real SeaweedFS, which implements COMPLIANCE retention. Every object but a lock file
+//! carries its retention date; a bucket without Object Lock is refused; an attacker holding
+//! the write key who "deletes everything" only adds delete markers (a locked version cannot be
+//! removed) and can plant a forged file; `backstop repo undelete --before` puts the repository
+//! back, after which plain restic checks it clean and dumps every point as written.
+
+use crate::s3server::{ACCESS_KEY, S3Server, SECRET_KEY, WRITE_ACCESS_KEY, WRITE_SECRET_KEY};
+use crate::support::{BACKSTOP, Outcome};
+use backstop_storage::s3::{LockMode, ObjectLock, S3Location, S3Options, Secret};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const PASSWORD: &str = "object-lock-test-password";
+const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0";
+
+/// `backstop repo -r <url> <args>` with a key pair and Object Lock for one day.
+fn repo(server: &S3Server, url: &str, keys: (&str, &str), args: &[&str]) -> Outcome {
+    let out = Command::new(BACKSTOP)
+        .args([
+            "repo",
+            "-r",
+            url,
+            "--s3-object-lock",
+            "COMPLIANCE",
+            "--s3-object-lock-days",
+            "1",
+        ])
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", keys.0)
+        .env("AWS_SECRET_ACCESS_KEY", keys.1)
+        .env("BACKSTOP_CACHE_DIR", "off")
+        .args(
+            server
+                .ca
+                .iter()
+                .flat_map(|c| ["--cacert".into(), c.display().to_string()]),
+        )
+        .output()
+        .expect("backstop");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn s3(server: &S3Server, url: &str, keys: (&str, &str)) -> backstop_storage::s3::S3Backend {
+    let loc = S3Location::parse(url).expect("location");
+    backstop_storage::s3::S3Backend::connect(
+        &loc,
+        &S3Options {
+            access_key_id: keys.0.into(),
+            secret_access_key: Secret::new(keys.1),
+            ca_cert: server.ca.clone(),
+            object_lock: Some(ObjectLock {
+                mode: LockMode::Compliance,
+                days: 1,
+            }),
+            ..S3Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// A disk image of `mib` MiB whose content depends on `seed`.
+fn write_image(path: &Path, mib: usize, seed: u64) {
+    fs::write(path, crate::support::noise(mib << 20, seed)).expect("image");
+}
+
+#[test]
+fn an_object_locked_repository_survives_a_stolen_write_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(dir.path());
+    let admin = (ACCESS_KEY, SECRET_KEY);
+    let writer = (WRITE_ACCESS_KEY, WRITE_SECRET_KEY);
+
+    // A bucket without Object Lock is refused when a lock is asked for.
+    let plain = server.repo("plainbucket", "22");
+    let out = Command::new(BACKSTOP)
+        .args(["repo", "-r", &plain, "init"])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .expect("init");
+    assert!(out.status.success(), "{out:?}");
+    let out = repo(&server, &plain, admin, &["snapshots"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("has no Object Lock") && out.stderr.lines().count() == 1,
+        "{out:?}"
+    );
+
+    // The repository: its bucket is made with Object Lock (the admin key), the backups are
+    // written with the write key.
+    let url = server.repo("lockedbucket", "22");
+    let out = repo(&server, &url, admin, &["init"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let image = dir.path().join("disk.raw");
+    write_image(&image, 24, 1);
+    let mut points: Vec<(String, Vec<u8>)> = Vec::new();
+    for round in 0..3u64 {
+        if round > 0 {
+            let mut bytes = fs::read(&image).expect("image");
+            let at = (round as usize * 5) << 20;
+            bytes[at..at + (1 << 20)].copy_from_slice(&crate::support::noise(1 << 20, 100 + round));
+            fs::write(&image, bytes).expect("image");
+        }
+        let out = repo(
+            &server,
+            &url,
+            writer,
+            &[
+                "backup",
+                "--image",
+                image.to_str().expect("utf-8"),
+                "--path",
+                IN_SNAPSHOT,
+                "--json",
+            ],
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let summary: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("json");
+        let id = summary["snapshot_id"]
+            .as_str()
+            .expect("snapshot id")
+            .to_string();
+        points.push((id, fs::read(&image).expect("image")));
+    }
+
+    // Every object carries a COMPLIANCE retention about a day away; no lock file is left.
+    let store = s3(&server, &url, writer);
+    let objects = store.objects().expect("objects");
+    assert!(objects.len() > 6, "{objects:?}");
+    let now = jiff::Timestamp::now();
+    for (key, _) in &objects {
+        assert!(!key.contains("/locks/"), "{key} is left");
+        let (mode, until) = store
+            .retention(key, None)
+            .expect("retention")
+            .unwrap_or_else(|| panic!("{key} has no retention"));
+        assert_eq!(mode, "COMPLIANCE", "{key}");
+        let left = until.duration_since(now).as_secs();
+        assert!(
+            (86_400 - 600..=86_400 + 60).contains(&left),
+            "{key}: retained until {until}"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before_attack = jiff::Timestamp::now();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    // The attacker, with the write key: every object deleted, then a forged snapshot file.
+    // Removing a locked version is refused; a plain delete only adds a marker.
+    let forged = "22/snapshots/".to_string() + &"ab".repeat(32);
+    for v in store.versions().expect("versions") {
+        // Lock files carry no retention (they go when their holder ends).
+        if v.key != forged && !v.delete_marker && !v.key.contains("/locks/") {
+            let refused = store.delete_version(&v.key, &v.version_id);
+            assert!(
+                refused.is_err(),
+                "locked version {} of {} removed",
+                v.version_id,
+                v.key
+            );
+        }
+    }
+    for (key, _) in store.objects().expect("objects") {
+        store.remove_object(&key).expect("a delete marker");
+    }
+    assert!(
+        store.objects().expect("objects").is_empty(),
+        "everything looks gone"
+    );
+    store
+        .put_object(&forged, b"not a snapshot")
+        .expect("the write key may write");
+    let gone = server.restic(&url, PASSWORD, &["snapshots"]);
+    assert!(!gone.status.success(), "restic still opens it: {gone:?}");
+
+    // Undelete, with the admin key: a dry run says what it would do and changes nothing.
+    let before = before_attack.to_string();
+    let dry = repo(
+        &server,
+        &url,
+        admin,
+        &["undelete", "--before", &before, "--dry-run"],
+    );
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    assert!(dry.stdout.starts_with("would change"), "{dry:?}");
+    assert!(dry.stdout.contains("1 made since hidden"), "{dry:?}");
+    assert_eq!(
+        store.objects().expect("objects").len(),
+        1,
+        "only the forged file"
+    );
+    let out = repo(&server, &url, admin, &["undelete", "--before", &before]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("{} object(s) undeleted", objects.len())),
+        "{out:?}"
+    );
+    let check = server.restic(&url, PASSWORD, &["check", "--read-data"]);
+    assert!(check.status.success(), "{check:?}");
+    for (id, bytes) in &points {
+        let dump = server.restic(&url, PASSWORD, &["dump", id, IN_SNAPSHOT]);
+        assert!(dump.status.success(), "{dump:?}");
+        assert!(dump.stdout == *bytes, "point {id} dumps differently");
+    }
+    let listed = server.restic(&url, PASSWORD, &["snapshots", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed.len(), 3, "the forged file stays hidden");
+    // Undone again: nothing left to change.
+    let out = repo(&server, &url, admin, &["undelete", "--before", &before]);
+    assert!(out.stdout.contains(" 0 object(s) undeleted"), "{out:?}");
+
+    // A time that is not one: one line.
+    let out = repo(
+        &server,
+        &url,
+        admin,
+        &["undelete", "--before", "yesterday-ish"],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("is not a time") && out.stderr.lines().count() == 1);
+}
