@@ -14,7 +14,8 @@
 
 use crate::crypto::Crypto;
 use crate::format::RepoId;
-use crate::keys;
+pub use crate::keys::ESCROW_FIELD as FIELD;
+use crate::keys::{self, MAX_RECIPIENTS, Sealed, sealed_in};
 use crate::{Error, ErrorKind};
 use age::secrecy::ExposeSecret;
 use backstop_storage::Storage;
@@ -22,14 +23,8 @@ use rustic_core::FileType;
 use rustic_core::repofile::{KeyFile, MasterKey};
 use std::io::{Read, Write};
 
-/// The key file's member that holds the sealed password.
-pub const FIELD: &str = "backstop_escrow";
-
 /// The user name an escrow key file records (restic's `key list` shows it).
 pub const USER: &str = "backstop-escrow";
-
-/// At most this many recipients.
-const MAX_RECIPIENTS: usize = 16;
 
 /// scrypt's N for escrow key files (r = 8, p = 1): 16 MiB.
 const ESCROW_N: u32 = 1 << 14;
@@ -37,9 +32,6 @@ const ESCROW_R: u32 = 8;
 
 /// An identity file larger than this is not one.
 const MAX_IDENTITY_FILE: u64 = 1 << 20;
-
-/// A sealed text larger than this is not one of ours.
-const MAX_SEALED: usize = 64 << 10;
 
 fn bad(why: String) -> Error {
     Error::new(ErrorKind::Repository, why)
@@ -193,21 +185,6 @@ pub fn keygen() -> (String, String) {
         identity.to_string().expose_secret()
     );
     (text, public)
-}
-
-/// What a key file's escrow member says, when it has one.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub(crate) struct Sealed {
-    pub(crate) recipients: Vec<String>,
-    pub(crate) sealed: String,
-}
-
-/// The escrow member of a key file's bytes, if it has a well-formed one.
-pub(crate) fn sealed_in(bytes: &[u8]) -> Option<Sealed> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let sealed: Sealed = serde_json::from_value(value.get(FIELD)?.clone()).ok()?;
-    (sealed.sealed.len() <= MAX_SEALED && sealed.recipients.len() <= MAX_RECIPIENTS)
-        .then_some(sealed)
 }
 
 /// The escrow key files of `storage`: id, and the recipients each says it is sealed to.

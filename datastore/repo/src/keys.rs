@@ -131,6 +131,30 @@ pub(crate) fn key_ids(storage: &dyn Storage) -> Result<Vec<rustic_core::Id>, Err
     })
 }
 
+/// The key file's member that holds an escrow key's sealed password (docs/escrow.md).
+pub const ESCROW_FIELD: &str = "backstop_escrow";
+
+/// An escrow key is sealed to at most this many recipients.
+pub(crate) const MAX_RECIPIENTS: usize = 16;
+
+/// A sealed text larger than this is not one of ours.
+const MAX_SEALED: usize = 64 << 10;
+
+/// What a key file's escrow member says (docs/escrow.md), when it has one.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct Sealed {
+    pub(crate) recipients: Vec<String>,
+    pub(crate) sealed: String,
+}
+
+/// The escrow member of a key file's bytes, if it has a well-formed one.
+pub(crate) fn sealed_in(bytes: &[u8]) -> Option<Sealed> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let sealed: Sealed = serde_json::from_value(value.get(ESCROW_FIELD)?.clone()).ok()?;
+    (sealed.sealed.len() <= MAX_SEALED && sealed.recipients.len() <= MAX_RECIPIENTS)
+        .then_some(sealed)
+}
+
 /// The key files `password` opens, and the master key each gives.
 pub(crate) fn keys_opened_by(
     storage: &dyn Storage,
@@ -341,7 +365,7 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
             let escrow = bytes
                 .as_ref()
                 .ok()
-                .and_then(|b| crate::escrow::sealed_in(b))
+                .and_then(|b| sealed_in(b))
                 .map(|s| s.recipients.iter().map(|r| printable(r)).collect());
             let read = bytes.and_then(|b| {
                 serde_json::from_slice::<KeyFile>(&b).map_err(|e| format!("is not a key file: {e}"))
