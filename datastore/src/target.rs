@@ -157,8 +157,10 @@ impl RepoTarget {
 
 /// With BACKSTOP_ESCROW_RECIPIENTS, gives the repository on `storage` an escrow key sealed to
 /// them unless it has one (docs/escrow.md), opening it with the datastore's password when
-/// `opened` is None and one is needed; whether a key was added. Checking costs a listing and
-/// a read of each key file; no password is derived unless a key is added.
+/// `opened` is None; whether a key was added. Only an escrow key the repository's master key
+/// made counts, so one planted by whoever can write the storage does not stop the real one
+/// being added: checking costs opening the repository (one key derivation) and a read of
+/// each key file.
 pub fn ensure_escrow(
     ds: &Datastore,
     storage: &Arc<dyn Storage>,
@@ -167,9 +169,6 @@ pub fn ensure_escrow(
     let Some(recipients) = Settings::of(ds)?.escrow else {
         return Ok(false);
     };
-    if crate::repo::escrow::has_escrow(storage.as_ref(), &recipients)? {
-        return Ok(false);
-    }
     let owned;
     let repo = match opened {
         Some(r) => r,

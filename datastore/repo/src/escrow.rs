@@ -15,10 +15,12 @@
 use crate::crypto::Crypto;
 use crate::format::RepoId;
 pub use crate::keys::ESCROW_FIELD as FIELD;
-use crate::keys::{self, MAX_RECIPIENTS, Sealed, sealed_in};
+use crate::keys::{self, MAX_RECIPIENTS, sealed_in};
 use crate::{Error, ErrorKind};
 use age::secrecy::ExposeSecret;
 use backstop_storage::Storage;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use rustic_core::FileType;
 use rustic_core::repofile::{KeyFile, MasterKey};
 use std::io::{Read, Write};
@@ -80,10 +82,19 @@ impl Recipients {
         }
         let mut keys = Vec::with_capacity(names.len());
         for name in &names {
-            let shown: String = name.chars().take(80).collect();
+            // A private key pasted by mistake is never shown, not even in part.
+            if name.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+                return Err("a private key (AGE-SECRET-KEY-...) was given where its public key belongs: give the public key (age1...), and keep the private key offline".into());
+            }
+            let shown: String = name
+                .chars()
+                .take(12)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
             let key = name.parse::<age::x25519::Recipient>().map_err(|_| {
                 format!(
-                    "{shown:?} is not an age X25519 public key (age1..., as age-keygen or backstop repo escrow keygen print it)"
+                    "{shown:?}{} is not an age X25519 public key (age1..., as age-keygen or backstop repo escrow keygen print it)",
+                    if name.chars().count() > 12 { "..." } else { "" }
                 )
             })?;
             keys.push(key);
@@ -187,26 +198,33 @@ pub fn keygen() -> (String, String) {
     (text, public)
 }
 
-/// The escrow key files of `storage`: id, and the recipients each says it is sealed to.
-pub(crate) fn escrow_keys(storage: &dyn Storage) -> Result<Vec<(rustic_core::Id, Sealed)>, Error> {
+/// The escrow key files of `storage` that `master` made: id, and the recipients each is
+/// sealed to.
+fn escrow_keys(
+    storage: &dyn Storage,
+    master: &MasterKey,
+) -> Result<Vec<(rustic_core::Id, Vec<String>)>, Error> {
     let mut found = Vec::new();
     for id in keys::key_ids(storage)? {
         // A key file that cannot be read now is not counted: at worst a second escrow key
         // is added.
         if let Ok(bytes) = storage.read_full(FileType::Key, &id)
-            && let Some(s) = sealed_in(&bytes)
+            && let Some(r) = keys::escrow_verified(&bytes, master)
         {
-            found.push((id, s));
+            found.push((id, r));
         }
     }
     Ok(found)
 }
 
-/// Whether `storage` has an escrow key sealed to exactly `recipients` (read without a
-/// password: the recipients are written in the clear).
-pub fn has_escrow(storage: &dyn Storage, recipients: &Recipients) -> Result<bool, Error> {
-    Ok(escrow_keys(storage)?.iter().any(|(_, s)| {
-        let mut names = s.recipients.clone();
+/// Whether `storage` has an escrow key, made with `master`, sealed to exactly `recipients`.
+pub fn has_escrow(
+    storage: &dyn Storage,
+    master: &MasterKey,
+    recipients: &Recipients,
+) -> Result<bool, Error> {
+    Ok(escrow_keys(storage, master)?.iter().any(|(_, r)| {
+        let mut names = r.clone();
         names.sort();
         names == recipients.names
     }))
@@ -244,11 +262,19 @@ pub(crate) fn add(
         .and_then(|c| c.encrypt(&plain))
         .map_err(|e| bad(format!("cannot seal the master key: {e}")))?;
     let sealed = recipients.seal(password.as_bytes())?;
+    let digest = keys::escrow_digest(&file.salt, &file.data, &recipients.names, &sealed);
+    let auth = Crypto::new(master)
+        .and_then(|c| c.encrypt(&digest))
+        .map_err(|e| bad(format!("cannot seal the escrow key's check: {e}")))?;
     let mut json = serde_json::to_value(&file).map_err(|e| bad(format!("cannot encode: {e}")))?;
     if let Some(object) = json.as_object_mut() {
         object.insert(
             FIELD.to_string(),
-            serde_json::json!({"recipients": recipients.names, "sealed": sealed}),
+            serde_json::json!({
+                "recipients": recipients.names,
+                "sealed": sealed,
+                "auth": STANDARD.encode(auth),
+            }),
         );
     }
     let bytes = serde_json::to_vec(&json).map_err(|e| bad(format!("cannot encode: {e}")))?;
@@ -272,16 +298,29 @@ fn same(a: &MasterKey, b: &MasterKey) -> bool {
     !a.is_empty() && a == serde_json::to_vec(b).unwrap_or_default()
 }
 
-/// The password of an escrow key of `storage` that `identities` unseal, with that key's id:
-/// the first escrow key whose sealed password they open and whose password opens it.
-pub fn unseal(storage: &dyn Storage, identities: &Identities) -> Result<(String, String), Error> {
+/// The passwords of the escrow keys of `storage` that `identities` unseal and that open
+/// their own key file, with each key's id: the candidates to open the repository with
+/// ([`crate::Repo::open_by_escrow`] tries each). Unverified (no master key yet): whether one
+/// opens the repository is what tells.
+pub fn unseal(
+    storage: &dyn Storage,
+    identities: &Identities,
+) -> Result<Vec<(String, String)>, Error> {
     let location = storage.location();
-    let found = escrow_keys(storage)?;
+    let mut found = Vec::new();
+    for id in keys::key_ids(storage)? {
+        if let Ok(bytes) = storage.read_full(FileType::Key, &id)
+            && let Some(s) = sealed_in(&bytes)
+        {
+            found.push((id, s));
+        }
+    }
     if found.is_empty() {
         return Err(bad(format!(
             "the repository at {location} has no escrow key"
         )));
     }
+    let mut opened = Vec::new();
     for (id, s) in &found {
         let Some(plain) = identities.unseal(&s.sealed) else {
             continue;
@@ -290,18 +329,16 @@ pub fn unseal(storage: &dyn Storage, identities: &Identities) -> Result<(String,
             continue;
         };
         if let keys::Tried::Opened(_) = keys::try_key(storage, id, &password) {
-            return Ok((password, id.to_hex().to_string()));
+            opened.push((password, id.to_hex().to_string()));
         }
     }
-    Err(bad(format!(
-        "no escrow key of the repository at {location} opens with that identity ({} escrow key(s), sealed to {})",
-        found.len(),
-        found
-            .iter()
-            .map(|(_, s)| s.recipients.join(" "))
-            .collect::<Vec<_>>()
-            .join("; ")
-    )))
+    if opened.is_empty() {
+        return Err(bad(format!(
+            "none of the {} escrow key(s) of the repository at {location} opens with that identity",
+            found.len()
+        )));
+    }
+    Ok(opened)
 }
 
 #[cfg(test)]
@@ -323,8 +360,19 @@ mod tests {
             e.contains("\"age1nope\" is not an age X25519 public key"),
             "{e}"
         );
-        let e = Recipients::parse("AGE-SECRET-KEY-1QQQ").expect_err("secret");
-        assert!(e.contains("is not an age X25519 public key"), "{e}");
+        let (identity, _) = keygen();
+        let secret = identity
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .expect("secret line");
+        for given in [secret.to_string(), secret.to_ascii_lowercase()] {
+            let e = Recipients::parse(&format!("{a}, {given}")).expect_err("secret");
+            assert!(
+                e.contains("a private key (AGE-SECRET-KEY-...) was given"),
+                "{e}"
+            );
+            assert!(!e.contains(&given[15..]), "the private key shows: {e}");
+        }
     }
 
     #[test]

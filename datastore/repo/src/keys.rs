@@ -140,19 +140,60 @@ pub(crate) const MAX_RECIPIENTS: usize = 16;
 /// A sealed text larger than this is not one of ours.
 const MAX_SEALED: usize = 64 << 10;
 
-/// What a key file's escrow member says (docs/escrow.md), when it has one.
+/// What a key file's escrow member says (docs/escrow.md), when it has one. Anyone who can
+/// write `keys/` can write such a member; only `auth` (made with the master key) tells one
+/// backstop made from a planted one ([`escrow_verified`]).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub(crate) struct Sealed {
     pub(crate) recipients: Vec<String>,
     pub(crate) sealed: String,
+    #[serde(default)]
+    pub(crate) auth: Option<String>,
 }
 
 /// The escrow member of a key file's bytes, if it has a well-formed one.
 pub(crate) fn sealed_in(bytes: &[u8]) -> Option<Sealed> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let sealed: Sealed = serde_json::from_value(value.get(ESCROW_FIELD)?.clone()).ok()?;
-    (sealed.sealed.len() <= MAX_SEALED && sealed.recipients.len() <= MAX_RECIPIENTS)
-        .then_some(sealed)
+    (sealed.sealed.len() <= MAX_SEALED
+        && sealed.recipients.len() <= MAX_RECIPIENTS
+        && sealed.auth.as_ref().is_none_or(|a| a.len() <= 1024))
+    .then_some(sealed)
+}
+
+/// What an escrow key's `auth` seals with the master key: the SHA-256 of its salt, its
+/// sealed master key, its recipients and its sealed password, each length-prefixed.
+pub(crate) fn escrow_digest(
+    salt: &[u8],
+    data: &[u8],
+    recipients: &[String],
+    sealed: &str,
+) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part(salt);
+    part(data);
+    for r in recipients {
+        part(r.as_bytes());
+    }
+    part(sealed.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// The recipients of a key file's escrow member when the master key made it (its `auth`
+/// opens with the master key and holds the digest of the file's own parts); None for a key
+/// file without one, or with one anybody else wrote.
+pub(crate) fn escrow_verified(bytes: &[u8], master: &MasterKey) -> Option<Vec<String>> {
+    let s = sealed_in(bytes)?;
+    let file: KeyFile = serde_json::from_slice(bytes).ok()?;
+    let auth = STANDARD.decode(s.auth.as_deref()?).ok()?;
+    let plain = Crypto::new(master).ok()?.decrypt(&auth).ok()?;
+    (plain == escrow_digest(&file.salt, &file.data, &s.recipients, &s.sealed))
+        .then_some(s.recipients)
 }
 
 /// The key files `password` opens, and the master key each gives.
@@ -350,7 +391,11 @@ fn printable(text: &str) -> String {
 
 /// The key files of `storage`, oldest first where they say when they were made;
 /// `current` for those `password` opens.
-pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>, Error> {
+pub(crate) fn list(
+    storage: &dyn Storage,
+    password: &str,
+    master: &MasterKey,
+) -> Result<Vec<KeyInfo>, Error> {
     let ids = key_ids(storage)?;
     let opened: Vec<rustic_core::Id> = keys_opened_by(storage, password)?
         .into_iter()
@@ -362,11 +407,15 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
             let bytes = storage
                 .read_full(FileType::Key, id)
                 .map_err(|e| format!("cannot be read: {e}"));
+            // Only an escrow member the master key made is shown as one; a planted one is
+            // said to be planted.
+            let claimed = bytes.as_ref().ok().and_then(|b| sealed_in(b)).is_some();
             let escrow = bytes
                 .as_ref()
                 .ok()
-                .and_then(|b| sealed_in(b))
-                .map(|s| s.recipients.iter().map(|r| printable(r)).collect());
+                .and_then(|b| escrow_verified(b, master))
+                .map(|r| r.iter().map(|r| printable(r)).collect::<Vec<_>>());
+            let forged = claimed && escrow.is_none();
             let read = bytes.and_then(|b| {
                 serde_json::from_slice::<KeyFile>(&b).map_err(|e| format!("is not a key file: {e}"))
             });
@@ -379,6 +428,12 @@ pub(crate) fn list(storage: &dyn Storage, password: &str) -> Result<Vec<KeyInfo>
                 ),
                 Err(why) => (None, None, None, Some(printable(&why))),
             };
+            let unreadable = unreadable.or_else(|| {
+                forged.then(|| {
+                    "claims to be an escrow key, but this repository's master key did not make it"
+                        .to_string()
+                })
+            });
             (
                 created,
                 KeyInfo {

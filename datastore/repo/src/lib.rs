@@ -302,7 +302,7 @@ impl Repo {
     /// Adds an escrow key sealed to `recipients` (docs/escrow.md) unless one sealed to
     /// exactly them is there; the new key's id, if one was added.
     pub fn add_escrow(&self, recipients: &escrow::Recipients) -> Result<Option<String>, Error> {
-        if escrow::has_escrow(self.backend.as_ref(), recipients)? {
+        if escrow::has_escrow(self.backend.as_ref(), &self.master, recipients)? {
             return Ok(None);
         }
         escrow::add(self.backend.as_ref(), &self.master, recipients).map(Some)
@@ -315,14 +315,29 @@ impl Repo {
         backend: Arc<dyn Storage>,
         identities: &escrow::Identities,
     ) -> Result<(Repo, String), Error> {
-        let (password, _) = escrow::unseal(backend.as_ref(), identities)?;
-        let repo = Repo::open(backend, &password)?;
-        Ok((repo, password))
+        // Every escrow key the identities unseal is tried until one opens the repository: a
+        // key file anyone planted (another repository's escrow key, say) is passed over.
+        let candidates = escrow::unseal(backend.as_ref(), identities)?;
+        let mut tried = Vec::new();
+        for (password, id) in candidates {
+            match Repo::open(backend.clone(), &password) {
+                Ok(repo) => return Ok((repo, password)),
+                Err(e) => tried.push(format!("key {}: {}", &id[..8], e.message)),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Repository,
+            format!(
+                "no escrow key that identity opens opens the repository at {} ({})",
+                backend.location(),
+                tried.join("; ")
+            ),
+        ))
     }
 
     /// The repository's key files, `current` for those `password` opens (`key list`).
     pub fn keys(&self, password: &str) -> Result<Vec<keys::KeyInfo>, Error> {
-        keys::list(self.backend.as_ref(), password)
+        keys::list(self.backend.as_ref(), password, &self.master)
     }
 
     /// Removes the key file whose id starts with `prefix` (`key remove`), unless `password`
