@@ -658,13 +658,14 @@ fn undelete(args: &Args, before: &str, dry_run: bool) -> Result<(), String> {
     };
     let done = s3.undelete(before, dry_run).map_err(|e| e.to_string())?;
     println!(
-        "{}{}: {} object(s) undeleted, {} brought back from an overwrite, {} made since hidden, {} unchanged",
+        "{}{}: {} object(s) undeleted, {} brought back from an overwrite, {} made since hidden, {} unchanged, {} key file(s) made since kept",
         if dry_run { "would change " } else { "" },
         s3.location().url(),
         done.uncovered,
         done.restored,
         done.hidden,
-        done.unchanged
+        done.unchanged,
+        done.keys_kept
     );
     Ok(())
 }

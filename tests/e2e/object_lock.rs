@@ -185,6 +185,32 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
     let gone = server.restic(&url, PASSWORD, &["snapshots"]);
     assert!(!gone.status.success(), "restic still opens it: {gone:?}");
 
+    // Undelete is refused on more than one repository (the bucket's root), and while a lock
+    // file is there (the attacker may leave one: unlock removes it).
+    let root = url.trim_end_matches("/22").to_string();
+    let out = repo(
+        &server,
+        &root,
+        admin,
+        &["undelete", "--before", &before_attack.to_string()],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("undelete works on one repository"),
+        "{out:?}"
+    );
+    let lock = "22/locks/".to_string() + &"cd".repeat(32);
+    store.put_object(&lock, b"a lock").expect("a lock file");
+    let out = repo(
+        &server,
+        &url,
+        admin,
+        &["undelete", "--before", &before_attack.to_string()],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("1 lock file(s) are there"), "{out:?}");
+    store.remove_object(&lock).expect("unlock");
+
     // Undelete, with the admin key: a dry run says what it would do and changes nothing.
     let before = before_attack.to_string();
     let dry = repo(
@@ -201,7 +227,20 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
         1,
         "only the forged file"
     );
-    let out = repo(&server, &url, admin, &["undelete", "--before", &before]);
+    // As docs/s3.md writes it: no lock options; the config's copy takes its old version's
+    // retention.
+    let out = Command::new(BACKSTOP)
+        .args(["repo", "-r", &url, "undelete", "--before", &before])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env_remove("RESTIC_PASSWORD")
+        .output()
+        .expect("undelete");
+    let out = Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout.contains(&format!(
@@ -210,6 +249,11 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
         )),
         "{out:?}"
     );
+    let (mode, _) = store
+        .retention("22/config", None)
+        .expect("retention")
+        .expect("the copied-back config is locked");
+    assert_eq!(mode, "COMPLIANCE");
     let check = server.restic(&url, PASSWORD, &["check", "--read-data"]);
     assert!(check.status.success(), "{check:?}");
     for (id, bytes) in &points {
@@ -222,7 +266,12 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
     assert_eq!(listed.len(), 3, "the forged file stays hidden");
     // Undone again: nothing left to change.
     let out = repo(&server, &url, admin, &["undelete", "--before", &before]);
-    assert!(out.stdout.contains(" 0 object(s) undeleted"), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            " 0 object(s) undeleted, 0 brought back from an overwrite, 0 made since hidden"
+        ),
+        "{out:?}"
+    );
 
     // A time that is not one: one line.
     let out = repo(

@@ -562,7 +562,8 @@ pub fn update_datastore(
             .escrow
             .map(|r| r.names().to_vec()))
     };
-    let before = recipients(st)?;
+    // A stored template that no longer reads must not stop the update that repairs it.
+    let before = recipients(st).ok().flatten();
     let updated = update_template(env, st, id, f, append)?;
     let after = recipients(st)?;
     // New or other escrow recipients: every repository gets a key sealed to them now.

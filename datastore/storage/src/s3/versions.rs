@@ -4,8 +4,8 @@
 //! overwritten since get their old version back (a copy of it), objects made since are hidden
 //! behind a delete marker. No version is ever removed, so an undelete can itself be undone.
 
+use super::S3Backend;
 use super::client::{Attempt, Failure, check};
-use super::{ObjectLock, S3Backend};
 use std::io::Read;
 
 /// One version (or delete marker) of an object.
@@ -18,6 +18,8 @@ pub struct ObjectVersion {
     pub delete_marker: bool,
     pub last_modified: jiff::Timestamp,
     pub size: u64,
+    /// The store's ETag (quotes and all), to tell two versions' contents apart.
+    pub etag: String,
 }
 
 /// What [`S3Backend::undelete`] did (or, dry, would do).
@@ -31,10 +33,29 @@ pub struct Undeleted {
     pub hidden: usize,
     /// Objects already as they were.
     pub unchanged: usize,
+    /// Key files made since, left as they are: hiding one could lock the datastore's own
+    /// password out (a password change made since).
+    pub keys_kept: usize,
 }
 
-/// At most this many versions are read (a hostile store could list forever).
-const MAX_VERSIONS: usize = 10_000_000;
+/// At most this many versions are read, in at most this many pages of at most this many
+/// entries (S3's own page size): a hostile store could list forever.
+const MAX_VERSIONS: usize = 1_000_000;
+const MAX_PAGES: usize = 10_000;
+const MAX_PAGE_ENTRIES: usize = 1_000;
+
+/// Text from the store, as an error may show it: control characters replaced, cut short.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(120)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 120 {
+        out.push_str("...");
+    }
+    out
+}
 
 /// The text of `<name>...</name>` inside `block`, XML entities decoded; None when absent.
 fn field(block: &str, name: &str) -> Option<String> {
@@ -53,25 +74,28 @@ fn unescape(text: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// The `<tag>...</tag>` blocks of a listing, in order, with their tag.
+/// The `<tag>...</tag>` blocks of a listing, in order, with their tag: one pass over the
+/// text (a block's end is looked for from its start only).
 fn blocks<'a>(text: &'a str, tags: &[&'a str]) -> Vec<(&'a str, &'a str)> {
     let mut out = Vec::new();
-    let mut rest = text;
-    loop {
-        let next = tags
+    let mut at = 0;
+    while let Some(i) = text[at..].find('<') {
+        let start = at + i;
+        let rest = &text[start + 1..];
+        let tag = tags
             .iter()
-            .filter_map(|t| rest.find(&format!("<{t}>")).map(|i| (i, *t)))
-            .min();
-        let Some((start, tag)) = next else {
-            break;
+            .find(|t| rest.starts_with(**t) && rest[t.len()..].starts_with('>'));
+        let Some(tag) = tag else {
+            at = start + 1;
+            continue;
         };
-        let body_start = start + tag.len() + 2;
+        let body = start + tag.len() + 2;
         let close = format!("</{tag}>");
-        let Some(len) = rest[body_start..].find(&close) else {
+        let Some(len) = text[body..].find(&close) else {
             break;
         };
-        out.push((tag, &rest[body_start..body_start + len]));
-        rest = &rest[body_start + len + close.len()..];
+        out.push((*tag, &text[body..body + len]));
+        at = body + len + close.len();
     }
     out
 }
@@ -84,33 +108,45 @@ fn parse_versions(text: &str) -> Result<(Vec<ObjectVersion>, NextPage), String> 
     if !text.contains("<ListVersionsResult") {
         return Err("the version listing is not S3's XML".into());
     }
+    let found = blocks(text, &["Version", "DeleteMarker"]);
+    if found.len() > MAX_PAGE_ENTRIES {
+        return Err(format!(
+            "the store listed {} versions in one page (S3 gives at most {MAX_PAGE_ENTRIES})",
+            found.len()
+        ));
+    }
     let mut out = Vec::new();
-    for (tag, block) in blocks(text, &["Version", "DeleteMarker"]) {
+    for (tag, block) in found {
         let key = field(block, "Key").ok_or("a version without a key")?;
         let version_id = field(block, "VersionId").ok_or("a version without an id")?;
         let last_modified = field(block, "LastModified")
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .ok_or_else(|| format!("version {version_id} of {key} has no time"))?;
+            .ok_or_else(|| {
+                format!(
+                    "version {} of {} has no time",
+                    shown(&version_id),
+                    shown(&key)
+                )
+            })?;
         out.push(ObjectVersion {
             latest: field(block, "IsLatest").as_deref() == Some("true"),
             delete_marker: tag == "DeleteMarker",
             size: field(block, "Size")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
+            etag: field(block, "ETag").unwrap_or_default(),
             key,
             version_id,
             last_modified,
         });
     }
-    let next = (field(text, "IsTruncated").as_deref() == Some("true"))
-        .then(|| {
-            Some((
-                field(text, "NextKeyMarker")?,
-                field(text, "NextVersionIdMarker").unwrap_or_default(),
-            ))
-        })
-        .flatten();
-    Ok((out, next))
+    if field(text, "IsTruncated").as_deref() != Some("true") {
+        return Ok((out, None));
+    }
+    match (field(text, "NextKeyMarker"), field(text, "NextVersionIdMarker")) {
+        (Some(k), Some(v)) if !k.is_empty() => Ok((out, Some((k, v)))),
+        _ => Err("the version listing goes on but does not say where (no NextKeyMarker and NextVersionIdMarker)".into()),
+    }
 }
 
 impl S3Backend {
@@ -125,7 +161,9 @@ impl S3Backend {
         };
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
-        loop {
+        let mut seen = std::collections::HashSet::new();
+        let mut listed = 0usize;
+        for _ in 0..MAX_PAGES {
             let mut query: Vec<(&str, &str)> = vec![("versions", ""), ("prefix", &prefix)];
             if let Some((k, v)) = &marker {
                 query.push(("key-marker", k));
@@ -147,19 +185,31 @@ impl S3Backend {
                 .map_err(|f| crate::Error::new(self.said("list the versions of", &prefix, &f)))?;
             let (page, next) = parse_versions(&text)
                 .map_err(|e| crate::Error::new(format!("{}: {e}", self.location.url())))?;
-            out.extend(page.into_iter().filter(|v| v.key.starts_with(&prefix)));
-            if out.len() > MAX_VERSIONS {
+            listed += page.len();
+            if listed > MAX_VERSIONS {
                 return Err(crate::Error::new(format!(
                     "{}: more than {MAX_VERSIONS} object versions",
                     self.location.url()
                 )));
             }
+            out.extend(page.into_iter().filter(|v| v.key.starts_with(&prefix)));
             match next {
-                Some(n) if Some(&n) != marker.as_ref() => marker = Some(n),
-                _ => break,
+                None => return Ok(out),
+                Some(n) => {
+                    if !seen.insert(n.clone()) {
+                        return Err(crate::Error::new(format!(
+                            "{}: the version listing goes round in a circle",
+                            self.location.url()
+                        )));
+                    }
+                    marker = Some(n);
+                }
             }
         }
-        Ok(out)
+        Err(crate::Error::new(format!(
+            "{}: the version listing has more than {MAX_PAGES} pages",
+            self.location.url()
+        )))
     }
 
     /// An object version's retention: (mode, until), or None when it has none.
@@ -235,9 +285,16 @@ impl S3Backend {
     /// this repository's retention, if it has one).
     fn copy_back(&self, key: &str, version_id: &str) -> Result<(), crate::Error> {
         let source = format!("/{}/{}?versionId={}", self.location.bucket, key, version_id);
-        let until = self
-            .object_lock
-            .map(|l: ObjectLock| (l.mode.as_str(), l.until(jiff::Timestamp::now())));
+        // The repository's retention when it was given, else the old version's own (a copy
+        // does not inherit it), while it lasts.
+        let now = jiff::Timestamp::now();
+        let until: Option<(String, String)> = match self.object_lock {
+            Some(l) => Some((l.mode.as_str().to_string(), l.until(now))),
+            None => self
+                .retention(key, Some(version_id))?
+                .filter(|(_, until)| *until > now)
+                .map(|(mode, until)| (mode, until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())),
+        };
         let mut headers: Vec<(&str, &str)> = vec![("x-amz-copy-source", &source)];
         if let Some((mode, until)) = &until {
             headers.push(("x-amz-object-lock-mode", mode));
@@ -255,17 +312,44 @@ impl S3Backend {
             .map_err(|f| crate::Error::new(self.said("copy back an old version of", key, &f)))
     }
 
-    /// Puts the repository back to what it held at `before`: what [`Undeleted`] says, done
-    /// unless `dry`. Lock files are left alone (they are not data).
+    /// Puts the repository back to what it held before `before`: what [`Undeleted`] says,
+    /// done unless `dry`. Refused where no version of a `config` is (not one repository: a
+    /// bucket's root or a parent prefix would touch every repository under it) and while a
+    /// lock file is there (a backup or prune going on would lose what it writes). Lock files
+    /// are left alone; key files made since are kept.
     pub fn undelete(&self, before: jiff::Timestamp, dry: bool) -> Result<Undeleted, crate::Error> {
         let locks = self.key_dir("locks");
+        let keys = self.key_dir("keys");
+        let config = self.key(rustic_core::FileType::Config, &rustic_core::Id::default());
         let mut by_key: std::collections::BTreeMap<String, Vec<ObjectVersion>> =
             std::collections::BTreeMap::new();
+        let mut held = 0;
         for v in self.versions()? {
-            if !v.key.starts_with(&locks) {
+            if v.key.starts_with(&locks) {
+                held += usize::from(v.latest && !v.delete_marker);
+            } else {
                 by_key.entry(v.key.clone()).or_default().push(v);
             }
         }
+        if !by_key.contains_key(&config) {
+            return Err(crate::Error::new(format!(
+                "{}: no version of a repository's config is there: undelete works on one repository (s3:<endpoint>/<bucket>/<its path>)",
+                self.location.url()
+            )));
+        }
+        if held > 0 {
+            return Err(crate::Error::new(format!(
+                "{}: {held} lock file(s) are there: stop what uses the repository; if nothing does (an attacker may have left them), remove them with `backstop repo unlock --remove-all` and undelete again",
+                self.location.url()
+            )));
+        }
+        let hide = |key: &str| -> Result<(), crate::Error> {
+            if dry {
+                return Ok(());
+            }
+            self.delete(key)
+                .map_err(|f| crate::Error::new(self.said("hide", key, &f)))
+        };
         let mut done = Undeleted::default();
         for (key, mut versions) in by_key {
             // Newest first; a version's order among equal times is the store's.
@@ -273,31 +357,35 @@ impl S3Backend {
             let Some(latest) = versions.iter().find(|v| v.latest).or(versions.first()) else {
                 continue;
             };
-            let then = versions.iter().find(|v| v.last_modified <= before);
+            let then = versions.iter().find(|v| v.last_modified < before);
+            let is_key = key.starts_with(&keys);
             match then {
-                // It did not exist then: hidden, if it shows now.
-                None => {
-                    if !latest.delete_marker {
-                        done.hidden += 1;
-                        if !dry {
-                            self.delete(&key)
-                                .map_err(|f| crate::Error::new(self.said("hide", &key, &f)))?;
-                        }
-                    }
-                }
-                // Deleted then too.
-                Some(v) if v.delete_marker => {
-                    if !latest.delete_marker {
-                        done.hidden += 1;
-                        if !dry {
-                            self.delete(&key)
-                                .map_err(|f| crate::Error::new(self.said("hide", &key, &f)))?;
-                        }
-                    } else {
+                // It did not exist then (or was deleted): hidden, if it shows now; key files
+                // are kept.
+                None
+                | Some(ObjectVersion {
+                    delete_marker: true,
+                    ..
+                }) => {
+                    if latest.delete_marker {
                         done.unchanged += 1;
+                    } else if is_key {
+                        done.keys_kept += 1;
+                    } else {
+                        done.hidden += 1;
+                        hide(&key)?;
                     }
                 }
                 Some(v) if v.version_id == latest.version_id => done.unchanged += 1,
+                // An earlier undelete copied it back already.
+                Some(v)
+                    if !latest.delete_marker
+                        && !v.etag.is_empty()
+                        && latest.etag == v.etag
+                        && latest.size == v.size =>
+                {
+                    done.unchanged += 1
+                }
                 Some(v) => {
                     // Everything listed before it (newest first, the store's order kept
                     // among equal times) came after it.
@@ -345,6 +433,20 @@ mod tests {
         assert!(!v[1].delete_marker && !v[1].latest && v[1].size == 42);
         assert_eq!(next, Some(("r/keys/a".into(), "v2".into())));
         assert!(parse_versions("<html/>").is_err());
+        // A page that goes on without saying where: an error, not an end.
+        let cut = "<ListVersionsResult><IsTruncated>true</IsTruncated></ListVersionsResult>";
+        assert!(parse_versions(cut).is_err());
+        // More entries than S3 puts in a page.
+        let many = format!(
+            "<ListVersionsResult>{}</ListVersionsResult>",
+            "<DeleteMarker><Key>k</Key><VersionId>v</VersionId><LastModified>2026-12-07T18:00:00Z</LastModified></DeleteMarker>"
+                .repeat(1001)
+        );
+        assert!(
+            parse_versions(&many)
+                .expect_err("too many")
+                .contains("1001 versions in one page")
+        );
         let bad = "<ListVersionsResult><Version><Key>k</Key></Version></ListVersionsResult>";
         assert!(parse_versions(bad).is_err());
     }
