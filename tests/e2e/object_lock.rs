@@ -102,10 +102,10 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
     let image = dir.path().join("disk.raw");
     write_image(&image, 24, 1);
     let mut points: Vec<(String, Vec<u8>)> = Vec::new();
-    for round in 0..3u64 {
+    let backup = |round: u64, points: &mut Vec<(String, Vec<u8>)>| {
         if round > 0 {
             let mut bytes = fs::read(&image).expect("image");
-            let at = (round as usize * 5) << 20;
+            let at = (round as usize * 4) << 20;
             bytes[at..at + (1 << 20)].copy_from_slice(&crate::support::noise(1 << 20, 100 + round));
             fs::write(&image, bytes).expect("image");
         }
@@ -129,10 +129,42 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
             .expect("snapshot id")
             .to_string();
         points.push((id, fs::read(&image).expect("image")));
+    };
+    for round in 0..3u64 {
+        backup(round, &mut points);
     }
 
-    // Every object carries a COMPLIANCE retention about a day away; no lock file is left.
+    // What kept snapshots need stays locked: once the last retention pass is a quarter of the
+    // period old, the next write session sets every object's date to the full period again
+    // (here the first backup's config, which every later point needs).
     let store = s3(&server, &url, writer);
+    let record = "22/backstop-retention";
+    let config_until = |store: &backstop_storage::s3::S3Backend| {
+        store
+            .retention("22/config", None)
+            .expect("retention")
+            .expect("the config is locked")
+            .1
+    };
+    let first = config_until(&store);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    backup(3, &mut points);
+    assert_eq!(
+        config_until(&store),
+        first,
+        "a pass ran again before its time"
+    );
+    store
+        .put_object(record, br#"{"pass":"2026-01-01T00:00:00Z"}"#)
+        .expect("an old pass");
+    backup(4, &mut points);
+    let extended = config_until(&store);
+    assert!(
+        extended.duration_since(first).as_secs() >= 2,
+        "the config's date was not extended: {first} then {extended}"
+    );
+
+    // Every object carries a COMPLIANCE retention about a day away; no lock file is left.
     let objects = store.objects().expect("objects");
     assert!(objects.len() > 6, "{objects:?}");
     let now = jiff::Timestamp::now();
@@ -263,7 +295,7 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
     }
     let listed = server.restic(&url, PASSWORD, &["snapshots", "--json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("json");
-    assert_eq!(listed.len(), 3, "the forged file stays hidden");
+    assert_eq!(listed.len(), points.len(), "the forged file stays hidden");
     // Undone again: nothing left to change.
     let out = repo(&server, &url, admin, &["undelete", "--before", &before]);
     assert!(

@@ -299,6 +299,18 @@ impl Repo {
         Ok(true)
     }
 
+    /// With S3 Object Lock, keeps what the repository holds locked for the full period again
+    /// when the last pass is a quarter of it old (docs/s3.md, "Object Lock"); a no-op on other
+    /// storage. Write sessions, forget and prune call it once they hold their lock.
+    pub fn refresh_retention(&self) -> Result<usize, Error> {
+        self.backend.refresh_retention().map_err(|e| {
+            Error::new(
+                ErrorKind::Repository,
+                format!("cannot keep {} locked: {e}", self.location),
+            )
+        })
+    }
+
     /// Adds an escrow key sealed to `recipients` (docs/escrow.md) unless one sealed to
     /// exactly them is there; the new key's id, if one was added.
     pub fn add_escrow(&self, recipients: &escrow::Recipients) -> Result<Option<String>, Error> {

@@ -67,6 +67,7 @@ impl Repo {
             return Ok(0);
         }
         let lock = self.lock(true, retry)?;
+        self.refresh_retention()?;
         let repo = self.rustic()?;
         let snaps = repo
             .get_snapshots_from_strs(ids, |_| true)
@@ -81,6 +82,7 @@ impl Repo {
     /// Removes data no snapshot needs; returns the bytes removed from packs that were deleted.
     pub fn prune(&self, limits: &PruneLimits, retry: RetryLock) -> Result<u64, Error> {
         let lock = self.lock(true, retry)?;
+        self.refresh_retention()?;
         let limit = |what: &str, v: &Option<String>, default: &str| -> Result<LimitOption, Error> {
             let text = v.as_deref().unwrap_or(default);
             text.parse().map_err(|e: Box<rustic_core::RusticError>| {

@@ -86,10 +86,9 @@ impl Repo {
         retry: RetryLock,
         refresh: Duration,
     ) -> Result<Session<'_>, Error> {
-        Ok(Session {
-            repo: self,
-            lock: self.lock_refreshed(exclusive, retry, refresh)?,
-        })
+        let lock = self.lock_refreshed(exclusive, retry, refresh)?;
+        self.refresh_retention()?;
+        Ok(Session { repo: self, lock })
     }
 }
 

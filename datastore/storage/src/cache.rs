@@ -365,6 +365,10 @@ impl Storage for CachedStorage {
     fn write_concurrency(&self) -> usize {
         self.inner.write_concurrency()
     }
+
+    fn refresh_retention(&self) -> Result<usize, crate::Error> {
+        self.inner.refresh_retention()
+    }
 }
 
 /// The cache directory a command uses when none is configured: `$XDG_CACHE_HOME/backstop`,

@@ -144,6 +144,15 @@ pub trait Storage: WriteBackend {
     /// call it under an exclusive lock: then no writer is running, so every one is garbage.
     fn remove_temp_files(&self) -> Result<usize, Error>;
 
+    /// With S3 Object Lock, extends the retention of every object the repository holds now
+    /// (config, keys, index, snapshots, packs) to the full period again, when the last such
+    /// pass is a quarter of the period old (docs/s3.md, "Object Lock"); how many objects it
+    /// extended. Called when a write session, forget or prune begins, so that what kept
+    /// snapshots need stays locked. Elsewhere nothing to do.
+    fn refresh_retention(&self) -> Result<usize, Error> {
+        Ok(0)
+    }
+
     /// How many packs to write at once. Two on a local disk: hashing one pack and waiting for
     /// its fsync overlap with filling the next (measured on the 2 GiB benchmark: the full backup
     /// went from 1.77 s to 1.6 s of pipeline time).

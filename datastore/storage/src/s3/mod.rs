@@ -925,6 +925,10 @@ impl Storage for S3Backend {
         Ok(0)
     }
 
+    fn refresh_retention(&self) -> Result<usize, crate::Error> {
+        self.retention_pass(jiff::Timestamp::now())
+    }
+
     fn write_concurrency(&self) -> usize {
         self.connections
     }

@@ -44,6 +44,9 @@ const MAX_VERSIONS: usize = 1_000_000;
 const MAX_PAGES: usize = 10_000;
 const MAX_PAGE_ENTRIES: usize = 1_000;
 
+/// The name, beside `config`, of the record of the last retention pass.
+pub const RETENTION_RECORD: &str = "backstop-retention";
+
 /// Text from the store, as an error may show it: control characters replaced, cut short.
 fn shown(text: &str) -> String {
     let mut out: String = text
@@ -153,12 +156,7 @@ impl S3Backend {
     /// Every version and delete marker of the repository's objects (all pages), as the
     /// store lists them: per key, newest first.
     pub fn versions(&self) -> Result<Vec<ObjectVersion>, crate::Error> {
-        let prefix = self.key_dir("").trim_end_matches('/').to_string();
-        let prefix = if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}/")
-        };
+        let prefix = self.prefix();
         let mut out = Vec::new();
         let mut marker: Option<(String, String)> = None;
         let mut seen = std::collections::HashSet::new();
@@ -264,6 +262,100 @@ impl S3Backend {
     pub fn remove_object(&self, key: &str) -> Result<(), crate::Error> {
         self.delete(key)
             .map_err(|f| crate::Error::new(self.said("remove", key, &f)))
+    }
+
+    /// The object beside the repository's files that records when the last retention pass
+    /// ran (`{"pass": "<RFC 3339>"}`); not one of restic's file types, so restic never lists it.
+    fn pass_record(&self) -> String {
+        format!("{}{RETENTION_RECORD}", self.prefix())
+    }
+
+    /// The repository's objects' common prefix: `<path>/`, or nothing at a bucket's root.
+    fn prefix(&self) -> String {
+        if self.location.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.location.path)
+        }
+    }
+
+    /// With Object Lock: when the last pass is a quarter of the period old (or unknown), every
+    /// object the repository holds now but lock files gets its retention set to the full period
+    /// from `now`; then the pass is recorded. Objects written since the last pass carry their
+    /// own date from their write. How many objects it extended.
+    pub fn retention_pass(&self, now: jiff::Timestamp) -> Result<usize, crate::Error> {
+        let Some(lock) = self.object_lock else {
+            return Ok(0);
+        };
+        let record = self.pass_record();
+        let period = jiff::SignedDuration::from_hours(24 * i64::from(lock.days));
+        let last = match self.get(&record, None, 4096) {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("pass")?.as_str()?.parse::<jiff::Timestamp>().ok()),
+            Err(Failure::NotFound { .. }) => None,
+            Err(f) => return Err(crate::Error::new(self.said("read", &record, &f))),
+        };
+        if let Some(last) = last
+            && last <= now
+            && now.duration_since(last) < period / 4
+        {
+            return Ok(0);
+        }
+        let until = lock.until(now);
+        let locks = self.key_dir("locks");
+        let prefix = self.prefix();
+        let mut extended = 0;
+        for (key, _, _) in self.list_all(&prefix)? {
+            if key.starts_with(&locks) || key == record {
+                continue;
+            }
+            self.put_retention(&key, lock.mode.as_str(), &until)?;
+            extended += 1;
+        }
+        let text = serde_json::json!({"pass": now.to_string(), "until": until}).to_string();
+        self.put(&record, text.as_bytes())
+            .map_err(|f| crate::Error::new(self.said("write", &record, &f)))?;
+        Ok(extended)
+    }
+
+    /// Sets `key`'s retention to `mode` until `until` (S3's form). A store that refuses
+    /// because the date it holds is later (retention only grows) is fine; any other refusal
+    /// is the error.
+    fn put_retention(&self, key: &str, mode: &str, until: &str) -> Result<(), crate::Error> {
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{mode}</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>"
+        );
+        let md5 = openssl::hash::hash(openssl::hash::MessageDigest::md5(), body.as_bytes())
+            .map_err(|e| crate::Error::new(format!("MD5: {e}")))?;
+        let md5 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, md5);
+        let url = self.signed(rusty_s3::Method::Put, key, &[("retention", "")], &[]);
+        let put = self.client.with_retries("extend the retention of", || {
+            check(
+                self.client
+                    .agent()
+                    .put(&url)
+                    .header("Content-MD5", &md5)
+                    .header("Content-Type", "application/xml")
+                    .send(body.as_bytes()),
+                self.endpoint(),
+            )
+            .map(|_| ())
+        });
+        match put {
+            Ok(()) => Ok(()),
+            Err(f) => {
+                let wanted = until.parse::<jiff::Timestamp>().ok();
+                match (self.retention(key, None), wanted) {
+                    (Ok(Some((_, held))), Some(wanted)) if held >= wanted => Ok(()),
+                    _ => Err(crate::Error::new(self.said(
+                        "extend the retention of",
+                        key,
+                        &f,
+                    ))),
+                }
+            }
+        }
     }
 
     /// Removes one version (a delete marker, or data whose retention has passed).
