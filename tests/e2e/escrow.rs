@@ -364,6 +364,37 @@ fn an_escrow_key_opens_every_repository_of_a_datastore() {
         assert_eq!(escrow_keys(repo).len(), 1, "the escrow key stays");
     }
 
+    // A password change (docs/rekey.md) leaves the escrow keys: the old password opens none
+    // of them, so none is removed, and each still opens its repository.
+    fs::write(
+        path("rotated.tmpl"),
+        datastore_template(
+            &cloud,
+            &format!("BACKSTOP_ESCROW_RECIPIENTS = \"{recipient}\"\n"),
+        )
+        .replace(PASSWORD, "rotated-password-3"),
+    )
+    .expect("rotated");
+    let out = bj(&["datastore", "update", "1", &s(&path("rotated.tmpl"))]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("2 repositories re-keyed"), "{out:?}");
+    for repo in [&old_repo, &job_repo] {
+        assert!(!restic_opens(repo, PASSWORD), "{}", repo.display());
+        assert_eq!(escrow_keys(repo).len(), 1, "{}", repo.display());
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(doc_loop(repo, &path("id.txt")))
+            .env_remove("RESTIC_PASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // The private key is in no file backstop wrote.
     for f in [state.clone(), path("state.db-wal")] {
         let bytes = fs::read(&f).unwrap_or_default();
