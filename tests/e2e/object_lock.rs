@@ -40,11 +40,7 @@ fn repo(server: &S3Server, url: &str, keys: (&str, &str), args: &[&str]) -> Outc
         )
         .output()
         .expect("backstop");
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Outcome::from(out)
 }
 
 fn s3(server: &S3Server, url: &str, keys: (&str, &str)) -> backstop_storage::s3::S3Backend {
@@ -268,11 +264,7 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
         .env_remove("RESTIC_PASSWORD")
         .output()
         .expect("undelete");
-    let out = Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let out = Outcome::from(out);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout.contains(&format!(

@@ -19,11 +19,7 @@ fn repo(repo: &Path, args: &[&str]) -> Outcome {
         .env("RESTIC_PASSWORD", PASSWORD)
         .output()
         .expect("backstop");
-    let o = Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let o = Outcome::from(out);
     assert_eq!(o.code, Some(0), "backstop repo {args:?}: {o:?}");
     o
 }
@@ -279,11 +275,7 @@ fn the_cli_backs_up_to_s3_and_restic_reads_it() {
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .output()
             .expect("backstop");
-        Outcome {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Outcome::from(out)
     };
     let must = |args: &[&str]| {
         let o = run(args, SECRET_KEY);
@@ -374,11 +366,7 @@ fn repo_copy_pushes_to_sftp_and_pulls_back() {
             .envs(env.iter().copied())
             .output()
             .expect("backstop");
-        let o = Outcome {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let o = Outcome::from(out);
         assert_eq!(o.code, Some(0), "backstop repo -r {r} {args:?}: {o:?}");
         o
     };
@@ -608,11 +596,7 @@ fn key_commands_work_both_ways_with_restic() {
             .env_remove("RESTIC_PASSWORD")
             .output()
             .unwrap_or_else(|e| panic!("{program}: {e}"));
-        Outcome {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Outcome::from(out)
     };
     let backstop = |password: &Path, args: &[&str]| run(BACKSTOP, &["repo"], password, args);
     let restic = |password: &Path, args: &[&str]| run("restic", &[], password, args);

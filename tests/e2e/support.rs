@@ -24,6 +24,16 @@ pub struct Outcome {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Outcome {
+    fn from(out: std::process::Output) -> Outcome {
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 pub fn run(program: impl AsRef<Path>, args: &[&str], stdin: &[u8]) -> Outcome {
     run_env(program, args, stdin, &[])
 }
@@ -47,12 +57,7 @@ pub fn run_env(
     // The action may exit without reading stdin (unsupported actions): ignore EPIPE.
     let _ = input.write_all(stdin);
     drop(input);
-    let out = child.wait_with_output().expect("wait");
-    Outcome {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Outcome::from(child.wait_with_output().expect("wait"))
 }
 
 /// Runs install.sh with the test build of backstop (no release build in tests).

@@ -336,19 +336,7 @@ impl S3Backend {
     /// (`create` makes it with Object Lock).
     pub fn lock_enabled(&self) -> Result<Option<bool>, ConnectError> {
         let url = self.signed(rusty_s3::Method::Get, "", &[("object-lock", "")], &[]);
-        let r = self
-            .client
-            .with_retries("read the Object Lock configuration", || {
-                let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
-                let mut body = String::new();
-                resp.body_mut()
-                    .as_reader()
-                    .take(64 * 1024)
-                    .read_to_string(&mut body)
-                    .map_err(|e| Attempt::Transient(format!("{}: {e}", self.endpoint())))?;
-                Ok(body)
-            });
-        match r {
+        match self.get_small("read the Object Lock configuration", &url) {
             Ok(body) => Ok(Some(
                 body.contains("<ObjectLockEnabled>Enabled</ObjectLockEnabled>"),
             )),
@@ -362,6 +350,21 @@ impl S3Backend {
                 self.location.bucket
             ))),
         }
+    }
+
+    /// GETs a small answer (a configuration, a retention: at most 64 KiB are read) at a
+    /// presigned `url`, with the retries every request has.
+    fn get_small(&self, what: &str, url: &str) -> Result<String, Failure> {
+        self.client.with_retries(what, || {
+            let mut resp = check(self.client.agent().get(url).call(), self.endpoint())?;
+            let mut body = String::new();
+            resp.body_mut()
+                .as_reader()
+                .take(64 * 1024)
+                .read_to_string(&mut body)
+                .map_err(|e| Attempt::Transient(format!("{}: {e}", self.endpoint())))?;
+            Ok(body)
+        })
     }
 
     /// A presigned URL for a request rusty-s3 has no action for (a subresource such as

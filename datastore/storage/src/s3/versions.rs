@@ -5,8 +5,7 @@
 //! behind a delete marker. No version is ever removed, so an undelete can itself be undone.
 
 use super::S3Backend;
-use super::client::{Attempt, Failure, check};
-use std::io::Read;
+use super::client::{Failure, check};
 
 /// One version (or delete marker) of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,17 +220,7 @@ impl S3Backend {
             query.push(("versionId", v));
         }
         let url = self.signed(rusty_s3::Method::Get, key, &query, &[]);
-        let r = self.client.with_retries("read the retention of", || {
-            let mut resp = check(self.client.agent().get(&url).call(), self.endpoint())?;
-            let mut body = String::new();
-            resp.body_mut()
-                .as_reader()
-                .take(64 * 1024)
-                .read_to_string(&mut body)
-                .map_err(|e| Attempt::Transient(format!("{}: {e}", self.endpoint())))?;
-            Ok(body)
-        });
-        match r {
+        match self.get_small("read the retention of", &url) {
             Ok(body) => {
                 let mode = field(&body, "Mode");
                 let until = field(&body, "RetainUntilDate").and_then(|t| t.parse().ok());
