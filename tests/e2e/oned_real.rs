@@ -799,6 +799,27 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
     let disk = o.vm_disk(vm);
     let repo = o.base_path(&ds).join(vm.to_string());
     let expected = |k: u64| o.images.path().join(format!("expected-{k}.raw"));
+    // Escrow (docs/escrow.md) asked for in oned's datastore template: the repository the
+    // first backup makes gets an escrow key sealed to that public key.
+    let identity = o.images.path().join("escrow-identity.txt");
+    let keygen = support::run(
+        BACKSTOP,
+        &[
+            "repo",
+            "escrow",
+            "keygen",
+            "--output",
+            identity.to_str().expect("utf-8"),
+        ],
+        b"",
+    );
+    assert_eq!(keygen.code, Some(0), "{keygen:?}");
+    let recipient = keygen.stdout.trim().to_string();
+    let escrow = o.template(
+        "escrow.tmpl",
+        &format!("BACKSTOP_ESCROW_RECIPIENTS = \"{recipient}\"\n"),
+    );
+    o.cli_ok("onedatastore", &["update", &ds, &escrow, "--append"]);
 
     // FULL and two increments, each changing a few MiB.
     let changes = [(0x77u8, 16u64 << 20, 2u64 << 20), (0x21, 30 << 20, 1 << 20)];
@@ -828,6 +849,14 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
     for (k, inc) in incs.iter().enumerate() {
         assert_restic_dump(&repo, &inc.2, &expected(k as u64));
     }
+    let escrow_keys: Vec<String> = fs::read_dir(repo.join("keys"))
+        .expect("keys")
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter(|text| text.contains("backstop_escrow"))
+        .collect();
+    assert_eq!(escrow_keys.len(), 1, "one escrow key, whatever the backups");
+    assert!(escrow_keys[0].contains(&recipient), "{}", escrow_keys[0]);
 
     // KEEP_LAST=2: after the fourth point oned flattens the two oldest away.
     let bc = o.template(
