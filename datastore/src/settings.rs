@@ -54,6 +54,9 @@ pub struct Settings {
     /// BACKSTOP_ESCROW_RECIPIENTS: every repository gets an escrow key sealed to these
     /// (docs/escrow.md).
     pub escrow: Option<backstop_repo::escrow::Recipients>,
+    /// BACKUP_PULL: the host only serves its disks and this machine writes the repository
+    /// (docs/pull-mode.md).
+    pub pull: bool,
 }
 
 /// The keys and transport settings of an S3 datastore. The secret key never prints.
@@ -253,6 +256,7 @@ impl Settings {
         };
         Ok(Settings {
             escrow,
+            pull: yes_no(ds, "BACKUP_PULL")?,
             connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.map(|c| c as usize),
             bwlimit_kib: n("RESTIC_BWLIMIT", BWLIMIT_KIB)?
                 .filter(|k| *k > 0)

@@ -108,6 +108,18 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The host side of a backup in pull mode (BACKUP_PULL): serves the disks read-only over
+    /// NBD until stdin closes; the front-end (or proxy) reads them and writes the repository.
+    /// It is sent no secret.
+    #[command(hide = true)]
+    HostExport {
+        /// The staging directory prebackup filled (direct mode).
+        #[arg(long)]
+        staging: PathBuf,
+        /// The backup action's six arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The host step of the transfer manager's prebackup or postbackup; the front-end runs it
     /// on the hypervisor and sends the VM document on stdin.
     #[command(hide = true)]
@@ -241,6 +253,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             progress,
             args,
         } => run::host_backup(&staging, ssh_config, progress, &args),
+        Command::HostExport { staging, args } => run::host_export(&staging, &args),
         Command::HostTm {
             action,
             staging,

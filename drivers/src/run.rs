@@ -662,6 +662,31 @@ pub fn host_restore(step: &str, args: &[String]) -> ExitCode {
     }
 }
 
+/// `host-export`: the host step of a backup in pull mode (see
+/// backstop_datastore::actions::backup::host_export). Its request is empty; it prints one
+/// JSON line and serves until stdin closes or SIGTERM comes.
+pub fn host_export(staging: &Path, args: &[String]) -> ExitCode {
+    const NAME: &str = "host-export";
+    set_current_action(NAME);
+    reap_stale_exports(NAME);
+    let stop = cancel_on_sigterm();
+    let result = (|| -> Result<(), DriverError> {
+        let args = BackupArgs::parse(args)?;
+        let raw = backstop_datastore::remote::read_request(std::io::stdin(), &stop)?;
+        if !raw.is_empty() {
+            return Err(DriverError::Other(
+                "host-export takes an empty request (pull mode sends the host nothing)".into(),
+            ));
+        }
+        backup::host_export(&args, staging, &stop, &mut std::io::stdout().lock())?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(NAME, &e),
+    }
+}
+
 /// `host-backup`: the datastore backup's host step. With `progress`, a line
 /// `backstop-progress <done> <total> <read>` goes to stderr every second while it runs (the
 /// front-end's backup action passes them on to the job runner and keeps them out of its own

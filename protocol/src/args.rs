@@ -136,6 +136,23 @@ impl BackupArgs {
             system_ds_id: number("the system datastore id", ds)?,
         })
     }
+
+    /// The six arguments again, as a host step is given them ([`BackupArgs::parse`] reads
+    /// them back).
+    pub fn to_argv(&self) -> Vec<String> {
+        vec![
+            format!("{}:{}", self.host_dir.host, self.host_dir.vm_dir),
+            self.disk_ids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(":"),
+            self.deploy_id.clone(),
+            self.job_id.map_or("-".into(), |j| j.to_string()),
+            self.vm_id.to_string(),
+            self.system_ds_id.to_string(),
+        ]
+    }
 }
 
 /// `backup_cancel host:vm_dir deploy_id`.

@@ -167,6 +167,69 @@ pub fn is_this_machine(host: &str) -> bool {
 /// The first line the front-end sends the host step, before the XML.
 const REQUEST_HEADER: &str = "BACKSTOP-REQUEST";
 
+/// Sends `request` framed as [`read_request`] reads it.
+pub fn write_request(to: &mut impl Write, request: &[u8]) -> std::io::Result<()> {
+    to.write_all(format!("{REQUEST_HEADER} {}\n", request.len()).as_bytes())?;
+    to.write_all(request)?;
+    to.flush()
+}
+
+/// [`ssh_command`] to a remote host as the master of a private connection at `control` (a
+/// socket in a directory only this user can enter), so that [`ssh_forward_command`] can add
+/// forwards to it later. Not persistent: the master ends with its own session, and its
+/// forwards with it, even when the process that started it is killed (its stdin closes).
+pub fn ssh_master_command(cfg: &DriverConfig, host: &str, control: &Path) -> Command {
+    let mut cmd = Command::new("ssh");
+    if let Some(c) = &cfg.ssh_config {
+        cmd.arg("-F").arg(c);
+    }
+    cmd.args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        "ControlPersist=no",
+    ]);
+    cmd.arg("-o")
+        .arg(format!("ControlPath={}", control.display()));
+    cmd.args([
+        "-o",
+        "ForwardAgent=no",
+        "-o",
+        "ConnectTimeout=30",
+        "-o",
+        "ServerAliveInterval=15",
+        "--",
+        host,
+    ]);
+    cmd
+}
+
+/// Asks the master at `control` ([`ssh_master_command`]) to forward each local unix socket
+/// to the remote one (`-O forward -L <local>:<remote>`, OpenSSH's stream-local forwarding).
+/// The paths must hold no `:` (ssh's separator), which the caller checks.
+pub fn ssh_forward_command(
+    cfg: &DriverConfig,
+    host: &str,
+    control: &Path,
+    forwards: &[(PathBuf, String)],
+) -> Command {
+    let mut cmd = Command::new("ssh");
+    if let Some(c) = &cfg.ssh_config {
+        cmd.arg("-F").arg(c);
+    }
+    cmd.args(["-o", "BatchMode=yes"]);
+    cmd.arg("-o")
+        .arg(format!("ControlPath={}", control.display()));
+    cmd.args(["-O", "forward"]);
+    for (local, remote) in forwards {
+        cmd.arg("-L").arg(format!("{}:{remote}", local.display()));
+    }
+    cmd.args(["--", host]);
+    cmd
+}
+
 /// How long the front-end waits for the host to stop after a cancel before it kills ssh.
 const CANCEL_GRACE: Duration = Duration::from_secs(120);
 
@@ -211,10 +274,7 @@ pub fn remote_call_with(
     let mut stdin = child.stdin.take();
     if let Some(s) = stdin.as_mut() {
         // A host that is gone shows up below as ssh's own error; a write error here says less.
-        let _ = s
-            .write_all(format!("{REQUEST_HEADER} {}\n", request.len()).as_bytes())
-            .and_then(|()| s.write_all(request))
-            .and_then(|()| s.flush());
+        let _ = write_request(s, request);
     }
     let out = child.stdout.take().map(collect);
     let err = match progress {
@@ -298,11 +358,16 @@ fn join(h: std::thread::JoinHandle<String>) -> String {
 pub fn last_line(text: &str) -> Option<String> {
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
     Some(
-        ["host-backup: ", "host-tm: ", "host-restore: "]
-            .iter()
-            .find_map(|p| line.strip_prefix(p))
-            .unwrap_or(line)
-            .to_string(),
+        [
+            "host-backup: ",
+            "host-export: ",
+            "host-tm: ",
+            "host-restore: ",
+        ]
+        .iter()
+        .find_map(|p| line.strip_prefix(p))
+        .unwrap_or(line)
+        .to_string(),
     )
 }
 

@@ -21,6 +21,7 @@ mod object_lock;
 mod oned_mock;
 mod oned_mode;
 mod oned_real;
+mod pull;
 mod rekey;
 mod remotes;
 mod repo_cli;

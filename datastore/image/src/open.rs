@@ -10,7 +10,7 @@
 
 use crate::disk_image::{self, Backing, DiskImage, Format};
 use crate::image::{Extent, ImageSource, RawImage};
-use crate::nbd::{self, NbdImage};
+use crate::nbd::{self, NbdImage, QemuNbdExport};
 use crate::rbd::RbdImage;
 use crate::{Error, ErrorKind};
 use std::io;
@@ -174,6 +174,36 @@ pub fn open(disk: Disk<'_>, bitmap: Option<&str>) -> Result<Opened, Error> {
             })
         }
     }
+}
+
+/// A disk served read-only over NBD for another machine to read (pull mode, docs/pull-mode.md),
+/// and its changed extents when a bitmap was asked for. The export lives as long as this
+/// value: dropping it stops qemu-nbd (by the child it started) and removes its socket.
+#[derive(Debug)]
+pub struct Served {
+    pub export: QemuNbdExport,
+    pub changed: Option<Vec<Extent>>,
+}
+
+/// Serves a file (or block device) in its declared format through qemu-nbd, always (a raw file
+/// too: the reader is elsewhere), with the checks of [`open`]: the format is the caller's, the
+/// qcow2 chain is checked against `backing` before qemu opens it; `bitmap` becomes the
+/// `qemu:dirty-bitmap:<bitmap>` context and its dirty extents are returned.
+pub fn serve(
+    path: &Path,
+    format: Format,
+    backing: Backing<'_>,
+    locking: bool,
+    bitmap: Option<&str>,
+) -> Result<Served, Error> {
+    let checked = disk_image::inspect(path, format, backing)?;
+    let what = show(path);
+    let export =
+        QemuNbdExport::start_image(&checked, bitmap, locking).map_err(|e| unreadable(&what, e))?;
+    let changed = bitmap
+        .map(|b| export.dirty(b).map_err(|e| bitmap_error(&what, b, e)))
+        .transpose()?;
+    Ok(Served { export, changed })
 }
 
 fn open_checked(image: &DiskImage, bitmap: Option<&str>, locking: bool) -> Result<Opened, Error> {

@@ -14,7 +14,7 @@ use crate::target::{RepoTarget, clean_path, repo_id};
 use crate::{Error, ErrorKind};
 use backstop_image::Disk;
 use backstop_image::disk_image::{Backing, Format};
-use backstop_image::image::Extent;
+use backstop_image::image::{Extent, ImageSource};
 use backstop_image::nbd;
 use backstop_protocol::args::BackupArgs;
 use backstop_protocol::message::{BackupRequest, Datastore};
@@ -114,8 +114,60 @@ pub fn host_run(
     })?;
     let vm_xml = std::fs::read(&vm_xml_path)
         .map_err(|e| Error::io(format!("cannot read {}", vm_xml_path.display()), e))?;
-    let staged_vm = decode_vm_xml(&vm_xml)
-        .map_err(|e| Error::new(ErrorKind::Input, format!("{}: {e}", vm_xml_path.display())))?;
+    let tpm = staged
+        .tpm
+        .as_ref()
+        .map(|p| std::fs::read(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e)))
+        .transpose()?;
+    let handed = Handed {
+        staged,
+        manifest,
+        vm_xml,
+        tpm,
+        pulled: None,
+    };
+    write_snapshot(args, request, staging, &handed, cfg, cancel, progress)
+}
+
+/// A disk another machine serves in pull mode, reached here through a forwarded socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledDisk {
+    /// The local end of the forward (named by the puller, never by the host).
+    pub socket: PathBuf,
+    pub export: String,
+    /// The changed extents the host worked out from its bitmap, checked against the disk's
+    /// size when it is opened.
+    pub changed: Option<Vec<Extent>>,
+}
+
+/// What prebackup handed over: the staged files (or the manifest), `vm.xml` and the TPM state
+/// as bytes, and in pull mode the disks' exports by disk id.
+pub struct Handed {
+    pub staged: StagedFiles,
+    pub manifest: Option<DirectManifest>,
+    pub vm_xml: Vec<u8>,
+    pub tpm: Option<Vec<u8>>,
+    pub pulled: Option<std::collections::BTreeMap<u32, PulledDisk>>,
+}
+
+/// Plans the backup from what was handed over and writes the snapshot: the same on the host
+/// (direct and staged delivery) and on the machine that pulls.
+pub fn write_snapshot(
+    args: &BackupArgs,
+    request: &BackupRequest,
+    staging: &Path,
+    handed: &Handed,
+    cfg: &DriverConfig,
+    cancel: &Arc<AtomicBool>,
+    progress: &Arc<Progress>,
+) -> Result<HostOutcome, Error> {
+    let (staged, manifest, vm_xml) = (&handed.staged, handed.manifest.as_ref(), &handed.vm_xml);
+    let staged_vm = decode_vm_xml(vm_xml).map_err(|e| {
+        Error::new(
+            ErrorKind::Input,
+            format!("{}/vm.xml: {e}", staging.display()),
+        )
+    })?;
     let vm = request.vm.as_ref().unwrap_or(&staged_vm);
 
     let ds = &request.datastore;
@@ -123,8 +175,8 @@ pub fn host_run(
     let mut repo = VmRepo::Opening(target.open_in_background(ds, cfg)?);
     let plan = plan(
         args,
-        &staged,
-        manifest.as_ref(),
+        staged,
+        manifest,
         vm,
         staging,
         || Ok(repo.get()?.all_snapshots()?),
@@ -141,13 +193,18 @@ pub fn host_run(
         .transpose()?;
     let mut opened = Vec::new();
     for d in &plan.disks {
-        opened.push(open_disk(args, &mut repo, ds, &plan, d, work.as_ref())?);
+        let pulled = handed.pulled.as_ref().and_then(|p| p.get(&d.disk_id));
+        opened.push(open_disk(
+            args,
+            &mut repo,
+            ds,
+            &plan,
+            d,
+            work.as_ref(),
+            pulled,
+        )?);
     }
-    let tpm = staged
-        .tpm
-        .as_ref()
-        .map(|p| std::fs::read(p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e)))
-        .transpose()?;
+    let tpm = &handed.tpm;
 
     let mut files: Vec<FileSpec<'_>> = opened
         .iter()
@@ -169,7 +226,7 @@ pub fn host_run(
     }
     files.push(FileSpec {
         path: staged_path("vm.xml"),
-        content: Content::Bytes(&vm_xml),
+        content: Content::Bytes(vm_xml),
     });
 
     let settings = crate::settings::Settings::of(ds)?;
@@ -323,6 +380,29 @@ fn staged_rbd(
     Ok(raw)
 }
 
+/// Changed extents from another machine: in order, not overlapping, inside the disk.
+fn check_extents(extents: &[Extent], size: u64) -> Result<(), String> {
+    let mut end = 0u64;
+    for e in extents {
+        let Some(e_end) = e.offset.checked_add(e.length) else {
+            return Err(format!("overflow at offset {}", e.offset));
+        };
+        if e.offset < end {
+            return Err(format!(
+                "are out of order or overlap at offset {}",
+                e.offset
+            ));
+        }
+        if e_end > size {
+            return Err(format!(
+                "reach past the end of the disk ({e_end} > {size} bytes)"
+            ));
+        }
+        end = e_end;
+    }
+    Ok(())
+}
+
 /// Opens one disk as the plan says; formats are never guessed (a guest writes the content).
 fn open_disk(
     args: &BackupArgs,
@@ -331,6 +411,7 @@ fn open_disk(
     plan: &Plan,
     d: &super::plan::DiskPlan,
     work: Option<&WorkDir>,
+    pulled: Option<&PulledDisk>,
 ) -> Result<Opened, Error> {
     let (disk_id, path) = (d.disk_id, d.file.as_path());
     let open = |disk: Disk<'_>, bitmap: Option<&str>| {
@@ -369,6 +450,37 @@ fn open_disk(
         } => {
             if let Some(r) = whole_reason {
                 backstop_protocol::output::log(backstop_protocol::output::Level::Info, r);
+            }
+            if let Some(p) = pulled {
+                // Pull mode: the host serves the disk; its changes came with the export.
+                let mut opened = open(
+                    Disk::Export {
+                        socket: &p.socket,
+                        name: &p.export,
+                    },
+                    None,
+                )?;
+                if bitmap.is_some() {
+                    opened.changed = p.changed.clone();
+                    if let Some(c) = &opened.changed {
+                        check_extents(c, opened.source.size()).map_err(|m| {
+                            Error::new(
+                                ErrorKind::Input,
+                                format!(
+                                    "VM {}: disk {disk_id}: the host's changed extents {m}",
+                                    args.vm_id
+                                ),
+                            )
+                        })?;
+                    }
+                }
+                let keeps_parent = opened.changed.is_some();
+                return Ok(Opened {
+                    path: d.snapshot_path.clone(),
+                    parent_path: d.parent_path.clone().filter(|_| keeps_parent),
+                    source: opened.source,
+                    changed: opened.changed,
+                });
             }
             let roots = backstop_protocol::dirs::backing_roots(Path::new(&args.host_dir.vm_dir));
             // The disk as prebackup described it: an RBD snapshot, a running VM's pull-mode

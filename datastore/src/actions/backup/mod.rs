@@ -25,9 +25,12 @@
 //! the repository stays consistent (packs already written are unreferenced until a prune);
 //! the exit code is 1.
 
+mod export;
 mod host;
 pub mod plan;
+mod pull;
 
+pub use export::{Exported, ExportedDisk, host_export};
 pub use host::host_run;
 
 use crate::config::DriverConfig;
@@ -111,6 +114,9 @@ pub fn run(
     ensure_repository(&target, request, cfg)?;
     let _pid = write_pid_file(cfg, args.vm_id, &args.deploy_id)?;
     let host = target_host(args, request.vm.as_ref());
+    if crate::settings::Settings::of(&request.datastore)?.pull {
+        return pull::run(args, request, cfg, cancel, &host);
+    }
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
 
     let mut remote = vec![
@@ -131,18 +137,7 @@ pub fn run(
         remote.push("--progress".into());
     }
     remote.push("--".into());
-    remote.push(format!("{}:{}", args.host_dir.host, args.host_dir.vm_dir));
-    remote.push(
-        args.disk_ids
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(":"),
-    );
-    remote.push(args.deploy_id.clone());
-    remote.push(args.job_id.map_or("-".into(), |j| j.to_string()));
-    remote.push(args.vm_id.to_string());
-    remote.push(args.system_ds_id.to_string());
+    remote.extend(args.to_argv());
     let line: Vec<String> = remote.iter().map(|w| sh_quote(w)).collect();
     let line = format!(
         "{}{}",

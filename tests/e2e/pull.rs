@@ -1,0 +1,241 @@
+//! Pull mode (issue 29, docs/pull-mode.md): `BACKUP_PULL=YES` makes the host only serve its
+//! disks read-only (`host-export`), while the front-end forwards the sockets over the same
+//! ssh connection, reads them with backstop's NBD client and writes the repository itself.
+//!
+//! What it shows, on real sshd, qemu-nbd with persistent dirty bitmaps and the real S3 server
+//! (SeaweedFS): FULL and three CBT increments of a stopped VM; every point restores byte-exact
+//! with plain restic and the increments read only what changed; the host step (every
+//! backstop call on the host, through a recording wrapper) never receives the repository
+//! password or the S3 keys in its argv, environment or stdin, and no file on the host holds
+//! them; no agent is forwarded; nothing is left running or behind (qemu-nbd, sockets, the
+//! front-end's private directory); a pull killed in the middle leaves nothing running and the
+//! retry is the same increment from the same parent.
+
+use crate::cloud::{Cloud, DISKS, PASSWORD, parse_backup_line};
+use crate::tm::{Tm, install_tm, our_qemu_nbd, processes, wait_until};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const PULL: &str = "<BACKUP_PULL><![CDATA[YES]]></BACKUP_PULL>";
+
+/// Replaces the host's backstop with a script that records each call's argv, environment and
+/// stdin under `log`, then runs the real one (kept beside it, so it finds what it finds
+/// relative to itself as before).
+pub(crate) fn record_host_calls(cloud: &Cloud, log: &Path) {
+    fs::create_dir_all(log).expect("log dir");
+    let bin = cloud
+        .dir
+        .path()
+        .join("hv/var/tmp/one/backstop/bin/backstop");
+    let real = bin.with_file_name("backstop.real");
+    let target = fs::canonicalize(&bin).expect("host binary");
+    fs::copy(&target, &real).expect("copy the real binary");
+    fs::remove_file(&bin).expect("remove");
+    fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nn=$$\n{{ printf 'ARGV'; for a in \"$@\"; do printf ' %s' \"$a\"; done; echo; env; }} > {log}/$n.call\n\
+             exec 3<&0\nmkfifo {log}/$n.fifo\ntee {log}/$n.stdin <&3 > {log}/$n.fifo &\ntee_pid=$!\n\
+             {real} \"$@\" < {log}/$n.fifo 3<&-\nst=$?\nkill $tee_pid 2>/dev/null\nrm -f {log}/$n.fifo\nexit $st\n",
+            log = log.display(),
+            real = real.display()
+        ),
+    )
+    .expect("wrapper");
+    fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+}
+
+/// Every file under `dir` (not following links).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The files among `files` that contain any of `secrets`.
+fn holding(files: &[PathBuf], secrets: &[&str]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| {
+            fs::read(f).is_ok_and(|data| {
+                secrets
+                    .iter()
+                    .any(|s| data.windows(s.len()).any(|w| w == s.as_bytes()))
+            })
+        })
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+/// The front-end's private pull directories left behind in the temporary directory: those
+/// whose owner process is gone (a pull that is running in another test keeps its own).
+fn pull_dirs() -> Vec<String> {
+    fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("backstop-pull-"))
+        })
+        .filter(|e| {
+            let owner = fs::read_to_string(e.path().join("owner")).unwrap_or_default();
+            let pid = owner.split('.').next().unwrap_or("").to_string();
+            !Path::new(&format!("/proc/{pid}")).exists() || pid.is_empty()
+        })
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+#[test]
+fn pull_mode_backs_up_a_stopped_vm_without_giving_the_host_any_secret() {
+    let cloud = Cloud::start_s3(false);
+    let conf = cloud.remotes.join("etc/datastore/backstop.conf");
+    let mut text = fs::read_to_string(&conf).expect("backstop.conf");
+    text.push_str("TM_DELIVERY=direct\n");
+    fs::write(&conf, text).expect("backstop.conf");
+    install_tm(&cloud, "qcow2");
+    cloud.create_disks();
+    let t = Tm { cloud };
+    let cloud = &t.cloud;
+    let log = cloud.dir.path().join("host-calls");
+    record_host_calls(cloud, &log);
+    let ds = cloud.datastore_xml_with(PULL);
+    let secrets = [
+        PASSWORD,
+        crate::s3server::ACCESS_KEY,
+        crate::s3server::SECRET_KEY,
+    ];
+
+    let mut ids = Vec::new();
+    for inc in 0..4u64 {
+        if inc > 0 {
+            cloud.change_disks(inc, 12);
+        }
+        let vm_xml = cloud.vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 });
+        let pre = t.step("prebackup", &vm_xml, false);
+        assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
+        let out = cloud.backup_to(&ds, &vm_xml);
+        let (id, size_mb) = parse_backup_line(&out);
+        if inc > 0 {
+            assert!(size_mb <= 8, "increment {inc} read {size_mb} MB");
+        }
+        let post = t.step("postbackup", &vm_xml, false);
+        assert_eq!(post.code, Some(0), "postbackup {inc}: {post:?}");
+        let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+        t.check_point(inc, &id, &now);
+        assert!(
+            our_qemu_nbd(cloud.dir.path()).is_empty(),
+            "a qemu-nbd was left"
+        );
+        assert!(processes("host-export", cloud.dir.path()).is_empty());
+        ids.push(id);
+    }
+    cloud.restic_ok(&["check", "--read-data"]);
+    // Four snapshots, each one backup: the increments stand alone.
+    let snaps = cloud.restic_ok(&["snapshots", "--json"]);
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&snaps).expect("json");
+    assert_eq!(snaps.len(), 4);
+
+    // The host step: called for every backup, sent nothing secret.
+    let calls = files_under(&log);
+    let exports: Vec<&PathBuf> = calls
+        .iter()
+        .filter(|c| {
+            c.extension().is_some_and(|e| e == "call")
+                && fs::read_to_string(c).is_ok_and(|t| t.starts_with("ARGV host-export "))
+        })
+        .collect();
+    assert_eq!(exports.len(), 4, "host-export calls: {calls:?}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| fs::read_to_string(c).is_ok_and(|t| t.starts_with("ARGV host-backup"))),
+        "a host-backup ran in pull mode"
+    );
+    for e in &exports {
+        let stdin = fs::read(e.with_extension("stdin")).expect("stdin");
+        assert_eq!(stdin, b"BACKSTOP-REQUEST 0\n", "host-export's stdin");
+    }
+    assert_eq!(
+        holding(&calls, &secrets),
+        Vec::<String>::new(),
+        "secrets reached the host"
+    );
+    let host_files = files_under(&cloud.dir.path().join("hv"));
+    assert_eq!(
+        holding(&host_files, &secrets),
+        Vec::<String>::new(),
+        "files on the host hold a secret"
+    );
+    assert_eq!(
+        cloud.hv.agent_requests(),
+        0,
+        "an agent was forwarded to the host"
+    );
+    assert_eq!(
+        pull_dirs(),
+        Vec::<String>::new(),
+        "a pull directory was left"
+    );
+
+    // A pull killed while it reads: nothing stays running, and the retry is the same
+    // increment from the same parent.
+    cloud.change_disks(4, 12);
+    let vm_xml = cloud.vm_xml(3, 40);
+    let pre = t.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    // Slowed down to 64 KiB/s towards the store, so that it is surely killed mid-way.
+    let slow = cloud.datastore_xml_with(&format!("{PULL}<RESTIC_BWLIMIT>64</RESTIC_BWLIMIT>"));
+    let stdin = format!("<DS_DRIVER_ACTION_DATA>{slow}{vm_xml}</DS_DRIVER_ACTION_DATA>");
+    let args = cloud.backup_args();
+    let mut action = std::process::Command::new(cloud.action("backup"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("backup");
+    {
+        use std::io::Write;
+        let mut s = action.stdin.take().expect("stdin");
+        s.write_all(stdin.as_bytes()).expect("write");
+    }
+    wait_until("the host serves the disks", || {
+        our_qemu_nbd(cloud.dir.path()).len() == DISKS.len()
+    });
+    action.kill().expect("kill the backup action");
+    let _ = action.wait();
+    wait_until("qemu-nbd stops after the puller is killed", || {
+        our_qemu_nbd(cloud.dir.path()).is_empty()
+            && processes("host-export", cloud.dir.path()).is_empty()
+    });
+    let snaps: Vec<serde_json::Value> =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.len(), 4, "the killed pull wrote a snapshot");
+    let out = cloud.backup_to(&ds, &vm_xml);
+    let (id, size_mb) = parse_backup_line(&out);
+    assert!(size_mb <= 8, "the retry read {size_mb} MB");
+    let post = t.step("postbackup", &vm_xml, false);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+    t.check_point(4, &id, &now);
+    assert_eq!(
+        pull_dirs(),
+        Vec::<String>::new(),
+        "the killed pull's directory was not reaped"
+    );
+}
