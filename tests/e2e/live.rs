@@ -147,10 +147,12 @@ pub(crate) struct LiveVm<'a> {
     /// Disk 1 is laid out as the qcow2 TM lays out a non-persistent image: `disk.1` ->
     /// `disk.1.snap/0`, an overlay over this file of the image datastore.
     pub(crate) image1: Option<std::path::PathBuf>,
+    /// More attributes of the backup datastore's template (pull mode, for one).
+    pub(crate) datastore_extra: String,
 }
 
 impl<'a> LiveVm<'a> {
-    fn start(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
+    pub(crate) fn start(lv: &'a Libvirt, delivery: &str) -> LiveVm<'a> {
         Self::start_with(lv, delivery, None)
     }
 
@@ -226,6 +228,7 @@ impl<'a> LiveVm<'a> {
             dom,
             raw0: raw0.is_some(),
             image1,
+            datastore_extra: String::new(),
         }
     }
 
@@ -290,7 +293,8 @@ impl<'a> LiveVm<'a> {
         let vm_xml = self.vm_xml(inc);
         let pre = self.step("prebackup_live", &vm_xml, false);
         assert_eq!(pre.code, Some(0), "prebackup_live {inc}: {pre:?}");
-        let out = self.cloud.backup(&vm_xml);
+        let ds = self.cloud.datastore_xml_with(&self.datastore_extra);
+        let out = self.cloud.backup_to(&ds, &vm_xml);
         let (id, mb) = parse_backup_line(&out);
         let post = self.step("postbackup_live", &vm_xml, false);
         assert_eq!(post.code, Some(0), "postbackup_live {inc}: {post:?}");
