@@ -8,7 +8,7 @@ use std::path::Path;
 
 pub const MIB: u64 = 1 << 20;
 
-pub struct Gen(u64);
+pub struct Gen(pub u64);
 
 impl Gen {
     pub fn next(&mut self) -> u64 {

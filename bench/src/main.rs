@@ -20,6 +20,8 @@
 //!    then one more increment (`sync.rs`);
 //! 9. increment_flatten against the stock driver's recipe, and one scheduler tick.
 //!
+//! `--only-pull` compares pull mode with push on one disk (`pull.rs`).
+//!
 //! Every step starts with the page cache emptied (when run as root): each tool reads the image
 //! and its repository from the disk.
 //!
@@ -34,6 +36,7 @@ mod data;
 mod flatten;
 mod oned_scale;
 mod peers;
+mod pull;
 mod report;
 mod run;
 mod s3;
@@ -78,6 +81,10 @@ struct Args {
     /// Run only the SFTP row: a full backup to a local path, over SFTP, and restic's over SFTP.
     #[arg(long)]
     only_sftp: bool,
+    /// Run only pull mode against push: a FULL and a 5 % increment of a --size-mib qcow2 disk
+    /// of a stopped VM, through the datastore's backup action over loopback ssh.
+    #[arg(long)]
+    only_pull: bool,
     /// Run only the scheduler tick measurement.
     #[arg(long)]
     only_tick: bool,
@@ -122,6 +129,13 @@ fn main() {
         if let Some(rows) = sync::rows(&work, &backstop, args.flatten_mib, args.flatten_links) {
             rows.print();
         }
+        if !args.keep && args.work.is_none() {
+            let _ = fs::remove_dir_all(&work);
+        }
+        return;
+    }
+    if args.only_pull {
+        pull::rows(&work, &backstop, args.size_mib);
         if !args.keep && args.work.is_none() {
             let _ = fs::remove_dir_all(&work);
         }

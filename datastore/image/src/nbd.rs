@@ -696,12 +696,21 @@ impl Drop for QemuNbdExport {
     }
 }
 
+/// How many connections an [`NbdImage`] opens to an export someone else serves. qemu-nbd
+/// (started with `--shared=8`) and libvirt's backup export (no limit) both take them.
+const EXPORT_CONNECTIONS: usize = 2;
+
 /// A disk image read through a qemu-nbd export: qcow2 files, with holes known from the
 /// allocation map and never read.
 #[derive(Debug)]
 pub struct NbdImage {
-    // Declared first: the client disconnects before the export stops.
-    client: Mutex<NbdClient>,
+    // Declared first: the clients disconnect before the export stops.
+    /// One connection, or for an export someone else serves (reached through an ssh forward
+    /// in pull mode, where each request waits a round trip) [`EXPORT_CONNECTIONS`] of them,
+    /// so that the readers' requests are in flight together.
+    clients: Vec<Mutex<NbdClient>>,
+    /// Which connection the next reader that finds all of them busy waits for.
+    next: std::sync::atomic::AtomicUsize,
     size: u64,
     allocation: Vec<Extent>,
     /// Held for its Drop: the qemu-nbd process this image started, if any.
@@ -726,7 +735,8 @@ impl NbdImage {
         let client = NbdClient::connect(export.socket())?;
         Ok(NbdImage {
             size: client.size(),
-            client: Mutex::new(client),
+            clients: vec![Mutex::new(client)],
+            next: Default::default(),
             allocation,
             socket: export.socket().to_path_buf(),
             export: String::new(),
@@ -748,7 +758,8 @@ impl NbdImage {
         let client = NbdClient::connect(export.socket())?;
         let image = NbdImage {
             size: client.size(),
-            client: Mutex::new(client),
+            clients: vec![Mutex::new(client)],
+            next: Default::default(),
             allocation: Vec::new(),
             socket: export.socket().to_path_buf(),
             export: String::new(),
@@ -767,10 +778,24 @@ impl NbdImage {
     /// [`NbdImage::connect`] to a named export.
     pub fn connect_export(socket: &Path, export: &str) -> io::Result<NbdImage> {
         let allocation = allocation_of(socket, export)?;
-        let client = NbdClient::connect_export(socket, export)?;
+        let mut clients = Vec::new();
+        for _ in 0..EXPORT_CONNECTIONS {
+            let client = NbdClient::connect_export(socket, export)?;
+            if clients.first().is_some_and(|c: &Mutex<NbdClient>| {
+                c.lock().is_ok_and(|c| c.size() != client.size())
+            }) {
+                return Err(bad("the export's connections disagree on its size"));
+            }
+            clients.push(Mutex::new(client));
+        }
+        let size = clients[0]
+            .lock()
+            .map_err(|_| io::Error::other("NBD client poisoned"))?
+            .size();
         Ok(NbdImage {
-            size: client.size(),
-            client: Mutex::new(client),
+            size,
+            clients,
+            next: Default::default(),
             allocation,
             _export: None,
             socket: socket.to_path_buf(),
@@ -796,7 +821,14 @@ impl ImageSource for NbdImage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.client
+        // A free connection if there is one, else the next in turn.
+        for c in &self.clients {
+            if let Ok(mut client) = c.try_lock() {
+                return client.read(buf, offset);
+            }
+        }
+        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        self.clients[k]
             .lock()
             .map_err(|_| io::Error::other("NBD client poisoned"))?
             .read(buf, offset)
