@@ -109,7 +109,7 @@ enum Command {
         args: Vec<String>,
     },
     /// The host side of a backup in pull mode (BACKUP_PULL): serves the disks read-only over
-    /// NBD until stdin closes; the front-end (or proxy) reads them and writes the repository.
+    /// NBD until stdin closes; the front-end reads them and writes the repository.
     /// It is sent no secret.
     #[command(hide = true)]
     HostExport {

@@ -128,8 +128,37 @@ fn pull_mode_backs_up_a_stopped_vm_without_giving_the_host_any_secret() {
         let vm_xml = cloud.vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 });
         let pre = t.step("prebackup", &vm_xml, false);
         assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
+        if inc == 0 {
+            // A host that plants its own VM document: the snapshot keeps oned's.
+            let planted = vm_xml.replace("<NAME>db</NAME>", "<NAME>planted</NAME>");
+            fs::write(
+                cloud.staging().join("vm.xml"),
+                crate::support::b64(&planted),
+            )
+            .expect("plant vm.xml");
+        }
         let out = cloud.backup_to(&ds, &vm_xml);
         let (id, size_mb) = parse_backup_line(&out);
+        if inc == 0 {
+            use base64::Engine;
+            let stored = cloud.restic_ok(&[
+                "dump",
+                &id,
+                &format!("{}/vm.xml", cloud.staging().display()),
+            ]);
+            let text: Vec<u8> = stored
+                .into_iter()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            let doc = base64::engine::general_purpose::STANDARD
+                .decode(&text)
+                .expect("vm.xml is base64");
+            let doc = String::from_utf8_lossy(&doc);
+            assert!(
+                doc.contains("<NAME>db</NAME>") && !doc.contains("planted"),
+                "the stored VM document is not oned's: {doc}"
+            );
+        }
         if inc > 0 {
             assert!(size_mb <= 8, "increment {inc} read {size_mb} MB");
         }
@@ -226,6 +255,11 @@ fn pull_mode_backs_up_a_stopped_vm_without_giving_the_host_any_secret() {
     let snaps: Vec<serde_json::Value> =
         serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
     assert_eq!(snaps.len(), 4, "the killed pull wrote a snapshot");
+    // The killed pull's private directory is left; a pull reaps such directories once they
+    // are a minute old (so as never to race one being made): made older here.
+    let left = pull_dirs();
+    assert_eq!(left.len(), 1, "the killed pull's directory: {left:?}");
+    crate::cloud::sh_ok("touch", &["-d", "2 minutes ago", &left[0]]);
     let out = cloud.backup_to(&ds, &vm_xml);
     let (id, size_mb) = parse_backup_line(&out);
     assert!(size_mb <= 8, "the retry read {size_mb} MB");

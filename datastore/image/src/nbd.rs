@@ -72,6 +72,9 @@ impl NbdClient {
     /// backup's exports after the disk targets: `vda`, ...).
     pub fn connect_export(socket: &Path, name: &str) -> io::Result<NbdClient> {
         let mut s = UnixStream::connect(socket)?;
+        // A server that stops answering (a host in pull mode, through a forward) fails the
+        // read instead of holding the backup forever.
+        s.set_read_timeout(Some(Duration::from_secs(600)))?;
         if read_u64(&mut s)? != NBDMAGIC || read_u64(&mut s)? != IHAVEOPT {
             return Err(bad(format!(
                 "{} is not a newstyle NBD server",

@@ -1,6 +1,6 @@
 //! The host step of a backup in pull mode (`backstop host-export`, docs/pull-mode.md): the
-//! hypervisor only serves its disks, read-only, and the machine that pulls (the front-end or
-//! the datastore's proxy) reads them and writes the repository. This step never sees the
+//! hypervisor only serves its disks, read-only, and the front-end reads them and writes the
+//! repository. This step never sees the
 //! repository's password, its storage keys or an ssh agent: its request is empty, and nothing
 //! here opens a repository.
 //!

@@ -387,6 +387,9 @@ fn check_extents(extents: &[Extent], size: u64) -> Result<(), String> {
         let Some(e_end) = e.offset.checked_add(e.length) else {
             return Err(format!("overflow at offset {}", e.offset));
         };
+        if e.length == 0 {
+            return Err(format!("hold an empty extent at offset {}", e.offset));
+        }
         if e.offset < end {
             return Err(format!(
                 "are out of order or overlap at offset {}",
@@ -622,4 +625,41 @@ fn open_disk(
         source: opened.source,
         changed: opened.changed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(offset: u64, length: u64) -> Extent {
+        Extent { offset, length }
+    }
+
+    /// Changed extents from a host in pull mode are checked before the writer uses them: in
+    /// order, not overlapping, inside the disk, no overflow.
+    #[test]
+    fn extents_from_another_machine_are_checked() {
+        assert_eq!(check_extents(&[], 10), Ok(()));
+        assert_eq!(check_extents(&[e(0, 4), e(4, 6)], 10), Ok(()));
+        let cases = [
+            (
+                vec![e(4, 2), e(0, 2)],
+                "out of order or overlap at offset 0",
+            ),
+            (
+                vec![e(0, 4), e(3, 2)],
+                "out of order or overlap at offset 3",
+            ),
+            (
+                vec![e(8, 4)],
+                "reach past the end of the disk (12 > 10 bytes)",
+            ),
+            (vec![e(u64::MAX, 2)], "overflow at offset"),
+            (vec![e(2, 0)], "hold an empty extent at offset 2"),
+        ];
+        for (extents, want) in cases {
+            let m = check_extents(&extents, 10).expect_err(want);
+            assert!(m.contains(want), "{m:?} does not say {want:?}");
+        }
+    }
 }

@@ -115,7 +115,7 @@ pub fn run(
     let _pid = write_pid_file(cfg, args.vm_id, &args.deploy_id)?;
     let host = target_host(args, request.vm.as_ref());
     if crate::settings::Settings::of(&request.datastore)?.pull {
-        return pull::run(args, request, cfg, cancel, &host);
+        return pull::run(args, request, raw_xml, cfg, cancel, &host);
     }
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
 

@@ -32,8 +32,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest line `host-export` may print (it carries vm.xml, the TPM state and the changed
-/// extents of every disk).
-const MAX_LINE: u64 = 256 << 20;
+/// extents of every disk: a million extents take about 30 MiB).
+const MAX_LINE: u64 = 64 << 20;
+
+/// How long the host step may take to answer (it starts qemu-nbd and reads the bitmaps).
+const ANSWER_WAIT: Duration = Duration::from_secs(600);
 
 /// How long the host step may take to stop once its stdin is closed.
 const HOST_STOP_WAIT: Duration = Duration::from_secs(60);
@@ -55,17 +58,9 @@ struct Session {
 }
 
 impl Session {
-    fn stderr(&mut self) -> String {
-        self.stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // End of file on the host step's stdin: it stops serving.
+    /// Closes the host step's stdin and waits for it to exit, killing its ssh after
+    /// [`HOST_STOP_WAIT`].
+    fn stop(&mut self) {
         drop(self.host_step.stdin.take());
         let deadline = Instant::now() + HOST_STOP_WAIT;
         loop {
@@ -79,14 +74,30 @@ impl Drop for Session {
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    fn stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // End of file on the host step's stdin: it stops serving.
+        self.stop();
         if let Some(d) = self.dir.take() {
             let _ = std::fs::remove_dir_all(d);
         }
     }
 }
 
-/// A path the host names for its socket: absolute, no `:` (ssh's separator in `-L`), no
-/// control characters or blanks, and short enough for a unix socket.
+/// A path the host names for its socket: absolute, short enough for a unix socket, and made
+/// only of letters, digits and `/._+-`. ssh reads `-L` itself: `:` separates, and `$`, `{`,
+/// `\\` and `[` would be expanded or parsed by it (an environment variable of this machine's
+/// could otherwise be sent to the host).
 fn check_remote_socket(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("socket {path:?} is not an absolute path"));
@@ -98,9 +109,22 @@ fn check_remote_socket(path: &str) -> Result<(), String> {
     }
     if let Some(c) = path
         .chars()
-        .find(|c| *c == ':' || c.is_control() || c.is_whitespace())
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._+-".contains(*c)))
     {
         return Err(format!("socket {path:?} holds {c:?}"));
+    }
+    Ok(())
+}
+
+/// An export's name: at most 255 letters, digits and `._-` (it goes into an NBD URI, where
+/// `?`, `#` or `&` would add parameters).
+fn check_export_name(name: &str) -> Result<(), String> {
+    if name.len() > 255
+        || name
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+    {
+        return Err(format!("the export name {name:?} is not usable"));
     }
     Ok(())
 }
@@ -132,9 +156,7 @@ fn check_exported(args: &BackupArgs, e: &Exported) -> Result<(), String> {
     }
     for d in &e.disks {
         check_remote_socket(&d.socket).map_err(|m| format!("disk {}: {m}", d.disk_id))?;
-        if d.export.len() > 4096 || d.export.chars().any(char::is_control) {
-            return Err(format!("disk {}: the export name is not usable", d.disk_id));
-        }
+        check_export_name(&d.export).map_err(|m| format!("disk {}: {m}", d.disk_id))?;
     }
     Ok(())
 }
@@ -156,7 +178,10 @@ fn private_socket_dir() -> Result<PathBuf, Error> {
         .create(&dir)
         .map_err(|e| Error::io(format!("cannot make {}", dir.display()), e))?;
     let me = backstop_image::process::ProcessId::current();
-    if let Err(e) = std::fs::write(dir.join("owner"), format!("{me}\n")) {
+    let tmp = dir.join("owner.tmp");
+    if let Err(e) = std::fs::write(&tmp, format!("{me}\n"))
+        .and_then(|()| std::fs::rename(&tmp, dir.join("owner")))
+    {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(Error::io(format!("cannot write in {}", dir.display()), e));
     }
@@ -164,8 +189,9 @@ fn private_socket_dir() -> Result<PathBuf, Error> {
 }
 
 /// Removes the private directories of pulls whose process is gone (killed before it could
-/// clean up): only directories of this user, not links, whose owner record names a process
-/// that no longer runs.
+/// clean up): only directories of this user, not links, older than a minute, whose owner
+/// record names a process that no longer runs. The ssh master it recorded, if it still runs
+/// (a host that keeps the session open), is stopped first.
 fn reap_stale_dirs() {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -182,12 +208,23 @@ fn reap_stale_dirs() {
         if !ours {
             continue;
         }
-        let owner = std::fs::read_to_string(path.join("owner"))
+        let recent = std::fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
             .ok()
-            .and_then(|t| backstop_image::process::ProcessId::parse(t.trim()));
-        if owner.is_some_and(|o| !o.is_running()) {
-            let _ = std::fs::remove_dir_all(&path);
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < Duration::from_secs(60));
+        let record = |name: &str| {
+            std::fs::read_to_string(path.join(name))
+                .ok()
+                .and_then(|t| backstop_image::process::ProcessId::parse(t.trim()))
+        };
+        if recent || !record("owner").is_some_and(|o| o.start != 0 && !o.is_running()) {
+            continue;
         }
+        if let Some(master) = record("master") {
+            let _ = master.signal(rustix::process::Signal::TERM);
+        }
+        let _ = std::fs::remove_dir_all(&path);
     }
 }
 
@@ -210,10 +247,30 @@ fn first_line(stdout: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<O
     rx
 }
 
-/// The front-end's (or the proxy's) side of a backup in pull mode.
+/// The VM document of the action's request (`DS_DRIVER_ACTION_DATA/VM`), as `vm.xml` holds it:
+/// base64, 60 columns a line.
+fn vm_document(raw_xml: &[u8]) -> Option<Vec<u8>> {
+    use backstop_protocol::input::{Encoding, decode_siblings};
+    let roots = decode_siblings(raw_xml, Encoding::RawXml).ok()?;
+    let vm = roots
+        .iter()
+        .find(|r| r.name == "DS_DRIVER_ACTION_DATA")?
+        .child("VM")?
+        .to_xml();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(vm.as_bytes());
+    let mut text = Vec::with_capacity(b64.len() + b64.len() / 60 + 1);
+    for line in b64.as_bytes().chunks(60) {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    Some(text)
+}
+
+/// The front-end's side of a backup in pull mode.
 pub fn run(
     args: &BackupArgs,
     request: &BackupRequest,
+    raw_xml: &[u8],
     cfg: &DriverConfig,
     cancel: &Arc<AtomicBool>,
     host: &str,
@@ -256,6 +313,12 @@ pub fn run(
             return Err(Error::io("cannot run ssh", e));
         }
     };
+    if let (Some(d), Some(p)) = (&dir, backstop_image::process::ProcessId::of(child.id())) {
+        // For the reaper, should this process be killed while the master lives on.
+        let tmp = d.join("master.tmp");
+        let _ = std::fs::write(&tmp, format!("{p}\n"))
+            .and_then(|()| std::fs::rename(&tmp, d.join("master")));
+    }
     if let Some(s) = child.stdin.as_mut() {
         // An empty request: the host step needs nothing of the datastore.
         let _ = write_request(s, b"");
@@ -277,14 +340,24 @@ pub fn run(
     let mut session = session;
 
     // The host's answer, while watching for a cancel.
+    let asked = Instant::now();
     let answer = loop {
         if cancel.load(Ordering::SeqCst) {
             return Err(cancelled(args));
         }
+        if asked.elapsed() > ANSWER_WAIT {
+            let m = format!(
+                "the host step did not answer within {} s",
+                ANSWER_WAIT.as_secs()
+            );
+            return Err(failed(args, host, m));
+        }
         match lines.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(l)) => break l,
             Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = session.host_step.wait();
+                // No usable answer: the host step is told to stop (and killed if it does not)
+                // before its stderr is read.
+                session.stop();
                 let err = session.stderr();
                 let reason = last_line(&err).unwrap_or_else(|| {
                     format!(
@@ -337,9 +410,15 @@ pub fn run(
     }
 
     let b64 = base64::engine::general_purpose::STANDARD;
-    let vm_xml = b64
-        .decode(&exported.vm_xml)
-        .map_err(|_| failed(args, host, "the host step's vm.xml is not base64"))?;
+    // The VM document stored with the snapshot (restore makes a template of it) is oned's,
+    // from this action's request, not the host's; the host's only when oned sent none (up to
+    // 6.10).
+    let vm_xml = match vm_document(raw_xml) {
+        Some(v) => v,
+        None => b64
+            .decode(&exported.vm_xml)
+            .map_err(|_| failed(args, host, "the host step's vm.xml is not base64"))?,
+    };
     let tpm = exported
         .tpm
         .as_ref()
@@ -353,6 +432,22 @@ pub fn run(
         tpm,
         pulled: Some(pulled),
     };
+    // A cancel ends the master connection at once: a host that stops answering in the middle
+    // of a read cannot hold the backup up; the reads fail and the writer stops.
+    let done = Arc::new(AtomicBool::new(false));
+    let master = backstop_image::process::ProcessId::of(session.host_step.id());
+    let watchdog = master.map(|master| {
+        let (done, cancel) = (done.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if cancel.load(Ordering::SeqCst) {
+                    let _ = master.signal(rustix::process::Signal::TERM);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    });
     let progress = Arc::new(Progress::default());
     let reporter = progress_reporter(&progress);
     let written = write_snapshot(
@@ -367,6 +462,10 @@ pub fn run(
     if let Some((done, handle)) = reporter {
         done.store(true, Ordering::SeqCst);
         let _ = handle.join();
+    }
+    done.store(true, Ordering::SeqCst);
+    if let Some(w) = watchdog {
+        let _ = w.join();
     }
     drop(session);
     if cancel.load(Ordering::SeqCst) {
@@ -529,6 +628,13 @@ mod tests {
             let m = check_exported(&a, &e).expect_err(want);
             assert!(m.contains(want), "{m:?} does not say {want:?}");
         }
+        // ssh would expand a variable of the front-end's environment in a forward's path.
+        let m = check_exported(&a, &exported(&[(0, "/tmp/${HOME}"), (1, "/b")])).expect_err("$");
+        assert!(m.contains("holds '$'"), "{m}");
+        let mut uri = exported(&[(0, "/a"), (1, "/b")]);
+        uri.disks[1].export = "vda?socket=/run/other.sock#".into();
+        let m = check_exported(&a, &uri).expect_err("export name");
+        assert!(m.starts_with("disk 1: the export name"), "{m}");
         let mut other_vm = exported(&[(0, "/a"), (1, "/b")]);
         other_vm.manifest.vm_id = 23;
         assert_eq!(
