@@ -89,17 +89,8 @@ pub fn run(
         "--delivery".to_string(),
         delivery.to_string(),
         "--".to_string(),
-        format!("{}:{}", args.host_dir.host, args.host_dir.vm_dir),
-        args.disk_ids
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(":"),
-        args.deploy_id.clone(),
-        args.job_id.map_or("-".into(), |j| j.to_string()),
-        args.vm_id.to_string(),
-        args.system_ds_id.to_string(),
     ];
+    words.extend(args.to_argv());
     words.iter_mut().for_each(|w| *w = sh_quote(w));
     let line = format!("{prefix}{}", words.join(" "));
     let (status, _stdout, stderr) = remote_call(cfg, &args.host_dir.host, &line, raw_xml, cancel)?;

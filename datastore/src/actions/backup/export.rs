@@ -15,7 +15,6 @@
 //!    done, gone or cancels); then every qemu-nbd it started stops (by the child it holds) and
 //!    its socket goes.
 
-use super::plan::StagedFiles;
 use crate::{Error, ErrorKind};
 use backstop_image::disk_image::{Backing, Format};
 use backstop_image::image::Extent;
@@ -64,45 +63,14 @@ pub fn host_export(
     stdin_closed: &Arc<AtomicBool>,
     out: &mut impl std::io::Write,
 ) -> Result<(), Error> {
-    let names = std::fs::read_dir(staging)
-        .and_then(|entries| {
-            entries
-                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(|e| {
-            Error::io(
-                format!("cannot read the staging directory {}", staging.display()),
-                e,
-            )
-        })?;
-    let staged = StagedFiles::from_names(staging, names, &args.disk_ids);
-    let manifest_path = staging.join(MANIFEST);
-    let text = match std::fs::read_to_string(&manifest_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::new(
-                ErrorKind::Input,
-                format!(
-                    "VM {}: pull mode (BACKUP_PULL) needs backstop's prebackup in direct mode (TM_DELIVERY=direct); {} has no {MANIFEST}",
-                    args.vm_id,
-                    staging.display()
-                ),
-            ));
-        }
-        Err(e) => {
-            return Err(Error::io(
-                format!("cannot read {}", manifest_path.display()),
-                e,
-            ));
-        }
-    };
-    let manifest: DirectManifest = serde_json::from_str(&text).map_err(|e| {
+    let (staged, manifest) = super::host::read_staging(staging, &args.disk_ids)?;
+    let manifest = manifest.ok_or_else(|| {
         Error::new(
             ErrorKind::Input,
             format!(
-                "{} is not a backstop manifest: {e}",
-                manifest_path.display()
+                "VM {}: pull mode (BACKUP_PULL) needs backstop's prebackup in direct mode (TM_DELIVERY=direct); {} has no {MANIFEST}",
+                args.vm_id,
+                staging.display()
             ),
         )
     })?;

@@ -61,7 +61,7 @@ impl VmRepo {
 }
 
 /// The staging directory's files, and the direct-mode manifest when prebackup wrote one.
-fn read_staging(
+pub(super) fn read_staging(
     staging: &Path,
     disk_ids: &[u32],
 ) -> Result<(StagedFiles, Option<DirectManifest>), Error> {
