@@ -864,6 +864,13 @@ fn real_oned_backs_up_flattens_restores_and_deletes_a_stopped_vm() {
         "BACKUP_CONFIG = [ MODE = \"INCREMENT\", KEEP_LAST = \"2\" ]\n",
     );
     o.cli_ok("onevm", &["updateconf", &vm.to_string(), &bc]);
+    // The fourth point with BACKUP_PULL (docs/pull-mode.md), as oned drives it: the
+    // datastore's backup runs host-export (here on this machine, no forward) and writes the
+    // repository itself; its dump and its restore below are checked as every other point's.
+    // (oned keeps no INFO line of a successful action, so the mode itself is not seen here;
+    // tests/e2e/pull.rs shows it.)
+    let pull = o.template("pull.tmpl", "BACKUP_PULL = \"YES\"\n");
+    o.cli_ok("onedatastore", &["update", &ds, &pull, "--append"]);
     write_pattern(&disk, 0x4c, 50 << 20, 1 << 20);
     raw_copy(&disk, &expected(3));
     o.backup(vm, &ds, 3, &[]);

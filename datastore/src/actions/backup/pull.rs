@@ -472,6 +472,15 @@ pub fn run(
         return Err(cancelled(args));
     }
     let outcome: HostOutcome = written?;
+    // On stderr with a log prefix: oned keeps it in the VM's log.
+    backstop_protocol::output::log(
+        backstop_protocol::output::Level::Info,
+        &format!(
+            "VM {}: pull mode: {} disk(s) read from the exports of {host}",
+            args.vm_id,
+            exported.disks.len()
+        ),
+    );
     Ok(Outcome {
         backup_id: outcome.snapshot_id.chars().take(8).collect(),
         size_mb: outcome.size_bytes / (1024 * 1024),
