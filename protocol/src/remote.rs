@@ -47,6 +47,17 @@ pub enum Agent {
     NotForwarded,
 }
 
+/// `ssh` with the installation's configuration (`SSH_CONFIG`) that never prompts: what
+/// every ssh command backstop runs starts with.
+fn ssh_batch(cfg: &DriverConfig) -> Command {
+    let mut cmd = Command::new("ssh");
+    if let Some(c) = &cfg.ssh_config {
+        cmd.arg("-F").arg(c);
+    }
+    cmd.args(["-o", "BatchMode=yes"]);
+    cmd
+}
+
 /// A command that runs a shell line on `host`: `sh -c` when the host is this machine,
 /// otherwise ssh. ssh options every hop uses: never prompt, no shared connections (as the
 /// stock drivers); the agent only with [`Agent::Forward`].
@@ -57,13 +68,8 @@ pub fn ssh_command(cfg: &DriverConfig, host: &str, agent: Agent) -> Command {
         cmd.arg("-c");
         return cmd;
     }
-    let mut cmd = Command::new("ssh");
-    if let Some(c) = &cfg.ssh_config {
-        cmd.arg("-F").arg(c);
-    }
+    let mut cmd = ssh_batch(cfg);
     cmd.args([
-        "-o",
-        "BatchMode=yes",
         "-o",
         "ControlMaster=no",
         "-o",
@@ -179,18 +185,8 @@ pub fn write_request(to: &mut impl Write, request: &[u8]) -> std::io::Result<()>
 /// forwards to it later. Not persistent: the master ends with its own session, and its
 /// forwards with it, even when the process that started it is killed (its stdin closes).
 pub fn ssh_master_command(cfg: &DriverConfig, host: &str, control: &Path) -> Command {
-    let mut cmd = Command::new("ssh");
-    if let Some(c) = &cfg.ssh_config {
-        cmd.arg("-F").arg(c);
-    }
-    cmd.args([
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ControlMaster=yes",
-        "-o",
-        "ControlPersist=no",
-    ]);
+    let mut cmd = ssh_batch(cfg);
+    cmd.args(["-o", "ControlMaster=yes", "-o", "ControlPersist=no"]);
     cmd.arg("-o")
         .arg(format!("ControlPath={}", control.display()));
     cmd.args([
@@ -215,11 +211,7 @@ pub fn ssh_forward_command(
     control: &Path,
     forwards: &[(PathBuf, String)],
 ) -> Command {
-    let mut cmd = Command::new("ssh");
-    if let Some(c) = &cfg.ssh_config {
-        cmd.arg("-F").arg(c);
-    }
-    cmd.args(["-o", "BatchMode=yes"]);
+    let mut cmd = ssh_batch(cfg);
     cmd.arg("-o")
         .arg(format!("ControlPath={}", control.display()));
     cmd.args(["-O", "forward"]);

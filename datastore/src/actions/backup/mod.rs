@@ -101,6 +101,34 @@ pub fn ensure_repository(
     Ok(())
 }
 
+/// The shell line that runs the host step `step` (`host-backup`, `host-export`) on the host:
+/// the datastore's confinement prefix, then `backstop <step> --staging <staging> <options> --`
+/// and the action's six arguments, every word quoted.
+pub(crate) fn host_step_line(
+    args: &BackupArgs,
+    request: &BackupRequest,
+    cfg: &DriverConfig,
+    step: &str,
+    staging: &str,
+    options: Vec<String>,
+) -> Result<String, Error> {
+    let mut words = vec![
+        cfg.remote_binary(),
+        step.to_string(),
+        "--staging".to_string(),
+        staging.to_string(),
+    ];
+    words.extend(options);
+    words.push("--".into());
+    words.extend(args.to_argv());
+    let words: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    Ok(format!(
+        "{}{}",
+        confinement(&request.datastore, &args.host_dir.vm_dir)?,
+        words.join(" ")
+    ))
+}
+
 /// The front-end step: everything oned's one_vmm_exec sees.
 pub fn run(
     args: &BackupArgs,
@@ -119,31 +147,19 @@ pub fn run(
     }
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
 
-    let mut remote = vec![
-        cfg.remote_binary(),
-        "host-backup".to_string(),
-        "--staging".to_string(),
-        staging,
-    ];
+    let mut options = Vec::new();
     if let Some(c) = &cfg.ssh_config {
-        remote.push("--ssh-config".into());
-        remote.push(c.display().to_string());
+        options.push("--ssh-config".into());
+        options.push(c.display().to_string());
     }
     // The job runner asks for progress through the environment; oned never does.
     let progress = std::env::var_os(PROGRESS_ENV)
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
     if progress.is_some() {
-        remote.push("--progress".into());
+        options.push("--progress".into());
     }
-    remote.push("--".into());
-    remote.extend(args.to_argv());
-    let line: Vec<String> = remote.iter().map(|w| sh_quote(w)).collect();
-    let line = format!(
-        "{}{}",
-        confinement(&request.datastore, &args.host_dir.vm_dir)?,
-        line.join(" ")
-    );
+    let line = host_step_line(args, request, cfg, "host-backup", &staging, options)?;
 
     // The host opens SFTP to the backup server with the front-end's agent; a repository on a
     // local path (a shared mount) needs no agent on the host.

@@ -14,8 +14,8 @@ use super::plan::StagedFiles;
 use super::{HostOutcome, Outcome};
 use crate::config::DriverConfig;
 use crate::remote::{
-    Agent, PROGRESS_ENV, confinement, is_this_machine, last_line, sh_quote, ssh_command,
-    ssh_forward_command, ssh_master_command, write_request,
+    Agent, PROGRESS_ENV, is_this_machine, last_line, ssh_command, ssh_forward_command,
+    ssh_master_command, write_request,
 };
 use crate::repo::writer::Progress;
 use crate::{Error, ErrorKind};
@@ -276,20 +276,7 @@ pub fn run(
     host: &str,
 ) -> Result<Outcome, Error> {
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
-    let mut remote = vec![
-        cfg.remote_binary(),
-        "host-export".to_string(),
-        "--staging".to_string(),
-        staging.clone(),
-        "--".to_string(),
-    ];
-    remote.extend(args.to_argv());
-    let line: Vec<String> = remote.iter().map(|w| sh_quote(w)).collect();
-    let line = format!(
-        "{}{}",
-        confinement(&request.datastore, &args.host_dir.vm_dir)?,
-        line.join(" ")
-    );
+    let line = super::host_step_line(args, request, cfg, "host-export", &staging, Vec::new())?;
     // The local ends and ssh's control socket: this machine's own names.
     let direct = is_this_machine(host);
     let dir = (!direct).then(private_socket_dir).transpose()?;
