@@ -18,6 +18,7 @@
 //! | `BACKSTOP_SFTP_HOST_FINGERPRINT` | none | `SHA256:<base64>` |
 //! | `BACKSTOP_CACHE_DIR` | `$XDG_CACHE_HOME/backstop` or `~/.cache/backstop` | an absolute path, or `off` |
 //! | `RESTIC_S3_ACCESS_KEY_ID`, `RESTIC_S3_SECRET_ACCESS_KEY` | required for S3 | |
+//! | `RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID`, `RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY` | none | both or neither: the front-end's key ([`FRONT_END_ONLY`]) |
 //! | `RESTIC_S3_REGION` | `us-east-1` | |
 //! | `RESTIC_S3_FORCE_PATH_STYLE`, `RESTIC_S3_INSECURE_TLS` | `no` | `yes`, `no` |
 //! | `RESTIC_S3_CACERT` | the system's CAs | an absolute path to a PEM file |
@@ -59,11 +60,26 @@ pub struct Settings {
     pub pull: bool,
 }
 
+/// Attributes the front-end keeps to itself: a host step is sent the datastore's document
+/// without them. With the maintenance key pair set, everything that runs on the front-end
+/// (backstop's runner included) reaches the bucket with it: rm, increment_flatten,
+/// retention, sync and verify jobs, restore, monitor, and pull mode's writes. The hosts are
+/// left the key of `RESTIC_S3_ACCESS_KEY_ID`, which may write but need not delete
+/// (docs/s3.md, "Split keys").
+pub const FRONT_END_ONLY: &[&str] = &[
+    "RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID",
+    "RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY",
+];
+
 /// The keys and transport settings of an S3 datastore. The secret key never prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Access {
+    /// The maintenance key when the datastore has one and this document holds it (the
+    /// front-end's), else the write key: the one this process reaches the bucket with.
     pub access_key_id: String,
     pub secret_access_key: backstop_storage::s3::Secret,
+    /// Whether `access_key_id` is the maintenance key.
+    pub maintenance: bool,
     pub region: String,
     /// `RESTIC_S3_FORCE_PATH_STYLE=yes`; else restic's automatic choice.
     pub force_path_style: bool,
@@ -121,11 +137,38 @@ impl S3Access {
                 .map_err(|e| Error::config(format!("datastore {}: {e}", ds.id)))?,
             ),
         };
+        let write_key = (
+            required("RESTIC_S3_ACCESS_KEY_ID")?.trim().to_string(),
+            required("RESTIC_S3_SECRET_ACCESS_KEY")?,
+        );
+        let maintenance = match (
+            ds.attribute("RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID")
+                .map(str::trim)
+                .filter(|v| !v.is_empty()),
+            ds.attribute("RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY")
+                .filter(|v| !v.trim().is_empty()),
+        ) {
+            (Some(id), Some(secret)) => Some((id.to_string(), secret.to_string())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(format!(
+                    "datastore {}: RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID is set but RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY is missing",
+                    ds.id
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(format!(
+                    "datastore {}: RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY is set but RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID is missing",
+                    ds.id
+                )));
+            }
+        };
+        let is_maintenance = maintenance.is_some();
+        let (access_key_id, secret) = maintenance.unwrap_or(write_key);
         Ok(S3Access {
-            access_key_id: required("RESTIC_S3_ACCESS_KEY_ID")?.trim().to_string(),
-            secret_access_key: backstop_storage::s3::Secret::new(required(
-                "RESTIC_S3_SECRET_ACCESS_KEY",
-            )?),
+            access_key_id,
+            secret_access_key: backstop_storage::s3::Secret::new(secret),
+            maintenance: is_maintenance,
             region: ds
                 .attribute("RESTIC_S3_REGION")
                 .map(str::trim)
@@ -178,6 +221,8 @@ pub const ATTRIBUTES: &[&str] = &[
     "RESTIC_S3_INSECURE_TLS",
     "RESTIC_S3_OBJECT_LOCK",
     "RESTIC_S3_OBJECT_LOCK_DAYS",
+    "RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID",
+    "RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY",
     "TOTAL_MB",
     // the table above
     "RESTIC_CONNECTIONS",
@@ -412,6 +457,46 @@ mod tests {
             .expect_err("yes or no");
         assert!(e.to_string().contains("not yes or no"), "{e}");
         assert!(Settings::of(&ds("")).expect("local").s3.is_none());
+    }
+
+    #[test]
+    fn a_maintenance_key_is_the_front_end_s_and_comes_in_pairs() {
+        let base = "RESTIC_BACKEND = S3\nRESTIC_S3_BUCKET = b-1\nRESTIC_S3_ACCESS_KEY_ID = AK\nRESTIC_S3_SECRET_ACCESS_KEY = S\n";
+        let a = Settings::of(&ds(&format!(
+            "{base}RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID = MK\nRESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY = \"m-s3cr3t\""
+        )))
+        .expect("split")
+        .s3
+        .expect("s3");
+        assert_eq!(
+            (
+                a.access_key_id.as_str(),
+                a.secret_access_key.expose(),
+                a.maintenance
+            ),
+            ("MK", "m-s3cr3t", true)
+        );
+        assert!(!format!("{a:?}").contains("m-s3cr3t"), "the secret printed");
+        let a = Settings::of(&ds(base)).expect("write key").s3.expect("s3");
+        assert_eq!((a.access_key_id.as_str(), a.maintenance), ("AK", false));
+        for (half, missing) in [
+            (
+                "RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID = MK",
+                "RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY is missing",
+            ),
+            (
+                "RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY = m-s3cr3t",
+                "RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID is missing",
+            ),
+        ] {
+            let e = Settings::of(&ds(&format!("{base}{half}"))).expect_err(half);
+            assert!(e.to_string().ends_with(missing), "{e}");
+            assert!(!e.to_string().contains("m-s3cr3t"), "{e}");
+        }
+        for name in FRONT_END_ONLY {
+            assert!(ATTRIBUTES.contains(name));
+            assert!(backstop_protocol::template::is_secret(name), "{name}");
+        }
     }
 
     #[test]

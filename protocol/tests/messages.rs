@@ -171,6 +171,35 @@ fn backup_with_bare_datastore_6x() {
     assert!(r.vm.is_none());
 }
 
+/// What a host step is sent: the same request without the named datastore attributes, both
+/// in 7.x's action data and in 6.x's bare datastore; nothing else changes.
+#[test]
+fn a_request_without_front_end_attributes() {
+    let secret = "<RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY><![CDATA[m&<s3cr3t]]></RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY>";
+    let names = ["restic_s3_maintenance_secret_access_key"];
+    let ds = DATASTORE.replacen("<TEMPLATE>", &format!("<TEMPLATE>{secret}"), 1);
+    assert_ne!(ds, DATASTORE);
+    for (with, without) in [
+        (action_data(&[&ds, VM]), action_data(&[DATASTORE, VM])),
+        (ds.clone(), DATASTORE.to_string()),
+    ] {
+        let root = input::decode(with.as_bytes(), Encoding::RawXml).expect("with");
+        let stripped = without_datastore_attributes(&root, &names).expect("something removed");
+        let text = stripped.to_xml();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("MAINTENANCE"),
+            "{text}"
+        );
+        let again = input::decode(text.as_bytes(), Encoding::RawXml).expect("reads back");
+        let want = input::decode(without.as_bytes(), Encoding::RawXml).expect("without");
+        assert_eq!(
+            BackupRequest::from_xml(&again).expect("request"),
+            BackupRequest::from_xml(&want).expect("request")
+        );
+        assert!(without_datastore_attributes(&want, &names).is_none());
+    }
+}
+
 #[test]
 fn rm_full_image() {
     let root = decode_b64(&action_data(&[IMAGE_FULL, DATASTORE]));

@@ -101,6 +101,9 @@ pub struct Cloud {
     pub mad: &'static str,
     /// An S3 datastore on this server instead of SFTP to `bks`.
     pub s3: Option<S3Server>,
+    /// S3 with split keys: the datastore's write key may not delete (but lock files), and its
+    /// maintenance key is the admin's (docs/s3.md, "Split keys").
+    pub split_keys: bool,
 }
 
 impl Cloud {
@@ -171,6 +174,7 @@ impl Cloud {
             base_path,
             mad,
             s3: None,
+            split_keys: false,
         }
     }
 
@@ -214,10 +218,28 @@ impl Cloud {
                  <RESTIC_S3_ENDPOINT><![CDATA[{}]]></RESTIC_S3_ENDPOINT>\
                  <RESTIC_S3_BUCKET><![CDATA[{S3_BUCKET}]]></RESTIC_S3_BUCKET>\
                  <RESTIC_S3_ACCESS_KEY_ID><![CDATA[{}]]></RESTIC_S3_ACCESS_KEY_ID>\
-                 <RESTIC_S3_SECRET_ACCESS_KEY><![CDATA[{}]]></RESTIC_S3_SECRET_ACCESS_KEY>{}",
+                 <RESTIC_S3_SECRET_ACCESS_KEY><![CDATA[{}]]></RESTIC_S3_SECRET_ACCESS_KEY>{}{}",
                 s3.endpoint,
-                crate::s3server::ACCESS_KEY,
-                crate::s3server::SECRET_KEY,
+                if self.split_keys {
+                    crate::s3server::NODELETE_ACCESS_KEY
+                } else {
+                    crate::s3server::ACCESS_KEY
+                },
+                if self.split_keys {
+                    crate::s3server::NODELETE_SECRET_KEY
+                } else {
+                    crate::s3server::SECRET_KEY
+                },
+                if self.split_keys {
+                    format!(
+                        "<RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID><![CDATA[{}]]></RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID>\
+                         <RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY><![CDATA[{}]]></RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY>",
+                        crate::s3server::ACCESS_KEY,
+                        crate::s3server::SECRET_KEY
+                    )
+                } else {
+                    String::new()
+                },
                 s3.ca
                     .as_ref()
                     .map(|ca| format!(
@@ -592,9 +614,14 @@ fn oned_backs_up_a_vm_full_then_three_increments_over_sftp() {
     the_whole_cycle(&Cloud::start());
 }
 
+/// With split keys: the host steps are given the write key alone, which may not delete; the
+/// front-end's actions use the maintenance key.
 #[test]
 fn oned_backs_up_a_vm_full_then_three_increments_on_s3() {
-    the_whole_cycle(&Cloud::start_s3(false));
+    let mut cloud = Cloud::start_s3(false);
+    cloud.split_keys = true;
+    crate::pull::record_host_calls(&cloud, &cloud.dir.path().join("host-calls"));
+    the_whole_cycle(&cloud);
 }
 
 #[test]
@@ -1064,8 +1091,11 @@ fn the_whole_cycle(cloud: &Cloud) {
         }
     }
 
-    // rm of the flattened image: both snapshots go, and a second rm finds nothing to do.
     let flattened = cloud.image_xml(&chain[2..]);
+    if cloud.split_keys {
+        split_keys_keep_deletes_on_the_front_end(cloud, &ds, &flattened);
+    }
+    // rm of the flattened image: both snapshots go, and a second rm finds nothing to do.
     for round in 0..2 {
         let out = cloud.ds_action("rm", "40", &[&flattened, &ds]);
         assert_eq!(
@@ -1079,6 +1109,71 @@ fn the_whole_cycle(cloud: &Cloud) {
     let snaps: serde_json::Value =
         serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
     assert_eq!(snaps.as_array().map(Vec::len), Some(0));
+}
+
+/// Split keys (docs/s3.md): every host step was sent the write key and not the maintenance
+/// key (recorded stdin, argv and environment), and the write key really cannot delete: `rm`
+/// given only it fails in one line and removes nothing; the front-end's rm, which has the
+/// maintenance key, then works (the caller's next step).
+fn split_keys_keep_deletes_on_the_front_end(cloud: &Cloud, ds: &str, image: &str) {
+    use crate::s3server::{NODELETE_SECRET_KEY, SECRET_KEY};
+    let log = cloud.dir.path().join("host-calls");
+    let mut host_backups = 0;
+    for e in fs::read_dir(&log).expect("host calls").flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "call") {
+            let call = fs::read_to_string(&path).expect("call");
+            assert!(
+                !call.contains(SECRET_KEY) && !call.contains(NODELETE_SECRET_KEY),
+                "a key in the host's argv or environment: {}",
+                path.display()
+            );
+            if call.starts_with("ARGV host-backup ") || call.contains(" host-backup ") {
+                host_backups += 1;
+                let stdin = fs::read_to_string(path.with_extension("stdin")).expect("stdin");
+                assert!(
+                    stdin.contains(NODELETE_SECRET_KEY),
+                    "the host step was not sent the write key"
+                );
+                assert!(
+                    !stdin.contains(SECRET_KEY) && !stdin.contains("MAINTENANCE"),
+                    "the host step was sent the maintenance key"
+                );
+            }
+        }
+    }
+    assert_eq!(host_backups, 4, "host-backup calls recorded");
+    let write_only: String = {
+        let mut d = ds.to_string();
+        for name in [
+            "RESTIC_S3_MAINTENANCE_ACCESS_KEY_ID",
+            "RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY",
+        ] {
+            let start = d.find(&format!("<{name}>")).expect(name);
+            let end_tag = format!("</{name}>");
+            let end = d.find(&end_tag).expect(name) + end_tag.len();
+            d.replace_range(start..end, "");
+        }
+        d
+    };
+    let count = || {
+        serde_json::from_slice::<serde_json::Value>(&cloud.restic_ok(&["snapshots", "--json"]))
+            .expect("json")
+            .as_array()
+            .map(Vec::len)
+    };
+    let before = count();
+    let out = cloud.ds_action("rm", "40", &[image, &write_only]);
+    assert_eq!(out.code, Some(1), "rm with the write key: {out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("rm: ") && out.stderr.contains("Access Denied"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(NODELETE_SECRET_KEY), "{}", out.stderr);
+    assert_eq!(count(), before, "the write key removed a snapshot");
+    cloud.restic_ok(&["check"]);
 }
 
 /// backup_cancel stops a running backup found through its PID file: the backup exits 1 with

@@ -7,7 +7,11 @@
 pub const STOCK_7_4_DATASTORE_ARGUMENTS: &str = "-t 15 -d dummy,fs,lvm,ceph,dev,iscsi_libvirt,restic,rsync,netapp,purefa,virtiofs,interactive -s dummy,lvm,shared,ssh,local,ceph,fs_lvm,fs_lvm_ssh,qcow2,netapp,purefa";
 
 /// Datastore attributes backstop reads that hold secrets: oned keeps them encrypted.
-const ENCRYPTED: [&str; 2] = ["RESTIC_PASSWORD", "RESTIC_S3_SECRET_ACCESS_KEY"];
+const ENCRYPTED: [&str; 3] = [
+    "RESTIC_PASSWORD",
+    "RESTIC_S3_SECRET_ACCESS_KEY",
+    "RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY",
+];
 
 /// VM attributes a VM owner must not set: where a Ceph datastore leaves them out, a disk's
 /// own would choose the Ceph user, key, configuration or pool its backups read.
@@ -252,8 +256,8 @@ pub fn advice(conf: Option<&str>, source: &str) -> String {
         (
             "DATASTORE_ENCRYPTED_ATTR",
             &ENCRYPTED[..],
-            "the repository password and S3 secret key are encrypted at rest already",
-            "the secrets encrypted at rest (the repository password, the S3 secret key):",
+            "the repository password and S3 secret keys are encrypted at rest already",
+            "the secrets encrypted at rest (the repository password, the S3 secret keys):",
         ),
         (
             "VM_RESTRICTED_ATTR",
@@ -355,7 +359,8 @@ mod tests {
     fn an_oned_conf_that_has_everything_needs_nothing() {
         let once = format!(
             "{}\nDS_MAD_CONF = [ NAME = \"backstop\", REQUIRED_ATTRS = \"RESTIC_PASSWORD\" ]\n\
-             DATASTORE_ENCRYPTED_ATTR = \"RESTIC_S3_SECRET_ACCESS_KEY\"\n{}",
+             DATASTORE_ENCRYPTED_ATTR = \"RESTIC_S3_SECRET_ACCESS_KEY\"\n\
+             DATASTORE_ENCRYPTED_ATTR = \"RESTIC_S3_MAINTENANCE_SECRET_ACCESS_KEY\"\n{}",
             CONF_6_10.replace("restic,rsync -s", "restic,rsync,backstop -s"),
             RESTRICTED
                 .iter()

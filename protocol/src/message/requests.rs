@@ -188,6 +188,25 @@ impl BackupRequest {
     }
 }
 
+/// A copy of a request document (`DS_DRIVER_ACTION_DATA`, or a bare `<DATASTORE>`) whose
+/// datastore TEMPLATE no longer holds the attributes `names` (case-insensitive): what a host
+/// is sent when it must not see them. `None` when the template held none of them, so the
+/// document can be sent as it came.
+pub fn without_datastore_attributes(root: &Element, names: &[&str]) -> Option<Element> {
+    let mut copy = root.clone();
+    let ds = if copy.name == "DATASTORE" {
+        &mut copy
+    } else {
+        copy.children.iter_mut().find(|c| c.name == "DATASTORE")?
+    };
+    let template = ds.children.iter_mut().find(|c| c.name == "TEMPLATE")?;
+    let before = template.children.len();
+    template
+        .children
+        .retain(|a| !names.iter().any(|n| n.eq_ignore_ascii_case(&a.name)));
+    (template.children.len() != before).then_some(copy)
+}
+
 /// `ls`: the datastore, the VM and the image (raw XML on stdin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LsRequest {

@@ -16,6 +16,14 @@ pub const RO_SECRET_KEY: &str = "backstop-reader-5678";
 /// host would be given (SeaweedFS's own action names).
 pub const WRITE_ACCESS_KEY: &str = "backstopwriter";
 pub const WRITE_SECRET_KEY: &str = "backstop-writer-9012";
+/// A key that may read, list and write but delete only lock files (`*/locks/*`): a split
+/// datastore's write key (docs/s3.md, "Split keys"), given by an IAM policy document, as on
+/// Amazon S3.
+pub const NODELETE_ACCESS_KEY: &str = "backstopnodelete";
+pub const NODELETE_SECRET_KEY: &str = "backstop-nodelete-3456";
+
+/// The policy of [`NODELETE_ACCESS_KEY`], as docs/s3.md gives it.
+pub const NODELETE_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject","s3:PutObject","s3:ListBucket","s3:GetBucketLocation"],"Resource":["arn:aws:s3:::*"]},{"Effect":"Allow","Action":["s3:DeleteObject"],"Resource":["arn:aws:s3:::*/locks/*"]}]}"#;
 
 #[derive(Debug)]
 pub struct S3Server {
@@ -157,6 +165,8 @@ impl S3Server {
         let dir = dir.join(if tls { "s3-tls" } else { "s3" });
         fs::create_dir_all(dir.join("data")).expect("s3 dir");
         let config = dir.join("s3.json");
+        // The policy as a JSON string: it holds quotes and no backslash.
+        let policy_json = format!("\"{}\"", NODELETE_POLICY.replace('"', "\\\""));
         fs::write(
             &config,
             format!(
@@ -166,7 +176,11 @@ impl S3Server {
   {{"name":"reader","credentials":[{{"accessKey":"{RO_ACCESS_KEY}","secretKey":"{RO_SECRET_KEY}"}}],
    "actions":["Read","List"]}},
   {{"name":"writer","credentials":[{{"accessKey":"{WRITE_ACCESS_KEY}","secretKey":"{WRITE_SECRET_KEY}"}}],
-   "actions":["Read","Write","List","PutObjectRetention","GetObjectRetention","GetBucketObjectLockConfiguration"]}}]}}"#
+   "actions":["Read","Write","List","PutObjectRetention","GetObjectRetention","GetBucketObjectLockConfiguration"]}},
+  {{"name":"nodelete","credentials":[{{"accessKey":"{NODELETE_ACCESS_KEY}","secretKey":"{NODELETE_SECRET_KEY}"}}],
+   "policyNames":["backstop-write"]}}],
+ "policies":[{{"name":"backstop-write","content":{policy}}}]}}"#,
+                policy = policy_json
             ),
         )
         .expect("s3.json");

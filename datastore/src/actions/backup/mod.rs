@@ -129,6 +129,19 @@ pub(crate) fn host_step_line(
     ))
 }
 
+/// The request document as a host step may see it: without the attributes of
+/// [`crate::settings::FRONT_END_ONLY`]. `None` when it held none of them (sent as it came).
+fn host_document(raw_xml: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    let bad = |e: String| Error::new(ErrorKind::Input, format!("the backup request: {e}"));
+    let text = std::str::from_utf8(raw_xml).map_err(|_| bad("not UTF-8".into()))?;
+    let root = backstop_protocol::xml::Element::parse(text).map_err(|e| bad(e.to_string()))?;
+    Ok(backstop_protocol::message::without_datastore_attributes(
+        &root,
+        crate::settings::FRONT_END_ONLY,
+    )
+    .map(|doc| doc.to_xml().into_bytes()))
+}
+
 /// The front-end step: everything oned's one_vmm_exec sees.
 pub fn run(
     args: &BackupArgs,
@@ -167,12 +180,15 @@ pub fn run(
         crate::location::Location::Sftp { .. } => Agent::Forward,
         _ => Agent::NotForwarded,
     };
+    // The host is sent the document without what the front-end keeps to itself (the
+    // maintenance key).
+    let for_host = host_document(raw_xml)?;
     let (status, stdout, stderr) = remote_call_with(
         cfg,
         &host,
         agent,
         &line,
-        raw_xml,
+        for_host.as_deref().unwrap_or(raw_xml),
         cancel,
         progress.as_deref(),
     )?;
