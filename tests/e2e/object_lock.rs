@@ -15,15 +15,26 @@ use std::process::Command;
 const PASSWORD: &str = "object-lock-test-password";
 const IN_SNAPSHOT: &str = "/var/lib/one/datastores/0/22/backup/disk.0";
 
-/// `backstop repo -r <url> <args>` with a key pair and Object Lock for one day.
+/// `backstop repo -r <url> <args>` with a key pair and COMPLIANCE Object Lock for one day.
 fn repo(server: &S3Server, url: &str, keys: (&str, &str), args: &[&str]) -> Outcome {
+    repo_locked(server, url, keys, "COMPLIANCE", args)
+}
+
+/// `backstop repo -r <url> <args>` with a key pair and Object Lock `mode` for one day.
+fn repo_locked(
+    server: &S3Server,
+    url: &str,
+    keys: (&str, &str),
+    mode: &str,
+    args: &[&str],
+) -> Outcome {
     let out = Command::new(BACKSTOP)
         .args([
             "repo",
             "-r",
             url,
             "--s3-object-lock",
-            "COMPLIANCE",
+            mode,
             "--s3-object-lock-days",
             "1",
         ])
@@ -306,4 +317,124 @@ fn an_object_locked_repository_survives_a_stolen_write_key() {
     );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("is not a time") && out.stderr.lines().count() == 1);
+}
+
+/// GOVERNANCE retention: every object a backup with the write key makes carries it; neither
+/// the write key nor the admin key can remove a locked version by a plain delete (backstop
+/// never asks to bypass), and only a key with the bypass right that asks for it
+/// (`x-amz-bypass-governance-retention`, sent here with curl) can: the store holds the
+/// objects in GOVERNANCE mode, not COMPLIANCE.
+#[test]
+fn governance_retention_yields_only_to_an_explicit_bypass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(dir.path());
+    let admin = (ACCESS_KEY, SECRET_KEY);
+    let writer = (WRITE_ACCESS_KEY, WRITE_SECRET_KEY);
+    let url = server.repo("govbucket", "22");
+    let out = repo_locked(&server, &url, admin, "GOVERNANCE", &["init"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let image = dir.path().join("disk.raw");
+    write_image(&image, 8, 7);
+    let out = repo_locked(
+        &server,
+        &url,
+        writer,
+        "GOVERNANCE",
+        &[
+            "backup",
+            "--image",
+            image.to_str().expect("utf-8"),
+            "--path",
+            IN_SNAPSHOT,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+
+    let store = s3(&server, &url, admin);
+    let objects = store.objects().expect("objects");
+    assert!(objects.len() > 4, "{objects:?}");
+    for (key, _) in &objects {
+        assert!(!key.contains("/locks/"), "{key} is left");
+        let (mode, _) = store
+            .retention(key, None)
+            .expect("retention")
+            .unwrap_or_else(|| panic!("{key} has no retention"));
+        assert_eq!(mode, "GOVERNANCE", "{key}");
+    }
+    let versions: Vec<_> = store
+        .versions()
+        .expect("versions")
+        .into_iter()
+        .filter(|v| !v.delete_marker)
+        .collect();
+    let pack = versions
+        .iter()
+        .find(|v| v.key.contains("/data/"))
+        .expect("a pack");
+    for keys in [writer, admin] {
+        let refused = s3(&server, &url, keys).delete_version(&pack.key, &pack.version_id);
+        assert!(
+            refused.is_err(),
+            "{}: a GOVERNANCE-locked version removed without a bypass",
+            keys.0
+        );
+    }
+    let bypass_at = |keys: (&str, &str), bucket: &str, v: &backstop_storage::s3::ObjectVersion| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+            ])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{}:{}", keys.0, keys.1))
+            .args(["-H", "x-amz-bypass-governance-retention: true"])
+            .arg(format!(
+                "{}/{bucket}/{}?versionId={}",
+                server.endpoint, v.key, v.version_id
+            ))
+            .output()
+            .expect("curl")
+    };
+    // The same bypass cannot lift COMPLIANCE retention, even for the admin.
+    let compliant = server.repo("compbucket", "22");
+    let out = repo(&server, &compliant, admin, &["init"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let config = s3(&server, &compliant, admin)
+        .versions()
+        .expect("versions")
+        .into_iter()
+        .find(|v| v.key == "22/config")
+        .expect("the config");
+    let out = bypass_at(admin, "compbucket", &config);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "COMPLIANCE was bypassed: {out:?}"
+    );
+    let bypass = |keys: (&str, &str)| bypass_at(keys, "govbucket", pack);
+    let as_writer = bypass(writer);
+    assert_eq!(
+        String::from_utf8_lossy(&as_writer.stdout),
+        "403",
+        "the write key bypassed GOVERNANCE: {as_writer:?}"
+    );
+    let as_admin = bypass(admin);
+    assert_eq!(
+        String::from_utf8_lossy(&as_admin.stdout),
+        "204",
+        "the admin's bypass: {as_admin:?}"
+    );
+    assert!(
+        !store
+            .versions()
+            .expect("versions")
+            .iter()
+            .any(|v| v.version_id == pack.version_id),
+        "the bypassed version is still there"
+    );
 }
