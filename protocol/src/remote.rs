@@ -212,6 +212,14 @@ pub fn ssh_forward_command(
     forwards: &[(PathBuf, String)],
 ) -> Command {
     let mut cmd = ssh_batch(cfg);
+    // ssh expands `${VAR}` in forwarded socket paths from its environment: this one gets none
+    // but what finding its configuration takes (it talks only to the master, no agent).
+    cmd.env_clear();
+    for keep in ["HOME", "PATH", "USER", "LOGNAME"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
     cmd.arg("-o")
         .arg(format!("ControlPath={}", control.display()));
     cmd.args(["-O", "forward"]);

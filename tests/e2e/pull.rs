@@ -272,6 +272,135 @@ fn pull_mode_backs_up_a_stopped_vm_without_giving_the_host_any_secret() {
         Vec::<String>::new(),
         "the killed pull's directory was not reaped"
     );
+    a_misbehaving_host_is_refused_or_cancelled(&t);
+}
+
+/// Processes whose command line holds `word` and `dir` (a script's too), and ssh processes
+/// of a pull (its private directory on their command line).
+fn leftovers(word: &str, dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let c = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            ((c.contains(word) && c.contains(&dir))
+                || (c.starts_with("ssh ") && c.contains("backstop-pull-")))
+            .then_some(format!("{pid}: {c}"))
+        })
+        .collect()
+}
+
+/// A host that edits its answer (a socket path that would make the front-end's ssh expand a
+/// variable of its environment) is refused in one line, and everything the pull started ends:
+/// the host's qemu-nbd and host step, the ssh master, the private directory. A host that
+/// never answers holds the backup until it is cancelled: SIGTERM, as backup_cancel sends it,
+/// ends the pull at once, with the same cleanup.
+fn a_misbehaving_host_is_refused_or_cancelled(t: &Tm) {
+    let cloud = &t.cloud;
+    let bin = cloud
+        .dir
+        .path()
+        .join("hv/var/tmp/one/backstop/bin/backstop");
+    let real = bin.with_file_name("backstop.real");
+    let fake = |export: &str| {
+        fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh
+if [ \"$1\" = host-export ]; then
+{export}
+fi
+exec {} \"$@\"\n",
+                real.display()
+            ),
+        )
+        .expect("fake host");
+    };
+    let vm_xml = cloud.vm_xml(4, 40);
+    let pre = t.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let ds = cloud.datastore_xml_with(PULL);
+    let snapshots = || {
+        serde_json::from_slice::<Vec<serde_json::Value>>(&cloud.restic_ok(&["snapshots", "--json"]))
+            .expect("json")
+            .len()
+    };
+    let before = snapshots();
+
+    fake(&format!(
+        "{} \"$@\" | sed -u 's|\"socket\":\"/|\"socket\":\"/${{HOME}}/|g'
+exit 0",
+        real.display()
+    ));
+    let out = cloud.backup_to(&ds, &vm_xml);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("socket \"/${HOME}/") && out.stderr.contains("holds '$'"),
+        "{}",
+        out.stderr
+    );
+    wait_until("the refused pull's processes end", || {
+        our_qemu_nbd(cloud.dir.path()).is_empty()
+            && leftovers("host-export", cloud.dir.path()).is_empty()
+    });
+    assert_eq!(
+        pull_dirs(),
+        Vec::<String>::new(),
+        "a pull directory was left"
+    );
+
+    fake("cat > /dev/null\nexit 0");
+    let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}</DS_DRIVER_ACTION_DATA>");
+    let mut action = std::process::Command::new(cloud.action("backup"))
+        .args(cloud.backup_args())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backup");
+    {
+        use std::io::Write;
+        let mut s = action.stdin.take().expect("stdin");
+        s.write_all(stdin.as_bytes()).expect("write");
+    }
+    wait_until("the silent host step runs", || {
+        !leftovers("host-export", cloud.dir.path()).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        action.try_wait().expect("wait").is_none(),
+        "the pull ended on its own"
+    );
+    let signalled = std::time::Instant::now();
+    crate::cloud::sh_ok("kill", &["-TERM", &action.id().to_string()]);
+    let out = crate::support::Outcome::from(action.wait_with_output().expect("wait"));
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(30),
+        "the cancel took {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
+    wait_until("the cancelled pull's processes end", || {
+        leftovers("host-export", cloud.dir.path()).is_empty()
+    });
+    assert_eq!(
+        pull_dirs(),
+        Vec::<String>::new(),
+        "a pull directory was left"
+    );
+    assert_eq!(
+        snapshots(),
+        before,
+        "a misbehaving host's pull wrote a snapshot"
+    );
+    let post = t.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
 }
 
 /// A running VM (TCG under a real libvirtd) in pull mode: the FULL reads the frozen base under

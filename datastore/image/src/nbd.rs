@@ -62,6 +62,13 @@ pub struct NbdClient {
     next_handle: u64,
 }
 
+/// How long an NBD server (or nbdinfo asking one) may take to answer before the read fails.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The largest extent map read from `nbdinfo --json --map` (a map this size lists millions of
+/// extents; a server that sends more is refused, not held in memory).
+const MAX_MAP: u64 = 256 << 20;
+
 impl NbdClient {
     /// Connects to the default export of the server at `socket`.
     pub fn connect(socket: &Path) -> io::Result<NbdClient> {
@@ -74,7 +81,7 @@ impl NbdClient {
         let mut s = UnixStream::connect(socket)?;
         // A server that stops answering (a host in pull mode, through a forward) fails the
         // read instead of holding the backup forever.
-        s.set_read_timeout(Some(Duration::from_secs(600)))?;
+        s.set_read_timeout(Some(SERVER_TIMEOUT))?;
         if read_u64(&mut s)? != NBDMAGIC || read_u64(&mut s)? != IHAVEOPT {
             return Err(bad(format!(
                 "{} is not a newstyle NBD server",
@@ -482,11 +489,9 @@ fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<St
         Some(c) => cmd.arg(format!("--map={c}")),
         None => cmd.arg("--map"),
     };
-    let out = cmd
-        .arg(uri_of(socket, export))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run nbdinfo: {e}")))?;
+    cmd.arg(uri_of(socket, export));
+    // The server may be a host's, forwarded (pull mode): its map is bounded in size and time.
+    let out = crate::process::output_bounded(&mut cmd, "nbdinfo", MAX_MAP, SERVER_TIMEOUT)?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "nbdinfo failed: {}",

@@ -152,6 +152,105 @@ impl ProcessId {
     }
 }
 
+/// What [`output_bounded`] gives back: the exit status, stdout, and stderr cut at 64 KiB.
+#[derive(Debug)]
+pub struct BoundedOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` with stdin closed, as `Command::output` does, but for a program whose answer
+/// comes from someone not trusted (a server it asks): more than `max_stdout` bytes on stdout,
+/// or no end within `timeout`, kills it and is an error saying which. stderr is kept up to
+/// 64 KiB.
+pub fn output_bounded(
+    cmd: &mut std::process::Command,
+    what: &str,
+    max_stdout: u64,
+    timeout: Duration,
+) -> io::Result<BoundedOutput> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {what}: {e}")))?;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(io::Error::other(format!("{what}: no pipes")));
+    };
+    let stdout = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        out.take(max_stdout + 1).read_to_end(&mut buf).map(|_| buf)
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut err = err;
+        let _ = (&mut err).take(64 << 10).read_to_end(&mut buf);
+        // Whatever comes past the cut is read and dropped, so the program never blocks on it.
+        let _ = io::copy(&mut err, &mut io::sink());
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let timed_out = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} gave no answer within {} s", timeout.as_secs()),
+        )
+    };
+    // Until the program ends or its stdout does (at its end, or at the cap).
+    while child.try_wait()?.is_none() && !stdout.is_finished() {
+        if Instant::now() >= deadline {
+            return Err(timed_out(&mut child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stdout = match stdout.join() {
+        Ok(read) => read,
+        Err(_) => Err(io::Error::other("the reader thread failed")),
+    };
+    let stdout = match stdout {
+        Ok(bytes) if bytes.len() as u64 <= max_stdout => bytes,
+        Ok(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "{what} printed more than {} MiB",
+                max_stdout >> 20
+            )));
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read what {what} printed: {e}"),
+            ));
+        }
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            return Err(timed_out(&mut child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(BoundedOutput {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 impl fmt::Display for ProcessId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{:016x}", self.pid, self.start, self.boot)
@@ -161,6 +260,50 @@ impl fmt::Display for ProcessId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An untrusted program's answer: kept when it is small and on time; too much output or
+    /// no end in time kills the program and says which, at once.
+    #[test]
+    fn bounded_output_is_cut_in_size_and_time() {
+        use std::process::Command;
+        let sh = |script: &str| {
+            let mut c = Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        let out = output_bounded(
+            &mut sh("echo hi; echo oops >&2"),
+            "sh",
+            1 << 20,
+            Duration::from_secs(30),
+        )
+        .expect("runs");
+        assert!(out.status.success());
+        assert_eq!(
+            (out.stdout.as_slice(), out.stderr.as_slice()),
+            (&b"hi\n"[..], &b"oops\n"[..])
+        );
+
+        let started = Instant::now();
+        let e = output_bounded(
+            &mut Command::new("yes"),
+            "yes",
+            1 << 20,
+            Duration::from_secs(60),
+        )
+        .expect_err("too much");
+        assert_eq!(e.to_string(), "yes printed more than 1 MiB");
+        assert!(started.elapsed() < Duration::from_secs(30));
+
+        for script in ["sleep 30", "exec >&-; sleep 30"] {
+            let started = Instant::now();
+            let e = output_bounded(&mut sh(script), "sh", 1 << 20, Duration::from_millis(300))
+                .expect_err(script);
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{script}: {e}");
+            assert_eq!(e.to_string(), "sh gave no answer within 0 s");
+            assert!(started.elapsed() < Duration::from_secs(10), "{script}");
+        }
+    }
 
     #[test]
     fn this_process_runs_and_its_identity_round_trips() {
