@@ -22,6 +22,8 @@
 //! | `RESTIC_S3_REGION` | `us-east-1` | |
 //! | `RESTIC_S3_FORCE_PATH_STYLE`, `RESTIC_S3_INSECURE_TLS` | `no` | `yes`, `no` |
 //! | `RESTIC_S3_CACERT` | the system's CAs | an absolute path to a PEM file |
+//! | `BACKUP_PULL` | `no` | `yes`, `no` |
+//! | `BACKUP_PROXY` | none (the front-end pulls) | a host name, with `BACKUP_PULL=yes` only |
 
 use crate::Error;
 use crate::repo::Compression;
@@ -58,6 +60,26 @@ pub struct Settings {
     /// BACKUP_PULL: the host only serves its disks and this machine writes the repository
     /// (docs/pull-mode.md).
     pub pull: bool,
+    /// BACKUP_PROXY: with `pull`, the host (an ssh name) that pulls and writes the repository
+    /// instead of the front-end (docs/pull-mode.md, "A backup proxy").
+    pub proxy: Option<String>,
+}
+
+/// A host name ssh is given as it is: `[A-Za-z0-9._-]`, not starting with `-` (an option) or
+/// `.`, at most 253 characters; an optional `user@` before it, of the same letters.
+fn is_host_name(text: &str) -> bool {
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 253
+            && !part.starts_with(['-', '.'])
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    match text.split_once('@') {
+        Some((user, host)) => ok(user) && ok(host),
+        None => ok(text),
+    }
 }
 
 /// Attributes the front-end keeps to itself: a host step is sent the datastore's document
@@ -241,6 +263,8 @@ pub const ATTRIBUTES: &[&str] = &[
     "BACKSTOP_SFTP_HOST_FINGERPRINT",
     "BACKSTOP_CACHE_DIR",
     "BACKSTOP_ESCROW_RECIPIENTS",
+    "BACKUP_PULL",
+    "BACKUP_PROXY",
     // the stock restic driver's, accepted
     "RESTIC_SPARSIFY",
 ];
@@ -299,9 +323,27 @@ impl Settings {
                 ))
             })?),
         };
+        let pull = yes_no(ds, "BACKUP_PULL")?;
+        let proxy = match ds.attribute("BACKUP_PROXY").map(str::trim) {
+            None | Some("") => None,
+            Some(_) if !pull => {
+                return Err(Error::config(format!(
+                    "datastore {}: BACKUP_PROXY is set but BACKUP_PULL is not YES (a proxy pulls; in direct mode the hosts write)",
+                    ds.id
+                )));
+            }
+            Some(host) if is_host_name(host) => Some(host.to_string()),
+            Some(host) => {
+                return Err(Error::config(format!(
+                    "datastore {}: BACKUP_PROXY {host:?} is not a host name (letters, digits, '.', '-', '_', at most 253, as ssh is given it)",
+                    ds.id
+                )));
+            }
+        };
         Ok(Settings {
             escrow,
-            pull: yes_no(ds, "BACKUP_PULL")?,
+            pull,
+            proxy,
             connections: n("RESTIC_CONNECTIONS", CONNECTIONS)?.map(|c| c as usize),
             bwlimit_kib: n("RESTIC_BWLIMIT", BWLIMIT_KIB)?
                 .filter(|k| *k > 0)
@@ -496,6 +538,34 @@ mod tests {
         for name in FRONT_END_ONLY {
             assert!(ATTRIBUTES.contains(name));
             assert!(backstop_protocol::template::is_secret(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_backup_proxy_is_a_host_name_and_needs_pull_mode() {
+        let proxy = |t: &str| Settings::of(&ds(t)).map(|s| s.proxy);
+        assert_eq!(
+            proxy("BACKUP_PULL = YES\nBACKUP_PROXY = px-1.example.org").expect("proxy"),
+            Some("px-1.example.org".into())
+        );
+        assert_eq!(
+            proxy("BACKUP_PULL = YES\nBACKUP_PROXY = oneadmin@px1").expect("user"),
+            Some("oneadmin@px1".into())
+        );
+        assert_eq!(proxy("BACKUP_PULL = YES").expect("none"), None);
+        let e = proxy("BACKUP_PROXY = px1").expect_err("direct mode");
+        assert!(e.to_string().contains("BACKUP_PULL is not YES"), "{e}");
+        for bad in [
+            "-oProxyCommand=x",
+            "px1;id",
+            "px 1",
+            ".px",
+            "a@",
+            "px1:22",
+            "$(id)",
+        ] {
+            let e = proxy(&format!("BACKUP_PULL = YES\nBACKUP_PROXY = \"{bad}\"")).expect_err(bad);
+            assert!(e.to_string().contains("is not a host name"), "{bad}: {e}");
         }
     }
 

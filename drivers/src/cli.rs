@@ -120,6 +120,27 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The backup proxy's side of a backup in pull mode (BACKUP_PROXY): the front-end runs it
+    /// over ssh on the proxy and sends the action's XML on stdin; it pulls the disks from the
+    /// host's `host-export` and writes the repository.
+    #[command(hide = true)]
+    HostPull {
+        /// The staging directory prebackup filled on the host.
+        #[arg(long)]
+        staging: PathBuf,
+        /// OpenNebula client configuration for ssh to the host and the SFTP connection.
+        #[arg(long)]
+        ssh_config: Option<PathBuf>,
+        /// Where backstop is installed on the hosts (SCRIPTS_REMOTE_DIR).
+        #[arg(long)]
+        scripts_remote_dir: String,
+        /// Report progress lines on stderr every second.
+        #[arg(long)]
+        progress: bool,
+        /// The backup action's six arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The host step of the transfer manager's prebackup or postbackup; the front-end runs it
     /// on the hypervisor and sends the VM document on stdin.
     #[command(hide = true)]
@@ -254,6 +275,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             args,
         } => run::host_backup(&staging, ssh_config, progress, &args),
         Command::HostExport { staging, args } => run::host_export(&staging, &args),
+        Command::HostPull {
+            staging,
+            ssh_config,
+            scripts_remote_dir,
+            progress,
+            args,
+        } => run::host_pull(&staging, (ssh_config, scripts_remote_dir), progress, &args),
         Command::HostTm {
             action,
             staging,

@@ -712,23 +712,85 @@ pub fn host_backup(
     progress: bool,
     args: &[String],
 ) -> ExitCode {
-    const NAME: &str = "host-backup";
-    set_current_action(NAME);
-    reap_stale_exports(NAME);
+    host_writer(
+        "host-backup",
+        progress,
+        args,
+        |args, request, _raw, cancel, counters| {
+            let cfg = DriverConfig {
+                remotes: PathBuf::new(),
+                scripts_remote_dir: String::new(),
+                ssh_config,
+                backup_base_path: None,
+                run_dir: PathBuf::new(),
+                tm_delivery: Default::default(),
+            };
+            Ok(backup::host_run(
+                args, request, staging, &cfg, cancel, counters,
+            )?)
+        },
+    )
+}
+
+/// `host-pull`: a backup proxy's side of a pull-mode backup (BACKUP_PROXY). The same request,
+/// answer and progress lines as `host-backup`; the disks come from `host-export` on the host
+/// the backup's arguments name, reached with `ssh_config`.
+pub fn host_pull(
+    staging: &Path,
+    (ssh_config, scripts_remote_dir): (Option<PathBuf>, String),
+    progress: bool,
+    args: &[String],
+) -> ExitCode {
+    host_writer(
+        "host-pull",
+        progress,
+        args,
+        |args, request, raw, cancel, counters| {
+            let cfg = DriverConfig {
+                remotes: PathBuf::new(),
+                scripts_remote_dir,
+                ssh_config,
+                backup_base_path: None,
+                run_dir: PathBuf::new(),
+                tm_delivery: Default::default(),
+            };
+            let host = backstop_datastore::remote::target_host(args, request.vm.as_ref());
+            let staging = staging.to_string_lossy();
+            Ok(backup::pull(
+                args,
+                (request, raw),
+                (&cfg, &staging),
+                cancel,
+                &host,
+                counters,
+            )?)
+        },
+    )
+}
+
+/// A step on another machine that writes the repository (`host-backup`, `host-pull`): reads
+/// the framed request (the rest of stdin is watched: its end cancels, as SIGTERM does),
+/// reports progress lines on stderr with `progress`, and prints the outcome as one JSON line.
+fn host_writer(
+    name: &'static str,
+    progress: bool,
+    args: &[String],
+    write: impl FnOnce(
+        &BackupArgs,
+        &BackupRequest,
+        &[u8],
+        &Arc<AtomicBool>,
+        &Arc<backstop_datastore::repo::writer::Progress>,
+    ) -> Result<backup::HostOutcome, DriverError>,
+) -> ExitCode {
+    set_current_action(name);
+    reap_stale_exports(name);
     let cancel = cancel_on_sigterm();
     let result = (|| -> Result<String, DriverError> {
         let args = BackupArgs::parse(args)?;
         let raw = backstop_datastore::remote::read_request(std::io::stdin(), &cancel)?;
         let root = input::decode(&raw, Encoding::RawXml)?;
         let request = BackupRequest::from_xml(&root)?;
-        let cfg = DriverConfig {
-            remotes: PathBuf::new(),
-            scripts_remote_dir: String::new(),
-            ssh_config,
-            backup_base_path: None,
-            run_dir: PathBuf::new(),
-            tm_delivery: Default::default(),
-        };
         let counters = Arc::new(backstop_datastore::repo::writer::Progress::default());
         let finished = Arc::new(AtomicBool::new(false));
         let reporter = progress.then(|| {
@@ -751,7 +813,7 @@ pub fn host_backup(
                 }
             })
         });
-        let outcome = backup::host_run(&args, &request, staging, &cfg, &cancel, &counters);
+        let outcome = write(&args, &request, &raw, &cancel, &counters);
         finished.store(true, Ordering::SeqCst);
         if let Some(r) = reporter {
             let _ = r.join();
@@ -763,11 +825,11 @@ pub fn host_backup(
             match output::write_answer(&mut std::io::stdout().lock(), &Answer::Line(line)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(
-                    NAME,
+                    name,
                     &DriverError::Other(format!("cannot write the answer: {e}")),
                 ),
             }
         }
-        Err(e) => fail(NAME, &e),
+        Err(e) => fail(name, &e),
     }
 }

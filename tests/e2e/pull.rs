@@ -275,6 +275,166 @@ fn pull_mode_backs_up_a_stopped_vm_without_giving_the_host_any_secret() {
     a_misbehaving_host_is_refused_or_cancelled(&t);
 }
 
+/// A backup proxy (BACKUP_PROXY): the front-end sends the backup to `host-pull` on the proxy
+/// (its own sshd, "px1"), which pulls the disks from `host-export` on the host and writes the
+/// repository. S3 with split keys: the proxy is sent the write key (which may not delete) and
+/// never the maintenance key; the host is sent nothing. FULL and two CBT increments, each
+/// byte-exact; then a cancel (SIGTERM to the front-end's action, as backup_cancel sends it)
+/// ends the proxy's pull, the host step and its qemu-nbd, and writes no snapshot.
+#[test]
+fn pull_mode_through_a_backup_proxy() {
+    use crate::s3server::{ACCESS_KEY, NODELETE_SECRET_KEY, SECRET_KEY};
+    let mut cloud = Cloud::start_s3(false);
+    cloud.split_keys = true;
+    let proxy = crate::cloud::start_sshd(cloud.dir.path(), "127.0.0.6", "px1");
+    let ssh_config = cloud.dir.path().join("ssh_config");
+    let mut text = fs::read_to_string(&ssh_config).expect("ssh_config");
+    text.push_str(&proxy.host_block());
+    fs::write(&ssh_config, text).expect("ssh_config");
+    let conf = cloud.remotes.join("etc/datastore/backstop.conf");
+    let mut text = fs::read_to_string(&conf).expect("backstop.conf");
+    text.push_str("TM_DELIVERY=direct\n");
+    fs::write(&conf, text).expect("backstop.conf");
+    install_tm(&cloud, "qcow2");
+    cloud.create_disks();
+    let t = Tm { cloud };
+    let cloud = &t.cloud;
+    let log = cloud.dir.path().join("host-calls");
+    record_host_calls(cloud, &log);
+    let ds = cloud.datastore_xml_with(&format!("{PULL}<BACKUP_PROXY>px1</BACKUP_PROXY>"));
+
+    for inc in 0..3u64 {
+        if inc > 0 {
+            cloud.change_disks(inc, 12);
+        }
+        let vm_xml = cloud.vm_xml(inc as i64 - 1, if inc == 0 { -1 } else { 40 });
+        let pre = t.step("prebackup", &vm_xml, false);
+        assert_eq!(pre.code, Some(0), "prebackup {inc}: {pre:?}");
+        let out = cloud.backup_to(&ds, &vm_xml);
+        let (id, size_mb) = parse_backup_line(&out);
+        if inc > 0 {
+            assert!(size_mb <= 8, "increment {inc} read {size_mb} MB");
+        }
+        let post = t.step("postbackup", &vm_xml, false);
+        assert_eq!(post.code, Some(0), "postbackup {inc}: {post:?}");
+        let now: Vec<Vec<u8>> = DISKS.iter().map(|(d, _)| cloud.raw(*d)).collect();
+        t.check_point(inc, &id, &now);
+    }
+    cloud.restic_ok(&["check", "--read-data"]);
+
+    // Who was called where, and sent what.
+    let calls = files_under(&log);
+    let named = |step: &str| -> Vec<PathBuf> {
+        calls
+            .iter()
+            .filter(|c| {
+                c.extension().is_some_and(|e| e == "call")
+                    && fs::read_to_string(c).is_ok_and(|t| t.starts_with(&format!("ARGV {step} ")))
+            })
+            .cloned()
+            .collect()
+    };
+    let (pulls, exports) = (named("host-pull"), named("host-export"));
+    assert_eq!((pulls.len(), exports.len()), (3, 3), "{calls:?}");
+    assert!(named("host-backup").is_empty(), "a host-backup ran");
+    for p in &pulls {
+        let call = fs::read_to_string(p).expect("call");
+        assert!(
+            call.lines()
+                .any(|l| l.starts_with("SSH_CONNECTION=") && l.contains(" 127.0.0.6 ")),
+            "host-pull did not run on the proxy:\n{call}"
+        );
+        let stdin = fs::read_to_string(p.with_extension("stdin")).expect("stdin");
+        assert!(
+            stdin.contains(PASSWORD) && stdin.contains(NODELETE_SECRET_KEY),
+            "the proxy was not sent the password and the write key"
+        );
+        assert!(
+            !stdin.contains(SECRET_KEY) && !stdin.contains("MAINTENANCE"),
+            "the proxy was sent the maintenance key"
+        );
+        assert!(!call.contains(PASSWORD) && !call.contains(NODELETE_SECRET_KEY));
+    }
+    for e in &exports {
+        let stdin = fs::read(e.with_extension("stdin")).expect("stdin");
+        assert_eq!(stdin, b"BACKSTOP-REQUEST 0\n", "host-export's stdin");
+    }
+    let host_side: Vec<PathBuf> = exports
+        .iter()
+        .flat_map(|e| [e.clone(), e.with_extension("stdin")])
+        .collect();
+    assert_eq!(
+        holding(
+            &host_side,
+            &[PASSWORD, ACCESS_KEY, SECRET_KEY, NODELETE_SECRET_KEY]
+        ),
+        Vec::<String>::new(),
+        "a secret reached the host"
+    );
+
+    // A cancel while the proxy waits on a host step that never answers: SIGTERM to the
+    // front-end's action (as backup_cancel sends it) ends the proxy's pull and the host step.
+    let bin = cloud
+        .dir
+        .path()
+        .join("hv/var/tmp/one/backstop/bin/backstop");
+    let real = bin.with_file_name("backstop.real");
+    fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = host-export ]; then cat > /dev/null; exit 0; fi\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .expect("a silent host step");
+    cloud.change_disks(3, 12);
+    let vm_xml = cloud.vm_xml(2, 40);
+    let pre = t.step("prebackup", &vm_xml, false);
+    assert_eq!(pre.code, Some(0), "{pre:?}");
+    let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}</DS_DRIVER_ACTION_DATA>");
+    let mut action = std::process::Command::new(cloud.action("backup"))
+        .args(cloud.backup_args())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("backup");
+    {
+        use std::io::Write;
+        let mut s = action.stdin.take().expect("stdin");
+        s.write_all(stdin.as_bytes()).expect("write");
+    }
+    wait_until("the proxy's pull reaches the silent host step", || {
+        !leftovers("host-export", cloud.dir.path()).is_empty()
+            && !leftovers("host-pull", cloud.dir.path()).is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        action.try_wait().expect("wait").is_none(),
+        "the pull ended on its own"
+    );
+    let signalled = std::time::Instant::now();
+    crate::cloud::sh_ok("kill", &["-TERM", &action.id().to_string()]);
+    let out = crate::support::Outcome::from(action.wait_with_output().expect("wait"));
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(30),
+        "the cancel took {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
+    wait_until("the proxy's pull and the host step end", || {
+        leftovers("host-export", cloud.dir.path()).is_empty()
+            && leftovers("host-pull", cloud.dir.path()).is_empty()
+    });
+    let snaps: Vec<serde_json::Value> =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.len(), 3, "the cancelled pull wrote a snapshot");
+    let post = t.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    drop(proxy);
+}
+
 /// Processes whose command line holds `word` and `dir` (a script's too), and ssh processes
 /// of a pull (its private directory on their command line).
 fn leftovers(word: &str, dir: &Path) -> Vec<String> {

@@ -32,6 +32,7 @@ mod pull;
 
 pub use export::{Exported, ExportedDisk, host_export};
 pub use host::host_run;
+pub use pull::pull;
 
 use crate::config::DriverConfig;
 use crate::remote::{
@@ -155,12 +156,23 @@ pub fn run(
     ensure_repository(&target, request, cfg)?;
     let _pid = write_pid_file(cfg, args.vm_id, &args.deploy_id)?;
     let host = target_host(args, request.vm.as_ref());
-    if crate::settings::Settings::of(&request.datastore)?.pull {
-        return pull::run(args, request, raw_xml, cfg, cancel, &host);
-    }
+    let settings = crate::settings::Settings::of(&request.datastore)?;
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
-
     let mut options = Vec::new();
+    // Who writes the repository: the host (direct mode), or in pull mode the proxy, or this
+    // machine itself.
+    let (writer, step, place) = match (settings.pull, settings.proxy) {
+        (true, None) => return pull::run(args, request, raw_xml, cfg, cancel, &host),
+        (true, Some(proxy)) => {
+            // The proxy reaches the host's backstop where this front-end would.
+            options.push("--scripts-remote-dir".into());
+            options.push(cfg.scripts_remote_dir.clone());
+            let place = format!("{proxy} (the proxy pulling from {host})");
+            (proxy, "host-pull", place)
+        }
+        (false, _) => (host.clone(), "host-backup", host.clone()),
+    };
+
     if let Some(c) = &cfg.ssh_config {
         options.push("--ssh-config".into());
         options.push(c.display().to_string());
@@ -172,10 +184,10 @@ pub fn run(
     if progress.is_some() {
         options.push("--progress".into());
     }
-    let line = host_step_line(args, request, cfg, "host-backup", &staging, options)?;
+    let line = host_step_line(args, request, cfg, step, &staging, options)?;
 
-    // The host opens SFTP to the backup server with the front-end's agent; a repository on a
-    // local path (a shared mount) needs no agent on the host.
+    // The writer opens SFTP to the backup server with the front-end's agent; a repository on
+    // a local path (a shared mount) needs no agent there.
     let agent = match target.location {
         crate::location::Location::Sftp { .. } => Agent::Forward,
         _ => Agent::NotForwarded,
@@ -185,7 +197,7 @@ pub fn run(
     let for_host = host_document(raw_xml)?;
     let (status, stdout, stderr) = remote_call_with(
         cfg,
-        &host,
+        &writer,
         agent,
         &line,
         for_host.as_deref().unwrap_or(raw_xml),
@@ -202,7 +214,7 @@ pub fn run(
         let reason = last_line(&stderr).unwrap_or_else(|| format!("ssh exited with {status}"));
         return Err(Error::new(
             ErrorKind::Repository,
-            format!("backup of VM {} on {host}: {reason}", args.vm_id),
+            format!("backup of VM {} on {place}: {reason}", args.vm_id),
         ));
     }
     let outcome: HostOutcome = last_line(&stdout)
@@ -211,7 +223,7 @@ pub fn run(
             Error::new(
                 ErrorKind::Repository,
                 format!(
-                    "backup of VM {} on {host}: the host step printed no result (is backstop installed in {}?)",
+                    "backup of VM {} on {place}: the host step printed no result (is backstop installed in {}?)",
                     args.vm_id, cfg.scripts_remote_dir
                 ),
             )

@@ -266,7 +266,7 @@ fn vm_document(raw_xml: &[u8]) -> Option<Vec<u8>> {
     Some(text)
 }
 
-/// The front-end's side of a backup in pull mode.
+/// The front-end's side of a backup in pull mode, when it pulls itself (no BACKUP_PROXY).
 pub fn run(
     args: &BackupArgs,
     request: &BackupRequest,
@@ -276,7 +276,39 @@ pub fn run(
     host: &str,
 ) -> Result<Outcome, Error> {
     let staging = cfg.staging_dir(&args.host_dir.vm_dir, args.vm_id);
-    let line = super::host_step_line(args, request, cfg, "host-export", &staging, Vec::new())?;
+    let progress = Arc::new(Progress::default());
+    let reporter = progress_reporter(&progress);
+    let pulled = pull(
+        args,
+        (request, raw_xml),
+        (cfg, &staging),
+        cancel,
+        host,
+        &progress,
+    );
+    if let Some((done, handle)) = reporter {
+        done.store(true, Ordering::SeqCst);
+        let _ = handle.join();
+    }
+    let outcome = pulled?;
+    Ok(Outcome {
+        backup_id: outcome.snapshot_id.chars().take(8).collect(),
+        size_mb: outcome.size_bytes / (1024 * 1024),
+    })
+}
+
+/// A backup in pull mode on the machine that pulls (the front-end, or the proxy's
+/// `host-pull`): the host step `host-export` on `host` serves the disks of `staging`, this
+/// machine reads them and writes the snapshot, counting in `progress`.
+pub fn pull(
+    args: &BackupArgs,
+    (request, raw_xml): (&BackupRequest, &[u8]),
+    (cfg, staging): (&DriverConfig, &str),
+    cancel: &Arc<AtomicBool>,
+    host: &str,
+    progress: &Arc<Progress>,
+) -> Result<HostOutcome, Error> {
+    let line = super::host_step_line(args, request, cfg, "host-export", staging, Vec::new())?;
     // The local ends and ssh's control socket: this machine's own names.
     let direct = is_this_machine(host);
     let dir = (!direct).then(private_socket_dir).transpose()?;
@@ -435,21 +467,15 @@ pub fn run(
             }
         })
     });
-    let progress = Arc::new(Progress::default());
-    let reporter = progress_reporter(&progress);
     let written = write_snapshot(
         args,
         request,
-        Path::new(&staging),
+        Path::new(staging),
         &handed,
         cfg,
         cancel,
-        &progress,
+        progress,
     );
-    if let Some((done, handle)) = reporter {
-        done.store(true, Ordering::SeqCst);
-        let _ = handle.join();
-    }
     done.store(true, Ordering::SeqCst);
     if let Some(w) = watchdog {
         let _ = w.join();
@@ -468,10 +494,7 @@ pub fn run(
             exported.disks.len()
         ),
     );
-    Ok(Outcome {
-        backup_id: outcome.snapshot_id.chars().take(8).collect(),
-        size_mb: outcome.size_bytes / (1024 * 1024),
-    })
+    Ok(outcome)
 }
 
 fn cancelled(args: &BackupArgs) -> Error {
