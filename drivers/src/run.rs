@@ -88,28 +88,13 @@ pub fn fail(action: &str, error: &DriverError) -> ExitCode {
 }
 
 /// The datastore driver's check of a backup datastore's attributes, for prebackup
-/// ([`backstop_tm::fe::CheckDatastore`]). A pull-mode datastore does not serve Ceph RBD disks
-/// yet (docs/pull-mode.md): such a VM is refused here, before its disks are snapshotted.
+/// ([`backstop_tm::fe::CheckDatastore`]).
 fn check_backup_datastore(
     ds: &backstop_protocol::message::Datastore,
-    vm: &backstop_protocol::message::Vm,
-    disk_ids: &[u32],
 ) -> Result<(), backstop_tm::Error> {
-    let config = |e: String| backstop_tm::Error::new(backstop_tm::ErrorKind::Config, e);
-    let settings =
-        backstop_datastore::settings::Settings::of(ds).map_err(|e| config(e.to_string()))?;
-    if settings.pull
-        && let Some(disk) = disk_ids
-            .iter()
-            .filter_map(|id| vm.disk(*id))
-            .find(|d| backstop_tm::ceph::is_rbd(d))
-    {
-        return Err(config(format!(
-            "VM {}: disk {} is a Ceph RBD disk, which datastore {} (BACKUP_PULL=YES) cannot back up yet: pull mode does not serve Ceph disks; use a datastore in direct mode for this VM",
-            vm.id, disk.disk_id, ds.id
-        )));
-    }
-    Ok(())
+    backstop_datastore::settings::Settings::of(ds)
+        .map(|_| ())
+        .map_err(|e| backstop_tm::Error::new(backstop_tm::ErrorKind::Config, e.to_string()))
 }
 
 /// Runs the action a remotes path names.

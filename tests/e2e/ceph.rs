@@ -4,6 +4,8 @@
 //! snapshot; increments read only what `rbd diff` reports; only the last increment's snapshot
 //! stays, protected; a failed backup keeps the parent and the retry is the same increment; a
 //! leaked snapshot is cleaned up by the next run; the in-place restore brings the disks back.
+//! Increments 2 and 3 are pulled (BACKUP_PULL): the host serves the snapshots, the front-end
+//! reads them.
 //! A real single-node Ceph cluster.
 
 use crate::cephcluster::{Ceph, POOL};
@@ -196,8 +198,24 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
             })
             .collect();
         let diff_chunks = cc.diff_chunks(inc);
-        let out = cc.cloud.backup(&vm_xml);
+        // Increments 2 and 3 in pull mode (docs/pull-mode.md): the host serves each RBD
+        // snapshot through librbd and names what `rbd diff` reports; this machine reads them.
+        let out = if inc >= 2 {
+            let pull = cc
+                .cloud
+                .datastore_xml_with("<BACKUP_PULL><![CDATA[YES]]></BACKUP_PULL>");
+            cc.cloud.backup_to(&pull, &vm_xml)
+        } else {
+            cc.cloud.backup(&vm_xml)
+        };
         assert_eq!(out.code, Some(0), "backup {inc}: {out:?}");
+        assert_eq!(
+            out.stderr
+                .contains("pull mode: 2 disk(s) read from the exports of hv1"),
+            inc >= 2,
+            "{}",
+            out.stderr
+        );
         let (id, size_mb) = parse_backup_line(&out);
         if inc == 0 {
             assert!(
@@ -227,7 +245,6 @@ fn rbd_disks_full_and_three_increments_through_the_ceph_tm_direct() {
         points.push((id, expected));
     }
     killed_host_step_leaves_only_the_parent(&cc);
-    pull_mode_refuses_rbd_disks_before_any_snapshot(&cc);
     the_repo_command_line_reads_rbd_snapshots(&cc);
     in_place_restore_brings_rbd_disks_back(&cc, &points);
     for (inc, (id, expected)) in points.iter().enumerate() {
@@ -499,40 +516,6 @@ fn killed_host_step_leaves_only_the_parent(cc: &CephCloud) {
 
 /// `backstop repo backup --rbd POOL/IMAGE@SNAP`, then an increment with --rbd-from-snap: what
 /// it stores plain restic dumps like `rbd export`, and the increment reuses the parent's chunks.
-/// A datastore in pull mode (BACKUP_PULL=YES, from a MOCK oned: no real one runs beside this
-/// Ceph) cannot back up RBD disks yet: prebackup refuses the VM in one line naming the disk,
-/// the datastore and the mode, before any RBD snapshot is made.
-fn pull_mode_refuses_rbd_disks_before_any_snapshot(cc: &CephCloud) {
-    let vm_xml = cc.vm_xml(3);
-    let before: Vec<_> = DISKS.iter().map(|(_, _, i, _)| cc.snapshots(i)).collect();
-    let ds_doc = cc
-        .cloud
-        .datastore_xml_with("<BACKUP_PULL><![CDATA[YES]]></BACKUP_PULL>");
-    let (oned, auth) = crate::tm::restore_oned(&cc.cloud, vm_xml.clone(), String::new(), ds_doc);
-    let args = cc.cloud.backup_args();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = support::run_env(
-        cc.cloud.remotes.join("tm/ceph/prebackup"),
-        &refs,
-        vm_xml.as_bytes(),
-        &[
-            ("ONE_XMLRPC", oned.endpoint.as_str()),
-            ("ONE_AUTH", auth.to_str().expect("utf-8")),
-        ],
-    );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    let line = out.stderr.trim_end();
-    assert!(
-        !line.contains('\n')
-            && line.contains("disk 0 is a Ceph RBD disk")
-            && line.contains("datastore 100 (BACKUP_PULL=YES)"),
-        "{line}"
-    );
-    let after: Vec<_> = DISKS.iter().map(|(_, _, i, _)| cc.snapshots(i)).collect();
-    assert_eq!(before, after, "prebackup touched the RBD snapshots");
-    drop(oned);
-}
-
 fn the_repo_command_line_reads_rbd_snapshots(cc: &CephCloud) {
     let repo = cc.cloud.dir.path().join("cli-repo");
     let conf = cc.ceph.conf.display().to_string();

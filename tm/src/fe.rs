@@ -50,11 +50,10 @@ pub fn direct(cfg: &DriverConfig, ds: Option<&Datastore>) -> bool {
     }
 }
 
-/// Checks a backup datastore's attributes, and that its mode can back up these disks of the
-/// VM, before prebackup touches the VM: the binary passes the datastore driver's own check,
-/// so that a backup the datastore would refuse is refused before a VM is frozen or its disks
-/// staged.
-pub type CheckDatastore<'a> = &'a dyn Fn(&Datastore, &Vm, &[u32]) -> Result<(), Error>;
+/// Checks a backup datastore's attributes before prebackup touches the VM: the binary passes
+/// the datastore driver's own check, so that a datastore the backup would refuse is refused
+/// before a VM is frozen or its disks staged.
+pub type CheckDatastore<'a> = &'a dyn Fn(&Datastore) -> Result<(), Error>;
 
 /// Runs `action` (`prebackup` or `postbackup`) on the host.
 pub fn run(
@@ -76,7 +75,7 @@ pub fn run(
     // (driver contract §4.1, §10.3).
     let prefix = match &ds {
         Some(ds) => {
-            check(ds, vm, &args.disk_ids)?;
+            check(ds)?;
             confinement(ds, &args.host_dir.vm_dir)?
         }
         None => String::new(),

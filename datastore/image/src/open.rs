@@ -206,6 +206,17 @@ pub fn serve(
     Ok(Served { export, changed })
 }
 
+/// Serves an RBD image at its snapshot through qemu-nbd (librbd, the host's cephx key), for
+/// another machine to read, and what changed since the snapshot `since` (`rbd diff`).
+pub fn serve_rbd(image: &RbdImage, since: Option<&str>) -> Result<Served, Error> {
+    let what = image.spec();
+    let changed = since
+        .map(|from| image.diff_from(from).map_err(|e| unreadable(&what, e)))
+        .transpose()?;
+    let export = QemuNbdExport::start_rbd(image).map_err(|e| unreadable(&what, e))?;
+    Ok(Served { export, changed })
+}
+
 fn open_checked(image: &DiskImage, bitmap: Option<&str>, locking: bool) -> Result<Opened, Error> {
     let what = show(image.path());
     let nbd = NbdImage::open(image, bitmap, locking).map_err(|e| unreadable(&what, e))?;

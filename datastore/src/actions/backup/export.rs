@@ -106,10 +106,21 @@ pub fn host_export(
                 d.format
             ))
         })?;
-        let (socket, export, changed, held) = if d.rbd.is_some() {
-            return Err(what(
-                "pull mode does not serve Ceph RBD disks yet; back this VM up in direct mode (BACKUP_PULL=NO)".into(),
-            ));
+        let (socket, export, changed, held) = if let Some(r) = &d.rbd {
+            // A Ceph disk: its snapshot served through librbd with this host's cephx key, the
+            // changes since the parent's snapshot from `rbd diff`.
+            let served = backstop_image::open::serve_rbd(
+                &super::host::rbd_image(r),
+                r.parent_snapshot.as_deref(),
+            )
+            .map_err(|e| what(Error::from(e).message))?;
+            let changed = served.changed.clone();
+            (
+                served.export.socket().display().to_string(),
+                String::new(),
+                changed,
+                Some(served),
+            )
         } else if let Some(n) = &d.nbd {
             // libvirt's export: its dirty extents read here, where the socket is.
             let changed = d

@@ -313,6 +313,20 @@ fn reread_next_time(e: Error, args: &BackupArgs, plan: &Plan) -> Error {
     )
 }
 
+/// The RBD snapshot prebackup named, as librbd opens it.
+pub(crate) fn rbd_image(
+    r: &backstop_protocol::staging::RbdSource,
+) -> backstop_image::rbd::RbdImage {
+    backstop_image::rbd::RbdImage {
+        pool: r.pool.clone(),
+        image: r.image.clone(),
+        snapshot: Some(r.snapshot.clone()),
+        conf: r.conf.as_ref().map(PathBuf::from),
+        user: r.user.clone(),
+        keyfile: r.keyfile.as_ref().map(PathBuf::from),
+    }
+}
+
 /// A staged rbd-format file applied into one raw image under `work`: an `rbd2` alone, an
 /// `rbdiff` on the parent's image of this disk rebuilt as raw (a backstop image, or a stock
 /// rbd chain). Returns the raw image, which is read whole and stored as a complete disk.
@@ -490,14 +504,7 @@ fn open_disk(
             // export, a file read without qemu's lock (a running VM's frozen base), a qcow2
             // file, or raw bytes.
             if let Some(r) = &disk.rbd {
-                let image = backstop_image::rbd::RbdImage {
-                    pool: r.pool.clone(),
-                    image: r.image.clone(),
-                    snapshot: Some(r.snapshot.clone()),
-                    conf: r.conf.as_ref().map(PathBuf::from),
-                    user: r.user.clone(),
-                    keyfile: r.keyfile.as_ref().map(PathBuf::from),
-                };
+                let image = rbd_image(r);
                 // Only what changed since the parent's snapshot, when a backstop parent exists.
                 let since = r.parent_snapshot.as_deref().filter(|_| bitmap.is_some());
                 open(
