@@ -323,7 +323,10 @@ fn collect_progress(
         use std::io::BufRead;
         let tmp = file.with_extension("partial");
         let mut kept = String::new();
-        for line in std::io::BufReader::new(r).split(b'\n') {
+        let mut r = r;
+        // A progress line a second is a few MB a day: past 256 MiB (or a line without end)
+        // the stream is only drained.
+        for line in std::io::BufReader::new((&mut r).take(256 << 20)).split(b'\n') {
             let Ok(line) = line else { break };
             let text = String::from_utf8_lossy(&line);
             match text.strip_prefix(PROGRESS_PREFIX) {
@@ -332,20 +335,27 @@ fn collect_progress(
                         let _ = std::fs::rename(&tmp, &file);
                     }
                 }
-                None => {
+                None if (kept.len() as u64) < MAX_REMOTE_OUTPUT => {
                     kept.push_str(&text);
                     kept.push('\n');
                 }
+                None => {}
             }
         }
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
         kept
     })
 }
 
+/// The most kept of a remote step's stdout or stderr; the rest is read and dropped, so a
+/// host or proxy that prints without end cannot fill this machine's memory.
+const MAX_REMOTE_OUTPUT: u64 = 1 << 20;
+
 fn collect(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
+        let _ = (&mut r).take(MAX_REMOTE_OUTPUT).read_to_end(&mut buf);
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
         String::from_utf8_lossy(&buf).into_owned()
     })
 }
@@ -360,6 +370,7 @@ pub fn last_line(text: &str) -> Option<String> {
     Some(
         [
             "host-backup: ",
+            "host-pull: ",
             "host-export: ",
             "host-tm: ",
             "host-restore: ",
@@ -389,7 +400,7 @@ pub fn read_request(
         .ok_or_else(|| {
             Error::new(
                 ErrorKind::Input,
-                "host-backup reads its request from the front-end's backup action, not from a terminal",
+                "a host step reads its request from the front-end's backup action, not from a terminal",
             )
         })?;
     let mut xml = vec![0u8; len];

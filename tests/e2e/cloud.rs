@@ -1173,6 +1173,57 @@ fn split_keys_keep_deletes_on_the_front_end(cloud: &Cloud, ds: &str, image: &str
     );
     assert!(!out.stderr.contains(NODELETE_SECRET_KEY), "{}", out.stderr);
     assert_eq!(count(), before, "the write key removed a snapshot");
+
+    // The write key may delete lock files, and only them: a path that climbs out of
+    // `locks/` (sent as written, not normalised by the client) does not reach a pack.
+    let s3 = cloud.s3.as_ref().expect("s3");
+    let curl = |keys: (&str, &str), method: &str, key: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--path-as-is",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-X", method])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+            .arg(format!("{}:{}", keys.0, keys.1))
+            .arg(format!("{}/{S3_BUCKET}/{key}", s3.endpoint))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let admin = (crate::s3server::ACCESS_KEY, SECRET_KEY);
+    let writer = (crate::s3server::NODELETE_ACCESS_KEY, NODELETE_SECRET_KEY);
+    let lock = format!("{VM}/locks/{}", "ab".repeat(32));
+    let store = backstop_storage::s3::S3Backend::connect(
+        &backstop_storage::s3::S3Location::parse(&s3.repo(S3_BUCKET, &VM.to_string()))
+            .expect("location"),
+        &backstop_storage::s3::S3Options {
+            access_key_id: admin.0.into(),
+            secret_access_key: backstop_storage::s3::Secret::new(admin.1),
+            ..backstop_storage::s3::S3Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("connect: {e}"));
+    store.put_object(&lock, b"lock").expect("a lock file");
+    assert_eq!(
+        curl(writer, "DELETE", &lock),
+        "204",
+        "the write key removes a lock"
+    );
+    let packs = String::from_utf8(cloud.restic_ok(&["list", "packs"])).expect("utf-8");
+    let pack = packs.lines().next().expect("a pack").to_string();
+    let climbing = format!("{VM}/locks/../data/{}/{pack}", &pack[..2]);
+    let code = curl(writer, "DELETE", &climbing);
+    assert_ne!(code, "204", "DELETE {climbing} answered 204");
+    let after = String::from_utf8(cloud.restic_ok(&["list", "packs"])).expect("utf-8");
+    assert!(
+        after.lines().any(|p| p == pack),
+        "pack {pack} is gone ({code})"
+    );
     cloud.restic_ok(&["check"]);
 }
 

@@ -462,7 +462,13 @@ pub fn allocation(socket: &Path) -> io::Result<Vec<Extent>> {
 
 /// [`allocation`] of a named export.
 pub fn allocation_of(socket: &Path, export: &str) -> io::Result<Vec<Extent>> {
-    parse_allocation_map(&map_json(socket, export, None)?).map_err(|e| bad(e.message))
+    parse_allocation_map(&map_json(socket, export, None, false)?).map_err(|e| bad(e.message))
+}
+
+/// [`allocation_of`] an export someone else serves (a host's, forwarded in pull mode): its
+/// map is bounded in size and time.
+fn foreign_allocation(socket: &Path, export: &str) -> io::Result<Vec<Extent>> {
+    parse_allocation_map(&map_json(socket, export, None, true)?).map_err(|e| bad(e.message))
 }
 
 /// The dirty extents of `bitmap` in the export at `socket` (qemu-nbd must have been started
@@ -477,12 +483,19 @@ pub fn dirty_of(socket: &Path, export: &str, bitmap: &str) -> io::Result<Vec<Ext
         socket,
         export,
         Some(&format!("qemu:dirty-bitmap:{bitmap}")),
+        false,
     )?)
     .map_err(|e| bad(e.message))
 }
 
-/// `nbdinfo --json --map[=<context>]` of an export.
-fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<String> {
+/// `nbdinfo --json --map[=<context>]` of an export; `foreign`: a server someone else runs,
+/// whose answer is bounded in size and time.
+fn map_json(
+    socket: &Path,
+    export: &str,
+    context: Option<&str>,
+    foreign: bool,
+) -> io::Result<String> {
     let mut cmd = Command::new("nbdinfo");
     cmd.arg("--json");
     match context {
@@ -490,8 +503,19 @@ fn map_json(socket: &Path, export: &str, context: Option<&str>) -> io::Result<St
         None => cmd.arg("--map"),
     };
     cmd.arg(uri_of(socket, export));
-    // The server may be a host's, forwarded (pull mode): its map is bounded in size and time.
-    let out = crate::process::output_bounded(&mut cmd, "nbdinfo", MAX_MAP, SERVER_TIMEOUT)?;
+    let out = if foreign {
+        crate::process::output_bounded(&mut cmd, "nbdinfo", MAX_MAP, SERVER_TIMEOUT)?
+    } else {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run nbdinfo: {e}")))?;
+        crate::process::BoundedOutput {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }
+    };
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "nbdinfo failed: {}",
@@ -785,7 +809,7 @@ impl NbdImage {
 
     /// [`NbdImage::connect`] to a named export.
     pub fn connect_export(socket: &Path, export: &str) -> io::Result<NbdImage> {
-        let allocation = allocation_of(socket, export)?;
+        let allocation = foreign_allocation(socket, export)?;
         let mut clients = Vec::new();
         for _ in 0..EXPORT_CONNECTIONS {
             let client = NbdClient::connect_export(socket, export)?;

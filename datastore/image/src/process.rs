@@ -162,8 +162,9 @@ pub struct BoundedOutput {
 
 /// Runs `cmd` with stdin closed, as `Command::output` does, but for a program whose answer
 /// comes from someone not trusted (a server it asks): more than `max_stdout` bytes on stdout,
-/// or no end within `timeout`, kills it and is an error saying which. stderr is kept up to
-/// 64 KiB.
+/// or no end within `timeout` (of the program and of its output), kills it and is an error
+/// saying which. stderr is kept up to 64 KiB. On every way out the program is killed if it
+/// still runs, and reaped.
 pub fn output_bounded(
     cmd: &mut std::process::Command,
     what: &str,
@@ -172,15 +173,25 @@ pub fn output_bounded(
 ) -> io::Result<BoundedOutput> {
     use std::io::Read;
     use std::process::Stdio;
-    let mut child = cmd
+    /// Kills and reaps the program when dropped before it was waited for.
+    struct Reaped(Option<std::process::Child>);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run {what}: {e}")))?;
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let mut child = Reaped(Some(child));
+    let running = child.0.as_mut().expect("just spawned");
+    let (Some(out), Some(err)) = (running.stdout.take(), running.stderr.take()) else {
         return Err(io::Error::other(format!("{what}: no pipes")));
     };
     let stdout = std::thread::spawn(move || {
@@ -196,54 +207,57 @@ pub fn output_bounded(
         buf
     });
     let deadline = Instant::now() + timeout;
-    let timed_out = |child: &mut std::process::Child| {
-        let _ = child.kill();
-        let _ = child.wait();
+    let timed_out = || {
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!("{what} gave no answer within {} s", timeout.as_secs()),
         )
     };
-    // Until the program ends or its stdout does (at its end, or at the cap).
-    while child.try_wait()?.is_none() && !stdout.is_finished() {
+    // Until stdout ends (at its end, or at the cap): a program that exits while something it
+    // started holds the pipe is waited for no longer than the deadline either.
+    while !stdout.is_finished() {
         if Instant::now() >= deadline {
-            return Err(timed_out(&mut child));
+            return Err(timed_out());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let stdout = match stdout.join() {
-        Ok(read) => read,
-        Err(_) => Err(io::Error::other("the reader thread failed")),
-    };
-    let stdout = match stdout {
-        Ok(bytes) if bytes.len() as u64 <= max_stdout => bytes,
-        Ok(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
+        Ok(Ok(bytes)) if bytes.len() as u64 <= max_stdout => bytes,
+        Ok(Ok(_)) => {
             return Err(io::Error::other(format!(
                 "{what} printed more than {} MiB",
                 max_stdout >> 20
             )));
         }
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
+        Ok(Err(e)) => {
             return Err(io::Error::new(
                 e.kind(),
                 format!("cannot read what {what} printed: {e}"),
             ));
         }
+        Err(_) => return Err(io::Error::other(format!("{what}: the reader failed"))),
     };
     let status = loop {
-        if let Some(status) = child.try_wait()? {
+        let running = child.0.as_mut().expect("not yet reaped");
+        if let Some(status) = running.try_wait()? {
+            child.0 = None;
             break status;
         }
         if Instant::now() >= deadline {
-            return Err(timed_out(&mut child));
+            return Err(timed_out());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stderr = stderr.join().unwrap_or_default();
+    // stderr ends with the program unless something it started holds it: then it is not
+    // waited for past the deadline.
+    while !stderr.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = if stderr.is_finished() {
+        stderr.join().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     Ok(BoundedOutput {
         status,
         stdout,
@@ -295,7 +309,9 @@ mod tests {
         assert_eq!(e.to_string(), "yes printed more than 1 MiB");
         assert!(started.elapsed() < Duration::from_secs(30));
 
-        for script in ["sleep 30", "exec >&-; sleep 30"] {
+        // A program that never ends, one that closes stdout and runs on, and one that ends
+        // while what it started (here for 2 s) holds its stdout.
+        for script in ["sleep 30", "exec >&-; sleep 30", "sleep 2 & echo hi"] {
             let started = Instant::now();
             let e = output_bounded(&mut sh(script), "sh", 1 << 20, Duration::from_millis(300))
                 .expect_err(script);

@@ -102,9 +102,10 @@ pub fn ensure_repository(
     Ok(())
 }
 
-/// The shell line that runs the host step `step` (`host-backup`, `host-export`) on the host:
-/// the datastore's confinement prefix, then `backstop <step> --staging <staging> <options> --`
-/// and the action's six arguments, every word quoted.
+/// The shell line that runs the host step `step` (`host-backup`, `host-export`, `host-pull`):
+/// on the hypervisor the datastore's confinement prefix (it names the VM's directory, which a
+/// proxy does not have), then `backstop <step> --staging <staging> <options> --` and the
+/// action's six arguments, every word quoted.
 pub(crate) fn host_step_line(
     args: &BackupArgs,
     request: &BackupRequest,
@@ -123,11 +124,12 @@ pub(crate) fn host_step_line(
     words.push("--".into());
     words.extend(args.to_argv());
     let words: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
-    Ok(format!(
-        "{}{}",
-        confinement(&request.datastore, &args.host_dir.vm_dir)?,
-        words.join(" ")
-    ))
+    let prefix = if step == "host-pull" {
+        String::new()
+    } else {
+        confinement(&request.datastore, &args.host_dir.vm_dir)?
+    };
+    Ok(format!("{prefix}{}", words.join(" ")))
 }
 
 /// The request document as a host step may see it: without the attributes of
@@ -228,6 +230,18 @@ pub fn run(
                 ),
             )
         })?;
+    // The id becomes oned's backup id: it must be a snapshot id, whoever printed it.
+    if outcome.snapshot_id.len() != 64
+        || !outcome.snapshot_id.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(Error::new(
+            ErrorKind::Repository,
+            format!(
+                "backup of VM {} on {place}: the host step's snapshot id is not 64 hex digits",
+                args.vm_id
+            ),
+        ));
+    }
     Ok(Outcome {
         backup_id: outcome.snapshot_id.chars().take(8).collect(),
         size_mb: outcome.size_bytes / (1024 * 1024),
