@@ -330,11 +330,10 @@ fn collect_progress(
             let Ok(line) = line else { break };
             let text = String::from_utf8_lossy(&line);
             match text.strip_prefix(PROGRESS_PREFIX) {
-                Some(rest) => {
-                    if std::fs::write(&tmp, rest.trim().as_bytes()).is_ok() {
-                        let _ = std::fs::rename(&tmp, &file);
-                    }
+                Some(rest) if std::fs::write(&tmp, rest.trim().as_bytes()).is_ok() => {
+                    let _ = std::fs::rename(&tmp, &file);
                 }
+                Some(_) => {}
                 None if (kept.len() as u64) < MAX_REMOTE_OUTPUT => {
                     kept.push_str(&text);
                     kept.push('\n');
