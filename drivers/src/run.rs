@@ -702,14 +702,7 @@ pub fn host_backup(
         progress,
         args,
         |args, request, _raw, cancel, counters| {
-            let cfg = DriverConfig {
-                remotes: PathBuf::new(),
-                scripts_remote_dir: String::new(),
-                ssh_config,
-                backup_base_path: None,
-                run_dir: PathBuf::new(),
-                tm_delivery: Default::default(),
-            };
+            let cfg = remote_step_config(ssh_config, String::new());
             Ok(backup::host_run(
                 args, request, staging, &cfg, cancel, counters,
             )?)
@@ -731,14 +724,7 @@ pub fn host_pull(
         progress,
         args,
         |args, request, raw, cancel, counters| {
-            let cfg = DriverConfig {
-                remotes: PathBuf::new(),
-                scripts_remote_dir,
-                ssh_config,
-                backup_base_path: None,
-                run_dir: PathBuf::new(),
-                tm_delivery: Default::default(),
-            };
+            let cfg = remote_step_config(ssh_config, scripts_remote_dir);
             let host = backstop_datastore::remote::target_host(args, request.vm.as_ref());
             let staging = staging.to_string_lossy();
             Ok(backup::pull(
@@ -751,6 +737,19 @@ pub fn host_pull(
             )?)
         },
     )
+}
+
+/// The configuration of a step the front-end runs on another machine: only what it was given
+/// on its command line.
+fn remote_step_config(ssh_config: Option<PathBuf>, scripts_remote_dir: String) -> DriverConfig {
+    DriverConfig {
+        remotes: PathBuf::new(),
+        scripts_remote_dir,
+        ssh_config,
+        backup_base_path: None,
+        run_dir: PathBuf::new(),
+        tm_delivery: Default::default(),
+    }
 }
 
 /// A step on another machine that writes the repository (`host-backup`, `host-pull`): reads

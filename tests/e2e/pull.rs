@@ -391,6 +391,30 @@ fn pull_mode_through_a_backup_proxy() {
     let vm_xml = cloud.vm_xml(2, 40);
     let pre = t.step("prebackup", &vm_xml, false);
     assert_eq!(pre.code, Some(0), "{pre:?}");
+    let out = cancel_while_waiting(cloud, (&ds, &vm_xml), &["host-export", "host-pull"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
+    wait_until("the proxy's pull and the host step end", || {
+        leftovers("host-export", cloud.dir.path()).is_empty()
+            && leftovers("host-pull", cloud.dir.path()).is_empty()
+    });
+    let snaps: Vec<serde_json::Value> =
+        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.len(), 3, "the cancelled pull wrote a snapshot");
+    let post = t.step("postbackup", &vm_xml, true);
+    assert_eq!(post.code, Some(0), "{post:?}");
+    drop(proxy);
+}
+
+/// Starts the backup action on `ds`, waits until a process of each of `waiting_on` runs (the
+/// pull is then waiting on a silent host step), checks the action still runs a second later,
+/// sends it SIGTERM (as backup_cancel does) and returns its outcome, which must come within
+/// 30 s.
+fn cancel_while_waiting(
+    cloud: &Cloud,
+    (ds, vm_xml): (&str, &str),
+    waiting_on: &[&str],
+) -> crate::support::Outcome {
     let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}</DS_DRIVER_ACTION_DATA>");
     let mut action = std::process::Command::new(cloud.action("backup"))
         .args(cloud.backup_args())
@@ -404,9 +428,10 @@ fn pull_mode_through_a_backup_proxy() {
         let mut s = action.stdin.take().expect("stdin");
         s.write_all(stdin.as_bytes()).expect("write");
     }
-    wait_until("the proxy's pull reaches the silent host step", || {
-        !leftovers("host-export", cloud.dir.path()).is_empty()
-            && !leftovers("host-pull", cloud.dir.path()).is_empty()
+    wait_until("the pull waits on the silent host step", || {
+        waiting_on
+            .iter()
+            .all(|w| !leftovers(w, cloud.dir.path()).is_empty())
     });
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(
@@ -421,18 +446,7 @@ fn pull_mode_through_a_backup_proxy() {
         "the cancel took {:?}",
         signalled.elapsed()
     );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
-    wait_until("the proxy's pull and the host step end", || {
-        leftovers("host-export", cloud.dir.path()).is_empty()
-            && leftovers("host-pull", cloud.dir.path()).is_empty()
-    });
-    let snaps: Vec<serde_json::Value> =
-        serde_json::from_slice(&cloud.restic_ok(&["snapshots", "--json"])).expect("json");
-    assert_eq!(snaps.len(), 3, "the cancelled pull wrote a snapshot");
-    let post = t.step("postbackup", &vm_xml, true);
-    assert_eq!(post.code, Some(0), "{post:?}");
-    drop(proxy);
+    out
 }
 
 /// Processes whose command line holds `word` and `dir` (a script's too), and ssh processes
@@ -514,35 +528,7 @@ exit 0",
     );
 
     fake("cat > /dev/null\nexit 0");
-    let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}</DS_DRIVER_ACTION_DATA>");
-    let mut action = std::process::Command::new(cloud.action("backup"))
-        .args(cloud.backup_args())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("backup");
-    {
-        use std::io::Write;
-        let mut s = action.stdin.take().expect("stdin");
-        s.write_all(stdin.as_bytes()).expect("write");
-    }
-    wait_until("the silent host step runs", || {
-        !leftovers("host-export", cloud.dir.path()).is_empty()
-    });
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    assert!(
-        action.try_wait().expect("wait").is_none(),
-        "the pull ended on its own"
-    );
-    let signalled = std::time::Instant::now();
-    crate::cloud::sh_ok("kill", &["-TERM", &action.id().to_string()]);
-    let out = crate::support::Outcome::from(action.wait_with_output().expect("wait"));
-    assert!(
-        signalled.elapsed() < std::time::Duration::from_secs(30),
-        "the cancel took {:?}",
-        signalled.elapsed()
-    );
+    let out = cancel_while_waiting(cloud, (&ds, &vm_xml), &["host-export"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
