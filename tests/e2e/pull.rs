@@ -229,20 +229,7 @@ fn pull_mode_backs_up_a_stopped_vm_without_giving_the_host_any_secret() {
     assert_eq!(pre.code, Some(0), "{pre:?}");
     // Slowed down to 64 KiB/s towards the store, so that it is surely killed mid-way.
     let slow = cloud.datastore_xml_with(&format!("{PULL}<RESTIC_BWLIMIT>64</RESTIC_BWLIMIT>"));
-    let stdin = format!("<DS_DRIVER_ACTION_DATA>{slow}{vm_xml}</DS_DRIVER_ACTION_DATA>");
-    let args = cloud.backup_args();
-    let mut action = std::process::Command::new(cloud.action("backup"))
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("backup");
-    {
-        use std::io::Write;
-        let mut s = action.stdin.take().expect("stdin");
-        s.write_all(stdin.as_bytes()).expect("write");
-    }
+    let mut action = start_backup(cloud, (&slow, &vm_xml));
     wait_until("the host serves the disks", || {
         our_qemu_nbd(cloud.dir.path()).len() == DISKS.len()
     });
@@ -406,15 +393,9 @@ fn pull_mode_through_a_backup_proxy() {
     drop(proxy);
 }
 
-/// Starts the backup action on `ds`, waits until a process of each of `waiting_on` runs (the
-/// pull is then waiting on a silent host step), checks the action still runs a second later,
-/// sends it SIGTERM (as backup_cancel does) and returns its outcome, which must come within
-/// 30 s.
-fn cancel_while_waiting(
-    cloud: &Cloud,
-    (ds, vm_xml): (&str, &str),
-    waiting_on: &[&str],
-) -> crate::support::Outcome {
+/// Starts the datastore's backup action as oned would, with the request on its stdin (closed
+/// once written) and its output piped.
+fn start_backup(cloud: &Cloud, (ds, vm_xml): (&str, &str)) -> std::process::Child {
     let stdin = format!("<DS_DRIVER_ACTION_DATA>{ds}{vm_xml}</DS_DRIVER_ACTION_DATA>");
     let mut action = std::process::Command::new(cloud.action("backup"))
         .args(cloud.backup_args())
@@ -428,6 +409,19 @@ fn cancel_while_waiting(
         let mut s = action.stdin.take().expect("stdin");
         s.write_all(stdin.as_bytes()).expect("write");
     }
+    action
+}
+
+/// Starts the backup action on `ds`, waits until a process of each of `waiting_on` runs (the
+/// pull is then waiting on a silent host step), checks the action still runs a second later,
+/// sends it SIGTERM (as backup_cancel does) and returns its outcome, which must come within
+/// 30 s.
+fn cancel_while_waiting(
+    cloud: &Cloud,
+    (ds, vm_xml): (&str, &str),
+    waiting_on: &[&str],
+) -> crate::support::Outcome {
+    let mut action = start_backup(cloud, (ds, vm_xml));
     wait_until("the pull waits on the silent host step", || {
         waiting_on
             .iter()
